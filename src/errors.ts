@@ -1,0 +1,135 @@
+/**
+ * Every failure lora-mix reports is a `LoraMixError` with a stable `code`.
+ * Subclasses group the codes by the part of the library that raises them, so callers can
+ * `instanceof`-check a family and switch on `code` for the exact case.
+ *
+ * Messages name the file, the key, what was expected and what was found.
+ */
+
+export type SafetensorsErrorCode =
+  | 'SAFETENSORS_TRUNCATED'
+  | 'SAFETENSORS_HEADER_TOO_LARGE'
+  | 'SAFETENSORS_HEADER_INVALID_UTF8'
+  | 'SAFETENSORS_HEADER_INVALID_JSON'
+  | 'SAFETENSORS_HEADER_NOT_OBJECT'
+  | 'SAFETENSORS_DUPLICATE_KEY'
+  | 'SAFETENSORS_TENSOR_INVALID'
+  | 'SAFETENSORS_UNKNOWN_DTYPE'
+  | 'SAFETENSORS_SHAPE_INVALID'
+  | 'SAFETENSORS_BYTE_LENGTH_MISMATCH'
+  | 'SAFETENSORS_OFFSETS_INVALID'
+  | 'SAFETENSORS_METADATA_INVALID'
+  | 'SAFETENSORS_TENSOR_NOT_FOUND'
+  | 'SAFETENSORS_WRITE_INVALID';
+
+export type FormatErrorCode =
+  | 'FORMAT_UNKNOWN'
+  | 'FORMAT_UNSUPPORTED_ADAPTER'
+  | 'FORMAT_NOT_A_LORA'
+  | 'FORMAT_NOT_A_CHECKPOINT'
+  | 'FORMAT_KEY_UNRESOLVED'
+  | 'FORMAT_INCOMPLETE_MODULE'
+  | 'FORMAT_MIXED';
+
+export type LoraErrorCode =
+  | 'LORA_RANK_MISMATCH'
+  | 'LORA_SHAPE_MISMATCH'
+  | 'LORA_UNMATCHED_MODULES'
+  | 'LORA_INVALID_WEIGHTS'
+  | 'LORA_INVALID_RANK'
+  | 'LORA_BLOCK_WEIGHTS_INVALID'
+  | 'LORA_EMPTY';
+
+export type ArchErrorCode = 'ARCH_MISMATCH' | 'ARCH_UNKNOWN' | 'ARCH_UNDETECTED';
+
+export type IoErrorCode =
+  | 'OUTPUT_WOULD_OVERWRITE_INPUT'
+  | 'OUTPUT_EXISTS'
+  | 'IO_READ_FAILED'
+  | 'IO_WRITE_FAILED'
+  | 'INPUT_NOT_FOUND';
+
+export type FuseErrorCode =
+  | 'FUSE_OVERFLOW'
+  | 'FUSE_DTYPE_UNSUPPORTED'
+  | 'FUSE_VERIFY_FAILED'
+  | 'FUSE_BACKEND_UNAVAILABLE';
+
+export type UsageErrorCode = 'USAGE' | 'USAGE_BAD_ARGUMENT';
+
+export type ErrorCode =
+  | SafetensorsErrorCode
+  | FormatErrorCode
+  | LoraErrorCode
+  | ArchErrorCode
+  | IoErrorCode
+  | FuseErrorCode
+  | UsageErrorCode;
+
+export class LoraMixError extends Error {
+  readonly code: ErrorCode;
+  /** Structured details for programs (file, key, expected, found, lists of modules…). */
+  readonly details: Readonly<Record<string, unknown>>;
+  constructor(code: ErrorCode, message: string, details: Record<string, unknown> = {}, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = new.target.name;
+    this.code = code;
+    this.details = details;
+  }
+}
+
+/** The file is not a valid safetensors file, or a write request is malformed. */
+export class SafetensorsError extends LoraMixError {
+  declare readonly code: SafetensorsErrorCode;
+  constructor(code: SafetensorsErrorCode, message: string, details: Record<string, unknown> = {}) {
+    super(code, message, details);
+  }
+}
+
+/** The keys of a file do not form a LoRA / checkpoint format lora-mix understands. */
+export class FormatError extends LoraMixError {
+  declare readonly code: FormatErrorCode;
+  constructor(code: FormatErrorCode, message: string, details: Record<string, unknown> = {}) {
+    super(code, message, details);
+  }
+}
+
+/** LoRA factors are inconsistent, or an arithmetic request is invalid. */
+export class LoraError extends LoraMixError {
+  declare readonly code: LoraErrorCode;
+  constructor(code: LoraErrorCode, message: string, details: Record<string, unknown> = {}) {
+    super(code, message, details);
+  }
+}
+
+/** Architectures disagree or cannot be determined. */
+export class ArchError extends LoraMixError {
+  declare readonly code: ArchErrorCode;
+  constructor(code: ArchErrorCode, message: string, details: Record<string, unknown> = {}) {
+    super(code, message, details);
+  }
+}
+
+/** Reading or writing files failed, or a write would lose data. */
+export class IoError extends LoraMixError {
+  declare readonly code: IoErrorCode;
+  constructor(code: IoErrorCode, message: string, details: Record<string, unknown> = {}, options?: { cause?: unknown }) {
+    super(code, message, details, options);
+  }
+}
+
+/** Fusing into a base checkpoint failed. */
+export class FuseError extends LoraMixError {
+  declare readonly code: FuseErrorCode;
+  constructor(code: FuseErrorCode, message: string, details: Record<string, unknown> = {}) {
+    super(code, message, details);
+  }
+}
+
+/** The command line is wrong. */
+export class UsageError extends LoraMixError {
+  declare readonly code: UsageErrorCode;
+  constructor(message: string, code: UsageErrorCode = 'USAGE', details: Record<string, unknown> = {}) {
+    super(code, message, details);
+  }
+}
