@@ -20,6 +20,8 @@ export type SafetensorsErrorCode =
   | 'SAFETENSORS_OFFSETS_INVALID'
   | 'SAFETENSORS_METADATA_INVALID'
   | 'SAFETENSORS_TENSOR_NOT_FOUND'
+  | 'SAFETENSORS_DTYPE_NOT_FLOAT'
+  | 'SAFETENSORS_BUFFER_TOO_SMALL'
   | 'SAFETENSORS_WRITE_INVALID';
 
 export type FormatErrorCode =
@@ -29,7 +31,8 @@ export type FormatErrorCode =
   | 'FORMAT_NOT_A_CHECKPOINT'
   | 'FORMAT_KEY_UNRESOLVED'
   | 'FORMAT_INCOMPLETE_MODULE'
-  | 'FORMAT_MIXED';
+  | 'FORMAT_MIXED'
+  | 'FORMAT_METADATA_INVALID';
 
 export type LoraErrorCode =
   | 'LORA_RANK_MISMATCH'
@@ -38,9 +41,12 @@ export type LoraErrorCode =
   | 'LORA_INVALID_WEIGHTS'
   | 'LORA_INVALID_RANK'
   | 'LORA_BLOCK_WEIGHTS_INVALID'
-  | 'LORA_EMPTY';
+  | 'LORA_EMPTY'
+  | 'LORA_DTYPE_OVERFLOW'
+  | 'LORA_NUMERICAL_FAILURE'
+  | 'LORA_WORKER_FAILED';
 
-export type ArchErrorCode = 'ARCH_MISMATCH' | 'ARCH_UNKNOWN' | 'ARCH_UNDETECTED';
+export type ArchErrorCode = 'ARCH_MISMATCH' | 'ARCH_UNKNOWN' | 'ARCH_UNDETECTED' | 'ARCH_LAYOUT_INVALID';
 
 export type IoErrorCode =
   | 'OUTPUT_WOULD_OVERWRITE_INPUT'
@@ -53,9 +59,22 @@ export type FuseErrorCode =
   | 'FUSE_OVERFLOW'
   | 'FUSE_DTYPE_UNSUPPORTED'
   | 'FUSE_VERIFY_FAILED'
-  | 'FUSE_BACKEND_UNAVAILABLE';
+  | 'FUSE_BACKEND_UNAVAILABLE'
+  | 'KERNEL_INVALID_JOB'
+  | 'KERNEL_FAILED'
+  | 'KERNEL_DISPOSED';
 
 export type UsageErrorCode = 'USAGE' | 'USAGE_BAD_ARGUMENT';
+
+export type SamplerErrorCode =
+  | 'SAMPLER_INVALID_CONFIG'
+  | 'SAMPLER_INVALID_STEPS'
+  | 'SAMPLER_INVALID_TIMESTEPS'
+  | 'SAMPLER_TIMESTEPS_NOT_SET'
+  | 'SAMPLER_TIMESTEP_NOT_SCHEDULED'
+  | 'SAMPLER_SHAPE_MISMATCH'
+  | 'SAMPLER_NOISE_MISSING'
+  | 'SAMPLER_INVALID_MODEL_OUTPUT';
 
 export type ErrorCode =
   | SafetensorsErrorCode
@@ -64,7 +83,8 @@ export type ErrorCode =
   | ArchErrorCode
   | IoErrorCode
   | FuseErrorCode
-  | UsageErrorCode;
+  | UsageErrorCode
+  | SamplerErrorCode;
 
 export class LoraMixError extends Error {
   readonly code: ErrorCode;
@@ -122,6 +142,14 @@ export class IoError extends LoraMixError {
 export class FuseError extends LoraMixError {
   declare readonly code: FuseErrorCode;
   constructor(code: FuseErrorCode, message: string, details: Record<string, unknown> = {}) {
+    super(code, message, details);
+  }
+}
+
+/** The LCM sampler was configured or called inconsistently (bad step count, timesteps, shapes, noise). */
+export class SamplerError extends LoraMixError {
+  declare readonly code: SamplerErrorCode;
+  constructor(code: SamplerErrorCode, message: string, details: Record<string, unknown> = {}) {
     super(code, message, details);
   }
 }

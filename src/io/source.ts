@@ -12,6 +12,11 @@ export interface ByteSource {
    * (a short read is an error, never silently padded).
    */
   read(start: number, end: number): Promise<Uint8Array>;
+  /**
+   * Optional: fill `target` with bytes [start, start + target.byteLength), so callers can reuse one buffer
+   * instead of allocating (and page-faulting) a new one per read. Same exactness rule as `read`.
+   */
+  readInto?(start: number, target: Uint8Array): Promise<void>;
   /** Release the underlying handle, if any. Idempotent. */
   close?(): Promise<void>;
   /** Identity of the underlying file (e.g. "dev:ino") when known; used to refuse overwriting an input. */

@@ -1,0 +1,317 @@
+/**
+ * Generates src/wasm/kernel.wat: the fused low-rank update W' = W + A·B with f32 math.
+ *
+ * Data layout (prepared by src/fuse/kernels/wasm-engine.ts):
+ *   packed A  [rowTiles][r][4]  f32   (rows of U, 4 at a time, zero-padded; scales already folded in)
+ *   packed B  [colTiles][r][8]  f32   (columns of D, 8 at a time, zero-padded)
+ *   W source  row-major, row stride `ldsrc` bytes, in the stored dtype (F32/F16/BF16)
+ *   W dest    row-major, row stride `lddst` bytes, in the output dtype (may alias the source)
+ *
+ * Register tile: 4 rows × 8 columns = 8 f32x4 accumulators. Per k: two v128 loads of B, four
+ * load32_splat of A, eight multiply-adds (f32x4.relaxed_madd in the relaxed build, mul+add otherwise).
+ * The epilogue reads W in its stored dtype, adds the accumulators, counts non-finite inputs and overflows,
+ * optionally clamps, rounds once (RNE) to the output dtype and stores.
+ *
+ * Loop order: column panels of `nc` tiles (the B panel, r·nc·32 bytes, stays in L2), then row tiles (the
+ * A strip of 16·r bytes stays in L1), then column tiles in the panel.
+ */
+import {
+  c32, Consts, decodeF16, decodeF16x8Normal, encodeBf16, encodeBf16NotNaN, encodeF16, encodeF16Finite, f16x8AnySpecial,
+  f32NonFinite, get, indent,
+} from './simd.js';
+
+export type Dt = 'f32' | 'f16' | 'bf16';
+export const DTYPES: readonly Dt[] = ['f32', 'f16', 'bf16'];
+const SIZE: Record<Dt, number> = { f32: 4, f16: 2, bf16: 2 };
+
+/** k-loop unroll factor of the generated micro-kernel. */
+export const K_UNROLL = 1;
+/** Keep the epilogue's splat constants in locals (true) or rebuild them at each use (false). */
+export const HOIST_CONSTS = true;
+
+const MADD = (a: string, b: string, c: string): string => `(f32x4.relaxed_madd ${get(a)} ${get(b)} ${get(c)})`;
+
+/** One k step of the 4×8 tile, reading A at byte offset aOff and B at bOff from the running pointers. */
+function kStep(aOff: number, bOff: number): string[] {
+  const lines = [
+    `(local.set $b0 (v128.load offset=${bOff} (local.get $b)))`,
+    `(local.set $b1 (v128.load offset=${bOff + 16} (local.get $b)))`,
+  ];
+  for (let i = 0; i < 4; i++) {
+    lines.push(`(local.set $av (v128.load32_splat offset=${aOff + 4 * i} (local.get $a)))`);
+    lines.push(`(local.set $c${i}0 ${MADD('av', 'b0', `c${i}0`)})`);
+    lines.push(`(local.set $c${i}1 ${MADD('av', 'b1', `c${i}1`)})`);
+  }
+  return lines;
+}
+
+/** Load 8 stored values at pointer local `p` into f32x4 locals x0, x1. */
+function loadRow(k: Consts, dt: Dt, p: string): string[] {
+  switch (dt) {
+    case 'f32':
+      return [`(local.set $x0 (v128.load ${get(p)}))`, `(local.set $x1 (v128.load offset=16 ${get(p)}))`];
+    case 'f16':
+      // fast path for 8 normal halves; the full decoder when one is zero, subnormal, Inf or NaN
+      return [
+        `(local.set $h (v128.load ${get(p)}))`,
+        `(if ${f16x8AnySpecial(k, 'h')} (then`,
+        indent([
+          `(local.set $o0 (i32x4.extend_low_i16x8_u (local.get $h)))`,
+          ...decodeF16(k, 'x0', 'o0', 't1', 't2'),
+          `(local.set $o0 (i32x4.extend_high_i16x8_u (local.get $h)))`,
+          ...decodeF16(k, 'x1', 'o0', 't1', 't2'),
+        ], 2),
+        `) (else`,
+        indent(decodeF16x8Normal(k, 'x0', 'x1', 'h', 't1', 't2'), 2),
+        `))`,
+      ];
+    case 'bf16':
+      return [
+        `(local.set $h (v128.load ${get(p)}))`,
+        `(local.set $x0 (i8x16.shuffle 16 16 0 1 16 16 2 3 16 16 4 5 16 16 6 7 (local.get $h) ${k.c(0)}))`,
+        `(local.set $x1 (i8x16.shuffle 16 16 8 9 16 16 10 11 16 16 12 13 16 16 14 15 (local.get $h) ${k.c(0)}))`,
+      ];
+  }
+}
+
+/**
+ * Largest |y| bit pattern (f32) that is still finite in the output dtype after rounding: above it the stored
+ * value is ±Inf (or NaN when y is NaN).
+ */
+const LIMIT: Record<Dt, number> = { f32: 0x7f7fffff, f16: 0x477fefff, bf16: 0x7f7f7fff };
+/** Largest finite value of the output dtype, as f32 bits (what clamping writes, with the sign of y). */
+const MAXF: Record<Dt, number> = { f32: 0x7f7fffff, f16: 0x477fe000, bf16: 0x7f7f0000 };
+
+/**
+ * Special cases of one row (rare): count non-finite inputs and overflows, clamp ±Inf results when asked.
+ * Runs only when some |y| exceeds LIMIT, which covers every non-finite input too (Inf/NaN input ⇒ y Inf/NaN).
+ */
+function special(k: Consts, dt: Dt): string[] {
+  const lines: string[] = [];
+  for (const j of [0, 1]) {
+    const x = `x${j}`;
+    const y = `y${j}`;
+    lines.push(
+      `(local.set $n0 ${f32NonFinite(k, get(x))})`,
+      `(local.set $cntIn (i32x4.sub (local.get $cntIn) (local.get $n0)))`,
+      `(local.set $abs (v128.and ${get(y)} ${k.c(0x7fffffff)}))`,
+      // overflow: finite input, result beyond the output dtype
+      `(local.set $m (v128.andnot (i32x4.gt_s (local.get $abs) ${k.c(LIMIT[dt])}) (local.get $n0)))`,
+      `(local.set $cntOv (i32x4.sub (local.get $cntOv) (local.get $m)))`,
+      // clamp (when requested) the overflowed lanes that are not NaN to ±max
+      `(local.set $${y} (v128.bitselect (v128.or (v128.and ${get(y)} ${k.c(0x80000000)}) ${k.c(MAXF[dt])}) ${get(y)} ` +
+        `(v128.and (v128.and (local.get $m) (local.get $clampv)) (i32x4.gt_s ${k.c(0x7f800001)} (local.get $abs)))))`,
+    );
+  }
+  return lines;
+}
+
+/**
+ * Round y0,y1 (f32) to the output dtype and store 8 values at pointer local `p`. `fast`: every |y| ≤ LIMIT
+ * (finite, no overflow), with |y0|,|y1| bits in a0,a1, so the Inf/NaN handling of the encoders can be skipped.
+ */
+function storeRow(k: Consts, dt: Dt, p: string, fast: boolean): string[] {
+  switch (dt) {
+    case 'f32':
+      return [`(v128.store ${get(p)} (local.get $y0))`, `(v128.store offset=16 ${get(p)} (local.get $y1))`];
+    case 'f16':
+      return [
+        ...(fast ? encodeF16Finite(k, 'o0', 'y0', 'a0', 't1', 't2') : encodeF16(k, 'o0', 'y0', 'abs', 't1', 't2')),
+        ...(fast ? encodeF16Finite(k, 'o1', 'y1', 'a1', 't1', 't2') : encodeF16(k, 'o1', 'y1', 'abs', 't1', 't2')),
+        `(v128.store ${get(p)} (i16x8.narrow_i32x4_u (local.get $o0) (local.get $o1)))`,
+      ];
+    case 'bf16':
+      return [
+        ...(fast ? encodeBf16NotNaN(k, 'o0', 'y0') : encodeBf16(k, 'o0', 'y0', 't1')),
+        ...(fast ? encodeBf16NotNaN(k, 'o1', 'y1') : encodeBf16(k, 'o1', 'y1', 't1')),
+        `(v128.store ${get(p)} (i16x8.narrow_i32x4_u (local.get $o0) (local.get $o1)))`,
+      ];
+  }
+}
+
+function epilogue(k: Consts, src: Dt, dst: Dt): string[] {
+  const lines: string[] = [
+    // ps = psrc + it*4*ldsrc + jt*8*size ; pd likewise
+    `(local.set $ps (i32.add (i32.add (local.get $psrc) (i32.mul (i32.shl (local.get $it) (i32.const 2)) (local.get $ldsrc))) (i32.mul (local.get $jt) (i32.const ${8 * SIZE[src]}))))`,
+    `(local.set $pd (i32.add (i32.add (local.get $pdst) (i32.mul (i32.shl (local.get $it) (i32.const 2)) (local.get $lddst))) (i32.mul (local.get $jt) (i32.const ${8 * SIZE[dst]}))))`,
+  ];
+  const sp = special(k, dst);
+  for (let i = 0; i < 4; i++) {
+    if (i > 0) {
+      lines.push(`(local.set $ps (i32.add (local.get $ps) (local.get $ldsrc)))`);
+      lines.push(`(local.set $pd (i32.add (local.get $pd) (local.get $lddst)))`);
+    }
+    lines.push(...loadRow(k, src, 'ps'));
+    lines.push(`(local.set $y0 (f32x4.add (local.get $x0) (local.get $c${i}0)))`);
+    lines.push(`(local.set $y1 (f32x4.add (local.get $x1) (local.get $c${i}1)))`);
+    lines.push(`(local.set $a0 (v128.and (local.get $y0) ${k.c(0x7fffffff)}))`);
+    lines.push(`(local.set $a1 (v128.and (local.get $y1) ${k.c(0x7fffffff)}))`);
+    if (dst === 'f32') {
+      lines.push(
+        `(if (v128.any_true (v128.or (i32x4.gt_s (local.get $a0) ${k.c(LIMIT[dst])}) (i32x4.gt_s (local.get $a1) ${k.c(LIMIT[dst])}))) (then`,
+        indent(sp, 2),
+        `))`,
+        ...storeRow(k, dst, 'pd', true),
+      );
+    } else {
+      lines.push(
+        `(if (v128.any_true (v128.or (i32x4.gt_s (local.get $a0) ${k.c(LIMIT[dst])}) (i32x4.gt_s (local.get $a1) ${k.c(LIMIT[dst])}))) (then`,
+        indent([...sp, ...storeRow(k, dst, 'pd', false)], 2),
+        `) (else`,
+        indent(storeRow(k, dst, 'pd', true), 2),
+        `))`,
+      );
+    }
+  }
+  return lines;
+}
+
+function updateFunc(src: Dt, dst: Dt): string {
+  const k = new Consts(HOIST_CONSTS);
+  const epi = epilogue(k, src, dst);
+  const accs: string[] = [];
+  for (let i = 0; i < 4; i++) for (let j = 0; j < 2; j++) accs.push(`c${i}${j}`);
+  const zero = accs.map((c) => `(local.set $${c} ${c32(0)})`);
+  const unrolled: string[] = [];
+  for (let u = 0; u < K_UNROLL; u++) unrolled.push(...kStep(16 * u, 32 * u));
+  const v128Locals = [
+    ...accs, 'b0', 'b1', 'av', 'cntIn', 'cntOv', 'clampv',
+    'x0', 'x1', 'y0', 'y1', 'a0', 'a1', 'h', 'n0', 'o0', 'o1', 'abs', 't1', 't2', 'm',
+  ];
+  const body = [
+    `(if (i32.or (i32.ge_u (local.get $it0) (local.get $it1)) (i32.ge_u (local.get $jt0) (local.get $jt1))) (then (return)))`,
+    ...k.init(),
+    `(local.set $clampv (i32x4.splat (i32.sub (i32.const 0) (local.get $clamp))))`,
+    `(local.set $cntIn ${c32(0)})`,
+    `(local.set $cntOv ${c32(0)})`,
+    // bytes of one A strip / B strip, and the unrolled part of r
+    `(local.set $astride (i32.shl (local.get $r) (i32.const 4)))`,
+    `(local.set $bstride (i32.shl (local.get $r) (i32.const 5)))`,
+    `(local.set $rmain (i32.and (local.get $r) (i32.const ${-K_UNROLL})))`,
+    `(local.set $jc (local.get $jt0))`,
+    `(loop $panels`,
+    `  (local.set $jcEnd (select (i32.add (local.get $jc) (local.get $nc)) (local.get $jt1) (i32.lt_u (i32.add (local.get $jc) (local.get $nc)) (local.get $jt1))))`,
+    `  (local.set $it (local.get $it0))`,
+    `  (loop $rowtiles`,
+    `    (local.set $jt (local.get $jc))`,
+    `    (loop $coltiles`,
+    indent(zero, 6),
+    `      (local.set $a (i32.add (local.get $pa) (i32.mul (local.get $it) (local.get $astride))))`,
+    `      (local.set $b (i32.add (local.get $pb) (i32.mul (local.get $jt) (local.get $bstride))))`,
+    `      (local.set $aEnd (i32.add (local.get $a) (i32.shl (local.get $rmain) (i32.const 4))))`,
+    `      (if (local.get $rmain) (then`,
+    `        (loop $k`,
+    indent(unrolled, 10),
+    `          (local.set $a (i32.add (local.get $a) (i32.const ${16 * K_UNROLL})))`,
+    `          (local.set $b (i32.add (local.get $b) (i32.const ${32 * K_UNROLL})))`,
+    `          (br_if $k (i32.lt_u (local.get $a) (local.get $aEnd))))))`,
+    // remainder k steps (r mod K_UNROLL)
+    ...Array.from({ length: K_UNROLL - 1 }, (_, u) => [
+      `      (if (i32.gt_u (i32.and (local.get $r) (i32.const ${K_UNROLL - 1})) (i32.const ${u})) (then`,
+      indent(kStep(16 * u, 32 * u), 8),
+      `      ))`,
+    ]).flat(),
+    indent(epi, 6),
+    `      (local.set $jt (i32.add (local.get $jt) (i32.const 1)))`,
+    `      (br_if $coltiles (i32.lt_u (local.get $jt) (local.get $jcEnd))))`,
+    `    (local.set $it (i32.add (local.get $it) (i32.const 1)))`,
+    `    (br_if $rowtiles (i32.lt_u (local.get $it) (local.get $it1))))`,
+    `  (local.set $jc (local.get $jcEnd))`,
+    `  (br_if $panels (i32.lt_u (local.get $jc) (local.get $jt1))))`,
+    // counts[0] += Σ cntIn lanes ; counts[1] += Σ cntOv lanes
+    `(i32.store (local.get $pcount) (i32.add (i32.load (local.get $pcount)) (i32.add (i32.add (i32x4.extract_lane 0 (local.get $cntIn)) (i32x4.extract_lane 1 (local.get $cntIn))) (i32.add (i32x4.extract_lane 2 (local.get $cntIn)) (i32x4.extract_lane 3 (local.get $cntIn))))))`,
+    `(i32.store offset=4 (local.get $pcount) (i32.add (i32.load offset=4 (local.get $pcount)) (i32.add (i32.add (i32x4.extract_lane 0 (local.get $cntOv)) (i32x4.extract_lane 1 (local.get $cntOv))) (i32.add (i32x4.extract_lane 2 (local.get $cntOv)) (i32x4.extract_lane 3 (local.get $cntOv))))))`,
+  ];
+  const params = [
+    'pa', 'pb', 'r', 'psrc', 'ldsrc', 'pdst', 'lddst', 'it0', 'it1', 'jt0', 'jt1', 'nc', 'clamp', 'pcount',
+  ].map((p) => `(param $${p} i32)`).join(' ');
+  const i32Locals = ['jc', 'jcEnd', 'it', 'jt', 'a', 'b', 'aEnd', 'astride', 'bstride', 'rmain', 'ps', 'pd']
+    .map((l) => `(local $${l} i32)`).join(' ');
+  return [
+    `  (func (export "update_${src}_${dst}") ${params}`,
+    `    ${i32Locals}`,
+    `    ${v128Locals.map((l) => `(local $${l} v128)`).join(' ')}`,
+    `    ${k.decls()}`,
+    indent(body, 4),
+    `  )`,
+  ].join('\n');
+}
+
+/** pack_a(src, dst, rows, r): U [rows][r] → [ceil(rows/4)][r][4], zero padded. */
+const packA = `  (func (export "pack_a") (param $src i32) (param $dst i32) (param $rows i32) (param $r i32)
+    (local $i i32) (local $k i32) (local $rowsP i32) (local $v f32)
+    (local.set $rowsP (i32.and (i32.add (local.get $rows) (i32.const 3)) (i32.const -4)))
+    (if (i32.eqz (local.get $r)) (then (return)))
+    (block $done
+      (br_if $done (i32.eqz (local.get $rowsP)))
+      (loop $rowsL
+        (local.set $k (i32.const 0))
+        (loop $ks
+          (local.set $v (f32.const 0))
+          (if (i32.lt_u (local.get $i) (local.get $rows)) (then
+            (local.set $v (f32.load (i32.add (local.get $src) (i32.shl (i32.add (i32.mul (local.get $i) (local.get $r)) (local.get $k)) (i32.const 2)))))))
+          ;; dst[(i>>2)*r*4 + k*4 + (i&3)]
+          (f32.store (i32.add (local.get $dst) (i32.shl (i32.add (i32.add (i32.mul (i32.shr_u (local.get $i) (i32.const 2)) (i32.shl (local.get $r) (i32.const 2))) (i32.shl (local.get $k) (i32.const 2))) (i32.and (local.get $i) (i32.const 3))) (i32.const 2))) (local.get $v))
+          (local.set $k (i32.add (local.get $k) (i32.const 1)))
+          (br_if $ks (i32.lt_u (local.get $k) (local.get $r))))
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+        (br_if $rowsL (i32.lt_u (local.get $i) (local.get $rowsP))))))`;
+
+/** pack_b(src, dst, cols, r): D [r][cols] → [ceil(cols/8)][r][8], zero padded (src rows 16-byte aligned or not). */
+const packB = `  (func (export "pack_b") (param $src i32) (param $dst i32) (param $cols i32) (param $r i32)
+    (local $k i32) (local $j i32) (local $full i32) (local $s i32) (local $d i32) (local $tile i32) (local $rem i32)
+    (local.set $full (i32.shr_u (local.get $cols) (i32.const 3)))
+    (local.set $rem (i32.and (local.get $cols) (i32.const 7)))
+    (local.set $tile (i32.shl (local.get $r) (i32.const 5)))
+    (block $done
+      (br_if $done (i32.eqz (local.get $r)))
+      (loop $ks
+        (local.set $s (i32.add (local.get $src) (i32.shl (i32.mul (local.get $k) (local.get $cols)) (i32.const 2))))
+        (local.set $d (i32.add (local.get $dst) (i32.shl (local.get $k) (i32.const 5))))
+        (local.set $j (i32.const 0))
+        (block $fullDone
+          (br_if $fullDone (i32.eqz (local.get $full)))
+          (loop $tiles
+            (v128.store (local.get $d) (v128.load (local.get $s)))
+            (v128.store offset=16 (local.get $d) (v128.load offset=16 (local.get $s)))
+            (local.set $s (i32.add (local.get $s) (i32.const 32)))
+            (local.set $d (i32.add (local.get $d) (local.get $tile)))
+            (local.set $j (i32.add (local.get $j) (i32.const 1)))
+            (br_if $tiles (i32.lt_u (local.get $j) (local.get $full)))))
+        (if (local.get $rem) (then
+          (v128.store (local.get $d) ${c32(0)})
+          (v128.store offset=16 (local.get $d) ${c32(0)})
+          (local.set $j (i32.const 0))
+          (loop $tail
+            (f32.store (i32.add (local.get $d) (i32.shl (local.get $j) (i32.const 2))) (f32.load (i32.add (local.get $s) (i32.shl (local.get $j) (i32.const 2)))))
+            (local.set $j (i32.add (local.get $j) (i32.const 1)))
+            (br_if $tail (i32.lt_u (local.get $j) (local.get $rem))))))
+        (local.set $k (i32.add (local.get $k) (i32.const 1)))
+        (br_if $ks (i32.lt_u (local.get $k) (local.get $r))))))`;
+
+/** The kernel module source (relaxed_madd form, non-shared memory). See `kernelVariant` for the others. */
+export function kernelWat(): string {
+  const funcs: string[] = [];
+  for (const s of DTYPES) for (const d of DTYPES) funcs.push(updateFunc(s, d));
+  return `;; Generated by scripts/build-wasm.ts from scripts/wasm/kernel-wat.ts: do not edit by hand.
+;; Fused low-rank update W' = W + A.B (f32 math, one rounding to the output dtype). See kernel-wat.ts.
+;; This text is the relaxed-SIMD, private-memory build; the other builds are derived by kernelVariant():
+;; mul+add replaces f32x4.relaxed_madd, and the memory import gains "shared".
+(module
+  (import "env" "memory" (memory 1 65536))
+${packA}
+${packB}
+${funcs.join('\n')}
+)
+`;
+}
+
+const MADD_RE = /\(f32x4\.relaxed_madd (\(local\.get \$\w+\)) (\(local\.get \$\w+\)) (\(local\.get \$\w+\))\)/g;
+
+/** Derive a build: relaxed (f32x4.relaxed_madd) or not (f32x4.mul + f32x4.add), shared memory or not. */
+export function kernelVariant(wat: string, relaxed: boolean, shared: boolean): string {
+  let out = wat;
+  if (!relaxed) out = out.replace(MADD_RE, '(f32x4.add (f32x4.mul $1 $2) $3)');
+  if (shared) out = out.replace('(memory 1 65536))', '(memory 1 65536 shared))');
+  return out;
+}

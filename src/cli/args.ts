@@ -1,0 +1,54 @@
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { UsageError } from '../errors.js';
+
+type Options = NonNullable<ParseArgsConfig['options']>;
+
+/**
+ * Parse a command's arguments with node:util's parseArgs, turning its errors into UsageError
+ * (so the CLI prints a clean message and exits 2). `--help`/`-h` is always accepted.
+ */
+export function parseCommandArgs<O extends Options>(
+  command: string,
+  argv: string[],
+  options: O,
+): { values: Record<string, string | boolean | string[] | boolean[] | undefined>; positionals: string[]; help: boolean } {
+  try {
+    const { values, positionals } = parseArgs({
+      args: argv,
+      options: { ...options, help: { type: 'boolean', short: 'h' } },
+      allowPositionals: true,
+      strict: true,
+    });
+    const v = values as Record<string, string | boolean | string[] | boolean[] | undefined>;
+    return { values: v, positionals, help: v.help === true };
+  } catch (e) {
+    const msg = e instanceof Error ? e.message : String(e);
+    throw new UsageError(`${command}: ${msg}. Run 'lora-mix ${command} --help' for usage.`, 'USAGE_BAD_ARGUMENT');
+  }
+}
+
+/** Parse a number option, with a clear error naming the option. */
+export function numberOption(command: string, name: string, raw: unknown, { min, max, integer }: { min?: number; max?: number; integer?: boolean } = {}): number | undefined {
+  if (raw === undefined) return undefined;
+  const n = Number(raw);
+  const bad = typeof raw !== 'string' || raw.trim() === '' || !Number.isFinite(n) ||
+    (integer === true && !Number.isInteger(n)) || (min !== undefined && n < min) || (max !== undefined && n > max);
+  if (bad) {
+    const range = [min !== undefined ? `≥ ${min}` : '', max !== undefined ? `≤ ${max}` : ''].filter(Boolean).join(' and ');
+    throw new UsageError(`${command}: --${name} expects ${integer ? 'an integer' : 'a number'}${range ? ' ' + range : ''}, got '${String(raw)}'`, 'USAGE_BAD_ARGUMENT');
+  }
+  return n;
+}
+
+/**
+ * Split 'path.safetensors:0.8' into path and weight. The weight is optional (default given);
+ * a path that itself contains ':' (Windows drive) keeps it because only a trailing ':<number>' counts.
+ */
+export function parseWeighted(command: string, spec: string, defaultWeight: number): { path: string; weight: number } {
+  const m = /^(.*):([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)$/.exec(spec);
+  if (m && m[1] !== '') return { path: m[1]!, weight: Number(m[2]) };
+  if (/:[^\\/]*$/.test(spec) && !/^[A-Za-z]:[\\/]/.test(spec)) {
+    throw new UsageError(`${command}: '${spec}' — the weight after ':' must be a number, e.g. lcm.safetensors:1.0`, 'USAGE_BAD_ARGUMENT');
+  }
+  return { path: spec, weight: defaultWeight };
+}

@@ -1,0 +1,120 @@
+import * as path from 'node:path';
+import { UsageError } from '../../errors.js';
+import { describeLora, loadLora, parseOutputDType, saveLora, type KohyaPaths, type OutputDType } from '../../formats/index.js';
+import { ARCH_LABEL, parseArch } from '../../layout/index.js';
+import { parseCommandArgs } from '../args.js';
+import type { CliContext, Command } from '../context.js';
+
+const HELP = `Usage: lora-mix convert IN -o OUT --to kohya|peft [--kohya-paths diffusers|sgm] [--dtype fp16|bf16|fp32]
+                        [--arch sd15|sdxl|ssd1b] [--allow-unmatched] [--json]
+
+Rewrite a LoRA in another spelling without changing what it does: every module's factors and alpha are kept,
+so the delta (alpha / rank) · up · down of every module is the same (exactly the same bytes when the dtype is
+kept; one rounding when --dtype changes it).
+
+IN may be any spelling lora-mix reads: kohya (lora_unet_… with diffusers or SGM paths, lora_te_, lora_te1_,
+lora_te2_), PEFT / diffusers (unet.….lora_A.weight, with or without base_model.model.), or the old diffusers
+attention-processor format. The architecture is detected from names and shapes.
+
+Options:
+  -o, --output OUT        the file to write (never the input; written to a temp file, then renamed)
+  --to kohya|peft         kohya: .lora_down/.lora_up/.alpha per module; peft: .lora_A/.lora_B with the
+                          alphas in the 'lora_adapter_metadata' JSON (r, lora_alpha, rank/alpha patterns)
+  --kohya-paths P         UNet names in kohya output: diffusers (default; what LCM-LoRA files use,
+                          lora_unet_down_blocks_…) or sgm (lora_unet_input_blocks_…, what kohya writes for SDXL)
+  --dtype D               fp16, bf16 or fp32 (default: the input's dtype)
+  --arch A                treat the input as this architecture instead of detecting it
+  --allow-unmatched       with --arch: drop modules the architecture lacks (e.g. an SDXL LoRA for SSD-1B)
+  --json                  print the result as JSON
+
+Examples:
+  lora-mix convert pytorch_lora_weights.safetensors -o lcm-kohya.safetensors --to kohya
+  lora-mix convert style_sdxl.safetensors -o style_peft.safetensors --to peft
+  lora-mix convert lcm-lora-sdxl.safetensors -o lcm-sgm.safetensors --to kohya --kohya-paths sgm --dtype fp16
+  lora-mix convert lcm-lora-sdxl.safetensors -o lcm-ssd1b.safetensors --to kohya --arch ssd1b --allow-unmatched`;
+
+function choice<T extends string>(option: string, raw: unknown, allowed: readonly T[]): T | undefined {
+  if (raw === undefined) return undefined;
+  if (typeof raw === 'string' && (allowed as readonly string[]).includes(raw)) return raw as T;
+  throw new UsageError(`convert: --${option} expects ${allowed.join(' or ')}, got '${String(raw)}'`, 'USAGE_BAD_ARGUMENT');
+}
+
+export const convertCommand: Command = {
+  name: 'convert',
+  summary: 'rewrite a LoRA as kohya or PEFT (same deltas), optionally in another dtype',
+  help: HELP,
+  async run(argv: string[], ctx: CliContext): Promise<number> {
+    const { values, positionals } = parseCommandArgs('convert', argv, {
+      output: { type: 'string', short: 'o' },
+      to: { type: 'string' },
+      'kohya-paths': { type: 'string' },
+      dtype: { type: 'string' },
+      arch: { type: 'string' },
+      'allow-unmatched': { type: 'boolean' },
+      json: { type: 'boolean' },
+    });
+    if (positionals.length !== 1) {
+      throw new UsageError(`convert: expected one input file, got ${positionals.length === 0 ? 'none' : positionals.join(' ')}. Run 'lora-mix convert --help' for usage.`);
+    }
+    if (typeof values.output !== 'string' || values.output === '') {
+      throw new UsageError("convert: -o OUT is required (the file to write). Run 'lora-mix convert --help' for usage.");
+    }
+    const to = choice('to', values.to, ['kohya', 'peft'] as const);
+    if (!to) throw new UsageError("convert: --to kohya|peft is required. Run 'lora-mix convert --help' for usage.");
+    const kohyaPaths = choice<KohyaPaths>('kohya-paths', values['kohya-paths'], ['diffusers', 'sgm']);
+    if (kohyaPaths && to !== 'kohya') throw new UsageError('convert: --kohya-paths applies only to --to kohya', 'USAGE_BAD_ARGUMENT');
+    let dtype: OutputDType | undefined;
+    if (values.dtype !== undefined) {
+      dtype = parseOutputDType(String(values.dtype));
+      if (!dtype) throw new UsageError(`convert: --dtype expects fp16, bf16 or fp32, got '${String(values.dtype)}'`, 'USAGE_BAD_ARGUMENT');
+    }
+    const arch = typeof values.arch === 'string' ? parseArch(values.arch) : undefined;
+    const input = path.resolve(ctx.cwd, positionals[0]!);
+    const output = path.resolve(ctx.cwd, values.output);
+
+    const lora = await loadLora(input, {
+      ...(arch ? { arch } : {}),
+      ...(values['allow-unmatched'] === true ? { allowUnmatched: true } : {}),
+    });
+    const result = await saveLora(lora, output, {
+      format: to,
+      ...(kohyaPaths ? { kohyaPaths } : {}),
+      ...(dtype ? { dtype } : {}),
+      refuseOverwrite: [input],
+    });
+    const outDtype = dtype ?? (lora.dtype === 'F16' || lora.dtype === 'BF16' || lora.dtype === 'F32' ? lora.dtype : 'F32');
+    const summary = describeLora(lora);
+    const report = {
+      input: positionals[0]!,
+      output: values.output,
+      from: { format: lora.format, ...(lora.kohyaPaths ? { kohyaPaths: lora.kohyaPaths } : {}), dtype: lora.dtype },
+      to: { format: to, ...(to === 'kohya' ? { kohyaPaths: kohyaPaths ?? 'diffusers' } : {}), dtype: outDtype },
+      arch: lora.arch,
+      size: lora.size,
+      modules: lora.modules.size,
+      parameters: summary.parameters,
+      bytes: result.byteLength,
+      unmatched: lora.unmatched,
+      flushedToZero: result.stats.flushedToZero,
+      notes: lora.notes,
+    };
+    if (values.json === true) {
+      ctx.out(JSON.stringify(report, null, 2) + '\n');
+    } else {
+      const spell = (f: { format: string; kohyaPaths?: string }) => (f.kohyaPaths ? `${f.format} (${f.kohyaPaths} paths)` : f.format);
+      ctx.out([
+        `${report.input} → ${report.output}`,
+        `  ${spell(report.from)} ${report.from.dtype} → ${spell(report.to)} ${report.to.dtype}`,
+        `  ${ARCH_LABEL[lora.arch]}${lora.size === 'tiny' ? ' (tiny)' : ''}, ${report.modules} modules, ${report.parameters.toLocaleString('en-US')} parameters, ${result.byteLength.toLocaleString('en-US')} bytes written`,
+        ...(lora.unmatched.length > 0 ? [`  ${lora.unmatched.length} module(s)/key(s) of the input not written (not in ${ARCH_LABEL[lora.arch]}), e.g. ${lora.unmatched[0]!.key}`] : []),
+        ...lora.notes.map((n) => `  note: ${n}`),
+      ].join('\n') + '\n');
+    }
+    if (result.stats.flushedToZero > 0) {
+      ctx.err(`lora-mix convert: warning: ${result.stats.flushedToZero} non-zero factor value(s) became 0 in ${outDtype} (too small for the format); --dtype fp32 or bf16 keeps them\n`);
+    }
+    return 0;
+  },
+};
+
+export const command: Command = convertCommand;

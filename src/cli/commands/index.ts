@@ -1,0 +1,15 @@
+import type { Command } from '../context.js';
+import { convertCommand } from './convert.js';
+import { inspectCommand } from './inspect.js';
+import { layoutCommand } from './layout.js';
+import { mergeCommand } from './merge.js';
+import { sampleCommand } from './sample.js';
+
+/** Every CLI command, in the order `lora-mix --help` lists them. Add one line per command module. */
+export const COMMANDS: readonly Command[] = [
+  inspectCommand,
+  convertCommand,
+  mergeCommand,
+  layoutCommand,
+  sampleCommand,
+];

@@ -1,0 +1,478 @@
+/**
+ * Decoding a LoRA file into the canonical `Lora`: key grammar (keys.ts) → modules grouped by name → names
+ * resolved through the layouts and the architecture decided from names + shapes (resolve.ts) → factors read
+ * and decoded to f32.
+ *
+ * `planLora` does everything except reading the factor values (it reads only the tiny alpha tensors), so
+ * `inspect` can describe a 400 MB LoRA without loading it; `decodeLora` is the plan plus the factors.
+ */
+import ndarray from 'ndarray';
+import { ArchError, FormatError, LoraError } from '../errors.js';
+import { ARCH_LABEL } from '../layout/index.js';
+import type { Arch, Layout, LayoutSize, ModuleEntry } from '../layout/types.js';
+import type { F32Array, Lora, LoraModule } from '../lora/types.js';
+import type { DType } from '../tensor.js';
+import { checkpointEvidence, findUnsupportedAdapter, parseLoraKey, type ParsedKey, type PathKey } from './keys.js';
+import { kohyaAlpha, kohyaSpellingOf, type KohyaPaths } from './kohya.js';
+import { PEFT_METADATA_KEY, parsePeftMetadata, peftAlpha, peftConfigFor } from './peft.js';
+import { rankCandidates, type CandidateResult, type RawModule, type ShapeProblem } from './resolve.js';
+
+export type LoraFormat = 'kohya' | 'peft' | 'diffusers-old';
+
+/** What decoding needs from a safetensors file (SafetensorsFile from src/safetensors provides it). */
+export interface LoraFileLike {
+  readonly name: string;
+  readonly tensors: readonly { readonly name: string; readonly dtype: DType; readonly shape: readonly number[] }[];
+  readonly metadata: Readonly<Record<string, string>>;
+  readF32(name: string): Promise<Float32Array>;
+  /** Stored bytes (used for integer alpha tensors, which readF32 refuses). */
+  read?(name: string): Promise<Uint8Array>;
+}
+
+const INT_READERS: Partial<Record<DType, (v: DataView) => number>> = {
+  I64: (v) => Number(v.getBigInt64(0, true)), U64: (v) => Number(v.getBigUint64(0, true)),
+  I32: (v) => v.getInt32(0, true), U32: (v) => v.getUint32(0, true),
+  I16: (v) => v.getInt16(0, true), U16: (v) => v.getUint16(0, true),
+  I8: (v) => v.getInt8(0), U8: (v) => v.getUint8(0),
+};
+
+/** The value of a one-element alpha tensor, float or integer. */
+async function readScalar(file: LoraFileLike, name: string, dtype: DType): Promise<number> {
+  const int = INT_READERS[dtype];
+  if (int && file.read) {
+    const b = await file.read(name);
+    return int(new DataView(b.buffer, b.byteOffset, b.byteLength));
+  }
+  return (await file.readF32(name))[0]!;
+}
+
+export interface DecodeOptions {
+  /** Force the architecture instead of detecting it. Modules it lacks are listed (see allowUnmatched). */
+  readonly arch?: Arch;
+  /** Force the layout size ('full' for real files, 'tiny' for fixtures); detected when absent. */
+  readonly size?: LayoutSize;
+  /**
+   * Keep going when some modules or keys cannot be used (an SDXL LoRA on SSD-1B, stray keys): they are listed in
+   * `unmatched` instead of raising LORA_UNMATCHED_MODULES / FORMAT_KEY_UNRESOLVED. Shape mismatches stay errors.
+   */
+  readonly allowUnmatched?: boolean;
+}
+
+export interface UnmatchedEntry {
+  /** The module name as spelled in the file (kohya name or path), or the tensor key for unparseable keys. */
+  readonly key: string;
+  readonly reason: string;
+}
+
+/** One module of a planned decode: where its factors are and what they look like. */
+export interface PlannedModule {
+  readonly entry: ModuleEntry;
+  /** The name as spelled in the file. */
+  readonly name: string;
+  readonly downKey: string;
+  readonly upKey: string;
+  readonly alphaKey?: string;
+  readonly downShape: readonly number[];
+  readonly upShape: readonly number[];
+  readonly rank: number;
+  readonly alpha: number;
+}
+
+/** Everything known about a LoRA file without reading its factor values. */
+export interface LoraPlan {
+  readonly format: LoraFormat;
+  /** kohya files: which UNet spelling the names use. */
+  readonly kohyaPaths?: KohyaPaths | 'mixed';
+  readonly arch: Arch;
+  readonly size: LayoutSize;
+  readonly layout: Layout;
+  /** The most common storage dtype of the factors. */
+  readonly dtype: DType;
+  readonly source: string;
+  /** In layout order. */
+  readonly modules: readonly PlannedModule[];
+  readonly unmatched: readonly UnmatchedEntry[];
+  /** Things decoding assumed (missing alphas, alpha 0 read as rank, a component prefix that was absent …). */
+  readonly notes: readonly string[];
+  readonly metadata: Readonly<Record<string, string>>;
+}
+
+/** A decoded LoRA with where it came from. */
+export interface LoadedLora extends Lora {
+  readonly format: LoraFormat;
+  readonly kohyaPaths?: KohyaPaths | 'mixed';
+  /** The most common storage dtype of the factors in the file. */
+  readonly dtype: DType;
+  /** The file it was read from (path or name). */
+  readonly source: string;
+  readonly unmatched: readonly UnmatchedEntry[];
+  readonly notes: readonly string[];
+}
+
+const LIST_MAX = 10;
+
+/** 'a, b, c … (+N more)' */
+export function listSome(items: readonly string[], max = LIST_MAX): string {
+  const head = items.slice(0, max).join(', ');
+  return items.length > max ? `${head} … (+${items.length - max} more)` : head;
+}
+
+interface Group {
+  readonly id: string;
+  readonly family: 'kohya' | 'path';
+  down?: ParsedKey;
+  up?: ParsedKey;
+  alpha?: ParsedKey;
+}
+
+function describeCandidate(c: Pick<CandidateResult, 'arch' | 'size'>): string {
+  return `${ARCH_LABEL[c.arch]}${c.size === 'tiny' ? ' (tiny)' : ''}`;
+}
+
+/** 'an SDXL (tiny)', 'an SD1.5', 'an SSD-1B' */
+function withArticle(c: Pick<CandidateResult, 'arch' | 'size'>): string {
+  return `an ${describeCandidate(c)}`;
+}
+
+function shapeList(problems: readonly ShapeProblem[]): string {
+  return listSome(problems.map((p) => `${p.module.id}: expected ${p.expected}, found ${p.found}`), 5);
+}
+
+/**
+ * Read the header-level structure of a LoRA file: format, architecture, every module with its rank and alpha.
+ * Throws the typed errors listed in docs/formats.md. Reads only alpha tensors (0-d), never factors.
+ */
+export async function planLora(file: LoraFileLike, options: DecodeOptions = {}): Promise<LoraPlan> {
+  const fileName = file.name;
+  const keys = file.tensors.map((t) => t.name);
+  const infos = new Map(file.tensors.map((t) => [t.name, t]));
+  const notes: string[] = [];
+  const unmatched: UnmatchedEntry[] = [];
+
+  if (keys.length === 0) {
+    throw new FormatError('FORMAT_NOT_A_LORA', `${fileName}: the file holds no tensors, so it is not a LoRA`, { file: fileName });
+  }
+
+  // 1. Adapter types that are not LoRA.
+  const adapter = findUnsupportedAdapter(keys);
+  if (adapter) {
+    throw new FormatError('FORMAT_UNSUPPORTED_ADAPTER',
+      `${fileName}: this is a ${adapter.signature.type} file, not a LoRA (${adapter.count} key(s) such as '${adapter.example}'); ` +
+      `lora-mix only handles LoRA / LoCon factors (up·down): ${adapter.signature.why}`,
+      { file: fileName, adapter: adapter.signature.type, key: adapter.example, count: adapter.count });
+  }
+
+  // 2. Key grammar.
+  const parsed: ParsedKey[] = [];
+  const unknown: string[] = [];
+  for (const k of keys) {
+    const p = parseLoraKey(k);
+    if (p) parsed.push(p);
+    else unknown.push(k);
+  }
+  if (!parsed.some((p) => p.role !== 'alpha')) {
+    const evidence = checkpointEvidence(keys);
+    throw new FormatError('FORMAT_NOT_A_LORA',
+      evidence
+        ? `${fileName}: this is a base checkpoint (e.g. '${evidence}'), not a LoRA; expected keys such as '….lora_down.weight' or '….lora_A.weight'`
+        : `${fileName}: no LoRA factor keys found (expected '….lora_down.weight' / '….lora_up.weight' or '….lora_A.weight' / '….lora_B.weight'); first keys: ${listSome(keys, 5)}`,
+      { file: fileName, kind: evidence ? 'checkpoint' : 'other', key: evidence ?? keys[0] });
+  }
+
+  // 3. One family, one adapter name.
+  const kohyaKey = parsed.find((p) => p.family === 'kohya');
+  const pathKey = parsed.find((p) => p.family === 'path') as PathKey | undefined;
+  if (kohyaKey && pathKey) {
+    throw new FormatError('FORMAT_MIXED',
+      `${fileName}: the file mixes kohya names ('${kohyaKey.key}') with PEFT/diffusers paths ('${pathKey.key}'); expected one spelling`,
+      { file: fileName, expected: 'one key spelling', found: [kohyaKey.key, pathKey.key] });
+  }
+  const adapters = [...new Set(parsed.flatMap((p) => (p.family === 'path' && p.adapter !== undefined ? [p.adapter] : [])))];
+  if (adapters.length > 1) {
+    throw new FormatError('FORMAT_MIXED',
+      `${fileName}: the file holds several PEFT adapters (${adapters.join(', ')}); expected one`,
+      { file: fileName, expected: 'one adapter', found: adapters });
+  }
+  const format: LoraFormat = kohyaKey
+    ? 'kohya'
+    : parsed.some((p) => p.family === 'path' && p.spelling === 'processor') ? 'diffusers-old' : 'peft';
+
+  if (unknown.length > 0) {
+    if (!options.allowUnmatched) {
+      throw new FormatError('FORMAT_KEY_UNRESOLVED',
+        `${fileName}: ${unknown.length} key(s) are not LoRA factors or alphas in the ${format} spelling: ${listSome(unknown)}`,
+        { file: fileName, keys: unknown.slice(0, 100), count: unknown.length });
+    }
+    for (const k of unknown) unmatched.push({ key: k, reason: 'not a LoRA factor or alpha key in any known spelling' });
+  }
+
+  // 4. Group keys into modules.
+  const groups = new Map<string, Group>();
+  for (const p of parsed) {
+    const id = p.family === 'kohya' ? p.name : p.path;
+    let g = groups.get(id);
+    if (!g) {
+      g = { id, family: p.family };
+      groups.set(id, g);
+    }
+    const prev = g[p.role];
+    if (prev) {
+      throw new FormatError('FORMAT_MIXED',
+        `${fileName}: module '${id}' has two ${p.role} tensors, '${prev.key}' and '${p.key}'; expected one`,
+        { file: fileName, key: id, found: [prev.key, p.key] });
+    }
+    g[p.role] = p;
+  }
+  const incomplete = [...groups.values()].filter((g) => !g.down || !g.up);
+  if (incomplete.length > 0) {
+    const what = (g: Group): string =>
+      !g.down && !g.up ? `${g.id} (only an alpha)` : !g.up ? `${g.id} (down without up)` : `${g.id} (up without down)`;
+    throw new FormatError('FORMAT_INCOMPLETE_MODULE',
+      `${fileName}: ${incomplete.length} module(s) lack a factor: ${listSome(incomplete.map(what))}; every module needs both a down and an up factor`,
+      { file: fileName, modules: incomplete.map((g) => g.id).slice(0, 100), count: incomplete.length });
+  }
+
+  // 5. Factor shapes and ranks.
+  const raw: RawModule[] = [];
+  const byId = new Map<string, Group>();
+  for (const g of groups.values()) {
+    const down = infos.get(g.down!.key)!;
+    const up = infos.get(g.up!.key)!;
+    const dOk = down.shape.length === 2 || down.shape.length === 4;
+    const uOk = up.shape.length === 2 || up.shape.length === 4;
+    if (!dOk || !uOk) {
+      throw new LoraError('LORA_SHAPE_MISMATCH',
+        `${fileName}: module '${g.id}': expected 2-D or 4-D factors, found down '${down.name}' ${JSON.stringify(down.shape)} and up '${up.name}' ${JSON.stringify(up.shape)}`,
+        { file: fileName, key: g.id, found: { down: down.shape, up: up.shape } });
+    }
+    if (down.shape[0] !== up.shape[1] || down.shape[0] === 0) {
+      throw new LoraError('LORA_RANK_MISMATCH',
+        `${fileName}: module '${g.id}': the down factor has rank ${down.shape[0]} (${JSON.stringify(down.shape)}) but the up factor has rank ${up.shape[1]} (${JSON.stringify(up.shape)}); expected equal, non-zero ranks`,
+        { file: fileName, key: g.id, expected: down.shape[0], found: up.shape[1] });
+    }
+    raw.push({ id: g.id, family: g.family, downShape: down.shape, upShape: up.shape });
+    byId.set(g.id, g);
+  }
+
+  // 6. Architecture.
+  const chosen = chooseCandidate(fileName, raw, options, unmatched);
+
+  // 7. Duplicates: two spellings of one module.
+  const seen = new Map<string, string>();
+  for (const m of chosen.matched) {
+    const other = seen.get(m.entry.path);
+    if (other !== undefined) {
+      throw new FormatError('FORMAT_MIXED',
+        `${fileName}: module '${m.entry.path}' appears twice, as '${other}' and '${m.module.id}'; expected once`,
+        { file: fileName, key: m.entry.path, found: [other, m.module.id] });
+    }
+    seen.set(m.entry.path, m.module.id);
+  }
+
+  // 8. Alphas and the module list in layout order.
+  const peft = format === 'kohya' ? undefined : parsePeftMetadata(file.metadata, fileName);
+  for (const c of Object.values(peft?.byComponent ?? {}).concat(peft?.shared ? [peft.shared] : [])) {
+    if (c.useDora) {
+      throw new FormatError('FORMAT_UNSUPPORTED_ADAPTER',
+        `${fileName}: the PEFT config in metadata '${PEFT_METADATA_KEY}' has use_dora: true — this is a DoRA adapter, not a plain LoRA; DoRA re-normalises the fused weight and is not additive`,
+        { file: fileName, adapter: 'DoRA', key: PEFT_METADATA_KEY });
+    }
+  }
+  const order = new Map(chosen.layout.modules.map((e, i) => [e.path, i]));
+  const matched = [...chosen.matched].sort((a, b) => order.get(a.entry.path)! - order.get(b.entry.path)!);
+  const modules: PlannedModule[] = [];
+  let missingAlpha = 0;
+  let zeroAlpha = 0;
+  const spellings = new Set<KohyaPaths>();
+  let assumedComponent = 0;
+  for (const { module, entry } of matched) {
+    const g = byId.get(module.id)!;
+    const rank = module.downShape[0]!;
+    let stored: number | undefined;
+    if (g.alpha) {
+      const info = infos.get(g.alpha.key)!;
+      if (info.shape.reduce((a, b) => a * b, 1) !== 1) {
+        throw new LoraError('LORA_SHAPE_MISMATCH',
+          `${fileName}: alpha '${g.alpha.key}' must hold one value; found shape ${JSON.stringify(info.shape)}`,
+          { file: fileName, key: g.alpha.key, expected: [], found: info.shape });
+      }
+      stored = await readScalar(file, g.alpha.key, info.dtype);
+      if (!Number.isFinite(stored)) {
+        throw new LoraError('LORA_INVALID_WEIGHTS',
+          `${fileName}: alpha '${g.alpha.key}' is ${stored}; expected a finite number`, { file: fileName, key: g.alpha.key, found: stored });
+      }
+    }
+    let alpha: number;
+    if (stored !== undefined || format === 'kohya') {
+      const k = kohyaAlpha(stored, rank);
+      alpha = k.alpha;
+      if (k.note === 'zero') zeroAlpha++;
+      if (k.note === 'missing') missingAlpha++;
+    } else {
+      const a = peftAlpha(peftConfigFor(peft, entry.component), entry.localPath, rank);
+      if (a === undefined) missingAlpha++;
+      alpha = a ?? rank;
+    }
+    if (format === 'kohya') {
+      const s = kohyaSpellingOf(entry, module.id);
+      if (s) spellings.add(s);
+    } else if ((g.down as PathKey).componentAssumed) {
+      assumedComponent++;
+    }
+    modules.push({
+      entry, name: module.id, downKey: g.down!.key, upKey: g.up!.key,
+      ...(g.alpha ? { alphaKey: g.alpha.key } : {}),
+      downShape: module.downShape, upShape: module.upShape, rank, alpha,
+    });
+  }
+  if (missingAlpha > 0) {
+    notes.push(`${missingAlpha} module(s) have no alpha${format === 'kohya' ? '' : ' (no alpha tensor and no lora_alpha in the metadata)'}: alpha = rank (scale 1)`);
+  }
+  if (zeroAlpha > 0) notes.push(`${zeroAlpha} module(s) store alpha 0, read as alpha = rank like kohya does (ComfyUI would apply scale 0)`);
+  if (assumedComponent > 0) notes.push(`${assumedComponent} module(s) had no component prefix; read as the UNet (or text_encoder for 'text_model.' paths)`);
+  if (format === 'diffusers-old') notes.push('old diffusers attention-processor format: attention projections only');
+
+  const counts = new Map<DType, number>();
+  for (const m of modules) {
+    for (const k of [m.downKey, m.upKey]) {
+      const d = infos.get(k)!.dtype;
+      counts.set(d, (counts.get(d) ?? 0) + 1);
+    }
+  }
+  const dtype = [...counts.entries()].sort((a, b) => b[1] - a[1])[0]![0];
+  const kohyaPaths = format !== 'kohya' || spellings.size === 0 ? undefined : spellings.size === 2 ? 'mixed' : [...spellings][0]!;
+  return {
+    format, ...(kohyaPaths ? { kohyaPaths } : {}), arch: chosen.arch, size: chosen.size, layout: chosen.layout, dtype,
+    source: fileName, modules, unmatched, notes, metadata: { ...file.metadata },
+  };
+}
+
+function chooseCandidate(
+  fileName: string,
+  raw: readonly RawModule[],
+  options: DecodeOptions,
+  unmatched: UnmatchedEntry[],
+): CandidateResult {
+  const all = rankCandidates(raw, options.size !== undefined ? { size: options.size } : {});
+  // Names that no layout knows at all.
+  const unknownEverywhere = raw.filter((m) => all.every((c) => c.missing.includes(m)));
+  let modules = raw;
+  let ranked = all;
+  if (unknownEverywhere.length > 0) {
+    if (!options.allowUnmatched) {
+      throw new FormatError('FORMAT_KEY_UNRESOLVED',
+        `${fileName}: ${unknownEverywhere.length} module name(s) match no module of SD1.5, SDXL or SSD-1B: ${listSome(unknownEverywhere.map((m) => m.id))}`,
+        { file: fileName, keys: unknownEverywhere.map((m) => m.id).slice(0, 100), count: unknownEverywhere.length });
+    }
+    for (const m of unknownEverywhere) unmatched.push({ key: m.id, reason: 'no module of any known architecture has this name' });
+    modules = raw.filter((m) => !unknownEverywhere.includes(m));
+    if (modules.length === 0) {
+      throw new FormatError('FORMAT_KEY_UNRESOLVED',
+        `${fileName}: none of the ${raw.length} module name(s) match a module of SD1.5, SDXL or SSD-1B, e.g. ${listSome(raw.map((m) => m.id), 5)}`,
+        { file: fileName, keys: raw.map((m) => m.id).slice(0, 100), count: raw.length });
+    }
+    ranked = rankCandidates(modules, options.size !== undefined ? { size: options.size } : {});
+  }
+  const best = ranked[0]!;
+
+  if (options.arch === undefined) {
+    if (best.fits) return best;
+    if (best.incompatible.length > 0) {
+      throw new LoraError('LORA_SHAPE_MISMATCH',
+        `${fileName}: the LoRA fits no known architecture; closest is ${describeCandidate(best)}, where ${best.incompatible.length} module(s) have other shapes: ${shapeList(best.incompatible)}`,
+        { file: fileName, arch: best.arch, size: best.size, modules: best.incompatible.slice(0, 100).map((p) => ({ key: p.module.id, expected: p.expected, found: p.found })) });
+    }
+    return acceptMissing(fileName, best, options, unmatched);
+  }
+
+  const forced = ranked.filter((c) => c.arch === options.arch);
+  const pick = forced[0]!;
+  if (pick.fits) return pick;
+  const detected = ranked.find((c) => c.fits);
+  if (pick.incompatible.length > 0 || pick.matched.length === 0) {
+    if (detected && detected.arch !== options.arch) {
+      const why = pick.incompatible.length > 0
+        ? `${pick.incompatible.length} module(s) have shapes of another model, e.g. ${shapeList(pick.incompatible.slice(0, 2))}`
+        : `none of its module names exist in ${ARCH_LABEL[options.arch]}`;
+      throw new ArchError('ARCH_MISMATCH',
+        `${fileName}: this is ${withArticle(detected)} LoRA (all ${modules.length} modules fit), but ${ARCH_LABEL[options.arch]} was requested: ${why}`,
+        { file: fileName, expected: options.arch, found: detected.arch });
+    }
+    if (pick.incompatible.length > 0) {
+      throw new LoraError('LORA_SHAPE_MISMATCH',
+        `${fileName}: ${pick.incompatible.length} module(s) do not fit ${describeCandidate(pick)}: ${shapeList(pick.incompatible)}`,
+        { file: fileName, arch: pick.arch, size: pick.size, modules: pick.incompatible.slice(0, 100).map((p) => ({ key: p.module.id, expected: p.expected, found: p.found })) });
+    }
+    throw new ArchError('ARCH_MISMATCH',
+      `${fileName}: none of the LoRA's ${modules.length} module names exist in ${ARCH_LABEL[options.arch]}`,
+      { file: fileName, expected: options.arch, found: detected?.arch ?? null });
+  }
+  return acceptMissing(fileName, pick, options, unmatched, detected);
+}
+
+/** A candidate where every present name fits but some names are absent: allowed only with allowUnmatched. */
+function acceptMissing(
+  fileName: string,
+  c: CandidateResult,
+  options: DecodeOptions,
+  unmatched: UnmatchedEntry[],
+  detected?: CandidateResult,
+): CandidateResult {
+  const reason = `no such module in ${describeCandidate(c)}`;
+  if (!options.allowUnmatched) {
+    const from = detected && detected.arch !== c.arch ? ` (it is ${withArticle(detected)} LoRA)` : '';
+    throw new LoraError('LORA_UNMATCHED_MODULES',
+      `${fileName}: ${c.missing.length} of ${c.missing.length + c.matched.length} LoRA modules have no counterpart in ${describeCandidate(c)}${from}: ${listSome(c.missing.map((m) => m.id))}; pass allowUnmatched (--allow-unmatched) to use the ${c.matched.length} that match`,
+      { file: fileName, arch: c.arch, modules: c.missing.map((m) => m.id).slice(0, 100), count: c.missing.length, matched: c.matched.length });
+  }
+  for (const m of c.missing) unmatched.push({ key: m.id, reason });
+  return { ...c, missing: [], fits: true };
+}
+
+/** A Float32Array that owns its whole buffer (a view into a shared buffer is copied). */
+function owned(a: Float32Array): Float32Array {
+  return a.byteOffset === 0 && a.buffer.byteLength === a.byteLength ? a : a.slice();
+}
+
+function toNd(data: Float32Array, shape: readonly number[], file: string, key: string): F32Array {
+  const n = shape.reduce((x, y) => x * y, 1);
+  if (data.length !== n) {
+    throw new LoraError('LORA_SHAPE_MISMATCH', `${file}: tensor '${key}' decoded to ${data.length} values; expected ${n} for shape ${JSON.stringify(shape)}`,
+      { file, key, expected: n, found: data.length });
+  }
+  return ndarray(owned(data), [...shape]);
+}
+
+/** Modules whose factors are read at the same time: overlaps file reads with decoding, bounds memory. */
+const READ_AHEAD = 4;
+
+/** Read the factors of a plan: the LoRA in canonical form. */
+export async function readPlannedLora(file: LoraFileLike, plan: LoraPlan): Promise<LoadedLora> {
+  const readModule = async (m: PlannedModule): Promise<LoraModule> => {
+    const [d, u] = await Promise.all([file.readF32(m.downKey), file.readF32(m.upKey)]);
+    return { down: toNd(d, m.downShape, file.name, m.downKey), up: toNd(u, m.upShape, file.name, m.upKey), alpha: m.alpha };
+  };
+  const modules = new Map<string, LoraModule>();
+  const pending: Promise<LoraModule>[] = [];
+  let next = 0;
+  for (const m of plan.modules) {
+    while (pending.length - next < READ_AHEAD && pending.length < plan.modules.length) {
+      const p = readModule(plan.modules[pending.length]!);
+      p.catch(() => undefined); // a failure is reported when its turn comes, never as an unhandled rejection
+      pending.push(p);
+    }
+    modules.set(m.entry.path, await pending[next]!);
+    // Drop the reference so finished modules are not kept alive twice.
+    (pending as (Promise<LoraModule> | undefined)[])[next++] = undefined;
+  }
+  return {
+    arch: plan.arch, size: plan.size, modules, metadata: plan.metadata,
+    format: plan.format, ...(plan.kohyaPaths ? { kohyaPaths: plan.kohyaPaths } : {}),
+    dtype: plan.dtype, source: plan.source, unmatched: plan.unmatched, notes: plan.notes,
+  };
+}
+
+/** Decode a LoRA file (any supported spelling) into the canonical LoRA. */
+export async function decodeLora(file: LoraFileLike, options: DecodeOptions = {}): Promise<LoadedLora> {
+  return readPlannedLora(file, await planLora(file, options));
+}

@@ -1,0 +1,141 @@
+/**
+ * A summary of a LoRA for people and programs: format, architecture, modules by group and component, rank and
+ * alpha histograms, parameter count, LCM-LoRA target coverage, and the kohya training metadata (ss_*).
+ * Works on a decoded LoRA, a header-only plan (nothing but alphas read), or any canonical Lora.
+ */
+import { ARCH_LABEL, getLayout } from '../layout/index.js';
+import type { Arch, Component, LayoutSize, ModuleEntry, ModuleGroup } from '../layout/types.js';
+import type { Lora } from '../lora/types.js';
+import type { DType } from '../tensor.js';
+import type { LoadedLora, LoraFormat, LoraPlan } from './decode.js';
+import type { KohyaPaths } from './kohya.js';
+
+export interface Count<T> {
+  readonly value: T;
+  readonly count: number;
+}
+
+export interface LoraSummary {
+  readonly kind: 'lora';
+  readonly format?: LoraFormat;
+  readonly kohyaPaths?: KohyaPaths | 'mixed';
+  readonly arch: Arch;
+  readonly size: LayoutSize;
+  readonly dtype?: DType;
+  readonly source?: string;
+  readonly modules: number;
+  readonly byGroup: Readonly<Partial<Record<ModuleGroup, number>>>;
+  readonly byComponent: Readonly<Partial<Record<Component, number>>>;
+  /** Rank histogram, most common first. */
+  readonly ranks: readonly Count<number>[];
+  /** Alpha histogram, most common first. */
+  readonly alphas: readonly Count<number>[];
+  /** alpha / rank histogram, most common first. */
+  readonly scales: readonly Count<number>[];
+  /** Factor parameters: Σ r·(in·kh·kw) + out·r. */
+  readonly parameters: number;
+  /** How many of the architecture's LCM-LoRA target modules the LoRA covers. */
+  readonly lcmTargets: { readonly covered: number; readonly total: number };
+  readonly unmatched: number;
+  readonly notes: readonly string[];
+  /** kohya training metadata (ss_* keys); long JSON values (tag frequencies, datasets) are shortened. */
+  readonly training: Readonly<Record<string, string>>;
+}
+
+function histogram(values: readonly number[]): Count<number>[] {
+  const m = new Map<number, number>();
+  for (const v of values) m.set(v, (m.get(v) ?? 0) + 1);
+  return [...m.entries()].map(([value, count]) => ({ value, count })).sort((a, b) => b.count - a.count || a.value - b.value);
+}
+
+const numel = (s: readonly number[]): number => s.reduce((a, b) => a * b, 1);
+
+interface Row { entry: ModuleEntry; rank: number; alpha: number; params: number }
+
+function rowsOf(x: LoadedLora | LoraPlan | Lora): Row[] {
+  if ('layout' in x && Array.isArray((x as LoraPlan).modules)) {
+    return (x as LoraPlan).modules.map((m) => ({ entry: m.entry, rank: m.rank, alpha: m.alpha, params: numel(m.downShape) + numel(m.upShape) }));
+  }
+  const lora = x as Lora;
+  const layout = getLayout(lora.arch, lora.size);
+  const rows: Row[] = [];
+  for (const [path, m] of lora.modules) {
+    const entry = layout.byPath.get(path);
+    if (!entry) continue;
+    rows.push({ entry, rank: m.down.shape[0]!, alpha: m.alpha, params: numel(m.down.shape) + numel(m.up.shape) });
+  }
+  return rows;
+}
+
+function shortMetadata(metadata: Readonly<Record<string, string>>): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const k of Object.keys(metadata).sort()) {
+    if (!k.startsWith('ss_')) continue;
+    const v = metadata[k]!;
+    out[k] = v.length > 200 ? `${v.slice(0, 120)}… (${v.length} characters)` : v;
+  }
+  return out;
+}
+
+/** Summarise a LoRA (decoded, planned, or canonical). */
+export function describeLora(x: LoadedLora | LoraPlan | Lora): LoraSummary {
+  const rows = rowsOf(x);
+  const byGroup: Partial<Record<ModuleGroup, number>> = {};
+  const byComponent: Partial<Record<Component, number>> = {};
+  for (const r of rows) {
+    byGroup[r.entry.group] = (byGroup[r.entry.group] ?? 0) + 1;
+    byComponent[r.entry.component] = (byComponent[r.entry.component] ?? 0) + 1;
+  }
+  const layout = getLayout(x.arch, x.size);
+  const present = new Set(rows.map((r) => r.entry.path));
+  const targets = layout.modules.filter((m) => m.lcmTarget);
+  const meta = x as Partial<LoadedLora>;
+  return {
+    kind: 'lora',
+    ...(meta.format ? { format: meta.format } : {}),
+    ...(meta.kohyaPaths ? { kohyaPaths: meta.kohyaPaths } : {}),
+    arch: x.arch,
+    size: x.size,
+    ...(meta.dtype ? { dtype: meta.dtype } : {}),
+    ...(meta.source ? { source: meta.source } : {}),
+    modules: rows.length,
+    byGroup,
+    byComponent,
+    ranks: histogram(rows.map((r) => r.rank)),
+    alphas: histogram(rows.map((r) => r.alpha)),
+    scales: histogram(rows.map((r) => r.alpha / r.rank)),
+    parameters: rows.reduce((s, r) => s + r.params, 0),
+    lcmTargets: { covered: targets.filter((m) => present.has(m.path)).length, total: targets.length },
+    unmatched: meta.unmatched?.length ?? 0,
+    notes: [...(meta.notes ?? [])],
+    training: shortMetadata(x.metadata),
+  };
+}
+
+const hist = (h: readonly Count<number>[]): string =>
+  h.slice(0, 6).map((c) => `${Number(c.value.toPrecision(6))}×${c.count}`).join(', ') + (h.length > 6 ? `, … (${h.length} values)` : '');
+
+/** The summary as text lines (for `lora-mix inspect`). */
+export function formatLoraSummary(s: LoraSummary): string {
+  const lines: string[] = [];
+  const spelling = s.format === 'kohya' && s.kohyaPaths ? ` (UNet names: ${s.kohyaPaths} paths)` : '';
+  lines.push(`kind:        LoRA`);
+  if (s.format) lines.push(`format:      ${s.format}${spelling}`);
+  lines.push(`arch:        ${ARCH_LABEL[s.arch]}${s.size === 'tiny' ? ' (tiny test layout)' : ''}`);
+  if (s.dtype) lines.push(`dtype:       ${s.dtype}`);
+  lines.push(`modules:     ${s.modules}  (${Object.entries(s.byGroup).map(([g, n]) => `${g} ${n}`).join(', ')})`);
+  lines.push(`components:  ${Object.entries(s.byComponent).map(([c, n]) => `${c} ${n}`).join(', ')}`);
+  lines.push(`ranks:       ${hist(s.ranks)}`);
+  lines.push(`alphas:      ${hist(s.alphas)}`);
+  lines.push(`scale α/r:   ${hist(s.scales)}`);
+  lines.push(`parameters:  ${s.parameters.toLocaleString('en-US')}`);
+  lines.push(`LCM targets: ${s.lcmTargets.covered} of ${s.lcmTargets.total} covered`);
+  if (s.unmatched > 0) lines.push(`unmatched:   ${s.unmatched} module(s)/key(s) not used`);
+  for (const n of s.notes) lines.push(`note:        ${n}`);
+  const t = Object.entries(s.training);
+  if (t.length > 0) {
+    lines.push('training metadata:');
+    for (const [k, v] of t) lines.push(`  ${k} = ${v}`);
+  }
+  return lines.join('\n');
+}

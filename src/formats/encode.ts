@@ -1,0 +1,275 @@
+/**
+ * Encoding the canonical LoRA into a file spelling: the tensor list (names, dtypes, shapes and lazily converted
+ * bytes) plus the metadata, ready for the safetensors writer. Key order is the layout's module order, so the same
+ * LoRA always gives the same bytes.
+ *
+ * - kohya: `<name>.lora_down.weight`, `<name>.lora_up.weight`, `<name>.alpha` per module (UNet names in diffusers
+ *   paths by default — what the LCM-LoRA files use — or SGM paths). The alpha is a 0-d tensor in the factors' dtype
+ *   when that dtype holds the value exactly (every integer alpha up to 2048 in F16), otherwise F32, so no alpha is
+ *   ever rounded.
+ * - peft: `unet.<path>.lora_A.weight` / `.lora_B.weight`; alphas go into the `lora_adapter_metadata` JSON
+ *   (per component r, lora_alpha, rank_pattern, alpha_pattern, target_modules), the way diffusers saves them.
+ *
+ * Factor bytes are produced when the writer asks for them (one tensor at a time); values that would overflow the
+ * target dtype raise LoraError LORA_DTYPE_OVERFLOW instead of becoming Inf.
+ */
+import { LoraError } from '../errors.js';
+import { getLayout } from '../layout/index.js';
+import type { ModuleEntry } from '../layout/types.js';
+import type { F32Array, Lora } from '../lora/types.js';
+import { countOverflow, encodeFromF32, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits, bf16BitsToF32 } from '../safetensors/dtype.js';
+import type { TensorToWrite } from '../safetensors/write.js';
+import { oldDiffusersKeys } from './diffusers-old.js';
+import { kohyaKeys, kohyaName, type KohyaPaths } from './kohya.js';
+import { PEFT_METADATA_KEY, peftMetadataJson, peftStem } from './peft.js';
+import { checkFactorShapes } from './resolve.js';
+
+export type OutputDType = 'F32' | 'F16' | 'BF16';
+
+export interface EncodeOptions {
+  readonly format: 'kohya' | 'peft';
+  /** kohya only: UNet names in diffusers paths (default) or SGM/LDM paths. */
+  readonly kohyaPaths?: KohyaPaths;
+  /** Storage dtype of the factors. Default: the LoRA's own `dtype` when it has one of these, else F32. */
+  readonly dtype?: OutputDType;
+  /** Extra metadata, merged over the LoRA's own. */
+  readonly metadata?: Readonly<Record<string, string>>;
+}
+
+/** Spellings the encoder can write; 'diffusers-old' and the raw PEFT prefix exist for the fixture generator. */
+export interface InternalEncodeOptions {
+  readonly format: 'kohya' | 'peft' | 'diffusers-old';
+  readonly kohyaPaths?: KohyaPaths;
+  readonly dtype: OutputDType;
+  readonly metadata?: Readonly<Record<string, string>>;
+  /** peft only: 'component' ('unet.…', default) or 'base_model' ('base_model.model.…', UNet only). */
+  readonly peftPrefix?: 'component' | 'base_model';
+}
+
+/** One module to encode: its layout entry, rank, alpha, factor shapes and factor values on demand. */
+export interface ModuleSource {
+  readonly entry: ModuleEntry;
+  readonly alpha: number;
+  readonly downShape: readonly number[];
+  readonly upShape: readonly number[];
+  down(): Float32Array;
+  up(): Float32Array;
+}
+
+export interface EncodeStats {
+  /** Factor values written so far. */
+  values: number;
+  /** Non-zero f32 values that became ±0 in the output dtype (fp16 underflow), counted while writing. */
+  flushedToZero: number;
+}
+
+export interface EncodedLora {
+  readonly tensors: TensorToWrite[];
+  readonly metadata: Record<string, string>;
+  /** Filled in as the tensors' data functions run (i.e. while the file is written). */
+  readonly stats: EncodeStats;
+}
+
+/** Metadata keys that describe a specific file's bytes or config and are stale in any re-encoding. */
+const STALE_METADATA = ['sshs_model_hash', 'sshs_legacy_hash', PEFT_METADATA_KEY];
+
+/** The LoRA's storage dtype if it carries one we can write (LoadedLora.dtype), else F32. */
+export function defaultOutputDType(lora: Lora): OutputDType {
+  const d = (lora as { dtype?: unknown }).dtype;
+  return d === 'F16' || d === 'BF16' || d === 'F32' ? d : 'F32';
+}
+
+/** A contiguous row-major Float32Array of an ndarray's values (the array itself when it already is one). */
+export function contiguousF32(a: F32Array): Float32Array {
+  const size = a.shape.reduce((x, y) => x * y, 1);
+  let contiguous = a.offset === 0 && a.data instanceof Float32Array && a.data.length === size;
+  let expect = 1;
+  for (let i = a.shape.length - 1; i >= 0 && contiguous; i--) {
+    if (a.shape[i]! > 1 && a.stride[i] !== expect) contiguous = false;
+    expect *= a.shape[i]!;
+  }
+  if (contiguous) return a.data;
+  const out = new Float32Array(size);
+  const idx = new Array<number>(a.shape.length).fill(0);
+  for (let n = 0; n < size; n++) {
+    out[n] = a.get(...idx);
+    for (let d = a.shape.length - 1; d >= 0; d--) {
+      if (++idx[d]! < a.shape[d]!) break;
+      idx[d] = 0;
+    }
+  }
+  return out;
+}
+
+function sortedRecord(r: Readonly<Record<string, string>>): Record<string, string> {
+  return Object.fromEntries(Object.keys(r).sort().map((k) => [k, r[k]!]));
+}
+
+/** Does `value` survive a round trip through `dtype`? */
+function exactIn(value: number, dtype: OutputDType): boolean {
+  if (dtype === 'F32') return Math.fround(value) === value;
+  if (dtype === 'F16') return f16BitsToF32(f32ToF16Bits(value)) === value;
+  return bf16BitsToF32(f32ToBf16Bits(value)) === value;
+}
+
+function factorTensor(name: string, shape: readonly number[], dtype: OutputDType, values: () => Float32Array, stats: EncodeStats, what: string): TensorToWrite {
+  return {
+    name, dtype, shape: [...shape],
+    data: () => {
+      const src = values();
+      const overflow = countOverflow(src, dtype);
+      if (overflow > 0) {
+        let max = 0;
+        for (let i = 0; i < src.length; i++) if (Number.isFinite(src[i]!)) max = Math.max(max, Math.abs(src[i]!));
+        throw new LoraError('LORA_DTYPE_OVERFLOW',
+          `${what}: ${overflow} value(s) of '${name}' (largest magnitude ${max}) do not fit ${dtype} and would become infinite; write F32 or BF16 instead`,
+          { key: name, dtype, count: overflow, found: max });
+      }
+      const bytes = encodeFromF32(dtype, src);
+      stats.values += src.length;
+      if (dtype !== 'F32') {
+        const bits = new Uint16Array(bytes.buffer, bytes.byteOffset, src.length);
+        let flushed = 0;
+        for (let i = 0; i < src.length; i++) if ((bits[i]! & 0x7fff) === 0 && src[i] !== 0) flushed++;
+        stats.flushedToZero += flushed;
+      }
+      return bytes;
+    },
+  };
+}
+
+function alphaTensor(name: string, alpha: number, dtype: OutputDType): TensorToWrite {
+  const d: OutputDType = exactIn(alpha, dtype) ? dtype : 'F32';
+  return { name, dtype: d, shape: [], data: () => encodeFromF32(d, Float32Array.of(alpha)) };
+}
+
+/**
+ * Encode modules in the given order. Low level: callers pass modules already validated and in layout order
+ * (encodeLora does both; the fixture generator builds them from the layout).
+ */
+export function encodeModules(modules: readonly ModuleSource[], options: InternalEncodeOptions, baseMetadata: Readonly<Record<string, string>> = {}): EncodedLora {
+  const stats: EncodeStats = { values: 0, flushedToZero: 0 };
+  const tensors: TensorToWrite[] = [];
+  const metadata: Record<string, string> = {};
+  for (const [k, v] of Object.entries(baseMetadata)) if (!STALE_METADATA.includes(k)) metadata[k] = v;
+  Object.assign(metadata, options.metadata ?? {});
+  metadata['format'] = 'pt';
+  const what = `${options.format} encoding`;
+  const dtype = options.dtype;
+  const rankOf = (m: ModuleSource): number => m.downShape[0]!;
+
+  switch (options.format) {
+    case 'kohya': {
+      const paths = options.kohyaPaths ?? 'diffusers';
+      for (const m of modules) {
+        const k = kohyaKeys(kohyaName(m.entry, paths));
+        // kohya reads a stored alpha of 0 as alpha = rank; a zero-scale module is written as a zero up factor.
+        const zero = m.alpha === 0;
+        const up = zero ? () => new Float32Array(m.upShape.reduce((a, b) => a * b, 1)) : m.up;
+        tensors.push(factorTensor(k.down, m.downShape, dtype, m.down, stats, what));
+        tensors.push(factorTensor(k.up, m.upShape, dtype, up, stats, what));
+        tensors.push(alphaTensor(k.alpha, zero ? rankOf(m) : m.alpha, dtype));
+      }
+      delete metadata[PEFT_METADATA_KEY];
+      break;
+    }
+    case 'peft': {
+      const prefix = options.peftPrefix ?? 'component';
+      if (prefix === 'base_model') {
+        const other = modules.find((m) => m.entry.component !== 'unet');
+        if (other) {
+          throw new LoraError('LORA_UNMATCHED_MODULES',
+            `${what}: the raw 'base_model.model.' spelling names UNet modules only; '${other.entry.path}' is a text-encoder module`,
+            { key: other.entry.path });
+        }
+      }
+      for (const m of modules) {
+        const stem = peftStem(m.entry, prefix);
+        tensors.push(factorTensor(`${stem}.lora_A.weight`, m.downShape, dtype, m.down, stats, what));
+        tensors.push(factorTensor(`${stem}.lora_B.weight`, m.upShape, dtype, m.up, stats, what));
+      }
+      metadata[PEFT_METADATA_KEY] = peftMetadataJson(
+        modules.map((m) => ({ entry: m.entry, rank: rankOf(m), alpha: m.alpha })), prefix === 'component');
+      break;
+    }
+    case 'diffusers-old': {
+      for (const m of modules) {
+        const k = oldDiffusersKeys(m.entry);
+        if (!k) {
+          throw new LoraError('LORA_UNMATCHED_MODULES',
+            `${what}: module '${m.entry.path}' cannot be written in the old attention-processor format (attention projections and CLIP MLPs only)`,
+            { key: m.entry.path });
+        }
+        if (m.alpha !== rankOf(m)) {
+          throw new LoraError('LORA_INVALID_WEIGHTS',
+            `${what}: module '${m.entry.path}' has alpha ${m.alpha} ≠ rank ${rankOf(m)}; the old attention-processor format stores no alpha`,
+            { key: m.entry.path, expected: rankOf(m), found: m.alpha });
+        }
+        tensors.push(factorTensor(k.down, m.downShape, dtype, m.down, stats, what));
+        tensors.push(factorTensor(k.up, m.upShape, dtype, m.up, stats, what));
+      }
+      delete metadata[PEFT_METADATA_KEY];
+      break;
+    }
+  }
+  return { tensors, metadata: sortedRecord(metadata), stats };
+}
+
+/** Check a canonical LoRA against its layout and list its modules in layout order. */
+export function moduleSources(lora: Lora): ModuleSource[] {
+  const layout = getLayout(lora.arch, lora.size);
+  const unknown = [...lora.modules.keys()].filter((p) => !layout.byPath.has(p));
+  if (unknown.length > 0) {
+    throw new LoraError('LORA_UNMATCHED_MODULES',
+      `${unknown.length} module path(s) of the LoRA are not modules of ${lora.arch} (${lora.size}): ${unknown.slice(0, 10).join(', ')}${unknown.length > 10 ? ' …' : ''}`,
+      { arch: lora.arch, modules: unknown.slice(0, 100), count: unknown.length });
+  }
+  const out: ModuleSource[] = [];
+  for (const entry of layout.modules) {
+    const m = lora.modules.get(entry.path);
+    if (!m) continue;
+    const rank = m.down.shape[0]!;
+    if (m.up.shape[1] !== rank) {
+      throw new LoraError('LORA_RANK_MISMATCH',
+        `module '${entry.path}': down ${JSON.stringify(m.down.shape)} has rank ${rank} but up ${JSON.stringify(m.up.shape)} has rank ${m.up.shape[1]}`,
+        { key: entry.path, expected: rank, found: m.up.shape[1] });
+    }
+    const problem = checkFactorShapes(entry, m.down.shape, m.up.shape);
+    if (problem) {
+      throw new LoraError('LORA_SHAPE_MISMATCH', `module '${entry.path}': expected ${problem.expected}, found ${problem.found}`,
+        { key: entry.path, expected: problem.expected, found: problem.found });
+    }
+    if (!Number.isFinite(m.alpha)) {
+      throw new LoraError('LORA_INVALID_WEIGHTS', `module '${entry.path}': alpha is ${m.alpha}; expected a finite number`,
+        { key: entry.path, found: m.alpha });
+    }
+    out.push({
+      entry, alpha: m.alpha, downShape: [...m.down.shape], upShape: [...m.up.shape],
+      down: () => contiguousF32(m.down), up: () => contiguousF32(m.up),
+    });
+  }
+  return out;
+}
+
+/**
+ * Encode a LoRA as kohya or PEFT tensors (+ metadata). Data is produced lazily, one tensor at a time, when the
+ * writer asks for it.
+ */
+export function encodeLora(lora: Lora, options: EncodeOptions): EncodedLora {
+  const dtype = options.dtype ?? defaultOutputDType(lora);
+  return encodeModules(moduleSources(lora), {
+    format: options.format, dtype,
+    ...(options.kohyaPaths ? { kohyaPaths: options.kohyaPaths } : {}),
+    ...(options.metadata ? { metadata: options.metadata } : {}),
+  }, lora.metadata);
+}
+
+/** The dtype names the CLI accepts. */
+export function parseOutputDType(name: string): OutputDType | undefined {
+  const k = name.trim().toLowerCase();
+  if (k === 'fp16' || k === 'f16' || k === 'float16' || k === 'half') return 'F16';
+  if (k === 'bf16' || k === 'bfloat16') return 'BF16';
+  if (k === 'fp32' || k === 'f32' || k === 'float32' || k === 'float') return 'F32';
+  return undefined;
+}
+

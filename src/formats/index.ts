@@ -1,0 +1,94 @@
+/**
+ * LoRA file formats: decode any supported spelling (kohya with diffusers or SGM paths, PEFT/diffusers, the old
+ * diffusers attention-processor format) into the canonical LoRA, and encode a LoRA as kohya or PEFT.
+ * Core module: no `node:` imports. Paths work in Node through the Node adapter, loaded on demand.
+ */
+import { IoError } from '../errors.js';
+import type { ByteSink, ByteSource } from '../io/source.js';
+import type { Lora } from '../lora/types.js';
+import { parseSafetensors, type SafetensorsFile } from '../safetensors/read.js';
+import { serializeSafetensors, writeSafetensors, type TensorData, type WriteResult } from '../safetensors/write.js';
+import { decodeLora, planLora, type DecodeOptions, type LoadedLora, type LoraPlan } from './decode.js';
+import { encodeLora, type EncodeOptions, type EncodeStats } from './encode.js';
+
+export {
+  decodeLora, planLora, readPlannedLora, listSome,
+  type LoadedLora, type LoraPlan, type PlannedModule, type DecodeOptions, type LoraFormat, type LoraFileLike,
+  type UnmatchedEntry,
+} from './decode.js';
+export {
+  encodeLora, encodeModules, moduleSources, contiguousF32, defaultOutputDType, parseOutputDType,
+  type EncodeOptions, type InternalEncodeOptions, type EncodedLora, type EncodeStats, type ModuleSource, type OutputDType,
+} from './encode.js';
+export { describeLora, formatLoraSummary, type LoraSummary, type Count } from './describe.js';
+export { detectFileKind, type FileKind } from './detect.js';
+export { parseLoraKey, findUnsupportedAdapter, checkpointEvidence, UNSUPPORTED_ADAPTERS, type ParsedKey, type KohyaKey, type PathKey, type AdapterSignature } from './keys.js';
+export { kohyaName, kohyaKeys, kohyaAlpha, type KohyaPaths } from './kohya.js';
+export { parsePeftMetadata, peftAlpha, peftMetadataJson, PEFT_METADATA_KEY, type PeftConfigs, type PeftComponentConfig } from './peft.js';
+export { oldDiffusersKeys } from './diffusers-old.js';
+export { checkFactorShapes, rankCandidates, evaluateCandidate, type CandidateResult, type RawModule } from './resolve.js';
+
+// Built at run time so browser bundlers leave the Node adapter out (the same trick as the safetensors writer).
+const NODE_ADAPTER = ['..', 'io', 'node.js'].join('/');
+
+async function openPath(path: string): Promise<SafetensorsFile> {
+  let adapter: typeof import('../io/node.js');
+  try {
+    adapter = (await import(/* @vite-ignore */ NODE_ADAPTER)) as typeof import('../io/node.js');
+  } catch (e) {
+    throw new IoError('IO_READ_FAILED',
+      `${path}: reading a file path needs the Node adapter; outside Node pass a ByteSource such as blobSource(file)`,
+      { file: path }, { cause: e });
+  }
+  return adapter.openSafetensors(path);
+}
+
+/**
+ * Load a LoRA from a path (Node) or any ByteSource (Node or browser). A path is opened and closed here; a
+ * ByteSource given by the caller is left open.
+ */
+export async function loadLora(input: string | ByteSource, options: DecodeOptions = {}): Promise<LoadedLora> {
+  if (typeof input !== 'string') return decodeLora(await parseSafetensors(input), options);
+  const file = await openPath(input);
+  try {
+    return await decodeLora(file, options);
+  } finally {
+    await file.close();
+  }
+}
+
+/** Plan (header + alphas only) a LoRA from a path or ByteSource; see planLora. */
+export async function inspectLora(input: string | ByteSource, options: DecodeOptions = {}): Promise<LoraPlan> {
+  if (typeof input !== 'string') return planLora(await parseSafetensors(input), options);
+  const file = await openPath(input);
+  try {
+    return await planLora(file, options);
+  } finally {
+    await file.close();
+  }
+}
+
+export interface SaveOptions extends EncodeOptions {
+  /** Inputs the output must not replace (the LoRA's own source is always added). */
+  readonly refuseOverwrite?: readonly (ByteSource | string)[];
+}
+
+/**
+ * Write a LoRA to a path (Node: temp file, fsync, rename; nothing left behind on failure; never over an input)
+ * or to a ByteSink. Returns what the writer wrote and the encoder's statistics (fp16 underflow count).
+ */
+export async function saveLora(lora: Lora, target: string | ByteSink, options: SaveOptions): Promise<WriteResult & { stats: EncodeStats }> {
+  const encoded = encodeLora(lora, options);
+  const refuse: (ByteSource | string)[] = [...(options.refuseOverwrite ?? [])];
+  const source = (lora as Partial<LoadedLora>).source;
+  if (typeof source === 'string' && source !== '' && !source.startsWith('<')) refuse.push(source);
+  const result = await writeSafetensors(target, encoded.tensors, { metadata: encoded.metadata, refuseOverwrite: refuse });
+  return { ...result, stats: encoded.stats };
+}
+
+/** The whole encoded file in memory (browsers, small LoRAs). */
+export function serializeLora(lora: Lora, options: EncodeOptions): Uint8Array {
+  const encoded = encodeLora(lora, options);
+  const tensors = encoded.tensors.map((t) => ({ ...t, data: typeof t.data === 'function' ? (t.data as () => TensorData)() : t.data }));
+  return serializeSafetensors(tensors, { metadata: encoded.metadata });
+}

@@ -1,0 +1,216 @@
+/**
+ * The key grammar of LoRA files: what each tensor name in a LoRA safetensors file says about itself, before any
+ * layout is consulted. Three spellings exist (see docs/formats.md):
+ *
+ *   kohya          lora_unet_<flat path>.lora_down.weight | .lora_up.weight | .alpha    (also lora_te_, lora_te1_, lora_te2_)
+ *   peft           [base_model.model.][unet.|text_encoder.|text_encoder_2.][base_model.model.]<path>.lora_A[.<adapter>].weight
+ *                  … .lora_B…, <path>.lora.down/up.weight, <path>.lora_linear_layer.down/up.weight, <path>.alpha
+ *   diffusers-old  [unet.]<attention path>.processor.to_q_lora.down.weight, text_encoder.….self_attn.to_out_lora.up.weight
+ *
+ * A kohya name is kept whole (it is looked up in the layout's kohya table, never un-flattened); a path-style key
+ * becomes a canonical module path here, because its dots already separate the path.
+ */
+import type { Component } from '../layout/types.js';
+
+export type FactorRole = 'down' | 'up' | 'alpha';
+
+/** The two families of spellings: kohya's flattened names, or dotted module paths (PEFT and old diffusers). */
+export type KeyFamily = 'kohya' | 'path';
+
+interface ParsedBase {
+  /** The tensor key in the file. */
+  readonly key: string;
+  readonly role: FactorRole;
+}
+
+/** `lora_unet_…` / `lora_te…_` keys. `name` is the whole kohya module name, e.g. 'lora_unet_down_blocks_0_…_to_q'. */
+export interface KohyaKey extends ParsedBase {
+  readonly family: 'kohya';
+  readonly name: string;
+}
+
+/** Path-style keys: the module is named by a canonical path 'unet.…' / 'text_encoder.…' / 'text_encoder_2.…'. */
+export interface PathKey extends ParsedBase {
+  readonly family: 'path';
+  /** Canonical module path (component prefix included). */
+  readonly path: string;
+  readonly component: Component;
+  /** How the factor was spelled. */
+  readonly spelling: 'lora_A/B' | 'lora.down/up' | 'lora_linear_layer' | 'processor' | 'alpha';
+  /** PEFT adapter name inside the key ('default' in `.lora_A.default.weight`), if any. */
+  readonly adapter?: string;
+  /** The component was not spelled in the key (bare 'down_blocks…'): assumed. */
+  readonly componentAssumed: boolean;
+  /** A 'base_model.model.' prefix was present. */
+  readonly baseModelPrefix: boolean;
+}
+
+export type ParsedKey = KohyaKey | PathKey;
+
+const KOHYA_RE = /^(lora_(?:unet|te|te1|te2)_[^.]+)\.(lora_down\.weight|lora_up\.weight|alpha)$/;
+const PEFT_AB_RE = /^(.+)\.lora_([AB])(?:\.([A-Za-z0-9_-]+))?\.weight$/;
+const LORA_DOT_RE = /^(.+)\.lora\.(down|up)\.weight$/;
+const LINEAR_LAYER_RE = /^(.+)\.lora_linear_layer\.(down|up)\.weight$/;
+const PROCESSOR_RE = /^(.+)\.(to_q|to_k|to_v|to_out)_lora\.(down|up)\.weight$/;
+const PATH_ALPHA_RE = /^(.+)\.alpha$/;
+
+const COMPONENTS: readonly Component[] = ['text_encoder_2', 'text_encoder', 'unet'];
+const BASE_MODEL = 'base_model.model.';
+
+/** Split an optional 'base_model.model.' and a component prefix off a dotted module path. */
+function splitComponent(raw: string): { component: Component; local: string; assumed: boolean; baseModel: boolean } {
+  let rest = raw;
+  let baseModel = false;
+  if (rest.startsWith(BASE_MODEL)) {
+    rest = rest.slice(BASE_MODEL.length);
+    baseModel = true;
+  }
+  let component: Component | undefined;
+  for (const c of COMPONENTS) {
+    if (rest.startsWith(c + '.')) {
+      component = c;
+      rest = rest.slice(c.length + 1);
+      break;
+    }
+  }
+  if (rest.startsWith(BASE_MODEL)) {
+    rest = rest.slice(BASE_MODEL.length);
+    baseModel = true;
+  }
+  if (component) return { component, local: rest, assumed: false, baseModel };
+  // No component spelled: a bare 'text_model.…' path is a (first) text encoder, anything else the UNet.
+  return { component: rest.startsWith('text_model.') ? 'text_encoder' : 'unet', local: rest, assumed: true, baseModel };
+}
+
+/** The old attention-processor names → module names: to_out_lora is to_out.0 (UNet) or out_proj (CLIP). */
+function processorModule(parent: string, proj: string): string {
+  const isClip = /(^|\.)self_attn$/.test(parent);
+  if (isClip) {
+    const clip: Record<string, string> = { to_q: 'q_proj', to_k: 'k_proj', to_v: 'v_proj', to_out: 'out_proj' };
+    return `${parent}.${clip[proj]}`;
+  }
+  const base = parent.endsWith('.processor') ? parent.slice(0, -'.processor'.length) : parent;
+  return proj === 'to_out' ? `${base}.to_out.0` : `${base}.${proj}`;
+}
+
+function pathKey(key: string, role: FactorRole, rawPath: string, spelling: PathKey['spelling'], adapter?: string): PathKey {
+  const { component, local, assumed, baseModel } = splitComponent(rawPath);
+  return {
+    key, role, family: 'path', path: `${component}.${local}`, component, spelling,
+    componentAssumed: assumed, baseModelPrefix: baseModel, ...(adapter !== undefined ? { adapter } : {}),
+  };
+}
+
+/**
+ * Parse one tensor key. Returns undefined for keys that are not LoRA factors or alphas in any known spelling
+ * (the caller reports them). Does not consult any layout.
+ */
+export function parseLoraKey(key: string): ParsedKey | undefined {
+  let m = KOHYA_RE.exec(key);
+  if (m) {
+    const role: FactorRole = m[2] === 'alpha' ? 'alpha' : m[2] === 'lora_down.weight' ? 'down' : 'up';
+    return { key, role, family: 'kohya', name: m[1]! };
+  }
+  if (key.startsWith('lora_unet_') || key.startsWith('lora_te')) return undefined;
+  m = PROCESSOR_RE.exec(key);
+  if (m) {
+    return pathKey(key, m[3] === 'down' ? 'down' : 'up', processorModule(m[1]!, m[2]!), 'processor');
+  }
+  m = PEFT_AB_RE.exec(key);
+  if (m) return pathKey(key, m[2] === 'A' ? 'down' : 'up', m[1]!, 'lora_A/B', m[3]);
+  m = LORA_DOT_RE.exec(key);
+  if (m) return pathKey(key, m[2] === 'down' ? 'down' : 'up', m[1]!, 'lora.down/up');
+  m = LINEAR_LAYER_RE.exec(key);
+  if (m) return pathKey(key, m[2] === 'down' ? 'down' : 'up', m[1]!, 'lora_linear_layer');
+  m = PATH_ALPHA_RE.exec(key);
+  if (m && m[1]!.includes('.')) return pathKey(key, 'alpha', m[1]!, 'alpha');
+  return undefined;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Adapter types lora-mix does not treat as LoRA (keys.md §2.4). Their deltas are not (alpha/r)·up·down, so
+// reading them as LoRA would silently produce a wrong model.
+
+export interface AdapterSignature {
+  /** Human name used in the error message. */
+  readonly type: string;
+  /** Why it is refused. */
+  readonly why: string;
+  readonly test: (key: string) => boolean;
+}
+
+const endsWithAny = (key: string, suffixes: readonly string[]): boolean => suffixes.some((s) => key.endsWith(s));
+
+export const UNSUPPORTED_ADAPTERS: readonly AdapterSignature[] = [
+  {
+    type: 'DoRA',
+    why: 'DoRA re-normalises the fused weight by a magnitude vector; its effect is not an additive low-rank delta',
+    test: (k) => k.endsWith('.dora_scale') || /\.lora_magnitude_vector(\.|$)/.test(k),
+  },
+  {
+    type: 'LoHa (LyCORIS)',
+    why: 'LoHa deltas are Hadamard products of two low-rank products, not up·down',
+    test: (k) => /\.hada_(w1_a|w1_b|w2_a|w2_b|t1|t2)$/.test(k),
+  },
+  {
+    type: 'LoKr (LyCORIS)',
+    why: 'LoKr deltas are Kronecker products, not up·down',
+    test: (k) => /\.lokr_(w1|w1_a|w1_b|w2|w2_a|w2_b|t1|t2)$/.test(k),
+  },
+  {
+    type: 'GLoRA',
+    why: 'GLoRA adds weight- and input-dependent terms, not a plain up·down',
+    test: (k) => endsWithAny(k, ['.a1.weight', '.a2.weight', '.b1.weight', '.b2.weight']),
+  },
+  {
+    type: '(IA)³',
+    why: '(IA)³ rescales activations; it has no low-rank delta',
+    test: (k) => k.endsWith('.on_input') || /\.ia3_l(\.|$)/.test(k),
+  },
+  {
+    type: 'full-weight difference (LyCORIS full / norm diff)',
+    why: 'the file stores whole weight differences or replacement weights, not low-rank factors',
+    test: (k) => endsWithAny(k, ['.diff', '.diff_b', '.set_weight', '.w_norm', '.b_norm']),
+  },
+  {
+    type: 'LoCon with a CP/Tucker middle factor (lora_mid)',
+    why: 'the delta needs the middle core tensor; lora-mix handles only two-factor LoRA',
+    test: (k) => k.endsWith('.lora_mid.weight'),
+  },
+  {
+    type: 'OFT/BOFT',
+    why: 'orthogonal fine-tuning multiplies the weight by a rotation; it is not additive',
+    test: (k) => /\.(oft_blocks|oft_r|boft_R|boft_s)(\.|$)/.test(k) || k.endsWith('.oft_diag'),
+  },
+];
+
+/** The first unsupported adapter found in a key list, with an example key and how many keys belong to it. */
+export function findUnsupportedAdapter(keys: readonly string[]): { signature: AdapterSignature; example: string; count: number } | undefined {
+  for (const signature of UNSUPPORTED_ADAPTERS) {
+    let example: string | undefined;
+    let count = 0;
+    for (const k of keys) {
+      if (signature.test(k)) {
+        example ??= k;
+        count++;
+      }
+    }
+    if (example !== undefined) return { signature, example, count };
+  }
+  return undefined;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Base checkpoints handed in where a LoRA was expected.
+
+const CHECKPOINT_PREFIXES = [
+  'model.diffusion_model.', 'cond_stage_model.', 'conditioner.embedders.', 'first_stage_model.', 'model_ema.',
+];
+const DIFFUSERS_CHECKPOINT_RE = /^(conv_in|time_embedding|down_blocks\.\d+\.resnets|mid_block|text_model\.(encoder|embeddings)|encoder\.down_blocks|decoder\.up_blocks)\..*\.?(weight|bias)$/;
+
+/** If the keys look like a base model (single file or a diffusers component file), an example key; else undefined. */
+export function checkpointEvidence(keys: readonly string[]): string | undefined {
+  for (const k of keys) if (CHECKPOINT_PREFIXES.some((p) => k.startsWith(p))) return k;
+  for (const k of keys) if (DIFFUSERS_CHECKPOINT_RE.test(k)) return k;
+  return undefined;
+}

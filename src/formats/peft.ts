@@ -1,0 +1,183 @@
+/**
+ * The PEFT / diffusers spelling: `unet.<module path>.lora_A.weight` (down) and `.lora_B.weight` (up), with
+ * `text_encoder.` / `text_encoder_2.` for the text encoders. Files carry no alpha tensors; the scale comes from the
+ * PEFT config, which diffusers stores as JSON in the safetensors metadata under `lora_adapter_metadata`, with keys
+ * prefixed by component ("unet.r", "unet.lora_alpha", "unet.alpha_pattern", …). Unprefixed configs
+ * ("r", "lora_alpha", …) are read too and then apply to every component.
+ *
+ * lora-mix writes one config per component: `r` and `lora_alpha` are the most common rank and alpha, and
+ * `rank_pattern` / `alpha_pattern` list every module that differs, by its full module path, so any alpha survives.
+ */
+import { FormatError } from '../errors.js';
+import type { Component, ModuleEntry } from '../layout/types.js';
+
+export const PEFT_METADATA_KEY = 'lora_adapter_metadata';
+
+/** The part of a PEFT LoraConfig that decides scales. */
+export interface PeftComponentConfig {
+  readonly r?: number;
+  readonly loraAlpha?: number;
+  readonly alphaPattern: Readonly<Record<string, number>>;
+  readonly rankPattern: Readonly<Record<string, number>>;
+  readonly useRslora: boolean;
+  readonly useDora: boolean;
+}
+
+/** Configs per component, or one for all (unprefixed metadata). */
+export interface PeftConfigs {
+  readonly byComponent: Partial<Record<Component, PeftComponentConfig>>;
+  readonly shared?: PeftComponentConfig;
+}
+
+const COMPONENTS: readonly Component[] = ['text_encoder_2', 'text_encoder', 'unet'];
+const CONFIG_FIELDS = ['r', 'lora_alpha', 'alpha_pattern', 'rank_pattern', 'use_rslora', 'use_dora'];
+
+function invalid(file: string, what: string, found: unknown): FormatError {
+  return new FormatError('FORMAT_METADATA_INVALID',
+    `${file}: metadata '${PEFT_METADATA_KEY}' ${what}; found ${JSON.stringify(found)?.slice(0, 200)}`,
+    { file, key: PEFT_METADATA_KEY, found });
+}
+
+function numberField(file: string, name: string, v: unknown): number | undefined {
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== 'number' || !Number.isFinite(v)) throw invalid(file, `field '${name}' must be a finite number`, v);
+  return v;
+}
+
+function patternField(file: string, name: string, v: unknown): Record<string, number> {
+  if (v === undefined || v === null) return {};
+  if (typeof v !== 'object' || Array.isArray(v)) throw invalid(file, `field '${name}' must be an object of module → number`, v);
+  const out: Record<string, number> = {};
+  for (const [k, x] of Object.entries(v as Record<string, unknown>)) {
+    if (typeof x !== 'number' || !Number.isFinite(x)) throw invalid(file, `field '${name}.${k}' must be a finite number`, x);
+    out[k] = x;
+  }
+  return out;
+}
+
+function componentConfig(file: string, raw: Record<string, unknown>, prefix: string): PeftComponentConfig {
+  const get = (f: string): unknown => raw[prefix + f];
+  const r = numberField(file, prefix + 'r', get('r'));
+  const loraAlpha = numberField(file, prefix + 'lora_alpha', get('lora_alpha'));
+  return {
+    ...(r !== undefined ? { r } : {}),
+    ...(loraAlpha !== undefined ? { loraAlpha } : {}),
+    alphaPattern: patternField(file, prefix + 'alpha_pattern', get('alpha_pattern')),
+    rankPattern: patternField(file, prefix + 'rank_pattern', get('rank_pattern')),
+    useRslora: get('use_rslora') === true,
+    useDora: get('use_dora') === true,
+  };
+}
+
+/** Parse `lora_adapter_metadata` from safetensors metadata; undefined when absent. */
+export function parsePeftMetadata(metadata: Readonly<Record<string, string>>, file: string): PeftConfigs | undefined {
+  const text = metadata[PEFT_METADATA_KEY];
+  if (text === undefined) return undefined;
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch {
+    throw invalid(file, 'is not valid JSON', text);
+  }
+  if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) throw invalid(file, 'must be a JSON object', raw);
+  const obj = raw as Record<string, unknown>;
+  const byComponent: Partial<Record<Component, PeftComponentConfig>> = {};
+  for (const c of COMPONENTS) {
+    if (Object.keys(obj).some((k) => k.startsWith(c + '.'))) byComponent[c] = componentConfig(file, obj, c + '.');
+  }
+  const hasShared = CONFIG_FIELDS.some((f) => f in obj);
+  return { byComponent, ...(hasShared ? { shared: componentConfig(file, obj, '') } : {}) };
+}
+
+/** PEFT's pattern rule: a key matches a module name when the name is the key or ends with '.' + key (key may be a regex). */
+function matchPattern(pattern: Readonly<Record<string, number>>, localPath: string): number | undefined {
+  if (Object.prototype.hasOwnProperty.call(pattern, localPath)) return pattern[localPath];
+  for (const [k, v] of Object.entries(pattern)) {
+    let hit: boolean;
+    try {
+      hit = new RegExp(`^(?:.*\\.)?(?:${k})$`).test(localPath);
+    } catch {
+      hit = localPath === k || localPath.endsWith('.' + k);
+    }
+    if (hit) return v;
+  }
+  return undefined;
+}
+
+export function peftConfigFor(configs: PeftConfigs | undefined, component: Component): PeftComponentConfig | undefined {
+  return configs?.byComponent[component] ?? configs?.shared;
+}
+
+/**
+ * The alpha of one module (in lora-mix's convention: delta = alpha / r · up·down) from the PEFT config, or
+ * undefined when the config says nothing (the caller then uses alpha = r). rsLoRA scales by alpha / √r, which is
+ * alpha·√r in this convention.
+ */
+export function peftAlpha(config: PeftComponentConfig | undefined, localPath: string, rank: number): number | undefined {
+  if (!config) return undefined;
+  const a = matchPattern(config.alphaPattern, localPath) ?? config.loraAlpha;
+  if (a === undefined) return undefined;
+  return config.useRslora ? a * Math.sqrt(rank) : a;
+}
+
+/** PEFT key stem of a module: 'unet.<path>' or, with the raw PEFT prefix, 'base_model.model.<path>' (UNet only). */
+export function peftStem(entry: ModuleEntry, prefix: 'component' | 'base_model'): string {
+  return prefix === 'base_model' ? `base_model.model.${entry.localPath}` : entry.path;
+}
+
+function mostCommon(values: readonly number[]): number {
+  const counts = new Map<number, number>();
+  for (const v of values) counts.set(v, (counts.get(v) ?? 0) + 1);
+  let best = values[0]!;
+  let bestCount = -1;
+  for (const [v, c] of counts) {
+    if (c > bestCount || (c === bestCount && v < best)) {
+      best = v;
+      bestCount = c;
+    }
+  }
+  return best;
+}
+
+/** Sort object keys recursively (diffusers writes the JSON with sorted keys, indent 2). */
+function sortedJson(value: unknown): string {
+  const sort = (v: unknown): unknown => {
+    if (Array.isArray(v)) return v.map(sort);
+    if (v && typeof v === 'object') {
+      return Object.fromEntries(Object.keys(v as object).sort().map((k) => [k, sort((v as Record<string, unknown>)[k])]));
+    }
+    return v;
+  };
+  return JSON.stringify(sort(value), null, 2);
+}
+
+/**
+ * Build the `lora_adapter_metadata` JSON for a set of modules: per component r, lora_alpha, rank_pattern,
+ * alpha_pattern and target_modules (the full module paths). `prefixed` false writes one unprefixed config (used
+ * for the raw 'base_model.model.' spelling, which is UNet-only).
+ */
+export function peftMetadataJson(
+  modules: readonly { entry: ModuleEntry; rank: number; alpha: number }[],
+  prefixed: boolean,
+): string {
+  const out: Record<string, unknown> = {};
+  for (const c of COMPONENTS) {
+    const ms = modules.filter((m) => m.entry.component === c);
+    if (ms.length === 0) continue;
+    const r = mostCommon(ms.map((m) => m.rank));
+    const alpha = mostCommon(ms.map((m) => m.alpha));
+    const rankPattern: Record<string, number> = {};
+    const alphaPattern: Record<string, number> = {};
+    for (const m of ms) {
+      if (m.rank !== r) rankPattern[m.entry.localPath] = m.rank;
+      if (m.alpha !== alpha) alphaPattern[m.entry.localPath] = m.alpha;
+    }
+    const p = prefixed ? c + '.' : '';
+    out[p + 'r'] = r;
+    out[p + 'lora_alpha'] = alpha;
+    out[p + 'rank_pattern'] = rankPattern;
+    out[p + 'alpha_pattern'] = alphaPattern;
+    out[p + 'target_modules'] = ms.map((m) => m.entry.localPath);
+  }
+  return sortedJson(out);
+}

@@ -1,0 +1,19 @@
+/**
+ * Core kernel API (browser-safe). Node-only: `createCpuKernel` from './cpu-node.js' (worker threads).
+ */
+export type {
+  FuseKernel,
+  GpuKernelResult,
+  KernelStats,
+  StoredFloat,
+  UpdateJob,
+  UpdateOptions,
+  UpdateResult,
+  WasmKernelOptions,
+} from './types.js';
+export { isStoredFloat, STORED_FLOAT_SIZE } from './types.js';
+export { createJsKernel, referenceUpdate } from './js.js';
+export { createWasmKernel } from './cpu.js';
+export { createGpuKernel, gpuBackends, gpuJsKernel, resolvedBackend } from './gpu.js';
+export type { GpuBackendProbe, GpuJsClass, GpuJsInstance, GpuKernelOptions, GpuMode } from './gpu.js';
+export { hasRelaxedSimd, hasWasmSimd } from '../../wasm/features.js';

@@ -1,0 +1,296 @@
+/**
+ * The WASM side of the fused update: owns one WebAssembly.Memory (private, or shared with worker threads),
+ * lays a job out in it, packs the factors, copies W in and out, and runs the generated kernel over ranges of
+ * 4-row tiles. Used by the single-thread kernel (cpu.ts) and the threaded one (cpu-node.ts).
+ *
+ * Memory map (bytes):
+ *   [0, 1024)        count slots, 8 bytes per thread: non-finite inputs, overflows
+ *   [1024, 4096)     thread control block (cpu-node.ts)
+ *   [4096, …)        packed B | packed A | staging (raw factors) | W source | W destination (when dtypes differ)
+ *
+ * The memory grows to the largest job seen and never shrinks, so a fuse over a whole checkpoint touches fresh
+ * pages only while it meets ever-larger layers (fresh pages cost ~2.5 µs per 4 KiB on the reference machine).
+ * Jobs larger than `maxBlockBytes` are processed in blocks of rows.
+ */
+import { FuseError } from '../../errors.js';
+import { base64ToBytes } from '../../wasm/base64.js';
+import { KERNEL_PLAIN, KERNEL_PLAIN_SHARED, KERNEL_RELAXED, KERNEL_RELAXED_SHARED } from '../../wasm/kernel-bytes.js';
+import { STORED_FLOAT_SIZE, type StoredFloat, type UpdateJob } from './types.js';
+
+export const COUNTS_OFFSET = 0;
+export const MAX_THREADS = 64;
+export const CTL_OFFSET = 1024;
+export const CTL_INTS = 768;
+const DATA_OFFSET = 4096;
+const PAGE = 65536;
+/** Largest memory the kernels use: 4 GiB (wasm32). */
+export const MAX_PAGES = 65536;
+/** Bytes of one packed-B panel the kernel keeps in L2 (half of a 512 KiB L2). */
+const PANEL_BYTES = 256 * 1024;
+
+type KernelFn = (
+  pa: number, pb: number, r: number, psrc: number, ldsrc: number, pdst: number, lddst: number,
+  it0: number, it1: number, jt0: number, jt1: number, nc: number, clamp: number, pcount: number,
+) => void;
+
+export interface KernelExports {
+  pack_a(src: number, dst: number, rows: number, r: number): void;
+  pack_b(src: number, dst: number, cols: number, r: number): void;
+  [update: `update_${string}`]: KernelFn;
+}
+
+const DT: Record<StoredFloat, string> = { F32: 'f32', F16: 'f16', BF16: 'bf16' };
+const NAN_PATTERN: Record<StoredFloat, number> = { F32: 0x7fc00000, F16: 0x7e00, BF16: 0x7fc0 };
+
+const moduleCache = new Map<string, WebAssembly.Module>();
+
+/** The compiled kernel module for a build (cached). Compiles synchronously (Node, workers) or async. */
+export function kernelModuleSync(relaxed: boolean, shared: boolean): WebAssembly.Module {
+  const key = `${relaxed ? 'relaxed' : 'plain'}-${shared ? 'shared' : 'private'}`;
+  let m = moduleCache.get(key);
+  if (!m) {
+    m = new WebAssembly.Module(base64ToBytes(kernelBytes(relaxed, shared)));
+    moduleCache.set(key, m);
+  }
+  return m;
+}
+
+export async function kernelModule(relaxed: boolean, shared: boolean): Promise<WebAssembly.Module> {
+  const key = `${relaxed ? 'relaxed' : 'plain'}-${shared ? 'shared' : 'private'}`;
+  let m = moduleCache.get(key);
+  if (!m) {
+    m = await WebAssembly.compile(base64ToBytes(kernelBytes(relaxed, shared)));
+    moduleCache.set(key, m);
+  }
+  return m;
+}
+
+function kernelBytes(relaxed: boolean, shared: boolean): string {
+  if (relaxed) return shared ? KERNEL_RELAXED_SHARED : KERNEL_RELAXED;
+  return shared ? KERNEL_PLAIN_SHARED : KERNEL_PLAIN;
+}
+
+/** One block of rows of a job, laid out in wasm memory and ready to run. */
+export interface Block {
+  fn: string;
+  r: number;
+  pa: number;
+  pb: number;
+  psrc: number;
+  ldsrc: number;
+  pdst: number;
+  lddst: number;
+  rowTiles: number;
+  colTiles: number;
+  nc: number;
+  clamp: number;
+  /** Padding cells (NaN-filled, counted as non-finite inputs by the kernel). */
+  padCells: number;
+  rowStart: number;
+  rowEnd: number;
+}
+
+const align = (n: number, a: number): number => Math.ceil(n / a) * a;
+
+export class WasmEngine {
+  readonly memory: WebAssembly.Memory;
+  readonly exports: KernelExports;
+  private bufRef: ArrayBufferLike | null = null;
+  private u8!: Uint8Array;
+  private u16!: Uint16Array;
+  private u32!: Uint32Array;
+  private f32!: Float32Array;
+  readonly maxBlockBytes: number;
+
+  constructor(module: WebAssembly.Module, memory: WebAssembly.Memory, maxBlockBytes = 512 * 1024 * 1024) {
+    this.memory = memory;
+    const inst = new WebAssembly.Instance(module, { env: { memory } });
+    this.exports = inst.exports as unknown as KernelExports;
+    this.maxBlockBytes = maxBlockBytes;
+    this.refresh();
+  }
+
+  private refresh(): void {
+    const buf = this.memory.buffer;
+    if (buf === this.bufRef && this.u8.byteLength === buf.byteLength) return;
+    this.bufRef = buf;
+    this.u8 = new Uint8Array(buf);
+    this.u16 = new Uint16Array(buf);
+    this.u32 = new Uint32Array(buf);
+    this.f32 = new Float32Array(buf);
+  }
+
+  /** Grow the memory to hold `bytes` (never shrinks). */
+  ensure(bytes: number): void {
+    const need = Math.ceil(bytes / PAGE);
+    const have = this.memory.buffer.byteLength / PAGE;
+    if (need > MAX_PAGES) {
+      throw new FuseError(
+        'KERNEL_INVALID_JOB',
+        `wasm kernel: a block of this job needs ${bytes} bytes of WebAssembly memory, more than the 4 GiB a wasm32 memory can hold`,
+        { expected: MAX_PAGES * PAGE, found: bytes },
+      );
+    }
+    if (need > have) {
+      try {
+        this.memory.grow(need - have);
+      } catch (e) {
+        throw new FuseError(
+          'KERNEL_FAILED',
+          `wasm kernel: cannot grow WebAssembly memory from ${have * PAGE} to ${need * PAGE} bytes: ${(e as Error).message}`,
+          { expected: need * PAGE, found: have * PAGE },
+        );
+      }
+    }
+    this.refresh();
+  }
+
+  /** Row blocks of a job: each fits in maxBlockBytes of W storage. */
+  blocks(job: UpdateJob, srcDtype: StoredFloat, dstDtype: StoredFloat): Array<[number, number]> {
+    const { rows, cols } = job;
+    const colsP = align(Math.max(cols, 1), 8);
+    const perRow = colsP * (STORED_FLOAT_SIZE[srcDtype] + (srcDtype === dstDtype ? 0 : STORED_FLOAT_SIZE[dstDtype]));
+    let blockRows = Math.max(4, Math.floor(this.maxBlockBytes / perRow / 4) * 4);
+    if (blockRows >= rows) blockRows = rows;
+    const out: Array<[number, number]> = [];
+    for (let r0 = 0; r0 < rows; r0 += blockRows) out.push([r0, Math.min(rows, r0 + blockRows)]);
+    return out;
+  }
+
+  /** Pack B (all columns) once per job; returns its offset and the bytes used. */
+  packB(job: UpdateJob): { pb: number; end: number } {
+    const { rank: r, cols } = job;
+    const colsP = align(Math.max(cols, 1), 8);
+    const pb = DATA_OFFSET;
+    const staging = align(pb + colsP * r * 4, 64);
+    this.ensure(staging + r * cols * 4);
+    this.f32.set(job.down, staging / 4);
+    this.exports.pack_b(staging, pb, cols, r);
+    return { pb, end: staging };
+  }
+
+  /**
+   * Lay out rows [rowStart, rowEnd) of the job after `base` (the end of packed B) and pack their rows of U.
+   * W is not copied yet: see copyIn. W is padded to 4-row × 8-column tiles; padding cells hold NaN so that
+   * the kernel counts them as non-finite inputs (`padCells` of them), which the caller subtracts.
+   */
+  layoutBlock(
+    srcDtype: StoredFloat, dstDtype: StoredFloat, job: UpdateJob,
+    pb: number, base: number, rowStart: number, rowEnd: number, clamp: boolean,
+  ): Block {
+    const { rank: r, cols } = job;
+    const n = rowEnd - rowStart;
+    const rowsP = align(n, 4);
+    const colTiles = Math.ceil(cols / 8);
+    const colsP = colTiles * 8;
+    const ldsrc = colsP * STORED_FLOAT_SIZE[srcDtype];
+    const lddst = colsP * STORED_FLOAT_SIZE[dstDtype];
+    const pa = align(base, 64);
+    const staging = align(pa + rowsP * r * 4, 64);
+    const psrc = align(staging + n * r * 4, 64);
+    const inPlace = srcDtype === dstDtype;
+    const pdst = inPlace ? psrc : align(psrc + rowsP * ldsrc, 64);
+    this.ensure((inPlace ? psrc + rowsP * ldsrc : pdst + rowsP * lddst) + 64);
+
+    // A: the block's rows of U, packed 4 rows at a time
+    this.f32.set(job.up.subarray(rowStart * r, rowEnd * r), staging / 4);
+    this.exports.pack_a(staging, pa, n, r);
+
+    const nc = Math.max(1, Math.floor(PANEL_BYTES / Math.max(1, 32 * r)));
+    return {
+      fn: `update_${DT[srcDtype]}_${DT[dstDtype]}`,
+      r, pa, pb, psrc, ldsrc, pdst, lddst,
+      rowTiles: rowsP / 4, colTiles, nc,
+      clamp: clamp ? 1 : 0,
+      padCells: rowsP * colsP - n * cols,
+      rowStart, rowEnd,
+    };
+  }
+
+  /** Copy the W rows of row tiles [t0, t1) of a block into wasm memory, NaN-padding the tile edges. */
+  copyIn(b: Block, src: Uint8Array, srcDtype: StoredFloat, cols: number, t0: number, t1: number): void {
+    this.refresh();
+    const ss = STORED_FLOAT_SIZE[srcDtype];
+    const n = b.rowEnd - b.rowStart;
+    const i0 = 4 * t0;
+    const i1 = Math.min(n, 4 * t1);
+    const rowBytes = cols * ss;
+    if (b.ldsrc === rowBytes) {
+      this.u8.set(src.subarray((b.rowStart + i0) * rowBytes, (b.rowStart + i1) * rowBytes), b.psrc + i0 * b.ldsrc);
+    } else {
+      for (let i = i0; i < i1; i++) {
+        const o = (b.rowStart + i) * rowBytes;
+        this.u8.set(src.subarray(o, o + rowBytes), b.psrc + i * b.ldsrc);
+      }
+    }
+    const nan = NAN_PATTERN[srcDtype];
+    const view = ss === 4 ? this.u32 : this.u16;
+    const colsP = b.ldsrc / ss;
+    if (colsP !== cols) {
+      for (let i = i0; i < i1; i++) {
+        const e = (b.psrc + i * b.ldsrc) / ss;
+        view.fill(nan, e + cols, e + colsP);
+      }
+    }
+    if (4 * t1 > n) view.fill(nan, (b.psrc + Math.max(i0, n) * b.ldsrc) / ss, (b.psrc + 4 * t1 * b.ldsrc) / ss);
+  }
+
+  /** Copy the result rows of row tiles [t0, t1) of a block out into dst. */
+  copyOut(b: Block, dst: Uint8Array, dstDtype: StoredFloat, cols: number, t0: number, t1: number): void {
+    this.refresh();
+    const rowBytes = cols * STORED_FLOAT_SIZE[dstDtype];
+    const n = b.rowEnd - b.rowStart;
+    const i0 = 4 * t0;
+    const i1 = Math.min(n, 4 * t1);
+    if (b.lddst === rowBytes) {
+      dst.set(this.u8.subarray(b.pdst + i0 * rowBytes, b.pdst + i1 * rowBytes), (b.rowStart + i0) * rowBytes);
+    } else {
+      for (let i = i0; i < i1; i++) {
+        const p = b.pdst + i * b.lddst;
+        dst.set(this.u8.subarray(p, p + rowBytes), (b.rowStart + i) * rowBytes);
+      }
+    }
+  }
+
+  /** layoutBlock + copyIn of the whole block. */
+  prepareBlock(
+    src: Uint8Array, srcDtype: StoredFloat, dstDtype: StoredFloat, job: UpdateJob,
+    pb: number, base: number, rowStart: number, rowEnd: number, clamp: boolean,
+  ): Block {
+    const b = this.layoutBlock(srcDtype, dstDtype, job, pb, base, rowStart, rowEnd, clamp);
+    this.copyIn(b, src, srcDtype, job.cols, 0, b.rowTiles);
+    return b;
+  }
+
+  /** Zero the count slots [0, slots). */
+  resetCounts(slots: number): void {
+    this.u32.fill(0, COUNTS_OFFSET / 4, COUNTS_OFFSET / 4 + 2 * slots);
+  }
+
+  /** Sum of count slots [0, slots): [non-finite inputs, overflows]. */
+  readCounts(slots: number): [number, number] {
+    let a = 0;
+    let b = 0;
+    for (let s = 0; s < slots; s++) {
+      a += this.u32[COUNTS_OFFSET / 4 + 2 * s]!;
+      b += this.u32[COUNTS_OFFSET / 4 + 2 * s + 1]!;
+    }
+    return [a, b];
+  }
+
+  /** Run row tiles [it0, it1) of a block, counting into slot `slot`. */
+  run(b: Block, it0: number, it1: number, slot: number): void {
+    runBlock(this.exports, b, it0, it1, slot);
+  }
+
+  /** Copy the whole block's result out into dst. */
+  finishBlock(b: Block, dst: Uint8Array, dstDtype: StoredFloat, cols: number): void {
+    this.copyOut(b, dst, dstDtype, cols, 0, b.rowTiles);
+  }
+}
+
+/** Call the kernel for row tiles [it0, it1) of a block (also used by worker threads). */
+export function runBlock(ex: KernelExports, b: Block, it0: number, it1: number, slot: number): void {
+  const fn = ex[b.fn as `update_${string}`];
+  fn(b.pa, b.pb, b.r, b.psrc, b.ldsrc, b.pdst, b.lddst, it0, it1, 0, b.colTiles, b.nc, b.clamp, COUNTS_OFFSET + 8 * slot);
+}

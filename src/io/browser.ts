@@ -1,0 +1,121 @@
+/**
+ * Byte sources and sinks that work anywhere (browsers, Node, workers): Blobs/Files, ArrayBuffers and an
+ * in-memory sink. No `node:` imports.
+ */
+import { IoError } from '../errors.js';
+import type { ByteSink, ByteSource } from './source.js';
+
+function checkRange(name: string, start: number, end: number, size: number): void {
+  if (!Number.isSafeInteger(start) || !Number.isSafeInteger(end) || start < 0 || end < start || end > size) {
+    throw new IoError('IO_READ_FAILED', `${name}: byte range ${start}…${end} is outside the data (0…${size})`,
+      { file: name, expected: size, found: end });
+  }
+}
+
+/**
+ * A Blob (or a File from an <input> or a drop) as a ByteSource: each read slices the Blob, so only the requested
+ * range is loaded. The name defaults to the File's name.
+ */
+export function blobSource(blob: Blob, name?: string): ByteSource {
+  const label = name ?? ((blob as { name?: unknown }).name as string | undefined) ?? '<blob>';
+  const size = blob.size;
+  return {
+    name: typeof label === 'string' && label !== '' ? label : '<blob>',
+    byteLength: size,
+    async read(start: number, end: number): Promise<Uint8Array> {
+      checkRange(label, start, end, size);
+      let buf: ArrayBuffer;
+      try {
+        buf = await blob.slice(start, end).arrayBuffer();
+      } catch (e) {
+        throw new IoError('IO_READ_FAILED', `${label}: reading bytes ${start}…${end} failed (${e instanceof Error ? e.message : String(e)})`,
+          { file: label }, { cause: e });
+      }
+      if (buf.byteLength !== end - start) {
+        throw new IoError('IO_READ_FAILED', `${label}: reading bytes ${start}…${end} returned ${buf.byteLength} bytes`, { file: label });
+      }
+      return new Uint8Array(buf);
+    },
+  };
+}
+
+/**
+ * Bytes already in memory as a ByteSource. Each read returns a copy, so callers may modify what they get
+ * without changing the source.
+ */
+export function bufferSource(bytes: ArrayBuffer | Uint8Array, name = '<memory>'): ByteSource {
+  const view = bytes instanceof Uint8Array ? bytes : new Uint8Array(bytes);
+  return {
+    name,
+    byteLength: view.byteLength,
+    async read(start: number, end: number): Promise<Uint8Array> {
+      checkRange(name, start, end, view.byteLength);
+      return view.slice(start, end);
+    },
+    async readInto(start: number, target: Uint8Array): Promise<void> {
+      checkRange(name, start, start + target.byteLength, view.byteLength);
+      target.set(view.subarray(start, start + target.byteLength));
+    },
+  };
+}
+
+/** A sink collecting everything in memory; after commit, the bytes are available as one Uint8Array or a Blob. */
+export interface MemorySink extends ByteSink {
+  /** True once commit() succeeded. */
+  readonly committed: boolean;
+  /** Bytes written so far. */
+  readonly byteLength: number;
+  /** The committed bytes (IO_WRITE_FAILED before commit). */
+  bytes(): Uint8Array;
+  /** The committed bytes as a Blob (e.g. for a download link). */
+  blob(type?: string): Blob;
+}
+
+export function memorySink(name = '<memory>'): MemorySink {
+  let chunks: Uint8Array[] = [];
+  let size = 0;
+  let result: Uint8Array<ArrayBuffer> | null = null;
+  let aborted = false;
+  const notReady = (): never => {
+    throw new IoError('IO_WRITE_FAILED', `${name}: the output is not available: ${aborted ? 'the write was aborted' : 'commit() has not been called'}`,
+      { file: name });
+  };
+  return {
+    name,
+    get committed() {
+      return result !== null;
+    },
+    get byteLength() {
+      return result ? result.byteLength : size;
+    },
+    async write(chunk: Uint8Array): Promise<void> {
+      if (result || aborted) throw new IoError('IO_WRITE_FAILED', `${name}: write after ${result ? 'commit' : 'abort'}`, { file: name });
+      chunks.push(chunk.slice()); // the caller may reuse its buffer once write resolves
+      size += chunk.byteLength;
+    },
+    async commit(): Promise<void> {
+      if (result) return;
+      if (aborted) throw new IoError('IO_WRITE_FAILED', `${name}: commit after abort`, { file: name });
+      const out = new Uint8Array(size);
+      let at = 0;
+      for (const c of chunks) {
+        out.set(c, at);
+        at += c.byteLength;
+      }
+      chunks = [];
+      result = out;
+    },
+    async abort(): Promise<void> {
+      if (result) return;
+      aborted = true;
+      chunks = [];
+      size = 0;
+    },
+    bytes(): Uint8Array {
+      return result ?? notReady();
+    },
+    blob(type = 'application/octet-stream'): Blob {
+      return new Blob([result ?? notReady()], { type });
+    },
+  };
+}

@@ -1,0 +1,19 @@
+/** LoRA arithmetic: deltas, scaling, exact weighted sums, optimal rank reduction, block weights. */
+export type { F32Array, Lora, LoraModule } from './types.js';
+export { deltaOf, deltaShape, moduleDims, rankOf, scaleOf, contiguousValues, type ModuleDims } from './delta.js';
+export { scaleLora, negateLora, scaleModule } from './scale.js';
+export {
+  mergeLoras, resizeLora, planMerge, assembleMerge, exactModule, factorTerms, MERGE_METADATA_KEY, VERSION_METADATA_KEY,
+  type MergeWeight, type MergeOptions, type MergeResult, type MergeReport, type ModuleMergeReport,
+  type MergePlan, type MergePart, type PlannedMergeModule,
+} from './merge.js';
+export {
+  RankReducer, chooseRank, truncationStats, reduceModule, NOISE_FLOOR, ABSOLUTE_NOISE,
+  type FactorTerm, type ModuleSpectrum, type RankTarget, type ReducedFactors, type ReduceOutcome,
+} from './reduce.js';
+export { wasmProduct, type ProductF32 } from './product.js';
+export {
+  parseBlockWeights, compileBlockWeights, normalizeBlockId, blockVectorForms, modulesByBlock,
+  SD15_ATTENTION_BLOCKS, SDXL_ATTENTION_BLOCKS,
+  type BlockWeights, type BlockSpec, type BlockWeightFn,
+} from './blocks.js';

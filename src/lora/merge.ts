@@ -1,0 +1,415 @@
+/**
+ * Weighted sums of LoRAs: τ = Σ λᵢ·τᵢ, module by module.
+ *
+ * Exact by default: a module's terms are concatenated along the rank axis,
+ *   up' = [λ₁s₁·up₁ | λ₂s₂·up₂ | …],  down' = [down₁; down₂; …],  alpha' = r' = Σ rᵢ  (sᵢ = alphaᵢ / rᵢ),
+ * so up'·down' = Σ λᵢ sᵢ upᵢ·downᵢ = Σ λᵢ Δᵢ with no cross terms and no approximation, for any ranks, alphas and
+ * signs. A target rank (or a minimum fraction of the norm) replaces a module's factors by the best
+ * approximation of that rank (src/lora/reduce.ts), computed from the factors.
+ */
+import ndarray from 'ndarray';
+import ops from 'ndarray-ops';
+import { ArchError, LoraError } from '../errors.js';
+import { getLayout } from '../layout/index.js';
+import type { Layout } from '../layout/types.js';
+import { VERSION } from '../version.js';
+import { compileBlockWeights, type BlockWeights } from './blocks.js';
+import { contiguousValues, moduleDims, type ModuleDims } from './delta.js';
+import { RankReducer, reduceModule, type FactorTerm, type RankTarget, type ReduceOutcome } from './reduce.js';
+import type { Lora, LoraModule } from './types.js';
+
+/** A merge weight: a plain number, or a number with per-block multipliers. */
+export type MergeWeight = number | BlockWeights;
+
+export interface MergeOptions extends RankTarget {
+  /**
+   * Reduce every module to at most this rank (Eckart–Young optimal). Modules whose exact rank is already ≤ rank
+   * keep their exact factors.
+   */
+  readonly rank?: number;
+  /**
+   * 0 < minEnergy ≤ 1: per module, the smallest rank k with ‖Δ_k‖_F / ‖Δ‖_F ≥ minEnergy (the fraction of the
+   * delta's Frobenius norm kept — the norm, not its square). With `rank` as well, rank caps k.
+   */
+  readonly minEnergy?: number;
+  /** Called after every module with (modules done, modules in total). */
+  readonly onProgress?: (done: number, total: number) => void;
+}
+
+/** What happened to one module. */
+export interface ModuleMergeReport {
+  readonly path: string;
+  /** Indices of the inputs that contributed (non-zero weight). */
+  readonly inputs: readonly number[];
+  /** Rank of the exact sum: Σ of the contributing ranks. */
+  readonly rankBefore: number;
+  /** Rank written (0 when the module was dropped). */
+  readonly rankAfter: number;
+  /** ‖Δ_written‖_F / ‖Δ_exact‖_F: 1 for exact modules. */
+  readonly normKept: number;
+  /** ‖Δ_exact − Δ_written‖_F = sqrt(Σ discarded σ²): 0 for exact modules. */
+  readonly error: number;
+  /** ‖Δ_exact‖_F, when the spectrum was computed (rank reduction requested). */
+  readonly norm?: number;
+  /** Why the module is absent from the result. */
+  readonly dropped?: 'zero-weight' | 'zero-delta';
+}
+
+export interface MergeReport {
+  readonly modules: readonly ModuleMergeReport[];
+  /** Modules in the result. */
+  readonly written: number;
+  /** Modules left out: every contributing weight was exactly 0, or the summed delta is numerically zero. */
+  readonly dropped: readonly { readonly path: string; readonly reason: 'zero-weight' | 'zero-delta' }[];
+  readonly rankBefore: { readonly min: number; readonly max: number; readonly mean: number };
+  readonly rankAfter: { readonly min: number; readonly max: number; readonly mean: number };
+  /** Mean and minimum of normKept over written modules. */
+  readonly meanNormKept: number;
+  readonly minNormKept: number;
+  /** sqrt(Σ error²) / sqrt(Σ norm²) over the modules whose norm was computed (0 when none was). */
+  readonly relativeError: number;
+  /** True when every written module is the exact weighted sum. */
+  readonly exact: boolean;
+}
+
+export interface MergeResult {
+  readonly lora: Lora;
+  readonly report: MergeReport;
+}
+
+/** Metadata key holding the JSON description of the merge (inputs, weights, options, version). */
+export const MERGE_METADATA_KEY = 'lora_mix_merge';
+export const VERSION_METADATA_KEY = 'lora_mix_version';
+
+const fmt = (shape: readonly number[]): string => `[${shape.join(', ')}]`;
+
+function nameOf(lora: Lora, i: number): string {
+  const source = (lora as { source?: unknown }).source;
+  return typeof source === 'string' && source !== '' ? `input ${i + 1} (${source})` : `input ${i + 1}`;
+}
+
+function checkOptions(options: MergeOptions): RankTarget | null {
+  const { rank, minEnergy } = options;
+  if (rank !== undefined && (typeof rank !== 'number' || !Number.isInteger(rank) || rank < 1)) {
+    throw new LoraError('LORA_INVALID_RANK', `merge: rank must be an integer ≥ 1, found ${String(rank)}`, { found: rank });
+  }
+  if (minEnergy !== undefined && (typeof minEnergy !== 'number' || !(minEnergy > 0 && minEnergy <= 1))) {
+    throw new LoraError('LORA_INVALID_RANK',
+      `merge: minEnergy is the fraction of each delta's Frobenius norm to keep and must be in (0, 1], found ${String(minEnergy)}`,
+      { found: minEnergy });
+  }
+  if (rank === undefined && minEnergy === undefined) return null;
+  return { ...(rank !== undefined ? { rank } : {}), ...(minEnergy !== undefined ? { minEnergy } : {}) };
+}
+
+/** Per input: path → the module's weight λ (weight × block multiplier). */
+function compileWeights(loras: readonly Lora[], weights: readonly MergeWeight[]): ((path: string) => number)[] {
+  if (!Array.isArray(weights) || weights.length !== loras.length) {
+    throw new LoraError('LORA_INVALID_WEIGHTS',
+      `merge: expected one weight per input (${loras.length}), found ${Array.isArray(weights) ? weights.length : String(weights)}`,
+      { expected: loras.length, found: Array.isArray(weights) ? weights.length : weights });
+  }
+  return weights.map((w, i) => {
+    const lora = loras[i]!;
+    const name = nameOf(lora, i);
+    if (typeof w === 'number') {
+      if (!Number.isFinite(w)) {
+        throw new LoraError('LORA_INVALID_WEIGHTS', `merge: the weight of ${name} must be a finite number, found ${w}`, { key: name, found: w });
+      }
+      return () => w;
+    }
+    if (w === null || typeof w !== 'object' || !('blocks' in w)) {
+      throw new LoraError('LORA_INVALID_WEIGHTS',
+        `merge: the weight of ${name} must be a number or { weight?, blocks }, found ${JSON.stringify(w)}`, { key: name, found: w });
+    }
+    const base = w.weight ?? 1;
+    if (typeof base !== 'number' || !Number.isFinite(base)) {
+      throw new LoraError('LORA_INVALID_WEIGHTS', `merge: the weight of ${name} must be a finite number, found ${String(base)}`, { key: name, found: base });
+    }
+    const block = compileBlockWeights(w.blocks, lora.arch, lora.size, `block weights of ${name}`);
+    return (path: string) => base * block(path);
+  });
+}
+
+/** Check that the terms of a module describe the same weight; returns the common dims and the output form. */
+function commonDims(path: string, parts: readonly MergePart[], loras: readonly Lora[], layout: Layout | undefined): { out: number; fanIn: number; downShape: (r: number) => number[]; upShape: (r: number) => number[] } {
+  const first = parts[0]!;
+  const kernelOf = (d: ModuleDims): [number, number] => (d.kernel ? [d.kernel[0], d.kernel[1]] : [1, 1]);
+  for (const p of parts.slice(1)) {
+    const a = first.dims, b = p.dims;
+    const [akh, akw] = kernelOf(a), [bkh, bkw] = kernelOf(b);
+    if (a.out !== b.out || a.in !== b.in || akh !== bkh || akw !== bkw) {
+      throw new LoraError('LORA_SHAPE_MISMATCH',
+        `merge: module '${path}' has different shapes in ${nameOf(loras[first.input]!, first.input)} ` +
+        `(down ${fmt(first.module.down.shape)}, up ${fmt(first.module.up.shape)}) and ${nameOf(loras[p.input]!, p.input)} ` +
+        `(down ${fmt(p.module.down.shape)}, up ${fmt(p.module.up.shape)}); the weight they change must be the same`,
+        { key: path, expected: { down: first.module.down.shape, up: first.module.up.shape }, found: { down: p.module.down.shape, up: p.module.up.shape } });
+    }
+  }
+  const { out, in: inn } = first.dims;
+  const [kh, kw] = kernelOf(first.dims);
+  // Output form: conv (4-D factors) or linear (2-D). Mixed 1×1 forms follow the layout's weight shape.
+  const forms = new Set(parts.map((p) => p.module.down.shape.length));
+  let fourD = first.module.down.shape.length === 4;
+  if (forms.size > 1) fourD = (layout?.byPath.get(path)?.shape.length ?? 4) === 4;
+  const upFour = fourD && (parts.find((p) => p.module.down.shape.length === 4) ?? first).module.up.shape.length === 4;
+  return {
+    out, fanIn: first.dims.fanIn,
+    downShape: (r) => (fourD ? [r, inn, kh, kw] : [r, inn]),
+    upShape: (r) => (upFour ? [out, r, 1, 1] : [out, r]),
+  };
+}
+
+/** The exact concatenation of a module's terms. */
+function concatenate(parts: readonly MergePart[], out: number, fanIn: number): { up: Float32Array; down: Float32Array; rank: number } {
+  let R = 0;
+  for (const p of parts) R += p.dims.rank;
+  const up = ndarray(new Float32Array(out * R), [out, R]);
+  const down = new Float32Array(R * fanIn);
+  let offset = 0;
+  for (const p of parts) {
+    const r = p.dims.rank;
+    const src = ndarray(contiguousValues(p.module.up), [out, r]);
+    // up'[:, offset:offset+r] = coef·up (ndarray-ops, strided destination view).
+    ops.muls(up.hi(out, offset + r).lo(0, offset), src, p.coef);
+    down.set(contiguousValues(p.module.down).subarray(0, r * fanIn), offset * fanIn);
+    offset += r;
+  }
+  return { up: up.data, down, rank: R };
+}
+
+function summarize(modules: readonly ModuleMergeReport[]): MergeReport {
+  const written = modules.filter((m) => !m.dropped);
+  const stat = (xs: number[]) => xs.length === 0
+    ? { min: 0, max: 0, mean: 0 }
+    : { min: Math.min(...xs), max: Math.max(...xs), mean: xs.reduce((a, b) => a + b, 0) / xs.length };
+  let err2 = 0, norm2 = 0;
+  for (const m of modules) {
+    if (m.norm !== undefined) { err2 += m.error * m.error; norm2 += m.norm * m.norm; }
+  }
+  const kept = written.map((m) => m.normKept);
+  return {
+    modules,
+    written: written.length,
+    dropped: modules.filter((m) => m.dropped).map((m) => ({ path: m.path, reason: m.dropped! })),
+    rankBefore: stat(written.map((m) => m.rankBefore)),
+    rankAfter: stat(written.map((m) => m.rankAfter)),
+    meanNormKept: kept.length ? kept.reduce((a, b) => a + b, 0) / kept.length : 1,
+    minNormKept: kept.length ? Math.min(...kept) : 1,
+    relativeError: norm2 > 0 ? Math.sqrt(err2 / norm2) : 0,
+    exact: written.every((m) => m.error === 0 && m.rankAfter === m.rankBefore),
+  };
+}
+
+function describeWeight(w: MergeWeight): unknown {
+  if (typeof w === 'number') return w;
+  const blocks = typeof w.blocks === 'function' ? '(function)' : w.blocks;
+  return { weight: w.weight ?? 1, blocks };
+}
+
+/** A module's fate, decided before any arithmetic. */
+export interface PlannedMergeModule {
+  readonly path: string;
+  /** Contributing terms (non-zero weight), in input order. */
+  readonly parts: readonly MergePart[];
+  /** Σ of the contributing ranks (of all ranks when every weight is zero). */
+  readonly rankBefore: number;
+  /** 'drop': every weight is zero; 'exact': concatenate; 'reduce': analyse the spectrum first. */
+  readonly action: 'drop' | 'exact' | 'reduce';
+  readonly out: number;
+  readonly fanIn: number;
+  readonly downShape: (r: number) => number[];
+  readonly upShape: (r: number) => number[];
+}
+
+/** One contributing term: input index, its module, and coef = weight × alpha / rank. */
+export interface MergePart {
+  readonly input: number;
+  readonly module: LoraModule;
+  readonly dims: ModuleDims;
+  readonly coef: number;
+}
+
+export interface MergePlan {
+  readonly loras: readonly Lora[];
+  readonly weights: readonly MergeWeight[];
+  readonly options: MergeOptions;
+  readonly target: RankTarget | null;
+  readonly modules: readonly PlannedMergeModule[];
+}
+
+/**
+ * Check the inputs and decide, module by module, what a merge does. Throws the same errors as mergeLoras; no
+ * arithmetic on factors happens here.
+ */
+export function planMerge(loras: readonly Lora[], weights: readonly MergeWeight[], options: MergeOptions = {}): MergePlan {
+  if (!Array.isArray(loras) || loras.length === 0) {
+    throw new LoraError('LORA_EMPTY', 'merge: no input LoRA given', {});
+  }
+  const first = loras[0]!;
+  loras.forEach((l, i) => {
+    if (l.arch !== first.arch || l.size !== first.size) {
+      throw new ArchError('ARCH_MISMATCH',
+        `merge: ${nameOf(l, i)} is a ${l.arch} (${l.size}) LoRA but ${nameOf(first, 0)} is ${first.arch} (${first.size}); inputs must share the architecture`,
+        { expected: { arch: first.arch, size: first.size }, found: { arch: l.arch, size: l.size }, key: nameOf(l, i) });
+    }
+  });
+  const target = checkOptions(options);
+  const weightOf = compileWeights(loras, weights);
+  let layout: Layout | undefined;
+  try { layout = getLayout(first.arch, first.size); } catch { layout = undefined; }
+
+  // Module order: layout order first, then paths the layout does not know, in order of appearance.
+  const seen = new Set<string>();
+  for (const l of loras) for (const p of l.modules.keys()) seen.add(p);
+  const paths: string[] = [];
+  if (layout) for (const e of layout.modules) if (seen.has(e.path)) { paths.push(e.path); seen.delete(e.path); }
+  paths.push(...seen);
+
+  const modules: PlannedMergeModule[] = paths.map((path) => {
+    const parts: MergePart[] = [];
+    let allRanks = 0;
+    loras.forEach((l, i) => {
+      const m = l.modules.get(path);
+      if (!m) return;
+      const dims = moduleDims(m, path, nameOf(l, i));
+      allRanks += dims.rank;
+      const w = weightOf[i]!(path);
+      if (w !== 0) parts.push({ input: i, module: m, dims, coef: w * (m.alpha / dims.rank) });
+    });
+    if (parts.length === 0) {
+      return { path, parts, rankBefore: allRanks, action: 'drop', out: 0, fanIn: 0, downShape: () => [], upShape: () => [] };
+    }
+    const shape = commonDims(path, parts, loras, layout);
+    const R = parts.reduce((s, p) => s + p.dims.rank, 0);
+    const reduce = target !== null && (target.minEnergy !== undefined || R > (target.rank ?? Infinity));
+    return { path, parts, rankBefore: R, action: reduce ? 'reduce' : 'exact', ...shape };
+  });
+  return { loras, weights, options, target, modules };
+}
+
+/** The terms of a planned module as the reducer takes them (contiguous row-major factors). */
+export function factorTerms(pm: PlannedMergeModule): FactorTerm[] {
+  return pm.parts.map((p) => ({
+    coef: p.coef, rank: p.dims.rank, up: contiguousValues(p.module.up), down: contiguousValues(p.module.down),
+  }));
+}
+
+/** The exact module (concatenated factors) of a planned module. */
+export function exactModule(pm: PlannedMergeModule): LoraModule {
+  const R = pm.rankBefore;
+  if (pm.parts.length === 1) {
+    // One term: share its down (never modified), scale its up.
+    const p = pm.parts[0]!;
+    const up = ndarray(new Float32Array(pm.out * R), [pm.out, R]);
+    ops.muls(up, ndarray(contiguousValues(p.module.up), [pm.out, R]), p.coef);
+    return { up: ndarray(up.data, pm.upShape(R)), down: ndarray(contiguousValues(p.module.down), pm.downShape(R)), alpha: R };
+  }
+  const c = concatenate(pm.parts, pm.out, pm.fanIn);
+  return { up: ndarray(c.up, pm.upShape(R)), down: ndarray(c.down, pm.downShape(R)), alpha: R };
+}
+
+/** Turn a plan and the reduction outcomes (by path) into the merged LoRA and its report. */
+export function assembleMerge(plan: MergePlan, outcomes: ReadonlyMap<string, ReduceOutcome>, built: ReadonlyMap<string, LoraModule> = new Map()): MergeResult {
+  const modules = new Map<string, LoraModule>();
+  const reports: ModuleMergeReport[] = [];
+  for (const pm of plan.modules) {
+    const { path, rankBefore: R } = pm;
+    const inputs = pm.parts.map((p) => p.input);
+    if (pm.action === 'drop') {
+      reports.push({ path, inputs: [], rankBefore: R, rankAfter: 0, normKept: 1, error: 0, dropped: 'zero-weight' });
+      continue;
+    }
+    if (pm.action === 'exact') {
+      modules.set(path, built.get(path) ?? exactModule(pm));
+      reports.push({ path, inputs, rankBefore: R, rankAfter: R, normKept: 1, error: 0 });
+      continue;
+    }
+    const o = outcomes.get(path);
+    if (!o) throw new LoraError('LORA_WORKER_FAILED', `merge: no rank-reduction outcome for module '${path}'`, { key: path });
+    if (o.k === 0) {
+      reports.push({ path, inputs, rankBefore: R, rankAfter: 0, normKept: o.normKept, error: o.error, norm: o.norm, dropped: 'zero-delta' });
+    } else if (!o.factors) {
+      modules.set(path, built.get(path) ?? exactModule(pm));
+      reports.push({ path, inputs, rankBefore: R, rankAfter: R, normKept: 1, error: 0, norm: o.norm });
+    } else {
+      modules.set(path, { up: ndarray(o.factors.up, pm.upShape(o.k)), down: ndarray(o.factors.down, pm.downShape(o.k)), alpha: o.k });
+      reports.push({ path, inputs, rankBefore: R, rankAfter: o.k, normKept: o.normKept, error: o.error, norm: o.norm });
+    }
+  }
+  const { loras, weights, options } = plan;
+  const first = loras[0]!;
+  const metadata: Record<string, string> = {
+    [VERSION_METADATA_KEY]: VERSION,
+    [MERGE_METADATA_KEY]: JSON.stringify({
+      inputs: loras.map((l, i) => {
+        const source = (l as { source?: unknown }).source;
+        const outputName = l.metadata['ss_output_name'];
+        return {
+          ...(typeof source === 'string' ? { source: source.split(/[\\/]/).pop()! } : {}),
+          ...(outputName ? { ss_output_name: outputName } : {}),
+          weight: describeWeight(weights[i]!),
+        };
+      }),
+      ...(options.rank !== undefined ? { rank: options.rank } : {}),
+      ...(options.minEnergy !== undefined ? { minEnergy: options.minEnergy } : {}),
+    }),
+  };
+  return { lora: { arch: first.arch, size: first.size, modules, metadata }, report: summarize(reports) };
+}
+
+/**
+ * τ = Σ weights[i]·loras[i], exact unless a rank target is given. Returns the merged LoRA (alpha = rank on every
+ * module, i.e. scale 1) and a per-module report. Synchronous, on the calling thread; in Node,
+ * `mergeLorasParallel` (src/lora/threads-node.ts) spreads the rank reductions over worker threads.
+ *
+ * - Inputs must share arch and size (ArchError ARCH_MISMATCH).
+ * - One weight per input: a finite number or { weight?, blocks } (LoraError LORA_INVALID_WEIGHTS,
+ *   LORA_BLOCK_WEIGHTS_INVALID).
+ * - Every module of any input is in the result; a module's terms must change the same weight
+ *   (LORA_SHAPE_MISMATCH). Terms with weight exactly 0 are left out; a module with no term left is dropped and
+ *   listed in the report, as is a module whose reduced delta is numerically zero.
+ * - Result modules follow the layout's module order. They may share factor arrays with the inputs (a module
+ *   with a single term keeps its `down`): treat LoRAs as immutable.
+ */
+export function mergeLoras(loras: readonly Lora[], weights: readonly MergeWeight[], options: MergeOptions = {}): MergeResult {
+  const plan = planMerge(loras, weights, options);
+  const outcomes = new Map<string, ReduceOutcome>();
+  const built = new Map<string, LoraModule>();
+  const reducer = plan.target ? new RankReducer() : null;
+  let done = 0;
+  for (const pm of plan.modules) {
+    if (pm.action === 'reduce') {
+      const o = reduceModule(reducer!, factorTerms(pm), pm.out, pm.fanIn, plan.target!, pm.path);
+      outcomes.set(pm.path, o);
+      if (o.k >= pm.rankBefore) built.set(pm.path, exactModule(pm));
+    } else if (pm.action === 'exact') {
+      built.set(pm.path, exactModule(pm));
+    }
+    done++;
+    options.onProgress?.(done, plan.modules.length);
+  }
+  reducer?.release();
+  return assembleMerge(plan, outcomes, built);
+}
+
+/** Metadata keys of an input that no longer describe a resized LoRA. */
+const STALE_ON_RESIZE = ['ss_network_dim', 'ss_network_alpha', 'sshs_model_hash', 'sshs_legacy_hash', 'modelspec.hash_sha256'];
+
+/**
+ * Change the rank of one LoRA: `target` is a rank k or { rank?, minEnergy? } (see MergeOptions). The delta of every
+ * module becomes its best approximation of that rank; modules already at rank ≤ k keep their exact delta. Alpha
+ * becomes the new rank (scale 1). The input's metadata is kept, minus keys describing the old ranks or bytes.
+ */
+export function resizeLora(lora: Lora, target: number | RankTarget, options: { onProgress?: (done: number, total: number) => void } = {}): MergeResult {
+  const t: RankTarget = typeof target === 'number' ? { rank: target } : target;
+  if (t.rank === undefined && t.minEnergy === undefined) {
+    throw new LoraError('LORA_INVALID_RANK', 'resize: give a rank or a minEnergy', {});
+  }
+  const { lora: out, report } = mergeLoras([lora], [1], { ...t, ...(options.onProgress ? { onProgress: options.onProgress } : {}) });
+  const metadata: Record<string, string> = {};
+  for (const [k, v] of Object.entries(lora.metadata)) if (!STALE_ON_RESIZE.includes(k)) metadata[k] = v;
+  metadata[VERSION_METADATA_KEY] = VERSION;
+  metadata[MERGE_METADATA_KEY] = out.metadata[MERGE_METADATA_KEY]!;
+  return { lora: { ...out, metadata }, report };
+}

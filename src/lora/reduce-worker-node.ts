@@ -1,0 +1,33 @@
+/**
+ * Worker-thread side of mergeLorasParallel (Node only): reduces the modules it is sent, one at a time, with its
+ * own RankReducer, and sends back the outcome with the new factors' buffers transferred (not copied).
+ *
+ * Message in:  { id, path, out, fanIn, target, terms: [{ coef, rank, up: Float32Array, down: Float32Array }] }
+ * Message out: { id, outcome } or { id, error: { message, code, details } }
+ */
+import { parentPort } from 'node:worker_threads';
+import { RankReducer, reduceModule, type FactorTerm, type RankTarget } from './reduce.js';
+
+export interface ReduceRequest {
+  readonly id: number;
+  readonly path: string;
+  readonly out: number;
+  readonly fanIn: number;
+  readonly target: RankTarget;
+  readonly terms: readonly FactorTerm[];
+}
+
+if (parentPort) {
+  const port = parentPort;
+  const reducer = new RankReducer();
+  port.on('message', (msg: ReduceRequest) => {
+    try {
+      const outcome = reduceModule(reducer, msg.terms, msg.out, msg.fanIn, msg.target, msg.path);
+      const transfer = outcome.factors ? [outcome.factors.up.buffer, outcome.factors.down.buffer] : [];
+      port.postMessage({ id: msg.id, outcome }, transfer as ArrayBuffer[]);
+    } catch (e) {
+      const err = e as Error & { code?: unknown; details?: unknown };
+      port.postMessage({ id: msg.id, error: { message: err?.message ?? String(e), code: err?.code, details: err?.details } });
+    }
+  });
+}

@@ -1,0 +1,30 @@
+/**
+ * Scaling a LoRA: s·τ. The factor goes into `up` only (s·up·down = s·Δ for any sign of s); `down` and alpha are
+ * shared with the input, which is never modified.
+ */
+import ndarray from 'ndarray';
+import ops from 'ndarray-ops';
+import { LoraError } from '../errors.js';
+import type { Lora, LoraModule } from './types.js';
+
+/** s·module: a new `up` holding s·up (element-wise through ndarray-ops), the same `down` and alpha. */
+export function scaleModule(module: LoraModule, s: number): LoraModule {
+  const up = ndarray(new Float32Array(module.up.size), module.up.shape.slice());
+  ops.muls(up, module.up, s);
+  return { down: module.down, up, alpha: module.alpha };
+}
+
+/** s·τ for every module. Throws LORA_INVALID_WEIGHTS for a non-finite s. */
+export function scaleLora(lora: Lora, s: number): Lora {
+  if (typeof s !== 'number' || !Number.isFinite(s)) {
+    throw new LoraError('LORA_INVALID_WEIGHTS', `scaleLora: the scale must be a finite number, found ${String(s)}`, { found: s });
+  }
+  const modules = new Map<string, LoraModule>();
+  for (const [path, m] of lora.modules) modules.set(path, scaleModule(m, s));
+  return { arch: lora.arch, size: lora.size, modules, metadata: { ...lora.metadata } };
+}
+
+/** −τ. */
+export function negateLora(lora: Lora): Lora {
+  return scaleLora(lora, -1);
+}

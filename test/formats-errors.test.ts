@@ -1,0 +1,194 @@
+import { readFile } from 'node:fs/promises';
+import { describe, expect, it } from 'vitest';
+import { ArchError, FormatError, LoraError, SafetensorsError } from '../src/errors.js';
+import { detectFileKind, loadLora } from '../src/formats/index.js';
+import { getLayout } from '../src/layout/index.js';
+import { caught, decodeBytes, fixture, makeFile, open } from './formats-helpers.js';
+
+const sd15 = getLayout('sd15', 'tiny');
+const toQ = sd15.byPath.get('unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q')!;
+const [OUT, IN] = toQ.shape as [number, number];
+const NAME = toQ.kohyaNames[0]!;
+const lora = (name = NAME, r = 2) => [
+  { name: `${name}.lora_down.weight`, shape: [r, IN] },
+  { name: `${name}.lora_up.weight`, shape: [OUT, r] },
+];
+
+describe('unsupported adapter types: FORMAT_UNSUPPORTED_ADAPTER naming the type and a key', () => {
+  const cases: [string, string[], RegExp][] = [
+    ['LoHa', ['hada_w1_a', 'hada_w1_b', 'hada_w2_a', 'hada_w2_b'], /LoHa/],
+    ['LoKr', ['lokr_w1', 'lokr_w2_a', 'lokr_w2_b'], /LoKr/],
+    ['DoRA (kohya)', ['lora_down.weight', 'lora_up.weight', 'dora_scale'], /DoRA/],
+    ['GLoRA', ['a1.weight', 'a2.weight', 'b1.weight', 'b2.weight'], /GLoRA/],
+    ['(IA)³', ['weight', 'on_input'], /\(IA\)³/],
+    ['full diff', ['diff', 'diff_b'], /full-weight difference/],
+    ['set_weight', ['set_weight'], /full-weight difference/],
+    ['w_norm', ['w_norm', 'b_norm'], /full-weight difference/],
+    ['LoCon Tucker', ['lora_down.weight', 'lora_up.weight', 'lora_mid.weight'], /lora_mid/],
+  ];
+  for (const [label, suffixes, type] of cases) {
+    it(label, async () => {
+      const bytes = makeFile(suffixes.map((s) => ({ name: `${NAME}.${s}`, shape: [2, 2] })));
+      const e = await caught(() => decodeBytes(bytes, {}, 'adapter.safetensors'));
+      expect(e).toBeInstanceOf(FormatError);
+      expect(e.code).toBe('FORMAT_UNSUPPORTED_ADAPTER');
+      expect(e.message).toMatch(type);
+      expect(e.message).toContain('adapter.safetensors');
+      expect(e.message).toContain(NAME);
+    });
+  }
+
+  it('PEFT DoRA: lora_magnitude_vector keys, or use_dora in the config', async () => {
+    const stem = `unet.${toQ.localPath}`;
+    const keys = makeFile([
+      { name: `${stem}.lora_A.weight`, shape: [2, IN] }, { name: `${stem}.lora_B.weight`, shape: [OUT, 2] },
+      { name: `${stem}.lora_magnitude_vector`, shape: [OUT] },
+    ]);
+    expect((await caught(() => decodeBytes(keys))).message).toMatch(/DoRA.*lora_magnitude_vector/);
+    const meta = makeFile([{ name: `${stem}.lora_A.weight`, shape: [2, IN] }, { name: `${stem}.lora_B.weight`, shape: [OUT, 2] }],
+      { lora_adapter_metadata: JSON.stringify({ 'unet.use_dora': true, 'unet.r': 2 }) });
+    const e = await caught(() => decodeBytes(meta));
+    expect(e.code).toBe('FORMAT_UNSUPPORTED_ADAPTER');
+    expect(e.message).toMatch(/DoRA/);
+  });
+
+  it('the committed bad fixtures', async () => {
+    for (const [file, type] of [['bad/loha.safetensors', /LoHa/], ['bad/lokr.safetensors', /LoKr/], ['bad/dora.safetensors', /DoRA/]] as const) {
+      const e = await caught(() => loadLora(fixture(file)));
+      expect(e.code, file).toBe('FORMAT_UNSUPPORTED_ADAPTER');
+      expect(e.message).toMatch(type);
+    }
+  });
+});
+
+describe('not a LoRA', () => {
+  it('a base checkpoint (single file or diffusers component) is FORMAT_NOT_A_LORA', async () => {
+    for (const file of ['sd15/base.safetensors', 'sd15/unet.safetensors', 'sdxl/diffusers/unet/diffusion_pytorch_model.safetensors', 'sdxl/diffusers/text_encoder_2/model.safetensors']) {
+      const e = await caught(() => loadLora(fixture(file)));
+      expect(e.code, file).toBe('FORMAT_NOT_A_LORA');
+      expect(e.message).toMatch(/base checkpoint/);
+      expect(e.message).toContain(file);
+    }
+  });
+
+  it('an unrelated or empty file is FORMAT_NOT_A_LORA naming its first keys', async () => {
+    const e = await caught(() => decodeBytes(makeFile([{ name: 'foo.bar', shape: [2] }, { name: 'baz', shape: [1] }])));
+    expect(e.code).toBe('FORMAT_NOT_A_LORA');
+    expect(e.message).toContain('foo.bar');
+    expect((await caught(() => decodeBytes(makeFile([])))).code).toBe('FORMAT_NOT_A_LORA');
+  });
+
+  it('detectFileKind tells LoRAs, checkpoints, refused adapters and other files apart', async () => {
+    const of = async (rel: string) => detectFileKind(await open(new Uint8Array(await readFile(fixture(rel))), rel));
+    expect((await of('sd15/style-lora.kohya.safetensors')).kind).toBe('lora');
+    const cp = await of('sdxl/base.safetensors');
+    expect(cp.kind).toBe('checkpoint');
+    if (cp.kind === 'checkpoint') expect([cp.detection.arch, cp.detection.size, cp.detection.naming]).toEqual(['sdxl', 'tiny', 'single-file']);
+    expect((await of('bad/loha.safetensors')).kind).toBe('unsupported-adapter');
+    expect((await detectFileKind(await open(makeFile([{ name: 'foo', shape: [1] }])))).kind).toBe('other');
+  });
+});
+
+describe('key and module errors', () => {
+  it('keys that are no LoRA factor in any spelling: FORMAT_KEY_UNRESOLVED listing them (first 10 + count)', async () => {
+    const extra = Array.from({ length: 12 }, (_, i) => ({ name: `bundle_emb.tok${i}.string_to_param.*`, shape: [1, 4] }));
+    const e = await caught(() => decodeBytes(makeFile([...lora(), ...extra])));
+    expect(e).toBeInstanceOf(FormatError);
+    expect(e.code).toBe('FORMAT_KEY_UNRESOLVED');
+    expect(e.message).toContain('bundle_emb.tok0.string_to_param.*');
+    expect(e.message).toContain('(+2 more)');
+    expect(e.details).toMatchObject({ count: 12 });
+    const ok = await decodeBytes(makeFile([...lora(), ...extra]), { allowUnmatched: true });
+    expect(ok.modules.size).toBe(1);
+    expect(ok.unmatched).toHaveLength(12);
+  });
+
+  it('module names no layout knows: FORMAT_KEY_UNRESOLVED', async () => {
+    const e = await caught(() => decodeBytes(makeFile([...lora(), ...lora('lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_qq')])));
+    expect(e.code).toBe('FORMAT_KEY_UNRESOLVED');
+    expect(e.message).toContain('to_qq');
+    const ok = await decodeBytes(makeFile([...lora(), ...lora('lora_unet_nowhere_to_q')]), { allowUnmatched: true });
+    expect(ok.unmatched).toEqual([{ key: 'lora_unet_nowhere_to_q', reason: expect.stringContaining('no module') }]);
+  });
+
+  it('down without up, up without down, alpha alone: FORMAT_INCOMPLETE_MODULE', async () => {
+    const [down, up] = lora();
+    const k = sd15.byPath.get('unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_k')!.kohyaNames[0]!;
+    for (const tensors of [[down!], [up!], [down!, up!, { name: `${k}.alpha`, shape: [] }]]) {
+      const e = await caught(() => decodeBytes(makeFile(tensors)));
+      expect(e.code).toBe('FORMAT_INCOMPLETE_MODULE');
+    }
+    const e = await caught(() => loadLora(fixture('bad/incomplete.safetensors')));
+    expect(e.code).toBe('FORMAT_INCOMPLETE_MODULE');
+    expect(e.message).toMatch(/down without up/);
+  });
+
+  it('ranks of down and up disagree: LORA_RANK_MISMATCH', async () => {
+    const e = await caught(() => decodeBytes(makeFile([{ name: `${NAME}.lora_down.weight`, shape: [4, IN] }, { name: `${NAME}.lora_up.weight`, shape: [OUT, 3] }])));
+    expect(e).toBeInstanceOf(LoraError);
+    expect(e.code).toBe('LORA_RANK_MISMATCH');
+    expect(e.message).toMatch(/rank 4.*rank 3/);
+    expect((await caught(() => loadLora(fixture('bad/rank-mismatch.safetensors')))).code).toBe('LORA_RANK_MISMATCH');
+  });
+
+  it('factors that fit no layout module: LORA_SHAPE_MISMATCH with expected vs found', async () => {
+    const e = await caught(() => decodeBytes(makeFile([{ name: `${NAME}.lora_down.weight`, shape: [2, IN + 1] }, { name: `${NAME}.lora_up.weight`, shape: [OUT, 2] }])));
+    expect(e.code).toBe('LORA_SHAPE_MISMATCH');
+    expect(e.message).toContain(`[r, ${IN}]`);
+    expect(e.message).toContain(`found down [2, ${IN + 1}]`);
+    const three = await caught(() => decodeBytes(makeFile([{ name: `${NAME}.lora_down.weight`, shape: [2, IN, 1] }, { name: `${NAME}.lora_up.weight`, shape: [OUT, 2] }])));
+    expect(three.code).toBe('LORA_SHAPE_MISMATCH');
+  });
+
+  it('kohya and PEFT spellings in one file, or two PEFT adapters: FORMAT_MIXED', async () => {
+    const stem = `unet.${sd15.byPath.get('unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_k')!.localPath}`;
+    const e = await caught(() => decodeBytes(makeFile([...lora(), { name: `${stem}.lora_A.weight`, shape: [2, IN] }, { name: `${stem}.lora_B.weight`, shape: [OUT, 2] }])));
+    expect(e.code).toBe('FORMAT_MIXED');
+    const two = await caught(() => decodeBytes(makeFile([
+      { name: `unet.${toQ.localPath}.lora_A.default.weight`, shape: [2, IN] }, { name: `unet.${toQ.localPath}.lora_B.default.weight`, shape: [OUT, 2] },
+      { name: `${stem}.lora_A.other.weight`, shape: [2, IN] }, { name: `${stem}.lora_B.other.weight`, shape: [OUT, 2] },
+    ])));
+    expect(two.code).toBe('FORMAT_MIXED');
+    expect(two.message).toMatch(/default, other/);
+  });
+
+  it('a non-finite alpha is refused', async () => {
+    const e = await caught(() => decodeBytes(makeFile([...lora(), { name: `${NAME}.alpha`, shape: [], values: [NaN] }])));
+    expect(e.code).toBe('LORA_INVALID_WEIGHTS');
+  });
+
+  it('a truncated file is the reader\'s SAFETENSORS_TRUNCATED', async () => {
+    const e = await caught(() => loadLora(fixture('bad/truncated.safetensors')));
+    expect(e).toBeInstanceOf(SafetensorsError);
+    expect(e.code).toBe('SAFETENSORS_TRUNCATED');
+  });
+});
+
+describe('architecture errors', () => {
+  it('an SDXL LoRA requested as SD1.5 (and the reverse) is ARCH_MISMATCH', async () => {
+    const e = await caught(() => loadLora(fixture('sdxl/lcm-lora.kohya.safetensors'), { arch: 'sd15' }));
+    expect(e).toBeInstanceOf(ArchError);
+    expect(e.code).toBe('ARCH_MISMATCH');
+    expect(e.message).toMatch(/SDXL \(tiny\) LoRA.*SD1\.5 was requested/);
+    expect(e.details).toMatchObject({ expected: 'sd15', found: 'sdxl' });
+    const r = await caught(() => loadLora(fixture('sd15/style-lora.kohya.safetensors'), { arch: 'ssd1b' }));
+    expect(r.code).toBe('ARCH_MISMATCH');
+  });
+
+  it('an SDXL LoRA on SSD-1B: LORA_UNMATCHED_MODULES listing the 365 missing modules, or allowed', async () => {
+    const e = await caught(() => loadLora(fixture('sdxl/lcm-lora.kohya.safetensors'), { arch: 'ssd1b' }));
+    expect(e.code).toBe('LORA_UNMATCHED_MODULES');
+    expect(e.message).toMatch(/365 of 788/);
+    expect(e.message).toContain('transformer_blocks_4');
+    const ok = await loadLora(fixture('sdxl/lcm-lora.kohya.safetensors'), { arch: 'ssd1b', allowUnmatched: true });
+    expect(ok.arch).toBe('ssd1b');
+    expect(ok.modules.size).toBe(423);
+    expect(ok.unmatched).toHaveLength(365);
+    expect(ok.unmatched[0]!.reason).toMatch(/SSD-1B/);
+  });
+
+  it('a forced size that does not fit is a shape error', async () => {
+    const e = await caught(() => loadLora(fixture('sd15/style-lora.kohya.safetensors'), { arch: 'sd15', size: 'full' }));
+    expect(e.code).toBe('LORA_SHAPE_MISMATCH');
+  });
+});

@@ -1,0 +1,47 @@
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { buildWasmFiles, ROOT } from '../scripts/build-wasm.js';
+import { base64ToBytes } from '../src/wasm/base64.js';
+import { CONVERT_WASM } from '../src/wasm/convert-bytes.js';
+import { KERNEL_PLAIN, KERNEL_PLAIN_SHARED, KERNEL_RELAXED, KERNEL_RELAXED_SHARED } from '../src/wasm/kernel-bytes.js';
+
+describe('committed WebAssembly', () => {
+  it('src/wasm/*.wat and *-bytes.ts equal a fresh generation and wabt compile (npm run build:wasm)', async () => {
+    const files = await buildWasmFiles();
+    expect(Object.keys(files).sort()).toEqual([
+      'src/wasm/convert-bytes.ts',
+      'src/wasm/convert.wat',
+      'src/wasm/kernel-bytes.ts',
+      'src/wasm/kernel.wat',
+    ]);
+    for (const [rel, content] of Object.entries(files)) {
+      const committed = await readFile(path.join(ROOT, rel), 'utf8');
+      expect(committed, `${rel} is stale: run npm run build:wasm`).toBe(content);
+    }
+  }, 60_000);
+
+  it('every build is a valid module with the expected exports', () => {
+    const conv = new WebAssembly.Module(base64ToBytes(CONVERT_WASM));
+    expect(WebAssembly.Module.exports(conv).map((e) => e.name).sort()).toEqual([
+      'bf16_to_f32', 'f16_to_f32', 'f32_to_bf16', 'f32_to_f16', 'memory',
+    ]);
+    // the plain builds compile without relaxed SIMD; all four share one export list
+    const plain = new WebAssembly.Module(base64ToBytes(KERNEL_PLAIN));
+    const names = WebAssembly.Module.exports(plain).map((e) => e.name);
+    expect(names).toContain('pack_a');
+    expect(names).toContain('update_f16_bf16');
+    expect(names.filter((n) => n.startsWith('update_'))).toHaveLength(9);
+    const plainShared = new WebAssembly.Module(base64ToBytes(KERNEL_PLAIN_SHARED));
+    expect(WebAssembly.Module.imports(plainShared)).toEqual([{ module: 'env', name: 'memory', kind: 'memory' }]);
+    // relaxed builds use f32x4.relaxed_madd (opcode 0xfd 0x85 0x02), the plain ones never do
+    const hasMadd = (b: Uint8Array): boolean => {
+      for (let i = 0; i + 2 < b.length; i++) if (b[i] === 0xfd && b[i + 1] === 0x85 && b[i + 2] === 0x02) return true;
+      return false;
+    };
+    expect(hasMadd(base64ToBytes(KERNEL_RELAXED))).toBe(true);
+    expect(hasMadd(base64ToBytes(KERNEL_RELAXED_SHARED))).toBe(true);
+    expect(hasMadd(base64ToBytes(KERNEL_PLAIN))).toBe(false);
+    expect(hasMadd(base64ToBytes(KERNEL_PLAIN_SHARED))).toBe(false);
+  });
+});
