@@ -126,6 +126,8 @@ export async function createCpuKernel(opts: CpuKernelOptions = {}): Promise<Fuse
       }),
     );
   }
+  // The workers are unref'd, so nothing else keeps the event loop alive while they start.
+  const keepAlive = setInterval(() => undefined, 1000);
   try {
     await Promise.all(ready);
   } catch (e) {
@@ -134,6 +136,8 @@ export async function createCpuKernel(opts: CpuKernelOptions = {}): Promise<Fuse
     throw new FuseError('KERNEL_FAILED', `cpu kernel: starting ${threads - 1} worker thread(s) failed: ${(e as Error).message}`, {
       threads,
     });
+  } finally {
+    clearInterval(keepAlive);
   }
 
   /** Wait until ctl[index] ≥ value: a short synchronous wait first, then asynchronously (so that worker
@@ -150,7 +154,16 @@ export async function createCpuKernel(opts: CpuKernelOptions = {}): Promise<Fuse
         const r = (Atomics as unknown as {
           waitAsync(a: Int32Array, i: number, v: number, t: number): { async: boolean; value: Promise<string> | string };
         }).waitAsync(ctl, index, d, 100);
-        if (r.async) await r.value;
+        if (r.async) {
+          // Atomics.waitAsync does not keep Node's event loop alive and the workers are unref'd: without a ref'd
+          // timer a script whose only pending work is this wait would exit (code 13) mid-update.
+          const keepAlive = setTimeout(() => undefined, 200);
+          try {
+            await r.value;
+          } finally {
+            clearTimeout(keepAlive);
+          }
+        }
       }
     }
     throw new FuseError('KERNEL_FAILED', `cpu kernel: ${failure}`, { threads });
@@ -292,7 +305,7 @@ export async function createCpuKernel(opts: CpuKernelOptions = {}): Promise<Fuse
               const t = setTimeout(() => {
                 void w.terminate().then(() => resolve());
               }, 1000);
-              t.unref();
+              // Not unref'd: the workers are, so this timer is what keeps the process alive until they have exited.
               w.once('exit', () => {
                 clearTimeout(t);
                 resolve();

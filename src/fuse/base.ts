@@ -1,0 +1,59 @@
+/**
+ * A base checkpoint as fusion sees it: the weight files to rewrite, the detected layout, and where each layout
+ * module's weight lives (file, key, and the rows of a fused q/k/v tensor).
+ */
+import type { CheckpointDetection } from '../layout/detect.js';
+import type { Component, ModuleEntry } from '../layout/types.js';
+import type { SafetensorsFile } from '../safetensors/read.js';
+
+/** One safetensors file of the base that is rewritten into the output. */
+export interface BaseWeightFile {
+  readonly file: SafetensorsFile;
+  /** Path of the file relative to the base folder ('unet/diffusion_pytorch_model.safetensors'); '' for a single file. */
+  readonly rel: string;
+  /** The folder component the file belongs to; null for a single file. */
+  readonly component: Component | null;
+}
+
+export interface OpenedBase {
+  /** The path or source name, for messages and reports. */
+  readonly name: string;
+  readonly detection: CheckpointDetection;
+  readonly files: readonly BaseWeightFile[];
+  /** Diffusers folders (Node): the folder, and files of the fused components that are not carried over. */
+  readonly folder?: { readonly dir: string; readonly skip: readonly string[]; readonly notes: readonly string[] };
+  close(): Promise<void>;
+}
+
+/** Where one module's weight is in one base file. */
+export interface WeightLocation {
+  readonly key: string;
+  /** Rows [start, end) of the tensor; the whole tensor when absent. */
+  readonly rows?: readonly [number, number];
+}
+
+/** The key (and rows) holding `entry`'s weight in `f`, or null when this file cannot hold it. */
+export function locate(base: OpenedBase, f: BaseWeightFile, entry: ModuleEntry): WeightLocation | null {
+  const d = base.detection;
+  if (f.component !== null) {
+    return f.component === entry.component ? { key: entry.diffusersWeightKey } : null;
+  }
+  if (d.naming === 'diffusers-unet') {
+    return entry.component === 'unet' ? { key: entry.diffusersWeightKey } : null;
+  }
+  if (!d.components.includes(entry.component)) return null;
+  const key = d.aliases.get(entry.singleFileWeightKey) ?? entry.singleFileWeightKey;
+  return entry.singleFileRows ? { key, rows: entry.singleFileRows } : { key };
+}
+
+/** Why a base has no place for a module (for the unmatched list). */
+export function whyAbsent(base: OpenedBase, entry: ModuleEntry): string {
+  const d = base.detection;
+  if (d.naming === 'diffusers-unet' && entry.component !== 'unet') {
+    return `the base is a lone diffusers UNet file; it has no ${entry.component}`;
+  }
+  if (!d.components.includes(entry.component)) {
+    return `the base checkpoint has no ${entry.component} (it holds ${d.components.join(', ')})`;
+  }
+  return `no tensor '${d.naming === 'single-file' ? entry.singleFileWeightKey : entry.diffusersWeightKey}' in the base`;
+}

@@ -1,0 +1,603 @@
+/**
+ * fuseLoras: stream a base checkpoint through, adding τ = Σ λᵢ·τᵢ to every weight the LoRAs target.
+ *
+ * For each output file, tensors go out in the base file's order. Untouched tensors are copied byte for byte (runs
+ * of small neighbours are read in one go); a targeted weight is read in its stored dtype and handed to the fusion
+ * kernel with the merged factors of its module — U = [λ₁s₁·up₁ | λ₂s₂·up₂ | …], D = [down₁; down₂; …], exactly
+ * the factors mergeLoras would give, never a dense delta per input — which computes W + U·D in f32 and rounds once to
+ * the output dtype. The next tensor is read while the current one is fused and written, so the disk and the kernel
+ * overlap; at most a few tensors' bytes are in memory at any time, whatever the checkpoint's size.
+ *
+ * Core module: no `node:` imports. Paths and diffusers folders go through ./node.js, loaded on demand.
+ */
+import { FuseError, IoError, LoraError, LoraMixError } from '../errors.js';
+import type { ByteSink, ByteSource } from '../io/source.js';
+import { detectCheckpoint } from '../layout/detect.js';
+import type { Component, ModuleEntry } from '../layout/types.js';
+import { listSome } from '../formats/decode.js';
+import type { MergeWeight } from '../lora/merge.js';
+import { decodeToF32, isFloatDType, typedAsBytes } from '../safetensors/dtype.js';
+import type { TensorInfo } from '../safetensors/header.js';
+import { parseSafetensors, SafetensorsFile } from '../safetensors/read.js';
+import { writeSafetensors, type TensorToWrite } from '../safetensors/write.js';
+import { DTYPE_SIZE, type DType } from '../tensor.js';
+import { VERSION } from '../version.js';
+import { locate, whyAbsent, type BaseWeightFile, type OpenedBase } from './base.js';
+import { openInputs, type FuseInput, type InputModule } from './inputs.js';
+import { createWasmKernel } from './kernels/cpu.js';
+import { createGpuKernel } from './kernels/gpu.js';
+import type { FuseKernel, StoredFloat, UpdateJob } from './kernels/types.js';
+import type { GpuJsClass } from './kernels/gpu.js';
+import { isStoredFloat, STORED_FLOAT_SIZE } from './kernels/types.js';
+import type { BaseInput, FuseDType, FuseOptions, FuseReport, LoraInput } from './types.js';
+
+/** Metadata key holding the JSON description of a fusion. */
+export const FUSE_METADATA_KEY = 'lora_mix_fuse';
+
+// Built at run time so browser bundlers leave the Node adapter out.
+const NODE_FUSE_ADAPTER = ['.', 'node.js'].join('/');
+
+type NodeFuse = typeof import('./node.js');
+
+async function nodeAdapter(what: string): Promise<NodeFuse> {
+  try {
+    return (await import(/* @vite-ignore */ NODE_FUSE_ADAPTER)) as NodeFuse;
+  } catch (e) {
+    throw new IoError('IO_READ_FAILED', `${what} needs the Node adapter; outside Node pass ByteSources and a ByteSink`,
+      { file: what }, { cause: e });
+  }
+}
+
+function isByteSource(x: unknown): x is ByteSource {
+  return typeof x === 'object' && x !== null && typeof (x as ByteSource).read === 'function' &&
+    typeof (x as ByteSource).byteLength === 'number';
+}
+
+/** Open the base: a SafetensorsFile or ByteSource here, a path (file or folder) through the Node adapter. */
+export async function openBase(base: BaseInput): Promise<OpenedBase> {
+  if (typeof base === 'string') return (await nodeAdapter(base)).openBaseNode(base);
+  let file: SafetensorsFile;
+  if (base instanceof SafetensorsFile) file = base;
+  else if (isByteSource(base)) file = await parseSafetensors(base);
+  else throw new IoError('INPUT_NOT_FOUND', 'fuse: the base must be a path, a ByteSource or a SafetensorsFile', {});
+  const detection = detectCheckpoint(file.tensors, { source: file.name });
+  return { name: file.name, detection, files: [{ file, rel: '', component: null }], async close() { /* the caller's */ } };
+}
+
+// ---- planning --------------------------------------------------------------------------------------------------
+
+interface Term {
+  readonly input: FuseInput;
+  readonly module: InputModule;
+  /** λ · alpha / rank, folded into up. */
+  readonly coef: number;
+}
+
+interface Target {
+  readonly path: string;
+  readonly entry: ModuleEntry;
+  readonly rows: readonly [number, number];
+  readonly cols: number;
+  readonly terms: readonly Term[];
+}
+
+interface OutTensor {
+  readonly info: TensorInfo;
+  readonly outDtype: DType;
+  readonly mode: 'copy' | 'convert' | 'fuse';
+  /** Sorted by first row. */
+  readonly targets: readonly Target[];
+}
+
+interface FilePlan {
+  readonly base: BaseWeightFile;
+  readonly tensors: readonly OutTensor[];
+}
+
+const fmt = (s: readonly number[]): string => `[${s.join(', ')}]`;
+
+function outDtypeOf(stored: DType, dtype: FuseDType | undefined): DType {
+  if (!dtype || !isFloatDType(stored)) return stored;
+  return dtype;
+}
+
+interface Plan {
+  readonly files: readonly FilePlan[];
+  readonly fused: ReadonlySet<string>;
+  readonly byGroup: Record<string, number>;
+  readonly unmatched: { key: string; reason: string }[];
+}
+
+function plan(base: OpenedBase, inputs: readonly FuseInput[], options: FuseOptions): Plan {
+  const layout = base.detection.layout;
+  const unmatched: { key: string; reason: string }[] = [];
+  for (const input of inputs) for (const u of input.unmatched) unmatched.push({ key: `${input.source}: ${u.key}`, reason: u.reason });
+  // file index → key → targets
+  const perFile = base.files.map(() => new Map<string, Target[]>());
+  const fused = new Set<string>();
+  const byGroup: Record<string, number> = {};
+  const paths = new Set<string>();
+  for (const input of inputs) for (const p of input.modules.keys()) paths.add(p);
+  // Layout order, so reports and errors read in model order.
+  const ordered = layout.modules.filter((e) => paths.has(e.path));
+  for (const entry of ordered) {
+    const present = inputs.map((input) => ({ input, module: input.modules.get(entry.path) })).filter((x) => x.module);
+    let landed = 0;
+    let problem: string | null = null;
+    const terms: Term[] = [];
+    for (const { input, module } of present) {
+      const lambda = input.weightOf(entry.path);
+      if (lambda !== 0) terms.push({ input, module: module!, coef: (lambda * module!.alpha) / module!.rank });
+    }
+    base.files.forEach((f, fi) => {
+      const loc = locate(base, f, entry);
+      if (!loc) return;
+      const info = f.file.get(loc.key);
+      if (!info) return;
+      const rows: [number, number] = loc.rows ? [loc.rows[0], loc.rows[1]] : [0, info.shape[0] ?? 1];
+      const fileRows = info.shape[0] ?? 1;
+      const cols = fileRows === 0 ? 0 : info.numel / fileRows;
+      for (const { input, module } of present) {
+        const m = module!;
+        if (rows[1] > fileRows || m.out !== rows[1] - rows[0] || m.fanIn !== cols) {
+          problem = `${input.source}: '${m.name}' changes a ${m.out}×${m.fanIn} weight but the base tensor '${loc.key}' ` +
+            `${loc.rows ? `rows ${rows[0]}–${rows[1]} of ${fmt(info.shape)}` : `is ${fmt(info.shape)}`}`;
+          return;
+        }
+      }
+      if (terms.length > 0) {
+        const list = perFile[fi]!.get(loc.key) ?? [];
+        list.push({ path: entry.path, entry, rows, cols, terms });
+        perFile[fi]!.set(loc.key, list);
+      }
+      landed++;
+    });
+    if (problem !== null) {
+      for (const { input, module } of present) unmatched.push({ key: `${input.source}: ${module!.name}`, reason: problem });
+      // A wrong shape is never silently skipped for some files only.
+      for (const m of perFile) {
+        for (const [k, list] of m) {
+          const kept = list.filter((t) => t.path !== entry.path);
+          if (kept.length > 0) m.set(k, kept);
+          else m.delete(k);
+        }
+      }
+      continue;
+    }
+    if (landed === 0) {
+      const reason = whyAbsent(base, entry);
+      for (const { input, module } of present) unmatched.push({ key: `${input.source}: ${module!.name}`, reason });
+      continue;
+    }
+    if (terms.length > 0) {
+      fused.add(entry.path);
+      const g = `${entry.component}/${entry.group}`;
+      byGroup[g] = (byGroup[g] ?? 0) + 1;
+    }
+  }
+  if (unmatched.length > 0 && !options.allowUnmatched) {
+    throw new LoraError('LORA_UNMATCHED_MODULES',
+      `fuse: ${unmatched.length} LoRA module(s) have no matching weight in ${base.name}: ` +
+      listSome(unmatched.map((u) => `${u.key} (${u.reason})`), 5) +
+      ' — nothing was written. Use the base the LoRA was made for, or allowUnmatched / --allow-unmatched to skip them.',
+      { base: base.name, unmatched: unmatched.slice(0, 50), count: unmatched.length });
+  }
+  const files: FilePlan[] = base.files.map((f, fi) => {
+    const targetsOf = perFile[fi]!;
+    const tensors: OutTensor[] = f.file.tensors.map((info) => {
+      const outDtype = outDtypeOf(info.dtype, options.dtype);
+      const targets = (targetsOf.get(info.name) ?? []).slice().sort((a, b) => a.rows[0] - b.rows[0]);
+      if (targets.length > 0) {
+        if (!isStoredFloat(info.dtype) && !(isFloatDType(info.dtype) && options.dtype)) {
+          throw new FuseError('FUSE_DTYPE_UNSUPPORTED',
+            `fuse: ${f.file.name}: tensor '${info.name}' is ${info.dtype}; fusing writes F32, F16 or BF16 — pass dtype / --dtype to choose one`,
+            { file: f.file.name, key: info.name, found: info.dtype });
+        }
+        if (!isStoredFloat(outDtype)) {
+          throw new FuseError('FUSE_DTYPE_UNSUPPORTED', `fuse: output dtype ${outDtype} is not F32, F16 or BF16`, { found: outDtype });
+        }
+        return { info, outDtype, mode: 'fuse' as const, targets };
+      }
+      return { info, outDtype, mode: outDtype === info.dtype ? 'copy' as const : 'convert' as const, targets: [] };
+    });
+    return { base: f, tensors };
+  });
+  return { files, fused, byGroup, unmatched };
+}
+
+// ---- buffers ---------------------------------------------------------------------------------------------------
+
+/** Reusable byte buffers: the streaming loop keeps a handful alive instead of allocating one per tensor. */
+class BufferPool {
+  #free: ArrayBuffer[] = [];
+  acquire(n: number): Uint8Array {
+    let best = -1;
+    for (let i = 0; i < this.#free.length; i++) {
+      const b = this.#free[i]!;
+      if (b.byteLength >= n && (best < 0 || b.byteLength < this.#free[best]!.byteLength)) best = i;
+    }
+    if (best >= 0) return new Uint8Array(this.#free.splice(best, 1)[0]!, 0, n);
+    // Round up so slightly larger tensors later can reuse this buffer.
+    return new Uint8Array(new ArrayBuffer(Math.max(n, 1 << 20)), 0, n);
+  }
+  release(b: Uint8Array | null | undefined): void {
+    if (b && this.#free.length < 6) this.#free.push(b.buffer as ArrayBuffer);
+  }
+}
+
+/** Copies of consecutive untouched tensors are read together up to this many bytes. */
+const RUN_BYTES = 16 << 20;
+
+interface Segment {
+  readonly first: number;
+  readonly last: number;
+  readonly start: number;
+  readonly end: number;
+}
+
+function segments(tensors: readonly OutTensor[]): Segment[] {
+  const out: Segment[] = [];
+  let i = 0;
+  while (i < tensors.length) {
+    const t = tensors[i]!;
+    let last = i;
+    let end = t.info.offset + t.info.byteLength;
+    if (t.mode === 'copy') {
+      while (last + 1 < tensors.length) {
+        const n = tensors[last + 1]!;
+        if (n.mode !== 'copy' || n.info.offset !== end || n.info.offset + n.info.byteLength - t.info.offset > RUN_BYTES) break;
+        last++;
+        end = n.info.offset + n.info.byteLength;
+      }
+    }
+    out.push({ first: i, last, start: t.info.offset, end });
+    i = last + 1;
+  }
+  return out;
+}
+
+// ---- the run ---------------------------------------------------------------------------------------------------
+
+interface Counters {
+  overflow: number;
+  overflowTensors: { name: string; count: number }[];
+  nonFinite: number;
+  fusedTensors: number;
+  copied: number;
+  converted: number;
+  bytesRead: number;
+  bytesWritten: number;
+}
+
+const EMPTY = new Float32Array(0);
+
+function buildJob(t: Target, factors: readonly { up: Float32Array; down: Float32Array }[]): UpdateJob {
+  const rows = t.rows[1] - t.rows[0];
+  const rank = t.terms.reduce((a, x) => a + x.module.rank, 0);
+  const up = new Float32Array(rows * rank);
+  const down = new Float32Array(rank * t.cols);
+  let off = 0;
+  t.terms.forEach((term, i) => {
+    const f = factors[i]!;
+    const r = term.module.rank;
+    if (f.up.length !== rows * r || f.down.length !== r * t.cols) {
+      throw new LoraError('LORA_SHAPE_MISMATCH',
+        `fuse: ${term.input.source}: '${term.module.name}' factors hold ${f.up.length} + ${f.down.length} values; expected ${rows * r} + ${r * t.cols}`,
+        { file: term.input.source, key: term.module.name });
+    }
+    const c = term.coef;
+    for (let i2 = 0; i2 < rows; i2++) {
+      const srcRow = i2 * r;
+      const dstRow = i2 * rank + off;
+      for (let k = 0; k < r; k++) up[dstRow + k] = c * f.up[srcRow + k]!;
+    }
+    down.set(f.down, off * t.cols);
+    off += r;
+  });
+  return { rows, cols: t.cols, rank, up, down };
+}
+
+class FileRun {
+  readonly #segs: Segment[];
+  readonly #segOf: Int32Array;
+  readonly #loads = new Map<number, Promise<Uint8Array[]>>();
+  readonly #held = new Map<number, Uint8Array[]>();
+  readonly #pool = new BufferPool();
+
+  constructor(
+    private readonly fp: FilePlan,
+    private readonly kernel: FuseKernel,
+    private readonly clamp: boolean,
+    private readonly counters: Counters,
+    private readonly label: (key: string) => string,
+  ) {
+    this.#segs = segments(fp.tensors);
+    this.#segOf = new Int32Array(fp.tensors.length);
+    this.#segs.forEach((s, si) => { for (let i = s.first; i <= s.last; i++) this.#segOf[i] = si; });
+  }
+
+  /** The output bytes of tensor i (called in order by the writer). */
+  async data(i: number): Promise<Uint8Array> {
+    const si = this.#segOf[i]!;
+    const seg = this.#segs[si]!;
+    if (i === seg.first) {
+      // Everything before this segment has been written: its buffers can be reused.
+      for (const [k, bufs] of this.#held) {
+        if (k < si) {
+          for (const b of bufs) this.#pool.release(b);
+          this.#held.delete(k);
+        }
+      }
+      this.#start(si);
+      if (si + 1 < this.#segs.length) this.#start(si + 1);
+    }
+    const outs = await this.#loads.get(si)!;
+    return outs[i - seg.first]!;
+  }
+
+  #start(si: number): void {
+    if (this.#loads.has(si)) return;
+    const p = this.#load(si);
+    p.catch(() => undefined); // reported when its turn comes
+    this.#loads.set(si, p);
+  }
+
+  /** Wait for reads still in flight (after a failure) so files can be closed safely. */
+  async settle(): Promise<void> {
+    await Promise.allSettled([...this.#loads.values()]);
+  }
+
+  async #read(start: number, n: number): Promise<Uint8Array> {
+    const src = this.fp.base.file.source;
+    const buf = this.#pool.acquire(n);
+    if (n > 0) {
+      if (src.readInto) await src.readInto(start, buf);
+      else buf.set(await src.read(start, start + n));
+    }
+    this.counters.bytesRead += n;
+    return buf;
+  }
+
+  async #load(si: number): Promise<Uint8Array[]> {
+    const seg = this.#segs[si]!;
+    const first = this.fp.tensors[seg.first]!;
+    if (first.mode === 'copy') {
+      const buf = await this.#read(seg.start, seg.end - seg.start);
+      this.#held.set(si, [buf]);
+      const outs: Uint8Array[] = [];
+      for (let i = seg.first; i <= seg.last; i++) {
+        const t = this.fp.tensors[i]!.info;
+        outs.push(buf.subarray(t.offset - seg.start, t.offset - seg.start + t.byteLength));
+        this.counters.copied++;
+      }
+      return outs;
+    }
+    // One tensor to convert or fuse: read it and its modules' factors together.
+    const factorsP = first.targets.map((t) => Promise.all(t.terms.map((term) => term.module.factors())));
+    factorsP.forEach((p) => p.catch(() => undefined));
+    const raw = await this.#read(seg.start, seg.end - seg.start);
+    const held = [raw];
+    this.#held.set(si, held);
+    const info = first.info;
+    let src = raw;
+    let srcDtype: StoredFloat;
+    if (isStoredFloat(info.dtype)) {
+      srcDtype = info.dtype;
+    } else {
+      src = typedAsBytes(decodeToF32(info.dtype, raw, info.name));
+      srcDtype = 'F32';
+    }
+    const dstDtype = first.outDtype as StoredFloat;
+    const rows = info.shape[0] ?? 1;
+    const cols = rows === 0 ? 0 : info.numel / rows;
+    let dst = src;
+    if (dstDtype !== srcDtype) {
+      dst = this.#pool.acquire(info.numel * STORED_FLOAT_SIZE[dstDtype]);
+      held.push(dst);
+    }
+    const sRow = cols * STORED_FLOAT_SIZE[srcDtype];
+    const dRow = cols * STORED_FLOAT_SIZE[dstDtype];
+    let overflow = 0;
+    const run = async (r0: number, r1: number, job: UpdateJob): Promise<void> => {
+      if (r1 <= r0) return;
+      const res = await this.kernel.update(src.subarray(r0 * sRow, r1 * sRow), srcDtype, dst.subarray(r0 * dRow, r1 * dRow),
+        dstDtype, job, { clamp: this.clamp });
+      overflow += res.overflow;
+      this.counters.nonFinite += res.nonFiniteInput;
+    };
+    const convert = (r0: number, r1: number): Promise<void> =>
+      dst === src ? Promise.resolve() : run(r0, r1, { rows: r1 - r0, cols, rank: 0, up: EMPTY, down: EMPTY });
+    let cursor = 0;
+    for (let ti = 0; ti < first.targets.length; ti++) {
+      const t = first.targets[ti]!;
+      const factors = await factorsP[ti]!;
+      await convert(cursor, t.rows[0]);
+      await run(t.rows[0], t.rows[1], buildJob(t, factors));
+      cursor = t.rows[1];
+    }
+    await convert(cursor, rows);
+    if (first.mode === 'fuse') this.counters.fusedTensors++;
+    else this.counters.converted++;
+    if (overflow > 0) {
+      const name = this.label(info.name);
+      this.counters.overflow += overflow;
+      this.counters.overflowTensors.push({ name, count: overflow });
+      if (!this.clamp) {
+        throw new FuseError('FUSE_OVERFLOW',
+          `fuse: ${overflow} value(s) of '${name}' do not fit ${dstDtype} (largest finite ${dstDtype === 'F16' ? '65504' : dstDtype === 'BF16' ? '3.39e38' : '3.40e38'}) ` +
+          `after adding the LoRAs — nothing was written. Lower the weights, write F32 (--dtype f32), or clamp (--on-overflow clamp).`,
+          { key: name, count: overflow, dtype: dstDtype });
+      }
+    }
+    return [dst];
+  }
+}
+
+function peakRss(): number | undefined {
+  const p = (globalThis as { process?: { resourceUsage?: () => { maxRSS: number } } }).process;
+  try {
+    return p?.resourceUsage ? p.resourceUsage().maxRSS * 1024 : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+const now = (): number => (typeof performance !== 'undefined' ? performance.now() : Date.now()) / 1000;
+
+interface KernelChoice {
+  kernel: FuseKernel;
+  owned: boolean;
+  backend: string;
+  fellBack: boolean;
+  reason?: string;
+}
+
+async function chooseKernel(options: FuseOptions): Promise<KernelChoice> {
+  if (options.kernel) return { kernel: options.kernel, owned: false, backend: options.kernel.backend, fellBack: false };
+  const cpu = async (): Promise<FuseKernel> => {
+    try {
+      const node = await nodeAdapter('the multi-threaded CPU kernel');
+      return await node.createNodeCpuKernel(options.threads);
+    } catch (e) {
+      if (e instanceof LoraMixError && e.code !== 'IO_READ_FAILED') throw e;
+      return createWasmKernel();
+    }
+  };
+  if (options.device === undefined || options.device === 'cpu') {
+    const kernel = await cpu();
+    return { kernel, owned: true, backend: kernel.backend, fellBack: false };
+  }
+  if (options.device !== 'gpu') {
+    throw new FuseError('FUSE_BACKEND_UNAVAILABLE', `fuse: device must be 'cpu' or 'gpu', found '${String(options.device)}'`, { found: options.device });
+  }
+  const fallback = await cpu();
+  try {
+    const r = await createGpuKernel({ fallback, ...(options.GPU ? { GPU: options.GPU as GpuJsClass } : {}) });
+    if (r.kernel !== fallback) await fallback.dispose();
+    return { kernel: r.kernel, owned: true, backend: r.backend, fellBack: r.fellBack, ...(r.reason ? { reason: r.reason } : {}) };
+  } catch (e) {
+    await fallback.dispose();
+    throw e;
+  }
+}
+
+/**
+ * Fuse Σ weightᵢ·τᵢ into a base checkpoint and write the result. See FuseOptions for the choices and FuseReport for
+ * what comes back. Fails before writing anything when a LoRA does not fit the base (ARCH_MISMATCH,
+ * LORA_UNMATCHED_MODULES); fails without leaving output on overflow (FUSE_OVERFLOW, unless onOverflow is 'clamp'),
+ * on I/O errors and on bad input.
+ */
+export async function fuseLoras(base: BaseInput, loras: readonly LoraInput[], weights: readonly MergeWeight[], options: FuseOptions): Promise<FuseReport> {
+  const t0 = now();
+  if (!options || (typeof options.out !== 'string' && typeof (options.out as ByteSink | undefined)?.write !== 'function')) {
+    throw new IoError('IO_WRITE_FAILED', 'fuse: options.out must be a path or a ByteSink', {});
+  }
+  if (options.dtype !== undefined && !isStoredFloat(options.dtype)) {
+    throw new FuseError('FUSE_DTYPE_UNSUPPORTED', `fuse: dtype must be F32, F16 or BF16, found '${String(options.dtype)}'`, { found: options.dtype });
+  }
+  if (options.onOverflow !== undefined && options.onOverflow !== 'error' && options.onOverflow !== 'clamp') {
+    throw new FuseError('FUSE_OVERFLOW', `fuse: onOverflow must be 'error' or 'clamp', found '${String(options.onOverflow)}'`, { found: options.onOverflow });
+  }
+  const opened = await openBase(base);
+  let inputs: FuseInput[] = [];
+  let choice: KernelChoice | null = null;
+  const runs: FileRun[] = [];
+  try {
+    const d = opened.detection;
+    inputs = await openInputs(loras, weights, d.arch, d.size, options.allowUnmatched === true);
+    const p = plan(opened, inputs, options);
+    if (opened.folder && typeof options.out !== 'string') {
+      throw new IoError('IO_WRITE_FAILED', 'fuse: a diffusers folder is written to a folder path, not a ByteSink', { base: opened.name });
+    }
+    if (!opened.folder && opened.files.length !== 1) throw new IoError('IO_WRITE_FAILED', 'fuse: internal: several files without a folder', {});
+    choice = await chooseKernel(options);
+    const counters: Counters = {
+      overflow: 0, overflowTensors: [], nonFinite: 0, fusedTensors: 0, copied: 0, converted: 0, bytesRead: 0, bytesWritten: 0,
+    };
+    const clamp = options.onOverflow === 'clamp';
+    const fuseMeta = JSON.stringify({
+      version: VERSION,
+      base: opened.name,
+      loras: inputs.map((x) => ({ source: x.source, format: x.format, weight: x.weightLabel })),
+      dtype: options.dtype ?? 'as stored',
+      onOverflow: clamp ? 'clamp' : 'error',
+    });
+    const refuse: (ByteSource | string)[] = [
+      ...opened.files.map((f) => f.file.source),
+      ...loras.filter((l): l is string | ByteSource => typeof l === 'string' || isByteSource(l)),
+      ...loras.filter((l): l is SafetensorsFile => l instanceof SafetensorsFile).map((l) => l.source),
+    ];
+    const bytesTotal = p.files.reduce((a, f) => a + f.tensors.reduce((b, t) => b + t.info.numel * DTYPE_SIZE[t.outDtype], 0), 0);
+    const tensorsTotal = p.files.reduce((a, f) => a + f.tensors.length, 0);
+    let tensorsDone = 0;
+    const writeFile = async (fp: FilePlan, target: string | ByteSink): Promise<void> => {
+      const label = (key: string): string => (fp.base.rel ? `${fp.base.rel}: ${key}` : key);
+      const run = new FileRun(fp, choice!.kernel, clamp, counters, label);
+      runs.push(run);
+      const tensors: TensorToWrite[] = fp.tensors.map((t, i) => ({
+        name: t.info.name, dtype: t.outDtype, shape: t.info.shape, data: () => run.data(i),
+      }));
+      const metadata = {
+        ...fp.base.file.metadata,
+        ...(options.metadata ?? {}),
+        [FUSE_METADATA_KEY]: fuseMeta,
+        lora_mix_version: VERSION,
+      };
+      const res = await writeSafetensors(target, tensors, {
+        metadata,
+        refuseOverwrite: refuse,
+        onTensor: (info) => {
+          tensorsDone++;
+          counters.bytesWritten += info.byteLength;
+          options.onProgress?.({
+            tensorsDone, tensorsTotal, bytesDone: counters.bytesWritten, bytesTotal, seconds: now() - t0, current: label(info.name),
+          });
+        },
+      });
+      counters.bytesWritten += res.headerLength + 8;
+    };
+    if (opened.folder) {
+      const node = await nodeAdapter(opened.name);
+      await node.writeFolder(opened, options.out as string, async (dir) => {
+        for (const fp of p.files) await writeFile(fp, node.joinPath(dir, fp.base.rel));
+      });
+    } else {
+      await writeFile(p.files[0]!, options.out);
+    }
+    const stats = choice.kernel.stats;
+    const seconds = now() - t0;
+    const rss = peakRss();
+    return {
+      base: opened.name,
+      out: typeof options.out === 'string' ? options.out : options.out.name,
+      arch: d.arch, size: d.size, naming: d.naming,
+      inputs: inputs.map((x) => ({ source: x.source, weight: x.weightLabel, format: x.format, modules: x.modules.size })),
+      modulesFused: p.fused.size,
+      byGroup: p.byGroup,
+      unmatched: p.unmatched,
+      tensors: { total: tensorsTotal, fused: counters.fusedTensors, copied: counters.copied, converted: counters.converted },
+      overflow: { total: counters.overflow, tensors: counters.overflowTensors },
+      nonFiniteInput: counters.nonFinite,
+      kernel: choice.kernel.name,
+      backend: choice.backend,
+      fellBack: choice.fellBack,
+      ...(choice.reason ? { fallbackReason: choice.reason } : {}),
+      seconds,
+      kernelSeconds: stats.seconds,
+      flops: stats.flops,
+      gflops: stats.seconds > 0 ? stats.flops / stats.seconds / 1e9 : 0,
+      bytesRead: counters.bytesRead,
+      bytesWritten: counters.bytesWritten,
+      ...(rss !== undefined ? { peakRssBytes: rss } : {}),
+      outputDtype: options.dtype ?? 'as stored',
+    };
+  } finally {
+    await Promise.allSettled(runs.map((r) => r.settle()));
+    if (choice?.owned) await choice.kernel.dispose().catch(() => undefined);
+    await Promise.allSettled(inputs.map((x) => x.close()));
+    await opened.close();
+  }
+}
+
+/** Components in report order. */
+export const COMPONENT_ORDER: readonly Component[] = ['unet', 'text_encoder', 'text_encoder_2'];

@@ -1,0 +1,199 @@
+/**
+ * The LoRAs of a fusion, read lazily: a LoRA file is planned from its header (format, architecture, ranks,
+ * alphas) and each module's factors are read only when the base tensor they change comes up. In-memory LoRAs are
+ * used as they are. Weights (numbers or block weights) become one λ per module.
+ */
+import { ArchError, LoraError } from '../errors.js';
+import type { ByteSource } from '../io/source.js';
+import type { Arch, LayoutSize } from '../layout/types.js';
+import { planLora, type LoraPlan } from '../formats/decode.js';
+import { compileBlockWeights } from '../lora/blocks.js';
+import { contiguousValues, moduleDims } from '../lora/delta.js';
+import type { MergeWeight } from '../lora/merge.js';
+import type { Lora } from '../lora/types.js';
+import { parseSafetensors, SafetensorsFile } from '../safetensors/read.js';
+import type { LoraInput } from './types.js';
+
+/** One module of one input: enough to plan, and a way to get its factors. */
+export interface InputModule {
+  readonly path: string;
+  readonly rank: number;
+  readonly alpha: number;
+  /** Rows of the delta (out) and length of one row (in·kh·kw). */
+  readonly out: number;
+  readonly fanIn: number;
+  /** The name as spelled in the file (kohya name or path), for messages. */
+  readonly name: string;
+  /** Contiguous row-major factors: up [out, rank], down [rank, fanIn]. */
+  factors(): Promise<{ up: Float32Array; down: Float32Array }>;
+}
+
+export interface FuseInput {
+  readonly source: string;
+  readonly format: string;
+  readonly arch: Arch;
+  readonly size: LayoutSize;
+  readonly modules: ReadonlyMap<string, InputModule>;
+  /** Modules or keys the decoder could not place (only with allowUnmatched). */
+  readonly unmatched: readonly { readonly key: string; readonly reason: string }[];
+  /** λ of a module (weight × block multiplier). */
+  readonly weightOf: (path: string) => number;
+  readonly weightLabel: string;
+  close(): Promise<void>;
+}
+
+// Built at run time so browser bundlers leave the Node adapter out.
+const NODE_ADAPTER = ['..', 'io', 'node.js'].join('/');
+
+export async function openPathNode(path: string): Promise<SafetensorsFile> {
+  const adapter = (await import(/* @vite-ignore */ NODE_ADAPTER)) as typeof import('../io/node.js');
+  return adapter.openSafetensors(path);
+}
+
+function isLora(x: unknown): x is Lora {
+  return typeof x === 'object' && x !== null && 'modules' in x && (x as Lora).modules instanceof Map && 'arch' in x;
+}
+
+function isByteSource(x: unknown): x is ByteSource {
+  return typeof x === 'object' && x !== null && typeof (x as ByteSource).read === 'function' &&
+    typeof (x as ByteSource).byteLength === 'number';
+}
+
+function label(arch: Arch, size: LayoutSize): string {
+  const name = arch === 'sd15' ? 'SD1.5' : arch === 'sdxl' ? 'SDXL' : 'SSD-1B';
+  return size === 'tiny' ? `${name} (tiny)` : name;
+}
+
+/** Compile one input's weight into λ(path), checking it. */
+function compileWeight(w: MergeWeight, arch: Arch, size: LayoutSize, name: string): { fn: (path: string) => number; label: string } {
+  if (typeof w === 'number') {
+    if (!Number.isFinite(w)) {
+      throw new LoraError('LORA_INVALID_WEIGHTS', `fuse: the weight of ${name} must be a finite number, found ${w}`, { key: name, found: w });
+    }
+    return { fn: () => w, label: String(w) };
+  }
+  if (w === null || typeof w !== 'object' || !('blocks' in w)) {
+    throw new LoraError('LORA_INVALID_WEIGHTS',
+      `fuse: the weight of ${name} must be a number or { weight?, blocks }, found ${JSON.stringify(w)}`, { key: name, found: w });
+  }
+  const base = w.weight ?? 1;
+  if (typeof base !== 'number' || !Number.isFinite(base)) {
+    throw new LoraError('LORA_INVALID_WEIGHTS', `fuse: the weight of ${name} must be a finite number, found ${String(base)}`, { key: name, found: base });
+  }
+  const block = compileBlockWeights(w.blocks, arch, size, `block weights of ${name}`);
+  const spec = typeof w.blocks === 'function' ? 'a function' : typeof w.blocks === 'string' ? w.blocks : JSON.stringify(w.blocks);
+  return { fn: (path) => base * block(path), label: `${base} with blocks ${spec}` };
+}
+
+function fromPlan(file: SafetensorsFile, plan: LoraPlan, owned: boolean, weight: MergeWeight, name: string): FuseInput {
+  const modules = new Map<string, InputModule>();
+  for (const m of plan.modules) {
+    const fanIn = m.downShape.slice(1).reduce((a, b) => a * b, 1);
+    modules.set(m.entry.path, {
+      path: m.entry.path, rank: m.rank, alpha: m.alpha, out: m.upShape[0]!, fanIn, name: m.name,
+      async factors() {
+        const [up, down] = await Promise.all([file.readF32(m.upKey), file.readF32(m.downKey)]);
+        return { up, down };
+      },
+    });
+  }
+  const w = compileWeight(weight, plan.arch, plan.size, name);
+  return {
+    source: plan.source, format: plan.format, arch: plan.arch, size: plan.size, modules, unmatched: plan.unmatched,
+    weightOf: w.fn, weightLabel: w.label,
+    async close() {
+      if (owned) await file.close();
+    },
+  };
+}
+
+function fromLora(lora: Lora, weight: MergeWeight, name: string): FuseInput {
+  const modules = new Map<string, InputModule>();
+  for (const [path, m] of lora.modules) {
+    const dims = moduleDims(m, path, name);
+    modules.set(path, {
+      path, rank: dims.rank, alpha: m.alpha, out: dims.out, fanIn: dims.fanIn, name: path,
+      async factors() {
+        return { up: contiguousValues(m.up), down: contiguousValues(m.down) };
+      },
+    });
+  }
+  const w = compileWeight(weight, lora.arch, lora.size, name);
+  const source = (lora as { source?: unknown }).source;
+  const format = (lora as { format?: unknown }).format;
+  return {
+    source: typeof source === 'string' ? source : name, format: typeof format === 'string' ? format : 'in memory',
+    arch: lora.arch, size: lora.size, modules, unmatched: (lora as { unmatched?: FuseInput['unmatched'] }).unmatched ?? [],
+    weightOf: w.fn, weightLabel: w.label,
+    async close() { /* nothing to release */ },
+  };
+}
+
+/**
+ * Open every input against the base's architecture. A LoRA of another architecture is an ARCH_MISMATCH, except an
+ * SDXL LoRA on an SSD-1B base (SSD-1B is SDXL with blocks removed) when allowUnmatched is set: the modules SSD-1B lacks
+ * are then reported as unmatched.
+ */
+export async function openInputs(
+  loras: readonly LoraInput[], weights: readonly MergeWeight[], arch: Arch, size: LayoutSize, allowUnmatched: boolean,
+): Promise<FuseInput[]> {
+  if (!Array.isArray(loras) || loras.length === 0) {
+    throw new LoraError('LORA_EMPTY', 'fuse: no LoRA given; pass at least one LoRA with its weight', {});
+  }
+  if (!Array.isArray(weights) || weights.length !== loras.length) {
+    throw new LoraError('LORA_INVALID_WEIGHTS',
+      `fuse: expected one weight per LoRA (${loras.length}), found ${Array.isArray(weights) ? weights.length : String(weights)}`,
+      { expected: loras.length, found: Array.isArray(weights) ? weights.length : weights });
+  }
+  const opened: FuseInput[] = [];
+  try {
+    for (let i = 0; i < loras.length; i++) {
+      const input = loras[i]!;
+      const name = typeof input === 'string' ? input : `input ${i + 1}`;
+      if (isLora(input)) {
+        if (input.arch !== arch || input.size !== size) throw mismatch(name, input.arch, input.size, arch, size);
+        opened.push(fromLora(input, weights[i]!, name));
+        continue;
+      }
+      let file: SafetensorsFile;
+      let owned = false;
+      if (typeof input === 'string') {
+        file = await openPathNode(input);
+        owned = true;
+      } else if (input instanceof SafetensorsFile) {
+        file = input;
+      } else if (isByteSource(input)) {
+        file = await parseSafetensors(input);
+      } else {
+        throw new LoraError('LORA_INVALID_WEIGHTS', `fuse: ${name} is not a path, a ByteSource, a SafetensorsFile or a LoRA`, { key: name });
+      }
+      try {
+        let plan = await planLora(file, { allowUnmatched });
+        if (plan.arch !== arch || plan.size !== size) {
+          if (allowUnmatched && plan.arch === 'sdxl' && arch === 'ssd1b' && plan.size === size) {
+            plan = await planLora(file, { arch, size, allowUnmatched: true });
+          } else {
+            throw mismatch(file.name, plan.arch, plan.size, arch, size);
+          }
+        }
+        opened.push(fromPlan(file, plan, owned, weights[i]!, file.name));
+      } catch (e) {
+        if (owned) await file.close();
+        throw e;
+      }
+    }
+  } catch (e) {
+    await Promise.all(opened.map((o) => o.close().catch(() => undefined)));
+    throw e;
+  }
+  return opened;
+}
+
+function mismatch(name: string, a: Arch, s: LayoutSize, baseArch: Arch, baseSize: LayoutSize): ArchError {
+  const hint = a === 'sdxl' && baseArch === 'ssd1b'
+    ? ' (an SDXL LoRA can be applied to SSD-1B with allowUnmatched / --allow-unmatched: the modules SSD-1B lacks are skipped and listed)'
+    : '';
+  return new ArchError('ARCH_MISMATCH',
+    `${name} is a LoRA for ${label(a, s)} but the base checkpoint is ${label(baseArch, baseSize)}${hint}`,
+    { file: name, expected: `${baseArch}/${baseSize}`, found: `${a}/${s}` });
+}

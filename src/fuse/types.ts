@@ -1,0 +1,154 @@
+/**
+ * Vocabulary of fusion: fusing τ = Σ wᵢ·τᵢ into the weights of a base checkpoint, and checking the result.
+ */
+import type { ByteSink, ByteSource } from '../io/source.js';
+import type { Arch, Component, LayoutSize, ModuleGroup } from '../layout/types.js';
+import type { CheckpointNaming } from '../layout/detect.js';
+import type { MergeWeight } from '../lora/merge.js';
+import type { Lora } from '../lora/types.js';
+import type { SafetensorsFile } from '../safetensors/read.js';
+import type { FuseKernel } from './kernels/types.js';
+
+/**
+ * A LoRA to fuse: a path (Node), a ByteSource or an opened SafetensorsFile (the factors are read module by
+ * module while the base streams, so a LoRA file is never held in memory whole), or a LoRA already in memory.
+ */
+export type LoraInput = string | ByteSource | SafetensorsFile | Lora;
+
+/**
+ * A base checkpoint: a path (Node: a single file — SD1.5 LDM / SDXL SGM names, with or without text encoders and
+ * VAE, or a lone diffusers UNet file — or a diffusers folder), a ByteSource or an opened SafetensorsFile.
+ */
+export type BaseInput = string | ByteSource | SafetensorsFile;
+
+/** Output float dtypes. */
+export type FuseDType = 'F32' | 'F16' | 'BF16';
+
+export interface FuseProgress {
+  readonly tensorsDone: number;
+  readonly tensorsTotal: number;
+  /** Bytes of output written so far / in total (every output file together). */
+  readonly bytesDone: number;
+  readonly bytesTotal: number;
+  readonly seconds: number;
+  /** The tensor just written ('<file>: <key>' for folders). */
+  readonly current: string;
+}
+
+export interface FuseOptions {
+  /**
+   * Where to write: a path (a file, or a folder when the base is a diffusers folder; Node), or a ByteSink
+   * (single-file bases). The output never replaces an input, and nothing is left behind on failure.
+   */
+  readonly out: string | ByteSink;
+  /** 'cpu' (default): WASM SIMD on worker threads. 'gpu': gpu.js on its best GPU backend, else the CPU (reported). */
+  readonly device?: 'cpu' | 'gpu';
+  /** Output dtype of every F32/F16/BF16 tensor (default: each tensor keeps its stored dtype). */
+  readonly dtype?: FuseDType;
+  /** LoRA modules with no matching base weight are reported and skipped instead of failing the run. */
+  readonly allowUnmatched?: boolean;
+  /** Values beyond the output dtype's range: 'error' (default, FUSE_OVERFLOW, nothing written) or 'clamp' to ±max. */
+  readonly onOverflow?: 'error' | 'clamp';
+  /** CPU threads (default: all). */
+  readonly threads?: number;
+  /** Use this kernel instead of creating one (the caller disposes it). */
+  readonly kernel?: FuseKernel;
+  /** gpu.js's GPU class (browsers, tests); imported from 'gpu.js' when omitted. */
+  readonly GPU?: unknown;
+  /** Extra metadata strings for the output (single files and every weight file of a folder). */
+  readonly metadata?: Readonly<Record<string, string>>;
+  readonly onProgress?: (p: FuseProgress) => void;
+}
+
+/** One fused base tensor, or one whose output needed attention. */
+export interface FusedTensorReport {
+  /** '<file>: <key>' for folders, the key otherwise. */
+  readonly name: string;
+  readonly modules: readonly string[];
+  readonly overflow: number;
+}
+
+export interface FuseInputReport {
+  readonly source: string;
+  /** The weight as given (a number, or a description of block weights). */
+  readonly weight: string;
+  readonly format: string;
+  readonly modules: number;
+}
+
+export interface FuseReport {
+  readonly base: string;
+  readonly out: string;
+  readonly arch: Arch;
+  readonly size: LayoutSize;
+  readonly naming: CheckpointNaming;
+  readonly inputs: readonly FuseInputReport[];
+  /** LoRA modules fused (a module present in several inputs counts once). */
+  readonly modulesFused: number;
+  /** Fused modules per component and group, e.g. { 'unet/attention': 140, 'text_encoder/text_encoder': 72 }. */
+  readonly byGroup: Readonly<Record<string, number>>;
+  /** Modules skipped with allowUnmatched, with why. */
+  readonly unmatched: readonly { readonly key: string; readonly reason: string }[];
+  readonly tensors: { readonly total: number; readonly fused: number; readonly copied: number; readonly converted: number };
+  /** Output values beyond the output dtype's range, in total and per tensor (clamped when onOverflow is 'clamp'). */
+  readonly overflow: { readonly total: number; readonly tensors: readonly { readonly name: string; readonly count: number }[] };
+  /** Stored values that already were NaN/±Inf in the base (passed through). */
+  readonly nonFiniteInput: number;
+  readonly kernel: string;
+  readonly backend: string;
+  /** device 'gpu' ran on the CPU because gpu.js found no GPU backend. */
+  readonly fellBack: boolean;
+  readonly fallbackReason?: string;
+  readonly seconds: number;
+  readonly kernelSeconds: number;
+  readonly flops: number;
+  /** flops / kernelSeconds / 1e9. */
+  readonly gflops: number;
+  readonly bytesRead: number;
+  readonly bytesWritten: number;
+  /** Peak resident set size of the process in bytes, where the runtime tells (Node). */
+  readonly peakRssBytes?: number;
+  readonly outputDtype: FuseDType | 'as stored';
+}
+
+export interface VerifyOptions {
+  /** Random probe vectors per module (default 4). */
+  readonly probes?: number;
+  readonly seed?: number;
+  /**
+   * A module fails when its worst error exceeds `tolerance` × its rounding bound (default 4): the bound is what
+   * one rounding of W′ to its stored dtype can move W′x (Σⱼ |xⱼ|·ulp(W′ᵢⱼ)/2), plus f32 accumulation slack.
+   */
+  readonly tolerance?: number;
+  /** Check only these canonical module paths. */
+  readonly modules?: readonly string[];
+  readonly allowUnmatched?: boolean;
+  readonly onProgress?: (done: number, total: number) => void;
+}
+
+export interface ModuleVerifyReport {
+  readonly path: string;
+  readonly component: Component;
+  readonly group: ModuleGroup;
+  /** max over probes and rows of |W′x − (Wx + Σ wᵢ sᵢ upᵢ(downᵢ x))| / bound. Pass: ≤ tolerance. */
+  readonly worstRatio: number;
+  /** max over probes of ‖W′x − expected‖∞ / ‖expected − Wx‖∞: the error relative to the LoRA's own effect. */
+  readonly worstRelative: number;
+  /** ‖Σ wᵢ sᵢ upᵢ(downᵢ x)‖∞ / bound: below ~1 the delta is under storage precision and the check cannot see it. */
+  readonly signal: number;
+  readonly inconclusive: boolean;
+  readonly ok: boolean;
+}
+
+export interface VerifyReport {
+  readonly fused: string;
+  readonly base: string;
+  readonly modules: readonly ModuleVerifyReport[];
+  readonly checked: number;
+  readonly failed: number;
+  readonly inconclusive: number;
+  readonly worst: ModuleVerifyReport | null;
+  readonly tolerance: number;
+  readonly ok: boolean;
+  readonly seconds: number;
+}
