@@ -66,14 +66,14 @@ export async function openBase(base: BaseInput): Promise<OpenedBase> {
 
 // ---- planning --------------------------------------------------------------------------------------------------
 
-interface Term {
+export interface Term {
   readonly input: FuseInput;
   readonly module: InputModule;
   /** λ · alpha / rank, folded into up. */
   readonly coef: number;
 }
 
-interface Target {
+export interface Target {
   readonly path: string;
   readonly entry: ModuleEntry;
   readonly rows: readonly [number, number];
@@ -81,7 +81,7 @@ interface Target {
   readonly terms: readonly Term[];
 }
 
-interface OutTensor {
+export interface OutTensor {
   readonly info: TensorInfo;
   readonly outDtype: DType;
   readonly mode: 'copy' | 'convert' | 'fuse';
@@ -89,7 +89,7 @@ interface OutTensor {
   readonly targets: readonly Target[];
 }
 
-interface FilePlan {
+export interface FilePlan {
   readonly base: BaseWeightFile;
   readonly tensors: readonly OutTensor[];
 }
@@ -101,14 +101,15 @@ function outDtypeOf(stored: DType, dtype: FuseDType | undefined): DType {
   return dtype;
 }
 
-interface Plan {
+export interface Plan {
   readonly files: readonly FilePlan[];
   readonly fused: ReadonlySet<string>;
   readonly byGroup: Record<string, number>;
   readonly unmatched: { key: string; reason: string }[];
 }
 
-function plan(base: OpenedBase, inputs: readonly FuseInput[], options: FuseOptions): Plan {
+/** Where every LoRA module lands in the base, checked before anything is written (see fuseLoras). */
+export function planFusion(base: OpenedBase, inputs: readonly FuseInput[], options: Pick<FuseOptions, 'allowUnmatched' | 'dtype'>): Plan {
   const layout = base.detection.layout;
   const unmatched: { key: string; reason: string }[] = [];
   for (const input of inputs) for (const u of input.unmatched) unmatched.push({ key: `${input.source}: ${u.key}`, reason: u.reason });
@@ -176,10 +177,13 @@ function plan(base: OpenedBase, inputs: readonly FuseInput[], options: FuseOptio
     }
   }
   if (unmatched.length > 0 && !options.allowUnmatched) {
+    const byReason = new Map<string, string[]>();
+    for (const u of unmatched) byReason.set(u.reason, [...(byReason.get(u.reason) ?? []), u.key]);
+    const parts = [...byReason].slice(0, 3).map(([reason, keys]) => `${reason}: ${listSome(keys, 3)}`);
+    if (byReason.size > 3) parts.push(`(+${byReason.size - 3} other reasons)`);
     throw new LoraError('LORA_UNMATCHED_MODULES',
-      `fuse: ${unmatched.length} LoRA module(s) have no matching weight in ${base.name}: ` +
-      listSome(unmatched.map((u) => `${u.key} (${u.reason})`), 5) +
-      ' — nothing was written. Use the base the LoRA was made for, or allowUnmatched / --allow-unmatched to skip them.',
+      `fuse: ${unmatched.length} LoRA module(s) have no matching weight in ${base.name} — ${parts.join('; ')}. ` +
+      'Nothing was written. Use the base the LoRA was made for, or allowUnmatched / --allow-unmatched to skip them.',
       { base: base.name, unmatched: unmatched.slice(0, 50), count: unmatched.length });
   }
   const files: FilePlan[] = base.files.map((f, fi) => {
@@ -505,7 +509,7 @@ export async function fuseLoras(base: BaseInput, loras: readonly LoraInput[], we
   try {
     const d = opened.detection;
     inputs = await openInputs(loras, weights, d.arch, d.size, options.allowUnmatched === true);
-    const p = plan(opened, inputs, options);
+    const p = planFusion(opened, inputs, options);
     if (opened.folder && typeof options.out !== 'string') {
       throw new IoError('IO_WRITE_FAILED', 'fuse: a diffusers folder is written to a folder path, not a ByteSink', { base: opened.name });
     }

@@ -1,15 +1,19 @@
 import type { Command } from '../context.js';
 import { convertCommand } from './convert.js';
+import { fuseCommand } from './fuse.js';
 import { inspectCommand } from './inspect.js';
 import { layoutCommand } from './layout.js';
 import { mergeCommand } from './merge.js';
 import { sampleCommand } from './sample.js';
+import { verifyCommand } from './verify.js';
 
 /** Every CLI command, in the order `lora-mix --help` lists them. Add one line per command module. */
 export const COMMANDS: readonly Command[] = [
   inspectCommand,
   convertCommand,
   mergeCommand,
+  fuseCommand,
+  verifyCommand,
   layoutCommand,
   sampleCommand,
 ];

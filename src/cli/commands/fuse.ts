@@ -1,0 +1,175 @@
+import * as path from 'node:path';
+import { UsageError } from '../../errors.js';
+import { fuseLoras } from '../../fuse/fuse.js';
+import { fmtBytes, formatFuseReport } from '../../fuse/report.js';
+import type { FuseDType, FuseProgress } from '../../fuse/types.js';
+import type { MergeWeight } from '../../lora/merge.js';
+import { numberOption, parseCommandArgs, parseWeighted } from '../args.js';
+import type { CliContext, Command } from '../context.js';
+
+const HELP = `Usage: lora-mix fuse --base CKPT A.safetensors[:W] [B.safetensors[:W] …] -o OUT
+                     [--device cpu|gpu] [--dtype f32|f16|bf16] [--allow-unmatched]
+                     [--on-overflow error|clamp] [--blocks-N SPEC] [--threads N] [--json]
+
+Add τ = W_A·τ_A + W_B·τ_B + … to the weights of a base checkpoint and write the fused checkpoint, which then
+samples like the base with the LoRAs applied (with an LCM-LoRA: in 4 steps, no LoRA loader needed).
+
+CKPT is a single-file checkpoint (SD1.5 LDM names, SDXL/SSD-1B SGM names; text encoders and VAE optional, so a
+UNet-only file works), a lone diffusers UNet file, or a diffusers folder (OUT is then a new folder; every other
+file of the folder is copied). Tensors stream in file order: untouched ones are copied byte for byte; each
+targeted weight gets Σ W·(alpha/rank)·up·down in f32 (from the LoRAs' factors, never a dense delta per input)
+and is rounded once to the output dtype. Memory stays at a few tensors, whatever the checkpoint's size.
+
+Before anything is written, every LoRA module must land on one base weight of the right shape (the run stops and
+lists the modules that do not, unless --allow-unmatched). Values beyond the output dtype's range (F16: 65504)
+stop the run (default) or are clamped (--on-overflow clamp); either way they are counted per tensor. The output is
+written to a temporary file beside OUT and renamed at the end: a failed run leaves nothing, and an input is never
+overwritten.
+
+Options:
+  --base CKPT             the base checkpoint (file or diffusers folder)
+  -o, --output OUT        the file (or, for a folder base, the new folder) to write
+  --device cpu|gpu        cpu (default): WASM SIMD on worker threads. gpu: gpu.js on its best GPU backend; when
+                          gpu.js finds none (as in Node without a GPU) the CPU kernel runs and the summary says so
+  --dtype D               f32, f16 or bf16 for every float tensor (default: each tensor keeps its dtype)
+  --allow-unmatched       skip (and list) LoRA modules the base has no weight for, e.g. text-encoder modules on a
+                          UNet-only file, or an SDXL LoRA on SSD-1B
+  --on-overflow M         error (default) or clamp to the dtype's largest finite value
+  --blocks SPEC           per-block multipliers for every LoRA (see 'lora-mix merge --help')
+  --blocks-N SPEC         per-block multipliers for LoRA N only (1-based)
+  --threads N             CPU threads (default: one per core)
+  --json                  print the report as JSON
+  -q, --quiet             no progress on stderr
+
+Examples:
+  lora-mix fuse --base sd15.safetensors lcm-lora-sdv1-5.safetensors:1.0 style.safetensors:0.8 -o sd15-lcm.safetensors
+  lora-mix fuse --base sdxl-base/ lcm-lora-sdxl.safetensors -o sdxl-lcm/ --dtype f16
+  lora-mix verify --fused sd15-lcm.safetensors --base sd15.safetensors lcm-lora-sdv1-5.safetensors:1.0 style.safetensors:0.8`;
+
+const DTYPES: Record<string, FuseDType> = { f32: 'F32', fp32: 'F32', float32: 'F32', f16: 'F16', fp16: 'F16', float16: 'F16', bf16: 'BF16', bfloat16: 'BF16' };
+
+export function parseFuseDtype(command: string, raw: unknown): FuseDType | undefined {
+  if (raw === undefined) return undefined;
+  const d = typeof raw === 'string' ? DTYPES[raw.toLowerCase()] : undefined;
+  if (!d) throw new UsageError(`${command}: --dtype expects f32, f16 or bf16, got '${String(raw)}'`, 'USAGE_BAD_ARGUMENT');
+  return d;
+}
+
+function fmtTime(s: number): string {
+  if (!Number.isFinite(s) || s < 0) return '--';
+  const m = Math.floor(s / 60);
+  return m > 0 ? `${m}m${String(Math.round(s % 60)).padStart(2, '0')}s` : `${s.toFixed(0)}s`;
+}
+
+/** Progress on stderr: a bar redrawn in place on a terminal (tensors, bytes, ETA), a line per quarter otherwise. */
+export function fuseProgress(ctx: CliContext, label: string): { update: (p: FuseProgress) => void; end: () => void } {
+  let last = -1;
+  let lastDraw = 0;
+  let drawn = false;
+  return {
+    update(p) {
+      if (p.bytesTotal <= 0) return;
+      const frac = Math.min(1, p.bytesDone / p.bytesTotal);
+      if (ctx.isTTY) {
+        const t = Date.now();
+        if (t - lastDraw < 100 && p.tensorsDone !== p.tensorsTotal) return;
+        lastDraw = t;
+        const width = 28;
+        const filled = Math.round(width * frac);
+        const eta = frac > 0.02 ? (p.seconds * (1 - frac)) / frac : NaN;
+        ctx.err(`\r${label} [${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${p.tensorsDone}/${p.tensorsTotal} tensors, ` +
+          `${fmtBytes(p.bytesDone)}/${fmtBytes(p.bytesTotal)}, ETA ${fmtTime(eta)}   `);
+        drawn = true;
+      } else {
+        const q = Math.floor(frac * 4);
+        if (q === last || q === 0) return;
+        last = q;
+        ctx.err(`${label}: ${p.tensorsDone}/${p.tensorsTotal} tensors, ${fmtBytes(p.bytesDone)}/${fmtBytes(p.bytesTotal)} (${p.seconds.toFixed(1)} s)\n`);
+      }
+    },
+    end() {
+      if (drawn) ctx.err('\n');
+    },
+  };
+}
+
+const MAX_BLOCK_INPUTS = 16;
+
+/** Weighted LoRA positionals with optional --blocks / --blocks-N, shared by fuse and verify. */
+export function loraArgs(command: string, positionals: string[], values: Record<string, unknown>, cwd: string): { paths: string[]; weights: MergeWeight[] } {
+  if (positionals.length === 0) {
+    throw new UsageError(`${command}: expected at least one LoRA (FILE or FILE:WEIGHT). Run 'lora-mix ${command} --help' for usage.`);
+  }
+  if (positionals.length > MAX_BLOCK_INPUTS) {
+    throw new UsageError(`${command}: at most ${MAX_BLOCK_INPUTS} LoRAs at once`, 'USAGE_BAD_ARGUMENT');
+  }
+  for (let i = positionals.length + 1; i <= MAX_BLOCK_INPUTS; i++) {
+    if (values[`blocks-${i}`] !== undefined) {
+      throw new UsageError(`${command}: --blocks-${i} given but there are only ${positionals.length} LoRA(s)`, 'USAGE_BAD_ARGUMENT');
+    }
+  }
+  const specs = positionals.map((p) => parseWeighted(command, p, 1));
+  const weights: MergeWeight[] = specs.map((s, i) => {
+    const blocks = values[`blocks-${i + 1}`] ?? values.blocks;
+    return typeof blocks === 'string' ? { weight: s.weight, blocks } : s.weight;
+  });
+  return { paths: specs.map((s) => path.resolve(cwd, s.path)), weights };
+}
+
+export function blockOptions(): Record<string, { type: 'string' }> {
+  const o: Record<string, { type: 'string' }> = { blocks: { type: 'string' } };
+  for (let i = 1; i <= MAX_BLOCK_INPUTS; i++) o[`blocks-${i}`] = { type: 'string' };
+  return o;
+}
+
+export const fuseCommand: Command = {
+  name: 'fuse',
+  summary: 'add weighted LoRAs into a base checkpoint (single file or diffusers folder), streaming',
+  help: HELP,
+  async run(argv: string[], ctx: CliContext): Promise<number> {
+    const { values, positionals } = parseCommandArgs('fuse', argv, {
+      base: { type: 'string' },
+      output: { type: 'string', short: 'o' },
+      device: { type: 'string' },
+      dtype: { type: 'string' },
+      'allow-unmatched': { type: 'boolean' },
+      'on-overflow': { type: 'string' },
+      threads: { type: 'string' },
+      json: { type: 'boolean' },
+      quiet: { type: 'boolean', short: 'q' },
+      ...blockOptions(),
+    });
+    if (typeof values.base !== 'string' || values.base === '') {
+      throw new UsageError("fuse: --base CKPT is required (the checkpoint to fuse into). Run 'lora-mix fuse --help' for usage.");
+    }
+    if (typeof values.output !== 'string' || values.output === '') {
+      throw new UsageError("fuse: -o OUT is required (the fused checkpoint to write). Run 'lora-mix fuse --help' for usage.");
+    }
+    const device = values.device ?? 'cpu';
+    if (device !== 'cpu' && device !== 'gpu') throw new UsageError(`fuse: --device expects cpu or gpu, got '${String(device)}'`, 'USAGE_BAD_ARGUMENT');
+    const onOverflow = values['on-overflow'] ?? 'error';
+    if (onOverflow !== 'error' && onOverflow !== 'clamp') {
+      throw new UsageError(`fuse: --on-overflow expects error or clamp, got '${String(onOverflow)}'`, 'USAGE_BAD_ARGUMENT');
+    }
+    const dtype = parseFuseDtype('fuse', values.dtype);
+    const threads = numberOption('fuse', 'threads', values.threads, { min: 1, max: 64, integer: true });
+    const { paths, weights } = loraArgs('fuse', positionals, values, ctx.cwd);
+    const progress = values.quiet === true ? null : fuseProgress(ctx, 'fuse');
+    let report;
+    try {
+      report = await fuseLoras(path.resolve(ctx.cwd, values.base), paths, weights, {
+        out: path.resolve(ctx.cwd, values.output),
+        device,
+        onOverflow,
+        ...(dtype ? { dtype } : {}),
+        ...(threads !== undefined ? { threads } : {}),
+        ...(values['allow-unmatched'] === true ? { allowUnmatched: true } : {}),
+        ...(progress ? { onProgress: progress.update } : {}),
+      });
+    } finally {
+      progress?.end();
+    }
+    ctx.out(values.json === true ? JSON.stringify(report, null, 2) + '\n' : formatFuseReport(report));
+    return 0;
+  },
+};

@@ -1,0 +1,56 @@
+/** Human-readable summaries of fusion and verification reports (the CLI prints these). */
+import type { FuseReport, VerifyReport } from './types.js';
+import { fmtRatio } from './verify.js';
+
+const MB = 1024 * 1024;
+
+export function fmtBytes(n: number): string {
+  return n >= 1024 * MB ? `${(n / 1024 / MB).toFixed(2)} GiB` : n >= MB ? `${(n / MB).toFixed(1)} MiB` : `${(n / 1024).toFixed(1)} KiB`;
+}
+
+export function formatFuseReport(r: FuseReport): string {
+  const lines: string[] = [];
+  const arch = `${r.arch}${r.size === 'tiny' ? ' (tiny)' : ''}`;
+  lines.push(`fused ${r.modulesFused} module(s) into ${r.base} (${arch}, ${r.naming}) → ${r.out}`);
+  for (const i of r.inputs) lines.push(`  ${i.weight.padStart(6)} × ${i.source} (${i.format}, ${i.modules} modules)`);
+  const groups = Object.entries(r.byGroup).sort(([a], [b]) => a.localeCompare(b));
+  if (groups.length > 0) lines.push(`modules by group: ${groups.map(([g, n]) => `${g} ${n}`).join(', ')}`);
+  if (r.unmatched.length > 0) {
+    lines.push(`skipped ${r.unmatched.length} unmatched module(s):`);
+    for (const u of r.unmatched.slice(0, 10)) lines.push(`  ${u.key}: ${u.reason}`);
+    if (r.unmatched.length > 10) lines.push(`  … (+${r.unmatched.length - 10} more)`);
+  }
+  lines.push(`tensors: ${r.tensors.total} (${r.tensors.fused} fused, ${r.tensors.copied} copied, ${r.tensors.converted} converted); output dtype ${r.outputDtype}`);
+  if (r.overflow.total > 0) {
+    lines.push(`overflow: ${r.overflow.total} value(s) clamped to the dtype's largest finite value in ${r.overflow.tensors.length} tensor(s):`);
+    for (const t of r.overflow.tensors.slice(0, 10)) lines.push(`  ${t.name}: ${t.count}`);
+  } else {
+    lines.push('overflow: none');
+  }
+  if (r.nonFiniteInput > 0) lines.push(`note: ${r.nonFiniteInput} value(s) of the base already were NaN or ±Inf (passed through)`);
+  lines.push(`kernel: ${r.kernel}${r.fellBack ? ` (device gpu fell back: ${r.fallbackReason ?? 'no GPU backend'})` : ''}`);
+  const rss = r.peakRssBytes !== undefined ? `, peak memory ${fmtBytes(r.peakRssBytes)}` : '';
+  lines.push(`time: ${r.seconds.toFixed(2)} s (kernel ${r.kernelSeconds.toFixed(2)} s, ${r.gflops.toFixed(1)} GFLOP/s); ` +
+    `read ${fmtBytes(r.bytesRead)}, wrote ${fmtBytes(r.bytesWritten)}${rss}`);
+  return lines.join('\n') + '\n';
+}
+
+export function formatVerifyReport(r: VerifyReport, opts: { all?: boolean } = {}): string {
+  const lines: string[] = [];
+  lines.push(`verified ${r.checked} module(s) of ${r.fused} against ${r.base} (tolerance ${r.tolerance}× the rounding bound)`);
+  const shown = opts.all ? r.modules : [...r.modules].sort((a, b) => b.worstRatio - a.worstRatio).slice(0, 10);
+  if (shown.length > 0) {
+    lines.push(`  ${'error/bound'.padStart(11)}  ${'rel. to Δ'.padStart(9)}  ${'Δ/bound'.padStart(9)}  module`);
+    for (const m of shown) {
+      const flag = !m.ok ? '  FAIL' : m.inconclusive ? '  (Δ below storage precision)' : '';
+      lines.push(`  ${fmtRatio(m.worstRatio).padStart(11)}  ${m.worstRelative.toExponential(1).padStart(9)}  ${fmtRatio(m.signal).padStart(9)}  ${m.path}${flag}`);
+    }
+    if (!opts.all && r.modules.length > shown.length) lines.push(`  … ${r.modules.length - shown.length} more (worst first; --all lists every module)`);
+  }
+  if (r.inconclusive > 0) {
+    lines.push(`${r.inconclusive} module(s) have a delta below the storage precision of the fused dtype: the check cannot tell them from the base`);
+  }
+  lines.push(r.ok ? `OK: every module within tolerance (${r.seconds.toFixed(2)} s)` :
+    r.checked === 0 ? 'FAILED: no module was checked' : `FAILED: ${r.failed} module(s) above tolerance`);
+  return lines.join('\n') + '\n';
+}

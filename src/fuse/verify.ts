@@ -1,0 +1,214 @@
+/**
+ * verifyFusion: a functional check of a fused checkpoint against its base and LoRAs, without running a UNet.
+ *
+ * For every fused module and a few seeded Gaussian probes x, compare W′x (the fused weight) with the reference
+ * Wx + Σᵢ λᵢsᵢ·upᵢ(downᵢx), computed in f64 from the base weight and the LoRA factors as stored. The fused weight
+ * was rounded once to its dtype, so each row of W′x may legitimately differ from the reference by up to
+ *
+ *     bound_r = Σⱼ |xⱼ|·ulp(W′_rj)/2  +  γ·Σⱼ |xⱼ|·(|W_rj| + Σₖ |U_rk||D_kj|),    γ = (R + 2)·2⁻²⁴
+ *
+ * (one rounding to the storage dtype, plus f32 accumulation of the rank-R update and the f32 scaling of up). A
+ * module passes when max_r |W′x − ref|_r / bound_r ≤ tolerance. A wrong mapping, a transposed factor, a wrong
+ * q/k/v slice or a wrong weight moves W′x by the size of the delta itself, far above the bound — unless the delta
+ * is smaller than the storage precision, which the report flags as inconclusive instead of passing it silently.
+ */
+import { FuseError } from '../errors.js';
+import { listSome } from '../formats/decode.js';
+import type { MergeWeight } from '../lora/merge.js';
+import { decodeToF32 } from '../safetensors/dtype.js';
+import type { TensorInfo } from '../safetensors/header.js';
+import { Rng } from '../sampler/rng.js';
+import type { DType } from '../tensor.js';
+import type { OpenedBase } from './base.js';
+import { openBase, planFusion, type Target } from './fuse.js';
+import { openInputs, type FuseInput } from './inputs.js';
+import type { BaseInput, LoraInput, ModuleVerifyReport, VerifyOptions, VerifyReport } from './types.js';
+
+const now = (): number => (typeof performance !== 'undefined' ? performance.now() : Date.now()) / 1000;
+
+/** Half the spacing of the dtype's values around |v| (the largest error of one round-to-nearest). */
+function halfUlp(v: number, dtype: DType): number {
+  const a = Math.abs(v);
+  const [mant, minExp] = dtype === 'F16' ? [10, -14] : dtype === 'BF16' ? [7, -126] : [23, -126];
+  if (!Number.isFinite(a)) return Infinity;
+  const e = a === 0 ? minExp : Math.max(minExp, Math.floor(Math.log2(a)));
+  return 2 ** (e - mant - 1);
+}
+
+const GAMMA_BASE = 2 ** -24;
+/** Below this signal-to-bound ratio a module's delta is under storage precision and the check cannot see it. */
+const MIN_SIGNAL = 2;
+
+async function readRowsF32(file: OpenedBase['files'][number]['file'], info: TensorInfo): Promise<Float32Array> {
+  if (info.dtype === 'F32' || info.dtype === 'F16' || info.dtype === 'BF16') return file.readF32(info.name);
+  return decodeToF32(info.dtype, await file.read(info.name), info.name);
+}
+
+/**
+ * Check a fused checkpoint (path, ByteSource or SafetensorsFile; folders through the Node adapter) against the base
+ * it was made from and the LoRAs and weights that went in. Resolves to the per-module report; `ok` is false when any
+ * module's error exceeds the tolerance (the CLI exits 1). Fails with typed errors when the two checkpoints do not
+ * correspond (FUSE_VERIFY_FAILED) or a LoRA does not fit (as fuseLoras would).
+ */
+export async function verifyFusion(
+  fused: BaseInput, base: BaseInput, loras: readonly LoraInput[], weights: readonly MergeWeight[], options: VerifyOptions = {},
+): Promise<VerifyReport> {
+  const t0 = now();
+  const probes = options.probes ?? 4;
+  const tolerance = options.tolerance ?? 2;
+  if (!Number.isInteger(probes) || probes < 1 || probes > 64) {
+    throw new FuseError('FUSE_VERIFY_FAILED', `verify: probes must be an integer in 1..64, found ${String(probes)}`, { found: probes });
+  }
+  if (!(typeof tolerance === 'number' && tolerance > 0 && Number.isFinite(tolerance))) {
+    throw new FuseError('FUSE_VERIFY_FAILED', `verify: tolerance must be a positive number, found ${String(tolerance)}`, { found: tolerance });
+  }
+  const b = await openBase(base);
+  let f: OpenedBase | null = null;
+  let inputs: FuseInput[] = [];
+  try {
+    f = await openBase(fused);
+    const d = b.detection;
+    if (f.detection.arch !== d.arch || f.detection.size !== d.size || f.detection.naming !== d.naming) {
+      throw new FuseError('FUSE_VERIFY_FAILED',
+        `verify: ${f.name} is ${f.detection.arch}/${f.detection.size} (${f.detection.naming}) but the base ${b.name} is ` +
+        `${d.arch}/${d.size} (${d.naming}); they cannot be compared`, { fused: f.name, base: b.name });
+    }
+    inputs = await openInputs(loras, weights, d.arch, d.size, options.allowUnmatched === true);
+    const plan = planFusion(b, inputs, { allowUnmatched: options.allowUnmatched === true });
+    const only = options.modules ? new Set(options.modules) : null;
+    const jobs: { fi: number; key: string; targets: Target[] }[] = [];
+    plan.files.forEach((fp, fi) => {
+      for (const t of fp.tensors) {
+        const targets = t.targets.filter((x) => !only || only.has(x.path));
+        if (targets.length > 0) jobs.push({ fi, key: t.info.name, targets });
+      }
+    });
+    const total = jobs.reduce((a, j) => a + j.targets.length, 0);
+    const rng = new Rng(options.seed ?? 0);
+    const reports: ModuleVerifyReport[] = [];
+    for (const job of jobs) {
+      const bf = b.files[job.fi]!;
+      const ff = f.files.find((x) => x.rel === bf.rel);
+      const bInfo = bf.file.info(job.key);
+      const fInfo = ff?.file.get(job.key);
+      if (!ff || !fInfo) {
+        throw new FuseError('FUSE_VERIFY_FAILED',
+          `verify: ${f.name} has no tensor '${bf.rel ? `${bf.rel}: ` : ''}${job.key}' that the base has`, { fused: f.name, key: job.key });
+      }
+      if (fInfo.shape.join(',') !== bInfo.shape.join(',')) {
+        throw new FuseError('FUSE_VERIFY_FAILED',
+          `verify: '${job.key}' is [${fInfo.shape.join(', ')}] in ${f.name} but [${bInfo.shape.join(', ')}] in the base`, { key: job.key });
+      }
+      const [W, Wf] = await Promise.all([readRowsF32(bf.file, bInfo), readRowsF32(ff.file, fInfo)]);
+      for (const t of job.targets) {
+        const factors = await Promise.all(t.terms.map((term) => term.module.factors()));
+        reports.push(checkModule(t, W, Wf, factors, fInfo.dtype, probes, rng, tolerance));
+        options.onProgress?.(reports.length, total);
+      }
+    }
+    const failed = reports.filter((r) => !r.ok);
+    const inconclusive = reports.filter((r) => r.inconclusive).length;
+    let worst: ModuleVerifyReport | null = null;
+    for (const r of reports) if (!worst || r.worstRatio > worst.worstRatio) worst = r;
+    return {
+      fused: f.name, base: b.name, modules: reports, checked: reports.length, failed: failed.length, inconclusive,
+      worst, tolerance, ok: failed.length === 0 && reports.length > 0, seconds: now() - t0,
+    };
+  } finally {
+    await Promise.allSettled(inputs.map((x) => x.close()));
+    await f?.close();
+    await b.close();
+  }
+}
+
+function checkModule(
+  t: Target, W: Float32Array, Wf: Float32Array, factors: readonly { up: Float32Array; down: Float32Array }[],
+  dtype: DType, probes: number, rng: Rng, tolerance: number,
+): ModuleVerifyReport {
+  const rows = t.rows[1] - t.rows[0];
+  const cols = t.cols;
+  const base0 = t.rows[0] * cols;
+  const R = t.terms.reduce((a, x) => a + x.module.rank, 0);
+  const gamma = (R + 2) * GAMMA_BASE;
+  let worstRatio = 0;
+  let worstRelative = 0;
+  let signal = Infinity;
+  const x = new Float64Array(cols);
+  const ax = new Float64Array(cols);
+  for (let p = 0; p < probes; p++) {
+    for (let j = 0; j < cols; j++) {
+      x[j] = rng.normal();
+      ax[j] = Math.abs(x[j]!);
+    }
+    // Per term: v = down·x and a = |down|·|x| (for the bound).
+    const vs = t.terms.map((term, i) => {
+      const r = term.module.rank;
+      const dn = factors[i]!.down;
+      const v = new Float64Array(r);
+      const a = new Float64Array(r);
+      for (let k = 0; k < r; k++) {
+        let s = 0, sa = 0;
+        const o = k * cols;
+        for (let j = 0; j < cols; j++) {
+          const dv = dn[o + j]!;
+          s += dv * x[j]!;
+          sa += Math.abs(dv) * ax[j]!;
+        }
+        v[k] = s;
+        a[k] = sa;
+      }
+      return { v, a };
+    });
+    let maxErr = 0, maxDelta = 0, probeSignal = 0;
+    for (let r = 0; r < rows; r++) {
+      const o = base0 + r * cols;
+      let y = 0, yf = 0, bound = 0, mag = 0;
+      for (let j = 0; j < cols; j++) {
+        const wf = Wf[o + j]!;
+        const w = W[o + j]!;
+        y += w * x[j]!;
+        yf += wf * x[j]!;
+        bound += ax[j]! * halfUlp(wf, dtype);
+        mag += ax[j]! * Math.abs(w);
+      }
+      let delta = 0, deltaMag = 0;
+      t.terms.forEach((term, i) => {
+        const rk = term.module.rank;
+        const up = factors[i]!.up;
+        const { v, a } = vs[i]!;
+        let s = 0, sa = 0;
+        for (let k = 0; k < rk; k++) {
+          const u = up[r * rk + k]!;
+          s += u * v[k]!;
+          sa += Math.abs(u) * a[k]!;
+        }
+        delta += term.coef * s;
+        deltaMag += Math.abs(term.coef) * sa;
+      });
+      bound += gamma * (mag + deltaMag) + Number.MIN_VALUE;
+      const err = Math.abs(yf - (y + delta));
+      worstRatio = Math.max(worstRatio, err / bound);
+      maxErr = Math.max(maxErr, err);
+      maxDelta = Math.max(maxDelta, Math.abs(delta));
+      probeSignal = Math.max(probeSignal, Math.abs(delta) / bound);
+    }
+    worstRelative = Math.max(worstRelative, maxDelta > 0 ? maxErr / maxDelta : maxErr > 0 ? Infinity : 0);
+    signal = Math.min(signal, probeSignal);
+  }
+  if (Number.isNaN(worstRatio)) worstRatio = Infinity; // NaN in the fused weight
+  const inconclusive = signal < MIN_SIGNAL;
+  return {
+    path: t.path, component: t.entry.component, group: t.entry.group, worstRatio, worstRelative, signal, inconclusive,
+    ok: worstRatio <= tolerance,
+  };
+}
+
+/** A one-line description of the failing modules (for errors and the CLI). */
+export function describeFailures(report: VerifyReport, max = 5): string {
+  const bad = report.modules.filter((m) => !m.ok).sort((a, b) => b.worstRatio - a.worstRatio);
+  return listSome(bad.map((m) => `${m.path} (error ${fmtRatio(m.worstRatio)}× the rounding bound)`), max);
+}
+
+export function fmtRatio(x: number): string {
+  return !Number.isFinite(x) ? String(x) : x >= 100 ? x.toExponential(2) : x.toFixed(3);
+}
