@@ -18,3 +18,6 @@ export * from './fuse/kernels/index.js';
 export { getWasmConvert, loadWasmConvert, type WasmConvert } from './wasm/convert.js';
 // Both the safetensors reader and the layout detector name a `TensorInfo`; the reader's is the file's entry.
 export type { TensorInfo } from './safetensors/index.js';
+// Fusion into a checkpoint or a LoRA held in memory: pass ByteSources (bufferSource, blobSource) and a ByteSink
+// (memorySink). In a browser device 'cpu' runs the single-thread WASM SIMD kernel.
+export * from './fuse/index.js';

@@ -34,6 +34,8 @@ import type { BaseInput, FuseDType, FuseOptions, FuseReport, LoraInput } from '.
 /** Metadata key holding the JSON description of a fusion. */
 export const FUSE_METADATA_KEY = 'lora_mix_fuse';
 
+const IN_NODE = typeof (globalThis as { process?: { versions?: { node?: string } } }).process?.versions?.node === 'string';
+
 // Built at run time so browser bundlers leave the Node adapter out.
 const NODE_FUSE_ADAPTER = ['.', 'node.js'].join('/');
 
@@ -459,6 +461,7 @@ interface KernelChoice {
 async function chooseKernel(options: FuseOptions): Promise<KernelChoice> {
   if (options.kernel) return { kernel: options.kernel, owned: false, backend: options.kernel.backend, fellBack: false };
   const cpu = async (): Promise<FuseKernel> => {
+    if (!IN_NODE) return createWasmKernel();
     try {
       const node = await nodeAdapter('the multi-threaded CPU kernel');
       return await node.createNodeCpuKernel(options.threads);

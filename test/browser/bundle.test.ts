@@ -81,7 +81,7 @@ describe('library bundle (dist/browser/lora-mix.js)', () => {
     for (const name of [
       'parseSafetensors', 'serializeSafetensors', 'bufferSource', 'blobSource', 'memorySink',
       'decodeLora', 'describeLora', 'serializeLora', 'getLayout', 'mergeLoras', 'LCMScheduler',
-      'LoraMixError', 'VERSION', 'createGpuKernel', 'createWasmKernel', 'createJsKernel',
+      'LoraMixError', 'VERSION', 'createGpuKernel', 'createWasmKernel', 'createJsKernel', 'fuseLoras', 'verifyFusion',
     ]) {
       expect(built.lib.exports, name).toContain(name);
     }
@@ -160,5 +160,32 @@ describe('library bundle (dist/browser/lora-mix.js)', () => {
     expect(result.modules).toBe(result.union);
     expect(result.decoded).toBe(result.union);
     expect(result.format).toBe('kohya');
+  });
+
+  it('fuses the LCM + style LoRAs into the tiny base checkpoint in memory, with the numbers Node gets', async () => {
+    const result = await session.page.evaluate(async () => {
+      // eslint-disable-next-line @typescript-eslint/no-explicit-any
+      const lm = (window as any).lm;
+      const get = async (name: string) => (await fetch(`/fixtures/sd15/${name}`)).arrayBuffer();
+      const sink = lm.memorySink('fused.safetensors');
+      const report = await lm.fuseLoras(lm.bufferSource(await get('base.safetensors'), 'base.safetensors'),
+        [lm.blobSource(new Blob([await get('lcm-lora.kohya.safetensors')]), 'lcm'), lm.bufferSource(await get('style-lora.kohya.safetensors'), 'style')],
+        [1, 0.8], { out: sink, dtype: 'F32' });
+      const bytes = sink.bytes() as Uint8Array;
+      let bin = '';
+      for (let i = 0; i < bytes.length; i += 0x8000) bin += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+      return { base64: btoa(bin), modules: report.modulesFused, kernel: report.kernel, seconds: report.seconds };
+    });
+    expect(result.modules).toBe(350);
+    expect(result.kernel).toMatch(/^wasm-simd/);
+    const out = join(tmp.dir, 'browser-fused.safetensors');
+    writeFileSync(out, Buffer.from(result.base64, 'base64'));
+    const { verifyFusion } = await import('../../src/fuse/verify.js');
+    const fx = (n: string) => join(REPO_ROOT, 'fixtures', 'sd15', n);
+    const v = await verifyFusion(out, fx('base.safetensors'), [fx('lcm-lora.kohya.safetensors'), fx('style-lora.kohya.safetensors')], [1, 0.8]);
+    expect(v.checked).toBe(350);
+    expect(v.ok).toBe(true);
+    expect(v.inconclusive).toBe(0);
+    expect(session.errors).toEqual([]);
   });
 });
