@@ -1,6 +1,7 @@
 /**
  * Reference LCM sampler: diffusers-compatible LCMScheduler, the sampling loop, guidance helpers, a seeded
- * Gaussian source and Gaussian verification models. Core code: no Node imports, runs in a browser.
+ * Gaussian source, Gaussian verification models and the verification network (checks a fusion end to end).
+ * Core code: no Node imports, runs in a browser.
  */
 
 export {
@@ -45,3 +46,27 @@ export {
   type GaussianVerifyStep,
   type GaussianVerifyReport,
 } from './gaussian.js';
+export {
+  verifyNetSpec,
+  verifyNetFromWeights,
+  loadVerifyNet,
+  withRuntimeLoras,
+  withoutRuntimeLoras,
+  verifyDenoiser,
+  compareVerifyNets,
+  checkFusedSampling,
+  type VerifyModule,
+  type VerifyNetSpec,
+  type VerifyNetSpecOptions,
+  type RuntimeLoraTerm,
+  type VerifyLayer,
+  type VerifyNet,
+  type VerifyCheckpoint,
+  type LoadVerifyNetOptions,
+  type VerifyDenoiserOptions,
+  type CompareVerifyOptions,
+  type VerifyNetComparison,
+  type FusedSamplingOptions,
+  type LoraEffect,
+  type FusedSamplingCheck,
+} from './verify.js';

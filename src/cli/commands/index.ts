@@ -1,5 +1,6 @@
 import type { Command } from '../context.js';
 import { convertCommand } from './convert.js';
+import { demoCommand } from './demo.js';
 import { fuseCommand } from './fuse.js';
 import { inspectCommand } from './inspect.js';
 import { layoutCommand } from './layout.js';
@@ -16,4 +17,5 @@ export const COMMANDS: readonly Command[] = [
   verifyCommand,
   layoutCommand,
   sampleCommand,
+  demoCommand,
 ];
