@@ -116,7 +116,7 @@ export interface VerifyOptions {
   readonly probes?: number;
   readonly seed?: number;
   /**
-   * A module fails when its worst error exceeds `tolerance` × its rounding bound (default 4): the bound is what
+   * A module fails when its worst error exceeds `tolerance` × its rounding bound (default 2): the bound is what
    * one rounding of W′ to its stored dtype can move W′x (Σⱼ |xⱼ|·ulp(W′ᵢⱼ)/2), plus f32 accumulation slack.
    */
   readonly tolerance?: number;

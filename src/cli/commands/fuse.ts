@@ -9,7 +9,8 @@ import type { CliContext, Command } from '../context.js';
 
 const HELP = `Usage: lora-mix fuse --base CKPT A.safetensors[:W] [B.safetensors[:W] …] -o OUT
                      [--device cpu|gpu] [--dtype f32|f16|bf16] [--allow-unmatched]
-                     [--on-overflow error|clamp] [--blocks-N SPEC] [--threads N] [--json]
+                     [--on-overflow error|clamp] [--blocks SPEC] [--blocks-N SPEC] [--threads N]
+                     [--json] [-q]
 
 Add τ = W_A·τ_A + W_B·τ_B + … to the weights of a base checkpoint and write the fused checkpoint, which then
 samples like the base with the LoRAs applied (with an LCM-LoRA: in 4 steps, no LoRA loader needed).
