@@ -231,6 +231,13 @@ class BufferPool {
   }
 }
 
+/** Output files at least this large are written with O_DIRECT by default (Node). */
+const DIRECT_MIN_BYTES = 256 << 20;
+
+function fileBytes(fp: FilePlan): number {
+  return fp.tensors.reduce((a, t) => a + t.info.numel * DTYPE_SIZE[t.outDtype], 0);
+}
+
 /** Copies of consecutive untouched tensors are read together up to this many bytes. */
 const RUN_BYTES = 16 << 20;
 
@@ -552,6 +559,7 @@ export async function fuseLoras(base: BaseInput, loras: readonly LoraInput[], we
       };
       const res = await writeSafetensors(target, tensors, {
         metadata,
+        direct: options.directIO ?? fileBytes(fp) >= DIRECT_MIN_BYTES,
         refuseOverwrite: refuse,
         onTensor: (info) => {
           tensorsDone++;

@@ -55,6 +55,11 @@ export interface FuseOptions {
   readonly kernel?: FuseKernel;
   /** gpu.js's GPU class (browsers, tests); imported from 'gpu.js' when omitted. */
   readonly GPU?: unknown;
+  /**
+   * Node: write the output with O_DIRECT (bypassing the page cache) where the filesystem allows it. Default: on for
+   * outputs of 256 MiB or more, where it saves the page-cache work of multi-GB writes (bench/RESULTS.md).
+   */
+  readonly directIO?: boolean;
   /** Extra metadata strings for the output (single files and every weight file of a folder). */
   readonly metadata?: Readonly<Record<string, string>>;
   readonly onProgress?: (p: FuseProgress) => void;
