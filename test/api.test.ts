@@ -112,9 +112,10 @@ describe('public entry', () => {
     const dir = await mkdtemp(join(tmpdir(), 'lora-mix-readme-'));
     dirs.push(dir);
     const file = join(dir, 'example.mts');
+    // Temp paths first: the repository itself may live under /tmp (CI clones do).
     await writeFile(file, block!
-      .replaceAll("from 'lora-mix'", `from '${join(ROOT, 'src/index.js')}'`)
-      .replaceAll("'/tmp/", `'${dir}/`));
+      .replaceAll("'/tmp/", `'${dir}/`)
+      .replaceAll("from 'lora-mix'", `from '${join(ROOT, 'src/index.js')}'`));
     const r = spawnSync(process.execPath, ['--import', 'tsx', file], { cwd: ROOT, encoding: 'utf8', timeout: 120_000 });
     expect(r.status, r.stderr).toBe(0);
     const lines = r.stdout.trim().split('\n');
@@ -134,7 +135,7 @@ describe('public entry', () => {
       const dir = await mkdtemp(join(tmpdir(), 'lora-mix-apidoc-'));
       dirs.push(dir);
       const file = join(dir, `example-${i}.mts`);
-      await writeFile(file, block.replaceAll("from 'lora-mix'", `from '${join(ROOT, 'src/index.js')}'`).replaceAll("'/tmp/", `'${dir}/`));
+      await writeFile(file, block.replaceAll("'/tmp/", `'${dir}/`).replaceAll("from 'lora-mix'", `from '${join(ROOT, 'src/index.js')}'`));
       const r = await new Promise<{ status: number | null; stdout: string; stderr: string }>((resolve) => {
         const child = spawn(process.execPath, ['--import', 'tsx', file], { cwd: ROOT });
         let stdout = '', stderr = '';

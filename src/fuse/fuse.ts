@@ -11,7 +11,7 @@
  * Core module: no `node:` imports. Paths and diffusers folders go through ./node.js, loaded on demand.
  */
 import { FuseError, IoError, LoraError, LoraMixError } from '../errors.js';
-import type { ByteSink, ByteSource } from '../io/source.js';
+import { isByteSource, type ByteSink, type ByteSource } from '../io/source.js';
 import { detectCheckpoint } from '../layout/detect.js';
 import type { Component, ModuleEntry } from '../layout/types.js';
 import { listSome } from '../formats/decode.js';
@@ -25,6 +25,7 @@ import { VERSION } from '../version.js';
 import { locate, whyAbsent, type BaseWeightFile, type OpenedBase } from './base.js';
 import { openInputs, type FuseInput, type InputModule } from './inputs.js';
 import { createWasmKernel } from './kernels/cpu.js';
+import { now } from './kernels/job.js';
 import { createGpuKernel } from './kernels/gpu.js';
 import type { FuseKernel, StoredFloat, UpdateJob } from './kernels/types.js';
 import type { GpuJsClass } from './kernels/gpu.js';
@@ -50,10 +51,6 @@ async function nodeAdapter(what: string): Promise<NodeFuse> {
   }
 }
 
-function isByteSource(x: unknown): x is ByteSource {
-  return typeof x === 'object' && x !== null && typeof (x as ByteSource).read === 'function' &&
-    typeof (x as ByteSource).byteLength === 'number';
-}
 
 /** Open the base: a SafetensorsFile or ByteSource here, a path (file or folder) through the Node adapter. */
 export async function openBase(base: BaseInput): Promise<OpenedBase> {
@@ -455,7 +452,6 @@ function peakRss(): number | undefined {
   }
 }
 
-const now = (): number => (typeof performance !== 'undefined' ? performance.now() : Date.now()) / 1000;
 
 interface KernelChoice {
   kernel: FuseKernel;

@@ -4,12 +4,12 @@
  * used as they are. Weights (numbers or block weights) become one λ per module.
  */
 import { ArchError, LoraError } from '../errors.js';
-import type { ByteSource } from '../io/source.js';
+import { isByteSource } from '../io/source.js';
+import { ARCH_LABEL } from '../layout/archs.js';
 import type { Arch, LayoutSize } from '../layout/types.js';
 import { planLora, type LoraPlan } from '../formats/decode.js';
-import { compileBlockWeights } from '../lora/blocks.js';
 import { contiguousValues, moduleDims } from '../lora/delta.js';
-import type { MergeWeight } from '../lora/merge.js';
+import { compileWeight, type MergeWeight } from '../lora/merge.js';
 import type { Lora } from '../lora/types.js';
 import { parseSafetensors, SafetensorsFile } from '../safetensors/read.js';
 import type { LoraInput } from './types.js';
@@ -54,35 +54,17 @@ function isLora(x: unknown): x is Lora {
   return typeof x === 'object' && x !== null && 'modules' in x && (x as Lora).modules instanceof Map && 'arch' in x;
 }
 
-function isByteSource(x: unknown): x is ByteSource {
-  return typeof x === 'object' && x !== null && typeof (x as ByteSource).read === 'function' &&
-    typeof (x as ByteSource).byteLength === 'number';
-}
 
 function label(arch: Arch, size: LayoutSize): string {
-  const name = arch === 'sd15' ? 'SD1.5' : arch === 'sdxl' ? 'SDXL' : 'SSD-1B';
-  return size === 'tiny' ? `${name} (tiny)` : name;
+  return size === 'tiny' ? `${ARCH_LABEL[arch]} (tiny)` : ARCH_LABEL[arch];
 }
 
-/** Compile one input's weight into λ(path), checking it. */
-function compileWeight(w: MergeWeight, arch: Arch, size: LayoutSize, name: string): { fn: (path: string) => number; label: string } {
-  if (typeof w === 'number') {
-    if (!Number.isFinite(w)) {
-      throw new LoraError('LORA_INVALID_WEIGHTS', `fuse: the weight of ${name} must be a finite number, found ${w}`, { key: name, found: w });
-    }
-    return { fn: () => w, label: String(w) };
-  }
-  if (w === null || typeof w !== 'object' || !('blocks' in w)) {
-    throw new LoraError('LORA_INVALID_WEIGHTS',
-      `fuse: the weight of ${name} must be a number or { weight?, blocks }, found ${JSON.stringify(w)}`, { key: name, found: w });
-  }
-  const base = w.weight ?? 1;
-  if (typeof base !== 'number' || !Number.isFinite(base)) {
-    throw new LoraError('LORA_INVALID_WEIGHTS', `fuse: the weight of ${name} must be a finite number, found ${String(base)}`, { key: name, found: base });
-  }
-  const block = compileBlockWeights(w.blocks, arch, size, `block weights of ${name}`);
+/** λ(path) of one input, checked as mergeLoras checks it, and a label for reports. */
+function compileWeightLabelled(w: MergeWeight, arch: Arch, size: LayoutSize, name: string): { fn: (path: string) => number; label: string } {
+  const fn = compileWeight(w, arch, size, name, 'fuse');
+  if (typeof w === 'number') return { fn, label: String(w) };
   const spec = typeof w.blocks === 'function' ? 'a function' : typeof w.blocks === 'string' ? w.blocks : JSON.stringify(w.blocks);
-  return { fn: (path) => base * block(path), label: `${base} with blocks ${spec}` };
+  return { fn, label: `${w.weight ?? 1} with blocks ${spec}` };
 }
 
 function fromPlan(file: SafetensorsFile, plan: LoraPlan, owned: boolean, weight: MergeWeight, name: string): FuseInput {
@@ -97,7 +79,7 @@ function fromPlan(file: SafetensorsFile, plan: LoraPlan, owned: boolean, weight:
       },
     });
   }
-  const w = compileWeight(weight, plan.arch, plan.size, name);
+  const w = compileWeightLabelled(weight, plan.arch, plan.size, name);
   return {
     source: plan.source, format: plan.format, arch: plan.arch, size: plan.size, modules, unmatched: plan.unmatched,
     weightOf: w.fn, weightLabel: w.label,
@@ -118,7 +100,7 @@ function fromLora(lora: Lora, weight: MergeWeight, name: string): FuseInput {
       },
     });
   }
-  const w = compileWeight(weight, lora.arch, lora.size, name);
+  const w = compileWeightLabelled(weight, lora.arch, lora.size, name);
   const source = (lora as { source?: unknown }).source;
   const format = (lora as { format?: unknown }).format;
   return {

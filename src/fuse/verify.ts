@@ -22,9 +22,9 @@ import type { DType } from '../tensor.js';
 import type { OpenedBase } from './base.js';
 import { openBase, planFusion, type Target } from './fuse.js';
 import { openInputs, type FuseInput } from './inputs.js';
+import { now } from './kernels/job.js';
 import type { BaseInput, LoraInput, ModuleVerifyReport, VerifyOptions, VerifyReport } from './types.js';
 
-const now = (): number => (typeof performance !== 'undefined' ? performance.now() : Date.now()) / 1000;
 
 /** Half the spacing of the dtype's values around |v| (the largest error of one round-to-nearest). */
 function halfUlp(v: number, dtype: DType): number {

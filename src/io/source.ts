@@ -32,3 +32,9 @@ export interface ByteSink {
   /** Remove everything written so far; nothing is left behind. Idempotent. */
   abort(): Promise<void>;
 }
+
+/** True for anything shaped like a ByteSource (a length and a read method). */
+export function isByteSource(x: unknown): x is ByteSource {
+  return typeof x === 'object' && x !== null && typeof (x as ByteSource).read === 'function' &&
+    typeof (x as ByteSource).byteLength === 'number';
+}

@@ -11,7 +11,7 @@ import ndarray from 'ndarray';
 import ops from 'ndarray-ops';
 import { ArchError, LoraError } from '../errors.js';
 import { getLayout } from '../layout/index.js';
-import type { Layout } from '../layout/types.js';
+import type { Arch, Layout, LayoutSize } from '../layout/types.js';
 import { VERSION } from '../version.js';
 import { compileBlockWeights, type BlockWeights } from './blocks.js';
 import { contiguousValues, moduleDims, type ModuleDims } from './delta.js';
@@ -102,6 +102,29 @@ function checkOptions(options: MergeOptions): RankTarget | null {
   return { ...(rank !== undefined ? { rank } : {}), ...(minEnergy !== undefined ? { minEnergy } : {}) };
 }
 
+/**
+ * One input's weight as λ(path) (weight × block multiplier), checked. `name` names the input and `op` the operation
+ * ('merge', 'fuse') in errors.
+ */
+export function compileWeight(w: MergeWeight, arch: Arch, size: LayoutSize, name: string, op = 'merge'): (path: string) => number {
+  if (typeof w === 'number') {
+    if (!Number.isFinite(w)) {
+      throw new LoraError('LORA_INVALID_WEIGHTS', `${op}: the weight of ${name} must be a finite number, found ${w}`, { key: name, found: w });
+    }
+    return () => w;
+  }
+  if (w === null || typeof w !== 'object' || !('blocks' in w)) {
+    throw new LoraError('LORA_INVALID_WEIGHTS',
+      `${op}: the weight of ${name} must be a number or { weight?, blocks }, found ${JSON.stringify(w)}`, { key: name, found: w });
+  }
+  const base = w.weight ?? 1;
+  if (typeof base !== 'number' || !Number.isFinite(base)) {
+    throw new LoraError('LORA_INVALID_WEIGHTS', `${op}: the weight of ${name} must be a finite number, found ${String(base)}`, { key: name, found: base });
+  }
+  const block = compileBlockWeights(w.blocks, arch, size, `block weights of ${name}`);
+  return (path: string) => base * block(path);
+}
+
 /** Per input: path → the module's weight λ (weight × block multiplier). */
 function compileWeights(loras: readonly Lora[], weights: readonly MergeWeight[]): ((path: string) => number)[] {
   if (!Array.isArray(weights) || weights.length !== loras.length) {
@@ -109,26 +132,7 @@ function compileWeights(loras: readonly Lora[], weights: readonly MergeWeight[])
       `merge: expected one weight per input (${loras.length}), found ${Array.isArray(weights) ? weights.length : String(weights)}`,
       { expected: loras.length, found: Array.isArray(weights) ? weights.length : weights });
   }
-  return weights.map((w, i) => {
-    const lora = loras[i]!;
-    const name = nameOf(lora, i);
-    if (typeof w === 'number') {
-      if (!Number.isFinite(w)) {
-        throw new LoraError('LORA_INVALID_WEIGHTS', `merge: the weight of ${name} must be a finite number, found ${w}`, { key: name, found: w });
-      }
-      return () => w;
-    }
-    if (w === null || typeof w !== 'object' || !('blocks' in w)) {
-      throw new LoraError('LORA_INVALID_WEIGHTS',
-        `merge: the weight of ${name} must be a number or { weight?, blocks }, found ${JSON.stringify(w)}`, { key: name, found: w });
-    }
-    const base = w.weight ?? 1;
-    if (typeof base !== 'number' || !Number.isFinite(base)) {
-      throw new LoraError('LORA_INVALID_WEIGHTS', `merge: the weight of ${name} must be a finite number, found ${String(base)}`, { key: name, found: base });
-    }
-    const block = compileBlockWeights(w.blocks, lora.arch, lora.size, `block weights of ${name}`);
-    return (path: string) => base * block(path);
-  });
+  return weights.map((w, i) => compileWeight(w, loras[i]!.arch, loras[i]!.size, nameOf(loras[i]!, i)));
 }
 
 /** Check that the terms of a module describe the same weight; returns the common dims and the output form. */
