@@ -214,6 +214,12 @@ describe('fuseLoras: the numbers', () => {
     const v = await verifyFusion(single, SDXL.base, [SDXL.lcm, SDXL.style], [1, 0.8]);
     expect(v.ok).toBe(true);
     expect(v.inconclusive).toBe(0);
+    const vf = await verifyFusion(folder, SDXL.folder, [SDXL.lcm, SDXL.style], [1, 0.8]);
+    expect(vf.ok).toBe(true);
+    expect(vf.checked).toBe(r2.modulesFused);
+    // …and a wrong weight on the style LoRA fails every module it touches, in the folder too.
+    const wrong = await verifyFusion(folder, SDXL.folder, [SDXL.lcm, SDXL.style], [1, 0.6]);
+    expect(wrong.failed).toBe(986);
   });
 
   it('block weights: a block at 0 leaves its modules exactly as in the base', async () => {
