@@ -17,6 +17,7 @@ import { LoraError } from '../errors.js';
 import { getLayout } from '../layout/index.js';
 import type { ModuleEntry } from '../layout/types.js';
 import type { F32Array, Lora } from '../lora/types.js';
+import { contiguousValues } from '../lora/delta.js';
 import { countOverflow, encodeFromF32, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits, bf16BitsToF32 } from '../safetensors/dtype.js';
 import type { TensorToWrite } from '../safetensors/write.js';
 import { oldDiffusersKeys } from './diffusers-old.js';
@@ -80,26 +81,7 @@ export function defaultOutputDType(lora: Lora): OutputDType {
 }
 
 /** A contiguous row-major Float32Array of an ndarray's values (the array itself when it already is one). */
-export function contiguousF32(a: F32Array): Float32Array {
-  const size = a.shape.reduce((x, y) => x * y, 1);
-  let contiguous = a.offset === 0 && a.data instanceof Float32Array && a.data.length === size;
-  let expect = 1;
-  for (let i = a.shape.length - 1; i >= 0 && contiguous; i--) {
-    if (a.shape[i]! > 1 && a.stride[i] !== expect) contiguous = false;
-    expect *= a.shape[i]!;
-  }
-  if (contiguous) return a.data;
-  const out = new Float32Array(size);
-  const idx = new Array<number>(a.shape.length).fill(0);
-  for (let n = 0; n < size; n++) {
-    out[n] = a.get(...idx);
-    for (let d = a.shape.length - 1; d >= 0; d--) {
-      if (++idx[d]! < a.shape[d]!) break;
-      idx[d] = 0;
-    }
-  }
-  return out;
-}
+export const contiguousF32: (a: F32Array) => Float32Array = contiguousValues;
 
 function sortedRecord(r: Readonly<Record<string, string>>): Record<string, string> {
   return Object.fromEntries(Object.keys(r).sort().map((k) => [k, r[k]!]));

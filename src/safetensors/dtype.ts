@@ -17,6 +17,7 @@
 import { SafetensorsError } from '../errors.js';
 import { DTYPE_SIZE, type DType } from '../tensor.js';
 import { getWasmConvert } from '../wasm/convert.js';
+import { f16BitsToF32Bits } from '../wasm/scalar.js';
 
 /** The float dtypes lora-mix can decode to and encode from f32. */
 export type FloatDType = 'F64' | 'F32' | 'F16' | 'BF16' | 'F8_E4M3' | 'F8_E5M2';
@@ -47,23 +48,9 @@ function bitsF32(u: number): number {
 
 /**
  * IEEE binary16 bits (0…65535) → the bits of the f32 that denotes the same value (exact; NaN payloads and the
- * signalling bit are kept, which a JS number cannot promise).
+ * signalling bit are kept, which a JS number cannot promise). One definition, shared with the WASM references.
  */
-export function f16BitsToF32Bits(h: number): number {
-  const sign = (h & 0x8000) << 16;
-  const exp = (h >>> 10) & 0x1f;
-  let mant = h & 0x3ff;
-  if (exp === 0x1f) return (sign | 0x7f800000 | (mant << 13)) >>> 0;
-  if (exp !== 0) return (sign | ((exp + 112) << 23) | (mant << 13)) >>> 0;
-  if (mant === 0) return sign >>> 0;
-  // Subnormal half: shift the mantissa up until its leading 1 becomes the implicit bit.
-  let e = 113;
-  while ((mant & 0x400) === 0) {
-    mant <<= 1;
-    e--;
-  }
-  return (sign | (e << 23) | ((mant & 0x3ff) << 13)) >>> 0;
-}
+export { f16BitsToF32Bits };
 
 /** IEEE binary16 bits (0…65535) → the f32 value it denotes (exact). */
 export function f16BitsToF32(h: number): number {
