@@ -325,6 +325,12 @@ describe('fuseLoras: coverage and failures leave nothing behind', () => {
     await expectCode(fuseLoras(SDXL.folder, [SDXL.lcm], [1], { out: folderOut }), 'OUTPUT_EXISTS');
     expect(await fs.readdir(folderOut)).toEqual(['keep.txt']);
     await expectCode(fuseLoras(SDXL.folder, [SDXL.lcm], [1], { out: SDXL.folder }), 'OUTPUT_WOULD_OVERWRITE_INPUT');
+    // A LoRA already loaded into memory still names its file, which is refused as an output too.
+    const loraCopy = out('lora-copy.safetensors');
+    await fs.copyFile(SD15.lcm, loraCopy);
+    const loraBefore = await fs.readFile(loraCopy);
+    await expectCode(fuseLoras(SD15.base, [await loadLora(loraCopy)], [1], { out: loraCopy }), 'OUTPUT_WOULD_OVERWRITE_INPUT');
+    expect((await fs.readFile(loraCopy)).equals(loraBefore)).toBe(true);
   });
 
   it('bad inputs are typed errors: truncated base, missing base, a LoRA that is a checkpoint, wrong weights', async () => {

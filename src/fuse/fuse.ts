@@ -536,6 +536,8 @@ export async function fuseLoras(base: BaseInput, loras: readonly LoraInput[], we
       ...opened.files.map((f) => f.file.source),
       ...loras.filter((l): l is string | ByteSource => typeof l === 'string' || isByteSource(l)),
       ...loras.filter((l): l is SafetensorsFile => l instanceof SafetensorsFile).map((l) => l.source),
+      // A LoRA loaded into memory still names its file: never write over it either.
+      ...loras.map((l) => (l as { source?: unknown }).source).filter((x): x is string => typeof x === 'string' && x !== ''),
     ];
     const bytesTotal = p.files.reduce((a, f) => a + f.tensors.reduce((b, t) => b + t.info.numel * DTYPE_SIZE[t.outDtype], 0), 0);
     const tensorsTotal = p.files.reduce((a, f) => a + f.tensors.length, 0);
