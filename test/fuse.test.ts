@@ -18,6 +18,7 @@ import { scaleLora } from '../src/lora/scale.js';
 import { contiguousValues } from '../src/lora/delta.js';
 import type { Lora } from '../src/lora/types.js';
 import { parseSafetensors, type SafetensorsFile } from '../src/safetensors/read.js';
+import { writeSafetensors } from '../src/safetensors/write.js';
 import { f32ToF16Bits, f16BitsToF32 } from '../src/safetensors/dtype.js';
 import { LoraMixError } from '../src/errors.js';
 
@@ -380,5 +381,71 @@ describe('fuseLoras: devices', () => {
     }));
     const v = await verifyFusion(o, SDXL.base, [SDXL.lcm, SDXL.style], [1, 0.8]);
     expect(v.ok).toBe(true);
+  });
+});
+
+describe('verifyFusion catches what a wrong fuser would do', () => {
+  /** Copy a fused file, replacing one tensor's values through `edit` (F32 tensors). */
+  async function tamper(src: string, dst: string, key: string, edit: (v: Float32Array, shape: readonly number[]) => Float32Array): Promise<void> {
+    await withFile(src, async (f) => {
+      const tensors = await Promise.all(f.tensors.map(async (t) => ({
+        name: t.name, dtype: t.dtype, shape: t.shape,
+        data: t.name === key ? edit(await f.readF32(t.name), t.shape) : await f.read(t.name),
+      })));
+      await writeSafetensors(dst, tensors, { metadata: f.metadata });
+    });
+  }
+
+  it('swapped q/k row slices of the fused in_proj_weight, a transposed weight, and a delta on the wrong module all fail', async () => {
+    const good = out('catch-good.safetensors');
+    const loras = [SDXL.lcm, SDXL.style];
+    await fuseLoras(SDXL.base, loras, [1, 0.8], { out: good, dtype: 'F32' });
+    const layout = getLayout('sdxl', 'tiny');
+    const q = layout.modules.find((m) => m.component === 'text_encoder_2' && m.path.endsWith('layers.3.self_attn.q_proj'))!;
+    const k = layout.modules.find((m) => m.component === 'text_encoder_2' && m.path.endsWith('layers.3.self_attn.k_proj'))!;
+    const [q0, q1] = q.singleFileRows!;
+    const [k0] = k.singleFileRows!;
+
+    // 1. q and k slices swapped (a slice-order bug).
+    const swapped = out('catch-swapped.safetensors');
+    await tamper(good, swapped, q.singleFileWeightKey, (v, shape) => {
+      const cols = shape[1]!;
+      const w = v.slice();
+      w.set(v.subarray(k0 * cols, (k0 + q1 - q0) * cols), q0 * cols);
+      w.set(v.subarray(q0 * cols, q1 * cols), k0 * cols);
+      return w;
+    });
+    const r1 = await verifyFusion(swapped, SDXL.base, loras, [1, 0.8]);
+    expect(r1.ok).toBe(false);
+    expect(r1.modules.filter((m) => !m.ok).map((m) => m.path).sort()).toEqual([k.path, q.path].sort());
+
+    // 2. A square weight stored transposed.
+    const sq = layout.modules.find((m) => m.path.endsWith('mid_block.attentions.0.transformer_blocks.0.attn1.to_q'))!;
+    expect(sq.shape[0]).toBe(sq.shape[1]);
+    const transposed = out('catch-transposed.safetensors');
+    await tamper(good, transposed, sq.singleFileWeightKey, (v, shape) => {
+      const n = shape[0]!;
+      const w = new Float32Array(v.length);
+      for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) w[j * n + i] = v[i * n + j]!;
+      return w;
+    });
+    const r2 = await verifyFusion(transposed, SDXL.base, loras, [1, 0.8]);
+    expect(r2.modules.filter((m) => !m.ok).map((m) => m.path)).toEqual([sq.path]);
+
+    // 3. The base weight left as it was (the module's delta "landed" elsewhere or nowhere).
+    const missed = out('catch-missed.safetensors');
+    await withFile(SDXL.base, async (b) => {
+      const original = await b.readF32(sq.singleFileWeightKey);
+      await tamper(good, missed, sq.singleFileWeightKey, () => original);
+    });
+    const r3 = await verifyFusion(missed, SDXL.base, loras, [1, 0.8]);
+    expect(r3.failed).toBe(1);
+    expect(r3.worst!.path).toBe(sq.path);
+    expect(r3.worst!.worstRatio).toBeGreaterThan(100);
+
+    // The untampered file passes, with every module conclusive.
+    const r0 = await verifyFusion(good, SDXL.base, loras, [1, 0.8]);
+    expect(r0.ok).toBe(true);
+    expect(r0.inconclusive).toBe(0);
   });
 });
