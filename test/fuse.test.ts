@@ -237,6 +237,19 @@ describe('fuseLoras: the numbers', () => {
     }));
   });
 
+  it('writes the same bytes with O_DIRECT output (the default for outputs ≥ 256 MiB) as through the page cache', async () => {
+    const a = out('direct-off.safetensors');
+    const b = out('direct-on.safetensors');
+    const kernel = await createWasmKernel();
+    try {
+      await fuseLoras(SDXL.base, [SDXL.lcm, SDXL.style], [1, 0.8], { out: a, kernel, directIO: false });
+      await fuseLoras(SDXL.base, [SDXL.lcm, SDXL.style], [1, 0.8], { out: b, kernel, directIO: true });
+    } finally {
+      await kernel.dispose();
+    }
+    expect((await fs.readFile(a)).equals(await fs.readFile(b))).toBe(true);
+  });
+
   it('records the sources, weights and version in the metadata and keeps the base metadata', async () => {
     const o = out('meta.safetensors');
     await fuseLoras(SD15.base, [SD15.lcm, SD15.style], [1, 0.8], { out: o, metadata: { note: 'hello' } });

@@ -2,10 +2,10 @@
  * fileSink with O_DIRECT: whatever the chunking, the file holds exactly the bytes written (the padded last block is
  * cut back), a refused O_DIRECT (tmpfs) falls back to plain writes, and abort leaves nothing.
  */
-import { existsSync, promises as fs } from 'node:fs';
+import { constants, existsSync, promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { fileSink } from '../src/io/node.js';
 import { writeSafetensors } from '../src/safetensors/write.js';
 
@@ -83,5 +83,32 @@ describe('fileSink({ direct: true })', () => {
     await writeSafetensors(a, tensors, { metadata: { k: 'v' } });
     await writeSafetensors(b, tensors, { metadata: { k: 'v' }, direct: true });
     expect((await fs.readFile(a)).equals(await fs.readFile(b))).toBe(true);
+  });
+
+  it('falls back to plain writes when the filesystem accepts O_DIRECT at open but refuses the first write', async () => {
+    const O_DIRECT = (constants as { O_DIRECT?: number }).O_DIRECT;
+    if (typeof O_DIRECT !== 'number' || O_DIRECT === 0) return; // no O_DIRECT on this platform: nothing to fall back from
+    const realOpen = fs.open.bind(fs);
+    let refused = 0;
+    const spy = vi.spyOn(fs, 'open').mockImplementation(async (...args: Parameters<typeof fs.open>) => {
+      const h = await realOpen(...args);
+      const flags = args[1];
+      if (typeof flags === 'number' && (flags & O_DIRECT) !== 0) {
+        // What a filesystem with stricter alignment rules does: the open succeeds, the write does not.
+        h.write = (async () => {
+          refused++;
+          throw Object.assign(new Error('EINVAL: invalid argument, write'), { code: 'EINVAL' });
+        }) as typeof h.write;
+      }
+      return h;
+    });
+    try {
+      const { expected, usedDirect, file } = await writeChunks(tmp, 'refused.bin', [(16 << 20) + 7, 100, (3 << 20) + 1], true);
+      expect(refused).toBe(1);
+      expect(usedDirect).toBe(false);
+      expect((await fs.readFile(file)).equals(expected)).toBe(true);
+    } finally {
+      spy.mockRestore();
+    }
   });
 });
