@@ -31,7 +31,7 @@ export {
   fuseLoras, verifyFusion, formatFuseReport, formatVerifyReport, describeFailures, planFusion, openBase,
   FUSE_METADATA_KEY,
   type BaseInput, type LoraInput, type FuseDType, type FuseOptions, type FuseProgress, type FuseReport,
-  type FuseInputReport, type FusedTensorReport, type VerifyOptions, type VerifyReport, type ModuleVerifyReport,
+  type FuseInputReport, type VerifyOptions, type VerifyReport, type ModuleVerifyReport,
   type OpenedBase, type Plan as FusionPlan,
 } from './fuse/index.js';
 

@@ -13,7 +13,7 @@
 import { FuseError, IoError, LoraError, LoraMixError } from '../errors.js';
 import { isByteSource, type ByteSink, type ByteSource } from '../io/source.js';
 import { detectCheckpoint } from '../layout/detect.js';
-import type { Component, ModuleEntry } from '../layout/types.js';
+import type { ModuleEntry } from '../layout/types.js';
 import { listSome } from '../formats/decode.js';
 import type { MergeWeight } from '../lora/merge.js';
 import { decodeToF32, isFloatDType, typedAsBytes } from '../safetensors/dtype.js';
@@ -611,6 +611,3 @@ export async function fuseLoras(base: BaseInput, loras: readonly LoraInput[], we
     await opened.close();
   }
 }
-
-/** Components in report order. */
-export const COMPONENT_ORDER: readonly Component[] = ['unet', 'text_encoder', 'text_encoder_2'];

@@ -65,14 +65,6 @@ export interface FuseOptions {
   readonly onProgress?: (p: FuseProgress) => void;
 }
 
-/** One fused base tensor, or one whose output needed attention. */
-export interface FusedTensorReport {
-  /** '<file>: <key>' for folders, the key otherwise. */
-  readonly name: string;
-  readonly modules: readonly string[];
-  readonly overflow: number;
-}
-
 export interface FuseInputReport {
   readonly source: string;
   /** The weight as given (a number, or a description of block weights). */
