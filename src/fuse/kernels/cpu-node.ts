@@ -14,7 +14,7 @@ import type { Worker } from 'node:worker_threads';
 import { FuseError } from '../../errors.js';
 import { hasRelaxedSimd, hasWasmSimd, resetWasmFeatureCache } from '../../wasm/features.js';
 import { backendName } from './cpu.js';
-import { disposedError, jobFlops, now, validateJob } from './job.js';
+import { disposedError, now, serialQueue, timed, validateJob } from './job.js';
 import type { FuseKernel, KernelStats, StoredFloat, UpdateJob, UpdateOptions, UpdateResult, WasmKernelOptions } from './types.js';
 import { type Block, COUNTS_OFFSET, CTL_INTS, CTL_OFFSET, kernelModuleSync, MAX_PAGES, MAX_THREADS, WasmEngine } from './wasm-engine.js';
 import { CMD_QUIT, CMD_RUN, CTL, KERNEL_FUNCTIONS, startKernelWorker } from './worker-node.js';
@@ -269,7 +269,7 @@ export async function createCpuKernel(opts: CpuKernelOptions = {}): Promise<Fuse
   }
 
   const stats: KernelStats = { flops: 0, seconds: 0, calls: 0 };
-  let busy: Promise<unknown> = Promise.resolve();
+  const queue = serialQueue();
 
   const kernel: FuseKernel = {
     name,
@@ -277,23 +277,16 @@ export async function createCpuKernel(opts: CpuKernelOptions = {}): Promise<Fuse
     stats,
     update(src, srcDtype, dst, dstDtype, job, o: UpdateOptions = {}) {
       // calls are serialised: one shared memory, one job at a time
-      const p = busy.then(async () => {
+      return queue.run(async () => {
         if (disposed) throw disposedError(name);
         if (failure) throw new FuseError('KERNEL_FAILED', `cpu kernel: ${failure}`, { threads });
         validateJob(name, src, srcDtype, dst, dstDtype, job);
-        const t0 = now();
-        const res = await run(src, srcDtype, dst, dstDtype, job, o.clamp === true);
-        stats.seconds += now() - t0;
-        stats.flops += jobFlops(job);
-        stats.calls++;
-        return res;
+        return timed(stats, job, () => run(src, srcDtype, dst, dstDtype, job, o.clamp === true));
       });
-      busy = p.catch(() => undefined);
-      return p;
     },
     async dispose() {
       if (disposed) return;
-      await busy;
+      await queue.idle();
       disposed = true;
       Atomics.store(ctl, CTL.CMD, CMD_QUIT);
       Atomics.add(ctl, CTL.SEQ, 1);

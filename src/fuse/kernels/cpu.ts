@@ -6,7 +6,7 @@
  */
 import { FuseError } from '../../errors.js';
 import { hasRelaxedSimd, hasWasmSimd } from '../../wasm/features.js';
-import { disposedError, jobFlops, now, validateJob } from './job.js';
+import { disposedError, timed, validateJob } from './job.js';
 import type { FuseKernel, KernelStats, StoredFloat, UpdateJob, UpdateOptions, UpdateResult, WasmKernelOptions } from './types.js';
 import { kernelModule, MAX_PAGES, WasmEngine } from './wasm-engine.js';
 
@@ -55,12 +55,8 @@ export async function createWasmKernel(opts: WasmKernelOptions = {}): Promise<Fu
     async update(src, srcDtype, dst, dstDtype, job: UpdateJob, o: UpdateOptions = {}) {
       if (!engine) throw disposedError(backend);
       validateJob(backend, src, srcDtype, dst, dstDtype, job);
-      const t0 = now();
-      const res = runJobSingle(engine, src, srcDtype, dst, dstDtype, job, o.clamp === true);
-      stats.seconds += now() - t0;
-      stats.flops += jobFlops(job);
-      stats.calls++;
-      return res;
+      const e = engine;
+      return timed(stats, job, () => runJobSingle(e, src, srcDtype, dst, dstDtype, job, o.clamp === true));
     },
     async dispose() {
       engine = null;

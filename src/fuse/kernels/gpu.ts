@@ -23,7 +23,7 @@ import { FuseError } from '../../errors.js';
 import { getConvert } from '../../wasm/convert.js';
 import { f32FromBits } from '../../wasm/scalar.js';
 import { createWasmKernel } from './cpu.js';
-import { disposedError, jobFlops, now, validateJob } from './job.js';
+import { disposedError, serialQueue, timed, validateJob } from './job.js';
 import type { FuseKernel, GpuKernelResult, KernelStats, StoredFloat, UpdateJob, UpdateOptions, UpdateResult } from './types.js';
 
 /** The parts of gpu.js's GPU class this module uses (kept structural so any gpu.js build fits). */
@@ -318,7 +318,7 @@ export function gpuJsKernel(
   const rankChunk = Math.max(1, opts.rankChunk ?? 256);
   const stats: KernelStats = { flops: 0, seconds: 0, calls: 0 };
   let disposed = false;
-  let busy: Promise<unknown> = Promise.resolve();
+  const queue = serialQueue();
 
   async function run(
     src: Uint8Array, srcDtype: StoredFloat, dst: Uint8Array, dstDtype: StoredFloat, job: UpdateJob, clamp: boolean,
@@ -352,22 +352,15 @@ export function gpuJsKernel(
     backend,
     stats,
     update(src, srcDtype, dst, dstDtype, job, o: UpdateOptions = {}) {
-      const p = busy.then(async () => {
+      return queue.run(async () => {
         if (disposed) throw disposedError(backend);
         validateJob(backend, src, srcDtype, dst, dstDtype, job);
-        const t0 = now();
-        const res = await run(src, srcDtype, dst, dstDtype, job, o.clamp === true);
-        stats.seconds += now() - t0;
-        stats.flops += jobFlops(job);
-        stats.calls++;
-        return res;
+        return timed(stats, job, () => run(src, srcDtype, dst, dstDtype, job, o.clamp === true));
       });
-      busy = p.catch(() => undefined);
-      return p;
     },
     async dispose() {
       if (disposed) return;
-      await busy;
+      await queue.idle();
       disposed = true;
       const m = kernelCache.get(gpu);
       if (m) for (const k of m.values()) k.destroy?.();

@@ -1,6 +1,6 @@
 /** Checks shared by every kernel: a job must describe exactly the bytes and factors it is given. */
 import { FuseError } from '../../errors.js';
-import { isStoredFloat, STORED_FLOAT_SIZE, type StoredFloat, type UpdateJob } from './types.js';
+import { isStoredFloat, STORED_FLOAT_SIZE, type KernelStats, type StoredFloat, type UpdateJob } from './types.js';
 
 function isCount(n: unknown): n is number {
   return typeof n === 'number' && Number.isInteger(n) && n >= 0;
@@ -67,3 +67,29 @@ export const now: () => number =
   typeof performance !== 'undefined' && typeof performance.now === 'function'
     ? () => performance.now() / 1000
     : () => Date.now() / 1000;
+
+/** Run one job's computation and add its FLOPs, time and call to `stats` (every kernel reports the same way). */
+export async function timed<T>(stats: KernelStats, job: UpdateJob, fn: () => T | Promise<T>): Promise<T> {
+  const t0 = now();
+  const res = await fn();
+  stats.seconds += now() - t0;
+  stats.flops += jobFlops(job);
+  stats.calls++;
+  return res;
+}
+
+/**
+ * Calls run one at a time, in the order made, whatever becomes of the earlier ones: for kernels that own one shared
+ * memory or one GPU context. `idle()` resolves once everything queued so far has settled.
+ */
+export function serialQueue(): { run<T>(fn: () => Promise<T>): Promise<T>; idle(): Promise<void> } {
+  let busy: Promise<void> = Promise.resolve();
+  return {
+    run(fn) {
+      const p = busy.then(fn);
+      busy = p.then(() => undefined, () => undefined);
+      return p;
+    },
+    idle: () => busy,
+  };
+}

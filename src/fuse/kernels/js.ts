@@ -7,7 +7,7 @@ import {
   numberToBf16Bits,
   numberToF16Bits,
 } from '../../wasm/scalar.js';
-import { disposedError, jobFlops, now, validateJob } from './job.js';
+import { disposedError, timed, validateJob } from './job.js';
 import type { FuseKernel, KernelStats, StoredFloat, UpdateJob, UpdateOptions, UpdateResult } from './types.js';
 
 const F32_MAX = 3.4028234663852886e38;
@@ -103,12 +103,7 @@ export function createJsKernel(): FuseKernel {
     async update(src, srcDtype, dst, dstDtype, job, opts: UpdateOptions = {}) {
       if (disposed) throw disposedError('js');
       validateJob('js', src, srcDtype, dst, dstDtype, job);
-      const t0 = now();
-      const res = referenceUpdate(src, srcDtype, dst, dstDtype, job, opts.clamp === true);
-      stats.seconds += now() - t0;
-      stats.flops += jobFlops(job);
-      stats.calls++;
-      return res;
+      return timed(stats, job, () => referenceUpdate(src, srcDtype, dst, dstDtype, job, opts.clamp === true));
     },
     async dispose() {
       disposed = true;
