@@ -3,19 +3,14 @@
  * reference SVD (cyclic two-sided Jacobi on ΔᵀΔ or ΔΔᵀ) that shares no code with src/lora/linalg.ts.
  */
 import ndarray from 'ndarray';
+import { mulberry32 } from '../src/fixtures/random.js';
 import type { Arch, LayoutSize } from '../src/layout/types.js';
 import type { Lora, LoraModule } from '../src/lora/types.js';
 
-/** mulberry32: a small seeded PRNG returning floats in [0, 1). */
+/** A seeded PRNG returning floats in [0, 1): the fixtures' mulberry32, scaled. */
 export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const next = mulberry32(seed);
+  return () => next() / 4294967296;
 }
 
 export function randomArray(rand: () => number, n: number, scale = 1): Float32Array {

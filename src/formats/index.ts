@@ -31,7 +31,8 @@ export { checkFactorShapes, rankCandidates, evaluateCandidate, type CandidateRes
 // Built at run time so browser bundlers leave the Node adapter out (the same trick as the safetensors writer).
 const NODE_ADAPTER = ['..', 'io', 'node.js'].join('/');
 
-async function openPath(path: string): Promise<SafetensorsFile> {
+/** Open a safetensors file by path through the Node adapter, with a clear error outside Node. */
+export async function openPath(path: string): Promise<SafetensorsFile> {
   let adapter: typeof import('../io/node.js');
   try {
     adapter = (await import(/* @vite-ignore */ NODE_ADAPTER)) as typeof import('../io/node.js');

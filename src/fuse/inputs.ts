@@ -8,6 +8,7 @@ import { isByteSource } from '../io/source.js';
 import { ARCH_LABEL } from '../layout/archs.js';
 import type { Arch, LayoutSize } from '../layout/types.js';
 import { planLora, type LoraPlan } from '../formats/decode.js';
+import { openPath } from '../formats/index.js';
 import { contiguousValues, moduleDims } from '../lora/delta.js';
 import { compileWeight, type MergeWeight } from '../lora/merge.js';
 import type { Lora } from '../lora/types.js';
@@ -40,14 +41,6 @@ export interface FuseInput {
   readonly weightOf: (path: string) => number;
   readonly weightLabel: string;
   close(): Promise<void>;
-}
-
-// Built at run time so browser bundlers leave the Node adapter out.
-const NODE_ADAPTER = ['..', 'io', 'node.js'].join('/');
-
-export async function openPathNode(path: string): Promise<SafetensorsFile> {
-  const adapter = (await import(/* @vite-ignore */ NODE_ADAPTER)) as typeof import('../io/node.js');
-  return adapter.openSafetensors(path);
 }
 
 function isLora(x: unknown): x is Lora {
@@ -140,7 +133,7 @@ export async function openInputs(
       let file: SafetensorsFile;
       let owned = false;
       if (typeof input === 'string') {
-        file = await openPathNode(input);
+        file = await openPath(input);
         owned = true;
       } else if (input instanceof SafetensorsFile) {
         file = input;

@@ -17,6 +17,7 @@ import type { StoredFloat } from '../../src/fuse/kernels/types.js';
 import { f16BitsToF32 } from '../../src/safetensors/dtype.js';
 import { f32ToF16 } from '../../src/wasm/convert.js';
 import { CHROMIUM_ARGS, openSession, tempDir, type BrowserSession } from './harness.js';
+import { prng } from '../lora-helpers.js';
 
 type Mode = 'webgpu' | 'webgl2';
 
@@ -42,17 +43,8 @@ const CASES: Case[] = SHAPES.flatMap((s) =>
 /** One bigger module (a 320-channel 3×3 conv at rank 64) so the kernel runs beyond toy sizes. */
 const BIG: Case = { label: 'conv 3×3 320×2880 r64 F16', rows: 320, cols: 320 * 9, rank: 64, dtype: 'F16' };
 
-/** Deterministic values (mulberry32) with LoRA-like magnitudes: W ~ 0.02, up ~ 4e-3, down ~ 1e-2. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** Deterministic values (the fixtures' mulberry32) in [0, 1), scaled below to LoRA-like magnitudes: W ~ 0.02, up ~ 4e-3, down ~ 1e-2. */
+const rng = prng;
 
 interface Inputs {
   src: Uint8Array;
