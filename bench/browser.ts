@@ -22,9 +22,9 @@ import { execSync } from 'node:child_process';
 import { buildBrowser, bundle, REPO_ROOT, writeHtml } from '../scripts/build-browser.js';
 import { generateLora, targetModules } from '../src/fixtures/generate.js';
 import { loadLora, serializeLora } from '../src/formats/index.js';
-import { createWasmKernel } from '../src/fuse/kernels/cpu.js';
+import { createWasmKernel } from '../src/kernels/cpu.js';
 import { mergeLoras } from '../src/lora/index.js';
-import { f32ToF16 } from '../src/wasm/convert.js';
+import { f32ToF16 } from '../src/core/dtype-wasm.js';
 import { openSession, tempDir } from '../test/browser/harness.js';
 
 const args = process.argv.slice(2);
@@ -138,8 +138,8 @@ async function pageKernels(): Promise<Record<string, Record<string, number>>> {
   const tmp = tempDir('bench-gpu');
   await bundle({
     contents: [
-      "import { createGpuKernel } from './src/fuse/kernels/gpu.js';",
-      "import { createWasmKernel } from './src/fuse/kernels/cpu.js';",
+      "import { createGpuKernel } from './src/kernels/gpu.js';",
+      "import { createWasmKernel } from './src/kernels/cpu.js';",
       '(globalThis as any).loraMixKernels = { createGpuKernel, createWasmKernel };',
     ].join('\n'),
     outfile: join(tmp.dir, 'kernels.js'),

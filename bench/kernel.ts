@@ -15,11 +15,11 @@
  */
 import os from 'node:os';
 import { GPU } from 'gpu.js';
-import { createCpuKernel, enableRelaxedSimdNode } from '../src/fuse/kernels/cpu-node.js';
-import { createGpuKernel, type GpuJsClass } from '../src/fuse/kernels/gpu.js';
-import { createJsKernel } from '../src/fuse/kernels/js.js';
-import type { FuseKernel, StoredFloat, UpdateJob } from '../src/fuse/kernels/types.js';
-import { getWasmConvert, scalarConvert } from '../src/wasm/convert.js';
+import { createCpuKernel, enableRelaxedSimdNode } from '../src/node/kernel-threads.js';
+import { createGpuKernel, type GpuJsClass } from '../src/kernels/gpu.js';
+import { createJsKernel } from '../src/kernels/js.js';
+import type { FuseKernel, StoredFloat, UpdateJob } from '../src/kernels/types.js';
+import { getWasmConvert, scalarConvert } from '../src/core/dtype-wasm.js';
 
 const quick = process.argv.includes('--quick');
 const ROUNDS = quick ? 3 : 9;

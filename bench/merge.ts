@@ -25,7 +25,7 @@ import { getLayout } from '../src/layout/index.js';
 import { mergeLoras } from '../src/lora/index.js';
 import { gramRows, symmetricEigen, xtyToF32 } from '../src/lora/linalg.js';
 import { RankReducer, truncationStats, type FactorTerm } from '../src/lora/reduce.js';
-import { mergeLorasParallel } from '../src/lora/threads-node.js';
+import { mergeLorasParallel } from '../src/node/merge-threads.js';
 import type { Lora, LoraModule } from '../src/lora/types.js';
 
 type Phase = 'copy' | 'exact' | 'reduce' | 'reduce-threads' | 'dense';

@@ -18,7 +18,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { execSync } from 'node:child_process';
 import { getLayout, singleFileTensors } from '../src/layout/index.js';
-import { openSafetensors } from '../src/io/node.js';
+import { openSafetensors } from '../src/node/files.js';
 import {
   f16ToF32, f32ToF16, bf16ToF32, f32ToBf16, getBulkConvert, setBulkConvert, writeSafetensors, type TensorToWrite,
 } from '../src/safetensors/index.js';

@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
   LoraMixError, blockIds, deltaOf, loadLora, mergeLoras, modulesByBlock, saveLora, type Lora,
-} from '../src/index.js';
+} from '../src/node.js';
 
 const lcm = await loadLora('fixtures/sd15/lcm-lora.kohya.safetensors');
 const style = await loadLora('fixtures/sd15/style-lora.kohya.safetensors');

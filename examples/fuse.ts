@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
   FUSE_METADATA_KEY, formatFuseReport, formatVerifyReport, fuseLoras, openSafetensors, verifyFusion,
-} from '../src/index.js';
+} from '../src/node.js';
 
 const BASE = 'fixtures/sd15/base.safetensors';
 const LORAS = ['fixtures/sd15/lcm-lora.kohya.safetensors', 'fixtures/sd15/style-lora.kohya.safetensors'];

@@ -9,7 +9,7 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { deltaOf, describeLora, loadLora, mergeLoras, saveLora } from '../src/index.js';
+import { deltaOf, describeLora, loadLora, mergeLoras, saveLora } from '../src/node.js';
 
 const LCM = 'fixtures/sd15/lcm-lora.kohya.safetensors';
 const STYLE = 'fixtures/sd15/style-lora.kohya.safetensors';

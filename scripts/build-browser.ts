@@ -4,7 +4,7 @@
  *   npx tsx scripts/build-browser.ts [--out DIR] [--minify]     (npm run build:browser)
  *
  * Writes
- *   <out>/browser/lora-mix.js   ESM bundle of src/browser.ts (the core: safetensors, formats, layouts, arithmetic,
+ *   <out>/browser/lora-mix.js   ESM bundle of src/index.ts (the core: safetensors, formats, layouts, arithmetic,
  *                               in-memory fusion, kernels, the LCM scheduler), platform 'browser'
  *   <out>/web/                  the local merge page (examples/web): index.html, style.css, app.js, worker.js
  *
@@ -52,7 +52,7 @@ export function noNodeBuiltinsPlugin(found: NodeImport[] = []): Plugin {
             {
               text:
                 `${importer} imports the Node built-in "${args.path}"; core modules must run in a browser ` +
-                `unchanged (only src/io/node.ts, src/cli/** and *-node.ts files may import node: modules)`,
+                `unchanged (only src/node/files.ts, src/cli/** and *-node.ts files may import node: modules)`,
             },
           ],
         };
@@ -161,7 +161,7 @@ export async function buildBrowser(options: { outDir?: string; minify?: boolean 
   const outDir = resolve(options.outDir ?? join(REPO_ROOT, 'dist'));
   const libFile = join(outDir, 'browser', 'lora-mix.js');
   const webDir = join(outDir, 'web');
-  const lib = await bundle({ entry: 'src/browser.ts', outfile: libFile, minify: options.minify });
+  const lib = await bundle({ entry: 'src/index.ts', outfile: libFile, minify: options.minify });
   await bundle({ entry: 'examples/web/app.ts', outfile: join(webDir, 'app.js'), minify: options.minify });
   await bundle({ entry: 'examples/web/worker.ts', outfile: join(webDir, 'worker.js'), minify: options.minify });
   await mkdir(webDir, { recursive: true });

@@ -3,9 +3,9 @@
  *
  *   npx tsx scripts/build-wasm.ts          (npm run build:wasm)
  *
- * 1. generates the WAT text (scripts/wasm/*-wat.ts) and writes it to src/wasm/*.wat (committed, readable);
+ * 1. generates the WAT text (scripts/wasm/*-wat.ts) and writes it to src/core/dtype-wasm.wat and src/kernels/kernel.wat (committed, readable);
  * 2. compiles every build with the `wabt` npm package (simd, relaxed_simd, threads);
- * 3. writes src/wasm/*-bytes.ts: the binaries as base64 strings, so the core needs no file access or bundler
+ * 3. writes src/core/dtype-wasm-bytes.ts and src/kernels/kernel-bytes.ts: the binaries as base64 strings, so the core needs no file access or bundler
  *    plugin to load them.
  *
  * `--check` compares instead of writing and exits 1 when a committed file is stale
@@ -80,13 +80,13 @@ export async function buildWasmFiles(): Promise<Record<string, string>> {
     KERNEL_PLAIN_SHARED: await compile(wabt, 'kernel.wat', kernelVariant(kern, false, true)),
   };
   return {
-    'src/wasm/convert.wat': conv,
-    'src/wasm/kernel.wat': kern,
-    'src/wasm/convert-bytes.ts': bytesModule('SIMD f16/bf16 <-> f32 conversions (src/wasm/convert.wat).', {
+    'src/core/dtype-wasm.wat': conv,
+    'src/kernels/kernel.wat': kern,
+    'src/core/dtype-wasm-bytes.ts': bytesModule('SIMD f16/bf16 <-> f32 conversions (src/core/dtype-wasm.wat).', {
       CONVERT_WASM: convertBytes,
     }),
-    'src/wasm/kernel-bytes.ts': bytesModule(
-      'Fused update kernel builds (src/wasm/kernel.wat): relaxed_madd or mul+add, private or shared memory.',
+    'src/kernels/kernel-bytes.ts': bytesModule(
+      'Fused update kernel builds (src/kernels/kernel.wat): relaxed_madd or mul+add, private or shared memory.',
       kernels,
     ),
   };

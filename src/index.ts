@@ -1,42 +1,31 @@
 /**
- * The Node entry of lora-mix (package.json "exports" '.' → dist/index.js).
- *
- * It is the browser entry (src/browser.ts: safetensors over any ByteSource, formats, layouts, LoRA arithmetic, the
- * browser-safe kernels, the LCM sampler) plus what needs Node: file paths as byte sources and atomic file sinks,
- * the threaded WASM kernel, the worker-thread merge, fusion into a base checkpoint and its verification, and the
- * synthetic-checkpoint generators used by the fixtures and benchmarks.
- *
- *   import { loadLora, mergeLoras, saveLora, fuseLoras, verifyFusion } from 'lora-mix';
+ * The isomorphic entry of lora-mix (package.json "exports" '.' for browsers and bundlers; bundled by
+ * scripts/build-browser.ts into dist/browser/lora-mix.js): safetensors over ArrayBuffers and Blobs, formats,
+ * layouts, LoRA arithmetic, fusion with the kernels that need no Node (plain JS, single-thread WASM SIMD, gpu.js),
+ * verification and the LCM sampler. Nothing here imports `node:`; the Node entry (src/node.ts) adds file paths,
+ * diffusers folders and worker threads by installing a host (src/core/host.ts).
  */
-export * from './browser.js';
+export * from './core/errors.js';
+export * from './core/tensor.js';
+export { VERSION } from './core/version.js';
+export type { ByteSource, ByteSink } from './core/bytes.js';
+export { blobSource, bufferSource, memorySink, type MemorySink } from './core/memory.js';
+export * from './safetensors/index.js';
+export * from './layout/index.js';
+export * from './formats/index.js';
+export * from './lora/index.js';
+export * from './sampler/index.js';
+export * from './kernels/index.js';
+export { getWasmConvert, loadWasmConvert, type WasmConvert } from './core/dtype-wasm.js';
 // Both the safetensors reader and the layout detector name a `TensorInfo`; the reader's is the file's entry.
 export type { TensorInfo } from './safetensors/index.js';
-
-// Node adapters: files as ByteSources (positional reads) and ByteSinks (temp file, fsync, rename).
-export {
-  fileSource, openSafetensors, fileSink, assertNotOverwriting,
-  type FileSource, type FileSink, type FileSinkOptions, type RefuseList,
-} from './io/node.js';
-
-// The WASM SIMD fusion kernel on worker threads.
-export {
-  createCpuKernel, defaultThreads, enableRelaxedSimdNode, workersOf, type CpuKernelOptions,
-} from './fuse/kernels/cpu-node.js';
-
-// Rank reduction of whole LoRAs on worker threads.
-export { mergeLorasParallel, type ParallelMergeOptions } from './lora/threads-node.js';
-
-// Fusion into a base checkpoint and its check (paths and diffusers folders work here through the Node adapter).
-export {
-  fuseLoras, verifyFusion, formatFuseReport, formatVerifyReport, describeFailures, planFusion, openBase,
-  FUSE_METADATA_KEY,
-  type BaseInput, type LoraInput, type FuseDType, type FuseOptions, type FuseProgress, type FuseReport,
-  type FuseInputReport, type VerifyOptions, type VerifyReport, type ModuleVerifyReport,
-  type OpenedBase, type Plan as FusionPlan,
-} from './fuse/index.js';
-
-// Synthetic LoRAs and base checkpoints with the real key names (what fixtures/ and bench/ are made of).
+// Fusion into a checkpoint or a LoRA held in memory: pass ByteSources (bufferSource, blobSource) and a ByteSink
+// (memorySink). In a browser device 'cpu' runs the single-thread WASM SIMD kernel.
+export * from './fuse/index.js';
+// Checks of written files and synthetic checkpoints with the real key names (what fixtures/ and bench/ are made of).
+export * from './verify/index.js';
 export {
   generateLora, generateBaseCheckpoint, syntheticLora,
   type LoraSpec, type LoraTargets, type SyntheticFormat, type CheckpointSpec, type CheckpointPart,
 } from './fixtures/generate.js';
+export { installHost, currentHost, type Host, type SinkOptions, type RefuseList } from './core/host.js';

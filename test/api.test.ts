@@ -1,6 +1,8 @@
 /**
- * The public Node entry (src/index.ts → dist/index.js): it carries the whole browser entry plus the Node adapters
- * and fusion, the version agrees with package.json, and the main calls work when imported from there alone.
+ * The public entries: 'lora-mix' resolves to the Node entry (src/node.ts → dist/node.js) under the "node" export
+ * condition and to the isomorphic entry (src/index.ts → dist/index.js) for browsers and bundlers. The Node entry
+ * carries the whole isomorphic entry plus the Node adapters, the version agrees with package.json, and the main
+ * calls work when imported from there alone.
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
@@ -9,11 +11,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
-import * as api from '../src/index.js';
-import * as browser from '../src/browser.js';
+import * as api from '../src/node.js';
+import * as browser from '../src/index.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as {
-  version: string; exports: Record<string, { import: string; types: string }>; main: string; types: string;
+  version: string; main: string; types: string; browser: string;
+  exports: Record<string, { node: { types: string; default: string }; types: string; default: string }>;
 };
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
@@ -26,11 +29,15 @@ describe('public entry', () => {
     expect(api.VERSION).toMatch(/^\d+\.\d+\.\d+/);
   });
 
-  it('package.json points "." at the build of src/index.ts', () => {
-    expect(pkg.exports['.']!.import).toBe('./dist/index.js');
-    expect(pkg.exports['.']!.types).toBe('./dist/index.d.ts');
-    expect(pkg.main).toBe('./dist/index.js');
-    expect(pkg.types).toBe('./dist/index.d.ts');
+  it('package.json points "." at src/node.ts under the node condition and at src/index.ts otherwise', () => {
+    const dot = pkg.exports['.']!;
+    expect(Object.keys(dot)[0]).toBe('node'); // conditions are matched in order: 'node' must come first
+    expect(dot.node).toEqual({ types: './dist/node.d.ts', default: './dist/node.js' });
+    expect(dot.types).toBe('./dist/index.d.ts');
+    expect(dot.default).toBe('./dist/index.js');
+    expect(pkg.main).toBe('./dist/node.js');
+    expect(pkg.types).toBe('./dist/node.d.ts');
+    expect(pkg.browser).toBe('./dist/index.js');
   });
 
   it('re-exports every value of the browser entry, unchanged', () => {
@@ -115,7 +122,7 @@ describe('public entry', () => {
     // Temp paths first: the repository itself may live under /tmp (CI clones do).
     await writeFile(file, block!
       .replaceAll("'/tmp/", `'${dir}/`)
-      .replaceAll("from 'lora-mix'", `from '${join(ROOT, 'src/index.js')}'`));
+      .replaceAll("from 'lora-mix'", `from '${join(ROOT, 'src/node.js')}'`));
     const r = spawnSync(process.execPath, ['--import', 'tsx', file], { cwd: ROOT, encoding: 'utf8', timeout: 120_000 });
     expect(r.status, r.stderr).toBe(0);
     const lines = r.stdout.trim().split('\n');
@@ -135,7 +142,7 @@ describe('public entry', () => {
       const dir = await mkdtemp(join(tmpdir(), 'lora-mix-apidoc-'));
       dirs.push(dir);
       const file = join(dir, `example-${i}.mts`);
-      await writeFile(file, block.replaceAll("'/tmp/", `'${dir}/`).replaceAll("from 'lora-mix'", `from '${join(ROOT, 'src/index.js')}'`));
+      await writeFile(file, block.replaceAll("'/tmp/", `'${dir}/`).replaceAll("from 'lora-mix'", `from '${join(ROOT, 'src/node.js')}'`));
       const r = await new Promise<{ status: number | null; stdout: string; stderr: string }>((resolve) => {
         const child = spawn(process.execPath, ['--import', 'tsx', file], { cwd: ROOT });
         let stdout = '', stderr = '';

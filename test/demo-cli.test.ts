@@ -12,7 +12,7 @@ import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { main } from '../src/cli/main.js';
 import { loadLora } from '../src/formats/index.js';
-import { openSafetensors } from '../src/io/node.js';
+import { openSafetensors } from '../src/node/files.js';
 import { detectCheckpoint, getLayout } from '../src/layout/index.js';
 
 const ROOT = path.resolve(__dirname, '..');

@@ -2,15 +2,15 @@ import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { memorySink, bufferSource } from '../src/io/browser.js';
-import { openSafetensors } from '../src/io/node.js';
+import { memorySink, bufferSource } from '../src/core/memory.js';
+import { openSafetensors } from '../src/node/files.js';
 import { detectCheckpoint, detectDiffusersFolder, getLayout } from '../src/layout/index.js';
 import { parseSafetensors } from '../src/safetensors/index.js';
 import { decodeLora, loadLora } from '../src/formats/index.js';
 import {
   generateBaseCheckpoint, generateLora, singleFileTensors, syntheticLora, vaeTensorShapes,
 } from '../src/fixtures/generate.js';
-import { writeFixtures } from '../src/fixtures/fixtures-node.js';
+import { writeFixtures } from '../src/node/fixtures.js';
 import { fillNormalish, hashString, mulberry32 } from '../src/fixtures/random.js';
 import { FIXTURES } from './formats-helpers.js';
 

@@ -1,6 +1,6 @@
 import { readFile } from 'node:fs/promises';
 import { describe, expect, it } from 'vitest';
-import { ArchError, FormatError, LoraError, SafetensorsError } from '../src/errors.js';
+import { ArchError, FormatError, LoraError, SafetensorsError } from '../src/core/errors.js';
 import { detectFileKind, loadLora } from '../src/formats/index.js';
 import { getLayout } from '../src/layout/index.js';
 import { caught, decodeBytes, fixture, makeFile, open } from './formats-helpers.js';

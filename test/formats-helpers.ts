@@ -1,11 +1,11 @@
 /** Shared helpers for the formats tests: in-memory safetensors files and fixture paths. */
 import { fileURLToPath } from 'node:url';
 import ndarray from 'ndarray';
-import { bufferSource } from '../src/io/browser.js';
+import { bufferSource } from '../src/core/memory.js';
 import { parseSafetensors, serializeSafetensors, type SafetensorsFile } from '../src/safetensors/index.js';
 import type { F32Array } from '../src/lora/types.js';
 import { decodeLora, type DecodeOptions, type LoadedLora } from '../src/formats/index.js';
-import type { DType } from '../src/tensor.js';
+import type { DType } from '../src/core/tensor.js';
 
 export const FIXTURES = fileURLToPath(new URL('../fixtures/', import.meta.url));
 export const fixture = (rel: string): string => FIXTURES + rel;

@@ -4,7 +4,8 @@ import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { main } from '../src/cli/main.js';
-import type { FuseReport, VerifyReport } from '../src/fuse/types.js';
+import type { FuseReport } from '../src/fuse/types.js';
+import type { VerifyReport } from '../src/verify/types.js';
 
 const FIXTURES = path.resolve(import.meta.dirname, '..', 'fixtures');
 

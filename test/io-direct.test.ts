@@ -6,7 +6,7 @@ import { constants, existsSync, promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { fileSink } from '../src/io/node.js';
+import { fileSink } from '../src/node/files.js';
 import { writeSafetensors } from '../src/safetensors/write.js';
 
 let tmp: string;

@@ -3,9 +3,9 @@ import fc from 'fast-check';
 import { promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { blobSource, bufferSource, memorySink } from '../src/io/browser.js';
-import { fileSink, fileSource, openSafetensors } from '../src/io/node.js';
-import { IoError } from '../src/errors.js';
+import { blobSource, bufferSource, memorySink } from '../src/core/memory.js';
+import { fileSink, fileSource, openSafetensors } from '../src/node/files.js';
+import { IoError } from '../src/core/errors.js';
 
 let dir: string;
 beforeAll(async () => {

@@ -1,8 +1,8 @@
 /** Shared helpers for the kernel tests: stored-byte builders, an exact emulation of the mul+add WASM kernel,
  *  and the error bound against the f64 reference. */
 import { expect } from 'vitest';
-import { decodeStored } from '../src/fuse/kernels/js.js';
-import type { StoredFloat, UpdateJob, UpdateResult } from '../src/fuse/kernels/types.js';
+import { decodeStored } from '../src/kernels/js.js';
+import type { StoredFloat, UpdateJob, UpdateResult } from '../src/kernels/types.js';
 import {
   f32Bits,
   f32BitsToBf16Bits,
@@ -10,7 +10,7 @@ import {
   f32FromBits,
   numberToBf16Bits,
   numberToF16Bits,
-} from '../src/wasm/scalar.js';
+} from '../src/core/dtype-scalar.js';
 
 export const DTYPES: readonly StoredFloat[] = ['F32', 'F16', 'BF16'];
 export const SIZE: Record<StoredFloat, number> = { F32: 4, F16: 2, BF16: 2 };

@@ -1,11 +1,11 @@
 import { GPU } from 'gpu.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createWasmKernel } from '../src/fuse/kernels/cpu.js';
+import { createWasmKernel } from '../src/kernels/cpu.js';
 import {
   createGpuKernel, type GpuBackendProbe, gpuBackends, type GpuJsClass, type GpuJsInstance, resolvedBackend,
-} from '../src/fuse/kernels/gpu.js';
-import { decodeStored, referenceUpdate } from '../src/fuse/kernels/js.js';
-import type { FuseKernel, StoredFloat } from '../src/fuse/kernels/types.js';
+} from '../src/kernels/gpu.js';
+import { decodeStored, referenceUpdate } from '../src/kernels/js.js';
+import type { FuseKernel, StoredFloat } from '../src/kernels/types.js';
 import { DTYPES, expectSameBytes, randomJob, randomW, SIZE, stored } from './kernel-helpers.js';
 
 const GPU_CLASS = GPU as unknown as GpuJsClass;

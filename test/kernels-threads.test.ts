@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createWasmKernel } from '../src/fuse/kernels/cpu.js';
-import { createCpuKernel, defaultThreads, workersOf } from '../src/fuse/kernels/cpu-node.js';
-import type { FuseKernel, StoredFloat } from '../src/fuse/kernels/types.js';
+import { createWasmKernel } from '../src/kernels/cpu.js';
+import { createCpuKernel, defaultThreads, workersOf } from '../src/node/kernel-threads.js';
+import type { FuseKernel, StoredFloat } from '../src/kernels/types.js';
 import { DTYPES, emulatePlain, expectSameBytes, expectWithinBound, randomJob, randomW, SIZE, stored } from './kernel-helpers.js';
 
 // shapes big enough to be split across threads (≥ 2 row tiles per thread, ≥ 2 MFLOP), with uneven row tiles

@@ -1,11 +1,11 @@
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { FuseError } from '../src/errors.js';
-import { createWasmKernel, runJobSingle } from '../src/fuse/kernels/cpu.js';
-import { enableRelaxedSimdNode } from '../src/fuse/kernels/cpu-node.js';
-import { createJsKernel, decodeStored, referenceUpdate } from '../src/fuse/kernels/js.js';
-import type { FuseKernel, StoredFloat } from '../src/fuse/kernels/types.js';
-import { kernelModuleSync, MAX_PAGES, WasmEngine } from '../src/fuse/kernels/wasm-engine.js';
+import { FuseError } from '../src/core/errors.js';
+import { createWasmKernel, runJobSingle } from '../src/kernels/cpu.js';
+import { enableRelaxedSimdNode } from '../src/node/kernel-threads.js';
+import { createJsKernel, decodeStored, referenceUpdate } from '../src/kernels/js.js';
+import type { FuseKernel, StoredFloat } from '../src/kernels/types.js';
+import { kernelModuleSync, MAX_PAGES, WasmEngine } from '../src/kernels/wasm-engine.js';
 import { DTYPES, emulatePlain, expectSameBytes, expectWithinBound, randomJob, randomW, SIZE, stored } from './kernel-helpers.js';
 
 let plain: FuseKernel;

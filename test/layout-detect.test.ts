@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { ArchError, FormatError, LoraError } from '../src/errors.js';
+import { ArchError, FormatError, LoraError } from '../src/core/errors.js';
 import {
   archConfig, buildLayout, CANDIDATES, describeUnmatched, detectCheckpoint, detectDiffusersFolder, detectLoraArch,
   getLayout, loraFactorMismatch, singleFileTensors, diffusersTensors, type Component, type Layout, type LoraFactorShapes, type TensorInfo,

@@ -1,11 +1,11 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { ArchError } from '../src/errors.js';
+import { ArchError } from '../src/core/errors.js';
 import {
   ARCHS, archConfig, blockIds, blockIdOf, buildLayout, CANDIDATES, familyOf, generateUNet, getLayout,
   kohyaFlatten, loraParamCount, parseArch, type Arch, type Layout, type ModuleEntry, type UNetConfig,
 } from '../src/layout/index.js';
-import { numel } from '../src/tensor.js';
+import { numel } from '../src/core/tensor.js';
 
 const unetModules = (l: Layout): ModuleEntry[] => l.modules.filter((m) => m.component === 'unet');
 const unetState = (l: Layout) => l.stateDict.filter((s) => s.component === 'unet');

@@ -7,7 +7,7 @@ import { loadLora, saveLora } from '../src/formats/index.js';
 import { getLayout } from '../src/layout/index.js';
 import { MERGE_METADATA_KEY, mergeLoras, VERSION_METADATA_KEY } from '../src/lora/index.js';
 import type { Lora } from '../src/lora/types.js';
-import { VERSION } from '../src/version.js';
+import { VERSION } from '../src/core/version.js';
 import { dense, diffNorm, frob, weightedDense } from './lora-helpers.js';
 
 const FIXTURES = path.resolve(__dirname, '..', 'fixtures');

@@ -5,7 +5,7 @@ import { loadLora } from '../src/formats/index.js';
 import { mergeLoras } from '../src/lora/index.js';
 import { wasmProduct } from '../src/lora/product.js';
 import { RankReducer, type FactorTerm } from '../src/lora/reduce.js';
-import { mergeLorasParallel } from '../src/lora/threads-node.js';
+import { mergeLorasParallel } from '../src/node/merge-threads.js';
 import type { Lora } from '../src/lora/types.js';
 import { prng, randomArray } from './lora-helpers.js';
 

@@ -1,13 +1,13 @@
 import fc from 'fast-check';
 import ndarray from 'ndarray';
 import { describe, expect, it } from 'vitest';
-import { ArchError, LoraError } from '../src/errors.js';
+import { ArchError, LoraError } from '../src/core/errors.js';
 import { getLayout } from '../src/layout/index.js';
 import {
   deltaOf, mergeLoras, MERGE_METADATA_KEY, negateLora, rankOf, scaleLora, scaleOf, VERSION_METADATA_KEY,
 } from '../src/lora/index.js';
 import type { Lora, LoraModule } from '../src/lora/types.js';
-import { VERSION } from '../src/version.js';
+import { VERSION } from '../src/core/version.js';
 import { dense, diffNorm, frob, makeLora, prng, randomModule, values64, weightedDense, type ModuleSpec } from './lora-helpers.js';
 
 /** A few real SD1.5 (tiny) module paths with their weight shapes: linear, 1×1 conv, 3×3 conv. */

@@ -6,7 +6,7 @@ import {
   f32ToF8E5M2Bits, f8e4m3BitsToF32, f8e5m2BitsToF32, f8ToF32, getBulkConvert, OVERFLOW_THRESHOLD,
   setBulkConvert, WASM_MIN_ELEMENTS, type BulkConvert,
 } from '../src/safetensors/index.js';
-import { SafetensorsError } from '../src/errors.js';
+import { SafetensorsError } from '../src/core/errors.js';
 
 // ---------------------------------------------------------------------------------------------------------------
 // Independent references: plain f64 arithmetic with powers of two, no bit tricks.
@@ -373,7 +373,7 @@ describe('bulk converter routing', () => {
     }
   });
 
-  it('the default (WASM SIMD, src/wasm/convert.ts) is bit-exact with the JS path on large arrays', () => {
+  it('the default (WASM SIMD, src/core/dtype-wasm.ts) is bit-exact with the JS path on large arrays', () => {
     expect(getBulkConvert()).not.toBeNull(); // Node 20 has WebAssembly SIMD
     const n = 1 << 18;
     const bits = new Uint32Array(n);

@@ -7,7 +7,7 @@ import { COMMANDS } from '../src/cli/commands/index.js';
 import type { CliContext } from '../src/cli/context.js';
 import { main } from '../src/cli/main.js';
 import { parseSafetensors, writeSafetensors } from '../src/safetensors/index.js';
-import { bufferSource } from '../src/io/browser.js';
+import { bufferSource } from '../src/core/memory.js';
 
 let dir: string;
 beforeAll(async () => {

@@ -1,10 +1,10 @@
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { parseSafetensors, serializeSafetensors, scanKeys, MAX_HEADER_LENGTH, isFloatDType, type TensorToWrite } from '../src/safetensors/index.js';
-import { bufferSource } from '../src/io/browser.js';
-import type { ByteSource } from '../src/io/source.js';
-import { LoraMixError, SafetensorsError, type SafetensorsErrorCode } from '../src/errors.js';
-import { DTYPE_SIZE, type DType } from '../src/tensor.js';
+import { bufferSource } from '../src/core/memory.js';
+import type { ByteSource } from '../src/core/bytes.js';
+import { LoraMixError, SafetensorsError, type SafetensorsErrorCode } from '../src/core/errors.js';
+import { DTYPE_SIZE, type DType } from '../src/core/tensor.js';
 
 const enc = new TextEncoder();
 

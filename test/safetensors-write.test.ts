@@ -7,11 +7,11 @@ import { SafeTensor } from 'safetensors';
 import {
   parseSafetensors, serializeSafetensors, writeSafetensors, writeToSink, f32ToF16, type TensorToWrite,
 } from '../src/safetensors/index.js';
-import { bufferSource, memorySink } from '../src/io/browser.js';
-import { fileSource, openSafetensors } from '../src/io/node.js';
-import type { ByteSink } from '../src/io/source.js';
-import { IoError, SafetensorsError } from '../src/errors.js';
-import { DTYPE_SIZE, type DType } from '../src/tensor.js';
+import { bufferSource, memorySink } from '../src/core/memory.js';
+import { fileSource, openSafetensors } from '../src/node/files.js';
+import type { ByteSink } from '../src/core/bytes.js';
+import { IoError, SafetensorsError } from '../src/core/errors.js';
+import { DTYPE_SIZE, type DType } from '../src/core/tensor.js';
 
 let dir: string;
 beforeAll(async () => {

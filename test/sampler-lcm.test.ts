@@ -5,7 +5,7 @@
  */
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { LoraMixError, SamplerError } from '../src/errors.js';
+import { LoraMixError, SamplerError } from '../src/core/errors.js';
 import {
   classifierFreeGuidance, guidanceScaleEmbedding, LCMScheduler, LCM_DEFAULTS, Rng, thresholdSample,
 } from '../src/sampler/index.js';

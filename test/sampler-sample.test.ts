@@ -3,7 +3,7 @@
  * img2img, async denoisers and the errors for inconsistent inputs.
  */
 import { describe, expect, it } from 'vitest';
-import { SamplerError } from '../src/errors.js';
+import { SamplerError } from '../src/core/errors.js';
 import {
   guidanceScaleEmbedding, LCMScheduler, Rng, sample, sampleAsync, type DenoiserExtras, type Latent,
 } from '../src/sampler/index.js';

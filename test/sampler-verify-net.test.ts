@@ -1,5 +1,5 @@
 /**
- * The verification network (src/sampler/verify.ts): its modules, reading them from every checkpoint naming, the
+ * The verification network (src/verify/network.ts): its modules, reading them from every checkpoint naming, the
  * runtime LoRA path against dense weights built here, and the end-to-end check of real fusions of the fixtures
  * (LCM-LoRA ×1.0 + style LoRA ×0.8) — including mutations that must make the check fail.
  *
@@ -17,16 +17,17 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ArchError, LoraError, SamplerError } from '../src/errors.js';
+import { ArchError, LoraError, SamplerError } from '../src/core/errors.js';
 import { loadLora, type LoadedLora } from '../src/formats/index.js';
 import { fuseLoras } from '../src/fuse/index.js';
-import { openSafetensors } from '../src/io/node.js';
+import { openSafetensors } from '../src/node/files.js';
 import { contiguousValues } from '../src/lora/delta.js';
 import type { Lora, LoraModule } from '../src/lora/types.js';
+import { LCMScheduler, sample } from '../src/sampler/index.js';
 import {
-  checkFusedSampling, compareVerifyNets, LCMScheduler, loadVerifyNet, sample, verifyDenoiser, verifyNetFromWeights,
+  checkFusedSampling, compareVerifyNets, loadVerifyNet, verifyDenoiser, verifyNetFromWeights,
   verifyNetSpec, withRuntimeLoras, withoutRuntimeLoras, type VerifyNet,
-} from '../src/sampler/index.js';
+} from '../src/verify/index.js';
 import type { SafetensorsFile } from '../src/safetensors/read.js';
 
 const FIXTURES = path.resolve(__dirname, '..', 'fixtures');

@@ -2,18 +2,18 @@ import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { buildWasmFiles, ROOT } from '../scripts/build-wasm.js';
-import { base64ToBytes } from '../src/wasm/base64.js';
-import { CONVERT_WASM } from '../src/wasm/convert-bytes.js';
-import { KERNEL_PLAIN, KERNEL_PLAIN_SHARED, KERNEL_RELAXED, KERNEL_RELAXED_SHARED } from '../src/wasm/kernel-bytes.js';
+import { base64ToBytes } from '../src/core/base64.js';
+import { CONVERT_WASM } from '../src/core/dtype-wasm-bytes.js';
+import { KERNEL_PLAIN, KERNEL_PLAIN_SHARED, KERNEL_RELAXED, KERNEL_RELAXED_SHARED } from '../src/kernels/kernel-bytes.js';
 
 describe('committed WebAssembly', () => {
-  it('src/wasm/*.wat and *-bytes.ts equal a fresh generation and wabt compile (npm run build:wasm)', async () => {
+  it('src/core/dtype-wasm.wat and src/kernels/kernel.wat and *-bytes.ts equal a fresh generation and wabt compile (npm run build:wasm)', async () => {
     const files = await buildWasmFiles();
     expect(Object.keys(files).sort()).toEqual([
-      'src/wasm/convert-bytes.ts',
-      'src/wasm/convert.wat',
-      'src/wasm/kernel-bytes.ts',
-      'src/wasm/kernel.wat',
+      'src/core/dtype-wasm-bytes.ts',
+      'src/core/dtype-wasm.wat',
+      'src/kernels/kernel-bytes.ts',
+      'src/kernels/kernel.wat',
     ]);
     for (const [rel, content] of Object.entries(files)) {
       const committed = await readFile(path.join(ROOT, rel), 'utf8');

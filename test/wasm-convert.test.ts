@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { FuseError } from '../src/errors.js';
+import { FuseError } from '../src/core/errors.js';
 import {
   bf16ToF32,
   CONVERT_CHUNK,
@@ -10,7 +10,7 @@ import {
   getWasmConvert,
   scalarConvert,
   type WasmConvert,
-} from '../src/wasm/convert.js';
+} from '../src/core/dtype-wasm.js';
 import {
   f16BitsToF32Bits,
   f32BitsToBf16Bits,
@@ -20,7 +20,7 @@ import {
   numberToBf16BitsExact,
   numberToF16Bits,
   numberToF16BitsExact,
-} from '../src/wasm/scalar.js';
+} from '../src/core/dtype-scalar.js';
 
 const wasm = getWasmConvert() as WasmConvert;
 

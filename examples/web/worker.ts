@@ -2,12 +2,12 @@
  * The page's Web Worker: reads dropped files (only the byte ranges needed, through blobSource), decodes them,
  * merges and encodes the result, so the page stays responsive and can show progress. All local.
  */
-import { LoraMixError } from '../../src/errors.js';
+import { LoraMixError } from '../../src/core/errors.js';
 import { decodeLora, describeLora, serializeLora, type LoadedLora, type OutputDType } from '../../src/formats/index.js';
-import { blobSource } from '../../src/io/browser.js';
+import { blobSource } from '../../src/core/memory.js';
 import { mergeLoras, type MergeWeight } from '../../src/lora/index.js';
 import { parseSafetensors } from '../../src/safetensors/index.js';
-import { VERSION } from '../../src/version.js';
+import { VERSION } from '../../src/core/version.js';
 import { defaultWeightFor, lcmEvidence } from './lcm.js';
 import type { ErrorInfo, FromWorker, MergeRequest, MergeSummary, ToWorker } from './protocol.js';
 

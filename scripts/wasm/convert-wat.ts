@@ -1,7 +1,7 @@
 /**
- * Generates src/wasm/convert.wat: SIMD conversions between f32 and f16/bf16 over arrays in the module's own
+ * Generates src/core/dtype-wasm.wat: SIMD conversions between f32 and f16/bf16 over arrays in the module's own
  * memory. Every function takes (src, dst, n) with n a multiple of 8 and 16-byte aligned pointers; the JS side
- * (src/wasm/convert.ts) copies chunks through a fixed scratch region and pads the tail.
+ * (src/core/dtype-wasm.ts) copies chunks through a fixed scratch region and pads the tail.
  */
 import {
   Consts, decodeF16, decodeF16x8Normal, encodeBf16, encodeF16, encodeF16Finite, f16x8AnySpecial, get, indent,

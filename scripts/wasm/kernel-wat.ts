@@ -1,7 +1,7 @@
 /**
- * Generates src/wasm/kernel.wat: the fused low-rank update W' = W + A·B with f32 math.
+ * Generates src/kernels/kernel.wat: the fused low-rank update W' = W + A·B with f32 math.
  *
- * Data layout (prepared by src/fuse/kernels/wasm-engine.ts):
+ * Data layout (prepared by src/kernels/wasm-engine.ts):
  *   packed A  [rowTiles][r][4]  f32   (rows of U, 4 at a time, zero-padded; scales already folded in)
  *   packed B  [colTiles][r][8]  f32   (columns of D, 8 at a time, zero-padded)
  *   W source  row-major, row stride `ldsrc` bytes, in the stored dtype (F32/F16/BF16)

@@ -4,7 +4,7 @@
  * generators can inline them (V8 does not inline wasm calls, and a call per 4 values would cost more than the
  * conversion itself).
  *
- * Bit-exact with src/wasm/scalar.ts (tested exhaustively for decode, on edge patterns + random for encode).
+ * Bit-exact with src/core/dtype-scalar.ts (tested exhaustively for decode, on edge patterns + random for encode).
  */
 
 /** An i32x4 constant with the same value in every lane. */

@@ -1,7 +1,11 @@
-import { LoraMixError } from '../errors.js';
+import { LoraMixError } from '../core/errors.js';
 import type { CliContext, Command } from './context.js';
 import { COMMANDS } from './commands/index.js';
-import { VERSION } from '../version.js';
+import { VERSION } from '../core/version.js';
+import { installNodeHost } from '../node/install.js';
+
+// The CLI runs in Node: paths, folders and worker threads everywhere.
+installNodeHost();
 
 function overview(commands: readonly Command[]): string {
   const width = Math.max(...commands.map((c) => c.name.length), 8);

@@ -7,11 +7,11 @@
  * `inspect` can describe a 400 MB LoRA without loading it; `decodeLora` is the plan plus the factors.
  */
 import ndarray from 'ndarray';
-import { ArchError, FormatError, LoraError } from '../errors.js';
+import { ArchError, FormatError, LoraError } from '../core/errors.js';
 import { ARCH_LABEL } from '../layout/index.js';
 import type { Arch, Layout, LayoutSize, ModuleEntry } from '../layout/types.js';
 import type { F32Array, Lora, LoraModule } from '../lora/types.js';
-import type { DType } from '../tensor.js';
+import type { DType } from '../core/tensor.js';
 import { checkpointEvidence, findUnsupportedAdapter, parseLoraKey, type ParsedKey, type PathKey } from './keys.js';
 import { kohyaAlpha, kohyaSpellingOf, type KohyaPaths } from './kohya.js';
 import { PEFT_METADATA_KEY, parsePeftMetadata, peftAlpha, peftConfigFor } from './peft.js';

@@ -6,7 +6,7 @@
 import { ARCH_LABEL, getLayout } from '../layout/index.js';
 import type { Arch, Component, LayoutSize, ModuleEntry, ModuleGroup } from '../layout/types.js';
 import type { Lora } from '../lora/types.js';
-import type { DType } from '../tensor.js';
+import type { DType } from '../core/tensor.js';
 import type { LoadedLora, LoraFormat, LoraPlan } from './decode.js';
 import type { KohyaPaths } from './kohya.js';
 

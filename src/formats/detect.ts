@@ -2,7 +2,7 @@
  * What kind of safetensors file is this? A LoRA (with its plan), an adapter type lora-mix refuses, a base
  * checkpoint (arch and naming from the layout detector), or something else. Used by `lora-mix inspect`.
  */
-import { FormatError, LoraMixError } from '../errors.js';
+import { FormatError, LoraMixError } from '../core/errors.js';
 import { detectCheckpoint, type CheckpointDetection } from '../layout/detect.js';
 import { planLora, type DecodeOptions, type LoraFileLike, type LoraPlan } from './decode.js';
 import { findUnsupportedAdapter, parseLoraKey } from './keys.js';

@@ -13,12 +13,12 @@
  * Factor bytes are produced when the writer asks for them (one tensor at a time); values that would overflow the
  * target dtype raise LoraError LORA_DTYPE_OVERFLOW instead of becoming Inf.
  */
-import { LoraError } from '../errors.js';
+import { LoraError } from '../core/errors.js';
 import { getLayout } from '../layout/index.js';
 import type { ModuleEntry } from '../layout/types.js';
 import type { F32Array, Lora } from '../lora/types.js';
 import { contiguousValues } from '../lora/delta.js';
-import { countOverflow, encodeFromF32, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits, bf16BitsToF32 } from '../safetensors/dtype.js';
+import { countOverflow, encodeFromF32, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits, bf16BitsToF32 } from '../core/dtype.js';
 import type { TensorToWrite } from '../safetensors/write.js';
 import { oldDiffusersKeys } from './diffusers-old.js';
 import { kohyaKeys, kohyaName, type KohyaPaths } from './kohya.js';

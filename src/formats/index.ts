@@ -3,8 +3,8 @@
  * diffusers attention-processor format) into the canonical LoRA, and encode a LoRA as kohya or PEFT.
  * Core module: no `node:` imports. Paths work in Node through the Node adapter, loaded on demand.
  */
-import { IoError } from '../errors.js';
-import type { ByteSink, ByteSource } from '../io/source.js';
+import { requireHost } from '../core/host.js';
+import type { ByteSink, ByteSource } from '../core/bytes.js';
 import type { Lora } from '../lora/types.js';
 import { parseSafetensors, type SafetensorsFile } from '../safetensors/read.js';
 import { serializeSafetensors, writeSafetensors, type TensorData, type WriteResult } from '../safetensors/write.js';
@@ -28,20 +28,15 @@ export { parsePeftMetadata, peftAlpha, peftMetadataJson, PEFT_METADATA_KEY, type
 export { oldDiffusersKeys } from './diffusers-old.js';
 export { checkFactorShapes, rankCandidates, evaluateCandidate, type CandidateResult, type RawModule } from './resolve.js';
 
-// Built at run time so browser bundlers leave the Node adapter out (the same trick as the safetensors writer).
-const NODE_ADAPTER = ['..', 'io', 'node.js'].join('/');
-
-/** Open a safetensors file by path through the Node adapter, with a clear error outside Node. */
+/** Open a safetensors file by path through the platform host (the Node entry), with a clear error elsewhere. */
 export async function openPath(path: string): Promise<SafetensorsFile> {
-  let adapter: typeof import('../io/node.js');
+  const source = await requireHost(path, 'pass a ByteSource such as blobSource(file)').openSource(path);
   try {
-    adapter = (await import(/* @vite-ignore */ NODE_ADAPTER)) as typeof import('../io/node.js');
+    return await parseSafetensors(source);
   } catch (e) {
-    throw new IoError('IO_READ_FAILED',
-      `${path}: reading a file path needs the Node adapter; outside Node pass a ByteSource such as blobSource(file)`,
-      { file: path }, { cause: e });
+    await source.close?.().catch(() => undefined);
+    throw e;
   }
-  return adapter.openSafetensors(path);
 }
 
 /**

@@ -8,7 +8,7 @@
  * lora-mix writes one config per component: `r` and `lora_alpha` are the most common rank and alpha, and
  * `rank_pattern` / `alpha_pattern` list every module that differs, by its full module path, so any alpha survives.
  */
-import { FormatError } from '../errors.js';
+import { FormatError } from '../core/errors.js';
 import type { Component, ModuleEntry } from '../layout/types.js';
 
 export const PEFT_METADATA_KEY = 'lora_adapter_metadata';

@@ -10,51 +10,41 @@
  *
  * Core module: no `node:` imports. Paths and diffusers folders go through ./node.js, loaded on demand.
  */
-import { FuseError, IoError, LoraError, LoraMixError } from '../errors.js';
-import { isByteSource, type ByteSink, type ByteSource } from '../io/source.js';
+import { FuseError, IoError, LoraError, LoraMixError } from '../core/errors.js';
+import { isByteSource, type ByteSink, type ByteSource } from '../core/bytes.js';
 import { detectCheckpoint } from '../layout/detect.js';
 import type { ModuleEntry } from '../layout/types.js';
 import { listSome } from '../formats/decode.js';
 import type { MergeWeight } from '../lora/merge.js';
-import { decodeToF32, isFloatDType, typedAsBytes } from '../safetensors/dtype.js';
+import { decodeToF32, isFloatDType, typedAsBytes } from '../core/dtype.js';
 import type { TensorInfo } from '../safetensors/header.js';
 import { parseSafetensors, SafetensorsFile } from '../safetensors/read.js';
 import { writeSafetensors, type TensorToWrite } from '../safetensors/write.js';
-import { DTYPE_SIZE, type DType } from '../tensor.js';
-import { VERSION } from '../version.js';
+import { DTYPE_SIZE, type DType } from '../core/tensor.js';
+import { VERSION } from '../core/version.js';
+import { currentFuseHost, type FuseHost } from './host.js';
 import { locate, whyAbsent, type BaseWeightFile, type OpenedBase } from './base.js';
 import { openInputs, type FuseInput, type InputModule } from './inputs.js';
-import { createWasmKernel } from './kernels/cpu.js';
-import { now } from './kernels/job.js';
-import { createGpuKernel } from './kernels/gpu.js';
-import type { FuseKernel, StoredFloat, UpdateJob } from './kernels/types.js';
-import type { GpuJsClass } from './kernels/gpu.js';
-import { isStoredFloat, STORED_FLOAT_SIZE } from './kernels/types.js';
+import { createWasmKernel } from '../kernels/cpu.js';
+import { now } from '../kernels/job.js';
+import { createGpuKernel } from '../kernels/gpu.js';
+import type { FuseKernel, StoredFloat, UpdateJob } from '../kernels/types.js';
+import type { GpuJsClass } from '../kernels/gpu.js';
+import { isStoredFloat, STORED_FLOAT_SIZE } from '../kernels/types.js';
 import type { BaseInput, FuseDType, FuseOptions, FuseReport, LoraInput } from './types.js';
 
 /** Metadata key holding the JSON description of a fusion. */
 export const FUSE_METADATA_KEY = 'lora_mix_fuse';
 
-const IN_NODE = typeof (globalThis as { process?: { versions?: { node?: string } } }).process?.versions?.node === 'string';
-
-// Built at run time so browser bundlers leave the Node adapter out.
-const NODE_FUSE_ADAPTER = ['.', 'node.js'].join('/');
-
-type NodeFuse = typeof import('./node.js');
-
-async function nodeAdapter(what: string): Promise<NodeFuse> {
-  try {
-    return (await import(/* @vite-ignore */ NODE_FUSE_ADAPTER)) as NodeFuse;
-  } catch (e) {
-    throw new IoError('IO_READ_FAILED', `${what} needs the Node adapter; outside Node pass ByteSources and a ByteSink`,
-      { file: what }, { cause: e });
-  }
+function needFuseHost(what: string): FuseHost {
+  const host = currentFuseHost();
+  if (host) return host;
+  throw new IoError('IO_NO_HOST', `${what}: paths and diffusers folders need the Node entry of lora-mix; pass ByteSources and a ByteSink`, { file: what });
 }
-
 
 /** Open the base: a SafetensorsFile or ByteSource here, a path (file or folder) through the Node adapter. */
 export async function openBase(base: BaseInput): Promise<OpenedBase> {
-  if (typeof base === 'string') return (await nodeAdapter(base)).openBaseNode(base);
+  if (typeof base === 'string') return needFuseHost(base).openBase(base);
   let file: SafetensorsFile;
   if (base instanceof SafetensorsFile) file = base;
   else if (isByteSource(base)) file = await parseSafetensors(base);
@@ -464,14 +454,8 @@ interface KernelChoice {
 async function chooseKernel(options: FuseOptions): Promise<KernelChoice> {
   if (options.kernel) return { kernel: options.kernel, owned: false, backend: options.kernel.backend, fellBack: false };
   const cpu = async (): Promise<FuseKernel> => {
-    if (!IN_NODE) return createWasmKernel();
-    try {
-      const node = await nodeAdapter('the multi-threaded CPU kernel');
-      return await node.createNodeCpuKernel(options.threads);
-    } catch (e) {
-      if (e instanceof LoraMixError && e.code !== 'IO_READ_FAILED') throw e;
-      return createWasmKernel();
-    }
+    const host = currentFuseHost();
+    return host ? host.createCpuKernel(options.threads) : createWasmKernel();
   };
   if (options.device === undefined || options.device === 'cpu') {
     const kernel = await cpu();
@@ -570,7 +554,7 @@ export async function fuseLoras(base: BaseInput, loras: readonly LoraInput[], we
       counters.bytesWritten += res.headerLength + 8;
     };
     if (opened.folder) {
-      const node = await nodeAdapter(opened.name);
+      const node = needFuseHost(opened.name);
       await node.writeFolder(opened, options.out as string, async (dir) => {
         for (const fp of p.files) await writeFile(fp, node.joinPath(dir, fp.base.rel));
       });

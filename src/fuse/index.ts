@@ -1,11 +1,11 @@
 /**
- * Fusion: stream τ = Σ wᵢ·τᵢ into a base checkpoint (fuseLoras) and check the result (verifyFusion). Core module:
- * paths and diffusers folders work in Node through ./node.js, loaded on demand; elsewhere pass ByteSources and a
- * ByteSink. The kernels are in ./kernels.
+ * Fusion: stream τ = Σ wᵢ·τᵢ into a base checkpoint (fuseLoras). Isomorphic: paths and diffusers folders work
+ * through the fuse host that the Node entry installs (./host.ts); elsewhere pass ByteSources and a ByteSink.
+ * The kernels are in src/kernels/, the checks of a written file in src/verify/.
  */
 export { fuseLoras, planFusion, openBase, FUSE_METADATA_KEY, type Plan, type FilePlan, type Target, type Term, type OutTensor } from './fuse.js';
-export { verifyFusion, describeFailures } from './verify.js';
-export { formatFuseReport, formatVerifyReport, fmtBytes } from './report.js';
+export { formatFuseReport, fmtBytes } from './report.js';
+export { installFuseHost, currentFuseHost, type FuseHost } from './host.js';
 export { openInputs, type FuseInput, type InputModule } from './inputs.js';
 export { locate, type OpenedBase, type BaseWeightFile, type WeightLocation } from './base.js';
 export type * from './types.js';

@@ -3,8 +3,8 @@
  * alphas) and each module's factors are read only when the base tensor they change comes up. In-memory LoRAs are
  * used as they are. Weights (numbers or block weights) become one λ per module.
  */
-import { ArchError, LoraError } from '../errors.js';
-import { isByteSource } from '../io/source.js';
+import { ArchError, LoraError } from '../core/errors.js';
+import { isByteSource } from '../core/bytes.js';
 import { ARCH_LABEL } from '../layout/archs.js';
 import type { Arch, LayoutSize } from '../layout/types.js';
 import { planLora, type LoraPlan } from '../formats/decode.js';

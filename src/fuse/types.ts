@@ -1,13 +1,13 @@
 /**
  * Vocabulary of fusion: fusing τ = Σ wᵢ·τᵢ into the weights of a base checkpoint, and checking the result.
  */
-import type { ByteSink, ByteSource } from '../io/source.js';
+import type { ByteSink, ByteSource } from '../core/bytes.js';
 import type { Arch, Component, LayoutSize, ModuleGroup } from '../layout/types.js';
 import type { CheckpointNaming } from '../layout/detect.js';
 import type { MergeWeight } from '../lora/merge.js';
 import type { Lora } from '../lora/types.js';
 import type { SafetensorsFile } from '../safetensors/read.js';
-import type { FuseKernel } from './kernels/types.js';
+import type { FuseKernel } from '../kernels/types.js';
 
 /**
  * A LoRA to fuse: a path (Node), a ByteSource or an opened SafetensorsFile (the factors are read module by
@@ -106,46 +106,4 @@ export interface FuseReport {
   /** Peak resident set size of the process in bytes, where the runtime tells (Node). */
   readonly peakRssBytes?: number;
   readonly outputDtype: FuseDType | 'as stored';
-}
-
-export interface VerifyOptions {
-  /** Random probe vectors per module (default 4). */
-  readonly probes?: number;
-  readonly seed?: number;
-  /**
-   * A module fails when its worst error exceeds `tolerance` × its rounding bound (default 2): the bound is what
-   * one rounding of W′ to its stored dtype can move W′x (Σⱼ |xⱼ|·ulp(W′ᵢⱼ)/2), plus f32 accumulation slack.
-   */
-  readonly tolerance?: number;
-  /** Check only these canonical module paths. */
-  readonly modules?: readonly string[];
-  readonly allowUnmatched?: boolean;
-  readonly onProgress?: (done: number, total: number) => void;
-}
-
-export interface ModuleVerifyReport {
-  readonly path: string;
-  readonly component: Component;
-  readonly group: ModuleGroup;
-  /** max over probes and rows of |W′x − (Wx + Σ wᵢ sᵢ upᵢ(downᵢ x))| / bound. Pass: ≤ tolerance. */
-  readonly worstRatio: number;
-  /** max over probes of ‖W′x − expected‖∞ / ‖expected − Wx‖∞: the error relative to the LoRA's own effect. */
-  readonly worstRelative: number;
-  /** ‖Σ wᵢ sᵢ upᵢ(downᵢ x)‖∞ / bound: below ~1 the delta is under storage precision and the check cannot see it. */
-  readonly signal: number;
-  readonly inconclusive: boolean;
-  readonly ok: boolean;
-}
-
-export interface VerifyReport {
-  readonly fused: string;
-  readonly base: string;
-  readonly modules: readonly ModuleVerifyReport[];
-  readonly checked: number;
-  readonly failed: number;
-  readonly inconclusive: number;
-  readonly worst: ModuleVerifyReport | null;
-  readonly tolerance: number;
-  readonly ok: boolean;
-  readonly seconds: number;
 }

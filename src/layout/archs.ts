@@ -5,7 +5,7 @@
  * Tiny layouts keep every key name, block, layer, transformer depth and text-encoder layer count of the real model
  * and shrink only widths, so they have exactly the same module paths as the full ones. See docs/layouts.md.
  */
-import { ArchError } from '../errors.js';
+import { ArchError } from '../core/errors.js';
 import { generateTextEncoder, type TextEncoderConfig } from './text-encoders.js';
 import type { Arch, BlockId, Layout, LayoutSize, ModuleEntry, StateDictEntry } from './types.js';
 import { ARCHS } from './types.js';

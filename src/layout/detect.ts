@@ -8,7 +8,7 @@
  * - `detectDiffusersFolder`: a diffusers folder (unet/, text_encoder/, text_encoder_2/).
  * - `detectLoraArch`: which layouts can hold a LoRA's modules, ranked, with the unmatched modules of each.
  */
-import { ArchError, FormatError, LoraError } from '../errors.js';
+import { ArchError, FormatError, LoraError } from '../core/errors.js';
 import { ARCH_LABEL, CANDIDATES, archConfig, getLayout } from './archs.js';
 import type { TextEncoderConfig } from './text-encoders.js';
 import type { Arch, Component, Layout, LayoutSize, ModuleEntry, StateDictEntry } from './types.js';

@@ -13,7 +13,7 @@
  *   up_blocks.u.upsamplers.0.conv             ↔ output_blocks.{(L+1)u+L}.{1 without attention, 2 with}.conv
  * Block IDs (LoRA Block Weight) are the LDM indices: INnn for input_blocks.nn, M00, OUTnn for output_blocks.nn.
  */
-import { ArchError } from '../errors.js';
+import { ArchError } from '../core/errors.js';
 import type { BlockId, ModuleEntry, ModuleGroup, StateDictEntry } from './types.js';
 
 export type DownBlockType = 'CrossAttnDownBlock2D' | 'DownBlock2D';

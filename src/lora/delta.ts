@@ -4,7 +4,7 @@
  * reduction never form it.
  */
 import ndarray from 'ndarray';
-import { LoraError } from '../errors.js';
+import { LoraError } from '../core/errors.js';
 import type { F32Array, LoraModule } from './types.js';
 
 /** The shape facts of a module: delta is out × fanIn, fanIn = in·kh·kw. */

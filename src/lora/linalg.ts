@@ -12,7 +12,7 @@
  * Nothing here allocates per element; callers pass the output arrays.
  */
 
-import { LoraError } from '../errors.js';
+import { LoraError } from '../core/errors.js';
 
 /** Machine epsilon of f64. */
 export const EPS64 = 2 ** -52;

@@ -9,10 +9,10 @@
  */
 import ndarray from 'ndarray';
 import ops from 'ndarray-ops';
-import { ArchError, LoraError } from '../errors.js';
+import { ArchError, LoraError } from '../core/errors.js';
 import { getLayout } from '../layout/index.js';
 import type { Arch, Layout, LayoutSize } from '../layout/types.js';
-import { VERSION } from '../version.js';
+import { VERSION } from '../core/version.js';
 import { compileBlockWeights, type BlockWeights } from './blocks.js';
 import { contiguousValues, moduleDims, type ModuleDims } from './delta.js';
 import { RankReducer, reduceModule, type FactorTerm, type RankTarget, type ReduceOutcome } from './reduce.js';
@@ -365,7 +365,7 @@ export function assembleMerge(plan: MergePlan, outcomes: ReadonlyMap<string, Red
 /**
  * τ = Σ weights[i]·loras[i], exact unless a rank target is given. Returns the merged LoRA (alpha = rank on every
  * module, i.e. scale 1) and a per-module report. Synchronous, on the calling thread; in Node,
- * `mergeLorasParallel` (src/lora/threads-node.ts) spreads the rank reductions over worker threads.
+ * `mergeLorasParallel` (src/node/merge-threads.ts) spreads the rank reductions over worker threads.
  *
  * - Inputs must share arch and size (ArchError ARCH_MISMATCH).
  * - One weight per input: a finite number or { weight?, blocks } (LoraError LORA_INVALID_WEIGHTS,

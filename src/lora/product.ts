@@ -2,15 +2,15 @@
  * f32 matrix products for rebuilding reduced factors, C = A·B (A: rows × rank, B: rank × cols, row-major).
  *
  * Where WebAssembly SIMD is available and the module can be compiled synchronously (Node, workers), this runs
- * the fused-update kernel of src/fuse/kernels (f32x4 register tiles, W = 0 + A·B, one private memory reused
+ * the fused-update kernel of src/kernels (f32x4 register tiles, W = 0 + A·B, one private memory reused
  * across calls); elsewhere (e.g. a browser's main thread, which refuses synchronous compiles of large
  * modules) `wasmProduct()` returns null and the reducer keeps its plain-JS f64-accumulating path.
  * The kernel accumulates in f32: relative error of a product ≈ 1e-7·√rank, below the one rounding to f32 the
  * factors get anyway.
  */
-import { runJobSingle } from '../fuse/kernels/cpu.js';
-import { kernelModuleSync, MAX_PAGES, WasmEngine } from '../fuse/kernels/wasm-engine.js';
-import { hasRelaxedSimd, hasWasmSimd } from '../wasm/features.js';
+import { runJobSingle } from '../kernels/cpu.js';
+import { kernelModuleSync, MAX_PAGES, WasmEngine } from '../kernels/wasm-engine.js';
+import { hasRelaxedSimd, hasWasmSimd } from '../core/wasm-features.js';
 
 /** C (rows × cols) = A (rows × rank) · B (rank × cols), f32, row-major; returns a new array. */
 export type ProductF32 = (rows: number, cols: number, rank: number, a: Float32Array, b: Float32Array) => Float32Array;

@@ -20,7 +20,7 @@
  * Working through the Grams limits the resolution of tiny singular values to about 1e-7 of the largest (far below
  * what f32 factors carry); singular values under NOISE_FLOOR·σ₁ are treated as zero.
  */
-import { LoraError } from '../errors.js';
+import { LoraError } from '../core/errors.js';
 import {
   dot, EPS64, gramRows, matmul, pivotedCholesky, symmetricEigen, xtyToF32,
 } from './linalg.js';

@@ -6,8 +6,8 @@
  * `{ "dtype": "F16", "shape": [320, 4, 3, 3], "data_offsets": [begin, end] }`, offsets relative to the data
  * section. The sorted offsets must tile the data section exactly.
  */
-import { SafetensorsError } from '../errors.js';
-import { DTYPE_SIZE, isDType, type DType } from '../tensor.js';
+import { SafetensorsError } from '../core/errors.js';
+import { DTYPE_SIZE, isDType, type DType } from '../core/tensor.js';
 import { scanKeys } from './json-keys.js';
 
 /** Header lengths above this are refused before anything is allocated (the reference implementation's limit). */

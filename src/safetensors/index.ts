@@ -15,4 +15,4 @@ export {
   decodeToF32, decodeInto, encodeFromF32, bytesAsTyped, typedAsBytes,
   countOverflow, OVERFLOW_THRESHOLD, DTYPE_MAX,
   setBulkConvert, getBulkConvert, WASM_MIN_ELEMENTS,
-} from './dtype.js';
+} from '../core/dtype.js';

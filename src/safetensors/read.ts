@@ -2,10 +2,10 @@
  * Reading a safetensors file through a ByteSource: the 8-byte header length and the header are read and
  * validated up front; tensor bytes are fetched only when asked for, one byte range at a time.
  */
-import { IoError, SafetensorsError } from '../errors.js';
-import type { ByteSource } from '../io/source.js';
-import type { DType } from '../tensor.js';
-import { bytesAsTyped, decodeInto, decodeToF32, isFloatDType, LITTLE_ENDIAN, type TypedArrayFor } from './dtype.js';
+import { IoError, SafetensorsError } from '../core/errors.js';
+import type { ByteSource } from '../core/bytes.js';
+import type { DType } from '../core/tensor.js';
+import { bytesAsTyped, decodeInto, decodeToF32, isFloatDType, LITTLE_ENDIAN, type TypedArrayFor } from '../core/dtype.js';
 import { MAX_HEADER_LENGTH, parseHeader, type TensorInfo } from './header.js';
 
 export type { TensorInfo } from './header.js';

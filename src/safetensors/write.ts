@@ -3,10 +3,11 @@
  * goes first, then each tensor's bytes in the given order. A tensor's data may be a thunk that produces it only
  * when its turn comes, so at most one tensor need be in memory at a time.
  */
-import { IoError, SafetensorsError } from '../errors.js';
-import type { ByteSink, ByteSource } from '../io/source.js';
-import { DTYPE_SIZE, isDType, type DType } from '../tensor.js';
-import { typedAsBytes } from './dtype.js';
+import { IoError, SafetensorsError } from '../core/errors.js';
+import type { ByteSink, ByteSource } from '../core/bytes.js';
+import { requireHost } from '../core/host.js';
+import { DTYPE_SIZE, isDType, type DType } from '../core/tensor.js';
+import { typedAsBytes } from '../core/dtype.js';
 import { METADATA_KEY, show, type TensorInfo } from './header.js';
 
 /** Tensor bytes: a Uint8Array of stored (little-endian) bytes, or any typed array / DataView over them. */
@@ -204,19 +205,8 @@ export async function writeToSink(sink: ByteSink, tensors: TensorsToWrite, optio
   return { name: sink.name, byteLength: plan.byteLength, headerLength: plan.headerLength, tensors: plan.tensors };
 }
 
-// Built at run time so bundlers for the browser leave the Node adapter out.
-const NODE_ADAPTER = ['..', 'io', 'node.js'].join('/');
-
-async function openPathSink(path: string, refuse: readonly (ByteSource | string)[], direct: boolean): Promise<ByteSink> {
-  let adapter: typeof import('../io/node.js');
-  try {
-    adapter = (await import(/* @vite-ignore */ NODE_ADAPTER)) as typeof import('../io/node.js');
-  } catch (e) {
-    throw new IoError('IO_WRITE_FAILED',
-      `${path}: writing to a file path needs the Node adapter; outside Node pass a ByteSink such as memorySink()`,
-      { file: path }, { cause: e });
-  }
-  return adapter.fileSink(path, { refuse, direct });
+function openPathSink(path: string, refuse: readonly (ByteSource | string)[], direct: boolean): Promise<ByteSink> {
+  return requireHost(path, 'pass a ByteSink such as memorySink()').openSink(path, { refuse, direct });
 }
 
 /**

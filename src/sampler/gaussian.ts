@@ -15,7 +15,7 @@
  * the exact distribution its output must have, not only against the target.
  */
 
-import { SamplerError } from '../errors.js';
+import { SamplerError } from '../core/errors.js';
 import { LCMScheduler, type PredictionType } from './lcm.js';
 import type { Latent, LatentDType } from './rng.js';
 import { sample, type Denoiser, type SampleOptions } from './sample.js';

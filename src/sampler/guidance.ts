@@ -7,7 +7,7 @@
  *   ε = ε_u + g·(ε_c − ε_u), and only when g > 1 (g = 1 uses ε_c alone).
  */
 
-import { SamplerError } from '../errors.js';
+import { SamplerError } from '../core/errors.js';
 import type { Latent } from './rng.js';
 
 export interface GuidanceEmbeddingOptions {

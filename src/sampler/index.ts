@@ -1,6 +1,6 @@
 /**
  * Reference LCM sampler: diffusers-compatible LCMScheduler, the sampling loop, guidance helpers, a seeded
- * Gaussian source, Gaussian verification models and the verification network (checks a fusion end to end).
+ * Gaussian source and Gaussian verification models. A leaf: only src/verify/ and the CLI build on it.
  * Core code: no Node imports, runs in a browser.
  */
 
@@ -46,27 +46,3 @@ export {
   type GaussianVerifyStep,
   type GaussianVerifyReport,
 } from './gaussian.js';
-export {
-  verifyNetSpec,
-  verifyNetFromWeights,
-  loadVerifyNet,
-  withRuntimeLoras,
-  withoutRuntimeLoras,
-  verifyDenoiser,
-  compareVerifyNets,
-  checkFusedSampling,
-  type VerifyModule,
-  type VerifyNetSpec,
-  type VerifyNetSpecOptions,
-  type RuntimeLoraTerm,
-  type VerifyLayer,
-  type VerifyNet,
-  type VerifyCheckpoint,
-  type LoadVerifyNetOptions,
-  type VerifyDenoiserOptions,
-  type CompareVerifyOptions,
-  type VerifyNetComparison,
-  type FusedSamplingOptions,
-  type LoraEffect,
-  type FusedSamplingCheck,
-} from './verify.js';

@@ -9,7 +9,7 @@
  * type and every output element is rounded once, from a double result.
  */
 
-import { SamplerError } from '../errors.js';
+import { SamplerError } from '../core/errors.js';
 import type { Latent } from './rng.js';
 import type { Rng } from './rng.js';
 

@@ -8,7 +8,7 @@
  * and it does not reproduce torch's `randn`.
  */
 
-import { SamplerError } from '../errors.js';
+import { SamplerError } from '../core/errors.js';
 
 /** The latent arrays the sampler works on. */
 export type Latent = Float32Array | Float64Array;

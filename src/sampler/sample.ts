@@ -4,7 +4,7 @@
  * diffusers' pipelines decode) together with every step's intermediate latents.
  */
 
-import { SamplerError } from '../errors.js';
+import { SamplerError } from '../core/errors.js';
 import { classifierFreeGuidance, guidanceScaleEmbedding } from './guidance.js';
 import { LCMScheduler, type PredictionType } from './lcm.js';
 import { allocLatent, Rng, type Latent, type LatentDType } from './rng.js';

@@ -75,7 +75,7 @@ describe('library bundle (dist/browser/lora-mix.js)', () => {
     expect(text).not.toMatch(/\bfrom\s*["']node:/);
     expect(text).not.toMatch(/\brequire\(\s*["'](node:)?(fs|path|os|worker_threads|crypto|url|module)["']\)/);
     const inputs = built.lib.inputs.filter((p) => p.startsWith('src/'));
-    expect(inputs.some((p) => p.startsWith('src/io/node'))).toBe(false);
+    expect(inputs.some((p) => p.startsWith('src/node/'))).toBe(false);
     expect(inputs.some((p) => p.startsWith('src/cli/'))).toBe(false);
     expect(inputs.some((p) => /-node\.ts$/.test(p))).toBe(false);
     for (const name of [
@@ -180,7 +180,7 @@ describe('library bundle (dist/browser/lora-mix.js)', () => {
     expect(result.kernel).toMatch(/^wasm-simd/);
     const out = join(tmp.dir, 'browser-fused.safetensors');
     writeFileSync(out, Buffer.from(result.base64, 'base64'));
-    const { verifyFusion } = await import('../../src/fuse/verify.js');
+    const { verifyFusion } = await import('../../src/verify/fusion.js');
     const fx = (n: string) => join(REPO_ROOT, 'fixtures', 'sd15', n);
     const v = await verifyFusion(out, fx('base.safetensors'), [fx('lcm-lora.kohya.safetensors'), fx('style-lora.kohya.safetensors')], [1, 0.8]);
     expect(v.checked).toBe(350);

@@ -1,5 +1,5 @@
 /**
- * The gpu.js fusion kernel (src/fuse/kernels/gpu.ts) on real GPU backends: headless Chromium exposes a WebGPU
+ * The gpu.js fusion kernel (src/kernels/gpu.ts) on real GPU backends: headless Chromium exposes a WebGPU
  * adapter (Dawn on SwiftShader) and WebGL2 (ANGLE on SwiftShader). The page loads gpu.js's own browser build and
  * our kernels (bundled for the browser), runs W + U·D for linear- and conv-shaped modules, ranks 1, 8, 64 and 70,
  * F32 and F16 storage, and the results are checked in Node against the f64 reference kernel and against the WASM
@@ -12,10 +12,10 @@ import { copyFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { bundle, REPO_ROOT, writeHtml } from '../../scripts/build-browser.js';
-import { referenceUpdate } from '../../src/fuse/kernels/js.js';
-import type { StoredFloat } from '../../src/fuse/kernels/types.js';
-import { f16BitsToF32 } from '../../src/safetensors/dtype.js';
-import { f32ToF16 } from '../../src/wasm/convert.js';
+import { referenceUpdate } from '../../src/kernels/js.js';
+import type { StoredFloat } from '../../src/kernels/types.js';
+import { f16BitsToF32 } from '../../src/core/dtype.js';
+import { f32ToF16 } from '../../src/core/dtype-wasm.js';
 import { CHROMIUM_ARGS, openSession, tempDir, type BrowserSession } from './harness.js';
 import { prng } from '../lora-helpers.js';
 
@@ -131,8 +131,8 @@ describe('gpu.js fusion kernel in headless Chromium', () => {
   beforeAll(async () => {
     await bundle({
       contents: [
-        "import { createGpuKernel, gpuBackends } from './src/fuse/kernels/gpu.js';",
-        "import { createWasmKernel } from './src/fuse/kernels/cpu.js';",
+        "import { createGpuKernel, gpuBackends } from './src/kernels/gpu.js';",
+        "import { createWasmKernel } from './src/kernels/cpu.js';",
         '(globalThis as any).loraMixKernels = { createGpuKernel, gpuBackends, createWasmKernel };',
       ].join('\n'),
       outfile: join(tmp.dir, 'kernels.js'),

@@ -5,7 +5,7 @@ import { describe, expect, it } from 'vitest';
 import { defaultWeightFor, lcmEvidence, LCM_WEIGHT, STYLE_WEIGHT } from '../../examples/web/lcm.js';
 import { REPO_ROOT } from '../../scripts/build-browser.js';
 import { decodeLora, describeLora } from '../../src/formats/index.js';
-import { bufferSource } from '../../src/io/browser.js';
+import { bufferSource } from '../../src/core/memory.js';
 import { parseSafetensors } from '../../src/safetensors/index.js';
 
 async function summaryOf(rel: string) {

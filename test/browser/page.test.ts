@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildBrowser, REPO_ROOT } from '../../scripts/build-browser.js';
 import { mergeCommand } from '../../src/cli/commands/merge.js';
 import { decodeLora, serializeLora, type LoadedLora } from '../../src/formats/index.js';
-import { bufferSource } from '../../src/io/browser.js';
+import { bufferSource } from '../../src/core/memory.js';
 import { deltaOf, mergeLoras } from '../../src/lora/index.js';
 import { parseSafetensors } from '../../src/safetensors/index.js';
 import { openSession, tempDir, type BrowserSession } from './harness.js';

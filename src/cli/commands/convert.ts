@@ -1,5 +1,5 @@
 import * as path from 'node:path';
-import { UsageError } from '../../errors.js';
+import { UsageError } from '../../core/errors.js';
 import { describeLora, loadLora, parseOutputDType, saveLora, type KohyaPaths, type OutputDType } from '../../formats/index.js';
 import { ARCH_LABEL, parseArch } from '../../layout/index.js';
 import { parseCommandArgs } from '../args.js';

@@ -1,5 +1,5 @@
 import * as path from 'node:path';
-import { UsageError } from '../../errors.js';
+import { UsageError } from '../../core/errors.js';
 import { fuseLoras } from '../../fuse/fuse.js';
 import { fmtBytes, formatFuseReport } from '../../fuse/report.js';
 import type { FuseDType, FuseProgress } from '../../fuse/types.js';

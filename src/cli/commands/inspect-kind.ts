@@ -2,7 +2,7 @@
  * The LoRA-aware part of `lora-mix inspect`: what kind of file it is (LoRA, base checkpoint, a refused adapter
  * type, or other safetensors), with the LoRA summary or the checkpoint's detected architecture and naming.
  */
-import { LoraMixError } from '../../errors.js';
+import { LoraMixError } from '../../core/errors.js';
 import { describeLora, detectFileKind, formatLoraSummary, type LoraSummary } from '../../formats/index.js';
 import { ARCH_LABEL } from '../../layout/index.js';
 import type { SafetensorsFile } from '../../safetensors/index.js';

@@ -1,8 +1,8 @@
 import * as path from 'node:path';
-import { openSafetensors } from '../../io/node.js';
+import { openSafetensors } from '../../node/files.js';
 import type { SafetensorsFile } from '../../safetensors/index.js';
-import type { DType } from '../../tensor.js';
-import { UsageError } from '../../errors.js';
+import type { DType } from '../../core/tensor.js';
+import { UsageError } from '../../core/errors.js';
 import { parseCommandArgs } from '../args.js';
 import type { CliContext, Command } from '../context.js';
 import { formatKind, inspectKind } from './inspect-kind.js';

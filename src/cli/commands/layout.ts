@@ -1,4 +1,4 @@
-import { UsageError } from '../../errors.js';
+import { UsageError } from '../../core/errors.js';
 import {
   ARCH_LABEL, getLayout, loraParamCount, parseArch, type Component, type ModuleEntry,
 } from '../../layout/index.js';

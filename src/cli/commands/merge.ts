@@ -1,9 +1,9 @@
 import * as path from 'node:path';
-import { UsageError } from '../../errors.js';
+import { UsageError } from '../../core/errors.js';
 import { loadLora, parseOutputDType, saveLora, type KohyaPaths, type LoadedLora, type OutputDType } from '../../formats/index.js';
 import { ARCH_LABEL, parseArch } from '../../layout/index.js';
 import { type MergeOptions, type MergeReport, type MergeWeight } from '../../lora/index.js';
-import { mergeLorasParallel } from '../../lora/threads-node.js';
+import { mergeLorasParallel } from '../../node/merge-threads.js';
 import { numberOption, parseCommandArgs, parseWeighted } from '../args.js';
 import type { CliContext, Command } from '../context.js';
 

@@ -1,4 +1,4 @@
-import { UsageError } from '../../errors.js';
+import { UsageError } from '../../core/errors.js';
 import { LCMScheduler, verifyGaussian, type GaussianDenoiserKind, type PredictionType } from '../../sampler/index.js';
 import { numberOption, parseCommandArgs } from '../args.js';
 import type { CliContext, Command } from '../context.js';

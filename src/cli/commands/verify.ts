@@ -1,7 +1,7 @@
 import * as path from 'node:path';
-import { UsageError } from '../../errors.js';
-import { formatVerifyReport } from '../../fuse/report.js';
-import { verifyFusion } from '../../fuse/verify.js';
+import { UsageError } from '../../core/errors.js';
+import { formatVerifyReport } from '../../verify/report.js';
+import { verifyFusion } from '../../verify/fusion.js';
 import { numberOption, parseCommandArgs } from '../args.js';
 import type { CliContext, Command } from '../context.js';
 import { blockOptions, loraArgs } from './fuse.js';

@@ -14,10 +14,10 @@
  * bit operations over 32-bit views elsewhere) and route large arrays through the WASM SIMD converters when
  * those are available (see `setBulkConvert`).
  */
-import { SafetensorsError } from '../errors.js';
-import { DTYPE_SIZE, type DType } from '../tensor.js';
-import { getWasmConvert } from '../wasm/convert.js';
-import { f16BitsToF32Bits } from '../wasm/scalar.js';
+import { SafetensorsError } from './errors.js';
+import { DTYPE_SIZE, type DType } from './tensor.js';
+import { getWasmConvert } from './dtype-wasm.js';
+import { f16BitsToF32Bits } from './dtype-scalar.js';
 
 /** The float dtypes lora-mix can decode to and encode from f32. */
 export type FloatDType = 'F64' | 'F32' | 'F16' | 'BF16' | 'F8_E4M3' | 'F8_E5M2';
@@ -191,7 +191,7 @@ export function countOverflow(src: Float32Array, dtype: FloatDType): number {
 // WASM routing
 // ---------------------------------------------------------------------------------------------------------------
 
-/** The bulk converters a WASM SIMD module provides (src/wasm/convert.ts); bit-exact with the JS ones here. */
+/** The bulk converters a WASM SIMD module provides (src/core/dtype-wasm.ts); bit-exact with the JS ones here. */
 export interface BulkConvert {
   f16ToF32(src: Uint16Array, dst: Float32Array): void;
   f32ToF16(src: Float32Array, dst: Uint16Array): unknown;
@@ -205,7 +205,7 @@ let bulkChoice: BulkConvert | null | 'auto' = 'auto';
 export const WASM_MIN_ELEMENTS = 4096;
 
 /**
- * Choose what large F16/BF16 conversions go through: 'auto' (default: WASM SIMD from src/wasm/convert.ts when
+ * Choose what large F16/BF16 conversions go through: 'auto' (default: WASM SIMD from src/core/dtype-wasm.ts when
  * available), null (plain JS), or another implementation, which must be bit-exact with the scalar functions.
  */
 export function setBulkConvert(impl: BulkConvert | null | 'auto'): void {

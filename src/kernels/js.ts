@@ -6,7 +6,7 @@ import {
   f16BitsToNumber,
   numberToBf16Bits,
   numberToF16Bits,
-} from '../../wasm/scalar.js';
+} from '../core/dtype-scalar.js';
 import { disposedError, timed, validateJob } from './job.js';
 import type { FuseKernel, KernelStats, StoredFloat, UpdateJob, UpdateOptions, UpdateResult } from './types.js';
 

@@ -1,5 +1,5 @@
 /**
- * Core kernel API (browser-safe). Node-only: `createCpuKernel` from './cpu-node.js' (worker threads).
+ * Core kernel API (browser-safe). Node-only: `createCpuKernel` from '../node/kernel-threads.js' (worker threads).
  */
 export type {
   FuseKernel,
@@ -16,4 +16,4 @@ export { createJsKernel, referenceUpdate } from './js.js';
 export { createWasmKernel } from './cpu.js';
 export { createGpuKernel, gpuBackends, gpuJsKernel, resolvedBackend } from './gpu.js';
 export type { GpuBackendProbe, GpuJsClass, GpuJsInstance, GpuKernelOptions, GpuMode } from './gpu.js';
-export { hasRelaxedSimd, hasWasmSimd } from '../../wasm/features.js';
+export { hasRelaxedSimd, hasWasmSimd } from '../core/wasm-features.js';

@@ -12,18 +12,20 @@
  * q/k/v slice or a wrong weight moves W′x by the size of the delta itself, far above the bound — unless the delta
  * is smaller than the storage precision, which the report flags as inconclusive instead of passing it silently.
  */
-import { FuseError } from '../errors.js';
+import { FuseError } from '../core/errors.js';
 import { listSome } from '../formats/decode.js';
 import type { MergeWeight } from '../lora/merge.js';
-import { decodeToF32 } from '../safetensors/dtype.js';
+import { decodeToF32 } from '../core/dtype.js';
 import type { TensorInfo } from '../safetensors/header.js';
 import { Rng } from '../sampler/rng.js';
-import type { DType } from '../tensor.js';
-import type { OpenedBase } from './base.js';
-import { openBase, planFusion, type Target } from './fuse.js';
-import { openInputs, type FuseInput } from './inputs.js';
-import { now } from './kernels/job.js';
-import type { BaseInput, LoraInput, ModuleVerifyReport, VerifyOptions, VerifyReport } from './types.js';
+import type { DType } from '../core/tensor.js';
+import type { OpenedBase } from '../fuse/base.js';
+import { openBase, planFusion, type Target } from '../fuse/fuse.js';
+import { openInputs, type FuseInput } from '../fuse/inputs.js';
+import { now } from '../kernels/job.js';
+import type { BaseInput, LoraInput } from '../fuse/types.js';
+import type { ModuleVerifyReport, VerifyOptions, VerifyReport } from './types.js';
+import { fmtRatio } from './report.js';
 
 
 /** Half the spacing of the dtype's values around |v| (the largest error of one round-to-nearest). */
@@ -207,8 +209,4 @@ function checkModule(
 export function describeFailures(report: VerifyReport, max = 5): string {
   const bad = report.modules.filter((m) => !m.ok).sort((a, b) => b.worstRatio - a.worstRatio);
   return listSome(bad.map((m) => `${m.path} (error ${fmtRatio(m.worstRatio)}× the rounding bound)`), max);
-}
-
-export function fmtRatio(x: number): string {
-  return !Number.isFinite(x) ? String(x) : x >= 100 ? x.toExponential(2) : x.toFixed(3);
 }

@@ -80,7 +80,7 @@ export interface FuseKernel {
 export interface WasmKernelOptions {
   /**
    * Use f32x4.relaxed_madd when the runtime validates it (default true). false forces mul+add.
-   * In Node 20 relaxed SIMD is behind a V8 flag: createCpuKernel (cpu-node.ts) sets it; the core
+   * In Node 20 relaxed SIMD is behind a V8 flag: createCpuKernel (src/node/kernel-threads.ts) sets it; the core
    * createWasmKernel only detects.
    */
   relaxed?: boolean;
@@ -104,5 +104,3 @@ export function isStoredFloat(x: unknown): x is StoredFloat {
   return x === 'F32' || x === 'F16' || x === 'BF16';
 }
 
-export { createJsKernel } from './js.js';
-export { createWasmKernel } from './cpu.js';

@@ -1,20 +1,20 @@
 /**
  * The WASM side of the fused update: owns one WebAssembly.Memory (private, or shared with worker threads),
  * lays a job out in it, packs the factors, copies W in and out, and runs the generated kernel over ranges of
- * 4-row tiles. Used by the single-thread kernel (cpu.ts) and the threaded one (cpu-node.ts).
+ * 4-row tiles. Used by the single-thread kernel (cpu.ts) and the threaded one (src/node/kernel-threads.ts).
  *
  * Memory map (bytes):
  *   [0, 1024)        count slots, 8 bytes per thread: non-finite inputs, overflows
- *   [1024, 4096)     thread control block (cpu-node.ts)
+ *   [1024, 4096)     thread control block (src/node/kernel-threads.ts)
  *   [4096, …)        packed B | packed A | staging (raw factors) | W source | W destination (when dtypes differ)
  *
  * The memory grows to the largest job seen and never shrinks, so a fuse over a whole checkpoint touches fresh
  * pages only while it meets ever-larger layers (fresh pages cost ~2.5 µs per 4 KiB on the reference machine).
  * Jobs larger than `maxBlockBytes` are processed in blocks of rows.
  */
-import { FuseError } from '../../errors.js';
-import { base64ToBytes } from '../../wasm/base64.js';
-import { KERNEL_PLAIN, KERNEL_PLAIN_SHARED, KERNEL_RELAXED, KERNEL_RELAXED_SHARED } from '../../wasm/kernel-bytes.js';
+import { FuseError } from '../core/errors.js';
+import { base64ToBytes } from '../core/base64.js';
+import { KERNEL_PLAIN, KERNEL_PLAIN_SHARED, KERNEL_RELAXED, KERNEL_RELAXED_SHARED } from './kernel-bytes.js';
 import { STORED_FLOAT_SIZE, type StoredFloat, type UpdateJob } from './types.js';
 
 export const COUNTS_OFFSET = 0;

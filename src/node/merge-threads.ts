@@ -8,14 +8,14 @@ import { availableParallelism } from 'node:os';
 import { createRequire } from 'node:module';
 import { pathToFileURL } from 'node:url';
 import { Worker } from 'node:worker_threads';
-import { LoraError, type LoraErrorCode } from '../errors.js';
-import type { LoraModule, Lora } from './types.js';
+import { LoraError, type LoraErrorCode } from '../core/errors.js';
+import type { LoraModule, Lora } from '../lora/types.js';
 import {
   assembleMerge, exactModule, factorTerms, mergeLoras, planMerge,
   type MergeOptions, type MergeResult, type MergeWeight, type PlannedMergeModule,
-} from './merge.js';
-import type { ReduceOutcome } from './reduce.js';
-import type { ReduceRequest } from './reduce-worker-node.js';
+} from '../lora/merge.js';
+import type { ReduceOutcome } from '../lora/reduce.js';
+import type { ReduceRequest } from './reduce-worker.js';
 
 export interface ParallelMergeOptions extends MergeOptions {
   /** Worker threads for rank reduction (default: os.availableParallelism()). 1 runs mergeLoras on this thread. */
@@ -30,7 +30,7 @@ function workerSpec(): { entry: string; tsxApi: string | null } {
   const here = import.meta.url;
   const isTs = /\.ts$/.test(new URL(here).pathname);
   return {
-    entry: new URL(`./reduce-worker-node.${isTs ? 'ts' : 'js'}`, here).href,
+    entry: new URL(`./reduce-worker.${isTs ? 'ts' : 'js'}`, here).href,
     tsxApi: isTs ? new URL('dist/esm/api/index.mjs', pathToFileURL(createRequire(here).resolve('tsx/package.json'))).href : null,
   };
 }

@@ -11,13 +11,13 @@
 import os from 'node:os';
 import v8 from 'node:v8';
 import type { Worker } from 'node:worker_threads';
-import { FuseError } from '../../errors.js';
-import { hasRelaxedSimd, hasWasmSimd, resetWasmFeatureCache } from '../../wasm/features.js';
-import { backendName } from './cpu.js';
-import { disposedError, now, serialQueue, timed, validateJob } from './job.js';
-import type { FuseKernel, KernelStats, StoredFloat, UpdateJob, UpdateOptions, UpdateResult, WasmKernelOptions } from './types.js';
-import { type Block, COUNTS_OFFSET, CTL_INTS, CTL_OFFSET, kernelModuleSync, MAX_PAGES, MAX_THREADS, WasmEngine } from './wasm-engine.js';
-import { CMD_QUIT, CMD_RUN, CTL, KERNEL_FUNCTIONS, startKernelWorker } from './worker-node.js';
+import { FuseError } from '../core/errors.js';
+import { hasRelaxedSimd, hasWasmSimd, resetWasmFeatureCache } from '../core/wasm-features.js';
+import { backendName } from '../kernels/cpu.js';
+import { disposedError, now, serialQueue, timed, validateJob } from '../kernels/job.js';
+import type { FuseKernel, KernelStats, StoredFloat, UpdateJob, UpdateOptions, UpdateResult, WasmKernelOptions } from '../kernels/types.js';
+import { type Block, COUNTS_OFFSET, CTL_INTS, CTL_OFFSET, kernelModuleSync, MAX_PAGES, MAX_THREADS, WasmEngine } from '../kernels/wasm-engine.js';
+import { CMD_QUIT, CMD_RUN, CTL, KERNEL_FUNCTIONS, startKernelWorker } from './kernel-worker.js';
 
 let relaxedTried = false;
 

@@ -6,9 +6,12 @@ import { randomBytes } from 'node:crypto';
 import { constants, promises as fs } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import * as path from 'node:path';
-import { IoError } from '../errors.js';
+import { IoError } from '../core/errors.js';
 import { parseSafetensors, type SafetensorsFile } from '../safetensors/read.js';
-import type { ByteSink, ByteSource } from './source.js';
+import type { ByteSink, ByteSource } from '../core/bytes.js';
+import type { RefuseList } from '../core/host.js';
+
+export type { RefuseList };
 
 /** Largest single positional read (Node refuses reads over 2 GiB − 1). */
 const MAX_READ = 1 << 30;
@@ -113,8 +116,6 @@ export async function openSafetensors(filePath: string): Promise<SafetensorsFile
   }
 }
 
-/** Things a file sink must not replace: sources (by identity or name) or paths. */
-export type RefuseList = readonly (ByteSource | string)[];
 
 async function identityOf(p: string): Promise<string | undefined> {
   try {

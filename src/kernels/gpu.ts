@@ -9,7 +9,7 @@
  * update falls back to the WASM SIMD CPU kernel (30–50× faster than gpu.js's webasm/cpu backends for this
  * kernel) and says so: `fellBack: true` and a `reason` naming what gpu.js found.
  *
- * F16/BF16 are decoded to f32 before upload and the f32 results are rounded once on the CPU (src/wasm/convert.ts),
+ * F16/BF16 are decoded to f32 before upload and the f32 results are rounded once on the CPU (src/core/dtype-wasm.ts),
  * with the same overflow / non-finite counting and clamping as the CPU kernels.
  *
  * Large layers are tiled: output tiles of at most `tile` × `tile` (default 4096, or the backend's maximum
@@ -19,9 +19,10 @@
  * In the browser pass the GPU class of the bundled gpu-browser build: `createGpuKernel({ GPU })`.
  * In Node the class is imported from the 'gpu.js' package when not given.
  */
-import { FuseError } from '../../errors.js';
-import { getConvert } from '../../wasm/convert.js';
-import { f32FromBits } from '../../wasm/scalar.js';
+import { requireHost } from '../core/host.js';
+import { FuseError } from '../core/errors.js';
+import { getConvert } from '../core/dtype-wasm.js';
+import { f32FromBits } from '../core/dtype-scalar.js';
 import { createWasmKernel } from './cpu.js';
 import { disposedError, serialQueue, timed, validateJob } from './job.js';
 import type { FuseKernel, GpuKernelResult, KernelStats, StoredFloat, UpdateJob, UpdateOptions, UpdateResult } from './types.js';
@@ -76,8 +77,7 @@ const KERNEL_SOURCE = `function (w, u, d, rank) {
 
 async function importGpuJs(): Promise<GpuJsClass> {
   try {
-    const specifier = 'gpu.js';
-    const mod = (await import(/* @vite-ignore */ specifier)) as { GPU?: GpuJsClass; default?: { GPU?: GpuJsClass } };
+    const mod = (await requireHost('gpu.js', "pass gpu.js's GPU class as the GPU option").loadGpuJs()) as { GPU?: GpuJsClass; default?: { GPU?: GpuJsClass } };
     const GPU = mod.GPU ?? mod.default?.GPU;
     if (!GPU) throw new Error("the 'gpu.js' module has no GPU export");
     return GPU;

@@ -5,14 +5,14 @@
 import { randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { FormatError, IoError, LoraMixError } from '../errors.js';
-import { openSafetensors } from '../io/node.js';
+import { FormatError, IoError, LoraMixError } from '../core/errors.js';
+import { openSafetensors } from './files.js';
 import { detectCheckpoint, detectDiffusersFolder, type TensorInfo as ShapeInfo } from '../layout/detect.js';
 import type { Component } from '../layout/types.js';
 import type { SafetensorsFile } from '../safetensors/read.js';
-import type { BaseWeightFile, OpenedBase } from './base.js';
-import { createCpuKernel } from './kernels/cpu-node.js';
-import type { FuseKernel } from './kernels/types.js';
+import type { BaseWeightFile, OpenedBase } from '../fuse/base.js';
+import { createCpuKernel } from './kernel-threads.js';
+import type { FuseKernel } from '../kernels/types.js';
 
 export const joinPath = (dir: string, rel: string): string => path.join(dir, ...rel.split('/'));
 

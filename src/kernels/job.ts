@@ -1,5 +1,5 @@
 /** Checks shared by every kernel: a job must describe exactly the bytes and factors it is given. */
-import { FuseError } from '../../errors.js';
+import { FuseError } from '../core/errors.js';
 import { isStoredFloat, STORED_FLOAT_SIZE, type KernelStats, type StoredFloat, type UpdateJob } from './types.js';
 
 function isCount(n: unknown): n is number {

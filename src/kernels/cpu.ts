@@ -2,10 +2,10 @@
  * Single-thread WASM SIMD kernel (core: runs in browsers and Node unchanged).
  *
  * Uses f32x4.relaxed_madd when the runtime validates it and `relaxed` is not false, mul+add otherwise.
- * In Node 20 relaxed SIMD needs a V8 flag; createCpuKernel (cpu-node.ts) sets it before compiling.
+ * In Node 20 relaxed SIMD needs a V8 flag; createCpuKernel (src/node/kernel-threads.ts) sets it before compiling.
  */
-import { FuseError } from '../../errors.js';
-import { hasRelaxedSimd, hasWasmSimd } from '../../wasm/features.js';
+import { FuseError } from '../core/errors.js';
+import { hasRelaxedSimd, hasWasmSimd } from '../core/wasm-features.js';
 import { disposedError, timed, validateJob } from './job.js';
 import type { FuseKernel, KernelStats, StoredFloat, UpdateJob, UpdateOptions, UpdateResult, WasmKernelOptions } from './types.js';
 import { kernelModule, MAX_PAGES, WasmEngine } from './wasm-engine.js';

@@ -29,7 +29,7 @@
  * Core code: no Node imports.
  */
 
-import { ArchError, LoraError, SamplerError } from '../errors.js';
+import { ArchError, LoraError, SamplerError } from '../core/errors.js';
 import { archConfig, getLayout } from '../layout/archs.js';
 import { detectCheckpoint, detectDiffusersFolder, type CheckpointDetection } from '../layout/detect.js';
 import type { Arch, Component, LayoutSize, ModuleEntry } from '../layout/types.js';
@@ -38,10 +38,10 @@ import { contiguousValues, moduleDims } from '../lora/delta.js';
 import type { MergeWeight } from '../lora/merge.js';
 import type { Lora } from '../lora/types.js';
 import type { SafetensorsFile } from '../safetensors/read.js';
-import type { DType } from '../tensor.js';
-import { LCMScheduler, type PredictionType } from './lcm.js';
-import { Rng, type Latent } from './rng.js';
-import { sample, type Denoiser, type SampleResult } from './sample.js';
+import type { DType } from '../core/tensor.js';
+import { LCMScheduler, type PredictionType } from '../sampler/lcm.js';
+import { Rng, type Latent } from '../sampler/rng.js';
+import { sample, type Denoiser, type SampleResult } from '../sampler/sample.js';
 
 // ---- the network's shape ---------------------------------------------------------------------------------------
 

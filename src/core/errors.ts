@@ -53,7 +53,8 @@ export type IoErrorCode =
   | 'OUTPUT_EXISTS'
   | 'IO_READ_FAILED'
   | 'IO_WRITE_FAILED'
-  | 'INPUT_NOT_FOUND';
+  | 'INPUT_NOT_FOUND'
+  | 'IO_NO_HOST';
 
 export type FuseErrorCode =
   | 'FUSE_OVERFLOW'

@@ -1,5 +1,5 @@
 /**
- * Fast dtype conversion between f32 and the 16-bit float formats, with WebAssembly SIMD (src/wasm/convert.wat).
+ * Fast dtype conversion between f32 and the 16-bit float formats, with WebAssembly SIMD (src/core/dtype-wasm.wat).
  *
  * Usage (synchronous; no init step needed):
  *
@@ -7,7 +7,7 @@
  *   conv?.f16ToF32(halves, floats);
  *
  * or the dispatching helpers `f16ToF32`, `bf16ToF32`, `f32ToF16`, `f32ToBf16`, which use WASM when available and
- * the scalar reference (src/wasm/scalar.ts) otherwise; both give identical bits.
+ * the scalar reference (src/core/dtype-scalar.ts) otherwise; both give identical bits.
  *
  * The module is 2 KB, so it is compiled synchronously on first use (allowed even on a browser main thread,
  * where synchronous compilation is limited to 4 KB). Data is copied through a fixed 256 KiB scratch region in
@@ -16,11 +16,11 @@
  * Conversions round to nearest, ties to even; NaN stays NaN (quiet, sign and top payload bits kept);
  * f32ToF16 / f32ToBf16 return the number of finite inputs that became ±Inf (overflow).
  */
-import { FuseError } from '../errors.js';
+import { FuseError } from './errors.js';
 import { base64ToBytes } from './base64.js';
-import { CONVERT_WASM } from './convert-bytes.js';
-import { hasWasmSimd } from './features.js';
-import { bf16ToF32Scalar, f16ToF32Scalar, f32ToBf16Scalar, f32ToF16Scalar } from './scalar.js';
+import { CONVERT_WASM } from './dtype-wasm-bytes.js';
+import { hasWasmSimd } from './wasm-features.js';
+import { bf16ToF32Scalar, f16ToF32Scalar, f32ToBf16Scalar, f32ToF16Scalar } from './dtype-scalar.js';
 
 export interface WasmConvert {
   /** Decode src.length binary16 values into dst (dst.length ≥ src.length). */

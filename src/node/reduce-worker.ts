@@ -6,7 +6,7 @@
  * Message out: { id, outcome } or { id, error: { message, code, details } }
  */
 import { parentPort } from 'node:worker_threads';
-import { RankReducer, reduceModule, type FactorTerm, type RankTarget } from './reduce.js';
+import { RankReducer, reduceModule, type FactorTerm, type RankTarget } from '../lora/reduce.js';
 
 export interface ReduceRequest {
   readonly id: number;

@@ -2,8 +2,8 @@
  * Byte sources and sinks that work anywhere (browsers, Node, workers): Blobs/Files, ArrayBuffers and an
  * in-memory sink. No `node:` imports.
  */
-import { IoError } from '../errors.js';
-import type { ByteSink, ByteSource } from './source.js';
+import { IoError } from './errors.js';
+import type { ByteSink, ByteSource } from './bytes.js';
 
 function checkRange(name: string, start: number, end: number, size: number): void {
   if (!Number.isSafeInteger(start) || !Number.isSafeInteger(end) || start < 0 || end < start || end > size) {
