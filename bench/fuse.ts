@@ -80,11 +80,11 @@ async function generateOne(arch: Arch, kind: InputKind, file: string): Promise<v
   const { generateBaseCheckpoint, generateLora } = await import('../src/fixtures/generate.js');
   const s = specOf({ arch, kind });
   if (kind === 'base') {
-    await generateBaseCheckpoint(file, arch, 'full', { dtype: 'F16', seed: s['seed'] as number });
+    await generateBaseCheckpoint(file, arch, 'full', { dtype: 'F16', seed: s.seed as number });
   } else {
     await generateLora(file, arch, 'full', {
-      rank: s['rank'] as number, alpha: s['alpha'] as number, targets: s['targets'] as 'lcm' | 'style', format: 'kohya',
-      kohyaPaths: s['kohyaPaths'] as 'diffusers' | 'sgm', dtype: 'F16', seed: s['seed'] as number,
+      rank: s.rank as number, alpha: s.alpha as number, targets: s.targets as 'lcm' | 'style', format: 'kohya',
+      kohyaPaths: s.kohyaPaths as 'diffusers' | 'sgm', dtype: 'F16', seed: s.seed as number,
     });
   }
 }
@@ -102,7 +102,7 @@ function ensureInput(s: InputSpec): GenRecord {
   const r = timed([process.execPath, '--import', 'tsx', fileURLToPath(import.meta.url), '--gen-one', s.arch, s.kind, file]);
   if (r.status !== 0) throw new Error(`generating ${file} failed (exit ${r.status}):\n${r.stderr.slice(-4000)}`);
   const rec: GenRecord = { file: path.relative(ROOT, file), bytes: statSync(file).size, seconds: r.wall, maxRssBytes: r.time?.maxRssBytes ?? null, spec, cached: false };
-  writeFileSync(side, JSON.stringify(rec, null, 2) + '\n');
+  writeFileSync(side, `${JSON.stringify(rec, null, 2)}\n`);
   return rec;
 }
 
@@ -361,7 +361,7 @@ function summariseProfile(file: string, top = 25): string {
   for (const n of p.nodes) {
     const t = self.get(n.id) ?? 0;
     if (t === 0) continue;
-    const url = n.callFrame.url.replace(/^file:\/\//, '').replace(ROOT + '/', '');
+    const url = n.callFrame.url.replace(/^file:\/\//, '').replace(`${ROOT}/`, '');
     const name = `${n.callFrame.functionName || '(anonymous)'} ${url ? `${url}:${n.callFrame.lineNumber + 1}` : ''}`.trim();
     byFn.set(name, (byFn.get(name) ?? 0) + t);
   }
@@ -425,7 +425,7 @@ function table(records: readonly RunRecord[], gens: readonly GenRecord[]): strin
       const rss = rs.map((r) => r.time?.maxRssBytes ?? r.report?.peakRssBytes ?? NaN);
       const user = median(rs.map((r) => r.time?.userS ?? NaN));
       const sys = median(rs.map((r) => r.time?.sysS ?? NaN));
-      lines.push('| ' + [
+      lines.push(`| ${[
         arch, c === 'direct' && rs.some((r) => r.direct === false) ? 'direct (refused: buffered)' : c, rs.length,
         `${median(walls).toFixed(2)} (${range(walls, 2)})`,
         ratio(rs, copy, c === 'copy'),
@@ -438,7 +438,7 @@ function table(records: readonly RunRecord[], gens: readonly GenRecord[]): strin
         `${user.toFixed(1)} + ${sys.toFixed(1)}`,
         GB(median(rs.map((r) => r.bytesRead))),
         GB(median(rs.map((r) => r.bytesWritten))),
-      ].join(' | ') + ' |');
+      ].join(' | ')} |`);
     }
   }
   const pct = (xs: readonly (number | null)[]): string => {
@@ -527,7 +527,7 @@ async function main(): Promise<void> {
         process.stderr.write(`${arch} ${c.padEnd(5)} round ${round + 1}: ${rec.wall.toFixed(2)} s` +
           (rep ? `, kernel ${rep.kernelSeconds.toFixed(2)} s, ${rep.gflops.toFixed(1)} GFLOP/s` : '') +
           `, RSS ${rec.time ? MB(rec.time.maxRssBytes) : rep?.peakRssBytes !== undefined ? MB(rep.peakRssBytes) : '?'} MB` +
-          `, cache ${rec.cacheCold === null ? '?' : (100 * rec.cacheCold).toFixed(0) + ' %'} → ${rec.cacheBefore === null ? '?' : (100 * rec.cacheBefore).toFixed(0) + ' %'} (warming read ${rec.warmSeconds.toFixed(1)} s)` +
+          `, cache ${rec.cacheCold === null ? '?' : `${(100 * rec.cacheCold).toFixed(0)} %`} → ${rec.cacheBefore === null ? '?' : `${(100 * rec.cacheBefore).toFixed(0)} %`} (warming read ${rec.warmSeconds.toFixed(1)} s)` +
           `, busy before ${(100 * rec.busyBefore).toFixed(0)} %${rec.waited > 0.5 ? ` (waited ${rec.waited.toFixed(0)} s)` : ''}` +
           `, others during ${(100 * rec.otherDuring).toFixed(0)} %` +
           `, load ${os.loadavg()[0]!.toFixed(2)}\n`);
@@ -537,10 +537,10 @@ async function main(): Promise<void> {
   const finished = new Date();
   process.stdout.write(`\ncli: ${path.relative(ROOT, CLI)}\nmachine: ${cpu.length} × ${cpu[0]?.model}, Node ${process.version}; ${started.toUTCString()} – ` +
     `${finished.toUTCString()} (${((finished.getTime() - started.getTime()) / 1000).toFixed(0)} s); load at end ${os.loadavg().map((x) => x.toFixed(2)).join(' ')}\n\n`);
-  process.stdout.write(table(records, gens) + '\n');
-  if (jsonOut) writeFileSync(jsonOut, JSON.stringify({ started, finished, gens, records }, null, 2) + '\n');
+  process.stdout.write(`${table(records, gens)}\n`);
+  if (jsonOut) writeFileSync(jsonOut, `${JSON.stringify({ started, finished, gens, records }, null, 2)}\n`);
   if (profile) {
-    for (const arch of archs) process.stdout.write('\n' + profileCase(arch, profile) + '\n');
+    for (const arch of archs) process.stdout.write(`\n${profileCase(arch, profile)}\n`);
   }
   if (args.includes('--clean')) {
     rmSync(OUT, { recursive: true, force: true });

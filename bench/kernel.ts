@@ -111,7 +111,7 @@ async function main(): Promise<void> {
   const lines: string[] = [];
   const log = (s = ''): void => {
     lines.push(s);
-    process.stdout.write(s + '\n');
+    process.stdout.write(`${s}\n`);
   };
   log(`machine: ${os.cpus().length} cpus, ${os.cpus()[0]?.model}, node ${process.version}, ` +
     `execArgv [${process.execArgv.filter((a) => !a.includes('tsx')).join(' ')}], relaxed SIMD ${relaxedOk ? 'on' : 'off'}, ` +

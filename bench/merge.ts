@@ -115,18 +115,18 @@ async function child(phase: Phase): Promise<Record<string, number>> {
       keep.push(Float32Array.from(m.up.data), Float32Array.from(m.down.data));
       n += m.up.data.length + m.down.data.length;
     }
-    result['values'] = n;
+    result.values = n;
   } else if (phase === 'exact') {
     const { report } = mergeLoras([lcm, style], [1, 0.8]);
-    result['modules'] = report.written;
+    result.modules = report.written;
   } else if (phase === 'reduce' || phase === 'reduce-threads') {
     const { report } = phase === 'reduce'
       ? mergeLoras([lcm, style], [1, 0.8], { rank: 64 })
       : await mergeLorasParallel([lcm, style], [1, 0.8], { rank: 64 });
-    result['modules'] = report.written;
-    result['reduced'] = report.modules.filter((m) => m.rankAfter < m.rankBefore).length;
-    result['meanNormKept'] = report.meanNormKept;
-    result['relativeError'] = report.relativeError;
+    result.modules = report.written;
+    result.reduced = report.modules.filter((m) => m.rankAfter < m.rankBefore).length;
+    result.meanNormKept = report.meanNormKept;
+    result.relativeError = report.relativeError;
   } else {
     // The largest module shapes of SDXL's attention (R = 64 + 32 = 96 → 64).
     const samples = [
@@ -162,8 +162,8 @@ async function child(phase: Phase): Promise<Record<string, number>> {
       result[`m${i}_errorDiff`] = Math.abs(dense.error - factorError) / Math.max(factorError, 1e-30);
     }
   }
-  result['seconds'] = (performance.now() - t1) / 1000;
-  result['maxRssMB'] = maxRssMB();
+  result.seconds = (performance.now() - t1) / 1000;
+  result.maxRssMB = maxRssMB();
   return result;
 }
 
@@ -185,7 +185,7 @@ async function driver(): Promise<void> {
       const line = p.stdout.trim().split('\n').pop()!;
       const rec = JSON.parse(line) as Record<string, number>;
       (results.get(phase) ?? results.set(phase, []).get(phase)!).push(rec);
-      process.stderr.write(`${phase} run ${r + 1}/${n}: ${rec['seconds']!.toFixed(2)} s, maxRSS ${rec['maxRssMB']!.toFixed(0)} MB, load ${os.loadavg()[0]!.toFixed(2)}\n`);
+      process.stderr.write(`${phase} run ${r + 1}/${n}: ${rec.seconds!.toFixed(2)} s, maxRSS ${rec.maxRssMB!.toFixed(0)} MB, load ${os.loadavg()[0]!.toFixed(2)}\n`);
     }
   }
   const med = (phase: Phase, key: string) => median((results.get(phase) ?? []).map((r) => r[key]!));
@@ -196,9 +196,9 @@ async function driver(): Promise<void> {
   for (const phase of phases.filter((p) => p !== 'dense')) {
     const rs = results.get(phase)!;
     const notes = phase === 'reduce' || phase === 'reduce-threads'
-      ? `${rs[0]!['reduced']} modules reduced, mean norm kept ${rs[0]!['meanNormKept']!.toFixed(4)}, relative error ${rs[0]!['relativeError']!.toExponential(3)}`
-      : phase === 'copy' ? `${(rs[0]!['values']! / 1e6).toFixed(1)} M values` : `${rs[0]!['modules']} modules`;
-    lines.push(`| ${phase} | ${med(phase, 'seconds').toFixed(2)} | ${med(phase, 'maxRssMB').toFixed(0)} | ${rs.map((r) => r['seconds']!.toFixed(2)).join(', ')} | ${notes} |`);
+      ? `${rs[0]!.reduced} modules reduced, mean norm kept ${rs[0]!.meanNormKept!.toFixed(4)}, relative error ${rs[0]!.relativeError!.toExponential(3)}`
+      : phase === 'copy' ? `${(rs[0]!.values! / 1e6).toFixed(1)} M values` : `${rs[0]!.modules} modules`;
+    lines.push(`| ${phase} | ${med(phase, 'seconds').toFixed(2)} | ${med(phase, 'maxRssMB').toFixed(0)} | ${rs.map((r) => r.seconds!.toFixed(2)).join(', ')} | ${notes} |`);
   }
   if (results.has('copy') && results.has('exact')) lines.push(`exact / copy = ${(med('exact', 'seconds') / med('copy', 'seconds')).toFixed(2)}×`);
   if (results.has('reduce') && results.has('reduce-threads')) lines.push(`reduce / reduce-threads = ${(med('reduce', 'seconds') / med('reduce-threads', 'seconds')).toFixed(2)}×`);
@@ -211,13 +211,13 @@ async function driver(): Promise<void> {
       lines.push(`| ${Math.floor(shape / 100000)} × ${shape % 100000} | ${d[`m${i}_factorMs`]!.toFixed(1)} | ${d[`m${i}_denseMs`]!.toFixed(0)} | ${(d[`m${i}_denseMs`]! / d[`m${i}_factorMs`]!).toFixed(0)}× | ${d[`m${i}_errorDiff`]!.toExponential(1)} |`);
     }
   }
-  process.stdout.write(lines.join('\n') + '\n');
+  process.stdout.write(`${lines.join('\n')}\n`);
 }
 
 if (process.argv.includes('--child')) {
   const phase = process.argv[process.argv.indexOf('--child') + 1] as Phase;
   const r = await child(phase);
-  process.stdout.write(JSON.stringify(r) + '\n');
+  process.stdout.write(`${JSON.stringify(r)}\n`);
 } else {
   await driver();
 }

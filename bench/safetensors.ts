@@ -251,7 +251,7 @@ try {
   log(`  | conversion | JS | WASM SIMD | WASM / JS |`);
   log(`  |---|---|---|---|`);
   for (const [name, v] of Object.entries(conv)) {
-    log(`  | ${name} | ${v.js!.toFixed(3)} | ${v.wasm !== undefined ? v.wasm.toFixed(3) : 'n/a'} | ${v.wasm !== undefined ? (v.wasm / v.js!).toFixed(2) + '×' : ''} |`);
+    log(`  | ${name} | ${v.js!.toFixed(3)} | ${v.wasm !== undefined ? v.wasm.toFixed(3) : 'n/a'} | ${v.wasm !== undefined ? `${(v.wasm / v.js!).toFixed(2)}×` : ''} |`);
   }
 
   log(`load average at end: ${os.loadavg().map((x) => x.toFixed(2)).join(' ')}`);

@@ -21,7 +21,7 @@ const style = await loadLora('fixtures/sd15/style-lora.kohya.safetensors');
 const byBlock = modulesByBlock(lcm.arch, lcm.size);
 const count = (l: Lora, id: string): number => (byBlock.get(id as never) ?? []).filter((e) => l.modules.has(e.path)).length;
 console.log(`SD1.5 blocks (${blockIds('sd15').length}): modules of the LCM-LoRA / of the style LoRA in each`);
-console.log('  ' + blockIds('sd15').map((id) => `${id} ${count(lcm, id)}/${count(style, id)}`).join(', '));
+console.log(`  ${blockIds('sd15').map((id) => `${id} ${count(lcm, id)}/${count(style, id)}`).join(', ')}`);
 
 // 2. Style only on the decoder side (OUT blocks), at 0.8; nothing of it in BASE, IN and M00. Three spellings:
 //    a rule per module, a string of IDs, and the 17-value vector of the blocks that hold attention.

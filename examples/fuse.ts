@@ -42,7 +42,7 @@ try {
   // 3. Verify: for every fused module, W′x is compared with Wx + Σ λᵢ·sᵢ·upᵢ(downᵢ x) on random probe vectors,
   //    against the error one rounding of W′ to its dtype can cause. No dense delta is formed.
   const check = await verifyFusion(out, BASE, LORAS, WEIGHTS, { probes: 4 });
-  console.log('\n' + formatVerifyReport(check).trimEnd());
+  console.log(`\n${formatVerifyReport(check).trimEnd()}`);
 
   // 4. A diffusers folder works the same way: the output is a folder with the same files.
   const folderOut = join(dir, 'sd15-lcm-style-diffusers');

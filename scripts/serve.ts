@@ -53,7 +53,7 @@ function resolveInside(root: string, urlPath: string): string | null {
     return null;
   }
   if (decoded.includes('\0')) return null;
-  const full = resolve(root, '.' + (decoded.startsWith('/') ? decoded : '/' + decoded));
+  const full = resolve(root, `.${decoded.startsWith('/') ? decoded : `/${decoded}`}`);
   if (full !== root && !full.startsWith(root + sep)) return null;
   return full;
 }
@@ -74,7 +74,7 @@ export async function startStaticServer(options: ServeOptions): Promise<StaticSe
     for (const [prefix, dir] of mounts) {
       if (path.startsWith(prefix)) {
         base = dir;
-        rest = '/' + path.slice(prefix.length);
+        rest = `/${path.slice(prefix.length)}`;
         break;
       }
     }

@@ -68,7 +68,7 @@ describe('encode → decode is exact for random LoRAs in every format', () => {
         expect(Array.from(o.down.data)).toEqual(Array.from(want(m.down.data)));
         expect(Array.from(o.up.data)).toEqual(Array.from(want(m.up.data)));
       }
-      expect(back.metadata['ss_output_name']).toBe('prop');
+      expect(back.metadata.ss_output_name).toBe('prop');
       // Encoding the decoded LoRA again gives the same bytes; so does the other format and back.
       const again = serializeLora(back, { format: c.format, kohyaPaths: c.kohyaPaths, dtype: c.dtype });
       expect(Buffer.from(again).equals(Buffer.from(bytes))).toBe(true);

@@ -211,7 +211,7 @@ describe('conversions round-trip', () => {
     const modules = new Map([...a.modules].map(([p, m], i) => [p, { ...m, alpha: i % 3 === 0 ? 0.3 : i % 3 === 1 ? 7 : m.alpha }]));
     const mixed = { ...a, modules };
     const b = await decodeBytes(serializeLora(mixed, { format: 'peft', dtype: 'F16' }));
-    const meta = JSON.parse(b.metadata['lora_adapter_metadata']!);
+    const meta = JSON.parse(b.metadata.lora_adapter_metadata!);
     expect(Object.keys(meta['unet.alpha_pattern']).length).toBeGreaterThan(0);
     expect(meta['text_encoder_2.target_modules']).toHaveLength(192);
     for (const [p, m] of modules) {
@@ -351,9 +351,9 @@ describe('plan and describe', () => {
   it('describeLora shortens long kohya training metadata', async () => {
     const a = await load('sd15/style-lora.kohya.safetensors');
     const s = describeLora({ ...a, metadata: { ss_network_dim: '4', ss_tag_frequency: 'x'.repeat(5000), other: 'y' } });
-    expect(s.training['ss_network_dim']).toBe('4');
-    expect(s.training['ss_tag_frequency']!.length).toBeLessThan(200);
-    expect(s.training['other']).toBeUndefined();
+    expect(s.training.ss_network_dim).toBe('4');
+    expect(s.training.ss_tag_frequency!.length).toBeLessThan(200);
+    expect(s.training.other).toBeUndefined();
   });
 });
 

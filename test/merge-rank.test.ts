@@ -176,8 +176,8 @@ describe('resizeLora', () => {
     const sigma = singularValues(dense(a).data, 12, 10);
     const err = Math.sqrt(sigma.slice(4).reduce((s, v) => s + v * v, 0));
     expect(report.modules.find((m) => m.path === 'unet.a')!.error).toBeCloseTo(err, 6);
-    expect(out.metadata['ss_network_dim']).toBeUndefined();
-    expect(out.metadata['ss_output_name']).toBe('x');
+    expect(out.metadata.ss_network_dim).toBeUndefined();
+    expect(out.metadata.ss_output_name).toBe('x');
     expect(JSON.parse(out.metadata[MERGE_METADATA_KEY]!).rank).toBe(4);
     expect(() => resizeLora(lora, {})).toThrow(expect.objectContaining({ code: 'LORA_INVALID_RANK' }));
   });

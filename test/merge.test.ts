@@ -1,7 +1,7 @@
 import fc from 'fast-check';
 import ndarray from 'ndarray';
 import { describe, expect, it } from 'vitest';
-import { ArchError, LoraError } from '../src/core/errors.js';
+import { ArchError, type LoraError } from '../src/core/errors.js';
 import { getLayout } from '../src/layout/index.js';
 import {
   deltaOf, mergeLoras, MERGE_METADATA_KEY, negateLora, rankOf, scaleLora, scaleOf, VERSION_METADATA_KEY,

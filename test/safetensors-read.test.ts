@@ -69,7 +69,9 @@ describe('parseSafetensors: valid files', () => {
     };
     const data = new Uint8Array(24);
     const dv = new DataView(data.buffer);
-    [0x3c00, 0xc000, 0x0001, 0x7c00].forEach((h, i) => dv.setUint16(i * 2, h, true));
+    [0x3c00, 0xc000, 0x0001, 0x7c00].forEach((h, i) => {
+      dv.setUint16(i * 2, h, true);
+    });
     dv.setFloat32(8, 1.5, true);
     dv.setFloat32(12, -0.25, true);
     dv.setBigInt64(16, -42n, true);
@@ -140,6 +142,8 @@ describe('parseSafetensors: valid files', () => {
   it('keeps "__proto__" as an ordinary metadata key and tensor name', async () => {
     const file = await parseBytes(rawFile('{"__metadata__":{"__proto__":"x"},"__proto__":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}', 1));
     expect(Object.keys(file.metadata)).toEqual(['__proto__']);
+    // biome-ignore lint/suspicious/noProto: a metadata key named __proto__ is what this test reads back
+    // biome-ignore lint/complexity/useLiteralKeys: the same
     expect(file.metadata['__proto__']).toBe('x');
     expect(file.has('__proto__')).toBe(true);
   });

@@ -147,7 +147,9 @@ describe('deterministic LCM trajectory', () => {
         expectClose(sum, lit.sum, 1e-10);
         expectClose(absSum, lit.absSum, 1e-10);
         for (const [j, v] of Object.entries(lit.at)) expectClose(res.latent[Number(j)]!, v, 1e-10);
-        res.trajectory.forEach((st, i) => expectClose(st.denoised[0]!, lit.denoised0[i]!, 1e-10));
+        res.trajectory.forEach((st, i) => {
+          expectClose(st.denoised[0]!, lit.denoised0[i]!, 1e-10);
+        });
       });
     }
   }
@@ -161,7 +163,9 @@ describe('deterministic LCM trajectory', () => {
       expect(last.noise).toBeUndefined();
       expect(Array.from(last.sample)).toEqual(Array.from(last.denoised));
       expect(Array.from(res.latent)).toEqual(Array.from(last.denoised));
-      res.trajectory.slice(0, -1).forEach((st, i) => expect(Array.from(st.noise!)).toEqual(Array.from(stepNoise(i))));
+      res.trajectory.slice(0, -1).forEach((st, i) => {
+        expect(Array.from(st.noise!)).toEqual(Array.from(stepNoise(i)));
+      });
     }
   });
 

@@ -38,7 +38,7 @@ function func(name: string, counts: boolean, build: (k: Consts) => string[], src
     `  (func (export "${name}") ${PARAMS}${counts ? ' (result i32)' : ''}`,
     `    ${LOCALS}`,
     `    ${k.decls()}`,
-    indent(lines, 4) + ')',
+    `${indent(lines, 4)})`,
   ].join('\n');
 }
 

@@ -9,7 +9,7 @@
 
 /** An i32x4 constant with the same value in every lane. */
 export function c32(v: number): string {
-  const h = '0x' + (v >>> 0).toString(16).padStart(8, '0');
+  const h = `0x${(v >>> 0).toString(16).padStart(8, '0')}`;
   return `(v128.const i32x4 ${h} ${h} ${h} ${h})`;
 }
 

@@ -35,7 +35,7 @@ export function numberOption(command: string, name: string, raw: unknown, { min,
     (integer === true && !Number.isInteger(n)) || (min !== undefined && n < min) || (max !== undefined && n > max);
   if (bad) {
     const range = [min !== undefined ? `≥ ${min}` : '', max !== undefined ? `≤ ${max}` : ''].filter(Boolean).join(' and ');
-    throw new UsageError(`${command}: --${name} expects ${integer ? 'an integer' : 'a number'}${range ? ' ' + range : ''}, got '${String(raw)}'`, 'USAGE_BAD_ARGUMENT');
+    throw new UsageError(`${command}: --${name} expects ${integer ? 'an integer' : 'a number'}${range ? ` ${range}` : ''}, got '${String(raw)}'`, 'USAGE_BAD_ARGUMENT');
   }
   return n;
 }

@@ -34,11 +34,11 @@ export async function main(argv: string[], ctx: CliContext, commands: readonly C
   const first = args[0];
   if (first === undefined || first === '--help' || first === '-h' || first === 'help') {
     const target = first === 'help' ? commands.find((c) => c.name === args[1]) : undefined;
-    ctx.out((target ? target.help : overview(commands)) + '\n');
+    ctx.out(`${target ? target.help : overview(commands)}\n`);
     return first === undefined ? 2 : 0;
   }
   if (first === '--version' || first === '-v') {
-    ctx.out(VERSION + '\n');
+    ctx.out(`${VERSION}\n`);
     return 0;
   }
   const command = commands.find((c) => c.name === first);
@@ -48,7 +48,7 @@ export async function main(argv: string[], ctx: CliContext, commands: readonly C
   }
   const rest = args.slice(1);
   if (rest.includes('--help') || rest.includes('-h')) {
-    ctx.out(command.help + '\n');
+    ctx.out(`${command.help}\n`);
     return 0;
   }
   try {
@@ -56,7 +56,7 @@ export async function main(argv: string[], ctx: CliContext, commands: readonly C
   } catch (e) {
     if (e instanceof LoraMixError) {
       ctx.err(`lora-mix ${command.name}: error ${e.code}: ${e.message}\n`);
-      if (debug && e.stack) ctx.err(e.stack + '\n');
+      if (debug && e.stack) ctx.err(`${e.stack}\n`);
       return e.code.startsWith('USAGE') ? 2 : 1;
     }
     const err = e as NodeJS.ErrnoException;
@@ -65,7 +65,7 @@ export async function main(argv: string[], ctx: CliContext, commands: readonly C
       return 1;
     }
     ctx.err(`lora-mix ${command.name}: unexpected internal error: ${err?.message ?? String(e)}\n`);
-    if (err?.stack) ctx.err((debug ? err.stack : 'Run again with --debug for the stack trace; please report it.') + '\n');
+    if (err?.stack) ctx.err(`${debug ? err.stack : 'Run again with --debug for the stack trace; please report it.'}\n`);
     return 1;
   }
 }

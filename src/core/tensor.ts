@@ -11,7 +11,7 @@ export const DTYPE_SIZE: Readonly<Record<DType, number>> = {
 export const FLOAT_DTYPES: readonly DType[] = ['F64', 'F32', 'F16', 'BF16', 'F8_E4M3', 'F8_E5M2'];
 
 export function isDType(x: unknown): x is DType {
-  return typeof x === 'string' && Object.prototype.hasOwnProperty.call(DTYPE_SIZE, x);
+  return typeof x === 'string' && Object.hasOwn(DTYPE_SIZE, x);
 }
 
 export function numel(shape: readonly number[]): number {

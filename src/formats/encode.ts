@@ -135,7 +135,7 @@ export function encodeModules(modules: readonly ModuleSource[], options: Interna
   const metadata: Record<string, string> = {};
   for (const [k, v] of Object.entries(baseMetadata)) if (!STALE_METADATA.includes(k)) metadata[k] = v;
   Object.assign(metadata, options.metadata ?? {});
-  metadata['format'] = 'pt';
+  metadata.format = 'pt';
   const what = `${options.format} encoding`;
   const dtype = options.dtype;
   const rankOf = (m: ModuleSource): number => m.downShape[0]!;

@@ -67,7 +67,7 @@ function splitComponent(raw: string): { component: Component; local: string; ass
   }
   let component: Component | undefined;
   for (const c of COMPONENTS) {
-    if (rest.startsWith(c + '.')) {
+    if (rest.startsWith(`${c}.`)) {
       component = c;
       rest = rest.slice(c.length + 1);
       break;

@@ -57,13 +57,13 @@ function patternField(file: string, name: string, v: unknown): Record<string, nu
 
 function componentConfig(file: string, raw: Record<string, unknown>, prefix: string): PeftComponentConfig {
   const get = (f: string): unknown => raw[prefix + f];
-  const r = numberField(file, prefix + 'r', get('r'));
-  const loraAlpha = numberField(file, prefix + 'lora_alpha', get('lora_alpha'));
+  const r = numberField(file, `${prefix}r`, get('r'));
+  const loraAlpha = numberField(file, `${prefix}lora_alpha`, get('lora_alpha'));
   return {
     ...(r !== undefined ? { r } : {}),
     ...(loraAlpha !== undefined ? { loraAlpha } : {}),
-    alphaPattern: patternField(file, prefix + 'alpha_pattern', get('alpha_pattern')),
-    rankPattern: patternField(file, prefix + 'rank_pattern', get('rank_pattern')),
+    alphaPattern: patternField(file, `${prefix}alpha_pattern`, get('alpha_pattern')),
+    rankPattern: patternField(file, `${prefix}rank_pattern`, get('rank_pattern')),
     useRslora: get('use_rslora') === true,
     useDora: get('use_dora') === true,
   };
@@ -83,7 +83,7 @@ export function parsePeftMetadata(metadata: Readonly<Record<string, string>>, fi
   const obj = raw as Record<string, unknown>;
   const byComponent: Partial<Record<Component, PeftComponentConfig>> = {};
   for (const c of COMPONENTS) {
-    if (Object.keys(obj).some((k) => k.startsWith(c + '.'))) byComponent[c] = componentConfig(file, obj, c + '.');
+    if (Object.keys(obj).some((k) => k.startsWith(`${c}.`))) byComponent[c] = componentConfig(file, obj, `${c}.`);
   }
   const hasShared = CONFIG_FIELDS.some((f) => f in obj);
   return { byComponent, ...(hasShared ? { shared: componentConfig(file, obj, '') } : {}) };
@@ -91,13 +91,13 @@ export function parsePeftMetadata(metadata: Readonly<Record<string, string>>, fi
 
 /** PEFT's pattern rule: a key matches a module name when the name is the key or ends with '.' + key (key may be a regex). */
 function matchPattern(pattern: Readonly<Record<string, number>>, localPath: string): number | undefined {
-  if (Object.prototype.hasOwnProperty.call(pattern, localPath)) return pattern[localPath];
+  if (Object.hasOwn(pattern, localPath)) return pattern[localPath];
   for (const [k, v] of Object.entries(pattern)) {
     let hit: boolean;
     try {
       hit = new RegExp(`^(?:.*\\.)?(?:${k})$`).test(localPath);
     } catch {
-      hit = localPath === k || localPath.endsWith('.' + k);
+      hit = localPath === k || localPath.endsWith(`.${k}`);
     }
     if (hit) return v;
   }
@@ -172,12 +172,12 @@ export function peftMetadataJson(
       if (m.rank !== r) rankPattern[m.entry.localPath] = m.rank;
       if (m.alpha !== alpha) alphaPattern[m.entry.localPath] = m.alpha;
     }
-    const p = prefixed ? c + '.' : '';
-    out[p + 'r'] = r;
-    out[p + 'lora_alpha'] = alpha;
-    out[p + 'rank_pattern'] = rankPattern;
-    out[p + 'alpha_pattern'] = alphaPattern;
-    out[p + 'target_modules'] = ms.map((m) => m.entry.localPath);
+    const p = prefixed ? `${c}.` : '';
+    out[`${p}r`] = r;
+    out[`${p}lora_alpha`] = alpha;
+    out[`${p}rank_pattern`] = rankPattern;
+    out[`${p}alpha_pattern`] = alphaPattern;
+    out[`${p}target_modules`] = ms.map((m) => m.entry.localPath);
   }
   return sortedJson(out);
 }

@@ -10,7 +10,7 @@
  *
  * Core module: no `node:` imports. Paths and diffusers folders go through ./node.js, loaded on demand.
  */
-import { FuseError, IoError, LoraError, LoraMixError } from '../core/errors.js';
+import { FuseError, IoError, LoraError, } from '../core/errors.js';
 import { isByteSource, type ByteSink, type ByteSource } from '../core/bytes.js';
 import { detectCheckpoint } from '../layout/detect.js';
 import type { ModuleEntry } from '../layout/types.js';
@@ -374,7 +374,7 @@ class FileRun {
     }
     // One tensor to convert or fuse: read it and its modules' factors together.
     const factorsP = first.targets.map((t) => Promise.all(t.terms.map((term) => term.module.factors())));
-    factorsP.forEach((p) => p.catch(() => undefined));
+    for (const p of factorsP) p.catch(() => undefined);
     const raw = await this.#read(seg.start, seg.end - seg.start);
     const held = [raw];
     this.#held.set(si, held);

@@ -31,5 +31,5 @@ export function formatFuseReport(r: FuseReport): string {
   const rss = r.peakRssBytes !== undefined ? `, peak memory ${fmtBytes(r.peakRssBytes)}` : '';
   lines.push(`time: ${r.seconds.toFixed(2)} s (kernel ${r.kernelSeconds.toFixed(2)} s, ${r.gflops.toFixed(1)} GFLOP/s); ` +
     `read ${fmtBytes(r.bytesRead)}, wrote ${fmtBytes(r.bytesWritten)}${rss}`);
-  return lines.join('\n') + '\n';
+  return `${lines.join('\n')}\n`;
 }

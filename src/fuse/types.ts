@@ -2,9 +2,8 @@
  * Vocabulary of fusion: fusing τ = Σ wᵢ·τᵢ into the weights of a base checkpoint, and checking the result.
  */
 import type { ByteSink, ByteSource } from '../core/bytes.js';
-import type { Arch, Component, LayoutSize, ModuleGroup } from '../layout/types.js';
+import type { Arch, LayoutSize, } from '../layout/types.js';
 import type { CheckpointNaming } from '../layout/detect.js';
-import type { MergeWeight } from '../lora/merge.js';
 import type { Lora } from '../lora/types.js';
 import type { SafetensorsFile } from '../safetensors/read.js';
 import type { FuseKernel } from '../kernels/types.js';

@@ -156,12 +156,12 @@ function checkTextEncoder(
   // Old SD1.5 files store CLIP-L as 'cond_stage_model.transformer.encoder.…' (no 'text_model.').
   let legacy = false;
   if (naming === 'single-file' && te.singleFileNaming === 'hf-clip') {
-    const withText = te.singleFilePrefix + 'text_model.';
+    const withText = `${te.singleFilePrefix}text_model.`;
     legacy = ![...files.keys()].some((k) => k.startsWith(withText));
   }
   for (const s of entries) {
     let key = naming === 'single-file' ? s.singleFileKey : s.diffusersKey;
-    if (legacy && key.startsWith(te.singleFilePrefix + 'text_model.')) {
+    if (legacy && key.startsWith(`${te.singleFilePrefix}text_model.`)) {
       const alt = te.singleFilePrefix + key.slice(te.singleFilePrefix.length + 'text_model.'.length);
       aliases.set(key, alt);
       key = alt;
@@ -271,7 +271,7 @@ export function detectDiffusersFolder(
   if (!unet || unet.length === 0) {
     const dirs = Object.keys(files);
     throw new FormatError('FORMAT_NOT_A_CHECKPOINT',
-      `${where}: not a diffusers checkpoint folder: no unet/ weights (found ${dirs.length ? dirs.map((d) => d + '/').join(', ') : 'nothing'})`,
+      `${where}: not a diffusers checkpoint folder: no unet/ weights (found ${dirs.length ? dirs.map((d) => `${d}/`).join(', ') : 'nothing'})`,
       { source: where, found: dirs });
   }
   const unetFiles = toShapeMap(unet);

@@ -99,7 +99,9 @@ export function parseBlockWeights(spec: string | Readonly<Record<string, number>
       throw invalid(`${source}: ${values.length} value(s) given; ${arch} accepts a vector of ${describeForms(arch)}`,
         { found: values.length, expected: [...blockVectorForms(arch).keys()] });
     }
-    order.forEach((id, i) => result.set(id, checkValue(values[i], `value ${i + 1} (${id})`, arch)));
+    order.forEach((id, i) => {
+      result.set(id, checkValue(values[i], `value ${i + 1} (${id})`, arch));
+    });
     return result;
   };
   if (typeof spec === 'string') {

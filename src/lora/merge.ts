@@ -348,7 +348,7 @@ export function assembleMerge(plan: MergePlan, outcomes: ReadonlyMap<string, Red
     [MERGE_METADATA_KEY]: JSON.stringify({
       inputs: loras.map((l, i) => {
         const source = (l as { source?: unknown }).source;
-        const outputName = l.metadata['ss_output_name'];
+        const outputName = l.metadata.ss_output_name;
         return {
           ...(typeof source === 'string' ? { source: source.split(/[\\/]/).pop()! } : {}),
           ...(outputName ? { ss_output_name: outputName } : {}),

@@ -43,13 +43,13 @@ export interface ParsedHeader {
  */
 export function show(v: unknown, depth = 0): string {
   const s = render(v, depth);
-  return s.length > 80 ? s.slice(0, 77) + '...' : s;
+  return s.length > 80 ? `${s.slice(0, 77)}...` : s;
 }
 
 function render(v: unknown, depth: number): string {
   if (v === undefined) return 'nothing';
   if (v === null || typeof v === 'number' || typeof v === 'boolean') return String(v);
-  if (typeof v === 'string') return JSON.stringify(v.length > 40 ? v.slice(0, 40) + '...' : v);
+  if (typeof v === 'string') return JSON.stringify(v.length > 40 ? `${v.slice(0, 40)}...` : v);
   if (typeof v === 'bigint') return `${v}n`;
   if (depth >= 2) return Array.isArray(v) ? '[...]' : typeof v === 'object' ? '{...}' : typeof v;
   if (Array.isArray(v)) {
@@ -58,7 +58,7 @@ function render(v: unknown, depth: number): string {
   }
   if (typeof v === 'object') {
     const keys = Object.keys(v as object);
-    const items = keys.slice(0, 4).map((k) => `${JSON.stringify(k.length > 20 ? k.slice(0, 20) + '...' : k)}:${render((v as Record<string, unknown>)[k], depth + 1)}`);
+    const items = keys.slice(0, 4).map((k) => `${JSON.stringify(k.length > 20 ? `${k.slice(0, 20)}...` : k)}:${render((v as Record<string, unknown>)[k], depth + 1)}`);
     return `{${items.join(',')}${keys.length > 4 ? ',...' : ''}}`;
   }
   return typeof v;

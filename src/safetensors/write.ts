@@ -3,7 +3,7 @@
  * goes first, then each tensor's bytes in the given order. A tensor's data may be a thunk that produces it only
  * when its turn comes, so at most one tensor need be in memory at a time.
  */
-import { IoError, SafetensorsError } from '../core/errors.js';
+import { SafetensorsError } from '../core/errors.js';
 import type { ByteSink, ByteSource } from '../core/bytes.js';
 import { requireHost } from '../core/host.js';
 import { DTYPE_SIZE, isDType, type DType } from '../core/tensor.js';

@@ -240,7 +240,7 @@ export function thresholdSample(x: Float64Array, batch: number, ratio: number, m
     const s = Math.min(Math.max(q, 1), maxValue);
     for (let i = 0; i < per; i++) {
       const v = x[off + i]!;
-      x[off + i] = (v < -s ? -s : v > s ? s : v) / s;
+      x[off + i] = (v < -s ? -s : Math.min(v , s)) / s;
     }
   }
 }
@@ -518,7 +518,7 @@ export class LCMScheduler {
       const r = this.config.clipSampleRange;
       for (let j = 0; j < n; j++) {
         const v = x0[j]!;
-        x0[j] = v < -r ? -r : v > r ? r : v;
+        x0[j] = v < -r ? -r : Math.min(v , r);
       }
     }
 

@@ -22,5 +22,5 @@ export function formatVerifyReport(r: VerifyReport, opts: { all?: boolean } = {}
   }
   lines.push(r.ok ? `OK: every module within tolerance (${r.seconds.toFixed(2)} s)` :
     r.checked === 0 ? 'FAILED: no module was checked' : `FAILED: ${r.failed} module(s) above tolerance`);
-  return lines.join('\n') + '\n';
+  return `${lines.join('\n')}\n`;
 }

@@ -150,7 +150,7 @@ describe('merge page (examples/web) in headless Chromium', () => {
       expect(Buffer.from(await fromPage.read(t.name)).equals(Buffer.from(await fromNode.read(t.name))), t.name).toBe(true);
     }
     // The merge is recorded in the metadata, with the weights.
-    const record = JSON.parse(fromPage.metadata['lora_mix_merge'] ?? '{}') as { inputs?: { weight?: unknown }[] };
+    const record = JSON.parse(fromPage.metadata.lora_mix_merge ?? '{}') as { inputs?: { weight?: unknown }[] };
     expect(record.inputs?.map((i) => i.weight)).toEqual([1, 0.8]);
   });
 

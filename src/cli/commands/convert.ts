@@ -99,16 +99,16 @@ export const convertCommand: Command = {
       notes: lora.notes,
     };
     if (values.json === true) {
-      ctx.out(JSON.stringify(report, null, 2) + '\n');
+      ctx.out(`${JSON.stringify(report, null, 2)}\n`);
     } else {
       const spell = (f: { format: string; kohyaPaths?: string }) => (f.kohyaPaths ? `${f.format} (${f.kohyaPaths} paths)` : f.format);
-      ctx.out([
+      ctx.out(`${[
         `${report.input} → ${report.output}`,
         `  ${spell(report.from)} ${report.from.dtype} → ${spell(report.to)} ${report.to.dtype}`,
         `  ${ARCH_LABEL[lora.arch]}${lora.size === 'tiny' ? ' (tiny)' : ''}, ${report.modules} modules, ${report.parameters.toLocaleString('en-US')} parameters, ${result.byteLength.toLocaleString('en-US')} bytes written`,
         ...(lora.unmatched.length > 0 ? [`  ${lora.unmatched.length} module(s)/key(s) of the input not written (not in ${ARCH_LABEL[lora.arch]}), e.g. ${lora.unmatched[0]!.key}`] : []),
         ...lora.notes.map((n) => `  note: ${n}`),
-      ].join('\n') + '\n');
+      ].join('\n')}\n`);
     }
     if (result.stats.flushedToZero > 0) {
       ctx.err(`lora-mix convert: warning: ${result.stats.flushedToZero} non-zero factor value(s) became 0 in ${outDtype} (too small for the format); --dtype fp32 or bf16 keeps them\n`);

@@ -148,7 +148,7 @@ function formatReport(r: DemoReport): string {
   lines.push(`time: ${secs(t.total)} (inspect ${secs(t.inspect)}, merge ${secs(t.merge)}, fuse ${secs(t.fuse)}, verify ${secs(t.verify)}, sample ${secs(t.sample)})`);
   lines.push(r.outputs.kept ? `outputs kept in ${r.outputs.dir}` : 'temporary outputs removed');
   lines.push(r.ok ? 'result: OK' : 'result: FAILED');
-  return lines.join('\n') + '\n';
+  return `${lines.join('\n')}\n`;
 }
 
 export const demoCommand: Command = {
@@ -174,7 +174,7 @@ export const demoCommand: Command = {
     try {
       if (keep) await mkdir(keep, { recursive: true });
       const report = await runDemo(arch, fx, dir, keep !== undefined);
-      ctx.out(values.json === true ? JSON.stringify(report, null, 2) + '\n' : formatReport(report));
+      ctx.out(values.json === true ? `${JSON.stringify(report, null, 2)}\n` : formatReport(report));
       return report.ok ? 0 : 1;
     } finally {
       if (!keep) await rm(dir, { recursive: true, force: true });

@@ -170,7 +170,7 @@ export const fuseCommand: Command = {
     } finally {
       progress?.end();
     }
-    ctx.out(values.json === true ? JSON.stringify(report, null, 2) + '\n' : formatFuseReport(report));
+    ctx.out(values.json === true ? `${JSON.stringify(report, null, 2)}\n` : formatFuseReport(report));
     return 0;
   },
 };

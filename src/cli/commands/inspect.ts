@@ -133,9 +133,9 @@ export const inspectCommand: Command = {
       const kind = await inspectKind(file);
       if (values.json === true) {
         if (values.summary === true) raw.tensors = [];
-        ctx.out(JSON.stringify({ ...kind, ...raw }, null, 2) + '\n');
+        ctx.out(`${JSON.stringify({ ...kind, ...raw }, null, 2)}\n`);
       } else {
-        ctx.out(formatKind(kind) + '\n\n' + formatInspect(raw, { summary: values.summary === true }) + '\n');
+        ctx.out(`${formatKind(kind)}\n\n${formatInspect(raw, { summary: values.summary === true })}\n`);
       }
       return 'error' in kind ? 1 : 0;
     } finally {

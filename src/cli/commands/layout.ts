@@ -105,7 +105,7 @@ export const layoutCommand: Command = {
       (component === undefined || m.component === component) && (values['lcm-only'] !== true || m.lcmTarget));
 
     if (values.json === true) {
-      ctx.out(shown.length === 0 ? '[]\n' : `[\n${shown.map((m) => '  ' + JSON.stringify(jsonRow(m))).join(',\n')}\n]\n`);
+      ctx.out(shown.length === 0 ? '[]\n' : `[\n${shown.map((m) => `  ${JSON.stringify(jsonRow(m))}`).join(',\n')}\n]\n`);
       return 0;
     }
 
@@ -115,7 +115,7 @@ export const layoutCommand: Command = {
       rows.push([m.path, singleFileKey(m), k.diffusers, k.sgm ?? '-', m.path, `[${m.shape.join(',')}]`, m.block ?? '-',
         m.lcmTarget ? 'yes' : 'no']);
     }
-    ctx.out(table(rows) + '\n\n');
+    ctx.out(`${table(rows)}\n\n`);
 
     const perComponent = COMPONENTS.map((c) => {
       const ms = shown.filter((m) => m.component === c);

@@ -2,7 +2,7 @@ import * as path from 'node:path';
 import { UsageError } from '../../core/errors.js';
 import { loadLora, parseOutputDType, saveLora, type KohyaPaths, type LoadedLora, type OutputDType } from '../../formats/index.js';
 import { ARCH_LABEL, parseArch } from '../../layout/index.js';
-import { type MergeOptions, type MergeReport, type MergeWeight } from '../../lora/index.js';
+import type { MergeOptions, MergeReport, MergeWeight } from '../../lora/index.js';
 import { mergeLorasParallel } from '../../node/merge-threads.js';
 import { numberOption, parseCommandArgs, parseWeighted } from '../args.js';
 import type { CliContext, Command } from '../context.js';
@@ -191,7 +191,7 @@ export const mergeCommand: Command = {
       modules: loras[i]!.modules.size,
     }));
     if (values.json === true) {
-      ctx.out(JSON.stringify({
+      ctx.out(`${JSON.stringify({
         output: values.output,
         format, ...(format === 'kohya' ? { kohyaPaths: kohyaPaths ?? 'diffusers' } : {}), dtype: outDtype,
         arch: lora.arch, size: lora.size,
@@ -201,7 +201,7 @@ export const mergeCommand: Command = {
         flushedToZero: written.stats.flushedToZero,
         seconds,
         report,
-      }, null, 2) + '\n');
+      }, null, 2)}\n`);
     } else {
       const lines = [
         `merged ${loras.length} LoRA(s) → ${values.output} (${format}${format === 'kohya' ? `, ${kohyaPaths ?? 'diffusers'} paths` : ''}, ${outDtype})`,
@@ -219,7 +219,7 @@ export const mergeCommand: Command = {
       }
       lines.push(`  ${written.byteLength.toLocaleString('en-US')} bytes; time ${seconds.total.toFixed(2)} s ` +
         `(load ${seconds.load.toFixed(2)} s, merge ${seconds.merge.toFixed(2)} s, write ${seconds.write.toFixed(2)} s)`);
-      ctx.out(lines.join('\n') + '\n');
+      ctx.out(`${lines.join('\n')}\n`);
     }
     if (written.stats.flushedToZero > 0) {
       ctx.err(`lora-mix merge: warning: ${written.stats.flushedToZero} non-zero factor value(s) became 0 in ${outDtype} ` +

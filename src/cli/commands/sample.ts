@@ -100,7 +100,7 @@ export const sampleCommand: Command = {
 
     const report = verifyGaussian({ steps, mean, std, n, seed, kind, scheduler: new LCMScheduler({ predictionType }) });
     if (values.json === true) {
-      ctx.out(JSON.stringify(report, null, 2) + '\n');
+      ctx.out(`${JSON.stringify(report, null, 2)}\n`);
       return 0;
     }
     const what = kind === 'consistency' ? 'the exact consistency function' : 'the posterior mean (Tweedie)';
@@ -134,7 +134,7 @@ export const sampleCommand: Command = {
       lines.push(`         one step starts from N(0, 1), not the exact marginal at t = 999, hence a mean offset of ${f(mean - fin.exactMean)};`);
       lines.push('         more steps re-noise and correct it.');
     }
-    ctx.out(lines.join('\n') + '\n');
+    ctx.out(`${lines.join('\n')}\n`);
     return 0;
   },
 };

@@ -67,7 +67,7 @@ export const verifyCommand: Command = {
       ...(seed !== undefined ? { seed } : {}),
       ...(values['allow-unmatched'] === true ? { allowUnmatched: true } : {}),
     });
-    ctx.out(values.json === true ? JSON.stringify(report, null, 2) + '\n' : formatVerifyReport(report, { all: values.all === true }));
+    ctx.out(values.json === true ? `${JSON.stringify(report, null, 2)}\n` : formatVerifyReport(report, { all: values.all === true }));
     return report.ok ? 0 : 1;
   },
 };
