@@ -6,8 +6,14 @@ import { defineConfig } from 'vitest/config';
  * `npm test` runs both.
  */
 const E2E = [
-  'test/browser/**/*.test.ts', 'test/examples.test.ts', 'test/demo-cli.test.ts', 'test/merge-docs.test.ts', 'test/cli-pipe.test.ts',
-  'test/api.test.ts', 'test/*-cli.test.ts', 'test/fixtures.test.ts',
+  'test/browser/**/*.test.ts',
+  'test/examples.test.ts',
+  'test/demo-cli.test.ts',
+  'test/merge-docs.test.ts',
+  'test/cli-pipe.test.ts',
+  'test/api.test.ts',
+  'test/*-cli.test.ts',
+  'test/fixtures.test.ts',
 ];
 
 export default defineConfig({

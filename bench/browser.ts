@@ -51,11 +51,26 @@ const STYLE = join(OUT, 'sdxl-style-r32.kohya.safetensors');
 async function generate(): Promise<void> {
   mkdirSync(OUT, { recursive: true });
   if (!existsSync(LCM)) {
-    await generateLora(LCM, 'sdxl', 'full', { rank: 64, alpha: 64, targets: 'lcm', format: 'kohya', dtype: 'F16', seed: 7,
-      metadata: { ss_output_name: 'synthetic-lcm-lora-sdxl' } });
+    await generateLora(LCM, 'sdxl', 'full', {
+      rank: 64,
+      alpha: 64,
+      targets: 'lcm',
+      format: 'kohya',
+      dtype: 'F16',
+      seed: 7,
+      metadata: { ss_output_name: 'synthetic-lcm-lora-sdxl' },
+    });
   }
   if (!existsSync(STYLE)) {
-    await generateLora(STYLE, 'sdxl', 'full', { rank: 32, alpha: 16, targets: 'style', format: 'kohya', kohyaPaths: 'sgm', dtype: 'F16', seed: 8 });
+    await generateLora(STYLE, 'sdxl', 'full', {
+      rank: 32,
+      alpha: 16,
+      targets: 'style',
+      format: 'kohya',
+      kohyaPaths: 'sgm',
+      dtype: 'F16',
+      seed: 8,
+    });
   }
 }
 
@@ -70,7 +85,12 @@ async function nodeMerge(): Promise<{ decode: number; merge: number; bytes: numb
   return { decode: (t1 - t0) / 1000, merge: (t2 - t1) / 1000, bytes: bytes.byteLength };
 }
 
-interface PageRun { decode: number; merge: number; wall: number; bytes: number }
+interface PageRun {
+  decode: number;
+  merge: number;
+  wall: number;
+  bytes: number;
+}
 
 async function pageMerges(runs: number): Promise<PageRun[]> {
   const tmp = tempDir('bench-page');
@@ -81,7 +101,8 @@ async function pageMerges(runs: number): Promise<PageRun[]> {
   try {
     await page.waitForSelector('body[data-ready="true"]');
     for (let r = 0; r < runs; r++) {
-      while ((await page.locator('#loras li').count()) > 0) await page.locator('#loras li button.remove').first().click();
+      while ((await page.locator('#loras li').count()) > 0)
+        await page.locator('#loras li button.remove').first().click();
       await page.evaluate(() => {
         const o = (window as unknown as { loraMixPage: { loras: unknown[]; merges: unknown[] } }).loraMixPage;
         o.loras.length = 0;
@@ -89,18 +110,37 @@ async function pageMerges(runs: number): Promise<PageRun[]> {
       });
       const t0 = performance.now();
       await page.setInputFiles('#files', [LCM, STYLE]);
-      await page.waitForFunction(() => document.querySelectorAll('#loras .loading').length === 0, undefined, { timeout: 600_000 });
+      await page.waitForFunction(() => document.querySelectorAll('#loras .loading').length === 0, undefined, {
+        timeout: 600_000,
+      });
       await page.click('#merge');
       await page.waitForFunction(
-        () => (window as unknown as { loraMixPage: { merges: unknown[] } }).loraMixPage.merges.length > 0 || !document.getElementById('error')!.hidden,
-        undefined, { timeout: 600_000 },
+        () =>
+          (window as unknown as { loraMixPage: { merges: unknown[] } }).loraMixPage.merges.length > 0 ||
+          !document.getElementById('error')!.hidden,
+        undefined,
+        { timeout: 600_000 },
       );
       const wall = (performance.now() - t0) / 1000;
-      const seen = await page.evaluate(() => (window as unknown as { loraMixPage: { loras: { seconds: number }[]; merges: { seconds: number; bytes: number }[] } }).loraMixPage);
+      const seen = await page.evaluate(
+        () =>
+          (
+            window as unknown as {
+              loraMixPage: { loras: { seconds: number }[]; merges: { seconds: number; bytes: number }[] };
+            }
+          ).loraMixPage,
+      );
       if (seen.merges.length === 0) throw new Error(`page merge failed: ${await page.textContent('#error')}`);
       // The worker decodes the two files concurrently (interleaved awaits), so the decode phase is the longer one.
-      out.push({ decode: Math.max(...seen.loras.map((l) => l.seconds)), merge: seen.merges[0]!.seconds, wall, bytes: seen.merges[0]!.bytes });
-      console.log(`  page run ${r + 1}: decode ${sec(out.at(-1)!.decode)}, merge+encode ${sec(out.at(-1)!.merge)}, wall ${sec(wall)}`);
+      out.push({
+        decode: Math.max(...seen.loras.map((l) => l.seconds)),
+        merge: seen.merges[0]!.seconds,
+        wall,
+        bytes: seen.merges[0]!.bytes,
+      });
+      console.log(
+        `  page run ${r + 1}: decode ${sec(out.at(-1)!.decode)}, merge+encode ${sec(out.at(-1)!.merge)}, wall ${sec(wall)}`,
+      );
     }
     if (session.errors.length > 0) console.log(`  page errors: ${session.errors.join('; ')}`);
   } finally {
@@ -113,7 +153,12 @@ async function pageMerges(runs: number): Promise<PageRun[]> {
 // ---------------------------------------------------------------------------------------------------------------
 // Kernels
 
-interface KernelShape { label: string; rows: number; cols: number; rank: number }
+interface KernelShape {
+  label: string;
+  rows: number;
+  cols: number;
+  rank: number;
+}
 const SHAPES: KernelShape[] = [
   { label: '1280×1280 linear', rows: 1280, cols: 1280, rank: 64 },
   { label: '640×5760 conv (640·3·3)', rows: 640, cols: 5760, rank: 64 },
@@ -145,7 +190,10 @@ async function pageKernels(): Promise<Record<string, Record<string, number>>> {
     outfile: join(tmp.dir, 'kernels.js'),
   });
   copyFileSync(join(REPO_ROOT, 'node_modules/gpu.js/dist/gpu-browser.min.js'), join(tmp.dir, 'gpu-browser.min.js'));
-  await writeHtml(join(tmp.dir, 'index.html'), '<script src="gpu-browser.min.js"></script><script type="module" src="kernels.js"></script>');
+  await writeHtml(
+    join(tmp.dir, 'index.html'),
+    '<script src="gpu-browser.min.js"></script><script type="module" src="kernels.js"></script>',
+  );
   const session = await openSession({ root: tmp.dir });
   const result: Record<string, Record<string, number>> = {};
   try {
@@ -154,34 +202,49 @@ async function pageKernels(): Promise<Record<string, Record<string, number>>> {
     await session.page.evaluate('globalThis.__name = (f) => f');
     for (const s of SHAPES) {
       const inp = kernelInputs(s);
-      const medians = await session.page.evaluate(async ({ s, src, up, down }) => {
-        /* eslint-disable @typescript-eslint/no-explicit-any */
-        const w = window as any;
-        const dec = (x: string) => Uint8Array.from(atob(x), (ch) => ch.charCodeAt(0));
-        const job = { rows: s.rows, cols: s.cols, rank: s.rank, up: new Float32Array(dec(up).buffer), down: new Float32Array(dec(down).buffer) };
-        const srcBytes = dec(src);
-        const dst = new Uint8Array(srcBytes.length);
-        const med = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
-        const out: Record<string, number> = {};
-        const kernels: [string, () => Promise<any>][] = [
-          ['gpu.js:webgpu', async () => (await w.loraMixKernels.createGpuKernel({ GPU: w.GPU, mode: 'webgpu' })).kernel],
-          ['gpu.js:webgl2', async () => (await w.loraMixKernels.createGpuKernel({ GPU: w.GPU, mode: 'webgl2' })).kernel],
-          ['wasm (page)', () => w.loraMixKernels.createWasmKernel()],
-        ];
-        for (const [name, make] of kernels) {
-          const k = await make();
-          await k.update(srcBytes, 'F16', dst, 'F16', job); // warm-up: compile, allocate
-          const times: number[] = [];
-          for (let i = 0; i < 5; i++) {
-            const t0 = performance.now();
-            await k.update(srcBytes, 'F16', dst, 'F16', job);
-            times.push((performance.now() - t0) / 1000);
+      const medians = await session.page.evaluate(
+        async ({ s, src, up, down }) => {
+          /* eslint-disable @typescript-eslint/no-explicit-any */
+          const w = window as any;
+          const dec = (x: string) => Uint8Array.from(atob(x), (ch) => ch.charCodeAt(0));
+          const job = {
+            rows: s.rows,
+            cols: s.cols,
+            rank: s.rank,
+            up: new Float32Array(dec(up).buffer),
+            down: new Float32Array(dec(down).buffer),
+          };
+          const srcBytes = dec(src);
+          const dst = new Uint8Array(srcBytes.length);
+          const med = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
+          const out: Record<string, number> = {};
+          const kernels: [string, () => Promise<any>][] = [
+            [
+              'gpu.js:webgpu',
+              async () => (await w.loraMixKernels.createGpuKernel({ GPU: w.GPU, mode: 'webgpu' })).kernel,
+            ],
+            [
+              'gpu.js:webgl2',
+              async () => (await w.loraMixKernels.createGpuKernel({ GPU: w.GPU, mode: 'webgl2' })).kernel,
+            ],
+            ['wasm (page)', () => w.loraMixKernels.createWasmKernel()],
+          ];
+          for (const [name, make] of kernels) {
+            const k = await make();
+            await k.update(srcBytes, 'F16', dst, 'F16', job); // warm-up: compile, allocate
+            const times: number[] = [];
+            for (let i = 0; i < 5; i++) {
+              const t0 = performance.now();
+              await k.update(srcBytes, 'F16', dst, 'F16', job);
+              times.push((performance.now() - t0) / 1000);
+            }
+            out[`${name}|${k.backend}`] = med(times);
+            await k.dispose();
           }
-          out[`${name}|${k.backend}`] = med(times);
-          await k.dispose();
-        }
-        return out;
-      }, { s, src: b64(inp.src), up: b64(new Uint8Array(inp.up.buffer)), down: b64(new Uint8Array(inp.down.buffer)) });
+          return out;
+        },
+        { s, src: b64(inp.src), up: b64(new Uint8Array(inp.up.buffer)), down: b64(new Uint8Array(inp.down.buffer)) },
+      );
       // Node baseline: the same single-thread WASM kernel.
       const k = await createWasmKernel();
       const dst = new Uint8Array(inp.src.length);
@@ -236,25 +299,39 @@ async function main(): Promise<void> {
 
   log('## browser');
   log('');
-  log(`- Machine: ${os.cpus().length} cores, \`node -p os.cpus()[0].model\` = ${cpu}, Node ${process.version}, ${chromium} ` +
-    '(Debian package, headless, flags as in test/browser/harness.ts). WebGPU adapter: Dawn on SwiftShader (no GPU on this machine).');
-  log(`- Load average (1 min) ${loadStart.toFixed(1)} at the start and ${os.loadavg()[0]!.toFixed(1)} at the end: ` +
-    'other jobs shared the 2 cores, so single runs vary; compare rows of the same run.');
-  log(`- Date: ${date}. Command: \`npx tsx bench/browser.ts${RUNS !== 3 ? ` --runs ${RUNS}` : ''}\`; medians of ${RUNS} runs (merge) and of 5 warm runs (kernels), all in one run.`);
-  log(`- Inputs (generated by src/fixtures/generate.ts): SDXL LCM-LoRA-shaped, rank 64 on all ${lcmModules} LCM targets, kohya, F16, ` +
-    `${(lcmBytes / 1e6).toFixed(0)} MB; style-LoRA-shaped, rank 32 on ${styleModules} modules (UNet attention + both text encoders), kohya SGM names, F16, ` +
-    `${(styleBytes / 1e6).toFixed(0)} MB. Merge 1.0·LCM + 0.8·style, exact (ranks add), written as kohya F16 in memory ` +
-    `(${(node[0]!.bytes / 1e6).toFixed(0)} MB).`);
+  log(
+    `- Machine: ${os.cpus().length} cores, \`node -p os.cpus()[0].model\` = ${cpu}, Node ${process.version}, ${chromium} ` +
+      '(Debian package, headless, flags as in test/browser/harness.ts). WebGPU adapter: Dawn on SwiftShader (no GPU on this machine).',
+  );
+  log(
+    `- Load average (1 min) ${loadStart.toFixed(1)} at the start and ${os.loadavg()[0]!.toFixed(1)} at the end: ` +
+      'other jobs shared the 2 cores, so single runs vary; compare rows of the same run.',
+  );
+  log(
+    `- Date: ${date}. Command: \`npx tsx bench/browser.ts${RUNS !== 3 ? ` --runs ${RUNS}` : ''}\`; medians of ${RUNS} runs (merge) and of 5 warm runs (kernels), all in one run.`,
+  );
+  log(
+    `- Inputs (generated by src/fixtures/generate.ts): SDXL LCM-LoRA-shaped, rank 64 on all ${lcmModules} LCM targets, kohya, F16, ` +
+      `${(lcmBytes / 1e6).toFixed(0)} MB; style-LoRA-shaped, rank 32 on ${styleModules} modules (UNet attention + both text encoders), kohya SGM names, F16, ` +
+      `${(styleBytes / 1e6).toFixed(0)} MB. Merge 1.0·LCM + 0.8·style, exact (ranks add), written as kohya F16 in memory ` +
+      `(${(node[0]!.bytes / 1e6).toFixed(0)} MB).`,
+  );
   log('');
   log('| where | decode both files | merge + encode | total | ratio (total, vs Node) |');
   log('|---|---|---|---|---|');
   log(`| Node (library, one thread) | ${sec(nd)} | ${sec(nm)} | ${sec(nd + nm)} | 1.00× |`);
-  log(`| Chromium page (Web Worker) | ${sec(pd)} | ${sec(pm)} | ${sec(pd + pm)} | ${((pd + pm) / (nd + nm)).toFixed(2)}× |`);
-  log(`| Chromium page, wall time seen from Node (upload → merged) | | | ${sec(pw)} | ${(pw / (nd + nm)).toFixed(2)}× |`);
+  log(
+    `| Chromium page (Web Worker) | ${sec(pd)} | ${sec(pm)} | ${sec(pd + pm)} | ${((pd + pm) / (nd + nm)).toFixed(2)}× |`,
+  );
+  log(
+    `| Chromium page, wall time seen from Node (upload → merged) | | | ${sec(pw)} | ${(pw / (nd + nm)).toFixed(2)}× |`,
+  );
   log('');
-  log('Fusion kernel W += U·D, rank 64, F16 in and out (decode/encode included), median seconds and GFLOP/s. ' +
-    'The GPU rows run on SwiftShader — a CPU emulating a GPU — so they show that the gpu.js path works in a browser, not how ' +
-    'fast it is on real hardware. Ratio: time relative to the WASM kernel in the same page.');
+  log(
+    'Fusion kernel W += U·D, rank 64, F16 in and out (decode/encode included), median seconds and GFLOP/s. ' +
+      'The GPU rows run on SwiftShader — a CPU emulating a GPU — so they show that the gpu.js path works in a browser, not how ' +
+      'fast it is on real hardware. Ratio: time relative to the WASM kernel in the same page.',
+  );
   log('');
   log('| shape | kernel (backend) | time | GFLOP/s | ratio vs page WASM |');
   log('|---|---|---|---|---|');
@@ -264,7 +341,9 @@ async function main(): Promise<void> {
     const base = Object.entries(m).find(([k]) => k.startsWith('wasm (page)'))![1];
     for (const [key, t] of Object.entries(m)) {
       const [name, backend] = key.split('|');
-      log(`| ${s.label} | ${name} (${backend}) | ${(t * 1000).toFixed(1)} ms | ${(flops / t / 1e9).toFixed(2)} | ${(t / base).toFixed(2)}× |`);
+      log(
+        `| ${s.label} | ${name} (${backend}) | ${(t * 1000).toFixed(1)} ms | ${(flops / t / 1e9).toFixed(2)} | ${(t / base).toFixed(2)}× |`,
+      );
     }
   }
   const labels = new Set(Object.values(kernels).flatMap((m) => Object.keys(m)));
@@ -272,8 +351,10 @@ async function main(): Promise<void> {
     const reported = [...labels].filter((k) => k.startsWith(`gpu.js:${mode}|`)).map((k) => k.split('|')[1]);
     if (reported.some((b) => b !== `gpu.js:${mode}`)) {
       log('');
-      log(`Note: the kernel forced to gpu.js mode '${mode}' reported its backend as ${reported.join(', ')} ` +
-        `(test/browser/gpu.test.ts checks which gpu.js kernel class really ran).`);
+      log(
+        `Note: the kernel forced to gpu.js mode '${mode}' reported its backend as ${reported.join(', ')} ` +
+          `(test/browser/gpu.test.ts checks which gpu.js kernel class really ran).`,
+      );
     }
   }
   log('');

@@ -67,10 +67,18 @@ async function main(): Promise<void> {
   const file = path.join(dir, 'lcm-sdxl.kohya.safetensors');
   const out = path.join(dir, 'lcm-sdxl.peft.safetensors');
   try {
-    const [gen] = await time(() => generateLora(file, 'sdxl', 'full', { rank: 64, alpha: 8, targets: 'lcm', format: 'kohya', dtype: 'F16' }));
+    const [gen] = await time(() =>
+      generateLora(file, 'sdxl', 'full', { rank: 64, alpha: 8, targets: 'lcm', format: 'kohya', dtype: 'F16' }),
+    );
     const size = (await fs.stat(file)).size;
     console.log(`generated ${size.toLocaleString('en-US')} bytes in ${gen.toFixed(2)} s`);
-    const t = { raw: [] as number[], inspect: [] as number[], load: [] as number[], save: [] as number[], rawWrite: [] as number[] };
+    const t = {
+      raw: [] as number[],
+      inspect: [] as number[],
+      load: [] as number[],
+      save: [] as number[],
+      rawWrite: [] as number[],
+    };
     let modules = 0;
     for (let r = 0; r < ROUNDS; r++) {
       t.raw.push((await time(() => rawRead(file)))[0]);
@@ -83,7 +91,9 @@ async function main(): Promise<void> {
       t.save.push(ts);
       t.rawWrite.push((await time(() => rawWrite(path.join(dir, 'raw.bin'), res.byteLength)))[0]);
       await fs.rm(out);
-      console.log(`round ${r + 1}: raw read ${t.raw.at(-1)!.toFixed(3)} s, inspect ${ti.toFixed(3)} s, load ${tl.toFixed(3)} s, save ${ts.toFixed(3)} s, raw write ${t.rawWrite.at(-1)!.toFixed(3)} s`);
+      console.log(
+        `round ${r + 1}: raw read ${t.raw.at(-1)!.toFixed(3)} s, inspect ${ti.toFixed(3)} s, load ${tl.toFixed(3)} s, save ${ts.toFixed(3)} s, raw write ${t.rawWrite.at(-1)!.toFixed(3)} s`,
+      );
     }
     const mb = size / 1e6;
     const m = Object.fromEntries(Object.entries(t).map(([k, v]) => [k, median(v)])) as Record<keyof typeof t, number>;
@@ -91,7 +101,9 @@ async function main(): Promise<void> {
     console.log(`modules: ${modules}; medians of ${ROUNDS} rounds`);
     console.log(`raw sequential read : ${m.raw.toFixed(3)} s  (${(mb / m.raw).toFixed(0)} MB/s)`);
     console.log(`inspectLora (plan)  : ${m.inspect.toFixed(3)} s`);
-    console.log(`loadLora            : ${m.load.toFixed(3)} s  (${(mb / m.load).toFixed(0)} MB/s, ${(m.load / m.raw).toFixed(2)}× raw read)`);
+    console.log(
+      `loadLora            : ${m.load.toFixed(3)} s  (${(mb / m.load).toFixed(0)} MB/s, ${(m.load / m.raw).toFixed(2)}× raw read)`,
+    );
     console.log(`raw write + fsync   : ${m.rawWrite.toFixed(3)} s`);
     console.log(`saveLora peft F16   : ${m.save.toFixed(3)} s  (${(m.save / m.rawWrite).toFixed(2)}× raw write)`);
     console.log(`peak RSS            : ${(process.resourceUsage().maxRSS / 1024).toFixed(0)} MB`);

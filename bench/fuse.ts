@@ -38,7 +38,18 @@
  * functions with the most self time. --clean deletes bench/out/ at the end. --json FILE writes every raw record.
  */
 import { spawnSync } from 'node:child_process';
-import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import {
+  closeSync,
+  existsSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  readSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -57,23 +68,57 @@ const HAVE_FINCORE = spawnSync('fincore', ['--version'], { encoding: 'utf8' }).s
 // Inputs
 
 type InputKind = 'base' | 'lcm' | 'style';
-interface InputSpec { arch: Arch; kind: InputKind }
+interface InputSpec {
+  arch: Arch;
+  kind: InputKind;
+}
 
 /** What each generated file is; stored in the sidecar so a changed spec regenerates the file. */
 function specOf(s: InputSpec): Record<string, unknown> {
   switch (s.kind) {
-    case 'base': return { fn: 'generateBaseCheckpoint', arch: s.arch, size: 'full', dtype: 'F16', seed: 7, v: 1 };
-    case 'lcm': return { fn: 'generateLora', arch: s.arch, size: 'full', rank: 64, alpha: 8, targets: 'lcm', format: 'kohya', kohyaPaths: 'diffusers', dtype: 'F16', seed: 11, v: 1 };
-    case 'style': return {
-      fn: 'generateLora', arch: s.arch, size: 'full', rank: 32, alpha: 16, targets: 'style', format: 'kohya',
-      kohyaPaths: s.arch === 'sd15' ? 'diffusers' : 'sgm', dtype: 'F16', seed: 22, v: 1,
-    };
+    case 'base':
+      return { fn: 'generateBaseCheckpoint', arch: s.arch, size: 'full', dtype: 'F16', seed: 7, v: 1 };
+    case 'lcm':
+      return {
+        fn: 'generateLora',
+        arch: s.arch,
+        size: 'full',
+        rank: 64,
+        alpha: 8,
+        targets: 'lcm',
+        format: 'kohya',
+        kohyaPaths: 'diffusers',
+        dtype: 'F16',
+        seed: 11,
+        v: 1,
+      };
+    case 'style':
+      return {
+        fn: 'generateLora',
+        arch: s.arch,
+        size: 'full',
+        rank: 32,
+        alpha: 16,
+        targets: 'style',
+        format: 'kohya',
+        kohyaPaths: s.arch === 'sd15' ? 'diffusers' : 'sgm',
+        dtype: 'F16',
+        seed: 22,
+        v: 1,
+      };
   }
 }
 
 const inputPath = (s: InputSpec): string => path.join(OUT, `${s.arch}-${s.kind}.f16.safetensors`);
 
-interface GenRecord { file: string; bytes: number; seconds: number; maxRssBytes: number | null; spec: Record<string, unknown>; cached: boolean }
+interface GenRecord {
+  file: string;
+  bytes: number;
+  seconds: number;
+  maxRssBytes: number | null;
+  spec: Record<string, unknown>;
+  cached: boolean;
+}
 
 /** Child-process entry: generate one input file. */
 async function generateOne(arch: Arch, kind: InputKind, file: string): Promise<void> {
@@ -83,8 +128,13 @@ async function generateOne(arch: Arch, kind: InputKind, file: string): Promise<v
     await generateBaseCheckpoint(file, arch, 'full', { dtype: 'F16', seed: s.seed as number });
   } else {
     await generateLora(file, arch, 'full', {
-      rank: s.rank as number, alpha: s.alpha as number, targets: s.targets as 'lcm' | 'style', format: 'kohya',
-      kohyaPaths: s.kohyaPaths as 'diffusers' | 'sgm', dtype: 'F16', seed: s.seed as number,
+      rank: s.rank as number,
+      alpha: s.alpha as number,
+      targets: s.targets as 'lcm' | 'style',
+      format: 'kohya',
+      kohyaPaths: s.kohyaPaths as 'diffusers' | 'sgm',
+      dtype: 'F16',
+      seed: s.seed as number,
     });
   }
 }
@@ -95,13 +145,30 @@ function ensureInput(s: InputSpec): GenRecord {
   const spec = specOf(s);
   if (existsSync(file) && existsSync(side)) {
     const saved = JSON.parse(readFileSync(side, 'utf8')) as GenRecord;
-    if (JSON.stringify(saved.spec) === JSON.stringify(spec) && statSync(file).size === saved.bytes) return { ...saved, cached: true };
+    if (JSON.stringify(saved.spec) === JSON.stringify(spec) && statSync(file).size === saved.bytes)
+      return { ...saved, cached: true };
   }
   rmSync(file, { force: true });
   process.stderr.write(`generating ${path.relative(ROOT, file)} …\n`);
-  const r = timed([process.execPath, '--import', 'tsx', fileURLToPath(import.meta.url), '--gen-one', s.arch, s.kind, file]);
+  const r = timed([
+    process.execPath,
+    '--import',
+    'tsx',
+    fileURLToPath(import.meta.url),
+    '--gen-one',
+    s.arch,
+    s.kind,
+    file,
+  ]);
   if (r.status !== 0) throw new Error(`generating ${file} failed (exit ${r.status}):\n${r.stderr.slice(-4000)}`);
-  const rec: GenRecord = { file: path.relative(ROOT, file), bytes: statSync(file).size, seconds: r.wall, maxRssBytes: r.time?.maxRssBytes ?? null, spec, cached: false };
+  const rec: GenRecord = {
+    file: path.relative(ROOT, file),
+    bytes: statSync(file).size,
+    seconds: r.wall,
+    maxRssBytes: r.time?.maxRssBytes ?? null,
+    spec,
+    cached: false,
+  };
   writeFileSync(side, `${JSON.stringify(rec, null, 2)}\n`);
   return rec;
 }
@@ -109,8 +176,23 @@ function ensureInput(s: InputSpec): GenRecord {
 // ---------------------------------------------------------------------------------------------------------------
 // Running children
 
-interface TimeV { maxRssBytes: number; userS: number; sysS: number; elapsedS: number; fsIn: number; fsOut: number; majorFaults: number; minorFaults: number }
-interface Timed { status: number | null; wall: number; stdout: string; stderr: string; time: TimeV | null }
+interface TimeV {
+  maxRssBytes: number;
+  userS: number;
+  sysS: number;
+  elapsedS: number;
+  fsIn: number;
+  fsOut: number;
+  majorFaults: number;
+  minorFaults: number;
+}
+interface Timed {
+  status: number | null;
+  wall: number;
+  stdout: string;
+  stderr: string;
+  time: TimeV | null;
+}
 
 /** Run argv under /usr/bin/time -v (when present); wall time measured here. */
 function timed(argv: string[], env?: NodeJS.ProcessEnv): Timed {
@@ -151,7 +233,9 @@ function residency(files: readonly string[]): number | null {
   let res = 0;
   let size = 0;
   for (const f of files) {
-    const r = spawnSync('fincore', ['--bytes', '--noheadings', '--raw', '--output', 'RES,SIZE', f], { encoding: 'utf8' });
+    const r = spawnSync('fincore', ['--bytes', '--noheadings', '--raw', '--output', 'RES,SIZE', f], {
+      encoding: 'utf8',
+    });
     const [a, b] = (r.stdout ?? '').trim().split(/\s+/).map(Number);
     if (r.status !== 0 || !Number.isFinite(a) || !Number.isFinite(b)) return null;
     res += a!;
@@ -251,10 +335,15 @@ const ALL_CASES: Case[] = ['copy', 'direct', 'cp', 'lcm', 'style', 'f32'];
 const isBaseline = (c: Case): boolean => c === 'copy' || c === 'direct' || c === 'cp';
 
 interface RunRecord {
-  arch: Arch; case: Case; round: number;
-  wall: number; time: TimeV | null;
+  arch: Arch;
+  case: Case;
+  round: number;
+  wall: number;
+  time: TimeV | null;
   /** Fraction of the inputs in the page cache before / after the warming read, and that read's seconds. */
-  cacheCold: number | null; cacheBefore: number | null; warmSeconds: number;
+  cacheCold: number | null;
+  cacheBefore: number | null;
+  warmSeconds: number;
   /** CPU busy fraction of the whole machine (both cores) in the second before the case started: other jobs. */
   busyBefore: number;
   /** Seconds waited for the machine to go quiet (--wait-idle). */
@@ -264,7 +353,8 @@ interface RunRecord {
    * minus the child's own user + sys time (NaN without /usr/bin/time).
    */
   otherDuring: number;
-  bytesRead: number; bytesWritten: number;
+  bytesRead: number;
+  bytesWritten: number;
   report?: FuseReport;
   /** Case 'direct': whether O_DIRECT was accepted (false: the file system refused it and the copy was buffered). */
   direct?: boolean;
@@ -324,16 +414,32 @@ function runCase(arch: Arch, c: Case, round: number, nodeFlags: string[] = []): 
   const { busy: busyBefore, waited } = waitIdle(WAIT_IDLE, IDLE_BELOW);
   const [b0] = cpuTimes();
   let r: Timed;
-  if (c === 'copy' || c === 'direct') r = timed([process.execPath, '-e', COPY_SCRIPT, base, out, c === 'copy' ? 'buffered' : 'direct']);
+  if (c === 'copy' || c === 'direct')
+    r = timed([process.execPath, '-e', COPY_SCRIPT, base, out, c === 'copy' ? 'buffered' : 'direct']);
   else if (c === 'cp') r = timed(['cp', '--reflink=never', base, out]);
   else r = timed([process.execPath, ...nodeFlags, CLI, ...fuseArgs(arch, c, out)]);
   const [b1] = cpuTimes();
   const own = r.time ? r.time.userS + r.time.sysS : NaN;
   const otherDuring = Math.max(0, (b1 - b0) / USER_HZ - own) / (r.wall * os.cpus().length);
   try {
-    if (r.status !== 0) throw new Error(`${arch} ${c} failed (exit ${r.status}):\n${r.stdout.slice(-2000)}\n${r.stderr.slice(-4000)}`);
+    if (r.status !== 0)
+      throw new Error(`${arch} ${c} failed (exit ${r.status}):\n${r.stdout.slice(-2000)}\n${r.stderr.slice(-4000)}`);
     const written = statSync(out).size;
-    const rec: RunRecord = { arch, case: c, round, wall: r.wall, time: r.time, cacheCold, cacheBefore, warmSeconds, busyBefore, waited, otherDuring, bytesRead: statSync(base).size, bytesWritten: written };
+    const rec: RunRecord = {
+      arch,
+      case: c,
+      round,
+      wall: r.wall,
+      time: r.time,
+      cacheCold,
+      cacheBefore,
+      warmSeconds,
+      busyBefore,
+      waited,
+      otherDuring,
+      bytesRead: statSync(base).size,
+      bytesWritten: written,
+    };
     if (c === 'direct') rec.direct = (JSON.parse(r.stdout) as { direct: boolean }).direct;
     if (!isBaseline(c)) {
       const report = JSON.parse(r.stdout) as FuseReport;
@@ -350,25 +456,41 @@ function runCase(arch: Arch, c: Case, round: number, nodeFlags: string[] = []): 
 // ---------------------------------------------------------------------------------------------------------------
 // CPU profile summary
 
-interface ProfNode { id: number; callFrame: { functionName: string; url: string; lineNumber: number }; children?: number[] }
-interface Profile { nodes: ProfNode[]; samples: number[]; timeDeltas: number[]; startTime: number; endTime: number }
+interface ProfNode {
+  id: number;
+  callFrame: { functionName: string; url: string; lineNumber: number };
+  children?: number[];
+}
+interface Profile {
+  nodes: ProfNode[];
+  samples: number[];
+  timeDeltas: number[];
+  startTime: number;
+  endTime: number;
+}
 
 function summariseProfile(file: string, top = 25): string {
   const p = JSON.parse(readFileSync(file, 'utf8')) as Profile;
   const self = new Map<number, number>();
-  for (let i = 0; i < p.samples.length; i++) self.set(p.samples[i]!, (self.get(p.samples[i]!) ?? 0) + (p.timeDeltas[i] ?? 0));
+  for (let i = 0; i < p.samples.length; i++)
+    self.set(p.samples[i]!, (self.get(p.samples[i]!) ?? 0) + (p.timeDeltas[i] ?? 0));
   const byFn = new Map<string, number>();
   for (const n of p.nodes) {
     const t = self.get(n.id) ?? 0;
     if (t === 0) continue;
     const url = n.callFrame.url.replace(/^file:\/\//, '').replace(`${ROOT}/`, '');
-    const name = `${n.callFrame.functionName || '(anonymous)'} ${url ? `${url}:${n.callFrame.lineNumber + 1}` : ''}`.trim();
+    const name =
+      `${n.callFrame.functionName || '(anonymous)'} ${url ? `${url}:${n.callFrame.lineNumber + 1}` : ''}`.trim();
     byFn.set(name, (byFn.get(name) ?? 0) + t);
   }
   const total = p.endTime - p.startTime;
   const rows = [...byFn].sort((a, b) => b[1] - a[1]).slice(0, top);
-  return [`${path.basename(file)}: ${(total / 1e6).toFixed(2)} s sampled`,
-    ...rows.map(([n, t]) => `  ${(t / 1e6).toFixed(3).padStart(7)} s ${((100 * t) / total).toFixed(1).padStart(5)} %  ${n}`)].join('\n');
+  return [
+    `${path.basename(file)}: ${(total / 1e6).toFixed(2)} s sampled`,
+    ...rows.map(
+      ([n, t]) => `  ${(t / 1e6).toFixed(3).padStart(7)} s ${((100 * t) / total).toFixed(1).padStart(5)} %  ${n}`,
+    ),
+  ].join('\n');
 }
 
 function profileCase(arch: Arch, c: Case): string {
@@ -376,8 +498,12 @@ function profileCase(arch: Arch, c: Case): string {
   rmSync(dir, { recursive: true, force: true });
   mkdirSync(dir, { recursive: true });
   const rec = runCase(arch, c, -1, ['--cpu-prof', '--cpu-prof-dir', dir]);
-  const files = readdirSync(dir).filter((f) => f.endsWith('.cpuprofile')).map((f) => path.join(dir, f));
-  const lines = [`profile of ${arch} ${c}: wall ${rec.wall.toFixed(2)} s (profiling on), ${files.length} profile(s) in ${path.relative(ROOT, dir)}`];
+  const files = readdirSync(dir)
+    .filter((f) => f.endsWith('.cpuprofile'))
+    .map((f) => path.join(dir, f));
+  const lines = [
+    `profile of ${arch} ${c}: wall ${rec.wall.toFixed(2)} s (profiling on), ${files.length} profile(s) in ${path.relative(ROOT, dir)}`,
+  ];
   for (const f of files) lines.push(summariseProfile(f));
   return lines.join('\n');
 }
@@ -390,7 +516,8 @@ function median(xs: readonly number[]): number {
   const m = s.length >> 1;
   return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 }
-const range = (xs: readonly number[], d: number): string => `${Math.min(...xs).toFixed(d)}–${Math.max(...xs).toFixed(d)}`;
+const range = (xs: readonly number[], d: number): string =>
+  `${Math.min(...xs).toFixed(d)}–${Math.max(...xs).toFixed(d)}`;
 const GB = (b: number): string => (b / 1e9).toFixed(2);
 const MB = (b: number): string => (b / 1e6).toFixed(0);
 
@@ -406,7 +533,9 @@ function roundRatio(rs: readonly RunRecord[], baselines: readonly RunRecord[]): 
 
 function table(records: readonly RunRecord[], gens: readonly GenRecord[]): string {
   const lines: string[] = [];
-  lines.push('| arch | case | runs | wall s median (range) | ÷ copy | ÷ direct copy | fuse s (report) | kernel s | GFLOP | GFLOP/s median (range) | peak RSS MB median (max) | CPU s user + sys | read GB | written GB |');
+  lines.push(
+    '| arch | case | runs | wall s median (range) | ÷ copy | ÷ direct copy | fuse s (report) | kernel s | GFLOP | GFLOP/s median (range) | peak RSS MB median (max) | CPU s user + sys | read GB | written GB |',
+  );
   lines.push('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|');
   const archs = [...new Set(records.map((r) => r.arch))];
   const ratio = (rs: readonly RunRecord[], base: readonly RunRecord[], self: boolean): string => {
@@ -425,20 +554,29 @@ function table(records: readonly RunRecord[], gens: readonly GenRecord[]): strin
       const rss = rs.map((r) => r.time?.maxRssBytes ?? r.report?.peakRssBytes ?? NaN);
       const user = median(rs.map((r) => r.time?.userS ?? NaN));
       const sys = median(rs.map((r) => r.time?.sysS ?? NaN));
-      lines.push(`| ${[
-        arch, c === 'direct' && rs.some((r) => r.direct === false) ? 'direct (refused: buffered)' : c, rs.length,
-        `${median(walls).toFixed(2)} (${range(walls, 2)})`,
-        ratio(rs, copy, c === 'copy'),
-        ratio(rs, direct, c === 'direct'),
-        rep.length ? median(rep.map((r) => r.seconds)).toFixed(2) : '—',
-        rep.length ? median(rep.map((r) => r.kernelSeconds)).toFixed(2) : '—',
-        rep.length ? (median(rep.map((r) => r.flops)) / 1e9).toFixed(1) : '—',
-        rep.length ? `${median(rep.map((r) => r.gflops)).toFixed(1)} (${range(rep.map((r) => r.gflops), 1)})` : '—',
-        `${MB(median(rss))} (${MB(Math.max(...rss))})`,
-        `${user.toFixed(1)} + ${sys.toFixed(1)}`,
-        GB(median(rs.map((r) => r.bytesRead))),
-        GB(median(rs.map((r) => r.bytesWritten))),
-      ].join(' | ')} |`);
+      lines.push(
+        `| ${[
+          arch,
+          c === 'direct' && rs.some((r) => r.direct === false) ? 'direct (refused: buffered)' : c,
+          rs.length,
+          `${median(walls).toFixed(2)} (${range(walls, 2)})`,
+          ratio(rs, copy, c === 'copy'),
+          ratio(rs, direct, c === 'direct'),
+          rep.length ? median(rep.map((r) => r.seconds)).toFixed(2) : '—',
+          rep.length ? median(rep.map((r) => r.kernelSeconds)).toFixed(2) : '—',
+          rep.length ? (median(rep.map((r) => r.flops)) / 1e9).toFixed(1) : '—',
+          rep.length
+            ? `${median(rep.map((r) => r.gflops)).toFixed(1)} (${range(
+                rep.map((r) => r.gflops),
+                1,
+              )})`
+            : '—',
+          `${MB(median(rss))} (${MB(Math.max(...rss))})`,
+          `${user.toFixed(1)} + ${sys.toFixed(1)}`,
+          GB(median(rs.map((r) => r.bytesRead))),
+          GB(median(rs.map((r) => r.bytesWritten))),
+        ].join(' | ')} |`,
+      );
     }
   }
   const pct = (xs: readonly (number | null)[]): string => {
@@ -446,14 +584,18 @@ function table(records: readonly RunRecord[], gens: readonly GenRecord[]): strin
     return v.length ? `${(100 * Math.min(...v)).toFixed(0)}–${(100 * Math.max(...v)).toFixed(0)} %` : 'n/a';
   };
   lines.push('');
-  lines.push(`Ratios are medians over rounds of wall(case) ÷ wall(baseline) in the same round. Page cache: inputs ${pct(records.map((r) => r.cacheCold))} ` +
-    `resident before the warming read, ${pct(records.map((r) => r.cacheBefore))} after it. Other processes' CPU use: ${pct(records.map((r) => r.busyBefore))} ` +
-    `in the second before a case, ${pct(records.map((r) => r.otherDuring))} of both cores during one.`);
+  lines.push(
+    `Ratios are medians over rounds of wall(case) ÷ wall(baseline) in the same round. Page cache: inputs ${pct(records.map((r) => r.cacheCold))} ` +
+      `resident before the warming read, ${pct(records.map((r) => r.cacheBefore))} after it. Other processes' CPU use: ${pct(records.map((r) => r.busyBefore))} ` +
+      `in the second before a case, ${pct(records.map((r) => r.otherDuring))} of both cores during one.`,
+  );
   lines.push('');
   lines.push('Inputs:');
   for (const g of gens) {
-    lines.push(`- ${g.file}: ${g.bytes.toLocaleString('en-US')} bytes, generated in ${g.seconds.toFixed(1)} s` +
-      `${g.maxRssBytes !== null ? `, peak RSS ${MB(g.maxRssBytes)} MB` : ''}${g.cached ? ' (cached from an earlier run)' : ''}`);
+    lines.push(
+      `- ${g.file}: ${g.bytes.toLocaleString('en-US')} bytes, generated in ${g.seconds.toFixed(1)} s` +
+        `${g.maxRssBytes !== null ? `, peak RSS ${MB(g.maxRssBytes)} MB` : ''}${g.cached ? ' (cached from an earlier run)' : ''}`,
+    );
   }
   const first = records.find((r) => r.report)?.report;
   if (first) lines.push(`- kernel: ${first.kernel}, backend ${first.backend}`);
@@ -461,8 +603,10 @@ function table(records: readonly RunRecord[], gens: readonly GenRecord[]): strin
     for (const c of ['lcm', 'style'] as const) {
       const r = records.find((x) => x.arch === arch && x.case === c)?.report;
       if (r) {
-        lines.push(`- ${arch} ${c}: ${r.modulesFused} modules fused (${r.inputs.map((i) => `${path.basename(i.source)} ${i.format} ${i.modules} modules ×${i.weight}`).join(', ')}); ` +
-          `tensors ${r.tensors.total} (${r.tensors.fused} fused, ${r.tensors.copied} copied, ${r.tensors.converted} converted); overflow ${r.overflow.total}`);
+        lines.push(
+          `- ${arch} ${c}: ${r.modulesFused} modules fused (${r.inputs.map((i) => `${path.basename(i.source)} ${i.format} ${i.modules} modules ×${i.weight}`).join(', ')}); ` +
+            `tensors ${r.tensors.total} (${r.tensors.fused} fused, ${r.tensors.copied} copied, ${r.tensors.converted} converted); overflow ${r.overflow.total}`,
+        );
       }
     }
   }
@@ -514,29 +658,41 @@ async function main(): Promise<void> {
 
   const cpu = os.cpus();
   const started = new Date();
-  process.stderr.write(`machine: ${cpu.length} × ${cpu[0]?.model}, ${GB(os.totalmem())} GB RAM, Node ${process.version}, ` +
-    `load ${os.loadavg().map((x) => x.toFixed(2)).join(' ')}, ${started.toUTCString()}\n`);
+  process.stderr.write(
+    `machine: ${cpu.length} × ${cpu[0]?.model}, ${GB(os.totalmem())} GB RAM, Node ${process.version}, ` +
+      `load ${os
+        .loadavg()
+        .map((x) => x.toFixed(2))
+        .join(' ')}, ${started.toUTCString()}\n`,
+  );
   const records: RunRecord[] = [];
   for (const arch of archs) {
     for (let round = 0; round < Math.max(runs, extraRuns); round++) {
       for (const c of cases) {
-        if ((c === 'style' || c === 'f32') ? round >= extraRuns : round >= runs) continue;
+        if (c === 'style' || c === 'f32' ? round >= extraRuns : round >= runs) continue;
         const rec = runCase(arch, c, round);
         records.push(rec);
         const rep = rec.report;
-        process.stderr.write(`${arch} ${c.padEnd(5)} round ${round + 1}: ${rec.wall.toFixed(2)} s` +
-          (rep ? `, kernel ${rep.kernelSeconds.toFixed(2)} s, ${rep.gflops.toFixed(1)} GFLOP/s` : '') +
-          `, RSS ${rec.time ? MB(rec.time.maxRssBytes) : rep?.peakRssBytes !== undefined ? MB(rep.peakRssBytes) : '?'} MB` +
-          `, cache ${rec.cacheCold === null ? '?' : `${(100 * rec.cacheCold).toFixed(0)} %`} → ${rec.cacheBefore === null ? '?' : `${(100 * rec.cacheBefore).toFixed(0)} %`} (warming read ${rec.warmSeconds.toFixed(1)} s)` +
-          `, busy before ${(100 * rec.busyBefore).toFixed(0)} %${rec.waited > 0.5 ? ` (waited ${rec.waited.toFixed(0)} s)` : ''}` +
-          `, others during ${(100 * rec.otherDuring).toFixed(0)} %` +
-          `, load ${os.loadavg()[0]!.toFixed(2)}\n`);
+        process.stderr.write(
+          `${arch} ${c.padEnd(5)} round ${round + 1}: ${rec.wall.toFixed(2)} s` +
+            (rep ? `, kernel ${rep.kernelSeconds.toFixed(2)} s, ${rep.gflops.toFixed(1)} GFLOP/s` : '') +
+            `, RSS ${rec.time ? MB(rec.time.maxRssBytes) : rep?.peakRssBytes !== undefined ? MB(rep.peakRssBytes) : '?'} MB` +
+            `, cache ${rec.cacheCold === null ? '?' : `${(100 * rec.cacheCold).toFixed(0)} %`} → ${rec.cacheBefore === null ? '?' : `${(100 * rec.cacheBefore).toFixed(0)} %`} (warming read ${rec.warmSeconds.toFixed(1)} s)` +
+            `, busy before ${(100 * rec.busyBefore).toFixed(0)} %${rec.waited > 0.5 ? ` (waited ${rec.waited.toFixed(0)} s)` : ''}` +
+            `, others during ${(100 * rec.otherDuring).toFixed(0)} %` +
+            `, load ${os.loadavg()[0]!.toFixed(2)}\n`,
+        );
       }
     }
   }
   const finished = new Date();
-  process.stdout.write(`\ncli: ${path.relative(ROOT, CLI)}\nmachine: ${cpu.length} × ${cpu[0]?.model}, Node ${process.version}; ${started.toUTCString()} – ` +
-    `${finished.toUTCString()} (${((finished.getTime() - started.getTime()) / 1000).toFixed(0)} s); load at end ${os.loadavg().map((x) => x.toFixed(2)).join(' ')}\n\n`);
+  process.stdout.write(
+    `\ncli: ${path.relative(ROOT, CLI)}\nmachine: ${cpu.length} × ${cpu[0]?.model}, Node ${process.version}; ${started.toUTCString()} – ` +
+      `${finished.toUTCString()} (${((finished.getTime() - started.getTime()) / 1000).toFixed(0)} s); load at end ${os
+        .loadavg()
+        .map((x) => x.toFixed(2))
+        .join(' ')}\n\n`,
+  );
   process.stdout.write(`${table(records, gens)}\n`);
   if (jsonOut) writeFileSync(jsonOut, `${JSON.stringify({ started, finished, gens, records }, null, 2)}\n`);
   if (profile) {
@@ -549,6 +705,6 @@ async function main(): Promise<void> {
 }
 
 main().catch((e: unknown) => {
-  process.stderr.write(`${e instanceof Error ? e.stack ?? e.message : String(e)}\n`);
+  process.stderr.write(`${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`);
   process.exitCode = 1;
 });

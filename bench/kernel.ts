@@ -113,9 +113,14 @@ async function main(): Promise<void> {
     lines.push(s);
     process.stdout.write(`${s}\n`);
   };
-  log(`machine: ${os.cpus().length} cpus, ${os.cpus()[0]?.model}, node ${process.version}, ` +
-    `execArgv [${process.execArgv.filter((a) => !a.includes('tsx')).join(' ')}], relaxed SIMD ${relaxedOk ? 'on' : 'off'}, ` +
-    `load average ${os.loadavg().map((x) => x.toFixed(2)).join(' ')}`);
+  log(
+    `machine: ${os.cpus().length} cpus, ${os.cpus()[0]?.model}, node ${process.version}, ` +
+      `execArgv [${process.execArgv.filter((a) => !a.includes('tsx')).join(' ')}], relaxed SIMD ${relaxedOk ? 'on' : 'off'}, ` +
+      `load average ${os
+        .loadavg()
+        .map((x) => x.toFixed(2))
+        .join(' ')}`,
+  );
   log(`date: ${new Date().toISOString()}   rounds: ${ROUNDS}, rank ${RANK}`);
   log();
 
@@ -135,9 +140,42 @@ async function main(): Promise<void> {
     }
     // baselines: f16 in/out (what a fuse does); plain JS and gpu.js webasm are ~1 GFLOP/s, so fewer rounds
     const src16 = fill(rows, cols, 'F16');
-    configs.push({ label: 'naive JS f32 (i,k,j)', kernel: kernels.naive, dt: 'F32', rows, cols, times: [], cpu: [], src: fill(rows, cols, 'F32'), job: j, reps: 0 });
-    configs.push({ label: 'plain JS (f64)', kernel: kernels.js, dt: 'F16', rows, cols, times: [], cpu: [], src: src16, job: j, reps: 0 });
-    configs.push({ label: 'gpu.js webasm', kernel: gpuWebasm, dt: 'F16', rows, cols, times: [], cpu: [], src: src16, job: j, reps: 0 });
+    configs.push({
+      label: 'naive JS f32 (i,k,j)',
+      kernel: kernels.naive,
+      dt: 'F32',
+      rows,
+      cols,
+      times: [],
+      cpu: [],
+      src: fill(rows, cols, 'F32'),
+      job: j,
+      reps: 0,
+    });
+    configs.push({
+      label: 'plain JS (f64)',
+      kernel: kernels.js,
+      dt: 'F16',
+      rows,
+      cols,
+      times: [],
+      cpu: [],
+      src: src16,
+      job: j,
+      reps: 0,
+    });
+    configs.push({
+      label: 'gpu.js webasm',
+      kernel: gpuWebasm,
+      dt: 'F16',
+      rows,
+      cols,
+      times: [],
+      cpu: [],
+      src: src16,
+      job: j,
+      reps: 0,
+    });
   }
 
   // warm-up: every WASM config once (grows memory, tiers up)
@@ -168,7 +206,9 @@ async function main(): Promise<void> {
       const med = median(c.times);
       const best = Math.min(...c.times);
       const util = c.cpu.reduce((a, b) => a + b, 0) / c.times.reduce((a, b) => a + b, 0);
-      log(`| ${c.label} | ${c.dt} | ${(flop / med / 1e9).toFixed(1)} | ${(flop / best / 1e9).toFixed(1)} | ${(med * 1000).toFixed(2)} | ${(flop / med / 1e9 / jsGf).toFixed(1)}× | ${util.toFixed(2)} |`);
+      log(
+        `| ${c.label} | ${c.dt} | ${(flop / med / 1e9).toFixed(1)} | ${(flop / best / 1e9).toFixed(1)} | ${(med * 1000).toFixed(2)} | ${(flop / med / 1e9 / jsGf).toFixed(1)}× | ${util.toFixed(2)} |`,
+      );
     }
     log();
   }
@@ -211,11 +251,18 @@ async function main(): Promise<void> {
     ops.forEach(([name], i) => {
       const w = n / median(tw[i]!) / 1e9;
       const s = n / median(ts[i]!) / 1e9;
-      log(`| ${name} | ${w.toFixed(2)} | ${(n / Math.min(...tw[i]!) / 1e9).toFixed(2)} | ${s.toFixed(2)} | ${(w / s).toFixed(1)}× |`);
+      log(
+        `| ${name} | ${w.toFixed(2)} | ${(n / Math.min(...tw[i]!) / 1e9).toFixed(2)} | ${s.toFixed(2)} | ${(w / s).toFixed(1)}× |`,
+      );
     });
     log();
   }
-  log(`load average after: ${os.loadavg().map((x) => x.toFixed(2)).join(' ')}`);
+  log(
+    `load average after: ${os
+      .loadavg()
+      .map((x) => x.toFixed(2))
+      .join(' ')}`,
+  );
 
   for (const k of Object.values(kernels)) await k.dispose();
   await gpuWebasm.dispose();

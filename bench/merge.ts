@@ -37,7 +37,11 @@ function filler(seed: number): (n: number, scale: number) => Float32Array {
   return (n, scale) => {
     const a = new Float32Array(n);
     for (let i = 0; i < n; i++) {
-      s ^= s << 13; s >>>= 0; s ^= s >>> 17; s ^= s << 5; s >>>= 0;
+      s ^= s << 13;
+      s >>>= 0;
+      s ^= s >>> 17;
+      s ^= s << 5;
+      s >>>= 0;
       a[i] = (s / 4294967296 - 0.5) * scale;
     }
     return a;
@@ -83,7 +87,8 @@ function denseRankK(terms: FactorTerm[], out: number, n: number, k: number): { e
   // Gram of the smaller side: rows of D (out ≤ n) or rows of Dᵀ.
   const small = Math.min(out, n);
   const G = new Float64Array(small * small);
-  let X = D, len = n;
+  let X = D,
+    len = n;
   if (out > n) {
     X = new Float64Array(n * out);
     for (let o = 0; o < out; o++) for (let i = 0; i < n; i++) X[i * out + o] = D[o * n + i]!;
@@ -111,18 +116,20 @@ async function child(phase: Phase): Promise<Record<string, number>> {
   if (phase === 'copy') {
     let n = 0;
     const keep: Float32Array[] = [];
-    for (const l of [lcm, style]) for (const m of l.modules.values()) {
-      keep.push(Float32Array.from(m.up.data), Float32Array.from(m.down.data));
-      n += m.up.data.length + m.down.data.length;
-    }
+    for (const l of [lcm, style])
+      for (const m of l.modules.values()) {
+        keep.push(Float32Array.from(m.up.data), Float32Array.from(m.down.data));
+        n += m.up.data.length + m.down.data.length;
+      }
     result.values = n;
   } else if (phase === 'exact') {
     const { report } = mergeLoras([lcm, style], [1, 0.8]);
     result.modules = report.written;
   } else if (phase === 'reduce' || phase === 'reduce-threads') {
-    const { report } = phase === 'reduce'
-      ? mergeLoras([lcm, style], [1, 0.8], { rank: 64 })
-      : await mergeLorasParallel([lcm, style], [1, 0.8], { rank: 64 });
+    const { report } =
+      phase === 'reduce'
+        ? mergeLoras([lcm, style], [1, 0.8], { rank: 64 })
+        : await mergeLorasParallel([lcm, style], [1, 0.8], { rank: 64 });
     result.modules = report.written;
     result.reduced = report.modules.filter((m) => m.rankAfter < m.rankBefore).length;
     result.meanNormKept = report.meanNormKept;
@@ -137,11 +144,13 @@ async function child(phase: Phase): Promise<Record<string, number>> {
     ];
     const reducer = new RankReducer();
     for (const [i, path] of samples.entries()) {
-      const a = lcm.modules.get(path)!, b = style.modules.get(path)!;
-      const out = a.up.shape[0]!, n = a.down.size / 64;
+      const a = lcm.modules.get(path)!,
+        b = style.modules.get(path)!;
+      const out = a.up.shape[0]!,
+        n = a.down.size / 64;
       const terms: FactorTerm[] = [
-        { coef: 1 * a.alpha / 64, rank: 64, up: a.up.data, down: a.down.data },
-        { coef: 0.8 * b.alpha / 32, rank: 32, up: b.up.data, down: b.down.data },
+        { coef: (1 * a.alpha) / 64, rank: 64, up: a.up.data, down: a.down.data },
+        { coef: (0.8 * b.alpha) / 32, rank: 32, up: b.up.data, down: b.down.data },
       ];
       const times: number[] = [];
       let factorError = 0;
@@ -180,35 +189,58 @@ async function driver(): Promise<void> {
   for (const phase of phases) {
     const n = phase === 'dense' ? 1 : runs;
     for (let r = 0; r < n; r++) {
-      const p = spawnSync(process.execPath, [...process.execArgv, process.argv[1]!, '--child', phase], { encoding: 'utf8', maxBuffer: 1 << 24 });
+      const p = spawnSync(process.execPath, [...process.execArgv, process.argv[1]!, '--child', phase], {
+        encoding: 'utf8',
+        maxBuffer: 1 << 24,
+      });
       if (p.status !== 0) throw new Error(`phase ${phase} failed: ${p.stderr}`);
       const line = p.stdout.trim().split('\n').pop()!;
       const rec = JSON.parse(line) as Record<string, number>;
       (results.get(phase) ?? results.set(phase, []).get(phase)!).push(rec);
-      process.stderr.write(`${phase} run ${r + 1}/${n}: ${rec.seconds!.toFixed(2)} s, maxRSS ${rec.maxRssMB!.toFixed(0)} MB, load ${os.loadavg()[0]!.toFixed(2)}\n`);
+      process.stderr.write(
+        `${phase} run ${r + 1}/${n}: ${rec.seconds!.toFixed(2)} s, maxRSS ${rec.maxRssMB!.toFixed(0)} MB, load ${os.loadavg()[0]!.toFixed(2)}\n`,
+      );
     }
   }
   const med = (phase: Phase, key: string) => median((results.get(phase) ?? []).map((r) => r[key]!));
   const lines: string[] = [];
-  lines.push(`machine: ${os.cpus().length} cores, ${os.cpus()[0]!.model}, Node ${process.version}; date ${new Date().toUTCString()}; load ${os.loadavg().map((x) => x.toFixed(2)).join(' ')}`);
+  lines.push(
+    `machine: ${os.cpus().length} cores, ${os.cpus()[0]!.model}, Node ${process.version}; date ${new Date().toUTCString()}; load ${os
+      .loadavg()
+      .map((x) => x.toFixed(2))
+      .join(' ')}`,
+  );
   lines.push('| phase | median s | median maxRSS MB | runs | notes |');
   lines.push('|---|---|---|---|---|');
   for (const phase of phases.filter((p) => p !== 'dense')) {
     const rs = results.get(phase)!;
-    const notes = phase === 'reduce' || phase === 'reduce-threads'
-      ? `${rs[0]!.reduced} modules reduced, mean norm kept ${rs[0]!.meanNormKept!.toFixed(4)}, relative error ${rs[0]!.relativeError!.toExponential(3)}`
-      : phase === 'copy' ? `${(rs[0]!.values! / 1e6).toFixed(1)} M values` : `${rs[0]!.modules} modules`;
-    lines.push(`| ${phase} | ${med(phase, 'seconds').toFixed(2)} | ${med(phase, 'maxRssMB').toFixed(0)} | ${rs.map((r) => r.seconds!.toFixed(2)).join(', ')} | ${notes} |`);
+    const notes =
+      phase === 'reduce' || phase === 'reduce-threads'
+        ? `${rs[0]!.reduced} modules reduced, mean norm kept ${rs[0]!.meanNormKept!.toFixed(4)}, relative error ${rs[0]!.relativeError!.toExponential(3)}`
+        : phase === 'copy'
+          ? `${(rs[0]!.values! / 1e6).toFixed(1)} M values`
+          : `${rs[0]!.modules} modules`;
+    lines.push(
+      `| ${phase} | ${med(phase, 'seconds').toFixed(2)} | ${med(phase, 'maxRssMB').toFixed(0)} | ${rs.map((r) => r.seconds!.toFixed(2)).join(', ')} | ${notes} |`,
+    );
   }
-  if (results.has('copy') && results.has('exact')) lines.push(`exact / copy = ${(med('exact', 'seconds') / med('copy', 'seconds')).toFixed(2)}×`);
-  if (results.has('reduce') && results.has('reduce-threads')) lines.push(`reduce / reduce-threads = ${(med('reduce', 'seconds') / med('reduce-threads', 'seconds')).toFixed(2)}×`);
+  if (results.has('copy') && results.has('exact'))
+    lines.push(`exact / copy = ${(med('exact', 'seconds') / med('copy', 'seconds')).toFixed(2)}×`);
+  if (results.has('reduce') && results.has('reduce-threads'))
+    lines.push(
+      `reduce / reduce-threads = ${(med('reduce', 'seconds') / med('reduce-threads', 'seconds')).toFixed(2)}×`,
+    );
   if (results.has('dense')) {
     const d = results.get('dense')![0]!;
-    lines.push('| module (out × n) | factor method ms (median of 5) | dense SVD ms (1 run) | dense / factor | relative difference of the errors |');
+    lines.push(
+      '| module (out × n) | factor method ms (median of 5) | dense SVD ms (1 run) | dense / factor | relative difference of the errors |',
+    );
     lines.push('|---|---|---|---|---|');
     for (let i = 0; d[`m${i}_shape`] !== undefined; i++) {
       const shape = d[`m${i}_shape`]!;
-      lines.push(`| ${Math.floor(shape / 100000)} × ${shape % 100000} | ${d[`m${i}_factorMs`]!.toFixed(1)} | ${d[`m${i}_denseMs`]!.toFixed(0)} | ${(d[`m${i}_denseMs`]! / d[`m${i}_factorMs`]!).toFixed(0)}× | ${d[`m${i}_errorDiff`]!.toExponential(1)} |`);
+      lines.push(
+        `| ${Math.floor(shape / 100000)} × ${shape % 100000} | ${d[`m${i}_factorMs`]!.toFixed(1)} | ${d[`m${i}_denseMs`]!.toFixed(0)} | ${(d[`m${i}_denseMs`]! / d[`m${i}_factorMs`]!).toFixed(0)}× | ${d[`m${i}_errorDiff`]!.toExponential(1)} |`,
+      );
     }
   }
   process.stdout.write(`${lines.join('\n')}\n`);

@@ -20,11 +20,21 @@ import { execSync } from 'node:child_process';
 import { getLayout, singleFileTensors } from '../src/layout/index.js';
 import { openSafetensors } from '../src/node/files.js';
 import {
-  f16ToF32, f32ToF16, bf16ToF32, f32ToBf16, getBulkConvert, setBulkConvert, writeSafetensors, type TensorToWrite,
+  f16ToF32,
+  f32ToF16,
+  bf16ToF32,
+  f32ToBf16,
+  getBulkConvert,
+  setBulkConvert,
+  writeSafetensors,
+  type TensorToWrite,
 } from '../src/safetensors/index.js';
 
 const args = process.argv.slice(2);
-const ROUNDS = Number(args[args.indexOf('--rounds') + 1]) > 0 && args.includes('--rounds') ? Number(args[args.indexOf('--rounds') + 1]) : 5;
+const ROUNDS =
+  Number(args[args.indexOf('--rounds') + 1]) > 0 && args.includes('--rounds')
+    ? Number(args[args.indexOf('--rounds') + 1])
+    : 5;
 const KEEP = args.includes('--keep');
 const RECORD = args.includes('--record');
 
@@ -60,7 +70,7 @@ const pattern = new Float32Array(maxElems);
 let seed = 1;
 for (let i = 0; i < pattern.length; i++) {
   seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0;
-  pattern[i] = ((seed / 2 ** 32) - 0.5) * 0.07;
+  pattern[i] = (seed / 2 ** 32 - 0.5) * 0.07;
 }
 const pattern16 = f32ToF16(pattern);
 
@@ -70,39 +80,59 @@ const file = path.join(dir, 'sd15-f16.safetensors');
 try {
   const cpu = os.cpus()[0]?.model ?? 'unknown';
   log(`machine: ${os.cpus().length} cores, ${cpu}, Node ${process.version}, ${os.platform()} ${os.release()}`);
-  log(`date: ${execSync('date -u').toString().trim()}; load average at start ${os.loadavg().map((x) => x.toFixed(2)).join(' ')} ` +
-    `(other jobs share this 2-core machine, so absolute figures are noisy; the ratios compare runs interleaved in time)`);
-  log(`workload: ${tensors.length} tensors with the SD1.5 single-file names and shapes (UNet + text encoder), ` +
-    `${(totalElems / 1e6).toFixed(1)} M F16 elements`);
+  log(
+    `date: ${execSync('date -u').toString().trim()}; load average at start ${os
+      .loadavg()
+      .map((x) => x.toFixed(2))
+      .join(' ')} ` +
+      `(other jobs share this 2-core machine, so absolute figures are noisy; the ratios compare runs interleaved in time)`,
+  );
+  log(
+    `workload: ${tensors.length} tensors with the SD1.5 single-file names and shapes (UNet + text encoder), ` +
+      `${(totalElems / 1e6).toFixed(1)} M F16 elements`,
+  );
 
   // Write --------------------------------------------------------------------------------------------------------
-  const toWrite = (): TensorToWrite[] => tensors.map((t, i) => ({
-    name: t.key, dtype: 'F16', shape: t.shape, data: () => pattern16.subarray(0, numels[i]!),
-  }));
+  const toWrite = (): TensorToWrite[] =>
+    tensors.map((t, i) => ({
+      name: t.key,
+      dtype: 'F16',
+      shape: t.shape,
+      data: () => pattern16.subarray(0, numels[i]!),
+    }));
   const writeTimes: number[] = [];
   let fileSize = 0;
   for (let r = 0; r < Math.min(ROUNDS, 3); r++) {
-    writeTimes.push(await time(async () => {
-      fileSize = (await writeSafetensors(file, toWrite(), { metadata: { format: 'pt', bench: 'lora-mix' } })).byteLength;
-    }));
+    writeTimes.push(
+      await time(async () => {
+        fileSize = (await writeSafetensors(file, toWrite(), { metadata: { format: 'pt', bench: 'lora-mix' } }))
+          .byteLength;
+      }),
+    );
   }
   log(`file: ${(fileSize / GB).toFixed(3)} GB`);
-  log(`write (writeSafetensors to a path: temp file, fsync, rename): median ${median(writeTimes).toFixed(2)} s ` +
-    `= ${(fileSize / GB / median(writeTimes)).toFixed(2)} GB/s over ${writeTimes.length} rounds`);
+  log(
+    `write (writeSafetensors to a path: temp file, fsync, rename): median ${median(writeTimes).toFixed(2)} s ` +
+      `= ${(fileSize / GB / median(writeTimes)).toFixed(2)} GB/s over ${writeTimes.length} rounds`,
+  );
 
   // Header parse -------------------------------------------------------------------------------------------------
   const parseTimes: number[] = [];
   for (let r = 0; r < 20; r++) {
-    parseTimes.push(await time(async () => {
-      const f = await openSafetensors(file);
-      await f.close();
-    }));
+    parseTimes.push(
+      await time(async () => {
+        const f = await openSafetensors(file);
+        await f.close();
+      }),
+    );
   }
   const probe = await openSafetensors(file);
   const headerBytes = probe.headerLength;
   await probe.close();
-  log(`header parse (openSafetensors + close, ${(headerBytes / 1024).toFixed(1)} KiB header, ${tensors.length} tensors): ` +
-    `median ${(median(parseTimes) * 1000).toFixed(2)} ms over 20 rounds`);
+  log(
+    `header parse (openSafetensors + close, ${(headerBytes / 1024).toFixed(1)} KiB header, ${tensors.length} tensors): ` +
+      `median ${(median(parseTimes) * 1000).toFixed(2)} ms over 20 rounds`,
+  );
 
   // Read throughput vs raw sequential read ------------------------------------------------------------------------
   // Buffers a long-running caller would keep: allocated (and page-faulted) once, outside the timings.
@@ -113,7 +143,8 @@ try {
   const f32Buf = new Float32Array(Math.max(...numels)).fill(1);
   async function rawRead(buf: Uint8Array): Promise<number> {
     const fh = await fs.open(file, 'r');
-    let pos = 0, sum = 0;
+    let pos = 0,
+      sum = 0;
     try {
       for (;;) {
         const { bytesRead } = await fh.read(buf, 0, buf.length, pos);
@@ -156,7 +187,8 @@ try {
     try {
       for (const t of f.tensors) {
         let done = 0;
-        while (done < t.byteLength) done += (await fh.read(tensorBuf, done, t.byteLength - done, t.offset + done)).bytesRead;
+        while (done < t.byteLength)
+          done += (await fh.read(tensorBuf, done, t.byteLength - done, t.offset + done)).bytesRead;
         sum += done;
       }
     } finally {
@@ -194,11 +226,20 @@ try {
     return n;
   }
   await rawRead(chunk1); // warm the page cache
-  const raw: number[] = [], raw16: number[] = [], rawRanges: number[] = [], lib: number[] = [], libInto: number[] = [];
-  const rawFresh: number[] = [], libF32: number[] = [];
+  const raw: number[] = [],
+    raw16: number[] = [],
+    rawRanges: number[] = [],
+    lib: number[] = [],
+    libInto: number[] = [];
+  const rawFresh: number[] = [],
+    libF32: number[] = [];
   const order: [number[], () => Promise<number>][] = [
-    [raw, () => rawRead(chunk1)], [libInto, libReadInto], [raw16, () => rawRead(chunk16)], [rawFresh, rawReadFresh],
-    [lib, libRead], [rawRanges, rawReadRanges],
+    [raw, () => rawRead(chunk1)],
+    [libInto, libReadInto],
+    [raw16, () => rawRead(chunk16)],
+    [rawFresh, rawReadFresh],
+    [lib, libRead],
+    [rawRanges, rawReadRanges],
   ];
   for (let r = 0; r < ROUNDS; r++) {
     // rotate the order so no variant always runs first
@@ -213,13 +254,27 @@ try {
   log(`read, warm page cache, ${ROUNDS} rounds (medians):`);
   log(`  | reader | time | throughput | ratio to baseline |`);
   log(`  |---|---|---|---|`);
-  log(`  | baseline: plain sequential FileHandle.read, one reused 1 MiB buffer (allocated before timing) | ${median(raw).toFixed(3)} s | ${rawGBs.toFixed(2)} GB/s | 1.00 |`);
-  log(`  | plain sequential FileHandle.read, one reused 16 MiB buffer (a larger buffer is slower: more cache misses) | ${median(raw16).toFixed(3)} s | ${gbs(raw16).toFixed(2)} GB/s | ${(gbs(raw16) / rawGBs).toFixed(2)} |`);
-  log(`  | SafetensorsFile.read(name, buf), one reused buffer of the largest tensor's size (allocated before timing) | ${median(libInto).toFixed(3)} s | ${gbs(libInto).toFixed(2)} GB/s | ${(gbs(libInto) / rawGBs).toFixed(2)} |`);
-  log(`  | plain FileHandle.read of the same tensor ranges into the same reused buffer (what the line above costs without the library) | ${median(rawRanges).toFixed(3)} s | ${gbs(rawRanges).toFixed(2)} GB/s | ${(gbs(rawRanges) / rawGBs).toFixed(2)} |`);
-  log(`  | SafetensorsFile.read(name), new buffer per tensor | ${median(lib).toFixed(3)} s | ${gbs(lib).toFixed(2)} GB/s | ${(gbs(lib) / rawGBs).toFixed(2)} |`);
-  log(`  | plain FileHandle.read, new buffer per tensor (what the line above costs without the library) | ${median(rawFresh).toFixed(3)} s | ${gbs(rawFresh).toFixed(2)} GB/s | ${(gbs(rawFresh) / rawGBs).toFixed(2)} |`);
-  log(`  | SafetensorsFile.readF32(name, out), reused out (allocated before timing): read + F16→f32 | ${median(libF32).toFixed(3)} s | ${(totalElems / 1e9 / median(libF32)).toFixed(3)} G elem/s | ${(median(raw) / median(libF32)).toFixed(2)} |`);
+  log(
+    `  | baseline: plain sequential FileHandle.read, one reused 1 MiB buffer (allocated before timing) | ${median(raw).toFixed(3)} s | ${rawGBs.toFixed(2)} GB/s | 1.00 |`,
+  );
+  log(
+    `  | plain sequential FileHandle.read, one reused 16 MiB buffer (a larger buffer is slower: more cache misses) | ${median(raw16).toFixed(3)} s | ${gbs(raw16).toFixed(2)} GB/s | ${(gbs(raw16) / rawGBs).toFixed(2)} |`,
+  );
+  log(
+    `  | SafetensorsFile.read(name, buf), one reused buffer of the largest tensor's size (allocated before timing) | ${median(libInto).toFixed(3)} s | ${gbs(libInto).toFixed(2)} GB/s | ${(gbs(libInto) / rawGBs).toFixed(2)} |`,
+  );
+  log(
+    `  | plain FileHandle.read of the same tensor ranges into the same reused buffer (what the line above costs without the library) | ${median(rawRanges).toFixed(3)} s | ${gbs(rawRanges).toFixed(2)} GB/s | ${(gbs(rawRanges) / rawGBs).toFixed(2)} |`,
+  );
+  log(
+    `  | SafetensorsFile.read(name), new buffer per tensor | ${median(lib).toFixed(3)} s | ${gbs(lib).toFixed(2)} GB/s | ${(gbs(lib) / rawGBs).toFixed(2)} |`,
+  );
+  log(
+    `  | plain FileHandle.read, new buffer per tensor (what the line above costs without the library) | ${median(rawFresh).toFixed(3)} s | ${gbs(rawFresh).toFixed(2)} GB/s | ${(gbs(rawFresh) / rawGBs).toFixed(2)} |`,
+  );
+  log(
+    `  | SafetensorsFile.readF32(name, out), reused out (allocated before timing): read + F16→f32 | ${median(libF32).toFixed(3)} s | ${(totalElems / 1e9 / median(libF32)).toFixed(3)} G elem/s | ${(median(raw) / median(libF32)).toFixed(2)} |`,
+  );
 
   // Conversion ---------------------------------------------------------------------------------------------------
   const N = 1 << 24;
@@ -251,16 +306,39 @@ try {
   log(`  | conversion | JS | WASM SIMD | WASM / JS |`);
   log(`  |---|---|---|---|`);
   for (const [name, v] of Object.entries(conv)) {
-    log(`  | ${name} | ${v.js!.toFixed(3)} | ${v.wasm !== undefined ? v.wasm.toFixed(3) : 'n/a'} | ${v.wasm !== undefined ? `${(v.wasm / v.js!).toFixed(2)}×` : ''} |`);
+    log(
+      `  | ${name} | ${v.js!.toFixed(3)} | ${v.wasm !== undefined ? v.wasm.toFixed(3) : 'n/a'} | ${v.wasm !== undefined ? `${(v.wasm / v.js!).toFixed(2)}×` : ''} |`,
+    );
   }
 
-  log(`load average at end: ${os.loadavg().map((x) => x.toFixed(2)).join(' ')}`);
+  log(
+    `load average at end: ${os
+      .loadavg()
+      .map((x) => x.toFixed(2))
+      .join(' ')}`,
+  );
   if (RECORD) {
     const results = path.join(path.dirname(new URL(import.meta.url).pathname), 'RESULTS.md');
-    const section = ['', '## safetensors', '', `Command: \`npx tsx bench/safetensors.ts ${args.filter((a) => a !== '--record').join(' ')}\`.`.replace(' `.', '`.'), '',
-      ...lines.flatMap((l, i) => (l.startsWith('  |')
-        ? (lines[i - 1]!.startsWith('  |') ? [l.slice(2)] : ['', l.slice(2)])
-        : (i > 0 && lines[i - 1]!.startsWith('  |') ? ['', `- ${l.trim()}`] : [`- ${l.trim()}`]))), ''].join('\n');
+    const section = [
+      '',
+      '## safetensors',
+      '',
+      `Command: \`npx tsx bench/safetensors.ts ${args.filter((a) => a !== '--record').join(' ')}\`.`.replace(
+        ' `.',
+        '`.',
+      ),
+      '',
+      ...lines.flatMap((l, i) =>
+        l.startsWith('  |')
+          ? lines[i - 1]!.startsWith('  |')
+            ? [l.slice(2)]
+            : ['', l.slice(2)]
+          : i > 0 && lines[i - 1]!.startsWith('  |')
+            ? ['', `- ${l.trim()}`]
+            : [`- ${l.trim()}`],
+      ),
+      '',
+    ].join('\n');
     await fs.appendFile(results, section);
     console.log(`appended to ${results}`);
   }

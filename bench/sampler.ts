@@ -29,7 +29,10 @@ function time(fn: () => void, reps: number): number {
 }
 
 const lines: string[] = [];
-const log = (s: string) => { lines.push(s); console.log(s); };
+const log = (s: string) => {
+  lines.push(s);
+  console.log(s);
+};
 log(`machine: ${os.cpus().length} cores, ${os.cpus()[0]?.model ?? 'unknown'}, Node ${process.version}`);
 log(`latent [${SHAPE.join(', ')}] = ${N} elements, median of ${RUNS} runs`);
 
@@ -44,12 +47,22 @@ for (const dtype of ['float32', 'float64'] as const) {
   }, 20);
   const s = new LCMScheduler();
   s.setTimesteps(4);
-  const step = time(() => { s.step(eps, 759, x, { noise: z }); }, 20);
+  const step = time(() => {
+    s.step(eps, 759, x, { noise: z });
+  }, 20);
   const model = (v: Latent) => v.map((e) => 0.1 * e) as Latent;
-  const modelOnly = time(() => { model(x); }, 20);
-  const loop4 = time(() => { sample(model, { steps: 4, shape: SHAPE, seed: 0, dtype, keepTrajectory: false }); }, 3);
-  const loop8 = time(() => { sample(model, { steps: 8, shape: SHAPE, seed: 0, dtype, keepTrajectory: false }); }, 3);
-  log(`${dtype}: axpy baseline ${baseline.toFixed(3)} ms | step ${step.toFixed(3)} ms (${(step / baseline).toFixed(1)}× baseline) | ` +
-    `toy model ${modelOnly.toFixed(3)} ms | 4-step loop ${loop4.toFixed(2)} ms | 8-step loop ${loop8.toFixed(2)} ms ` +
-    `(loops include drawing x_T and N−1 noise arrays with Box–Muller)`);
+  const modelOnly = time(() => {
+    model(x);
+  }, 20);
+  const loop4 = time(() => {
+    sample(model, { steps: 4, shape: SHAPE, seed: 0, dtype, keepTrajectory: false });
+  }, 3);
+  const loop8 = time(() => {
+    sample(model, { steps: 8, shape: SHAPE, seed: 0, dtype, keepTrajectory: false });
+  }, 3);
+  log(
+    `${dtype}: axpy baseline ${baseline.toFixed(3)} ms | step ${step.toFixed(3)} ms (${(step / baseline).toFixed(1)}× baseline) | ` +
+      `toy model ${modelOnly.toFixed(3)} ms | 4-step loop ${loop4.toFixed(2)} ms | 8-step loop ${loop8.toFixed(2)} ms ` +
+      `(loops include drawing x_T and N−1 noise arrays with Box–Muller)`,
+  );
 }

@@ -11,7 +11,12 @@ import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
-  FUSE_METADATA_KEY, formatFuseReport, formatVerifyReport, fuseLoras, openSafetensors, verifyFusion,
+  FUSE_METADATA_KEY,
+  formatFuseReport,
+  formatVerifyReport,
+  fuseLoras,
+  openSafetensors,
+  verifyFusion,
 } from '../src/node.js';
 
 const BASE = 'fixtures/sd15/base.safetensors';
@@ -28,14 +33,18 @@ try {
   const report = await fuseLoras(BASE, LORAS, WEIGHTS, {
     out,
     threads: 1,
-    onProgress: (p) => { lastProgress = p.tensorsDone / p.tensorsTotal; },
+    onProgress: (p) => {
+      lastProgress = p.tensorsDone / p.tensorsTotal;
+    },
   });
   console.log(formatFuseReport(report).trimEnd());
   console.log(`progress reached ${(100 * lastProgress).toFixed(0)}%`);
 
   // 2. The output records what went into it.
   const fused = await openSafetensors(out);
-  const record = JSON.parse(fused.metadata[FUSE_METADATA_KEY] ?? '{}') as { loras?: { source: string; weight: string }[] };
+  const record = JSON.parse(fused.metadata[FUSE_METADATA_KEY] ?? '{}') as {
+    loras?: { source: string; weight: string }[];
+  };
   console.log(`metadata '${FUSE_METADATA_KEY}': ${record.loras?.map((l) => `${l.weight} × ${l.source}`).join(', ')}`);
   await fused.close();
 
@@ -47,7 +56,9 @@ try {
   // 4. A diffusers folder works the same way: the output is a folder with the same files.
   const folderOut = join(dir, 'sd15-lcm-style-diffusers');
   const folder = await fuseLoras('fixtures/sd15/diffusers', LORAS, WEIGHTS, { out: folderOut, threads: 1 });
-  const files = (await readdir(folderOut, { recursive: true })).filter((f) => f.endsWith('.safetensors') || f.endsWith('.json')).sort();
+  const files = (await readdir(folderOut, { recursive: true }))
+    .filter((f) => f.endsWith('.safetensors') || f.endsWith('.json'))
+    .sort();
   console.log(`\ndiffusers folder: fused ${folder.modulesFused} modules (${folder.naming}) → ${files.join(', ')}`);
   const folderCheck = await verifyFusion(folderOut, 'fixtures/sd15/diffusers', LORAS, WEIGHTS);
   console.log(`diffusers folder verified: ${folderCheck.ok ? 'OK' : 'FAILED'} (${folderCheck.checked} modules)`);

@@ -20,14 +20,18 @@ const style = await loadLora(STYLE);
 for (const l of [lcm, style]) {
   const d = describeLora(l);
   const ranks = d.ranks.map((r) => `${r.value}×${r.count}`).join(' ');
-  console.log(`loaded ${l.source}: ${l.format} ${l.arch}${l.size === 'tiny' ? ' (tiny)' : ''}, ${l.modules.size} modules, ` +
-    `rank ${ranks}, LCM targets ${d.lcmTargets.covered}/${d.lcmTargets.total}`);
+  console.log(
+    `loaded ${l.source}: ${l.format} ${l.arch}${l.size === 'tiny' ? ' (tiny)' : ''}, ${l.modules.size} modules, ` +
+      `rank ${ranks}, LCM targets ${d.lcmTargets.covered}/${d.lcmTargets.total}`,
+  );
 }
 
 // 2. The exact weighted sum: factors stacked along the rank axis, so ranks add up where both LoRAs have a module.
 const { lora, report } = mergeLoras([lcm, style], [1.0, 0.8]);
-console.log(`\nmerged 1.0 × LCM + 0.8 × style: ${report.written} modules, exact: ${report.exact}, ` +
-  `rank ${report.rankAfter.min}–${report.rankAfter.max} (mean ${report.rankAfter.mean.toFixed(2)})`);
+console.log(
+  `\nmerged 1.0 × LCM + 0.8 × style: ${report.written} modules, exact: ${report.exact}, ` +
+    `rank ${report.rankAfter.min}–${report.rankAfter.max} (mean ${report.rankAfter.mean.toFixed(2)})`,
+);
 
 // 3. Check one module by hand: its delta is 1.0·Δ_LCM + 0.8·Δ_style, to f32 rounding.
 const q = 'unet.mid_block.attentions.0.transformer_blocks.0.attn1.to_q';
@@ -40,27 +44,37 @@ for (let i = 0; i < sum.length; i++) {
   worst = Math.max(worst, Math.abs(sum[i]! - (a[i]! + 0.8 * b[i]!)));
   scale = Math.max(scale, Math.abs(sum[i]!));
 }
-console.log(`check ${q}: max |Δ − (Δ_LCM + 0.8·Δ_style)| = ${worst.toExponential(2)} (largest |Δ| ${scale.toExponential(2)})`);
+console.log(
+  `check ${q}: max |Δ − (Δ_LCM + 0.8·Δ_style)| = ${worst.toExponential(2)} (largest |Δ| ${scale.toExponential(2)})`,
+);
 
 // 4. Save as kohya (F16 like the inputs; written to a temp file, then renamed into place).
 const dir = await mkdtemp(join(tmpdir(), 'lora-mix-example-'));
 try {
   const out = join(dir, 'lcm-style.safetensors');
   const saved = await saveLora(lora, out, { format: 'kohya', dtype: 'F16' });
-  console.log(`saved ${out}: ${saved.tensors.length} tensors, ${saved.byteLength} bytes` +
-    (saved.stats.flushedToZero > 0 ? `, ${saved.stats.flushedToZero} value(s) too small for F16 became 0` : ''));
+  console.log(
+    `saved ${out}: ${saved.tensors.length} tensors, ${saved.byteLength} bytes` +
+      (saved.stats.flushedToZero > 0 ? `, ${saved.stats.flushedToZero} value(s) too small for F16 became 0` : ''),
+  );
   const back = await loadLora(out);
-  console.log(`reloaded: ${back.format} ${back.arch}${back.size === 'tiny' ? ' (tiny)' : ''}, ${back.modules.size} modules`);
+  console.log(
+    `reloaded: ${back.format} ${back.arch}${back.size === 'tiny' ? ' (tiny)' : ''}, ${back.modules.size} modules`,
+  );
 
   // 5. Optionally trade exactness for size: the best rank-8 approximation of every module (Eckart–Young).
   const reduced = mergeLoras([lcm, style], [1.0, 0.8], { rank: 8 });
   const r = reduced.report;
-  console.log(`\nrank-reduced to 8: exact: ${r.exact}, rank ${r.rankAfter.min}–${r.rankAfter.max}, ` +
-    `mean norm kept ${(100 * r.meanNormKept).toFixed(2)}%, worst ${(100 * r.minNormKept).toFixed(2)}%, ` +
-    `error ${(100 * r.relativeError).toFixed(1)}% of the reduced modules' norm`);
+  console.log(
+    `\nrank-reduced to 8: exact: ${r.exact}, rank ${r.rankAfter.min}–${r.rankAfter.max}, ` +
+      `mean norm kept ${(100 * r.meanNormKept).toFixed(2)}%, worst ${(100 * r.minNormKept).toFixed(2)}%, ` +
+      `error ${(100 * r.relativeError).toFixed(1)}% of the reduced modules' norm`,
+  );
   const small = join(dir, 'lcm-style.rank8.safetensors');
   const savedSmall = await saveLora(reduced.lora, small, { format: 'kohya', dtype: 'F16' });
-  console.log(`saved ${small}: ${savedSmall.byteLength} bytes (${(100 * savedSmall.byteLength / saved.byteLength).toFixed(0)}% of the exact file)`);
+  console.log(
+    `saved ${small}: ${savedSmall.byteLength} bytes (${((100 * savedSmall.byteLength) / saved.byteLength).toFixed(0)}% of the exact file)`,
+  );
 } finally {
   await rm(dir, { recursive: true, force: true });
 }

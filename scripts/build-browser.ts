@@ -197,7 +197,10 @@ export async function readBuilt(path: string): Promise<string> {
 /** Write a small HTML page next to a bundle (used by the GPU test harness). */
 export async function writeHtml(path: string, body: string): Promise<void> {
   await mkdir(dirname(path), { recursive: true });
-  await writeFile(path, `<!doctype html>\n<html><head><meta charset="utf-8"><link rel="icon" href="data:,"><title>lora-mix</title></head>\n<body>${body}</body></html>\n`);
+  await writeFile(
+    path,
+    `<!doctype html>\n<html><head><meta charset="utf-8"><link rel="icon" href="data:,"><title>lora-mix</title></head>\n<body>${body}</body></html>\n`,
+  );
 }
 
 if (process.argv[1] !== undefined && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {

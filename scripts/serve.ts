@@ -134,7 +134,8 @@ async function main(argv: string[]): Promise<void> {
       return;
     } else throw new Error(`serve: unknown argument ${a}`);
   }
-  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new Error(`serve: --port must be 0..65535, got ${port}`);
+  if (!Number.isInteger(port) || port < 0 || port > 65535)
+    throw new Error(`serve: --port must be 0..65535, got ${port}`);
   if (root === undefined) {
     const { buildBrowser, REPO_ROOT } = await import('./build-browser.js');
     root = build ? (await buildBrowser()).webDir : join(REPO_ROOT, 'dist', 'web');

@@ -25,7 +25,13 @@ export * from './fuse/index.js';
 // Checks of written files and synthetic checkpoints with the real key names (what fixtures/ and bench/ are made of).
 export * from './verify/index.js';
 export {
-  generateLora, generateBaseCheckpoint, syntheticLora,
-  type LoraSpec, type LoraTargets, type SyntheticFormat, type CheckpointSpec, type CheckpointPart,
+  generateLora,
+  generateBaseCheckpoint,
+  syntheticLora,
+  type LoraSpec,
+  type LoraTargets,
+  type SyntheticFormat,
+  type CheckpointSpec,
+  type CheckpointPart,
 } from './fixtures/generate.js';
 export { installHost, currentHost, type Host, type SinkOptions, type RefuseList } from './core/host.js';

@@ -17,13 +17,22 @@ export type { TensorInfo } from './safetensors/index.js';
 
 // Files as ByteSources (positional reads) and ByteSinks (temp file, fsync, rename).
 export {
-  fileSource, openSafetensors, fileSink, assertNotOverwriting,
-  type FileSource, type FileSink, type FileSinkOptions,
+  fileSource,
+  openSafetensors,
+  fileSink,
+  assertNotOverwriting,
+  type FileSource,
+  type FileSink,
+  type FileSinkOptions,
 } from './node/files.js';
 
 // The WASM SIMD fusion kernel on worker threads.
 export {
-  createCpuKernel, defaultThreads, enableRelaxedSimdNode, workersOf, type CpuKernelOptions,
+  createCpuKernel,
+  defaultThreads,
+  enableRelaxedSimdNode,
+  workersOf,
+  type CpuKernelOptions,
 } from './node/kernel-threads.js';
 
 // Rank reduction of whole LoRAs on worker threads.

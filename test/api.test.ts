@@ -15,13 +15,18 @@ import * as api from '../src/node.js';
 import * as browser from '../src/index.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as {
-  version: string; main: string; types: string; browser: string;
+  version: string;
+  main: string;
+  types: string;
+  browser: string;
   exports: Record<string, { node: { types: string; default: string }; types: string; default: string }>;
 };
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const dirs: string[] = [];
-afterAll(async () => { await Promise.all(dirs.map((d) => rm(d, { recursive: true, force: true }))); });
+afterAll(async () => {
+  await Promise.all(dirs.map((d) => rm(d, { recursive: true, force: true })));
+});
 
 describe('public entry', () => {
   it('VERSION equals package.json version', () => {
@@ -51,21 +56,55 @@ describe('public entry', () => {
   it('exposes the main functions of every area', () => {
     const fns = [
       // safetensors + I/O
-      'parseSafetensors', 'writeSafetensors', 'serializeSafetensors', 'openSafetensors', 'fileSource', 'fileSink',
-      'bufferSource', 'blobSource', 'memorySink', 'f16ToF32', 'f32ToF16',
+      'parseSafetensors',
+      'writeSafetensors',
+      'serializeSafetensors',
+      'openSafetensors',
+      'fileSource',
+      'fileSink',
+      'bufferSource',
+      'blobSource',
+      'memorySink',
+      'f16ToF32',
+      'f32ToF16',
       // layouts
-      'getLayout', 'blockIds', 'detectCheckpoint', 'detectLoraArch',
+      'getLayout',
+      'blockIds',
+      'detectCheckpoint',
+      'detectLoraArch',
       // formats
-      'loadLora', 'inspectLora', 'decodeLora', 'saveLora', 'serializeLora', 'describeLora', 'formatLoraSummary', 'detectFileKind',
+      'loadLora',
+      'inspectLora',
+      'decodeLora',
+      'saveLora',
+      'serializeLora',
+      'describeLora',
+      'formatLoraSummary',
+      'detectFileKind',
       // arithmetic
-      'mergeLoras', 'mergeLorasParallel', 'resizeLora', 'scaleLora', 'negateLora', 'deltaOf', 'parseBlockWeights',
+      'mergeLoras',
+      'mergeLorasParallel',
+      'resizeLora',
+      'scaleLora',
+      'negateLora',
+      'deltaOf',
+      'parseBlockWeights',
       // fusion + kernels
-      'fuseLoras', 'verifyFusion', 'formatFuseReport', 'formatVerifyReport', 'createCpuKernel', 'createWasmKernel',
-      'createJsKernel', 'createGpuKernel',
+      'fuseLoras',
+      'verifyFusion',
+      'formatFuseReport',
+      'formatVerifyReport',
+      'createCpuKernel',
+      'createWasmKernel',
+      'createJsKernel',
+      'createGpuKernel',
       // sampler
-      'sample', 'verifyGaussian', 'classifierFreeGuidance',
+      'sample',
+      'verifyGaussian',
+      'classifierFreeGuidance',
       // generators
-      'generateLora', 'generateBaseCheckpoint',
+      'generateLora',
+      'generateBaseCheckpoint',
     ];
     const notFunctions = fns.filter((f) => typeof (api as Record<string, unknown>)[f] !== 'function');
     expect(notFunctions).toEqual([]);
@@ -78,7 +117,15 @@ describe('public entry', () => {
     const e = new api.UsageError('bad');
     expect(e).toBeInstanceOf(api.LoraMixError);
     expect(e.code).toBe('USAGE');
-    for (const c of ['SafetensorsError', 'FormatError', 'LoraError', 'ArchError', 'IoError', 'FuseError', 'SamplerError']) {
+    for (const c of [
+      'SafetensorsError',
+      'FormatError',
+      'LoraError',
+      'ArchError',
+      'IoError',
+      'FuseError',
+      'SamplerError',
+    ]) {
       expect(typeof (api as Record<string, unknown>)[c]).toBe('function');
     }
   });
@@ -98,15 +145,21 @@ describe('public entry', () => {
     const fused = await api.fuseLoras('fixtures/sd15/base.safetensors', [merged], [1], { out, threads: 1 });
     expect(fused.arch).toBe('sd15');
     expect(fused.modulesFused).toBeGreaterThan(0);
-    const check = await api.verifyFusion(out, 'fixtures/sd15/base.safetensors',
-      ['fixtures/sd15/lcm-lora.kohya.safetensors', 'fixtures/sd15/style-lora.kohya.safetensors'], [1.0, 0.8]);
+    const check = await api.verifyFusion(
+      out,
+      'fixtures/sd15/base.safetensors',
+      ['fixtures/sd15/lcm-lora.kohya.safetensors', 'fixtures/sd15/style-lora.kohya.safetensors'],
+      [1.0, 0.8],
+    );
     expect(check.failed).toBe(0);
     expect(check.ok).toBe(true);
     expect(api.formatVerifyReport(check)).toContain('OK');
   });
 
   it('typed errors come through the public entry', async () => {
-    await expect(api.loadLora('fixtures/bad/loha.safetensors')).rejects.toMatchObject({ code: 'FORMAT_UNSUPPORTED_ADAPTER' });
+    await expect(api.loadLora('fixtures/bad/loha.safetensors')).rejects.toMatchObject({
+      code: 'FORMAT_UNSUPPORTED_ADAPTER',
+    });
     await expect(api.openSafetensors('fixtures/does-not-exist.safetensors')).rejects.toBeInstanceOf(api.IoError);
   });
 
@@ -120,9 +173,10 @@ describe('public entry', () => {
     dirs.push(dir);
     const file = join(dir, 'example.mts');
     // Temp paths first: the repository itself may live under /tmp (CI clones do).
-    await writeFile(file, block!
-      .replaceAll("'/tmp/", `'${dir}/`)
-      .replaceAll("from 'lora-mix'", `from '${join(ROOT, 'src/node.js')}'`));
+    await writeFile(
+      file,
+      block!.replaceAll("'/tmp/", `'${dir}/`).replaceAll("from 'lora-mix'", `from '${join(ROOT, 'src/node.js')}'`),
+    );
     const r = spawnSync(process.execPath, ['--import', 'tsx', file], { cwd: ROOT, encoding: 'utf8', timeout: 120_000 });
     expect(r.status, r.stderr).toBe(0);
     const lines = r.stdout.trim().split('\n');
@@ -136,18 +190,28 @@ describe('public entry', () => {
     const blocks = [...doc.matchAll(/```ts\n([\s\S]*?)```/g)].map((m) => m[1]!);
     const outputs: string[] = [];
 
-    it('has examples', () => { expect(blocks.length).toBeGreaterThanOrEqual(8); });
+    it('has examples', () => {
+      expect(blocks.length).toBeGreaterThanOrEqual(8);
+    });
 
     it.concurrent.each(blocks.map((b, i) => [i, b] as const))('example %i', async (i, block) => {
       const dir = await mkdtemp(join(tmpdir(), 'lora-mix-apidoc-'));
       dirs.push(dir);
       const file = join(dir, `example-${i}.mts`);
-      await writeFile(file, block.replaceAll("'/tmp/", `'${dir}/`).replaceAll("from 'lora-mix'", `from '${join(ROOT, 'src/node.js')}'`));
+      await writeFile(
+        file,
+        block.replaceAll("'/tmp/", `'${dir}/`).replaceAll("from 'lora-mix'", `from '${join(ROOT, 'src/node.js')}'`),
+      );
       const r = await new Promise<{ status: number | null; stdout: string; stderr: string }>((resolve) => {
         const child = spawn(process.execPath, ['--import', 'tsx', file], { cwd: ROOT });
-        let stdout = '', stderr = '';
-        child.stdout.on('data', (d: Buffer) => { stdout += d.toString(); });
-        child.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
+        let stdout = '',
+          stderr = '';
+        child.stdout.on('data', (d: Buffer) => {
+          stdout += d.toString();
+        });
+        child.stderr.on('data', (d: Buffer) => {
+          stderr += d.toString();
+        });
         child.on('close', (status) => resolve({ status, stdout, stderr }));
       });
       expect(r.status, r.stderr).toBe(0);
@@ -158,15 +222,24 @@ describe('public entry', () => {
     it('print what their comments say', () => {
       const all = outputs.join('\n');
       for (const s of [
-        "182 [ 'a', 'b' ]", 'Float32Array(3) [ 0.5, -2, 65504 ]',
-        'unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k [ 640, 2048 ] IN04 true', '1058 26',
+        "182 [ 'a', 'b' ]",
+        'Float32Array(3) [ 0.5, -2, 65504 ]',
+        'unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k [ 640, 2048 ] IN04 true',
+        '1058 26',
         "sd15 tiny single-file [ 'unet', 'text_encoder' ]",
-        'kohya sgm sdxl tiny 986', '423 365',
-        '350 true { min: 4, max: 12, mean: 9.37', 'false 0.9968', '[ 32, 32 ] 264',
-        '350 { total: 1006, fused: 350, copied: 656, converted: 0 } 0 wasm-simd', 'true 350 0',
-        '[ 999, 759, 499, 259 ] 256', 'consistency 0.7886', 'tweedie 0.4309',
+        'kohya sgm sdxl tiny 986',
+        '423 365',
+        '350 true { min: 4, max: 12, mean: 9.37',
+        'false 0.9968',
+        '[ 32, 32 ] 264',
+        '350 { total: 1006, fused: 350, copied: 656, converted: 0 } 0 wasm-simd',
+        'true 350 0',
+        '[ 999, 759, 499, 259 ] 256',
+        'consistency 0.7886',
+        'tweedie 0.4309',
         'true FORMAT_UNSUPPORTED_ADAPTER',
-      ]) expect(all).toContain(s);
+      ])
+        expect(all).toContain(s);
     });
   });
 });

@@ -9,14 +9,23 @@ import { describe, expect, it } from 'vitest';
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const CLI = ['--import', 'tsx', 'src/cli/lora-mix.ts'];
 
-interface Ended { code: number | null; signal: NodeJS.Signals | null; stderr: string }
+interface Ended {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stderr: string;
+}
 
 function collect(stream: NodeJS.ReadableStream | null): Promise<string> {
   return new Promise((resolve) => {
     let s = '';
-    if (!stream) { resolve(s); return; }
+    if (!stream) {
+      resolve(s);
+      return;
+    }
     stream.setEncoding('utf8');
-    stream.on('data', (d: string) => { s += d; });
+    stream.on('data', (d: string) => {
+      s += d;
+    });
     stream.on('end', () => resolve(s));
     stream.on('error', () => resolve(s));
   });
@@ -25,7 +34,9 @@ function collect(stream: NodeJS.ReadableStream | null): Promise<string> {
 function ended(child: ReturnType<typeof spawn>, stderr: Promise<string>): Promise<Ended> {
   return new Promise((resolve, reject) => {
     child.on('error', reject);
-    child.on('close', (code, signal) => { void stderr.then((s) => resolve({ code, signal, stderr: s })); });
+    child.on('close', (code, signal) => {
+      void stderr.then((s) => resolve({ code, signal, stderr: s }));
+    });
   });
 }
 
@@ -51,9 +62,15 @@ describe('CLI output into a reader that closes early', () => {
   });
 
   it('a reader that destroys the pipe after the first chunk', async () => {
-    const cli = spawn(process.execPath, [...CLI, 'layout', 'sdxl', '--json'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+    const cli = spawn(process.execPath, [...CLI, 'layout', 'sdxl', '--json'], {
+      cwd: ROOT,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     const first = new Promise<string>((resolve) => {
-      cli.stdout!.once('data', (d: Buffer) => { cli.stdout!.destroy(); resolve(d.toString('utf8')); });
+      cli.stdout!.once('data', (d: Buffer) => {
+        cli.stdout!.destroy();
+        resolve(d.toString('utf8'));
+      });
     });
     const [chunk, r] = await Promise.all([first, ended(cli, collect(cli.stderr))]);
     expect(chunk.trimStart().startsWith('[')).toBe(true);
@@ -61,7 +78,10 @@ describe('CLI output into a reader that closes early', () => {
   });
 
   it('a command that fails still reports its error and exit code when stdout is closed', async () => {
-    const cli = spawn(process.execPath, [...CLI, 'inspect', 'fixtures/bad/truncated.safetensors'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+    const cli = spawn(process.execPath, [...CLI, 'inspect', 'fixtures/bad/truncated.safetensors'], {
+      cwd: ROOT,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     cli.stdout!.destroy();
     const r = await ended(cli, collect(cli.stderr));
     expect(r.code).toBe(1);

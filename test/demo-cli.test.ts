@@ -22,7 +22,16 @@ const STYLE = { sd15: 'style-lora.kohya.safetensors', sdxl: 'style-lora.kohya-sg
 async function run(argv: string[]): Promise<{ code: number; out: string; err: string }> {
   let out = '';
   let err = '';
-  const code = await main(argv, { out: (s) => { out += s; }, err: (s) => { err += s; }, isTTY: false, cwd: ROOT });
+  const code = await main(argv, {
+    out: (s) => {
+      out += s;
+    },
+    err: (s) => {
+      err += s;
+    },
+    isTTY: false,
+    cwd: ROOT,
+  });
   return { code, out, err };
 }
 
@@ -39,8 +48,18 @@ async function expected(arch: 'sd15' | 'sdxl') {
     byGroup[key] = (byGroup[key] ?? 0) + 1;
   }
   const rank = (m: { down: { shape: number[] } }): number => m.down.shape[0]!;
-  const ranks = [...union].map((p) => (lcm.modules.has(p) ? rank(lcm.modules.get(p)!) : 0) + (style.modules.has(p) ? rank(style.modules.get(p)!) : 0));
-  return { lcm: lcm.modules.size, style: style.modules.size, union: union.size, byGroup, minRank: Math.min(...ranks), maxRank: Math.max(...ranks) };
+  const ranks = [...union].map(
+    (p) =>
+      (lcm.modules.has(p) ? rank(lcm.modules.get(p)!) : 0) + (style.modules.has(p) ? rank(style.modules.get(p)!) : 0),
+  );
+  return {
+    lcm: lcm.modules.size,
+    style: style.modules.size,
+    union: union.size,
+    byGroup,
+    minRank: Math.min(...ranks),
+    maxRank: Math.max(...ranks),
+  };
 }
 
 async function demoTempDirs(): Promise<string[]> {
@@ -55,14 +74,25 @@ describe.each(['sd15', 'sdxl'] as const)('lora-mix demo --arch %s', (arch) => {
     expect(err).toBe('');
     expect(code).toBe(0);
     expect(out).toMatch(new RegExp(`^lora-mix demo — ${arch === 'sd15' ? 'SD1\\.5' : 'SDXL'} \\(tiny fixtures\\)`));
-    expect(out).toContain(`1.0 × LCM-LoRA   fixtures/${arch}/lcm-lora.kohya.safetensors: kohya, diffusers paths, F16, ${want.lcm} modules`);
-    expect(out).toContain(`0.8 × style      fixtures/${arch}/${STYLE[arch]}: kohya, ${arch === 'sd15' ? 'diffusers' : 'sgm'} paths, F16, ${want.style} modules`);
-    expect(out).toContain(`1.0·LCM-LoRA + 0.8·style → ${want.union} modules, rank ${want.minRank}–${want.maxRank} (exact sum`);
+    expect(out).toContain(
+      `1.0 × LCM-LoRA   fixtures/${arch}/lcm-lora.kohya.safetensors: kohya, diffusers paths, F16, ${want.lcm} modules`,
+    );
+    expect(out).toContain(
+      `0.8 × style      fixtures/${arch}/${STYLE[arch]}: kohya, ${arch === 'sd15' ? 'diffusers' : 'sgm'} paths, F16, ${want.style} modules`,
+    );
+    expect(out).toContain(
+      `1.0·LCM-LoRA + 0.8·style → ${want.union} modules, rank ${want.minRank}–${want.maxRank} (exact sum`,
+    );
     expect(out).toContain(`into fixtures/${arch}/base.safetensors (single-file)`);
-    const groups = Object.entries(want.byGroup).sort(([a], [b]) => a.localeCompare(b)).map(([g, n]) => `${g} ${n}`).join(', ');
+    const groups = Object.entries(want.byGroup)
+      .sort(([a], [b]) => a.localeCompare(b))
+      .map(([g, n]) => `${g} ${n}`)
+      .join(', ');
     expect(out).toContain(`  ${want.union} modules fused (${groups}); unmatched 0;`);
     expect(out).toContain('overflow none');
-    expect(out).toMatch(new RegExp(`  ${want.union} modules against base \\+ 1\\.0·LCM-LoRA \\+ 0\\.8·style \\(original factors\\): OK`));
+    expect(out).toMatch(
+      new RegExp(`  ${want.union} modules against base \\+ 1\\.0·LCM-LoRA \\+ 0\\.8·style \\(original factors\\): OK`),
+    );
     expect(out).toContain(`4 LCM steps (t = 999, 759, 499, 259), seed 0, latent [1, 4, 8, 8]`);
     const ratio = /= ([\d.]+)× one F16 rounding of the fused weights/.exec(out);
     expect(ratio).not.toBeNull();
@@ -73,7 +103,9 @@ describe.each(['sd15', 'sdxl'] as const)('lora-mix demo --arch %s', (arch) => {
     expect(Math.abs(lcmEffect - 1)).toBeLessThanOrEqual(4 * lcmSe);
     expect(Math.abs(styleEffect - 1)).toBeLessThanOrEqual(4 * styleSe);
     expect(styleSe).toBeLessThan(0.25); // a style weight of 0.5 instead of 0.8 (effect 0.625) would show
-    expect(out).toMatch(/\ntime: [\d.]+ s \(inspect [\d.]+ s, merge [\d.]+ s, fuse [\d.]+ s, verify [\d.]+ s, sample [\d.]+ s\)\n/);
+    expect(out).toMatch(
+      /\ntime: [\d.]+ s \(inspect [\d.]+ s, merge [\d.]+ s, fuse [\d.]+ s, verify [\d.]+ s, sample [\d.]+ s\)\n/,
+    );
     expect(out).toContain('temporary outputs removed');
     expect(out.trimEnd().endsWith('result: OK')).toBe(true);
     expect(await demoTempDirs()).toEqual(before);
@@ -82,8 +114,12 @@ describe.each(['sd15', 'sdxl'] as const)('lora-mix demo --arch %s', (arch) => {
 
 describe('lora-mix demo options', () => {
   let keep = '';
-  beforeAll(async () => { keep = await mkdtemp(path.join(tmpdir(), 'lora-mix-keep-test-')); });
-  afterAll(async () => { if (keep) await rm(keep, { recursive: true, force: true }); });
+  beforeAll(async () => {
+    keep = await mkdtemp(path.join(tmpdir(), 'lora-mix-keep-test-'));
+  });
+  afterAll(async () => {
+    if (keep) await rm(keep, { recursive: true, force: true });
+  });
 
   it('--json --keep DIR: the report as JSON, and outputs that are a LoRA and a fused checkpoint', async () => {
     const want = await expected('sd15');
@@ -100,7 +136,13 @@ describe('lora-mix demo options', () => {
     expect(r.fuse.byGroup).toEqual(want.byGroup);
     expect(r.fuse.unmatched).toEqual([]);
     expect(r.verify).toMatchObject({ checked: want.union, failed: 0, ok: true });
-    expect(r.sampler).toMatchObject({ ok: true, conclusive: true, steps: 4, timesteps: [999, 759, 499, 259], dtype: 'F16' });
+    expect(r.sampler).toMatchObject({
+      ok: true,
+      conclusive: true,
+      steps: 4,
+      timesteps: [999, 759, 499, 259],
+      dtype: 'F16',
+    });
     expect(r.sampler.effects.map((e: { lora: string }) => e.lora)).toEqual(['LCM-LoRA', 'style']);
     expect(r.outputs.kept).toBe(true);
 
@@ -133,12 +175,17 @@ const BUILT = path.join(ROOT, 'dist', 'cli', 'lora-mix.js');
 const BUILT_DEMO = path.join(ROOT, 'dist', 'cli', 'commands', 'demo.js');
 const built = existsSync(BUILT) && existsSync(BUILT_DEMO);
 if (!built) {
-  console.warn(`demo-cli.test.ts: ${BUILT_DEMO} is missing — skipping the built-CLI test; run 'npm run build' (npm ci runs it)`);
+  console.warn(
+    `demo-cli.test.ts: ${BUILT_DEMO} is missing — skipping the built-CLI test; run 'npm run build' (npm ci runs it)`,
+  );
 }
 
 describe('the built CLI (npm start)', () => {
   it.skipIf(!built)('node dist/cli/lora-mix.js demo finds the fixtures from dist/ and exits 0', async () => {
-    const { stdout, stderr } = await promisify(execFile)(process.execPath, [BUILT, 'demo'], { cwd: tmpdir(), timeout: 120_000 });
+    const { stdout, stderr } = await promisify(execFile)(process.execPath, [BUILT, 'demo'], {
+      cwd: tmpdir(),
+      timeout: 120_000,
+    });
     expect(stderr).toBe('');
     expect(stdout).toContain('fixtures/sd15/base.safetensors');
     expect(stdout.trimEnd().endsWith('result: OK')).toBe(true);

@@ -71,7 +71,10 @@ describe('examples/', () => {
   it.concurrent.each(EXAMPLES)('npx tsx examples/%s', async (name) => {
     const before = await Promise.all([listing('examples'), listing('fixtures')]);
     const r = await run(process.execPath, ['--import', 'tsx', path.join('examples', name)], {
-      cwd: ROOT, encoding: 'utf8', timeout: 120_000, maxBuffer: 16 * 1024 * 1024,
+      cwd: ROOT,
+      encoding: 'utf8',
+      timeout: 120_000,
+      maxBuffer: 16 * 1024 * 1024,
     }).catch((e: { code?: number; stdout?: string; stderr?: string }) => {
       throw new Error(`examples/${name} failed (exit ${String(e.code)}):\n${e.stderr ?? ''}\n${e.stdout ?? ''}`);
     });
@@ -79,7 +82,8 @@ describe('examples/', () => {
     expect(r.stdout.trim().length).toBeGreaterThan(0);
     for (const re of EXPECT[name] ?? []) expect(r.stdout, `examples/${name} should print ${re}`).toMatch(re);
     // Outputs go to the system temp folder only.
-    for (const m of r.stdout.matchAll(/(?:saved|→) (\/\S+\.safetensors)/g)) expect(m[1]!.startsWith(tmpdir())).toBe(true);
+    for (const m of r.stdout.matchAll(/(?:saved|→) (\/\S+\.safetensors)/g))
+      expect(m[1]!.startsWith(tmpdir())).toBe(true);
     expect(await Promise.all([listing('examples'), listing('fixtures')])).toEqual(before);
   });
 });

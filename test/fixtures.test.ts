@@ -8,7 +8,11 @@ import { detectCheckpoint, detectDiffusersFolder, getLayout } from '../src/layou
 import { parseSafetensors } from '../src/safetensors/index.js';
 import { decodeLora, loadLora } from '../src/formats/index.js';
 import {
-  generateBaseCheckpoint, generateLora, singleFileTensors, syntheticLora, vaeTensorShapes,
+  generateBaseCheckpoint,
+  generateLora,
+  singleFileTensors,
+  syntheticLora,
+  vaeTensorShapes,
 } from '../src/fixtures/generate.js';
 import { writeFixtures } from '../src/node/fixtures.js';
 import { fillNormalish, hashString, mulberry32 } from '../src/fixtures/random.js';
@@ -18,7 +22,7 @@ async function walk(dir: string, base = dir): Promise<string[]> {
   const out: string[] = [];
   for (const e of await readdir(dir, { withFileTypes: true })) {
     const p = path.join(dir, e.name);
-    if (e.isDirectory()) out.push(...await walk(p, base));
+    if (e.isDirectory()) out.push(...(await walk(p, base)));
     else out.push(path.relative(base, p).split(path.sep).join('/'));
   }
   return out.sort();
@@ -45,7 +49,9 @@ describe('committed fixtures', () => {
       const b = await readFile(path.join(FIXTURES, f));
       expect(a.equals(b), f).toBe(true);
     }
-    const total = (await Promise.all(produced.map(async (f) => (await readFile(path.join(FIXTURES, f))).length))).reduce((x, y) => x + y, 0);
+    const total = (
+      await Promise.all(produced.map(async (f) => (await readFile(path.join(FIXTURES, f))).length))
+    ).reduce((x, y) => x + y, 0);
     expect(total).toBeLessThan(20_000_000);
   });
 
@@ -60,7 +66,9 @@ describe('committed fixtures', () => {
       const d = detectCheckpoint(file.tensors, { source: file.name });
       await file.close();
       expect([d.arch, d.size, d.naming]).toEqual([arch, 'tiny', 'single-file']);
-      expect(d.components).toEqual(arch === 'sd15' ? ['unet', 'text_encoder'] : ['unet', 'text_encoder', 'text_encoder_2']);
+      expect(d.components).toEqual(
+        arch === 'sd15' ? ['unet', 'text_encoder'] : ['unet', 'text_encoder', 'text_encoder_2'],
+      );
       expect(d.hasVae).toBe(true);
     }
     const unet = await openSafetensors(path.join(FIXTURES, 'sd15', 'unet.safetensors'));
@@ -90,7 +98,8 @@ describe('committed fixtures', () => {
       const opened = new Map<string, Awaited<ReturnType<typeof openSafetensors>>>();
       let checked = 0;
       for (const e of layout.stateDict) {
-        const name = e.component === 'unet' ? 'unet/diffusion_pytorch_model.safetensors' : `${e.component}/model.safetensors`;
+        const name =
+          e.component === 'unet' ? 'unet/diffusion_pytorch_model.safetensors' : `${e.component}/model.safetensors`;
         let f = opened.get(name);
         if (!f) opened.set(name, (f = await openSafetensors(path.join(FIXTURES, arch, 'diffusers', name))));
         const d = await f.readF32(e.diffusersKey);
@@ -115,10 +124,19 @@ describe('committed fixtures', () => {
 
   it('fixture values have realistic magnitudes', async () => {
     const lora = await loadLora(path.join(FIXTURES, 'sd15', 'lcm-lora.kohya.safetensors'));
-    let dn = 0, dsum = 0, un = 0, usum = 0;
+    let dn = 0,
+      dsum = 0,
+      un = 0,
+      usum = 0;
     for (const m of lora.modules.values()) {
-      for (const x of m.down.data) { dsum += x * x; dn++; }
-      for (const x of m.up.data) { usum += x * x; un++; }
+      for (const x of m.down.data) {
+        dsum += x * x;
+        dn++;
+      }
+      for (const x of m.up.data) {
+        usum += x * x;
+        un++;
+      }
     }
     expect(Math.sqrt(dsum / dn)).toBeGreaterThan(0.005);
     expect(Math.sqrt(dsum / dn)).toBeLessThan(0.02);
@@ -156,7 +174,9 @@ describe('the generator', () => {
     for (const arch of ['sd15', 'sdxl', 'ssd1b'] as const) {
       const l = syntheticLora(arch, 'full', { rank: 64, alpha: 8, targets: 'lcm', format: 'kohya' });
       expect(l.tensors.length).toBe(expected[arch][0]);
-      expect(l.tensors.filter((t) => !t.name.endsWith('.alpha')).reduce((n, t) => n + numel(t.shape), 0)).toBe(expected[arch][1]);
+      expect(l.tensors.filter((t) => !t.name.endsWith('.alpha')).reduce((n, t) => n + numel(t.shape), 0)).toBe(
+        expected[arch][1],
+      );
     }
   });
 
@@ -164,8 +184,12 @@ describe('the generator', () => {
     const unet = { sd15: 859_520_964, sdxl: 2_567_463_684, ssd1b: 1_331_334_404 } as const;
     for (const arch of ['sd15', 'sdxl', 'ssd1b'] as const) {
       const t = singleFileTensors(arch, 'full');
-      expect(t.filter((x) => x.name.startsWith('model.diffusion_model.')).reduce((n, x) => n + numel(x.shape), 0)).toBe(unet[arch]);
-      expect(t.filter((x) => x.name.startsWith('first_stage_model.')).reduce((n, x) => n + numel(x.shape), 0)).toBe(83_653_863);
+      expect(t.filter((x) => x.name.startsWith('model.diffusion_model.')).reduce((n, x) => n + numel(x.shape), 0)).toBe(
+        unet[arch],
+      );
+      expect(t.filter((x) => x.name.startsWith('first_stage_model.')).reduce((n, x) => n + numel(x.shape), 0)).toBe(
+        83_653_863,
+      );
       expect(t.every((x) => typeof x.data === 'function')).toBe(true);
     }
     expect(vaeTensorShapes('full')).toHaveLength(248);
@@ -175,12 +199,23 @@ describe('the generator', () => {
     const spec = { rank: 2, alpha: 2, targets: 'style' as const, format: 'kohya' as const, seed: 3 };
     const lora = syntheticLora('sd15', 'tiny', spec);
     let produced = 0;
-    const tensors = lora.tensors.map((t) => ({ ...t, data: () => { produced++; return (t.data as () => Uint8Array)(); } }));
+    const tensors = lora.tensors.map((t) => ({
+      ...t,
+      data: () => {
+        produced++;
+        return (t.data as () => Uint8Array)();
+      },
+    }));
     expect(produced).toBe(0);
     const sink = memorySink('x.safetensors');
     const { writeSafetensors } = await import('../src/safetensors/index.js');
     let maxAhead = 0;
-    await writeSafetensors(sink, tensors, { metadata: lora.metadata, onTensor: (_i, index) => { maxAhead = Math.max(maxAhead, produced - (index + 1)); } });
+    await writeSafetensors(sink, tensors, {
+      metadata: lora.metadata,
+      onTensor: (_i, index) => {
+        maxAhead = Math.max(maxAhead, produced - (index + 1));
+      },
+    });
     expect(produced).toBe(tensors.length);
     expect(maxAhead).toBe(0);
     const viaGenerate = memorySink('y.safetensors');

@@ -9,33 +9,67 @@ import { FIXTURES } from './formats-helpers.js';
 async function run(argv: string[], cwd = FIXTURES): Promise<{ code: number; out: string; err: string }> {
   let out = '';
   let err = '';
-  const code = await main(argv, { out: (s) => { out += s; }, err: (s) => { err += s; }, isTTY: false, cwd });
+  const code = await main(argv, {
+    out: (s) => {
+      out += s;
+    },
+    err: (s) => {
+      err += s;
+    },
+    isTTY: false,
+    cwd,
+  });
   return { code, out, err };
 }
 
 describe('lora-mix convert', () => {
   let tmp = '';
-  beforeAll(async () => { tmp = await mkdtemp(path.join(tmpdir(), 'lora-mix-convert-')); });
-  afterAll(async () => { if (tmp) await rm(tmp, { recursive: true, force: true }); });
+  beforeAll(async () => {
+    tmp = await mkdtemp(path.join(tmpdir(), 'lora-mix-convert-'));
+  });
+  afterAll(async () => {
+    if (tmp) await rm(tmp, { recursive: true, force: true });
+  });
 
   it('kohya (SGM paths) → PEFT gives the committed PEFT file, and back gives the committed kohya file', async () => {
     const out = path.join(tmp, 'style.peft.safetensors');
     const r = await run(['convert', 'sdxl/style-lora.kohya-sgm.safetensors', '-o', out, '--to', 'peft']);
     expect(r.code, r.err).toBe(0);
     expect(r.out).toContain('kohya (sgm paths) F16 → peft F16');
-    expect((await readFile(out)).equals(await readFile(path.join(FIXTURES, 'sdxl/style-lora.peft.safetensors')))).toBe(true);
+    expect((await readFile(out)).equals(await readFile(path.join(FIXTURES, 'sdxl/style-lora.peft.safetensors')))).toBe(
+      true,
+    );
     const back = path.join(tmp, 'style.kohya.safetensors');
     const r2 = await run(['convert', out, '-o', back, '--to', 'kohya', '--kohya-paths', 'sgm']);
     expect(r2.code, r2.err).toBe(0);
-    expect((await readFile(back)).equals(await readFile(path.join(FIXTURES, 'sdxl/style-lora.kohya-sgm.safetensors')))).toBe(true);
+    expect(
+      (await readFile(back)).equals(await readFile(path.join(FIXTURES, 'sdxl/style-lora.kohya-sgm.safetensors'))),
+    ).toBe(true);
   });
 
   it('--dtype, --arch with --allow-unmatched and --json', async () => {
     const out = path.join(tmp, 'lcm-ssd1b.safetensors');
-    const r = await run(['convert', 'sdxl/lcm-lora.kohya.safetensors', '-o', out, '--to', 'kohya', '--arch', 'ssd1b', '--allow-unmatched', '--dtype', 'fp32', '--json']);
+    const r = await run([
+      'convert',
+      'sdxl/lcm-lora.kohya.safetensors',
+      '-o',
+      out,
+      '--to',
+      'kohya',
+      '--arch',
+      'ssd1b',
+      '--allow-unmatched',
+      '--dtype',
+      'fp32',
+      '--json',
+    ]);
     expect(r.code, r.err).toBe(0);
     const report = JSON.parse(r.out);
-    expect(report).toMatchObject({ arch: 'ssd1b', modules: 423, to: { format: 'kohya', kohyaPaths: 'diffusers', dtype: 'F32' } });
+    expect(report).toMatchObject({
+      arch: 'ssd1b',
+      modules: 423,
+      to: { format: 'kohya', kohyaPaths: 'diffusers', dtype: 'F32' },
+    });
     expect(report.unmatched).toHaveLength(365);
     const l = await loadLora(out);
     expect([l.arch, l.dtype, l.modules.size]).toEqual(['ssd1b', 'F32', 423]);
@@ -52,15 +86,63 @@ describe('lora-mix convert', () => {
 
   it('usage errors exit 2; input errors exit 1 with the code', async () => {
     expect((await run(['convert', 'sd15/style-lora.kohya.safetensors', '--to', 'peft'])).code).toBe(2);
-    expect((await run(['convert', 'sd15/style-lora.kohya.safetensors', '-o', path.join(tmp, 'x.safetensors')])).code).toBe(2);
-    expect((await run(['convert', 'sd15/style-lora.kohya.safetensors', '-o', path.join(tmp, 'x.safetensors'), '--to', 'loha'])).code).toBe(2);
-    expect((await run(['convert', 'sd15/style-lora.kohya.safetensors', '-o', path.join(tmp, 'x.safetensors'), '--to', 'peft', '--kohya-paths', 'sgm'])).code).toBe(2);
-    expect((await run(['convert', 'sd15/style-lora.kohya.safetensors', '-o', path.join(tmp, 'x.safetensors'), '--to', 'peft', '--dtype', 'int8'])).code).toBe(2);
+    expect(
+      (await run(['convert', 'sd15/style-lora.kohya.safetensors', '-o', path.join(tmp, 'x.safetensors')])).code,
+    ).toBe(2);
+    expect(
+      (
+        await run([
+          'convert',
+          'sd15/style-lora.kohya.safetensors',
+          '-o',
+          path.join(tmp, 'x.safetensors'),
+          '--to',
+          'loha',
+        ])
+      ).code,
+    ).toBe(2);
+    expect(
+      (
+        await run([
+          'convert',
+          'sd15/style-lora.kohya.safetensors',
+          '-o',
+          path.join(tmp, 'x.safetensors'),
+          '--to',
+          'peft',
+          '--kohya-paths',
+          'sgm',
+        ])
+      ).code,
+    ).toBe(2);
+    expect(
+      (
+        await run([
+          'convert',
+          'sd15/style-lora.kohya.safetensors',
+          '-o',
+          path.join(tmp, 'x.safetensors'),
+          '--to',
+          'peft',
+          '--dtype',
+          'int8',
+        ])
+      ).code,
+    ).toBe(2);
     const bad = await run(['convert', 'bad/loha.safetensors', '-o', path.join(tmp, 'x.safetensors'), '--to', 'peft']);
     expect(bad.code).toBe(1);
     expect(bad.err).toContain('FORMAT_UNSUPPORTED_ADAPTER');
     await expect(stat(path.join(tmp, 'x.safetensors'))).rejects.toThrow();
-    const mismatch = await run(['convert', 'sdxl/lcm-lora.kohya.safetensors', '-o', path.join(tmp, 'x.safetensors'), '--to', 'peft', '--arch', 'sd15']);
+    const mismatch = await run([
+      'convert',
+      'sdxl/lcm-lora.kohya.safetensors',
+      '-o',
+      path.join(tmp, 'x.safetensors'),
+      '--to',
+      'peft',
+      '--arch',
+      'sd15',
+    ]);
     expect(mismatch.code).toBe(1);
     expect(mismatch.err).toContain('ARCH_MISMATCH');
   });
@@ -91,7 +173,12 @@ describe('lora-mix inspect (LoRA-aware)', () => {
     expect(cp.out).toMatch(/kind:\s+base checkpoint/);
     expect(cp.out).toMatch(/arch:\s+SSD-1B/);
     expect(cp.out).toMatch(/naming:\s+single-file/);
-    const folder = await run(['inspect', 'sd15/diffusers/unet/diffusion_pytorch_model.safetensors', '--json', '--summary']);
+    const folder = await run([
+      'inspect',
+      'sd15/diffusers/unet/diffusion_pytorch_model.safetensors',
+      '--json',
+      '--summary',
+    ]);
     expect(JSON.parse(folder.out).checkpoint).toMatchObject({ arch: 'sd15', naming: 'diffusers-unet' });
     const loha = await run(['inspect', 'bad/loha.safetensors']);
     expect(loha.code).toBe(0);

@@ -41,19 +41,29 @@ describe('unsupported adapter types: FORMAT_UNSUPPORTED_ADAPTER naming the type 
   it('PEFT DoRA: lora_magnitude_vector keys, or use_dora in the config', async () => {
     const stem = `unet.${toQ.localPath}`;
     const keys = makeFile([
-      { name: `${stem}.lora_A.weight`, shape: [2, IN] }, { name: `${stem}.lora_B.weight`, shape: [OUT, 2] },
+      { name: `${stem}.lora_A.weight`, shape: [2, IN] },
+      { name: `${stem}.lora_B.weight`, shape: [OUT, 2] },
       { name: `${stem}.lora_magnitude_vector`, shape: [OUT] },
     ]);
     expect((await caught(() => decodeBytes(keys))).message).toMatch(/DoRA.*lora_magnitude_vector/);
-    const meta = makeFile([{ name: `${stem}.lora_A.weight`, shape: [2, IN] }, { name: `${stem}.lora_B.weight`, shape: [OUT, 2] }],
-      { lora_adapter_metadata: JSON.stringify({ 'unet.use_dora': true, 'unet.r': 2 }) });
+    const meta = makeFile(
+      [
+        { name: `${stem}.lora_A.weight`, shape: [2, IN] },
+        { name: `${stem}.lora_B.weight`, shape: [OUT, 2] },
+      ],
+      { lora_adapter_metadata: JSON.stringify({ 'unet.use_dora': true, 'unet.r': 2 }) },
+    );
     const e = await caught(() => decodeBytes(meta));
     expect(e.code).toBe('FORMAT_UNSUPPORTED_ADAPTER');
     expect(e.message).toMatch(/DoRA/);
   });
 
   it('the committed bad fixtures', async () => {
-    for (const [file, type] of [['bad/loha.safetensors', /LoHa/], ['bad/lokr.safetensors', /LoKr/], ['bad/dora.safetensors', /DoRA/]] as const) {
+    for (const [file, type] of [
+      ['bad/loha.safetensors', /LoHa/],
+      ['bad/lokr.safetensors', /LoKr/],
+      ['bad/dora.safetensors', /DoRA/],
+    ] as const) {
       const e = await caught(() => loadLora(fixture(file)));
       expect(e.code, file).toBe('FORMAT_UNSUPPORTED_ADAPTER');
       expect(e.message).toMatch(type);
@@ -63,7 +73,12 @@ describe('unsupported adapter types: FORMAT_UNSUPPORTED_ADAPTER naming the type 
 
 describe('not a LoRA', () => {
   it('a base checkpoint (single file or diffusers component) is FORMAT_NOT_A_LORA', async () => {
-    for (const file of ['sd15/base.safetensors', 'sd15/unet.safetensors', 'sdxl/diffusers/unet/diffusion_pytorch_model.safetensors', 'sdxl/diffusers/text_encoder_2/model.safetensors']) {
+    for (const file of [
+      'sd15/base.safetensors',
+      'sd15/unet.safetensors',
+      'sdxl/diffusers/unet/diffusion_pytorch_model.safetensors',
+      'sdxl/diffusers/text_encoder_2/model.safetensors',
+    ]) {
       const e = await caught(() => loadLora(fixture(file)));
       expect(e.code, file).toBe('FORMAT_NOT_A_LORA');
       expect(e.message).toMatch(/base checkpoint/);
@@ -72,7 +87,14 @@ describe('not a LoRA', () => {
   });
 
   it('an unrelated or empty file is FORMAT_NOT_A_LORA naming its first keys', async () => {
-    const e = await caught(() => decodeBytes(makeFile([{ name: 'foo.bar', shape: [2] }, { name: 'baz', shape: [1] }])));
+    const e = await caught(() =>
+      decodeBytes(
+        makeFile([
+          { name: 'foo.bar', shape: [2] },
+          { name: 'baz', shape: [1] },
+        ]),
+      ),
+    );
     expect(e.code).toBe('FORMAT_NOT_A_LORA');
     expect(e.message).toContain('foo.bar');
     expect((await caught(() => decodeBytes(makeFile([])))).code).toBe('FORMAT_NOT_A_LORA');
@@ -83,7 +105,8 @@ describe('not a LoRA', () => {
     expect((await of('sd15/style-lora.kohya.safetensors')).kind).toBe('lora');
     const cp = await of('sdxl/base.safetensors');
     expect(cp.kind).toBe('checkpoint');
-    if (cp.kind === 'checkpoint') expect([cp.detection.arch, cp.detection.size, cp.detection.naming]).toEqual(['sdxl', 'tiny', 'single-file']);
+    if (cp.kind === 'checkpoint')
+      expect([cp.detection.arch, cp.detection.size, cp.detection.naming]).toEqual(['sdxl', 'tiny', 'single-file']);
     expect((await of('bad/loha.safetensors')).kind).toBe('unsupported-adapter');
     expect((await detectFileKind(await open(makeFile([{ name: 'foo', shape: [1] }])))).kind).toBe('other');
   });
@@ -91,7 +114,10 @@ describe('not a LoRA', () => {
 
 describe('key and module errors', () => {
   it('keys that are no LoRA factor in any spelling: FORMAT_KEY_UNRESOLVED listing them (first 10 + count)', async () => {
-    const extra = Array.from({ length: 12 }, (_, i) => ({ name: `bundle_emb.tok${i}.string_to_param.*`, shape: [1, 4] }));
+    const extra = Array.from({ length: 12 }, (_, i) => ({
+      name: `bundle_emb.tok${i}.string_to_param.*`,
+      shape: [1, 4],
+    }));
     const e = await caught(() => decodeBytes(makeFile([...lora(), ...extra])));
     expect(e).toBeInstanceOf(FormatError);
     expect(e.code).toBe('FORMAT_KEY_UNRESOLVED');
@@ -104,7 +130,11 @@ describe('key and module errors', () => {
   });
 
   it('module names no layout knows: FORMAT_KEY_UNRESOLVED', async () => {
-    const e = await caught(() => decodeBytes(makeFile([...lora(), ...lora('lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_qq')])));
+    const e = await caught(() =>
+      decodeBytes(
+        makeFile([...lora(), ...lora('lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_qq')]),
+      ),
+    );
     expect(e.code).toBe('FORMAT_KEY_UNRESOLVED');
     expect(e.message).toContain('to_qq');
     const ok = await decodeBytes(makeFile([...lora(), ...lora('lora_unet_nowhere_to_q')]), { allowUnmatched: true });
@@ -124,7 +154,14 @@ describe('key and module errors', () => {
   });
 
   it('ranks of down and up disagree: LORA_RANK_MISMATCH', async () => {
-    const e = await caught(() => decodeBytes(makeFile([{ name: `${NAME}.lora_down.weight`, shape: [4, IN] }, { name: `${NAME}.lora_up.weight`, shape: [OUT, 3] }])));
+    const e = await caught(() =>
+      decodeBytes(
+        makeFile([
+          { name: `${NAME}.lora_down.weight`, shape: [4, IN] },
+          { name: `${NAME}.lora_up.weight`, shape: [OUT, 3] },
+        ]),
+      ),
+    );
     expect(e).toBeInstanceOf(LoraError);
     expect(e.code).toBe('LORA_RANK_MISMATCH');
     expect(e.message).toMatch(/rank 4.*rank 3/);
@@ -132,32 +169,62 @@ describe('key and module errors', () => {
   });
 
   it('factors that fit no layout module: LORA_SHAPE_MISMATCH with expected vs found', async () => {
-    const e = await caught(() => decodeBytes(makeFile([{ name: `${NAME}.lora_down.weight`, shape: [2, IN + 1] }, { name: `${NAME}.lora_up.weight`, shape: [OUT, 2] }])));
+    const e = await caught(() =>
+      decodeBytes(
+        makeFile([
+          { name: `${NAME}.lora_down.weight`, shape: [2, IN + 1] },
+          { name: `${NAME}.lora_up.weight`, shape: [OUT, 2] },
+        ]),
+      ),
+    );
     expect(e.code).toBe('LORA_SHAPE_MISMATCH');
     expect(e.message).toContain(`[r, ${IN}]`);
     expect(e.message).toContain(`found down [2, ${IN + 1}]`);
-    const three = await caught(() => decodeBytes(makeFile([{ name: `${NAME}.lora_down.weight`, shape: [2, IN, 1] }, { name: `${NAME}.lora_up.weight`, shape: [OUT, 2] }])));
+    const three = await caught(() =>
+      decodeBytes(
+        makeFile([
+          { name: `${NAME}.lora_down.weight`, shape: [2, IN, 1] },
+          { name: `${NAME}.lora_up.weight`, shape: [OUT, 2] },
+        ]),
+      ),
+    );
     expect(three.code).toBe('LORA_SHAPE_MISMATCH');
   });
 
   it('kohya and PEFT spellings in one file, or two PEFT adapters: FORMAT_MIXED', async () => {
     const stem = `unet.${sd15.byPath.get('unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_k')!.localPath}`;
-    const e = await caught(() => decodeBytes(makeFile([...lora(), { name: `${stem}.lora_A.weight`, shape: [2, IN] }, { name: `${stem}.lora_B.weight`, shape: [OUT, 2] }])));
+    const e = await caught(() =>
+      decodeBytes(
+        makeFile([
+          ...lora(),
+          { name: `${stem}.lora_A.weight`, shape: [2, IN] },
+          { name: `${stem}.lora_B.weight`, shape: [OUT, 2] },
+        ]),
+      ),
+    );
     expect(e.code).toBe('FORMAT_MIXED');
-    const two = await caught(() => decodeBytes(makeFile([
-      { name: `unet.${toQ.localPath}.lora_A.default.weight`, shape: [2, IN] }, { name: `unet.${toQ.localPath}.lora_B.default.weight`, shape: [OUT, 2] },
-      { name: `${stem}.lora_A.other.weight`, shape: [2, IN] }, { name: `${stem}.lora_B.other.weight`, shape: [OUT, 2] },
-    ])));
+    const two = await caught(() =>
+      decodeBytes(
+        makeFile([
+          { name: `unet.${toQ.localPath}.lora_A.default.weight`, shape: [2, IN] },
+          { name: `unet.${toQ.localPath}.lora_B.default.weight`, shape: [OUT, 2] },
+          { name: `${stem}.lora_A.other.weight`, shape: [2, IN] },
+          { name: `${stem}.lora_B.other.weight`, shape: [OUT, 2] },
+        ]),
+      ),
+    );
     expect(two.code).toBe('FORMAT_MIXED');
     expect(two.message).toMatch(/default, other/);
   });
 
   it('a non-finite alpha is refused', async () => {
-    const e = await caught(() => decodeBytes(makeFile([...lora(), { name: `${NAME}.alpha`, shape: [], values: [NaN] }])));
+    const e = await caught(() =>
+      decodeBytes(makeFile([...lora(), { name: `${NAME}.alpha`, shape: [], values: [NaN] }])),
+    );
     expect(e.code).toBe('LORA_INVALID_WEIGHTS');
   });
 
-  it('a truncated file is the reader\'s SAFETENSORS_TRUNCATED', async () => {
+  it("a truncated file is the reader's SAFETENSORS_TRUNCATED", async () => {
     const e = await caught(() => loadLora(fixture('bad/truncated.safetensors')));
     expect(e).toBeInstanceOf(SafetensorsError);
     expect(e.code).toBe('SAFETENSORS_TRUNCATED');
@@ -188,7 +255,9 @@ describe('architecture errors', () => {
   });
 
   it('a forced size that does not fit is a shape error', async () => {
-    const e = await caught(() => loadLora(fixture('sd15/style-lora.kohya.safetensors'), { arch: 'sd15', size: 'full' }));
+    const e = await caught(() =>
+      loadLora(fixture('sd15/style-lora.kohya.safetensors'), { arch: 'sd15', size: 'full' }),
+    );
     expect(e.code).toBe('LORA_SHAPE_MISMATCH');
   });
 });

@@ -26,23 +26,32 @@ function ramp(n: number, salt: number): Float32Array {
 
 /** Serialize F32 tensors (values default to a ramp) into safetensors bytes. */
 export function makeFile(tensors: readonly RawTensor[], metadata?: Record<string, string>): Uint8Array {
-  return serializeSafetensors(tensors.map((t, i) => {
-    const n = t.shape.reduce((a, b) => a * b, 1);
-    const v = t.values ? Float32Array.from(t.values) : ramp(n, i);
-    return { name: t.name, dtype: t.dtype ?? 'F32', shape: t.shape, data: new Uint8Array(v.buffer) };
-  }), metadata ? { metadata } : {});
+  return serializeSafetensors(
+    tensors.map((t, i) => {
+      const n = t.shape.reduce((a, b) => a * b, 1);
+      const v = t.values ? Float32Array.from(t.values) : ramp(n, i);
+      return { name: t.name, dtype: t.dtype ?? 'F32', shape: t.shape, data: new Uint8Array(v.buffer) };
+    }),
+    metadata ? { metadata } : {},
+  );
 }
 
 export async function open(bytes: Uint8Array, name = 'test.safetensors'): Promise<SafetensorsFile> {
   return parseSafetensors(bufferSource(bytes, name));
 }
 
-export async function decodeBytes(bytes: Uint8Array, options: DecodeOptions = {}, name = 'test.safetensors'): Promise<LoadedLora> {
+export async function decodeBytes(
+  bytes: Uint8Array,
+  options: DecodeOptions = {},
+  name = 'test.safetensors',
+): Promise<LoadedLora> {
   return decodeLora(await open(bytes, name), options);
 }
 
 /** The exception thrown by an async function (fails the test if none). */
-export async function caught(f: () => Promise<unknown>): Promise<Error & { code?: string; details?: Record<string, unknown> }> {
+export async function caught(
+  f: () => Promise<unknown>,
+): Promise<Error & { code?: string; details?: Record<string, unknown> }> {
   try {
     await f();
   } catch (e) {

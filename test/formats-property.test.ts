@@ -20,12 +20,15 @@ interface Case {
 
 const caseArb: fc.Arbitrary<Case> = fc.record({
   arch: fc.constantFrom<Arch>('sd15', 'sdxl', 'ssd1b'),
-  picks: fc.array(fc.record({
-    index: fc.nat(100_000),
-    rank: fc.integer({ min: 1, max: 6 }),
-    alpha: fc.float({ min: -64, max: 64, noNaN: true, noDefaultInfinity: true }).filter((a) => a !== 0),
-    seed: fc.nat(),
-  }), { minLength: 1, maxLength: 30 }),
+  picks: fc.array(
+    fc.record({
+      index: fc.nat(100_000),
+      rank: fc.integer({ min: 1, max: 6 }),
+      alpha: fc.float({ min: -64, max: 64, noNaN: true, noDefaultInfinity: true }).filter((a) => a !== 0),
+      seed: fc.nat(),
+    }),
+    { minLength: 1, maxLength: 30 },
+  ),
   format: fc.constantFrom<'kohya' | 'peft'>('kohya', 'peft'),
   kohyaPaths: fc.constantFrom<'diffusers' | 'sgm'>('diffusers', 'sgm'),
   dtype: fc.constantFrom<'F32' | 'F16'>('F32', 'F16'),
@@ -51,31 +54,37 @@ const roundF16 = (a: Float32Array): Float32Array => f16ToF32(f32ToF16(a));
 
 describe('encode → decode is exact for random LoRAs in every format', () => {
   it('random module subsets, ranks and alphas; kohya (both spellings) and PEFT; F32 and F16', async () => {
-    await fc.assert(fc.asyncProperty(caseArb, async (c) => {
-      const lora = build(c);
-      const bytes = serializeLora(lora, { format: c.format, kohyaPaths: c.kohyaPaths, dtype: c.dtype });
-      const back = await decodeBytes(bytes, { arch: c.arch, size: 'tiny' });
-      expect(back.format).toBe(c.format);
-      expect(back.arch).toBe(c.arch);
-      expect(back.dtype).toBe(c.dtype);
-      expect(new Set(back.modules.keys())).toEqual(new Set(lora.modules.keys()));
-      for (const [path, m] of lora.modules) {
-        const o = back.modules.get(path)!;
-        expect(o.alpha).toBe(m.alpha);
-        expect(o.down.shape).toEqual(m.down.shape);
-        expect(o.up.shape).toEqual(m.up.shape);
-        const want = (x: Float32Array) => (c.dtype === 'F16' ? roundF16(x) : x);
-        expect(Array.from(o.down.data)).toEqual(Array.from(want(m.down.data)));
-        expect(Array.from(o.up.data)).toEqual(Array.from(want(m.up.data)));
-      }
-      expect(back.metadata.ss_output_name).toBe('prop');
-      // Encoding the decoded LoRA again gives the same bytes; so does the other format and back.
-      const again = serializeLora(back, { format: c.format, kohyaPaths: c.kohyaPaths, dtype: c.dtype });
-      expect(Buffer.from(again).equals(Buffer.from(bytes))).toBe(true);
-      const other = c.format === 'kohya' ? 'peft' : 'kohya';
-      const via = await decodeBytes(serializeLora(back, { format: other, kohyaPaths: c.kohyaPaths }), { arch: c.arch, size: 'tiny' });
-      const round = serializeLora(via, { format: c.format, kohyaPaths: c.kohyaPaths, dtype: c.dtype });
-      expect(Buffer.from(round).equals(Buffer.from(bytes))).toBe(true);
-    }), { numRuns: 60 });
+    await fc.assert(
+      fc.asyncProperty(caseArb, async (c) => {
+        const lora = build(c);
+        const bytes = serializeLora(lora, { format: c.format, kohyaPaths: c.kohyaPaths, dtype: c.dtype });
+        const back = await decodeBytes(bytes, { arch: c.arch, size: 'tiny' });
+        expect(back.format).toBe(c.format);
+        expect(back.arch).toBe(c.arch);
+        expect(back.dtype).toBe(c.dtype);
+        expect(new Set(back.modules.keys())).toEqual(new Set(lora.modules.keys()));
+        for (const [path, m] of lora.modules) {
+          const o = back.modules.get(path)!;
+          expect(o.alpha).toBe(m.alpha);
+          expect(o.down.shape).toEqual(m.down.shape);
+          expect(o.up.shape).toEqual(m.up.shape);
+          const want = (x: Float32Array) => (c.dtype === 'F16' ? roundF16(x) : x);
+          expect(Array.from(o.down.data)).toEqual(Array.from(want(m.down.data)));
+          expect(Array.from(o.up.data)).toEqual(Array.from(want(m.up.data)));
+        }
+        expect(back.metadata.ss_output_name).toBe('prop');
+        // Encoding the decoded LoRA again gives the same bytes; so does the other format and back.
+        const again = serializeLora(back, { format: c.format, kohyaPaths: c.kohyaPaths, dtype: c.dtype });
+        expect(Buffer.from(again).equals(Buffer.from(bytes))).toBe(true);
+        const other = c.format === 'kohya' ? 'peft' : 'kohya';
+        const via = await decodeBytes(serializeLora(back, { format: other, kohyaPaths: c.kohyaPaths }), {
+          arch: c.arch,
+          size: 'tiny',
+        });
+        const round = serializeLora(via, { format: c.format, kohyaPaths: c.kohyaPaths, dtype: c.dtype });
+        expect(Buffer.from(round).equals(Buffer.from(bytes))).toBe(true);
+      }),
+      { numRuns: 60 },
+    );
   });
 });

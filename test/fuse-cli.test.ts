@@ -12,13 +12,26 @@ const FIXTURES = path.resolve(import.meta.dirname, '..', 'fixtures');
 async function run(argv: string[], isTTY = false): Promise<{ code: number; out: string; err: string }> {
   let out = '';
   let err = '';
-  const code = await main(argv, { out: (s) => { out += s; }, err: (s) => { err += s; }, isTTY, cwd: FIXTURES });
+  const code = await main(argv, {
+    out: (s) => {
+      out += s;
+    },
+    err: (s) => {
+      err += s;
+    },
+    isTTY,
+    cwd: FIXTURES,
+  });
   return { code, out, err };
 }
 
 let tmp = '';
-beforeAll(async () => { tmp = await mkdtemp(path.join(tmpdir(), 'lora-mix-fuse-cli-')); });
-afterAll(async () => { if (tmp) await rm(tmp, { recursive: true, force: true }); });
+beforeAll(async () => {
+  tmp = await mkdtemp(path.join(tmpdir(), 'lora-mix-fuse-cli-'));
+});
+afterAll(async () => {
+  if (tmp) await rm(tmp, { recursive: true, force: true });
+});
 
 const LORAS = ['sd15/lcm-lora.kohya.safetensors:1.0', 'sd15/style-lora.kohya.safetensors:0.8'];
 
@@ -43,21 +56,40 @@ describe('lora-mix fuse / verify', () => {
 
   it('verify fails (exit 1) when the weights are not the ones that were fused, naming the modules', async () => {
     const o = path.join(tmp, 'f32.safetensors');
-    const v = await run(['verify', '--fused', o, '--base', 'sd15/base.safetensors', 'sd15/lcm-lora.kohya.safetensors:1.0', 'sd15/style-lora.kohya.safetensors:0.5', '--json']);
+    const v = await run([
+      'verify',
+      '--fused',
+      o,
+      '--base',
+      'sd15/base.safetensors',
+      'sd15/lcm-lora.kohya.safetensors:1.0',
+      'sd15/style-lora.kohya.safetensors:0.5',
+      '--json',
+    ]);
     expect(v.code).toBe(1);
     const report = JSON.parse(v.out) as VerifyReport;
     expect(report.ok).toBe(false);
     expect(report.failed).toBe(264); // every module of the style LoRA; the LCM-only modules still pass
     expect(report.worst!.worstRatio).toBeGreaterThan(100);
     // And with a LoRA left out entirely:
-    const w = await run(['verify', '--fused', o, '--base', 'sd15/base.safetensors', 'sd15/lcm-lora.kohya.safetensors:1.0']);
+    const w = await run([
+      'verify',
+      '--fused',
+      o,
+      '--base',
+      'sd15/base.safetensors',
+      'sd15/lcm-lora.kohya.safetensors:1.0',
+    ]);
     expect(w.code).toBe(1);
     expect(w.out).toMatch(/FAILED/);
   });
 
   it('--json gives the whole report; --device gpu reports the fallback; a terminal gets a redrawn bar with ETA', async () => {
     const o = path.join(tmp, 'gpu.safetensors');
-    const r = await run(['fuse', '--base', 'sd15/base.safetensors', ...LORAS, '-o', o, '--device', 'gpu', '--json'], true);
+    const r = await run(
+      ['fuse', '--base', 'sd15/base.safetensors', ...LORAS, '-o', o, '--device', 'gpu', '--json'],
+      true,
+    );
     expect(r.code).toBe(0);
     const report = JSON.parse(r.out) as FuseReport;
     expect(report.modulesFused).toBe(350);
@@ -72,12 +104,21 @@ describe('lora-mix fuse / verify', () => {
       [['fuse', ...LORAS, '-o', o], /--base CKPT is required/],
       [['fuse', '--base', 'sd15/base.safetensors', ...LORAS], /-o OUT is required/],
       [['fuse', '--base', 'sd15/base.safetensors', '-o', o], /at least one LoRA/],
-      [['fuse', '--base', 'sd15/base.safetensors', ...LORAS, '-o', o, '--dtype', 'f8'], /--dtype expects f32, f16 or bf16/],
-      [['fuse', '--base', 'sd15/base.safetensors', ...LORAS, '-o', o, '--on-overflow', 'wrap'], /--on-overflow expects error or clamp/],
+      [
+        ['fuse', '--base', 'sd15/base.safetensors', ...LORAS, '-o', o, '--dtype', 'f8'],
+        /--dtype expects f32, f16 or bf16/,
+      ],
+      [
+        ['fuse', '--base', 'sd15/base.safetensors', ...LORAS, '-o', o, '--on-overflow', 'wrap'],
+        /--on-overflow expects error or clamp/,
+      ],
       [['fuse', '--base', 'sd15/base.safetensors', 'sd15/lcm-lora.kohya.safetensors:x', '-o', o], /must be a number/],
       [['fuse', '--base', 'sd15/unet.safetensors', ...LORAS, '-o', o], /LORA_UNMATCHED_MODULES/],
       [['fuse', '--base', 'sd15/base.safetensors', 'sdxl/lcm-lora.kohya.safetensors', '-o', o], /ARCH_MISMATCH/],
-      [['fuse', '--base', 'sd15/base.safetensors', ...LORAS, '-o', 'sd15/base.safetensors'], /OUTPUT_WOULD_OVERWRITE_INPUT/],
+      [
+        ['fuse', '--base', 'sd15/base.safetensors', ...LORAS, '-o', 'sd15/base.safetensors'],
+        /OUTPUT_WOULD_OVERWRITE_INPUT/,
+      ],
       [['verify', '--base', 'sd15/base.safetensors', ...LORAS], /--fused OUT is required/],
     ];
     for (const [argv, message] of cases) {

@@ -51,7 +51,10 @@ async function expectNoOutput(dir: string, name: string): Promise<void> {
 }
 
 async function expectCode(p: Promise<unknown>, code: string): Promise<LoraMixError> {
-  const e = await p.then(() => null, (x: unknown) => x);
+  const e = await p.then(
+    () => null,
+    (x: unknown) => x,
+  );
   expect(e).toBeInstanceOf(LoraMixError);
   expect((e as LoraMixError).code).toBe(code);
   return e as LoraMixError;
@@ -97,34 +100,43 @@ describe('fuseLoras: the numbers', () => {
     const o = out('sd15-f32.safetensors');
     const report = await fuseLoras(SD15.base, [SD15.lcm, SD15.style], [1, 0.8], { out: o, dtype: 'F32' });
     expect(report.modulesFused).toBe(350);
-    expect(report.byGroup).toEqual({ 'unet/attention': 192, 'unet/resnet': 80, 'unet/sampler': 6, 'text_encoder/text_encoder': 72 });
+    expect(report.byGroup).toEqual({
+      'unet/attention': 192,
+      'unet/resnet': 80,
+      'unet/sampler': 6,
+      'text_encoder/text_encoder': 72,
+    });
     expect(report.tensors.fused).toBe(350);
     expect(report.unmatched).toEqual([]);
     expect(report.overflow.total).toBe(0);
     const loras = [await loadLora(SD15.lcm), await loadLora(SD15.style)];
     const layout = getLayout('sd15', 'tiny');
-    await withFile(SD15.base, (b) => withFile(o, async (f) => {
-      expect(f.names).toEqual(b.names);
-      let checked = 0;
-      for (const entry of layout.modules) {
-        const d = denseDelta(loras, [1, 0.8], entry.path);
-        if (!d) continue;
-        const w = await b.readF32(entry.singleFileWeightKey);
-        const wf = await f.readF32(entry.singleFileWeightKey);
-        expect(f.info(entry.singleFileWeightKey).dtype).toBe('F32');
-        for (let i = 0; i < w.length; i++) {
-          const exact = w[i]! + d[i]!;
-          // one f32 rounding plus f32 accumulation over rank ≤ 12 terms
-          expect(Math.abs(wf[i]! - exact)).toBeLessThanOrEqual(Math.abs(exact) * 2 ** -23 + 16 * 2 ** -24 * (Math.abs(w[i]!) + Math.abs(d[i]!)) + 1e-12);
+    await withFile(SD15.base, (b) =>
+      withFile(o, async (f) => {
+        expect(f.names).toEqual(b.names);
+        let checked = 0;
+        for (const entry of layout.modules) {
+          const d = denseDelta(loras, [1, 0.8], entry.path);
+          if (!d) continue;
+          const w = await b.readF32(entry.singleFileWeightKey);
+          const wf = await f.readF32(entry.singleFileWeightKey);
+          expect(f.info(entry.singleFileWeightKey).dtype).toBe('F32');
+          for (let i = 0; i < w.length; i++) {
+            const exact = w[i]! + d[i]!;
+            // one f32 rounding plus f32 accumulation over rank ≤ 12 terms
+            expect(Math.abs(wf[i]! - exact)).toBeLessThanOrEqual(
+              Math.abs(exact) * 2 ** -23 + 16 * 2 ** -24 * (Math.abs(w[i]!) + Math.abs(d[i]!)) + 1e-12,
+            );
+          }
+          checked++;
         }
-        checked++;
-      }
-      expect(checked).toBe(350);
-      // A tensor no LoRA touches (a VAE conv, a norm) is converted F16 → F32 exactly.
-      for (const key of ['first_stage_model.decoder.conv_out.weight', 'model.diffusion_model.out.0.weight']) {
-        expect(Array.from(await f.readF32(key))).toEqual(Array.from(await b.readF32(key)));
-      }
-    }));
+        expect(checked).toBe(350);
+        // A tensor no LoRA touches (a VAE conv, a norm) is converted F16 → F32 exactly.
+        for (const key of ['first_stage_model.decoder.conv_out.weight', 'model.diffusion_model.out.0.weight']) {
+          expect(Array.from(await f.readF32(key))).toEqual(Array.from(await b.readF32(key)));
+        }
+      }),
+    );
   });
 
   it('as-stored F16 output: every fused weight is the nearest F16 of the exact sum, or one ulp from it', async () => {
@@ -132,21 +144,24 @@ describe('fuseLoras: the numbers', () => {
     await fuseLoras(SD15.base, [SD15.lcm, SD15.style], [1, 0.8], { out: o });
     const loras = [await loadLora(SD15.lcm), await loadLora(SD15.style)];
     const layout = getLayout('sd15', 'tiny');
-    let exactHits = 0, total = 0;
-    await withFile(SD15.base, (b) => withFile(o, async (f) => {
-      for (const entry of layout.modules.filter((e) => e.component === 'unet').slice(0, 60)) {
-        const d = denseDelta(loras, [1, 0.8], entry.path);
-        if (!d) continue;
-        const w = await b.readF32(entry.singleFileWeightKey);
-        const bits = new Uint16Array((await f.read(entry.singleFileWeightKey)).slice().buffer);
-        for (let i = 0; i < w.length; i++) {
-          const nearest = f32ToF16Bits(w[i]! + d[i]!);
-          total++;
-          if (bits[i] === nearest) exactHits++;
-          else expect(Math.abs(bits[i]! - nearest)).toBe(1); // a tie decided by f32 accumulation, never more
+    let exactHits = 0,
+      total = 0;
+    await withFile(SD15.base, (b) =>
+      withFile(o, async (f) => {
+        for (const entry of layout.modules.filter((e) => e.component === 'unet').slice(0, 60)) {
+          const d = denseDelta(loras, [1, 0.8], entry.path);
+          if (!d) continue;
+          const w = await b.readF32(entry.singleFileWeightKey);
+          const bits = new Uint16Array((await f.read(entry.singleFileWeightKey)).slice().buffer);
+          for (let i = 0; i < w.length; i++) {
+            const nearest = f32ToF16Bits(w[i]! + d[i]!);
+            total++;
+            if (bits[i] === nearest) exactHits++;
+            else expect(Math.abs(bits[i]! - nearest)).toBe(1); // a tie decided by f32 accumulation, never more
+          }
         }
-      }
-    }));
+      }),
+    );
     expect(total).toBeGreaterThan(10000);
     expect(exactHits / total).toBeGreaterThan(0.999);
   });
@@ -157,28 +172,31 @@ describe('fuseLoras: the numbers', () => {
     await fuseLoras(SD15.base, [SD15.lcm, SD15.style], [1, 0.8], { out: plus });
     const r = await fuseLoras(plus, [SD15.lcm, SD15.style], [-1, -0.8], { out: back });
     expect(r.modulesFused).toBe(350);
-    await withFile(SD15.base, (b) => withFile(back, async (f) => {
-      let moved = 0;
-      for (const t of b.tensors) {
-        if (t.dtype !== 'F16') {
-          expect(Buffer.from(await f.read(t.name)).equals(Buffer.from(await b.read(t.name)))).toBe(true);
-          continue;
+    await withFile(SD15.base, (b) =>
+      withFile(back, async (f) => {
+        let moved = 0;
+        for (const t of b.tensors) {
+          if (t.dtype !== 'F16') {
+            expect(Buffer.from(await f.read(t.name)).equals(Buffer.from(await b.read(t.name)))).toBe(true);
+            continue;
+          }
+          const x = new Uint16Array((await b.read(t.name)).slice().buffer);
+          const y = new Uint16Array((await f.read(t.name)).slice().buffer);
+          for (let i = 0; i < x.length; i++) {
+            if (x[i] === y[i]) continue;
+            if ((x[i]! & 0x7fff) === 0 && (y[i]! & 0x7fff) === 0) continue; // +0 and −0
+            moved++;
+            // within one F16 ulp of the original (adjacent bit patterns of the same sign)
+            const a = f16BitsToF32(x[i]!),
+              c = f16BitsToF32(y[i]!);
+            expect(Math.sign(a) === Math.sign(c) || a === 0 || c === 0).toBe(true);
+            expect(Math.abs(x[i]! - y[i]!)).toBeLessThanOrEqual(1);
+          }
         }
-        const x = new Uint16Array((await b.read(t.name)).slice().buffer);
-        const y = new Uint16Array((await f.read(t.name)).slice().buffer);
-        for (let i = 0; i < x.length; i++) {
-          if (x[i] === y[i]) continue;
-          if ((x[i]! & 0x7fff) === 0 && (y[i]! & 0x7fff) === 0) continue; // +0 and −0
-          moved++;
-          // within one F16 ulp of the original (adjacent bit patterns of the same sign)
-          const a = f16BitsToF32(x[i]!), c = f16BitsToF32(y[i]!);
-          expect(Math.sign(a) === Math.sign(c) || a === 0 || c === 0).toBe(true);
-          expect(Math.abs(x[i]! - y[i]!)).toBeLessThanOrEqual(1);
-        }
-      }
-      // the round trip is not trivially the identity: some weights did round
-      expect(moved).toBeGreaterThan(0);
-    }));
+        // the round trip is not trivially the identity: some weights did round
+        expect(moved).toBeGreaterThan(0);
+      }),
+    );
   });
 
   it('SDXL: the single file (q/k/v row slices of in_proj_weight) and the diffusers folder (separate q/k/v) fuse to the same numbers', async () => {
@@ -190,7 +208,9 @@ describe('fuseLoras: the numbers', () => {
     expect(r1.byGroup['text_encoder_2/text_encoder']).toBe(192);
     expect(r2.naming).toBe('diffusers-folder');
     expect((await fs.readdir(folder)).sort()).toEqual(['model_index.json', 'text_encoder', 'text_encoder_2', 'unet']);
-    expect(await fs.readFile(path.join(folder, 'model_index.json'), 'utf8')).toBe(await fs.readFile(path.join(SDXL.folder, 'model_index.json'), 'utf8'));
+    expect(await fs.readFile(path.join(folder, 'model_index.json'), 'utf8')).toBe(
+      await fs.readFile(path.join(SDXL.folder, 'model_index.json'), 'utf8'),
+    );
     const layout = getLayout('sdxl', 'tiny');
     const files: Record<string, string> = {
       unet: path.join(folder, 'unet', 'diffusion_pytorch_model.safetensors'),
@@ -231,11 +251,20 @@ describe('fuseLoras: the numbers', () => {
     const in04 = layout.modules.filter((m) => m.block === 'IN04');
     expect(in04.length).toBeGreaterThan(0);
     expect(r.byGroup['text_encoder/text_encoder']).toBeUndefined();
-    await withFile(SD15.base, (b) => withFile(o, async (f) => {
-      for (const m of in04) expect(Buffer.from(await f.read(m.singleFileWeightKey)).equals(Buffer.from(await b.read(m.singleFileWeightKey)))).toBe(true);
-      const in05 = layout.modules.find((m) => m.block === 'IN05' && m.path.endsWith('attn1.to_q'))!;
-      expect(Buffer.from(await f.read(in05.singleFileWeightKey)).equals(Buffer.from(await b.read(in05.singleFileWeightKey)))).toBe(false);
-    }));
+    await withFile(SD15.base, (b) =>
+      withFile(o, async (f) => {
+        for (const m of in04)
+          expect(
+            Buffer.from(await f.read(m.singleFileWeightKey)).equals(Buffer.from(await b.read(m.singleFileWeightKey))),
+          ).toBe(true);
+        const in05 = layout.modules.find((m) => m.block === 'IN05' && m.path.endsWith('attn1.to_q'))!;
+        expect(
+          Buffer.from(await f.read(in05.singleFileWeightKey)).equals(
+            Buffer.from(await b.read(in05.singleFileWeightKey)),
+          ),
+        ).toBe(false);
+      }),
+    );
   });
 
   it('writes the same bytes with O_DIRECT output (the default for outputs ≥ 256 MiB) as through the page cache', async () => {
@@ -255,8 +284,14 @@ describe('fuseLoras: the numbers', () => {
     const o = out('meta.safetensors');
     await fuseLoras(SD15.base, [SD15.lcm, SD15.style], [1, 0.8], { out: o, metadata: { note: 'hello' } });
     await withFile(o, async (f) => {
-      const meta = JSON.parse(f.metadata[FUSE_METADATA_KEY]!) as { version: string; loras: { source: string; weight: string }[] };
-      expect(meta.loras.map((l) => [path.basename(l.source), l.weight])).toEqual([['lcm-lora.kohya.safetensors', '1'], ['style-lora.kohya.safetensors', '0.8']]);
+      const meta = JSON.parse(f.metadata[FUSE_METADATA_KEY]!) as {
+        version: string;
+        loras: { source: string; weight: string }[];
+      };
+      expect(meta.loras.map((l) => [path.basename(l.source), l.weight])).toEqual([
+        ['lcm-lora.kohya.safetensors', '1'],
+        ['style-lora.kohya.safetensors', '0.8'],
+      ]);
       expect(meta.version).toMatch(/^\d+\.\d+\.\d+/);
       expect(f.metadata.note).toBe('hello');
       expect(f.metadata.lora_mix_version).toBe(meta.version);
@@ -270,8 +305,12 @@ describe('fuseLoras: the numbers', () => {
     const kernel = await createWasmKernel();
     try {
       await fuseLoras(SD15.base, [SD15.lcm, SD15.style], [1, 0.8], { out: o, kernel });
-      await fuseLoras(bufferSource(await fs.readFile(SD15.base), 'base'), [await loadLora(SD15.lcm), await loadLora(SD15.style)], [1, 0.8],
-        { out: sink, kernel });
+      await fuseLoras(
+        bufferSource(await fs.readFile(SD15.base), 'base'),
+        [await loadLora(SD15.lcm), await loadLora(SD15.style)],
+        [1, 0.8],
+        { out: sink, kernel },
+      );
     } finally {
       await kernel.dispose();
     }
@@ -279,7 +318,8 @@ describe('fuseLoras: the numbers', () => {
     const mem = await parseSafetensors(bufferSource(sink.bytes()));
     await withFile(o, async (f) => {
       expect(mem.names).toEqual(f.names);
-      for (const t of f.tensors) expect(Buffer.from(await mem.read(t.name)).equals(Buffer.from(await f.read(t.name)))).toBe(true);
+      for (const t of f.tensors)
+        expect(Buffer.from(await mem.read(t.name)).equals(Buffer.from(await f.read(t.name)))).toBe(true);
     });
   });
 });
@@ -289,7 +329,10 @@ describe('fuseLoras: coverage and failures leave nothing behind', () => {
     const unet = fx('sd15', 'unet.safetensors');
     const r = await fuseLoras(unet, [SD15.lcm], [1], { out: out('unet-lcm.safetensors') });
     expect(r.modulesFused).toBe(278);
-    const e = await expectCode(fuseLoras(unet, [SD15.style], [0.8], { out: out('unet-style.safetensors') }), 'LORA_UNMATCHED_MODULES');
+    const e = await expectCode(
+      fuseLoras(unet, [SD15.style], [0.8], { out: out('unet-style.safetensors') }),
+      'LORA_UNMATCHED_MODULES',
+    );
     expect(e.message).toMatch(/no text_encoder/);
     expect(e.message).toMatch(/lora_te_text_model_encoder_layers_0_self_attn_q_proj/);
     expect((e.details as { count: number }).count).toBe(72);
@@ -344,7 +387,10 @@ describe('fuseLoras: coverage and failures leave nothing behind', () => {
     const loraCopy = out('lora-copy.safetensors');
     await fs.copyFile(SD15.lcm, loraCopy);
     const loraBefore = await fs.readFile(loraCopy);
-    await expectCode(fuseLoras(SD15.base, [await loadLora(loraCopy)], [1], { out: loraCopy }), 'OUTPUT_WOULD_OVERWRITE_INPUT');
+    await expectCode(
+      fuseLoras(SD15.base, [await loadLora(loraCopy)], [1], { out: loraCopy }),
+      'OUTPUT_WOULD_OVERWRITE_INPUT',
+    );
     expect((await fs.readFile(loraCopy)).equals(loraBefore)).toBe(true);
   });
 
@@ -353,10 +399,22 @@ describe('fuseLoras: coverage and failures leave nothing behind', () => {
     const cut = out('cut.safetensors');
     await fs.writeFile(cut, bytes.subarray(0, Math.floor(bytes.length * 0.7)));
     await expectCode(fuseLoras(cut, [SD15.lcm], [1], { out: out('cut-out.safetensors') }), 'SAFETENSORS_TRUNCATED');
-    await expectCode(fuseLoras(out('nope.safetensors'), [SD15.lcm], [1], { out: out('nope-out.safetensors') }), 'INPUT_NOT_FOUND');
-    await expectCode(fuseLoras(SD15.base, [SD15.base], [1], { out: out('ckpt-as-lora.safetensors') }), 'FORMAT_NOT_A_LORA');
-    await expectCode(fuseLoras(SD15.base, [SD15.lcm], [1, 2], { out: out('weights-out.safetensors') }), 'LORA_INVALID_WEIGHTS');
-    await expectCode(fuseLoras(SD15.base, [SD15.lcm], [Number.NaN], { out: out('weights-out.safetensors') }), 'LORA_INVALID_WEIGHTS');
+    await expectCode(
+      fuseLoras(out('nope.safetensors'), [SD15.lcm], [1], { out: out('nope-out.safetensors') }),
+      'INPUT_NOT_FOUND',
+    );
+    await expectCode(
+      fuseLoras(SD15.base, [SD15.base], [1], { out: out('ckpt-as-lora.safetensors') }),
+      'FORMAT_NOT_A_LORA',
+    );
+    await expectCode(
+      fuseLoras(SD15.base, [SD15.lcm], [1, 2], { out: out('weights-out.safetensors') }),
+      'LORA_INVALID_WEIGHTS',
+    );
+    await expectCode(
+      fuseLoras(SD15.base, [SD15.lcm], [Number.NaN], { out: out('weights-out.safetensors') }),
+      'LORA_INVALID_WEIGHTS',
+    );
     await expectCode(fuseLoras(SD15.base, [], [], { out: out('weights-out.safetensors') }), 'LORA_EMPTY');
     for (const n of ['cut-out', 'nope-out', 'ckpt-as-lora', 'weights-out']) await expectNoOutput(tmp, n);
   });
@@ -385,14 +443,18 @@ describe('fuseLoras: devices', () => {
       await kernel.dispose();
     }
     await fuseLoras(SDXL.base, [SDXL.lcm, SDXL.style], [1, 0.8], { out: ref, dtype: 'F32' });
-    await withFile(o, (f) => withFile(ref, async (g) => {
-      let worst = 0;
-      for (const t of g.tensors) {
-        const x = await f.readF32(t.name), y = await g.readF32(t.name);
-        for (let i = 0; i < x.length; i++) worst = Math.max(worst, Math.abs(x[i]! - y[i]!) / (Math.abs(y[i]!) + 1e-6));
-      }
-      expect(worst).toBeLessThan(1e-5);
-    }));
+    await withFile(o, (f) =>
+      withFile(ref, async (g) => {
+        let worst = 0;
+        for (const t of g.tensors) {
+          const x = await f.readF32(t.name),
+            y = await g.readF32(t.name);
+          for (let i = 0; i < x.length; i++)
+            worst = Math.max(worst, Math.abs(x[i]! - y[i]!) / (Math.abs(y[i]!) + 1e-6));
+        }
+        expect(worst).toBeLessThan(1e-5);
+      }),
+    );
     const v = await verifyFusion(o, SDXL.base, [SDXL.lcm, SDXL.style], [1, 0.8]);
     expect(v.ok).toBe(true);
   });
@@ -400,12 +462,21 @@ describe('fuseLoras: devices', () => {
 
 describe('verifyFusion catches what a wrong fuser would do', () => {
   /** Copy a fused file, replacing one tensor's values through `edit` (F32 tensors). */
-  async function tamper(src: string, dst: string, key: string, edit: (v: Float32Array, shape: readonly number[]) => Float32Array): Promise<void> {
+  async function tamper(
+    src: string,
+    dst: string,
+    key: string,
+    edit: (v: Float32Array, shape: readonly number[]) => Float32Array,
+  ): Promise<void> {
     await withFile(src, async (f) => {
-      const tensors = await Promise.all(f.tensors.map(async (t) => ({
-        name: t.name, dtype: t.dtype, shape: t.shape,
-        data: t.name === key ? edit(await f.readF32(t.name), t.shape) : await f.read(t.name),
-      })));
+      const tensors = await Promise.all(
+        f.tensors.map(async (t) => ({
+          name: t.name,
+          dtype: t.dtype,
+          shape: t.shape,
+          data: t.name === key ? edit(await f.readF32(t.name), t.shape) : await f.read(t.name),
+        })),
+      );
       await writeSafetensors(dst, tensors, { metadata: f.metadata });
     });
   }
@@ -415,8 +486,12 @@ describe('verifyFusion catches what a wrong fuser would do', () => {
     const loras = [SDXL.lcm, SDXL.style];
     await fuseLoras(SDXL.base, loras, [1, 0.8], { out: good, dtype: 'F32' });
     const layout = getLayout('sdxl', 'tiny');
-    const q = layout.modules.find((m) => m.component === 'text_encoder_2' && m.path.endsWith('layers.3.self_attn.q_proj'))!;
-    const k = layout.modules.find((m) => m.component === 'text_encoder_2' && m.path.endsWith('layers.3.self_attn.k_proj'))!;
+    const q = layout.modules.find(
+      (m) => m.component === 'text_encoder_2' && m.path.endsWith('layers.3.self_attn.q_proj'),
+    )!;
+    const k = layout.modules.find(
+      (m) => m.component === 'text_encoder_2' && m.path.endsWith('layers.3.self_attn.k_proj'),
+    )!;
     const [q0, q1] = q.singleFileRows!;
     const [k0] = k.singleFileRows!;
 
@@ -431,7 +506,12 @@ describe('verifyFusion catches what a wrong fuser would do', () => {
     });
     const r1 = await verifyFusion(swapped, SDXL.base, loras, [1, 0.8]);
     expect(r1.ok).toBe(false);
-    expect(r1.modules.filter((m) => !m.ok).map((m) => m.path).sort()).toEqual([k.path, q.path].sort());
+    expect(
+      r1.modules
+        .filter((m) => !m.ok)
+        .map((m) => m.path)
+        .sort(),
+    ).toEqual([k.path, q.path].sort());
 
     // 2. A square weight stored transposed.
     const sq = layout.modules.find((m) => m.path.endsWith('mid_block.attentions.0.transformer_blocks.0.attn1.to_q'))!;

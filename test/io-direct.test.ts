@@ -10,8 +10,12 @@ import { fileSink } from '../src/node/files.js';
 import { writeSafetensors } from '../src/safetensors/write.js';
 
 let tmp: string;
-beforeAll(async () => { tmp = await fs.mkdtemp(path.join(os.tmpdir(), 'lora-mix-direct-')); });
-afterAll(async () => { await fs.rm(tmp, { recursive: true, force: true }); });
+beforeAll(async () => {
+  tmp = await fs.mkdtemp(path.join(os.tmpdir(), 'lora-mix-direct-'));
+});
+afterAll(async () => {
+  await fs.rm(tmp, { recursive: true, force: true });
+});
 
 function bytes(n: number, seed: number): Uint8Array {
   const b = new Uint8Array(n);
@@ -23,7 +27,12 @@ function bytes(n: number, seed: number): Uint8Array {
   return b;
 }
 
-async function writeChunks(dir: string, name: string, sizes: readonly number[], direct: boolean): Promise<{ expected: Buffer; usedDirect: boolean; file: string }> {
+async function writeChunks(
+  dir: string,
+  name: string,
+  sizes: readonly number[],
+  direct: boolean,
+): Promise<{ expected: Buffer; usedDirect: boolean; file: string }> {
   const file = path.join(dir, name);
   const sink = await fileSink(file, { direct });
   const parts = sizes.map((n, i) => bytes(n, i + 1));
@@ -103,7 +112,12 @@ describe('fileSink({ direct: true })', () => {
       return h;
     });
     try {
-      const { expected, usedDirect, file } = await writeChunks(tmp, 'refused.bin', [(16 << 20) + 7, 100, (3 << 20) + 1], true);
+      const { expected, usedDirect, file } = await writeChunks(
+        tmp,
+        'refused.bin',
+        [(16 << 20) + 7, 100, (3 << 20) + 1],
+        true,
+      );
       expect(refused).toBe(1);
       expect(usedDirect).toBe(false);
       expect((await fs.readFile(file)).equals(expected)).toBe(true);

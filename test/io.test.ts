@@ -16,7 +16,9 @@ afterAll(async () => {
 });
 
 const content = new Uint8Array(10_000).map((_, i) => (i * 31 + 7) & 0xff);
-const rangeArb = fc.tuple(fc.nat({ max: content.length }), fc.nat({ max: content.length })).map(([a, b]) => [Math.min(a, b), Math.max(a, b)] as const);
+const rangeArb = fc
+  .tuple(fc.nat({ max: content.length }), fc.nat({ max: content.length }))
+  .map(([a, b]) => [Math.min(a, b), Math.max(a, b)] as const);
 
 describe('byte sources return exactly the requested range', () => {
   it('fileSource, blobSource and bufferSource agree with the bytes', async () => {
@@ -27,25 +29,40 @@ describe('byte sources return exactly the requested range', () => {
     expect(file.identity).toBe(`${st.dev}:${st.ino}`);
     expect(file.byteLength).toBe(content.length);
     expect(typeof file.readInto).toBe('function');
-    const sources = [file, blobSource(new Blob([content]), 'blob'), bufferSource(content.buffer, 'buf'), bufferSource(content)];
+    const sources = [
+      file,
+      blobSource(new Blob([content]), 'blob'),
+      bufferSource(content.buffer, 'buf'),
+      bufferSource(content),
+    ];
     try {
-      await fc.assert(fc.asyncProperty(rangeArb, async ([a, b]) => {
-        for (const s of sources) {
-          expect(await s.read(a, b)).toEqual(content.subarray(a, b));
-          if (s.readInto) {
-            const target = new Uint8Array(b - a + 2).fill(7);
-            await s.readInto(a, target.subarray(1, 1 + b - a));
-            expect(target.subarray(1, 1 + b - a)).toEqual(content.subarray(a, b));
-            expect([target[0], target[target.length - 1]]).toEqual([7, 7]);
+      await fc.assert(
+        fc.asyncProperty(rangeArb, async ([a, b]) => {
+          for (const s of sources) {
+            expect(await s.read(a, b)).toEqual(content.subarray(a, b));
+            if (s.readInto) {
+              const target = new Uint8Array(b - a + 2).fill(7);
+              await s.readInto(a, target.subarray(1, 1 + b - a));
+              expect(target.subarray(1, 1 + b - a)).toEqual(content.subarray(a, b));
+              expect([target[0], target[target.length - 1]]).toEqual([7, 7]);
+            }
           }
-        }
-      }), { numRuns: 40 });
+        }),
+        { numRuns: 40 },
+      );
       for (const s of sources) {
-        for (const [a, b] of [[-1, 2], [5, 4], [0, content.length + 1], [0.5, 2]] as const) {
+        for (const [a, b] of [
+          [-1, 2],
+          [5, 4],
+          [0, content.length + 1],
+          [0.5, 2],
+        ] as const) {
           await expect(s.read(a, b), `${s.name} ${a}…${b}`).rejects.toMatchObject({ code: 'IO_READ_FAILED' });
         }
         if (s.readInto) {
-          await expect(s.readInto(content.length - 1, new Uint8Array(2))).rejects.toMatchObject({ code: 'IO_READ_FAILED' });
+          await expect(s.readInto(content.length - 1, new Uint8Array(2))).rejects.toMatchObject({
+            code: 'IO_READ_FAILED',
+          });
         }
       }
     } finally {
@@ -74,7 +91,10 @@ describe('byte sources return exactly the requested range', () => {
     const s = await fileSource(p);
     try {
       await fs.truncate(p, 100);
-      await expect(s.read(50, 500)).rejects.toMatchObject({ code: 'IO_READ_FAILED', message: expect.stringContaining('ended at byte 100') });
+      await expect(s.read(50, 500)).rejects.toMatchObject({
+        code: 'IO_READ_FAILED',
+        message: expect.stringContaining('ended at byte 100'),
+      });
     } finally {
       await s.close();
     }
@@ -154,7 +174,9 @@ describe('fileSink', () => {
     const target = path.join(dir, 'in.bin');
     await fs.writeFile(target, 'x');
     const before = await fs.readdir(dir);
-    await expect(fileSink(target, { refuse: [target] })).rejects.toMatchObject({ code: 'OUTPUT_WOULD_OVERWRITE_INPUT' });
+    await expect(fileSink(target, { refuse: [target] })).rejects.toMatchObject({
+      code: 'OUTPUT_WOULD_OVERWRITE_INPUT',
+    });
     expect(await fs.readdir(dir)).toEqual(before);
     await expect(fileSink(dir)).rejects.toMatchObject({ code: 'IO_WRITE_FAILED' });
     await expect(fileSink(path.join(dir, 'no-such-dir', 'x.bin'))).rejects.toMatchObject({ code: 'IO_WRITE_FAILED' });

@@ -64,7 +64,11 @@ const MAXF: Record<StoredFloat, number> = { F32: 0x7f7fffff, F16: 0x477fe000, BF
  * counts and clamp in the f32 domain, then one RNE rounding to the output dtype.
  */
 export function emulatePlain(
-  src: Uint8Array, srcDt: StoredFloat, dstDt: StoredFloat, job: UpdateJob, clamp = false,
+  src: Uint8Array,
+  srcDt: StoredFloat,
+  dstDt: StoredFloat,
+  job: UpdateJob,
+  clamp = false,
 ): { out: Uint8Array; res: UpdateResult } {
   const { rows, cols, rank, up, down } = job;
   const w = decodeStored(src, srcDt);
@@ -107,7 +111,11 @@ function halfUlp(dt: StoredFloat, v: number): number {
  * and that non-finite outputs sit exactly where the reference has them.
  */
 export function expectWithinBound(
-  out: Uint8Array, src: Uint8Array, srcDt: StoredFloat, dstDt: StoredFloat, job: UpdateJob,
+  out: Uint8Array,
+  src: Uint8Array,
+  srcDt: StoredFloat,
+  dstDt: StoredFloat,
+  job: UpdateJob,
 ): void {
   const { rows, cols, rank, up, down } = job;
   const w = decodeStored(src, srcDt);
@@ -128,7 +136,10 @@ export function expectWithinBound(
       const e = (rank + 2) * 2 ** -24 * mag + 1e-45;
       const bound = e + halfUlp(dstDt, Math.abs(ref) + e);
       const err = Math.abs(got - ref);
-      if (err > bound) expect.fail(`(${i}, ${j}) ${srcDt}→${dstDt} r=${rank}: got ${got}, f64 reference ${ref}, error ${err} > bound ${bound}`);
+      if (err > bound)
+        expect.fail(
+          `(${i}, ${j}) ${srcDt}→${dstDt} r=${rank}: got ${got}, f64 reference ${ref}, error ${err} > bound ${bound}`,
+        );
       worst = Math.max(worst, err / bound);
     }
   }

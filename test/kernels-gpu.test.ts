@@ -2,7 +2,12 @@ import { GPU } from 'gpu.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createWasmKernel } from '../src/kernels/cpu.js';
 import {
-  createGpuKernel, type GpuBackendProbe, gpuBackends, type GpuJsClass, type GpuJsInstance, resolvedBackend,
+  createGpuKernel,
+  type GpuBackendProbe,
+  gpuBackends,
+  type GpuJsClass,
+  type GpuJsInstance,
+  resolvedBackend,
 } from '../src/kernels/gpu.js';
 import { decodeStored, referenceUpdate } from '../src/kernels/js.js';
 import type { FuseKernel, StoredFloat } from '../src/kernels/types.js';
@@ -69,7 +74,12 @@ describe('gpu.js kernel', () => {
   });
 
   it("names gpu.js's GL backends, which all report mode 'gpu'", () => {
-    const fake = (mode: string): GpuJsInstance => ({ Kernel: { mode }, createKernel: () => { throw new Error('unused'); } });
+    const fake = (mode: string): GpuJsInstance => ({
+      Kernel: { mode },
+      createKernel: () => {
+        throw new Error('unused');
+      },
+    });
     expect(resolvedBackend(fake('webasm'))).toBe('webasm');
     expect(resolvedBackend(fake('webgpu'))).toBe('webgpu');
     expect(resolvedBackend(fake('gpu'), 'webgl2')).toBe('webgl2'); // a forced GL mode names itself
@@ -95,14 +105,20 @@ describe('gpu.js kernel results match the WASM kernel on every working mode', ()
     const { kernel, backend } = await createGpuKernel({ GPU: GPU_CLASS, mode, tile: 16, rankChunk: 5 });
     expect(backend).toBe(`gpu.js:${mode}`);
     try {
-      for (const [rows, cols, rank] of [[37, 45, 12], [8, 8, 1], [3, 50, 0]] as const) {
+      for (const [rows, cols, rank] of [
+        [37, 45, 12],
+        [8, 8, 1],
+        [3, 50, 0],
+      ] as const) {
         for (const srcDt of DTYPES) {
           for (const dstDt of DTYPES) {
             const job = randomJob(rows, cols, rank, rows * cols + rank, 0.5);
             const src = stored(randomW(rows, cols, 9), srcDt);
             const a = new Uint8Array(rows * cols * SIZE[dstDt]);
             const b = new Uint8Array(rows * cols * SIZE[dstDt]);
-            expect(await kernel.update(src, srcDt, a, dstDt, job)).toEqual(await wasm.update(src, srcDt, b, dstDt, job));
+            expect(await kernel.update(src, srcDt, a, dstDt, job)).toEqual(
+              await wasm.update(src, srcDt, b, dstDt, job),
+            );
             compare(a, b, dstDt, rank);
           }
         }

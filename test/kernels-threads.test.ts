@@ -2,7 +2,16 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createWasmKernel } from '../src/kernels/cpu.js';
 import { createCpuKernel, defaultThreads, workersOf } from '../src/node/kernel-threads.js';
 import type { FuseKernel, StoredFloat } from '../src/kernels/types.js';
-import { DTYPES, emulatePlain, expectSameBytes, expectWithinBound, randomJob, randomW, SIZE, stored } from './kernel-helpers.js';
+import {
+  DTYPES,
+  emulatePlain,
+  expectSameBytes,
+  expectWithinBound,
+  randomJob,
+  randomW,
+  SIZE,
+  stored,
+} from './kernel-helpers.js';
 
 // shapes big enough to be split across threads (≥ 2 row tiles per thread, ≥ 2 MFLOP), with uneven row tiles
 const SHAPES = [
@@ -25,7 +34,13 @@ beforeAll(async () => {
   twoSmallChunks = await createCpuKernel({ threads: 2, relaxed: false, chunkTiles: 3 }); // many chunks, uneven last
 });
 afterAll(async () => {
-  await Promise.all([single.dispose(), two.dispose(), twoRelaxed.dispose(), oneRelaxed.dispose(), twoSmallChunks.dispose()]);
+  await Promise.all([
+    single.dispose(),
+    two.dispose(),
+    twoRelaxed.dispose(),
+    oneRelaxed.dispose(),
+    twoSmallChunks.dispose(),
+  ]);
 });
 
 describe('threaded WASM kernel', () => {
@@ -83,7 +98,9 @@ describe('threaded WASM kernel', () => {
   it('counts overflows and non-finite inputs across threads', async () => {
     const rows = 128;
     const cols = 64;
-    const w = Float64Array.from({ length: rows * cols }, (_, i) => (i % 97 === 0 ? NaN : i % 89 === 0 ? -Infinity : 65000));
+    const w = Float64Array.from({ length: rows * cols }, (_, i) =>
+      i % 97 === 0 ? NaN : i % 89 === 0 ? -Infinity : 65000,
+    );
     const job = randomJob(rows, cols, 16, 3);
     job.up.fill(0);
     for (let i = 0; i < rows; i += 3) job.up[i * 16] = 1; // every third row gets + down[0][j]

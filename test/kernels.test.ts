@@ -6,7 +6,16 @@ import { enableRelaxedSimdNode } from '../src/node/kernel-threads.js';
 import { createJsKernel, decodeStored, referenceUpdate } from '../src/kernels/js.js';
 import type { FuseKernel, StoredFloat } from '../src/kernels/types.js';
 import { kernelModuleSync, MAX_PAGES, WasmEngine } from '../src/kernels/wasm-engine.js';
-import { DTYPES, emulatePlain, expectSameBytes, expectWithinBound, randomJob, randomW, SIZE, stored } from './kernel-helpers.js';
+import {
+  DTYPES,
+  emulatePlain,
+  expectSameBytes,
+  expectWithinBound,
+  randomJob,
+  randomW,
+  SIZE,
+  stored,
+} from './kernel-helpers.js';
 
 let plain: FuseKernel;
 let relaxed: FuseKernel;
@@ -61,7 +70,15 @@ describe('WASM fused update: accuracy', () => {
   });
 
   it('handles shapes that are not multiples of the 4×8 tile, and big ranks', async () => {
-    for (const [rows, cols, rank] of [[1, 1, 1], [3, 7, 1], [4, 8, 2], [5, 9, 130], [67, 131, 17], [130, 24, 3], [9, 300, 64]] as const) {
+    for (const [rows, cols, rank] of [
+      [1, 1, 1],
+      [3, 7, 1],
+      [4, 8, 2],
+      [5, 9, 130],
+      [67, 131, 17],
+      [130, 24, 3],
+      [9, 300, 64],
+    ] as const) {
       for (const dt of DTYPES) {
         const { job, src, a, b } = await runBoth(dt, dt, rows, cols, rank, rows * 1000 + cols);
         expectSameBytes(a, emulatePlain(src, dt, dt, job).out);
@@ -75,8 +92,20 @@ describe('WASM fused update: accuracy', () => {
     const src = stored(w, 'F32');
     const out = new Uint8Array(60 * 2);
     const ref = new Uint8Array(60 * 2);
-    await relaxed.update(src, 'F32', out, 'F16', { rows: 6, cols: 10, rank: 0, up: new Float32Array(0), down: new Float32Array(0) });
-    referenceUpdate(src, 'F32', ref, 'F16', { rows: 6, cols: 10, rank: 0, up: new Float32Array(0), down: new Float32Array(0) });
+    await relaxed.update(src, 'F32', out, 'F16', {
+      rows: 6,
+      cols: 10,
+      rank: 0,
+      up: new Float32Array(0),
+      down: new Float32Array(0),
+    });
+    referenceUpdate(src, 'F32', ref, 'F16', {
+      rows: 6,
+      cols: 10,
+      rank: 0,
+      up: new Float32Array(0),
+      down: new Float32Array(0),
+    });
     expectSameBytes(out, ref);
   });
 
@@ -157,7 +186,11 @@ describe('WASM fused update: accuracy', () => {
     const whole = new Uint8Array(37 * 45 * 4);
     const blocked = new Uint8Array(37 * 45 * 4);
     const mk = (maxBlock: number) =>
-      new WasmEngine(kernelModuleSync(false, false), new WebAssembly.Memory({ initial: 1, maximum: MAX_PAGES }), maxBlock);
+      new WasmEngine(
+        kernelModuleSync(false, false),
+        new WebAssembly.Memory({ initial: 1, maximum: MAX_PAGES }),
+        maxBlock,
+      );
     const e1 = mk(1 << 30);
     const e2 = mk(45 * 6 * 2); // a few rows per block
     expect(e2.blocks(job, 'F16', 'F32').length).toBeGreaterThan(3);
@@ -227,7 +260,9 @@ describe('WASM fused update: overflow, clamp and non-finite inputs', () => {
       for (const dstDt of DTYPES) {
         const rows = 5;
         const cols = 9;
-        const w = Float64Array.from({ length: rows * cols }, (_, i) => (i % 7 === 0 ? NaN : i % 11 === 0 ? Infinity : i % 13 === 0 ? -Infinity : 0.5));
+        const w = Float64Array.from({ length: rows * cols }, (_, i) =>
+          i % 7 === 0 ? NaN : i % 11 === 0 ? Infinity : i % 13 === 0 ? -Infinity : 0.5,
+        );
         const special = Array.from(w).filter((v) => !Number.isFinite(v)).length;
         const job = randomJob(rows, cols, 3, 99, 0.1);
         const src = stored(w, srcDt);
@@ -264,21 +299,35 @@ describe('WASM fused update: job validation', () => {
       code: 'KERNEL_INVALID_JOB',
       message: expect.stringContaining('expected 40, found 39'),
     });
-    await expect(plain.update(new Uint8Array(40), 'F16', new Uint8Array(40), 'F32', job)).rejects.toThrow(/destination bytes/);
-    await expect(plain.update(new Uint8Array(40), 'F16', new Uint8Array(40), 'F16', { ...job, rank: 3 })).rejects.toThrow(/up values/);
-    await expect(plain.update(new Uint8Array(40), 'F8' as StoredFloat, new Uint8Array(40), 'F16', job)).rejects.toThrow(/source dtype/);
-    await expect(plain.update(new Uint8Array(40), 'F16', new Uint8Array(40), 'F16', { ...job, rows: 4.5 })).rejects.toThrow(/rows/);
+    await expect(plain.update(new Uint8Array(40), 'F16', new Uint8Array(40), 'F32', job)).rejects.toThrow(
+      /destination bytes/,
+    );
+    await expect(
+      plain.update(new Uint8Array(40), 'F16', new Uint8Array(40), 'F16', { ...job, rank: 3 }),
+    ).rejects.toThrow(/up values/);
+    await expect(plain.update(new Uint8Array(40), 'F8' as StoredFloat, new Uint8Array(40), 'F16', job)).rejects.toThrow(
+      /source dtype/,
+    );
+    await expect(
+      plain.update(new Uint8Array(40), 'F16', new Uint8Array(40), 'F16', { ...job, rows: 4.5 }),
+    ).rejects.toThrow(/rows/);
   });
 
   it('rejects overlapping source and destination when the dtypes differ', async () => {
     const job = randomJob(4, 5, 2, 1);
     const buf = new Uint8Array(200);
-    await expect(plain.update(buf.subarray(0, 40), 'F16', buf.subarray(20, 100), 'F32', job)).rejects.toThrow(/overlapping/);
+    await expect(plain.update(buf.subarray(0, 40), 'F16', buf.subarray(20, 100), 'F32', job)).rejects.toThrow(
+      /overlapping/,
+    );
   });
 
   it('empty jobs do nothing', async () => {
     const r = await plain.update(new Uint8Array(0), 'F32', new Uint8Array(0), 'F16', {
-      rows: 0, cols: 7, rank: 3, up: new Float32Array(0), down: new Float32Array(21),
+      rows: 0,
+      cols: 7,
+      rank: 3,
+      up: new Float32Array(0),
+      down: new Float32Array(21),
     });
     expect(r).toEqual({ overflow: 0, nonFiniteInput: 0 });
   });

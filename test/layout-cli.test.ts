@@ -6,7 +6,16 @@ import { main } from '../src/cli/main.js';
 async function run(argv: string[]): Promise<{ code: number; out: string; err: string }> {
   let out = '';
   let err = '';
-  const ctx: CliContext = { out: (s) => { out += s; }, err: (s) => { err += s; }, isTTY: false, cwd: '/' };
+  const ctx: CliContext = {
+    out: (s) => {
+      out += s;
+    },
+    err: (s) => {
+      err += s;
+    },
+    isTTY: false,
+    cwd: '/',
+  };
   const code = await main(['layout', ...argv], ctx, [layoutCommand]);
   return { code, out, err };
 }
@@ -16,11 +25,20 @@ describe('lora-mix layout', () => {
     const r = await run(['sd15']);
     expect(r.code).toBe(0);
     const lines = r.out.split('\n');
-    expect(lines[0]).toMatch(/^path\s+single-file key\s+kohya \(diffusers\)\s+kohya \(SGM\)\s+PEFT stem\s+shape\s+block\s+LCM$/);
+    expect(lines[0]).toMatch(
+      /^path\s+single-file key\s+kohya \(diffusers\)\s+kohya \(SGM\)\s+PEFT stem\s+shape\s+block\s+LCM$/,
+    );
     const row = lines.find((l) => l.startsWith('unet.up_blocks.0.upsamplers.0.conv '))!;
-    expect(row.split(/\s+/)).toEqual(['unet.up_blocks.0.upsamplers.0.conv', 'model.diffusion_model.output_blocks.2.1.conv.weight',
-      'lora_unet_up_blocks_0_upsamplers_0_conv', 'lora_unet_output_blocks_2_1_conv', 'unet.up_blocks.0.upsamplers.0.conv',
-      '[1280,1280,3,3]', 'OUT02', 'yes']);
+    expect(row.split(/\s+/)).toEqual([
+      'unet.up_blocks.0.upsamplers.0.conv',
+      'model.diffusion_model.output_blocks.2.1.conv.weight',
+      'lora_unet_up_blocks_0_upsamplers_0_conv',
+      'lora_unet_output_blocks_2_1_conv',
+      'unet.up_blocks.0.upsamplers.0.conv',
+      '[1280,1280,3,3]',
+      'OUT02',
+      'yes',
+    ]);
     expect(r.out).toContain('SD1.5: 354 modules — unet 282');
     expect(r.out).toContain('text_encoder 72 (72 linear, 0 conv2d)');
     expect(r.out).toContain('LCM-LoRA targets: 278 modules, 67,252,224 LoRA parameters at rank 64');
@@ -43,16 +61,32 @@ describe('lora-mix layout', () => {
     expect(rows[0]).toMatchObject({
       path: 'text_encoder_2.text_model.encoder.layers.0.self_attn.q_proj',
       singleFileWeightKey: 'conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_weight',
-      singleFileRows: [0, 12], kohyaDiffusers: 'lora_te2_text_model_encoder_layers_0_self_attn_q_proj', kohyaSgm: null,
-      shape: [12, 12], block: 'BASE', lcmTarget: false,
+      singleFileRows: [0, 12],
+      kohyaDiffusers: 'lora_te2_text_model_encoder_layers_0_self_attn_q_proj',
+      kohyaSgm: null,
+      shape: [12, 12],
+      block: 'BASE',
+      lcmTarget: false,
     });
-    const unet = JSON.parse((await run(['sd15', '--json'])).out) as { kind: string; kernel?: number[]; loraParamsAtRank64: number; lcmTarget: boolean }[];
+    const unet = JSON.parse((await run(['sd15', '--json'])).out) as {
+      kind: string;
+      kernel?: number[];
+      loraParamsAtRank64: number;
+      lcmTarget: boolean;
+    }[];
     expect(unet.filter((m) => m.lcmTarget).reduce((t, m) => t + m.loraParamsAtRank64, 0)).toBe(67_252_224);
     expect(unet.every((m) => (m.kind === 'conv2d') === Array.isArray(m.kernel))).toBe(true);
   });
 
   it('usage errors exit 2 with a message', async () => {
-    for (const argv of [[], ['sd2'], ['sd15', 'sdxl'], ['sd15', '--component', 'vae'], ['sd15', '--component', 'text_encoder_2'], ['sd15', '--bogus']]) {
+    for (const argv of [
+      [],
+      ['sd2'],
+      ['sd15', 'sdxl'],
+      ['sd15', '--component', 'vae'],
+      ['sd15', '--component', 'text_encoder_2'],
+      ['sd15', '--bogus'],
+    ]) {
       const r = await run(argv);
       expect(r.code).toBe(2);
       expect(r.err).toMatch(/lora-mix layout: error USAGE/);

@@ -1,12 +1,28 @@
 import { describe, expect, it } from 'vitest';
 import { ArchError, FormatError, LoraError } from '../src/core/errors.js';
 import {
-  archConfig, buildLayout, CANDIDATES, describeUnmatched, detectCheckpoint, detectDiffusersFolder, detectLoraArch,
-  getLayout, loraFactorMismatch, singleFileTensors, diffusersTensors, type Component, type Layout, type LoraFactorShapes, type TensorInfo,
+  archConfig,
+  buildLayout,
+  CANDIDATES,
+  describeUnmatched,
+  detectCheckpoint,
+  detectDiffusersFolder,
+  detectLoraArch,
+  getLayout,
+  loraFactorMismatch,
+  singleFileTensors,
+  diffusersTensors,
+  type Component,
+  type Layout,
+  type LoraFactorShapes,
+  type TensorInfo,
 } from '../src/layout/index.js';
 
 /** The tensors of a single-file checkpoint as the layout describes them (fused q/k/v merged, projection transposed). */
-function singleFile(l: Layout, components: readonly Component[] = ['unet', 'text_encoder', 'text_encoder_2']): TensorInfo[] {
+function singleFile(
+  l: Layout,
+  components: readonly Component[] = ['unet', 'text_encoder', 'text_encoder_2'],
+): TensorInfo[] {
   return singleFileTensors(l, components).map((t) => ({ name: t.key, shape: t.shape }));
 }
 
@@ -44,7 +60,9 @@ describe('singleFileTensors', () => {
     const get = (k: string) => list.find((t) => t.key === k)!;
     const inProj = get('conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_weight');
     expect(inProj.shape).toEqual([3840, 1280]);
-    expect(inProj.parts.map((p) => p.diffusersKey)).toEqual(['q', 'k', 'v'].map((x) => `text_model.encoder.layers.0.self_attn.${x}_proj.weight`));
+    expect(inProj.parts.map((p) => p.diffusersKey)).toEqual(
+      ['q', 'k', 'v'].map((x) => `text_model.encoder.layers.0.self_attn.${x}_proj.weight`),
+    );
     expect(get('conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_bias').shape).toEqual([3840]);
     const proj = get('conditioner.embedders.1.model.text_projection');
     expect(proj.shape).toEqual([1280, 1280]);
@@ -62,15 +80,25 @@ describe('detectCheckpoint', () => {
   for (const { arch, size } of CANDIDATES) {
     it(`${arch}/${size}: full single file, UNet-only single file, diffusers UNet file`, () => {
       const l = getLayout(arch, size);
-      const full = detectCheckpoint([...singleFile(l), { name: 'first_stage_model.decoder.conv_in.weight', shape: [4, 4, 3, 3] }]);
+      const full = detectCheckpoint([
+        ...singleFile(l),
+        { name: 'first_stage_model.decoder.conv_in.weight', shape: [4, 4, 3, 3] },
+      ]);
       expect([full.arch, full.size, full.naming]).toEqual([arch, size, 'single-file']);
-      expect(full.components).toEqual(arch === 'sd15' ? ['unet', 'text_encoder'] : ['unet', 'text_encoder', 'text_encoder_2']);
+      expect(full.components).toEqual(
+        arch === 'sd15' ? ['unet', 'text_encoder'] : ['unet', 'text_encoder', 'text_encoder_2'],
+      );
       expect(full.hasVae).toBe(true);
       expect(full.extraKeys).toEqual([]);
       expect(full.layout).toBe(l);
 
       const unetOnly = detectCheckpoint(singleFile(l, ['unet']));
-      expect([unetOnly.arch, unetOnly.size, unetOnly.components, unetOnly.hasVae]).toEqual([arch, size, ['unet'], false]);
+      expect([unetOnly.arch, unetOnly.size, unetOnly.components, unetOnly.hasVae]).toEqual([
+        arch,
+        size,
+        ['unet'],
+        false,
+      ]);
 
       const diff = detectCheckpoint(diffusersFile(l, 'unet'));
       expect([diff.arch, diff.size, diff.naming, diff.components]).toEqual([arch, size, 'diffusers-unet', ['unet']]);
@@ -78,7 +106,10 @@ describe('detectCheckpoint', () => {
 
     it(`${arch}/${size}: diffusers folder`, () => {
       const l = getLayout(arch, size);
-      const files: Record<string, TensorInfo[]> = { unet: diffusersFile(l, 'unet'), text_encoder: diffusersFile(l, 'text_encoder') };
+      const files: Record<string, TensorInfo[]> = {
+        unet: diffusersFile(l, 'unet'),
+        text_encoder: diffusersFile(l, 'text_encoder'),
+      };
       if (arch !== 'sd15') files.text_encoder_2 = diffusersFile(l, 'text_encoder_2');
       files.vae = [{ name: 'decoder.conv_in.weight', shape: [4, 4, 3, 3] }];
       const d = detectDiffusersFolder(files);
@@ -101,14 +132,16 @@ describe('detectCheckpoint', () => {
   it('old SD1.5 text encoder without text_model., position_ids and other extras', () => {
     const l = getLayout('sd15');
     const tensors = singleFile(l).map((t) => ({
-      ...t, name: t.name.replace('cond_stage_model.transformer.text_model.', 'cond_stage_model.transformer.'),
+      ...t,
+      name: t.name.replace('cond_stage_model.transformer.text_model.', 'cond_stage_model.transformer.'),
     }));
     tensors.push({ name: 'cond_stage_model.transformer.embeddings.position_ids', shape: [1, 77] });
     tensors.push({ name: 'model_ema.decay', shape: [] }, { name: 'alphas_cumprod', shape: [1000] });
     const d = detectCheckpoint(tensors, { source: 'v1-5-pruned.safetensors' });
     expect([d.arch, d.components]).toEqual(['sd15', ['unet', 'text_encoder']]);
-    expect(d.aliases.get('cond_stage_model.transformer.text_model.encoder.layers.0.self_attn.q_proj.weight'))
-      .toBe('cond_stage_model.transformer.encoder.layers.0.self_attn.q_proj.weight');
+    expect(d.aliases.get('cond_stage_model.transformer.text_model.encoder.layers.0.self_attn.q_proj.weight')).toBe(
+      'cond_stage_model.transformer.encoder.layers.0.self_attn.q_proj.weight',
+    );
     expect(d.aliases.size).toBe(196);
     expect(d.extraKeys).toEqual(['cond_stage_model.transformer.embeddings.position_ids']);
   });
@@ -119,8 +152,10 @@ describe('detectCheckpoint', () => {
     tensors.push({ name: 'conditioner.embedders.0.transformer.text_model.embeddings.position_ids', shape: [1, 77] });
     const d = detectCheckpoint(tensors);
     expect(d.arch).toBe('sdxl');
-    expect([...d.extraKeys].sort()).toEqual(['conditioner.embedders.0.transformer.text_model.embeddings.position_ids',
-      'conditioner.embedders.1.model.logit_scale']);
+    expect([...d.extraKeys].sort()).toEqual([
+      'conditioner.embedders.0.transformer.text_model.embeddings.position_ids',
+      'conditioner.embedders.1.model.logit_scale',
+    ]);
   });
 
   it('no UNet → FORMAT_NOT_A_CHECKPOINT (with a hint for LoRA files)', () => {
@@ -147,7 +182,9 @@ describe('detectCheckpoint', () => {
   });
 
   it('a truncated UNet → ARCH_UNDETECTED naming a missing key', () => {
-    const tensors = singleFile(getLayout('sdxl'), ['unet']).filter((t) => !t.name.includes('output_blocks.8.0.out_layers.3'));
+    const tensors = singleFile(getLayout('sdxl'), ['unet']).filter(
+      (t) => !t.name.includes('output_blocks.8.0.out_layers.3'),
+    );
     const e = catchErr(() => detectCheckpoint(tensors));
     expect(e).toMatchObject({ code: 'ARCH_UNDETECTED' });
     expect((e as Error).message).toContain('model.diffusion_model.output_blocks.8.0.out_layers.3.weight');
@@ -156,7 +193,10 @@ describe('detectCheckpoint', () => {
 
   it('a text encoder that does not fit the UNet → ARCH_MISMATCH', () => {
     // SD1.5 UNet with a tiny text encoder.
-    const mixed = [...singleFile(getLayout('sd15'), ['unet']), ...singleFile(getLayout('sd15', 'tiny'), ['text_encoder'])];
+    const mixed = [
+      ...singleFile(getLayout('sd15'), ['unet']),
+      ...singleFile(getLayout('sd15', 'tiny'), ['text_encoder']),
+    ];
     expect(() => detectCheckpoint(mixed)).toThrow(expect.objectContaining({ code: 'ARCH_MISMATCH' }));
     // SD1.5 UNet with SDXL text encoders.
     const foreign = [...singleFile(getLayout('sd15'), ['unet']), ...singleFile(getLayout('sdxl'), ['text_encoder_2'])];
@@ -165,18 +205,28 @@ describe('detectCheckpoint', () => {
     const cut = singleFile(getLayout('sdxl')).filter((t) => !t.name.includes('resblocks.31.'));
     const e = catchErr(() => detectCheckpoint(cut));
     expect(e).toMatchObject({ code: 'ARCH_MISMATCH' });
-    expect((e as Error).message).toContain('conditioner.embedders.1.model.transformer.resblocks.31.attn.in_proj_weight');
+    expect((e as Error).message).toContain(
+      'conditioner.embedders.1.model.transformer.resblocks.31.attn.in_proj_weight',
+    );
   });
 
   it('folder errors', () => {
-    expect(() => detectDiffusersFolder({ vae: [{ name: 'x', shape: [1] }] }, { source: 'models/sd' }))
-      .toThrow(expect.objectContaining({ code: 'FORMAT_NOT_A_CHECKPOINT', message: expect.stringContaining('models/sd') }));
+    expect(() => detectDiffusersFolder({ vae: [{ name: 'x', shape: [1] }] }, { source: 'models/sd' })).toThrow(
+      expect.objectContaining({ code: 'FORMAT_NOT_A_CHECKPOINT', message: expect.stringContaining('models/sd') }),
+    );
     const l = getLayout('sd15');
-    expect(() => detectDiffusersFolder({ unet: diffusersFile(l, 'unet'), text_encoder_2: diffusersFile(getLayout('sdxl'), 'text_encoder_2') }))
-      .toThrow(expect.objectContaining({ code: 'ARCH_MISMATCH' }));
-    const badTe = diffusersFile(l, 'text_encoder').map((t) => (t.name.endsWith('mlp.fc1.weight') ? { ...t, shape: [3072, 1024] } : t));
-    expect(() => detectDiffusersFolder({ unet: diffusersFile(l, 'unet'), text_encoder: badTe }))
-      .toThrow(/expected \[3072,768\], found \[3072,1024\]/);
+    expect(() =>
+      detectDiffusersFolder({
+        unet: diffusersFile(l, 'unet'),
+        text_encoder_2: diffusersFile(getLayout('sdxl'), 'text_encoder_2'),
+      }),
+    ).toThrow(expect.objectContaining({ code: 'ARCH_MISMATCH' }));
+    const badTe = diffusersFile(l, 'text_encoder').map((t) =>
+      t.name.endsWith('mlp.fc1.weight') ? { ...t, shape: [3072, 1024] } : t,
+    );
+    expect(() => detectDiffusersFolder({ unet: diffusersFile(l, 'unet'), text_encoder: badTe })).toThrow(
+      /expected \[3072,768\], found \[3072,1024\]/,
+    );
   });
 });
 
@@ -226,9 +276,10 @@ describe('detectLoraArch', () => {
   it('a style LoRA (attention + both text encoders)', () => {
     const l = getLayout('sdxl', 'tiny');
     const m = new Map<string, LoraFactorShapes>();
-    for (const e of l.modules) if (e.group === 'attention' || e.group === 'text_encoder') {
-      m.set(e.path, { downShape: [2, e.shape[1]!], upShape: [e.shape[0]!, 2] });
-    }
+    for (const e of l.modules)
+      if (e.group === 'attention' || e.group === 'text_encoder') {
+        m.set(e.path, { downShape: [2, e.shape[1]!], upShape: [e.shape[0]!, 2] });
+      }
     const r = detectLoraArch(m);
     expect([r[0]!.arch, r[0]!.size, r[0]!.unmatched.length]).toEqual(['sdxl', 'tiny', 0]);
   });
@@ -243,7 +294,9 @@ describe('detectLoraArch', () => {
     expect(loraFactorMismatch(conv, [8, 320, 3, 3], [320, 8, 3, 3])).not.toBeNull();
     expect(loraFactorMismatch(lin, [8, 768], [320, 8])).toBeNull();
     expect(loraFactorMismatch(lin, [8, 768, 1, 1], [320, 8, 1, 1])).toBeNull();
-    expect(loraFactorMismatch(lin, [8, 768], [320, 4])).toMatch(/rank of down \[8,768\] \(8\) differs from rank of up \[320,4\] \(4\)/);
+    expect(loraFactorMismatch(lin, [8, 768], [320, 4])).toMatch(
+      /rank of down \[8,768\] \(8\) differs from rank of up \[320,4\] \(4\)/,
+    );
     expect(loraFactorMismatch(lin, [8, 320], [320, 8])).toMatch(/found down \[8,320\], up \[320,8\]/);
     expect(loraFactorMismatch(lin, [8, 768], [768, 8])).not.toBeNull();
     expect(loraFactorMismatch(lin, [8, 768, 1], [320, 8])).not.toBeNull();

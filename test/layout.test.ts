@@ -2,15 +2,31 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { ArchError } from '../src/core/errors.js';
 import {
-  ARCHS, archConfig, blockIds, blockIdOf, buildLayout, CANDIDATES, familyOf, generateUNet, getLayout,
-  kohyaFlatten, loraParamCount, parseArch, type Arch, type Layout, type ModuleEntry, type UNetConfig,
+  ARCHS,
+  archConfig,
+  blockIds,
+  blockIdOf,
+  buildLayout,
+  CANDIDATES,
+  familyOf,
+  generateUNet,
+  getLayout,
+  kohyaFlatten,
+  loraParamCount,
+  parseArch,
+  type Arch,
+  type Layout,
+  type ModuleEntry,
+  type UNetConfig,
 } from '../src/layout/index.js';
 import { numel } from '../src/core/tensor.js';
 
 const unetModules = (l: Layout): ModuleEntry[] => l.modules.filter((m) => m.component === 'unet');
 const unetState = (l: Layout) => l.stateDict.filter((s) => s.component === 'unet');
 const lcmParams = (l: Layout, r: number): number =>
-  unetModules(l).filter((m) => m.lcmTarget).reduce((t, m) => t + loraParamCount(m, r), 0);
+  unetModules(l)
+    .filter((m) => m.lcmTarget)
+    .reduce((t, m) => t + loraParamCount(m, r), 0);
 
 describe('sanity figures (full layouts)', () => {
   const expected: Record<Arch, { modules: number; keys: number; params: number; lcm: number; lcmParams: number }> = {
@@ -32,7 +48,10 @@ describe('sanity figures (full layouts)', () => {
 
   it('LCM-LoRA targets are everything except conv_in, conv_out, time_embedding, add_embedding', () => {
     for (const arch of ARCHS) {
-      const off = unetModules(getLayout(arch)).filter((m) => !m.lcmTarget).map((m) => m.localPath).sort();
+      const off = unetModules(getLayout(arch))
+        .filter((m) => !m.lcmTarget)
+        .map((m) => m.localPath)
+        .sort();
       const want = ['conv_in', 'conv_out', 'time_embedding.linear_1', 'time_embedding.linear_2'];
       if (arch !== 'sd15') want.push('add_embedding.linear_1', 'add_embedding.linear_2');
       expect(off).toEqual(want.sort());
@@ -56,12 +75,21 @@ describe('sanity figures (full layouts)', () => {
     expect(unetModules(ssd).filter((m) => !sdxl.byPath.has(m.path))).toHaveLength(0);
     for (const m of ssd.modules) expect(sdxl.byPath.get(m.path)!.shape).toEqual(m.shape);
     // Where the missing ones are (keys.md §4).
-    const where = new Set(onlySdxl.map((m) => m.localPath.replace(/\.transformer_blocks\.\d+\..*$/, '.transformer_blocks')
-      .replace(/^mid_block\..*$/, 'mid_block')));
+    const where = new Set(
+      onlySdxl.map((m) =>
+        m.localPath
+          .replace(/\.transformer_blocks\.\d+\..*$/, '.transformer_blocks')
+          .replace(/^mid_block\..*$/, 'mid_block'),
+      ),
+    );
     expect([...where].sort()).toEqual([
-      'down_blocks.2.attentions.0.transformer_blocks', 'down_blocks.2.attentions.1.transformer_blocks', 'mid_block',
-      'up_blocks.0.attentions.0.transformer_blocks', 'up_blocks.0.attentions.1.transformer_blocks',
-      'up_blocks.1.attentions.1.transformer_blocks', 'up_blocks.1.attentions.2.transformer_blocks',
+      'down_blocks.2.attentions.0.transformer_blocks',
+      'down_blocks.2.attentions.1.transformer_blocks',
+      'mid_block',
+      'up_blocks.0.attentions.0.transformer_blocks',
+      'up_blocks.0.attentions.1.transformer_blocks',
+      'up_blocks.1.attentions.1.transformer_blocks',
+      'up_blocks.1.attentions.2.transformer_blocks',
     ]);
   });
 
@@ -129,8 +157,9 @@ describe('spot checks (keys.md §1.5, §1.6)', () => {
     expect(ldm('sd15', 'unet.down_blocks.1.resnets.0.time_emb_proj')).toBe('input_blocks.4.0.emb_layers.1');
     expect(ldm('sd15', 'unet.down_blocks.1.resnets.0.conv2')).toBe('input_blocks.4.0.out_layers.3');
     expect(ldm('sd15', 'unet.down_blocks.1.resnets.0.conv_shortcut')).toBe('input_blocks.4.0.skip_connection');
-    expect(ldm('sd15', 'unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_out.0'))
-      .toBe('input_blocks.4.1.transformer_blocks.0.attn1.to_out.0');
+    expect(ldm('sd15', 'unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_out.0')).toBe(
+      'input_blocks.4.1.transformer_blocks.0.attn1.to_out.0',
+    );
     expect(ldm('sd15', 'unet.mid_block.attentions.0.proj_in')).toBe('middle_block.1.proj_in');
     expect(ldm('sd15', 'unet.mid_block.resnets.1.conv1')).toBe('middle_block.2.in_layers.2');
     expect(ldm('sdxl', 'unet.add_embedding.linear_2')).toBe('label_emb.0.2');
@@ -149,10 +178,22 @@ describe('spot checks (keys.md §1.5, §1.6)', () => {
 
   it('SSD-1B transformer depths per attention', () => {
     const depth = (arch: Arch, att: string) =>
-      unetModules(getLayout(arch)).filter((m) => m.localPath.startsWith(`${att}.transformer_blocks.`) && m.localPath.endsWith('attn1.to_q')).length;
-    const atts = ['down_blocks.1.attentions.0', 'down_blocks.1.attentions.1', 'down_blocks.2.attentions.0',
-      'down_blocks.2.attentions.1', 'mid_block.attentions.0', 'up_blocks.0.attentions.0', 'up_blocks.0.attentions.1',
-      'up_blocks.0.attentions.2', 'up_blocks.1.attentions.0', 'up_blocks.1.attentions.1', 'up_blocks.1.attentions.2'];
+      unetModules(getLayout(arch)).filter(
+        (m) => m.localPath.startsWith(`${att}.transformer_blocks.`) && m.localPath.endsWith('attn1.to_q'),
+      ).length;
+    const atts = [
+      'down_blocks.1.attentions.0',
+      'down_blocks.1.attentions.1',
+      'down_blocks.2.attentions.0',
+      'down_blocks.2.attentions.1',
+      'mid_block.attentions.0',
+      'up_blocks.0.attentions.0',
+      'up_blocks.0.attentions.1',
+      'up_blocks.0.attentions.2',
+      'up_blocks.1.attentions.0',
+      'up_blocks.1.attentions.1',
+      'up_blocks.1.attentions.2',
+    ];
     expect(atts.map((a) => depth('sdxl', a))).toEqual([2, 2, 10, 10, 10, 10, 10, 10, 2, 2, 2]);
     expect(atts.map((a) => depth('ssd1b', a))).toEqual([2, 2, 4, 4, 0, 4, 4, 10, 2, 1, 1]);
   });
@@ -162,7 +203,11 @@ describe('spot checks (keys.md §1.5, §1.6)', () => {
     const ds = l.byPath.get('unet.down_blocks.0.downsamplers.0.conv')!;
     expect([ds.kind, ds.kernel, ds.stride, ds.padding]).toEqual(['conv2d', [3, 3], [2, 2], [1, 1]]);
     const sc = l.byPath.get('unet.down_blocks.1.resnets.0.conv_shortcut')!;
-    expect([sc.kernel, sc.stride, sc.padding]).toEqual([[1, 1], [1, 1], [0, 0]]);
+    expect([sc.kernel, sc.stride, sc.padding]).toEqual([
+      [1, 1],
+      [1, 1],
+      [0, 0],
+    ]);
     const pi = l.byPath.get('unet.down_blocks.0.attentions.0.proj_in')!;
     expect(pi.kind).toBe('conv2d');
     expect(getLayout('sdxl').byPath.get('unet.down_blocks.1.attentions.0.proj_in')!.kind).toBe('linear');
@@ -171,33 +216,58 @@ describe('spot checks (keys.md §1.5, §1.6)', () => {
 
   it('text encoders: prefixes, OpenCLIP-G fused q/k/v rows and transposed projection', () => {
     const sd15 = getLayout('sd15').byPath.get('text_encoder.text_model.encoder.layers.3.self_attn.q_proj')!;
-    expect(sd15.singleFileWeightKey).toBe('cond_stage_model.transformer.text_model.encoder.layers.3.self_attn.q_proj.weight');
+    expect(sd15.singleFileWeightKey).toBe(
+      'cond_stage_model.transformer.text_model.encoder.layers.3.self_attn.q_proj.weight',
+    );
     expect(sd15.kohyaNames).toEqual(['lora_te_text_model_encoder_layers_3_self_attn_q_proj']);
     expect(sd15.shape).toEqual([768, 768]);
     const sdxl = getLayout('sdxl');
     const te1 = sdxl.byPath.get('text_encoder.text_model.encoder.layers.0.mlp.fc1')!;
-    expect(te1.singleFileWeightKey).toBe('conditioner.embedders.0.transformer.text_model.encoder.layers.0.mlp.fc1.weight');
+    expect(te1.singleFileWeightKey).toBe(
+      'conditioner.embedders.0.transformer.text_model.encoder.layers.0.mlp.fc1.weight',
+    );
     expect(te1.kohyaNames).toEqual(['lora_te1_text_model_encoder_layers_0_mlp_fc1']);
     expect(te1.shape).toEqual([3072, 768]);
-    const rows = ['q_proj', 'k_proj', 'v_proj'].map((p) => sdxl.byPath.get(`text_encoder_2.text_model.encoder.layers.31.self_attn.${p}`)!);
+    const rows = ['q_proj', 'k_proj', 'v_proj'].map(
+      (p) => sdxl.byPath.get(`text_encoder_2.text_model.encoder.layers.31.self_attn.${p}`)!,
+    );
     for (const [i, m] of rows.entries()) {
       expect(m.singleFileWeightKey).toBe('conditioner.embedders.1.model.transformer.resblocks.31.attn.in_proj_weight');
       expect(m.singleFileRows).toEqual([1280 * i, 1280 * (i + 1)]);
       expect(m.shape).toEqual([1280, 1280]);
     }
-    expect(sdxl.bySingleFileKey.get('conditioner.embedders.1.model.transformer.resblocks.31.attn.in_proj_weight')).toEqual(rows);
+    expect(
+      sdxl.bySingleFileKey.get('conditioner.embedders.1.model.transformer.resblocks.31.attn.in_proj_weight'),
+    ).toEqual(rows);
     const out = sdxl.byPath.get('text_encoder_2.text_model.encoder.layers.31.self_attn.out_proj')!;
     expect(out.singleFileWeightKey).toBe('conditioner.embedders.1.model.transformer.resblocks.31.attn.out_proj.weight');
     expect(out.kohyaNames).toEqual(['lora_te2_text_model_encoder_layers_31_self_attn_out_proj']);
-    expect(sdxl.byPath.get('text_encoder_2.text_model.encoder.layers.0.mlp.fc1')!.singleFileWeightKey)
-      .toBe('conditioner.embedders.1.model.transformer.resblocks.0.mlp.c_fc.weight');
+    expect(sdxl.byPath.get('text_encoder_2.text_model.encoder.layers.0.mlp.fc1')!.singleFileWeightKey).toBe(
+      'conditioner.embedders.1.model.transformer.resblocks.0.mlp.c_fc.weight',
+    );
     expect(sdxl.byPath.get('text_encoder_2.text_model.encoder.layers.0.mlp.fc2')!.shape).toEqual([1280, 5120]);
-    const proj = sdxl.stateDict.find((s) => s.component === 'text_encoder_2' && s.diffusersKey === 'text_projection.weight')!;
-    expect(proj).toMatchObject({ singleFileKey: 'conditioner.embedders.1.model.text_projection', transposed: true, shape: [1280, 1280] });
-    const qb = sdxl.stateDict.find((s) => s.diffusersKey === 'text_model.encoder.layers.2.self_attn.v_proj.bias' && s.component === 'text_encoder_2')!;
-    expect(qb).toMatchObject({ singleFileKey: 'conditioner.embedders.1.model.transformer.resblocks.2.attn.in_proj_bias', singleFileRows: [2560, 3840] });
-    const pos = sdxl.stateDict.find((s) => s.component === 'text_encoder_2' && s.diffusersKey === 'text_model.embeddings.position_embedding.weight')!;
-    expect(pos).toMatchObject({ singleFileKey: 'conditioner.embedders.1.model.positional_embedding', shape: [77, 1280] });
+    const proj = sdxl.stateDict.find(
+      (s) => s.component === 'text_encoder_2' && s.diffusersKey === 'text_projection.weight',
+    )!;
+    expect(proj).toMatchObject({
+      singleFileKey: 'conditioner.embedders.1.model.text_projection',
+      transposed: true,
+      shape: [1280, 1280],
+    });
+    const qb = sdxl.stateDict.find(
+      (s) => s.diffusersKey === 'text_model.encoder.layers.2.self_attn.v_proj.bias' && s.component === 'text_encoder_2',
+    )!;
+    expect(qb).toMatchObject({
+      singleFileKey: 'conditioner.embedders.1.model.transformer.resblocks.2.attn.in_proj_bias',
+      singleFileRows: [2560, 3840],
+    });
+    const pos = sdxl.stateDict.find(
+      (s) => s.component === 'text_encoder_2' && s.diffusersKey === 'text_model.embeddings.position_embedding.weight',
+    )!;
+    expect(pos).toMatchObject({
+      singleFileKey: 'conditioner.embedders.1.model.positional_embedding',
+      shape: [77, 1280],
+    });
     expect(sdxl.stateDict.some((s) => s.singleFileKey.endsWith('logit_scale'))).toBe(false);
   });
 });
@@ -245,11 +315,12 @@ describe('names', () => {
       for (const [d, f] of fwd) expect(back.get(f)).toBe(d);
       // Row slices of one fused tensor tile it exactly.
       const slices = new Map<string, [number, number][]>();
-      for (const s of l.stateDict) if (s.singleFileRows) {
-        const list = slices.get(s.singleFileKey) ?? [];
-        list.push([...s.singleFileRows]);
-        slices.set(s.singleFileKey, list);
-      }
+      for (const s of l.stateDict)
+        if (s.singleFileRows) {
+          const list = slices.get(s.singleFileKey) ?? [];
+          list.push([...s.singleFileRows]);
+          slices.set(s.singleFileKey, list);
+        }
       for (const list of slices.values()) {
         list.sort((a, b) => a[0] - b[0]);
         expect(list[0]![0]).toBe(0);
@@ -260,17 +331,24 @@ describe('names', () => {
 
   it('property: module → kohya name → module, → single-file key → module, → path → module', () => {
     const layouts = CANDIDATES.map(({ arch, size }) => getLayout(arch, size));
-    fc.assert(fc.property(fc.nat({ max: layouts.length - 1 }), fc.double({ min: 0, max: 1, maxExcluded: true, noNaN: true }),
-      fc.boolean(), (li, pick, sgm) => {
-        const l = layouts[li]!;
-        const m = l.modules[Math.floor(pick * l.modules.length)]!;
-        const name = m.kohyaNames[sgm && m.kohyaNames.length > 1 ? 1 : 0]!;
-        expect(l.byKohyaName.get(name)).toBe(m);
-        const byKey = l.bySingleFileKey.get(m.singleFileWeightKey)!;
-        const found = m.singleFileRows ? byKey.find((o) => o.singleFileRows![0] === m.singleFileRows![0]) : byKey[0];
-        expect(found).toBe(m);
-        expect(l.byPath.get(m.path)).toBe(m);
-      }), { numRuns: 500 });
+    fc.assert(
+      fc.property(
+        fc.nat({ max: layouts.length - 1 }),
+        fc.double({ min: 0, max: 1, maxExcluded: true, noNaN: true }),
+        fc.boolean(),
+        (li, pick, sgm) => {
+          const l = layouts[li]!;
+          const m = l.modules[Math.floor(pick * l.modules.length)]!;
+          const name = m.kohyaNames[sgm && m.kohyaNames.length > 1 ? 1 : 0]!;
+          expect(l.byKohyaName.get(name)).toBe(m);
+          const byKey = l.bySingleFileKey.get(m.singleFileWeightKey)!;
+          const found = m.singleFileRows ? byKey.find((o) => o.singleFileRows![0] === m.singleFileRows![0]) : byKey[0];
+          expect(found).toBe(m);
+          expect(l.byPath.get(m.path)).toBe(m);
+        },
+      ),
+      { numRuns: 500 },
+    );
   });
 
   it('kohya spellings never collide across layouts of one family and are disjoint between the two spellings', () => {
@@ -289,12 +367,30 @@ describe('tiny layouts', () => {
       const full = getLayout(arch, 'full');
       const tiny = getLayout(arch, 'tiny');
       expect(tiny.modules.map((m) => m.path)).toEqual(full.modules.map((m) => m.path));
-      expect(tiny.stateDict.map((s) => `${s.component}:${s.diffusersKey}>${s.singleFileKey}`))
-        .toEqual(full.stateDict.map((s) => `${s.component}:${s.diffusersKey}>${s.singleFileKey}`));
+      expect(tiny.stateDict.map((s) => `${s.component}:${s.diffusersKey}>${s.singleFileKey}`)).toEqual(
+        full.stateDict.map((s) => `${s.component}:${s.diffusersKey}>${s.singleFileKey}`),
+      );
       for (const [i, t] of tiny.modules.entries()) {
         const f = full.modules[i]!;
-        expect([t.kohyaNames, t.singleFileWeightKey, t.block, t.kind, t.group, t.lcmTarget, t.shape.length, t.kernel])
-          .toEqual([f.kohyaNames, f.singleFileWeightKey, f.block, f.kind, f.group, f.lcmTarget, f.shape.length, f.kernel]);
+        expect([
+          t.kohyaNames,
+          t.singleFileWeightKey,
+          t.block,
+          t.kind,
+          t.group,
+          t.lcmTarget,
+          t.shape.length,
+          t.kernel,
+        ]).toEqual([
+          f.kohyaNames,
+          f.singleFileWeightKey,
+          f.block,
+          f.kind,
+          f.group,
+          f.lcmTarget,
+          f.shape.length,
+          f.kernel,
+        ]);
         expect(numel(t.shape)).toBeLessThan(numel(f.shape) + 1);
       }
       const params = (l: Layout) => l.stateDict.reduce((t, s) => t + numel(s.shape), 0);
@@ -307,7 +403,8 @@ describe('tiny layouts', () => {
     expect(getLayout('sd15', 'tiny').byPath.get(to_k)!.shape).toEqual([16, 12]);
     expect(getLayout('sdxl', 'tiny').byPath.get(to_k)!.shape).toEqual([16, 20]);
     expect(getLayout('ssd1b', 'tiny').byPath.get(to_k)!.shape).toEqual([16, 20]);
-    const q = (arch: Arch, c: string) => getLayout(arch, 'tiny').byPath.get(`${c}.text_model.encoder.layers.0.self_attn.q_proj`)!.shape[0]!;
+    const q = (arch: Arch, c: string) =>
+      getLayout(arch, 'tiny').byPath.get(`${c}.text_model.encoder.layers.0.self_attn.q_proj`)!.shape[0]!;
     expect(q('sd15', 'text_encoder')).toBe(12);
     expect(q('sdxl', 'text_encoder') + q('sdxl', 'text_encoder_2')).toBe(20);
     expect(getLayout('sdxl', 'tiny').byPath.get('unet.add_embedding.linear_1')!.shape).toEqual([32, 36]);
@@ -323,8 +420,12 @@ describe('block IDs', () => {
   const id = (arch: Arch, path: string) => blockIdOf(getLayout(arch).byPath.get(path)!);
 
   it('SD1.5 has 26 IDs, SDXL and SSD-1B 20', () => {
-    expect(blockIds('sd15')).toEqual(['BASE', ...Array.from({ length: 12 }, (_, i) => `IN${String(i).padStart(2, '0')}`), 'M00',
-      ...Array.from({ length: 12 }, (_, i) => `OUT${String(i).padStart(2, '0')}`)]);
+    expect(blockIds('sd15')).toEqual([
+      'BASE',
+      ...Array.from({ length: 12 }, (_, i) => `IN${String(i).padStart(2, '0')}`),
+      'M00',
+      ...Array.from({ length: 12 }, (_, i) => `OUT${String(i).padStart(2, '0')}`),
+    ]);
     expect(blockIds('sdxl')).toHaveLength(20);
     expect(blockIds('ssd1b')).toEqual(blockIds('sdxl'));
     expect(new Set(blockIds('sd15')).size).toBe(26);
@@ -381,9 +482,14 @@ describe('configs and errors', () => {
   });
 
   it('an SD2-like config (linear projection, cross-attention 1024) generates a distinct layout', () => {
-    const sd2 = buildLayout({ ...archConfig('sd15'), unet: { ...archConfig('sd15').unet, useLinearProjection: true, crossAttentionDim: 1024 } });
+    const sd2 = buildLayout({
+      ...archConfig('sd15'),
+      unet: { ...archConfig('sd15').unet, useLinearProjection: true, crossAttentionDim: 1024 },
+    });
     expect(sd2.byPath.get('unet.down_blocks.0.attentions.0.proj_in')!.shape).toEqual([320, 320]);
-    expect(sd2.byPath.get('unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_v')!.shape).toEqual([320, 1024]);
+    expect(sd2.byPath.get('unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_v')!.shape).toEqual([
+      320, 1024,
+    ]);
   });
 
   it('property: any valid config gives unique names, a bijective renaming and the upsampler sub-index rule', () => {
@@ -397,37 +503,50 @@ describe('configs and errors', () => {
       linear: fc.boolean(),
       add: fc.boolean(),
     });
-    fc.assert(fc.property(cfg, (c) => {
-      const ch = c.widths.slice(0, c.n).map((w) => 4 * w);
-      const u: UNetConfig = {
-        inChannels: 4, outChannels: 4, blockOutChannels: ch, layersPerBlock: c.L,
-        downBlockTypes: ch.map((_, i) => (c.attn[i] ? 'CrossAttnDownBlock2D' : 'DownBlock2D')),
-        upBlockTypes: ch.map((_, i) => (c.attn[4 + i] ? 'CrossAttnUpBlock2D' : 'UpBlock2D')),
-        midBlockType: c.mid ? 'UNetMidBlock2DCrossAttn' : 'UNetMidBlock2D',
-        transformerLayersPerBlock: c.depth.slice(0, c.n), crossAttentionDim: 7, useLinearProjection: c.linear,
-        normNumGroups: 4, convInKernel: 3, convOutKernel: 3,
-        ...(c.add ? { addEmbedding: { type: 'text_time' as const, additionTimeEmbedDim: 2, projectionInputDim: 20 } } : {}),
-      };
-      const t = generateUNet(u);
-      expect(new Set(t.modules.map((m) => m.path)).size).toBe(t.modules.length);
-      expect(new Set(t.modules.map((m) => m.singleFilePath)).size).toBe(t.modules.length);
-      expect(new Set(t.stateDict.map((s) => s.diffusersKey)).size).toBe(t.stateDict.length);
-      expect(new Set(t.stateDict.map((s) => s.singleFileKey)).size).toBe(t.stateDict.length);
-      for (let i = 0; i < c.n - 1; i++) {
-        const up = t.modules.find((m) => m.localPath === `up_blocks.${i}.upsamplers.0.conv`)!;
-        expect(up.singleFilePath).toBe(`output_blocks.${(c.L + 1) * i + c.L}.${c.attn[4 + i] ? 2 : 1}.conv`);
-      }
-      // Channel bookkeeping: each up-block resnet takes the running width plus the skip popped from the down side.
-      const skips = t.modules.filter((m) => /^(conv_in|down_blocks\.\d+\.(resnets\.\d+\.conv2|downsamplers\.0\.conv))$/.test(m.localPath))
-        .map((m) => m.shape[0]!);
-      const upConv1 = t.modules.filter((m) => /^up_blocks\.\d+\.resnets\.\d+\.conv1$/.test(m.localPath));
-      expect(upConv1).toHaveLength(skips.length);
-      let hidden = ch[ch.length - 1]!;
-      for (const m of upConv1) {
-        expect(m.shape[1]).toBe(hidden + skips.pop()!);
-        hidden = m.shape[0]!;
-      }
-      expect(t.blockIds.length).toBe(1 + c.n * (c.L + 1) - 1 + 1 + c.n * (c.L + 1));
-    }), { numRuns: 150 });
+    fc.assert(
+      fc.property(cfg, (c) => {
+        const ch = c.widths.slice(0, c.n).map((w) => 4 * w);
+        const u: UNetConfig = {
+          inChannels: 4,
+          outChannels: 4,
+          blockOutChannels: ch,
+          layersPerBlock: c.L,
+          downBlockTypes: ch.map((_, i) => (c.attn[i] ? 'CrossAttnDownBlock2D' : 'DownBlock2D')),
+          upBlockTypes: ch.map((_, i) => (c.attn[4 + i] ? 'CrossAttnUpBlock2D' : 'UpBlock2D')),
+          midBlockType: c.mid ? 'UNetMidBlock2DCrossAttn' : 'UNetMidBlock2D',
+          transformerLayersPerBlock: c.depth.slice(0, c.n),
+          crossAttentionDim: 7,
+          useLinearProjection: c.linear,
+          normNumGroups: 4,
+          convInKernel: 3,
+          convOutKernel: 3,
+          ...(c.add
+            ? { addEmbedding: { type: 'text_time' as const, additionTimeEmbedDim: 2, projectionInputDim: 20 } }
+            : {}),
+        };
+        const t = generateUNet(u);
+        expect(new Set(t.modules.map((m) => m.path)).size).toBe(t.modules.length);
+        expect(new Set(t.modules.map((m) => m.singleFilePath)).size).toBe(t.modules.length);
+        expect(new Set(t.stateDict.map((s) => s.diffusersKey)).size).toBe(t.stateDict.length);
+        expect(new Set(t.stateDict.map((s) => s.singleFileKey)).size).toBe(t.stateDict.length);
+        for (let i = 0; i < c.n - 1; i++) {
+          const up = t.modules.find((m) => m.localPath === `up_blocks.${i}.upsamplers.0.conv`)!;
+          expect(up.singleFilePath).toBe(`output_blocks.${(c.L + 1) * i + c.L}.${c.attn[4 + i] ? 2 : 1}.conv`);
+        }
+        // Channel bookkeeping: each up-block resnet takes the running width plus the skip popped from the down side.
+        const skips = t.modules
+          .filter((m) => /^(conv_in|down_blocks\.\d+\.(resnets\.\d+\.conv2|downsamplers\.0\.conv))$/.test(m.localPath))
+          .map((m) => m.shape[0]!);
+        const upConv1 = t.modules.filter((m) => /^up_blocks\.\d+\.resnets\.\d+\.conv1$/.test(m.localPath));
+        expect(upConv1).toHaveLength(skips.length);
+        let hidden = ch[ch.length - 1]!;
+        for (const m of upConv1) {
+          expect(m.shape[1]).toBe(hidden + skips.pop()!);
+          hidden = m.shape[0]!;
+        }
+        expect(t.blockIds.length).toBe(1 + c.n * (c.L + 1) - 1 + 1 + c.n * (c.L + 1));
+      }),
+      { numRuns: 150 },
+    );
   });
 });

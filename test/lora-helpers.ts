@@ -38,7 +38,12 @@ export function randomModule(rand: () => number, spec: ModuleSpec): LoraModule {
   return { down, up, alpha: spec.alpha ?? r };
 }
 
-export function makeLora(modules: Record<string, LoraModule>, arch: Arch = 'sd15', size: LayoutSize = 'tiny', metadata: Record<string, string> = {}): Lora {
+export function makeLora(
+  modules: Record<string, LoraModule>,
+  arch: Arch = 'sd15',
+  size: LayoutSize = 'tiny',
+  metadata: Record<string, string> = {},
+): Lora {
   return { arch, size, modules: new Map(Object.entries(modules)), metadata };
 }
 
@@ -62,7 +67,8 @@ export function dense(m: LoraModule): { out: number; n: number; data: Float64Arr
   const r = m.down.shape[0]!;
   const out = m.up.shape[0]!;
   const n = m.down.size / r;
-  const up = values64(m.up), down = values64(m.down);
+  const up = values64(m.up),
+    down = values64(m.down);
   const data = new Float64Array(out * n);
   const s = m.alpha / r;
   for (let o = 0; o < out; o++) {
@@ -112,14 +118,17 @@ export function jacobiEigenvalues(S: Float64Array, n: number): Float64Array {
         if (Math.abs(apq) < 1e-300) continue;
         const theta = (A[q * n + q]! - A[p * n + p]!) / (2 * apq);
         const t = Math.sign(theta || 1) / (Math.abs(theta) + Math.sqrt(theta * theta + 1));
-        const c = 1 / Math.sqrt(t * t + 1), s = t * c;
+        const c = 1 / Math.sqrt(t * t + 1),
+          s = t * c;
         for (let k = 0; k < n; k++) {
-          const akp = A[k * n + p]!, akq = A[k * n + q]!;
+          const akp = A[k * n + p]!,
+            akq = A[k * n + q]!;
           A[k * n + p] = c * akp - s * akq;
           A[k * n + q] = s * akp + c * akq;
         }
         for (let k = 0; k < n; k++) {
-          const apk = A[p * n + k]!, aqk = A[q * n + k]!;
+          const apk = A[p * n + k]!,
+            aqk = A[q * n + k]!;
           A[p * n + k] = c * apk - s * aqk;
           A[q * n + k] = s * apk + c * aqk;
         }
@@ -140,7 +149,8 @@ export function singularValues(D: Float64Array, out: number, n: number): Float64
       let s = 0;
       if (out <= n) for (let l = 0; l < n; l++) s += D[i * n + l]! * D[j * n + l]!;
       else for (let l = 0; l < out; l++) s += D[l * n + i]! * D[l * n + j]!;
-      S[i * small + j] = s; S[j * small + i] = s;
+      S[i * small + j] = s;
+      S[j * small + i] = s;
     }
   }
   return jacobiEigenvalues(S, small).map((v) => Math.sqrt(Math.max(v, 0)));

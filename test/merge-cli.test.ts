@@ -15,7 +15,16 @@ const FIXTURES = path.resolve(__dirname, '..', 'fixtures');
 async function run(argv: string[], isTTY = false): Promise<{ code: number; out: string; err: string }> {
   let out = '';
   let err = '';
-  const code = await main(argv, { out: (s) => { out += s; }, err: (s) => { err += s; }, isTTY, cwd: FIXTURES });
+  const code = await main(argv, {
+    out: (s) => {
+      out += s;
+    },
+    err: (s) => {
+      err += s;
+    },
+    isTTY,
+    cwd: FIXTURES,
+  });
   return { code, out, err };
 }
 
@@ -23,9 +32,11 @@ async function run(argv: string[], isTTY = false): Promise<{ code: number; out: 
 function maxRelDiff(a: Lora, b: Lora): number {
   let worst = 0;
   for (const p of new Set([...a.modules.keys(), ...b.modules.keys()])) {
-    const x = a.modules.get(p), y = b.modules.get(p);
+    const x = a.modules.get(p),
+      y = b.modules.get(p);
     if (!x || !y) return Infinity;
-    const dx = dense(x).data, dy = dense(y).data;
+    const dx = dense(x).data,
+      dy = dense(y).data;
     worst = Math.max(worst, diffNorm(dx, dy) / Math.max(frob(dy), 1e-30));
   }
   return worst;
@@ -33,8 +44,12 @@ function maxRelDiff(a: Lora, b: Lora): number {
 
 describe.each(['sd15', 'sdxl'] as const)('LCM-LoRA + style LoRA fixtures (%s)', (arch) => {
   let tmp = '';
-  beforeAll(async () => { tmp = await mkdtemp(path.join(tmpdir(), `lora-mix-merge-${arch}-`)); });
-  afterAll(async () => { if (tmp) await rm(tmp, { recursive: true, force: true }); });
+  beforeAll(async () => {
+    tmp = await mkdtemp(path.join(tmpdir(), `lora-mix-merge-${arch}-`));
+  });
+  afterAll(async () => {
+    if (tmp) await rm(tmp, { recursive: true, force: true });
+  });
 
   it('merge written as kohya and as PEFT reloads to the same deltas, equal to λ1·Δ_LCM + λ2·Δ_style', async () => {
     const lcm = await loadLora(path.join(FIXTURES, arch, 'lcm-lora.kohya.safetensors'));
@@ -47,7 +62,8 @@ describe.each(['sd15', 'sdxl'] as const)('LCM-LoRA + style LoRA fixtures (%s)', 
     const peft = path.join(tmp, 'merged.peft.safetensors');
     await saveLora(lora, kohya, { format: 'kohya', dtype: 'F32' });
     await saveLora(lora, peft, { format: 'peft', dtype: 'F32' });
-    const a = await loadLora(kohya), b = await loadLora(peft);
+    const a = await loadLora(kohya),
+      b = await loadLora(peft);
     expect(a.format).toBe('kohya');
     expect(b.format).toBe('peft');
     expect(a.modules.size).toBe(new Set([...lcm.modules.keys(), ...style.modules.keys()]).size);
@@ -61,7 +77,15 @@ describe.each(['sd15', 'sdxl'] as const)('LCM-LoRA + style LoRA fixtures (%s)', 
 
   it('the CLI writes the same merge, records inputs and weights, and refuses to overwrite an input', async () => {
     const out = path.join(tmp, 'cli.safetensors');
-    const r = await run(['merge', `${arch}/lcm-lora.kohya.safetensors:1.0`, `${arch}/style-lora.kohya-sgm.safetensors:0.8`, '-o', out, '--dtype', 'fp32']);
+    const r = await run([
+      'merge',
+      `${arch}/lcm-lora.kohya.safetensors:1.0`,
+      `${arch}/style-lora.kohya-sgm.safetensors:0.8`,
+      '-o',
+      out,
+      '--dtype',
+      'fp32',
+    ]);
     expect(r.code, r.err).toBe(0);
     expect(r.out).toMatch(/merged 2 LoRA\(s\)/);
     expect(r.out).toMatch(/\(exact sum\)/);
@@ -79,7 +103,13 @@ describe.each(['sd15', 'sdxl'] as const)('LCM-LoRA + style LoRA fixtures (%s)', 
 
     const input = path.join(FIXTURES, arch, 'style-lora.kohya-sgm.safetensors');
     const before = await readFile(input);
-    const clash = await run(['merge', `${arch}/lcm-lora.kohya.safetensors`, `${arch}/style-lora.kohya-sgm.safetensors:0.8`, '-o', input]);
+    const clash = await run([
+      'merge',
+      `${arch}/lcm-lora.kohya.safetensors`,
+      `${arch}/style-lora.kohya-sgm.safetensors:0.8`,
+      '-o',
+      input,
+    ]);
     expect(clash.code).toBe(1);
     expect(clash.err).toMatch(/OUTPUT_WOULD_OVERWRITE_INPUT/);
     expect((await readFile(input)).equals(before)).toBe(true);
@@ -88,12 +118,27 @@ describe.each(['sd15', 'sdxl'] as const)('LCM-LoRA + style LoRA fixtures (%s)', 
 
 describe('lora-mix merge options', () => {
   let tmp = '';
-  beforeAll(async () => { tmp = await mkdtemp(path.join(tmpdir(), 'lora-mix-merge-opts-')); });
-  afterAll(async () => { if (tmp) await rm(tmp, { recursive: true, force: true }); });
+  beforeAll(async () => {
+    tmp = await mkdtemp(path.join(tmpdir(), 'lora-mix-merge-opts-'));
+  });
+  afterAll(async () => {
+    if (tmp) await rm(tmp, { recursive: true, force: true });
+  });
 
   it('--rank reduces, reports norm kept, and --json gives the per-module report', async () => {
     const out = path.join(tmp, 'r.safetensors');
-    const r = await run(['merge', 'sd15/lcm-lora.kohya.safetensors', 'sd15/style-lora.kohya-sgm.safetensors:0.8', '-o', out, '--rank', '4', '--format', 'peft', '--json']);
+    const r = await run([
+      'merge',
+      'sd15/lcm-lora.kohya.safetensors',
+      'sd15/style-lora.kohya-sgm.safetensors:0.8',
+      '-o',
+      out,
+      '--rank',
+      '4',
+      '--format',
+      'peft',
+      '--json',
+    ]);
     expect(r.code, r.err).toBe(0);
     const j = JSON.parse(r.out);
     expect(j).toMatchObject({ format: 'peft', arch: 'sd15', size: 'tiny', options: { rank: 4 } });
@@ -108,14 +153,37 @@ describe('lora-mix merge options', () => {
     for (const m of reduced) expect(m.error).toBeGreaterThan(0);
     // Worker threads or not, the same bytes.
     const one = path.join(tmp, 'r1.safetensors');
-    const r1 = await run(['merge', 'sd15/lcm-lora.kohya.safetensors', 'sd15/style-lora.kohya-sgm.safetensors:0.8', '-o', one, '--rank', '4', '--format', 'peft', '--threads', '1']);
+    const r1 = await run([
+      'merge',
+      'sd15/lcm-lora.kohya.safetensors',
+      'sd15/style-lora.kohya-sgm.safetensors:0.8',
+      '-o',
+      one,
+      '--rank',
+      '4',
+      '--format',
+      'peft',
+      '--threads',
+      '1',
+    ]);
     expect(r1.code, r1.err).toBe(0);
     expect((await readFile(one)).equals(await readFile(out))).toBe(true);
   });
 
   it('--min-energy and --blocks-N', async () => {
     const out = path.join(tmp, 'e.safetensors');
-    const r = await run(['merge', 'sdxl/lcm-lora.kohya.safetensors', 'sdxl/style-lora.peft.safetensors:-0.5', '-o', out, '--min-energy', '0.9', '--blocks-2', 'BASE=0,IN04=0', '--json']);
+    const r = await run([
+      'merge',
+      'sdxl/lcm-lora.kohya.safetensors',
+      'sdxl/style-lora.peft.safetensors:-0.5',
+      '-o',
+      out,
+      '--min-energy',
+      '0.9',
+      '--blocks-2',
+      'BASE=0,IN04=0',
+      '--json',
+    ]);
     expect(r.code, r.err).toBe(0);
     const j = JSON.parse(r.out);
     for (const m of j.report.modules) if (!m.dropped) expect(m.normKept).toBeGreaterThanOrEqual(0.9 - 1e-9);
@@ -127,7 +195,10 @@ describe('lora-mix merge options', () => {
   });
 
   it('draws a redrawn bar on a terminal', async () => {
-    const r = await run(['merge', 'sd15/style-lora.kohya-sgm.safetensors', '-o', path.join(tmp, 'tty.safetensors')], true);
+    const r = await run(
+      ['merge', 'sd15/style-lora.kohya-sgm.safetensors', '-o', path.join(tmp, 'tty.safetensors')],
+      true,
+    );
     expect(r.code, r.err).toBe(0);
     expect(r.err).toMatch(/\rmerge \[#+\.*\] \d+\/\d+ modules/);
     expect(r.err.endsWith('\n')).toBe(true);
@@ -138,9 +209,15 @@ describe('lora-mix merge options', () => {
       [['merge', 'sd15/lcm-lora.kohya.safetensors'], /-o OUT is required/],
       [['merge', '-o', 'x.safetensors'], /at least one input/],
       [['merge', 'sd15/lcm-lora.kohya.safetensors', '-o', 'x.safetensors', '--rank', '0'], /--rank expects an integer/],
-      [['merge', 'sd15/lcm-lora.kohya.safetensors', '-o', 'x.safetensors', '--min-energy', '0'], /--min-energy expects a fraction/],
+      [
+        ['merge', 'sd15/lcm-lora.kohya.safetensors', '-o', 'x.safetensors', '--min-energy', '0'],
+        /--min-energy expects a fraction/,
+      ],
       [['merge', 'sd15/lcm-lora.kohya.safetensors', '-o', 'x.safetensors', '--blocks-2', 'IN04=0'], /only 1 input/],
-      [['merge', 'sd15/lcm-lora.kohya.safetensors', '-o', 'x.safetensors', '--format', 'ckpt'], /--format expects kohya or peft/],
+      [
+        ['merge', 'sd15/lcm-lora.kohya.safetensors', '-o', 'x.safetensors', '--format', 'ckpt'],
+        /--format expects kohya or peft/,
+      ],
       [['merge', 'sd15/lcm-lora.kohya.safetensors:abc', '-o', 'x.safetensors'], /must be a number/],
     ];
     for (const [argv, pattern] of cases) {

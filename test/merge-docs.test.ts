@@ -15,8 +15,17 @@ describe('docs/arithmetic.md', () => {
     try {
       const file = path.join(dir, 'example.mts');
       // The example imports './src/…' from the repository root; run it from a temp copy with absolute imports.
-      await writeFile(file, block!.replaceAll("'./src/", `'${ROOT}/src/`).replaceAll('/tmp/lcm-style-r8.safetensors', path.join(dir, 'out.safetensors')));
-      const r = spawnSync(process.execPath, ['--import', 'tsx', file], { cwd: ROOT, encoding: 'utf8', timeout: 120_000 });
+      await writeFile(
+        file,
+        block!
+          .replaceAll("'./src/", `'${ROOT}/src/`)
+          .replaceAll('/tmp/lcm-style-r8.safetensors', path.join(dir, 'out.safetensors')),
+      );
+      const r = spawnSync(process.execPath, ['--import', 'tsx', file], {
+        cwd: ROOT,
+        encoding: 'utf8',
+        timeout: 120_000,
+      });
       expect(r.status, r.stderr).toBe(0);
       const lines = r.stdout.trim().split('\n');
       expect(lines[0]).toMatch(/^1052 true \{ min: 4, max: 12, mean: 9\.74/);

@@ -1,10 +1,30 @@
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import {
-  bf16BitsToF32, bf16ToF32, bytesAsTyped, countOverflow, decodeToF32, DTYPE_MAX, encodeFromF32,
-  f16BitsToF32, f16ToF32, f32ToBf16, f32ToBf16Bits, f32ToF16, f32ToF16Bits, f32ToF8, f32ToF8E4M3Bits,
-  f32ToF8E5M2Bits, f8e4m3BitsToF32, f8e5m2BitsToF32, f8ToF32, getBulkConvert, OVERFLOW_THRESHOLD,
-  setBulkConvert, WASM_MIN_ELEMENTS, type BulkConvert,
+  bf16BitsToF32,
+  bf16ToF32,
+  bytesAsTyped,
+  countOverflow,
+  decodeToF32,
+  DTYPE_MAX,
+  encodeFromF32,
+  f16BitsToF32,
+  f16ToF32,
+  f32ToBf16,
+  f32ToBf16Bits,
+  f32ToF16,
+  f32ToF16Bits,
+  f32ToF8,
+  f32ToF8E4M3Bits,
+  f32ToF8E5M2Bits,
+  f8e4m3BitsToF32,
+  f8e5m2BitsToF32,
+  f8ToF32,
+  getBulkConvert,
+  OVERFLOW_THRESHOLD,
+  setBulkConvert,
+  WASM_MIN_ELEMENTS,
+  type BulkConvert,
 } from '../src/safetensors/index.js';
 import { SafetensorsError } from '../src/core/errors.js';
 
@@ -114,7 +134,9 @@ describe('F16', () => {
     for (let h = 0; h < 65536; h++) {
       const ref = refDecode(HALF, h);
       const got = f16BitsToF32(h);
-      const ok = Number.isNaN(ref) ? Number.isNaN(got) && Number.isNaN(bulk[h]!) : Object.is(got, ref) && Object.is(bulk[h], ref);
+      const ok = Number.isNaN(ref)
+        ? Number.isNaN(got) && Number.isNaN(bulk[h]!)
+        : Object.is(got, ref) && Object.is(bulk[h], ref);
       if (!ok) wrong.push(h);
     }
     expect(wrong.slice(0, 5)).toEqual([]);
@@ -150,35 +172,53 @@ describe('F16', () => {
     const wrong: string[] = [];
     for (let i = 0; i < src.length; i++) {
       const want = expectedEncode(HALF, src[i]!, 15);
-      if (f32ToF16Bits(src[i]!) !== want || bulk[i] !== want) wrong.push(`${src[i]}: ${f32ToF16Bits(src[i]!)}/${bulk[i]} ≠ ${want}`);
+      if (f32ToF16Bits(src[i]!) !== want || bulk[i] !== want)
+        wrong.push(`${src[i]}: ${f32ToF16Bits(src[i]!)}/${bulk[i]} ≠ ${want}`);
     }
     expect(wrong.slice(0, 5)).toEqual([]);
   });
 
   it('encodes random f32 values (floats and raw bit patterns) bit-exactly like the reference, scalar and bulk', () => {
-    fc.assert(fc.property(fc.array(anyF32, { minLength: 1, maxLength: 64 }), (values) => {
-      const src = Float32Array.from(values);
-      const bulk = f32ToF16(src);
-      for (let i = 0; i < src.length; i++) {
-        const x = src[i]!;
-        const got = f32ToF16Bits(x);
-        expect(bulk[i]).toBe(got);
-        if (Number.isNaN(x)) {
-          expect(isHalfNaN(got)).toBe(true);
-          expect(got & 0x0200).toBe(0x0200); // quiet
-          expect(got >>> 15).toBe(toBits(x) >>> 31);
-        } else {
-          expect(got).toBe(expectedEncode(HALF, x, 15));
+    fc.assert(
+      fc.property(fc.array(anyF32, { minLength: 1, maxLength: 64 }), (values) => {
+        const src = Float32Array.from(values);
+        const bulk = f32ToF16(src);
+        for (let i = 0; i < src.length; i++) {
+          const x = src[i]!;
+          const got = f32ToF16Bits(x);
+          expect(bulk[i]).toBe(got);
+          if (Number.isNaN(x)) {
+            expect(isHalfNaN(got)).toBe(true);
+            expect(got & 0x0200).toBe(0x0200); // quiet
+            expect(got >>> 15).toBe(toBits(x) >>> 31);
+          } else {
+            expect(got).toBe(expectedEncode(HALF, x, 15));
+          }
         }
-      }
-    }), { numRuns: 3000 });
+      }),
+      { numRuns: 3000 },
+    );
   });
 
   it('handles the edges: max, overflow threshold, smallest subnormal, its half, signed zero, infinities', () => {
     const cases: [number, number][] = [
-      [65504, 0x7bff], [65519.99, 0x7bff], [65520, 0x7c00], [1e6, 0x7c00], [Infinity, 0x7c00], [-Infinity, 0xfc00],
-      [2 ** -24, 0x0001], [2 ** -25, 0x0000], [f32(2 ** -25 * 1.0000001), 0x0001], [3 * 2 ** -25, 0x0002],
-      [2 ** -14, 0x0400], [-0, 0x8000], [0, 0], [1, 0x3c00], [-2, 0xc000], [fromBits(1), 0], [-fromBits(1), 0x8000],
+      [65504, 0x7bff],
+      [65519.99, 0x7bff],
+      [65520, 0x7c00],
+      [1e6, 0x7c00],
+      [Infinity, 0x7c00],
+      [-Infinity, 0xfc00],
+      [2 ** -24, 0x0001],
+      [2 ** -25, 0x0000],
+      [f32(2 ** -25 * 1.0000001), 0x0001],
+      [3 * 2 ** -25, 0x0002],
+      [2 ** -14, 0x0400],
+      [-0, 0x8000],
+      [0, 0],
+      [1, 0x3c00],
+      [-2, 0xc000],
+      [fromBits(1), 0],
+      [-fromBits(1), 0x8000],
     ];
     for (const [x, h] of cases) expect(f32ToF16Bits(x), `${x}`).toBe(h);
   });
@@ -193,7 +233,10 @@ describe('BF16', () => {
     for (let b = 0; b < 65536; b++) {
       const ref = refDecode(BF16, b);
       const ok = Number.isNaN(ref)
-        ? Number.isNaN(bf16BitsToF32(b)) && Number.isNaN(bulk[b]!) && (back[b]! & 0x7f80) === 0x7f80 && (back[b]! & 0x7f) !== 0
+        ? Number.isNaN(bf16BitsToF32(b)) &&
+          Number.isNaN(bulk[b]!) &&
+          (back[b]! & 0x7f80) === 0x7f80 &&
+          (back[b]! & 0x7f) !== 0
         : Object.is(bf16BitsToF32(b), ref) && Object.is(bulk[b], ref) && f32ToBf16Bits(ref) === b && back[b] === b;
       if (!ok) wrong.push(b);
     }
@@ -201,21 +244,24 @@ describe('BF16', () => {
   });
 
   it('encodes random f32 values bit-exactly like the reference (RNE, subnormals, overflow, NaN)', () => {
-    fc.assert(fc.property(fc.array(anyF32, { minLength: 1, maxLength: 64 }), (values) => {
-      const src = Float32Array.from(values);
-      const bulk = f32ToBf16(src);
-      for (let i = 0; i < src.length; i++) {
-        const x = src[i]!;
-        const got = f32ToBf16Bits(x);
-        expect(bulk[i]).toBe(got);
-        if (Number.isNaN(x)) {
-          expect((got & 0x7f80) === 0x7f80 && (got & 0x40) !== 0).toBe(true);
-          expect(got >>> 15).toBe(toBits(x) >>> 31);
-        } else {
-          expect(got).toBe(expectedEncode(BF16, x, 15));
+    fc.assert(
+      fc.property(fc.array(anyF32, { minLength: 1, maxLength: 64 }), (values) => {
+        const src = Float32Array.from(values);
+        const bulk = f32ToBf16(src);
+        for (let i = 0; i < src.length; i++) {
+          const x = src[i]!;
+          const got = f32ToBf16Bits(x);
+          expect(bulk[i]).toBe(got);
+          if (Number.isNaN(x)) {
+            expect((got & 0x7f80) === 0x7f80 && (got & 0x40) !== 0).toBe(true);
+            expect(got >>> 15).toBe(toBits(x) >>> 31);
+          } else {
+            expect(got).toBe(expectedEncode(BF16, x, 15));
+          }
         }
-      }
-    }), { numRuns: 3000 });
+      }),
+      { numRuns: 3000 },
+    );
   });
 
   it('rounds ties to even and overflows to infinity', () => {
@@ -256,25 +302,28 @@ describe('F8', () => {
   });
 
   it('encodes random f32 values like the reference; E4M3 overflow is NaN, or ±448 when saturating', () => {
-    fc.assert(fc.property(fc.array(anyF32, { minLength: 1, maxLength: 32 }), (values) => {
-      const src = Float32Array.from(values);
-      const e4 = f32ToF8('F8_E4M3', src);
-      const e4s = f32ToF8('F8_E4M3', src, undefined, true);
-      const e5 = f32ToF8('F8_E5M2', src);
-      for (let i = 0; i < src.length; i++) {
-        const x = src[i]!;
-        const sign = toBits(x) >>> 31 ? 0x80 : 0;
-        if (Number.isNaN(x)) {
-          expect(e4[i]! & 0x7f).toBe(0x7f);
-          expect((e5[i]! & 0x7c) === 0x7c && (e5[i]! & 3) !== 0).toBe(true);
-          continue;
+    fc.assert(
+      fc.property(fc.array(anyF32, { minLength: 1, maxLength: 32 }), (values) => {
+        const src = Float32Array.from(values);
+        const e4 = f32ToF8('F8_E4M3', src);
+        const e4s = f32ToF8('F8_E4M3', src, undefined, true);
+        const e5 = f32ToF8('F8_E5M2', src);
+        for (let i = 0; i < src.length; i++) {
+          const x = src[i]!;
+          const sign = toBits(x) >>> 31 ? 0x80 : 0;
+          if (Number.isNaN(x)) {
+            expect(e4[i]! & 0x7f).toBe(0x7f);
+            expect((e5[i]! & 0x7c) === 0x7c && (e5[i]! & 3) !== 0).toBe(true);
+            continue;
+          }
+          expect(e5[i]).toBe(expectedEncode(E5M2, x, 7));
+          const mag = Math.abs(x) === Infinity ? E4M3.overflow : refEncodeMagnitude(E4M3, Math.abs(x));
+          expect(e4[i]).toBe(sign | mag);
+          expect(e4s[i]).toBe(sign | (mag === E4M3.overflow ? 0x7e : mag));
         }
-        expect(e5[i]).toBe(expectedEncode(E5M2, x, 7));
-        const mag = Math.abs(x) === Infinity ? E4M3.overflow : refEncodeMagnitude(E4M3, Math.abs(x));
-        expect(e4[i]).toBe(sign | mag);
-        expect(e4s[i]).toBe(sign | (mag === E4M3.overflow ? 0x7e : mag));
-      }
-    }), { numRuns: 2000 });
+      }),
+      { numRuns: 2000 },
+    );
     expect(f32ToF8E4M3Bits(464)).toBe(0x7e); // tie goes to the even 448
     expect(f32ToF8E4M3Bits(f32(464.01))).toBe(0x7f);
     expect(f32ToF8E4M3Bits(-1000, true)).toBe(0xfe);
@@ -291,12 +340,19 @@ describe('countOverflow', () => {
       F8_E4M3: (x: number) => f8e4m3BitsToF32(f32ToF8E4M3Bits(x)),
       F8_E5M2: (x: number) => f8e5m2BitsToF32(f32ToF8E5M2Bits(x)),
     } as const;
-    fc.assert(fc.property(fc.array(anyF32, { maxLength: 40 }), fc.constantFrom('F16', 'BF16', 'F8_E4M3', 'F8_E5M2'), (values, dt) => {
-      const src = Float32Array.from(values);
-      let want = 0;
-      for (const x of src) if (Number.isFinite(x) && !Number.isFinite(encoders[dt](x))) want++;
-      expect(countOverflow(src, dt)).toBe(want);
-    }), { numRuns: 1000 });
+    fc.assert(
+      fc.property(
+        fc.array(anyF32, { maxLength: 40 }),
+        fc.constantFrom('F16', 'BF16', 'F8_E4M3', 'F8_E5M2'),
+        (values, dt) => {
+          const src = Float32Array.from(values);
+          let want = 0;
+          for (const x of src) if (Number.isFinite(x) && !Number.isFinite(encoders[dt](x))) want++;
+          expect(countOverflow(src, dt)).toBe(want);
+        },
+      ),
+      { numRuns: 1000 },
+    );
     expect(countOverflow(new Float32Array([1e30, Infinity]), 'F32')).toBe(0);
     expect(countOverflow(new Float32Array([65520, 65504, -70000, Infinity]), 'F16')).toBe(2);
   });
@@ -320,22 +376,30 @@ describe('bytes ⇄ typed arrays and f32', () => {
   });
 
   it('decodeToF32 ∘ encodeFromF32 round-trips values representable in each float dtype', () => {
-    fc.assert(fc.property(
-      fc.constantFrom('F64', 'F32', 'F16', 'BF16', 'F8_E4M3', 'F8_E5M2' as const),
-      fc.array(fc.float({ noNaN: true, min: -400, max: 400 }), { maxLength: 50 }),
-      (dt, values) => {
-        // First squeeze the values into the dtype, then they must survive unchanged.
-        const once = decodeToF32(dt, encodeFromF32(dt, Float32Array.from(values)));
-        const twice = decodeToF32(dt, encodeFromF32(dt, once));
-        expect(Array.from(twice)).toEqual(Array.from(once));
-        if (dt === 'F32' || dt === 'F64') expect(Array.from(once)).toEqual(Array.from(Float32Array.from(values)));
-      }), { numRuns: 300 });
+    fc.assert(
+      fc.property(
+        fc.constantFrom('F64', 'F32', 'F16', 'BF16', 'F8_E4M3', 'F8_E5M2' as const),
+        fc.array(fc.float({ noNaN: true, min: -400, max: 400 }), { maxLength: 50 }),
+        (dt, values) => {
+          // First squeeze the values into the dtype, then they must survive unchanged.
+          const once = decodeToF32(dt, encodeFromF32(dt, Float32Array.from(values)));
+          const twice = decodeToF32(dt, encodeFromF32(dt, once));
+          expect(Array.from(twice)).toEqual(Array.from(once));
+          if (dt === 'F32' || dt === 'F64') expect(Array.from(once)).toEqual(Array.from(Float32Array.from(values)));
+        },
+      ),
+      { numRuns: 300 },
+    );
   });
 
   it('refuses integer dtypes with SAFETENSORS_DTYPE_NOT_FLOAT naming the dtype', () => {
     for (const dt of ['I64', 'I32', 'I16', 'I8', 'U8', 'BOOL', 'U64', 'U32', 'U16'] as const) {
-      expect(() => decodeToF32(dt, new Uint8Array(8))).toThrow(expect.objectContaining({ code: 'SAFETENSORS_DTYPE_NOT_FLOAT', message: expect.stringContaining(dt) }));
-      expect(() => encodeFromF32(dt, new Float32Array(2))).toThrow(expect.objectContaining({ code: 'SAFETENSORS_DTYPE_NOT_FLOAT' }));
+      expect(() => decodeToF32(dt, new Uint8Array(8))).toThrow(
+        expect.objectContaining({ code: 'SAFETENSORS_DTYPE_NOT_FLOAT', message: expect.stringContaining(dt) }),
+      );
+      expect(() => encodeFromF32(dt, new Float32Array(2))).toThrow(
+        expect.objectContaining({ code: 'SAFETENSORS_DTYPE_NOT_FLOAT' }),
+      );
     }
   });
 });
@@ -344,7 +408,7 @@ describe('bulk converter routing', () => {
   it('sends large arrays to the chosen converter and keeps small ones in JS', () => {
     const calls: string[] = [];
     const js = { f16ToF32, f32ToF16, bf16ToF32, f32ToBf16 };
-    const viaJs = <T,>(f: () => T): T => {
+    const viaJs = <T>(f: () => T): T => {
       setBulkConvert(null);
       try {
         return f();
@@ -353,10 +417,22 @@ describe('bulk converter routing', () => {
       }
     };
     const spy: BulkConvert = {
-      f16ToF32: (s, d) => { calls.push('f16ToF32'); viaJs(() => js.f16ToF32(s, d)); },
-      f32ToF16: (s, d) => { calls.push('f32ToF16'); viaJs(() => js.f32ToF16(s, d)); },
-      bf16ToF32: (s, d) => { calls.push('bf16ToF32'); viaJs(() => js.bf16ToF32(s, d)); },
-      f32ToBf16: (s, d) => { calls.push('f32ToBf16'); viaJs(() => js.f32ToBf16(s, d)); },
+      f16ToF32: (s, d) => {
+        calls.push('f16ToF32');
+        viaJs(() => js.f16ToF32(s, d));
+      },
+      f32ToF16: (s, d) => {
+        calls.push('f32ToF16');
+        viaJs(() => js.f32ToF16(s, d));
+      },
+      bf16ToF32: (s, d) => {
+        calls.push('bf16ToF32');
+        viaJs(() => js.bf16ToF32(s, d));
+      },
+      f32ToBf16: (s, d) => {
+        calls.push('f32ToBf16');
+        viaJs(() => js.f32ToBf16(s, d));
+      },
     };
     try {
       setBulkConvert(spy);
@@ -382,13 +458,20 @@ describe('bulk converter routing', () => {
       seed = (Math.imul(seed, 1103515245) + 12345) >>> 0;
       // mix raw patterns with values near the half range and exact half ties
       const r = seed >>> 0;
-      bits[i] = i % 3 === 0 ? r : i % 3 === 1 ? (0x33000000 + (r % 0x14800000)) >>> 0 : toBits(f32((f16BitsToF32(r & 0x7bfe) + f16BitsToF32((r & 0x7bfe) + 1)) / 2)) ^ (r & 0x80000000);
+      bits[i] =
+        i % 3 === 0
+          ? r
+          : i % 3 === 1
+            ? (0x33000000 + (r % 0x14800000)) >>> 0
+            : toBits(f32((f16BitsToF32(r & 0x7bfe) + f16BitsToF32((r & 0x7bfe) + 1)) / 2)) ^ (r & 0x80000000);
     }
     const src = new Float32Array(bits.buffer);
     const halves = new Uint16Array(65536).map((_, i) => i);
     const run = () => ({
-      f16: f32ToF16(src), bf16: f32ToBf16(src),
-      f16dec: new Uint32Array(f16ToF32(halves).buffer), bf16dec: new Uint32Array(bf16ToF32(halves).buffer),
+      f16: f32ToF16(src),
+      bf16: f32ToBf16(src),
+      f16dec: new Uint32Array(f16ToF32(halves).buffer),
+      bf16dec: new Uint32Array(bf16ToF32(halves).buffer),
     });
     const fast = run();
     setBulkConvert(null);
@@ -399,9 +482,14 @@ describe('bulk converter routing', () => {
       setBulkConvert('auto');
     }
     for (const k of ['f16', 'bf16', 'f16dec', 'bf16dec'] as const) {
-      const a = fast[k], b = slow[k];
+      const a = fast[k],
+        b = slow[k];
       let firstDiff = -1;
-      for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) { firstDiff = i; break; }
+      for (let i = 0; i < a.length; i++)
+        if (a[i] !== b[i]) {
+          firstDiff = i;
+          break;
+        }
       expect(firstDiff, k).toBe(-1);
     }
   });

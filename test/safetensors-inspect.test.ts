@@ -12,11 +12,15 @@ import { bufferSource } from '../src/core/memory.js';
 let dir: string;
 beforeAll(async () => {
   dir = await fs.mkdtemp(path.join(os.tmpdir(), 'lora-mix-inspect-'));
-  await writeSafetensors(path.join(dir, 'model.safetensors'), [
-    { name: 'layer.down', dtype: 'F16', shape: [4, 320], data: new Uint16Array(4 * 320) },
-    { name: 'layer.up', dtype: 'F16', shape: [320, 4], data: new Uint16Array(320 * 4) },
-    { name: 'layer.scale', dtype: 'F32', shape: [], data: new Float32Array([4]) },
-  ], { metadata: { ss_network_dim: '4', long: 'x'.repeat(500) } });
+  await writeSafetensors(
+    path.join(dir, 'model.safetensors'),
+    [
+      { name: 'layer.down', dtype: 'F16', shape: [4, 320], data: new Uint16Array(4 * 320) },
+      { name: 'layer.up', dtype: 'F16', shape: [320, 4], data: new Uint16Array(320 * 4) },
+      { name: 'layer.scale', dtype: 'F32', shape: [], data: new Float32Array([4]) },
+    ],
+    { metadata: { ss_network_dim: '4', long: 'x'.repeat(500) } },
+  );
   await fs.writeFile(path.join(dir, 'broken.safetensors'), new Uint8Array([200, 0, 0, 0, 0, 0, 0, 0, 123]));
 });
 afterAll(async () => {
@@ -26,7 +30,16 @@ afterAll(async () => {
 async function run(argv: string[]): Promise<{ code: number; out: string; err: string }> {
   let out = '';
   let err = '';
-  const ctx: CliContext = { out: (s) => { out += s; }, err: (s) => { err += s; }, isTTY: false, cwd: dir };
+  const ctx: CliContext = {
+    out: (s) => {
+      out += s;
+    },
+    err: (s) => {
+      err += s;
+    },
+    isTTY: false,
+    cwd: dir,
+  };
   const code = await main(['inspect', ...argv], ctx, [inspectCommand]);
   return { code, out, err };
 }
@@ -47,7 +60,9 @@ describe('lora-mix inspect', () => {
       ['layer.scale', 'F32', []],
     ]);
     expect(j.totals).toEqual({
-      tensors: 3, parameters: 2561, bytes: 5124,
+      tensors: 3,
+      parameters: 2561,
+      bytes: 5124,
       byDtype: { F16: { tensors: 2, parameters: 2560, bytes: 5120 }, F32: { tensors: 1, parameters: 1, bytes: 4 } },
     });
     expect(j.metadata.ss_network_dim).toBe('4');

@@ -1,6 +1,13 @@
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
-import { parseSafetensors, serializeSafetensors, scanKeys, MAX_HEADER_LENGTH, isFloatDType, type TensorToWrite } from '../src/safetensors/index.js';
+import {
+  parseSafetensors,
+  serializeSafetensors,
+  scanKeys,
+  MAX_HEADER_LENGTH,
+  isFloatDType,
+  type TensorToWrite,
+} from '../src/safetensors/index.js';
 import { bufferSource } from '../src/core/memory.js';
 import type { ByteSource } from '../src/core/bytes.js';
 import { LoraMixError, SafetensorsError, type SafetensorsErrorCode } from '../src/core/errors.js';
@@ -9,7 +16,11 @@ import { DTYPE_SIZE, type DType } from '../src/core/tensor.js';
 const enc = new TextEncoder();
 
 /** A file from a header (object or raw JSON text) and data bytes; headerLength overrides the 8-byte prefix. */
-function rawFile(header: unknown, data: Uint8Array | number = 0, opts: { headerLength?: bigint; pad?: number } = {}): Uint8Array {
+function rawFile(
+  header: unknown,
+  data: Uint8Array | number = 0,
+  opts: { headerLength?: bigint; pad?: number } = {},
+): Uint8Array {
   const text = typeof header === 'string' ? header : JSON.stringify(header);
   const json = header instanceof Uint8Array ? header : enc.encode(text + ' '.repeat(opts.pad ?? 0));
   const bytes = typeof data === 'number' ? new Uint8Array(data) : data;
@@ -24,7 +35,11 @@ async function parseBytes(bytes: Uint8Array, name = 'test.safetensors') {
   return parseSafetensors(bufferSource(bytes, name));
 }
 
-async function expectCode(bytes: Uint8Array, code: SafetensorsErrorCode, ...fragments: string[]): Promise<SafetensorsError> {
+async function expectCode(
+  bytes: Uint8Array,
+  code: SafetensorsErrorCode,
+  ...fragments: string[]
+): Promise<SafetensorsError> {
   let err: unknown;
   try {
     await parseBytes(bytes);
@@ -92,13 +107,24 @@ describe('parseSafetensors: valid files', () => {
     expect(i64[0]).toBe(-42n);
     expect((await file.read('empty')).length).toBe(0);
     expect((await file.readF32('empty')).length).toBe(0);
-    await expect(file.readF32('0')).rejects.toMatchObject({ code: 'SAFETENSORS_DTYPE_NOT_FLOAT', message: expect.stringContaining('I64') });
-    await expect(file.read('missing')).rejects.toMatchObject({ code: 'SAFETENSORS_TENSOR_NOT_FOUND', message: expect.stringContaining("'missing'") });
+    await expect(file.readF32('0')).rejects.toMatchObject({
+      code: 'SAFETENSORS_DTYPE_NOT_FLOAT',
+      message: expect.stringContaining('I64'),
+    });
+    await expect(file.read('missing')).rejects.toMatchObject({
+      code: 'SAFETENSORS_TENSOR_NOT_FOUND',
+      message: expect.stringContaining("'missing'"),
+    });
   });
 
   it('accepts an empty header object, several empty tensors at one offset, and metadata alone', async () => {
     expect((await parseBytes(rawFile({}))).tensors).toEqual([]);
-    const f = await parseBytes(rawFile({ x: t('F32', [0], [0, 0]), y: t('U8', [2], [0, 2]), z: t('I8', [0, 0], [2, 2]), w: t('F32', [0], [0, 0]) }, 2));
+    const f = await parseBytes(
+      rawFile(
+        { x: t('F32', [0], [0, 0]), y: t('U8', [2], [0, 2]), z: t('I8', [0, 0], [2, 2]), w: t('F32', [0], [0, 0]) },
+        2,
+      ),
+    );
     expect(f.tensors.map((x) => x.name)).toEqual(['x', 'w', 'y', 'z']);
     expect((await parseBytes(rawFile({ __metadata__: { a: '1' } }))).metadata).toEqual({ a: '1' });
   });
@@ -126,7 +152,13 @@ describe('parseSafetensors: valid files', () => {
     expect(Array.from(got)).toEqual([0x00, 0x3c, 0x00, 0x40, 0x00, 0xc2]);
     expect(buf[6]).toBe(0xaa);
     const out = new Float32Array(8).fill(-99);
-    const expected: Record<string, number[]> = { h: [1, 2, -3], b: [1, -2], f: [0.5, 7], d: [Math.fround(1 / 3), -2], e: [1, 448] };
+    const expected: Record<string, number[]> = {
+      h: [1, 2, -3],
+      b: [1, -2],
+      f: [0.5, 7],
+      d: [Math.fround(1 / 3), -2],
+      e: [1, 448],
+    };
     for (const [name, values] of Object.entries(expected)) {
       const v = await file.readF32(name, out);
       expect(v.buffer).toBe(out.buffer);
@@ -134,13 +166,20 @@ describe('parseSafetensors: valid files', () => {
     }
     const all = await Promise.all(Object.keys(expected).flatMap((n) => [file.readF32(n), file.readF32(n)]));
     expect(all.map((a) => Array.from(a))).toEqual(Object.values(expected).flatMap((v) => [v, v]));
-    await expect(file.read('h', new Uint8Array(5))).rejects.toMatchObject({ code: 'SAFETENSORS_BUFFER_TOO_SMALL', message: expect.stringContaining("'h'") });
-    await expect(file.readF32('h', new Float32Array(2))).rejects.toMatchObject({ code: 'SAFETENSORS_BUFFER_TOO_SMALL' });
+    await expect(file.read('h', new Uint8Array(5))).rejects.toMatchObject({
+      code: 'SAFETENSORS_BUFFER_TOO_SMALL',
+      message: expect.stringContaining("'h'"),
+    });
+    await expect(file.readF32('h', new Float32Array(2))).rejects.toMatchObject({
+      code: 'SAFETENSORS_BUFFER_TOO_SMALL',
+    });
     await file.close();
   });
 
   it('keeps "__proto__" as an ordinary metadata key and tensor name', async () => {
-    const file = await parseBytes(rawFile('{"__metadata__":{"__proto__":"x"},"__proto__":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}', 1));
+    const file = await parseBytes(
+      rawFile('{"__metadata__":{"__proto__":"x"},"__proto__":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}', 1),
+    );
     expect(Object.keys(file.metadata)).toEqual(['__proto__']);
     // biome-ignore lint/suspicious/noProto: a metadata key named __proto__ is what this test reads back
     // biome-ignore lint/complexity/useLiteralKeys: the same
@@ -171,7 +210,10 @@ describe('parseSafetensors: every validation rule', () => {
     }
     const lying = rawFile({}, 0, { headerLength: 5000n });
     const src = spySource(lying, lying.length);
-    await expect(parseSafetensors(src)).rejects.toMatchObject({ code: 'SAFETENSORS_HEADER_TOO_LARGE', message: expect.stringContaining('5000') });
+    await expect(parseSafetensors(src)).rejects.toMatchObject({
+      code: 'SAFETENSORS_HEADER_TOO_LARGE',
+      message: expect.stringContaining('5000'),
+    });
     expect(src.reads).toEqual([[0, 8]]);
   });
 
@@ -179,7 +221,10 @@ describe('parseSafetensors: every validation rule', () => {
     const bad = new Uint8Array([0x7b, 0x22, 0xff, 0xfe, 0x22, 0x3a, 0x31, 0x7d]);
     await expectCode(rawFile(bad), 'SAFETENSORS_HEADER_INVALID_UTF8');
     // a lone surrogate encoded as UTF-8 (CESU) is not valid UTF-8 either
-    await expectCode(rawFile(new Uint8Array([0x7b, 0x22, 0xed, 0xa0, 0x80, 0x22, 0x3a, 0x31, 0x7d])), 'SAFETENSORS_HEADER_INVALID_UTF8');
+    await expectCode(
+      rawFile(new Uint8Array([0x7b, 0x22, 0xed, 0xa0, 0x80, 0x22, 0x3a, 0x31, 0x7d])),
+      'SAFETENSORS_HEADER_INVALID_UTF8',
+    );
   });
 
   it('SAFETENSORS_HEADER_INVALID_JSON, including an empty header and NUL padding', async () => {
@@ -190,7 +235,8 @@ describe('parseSafetensors: every validation rule', () => {
   });
 
   it('SAFETENSORS_HEADER_NOT_OBJECT: arrays, null, numbers, strings, leading whitespace or BOM', async () => {
-    for (const h of ['[]', 'null', '42', '"x"', ' {}', '\n{}']) await expectCode(rawFile(h), 'SAFETENSORS_HEADER_NOT_OBJECT');
+    for (const h of ['[]', 'null', '42', '"x"', ' {}', '\n{}'])
+      await expectCode(rawFile(h), 'SAFETENSORS_HEADER_NOT_OBJECT');
     await expectCode(rawFile(new Uint8Array([0xef, 0xbb, 0xbf, 0x7b, 0x7d])), 'SAFETENSORS_HEADER_NOT_OBJECT');
     // trailing spaces are the format's padding and are fine
     expect((await parseBytes(rawFile('{}', 0, { pad: 6 }))).tensors).toEqual([]);
@@ -201,10 +247,20 @@ describe('parseSafetensors: every validation rule', () => {
     const err = await expectCode(rawFile(`{"w":${e},"w":${e}}`, 1), 'SAFETENSORS_DUPLICATE_KEY', "'w'");
     expect(err.details).toMatchObject({ key: 'w', parent: null });
     await expectCode(rawFile(`{"w":${e},"\\u0077":${e}}`, 1), 'SAFETENSORS_DUPLICATE_KEY');
-    await expectCode(rawFile('{"w":{"dtype":"U8","dtype":"F32","shape":[1],"data_offsets":[0,1]}}', 1), 'SAFETENSORS_DUPLICATE_KEY', "'dtype'", "'w'");
+    await expectCode(
+      rawFile('{"w":{"dtype":"U8","dtype":"F32","shape":[1],"data_offsets":[0,1]}}', 1),
+      'SAFETENSORS_DUPLICATE_KEY',
+      "'dtype'",
+      "'w'",
+    );
     await expectCode(rawFile('{"__metadata__":{"a":"1","a":"2"}}'), 'SAFETENSORS_DUPLICATE_KEY', "'a'");
     // equal keys in different entries, and inside strings or deeper levels, are not duplicates
-    const f = await parseBytes(rawFile('{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1],"x":{"k":1,"k":2}},"b":{"dtype":"U8","shape":[1],"data_offsets":[1,2]},"__metadata__":{"\\"a\\",\\"a\\"":"a"}}', 2));
+    const f = await parseBytes(
+      rawFile(
+        '{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1],"x":{"k":1,"k":2}},"b":{"dtype":"U8","shape":[1],"data_offsets":[1,2]},"__metadata__":{"\\"a\\",\\"a\\"":"a"}}',
+        2,
+      ),
+    );
     expect(f.tensors.map((x) => x.name)).toEqual(['a', 'b']);
   });
 
@@ -217,7 +273,8 @@ describe('parseSafetensors: every validation rule', () => {
   });
 
   it('SAFETENSORS_UNKNOWN_DTYPE', async () => {
-    for (const d of ['F128', 'f32', '', 'C64']) await expectCode(rawFile({ w: t(d, [1], [0, 4]) }, 4), 'SAFETENSORS_UNKNOWN_DTYPE', "'w'");
+    for (const d of ['F128', 'f32', '', 'C64'])
+      await expectCode(rawFile({ w: t(d, [1], [0, 4]) }, 4), 'SAFETENSORS_UNKNOWN_DTYPE', "'w'");
     await expectCode(rawFile({ w: { dtype: 4, shape: [1], data_offsets: [0, 4] } }, 4), 'SAFETENSORS_UNKNOWN_DTYPE');
   });
 
@@ -234,8 +291,16 @@ describe('parseSafetensors: every validation rule', () => {
     for (const o of [[0], [0, 4, 8], [4, 0], [-4, 0], [0.5, 4.5], ['0', '4'], null, [0, 2 ** 53]]) {
       await expectCode(rawFile({ w: t('F32', [1], o) }, 4), 'SAFETENSORS_OFFSETS_INVALID', "'w'");
     }
-    await expectCode(rawFile({ a: t('F32', [2], [0, 8]), b: t('F32', [1], [4, 8]) }, 8), 'SAFETENSORS_OFFSETS_INVALID', 'overlap');
-    await expectCode(rawFile({ a: t('F32', [1], [0, 4]), b: t('F32', [1], [8, 12]) }, 12), 'SAFETENSORS_OFFSETS_INVALID', 'gap');
+    await expectCode(
+      rawFile({ a: t('F32', [2], [0, 8]), b: t('F32', [1], [4, 8]) }, 8),
+      'SAFETENSORS_OFFSETS_INVALID',
+      'overlap',
+    );
+    await expectCode(
+      rawFile({ a: t('F32', [1], [0, 4]), b: t('F32', [1], [8, 12]) }, 12),
+      'SAFETENSORS_OFFSETS_INVALID',
+      'gap',
+    );
     await expectCode(rawFile({ a: t('F32', [1], [4, 8]) }, 8), 'SAFETENSORS_OFFSETS_INVALID', "'a'");
     await expectCode(rawFile({ a: t('F32', [1], [0, 4]), b: t('F32', [1], [0, 4]) }, 4), 'SAFETENSORS_OFFSETS_INVALID');
     await expectCode(rawFile({ a: t('F32', [1], [0, 4]) }, 5), 'SAFETENSORS_OFFSETS_INVALID', 'trailing');
@@ -276,7 +341,10 @@ describe('hostile headers', () => {
   });
 
   it('scanKeys returns top-level keys in text order (integer-like keys included)', () => {
-    expect(scanKeys('{"b":1,"2":{"x":[1,{"y":2}]},"a":"s","1":[]}')).toEqual({ keys: ['b', '2', 'a', '1'], duplicate: null });
+    expect(scanKeys('{"b":1,"2":{"x":[1,{"y":2}]},"a":"s","1":[]}')).toEqual({
+      keys: ['b', '2', 'a', '1'],
+      duplicate: null,
+    });
     expect(scanKeys('{"a":{"b":1,"c":[{"b":2}],"b":3}}').duplicate).toEqual({ key: 'b', parent: 'a' });
   });
 });
@@ -296,11 +364,21 @@ const tensorArb: fc.Arbitrary<Omit<TensorToWrite, 'name'>> = fc
 
 const fileArb = fc
   .tuple(
-    fc.uniqueArray(fc.string({ maxLength: 8 }).filter((s) => s !== '__metadata__'), { maxLength: 6 }),
+    fc.uniqueArray(
+      fc.string({ maxLength: 8 }).filter((s) => s !== '__metadata__'),
+      { maxLength: 6 },
+    ),
     fc.array(tensorArb, { minLength: 6, maxLength: 6 }),
-    fc.option(fc.dictionary(fc.string({ maxLength: 5 }), fc.string({ maxLength: 8 }), { maxKeys: 3 }), { nil: undefined }),
+    fc.option(fc.dictionary(fc.string({ maxLength: 5 }), fc.string({ maxLength: 8 }), { maxKeys: 3 }), {
+      nil: undefined,
+    }),
   )
-  .map(([names, specs, metadata]) => serializeSafetensors(names.map((name, i) => ({ name, ...specs[i]! })), { metadata }));
+  .map(([names, specs, metadata]) =>
+    serializeSafetensors(
+      names.map((name, i) => ({ name, ...specs[i]! })),
+      { metadata },
+    ),
+  );
 
 type Mutation =
   | { kind: 'flip'; at: number; value: number }
@@ -344,51 +422,73 @@ function mutate(file: Uint8Array, muts: Mutation[]): Uint8Array {
 
 describe('fuzz', () => {
   it('a corrupted file parses validly or fails with a SafetensorsError (and a valid parse reads back fully)', async () => {
-    await fc.assert(fc.asyncProperty(fileArb, mutationArb, async (file, muts) => {
-      const bytes = mutate(file, muts);
-      let parsed;
-      try {
-        parsed = await parseBytes(bytes);
-      } catch (e) {
-        if (!(e instanceof SafetensorsError)) throw e;
-        expect(e.message).toContain('test.safetensors');
-        return;
-      }
-      for (const info of parsed.tensors) {
-        expect(info.offset + info.byteLength).toBeLessThanOrEqual(bytes.length);
-        const raw = await parsed.read(info.name);
-        expect(raw.length).toBe(info.byteLength);
-        await parsed.readTyped(info.name);
-        if (isFloatDType(info.dtype)) expect((await parsed.readF32(info.name)).length).toBe(info.numel);
-      }
-    }), { numRuns: 1500 });
+    await fc.assert(
+      fc.asyncProperty(fileArb, mutationArb, async (file, muts) => {
+        const bytes = mutate(file, muts);
+        let parsed;
+        try {
+          parsed = await parseBytes(bytes);
+        } catch (e) {
+          if (!(e instanceof SafetensorsError)) throw e;
+          expect(e.message).toContain('test.safetensors');
+          return;
+        }
+        for (const info of parsed.tensors) {
+          expect(info.offset + info.byteLength).toBeLessThanOrEqual(bytes.length);
+          const raw = await parsed.read(info.name);
+          expect(raw.length).toBe(info.byteLength);
+          await parsed.readTyped(info.name);
+          if (isFloatDType(info.dtype)) expect((await parsed.readF32(info.name)).length).toBe(info.numel);
+        }
+      }),
+      { numRuns: 1500 },
+    );
   });
 
   it('arbitrary JSON headers are accepted or refused with a SafetensorsError', async () => {
-    await fc.assert(fc.asyncProperty(fc.json({ maxDepth: 4 }), fc.nat({ max: 64 }), async (json, dataLen) => {
-      try {
-        await parseBytes(rawFile(json, dataLen));
-      } catch (e) {
-        expect(e).toBeInstanceOf(LoraMixError);
-        expect(e).toBeInstanceOf(SafetensorsError);
-      }
-    }), { numRuns: 1000 });
+    await fc.assert(
+      fc.asyncProperty(fc.json({ maxDepth: 4 }), fc.nat({ max: 64 }), async (json, dataLen) => {
+        try {
+          await parseBytes(rawFile(json, dataLen));
+        } catch (e) {
+          expect(e).toBeInstanceOf(LoraMixError);
+          expect(e).toBeInstanceOf(SafetensorsError);
+        }
+      }),
+      { numRuns: 1000 },
+    );
   });
 
   it('arbitrary tensor-shaped entries are accepted or refused with a SafetensorsError', async () => {
-    const val = fc.oneof(fc.integer({ min: -3, max: 40 }), fc.double(), fc.string({ maxLength: 3 }), fc.constant(null), fc.constant(2 ** 60));
-    const entry = fc.record({
-      dtype: fc.oneof(fc.constantFrom(...DTYPES), fc.string({ maxLength: 4 })),
-      shape: fc.oneof(fc.array(val, { maxLength: 3 }), val),
-      data_offsets: fc.oneof(fc.array(val, { maxLength: 3 }), val),
-    }, { requiredKeys: [] });
-    await fc.assert(fc.asyncProperty(fc.dictionary(fc.string({ maxLength: 3 }), entry, { maxKeys: 4 }), fc.nat({ max: 64 }), async (header, dataLen) => {
-      try {
-        const f = await parseBytes(rawFile(header, dataLen));
-        for (const info of f.tensors) await f.read(info.name);
-      } catch (e) {
-        expect(e).toBeInstanceOf(SafetensorsError);
-      }
-    }), { numRuns: 1500 });
+    const val = fc.oneof(
+      fc.integer({ min: -3, max: 40 }),
+      fc.double(),
+      fc.string({ maxLength: 3 }),
+      fc.constant(null),
+      fc.constant(2 ** 60),
+    );
+    const entry = fc.record(
+      {
+        dtype: fc.oneof(fc.constantFrom(...DTYPES), fc.string({ maxLength: 4 })),
+        shape: fc.oneof(fc.array(val, { maxLength: 3 }), val),
+        data_offsets: fc.oneof(fc.array(val, { maxLength: 3 }), val),
+      },
+      { requiredKeys: [] },
+    );
+    await fc.assert(
+      fc.asyncProperty(
+        fc.dictionary(fc.string({ maxLength: 3 }), entry, { maxKeys: 4 }),
+        fc.nat({ max: 64 }),
+        async (header, dataLen) => {
+          try {
+            const f = await parseBytes(rawFile(header, dataLen));
+            for (const info of f.tensors) await f.read(info.name);
+          } catch (e) {
+            expect(e).toBeInstanceOf(SafetensorsError);
+          }
+        },
+      ),
+      { numRuns: 1500 },
+    );
   });
 });

@@ -5,7 +5,12 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { SafeTensor } from 'safetensors';
 import {
-  parseSafetensors, serializeSafetensors, writeSafetensors, writeToSink, f32ToF16, type TensorToWrite,
+  parseSafetensors,
+  serializeSafetensors,
+  writeSafetensors,
+  writeToSink,
+  f32ToF16,
+  type TensorToWrite,
 } from '../src/safetensors/index.js';
 import { bufferSource, memorySink } from '../src/core/memory.js';
 import { fileSource, openSafetensors } from '../src/node/files.js';
@@ -31,16 +36,28 @@ const tensorBody = fc
   });
 
 /** Names with quotes, backslashes, unicode, integer-like strings, the empty string… */
-const nameArb = fc.oneof(fc.string({ maxLength: 12 }), fc.string({ unit: 'grapheme', maxLength: 6 }), fc.nat({ max: 20 }).map(String))
+const nameArb = fc
+  .oneof(fc.string({ maxLength: 12 }), fc.string({ unit: 'grapheme', maxLength: 6 }), fc.nat({ max: 20 }).map(String))
   .filter((s) => s !== '__metadata__');
 
-const tensorsArb = fc.uniqueArray(nameArb, { maxLength: 8 }).chain((names) =>
-  fc.array(tensorBody, { minLength: names.length, maxLength: names.length })
-    .map((bodies) => names.map((name, i) => ({ name, ...bodies[i]! }) as TensorToWrite)));
+const tensorsArb = fc
+  .uniqueArray(nameArb, { maxLength: 8 })
+  .chain((names) =>
+    fc
+      .array(tensorBody, { minLength: names.length, maxLength: names.length })
+      .map((bodies) => names.map((name, i) => ({ name, ...bodies[i]! }) as TensorToWrite)),
+  );
 
-const metadataArb = fc.option(fc.dictionary(fc.string({ maxLength: 8 }), fc.string({ maxLength: 20 }), { maxKeys: 4 }), { nil: undefined });
+const metadataArb = fc.option(
+  fc.dictionary(fc.string({ maxLength: 8 }), fc.string({ maxLength: 20 }), { maxKeys: 4 }),
+  { nil: undefined },
+);
 
-async function expectRoundTrip(bytes: Uint8Array, tensors: TensorToWrite[], metadata: Record<string, string> | undefined) {
+async function expectRoundTrip(
+  bytes: Uint8Array,
+  tensors: TensorToWrite[],
+  metadata: Record<string, string> | undefined,
+) {
   const file = await parseSafetensors(bufferSource(bytes));
   expect(file.tensors.map((t) => t.name)).toEqual(tensors.map((t) => t.name));
   expect(file.metadata).toEqual(metadata ?? {});
@@ -55,33 +72,39 @@ async function expectRoundTrip(bytes: Uint8Array, tensors: TensorToWrite[], meta
 
 describe('write ⇄ read round trip', () => {
   it('serializeSafetensors and writeSafetensors(memorySink) produce the same bytes, which read back exactly', async () => {
-    await fc.assert(fc.asyncProperty(tensorsArb, metadataArb, async (tensors, metadata) => {
-      const bytes = serializeSafetensors(tensors, { metadata });
-      const sink = memorySink('out.safetensors');
-      const thunked = tensors.map((t) => ({ ...t, data: async () => t.data as Uint8Array }));
-      const result = await writeSafetensors(sink, thunked, { metadata });
-      expect(sink.committed).toBe(true);
-      expect(sink.bytes()).toEqual(bytes);
-      expect(result.byteLength).toBe(bytes.length);
-      await expectRoundTrip(bytes, tensors, metadata);
-    }), { numRuns: 300 });
+    await fc.assert(
+      fc.asyncProperty(tensorsArb, metadataArb, async (tensors, metadata) => {
+        const bytes = serializeSafetensors(tensors, { metadata });
+        const sink = memorySink('out.safetensors');
+        const thunked = tensors.map((t) => ({ ...t, data: async () => t.data as Uint8Array }));
+        const result = await writeSafetensors(sink, thunked, { metadata });
+        expect(sink.committed).toBe(true);
+        expect(sink.bytes()).toEqual(bytes);
+        expect(result.byteLength).toBe(bytes.length);
+        await expectRoundTrip(bytes, tensors, metadata);
+      }),
+      { numRuns: 300 },
+    );
   });
 
   it('round-trips through a real file (openSafetensors), leaving no temporary files', async () => {
     let i = 0;
-    await fc.assert(fc.asyncProperty(tensorsArb, metadataArb, async (tensors, metadata) => {
-      const target = path.join(dir, `rt-${i++}.safetensors`);
-      await writeSafetensors(target, tensors, { metadata });
-      const file = await openSafetensors(target);
-      try {
-        expect(file.tensors.map((t) => t.name)).toEqual(tensors.map((t) => t.name));
-        expect(file.metadata).toEqual(metadata ?? {});
-        for (const t of tensors) expect(await file.read(t.name)).toEqual(t.data);
-      } finally {
-        await file.close();
-      }
-      expect(new Uint8Array(await fs.readFile(target))).toEqual(serializeSafetensors(tensors, { metadata }));
-    }), { numRuns: 40 });
+    await fc.assert(
+      fc.asyncProperty(tensorsArb, metadataArb, async (tensors, metadata) => {
+        const target = path.join(dir, `rt-${i++}.safetensors`);
+        await writeSafetensors(target, tensors, { metadata });
+        const file = await openSafetensors(target);
+        try {
+          expect(file.tensors.map((t) => t.name)).toEqual(tensors.map((t) => t.name));
+          expect(file.metadata).toEqual(metadata ?? {});
+          for (const t of tensors) expect(await file.read(t.name)).toEqual(t.data);
+        } finally {
+          await file.close();
+        }
+        expect(new Uint8Array(await fs.readFile(target))).toEqual(serializeSafetensors(tensors, { metadata }));
+      }),
+      { numRuns: 40 },
+    );
     expect((await fs.readdir(dir)).filter((f) => f.endsWith('.tmp'))).toEqual([]);
   });
 
@@ -104,7 +127,9 @@ describe('write ⇄ read round trip', () => {
   });
 
   it('writes the header as the format prescribes: u64 length, JSON, space padding to a multiple of 8', () => {
-    const bytes = serializeSafetensors([{ name: 'w', dtype: 'U8', shape: [3], data: new Uint8Array([1, 2, 3]) }], { metadata: { k: 'v' } });
+    const bytes = serializeSafetensors([{ name: 'w', dtype: 'U8', shape: [3], data: new Uint8Array([1, 2, 3]) }], {
+      metadata: { k: 'v' },
+    });
     const n = Number(new DataView(bytes.buffer).getBigUint64(0, true));
     expect(n % 8).toBe(0);
     const text = new TextDecoder().decode(bytes.subarray(8, 8 + n));
@@ -120,21 +145,37 @@ describe('streaming: one tensor in memory at a time', () => {
     let written = 0;
     const sink: ByteSink = {
       name: 'spy',
-      async write(chunk) { written += chunk.byteLength; events.push(`write ${written}`); },
-      async commit() { events.push('commit'); },
-      async abort() { events.push('abort'); },
+      async write(chunk) {
+        written += chunk.byteLength;
+        events.push(`write ${written}`);
+      },
+      async commit() {
+        events.push('commit');
+      },
+      async abort() {
+        events.push('abort');
+      },
     };
     const big = 1 << 17; // above the gathering threshold, so each tensor is its own write
     const tensors: TensorToWrite[] = [0, 1, 2].map((i) => ({
-      name: `t${i}`, dtype: 'U8', shape: [big],
-      data: async () => { events.push(`thunk ${i} after ${written}`); return new Uint8Array(big).fill(i); },
+      name: `t${i}`,
+      dtype: 'U8',
+      shape: [big],
+      data: async () => {
+        events.push(`thunk ${i} after ${written}`);
+        return new Uint8Array(big).fill(i);
+      },
     }));
     const result = await writeSafetensors(sink, tensors);
     const h = result.tensors[0]!.offset;
     expect(events).toEqual([
-      `thunk 0 after 0`, `write ${h}`, `write ${h + big}`,
-      `thunk 1 after ${h + big}`, `write ${h + 2 * big}`,
-      `thunk 2 after ${h + 2 * big}`, `write ${h + 3 * big}`,
+      `thunk 0 after 0`,
+      `write ${h}`,
+      `write ${h + big}`,
+      `thunk 1 after ${h + big}`,
+      `write ${h + 2 * big}`,
+      `thunk 2 after ${h + 2 * big}`,
+      `write ${h + 3 * big}`,
       'commit',
     ]);
   });
@@ -148,13 +189,21 @@ describe('write validation', () => {
     expect((err as SafetensorsError).code).toBe('SAFETENSORS_WRITE_INVALID');
     expect((err as SafetensorsError).message).toContain(fragment);
     expect(sink.committed).toBe(false);
-    expect(() => serializeSafetensors(tensors, options)).toThrow(expect.objectContaining({ code: 'SAFETENSORS_WRITE_INVALID' }));
+    expect(() => serializeSafetensors(tensors, options)).toThrow(
+      expect.objectContaining({ code: 'SAFETENSORS_WRITE_INVALID' }),
+    );
   }
 
   it('refuses wrong byte lengths, duplicate names, the reserved name, bad dtypes, shapes and metadata', async () => {
     await expectInvalid([{ name: 'w', dtype: 'F16', shape: [3], data: new Uint8Array(5) }], "'w'");
     await expectInvalid([{ name: 'w', dtype: 'F16', shape: [2], data: new Float32Array(1) }], 'Float32Array');
-    await expectInvalid([{ name: 'w', dtype: 'U8', shape: [1], data: new Uint8Array(1) }, { name: 'w', dtype: 'U8', shape: [1], data: new Uint8Array(1) }], 'more than once');
+    await expectInvalid(
+      [
+        { name: 'w', dtype: 'U8', shape: [1], data: new Uint8Array(1) },
+        { name: 'w', dtype: 'U8', shape: [1], data: new Uint8Array(1) },
+      ],
+      'more than once',
+    );
     await expectInvalid([{ name: '__metadata__', dtype: 'U8', shape: [1], data: new Uint8Array(1) }], 'reserved');
     await expectInvalid([{ name: 'w', dtype: 'F17' as DType, shape: [1], data: new Uint8Array(1) }], 'F17');
     await expectInvalid([{ name: 'w', dtype: 'U8', shape: [-1], data: new Uint8Array(0) }], 'shape');
@@ -167,26 +216,37 @@ describe('write validation', () => {
     const events: string[] = [];
     const sink: ByteSink = {
       name: 'spy',
-      async write() { events.push('write'); },
-      async commit() { events.push('commit'); },
-      async abort() { events.push('abort'); },
+      async write() {
+        events.push('write');
+      },
+      async commit() {
+        events.push('commit');
+      },
+      async abort() {
+        events.push('abort');
+      },
     };
-    await expect(writeSafetensors(sink, [
-      { name: 'a', dtype: 'U8', shape: [1 << 17], data: () => new Uint8Array(1 << 17) },
-      { name: 'b', dtype: 'F32', shape: [2], data: () => new Uint8Array(7) },
-    ])).rejects.toMatchObject({ code: 'SAFETENSORS_WRITE_INVALID', message: expect.stringContaining("'b'") });
+    await expect(
+      writeSafetensors(sink, [
+        { name: 'a', dtype: 'U8', shape: [1 << 17], data: () => new Uint8Array(1 << 17) },
+        { name: 'b', dtype: 'F32', shape: [2], data: () => new Uint8Array(7) },
+      ]),
+    ).rejects.toMatchObject({ code: 'SAFETENSORS_WRITE_INVALID', message: expect.stringContaining("'b'") });
     expect(events).toEqual(['write', 'write', 'abort']);
     events.length = 0;
-    await expect(writeSafetensors(sink, [
-      { name: 'a', dtype: 'U8', shape: [1], data: () => new Uint8Array(1) },
-      { name: 'b', dtype: 'F32', shape: [2], data: new Uint8Array(7) },
-    ])).rejects.toMatchObject({ code: 'SAFETENSORS_WRITE_INVALID' });
+    await expect(
+      writeSafetensors(sink, [
+        { name: 'a', dtype: 'U8', shape: [1], data: () => new Uint8Array(1) },
+        { name: 'b', dtype: 'F32', shape: [2], data: new Uint8Array(7) },
+      ]),
+    ).rejects.toMatchObject({ code: 'SAFETENSORS_WRITE_INVALID' });
     expect(events).toEqual(['abort']);
   });
 
   it('serializeSafetensors refuses thunks (it cannot await them)', () => {
-    expect(() => serializeSafetensors([{ name: 'a', dtype: 'U8', shape: [1], data: () => new Uint8Array(1) }]))
-      .toThrow(expect.objectContaining({ code: 'SAFETENSORS_WRITE_INVALID' }));
+    expect(() => serializeSafetensors([{ name: 'a', dtype: 'U8', shape: [1], data: () => new Uint8Array(1) }])).toThrow(
+      expect.objectContaining({ code: 'SAFETENSORS_WRITE_INVALID' }),
+    );
   });
 
   it('writeToSink does not commit', async () => {
@@ -208,7 +268,14 @@ describe('files: atomic writes and refusing to overwrite inputs', () => {
     const target = path.join(dir, 'fail.safetensors');
     const boom: TensorToWrite[] = [
       { name: 'a', dtype: 'U8', shape: [1 << 20], data: () => new Uint8Array(1 << 20) },
-      { name: 'b', dtype: 'U8', shape: [1], data: () => { throw new Error('producer failed'); } },
+      {
+        name: 'b',
+        dtype: 'U8',
+        shape: [1],
+        data: () => {
+          throw new Error('producer failed');
+        },
+      },
     ];
     await expect(writeSafetensors(target, boom)).rejects.toThrow('producer failed');
     await expect(fs.stat(target)).rejects.toMatchObject({ code: 'ENOENT' });
@@ -268,18 +335,21 @@ describe('files: atomic writes and refusing to overwrite inputs', () => {
 
 describe('cross-check with the npm safetensors package', () => {
   it('parses our files to the same names, dtypes, shapes and bytes', async () => {
-    await fc.assert(fc.asyncProperty(tensorsArb, async (tensors) => {
-      // The npm reader cannot handle __metadata__ (it treats it as a tensor), so this check writes none.
-      const bytes = serializeSafetensors(tensors);
-      const theirs = new SafeTensor(bytes);
-      const names = [...theirs.metadata.keys()];
-      expect(names.sort()).toEqual(tensors.map((t) => t.name).sort());
-      for (const t of tensors) {
-        const m = theirs.metadata.get(t.name)!;
-        expect(m.dtype).toBe(t.dtype);
-        expect(m.shape).toEqual(t.shape);
-        expect(theirs.getTensor(t.name)).toEqual(t.data);
-      }
-    }), { numRuns: 200 });
+    await fc.assert(
+      fc.asyncProperty(tensorsArb, async (tensors) => {
+        // The npm reader cannot handle __metadata__ (it treats it as a tensor), so this check writes none.
+        const bytes = serializeSafetensors(tensors);
+        const theirs = new SafeTensor(bytes);
+        const names = [...theirs.metadata.keys()];
+        expect(names.sort()).toEqual(tensors.map((t) => t.name).sort());
+        for (const t of tensors) {
+          const m = theirs.metadata.get(t.name)!;
+          expect(m.dtype).toBe(t.dtype);
+          expect(m.shape).toEqual(t.shape);
+          expect(theirs.getTensor(t.name)).toEqual(t.data);
+        }
+      }),
+      { numRuns: 200 },
+    );
   });
 });

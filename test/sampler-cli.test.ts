@@ -7,7 +7,16 @@ import type { GaussianVerifyReport } from '../src/sampler/index.js';
 async function run(argv: string[]): Promise<{ code: number; out: string; err: string }> {
   let out = '';
   let err = '';
-  const ctx: CliContext = { out: (s) => { out += s; }, err: (s) => { err += s; }, isTTY: false, cwd: process.cwd() };
+  const ctx: CliContext = {
+    out: (s) => {
+      out += s;
+    },
+    err: (s) => {
+      err += s;
+    },
+    isTTY: false,
+    cwd: process.cwd(),
+  };
   const code = await main(argv, ctx);
   return { code, out, err };
 }
@@ -34,7 +43,22 @@ describe('lora-mix sample', () => {
   });
 
   it('--json gives the full report; tweedie under-disperses', async () => {
-    const r = await run(['sample', '--steps', '2', '--denoiser', 'tweedie', '--mean', '-1', '--std', '0.3', '--n', '10000', '--seed', '5', '--json']);
+    const r = await run([
+      'sample',
+      '--steps',
+      '2',
+      '--denoiser',
+      'tweedie',
+      '--mean',
+      '-1',
+      '--std',
+      '0.3',
+      '--n',
+      '10000',
+      '--seed',
+      '5',
+      '--json',
+    ]);
     expect(r.code).toBe(0);
     const rep = JSON.parse(r.out) as GaussianVerifyReport;
     expect(rep.timesteps).toEqual([999, 499]);
@@ -48,7 +72,9 @@ describe('lora-mix sample', () => {
 
   it('the prediction type does not change the result', async () => {
     const a = JSON.parse((await run(['sample', '--json', '--n', '256'])).out) as GaussianVerifyReport;
-    const b = JSON.parse((await run(['sample', '--json', '--n', '256', '--prediction-type', 'v_prediction'])).out) as GaussianVerifyReport;
+    const b = JSON.parse(
+      (await run(['sample', '--json', '--n', '256', '--prediction-type', 'v_prediction'])).out,
+    ) as GaussianVerifyReport;
     expect(b.final.mean).toBeCloseTo(a.final.mean, 9);
     expect(b.final.variance).toBeCloseTo(a.final.variance, 9);
   });

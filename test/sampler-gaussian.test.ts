@@ -5,7 +5,13 @@
  */
 import { describe, expect, it } from 'vitest';
 import {
-  gaussianDenoiser, gaussianMoments, LCMScheduler, meanVar, sample, verifyGaussian, type PredictionType,
+  gaussianDenoiser,
+  gaussianMoments,
+  LCMScheduler,
+  meanVar,
+  sample,
+  verifyGaussian,
+  type PredictionType,
 } from '../src/sampler/index.js';
 
 const MU = 0.5;
@@ -37,7 +43,11 @@ describe('consistency denoiser reproduces the data distribution', () => {
   }
 
   it('every step matches the exact moments (denoised and re-noised latents), for several targets', () => {
-    for (const [mu, sigma] of [[0.5, 0.8], [-1, 0.3], [2, 1.7]] as const) {
+    for (const [mu, sigma] of [
+      [0.5, 0.8],
+      [-1, 0.3],
+      [2, 1.7],
+    ] as const) {
       for (const steps of [1, 2, 4, 8]) {
         const r = verifyGaussian({ steps, mean: mu, std: sigma, n: N, seed: 11, kind: 'consistency' });
         for (const s of r.steps) {
@@ -105,10 +115,11 @@ describe('Tweedie (posterior-mean) denoiser under-disperses', () => {
 });
 
 describe('boundary condition and prediction types', () => {
-  it("c_skip is ≤ 3.8e-8 on the 4-step schedule: inverting it changes the result by < 1e-6", () => {
+  it('c_skip is ≤ 3.8e-8 on the 4-step schedule: inverting it changes the result by < 1e-6', () => {
     const s = new LCMScheduler();
     for (const t of s.setTimesteps(4)) expect(s.scalings(t).cSkip).toBeLessThan(3.8e-8);
-    const run = (boundary: 'ignore' | 'invert') => sample(gaussianDenoiser({ mean: MU, std: SIGMA, boundary }), { steps: 4, shape: [N], seed: 4 }).latent;
+    const run = (boundary: 'ignore' | 'invert') =>
+      sample(gaussianDenoiser({ mean: MU, std: SIGMA, boundary }), { steps: 4, shape: [N], seed: 4 }).latent;
     const a = run('ignore');
     const b = run('invert');
     let worst = 0;
@@ -119,7 +130,12 @@ describe('boundary condition and prediction types', () => {
 
   it("with boundary 'invert' one step returns exactly the consistency function of x_T", () => {
     const s = new LCMScheduler();
-    const res = sample(gaussianDenoiser({ mean: MU, std: SIGMA, boundary: 'invert', scheduler: s }), { steps: 1, shape: [64], seed: 5, scheduler: s });
+    const res = sample(gaussianDenoiser({ mean: MU, std: SIGMA, boundary: 'invert', scheduler: s }), {
+      steps: 1,
+      shape: [64],
+      seed: 5,
+      scheduler: s,
+    });
     const a = s.alphasCumprod[999]!;
     const sd = Math.sqrt(a * SIGMA * SIGMA + 1 - a);
     for (let i = 0; i < 64; i++) {
@@ -131,7 +147,12 @@ describe('boundary condition and prediction types', () => {
   it('epsilon, v_prediction and sample outputs give the same samples', () => {
     const run = (p: PredictionType) => {
       const s = new LCMScheduler({ predictionType: p });
-      return sample(gaussianDenoiser({ mean: MU, std: SIGMA, scheduler: s, kind: 'tweedie' }), { steps: 4, shape: [512], seed: 6, scheduler: s }).latent;
+      return sample(gaussianDenoiser({ mean: MU, std: SIGMA, scheduler: s, kind: 'tweedie' }), {
+        steps: 4,
+        shape: [512],
+        seed: 6,
+        scheduler: s,
+      }).latent;
     };
     const e = run('epsilon');
     for (const p of ['v_prediction', 'sample'] as const) {

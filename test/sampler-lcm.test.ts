@@ -7,7 +7,12 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { LoraMixError, SamplerError } from '../src/core/errors.js';
 import {
-  classifierFreeGuidance, guidanceScaleEmbedding, LCMScheduler, LCM_DEFAULTS, Rng, thresholdSample,
+  classifierFreeGuidance,
+  guidanceScaleEmbedding,
+  LCMScheduler,
+  LCM_DEFAULTS,
+  Rng,
+  thresholdSample,
 } from '../src/sampler/index.js';
 
 function expectCode(fn: () => unknown, code: string): SamplerError {
@@ -26,9 +31,21 @@ describe('noise schedule', () => {
   it('has diffusers defaults', () => {
     const s = new LCMScheduler();
     expect(s.config).toMatchObject({
-      numTrainTimesteps: 1000, betaStart: 0.00085, betaEnd: 0.012, betaSchedule: 'scaled_linear', originalInferenceSteps: 50,
-      sigmaData: 0.5, timestepScaling: 10, setAlphaToOne: true, predictionType: 'epsilon', clipSample: false, thresholding: false,
-      clipSampleRange: 1, dynamicThresholdingRatio: 0.995, sampleMaxValue: 1, precision: 'float64',
+      numTrainTimesteps: 1000,
+      betaStart: 0.00085,
+      betaEnd: 0.012,
+      betaSchedule: 'scaled_linear',
+      originalInferenceSteps: 50,
+      sigmaData: 0.5,
+      timestepScaling: 10,
+      setAlphaToOne: true,
+      predictionType: 'epsilon',
+      clipSample: false,
+      thresholding: false,
+      clipSampleRange: 1,
+      dynamicThresholdingRatio: 0.995,
+      sampleMaxValue: 1,
+      precision: 'float64',
     });
     expect(s.finalAlphaCumprod).toBe(1);
     expect(s.initNoiseSigma).toBe(1);
@@ -38,7 +55,14 @@ describe('noise schedule', () => {
 
   it('ᾱ_t in float64 matches the quoted table', () => {
     const s = new LCMScheduler();
-    const table: [number, number][] = [[0, 0.99915], [19, 0.98224399110], [259, 0.65897552689], [499, 0.27766965046], [759, 0.05221292829], [999, 0.00466009851]];
+    const table: [number, number][] = [
+      [0, 0.99915],
+      [19, 0.9822439911],
+      [259, 0.65897552689],
+      [499, 0.27766965046],
+      [759, 0.05221292829],
+      [999, 0.00466009851],
+    ];
     for (const [t, v] of table) expect(Math.abs(s.alphasCumprod[t]! - v)).toBeLessThan(6e-12);
     // β_0 and β_999 are the endpoints exactly
     expect(s.betas[0]).toBeCloseTo(0.00085, 15);
@@ -47,7 +71,14 @@ describe('noise schedule', () => {
 
   it("ᾱ_t in 'float32' precision reproduces diffusers' torch float32 table to one float32 ulp", () => {
     const s = new LCMScheduler({ precision: 'float32' });
-    const table: [number, number][] = [[0, 0.99914997816], [19, 0.98224395514], [259, 0.65897524357], [499, 0.27766945958], [759, 0.05221289396], [999, 0.00466009602]];
+    const table: [number, number][] = [
+      [0, 0.99914997816],
+      [19, 0.98224395514],
+      [259, 0.65897524357],
+      [499, 0.27766945958],
+      [759, 0.05221289396],
+      [999, 0.00466009602],
+    ];
     for (const [t, v] of table) {
       const ulp = 2 ** (Math.floor(Math.log2(v)) - 23);
       expect(Math.abs(s.alphasCumprod[t]! - v)).toBeLessThanOrEqual(ulp * 1.01);
@@ -67,17 +98,19 @@ describe('noise schedule', () => {
   it('linear and cosine schedules and trained betas', () => {
     const lin = new LCMScheduler({ betaSchedule: 'linear' });
     expect(lin.betas[0]).toBeCloseTo(0.00085, 15);
-    expect(lin.betas[500]).toBeCloseTo(0.00085 + (0.012 - 0.00085) * 500 / 999, 14);
+    expect(lin.betas[500]).toBeCloseTo(0.00085 + ((0.012 - 0.00085) * 500) / 999, 14);
     const cos = new LCMScheduler({ betaSchedule: 'squaredcos_cap_v2' });
     // ᾱ of the Glide cosine schedule: cos²((t/T + 0.008)/1.008 · π/2) / cos²(0.008/1.008 · π/2)
-    const f = (u: number) => Math.cos(((u + 0.008) / 1.008) * Math.PI / 2) ** 2;
+    const f = (u: number) => Math.cos((((u + 0.008) / 1.008) * Math.PI) / 2) ** 2;
     expect(cos.alphasCumprod[499]).toBeCloseTo(f(0.5) / f(0), 9);
     const trained = new LCMScheduler({ trainedBetas: Array.from(lin.betas) });
     expect(Array.from(trained.alphasCumprod)).toEqual(Array.from(lin.alphasCumprod));
   });
 
   it('rejects bad configuration with a typed error naming the option', () => {
-    expect(expectCode(() => new LCMScheduler({ numTrainTimesteps: 1 }), 'SAMPLER_INVALID_CONFIG').message).toContain('numTrainTimesteps');
+    expect(expectCode(() => new LCMScheduler({ numTrainTimesteps: 1 }), 'SAMPLER_INVALID_CONFIG').message).toContain(
+      'numTrainTimesteps',
+    );
     expectCode(() => new LCMScheduler({ betaEnd: 1.5 }), 'SAMPLER_INVALID_CONFIG');
     expectCode(() => new LCMScheduler({ predictionType: 'flow' as never }), 'SAMPLER_INVALID_CONFIG');
     expectCode(() => new LCMScheduler({ betaSchedule: 'cubic' as never }), 'SAMPLER_INVALID_CONFIG');
@@ -99,7 +132,12 @@ describe('setTimesteps', () => {
     expect(s.timesteps).toEqual([999, 879, 759, 639, 499, 379, 259, 139]);
     expect(s.numInferenceSteps).toBe(8);
     expect(s.customTimesteps).toBe(false);
-    for (const [n, lastT] of [[10, 99], [25, 39], [26, 39], [50, 19]] as const) {
+    for (const [n, lastT] of [
+      [10, 99],
+      [25, 39],
+      [26, 39],
+      [50, 19],
+    ] as const) {
       const ts = s.setTimesteps(n);
       expect(ts).toHaveLength(n);
       expect(ts[0]).toBe(999);
@@ -126,7 +164,9 @@ describe('setTimesteps', () => {
   it("floors j·(L/N) in double like numpy's linspace, not the exact rational (L = 30, N = 22)", () => {
     const ts = s.setTimesteps(22, { strength: 0.6 });
     expect(ts[11]).toBe(319); // exact floor(11·30/22) = 15 would give 299
-    expect(ts).toEqual([599, 579, 559, 519, 499, 479, 439, 419, 399, 359, 339, 319, 279, 259, 219, 199, 179, 139, 119, 99, 59, 39]);
+    expect(ts).toEqual([
+      599, 579, 559, 519, 499, 479, 439, 419, 399, 359, 339, 319, 279, 259, 219, 199, 179, 139, 119, 99, 59, 39,
+    ]);
   });
 
   it('originalInferenceSteps changes the grid', () => {
@@ -176,19 +216,22 @@ describe('setTimesteps', () => {
   });
 
   it('property: timesteps are strictly descending, on the grid, start at the top and have length N', () => {
-    fc.assert(fc.property(fc.integer({ min: 1, max: 50 }), fc.integer({ min: 1, max: 100 }), (n, strengthPct) => {
-      const strength = strengthPct / 100;
-      const L = Math.trunc(50 * strength);
-      if (Math.floor(L / n) < 1) {
-        expectCode(() => s.setTimesteps(n, { strength }), 'SAMPLER_INVALID_STEPS');
-        return;
-      }
-      const ts = s.setTimesteps(n, { strength });
-      expect(ts).toHaveLength(n);
-      expect(ts[0]).toBe(20 * L - 1);
-      for (let i = 1; i < n; i++) expect(ts[i]).toBeLessThan(ts[i - 1]!);
-      for (const t of ts) expect((t + 1) % 20).toBe(0);
-    }), { numRuns: 300 });
+    fc.assert(
+      fc.property(fc.integer({ min: 1, max: 50 }), fc.integer({ min: 1, max: 100 }), (n, strengthPct) => {
+        const strength = strengthPct / 100;
+        const L = Math.trunc(50 * strength);
+        if (Math.floor(L / n) < 1) {
+          expectCode(() => s.setTimesteps(n, { strength }), 'SAMPLER_INVALID_STEPS');
+          return;
+        }
+        const ts = s.setTimesteps(n, { strength });
+        expect(ts).toHaveLength(n);
+        expect(ts[0]).toBe(20 * L - 1);
+        for (let i = 1; i < n; i++) expect(ts[i]).toBeLessThan(ts[i - 1]!);
+        for (const t of ts) expect((t + 1) % 20).toBe(0);
+      }),
+      { numRuns: 300 },
+    );
   });
 });
 
@@ -196,9 +239,14 @@ describe('boundary scalings', () => {
   const s = new LCMScheduler();
   it('match the quoted c_skip and c_out values', () => {
     const table: [number, number, number][] = [
-      [999, 2.505008e-9, 0.999999998747], [879, 3.235655e-9, 0.999999998382], [759, 4.339667e-9, 0.999999997830],
-      [639, 6.122634e-9, 0.999999996939], [499, 1.004012e-8, 0.999999994980], [379, 1.740450e-8, 0.999999991298],
-      [259, 3.726838e-8, 0.999999981366], [139, 1.293929e-7, 0.999999935304],
+      [999, 2.505008e-9, 0.999999998747],
+      [879, 3.235655e-9, 0.999999998382],
+      [759, 4.339667e-9, 0.99999999783],
+      [639, 6.122634e-9, 0.999999996939],
+      [499, 1.004012e-8, 0.99999999498],
+      [379, 1.74045e-8, 0.999999991298],
+      [259, 3.726838e-8, 0.999999981366],
+      [139, 1.293929e-7, 0.999999935304],
     ];
     for (const [t, cSkip, cOut] of table) {
       const sc = s.scalings(t);
@@ -270,25 +318,31 @@ describe('step', () => {
     };
     for (const s of Object.values(sched)) s.setTimesteps(8);
     const ts = sched.epsilon.timesteps;
-    fc.assert(fc.property(
-      fc.integer({ min: 0, max: 7 }),
-      fc.array(fc.double({ min: -3, max: 3, noNaN: true }), { minLength: 1, maxLength: 16 }),
-      fc.array(fc.double({ min: -3, max: 3, noNaN: true }), { minLength: 16, maxLength: 16 }),
-      (k, x0s, epss) => {
-        const t = ts[k]!;
-        const x0 = Float64Array.from(x0s);
-        const eps = Float64Array.from(epss.slice(0, x0.length));
-        const a = sched.epsilon.alphasCumprod[t]!;
-        const xt = x0.map((v, i) => Math.sqrt(a) * v + Math.sqrt(1 - a) * eps[i]!);
-        const v = x0.map((xv, i) => Math.sqrt(a) * eps[i]! - Math.sqrt(1 - a) * xv);
-        const outputs = { epsilon: eps, v_prediction: v, sample: x0 };
-        const { cSkip, cOut } = sched.epsilon.scalings(t);
-        for (const [name, s] of Object.entries(sched)) {
-          const { denoised } = s.step(outputs[name as keyof typeof outputs], t, xt, { noise: new Float64Array(x0.length) });
-          for (let i = 0; i < x0.length; i++) expect(Math.abs(denoised[i]! - (cOut * x0[i]! + cSkip * xt[i]!))).toBeLessThan(1e-11);
-        }
-      },
-    ), { numRuns: 200 });
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 0, max: 7 }),
+        fc.array(fc.double({ min: -3, max: 3, noNaN: true }), { minLength: 1, maxLength: 16 }),
+        fc.array(fc.double({ min: -3, max: 3, noNaN: true }), { minLength: 16, maxLength: 16 }),
+        (k, x0s, epss) => {
+          const t = ts[k]!;
+          const x0 = Float64Array.from(x0s);
+          const eps = Float64Array.from(epss.slice(0, x0.length));
+          const a = sched.epsilon.alphasCumprod[t]!;
+          const xt = x0.map((v, i) => Math.sqrt(a) * v + Math.sqrt(1 - a) * eps[i]!);
+          const v = x0.map((xv, i) => Math.sqrt(a) * eps[i]! - Math.sqrt(1 - a) * xv);
+          const outputs = { epsilon: eps, v_prediction: v, sample: x0 };
+          const { cSkip, cOut } = sched.epsilon.scalings(t);
+          for (const [name, s] of Object.entries(sched)) {
+            const { denoised } = s.step(outputs[name as keyof typeof outputs], t, xt, {
+              noise: new Float64Array(x0.length),
+            });
+            for (let i = 0; i < x0.length; i++)
+              expect(Math.abs(denoised[i]! - (cOut * x0[i]! + cSkip * xt[i]!))).toBeLessThan(1e-11);
+          }
+        },
+      ),
+      { numRuns: 200 },
+    );
   });
 
   it('clipSample clamps x̂₀ to ±clipSampleRange before the boundary condition', () => {
@@ -302,7 +356,10 @@ describe('step', () => {
 
   it('thresholding: per batch item, s = clamp(quantile(|x̂₀|, ratio), 1, max); x̂₀ ← clamp(x̂₀, ±s)/s', () => {
     // batch 0: |x| = 0 … 9 → quantile 0.9 = 8.1 → clamp to max 5 → values clamp to ±5 then / 5
-    const x = Float64Array.from([...Array.from({ length: 10 }, (_, i) => (i % 2 ? -i : i)), ...Array.from({ length: 10 }, () => 0.5)]);
+    const x = Float64Array.from([
+      ...Array.from({ length: 10 }, (_, i) => (i % 2 ? -i : i)),
+      ...Array.from({ length: 10 }, () => 0.5),
+    ]);
     const y = Float64Array.from(x);
     thresholdSample(y, 2, 0.9, 5);
     for (let i = 0; i < 10; i++) expect(y[i]).toBeCloseTo(Math.max(-5, Math.min(5, x[i]!)) / 5, 15);
@@ -310,7 +367,12 @@ describe('step', () => {
     const q = Float64Array.from([0, 1, 2, 3, 4, 5, 6, 7, 8, 9].map((v) => v * 0.2));
     thresholdSample(q, 1, 0.5, 10); // quantile 0.5 of 0 … 1.8 is 0.9 → s = max(0.9, 1) = 1: clip at 1
     expect(Array.from(q).map((v) => Math.round(v * 1e12) / 1e12)).toEqual([0, 0.2, 0.4, 0.6, 0.8, 1, 1, 1, 1, 1]);
-    const s = new LCMScheduler({ predictionType: 'sample', thresholding: true, sampleMaxValue: 5, dynamicThresholdingRatio: 0.9 });
+    const s = new LCMScheduler({
+      predictionType: 'sample',
+      thresholding: true,
+      sampleMaxValue: 5,
+      dynamicThresholdingRatio: 0.9,
+    });
     s.setTimesteps(1);
     expectCode(() => s.step(x, 999, new Float64Array(20)), 'SAMPLER_SHAPE_MISMATCH');
     const { denoised } = s.step(x, 999, new Float64Array(20), { shape: [2, 10] });
@@ -389,8 +451,9 @@ describe('guidance', () => {
 describe('Rng', () => {
   it('produces the xoshiro128** stream (checked against an independent Python transcription)', () => {
     const r = new Rng(0);
-    expect([r.nextUint32(), r.nextUint32(), r.nextUint32(), r.nextUint32(), r.nextUint32()])
-      .toEqual([3809008728, 1133695204, 53579671, 2891528803, 139681546]);
+    expect([r.nextUint32(), r.nextUint32(), r.nextUint32(), r.nextUint32(), r.nextUint32()]).toEqual([
+      3809008728, 1133695204, 53579671, 2891528803, 139681546,
+    ]);
     const big = new Rng(2 ** 40 + 5);
     expect([big.nextUint32(), big.nextUint32()]).toEqual([538299823, 2287012550]);
     expectCode(() => new Rng(-1), 'SAMPLER_INVALID_CONFIG');

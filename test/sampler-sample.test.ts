@@ -5,7 +5,13 @@
 import { describe, expect, it } from 'vitest';
 import { SamplerError } from '../src/core/errors.js';
 import {
-  guidanceScaleEmbedding, LCMScheduler, Rng, sample, sampleAsync, type DenoiserExtras, type Latent,
+  guidanceScaleEmbedding,
+  LCMScheduler,
+  Rng,
+  sample,
+  sampleAsync,
+  type DenoiserExtras,
+  type Latent,
 } from '../src/sampler/index.js';
 
 const shape = [1, 4, 2, 2];
@@ -42,15 +48,21 @@ describe('sample', () => {
     const seen: [number, number, unknown][] = [];
     const initial = new Rng(1).normalArray(16);
     const copy = Float64Array.from(initial);
-    sample((x, t, cond, extras) => {
-      seen.push([t, extras.stepIndex, cond]);
-      return new Float64Array(x.length);
-    }, { steps: 2, shape, initialLatent: initial, cond: 'a cat' });
-    expect(seen).toEqual([[999, 0, 'a cat'], [499, 1, 'a cat']]);
+    sample(
+      (x, t, cond, extras) => {
+        seen.push([t, extras.stepIndex, cond]);
+        return new Float64Array(x.length);
+      },
+      { steps: 2, shape, initialLatent: initial, cond: 'a cat' },
+    );
+    expect(seen).toEqual([
+      [999, 0, 'a cat'],
+      [499, 1, 'a cat'],
+    ]);
     expect(Array.from(initial)).toEqual(Array.from(copy));
   });
 
-  it("CFG (LCM-LoRA): one call when g ≤ 1, two calls and ε_u + g(ε_c − ε_u) when g > 1", () => {
+  it('CFG (LCM-LoRA): one call when g ≤ 1, two calls and ε_u + g(ε_c − ε_u) when g > 1', () => {
     const calls: unknown[] = [];
     const model = (x: Latent, _t: number, cond: unknown) => {
       calls.push(cond);
@@ -66,10 +78,13 @@ describe('sample', () => {
 
   it('embedding guidance (full LCM): one call with timestepCond = embedding of g − 1', () => {
     const got: DenoiserExtras[] = [];
-    sample((x, _t, _c, extras) => {
-      got.push(extras);
-      return new Float64Array(x.length);
-    }, { steps: 2, shape, guidance: 'embedding', guidanceScale: 8, guidanceEmbeddingDim: 32, uncond: 'ignored' });
+    sample(
+      (x, _t, _c, extras) => {
+        got.push(extras);
+        return new Float64Array(x.length);
+      },
+      { steps: 2, shape, guidance: 'embedding', guidanceScale: 8, guidanceEmbeddingDim: 32, uncond: 'ignored' },
+    );
     expect(got).toHaveLength(2);
     expect(Array.from(got[0]!.timestepCond!)).toEqual(Array.from(guidanceScaleEmbedding(7, 32)));
   });
@@ -78,7 +93,15 @@ describe('sample', () => {
     const image = Float64Array.from({ length: 16 }, (_, i) => i / 16);
     const z = new Rng(2).normalArray(16);
     const s = new LCMScheduler();
-    const r = sample(scaled(0), { steps: 4, strength: 0.5, shape, imageLatent: image, imageNoise: z, scheduler: s, noise: () => new Float64Array(16) });
+    const r = sample(scaled(0), {
+      steps: 4,
+      strength: 0.5,
+      shape,
+      imageLatent: image,
+      imageNoise: z,
+      scheduler: s,
+      noise: () => new Float64Array(16),
+    });
     expect(r.timesteps).toEqual([499, 379, 259, 139]);
     expect(Array.from(r.initialLatent)).toEqual(Array.from(s.addNoise(image, z, 499)));
   });
@@ -102,16 +125,32 @@ describe('sample', () => {
   it('reports inconsistent inputs with typed errors', () => {
     expect(code(() => sample(scaled(0), { steps: 4, shape: [] }))).toBe('SAMPLER_SHAPE_MISMATCH');
     expect(code(() => sample(scaled(0), { steps: 4, shape: [2, 0] }))).toBe('SAMPLER_SHAPE_MISMATCH');
-    expect(code(() => sample(scaled(0), { steps: 4, shape, initialLatent: new Float64Array(3) }))).toBe('SAMPLER_SHAPE_MISMATCH');
+    expect(code(() => sample(scaled(0), { steps: 4, shape, initialLatent: new Float64Array(3) }))).toBe(
+      'SAMPLER_SHAPE_MISMATCH',
+    );
     expect(code(() => sample(() => new Float64Array(3), { steps: 4, shape }))).toBe('SAMPLER_SHAPE_MISMATCH');
-    expect(code(() => sample(() => [1, 2] as unknown as Latent, { steps: 4, shape }))).toBe('SAMPLER_INVALID_MODEL_OUTPUT');
-    expect(code(() => sample(scaled(0), { steps: 4, shape, noise: [new Float64Array(16)] }))).toBe('SAMPLER_NOISE_MISSING');
-    expect(code(() => sample(scaled(0), { steps: 4, shape, noise: () => new Float64Array(2) }))).toBe('SAMPLER_SHAPE_MISMATCH');
+    expect(code(() => sample(() => [1, 2] as unknown as Latent, { steps: 4, shape }))).toBe(
+      'SAMPLER_INVALID_MODEL_OUTPUT',
+    );
+    expect(code(() => sample(scaled(0), { steps: 4, shape, noise: [new Float64Array(16)] }))).toBe(
+      'SAMPLER_NOISE_MISSING',
+    );
+    expect(code(() => sample(scaled(0), { steps: 4, shape, noise: () => new Float64Array(2) }))).toBe(
+      'SAMPLER_SHAPE_MISMATCH',
+    );
     expect(code(() => sample(scaled(0), { steps: 0, shape }))).toBe('SAMPLER_INVALID_STEPS');
     expect(code(() => sample(scaled(0), { steps: 3, timesteps: [999, 499], shape }))).toBe('SAMPLER_INVALID_STEPS');
-    expect(code(() => sample(scaled(0), { steps: 4, shape, scheduler: new LCMScheduler(), predictionType: 'sample' }))).toBe('SAMPLER_INVALID_CONFIG');
-    expect(code(() => sample(scaled(0), { steps: 4, shape, guidanceScale: Number.NaN }))).toBe('SAMPLER_INVALID_CONFIG');
-    expect(code(() => sample(scaled(0), { steps: 4, shape, initialLatent: new Float64Array(16), imageLatent: new Float64Array(16) }))).toBe('SAMPLER_INVALID_CONFIG');
+    expect(
+      code(() => sample(scaled(0), { steps: 4, shape, scheduler: new LCMScheduler(), predictionType: 'sample' })),
+    ).toBe('SAMPLER_INVALID_CONFIG');
+    expect(code(() => sample(scaled(0), { steps: 4, shape, guidanceScale: Number.NaN }))).toBe(
+      'SAMPLER_INVALID_CONFIG',
+    );
+    expect(
+      code(() =>
+        sample(scaled(0), { steps: 4, shape, initialLatent: new Float64Array(16), imageLatent: new Float64Array(16) }),
+      ),
+    ).toBe('SAMPLER_INVALID_CONFIG');
     // a noise array with exactly N − 1 entries is enough
     expect(() => sample(scaled(0), { steps: 2, shape, noise: [new Float64Array(16)] })).not.toThrow();
   });

@@ -25,14 +25,24 @@ import { contiguousValues } from '../src/lora/delta.js';
 import type { Lora, LoraModule } from '../src/lora/types.js';
 import { LCMScheduler, sample } from '../src/sampler/index.js';
 import {
-  checkFusedSampling, compareVerifyNets, loadVerifyNet, verifyDenoiser, verifyNetFromWeights,
-  verifyNetSpec, withRuntimeLoras, withoutRuntimeLoras, type VerifyNet,
+  checkFusedSampling,
+  compareVerifyNets,
+  loadVerifyNet,
+  verifyDenoiser,
+  verifyNetFromWeights,
+  verifyNetSpec,
+  withRuntimeLoras,
+  withoutRuntimeLoras,
+  type VerifyNet,
 } from '../src/verify/index.js';
 import type { SafetensorsFile } from '../src/safetensors/read.js';
 
 const FIXTURES = path.resolve(__dirname, '..', 'fixtures');
 const fx = (...p: string[]): string => path.join(FIXTURES, ...p);
-const STYLE: Record<'sd15' | 'sdxl', string> = { sd15: 'style-lora.kohya.safetensors', sdxl: 'style-lora.kohya-sgm.safetensors' };
+const STYLE: Record<'sd15' | 'sdxl', string> = {
+  sd15: 'style-lora.kohya.safetensors',
+  sdxl: 'style-lora.kohya-sgm.safetensors',
+};
 
 async function withFile<T>(p: string, f: (file: SafetensorsFile) => Promise<T>): Promise<T> {
   const file = await openSafetensors(p);
@@ -91,26 +101,33 @@ describe('verifyNetSpec', () => {
       expect(spec.blocks).toHaveLength(2);
       expect(spec.channels).toBe(32);
       expect(spec.contextDim).toBe(arch === 'sd15' ? 12 : 20);
-      expect(spec.textLayers).toEqual(arch === 'sd15'
-        ? ['text_encoder.text_model.encoder.layers.11']
-        : ['text_encoder.text_model.encoder.layers.11', 'text_encoder_2.text_model.encoder.layers.31']);
+      expect(spec.textLayers).toEqual(
+        arch === 'sd15'
+          ? ['text_encoder.text_model.encoder.layers.11']
+          : ['text_encoder.text_model.encoder.layers.11', 'text_encoder_2.text_model.encoder.layers.31'],
+      );
       expect(spec.modules).toHaveLength(1 + 20 + 6 * spec.textLayers.length);
       const lcm = await loadLora(fx(arch, 'lcm-lora.kohya.safetensors'));
       const style = await loadLora(fx(arch, STYLE[arch]));
       for (const m of spec.modules) {
         if (m.component === 'unet') expect(lcm.modules.has(m.path), m.path).toBe(true);
-        if (m.component === 'unet' && m.path !== spec.timeProjection) expect(style.modules.has(m.path), m.path).toBe(true);
+        if (m.component === 'unet' && m.path !== spec.timeProjection)
+          expect(style.modules.has(m.path), m.path).toBe(true);
         if (m.component !== 'unet') expect(style.modules.has(m.path), m.path).toBe(true);
       }
     }
   });
 
   it('can leave the text encoders out or pick blocks, and rejects blocks the layout lacks', () => {
-    const spec = verifyNetSpec('sd15', 'tiny', { textEncoders: false, blocks: ['unet.mid_block.attentions.0.transformer_blocks.0'] });
+    const spec = verifyNetSpec('sd15', 'tiny', {
+      textEncoders: false,
+      blocks: ['unet.mid_block.attentions.0.transformer_blocks.0'],
+    });
     expect(spec.textLayers).toEqual([]);
     expect(spec.modules.map((m) => m.path)).toContain('unet.mid_block.attentions.0.transformer_blocks.0.ff.net.2');
-    expect(() => verifyNetSpec('sd15', 'tiny', { blocks: ['unet.down_blocks.3.attentions.0.transformer_blocks.0'] }))
-      .toThrow(expect.objectContaining({ code: 'ARCH_LAYOUT_INVALID' }));
+    expect(() =>
+      verifyNetSpec('sd15', 'tiny', { blocks: ['unet.down_blocks.3.attentions.0.transformer_blocks.0'] }),
+    ).toThrow(expect.objectContaining({ code: 'ARCH_LAYOUT_INVALID' }));
   });
 });
 
@@ -124,7 +141,8 @@ describe('loadVerifyNet', () => {
       try {
         files.unet = await openSafetensors(path.join(dir, 'unet', 'diffusion_pytorch_model.safetensors'));
         files.text_encoder = await openSafetensors(path.join(dir, 'text_encoder', 'model.safetensors'));
-        if (arch === 'sdxl') files.text_encoder_2 = await openSafetensors(path.join(dir, 'text_encoder_2', 'model.safetensors'));
+        if (arch === 'sdxl')
+          files.text_encoder_2 = await openSafetensors(path.join(dir, 'text_encoder_2', 'model.safetensors'));
         const folder = await loadVerifyNet(files);
         const unetOnly = await loadVerifyNet(files.unet);
         expect(unetOnly.spec.textLayers).toEqual([]);
@@ -151,7 +169,9 @@ describe('loadVerifyNet', () => {
       await expect(loadVerifyNet(f, { spec: verifyNetSpec('sdxl') })).rejects.toThrow(ArchError);
     });
     await withFile(fx('sd15', 'unet.safetensors'), async (f) => {
-      await expect(loadVerifyNet(f, { spec: verifyNetSpec('sd15') })).rejects.toThrow(expect.objectContaining({ code: 'ARCH_MISMATCH' }));
+      await expect(loadVerifyNet(f, { spec: verifyNetSpec('sd15') })).rejects.toThrow(
+        expect.objectContaining({ code: 'ARCH_MISMATCH' }),
+      );
     });
   });
 });
@@ -194,13 +214,19 @@ describe('runtime LoRA network against dense weights built in memory', () => {
     // The LoRAs move the sample by ~3e-3 rms; the check is meaningless unless that is far above the floor.
     expect(check.signal).toBeGreaterThan(1000 * check.floor);
 
-    const wrongWeight = checkFusedSampling(verifyNetFromWeights(base.spec, denseFused(base, [lcm, style], [1, 0.5])), runtime);
+    const wrongWeight = checkFusedSampling(
+      verifyNetFromWeights(base.spec, denseFused(base, [lcm, style], [1, 0.5])),
+      runtime,
+    );
     expect(wrongWeight.ok).toBe(false);
     expect(wrongWeight.difference).toBeGreaterThan(1000 * check.difference);
     expect(wrongWeight.effects[1]!.effect).toBeCloseTo(0.5 / 0.8, 2);
     expect(wrongWeight.effects[0]!.effect).toBeCloseTo(1, 2);
 
-    const wrongMapping = checkFusedSampling(verifyNetFromWeights(base.spec, denseFused(base, [remap(lcm, swapQK), remap(style, swapQK)], [1, 0.8])), runtime);
+    const wrongMapping = checkFusedSampling(
+      verifyNetFromWeights(base.spec, denseFused(base, [remap(lcm, swapQK), remap(style, swapQK)], [1, 0.8])),
+      runtime,
+    );
     expect(wrongMapping.ok).toBe(false);
     expect(wrongMapping.difference).toBeGreaterThan(1000 * check.difference);
   });
@@ -208,17 +234,28 @@ describe('runtime LoRA network against dense weights built in memory', () => {
   it('block weights and zero weights act like the fuser would apply them', () => {
     const blocks = { weight: 0.8, blocks: { BASE: 0, IN07: 0.5 } };
     const runtime = withRuntimeLoras(base, [lcm, style], [1, blocks]);
-    const layerWeight = (p: string): number => (p.startsWith('text_encoder') ? 0 : p.includes('down_blocks.2.attentions.0') ? 0.4 : 0.8);
+    const layerWeight = (p: string): number =>
+      p.startsWith('text_encoder') ? 0 : p.includes('down_blocks.2.attentions.0') ? 0.4 : 0.8;
     const dense = new Map<string, Float32Array>();
-    for (const [p] of base.layers) dense.set(p, denseFused({ ...base, layers: new Map([[p, base.layers.get(p)!]]) }, [lcm, style], [1, layerWeight(p)]).get(p)!);
+    for (const [p] of base.layers)
+      dense.set(
+        p,
+        denseFused({ ...base, layers: new Map([[p, base.layers.get(p)!]]) }, [lcm, style], [1, layerWeight(p)]).get(p)!,
+      );
     expect(compareVerifyNets(verifyNetFromWeights(base.spec, dense), runtime).maxAbsDiff).toBeLessThan(5e-6);
-    expect(compareVerifyNets(withRuntimeLoras(base, [lcm, style], [0, 0]), withoutRuntimeLoras(runtime)).maxAbsDiff).toBe(0);
+    expect(
+      compareVerifyNets(withRuntimeLoras(base, [lcm, style], [0, 0]), withoutRuntimeLoras(runtime)).maxAbsDiff,
+    ).toBe(0);
   });
 
   it('rejects weights that do not match the LoRAs and factors that do not fit a layer', () => {
     expect(() => withRuntimeLoras(base, [lcm, style], [1])).toThrow(LoraError);
-    expect(() => withRuntimeLoras(base, [lcm], [Number.NaN])).toThrow(expect.objectContaining({ code: 'LORA_INVALID_WEIGHTS' }));
-    const bad = remap(lcm, (p) => (p.endsWith('attn2.to_k') ? p.replace(/to_k$/, 'to_q') : p.endsWith('attn2.to_q') ? null : p));
+    expect(() => withRuntimeLoras(base, [lcm], [Number.NaN])).toThrow(
+      expect.objectContaining({ code: 'LORA_INVALID_WEIGHTS' }),
+    );
+    const bad = remap(lcm, (p) =>
+      p.endsWith('attn2.to_k') ? p.replace(/to_k$/, 'to_q') : p.endsWith('attn2.to_q') ? null : p,
+    );
     expect(() => withRuntimeLoras(base, [bad], [1])).toThrow(expect.objectContaining({ code: 'LORA_SHAPE_MISMATCH' }));
     expect(() => verifyNetFromWeights(base.spec, new Map())).toThrow(LoraError);
   });
@@ -236,7 +273,11 @@ describe.each(['sd15', 'sdxl'] as const)('fused fixtures sample like base + runt
   const stylePath = fx(arch, STYLE[arch]);
   const fuse = async (name: string, weights: number[], dtype?: 'F32'): Promise<VerifyNet> => {
     const out = path.join(tmp, name);
-    await fuseLoras(fx(arch, 'base.safetensors'), [lcmPath, stylePath], weights, { out, ...(dtype ? { dtype } : {}), threads: 1 });
+    await fuseLoras(fx(arch, 'base.safetensors'), [lcmPath, stylePath], weights, {
+      out,
+      ...(dtype ? { dtype } : {}),
+      threads: 1,
+    });
     return loadNet(out);
   };
 
@@ -249,7 +290,9 @@ describe.each(['sd15', 'sdxl'] as const)('fused fixtures sample like base + runt
     fusedF32 = await fuse('f32.safetensors', [1, 0.8], 'F32');
     fusedF16 = await fuse('f16.safetensors', [1, 0.8]);
   });
-  afterAll(async () => { if (tmp) await rm(tmp, { recursive: true, force: true }); });
+  afterAll(async () => {
+    if (tmp) await rm(tmp, { recursive: true, force: true });
+  });
 
   it('F32: agreement to one f32 rounding; a wrong weight or mapping is ~10⁴ times further', async () => {
     const fused = fusedF32;
@@ -295,8 +338,12 @@ describe.each(['sd15', 'sdxl'] as const)('fused fixtures sample like base + runt
     expect(Math.abs(styleEffect.effect - 1)).toBeGreaterThan(styleEffect.resolution);
 
     const [a, b] = base.spec.blocks as [string, string];
-    const swapBlocks = (p: string): string => (p.startsWith(`${a}.`) ? b + p.slice(a.length) : p.startsWith(`${b}.`) ? a + p.slice(b.length) : p);
-    const misplaced = checkFusedSampling(fused, withRuntimeLoras(base, [remap(lcm, swapBlocks), remap(style, swapBlocks)], [1, 0.8]));
+    const swapBlocks = (p: string): string =>
+      p.startsWith(`${a}.`) ? b + p.slice(a.length) : p.startsWith(`${b}.`) ? a + p.slice(b.length) : p;
+    const misplaced = checkFusedSampling(
+      fused,
+      withRuntimeLoras(base, [remap(lcm, swapBlocks), remap(style, swapBlocks)], [1, 0.8]),
+    );
     expect(misplaced.ok).toBe(false);
     expect(misplaced.ratio).toBeGreaterThan(6);
   });

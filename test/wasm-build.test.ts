@@ -4,7 +4,12 @@ import { describe, expect, it } from 'vitest';
 import { buildWasmFiles, ROOT } from '../scripts/build-wasm.js';
 import { base64ToBytes } from '../src/core/base64.js';
 import { CONVERT_WASM } from '../src/core/dtype-wasm-bytes.js';
-import { KERNEL_PLAIN, KERNEL_PLAIN_SHARED, KERNEL_RELAXED, KERNEL_RELAXED_SHARED } from '../src/kernels/kernel-bytes.js';
+import {
+  KERNEL_PLAIN,
+  KERNEL_PLAIN_SHARED,
+  KERNEL_RELAXED,
+  KERNEL_RELAXED_SHARED,
+} from '../src/kernels/kernel-bytes.js';
 
 describe('committed WebAssembly', () => {
   it('src/core/dtype-wasm.wat and src/kernels/kernel.wat and *-bytes.ts equal a fresh generation and wabt compile (npm run build:wasm)', async () => {
@@ -23,9 +28,11 @@ describe('committed WebAssembly', () => {
 
   it('every build is a valid module with the expected exports', () => {
     const conv = new WebAssembly.Module(base64ToBytes(CONVERT_WASM));
-    expect(WebAssembly.Module.exports(conv).map((e) => e.name).sort()).toEqual([
-      'bf16_to_f32', 'f16_to_f32', 'f32_to_bf16', 'f32_to_f16', 'memory',
-    ]);
+    expect(
+      WebAssembly.Module.exports(conv)
+        .map((e) => e.name)
+        .sort(),
+    ).toEqual(['bf16_to_f32', 'f16_to_f32', 'f32_to_bf16', 'f32_to_f16', 'memory']);
     // the plain builds compile without relaxed SIMD; all four share one export list
     const plain = new WebAssembly.Module(base64ToBytes(KERNEL_PLAIN));
     const names = WebAssembly.Module.exports(plain).map((e) => e.name);

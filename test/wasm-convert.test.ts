@@ -43,12 +43,39 @@ function bits(f: Float32Array): Uint32Array {
 /** Encoder edge cases: around every binary16 / bfloat16 rounding boundary, specials, extremes. */
 function edgePatterns(): Uint32Array {
   const out: number[] = [
-    0, 0x80000000, 0x7f800000, 0xff800000, 0x7fc00000, 0xffc00000, 0x7f800001, 0x7fbfffff, 0xff800001,
-    0x7f7fffff, 0xff7fffff, 0x00000001, 0x80000001, 0x007fffff, 0x00800000,
-    0x477fe000, 0x477fefff, 0x477ff000, 0x477ff001, 0x47800000, // 65504, below/at/above the Inf tie, 65536
-    0x33000000, 0x33000001, 0x32ffffff, 0x33800000, 0x33c00000, // 2^-25 (tie → 0), just above, 2^-24, 1.5·2^-24
-    0x387fe000, 0x387ff000, 0x38800000, 0x38801000, // around the smallest normal half
-    0x7f7f7fff, 0x7f7f8000, 0x7f7f8001, 0x7f7fc000, // bfloat16 overflow boundary
+    0,
+    0x80000000,
+    0x7f800000,
+    0xff800000,
+    0x7fc00000,
+    0xffc00000,
+    0x7f800001,
+    0x7fbfffff,
+    0xff800001,
+    0x7f7fffff,
+    0xff7fffff,
+    0x00000001,
+    0x80000001,
+    0x007fffff,
+    0x00800000,
+    0x477fe000,
+    0x477fefff,
+    0x477ff000,
+    0x477ff001,
+    0x47800000, // 65504, below/at/above the Inf tie, 65536
+    0x33000000,
+    0x33000001,
+    0x32ffffff,
+    0x33800000,
+    0x33c00000, // 2^-25 (tie → 0), just above, 2^-24, 1.5·2^-24
+    0x387fe000,
+    0x387ff000,
+    0x38800000,
+    0x38801000, // around the smallest normal half
+    0x7f7f7fff,
+    0x7f7f8000,
+    0x7f7f8001,
+    0x7f7fc000, // bfloat16 overflow boundary
   ];
   // for every half h: its exact value, and values a hair above/below and exactly half-way to the next half
   for (let h = 0; h < 0x7c00; h += 7) {
@@ -179,7 +206,7 @@ describe('f16 / bf16 encode', () => {
       s ^= s >>> 17;
       s ^= s << 5;
       // mostly weight-like magnitudes, some arbitrary patterns
-      p[i] = i % 5 === 0 ? s >>> 0 : f32Bits((((s >>> 8) / 2 ** 24) - 0.5) * 2 ** ((i % 40) - 20));
+      p[i] = i % 5 === 0 ? s >>> 0 : f32Bits(((s >>> 8) / 2 ** 24 - 0.5) * 2 ** ((i % 40) - 20));
     }
     const x = new Float32Array(p.buffer);
     const a = new Uint16Array(n);

@@ -11,7 +11,11 @@ const $ = <T extends HTMLElement>(id: string): T => {
 };
 
 const ARCH_NAMES: Record<string, string> = { sd15: 'SD 1.5', sdxl: 'SDXL', ssd1b: 'SSD-1B' };
-const FORMAT_NAMES: Record<string, string> = { kohya: 'kohya', peft: 'PEFT / diffusers', 'diffusers-old': 'old diffusers (attention processors)' };
+const FORMAT_NAMES: Record<string, string> = {
+  kohya: 'kohya',
+  peft: 'PEFT / diffusers',
+  'diffusers-old': 'old diffusers (attention processors)',
+};
 
 interface Entry {
   id: number;
@@ -54,19 +58,29 @@ const el = {
   version: $<HTMLSpanElement>('version'),
 };
 
-function h<K extends keyof HTMLElementTagNameMap>(tag: K, props: Partial<HTMLElementTagNameMap[K]> = {}, ...children: (Node | string)[]): HTMLElementTagNameMap[K] {
+function h<K extends keyof HTMLElementTagNameMap>(
+  tag: K,
+  props: Partial<HTMLElementTagNameMap[K]> = {},
+  ...children: (Node | string)[]
+): HTMLElementTagNameMap[K] {
   const node = Object.assign(document.createElement(tag), props);
   node.append(...children);
   return node;
 }
 
 const plural = (n: number, word: string) => `${n} ${word}${n === 1 ? '' : 's'}`;
-const mib = (bytes: number) => (bytes >= 1 << 20 ? `${(bytes / (1 << 20)).toFixed(1)} MiB` : `${(bytes / 1024).toFixed(1)} KiB`);
+const mib = (bytes: number) =>
+  bytes >= 1 << 20 ? `${(bytes / (1 << 20)).toFixed(1)} MiB` : `${(bytes / 1024).toFixed(1)} KiB`;
 
 function describe(info: LoraInfo): string {
   const s = info.summary;
-  const ranks = s.ranks.map((r) => (s.ranks.length > 1 ? `${r.value}×${r.count}` : String(r.value))).slice(0, 4).join(', ');
-  const groups = Object.entries(s.byGroup).map(([g, n]) => `${n} ${g.replace('_', ' ')}`).join(', ');
+  const ranks = s.ranks
+    .map((r) => (s.ranks.length > 1 ? `${r.value}×${r.count}` : String(r.value)))
+    .slice(0, 4)
+    .join(', ');
+  const groups = Object.entries(s.byGroup)
+    .map(([g, n]) => `${n} ${g.replace('_', ' ')}`)
+    .join(', ');
   return [
     `${FORMAT_NAMES[s.format ?? ''] ?? s.format ?? 'LoRA'}`,
     `${ARCH_NAMES[s.arch] ?? s.arch}${s.size === 'tiny' ? ' (tiny test layout)' : ''}`,
@@ -74,13 +88,20 @@ function describe(info: LoraInfo): string {
     `rank ${ranks}`,
     s.dtype ?? '',
     mib(info.bytes),
-  ].filter(Boolean).join(' · ');
+  ]
+    .filter(Boolean)
+    .join(' · ');
 }
 
 function addFiles(files: ArrayLike<File>): void {
   for (const file of Array.from(files)) {
     const id = nextId++;
-    const li = h('li', { className: 'lora loading' }, h('span', { className: 'name' }, file.name), h('span', { className: 'facts' }, 'reading…'));
+    const li = h(
+      'li',
+      { className: 'lora loading' },
+      h('span', { className: 'name' }, file.name),
+      h('span', { className: 'facts' }, 'reading…'),
+    );
     li.dataset.id = String(id);
     el.list.append(li);
     entries.set(id, { id, li });
@@ -116,7 +137,12 @@ function showLoaded(info: LoraInfo): void {
   if (info.lcm) name.append(h('span', { className: 'badge', title: `detected by ${info.lcm}` }, 'LCM-LoRA'));
   const facts = h('span', { className: 'facts' }, describe(info));
   if (info.summary.notes.length > 0) facts.title = info.summary.notes.join('\n');
-  const controls = h('span', { className: 'controls' }, h('label', { className: 'inline' }, 'weight λ', weight), removeButton(info.id));
+  const controls = h(
+    'span',
+    { className: 'controls' },
+    h('label', { className: 'inline' }, 'weight λ', weight),
+    removeButton(info.id),
+  );
   e.li.className = 'lora';
   e.li.replaceChildren(name, controls, facts);
   refresh();
@@ -143,10 +169,13 @@ function refresh(): void {
   const ok = loaded();
   const pending = [...entries.values()].some((e) => !e.info && !e.failed);
   const archs = new Set(ok.map((e) => `${e.info!.summary.arch}/${e.info!.summary.size}`));
-  const weightsOk = ok.every((e) => e.weight && e.weight.value.trim() !== '' && Number.isFinite(Number(e.weight.value)));
+  const weightsOk = ok.every(
+    (e) => e.weight && e.weight.value.trim() !== '' && Number.isFinite(Number(e.weight.value)),
+  );
   el.merge.disabled = merging || pending || ok.length === 0 || archs.size > 1 || !weightsOk;
   if (!merging) {
-    if (archs.size > 1) el.status.textContent = `The files are for different architectures (${[...archs].join(', ')}); remove some.`;
+    if (archs.size > 1)
+      el.status.textContent = `The files are for different architectures (${[...archs].join(', ')}); remove some.`;
     else if (pending) el.status.textContent = 'Reading files…';
     else if (ok.length === 0) el.status.textContent = 'Add at least one LoRA file.';
     else if (!weightsOk) el.status.textContent = 'Every weight must be a number.';
@@ -223,7 +252,9 @@ worker.onmessage = (event: MessageEvent<FromWorker>) => {
       if (m.job !== job) break;
       finishMerge();
       if (downloadUrl) URL.revokeObjectURL(downloadUrl);
-      downloadUrl = URL.createObjectURL(new Blob([m.bytes as Uint8Array<ArrayBuffer>], { type: 'application/octet-stream' }));
+      downloadUrl = URL.createObjectURL(
+        new Blob([m.bytes as Uint8Array<ArrayBuffer>], { type: 'application/octet-stream' }),
+      );
       el.download.href = downloadUrl;
       el.download.download = pendingName;
       const s = m.summary;
@@ -233,7 +264,9 @@ worker.onmessage = (event: MessageEvent<FromWorker>) => {
         `${ARCH_NAMES[s.arch] ?? s.arch} LoRA, ${plural(s.modules, 'module')}` +
         (s.dropped > 0 ? ` (${s.dropped} dropped: zero weight)` : '') +
         `, rank ${rank(s.rankBefore)} → ${rank(s.rankAfter)}, ` +
-        (s.exact ? 'exact weighted sum' : `norm kept: mean ${(100 * s.meanNormKept).toFixed(2)} %, min ${(100 * s.minNormKept).toFixed(2)} %`) +
+        (s.exact
+          ? 'exact weighted sum'
+          : `norm kept: mean ${(100 * s.meanNormKept).toFixed(2)} %, min ${(100 * s.minNormKept).toFixed(2)} %`) +
         ` · ${s.format} ${s.dtype}, ${mib(s.bytes)} · ${s.seconds.toFixed(2)} s`;
       el.result.hidden = false;
       el.status.textContent = 'Done.';

@@ -12,7 +12,11 @@ export const LCM_WEIGHT = 1.0;
 export const STYLE_WEIGHT = 0.8;
 
 /** A short reason when the LoRA looks like an LCM-LoRA, else null. */
-export function lcmEvidence(fileName: string, metadata: Readonly<Record<string, string>>, summary: LoraSummary): string | null {
+export function lcmEvidence(
+  fileName: string,
+  metadata: Readonly<Record<string, string>>,
+  summary: LoraSummary,
+): string | null {
   if (LCM_WORD.test(fileName)) return 'file name';
   for (const key of NAME_KEYS) {
     const v = metadata[key];

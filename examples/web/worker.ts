@@ -36,7 +36,12 @@ async function add(id: number, file: File): Promise<void> {
     scope.postMessage({
       type: 'added',
       info: {
-        id, fileName: file.name, bytes: file.size, summary, lcm, defaultWeight: defaultWeightFor(lcm),
+        id,
+        fileName: file.name,
+        bytes: file.size,
+        summary,
+        lcm,
+        defaultWeight: defaultWeightFor(lcm),
         seconds: (performance.now() - t0) / 1000,
       },
     });

@@ -4,7 +4,15 @@
  * (src/core/dtype-wasm.ts) copies chunks through a fixed scratch region and pads the tail.
  */
 import {
-  Consts, decodeF16, decodeF16x8Normal, encodeBf16, encodeF16, encodeF16Finite, f16x8AnySpecial, get, indent,
+  Consts,
+  decodeF16,
+  decodeF16x8Normal,
+  encodeBf16,
+  encodeF16,
+  encodeF16Finite,
+  f16x8AnySpecial,
+  get,
+  indent,
 } from './simd.js';
 
 export const CONVERT_PAGES = 8; // 512 KiB: two 128 KiB chunks + room
@@ -48,20 +56,26 @@ export function convertWat(): string {
   const f16ToF32 = (k: Consts) => [
     `(local.set $h (v128.load (local.get $src)))`,
     `(if ${f16x8AnySpecial(k, 'h')} (then`,
-    indent([
-      `(local.set $x (i32x4.extend_low_i16x8_u (local.get $h)))`,
-      ...decodeF16(k, 'y', 'x', 't1', 't2'),
-      `(v128.store (local.get $dst) (local.get $y))`,
-      `(local.set $x (i32x4.extend_high_i16x8_u (local.get $h)))`,
-      ...decodeF16(k, 'y', 'x', 't1', 't2'),
-      `(v128.store offset=16 (local.get $dst) (local.get $y))`,
-    ], 2),
+    indent(
+      [
+        `(local.set $x (i32x4.extend_low_i16x8_u (local.get $h)))`,
+        ...decodeF16(k, 'y', 'x', 't1', 't2'),
+        `(v128.store (local.get $dst) (local.get $y))`,
+        `(local.set $x (i32x4.extend_high_i16x8_u (local.get $h)))`,
+        ...decodeF16(k, 'y', 'x', 't1', 't2'),
+        `(v128.store offset=16 (local.get $dst) (local.get $y))`,
+      ],
+      2,
+    ),
     `) (else`,
-    indent([
-      ...decodeF16x8Normal(k, 'y', 'z', 'h', 't1', 't2'),
-      `(v128.store (local.get $dst) (local.get $y))`,
-      `(v128.store offset=16 (local.get $dst) (local.get $z))`,
-    ], 2),
+    indent(
+      [
+        ...decodeF16x8Normal(k, 'y', 'z', 'h', 't1', 't2'),
+        `(v128.store (local.get $dst) (local.get $y))`,
+        `(v128.store offset=16 (local.get $dst) (local.get $z))`,
+      ],
+      2,
+    ),
     `))`,
   ];
   const bf16ToF32 = (k: Consts) => [
@@ -80,17 +94,20 @@ export function convertWat(): string {
     `(local.set $abs (v128.and (local.get $x) ${k.c(0x7fffffff)}))`,
     `(local.set $abs2 (v128.and (local.get $w) ${k.c(0x7fffffff)}))`,
     `(if (v128.any_true (v128.or (i32x4.gt_s (local.get $abs) ${k.c(0x477fefff)}) (i32x4.gt_s (local.get $abs2) ${k.c(0x477fefff)}))) (then`,
-    indent([
-      ...encodeF16(k, 'y', 'x', 'abs', 't1', 't2'),
-      count(k, 'abs', 0x477fefff),
-      ...encodeF16(k, 'z', 'w', 'abs', 't1', 't2'),
-      count(k, 'abs', 0x477fefff),
-    ], 2),
+    indent(
+      [
+        ...encodeF16(k, 'y', 'x', 'abs', 't1', 't2'),
+        count(k, 'abs', 0x477fefff),
+        ...encodeF16(k, 'z', 'w', 'abs', 't1', 't2'),
+        count(k, 'abs', 0x477fefff),
+      ],
+      2,
+    ),
     `) (else`,
-    indent([
-      ...encodeF16Finite(k, 'y', 'x', 'abs', 't1', 't2'),
-      ...encodeF16Finite(k, 'z', 'w', 'abs2', 't1', 't2'),
-    ], 2),
+    indent(
+      [...encodeF16Finite(k, 'y', 'x', 'abs', 't1', 't2'), ...encodeF16Finite(k, 'z', 'w', 'abs2', 't1', 't2')],
+      2,
+    ),
     `))`,
     `(v128.store (local.get $dst) (i16x8.narrow_i32x4_u (local.get $y) (local.get $z)))`,
   ];

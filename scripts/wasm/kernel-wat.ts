@@ -16,8 +16,18 @@
  * A strip of 16·r bytes stays in L1), then column tiles in the panel.
  */
 import {
-  c32, Consts, decodeF16, decodeF16x8Normal, encodeBf16, encodeBf16NotNaN, encodeF16, encodeF16Finite, f16x8AnySpecial,
-  f32NonFinite, get, indent,
+  c32,
+  Consts,
+  decodeF16,
+  decodeF16x8Normal,
+  encodeBf16,
+  encodeBf16NotNaN,
+  encodeF16,
+  encodeF16Finite,
+  f16x8AnySpecial,
+  f32NonFinite,
+  get,
+  indent,
 } from './simd.js';
 
 export type Dt = 'f32' | 'f16' | 'bf16';
@@ -55,12 +65,15 @@ function loadRow(k: Consts, dt: Dt, p: string): string[] {
       return [
         `(local.set $h (v128.load ${get(p)}))`,
         `(if ${f16x8AnySpecial(k, 'h')} (then`,
-        indent([
-          `(local.set $o0 (i32x4.extend_low_i16x8_u (local.get $h)))`,
-          ...decodeF16(k, 'x0', 'o0', 't1', 't2'),
-          `(local.set $o0 (i32x4.extend_high_i16x8_u (local.get $h)))`,
-          ...decodeF16(k, 'x1', 'o0', 't1', 't2'),
-        ], 2),
+        indent(
+          [
+            `(local.set $o0 (i32x4.extend_low_i16x8_u (local.get $h)))`,
+            ...decodeF16(k, 'x0', 'o0', 't1', 't2'),
+            `(local.set $o0 (i32x4.extend_high_i16x8_u (local.get $h)))`,
+            ...decodeF16(k, 'x1', 'o0', 't1', 't2'),
+          ],
+          2,
+        ),
         `) (else`,
         indent(decodeF16x8Normal(k, 'x0', 'x1', 'h', 't1', 't2'), 2),
         `))`,
@@ -175,8 +188,27 @@ function updateFunc(src: Dt, dst: Dt): string {
   const unrolled: string[] = [];
   for (let u = 0; u < K_UNROLL; u++) unrolled.push(...kStep(16 * u, 32 * u));
   const v128Locals = [
-    ...accs, 'b0', 'b1', 'av', 'cntIn', 'cntOv', 'clampv',
-    'x0', 'x1', 'y0', 'y1', 'a0', 'a1', 'h', 'n0', 'o0', 'o1', 'abs', 't1', 't2', 'm',
+    ...accs,
+    'b0',
+    'b1',
+    'av',
+    'cntIn',
+    'cntOv',
+    'clampv',
+    'x0',
+    'x1',
+    'y0',
+    'y1',
+    'a0',
+    'a1',
+    'h',
+    'n0',
+    'o0',
+    'o1',
+    'abs',
+    't1',
+    't2',
+    'm',
   ];
   const body = [
     `(if (i32.or (i32.ge_u (local.get $it0) (local.get $it1)) (i32.ge_u (local.get $jt0) (local.get $jt1))) (then (return)))`,
@@ -223,10 +255,26 @@ function updateFunc(src: Dt, dst: Dt): string {
     `(i32.store offset=4 (local.get $pcount) (i32.add (i32.load offset=4 (local.get $pcount)) (i32.add (i32.add (i32x4.extract_lane 0 (local.get $cntOv)) (i32x4.extract_lane 1 (local.get $cntOv))) (i32.add (i32x4.extract_lane 2 (local.get $cntOv)) (i32x4.extract_lane 3 (local.get $cntOv))))))`,
   ];
   const params = [
-    'pa', 'pb', 'r', 'psrc', 'ldsrc', 'pdst', 'lddst', 'it0', 'it1', 'jt0', 'jt1', 'nc', 'clamp', 'pcount',
-  ].map((p) => `(param $${p} i32)`).join(' ');
+    'pa',
+    'pb',
+    'r',
+    'psrc',
+    'ldsrc',
+    'pdst',
+    'lddst',
+    'it0',
+    'it1',
+    'jt0',
+    'jt1',
+    'nc',
+    'clamp',
+    'pcount',
+  ]
+    .map((p) => `(param $${p} i32)`)
+    .join(' ');
   const i32Locals = ['jc', 'jcEnd', 'it', 'jt', 'a', 'b', 'aEnd', 'astride', 'bstride', 'rmain', 'ps', 'pd']
-    .map((l) => `(local $${l} i32)`).join(' ');
+    .map((l) => `(local $${l} i32)`)
+    .join(' ');
   return [
     `  (func (export "update_${src}_${dst}") ${params}`,
     `    ${i32Locals}`,

@@ -11,7 +11,11 @@ export function parseCommandArgs<O extends Options>(
   command: string,
   argv: string[],
   options: O,
-): { values: Record<string, string | boolean | string[] | boolean[] | undefined>; positionals: string[]; help: boolean } {
+): {
+  values: Record<string, string | boolean | string[] | boolean[] | undefined>;
+  positionals: string[];
+  help: boolean;
+} {
   try {
     const { values, positionals } = parseArgs({
       args: argv,
@@ -28,14 +32,29 @@ export function parseCommandArgs<O extends Options>(
 }
 
 /** Parse a number option, with a clear error naming the option. */
-export function numberOption(command: string, name: string, raw: unknown, { min, max, integer }: { min?: number; max?: number; integer?: boolean } = {}): number | undefined {
+export function numberOption(
+  command: string,
+  name: string,
+  raw: unknown,
+  { min, max, integer }: { min?: number; max?: number; integer?: boolean } = {},
+): number | undefined {
   if (raw === undefined) return undefined;
   const n = Number(raw);
-  const bad = typeof raw !== 'string' || raw.trim() === '' || !Number.isFinite(n) ||
-    (integer === true && !Number.isInteger(n)) || (min !== undefined && n < min) || (max !== undefined && n > max);
+  const bad =
+    typeof raw !== 'string' ||
+    raw.trim() === '' ||
+    !Number.isFinite(n) ||
+    (integer === true && !Number.isInteger(n)) ||
+    (min !== undefined && n < min) ||
+    (max !== undefined && n > max);
   if (bad) {
-    const range = [min !== undefined ? `≥ ${min}` : '', max !== undefined ? `≤ ${max}` : ''].filter(Boolean).join(' and ');
-    throw new UsageError(`${command}: --${name} expects ${integer ? 'an integer' : 'a number'}${range ? ` ${range}` : ''}, got '${String(raw)}'`, 'USAGE_BAD_ARGUMENT');
+    const range = [min !== undefined ? `≥ ${min}` : '', max !== undefined ? `≤ ${max}` : '']
+      .filter(Boolean)
+      .join(' and ');
+    throw new UsageError(
+      `${command}: --${name} expects ${integer ? 'an integer' : 'a number'}${range ? ` ${range}` : ''}, got '${String(raw)}'`,
+      'USAGE_BAD_ARGUMENT',
+    );
   }
   return n;
 }
@@ -48,7 +67,10 @@ export function parseWeighted(command: string, spec: string, defaultWeight: numb
   const m = /^(.*):([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)$/.exec(spec);
   if (m && m[1] !== '') return { path: m[1]!, weight: Number(m[2]) };
   if (/:[^\\/]*$/.test(spec) && !/^[A-Za-z]:[\\/]/.test(spec)) {
-    throw new UsageError(`${command}: '${spec}' — the weight after ':' must be a number, e.g. lcm.safetensors:1.0`, 'USAGE_BAD_ARGUMENT');
+    throw new UsageError(
+      `${command}: '${spec}' — the weight after ':' must be a number, e.g. lcm.safetensors:1.0`,
+      'USAGE_BAD_ARGUMENT',
+    );
   }
   return { path: spec, weight: defaultWeight };
 }

@@ -18,7 +18,11 @@ function guardedStream(stream: NodeJS.WriteStream, label: string, other: () => N
     if (!process.exitCode) process.exitCode = 1;
     const sink = other();
     if (sink) {
-      try { sink.write(`lora-mix: cannot write to ${label}: ${e.message}\n`); } catch { /* nothing left to tell */ }
+      try {
+        sink.write(`lora-mix: cannot write to ${label}: ${e.message}\n`);
+      } catch {
+        /* nothing left to tell */
+      }
     }
   });
   return {
@@ -30,8 +34,12 @@ function guardedStream(stream: NodeJS.WriteStream, label: string, other: () => N
         open = false; // a synchronous failure: treat like the asynchronous one, without a message
       }
     },
-    get open() { return open; },
-    get failed() { return failed; },
+    get open() {
+      return open;
+    },
+    get failed() {
+      return failed;
+    },
   };
 }
 
@@ -39,8 +47,12 @@ const stdout = guardedStream(process.stdout, 'standard output', () => (stderr.op
 const stderr = guardedStream(process.stderr, 'standard error', () => null);
 
 const code = await main(process.argv.slice(2), {
-  out: (s) => { stdout.write(s); },
-  err: (s) => { stderr.write(s); },
+  out: (s) => {
+    stdout.write(s);
+  },
+  err: (s) => {
+    stderr.write(s);
+  },
   isTTY: process.stderr.isTTY === true,
   cwd: process.cwd(),
 });

@@ -35,6 +35,10 @@ export interface ByteSink {
 
 /** True for anything shaped like a ByteSource (a length and a read method). */
 export function isByteSource(x: unknown): x is ByteSource {
-  return typeof x === 'object' && x !== null && typeof (x as ByteSource).read === 'function' &&
-    typeof (x as ByteSource).byteLength === 'number';
+  return (
+    typeof x === 'object' &&
+    x !== null &&
+    typeof (x as ByteSource).read === 'function' &&
+    typeof (x as ByteSource).byteLength === 'number'
+  );
 }

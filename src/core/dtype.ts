@@ -340,7 +340,11 @@ export function f32ToBf16(src: Float32Array, dst: Uint16Array = new Uint16Array(
 }
 
 /** Decode F8 bytes (E4M3 "fn" or E5M2) to f32 (exact). */
-export function f8ToF32(kind: 'F8_E4M3' | 'F8_E5M2', src: Uint8Array, dst: Float32Array = new Float32Array(src.length)): Float32Array {
+export function f8ToF32(
+  kind: 'F8_E4M3' | 'F8_E5M2',
+  src: Uint8Array,
+  dst: Float32Array = new Float32Array(src.length),
+): Float32Array {
   checkLengths('f8ToF32', src, dst);
   const t = f8Lut(kind);
   const out = new Uint32Array(dst.buffer, dst.byteOffset, dst.length);
@@ -349,7 +353,12 @@ export function f8ToF32(kind: 'F8_E4M3' | 'F8_E5M2', src: Uint8Array, dst: Float
 }
 
 /** Encode f32 to F8 bytes (RNE). E4M3 overflow → NaN, or ±448 with `saturate`; E5M2 overflow → ±Inf. */
-export function f32ToF8(kind: 'F8_E4M3' | 'F8_E5M2', src: Float32Array, dst: Uint8Array = new Uint8Array(src.length), saturate = false): Uint8Array {
+export function f32ToF8(
+  kind: 'F8_E4M3' | 'F8_E5M2',
+  src: Float32Array,
+  dst: Uint8Array = new Uint8Array(src.length),
+  saturate = false,
+): Uint8Array {
   checkLengths('f32ToF8', src, dst);
   if (kind === 'F8_E4M3') for (let i = 0; i < src.length; i++) dst[i] = f32ToF8E4M3Bits(src[i]!, saturate);
   else for (let i = 0; i < src.length; i++) dst[i] = f32ToF8E5M2Bits(src[i]!);
@@ -361,22 +370,39 @@ export function f32ToF8(kind: 'F8_E4M3' | 'F8_E5M2', src: Float32Array, dst: Uin
 // ---------------------------------------------------------------------------------------------------------------
 
 /** The typed array `readTyped` returns for each dtype. */
-export type TypedArrayFor<D extends DType> =
-  D extends 'F64' ? Float64Array :
-  D extends 'F32' ? Float32Array :
-  D extends 'F16' | 'BF16' | 'U16' ? Uint16Array :
-  D extends 'F8_E4M3' | 'F8_E5M2' | 'U8' | 'BOOL' ? Uint8Array :
-  D extends 'I8' ? Int8Array :
-  D extends 'I16' ? Int16Array :
-  D extends 'I32' ? Int32Array :
-  D extends 'U32' ? Uint32Array :
-  D extends 'I64' ? BigInt64Array :
-  D extends 'U64' ? BigUint64Array :
-  never;
+export type TypedArrayFor<D extends DType> = D extends 'F64'
+  ? Float64Array
+  : D extends 'F32'
+    ? Float32Array
+    : D extends 'F16' | 'BF16' | 'U16'
+      ? Uint16Array
+      : D extends 'F8_E4M3' | 'F8_E5M2' | 'U8' | 'BOOL'
+        ? Uint8Array
+        : D extends 'I8'
+          ? Int8Array
+          : D extends 'I16'
+            ? Int16Array
+            : D extends 'I32'
+              ? Int32Array
+              : D extends 'U32'
+                ? Uint32Array
+                : D extends 'I64'
+                  ? BigInt64Array
+                  : D extends 'U64'
+                    ? BigUint64Array
+                    : never;
 
 export type AnyTypedArray =
-  | Float64Array | Float32Array | Uint16Array | Uint8Array | Int8Array | Int16Array | Int32Array | Uint32Array
-  | BigInt64Array | BigUint64Array;
+  | Float64Array
+  | Float32Array
+  | Uint16Array
+  | Uint8Array
+  | Int8Array
+  | Int16Array
+  | Int32Array
+  | Uint32Array
+  | BigInt64Array
+  | BigUint64Array;
 
 function swapInPlace(bytes: Uint8Array, size: number): void {
   for (let i = 0; i < bytes.length; i += size) {
@@ -396,9 +422,11 @@ function swapInPlace(bytes: Uint8Array, size: number): void {
 export function bytesAsTyped<D extends DType>(dtype: D, bytes: Uint8Array): TypedArrayFor<D> {
   const size = DTYPE_SIZE[dtype];
   if (bytes.byteLength % size !== 0) {
-    throw new SafetensorsError('SAFETENSORS_BYTE_LENGTH_MISMATCH',
+    throw new SafetensorsError(
+      'SAFETENSORS_BYTE_LENGTH_MISMATCH',
       `${bytes.byteLength} bytes is not a whole number of ${dtype} elements (${size} bytes each)`,
-      { dtype, byteLength: bytes.byteLength });
+      { dtype, byteLength: bytes.byteLength },
+    );
   }
   let b = bytes;
   if (size > 1 && (b.byteOffset % size !== 0 || !LITTLE_ENDIAN)) {
@@ -406,19 +434,42 @@ export function bytesAsTyped<D extends DType>(dtype: D, bytes: Uint8Array): Type
     if (!LITTLE_ENDIAN) swapInPlace(b, size);
   }
   const n = b.byteLength / size;
-  const buf = b.buffer, off = b.byteOffset;
+  const buf = b.buffer,
+    off = b.byteOffset;
   let out: AnyTypedArray;
   switch (dtype) {
-    case 'F64': out = new Float64Array(buf, off, n); break;
-    case 'F32': out = new Float32Array(buf, off, n); break;
-    case 'F16': case 'BF16': case 'U16': out = new Uint16Array(buf, off, n); break;
-    case 'I8': out = new Int8Array(buf, off, n); break;
-    case 'I16': out = new Int16Array(buf, off, n); break;
-    case 'I32': out = new Int32Array(buf, off, n); break;
-    case 'U32': out = new Uint32Array(buf, off, n); break;
-    case 'I64': out = new BigInt64Array(buf, off, n); break;
-    case 'U64': out = new BigUint64Array(buf, off, n); break;
-    default: out = new Uint8Array(buf, off, n); break; // U8, BOOL, F8_E4M3, F8_E5M2
+    case 'F64':
+      out = new Float64Array(buf, off, n);
+      break;
+    case 'F32':
+      out = new Float32Array(buf, off, n);
+      break;
+    case 'F16':
+    case 'BF16':
+    case 'U16':
+      out = new Uint16Array(buf, off, n);
+      break;
+    case 'I8':
+      out = new Int8Array(buf, off, n);
+      break;
+    case 'I16':
+      out = new Int16Array(buf, off, n);
+      break;
+    case 'I32':
+      out = new Int32Array(buf, off, n);
+      break;
+    case 'U32':
+      out = new Uint32Array(buf, off, n);
+      break;
+    case 'I64':
+      out = new BigInt64Array(buf, off, n);
+      break;
+    case 'U64':
+      out = new BigUint64Array(buf, off, n);
+      break;
+    default:
+      out = new Uint8Array(buf, off, n);
+      break; // U8, BOOL, F8_E4M3, F8_E5M2
   }
   return out as TypedArrayFor<D>;
 }
@@ -442,15 +493,25 @@ export function typedAsBytes(view: ArrayBufferView): Uint8Array {
  */
 export function decodeInto(dtype: DType, bytes: Uint8Array, out: Float32Array, what = 'tensor'): Float32Array {
   switch (dtype) {
-    case 'F32': out.set(bytesAsTyped('F32', bytes)); return out;
-    case 'F16': return f16ToF32(bytesAsTyped('F16', bytes), out);
-    case 'BF16': return bf16ToF32(bytesAsTyped('BF16', bytes), out);
-    case 'F64': out.set(bytesAsTyped('F64', bytes)); return out;
-    case 'F8_E4M3': case 'F8_E5M2': return f8ToF32(dtype, bytes, out);
+    case 'F32':
+      out.set(bytesAsTyped('F32', bytes));
+      return out;
+    case 'F16':
+      return f16ToF32(bytesAsTyped('F16', bytes), out);
+    case 'BF16':
+      return bf16ToF32(bytesAsTyped('BF16', bytes), out);
+    case 'F64':
+      out.set(bytesAsTyped('F64', bytes));
+      return out;
+    case 'F8_E4M3':
+    case 'F8_E5M2':
+      return f8ToF32(dtype, bytes, out);
     default:
-      throw new SafetensorsError('SAFETENSORS_DTYPE_NOT_FLOAT',
+      throw new SafetensorsError(
+        'SAFETENSORS_DTYPE_NOT_FLOAT',
         `${what}: dtype ${dtype} is an integer type; expected a float dtype (F64, F32, F16, BF16, F8_E4M3, F8_E5M2) to decode to f32`,
-        { dtype });
+        { dtype },
+      );
   }
 }
 
@@ -460,15 +521,23 @@ export function decodeInto(dtype: DType, bytes: Uint8Array, out: Float32Array, w
  */
 export function decodeToF32(dtype: DType, bytes: Uint8Array, what = 'tensor'): Float32Array {
   switch (dtype) {
-    case 'F32': return bytesAsTyped('F32', bytes);
-    case 'F16': return f16ToF32(bytesAsTyped('F16', bytes));
-    case 'BF16': return bf16ToF32(bytesAsTyped('BF16', bytes));
-    case 'F64': return Float32Array.from(bytesAsTyped('F64', bytes));
-    case 'F8_E4M3': case 'F8_E5M2': return f8ToF32(dtype, bytes);
+    case 'F32':
+      return bytesAsTyped('F32', bytes);
+    case 'F16':
+      return f16ToF32(bytesAsTyped('F16', bytes));
+    case 'BF16':
+      return bf16ToF32(bytesAsTyped('BF16', bytes));
+    case 'F64':
+      return Float32Array.from(bytesAsTyped('F64', bytes));
+    case 'F8_E4M3':
+    case 'F8_E5M2':
+      return f8ToF32(dtype, bytes);
     default:
-      throw new SafetensorsError('SAFETENSORS_DTYPE_NOT_FLOAT',
+      throw new SafetensorsError(
+        'SAFETENSORS_DTYPE_NOT_FLOAT',
         `${what}: dtype ${dtype} is an integer type; expected a float dtype (F64, F32, F16, BF16, F8_E4M3, F8_E5M2) to decode to f32`,
-        { dtype });
+        { dtype },
+      );
   }
 }
 
@@ -478,14 +547,22 @@ export function decodeToF32(dtype: DType, bytes: Uint8Array, what = 'tensor'): F
  */
 export function encodeFromF32(dtype: DType, src: Float32Array, options: { saturate?: boolean } = {}): Uint8Array {
   switch (dtype) {
-    case 'F32': return typedAsBytes(src);
-    case 'F16': return typedAsBytes(f32ToF16(src));
-    case 'BF16': return typedAsBytes(f32ToBf16(src));
-    case 'F64': return typedAsBytes(Float64Array.from(src));
-    case 'F8_E4M3': case 'F8_E5M2': return f32ToF8(dtype, src, undefined, options.saturate === true);
+    case 'F32':
+      return typedAsBytes(src);
+    case 'F16':
+      return typedAsBytes(f32ToF16(src));
+    case 'BF16':
+      return typedAsBytes(f32ToBf16(src));
+    case 'F64':
+      return typedAsBytes(Float64Array.from(src));
+    case 'F8_E4M3':
+    case 'F8_E5M2':
+      return f32ToF8(dtype, src, undefined, options.saturate === true);
     default:
-      throw new SafetensorsError('SAFETENSORS_DTYPE_NOT_FLOAT',
+      throw new SafetensorsError(
+        'SAFETENSORS_DTYPE_NOT_FLOAT',
         `cannot encode f32 values as ${dtype}: expected a float dtype (F64, F32, F16, BF16, F8_E4M3, F8_E5M2)`,
-        { dtype });
+        { dtype },
+      );
   }
 }

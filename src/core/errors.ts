@@ -134,7 +134,12 @@ export class ArchError extends LoraMixError {
 /** Reading or writing files failed, or a write would lose data. */
 export class IoError extends LoraMixError {
   declare readonly code: IoErrorCode;
-  constructor(code: IoErrorCode, message: string, details: Record<string, unknown> = {}, options?: { cause?: unknown }) {
+  constructor(
+    code: IoErrorCode,
+    message: string,
+    details: Record<string, unknown> = {},
+    options?: { cause?: unknown },
+  ) {
     super(code, message, details, options);
   }
 }

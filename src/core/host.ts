@@ -41,5 +41,7 @@ export function currentHost(): Host | null {
 /** The installed host, or a clear IoError saying that `what` needs one. */
 export function requireHost(what: string, fix: string): Host {
   if (installed) return installed;
-  throw new IoError('IO_NO_HOST', `${what} needs file access, which only the Node entry of lora-mix provides; ${fix}`, { file: what });
+  throw new IoError('IO_NO_HOST', `${what} needs file access, which only the Node entry of lora-mix provides; ${fix}`, {
+    file: what,
+  });
 }

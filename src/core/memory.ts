@@ -7,8 +7,11 @@ import type { ByteSink, ByteSource } from './bytes.js';
 
 function checkRange(name: string, start: number, end: number, size: number): void {
   if (!Number.isSafeInteger(start) || !Number.isSafeInteger(end) || start < 0 || end < start || end > size) {
-    throw new IoError('IO_READ_FAILED', `${name}: byte range ${start}…${end} is outside the data (0…${size})`,
-      { file: name, expected: size, found: end });
+    throw new IoError('IO_READ_FAILED', `${name}: byte range ${start}…${end} is outside the data (0…${size})`, {
+      file: name,
+      expected: size,
+      found: end,
+    });
   }
 }
 
@@ -28,11 +31,19 @@ export function blobSource(blob: Blob, name?: string): ByteSource {
       try {
         buf = await blob.slice(start, end).arrayBuffer();
       } catch (e) {
-        throw new IoError('IO_READ_FAILED', `${label}: reading bytes ${start}…${end} failed (${e instanceof Error ? e.message : String(e)})`,
-          { file: label }, { cause: e });
+        throw new IoError(
+          'IO_READ_FAILED',
+          `${label}: reading bytes ${start}…${end} failed (${e instanceof Error ? e.message : String(e)})`,
+          { file: label },
+          { cause: e },
+        );
       }
       if (buf.byteLength !== end - start) {
-        throw new IoError('IO_READ_FAILED', `${label}: reading bytes ${start}…${end} returned ${buf.byteLength} bytes`, { file: label });
+        throw new IoError(
+          'IO_READ_FAILED',
+          `${label}: reading bytes ${start}…${end} returned ${buf.byteLength} bytes`,
+          { file: label },
+        );
       }
       return new Uint8Array(buf);
     },
@@ -77,8 +88,11 @@ export function memorySink(name = '<memory>'): MemorySink {
   let result: Uint8Array<ArrayBuffer> | null = null;
   let aborted = false;
   const notReady = (): never => {
-    throw new IoError('IO_WRITE_FAILED', `${name}: the output is not available: ${aborted ? 'the write was aborted' : 'commit() has not been called'}`,
-      { file: name });
+    throw new IoError(
+      'IO_WRITE_FAILED',
+      `${name}: the output is not available: ${aborted ? 'the write was aborted' : 'commit() has not been called'}`,
+      { file: name },
+    );
   };
   return {
     name,
@@ -89,7 +103,8 @@ export function memorySink(name = '<memory>'): MemorySink {
       return result ? result.byteLength : size;
     },
     async write(chunk: Uint8Array): Promise<void> {
-      if (result || aborted) throw new IoError('IO_WRITE_FAILED', `${name}: write after ${result ? 'commit' : 'abort'}`, { file: name });
+      if (result || aborted)
+        throw new IoError('IO_WRITE_FAILED', `${name}: write after ${result ? 'commit' : 'abort'}`, { file: name });
       chunks.push(chunk.slice()); // the caller may reuse its buffer once write resolves
       size += chunk.byteLength;
     },

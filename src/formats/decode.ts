@@ -30,10 +30,14 @@ export interface LoraFileLike {
 }
 
 const INT_READERS: Partial<Record<DType, (v: DataView) => number>> = {
-  I64: (v) => Number(v.getBigInt64(0, true)), U64: (v) => Number(v.getBigUint64(0, true)),
-  I32: (v) => v.getInt32(0, true), U32: (v) => v.getUint32(0, true),
-  I16: (v) => v.getInt16(0, true), U16: (v) => v.getUint16(0, true),
-  I8: (v) => v.getInt8(0), U8: (v) => v.getUint8(0),
+  I64: (v) => Number(v.getBigInt64(0, true)),
+  U64: (v) => Number(v.getBigUint64(0, true)),
+  I32: (v) => v.getInt32(0, true),
+  U32: (v) => v.getUint32(0, true),
+  I16: (v) => v.getInt16(0, true),
+  U16: (v) => v.getUint16(0, true),
+  I8: (v) => v.getInt8(0),
+  U8: (v) => v.getUint8(0),
 };
 
 /** The value of a one-element alpha tensor, float or integer. */
@@ -135,7 +139,10 @@ function withArticle(c: Pick<CandidateResult, 'arch' | 'size'>): string {
 }
 
 function shapeList(problems: readonly ShapeProblem[]): string {
-  return listSome(problems.map((p) => `${p.module.id}: expected ${p.expected}, found ${p.found}`), 5);
+  return listSome(
+    problems.map((p) => `${p.module.id}: expected ${p.expected}, found ${p.found}`),
+    5,
+  );
 }
 
 /**
@@ -150,16 +157,20 @@ export async function planLora(file: LoraFileLike, options: DecodeOptions = {}):
   const unmatched: UnmatchedEntry[] = [];
 
   if (keys.length === 0) {
-    throw new FormatError('FORMAT_NOT_A_LORA', `${fileName}: the file holds no tensors, so it is not a LoRA`, { file: fileName });
+    throw new FormatError('FORMAT_NOT_A_LORA', `${fileName}: the file holds no tensors, so it is not a LoRA`, {
+      file: fileName,
+    });
   }
 
   // 1. Adapter types that are not LoRA.
   const adapter = findUnsupportedAdapter(keys);
   if (adapter) {
-    throw new FormatError('FORMAT_UNSUPPORTED_ADAPTER',
+    throw new FormatError(
+      'FORMAT_UNSUPPORTED_ADAPTER',
       `${fileName}: this is a ${adapter.signature.type} file, not a LoRA (${adapter.count} key(s) such as '${adapter.example}'); ` +
-      `lora-mix only handles LoRA / LoCon factors (up·down): ${adapter.signature.why}`,
-      { file: fileName, adapter: adapter.signature.type, key: adapter.example, count: adapter.count });
+        `lora-mix only handles LoRA / LoCon factors (up·down): ${adapter.signature.why}`,
+      { file: fileName, adapter: adapter.signature.type, key: adapter.example, count: adapter.count },
+    );
   }
 
   // 2. Key grammar.
@@ -172,36 +183,48 @@ export async function planLora(file: LoraFileLike, options: DecodeOptions = {}):
   }
   if (!parsed.some((p) => p.role !== 'alpha')) {
     const evidence = checkpointEvidence(keys);
-    throw new FormatError('FORMAT_NOT_A_LORA',
+    throw new FormatError(
+      'FORMAT_NOT_A_LORA',
       evidence
         ? `${fileName}: this is a base checkpoint (e.g. '${evidence}'), not a LoRA; expected keys such as '….lora_down.weight' or '….lora_A.weight'`
         : `${fileName}: no LoRA factor keys found (expected '….lora_down.weight' / '….lora_up.weight' or '….lora_A.weight' / '….lora_B.weight'); first keys: ${listSome(keys, 5)}`,
-      { file: fileName, kind: evidence ? 'checkpoint' : 'other', key: evidence ?? keys[0] });
+      { file: fileName, kind: evidence ? 'checkpoint' : 'other', key: evidence ?? keys[0] },
+    );
   }
 
   // 3. One family, one adapter name.
   const kohyaKey = parsed.find((p) => p.family === 'kohya');
   const pathKey = parsed.find((p) => p.family === 'path') as PathKey | undefined;
   if (kohyaKey && pathKey) {
-    throw new FormatError('FORMAT_MIXED',
+    throw new FormatError(
+      'FORMAT_MIXED',
       `${fileName}: the file mixes kohya names ('${kohyaKey.key}') with PEFT/diffusers paths ('${pathKey.key}'); expected one spelling`,
-      { file: fileName, expected: 'one key spelling', found: [kohyaKey.key, pathKey.key] });
+      { file: fileName, expected: 'one key spelling', found: [kohyaKey.key, pathKey.key] },
+    );
   }
-  const adapters = [...new Set(parsed.flatMap((p) => (p.family === 'path' && p.adapter !== undefined ? [p.adapter] : [])))];
+  const adapters = [
+    ...new Set(parsed.flatMap((p) => (p.family === 'path' && p.adapter !== undefined ? [p.adapter] : []))),
+  ];
   if (adapters.length > 1) {
-    throw new FormatError('FORMAT_MIXED',
+    throw new FormatError(
+      'FORMAT_MIXED',
       `${fileName}: the file holds several PEFT adapters (${adapters.join(', ')}); expected one`,
-      { file: fileName, expected: 'one adapter', found: adapters });
+      { file: fileName, expected: 'one adapter', found: adapters },
+    );
   }
   const format: LoraFormat = kohyaKey
     ? 'kohya'
-    : parsed.some((p) => p.family === 'path' && p.spelling === 'processor') ? 'diffusers-old' : 'peft';
+    : parsed.some((p) => p.family === 'path' && p.spelling === 'processor')
+      ? 'diffusers-old'
+      : 'peft';
 
   if (unknown.length > 0) {
     if (!options.allowUnmatched) {
-      throw new FormatError('FORMAT_KEY_UNRESOLVED',
+      throw new FormatError(
+        'FORMAT_KEY_UNRESOLVED',
         `${fileName}: ${unknown.length} key(s) are not LoRA factors or alphas in the ${format} spelling: ${listSome(unknown)}`,
-        { file: fileName, keys: unknown.slice(0, 100), count: unknown.length });
+        { file: fileName, keys: unknown.slice(0, 100), count: unknown.length },
+      );
     }
     for (const k of unknown) unmatched.push({ key: k, reason: 'not a LoRA factor or alpha key in any known spelling' });
   }
@@ -217,9 +240,11 @@ export async function planLora(file: LoraFileLike, options: DecodeOptions = {}):
     }
     const prev = g[p.role];
     if (prev) {
-      throw new FormatError('FORMAT_MIXED',
+      throw new FormatError(
+        'FORMAT_MIXED',
         `${fileName}: module '${id}' has two ${p.role} tensors, '${prev.key}' and '${p.key}'; expected one`,
-        { file: fileName, key: id, found: [prev.key, p.key] });
+        { file: fileName, key: id, found: [prev.key, p.key] },
+      );
     }
     g[p.role] = p;
   }
@@ -227,9 +252,11 @@ export async function planLora(file: LoraFileLike, options: DecodeOptions = {}):
   if (incomplete.length > 0) {
     const what = (g: Group): string =>
       !g.down && !g.up ? `${g.id} (only an alpha)` : !g.up ? `${g.id} (down without up)` : `${g.id} (up without down)`;
-    throw new FormatError('FORMAT_INCOMPLETE_MODULE',
+    throw new FormatError(
+      'FORMAT_INCOMPLETE_MODULE',
       `${fileName}: ${incomplete.length} module(s) lack a factor: ${listSome(incomplete.map(what))}; every module needs both a down and an up factor`,
-      { file: fileName, modules: incomplete.map((g) => g.id).slice(0, 100), count: incomplete.length });
+      { file: fileName, modules: incomplete.map((g) => g.id).slice(0, 100), count: incomplete.length },
+    );
   }
 
   // 5. Factor shapes and ranks.
@@ -241,14 +268,18 @@ export async function planLora(file: LoraFileLike, options: DecodeOptions = {}):
     const dOk = down.shape.length === 2 || down.shape.length === 4;
     const uOk = up.shape.length === 2 || up.shape.length === 4;
     if (!dOk || !uOk) {
-      throw new LoraError('LORA_SHAPE_MISMATCH',
+      throw new LoraError(
+        'LORA_SHAPE_MISMATCH',
         `${fileName}: module '${g.id}': expected 2-D or 4-D factors, found down '${down.name}' ${JSON.stringify(down.shape)} and up '${up.name}' ${JSON.stringify(up.shape)}`,
-        { file: fileName, key: g.id, found: { down: down.shape, up: up.shape } });
+        { file: fileName, key: g.id, found: { down: down.shape, up: up.shape } },
+      );
     }
     if (down.shape[0] !== up.shape[1] || down.shape[0] === 0) {
-      throw new LoraError('LORA_RANK_MISMATCH',
+      throw new LoraError(
+        'LORA_RANK_MISMATCH',
         `${fileName}: module '${g.id}': the down factor has rank ${down.shape[0]} (${JSON.stringify(down.shape)}) but the up factor has rank ${up.shape[1]} (${JSON.stringify(up.shape)}); expected equal, non-zero ranks`,
-        { file: fileName, key: g.id, expected: down.shape[0], found: up.shape[1] });
+        { file: fileName, key: g.id, expected: down.shape[0], found: up.shape[1] },
+      );
     }
     raw.push({ id: g.id, family: g.family, downShape: down.shape, upShape: up.shape });
     byId.set(g.id, g);
@@ -262,9 +293,11 @@ export async function planLora(file: LoraFileLike, options: DecodeOptions = {}):
   for (const m of chosen.matched) {
     const other = seen.get(m.entry.path);
     if (other !== undefined) {
-      throw new FormatError('FORMAT_MIXED',
+      throw new FormatError(
+        'FORMAT_MIXED',
         `${fileName}: module '${m.entry.path}' appears twice, as '${other}' and '${m.module.id}'; expected once`,
-        { file: fileName, key: m.entry.path, found: [other, m.module.id] });
+        { file: fileName, key: m.entry.path, found: [other, m.module.id] },
+      );
     }
     seen.set(m.entry.path, m.module.id);
   }
@@ -273,9 +306,11 @@ export async function planLora(file: LoraFileLike, options: DecodeOptions = {}):
   const peft = format === 'kohya' ? undefined : parsePeftMetadata(file.metadata, fileName);
   for (const c of Object.values(peft?.byComponent ?? {}).concat(peft?.shared ? [peft.shared] : [])) {
     if (c.useDora) {
-      throw new FormatError('FORMAT_UNSUPPORTED_ADAPTER',
+      throw new FormatError(
+        'FORMAT_UNSUPPORTED_ADAPTER',
         `${fileName}: the PEFT config in metadata '${PEFT_METADATA_KEY}' has use_dora: true — this is a DoRA adapter, not a plain LoRA; DoRA re-normalises the fused weight and is not additive`,
-        { file: fileName, adapter: 'DoRA', key: PEFT_METADATA_KEY });
+        { file: fileName, adapter: 'DoRA', key: PEFT_METADATA_KEY },
+      );
     }
   }
   const order = new Map(chosen.layout.modules.map((e, i) => [e.path, i]));
@@ -292,14 +327,19 @@ export async function planLora(file: LoraFileLike, options: DecodeOptions = {}):
     if (g.alpha) {
       const info = infos.get(g.alpha.key)!;
       if (info.shape.reduce((a, b) => a * b, 1) !== 1) {
-        throw new LoraError('LORA_SHAPE_MISMATCH',
+        throw new LoraError(
+          'LORA_SHAPE_MISMATCH',
           `${fileName}: alpha '${g.alpha.key}' must hold one value; found shape ${JSON.stringify(info.shape)}`,
-          { file: fileName, key: g.alpha.key, expected: [], found: info.shape });
+          { file: fileName, key: g.alpha.key, expected: [], found: info.shape },
+        );
       }
       stored = await readScalar(file, g.alpha.key, info.dtype);
       if (!Number.isFinite(stored)) {
-        throw new LoraError('LORA_INVALID_WEIGHTS',
-          `${fileName}: alpha '${g.alpha.key}' is ${stored}; expected a finite number`, { file: fileName, key: g.alpha.key, found: stored });
+        throw new LoraError(
+          'LORA_INVALID_WEIGHTS',
+          `${fileName}: alpha '${g.alpha.key}' is ${stored}; expected a finite number`,
+          { file: fileName, key: g.alpha.key, found: stored },
+        );
       }
     }
     let alpha: number;
@@ -320,16 +360,30 @@ export async function planLora(file: LoraFileLike, options: DecodeOptions = {}):
       assumedComponent++;
     }
     modules.push({
-      entry, name: module.id, downKey: g.down!.key, upKey: g.up!.key,
+      entry,
+      name: module.id,
+      downKey: g.down!.key,
+      upKey: g.up!.key,
       ...(g.alpha ? { alphaKey: g.alpha.key } : {}),
-      downShape: module.downShape, upShape: module.upShape, rank, alpha,
+      downShape: module.downShape,
+      upShape: module.upShape,
+      rank,
+      alpha,
     });
   }
   if (missingAlpha > 0) {
-    notes.push(`${missingAlpha} module(s) have no alpha${format === 'kohya' ? '' : ' (no alpha tensor and no lora_alpha in the metadata)'}: alpha = rank (scale 1)`);
+    notes.push(
+      `${missingAlpha} module(s) have no alpha${format === 'kohya' ? '' : ' (no alpha tensor and no lora_alpha in the metadata)'}: alpha = rank (scale 1)`,
+    );
   }
-  if (zeroAlpha > 0) notes.push(`${zeroAlpha} module(s) store alpha 0, read as alpha = rank like kohya does (ComfyUI would apply scale 0)`);
-  if (assumedComponent > 0) notes.push(`${assumedComponent} module(s) had no component prefix; read as the UNet (or text_encoder for 'text_model.' paths)`);
+  if (zeroAlpha > 0)
+    notes.push(
+      `${zeroAlpha} module(s) store alpha 0, read as alpha = rank like kohya does (ComfyUI would apply scale 0)`,
+    );
+  if (assumedComponent > 0)
+    notes.push(
+      `${assumedComponent} module(s) had no component prefix; read as the UNet (or text_encoder for 'text_model.' paths)`,
+    );
   if (format === 'diffusers-old') notes.push('old diffusers attention-processor format: attention projections only');
 
   const counts = new Map<DType, number>();
@@ -340,10 +394,20 @@ export async function planLora(file: LoraFileLike, options: DecodeOptions = {}):
     }
   }
   const dtype = [...counts.entries()].sort((a, b) => b[1] - a[1])[0]![0];
-  const kohyaPaths = format !== 'kohya' || spellings.size === 0 ? undefined : spellings.size === 2 ? 'mixed' : [...spellings][0]!;
+  const kohyaPaths =
+    format !== 'kohya' || spellings.size === 0 ? undefined : spellings.size === 2 ? 'mixed' : [...spellings][0]!;
   return {
-    format, ...(kohyaPaths ? { kohyaPaths } : {}), arch: chosen.arch, size: chosen.size, layout: chosen.layout, dtype,
-    source: fileName, modules, unmatched, notes, metadata: { ...file.metadata },
+    format,
+    ...(kohyaPaths ? { kohyaPaths } : {}),
+    arch: chosen.arch,
+    size: chosen.size,
+    layout: chosen.layout,
+    dtype,
+    source: fileName,
+    modules,
+    unmatched,
+    notes,
+    metadata: { ...file.metadata },
   };
 }
 
@@ -360,16 +424,24 @@ function chooseCandidate(
   let ranked = all;
   if (unknownEverywhere.length > 0) {
     if (!options.allowUnmatched) {
-      throw new FormatError('FORMAT_KEY_UNRESOLVED',
+      throw new FormatError(
+        'FORMAT_KEY_UNRESOLVED',
         `${fileName}: ${unknownEverywhere.length} module name(s) match no module of SD1.5, SDXL or SSD-1B: ${listSome(unknownEverywhere.map((m) => m.id))}`,
-        { file: fileName, keys: unknownEverywhere.map((m) => m.id).slice(0, 100), count: unknownEverywhere.length });
+        { file: fileName, keys: unknownEverywhere.map((m) => m.id).slice(0, 100), count: unknownEverywhere.length },
+      );
     }
-    for (const m of unknownEverywhere) unmatched.push({ key: m.id, reason: 'no module of any known architecture has this name' });
+    for (const m of unknownEverywhere)
+      unmatched.push({ key: m.id, reason: 'no module of any known architecture has this name' });
     modules = raw.filter((m) => !unknownEverywhere.includes(m));
     if (modules.length === 0) {
-      throw new FormatError('FORMAT_KEY_UNRESOLVED',
-        `${fileName}: none of the ${raw.length} module name(s) match a module of SD1.5, SDXL or SSD-1B, e.g. ${listSome(raw.map((m) => m.id), 5)}`,
-        { file: fileName, keys: raw.map((m) => m.id).slice(0, 100), count: raw.length });
+      throw new FormatError(
+        'FORMAT_KEY_UNRESOLVED',
+        `${fileName}: none of the ${raw.length} module name(s) match a module of SD1.5, SDXL or SSD-1B, e.g. ${listSome(
+          raw.map((m) => m.id),
+          5,
+        )}`,
+        { file: fileName, keys: raw.map((m) => m.id).slice(0, 100), count: raw.length },
+      );
     }
     ranked = rankCandidates(modules, options.size !== undefined ? { size: options.size } : {});
   }
@@ -378,9 +450,18 @@ function chooseCandidate(
   if (options.arch === undefined) {
     if (best.fits) return best;
     if (best.incompatible.length > 0) {
-      throw new LoraError('LORA_SHAPE_MISMATCH',
+      throw new LoraError(
+        'LORA_SHAPE_MISMATCH',
         `${fileName}: the LoRA fits no known architecture; closest is ${describeCandidate(best)}, where ${best.incompatible.length} module(s) have other shapes: ${shapeList(best.incompatible)}`,
-        { file: fileName, arch: best.arch, size: best.size, modules: best.incompatible.slice(0, 100).map((p) => ({ key: p.module.id, expected: p.expected, found: p.found })) });
+        {
+          file: fileName,
+          arch: best.arch,
+          size: best.size,
+          modules: best.incompatible
+            .slice(0, 100)
+            .map((p) => ({ key: p.module.id, expected: p.expected, found: p.found })),
+        },
+      );
     }
     return acceptMissing(fileName, best, options, unmatched);
   }
@@ -391,21 +472,35 @@ function chooseCandidate(
   const detected = ranked.find((c) => c.fits);
   if (pick.incompatible.length > 0 || pick.matched.length === 0) {
     if (detected && detected.arch !== options.arch) {
-      const why = pick.incompatible.length > 0
-        ? `${pick.incompatible.length} module(s) have shapes of another model, e.g. ${shapeList(pick.incompatible.slice(0, 2))}`
-        : `none of its module names exist in ${ARCH_LABEL[options.arch]}`;
-      throw new ArchError('ARCH_MISMATCH',
+      const why =
+        pick.incompatible.length > 0
+          ? `${pick.incompatible.length} module(s) have shapes of another model, e.g. ${shapeList(pick.incompatible.slice(0, 2))}`
+          : `none of its module names exist in ${ARCH_LABEL[options.arch]}`;
+      throw new ArchError(
+        'ARCH_MISMATCH',
         `${fileName}: this is ${withArticle(detected)} LoRA (all ${modules.length} modules fit), but ${ARCH_LABEL[options.arch]} was requested: ${why}`,
-        { file: fileName, expected: options.arch, found: detected.arch });
+        { file: fileName, expected: options.arch, found: detected.arch },
+      );
     }
     if (pick.incompatible.length > 0) {
-      throw new LoraError('LORA_SHAPE_MISMATCH',
+      throw new LoraError(
+        'LORA_SHAPE_MISMATCH',
         `${fileName}: ${pick.incompatible.length} module(s) do not fit ${describeCandidate(pick)}: ${shapeList(pick.incompatible)}`,
-        { file: fileName, arch: pick.arch, size: pick.size, modules: pick.incompatible.slice(0, 100).map((p) => ({ key: p.module.id, expected: p.expected, found: p.found })) });
+        {
+          file: fileName,
+          arch: pick.arch,
+          size: pick.size,
+          modules: pick.incompatible
+            .slice(0, 100)
+            .map((p) => ({ key: p.module.id, expected: p.expected, found: p.found })),
+        },
+      );
     }
-    throw new ArchError('ARCH_MISMATCH',
+    throw new ArchError(
+      'ARCH_MISMATCH',
       `${fileName}: none of the LoRA's ${modules.length} module names exist in ${ARCH_LABEL[options.arch]}`,
-      { file: fileName, expected: options.arch, found: detected?.arch ?? null });
+      { file: fileName, expected: options.arch, found: detected?.arch ?? null },
+    );
   }
   return acceptMissing(fileName, pick, options, unmatched, detected);
 }
@@ -421,9 +516,17 @@ function acceptMissing(
   const reason = `no such module in ${describeCandidate(c)}`;
   if (!options.allowUnmatched) {
     const from = detected && detected.arch !== c.arch ? ` (it is ${withArticle(detected)} LoRA)` : '';
-    throw new LoraError('LORA_UNMATCHED_MODULES',
+    throw new LoraError(
+      'LORA_UNMATCHED_MODULES',
       `${fileName}: ${c.missing.length} of ${c.missing.length + c.matched.length} LoRA modules have no counterpart in ${describeCandidate(c)}${from}: ${listSome(c.missing.map((m) => m.id))}; pass allowUnmatched (--allow-unmatched) to use the ${c.matched.length} that match`,
-      { file: fileName, arch: c.arch, modules: c.missing.map((m) => m.id).slice(0, 100), count: c.missing.length, matched: c.matched.length });
+      {
+        file: fileName,
+        arch: c.arch,
+        modules: c.missing.map((m) => m.id).slice(0, 100),
+        count: c.missing.length,
+        matched: c.matched.length,
+      },
+    );
   }
   for (const m of c.missing) unmatched.push({ key: m.id, reason });
   return { ...c, missing: [], fits: true };
@@ -437,8 +540,11 @@ function owned(a: Float32Array): Float32Array {
 function toNd(data: Float32Array, shape: readonly number[], file: string, key: string): F32Array {
   const n = shape.reduce((x, y) => x * y, 1);
   if (data.length !== n) {
-    throw new LoraError('LORA_SHAPE_MISMATCH', `${file}: tensor '${key}' decoded to ${data.length} values; expected ${n} for shape ${JSON.stringify(shape)}`,
-      { file, key, expected: n, found: data.length });
+    throw new LoraError(
+      'LORA_SHAPE_MISMATCH',
+      `${file}: tensor '${key}' decoded to ${data.length} values; expected ${n} for shape ${JSON.stringify(shape)}`,
+      { file, key, expected: n, found: data.length },
+    );
   }
   return ndarray(owned(data), [...shape]);
 }
@@ -450,7 +556,11 @@ const READ_AHEAD = 4;
 export async function readPlannedLora(file: LoraFileLike, plan: LoraPlan): Promise<LoadedLora> {
   const readModule = async (m: PlannedModule): Promise<LoraModule> => {
     const [d, u] = await Promise.all([file.readF32(m.downKey), file.readF32(m.upKey)]);
-    return { down: toNd(d, m.downShape, file.name, m.downKey), up: toNd(u, m.upShape, file.name, m.upKey), alpha: m.alpha };
+    return {
+      down: toNd(d, m.downShape, file.name, m.downKey),
+      up: toNd(u, m.upShape, file.name, m.upKey),
+      alpha: m.alpha,
+    };
   };
   const modules = new Map<string, LoraModule>();
   const pending: Promise<LoraModule>[] = [];
@@ -466,9 +576,16 @@ export async function readPlannedLora(file: LoraFileLike, plan: LoraPlan): Promi
     (pending as (Promise<LoraModule> | undefined)[])[next++] = undefined;
   }
   return {
-    arch: plan.arch, size: plan.size, modules, metadata: plan.metadata,
-    format: plan.format, ...(plan.kohyaPaths ? { kohyaPaths: plan.kohyaPaths } : {}),
-    dtype: plan.dtype, source: plan.source, unmatched: plan.unmatched, notes: plan.notes,
+    arch: plan.arch,
+    size: plan.size,
+    modules,
+    metadata: plan.metadata,
+    format: plan.format,
+    ...(plan.kohyaPaths ? { kohyaPaths: plan.kohyaPaths } : {}),
+    dtype: plan.dtype,
+    source: plan.source,
+    unmatched: plan.unmatched,
+    notes: plan.notes,
   };
 }
 

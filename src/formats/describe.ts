@@ -45,16 +45,28 @@ export interface LoraSummary {
 function histogram(values: readonly number[]): Count<number>[] {
   const m = new Map<number, number>();
   for (const v of values) m.set(v, (m.get(v) ?? 0) + 1);
-  return [...m.entries()].map(([value, count]) => ({ value, count })).sort((a, b) => b.count - a.count || a.value - b.value);
+  return [...m.entries()]
+    .map(([value, count]) => ({ value, count }))
+    .sort((a, b) => b.count - a.count || a.value - b.value);
 }
 
 const numel = (s: readonly number[]): number => s.reduce((a, b) => a * b, 1);
 
-interface Row { entry: ModuleEntry; rank: number; alpha: number; params: number }
+interface Row {
+  entry: ModuleEntry;
+  rank: number;
+  alpha: number;
+  params: number;
+}
 
 function rowsOf(x: LoadedLora | LoraPlan | Lora): Row[] {
   if ('layout' in x && Array.isArray((x as LoraPlan).modules)) {
-    return (x as LoraPlan).modules.map((m) => ({ entry: m.entry, rank: m.rank, alpha: m.alpha, params: numel(m.downShape) + numel(m.upShape) }));
+    return (x as LoraPlan).modules.map((m) => ({
+      entry: m.entry,
+      rank: m.rank,
+      alpha: m.alpha,
+      params: numel(m.downShape) + numel(m.upShape),
+    }));
   }
   const lora = x as Lora;
   const layout = getLayout(lora.arch, lora.size);
@@ -113,7 +125,10 @@ export function describeLora(x: LoadedLora | LoraPlan | Lora): LoraSummary {
 }
 
 const hist = (h: readonly Count<number>[]): string =>
-  h.slice(0, 6).map((c) => `${Number(c.value.toPrecision(6))}×${c.count}`).join(', ') + (h.length > 6 ? `, … (${h.length} values)` : '');
+  h
+    .slice(0, 6)
+    .map((c) => `${Number(c.value.toPrecision(6))}×${c.count}`)
+    .join(', ') + (h.length > 6 ? `, … (${h.length} values)` : '');
 
 /** The summary as text lines (for `lora-mix inspect`). */
 export function formatLoraSummary(s: LoraSummary): string {
@@ -123,8 +138,16 @@ export function formatLoraSummary(s: LoraSummary): string {
   if (s.format) lines.push(`format:      ${s.format}${spelling}`);
   lines.push(`arch:        ${ARCH_LABEL[s.arch]}${s.size === 'tiny' ? ' (tiny test layout)' : ''}`);
   if (s.dtype) lines.push(`dtype:       ${s.dtype}`);
-  lines.push(`modules:     ${s.modules}  (${Object.entries(s.byGroup).map(([g, n]) => `${g} ${n}`).join(', ')})`);
-  lines.push(`components:  ${Object.entries(s.byComponent).map(([c, n]) => `${c} ${n}`).join(', ')}`);
+  lines.push(
+    `modules:     ${s.modules}  (${Object.entries(s.byGroup)
+      .map(([g, n]) => `${g} ${n}`)
+      .join(', ')})`,
+  );
+  lines.push(
+    `components:  ${Object.entries(s.byComponent)
+      .map(([c, n]) => `${c} ${n}`)
+      .join(', ')}`,
+  );
   lines.push(`ranks:       ${hist(s.ranks)}`);
   lines.push(`alphas:      ${hist(s.alphas)}`);
   lines.push(`scale α/r:   ${hist(s.scales)}`);

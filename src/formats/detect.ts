@@ -9,7 +9,12 @@ import { findUnsupportedAdapter, parseLoraKey } from './keys.js';
 
 export type FileKind =
   | { readonly kind: 'lora'; readonly plan: LoraPlan }
-  | { readonly kind: 'unsupported-adapter'; readonly adapter: string; readonly example: string; readonly error: FormatError }
+  | {
+      readonly kind: 'unsupported-adapter';
+      readonly adapter: string;
+      readonly example: string;
+      readonly error: FormatError;
+    }
   | { readonly kind: 'checkpoint'; readonly detection: CheckpointDetection }
   | { readonly kind: 'other'; readonly reason: string };
 
@@ -21,12 +26,19 @@ export async function detectFileKind(file: LoraFileLike, options: DecodeOptions 
   const keys = file.tensors.map((t) => t.name);
   const adapter = findUnsupportedAdapter(keys);
   if (adapter) {
-    const error = new FormatError('FORMAT_UNSUPPORTED_ADAPTER',
+    const error = new FormatError(
+      'FORMAT_UNSUPPORTED_ADAPTER',
       `${file.name}: ${adapter.signature.type} adapter (${adapter.count} key(s) such as '${adapter.example}'): ${adapter.signature.why}`,
-      { file: file.name, adapter: adapter.signature.type, key: adapter.example });
+      { file: file.name, adapter: adapter.signature.type, key: adapter.example },
+    );
     return { kind: 'unsupported-adapter', adapter: adapter.signature.type, example: adapter.example, error };
   }
-  if (keys.some((k) => { const p = parseLoraKey(k); return p !== undefined && p.role !== 'alpha'; })) {
+  if (
+    keys.some((k) => {
+      const p = parseLoraKey(k);
+      return p !== undefined && p.role !== 'alpha';
+    })
+  ) {
     return { kind: 'lora', plan: await planLora(file, options) };
   }
   try {

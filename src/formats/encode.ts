@@ -18,7 +18,14 @@ import { getLayout } from '../layout/index.js';
 import type { ModuleEntry } from '../layout/types.js';
 import type { F32Array, Lora } from '../lora/types.js';
 import { contiguousValues } from '../lora/delta.js';
-import { countOverflow, encodeFromF32, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits, bf16BitsToF32 } from '../core/dtype.js';
+import {
+  countOverflow,
+  encodeFromF32,
+  f16BitsToF32,
+  f32ToBf16Bits,
+  f32ToF16Bits,
+  bf16BitsToF32,
+} from '../core/dtype.js';
 import type { TensorToWrite } from '../safetensors/write.js';
 import { oldDiffusersKeys } from './diffusers-old.js';
 import { kohyaKeys, kohyaName, type KohyaPaths } from './kohya.js';
@@ -84,7 +91,11 @@ export function defaultOutputDType(lora: Lora): OutputDType {
 export const contiguousF32: (a: F32Array) => Float32Array = contiguousValues;
 
 function sortedRecord(r: Readonly<Record<string, string>>): Record<string, string> {
-  return Object.fromEntries(Object.keys(r).sort().map((k) => [k, r[k]!]));
+  return Object.fromEntries(
+    Object.keys(r)
+      .sort()
+      .map((k) => [k, r[k]!]),
+  );
 }
 
 /** Does `value` survive a round trip through `dtype`? */
@@ -94,18 +105,29 @@ function exactIn(value: number, dtype: OutputDType): boolean {
   return bf16BitsToF32(f32ToBf16Bits(value)) === value;
 }
 
-function factorTensor(name: string, shape: readonly number[], dtype: OutputDType, values: () => Float32Array, stats: EncodeStats, what: string): TensorToWrite {
+function factorTensor(
+  name: string,
+  shape: readonly number[],
+  dtype: OutputDType,
+  values: () => Float32Array,
+  stats: EncodeStats,
+  what: string,
+): TensorToWrite {
   return {
-    name, dtype, shape: [...shape],
+    name,
+    dtype,
+    shape: [...shape],
     data: () => {
       const src = values();
       const overflow = countOverflow(src, dtype);
       if (overflow > 0) {
         let max = 0;
         for (let i = 0; i < src.length; i++) if (Number.isFinite(src[i]!)) max = Math.max(max, Math.abs(src[i]!));
-        throw new LoraError('LORA_DTYPE_OVERFLOW',
+        throw new LoraError(
+          'LORA_DTYPE_OVERFLOW',
           `${what}: ${overflow} value(s) of '${name}' (largest magnitude ${max}) do not fit ${dtype} and would become infinite; write F32 or BF16 instead`,
-          { key: name, dtype, count: overflow, found: max });
+          { key: name, dtype, count: overflow, found: max },
+        );
       }
       const bytes = encodeFromF32(dtype, src);
       stats.values += src.length;
@@ -129,7 +151,11 @@ function alphaTensor(name: string, alpha: number, dtype: OutputDType): TensorToW
  * Encode modules in the given order. Low level: callers pass modules already validated and in layout order
  * (encodeLora does both; the fixture generator builds them from the layout).
  */
-export function encodeModules(modules: readonly ModuleSource[], options: InternalEncodeOptions, baseMetadata: Readonly<Record<string, string>> = {}): EncodedLora {
+export function encodeModules(
+  modules: readonly ModuleSource[],
+  options: InternalEncodeOptions,
+  baseMetadata: Readonly<Record<string, string>> = {},
+): EncodedLora {
   const stats: EncodeStats = { values: 0, flushedToZero: 0 };
   const tensors: TensorToWrite[] = [];
   const metadata: Record<string, string> = {};
@@ -160,9 +186,11 @@ export function encodeModules(modules: readonly ModuleSource[], options: Interna
       if (prefix === 'base_model') {
         const other = modules.find((m) => m.entry.component !== 'unet');
         if (other) {
-          throw new LoraError('LORA_UNMATCHED_MODULES',
+          throw new LoraError(
+            'LORA_UNMATCHED_MODULES',
             `${what}: the raw 'base_model.model.' spelling names UNet modules only; '${other.entry.path}' is a text-encoder module`,
-            { key: other.entry.path });
+            { key: other.entry.path },
+          );
         }
       }
       for (const m of modules) {
@@ -171,21 +199,27 @@ export function encodeModules(modules: readonly ModuleSource[], options: Interna
         tensors.push(factorTensor(`${stem}.lora_B.weight`, m.upShape, dtype, m.up, stats, what));
       }
       metadata[PEFT_METADATA_KEY] = peftMetadataJson(
-        modules.map((m) => ({ entry: m.entry, rank: rankOf(m), alpha: m.alpha })), prefix === 'component');
+        modules.map((m) => ({ entry: m.entry, rank: rankOf(m), alpha: m.alpha })),
+        prefix === 'component',
+      );
       break;
     }
     case 'diffusers-old': {
       for (const m of modules) {
         const k = oldDiffusersKeys(m.entry);
         if (!k) {
-          throw new LoraError('LORA_UNMATCHED_MODULES',
+          throw new LoraError(
+            'LORA_UNMATCHED_MODULES',
             `${what}: module '${m.entry.path}' cannot be written in the old attention-processor format (attention projections and CLIP MLPs only)`,
-            { key: m.entry.path });
+            { key: m.entry.path },
+          );
         }
         if (m.alpha !== rankOf(m)) {
-          throw new LoraError('LORA_INVALID_WEIGHTS',
+          throw new LoraError(
+            'LORA_INVALID_WEIGHTS',
             `${what}: module '${m.entry.path}' has alpha ${m.alpha} ≠ rank ${rankOf(m)}; the old attention-processor format stores no alpha`,
-            { key: m.entry.path, expected: rankOf(m), found: m.alpha });
+            { key: m.entry.path, expected: rankOf(m), found: m.alpha },
+          );
         }
         tensors.push(factorTensor(k.down, m.downShape, dtype, m.down, stats, what));
         tensors.push(factorTensor(k.up, m.upShape, dtype, m.up, stats, what));
@@ -202,9 +236,11 @@ export function moduleSources(lora: Lora): ModuleSource[] {
   const layout = getLayout(lora.arch, lora.size);
   const unknown = [...lora.modules.keys()].filter((p) => !layout.byPath.has(p));
   if (unknown.length > 0) {
-    throw new LoraError('LORA_UNMATCHED_MODULES',
+    throw new LoraError(
+      'LORA_UNMATCHED_MODULES',
       `${unknown.length} module path(s) of the LoRA are not modules of ${lora.arch} (${lora.size}): ${unknown.slice(0, 10).join(', ')}${unknown.length > 10 ? ' …' : ''}`,
-      { arch: lora.arch, modules: unknown.slice(0, 100), count: unknown.length });
+      { arch: lora.arch, modules: unknown.slice(0, 100), count: unknown.length },
+    );
   }
   const out: ModuleSource[] = [];
   for (const entry of layout.modules) {
@@ -212,22 +248,34 @@ export function moduleSources(lora: Lora): ModuleSource[] {
     if (!m) continue;
     const rank = m.down.shape[0]!;
     if (m.up.shape[1] !== rank) {
-      throw new LoraError('LORA_RANK_MISMATCH',
+      throw new LoraError(
+        'LORA_RANK_MISMATCH',
         `module '${entry.path}': down ${JSON.stringify(m.down.shape)} has rank ${rank} but up ${JSON.stringify(m.up.shape)} has rank ${m.up.shape[1]}`,
-        { key: entry.path, expected: rank, found: m.up.shape[1] });
+        { key: entry.path, expected: rank, found: m.up.shape[1] },
+      );
     }
     const problem = checkFactorShapes(entry, m.down.shape, m.up.shape);
     if (problem) {
-      throw new LoraError('LORA_SHAPE_MISMATCH', `module '${entry.path}': expected ${problem.expected}, found ${problem.found}`,
-        { key: entry.path, expected: problem.expected, found: problem.found });
+      throw new LoraError(
+        'LORA_SHAPE_MISMATCH',
+        `module '${entry.path}': expected ${problem.expected}, found ${problem.found}`,
+        { key: entry.path, expected: problem.expected, found: problem.found },
+      );
     }
     if (!Number.isFinite(m.alpha)) {
-      throw new LoraError('LORA_INVALID_WEIGHTS', `module '${entry.path}': alpha is ${m.alpha}; expected a finite number`,
-        { key: entry.path, found: m.alpha });
+      throw new LoraError(
+        'LORA_INVALID_WEIGHTS',
+        `module '${entry.path}': alpha is ${m.alpha}; expected a finite number`,
+        { key: entry.path, found: m.alpha },
+      );
     }
     out.push({
-      entry, alpha: m.alpha, downShape: [...m.down.shape], upShape: [...m.up.shape],
-      down: () => contiguousF32(m.down), up: () => contiguousF32(m.up),
+      entry,
+      alpha: m.alpha,
+      downShape: [...m.down.shape],
+      upShape: [...m.up.shape],
+      down: () => contiguousF32(m.down),
+      up: () => contiguousF32(m.up),
     });
   }
   return out;
@@ -239,11 +287,16 @@ export function moduleSources(lora: Lora): ModuleSource[] {
  */
 export function encodeLora(lora: Lora, options: EncodeOptions): EncodedLora {
   const dtype = options.dtype ?? defaultOutputDType(lora);
-  return encodeModules(moduleSources(lora), {
-    format: options.format, dtype,
-    ...(options.kohyaPaths ? { kohyaPaths: options.kohyaPaths } : {}),
-    ...(options.metadata ? { metadata: options.metadata } : {}),
-  }, lora.metadata);
+  return encodeModules(
+    moduleSources(lora),
+    {
+      format: options.format,
+      dtype,
+      ...(options.kohyaPaths ? { kohyaPaths: options.kohyaPaths } : {}),
+      ...(options.metadata ? { metadata: options.metadata } : {}),
+    },
+    lora.metadata,
+  );
 }
 
 /** The dtype names the CLI accepts. */
@@ -254,4 +307,3 @@ export function parseOutputDType(name: string): OutputDType | undefined {
   if (k === 'fp32' || k === 'f32' || k === 'float32' || k === 'float') return 'F32';
   return undefined;
 }
-

@@ -12,21 +12,61 @@ import { decodeLora, planLora, type DecodeOptions, type LoadedLora, type LoraPla
 import { encodeLora, type EncodeOptions, type EncodeStats } from './encode.js';
 
 export {
-  decodeLora, planLora, readPlannedLora, listSome,
-  type LoadedLora, type LoraPlan, type PlannedModule, type DecodeOptions, type LoraFormat, type LoraFileLike,
+  decodeLora,
+  planLora,
+  readPlannedLora,
+  listSome,
+  type LoadedLora,
+  type LoraPlan,
+  type PlannedModule,
+  type DecodeOptions,
+  type LoraFormat,
+  type LoraFileLike,
   type UnmatchedEntry,
 } from './decode.js';
 export {
-  encodeLora, encodeModules, moduleSources, contiguousF32, defaultOutputDType, parseOutputDType,
-  type EncodeOptions, type InternalEncodeOptions, type EncodedLora, type EncodeStats, type ModuleSource, type OutputDType,
+  encodeLora,
+  encodeModules,
+  moduleSources,
+  contiguousF32,
+  defaultOutputDType,
+  parseOutputDType,
+  type EncodeOptions,
+  type InternalEncodeOptions,
+  type EncodedLora,
+  type EncodeStats,
+  type ModuleSource,
+  type OutputDType,
 } from './encode.js';
 export { describeLora, formatLoraSummary, type LoraSummary, type Count } from './describe.js';
 export { detectFileKind, type FileKind } from './detect.js';
-export { parseLoraKey, findUnsupportedAdapter, checkpointEvidence, UNSUPPORTED_ADAPTERS, type ParsedKey, type KohyaKey, type PathKey, type AdapterSignature } from './keys.js';
+export {
+  parseLoraKey,
+  findUnsupportedAdapter,
+  checkpointEvidence,
+  UNSUPPORTED_ADAPTERS,
+  type ParsedKey,
+  type KohyaKey,
+  type PathKey,
+  type AdapterSignature,
+} from './keys.js';
 export { kohyaName, kohyaKeys, kohyaAlpha, type KohyaPaths } from './kohya.js';
-export { parsePeftMetadata, peftAlpha, peftMetadataJson, PEFT_METADATA_KEY, type PeftConfigs, type PeftComponentConfig } from './peft.js';
+export {
+  parsePeftMetadata,
+  peftAlpha,
+  peftMetadataJson,
+  PEFT_METADATA_KEY,
+  type PeftConfigs,
+  type PeftComponentConfig,
+} from './peft.js';
 export { oldDiffusersKeys } from './diffusers-old.js';
-export { checkFactorShapes, rankCandidates, evaluateCandidate, type CandidateResult, type RawModule } from './resolve.js';
+export {
+  checkFactorShapes,
+  rankCandidates,
+  evaluateCandidate,
+  type CandidateResult,
+  type RawModule,
+} from './resolve.js';
 
 /** Open a safetensors file by path through the platform host (the Node entry), with a clear error elsewhere. */
 export async function openPath(path: string): Promise<SafetensorsFile> {
@@ -73,18 +113,28 @@ export interface SaveOptions extends EncodeOptions {
  * Write a LoRA to a path (Node: temp file, fsync, rename; nothing left behind on failure; never over an input)
  * or to a ByteSink. Returns what the writer wrote and the encoder's statistics (fp16 underflow count).
  */
-export async function saveLora(lora: Lora, target: string | ByteSink, options: SaveOptions): Promise<WriteResult & { stats: EncodeStats }> {
+export async function saveLora(
+  lora: Lora,
+  target: string | ByteSink,
+  options: SaveOptions,
+): Promise<WriteResult & { stats: EncodeStats }> {
   const encoded = encodeLora(lora, options);
   const refuse: (ByteSource | string)[] = [...(options.refuseOverwrite ?? [])];
   const source = (lora as Partial<LoadedLora>).source;
   if (typeof source === 'string' && source !== '' && !source.startsWith('<')) refuse.push(source);
-  const result = await writeSafetensors(target, encoded.tensors, { metadata: encoded.metadata, refuseOverwrite: refuse });
+  const result = await writeSafetensors(target, encoded.tensors, {
+    metadata: encoded.metadata,
+    refuseOverwrite: refuse,
+  });
   return { ...result, stats: encoded.stats };
 }
 
 /** The whole encoded file in memory (browsers, small LoRAs). */
 export function serializeLora(lora: Lora, options: EncodeOptions): Uint8Array {
   const encoded = encodeLora(lora, options);
-  const tensors = encoded.tensors.map((t) => ({ ...t, data: typeof t.data === 'function' ? (t.data as () => TensorData)() : t.data }));
+  const tensors = encoded.tensors.map((t) => ({
+    ...t,
+    data: typeof t.data === 'function' ? (t.data as () => TensorData)() : t.data,
+  }));
   return serializeSafetensors(tensors, { metadata: encoded.metadata });
 }

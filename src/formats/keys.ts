@@ -93,11 +93,24 @@ function processorModule(parent: string, proj: string): string {
   return proj === 'to_out' ? `${base}.to_out.0` : `${base}.${proj}`;
 }
 
-function pathKey(key: string, role: FactorRole, rawPath: string, spelling: PathKey['spelling'], adapter?: string): PathKey {
+function pathKey(
+  key: string,
+  role: FactorRole,
+  rawPath: string,
+  spelling: PathKey['spelling'],
+  adapter?: string,
+): PathKey {
   const { component, local, assumed, baseModel } = splitComponent(rawPath);
   return {
-    key, role, family: 'path', path: `${component}.${local}`, component, spelling,
-    componentAssumed: assumed, baseModelPrefix: baseModel, ...(adapter !== undefined ? { adapter } : {}),
+    key,
+    role,
+    family: 'path',
+    path: `${component}.${local}`,
+    component,
+    spelling,
+    componentAssumed: assumed,
+    baseModelPrefix: baseModel,
+    ...(adapter !== undefined ? { adapter } : {}),
   };
 }
 
@@ -185,7 +198,9 @@ export const UNSUPPORTED_ADAPTERS: readonly AdapterSignature[] = [
 ];
 
 /** The first unsupported adapter found in a key list, with an example key and how many keys belong to it. */
-export function findUnsupportedAdapter(keys: readonly string[]): { signature: AdapterSignature; example: string; count: number } | undefined {
+export function findUnsupportedAdapter(
+  keys: readonly string[],
+): { signature: AdapterSignature; example: string; count: number } | undefined {
   for (const signature of UNSUPPORTED_ADAPTERS) {
     let example: string | undefined;
     let count = 0;
@@ -204,9 +219,14 @@ export function findUnsupportedAdapter(keys: readonly string[]): { signature: Ad
 // Base checkpoints handed in where a LoRA was expected.
 
 const CHECKPOINT_PREFIXES = [
-  'model.diffusion_model.', 'cond_stage_model.', 'conditioner.embedders.', 'first_stage_model.', 'model_ema.',
+  'model.diffusion_model.',
+  'cond_stage_model.',
+  'conditioner.embedders.',
+  'first_stage_model.',
+  'model_ema.',
 ];
-const DIFFUSERS_CHECKPOINT_RE = /^(conv_in|time_embedding|down_blocks\.\d+\.resnets|mid_block|text_model\.(encoder|embeddings)|encoder\.down_blocks|decoder\.up_blocks)\..*\.?(weight|bias)$/;
+const DIFFUSERS_CHECKPOINT_RE =
+  /^(conv_in|time_embedding|down_blocks\.\d+\.resnets|mid_block|text_model\.(encoder|embeddings)|encoder\.down_blocks|decoder\.up_blocks)\..*\.?(weight|bias)$/;
 
 /** If the keys look like a base model (single file or a diffusers component file), an example key; else undefined. */
 export function checkpointEvidence(keys: readonly string[]): string | undefined {

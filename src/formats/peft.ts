@@ -33,9 +33,11 @@ const COMPONENTS: readonly Component[] = ['text_encoder_2', 'text_encoder', 'une
 const CONFIG_FIELDS = ['r', 'lora_alpha', 'alpha_pattern', 'rank_pattern', 'use_rslora', 'use_dora'];
 
 function invalid(file: string, what: string, found: unknown): FormatError {
-  return new FormatError('FORMAT_METADATA_INVALID',
+  return new FormatError(
+    'FORMAT_METADATA_INVALID',
     `${file}: metadata '${PEFT_METADATA_KEY}' ${what}; found ${JSON.stringify(found)?.slice(0, 200)}`,
-    { file, key: PEFT_METADATA_KEY, found });
+    { file, key: PEFT_METADATA_KEY, found },
+  );
 }
 
 function numberField(file: string, name: string, v: unknown): number | undefined {
@@ -46,10 +48,12 @@ function numberField(file: string, name: string, v: unknown): number | undefined
 
 function patternField(file: string, name: string, v: unknown): Record<string, number> {
   if (v === undefined || v === null) return {};
-  if (typeof v !== 'object' || Array.isArray(v)) throw invalid(file, `field '${name}' must be an object of module → number`, v);
+  if (typeof v !== 'object' || Array.isArray(v))
+    throw invalid(file, `field '${name}' must be an object of module → number`, v);
   const out: Record<string, number> = {};
   for (const [k, x] of Object.entries(v as Record<string, unknown>)) {
-    if (typeof x !== 'number' || !Number.isFinite(x)) throw invalid(file, `field '${name}.${k}' must be a finite number`, x);
+    if (typeof x !== 'number' || !Number.isFinite(x))
+      throw invalid(file, `field '${name}.${k}' must be a finite number`, x);
     out[k] = x;
   }
   return out;
@@ -113,7 +117,11 @@ export function peftConfigFor(configs: PeftConfigs | undefined, component: Compo
  * undefined when the config says nothing (the caller then uses alpha = r). rsLoRA scales by alpha / √r, which is
  * alpha·√r in this convention.
  */
-export function peftAlpha(config: PeftComponentConfig | undefined, localPath: string, rank: number): number | undefined {
+export function peftAlpha(
+  config: PeftComponentConfig | undefined,
+  localPath: string,
+  rank: number,
+): number | undefined {
   if (!config) return undefined;
   const a = matchPattern(config.alphaPattern, localPath) ?? config.loraAlpha;
   if (a === undefined) return undefined;
@@ -144,7 +152,11 @@ function sortedJson(value: unknown): string {
   const sort = (v: unknown): unknown => {
     if (Array.isArray(v)) return v.map(sort);
     if (v && typeof v === 'object') {
-      return Object.fromEntries(Object.keys(v as object).sort().map((k) => [k, sort((v as Record<string, unknown>)[k])]));
+      return Object.fromEntries(
+        Object.keys(v as object)
+          .sort()
+          .map((k) => [k, sort((v as Record<string, unknown>)[k])]),
+      );
     }
     return v;
   };

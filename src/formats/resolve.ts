@@ -70,11 +70,14 @@ export function checkFactorShapes(
     (downShape.length === 4 && downShape[1] === inn && downShape[2] === kh && downShape[3] === kw) ||
     (pointwise && downShape.length === 2 && downShape[1] === inn);
   const upOk =
-    upShape[0] === out && upShape[1] === r &&
+    upShape[0] === out &&
+    upShape[1] === r &&
     (upShape.length === 2 || (upShape.length === 4 && upShape[2] === 1 && upShape[3] === 1));
   if (downOk && upOk && r > 0) return undefined;
   const downExp = pointwise
-    ? (entry.shape.length === 4 ? `${fmt(['r', inn!, 1, 1])} or ${fmt(['r', inn!])}` : `${fmt(['r', inn!])} or ${fmt(['r', inn!, 1, 1])}`)
+    ? entry.shape.length === 4
+      ? `${fmt(['r', inn!, 1, 1])} or ${fmt(['r', inn!])}`
+      : `${fmt(['r', inn!])} or ${fmt(['r', inn!, 1, 1])}`
     : fmt(['r', inn!, kh, kw]);
   return {
     expected: `down ${downExp}, up ${fmt([out!, 'r'])} or ${fmt([out!, 'r', 1, 1])} (weight ${fmt(entry.shape)})`,
@@ -85,7 +88,8 @@ export function checkFactorShapes(
 /** How many factor dimensions of the incompatible modules agree with the weight (out and in): for messages. */
 function closeness(c: CandidateResult): number {
   let n = 0;
-  for (const p of c.incompatible) n += Number(p.module.upShape[0] === p.entry.shape[0]) + Number(p.module.downShape[1] === p.entry.shape[1]);
+  for (const p of c.incompatible)
+    n += Number(p.module.upShape[0] === p.entry.shape[0]) + Number(p.module.downShape[1] === p.entry.shape[1]);
   return n;
 }
 
@@ -126,14 +130,20 @@ export function rankCandidates(
   modules: readonly RawModule[],
   filter: { arch?: Arch; size?: LayoutSize } = {},
 ): CandidateResult[] {
-  const results = CANDIDATES
-    .filter((c) => (filter.arch === undefined || c.arch === filter.arch) && (filter.size === undefined || c.size === filter.size))
-    .map((c) => evaluateCandidate(modules, c.arch, c.size));
+  const results = CANDIDATES.filter(
+    (c) =>
+      (filter.arch === undefined || c.arch === filter.arch) && (filter.size === undefined || c.size === filter.size),
+  ).map((c) => evaluateCandidate(modules, c.arch, c.size));
   const order = new Map(results.map((r, i) => [r, i]));
   return results.sort((a, b) => {
     if (a.fits !== b.fits) return a.fits ? -1 : 1;
     if (a.fits) return Number(a.missingSiblings > 0) - Number(b.missingSiblings > 0) || order.get(a)! - order.get(b)!;
     const known = (c: CandidateResult): number => c.matched.length + c.incompatible.length;
-    return known(b) - known(a) || b.matched.length - a.matched.length || closeness(b) - closeness(a) || order.get(a)! - order.get(b)!;
+    return (
+      known(b) - known(a) ||
+      b.matched.length - a.matched.length ||
+      closeness(b) - closeness(a) ||
+      order.get(a)! - order.get(b)!
+    );
   });
 }

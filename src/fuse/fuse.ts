@@ -10,7 +10,7 @@
  *
  * Core module: no `node:` imports. Paths and diffusers folders go through ./node.js, loaded on demand.
  */
-import { FuseError, IoError, LoraError, } from '../core/errors.js';
+import { FuseError, IoError, LoraError } from '../core/errors.js';
 import { isByteSource, type ByteSink, type ByteSource } from '../core/bytes.js';
 import { detectCheckpoint } from '../layout/detect.js';
 import type { ModuleEntry } from '../layout/types.js';
@@ -39,7 +39,11 @@ export const FUSE_METADATA_KEY = 'lora_mix_fuse';
 function needFuseHost(what: string): FuseHost {
   const host = currentFuseHost();
   if (host) return host;
-  throw new IoError('IO_NO_HOST', `${what}: paths and diffusers folders need the Node entry of lora-mix; pass ByteSources and a ByteSink`, { file: what });
+  throw new IoError(
+    'IO_NO_HOST',
+    `${what}: paths and diffusers folders need the Node entry of lora-mix; pass ByteSources and a ByteSink`,
+    { file: what },
+  );
 }
 
 /** Open the base: a SafetensorsFile or ByteSource here, a path (file or folder) through the Node adapter. */
@@ -50,7 +54,14 @@ export async function openBase(base: BaseInput): Promise<OpenedBase> {
   else if (isByteSource(base)) file = await parseSafetensors(base);
   else throw new IoError('INPUT_NOT_FOUND', 'fuse: the base must be a path, a ByteSource or a SafetensorsFile', {});
   const detection = detectCheckpoint(file.tensors, { source: file.name });
-  return { name: file.name, detection, files: [{ file, rel: '', component: null }], async close() { /* the caller's */ } };
+  return {
+    name: file.name,
+    detection,
+    files: [{ file, rel: '', component: null }],
+    async close() {
+      /* the caller's */
+    },
+  };
 }
 
 // ---- planning --------------------------------------------------------------------------------------------------
@@ -98,10 +109,15 @@ export interface Plan {
 }
 
 /** Where every LoRA module lands in the base, checked before anything is written (see fuseLoras). */
-export function planFusion(base: OpenedBase, inputs: readonly FuseInput[], options: Pick<FuseOptions, 'allowUnmatched' | 'dtype'>): Plan {
+export function planFusion(
+  base: OpenedBase,
+  inputs: readonly FuseInput[],
+  options: Pick<FuseOptions, 'allowUnmatched' | 'dtype'>,
+): Plan {
   const layout = base.detection.layout;
   const unmatched: { key: string; reason: string }[] = [];
-  for (const input of inputs) for (const u of input.unmatched) unmatched.push({ key: `${input.source}: ${u.key}`, reason: u.reason });
+  for (const input of inputs)
+    for (const u of input.unmatched) unmatched.push({ key: `${input.source}: ${u.key}`, reason: u.reason });
   // file index → key → targets
   const perFile = base.files.map(() => new Map<string, Target[]>());
   const fused = new Set<string>();
@@ -130,7 +146,8 @@ export function planFusion(base: OpenedBase, inputs: readonly FuseInput[], optio
       for (const { input, module } of present) {
         const m = module!;
         if (rows[1] > fileRows || m.out !== rows[1] - rows[0] || m.fanIn !== cols) {
-          problem = `${input.source}: '${m.name}' changes a ${m.out}×${m.fanIn} weight but the base tensor '${loc.key}' ` +
+          problem =
+            `${input.source}: '${m.name}' changes a ${m.out}×${m.fanIn} weight but the base tensor '${loc.key}' ` +
             `${loc.rows ? `rows ${rows[0]}–${rows[1]} of ${fmt(info.shape)}` : `is ${fmt(info.shape)}`}`;
           return;
         }
@@ -143,7 +160,8 @@ export function planFusion(base: OpenedBase, inputs: readonly FuseInput[], optio
       landed++;
     });
     if (problem !== null) {
-      for (const { input, module } of present) unmatched.push({ key: `${input.source}: ${module!.name}`, reason: problem });
+      for (const { input, module } of present)
+        unmatched.push({ key: `${input.source}: ${module!.name}`, reason: problem });
       // A wrong shape is never silently skipped for some files only.
       for (const m of perFile) {
         for (const [k, list] of m) {
@@ -170,10 +188,12 @@ export function planFusion(base: OpenedBase, inputs: readonly FuseInput[], optio
     for (const u of unmatched) byReason.set(u.reason, [...(byReason.get(u.reason) ?? []), u.key]);
     const parts = [...byReason].slice(0, 3).map(([reason, keys]) => `${reason}: ${listSome(keys, 3)}`);
     if (byReason.size > 3) parts.push(`(+${byReason.size - 3} other reasons)`);
-    throw new LoraError('LORA_UNMATCHED_MODULES',
+    throw new LoraError(
+      'LORA_UNMATCHED_MODULES',
       `fuse: ${unmatched.length} LoRA module(s) have no matching weight in ${base.name} — ${parts.join('; ')}. ` +
-      'Nothing was written. Use the base the LoRA was made for, or allowUnmatched / --allow-unmatched to skip them.',
-      { base: base.name, unmatched: unmatched.slice(0, 50), count: unmatched.length });
+        'Nothing was written. Use the base the LoRA was made for, or allowUnmatched / --allow-unmatched to skip them.',
+      { base: base.name, unmatched: unmatched.slice(0, 50), count: unmatched.length },
+    );
   }
   const files: FilePlan[] = base.files.map((f, fi) => {
     const targetsOf = perFile[fi]!;
@@ -182,16 +202,20 @@ export function planFusion(base: OpenedBase, inputs: readonly FuseInput[], optio
       const targets = (targetsOf.get(info.name) ?? []).slice().sort((a, b) => a.rows[0] - b.rows[0]);
       if (targets.length > 0) {
         if (!isStoredFloat(info.dtype) && !(isFloatDType(info.dtype) && options.dtype)) {
-          throw new FuseError('FUSE_DTYPE_UNSUPPORTED',
+          throw new FuseError(
+            'FUSE_DTYPE_UNSUPPORTED',
             `fuse: ${f.file.name}: tensor '${info.name}' is ${info.dtype}; fusing writes F32, F16 or BF16 — pass dtype / --dtype to choose one`,
-            { file: f.file.name, key: info.name, found: info.dtype });
+            { file: f.file.name, key: info.name, found: info.dtype },
+          );
         }
         if (!isStoredFloat(outDtype)) {
-          throw new FuseError('FUSE_DTYPE_UNSUPPORTED', `fuse: output dtype ${outDtype} is not F32, F16 or BF16`, { found: outDtype });
+          throw new FuseError('FUSE_DTYPE_UNSUPPORTED', `fuse: output dtype ${outDtype} is not F32, F16 or BF16`, {
+            found: outDtype,
+          });
         }
         return { info, outDtype, mode: 'fuse' as const, targets };
       }
-      return { info, outDtype, mode: outDtype === info.dtype ? 'copy' as const : 'convert' as const, targets: [] };
+      return { info, outDtype, mode: outDtype === info.dtype ? ('copy' as const) : ('convert' as const), targets: [] };
     });
     return { base: f, tensors };
   });
@@ -245,7 +269,8 @@ function segments(tensors: readonly OutTensor[]): Segment[] {
     if (t.mode === 'copy') {
       while (last + 1 < tensors.length) {
         const n = tensors[last + 1]!;
-        if (n.mode !== 'copy' || n.info.offset !== end || n.info.offset + n.info.byteLength - t.info.offset > RUN_BYTES) break;
+        if (n.mode !== 'copy' || n.info.offset !== end || n.info.offset + n.info.byteLength - t.info.offset > RUN_BYTES)
+          break;
         last++;
         end = n.info.offset + n.info.byteLength;
       }
@@ -281,9 +306,11 @@ function buildJob(t: Target, factors: readonly { up: Float32Array; down: Float32
     const f = factors[i]!;
     const r = term.module.rank;
     if (f.up.length !== rows * r || f.down.length !== r * t.cols) {
-      throw new LoraError('LORA_SHAPE_MISMATCH',
+      throw new LoraError(
+        'LORA_SHAPE_MISMATCH',
         `fuse: ${term.input.source}: '${term.module.name}' factors hold ${f.up.length} + ${f.down.length} values; expected ${rows * r} + ${r * t.cols}`,
-        { file: term.input.source, key: term.module.name });
+        { file: term.input.source, key: term.module.name },
+      );
     }
     const c = term.coef;
     for (let i2 = 0; i2 < rows; i2++) {
@@ -313,7 +340,9 @@ class FileRun {
   ) {
     this.#segs = segments(fp.tensors);
     this.#segOf = new Int32Array(fp.tensors.length);
-    this.#segs.forEach((s, si) => { for (let i = s.first; i <= s.last; i++) this.#segOf[i] = si; });
+    this.#segs.forEach((s, si) => {
+      for (let i = s.first; i <= s.last; i++) this.#segOf[i] = si;
+    });
   }
 
   /** The output bytes of tensor i (called in order by the writer). */
@@ -400,8 +429,14 @@ class FileRun {
     let overflow = 0;
     const run = async (r0: number, r1: number, job: UpdateJob): Promise<void> => {
       if (r1 <= r0) return;
-      const res = await this.kernel.update(src.subarray(r0 * sRow, r1 * sRow), srcDtype, dst.subarray(r0 * dRow, r1 * dRow),
-        dstDtype, job, { clamp: this.clamp });
+      const res = await this.kernel.update(
+        src.subarray(r0 * sRow, r1 * sRow),
+        srcDtype,
+        dst.subarray(r0 * dRow, r1 * dRow),
+        dstDtype,
+        job,
+        { clamp: this.clamp },
+      );
       overflow += res.overflow;
       this.counters.nonFinite += res.nonFiniteInput;
     };
@@ -423,10 +458,12 @@ class FileRun {
       this.counters.overflow += overflow;
       this.counters.overflowTensors.push({ name, count: overflow });
       if (!this.clamp) {
-        throw new FuseError('FUSE_OVERFLOW',
+        throw new FuseError(
+          'FUSE_OVERFLOW',
           `fuse: ${overflow} value(s) of '${name}' do not fit ${dstDtype} (largest finite ${dstDtype === 'F16' ? '65504' : dstDtype === 'BF16' ? '3.39e38' : '3.40e38'}) ` +
-          `after adding the LoRAs — nothing was written. Lower the weights, write F32 (--dtype f32), or clamp (--on-overflow clamp).`,
-          { key: name, count: overflow, dtype: dstDtype });
+            `after adding the LoRAs — nothing was written. Lower the weights, write F32 (--dtype f32), or clamp (--on-overflow clamp).`,
+          { key: name, count: overflow, dtype: dstDtype },
+        );
       }
     }
     return [dst];
@@ -441,7 +478,6 @@ function peakRss(): number | undefined {
     return undefined;
   }
 }
-
 
 interface KernelChoice {
   kernel: FuseKernel;
@@ -462,13 +498,23 @@ async function chooseKernel(options: FuseOptions): Promise<KernelChoice> {
     return { kernel, owned: true, backend: kernel.backend, fellBack: false };
   }
   if (options.device !== 'gpu') {
-    throw new FuseError('FUSE_BACKEND_UNAVAILABLE', `fuse: device must be 'cpu' or 'gpu', found '${String(options.device)}'`, { found: options.device });
+    throw new FuseError(
+      'FUSE_BACKEND_UNAVAILABLE',
+      `fuse: device must be 'cpu' or 'gpu', found '${String(options.device)}'`,
+      { found: options.device },
+    );
   }
   const fallback = await cpu();
   try {
     const r = await createGpuKernel({ fallback, ...(options.GPU ? { GPU: options.GPU as GpuJsClass } : {}) });
     if (r.kernel !== fallback) await fallback.dispose();
-    return { kernel: r.kernel, owned: true, backend: r.backend, fellBack: r.fellBack, ...(r.reason ? { reason: r.reason } : {}) };
+    return {
+      kernel: r.kernel,
+      owned: true,
+      backend: r.backend,
+      fellBack: r.fellBack,
+      ...(r.reason ? { reason: r.reason } : {}),
+    };
   } catch (e) {
     await fallback.dispose();
     throw e;
@@ -481,16 +527,32 @@ async function chooseKernel(options: FuseOptions): Promise<KernelChoice> {
  * LORA_UNMATCHED_MODULES); fails without leaving output on overflow (FUSE_OVERFLOW, unless onOverflow is 'clamp'),
  * on I/O errors and on bad input.
  */
-export async function fuseLoras(base: BaseInput, loras: readonly LoraInput[], weights: readonly MergeWeight[], options: FuseOptions): Promise<FuseReport> {
+export async function fuseLoras(
+  base: BaseInput,
+  loras: readonly LoraInput[],
+  weights: readonly MergeWeight[],
+  options: FuseOptions,
+): Promise<FuseReport> {
   const t0 = now();
-  if (!options || (typeof options.out !== 'string' && typeof (options.out as ByteSink | undefined)?.write !== 'function')) {
+  if (
+    !options ||
+    (typeof options.out !== 'string' && typeof (options.out as ByteSink | undefined)?.write !== 'function')
+  ) {
     throw new IoError('IO_WRITE_FAILED', 'fuse: options.out must be a path or a ByteSink', {});
   }
   if (options.dtype !== undefined && !isStoredFloat(options.dtype)) {
-    throw new FuseError('FUSE_DTYPE_UNSUPPORTED', `fuse: dtype must be F32, F16 or BF16, found '${String(options.dtype)}'`, { found: options.dtype });
+    throw new FuseError(
+      'FUSE_DTYPE_UNSUPPORTED',
+      `fuse: dtype must be F32, F16 or BF16, found '${String(options.dtype)}'`,
+      { found: options.dtype },
+    );
   }
   if (options.onOverflow !== undefined && options.onOverflow !== 'error' && options.onOverflow !== 'clamp') {
-    throw new FuseError('FUSE_OVERFLOW', `fuse: onOverflow must be 'error' or 'clamp', found '${String(options.onOverflow)}'`, { found: options.onOverflow });
+    throw new FuseError(
+      'FUSE_OVERFLOW',
+      `fuse: onOverflow must be 'error' or 'clamp', found '${String(options.onOverflow)}'`,
+      { found: options.onOverflow },
+    );
   }
   const opened = await openBase(base);
   let inputs: FuseInput[] = [];
@@ -501,12 +563,22 @@ export async function fuseLoras(base: BaseInput, loras: readonly LoraInput[], we
     inputs = await openInputs(loras, weights, d.arch, d.size, options.allowUnmatched === true);
     const p = planFusion(opened, inputs, options);
     if (opened.folder && typeof options.out !== 'string') {
-      throw new IoError('IO_WRITE_FAILED', 'fuse: a diffusers folder is written to a folder path, not a ByteSink', { base: opened.name });
+      throw new IoError('IO_WRITE_FAILED', 'fuse: a diffusers folder is written to a folder path, not a ByteSink', {
+        base: opened.name,
+      });
     }
-    if (!opened.folder && opened.files.length !== 1) throw new IoError('IO_WRITE_FAILED', 'fuse: internal: several files without a folder', {});
+    if (!opened.folder && opened.files.length !== 1)
+      throw new IoError('IO_WRITE_FAILED', 'fuse: internal: several files without a folder', {});
     choice = await chooseKernel(options);
     const counters: Counters = {
-      overflow: 0, overflowTensors: [], nonFinite: 0, fusedTensors: 0, copied: 0, converted: 0, bytesRead: 0, bytesWritten: 0,
+      overflow: 0,
+      overflowTensors: [],
+      nonFinite: 0,
+      fusedTensors: 0,
+      copied: 0,
+      converted: 0,
+      bytesRead: 0,
+      bytesWritten: 0,
     };
     const clamp = options.onOverflow === 'clamp';
     const fuseMeta = JSON.stringify({
@@ -521,9 +593,14 @@ export async function fuseLoras(base: BaseInput, loras: readonly LoraInput[], we
       ...loras.filter((l): l is string | ByteSource => typeof l === 'string' || isByteSource(l)),
       ...loras.filter((l): l is SafetensorsFile => l instanceof SafetensorsFile).map((l) => l.source),
       // A LoRA loaded into memory still names its file: never write over it either.
-      ...loras.map((l) => (l as { source?: unknown }).source).filter((x): x is string => typeof x === 'string' && x !== ''),
+      ...loras
+        .map((l) => (l as { source?: unknown }).source)
+        .filter((x): x is string => typeof x === 'string' && x !== ''),
     ];
-    const bytesTotal = p.files.reduce((a, f) => a + f.tensors.reduce((b, t) => b + t.info.numel * DTYPE_SIZE[t.outDtype], 0), 0);
+    const bytesTotal = p.files.reduce(
+      (a, f) => a + f.tensors.reduce((b, t) => b + t.info.numel * DTYPE_SIZE[t.outDtype], 0),
+      0,
+    );
     const tensorsTotal = p.files.reduce((a, f) => a + f.tensors.length, 0);
     let tensorsDone = 0;
     const writeFile = async (fp: FilePlan, target: string | ByteSink): Promise<void> => {
@@ -531,7 +608,10 @@ export async function fuseLoras(base: BaseInput, loras: readonly LoraInput[], we
       const run = new FileRun(fp, choice!.kernel, clamp, counters, label);
       runs.push(run);
       const tensors: TensorToWrite[] = fp.tensors.map((t, i) => ({
-        name: t.info.name, dtype: t.outDtype, shape: t.info.shape, data: () => run.data(i),
+        name: t.info.name,
+        dtype: t.outDtype,
+        shape: t.info.shape,
+        data: () => run.data(i),
       }));
       const metadata = {
         ...fp.base.file.metadata,
@@ -547,7 +627,12 @@ export async function fuseLoras(base: BaseInput, loras: readonly LoraInput[], we
           tensorsDone++;
           counters.bytesWritten += info.byteLength;
           options.onProgress?.({
-            tensorsDone, tensorsTotal, bytesDone: counters.bytesWritten, bytesTotal, seconds: now() - t0, current: label(info.name),
+            tensorsDone,
+            tensorsTotal,
+            bytesDone: counters.bytesWritten,
+            bytesTotal,
+            seconds: now() - t0,
+            current: label(info.name),
           });
         },
       });
@@ -567,12 +652,24 @@ export async function fuseLoras(base: BaseInput, loras: readonly LoraInput[], we
     return {
       base: opened.name,
       out: typeof options.out === 'string' ? options.out : options.out.name,
-      arch: d.arch, size: d.size, naming: d.naming,
-      inputs: inputs.map((x) => ({ source: x.source, weight: x.weightLabel, format: x.format, modules: x.modules.size })),
+      arch: d.arch,
+      size: d.size,
+      naming: d.naming,
+      inputs: inputs.map((x) => ({
+        source: x.source,
+        weight: x.weightLabel,
+        format: x.format,
+        modules: x.modules.size,
+      })),
       modulesFused: p.fused.size,
       byGroup: p.byGroup,
       unmatched: p.unmatched,
-      tensors: { total: tensorsTotal, fused: counters.fusedTensors, copied: counters.copied, converted: counters.converted },
+      tensors: {
+        total: tensorsTotal,
+        fused: counters.fusedTensors,
+        copied: counters.copied,
+        converted: counters.converted,
+      },
       overflow: { total: counters.overflow, tensors: counters.overflowTensors },
       nonFiniteInput: counters.nonFinite,
       kernel: choice.kernel.name,

@@ -47,16 +47,21 @@ function isLora(x: unknown): x is Lora {
   return typeof x === 'object' && x !== null && 'modules' in x && (x as Lora).modules instanceof Map && 'arch' in x;
 }
 
-
 function label(arch: Arch, size: LayoutSize): string {
   return size === 'tiny' ? `${ARCH_LABEL[arch]} (tiny)` : ARCH_LABEL[arch];
 }
 
 /** λ(path) of one input, checked as mergeLoras checks it, and a label for reports. */
-function compileWeightLabelled(w: MergeWeight, arch: Arch, size: LayoutSize, name: string): { fn: (path: string) => number; label: string } {
+function compileWeightLabelled(
+  w: MergeWeight,
+  arch: Arch,
+  size: LayoutSize,
+  name: string,
+): { fn: (path: string) => number; label: string } {
   const fn = compileWeight(w, arch, size, name, 'fuse');
   if (typeof w === 'number') return { fn, label: String(w) };
-  const spec = typeof w.blocks === 'function' ? 'a function' : typeof w.blocks === 'string' ? w.blocks : JSON.stringify(w.blocks);
+  const spec =
+    typeof w.blocks === 'function' ? 'a function' : typeof w.blocks === 'string' ? w.blocks : JSON.stringify(w.blocks);
   return { fn, label: `${w.weight ?? 1} with blocks ${spec}` };
 }
 
@@ -65,7 +70,12 @@ function fromPlan(file: SafetensorsFile, plan: LoraPlan, owned: boolean, weight:
   for (const m of plan.modules) {
     const fanIn = m.downShape.slice(1).reduce((a, b) => a * b, 1);
     modules.set(m.entry.path, {
-      path: m.entry.path, rank: m.rank, alpha: m.alpha, out: m.upShape[0]!, fanIn, name: m.name,
+      path: m.entry.path,
+      rank: m.rank,
+      alpha: m.alpha,
+      out: m.upShape[0]!,
+      fanIn,
+      name: m.name,
       async factors() {
         const [up, down] = await Promise.all([file.readF32(m.upKey), file.readF32(m.downKey)]);
         return { up, down };
@@ -74,8 +84,14 @@ function fromPlan(file: SafetensorsFile, plan: LoraPlan, owned: boolean, weight:
   }
   const w = compileWeightLabelled(weight, plan.arch, plan.size, name);
   return {
-    source: plan.source, format: plan.format, arch: plan.arch, size: plan.size, modules, unmatched: plan.unmatched,
-    weightOf: w.fn, weightLabel: w.label,
+    source: plan.source,
+    format: plan.format,
+    arch: plan.arch,
+    size: plan.size,
+    modules,
+    unmatched: plan.unmatched,
+    weightOf: w.fn,
+    weightLabel: w.label,
     async close() {
       if (owned) await file.close();
     },
@@ -87,7 +103,12 @@ function fromLora(lora: Lora, weight: MergeWeight, name: string): FuseInput {
   for (const [path, m] of lora.modules) {
     const dims = moduleDims(m, path, name);
     modules.set(path, {
-      path, rank: dims.rank, alpha: m.alpha, out: dims.out, fanIn: dims.fanIn, name: path,
+      path,
+      rank: dims.rank,
+      alpha: m.alpha,
+      out: dims.out,
+      fanIn: dims.fanIn,
+      name: path,
       async factors() {
         return { up: contiguousValues(m.up), down: contiguousValues(m.down) };
       },
@@ -97,10 +118,17 @@ function fromLora(lora: Lora, weight: MergeWeight, name: string): FuseInput {
   const source = (lora as { source?: unknown }).source;
   const format = (lora as { format?: unknown }).format;
   return {
-    source: typeof source === 'string' ? source : name, format: typeof format === 'string' ? format : 'in memory',
-    arch: lora.arch, size: lora.size, modules, unmatched: (lora as { unmatched?: FuseInput['unmatched'] }).unmatched ?? [],
-    weightOf: w.fn, weightLabel: w.label,
-    async close() { /* nothing to release */ },
+    source: typeof source === 'string' ? source : name,
+    format: typeof format === 'string' ? format : 'in memory',
+    arch: lora.arch,
+    size: lora.size,
+    modules,
+    unmatched: (lora as { unmatched?: FuseInput['unmatched'] }).unmatched ?? [],
+    weightOf: w.fn,
+    weightLabel: w.label,
+    async close() {
+      /* nothing to release */
+    },
   };
 }
 
@@ -110,15 +138,21 @@ function fromLora(lora: Lora, weight: MergeWeight, name: string): FuseInput {
  * are then reported as unmatched.
  */
 export async function openInputs(
-  loras: readonly LoraInput[], weights: readonly MergeWeight[], arch: Arch, size: LayoutSize, allowUnmatched: boolean,
+  loras: readonly LoraInput[],
+  weights: readonly MergeWeight[],
+  arch: Arch,
+  size: LayoutSize,
+  allowUnmatched: boolean,
 ): Promise<FuseInput[]> {
   if (!Array.isArray(loras) || loras.length === 0) {
     throw new LoraError('LORA_EMPTY', 'fuse: no LoRA given; pass at least one LoRA with its weight', {});
   }
   if (!Array.isArray(weights) || weights.length !== loras.length) {
-    throw new LoraError('LORA_INVALID_WEIGHTS',
+    throw new LoraError(
+      'LORA_INVALID_WEIGHTS',
       `fuse: expected one weight per LoRA (${loras.length}), found ${Array.isArray(weights) ? weights.length : String(weights)}`,
-      { expected: loras.length, found: Array.isArray(weights) ? weights.length : weights });
+      { expected: loras.length, found: Array.isArray(weights) ? weights.length : weights },
+    );
   }
   const opened: FuseInput[] = [];
   try {
@@ -140,7 +174,11 @@ export async function openInputs(
       } else if (isByteSource(input)) {
         file = await parseSafetensors(input);
       } else {
-        throw new LoraError('LORA_INVALID_WEIGHTS', `fuse: ${name} is not a path, a ByteSource, a SafetensorsFile or a LoRA`, { key: name });
+        throw new LoraError(
+          'LORA_INVALID_WEIGHTS',
+          `fuse: ${name} is not a path, a ByteSource, a SafetensorsFile or a LoRA`,
+          { key: name },
+        );
       }
       try {
         let plan = await planLora(file, { allowUnmatched });
@@ -165,10 +203,13 @@ export async function openInputs(
 }
 
 function mismatch(name: string, a: Arch, s: LayoutSize, baseArch: Arch, baseSize: LayoutSize): ArchError {
-  const hint = a === 'sdxl' && baseArch === 'ssd1b'
-    ? ' (an SDXL LoRA can be applied to SSD-1B with allowUnmatched / --allow-unmatched: the modules SSD-1B lacks are skipped and listed)'
-    : '';
-  return new ArchError('ARCH_MISMATCH',
+  const hint =
+    a === 'sdxl' && baseArch === 'ssd1b'
+      ? ' (an SDXL LoRA can be applied to SSD-1B with allowUnmatched / --allow-unmatched: the modules SSD-1B lacks are skipped and listed)'
+      : '';
+  return new ArchError(
+    'ARCH_MISMATCH',
     `${name} is a LoRA for ${label(a, s)} but the base checkpoint is ${label(baseArch, baseSize)}${hint}`,
-    { file: name, expected: `${baseArch}/${baseSize}`, found: `${a}/${s}` });
+    { file: name, expected: `${baseArch}/${baseSize}`, found: `${a}/${s}` },
+  );
 }

@@ -4,7 +4,11 @@ import type { FuseReport } from './types.js';
 const MB = 1024 * 1024;
 
 export function fmtBytes(n: number): string {
-  return n >= 1024 * MB ? `${(n / 1024 / MB).toFixed(2)} GiB` : n >= MB ? `${(n / MB).toFixed(1)} MiB` : `${(n / 1024).toFixed(1)} KiB`;
+  return n >= 1024 * MB
+    ? `${(n / 1024 / MB).toFixed(2)} GiB`
+    : n >= MB
+      ? `${(n / MB).toFixed(1)} MiB`
+      : `${(n / 1024).toFixed(1)} KiB`;
 }
 
 export function formatFuseReport(r: FuseReport): string {
@@ -19,17 +23,26 @@ export function formatFuseReport(r: FuseReport): string {
     for (const u of r.unmatched.slice(0, 10)) lines.push(`  ${u.key}: ${u.reason}`);
     if (r.unmatched.length > 10) lines.push(`  … (+${r.unmatched.length - 10} more)`);
   }
-  lines.push(`tensors: ${r.tensors.total} (${r.tensors.fused} fused, ${r.tensors.copied} copied, ${r.tensors.converted} converted); output dtype ${r.outputDtype}`);
+  lines.push(
+    `tensors: ${r.tensors.total} (${r.tensors.fused} fused, ${r.tensors.copied} copied, ${r.tensors.converted} converted); output dtype ${r.outputDtype}`,
+  );
   if (r.overflow.total > 0) {
-    lines.push(`overflow: ${r.overflow.total} value(s) clamped to the dtype's largest finite value in ${r.overflow.tensors.length} tensor(s):`);
+    lines.push(
+      `overflow: ${r.overflow.total} value(s) clamped to the dtype's largest finite value in ${r.overflow.tensors.length} tensor(s):`,
+    );
     for (const t of r.overflow.tensors.slice(0, 10)) lines.push(`  ${t.name}: ${t.count}`);
   } else {
     lines.push('overflow: none');
   }
-  if (r.nonFiniteInput > 0) lines.push(`note: ${r.nonFiniteInput} value(s) of the base already were NaN or ±Inf (passed through)`);
-  lines.push(`kernel: ${r.kernel}${r.fellBack ? ` (device gpu fell back: ${r.fallbackReason ?? 'no GPU backend'})` : ''}`);
+  if (r.nonFiniteInput > 0)
+    lines.push(`note: ${r.nonFiniteInput} value(s) of the base already were NaN or ±Inf (passed through)`);
+  lines.push(
+    `kernel: ${r.kernel}${r.fellBack ? ` (device gpu fell back: ${r.fallbackReason ?? 'no GPU backend'})` : ''}`,
+  );
   const rss = r.peakRssBytes !== undefined ? `, peak memory ${fmtBytes(r.peakRssBytes)}` : '';
-  lines.push(`time: ${r.seconds.toFixed(2)} s (kernel ${r.kernelSeconds.toFixed(2)} s, ${r.gflops.toFixed(1)} GFLOP/s); ` +
-    `read ${fmtBytes(r.bytesRead)}, wrote ${fmtBytes(r.bytesWritten)}${rss}`);
+  lines.push(
+    `time: ${r.seconds.toFixed(2)} s (kernel ${r.kernelSeconds.toFixed(2)} s, ${r.gflops.toFixed(1)} GFLOP/s); ` +
+      `read ${fmtBytes(r.bytesRead)}, wrote ${fmtBytes(r.bytesWritten)}${rss}`,
+  );
   return `${lines.join('\n')}\n`;
 }

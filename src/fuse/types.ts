@@ -2,7 +2,7 @@
  * Vocabulary of fusion: fusing τ = Σ wᵢ·τᵢ into the weights of a base checkpoint, and checking the result.
  */
 import type { ByteSink, ByteSource } from '../core/bytes.js';
-import type { Arch, LayoutSize, } from '../layout/types.js';
+import type { Arch, LayoutSize } from '../layout/types.js';
 import type { CheckpointNaming } from '../layout/detect.js';
 import type { Lora } from '../lora/types.js';
 import type { SafetensorsFile } from '../safetensors/read.js';
@@ -85,9 +85,17 @@ export interface FuseReport {
   readonly byGroup: Readonly<Record<string, number>>;
   /** Modules skipped with allowUnmatched, with why. */
   readonly unmatched: readonly { readonly key: string; readonly reason: string }[];
-  readonly tensors: { readonly total: number; readonly fused: number; readonly copied: number; readonly converted: number };
+  readonly tensors: {
+    readonly total: number;
+    readonly fused: number;
+    readonly copied: number;
+    readonly converted: number;
+  };
   /** Output values beyond the output dtype's range, in total and per tensor (clamped when onOverflow is 'clamp'). */
-  readonly overflow: { readonly total: number; readonly tensors: readonly { readonly name: string; readonly count: number }[] };
+  readonly overflow: {
+    readonly total: number;
+    readonly tensors: readonly { readonly name: string; readonly count: number }[];
+  };
   /** Stored values that already were NaN/±Inf in the base (passed through). */
   readonly nonFiniteInput: number;
   readonly kernel: string;

@@ -7,13 +7,26 @@
 import { FuseError } from '../core/errors.js';
 import { hasRelaxedSimd, hasWasmSimd } from '../core/wasm-features.js';
 import { disposedError, timed, validateJob } from './job.js';
-import type { FuseKernel, KernelStats, StoredFloat, UpdateJob, UpdateOptions, UpdateResult, WasmKernelOptions } from './types.js';
+import type {
+  FuseKernel,
+  KernelStats,
+  StoredFloat,
+  UpdateJob,
+  UpdateOptions,
+  UpdateResult,
+  WasmKernelOptions,
+} from './types.js';
 import { kernelModule, MAX_PAGES, WasmEngine } from './wasm-engine.js';
 
 /** Run a whole job on one engine (one thread). Shared by the single-thread kernel and tests. */
 export function runJobSingle(
-  engine: WasmEngine, src: Uint8Array, srcDtype: StoredFloat, dst: Uint8Array, dstDtype: StoredFloat,
-  job: UpdateJob, clamp: boolean,
+  engine: WasmEngine,
+  src: Uint8Array,
+  srcDtype: StoredFloat,
+  dst: Uint8Array,
+  dstDtype: StoredFloat,
+  job: UpdateJob,
+  clamp: boolean,
 ): UpdateResult {
   if (job.rows === 0 || job.cols === 0) return { overflow: 0, nonFiniteInput: 0 };
   const { pb, end } = engine.packB(job);

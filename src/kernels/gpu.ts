@@ -25,7 +25,15 @@ import { getConvert } from '../core/dtype-wasm.js';
 import { f32FromBits } from '../core/dtype-scalar.js';
 import { createWasmKernel } from './cpu.js';
 import { disposedError, serialQueue, timed, validateJob } from './job.js';
-import type { FuseKernel, GpuKernelResult, KernelStats, StoredFloat, UpdateJob, UpdateOptions, UpdateResult } from './types.js';
+import type {
+  FuseKernel,
+  GpuKernelResult,
+  KernelStats,
+  StoredFloat,
+  UpdateJob,
+  UpdateOptions,
+  UpdateResult,
+} from './types.js';
 
 /** The parts of gpu.js's GPU class this module uses (kept structural so any gpu.js build fits). */
 export interface GpuJsInstance {
@@ -77,7 +85,10 @@ const KERNEL_SOURCE = `function (w, u, d, rank) {
 
 async function importGpuJs(): Promise<GpuJsClass> {
   try {
-    const mod = (await requireHost('gpu.js', "pass gpu.js's GPU class as the GPU option").loadGpuJs()) as { GPU?: GpuJsClass; default?: { GPU?: GpuJsClass } };
+    const mod = (await requireHost('gpu.js', "pass gpu.js's GPU class as the GPU option").loadGpuJs()) as {
+      GPU?: GpuJsClass;
+      default?: { GPU?: GpuJsClass };
+    };
     const GPU = mod.GPU ?? mod.default?.GPU;
     if (!GPU) throw new Error("the 'gpu.js' module has no GPU export");
     return GPU;
@@ -214,8 +225,19 @@ function kernelFor(gpu: GpuJsInstance, rowsT: number, colsT: number, rankMax: nu
  * `w` (f32, row-major rows×cols). Returns the tile's results, row-major, (r1−r0)×(c1−c0).
  */
 async function runTile(
-  gpu: GpuJsInstance, w: Float32Array, up: Float32Array, down: Float32Array, cols: number,
-  rank: number, r0: number, r1: number, c0: number, c1: number, rankMax: number, k0 = 0, kn = rank,
+  gpu: GpuJsInstance,
+  w: Float32Array,
+  up: Float32Array,
+  down: Float32Array,
+  cols: number,
+  rank: number,
+  r0: number,
+  r1: number,
+  c0: number,
+  c1: number,
+  rankMax: number,
+  k0 = 0,
+  kn = rank,
 ): Promise<Float32Array> {
   const th = r1 - r0;
   const tw = c1 - c0;
@@ -259,7 +281,8 @@ function decodeToF32(src: Uint8Array, dtype: StoredFloat): Float32Array {
     new Uint8Array(out.buffer).set(src);
     return out;
   }
-  const aligned = src.byteOffset % 2 === 0 ? new Uint16Array(src.buffer, src.byteOffset, n) : new Uint16Array(src.slice().buffer);
+  const aligned =
+    src.byteOffset % 2 === 0 ? new Uint16Array(src.buffer, src.byteOffset, n) : new Uint16Array(src.slice().buffer);
   if (dtype === 'F16') getConvert().f16ToF32(aligned, out);
   else getConvert().bf16ToF32(aligned, out);
   return out;
@@ -273,7 +296,11 @@ const MAX_F32 = f32FromBits(0x7f7fffff);
 
 /** Count, clamp and round the f32 results into dst, like the CPU kernels. */
 function encodeResults(
-  w: Float32Array, y: Float32Array, dst: Uint8Array, dtype: StoredFloat, clamp: boolean,
+  w: Float32Array,
+  y: Float32Array,
+  dst: Uint8Array,
+  dtype: StoredFloat,
+  clamp: boolean,
 ): UpdateResult {
   let overflow = 0;
   let nonFiniteInput = 0;
@@ -290,7 +317,9 @@ function encodeResults(
     if (clamp && !Number.isNaN(v)) y[i] = v > 0 ? max : -max;
   }
   if (dtype === 'F32') {
-    new Uint8Array(dst.buffer, dst.byteOffset, dst.byteLength).set(new Uint8Array(y.buffer, y.byteOffset, y.byteLength));
+    new Uint8Array(dst.buffer, dst.byteOffset, dst.byteLength).set(
+      new Uint8Array(y.buffer, y.byteOffset, y.byteLength),
+    );
   } else {
     const h = new Uint16Array(y.length);
     if (dtype === 'F16') getConvert().f32ToF16(y, h);
@@ -304,7 +333,8 @@ function encodeResults(
 
 /** The FuseKernel over a gpu.js instance (no fallback logic). */
 export function gpuJsKernel(
-  gpu: GpuJsInstance, opts: { tile?: number; rankChunk?: number; mode?: string } = {},
+  gpu: GpuJsInstance,
+  opts: { tile?: number; rankChunk?: number; mode?: string } = {},
 ): FuseKernel {
   const found = resolvedBackend(gpu, opts.mode);
   const backend = `gpu.js:${found}`;
@@ -321,7 +351,12 @@ export function gpuJsKernel(
   const queue = serialQueue();
 
   async function run(
-    src: Uint8Array, srcDtype: StoredFloat, dst: Uint8Array, dstDtype: StoredFloat, job: UpdateJob, clamp: boolean,
+    src: Uint8Array,
+    srcDtype: StoredFloat,
+    dst: Uint8Array,
+    dstDtype: StoredFloat,
+    job: UpdateJob,
+    clamp: boolean,
   ): Promise<UpdateResult> {
     const { rows, cols, rank, up, down } = job;
     if (rows === 0 || cols === 0) return { overflow: 0, nonFiniteInput: 0 };
@@ -383,12 +418,21 @@ export async function createGpuKernel(opts: GpuKernelOptions = {}): Promise<GpuK
       gpu = await openGpu(GPU, mode);
     } catch (e) {
       if (mode !== 'gpu') {
-        throw new FuseError('FUSE_BACKEND_UNAVAILABLE', `gpu kernel: gpu.js mode '${mode}' is not available here: ${(e as Error).message}`, {
-          backend: `gpu.js:${mode}`,
-        });
+        throw new FuseError(
+          'FUSE_BACKEND_UNAVAILABLE',
+          `gpu kernel: gpu.js mode '${mode}' is not available here: ${(e as Error).message}`,
+          {
+            backend: `gpu.js:${mode}`,
+          },
+        );
       }
       const kernel = opts.fallback ?? (await createWasmKernel());
-      return { kernel, backend: kernel.backend, fellBack: true, reason: `gpu.js could not open a GPU backend (${(e as Error).message})` };
+      return {
+        kernel,
+        backend: kernel.backend,
+        fellBack: true,
+        reason: `gpu.js could not open a GPU backend (${(e as Error).message})`,
+      };
     }
   }
   const found = resolvedBackend(gpu, opts.gpu ? undefined : mode);
@@ -406,5 +450,7 @@ export async function createGpuKernel(opts: GpuKernelOptions = {}): Promise<GpuK
   }
   const kernel = gpuJsKernel(gpu, { tile: opts.tile, rankChunk: opts.rankChunk, mode: opts.gpu ? undefined : mode });
   const reason = GPU_BACKENDS.has(found) ? undefined : `gpu.js runs on its '${found}' backend (CPU), as requested`;
-  return reason === undefined ? { kernel, backend: kernel.backend, fellBack: false } : { kernel, backend: kernel.backend, fellBack: false, reason };
+  return reason === undefined
+    ? { kernel, backend: kernel.backend, fellBack: false }
+    : { kernel, backend: kernel.backend, fellBack: false, reason };
 }

@@ -50,7 +50,12 @@ export function validateJob(
     const d0 = dst.byteOffset;
     const d1 = d0 + dst.byteLength;
     if (s0 < d1 && d0 < s1) {
-      fail(kernel, 'buffers', `separate source and destination when converting ${srcDtype} → ${dstDtype}`, 'overlapping views');
+      fail(
+        kernel,
+        'buffers',
+        `separate source and destination when converting ${srcDtype} → ${dstDtype}`,
+        'overlapping views',
+      );
     }
   }
 }
@@ -87,7 +92,10 @@ export function serialQueue(): { run<T>(fn: () => Promise<T>): Promise<T>; idle(
   return {
     run(fn) {
       const p = busy.then(fn);
-      busy = p.then(() => undefined, () => undefined);
+      busy = p.then(
+        () => undefined,
+        () => undefined,
+      );
       return p;
     },
     idle: () => busy,

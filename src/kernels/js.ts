@@ -2,11 +2,7 @@
  * Plain-JS reference kernel (core). Accumulates W + U·D in f64 and rounds once to the output dtype — the most
  * accurate of the kernels, and the one the WASM and gpu.js kernels are tested against. About 1 GFLOP/s.
  */
-import {
-  f16BitsToNumber,
-  numberToBf16Bits,
-  numberToF16Bits,
-} from '../core/dtype-scalar.js';
+import { f16BitsToNumber, numberToBf16Bits, numberToF16Bits } from '../core/dtype-scalar.js';
 import { disposedError, timed, validateJob } from './job.js';
 import type { FuseKernel, KernelStats, StoredFloat, UpdateJob, UpdateOptions, UpdateResult } from './types.js';
 
@@ -36,7 +32,11 @@ export function decodeStored(src: Uint8Array, dtype: StoredFloat): Float64Array 
 
 /** Round f64 values once to the stored dtype, writing little-endian bytes into dst. Returns overflow count. */
 function encodeRow(
-  vals: Float64Array, inputFinite: Uint8Array, dtype: StoredFloat, dst: Uint8Array, offset: number,
+  vals: Float64Array,
+  inputFinite: Uint8Array,
+  dtype: StoredFloat,
+  dst: Uint8Array,
+  offset: number,
   clamp: boolean,
 ): number {
   let overflow = 0;
@@ -66,7 +66,12 @@ function encodeRow(
 
 /** The f64 reference update (synchronous), shared by createJsKernel and the tests. */
 export function referenceUpdate(
-  src: Uint8Array, srcDtype: StoredFloat, dst: Uint8Array, dstDtype: StoredFloat, job: UpdateJob, clamp = false,
+  src: Uint8Array,
+  srcDtype: StoredFloat,
+  dst: Uint8Array,
+  dstDtype: StoredFloat,
+  job: UpdateJob,
+  clamp = false,
 ): UpdateResult {
   const { rows, cols, rank, up, down } = job;
   const w = decodeStored(src, srcDtype);

@@ -103,4 +103,3 @@ export const STORED_FLOAT_SIZE: Readonly<Record<StoredFloat, number>> = { F32: 4
 export function isStoredFloat(x: unknown): x is StoredFloat {
   return x === 'F32' || x === 'F16' || x === 'BF16';
 }
-

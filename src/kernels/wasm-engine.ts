@@ -29,8 +29,20 @@ export const MAX_PAGES = 65536;
 const PANEL_BYTES = 256 * 1024;
 
 type KernelFn = (
-  pa: number, pb: number, r: number, psrc: number, ldsrc: number, pdst: number, lddst: number,
-  it0: number, it1: number, jt0: number, jt1: number, nc: number, clamp: number, pcount: number,
+  pa: number,
+  pb: number,
+  r: number,
+  psrc: number,
+  ldsrc: number,
+  pdst: number,
+  lddst: number,
+  it0: number,
+  it1: number,
+  jt0: number,
+  jt1: number,
+  nc: number,
+  clamp: number,
+  pcount: number,
 ) => void;
 
 export interface KernelExports {
@@ -175,8 +187,14 @@ export class WasmEngine {
    * the kernel counts them as non-finite inputs (`padCells` of them), which the caller subtracts.
    */
   layoutBlock(
-    srcDtype: StoredFloat, dstDtype: StoredFloat, job: UpdateJob,
-    pb: number, base: number, rowStart: number, rowEnd: number, clamp: boolean,
+    srcDtype: StoredFloat,
+    dstDtype: StoredFloat,
+    job: UpdateJob,
+    pb: number,
+    base: number,
+    rowStart: number,
+    rowEnd: number,
+    clamp: boolean,
   ): Block {
     const { rank: r, cols } = job;
     const n = rowEnd - rowStart;
@@ -199,11 +217,20 @@ export class WasmEngine {
     const nc = Math.max(1, Math.floor(PANEL_BYTES / Math.max(1, 32 * r)));
     return {
       fn: `update_${DT[srcDtype]}_${DT[dstDtype]}`,
-      r, pa, pb, psrc, ldsrc, pdst, lddst,
-      rowTiles: rowsP / 4, colTiles, nc,
+      r,
+      pa,
+      pb,
+      psrc,
+      ldsrc,
+      pdst,
+      lddst,
+      rowTiles: rowsP / 4,
+      colTiles,
+      nc,
       clamp: clamp ? 1 : 0,
       padCells: rowsP * colsP - n * cols,
-      rowStart, rowEnd,
+      rowStart,
+      rowEnd,
     };
   }
 
@@ -254,8 +281,15 @@ export class WasmEngine {
 
   /** layoutBlock + copyIn of the whole block. */
   prepareBlock(
-    src: Uint8Array, srcDtype: StoredFloat, dstDtype: StoredFloat, job: UpdateJob,
-    pb: number, base: number, rowStart: number, rowEnd: number, clamp: boolean,
+    src: Uint8Array,
+    srcDtype: StoredFloat,
+    dstDtype: StoredFloat,
+    job: UpdateJob,
+    pb: number,
+    base: number,
+    rowStart: number,
+    rowEnd: number,
+    clamp: boolean,
   ): Block {
     const b = this.layoutBlock(srcDtype, dstDtype, job, pb, base, rowStart, rowEnd, clamp);
     this.copyIn(b, src, srcDtype, job.cols, 0, b.rowTiles);
@@ -292,5 +326,20 @@ export class WasmEngine {
 /** Call the kernel for row tiles [it0, it1) of a block (also used by worker threads). */
 export function runBlock(ex: KernelExports, b: Block, it0: number, it1: number, slot: number): void {
   const fn = ex[b.fn as `update_${string}`];
-  fn(b.pa, b.pb, b.r, b.psrc, b.ldsrc, b.pdst, b.lddst, it0, it1, 0, b.colTiles, b.nc, b.clamp, COUNTS_OFFSET + 8 * slot);
+  fn(
+    b.pa,
+    b.pb,
+    b.r,
+    b.psrc,
+    b.ldsrc,
+    b.pdst,
+    b.lddst,
+    it0,
+    it1,
+    0,
+    b.colTiles,
+    b.nc,
+    b.clamp,
+    COUNTS_OFFSET + 8 * slot,
+  );
 }

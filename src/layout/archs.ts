@@ -79,28 +79,51 @@ function tinyUNet(full: UNetConfig, channels: number[], cross: number, pooled: n
   const tiny: UNetConfig = { ...full, blockOutChannels: channels, crossAttentionDim: cross, normNumGroups: 4 };
   if (!full.addEmbedding) return tiny;
   const addDim = 4;
-  return { ...tiny, addEmbedding: { type: 'text_time', additionTimeEmbedDim: addDim, projectionInputDim: 6 * addDim + pooled } };
+  return {
+    ...tiny,
+    addEmbedding: { type: 'text_time', additionTimeEmbedDim: addDim, projectionInputDim: 6 * addDim + pooled },
+  };
 }
 
 // ---- text encoders -------------------------------------------------------------------------------------------
 
-interface Widths { hidden: number; mlp: number; vocab: number; positions: number }
+interface Widths {
+  hidden: number;
+  mlp: number;
+  vocab: number;
+  positions: number;
+}
 const CLIP_L_FULL: Widths = { hidden: 768, mlp: 3072, vocab: 49408, positions: 77 };
 const CLIP_G_FULL: Widths = { hidden: 1280, mlp: 5120, vocab: 49408, positions: 77 };
 
 function clipL(w: Widths, component: 'text_encoder', singleFilePrefix: string, kohyaPrefix: string): TextEncoderConfig {
   return {
-    component, singleFileNaming: 'hf-clip', singleFilePrefix, kohyaPrefix,
-    hiddenSize: w.hidden, numLayers: 12, intermediateSize: w.mlp, vocabSize: w.vocab, maxPositions: w.positions,
+    component,
+    singleFileNaming: 'hf-clip',
+    singleFilePrefix,
+    kohyaPrefix,
+    hiddenSize: w.hidden,
+    numLayers: 12,
+    intermediateSize: w.mlp,
+    vocabSize: w.vocab,
+    maxPositions: w.positions,
     numHeads: 12,
   };
 }
 
 function clipG(w: Widths): TextEncoderConfig {
   return {
-    component: 'text_encoder_2', singleFileNaming: 'open-clip', singleFilePrefix: 'conditioner.embedders.1.model.',
-    kohyaPrefix: 'lora_te2', hiddenSize: w.hidden, numLayers: 32, intermediateSize: w.mlp, vocabSize: w.vocab,
-    maxPositions: w.positions, numHeads: 20, projectionDim: w.hidden,
+    component: 'text_encoder_2',
+    singleFileNaming: 'open-clip',
+    singleFilePrefix: 'conditioner.embedders.1.model.',
+    kohyaPrefix: 'lora_te2',
+    hiddenSize: w.hidden,
+    numLayers: 32,
+    intermediateSize: w.mlp,
+    vocabSize: w.vocab,
+    maxPositions: w.positions,
+    numHeads: 20,
+    projectionDim: w.hidden,
   };
 }
 
@@ -142,22 +165,31 @@ export function archConfig(arch: Arch, size: LayoutSize = 'full'): ArchConfig {
 
 function checkArch(arch: unknown, size: unknown): asserts arch is Arch {
   if (!(ARCHS as readonly unknown[]).includes(arch)) {
-    throw new ArchError('ARCH_UNKNOWN', `unknown architecture '${String(arch)}': expected one of ${ARCHS.join(', ')}`,
-      { found: arch, expected: ARCHS });
+    throw new ArchError('ARCH_UNKNOWN', `unknown architecture '${String(arch)}': expected one of ${ARCHS.join(', ')}`, {
+      found: arch,
+      expected: ARCHS,
+    });
   }
   if (size !== 'full' && size !== 'tiny') {
-    throw new ArchError('ARCH_UNKNOWN', `unknown layout size '${String(size)}': expected 'full' or 'tiny'`, { found: size });
+    throw new ArchError('ARCH_UNKNOWN', `unknown layout size '${String(size)}': expected 'full' or 'tiny'`, {
+      found: size,
+    });
   }
 }
 
 /** Parse a user-supplied architecture name ('sd15', 'sdxl', 'ssd1b'; also 'sd1.5', 'ssd-1b', any case). */
 export function parseArch(name: string): Arch {
-  const k = name.trim().toLowerCase().replace(/[-_.\s]/g, '');
+  const k = name
+    .trim()
+    .toLowerCase()
+    .replace(/[-_.\s]/g, '');
   const aliases: Record<string, Arch> = { sd15: 'sd15', sd1: 'sd15', sdv15: 'sd15', sdxl: 'sdxl', ssd1b: 'ssd1b' };
   const arch = aliases[k];
   if (!arch) {
-    throw new ArchError('ARCH_UNKNOWN', `unknown architecture '${name}': expected one of ${ARCHS.join(', ')}`,
-      { found: name, expected: ARCHS });
+    throw new ArchError('ARCH_UNKNOWN', `unknown architecture '${name}': expected one of ${ARCHS.join(', ')}`, {
+      found: name,
+      expected: ARCHS,
+    });
   }
   return arch;
 }
@@ -201,7 +233,8 @@ function build(cfg: ArchConfig): BuiltLayout {
     const list = bySingleFileKey.get(m.singleFileWeightKey);
     if (list) {
       // Only row slices of one fused tensor may share a key, and their rows must not overlap.
-      if (!m.singleFileRows || list.some((o) => !o.singleFileRows)) throw duplicate(where, 'single-file key', m.singleFileWeightKey);
+      if (!m.singleFileRows || list.some((o) => !o.singleFileRows))
+        throw duplicate(where, 'single-file key', m.singleFileWeightKey);
       list.push(m);
     } else {
       bySingleFileKey.set(m.singleFileWeightKey, [m]);
@@ -259,8 +292,9 @@ export function blockIdOf(entry: ModuleEntry): BlockId | null {
 }
 
 /** Every (arch, size) pair, in the order detection tries them. */
-export const CANDIDATES: readonly { readonly arch: Arch; readonly size: LayoutSize }[] =
-  ARCHS.flatMap((arch) => (['full', 'tiny'] as const).map((size) => ({ arch, size })));
+export const CANDIDATES: readonly { readonly arch: Arch; readonly size: LayoutSize }[] = ARCHS.flatMap((arch) =>
+  (['full', 'tiny'] as const).map((size) => ({ arch, size })),
+);
 
 /** Parameters of a rank-r LoRA on a module: r·(in·kh·kw) + out·r. */
 export function loraParamCount(entry: ModuleEntry, rank: number): number {

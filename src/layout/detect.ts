@@ -31,7 +31,11 @@ export interface CheckpointCandidate {
   /** Layout keys absent from the file. */
   readonly missing: readonly string[];
   /** Layout keys present with another shape. */
-  readonly mismatched: readonly { readonly key: string; readonly expected: readonly number[]; readonly found: readonly number[] }[];
+  readonly mismatched: readonly {
+    readonly key: string;
+    readonly expected: readonly number[];
+    readonly found: readonly number[];
+  }[];
   /** UNet keys of the file the layout does not have. */
   readonly extra: readonly string[];
 }
@@ -93,7 +97,9 @@ function unetEntries(layout: Layout): StateDictEntry[] {
 
 /** Score every candidate on the UNet keys, best first. */
 function scoreUNet(
-  files: ReadonlyMap<string, readonly number[]>, unetKeys: readonly string[], keyOf: (s: StateDictEntry) => string,
+  files: ReadonlyMap<string, readonly number[]>,
+  unetKeys: readonly string[],
+  keyOf: (s: StateDictEntry) => string,
 ): CheckpointCandidate[] {
   const scores = CANDIDATES.map(({ arch, size }): CheckpointCandidate => {
     const layout = getLayout(arch, size);
@@ -125,15 +131,24 @@ function pickUNet(candidates: CheckpointCandidate[], found: number, where: strin
   const parts: string[] = [];
   if (best.missing.length) parts.push(`${best.missing.length} tensors missing (e.g. ${examples(best.missing)})`);
   if (best.mismatched.length) {
-    const m = best.mismatched.slice(0, 3).map((x) => `${x.key}: expected ${fmtShape(x.expected)}, found ${fmtShape(x.found)}`);
+    const m = best.mismatched
+      .slice(0, 3)
+      .map((x) => `${x.key}: expected ${fmtShape(x.expected)}, found ${fmtShape(x.found)}`);
     parts.push(`${best.mismatched.length} with another shape (e.g. ${m.join('; ')})`);
   }
   if (best.extra.length) parts.push(`${best.extra.length} unknown (e.g. ${examples(best.extra)})`);
-  throw new ArchError('ARCH_UNDETECTED',
+  throw new ArchError(
+    'ARCH_UNDETECTED',
     `${where}: the UNet (${found} tensors) matches no known architecture (SD1.5, SDXL, SSD-1B); ` +
-    `closest is ${label(best.arch, best.size)}: ${parts.join('; ')}`,
-    { source: where, closest: { arch: best.arch, size: best.size }, missing: best.missing.slice(0, 20),
-      mismatched: best.mismatched.slice(0, 20), extra: best.extra.slice(0, 20) });
+      `closest is ${label(best.arch, best.size)}: ${parts.join('; ')}`,
+    {
+      source: where,
+      closest: { arch: best.arch, size: best.size },
+      missing: best.missing.slice(0, 20),
+      mismatched: best.mismatched.slice(0, 20),
+      extra: best.extra.slice(0, 20),
+    },
+  );
 }
 
 function teConfig(arch: Arch, size: LayoutSize, component: Component): TextEncoderConfig | undefined {
@@ -145,8 +160,12 @@ function teConfig(arch: Arch, size: LayoutSize, component: Component): TextEncod
  * Throws ArchError ARCH_MISMATCH when tensors are missing or have other shapes.
  */
 function checkTextEncoder(
-  layout: Layout, component: Component, files: ReadonlyMap<string, readonly number[]>,
-  naming: 'single-file' | 'diffusers', where: string, aliases: Map<string, string>,
+  layout: Layout,
+  component: Component,
+  files: ReadonlyMap<string, readonly number[]>,
+  naming: 'single-file' | 'diffusers',
+  where: string,
+  aliases: Map<string, string>,
 ): Set<string> {
   const entries = layout.stateDict.filter((s) => s.component === component);
   const used = new Set<string>();
@@ -174,19 +193,28 @@ function checkTextEncoder(
     }
     let expected: readonly number[] = s.shape;
     if (naming === 'single-file' && s.transposed) expected = [...s.shape].reverse();
-    const ok = naming === 'single-file' && s.singleFileRows
-      ? found.length === expected.length && found[0]! >= s.singleFileRows[1] && sameShape(found.slice(1), expected.slice(1))
-      : sameShape(found, expected);
-    if (!ok) mismatched.push(`${key}: expected ${fmtShape(expected)}${s.singleFileRows ? ` (rows ${s.singleFileRows[0]}–${s.singleFileRows[1]})` : ''}, found ${fmtShape(found)}`);
+    const ok =
+      naming === 'single-file' && s.singleFileRows
+        ? found.length === expected.length &&
+          found[0]! >= s.singleFileRows[1] &&
+          sameShape(found.slice(1), expected.slice(1))
+        : sameShape(found, expected);
+    if (!ok)
+      mismatched.push(
+        `${key}: expected ${fmtShape(expected)}${s.singleFileRows ? ` (rows ${s.singleFileRows[0]}–${s.singleFileRows[1]})` : ''}, found ${fmtShape(found)}`,
+      );
   }
   if (missing.length || mismatched.length) {
     const parts: string[] = [];
     if (missing.length) parts.push(`${missing.length} tensors missing (e.g. ${examples(missing)})`);
-    if (mismatched.length) parts.push(`${mismatched.length} with another shape (e.g. ${mismatched.slice(0, 3).join('; ')})`);
-    throw new ArchError('ARCH_MISMATCH',
+    if (mismatched.length)
+      parts.push(`${mismatched.length} with another shape (e.g. ${mismatched.slice(0, 3).join('; ')})`);
+    throw new ArchError(
+      'ARCH_MISMATCH',
       `${where}: the UNet is ${label(layout.arch, layout.size)} but its ${component} does not match ` +
-      `${label(layout.arch, layout.size)}'s: ${parts.join('; ')}`,
-      { source: where, component, missing: missing.slice(0, 20), mismatched: mismatched.slice(0, 20) });
+        `${label(layout.arch, layout.size)}'s: ${parts.join('; ')}`,
+      { source: where, component, missing: missing.slice(0, 20), mismatched: mismatched.slice(0, 20) },
+    );
   }
   return used;
 }
@@ -197,9 +225,11 @@ function looksLikeLora(names: readonly string[]): boolean {
 
 function notACheckpoint(where: string, names: readonly string[], what: string): FormatError {
   const hint = looksLikeLora(names) ? ' — the keys look like a LoRA; pass it as a LoRA instead' : '';
-  return new FormatError('FORMAT_NOT_A_CHECKPOINT',
+  return new FormatError(
+    'FORMAT_NOT_A_CHECKPOINT',
     `${where}: not a base checkpoint: ${what}${hint} (found ${names.length} tensors, e.g. ${examples(names)})`,
-    { source: where, examples: names.slice(0, 10) });
+    { source: where, examples: names.slice(0, 10) },
+  );
 }
 
 /**
@@ -221,15 +251,26 @@ export function detectCheckpoint(tensors: readonly TensorInfo[], opts: DetectOpt
     naming = 'single-file';
     unetKeys = singleUNet;
   } else {
-    unetKeys = names.filter((n) => UNET_DIFFUSERS_ROOTS.some((r) => n.startsWith(r)) || n.startsWith('add_embedding.') ||
-      n.startsWith('conv_norm_out.'));
+    unetKeys = names.filter(
+      (n) =>
+        UNET_DIFFUSERS_ROOTS.some((r) => n.startsWith(r)) ||
+        n.startsWith('add_embedding.') ||
+        n.startsWith('conv_norm_out.'),
+    );
     if (unetKeys.length === 0) {
-      throw notACheckpoint(where, names, `no UNet tensors ('${UNET_SINGLE_FILE_PREFIX}…' or diffusers 'down_blocks.…')`);
+      throw notACheckpoint(
+        where,
+        names,
+        `no UNet tensors ('${UNET_SINGLE_FILE_PREFIX}…' or diffusers 'down_blocks.…')`,
+      );
     }
     naming = 'diffusers-unet';
   }
-  const candidates = scoreUNet(files, unetKeys,
-    naming === 'single-file' ? (s) => s.singleFileKey : (s) => s.diffusersKey);
+  const candidates = scoreUNet(
+    files,
+    unetKeys,
+    naming === 'single-file' ? (s) => s.singleFileKey : (s) => s.diffusersKey,
+  );
   const best = pickUNet(candidates, unetKeys.length, where);
   const layout = getLayout(best.arch, best.size);
   const components: Component[] = ['unet'];
@@ -244,18 +285,30 @@ export function detectCheckpoint(tensors: readonly TensorInfo[], opts: DetectOpt
       extraKeys.push(...present.filter((n) => !used.has(n)));
     }
     // A text encoder of the other family (e.g. SDXL's 'conditioner.' keys beside an SD1.5 UNet) is a mismatch.
-    const foreign = names.filter((n) => (n.startsWith('cond_stage_model.') || n.startsWith('conditioner.')) &&
-      !archConfig(best.arch, best.size).textEncoders.some((te) => n.startsWith(te.singleFilePrefix)));
+    const foreign = names.filter(
+      (n) =>
+        (n.startsWith('cond_stage_model.') || n.startsWith('conditioner.')) &&
+        !archConfig(best.arch, best.size).textEncoders.some((te) => n.startsWith(te.singleFilePrefix)),
+    );
     if (foreign.length > 0) {
-      throw new ArchError('ARCH_MISMATCH',
+      throw new ArchError(
+        'ARCH_MISMATCH',
         `${where}: the UNet is ${label(best.arch, best.size)} but the file also holds text-encoder tensors of ` +
-        `another layout (e.g. ${examples(foreign)})`, { source: where, foreign: foreign.slice(0, 20) });
+          `another layout (e.g. ${examples(foreign)})`,
+        { source: where, foreign: foreign.slice(0, 20) },
+      );
     }
   }
   return {
-    arch: best.arch, size: best.size, naming, components, layout, aliases,
+    arch: best.arch,
+    size: best.size,
+    naming,
+    components,
+    layout,
+    aliases,
     hasVae: names.some((n) => VAE_PREFIXES.some((p) => n.startsWith(p))),
-    extraKeys, candidates,
+    extraKeys,
+    candidates,
   };
 }
 
@@ -264,18 +317,25 @@ export function detectCheckpoint(tensors: readonly TensorInfo[], opts: DetectOpt
  * ('unet', 'text_encoder', 'text_encoder_2'; other directories such as 'vae' are ignored except to set hasVae).
  */
 export function detectDiffusersFolder(
-  files: Readonly<Record<string, readonly TensorInfo[]>>, opts: DetectOptions = {},
+  files: Readonly<Record<string, readonly TensorInfo[]>>,
+  opts: DetectOptions = {},
 ): CheckpointDetection {
   const where = opts.source ?? 'diffusers folder';
   const unet = files.unet;
   if (!unet || unet.length === 0) {
     const dirs = Object.keys(files);
-    throw new FormatError('FORMAT_NOT_A_CHECKPOINT',
+    throw new FormatError(
+      'FORMAT_NOT_A_CHECKPOINT',
       `${where}: not a diffusers checkpoint folder: no unet/ weights (found ${dirs.length ? dirs.map((d) => `${d}/`).join(', ') : 'nothing'})`,
-      { source: where, found: dirs });
+      { source: where, found: dirs },
+    );
   }
   const unetFiles = toShapeMap(unet);
-  const candidates = scoreUNet(unetFiles, unet.map((t) => t.name), (s) => s.diffusersKey);
+  const candidates = scoreUNet(
+    unetFiles,
+    unet.map((t) => t.name),
+    (s) => s.diffusersKey,
+  );
   const best = pickUNet(candidates, unet.length, `${where}/unet`);
   const layout = getLayout(best.arch, best.size);
   const components: Component[] = ['unet'];
@@ -285,17 +345,27 @@ export function detectDiffusersFolder(
     const list = files[component];
     if (!list || list.length === 0) continue;
     if (!teConfig(best.arch, best.size, component)) {
-      throw new ArchError('ARCH_MISMATCH',
+      throw new ArchError(
+        'ARCH_MISMATCH',
         `${where}: the UNet is ${label(best.arch, best.size)}, which has no ${component}, but ${component}/ holds ` +
-        `${list.length} tensors`, { source: where, component });
+          `${list.length} tensors`,
+        { source: where, component },
+      );
     }
     const used = checkTextEncoder(layout, component, toShapeMap(list), 'diffusers', `${where}/${component}`, aliases);
     components.push(component);
     extraKeys.push(...list.filter((t) => !used.has(t.name)).map((t) => `${component}/${t.name}`));
   }
   return {
-    arch: best.arch, size: best.size, naming: 'diffusers-folder', components, layout, aliases,
-    hasVae: (files.vae?.length ?? 0) > 0, extraKeys, candidates,
+    arch: best.arch,
+    size: best.size,
+    naming: 'diffusers-folder',
+    components,
+    layout,
+    aliases,
+    hasVae: (files.vae?.length ?? 0) > 0,
+    extraKeys,
+    candidates,
   };
 }
 
@@ -344,7 +414,8 @@ export function loraFactorMismatch(entry: ModuleEntry, down: readonly number[], 
   if (up.length === 4 && (up[2] !== 1 || up[3] !== 1)) return bad(found);
   if (down[1] !== inp || up[0] !== out) return bad(found);
   if (down.length === 2 ? kh * kw !== 1 : down[2] !== kh || down[3] !== kw) return bad(found);
-  if (down[0] !== up[1]) return `${entry.path}: rank of down ${fmtShape(down)} (${down[0]}) differs from rank of up ${fmtShape(up)} (${up[1]})`;
+  if (down[0] !== up[1])
+    return `${entry.path}: rank of down ${fmtShape(down)} (${down[0]}) differs from rank of up ${fmtShape(up)} (${up[1]})`;
   if (!(down[0]! > 0)) return bad(found);
   return null;
 }
@@ -357,7 +428,10 @@ export function loraFactorMismatch(entry: ModuleEntry, down: readonly number[], 
  */
 export function detectLoraArch(
   modules: ReadonlyMap<string, LoraFactorShapes>,
-  opts: { readonly candidates?: readonly { readonly arch: Arch; readonly size: LayoutSize }[]; readonly source?: string } = {},
+  opts: {
+    readonly candidates?: readonly { readonly arch: Arch; readonly size: LayoutSize }[];
+    readonly source?: string;
+  } = {},
 ): LoraArchCandidate[] {
   if (modules.size === 0) {
     throw new LoraError('LORA_EMPTY', `${opts.source ?? 'LoRA'}: no LoRA modules to match against a layout`);
@@ -395,7 +469,19 @@ export function describeUnmatched(c: LoraArchCandidate, max = 3): string {
   const missing = c.unmatched.filter((u) => u.reason === 'missing');
   const shape = c.unmatched.filter((u) => u.reason === 'shape');
   const parts: string[] = [];
-  if (missing.length) parts.push(`${missing.length} of ${total} modules have no counterpart (e.g. ${examples(missing.map((u) => u.path), max)})`);
-  if (shape.length) parts.push(`${shape.length} of ${total} do not fit (e.g. ${shape.slice(0, max).map((u) => u.detail).join('; ')})`);
+  if (missing.length)
+    parts.push(
+      `${missing.length} of ${total} modules have no counterpart (e.g. ${examples(
+        missing.map((u) => u.path),
+        max,
+      )})`,
+    );
+  if (shape.length)
+    parts.push(
+      `${shape.length} of ${total} do not fit (e.g. ${shape
+        .slice(0, max)
+        .map((u) => u.detail)
+        .join('; ')})`,
+    );
   return `${label(c.arch, c.size)}: ${parts.join('; ')}`;
 }

@@ -41,5 +41,7 @@ export function singleFileTensors(layout: Layout, components: readonly Component
 
 /** Every tensor of one component's diffusers file: key and shape, in layout order. */
 export function diffusersTensors(layout: Layout, component: Component): { key: string; shape: readonly number[] }[] {
-  return layout.stateDict.filter((s) => s.component === component).map((s) => ({ key: s.diffusersKey, shape: s.shape }));
+  return layout.stateDict
+    .filter((s) => s.component === component)
+    .map((s) => ({ key: s.diffusersKey, shape: s.shape }));
 }

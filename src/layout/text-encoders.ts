@@ -41,10 +41,15 @@ function invalid(message: string): ArchError {
 
 /** Generate the module and state-dict tables of one text encoder. */
 export function generateTextEncoder(cfg: TextEncoderConfig): TextEncoderTables {
-  for (const [name, v] of [['hiddenSize', cfg.hiddenSize], ['numLayers', cfg.numLayers],
-    ['intermediateSize', cfg.intermediateSize], ['vocabSize', cfg.vocabSize],
-    ['maxPositions', cfg.maxPositions]] as const) {
-    if (!Number.isInteger(v) || v <= 0) throw invalid(`${cfg.component}.${name} must be a positive integer, found ${String(v)}`);
+  for (const [name, v] of [
+    ['hiddenSize', cfg.hiddenSize],
+    ['numLayers', cfg.numLayers],
+    ['intermediateSize', cfg.intermediateSize],
+    ['vocabSize', cfg.vocabSize],
+    ['maxPositions', cfg.maxPositions],
+  ] as const) {
+    if (!Number.isInteger(v) || v <= 0)
+      throw invalid(`${cfg.component}.${name} must be a positive integer, found ${String(v)}`);
   }
   const modules: ModuleEntry[] = [];
   const stateDict: StateDictEntry[] = [];
@@ -60,10 +65,16 @@ export function generateTextEncoder(cfg: TextEncoderConfig): TextEncoderTables {
   /** HF name → single-file name for every tensor that is not a row slice. */
   const hf = (local: string, openName: string): string => (open ? openName : local);
 
-  param('text_model.embeddings.token_embedding.weight',
-    hf('text_model.embeddings.token_embedding.weight', 'token_embedding.weight'), [cfg.vocabSize, H]);
-  param('text_model.embeddings.position_embedding.weight',
-    hf('text_model.embeddings.position_embedding.weight', 'positional_embedding'), [cfg.maxPositions, H]);
+  param(
+    'text_model.embeddings.token_embedding.weight',
+    hf('text_model.embeddings.token_embedding.weight', 'token_embedding.weight'),
+    [cfg.vocabSize, H],
+  );
+  param(
+    'text_model.embeddings.position_embedding.weight',
+    hf('text_model.embeddings.position_embedding.weight', 'positional_embedding'),
+    [cfg.maxPositions, H],
+  );
 
   for (let i = 0; i < cfg.numLayers; i++) {
     const d = `text_model.encoder.layers.${i}`;
@@ -113,8 +124,12 @@ export function generateTextEncoder(cfg: TextEncoderConfig): TextEncoderTables {
   if (cfg.projectionDim !== undefined) {
     // diffusers: Linear(hidden → projection, no bias), weight [projection, hidden]; OpenCLIP: the [hidden, projection]
     // matrix used as x @ P, i.e. the transpose.
-    param('text_projection.weight', hf('text_projection.weight', 'text_projection'), [cfg.projectionDim, H],
-      open ? { transposed: true } : {});
+    param(
+      'text_projection.weight',
+      hf('text_projection.weight', 'text_projection'),
+      [cfg.projectionDim, H],
+      open ? { transposed: true } : {},
+    );
   }
   return { modules, stateDict };
 }

@@ -120,10 +120,15 @@ function resolveConfig(cfg: UNetConfig): {
   midLayers: number;
   timeDim: number;
 } {
-  for (const [name, v] of [['inChannels', cfg.inChannels], ['outChannels', cfg.outChannels],
-    ['layersPerBlock', cfg.layersPerBlock], ['crossAttentionDim', cfg.crossAttentionDim],
-    ['normNumGroups', cfg.normNumGroups], ['convInKernel', cfg.convInKernel],
-    ['convOutKernel', cfg.convOutKernel]] as const) {
+  for (const [name, v] of [
+    ['inChannels', cfg.inChannels],
+    ['outChannels', cfg.outChannels],
+    ['layersPerBlock', cfg.layersPerBlock],
+    ['crossAttentionDim', cfg.crossAttentionDim],
+    ['normNumGroups', cfg.normNumGroups],
+    ['convInKernel', cfg.convInKernel],
+    ['convOutKernel', cfg.convOutKernel],
+  ] as const) {
     if (!isPosInt(v)) throw invalid(`${name} must be a positive integer, found ${String(v)}`);
   }
   const n = cfg.blockOutChannels.length;
@@ -135,18 +140,23 @@ function resolveConfig(cfg: UNetConfig): {
     }
   }
   if (cfg.downBlockTypes.length !== n || cfg.upBlockTypes.length !== n) {
-    throw invalid(`expected ${n} down and up block types (one per blockOutChannels entry), found ` +
-      `${cfg.downBlockTypes.length} down and ${cfg.upBlockTypes.length} up`);
+    throw invalid(
+      `expected ${n} down and up block types (one per blockOutChannels entry), found ` +
+        `${cfg.downBlockTypes.length} down and ${cfg.upBlockTypes.length} up`,
+    );
   }
   if (cfg.convInKernel % 2 === 0 || cfg.convOutKernel % 2 === 0) {
-    throw invalid(`conv kernels must be odd, found convInKernel ${cfg.convInKernel}, convOutKernel ${cfg.convOutKernel}`);
+    throw invalid(
+      `conv kernels must be odd, found convInKernel ${cfg.convInKernel}, convOutKernel ${cfg.convOutKernel}`,
+    );
   }
   const tl = cfg.transformerLayersPerBlock;
   const down: TransformerDepth[] = typeof tl === 'number' ? new Array<TransformerDepth>(n).fill(tl) : [...tl];
   if (down.length !== n) throw invalid(`transformerLayersPerBlock has ${down.length} entries, expected ${n}`);
-  const up: TransformerDepth[] = cfg.reverseTransformerLayersPerBlock !== undefined
-    ? [...cfg.reverseTransformerLayersPerBlock]
-    : [...down].reverse();
+  const up: TransformerDepth[] =
+    cfg.reverseTransformerLayersPerBlock !== undefined
+      ? [...cfg.reverseTransformerLayersPerBlock]
+      : [...down].reverse();
   if (up.length !== n) throw invalid(`reverseTransformerLayersPerBlock has ${up.length} entries, expected ${n}`);
   const lastDown = down[n - 1]!;
   const midDepth = cfg.midTransformerLayers ?? depthAt(lastDown, 0, 'transformerLayersPerBlock (mid block)');
@@ -184,7 +194,12 @@ class UNetEmitter {
   }
 
   private module(
-    diff: string, ldm: string, shape: number[], group: ModuleGroup, block: BlockId | null, bias: boolean,
+    diff: string,
+    ldm: string,
+    shape: number[],
+    group: ModuleGroup,
+    block: BlockId | null,
+    bias: boolean,
     conv?: { kernel: number; stride: number; padding: number },
   ): void {
     const base = {
@@ -214,15 +229,33 @@ class UNetEmitter {
     if (bias) this.param(`${diff}.bias`, `${ldm}.bias`, [shape[0]!]);
   }
 
-  linear(diff: string, ldm: string, out: number, inp: number, group: ModuleGroup, block: BlockId | null, bias = true): void {
+  linear(
+    diff: string,
+    ldm: string,
+    out: number,
+    inp: number,
+    group: ModuleGroup,
+    block: BlockId | null,
+    bias = true,
+  ): void {
     this.module(diff, ldm, [out, inp], group, block, bias);
   }
 
   conv(
-    diff: string, ldm: string, out: number, inp: number, kernel: number, stride: number,
-    group: ModuleGroup, block: BlockId | null,
+    diff: string,
+    ldm: string,
+    out: number,
+    inp: number,
+    kernel: number,
+    stride: number,
+    group: ModuleGroup,
+    block: BlockId | null,
   ): void {
-    this.module(diff, ldm, [out, inp, kernel, kernel], group, block, true, { kernel, stride, padding: (kernel - 1) >> 1 });
+    this.module(diff, ldm, [out, inp, kernel, kernel], group, block, true, {
+      kernel,
+      stride,
+      padding: (kernel - 1) >> 1,
+    });
   }
 
   /** ResnetBlock2D ↔ ResBlock. */
@@ -236,7 +269,15 @@ class UNetEmitter {
   }
 
   /** Transformer2DModel ↔ SpatialTransformer: the inner names are the same on both sides. */
-  transformer(diff: string, ldm: string, c: number, depth: number, cross: number, linearProj: boolean, block: BlockId | null): void {
+  transformer(
+    diff: string,
+    ldm: string,
+    c: number,
+    depth: number,
+    cross: number,
+    linearProj: boolean,
+    block: BlockId | null,
+  ): void {
     const proj = (name: string): void => {
       if (linearProj) this.linear(`${diff}.${name}`, `${ldm}.${name}`, c, c, 'attention', block);
       else this.conv(`${diff}.${name}`, `${ldm}.${name}`, c, c, 1, 1, 'attention', block);
@@ -281,7 +322,9 @@ export function generateUNet(cfg: UNetConfig): UNetTables {
   e.linear('time_embedding.linear_2', 'time_embed.2', temb, temb, 'embedding', null);
   if (cfg.addEmbedding) {
     if (!isPosInt(cfg.addEmbedding.projectionInputDim)) {
-      throw invalid(`addEmbedding.projectionInputDim must be a positive integer, found ${String(cfg.addEmbedding.projectionInputDim)}`);
+      throw invalid(
+        `addEmbedding.projectionInputDim must be a positive integer, found ${String(cfg.addEmbedding.projectionInputDim)}`,
+      );
     }
     e.linear('add_embedding.linear_1', 'label_emb.0.0', temb, cfg.addEmbedding.projectionInputDim, 'embedding', null);
     e.linear('add_embedding.linear_2', 'label_emb.0.2', temb, temb, 'embedding', null);
@@ -299,7 +342,15 @@ export function generateUNet(cfg: UNetConfig): UNetTables {
       blockIds.push(id);
       e.resnet(`down_blocks.${b}.resnets.${i}`, `input_blocks.${idx}.0`, i === 0 ? inputChannel : outC, outC, temb, id);
       if (attn) {
-        e.transformer(`down_blocks.${b}.attentions.${i}`, `input_blocks.${idx}.1`, outC, r.downDepth(b, i), cross, lin, id);
+        e.transformer(
+          `down_blocks.${b}.attentions.${i}`,
+          `input_blocks.${idx}.1`,
+          outC,
+          r.downDepth(b, i),
+          cross,
+          lin,
+          id,
+        );
       }
     }
     if (b < n - 1) {
@@ -335,13 +386,29 @@ export function generateUNet(cfg: UNetConfig): UNetTables {
       const resIn = (j === 0 ? prevOut : outC) + (j === L ? skipLast : outC);
       e.resnet(`up_blocks.${u}.resnets.${j}`, `output_blocks.${idx}.0`, resIn, outC, temb, id);
       if (attn) {
-        e.transformer(`up_blocks.${u}.attentions.${j}`, `output_blocks.${idx}.1`, outC, r.upDepth(u, j), cross, lin, id);
+        e.transformer(
+          `up_blocks.${u}.attentions.${j}`,
+          `output_blocks.${idx}.1`,
+          outC,
+          r.upDepth(u, j),
+          cross,
+          lin,
+          id,
+        );
       }
     }
     if (u < n - 1) {
       const idx = (L + 1) * u + L;
-      e.conv(`up_blocks.${u}.upsamplers.0.conv`, `output_blocks.${idx}.${attn ? 2 : 1}.conv`, outC, outC, 3, 1,
-        'sampler', outBlockId(idx));
+      e.conv(
+        `up_blocks.${u}.upsamplers.0.conv`,
+        `output_blocks.${idx}.${attn ? 2 : 1}.conv`,
+        outC,
+        outC,
+        3,
+        1,
+        'sampler',
+        outBlockId(idx),
+      );
     }
   }
 

@@ -32,20 +32,49 @@ export interface BlockWeights {
 
 /** 17-value order (SD1.5 blocks with attention). */
 export const SD15_ATTENTION_BLOCKS: readonly BlockId[] = [
-  'BASE', 'IN01', 'IN02', 'IN04', 'IN05', 'IN07', 'IN08', 'M00',
-  'OUT03', 'OUT04', 'OUT05', 'OUT06', 'OUT07', 'OUT08', 'OUT09', 'OUT10', 'OUT11',
+  'BASE',
+  'IN01',
+  'IN02',
+  'IN04',
+  'IN05',
+  'IN07',
+  'IN08',
+  'M00',
+  'OUT03',
+  'OUT04',
+  'OUT05',
+  'OUT06',
+  'OUT07',
+  'OUT08',
+  'OUT09',
+  'OUT10',
+  'OUT11',
 ];
 
 /** 12-value order (SDXL / SSD-1B blocks with attention). */
 export const SDXL_ATTENTION_BLOCKS: readonly BlockId[] = [
-  'BASE', 'IN04', 'IN05', 'IN07', 'IN08', 'M00', 'OUT00', 'OUT01', 'OUT02', 'OUT03', 'OUT04', 'OUT05',
+  'BASE',
+  'IN04',
+  'IN05',
+  'IN07',
+  'IN08',
+  'M00',
+  'OUT00',
+  'OUT01',
+  'OUT02',
+  'OUT03',
+  'OUT04',
+  'OUT05',
 ];
 
 /** The vector orders an architecture accepts, keyed by length: {26, 17} for SD1.5, {20, 12} for SDXL / SSD-1B. */
 export function blockVectorForms(arch: Arch): ReadonlyMap<number, readonly BlockId[]> {
   const all = blockIds(arch);
   const short = familyOf(arch) === 'sd15' ? SD15_ATTENTION_BLOCKS : SDXL_ATTENTION_BLOCKS;
-  return new Map([[all.length, all], [short.length, short]]);
+  return new Map([
+    [all.length, all],
+    [short.length, short],
+  ]);
 }
 
 function describeForms(arch: Arch): string {
@@ -69,7 +98,10 @@ function invalid(message: string, details: Record<string, unknown> = {}): LoraEr
 
 function checkValue(value: unknown, what: string, arch: Arch): number {
   if (typeof value !== 'number' || !Number.isFinite(value)) {
-    throw invalid(`block weights for ${arch}: ${what} must be a finite number, found ${String(value)}`, { key: what, found: value });
+    throw invalid(`block weights for ${arch}: ${what} must be a finite number, found ${String(value)}`, {
+      key: what,
+      found: value,
+    });
   }
   return value;
 }
@@ -78,15 +110,21 @@ function checkValue(value: unknown, what: string, arch: Arch): number {
  * Parse block multipliers into a map from block ID to multiplier (IDs not present mean 1). `source` names the
  * input in error messages.
  */
-export function parseBlockWeights(spec: string | Readonly<Record<string, number>> | readonly number[], arch: Arch, source = 'block weights'): Map<BlockId, number> {
+export function parseBlockWeights(
+  spec: string | Readonly<Record<string, number>> | readonly number[],
+  arch: Arch,
+  source = 'block weights',
+): Map<BlockId, number> {
   const valid = new Set(blockIds(arch));
   const result = new Map<BlockId, number>();
   const fromPairs = (pairs: [string, unknown][]): Map<BlockId, number> => {
     for (const [rawId, value] of pairs) {
       const id = normalizeBlockId(rawId);
       if (id === undefined || !valid.has(id)) {
-        throw invalid(`${source}: unknown block ID '${rawId}' for ${arch}; valid IDs: ${[...valid].join(', ')}`,
-          { key: rawId, expected: [...valid] });
+        throw invalid(`${source}: unknown block ID '${rawId}' for ${arch}; valid IDs: ${[...valid].join(', ')}`, {
+          key: rawId,
+          expected: [...valid],
+        });
       }
       if (result.has(id)) throw invalid(`${source}: block ${id} is given twice`, { key: id });
       result.set(id, checkValue(value, `the value of ${id}`, arch));
@@ -96,8 +134,10 @@ export function parseBlockWeights(spec: string | Readonly<Record<string, number>
   const fromVector = (values: readonly unknown[]): Map<BlockId, number> => {
     const order = blockVectorForms(arch).get(values.length);
     if (!order) {
-      throw invalid(`${source}: ${values.length} value(s) given; ${arch} accepts a vector of ${describeForms(arch)}`,
-        { found: values.length, expected: [...blockVectorForms(arch).keys()] });
+      throw invalid(`${source}: ${values.length} value(s) given; ${arch} accepts a vector of ${describeForms(arch)}`, {
+        found: values.length,
+        expected: [...blockVectorForms(arch).keys()],
+      });
     }
     order.forEach((id, i) => {
       result.set(id, checkValue(values[i], `value ${i + 1} (${id})`, arch));
@@ -107,14 +147,19 @@ export function parseBlockWeights(spec: string | Readonly<Record<string, number>
   if (typeof spec === 'string') {
     const text = spec.trim();
     if (text === '') throw invalid(`${source}: empty block weight string`, {});
-    const items = text.split(/[,;\n]/).map((t) => t.trim()).filter((t) => t !== '');
+    const items = text
+      .split(/[,;\n]/)
+      .map((t) => t.trim())
+      .filter((t) => t !== '');
     if (items.some((t) => t.includes('=') || t.includes(':'))) {
-      return fromPairs(items.map((item) => {
-        const m = /^([^=:]+)[=:](.*)$/.exec(item);
-        if (!m) throw invalid(`${source}: '${item}' is not ID=value (e.g. IN04=0)`, { key: item });
-        const num = m[2]!.trim() === '' ? NaN : Number(m[2]);
-        return [m[1]!, num];
-      }));
+      return fromPairs(
+        items.map((item) => {
+          const m = /^([^=:]+)[=:](.*)$/.exec(item);
+          if (!m) throw invalid(`${source}: '${item}' is not ID=value (e.g. IN04=0)`, { key: item });
+          const num = m[2]!.trim() === '' ? NaN : Number(m[2]);
+          return [m[1]!, num];
+        }),
+      );
     }
     return fromVector(items.map((t) => Number(t)));
   }
@@ -127,14 +172,21 @@ export function parseBlockWeights(spec: string | Readonly<Record<string, number>
  * returns its block's multiplier (1 for modules without a block ID or unknown to the layout). Functions are
  * wrapped to check what they return.
  */
-export function compileBlockWeights(spec: BlockSpec, arch: Arch, size: LayoutSize = 'full', source = 'block weights'): (path: string) => number {
+export function compileBlockWeights(
+  spec: BlockSpec,
+  arch: Arch,
+  size: LayoutSize = 'full',
+  source = 'block weights',
+): (path: string) => number {
   const layout = getLayout(arch, size);
   if (typeof spec === 'function') {
     return (path) => {
       const v = spec(path, layout.byPath.get(path));
       if (typeof v !== 'number' || !Number.isFinite(v)) {
-        throw invalid(`${source}: the block weight function returned ${String(v)} for module '${path}'; expected a finite number`,
-          { key: path, found: v });
+        throw invalid(
+          `${source}: the block weight function returned ${String(v)} for module '${path}'; expected a finite number`,
+          { key: path, found: v },
+        );
       }
       return v;
     };

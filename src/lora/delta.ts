@@ -37,22 +37,35 @@ export function scaleOf(module: LoraModule): number {
 export function moduleDims(module: LoraModule, path = '(module)', where?: string): ModuleDims {
   const { down, up } = module;
   const label = where ? `module '${path}' of ${where}` : `module '${path}'`;
-  const ds = down.shape, us = up.shape;
+  const ds = down.shape,
+    us = up.shape;
   const downOk = (ds.length === 2 || ds.length === 4) && ds.every((d) => Number.isInteger(d) && d > 0);
-  const upOk = (us.length === 2 || (us.length === 4 && us[2] === 1 && us[3] === 1)) && us.every((d) => Number.isInteger(d) && d > 0);
+  const upOk =
+    (us.length === 2 || (us.length === 4 && us[2] === 1 && us[3] === 1)) &&
+    us.every((d) => Number.isInteger(d) && d > 0);
   if (!downOk || !upOk) {
-    throw new LoraError('LORA_SHAPE_MISMATCH',
+    throw new LoraError(
+      'LORA_SHAPE_MISMATCH',
       `${label}: expected down [r, in] or [r, in, kh, kw] and up [out, r] or [out, r, 1, 1], found down ${fmt(ds)}, up ${fmt(us)}`,
-      { key: path, expected: 'down [r, in] | [r, in, kh, kw]; up [out, r] | [out, r, 1, 1]', found: { down: ds, up: us } });
+      {
+        key: path,
+        expected: 'down [r, in] | [r, in, kh, kw]; up [out, r] | [out, r, 1, 1]',
+        found: { down: ds, up: us },
+      },
+    );
   }
   if (us[1] !== ds[0]) {
-    throw new LoraError('LORA_RANK_MISMATCH',
+    throw new LoraError(
+      'LORA_RANK_MISMATCH',
       `${label}: down ${fmt(ds)} has rank ${ds[0]} but up ${fmt(us)} has rank ${us[1]}`,
-      { key: path, expected: ds[0], found: us[1] });
+      { key: path, expected: ds[0], found: us[1] },
+    );
   }
   if (!Number.isFinite(module.alpha)) {
-    throw new LoraError('LORA_INVALID_WEIGHTS', `${label}: alpha is ${module.alpha}; expected a finite number`,
-      { key: path, found: module.alpha });
+    throw new LoraError('LORA_INVALID_WEIGHTS', `${label}: alpha is ${module.alpha}; expected a finite number`, {
+      key: path,
+      found: module.alpha,
+    });
   }
   const kernel: readonly [number, number] | null = ds.length === 4 ? [ds[2]!, ds[3]!] : null;
   return { rank: ds[0]!, out: us[0]!, in: ds[1]!, kernel, fanIn: ds[1]! * (kernel ? kernel[0] * kernel[1] : 1) };

@@ -26,19 +26,46 @@ export function gramRows(X: Float64Array, rows: number, len: number, G: Float64A
     const pair = a + 1 < rows;
     for (let b = a & ~3; b < rows; b += 4) {
       if (pair && b + 4 <= rows) {
-        const a0 = a * len, a1 = a0 + len;
-        const b0 = b * len, b1 = b0 + len, b2 = b1 + len, b3 = b2 + len;
-        let s00 = 0, s01 = 0, s02 = 0, s03 = 0, s10 = 0, s11 = 0, s12 = 0, s13 = 0;
+        const a0 = a * len,
+          a1 = a0 + len;
+        const b0 = b * len,
+          b1 = b0 + len,
+          b2 = b1 + len,
+          b3 = b2 + len;
+        let s00 = 0,
+          s01 = 0,
+          s02 = 0,
+          s03 = 0,
+          s10 = 0,
+          s11 = 0,
+          s12 = 0,
+          s13 = 0;
         for (let i = 0; i < len; i++) {
-          const x0 = X[a0 + i]!, x1 = X[a1 + i]!;
-          const y0 = X[b0 + i]!, y1 = X[b1 + i]!, y2 = X[b2 + i]!, y3 = X[b3 + i]!;
-          s00 += x0 * y0; s01 += x0 * y1; s02 += x0 * y2; s03 += x0 * y3;
-          s10 += x1 * y0; s11 += x1 * y1; s12 += x1 * y2; s13 += x1 * y3;
+          const x0 = X[a0 + i]!,
+            x1 = X[a1 + i]!;
+          const y0 = X[b0 + i]!,
+            y1 = X[b1 + i]!,
+            y2 = X[b2 + i]!,
+            y3 = X[b3 + i]!;
+          s00 += x0 * y0;
+          s01 += x0 * y1;
+          s02 += x0 * y2;
+          s03 += x0 * y3;
+          s10 += x1 * y0;
+          s11 += x1 * y1;
+          s12 += x1 * y2;
+          s13 += x1 * y3;
         }
         let o = a * rows + b;
-        G[o] = s00; G[o + 1] = s01; G[o + 2] = s02; G[o + 3] = s03;
+        G[o] = s00;
+        G[o + 1] = s01;
+        G[o + 2] = s02;
+        G[o + 3] = s03;
         o += rows;
-        G[o] = s10; G[o + 1] = s11; G[o + 2] = s12; G[o + 3] = s13;
+        G[o] = s10;
+        G[o + 1] = s11;
+        G[o + 2] = s12;
+        G[o + 3] = s13;
       } else {
         for (let p = a; p < Math.min(a + 2, rows); p++) {
           for (let q = b; q < Math.min(b + 4, rows); q++) G[p * rows + q] = dot(X, p * len, X, q * len, len);
@@ -51,7 +78,10 @@ export function gramRows(X: Float64Array, rows: number, len: number, G: Float64A
 
 /** Σ x[xo+i]·y[yo+i] for i < len, with four partial sums. */
 export function dot(x: Float64Array, xo: number, y: Float64Array, yo: number, len: number): number {
-  let s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  let s0 = 0,
+    s1 = 0,
+    s2 = 0,
+    s3 = 0;
   let i = 0;
   for (; i + 4 <= len; i += 4) {
     s0 += x[xo + i]! * y[yo + i]!;
@@ -60,7 +90,7 @@ export function dot(x: Float64Array, xo: number, y: Float64Array, yo: number, le
     s3 += x[xo + i + 3]! * y[yo + i + 3]!;
   }
   for (; i < len; i++) s0 += x[xo + i]! * y[yo + i]!;
-  return (s0 + s1) + (s2 + s3);
+  return s0 + s1 + (s2 + s3);
 }
 
 /**
@@ -73,25 +103,51 @@ export function xtyToF32(X: Float64Array, Y: Float64Array, r: number, p: number,
   for (; i + 2 <= p; i += 2) {
     let j = 0;
     for (; j < q4; j += 4) {
-      let s00 = 0, s01 = 0, s02 = 0, s03 = 0, s10 = 0, s11 = 0, s12 = 0, s13 = 0;
+      let s00 = 0,
+        s01 = 0,
+        s02 = 0,
+        s03 = 0,
+        s10 = 0,
+        s11 = 0,
+        s12 = 0,
+        s13 = 0;
       for (let a = 0, ox = i, oy = j; a < r; a++, ox += p, oy += q) {
-        const x0 = X[ox]!, x1 = X[ox + 1]!;
-        const y0 = Y[oy]!, y1 = Y[oy + 1]!, y2 = Y[oy + 2]!, y3 = Y[oy + 3]!;
-        s00 += x0 * y0; s01 += x0 * y1; s02 += x0 * y2; s03 += x0 * y3;
-        s10 += x1 * y0; s11 += x1 * y1; s12 += x1 * y2; s13 += x1 * y3;
+        const x0 = X[ox]!,
+          x1 = X[ox + 1]!;
+        const y0 = Y[oy]!,
+          y1 = Y[oy + 1]!,
+          y2 = Y[oy + 2]!,
+          y3 = Y[oy + 3]!;
+        s00 += x0 * y0;
+        s01 += x0 * y1;
+        s02 += x0 * y2;
+        s03 += x0 * y3;
+        s10 += x1 * y0;
+        s11 += x1 * y1;
+        s12 += x1 * y2;
+        s13 += x1 * y3;
       }
       let o = i * q + j;
-      C[o] = s00; C[o + 1] = s01; C[o + 2] = s02; C[o + 3] = s03;
+      C[o] = s00;
+      C[o + 1] = s01;
+      C[o + 2] = s02;
+      C[o + 3] = s03;
       o += q;
-      C[o] = s10; C[o + 1] = s11; C[o + 2] = s12; C[o + 3] = s13;
+      C[o] = s10;
+      C[o + 1] = s11;
+      C[o + 2] = s12;
+      C[o + 3] = s13;
     }
     for (; j < q; j++) {
-      let s0 = 0, s1 = 0;
+      let s0 = 0,
+        s1 = 0;
       for (let a = 0, ox = i, oy = j; a < r; a++, ox += p, oy += q) {
         const y = Y[oy]!;
-        s0 += X[ox]! * y; s1 += X[ox + 1]! * y;
+        s0 += X[ox]! * y;
+        s1 += X[ox + 1]! * y;
       }
-      C[i * q + j] = s0; C[(i + 1) * q + j] = s1;
+      C[i * q + j] = s0;
+      C[(i + 1) * q + j] = s1;
     }
   }
   for (; i < p; i++) {
@@ -104,7 +160,14 @@ export function xtyToF32(X: Float64Array, Y: Float64Array, r: number, p: number,
 }
 
 /** C (m × n) = A (m × k) · B (k × n), small dense row-major f64. */
-export function matmul(A: Float64Array, B: Float64Array, m: number, k: number, n: number, C: Float64Array): Float64Array {
+export function matmul(
+  A: Float64Array,
+  B: Float64Array,
+  m: number,
+  k: number,
+  n: number,
+  C: Float64Array,
+): Float64Array {
   C.fill(0, 0, m * n);
   for (let i = 0; i < m; i++) {
     const ci = i * n;
@@ -138,7 +201,10 @@ export function pivotedCholesky(G: Float64Array, n: number, tol = 1e-14): Pivote
   const active: number[] = [];
   for (let i = 0; i < n; i++) {
     const d = G[i * n + i]!;
-    if (d > 0 && Number.isFinite(d)) { scale[i] = Math.sqrt(d); active.push(i); }
+    if (d > 0 && Number.isFinite(d)) {
+      scale[i] = Math.sqrt(d);
+      active.push(i);
+    }
   }
   const m = active.length;
   // Scaled copy of the active part: S = D⁻½ G D⁻½.
@@ -162,7 +228,8 @@ export function pivotedCholesky(G: Float64Array, n: number, tol = 1e-14): Pivote
     const pk = perm[best]!;
     const pivot = diag[pk]!;
     if (!(pivot > tol)) break;
-    perm[best] = perm[k]!; perm[k] = pk;
+    perm[best] = perm[k]!;
+    perm[k] = pk;
     const lkk = Math.sqrt(pivot);
     const colK = k * m;
     L[colK + pk] = lkk;
@@ -213,7 +280,11 @@ export function symmetricEigen(A: Float64Array, n: number): SymmetricEigen {
     for (let i = k + 2; i < n; i++) tail += W[rowK + i]! * W[rowK + i]!;
     const x0 = W[rowK + k + 1]!;
     d[k] = W[rowK + k]!;
-    if (tail === 0) { e[k] = x0; betas[k] = 0; continue; }
+    if (tail === 0) {
+      e[k] = x0;
+      betas[k] = 0;
+      continue;
+    }
     const norm = Math.sqrt(x0 * x0 + tail);
     const alpha = x0 > 0 ? -norm : norm;
     const v0 = x0 - alpha;
@@ -234,7 +305,8 @@ export function symmetricEigen(A: Float64Array, n: number): SymmetricEigen {
     for (let i = k + 1; i < n; i++) p[i] = p[i]! - half * W[rowK + i]!;
     for (let i = k + 1; i < n; i++) {
       const rowI = i * n;
-      const vi = W[rowK + i]!, wi = p[i]!;
+      const vi = W[rowK + i]!,
+        wi = p[i]!;
       for (let j = k + 1; j < n; j++) W[rowI + j] = W[rowI + j]! - vi * p[j]! - wi * W[rowK + j]!;
     }
   }
@@ -298,16 +370,22 @@ function tridiagonalQR(d: Float64Array, e: Float64Array, Z: Float64Array, n: num
     let lo = hi - 1;
     while (lo > 0) {
       const off = Math.abs(e[lo - 1]!);
-      if (off <= EPS64 * (Math.abs(d[lo - 1]!) + Math.abs(d[lo]!)) || off === 0) { e[lo - 1] = 0; break; }
+      if (off <= EPS64 * (Math.abs(d[lo - 1]!) + Math.abs(d[lo]!)) || off === 0) {
+        e[lo - 1] = 0;
+        break;
+      }
       lo--;
     }
     if (++iterations > maxIterations) {
-      throw new LoraError('LORA_NUMERICAL_FAILURE',
+      throw new LoraError(
+        'LORA_NUMERICAL_FAILURE',
         `symmetric eigensolver: no convergence after ${maxIterations} QR steps on a ${n} × ${n} core (non-finite factor values?)`,
-        { expected: 'convergence', found: { n, iterations: maxIterations } });
+        { expected: 'convergence', found: { n, iterations: maxIterations } },
+      );
     }
     // Wilkinson shift from the trailing 2×2 block.
-    const dh = d[hi]!, eh = e[hi - 1]!;
+    const dh = d[hi]!,
+      eh = e[hi - 1]!;
     const delta = (d[hi - 1]! - dh) / 2;
     const denom = delta + (delta >= 0 ? 1 : -1) * Math.hypot(delta, eh);
     const mu = denom === 0 ? dh : dh - (eh * eh) / denom;
@@ -318,8 +396,12 @@ function tridiagonalQR(d: Float64Array, e: Float64Array, Z: Float64Array, n: num
       const c = r === 0 ? 1 : x / r;
       const s = r === 0 ? 0 : z / r;
       if (k > lo) e[k - 1] = r;
-      const a = d[k]!, b = e[k]!, dd = d[k + 1]!;
-      const cc = c * c, ss = s * s, cs = c * s;
+      const a = d[k]!,
+        b = e[k]!,
+        dd = d[k + 1]!;
+      const cc = c * c,
+        ss = s * s,
+        cs = c * s;
       d[k] = cc * a + 2 * cs * b + ss * dd;
       d[k + 1] = ss * a - 2 * cs * b + cc * dd;
       e[k] = cs * (dd - a) + (cc - ss) * b;
@@ -329,9 +411,11 @@ function tridiagonalQR(d: Float64Array, e: Float64Array, Z: Float64Array, n: num
         x = e[k]!;
       }
       // Rows k and k+1 of Z: Z ← P·Z.
-      const rk = k * n, rk1 = rk + n;
+      const rk = k * n,
+        rk1 = rk + n;
       for (let j = 0; j < n; j++) {
-        const zk = Z[rk + j]!, zk1 = Z[rk1 + j]!;
+        const zk = Z[rk + j]!,
+          zk1 = Z[rk1 + j]!;
         Z[rk + j] = c * zk + s * zk1;
         Z[rk1 + j] = c * zk1 - s * zk;
       }

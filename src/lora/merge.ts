@@ -91,12 +91,16 @@ function nameOf(lora: Lora, i: number): string {
 function checkOptions(options: MergeOptions): RankTarget | null {
   const { rank, minEnergy } = options;
   if (rank !== undefined && (typeof rank !== 'number' || !Number.isInteger(rank) || rank < 1)) {
-    throw new LoraError('LORA_INVALID_RANK', `merge: rank must be an integer ≥ 1, found ${String(rank)}`, { found: rank });
+    throw new LoraError('LORA_INVALID_RANK', `merge: rank must be an integer ≥ 1, found ${String(rank)}`, {
+      found: rank,
+    });
   }
   if (minEnergy !== undefined && (typeof minEnergy !== 'number' || !(minEnergy > 0 && minEnergy <= 1))) {
-    throw new LoraError('LORA_INVALID_RANK',
+    throw new LoraError(
+      'LORA_INVALID_RANK',
       `merge: minEnergy is the fraction of each delta's Frobenius norm to keep and must be in (0, 1], found ${String(minEnergy)}`,
-      { found: minEnergy });
+      { found: minEnergy },
+    );
   }
   if (rank === undefined && minEnergy === undefined) return null;
   return { ...(rank !== undefined ? { rank } : {}), ...(minEnergy !== undefined ? { minEnergy } : {}) };
@@ -106,20 +110,36 @@ function checkOptions(options: MergeOptions): RankTarget | null {
  * One input's weight as λ(path) (weight × block multiplier), checked. `name` names the input and `op` the operation
  * ('merge', 'fuse') in errors.
  */
-export function compileWeight(w: MergeWeight, arch: Arch, size: LayoutSize, name: string, op = 'merge'): (path: string) => number {
+export function compileWeight(
+  w: MergeWeight,
+  arch: Arch,
+  size: LayoutSize,
+  name: string,
+  op = 'merge',
+): (path: string) => number {
   if (typeof w === 'number') {
     if (!Number.isFinite(w)) {
-      throw new LoraError('LORA_INVALID_WEIGHTS', `${op}: the weight of ${name} must be a finite number, found ${w}`, { key: name, found: w });
+      throw new LoraError('LORA_INVALID_WEIGHTS', `${op}: the weight of ${name} must be a finite number, found ${w}`, {
+        key: name,
+        found: w,
+      });
     }
     return () => w;
   }
   if (w === null || typeof w !== 'object' || !('blocks' in w)) {
-    throw new LoraError('LORA_INVALID_WEIGHTS',
-      `${op}: the weight of ${name} must be a number or { weight?, blocks }, found ${JSON.stringify(w)}`, { key: name, found: w });
+    throw new LoraError(
+      'LORA_INVALID_WEIGHTS',
+      `${op}: the weight of ${name} must be a number or { weight?, blocks }, found ${JSON.stringify(w)}`,
+      { key: name, found: w },
+    );
   }
   const base = w.weight ?? 1;
   if (typeof base !== 'number' || !Number.isFinite(base)) {
-    throw new LoraError('LORA_INVALID_WEIGHTS', `${op}: the weight of ${name} must be a finite number, found ${String(base)}`, { key: name, found: base });
+    throw new LoraError(
+      'LORA_INVALID_WEIGHTS',
+      `${op}: the weight of ${name} must be a finite number, found ${String(base)}`,
+      { key: name, found: base },
+    );
   }
   const block = compileBlockWeights(w.blocks, arch, size, `block weights of ${name}`);
   return (path: string) => base * block(path);
@@ -128,26 +148,41 @@ export function compileWeight(w: MergeWeight, arch: Arch, size: LayoutSize, name
 /** Per input: path → the module's weight λ (weight × block multiplier). */
 function compileWeights(loras: readonly Lora[], weights: readonly MergeWeight[]): ((path: string) => number)[] {
   if (!Array.isArray(weights) || weights.length !== loras.length) {
-    throw new LoraError('LORA_INVALID_WEIGHTS',
+    throw new LoraError(
+      'LORA_INVALID_WEIGHTS',
       `merge: expected one weight per input (${loras.length}), found ${Array.isArray(weights) ? weights.length : String(weights)}`,
-      { expected: loras.length, found: Array.isArray(weights) ? weights.length : weights });
+      { expected: loras.length, found: Array.isArray(weights) ? weights.length : weights },
+    );
   }
   return weights.map((w, i) => compileWeight(w, loras[i]!.arch, loras[i]!.size, nameOf(loras[i]!, i)));
 }
 
 /** Check that the terms of a module describe the same weight; returns the common dims and the output form. */
-function commonDims(path: string, parts: readonly MergePart[], loras: readonly Lora[], layout: Layout | undefined): { out: number; fanIn: number; downShape: (r: number) => number[]; upShape: (r: number) => number[] } {
+function commonDims(
+  path: string,
+  parts: readonly MergePart[],
+  loras: readonly Lora[],
+  layout: Layout | undefined,
+): { out: number; fanIn: number; downShape: (r: number) => number[]; upShape: (r: number) => number[] } {
   const first = parts[0]!;
   const kernelOf = (d: ModuleDims): [number, number] => (d.kernel ? [d.kernel[0], d.kernel[1]] : [1, 1]);
   for (const p of parts.slice(1)) {
-    const a = first.dims, b = p.dims;
-    const [akh, akw] = kernelOf(a), [bkh, bkw] = kernelOf(b);
+    const a = first.dims,
+      b = p.dims;
+    const [akh, akw] = kernelOf(a),
+      [bkh, bkw] = kernelOf(b);
     if (a.out !== b.out || a.in !== b.in || akh !== bkh || akw !== bkw) {
-      throw new LoraError('LORA_SHAPE_MISMATCH',
+      throw new LoraError(
+        'LORA_SHAPE_MISMATCH',
         `merge: module '${path}' has different shapes in ${nameOf(loras[first.input]!, first.input)} ` +
-        `(down ${fmt(first.module.down.shape)}, up ${fmt(first.module.up.shape)}) and ${nameOf(loras[p.input]!, p.input)} ` +
-        `(down ${fmt(p.module.down.shape)}, up ${fmt(p.module.up.shape)}); the weight they change must be the same`,
-        { key: path, expected: { down: first.module.down.shape, up: first.module.up.shape }, found: { down: p.module.down.shape, up: p.module.up.shape } });
+          `(down ${fmt(first.module.down.shape)}, up ${fmt(first.module.up.shape)}) and ${nameOf(loras[p.input]!, p.input)} ` +
+          `(down ${fmt(p.module.down.shape)}, up ${fmt(p.module.up.shape)}); the weight they change must be the same`,
+        {
+          key: path,
+          expected: { down: first.module.down.shape, up: first.module.up.shape },
+          found: { down: p.module.down.shape, up: p.module.up.shape },
+        },
+      );
     }
   }
   const { out, in: inn } = first.dims;
@@ -158,14 +193,19 @@ function commonDims(path: string, parts: readonly MergePart[], loras: readonly L
   if (forms.size > 1) fourD = (layout?.byPath.get(path)?.shape.length ?? 4) === 4;
   const upFour = fourD && (parts.find((p) => p.module.down.shape.length === 4) ?? first).module.up.shape.length === 4;
   return {
-    out, fanIn: first.dims.fanIn,
+    out,
+    fanIn: first.dims.fanIn,
     downShape: (r) => (fourD ? [r, inn, kh, kw] : [r, inn]),
     upShape: (r) => (upFour ? [out, r, 1, 1] : [out, r]),
   };
 }
 
 /** The exact concatenation of a module's terms. */
-function concatenate(parts: readonly MergePart[], out: number, fanIn: number): { up: Float32Array; down: Float32Array; rank: number } {
+function concatenate(
+  parts: readonly MergePart[],
+  out: number,
+  fanIn: number,
+): { up: Float32Array; down: Float32Array; rank: number } {
   let R = 0;
   for (const p of parts) R += p.dims.rank;
   const up = ndarray(new Float32Array(out * R), [out, R]);
@@ -184,12 +224,17 @@ function concatenate(parts: readonly MergePart[], out: number, fanIn: number): {
 
 function summarize(modules: readonly ModuleMergeReport[]): MergeReport {
   const written = modules.filter((m) => !m.dropped);
-  const stat = (xs: number[]) => xs.length === 0
-    ? { min: 0, max: 0, mean: 0 }
-    : { min: Math.min(...xs), max: Math.max(...xs), mean: xs.reduce((a, b) => a + b, 0) / xs.length };
-  let err2 = 0, norm2 = 0;
+  const stat = (xs: number[]) =>
+    xs.length === 0
+      ? { min: 0, max: 0, mean: 0 }
+      : { min: Math.min(...xs), max: Math.max(...xs), mean: xs.reduce((a, b) => a + b, 0) / xs.length };
+  let err2 = 0,
+    norm2 = 0;
   for (const m of modules) {
-    if (m.norm !== undefined) { err2 += m.error * m.error; norm2 += m.norm * m.norm; }
+    if (m.norm !== undefined) {
+      err2 += m.error * m.error;
+      norm2 += m.norm * m.norm;
+    }
   }
   const kept = written.map((m) => m.normKept);
   return {
@@ -246,28 +291,43 @@ export interface MergePlan {
  * Check the inputs and decide, module by module, what a merge does. Throws the same errors as mergeLoras; no
  * arithmetic on factors happens here.
  */
-export function planMerge(loras: readonly Lora[], weights: readonly MergeWeight[], options: MergeOptions = {}): MergePlan {
+export function planMerge(
+  loras: readonly Lora[],
+  weights: readonly MergeWeight[],
+  options: MergeOptions = {},
+): MergePlan {
   if (!Array.isArray(loras) || loras.length === 0) {
     throw new LoraError('LORA_EMPTY', 'merge: no input LoRA given', {});
   }
   const first = loras[0]!;
   loras.forEach((l, i) => {
     if (l.arch !== first.arch || l.size !== first.size) {
-      throw new ArchError('ARCH_MISMATCH',
+      throw new ArchError(
+        'ARCH_MISMATCH',
         `merge: ${nameOf(l, i)} is a ${l.arch} (${l.size}) LoRA but ${nameOf(first, 0)} is ${first.arch} (${first.size}); inputs must share the architecture`,
-        { expected: { arch: first.arch, size: first.size }, found: { arch: l.arch, size: l.size }, key: nameOf(l, i) });
+        { expected: { arch: first.arch, size: first.size }, found: { arch: l.arch, size: l.size }, key: nameOf(l, i) },
+      );
     }
   });
   const target = checkOptions(options);
   const weightOf = compileWeights(loras, weights);
   let layout: Layout | undefined;
-  try { layout = getLayout(first.arch, first.size); } catch { layout = undefined; }
+  try {
+    layout = getLayout(first.arch, first.size);
+  } catch {
+    layout = undefined;
+  }
 
   // Module order: layout order first, then paths the layout does not know, in order of appearance.
   const seen = new Set<string>();
   for (const l of loras) for (const p of l.modules.keys()) seen.add(p);
   const paths: string[] = [];
-  if (layout) for (const e of layout.modules) if (seen.has(e.path)) { paths.push(e.path); seen.delete(e.path); }
+  if (layout)
+    for (const e of layout.modules)
+      if (seen.has(e.path)) {
+        paths.push(e.path);
+        seen.delete(e.path);
+      }
   paths.push(...seen);
 
   const modules: PlannedMergeModule[] = paths.map((path) => {
@@ -282,7 +342,16 @@ export function planMerge(loras: readonly Lora[], weights: readonly MergeWeight[
       if (w !== 0) parts.push({ input: i, module: m, dims, coef: w * (m.alpha / dims.rank) });
     });
     if (parts.length === 0) {
-      return { path, parts, rankBefore: allRanks, action: 'drop', out: 0, fanIn: 0, downShape: () => [], upShape: () => [] };
+      return {
+        path,
+        parts,
+        rankBefore: allRanks,
+        action: 'drop',
+        out: 0,
+        fanIn: 0,
+        downShape: () => [],
+        upShape: () => [],
+      };
     }
     const shape = commonDims(path, parts, loras, layout);
     const R = parts.reduce((s, p) => s + p.dims.rank, 0);
@@ -295,7 +364,10 @@ export function planMerge(loras: readonly Lora[], weights: readonly MergeWeight[
 /** The terms of a planned module as the reducer takes them (contiguous row-major factors). */
 export function factorTerms(pm: PlannedMergeModule): FactorTerm[] {
   return pm.parts.map((p) => ({
-    coef: p.coef, rank: p.dims.rank, up: contiguousValues(p.module.up), down: contiguousValues(p.module.down),
+    coef: p.coef,
+    rank: p.dims.rank,
+    up: contiguousValues(p.module.up),
+    down: contiguousValues(p.module.down),
   }));
 }
 
@@ -307,14 +379,22 @@ export function exactModule(pm: PlannedMergeModule): LoraModule {
     const p = pm.parts[0]!;
     const up = ndarray(new Float32Array(pm.out * R), [pm.out, R]);
     ops.muls(up, ndarray(contiguousValues(p.module.up), [pm.out, R]), p.coef);
-    return { up: ndarray(up.data, pm.upShape(R)), down: ndarray(contiguousValues(p.module.down), pm.downShape(R)), alpha: R };
+    return {
+      up: ndarray(up.data, pm.upShape(R)),
+      down: ndarray(contiguousValues(p.module.down), pm.downShape(R)),
+      alpha: R,
+    };
   }
   const c = concatenate(pm.parts, pm.out, pm.fanIn);
   return { up: ndarray(c.up, pm.upShape(R)), down: ndarray(c.down, pm.downShape(R)), alpha: R };
 }
 
 /** Turn a plan and the reduction outcomes (by path) into the merged LoRA and its report. */
-export function assembleMerge(plan: MergePlan, outcomes: ReadonlyMap<string, ReduceOutcome>, built: ReadonlyMap<string, LoraModule> = new Map()): MergeResult {
+export function assembleMerge(
+  plan: MergePlan,
+  outcomes: ReadonlyMap<string, ReduceOutcome>,
+  built: ReadonlyMap<string, LoraModule> = new Map(),
+): MergeResult {
   const modules = new Map<string, LoraModule>();
   const reports: ModuleMergeReport[] = [];
   for (const pm of plan.modules) {
@@ -330,14 +410,28 @@ export function assembleMerge(plan: MergePlan, outcomes: ReadonlyMap<string, Red
       continue;
     }
     const o = outcomes.get(path);
-    if (!o) throw new LoraError('LORA_WORKER_FAILED', `merge: no rank-reduction outcome for module '${path}'`, { key: path });
+    if (!o)
+      throw new LoraError('LORA_WORKER_FAILED', `merge: no rank-reduction outcome for module '${path}'`, { key: path });
     if (o.k === 0) {
-      reports.push({ path, inputs, rankBefore: R, rankAfter: 0, normKept: o.normKept, error: o.error, norm: o.norm, dropped: 'zero-delta' });
+      reports.push({
+        path,
+        inputs,
+        rankBefore: R,
+        rankAfter: 0,
+        normKept: o.normKept,
+        error: o.error,
+        norm: o.norm,
+        dropped: 'zero-delta',
+      });
     } else if (!o.factors) {
       modules.set(path, built.get(path) ?? exactModule(pm));
       reports.push({ path, inputs, rankBefore: R, rankAfter: R, normKept: 1, error: 0, norm: o.norm });
     } else {
-      modules.set(path, { up: ndarray(o.factors.up, pm.upShape(o.k)), down: ndarray(o.factors.down, pm.downShape(o.k)), alpha: o.k });
+      modules.set(path, {
+        up: ndarray(o.factors.up, pm.upShape(o.k)),
+        down: ndarray(o.factors.down, pm.downShape(o.k)),
+        alpha: o.k,
+      });
       reports.push({ path, inputs, rankBefore: R, rankAfter: o.k, normKept: o.normKept, error: o.error, norm: o.norm });
     }
   }
@@ -376,7 +470,11 @@ export function assembleMerge(plan: MergePlan, outcomes: ReadonlyMap<string, Red
  * - Result modules follow the layout's module order. They may share factor arrays with the inputs (a module
  *   with a single term keeps its `down`): treat LoRAs as immutable.
  */
-export function mergeLoras(loras: readonly Lora[], weights: readonly MergeWeight[], options: MergeOptions = {}): MergeResult {
+export function mergeLoras(
+  loras: readonly Lora[],
+  weights: readonly MergeWeight[],
+  options: MergeOptions = {},
+): MergeResult {
   const plan = planMerge(loras, weights, options);
   const outcomes = new Map<string, ReduceOutcome>();
   const built = new Map<string, LoraModule>();
@@ -398,19 +496,32 @@ export function mergeLoras(loras: readonly Lora[], weights: readonly MergeWeight
 }
 
 /** Metadata keys of an input that no longer describe a resized LoRA. */
-const STALE_ON_RESIZE = ['ss_network_dim', 'ss_network_alpha', 'sshs_model_hash', 'sshs_legacy_hash', 'modelspec.hash_sha256'];
+const STALE_ON_RESIZE = [
+  'ss_network_dim',
+  'ss_network_alpha',
+  'sshs_model_hash',
+  'sshs_legacy_hash',
+  'modelspec.hash_sha256',
+];
 
 /**
  * Change the rank of one LoRA: `target` is a rank k or { rank?, minEnergy? } (see MergeOptions). The delta of every
  * module becomes its best approximation of that rank; modules already at rank ≤ k keep their exact delta. Alpha
  * becomes the new rank (scale 1). The input's metadata is kept, minus keys describing the old ranks or bytes.
  */
-export function resizeLora(lora: Lora, target: number | RankTarget, options: { onProgress?: (done: number, total: number) => void } = {}): MergeResult {
+export function resizeLora(
+  lora: Lora,
+  target: number | RankTarget,
+  options: { onProgress?: (done: number, total: number) => void } = {},
+): MergeResult {
   const t: RankTarget = typeof target === 'number' ? { rank: target } : target;
   if (t.rank === undefined && t.minEnergy === undefined) {
     throw new LoraError('LORA_INVALID_RANK', 'resize: give a rank or a minEnergy', {});
   }
-  const { lora: out, report } = mergeLoras([lora], [1], { ...t, ...(options.onProgress ? { onProgress: options.onProgress } : {}) });
+  const { lora: out, report } = mergeLoras([lora], [1], {
+    ...t,
+    ...(options.onProgress ? { onProgress: options.onProgress } : {}),
+  });
   const metadata: Record<string, string> = {};
   for (const [k, v] of Object.entries(lora.metadata)) if (!STALE_ON_RESIZE.includes(k)) metadata[k] = v;
   metadata[VERSION_METADATA_KEY] = VERSION;

@@ -23,7 +23,10 @@ export function wasmProduct(): ProductF32 | null {
   cached = null;
   try {
     if (!hasWasmSimd()) return cached;
-    const engine = new WasmEngine(kernelModuleSync(hasRelaxedSimd(), false), new WebAssembly.Memory({ initial: 1, maximum: MAX_PAGES }));
+    const engine = new WasmEngine(
+      kernelModuleSync(hasRelaxedSimd(), false),
+      new WebAssembly.Memory({ initial: 1, maximum: MAX_PAGES }),
+    );
     cached = (rows, cols, rank, a, b) => {
       const out = new Float32Array(rows * cols);
       if (rows === 0 || cols === 0) return out;

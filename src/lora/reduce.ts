@@ -21,9 +21,7 @@
  * what f32 factors carry); singular values under NOISE_FLOOR·σ₁ are treated as zero.
  */
 import { LoraError } from '../core/errors.js';
-import {
-  dot, EPS64, gramRows, matmul, pivotedCholesky, symmetricEigen, xtyToF32,
-} from './linalg.js';
+import { dot, EPS64, gramRows, matmul, pivotedCholesky, symmetricEigen, xtyToF32 } from './linalg.js';
 import { wasmProduct, type ProductF32 } from './product.js';
 
 /** One term c·up·down of a module's merged delta. `up` is out × rank and `down` rank × n, both row-major. */
@@ -81,7 +79,10 @@ export function chooseRank(spectrum: ModuleSpectrum, target: RankTarget): number
 }
 
 /** ‖Δ_k‖_F / ‖Δ‖_F and ‖Δ − Δ_k‖_F for keeping the first k singular values. */
-export function truncationStats(spectrum: ModuleSpectrum, k: number): { normKept: number; error: number; norm: number } {
+export function truncationStats(
+  spectrum: ModuleSpectrum,
+  k: number,
+): { normKept: number; error: number; norm: number } {
   let kept = 0;
   for (let j = 0; j < Math.min(k, spectrum.sigma2.length); j++) kept += spectrum.sigma2[j]!;
   const discarded = Math.max(0, spectrum.total - kept);
@@ -110,10 +111,18 @@ export class RankReducer {
   private scratch = new Float32Array(0);
   private readonly product: ProductF32 | null;
   private state: {
-    R: number; out: number; n: number; ru: number; numRank: number;
-    Ru: Float64Array; T: Float64Array; values: Float64Array; vectors: Float64Array;
+    R: number;
+    out: number;
+    n: number;
+    ru: number;
+    numRank: number;
+    Ru: Float64Array;
+    T: Float64Array;
+    values: Float64Array;
+    vectors: Float64Array;
     /** f32 stacks for `product`: U (out × R) and D (R × n). */
-    uf: Float32Array | null; df: Float32Array | null;
+    uf: Float32Array | null;
+    df: Float32Array | null;
   } | null = null;
 
   /**
@@ -131,7 +140,8 @@ export class RankReducer {
     for (const t of terms) R += t.rank;
     if (this.ut.length < R * out) this.ut = new Float64Array(R * out);
     if (this.d.length < R * n) this.d = new Float64Array(R * n);
-    const ut = this.ut, d = this.d;
+    const ut = this.ut,
+      d = this.d;
     // Uᵀ (R × out): row a is column a of the stacked, scaled ups. D (R × n): the downs, stacked.
     let row = 0;
     for (const t of terms) {
@@ -145,14 +155,16 @@ export class RankReducer {
       row += r;
     }
     // f32 stacks for the product path: U = [c·up | …] (out × R) and D = [down; …] (R × n).
-    let uf: Float32Array | null = null, df: Float32Array | null = null;
+    let uf: Float32Array | null = null,
+      df: Float32Array | null = null;
     if (this.product) {
       uf = new Float32Array(out * R);
       let col = 0;
       for (const t of terms) {
         const { coef, rank: r, up } = t;
         for (let o = 0; o < out; o++) {
-          const src = o * r, dst = o * R + col;
+          const src = o * r,
+            dst = o * R + col;
           for (let a = 0; a < r; a++) uf[dst + a] = coef * up[src + a]!;
         }
         col += r;
@@ -162,7 +174,10 @@ export class RankReducer {
       } else {
         df = new Float32Array(R * n);
         let at = 0;
-        for (const t of terms) { df.set(t.down.subarray(0, t.rank * n), at); at += t.rank * n; }
+        for (const t of terms) {
+          df.set(t.down.subarray(0, t.rank * n), at);
+          at += t.rank * n;
+        }
       }
     }
     const Gu = new Float64Array(R * R);
@@ -170,13 +185,20 @@ export class RankReducer {
     gramRows(ut, R, out, Gu);
     gramRows(d, R, n, Gd);
     // ‖Δ‖_F² = trace(Gu·Gd) = Σ Gu∘Gd (both symmetric): exact, whatever the Cholesky dropped.
-    let total = 0, trU = 0, trD = 0;
+    let total = 0,
+      trU = 0,
+      trD = 0;
     for (let i = 0; i < R * R; i++) total += Gu[i]! * Gd[i]!;
-    for (let i = 0; i < R; i++) { trU += Gu[i * R + i]!; trD += Gd[i * R + i]!; }
+    for (let i = 0; i < R; i++) {
+      trU += Gu[i * R + i]!;
+      trD += Gd[i * R + i]!;
+    }
     if (!Number.isFinite(trU) || !Number.isFinite(trD) || !Number.isFinite(total)) {
-      throw new LoraError('LORA_NUMERICAL_FAILURE',
+      throw new LoraError(
+        'LORA_NUMERICAL_FAILURE',
         `rank reduction of module '${path}': the factors hold non-finite values (‖U‖² = ${trU}, ‖D‖² = ${trD}); expected finite numbers`,
-        { key: path, expected: 'finite factors', found: { upNorm2: trU, downNorm2: trD } });
+        { key: path, expected: 'finite factors', found: { upNorm2: trU, downNorm2: trD } },
+      );
     }
     const chol = pivotedCholesky(Gu, R, Math.max(1e-12, 100 * R * EPS64));
     const ru = chol.rank;
@@ -187,7 +209,8 @@ export class RankReducer {
     for (let i = 0; i < ru; i++) {
       for (let j = i; j < ru; j++) {
         const v = dot(T, i * R, Ru, j * R, R);
-        M[i * ru + j] = v; M[j * ru + i] = v;
+        M[i * ru + j] = v;
+        M[j * ru + i] = v;
       }
     }
     const { values, vectors } = symmetricEigen(M, ru);
@@ -204,11 +227,19 @@ export class RankReducer {
   /** The best rank-k factors of the module last analysed (k ≤ its numerical rank). */
   rebuild(k: number): ReducedFactors {
     const st = this.state;
-    if (!st) throw new LoraError('LORA_INVALID_RANK', 'rank reduction: rebuild(k) needs a module analysed first (call analyze)', {});
+    if (!st)
+      throw new LoraError(
+        'LORA_INVALID_RANK',
+        'rank reduction: rebuild(k) needs a module analysed first (call analyze)',
+        {},
+      );
     const { R, out, n, ru, numRank, Ru, T, values, vectors, uf, df } = st;
     if (!Number.isInteger(k) || k < 1 || k > numRank) {
-      throw new LoraError('LORA_INVALID_RANK', `rank reduction: k must be an integer in [1, ${numRank}] (the numerical rank), found ${k}`,
-        { expected: [1, numRank], found: k });
+      throw new LoraError(
+        'LORA_INVALID_RANK',
+        `rank reduction: k must be an integer in [1, ${numRank}] (the numerical rank), found ${k}`,
+        { expected: [1, numRank], found: k },
+      );
     }
     // A (R × k) = Tᵀ·Uc_k·Σ_k^(-3/2); Bᵀ (R × k) = (Σ_k^(-1/2)·Uc_kᵀ·Ru)ᵀ. vectors row j = Uc[:, j].
     // Scaled kept eigenvectors: Va[i, j] = Uc[i, j]·λ_j^(-3/4), Vb[i, j] = Uc[i, j]·λ_j^(-1/4) (ru × k).
@@ -216,7 +247,8 @@ export class RankReducer {
     const Vb = new Float64Array(ru * k);
     for (let j = 0; j < k; j++) {
       const lambda = values[j]!;
-      const fa = Math.pow(lambda, -0.75), fb = Math.pow(lambda, -0.25);
+      const fa = Math.pow(lambda, -0.75),
+        fb = Math.pow(lambda, -0.25);
       for (let i = 0; i < ru; i++) {
         const u = vectors[j * ru + i]!;
         Va[i * k + j] = u * fa;
@@ -227,9 +259,11 @@ export class RankReducer {
     const A = new Float64Array(R * k);
     const Bt = new Float64Array(R * k);
     for (let i = 0; i < ru; i++) {
-      const ik = i * k, iR = i * R;
+      const ik = i * k,
+        iR = i * R;
       for (let a = 0; a < R; a++) {
-        const t = T[iR + a]!, r = Ru[iR + a]!;
+        const t = T[iR + a]!,
+          r = Ru[iR + a]!;
         const ak = a * k;
         if (t !== 0) for (let j = 0; j < k; j++) A[ak + j] += t * Va[ik + j]!;
         if (r !== 0) for (let j = 0; j < k; j++) Bt[ak + j] += r * Vb[ik + j]!;
@@ -283,7 +317,14 @@ export interface ReduceOutcome {
 }
 
 /** Analyse one module and, when its rank must shrink, rebuild its factors. */
-export function reduceModule(reducer: RankReducer, terms: readonly FactorTerm[], out: number, fanIn: number, target: RankTarget, path?: string): ReduceOutcome {
+export function reduceModule(
+  reducer: RankReducer,
+  terms: readonly FactorTerm[],
+  out: number,
+  fanIn: number,
+  target: RankTarget,
+  path?: string,
+): ReduceOutcome {
   const R = terms.reduce((s, t) => s + t.rank, 0);
   const spectrum = reducer.analyze(terms, out, fanIn, path);
   const k = chooseRank(spectrum, target);

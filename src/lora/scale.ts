@@ -17,7 +17,9 @@ export function scaleModule(module: LoraModule, s: number): LoraModule {
 /** s·τ for every module. Throws LORA_INVALID_WEIGHTS for a non-finite s. */
 export function scaleLora(lora: Lora, s: number): Lora {
   if (typeof s !== 'number' || !Number.isFinite(s)) {
-    throw new LoraError('LORA_INVALID_WEIGHTS', `scaleLora: the scale must be a finite number, found ${String(s)}`, { found: s });
+    throw new LoraError('LORA_INVALID_WEIGHTS', `scaleLora: the scale must be a finite number, found ${String(s)}`, {
+      found: s,
+    });
   }
   const modules = new Map<string, LoraModule>();
   for (const [path, m] of lora.modules) modules.set(path, scaleModule(m, s));

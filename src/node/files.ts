@@ -17,7 +17,9 @@ export type { RefuseList };
 const MAX_READ = 1 << 30;
 
 function errnoCode(e: unknown): string | undefined {
-  return typeof e === 'object' && e !== null && typeof (e as { code?: unknown }).code === 'string' ? (e as { code: string }).code : undefined;
+  return typeof e === 'object' && e !== null && typeof (e as { code?: unknown }).code === 'string'
+    ? (e as { code: string }).code
+    : undefined;
 }
 
 function describe(e: unknown): string {
@@ -39,8 +41,14 @@ export async function fileSource(filePath: string): Promise<FileSource> {
     fh = await fs.open(filePath, 'r');
   } catch (e) {
     const code = errnoCode(e);
-    if (code === 'ENOENT') throw new IoError('INPUT_NOT_FOUND', `${filePath}: no such file`, { file: filePath }, { cause: e });
-    throw new IoError('IO_READ_FAILED', `${filePath}: cannot open for reading (${describe(e)})`, { file: filePath }, { cause: e });
+    if (code === 'ENOENT')
+      throw new IoError('INPUT_NOT_FOUND', `${filePath}: no such file`, { file: filePath }, { cause: e });
+    throw new IoError(
+      'IO_READ_FAILED',
+      `${filePath}: cannot open for reading (${describe(e)})`,
+      { file: filePath },
+      { cause: e },
+    );
   }
   let st;
   try {
@@ -58,8 +66,11 @@ export async function fileSource(filePath: string): Promise<FileSource> {
   const checkRange = (start: number, end: number): void => {
     if (closed) throw new IoError('IO_READ_FAILED', `${filePath}: read after close`, { file: filePath });
     if (!Number.isSafeInteger(start) || !Number.isSafeInteger(end) || start < 0 || end < start || end > size) {
-      throw new IoError('IO_READ_FAILED', `${filePath}: byte range ${start}…${end} is outside the file (0…${size})`,
-        { file: filePath, expected: size, found: end });
+      throw new IoError('IO_READ_FAILED', `${filePath}: byte range ${start}…${end} is outside the file (0…${size})`, {
+        file: filePath,
+        expected: size,
+        found: end,
+      });
     }
   };
   const fill = async (start: number, out: Uint8Array): Promise<void> => {
@@ -71,13 +82,19 @@ export async function fileSource(filePath: string): Promise<FileSource> {
       try {
         ({ bytesRead: got } = await fh.read(out, done, want, start + done));
       } catch (e) {
-        throw new IoError('IO_READ_FAILED', `${filePath}: read of bytes ${start + done}…${start + done + want} failed (${describe(e)})`,
-          { file: filePath }, { cause: e });
+        throw new IoError(
+          'IO_READ_FAILED',
+          `${filePath}: read of bytes ${start + done}…${start + done + want} failed (${describe(e)})`,
+          { file: filePath },
+          { cause: e },
+        );
       }
       if (got === 0) {
-        throw new IoError('IO_READ_FAILED',
+        throw new IoError(
+          'IO_READ_FAILED',
           `${filePath}: the file ended at byte ${start + done} while reading up to ${end} (it shrank after opening?)`,
-          { file: filePath, expected: end, found: start + done });
+          { file: filePath, expected: end, found: start + done },
+        );
       }
       done += got;
     }
@@ -116,7 +133,6 @@ export async function openSafetensors(filePath: string): Promise<SafetensorsFile
   }
 }
 
-
 async function identityOf(p: string): Promise<string | undefined> {
   try {
     const st = await fs.stat(p);
@@ -151,13 +167,16 @@ export async function assertNotOverwriting(target: string, refuse: RefuseList): 
       same = (id !== undefined && id === targetId) || (await realOrResolved(input)) === targetReal;
     } else {
       const inputPath = (input as unknown as { path?: unknown }).path;
-      same = (input.identity !== undefined && input.identity === targetId) ||
+      same =
+        (input.identity !== undefined && input.identity === targetId) ||
         (typeof inputPath === 'string' && (await realOrResolved(inputPath)) === targetReal);
     }
     if (same) {
-      throw new IoError('OUTPUT_WOULD_OVERWRITE_INPUT',
+      throw new IoError(
+        'OUTPUT_WOULD_OVERWRITE_INPUT',
         `${target}: the output is the same file as the input '${label}'; choose another output path`,
-        { file: target, input: label });
+        { file: target, input: label },
+      );
     }
   }
 }
@@ -183,7 +202,8 @@ function alignedBuffer(bytes: number): Uint8Array {
   return new Uint8Array(new WebAssembly.Memory({ initial: Math.ceil(bytes / 65536) }).buffer, 0, bytes);
 }
 
-const isEinval = (e: unknown): boolean => typeof e === 'object' && e !== null && (e as { code?: unknown }).code === 'EINVAL';
+const isEinval = (e: unknown): boolean =>
+  typeof e === 'object' && e !== null && (e as { code?: unknown }).code === 'EINVAL';
 
 export interface FileSink extends ByteSink {
   /** The final path. */
@@ -225,7 +245,12 @@ export async function fileSink(target: string, options: FileSinkOptions = {}): P
     }
     fh ??= await fs.open(tempPath, flags, mode ?? 0o666);
   } catch (e) {
-    throw new IoError('IO_WRITE_FAILED', `${target}: cannot create a temporary file in ${dir} (${describe(e)})`, { file: target }, { cause: e });
+    throw new IoError(
+      'IO_WRITE_FAILED',
+      `${target}: cannot create a temporary file in ${dir} (${describe(e)})`,
+      { file: target },
+      { cause: e },
+    );
   }
   let state: 'open' | 'committed' | 'aborted' = 'open';
   let written = 0;
@@ -233,8 +258,12 @@ export async function fileSink(target: string, options: FileSinkOptions = {}): P
 
   const writeFailed = (at: number, e: unknown): IoError => {
     failed = true;
-    return new IoError('IO_WRITE_FAILED', `${target}: writing ${tempPath} failed at byte ${at} (${describe(e)})`,
-      { file: target }, { cause: e });
+    return new IoError(
+      'IO_WRITE_FAILED',
+      `${target}: writing ${tempPath} failed at byte ${at} (${describe(e)})`,
+      { file: target },
+      { cause: e },
+    );
   };
 
   /** Write buf[0, n) at `at`, looping over short writes. */
@@ -280,7 +309,9 @@ export async function fileSink(target: string, options: FileSinkOptions = {}): P
         }
       }
     } else {
-      const p = writeAt(buf, padTo, at).catch((e: unknown) => { throw writeFailed(at, e); });
+      const p = writeAt(buf, padTo, at).catch((e: unknown) => {
+        throw writeFailed(at, e);
+      });
       p.catch(() => undefined); // reported by the next write or by commit
       pending = p;
     }
@@ -294,7 +325,9 @@ export async function fileSink(target: string, options: FileSinkOptions = {}): P
     while (off < chunk.byteLength) {
       if (!direct) {
         // Fell back after the first chunk: plain writes from here on.
-        await writeAt(chunk.subarray(off), chunk.byteLength - off, flushed + fill).catch((e: unknown) => { throw writeFailed(flushed + fill, e); });
+        await writeAt(chunk.subarray(off), chunk.byteLength - off, flushed + fill).catch((e: unknown) => {
+          throw writeFailed(flushed + fill, e);
+        });
         flushed += chunk.byteLength - off;
         return;
       }
@@ -335,7 +368,8 @@ export async function fileSink(target: string, options: FileSinkOptions = {}): P
       return direct;
     },
     async write(chunk: Uint8Array): Promise<void> {
-      if (state !== 'open' || !fh) throw new IoError('IO_WRITE_FAILED', `${target}: write after ${state}`, { file: target });
+      if (state !== 'open' || !fh)
+        throw new IoError('IO_WRITE_FAILED', `${target}: write after ${state}`, { file: target });
       if (failed) throw new IoError('IO_WRITE_FAILED', `${target}: an earlier write failed`, { file: target });
       if (stage.length > 0) {
         await writeStaged(chunk);
@@ -352,7 +386,11 @@ export async function fileSink(target: string, options: FileSinkOptions = {}): P
     async commit(): Promise<void> {
       if (state === 'committed') return;
       if (state !== 'open' || !fh || failed) {
-        throw new IoError('IO_WRITE_FAILED', `${target}: cannot commit: ${failed ? 'a write failed' : 'the sink was aborted'}`, { file: target });
+        throw new IoError(
+          'IO_WRITE_FAILED',
+          `${target}: cannot commit: ${failed ? 'a write failed' : 'the sink was aborted'}`,
+          { file: target },
+        );
       }
       try {
         if (stage.length > 0) await finishDirect();
@@ -369,7 +407,12 @@ export async function fileSink(target: string, options: FileSinkOptions = {}): P
       } catch (e) {
         state = 'aborted';
         await removeTemp();
-        throw new IoError('IO_WRITE_FAILED', `${target}: could not move ${tempPath} into place (${describe(e)})`, { file: target }, { cause: e });
+        throw new IoError(
+          'IO_WRITE_FAILED',
+          `${target}: could not move ${tempPath} into place (${describe(e)})`,
+          { file: target },
+          { cause: e },
+        );
       }
       state = 'committed';
       // Make the rename durable where directories can be fsynced (not on Windows, some network filesystems).

@@ -58,7 +58,9 @@ export async function openBaseNode(p: string): Promise<OpenedBase> {
 
 async function openFolder(dir: string): Promise<OpenedBase> {
   const opened: SafetensorsFile[] = [];
-  const closeAll = async (): Promise<void> => { await Promise.allSettled(opened.map((f) => f.close())); };
+  const closeAll = async (): Promise<void> => {
+    await Promise.allSettled(opened.map((f) => f.close()));
+  };
   try {
     const files: BaseWeightFile[] = [];
     const skip: string[] = [];
@@ -77,14 +79,18 @@ async function openFolder(dir: string): Promise<OpenedBase> {
       }
       if (weights.length === 0) {
         if (others.length > 0) {
-          throw new FormatError('FORMAT_UNKNOWN',
+          throw new FormatError(
+            'FORMAT_UNKNOWN',
             `${dir}: ${component}/ holds only ${others.join(', ')}; lora-mix reads safetensors weights (convert the folder first)`,
-            { file: cdir, found: others });
+            { file: cdir, found: others },
+          );
         }
         continue;
       }
       // Detect from the plain variant when there is one, else the first; every variant is fused.
-      const variants = [...new Set(weights.map(variantOf))].sort((a, b) => (a === '' ? -1 : b === '' ? 1 : a.localeCompare(b)));
+      const variants = [...new Set(weights.map(variantOf))].sort((a, b) =>
+        a === '' ? -1 : b === '' ? 1 : a.localeCompare(b),
+      );
       const main = variants[0]!;
       const list: ShapeInfo[] = [];
       for (const name of weights) {
@@ -117,15 +123,24 @@ export async function writeFolder(base: OpenedBase, out: string, write: (dir: st
   const target = path.resolve(out);
   const src = path.resolve(folder.dir);
   if (target === src || target.startsWith(src + path.sep)) {
-    throw new IoError('OUTPUT_WOULD_OVERWRITE_INPUT', `${out}: the output folder would be the base folder or inside it`, { file: out });
+    throw new IoError(
+      'OUTPUT_WOULD_OVERWRITE_INPUT',
+      `${out}: the output folder would be the base folder or inside it`,
+      { file: out },
+    );
   }
   const existing = await statOrNull(target);
   if (existing) {
     const empty = existing.isDirectory() && (await fs.readdir(target)).length === 0;
-    if (!empty) throw new IoError('OUTPUT_EXISTS', `${out}: already exists; choose a new folder for the fused checkpoint`, { file: out });
+    if (!empty)
+      throw new IoError('OUTPUT_EXISTS', `${out}: already exists; choose a new folder for the fused checkpoint`, {
+        file: out,
+      });
   }
   const tmp = path.join(path.dirname(target), `.${path.basename(target)}.${randomBytes(6).toString('hex')}.tmp`);
-  const rewritten = new Set([...base.files.map((f) => f.rel), ...folder.skip].map((r) => path.join(src, ...r.split('/'))));
+  const rewritten = new Set(
+    [...base.files.map((f) => f.rel), ...folder.skip].map((r) => path.join(src, ...r.split('/'))),
+  );
   try {
     await fs.cp(src, tmp, {
       recursive: true,
@@ -139,8 +154,12 @@ export async function writeFolder(base: OpenedBase, out: string, write: (dir: st
   } catch (e) {
     await fs.rm(tmp, { recursive: true, force: true }).catch(() => undefined);
     if (!(e instanceof LoraMixError)) {
-      throw new IoError('IO_WRITE_FAILED', `${out}: writing the fused folder failed (${e instanceof Error ? e.message : String(e)})`,
-        { file: out }, { cause: e });
+      throw new IoError(
+        'IO_WRITE_FAILED',
+        `${out}: writing the fused folder failed (${e instanceof Error ? e.message : String(e)})`,
+        { file: out },
+        { cause: e },
+      );
     }
     throw e;
   }

@@ -15,8 +15,25 @@ import { FuseError } from '../core/errors.js';
 import { hasRelaxedSimd, hasWasmSimd, resetWasmFeatureCache } from '../core/wasm-features.js';
 import { backendName } from '../kernels/cpu.js';
 import { disposedError, now, serialQueue, timed, validateJob } from '../kernels/job.js';
-import type { FuseKernel, KernelStats, StoredFloat, UpdateJob, UpdateOptions, UpdateResult, WasmKernelOptions } from '../kernels/types.js';
-import { type Block, COUNTS_OFFSET, CTL_INTS, CTL_OFFSET, kernelModuleSync, MAX_PAGES, MAX_THREADS, WasmEngine } from '../kernels/wasm-engine.js';
+import type {
+  FuseKernel,
+  KernelStats,
+  StoredFloat,
+  UpdateJob,
+  UpdateOptions,
+  UpdateResult,
+  WasmKernelOptions,
+} from '../kernels/types.js';
+import {
+  type Block,
+  COUNTS_OFFSET,
+  CTL_INTS,
+  CTL_OFFSET,
+  kernelModuleSync,
+  MAX_PAGES,
+  MAX_THREADS,
+  WasmEngine,
+} from '../kernels/wasm-engine.js';
 import { CMD_QUIT, CMD_RUN, CTL, KERNEL_FUNCTIONS, startKernelWorker } from './kernel-worker.js';
 
 let relaxedTried = false;
@@ -67,10 +84,14 @@ export function defaultThreads(): number {
 export async function createCpuKernel(opts: CpuKernelOptions = {}): Promise<FuseKernel> {
   const threads = opts.threads ?? defaultThreads();
   if (!Number.isInteger(threads) || threads < 1 || threads > MAX_THREADS) {
-    throw new FuseError('KERNEL_INVALID_JOB', `cpu kernel: threads must be an integer in 1..${MAX_THREADS}, found ${threads}`, {
-      expected: `1..${MAX_THREADS}`,
-      found: threads,
-    });
+    throw new FuseError(
+      'KERNEL_INVALID_JOB',
+      `cpu kernel: threads must be an integer in 1..${MAX_THREADS}, found ${threads}`,
+      {
+        expected: `1..${MAX_THREADS}`,
+        found: threads,
+      },
+    );
   }
   if (!hasWasmSimd()) {
     throw new FuseError('FUSE_BACKEND_UNAVAILABLE', 'cpu kernel: this runtime has no WebAssembly SIMD (v128)', {
@@ -86,10 +107,14 @@ export async function createCpuKernel(opts: CpuKernelOptions = {}): Promise<Fuse
   const minParallelFlops = opts.minParallelFlops ?? 2e6;
   const chunkTiles = opts.chunkTiles;
   if (chunkTiles !== undefined && !(Number.isInteger(chunkTiles) && chunkTiles >= 1)) {
-    throw new FuseError('KERNEL_INVALID_JOB', `cpu kernel: chunkTiles must be a positive integer, found ${chunkTiles}`, {
-      expected: 'a positive integer',
-      found: chunkTiles,
-    });
+    throw new FuseError(
+      'KERNEL_INVALID_JOB',
+      `cpu kernel: chunkTiles must be a positive integer, found ${chunkTiles}`,
+      {
+        expected: 'a positive integer',
+        found: chunkTiles,
+      },
+    );
   }
   const name = `${backend} ×${threads} thread${threads === 1 ? '' : 's'}`;
 
@@ -104,7 +129,14 @@ export async function createCpuKernel(opts: CpuKernelOptions = {}): Promise<Fuse
   };
   const ready: Array<Promise<void>> = [];
   for (let i = 1; i < threads; i++) {
-    const w = startKernelWorker({ module, memory, index: i, ctlOffset: CTL_OFFSET, ctlInts: CTL_INTS, countsOffset: COUNTS_OFFSET });
+    const w = startKernelWorker({
+      module,
+      memory,
+      index: i,
+      ctlOffset: CTL_OFFSET,
+      ctlInts: CTL_INTS,
+      countsOffset: COUNTS_OFFSET,
+    });
     workers.push(w);
     ready.push(
       new Promise<void>((resolve, reject) => {
@@ -133,9 +165,13 @@ export async function createCpuKernel(opts: CpuKernelOptions = {}): Promise<Fuse
   } catch (e) {
     disposed = true;
     await Promise.all(workers.map((w) => w.terminate()));
-    throw new FuseError('KERNEL_FAILED', `cpu kernel: starting ${threads - 1} worker thread(s) failed: ${(e as Error).message}`, {
-      threads,
-    });
+    throw new FuseError(
+      'KERNEL_FAILED',
+      `cpu kernel: starting ${threads - 1} worker thread(s) failed: ${(e as Error).message}`,
+      {
+        threads,
+      },
+    );
   } finally {
     clearInterval(keepAlive);
   }
@@ -151,9 +187,16 @@ export async function createCpuKernel(opts: CpuKernelOptions = {}): Promise<Fuse
       if (now() < spinUntil) {
         Atomics.wait(ctl, index, d, 1);
       } else {
-        const r = (Atomics as unknown as {
-          waitAsync(a: Int32Array, i: number, v: number, t: number): { async: boolean; value: Promise<string> | string };
-        }).waitAsync(ctl, index, d, 100);
+        const r = (
+          Atomics as unknown as {
+            waitAsync(
+              a: Int32Array,
+              i: number,
+              v: number,
+              t: number,
+            ): { async: boolean; value: Promise<string> | string };
+          }
+        ).waitAsync(ctl, index, d, 100);
         if (r.async) {
           // Atomics.waitAsync does not keep Node's event loop alive and the workers are unref'd: without a ref'd
           // timer a script whose only pending work is this wait would exit (code 13) mid-update.
@@ -176,7 +219,12 @@ export async function createCpuKernel(opts: CpuKernelOptions = {}): Promise<Fuse
    * actual speed (the main thread spends part of its time copying).
    */
   async function runParallel(
-    b: Block, src: Uint8Array, srcDtype: StoredFloat, dst: Uint8Array, dstDtype: StoredFloat, cols: number,
+    b: Block,
+    src: Uint8Array,
+    srcDtype: StoredFloat,
+    dst: Uint8Array,
+    dstDtype: StoredFloat,
+    cols: number,
   ): Promise<void> {
     // chunks of ~256 KiB of W and ≥ 8 row tiles, at most as many as the control block has flags
     const maxChunks = CTL_INTS - CTL.CHUNK_DONE;
@@ -235,16 +283,23 @@ export async function createCpuKernel(opts: CpuKernelOptions = {}): Promise<Fuse
     await waitFor(CTL.DONE, threads - 1);
     if (mainError) throw mainError;
     if (Atomics.load(ctl, CTL.ERROR) !== 0) {
-      const msg = failure ?? (await new Promise<string>((resolve) => {
-        errorWaiters.push(resolve);
-        setTimeout(() => resolve('a worker reported an error'), 1000).unref();
-      }));
+      const msg =
+        failure ??
+        (await new Promise<string>((resolve) => {
+          errorWaiters.push(resolve);
+          setTimeout(() => resolve('a worker reported an error'), 1000).unref();
+        }));
       throw new FuseError('KERNEL_FAILED', `cpu kernel: ${msg}`, { threads });
     }
   }
 
   async function run(
-    src: Uint8Array, srcDtype: StoredFloat, dst: Uint8Array, dstDtype: StoredFloat, job: UpdateJob, clamp: boolean,
+    src: Uint8Array,
+    srcDtype: StoredFloat,
+    dst: Uint8Array,
+    dstDtype: StoredFloat,
+    job: UpdateJob,
+    clamp: boolean,
   ): Promise<UpdateResult> {
     if (job.rows === 0 || job.cols === 0) return { overflow: 0, nonFiniteInput: 0 };
     const { pb, end } = engine.packB(job);

@@ -46,9 +46,15 @@ export const CMD_QUIT = 2;
 
 /** Kernel entry points by index (the FN word). */
 export const KERNEL_FUNCTIONS = [
-  'update_f32_f32', 'update_f32_f16', 'update_f32_bf16',
-  'update_f16_f32', 'update_f16_f16', 'update_f16_bf16',
-  'update_bf16_f32', 'update_bf16_f16', 'update_bf16_bf16',
+  'update_f32_f32',
+  'update_f32_f16',
+  'update_f32_bf16',
+  'update_f16_f32',
+  'update_f16_f16',
+  'update_f16_bf16',
+  'update_bf16_f32',
+  'update_bf16_f16',
+  'update_bf16_bf16',
 ] as const;
 
 const WORKER_SOURCE = `

@@ -11,8 +11,15 @@ import { Worker } from 'node:worker_threads';
 import { LoraError, type LoraErrorCode } from '../core/errors.js';
 import type { LoraModule, Lora } from '../lora/types.js';
 import {
-  assembleMerge, exactModule, factorTerms, mergeLoras, planMerge,
-  type MergeOptions, type MergeResult, type MergeWeight, type PlannedMergeModule,
+  assembleMerge,
+  exactModule,
+  factorTerms,
+  mergeLoras,
+  planMerge,
+  type MergeOptions,
+  type MergeResult,
+  type MergeWeight,
+  type PlannedMergeModule,
 } from '../lora/merge.js';
 import type { ReduceOutcome } from '../lora/reduce.js';
 import type { ReduceRequest } from './reduce-worker.js';
@@ -31,7 +38,9 @@ function workerSpec(): { entry: string; tsxApi: string | null } {
   const isTs = /\.ts$/.test(new URL(here).pathname);
   return {
     entry: new URL(`./reduce-worker.${isTs ? 'ts' : 'js'}`, here).href,
-    tsxApi: isTs ? new URL('dist/esm/api/index.mjs', pathToFileURL(createRequire(here).resolve('tsx/package.json'))).href : null,
+    tsxApi: isTs
+      ? new URL('dist/esm/api/index.mjs', pathToFileURL(createRequire(here).resolve('tsx/package.json'))).href
+      : null,
   };
 }
 
@@ -44,12 +53,17 @@ const { workerData } = require('node:worker_threads');
 `;
 
 /** A typed array that owns its whole buffer (posting a view would copy the entire underlying buffer). */
-const own = (a: Float32Array): Float32Array => (a.byteOffset === 0 && a.byteLength === a.buffer.byteLength ? a : a.slice());
+const own = (a: Float32Array): Float32Array =>
+  a.byteOffset === 0 && a.byteLength === a.buffer.byteLength ? a : a.slice();
 
 const yieldToEvents = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 
 /** Spread the reductions of a merge over worker threads. Same arguments, result and errors as mergeLoras. */
-export async function mergeLorasParallel(loras: readonly Lora[], weights: readonly MergeWeight[], options: ParallelMergeOptions = {}): Promise<MergeResult> {
+export async function mergeLorasParallel(
+  loras: readonly Lora[],
+  weights: readonly MergeWeight[],
+  options: ParallelMergeOptions = {},
+): Promise<MergeResult> {
   const plan = planMerge(loras, weights, options);
   const jobs = plan.modules.filter((pm) => pm.action === 'reduce');
   const threads = Math.max(1, Math.min(Math.floor(options.threads ?? availableParallelism()), jobs.length));
@@ -64,7 +78,10 @@ export async function mergeLorasParallel(loras: readonly Lora[], weights: readon
 
   const total = plan.modules.length;
   let done = 0;
-  const tick = (): void => { done++; options.onProgress?.(done, total); };
+  const tick = (): void => {
+    done++;
+    options.onProgress?.(done, total);
+  };
   const outcomes = new Map<string, ReduceOutcome>();
   const built = new Map<string, LoraModule>();
   const workers: Worker[] = [];
@@ -74,7 +91,12 @@ export async function mergeLorasParallel(loras: readonly Lora[], weights: readon
       let next = 0;
       let finished = 0;
       const byId = new Map<number, PlannedMergeModule>();
-      const fail = (e: unknown): void => { if (!failed) { failed = true; reject(e); } };
+      const fail = (e: unknown): void => {
+        if (!failed) {
+          failed = true;
+          reject(e);
+        }
+      };
       const send = (w: Worker): void => {
         if (failed || next >= jobs.length) return;
         const id = next++;
@@ -87,26 +109,55 @@ export async function mergeLorasParallel(loras: readonly Lora[], weights: readon
       for (let t = 0; t < threads; t++) {
         const w = new Worker(BOOT, { eval: true, workerData: spec });
         workers.push(w);
-        w.on('error', (e) => fail(new LoraError('LORA_WORKER_FAILED', `merge: a rank-reduction worker thread failed: ${e.message}`, { found: e.message })));
+        w.on('error', (e) =>
+          fail(
+            new LoraError('LORA_WORKER_FAILED', `merge: a rank-reduction worker thread failed: ${e.message}`, {
+              found: e.message,
+            }),
+          ),
+        );
         w.on('exit', (code) => {
-          if (code !== 0 && finished < jobs.length) fail(new LoraError('LORA_WORKER_FAILED', `merge: a rank-reduction worker thread stopped with exit code ${code}`, { found: code }));
+          if (code !== 0 && finished < jobs.length)
+            fail(
+              new LoraError(
+                'LORA_WORKER_FAILED',
+                `merge: a rank-reduction worker thread stopped with exit code ${code}`,
+                { found: code },
+              ),
+            );
         });
-        w.on('message', (msg: { id: number; outcome?: ReduceOutcome; error?: { message: string; code?: unknown; details?: unknown } }) => {
-          if (msg.error) {
-            const path = byId.get(msg.id)?.path;
-            const { message, code, details } = msg.error;
-            fail(typeof code === 'string' && code.startsWith('LORA_')
-              ? new LoraError(code as LoraErrorCode, message, { ...(details as Record<string, unknown>), key: path })
-              : new LoraError('LORA_WORKER_FAILED', `merge: reducing module '${path}' failed in a worker thread: ${message}`, { key: path }));
-            return;
-          }
-          const pm = byId.get(msg.id)!;
-          byId.delete(msg.id);
-          outcomes.set(pm.path, msg.outcome!);
-          send(w);
-          tick();
-          if (++finished === jobs.length) resolve();
-        });
+        w.on(
+          'message',
+          (msg: {
+            id: number;
+            outcome?: ReduceOutcome;
+            error?: { message: string; code?: unknown; details?: unknown };
+          }) => {
+            if (msg.error) {
+              const path = byId.get(msg.id)?.path;
+              const { message, code, details } = msg.error;
+              fail(
+                typeof code === 'string' && code.startsWith('LORA_')
+                  ? new LoraError(code as LoraErrorCode, message, {
+                      ...(details as Record<string, unknown>),
+                      key: path,
+                    })
+                  : new LoraError(
+                      'LORA_WORKER_FAILED',
+                      `merge: reducing module '${path}' failed in a worker thread: ${message}`,
+                      { key: path },
+                    ),
+              );
+              return;
+            }
+            const pm = byId.get(msg.id)!;
+            byId.delete(msg.id);
+            outcomes.set(pm.path, msg.outcome!);
+            send(w);
+            tick();
+            if (++finished === jobs.length) resolve();
+          },
+        );
         // Two jobs per worker: it never waits for the main thread between modules.
         send(w);
         send(w);
@@ -122,7 +173,13 @@ export async function mergeLorasParallel(loras: readonly Lora[], weights: readon
         await yieldToEvents();
       }
     })();
-    await Promise.all([reductions, exact.catch((e: unknown) => { failed = true; throw e; })]);
+    await Promise.all([
+      reductions,
+      exact.catch((e: unknown) => {
+        failed = true;
+        throw e;
+      }),
+    ]);
   } finally {
     await Promise.all(workers.map((w) => w.terminate()));
   }

@@ -27,7 +27,10 @@ if (parentPort) {
       port.postMessage({ id: msg.id, outcome }, transfer as ArrayBuffer[]);
     } catch (e) {
       const err = e as Error & { code?: unknown; details?: unknown };
-      port.postMessage({ id: msg.id, error: { message: err?.message ?? String(e), code: err?.code, details: err?.details } });
+      port.postMessage({
+        id: msg.id,
+        error: { message: err?.message ?? String(e), code: err?.code, details: err?.details },
+      });
     }
   });
 }

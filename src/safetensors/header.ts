@@ -58,13 +58,22 @@ function render(v: unknown, depth: number): string {
   }
   if (typeof v === 'object') {
     const keys = Object.keys(v as object);
-    const items = keys.slice(0, 4).map((k) => `${JSON.stringify(k.length > 20 ? `${k.slice(0, 20)}...` : k)}:${render((v as Record<string, unknown>)[k], depth + 1)}`);
+    const items = keys
+      .slice(0, 4)
+      .map(
+        (k) =>
+          `${JSON.stringify(k.length > 20 ? `${k.slice(0, 20)}...` : k)}:${render((v as Record<string, unknown>)[k], depth + 1)}`,
+      );
     return `{${items.join(',')}${keys.length > 4 ? ',...' : ''}}`;
   }
   return typeof v;
 }
 
-function fail(code: ConstructorParameters<typeof SafetensorsError>[0], message: string, details: Record<string, unknown>): never {
+function fail(
+  code: ConstructorParameters<typeof SafetensorsError>[0],
+  message: string,
+  details: Record<string, unknown>,
+): never {
   throw new SafetensorsError(code, message, details);
 }
 
@@ -93,26 +102,37 @@ export function parseHeader(bytes: Uint8Array, file: string, dataOffset: number,
     parsed = JSON.parse(text);
   } catch (e) {
     if (bytes[0] === 0xef && bytes[1] === 0xbb && bytes[2] === 0xbf) {
-      fail('SAFETENSORS_HEADER_NOT_OBJECT', `${file}: the header starts with a UTF-8 byte order mark; it must start with '{'`, { file });
+      fail(
+        'SAFETENSORS_HEADER_NOT_OBJECT',
+        `${file}: the header starts with a UTF-8 byte order mark; it must start with '{'`,
+        { file },
+      );
     }
     const why = e instanceof Error ? e.message.slice(0, 120) : String(e);
-    fail('SAFETENSORS_HEADER_INVALID_JSON', `${file}: the ${bytes.length}-byte header is not valid JSON (${why})`, { file });
+    fail('SAFETENSORS_HEADER_INVALID_JSON', `${file}: the ${bytes.length}-byte header is not valid JSON (${why})`, {
+      file,
+    });
   }
   if (!isPlainObject(parsed)) {
     fail('SAFETENSORS_HEADER_NOT_OBJECT', `${file}: the header must be a JSON object; found ${show(parsed)}`, { file });
   }
   if (bytes[0] !== LBRACE_BYTE) {
-    fail('SAFETENSORS_HEADER_NOT_OBJECT',
+    fail(
+      'SAFETENSORS_HEADER_NOT_OBJECT',
       `${file}: the header must start with '{' at byte 8; found byte 0x${bytes[0]!.toString(16).padStart(2, '0')} (only trailing padding is allowed)`,
-      { file });
+      { file },
+    );
   }
   const scan = scanKeys(text);
   if (scan.duplicate) {
     const { key, parent } = scan.duplicate;
-    fail('SAFETENSORS_DUPLICATE_KEY', parent === null
-      ? `${file}: key '${key}' appears more than once in the header (JSON would silently keep only the last)`
-      : `${file}: '${parent}' has the field '${key}' more than once (JSON would silently keep only the last)`,
-    { file, key, parent });
+    fail(
+      'SAFETENSORS_DUPLICATE_KEY',
+      parent === null
+        ? `${file}: key '${key}' appears more than once in the header (JSON would silently keep only the last)`
+        : `${file}: '${parent}' has the field '${key}' more than once (JSON would silently keep only the last)`,
+      { file, key, parent },
+    );
   }
 
   let metadata: Record<string, string> = {};
@@ -133,37 +153,48 @@ export function parseHeader(bytes: Uint8Array, file: string, dataOffset: number,
   for (const t of tensors) {
     const [b, e] = t.dataOffsets;
     if (b !== end) {
-      const message = b < end
-        ? `${file}: tensor '${t.name}' starts at data offset ${b}, inside '${previous!.name}' which ends at ${end} (tensors overlap)`
-        : `${file}: tensor '${t.name}' starts at data offset ${b}, but the previous tensor${previous ? ` '${previous.name}'` : ''} ends at ${end} (a gap of ${b - end} bytes; tensors must be contiguous from offset 0)`;
+      const message =
+        b < end
+          ? `${file}: tensor '${t.name}' starts at data offset ${b}, inside '${previous!.name}' which ends at ${end} (tensors overlap)`
+          : `${file}: tensor '${t.name}' starts at data offset ${b}, but the previous tensor${previous ? ` '${previous.name}'` : ''} ends at ${end} (a gap of ${b - end} bytes; tensors must be contiguous from offset 0)`;
       fail('SAFETENSORS_OFFSETS_INVALID', message, { file, key: t.name, expected: end, found: b });
     }
     end = e;
     previous = t;
   }
   if (end > dataLength) {
-    fail('SAFETENSORS_TRUNCATED',
+    fail(
+      'SAFETENSORS_TRUNCATED',
       `${file}: tensor '${previous!.name}' ends at data offset ${end}, but the data section holds only ${dataLength} bytes (the file is truncated)`,
-      { file, key: previous!.name, expected: end, found: dataLength });
+      { file, key: previous!.name, expected: end, found: dataLength },
+    );
   }
   if (end < dataLength) {
-    fail('SAFETENSORS_OFFSETS_INVALID',
+    fail(
+      'SAFETENSORS_OFFSETS_INVALID',
       `${file}: the data section has ${dataLength} bytes but the tensors cover only ${end}; ${dataLength - end} trailing bytes belong to no tensor`,
-      { file, expected: end, found: dataLength });
+      { file, expected: end, found: dataLength },
+    );
   }
   return { tensors, metadata };
 }
 
 function parseMetadata(v: unknown, file: string): Record<string, string> {
   if (!isPlainObject(v)) {
-    fail('SAFETENSORS_METADATA_INVALID', `${file}: '${METADATA_KEY}' must be an object of strings; found ${show(v)}`, { file, key: METADATA_KEY });
+    fail('SAFETENSORS_METADATA_INVALID', `${file}: '${METADATA_KEY}' must be an object of strings; found ${show(v)}`, {
+      file,
+      key: METADATA_KEY,
+    });
   }
   const entries: [string, string][] = [];
   for (const k of Object.keys(v)) {
     const value = v[k];
     if (typeof value !== 'string') {
-      fail('SAFETENSORS_METADATA_INVALID',
-        `${file}: metadata '${k}' must be a string; found ${show(value)}`, { file, key: k, found: show(value) });
+      fail('SAFETENSORS_METADATA_INVALID', `${file}: metadata '${k}' must be a string; found ${show(value)}`, {
+        file,
+        key: k,
+        found: show(value),
+      });
     }
     entries.push([k, value]);
   }
@@ -173,24 +204,36 @@ function parseMetadata(v: unknown, file: string): Record<string, string> {
 
 function parseTensor(name: string, entry: unknown, file: string, dataOffset: number): TensorInfo {
   if (!isPlainObject(entry)) {
-    fail('SAFETENSORS_TENSOR_INVALID',
-      `${file}: tensor '${name}' must be an object with dtype, shape and data_offsets; found ${show(entry)}`, { file, key: name });
+    fail(
+      'SAFETENSORS_TENSOR_INVALID',
+      `${file}: tensor '${name}' must be an object with dtype, shape and data_offsets; found ${show(entry)}`,
+      { file, key: name },
+    );
   }
   for (const field of ['dtype', 'shape', 'data_offsets']) {
     if (!(field in entry)) {
-      fail('SAFETENSORS_TENSOR_INVALID', `${file}: tensor '${name}' has no '${field}' field; found ${show(entry)}`, { file, key: name, field });
+      fail('SAFETENSORS_TENSOR_INVALID', `${file}: tensor '${name}' has no '${field}' field; found ${show(entry)}`, {
+        file,
+        key: name,
+        field,
+      });
     }
   }
   const dtype = entry.dtype;
   if (!isDType(dtype)) {
-    fail('SAFETENSORS_UNKNOWN_DTYPE',
+    fail(
+      'SAFETENSORS_UNKNOWN_DTYPE',
       `${file}: tensor '${name}' has dtype ${show(dtype)}; expected one of ${Object.keys(DTYPE_SIZE).join(', ')}`,
-      { file, key: name, found: show(dtype) });
+      { file, key: name, found: show(dtype) },
+    );
   }
   const shape = entry.shape;
   if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && (d as number) >= 0)) {
-    fail('SAFETENSORS_SHAPE_INVALID',
-      `${file}: tensor '${name}' has shape ${show(shape)}; expected an array of non-negative integers`, { file, key: name, found: show(shape) });
+    fail(
+      'SAFETENSORS_SHAPE_INVALID',
+      `${file}: tensor '${name}' has shape ${show(shape)}; expected an array of non-negative integers`,
+      { file, key: name, found: show(shape) },
+    );
   }
   const dims = (shape as number[]).map((d) => (d === 0 ? 0 : d)); // normalise -0
   let count = 1;
@@ -198,23 +241,36 @@ function parseTensor(name: string, entry: unknown, file: string, dataOffset: num
     for (const d of dims) {
       count *= d;
       if (count > Number.MAX_SAFE_INTEGER) {
-        fail('SAFETENSORS_SHAPE_INVALID',
-          `${file}: tensor '${name}' has shape ${show(shape)} with more elements than can be addressed`, { file, key: name, found: show(shape) });
+        fail(
+          'SAFETENSORS_SHAPE_INVALID',
+          `${file}: tensor '${name}' has shape ${show(shape)} with more elements than can be addressed`,
+          { file, key: name, found: show(shape) },
+        );
       }
     }
   } else count = 0;
   const offsets = entry.data_offsets;
-  if (!Array.isArray(offsets) || offsets.length !== 2 ||
-      !offsets.every((o) => Number.isSafeInteger(o) && (o as number) >= 0) || (offsets[0] as number) > (offsets[1] as number)) {
-    fail('SAFETENSORS_OFFSETS_INVALID',
-      `${file}: tensor '${name}' has data_offsets ${show(offsets)}; expected [begin, end] with 0 ≤ begin ≤ end`, { file, key: name, found: show(offsets) });
+  if (
+    !Array.isArray(offsets) ||
+    offsets.length !== 2 ||
+    !offsets.every((o) => Number.isSafeInteger(o) && (o as number) >= 0) ||
+    (offsets[0] as number) > (offsets[1] as number)
+  ) {
+    fail(
+      'SAFETENSORS_OFFSETS_INVALID',
+      `${file}: tensor '${name}' has data_offsets ${show(offsets)}; expected [begin, end] with 0 ≤ begin ≤ end`,
+      { file, key: name, found: show(offsets) },
+    );
   }
-  const begin = (offsets[0] as number) + 0, end = (offsets[1] as number) + 0;
+  const begin = (offsets[0] as number) + 0,
+    end = (offsets[1] as number) + 0;
   const byteLength = count * DTYPE_SIZE[dtype];
   if (end - begin !== byteLength) {
-    fail('SAFETENSORS_BYTE_LENGTH_MISMATCH',
+    fail(
+      'SAFETENSORS_BYTE_LENGTH_MISMATCH',
       `${file}: tensor '${name}' (${dtype} ${show(shape)}) needs ${byteLength} bytes but data_offsets [${begin}, ${end}] span ${end - begin}`,
-      { file, key: name, expected: byteLength, found: end - begin });
+      { file, key: name, expected: byteLength, found: end - begin },
+    );
   }
   return Object.freeze({
     name,

@@ -22,7 +22,13 @@ export interface KeyScan {
   duplicate: DuplicateKey | null;
 }
 
-const QUOTE = 0x22, BACKSLASH = 0x5c, LBRACE = 0x7b, RBRACE = 0x7d, LBRACKET = 0x5b, RBRACKET = 0x5d, COMMA = 0x2c;
+const QUOTE = 0x22,
+  BACKSLASH = 0x5c,
+  LBRACE = 0x7b,
+  RBRACE = 0x7d,
+  LBRACKET = 0x5b,
+  RBRACKET = 0x5d,
+  COMMA = 0x2c;
 
 export function scanKeys(text: string): KeyScan {
   const keys: string[] = [];
@@ -44,7 +50,11 @@ export function scanKeys(text: string): KeyScan {
       for (;;) {
         if (j >= n) return { keys, duplicate: null }; // unterminated: cannot happen for parsed JSON
         const d = text.charCodeAt(j);
-        if (d === BACKSLASH) { escaped = true; j += 2; continue; }
+        if (d === BACKSLASH) {
+          escaped = true;
+          j += 2;
+          continue;
+        }
         if (d === QUOTE) break;
         j++;
       }

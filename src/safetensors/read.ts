@@ -5,7 +5,14 @@
 import { IoError, SafetensorsError } from '../core/errors.js';
 import type { ByteSource } from '../core/bytes.js';
 import type { DType } from '../core/tensor.js';
-import { bytesAsTyped, decodeInto, decodeToF32, isFloatDType, LITTLE_ENDIAN, type TypedArrayFor } from '../core/dtype.js';
+import {
+  bytesAsTyped,
+  decodeInto,
+  decodeToF32,
+  isFloatDType,
+  LITTLE_ENDIAN,
+  type TypedArrayFor,
+} from '../core/dtype.js';
 import { MAX_HEADER_LENGTH, parseHeader, type TensorInfo } from './header.js';
 
 export type { TensorInfo } from './header.js';
@@ -27,7 +34,12 @@ export class SafetensorsFile {
   readonly metadata: Readonly<Record<string, string>>;
   readonly #byName: Map<string, TensorInfo>;
 
-  constructor(source: ByteSource, headerLength: number, tensors: readonly TensorInfo[], metadata: Readonly<Record<string, string>>) {
+  constructor(
+    source: ByteSource,
+    headerLength: number,
+    tensors: readonly TensorInfo[],
+    metadata: Readonly<Record<string, string>>,
+  ) {
     this.name = source.name;
     this.source = source;
     this.byteLength = source.byteLength;
@@ -56,8 +68,11 @@ export class SafetensorsFile {
   info(name: string): TensorInfo {
     const t = this.#byName.get(name);
     if (!t) {
-      throw new SafetensorsError('SAFETENSORS_TENSOR_NOT_FOUND',
-        `${this.name}: no tensor named '${name}' (the file has ${this.tensors.length} tensors)`, { file: this.name, key: name });
+      throw new SafetensorsError(
+        'SAFETENSORS_TENSOR_NOT_FOUND',
+        `${this.name}: no tensor named '${name}' (the file has ${this.tensors.length} tensors)`,
+        { file: this.name, key: name },
+      );
     }
     return t;
   }
@@ -71,9 +86,11 @@ export class SafetensorsFile {
     const t = this.info(name);
     if (into !== undefined) {
       if (!(into instanceof Uint8Array) || into.byteLength < t.byteLength) {
-        throw new SafetensorsError('SAFETENSORS_BUFFER_TOO_SMALL',
+        throw new SafetensorsError(
+          'SAFETENSORS_BUFFER_TOO_SMALL',
           `${this.name}: tensor '${name}' needs ${t.byteLength} bytes; the buffer given holds ${into instanceof Uint8Array ? into.byteLength : 'none'}`,
-          { file: this.name, key: name, expected: t.byteLength });
+          { file: this.name, key: name, expected: t.byteLength },
+        );
       }
       const target = into.subarray(0, t.byteLength);
       await this.#readRange(t, target);
@@ -82,9 +99,11 @@ export class SafetensorsFile {
     if (t.byteLength === 0) return new Uint8Array(0);
     const bytes = await this.source.read(t.offset, t.offset + t.byteLength);
     if (!(bytes instanceof Uint8Array) || bytes.byteLength !== t.byteLength) {
-      throw new IoError('IO_READ_FAILED',
+      throw new IoError(
+        'IO_READ_FAILED',
         `${this.name}: reading tensor '${name}' returned ${bytes instanceof Uint8Array ? bytes.byteLength : 'no'} bytes; expected ${t.byteLength}`,
-        { file: this.name, key: name });
+        { file: this.name, key: name },
+      );
     }
     return bytes;
   }
@@ -97,9 +116,11 @@ export class SafetensorsFile {
     }
     const bytes = await this.source.read(t.offset, t.offset + target.byteLength);
     if (!(bytes instanceof Uint8Array) || bytes.byteLength !== target.byteLength) {
-      throw new IoError('IO_READ_FAILED',
+      throw new IoError(
+        'IO_READ_FAILED',
         `${this.name}: reading tensor '${t.name}' returned ${bytes instanceof Uint8Array ? bytes.byteLength : 'no'} bytes; expected ${target.byteLength}`,
-        { file: this.name, key: t.name });
+        { file: this.name, key: t.name },
+      );
     }
     target.set(bytes);
   }
@@ -124,9 +145,11 @@ export class SafetensorsFile {
     const what = `${this.name}: tensor '${name}'`;
     if (!isFloatDType(t.dtype)) decodeToF32(t.dtype, new Uint8Array(0), what); // throws before any read
     if (into !== undefined && (!(into instanceof Float32Array) || into.length < t.numel)) {
-      throw new SafetensorsError('SAFETENSORS_BUFFER_TOO_SMALL',
+      throw new SafetensorsError(
+        'SAFETENSORS_BUFFER_TOO_SMALL',
         `${what} has ${t.numel} elements; the Float32Array given holds ${into instanceof Float32Array ? into.length : 'none'}`,
-        { file: this.name, key: name, expected: t.numel });
+        { file: this.name, key: name, expected: t.numel },
+      );
     }
     const out = into ? into.subarray(0, t.numel) : new Float32Array(t.numel);
     if (t.dtype === 'F32' && LITTLE_ENDIAN) {
@@ -176,23 +199,35 @@ export async function parseSafetensors(source: ByteSource): Promise<SafetensorsF
     throw new IoError('IO_READ_FAILED', `${file}: the source reports an invalid length ${String(size)}`, { file });
   }
   if (size < 8) {
-    throw new SafetensorsError('SAFETENSORS_TRUNCATED',
-      `${file}: the file is ${size} bytes long; a safetensors file starts with an 8-byte header length`, { file, expected: 8, found: size });
+    throw new SafetensorsError(
+      'SAFETENSORS_TRUNCATED',
+      `${file}: the file is ${size} bytes long; a safetensors file starts with an 8-byte header length`,
+      { file, expected: 8, found: size },
+    );
   }
   const prefix = await readExactly(source, 0, 8);
   const n = new DataView(prefix.buffer, prefix.byteOffset, 8).getBigUint64(0, true);
   if (n > BigInt(MAX_HEADER_LENGTH)) {
-    throw new SafetensorsError('SAFETENSORS_HEADER_TOO_LARGE',
-      `${file}: the header length is ${n} bytes; at most ${MAX_HEADER_LENGTH} is allowed`, { file, expected: MAX_HEADER_LENGTH, found: n.toString() });
+    throw new SafetensorsError(
+      'SAFETENSORS_HEADER_TOO_LARGE',
+      `${file}: the header length is ${n} bytes; at most ${MAX_HEADER_LENGTH} is allowed`,
+      { file, expected: MAX_HEADER_LENGTH, found: n.toString() },
+    );
   }
   const headerLength = Number(n);
   if (headerLength > size) {
-    throw new SafetensorsError('SAFETENSORS_HEADER_TOO_LARGE',
-      `${file}: the header length is ${headerLength} bytes but the whole file is only ${size} bytes`, { file, expected: size, found: headerLength });
+    throw new SafetensorsError(
+      'SAFETENSORS_HEADER_TOO_LARGE',
+      `${file}: the header length is ${headerLength} bytes but the whole file is only ${size} bytes`,
+      { file, expected: size, found: headerLength },
+    );
   }
   if (8 + headerLength > size) {
-    throw new SafetensorsError('SAFETENSORS_TRUNCATED',
-      `${file}: the header needs bytes 8…${8 + headerLength} but the file is ${size} bytes long`, { file, expected: 8 + headerLength, found: size });
+    throw new SafetensorsError(
+      'SAFETENSORS_TRUNCATED',
+      `${file}: the header needs bytes 8…${8 + headerLength} but the file is ${size} bytes long`,
+      { file, expected: 8 + headerLength, found: size },
+    );
   }
   const headerBytes = headerLength === 0 ? new Uint8Array(0) : await readExactly(source, 8, 8 + headerLength);
   const { tensors, metadata } = parseHeader(headerBytes, file, 8 + headerLength, size - 8 - headerLength);
@@ -202,9 +237,11 @@ export async function parseSafetensors(source: ByteSource): Promise<SafetensorsF
 async function readExactly(source: ByteSource, start: number, end: number): Promise<Uint8Array> {
   const bytes = await source.read(start, end);
   if (!(bytes instanceof Uint8Array) || bytes.byteLength !== end - start) {
-    throw new IoError('IO_READ_FAILED',
+    throw new IoError(
+      'IO_READ_FAILED',
       `${source.name}: reading bytes ${start}…${end} returned ${bytes instanceof Uint8Array ? bytes.byteLength : 'no'} bytes`,
-      { file: source.name, expected: end - start });
+      { file: source.name, expected: end - start },
+    );
   }
   return bytes;
 }

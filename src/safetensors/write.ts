@@ -70,7 +70,11 @@ function invalid(message: string, details: Record<string, unknown> = {}): never 
  * Validate names, dtypes, shapes and metadata, and lay out the header. Eager data is checked for its byte
  * length here, before anything is written; thunk data is checked when produced.
  */
-export function planSafetensors(tensors: readonly TensorToWrite[], metadata?: Readonly<Record<string, string>>, target = '<output>'): SafetensorsPlan {
+export function planSafetensors(
+  tensors: readonly TensorToWrite[],
+  metadata?: Readonly<Record<string, string>>,
+  target = '<output>',
+): SafetensorsPlan {
   const seen = new Set<string>();
   const infos: TensorInfo[] = [];
   const parts: string[] = [];
@@ -88,32 +92,53 @@ export function planSafetensors(tensors: readonly TensorToWrite[], metadata?: Re
   }
   let offset = 0;
   for (const t of tensors) {
-    if (typeof t !== 'object' || t === null) invalid(`${target}: each tensor must be an object; found ${show(t)}`, { file: target });
+    if (typeof t !== 'object' || t === null)
+      invalid(`${target}: each tensor must be an object; found ${show(t)}`, { file: target });
     const { name, dtype, shape } = t;
-    if (typeof name !== 'string') invalid(`${target}: a tensor name must be a string; found ${show(name)}`, { file: target });
-    if (name === METADATA_KEY) invalid(`${target}: '${METADATA_KEY}' is reserved for metadata and cannot name a tensor`, { file: target, key: name });
+    if (typeof name !== 'string')
+      invalid(`${target}: a tensor name must be a string; found ${show(name)}`, { file: target });
+    if (name === METADATA_KEY)
+      invalid(`${target}: '${METADATA_KEY}' is reserved for metadata and cannot name a tensor`, {
+        file: target,
+        key: name,
+      });
     if (seen.has(name)) invalid(`${target}: tensor '${name}' is given more than once`, { file: target, key: name });
     seen.add(name);
     if (!isDType(dtype)) {
-      invalid(`${target}: tensor '${name}' has dtype ${show(dtype)}; expected one of ${Object.keys(DTYPE_SIZE).join(', ')}`, { file: target, key: name });
+      invalid(
+        `${target}: tensor '${name}' has dtype ${show(dtype)}; expected one of ${Object.keys(DTYPE_SIZE).join(', ')}`,
+        { file: target, key: name },
+      );
     }
     if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && d >= 0)) {
-      invalid(`${target}: tensor '${name}' has shape ${show(shape)}; expected an array of non-negative integers`, { file: target, key: name });
+      invalid(`${target}: tensor '${name}' has shape ${show(shape)}; expected an array of non-negative integers`, {
+        file: target,
+        key: name,
+      });
     }
     const dims = (shape as number[]).map((d) => d + 0);
     const count = dims.reduce((a, d) => a * d, 1);
     const byteLength = count * DTYPE_SIZE[dtype];
     if (!Number.isSafeInteger(byteLength) || !Number.isSafeInteger(offset + byteLength)) {
-      invalid(`${target}: tensor '${name}' with shape ${show(shape)} is too large to address`, { file: target, key: name });
+      invalid(`${target}: tensor '${name}' with shape ${show(shape)} is too large to address`, {
+        file: target,
+        key: name,
+      });
     }
     if (typeof t.data !== 'function') checkData(t.data, dtype, byteLength, name, target);
     const info: TensorInfo = Object.freeze({
-      name, dtype, shape: Object.freeze(dims), numel: count, byteLength,
+      name,
+      dtype,
+      shape: Object.freeze(dims),
+      numel: count,
+      byteLength,
       offset, // relative for now; made absolute below
       dataOffsets: Object.freeze([offset, offset + byteLength] as [number, number]),
     });
     infos.push(info);
-    parts.push(`${JSON.stringify(name)}:{"dtype":${JSON.stringify(dtype)},"shape":${JSON.stringify(dims)},"data_offsets":[${offset},${offset + byteLength}]}`);
+    parts.push(
+      `${JSON.stringify(name)}:{"dtype":${JSON.stringify(dtype)},"shape":${JSON.stringify(dims)},"data_offsets":[${offset},${offset + byteLength}]}`,
+    );
     offset += byteLength;
   }
   const json = new TextEncoder().encode(`{${parts.join(',')}}`);
@@ -129,16 +154,25 @@ export function planSafetensors(tensors: readonly TensorToWrite[], metadata?: Re
 /** Bytes of tensor data, checked against the dtype and expected length. */
 function checkData(data: unknown, dtype: DType, byteLength: number, name: string, target: string): Uint8Array {
   if (!ArrayBuffer.isView(data)) {
-    invalid(`${target}: tensor '${name}' data must be a Uint8Array or a typed array; found ${data === null ? 'null' : typeof data}`, { file: target, key: name });
+    invalid(
+      `${target}: tensor '${name}' data must be a Uint8Array or a typed array; found ${data === null ? 'null' : typeof data}`,
+      { file: target, key: name },
+    );
   }
   const element = (data as { BYTES_PER_ELEMENT?: number }).BYTES_PER_ELEMENT;
   if (element !== undefined && element !== 1 && element !== DTYPE_SIZE[dtype]) {
-    invalid(`${target}: tensor '${name}' is ${dtype} (${DTYPE_SIZE[dtype]}-byte elements) but its data is a ${data.constructor.name} (${element}-byte elements)`,
-      { file: target, key: name });
+    invalid(
+      `${target}: tensor '${name}' is ${dtype} (${DTYPE_SIZE[dtype]}-byte elements) but its data is a ${data.constructor.name} (${element}-byte elements)`,
+      { file: target, key: name },
+    );
   }
   if (data.byteLength !== byteLength) {
-    invalid(`${target}: tensor '${name}' (${dtype}) needs ${byteLength} bytes; its data has ${data.byteLength}`,
-      { file: target, key: name, expected: byteLength, found: data.byteLength });
+    invalid(`${target}: tensor '${name}' (${dtype}) needs ${byteLength} bytes; its data has ${data.byteLength}`, {
+      file: target,
+      key: name,
+      expected: byteLength,
+      found: data.byteLength,
+    });
   }
   return data instanceof Uint8Array ? data : typedAsBytes(data);
 }
@@ -188,7 +222,11 @@ class Gatherer {
  * Write tensors to a sink (header first, then data in order) WITHOUT committing it. On failure the error
  * propagates and the caller aborts the sink; writeSafetensors does both.
  */
-export async function writeToSink(sink: ByteSink, tensors: TensorsToWrite, options: WriteOptions = {}): Promise<WriteResult> {
+export async function writeToSink(
+  sink: ByteSink,
+  tensors: TensorsToWrite,
+  options: WriteOptions = {},
+): Promise<WriteResult> {
   const list = await collect(tensors);
   const plan = planSafetensors(list, options.metadata, sink.name);
   const out = new Gatherer(sink);
@@ -214,8 +252,15 @@ function openPathSink(path: string, refuse: readonly (ByteSource | string)[], di
  * on failure, and inputs named in `refuseOverwrite` are never replaced) or a ByteSink, which is committed on
  * success and aborted on failure.
  */
-export async function writeSafetensors(target: string | ByteSink, tensors: TensorsToWrite, options: WriteOptions = {}): Promise<WriteResult> {
-  const sink = typeof target === 'string' ? await openPathSink(target, options.refuseOverwrite ?? [], options.direct === true) : target;
+export async function writeSafetensors(
+  target: string | ByteSink,
+  tensors: TensorsToWrite,
+  options: WriteOptions = {},
+): Promise<WriteResult> {
+  const sink =
+    typeof target === 'string'
+      ? await openPathSink(target, options.refuseOverwrite ?? [], options.direct === true)
+      : target;
   try {
     const result = await writeToSink(sink, tensors, options);
     await sink.commit();
@@ -231,11 +276,16 @@ export async function writeSafetensors(target: string | ByteSink, tensors: Tenso
 }
 
 /** The whole file in memory (small files, browsers). Data must be given directly, not as thunks. */
-export function serializeSafetensors(tensors: readonly TensorToWrite[], options: { metadata?: Readonly<Record<string, string>> } = {}): Uint8Array {
+export function serializeSafetensors(
+  tensors: readonly TensorToWrite[],
+  options: { metadata?: Readonly<Record<string, string>> } = {},
+): Uint8Array {
   for (const t of tensors) {
     if (typeof t?.data === 'function') {
-      invalid(`<memory>: tensor '${t.name}' has its data as a function; serializeSafetensors needs the bytes (use writeSafetensors with a sink for thunks)`,
-        { key: t.name });
+      invalid(
+        `<memory>: tensor '${t.name}' has its data as a function; serializeSafetensors needs the bytes (use writeSafetensors with a sink for thunks)`,
+        { key: t.name },
+      );
     }
   }
   const plan = planSafetensors(tensors, options.metadata, '<memory>');

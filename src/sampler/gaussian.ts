@@ -41,17 +41,29 @@ export interface GaussianDenoiserOptions extends GaussianTarget {
 
 function checkTarget(mean: number, std: number): void {
   if (typeof mean !== 'number' || !Number.isFinite(mean)) {
-    throw new SamplerError('SAMPLER_INVALID_CONFIG', `gaussian target: mean must be a finite number, got ${String(mean)}`, { option: 'mean', expected: 'finite number', found: mean });
+    throw new SamplerError(
+      'SAMPLER_INVALID_CONFIG',
+      `gaussian target: mean must be a finite number, got ${String(mean)}`,
+      { option: 'mean', expected: 'finite number', found: mean },
+    );
   }
   if (typeof std !== 'number' || !Number.isFinite(std) || std <= 0) {
-    throw new SamplerError('SAMPLER_INVALID_CONFIG', `gaussian target: std must be a positive number, got ${String(std)}`, { option: 'std', expected: 'positive number', found: std });
+    throw new SamplerError(
+      'SAMPLER_INVALID_CONFIG',
+      `gaussian target: std must be a positive number, got ${String(std)}`,
+      { option: 'std', expected: 'positive number', found: std },
+    );
   }
 }
 
 /**
  * The affine map x_t ↦ x̂₀ = A·x_t + B of a Gaussian denoiser at a timestep with cumulative alpha ᾱ.
  */
-export function gaussianX0Map(kind: GaussianDenoiserKind, target: GaussianTarget, alphaCumprod: number): { a: number; b: number } {
+export function gaussianX0Map(
+  kind: GaussianDenoiserKind,
+  target: GaussianTarget,
+  alphaCumprod: number,
+): { a: number; b: number } {
   checkTarget(target.mean, target.std);
   const { mean: mu, std: sigma } = target;
   const sa = Math.sqrt(alphaCumprod);
@@ -67,7 +79,11 @@ export function gaussianX0Map(kind: GaussianDenoiserKind, target: GaussianTarget
 export function gaussianDenoiser(options: GaussianDenoiserOptions): Denoiser {
   const kind = options.kind ?? 'consistency';
   if (kind !== 'consistency' && kind !== 'tweedie') {
-    throw new SamplerError('SAMPLER_INVALID_CONFIG', `gaussianDenoiser: kind must be 'consistency' or 'tweedie', got ${String(kind)}`, { option: 'kind', expected: 'consistency | tweedie', found: kind });
+    throw new SamplerError(
+      'SAMPLER_INVALID_CONFIG',
+      `gaussianDenoiser: kind must be 'consistency' or 'tweedie', got ${String(kind)}`,
+      { option: 'kind', expected: 'consistency | tweedie', found: kind },
+    );
   }
   checkTarget(options.mean, options.std);
   const scheduler = options.scheduler ?? new LCMScheduler();
@@ -124,7 +140,12 @@ export interface MomentStep {
 export function gaussianMoments(
   scheduler: LCMScheduler,
   timesteps: readonly number[],
-  options: GaussianTarget & { kind?: GaussianDenoiserKind; boundary?: 'ignore' | 'invert'; initialMean?: number; initialVar?: number },
+  options: GaussianTarget & {
+    kind?: GaussianDenoiserKind;
+    boundary?: 'ignore' | 'invert';
+    initialMean?: number;
+    initialVar?: number;
+  },
 ): MomentStep[] {
   const kind = options.kind ?? 'consistency';
   let m = options.initialMean ?? 0;
@@ -148,7 +169,17 @@ export function gaussianMoments(
       m = Math.sqrt(ap) * dm;
       v = ap * dv + 1 - ap;
     }
-    out.push({ index: i, t, alphaCumprod: alpha, cSkip, cOut, denoisedMean: dm, denoisedVar: dv, sampleMean: m, sampleVar: v });
+    out.push({
+      index: i,
+      t,
+      alphaCumprod: alpha,
+      cSkip,
+      cOut,
+      denoisedMean: dm,
+      denoisedVar: dv,
+      sampleMean: m,
+      sampleVar: v,
+    });
   });
   return out;
 }
@@ -210,13 +241,23 @@ export interface GaussianVerifyReport {
 export function verifyGaussian(options: GaussianVerifyOptions): GaussianVerifyReport {
   const n = options.n ?? 4096;
   if (!Number.isSafeInteger(n) || n < 2) {
-    throw new SamplerError('SAMPLER_INVALID_CONFIG', `verifyGaussian: n must be an integer ≥ 2, got ${String(n)}`, { option: 'n', expected: 'integer ≥ 2', found: n });
+    throw new SamplerError('SAMPLER_INVALID_CONFIG', `verifyGaussian: n must be an integer ≥ 2, got ${String(n)}`, {
+      option: 'n',
+      expected: 'integer ≥ 2',
+      found: n,
+    });
   }
   checkTarget(options.mean, options.std);
   const kind = options.kind ?? 'consistency';
   const seed = options.seed ?? 0;
   const scheduler = options.scheduler ?? new LCMScheduler();
-  const denoiser = gaussianDenoiser({ mean: options.mean, std: options.std, kind, scheduler, boundary: options.boundary });
+  const denoiser = gaussianDenoiser({
+    mean: options.mean,
+    std: options.std,
+    kind,
+    scheduler,
+    boundary: options.boundary,
+  });
   const result = sample(denoiser, {
     ...options.sampleOptions,
     steps: options.sampleOptions?.timesteps ? undefined : options.steps,
@@ -227,15 +268,26 @@ export function verifyGaussian(options: GaussianVerifyOptions): GaussianVerifyRe
   });
   const init = meanVar(result.initialLatent);
   const exact = gaussianMoments(scheduler, result.timesteps, {
-    mean: options.mean, std: options.std, kind, boundary: options.boundary,
+    mean: options.mean,
+    std: options.std,
+    kind,
+    boundary: options.boundary,
     // the exact law of the start is N(0, 1) unless the caller supplied the start
-    ...(options.sampleOptions?.initialLatent || options.sampleOptions?.imageLatent ? { initialMean: init.mean, initialVar: init.variance } : {}),
+    ...(options.sampleOptions?.initialLatent || options.sampleOptions?.imageLatent
+      ? { initialMean: init.mean, initialVar: init.variance }
+      : {}),
   });
   const steps: GaussianVerifyStep[] = exact.map((e, i) => {
     const st = result.trajectory[i]!;
     const d = meanVar(st.denoised);
     const s = meanVar(st.sample);
-    return { ...e, empiricalDenoisedMean: d.mean, empiricalDenoisedVar: d.variance, empiricalSampleMean: s.mean, empiricalSampleVar: s.variance };
+    return {
+      ...e,
+      empiricalDenoisedMean: d.mean,
+      empiricalDenoisedVar: d.variance,
+      empiricalSampleMean: s.mean,
+      empiricalSampleVar: s.variance,
+    };
   });
   const fin = meanVar(result.latent);
   const last = exact[exact.length - 1]!;
@@ -246,7 +298,13 @@ export function verifyGaussian(options: GaussianVerifyOptions): GaussianVerifyRe
     seed,
     timesteps: result.timesteps,
     steps,
-    final: { mean: fin.mean, variance: fin.variance, std: Math.sqrt(fin.variance), exactMean: last.denoisedMean, exactVariance: last.denoisedVar },
+    final: {
+      mean: fin.mean,
+      variance: fin.variance,
+      std: Math.sqrt(fin.variance),
+      exactMean: last.denoisedMean,
+      exactVariance: last.denoisedVar,
+    },
     standardError: { mean: Math.sqrt(last.denoisedVar / n), variance: last.denoisedVar * Math.sqrt(2 / (n - 1)) },
   };
 }

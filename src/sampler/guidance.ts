@@ -25,20 +25,44 @@ export interface GuidanceEmbeddingOptions {
  * [sin(w'·f_0) … sin(w'·f_{h−1}), cos(w'·f_0) … cos(w'·f_{h−1})], h = ⌊dim/2⌋, plus one 0 when dim is odd.
  */
 export function guidanceScaleEmbedding(w: number, dim?: number, options?: { precision?: 'float32' }): Float32Array;
-export function guidanceScaleEmbedding(w: number, dim: number | undefined, options: { precision: 'float64' }): Float64Array;
-export function guidanceScaleEmbedding(w: number, dim?: number, options?: GuidanceEmbeddingOptions): Float32Array | Float64Array;
-export function guidanceScaleEmbedding(w: number, dim = 256, options: GuidanceEmbeddingOptions = {}): Float32Array | Float64Array {
+export function guidanceScaleEmbedding(
+  w: number,
+  dim: number | undefined,
+  options: { precision: 'float64' },
+): Float64Array;
+export function guidanceScaleEmbedding(
+  w: number,
+  dim?: number,
+  options?: GuidanceEmbeddingOptions,
+): Float32Array | Float64Array;
+export function guidanceScaleEmbedding(
+  w: number,
+  dim = 256,
+  options: GuidanceEmbeddingOptions = {},
+): Float32Array | Float64Array {
   const precision = options.precision ?? 'float32';
   if (typeof w !== 'number' || !Number.isFinite(w)) {
-    throw new SamplerError('SAMPLER_INVALID_CONFIG', `guidanceScaleEmbedding: w must be a finite number (guidanceScale − 1), got ${String(w)}`, {
-      option: 'w', expected: 'finite number', found: w,
-    });
+    throw new SamplerError(
+      'SAMPLER_INVALID_CONFIG',
+      `guidanceScaleEmbedding: w must be a finite number (guidanceScale − 1), got ${String(w)}`,
+      {
+        option: 'w',
+        expected: 'finite number',
+        found: w,
+      },
+    );
   }
   const half = Math.floor(dim / 2);
   if (!Number.isSafeInteger(dim) || half < 2) {
-    throw new SamplerError('SAMPLER_INVALID_CONFIG', `guidanceScaleEmbedding: dim must be an integer ≥ 4 (the UNet's time_cond_proj_dim), got ${String(dim)}`, {
-      option: 'dim', expected: 'integer ≥ 4', found: dim,
-    });
+    throw new SamplerError(
+      'SAMPLER_INVALID_CONFIG',
+      `guidanceScaleEmbedding: dim must be an integer ≥ 4 (the UNet's time_cond_proj_dim), got ${String(dim)}`,
+      {
+        option: 'dim',
+        expected: 'integer ≥ 4',
+        found: dim,
+      },
+    );
   }
   if (precision === 'float64') {
     const out = new Float64Array(dim);
@@ -70,14 +94,25 @@ export function guidanceScaleEmbedding(w: number, dim = 256, options: GuidanceEm
  */
 export function classifierFreeGuidance<T extends Latent>(uncond: Latent, cond: T, scale: number): T {
   if (uncond.length !== cond.length) {
-    throw new SamplerError('SAMPLER_SHAPE_MISMATCH', `classifierFreeGuidance: unconditional output has ${uncond.length} elements, conditional has ${cond.length}`, {
-      expected: cond.length, found: uncond.length,
-    });
+    throw new SamplerError(
+      'SAMPLER_SHAPE_MISMATCH',
+      `classifierFreeGuidance: unconditional output has ${uncond.length} elements, conditional has ${cond.length}`,
+      {
+        expected: cond.length,
+        found: uncond.length,
+      },
+    );
   }
   if (typeof scale !== 'number' || !Number.isFinite(scale)) {
-    throw new SamplerError('SAMPLER_INVALID_CONFIG', `classifierFreeGuidance: scale must be a finite number, got ${String(scale)}`, {
-      option: 'scale', expected: 'finite number', found: scale,
-    });
+    throw new SamplerError(
+      'SAMPLER_INVALID_CONFIG',
+      `classifierFreeGuidance: scale must be a finite number, got ${String(scale)}`,
+      {
+        option: 'scale',
+        expected: 'finite number',
+        found: scale,
+      },
+    );
   }
   const out = (cond instanceof Float32Array ? new Float32Array(cond.length) : new Float64Array(cond.length)) as T;
   for (let i = 0; i < out.length; i++) {

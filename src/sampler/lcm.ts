@@ -122,7 +122,12 @@ function pyInt(x: number): number {
  * The betas of a schedule. In 'float32' precision they follow torch: `linspace` endpoints rounded to float32,
  * each element rounded to float32, squared in float32 ('scaled_linear'); values are returned as doubles.
  */
-export function computeBetas(config: Pick<LCMSchedulerConfig, 'numTrainTimesteps' | 'betaStart' | 'betaEnd' | 'betaSchedule' | 'trainedBetas' | 'precision'>): Float64Array {
+export function computeBetas(
+  config: Pick<
+    LCMSchedulerConfig,
+    'numTrainTimesteps' | 'betaStart' | 'betaEnd' | 'betaSchedule' | 'trainedBetas' | 'precision'
+  >,
+): Float64Array {
   const n = config.numTrainTimesteps;
   const f32 = config.precision === 'float32';
   const round = f32 ? Math.fround : (x: number) => x;
@@ -160,7 +165,7 @@ export function computeBetas(config: Pick<LCMSchedulerConfig, 'numTrainTimesteps
     }
     case 'squaredcos_cap_v2': {
       // Glide cosine schedule (diffusers' betas_for_alpha_bar, computed in double, then stored as float32).
-      const alphaBar = (t: number) => Math.cos(((t + 0.008) / 1.008) * Math.PI / 2) ** 2;
+      const alphaBar = (t: number) => Math.cos((((t + 0.008) / 1.008) * Math.PI) / 2) ** 2;
       for (let i = 0; i < n; i++) {
         const b = Math.min(1 - alphaBar((i + 1) / n) / alphaBar(i / n), 0.999);
         betas[i] = round(b);
@@ -175,7 +180,10 @@ export function computeBetas(config: Pick<LCMSchedulerConfig, 'numTrainTimesteps
  * ᾱ_t = Π_{i ≤ t} (1 − β_i). In 'float32' precision: 1 − β rounded to float32, the running product kept in
  * double and each entry rounded to float32 (what torch.cumprod does on the CPU for float32 tensors).
  */
-export function computeAlphasCumprod(betas: Float64Array, precision: SchedulePrecision): { alphas: Float64Array; alphasCumprod: Float64Array } {
+export function computeAlphasCumprod(
+  betas: Float64Array,
+  precision: SchedulePrecision,
+): { alphas: Float64Array; alphasCumprod: Float64Array } {
   const n = betas.length;
   const alphas = new Float64Array(n);
   const cumprod = new Float64Array(n);
@@ -193,23 +201,46 @@ export function computeAlphasCumprod(betas: Float64Array, precision: SchedulePre
 function validateConfig(c: LCMSchedulerConfig): void {
   const isInt = (x: unknown): x is number => typeof x === 'number' && Number.isSafeInteger(x);
   const finite = (x: unknown): x is number => typeof x === 'number' && Number.isFinite(x);
-  if (!isInt(c.numTrainTimesteps) || c.numTrainTimesteps < 2) throw configError('numTrainTimesteps', 'an integer ≥ 2', c.numTrainTimesteps);
-  if (!BETA_SCHEDULES.includes(c.betaSchedule)) throw configError('betaSchedule', `one of ${BETA_SCHEDULES.join(', ')}`, c.betaSchedule);
-  if (!PREDICTION_TYPES.includes(c.predictionType)) throw configError('predictionType', `one of ${PREDICTION_TYPES.join(', ')}`, c.predictionType);
-  if (c.precision !== 'float64' && c.precision !== 'float32') throw configError('precision', "'float64' or 'float32'", c.precision);
+  if (!isInt(c.numTrainTimesteps) || c.numTrainTimesteps < 2)
+    throw configError('numTrainTimesteps', 'an integer ≥ 2', c.numTrainTimesteps);
+  if (!BETA_SCHEDULES.includes(c.betaSchedule))
+    throw configError('betaSchedule', `one of ${BETA_SCHEDULES.join(', ')}`, c.betaSchedule);
+  if (!PREDICTION_TYPES.includes(c.predictionType))
+    throw configError('predictionType', `one of ${PREDICTION_TYPES.join(', ')}`, c.predictionType);
+  if (c.precision !== 'float64' && c.precision !== 'float32')
+    throw configError('precision', "'float64' or 'float32'", c.precision);
   if (c.trainedBetas !== null && c.trainedBetas !== undefined) {
-    if (c.trainedBetas.length !== c.numTrainTimesteps) throw configError('trainedBetas', `an array of numTrainTimesteps = ${c.numTrainTimesteps} betas`, `length ${c.trainedBetas.length}`);
+    if (c.trainedBetas.length !== c.numTrainTimesteps)
+      throw configError(
+        'trainedBetas',
+        `an array of numTrainTimesteps = ${c.numTrainTimesteps} betas`,
+        `length ${c.trainedBetas.length}`,
+      );
   } else {
-    if (!finite(c.betaStart) || c.betaStart < 0 || c.betaStart >= 1) throw configError('betaStart', 'a number in [0, 1)', c.betaStart);
-    if (!finite(c.betaEnd) || c.betaEnd < 0 || c.betaEnd >= 1) throw configError('betaEnd', 'a number in [0, 1)', c.betaEnd);
+    if (!finite(c.betaStart) || c.betaStart < 0 || c.betaStart >= 1)
+      throw configError('betaStart', 'a number in [0, 1)', c.betaStart);
+    if (!finite(c.betaEnd) || c.betaEnd < 0 || c.betaEnd >= 1)
+      throw configError('betaEnd', 'a number in [0, 1)', c.betaEnd);
   }
-  if (!isInt(c.originalInferenceSteps) || c.originalInferenceSteps < 1 || c.originalInferenceSteps > c.numTrainTimesteps) {
-    throw configError('originalInferenceSteps', `an integer in [1, numTrainTimesteps = ${c.numTrainTimesteps}]`, c.originalInferenceSteps);
+  if (
+    !isInt(c.originalInferenceSteps) ||
+    c.originalInferenceSteps < 1 ||
+    c.originalInferenceSteps > c.numTrainTimesteps
+  ) {
+    throw configError(
+      'originalInferenceSteps',
+      `an integer in [1, numTrainTimesteps = ${c.numTrainTimesteps}]`,
+      c.originalInferenceSteps,
+    );
   }
-  if (!finite(c.clipSampleRange) || c.clipSampleRange <= 0) throw configError('clipSampleRange', 'a positive number', c.clipSampleRange);
-  if (!finite(c.dynamicThresholdingRatio) || c.dynamicThresholdingRatio <= 0 || c.dynamicThresholdingRatio > 1) throw configError('dynamicThresholdingRatio', 'a number in (0, 1]', c.dynamicThresholdingRatio);
-  if (!finite(c.sampleMaxValue) || c.sampleMaxValue < 1) throw configError('sampleMaxValue', 'a number ≥ 1', c.sampleMaxValue);
-  if (!finite(c.timestepScaling) || c.timestepScaling < 0) throw configError('timestepScaling', 'a number ≥ 0', c.timestepScaling);
+  if (!finite(c.clipSampleRange) || c.clipSampleRange <= 0)
+    throw configError('clipSampleRange', 'a positive number', c.clipSampleRange);
+  if (!finite(c.dynamicThresholdingRatio) || c.dynamicThresholdingRatio <= 0 || c.dynamicThresholdingRatio > 1)
+    throw configError('dynamicThresholdingRatio', 'a number in (0, 1]', c.dynamicThresholdingRatio);
+  if (!finite(c.sampleMaxValue) || c.sampleMaxValue < 1)
+    throw configError('sampleMaxValue', 'a number ≥ 1', c.sampleMaxValue);
+  if (!finite(c.timestepScaling) || c.timestepScaling < 0)
+    throw configError('timestepScaling', 'a number ≥ 0', c.timestepScaling);
   if (!finite(c.sigmaData) || c.sigmaData <= 0) throw configError('sigmaData', 'a positive number', c.sigmaData);
 }
 
@@ -240,7 +271,7 @@ export function thresholdSample(x: Float64Array, batch: number, ratio: number, m
     const s = Math.min(Math.max(q, 1), maxValue);
     for (let i = 0; i < per; i++) {
       const v = x[off + i]!;
-      x[off + i] = (v < -s ? -s : Math.min(v , s)) / s;
+      x[off + i] = (v < -s ? -s : Math.min(v, s)) / s;
     }
   }
 }
@@ -274,7 +305,12 @@ export class LCMScheduler {
     this.betas = computeBetas(merged);
     for (let i = 0; i < this.betas.length; i++) {
       const b = this.betas[i]!;
-      if (!(b >= 0 && b < 1)) throw configError(merged.trainedBetas ? 'trainedBetas' : 'betaSchedule', `betas in [0, 1) (found β_${i} = ${b})`, b);
+      if (!(b >= 0 && b < 1))
+        throw configError(
+          merged.trainedBetas ? 'trainedBetas' : 'betaSchedule',
+          `betas in [0, 1) (found β_${i} = ${b})`,
+          b,
+        );
     }
     const { alphas, alphasCumprod } = computeAlphasCumprod(this.betas, merged.precision);
     this.alphas = alphas;
@@ -311,14 +347,26 @@ export class LCMScheduler {
     const s = originalInferenceSteps;
     const T = this.config.numTrainTimesteps;
     if (!Number.isSafeInteger(s) || s < 1 || s > T) {
-      throw new SamplerError('SAMPLER_INVALID_STEPS', `LCMScheduler.setTimesteps: originalInferenceSteps must be an integer in [1, numTrainTimesteps = ${T}], got ${String(s)}`, {
-        option: 'originalInferenceSteps', expected: `integer in [1, ${T}]`, found: s,
-      });
+      throw new SamplerError(
+        'SAMPLER_INVALID_STEPS',
+        `LCMScheduler.setTimesteps: originalInferenceSteps must be an integer in [1, numTrainTimesteps = ${T}], got ${String(s)}`,
+        {
+          option: 'originalInferenceSteps',
+          expected: `integer in [1, ${T}]`,
+          found: s,
+        },
+      );
     }
     if (typeof strength !== 'number' || !(strength > 0 && strength <= 1)) {
-      throw new SamplerError('SAMPLER_INVALID_STEPS', `LCMScheduler.setTimesteps: strength must be a number in (0, 1], got ${String(strength)}`, {
-        option: 'strength', expected: 'number in (0, 1]', found: strength,
-      });
+      throw new SamplerError(
+        'SAMPLER_INVALID_STEPS',
+        `LCMScheduler.setTimesteps: strength must be a number in (0, 1], got ${String(strength)}`,
+        {
+          option: 'strength',
+          expected: 'number in (0, 1]',
+          found: strength,
+        },
+      );
     }
     const k = Math.floor(T / s);
     const count = pyInt(s * strength);
@@ -337,14 +385,24 @@ export class LCMScheduler {
     const custom = options.timesteps;
     const T = this.config.numTrainTimesteps;
     if (numInferenceSteps === undefined && custom === undefined) {
-      throw new SamplerError('SAMPLER_INVALID_STEPS', 'LCMScheduler.setTimesteps: pass exactly one of a step count or custom timesteps; got neither', {
-        expected: 'numInferenceSteps or options.timesteps', found: 'neither',
-      });
+      throw new SamplerError(
+        'SAMPLER_INVALID_STEPS',
+        'LCMScheduler.setTimesteps: pass exactly one of a step count or custom timesteps; got neither',
+        {
+          expected: 'numInferenceSteps or options.timesteps',
+          found: 'neither',
+        },
+      );
     }
     if (numInferenceSteps !== undefined && custom !== undefined) {
-      throw new SamplerError('SAMPLER_INVALID_STEPS', `LCMScheduler.setTimesteps: pass only one of a step count (${numInferenceSteps}) or custom timesteps; got both`, {
-        expected: 'numInferenceSteps or options.timesteps', found: 'both',
-      });
+      throw new SamplerError(
+        'SAMPLER_INVALID_STEPS',
+        `LCMScheduler.setTimesteps: pass only one of a step count (${numInferenceSteps}) or custom timesteps; got both`,
+        {
+          expected: 'numInferenceSteps or options.timesteps',
+          found: 'both',
+        },
+      );
     }
     const S = options.originalInferenceSteps ?? this.config.originalInferenceSteps;
     const origin = this.originTimesteps(S, strength);
@@ -353,32 +411,59 @@ export class LCMScheduler {
     let n: number;
     if (custom !== undefined) {
       if (!Array.isArray(custom) || custom.length === 0) {
-        throw new SamplerError('SAMPLER_INVALID_TIMESTEPS', `LCMScheduler.setTimesteps: custom timesteps must be a non-empty array of integers, got ${JSON.stringify(custom)}`, {
-          option: 'timesteps', expected: 'non-empty integer array', found: custom,
-        });
+        throw new SamplerError(
+          'SAMPLER_INVALID_TIMESTEPS',
+          `LCMScheduler.setTimesteps: custom timesteps must be a non-empty array of integers, got ${JSON.stringify(custom)}`,
+          {
+            option: 'timesteps',
+            expected: 'non-empty integer array',
+            found: custom,
+          },
+        );
       }
       const onGrid = new Set(origin);
       const offGrid: number[] = [];
       for (let i = 0; i < custom.length; i++) {
         const t = custom[i]!;
         if (!Number.isSafeInteger(t) || t < 0) {
-          throw new SamplerError('SAMPLER_INVALID_TIMESTEPS', `LCMScheduler.setTimesteps: custom timestep #${i} must be an integer ≥ 0, got ${String(t)}`, {
-            option: 'timesteps', index: i, expected: 'integer ≥ 0', found: t,
-          });
+          throw new SamplerError(
+            'SAMPLER_INVALID_TIMESTEPS',
+            `LCMScheduler.setTimesteps: custom timestep #${i} must be an integer ≥ 0, got ${String(t)}`,
+            {
+              option: 'timesteps',
+              index: i,
+              expected: 'integer ≥ 0',
+              found: t,
+            },
+          );
         }
         if (i > 0 && t >= custom[i - 1]!) {
-          throw new SamplerError('SAMPLER_INVALID_TIMESTEPS', `LCMScheduler.setTimesteps: custom timesteps must be strictly descending; #${i} is ${t} after ${custom[i - 1]}`, {
-            option: 'timesteps', index: i, expected: `< ${custom[i - 1]}`, found: t,
-          });
+          throw new SamplerError(
+            'SAMPLER_INVALID_TIMESTEPS',
+            `LCMScheduler.setTimesteps: custom timesteps must be strictly descending; #${i} is ${t} after ${custom[i - 1]}`,
+            {
+              option: 'timesteps',
+              index: i,
+              expected: `< ${custom[i - 1]}`,
+              found: t,
+            },
+          );
         }
         if (i > 0 && !onGrid.has(t)) offGrid.push(t);
       }
       if (custom[0]! >= T) {
-        throw new SamplerError('SAMPLER_INVALID_TIMESTEPS', `LCMScheduler.setTimesteps: custom timesteps must start below numTrainTimesteps = ${T}, got ${custom[0]}`, {
-          option: 'timesteps', expected: `< ${T}`, found: custom[0],
-        });
+        throw new SamplerError(
+          'SAMPLER_INVALID_TIMESTEPS',
+          `LCMScheduler.setTimesteps: custom timesteps must start below numTrainTimesteps = ${T}, got ${custom[0]}`,
+          {
+            option: 'timesteps',
+            expected: `< ${T}`,
+            found: custom[0],
+          },
+        );
       }
-      if (strength === 1 && custom[0] !== T - 1) warnings.push(`the first custom timestep is ${custom[0]}, not ${T - 1}: results may be unexpected`);
+      if (strength === 1 && custom[0] !== T - 1)
+        warnings.push(`the first custom timestep is ${custom[0]}, not ${T - 1}: results may be unexpected`);
       if (offGrid.length > 0) warnings.push(`custom timesteps not on the distillation schedule: ${offGrid.join(', ')}`);
       if (custom.length > S) warnings.push(`${custom.length} custom timesteps exceed originalInferenceSteps = ${S}`);
       n = custom.length;
@@ -390,27 +475,52 @@ export class LCMScheduler {
     } else {
       n = numInferenceSteps!;
       if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < 1) {
-        throw new SamplerError('SAMPLER_INVALID_STEPS', `LCMScheduler.setTimesteps: the step count must be an integer ≥ 1, got ${String(n)}`, {
-          option: 'numInferenceSteps', expected: 'integer ≥ 1', found: n,
-        });
+        throw new SamplerError(
+          'SAMPLER_INVALID_STEPS',
+          `LCMScheduler.setTimesteps: the step count must be an integer ≥ 1, got ${String(n)}`,
+          {
+            option: 'numInferenceSteps',
+            expected: 'integer ≥ 1',
+            found: n,
+          },
+        );
       }
       if (n > T) {
-        throw new SamplerError('SAMPLER_INVALID_STEPS', `LCMScheduler.setTimesteps: ${n} steps cannot exceed numTrainTimesteps = ${T}`, {
-          option: 'numInferenceSteps', expected: `≤ ${T}`, found: n,
-        });
+        throw new SamplerError(
+          'SAMPLER_INVALID_STEPS',
+          `LCMScheduler.setTimesteps: ${n} steps cannot exceed numTrainTimesteps = ${T}`,
+          {
+            option: 'numInferenceSteps',
+            expected: `≤ ${T}`,
+            found: n,
+          },
+        );
       }
       const L = origin.length;
       if (Math.floor(L / n) < 1) {
-        throw new SamplerError('SAMPLER_INVALID_STEPS',
+        throw new SamplerError(
+          'SAMPLER_INVALID_STEPS',
           `LCMScheduler.setTimesteps: originalInferenceSteps × strength = ${S} × ${strength} leaves ${L} distillation timesteps, fewer than the ${n} steps asked; ` +
-          `use at most ${L} steps or a strength above ${n / S}`, {
-            option: 'numInferenceSteps', expected: `≤ ${L}`, found: n, originalInferenceSteps: S, strength,
-          });
+            `use at most ${L} steps or a strength above ${n / S}`,
+          {
+            option: 'numInferenceSteps',
+            expected: `≤ ${L}`,
+            found: n,
+            originalInferenceSteps: S,
+            strength,
+          },
+        );
       }
       if (n > S) {
-        throw new SamplerError('SAMPLER_INVALID_STEPS', `LCMScheduler.setTimesteps: ${n} steps cannot exceed originalInferenceSteps = ${S}`, {
-          option: 'numInferenceSteps', expected: `≤ ${S}`, found: n,
-        });
+        throw new SamplerError(
+          'SAMPLER_INVALID_STEPS',
+          `LCMScheduler.setTimesteps: ${n} steps cannot exceed originalInferenceSteps = ${S}`,
+          {
+            option: 'numInferenceSteps',
+            expected: `≤ ${S}`,
+            found: n,
+          },
+        );
       }
       const reversed = origin.slice().reverse();
       const stride = L / n; // numpy: floor(linspace(0, L, n, endpoint=False)) = floor(j · (L/n)) in double
@@ -427,9 +537,14 @@ export class LCMScheduler {
   /** ᾱ_t for an integer timestep 0 ≤ t < T. */
   alphaCumprodAt(t: number): number {
     if (!Number.isSafeInteger(t) || t < 0 || t >= this.alphasCumprod.length) {
-      throw new SamplerError('SAMPLER_INVALID_TIMESTEPS', `LCMScheduler: timestep must be an integer in [0, ${this.alphasCumprod.length - 1}], got ${String(t)}`, {
-        expected: `integer in [0, ${this.alphasCumprod.length - 1}]`, found: t,
-      });
+      throw new SamplerError(
+        'SAMPLER_INVALID_TIMESTEPS',
+        `LCMScheduler: timestep must be an integer in [0, ${this.alphasCumprod.length - 1}], got ${String(t)}`,
+        {
+          expected: `integer in [0, ${this.alphasCumprod.length - 1}]`,
+          found: t,
+        },
+      );
     }
     return this.alphasCumprod[t]!;
   }
@@ -452,9 +567,14 @@ export class LCMScheduler {
     if (!ts) throw notSet('step');
     const i = ts.indexOf(t);
     if (i < 0) {
-      throw new SamplerError('SAMPLER_TIMESTEP_NOT_SCHEDULED', `LCMScheduler.step: timestep ${String(t)} is not in the schedule [${ts.join(', ')}]`, {
-        expected: ts.slice(), found: t,
-      });
+      throw new SamplerError(
+        'SAMPLER_TIMESTEP_NOT_SCHEDULED',
+        `LCMScheduler.step: timestep ${String(t)} is not in the schedule [${ts.join(', ')}]`,
+        {
+          expected: ts.slice(),
+          found: t,
+        },
+      );
     }
     return i;
   }
@@ -472,18 +592,29 @@ export class LCMScheduler {
     if (options.stepIndex !== undefined) {
       i = options.stepIndex;
       if (!Number.isSafeInteger(i) || i < 0 || i >= ts.length || ts[i] !== t) {
-        throw new SamplerError('SAMPLER_TIMESTEP_NOT_SCHEDULED', `LCMScheduler.step: stepIndex ${String(i)} does not hold timestep ${t} in the schedule [${ts.join(', ')}]`, {
-          expected: ts.slice(), found: { stepIndex: i, t },
-        });
+        throw new SamplerError(
+          'SAMPLER_TIMESTEP_NOT_SCHEDULED',
+          `LCMScheduler.step: stepIndex ${String(i)} does not hold timestep ${t} in the schedule [${ts.join(', ')}]`,
+          {
+            expected: ts.slice(),
+            found: { stepIndex: i, t },
+          },
+        );
       }
     } else {
       i = this.indexOf(t);
     }
     const n = sample.length;
     if (modelOutput.length !== n) {
-      throw new SamplerError('SAMPLER_SHAPE_MISMATCH', `LCMScheduler.step: model output has ${modelOutput.length} elements, the sample has ${n} (timestep ${t})`, {
-        expected: n, found: modelOutput.length, t,
-      });
+      throw new SamplerError(
+        'SAMPLER_SHAPE_MISMATCH',
+        `LCMScheduler.step: model output has ${modelOutput.length} elements, the sample has ${n} (timestep ${t})`,
+        {
+          expected: n,
+          found: modelOutput.length,
+          t,
+        },
+      );
     }
     const last = i === ts.length - 1;
     const tPrev = last ? t : ts[i + 1]!;
@@ -509,16 +640,21 @@ export class LCMScheduler {
       const shape = options.shape;
       const batch = shape && shape.length >= 1 ? shape[0]! : undefined;
       if (!shape || batch === undefined || shape.reduce((p, d) => p * d, 1) !== n || batch < 1) {
-        throw new SamplerError('SAMPLER_SHAPE_MISMATCH', `LCMScheduler.step: thresholding needs options.shape [batch, …] whose product is the sample length ${n}, got ${JSON.stringify(shape)}`, {
-          expected: `shape with product ${n}`, found: shape,
-        });
+        throw new SamplerError(
+          'SAMPLER_SHAPE_MISMATCH',
+          `LCMScheduler.step: thresholding needs options.shape [batch, …] whose product is the sample length ${n}, got ${JSON.stringify(shape)}`,
+          {
+            expected: `shape with product ${n}`,
+            found: shape,
+          },
+        );
       }
       thresholdSample(x0, batch, this.config.dynamicThresholdingRatio, this.config.sampleMaxValue);
     } else if (this.config.clipSample) {
       const r = this.config.clipSampleRange;
       for (let j = 0; j < n; j++) {
         const v = x0[j]!;
-        x0[j] = v < -r ? -r : Math.min(v , r);
+        x0[j] = v < -r ? -r : Math.min(v, r);
       }
     }
 
@@ -530,16 +666,29 @@ export class LCMScheduler {
     let noise = options.noise;
     if (noise === undefined) {
       if (!options.rng) {
-        throw new SamplerError('SAMPLER_NOISE_MISSING', `LCMScheduler.step: step ${i} (t = ${t}) is not the last of ${ts.length}, so it needs noise: pass options.noise or options.rng`, {
-          expected: 'noise or rng', found: 'neither', stepIndex: i, t,
-        });
+        throw new SamplerError(
+          'SAMPLER_NOISE_MISSING',
+          `LCMScheduler.step: step ${i} (t = ${t}) is not the last of ${ts.length}, so it needs noise: pass options.noise or options.rng`,
+          {
+            expected: 'noise or rng',
+            found: 'neither',
+            stepIndex: i,
+            t,
+          },
+        );
       }
       noise = options.rng.normalArray(n);
     }
     if (noise.length !== n) {
-      throw new SamplerError('SAMPLER_SHAPE_MISMATCH', `LCMScheduler.step: noise has ${noise.length} elements, the sample has ${n} (timestep ${t})`, {
-        expected: n, found: noise.length, t,
-      });
+      throw new SamplerError(
+        'SAMPLER_SHAPE_MISMATCH',
+        `LCMScheduler.step: noise has ${noise.length} elements, the sample has ${n} (timestep ${t})`,
+        {
+          expected: n,
+          found: noise.length,
+          t,
+        },
+      );
     }
     const sa = Math.sqrt(aPrev);
     const sb = Math.sqrt(1 - aPrev);
@@ -552,9 +701,14 @@ export class LCMScheduler {
   addNoise<T extends Latent>(original: T, noise: Latent, t: number): T {
     const a = this.alphaCumprodAt(t);
     if (noise.length !== original.length) {
-      throw new SamplerError('SAMPLER_SHAPE_MISMATCH', `LCMScheduler.addNoise: noise has ${noise.length} elements, the sample has ${original.length}`, {
-        expected: original.length, found: noise.length,
-      });
+      throw new SamplerError(
+        'SAMPLER_SHAPE_MISMATCH',
+        `LCMScheduler.addNoise: noise has ${noise.length} elements, the sample has ${original.length}`,
+        {
+          expected: original.length,
+          found: noise.length,
+        },
+      );
     }
     const sa = Math.sqrt(a);
     const sb = Math.sqrt(1 - a);
@@ -565,7 +719,12 @@ export class LCMScheduler {
 }
 
 function notSet(what: string): SamplerError {
-  return new SamplerError('SAMPLER_TIMESTEPS_NOT_SET', `LCMScheduler.${what}: call setTimesteps(n) first; no schedule is set`, {
-    expected: 'a schedule from setTimesteps', found: 'none',
-  });
+  return new SamplerError(
+    'SAMPLER_TIMESTEPS_NOT_SET',
+    `LCMScheduler.${what}: call setTimesteps(n) first; no schedule is set`,
+    {
+      expected: 'a schedule from setTimesteps',
+      found: 'none',
+    },
+  );
 }

@@ -45,11 +45,15 @@ export class Rng {
   /** @param seed a non-negative integer below 2^53 (default 0). Equal seeds give equal streams. */
   constructor(seed = 0) {
     if (!Number.isSafeInteger(seed) || seed < 0) {
-      throw new SamplerError('SAMPLER_INVALID_CONFIG', `Rng: seed must be an integer in [0, 2^53), got ${String(seed)}`, {
-        option: 'seed',
-        expected: 'integer in [0, 2^53)',
-        found: seed,
-      });
+      throw new SamplerError(
+        'SAMPLER_INVALID_CONFIG',
+        `Rng: seed must be an integer in [0, 2^53), got ${String(seed)}`,
+        {
+          option: 'seed',
+          expected: 'integer in [0, 2^53)',
+          found: seed,
+        },
+      );
     }
     this.seed = seed;
     const lo = seed % TWO_POW_32;

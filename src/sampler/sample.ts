@@ -23,7 +23,12 @@ export interface DenoiserExtras {
  * x.length elements. The sampler never mutates what it passes in or what it gets back.
  */
 export type Denoiser<C = unknown> = (x: Latent, t: number, cond: C | undefined, extras: DenoiserExtras) => Latent;
-export type AsyncDenoiser<C = unknown> = (x: Latent, t: number, cond: C | undefined, extras: DenoiserExtras) => Latent | Promise<Latent>;
+export type AsyncDenoiser<C = unknown> = (
+  x: Latent,
+  t: number,
+  cond: C | undefined,
+  extras: DenoiserExtras,
+) => Latent | Promise<Latent>;
 
 /** Where the per-step noise comes from, when not from the seeded generator. */
 export type NoiseSource = readonly Latent[] | ((stepIndex: number, t: number, length: number) => Latent);
@@ -125,35 +130,63 @@ function toDType(a: Latent, dtype: LatentDType): Latent {
 function checkLength(what: string, a: Latent | undefined, n: number, shape: readonly number[]): void {
   if (a === undefined) return;
   if (!(a instanceof Float32Array || a instanceof Float64Array)) {
-    throw new SamplerError('SAMPLER_INVALID_MODEL_OUTPUT', `sample: ${what} must be a Float32Array or Float64Array, got ${Object.prototype.toString.call(a)}`, {
-      option: what, expected: 'Float32Array | Float64Array', found: Object.prototype.toString.call(a),
-    });
+    throw new SamplerError(
+      'SAMPLER_INVALID_MODEL_OUTPUT',
+      `sample: ${what} must be a Float32Array or Float64Array, got ${Object.prototype.toString.call(a)}`,
+      {
+        option: what,
+        expected: 'Float32Array | Float64Array',
+        found: Object.prototype.toString.call(a),
+      },
+    );
   }
   if (a.length !== n) {
-    throw new SamplerError('SAMPLER_SHAPE_MISMATCH', `sample: ${what} has ${a.length} elements, shape [${shape.join(', ')}] needs ${n}`, {
-      option: what, expected: n, found: a.length,
-    });
+    throw new SamplerError(
+      'SAMPLER_SHAPE_MISMATCH',
+      `sample: ${what} has ${a.length} elements, shape [${shape.join(', ')}] needs ${n}`,
+      {
+        option: what,
+        expected: n,
+        found: a.length,
+      },
+    );
   }
 }
 
 function prepare<C>(opts: SampleOptions<C>): Prepared<C> {
   const shape = opts.shape;
   if (!Array.isArray(shape) || shape.length === 0 || !shape.every((d) => Number.isSafeInteger(d) && d > 0)) {
-    throw new SamplerError('SAMPLER_SHAPE_MISMATCH', `sample: shape must be a non-empty array of positive integers, got ${JSON.stringify(shape)}`, {
-      option: 'shape', expected: 'positive integer dimensions', found: shape,
-    });
+    throw new SamplerError(
+      'SAMPLER_SHAPE_MISMATCH',
+      `sample: shape must be a non-empty array of positive integers, got ${JSON.stringify(shape)}`,
+      {
+        option: 'shape',
+        expected: 'positive integer dimensions',
+        found: shape,
+      },
+    );
   }
   const n = shape.reduce((p, d) => p * d, 1);
   const dtype = opts.dtype ?? 'float64';
   if (dtype !== 'float32' && dtype !== 'float64') {
-    throw new SamplerError('SAMPLER_INVALID_CONFIG', `sample: dtype must be 'float32' or 'float64', got ${String(dtype)}`, { option: 'dtype', expected: 'float32 | float64', found: dtype });
+    throw new SamplerError(
+      'SAMPLER_INVALID_CONFIG',
+      `sample: dtype must be 'float32' or 'float64', got ${String(dtype)}`,
+      { option: 'dtype', expected: 'float32 | float64', found: dtype },
+    );
   }
   let scheduler = opts.scheduler;
   if (scheduler) {
     if (opts.predictionType !== undefined && opts.predictionType !== scheduler.config.predictionType) {
-      throw new SamplerError('SAMPLER_INVALID_CONFIG', `sample: predictionType '${opts.predictionType}' disagrees with the given scheduler's '${scheduler.config.predictionType}'`, {
-        option: 'predictionType', expected: scheduler.config.predictionType, found: opts.predictionType,
-      });
+      throw new SamplerError(
+        'SAMPLER_INVALID_CONFIG',
+        `sample: predictionType '${opts.predictionType}' disagrees with the given scheduler's '${scheduler.config.predictionType}'`,
+        {
+          option: 'predictionType',
+          expected: scheduler.config.predictionType,
+          found: opts.predictionType,
+        },
+      );
     }
   } else {
     scheduler = new LCMScheduler(opts.predictionType !== undefined ? { predictionType: opts.predictionType } : {});
@@ -164,18 +197,30 @@ function prepare<C>(opts: SampleOptions<C>): Prepared<C> {
     strength: opts.strength,
   });
   if (opts.timesteps !== undefined && opts.steps !== undefined && opts.steps !== timesteps.length) {
-    throw new SamplerError('SAMPLER_INVALID_STEPS', `sample: steps = ${opts.steps} disagrees with the ${opts.timesteps.length} custom timesteps; give one of them`, {
-      option: 'steps', expected: opts.timesteps.length, found: opts.steps,
-    });
+    throw new SamplerError(
+      'SAMPLER_INVALID_STEPS',
+      `sample: steps = ${opts.steps} disagrees with the ${opts.timesteps.length} custom timesteps; give one of them`,
+      {
+        option: 'steps',
+        expected: opts.timesteps.length,
+        found: opts.steps,
+      },
+    );
   }
   const rng = new Rng(opts.seed ?? 0);
   checkLength('initialLatent', opts.initialLatent, n, shape);
   checkLength('imageLatent', opts.imageLatent, n, shape);
   checkLength('imageNoise', opts.imageNoise, n, shape);
   if (opts.initialLatent && opts.imageLatent) {
-    throw new SamplerError('SAMPLER_INVALID_CONFIG', 'sample: give initialLatent (txt2img) or imageLatent (img2img), not both', {
-      option: 'initialLatent', expected: 'one of initialLatent, imageLatent', found: 'both',
-    });
+    throw new SamplerError(
+      'SAMPLER_INVALID_CONFIG',
+      'sample: give initialLatent (txt2img) or imageLatent (img2img), not both',
+      {
+        option: 'initialLatent',
+        expected: 'one of initialLatent, imageLatent',
+        found: 'both',
+      },
+    );
   }
   let x: Latent;
   if (opts.imageLatent) {
@@ -194,9 +239,15 @@ function prepare<C>(opts: SampleOptions<C>): Prepared<C> {
     else {
       z = source[i];
       if (z === undefined) {
-        throw new SamplerError('SAMPLER_NOISE_MISSING', `sample: noise array has ${source.length} entries; step ${i} (t = ${t}) needs entry ${i} (N − 1 = ${timesteps.length - 1} in all)`, {
-          option: 'noise', expected: timesteps.length - 1, found: source.length,
-        });
+        throw new SamplerError(
+          'SAMPLER_NOISE_MISSING',
+          `sample: noise array has ${source.length} entries; step ${i} (t = ${t}) needs entry ${i} (N − 1 = ${timesteps.length - 1} in all)`,
+          {
+            option: 'noise',
+            expected: timesteps.length - 1,
+            found: source.length,
+          },
+        );
       }
     }
     checkLength(`noise[${i}]`, z, n, shape);
@@ -204,40 +255,95 @@ function prepare<C>(opts: SampleOptions<C>): Prepared<C> {
   };
   const guidanceScale = opts.guidanceScale ?? 1;
   if (typeof guidanceScale !== 'number' || !Number.isFinite(guidanceScale)) {
-    throw new SamplerError('SAMPLER_INVALID_CONFIG', `sample: guidanceScale must be a finite number, got ${String(guidanceScale)}`, { option: 'guidanceScale', expected: 'finite number', found: guidanceScale });
+    throw new SamplerError(
+      'SAMPLER_INVALID_CONFIG',
+      `sample: guidanceScale must be a finite number, got ${String(guidanceScale)}`,
+      { option: 'guidanceScale', expected: 'finite number', found: guidanceScale },
+    );
   }
   const guidance = opts.guidance ?? 'cfg';
   if (guidance !== 'cfg' && guidance !== 'embedding') {
-    throw new SamplerError('SAMPLER_INVALID_CONFIG', `sample: guidance must be 'cfg' or 'embedding', got ${String(guidance)}`, { option: 'guidance', expected: 'cfg | embedding', found: guidance });
+    throw new SamplerError(
+      'SAMPLER_INVALID_CONFIG',
+      `sample: guidance must be 'cfg' or 'embedding', got ${String(guidance)}`,
+      { option: 'guidance', expected: 'cfg | embedding', found: guidance },
+    );
   }
-  const embedding = guidance === 'embedding' ? guidanceScaleEmbedding(guidanceScale - 1, opts.guidanceEmbeddingDim ?? 256) : undefined;
-  return { scheduler, timesteps, n, dtype, rng, x, initialLatent: x, noiseAt, guidanceScale, guidance, embedding, opts };
+  const embedding =
+    guidance === 'embedding' ? guidanceScaleEmbedding(guidanceScale - 1, opts.guidanceEmbeddingDim ?? 256) : undefined;
+  return {
+    scheduler,
+    timesteps,
+    n,
+    dtype,
+    rng,
+    x,
+    initialLatent: x,
+    noiseAt,
+    guidanceScale,
+    guidance,
+    embedding,
+    opts,
+  };
 }
 
 function checkOutput(out: unknown, n: number, t: number, which: string): Latent {
   if (!(out instanceof Float32Array || out instanceof Float64Array)) {
-    throw new SamplerError('SAMPLER_INVALID_MODEL_OUTPUT', `sample: the denoiser's ${which}output at t = ${t} must be a Float32Array or Float64Array, got ${Object.prototype.toString.call(out)}`, {
-      expected: 'Float32Array | Float64Array', found: Object.prototype.toString.call(out), t,
-    });
+    throw new SamplerError(
+      'SAMPLER_INVALID_MODEL_OUTPUT',
+      `sample: the denoiser's ${which}output at t = ${t} must be a Float32Array or Float64Array, got ${Object.prototype.toString.call(out)}`,
+      {
+        expected: 'Float32Array | Float64Array',
+        found: Object.prototype.toString.call(out),
+        t,
+      },
+    );
   }
   if (out.length !== n) {
-    throw new SamplerError('SAMPLER_SHAPE_MISMATCH', `sample: the denoiser's ${which}output at t = ${t} has ${out.length} elements, the latent has ${n}`, {
-      expected: n, found: out.length, t,
-    });
+    throw new SamplerError(
+      'SAMPLER_SHAPE_MISMATCH',
+      `sample: the denoiser's ${which}output at t = ${t} has ${out.length} elements, the latent has ${n}`,
+      {
+        expected: n,
+        found: out.length,
+        t,
+      },
+    );
   }
   return out;
 }
 
 /** Apply one step given the model outputs for this step; shared by sample and sampleAsync. */
-function advance<C>(p: Prepared<C>, i: number, t: number, input: Latent, outputs: { cond: Latent; uncond?: Latent }, trajectory: SampleStep[]): Latent {
-  const modelOutput = outputs.uncond ? classifierFreeGuidance(outputs.uncond, outputs.cond, p.guidanceScale) : outputs.cond;
+function advance<C>(
+  p: Prepared<C>,
+  i: number,
+  t: number,
+  input: Latent,
+  outputs: { cond: Latent; uncond?: Latent },
+  trajectory: SampleStep[],
+): Latent {
+  const modelOutput = outputs.uncond
+    ? classifierFreeGuidance(outputs.uncond, outputs.cond, p.guidanceScale)
+    : outputs.cond;
   const last = i === p.timesteps.length - 1;
   const noise = last ? undefined : p.noiseAt(i, t);
-  const { prevSample, denoised } = p.scheduler.step(modelOutput, t, input, { noise, stepIndex: i, shape: p.opts.shape });
+  const { prevSample, denoised } = p.scheduler.step(modelOutput, t, input, {
+    noise,
+    stepIndex: i,
+    shape: p.opts.shape,
+  });
   const { cSkip, cOut } = p.scheduler.scalings(t);
   const step: SampleStep = {
-    index: i, t, alphaCumprod: p.scheduler.alphasCumprod[t]!, cSkip, cOut,
-    input, modelOutput, denoised, sample: prevSample, ...(noise ? { noise } : {}),
+    index: i,
+    t,
+    alphaCumprod: p.scheduler.alphasCumprod[t]!,
+    cSkip,
+    cOut,
+    input,
+    modelOutput,
+    denoised,
+    sample: prevSample,
+    ...(noise ? { noise } : {}),
   };
   if (p.opts.keepTrajectory !== false) trajectory.push(step);
   p.opts.onStep?.(step);
@@ -263,14 +369,19 @@ export function sample<C = unknown>(denoiser: Denoiser<C>, options: SampleOption
   p.timesteps.forEach((t, i) => {
     const extras: DenoiserExtras = p.embedding ? { stepIndex: i, timestepCond: p.embedding } : { stepIndex: i };
     const cond = checkOutput(denoiser(x, t, options.cond, extras), p.n, t, '');
-    const uncond = usesTwoCalls(p) ? checkOutput(denoiser(x, t, options.uncond, extras), p.n, t, 'unconditional ') : undefined;
+    const uncond = usesTwoCalls(p)
+      ? checkOutput(denoiser(x, t, options.uncond, extras), p.n, t, 'unconditional ')
+      : undefined;
     x = advance(p, i, t, x, { cond, uncond }, trajectory);
   });
   return finish(p, x, trajectory);
 }
 
 /** The same loop as `sample`, awaiting a denoiser that may return a Promise (e.g. a GPU model). */
-export async function sampleAsync<C = unknown>(denoiser: AsyncDenoiser<C>, options: SampleOptions<C>): Promise<SampleResult> {
+export async function sampleAsync<C = unknown>(
+  denoiser: AsyncDenoiser<C>,
+  options: SampleOptions<C>,
+): Promise<SampleResult> {
   const p = prepare(options);
   const trajectory: SampleStep[] = [];
   let x = p.x;
@@ -278,7 +389,9 @@ export async function sampleAsync<C = unknown>(denoiser: AsyncDenoiser<C>, optio
     const t = p.timesteps[i]!;
     const extras: DenoiserExtras = p.embedding ? { stepIndex: i, timestepCond: p.embedding } : { stepIndex: i };
     const cond = checkOutput(await denoiser(x, t, options.cond, extras), p.n, t, '');
-    const uncond = usesTwoCalls(p) ? checkOutput(await denoiser(x, t, options.uncond, extras), p.n, t, 'unconditional ') : undefined;
+    const uncond = usesTwoCalls(p)
+      ? checkOutput(await denoiser(x, t, options.uncond, extras), p.n, t, 'unconditional ')
+      : undefined;
     x = advance(p, i, t, x, { cond, uncond }, trajectory);
   }
   return finish(p, x, trajectory);

@@ -27,7 +27,6 @@ import type { BaseInput, LoraInput } from '../fuse/types.js';
 import type { ModuleVerifyReport, VerifyOptions, VerifyReport } from './types.js';
 import { fmtRatio } from './report.js';
 
-
 /** Half the spacing of the dtype's values around |v| (the largest error of one round-to-nearest). */
 function halfUlp(v: number, dtype: DType): number {
   const a = Math.abs(v);
@@ -53,16 +52,26 @@ async function readRowsF32(file: OpenedBase['files'][number]['file'], info: Tens
  * correspond (FUSE_VERIFY_FAILED) or a LoRA does not fit (as fuseLoras would).
  */
 export async function verifyFusion(
-  fused: BaseInput, base: BaseInput, loras: readonly LoraInput[], weights: readonly MergeWeight[], options: VerifyOptions = {},
+  fused: BaseInput,
+  base: BaseInput,
+  loras: readonly LoraInput[],
+  weights: readonly MergeWeight[],
+  options: VerifyOptions = {},
 ): Promise<VerifyReport> {
   const t0 = now();
   const probes = options.probes ?? 4;
   const tolerance = options.tolerance ?? 2;
   if (!Number.isInteger(probes) || probes < 1 || probes > 64) {
-    throw new FuseError('FUSE_VERIFY_FAILED', `verify: probes must be an integer in 1..64, found ${String(probes)}`, { found: probes });
+    throw new FuseError('FUSE_VERIFY_FAILED', `verify: probes must be an integer in 1..64, found ${String(probes)}`, {
+      found: probes,
+    });
   }
   if (!(typeof tolerance === 'number' && tolerance > 0 && Number.isFinite(tolerance))) {
-    throw new FuseError('FUSE_VERIFY_FAILED', `verify: tolerance must be a positive number, found ${String(tolerance)}`, { found: tolerance });
+    throw new FuseError(
+      'FUSE_VERIFY_FAILED',
+      `verify: tolerance must be a positive number, found ${String(tolerance)}`,
+      { found: tolerance },
+    );
   }
   const b = await openBase(base);
   let f: OpenedBase | null = null;
@@ -71,9 +80,12 @@ export async function verifyFusion(
     f = await openBase(fused);
     const d = b.detection;
     if (f.detection.arch !== d.arch || f.detection.size !== d.size || f.detection.naming !== d.naming) {
-      throw new FuseError('FUSE_VERIFY_FAILED',
+      throw new FuseError(
+        'FUSE_VERIFY_FAILED',
         `verify: ${f.name} is ${f.detection.arch}/${f.detection.size} (${f.detection.naming}) but the base ${b.name} is ` +
-        `${d.arch}/${d.size} (${d.naming}); they cannot be compared`, { fused: f.name, base: b.name });
+          `${d.arch}/${d.size} (${d.naming}); they cannot be compared`,
+        { fused: f.name, base: b.name },
+      );
     }
     inputs = await openInputs(loras, weights, d.arch, d.size, options.allowUnmatched === true);
     const plan = planFusion(b, inputs, { allowUnmatched: options.allowUnmatched === true });
@@ -94,12 +106,18 @@ export async function verifyFusion(
       const bInfo = bf.file.info(job.key);
       const fInfo = ff?.file.get(job.key);
       if (!ff || !fInfo) {
-        throw new FuseError('FUSE_VERIFY_FAILED',
-          `verify: ${f.name} has no tensor '${bf.rel ? `${bf.rel}: ` : ''}${job.key}' that the base has`, { fused: f.name, key: job.key });
+        throw new FuseError(
+          'FUSE_VERIFY_FAILED',
+          `verify: ${f.name} has no tensor '${bf.rel ? `${bf.rel}: ` : ''}${job.key}' that the base has`,
+          { fused: f.name, key: job.key },
+        );
       }
       if (fInfo.shape.join(',') !== bInfo.shape.join(',')) {
-        throw new FuseError('FUSE_VERIFY_FAILED',
-          `verify: '${job.key}' is [${fInfo.shape.join(', ')}] in ${f.name} but [${bInfo.shape.join(', ')}] in the base`, { key: job.key });
+        throw new FuseError(
+          'FUSE_VERIFY_FAILED',
+          `verify: '${job.key}' is [${fInfo.shape.join(', ')}] in ${f.name} but [${bInfo.shape.join(', ')}] in the base`,
+          { key: job.key },
+        );
       }
       const [W, Wf] = await Promise.all([readRowsF32(bf.file, bInfo), readRowsF32(ff.file, fInfo)]);
       for (const t of job.targets) {
@@ -113,8 +131,16 @@ export async function verifyFusion(
     let worst: ModuleVerifyReport | null = null;
     for (const r of reports) if (!worst || r.worstRatio > worst.worstRatio) worst = r;
     return {
-      fused: f.name, base: b.name, modules: reports, checked: reports.length, failed: failed.length, inconclusive,
-      worst, tolerance, ok: failed.length === 0 && reports.length > 0, seconds: now() - t0,
+      fused: f.name,
+      base: b.name,
+      modules: reports,
+      checked: reports.length,
+      failed: failed.length,
+      inconclusive,
+      worst,
+      tolerance,
+      ok: failed.length === 0 && reports.length > 0,
+      seconds: now() - t0,
     };
   } finally {
     await Promise.allSettled(inputs.map((x) => x.close()));
@@ -124,8 +150,14 @@ export async function verifyFusion(
 }
 
 function checkModule(
-  t: Target, W: Float32Array, Wf: Float32Array, factors: readonly { up: Float32Array; down: Float32Array }[],
-  dtype: DType, probes: number, rng: Rng, tolerance: number,
+  t: Target,
+  W: Float32Array,
+  Wf: Float32Array,
+  factors: readonly { up: Float32Array; down: Float32Array }[],
+  dtype: DType,
+  probes: number,
+  rng: Rng,
+  tolerance: number,
 ): ModuleVerifyReport {
   const rows = t.rows[1] - t.rows[0];
   const cols = t.cols;
@@ -149,7 +181,8 @@ function checkModule(
       const v = new Float64Array(r);
       const a = new Float64Array(r);
       for (let k = 0; k < r; k++) {
-        let s = 0, sa = 0;
+        let s = 0,
+          sa = 0;
         const o = k * cols;
         for (let j = 0; j < cols; j++) {
           const dv = dn[o + j]!;
@@ -161,10 +194,15 @@ function checkModule(
       }
       return { v, a };
     });
-    let maxErr = 0, maxDelta = 0, probeSignal = 0;
+    let maxErr = 0,
+      maxDelta = 0,
+      probeSignal = 0;
     for (let r = 0; r < rows; r++) {
       const o = base0 + r * cols;
-      let y = 0, yf = 0, bound = 0, mag = 0;
+      let y = 0,
+        yf = 0,
+        bound = 0,
+        mag = 0;
       for (let j = 0; j < cols; j++) {
         const wf = Wf[o + j]!;
         const w = W[o + j]!;
@@ -173,12 +211,14 @@ function checkModule(
         bound += ax[j]! * halfUlp(wf, dtype);
         mag += ax[j]! * Math.abs(w);
       }
-      let delta = 0, deltaMag = 0;
+      let delta = 0,
+        deltaMag = 0;
       t.terms.forEach((term, i) => {
         const rk = term.module.rank;
         const up = factors[i]!.up;
         const { v, a } = vs[i]!;
-        let s = 0, sa = 0;
+        let s = 0,
+          sa = 0;
         for (let k = 0; k < rk; k++) {
           const u = up[r * rk + k]!;
           s += u * v[k]!;
@@ -200,7 +240,13 @@ function checkModule(
   if (Number.isNaN(worstRatio)) worstRatio = Infinity; // NaN in the fused weight
   const inconclusive = signal < MIN_SIGNAL;
   return {
-    path: t.path, component: t.entry.component, group: t.entry.group, worstRatio, worstRelative, signal, inconclusive,
+    path: t.path,
+    component: t.entry.component,
+    group: t.entry.group,
+    worstRatio,
+    worstRelative,
+    signal,
+    inconclusive,
     ok: worstRatio <= tolerance,
   };
 }
@@ -208,5 +254,8 @@ function checkModule(
 /** A one-line description of the failing modules (for errors and the CLI). */
 export function describeFailures(report: VerifyReport, max = 5): string {
   const bad = report.modules.filter((m) => !m.ok).sort((a, b) => b.worstRatio - a.worstRatio);
-  return listSome(bad.map((m) => `${m.path} (error ${fmtRatio(m.worstRatio)}× the rounding bound)`), max);
+  return listSome(
+    bad.map((m) => `${m.path} (error ${fmtRatio(m.worstRatio)}× the rounding bound)`),
+    max,
+  );
 }

@@ -81,11 +81,25 @@ export interface VerifyNetSpecOptions {
 }
 
 const BLOCK_MODULES = [
-  'attn1.to_q', 'attn1.to_k', 'attn1.to_v', 'attn1.to_out.0',
-  'attn2.to_q', 'attn2.to_k', 'attn2.to_v', 'attn2.to_out.0',
-  'ff.net.0.proj', 'ff.net.2',
+  'attn1.to_q',
+  'attn1.to_k',
+  'attn1.to_v',
+  'attn1.to_out.0',
+  'attn2.to_q',
+  'attn2.to_k',
+  'attn2.to_v',
+  'attn2.to_out.0',
+  'ff.net.0.proj',
+  'ff.net.2',
 ] as const;
-const TEXT_MODULES = ['self_attn.q_proj', 'self_attn.k_proj', 'self_attn.v_proj', 'self_attn.out_proj', 'mlp.fc1', 'mlp.fc2'] as const;
+const TEXT_MODULES = [
+  'self_attn.q_proj',
+  'self_attn.k_proj',
+  'self_attn.v_proj',
+  'self_attn.out_proj',
+  'mlp.fc1',
+  'mlp.fc2',
+] as const;
 const CONTEXT_TOKENS = 6;
 /** Residual branch weight. */
 const BRANCH = 0.5;
@@ -99,12 +113,23 @@ function layoutError(message: string, details: Record<string, unknown> = {}): Ar
   return new ArchError('ARCH_LAYOUT_INVALID', `verification network: ${message}`, details);
 }
 
-function linearEntry(byPath: ReadonlyMap<string, ModuleEntry>, path: string, shape?: readonly [number | undefined, number | undefined]): ModuleEntry {
+function linearEntry(
+  byPath: ReadonlyMap<string, ModuleEntry>,
+  path: string,
+  shape?: readonly [number | undefined, number | undefined],
+): ModuleEntry {
   const e = byPath.get(path);
   if (!e) throw layoutError(`the layout has no module '${path}'`, { key: path });
-  if (e.kind !== 'linear' || e.shape.length !== 2) throw layoutError(`'${path}' is a ${e.kind} ${fmt(e.shape)}; expected a linear module`, { key: path });
-  if (shape && ((shape[0] !== undefined && e.shape[0] !== shape[0]) || (shape[1] !== undefined && e.shape[1] !== shape[1]))) {
-    throw layoutError(`'${path}' is ${fmt(e.shape)}; expected [${shape[0] ?? 'any'}, ${shape[1] ?? 'any'}]`, { key: path, found: e.shape });
+  if (e.kind !== 'linear' || e.shape.length !== 2)
+    throw layoutError(`'${path}' is a ${e.kind} ${fmt(e.shape)}; expected a linear module`, { key: path });
+  if (
+    shape &&
+    ((shape[0] !== undefined && e.shape[0] !== shape[0]) || (shape[1] !== undefined && e.shape[1] !== shape[1]))
+  ) {
+    throw layoutError(`'${path}' is ${fmt(e.shape)}; expected [${shape[0] ?? 'any'}, ${shape[1] ?? 'any'}]`, {
+      key: path,
+      found: e.shape,
+    });
   }
   return e;
 }
@@ -116,7 +141,11 @@ function linearEntry(byPath: ReadonlyMap<string, ModuleEntry>, path: string, sha
  * encoder (style LoRAs that train the text encoder). Throws ArchError ARCH_LAYOUT_INVALID for blocks the layout
  * lacks or whose shapes do not fit together.
  */
-export function verifyNetSpec(arch: Arch, size: LayoutSize = 'tiny', options: VerifyNetSpecOptions = {}): VerifyNetSpec {
+export function verifyNetSpec(
+  arch: Arch,
+  size: LayoutSize = 'tiny',
+  options: VerifyNetSpecOptions = {},
+): VerifyNetSpec {
   const layout = getLayout(arch, size);
   const byPath = layout.byPath;
   const all = layout.modules
@@ -142,21 +171,29 @@ export function verifyNetSpec(arch: Arch, size: LayoutSize = 'tiny', options: Ve
 
   // Context: one layer of each text encoder, concatenated along the features.
   const wanted = options.textEncoders ?? true;
-  const encoders = archConfig(arch, size).textEncoders.filter((te) =>
-    wanted === true || (Array.isArray(wanted) && (wanted as readonly Component[]).includes(te.component)));
+  const encoders = archConfig(arch, size).textEncoders.filter(
+    (te) => wanted === true || (Array.isArray(wanted) && (wanted as readonly Component[]).includes(te.component)),
+  );
   const textLayers: string[] = [];
   if (wanted !== false && encoders.length > 0) {
     const width = encoders.reduce((s, te) => s + te.hiddenSize, 0);
     if (width !== D) {
-      throw layoutError(`the text encoders' widths add up to ${width} but the cross-attention context is ${D} wide`, { expected: D, found: width });
+      throw layoutError(`the text encoders' widths add up to ${width} but the cross-attention context is ${D} wide`, {
+        expected: D,
+        found: width,
+      });
     }
     for (const te of encoders) {
       const layer = `${te.component}.text_model.encoder.layers.${te.numLayers - 1}`;
       const d = te.hiddenSize;
       const m = te.intermediateSize;
       const shapes: Record<(typeof TEXT_MODULES)[number], [number, number]> = {
-        'self_attn.q_proj': [d, d], 'self_attn.k_proj': [d, d], 'self_attn.v_proj': [d, d], 'self_attn.out_proj': [d, d],
-        'mlp.fc1': [m, d], 'mlp.fc2': [d, m],
+        'self_attn.q_proj': [d, d],
+        'self_attn.k_proj': [d, d],
+        'self_attn.v_proj': [d, d],
+        'self_attn.out_proj': [d, d],
+        'mlp.fc1': [m, d],
+        'mlp.fc2': [d, m],
       };
       for (const name of TEXT_MODULES) use(linearEntry(byPath, `${layer}.${name}`, shapes[name]));
       textLayers.push(layer);
@@ -165,8 +202,9 @@ export function verifyNetSpec(arch: Arch, size: LayoutSize = 'tiny', options: Ve
 
   // Timestep feature: the time projection of a resnet on the first block's level.
   const level = blocks[0]!.includes('.attentions.') ? blocks[0]!.slice(0, blocks[0]!.indexOf('.attentions.')) : '';
-  const timeProjections = layout.modules.filter((m) => m.component === 'unet' && m.kind === 'linear' &&
-    m.path.endsWith('.time_emb_proj') && m.shape[0] === C);
+  const timeProjections = layout.modules.filter(
+    (m) => m.component === 'unet' && m.kind === 'linear' && m.path.endsWith('.time_emb_proj') && m.shape[0] === C,
+  );
   const time = timeProjections.find((m) => m.path.startsWith(`${level}.resnets.`)) ?? timeProjections[0];
   if (!time) throw layoutError(`no resnet time_emb_proj with ${C} outputs`);
   use(time);
@@ -175,15 +213,29 @@ export function verifyNetSpec(arch: Arch, size: LayoutSize = 'tiny', options: Ve
     const ff2 = linearEntry(byPath, `${block}.ff.net.2`, [C, undefined]);
     const inner = ff2.shape[1]!;
     const shapes: Record<(typeof BLOCK_MODULES)[number], [number, number]> = {
-      'attn1.to_q': [C, C], 'attn1.to_k': [C, C], 'attn1.to_v': [C, C], 'attn1.to_out.0': [C, C],
-      'attn2.to_q': [C, C], 'attn2.to_k': [C, D], 'attn2.to_v': [C, D], 'attn2.to_out.0': [C, C],
-      'ff.net.0.proj': [2 * inner, C], 'ff.net.2': [C, inner],
+      'attn1.to_q': [C, C],
+      'attn1.to_k': [C, C],
+      'attn1.to_v': [C, C],
+      'attn1.to_out.0': [C, C],
+      'attn2.to_q': [C, C],
+      'attn2.to_k': [C, D],
+      'attn2.to_v': [C, D],
+      'attn2.to_out.0': [C, C],
+      'ff.net.0.proj': [2 * inner, C],
+      'ff.net.2': [C, inner],
     };
     for (const name of BLOCK_MODULES) use(linearEntry(byPath, `${block}.${name}`, shapes[name]));
   }
   return {
-    arch, size, blocks, timeProjection: time.path, textLayers, channels: C, contextDim: D,
-    contextTokens: CONTEXT_TOKENS, modules,
+    arch,
+    size,
+    blocks,
+    timeProjection: time.path,
+    textLayers,
+    channels: C,
+    contextDim: D,
+    contextTokens: CONTEXT_TOKENS,
+    modules,
   };
 }
 
@@ -241,14 +293,21 @@ function coarser(a: DType, b: DType): DType {
   return ulpBits(b) < ulpBits(a) ? b : a;
 }
 
-function makeNet(spec: VerifyNetSpec, source: string, dtype: DType, weights: (m: VerifyModule) => Float32Array): VerifyNet {
+function makeNet(
+  spec: VerifyNetSpec,
+  source: string,
+  dtype: DType,
+  weights: (m: VerifyModule) => Float32Array,
+): VerifyNet {
   const layers = new Map<string, VerifyLayer>();
   for (const m of spec.modules) {
     const w = weights(m);
     if (!(w instanceof Float32Array) || w.length !== m.out * m.in) {
-      throw new LoraError('LORA_SHAPE_MISMATCH',
+      throw new LoraError(
+        'LORA_SHAPE_MISMATCH',
         `verification network: the weight of '${m.path}' must be a Float32Array of ${m.out}×${m.in} = ${m.out * m.in} values, found ${w instanceof Float32Array ? w.length : Object.prototype.toString.call(w)}`,
-        { key: m.path, expected: m.out * m.in, found: w instanceof Float32Array ? w.length : null });
+        { key: m.path, expected: m.out * m.in, found: w instanceof Float32Array ? w.length : null },
+      );
     }
     layers.set(m.path, { module: m, weight: w, loraTerms: [] });
   }
@@ -269,7 +328,9 @@ export function verifyNetFromWeights(
   return makeNet(spec, options.source ?? '<memory>', options.dtype ?? 'F32', (m) => {
     const w = get(m.path);
     if (w === undefined) {
-      throw new LoraError('LORA_UNMATCHED_MODULES', `verification network: no weight given for '${m.path}'`, { key: m.path });
+      throw new LoraError('LORA_UNMATCHED_MODULES', `verification network: no weight given for '${m.path}'`, {
+        key: m.path,
+      });
     }
     return w;
   });
@@ -296,7 +357,10 @@ function isFile(x: VerifyCheckpoint): x is SafetensorsFile {
  * Weights are decoded to f32. Throws ArchError ARCH_MISMATCH when the spec is for another layout or needs a text
  * encoder the checkpoint lacks.
  */
-export async function loadVerifyNet(checkpoint: VerifyCheckpoint, options: LoadVerifyNetOptions = {}): Promise<VerifyNet> {
+export async function loadVerifyNet(
+  checkpoint: VerifyCheckpoint,
+  options: LoadVerifyNetOptions = {},
+): Promise<VerifyNet> {
   let det: CheckpointDetection;
   let fileOf: (c: Component) => SafetensorsFile | undefined;
   let name: string;
@@ -312,13 +376,17 @@ export async function loadVerifyNet(checkpoint: VerifyCheckpoint, options: LoadV
     det = detectDiffusersFolder(lists, { source: name });
     fileOf = (c) => (det.components.includes(c) ? files[c] : undefined);
   }
-  const spec = options.spec ?? verifyNetSpec(det.arch, det.size, {
-    textEncoders: options.textEncoders === false ? false : det.components.filter((c) => c !== 'unet'),
-  });
+  const spec =
+    options.spec ??
+    verifyNetSpec(det.arch, det.size, {
+      textEncoders: options.textEncoders === false ? false : det.components.filter((c) => c !== 'unet'),
+    });
   if (spec.arch !== det.arch || spec.size !== det.size) {
-    throw new ArchError('ARCH_MISMATCH',
+    throw new ArchError(
+      'ARCH_MISMATCH',
       `${name}: the checkpoint is ${det.arch} (${det.size}) but the verification network is for ${spec.arch} (${spec.size})`,
-      { source: name, expected: { arch: spec.arch, size: spec.size }, found: { arch: det.arch, size: det.size } });
+      { source: name, expected: { arch: spec.arch, size: spec.size }, found: { arch: det.arch, size: det.size } },
+    );
   }
   const cache = new Map<string, Float32Array>();
   const values = new Map<string, Float32Array>();
@@ -326,12 +394,17 @@ export async function loadVerifyNet(checkpoint: VerifyCheckpoint, options: LoadV
   for (const m of spec.modules) {
     const file = fileOf(m.component);
     if (!file) {
-      throw new ArchError('ARCH_MISMATCH', `${name}: the verification network needs ${m.component} ('${m.path}') but the checkpoint has no ${m.component}`,
-        { source: name, component: m.component, key: m.path });
+      throw new ArchError(
+        'ARCH_MISMATCH',
+        `${name}: the verification network needs ${m.component} ('${m.path}') but the checkpoint has no ${m.component}`,
+        { source: name, component: m.component, key: m.path },
+      );
     }
     const entry = det.layout.byPath.get(m.path)!;
     const single = det.naming === 'single-file';
-    const key = single ? (det.aliases.get(entry.singleFileWeightKey) ?? entry.singleFileWeightKey) : entry.diffusersWeightKey;
+    const key = single
+      ? (det.aliases.get(entry.singleFileWeightKey) ?? entry.singleFileWeightKey)
+      : entry.diffusersWeightKey;
     const info = file.info(key);
     dtype = dtype === undefined ? info.dtype : coarser(dtype, info.dtype);
     let all = cache.get(key);
@@ -342,8 +415,11 @@ export async function loadVerifyNet(checkpoint: VerifyCheckpoint, options: LoadV
     const rows = single ? entry.singleFileRows : undefined;
     const w = rows ? all.slice(rows[0] * m.in, rows[1] * m.in) : all;
     if (w.length !== m.out * m.in) {
-      throw new ArchError('ARCH_MISMATCH', `${name}: '${key}' has ${w.length} values; '${m.path}' needs ${m.out}×${m.in}`,
-        { source: name, key, expected: [m.out, m.in], found: info.shape });
+      throw new ArchError(
+        'ARCH_MISMATCH',
+        `${name}: '${key}' has ${w.length} values; '${m.path}' needs ${m.out}×${m.in}`,
+        { source: name, key, expected: [m.out, m.in], found: info.shape },
+      );
     }
     values.set(m.path, w);
   }
@@ -351,9 +427,12 @@ export async function loadVerifyNet(checkpoint: VerifyCheckpoint, options: LoadV
 }
 
 function weightFunction(lora: Lora, w: MergeWeight, i: number): (path: string) => number {
-  const bad = (found: unknown): LoraError => new LoraError('LORA_INVALID_WEIGHTS',
-    `verification network: the weight of LoRA ${i + 1} must be a finite number or { weight?, blocks }, found ${JSON.stringify(found)}`,
-    { key: `input ${i + 1}`, found });
+  const bad = (found: unknown): LoraError =>
+    new LoraError(
+      'LORA_INVALID_WEIGHTS',
+      `verification network: the weight of LoRA ${i + 1} must be a finite number or { weight?, blocks }, found ${JSON.stringify(found)}`,
+      { key: `input ${i + 1}`, found },
+    );
   if (typeof w === 'number') {
     if (!Number.isFinite(w)) throw bad(w);
     return () => w;
@@ -373,9 +452,14 @@ function weightFunction(lora: Lora, w: MergeWeight, i: number): (path: string) =
  */
 export function withRuntimeLoras(net: VerifyNet, loras: readonly Lora[], weights: readonly MergeWeight[]): VerifyNet {
   if (!Array.isArray(loras) || !Array.isArray(weights) || loras.length !== weights.length) {
-    throw new LoraError('LORA_INVALID_WEIGHTS',
+    throw new LoraError(
+      'LORA_INVALID_WEIGHTS',
       `verification network: expected one weight per LoRA (${Array.isArray(loras) ? loras.length : '?'}), found ${Array.isArray(weights) ? weights.length : String(weights)}`,
-      { expected: Array.isArray(loras) ? loras.length : null, found: Array.isArray(weights) ? weights.length : weights });
+      {
+        expected: Array.isArray(loras) ? loras.length : null,
+        found: Array.isArray(weights) ? weights.length : weights,
+      },
+    );
   }
   const fns = loras.map((l, i) => weightFunction(l, weights[i]!, i));
   const layers = new Map<string, VerifyLayer>();
@@ -388,19 +472,29 @@ export function withRuntimeLoras(net: VerifyNet, loras: readonly Lora[], weights
       const dims = moduleDims(m, path, `LoRA ${i + 1}`);
       const { out, in: inn } = layer.module;
       if (dims.out !== out || dims.in !== inn || dims.fanIn !== inn) {
-        throw new LoraError('LORA_SHAPE_MISMATCH',
+        throw new LoraError(
+          'LORA_SHAPE_MISMATCH',
           `verification network: LoRA ${i + 1} module '${path}' has down ${fmt(m.down.shape)}, up ${fmt(m.up.shape)}; the layer is [${out}, ${inn}]`,
-          { key: path, expected: [out, inn], found: { down: m.down.shape, up: m.up.shape } });
+          { key: path, expected: [out, inn], found: { down: m.down.shape, up: m.up.shape } },
+        );
       }
       const coefficient = fns[i]!(path) * (m.alpha / dims.rank);
       if (coefficient === 0) return;
-      terms.push({ input: net.loraInputs + i, coefficient, rank: dims.rank, down: contiguousValues(m.down), up: contiguousValues(m.up) });
+      terms.push({
+        input: net.loraInputs + i,
+        coefficient,
+        rank: dims.rank,
+        down: contiguousValues(m.down),
+        up: contiguousValues(m.up),
+      });
       added++;
     });
     layers.set(path, { ...layer, loraTerms: terms });
   }
   return {
-    ...net, source: `${net.source} + ${loras.length} runtime LoRA(s) on ${added} layer term(s)`, layers,
+    ...net,
+    source: `${net.source} + ${loras.length} runtime LoRA(s) on ${added} layer term(s)`,
+    layers,
     loraInputs: net.loraInputs + loras.length,
   };
 }
@@ -419,13 +513,25 @@ interface DenseLayer {
   readonly out: number;
   readonly in: number;
   readonly weight: Float64Array;
-  readonly terms: readonly { readonly coefficient: number; readonly rank: number; readonly down: Float64Array; readonly up: Float64Array }[];
+  readonly terms: readonly {
+    readonly coefficient: number;
+    readonly rank: number;
+    readonly down: Float64Array;
+    readonly up: Float64Array;
+  }[];
 }
 
 function denseLayer(layer: VerifyLayer): DenseLayer {
   return {
-    out: layer.module.out, in: layer.module.in, weight: Float64Array.from(layer.weight),
-    terms: layer.loraTerms.map((t) => ({ coefficient: t.coefficient, rank: t.rank, down: Float64Array.from(t.down), up: Float64Array.from(t.up) })),
+    out: layer.module.out,
+    in: layer.module.in,
+    weight: Float64Array.from(layer.weight),
+    terms: layer.loraTerms.map((t) => ({
+      coefficient: t.coefficient,
+      rank: t.rank,
+      down: Float64Array.from(t.down),
+      up: Float64Array.from(t.up),
+    })),
   };
 }
 
@@ -437,10 +543,16 @@ function matmulT(a: Float64Array, n: number, b: Float64Array, m: number, k: numb
   const y = new Float64Array(n * m);
   let r = 0;
   for (; r + 3 < n; r += 4) {
-    const a0 = r * k, a1 = a0 + k, a2 = a1 + k, a3 = a2 + k;
+    const a0 = r * k,
+      a1 = a0 + k,
+      a2 = a1 + k,
+      a3 = a2 + k;
     for (let o = 0; o < m; o++) {
       const bo = o * k;
-      let s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+      let s0 = 0,
+        s1 = 0,
+        s2 = 0,
+        s3 = 0;
       for (let i = 0; i < k; i++) {
         const bv = b[bo + i]!;
         s0 += bv * a[a0 + i]!;
@@ -491,7 +603,16 @@ function rmsRows(x: Float64Array, rows: number, cols: number): Float64Array {
 }
 
 /** Single-head softmax attention of n queries over m keys (q, k [·, d]; v [m, e]). */
-function attention(q: Float64Array, k: Float64Array, v: Float64Array, n: number, m: number, d: number, e: number, causal: boolean): Float64Array {
+function attention(
+  q: Float64Array,
+  k: Float64Array,
+  v: Float64Array,
+  n: number,
+  m: number,
+  d: number,
+  e: number,
+  causal: boolean,
+): Float64Array {
   const scores = matmulT(q, n, k, m, d);
   const scale = 1 / Math.sqrt(d);
   for (let i = 0; i < n; i++) {
@@ -622,7 +743,8 @@ class Forward {
       const F = proj.out / 2;
       const pj = rmsRows(applyLayer(proj, a, N), N, 2 * F);
       const g = new Float64Array(N * F);
-      for (let p = 0; p < N; p++) for (let f = 0; f < F; f++) g[p * F + f] = pj[p * 2 * F + f]! * gelu(pj[p * 2 * F + F + f]!);
+      for (let p = 0; p < N; p++)
+        for (let f = 0; f < F; f++) g[p * F + f] = pj[p * 2 * F + f]! * gelu(pj[p * 2 * F + F + f]!);
       addBranch(h, this.#linear(`${b}.ff.net.2`, g, N), N, C);
     }
     // Project back to 4 channels.
@@ -674,9 +796,11 @@ export function verifyDenoiser(net: VerifyNet, options: VerifyDenoiserOptions = 
   const forward = new Forward(net);
   return (x: Latent, t: number): Latent => {
     if (x.length === 0 || x.length % 4 !== 0) {
-      throw new SamplerError('SAMPLER_SHAPE_MISMATCH',
+      throw new SamplerError(
+        'SAMPLER_SHAPE_MISMATCH',
         `verification network: the latent has ${x.length} elements; it needs 4 channel planes (shape [1, 4, H, W])`,
-        { expected: 'a multiple of 4', found: x.length });
+        { expected: 'a multiple of 4', found: x.length },
+      );
     }
     const x0 = forward.predictX0(x, t);
     const alpha = scheduler.alphaCumprodAt(t);
@@ -719,7 +843,11 @@ export interface VerifyNetComparison {
 }
 
 function run(net: VerifyNet, options: CompareVerifyOptions): SampleResult {
-  return sample(verifyDenoiser(net), { steps: options.steps ?? 4, seed: options.seed ?? 0, shape: options.shape ?? [1, 4, 8, 8] });
+  return sample(verifyDenoiser(net), {
+    steps: options.steps ?? 4,
+    seed: options.seed ?? 0,
+    shape: options.shape ?? [1, 4, 8, 8],
+  });
 }
 
 function diffStats(a: Latent, b: Latent): { max: number; rmsDiff: number; rms: number } {
@@ -741,8 +869,15 @@ export function compareVerifyNets(a: VerifyNet, b: VerifyNet, options: CompareVe
   const rb = run(b, options);
   const { max, rmsDiff, rms } = diffStats(ra.latent, rb.latent);
   return {
-    steps: ra.timesteps.length, seed: options.seed ?? 0, shape: [...(options.shape ?? [1, 4, 8, 8])], timesteps: ra.timesteps,
-    a: ra.latent, b: rb.latent, maxAbsDiff: max, rmsDiff, rms,
+    steps: ra.timesteps.length,
+    seed: options.seed ?? 0,
+    shape: [...(options.shape ?? [1, 4, 8, 8])],
+    timesteps: ra.timesteps,
+    a: ra.latent,
+    b: rb.latent,
+    maxAbsDiff: max,
+    rmsDiff,
+    rms,
     stepMaxAbsDiff: ra.trajectory.map((s, i) => diffStats(s.denoised, rb.trajectory[i]!.denoised).max),
   };
 }
@@ -838,7 +973,10 @@ export interface FusedSamplingCheck {
 function scaledInputs(net: VerifyNet, factors: readonly number[]): VerifyNet {
   const layers = new Map<string, VerifyLayer>();
   for (const [p, l] of net.layers) {
-    layers.set(p, { ...l, loraTerms: l.loraTerms.map((t) => ({ ...t, coefficient: t.coefficient * (factors[t.input] ?? 1) })) });
+    layers.set(p, {
+      ...l,
+      loraTerms: l.loraTerms.map((t) => ({ ...t, coefficient: t.coefficient * (factors[t.input] ?? 1) })),
+    });
   }
   return { ...net, layers };
 }
@@ -885,21 +1023,37 @@ function minus(a: Latent, b: Latent): Float64Array {
  * The fit sees a wrong weight that the overall difference cannot (0.5 instead of 0.8 on F16 fixtures moves the
  * sample by only about twice the rounding floor). Latent [1, 4, 8, 8] by default.
  */
-export function checkFusedSampling(fused: VerifyNet, runtime: VerifyNet, options: FusedSamplingOptions = {}): FusedSamplingCheck {
+export function checkFusedSampling(
+  fused: VerifyNet,
+  runtime: VerifyNet,
+  options: FusedSamplingOptions = {},
+): FusedSamplingCheck {
   const tolerance = options.tolerance ?? 4;
   if (typeof tolerance !== 'number' || !(tolerance > 0) || !Number.isFinite(tolerance)) {
-    throw new SamplerError('SAMPLER_INVALID_CONFIG', `checkFusedSampling: tolerance must be a positive number, got ${String(tolerance)}`,
-      { option: 'tolerance', expected: '> 0', found: tolerance });
+    throw new SamplerError(
+      'SAMPLER_INVALID_CONFIG',
+      `checkFusedSampling: tolerance must be a positive number, got ${String(tolerance)}`,
+      { option: 'tolerance', expected: '> 0', found: tolerance },
+    );
   }
   const samples = options.roundingSamples ?? 8;
   if (!Number.isInteger(samples) || samples < 1 || samples > 1000) {
-    throw new SamplerError('SAMPLER_INVALID_CONFIG', `checkFusedSampling: roundingSamples must be an integer from 1 to 1000, got ${String(samples)}`,
-      { option: 'roundingSamples', expected: 'integer 1…1000', found: samples });
+    throw new SamplerError(
+      'SAMPLER_INVALID_CONFIG',
+      `checkFusedSampling: roundingSamples must be an integer from 1 to 1000, got ${String(samples)}`,
+      { option: 'roundingSamples', expected: 'integer 1…1000', found: samples },
+    );
   }
-  if (fused.spec.arch !== runtime.spec.arch || fused.spec.size !== runtime.spec.size ||
-      fused.spec.modules.map((m) => m.path).join() !== runtime.spec.modules.map((m) => m.path).join()) {
-    throw new ArchError('ARCH_MISMATCH', `checkFusedSampling: '${fused.source}' and '${runtime.source}' use different verification networks`,
-      { expected: runtime.spec.modules.length, found: fused.spec.modules.length });
+  if (
+    fused.spec.arch !== runtime.spec.arch ||
+    fused.spec.size !== runtime.spec.size ||
+    fused.spec.modules.map((m) => m.path).join() !== runtime.spec.modules.map((m) => m.path).join()
+  ) {
+    throw new ArchError(
+      'ARCH_MISMATCH',
+      `checkFusedSampling: '${fused.source}' and '${runtime.source}' use different verification networks`,
+      { expected: runtime.spec.modules.length, found: fused.spec.modules.length },
+    );
   }
   const comparison = compareVerifyNets(fused, runtime, options);
   const reference = comparison.b;
@@ -910,7 +1064,14 @@ export function checkFusedSampling(fused: VerifyNet, runtime: VerifyNet, options
   const k = runtime.loraInputs;
   const columns: (Float64Array | null)[] = [];
   for (let i = 0; i < k; i++) {
-    const at = (g: number): Latent => run(scaledInputs(runtime, Array.from({ length: k }, (_, j) => (j === i ? g : 1))), options).latent;
+    const at = (g: number): Latent =>
+      run(
+        scaledInputs(
+          runtime,
+          Array.from({ length: k }, (_, j) => (j === i ? g : 1)),
+        ),
+        options,
+      ).latent;
     const g = minus(at(1.5), at(0.5));
     columns.push(dot(g, g) > 0 ? g : null);
   }
@@ -928,7 +1089,9 @@ export function checkFusedSampling(fused: VerifyNet, runtime: VerifyNet, options
   for (let s = 0; s < samples; s++) {
     const r = minus(run(roundingPerturbed(runtime, fused.dtype, 0x0f100d + s), options).latent, reference);
     q += dot(r, r) / n;
-    fit(r).forEach((d, u) => { spread[u] += d * d; });
+    fit(r).forEach((d, u) => {
+      spread[u] += d * d;
+    });
   }
   const floor = Math.sqrt(q / samples);
 
@@ -937,7 +1100,9 @@ export function checkFusedSampling(fused: VerifyNet, runtime: VerifyNet, options
   let rss = 0;
   for (let e = 0; e < n; e++) {
     let f = 0;
-    used.forEach((i, u) => { f += delta[u]! * columns[i]![e]!; });
+    used.forEach((i, u) => {
+      f += delta[u]! * columns[i]![e]!;
+    });
     rss += (residual[e]! - f) ** 2;
   }
   const sigma2 = rss / Math.max(1, n - used.length);
@@ -955,7 +1120,14 @@ export function checkFusedSampling(fused: VerifyNet, runtime: VerifyNet, options
   const ratio = difference === 0 ? 0 : difference / floor;
   const effectsOk = effects.every((e) => Number.isNaN(e.effect) || Math.abs(e.effect - 1) <= e.resolution);
   return {
-    comparison, difference, floor, dtype: fused.dtype, signal, ratio, effects, tolerance,
+    comparison,
+    difference,
+    floor,
+    dtype: fused.dtype,
+    signal,
+    ratio,
+    effects,
+    tolerance,
     ok: ratio <= tolerance && effectsOk,
     conclusive: signal > tolerance * floor && effects.length > 0 && effects.every((e) => e.resolution < 1),
   };

@@ -6,7 +6,15 @@
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BrowserBuildError, buildBrowser, bundle, isNodeBuiltin, REPO_ROOT, writeHtml, type BrowserBuild } from '../../scripts/build-browser.js';
+import {
+  BrowserBuildError,
+  buildBrowser,
+  bundle,
+  isNodeBuiltin,
+  REPO_ROOT,
+  writeHtml,
+  type BrowserBuild,
+} from '../../scripts/build-browser.js';
 import { openSession, tempDir, type BrowserSession } from './harness.js';
 
 describe('node built-in guard', () => {
@@ -27,7 +35,9 @@ describe('node built-in guard', () => {
     mkdirSync(dir, { recursive: true });
     writeFileSync(join(dir, 'leaf.ts'), "import { readFileSync } from 'node:fs';\nexport const read = readFileSync;\n");
     writeFileSync(join(dir, 'mid.ts'), "export { read } from './leaf.js';\n");
-    const err = await bundle({ entry: join(dir, 'mid.ts'), outfile: join(tmp.dir, 'out', 'x.js') }).catch((e: unknown) => e);
+    const err = await bundle({ entry: join(dir, 'mid.ts'), outfile: join(tmp.dir, 'out', 'x.js') }).catch(
+      (e: unknown) => e,
+    );
     expect(err).toBeInstanceOf(BrowserBuildError);
     const e = err as BrowserBuildError;
     expect(e.nodeImports.map((n) => n.specifier)).toEqual(['node:fs']);
@@ -55,13 +65,20 @@ describe('library bundle (dist/browser/lora-mix.js)', () => {
     built = await buildBrowser({ outDir: tmp.dir });
     // The example of docs/browser.md, as a module next to the bundle.
     const doc = readFileSync(join(REPO_ROOT, 'docs/browser.md'), 'utf8');
-    const example = [...doc.matchAll(/```js\n([\s\S]*?)```/g)].map((m) => m[1]!).find((b) => b.includes('export async function mergeFiles'));
+    const example = [...doc.matchAll(/```js\n([\s\S]*?)```/g)]
+      .map((m) => m[1]!)
+      .find((b) => b.includes('export async function mergeFiles'));
     if (!example) throw new Error('docs/browser.md has no ```js block defining mergeFiles');
-    writeFileSync(join(tmp.dir, 'docs-example.js'), example.replace("from './lora-mix.js'", "from './browser/lora-mix.js'"));
+    writeFileSync(
+      join(tmp.dir, 'docs-example.js'),
+      example.replace("from './lora-mix.js'", "from './browser/lora-mix.js'"),
+    );
     // The page imports the built bundle and the example as modules and exposes them as window.lm / window.docExample.
-    await writeHtml(join(tmp.dir, 'index.html'),
+    await writeHtml(
+      join(tmp.dir, 'index.html'),
       '<p>lora-mix library test</p><script type="module">import * as lm from "./browser/lora-mix.js"; ' +
-      'import * as ex from "./docs-example.js"; window.docExample = ex; window.lm = lm;</script>');
+        'import * as ex from "./docs-example.js"; window.docExample = ex; window.lm = lm;</script>',
+    );
     session = await openSession({ root: tmp.dir, mounts: { '/fixtures/': join(REPO_ROOT, 'fixtures') } });
     await session.page.waitForFunction(() => 'lm' in window);
   });
@@ -79,9 +96,24 @@ describe('library bundle (dist/browser/lora-mix.js)', () => {
     expect(inputs.some((p) => p.startsWith('src/cli/'))).toBe(false);
     expect(inputs.some((p) => /-node\.ts$/.test(p))).toBe(false);
     for (const name of [
-      'parseSafetensors', 'serializeSafetensors', 'bufferSource', 'blobSource', 'memorySink',
-      'decodeLora', 'describeLora', 'serializeLora', 'getLayout', 'mergeLoras', 'LCMScheduler',
-      'LoraMixError', 'VERSION', 'createGpuKernel', 'createWasmKernel', 'createJsKernel', 'fuseLoras', 'verifyFusion',
+      'parseSafetensors',
+      'serializeSafetensors',
+      'bufferSource',
+      'blobSource',
+      'memorySink',
+      'decodeLora',
+      'describeLora',
+      'serializeLora',
+      'getLayout',
+      'mergeLoras',
+      'LCMScheduler',
+      'LoraMixError',
+      'VERSION',
+      'createGpuKernel',
+      'createWasmKernel',
+      'createJsKernel',
+      'fuseLoras',
+      'verifyFusion',
     ]) {
       expect(built.lib.exports, name).toContain(name);
     }
@@ -148,11 +180,20 @@ describe('library bundle (dist/browser/lora-mix.js)', () => {
       const get = async (name: string) => new File([await (await fetch(`/fixtures/sd15/${name}`)).arrayBuffer()], name);
       const files = [await get('lcm-lora.kohya.safetensors'), await get('style-lora.peft.safetensors')];
       const merged = await w.docExample.mergeFiles(files, [1.0, 0.8]);
-      const back = await w.lm.decodeLora(await w.lm.parseSafetensors(w.lm.blobSource(merged.blob, 'merged.safetensors')));
+      const back = await w.lm.decodeLora(
+        await w.lm.parseSafetensors(w.lm.blobSource(merged.blob, 'merged.safetensors')),
+      );
       const one = await w.lm.decodeLora(await w.lm.parseSafetensors(w.lm.blobSource(files[0], files[0].name)));
       const two = await w.lm.decodeLora(await w.lm.parseSafetensors(w.lm.blobSource(files[1], files[1].name)));
       const union = new Set([...one.modules.keys(), ...two.modules.keys()]);
-      return { inputs: merged.inputs, modules: merged.modules, exact: merged.exact, decoded: back.modules.size, union: union.size, format: back.format };
+      return {
+        inputs: merged.inputs,
+        modules: merged.modules,
+        exact: merged.exact,
+        decoded: back.modules.size,
+        union: union.size,
+        format: back.format,
+      };
     });
     expect(result.inputs[0]).toMatch(/^kohya sd15 \d+ modules$/);
     expect(result.inputs[1]).toMatch(/^peft sd15 \d+ modules$/);
@@ -168,9 +209,15 @@ describe('library bundle (dist/browser/lora-mix.js)', () => {
       const lm = (window as any).lm;
       const get = async (name: string) => (await fetch(`/fixtures/sd15/${name}`)).arrayBuffer();
       const sink = lm.memorySink('fused.safetensors');
-      const report = await lm.fuseLoras(lm.bufferSource(await get('base.safetensors'), 'base.safetensors'),
-        [lm.blobSource(new Blob([await get('lcm-lora.kohya.safetensors')]), 'lcm'), lm.bufferSource(await get('style-lora.kohya.safetensors'), 'style')],
-        [1, 0.8], { out: sink, dtype: 'F32' });
+      const report = await lm.fuseLoras(
+        lm.bufferSource(await get('base.safetensors'), 'base.safetensors'),
+        [
+          lm.blobSource(new Blob([await get('lcm-lora.kohya.safetensors')]), 'lcm'),
+          lm.bufferSource(await get('style-lora.kohya.safetensors'), 'style'),
+        ],
+        [1, 0.8],
+        { out: sink, dtype: 'F32' },
+      );
       const bytes = sink.bytes() as Uint8Array;
       let bin = '';
       for (let i = 0; i < bytes.length; i += 0x8000) bin += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
@@ -182,7 +229,12 @@ describe('library bundle (dist/browser/lora-mix.js)', () => {
     writeFileSync(out, Buffer.from(result.base64, 'base64'));
     const { verifyFusion } = await import('../../src/verify/fusion.js');
     const fx = (n: string) => join(REPO_ROOT, 'fixtures', 'sd15', n);
-    const v = await verifyFusion(out, fx('base.safetensors'), [fx('lcm-lora.kohya.safetensors'), fx('style-lora.kohya.safetensors')], [1, 0.8]);
+    const v = await verifyFusion(
+      out,
+      fx('base.safetensors'),
+      [fx('lcm-lora.kohya.safetensors'), fx('style-lora.kohya.safetensors')],
+      [1, 0.8],
+    );
     expect(v.checked).toBe(350);
     expect(v.ok).toBe(true);
     expect(v.inconclusive).toBe(0);

@@ -38,7 +38,15 @@ const RANKS = [1, 8, 64, 70];
 const DTYPES: StoredFloat[] = ['F32', 'F16'];
 
 const CASES: Case[] = SHAPES.flatMap((s) =>
-  RANKS.flatMap((rank) => DTYPES.map((dtype) => ({ label: `${s.kind} ${s.rows}×${s.cols} r${rank} ${dtype}`, rows: s.rows, cols: s.cols, rank, dtype }))),
+  RANKS.flatMap((rank) =>
+    DTYPES.map((dtype) => ({
+      label: `${s.kind} ${s.rows}×${s.cols} r${rank} ${dtype}`,
+      rows: s.rows,
+      cols: s.cols,
+      rank,
+      dtype,
+    })),
+  ),
 );
 /** One bigger module (a 320-channel 3×3 conv at rank 64) so the kernel runs beyond toy sizes. */
 const BIG: Case = { label: 'conv 3×3 320×2880 r64 F16', rows: 320, cols: 320 * 9, rank: 64, dtype: 'F16' };
@@ -138,8 +146,10 @@ describe('gpu.js fusion kernel in headless Chromium', () => {
       outfile: join(tmp.dir, 'kernels.js'),
     });
     copyFileSync(join(REPO_ROOT, 'node_modules/gpu.js/dist/gpu-browser.min.js'), join(tmp.dir, 'gpu-browser.min.js'));
-    await writeHtml(join(tmp.dir, 'index.html'),
-      '<script src="gpu-browser.min.js"></script><script type="module" src="kernels.js"></script>');
+    await writeHtml(
+      join(tmp.dir, 'index.html'),
+      '<script src="gpu-browser.min.js"></script><script type="module" src="kernels.js"></script>',
+    );
     session = await openSession({ root: tmp.dir });
     await session.page.waitForFunction(() => 'loraMixKernels' in window && 'GPU' in window);
   });
@@ -149,54 +159,76 @@ describe('gpu.js fusion kernel in headless Chromium', () => {
   });
 
   /** Run cases on one gpu.js mode in the page (one kernel for all cases), plus the WASM kernel on the same inputs. */
-  async function runInPage(mode: Mode | 'gpu', cases: { c: Case; inputs: Inputs }[], on: BrowserSession = session): Promise<PageResult[]> {
+  async function runInPage(
+    mode: Mode | 'gpu',
+    cases: { c: Case; inputs: Inputs }[],
+    on: BrowserSession = session,
+  ): Promise<PageResult[]> {
     const payload = cases.map(({ c, inputs }) => ({
-      rows: c.rows, cols: c.cols, rank: c.rank, dtype: c.dtype,
-      src: b64(inputs.src), up: b64(f32bytes(inputs.up)), down: b64(f32bytes(inputs.down)),
+      rows: c.rows,
+      cols: c.cols,
+      rank: c.rank,
+      dtype: c.dtype,
+      src: b64(inputs.src),
+      up: b64(f32bytes(inputs.up)),
+      down: b64(f32bytes(inputs.down)),
     }));
-    return on.page.evaluate(async ({ mode, payload }) => {
-      /* eslint-disable @typescript-eslint/no-explicit-any */
-      const w = window as any;
-      const { createGpuKernel, createWasmKernel } = w.loraMixKernels;
-      const ran: any[] = [];
-      // Record every kernel gpu.js hands out, to see afterwards which backend class really ran.
-      class SpyGPU extends w.GPU {
-        createKernel(...args: unknown[]) {
-          const k = super.createKernel(...args);
-          ran.push(k);
-          return k;
+    return on.page.evaluate(
+      async ({ mode, payload }) => {
+        /* eslint-disable @typescript-eslint/no-explicit-any */
+        const w = window as any;
+        const { createGpuKernel, createWasmKernel } = w.loraMixKernels;
+        const ran: any[] = [];
+        // Record every kernel gpu.js hands out, to see afterwards which backend class really ran.
+        class SpyGPU extends w.GPU {
+          createKernel(...args: unknown[]) {
+            const k = super.createKernel(...args);
+            ran.push(k);
+            return k;
+          }
         }
-      }
-      const dec = (s: string) => Uint8Array.from(atob(s), (ch) => ch.charCodeAt(0));
-      const enc = (b: Uint8Array) => {
-        let s = '';
-        for (let i = 0; i < b.length; i += 0x8000) s += String.fromCharCode(...b.subarray(i, i + 0x8000));
-        return btoa(s);
-      };
-      const made = await createGpuKernel({ GPU: SpyGPU, ...(mode === 'gpu' ? {} : { mode }) });
-      const cpu = await createWasmKernel();
-      const out = [];
-      for (const p of payload) {
-        const job = {
-          rows: p.rows, cols: p.cols, rank: p.rank,
-          up: new Float32Array(dec(p.up).buffer), down: new Float32Array(dec(p.down).buffer),
+        const dec = (s: string) => Uint8Array.from(atob(s), (ch) => ch.charCodeAt(0));
+        const enc = (b: Uint8Array) => {
+          let s = '';
+          for (let i = 0; i < b.length; i += 0x8000) s += String.fromCharCode(...b.subarray(i, i + 0x8000));
+          return btoa(s);
         };
-        const src = dec(p.src);
-        const dst = new Uint8Array(src.length);
-        const res = await made.kernel.update(src, p.dtype, dst, p.dtype, job);
-        const cdst = new Uint8Array(src.length);
-        await cpu.update(src, p.dtype, cdst, p.dtype, job);
-        const names = new Set<string>();
-        for (const k of ran) names.add(k.kernel?.constructor?.name ?? k.constructor?.name ?? 'unknown');
-        out.push({
-          backend: made.backend, kernelBackend: made.kernel.backend, fellBack: made.fellBack, reason: made.reason ?? null,
-          ranOn: [...names], gpu: enc(dst), cpu: enc(cdst), cpuBackend: cpu.backend, overflow: res.overflow,
-        });
-      }
-      await made.kernel.dispose();
-      await cpu.dispose();
-      return out;
-    }, { mode, payload });
+        const made = await createGpuKernel({ GPU: SpyGPU, ...(mode === 'gpu' ? {} : { mode }) });
+        const cpu = await createWasmKernel();
+        const out = [];
+        for (const p of payload) {
+          const job = {
+            rows: p.rows,
+            cols: p.cols,
+            rank: p.rank,
+            up: new Float32Array(dec(p.up).buffer),
+            down: new Float32Array(dec(p.down).buffer),
+          };
+          const src = dec(p.src);
+          const dst = new Uint8Array(src.length);
+          const res = await made.kernel.update(src, p.dtype, dst, p.dtype, job);
+          const cdst = new Uint8Array(src.length);
+          await cpu.update(src, p.dtype, cdst, p.dtype, job);
+          const names = new Set<string>();
+          for (const k of ran) names.add(k.kernel?.constructor?.name ?? k.constructor?.name ?? 'unknown');
+          out.push({
+            backend: made.backend,
+            kernelBackend: made.kernel.backend,
+            fellBack: made.fellBack,
+            reason: made.reason ?? null,
+            ranOn: [...names],
+            gpu: enc(dst),
+            cpu: enc(cdst),
+            cpuBackend: cpu.backend,
+            overflow: res.overflow,
+          });
+        }
+        await made.kernel.dispose();
+        await cpu.dispose();
+        return out;
+      },
+      { mode, payload },
+    );
   }
 
   function check(mode: Mode, cases: Case[], results: PageResult[], seed0: number): void {
@@ -210,7 +242,13 @@ describe('gpu.js fusion kernel in headless Chromium', () => {
       expect(r.overflow, c.label).toBe(0);
       const inputs = makeInputs(c, seed0 + n);
       const refBytes = new Uint8Array(inputs.src.length);
-      referenceUpdate(inputs.src, c.dtype, refBytes, c.dtype, { rows: c.rows, cols: c.cols, rank: c.rank, up: inputs.up, down: inputs.down });
+      referenceUpdate(inputs.src, c.dtype, refBytes, c.dtype, {
+        rows: c.rows,
+        cols: c.cols,
+        rank: c.rank,
+        up: inputs.up,
+        down: inputs.down,
+      });
       const ref = values(refBytes, c.dtype);
       const gpu = compare(c, inputs, values(unb64(r.gpu), c.dtype), ref);
       expect(gpu.worst, `${c.label}: GPU vs f64 reference`).toBeLessThanOrEqual(1);
@@ -247,7 +285,10 @@ describe('gpu.js fusion kernel in headless Chromium', () => {
   });
 
   it("mode 'gpu' uses WebGL2 (not the CPU) in a Chromium without a WebGPU adapter", async () => {
-    const noWebGpu = await openSession({ root: tmp.dir, args: CHROMIUM_ARGS.filter((a) => a !== '--enable-unsafe-webgpu') });
+    const noWebGpu = await openSession({
+      root: tmp.dir,
+      args: CHROMIUM_ARGS.filter((a) => a !== '--enable-unsafe-webgpu'),
+    });
     try {
       await noWebGpu.page.waitForFunction(() => 'loraMixKernels' in window && 'GPU' in window);
       const adapter = await noWebGpu.page.evaluate(async () => {
@@ -265,7 +306,10 @@ describe('gpu.js fusion kernel in headless Chromium', () => {
 
   it('the probe lists webgpu and webgl2 as working gpu.js modes in Chromium', async () => {
     const probes = await session.page.evaluate(async () => {
-      const w = window as unknown as { loraMixKernels: { gpuBackends(o: unknown): Promise<{ mode: string; works: boolean; backend?: string }[]> }; GPU: unknown };
+      const w = window as unknown as {
+        loraMixKernels: { gpuBackends(o: unknown): Promise<{ mode: string; works: boolean; backend?: string }[]> };
+        GPU: unknown;
+      };
       return w.loraMixKernels.gpuBackends({ GPU: w.GPU });
     });
     const byMode = new Map(probes.map((p) => [p.mode, p]));

@@ -79,7 +79,8 @@ export async function openSession(options: {
     });
     page.on('console', (m) => {
       // Resource failures are reported with their URL by the 'response' handler above.
-      if (m.type() === 'error' && !/GL Driver Message|Failed to load resource/.test(m.text())) errors.push(`console: ${m.text()}`);
+      if (m.type() === 'error' && !/GL Driver Message|Failed to load resource/.test(m.text()))
+        errors.push(`console: ${m.text()}`);
     });
     await page.goto(server.url + (options.path ?? ''), { waitUntil: 'load' });
     const b = browser;

@@ -9,7 +9,9 @@ import { bufferSource } from '../../src/core/memory.js';
 import { parseSafetensors } from '../../src/safetensors/index.js';
 
 async function summaryOf(rel: string) {
-  const lora = await decodeLora(await parseSafetensors(bufferSource(new Uint8Array(readFileSync(join(REPO_ROOT, 'fixtures', rel))), rel)));
+  const lora = await decodeLora(
+    await parseSafetensors(bufferSource(new Uint8Array(readFileSync(join(REPO_ROOT, 'fixtures', rel))), rel)),
+  );
   return { lora, summary: describeLora(lora) };
 }
 
@@ -32,7 +34,9 @@ describe('LCM-LoRA detection for default weights', () => {
 
   it('reads the name a LoRA gives itself in its metadata', async () => {
     const style = await summaryOf('sd15/style-lora.kohya.safetensors');
-    expect(lcmEvidence('weights.safetensors', { ss_output_name: 'LCM_LoRA_sd15' }, style.summary)).toBe('metadata ss_output_name');
+    expect(lcmEvidence('weights.safetensors', { ss_output_name: 'LCM_LoRA_sd15' }, style.summary)).toBe(
+      'metadata ss_output_name',
+    );
     expect(lcmEvidence('weights.safetensors', { ss_output_name: 'watercolor' }, style.summary)).toBeNull();
   });
 });

@@ -147,7 +147,9 @@ describe('merge page (examples/web) in headless Chromium', () => {
     const fromNode = await parseSafetensors(bufferSource(nodeBytes, 'node'));
     expect(fromPage.tensors.map((t) => t.name)).toEqual(fromNode.tensors.map((t) => t.name));
     for (const t of fromNode.tensors) {
-      expect(Buffer.from(await fromPage.read(t.name)).equals(Buffer.from(await fromNode.read(t.name))), t.name).toBe(true);
+      expect(Buffer.from(await fromPage.read(t.name)).equals(Buffer.from(await fromNode.read(t.name))), t.name).toBe(
+        true,
+      );
     }
     // The merge is recorded in the metadata, with the weights.
     const record = JSON.parse(fromPage.metadata.lora_mix_merge ?? '{}') as { inputs?: { weight?: unknown }[] };
@@ -158,9 +160,15 @@ describe('merge page (examples/web) in headless Chromium', () => {
     expect(pageMerge, 'the page merge above must have run').toBeDefined();
     const out = join(tmp.dir, 'cli-merge.safetensors');
     const printed: string[] = [];
-    const code = await mergeCommand.run([`${LCM}:1.0`, `${STYLE}:0.8`, '-o', out, '--format', 'kohya', '--dtype', 'fp16'], {
-      out: (t) => printed.push(t), err: () => undefined, isTTY: false, cwd: tmp.dir,
-    });
+    const code = await mergeCommand.run(
+      [`${LCM}:1.0`, `${STYLE}:0.8`, '-o', out, '--format', 'kohya', '--dtype', 'fp16'],
+      {
+        out: (t) => printed.push(t),
+        err: () => undefined,
+        isTTY: false,
+        cwd: tmp.dir,
+      },
+    );
     expect(code, printed.join('')).toBe(0);
     const cli = await parseSafetensors(bufferSource(new Uint8Array(readFileSync(out)), 'cli'));
     const page = await parseSafetensors(bufferSource(pageMerge!, 'page'));
@@ -208,7 +216,10 @@ describe('merge page (examples/web) in headless Chromium', () => {
   it('shows the typed error code and message for bad files, and refuses to mix architectures', async () => {
     const { page } = session;
     await clearAll();
-    await upload([join(REPO_ROOT, 'fixtures/bad/loha.safetensors'), join(REPO_ROOT, 'fixtures/bad/truncated.safetensors')]);
+    await upload([
+      join(REPO_ROOT, 'fixtures/bad/loha.safetensors'),
+      join(REPO_ROOT, 'fixtures/bad/truncated.safetensors'),
+    ]);
     const bad = page.locator('#loras li.bad');
     expect(await bad.count()).toBe(2);
     const loha = (await bad.nth(0).textContent()) ?? '';

@@ -51,7 +51,13 @@ describe('static server', () => {
   });
 
   it('never serves a file outside its root', async () => {
-    for (const path of ['/../secret.txt', '/%2e%2e/secret.txt', '/sub/..%2f..%2fsecret.txt', '/fixtures/../../secret.txt', '/%00']) {
+    for (const path of [
+      '/../secret.txt',
+      '/%2e%2e/secret.txt',
+      '/sub/..%2f..%2fsecret.txt',
+      '/fixtures/../../secret.txt',
+      '/%00',
+    ]) {
       const res = await get(server.port, path);
       expect(res.status, path).toBeGreaterThanOrEqual(400);
       expect(res.body, path).not.toContain('outside the root');

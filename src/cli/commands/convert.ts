@@ -1,6 +1,13 @@
 import * as path from 'node:path';
 import { UsageError } from '../../core/errors.js';
-import { describeLora, loadLora, parseOutputDType, saveLora, type KohyaPaths, type OutputDType } from '../../formats/index.js';
+import {
+  describeLora,
+  loadLora,
+  parseOutputDType,
+  saveLora,
+  type KohyaPaths,
+  type OutputDType,
+} from '../../formats/index.js';
 import { ARCH_LABEL, parseArch } from '../../layout/index.js';
 import { parseCommandArgs } from '../args.js';
 import type { CliContext, Command } from '../context.js';
@@ -36,7 +43,10 @@ Examples:
 function choice<T extends string>(option: string, raw: unknown, allowed: readonly T[]): T | undefined {
   if (raw === undefined) return undefined;
   if (typeof raw === 'string' && (allowed as readonly string[]).includes(raw)) return raw as T;
-  throw new UsageError(`convert: --${option} expects ${allowed.join(' or ')}, got '${String(raw)}'`, 'USAGE_BAD_ARGUMENT');
+  throw new UsageError(
+    `convert: --${option} expects ${allowed.join(' or ')}, got '${String(raw)}'`,
+    'USAGE_BAD_ARGUMENT',
+  );
 }
 
 export const convertCommand: Command = {
@@ -54,7 +64,9 @@ export const convertCommand: Command = {
       json: { type: 'boolean' },
     });
     if (positionals.length !== 1) {
-      throw new UsageError(`convert: expected one input file, got ${positionals.length === 0 ? 'none' : positionals.join(' ')}. Run 'lora-mix convert --help' for usage.`);
+      throw new UsageError(
+        `convert: expected one input file, got ${positionals.length === 0 ? 'none' : positionals.join(' ')}. Run 'lora-mix convert --help' for usage.`,
+      );
     }
     if (typeof values.output !== 'string' || values.output === '') {
       throw new UsageError("convert: -o OUT is required (the file to write). Run 'lora-mix convert --help' for usage.");
@@ -62,11 +74,16 @@ export const convertCommand: Command = {
     const to = choice('to', values.to, ['kohya', 'peft'] as const);
     if (!to) throw new UsageError("convert: --to kohya|peft is required. Run 'lora-mix convert --help' for usage.");
     const kohyaPaths = choice<KohyaPaths>('kohya-paths', values['kohya-paths'], ['diffusers', 'sgm']);
-    if (kohyaPaths && to !== 'kohya') throw new UsageError('convert: --kohya-paths applies only to --to kohya', 'USAGE_BAD_ARGUMENT');
+    if (kohyaPaths && to !== 'kohya')
+      throw new UsageError('convert: --kohya-paths applies only to --to kohya', 'USAGE_BAD_ARGUMENT');
     let dtype: OutputDType | undefined;
     if (values.dtype !== undefined) {
       dtype = parseOutputDType(String(values.dtype));
-      if (!dtype) throw new UsageError(`convert: --dtype expects fp16, bf16 or fp32, got '${String(values.dtype)}'`, 'USAGE_BAD_ARGUMENT');
+      if (!dtype)
+        throw new UsageError(
+          `convert: --dtype expects fp16, bf16 or fp32, got '${String(values.dtype)}'`,
+          'USAGE_BAD_ARGUMENT',
+        );
     }
     const arch = typeof values.arch === 'string' ? parseArch(values.arch) : undefined;
     const input = path.resolve(ctx.cwd, positionals[0]!);
@@ -82,7 +99,8 @@ export const convertCommand: Command = {
       ...(dtype ? { dtype } : {}),
       refuseOverwrite: [input],
     });
-    const outDtype = dtype ?? (lora.dtype === 'F16' || lora.dtype === 'BF16' || lora.dtype === 'F32' ? lora.dtype : 'F32');
+    const outDtype =
+      dtype ?? (lora.dtype === 'F16' || lora.dtype === 'BF16' || lora.dtype === 'F32' ? lora.dtype : 'F32');
     const summary = describeLora(lora);
     const report = {
       input: positionals[0]!,
@@ -101,17 +119,26 @@ export const convertCommand: Command = {
     if (values.json === true) {
       ctx.out(`${JSON.stringify(report, null, 2)}\n`);
     } else {
-      const spell = (f: { format: string; kohyaPaths?: string }) => (f.kohyaPaths ? `${f.format} (${f.kohyaPaths} paths)` : f.format);
-      ctx.out(`${[
-        `${report.input} → ${report.output}`,
-        `  ${spell(report.from)} ${report.from.dtype} → ${spell(report.to)} ${report.to.dtype}`,
-        `  ${ARCH_LABEL[lora.arch]}${lora.size === 'tiny' ? ' (tiny)' : ''}, ${report.modules} modules, ${report.parameters.toLocaleString('en-US')} parameters, ${result.byteLength.toLocaleString('en-US')} bytes written`,
-        ...(lora.unmatched.length > 0 ? [`  ${lora.unmatched.length} module(s)/key(s) of the input not written (not in ${ARCH_LABEL[lora.arch]}), e.g. ${lora.unmatched[0]!.key}`] : []),
-        ...lora.notes.map((n) => `  note: ${n}`),
-      ].join('\n')}\n`);
+      const spell = (f: { format: string; kohyaPaths?: string }) =>
+        f.kohyaPaths ? `${f.format} (${f.kohyaPaths} paths)` : f.format;
+      ctx.out(
+        `${[
+          `${report.input} → ${report.output}`,
+          `  ${spell(report.from)} ${report.from.dtype} → ${spell(report.to)} ${report.to.dtype}`,
+          `  ${ARCH_LABEL[lora.arch]}${lora.size === 'tiny' ? ' (tiny)' : ''}, ${report.modules} modules, ${report.parameters.toLocaleString('en-US')} parameters, ${result.byteLength.toLocaleString('en-US')} bytes written`,
+          ...(lora.unmatched.length > 0
+            ? [
+                `  ${lora.unmatched.length} module(s)/key(s) of the input not written (not in ${ARCH_LABEL[lora.arch]}), e.g. ${lora.unmatched[0]!.key}`,
+              ]
+            : []),
+          ...lora.notes.map((n) => `  note: ${n}`),
+        ].join('\n')}\n`,
+      );
     }
     if (result.stats.flushedToZero > 0) {
-      ctx.err(`lora-mix convert: warning: ${result.stats.flushedToZero} non-zero factor value(s) became 0 in ${outDtype} (too small for the format); --dtype fp32 or bf16 keeps them\n`);
+      ctx.err(
+        `lora-mix convert: warning: ${result.stats.flushedToZero} non-zero factor value(s) became 0 in ${outDtype} (too small for the format); --dtype fp32 or bf16 keeps them\n`,
+      );
     }
     return 0;
   },

@@ -14,7 +14,13 @@ import { openSafetensors } from '../../node/files.js';
 import { ARCH_LABEL, parseArch } from '../../layout/index.js';
 import type { Arch } from '../../layout/types.js';
 import { mergeLoras, type MergeReport } from '../../lora/index.js';
-import { checkFusedSampling, loadVerifyNet, withRuntimeLoras, type FusedSamplingCheck, type VerifyNet } from '../../verify/index.js';
+import {
+  checkFusedSampling,
+  loadVerifyNet,
+  withRuntimeLoras,
+  type FusedSamplingCheck,
+  type VerifyNet,
+} from '../../verify/index.js';
 import { parseCommandArgs } from '../args.js';
 import type { CliContext, Command } from '../context.js';
 
@@ -56,12 +62,19 @@ function fixtures(arch: Arch): { dir: string; base: string; lcm: string; style: 
   const dir = path.join(packageRoot(), 'fixtures', arch);
   // SD1.5 LoRAs are trained with diffusers-path kohya names, SDXL / SSD-1B ones with SGM paths.
   const style = arch === 'sd15' ? 'style-lora.kohya.safetensors' : 'style-lora.kohya-sgm.safetensors';
-  const files = { dir, base: path.join(dir, 'base.safetensors'), lcm: path.join(dir, 'lcm-lora.kohya.safetensors'), style: path.join(dir, style) };
+  const files = {
+    dir,
+    base: path.join(dir, 'base.safetensors'),
+    lcm: path.join(dir, 'lcm-lora.kohya.safetensors'),
+    style: path.join(dir, style),
+  };
   for (const f of [files.base, files.lcm, files.style]) {
     if (!existsSync(f)) {
-      throw new IoError('INPUT_NOT_FOUND',
+      throw new IoError(
+        'INPUT_NOT_FOUND',
         `demo: the bundled fixture ${f} is missing; the demo runs from a lora-mix checkout or a package that includes fixtures/`,
-        { file: f });
+        { file: f },
+      );
     }
   }
   return files;
@@ -70,12 +83,16 @@ function fixtures(arch: Arch): { dir: string; base: string; lcm: string; style: 
 const now = (): number => performance.now() / 1000;
 
 function describeInput(s: LoraSummary): string {
-  const groups = Object.entries(s.byGroup).map(([g, n]) => `${g} ${n}`).join(', ');
+  const groups = Object.entries(s.byGroup)
+    .map(([g, n]) => `${g} ${n}`)
+    .join(', ');
   const ranks = s.ranks.map((r) => r.value).join('/');
   const alphas = s.alphas.map((a) => a.value).join('/');
   const spelling = s.format === 'kohya' && s.kohyaPaths ? `kohya, ${s.kohyaPaths} paths` : (s.format ?? 'LoRA');
-  return `${spelling}, ${s.dtype ?? '?'}, ${s.modules} modules (${groups}), rank ${ranks}, alpha ${alphas}; ` +
-    `LCM-LoRA targets covered ${s.lcmTargets.covered}/${s.lcmTargets.total}`;
+  return (
+    `${spelling}, ${s.dtype ?? '?'}, ${s.modules} modules (${groups}), rank ${ranks}, alpha ${alphas}; ` +
+    `LCM-LoRA targets covered ${s.lcmTargets.covered}/${s.lcmTargets.total}`
+  );
 }
 
 const sci = (x: number): string => (x === 0 ? '0' : x.toExponential(1));
@@ -86,15 +103,32 @@ interface DemoReport {
   fixtures: string;
   outputs: { dir: string; kept: boolean; merged: string; fused: string };
   inputs: { role: string; file: string; weight: number; summary: LoraSummary }[];
-  merge: { modules: number; rankBefore: MergeReport['rankBefore']; rankAfter: MergeReport['rankAfter']; exact: boolean; bytes: number; dtype: string };
+  merge: {
+    modules: number;
+    rankBefore: MergeReport['rankBefore'];
+    rankAfter: MergeReport['rankAfter'];
+    exact: boolean;
+    bytes: number;
+    dtype: string;
+  };
   fuse: FuseReport;
   verify: Omit<VerifyReport, 'modules'>;
   sampler: {
     network: { modules: number; blocks: readonly string[]; timeProjection: string; textLayers: readonly string[] };
-    steps: number; seed: number; shape: readonly number[]; timesteps: readonly number[];
-    difference: number; maxAbsDiff: number; floor: number; ratio: number; signal: number; dtype: string;
+    steps: number;
+    seed: number;
+    shape: readonly number[];
+    timesteps: readonly number[];
+    difference: number;
+    maxAbsDiff: number;
+    floor: number;
+    ratio: number;
+    signal: number;
+    dtype: string;
     effects: { lora: string; effect: number; standardError: number; resolution: number }[];
-    tolerance: number; ok: boolean; conclusive: boolean;
+    tolerance: number;
+    ok: boolean;
+    conclusive: boolean;
   };
   seconds: { inspect: number; merge: number; fuse: number; verify: number; sample: number; total: number };
   ok: boolean;
@@ -111,41 +145,65 @@ function formatReport(r: DemoReport): string {
   lines.push(`lora-mix demo — ${arch}: merge an LCM-LoRA with a style LoRA, fuse, verify, sample`);
   lines.push('');
   lines.push('inputs');
-  for (const i of r.inputs) lines.push(`  ${i.weight.toFixed(1)} × ${i.role.padEnd(10)} ${i.file}: ${describeInput(i.summary)}`);
+  for (const i of r.inputs)
+    lines.push(`  ${i.weight.toFixed(1)} × ${i.role.padEnd(10)} ${i.file}: ${describeInput(i.summary)}`);
   const rank = (x: MergeReport['rankBefore']): string => (x.min === x.max ? String(x.min) : `${x.min}–${x.max}`);
   lines.push('merge');
-  lines.push(`  ${r.inputs.map((i) => `${i.weight.toFixed(1)}·${i.role}`).join(' + ')} → ${r.merge.modules} modules, rank ${rank(r.merge.rankAfter)}` +
-    `${r.merge.exact ? ' (exact sum: factors concatenated along the rank)' : ''}; saved ${r.outputs.merged} (kohya, ${r.merge.dtype}, ${fmtBytes(r.merge.bytes)})`);
+  lines.push(
+    `  ${r.inputs.map((i) => `${i.weight.toFixed(1)}·${i.role}`).join(' + ')} → ${r.merge.modules} modules, rank ${rank(r.merge.rankAfter)}` +
+      `${r.merge.exact ? ' (exact sum: factors concatenated along the rank)' : ''}; saved ${r.outputs.merged} (kohya, ${r.merge.dtype}, ${fmtBytes(r.merge.bytes)})`,
+  );
   const f = r.fuse;
   lines.push('fuse');
-  lines.push(`  into ${relative(f.base)} (${f.naming}) → ${r.outputs.fused} (${f.outputDtype === 'as stored' ? 'dtypes as stored' : f.outputDtype})`);
-  const groups = Object.entries(f.byGroup).sort(([a], [b]) => a.localeCompare(b)).map(([g, n]) => `${g} ${n}`).join(', ');
-  lines.push(`  ${f.modulesFused} modules fused (${groups}); unmatched ${f.unmatched.length}; ` +
-    `tensors ${f.tensors.fused} fused, ${f.tensors.copied} copied, ${f.tensors.converted} converted; overflow ${f.overflow.total === 0 ? 'none' : f.overflow.total}`);
+  lines.push(
+    `  into ${relative(f.base)} (${f.naming}) → ${r.outputs.fused} (${f.outputDtype === 'as stored' ? 'dtypes as stored' : f.outputDtype})`,
+  );
+  const groups = Object.entries(f.byGroup)
+    .sort(([a], [b]) => a.localeCompare(b))
+    .map(([g, n]) => `${g} ${n}`)
+    .join(', ');
+  lines.push(
+    `  ${f.modulesFused} modules fused (${groups}); unmatched ${f.unmatched.length}; ` +
+      `tensors ${f.tensors.fused} fused, ${f.tensors.copied} copied, ${f.tensors.converted} converted; overflow ${f.overflow.total === 0 ? 'none' : f.overflow.total}`,
+  );
   lines.push(`  kernel ${f.kernel}`);
   const v = r.verify;
   lines.push('verify');
   const worst = v.worst ? `; worst ${v.worst.worstRatio.toFixed(2)}× the rounding bound (${v.worst.path})` : '';
-  lines.push(`  ${v.checked} modules against base + ${r.inputs.map((i) => `${i.weight.toFixed(1)}·${i.role}`).join(' + ')} (original factors): ` +
-    `${v.ok ? 'OK' : `FAILED (${v.failed} module(s))`}, tolerance ${v.tolerance}×${worst}`);
+  lines.push(
+    `  ${v.checked} modules against base + ${r.inputs.map((i) => `${i.weight.toFixed(1)}·${i.role}`).join(' + ')} (original factors): ` +
+      `${v.ok ? 'OK' : `FAILED (${v.failed} module(s))`}, tolerance ${v.tolerance}×${worst}`,
+  );
   if (v.inconclusive > 0) {
-    lines.push(`  ${v.inconclusive} of them are inconclusive on their own: their delta is within a few roundings of the stored weights`);
+    lines.push(
+      `  ${v.inconclusive} of them are inconclusive on their own: their delta is within a few roundings of the stored weights`,
+    );
     lines.push('  (the sampler check below sees all the modules of its network together)');
   }
   const s = r.sampler;
   lines.push('sample');
-  lines.push(`  verification network: ${s.network.modules} modules of the checkpoint (${s.network.blocks.length} transformer blocks, ` +
-    `a time projection, ${s.network.textLayers.length} text-encoder layer(s)); ${s.steps} LCM steps (t = ${s.timesteps.join(', ')}), ` +
-    `seed ${s.seed}, latent [${s.shape.join(', ')}]`);
-  lines.push(`  fused vs base + runtime LoRAs: rms difference ${sci(s.difference)} (max ${sci(s.maxAbsDiff)}) = ${s.ratio.toFixed(2)}× one ` +
-    `${s.dtype} rounding of the fused weights (${sci(s.floor)}); tolerance ${s.tolerance}×`);
+  lines.push(
+    `  verification network: ${s.network.modules} modules of the checkpoint (${s.network.blocks.length} transformer blocks, ` +
+      `a time projection, ${s.network.textLayers.length} text-encoder layer(s)); ${s.steps} LCM steps (t = ${s.timesteps.join(', ')}), ` +
+      `seed ${s.seed}, latent [${s.shape.join(', ')}]`,
+  );
+  lines.push(
+    `  fused vs base + runtime LoRAs: rms difference ${sci(s.difference)} (max ${sci(s.maxAbsDiff)}) = ${s.ratio.toFixed(2)}× one ` +
+      `${s.dtype} rounding of the fused weights (${sci(s.floor)}); tolerance ${s.tolerance}×`,
+  );
   lines.push(`  the LoRAs move the sample by ${sci(s.signal)} rms (${(s.signal / s.floor).toFixed(1)}× that rounding)`);
-  lines.push(`  effect of each LoRA in the fused sample (1 = as asked): ` +
-    s.effects.map((e) => `${e.lora} ${e.effect.toFixed(3)} ± ${e.standardError.toFixed(3)}`).join(', '));
-  lines.push(`  ${s.ok ? 'OK' : 'FAILED'}${s.conclusive ? '' : ' (inconclusive: the deltas are below the storage precision)'}`);
+  lines.push(
+    `  effect of each LoRA in the fused sample (1 = as asked): ` +
+      s.effects.map((e) => `${e.lora} ${e.effect.toFixed(3)} ± ${e.standardError.toFixed(3)}`).join(', '),
+  );
+  lines.push(
+    `  ${s.ok ? 'OK' : 'FAILED'}${s.conclusive ? '' : ' (inconclusive: the deltas are below the storage precision)'}`,
+  );
   const t = r.seconds;
   lines.push('');
-  lines.push(`time: ${secs(t.total)} (inspect ${secs(t.inspect)}, merge ${secs(t.merge)}, fuse ${secs(t.fuse)}, verify ${secs(t.verify)}, sample ${secs(t.sample)})`);
+  lines.push(
+    `time: ${secs(t.total)} (inspect ${secs(t.inspect)}, merge ${secs(t.merge)}, fuse ${secs(t.fuse)}, verify ${secs(t.verify)}, sample ${secs(t.sample)})`,
+  );
   lines.push(r.outputs.kept ? `outputs kept in ${r.outputs.dir}` : 'temporary outputs removed');
   lines.push(r.ok ? 'result: OK' : 'result: FAILED');
   return `${lines.join('\n')}\n`;
@@ -162,7 +220,10 @@ export const demoCommand: Command = {
       json: { type: 'boolean' },
     });
     if (positionals.length > 0) {
-      throw new UsageError(`demo: unexpected argument '${positionals[0]}'. Run 'lora-mix demo --help' for usage.`, 'USAGE_BAD_ARGUMENT');
+      throw new UsageError(
+        `demo: unexpected argument '${positionals[0]}'. Run 'lora-mix demo --help' for usage.`,
+        'USAGE_BAD_ARGUMENT',
+      );
     }
     if (values.keep !== undefined && (typeof values.keep !== 'string' || values.keep === '')) {
       throw new UsageError('demo: --keep expects a folder', 'USAGE_BAD_ARGUMENT');
@@ -170,7 +231,7 @@ export const demoCommand: Command = {
     const arch = values.arch === undefined ? 'sd15' : parseArch(String(values.arch));
     const fx = fixtures(arch);
     const keep = typeof values.keep === 'string' ? path.resolve(ctx.cwd, values.keep) : undefined;
-    const dir = keep ?? await mkdtemp(path.join(tmpdir(), 'lora-mix-demo-'));
+    const dir = keep ?? (await mkdtemp(path.join(tmpdir(), 'lora-mix-demo-')));
     try {
       if (keep) await mkdir(keep, { recursive: true });
       const report = await runDemo(arch, fx, dir, keep !== undefined);
@@ -193,16 +254,28 @@ async function loadNet(file: string): Promise<VerifyNet> {
 
 async function runDemo(arch: Arch, fx: ReturnType<typeof fixtures>, dir: string, kept: boolean): Promise<DemoReport> {
   const t0 = now();
-  const roles = [{ role: 'LCM-LoRA', file: fx.lcm }, { role: 'style', file: fx.style }];
+  const roles = [
+    { role: 'LCM-LoRA', file: fx.lcm },
+    { role: 'style', file: fx.style },
+  ];
   const loras: LoadedLora[] = [];
   for (const r of roles) loras.push(await loadLora(r.file));
-  const inputs = roles.map((r, i) => ({ role: r.role, file: relative(r.file), weight: WEIGHTS[i]!, summary: describeLora(loras[i]!) }));
+  const inputs = roles.map((r, i) => ({
+    role: r.role,
+    file: relative(r.file),
+    weight: WEIGHTS[i]!,
+    summary: describeLora(loras[i]!),
+  }));
   const t1 = now();
 
   const merged = mergeLoras(loras, [...WEIGHTS]);
   const mergedPath = path.join(dir, `${arch}-lcm-style.safetensors`);
   // F32: the merged factors are stored without rounding, so the fused checkpoint can be checked against the originals.
-  const written = await saveLora(merged.lora, mergedPath, { format: 'kohya', dtype: 'F32', refuseOverwrite: [fx.lcm, fx.style, fx.base] });
+  const written = await saveLora(merged.lora, mergedPath, {
+    format: 'kohya',
+    dtype: 'F32',
+    refuseOverwrite: [fx.lcm, fx.style, fx.base],
+  });
   const t2 = now();
 
   const fusedPath = path.join(dir, `${arch}-base-lcm-style.safetensors`);
@@ -225,24 +298,49 @@ async function runDemo(arch: Arch, fx: ReturnType<typeof fixtures>, dir: string,
   return {
     arch,
     fixtures: relative(fx.dir),
-    outputs: { dir, kept, merged: kept ? mergedPath : path.basename(mergedPath), fused: kept ? fusedPath : path.basename(fusedPath) },
+    outputs: {
+      dir,
+      kept,
+      merged: kept ? mergedPath : path.basename(mergedPath),
+      fused: kept ? fusedPath : path.basename(fusedPath),
+    },
     inputs,
     merge: {
-      modules: merged.report.written, rankBefore: merged.report.rankBefore, rankAfter: merged.report.rankAfter,
-      exact: merged.report.exact, bytes: written.byteLength, dtype: 'F32',
+      modules: merged.report.written,
+      rankBefore: merged.report.rankBefore,
+      rankAfter: merged.report.rankAfter,
+      exact: merged.report.exact,
+      bytes: written.byteLength,
+      dtype: 'F32',
     },
     fuse,
     verify: verifySummary,
     sampler: {
       network: {
-        modules: runtime.spec.modules.length, blocks: runtime.spec.blocks, timeProjection: runtime.spec.timeProjection,
+        modules: runtime.spec.modules.length,
+        blocks: runtime.spec.blocks,
+        timeProjection: runtime.spec.timeProjection,
         textLayers: runtime.spec.textLayers,
       },
-      steps: c.steps, seed: c.seed, shape: c.shape, timesteps: c.timesteps,
-      difference: check.difference, maxAbsDiff: c.maxAbsDiff, floor: check.floor, ratio: check.ratio, signal: check.signal,
+      steps: c.steps,
+      seed: c.seed,
+      shape: c.shape,
+      timesteps: c.timesteps,
+      difference: check.difference,
+      maxAbsDiff: c.maxAbsDiff,
+      floor: check.floor,
+      ratio: check.ratio,
+      signal: check.signal,
       dtype: check.dtype,
-      effects: check.effects.map((e) => ({ lora: roles[e.input]!.role, effect: e.effect, standardError: e.standardError, resolution: e.resolution })),
-      tolerance: check.tolerance, ok: check.ok, conclusive: check.conclusive,
+      effects: check.effects.map((e) => ({
+        lora: roles[e.input]!.role,
+        effect: e.effect,
+        standardError: e.standardError,
+        resolution: e.resolution,
+      })),
+      tolerance: check.tolerance,
+      ok: check.ok,
+      conclusive: check.conclusive,
     },
     seconds: { inspect: t1 - t0, merge: t2 - t1, fuse: t3 - t2, verify: t4 - t3, sample: t5 - t4, total: t5 - t0 },
     ok,

@@ -47,12 +47,22 @@ Examples:
   lora-mix fuse --base sdxl-base/ lcm-lora-sdxl.safetensors -o sdxl-lcm/ --dtype f16
   lora-mix verify --fused sd15-lcm.safetensors --base sd15.safetensors lcm-lora-sdv1-5.safetensors:1.0 style.safetensors:0.8`;
 
-const DTYPES: Record<string, FuseDType> = { f32: 'F32', fp32: 'F32', float32: 'F32', f16: 'F16', fp16: 'F16', float16: 'F16', bf16: 'BF16', bfloat16: 'BF16' };
+const DTYPES: Record<string, FuseDType> = {
+  f32: 'F32',
+  fp32: 'F32',
+  float32: 'F32',
+  f16: 'F16',
+  fp16: 'F16',
+  float16: 'F16',
+  bf16: 'BF16',
+  bfloat16: 'BF16',
+};
 
 export function parseFuseDtype(command: string, raw: unknown): FuseDType | undefined {
   if (raw === undefined) return undefined;
   const d = typeof raw === 'string' ? DTYPES[raw.toLowerCase()] : undefined;
-  if (!d) throw new UsageError(`${command}: --dtype expects f32, f16 or bf16, got '${String(raw)}'`, 'USAGE_BAD_ARGUMENT');
+  if (!d)
+    throw new UsageError(`${command}: --dtype expects f32, f16 or bf16, got '${String(raw)}'`, 'USAGE_BAD_ARGUMENT');
   return d;
 }
 
@@ -78,14 +88,18 @@ export function fuseProgress(ctx: CliContext, label: string): { update: (p: Fuse
         const width = 28;
         const filled = Math.round(width * frac);
         const eta = frac > 0.02 ? (p.seconds * (1 - frac)) / frac : NaN;
-        ctx.err(`\r${label} [${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${p.tensorsDone}/${p.tensorsTotal} tensors, ` +
-          `${fmtBytes(p.bytesDone)}/${fmtBytes(p.bytesTotal)}, ETA ${fmtTime(eta)}   `);
+        ctx.err(
+          `\r${label} [${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${p.tensorsDone}/${p.tensorsTotal} tensors, ` +
+            `${fmtBytes(p.bytesDone)}/${fmtBytes(p.bytesTotal)}, ETA ${fmtTime(eta)}   `,
+        );
         drawn = true;
       } else {
         const q = Math.floor(frac * 4);
         if (q === last || q === 0) return;
         last = q;
-        ctx.err(`${label}: ${p.tensorsDone}/${p.tensorsTotal} tensors, ${fmtBytes(p.bytesDone)}/${fmtBytes(p.bytesTotal)} (${p.seconds.toFixed(1)} s)\n`);
+        ctx.err(
+          `${label}: ${p.tensorsDone}/${p.tensorsTotal} tensors, ${fmtBytes(p.bytesDone)}/${fmtBytes(p.bytesTotal)} (${p.seconds.toFixed(1)} s)\n`,
+        );
       }
     },
     end() {
@@ -97,16 +111,26 @@ export function fuseProgress(ctx: CliContext, label: string): { update: (p: Fuse
 const MAX_BLOCK_INPUTS = 16;
 
 /** Weighted LoRA positionals with optional --blocks / --blocks-N, shared by fuse and verify. */
-export function loraArgs(command: string, positionals: string[], values: Record<string, unknown>, cwd: string): { paths: string[]; weights: MergeWeight[] } {
+export function loraArgs(
+  command: string,
+  positionals: string[],
+  values: Record<string, unknown>,
+  cwd: string,
+): { paths: string[]; weights: MergeWeight[] } {
   if (positionals.length === 0) {
-    throw new UsageError(`${command}: expected at least one LoRA (FILE or FILE:WEIGHT). Run 'lora-mix ${command} --help' for usage.`);
+    throw new UsageError(
+      `${command}: expected at least one LoRA (FILE or FILE:WEIGHT). Run 'lora-mix ${command} --help' for usage.`,
+    );
   }
   if (positionals.length > MAX_BLOCK_INPUTS) {
     throw new UsageError(`${command}: at most ${MAX_BLOCK_INPUTS} LoRAs at once`, 'USAGE_BAD_ARGUMENT');
   }
   for (let i = positionals.length + 1; i <= MAX_BLOCK_INPUTS; i++) {
     if (values[`blocks-${i}`] !== undefined) {
-      throw new UsageError(`${command}: --blocks-${i} given but there are only ${positionals.length} LoRA(s)`, 'USAGE_BAD_ARGUMENT');
+      throw new UsageError(
+        `${command}: --blocks-${i} given but there are only ${positionals.length} LoRA(s)`,
+        'USAGE_BAD_ARGUMENT',
+      );
     }
   }
   const specs = positionals.map((p) => parseWeighted(command, p, 1));
@@ -141,16 +165,24 @@ export const fuseCommand: Command = {
       ...blockOptions(),
     });
     if (typeof values.base !== 'string' || values.base === '') {
-      throw new UsageError("fuse: --base CKPT is required (the checkpoint to fuse into). Run 'lora-mix fuse --help' for usage.");
+      throw new UsageError(
+        "fuse: --base CKPT is required (the checkpoint to fuse into). Run 'lora-mix fuse --help' for usage.",
+      );
     }
     if (typeof values.output !== 'string' || values.output === '') {
-      throw new UsageError("fuse: -o OUT is required (the fused checkpoint to write). Run 'lora-mix fuse --help' for usage.");
+      throw new UsageError(
+        "fuse: -o OUT is required (the fused checkpoint to write). Run 'lora-mix fuse --help' for usage.",
+      );
     }
     const device = values.device ?? 'cpu';
-    if (device !== 'cpu' && device !== 'gpu') throw new UsageError(`fuse: --device expects cpu or gpu, got '${String(device)}'`, 'USAGE_BAD_ARGUMENT');
+    if (device !== 'cpu' && device !== 'gpu')
+      throw new UsageError(`fuse: --device expects cpu or gpu, got '${String(device)}'`, 'USAGE_BAD_ARGUMENT');
     const onOverflow = values['on-overflow'] ?? 'error';
     if (onOverflow !== 'error' && onOverflow !== 'clamp') {
-      throw new UsageError(`fuse: --on-overflow expects error or clamp, got '${String(onOverflow)}'`, 'USAGE_BAD_ARGUMENT');
+      throw new UsageError(
+        `fuse: --on-overflow expects error or clamp, got '${String(onOverflow)}'`,
+        'USAGE_BAD_ARGUMENT',
+      );
     }
     const dtype = parseFuseDtype('fuse', values.dtype);
     const threads = numberOption('fuse', 'threads', values.threads, { min: 1, max: 64, integer: true });

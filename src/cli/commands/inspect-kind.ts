@@ -12,11 +12,16 @@ export type KindReport =
   | { kind: 'lora'; error: { code: string; message: string } }
   | { kind: 'unsupported-adapter'; adapter: string; example: string; message: string }
   | {
-    kind: 'checkpoint';
-    checkpoint: {
-      arch: string; size: string; naming: string; components: string[]; hasVae: boolean; extraKeys: number;
-    };
-  }
+      kind: 'checkpoint';
+      checkpoint: {
+        arch: string;
+        size: string;
+        naming: string;
+        components: string[];
+        hasVae: boolean;
+        extraKeys: number;
+      };
+    }
   | { kind: 'other'; reason: string };
 
 /** Classify a file; a LoRA that cannot be decoded is reported with its error instead of throwing. */
@@ -24,18 +29,26 @@ export async function inspectKind(file: SafetensorsFile): Promise<KindReport> {
   try {
     const k = await detectFileKind(file);
     switch (k.kind) {
-      case 'lora': return { kind: 'lora', lora: describeLora(k.plan) };
-      case 'unsupported-adapter': return { kind: k.kind, adapter: k.adapter, example: k.example, message: k.error.message };
+      case 'lora':
+        return { kind: 'lora', lora: describeLora(k.plan) };
+      case 'unsupported-adapter':
+        return { kind: k.kind, adapter: k.adapter, example: k.example, message: k.error.message };
       case 'checkpoint': {
         const d = k.detection;
         return {
           kind: 'checkpoint',
           checkpoint: {
-            arch: d.arch, size: d.size, naming: d.naming, components: [...d.components], hasVae: d.hasVae, extraKeys: d.extraKeys.length,
+            arch: d.arch,
+            size: d.size,
+            naming: d.naming,
+            components: [...d.components],
+            hasVae: d.hasVae,
+            extraKeys: d.extraKeys.length,
           },
         };
       }
-      case 'other': return { kind: 'other', reason: k.reason };
+      case 'other':
+        return { kind: 'other', reason: k.reason };
     }
   } catch (e) {
     if (e instanceof LoraMixError) return { kind: 'lora', error: { code: e.code, message: e.message } };
@@ -47,7 +60,9 @@ export async function inspectKind(file: SafetensorsFile): Promise<KindReport> {
 export function formatKind(r: KindReport): string {
   switch (r.kind) {
     case 'lora':
-      return 'lora' in r ? formatLoraSummary(r.lora) : `kind:        LoRA — cannot be used: error ${r.error.code}: ${r.error.message}`;
+      return 'lora' in r
+        ? formatLoraSummary(r.lora)
+        : `kind:        LoRA — cannot be used: error ${r.error.code}: ${r.error.message}`;
     case 'unsupported-adapter':
       return `kind:        ${r.adapter} adapter — not a LoRA; lora-mix refuses it (e.g. '${r.example}')`;
     case 'checkpoint': {

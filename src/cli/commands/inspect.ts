@@ -57,7 +57,8 @@ export interface InspectRaw {
 
 export function inspectRaw(file: SafetensorsFile): InspectRaw {
   const byDtype: Partial<Record<DType, DtypeTotals>> = {};
-  let parameters = 0, bytes = 0;
+  let parameters = 0,
+    bytes = 0;
   const tensors: InspectTensor[] = file.tensors.map((t) => {
     const d = (byDtype[t.dtype] ??= { tensors: 0, parameters: 0, bytes: 0 });
     d.tensors++;
@@ -65,7 +66,14 @@ export function inspectRaw(file: SafetensorsFile): InspectRaw {
     d.bytes += t.byteLength;
     parameters += t.numel;
     bytes += t.byteLength;
-    return { name: t.name, dtype: t.dtype, shape: [...t.shape], parameters: t.numel, bytes: t.byteLength, offset: t.offset };
+    return {
+      name: t.name,
+      dtype: t.dtype,
+      shape: [...t.shape],
+      parameters: t.numel,
+      bytes: t.byteLength,
+      offset: t.offset,
+    };
   });
   return {
     file: file.name,
@@ -95,10 +103,16 @@ function clip(s: string, max = 160): string {
 export function formatInspect(raw: InspectRaw, { summary = false }: { summary?: boolean } = {}): string {
   const lines: string[] = [];
   lines.push(`file        ${raw.file}`);
-  lines.push(`size        ${fmt(raw.byteLength)} bytes (header ${fmt(raw.headerLength)} bytes, data from byte ${fmt(raw.dataOffset)})`);
-  lines.push(`tensors     ${fmt(raw.totals.tensors)}, ${count(raw.totals.parameters, 'parameter')}, ${count(raw.totals.bytes, 'byte')}`);
+  lines.push(
+    `size        ${fmt(raw.byteLength)} bytes (header ${fmt(raw.headerLength)} bytes, data from byte ${fmt(raw.dataOffset)})`,
+  );
+  lines.push(
+    `tensors     ${fmt(raw.totals.tensors)}, ${count(raw.totals.parameters, 'parameter')}, ${count(raw.totals.bytes, 'byte')}`,
+  );
   for (const [dtype, d] of Object.entries(raw.totals.byDtype)) {
-    lines.push(`  ${dtype.padEnd(9)} ${count(d.tensors, 'tensor')}, ${count(d.parameters, 'parameter')}, ${count(d.bytes, 'byte')}`);
+    lines.push(
+      `  ${dtype.padEnd(9)} ${count(d.tensors, 'tensor')}, ${count(d.parameters, 'parameter')}, ${count(d.bytes, 'byte')}`,
+    );
   }
   const keys = Object.keys(raw.metadata);
   lines.push(`metadata    ${keys.length === 0 ? 'none' : count(keys.length, 'key')}`);
@@ -124,7 +138,9 @@ export const inspectCommand: Command = {
       summary: { type: 'boolean' },
     });
     if (positionals.length !== 1) {
-      throw new UsageError(`inspect: expected one FILE, got ${positionals.length === 0 ? 'none' : positionals.join(' ')}. Run 'lora-mix inspect --help' for usage.`);
+      throw new UsageError(
+        `inspect: expected one FILE, got ${positionals.length === 0 ? 'none' : positionals.join(' ')}. Run 'lora-mix inspect --help' for usage.`,
+      );
     }
     const file = await openSafetensors(path.resolve(ctx.cwd, positionals[0]!));
     try {

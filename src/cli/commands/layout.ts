@@ -1,6 +1,11 @@
 import { UsageError } from '../../core/errors.js';
 import {
-  ARCH_LABEL, getLayout, loraParamCount, parseArch, type Component, type ModuleEntry,
+  ARCH_LABEL,
+  getLayout,
+  loraParamCount,
+  parseArch,
+  type Component,
+  type ModuleEntry,
 } from '../../layout/index.js';
 import { parseCommandArgs } from '../args.js';
 import type { CliContext, Command } from '../context.js';
@@ -31,7 +36,9 @@ Examples:
   lora-mix layout sdxl --tiny --component text_encoder_2`;
 
 function singleFileKey(m: ModuleEntry): string {
-  return m.singleFileRows ? `${m.singleFileWeightKey}[${m.singleFileRows[0]}:${m.singleFileRows[1]}]` : m.singleFileWeightKey;
+  return m.singleFileRows
+    ? `${m.singleFileWeightKey}[${m.singleFileRows[0]}:${m.singleFileRows[1]}]`
+    : m.singleFileWeightKey;
 }
 
 function kohyaSpellings(m: ModuleEntry): { diffusers: string; sgm: string | null } {
@@ -62,7 +69,9 @@ function jsonRow(m: ModuleEntry): Record<string, unknown> {
 
 function table(rows: string[][]): string {
   const widths = rows[0]!.map((_, c) => Math.max(...rows.map((r) => r[c]!.length)));
-  return rows.map((r) => r.map((cell, c) => (c === r.length - 1 ? cell : cell.padEnd(widths[c]!))).join('  ')).join('\n');
+  return rows
+    .map((r) => r.map((cell, c) => (c === r.length - 1 ? cell : cell.padEnd(widths[c]!))).join('  '))
+    .join('\n');
 }
 
 function fmt(n: number): string {
@@ -81,8 +90,11 @@ export const layoutCommand: Command = {
       'lcm-only': { type: 'boolean' },
     });
     if (positionals.length !== 1) {
-      throw new UsageError(`layout: expected one architecture (sd15, sdxl or ssd1b), found ${positionals.length ? positionals.join(' ') : 'none'}. ` +
-        `Run 'lora-mix layout --help' for usage.`, 'USAGE_BAD_ARGUMENT');
+      throw new UsageError(
+        `layout: expected one architecture (sd15, sdxl or ssd1b), found ${positionals.length ? positionals.join(' ') : 'none'}. ` +
+          `Run 'lora-mix layout --help' for usage.`,
+        'USAGE_BAD_ARGUMENT',
+      );
     }
     let arch;
     try {
@@ -95,25 +107,41 @@ export const layoutCommand: Command = {
     const component = values.component as string | undefined;
     if (component !== undefined) {
       if (!(COMPONENTS as readonly string[]).includes(component)) {
-        throw new UsageError(`layout: --component expects unet, text_encoder or text_encoder_2, got '${component}'`, 'USAGE_BAD_ARGUMENT');
+        throw new UsageError(
+          `layout: --component expects unet, text_encoder or text_encoder_2, got '${component}'`,
+          'USAGE_BAD_ARGUMENT',
+        );
       }
       if (!layout.modules.some((m) => m.component === component)) {
         throw new UsageError(`layout: ${ARCH_LABEL[arch]} has no ${component}`, 'USAGE_BAD_ARGUMENT');
       }
     }
-    const shown = layout.modules.filter((m) =>
-      (component === undefined || m.component === component) && (values['lcm-only'] !== true || m.lcmTarget));
+    const shown = layout.modules.filter(
+      (m) => (component === undefined || m.component === component) && (values['lcm-only'] !== true || m.lcmTarget),
+    );
 
     if (values.json === true) {
-      ctx.out(shown.length === 0 ? '[]\n' : `[\n${shown.map((m) => `  ${JSON.stringify(jsonRow(m))}`).join(',\n')}\n]\n`);
+      ctx.out(
+        shown.length === 0 ? '[]\n' : `[\n${shown.map((m) => `  ${JSON.stringify(jsonRow(m))}`).join(',\n')}\n]\n`,
+      );
       return 0;
     }
 
-    const rows: string[][] = [['path', 'single-file key', 'kohya (diffusers)', 'kohya (SGM)', 'PEFT stem', 'shape', 'block', 'LCM']];
+    const rows: string[][] = [
+      ['path', 'single-file key', 'kohya (diffusers)', 'kohya (SGM)', 'PEFT stem', 'shape', 'block', 'LCM'],
+    ];
     for (const m of shown) {
       const k = kohyaSpellings(m);
-      rows.push([m.path, singleFileKey(m), k.diffusers, k.sgm ?? '-', m.path, `[${m.shape.join(',')}]`, m.block ?? '-',
-        m.lcmTarget ? 'yes' : 'no']);
+      rows.push([
+        m.path,
+        singleFileKey(m),
+        k.diffusers,
+        k.sgm ?? '-',
+        m.path,
+        `[${m.shape.join(',')}]`,
+        m.block ?? '-',
+        m.lcmTarget ? 'yes' : 'no',
+      ]);
     }
     ctx.out(`${table(rows)}\n\n`);
 
@@ -128,7 +156,9 @@ export const layoutCommand: Command = {
     const title = `${ARCH_LABEL[arch]}${size === 'tiny' ? ' (tiny)' : ''}`;
     ctx.out(`${title}: ${fmt(shown.length)} modules — ${perComponent.join(', ') || 'none'}\n`);
     ctx.out(`LCM-LoRA targets: ${fmt(lcm.length)} modules, ${fmt(lcmParams)} LoRA parameters at rank ${RANK}\n`);
-    ctx.out(`PEFT keys: <PEFT stem>.lora_A.weight (down) / .lora_B.weight (up); kohya keys: <name>.lora_down.weight / .lora_up.weight / .alpha\n`);
+    ctx.out(
+      `PEFT keys: <PEFT stem>.lora_A.weight (down) / .lora_B.weight (up); kohya keys: <name>.lora_down.weight / .lora_up.weight / .alpha\n`,
+    );
     return 0;
   },
 };

@@ -1,6 +1,13 @@
 import * as path from 'node:path';
 import { UsageError } from '../../core/errors.js';
-import { loadLora, parseOutputDType, saveLora, type KohyaPaths, type LoadedLora, type OutputDType } from '../../formats/index.js';
+import {
+  loadLora,
+  parseOutputDType,
+  saveLora,
+  type KohyaPaths,
+  type LoadedLora,
+  type OutputDType,
+} from '../../formats/index.js';
 import { ARCH_LABEL, parseArch } from '../../layout/index.js';
 import type { MergeOptions, MergeReport, MergeWeight } from '../../lora/index.js';
 import { mergeLorasParallel } from '../../node/merge-threads.js';
@@ -50,11 +57,17 @@ Examples:
 function choice<T extends string>(option: string, raw: unknown, allowed: readonly T[]): T | undefined {
   if (raw === undefined) return undefined;
   if (typeof raw === 'string' && (allowed as readonly string[]).includes(raw)) return raw as T;
-  throw new UsageError(`merge: --${option} expects ${allowed.join(' or ')}, got '${String(raw)}'`, 'USAGE_BAD_ARGUMENT');
+  throw new UsageError(
+    `merge: --${option} expects ${allowed.join(' or ')}, got '${String(raw)}'`,
+    'USAGE_BAD_ARGUMENT',
+  );
 }
 
 /** A progress reporter: a redrawn bar on a terminal, a line per quarter otherwise. */
-export function progressReporter(ctx: CliContext, label: string): { update: (done: number, total: number) => void; end: () => void } {
+export function progressReporter(
+  ctx: CliContext,
+  label: string,
+): { update: (done: number, total: number) => void; end: () => void } {
   let lastShown = -1;
   let drawn = false;
   return {
@@ -113,7 +126,9 @@ export const mergeCommand: Command = {
       json: { type: 'boolean' },
     });
     if (positionals.length === 0) {
-      throw new UsageError("merge: expected at least one input LoRA (FILE or FILE:WEIGHT). Run 'lora-mix merge --help' for usage.");
+      throw new UsageError(
+        "merge: expected at least one input LoRA (FILE or FILE:WEIGHT). Run 'lora-mix merge --help' for usage.",
+      );
     }
     if (typeof values.output !== 'string' || values.output === '') {
       throw new UsageError("merge: -o OUT is required (the file to write). Run 'lora-mix merge --help' for usage.");
@@ -121,20 +136,31 @@ export const mergeCommand: Command = {
     const rank = numberOption('merge', 'rank', values.rank, { min: 1, integer: true });
     const minEnergy = numberOption('merge', 'min-energy', values['min-energy'], { max: 1 });
     if (minEnergy !== undefined && !(minEnergy > 0)) {
-      throw new UsageError(`merge: --min-energy expects a fraction in (0, 1], got '${String(values['min-energy'])}'`, 'USAGE_BAD_ARGUMENT');
+      throw new UsageError(
+        `merge: --min-energy expects a fraction in (0, 1], got '${String(values['min-energy'])}'`,
+        'USAGE_BAD_ARGUMENT',
+      );
     }
     const threads = numberOption('merge', 'threads', values.threads, { min: 1, max: 256, integer: true });
     const format = choice('format', values.format, ['kohya', 'peft'] as const) ?? 'kohya';
     const kohyaPaths = choice<KohyaPaths>('kohya-paths', values['kohya-paths'], ['diffusers', 'sgm']);
-    if (kohyaPaths && format !== 'kohya') throw new UsageError('merge: --kohya-paths applies only to --format kohya', 'USAGE_BAD_ARGUMENT');
+    if (kohyaPaths && format !== 'kohya')
+      throw new UsageError('merge: --kohya-paths applies only to --format kohya', 'USAGE_BAD_ARGUMENT');
     let dtype: OutputDType | undefined;
     if (values.dtype !== undefined) {
       dtype = parseOutputDType(String(values.dtype));
-      if (!dtype) throw new UsageError(`merge: --dtype expects fp16, bf16 or fp32, got '${String(values.dtype)}'`, 'USAGE_BAD_ARGUMENT');
+      if (!dtype)
+        throw new UsageError(
+          `merge: --dtype expects fp16, bf16 or fp32, got '${String(values.dtype)}'`,
+          'USAGE_BAD_ARGUMENT',
+        );
     }
     for (let i = positionals.length + 1; i <= MAX_BLOCK_INPUTS; i++) {
       if (values[`blocks-${i}`] !== undefined) {
-        throw new UsageError(`merge: --blocks-${i} given but there are only ${positionals.length} input(s)`, 'USAGE_BAD_ARGUMENT');
+        throw new UsageError(
+          `merge: --blocks-${i} given but there are only ${positionals.length} input(s)`,
+          'USAGE_BAD_ARGUMENT',
+        );
       }
     }
     const arch = typeof values.arch === 'string' ? parseArch(values.arch) : undefined;
@@ -145,10 +171,12 @@ export const mergeCommand: Command = {
     const t0 = performance.now();
     const loras: LoadedLora[] = [];
     for (const input of inputs) {
-      loras.push(await loadLora(input, {
-        ...(arch ? { arch } : {}),
-        ...(values['allow-unmatched'] === true ? { allowUnmatched: true } : {}),
-      }));
+      loras.push(
+        await loadLora(input, {
+          ...(arch ? { arch } : {}),
+          ...(values['allow-unmatched'] === true ? { allowUnmatched: true } : {}),
+        }),
+      );
     }
     const t1 = performance.now();
 
@@ -181,49 +209,78 @@ export const mergeCommand: Command = {
     });
     const t3 = performance.now();
 
-    const seconds = { load: (t1 - t0) / 1000, merge: (t2 - t1) / 1000, write: (t3 - t2) / 1000, total: (t3 - t0) / 1000 };
+    const seconds = {
+      load: (t1 - t0) / 1000,
+      merge: (t2 - t1) / 1000,
+      write: (t3 - t2) / 1000,
+      total: (t3 - t0) / 1000,
+    };
     const inputList = specs.map((s, i) => ({
       file: s.path,
       weight: s.weight,
-      ...(typeof (values[`blocks-${i + 1}`] ?? values.blocks) === 'string' ? { blocks: String(values[`blocks-${i + 1}`] ?? values.blocks) } : {}),
+      ...(typeof (values[`blocks-${i + 1}`] ?? values.blocks) === 'string'
+        ? { blocks: String(values[`blocks-${i + 1}`] ?? values.blocks) }
+        : {}),
       format: loras[i]!.format,
       dtype: loras[i]!.dtype,
       modules: loras[i]!.modules.size,
     }));
     if (values.json === true) {
-      ctx.out(`${JSON.stringify({
-        output: values.output,
-        format, ...(format === 'kohya' ? { kohyaPaths: kohyaPaths ?? 'diffusers' } : {}), dtype: outDtype,
-        arch: lora.arch, size: lora.size,
-        inputs: inputList,
-        options: { ...(rank !== undefined ? { rank } : {}), ...(minEnergy !== undefined ? { minEnergy } : {}) },
-        bytes: written.byteLength,
-        flushedToZero: written.stats.flushedToZero,
-        seconds,
-        report,
-      }, null, 2)}\n`);
+      ctx.out(
+        `${JSON.stringify(
+          {
+            output: values.output,
+            format,
+            ...(format === 'kohya' ? { kohyaPaths: kohyaPaths ?? 'diffusers' } : {}),
+            dtype: outDtype,
+            arch: lora.arch,
+            size: lora.size,
+            inputs: inputList,
+            options: { ...(rank !== undefined ? { rank } : {}), ...(minEnergy !== undefined ? { minEnergy } : {}) },
+            bytes: written.byteLength,
+            flushedToZero: written.stats.flushedToZero,
+            seconds,
+            report,
+          },
+          null,
+          2,
+        )}\n`,
+      );
     } else {
       const lines = [
         `merged ${loras.length} LoRA(s) → ${values.output} (${format}${format === 'kohya' ? `, ${kohyaPaths ?? 'diffusers'} paths` : ''}, ${outDtype})`,
-        ...inputList.map((x) => `  ${x.weight >= 0 ? '+' : '−'}${Math.abs(x.weight)} × ${x.file}${x.blocks ? ` [blocks ${x.blocks}]` : ''} (${x.modules} modules, ${x.format} ${x.dtype})`),
+        ...inputList.map(
+          (x) =>
+            `  ${x.weight >= 0 ? '+' : '−'}${Math.abs(x.weight)} × ${x.file}${x.blocks ? ` [blocks ${x.blocks}]` : ''} (${x.modules} modules, ${x.format} ${x.dtype})`,
+        ),
         `  ${ARCH_LABEL[lora.arch]}${lora.size === 'tiny' ? ' (tiny)' : ''}: ${report.written} modules written` +
           (report.dropped.length > 0 ? `, ${report.dropped.length} dropped (zero weight or zero delta)` : ''),
         `  rank ${describeRanks(report.rankBefore)} → ${describeRanks(report.rankAfter)}` +
           (report.exact ? ' (exact sum)' : ''),
       ];
       if (!report.exact) {
-        lines.push(`  norm kept ‖Δ_k‖/‖Δ‖: mean ${report.meanNormKept.toFixed(4)}, min ${report.minNormKept.toFixed(4)}; ` +
-          `relative error ‖Δ − Δ_k‖/‖Δ‖ over all reduced modules ${report.relativeError.toExponential(3)}`);
-        const worst = [...report.modules].filter((m) => !m.dropped && m.normKept < 1).sort((a, b) => a.normKept - b.normKept).slice(0, 3);
-        for (const m of worst) lines.push(`    lowest: ${m.path} rank ${m.rankBefore} → ${m.rankAfter}, norm kept ${m.normKept.toFixed(4)}`);
+        lines.push(
+          `  norm kept ‖Δ_k‖/‖Δ‖: mean ${report.meanNormKept.toFixed(4)}, min ${report.minNormKept.toFixed(4)}; ` +
+            `relative error ‖Δ − Δ_k‖/‖Δ‖ over all reduced modules ${report.relativeError.toExponential(3)}`,
+        );
+        const worst = [...report.modules]
+          .filter((m) => !m.dropped && m.normKept < 1)
+          .sort((a, b) => a.normKept - b.normKept)
+          .slice(0, 3);
+        for (const m of worst)
+          lines.push(`    lowest: ${m.path} rank ${m.rankBefore} → ${m.rankAfter}, norm kept ${m.normKept.toFixed(4)}`);
       }
-      lines.push(`  ${written.byteLength.toLocaleString('en-US')} bytes; time ${seconds.total.toFixed(2)} s ` +
-        `(load ${seconds.load.toFixed(2)} s, merge ${seconds.merge.toFixed(2)} s, write ${seconds.write.toFixed(2)} s)`);
+      lines.push(
+        `  ${written.byteLength.toLocaleString('en-US')} bytes; time ${seconds.total.toFixed(2)} s ` +
+          `(load ${seconds.load.toFixed(2)} s, merge ${seconds.merge.toFixed(2)} s, write ${seconds.write.toFixed(2)} s)`,
+      );
       ctx.out(`${lines.join('\n')}\n`);
     }
     if (written.stats.flushedToZero > 0) {
-      ctx.err(`lora-mix merge: warning: ${written.stats.flushedToZero} non-zero factor value(s) became 0 in ${outDtype} ` +
-        '(too small for the format); --dtype fp32 or bf16 keeps them\n');
+      ctx.err(
+        `lora-mix merge: warning: ${written.stats.flushedToZero} non-zero factor value(s) became 0 in ${outDtype} ` +
+          '(too small for the format); --dtype fp32 or bf16 keeps them\n',
+      );
     }
     return 0;
   },

@@ -45,7 +45,9 @@ function sci(x: number): string {
 
 function table(rows: string[][]): string {
   const widths = rows[0]!.map((_, c) => Math.max(...rows.map((r) => r[c]!.length)));
-  return rows.map((r) => r.map((cell, c) => (c === r.length - 1 ? cell : cell.padEnd(widths[c]!))).join('  ')).join('\n');
+  return rows
+    .map((r) => r.map((cell, c) => (c === r.length - 1 ? cell : cell.padEnd(widths[c]!))).join('  '))
+    .join('\n');
 }
 
 const VALUE_OPTIONS = new Set(['--steps', '--mean', '--std', '--n', '--seed']);
@@ -68,7 +70,7 @@ function joinNegativeValues(argv: string[]): string[] {
 
 export const sampleCommand: Command = {
   name: 'sample',
-  summary: "run the reference LCM sampler on Gaussian data and show its few-step behaviour (consistency vs Tweedie)",
+  summary: 'run the reference LCM sampler on Gaussian data and show its few-step behaviour (consistency vs Tweedie)',
   help: HELP,
   async run(argv: string[], ctx: CliContext): Promise<number> {
     const { values, positionals } = parseCommandArgs('sample', joinNegativeValues(argv), {
@@ -82,20 +84,30 @@ export const sampleCommand: Command = {
       json: { type: 'boolean' },
     });
     if (positionals.length > 0) {
-      throw new UsageError(`sample: unexpected argument '${positionals[0]}'. Run 'lora-mix sample --help' for usage.`, 'USAGE_BAD_ARGUMENT');
+      throw new UsageError(
+        `sample: unexpected argument '${positionals[0]}'. Run 'lora-mix sample --help' for usage.`,
+        'USAGE_BAD_ARGUMENT',
+      );
     }
     const steps = numberOption('sample', 'steps', values.steps, { min: 1, max: 50, integer: true }) ?? 4;
     const mean = numberOption('sample', 'mean', values.mean) ?? 0.5;
     const std = numberOption('sample', 'std', values.std, { min: Number.MIN_VALUE }) ?? 0.8;
     const n = numberOption('sample', 'n', values.n, { min: 2, max: 50_000_000, integer: true }) ?? 4096;
-    const seed = numberOption('sample', 'seed', values.seed, { min: 0, max: Number.MAX_SAFE_INTEGER, integer: true }) ?? 0;
+    const seed =
+      numberOption('sample', 'seed', values.seed, { min: 0, max: Number.MAX_SAFE_INTEGER, integer: true }) ?? 0;
     const kind = (values.denoiser ?? 'consistency') as GaussianDenoiserKind;
     if (!KINDS.includes(kind)) {
-      throw new UsageError(`sample: --denoiser expects consistency or tweedie, got '${String(values.denoiser)}'`, 'USAGE_BAD_ARGUMENT');
+      throw new UsageError(
+        `sample: --denoiser expects consistency or tweedie, got '${String(values.denoiser)}'`,
+        'USAGE_BAD_ARGUMENT',
+      );
     }
     const predictionType = (values['prediction-type'] ?? 'epsilon') as PredictionType;
     if (!PREDICTIONS.includes(predictionType)) {
-      throw new UsageError(`sample: --prediction-type expects epsilon, v_prediction or sample, got '${String(values['prediction-type'])}'`, 'USAGE_BAD_ARGUMENT');
+      throw new UsageError(
+        `sample: --prediction-type expects epsilon, v_prediction or sample, got '${String(values['prediction-type'])}'`,
+        'USAGE_BAD_ARGUMENT',
+      );
     }
 
     const report = verifyGaussian({ steps, mean, std, n, seed, kind, scheduler: new LCMScheduler({ predictionType }) });
@@ -109,29 +121,44 @@ export const sampleCommand: Command = {
     lines.push(`${steps} step${steps === 1 ? '' : 's'}, n = ${n} independent elements, seed ${seed}`);
     lines.push(`timesteps: ${report.timesteps.join(', ')}`);
     lines.push('');
-    const rows: string[][] = [[
-      'step', 't', 'ᾱ_t', 'c_skip', 'denoised mean', '(exact)', 'std', '(exact)', 'next input mean', 'std',
-    ]];
+    const rows: string[][] = [
+      ['step', 't', 'ᾱ_t', 'c_skip', 'denoised mean', '(exact)', 'std', '(exact)', 'next input mean', 'std'],
+    ];
     for (const s of report.steps) {
       const last = s.index === report.steps.length - 1;
       rows.push([
-        String(s.index + 1), String(s.t), s.alphaCumprod.toPrecision(5), sci(s.cSkip),
-        f(s.empiricalDenoisedMean), `(${f(s.denoisedMean)})`, f(Math.sqrt(s.empiricalDenoisedVar)), `(${f(Math.sqrt(s.denoisedVar))})`,
-        last ? '—' : f(s.empiricalSampleMean), last ? '—' : f(Math.sqrt(s.empiricalSampleVar)),
+        String(s.index + 1),
+        String(s.t),
+        s.alphaCumprod.toPrecision(5),
+        sci(s.cSkip),
+        f(s.empiricalDenoisedMean),
+        `(${f(s.denoisedMean)})`,
+        f(Math.sqrt(s.empiricalDenoisedVar)),
+        `(${f(Math.sqrt(s.denoisedVar))})`,
+        last ? '—' : f(s.empiricalSampleMean),
+        last ? '—' : f(Math.sqrt(s.empiricalSampleVar)),
       ]);
     }
     lines.push(table(rows));
     lines.push('');
     const fin = report.final;
     const target = std * std;
-    lines.push(`result:  mean ${f(fin.mean)} (exact ${f(fin.exactMean)}, target ${f(mean)}, standard error ${f(report.standardError.mean)})`);
+    lines.push(
+      `result:  mean ${f(fin.mean)} (exact ${f(fin.exactMean)}, target ${f(mean)}, standard error ${f(report.standardError.mean)})`,
+    );
     lines.push(`         std  ${f(fin.std)} (exact ${f(Math.sqrt(fin.exactVariance))}, target ${f(std)})`);
-    lines.push(`         variance reached: ${(100 * fin.variance / target).toFixed(1)}% of the target (exact ${(100 * fin.exactVariance / target).toFixed(1)}%)`);
+    lines.push(
+      `         variance reached: ${((100 * fin.variance) / target).toFixed(1)}% of the target (exact ${((100 * fin.exactVariance) / target).toFixed(1)}%)`,
+    );
     if (kind === 'tweedie') {
-      lines.push('         the posterior mean averages over x0 given x_t, so its outputs are narrower than the data; a');
+      lines.push(
+        '         the posterior mean averages over x0 given x_t, so its outputs are narrower than the data; a',
+      );
       lines.push('         consistency model maps each x_t to one x0 on its trajectory and keeps the full spread.');
     } else if (steps === 1) {
-      lines.push(`         one step starts from N(0, 1), not the exact marginal at t = 999, hence a mean offset of ${f(mean - fin.exactMean)};`);
+      lines.push(
+        `         one step starts from N(0, 1), not the exact marginal at t = 999, hence a mean offset of ${f(mean - fin.exactMean)};`,
+      );
       lines.push('         more steps re-noise and correct it.');
     }
     ctx.out(`${lines.join('\n')}\n`);

@@ -51,23 +51,38 @@ export const verifyCommand: Command = {
       ...blockOptions(),
     });
     if (typeof values.fused !== 'string' || values.fused === '') {
-      throw new UsageError("verify: --fused OUT is required (the fused checkpoint). Run 'lora-mix verify --help' for usage.");
+      throw new UsageError(
+        "verify: --fused OUT is required (the fused checkpoint). Run 'lora-mix verify --help' for usage.",
+      );
     }
     if (typeof values.base !== 'string' || values.base === '') {
-      throw new UsageError("verify: --base CKPT is required (the checkpoint it was fused from). Run 'lora-mix verify --help' for usage.");
+      throw new UsageError(
+        "verify: --base CKPT is required (the checkpoint it was fused from). Run 'lora-mix verify --help' for usage.",
+      );
     }
     const probes = numberOption('verify', 'probes', values.probes, { min: 1, max: 64, integer: true });
     const tolerance = numberOption('verify', 'tolerance', values.tolerance, { min: 0 });
-    if (tolerance !== undefined && !(tolerance > 0)) throw new UsageError('verify: --tolerance must be positive', 'USAGE_BAD_ARGUMENT');
+    if (tolerance !== undefined && !(tolerance > 0))
+      throw new UsageError('verify: --tolerance must be positive', 'USAGE_BAD_ARGUMENT');
     const seed = numberOption('verify', 'seed', values.seed, { min: 0, integer: true });
     const { paths, weights } = loraArgs('verify', positionals, values, ctx.cwd);
-    const report = await verifyFusion(path.resolve(ctx.cwd, values.fused), path.resolve(ctx.cwd, values.base), paths, weights, {
-      ...(probes !== undefined ? { probes } : {}),
-      ...(tolerance !== undefined ? { tolerance } : {}),
-      ...(seed !== undefined ? { seed } : {}),
-      ...(values['allow-unmatched'] === true ? { allowUnmatched: true } : {}),
-    });
-    ctx.out(values.json === true ? `${JSON.stringify(report, null, 2)}\n` : formatVerifyReport(report, { all: values.all === true }));
+    const report = await verifyFusion(
+      path.resolve(ctx.cwd, values.fused),
+      path.resolve(ctx.cwd, values.base),
+      paths,
+      weights,
+      {
+        ...(probes !== undefined ? { probes } : {}),
+        ...(tolerance !== undefined ? { tolerance } : {}),
+        ...(seed !== undefined ? { seed } : {}),
+        ...(values['allow-unmatched'] === true ? { allowUnmatched: true } : {}),
+      },
+    );
+    ctx.out(
+      values.json === true
+        ? `${JSON.stringify(report, null, 2)}\n`
+        : formatVerifyReport(report, { all: values.all === true }),
+    );
     return report.ok ? 0 : 1;
   },
 };
