@@ -67,6 +67,12 @@ export type FuseErrorCode =
 
 export type UsageErrorCode = 'USAGE' | 'USAGE_BAD_ARGUMENT';
 
+/** A library function was called with arguments of the wrong type or shape (API misuse, not bad data). */
+export type ArgumentErrorCode = 'ARG_INVALID' | 'ARG_MISSING';
+
+/** An option has a value outside what it accepts, or options contradict each other. */
+export type OptionErrorCode = 'OPTION_INVALID' | 'OPTION_CONFLICT';
+
 export type SamplerErrorCode =
   | 'SAMPLER_INVALID_CONFIG'
   | 'SAMPLER_INVALID_STEPS'
@@ -85,6 +91,8 @@ export type ErrorCode =
   | IoErrorCode
   | FuseErrorCode
   | UsageErrorCode
+  | ArgumentErrorCode
+  | OptionErrorCode
   | SamplerErrorCode;
 
 export class LoraMixError extends Error {
@@ -164,6 +172,22 @@ export class SamplerError extends LoraMixError {
 export class UsageError extends LoraMixError {
   declare readonly code: UsageErrorCode;
   constructor(message: string, code: UsageErrorCode = 'USAGE', details: Record<string, unknown> = {}) {
+    super(code, message, details);
+  }
+}
+
+/** A function of the library was called with an argument of the wrong type or shape (API misuse). */
+export class ArgumentError extends LoraMixError {
+  declare readonly code: ArgumentErrorCode;
+  constructor(code: ArgumentErrorCode, message: string, details: Record<string, unknown> = {}) {
+    super(code, message, details);
+  }
+}
+
+/** An option value is out of range, unknown, or contradicts another option. */
+export class OptionError extends LoraMixError {
+  declare readonly code: OptionErrorCode;
+  constructor(code: OptionErrorCode, message: string, details: Record<string, unknown> = {}) {
     super(code, message, details);
   }
 }
