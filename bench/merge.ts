@@ -80,7 +80,7 @@ function denseRankK(terms: FactorTerm[], out: number, n: number, k: number): { e
       for (let a = 0; a < t.rank; a++) {
         const u = t.coef * t.up[o * t.rank + a]!;
         const base = a * n;
-        for (let i = 0; i < n; i++) D[row + i] += u * t.down[base + i]!;
+        for (let i = 0; i < n; i++) D[row + i] = D[row + i]! + u * t.down[base + i]!;
       }
     }
   }

@@ -72,7 +72,7 @@ export function delta(m: { down: F32Array; up: F32Array; alpha: number }): Float
   for (let o = 0; o < out; o++) {
     for (let k = 0; k < r; k++) {
       const uk = u[o * r + k]! * s;
-      for (let j = 0; j < n; j++) res[o * n + j] += uk * d[k * n + j]!;
+      for (let j = 0; j < n; j++) res[o * n + j] = res[o * n + j]! + uk * d[k * n + j]!;
     }
   }
   return res;

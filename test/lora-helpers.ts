@@ -74,7 +74,7 @@ export function dense(m: LoraModule): { out: number; n: number; data: Float64Arr
   for (let o = 0; o < out; o++) {
     for (let a = 0; a < r; a++) {
       const u = s * up[o * r + a]!;
-      for (let i = 0; i < n; i++) data[o * n + i] += u * down[a * n + i]!;
+      for (let i = 0; i < n; i++) data[o * n + i] = data[o * n + i]! + u * down[a * n + i]!;
     }
   }
   return { out, n, data };
@@ -88,7 +88,7 @@ export function weightedDense(loras: Lora[], weights: number[], path: string): F
     if (!m) return;
     const d = dense(m).data;
     if (!acc) acc = new Float64Array(d.length);
-    for (let j = 0; j < d.length; j++) acc[j] += weights[i]! * d[j]!;
+    for (let j = 0; j < d.length; j++) acc[j] = acc[j]! + weights[i]! * d[j]!;
   });
   return acc;
 }

@@ -315,7 +315,7 @@ describe('linalg kernels', () => {
           const B = Float64Array.from(randomArray(rand, r * n)); // G = BᵀB has rank min(r, n)
           for (let j = 0; j < n; j++) {
             const s = 10 ** (rand() * 6 - 3);
-            for (let i = 0; i < r; i++) B[i * n + j] *= s;
+            for (let i = 0; i < r; i++) B[i * n + j] = B[i * n + j]! * s;
           }
           const G = new Float64Array(n * n);
           for (let a = 0; a < n; a++)

@@ -72,7 +72,7 @@ function denseFused(base: VerifyNet, loras: readonly Lora[], weights: readonly n
         for (let j = 0; j < n; j++) {
           let s = 0;
           for (let a = 0; a < r; a++) s += up[i * r + a]! * down[a * n + j]!;
-          acc[i * n + j] += c * s;
+          acc[i * n + j] = acc[i * n + j]! + c * s;
         }
       }
     });

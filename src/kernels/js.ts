@@ -91,7 +91,7 @@ export function referenceUpdate(
     for (let k = 0; k < rank; k++) {
       const u = up[i * rank + k]!;
       const d0 = k * cols;
-      for (let j = 0; j < cols; j++) acc[j] += u * down[d0 + j]!;
+      for (let j = 0; j < cols; j++) acc[j] = acc[j]! + u * down[d0 + j]!;
     }
     overflow += encodeRow(acc, finite, dstDtype, dst, i * cols * size, clamp);
   }

@@ -326,6 +326,7 @@ export class WasmEngine {
 /** Call the kernel for row tiles [it0, it1) of a block (also used by worker threads). */
 export function runBlock(ex: KernelExports, b: Block, it0: number, it1: number, slot: number): void {
   const fn = ex[b.fn as `update_${string}`];
+  if (!fn) throw new FuseError('KERNEL_FAILED', `kernel: the WASM module has no function ${b.fn}`, { found: b.fn });
   fn(
     b.pa,
     b.pb,

@@ -120,7 +120,7 @@ export function deltaOf(module: LoraModule, path?: string): F32Array {
       const u = up[o * r + a]!;
       if (u === 0) continue;
       const base = a * n;
-      for (let i = 0; i < n; i++) row[i] += u * down[base + i]!;
+      for (let i = 0; i < n; i++) row[i] = row[i]! + u * down[base + i]!;
     }
     const ob = o * n;
     for (let i = 0; i < n; i++) result[ob + i] = s * row[i]!;

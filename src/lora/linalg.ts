@@ -175,7 +175,7 @@ export function matmul(
       const a = A[i * k + t]!;
       if (a === 0) continue;
       const bt = t * n;
-      for (let j = 0; j < n; j++) C[ci + j] += a * B[bt + j]!;
+      for (let j = 0; j < n; j++) C[ci + j] = C[ci + j]! + a * B[bt + j]!;
     }
   }
   return C;

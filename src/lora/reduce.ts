@@ -265,8 +265,8 @@ export class RankReducer {
         const t = T[iR + a]!,
           r = Ru[iR + a]!;
         const ak = a * k;
-        if (t !== 0) for (let j = 0; j < k; j++) A[ak + j] += t * Va[ik + j]!;
-        if (r !== 0) for (let j = 0; j < k; j++) Bt[ak + j] += r * Vb[ik + j]!;
+        if (t !== 0) for (let j = 0; j < k; j++) A[ak + j] = A[ak + j]! + t * Va[ik + j]!;
+        if (r !== 0) for (let j = 0; j < k; j++) Bt[ak + j] = Bt[ak + j]! + r * Vb[ik + j]!;
       }
     }
     if (this.product && uf && df) {

@@ -585,7 +585,7 @@ function applyLayer(layer: DenseLayer, x: Float64Array, rows: number): Float64Ar
   for (const term of layer.terms) {
     const h = matmulT(x, rows, term.down, term.rank, inn);
     const u = matmulT(h, rows, term.up, out, term.rank);
-    for (let i = 0; i < y.length; i++) y[i] += term.coefficient * u[i]!;
+    for (let i = 0; i < y.length; i++) y[i] = y[i]! + term.coefficient * u[i]!;
   }
   return y;
 }
@@ -640,7 +640,7 @@ function gelu(x: number): number {
 /** h += BRANCH·ν(branch), in place. */
 function addBranch(h: Float64Array, branch: Float64Array, rows: number, cols: number): void {
   const b = rmsRows(branch, rows, cols);
-  for (let i = 0; i < h.length; i++) h[i] += BRANCH * b[i]!;
+  for (let i = 0; i < h.length; i++) h[i] = h[i]! + BRANCH * b[i]!;
 }
 
 class Forward {
@@ -724,7 +724,7 @@ class Forward {
     const timeLayer = this.#layer(spec.timeProjection);
     const emb = timestepEmbedding(t, timeLayer.in).map((v) => v / (1 + Math.exp(-v))); // SiLU
     const temb = rmsRows(applyLayer(timeLayer, emb, 1), 1, C);
-    for (let p = 0; p < N; p++) for (let c = 0; c < C; c++) h[p * C + c] += BRANCH * temb[c]!;
+    for (let p = 0; p < N; p++) for (let c = 0; c < C; c++) h[p * C + c] = h[p * C + c]! + BRANCH * temb[c]!;
     // Transformer blocks.
     const ctx = rmsRows(this.context(), L, D);
     for (const b of spec.blocks) {
@@ -762,7 +762,7 @@ class Forward {
 }
 
 function scaled(a: Float64Array, s: number): Float64Array {
-  for (let i = 0; i < a.length; i++) a[i] *= s;
+  for (let i = 0; i < a.length; i++) a[i] = a[i]! * s;
   return a;
 }
 
@@ -989,13 +989,16 @@ function invert(a: readonly (readonly number[])[]): number[][] | null {
     let piv = c;
     for (let r = c + 1; r < n; r++) if (Math.abs(m[r]![c]!) > Math.abs(m[piv]![c]!)) piv = r;
     if (!(Math.abs(m[piv]![c]!) > 0)) return null;
-    [m[c], m[piv]] = [m[piv]!, m[c]!];
-    const d = m[c]![c]!;
-    for (let k = 0; k < 2 * n; k++) m[c]![k] /= d;
+    const pivot = m[piv]!;
+    m[piv] = m[c]!;
+    m[c] = pivot;
+    const d = pivot[c]!;
+    for (let k = 0; k < 2 * n; k++) pivot[k] = pivot[k]! / d;
     for (let r = 0; r < n; r++) {
+      const row = m[r]!;
       if (r === c) continue;
-      const f = m[r]![c]!;
-      if (f !== 0) for (let k = 0; k < 2 * n; k++) m[r]![k] -= f * m[c]![k]!;
+      const f = row[c]!;
+      if (f !== 0) for (let k = 0; k < 2 * n; k++) row[k] = row[k]! - f * pivot[k]!;
     }
   }
   return m.map((row) => row.slice(n));
@@ -1090,7 +1093,7 @@ export function checkFusedSampling(
     const r = minus(run(roundingPerturbed(runtime, fused.dtype, 0x0f100d + s), options).latent, reference);
     q += dot(r, r) / n;
     fit(r).forEach((d, u) => {
-      spread[u] += d * d;
+      spread[u] = spread[u]! + d * d;
     });
   }
   const floor = Math.sqrt(q / samples);

@@ -183,8 +183,9 @@ describe('library bundle (dist/browser/lora-mix.js)', () => {
       const back = await w.lm.decodeLora(
         await w.lm.parseSafetensors(w.lm.blobSource(merged.blob, 'merged.safetensors')),
       );
-      const one = await w.lm.decodeLora(await w.lm.parseSafetensors(w.lm.blobSource(files[0], files[0].name)));
-      const two = await w.lm.decodeLora(await w.lm.parseSafetensors(w.lm.blobSource(files[1], files[1].name)));
+      const [a, b] = files as [File, File];
+      const one = await w.lm.decodeLora(await w.lm.parseSafetensors(w.lm.blobSource(a, a.name)));
+      const two = await w.lm.decodeLora(await w.lm.parseSafetensors(w.lm.blobSource(b, b.name)));
       const union = new Set([...one.modules.keys(), ...two.modules.keys()]);
       return {
         inputs: merged.inputs,
