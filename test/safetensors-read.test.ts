@@ -190,7 +190,7 @@ describe('parseSafetensors: valid files', () => {
 
 describe('parseSafetensors: every validation rule', () => {
   it('SAFETENSORS_TRUNCATED: shorter than 8 bytes, than 8 + N, or than the last tensor', async () => {
-    await expectCode(new Uint8Array(0), 'SAFETENSORS_TRUNCATED', '0 bytes');
+    await expectCode(new Uint8Array(0), 'SAFETENSORS_NOT_SAFETENSORS', 'empty file (0 bytes)');
     await expectCode(new Uint8Array(7), 'SAFETENSORS_TRUNCATED');
     const ok = rawFile({ w: t('F32', [4], [0, 16]) }, 16);
     const n = Number(new DataView(ok.buffer).getBigUint64(0, true));

@@ -1,3 +1,5 @@
+import { existsSync } from 'node:fs';
+import path from 'node:path';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { UsageError } from '../core/errors.js';
 
@@ -60,15 +62,25 @@ export function numberOption(
 }
 
 /**
- * Split 'path.safetensors:0.8' into path and weight. The weight is optional (default given);
- * a path that itself contains ':' (Windows drive) keeps it because only a trailing ':<number>' counts.
+ * Split 'path.safetensors:0.8' into path and weight. The weight is optional (default given). A spec that names an
+ * existing file or folder (relative to `cwd`) is a path whatever it contains ('style:v2.safetensors',
+ * 'a:1.safetensors'); otherwise only a trailing ':<number>' is a weight, and a path with another ':' (a Windows
+ * drive) keeps it.
  */
-export function parseWeighted(command: string, spec: string, defaultWeight: number): { path: string; weight: number } {
+export function parseWeighted(
+  command: string,
+  spec: string,
+  defaultWeight: number,
+  cwd?: string,
+): { path: string; weight: number } {
+  if (cwd !== undefined && spec !== '' && existsSync(path.resolve(cwd, spec))) {
+    return { path: spec, weight: defaultWeight };
+  }
   const m = /^(.*):([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)$/.exec(spec);
   if (m && m[1] !== '') return { path: m[1]!, weight: Number(m[2]) };
   if (/:[^\\/]*$/.test(spec) && !/^[A-Za-z]:[\\/]/.test(spec)) {
     throw new UsageError(
-      `${command}: '${spec}' — the weight after ':' must be a number, e.g. lcm.safetensors:1.0`,
+      `${command}: '${spec}' — the weight after ':' must be a number, e.g. lcm.safetensors:1.0 (no file of that name exists either)`,
       'USAGE_BAD_ARGUMENT',
     );
   }

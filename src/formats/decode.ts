@@ -14,7 +14,7 @@ import type { F32Array, Lora, LoraModule } from '../lora/types.js';
 import type { DType } from '../core/tensor.js';
 import { checkpointEvidence, findUnsupportedAdapter, parseLoraKey, type ParsedKey, type PathKey } from './keys.js';
 import { kohyaAlpha, kohyaSpellingOf, type KohyaPaths } from './kohya.js';
-import { PEFT_METADATA_KEY, parsePeftMetadata, peftAlpha, peftConfigFor } from './peft.js';
+import { PEFT_METADATA_KEY, parsePeftMetadata, peftAlpha, peftConfigFor, peftRank } from './peft.js';
 import { rankCandidates, type CandidateResult, type RawModule, type ShapeProblem } from './resolve.js';
 
 export type LoraFormat = 'kohya' | 'peft' | 'diffusers-old';
@@ -320,6 +320,7 @@ export async function planLora(file: LoraFileLike, options: DecodeOptions = {}):
   let zeroAlpha = 0;
   const spellings = new Set<KohyaPaths>();
   let assumedComponent = 0;
+  let otherRank = 0;
   for (const { module, entry } of matched) {
     const g = byId.get(module.id)!;
     const rank = module.downShape[0]!;
@@ -349,9 +350,12 @@ export async function planLora(file: LoraFileLike, options: DecodeOptions = {}):
       if (k.note === 'zero') zeroAlpha++;
       if (k.note === 'missing') missingAlpha++;
     } else {
-      const a = peftAlpha(peftConfigFor(peft, entry.component), entry.localPath, rank);
+      const config = peftConfigFor(peft, entry.component);
+      const a = peftAlpha(config, entry.localPath, rank);
       if (a === undefined) missingAlpha++;
       alpha = a ?? rank;
+      const r = peftRank(config, entry.localPath);
+      if (r !== undefined && r !== rank) otherRank++;
     }
     if (format === 'kohya') {
       const s = kohyaSpellingOf(entry, module.id);
@@ -383,6 +387,10 @@ export async function planLora(file: LoraFileLike, options: DecodeOptions = {}):
   if (assumedComponent > 0)
     notes.push(
       `${assumedComponent} module(s) had no component prefix; read as the UNet (or text_encoder for 'text_model.' paths)`,
+    );
+  if (otherRank > 0)
+    notes.push(
+      `${otherRank} module(s) have factors of another rank than the PEFT config's r / rank_pattern gives them; the factor shapes were used`,
     );
   if (format === 'diffusers-old') notes.push('old diffusers attention-processor format: attention projections only');
 

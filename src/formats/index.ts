@@ -54,6 +54,8 @@ export { kohyaName, kohyaKeys, kohyaAlpha, type KohyaPaths } from './kohya.js';
 export {
   parsePeftMetadata,
   peftAlpha,
+  peftRank,
+  peftPatternKey,
   peftMetadataJson,
   PEFT_METADATA_KEY,
   type PeftConfigs,

@@ -93,23 +93,39 @@ export function parsePeftMetadata(metadata: Readonly<Record<string, string>>, fi
   return { byComponent, ...(hasShared ? { shared: componentConfig(file, obj, '') } : {}) };
 }
 
-/** PEFT's pattern rule: a key matches a module name when the name is the key or ends with '.' + key (key may be a regex). */
-function matchPattern(pattern: Readonly<Record<string, number>>, localPath: string): number | undefined {
-  if (Object.hasOwn(pattern, localPath)) return pattern[localPath];
-  for (const [k, v] of Object.entries(pattern)) {
+/**
+ * PEFT's pattern rule (peft/utils/other.py `get_pattern_key`): the pattern keys are tried in the order the config
+ * lists them, and the first whose regular expression `(.*\.)?(KEY)$` matches the whole module name wins — not the
+ * most specific one, and not an exact name first. diffusers writes the patterns with sorted keys, so a short key
+ * ('attn1.to_q') can shadow a full path listed after it. A key that is not a valid regular expression here is
+ * compared literally (the name, or its '.'-suffix). Returns the winning key, or undefined.
+ */
+export function peftPatternKey(keys: readonly string[], moduleName: string): string | undefined {
+  for (const k of keys) {
     let hit: boolean;
     try {
-      hit = new RegExp(`^(?:.*\\.)?(?:${k})$`).test(localPath);
+      hit = new RegExp(`^(?:.*\\.)?(?:${k})$`).test(moduleName);
     } catch {
-      hit = localPath === k || localPath.endsWith(`.${k}`);
+      hit = moduleName === k || moduleName.endsWith(`.${k}`);
     }
-    if (hit) return v;
+    if (hit) return k;
   }
   return undefined;
 }
 
+function matchPattern(pattern: Readonly<Record<string, number>>, moduleName: string): number | undefined {
+  const key = peftPatternKey(Object.keys(pattern), moduleName);
+  return key === undefined ? undefined : pattern[key];
+}
+
 export function peftConfigFor(configs: PeftConfigs | undefined, component: Component): PeftComponentConfig | undefined {
   return configs?.byComponent[component] ?? configs?.shared;
+}
+
+/** The rank the PEFT config gives one module (rank_pattern, else r), or undefined when it says nothing. */
+export function peftRank(config: PeftComponentConfig | undefined, localPath: string): number | undefined {
+  if (!config) return undefined;
+  return matchPattern(config.rankPattern, localPath) ?? config.r;
 }
 
 /**

@@ -1,5 +1,6 @@
 /** The safetensors layer: a validating lazy reader, a streaming writer and dtype conversions. Core: no `node:`. */
 export { parseSafetensors, SafetensorsFile } from './read.js';
+export { sniffFileKind, SNIFF_BYTES, type SniffedKind } from './sniff.js';
 export { parseHeader, MAX_HEADER_LENGTH, METADATA_KEY, type TensorInfo, type ParsedHeader } from './header.js';
 export { scanKeys, type KeyScan, type DuplicateKey } from './json-keys.js';
 export {

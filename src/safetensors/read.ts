@@ -14,6 +14,7 @@ import {
   type TypedArrayFor,
 } from '../core/dtype.js';
 import { MAX_HEADER_LENGTH, parseHeader, type TensorInfo } from './header.js';
+import { SNIFF_BYTES, sniffFileKind } from './sniff.js';
 
 export type { TensorInfo } from './header.js';
 
@@ -199,6 +200,7 @@ export async function parseSafetensors(source: ByteSource): Promise<SafetensorsF
     throw new IoError('IO_READ_FAILED', `${file}: the source reports an invalid length ${String(size)}`, { file });
   }
   if (size < 8) {
+    await refuseOtherKind(source, size === 0 ? new Uint8Array(0) : await readExactly(source, 0, size));
     throw new SafetensorsError(
       'SAFETENSORS_TRUNCATED',
       `${file}: the file is ${size} bytes long; a safetensors file starts with an 8-byte header length`,
@@ -208,6 +210,7 @@ export async function parseSafetensors(source: ByteSource): Promise<SafetensorsF
   const prefix = await readExactly(source, 0, 8);
   const n = new DataView(prefix.buffer, prefix.byteOffset, 8).getBigUint64(0, true);
   if (n > BigInt(MAX_HEADER_LENGTH)) {
+    await refuseOtherKind(source, prefix);
     throw new SafetensorsError(
       'SAFETENSORS_HEADER_TOO_LARGE',
       `${file}: the header length is ${n} bytes; at most ${MAX_HEADER_LENGTH} is allowed`,
@@ -216,6 +219,7 @@ export async function parseSafetensors(source: ByteSource): Promise<SafetensorsF
   }
   const headerLength = Number(n);
   if (headerLength > size) {
+    await refuseOtherKind(source, prefix);
     throw new SafetensorsError(
       'SAFETENSORS_HEADER_TOO_LARGE',
       `${file}: the header length is ${headerLength} bytes but the whole file is only ${size} bytes`,
@@ -232,6 +236,26 @@ export async function parseSafetensors(source: ByteSource): Promise<SafetensorsF
   const headerBytes = headerLength === 0 ? new Uint8Array(0) : await readExactly(source, 8, 8 + headerLength);
   const { tensors, metadata } = parseHeader(headerBytes, file, 8 + headerLength, size - 8 - headerLength);
   return new SafetensorsFile(source, headerLength, tensors, metadata);
+}
+
+/**
+ * The header length is impossible: if the first bytes say what the file really is (a PyTorch pickle, GGUF, an HTML
+ * error page …), refuse with that. Text-looking starts are read a little further to tell JSON, HTML and Git LFS
+ * pointers apart; binary files are judged on the bytes already read.
+ */
+async function refuseOtherKind(source: ByteSource, first: Uint8Array): Promise<void> {
+  let bytes = first;
+  const size = source.byteLength;
+  if (bytes.length < SNIFF_BYTES && size > bytes.length && sniffFileKind(bytes, size)?.kind === 'text') {
+    bytes = await readExactly(source, 0, Math.min(size, SNIFF_BYTES));
+  }
+  const sniffed = sniffFileKind(bytes, size);
+  if (!sniffed) return;
+  throw new SafetensorsError(
+    'SAFETENSORS_NOT_SAFETENSORS',
+    `${source.name}: not a safetensors file: this is ${sniffed.what}; ${sniffed.fix}`,
+    { file: source.name, kind: sniffed.kind, found: sniffed.what },
+  );
 }
 
 async function readExactly(source: ByteSource, start: number, end: number): Promise<Uint8Array> {

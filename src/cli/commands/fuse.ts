@@ -133,7 +133,7 @@ export function loraArgs(
       );
     }
   }
-  const specs = positionals.map((p) => parseWeighted(command, p, 1));
+  const specs = positionals.map((p) => parseWeighted(command, p, 1, cwd));
   const weights: MergeWeight[] = specs.map((s, i) => {
     const blocks = values[`blocks-${i + 1}`] ?? values.blocks;
     return typeof blocks === 'string' ? { weight: s.weight, blocks } : s.weight;

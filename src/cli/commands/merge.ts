@@ -164,7 +164,7 @@ export const mergeCommand: Command = {
       }
     }
     const arch = typeof values.arch === 'string' ? parseArch(values.arch) : undefined;
-    const specs = positionals.map((p) => parseWeighted('merge', p, 1));
+    const specs = positionals.map((p) => parseWeighted('merge', p, 1, ctx.cwd));
     const inputs = specs.map((s) => path.resolve(ctx.cwd, s.path));
     const output = path.resolve(ctx.cwd, values.output);
 
