@@ -24,7 +24,7 @@ import { generateLora, targetModules } from '../src/fixtures/generate.js';
 import { loadLora, serializeLora } from '../src/formats/index.js';
 import { createWasmKernel } from '../src/kernels/cpu.js';
 import { mergeLoras } from '../src/lora/index.js';
-import { f32ToF16 } from '../src/core/dtype-wasm.js';
+import { f32ToF16 } from '../src/core/dtype.js';
 import { openSession, tempDir } from '../test/browser/harness.js';
 
 const args = process.argv.slice(2);

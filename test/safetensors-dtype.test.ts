@@ -1,3 +1,4 @@
+import { ArgumentError } from '../src/core/errors.js';
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import {
@@ -495,6 +496,6 @@ describe('bulk converter routing', () => {
   });
 
   it('rejects mismatched lengths', () => {
-    expect(() => f16ToF32(new Uint16Array(3), new Float32Array(2))).toThrow(RangeError);
+    expect(() => f16ToF32(new Uint16Array(3), new Float32Array(2))).toThrow(ArgumentError);
   });
 });

@@ -16,7 +16,7 @@
  * Conversions round to nearest, ties to even; NaN stays NaN (quiet, sign and top payload bits kept);
  * f32ToF16 / f32ToBf16 return the number of finite inputs that became ±Inf (overflow).
  */
-import { FuseError } from './errors.js';
+import { ArgumentError } from './errors.js';
 import { base64ToBytes } from './base64.js';
 import { CONVERT_WASM } from './dtype-wasm-bytes.js';
 import { hasWasmSimd } from './wasm-features.js';
@@ -48,8 +48,8 @@ interface ConvertExports {
 
 function checkLengths(op: string, srcLen: number, dstLen: number): void {
   if (dstLen < srcLen) {
-    throw new FuseError(
-      'KERNEL_INVALID_JOB',
+    throw new ArgumentError(
+      'ARG_INVALID',
       `${op}: destination holds ${dstLen} values, expected at least ${srcLen} (the source length)`,
       { op, expected: srcLen, found: dstLen },
     );
@@ -166,24 +166,4 @@ export const scalarConvert: WasmConvert = {
 /** The best converter available here: WASM SIMD, else the scalar reference. */
 export function getConvert(): WasmConvert {
   return getWasmConvert() ?? scalarConvert;
-}
-
-/** Decode binary16 → f32 (WASM SIMD when available). */
-export function f16ToF32(src: Uint16Array, dst: Float32Array): void {
-  getConvert().f16ToF32(src, dst);
-}
-
-/** Decode bfloat16 → f32 (WASM SIMD when available). */
-export function bf16ToF32(src: Uint16Array, dst: Float32Array): void {
-  getConvert().bf16ToF32(src, dst);
-}
-
-/** Encode f32 → binary16, RNE; returns the overflow count (WASM SIMD when available). */
-export function f32ToF16(src: Float32Array, dst: Uint16Array): number {
-  return getConvert().f32ToF16(src, dst);
-}
-
-/** Encode f32 → bfloat16, RNE; returns the overflow count (WASM SIMD when available). */
-export function f32ToBf16(src: Float32Array, dst: Uint16Array): number {
-  return getConvert().f32ToBf16(src, dst);
 }

@@ -14,10 +14,20 @@
  * bit operations over 32-bit views elsewhere) and route large arrays through the WASM SIMD converters when
  * those are available (see `setBulkConvert`).
  */
-import { SafetensorsError } from './errors.js';
+import { ArgumentError, SafetensorsError } from './errors.js';
 import { DTYPE_SIZE, type DType } from './tensor.js';
 import { getWasmConvert } from './dtype-wasm.js';
-import { f16BitsToF32Bits } from './dtype-scalar.js';
+import {
+  bf16BitsToF32Bits,
+  bf16ToF32Scalar,
+  f16BitsToF32Bits,
+  f32Bits,
+  f32BitsToBf16Bits,
+  f32BitsToF16Bits,
+  f32FromBits,
+  f32ToBf16Scalar,
+  f32ToF16Scalar,
+} from './dtype-scalar.js';
 
 /** The float dtypes lora-mix can decode to and encode from f32. */
 export type FloatDType = 'F64' | 'F32' | 'F16' | 'BF16' | 'F8_E4M3' | 'F8_E5M2';
@@ -28,19 +38,6 @@ export function isFloatDType(d: DType): d is FloatDType {
 
 /** True on little-endian hosts (every platform Node and browsers run on in practice). */
 export const LITTLE_ENDIAN: boolean = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
-
-const scratchF32 = new Float32Array(1);
-const scratchU32 = new Uint32Array(scratchF32.buffer);
-
-function f32Bits(x: number): number {
-  scratchF32[0] = x;
-  return scratchU32[0]!;
-}
-
-function bitsF32(u: number): number {
-  scratchU32[0] = u;
-  return scratchF32[0]!;
-}
 
 // ---------------------------------------------------------------------------------------------------------------
 // Scalar conversions (the reference implementations)
@@ -54,12 +51,34 @@ export { f16BitsToF32Bits };
 
 /** IEEE binary16 bits (0…65535) → the f32 value it denotes (exact). */
 export function f16BitsToF32(h: number): number {
-  return bitsF32(f16BitsToF32Bits(h));
+  return f32FromBits(f16BitsToF32Bits(h));
 }
 
 /** bfloat16 bits → f32 value (exact: the top half of an f32). */
 export function bf16BitsToF32(b: number): number {
-  return bitsF32(((b & 0xffff) << 16) >>> 0);
+  return f32FromBits(bf16BitsToF32Bits(b & 0xffff));
+}
+
+/** Per float dtype: stored mantissa bits and the smallest normal exponent (unbiased). */
+export const FLOAT_FORMAT: Readonly<Record<FloatDType, { readonly mantissa: number; readonly minExp: number }>> = {
+  F64: { mantissa: 52, minExp: -1022 },
+  F32: { mantissa: 23, minExp: -126 },
+  F16: { mantissa: 10, minExp: -14 },
+  BF16: { mantissa: 7, minExp: -126 },
+  F8_E4M3: { mantissa: 3, minExp: -6 },
+  F8_E5M2: { mantissa: 2, minExp: -14 },
+};
+
+/**
+ * Half the spacing of `dtype`'s values around |v|: the most one round-to-nearest to that dtype can move v
+ * (subnormals included; Infinity for a non-finite v; integer dtypes are treated as F32).
+ */
+export function halfUlp(v: number, dtype: DType): number {
+  const f = isFloatDType(dtype) ? FLOAT_FORMAT[dtype] : FLOAT_FORMAT.F32;
+  const a = Math.abs(v);
+  if (!Number.isFinite(a)) return Infinity;
+  const e = a === 0 ? f.minExp : Math.max(f.minExp, Math.floor(Math.log2(a)));
+  return 2 ** (e - f.mantissa - 1);
 }
 
 /**
@@ -94,22 +113,12 @@ function roundMagnitude(abs: number, mantBits: number, bias: number): number {
 
 /** f32 value → IEEE binary16 bits, round to nearest even; overflow → ±Inf; NaN → quiet NaN. */
 export function f32ToF16Bits(x: number): number {
-  const u = f32Bits(x);
-  const sign = (u >>> 16) & 0x8000;
-  const abs = u & 0x7fffffff;
-  if (abs >= 0x7f800000) {
-    if (abs === 0x7f800000) return sign | 0x7c00;
-    return sign | 0x7e00 | ((abs >>> 13) & 0x3ff);
-  }
-  if (abs >= 0x477ff000) return sign | 0x7c00; // ≥ 65520 rounds past 65504
-  return sign | roundMagnitude(abs, 10, 15);
+  return f32BitsToF16Bits(f32Bits(x));
 }
 
 /** f32 value → bfloat16 bits, round to nearest even; overflow → ±Inf; NaN → quiet NaN. */
 export function f32ToBf16Bits(x: number): number {
-  const u = f32Bits(x);
-  if ((u & 0x7fffffff) > 0x7f800000) return ((u >>> 16) | 0x0040) & 0xffff;
-  return (u + 0x7fff + ((u >>> 16) & 1)) >>> 16;
+  return f32BitsToBf16Bits(f32Bits(x));
 }
 
 /** F8_E4M3 ("fn": bias 7, no infinities, 0x7f/0xff are NaN, max ±448) bits → f32 value. */
@@ -158,7 +167,7 @@ export function f32ToF8E5M2Bits(x: number): number {
  */
 export const OVERFLOW_THRESHOLD: Readonly<Record<'F16' | 'BF16' | 'F8_E4M3' | 'F8_E5M2', number>> = {
   F16: 65520,
-  BF16: bitsF32(0x7f7f8000),
+  BF16: f32FromBits(0x7f7f8000),
   F8_E4M3: 464,
   F8_E5M2: 61440,
 };
@@ -166,7 +175,7 @@ export const OVERFLOW_THRESHOLD: Readonly<Record<'F16' | 'BF16' | 'F8_E4M3' | 'F
 /** The largest finite value of each narrow float dtype. */
 export const DTYPE_MAX: Readonly<Record<'F16' | 'BF16' | 'F8_E4M3' | 'F8_E5M2', number>> = {
   F16: 65504,
-  BF16: bitsF32(0x7f7f0000),
+  BF16: f32FromBits(0x7f7f0000),
   F8_E4M3: 448,
   F8_E5M2: 57344,
 };
@@ -256,7 +265,14 @@ function f8Lut(kind: 'F8_E4M3' | 'F8_E5M2'): Uint32Array {
 
 function checkLengths(what: string, src: ArrayLike<unknown>, dst: ArrayLike<unknown>): void {
   if (src.length !== dst.length) {
-    throw new RangeError(`${what}: source has ${src.length} elements but destination has ${dst.length}`);
+    throw new ArgumentError(
+      'ARG_INVALID',
+      `${what}: source has ${src.length} elements but destination has ${dst.length}`,
+      {
+        expected: src.length,
+        found: dst.length,
+      },
+    );
   }
 }
 
@@ -284,26 +300,7 @@ export function f32ToF16(src: Float32Array, dst: Uint16Array = new Uint16Array(s
     wasm.f32ToF16(src, dst);
     return dst;
   }
-  const u32 = new Uint32Array(src.buffer, src.byteOffset, src.length);
-  const n = src.length;
-  for (let i = 0; i < n; i++) {
-    const u = u32[i]!;
-    const sign = (u >>> 16) & 0x8000;
-    const abs = u & 0x7fffffff;
-    if (abs >= 0x38800000) {
-      if (abs < 0x477ff000) {
-        // Normal half: rebias the exponent, round the 13 dropped bits to nearest even.
-        const r = abs - 0x38000000;
-        dst[i] = sign | ((r + 0xfff + ((r >>> 13) & 1)) >>> 13);
-      } else if (abs <= 0x7f800000) {
-        dst[i] = sign | 0x7c00;
-      } else {
-        dst[i] = sign | 0x7e00 | ((abs >>> 13) & 0x3ff);
-      }
-    } else {
-      dst[i] = sign | roundMagnitude(abs, 10, 15);
-    }
-  }
+  f32ToF16Scalar(src, dst);
   return dst;
 }
 
@@ -315,9 +312,7 @@ export function bf16ToF32(src: Uint16Array, dst: Float32Array = new Float32Array
     wasm.bf16ToF32(src, dst);
     return dst;
   }
-  const out = new Uint32Array(dst.buffer, dst.byteOffset, dst.length);
-  const n = src.length;
-  for (let i = 0; i < n; i++) out[i] = src[i]! << 16;
+  bf16ToF32Scalar(src, dst);
   return dst;
 }
 
@@ -329,13 +324,7 @@ export function f32ToBf16(src: Float32Array, dst: Uint16Array = new Uint16Array(
     wasm.f32ToBf16(src, dst);
     return dst;
   }
-  const u32 = new Uint32Array(src.buffer, src.byteOffset, src.length);
-  const n = src.length;
-  for (let i = 0; i < n; i++) {
-    const u = u32[i]!;
-    if ((u & 0x7fffffff) > 0x7f800000) dst[i] = (u >>> 16) | 0x0040;
-    else dst[i] = (u + 0x7fff + ((u >>> 16) & 1)) >>> 16;
-  }
+  f32ToBf16Scalar(src, dst);
   return dst;
 }
 

@@ -15,7 +15,7 @@
 import { FuseError } from '../core/errors.js';
 import { listSome } from '../formats/decode.js';
 import type { MergeWeight } from '../lora/merge.js';
-import { decodeToF32 } from '../core/dtype.js';
+import { decodeToF32, halfUlp } from '../core/dtype.js';
 import type { TensorInfo } from '../safetensors/header.js';
 import { Rng } from '../sampler/rng.js';
 import type { DType } from '../core/tensor.js';
@@ -26,15 +26,6 @@ import { now } from '../kernels/job.js';
 import type { BaseInput, LoraInput } from '../fuse/types.js';
 import type { ModuleVerifyReport, VerifyOptions, VerifyReport } from './types.js';
 import { fmtRatio } from './report.js';
-
-/** Half the spacing of the dtype's values around |v| (the largest error of one round-to-nearest). */
-function halfUlp(v: number, dtype: DType): number {
-  const a = Math.abs(v);
-  const [mant, minExp] = dtype === 'F16' ? [10, -14] : dtype === 'BF16' ? [7, -126] : [23, -126];
-  if (!Number.isFinite(a)) return Infinity;
-  const e = a === 0 ? minExp : Math.max(minExp, Math.floor(Math.log2(a)));
-  return 2 ** (e - mant - 1);
-}
 
 const GAMMA_BASE = 2 ** -24;
 /** Below this signal-to-bound ratio a module's delta is under storage precision and the check cannot see it. */

@@ -38,6 +38,7 @@ import { contiguousValues, moduleDims } from '../lora/delta.js';
 import type { MergeWeight } from '../lora/merge.js';
 import type { Lora } from '../lora/types.js';
 import type { SafetensorsFile } from '../safetensors/read.js';
+import { FLOAT_FORMAT, halfUlp, isFloatDType } from '../core/dtype.js';
 import type { DType } from '../core/tensor.js';
 import { LCMScheduler, type PredictionType } from '../sampler/lcm.js';
 import { Rng, type Latent } from '../sampler/rng.js';
@@ -276,17 +277,12 @@ export interface VerifyNet {
   readonly loraInputs: number;
 }
 
-/** Per float dtype: explicit mantissa bits and the smallest normal exponent. */
-const FLOAT_FORMAT: Partial<Record<DType, { mantissa: number; minExp: number }>> = {
-  F32: { mantissa: 23, minExp: -126 },
-  F64: { mantissa: 23, minExp: -126 }, // read as f32
-  F16: { mantissa: 10, minExp: -14 },
-  BF16: { mantissa: 7, minExp: -126 },
-  F8_E4M3: { mantissa: 3, minExp: -6 },
-  F8_E5M2: { mantissa: 2, minExp: -14 },
+/** The dtype a stored weight has once read: F64 and integer weights are read as f32. */
+const asRead = (d: DType): DType => (d === 'F64' || !isFloatDType(d) ? 'F32' : d);
+const ulpBits = (d: DType): number => {
+  const r = asRead(d);
+  return isFloatDType(r) ? FLOAT_FORMAT[r].mantissa : FLOAT_FORMAT.F32.mantissa;
 };
-
-const ulpBits = (d: DType): number => FLOAT_FORMAT[d]?.mantissa ?? 23;
 
 /** The coarser of two storage dtypes (fewer mantissa bits). */
 function coarser(a: DType, b: DType): DType {
@@ -882,14 +878,6 @@ export function compareVerifyNets(a: VerifyNet, b: VerifyNet, options: CompareVe
   };
 }
 
-/** Half an ulp of v in `dtype` (the most one round-to-nearest can move it). */
-function halfUlp(v: number, dtype: DType): number {
-  const f = FLOAT_FORMAT[dtype] ?? FLOAT_FORMAT.F32!;
-  const a = Math.abs(v);
-  const e = a === 0 ? f.minExp : Math.max(f.minExp, Math.floor(Math.log2(a)));
-  return 2 ** (e - f.mantissa - 1);
-}
-
 /**
  * The network with every weight a runtime LoRA touches moved by a uniform random fraction of half an ulp of
  * `dtype`: a stand-in for one rounding of the fused weights to that dtype. Untouched weights stay (a fuser copies
@@ -906,7 +894,7 @@ function roundingPerturbed(net: VerifyNet, dtype: DType, seed: number): VerifyNe
     const w = new Float64Array(l.weight.length); // f64: the moves are below f32 resolution when dtype is F32
     for (let i = 0; i < w.length; i++) {
       const v = l.weight[i]!;
-      w[i] = v + (2 * rng.uniform() - 1) * halfUlp(v, dtype);
+      w[i] = v + (2 * rng.uniform() - 1) * halfUlp(v, asRead(dtype));
     }
     layers.set(p, { ...l, weight: w });
   }

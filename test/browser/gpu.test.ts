@@ -15,7 +15,7 @@ import { bundle, REPO_ROOT, writeHtml } from '../../scripts/build-browser.js';
 import { referenceUpdate } from '../../src/kernels/js.js';
 import type { StoredFloat } from '../../src/kernels/types.js';
 import { f16BitsToF32 } from '../../src/core/dtype.js';
-import { f32ToF16 } from '../../src/core/dtype-wasm.js';
+import { f32ToF16 } from '../../src/core/dtype.js';
 import { CHROMIUM_ARGS, openSession, tempDir, type BrowserSession } from './harness.js';
 import { prng } from '../lora-helpers.js';
 
