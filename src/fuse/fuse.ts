@@ -25,6 +25,8 @@ import { VERSION } from '../core/version.js';
 import { currentFuseHost, type FuseHost } from './host.js';
 import { locate, whyAbsent, type BaseWeightFile, type OpenedBase } from './base.js';
 import { openInputs, type FuseInput, type InputModule } from './inputs.js';
+import { stackFactors, type StackPart } from '../lora/stack.js';
+import { termDelta } from '../lora/terms/index.js';
 import { createWasmKernel } from '../kernels/cpu.js';
 import { now } from '../kernels/job.js';
 import { createGpuKernel } from '../kernels/gpu.js';
@@ -69,7 +71,7 @@ export async function openBase(base: BaseInput): Promise<OpenedBase> {
 export interface Term {
   readonly input: FuseInput;
   readonly module: InputModule;
-  /** λ · alpha / rank, folded into up. */
+  /** lowRank: λ · alpha / rank, folded into up; other kinds: λ, multiplying the dense delta. */
   readonly coef: number;
 }
 
@@ -133,7 +135,9 @@ export function planFusion(
     const terms: Term[] = [];
     for (const { input, module } of present) {
       const lambda = input.weightOf(entry.path);
-      if (lambda !== 0) terms.push({ input, module: module!, coef: (lambda * module!.alpha) / module!.rank });
+      if (lambda === 0) continue;
+      const m = module!;
+      terms.push({ input, module: m, coef: m.kind === 'lowRank' ? (lambda * m.alpha) / m.rank : lambda });
     }
     base.files.forEach((f, fi) => {
       const loc = locate(base, f, entry);
@@ -296,13 +300,12 @@ interface Counters {
 
 const EMPTY = new Float32Array(0);
 
+/** The kernel job of a target: its lowRank terms stacked into one pair of factors (src/lora/stack.ts). */
 function buildJob(t: Target, factors: readonly { up: Float32Array; down: Float32Array }[]): UpdateJob {
   const rows = t.rows[1] - t.rows[0];
-  const rank = t.terms.reduce((a, x) => a + x.module.rank, 0);
-  const up = new Float32Array(rows * rank);
-  const down = new Float32Array(rank * t.cols);
-  let off = 0;
+  const parts: StackPart[] = [];
   t.terms.forEach((term, i) => {
+    if (term.module.kind !== 'lowRank') return;
     const f = factors[i]!;
     const r = term.module.rank;
     if (f.up.length !== rows * r || f.down.length !== r * t.cols) {
@@ -312,16 +315,39 @@ function buildJob(t: Target, factors: readonly { up: Float32Array; down: Float32
         { file: term.input.source, key: term.module.name },
       );
     }
-    const c = term.coef;
-    for (let i2 = 0; i2 < rows; i2++) {
-      const srcRow = i2 * r;
-      const dstRow = i2 * rank + off;
-      for (let k = 0; k < r; k++) up[dstRow + k] = c * f.up[srcRow + k]!;
-    }
-    down.set(f.down, off * t.cols);
-    off += r;
+    parts.push({ coef: term.coef, rank: r, up: f.up, down: f.down });
   });
+  const { up, down, rank } = stackFactors(parts, rows, t.cols);
   return { rows, cols: t.cols, rank, up, down };
+}
+
+/** True when a target has a term fused through its dense delta (every kind but lowRank). */
+function hasDense(t: Target): boolean {
+  return t.terms.some((x) => x.module.kind !== 'lowRank');
+}
+
+/**
+ * Add Σ λ·Δ of the target's non-lowRank terms to its rows of W (f32, in place). Every Δ is computed from the rows
+ * as they were before any term was added (W0), which DoRA and GLoRA need.
+ */
+async function addDenseTerms(t: Target, w: Float32Array): Promise<void> {
+  const rows = t.rows[1] - t.rows[0];
+  const n = rows * t.cols;
+  const view = w.subarray(t.rows[0] * t.cols, t.rows[0] * t.cols + n);
+  const w0 = view.slice();
+  for (const term of t.terms) {
+    if (term.module.kind === 'lowRank') continue;
+    const d = termDelta(await term.module.term(), t.path, w0);
+    if (d.length !== n) {
+      throw new LoraError(
+        'LORA_SHAPE_MISMATCH',
+        `fuse: ${term.input.source}: '${term.module.name}' has ${d.length} delta values; expected ${n}`,
+        { file: term.input.source, key: term.module.name },
+      );
+    }
+    const c = term.coef;
+    for (let i = 0; i < n; i++) view[i] = (view[i] ?? 0) + c * (d[i] ?? 0);
+  }
 }
 
 class FileRun {
@@ -402,7 +428,13 @@ class FileRun {
       return outs;
     }
     // One tensor to convert or fuse: read it and its modules' factors together.
-    const factorsP = first.targets.map((t) => Promise.all(t.terms.map((term) => term.module.factors())));
+    const factorsP = first.targets.map((t) =>
+      Promise.all(
+        t.terms.map((term) =>
+          term.module.kind === 'lowRank' ? term.module.factors() : Promise.resolve({ up: EMPTY, down: EMPTY }),
+        ),
+      ),
+    );
     for (const p of factorsP) p.catch(() => undefined);
     const raw = await this.#read(seg.start, seg.end - seg.start);
     const held = [raw];
@@ -410,7 +442,15 @@ class FileRun {
     const info = first.info;
     let src = raw;
     let srcDtype: StoredFloat;
-    if (isStoredFloat(info.dtype)) {
+    const dense = first.targets.some(hasDense);
+    if (dense) {
+      // Kinds fused through a dense delta: W0 to f32 once; the kernel then rounds W0 + Σλ·Δ + U·D once.
+      const decoded = decodeToF32(info.dtype, raw, info.name);
+      const w = info.dtype === 'F32' || info.dtype === 'F64' ? decoded.slice() : decoded;
+      for (const t of first.targets) if (hasDense(t)) await addDenseTerms(t, w);
+      src = typedAsBytes(w);
+      srcDtype = 'F32';
+    } else if (isStoredFloat(info.dtype)) {
       srcDtype = info.dtype;
     } else {
       src = typedAsBytes(decodeToF32(info.dtype, raw, info.name));

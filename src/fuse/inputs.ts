@@ -3,6 +3,7 @@
  * alphas) and each module's factors are read only when the base tensor they change comes up. In-memory LoRAs are
  * used as they are. Weights (numbers or block weights) become one λ per module.
  */
+import ndarray from 'ndarray';
 import { ArchError, LoraError } from '../core/errors.js';
 import { isByteSource } from '../core/bytes.js';
 import { ARCH_LABEL } from '../layout/archs.js';
@@ -11,22 +12,32 @@ import { planLora, type LoraPlan } from '../formats/decode.js';
 import { openPath } from '../formats/index.js';
 import { contiguousValues, moduleDims } from '../lora/delta.js';
 import { compileWeight, type MergeWeight } from '../lora/merge.js';
-import type { Lora } from '../lora/types.js';
+import { termDims, termKind } from '../lora/terms/index.js';
+import type { Lora, Term, TermKind } from '../lora/types.js';
 import { parseSafetensors, SafetensorsFile } from '../safetensors/read.js';
 import type { LoraInput } from './types.js';
 
-/** One module of one input: enough to plan, and a way to get its factors. */
+/**
+ * One module of one input: enough to plan, and a way to get its update. A lowRank module is fused through its
+ * factors (stacked with the other inputs' into one kernel job); any other kind through its dense delta, computed
+ * against the base rows in f32 (`term`).
+ */
 export interface InputModule {
   readonly path: string;
+  readonly kind: TermKind;
+  /** lowRank: the rank of the factors; other kinds: 0. */
   readonly rank: number;
+  /** lowRank: alpha (scale alpha / rank); other kinds: unused (their scale is part of the term). */
   readonly alpha: number;
   /** Rows of the delta (out) and length of one row (in·kh·kw). */
   readonly out: number;
   readonly fanIn: number;
   /** The name as spelled in the file (kohya name or path), for messages. */
   readonly name: string;
-  /** Contiguous row-major factors: up [out, rank], down [rank, fanIn]. */
+  /** lowRank: contiguous row-major factors up [out, rank], down [rank, fanIn]. */
   factors(): Promise<{ up: Float32Array; down: Float32Array }>;
+  /** Any kind: the term itself. */
+  term(): Promise<Term>;
 }
 
 export interface FuseInput {
@@ -43,7 +54,7 @@ export interface FuseInput {
   close(): Promise<void>;
 }
 
-function isLora(x: unknown): x is Lora {
+function isLora(x: unknown): x is Lora<Term> {
   return typeof x === 'object' && x !== null && 'modules' in x && (x as Lora).modules instanceof Map && 'arch' in x;
 }
 
@@ -71,6 +82,7 @@ function fromPlan(file: SafetensorsFile, plan: LoraPlan, owned: boolean, weight:
     const fanIn = m.downShape.slice(1).reduce((a, b) => a * b, 1);
     modules.set(m.entry.path, {
       path: m.entry.path,
+      kind: 'lowRank',
       rank: m.rank,
       alpha: m.alpha,
       out: m.upShape[0]!,
@@ -79,6 +91,10 @@ function fromPlan(file: SafetensorsFile, plan: LoraPlan, owned: boolean, weight:
       async factors() {
         const [up, down] = await Promise.all([file.readF32(m.upKey), file.readF32(m.downKey)]);
         return { up, down };
+      },
+      async term() {
+        const [up, down] = await Promise.all([file.readF32(m.upKey), file.readF32(m.downKey)]);
+        return { down: ndarray(down, [...m.downShape]), up: ndarray(up, [...m.upShape]), alpha: m.alpha };
       },
     });
   }
@@ -98,19 +114,43 @@ function fromPlan(file: SafetensorsFile, plan: LoraPlan, owned: boolean, weight:
   };
 }
 
-function fromLora(lora: Lora, weight: MergeWeight, name: string): FuseInput {
+function fromLora(lora: Lora<Term>, weight: MergeWeight, name: string): FuseInput {
   const modules = new Map<string, InputModule>();
   for (const [path, m] of lora.modules) {
-    const dims = moduleDims(m, path, name);
+    const kind = termKind(m);
+    if (m.kind === undefined || m.kind === 'lowRank') {
+      const dims = moduleDims(m, path, name);
+      modules.set(path, {
+        path,
+        kind,
+        rank: dims.rank,
+        alpha: m.alpha,
+        out: dims.out,
+        fanIn: dims.fanIn,
+        name: path,
+        async factors() {
+          return { up: contiguousValues(m.up), down: contiguousValues(m.down) };
+        },
+        async term() {
+          return m;
+        },
+      });
+      continue;
+    }
+    const dims = termDims(m, path);
     modules.set(path, {
       path,
-      rank: dims.rank,
-      alpha: m.alpha,
+      kind,
+      rank: 0,
+      alpha: 0,
       out: dims.out,
       fanIn: dims.fanIn,
       name: path,
       async factors() {
-        return { up: contiguousValues(m.up), down: contiguousValues(m.down) };
+        return { up: new Float32Array(0), down: new Float32Array(0) };
+      },
+      async term() {
+        return m;
       },
     });
   }

@@ -4,7 +4,7 @@
 import type { ByteSink, ByteSource } from '../core/bytes.js';
 import type { Arch, LayoutSize } from '../layout/types.js';
 import type { CheckpointNaming } from '../layout/detect.js';
-import type { Lora } from '../lora/types.js';
+import type { Lora, Term } from '../lora/types.js';
 import type { SafetensorsFile } from '../safetensors/read.js';
 import type { FuseKernel } from '../kernels/types.js';
 
@@ -12,7 +12,7 @@ import type { FuseKernel } from '../kernels/types.js';
  * A LoRA to fuse: a path (Node), a ByteSource or an opened SafetensorsFile (the factors are read module by
  * module while the base streams, so a LoRA file is never held in memory whole), or a LoRA already in memory.
  */
-export type LoraInput = string | ByteSource | SafetensorsFile | Lora;
+export type LoraInput = string | ByteSource | SafetensorsFile | Lora<Term>;
 
 /**
  * A base checkpoint: a path (Node: a single file — SD1.5 LDM / SDXL SGM names, with or without text encoders and

@@ -46,3 +46,34 @@ export {
   type BlockSpec,
   type BlockWeightFn,
 } from './blocks.js';
+export type {
+  Term,
+  TermKind,
+  LowRankTerm,
+  HadamardTerm,
+  KroneckerTerm,
+  KroneckerSide,
+  DenseTerm,
+  DoraTerm,
+  GloraTerm,
+  Factors,
+} from './types.js';
+export { stackFactors, type StackPart } from './stack.js';
+export {
+  termKind,
+  termLabel,
+  kindLabel,
+  termShape,
+  termDims,
+  termRankBound,
+  termNeedsBase,
+  termDelta,
+  termFactors,
+  termBias,
+  withBase,
+  asLowRank,
+  lowRankLora,
+  modulesNeedingBase,
+  kindCounts,
+  type PlainFactors,
+} from './terms/index.js';

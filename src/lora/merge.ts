@@ -9,6 +9,8 @@
  */
 import ndarray from 'ndarray';
 import ops from 'ndarray-ops';
+import { stackFactors } from './stack.js';
+import { asLowRank } from './terms/index.js';
 import { ArchError, LoraError } from '../core/errors.js';
 import { getLayout } from '../layout/index.js';
 import type { Arch, Layout, LayoutSize } from '../layout/types.js';
@@ -16,7 +18,7 @@ import { VERSION } from '../core/version.js';
 import { compileBlockWeights, type BlockWeights } from './blocks.js';
 import { contiguousValues, moduleDims, type ModuleDims } from './delta.js';
 import { RankReducer, reduceModule, type FactorTerm, type RankTarget, type ReduceOutcome } from './reduce.js';
-import type { Lora, LoraModule } from './types.js';
+import type { Lora, LoraModule, Term } from './types.js';
 
 /** A merge weight: a plain number, or a number with per-block multipliers. */
 export type MergeWeight = number | BlockWeights;
@@ -83,7 +85,7 @@ export const VERSION_METADATA_KEY = 'lora_mix_version';
 
 const fmt = (shape: readonly number[]): string => `[${shape.join(', ')}]`;
 
-function nameOf(lora: Lora, i: number): string {
+function nameOf(lora: Lora<Term>, i: number): string {
   const source = (lora as { source?: unknown }).source;
   return typeof source === 'string' && source !== '' ? `input ${i + 1} (${source})` : `input ${i + 1}`;
 }
@@ -146,7 +148,7 @@ export function compileWeight(
 }
 
 /** Per input: path → the module's weight λ (weight × block multiplier). */
-function compileWeights(loras: readonly Lora[], weights: readonly MergeWeight[]): ((path: string) => number)[] {
+function compileWeights(loras: readonly Lora<Term>[], weights: readonly MergeWeight[]): ((path: string) => number)[] {
   if (!Array.isArray(weights) || weights.length !== loras.length) {
     throw new LoraError(
       'LORA_INVALID_WEIGHTS',
@@ -161,7 +163,7 @@ function compileWeights(loras: readonly Lora[], weights: readonly MergeWeight[])
 function commonDims(
   path: string,
   parts: readonly MergePart[],
-  loras: readonly Lora[],
+  loras: readonly Lora<Term>[],
   layout: Layout | undefined,
 ): { out: number; fanIn: number; downShape: (r: number) => number[]; upShape: (r: number) => number[] } {
   const first = parts[0]!;
@@ -200,26 +202,22 @@ function commonDims(
   };
 }
 
-/** The exact concatenation of a module's terms. */
+/** The exact concatenation of a module's terms (the one stacking, src/lora/stack.ts). */
 function concatenate(
   parts: readonly MergePart[],
   out: number,
   fanIn: number,
 ): { up: Float32Array; down: Float32Array; rank: number } {
-  let R = 0;
-  for (const p of parts) R += p.dims.rank;
-  const up = ndarray(new Float32Array(out * R), [out, R]);
-  const down = new Float32Array(R * fanIn);
-  let offset = 0;
-  for (const p of parts) {
-    const r = p.dims.rank;
-    const src = ndarray(contiguousValues(p.module.up), [out, r]);
-    // up'[:, offset:offset+r] = coef·up (ndarray-ops, strided destination view).
-    ops.muls(up.hi(out, offset + r).lo(0, offset), src, p.coef);
-    down.set(contiguousValues(p.module.down).subarray(0, r * fanIn), offset * fanIn);
-    offset += r;
-  }
-  return { up: up.data, down, rank: R };
+  return stackFactors(
+    parts.map((p) => ({
+      coef: p.coef,
+      rank: p.dims.rank,
+      up: contiguousValues(p.module.up),
+      down: contiguousValues(p.module.down),
+    })),
+    out,
+    fanIn,
+  );
 }
 
 function summarize(modules: readonly ModuleMergeReport[]): MergeReport {
@@ -280,7 +278,7 @@ export interface MergePart {
 }
 
 export interface MergePlan {
-  readonly loras: readonly Lora[];
+  readonly loras: readonly Lora<Term>[];
   readonly weights: readonly MergeWeight[];
   readonly options: MergeOptions;
   readonly target: RankTarget | null;
@@ -292,7 +290,7 @@ export interface MergePlan {
  * arithmetic on factors happens here.
  */
 export function planMerge(
-  loras: readonly Lora[],
+  loras: readonly Lora<Term>[],
   weights: readonly MergeWeight[],
   options: MergeOptions = {},
 ): MergePlan {
@@ -334,8 +332,9 @@ export function planMerge(
     const parts: MergePart[] = [];
     let allRanks = 0;
     loras.forEach((l, i) => {
-      const m = l.modules.get(path);
-      if (!m) return;
+      const t = l.modules.get(path);
+      if (!t) return;
+      const m = asLowRank(t, path);
       const dims = moduleDims(m, path, nameOf(l, i));
       allRanks += dims.rank;
       const w = weightOf[i]!(path);
@@ -471,7 +470,7 @@ export function assembleMerge(
  *   with a single term keeps its `down`): treat LoRAs as immutable.
  */
 export function mergeLoras(
-  loras: readonly Lora[],
+  loras: readonly Lora<Term>[],
   weights: readonly MergeWeight[],
   options: MergeOptions = {},
 ): MergeResult {
@@ -510,7 +509,7 @@ const STALE_ON_RESIZE = [
  * becomes the new rank (scale 1). The input's metadata is kept, minus keys describing the old ranks or bytes.
  */
 export function resizeLora(
-  lora: Lora,
+  lora: Lora<Term>,
   target: number | RankTarget,
   options: { onProgress?: (done: number, total: number) => void } = {},
 ): MergeResult {

@@ -11,16 +11,95 @@ export type F32Array = NdArray<Float32Array>;
  * Factors are always f32 in memory, whatever the file stored.
  */
 export interface LoraModule {
+  /** A LoraModule is the `lowRank` term kind; the tag is optional so plain { down, up, alpha } values stay valid. */
+  readonly kind?: 'lowRank';
   readonly down: F32Array;
   readonly up: F32Array;
   readonly alpha: number;
 }
 
-/** A LoRA: a τ vector over the modules of one architecture, keyed by canonical module path. */
-export interface Lora {
+/** The lowRank kind (LoRA, LoCon; a Tucker core is folded into `down` when the file is read, exactly). */
+export type LowRankTerm = LoraModule;
+
+/** Two 2-D factors whose product up [rows, r] · down [r, cols] is a matrix (cols = in·kh·kw for a conv). */
+export interface Factors {
+  readonly up: F32Array;
+  readonly down: F32Array;
+}
+
+/** What every kind other than lowRank carries: the shape of the weight it changes and an optional bias delta. */
+interface TermCommon {
+  /** The weight's shape: [out, in] or [out, in, kh, kw]. Every matrix of a term works on the [out, in·kh·kw] view. */
+  readonly shape: readonly number[];
+  /** Δ of the module's bias (`diff_b`), [out]; added with the same weight as the delta. */
+  readonly bias?: F32Array;
+}
+
+/** LoHa: Δ = scale · (a.up·a.down) ⊙ (b.up·b.down). */
+export interface HadamardTerm extends TermCommon {
+  readonly kind: 'hadamard';
+  readonly scale: number;
+  readonly a: Factors;
+  readonly b: Factors;
+}
+
+/** One side of a Kronecker product: a full matrix, or factors. Both are 2-D ([o, i·kh·kw] for the right side). */
+export type KroneckerSide = { readonly full: F32Array } | Factors;
+
+/** LoKr: Δ = scale · left ⊗ right on the [out, in·kh·kw] view (left [o1, i1], right [o2, i2·kh·kw]). */
+export interface KroneckerTerm extends TermCommon {
+  readonly kind: 'kronecker';
+  readonly scale: number;
+  readonly left: KroneckerSide;
+  readonly right: KroneckerSide;
+}
+
+/** A full weight difference: Δ = delta (any shape with out·in·kh·kw values, read row-major). */
+export interface DenseTerm extends TermCommon {
+  readonly kind: 'dense';
+  readonly delta: F32Array;
+}
+
+/**
+ * DoRA: W_dora = m ⊙ V / ‖V‖ with V = W0 + Δ_inner, the norm taken per output row (axis 'out') or per input channel
+ * over (out, kh, kw) (axis 'in'); Δ = W_dora − W0. Needs the base weight W0.
+ */
+export interface DoraTerm extends TermCommon {
+  readonly kind: 'dora';
+  readonly inner: LowRankTerm | HadamardTerm | KroneckerTerm | DenseTerm | GloraTerm;
+  /** The magnitude m: out values (axis 'out') or in values (axis 'in'). */
+  readonly magnitude: Float32Array;
+  readonly axis: 'out' | 'in';
+}
+
+/**
+ * GLoRA (LyCORIS layout): Δ = scale · (W0 ×_in (a1·a2) + b1·b2), a1 [in, r], a2 [r, in], b1 [out, r],
+ * b2 [r, in·kh·kw]; the a-product acts on the input channels at every kernel position. Needs the base weight W0.
+ */
+export interface GloraTerm extends TermCommon {
+  readonly kind: 'glora';
+  readonly scale: number;
+  readonly a1: F32Array;
+  readonly a2: F32Array;
+  readonly b1: F32Array;
+  readonly b2: F32Array;
+}
+
+/** What an adapter file holds for one module: one term of one kind (src/lora/terms/). */
+export type Term = LowRankTerm | HadamardTerm | KroneckerTerm | DenseTerm | DoraTerm | GloraTerm;
+
+export type TermKind = NonNullable<LoraModule['kind']> | Exclude<Term, LoraModule>['kind'];
+
+/**
+ * A LoRA: a τ vector over the modules of one architecture, keyed by canonical module path. `Lora` (the default)
+ * holds plain low-rank modules — what merge, resize and convert produce; `Lora<Term>` holds a term of any kind per
+ * module — what adapter files decode to and what merge, fuse and convert accept.
+ */
+export interface Lora<T extends Term = LoraModule> {
   readonly arch: Arch;
   readonly size: LayoutSize;
-  readonly modules: ReadonlyMap<string, LoraModule>;
+  /** Module path → its term. */
+  readonly modules: ReadonlyMap<string, T>;
   /** Free-form string metadata (safetensors __metadata__), carried into outputs. */
   readonly metadata: Readonly<Record<string, string>>;
 }

@@ -22,6 +22,8 @@ import type { DType } from '../core/tensor.js';
 import type { OpenedBase } from '../fuse/base.js';
 import { openBase, planFusion, type Target } from '../fuse/fuse.js';
 import { openInputs, type FuseInput } from '../fuse/inputs.js';
+import { stackFactors, type StackPart } from '../lora/stack.js';
+import { termFactors } from '../lora/terms/index.js';
 import { now } from '../kernels/job.js';
 import type { BaseInput, LoraInput } from '../fuse/types.js';
 import type { ModuleVerifyReport, VerifyOptions, VerifyReport } from './types.js';
@@ -112,8 +114,7 @@ export async function verifyFusion(
       }
       const [W, Wf] = await Promise.all([readRowsF32(bf.file, bInfo), readRowsF32(ff.file, fInfo)]);
       for (const t of job.targets) {
-        const factors = await Promise.all(t.terms.map((term) => term.module.factors()));
-        reports.push(checkModule(t, W, Wf, factors, fInfo.dtype, probes, rng, tolerance));
+        reports.push(checkModule(t, W, Wf, await stackedUpdate(t, W), fInfo.dtype, probes, rng, tolerance));
         options.onProgress?.(reports.length, total);
       }
     }
@@ -140,11 +141,34 @@ export async function verifyFusion(
   }
 }
 
+/**
+ * The update of a target as one pair of factors U·D (the stacking merge and fuse use): lowRank terms from their
+ * factors as stored, every other kind from its exact factors (DoRA and GLoRA against the base rows of W).
+ */
+async function stackedUpdate(
+  t: Target,
+  W: Float32Array,
+): Promise<{ up: Float32Array; down: Float32Array; rank: number }> {
+  const rows = t.rows[1] - t.rows[0];
+  const w0 = W.subarray(t.rows[0] * t.cols, t.rows[1] * t.cols);
+  const parts: StackPart[] = [];
+  for (const term of t.terms) {
+    if (term.module.kind === 'lowRank') {
+      const f = await term.module.factors();
+      parts.push({ coef: term.coef, rank: term.module.rank, up: f.up, down: f.down, name: term.module.name });
+    } else {
+      const f = termFactors(await term.module.term(), t.path, w0);
+      parts.push({ coef: term.coef, rank: f.rank, up: f.up, down: f.down, name: term.module.name });
+    }
+  }
+  return stackFactors(parts, rows, t.cols);
+}
+
 function checkModule(
   t: Target,
   W: Float32Array,
   Wf: Float32Array,
-  factors: readonly { up: Float32Array; down: Float32Array }[],
+  update: { up: Float32Array; down: Float32Array; rank: number },
   dtype: DType,
   probes: number,
   rng: Rng,
@@ -153,38 +177,33 @@ function checkModule(
   const rows = t.rows[1] - t.rows[0];
   const cols = t.cols;
   const base0 = t.rows[0] * cols;
-  const R = t.terms.reduce((a, x) => a + x.module.rank, 0);
+  const R = update.rank;
   const gamma = (R + 2) * GAMMA_BASE;
   let worstRatio = 0;
   let worstRelative = 0;
   let signal = Infinity;
   const x = new Float64Array(cols);
   const ax = new Float64Array(cols);
+  const v = new Float64Array(R);
+  const a = new Float64Array(R);
   for (let p = 0; p < probes; p++) {
     for (let j = 0; j < cols; j++) {
       x[j] = rng.normal();
       ax[j] = Math.abs(x[j]!);
     }
-    // Per term: v = down·x and a = |down|·|x| (for the bound).
-    const vs = t.terms.map((term, i) => {
-      const r = term.module.rank;
-      const dn = factors[i]!.down;
-      const v = new Float64Array(r);
-      const a = new Float64Array(r);
-      for (let k = 0; k < r; k++) {
-        let s = 0,
-          sa = 0;
-        const o = k * cols;
-        for (let j = 0; j < cols; j++) {
-          const dv = dn[o + j]!;
-          s += dv * x[j]!;
-          sa += Math.abs(dv) * ax[j]!;
-        }
-        v[k] = s;
-        a[k] = sa;
+    // v = D·x and a = |D|·|x| (for the bound).
+    for (let k = 0; k < R; k++) {
+      let s = 0,
+        sa = 0;
+      const o = k * cols;
+      for (let j = 0; j < cols; j++) {
+        const dv = update.down[o + j]!;
+        s += dv * x[j]!;
+        sa += Math.abs(dv) * ax[j]!;
       }
-      return { v, a };
-    });
+      v[k] = s;
+      a[k] = sa;
+    }
     let maxErr = 0,
       maxDelta = 0,
       probeSignal = 0;
@@ -204,20 +223,11 @@ function checkModule(
       }
       let delta = 0,
         deltaMag = 0;
-      t.terms.forEach((term, i) => {
-        const rk = term.module.rank;
-        const up = factors[i]!.up;
-        const { v, a } = vs[i]!;
-        let s = 0,
-          sa = 0;
-        for (let k = 0; k < rk; k++) {
-          const u = up[r * rk + k]!;
-          s += u * v[k]!;
-          sa += Math.abs(u) * a[k]!;
-        }
-        delta += term.coef * s;
-        deltaMag += Math.abs(term.coef) * sa;
-      });
+      for (let k = 0; k < R; k++) {
+        const u = update.up[r * R + k]!;
+        delta += u * v[k]!;
+        deltaMag += Math.abs(u) * a[k]!;
+      }
       bound += gamma * (mag + deltaMag) + Number.MIN_VALUE;
       const err = Math.abs(yf - (y + delta));
       worstRatio = Math.max(worstRatio, err / bound);

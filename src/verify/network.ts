@@ -33,9 +33,8 @@ import { ArchError, LoraError, SamplerError } from '../core/errors.js';
 import { archConfig, getLayout } from '../layout/archs.js';
 import { detectCheckpoint, detectDiffusersFolder, type CheckpointDetection } from '../layout/detect.js';
 import type { Arch, Component, LayoutSize, ModuleEntry } from '../layout/types.js';
-import { compileBlockWeights } from '../lora/blocks.js';
 import { contiguousValues, moduleDims } from '../lora/delta.js';
-import type { MergeWeight } from '../lora/merge.js';
+import { compileWeight, type MergeWeight } from '../lora/merge.js';
 import type { Lora } from '../lora/types.js';
 import type { SafetensorsFile } from '../safetensors/read.js';
 import { FLOAT_FORMAT, halfUlp, isFloatDType } from '../core/dtype.js';
@@ -423,21 +422,7 @@ export async function loadVerifyNet(
 }
 
 function weightFunction(lora: Lora, w: MergeWeight, i: number): (path: string) => number {
-  const bad = (found: unknown): LoraError =>
-    new LoraError(
-      'LORA_INVALID_WEIGHTS',
-      `verification network: the weight of LoRA ${i + 1} must be a finite number or { weight?, blocks }, found ${JSON.stringify(found)}`,
-      { key: `input ${i + 1}`, found },
-    );
-  if (typeof w === 'number') {
-    if (!Number.isFinite(w)) throw bad(w);
-    return () => w;
-  }
-  if (w === null || typeof w !== 'object' || !('blocks' in w)) throw bad(w);
-  const base = w.weight ?? 1;
-  if (typeof base !== 'number' || !Number.isFinite(base)) throw bad(base);
-  const block = compileBlockWeights(w.blocks, lora.arch, lora.size, `block weights of LoRA ${i + 1}`);
-  return (path) => base * block(path);
+  return compileWeight(w, lora.arch, lora.size, `LoRA ${i + 1}`, 'verification network');
 }
 
 /**

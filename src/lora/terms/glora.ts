@@ -1,0 +1,112 @@
+/**
+ * The glora kind (LyCORIS GLoRA): Δ = s · (W0 ×_in (a1·a2) + b1·b2), a1 [in, r], a2 [r, in], b1 [out, r],
+ * b2 [r, in·kh·kw]; the a-product mixes the input channels of W0 at every kernel position. It needs W0.
+ * Exact factors for a linear (or 1×1) weight: up = s·[W0·a1 | b1], down = [a2 ; b2] (rank 2r); a k×k conv gives
+ * its exact delta as dense factors.
+ */
+import { LoraError } from '../../core/errors.js';
+import type { GloraTerm } from '../types.js';
+import type { KindOps } from './kind.js';
+import { denseFactors, expectShape, matrixOf, multiply, viewOf, type PlainFactors } from './matrix.js';
+
+interface Parts {
+  a1: Float32Array;
+  a2: Float32Array;
+  b1: Float32Array;
+  b2: Float32Array;
+  rank: number;
+  in: number;
+  kernel: number;
+  out: number;
+  fanIn: number;
+}
+
+function parts(t: GloraTerm, path: string): Parts {
+  const { out, fanIn } = viewOf(t.shape);
+  const inn = t.shape[1] ?? 0;
+  const kernel = inn > 0 ? fanIn / inn : 0;
+  const a1 = matrixOf(t.a1, path, 'a1');
+  const a2 = matrixOf(t.a2, path, 'a2');
+  const b1 = matrixOf(t.b1, path, 'b1');
+  const b2 = matrixOf(t.b2, path, 'b2');
+  const r = a2.rows;
+  expectShape(
+    a1.rows === inn && a1.cols === r && a2.cols === inn && b1.rows === out && b1.cols === b2.rows && b2.cols === fanIn,
+    path,
+    `GLoRA a1 [${a1.rows}, ${a1.cols}], a2 [${a2.rows}, ${a2.cols}], b1 [${b1.rows}, ${b1.cols}], b2 [${b2.rows}, ${b2.cols}] ` +
+      `do not fit a weight [${t.shape.join(', ')}] (expected a1 [in, r], a2 [r, in], b1 [out, r'], b2 [r', in·kh·kw])`,
+    { a1: t.a1.shape, a2: t.a2.shape, b1: t.b1.shape, b2: t.b2.shape },
+  );
+  return { a1: a1.data, a2: a2.data, b1: b1.data, b2: b2.data, rank: r, in: inn, kernel, out, fanIn };
+}
+
+function needBase(path: string, base: Float32Array | undefined, n: number): Float32Array {
+  if (!base) {
+    throw new LoraError(
+      'LORA_NEEDS_BASE',
+      `module '${path}': a GLoRA delta involves the base weight (W0·a1·a2 + b1·b2); give the base checkpoint (--base)`,
+      { key: path },
+    );
+  }
+  expectShape(base.length === n, path, `the base weight holds ${base.length} values; expected ${n}`);
+  return base;
+}
+
+/** W0 ×_in M for W0 [out, in, K] (K = kh·kw) and M [in, in]: X[o, j, k] = Σ_i W0[o, i, k]·M[i, j]. */
+function mixInputs(w0: Float32Array, m: Float32Array, p: Parts): Float32Array {
+  if (p.kernel === 1) return multiply(p.out, p.in, p.in, w0, m);
+  const out = new Float32Array(p.out * p.fanIn);
+  const K = p.kernel;
+  const acc = new Float64Array(p.in);
+  for (let o = 0; o < p.out; o++) {
+    for (let k = 0; k < K; k++) {
+      acc.fill(0);
+      for (let i = 0; i < p.in; i++) {
+        const w = w0[o * p.fanIn + i * K + k] ?? 0;
+        if (w === 0) continue;
+        for (let j = 0; j < p.in; j++) acc[j] += w * (m[i * p.in + j] ?? 0);
+      }
+      for (let j = 0; j < p.in; j++) out[o * p.fanIn + j * K + k] = acc[j] ?? 0;
+    }
+  }
+  return out;
+}
+
+export const gloraKind: KindOps<GloraTerm> = {
+  label: 'GLoRA',
+  needsBase: true,
+  shape(t, path) {
+    parts(t, path);
+    return t.shape;
+  },
+  rankBound(t, path) {
+    const p = parts(t, path);
+    const b = p.b2.length / p.fanIn;
+    return Math.min(p.rank * p.kernel + b, p.out, p.fanIn);
+  },
+  delta(t, path, base) {
+    const p = parts(t, path);
+    const w0 = needBase(path, base, p.out * p.fanIn);
+    const x = mixInputs(w0, multiply(p.in, p.in, p.rank, p.a1, p.a2), p);
+    const y = multiply(p.out, p.fanIn, p.b2.length / p.fanIn, p.b1, p.b2);
+    for (let i = 0; i < x.length; i++) x[i] = t.scale * ((x[i] ?? 0) + (y[i] ?? 0));
+    return x;
+  },
+  factors(t, path, base): PlainFactors {
+    const p = parts(t, path);
+    const w0 = needBase(path, base, p.out * p.fanIn);
+    if (p.kernel !== 1) return denseFactors(gloraKind.delta(t, path, w0), p.out, p.fanIn);
+    const rb = p.b2.length / p.fanIn;
+    const wa = multiply(p.out, p.rank, p.in, w0, p.a1);
+    const rank = p.rank + rb;
+    const up = new Float32Array(p.out * rank);
+    for (let o = 0; o < p.out; o++) {
+      for (let q = 0; q < p.rank; q++) up[o * rank + q] = t.scale * (wa[o * p.rank + q] ?? 0);
+      for (let q = 0; q < rb; q++) up[o * rank + p.rank + q] = t.scale * (p.b1[o * rb + q] ?? 0);
+    }
+    const down = new Float32Array(rank * p.fanIn);
+    down.set(p.a2, 0);
+    down.set(p.b2, p.rank * p.fanIn);
+    return { up, down, rank };
+  },
+};

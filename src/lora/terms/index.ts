@@ -1,0 +1,166 @@
+/**
+ * Terms: what an adapter file holds for one module, one of a few kinds (src/lora/types.ts), each in its own file.
+ * Every operation — merge, fuse, verify, convert, methods — asks these questions of a term and never branches
+ * on the kind itself:
+ *
+ * - termKind / termLabel: which kind ('lowRank', 'hadamard' …) and its name in reports ('LoRA', 'LoHa' …);
+ * - termShape: the weight's shape, after checking the term's own shapes;
+ * - termRankBound: an upper bound on the rank of the delta's [out, in·kh·kw] view;
+ * - termNeedsBase: whether the delta depends on the base weight (DoRA, GLoRA);
+ * - termDelta: the dense delta at strength 1 (f32, row-major), given W0 where needed;
+ * - termFactors: exact factors up·down of the delta with the scale folded in, from the factors where the algebra
+ *   allows (Khatri–Rao for LoHa, Kronecker of factors for LoKr);
+ * - withBase: a base-dependent term turned into a dense one for a given W0 (base-free terms are returned as they are).
+ */
+import ndarray from 'ndarray';
+import { LoraError } from '../../core/errors.js';
+import { contiguousValues } from '../delta.js';
+import type { Lora, LoraModule, Term, TermKind } from '../types.js';
+import { denseKind } from './dense.js';
+import { doraKind } from './dora.js';
+import { gloraKind } from './glora.js';
+import { hadamardKind } from './hadamard.js';
+import type { KindOps } from './kind.js';
+import { kroneckerKind } from './kronecker.js';
+import { lowRankKind } from './low-rank.js';
+import { viewOf, type PlainFactors } from './matrix.js';
+
+export type { PlainFactors } from './matrix.js';
+export { multiply, denseFactors, viewOf } from './matrix.js';
+export { hadamardFactors } from './hadamard.js';
+
+const KINDS: { readonly [K in TermKind]: KindOps<Extract<Term, { kind?: K }>> } = {
+  lowRank: lowRankKind,
+  hadamard: hadamardKind,
+  kronecker: kroneckerKind,
+  dense: denseKind,
+  dora: doraKind,
+  glora: gloraKind,
+};
+
+/** The kind of a term ('lowRank' for a plain LoRA module, which need not carry the tag). */
+export function termKind(t: Term): TermKind {
+  return t.kind ?? 'lowRank';
+}
+
+function ops(t: Term): KindOps<Term> {
+  const k = KINDS[termKind(t)] as KindOps<Term> | undefined;
+  if (!k) {
+    throw new LoraError('LORA_SHAPE_MISMATCH', `unknown term kind '${String(t.kind)}'`, { found: t.kind });
+  }
+  return k;
+}
+
+/** The kind's name in reports: LoRA, LoHa, LoKr, full diff, DoRA, GLoRA. */
+export function termLabel(t: Term): string {
+  return ops(t).label;
+}
+
+/** The label of a kind name. */
+export function kindLabel(kind: TermKind): string {
+  return KINDS[kind].label;
+}
+
+/** The weight's shape [out, in] or [out, in, kh, kw] (throws LORA_SHAPE_MISMATCH naming `path` when inconsistent). */
+export function termShape(t: Term, path = '(module)'): readonly number[] {
+  const shape = ops(t).shape(t, path);
+  if (t.kind === 'dora') {
+    const inner = termShape(t.inner, path);
+    if (inner.join() !== shape.join()) {
+      throw new LoraError(
+        'LORA_SHAPE_MISMATCH',
+        `module '${path}': the DoRA's inner term changes [${inner.join(', ')}] but the DoRA is for [${shape.join(', ')}]`,
+        { key: path, expected: shape, found: inner },
+      );
+    }
+  }
+  return shape;
+}
+
+/** out and fanIn = in·kh·kw of a term's weight. */
+export function termDims(t: Term, path = '(module)'): { out: number; fanIn: number; shape: readonly number[] } {
+  const shape = termShape(t, path);
+  return { ...viewOf(shape), shape };
+}
+
+/** An upper bound on rank(Δ) of the [out, in·kh·kw] view. */
+export function termRankBound(t: Term, path = '(module)'): number {
+  return ops(t).rankBound(t, path);
+}
+
+/** True when the delta needs the base weight (DoRA, GLoRA). */
+export function termNeedsBase(t: Term): boolean {
+  return ops(t).needsBase;
+}
+
+/**
+ * The dense delta at strength 1, [out·in·kh·kw] row-major f32. `base` is W0 in the same layout (f32), needed by
+ * DoRA and GLoRA (LoraError LORA_NEEDS_BASE without it). Memory: out·in·kh·kw floats.
+ */
+export function termDelta(t: Term, path = '(module)', base?: Float32Array): Float32Array {
+  return ops(t).delta(t, path, base);
+}
+
+/** Exact factors Δ = up·down with every scale folded in (see each kind for the rank it gives). */
+export function termFactors(t: Term, path = '(module)', base?: Float32Array): PlainFactors {
+  return ops(t).factors(t, path, base);
+}
+
+/** Δ_bias of a term (diff_b), or undefined. */
+export function termBias(t: Term): Float32Array | undefined {
+  return 'bias' in t && t.bias ? contiguousValues(t.bias) : undefined;
+}
+
+/** A term as a dense term for base weight W0 (base-free terms are returned unchanged). */
+export function withBase(t: Term, path: string, base: Float32Array): Term {
+  if (!termNeedsBase(t)) return t;
+  const shape = termShape(t, path);
+  const delta = termDelta(t, path, base);
+  const bias = 'bias' in t ? t.bias : undefined;
+  return {
+    kind: 'dense',
+    shape,
+    delta: ndarray(delta, [...shape]),
+    ...(bias ? { bias } : {}),
+  };
+}
+
+/** Paths of the modules of a LoRA whose terms need the base weights. */
+export function modulesNeedingBase(lora: Lora<Term>): string[] {
+  const out: string[] = [];
+  for (const [path, t] of lora.modules) if (termNeedsBase(t)) out.push(path);
+  return out;
+}
+
+/** Count of modules per kind (for inspect). */
+export function kindCounts(lora: Lora<Term>): Partial<Record<TermKind, number>> {
+  const counts: Partial<Record<TermKind, number>> = {};
+  for (const t of lora.modules.values()) {
+    const k = termKind(t);
+    counts[k] = (counts[k] ?? 0) + 1;
+  }
+  return counts;
+}
+
+/**
+ * A term as a plain low-rank module with its exact factors (scale folded in, alpha = rank): the module itself for
+ * the lowRank kind. Throws LORA_NEEDS_BASE for DoRA / GLoRA without `base`.
+ */
+export function asLowRank(t: Term, path = '(module)', base?: Float32Array): LoraModule {
+  if (t.kind === undefined || t.kind === 'lowRank') return t as LoraModule;
+  const { out, shape } = termDims(t, path);
+  const f = termFactors(t, path, base);
+  const conv = shape.length === 4;
+  return {
+    up: ndarray(f.up, conv ? [out, f.rank, 1, 1] : [out, f.rank]),
+    down: ndarray(f.down, [f.rank, ...shape.slice(1)]),
+    alpha: f.rank,
+  };
+}
+
+/** Every module of a LoRA as plain low-rank factors (see asLowRank); `baseOf` gives W0 for the kinds that need it. */
+export function lowRankLora(lora: Lora<Term>, baseOf?: (path: string) => Float32Array | undefined): Lora {
+  const modules = new Map<string, LoraModule>();
+  for (const [path, t] of lora.modules) modules.set(path, asLowRank(t, path, baseOf?.(path)));
+  return { arch: lora.arch, size: lora.size, modules, metadata: lora.metadata };
+}
