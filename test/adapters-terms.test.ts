@@ -37,7 +37,8 @@ const nd = (rand: () => number, shape: number[], scale = 0.5) =>
 function mm(a: ArrayLike<number>, b: ArrayLike<number>, m: number, k: number, n: number): Float64Array {
   const c = new Float64Array(m * n);
   for (let i = 0; i < m; i++)
-    for (let t = 0; t < k; t++) for (let j = 0; j < n; j++) c[i * n + j] += a[i * k + t]! * b[t * n + j]!;
+    for (let t = 0; t < k; t++)
+      for (let j = 0; j < n; j++) c[i * n + j] = c[i * n + j]! + a[i * k + t]! * b[t * n + j]!;
   return c;
 }
 
@@ -204,7 +205,10 @@ describe('dense, DoRA and GLoRA', () => {
       const v = Float64Array.from(w0, (x, i) => x + 0.5 * ba[i]!);
       const norm = new Float64Array(channels);
       for (let o = 0; o < out; o++)
-        for (let j = 0; j < fanIn; j++) norm[axis === 'out' ? o : Math.floor(j / k)] += v[o * fanIn + j]! ** 2;
+        for (let j = 0; j < fanIn; j++) {
+          const c = axis === 'out' ? o : Math.floor(j / k);
+          norm[c] = norm[c]! + v[o * fanIn + j]! ** 2;
+        }
       const ref = v.map((x, i) => {
         const c = axis === 'out' ? Math.floor(i / fanIn) : Math.floor((i % fanIn) / k);
         return (magnitude[c]! * x) / Math.sqrt(norm[c]!) - w0[i]!;
@@ -303,7 +307,7 @@ describe('merging kinds', () => {
     ];
     for (const [t, w] of parts) {
       const d = termDelta(t, 'm');
-      for (let i = 0; i < d.length; i++) ref[i] += w * d[i]!;
+      for (let i = 0; i < d.length; i++) ref[i] = ref[i]! + w * d[i]!;
     }
     const m = lora.modules.get('unet.m')!;
     close(mm(m.up.data, m.down.data, 12, m.up.shape[1]!, 10), ref);

@@ -68,7 +68,7 @@ export async function openBase(base: BaseInput): Promise<OpenedBase> {
 
 // ---- planning --------------------------------------------------------------------------------------------------
 
-export interface Term {
+export interface FuseTerm {
   readonly input: FuseInput;
   readonly module: InputModule;
   /** lowRank: λ · alpha / rank, folded into up; other kinds: λ, multiplying the dense delta. */
@@ -80,7 +80,7 @@ export interface Target {
   readonly entry: ModuleEntry;
   readonly rows: readonly [number, number];
   readonly cols: number;
-  readonly terms: readonly Term[];
+  readonly terms: readonly FuseTerm[];
 }
 
 export interface OutTensor {
@@ -132,7 +132,7 @@ export function planFusion(
     const present = inputs.map((input) => ({ input, module: input.modules.get(entry.path) })).filter((x) => x.module);
     let landed = 0;
     let problem: string | null = null;
-    const terms: Term[] = [];
+    const terms: FuseTerm[] = [];
     for (const { input, module } of present) {
       const lambda = input.weightOf(entry.path);
       if (lambda === 0) continue;

@@ -11,7 +11,7 @@ export {
   type Plan,
   type FilePlan,
   type Target,
-  type Term,
+  type FuseTerm,
   type OutTensor,
 } from './fuse.js';
 export { formatFuseReport, fmtBytes } from './report.js';

@@ -67,7 +67,7 @@ export function doraDelta(t: DoraTerm, path: string, base: Float32Array | undefi
     for (let j = 0; j < fanIn; j++) {
       const x = v[o * fanIn + j] ?? 0;
       const c = t.axis === 'out' ? o : Math.floor(j / kernel);
-      norm2[c] += x * x;
+      norm2[c] = (norm2[c] ?? 0) + x * x;
     }
   }
   const factor = new Float64Array(channels);

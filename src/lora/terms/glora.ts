@@ -64,7 +64,7 @@ function mixInputs(w0: Float32Array, m: Float32Array, p: Parts): Float32Array {
       for (let i = 0; i < p.in; i++) {
         const w = w0[o * p.fanIn + i * K + k] ?? 0;
         if (w === 0) continue;
-        for (let j = 0; j < p.in; j++) acc[j] += w * (m[i * p.in + j] ?? 0);
+        for (let j = 0; j < p.in; j++) acc[j] = (acc[j] ?? 0) + w * (m[i * p.in + j] ?? 0);
       }
       for (let j = 0; j < p.in; j++) out[o * p.fanIn + j * K + k] = acc[j] ?? 0;
     }

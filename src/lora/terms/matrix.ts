@@ -51,7 +51,7 @@ export function multiply(rows: number, cols: number, rank: number, a: Float32Arr
       const u = a[i * rank + k] ?? 0;
       if (u === 0) continue;
       const bo = k * cols;
-      for (let j = 0; j < cols; j++) acc[j] += u * (b[bo + j] ?? 0);
+      for (let j = 0; j < cols; j++) acc[j] = (acc[j] ?? 0) + u * (b[bo + j] ?? 0);
     }
     out.set(acc, i * cols);
   }
