@@ -80,8 +80,8 @@ export function defaultThreads(): number {
   return typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length;
 }
 
-/** Multi-threaded WASM SIMD kernel (Node only). */
-export async function createCpuKernel(opts: CpuKernelOptions = {}): Promise<FuseKernel> {
+/** Validated options: thread count, the parallel threshold and the chunk size (undefined: per block). */
+function kernelOptions(opts: CpuKernelOptions): { threads: number; minParallelFlops: number; chunkTiles?: number } {
   const threads = opts.threads ?? defaultThreads();
   if (!Number.isInteger(threads) || threads < 1 || threads > MAX_THREADS) {
     throw new FuseError(
@@ -93,18 +93,6 @@ export async function createCpuKernel(opts: CpuKernelOptions = {}): Promise<Fuse
       },
     );
   }
-  if (!hasWasmSimd()) {
-    throw new FuseError('FUSE_BACKEND_UNAVAILABLE', 'cpu kernel: this runtime has no WebAssembly SIMD (v128)', {
-      backend: 'wasm-simd',
-    });
-  }
-  const relaxed = opts.relaxed !== false && enableRelaxedSimdNode();
-  const backend = backendName(relaxed);
-  const module = kernelModuleSync(relaxed, true);
-  const memory = new WebAssembly.Memory({ initial: 1, maximum: MAX_PAGES, shared: true });
-  const engine = new WasmEngine(module, memory);
-  const ctl = new Int32Array(memory.buffer, CTL_OFFSET, CTL_INTS);
-  const minParallelFlops = opts.minParallelFlops ?? 2e6;
   const chunkTiles = opts.chunkTiles;
   if (chunkTiles !== undefined && !(Number.isInteger(chunkTiles) && chunkTiles >= 1)) {
     throw new FuseError(
@@ -116,205 +104,283 @@ export async function createCpuKernel(opts: CpuKernelOptions = {}): Promise<Fuse
       },
     );
   }
-  const name = `${backend} ×${threads} thread${threads === 1 ? '' : 's'}`;
-
-  // ---- workers
-  const workers: Worker[] = [];
-  let failure: string | null = null;
-  let disposed = false;
-  const errorWaiters: Array<(msg: string) => void> = [];
-  const fail = (msg: string): void => {
-    if (!failure) failure = msg;
-    for (const w of errorWaiters.splice(0)) w(msg);
+  return {
+    threads,
+    minParallelFlops: opts.minParallelFlops ?? 2e6,
+    ...(chunkTiles !== undefined ? { chunkTiles } : {}),
   };
-  const ready: Array<Promise<void>> = [];
-  for (let i = 1; i < threads; i++) {
-    const w = startKernelWorker({
-      module,
-      memory,
-      index: i,
-      ctlOffset: CTL_OFFSET,
-      ctlInts: CTL_INTS,
-      countsOffset: COUNTS_OFFSET,
-    });
-    workers.push(w);
-    ready.push(
-      new Promise<void>((resolve, reject) => {
-        w.on('message', (m: { type: string; message?: string }) => {
-          if (m.type === 'ready') resolve();
-          else if (m.type === 'error') {
-            reject(new Error(m.message));
-            fail(m.message ?? `worker ${i} failed`);
-          }
-        });
-        w.on('error', (e) => {
-          reject(e);
-          fail(`worker ${i}: ${e instanceof Error ? e.message : String(e)}`);
-        });
-        w.on('exit', (code) => {
-          reject(new Error(`worker ${i} exited with code ${code} before it was ready`));
-          if (!disposed) fail(`worker ${i} exited unexpectedly (code ${code})`);
-        });
-      }),
-    );
-  }
-  // The workers are unref'd, so nothing else keeps the event loop alive while they start.
-  const keepAlive = setInterval(() => undefined, 1000);
-  try {
-    await Promise.all(ready);
-  } catch (e) {
-    disposed = true;
-    await Promise.all(workers.map((w) => w.terminate()));
-    throw new FuseError(
-      'KERNEL_FAILED',
-      `cpu kernel: starting ${threads - 1} worker thread(s) failed: ${(e as Error).message}`,
-      {
-        threads,
-      },
-    );
-  } finally {
-    clearInterval(keepAlive);
+}
+
+/**
+ * The worker threads of one kernel and their health: the first failure (a worker's error or unexpected exit) is
+ * kept and wakes whoever waits for it; waits on the shared control block give up with KERNEL_FAILED then.
+ */
+class WorkerPool {
+  readonly workers: Worker[] = [];
+  failure: string | null = null;
+  disposed = false;
+  private readonly errorWaiters: Array<(msg: string) => void> = [];
+
+  constructor(
+    private readonly ctl: Int32Array,
+    readonly threads: number,
+  ) {}
+
+  fail(msg: string): void {
+    if (!this.failure) this.failure = msg;
+    for (const w of this.errorWaiters.splice(0)) w(msg);
   }
 
-  /** Wait until ctl[index] ≥ value: a short synchronous wait first, then asynchronously (so that worker
-   *  'exit' / 'error' events can arrive). Throws KERNEL_FAILED when a worker failed. */
-  async function waitFor(index: number, value: number): Promise<void> {
+  /** Start threads − 1 workers on the shared module and memory; resolves when every one reported ready. */
+  async start(module: WebAssembly.Module, memory: WebAssembly.Memory): Promise<void> {
+    const ready: Array<Promise<void>> = [];
+    for (let i = 1; i < this.threads; i++) {
+      const w = startKernelWorker({
+        module,
+        memory,
+        index: i,
+        ctlOffset: CTL_OFFSET,
+        ctlInts: CTL_INTS,
+        countsOffset: COUNTS_OFFSET,
+      });
+      this.workers.push(w);
+      ready.push(this.readiness(w, i));
+    }
+    // The workers are unref'd, so nothing else keeps the event loop alive while they start.
+    const keepAlive = setInterval(() => undefined, 1000);
+    try {
+      await Promise.all(ready);
+    } catch (e) {
+      this.disposed = true;
+      await Promise.all(this.workers.map((w) => w.terminate()));
+      throw new FuseError(
+        'KERNEL_FAILED',
+        `cpu kernel: starting ${this.threads - 1} worker thread(s) failed: ${(e as Error).message}`,
+        {
+          threads: this.threads,
+        },
+      );
+    } finally {
+      clearInterval(keepAlive);
+    }
+  }
+
+  private readiness(w: Worker, i: number): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      w.on('message', (m: { type: string; message?: string }) => {
+        if (m.type === 'ready') resolve();
+        else if (m.type === 'error') {
+          reject(new Error(m.message));
+          this.fail(m.message ?? `worker ${i} failed`);
+        }
+      });
+      w.on('error', (e) => {
+        reject(e);
+        this.fail(`worker ${i}: ${e instanceof Error ? e.message : String(e)}`);
+      });
+      w.on('exit', (code) => {
+        reject(new Error(`worker ${i} exited with code ${code} before it was ready`));
+        if (!this.disposed) this.fail(`worker ${i} exited unexpectedly (code ${code})`);
+      });
+    });
+  }
+
+  /**
+   * Wait until ctl[index] ≥ value: a short synchronous wait first, then asynchronously (so that worker 'exit' /
+   * 'error' events can arrive). Throws KERNEL_FAILED when a worker failed.
+   */
+  async waitFor(index: number, value: number): Promise<void> {
+    const ctl = this.ctl;
     const spinUntil = now() + 0.05;
     for (;;) {
       const d = Atomics.load(ctl, index);
       if (d >= value) return;
-      if (failure) break;
-      if (now() < spinUntil) {
-        Atomics.wait(ctl, index, d, 1);
-      } else {
-        const r = (
-          Atomics as unknown as {
-            waitAsync(
-              a: Int32Array,
-              i: number,
-              v: number,
-              t: number,
-            ): { async: boolean; value: Promise<string> | string };
-          }
-        ).waitAsync(ctl, index, d, 100);
-        if (r.async) {
-          // Atomics.waitAsync does not keep Node's event loop alive and the workers are unref'd: without a ref'd
-          // timer a script whose only pending work is this wait would exit (code 13) mid-update.
-          const keepAlive = setTimeout(() => undefined, 200);
-          try {
-            await r.value;
-          } finally {
-            clearTimeout(keepAlive);
-          }
-        }
-      }
+      if (this.failure) break;
+      if (now() < spinUntil) Atomics.wait(ctl, index, d, 1);
+      else await waitAsync(ctl, index, d);
     }
-    throw new FuseError('KERNEL_FAILED', `cpu kernel: ${failure}`, { threads });
+    throw new FuseError('KERNEL_FAILED', `cpu kernel: ${this.failure}`, { threads: this.threads });
   }
 
-  /**
-   * One block on all threads, pipelined: the main thread copies W in chunk by chunk (publishing READY) while
-   * the workers already run the chunks that are in; then it claims chunks itself; then it copies chunks out
-   * as they are flagged done. Chunks are claimed from one atomic counter, so the split adapts to the threads'
-   * actual speed (the main thread spends part of its time copying).
-   */
-  async function runParallel(
-    b: Block,
-    src: Uint8Array,
-    srcDtype: StoredFloat,
-    dst: Uint8Array,
-    dstDtype: StoredFloat,
-    cols: number,
-  ): Promise<void> {
-    // chunks of ~256 KiB of W and ≥ 8 row tiles, at most as many as the control block has flags
-    const maxChunks = CTL_INTS - CTL.CHUNK_DONE;
-    let ch = chunkTiles ?? Math.max(8, Math.ceil((256 * 1024) / (4 * b.ldsrc)));
-    ch = Math.max(ch, Math.ceil(b.rowTiles / maxChunks));
-    const n = Math.ceil(b.rowTiles / ch);
-    ctl[CTL.FN] = KERNEL_FUNCTIONS.indexOf(b.fn as (typeof KERNEL_FUNCTIONS)[number]);
-    ctl[CTL.PA] = b.pa;
-    ctl[CTL.PB] = b.pb;
-    ctl[CTL.R] = b.r;
-    ctl[CTL.PSRC] = b.psrc;
-    ctl[CTL.LDSRC] = b.ldsrc;
-    ctl[CTL.PDST] = b.pdst;
-    ctl[CTL.LDDST] = b.lddst;
-    ctl[CTL.ROW_TILES] = b.rowTiles;
-    ctl[CTL.COL_TILES] = b.colTiles;
-    ctl[CTL.NC] = b.nc;
-    ctl[CTL.CLAMP] = b.clamp;
-    ctl[CTL.THREADS] = threads;
-    ctl[CTL.NCHUNKS] = n;
-    ctl[CTL.CHUNK_TILES] = ch;
-    ctl.fill(0, CTL.CHUNK_DONE, CTL.CHUNK_DONE + n);
-    Atomics.store(ctl, CTL.READY, 0);
-    Atomics.store(ctl, CTL.NEXT, 0);
-    Atomics.store(ctl, CTL.DONE, 0);
-    Atomics.store(ctl, CTL.ERROR, 0);
-    Atomics.store(ctl, CTL.CMD, CMD_RUN);
-    Atomics.add(ctl, CTL.SEQ, 1);
-    Atomics.notify(ctl, CTL.SEQ);
+  /** The failure message once a worker reported one (or a generic one after a second). */
+  failureMessage(): Promise<string> {
+    if (this.failure) return Promise.resolve(this.failure);
+    return new Promise<string>((resolve) => {
+      this.errorWaiters.push(resolve);
+      setTimeout(() => resolve('a worker reported an error'), 1000).unref();
+    });
+  }
 
-    let mainError: unknown = null;
-    try {
-      for (let c = 0; c < n; c++) {
-        engine.copyIn(b, src, srcDtype, cols, c * ch, Math.min(b.rowTiles, (c + 1) * ch));
-        Atomics.store(ctl, CTL.READY, c + 1);
-        Atomics.notify(ctl, CTL.READY);
-      }
-      for (;;) {
-        const c = Atomics.add(ctl, CTL.NEXT, 1);
-        if (c >= n) break;
-        engine.run(b, c * ch, Math.min(b.rowTiles, (c + 1) * ch), 0);
-        Atomics.store(ctl, CTL.CHUNK_DONE + c, 1);
-      }
-    } catch (e) {
-      mainError = e;
-      // release the workers: they may be waiting for rows that will not come
-      Atomics.store(ctl, CTL.READY, n);
+  /** Ask the workers to quit and wait for them (terminating any that take more than a second). */
+  async quit(): Promise<void> {
+    this.disposed = true;
+    Atomics.store(this.ctl, CTL.CMD, CMD_QUIT);
+    Atomics.add(this.ctl, CTL.SEQ, 1);
+    Atomics.notify(this.ctl, CTL.SEQ);
+    await Promise.all(this.workers.map(exited));
+  }
+}
+
+/** One asynchronous wait on ctl[index] while it still holds `seen` (100 ms at most). */
+async function waitAsync(ctl: Int32Array, index: number, seen: number): Promise<void> {
+  const r = (
+    Atomics as unknown as {
+      waitAsync(a: Int32Array, i: number, v: number, t: number): { async: boolean; value: Promise<string> | string };
+    }
+  ).waitAsync(ctl, index, seen, 100);
+  if (!r.async) return;
+  // Atomics.waitAsync does not keep Node's event loop alive and the workers are unref'd: without a ref'd timer a
+  // script whose only pending work is this wait would exit (code 13) mid-update.
+  const keepAlive = setTimeout(() => undefined, 200);
+  try {
+    await r.value;
+  } finally {
+    clearTimeout(keepAlive);
+  }
+}
+
+/** Resolves when the worker has exited; terminates it after a second. */
+function exited(w: Worker): Promise<void> {
+  return new Promise<void>((resolve) => {
+    const t = setTimeout(() => {
+      void w.terminate().then(() => resolve());
+    }, 1000);
+    // Not unref'd: the workers are, so this timer is what keeps the process alive until they have exited.
+    w.once('exit', () => {
+      clearTimeout(t);
+      resolve();
+    });
+    if (w.threadId < 0) resolve();
+  });
+}
+
+/** Chunks of ~256 KiB of W and ≥ 8 row tiles, at most as many as the control block has flags. */
+function chunking(b: Block, chunkTiles: number | undefined): { ch: number; n: number } {
+  const maxChunks = CTL_INTS - CTL.CHUNK_DONE;
+  let ch = chunkTiles ?? Math.max(8, Math.ceil((256 * 1024) / (4 * b.ldsrc)));
+  ch = Math.max(ch, Math.ceil(b.rowTiles / maxChunks));
+  return { ch, n: Math.ceil(b.rowTiles / ch) };
+}
+
+/** Write the block's description into the control block and wake the workers for it. */
+function publishBlock(ctl: Int32Array, b: Block, threads: number, ch: number, n: number): void {
+  ctl[CTL.FN] = KERNEL_FUNCTIONS.indexOf(b.fn as (typeof KERNEL_FUNCTIONS)[number]);
+  ctl[CTL.PA] = b.pa;
+  ctl[CTL.PB] = b.pb;
+  ctl[CTL.R] = b.r;
+  ctl[CTL.PSRC] = b.psrc;
+  ctl[CTL.LDSRC] = b.ldsrc;
+  ctl[CTL.PDST] = b.pdst;
+  ctl[CTL.LDDST] = b.lddst;
+  ctl[CTL.ROW_TILES] = b.rowTiles;
+  ctl[CTL.COL_TILES] = b.colTiles;
+  ctl[CTL.NC] = b.nc;
+  ctl[CTL.CLAMP] = b.clamp;
+  ctl[CTL.THREADS] = threads;
+  ctl[CTL.NCHUNKS] = n;
+  ctl[CTL.CHUNK_TILES] = ch;
+  ctl.fill(0, CTL.CHUNK_DONE, CTL.CHUNK_DONE + n);
+  Atomics.store(ctl, CTL.READY, 0);
+  Atomics.store(ctl, CTL.NEXT, 0);
+  Atomics.store(ctl, CTL.DONE, 0);
+  Atomics.store(ctl, CTL.ERROR, 0);
+  Atomics.store(ctl, CTL.CMD, CMD_RUN);
+  Atomics.add(ctl, CTL.SEQ, 1);
+  Atomics.notify(ctl, CTL.SEQ);
+}
+
+/** A block, its source and destination, as one update sees them. */
+interface BlockIo {
+  readonly b: Block;
+  readonly src: Uint8Array;
+  readonly srcDtype: StoredFloat;
+  readonly dst: Uint8Array;
+  readonly dstDtype: StoredFloat;
+  readonly cols: number;
+}
+
+/**
+ * One block on all threads, pipelined: the main thread copies W in chunk by chunk (publishing READY) while the
+ * workers already run the chunks that are in; then it claims chunks itself; then it copies chunks out as they are
+ * flagged done. Chunks are claimed from one atomic counter, so the split adapts to the threads' actual speed (the
+ * main thread spends part of its time copying).
+ */
+async function runParallel(
+  engine: WasmEngine,
+  pool: WorkerPool,
+  ctl: Int32Array,
+  io: BlockIo,
+  chunkTiles: number | undefined,
+): Promise<void> {
+  const { b, src, srcDtype, dst, dstDtype, cols } = io;
+  const { ch, n } = chunking(b, chunkTiles);
+  const tiles = (c: number): [number, number] => [c * ch, Math.min(b.rowTiles, (c + 1) * ch)];
+  publishBlock(ctl, b, pool.threads, ch, n);
+  let mainError: unknown = null;
+  try {
+    for (let c = 0; c < n; c++) {
+      engine.copyIn(b, src, srcDtype, cols, ...tiles(c));
+      Atomics.store(ctl, CTL.READY, c + 1);
       Atomics.notify(ctl, CTL.READY);
     }
-    if (!mainError) {
-      for (let c = 0; c < n; c++) {
-        await waitFor(CTL.CHUNK_DONE + c, 1);
-        engine.copyOut(b, dst, dstDtype, cols, c * ch, Math.min(b.rowTiles, (c + 1) * ch));
-      }
+    for (;;) {
+      const c = Atomics.add(ctl, CTL.NEXT, 1);
+      if (c >= n) break;
+      engine.run(b, ...tiles(c), 0);
+      Atomics.store(ctl, CTL.CHUNK_DONE + c, 1);
     }
-    await waitFor(CTL.DONE, threads - 1);
-    if (mainError) throw mainError;
-    if (Atomics.load(ctl, CTL.ERROR) !== 0) {
-      const msg =
-        failure ??
-        (await new Promise<string>((resolve) => {
-          errorWaiters.push(resolve);
-          setTimeout(() => resolve('a worker reported an error'), 1000).unref();
-        }));
-      throw new FuseError('KERNEL_FAILED', `cpu kernel: ${msg}`, { threads });
+  } catch (e) {
+    mainError = e;
+    // release the workers: they may be waiting for rows that will not come
+    Atomics.store(ctl, CTL.READY, n);
+    Atomics.notify(ctl, CTL.READY);
+  }
+  if (!mainError) {
+    for (let c = 0; c < n; c++) {
+      await pool.waitFor(CTL.CHUNK_DONE + c, 1);
+      engine.copyOut(b, dst, dstDtype, cols, ...tiles(c));
     }
   }
+  await pool.waitFor(CTL.DONE, pool.threads - 1);
+  if (mainError) throw mainError;
+  if (Atomics.load(ctl, CTL.ERROR) !== 0) {
+    throw new FuseError('KERNEL_FAILED', `cpu kernel: ${await pool.failureMessage()}`, { threads: pool.threads });
+  }
+}
 
-  async function run(
-    src: Uint8Array,
-    srcDtype: StoredFloat,
-    dst: Uint8Array,
-    dstDtype: StoredFloat,
-    job: UpdateJob,
-    clamp: boolean,
-  ): Promise<UpdateResult> {
+/** Multi-threaded WASM SIMD kernel (Node only). */
+export async function createCpuKernel(opts: CpuKernelOptions = {}): Promise<FuseKernel> {
+  const { threads, minParallelFlops, chunkTiles } = kernelOptions(opts);
+  if (!hasWasmSimd()) {
+    throw new FuseError('FUSE_BACKEND_UNAVAILABLE', 'cpu kernel: this runtime has no WebAssembly SIMD (v128)', {
+      backend: 'wasm-simd',
+    });
+  }
+  const relaxed = opts.relaxed !== false && enableRelaxedSimdNode();
+  const backend = backendName(relaxed);
+  const module = kernelModuleSync(relaxed, true);
+  const memory = new WebAssembly.Memory({ initial: 1, maximum: MAX_PAGES, shared: true });
+  const engine = new WasmEngine(module, memory);
+  const ctl = new Int32Array(memory.buffer, CTL_OFFSET, CTL_INTS);
+  const name = `${backend} ×${threads} thread${threads === 1 ? '' : 's'}`;
+  const pool = new WorkerPool(ctl, threads);
+  await pool.start(module, memory);
+
+  async function run(io: Omit<BlockIo, 'b' | 'cols'>, job: UpdateJob, clamp: boolean): Promise<UpdateResult> {
     if (job.rows === 0 || job.cols === 0) return { overflow: 0, nonFiniteInput: 0 };
     const { pb, end } = engine.packB(job);
     let nonFiniteInput = 0;
     let overflow = 0;
-    for (const [r0, r1] of engine.blocks(job, srcDtype, dstDtype)) {
-      const b = engine.layoutBlock(srcDtype, dstDtype, job, pb, end, r0, r1, clamp);
+    for (const [r0, r1] of engine.blocks(job, io.srcDtype, io.dstDtype)) {
+      const b = engine.layoutBlock(io.srcDtype, io.dstDtype, job, pb, end, r0, r1, clamp);
       engine.resetCounts(threads);
       const flops = 2 * (r1 - r0) * job.cols * job.rank;
       if (threads > 1 && b.rowTiles >= 2 * threads && flops >= minParallelFlops) {
-        await runParallel(b, src, srcDtype, dst, dstDtype, job.cols);
+        await runParallel(engine, pool, ctl, { ...io, b, cols: job.cols }, chunkTiles);
       } else {
-        engine.copyIn(b, src, srcDtype, job.cols, 0, b.rowTiles);
+        engine.copyIn(b, io.src, io.srcDtype, job.cols, 0, b.rowTiles);
         engine.run(b, 0, b.rowTiles, 0);
-        engine.finishBlock(b, dst, dstDtype, job.cols);
+        engine.finishBlock(b, io.dst, io.dstDtype, job.cols);
       }
       const [nf, ov] = engine.readCounts(threads);
       nonFiniteInput += nf - b.padCells;
@@ -325,7 +391,6 @@ export async function createCpuKernel(opts: CpuKernelOptions = {}): Promise<Fuse
 
   const stats: KernelStats = { flops: 0, seconds: 0, calls: 0 };
   const queue = serialQueue();
-
   const kernel: FuseKernel = {
     name,
     backend,
@@ -333,37 +398,18 @@ export async function createCpuKernel(opts: CpuKernelOptions = {}): Promise<Fuse
     update(src, srcDtype, dst, dstDtype, job, o: UpdateOptions = {}) {
       // calls are serialised: one shared memory, one job at a time
       return queue.run(async () => {
-        if (disposed) throw disposedError(name);
-        if (failure) throw new FuseError('KERNEL_FAILED', `cpu kernel: ${failure}`, { threads });
+        if (pool.disposed) throw disposedError(name);
+        if (pool.failure) throw new FuseError('KERNEL_FAILED', `cpu kernel: ${pool.failure}`, { threads });
         validateJob(name, src, srcDtype, dst, dstDtype, job);
-        return timed(stats, job, () => run(src, srcDtype, dst, dstDtype, job, o.clamp === true));
+        return timed(stats, job, () => run({ src, srcDtype, dst, dstDtype }, job, o.clamp === true));
       });
     },
     async dispose() {
-      if (disposed) return;
+      if (pool.disposed) return;
       await queue.idle();
-      disposed = true;
-      Atomics.store(ctl, CTL.CMD, CMD_QUIT);
-      Atomics.add(ctl, CTL.SEQ, 1);
-      Atomics.notify(ctl, CTL.SEQ);
-      await Promise.all(
-        workers.map(
-          (w) =>
-            new Promise<void>((resolve) => {
-              const t = setTimeout(() => {
-                void w.terminate().then(() => resolve());
-              }, 1000);
-              // Not unref'd: the workers are, so this timer is what keeps the process alive until they have exited.
-              w.once('exit', () => {
-                clearTimeout(t);
-                resolve();
-              });
-              if (w.threadId < 0) resolve();
-            }),
-        ),
-      );
+      await pool.quit();
     },
   };
-  workerLists.set(kernel, workers);
+  workerLists.set(kernel, pool.workers);
   return kernel;
 }
