@@ -77,3 +77,4 @@ export {
   kindCounts,
   type PlainFactors,
 } from './terms/index.js';
+export { truncatedSvd, jsProduct, type TruncatedSvd, type TruncatedSvdOptions } from './svd.js';

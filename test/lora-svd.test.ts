@@ -1,0 +1,101 @@
+/**
+ * The one truncated SVD (src/lora/svd.ts): within 0.1% of the Eckart–Young optimal Frobenius error on decaying,
+ * flat and exactly low-rank matrices, exact when k covers the matrix, deterministic per seed, typed errors.
+ */
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import { LoraError } from '../src/core/errors.js';
+import { jsProduct, truncatedSvd } from '../src/lora/svd.js';
+import { prng, randomArray, singularValues } from './lora-helpers.js';
+
+/** A = Σ_j s_j·x_j·y_jᵀ with random x, y (not orthogonal: the spectrum is near s, not equal to it) plus noise. */
+function spectrumMatrix(seed: number, m: number, n: number, s: readonly number[], noise: number): Float32Array {
+  const rand = prng(seed);
+  const a = randomArray(rand, m * n, noise);
+  for (const sj of s) {
+    const x = randomArray(rand, m, 1),
+      y = randomArray(rand, n, 1);
+    for (let i = 0; i < m; i++) for (let c = 0; c < n; c++) a[i * n + c]! += sj * x[i]! * y[c]!;
+  }
+  return a;
+}
+
+function optimalError(a: Float32Array, m: number, n: number, k: number): number {
+  const sv = singularValues(Float64Array.from(a), m, n);
+  let tail = 0;
+  for (let j = k; j < sv.length; j++) tail += sv[j]! ** 2;
+  return Math.sqrt(tail);
+}
+
+function productError(a: Float32Array, m: number, n: number, up: Float32Array, down: Float32Array, r: number): number {
+  let e = 0;
+  for (let i = 0; i < m; i++)
+    for (let c = 0; c < n; c++) {
+      let v = 0;
+      for (let j = 0; j < r; j++) v += up[i * r + j]! * down[j * n + c]!;
+      e += (a[i * n + c]! - v) ** 2;
+    }
+  return Math.sqrt(e);
+}
+
+describe('truncatedSvd', () => {
+  it('is within 0.1% of the optimal error, and reports the error of the factors it returns', () => {
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 1, max: 1e6 }),
+        fc.integer({ min: 12, max: 40 }),
+        fc.integer({ min: 12, max: 48 }),
+        fc.integer({ min: 1, max: 10 }),
+        fc.constantFrom('decay', 'flat', 'cluster'),
+        (seed, m, n, k, kind) => {
+          const s =
+            kind === 'decay'
+              ? Array.from({ length: 12 }, (_, j) => 0.7 ** j)
+              : kind === 'cluster'
+                ? Array.from({ length: 12 }, (_, j) => 1 - 0.01 * j)
+                : [];
+          const a = spectrumMatrix(seed, m, n, s, kind === 'flat' ? 1 : 0.01);
+          const svd = truncatedSvd(a, m, n, k, { seed });
+          const best = optimalError(a, m, n, k);
+          const got = productError(a, m, n, svd.up, svd.down, svd.rank);
+          expect(svd.rank).toBe(Math.min(k, m, n));
+          expect(got).toBeLessThanOrEqual(best * 1.001 + 1e-5 * Math.sqrt(svd.total));
+          expect(Math.abs(svd.error - got)).toBeLessThanOrEqual(1e-4 * Math.sqrt(svd.total));
+        },
+      ),
+      { numRuns: 40 },
+    );
+  });
+
+  it('is exact for a matrix of rank below k, and when k covers min(m, n)', () => {
+    const a = spectrumMatrix(3, 30, 50, [3, 2, 1, 0.5, 0.25], 0);
+    const low = truncatedSvd(a, 30, 50, 8);
+    expect(low.rank).toBe(5);
+    expect(productError(a, 30, 50, low.up, low.down, low.rank)).toBeLessThan(1e-5 * Math.sqrt(low.total));
+    const full = spectrumMatrix(4, 10, 16, [], 1);
+    const all = truncatedSvd(full, 10, 16, 10);
+    expect(productError(full, 10, 16, all.up, all.down, all.rank)).toBeLessThan(1e-5 * Math.sqrt(all.total));
+  });
+
+  it('returns rank 0 for a zero matrix', () => {
+    const z = truncatedSvd(new Float32Array(12), 3, 4, 2);
+    expect(z.rank).toBe(0);
+    expect(z.error).toBe(0);
+  });
+
+  it('gives identical bytes for the same seed, and the JS and WASM products agree', () => {
+    const a = spectrumMatrix(9, 40, 33, [1, 0.5, 0.2], 0.05);
+    const x = truncatedSvd(a, 40, 33, 4, { seed: 7 });
+    const y = truncatedSvd(a, 40, 33, 4, { seed: 7 });
+    expect(Buffer.from(x.up.buffer)).toEqual(Buffer.from(y.up.buffer));
+    expect(Buffer.from(x.down.buffer)).toEqual(Buffer.from(y.down.buffer));
+    const j = truncatedSvd(a, 40, 33, 4, { seed: 7, product: jsProduct });
+    expect(Math.abs(j.error - x.error)).toBeLessThan(1e-4 * Math.sqrt(x.total));
+  });
+
+  it('rejects a bad rank and non-finite values with typed errors', () => {
+    expect(() => truncatedSvd(new Float32Array(4), 2, 2, 0)).toThrow(LoraError);
+    const bad = new Float32Array(4).fill(Number.NaN);
+    expect(() => truncatedSvd(bad, 2, 2, 1)).toThrow(/non-finite/);
+  });
+});
