@@ -34,6 +34,8 @@ import type { FuseKernel, StoredFloat, UpdateJob } from '../kernels/types.js';
 import type { GpuJsClass } from '../kernels/gpu.js';
 import { isStoredFloat, STORED_FLOAT_SIZE } from '../kernels/types.js';
 import type { BaseInput, FuseDType, FuseOptions, FuseReport, LoraInput } from './types.js';
+import { resolveMethod, type ResolvedMethod } from '../lora/methods.js';
+import { methodDelta, type MethodMember } from '../lora/method-module.js';
 
 /** Metadata key holding the JSON description of a fusion. */
 export const FUSE_METADATA_KEY = 'lora_mix_fuse';
@@ -81,6 +83,15 @@ export interface Target {
   readonly rows: readonly [number, number];
   readonly cols: number;
   readonly terms: readonly FuseTerm[];
+  /**
+   * A delta-space merge method: the module's dense result from every input that has it (zero weights
+   * included: they vote in TIES), added to W directly instead of U·D.
+   */
+  readonly dense?: {
+    readonly method: ResolvedMethod;
+    readonly members: readonly { readonly index: number; readonly module: InputModule }[];
+    readonly weights: readonly number[];
+  };
 }
 
 export interface OutTensor {
@@ -115,6 +126,7 @@ export function planFusion(
   base: OpenedBase,
   inputs: readonly FuseInput[],
   options: Pick<FuseOptions, 'allowUnmatched' | 'dtype'>,
+  method?: ResolvedMethod,
 ): Plan {
   const layout = base.detection.layout;
   const unmatched: { key: string; reason: string }[] = [];
@@ -158,7 +170,15 @@ export function planFusion(
       }
       if (terms.length > 0) {
         const list = perFile[fi]!.get(loc.key) ?? [];
-        list.push({ path: entry.path, entry, rows, cols, terms });
+        const dense =
+          method && method.spec.space === 'delta'
+            ? {
+                method,
+                members: present.map(({ input, module }) => ({ index: inputs.indexOf(input), module: module! })),
+                weights: inputs.map((input) => (input.modules.has(entry.path) ? input.weightOf(entry.path) : 0)),
+              }
+            : undefined;
+        list.push({ path: entry.path, entry, rows, cols, terms, ...(dense ? { dense } : {}) });
         perFile[fi]!.set(loc.key, list);
       }
       landed++;
@@ -447,7 +467,7 @@ class FileRun {
       // Kinds fused through a dense delta: W0 to f32 once; the kernel then rounds W0 + Σλ·Δ + U·D once.
       const decoded = decodeToF32(info.dtype, raw, info.name);
       const w = info.dtype === 'F32' || info.dtype === 'F64' ? decoded.slice() : decoded;
-      for (const t of first.targets) if (hasDense(t)) await addDenseTerms(t, w);
+      for (const t of first.targets) if (hasDense(t) && !t.dense) await addDenseTerms(t, w);
       src = typedAsBytes(w);
       srcDtype = 'F32';
     } else if (isStoredFloat(info.dtype)) {
@@ -482,12 +502,48 @@ class FileRun {
     };
     const convert = (r0: number, r1: number): Promise<void> =>
       dst === src ? Promise.resolve() : run(r0, r1, { rows: r1 - r0, cols, rank: 0, up: EMPTY, down: EMPTY });
+    // A method's dense result: W + Δ in f32 on this thread, then the kernel's rank-0 pass rounds it once.
+    const addDense = async (t: Target): Promise<void> => {
+      const { method, members, weights } = t.dense!;
+      const [r0, r1] = t.rows;
+      const rowsT = r1 - r0;
+      const w = Float32Array.from(decodeToF32(srcDtype, src.subarray(r0 * sRow, r1 * sRow), info.name));
+      const got: MethodMember[] = await Promise.all(
+        members.map(async (m): Promise<MethodMember> => {
+          if (m.module.kind !== 'lowRank')
+            return { input: m.index, delta: termDelta(await m.module.term(), t.path, w) };
+          const f = await m.module.factors();
+          return { input: m.index, scale: m.module.alpha / m.module.rank, rank: m.module.rank, up: f.up, down: f.down };
+        }),
+      );
+      const delta = methodDelta({
+        path: t.path,
+        out: rowsT,
+        fanIn: cols,
+        members: got,
+        weights,
+        method: method.method,
+        params: method.params,
+      });
+      for (let i = 0; i < w.length; i++) w[i] = (w[i] ?? 0) + (delta[i] ?? 0);
+      const res = await this.kernel.update(
+        typedAsBytes(w),
+        'F32',
+        dst.subarray(r0 * dRow, r1 * dRow),
+        dstDtype,
+        { rows: rowsT, cols, rank: 0, up: EMPTY, down: EMPTY },
+        { clamp: this.clamp },
+      );
+      overflow += res.overflow;
+      this.counters.nonFinite += res.nonFiniteInput;
+    };
     let cursor = 0;
     for (let ti = 0; ti < first.targets.length; ti++) {
       const t = first.targets[ti]!;
       const factors = await factorsP[ti]!;
       await convert(cursor, t.rows[0]);
-      await run(t.rows[0], t.rows[1], buildJob(t, factors));
+      if (t.dense) await addDense(t);
+      else await run(t.rows[0], t.rows[1], buildJob(t, factors));
       cursor = t.rows[1];
     }
     await convert(cursor, rows);
@@ -594,6 +650,7 @@ export async function fuseLoras(
       { found: options.onOverflow },
     );
   }
+  const method = resolveMethod(options, loras.length, 'fuse');
   const opened = await openBase(base);
   let inputs: FuseInput[] = [];
   let choice: KernelChoice | null = null;
@@ -601,7 +658,7 @@ export async function fuseLoras(
   try {
     const d = opened.detection;
     inputs = await openInputs(loras, weights, d.arch, d.size, options.allowUnmatched === true);
-    const p = planFusion(opened, inputs, options);
+    const p = planFusion(opened, inputs, options, method);
     if (opened.folder && typeof options.out !== 'string') {
       throw new IoError('IO_WRITE_FAILED', 'fuse: a diffusers folder is written to a folder path, not a ByteSink', {
         base: opened.name,
@@ -627,6 +684,12 @@ export async function fuseLoras(
       loras: inputs.map((x) => ({ source: x.source, format: x.format, weight: x.weightLabel })),
       dtype: options.dtype ?? 'as stored',
       onOverflow: clamp ? 'clamp' : 'error',
+      ...(method.method !== 'concat'
+        ? {
+            method: method.method,
+            ...Object.fromEntries(method.spec.params.map((name) => [name, method.params[name]])),
+          }
+        : {}),
     });
     const refuse: (ByteSource | string)[] = [
       ...opened.files.map((f) => f.file.source),

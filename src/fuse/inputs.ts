@@ -11,7 +11,8 @@ import type { Arch, LayoutSize } from '../layout/types.js';
 import { planLora, type LoraPlan } from '../formats/decode.js';
 import { openPath } from '../formats/index.js';
 import { contiguousValues, moduleDims } from '../lora/delta.js';
-import { compileWeight, type MergeWeight } from '../lora/merge.js';
+import { compileWeight, type MergeWeight, type WeightSpec } from '../lora/merge.js';
+import { describeComponents, hasComponents } from '../lora/components.js';
 import { termDims, termKind } from '../lora/terms/index.js';
 import type { Lora, Term, TermKind } from '../lora/types.js';
 import { parseSafetensors, SafetensorsFile } from '../safetensors/read.js';
@@ -71,9 +72,21 @@ function compileWeightLabelled(
 ): { fn: (path: string) => number; label: string } {
   const fn = compileWeight(w, arch, size, name, 'fuse');
   if (typeof w === 'number') return { fn, label: String(w) };
+  const ws = w as WeightSpec;
   const spec =
-    typeof w.blocks === 'function' ? 'a function' : typeof w.blocks === 'string' ? w.blocks : JSON.stringify(w.blocks);
-  return { fn, label: `${w.weight ?? 1} with blocks ${spec}` };
+    ws.blocks === undefined
+      ? null
+      : typeof ws.blocks === 'function'
+        ? 'a function'
+        : typeof ws.blocks === 'string'
+          ? ws.blocks
+          : JSON.stringify(ws.blocks);
+  const parts = [
+    String(ws.weight ?? 1),
+    ...(hasComponents(ws) ? [`(${describeComponents(ws)})`] : []),
+    ...(spec !== null ? [`with blocks ${spec}`] : []),
+  ];
+  return { fn, label: parts.join(' ') };
 }
 
 function fromPlan(file: SafetensorsFile, plan: LoraPlan, owned: boolean, weight: MergeWeight, name: string): FuseInput {

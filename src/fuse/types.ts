@@ -5,6 +5,7 @@ import type { ByteSink, ByteSource } from '../core/bytes.js';
 import type { Arch, LayoutSize } from '../layout/types.js';
 import type { CheckpointNaming } from '../layout/detect.js';
 import type { Lora, Term } from '../lora/types.js';
+import type { MergeMethod } from '../lora/methods.js';
 import type { SafetensorsFile } from '../safetensors/read.js';
 import type { FuseKernel } from '../kernels/types.js';
 
@@ -59,6 +60,16 @@ export interface FuseOptions {
    * outputs of 256 MiB or more, where it saves the page-cache work of multi-GB writes (bench/RESULTS.md).
    */
   readonly directIO?: boolean;
+  /**
+   * Merge method (docs/methods.md): 'concat' (default) and 'linear' add the exact Σ λᵢ·τᵢ; the delta-space methods
+   * (ties, dare_linear, dare_ties, magnitude_prune, slerp) add their dense per-module result, with no rank
+   * reduction. The method's parameters: density, majoritySign, seed, t.
+   */
+  readonly method?: MergeMethod;
+  readonly density?: number;
+  readonly majoritySign?: 'total' | 'frequency';
+  readonly seed?: number;
+  readonly t?: number;
   /** Extra metadata strings for the output (single files and every weight file of a folder). */
   readonly metadata?: Readonly<Record<string, string>>;
   readonly onProgress?: (p: FuseProgress) => void;

@@ -12,6 +12,9 @@ export {
   MERGE_METADATA_KEY,
   VERSION_METADATA_KEY,
   type MergeWeight,
+  type WeightSpec,
+  type MergeBaseOptions,
+  methodRequest,
   type MergeOptions,
   type MergeResult,
   type MergeReport,
@@ -78,3 +81,29 @@ export {
   type PlainFactors,
 } from './terms/index.js';
 export { truncatedSvd, jsProduct, type TruncatedSvd, type TruncatedSvdOptions } from './svd.js';
+export {
+  componentOf,
+  componentFactor,
+  parseComponentStrengths,
+  describeComponents,
+  type ComponentStrengths,
+} from './components.js';
+export {
+  METHODS,
+  METHOD_NAMES,
+  PARAMS,
+  resolveMethod,
+  methodsTable,
+  weightedSum,
+  disjointMerge,
+  slerpDeltas,
+  type MergeMethod,
+  type MethodOptions,
+  type MethodOptionsOf,
+  type MethodParamValues,
+  type MethodSpec,
+  type DenseMethod,
+  type ResolvedMethod,
+} from './methods.js';
+export { magnitudePrune, randomPrune } from './sparsify.js';
+export { methodDelta, methodModule, type MethodModuleRequest, type MethodMember } from './method-module.js';

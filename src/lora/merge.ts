@@ -15,15 +15,34 @@ import { ArchError, LoraError } from '../core/errors.js';
 import { getLayout } from '../layout/index.js';
 import type { Arch, Layout, LayoutSize } from '../layout/types.js';
 import { VERSION } from '../core/version.js';
-import { compileBlockWeights, type BlockWeights } from './blocks.js';
+import { compileBlockWeights, type BlockSpec, type BlockWeights } from './blocks.js';
+import {
+  checkComponents,
+  componentFactor,
+  describeComponents,
+  hasComponents,
+  type ComponentStrengths,
+} from './components.js';
 import { contiguousValues, moduleDims, type ModuleDims } from './delta.js';
 import { RankReducer, reduceModule, type FactorTerm, type RankTarget, type ReduceOutcome } from './reduce.js';
+import { OptionError } from '../core/errors.js';
+import { METHODS, resolveMethod, type MethodOptions, type ResolvedMethod } from './methods.js';
+import { methodModule, type MethodModuleRequest } from './method-module.js';
 import type { Lora, LoraModule, Term } from './types.js';
 
-/** A merge weight: a plain number, or a number with per-block multipliers. */
-export type MergeWeight = number | BlockWeights;
+/**
+ * A merge weight: a plain number, or an object with an overall weight (default 1), per-block multipliers and/or
+ * per-component strengths (`{ unet: 0.8, te: 0.5 }`, te1/te2 separately); a module's weight is the product.
+ */
+export type MergeWeight = number | BlockWeights | WeightSpec;
 
-export interface MergeOptions extends RankTarget {
+/** The object form of a merge weight (every part optional). */
+export interface WeightSpec extends ComponentStrengths {
+  readonly weight?: number;
+  readonly blocks?: BlockSpec;
+}
+
+export interface MergeBaseOptions extends RankTarget {
   /**
    * Reduce every module to at most this rank (Eckart–Young optimal). Modules whose exact rank is already ≤ rank
    * keep their exact factors.
@@ -37,6 +56,13 @@ export interface MergeOptions extends RankTarget {
   /** Called after every module with (modules done, modules in total). */
   readonly onProgress?: (done: number, total: number) => void;
 }
+
+/**
+ * Merge options: the rank target, plus the merge method and that method's parameters (docs/methods.md). Without
+ * `method` the merge is `concat`, the exact sum. Delta-space methods (ties, dare_linear, dare_ties,
+ * magnitude_prune, slerp) need `rank`.
+ */
+export type MergeOptions = MergeBaseOptions & (MethodOptions | { readonly method?: undefined });
 
 /** What happened to one module. */
 export interface ModuleMergeReport {
@@ -128,13 +154,15 @@ export function compileWeight(
     }
     return () => w;
   }
-  if (w === null || typeof w !== 'object' || !('blocks' in w)) {
+  if (w === null || typeof w !== 'object' || !('blocks' in w || 'weight' in w || hasComponents(w))) {
     throw new LoraError(
       'LORA_INVALID_WEIGHTS',
-      `${op}: the weight of ${name} must be a number or { weight?, blocks }, found ${JSON.stringify(w)}`,
+      `${op}: the weight of ${name} must be a number or { weight?, blocks?, unet?, te?, te1?, te2? }, found ${JSON.stringify(w)}`,
       { key: name, found: w },
     );
   }
+  const spec = w as WeightSpec;
+  checkComponents(spec, name, op);
   const base = w.weight ?? 1;
   if (typeof base !== 'number' || !Number.isFinite(base)) {
     throw new LoraError(
@@ -143,8 +171,10 @@ export function compileWeight(
       { key: name, found: base },
     );
   }
-  const block = compileBlockWeights(w.blocks, arch, size, `block weights of ${name}`);
-  return (path: string) => base * block(path);
+  const block =
+    spec.blocks !== undefined ? compileBlockWeights(spec.blocks, arch, size, `block weights of ${name}`) : null;
+  const components = hasComponents(spec) ? spec : null;
+  return (path: string) => base * (block ? block(path) : 1) * (components ? componentFactor(components, path) : 1);
 }
 
 /** Per input: path → the module's weight λ (weight × block multiplier). */
@@ -250,8 +280,13 @@ function summarize(modules: readonly ModuleMergeReport[]): MergeReport {
 
 function describeWeight(w: MergeWeight): unknown {
   if (typeof w === 'number') return w;
-  const blocks = typeof w.blocks === 'function' ? '(function)' : w.blocks;
-  return { weight: w.weight ?? 1, blocks };
+  const spec = w as WeightSpec;
+  const blocks = typeof spec.blocks === 'function' ? '(function)' : spec.blocks;
+  return {
+    weight: spec.weight ?? 1,
+    ...(blocks !== undefined ? { blocks } : {}),
+    ...(hasComponents(spec) ? { components: describeComponents(spec) } : {}),
+  };
 }
 
 /** A module's fate, decided before any arithmetic. */
@@ -261,8 +296,13 @@ export interface PlannedMergeModule {
   readonly parts: readonly MergePart[];
   /** Σ of the contributing ranks (of all ranks when every weight is zero). */
   readonly rankBefore: number;
-  /** 'drop': every weight is zero; 'exact': concatenate; 'reduce': analyse the spectrum first. */
-  readonly action: 'drop' | 'exact' | 'reduce';
+  /**
+   * 'drop': every weight is zero; 'exact': concatenate; 'reduce': analyse the spectrum first; 'method': a
+   * delta-space method on the dense deltas, then the truncated SVD.
+   */
+  readonly action: 'drop' | 'exact' | 'reduce' | 'method';
+  /** For 'method': every input that has the module, zero weights included (they vote in TIES). */
+  readonly members?: readonly MergePart[];
   readonly out: number;
   readonly fanIn: number;
   readonly downShape: (r: number) => number[];
@@ -275,6 +315,9 @@ export interface MergePart {
   readonly module: LoraModule;
   readonly dims: ModuleDims;
   readonly coef: number;
+  /** The input's weight λ for this module and its scale alpha / rank (coef = weight·scale). */
+  readonly weight: number;
+  readonly scale: number;
 }
 
 export interface MergePlan {
@@ -283,6 +326,8 @@ export interface MergePlan {
   readonly options: MergeOptions;
   readonly target: RankTarget | null;
   readonly modules: readonly PlannedMergeModule[];
+  /** The merge method with its parameters (defaults filled in). */
+  readonly method: ResolvedMethod;
 }
 
 /**
@@ -308,6 +353,15 @@ export function planMerge(
     }
   });
   const target = checkOptions(options);
+  const method = resolveMethod(options, loras.length);
+  const dense = method.spec.space === 'delta';
+  if (dense && target?.rank === undefined) {
+    throw new OptionError(
+      'OPTION_INVALID',
+      `merge: method ${method.method} forms dense deltas and needs a target rank (rank / --rank K; minEnergy may lower it per module)`,
+      { key: 'rank', expected: 'an integer ≥ 1', found: options.rank },
+    );
+  }
   const weightOf = compileWeights(loras, weights);
   let layout: Layout | undefined;
   try {
@@ -330,6 +384,7 @@ export function planMerge(
 
   const modules: PlannedMergeModule[] = paths.map((path) => {
     const parts: MergePart[] = [];
+    const members: MergePart[] = [];
     let allRanks = 0;
     loras.forEach((l, i) => {
       const t = l.modules.get(path);
@@ -338,7 +393,10 @@ export function planMerge(
       const dims = moduleDims(m, path, nameOf(l, i));
       allRanks += dims.rank;
       const w = weightOf[i]!(path);
-      if (w !== 0) parts.push({ input: i, module: m, dims, coef: w * (m.alpha / dims.rank) });
+      const scale = m.alpha / dims.rank;
+      const part = { input: i, module: m, dims, coef: w * scale, weight: w, scale };
+      members.push(part);
+      if (w !== 0) parts.push(part);
     });
     if (parts.length === 0) {
       return {
@@ -352,12 +410,32 @@ export function planMerge(
         upShape: () => [],
       };
     }
-    const shape = commonDims(path, parts, loras, layout);
+    const shape = commonDims(path, dense ? members : parts, loras, layout);
     const R = parts.reduce((s, p) => s + p.dims.rank, 0);
+    if (dense) return { path, parts, members, rankBefore: R, action: 'method' as const, ...shape };
     const reduce = target !== null && (target.minEnergy !== undefined || R > (target.rank ?? Infinity));
     return { path, parts, rankBefore: R, action: reduce ? 'reduce' : 'exact', ...shape };
   });
-  return { loras, weights, options, target, modules };
+  return { loras, weights, options, target, modules, method };
+}
+
+/** The request that runs a delta-space method on one planned module (plain data: a worker can take it). */
+export function methodRequest(plan: MergePlan, pm: PlannedMergeModule): MethodModuleRequest {
+  return {
+    path: pm.path,
+    out: pm.out,
+    fanIn: pm.fanIn,
+    members: (pm.members ?? pm.parts).map((p) => ({
+      input: p.input,
+      scale: p.scale,
+      rank: p.dims.rank,
+      up: contiguousValues(p.module.up),
+      down: contiguousValues(p.module.down),
+    })),
+    weights: plan.loras.map((_, i) => (pm.members ?? pm.parts).find((p) => p.input === i)?.weight ?? 0),
+    method: plan.method.method,
+    params: plan.method.params,
+  };
 }
 
 /** The terms of a planned module as the reducer takes them (contiguous row-major factors). */
@@ -450,6 +528,12 @@ export function assembleMerge(
       }),
       ...(options.rank !== undefined ? { rank: options.rank } : {}),
       ...(options.minEnergy !== undefined ? { minEnergy: options.minEnergy } : {}),
+      ...(plan.method.method !== 'concat'
+        ? {
+            method: plan.method.method,
+            ...Object.fromEntries(METHODS[plan.method.method].params.map((p) => [p, plan.method.params[p]])),
+          }
+        : {}),
     }),
   };
   return { lora: { arch: first.arch, size: first.size, modules, metadata }, report: summarize(reports) };
@@ -480,7 +564,9 @@ export function mergeLoras(
   const reducer = plan.target ? new RankReducer() : null;
   let done = 0;
   for (const pm of plan.modules) {
-    if (pm.action === 'reduce') {
+    if (pm.action === 'method') {
+      outcomes.set(pm.path, methodModule(methodRequest(plan, pm), plan.target!));
+    } else if (pm.action === 'reduce') {
       const o = reduceModule(reducer!, factorTerms(pm), pm.out, pm.fanIn, plan.target!, pm.path);
       outcomes.set(pm.path, o);
       if (o.k >= pm.rankBefore) built.set(pm.path, exactModule(pm));

@@ -69,7 +69,7 @@ export function jsProduct(rows: number, cols: number, inner: number, a: Float32A
       const x = a[ai + c] ?? 0;
       if (x === 0) continue;
       const bc = c * cols;
-      for (let j = 0; j < cols; j++) acc[j] += x * (b[bc + j] ?? 0);
+      for (let j = 0; j < cols; j++) acc[j] = (acc[j] ?? 0) + x * (b[bc + j] ?? 0);
     }
     out.set(acc, i * cols);
   }

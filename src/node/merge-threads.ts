@@ -15,6 +15,7 @@ import {
   exactModule,
   factorTerms,
   mergeLoras,
+  methodRequest,
   planMerge,
   type MergeOptions,
   type MergeResult,
@@ -24,10 +25,10 @@ import {
 import type { ReduceOutcome } from '../lora/reduce.js';
 import type { ReduceRequest } from './reduce-worker.js';
 
-export interface ParallelMergeOptions extends MergeOptions {
+export type ParallelMergeOptions = MergeOptions & {
   /** Worker threads for rank reduction (default: os.availableParallelism()). 1 runs mergeLoras on this thread. */
   readonly threads?: number;
-}
+};
 
 /**
  * The worker script next to this file. Under a TypeScript loader (tsx, vitest) that is the .ts source, which the
@@ -65,7 +66,7 @@ export async function mergeLorasParallel(
   options: ParallelMergeOptions = {},
 ): Promise<MergeResult> {
   const plan = planMerge(loras, weights, options);
-  const jobs = plan.modules.filter((pm) => pm.action === 'reduce');
+  const jobs = plan.modules.filter((pm) => pm.action === 'reduce' || pm.action === 'method');
   const threads = Math.max(1, Math.min(Math.floor(options.threads ?? availableParallelism()), jobs.length));
   if (jobs.length === 0 || threads <= 1) return mergeLoras(loras, weights, options);
   let spec: ReturnType<typeof workerSpec>;
@@ -102,8 +103,17 @@ export async function mergeLorasParallel(
         const id = next++;
         const pm = jobs[id]!;
         byId.set(id, pm);
-        const terms = factorTerms(pm).map((t) => ({ ...t, up: own(t.up), down: own(t.down) }));
-        const request: ReduceRequest = { id, path: pm.path, out: pm.out, fanIn: pm.fanIn, target: plan.target!, terms };
+        const terms =
+          pm.action === 'method' ? [] : factorTerms(pm).map((t) => ({ ...t, up: own(t.up), down: own(t.down) }));
+        const request: ReduceRequest = {
+          id,
+          path: pm.path,
+          out: pm.out,
+          fanIn: pm.fanIn,
+          target: plan.target!,
+          terms,
+          ...(pm.action === 'method' ? { method: methodRequest(plan, pm) } : {}),
+        };
         w.postMessage(request);
       };
       for (let t = 0; t < threads; t++) {
@@ -167,7 +177,7 @@ export async function mergeLorasParallel(
     const exact = (async () => {
       for (const pm of plan.modules) {
         if (failed) return;
-        if (pm.action === 'reduce') continue;
+        if (pm.action === 'reduce' || pm.action === 'method') continue;
         if (pm.action === 'exact') built.set(pm.path, exactModule(pm));
         tick();
         await yieldToEvents();
@@ -185,6 +195,7 @@ export async function mergeLorasParallel(
   }
   // Modules whose reduction kept every singular value are written exactly.
   for (const pm of jobs) {
+    if (pm.action === 'method') continue;
     const o = outcomes.get(pm.path)!;
     if (o.k >= pm.rankBefore) built.set(pm.path, exactModule(pm));
   }

@@ -1,0 +1,80 @@
+/**
+ * One module through a delta-space merge method: the inputs' dense task tensors τᵢ = sᵢ·upᵢ·downᵢ (formed one
+ * module at a time, so memory is bounded by one module's deltas), the method's pure function, and — for `merge`
+ * — the optimal rank-K factors of the result through the one truncated SVD (./svd.ts). `fuse` takes the dense
+ * result itself. A plain, structured-clone-friendly request, so worker threads can run it too.
+ */
+import { hashString, mulberry32 } from '../core/random.js';
+import { METHODS, type MergeMethod, type MethodParamValues } from './methods.js';
+import { wasmProduct } from './product.js';
+import { chooseRank, truncationStats, type ReduceOutcome, type RankTarget } from './reduce.js';
+import { jsProduct, truncatedSvd } from './svd.js';
+
+/**
+ * One input's task tensor for a module: factors whose delta is scale·up·down (up out × rank, down rank × fanIn,
+ * row-major), or — for term kinds fused through their dense delta — that delta itself at strength 1.
+ */
+export type MethodMember =
+  | {
+      readonly input: number;
+      readonly scale: number;
+      readonly rank: number;
+      readonly up: Float32Array;
+      readonly down: Float32Array;
+    }
+  | { readonly input: number; readonly delta: Float32Array };
+
+export interface MethodModuleRequest {
+  readonly path: string;
+  readonly out: number;
+  readonly fanIn: number;
+  /** Inputs that have the module (any weight, zero included: they still vote in TIES). */
+  readonly members: readonly MethodMember[];
+  /** One weight per input of the merge (index = input). */
+  readonly weights: readonly number[];
+  readonly method: MergeMethod;
+  readonly params: MethodParamValues;
+}
+
+/** The dense delta τ = scale·up·down of one member (out × fanIn, row-major f32). */
+export function memberDelta(m: MethodMember, out: number, fanIn: number): Float32Array {
+  if ('delta' in m) return m.delta.slice(0, out * fanIn);
+  const product = wasmProduct() ?? jsProduct;
+  const d = product(out, fanIn, m.rank, m.up, m.down);
+  if (m.scale !== 1) for (let i = 0; i < d.length; i++) d[i] = (d[i] ?? 0) * m.scale;
+  return d;
+}
+
+/**
+ * The generator of input i for a module: seeded from (seed, input, module path), so a run is reproducible byte for
+ * byte whatever the module order or thread layout.
+ */
+export function moduleRng(seed: number, path: string): (input: number) => () => number {
+  return (input) => mulberry32(hashString(`${seed >>> 0}:${input}:${path}`));
+}
+
+/** The method's dense result for one module (out × fanIn, row-major f32). */
+export function methodDelta(req: MethodModuleRequest): Float32Array {
+  const deltas: (Float32Array | null)[] = req.weights.map(() => null);
+  for (const m of req.members) deltas[m.input] = memberDelta(m, req.out, req.fanIn);
+  return METHODS[req.method].dense(deltas, req.weights, req.params, moduleRng(req.params.seed, req.path));
+}
+
+/**
+ * The method's result for one module as optimal rank-k factors (k from the target: `rank` caps it, `minEnergy`
+ * picks the smallest k keeping that fraction of the result's Frobenius norm). Factors are always present when
+ * k > 0; k = 0 means the result is zero.
+ */
+export function methodModule(req: MethodModuleRequest, target: RankTarget): ReduceOutcome {
+  const delta = methodDelta(req);
+  const cap = Math.min(target.rank ?? Math.min(req.out, req.fanIn), req.out, req.fanIn);
+  const svd = truncatedSvd(delta, req.out, req.fanIn, Math.max(1, cap));
+  const spectrum = { sigma2: svd.sigma2.subarray(0, svd.rank), total: svd.total };
+  const k = Math.min(chooseRank(spectrum, target), svd.rank);
+  const stats = truncationStats(spectrum, k);
+  if (k === 0) return { k, ...stats };
+  if (k === svd.rank) return { k, ...stats, factors: { up: svd.up, down: svd.down } };
+  const up = new Float32Array(req.out * k);
+  for (let o = 0; o < req.out; o++) up.set(svd.up.subarray(o * svd.rank, o * svd.rank + k), o * k);
+  return { k, ...stats, factors: { up, down: svd.down.slice(0, k * req.fanIn) } };
+}
