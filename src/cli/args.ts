@@ -2,6 +2,7 @@ import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { UsageError } from '../core/errors.js';
+import { parseComponentStrengths, type ComponentStrengths } from '../lora/components.js';
 
 type Options = NonNullable<ParseArgsConfig['options']>;
 
@@ -85,4 +86,25 @@ export function parseWeighted(
     );
   }
   return { path: spec, weight: defaultWeight };
+}
+
+/**
+ * Split 'path.safetensors:0.8' or 'path.safetensors:unet=0.8,te=0.5' (per-component strengths; te1= / te2= for
+ * the two SDXL text encoders) into path, weight and components. A plain number applies to every component.
+ */
+export function parseWeightedSpec(
+  command: string,
+  spec: string,
+  defaultWeight: number,
+  cwd?: string,
+): { path: string; weight: number; components?: ComponentStrengths } {
+  if (cwd !== undefined && spec !== '' && existsSync(path.resolve(cwd, spec))) {
+    return { path: spec, weight: defaultWeight };
+  }
+  const m = /^(.*):((?:unet|te1|te2|te)\s*=[^\\/]*)$/.exec(spec);
+  if (m && m[1] !== '') {
+    const components = parseComponentStrengths(m[2] ?? '', command);
+    if (components) return { path: m[1] ?? '', weight: 1, components };
+  }
+  return parseWeighted(command, spec, defaultWeight, cwd);
 }

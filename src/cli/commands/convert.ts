@@ -9,10 +9,12 @@ import {
   type OutputDType,
 } from '../../formats/index.js';
 import { ARCH_LABEL, parseArch } from '../../layout/index.js';
-import { parseCommandArgs } from '../args.js';
+import { parseCommandArgs, parseWeightedSpec } from '../args.js';
+import { mergeLoras } from '../../lora/merge.js';
+import { describeComponents } from '../../lora/components.js';
 import type { CliContext, Command } from '../context.js';
 
-const HELP = `Usage: lora-mix convert IN -o OUT --to kohya|peft [--kohya-paths diffusers|sgm] [--dtype fp16|bf16|fp32]
+const HELP = `Usage: lora-mix convert IN[:W] -o OUT --to kohya|peft [--kohya-paths diffusers|sgm] [--dtype fp16|bf16|fp32]
                         [--arch sd15|sdxl|ssd1b] [--allow-unmatched] [--json]
 
 Rewrite a LoRA in another spelling without changing what it does: every module's factors and alpha are kept,
@@ -22,6 +24,9 @@ kept; one rounding when --dtype changes it).
 IN may be any spelling lora-mix reads: kohya (lora_unet_… with diffusers or SGM paths, lora_te_, lora_te1_,
 lora_te2_), PEFT / diffusers (unet.….lora_A.weight, with or without base_model.model.), or the old diffusers
 attention-processor format. The architecture is detected from names and shapes.
+
+IN:W (a number, or per-component strengths unet=0.8,te=0.5 with te1= / te2= for SDXL's two text encoders) writes
+W·τ instead — the strengths baked into the factors (up scaled, alpha = rank), exact; a component at 0 is left out.
 
 Options:
   -o, --output OUT        the file to write (never the input; written to a temp file, then renamed)
@@ -36,6 +41,7 @@ Options:
 
 Examples:
   lora-mix convert pytorch_lora_weights.safetensors -o lcm-kohya.safetensors --to kohya
+  lora-mix convert style.safetensors:unet=0.8,te=0 -o style-unet.safetensors --to kohya   (bakes the strengths in)
   lora-mix convert style_sdxl.safetensors -o style_peft.safetensors --to peft
   lora-mix convert lcm-lora-sdxl.safetensors -o lcm-sgm.safetensors --to kohya --kohya-paths sgm --dtype fp16
   lora-mix convert lcm-lora-sdxl.safetensors -o lcm-ssd1b.safetensors --to kohya --arch ssd1b --allow-unmatched`;
@@ -86,14 +92,24 @@ export const convertCommand: Command = {
         );
     }
     const arch = typeof values.arch === 'string' ? parseArch(values.arch) : undefined;
-    const input = path.resolve(ctx.cwd, positionals[0]!);
+    const spec = parseWeightedSpec('convert', positionals[0]!, 1, ctx.cwd);
+    const input = path.resolve(ctx.cwd, spec.path);
     const output = path.resolve(ctx.cwd, values.output);
 
     const lora = await loadLora(input, {
       ...(arch ? { arch } : {}),
       ...(values['allow-unmatched'] === true ? { allowUnmatched: true } : {}),
     });
-    const result = await saveLora(lora, output, {
+    // IN:W or IN:unet=…,te=…: the written LoRA is W·τ (per component), exact (rank unchanged); a component
+    // at weight 0 is left out.
+    const weighted = spec.components !== undefined || spec.weight !== 1;
+    const toWrite = weighted
+      ? {
+          ...mergeLoras([lora], [spec.components ? { weight: spec.weight, ...spec.components } : spec.weight]).lora,
+          metadata: { ...lora.metadata },
+        }
+      : lora;
+    const result = await saveLora(toWrite, output, {
       format: to,
       ...(kohyaPaths ? { kohyaPaths } : {}),
       ...(dtype ? { dtype } : {}),
@@ -109,7 +125,8 @@ export const convertCommand: Command = {
       to: { format: to, ...(to === 'kohya' ? { kohyaPaths: kohyaPaths ?? 'diffusers' } : {}), dtype: outDtype },
       arch: lora.arch,
       size: lora.size,
-      modules: lora.modules.size,
+      modules: toWrite.modules.size,
+      ...(weighted ? { weight: spec.components ? describeComponents({ ...spec.components }) : spec.weight } : {}),
       parameters: summary.parameters,
       bytes: result.byteLength,
       unmatched: lora.unmatched,

@@ -4,10 +4,12 @@ import { fuseLoras } from '../../fuse/fuse.js';
 import { fmtBytes, formatFuseReport } from '../../fuse/report.js';
 import type { FuseDType, FuseProgress } from '../../fuse/types.js';
 import type { MergeWeight } from '../../lora/merge.js';
-import { numberOption, parseCommandArgs, parseWeighted } from '../args.js';
+import { numberOption, parseCommandArgs, parseWeightedSpec } from '../args.js';
+import { methodFlagOptions, methodHelpLines, parseMethodFlags } from '../method-flags.js';
 import type { CliContext, Command } from '../context.js';
 
 const HELP = `Usage: lora-mix fuse --base CKPT A.safetensors[:W] [B.safetensors[:W] …] -o OUT
+                     [--method M [--density D] [--majority-sign S] [--seed N] [--t T]]
                      [--device cpu|gpu] [--dtype f32|f16|bf16] [--allow-unmatched]
                      [--on-overflow error|clamp] [--blocks SPEC] [--blocks-N SPEC] [--threads N]
                      [--json] [-q]
@@ -20,6 +22,10 @@ UNet-only file works), a lone diffusers UNet file, or a diffusers folder (OUT is
 file of the folder is copied). Tensors stream in file order: untouched ones are copied byte for byte; each
 targeted weight gets Σ W·(alpha/rank)·up·down in f32 (from the LoRAs' factors, never a dense delta per input)
 and is rounded once to the output dtype. Memory stays at a few tensors, whatever the checkpoint's size.
+
+W is a number, or per-component strengths: unet=0.8,te=0.5 (te = both text encoders; te1= / te2= separately;
+a component not named keeps 1). --method applies a merge method (docs/methods.md) to each module's dense task
+tensors and adds its dense result, with no rank reduction.
 
 Before anything is written, every LoRA module must land on one base weight of the right shape (the run stops and
 lists the modules that do not, unless --allow-unmatched). Values beyond the output dtype's range (F16: 65504)
@@ -36,6 +42,7 @@ Options:
   --allow-unmatched       skip (and list) LoRA modules the base has no weight for, e.g. text-encoder modules on a
                           UNet-only file, or an SDXL LoRA on SSD-1B
   --on-overflow M         error (default) or clamp to the dtype's largest finite value
+${methodHelpLines()}
   --blocks SPEC           per-block multipliers for every LoRA (see 'lora-mix merge --help')
   --blocks-N SPEC         per-block multipliers for LoRA N only (1-based)
   --threads N             CPU threads (default: one per core)
@@ -45,6 +52,8 @@ Options:
 Examples:
   lora-mix fuse --base sd15.safetensors lcm-lora-sdv1-5.safetensors:1.0 style.safetensors:0.8 -o sd15-lcm.safetensors
   lora-mix fuse --base sdxl-base/ lcm-lora-sdxl.safetensors -o sdxl-lcm/ --dtype f16
+  lora-mix fuse --base sd15.safetensors lcm.safetensors:1 style.safetensors:unet=0.8,te=0.3 -o out.safetensors
+  lora-mix fuse --base sd15.safetensors a.safetensors b.safetensors -o ties.safetensors --method ties --density 0.2
   lora-mix verify --fused sd15-lcm.safetensors --base sd15.safetensors lcm-lora-sdv1-5.safetensors:1.0 style.safetensors:0.8`;
 
 const DTYPES: Record<string, FuseDType> = {
@@ -133,10 +142,11 @@ export function loraArgs(
       );
     }
   }
-  const specs = positionals.map((p) => parseWeighted(command, p, 1, cwd));
+  const specs = positionals.map((p) => parseWeightedSpec(command, p, 1, cwd));
   const weights: MergeWeight[] = specs.map((s, i) => {
     const blocks = values[`blocks-${i + 1}`] ?? values.blocks;
-    return typeof blocks === 'string' ? { weight: s.weight, blocks } : s.weight;
+    if (typeof blocks !== 'string' && !s.components) return s.weight;
+    return { weight: s.weight, ...(typeof blocks === 'string' ? { blocks } : {}), ...(s.components ?? {}) };
   });
   return { paths: specs.map((s) => path.resolve(cwd, s.path)), weights };
 }
@@ -163,6 +173,7 @@ export const fuseCommand: Command = {
       json: { type: 'boolean' },
       quiet: { type: 'boolean', short: 'q' },
       ...blockOptions(),
+      ...methodFlagOptions(),
     });
     if (typeof values.base !== 'string' || values.base === '') {
       throw new UsageError(
@@ -187,11 +198,13 @@ export const fuseCommand: Command = {
     const dtype = parseFuseDtype('fuse', values.dtype);
     const threads = numberOption('fuse', 'threads', values.threads, { min: 1, max: 64, integer: true });
     const { paths, weights } = loraArgs('fuse', positionals, values, ctx.cwd);
+    const methodOptions = parseMethodFlags('fuse', values);
     const progress = values.quiet === true ? null : fuseProgress(ctx, 'fuse');
     let report;
     try {
       report = await fuseLoras(path.resolve(ctx.cwd, values.base), paths, weights, {
         out: path.resolve(ctx.cwd, values.output),
+        ...(methodOptions as object),
         device,
         onOverflow,
         ...(dtype ? { dtype } : {}),

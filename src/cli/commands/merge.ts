@@ -11,7 +11,8 @@ import {
 import { ARCH_LABEL, parseArch } from '../../layout/index.js';
 import type { MergeOptions, MergeReport, MergeWeight } from '../../lora/index.js';
 import { mergeLorasParallel } from '../../node/merge-threads.js';
-import { numberOption, parseCommandArgs, parseWeighted } from '../args.js';
+import { numberOption, parseCommandArgs, parseWeightedSpec } from '../args.js';
+import { describeComponents } from '../../lora/components.js';
 import { methodFlagOptions, methodHelpLines, parseMethodFlags } from '../method-flags.js';
 import type { CliContext, Command } from '../context.js';
 
@@ -24,7 +25,9 @@ const HELP = `Usage: lora-mix merge A.safetensors[:W] B.safetensors[:W] [C[:W] �
                       [--format kohya|peft] [--kohya-paths diffusers|sgm] [--dtype fp16|bf16|fp32]
                       [--arch sd15|sdxl|ssd1b] [--allow-unmatched] [--threads N] [--json]
 
-Write the weighted sum τ = W_A·τ_A + W_B·τ_B + … of LoRAs as one LoRA. W defaults to 1 and may be negative.
+Write the weighted sum τ = W_A·τ_A + W_B·τ_B + … of LoRAs as one LoRA. W defaults to 1 and may be negative;
+it may also be per-component strengths, unet=0.8,te=0.5 (te = both text encoders, te1= / te2= separately; a
+component not named keeps 1).
 
 By default the sum is exact: every module's factors are concatenated along the rank axis
 (up = [W_A·s_A·up_A | W_B·s_B·up_B | …], down = [down_A; down_B; …], alpha = rank, s = alpha / rank), so its
@@ -56,6 +59,7 @@ ${methodHelpLines()}
 
 Examples:
   lora-mix merge lcm-lora-sdxl.safetensors:1.0 papercut.safetensors:0.8 -o lcm-papercut.safetensors
+  lora-mix merge lcm.safetensors:1 style.safetensors:unet=0.8,te=0.3 -o out.safetensors
   lora-mix merge lcm.safetensors style.safetensors:0.8 -o out.safetensors --rank 64
   lora-mix merge a.safetensors:1 b.safetensors:-0.3 -o diff.safetensors --min-energy 0.99 --format peft
   lora-mix merge lcm.safetensors style.safetensors:0.8 -o out.safetensors --blocks-2 "IN04=0,OUT05=0.5"
@@ -175,7 +179,7 @@ export const mergeCommand: Command = {
       }
     }
     const arch = typeof values.arch === 'string' ? parseArch(values.arch) : undefined;
-    const specs = positionals.map((p) => parseWeighted('merge', p, 1, ctx.cwd));
+    const specs = positionals.map((p) => parseWeightedSpec('merge', p, 1, ctx.cwd));
     const inputs = specs.map((s) => path.resolve(ctx.cwd, s.path));
     const output = path.resolve(ctx.cwd, values.output);
 
@@ -193,7 +197,8 @@ export const mergeCommand: Command = {
 
     const weights: MergeWeight[] = specs.map((s, i) => {
       const blocks = values[`blocks-${i + 1}`] ?? values.blocks;
-      return typeof blocks === 'string' ? { weight: s.weight, blocks } : s.weight;
+      if (typeof blocks !== 'string' && !s.components) return s.weight;
+      return { weight: s.weight, ...(typeof blocks === 'string' ? { blocks } : {}), ...(s.components ?? {}) };
     });
     const progress = progressReporter(ctx, 'merge');
     const options: MergeOptions & { threads?: number } = {
@@ -230,6 +235,7 @@ export const mergeCommand: Command = {
     const inputList = specs.map((s, i) => ({
       file: s.path,
       weight: s.weight,
+      ...(s.components ? { components: describeComponents(s.components) } : {}),
       ...(typeof (values[`blocks-${i + 1}`] ?? values.blocks) === 'string'
         ? { blocks: String(values[`blocks-${i + 1}`] ?? values.blocks) }
         : {}),
@@ -267,7 +273,7 @@ export const mergeCommand: Command = {
         `merged ${loras.length} LoRA(s) → ${values.output} (${format}${format === 'kohya' ? `, ${kohyaPaths ?? 'diffusers'} paths` : ''}, ${outDtype})`,
         ...inputList.map(
           (x) =>
-            `  ${x.weight >= 0 ? '+' : '−'}${Math.abs(x.weight)} × ${x.file}${x.blocks ? ` [blocks ${x.blocks}]` : ''} (${x.modules} modules, ${x.format} ${x.dtype})`,
+            `  ${x.components ? `(${x.components})` : `${x.weight >= 0 ? '+' : '−'}${Math.abs(x.weight)}`} × ${x.file}${x.blocks ? ` [blocks ${x.blocks}]` : ''} (${x.modules} modules, ${x.format} ${x.dtype})`,
         ),
         `  ${ARCH_LABEL[lora.arch]}${lora.size === 'tiny' ? ' (tiny)' : ''}: ${report.written} modules written` +
           (report.dropped.length > 0 ? `, ${report.dropped.length} dropped (zero weight or zero delta)` : ''),
