@@ -26,6 +26,10 @@ import { createWasmKernel } from '../src/kernels/cpu.js';
 import { mergeLoras } from '../src/lora/index.js';
 import { f32ToF16 } from '../src/core/dtype.js';
 import { openSession, tempDir } from '../test/browser/harness.js';
+import { installNodeHost } from '../src/node/install.js';
+
+// Benchmarks import the layers directly: give them file paths, folders and threads as the Node entry does.
+installNodeHost();
 
 const args = process.argv.slice(2);
 const RUNS = args.includes('--runs') ? Math.max(1, Number(args[args.indexOf('--runs') + 1])) : 3;

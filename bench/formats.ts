@@ -17,6 +17,10 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { generateLora } from '../src/fixtures/generate.js';
 import { inspectLora, loadLora, saveLora } from '../src/formats/index.js';
+import { installNodeHost } from '../src/node/install.js';
+
+// Benchmarks import the layers directly: give them file paths, folders and threads as the Node entry does.
+installNodeHost();
 
 const args = process.argv.slice(2);
 const i = args.indexOf('--rounds');

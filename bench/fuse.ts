@@ -55,6 +55,10 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { FuseReport } from '../src/fuse/types.js';
 import type { Arch } from '../src/layout/types.js';
+import { installNodeHost } from '../src/node/install.js';
+
+// Benchmarks import the layers directly: give them file paths, folders and threads as the Node entry does.
+installNodeHost();
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const OUT = path.join(ROOT, 'bench', 'out');

@@ -20,6 +20,10 @@ import { createGpuKernel, type GpuJsClass } from '../src/kernels/gpu.js';
 import { createJsKernel } from '../src/kernels/js.js';
 import type { FuseKernel, StoredFloat, UpdateJob } from '../src/kernels/types.js';
 import { getWasmConvert, scalarConvert } from '../src/core/dtype-wasm.js';
+import { installNodeHost } from '../src/node/install.js';
+
+// Benchmarks import the layers directly: give them file paths, folders and threads as the Node entry does.
+installNodeHost();
 
 const quick = process.argv.includes('--quick');
 const ROUNDS = quick ? 3 : 9;

@@ -27,6 +27,10 @@ import { gramRows, symmetricEigen, xtyToF32 } from '../src/lora/linalg.js';
 import { RankReducer, truncationStats, type FactorTerm } from '../src/lora/reduce.js';
 import { mergeLorasParallel } from '../src/node/merge-threads.js';
 import type { Lora, LoraModule } from '../src/lora/types.js';
+import { installNodeHost } from '../src/node/install.js';
+
+// Benchmarks import the layers directly: give them file paths, folders and threads as the Node entry does.
+installNodeHost();
 
 type Phase = 'copy' | 'exact' | 'reduce' | 'reduce-threads' | 'dense';
 const ALL: Phase[] = ['copy', 'exact', 'reduce', 'reduce-threads', 'dense'];

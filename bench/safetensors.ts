@@ -29,6 +29,10 @@ import {
   writeSafetensors,
   type TensorToWrite,
 } from '../src/safetensors/index.js';
+import { installNodeHost } from '../src/node/install.js';
+
+// Benchmarks import the layers directly: give them file paths, folders and threads as the Node entry does.
+installNodeHost();
 
 const args = process.argv.slice(2);
 const ROUNDS =

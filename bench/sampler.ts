@@ -7,6 +7,10 @@
  */
 import os from 'node:os';
 import { LCMScheduler, Rng, sample, type Latent } from '../src/sampler/index.js';
+import { installNodeHost } from '../src/node/install.js';
+
+// Benchmarks import the layers directly: give them file paths, folders and threads as the Node entry does.
+installNodeHost();
 
 const SHAPE = [1, 4, 128, 128];
 const N = SHAPE.reduce((a, b) => a * b, 1);
