@@ -220,6 +220,10 @@ export function findUnsupportedAdapter(
 
 const CHECKPOINT_PREFIXES = [
   'model.diffusion_model.',
+  'diffusion_model.',
+  'input_blocks.',
+  'middle_block.',
+  'output_blocks.',
   'cond_stage_model.',
   'conditioner.embedders.',
   'first_stage_model.',

@@ -52,6 +52,12 @@ export interface CheckpointDetection {
    * text encoder without 'text_model.': 'cond_stage_model.transformer.encoder.…').
    */
   readonly aliases: ReadonlyMap<string, string>;
+  /**
+   * Single files: the prefix the file's UNet keys carry — 'model.diffusion_model.' (full checkpoints),
+   * 'diffusion_model.' or '' (UNet-only files saved by ComfyUI and other tools, bare LDM keys 'input_blocks.…').
+   * Layout keys are translated through `aliases` when it is not the standard one. '' for diffusers naming.
+   */
+  readonly unetPrefix: string;
   /** A VAE is present ('first_stage_model.' keys in a single file). */
   readonly hasVae: boolean;
   /** Keys under the UNet or text-encoder prefixes that the layout does not know (ignored, e.g. position_ids). */
@@ -66,6 +72,21 @@ export interface DetectOptions {
 }
 
 const UNET_DIFFUSERS_ROOTS = ['conv_in.', 'time_embedding.', 'down_blocks.', 'mid_block.', 'up_blocks.', 'conv_out.'];
+/** Top-level module names of an LDM/SGM UNet (keys of a UNet-only single file without any prefix). */
+const UNET_LDM_ROOTS = ['input_blocks.', 'middle_block.', 'output_blocks.', 'time_embed.', 'label_emb.', 'out.'];
+/** Prefixes a single file's UNet keys may carry, the standard one first. */
+const UNET_PREFIXES = [UNET_SINGLE_FILE_PREFIX, 'diffusion_model.'];
+
+/** The UNet prefix of a single file and its UNet keys; undefined when it has no LDM-named UNet. */
+function singleFileUNet(names: readonly string[]): { prefix: string; keys: string[] } | undefined {
+  for (const prefix of UNET_PREFIXES) {
+    const keys = names.filter((n) => n.startsWith(prefix));
+    if (keys.length > 0) return { prefix, keys };
+  }
+  const bare = names.filter((n) => UNET_LDM_ROOTS.some((r) => n.startsWith(r)));
+  // 'out.' alone is too common a name to call a file a UNet; the block lists are not.
+  return bare.some((n) => !n.startsWith('out.')) ? { prefix: '', keys: bare } : undefined;
+}
 const VAE_PREFIXES = ['first_stage_model.', 'vae.'];
 
 function sameShape(a: readonly number[], b: readonly number[]): boolean {
@@ -220,7 +241,9 @@ function checkTextEncoder(
 }
 
 function looksLikeLora(names: readonly string[]): boolean {
-  return names.some((n) => /^lora_(unet|te\d?)_/.test(n) || /\.lora_(A|B|up|down)\./.test(n) || n.endsWith('.alpha'));
+  return names.some(
+    (n) => /^(lora_(unet|te\d?)|lycoris)_/.test(n) || /\.lora_(A|B|up|down)\./.test(n) || n.endsWith('.alpha'),
+  );
 }
 
 function notACheckpoint(where: string, names: readonly string[], what: string): FormatError {
@@ -244,12 +267,15 @@ export function detectCheckpoint(tensors: readonly TensorInfo[], opts: DetectOpt
   const where = opts.source ?? 'checkpoint';
   const names = tensors.map((t) => t.name);
   const files = toShapeMap(tensors);
-  const singleUNet = names.filter((n) => n.startsWith(UNET_SINGLE_FILE_PREFIX));
+  const factor = names.find((n) => /^(lora_(unet|te\d?)|lycoris)_|\.lora_(A|B|up|down)[._]/.test(n));
+  if (factor !== undefined) throw notACheckpoint(where, names, `it holds LoRA factors such as '${factor}'`);
+  const single = singleFileUNet(names);
+  const unetPrefix = single?.prefix ?? '';
   let naming: CheckpointNaming;
   let unetKeys: string[];
-  if (singleUNet.length > 0) {
+  if (single) {
     naming = 'single-file';
-    unetKeys = singleUNet;
+    unetKeys = single.keys;
   } else {
     unetKeys = names.filter(
       (n) =>
@@ -261,20 +287,20 @@ export function detectCheckpoint(tensors: readonly TensorInfo[], opts: DetectOpt
       throw notACheckpoint(
         where,
         names,
-        `no UNet tensors ('${UNET_SINGLE_FILE_PREFIX}…' or diffusers 'down_blocks.…')`,
+        `no UNet tensors ('${UNET_SINGLE_FILE_PREFIX}…', 'diffusion_model.…', bare 'input_blocks.…' or diffusers 'down_blocks.…')`,
       );
     }
     naming = 'diffusers-unet';
   }
-  const candidates = scoreUNet(
-    files,
-    unetKeys,
-    naming === 'single-file' ? (s) => s.singleFileKey : (s) => s.diffusersKey,
-  );
+  const inFile = (s: StateDictEntry): string => unetPrefix + s.singleFileKey.slice(UNET_SINGLE_FILE_PREFIX.length);
+  const candidates = scoreUNet(files, unetKeys, naming === 'single-file' ? inFile : (s) => s.diffusersKey);
   const best = pickUNet(candidates, unetKeys.length, where);
   const layout = getLayout(best.arch, best.size);
   const components: Component[] = ['unet'];
   const aliases = new Map<string, string>();
+  if (naming === 'single-file' && unetPrefix !== UNET_SINGLE_FILE_PREFIX) {
+    for (const s of unetEntries(layout)) aliases.set(s.singleFileKey, inFile(s));
+  }
   const extraKeys = [...best.extra];
   if (naming === 'single-file') {
     for (const te of archConfig(best.arch, best.size).textEncoders) {
@@ -306,6 +332,7 @@ export function detectCheckpoint(tensors: readonly TensorInfo[], opts: DetectOpt
     components,
     layout,
     aliases,
+    unetPrefix,
     hasVae: names.some((n) => VAE_PREFIXES.some((p) => n.startsWith(p))),
     extraKeys,
     candidates,
@@ -363,6 +390,7 @@ export function detectDiffusersFolder(
     components,
     layout,
     aliases,
+    unetPrefix: '',
     hasVae: (files.vae?.length ?? 0) > 0,
     extraKeys,
     candidates,

@@ -17,6 +17,8 @@ export type KindReport =
         arch: string;
         size: string;
         naming: string;
+        /** Single files: the prefix of the UNet keys ('model.diffusion_model.', 'diffusion_model.' or ''). */
+        unetPrefix: string;
         components: string[];
         hasVae: boolean;
         extraKeys: number;
@@ -41,6 +43,7 @@ export async function inspectKind(file: SafetensorsFile): Promise<KindReport> {
             arch: d.arch,
             size: d.size,
             naming: d.naming,
+            unetPrefix: d.unetPrefix,
             components: [...d.components],
             hasVae: d.hasVae,
             extraKeys: d.extraKeys.length,
@@ -70,7 +73,7 @@ export function formatKind(r: KindReport): string {
       return [
         `kind:        base checkpoint`,
         `arch:        ${ARCH_LABEL[c.arch as keyof typeof ARCH_LABEL] ?? c.arch}${c.size === 'tiny' ? ' (tiny test layout)' : ''}`,
-        `naming:      ${c.naming}`,
+        `naming:      ${c.naming}${c.naming === 'single-file' ? ` (UNet keys ${c.unetPrefix === '' ? 'without a prefix' : `under '${c.unetPrefix}'`})` : ''}`,
         `components:  ${c.components.join(', ')}${c.hasVae ? ', vae' : ''}`,
         ...(c.extraKeys > 0 ? [`extra keys:  ${c.extraKeys} (tensors the layout does not list)`] : []),
       ].join('\n');

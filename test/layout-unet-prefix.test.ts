@@ -1,0 +1,103 @@
+/**
+ * UNet-only base checkpoints in the spellings tools write: 'model.diffusion_model.' (full checkpoints),
+ * 'diffusion_model.' and bare LDM keys ('input_blocks.…', as ComfyUI's UNet folder holds them). Each is detected,
+ * fused and verified like the standard spelling, and the output keeps the file's own key names.
+ */
+import { promises as fs } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { generateBaseCheckpoint, singleFileTensors } from '../src/fixtures/generate.js';
+import { fuseLoras } from '../src/fuse/index.js';
+import { detectCheckpoint } from '../src/layout/index.js';
+import { openSafetensors } from '../src/node/files.js';
+import { main } from '../src/cli/main.js';
+
+const FX = path.resolve(import.meta.dirname, '..', 'fixtures');
+const LORA = path.join(FX, 'sd15', 'lcm-lora.kohya.safetensors');
+const STANDARD = 'model.diffusion_model.';
+let tmp: string;
+
+beforeAll(async () => {
+  tmp = await fs.mkdtemp(path.join(os.tmpdir(), 'lora-mix-unet-prefix-'));
+});
+afterAll(async () => {
+  await fs.rm(tmp, { recursive: true, force: true });
+});
+
+async function valuesOf(p: string): Promise<Map<string, Float32Array>> {
+  const f = await openSafetensors(p);
+  try {
+    const m = new Map<string, Float32Array>();
+    for (const t of f.tensors) m.set(t.name, await f.readF32(t.name));
+    return m;
+  } finally {
+    await f.close();
+  }
+}
+
+describe.each([
+  ['diffusion_model.', 'diffusion_model.'],
+  ['bare LDM keys', ''],
+])('a UNet-only base with %s', (_label, prefix) => {
+  it('is detected as a single file with that UNet prefix', () => {
+    const tensors = singleFileTensors('sd15', 'tiny', { components: ['unet'], unetPrefix: prefix });
+    expect(tensors.some((t) => t.name === `${prefix}input_blocks.1.1.proj_in.weight`)).toBe(true);
+    const d = detectCheckpoint(tensors, { source: 'unet-only.safetensors' });
+    expect(d).toMatchObject({ arch: 'sd15', size: 'tiny', naming: 'single-file', unetPrefix: prefix });
+    expect(d.components).toEqual(['unet']);
+    expect(d.extraKeys).toEqual([]);
+  });
+
+  it('fuses to exactly the standard spelling’s values under its own key names', async () => {
+    const std = path.join(tmp, `std-${prefix || 'bare'}.safetensors`);
+    const odd = path.join(tmp, `odd-${prefix || 'bare'}.safetensors`);
+    await generateBaseCheckpoint(std, 'sd15', 'tiny', { components: ['unet'], dtype: 'F32' });
+    await generateBaseCheckpoint(odd, 'sd15', 'tiny', { components: ['unet'], dtype: 'F32', unetPrefix: prefix });
+    const stdOut = path.join(tmp, `std-out-${prefix || 'bare'}.safetensors`);
+    const oddOut = path.join(tmp, `odd-out-${prefix || 'bare'}.safetensors`);
+    const a = await fuseLoras(std, [LORA], [0.7], { out: stdOut });
+    const b = await fuseLoras(odd, [LORA], [0.7], { out: oddOut });
+    expect(b.modulesFused).toBe(a.modulesFused);
+    expect(b.modulesFused).toBeGreaterThan(0);
+    const want = await valuesOf(stdOut);
+    const got = await valuesOf(oddOut);
+    expect(got.size).toBe(want.size);
+    for (const [k, v] of want) {
+      const name = prefix + k.slice(STANDARD.length);
+      expect(got.get(name), name).toEqual(v);
+    }
+  });
+
+  it('inspect names the architecture and the prefix', async () => {
+    const p = path.join(tmp, `inspect-${prefix || 'bare'}.safetensors`);
+    await generateBaseCheckpoint(p, 'sd15', 'tiny', { components: ['unet'], unetPrefix: prefix });
+    let out = '';
+    const code = await main(['inspect', p], {
+      out: (s) => {
+        out += s;
+      },
+      err: () => undefined,
+      isTTY: false,
+      cwd: tmp,
+    });
+    expect(code).toBe(0);
+    expect(out).toContain('base checkpoint');
+    expect(out).toMatch(/SD1\.5/);
+    expect(out).toContain(prefix === '' ? 'without a prefix' : `under '${prefix}'`);
+  });
+});
+
+describe('what is not a UNet-only base', () => {
+  it('a ComfyUI-saved LoRA (diffusion_model.… .lora_up.weight) is not a checkpoint', () => {
+    expect(() =>
+      detectCheckpoint(
+        [
+          { name: 'diffusion_model.input_blocks.1.1.proj_in.lora_up.weight', shape: [8, 4] },
+          { name: 'diffusion_model.input_blocks.1.1.proj_in.lora_down.weight', shape: [4, 8] },
+        ],
+        { source: 'comfy-lora.safetensors' },
+      ),
+    ).toThrow(/FORMAT_NOT_A_CHECKPOINT|not a base checkpoint: it holds LoRA factors/);
+  });
+});
