@@ -81,3 +81,18 @@ export function delta(m: { down: F32Array; up: F32Array; alpha: number }): Float
 export function nd(values: ArrayLike<number>, shape: number[]): F32Array {
   return ndarray(Float32Array.from(values), shape);
 }
+
+/** The bytes of an encoded LoRA (lazy tensor data materialised). */
+export function encodedBytes(enc: {
+  tensors: readonly import('../src/safetensors/index.js').TensorToWrite[];
+  metadata: Record<string, string>;
+}): Uint8Array {
+  return serializeSafetensors(
+    enc.tensors.map((t) => ({
+      ...t,
+      data:
+        typeof t.data === 'function' ? (t.data as () => import('../src/safetensors/index.js').TensorData)() : t.data,
+    })),
+    { metadata: enc.metadata },
+  );
+}

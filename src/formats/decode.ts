@@ -10,14 +10,26 @@ import ndarray from 'ndarray';
 import { ArchError, FormatError, LoraError } from '../core/errors.js';
 import { ARCH_LABEL } from '../layout/index.js';
 import type { Arch, Layout, LayoutSize, ModuleEntry } from '../layout/types.js';
-import type { F32Array, Lora, LoraModule } from '../lora/types.js';
+import type { F32Array, Lora, LoraModule, StoredTensor } from '../lora/types.js';
 import type { DType } from '../core/tensor.js';
-import { checkpointEvidence, findUnsupportedAdapter, parseLoraKey, type ParsedKey, type PathKey } from './keys.js';
+import {
+  checkpointEvidence,
+  findUnsupportedAdapter,
+  isEmbeddingKey,
+  moduleId,
+  parseLoraKey,
+  type KeyFamily,
+  type ParsedKey,
+} from './keys.js';
 import { kohyaAlpha, kohyaSpellingOf, type KohyaPaths } from './kohya.js';
-import { PEFT_METADATA_KEY, parsePeftMetadata, peftAlpha, peftConfigFor, peftRank } from './peft.js';
+import { PEFT_METADATA_KEY, parsePeftMetadata, peftAlpha, peftConfigFor, peftRank, type PeftConfigs } from './peft.js';
 import { rankCandidates, type CandidateResult, type RawModule, type ShapeProblem } from './resolve.js';
 
-export type LoraFormat = 'kohya' | 'peft' | 'diffusers-old';
+/**
+ * The spelling a LoRA file uses: kohya (sd-scripts), PEFT / diffusers, the old diffusers attention processors,
+ * ComfyUI's own keys (its LoRA saver), or the LyCORIS wrapper's 'lycoris_' names (SimpleTuner).
+ */
+export type LoraFormat = 'kohya' | 'peft' | 'diffusers-old' | 'comfyui' | 'lycoris';
 
 /** What decoding needs from a safetensors file (SafetensorsFile from src/safetensors provides it). */
 export interface LoraFileLike {
@@ -76,6 +88,8 @@ export interface PlannedModule {
   readonly downKey: string;
   readonly upKey: string;
   readonly alphaKey?: string;
+  /** PEFT bias delta (`lora_B.bias`), when the file has one for this module. */
+  readonly biasKey?: string;
   readonly downShape: readonly number[];
   readonly upShape: readonly number[];
   readonly rank: number;
@@ -95,6 +109,8 @@ export interface LoraPlan {
   readonly source: string;
   /** In layout order. */
   readonly modules: readonly PlannedModule[];
+  /** Tensors kept verbatim (kohya pivotal-tuning `bundle_emb.*` embeddings), in file order. */
+  readonly embeddings: readonly { readonly key: string; readonly dtype: DType; readonly shape: readonly number[] }[];
   readonly unmatched: readonly UnmatchedEntry[];
   /** Things decoding assumed (missing alphas, alpha 0 read as rank, a component prefix that was absent …). */
   readonly notes: readonly string[];
@@ -123,11 +139,17 @@ export function listSome(items: readonly string[], max = LIST_MAX): string {
 
 interface Group {
   readonly id: string;
-  readonly family: 'kohya' | 'path';
+  readonly family: KeyFamily;
   down?: ParsedKey;
   up?: ParsedKey;
   alpha?: ParsedKey;
+  bias?: ParsedKey;
 }
+
+/** A group with both factors (after `groupModules`). */
+type CompleteGroup = Group & { readonly down: ParsedKey; readonly up: ParsedKey };
+
+type TensorMeta = LoraFileLike['tensors'][number];
 
 function describeCandidate(c: Pick<CandidateResult, 'arch' | 'size'>): string {
   return `${ARCH_LABEL[c.arch]}${c.size === 'tiny' ? ' (tiny)' : ''}`;
@@ -145,6 +167,13 @@ function shapeList(problems: readonly ShapeProblem[]): string {
   );
 }
 
+/** The tensor of a key the file lists (keys come from the file's own tensor list). */
+function infoOf(infos: ReadonlyMap<string, TensorMeta>, key: string): TensorMeta {
+  const info = infos.get(key);
+  if (!info) throw new FormatError('FORMAT_KEY_UNRESOLVED', `no tensor '${key}' in the file`, { key });
+  return info;
+}
+
 /**
  * Read the header-level structure of a LoRA file: format, architecture, every module with its rank and alpha.
  * Throws the typed errors listed in docs/formats.md. Reads only alpha tensors (0-d), never factors.
@@ -153,53 +182,109 @@ export async function planLora(file: LoraFileLike, options: DecodeOptions = {}):
   const fileName = file.name;
   const keys = file.tensors.map((t) => t.name);
   const infos = new Map(file.tensors.map((t) => [t.name, t]));
-  const notes: string[] = [];
   const unmatched: UnmatchedEntry[] = [];
 
+  refuseEmpty(fileName, keys);
+  refuseUnsupportedAdapter(fileName, keys);
+  const { parsed, unknown, embeddings } = parseKeys(fileName, keys);
+  const format = decideFormat(fileName, parsed);
+  acceptUnknownKeys(fileName, format, unknown, options, unmatched);
+  const groups = groupModules(fileName, parsed);
+  const raw = moduleShapes(fileName, groups, infos);
+  const chosen = chooseCandidate(fileName, raw, options, unmatched);
+  refuseDuplicates(fileName, chosen);
+  const peft = format === 'peft' || format === 'diffusers-old' ? peftConfigs(file) : undefined;
+  const { modules, notes, kohyaPaths } = await planModules(file, format, chosen, groups, infos, peft);
+  if (embeddings.length > 0) {
+    notes.push(
+      `${embeddings.length} embedding tensor(s) (${listSome(embeddings, 3)}) are not LoRA modules: kept by merge and convert, skipped by fuse`,
+    );
+  }
+  return {
+    format,
+    ...(kohyaPaths ? { kohyaPaths } : {}),
+    arch: chosen.arch,
+    size: chosen.size,
+    layout: chosen.layout,
+    dtype: mostCommonDtype(modules, infos),
+    source: fileName,
+    modules,
+    embeddings: embeddings.map((k) => {
+      const t = infoOf(infos, k);
+      return { key: k, dtype: t.dtype, shape: t.shape };
+    }),
+    unmatched,
+    notes,
+    metadata: { ...file.metadata },
+  };
+}
+
+function refuseEmpty(fileName: string, keys: readonly string[]): void {
   if (keys.length === 0) {
     throw new FormatError('FORMAT_NOT_A_LORA', `${fileName}: the file holds no tensors, so it is not a LoRA`, {
       file: fileName,
     });
   }
+}
 
-  // 1. Adapter types that are not LoRA.
+/** Adapter types that are not LoRA (LoHa, LoKr, DoRA, full diffs …): refused, naming their keys. */
+function refuseUnsupportedAdapter(fileName: string, keys: readonly string[]): void {
   const adapter = findUnsupportedAdapter(keys);
-  if (adapter) {
-    throw new FormatError(
-      'FORMAT_UNSUPPORTED_ADAPTER',
-      `${fileName}: this is a ${adapter.signature.type} file, not a LoRA (${adapter.count} key(s) such as '${adapter.example}'); ` +
-        `lora-mix only handles LoRA / LoCon factors (up·down): ${adapter.signature.why}`,
-      { file: fileName, adapter: adapter.signature.type, key: adapter.example, count: adapter.count },
-    );
-  }
+  if (!adapter) return;
+  const all = keys.filter((k) => adapter.signature.test(k));
+  throw new FormatError(
+    'FORMAT_UNSUPPORTED_ADAPTER',
+    `${fileName}: this is a ${adapter.signature.type} file, not a LoRA (${adapter.count} key(s): ${listSome(all, 5)}); ` +
+      `lora-mix only handles LoRA / LoCon factors (up·down): ${adapter.signature.why}`,
+    {
+      file: fileName,
+      adapter: adapter.signature.type,
+      key: adapter.example,
+      keys: all.slice(0, 100),
+      count: adapter.count,
+    },
+  );
+}
 
-  // 2. Key grammar.
+/** The key grammar: LoRA keys, embeddings kept verbatim, and keys in no known spelling. */
+function parseKeys(
+  fileName: string,
+  keys: readonly string[],
+): { parsed: ParsedKey[]; unknown: string[]; embeddings: string[] } {
   const parsed: ParsedKey[] = [];
   const unknown: string[] = [];
+  const embeddings: string[] = [];
   for (const k of keys) {
     const p = parseLoraKey(k);
     if (p) parsed.push(p);
+    else if (isEmbeddingKey(k)) embeddings.push(k);
     else unknown.push(k);
   }
-  if (!parsed.some((p) => p.role !== 'alpha')) {
+  if (!parsed.some((p) => p.role === 'down' || p.role === 'up')) {
     const evidence = checkpointEvidence(keys);
     throw new FormatError(
       'FORMAT_NOT_A_LORA',
       evidence
         ? `${fileName}: this is a base checkpoint (e.g. '${evidence}'), not a LoRA; expected keys such as '….lora_down.weight' or '….lora_A.weight'`
-        : `${fileName}: no LoRA factor keys found (expected '….lora_down.weight' / '….lora_up.weight' or '….lora_A.weight' / '….lora_B.weight'); first keys: ${listSome(keys, 5)}`,
+        : embeddings.length > 0 && unknown.length === 0
+          ? `${fileName}: the file holds only embeddings (${listSome(embeddings, 3)}), no LoRA factors; it is a textual-inversion file, not a LoRA`
+          : `${fileName}: no LoRA factor keys found (expected '….lora_down.weight' / '….lora_up.weight' or '….lora_A.weight' / '….lora_B.weight'); first keys: ${listSome(keys, 5)}`,
       { file: fileName, kind: evidence ? 'checkpoint' : 'other', key: evidence ?? keys[0] },
     );
   }
+  return { parsed, unknown, embeddings };
+}
 
-  // 3. One family, one adapter name.
-  const kohyaKey = parsed.find((p) => p.family === 'kohya');
-  const pathKey = parsed.find((p) => p.family === 'path') as PathKey | undefined;
-  if (kohyaKey && pathKey) {
+/** One spelling family per file, one PEFT adapter name; the format that family and its keys say. */
+function decideFormat(fileName: string, parsed: readonly ParsedKey[]): LoraFormat {
+  const firstOf = new Map<string, ParsedKey>();
+  for (const p of parsed) if (!firstOf.has(p.family)) firstOf.set(p.family, p);
+  if (firstOf.size > 1) {
+    const [a, b] = [...firstOf.values()];
     throw new FormatError(
       'FORMAT_MIXED',
-      `${fileName}: the file mixes kohya names ('${kohyaKey.key}') with PEFT/diffusers paths ('${pathKey.key}'); expected one spelling`,
-      { file: fileName, expected: 'one key spelling', found: [kohyaKey.key, pathKey.key] },
+      `${fileName}: the file mixes ${familyLabel(a!)} ('${a!.key}') with ${familyLabel(b!)} ('${b!.key}'); expected one spelling`,
+      { file: fileName, expected: 'one key spelling', found: [a!.key, b!.key] },
     );
   }
   const adapters = [
@@ -212,27 +297,42 @@ export async function planLora(file: LoraFileLike, options: DecodeOptions = {}):
       { file: fileName, expected: 'one adapter', found: adapters },
     );
   }
-  const format: LoraFormat = kohyaKey
-    ? 'kohya'
-    : parsed.some((p) => p.family === 'path' && p.spelling === 'processor')
-      ? 'diffusers-old'
-      : 'peft';
+  const first = parsed[0]!;
+  if (first.family === 'kohya') return 'kohya';
+  if (first.family === 'alias') return first.tool;
+  return parsed.some((p) => p.family === 'path' && p.spelling === 'processor') ? 'diffusers-old' : 'peft';
+}
 
-  if (unknown.length > 0) {
-    if (!options.allowUnmatched) {
-      throw new FormatError(
-        'FORMAT_KEY_UNRESOLVED',
-        `${fileName}: ${unknown.length} key(s) are not LoRA factors or alphas in the ${format} spelling: ${listSome(unknown)}`,
-        { file: fileName, keys: unknown.slice(0, 100), count: unknown.length },
-      );
-    }
-    for (const k of unknown) unmatched.push({ key: k, reason: 'not a LoRA factor or alpha key in any known spelling' });
+function familyLabel(p: ParsedKey): string {
+  if (p.family === 'kohya') return 'kohya names';
+  if (p.family === 'alias') return p.tool === 'comfyui' ? 'ComfyUI names' : 'LyCORIS names';
+  return 'PEFT/diffusers paths';
+}
+
+/** Keys in no spelling: an error, or with allowUnmatched listed as unmatched. */
+function acceptUnknownKeys(
+  fileName: string,
+  format: LoraFormat,
+  unknown: readonly string[],
+  options: DecodeOptions,
+  unmatched: UnmatchedEntry[],
+): void {
+  if (unknown.length === 0) return;
+  if (!options.allowUnmatched) {
+    throw new FormatError(
+      'FORMAT_KEY_UNRESOLVED',
+      `${fileName}: ${unknown.length} key(s) are not LoRA factors or alphas in the ${format} spelling: ${listSome(unknown)}`,
+      { file: fileName, keys: unknown.slice(0, 100), count: unknown.length },
+    );
   }
+  for (const k of unknown) unmatched.push({ key: k, reason: 'not a LoRA factor or alpha key in any known spelling' });
+}
 
-  // 4. Group keys into modules.
+/** Keys grouped by module; every module needs a down and an up factor, and has at most one tensor per role. */
+function groupModules(fileName: string, parsed: readonly ParsedKey[]): Map<string, CompleteGroup> {
   const groups = new Map<string, Group>();
   for (const p of parsed) {
-    const id = p.family === 'kohya' ? p.name : p.path;
+    const id = moduleId(p);
     let g = groups.get(id);
     if (!g) {
       g = { id, family: p.family };
@@ -251,20 +351,30 @@ export async function planLora(file: LoraFileLike, options: DecodeOptions = {}):
   const incomplete = [...groups.values()].filter((g) => !g.down || !g.up);
   if (incomplete.length > 0) {
     const what = (g: Group): string =>
-      !g.down && !g.up ? `${g.id} (only an alpha)` : !g.up ? `${g.id} (down without up)` : `${g.id} (up without down)`;
+      !g.down && !g.up
+        ? `${g.id} (only ${g.bias ? 'a bias' : 'an alpha'})`
+        : !g.up
+          ? `${g.id} (down without up)`
+          : `${g.id} (up without down)`;
     throw new FormatError(
       'FORMAT_INCOMPLETE_MODULE',
       `${fileName}: ${incomplete.length} module(s) lack a factor: ${listSome(incomplete.map(what))}; every module needs both a down and an up factor`,
       { file: fileName, modules: incomplete.map((g) => g.id).slice(0, 100), count: incomplete.length },
     );
   }
+  return groups as Map<string, CompleteGroup>;
+}
 
-  // 5. Factor shapes and ranks.
+/** Factor shapes and ranks of every module (2-D or 4-D, equal non-zero ranks, a bias of the up factor's rows). */
+function moduleShapes(
+  fileName: string,
+  groups: ReadonlyMap<string, CompleteGroup>,
+  infos: ReadonlyMap<string, TensorMeta>,
+): RawModule[] {
   const raw: RawModule[] = [];
-  const byId = new Map<string, Group>();
   for (const g of groups.values()) {
-    const down = infos.get(g.down!.key)!;
-    const up = infos.get(g.up!.key)!;
+    const down = infoOf(infos, g.down.key);
+    const up = infoOf(infos, g.up.key);
     const dOk = down.shape.length === 2 || down.shape.length === 4;
     const uOk = up.shape.length === 2 || up.shape.length === 4;
     if (!dOk || !uOk) {
@@ -281,14 +391,23 @@ export async function planLora(file: LoraFileLike, options: DecodeOptions = {}):
         { file: fileName, key: g.id, expected: down.shape[0], found: up.shape[1] },
       );
     }
+    if (g.bias) {
+      const bias = infoOf(infos, g.bias.key);
+      if (bias.shape.length !== 1 || bias.shape[0] !== up.shape[0]) {
+        throw new LoraError(
+          'LORA_SHAPE_MISMATCH',
+          `${fileName}: module '${g.id}': bias delta '${bias.name}' has shape ${JSON.stringify(bias.shape)}; expected [${up.shape[0]}] (the up factor's rows)`,
+          { file: fileName, key: bias.name, expected: [up.shape[0]], found: bias.shape },
+        );
+      }
+    }
     raw.push({ id: g.id, family: g.family, downShape: down.shape, upShape: up.shape });
-    byId.set(g.id, g);
   }
+  return raw;
+}
 
-  // 6. Architecture.
-  const chosen = chooseCandidate(fileName, raw, options, unmatched);
-
-  // 7. Duplicates: two spellings of one module.
+/** Two spellings of one module (e.g. its kohya diffusers-path and SGM-path names) are refused. */
+function refuseDuplicates(fileName: string, chosen: CandidateResult): void {
   const seen = new Map<string, string>();
   for (const m of chosen.matched) {
     const other = seen.get(m.entry.path);
@@ -301,122 +420,146 @@ export async function planLora(file: LoraFileLike, options: DecodeOptions = {}):
     }
     seen.set(m.entry.path, m.module.id);
   }
+}
 
-  // 8. Alphas and the module list in layout order.
-  const peft = format === 'kohya' ? undefined : parsePeftMetadata(file.metadata, fileName);
+/** The PEFT configs in the metadata; a DoRA config is refused. */
+function peftConfigs(file: LoraFileLike): PeftConfigs | undefined {
+  const peft = parsePeftMetadata(file.metadata, file.name);
   for (const c of Object.values(peft?.byComponent ?? {}).concat(peft?.shared ? [peft.shared] : [])) {
     if (c.useDora) {
       throw new FormatError(
         'FORMAT_UNSUPPORTED_ADAPTER',
-        `${fileName}: the PEFT config in metadata '${PEFT_METADATA_KEY}' has use_dora: true — this is a DoRA adapter, not a plain LoRA; DoRA re-normalises the fused weight and is not additive`,
-        { file: fileName, adapter: 'DoRA', key: PEFT_METADATA_KEY },
+        `${file.name}: the PEFT config in metadata '${PEFT_METADATA_KEY}' has use_dora: true — this is a DoRA adapter, not a plain LoRA; DoRA re-normalises the fused weight and is not additive`,
+        { file: file.name, adapter: 'DoRA', key: PEFT_METADATA_KEY },
       );
     }
   }
+  return peft;
+}
+
+/** A stored alpha: one finite value. */
+async function storedAlpha(file: LoraFileLike, key: string, info: TensorMeta): Promise<number> {
+  if (info.shape.reduce((a, b) => a * b, 1) !== 1) {
+    throw new LoraError(
+      'LORA_SHAPE_MISMATCH',
+      `${file.name}: alpha '${key}' must hold one value; found shape ${JSON.stringify(info.shape)}`,
+      { file: file.name, key, expected: [], found: info.shape },
+    );
+  }
+  const stored = await readScalar(file, key, info.dtype);
+  if (!Number.isFinite(stored)) {
+    throw new LoraError('LORA_INVALID_WEIGHTS', `${file.name}: alpha '${key}' is ${stored}; expected a finite number`, {
+      file: file.name,
+      key,
+      found: stored,
+    });
+  }
+  return stored;
+}
+
+/** Counters behind the plan's notes. */
+interface AlphaTally {
+  missing: number;
+  zero: number;
+  assumedComponent: number;
+  otherRank: number;
+}
+
+/** Alphas and the module list in layout order, with notes on everything assumed. */
+async function planModules(
+  file: LoraFileLike,
+  format: LoraFormat,
+  chosen: CandidateResult,
+  groups: ReadonlyMap<string, CompleteGroup>,
+  infos: ReadonlyMap<string, TensorMeta>,
+  peft: PeftConfigs | undefined,
+): Promise<{ modules: PlannedModule[]; notes: string[]; kohyaPaths?: KohyaPaths | 'mixed' }> {
   const order = new Map(chosen.layout.modules.map((e, i) => [e.path, i]));
-  const matched = [...chosen.matched].sort((a, b) => order.get(a.entry.path)! - order.get(b.entry.path)!);
-  const modules: PlannedModule[] = [];
-  let missingAlpha = 0;
-  let zeroAlpha = 0;
+  const matched = [...chosen.matched].sort((a, b) => (order.get(a.entry.path) ?? 0) - (order.get(b.entry.path) ?? 0));
+  const tally: AlphaTally = { missing: 0, zero: 0, assumedComponent: 0, otherRank: 0 };
   const spellings = new Set<KohyaPaths>();
-  let assumedComponent = 0;
-  let otherRank = 0;
+  // kohya and the tools that copy its file layout (ComfyUI, LyCORIS) store alphas as tensors; PEFT in metadata.
+  const tensorAlphas = format === 'kohya' || format === 'comfyui' || format === 'lycoris';
+  const modules: PlannedModule[] = [];
   for (const { module, entry } of matched) {
-    const g = byId.get(module.id)!;
-    const rank = module.downShape[0]!;
-    let stored: number | undefined;
-    if (g.alpha) {
-      const info = infos.get(g.alpha.key)!;
-      if (info.shape.reduce((a, b) => a * b, 1) !== 1) {
-        throw new LoraError(
-          'LORA_SHAPE_MISMATCH',
-          `${fileName}: alpha '${g.alpha.key}' must hold one value; found shape ${JSON.stringify(info.shape)}`,
-          { file: fileName, key: g.alpha.key, expected: [], found: info.shape },
-        );
-      }
-      stored = await readScalar(file, g.alpha.key, info.dtype);
-      if (!Number.isFinite(stored)) {
-        throw new LoraError(
-          'LORA_INVALID_WEIGHTS',
-          `${fileName}: alpha '${g.alpha.key}' is ${stored}; expected a finite number`,
-          { file: fileName, key: g.alpha.key, found: stored },
-        );
-      }
-    }
+    const g = groups.get(module.id);
+    if (!g) continue;
+    const rank = module.downShape[0] ?? 0;
+    const stored = g.alpha ? await storedAlpha(file, g.alpha.key, infoOf(infos, g.alpha.key)) : undefined;
     let alpha: number;
-    if (stored !== undefined || format === 'kohya') {
+    if (stored !== undefined || tensorAlphas) {
       const k = kohyaAlpha(stored, rank);
       alpha = k.alpha;
-      if (k.note === 'zero') zeroAlpha++;
-      if (k.note === 'missing') missingAlpha++;
+      if (k.note === 'zero') tally.zero++;
+      if (k.note === 'missing') tally.missing++;
     } else {
       const config = peftConfigFor(peft, entry.component);
       const a = peftAlpha(config, entry.localPath, rank);
-      if (a === undefined) missingAlpha++;
+      if (a === undefined) tally.missing++;
       alpha = a ?? rank;
       const r = peftRank(config, entry.localPath);
-      if (r !== undefined && r !== rank) otherRank++;
+      if (r !== undefined && r !== rank) tally.otherRank++;
     }
     if (format === 'kohya') {
       const s = kohyaSpellingOf(entry, module.id);
       if (s) spellings.add(s);
-    } else if ((g.down as PathKey).componentAssumed) {
-      assumedComponent++;
+    } else if (g.down.family === 'path' && g.down.componentAssumed) {
+      tally.assumedComponent++;
     }
     modules.push({
       entry,
       name: module.id,
-      downKey: g.down!.key,
-      upKey: g.up!.key,
+      downKey: g.down.key,
+      upKey: g.up.key,
       ...(g.alpha ? { alphaKey: g.alpha.key } : {}),
+      ...(g.bias ? { biasKey: g.bias.key } : {}),
       downShape: module.downShape,
       upShape: module.upShape,
       rank,
       alpha,
     });
   }
-  if (missingAlpha > 0) {
-    notes.push(
-      `${missingAlpha} module(s) have no alpha${format === 'kohya' ? '' : ' (no alpha tensor and no lora_alpha in the metadata)'}: alpha = rank (scale 1)`,
-    );
-  }
-  if (zeroAlpha > 0)
-    notes.push(
-      `${zeroAlpha} module(s) store alpha 0, read as alpha = rank like kohya does (ComfyUI would apply scale 0)`,
-    );
-  if (assumedComponent > 0)
-    notes.push(
-      `${assumedComponent} module(s) had no component prefix; read as the UNet (or text_encoder for 'text_model.' paths)`,
-    );
-  if (otherRank > 0)
-    notes.push(
-      `${otherRank} module(s) have factors of another rank than the PEFT config's r / rank_pattern gives them; the factor shapes were used`,
-    );
-  if (format === 'diffusers-old') notes.push('old diffusers attention-processor format: attention projections only');
+  const kohyaPaths =
+    format !== 'kohya' || spellings.size === 0 ? undefined : spellings.size === 2 ? 'mixed' : [...spellings][0];
+  return { modules, notes: planNotes(format, tally, modules), ...(kohyaPaths ? { kohyaPaths } : {}) };
+}
 
+function planNotes(format: LoraFormat, t: AlphaTally, modules: readonly PlannedModule[]): string[] {
+  const notes: string[] = [];
+  if (t.missing > 0) {
+    const where =
+      format === 'peft' || format === 'diffusers-old' ? ' (no alpha tensor and no lora_alpha in the metadata)' : '';
+    notes.push(`${t.missing} module(s) have no alpha${where}: alpha = rank (scale 1)`);
+  }
+  if (t.zero > 0)
+    notes.push(`${t.zero} module(s) store alpha 0, read as alpha = rank like kohya does (ComfyUI would apply scale 0)`);
+  if (t.assumedComponent > 0)
+    notes.push(
+      `${t.assumedComponent} module(s) had no component prefix; read as the UNet (or text_encoder for 'text_model.' paths)`,
+    );
+  if (t.otherRank > 0)
+    notes.push(
+      `${t.otherRank} module(s) have factors of another rank than the PEFT config's r / rank_pattern gives them; the factor shapes were used`,
+    );
+  const biased = modules.filter((m) => m.biasKey !== undefined).length;
+  if (biased > 0) notes.push(`${biased} module(s) carry a bias delta (lora_B.bias): the module's bias changes too`);
+  if (format === 'diffusers-old') notes.push('old diffusers attention-processor format: attention projections only');
+  if (format === 'comfyui') notes.push("ComfyUI's own key names (diffusion_model.… / text_encoders.…)");
+  if (format === 'lycoris')
+    notes.push("LyCORIS wrapper names ('lycoris_' + diffusers UNet path, as SimpleTuner saves)");
+  return notes;
+}
+
+/** The most common storage dtype of the factors. */
+function mostCommonDtype(modules: readonly PlannedModule[], infos: ReadonlyMap<string, TensorMeta>): DType {
   const counts = new Map<DType, number>();
   for (const m of modules) {
     for (const k of [m.downKey, m.upKey]) {
-      const d = infos.get(k)!.dtype;
+      const d = infoOf(infos, k).dtype;
       counts.set(d, (counts.get(d) ?? 0) + 1);
     }
   }
-  const dtype = [...counts.entries()].sort((a, b) => b[1] - a[1])[0]![0];
-  const kohyaPaths =
-    format !== 'kohya' || spellings.size === 0 ? undefined : spellings.size === 2 ? 'mixed' : [...spellings][0]!;
-  return {
-    format,
-    ...(kohyaPaths ? { kohyaPaths } : {}),
-    arch: chosen.arch,
-    size: chosen.size,
-    layout: chosen.layout,
-    dtype,
-    source: fileName,
-    modules,
-    unmatched,
-    notes,
-    metadata: { ...file.metadata },
-  };
+  return [...counts.entries()].sort((a, b) => b[1] - a[1])[0]?.[0] ?? 'F32';
 }
 
 function chooseCandidate(
@@ -563,11 +706,18 @@ const READ_AHEAD = 4;
 /** Read the factors of a plan: the LoRA in canonical form. */
 export async function readPlannedLora(file: LoraFileLike, plan: LoraPlan): Promise<LoadedLora> {
   const readModule = async (m: PlannedModule): Promise<LoraModule> => {
-    const [d, u] = await Promise.all([file.readF32(m.downKey), file.readF32(m.upKey)]);
+    const [d, u, b] = await Promise.all([
+      file.readF32(m.downKey),
+      file.readF32(m.upKey),
+      m.biasKey !== undefined ? file.readF32(m.biasKey) : undefined,
+    ]);
     return {
       down: toNd(d, m.downShape, file.name, m.downKey),
       up: toNd(u, m.upShape, file.name, m.upKey),
       alpha: m.alpha,
+      ...(b !== undefined && m.biasKey !== undefined
+        ? { bias: toNd(b, [m.upShape[0] ?? 0], file.name, m.biasKey) }
+        : {}),
     };
   };
   const modules = new Map<string, LoraModule>();
@@ -583,11 +733,13 @@ export async function readPlannedLora(file: LoraFileLike, plan: LoraPlan): Promi
     // Drop the reference so finished modules are not kept alive twice.
     (pending as (Promise<LoraModule> | undefined)[])[next++] = undefined;
   }
+  const embeddings = await readEmbeddings(file, plan);
   return {
     arch: plan.arch,
     size: plan.size,
     modules,
     metadata: plan.metadata,
+    ...(embeddings.size > 0 ? { embeddings } : {}),
     format: plan.format,
     ...(plan.kohyaPaths ? { kohyaPaths: plan.kohyaPaths } : {}),
     dtype: plan.dtype,
@@ -595,6 +747,24 @@ export async function readPlannedLora(file: LoraFileLike, plan: LoraPlan): Promi
     unmatched: plan.unmatched,
     notes: plan.notes,
   };
+}
+
+/** The embedding tensors of a plan, bytes as stored (F32 when the file cannot give bytes). */
+async function readEmbeddings(file: LoraFileLike, plan: LoraPlan): Promise<Map<string, StoredTensor>> {
+  const out = new Map<string, StoredTensor>();
+  for (const e of plan.embeddings) {
+    if (file.read) {
+      out.set(e.key, { dtype: e.dtype, shape: [...e.shape], data: (await file.read(e.key)).slice() });
+    } else {
+      const v = await file.readF32(e.key);
+      out.set(e.key, {
+        dtype: 'F32',
+        shape: [...e.shape],
+        data: new Uint8Array(v.buffer.slice(v.byteOffset, v.byteOffset + v.byteLength)),
+      });
+    }
+  }
+  return out;
 }
 
 /** Decode a LoRA file (any supported spelling) into the canonical LoRA. */

@@ -13,10 +13,10 @@
  * Factor bytes are produced when the writer asks for them (one tensor at a time); values that would overflow the
  * target dtype raise LoraError LORA_DTYPE_OVERFLOW instead of becoming Inf.
  */
-import { LoraError } from '../core/errors.js';
-import { getLayout } from '../layout/index.js';
+import { FormatError, LoraError } from '../core/errors.js';
+import { getLayout, moduleAliases } from '../layout/index.js';
 import type { ModuleEntry } from '../layout/types.js';
-import type { F32Array, Lora } from '../lora/types.js';
+import type { F32Array, Lora, StoredTensor } from '../lora/types.js';
 import { contiguousValues } from '../lora/delta.js';
 import {
   countOverflow,
@@ -46,7 +46,8 @@ export interface EncodeOptions {
 
 /** Spellings the encoder can write; 'diffusers-old' and the raw PEFT prefix exist for the fixture generator. */
 export interface InternalEncodeOptions {
-  readonly format: 'kohya' | 'peft' | 'diffusers-old';
+  /** 'comfyui' (ComfyUI's LoRA saver: its own module names, no alpha) and 'lycoris' are written for fixtures only. */
+  readonly format: 'kohya' | 'peft' | 'diffusers-old' | 'comfyui' | 'lycoris';
   readonly kohyaPaths?: KohyaPaths;
   readonly dtype: OutputDType;
   readonly metadata?: Readonly<Record<string, string>>;
@@ -62,6 +63,8 @@ export interface ModuleSource {
   readonly upShape: readonly number[];
   down(): Float32Array;
   up(): Float32Array;
+  /** The bias delta [out] (scaled like up), for modules that have one. */
+  bias?(): Float32Array;
 }
 
 export interface EncodeStats {
@@ -155,6 +158,7 @@ export function encodeModules(
   modules: readonly ModuleSource[],
   options: InternalEncodeOptions,
   baseMetadata: Readonly<Record<string, string>> = {},
+  embeddings: ReadonlyMap<string, StoredTensor> = new Map(),
 ): EncodedLora {
   const stats: EncodeStats = { values: 0, flushedToZero: 0 };
   const tensors: TensorToWrite[] = [];
@@ -165,6 +169,7 @@ export function encodeModules(
   const what = `${options.format} encoding`;
   const dtype = options.dtype;
   const rankOf = (m: ModuleSource): number => m.downShape[0]!;
+  refuseBiasWithout(options.format, modules);
 
   switch (options.format) {
     case 'kohya': {
@@ -197,11 +202,26 @@ export function encodeModules(
         const stem = peftStem(m.entry, prefix);
         tensors.push(factorTensor(`${stem}.lora_A.weight`, m.downShape, dtype, m.down, stats, what));
         tensors.push(factorTensor(`${stem}.lora_B.weight`, m.upShape, dtype, m.up, stats, what));
+        if (m.bias) tensors.push(factorTensor(`${stem}.lora_B.bias`, [m.upShape[0]!], dtype, m.bias, stats, what));
       }
       metadata[PEFT_METADATA_KEY] = peftMetadataJson(
         modules.map((m) => ({ entry: m.entry, rank: rankOf(m), alpha: m.alpha })),
         prefix === 'component',
       );
+      break;
+    }
+    case 'comfyui':
+    case 'lycoris': {
+      for (const m of modules) {
+        const name = toolName(m.entry, options.format, what);
+        tensors.push(factorTensor(`${name}.lora_down.weight`, m.downShape, dtype, m.down, stats, what));
+        tensors.push(factorTensor(`${name}.lora_up.weight`, m.upShape, dtype, m.up, stats, what));
+        // ComfyUI's saver writes no alpha (alpha = rank); LyCORIS always does.
+        if (options.format === 'lycoris' || m.alpha !== rankOf(m)) {
+          tensors.push(alphaTensor(`${name}.alpha`, m.alpha, dtype));
+        }
+      }
+      delete metadata[PEFT_METADATA_KEY];
       break;
     }
     case 'diffusers-old': {
@@ -228,7 +248,36 @@ export function encodeModules(
       break;
     }
   }
+  // Pivotal-tuning embeddings travel verbatim, after the modules, in key order.
+  for (const key of [...embeddings.keys()].sort()) {
+    const e = embeddings.get(key)!;
+    tensors.push({ name: key, dtype: e.dtype, shape: [...e.shape], data: e.data });
+  }
   return { tensors, metadata: sortedRecord(metadata), stats };
+}
+
+/** A module's name in ComfyUI's or the LyCORIS wrapper's spelling (Layout.byAlias). */
+function toolName(entry: ModuleEntry, tool: 'comfyui' | 'lycoris', what: string): string {
+  const aliases = moduleAliases(entry);
+  const name = tool === 'comfyui' ? aliases[0] : aliases.find((a) => a.startsWith('lycoris_'));
+  if (name === undefined) {
+    throw new LoraError('LORA_UNMATCHED_MODULES', `${what}: module '${entry.path}' has no ${tool} name`, {
+      key: entry.path,
+    });
+  }
+  return name;
+}
+
+/** Only PEFT has a place for a bias delta (`lora_B.bias`): other spellings refuse rather than drop it. */
+function refuseBiasWithout(format: InternalEncodeOptions['format'], modules: readonly ModuleSource[]): void {
+  if (format === 'peft') return;
+  const biased = modules.filter((m) => m.bias !== undefined).map((m) => m.entry.path);
+  if (biased.length === 0) return;
+  throw new FormatError(
+    'FORMAT_CANNOT_ENCODE',
+    `${format} encoding: ${biased.length} module(s) carry a bias delta (PEFT lora_B.bias), e.g. '${biased[0]}', which the ${format} spelling cannot store; write PEFT instead (format 'peft' / --format peft)`,
+    { format, modules: biased.slice(0, 100), count: biased.length },
+  );
 }
 
 /** Check a canonical LoRA against its layout and list its modules in layout order. */
@@ -276,9 +325,23 @@ export function moduleSources(lora: Lora): ModuleSource[] {
       upShape: [...m.up.shape],
       down: () => contiguousF32(m.down),
       up: () => contiguousF32(m.up),
+      ...(m.bias ? { bias: biasValues(entry, m.bias) } : {}),
     });
   }
   return out;
+}
+
+/** The values of a module's bias delta, checked against the module's output size. */
+function biasValues(entry: ModuleEntry, bias: F32Array): () => Float32Array {
+  const out = entry.shape[0];
+  if (bias.shape.length !== 1 || bias.shape[0] !== out) {
+    throw new LoraError(
+      'LORA_SHAPE_MISMATCH',
+      `module '${entry.path}': bias delta has shape ${JSON.stringify(bias.shape)}; expected [${out}]`,
+      { key: entry.path, expected: [out], found: bias.shape },
+    );
+  }
+  return () => contiguousF32(bias);
 }
 
 /**
@@ -296,6 +359,7 @@ export function encodeLora(lora: Lora, options: EncodeOptions): EncodedLora {
       ...(options.metadata ? { metadata: options.metadata } : {}),
     },
     lora.metadata,
+    lora.embeddings,
   );
 }
 

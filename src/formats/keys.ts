@@ -6,16 +6,24 @@
  *   peft           [base_model.model.][unet.|text_encoder.|text_encoder_2.][base_model.model.]<path>.lora_A[.<adapter>].weight
  *                  … .lora_B…, <path>.lora.down/up.weight, <path>.lora_linear_layer.down/up.weight, <path>.alpha
  *   diffusers-old  [unet.]<attention path>.processor.to_q_lora.down.weight, text_encoder.….self_attn.to_out_lora.up.weight
+ *   comfyui        diffusion_model.<LDM path>.lora_down.weight | .lora_up.weight | .alpha,
+ *                  text_encoders.clip_l.transformer.<HF path>.…, text_encoders.clip_g.transformer.<HF path>.…
+ *   lycoris        lycoris_<flattened diffusers UNet path>.lora_down.weight | .lora_up.weight | .alpha (SimpleTuner)
  *
- * A kohya name is kept whole (it is looked up in the layout's kohya table, never un-flattened); a path-style key
- * becomes a canonical module path here, because its dots already separate the path.
+ * A kohya name is kept whole (it is looked up in the layout's kohya table, never un-flattened); so are ComfyUI and
+ * LyCORIS names (looked up in the layout's alias table); a path-style key becomes a canonical module path here,
+ * because its dots already separate the path.
  */
 import type { Component } from '../layout/types.js';
 
-export type FactorRole = 'down' | 'up' | 'alpha';
+/** What a key holds for its module: a factor, the alpha, or a PEFT bias delta (`lora_B.bias`, lora_bias=True). */
+export type FactorRole = 'down' | 'up' | 'alpha' | 'bias';
 
-/** The two families of spellings: kohya's flattened names, or dotted module paths (PEFT and old diffusers). */
-export type KeyFamily = 'kohya' | 'path';
+/**
+ * The families of spellings: kohya's flattened names, dotted module paths (PEFT and old diffusers), or another
+ * tool's module name looked up whole in the layout's alias table (ComfyUI, LyCORIS wrapper).
+ */
+export type KeyFamily = 'kohya' | 'path' | 'alias';
 
 interface ParsedBase {
   /** The tensor key in the file. */
@@ -45,10 +53,29 @@ export interface PathKey extends ParsedBase {
   readonly baseModelPrefix: boolean;
 }
 
-export type ParsedKey = KohyaKey | PathKey;
+/** ComfyUI ('diffusion_model.…', 'text_encoders.…') and LyCORIS-wrapper ('lycoris_…') names: `Layout.byAlias`. */
+export interface AliasKey extends ParsedBase {
+  readonly family: 'alias';
+  /** The whole module name, e.g. 'diffusion_model.input_blocks.1.1.proj_in' or 'lycoris_down_blocks_0_…_to_q'. */
+  readonly name: string;
+  readonly tool: 'comfyui' | 'lycoris';
+}
+
+export type ParsedKey = KohyaKey | PathKey | AliasKey;
+
+/** The module name a parsed key groups under: kohya / alias names whole, paths canonical. */
+export function moduleId(p: ParsedKey): string {
+  return p.family === 'path' ? p.path : p.name;
+}
 
 const KOHYA_RE = /^(lora_(?:unet|te|te1|te2)_[^.]+)\.(lora_down\.weight|lora_up\.weight|alpha)$/;
+const LYCORIS_RE = /^(lycoris_[^.]+)\.(lora_down\.weight|lora_up\.weight|alpha)$/;
+/** ComfyUI's module names: its model's state-dict keys without '.weight'. */
+const COMFY_STEM_RE = /^(?:diffusion_model|text_encoders\.[A-Za-z0-9_]+)\./;
+const KOHYA_SUFFIX_RE = /^(.+)\.lora_(down|up)\.weight$/;
 const PEFT_AB_RE = /^(.+)\.lora_([AB])(?:\.([A-Za-z0-9_-]+))?\.weight$/;
+const PEFT_BIAS_RE = /^(.+)\.lora_B(?:\.([A-Za-z0-9_-]+))?\.bias$/;
+const UP_BIAS_RE = /^(.+)\.(lora|lora_linear_layer)\.up\.bias$/;
 const LORA_DOT_RE = /^(.+)\.lora\.(down|up)\.weight$/;
 const LINEAR_LAYER_RE = /^(.+)\.lora_linear_layer\.(down|up)\.weight$/;
 const PROCESSOR_RE = /^(.+)\.(to_q|to_k|to_v|to_out)_lora\.(down|up)\.weight$/;
@@ -99,7 +126,8 @@ function pathKey(
   rawPath: string,
   spelling: PathKey['spelling'],
   adapter?: string,
-): PathKey {
+): PathKey | AliasKey {
+  if (COMFY_STEM_RE.test(rawPath)) return { key, role, family: 'alias', name: rawPath, tool: 'comfyui' };
   const { component, local, assumed, baseModel } = splitComponent(rawPath);
   return {
     key,
@@ -125,12 +153,26 @@ export function parseLoraKey(key: string): ParsedKey | undefined {
     return { key, role, family: 'kohya', name: m[1]! };
   }
   if (key.startsWith('lora_unet_') || key.startsWith('lora_te')) return undefined;
+  m = LYCORIS_RE.exec(key);
+  if (m) {
+    const role: FactorRole = m[2] === 'alpha' ? 'alpha' : m[2] === 'lora_down.weight' ? 'down' : 'up';
+    return { key, role, family: 'alias', name: m[1]!, tool: 'lycoris' };
+  }
+  if (key.startsWith('lycoris_')) return undefined;
+  m = KOHYA_SUFFIX_RE.exec(key);
+  if (m && COMFY_STEM_RE.test(m[1]!)) {
+    return { key, role: m[2] === 'down' ? 'down' : 'up', family: 'alias', name: m[1]!, tool: 'comfyui' };
+  }
   m = PROCESSOR_RE.exec(key);
   if (m) {
     return pathKey(key, m[3] === 'down' ? 'down' : 'up', processorModule(m[1]!, m[2]!), 'processor');
   }
   m = PEFT_AB_RE.exec(key);
   if (m) return pathKey(key, m[2] === 'A' ? 'down' : 'up', m[1]!, 'lora_A/B', m[3]);
+  m = PEFT_BIAS_RE.exec(key);
+  if (m) return pathKey(key, 'bias', m[1]!, 'lora_A/B', m[2]);
+  m = UP_BIAS_RE.exec(key);
+  if (m) return pathKey(key, 'bias', m[1]!, m[2] === 'lora' ? 'lora.down/up' : 'lora_linear_layer');
   m = LORA_DOT_RE.exec(key);
   if (m) return pathKey(key, m[2] === 'down' ? 'down' : 'up', m[1]!, 'lora.down/up');
   m = LINEAR_LAYER_RE.exec(key);
@@ -138,6 +180,15 @@ export function parseLoraKey(key: string): ParsedKey | undefined {
   m = PATH_ALPHA_RE.exec(key);
   if (m && m[1]!.includes('.')) return pathKey(key, 'alpha', m[1]!, 'alpha');
   return undefined;
+}
+
+/**
+ * Keys that are not LoRA factors but belong in a LoRA file and are kept verbatim: kohya's pivotal-tuning textual
+ * inversion embeddings, `bundle_emb.<token>.string_to_param.*` (SD1.5) or `bundle_emb.<token>.clip_l` /
+ * `.clip_g` (SDXL), trained together with the LoRA.
+ */
+export function isEmbeddingKey(key: string): boolean {
+  return key.startsWith('bundle_emb.');
 }
 
 // ---------------------------------------------------------------------------------------------------------------

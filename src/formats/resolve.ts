@@ -13,12 +13,13 @@
  */
 import type { Arch, Layout, LayoutSize, ModuleEntry } from '../layout/types.js';
 import { CANDIDATES, getLayout } from '../layout/index.js';
+import type { KeyFamily } from './keys.js';
 
 /** A LoRA module as found in a file, before resolution: its name and factor shapes. */
 export interface RawModule {
-  /** kohya name ('lora_unet_…') or canonical path ('unet.…'). */
+  /** kohya name ('lora_unet_…'), canonical path ('unet.…') or another tool's name ('diffusion_model.…'). */
   readonly id: string;
-  readonly family: 'kohya' | 'path';
+  readonly family: KeyFamily;
   readonly downShape: readonly number[];
   readonly upShape: readonly number[];
 }
@@ -47,7 +48,14 @@ export interface CandidateResult {
 
 /** Look one module name up in a layout. */
 export function lookupModule(layout: Layout, module: Pick<RawModule, 'id' | 'family'>): ModuleEntry | undefined {
-  return module.family === 'kohya' ? layout.byKohyaName.get(module.id) : layout.byPath.get(module.id);
+  switch (module.family) {
+    case 'kohya':
+      return layout.byKohyaName.get(module.id);
+    case 'alias':
+      return layout.byAlias.get(module.id);
+    case 'path':
+      return layout.byPath.get(module.id);
+  }
 }
 
 const fmt = (s: readonly (number | string)[]): string => `[${s.join(', ')}]`;

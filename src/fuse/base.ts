@@ -3,7 +3,7 @@
  * module's weight lives (file, key, and the rows of a fused q/k/v tensor).
  */
 import type { CheckpointDetection } from '../layout/detect.js';
-import type { Component, ModuleEntry } from '../layout/types.js';
+import type { Component, Layout, ModuleEntry, StateDictEntry } from '../layout/types.js';
 import type { SafetensorsFile } from '../safetensors/read.js';
 
 /** One safetensors file of the base that is rewritten into the output. */
@@ -44,6 +44,33 @@ export function locate(base: OpenedBase, f: BaseWeightFile, entry: ModuleEntry):
   if (!d.components.includes(entry.component)) return null;
   const key = d.aliases.get(entry.singleFileWeightKey) ?? entry.singleFileWeightKey;
   return entry.singleFileRows ? { key, rows: entry.singleFileRows } : { key };
+}
+
+const biasIndex = new WeakMap<Layout, Map<string, StateDictEntry>>();
+
+/** The state-dict entry of a module's bias ('<component>/<localPath>.bias'), if the module has one. */
+function biasEntry(layout: Layout, entry: ModuleEntry): StateDictEntry | undefined {
+  let index = biasIndex.get(layout);
+  if (!index) {
+    index = new Map(layout.stateDict.map((s) => [`${s.component}/${s.diffusersKey}`, s]));
+    biasIndex.set(layout, index);
+  }
+  return index.get(`${entry.component}/${entry.localPath}.bias`);
+}
+
+/**
+ * The key (and rows) holding `entry`'s bias in `f` (where a PEFT bias delta lands), or null when this file cannot
+ * hold it or the module has no bias in this architecture.
+ */
+export function locateBias(base: OpenedBase, f: BaseWeightFile, entry: ModuleEntry): WeightLocation | null {
+  const d = base.detection;
+  const s = biasEntry(d.layout, entry);
+  if (!s) return null;
+  if (f.component !== null) return f.component === entry.component ? { key: s.diffusersKey } : null;
+  if (d.naming === 'diffusers-unet') return entry.component === 'unet' ? { key: s.diffusersKey } : null;
+  if (!d.components.includes(entry.component)) return null;
+  const key = d.aliases.get(s.singleFileKey) ?? s.singleFileKey;
+  return s.singleFileRows ? { key, rows: s.singleFileRows } : { key };
 }
 
 /** Why a base has no place for a module (for the unmatched list). */

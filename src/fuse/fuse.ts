@@ -10,6 +10,7 @@
  *
  * Core module: no `node:` imports. Paths and diffusers folders go through ./node.js, loaded on demand.
  */
+import ndarray from 'ndarray';
 import { FuseError, IoError, LoraError } from '../core/errors.js';
 import { isByteSource, type ByteSink, type ByteSource } from '../core/bytes.js';
 import { detectCheckpoint } from '../layout/detect.js';
@@ -23,7 +24,7 @@ import { writeSafetensors, type TensorToWrite } from '../safetensors/write.js';
 import { DTYPE_SIZE, type DType } from '../core/tensor.js';
 import { VERSION } from '../core/version.js';
 import { currentFuseHost, type FuseHost } from './host.js';
-import { locate, whyAbsent, type BaseWeightFile, type OpenedBase } from './base.js';
+import { locate, locateBias, whyAbsent, type BaseWeightFile, type OpenedBase } from './base.js';
 import { openInputs, type FuseInput, type InputModule } from './inputs.js';
 import { stackFactors, type StackPart } from '../lora/stack.js';
 import { termDelta } from '../lora/terms/index.js';
@@ -206,6 +207,7 @@ export function planFusion(
       const g = `${entry.component}/${entry.group}`;
       byGroup[g] = (byGroup[g] ?? 0) + 1;
     }
+    planBias(base, entry, terms, perFile, unmatched);
   }
   if (unmatched.length > 0 && !options.allowUnmatched) {
     const byReason = new Map<string, string[]>();
@@ -244,6 +246,64 @@ export function planFusion(
     return { base: f, tensors };
   });
   return { files, fused, byGroup, unmatched };
+}
+
+const ONE = Float32Array.of(1);
+
+/**
+ * PEFT bias deltas (lora_B.bias): the module's bias tensor changes by Σ λ·(alpha/r)·bias. Each lands as a rank-1
+ * target on the bias tensor (up = the bias column, down = [1]), so the kernels, dtype handling and overflow checks
+ * are the weights' own. A base without that bias is an unmatched module.
+ */
+function planBias(
+  base: OpenedBase,
+  entry: ModuleEntry,
+  terms: readonly FuseTerm[],
+  perFile: Map<string, Target[]>[],
+  unmatched: { key: string; reason: string }[],
+): void {
+  const biased = terms.filter((t) => t.module.bias !== undefined);
+  if (biased.length === 0) return;
+  let landed = 0;
+  let problem: string | null = null;
+  base.files.forEach((f, fi) => {
+    const loc = locateBias(base, f, entry);
+    if (!loc) return;
+    const info = f.file.get(loc.key);
+    if (!info) return;
+    const rows: [number, number] = loc.rows ? [loc.rows[0], loc.rows[1]] : [0, info.shape[0] ?? 1];
+    const out = biased[0]!.module.out;
+    if (info.shape.length !== 1 || rows[1] > (info.shape[0] ?? 0) || rows[1] - rows[0] !== out) {
+      problem = `the bias delta has ${out} values but the base tensor '${loc.key}' is ${fmt(info.shape)}`;
+      return;
+    }
+    const biasTerms: FuseTerm[] = biased.map((t) => ({
+      input: t.input,
+      coef: t.coef,
+      module: {
+        path: t.module.path,
+        kind: 'lowRank',
+        rank: 1,
+        alpha: 1,
+        out,
+        fanIn: 1,
+        name: `${t.module.name} (bias)`,
+        factors: async () => ({ up: await t.module.bias!(), down: ONE }),
+        term: async () => ({
+          up: ndarray(await t.module.bias!(), [out, 1]),
+          down: ndarray(ONE, [1, 1]),
+          alpha: 1,
+        }),
+      },
+    }));
+    const list = perFile[fi]!.get(loc.key) ?? [];
+    list.push({ path: `${entry.path}.bias`, entry, rows, cols: 1, terms: biasTerms });
+    perFile[fi]!.set(loc.key, list);
+    landed++;
+  });
+  if (problem === null && landed > 0) return;
+  const reason = problem ?? `the base has no bias for '${entry.path}', so its bias delta (lora_B.bias) cannot land`;
+  for (const t of biased) unmatched.push({ key: `${t.input.source}: ${t.module.name} (bias)`, reason });
 }
 
 // ---- buffers ---------------------------------------------------------------------------------------------------
@@ -767,6 +827,7 @@ export async function fuseLoras(
       modulesFused: p.fused.size,
       byGroup: p.byGroup,
       unmatched: p.unmatched,
+      embeddingsSkipped: inputs.flatMap((x) => x.embeddings.map((k) => `${x.source}: ${k}`)),
       tensors: {
         total: tensorsTotal,
         fused: counters.fusedTensors,

@@ -39,6 +39,8 @@ export interface InputModule {
   factors(): Promise<{ up: Float32Array; down: Float32Array }>;
   /** Any kind: the term itself. */
   term(): Promise<Term>;
+  /** The bias delta [out] (PEFT lora_B.bias, scaled like up), for modules that have one. */
+  readonly bias?: () => Promise<Float32Array>;
 }
 
 export interface FuseInput {
@@ -49,6 +51,8 @@ export interface FuseInput {
   readonly modules: ReadonlyMap<string, InputModule>;
   /** Modules or keys the decoder could not place (only with allowUnmatched). */
   readonly unmatched: readonly { readonly key: string; readonly reason: string }[];
+  /** Tensors of the LoRA that have no place in a checkpoint (pivotal-tuning embeddings): skipped, reported. */
+  readonly embeddings: readonly string[];
   /** λ of a module (weight × block multiplier). */
   readonly weightOf: (path: string) => number;
   readonly weightLabel: string;
@@ -89,6 +93,11 @@ function compileWeightLabelled(
   return { fn, label: parts.join(' ') };
 }
 
+const readBias =
+  (file: SafetensorsFile, key: string): (() => Promise<Float32Array>) =>
+  () =>
+    file.readF32(key);
+
 function fromPlan(file: SafetensorsFile, plan: LoraPlan, owned: boolean, weight: MergeWeight, name: string): FuseInput {
   const modules = new Map<string, InputModule>();
   for (const m of plan.modules) {
@@ -109,6 +118,7 @@ function fromPlan(file: SafetensorsFile, plan: LoraPlan, owned: boolean, weight:
         const [up, down] = await Promise.all([file.readF32(m.upKey), file.readF32(m.downKey)]);
         return { down: ndarray(down, [...m.downShape]), up: ndarray(up, [...m.upShape]), alpha: m.alpha };
       },
+      ...(m.biasKey !== undefined ? { bias: readBias(file, m.biasKey) } : {}),
     });
   }
   const w = compileWeightLabelled(weight, plan.arch, plan.size, name);
@@ -119,6 +129,7 @@ function fromPlan(file: SafetensorsFile, plan: LoraPlan, owned: boolean, weight:
     size: plan.size,
     modules,
     unmatched: plan.unmatched,
+    embeddings: plan.embeddings.map((e) => e.key),
     weightOf: w.fn,
     weightLabel: w.label,
     async close() {
@@ -147,6 +158,7 @@ function fromLora(lora: Lora<Term>, weight: MergeWeight, name: string): FuseInpu
         async term() {
           return m;
         },
+        ...(m.bias ? { bias: async () => contiguousValues(m.bias!) } : {}),
       });
       continue;
     }
@@ -165,6 +177,7 @@ function fromLora(lora: Lora<Term>, weight: MergeWeight, name: string): FuseInpu
       async term() {
         return m;
       },
+      ...(m.bias ? { bias: async () => contiguousValues(m.bias!) } : {}),
     });
   }
   const w = compileWeightLabelled(weight, lora.arch, lora.size, name);
@@ -177,6 +190,7 @@ function fromLora(lora: Lora<Term>, weight: MergeWeight, name: string): FuseInpu
     size: lora.size,
     modules,
     unmatched: (lora as { unmatched?: FuseInput['unmatched'] }).unmatched ?? [],
+    embeddings: [...(lora.embeddings?.keys() ?? [])],
     weightOf: w.fn,
     weightLabel: w.label,
     async close() {

@@ -23,6 +23,11 @@ export function formatFuseReport(r: FuseReport): string {
     for (const u of r.unmatched.slice(0, 10)) lines.push(`  ${u.key}: ${u.reason}`);
     if (r.unmatched.length > 10) lines.push(`  … (+${r.unmatched.length - 10} more)`);
   }
+  if (r.embeddingsSkipped.length > 0) {
+    lines.push(
+      `skipped ${r.embeddingsSkipped.length} embedding(s) a checkpoint cannot hold (load them as textual inversions): ${r.embeddingsSkipped.slice(0, 5).join(', ')}${r.embeddingsSkipped.length > 5 ? ' …' : ''}`,
+    );
+  }
   lines.push(
     `tensors: ${r.tensors.total} (${r.tensors.fused} fused, ${r.tensors.copied} copied, ${r.tensors.converted} converted); output dtype ${r.outputDtype}`,
   );

@@ -96,6 +96,11 @@ export interface FuseReport {
   readonly byGroup: Readonly<Record<string, number>>;
   /** Modules skipped with allowUnmatched, with why. */
   readonly unmatched: readonly { readonly key: string; readonly reason: string }[];
+  /**
+   * LoRA tensors a checkpoint has no place for, skipped ('<source>: <key>'): kohya pivotal-tuning embeddings
+   * (`bundle_emb.*`). Load them as textual-inversion embeddings next to the fused model.
+   */
+  readonly embeddingsSkipped: readonly string[];
   readonly tensors: {
     readonly total: number;
     readonly fused: number;

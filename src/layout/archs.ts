@@ -7,9 +7,9 @@
  */
 import { ArchError } from '../core/errors.js';
 import { generateTextEncoder, type TextEncoderConfig } from './text-encoders.js';
-import type { Arch, BlockId, Layout, LayoutSize, ModuleEntry, StateDictEntry } from './types.js';
+import type { Arch, BlockId, Component, Layout, LayoutSize, ModuleEntry, StateDictEntry } from './types.js';
 import { ARCHS } from './types.js';
-import { generateUNet, type UNetConfig } from './unet.js';
+import { generateUNet, kohyaFlatten, type UNetConfig } from './unet.js';
 
 /** Everything that defines one architecture at one size. */
 export interface ArchConfig {
@@ -209,6 +209,24 @@ export function buildLayout(cfg: ArchConfig): Layout {
   return build(cfg).layout;
 }
 
+/** ComfyUI's name for each text encoder inside its CLIP object ('clip_l', 'clip_g'), as its LoRA keys spell it. */
+const COMFY_TEXT_ENCODER: Readonly<Record<Exclude<Component, 'unet'>, string>> = {
+  text_encoder: 'clip_l',
+  text_encoder_2: 'clip_g',
+};
+
+/**
+ * The other names tools give a module (Layout.byAlias). ComfyUI keys a module by its model's state-dict name
+ * without '.weight' (comfy/lora.py `model_lora_keys_unet` / `model_lora_keys_clip`): 'diffusion_model.' + the LDM
+ * path for the UNet, 'text_encoders.clip_l.transformer.' / 'text_encoders.clip_g.transformer.' + the HF path for
+ * the text encoders; its LoRA saver writes those keys. The LyCORIS wrapper (SimpleTuner) names UNet modules
+ * 'lycoris_' + the flattened diffusers path.
+ */
+export function moduleAliases(m: ModuleEntry): string[] {
+  if (m.component === 'unet') return [`diffusion_model.${m.singleFilePath}`, kohyaFlatten('lycoris', m.localPath)];
+  return [`text_encoders.${COMFY_TEXT_ENCODER[m.component]}.transformer.${m.localPath}`];
+}
+
 function build(cfg: ArchConfig): BuiltLayout {
   const unet = generateUNet(cfg.unet);
   const modules: ModuleEntry[] = [...unet.modules];
@@ -222,7 +240,13 @@ function build(cfg: ArchConfig): BuiltLayout {
   const byPath = new Map<string, ModuleEntry>();
   const byKohyaName = new Map<string, ModuleEntry>();
   const bySingleFileKey = new Map<string, ModuleEntry[]>();
+  const byAlias = new Map<string, ModuleEntry>();
   for (const m of modules) {
+    for (const k of moduleAliases(m)) {
+      const other = byAlias.get(k);
+      if (other) throw duplicate(where, `module alias (also ${other.path})`, k);
+      byAlias.set(k, m);
+    }
     if (byPath.has(m.path)) throw duplicate(where, 'module path', m.path);
     byPath.set(m.path, m);
     for (const k of new Set(m.kohyaNames)) {
@@ -250,7 +274,16 @@ function build(cfg: ArchConfig): BuiltLayout {
     if (seenSingle.has(sk)) throw duplicate(where, 'single-file state-dict key', sk);
     seenSingle.add(sk);
   }
-  const layout: Layout = { arch: cfg.arch, size: cfg.size, modules, byPath, byKohyaName, bySingleFileKey, stateDict };
+  const layout: Layout = {
+    arch: cfg.arch,
+    size: cfg.size,
+    modules,
+    byPath,
+    byKohyaName,
+    byAlias,
+    bySingleFileKey,
+    stateDict,
+  };
   const blockIds: BlockId[] = cfg.textEncoders.length > 0 ? ['BASE', ...unet.blockIds] : [...unet.blockIds];
   return { layout, blockIds };
 }

@@ -17,6 +17,7 @@ export { generateTextEncoder, type TextEncoderConfig, type TextEncoderTables } f
 export {
   getLayout,
   buildLayout,
+  moduleAliases,
   archConfig,
   blockIds,
   blockIdOf,

@@ -84,6 +84,12 @@ export interface Layout {
   readonly byPath: ReadonlyMap<string, ModuleEntry>;
   /** Every kohya spelling → its module. */
   readonly byKohyaName: ReadonlyMap<string, ModuleEntry>;
+  /**
+   * Other names tools give a module, read only (see `moduleAliases`): ComfyUI's own LoRA keys
+   * ('diffusion_model.<LDM path>', 'text_encoders.clip_l.transformer.<HF path>', 'text_encoders.clip_g.…') and the
+   * LyCORIS wrapper's 'lycoris_<flattened diffusers UNet path>' (SimpleTuner).
+   */
+  readonly byAlias: ReadonlyMap<string, ModuleEntry>;
   /** Single-file weight key → the module(s) writing into it (several for a fused in_proj_weight). */
   readonly bySingleFileKey: ReadonlyMap<string, readonly ModuleEntry[]>;
   /** Every UNet and text-encoder state-dict key under both namings. */

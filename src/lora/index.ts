@@ -1,5 +1,5 @@
 /** LoRA arithmetic: deltas, scaling, exact weighted sums, optimal rank reduction, block weights. */
-export type { F32Array, Lora, LoraModule } from './types.js';
+export type { F32Array, Lora, LoraModule, StoredTensor } from './types.js';
 export { deltaOf, deltaShape, moduleDims, rankOf, scaleOf, contiguousValues, type ModuleDims } from './delta.js';
 export { scaleLora, negateLora, scaleModule } from './scale.js';
 export {

@@ -28,7 +28,7 @@ import { RankReducer, reduceModule, type FactorTerm, type RankTarget, type Reduc
 import { OptionError } from '../core/errors.js';
 import { METHODS, resolveMethod, type MethodOptions, type ResolvedMethod } from './methods.js';
 import { methodModule, type MethodModuleRequest } from './method-module.js';
-import type { Lora, LoraModule, Term } from './types.js';
+import type { F32Array, Lora, LoraModule, StoredTensor, Term } from './types.js';
 
 /**
  * A merge weight: a plain number, or an object with an overall weight (default 1), per-block multipliers and/or
@@ -466,6 +466,69 @@ export function exactModule(pm: PlannedMergeModule): LoraModule {
   return { up: ndarray(c.up, pm.upShape(R)), down: ndarray(c.down, pm.downShape(R)), alpha: R };
 }
 
+/**
+ * The merged bias delta of a module, Σ coefᵢ·biasᵢ over the terms that have one (the merged module has scale 1,
+ * so the sum is stored as is), or undefined when no term has a bias. Biases add linearly, so this is exact whatever
+ * happens to the factors (rank reduction included).
+ */
+export function mergedBias(pm: PlannedMergeModule): F32Array | undefined {
+  let sum: Float64Array | undefined;
+  for (const p of pm.parts) {
+    const b = p.module.bias;
+    if (!b) continue;
+    const v = contiguousValues(b);
+    sum ??= new Float64Array(v.length);
+    if (v.length !== sum.length) {
+      throw new LoraError(
+        'LORA_SHAPE_MISMATCH',
+        `merge: module '${pm.path}': bias deltas of ${sum.length} and ${v.length} values; expected one length`,
+        { key: pm.path, expected: sum.length, found: v.length },
+      );
+    }
+    for (let i = 0; i < v.length; i++) sum[i] = (sum[i] ?? 0) + p.coef * (v[i] ?? 0);
+  }
+  return sum ? ndarray(Float32Array.from(sum), [sum.length]) : undefined;
+}
+
+/** Attach a planned module's merged bias delta to its merged factors. */
+function withBias(pm: PlannedMergeModule, m: LoraModule): LoraModule {
+  const bias = mergedBias(pm);
+  return bias ? { ...m, bias } : m;
+}
+
+/**
+ * The union of the inputs' embeddings (pivotal-tuning tokens). An embedding carried by several inputs with other
+ * bytes is refused: there is no weighted sum of token vectors that means what either input meant.
+ */
+export function mergedEmbeddings(loras: readonly Lora<Term>[]): Map<string, StoredTensor> {
+  const out = new Map<string, StoredTensor>();
+  const from = new Map<string, number>();
+  loras.forEach((l, i) => {
+    for (const [k, e] of l.embeddings ?? []) {
+      const prev = out.get(k);
+      if (!prev) {
+        out.set(k, e);
+        from.set(k, i);
+        continue;
+      }
+      const same =
+        prev.dtype === e.dtype &&
+        prev.shape.length === e.shape.length &&
+        prev.shape.every((d, j) => d === e.shape[j]) &&
+        prev.data.length === e.data.length &&
+        prev.data.every((b, j) => b === e.data[j]);
+      if (!same) {
+        throw new LoraError(
+          'LORA_SHAPE_MISMATCH',
+          `merge: ${nameOf(l, i)} and ${nameOf(loras[from.get(k) ?? 0]!, from.get(k) ?? 0)} both carry the embedding '${k}' with different values; rename the token in one of them`,
+          { key: k },
+        );
+      }
+    }
+  });
+  return out;
+}
+
 /** Turn a plan and the reduction outcomes (by path) into the merged LoRA and its report. */
 export function assembleMerge(
   plan: MergePlan,
@@ -482,7 +545,7 @@ export function assembleMerge(
       continue;
     }
     if (pm.action === 'exact') {
-      modules.set(path, built.get(path) ?? exactModule(pm));
+      modules.set(path, withBias(pm, built.get(path) ?? exactModule(pm)));
       reports.push({ path, inputs, rankBefore: R, rankAfter: R, normKept: 1, error: 0 });
       continue;
     }
@@ -501,14 +564,17 @@ export function assembleMerge(
         dropped: 'zero-delta',
       });
     } else if (!o.factors) {
-      modules.set(path, built.get(path) ?? exactModule(pm));
+      modules.set(path, withBias(pm, built.get(path) ?? exactModule(pm)));
       reports.push({ path, inputs, rankBefore: R, rankAfter: R, normKept: 1, error: 0, norm: o.norm });
     } else {
-      modules.set(path, {
-        up: ndarray(o.factors.up, pm.upShape(o.k)),
-        down: ndarray(o.factors.down, pm.downShape(o.k)),
-        alpha: o.k,
-      });
+      modules.set(
+        path,
+        withBias(pm, {
+          up: ndarray(o.factors.up, pm.upShape(o.k)),
+          down: ndarray(o.factors.down, pm.downShape(o.k)),
+          alpha: o.k,
+        }),
+      );
       reports.push({ path, inputs, rankBefore: R, rankAfter: o.k, normKept: o.normKept, error: o.error, norm: o.norm });
     }
   }
@@ -536,7 +602,11 @@ export function assembleMerge(
         : {}),
     }),
   };
-  return { lora: { arch: first.arch, size: first.size, modules, metadata }, report: summarize(reports) };
+  const embeddings = mergedEmbeddings(loras);
+  return {
+    lora: { arch: first.arch, size: first.size, modules, metadata, ...(embeddings.size > 0 ? { embeddings } : {}) },
+    report: summarize(reports),
+  };
 }
 
 /**

@@ -7,11 +7,14 @@ import ops from 'ndarray-ops';
 import { LoraError } from '../core/errors.js';
 import type { Lora, LoraModule } from './types.js';
 
-/** s·module: a new `up` holding s·up (element-wise through ndarray-ops), the same `down` and alpha. */
+/** s·module: a new `up` (and bias delta) holding s·up (element-wise through ndarray-ops), the same `down` and alpha. */
 export function scaleModule(module: LoraModule, s: number): LoraModule {
   const up = ndarray(new Float32Array(module.up.size), module.up.shape.slice());
   ops.muls(up, module.up, s);
-  return { down: module.down, up, alpha: module.alpha };
+  if (!module.bias) return { down: module.down, up, alpha: module.alpha };
+  const bias = ndarray(new Float32Array(module.bias.size), module.bias.shape.slice());
+  ops.muls(bias, module.bias, s);
+  return { down: module.down, up, alpha: module.alpha, bias };
 }
 
 /** s·τ for every module. Throws LORA_INVALID_WEIGHTS for a non-finite s. */
@@ -23,7 +26,13 @@ export function scaleLora(lora: Lora, s: number): Lora {
   }
   const modules = new Map<string, LoraModule>();
   for (const [path, m] of lora.modules) modules.set(path, scaleModule(m, s));
-  return { arch: lora.arch, size: lora.size, modules, metadata: { ...lora.metadata } };
+  return {
+    arch: lora.arch,
+    size: lora.size,
+    modules,
+    metadata: { ...lora.metadata },
+    ...(lora.embeddings ? { embeddings: lora.embeddings } : {}),
+  };
 }
 
 /** −τ. */

@@ -1,4 +1,5 @@
 import type { NdArray } from 'ndarray';
+import type { DType } from '../core/tensor.js';
 import type { Arch, LayoutSize } from '../layout/types.js';
 
 /** A contiguous row-major float32 ndarray (offset 0, C-order strides). */
@@ -16,6 +17,18 @@ export interface LoraModule {
   readonly down: F32Array;
   readonly up: F32Array;
   readonly alpha: number;
+  /**
+   * A bias delta [out] (PEFT `lora_B.bias`, lora_bias=True), scaled like `up`: the module's bias changes by
+   * (alpha / r) · bias. Absent for the usual bias-free LoRA.
+   */
+  readonly bias?: F32Array;
+}
+
+/** A tensor carried through verbatim (bytes as stored), e.g. a pivotal-tuning embedding. */
+export interface StoredTensor {
+  readonly dtype: DType;
+  readonly shape: readonly number[];
+  readonly data: Uint8Array;
 }
 
 /** The lowRank kind (LoRA, LoCon; a Tucker core is folded into `down` when the file is read, exactly). */
@@ -102,4 +115,9 @@ export interface Lora<T extends Term = LoraModule> {
   readonly modules: ReadonlyMap<string, T>;
   /** Free-form string metadata (safetensors __metadata__), carried into outputs. */
   readonly metadata: Readonly<Record<string, string>>;
+  /**
+   * Tensors that are not LoRA modules but travel with the LoRA, by key: kohya's pivotal-tuning embeddings
+   * (`bundle_emb.*`). Merge and convert keep them; fuse reports them as skipped (a checkpoint has no place for them).
+   */
+  readonly embeddings?: ReadonlyMap<string, StoredTensor>;
 }

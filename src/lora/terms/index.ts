@@ -155,6 +155,8 @@ export function asLowRank(t: Term, path = '(module)', base?: Float32Array): Lora
     up: ndarray(f.up, conv ? [out, f.rank, 1, 1] : [out, f.rank]),
     down: ndarray(f.down, [f.rank, ...shape.slice(1)]),
     alpha: f.rank,
+    // scale alpha / rank = 1, so a bias delta (diff_b) is carried as it is
+    ...(t.bias ? { bias: t.bias } : {}),
   };
 }
 
@@ -162,5 +164,11 @@ export function asLowRank(t: Term, path = '(module)', base?: Float32Array): Lora
 export function lowRankLora(lora: Lora<Term>, baseOf?: (path: string) => Float32Array | undefined): Lora {
   const modules = new Map<string, LoraModule>();
   for (const [path, t] of lora.modules) modules.set(path, asLowRank(t, path, baseOf?.(path)));
-  return { arch: lora.arch, size: lora.size, modules, metadata: lora.metadata };
+  return {
+    arch: lora.arch,
+    size: lora.size,
+    modules,
+    metadata: lora.metadata,
+    ...(lora.embeddings ? { embeddings: lora.embeddings } : {}),
+  };
 }
