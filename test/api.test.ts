@@ -194,30 +194,34 @@ describe('public entry', () => {
       expect(blocks.length).toBeGreaterThanOrEqual(8);
     });
 
-    it.concurrent.each(blocks.map((b, i) => [i, b] as const))('example %i', async (i, block) => {
-      const dir = await mkdtemp(join(tmpdir(), 'lora-mix-apidoc-'));
-      dirs.push(dir);
-      const file = join(dir, `example-${i}.mts`);
-      await writeFile(
-        file,
-        block.replaceAll("'/tmp/", `'${dir}/`).replaceAll("from 'lora-mix'", `from '${join(ROOT, 'src/node.js')}'`),
-      );
-      const r = await new Promise<{ status: number | null; stdout: string; stderr: string }>((resolve) => {
-        const child = spawn(process.execPath, ['--import', 'tsx', file], { cwd: ROOT });
-        let stdout = '',
-          stderr = '';
-        child.stdout.on('data', (d: Buffer) => {
-          stdout += d.toString();
+    it.concurrent.each(blocks.map((b, i) => [i, b] as const))(
+      'example %i',
+      async (i, block) => {
+        const dir = await mkdtemp(join(tmpdir(), 'lora-mix-apidoc-'));
+        dirs.push(dir);
+        const file = join(dir, `example-${i}.mts`);
+        await writeFile(
+          file,
+          block.replaceAll("'/tmp/", `'${dir}/`).replaceAll("from 'lora-mix'", `from '${join(ROOT, 'src/node.js')}'`),
+        );
+        const r = await new Promise<{ status: number | null; stdout: string; stderr: string }>((resolve) => {
+          const child = spawn(process.execPath, ['--import', 'tsx', file], { cwd: ROOT });
+          let stdout = '',
+            stderr = '';
+          child.stdout.on('data', (d: Buffer) => {
+            stdout += d.toString();
+          });
+          child.stderr.on('data', (d: Buffer) => {
+            stderr += d.toString();
+          });
+          child.on('close', (status) => resolve({ status, stdout, stderr }));
         });
-        child.stderr.on('data', (d: Buffer) => {
-          stderr += d.toString();
-        });
-        child.on('close', (status) => resolve({ status, stdout, stderr }));
-      });
-      expect(r.status, r.stderr).toBe(0);
-      expect(r.stderr).toBe('');
-      outputs[i] = r.stdout;
-    });
+        expect(r.status, r.stderr).toBe(0);
+        expect(r.stderr).toBe('');
+        outputs[i] = r.stdout;
+      },
+      240_000,
+    ); // all examples start at once, each a tsx process: on a busy 2-core machine that takes minutes
 
     it('print what their comments say', () => {
       const all = outputs.join('\n');
