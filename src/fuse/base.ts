@@ -84,3 +84,24 @@ export function whyAbsent(base: OpenedBase, entry: ModuleEntry): string {
   }
   return `no tensor '${d.naming === 'single-file' ? entry.singleFileWeightKey : entry.diffusersWeightKey}' in the base`;
 }
+
+/** A module's weight found in an opened checkpoint: the file, the key, and the rows of a fused q/k/v tensor. */
+export interface FoundWeight {
+  readonly file: SafetensorsFile;
+  readonly key: string;
+  readonly rows?: readonly [number, number];
+  /** Index of the file in `opened.files`. */
+  readonly fileIndex: number;
+}
+
+/** Where `entry`'s weight is in any file of `opened` (null when no file holds it). */
+export function findWeight(opened: OpenedBase, entry: ModuleEntry): FoundWeight | null {
+  for (let i = 0; i < opened.files.length; i++) {
+    const f = opened.files[i];
+    if (!f) continue;
+    const l = locate(opened, f, entry);
+    if (l?.key !== undefined && f.file.has(l.key))
+      return { file: f.file, key: l.key, ...(l.rows ? { rows: l.rows } : {}), fileIndex: i };
+  }
+  return null;
+}

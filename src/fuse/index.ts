@@ -17,5 +17,34 @@ export {
 export { formatFuseReport, fmtBytes } from './report.js';
 export { installFuseHost, currentFuseHost, type FuseHost } from './host.js';
 export { openInputs, type FuseInput, type InputModule } from './inputs.js';
-export { locate, type OpenedBase, type BaseWeightFile, type WeightLocation } from './base.js';
+export {
+  locate,
+  findWeight,
+  type OpenedBase,
+  type BaseWeightFile,
+  type WeightLocation,
+  type FoundWeight,
+} from './base.js';
 export type * from './types.js';
+export {
+  extractLora,
+  extractRules,
+  EXTRACT_METADATA_KEY,
+  DEFAULT_MAX_RANK,
+  type ExtractOptions,
+  type ExtractReport,
+  type ExtractModuleReport,
+  type ExtractProgress,
+} from './extract.js';
+export { formatExtractReport } from './extract-report.js';
+export {
+  unfuseLoras,
+  ulpDistance,
+  negateWeight,
+  UNFUSE_METADATA_KEY,
+  ULP_BUCKETS,
+  type UnfuseOptions,
+  type UnfuseReport,
+  type UlpDistance,
+} from './unfuse.js';
+export { formatUnfuseReport } from './extract-report.js';

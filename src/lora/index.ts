@@ -107,3 +107,22 @@ export {
 } from './methods.js';
 export { magnitudePrune, randomPrune } from './sparsify.js';
 export { methodDelta, methodModule, type MethodModuleRequest, type MethodMember } from './method-module.js';
+export {
+  chooseExtractRank,
+  describeRule,
+  ruleCap,
+  validateRule,
+  KOHYA_MIN_SV,
+  type RankRule,
+} from './rank-rule.js';
+export {
+  analyzeLoras,
+  type AnalyzeInput,
+  type AnalyzeOptions,
+  type AnalyzeReport,
+  type ModuleAnalysis,
+  type BlockAnalysis,
+  type Figures,
+} from './analyze.js';
+export { formatAnalyzeReport } from './analyze-format.js';
+export { analyzeHtml } from './analyze-html.js';

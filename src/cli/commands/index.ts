@@ -1,7 +1,10 @@
 import type { Command } from '../context.js';
+import { analyzeCommand } from './analyze.js';
 import { convertCommand } from './convert.js';
 import { demoCommand } from './demo.js';
+import { extractCommand } from './extract.js';
 import { fuseCommand } from './fuse.js';
+import { unfuseCommand } from './unfuse.js';
 import { inspectCommand } from './inspect.js';
 import { layoutCommand } from './layout.js';
 import { mergeCommand } from './merge.js';
@@ -14,6 +17,9 @@ export const COMMANDS: readonly Command[] = [
   convertCommand,
   mergeCommand,
   fuseCommand,
+  unfuseCommand,
+  extractCommand,
+  analyzeCommand,
   verifyCommand,
   layoutCommand,
   sampleCommand,

@@ -1,0 +1,572 @@
+/**
+ * extractLora: τ = tuned − base as a LoRA, module by module, with the error it makes stated per module.
+ *
+ * Both checkpoints are opened lazily (single files or diffusers folders, SD1.5 / SDXL / SSD-1B, either naming) and
+ * read side by side one module at a time in the base's file order, the next pair read while the current one is
+ * factored: never more than two module pairs in memory. Per module: Δ = tuned − base in f32 (exact for fp16/bf16
+ * weights of similar size); an all-zero Δ is left out and counted; otherwise the truncated SVD of src/lora/svd.ts
+ * gives balanced rank-k factors (k from the rank rule, src/lora/rank-rule.ts), no clamping; the factors are rounded
+ * to the output dtype and the error ‖Δ − up·down‖_F of those stored factors is measured against Δ in f64. 3×3
+ * convolutions are written as LoCon (kohya spelling: lora_down [r, in, 3, 3], lora_up [out, r, 1, 1]).
+ *
+ * Which modules: every UNet Linear/Conv2d in attentions, resnets and down/up-samplers (the modules kohya's LoRA
+ * and LoCon target, and LCM-LoRA's set), and with `textEncoders` every text-encoder Linear. Biases, norms,
+ * embeddings and conv_in/conv_out are not part of a LoRA and are not compared.
+ */
+import { isByteSource, type ByteSink, type ByteSource } from '../core/bytes.js';
+import { decodeToF32, encodeFromF32, countOverflow } from '../core/dtype.js';
+import { ArchError, LoraError, OptionError } from '../core/errors.js';
+import { VERSION } from '../core/version.js';
+import { ARCH_LABEL } from '../layout/archs.js';
+import type { ModuleEntry } from '../layout/types.js';
+import { encodeModules, type ModuleSource, type OutputDType } from '../formats/encode.js';
+import type { KohyaPaths } from '../formats/kohya.js';
+import { chooseExtractRank, describeRule, ruleCap, validateRule, type RankRule } from '../lora/rank-rule.js';
+import { wasmProduct } from '../lora/product.js';
+import { jsProduct, truncatedSvd } from '../lora/svd.js';
+import type { SafetensorsFile } from '../safetensors/read.js';
+import { writeSafetensors } from '../safetensors/write.js';
+import { now } from '../kernels/job.js';
+import { findWeight, type OpenedBase } from './base.js';
+import { openBase } from './fuse.js';
+import type { BaseInput } from './types.js';
+
+/** Metadata key holding the JSON summary of an extraction. */
+export const EXTRACT_METADATA_KEY = 'lora_mix_extract';
+
+/** Default cap of the dynamic rank rules. */
+export const DEFAULT_MAX_RANK = 128;
+
+export interface ExtractOptions {
+  /** Where to write the LoRA: a path (Node; temp file + rename) or a ByteSink. Never over an input. */
+  readonly out: string | ByteSink;
+  /** Fixed rank per module; with a dynamic rule, its cap. */
+  readonly rank?: number;
+  /** The smallest rank keeping ‖Δ_k‖_F ≥ minEnergy·‖Δ‖_F. */
+  readonly minEnergy?: number;
+  /** kohya's dynamic rules (resize_lora.py semantics, see src/lora/rank-rule.ts). */
+  readonly svRatio?: number;
+  readonly svFro?: number;
+  readonly svCumulative?: number;
+  /** Cap of the dynamic rules when `rank` is not given (default 128). */
+  readonly maxRank?: number;
+  /** Rank of 3×3 convolutions (LoCon); 0 leaves them out. Default: the same rule as the other modules. */
+  readonly convRank?: number;
+  /** Also extract the text encoders (default: UNet only). */
+  readonly textEncoders?: boolean;
+  /** Storage dtype of the factors (default F16). */
+  readonly dtype?: OutputDType;
+  /** kohya UNet names in diffusers paths (default) or SGM paths. */
+  readonly kohyaPaths?: KohyaPaths;
+  /** Sketch oversampling of the truncated SVD (default 8) and its seed (default: the SVD's). */
+  readonly oversampling?: number;
+  readonly seed?: number;
+  readonly metadata?: Readonly<Record<string, string>>;
+  readonly onProgress?: (p: ExtractProgress) => void;
+}
+
+export interface ExtractProgress {
+  readonly modulesDone: number;
+  readonly modulesTotal: number;
+  readonly current: string;
+  readonly seconds: number;
+}
+
+export interface ExtractModuleReport {
+  readonly path: string;
+  /** [out, in] or [out, in, kh, kw]. */
+  readonly shape: readonly number[];
+  readonly rank: number;
+  /** ‖Δ‖_F. */
+  readonly norm: number;
+  /** ‖Δ − up·down‖_F of the factors as stored. */
+  readonly error: number;
+  /** error / norm. */
+  readonly relError: number;
+  /** 1 − (error / norm)²: the share of ‖Δ‖_F² the stored factors reproduce. */
+  readonly keptEnergy: number;
+  /** Power iterations the truncated SVD ran (0 when it was exact). */
+  readonly iterations: number;
+}
+
+export interface ExtractReport {
+  readonly base: string;
+  readonly tuned: string;
+  readonly out: string;
+  readonly arch: string;
+  readonly size: string;
+  readonly rule: string;
+  readonly convRule: string;
+  readonly dtype: OutputDType;
+  readonly modules: readonly ExtractModuleReport[];
+  /** Modules compared whose Δ is exactly zero (left out). */
+  readonly zero: { readonly count: number; readonly paths: readonly string[] };
+  /** Modules not compared, with why (3×3 convs with convRank 0). */
+  readonly skipped: { readonly count: number; readonly reason: string }[];
+  readonly compared: number;
+  readonly textEncoders: boolean;
+  readonly overall: {
+    readonly norm: number;
+    readonly error: number;
+    readonly relError: number;
+    readonly keptEnergy: number;
+  };
+  /** Worst module by relative error. */
+  readonly worst?: { readonly path: string; readonly relError: number };
+  readonly parameters: number;
+  readonly bytesWritten: number;
+  readonly seconds: number;
+  readonly peakRssBytes?: number;
+}
+
+interface Located {
+  readonly file: SafetensorsFile;
+  readonly key: string;
+  readonly rows?: readonly [number, number];
+}
+
+interface Item {
+  readonly entry: ModuleEntry;
+  readonly base: Located;
+  readonly tuned: Located;
+  readonly rule: RankRule;
+  readonly order: readonly [number, number, number];
+}
+
+function dynamicRule(o: ExtractOptions, cap: number): RankRule | null {
+  const given = (['minEnergy', 'svRatio', 'svFro', 'svCumulative'] as const).filter((k) => o[k] !== undefined);
+  if (given.length > 1) {
+    throw new OptionError(
+      'OPTION_CONFLICT',
+      `extract: choose one of minEnergy, svRatio, svFro, svCumulative; found ${given.join(' and ')}`,
+      { found: given },
+    );
+  }
+  const kind = given[0];
+  if (kind === undefined) return null;
+  const value = o[kind] as number;
+  return kind === 'minEnergy' ? { kind, value, maxRank: cap } : { kind, value, maxRank: cap };
+}
+
+/** The rank rules for ordinary modules and for 3×3 convolutions (null: leave them out). */
+export function extractRules(o: ExtractOptions): { rule: RankRule; conv: RankRule | null } {
+  const cap = o.rank ?? o.maxRank ?? DEFAULT_MAX_RANK;
+  const dyn = dynamicRule(o, cap);
+  if (!dyn && o.rank === undefined) {
+    throw new OptionError(
+      'OPTION_INVALID',
+      'extract: give a rank (rank / --rank K) or a rank rule (minEnergy, svRatio, svFro, svCumulative)',
+      { expected: 'rank or a rank rule' },
+    );
+  }
+  const rule = validateRule(dyn ?? { kind: 'rank', rank: o.rank as number });
+  let conv: RankRule | null = rule;
+  if (o.convRank !== undefined) {
+    if (!Number.isInteger(o.convRank) || o.convRank < 0) {
+      throw new OptionError('OPTION_INVALID', `extract: convRank must be an integer ≥ 0, found ${o.convRank}`, {
+        option: 'convRank',
+        found: o.convRank,
+      });
+    }
+    if (o.convRank === 0) conv = null;
+    else if (dyn && dyn.kind !== 'rank') conv = { ...dyn, maxRank: o.convRank };
+    else conv = { kind: 'rank', rank: o.convRank };
+  }
+  return { rule, conv };
+}
+
+const label = (b: OpenedBase): string =>
+  `${ARCH_LABEL[b.detection.arch]}${b.detection.size === 'tiny' ? ' (tiny)' : ''}`;
+
+function find(opened: OpenedBase, entry: ModuleEntry): { loc: Located; fileIndex: number } | null {
+  const w = findWeight(opened, entry);
+  return w ? { loc: w, fileIndex: w.fileIndex } : null;
+}
+
+const is3x3 = (e: ModuleEntry): boolean => e.shape.length === 4 && (e.shape[2] ?? 1) * (e.shape[3] ?? 1) > 1;
+
+/** Pair every module of both checkpoints, in the base's file order; check architecture and shapes first. */
+function plan(
+  base: OpenedBase,
+  tuned: OpenedBase,
+  o: ExtractOptions,
+  rules: { rule: RankRule; conv: RankRule | null },
+): { items: Item[]; skipped: { count: number; reason: string }[] } {
+  const b = base.detection;
+  const t = tuned.detection;
+  if (b.arch !== t.arch || b.size !== t.size) {
+    throw new ArchError(
+      'ARCH_MISMATCH',
+      `extract: the base ${base.name} is ${label(base)} but the tuned checkpoint ${tuned.name} is ${label(tuned)}; ` +
+        'both must be the same architecture',
+      { base: base.name, file: tuned.name, expected: `${b.arch}/${b.size}`, found: `${t.arch}/${t.size}` },
+    );
+  }
+  const wanted = b.layout.modules.filter((e) => (e.component === 'unet' ? e.lcmTarget : o.textEncoders === true));
+  const items: Item[] = [];
+  let convSkipped = 0;
+  for (const entry of wanted) {
+    const isConv = is3x3(entry);
+    const rule = isConv ? rules.conv : rules.rule;
+    if (!rule) {
+      convSkipped++;
+      continue;
+    }
+    const fb = find(base, entry);
+    const ft = find(tuned, entry);
+    if (!fb || !ft) {
+      const which = !fb ? base.name : tuned.name;
+      throw new ArchError(
+        'ARCH_MISMATCH',
+        `extract: ${which} has no weight for module '${entry.path}' (${entry.component}); ` +
+          (entry.component !== 'unet'
+            ? 'both checkpoints need their text encoders for textEncoders / --text-encoders'
+            : 'both checkpoints must hold the same UNet'),
+        { file: which, key: entry.path },
+      );
+    }
+    const ib = fb.loc.file.info(fb.loc.key);
+    const it = ft.loc.file.info(ft.loc.key);
+    const sameShape = ib.shape.length === it.shape.length && ib.shape.every((d, i) => d === it.shape[i]);
+    const rowsMatch = (fb.loc.rows?.join() ?? '') === (ft.loc.rows?.join() ?? '') || !fb.loc.rows || !ft.loc.rows;
+    const expected = entry.shape.reduce((a, d) => a * d, 1);
+    const numelOf = (info: { numel: number; shape: readonly number[] }, rows?: readonly [number, number]): number =>
+      rows ? ((rows[1] - rows[0]) * info.numel) / (info.shape[0] ?? 1) : info.numel;
+    if (
+      (!sameShape && !(fb.loc.rows || ft.loc.rows)) ||
+      !rowsMatch ||
+      numelOf(ib, fb.loc.rows) !== expected ||
+      numelOf(it, ft.loc.rows) !== expected
+    ) {
+      throw new ArchError(
+        'ARCH_MISMATCH',
+        `extract: module '${entry.path}' is [${ib.shape.join(', ')}] in the base ('${fb.loc.key}') but ` +
+          `[${it.shape.join(', ')}] in ${tuned.name} ('${ft.loc.key}'); expected ${expected} values [${entry.shape.join(', ')}]`,
+        { key: entry.path, expected: entry.shape, found: it.shape },
+      );
+    }
+    items.push({
+      entry,
+      base: fb.loc,
+      tuned: ft.loc,
+      rule,
+      order: [fb.fileIndex, ib.offset, fb.loc.rows?.[0] ?? 0],
+    });
+  }
+  items.sort((x, y) => x.order[0] - y.order[0] || x.order[1] - y.order[1] || x.order[2] - y.order[2]);
+  const skipped = convSkipped > 0 ? [{ count: convSkipped, reason: '3×3 convolutions left out (convRank 0)' }] : [];
+  return { items, skipped };
+}
+
+/** Reads module weights as f32, keeping the last tensor of each side (q/k/v rows of one fused tensor). */
+class WeightReader {
+  #key: string | null = null;
+  #file: SafetensorsFile | null = null;
+  #values: Promise<{ raw: Uint8Array; dtype: string }> | null = null;
+
+  raw(loc: Located): Promise<{ raw: Uint8Array; dtype: string }> {
+    if (this.#file !== loc.file || this.#key !== loc.key || !this.#values) {
+      this.#file = loc.file;
+      this.#key = loc.key;
+      const info = loc.file.info(loc.key);
+      this.#values = loc.file.read(loc.key).then((raw) => ({ raw, dtype: info.dtype }));
+    }
+    return this.#values;
+  }
+}
+
+function rowsOf(raw: Uint8Array, loc: Located, what: string): Float32Array {
+  const info = loc.file.info(loc.key);
+  const all = decodeToF32(info.dtype, raw, what);
+  if (!loc.rows) return all;
+  const cols = info.numel / (info.shape[0] ?? 1);
+  return all.subarray(loc.rows[0] * cols, loc.rows[1] * cols);
+}
+
+function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+function peakRss(): number | undefined {
+  const p = (globalThis as { process?: { resourceUsage?: () => { maxRSS: number } } }).process;
+  try {
+    return p?.resourceUsage ? p.resourceUsage().maxRSS * 1024 : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** One module's stored factors (in the output dtype's bytes) and what they cost. */
+interface Extracted {
+  readonly entry: ModuleEntry;
+  readonly rank: number;
+  readonly up: Uint8Array;
+  readonly down: Uint8Array;
+}
+
+/**
+ * Extract τ = tuned − base as a LoRA (kohya spelling, LoCon for 3×3 convs) and write it. Fails before writing
+ * when the checkpoints differ in architecture or shapes (ARCH_MISMATCH), when no module differs
+ * (LORA_ZERO_DELTA), or when a factor does not fit the output dtype (LORA_DTYPE_OVERFLOW).
+ */
+export async function extractLora(base: BaseInput, tuned: BaseInput, options: ExtractOptions): Promise<ExtractReport> {
+  const t0 = now();
+  if (
+    !options ||
+    (typeof options.out !== 'string' && typeof (options.out as ByteSink | undefined)?.write !== 'function')
+  )
+    throw new OptionError('OPTION_INVALID', 'extract: options.out must be a path or a ByteSink', { option: 'out' });
+  const dtype: OutputDType = options.dtype ?? 'F16';
+  if (dtype !== 'F16' && dtype !== 'BF16' && dtype !== 'F32') {
+    throw new OptionError('OPTION_INVALID', `extract: dtype must be F32, F16 or BF16, found '${String(dtype)}'`, {
+      option: 'dtype',
+      found: dtype,
+    });
+  }
+  const rules = extractRules(options);
+  const product = wasmProduct() ?? jsProduct;
+  const openedBase = await openBase(base);
+  let openedTuned: OpenedBase | null = null;
+  try {
+    openedTuned = await openBase(tuned);
+    const { items, skipped } = plan(openedBase, openedTuned, options, rules);
+    const readers = { base: new WeightReader(), tuned: new WeightReader() };
+    const load = (it: Item) => Promise.all([readers.base.raw(it.base), readers.tuned.raw(it.tuned)]);
+    const reports: ExtractModuleReport[] = [];
+    const extracted: Extracted[] = [];
+    const zeroPaths: string[] = [];
+    let next = items.length > 0 ? load(items[0] as Item) : null;
+    for (let i = 0; i < items.length; i++) {
+      const it = items[i] as Item;
+      const pair = await (next as Promise<{ raw: Uint8Array; dtype: string }[]>);
+      next = i + 1 < items.length ? load(items[i + 1] as Item) : null;
+      next?.catch(() => undefined);
+      const [rb, rt] = pair as [{ raw: Uint8Array; dtype: string }, { raw: Uint8Array; dtype: string }];
+      const e = it.entry;
+      const out = e.shape[0] ?? 1;
+      const n = e.shape.slice(1).reduce((a, d) => a * d, 1);
+      let delta: Float32Array | null = null;
+      if (!(it.base.rows === undefined && rb.dtype === rt.dtype && bytesEqual(rb.raw, rt.raw))) {
+        const wb = rowsOf(rb.raw, it.base, `${openedBase.name}: '${it.base.key}'`);
+        const wt = rowsOf(rt.raw, it.tuned, `${openedTuned.name}: '${it.tuned.key}'`);
+        delta = new Float32Array(out * n);
+        let any = false;
+        for (let j = 0; j < delta.length; j++) {
+          const d = (wt[j] as number) - (wb[j] as number);
+          delta[j] = d;
+          if (d !== 0) any = true;
+        }
+        if (!any) delta = null;
+      }
+      if (!delta) {
+        zeroPaths.push(e.path);
+      } else {
+        const r = extractModule(delta, out, n, e, it.rule, dtype, options, product);
+        reports.push(r.report);
+        extracted.push(r.factors);
+      }
+      options.onProgress?.({ modulesDone: i + 1, modulesTotal: items.length, current: e.path, seconds: now() - t0 });
+    }
+    // Reports and the file list modules in layout order, whatever the base's file order was.
+    const rank = new Map(openedBase.detection.layout.modules.map((e, i) => [e.path, i]));
+    const byLayout = (a: string, b: string): number => (rank.get(a) ?? 0) - (rank.get(b) ?? 0);
+    reports.sort((a, b) => byLayout(a.path, b.path));
+    extracted.sort((a, b) => byLayout(a.entry.path, b.entry.path));
+    zeroPaths.sort(byLayout);
+    if (extracted.length === 0) {
+      throw new LoraError(
+        'LORA_ZERO_DELTA',
+        `extract: ${openedTuned.name} and ${openedBase.name} hold identical weights in all ${items.length} module(s) ` +
+          'compared (Δ = 0 everywhere); there is nothing to extract — nothing was written. Is the tuned file the base itself?',
+        { base: openedBase.name, file: openedTuned.name, compared: items.length },
+      );
+    }
+    let norm2 = 0;
+    let err2 = 0;
+    let worst: { path: string; relError: number } | undefined;
+    for (const r of reports) {
+      norm2 += r.norm * r.norm;
+      err2 += r.error * r.error;
+      if (!worst || r.relError > worst.relError) worst = { path: r.path, relError: r.relError };
+    }
+    const overall = {
+      norm: Math.sqrt(norm2),
+      error: Math.sqrt(err2),
+      relError: norm2 > 0 ? Math.sqrt(err2 / norm2) : 0,
+      keptEnergy: norm2 > 0 ? 1 - err2 / norm2 : 1,
+    };
+    const sources: ModuleSource[] = extracted.map((x) => {
+      const e = x.entry;
+      const conv = e.shape.length === 4;
+      const inner = e.shape.slice(1);
+      return {
+        entry: e,
+        alpha: x.rank,
+        downShape: conv ? [x.rank, ...inner] : [x.rank, ...inner],
+        upShape: conv ? [e.shape[0] ?? 1, x.rank, 1, 1] : [e.shape[0] ?? 1, x.rank],
+        down: () => decodeToF32(dtype, x.down),
+        up: () => decodeToF32(dtype, x.up),
+      };
+    });
+    const ruleText = describeRule(rules.rule);
+    const convRule = rules.conv ? describeRule(rules.conv) : 'left out';
+    const summary = {
+      version: VERSION,
+      base: openedBase.name,
+      tuned: openedTuned.name,
+      rule: ruleText,
+      convRule,
+      modules: reports.length,
+      zero: zeroPaths.length,
+      relError: overall.relError,
+      keptEnergy: overall.keptEnergy,
+    };
+    const fixedRank = rules.rule.kind === 'rank' ? String(rules.rule.rank) : 'Dynamic';
+    const encoded = encodeModules(
+      sources,
+      {
+        format: 'kohya',
+        dtype,
+        ...(options.kohyaPaths ? { kohyaPaths: options.kohyaPaths } : {}),
+        metadata: {
+          ss_network_module: 'networks.lora',
+          ss_network_dim: fixedRank,
+          ss_network_alpha: fixedRank,
+          ...(rules.conv
+            ? {
+                ss_network_args: JSON.stringify({
+                  conv_dim: String(ruleCap(rules.conv)),
+                  conv_alpha: String(ruleCap(rules.conv)),
+                }),
+              }
+            : {}),
+          ...(options.metadata ?? {}),
+          [EXTRACT_METADATA_KEY]: JSON.stringify(summary),
+          lora_mix_version: VERSION,
+        },
+      },
+      {},
+    );
+    const refuse: (ByteSource | string)[] = [
+      ...openedBase.files.map((f) => f.file.source),
+      ...openedTuned.files.map((f) => f.file.source),
+      ...[base, tuned].filter((x): x is string | ByteSource => typeof x === 'string' || isByteSource(x)),
+    ];
+    const written = await writeSafetensors(options.out, encoded.tensors, {
+      metadata: encoded.metadata,
+      refuseOverwrite: refuse,
+    });
+    const rss = peakRss();
+    return {
+      base: openedBase.name,
+      tuned: openedTuned.name,
+      out: written.name,
+      arch: openedBase.detection.arch,
+      size: openedBase.detection.size,
+      rule: ruleText,
+      convRule,
+      dtype,
+      modules: reports,
+      zero: { count: zeroPaths.length, paths: zeroPaths },
+      skipped,
+      compared: items.length,
+      textEncoders: options.textEncoders === true,
+      overall,
+      ...(worst ? { worst } : {}),
+      parameters: extracted.reduce((a, x) => a + (x.up.byteLength + x.down.byteLength) / (dtype === 'F32' ? 4 : 2), 0),
+      bytesWritten: written.byteLength,
+      seconds: now() - t0,
+      ...(rss !== undefined ? { peakRssBytes: rss } : {}),
+    };
+  } finally {
+    await openedTuned?.close();
+    await openedBase.close();
+  }
+}
+
+/** The first k singular triplets of balanced factors up (out × r) and down (r × n): exactly the rank-k truncation. */
+function leading(
+  up: Float32Array,
+  down: Float32Array,
+  out: number,
+  n: number,
+  r: number,
+  k: number,
+): { up: Float32Array; down: Float32Array } {
+  if (k === r) return { up, down };
+  const u = new Float32Array(out * k);
+  for (let i = 0; i < out; i++) u.set(up.subarray(i * r, i * r + k), i * k);
+  return { up: u, down: down.slice(0, k * n) };
+}
+
+/** Factor one module's Δ, round the factors to `dtype`, and measure the error of what will be stored. */
+function extractModule(
+  delta: Float32Array,
+  out: number,
+  n: number,
+  entry: ModuleEntry,
+  rule: RankRule,
+  dtype: OutputDType,
+  options: ExtractOptions,
+  product: (rows: number, cols: number, rank: number, a: Float32Array, b: Float32Array) => Float32Array,
+): { report: ExtractModuleReport; factors: Extracted } {
+  const short = Math.min(out, n);
+  const cumulative = rule.kind === 'svCumulative';
+  // The rules need one singular value past the cap; the cumulative rule needs all of them (Σσ).
+  const want = cumulative ? short : Math.min(short, ruleCap(rule) + (rule.kind === 'rank' ? 0 : 1));
+  const svd = truncatedSvd(delta, out, n, want, {
+    product,
+    ...(options.oversampling !== undefined ? { oversample: options.oversampling } : {}),
+    ...(options.seed !== undefined ? { seed: options.seed } : {}),
+  });
+  const sigma = Float64Array.from(svd.sigma2.subarray(0, svd.rank), Math.sqrt);
+  const sigmaSum = cumulative ? Float64Array.from(svd.sigma2, Math.sqrt).reduce((a, s) => a + s, 0) : undefined;
+  const rank = Math.min(Math.max(1, chooseExtractRank(rule, sigma, svd.total, short, sigmaSum)), svd.rank);
+  const f = leading(svd.up, svd.down, out, n, svd.rank, rank);
+  const what = `extract: module '${entry.path}'`;
+  for (const [name, values] of [
+    ['up', f.up],
+    ['down', f.down],
+  ] as const) {
+    const overflow = countOverflow(values, dtype);
+    if (overflow > 0) {
+      throw new LoraError(
+        'LORA_DTYPE_OVERFLOW',
+        `${what}: ${overflow} value(s) of the ${name} factor do not fit ${dtype}; write F32 or BF16 instead (dtype / --dtype)`,
+        { key: entry.path, dtype, count: overflow },
+      );
+    }
+  }
+  const up = encodeFromF32(dtype, f.up);
+  const down = encodeFromF32(dtype, f.down);
+  const approx = product(out, n, rank, decodeToF32(dtype, up), decodeToF32(dtype, down));
+  let e0 = 0;
+  let e1 = 0;
+  let j = 0;
+  for (; j + 1 < approx.length; j += 2) {
+    const a = (delta[j] as number) - (approx[j] as number);
+    const b = (delta[j + 1] as number) - (approx[j + 1] as number);
+    e0 += a * a;
+    e1 += b * b;
+  }
+  if (j < approx.length) e0 += ((delta[j] as number) - (approx[j] as number)) ** 2;
+  const err2 = e0 + e1;
+  const norm = Math.sqrt(svd.total);
+  const error = Math.sqrt(err2);
+  const relError = norm > 0 ? error / norm : 0;
+  return {
+    report: {
+      path: entry.path,
+      shape: [...entry.shape],
+      rank,
+      norm,
+      error,
+      relError,
+      keptEnergy: svd.total > 0 ? 1 - err2 / svd.total : 1,
+      iterations: svd.iterations,
+    },
+    factors: { entry, rank, up, down },
+  };
+}

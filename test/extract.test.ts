@@ -1,0 +1,291 @@
+/**
+ * extractLora: a tuned checkpoint made by fusing a known LoRA into the fixture base gives that LoRA's deltas back
+ * (rank ≥ the LoRA's rank), the stated per-module error equals an independent dense computation, a smaller rank
+ * stays within 1% of the optimal error (independent Jacobi SVD), single files and diffusers folders mix, SDXL's
+ * fused q/k/v rows work, and bad input fails with typed errors and writes nothing.
+ */
+import { promises as fs } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { main } from '../src/cli/main.js';
+import { LoraMixError } from '../src/core/errors.js';
+import { loadLora } from '../src/formats/index.js';
+import { extractLora, fuseLoras, type ExtractReport } from '../src/fuse/index.js';
+import { getLayout } from '../src/layout/index.js';
+import type { Lora } from '../src/lora/types.js';
+import { openSafetensors } from '../src/node/files.js';
+import { dense, singularValues } from './lora-helpers.js';
+
+const FX = path.resolve(import.meta.dirname, '..', 'fixtures');
+const fx = (...p: string[]): string => path.join(FX, ...p);
+let tmp: string;
+const out = (name: string): string => path.join(tmp, name);
+
+async function expectCode(p: Promise<unknown>, code: string): Promise<LoraMixError> {
+  const e = await p.then(
+    () => null,
+    (x: unknown) => x,
+  );
+  expect(e).toBeInstanceOf(LoraMixError);
+  expect((e as LoraMixError).code).toBe(code);
+  return e as LoraMixError;
+}
+
+/** tuned = base + the LoRA (fused in f32, so Δ = tuned − base is the LoRA's delta up to one f32 rounding). */
+async function tunedWith(arch: string, lora: string, name: string): Promise<string> {
+  const o = out(name);
+  await fuseLoras(fx(arch, 'base.safetensors'), [fx(arch, lora)], [1], { out: o, dtype: 'F32' });
+  return o;
+}
+
+function relDiff(a: Float64Array, b: Float64Array): number {
+  let d = 0;
+  let n = 0;
+  for (let i = 0; i < a.length; i++) {
+    d += (a[i]! - b[i]!) ** 2;
+    n += a[i]! ** 2;
+  }
+  return Math.sqrt(d / n);
+}
+
+let sd15Tuned: string;
+let lcm: Lora;
+
+beforeAll(async () => {
+  tmp = await fs.mkdtemp(path.join(os.tmpdir(), 'lora-mix-extract-'));
+  sd15Tuned = await tunedWith('sd15', 'lcm-lora.kohya.safetensors', 'sd15-lcm.safetensors');
+  lcm = await loadLora(fx('sd15', 'lcm-lora.kohya.safetensors'));
+});
+afterAll(async () => {
+  await fs.rm(tmp, { recursive: true, force: true });
+});
+
+describe('extractLora', () => {
+  it('recovers a fused rank-8 LoRA module by module (F32 factors: to the rounding of the tuned file)', async () => {
+    const o = out('x-f32.safetensors');
+    const r = await extractLora(fx('sd15', 'base.safetensors'), sd15Tuned, { out: o, rank: 8, dtype: 'F32' });
+    expect(r.modules.length).toBe(lcm.modules.size);
+    expect(r.zero.count).toBe(0);
+    const got = await loadLora(o);
+    expect(got.format).toBe('kohya');
+    expect(got.modules.size).toBe(lcm.modules.size);
+    for (const [p, m] of lcm.modules) {
+      const g = got.modules.get(p);
+      expect(g, p).toBeDefined();
+      expect(g!.down.shape[0]).toBeLessThanOrEqual(8);
+      expect(relDiff(dense(m).data, dense(g!).data), p).toBeLessThan(1e-4);
+      // 3×3 convs are LoCon: down [r, in, 3, 3], up [out, r, 1, 1].
+      if (m.down.shape.length === 4) {
+        expect(g!.down.shape.slice(1)).toEqual(m.down.shape.slice(1));
+        expect(g!.up.shape.slice(2)).toEqual([1, 1]);
+      }
+    }
+    expect(r.overall.relError).toBeLessThan(1e-4); // the f32 rounding of the tuned weights is full-rank noise
+    expect(r.overall.keptEnergy).toBeGreaterThan(1 - 1e-9);
+    expect(r.seconds).toBeGreaterThan(0);
+  });
+
+  it('states the error of the stored F16 factors exactly, and a smaller rank is within 1% of the SVD tail', async () => {
+    const o = out('x-r3.safetensors');
+    const r = await extractLora(fx('sd15', 'base.safetensors'), sd15Tuned, { out: o, rank: 3 });
+    expect(r.dtype).toBe('F16');
+    const got = await loadLora(o);
+    const base = await openSafetensors(fx('sd15', 'base.safetensors'));
+    const tuned = await openSafetensors(sd15Tuned);
+    const layout = getLayout('sd15', 'tiny');
+    try {
+      let checked = 0;
+      for (const m of r.modules) {
+        const e = layout.modules.find((x) => x.path === m.path)!;
+        const wb = await base.readF32(e.singleFileWeightKey);
+        const wt = await tuned.readF32(e.singleFileWeightKey);
+        const delta = Float64Array.from(wt, (v, i) => Math.fround(v - wb[i]!));
+        const approx = dense(got.modules.get(m.path)!).data;
+        let err2 = 0;
+        let norm2 = 0;
+        for (let i = 0; i < delta.length; i++) {
+          err2 += (delta[i]! - approx[i]!) ** 2;
+          norm2 += delta[i]! ** 2;
+        }
+        expect(m.rank).toBe(3);
+        expect(m.norm).toBeCloseTo(Math.sqrt(norm2), 9);
+        expect(Math.abs(m.error - Math.sqrt(err2)) / Math.sqrt(err2)).toBeLessThan(1e-4);
+        const outDim = e.shape[0]!;
+        const n = delta.length / outDim;
+        const s = singularValues(delta, outDim, n);
+        let tail = 0;
+        for (let j = 3; j < s.length; j++) tail += s[j]! ** 2;
+        // F16 storage adds its own rounding on top of the truncation: allow it beside the 1% of the optimum.
+        expect(m.error, m.path).toBeLessThanOrEqual(1.01 * Math.sqrt(tail) + 2e-3 * Math.sqrt(norm2));
+        checked++;
+      }
+      expect(checked).toBe(r.modules.length);
+    } finally {
+      await base.close();
+      await tuned.close();
+    }
+  });
+
+  it('leaves out and counts modules whose Δ is zero; a diffusers folder base mixes with a single-file tuned', async () => {
+    const tuned = await tunedWith('sd15', 'style-lora.kohya.safetensors', 'sd15-style.safetensors');
+    const a = await extractLora(fx('sd15', 'base.safetensors'), tuned, { out: out('s1.safetensors'), rank: 4 });
+    const b = await extractLora(fx('sd15', 'diffusers'), tuned, { out: out('s2.safetensors'), rank: 4 });
+    const layout = getLayout('sd15', 'tiny');
+    const unetTargets = layout.modules.filter((m) => m.component === 'unet' && m.lcmTarget);
+    const attention = unetTargets.filter((m) => m.group === 'attention');
+    expect(a.compared).toBe(unetTargets.length);
+    expect(a.modules.length).toBe(attention.length);
+    expect(a.zero.count).toBe(unetTargets.length - attention.length);
+    expect(a.textEncoders).toBe(false);
+    expect(b.modules.map((m) => [m.path, m.rank])).toEqual(a.modules.map((m) => [m.path, m.rank]));
+    // The same factors, byte for byte (the metadata names the inputs, so only the tensors are compared).
+    const f1 = await openSafetensors(out('s1.safetensors'));
+    const f2 = await openSafetensors(out('s2.safetensors'));
+    expect(f2.tensors.map((t) => t.name)).toEqual(f1.tensors.map((t) => t.name));
+    for (const t of f1.tensors) expect(await f2.read(t.name)).toEqual(await f1.read(t.name));
+    await f1.close();
+    await f2.close();
+    // With the text encoders.
+    const c = await extractLora(fx('sd15', 'base.safetensors'), tuned, {
+      out: out('s3.safetensors'),
+      rank: 4,
+      textEncoders: true,
+    });
+    const style = await loadLora(fx('sd15', 'style-lora.kohya.safetensors'));
+    expect(c.modules.length).toBe(style.modules.size);
+    expect(c.overall.relError).toBeLessThan(2e-3);
+  });
+
+  it('SDXL: the second text encoder’s q/k/v rows of one fused tensor, and dynamic rules', async () => {
+    const tuned = await tunedWith('sdxl', 'style-lora.kohya-sgm.safetensors', 'sdxl-style.safetensors');
+    const r = await extractLora(fx('sdxl', 'base.safetensors'), tuned, {
+      out: out('xl.safetensors'),
+      minEnergy: 0.999,
+      maxRank: 8,
+      textEncoders: true,
+      dtype: 'F32',
+    });
+    const style = await loadLora(fx('sdxl', 'style-lora.kohya-sgm.safetensors'));
+    expect(r.modules.length).toBe(style.modules.size);
+    expect(r.modules.some((m) => m.path.startsWith('text_encoder_2.') && m.path.endsWith('q_proj'))).toBe(true);
+    for (const m of r.modules) expect(m.rank).toBeLessThanOrEqual(4); // the LoRA's rank is 4
+    expect(r.overall.keptEnergy).toBeGreaterThan(0.998);
+    const got = await loadLora(out('xl.safetensors'));
+    for (const [p, m] of style.modules)
+      expect(relDiff(dense(m).data, dense(got.modules.get(p)!).data), p).toBeLessThan(0.05);
+    // kohya's sv-ratio: ranks are one more than the count above σ_max/X, capped by the max rank.
+    const k = await extractLora(fx('sdxl', 'base.safetensors'), tuned, {
+      out: out('xl-ratio.safetensors'),
+      svRatio: 1e6,
+      maxRank: 3,
+    });
+    for (const m of k.modules) expect(m.rank).toBe(3);
+  });
+
+  it('bad input: other architecture, tuned == base, no rank, conflicting rules — typed errors, nothing written', async () => {
+    await expectCode(
+      extractLora(fx('sd15', 'base.safetensors'), fx('sdxl', 'base.safetensors'), {
+        out: out('bad1.safetensors'),
+        rank: 4,
+      }),
+      'ARCH_MISMATCH',
+    );
+    const same = await expectCode(
+      extractLora(fx('sd15', 'base.safetensors'), fx('sd15', 'diffusers'), { out: out('bad2.safetensors'), rank: 4 }),
+      'LORA_ZERO_DELTA',
+    );
+    expect(same.message).toMatch(/identical weights/);
+    await expectCode(
+      extractLora(fx('sd15', 'base.safetensors'), sd15Tuned, { out: out('bad3.safetensors') }),
+      'OPTION_INVALID',
+    );
+    await expectCode(
+      extractLora(fx('sd15', 'base.safetensors'), sd15Tuned, { out: out('bad4.safetensors'), svFro: 0.9, svRatio: 4 }),
+      'OPTION_CONFLICT',
+    );
+    await expectCode(
+      extractLora(fx('sd15', 'base.safetensors'), sd15Tuned, { out: sd15Tuned, rank: 4 }),
+      'OUTPUT_WOULD_OVERWRITE_INPUT',
+    );
+    await expectCode(
+      extractLora(fx('sd15', 'unet.safetensors'), sd15Tuned, {
+        out: out('bad5.safetensors'),
+        rank: 4,
+        textEncoders: true,
+      }),
+      'ARCH_MISMATCH',
+    );
+    const left = (await fs.readdir(tmp)).filter((n) => n.startsWith('bad'));
+    expect(left).toEqual([]);
+  });
+});
+
+describe('lora-mix extract', () => {
+  async function run(argv: string[]): Promise<{ code: number; out: string; err: string }> {
+    let o = '';
+    let e = '';
+    const code = await main(argv, {
+      out: (s) => {
+        o += s;
+      },
+      err: (s) => {
+        e += s;
+      },
+      isTTY: false,
+      cwd: FX,
+    });
+    return { code, out: o, err: e };
+  }
+
+  it('prints the report (text and --json), progress on stderr, and usage errors exit 2', async () => {
+    const t = await run([
+      'extract',
+      '--base',
+      'sd15/base.safetensors',
+      '--tuned',
+      sd15Tuned,
+      '--rank',
+      '8',
+      '-o',
+      out('c1.safetensors'),
+    ]);
+    expect(t.code).toBe(0);
+    expect(t.out).toMatch(/extracted \d+ module\(s\) of sd15 \(tiny\)/);
+    expect(t.out).toMatch(/overall: relative error/);
+    expect(t.err).toMatch(/extract: \d+\/\d+ modules/);
+    const j = await run([
+      'extract',
+      '--base',
+      'sd15/base.safetensors',
+      '--tuned',
+      sd15Tuned,
+      '--sv-fro',
+      '0.9',
+      '--conv-rank',
+      '0',
+      '--json',
+      '-q',
+      '-o',
+      out('c2.safetensors'),
+    ]);
+    expect(j.code).toBe(0);
+    expect(j.err).toBe('');
+    const rep = JSON.parse(j.out) as ExtractReport;
+    expect(rep.skipped[0]?.count).toBeGreaterThan(0);
+    expect(rep.modules.every((m) => m.shape.length === 2 || m.shape[2] === 1)).toBe(true);
+    const u = await run([
+      'extract',
+      '--base',
+      'sd15/base.safetensors',
+      '--tuned',
+      sd15Tuned,
+      '-o',
+      out('c3.safetensors'),
+    ]);
+    expect(u.code).toBe(2);
+    expect(u.err).toMatch(/choose a rank/);
+    const h = await run(['extract', '--help']);
+    expect(h.out).toMatch(/Examples:/);
+  });
+});
