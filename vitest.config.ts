@@ -1,19 +1,30 @@
 import { defineConfig } from 'vitest/config';
 
 /**
- * Two projects: `unit` (unit and property tests: no browser, no subprocess-heavy end-to-end runs; `npm run
- * test:unit`, the development loop) and `e2e` (headless Chromium, the CLI's demo, the runnable examples and docs).
- * `npm test` runs both.
+ * Three projects, chosen by file name so that new test files land in the right one:
+ * - `unit`: unit and property tests of one layer at a time, in memory (`npm run test:unit`, the development loop);
+ * - `integration`: several layers through real files, worker threads or external tools (fusion end to end, the
+ *   verification network, O_DIRECT and file sinks, the threaded kernel and merge, the WASM build, the lint rules);
+ * - `e2e`: the CLI as subprocesses, the docs' and README's examples, the demo, headless Chromium.
+ * `npm test` (and CI) runs all three.
  */
 const E2E = [
   'test/browser/**/*.test.ts',
+  'test/*-cli.test.ts',
+  'test/cli-*.test.ts',
   'test/examples.test.ts',
   'test/demo-cli.test.ts',
-  'test/merge-docs.test.ts',
-  'test/cli-pipe.test.ts',
+  'test/*-docs.test.ts',
   'test/api.test.ts',
-  'test/*-cli.test.ts',
   'test/fixtures.test.ts',
+];
+const INTEGRATION = [
+  'test/fuse*.test.ts',
+  'test/*-threads.test.ts',
+  'test/io*.test.ts',
+  'test/sampler-verify-net.test.ts',
+  'test/wasm-build.test.ts',
+  'test/lint-rules.test.ts',
 ];
 
 export default defineConfig({
@@ -23,7 +34,8 @@ export default defineConfig({
     hookTimeout: 120_000,
     pool: 'forks',
     projects: [
-      { extends: true, test: { name: 'unit', include: ['test/**/*.test.ts'], exclude: E2E } },
+      { extends: true, test: { name: 'unit', include: ['test/**/*.test.ts'], exclude: [...E2E, ...INTEGRATION] } },
+      { extends: true, test: { name: 'integration', include: INTEGRATION, exclude: E2E } },
       { extends: true, test: { name: 'e2e', include: E2E } },
     ],
   },
