@@ -36,7 +36,7 @@ const EXPECT: Record<string, readonly RegExp[]> = {
     /^IN04 .*: max \|Δ − Δ_LCM\| = 0\.00e\+0$/m,
     /^OUT05 .*: max \|Δ − \(Δ_LCM \+ 0\.8·Δ_style\)\| = \d\.\d\de-(1[0-9]|[2-9][0-9])$/m,
     /^BASE: 72 text-encoder modules of the style LoRA, 0 kept \(72 dropped with reason 'zero-weight'\)$/m,
-    /^'IN12=0' on SD1\.5: LORA_BLOCK_WEIGHTS_INVALID: /m,
+    /^'IN12=0' on SD1\.5: OPTION_INVALID: /m,
     /^done: block-weights$/m,
   ],
   'fuse.ts': [

@@ -79,7 +79,7 @@ describe('lora-mix convert', () => {
     const input = path.join(FIXTURES, 'sd15/style-lora.kohya.safetensors');
     const before = await readFile(input);
     const r = await run(['convert', input, '-o', 'sd15/../sd15/style-lora.kohya.safetensors', '--to', 'peft']);
-    expect(r.code).toBe(1);
+    expect(r.code).toBe(3);
     expect(r.err).toContain('OUTPUT_WOULD_OVERWRITE_INPUT');
     expect((await readFile(input)).equals(before)).toBe(true);
   });
@@ -184,7 +184,7 @@ describe('lora-mix inspect (LoRA-aware)', () => {
     expect(loha.code).toBe(0);
     expect(loha.out).toMatch(/LoHa \(LyCORIS\) adapter/);
     const broken = await run(['inspect', 'bad/rank-mismatch.safetensors']);
-    expect(broken.code).toBe(1);
+    expect(broken.code).toBe(4);
     expect(broken.out).toContain('LORA_RANK_MISMATCH');
   });
 });

@@ -217,11 +217,14 @@ describe('key and module errors', () => {
     expect(two.message).toMatch(/default, other/);
   });
 
-  it('a non-finite alpha is refused', async () => {
-    const e = await caught(() =>
-      decodeBytes(makeFile([...lora(), { name: `${NAME}.alpha`, shape: [], values: [NaN] }])),
-    );
-    expect(e.code).toBe('LORA_INVALID_WEIGHTS');
+  it('a non-finite alpha is refused with FORMAT_NONFINITE naming the alpha', async () => {
+    for (const bad of [NaN, Infinity, -Infinity]) {
+      const e = await caught(() =>
+        decodeBytes(makeFile([...lora(), { name: `${NAME}.alpha`, shape: [], values: [bad] }])),
+      );
+      expect(e.code).toBe('FORMAT_NONFINITE');
+      expect(e.message).toContain(`${NAME}.alpha`);
+    }
   });
 
   it("a truncated file is the reader's SAFETENSORS_TRUNCATED", async () => {

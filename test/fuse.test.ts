@@ -409,13 +409,13 @@ describe('fuseLoras: coverage and failures leave nothing behind', () => {
     );
     await expectCode(
       fuseLoras(SD15.base, [SD15.lcm], [1, 2], { out: out('weights-out.safetensors') }),
-      'LORA_INVALID_WEIGHTS',
+      'ARG_INVALID',
     );
     await expectCode(
       fuseLoras(SD15.base, [SD15.lcm], [Number.NaN], { out: out('weights-out.safetensors') }),
-      'LORA_INVALID_WEIGHTS',
+      'ARG_INVALID',
     );
-    await expectCode(fuseLoras(SD15.base, [], [], { out: out('weights-out.safetensors') }), 'LORA_EMPTY');
+    await expectCode(fuseLoras(SD15.base, [], [], { out: out('weights-out.safetensors') }), 'ARG_MISSING');
     for (const n of ['cut-out', 'nope-out', 'ckpt-as-lora', 'weights-out']) await expectNoOutput(tmp, n);
   });
 });

@@ -167,7 +167,7 @@ describe('threaded WASM kernel lifecycle', () => {
   });
 
   it('rejects an invalid thread count or chunk size', async () => {
-    await expect(createCpuKernel({ threads: 0 })).rejects.toMatchObject({ code: 'KERNEL_INVALID_JOB' });
-    await expect(createCpuKernel({ threads: 2, chunkTiles: 0 })).rejects.toMatchObject({ code: 'KERNEL_INVALID_JOB' });
+    await expect(createCpuKernel({ threads: 0 })).rejects.toMatchObject({ code: 'OPTION_INVALID' });
+    await expect(createCpuKernel({ threads: 2, chunkTiles: 0 })).rejects.toMatchObject({ code: 'OPTION_INVALID' });
   });
 });

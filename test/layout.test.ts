@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { ArchError } from '../src/core/errors.js';
+import { ArchError, OptionError } from '../src/core/errors.js';
 import {
   ARCHS,
   archConfig,
@@ -467,9 +467,9 @@ describe('configs and errors', () => {
     expect(ARCHS.map(familyOf)).toEqual(['sd15', 'sdxl', 'sdxl']);
     expect(parseArch('SD1.5')).toBe('sd15');
     expect(parseArch('ssd-1b')).toBe('ssd1b');
-    expect(() => parseArch('sd3')).toThrow(expect.objectContaining({ code: 'ARCH_UNKNOWN' }));
-    expect(() => getLayout('sd2' as Arch)).toThrow(ArchError);
-    expect(() => getLayout('sdxl', 'huge' as 'full')).toThrow(expect.objectContaining({ code: 'ARCH_UNKNOWN' }));
+    expect(() => parseArch('sd3')).toThrow(expect.objectContaining({ code: 'OPTION_INVALID' }));
+    expect(() => getLayout('sd2' as Arch)).toThrow(OptionError);
+    expect(() => getLayout('sdxl', 'huge' as 'full')).toThrow(expect.objectContaining({ code: 'OPTION_INVALID' }));
   });
 
   it('inconsistent configs give ARCH_LAYOUT_INVALID naming the problem', () => {

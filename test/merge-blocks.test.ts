@@ -94,15 +94,15 @@ describe('block weight parsing', () => {
     ).toBe(20);
   });
 
-  it('rejects unknown IDs, wrong vector lengths and bad values with LORA_BLOCK_WEIGHTS_INVALID', () => {
-    expect(code(() => parseBlockWeights('IN09=0', 'sdxl'))).toBe('LORA_BLOCK_WEIGHTS_INVALID');
+  it('rejects unknown IDs, wrong vector lengths and bad values with OPTION_INVALID', () => {
+    expect(code(() => parseBlockWeights('IN09=0', 'sdxl'))).toBe('OPTION_INVALID');
     expect(message(() => parseBlockWeights('IN09=0', 'sdxl'))).toMatch(/unknown block ID 'IN09'.*IN08/);
-    expect(code(() => parseBlockWeights('FOO=1', 'sd15'))).toBe('LORA_BLOCK_WEIGHTS_INVALID');
-    expect(code(() => parseBlockWeights('IN04=x', 'sd15'))).toBe('LORA_BLOCK_WEIGHTS_INVALID');
-    expect(code(() => parseBlockWeights('IN04=', 'sd15'))).toBe('LORA_BLOCK_WEIGHTS_INVALID');
-    expect(code(() => parseBlockWeights('IN04=1,in4=0', 'sd15'))).toBe('LORA_BLOCK_WEIGHTS_INVALID');
-    expect(code(() => parseBlockWeights('', 'sd15'))).toBe('LORA_BLOCK_WEIGHTS_INVALID');
-    expect(code(() => parseBlockWeights('1,0,1', 'sd15'))).toBe('LORA_BLOCK_WEIGHTS_INVALID');
+    expect(code(() => parseBlockWeights('FOO=1', 'sd15'))).toBe('OPTION_INVALID');
+    expect(code(() => parseBlockWeights('IN04=x', 'sd15'))).toBe('OPTION_INVALID');
+    expect(code(() => parseBlockWeights('IN04=', 'sd15'))).toBe('OPTION_INVALID');
+    expect(code(() => parseBlockWeights('IN04=1,in4=0', 'sd15'))).toBe('OPTION_INVALID');
+    expect(code(() => parseBlockWeights('', 'sd15'))).toBe('OPTION_INVALID');
+    expect(code(() => parseBlockWeights('1,0,1', 'sd15'))).toBe('OPTION_INVALID');
     expect(message(() => parseBlockWeights('1,0,1', 'sd15'))).toMatch(/3 value\(s\).*26 \(BASE.*or 17 \(/);
     expect(message(() => parseBlockWeights(new Array(26).fill(1), 'sdxl'))).toMatch(/20 .* or 12 /);
     expect(
@@ -112,9 +112,9 @@ describe('block weight parsing', () => {
           'sdxl',
         ),
       ),
-    ).toBe('LORA_BLOCK_WEIGHTS_INVALID');
+    ).toBe('OPTION_INVALID');
     expect(code(() => compileBlockWeights(() => Number.NaN, 'sd15', 'tiny')('unet.conv_in'))).toBe(
-      'LORA_BLOCK_WEIGHTS_INVALID',
+      'OPTION_INVALID',
     );
   });
 });
@@ -202,7 +202,7 @@ describe('block weights in a merge', () => {
 
   it('rejects block weights that do not fit the architecture', () => {
     const a = fullLora('sdxl', 6, (e) => e.block === 'M00');
-    expect(code(() => mergeLoras([a], [{ blocks: 'IN11=0' }]))).toBe('LORA_BLOCK_WEIGHTS_INVALID');
-    expect(code(() => mergeLoras([a], [{ blocks: new Array(26).fill(0) }]))).toBe('LORA_BLOCK_WEIGHTS_INVALID');
+    expect(code(() => mergeLoras([a], [{ blocks: 'IN11=0' }]))).toBe('OPTION_INVALID');
+    expect(code(() => mergeLoras([a], [{ blocks: new Array(26).fill(0) }]))).toBe('OPTION_INVALID');
   });
 });

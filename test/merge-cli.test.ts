@@ -110,7 +110,7 @@ describe.each(['sd15', 'sdxl'] as const)('LCM-LoRA + style LoRA fixtures (%s)', 
       '-o',
       input,
     ]);
-    expect(clash.code).toBe(1);
+    expect(clash.code).toBe(3);
     expect(clash.err).toMatch(/OUTPUT_WOULD_OVERWRITE_INPUT/);
     expect((await readFile(input)).equals(before)).toBe(true);
   });
@@ -227,14 +227,14 @@ describe('lora-mix merge options', () => {
     }
   });
 
-  it('errors from the arithmetic exit 1: mixed architectures, bad block IDs', async () => {
+  it('mixed architectures exit 1 (input), bad block IDs 2 (an option value)', async () => {
     const out = path.join(tmp, 'bad.safetensors');
     const mixed = await run(['merge', 'sd15/lcm-lora.kohya.safetensors', 'sdxl/lcm-lora.kohya.safetensors', '-o', out]);
     expect(mixed.code).toBe(1);
     expect(mixed.err).toMatch(/ARCH_MISMATCH/);
     const blocks = await run(['merge', 'sdxl/lcm-lora.kohya.safetensors', '-o', out, '--blocks', 'IN11=0']);
-    expect(blocks.code).toBe(1);
-    expect(blocks.err).toMatch(/LORA_BLOCK_WEIGHTS_INVALID.*IN11/);
+    expect(blocks.code).toBe(2);
+    expect(blocks.err).toMatch(/OPTION_INVALID.*IN11/);
     await expect(stat(out)).rejects.toThrow();
   });
 });

@@ -250,7 +250,7 @@ describe('resizeLora', () => {
     expect(out.metadata.ss_network_dim).toBeUndefined();
     expect(out.metadata.ss_output_name).toBe('x');
     expect(JSON.parse(out.metadata[MERGE_METADATA_KEY]!).rank).toBe(4);
-    expect(() => resizeLora(lora, {})).toThrow(expect.objectContaining({ code: 'LORA_INVALID_RANK' }));
+    expect(() => resizeLora(lora, {})).toThrow(expect.objectContaining({ code: 'OPTION_INVALID' }));
   });
 });
 

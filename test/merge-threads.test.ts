@@ -61,7 +61,7 @@ describe('mergeLorasParallel', () => {
       mergeLoras([style], [2], { rank: 2 }).lora,
     );
     await expect(mergeLorasParallel([style], [Number.NaN], { rank: 2 })).rejects.toMatchObject({
-      code: 'LORA_INVALID_WEIGHTS',
+      code: 'ARG_INVALID',
     });
   });
 

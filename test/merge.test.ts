@@ -134,7 +134,7 @@ describe('scaleLora / negateLora', () => {
 
   it('rejects a non-finite scale', () => {
     expect(() => scaleLora(randomLora(1, 1, 1, 1), Number.NaN)).toThrow(
-      expect.objectContaining({ code: 'LORA_INVALID_WEIGHTS' }),
+      expect.objectContaining({ code: 'ARG_INVALID' }),
     );
   });
 });
@@ -316,15 +316,15 @@ describe('mergeLoras (exact)', () => {
       }
       return 'none';
     };
-    expect(code(() => mergeLoras([A], [Number.NaN]))).toBe('LORA_INVALID_WEIGHTS');
-    expect(code(() => mergeLoras([A], [Infinity]))).toBe('LORA_INVALID_WEIGHTS');
-    expect(code(() => mergeLoras([A, A], [1]))).toBe('LORA_INVALID_WEIGHTS');
-    expect(code(() => mergeLoras([A], [{ weight: Number.NaN, blocks: 'IN04=0' }]))).toBe('LORA_INVALID_WEIGHTS');
-    expect(code(() => mergeLoras([], []))).toBe('LORA_EMPTY');
-    expect(code(() => mergeLoras([A], [1], { rank: 0 }))).toBe('LORA_INVALID_RANK');
-    expect(code(() => mergeLoras([A], [1], { rank: 2.5 }))).toBe('LORA_INVALID_RANK');
-    expect(code(() => mergeLoras([A], [1], { minEnergy: 0 }))).toBe('LORA_INVALID_RANK');
-    expect(code(() => mergeLoras([A], [1], { minEnergy: 1.01 }))).toBe('LORA_INVALID_RANK');
+    expect(code(() => mergeLoras([A], [Number.NaN]))).toBe('ARG_INVALID');
+    expect(code(() => mergeLoras([A], [Infinity]))).toBe('ARG_INVALID');
+    expect(code(() => mergeLoras([A, A], [1]))).toBe('ARG_INVALID');
+    expect(code(() => mergeLoras([A], [{ weight: Number.NaN, blocks: 'IN04=0' }]))).toBe('ARG_INVALID');
+    expect(code(() => mergeLoras([], []))).toBe('ARG_MISSING');
+    expect(code(() => mergeLoras([A], [1], { rank: 0 }))).toBe('OPTION_INVALID');
+    expect(code(() => mergeLoras([A], [1], { rank: 2.5 }))).toBe('OPTION_INVALID');
+    expect(code(() => mergeLoras([A], [1], { minEnergy: 0 }))).toBe('OPTION_INVALID');
+    expect(code(() => mergeLoras([A], [1], { minEnergy: 1.01 }))).toBe('OPTION_INVALID');
   });
 
   it('reports progress once per module', () => {

@@ -20,17 +20,47 @@ export function parseCommandArgs<O extends Options>(
   help: boolean;
 } {
   try {
-    const { values, positionals } = parseArgs({
+    const { values, positionals, tokens } = parseArgs({
       args: argv,
       options: { ...options, help: { type: 'boolean', short: 'h' } },
       allowPositionals: true,
       strict: true,
+      tokens: true,
     });
+    refuseRepeated(command, options, tokens ?? []);
     const v = values as Record<string, string | boolean | string[] | boolean[] | undefined>;
     return { values: v, positionals, help: v.help === true };
   } catch (e) {
+    if (e instanceof UsageError) throw e;
     const msg = e instanceof Error ? e.message : String(e);
     throw new UsageError(`${command}: ${msg}. Run 'lora-mix ${command} --help' for usage.`, 'USAGE_BAD_ARGUMENT');
+  }
+}
+
+/**
+ * A value option (`-o OUT`, `--rank K`, `--base B` …) given twice is a mistake, not "the last one wins": which one
+ * did the user mean? Options declared `multiple` may repeat; boolean flags may too (saying it twice is harmless).
+ */
+function refuseRepeated(
+  command: string,
+  options: Options,
+  tokens: readonly { kind: string; name?: string; rawName?: string; value?: string | undefined }[],
+): void {
+  const seen = new Map<string, string>();
+  for (const t of tokens) {
+    if (t.kind !== 'option' || t.name === undefined) continue;
+    const o = options[t.name];
+    if (!o || o.type !== 'string' || o.multiple === true) continue;
+    const spelled = `${t.rawName ?? `--${t.name}`} ${t.value ?? ''}`.trim();
+    const before = seen.get(t.name);
+    if (before !== undefined) {
+      throw new UsageError(
+        `${command}: --${t.name} given twice ('${before}' and '${spelled}'); give it once. Run 'lora-mix ${command} --help' for usage.`,
+        'USAGE_BAD_ARGUMENT',
+        { option: t.name, found: [before, spelled] },
+      );
+    }
+    seen.set(t.name, spelled);
   }
 }
 
@@ -62,6 +92,20 @@ export function numberOption(
   return n;
 }
 
+/** A weight must be a finite number: ':1e400' (rounds to Infinity), ':Infinity' and ':NaN' are the same mistake. */
+function finiteWeight(command: string, spec: string, raw: string): number {
+  const lower = raw.toLowerCase().replace(/^[-+]/, '');
+  const n = lower === 'nan' ? Number.NaN : lower.startsWith('inf') ? Number.POSITIVE_INFINITY : Number(raw);
+  if (!Number.isFinite(n)) {
+    throw new UsageError(
+      `${command}: '${spec}' — the weight '${raw}' is not a finite number${lower === 'nan' || lower.startsWith('inf') ? '' : ' (it is too large for a double)'}; use a value such as 0.8`,
+      'USAGE_BAD_ARGUMENT',
+      { found: raw },
+    );
+  }
+  return n;
+}
+
 /**
  * Split 'path.safetensors:0.8' into path and weight. The weight is optional (default given). A spec that names an
  * existing file or folder (relative to `cwd`) is a path whatever it contains ('style:v2.safetensors',
@@ -77,8 +121,8 @@ export function parseWeighted(
   if (cwd !== undefined && spec !== '' && existsSync(path.resolve(cwd, spec))) {
     return { path: spec, weight: defaultWeight };
   }
-  const m = /^(.*):([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)$/.exec(spec);
-  if (m && m[1] !== '') return { path: m[1]!, weight: Number(m[2]) };
+  const m = /^(.*):([-+]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|inf|infinity|nan))$/i.exec(spec);
+  if (m && m[1] !== '') return { path: m[1]!, weight: finiteWeight(command, spec, m[2]!) };
   if (/:[^\\/]*$/.test(spec) && !/^[A-Za-z]:[\\/]/.test(spec)) {
     throw new UsageError(
       `${command}: '${spec}' — the weight after ':' must be a number, e.g. lcm.safetensors:1.0 (no file of that name exists either)`,

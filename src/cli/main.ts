@@ -1,8 +1,11 @@
 import { LoraMixError } from '../core/errors.js';
+import { EXIT, exitCodeFor } from './exit.js';
 import type { CliContext, Command } from './context.js';
 import { COMMANDS } from './commands/index.js';
 import { VERSION } from '../core/version.js';
 import { installNodeHost } from '../node/install.js';
+
+export { EXIT, exitCodeFor };
 
 // The CLI runs in Node: paths, folders and worker threads everywhere.
 installNodeHost();
@@ -27,7 +30,7 @@ function overview(commands: readonly Command[]): string {
   ].join('\n');
 }
 
-/** Run the CLI; resolves to the process exit code (0 ok, 1 failure, 2 usage error). */
+/** Run the CLI; resolves to the process exit code (EXIT: 0 ok, 1 input, 2 usage, 3 I/O, 4 arithmetic, 5 fuse, 6 sampler, 70 internal). */
 export async function main(argv: string[], ctx: CliContext, commands: readonly Command[] = COMMANDS): Promise<number> {
   const debug = argv.includes('--debug');
   const args = argv.filter((a) => a !== '--debug');
@@ -35,7 +38,7 @@ export async function main(argv: string[], ctx: CliContext, commands: readonly C
   if (first === undefined || first === '--help' || first === '-h' || first === 'help') {
     const target = first === 'help' ? commands.find((c) => c.name === args[1]) : undefined;
     ctx.out(`${target ? target.help : overview(commands)}\n`);
-    return first === undefined ? 2 : 0;
+    return first === undefined ? EXIT.usage : EXIT.ok;
   }
   if (first === '--version' || first === '-v') {
     ctx.out(`${VERSION}\n`);
@@ -44,7 +47,7 @@ export async function main(argv: string[], ctx: CliContext, commands: readonly C
   const command = commands.find((c) => c.name === first);
   if (!command) {
     ctx.err(`lora-mix: unknown command '${first}'. Commands: ${commands.map((c) => c.name).join(', ')}.\n`);
-    return 2;
+    return EXIT.usage;
   }
   const rest = args.slice(1);
   if (rest.includes('--help') || rest.includes('-h')) {
@@ -57,15 +60,15 @@ export async function main(argv: string[], ctx: CliContext, commands: readonly C
     if (e instanceof LoraMixError) {
       ctx.err(`lora-mix ${command.name}: error ${e.code}: ${e.message}\n`);
       if (debug && e.stack) ctx.err(`${e.stack}\n`);
-      return e.code.startsWith('USAGE') ? 2 : 1;
+      return exitCodeFor(e);
     }
     const err = e as NodeJS.ErrnoException;
     if (err && typeof err.code === 'string' && typeof err.message === 'string' && !debug) {
       ctx.err(`lora-mix ${command.name}: ${err.code}: ${err.message}\n`);
-      return 1;
+      return exitCodeFor(e);
     }
     ctx.err(`lora-mix ${command.name}: unexpected internal error: ${err?.message ?? String(e)}\n`);
     if (err?.stack) ctx.err(`${debug ? err.stack : 'Run again with --debug for the stack trace; please report it.'}\n`);
-    return 1;
+    return exitCodeFor(e);
   }
 }

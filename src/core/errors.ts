@@ -34,15 +34,13 @@ export type FormatErrorCode =
   | 'FORMAT_INCOMPLETE_MODULE'
   | 'FORMAT_MIXED'
   | 'FORMAT_METADATA_INVALID'
-  | 'FORMAT_CANNOT_ENCODE';
+  | 'FORMAT_CANNOT_ENCODE'
+  | 'FORMAT_NONFINITE';
 
 export type LoraErrorCode =
   | 'LORA_RANK_MISMATCH'
   | 'LORA_SHAPE_MISMATCH'
   | 'LORA_UNMATCHED_MODULES'
-  | 'LORA_INVALID_WEIGHTS'
-  | 'LORA_INVALID_RANK'
-  | 'LORA_BLOCK_WEIGHTS_INVALID'
   | 'LORA_EMPTY'
   | 'LORA_DTYPE_OVERFLOW'
   | 'LORA_NUMERICAL_FAILURE'
@@ -50,7 +48,7 @@ export type LoraErrorCode =
   | 'LORA_ZERO_DELTA'
   | 'LORA_NEEDS_BASE';
 
-export type ArchErrorCode = 'ARCH_MISMATCH' | 'ARCH_UNKNOWN' | 'ARCH_UNDETECTED' | 'ARCH_LAYOUT_INVALID';
+export type ArchErrorCode = 'ARCH_MISMATCH' | 'ARCH_UNDETECTED' | 'ARCH_LAYOUT_INVALID';
 
 export type IoErrorCode =
   | 'OUTPUT_WOULD_OVERWRITE_INPUT'
@@ -58,6 +56,7 @@ export type IoErrorCode =
   | 'IO_READ_FAILED'
   | 'IO_WRITE_FAILED'
   | 'INPUT_NOT_FOUND'
+  | 'IO_NOT_A_REGULAR_FILE'
   | 'IO_NO_HOST';
 
 export type FuseErrorCode =
@@ -194,4 +193,24 @@ export class OptionError extends LoraMixError {
   constructor(code: OptionErrorCode, message: string, details: Record<string, unknown> = {}) {
     super(code, message, details);
   }
+}
+
+/**
+ * Rebuild a typed error from its code (errors crossing a worker-thread boundary arrive as plain data): the code's
+ * prefix names the family. Unknown codes come back undefined.
+ */
+export function errorFromCode(code: string, message: string, details: Record<string, unknown> = {}): LoraMixError | undefined {
+  const c = code as never;
+  if (code.startsWith('SAFETENSORS_')) return new SafetensorsError(c, message, details);
+  if (code.startsWith('FORMAT_')) return new FormatError(c, message, details);
+  if (code.startsWith('LORA_')) return new LoraError(c, message, details);
+  if (code.startsWith('ARCH_')) return new ArchError(c, message, details);
+  if (code.startsWith('FUSE_') || code.startsWith('KERNEL_')) return new FuseError(c, message, details);
+  if (code.startsWith('ARG_')) return new ArgumentError(c, message, details);
+  if (code.startsWith('OPTION_')) return new OptionError(c, message, details);
+  if (code.startsWith('SAMPLER_')) return new SamplerError(c, message, details);
+  if (code.startsWith('IO_') || code.startsWith('INPUT_') || code.startsWith('OUTPUT_'))
+    return new IoError(c, message, details);
+  if (code.startsWith('USAGE')) return new UsageError(message, c, details);
+  return undefined;
 }

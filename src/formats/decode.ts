@@ -8,6 +8,7 @@
  */
 import ndarray from 'ndarray';
 import { ArchError, FormatError, LoraError } from '../core/errors.js';
+import { assertFiniteTensor } from '../core/finite.js';
 import { ARCH_LABEL } from '../layout/index.js';
 import type { Arch, Layout, LayoutSize, ModuleEntry } from '../layout/types.js';
 import type { F32Array, Lora, LoraModule, StoredTensor } from '../lora/types.js';
@@ -446,15 +447,20 @@ async function storedAlpha(file: LoraFileLike, key: string, info: TensorMeta): P
       { file: file.name, key, expected: [], found: info.shape },
     );
   }
-  const stored = await readScalar(file, key, info.dtype);
-  if (!Number.isFinite(stored)) {
-    throw new LoraError('LORA_INVALID_WEIGHTS', `${file.name}: alpha '${key}' is ${stored}; expected a finite number`, {
-      file: file.name,
-      key,
-      found: stored,
-    });
-  }
-  return stored;
+  // A non-finite alpha is kept in the plan (inspect reports it); reading the factors refuses it (FORMAT_NONFINITE).
+  return readScalar(file, key, info.dtype);
+}
+
+/** A note naming the modules whose stored alpha is NaN or ±Inf. */
+function nonFiniteAlphaNotes(modules: readonly PlannedModule[]): string[] {
+  const bad = modules.filter((m) => !Number.isFinite(m.alpha));
+  if (bad.length === 0) return [];
+  return [
+    `${bad.length} module(s) store a non-finite alpha (${listSome(
+      bad.map((m) => `${m.alphaKey ?? m.name} = ${m.alpha}`),
+      3,
+    )}): merge, convert and fuse refuse this file (FORMAT_NONFINITE)`,
+  ];
 }
 
 /** Counters behind the plan's notes. */
@@ -521,7 +527,11 @@ async function planModules(
   }
   const kohyaPaths =
     format !== 'kohya' || spellings.size === 0 ? undefined : spellings.size === 2 ? 'mixed' : [...spellings][0];
-  return { modules, notes: planNotes(format, tally, modules), ...(kohyaPaths ? { kohyaPaths } : {}) };
+  return {
+    modules,
+    notes: [...planNotes(format, tally, modules), ...nonFiniteAlphaNotes(modules)],
+    ...(kohyaPaths ? { kohyaPaths } : {}),
+  };
 }
 
 function planNotes(format: LoraFormat, t: AlphaTally, modules: readonly PlannedModule[]): string[] {
@@ -705,12 +715,18 @@ const READ_AHEAD = 4;
 
 /** Read the factors of a plan: the LoRA in canonical form. */
 export async function readPlannedLora(file: LoraFileLike, plan: LoraPlan): Promise<LoadedLora> {
+  for (const m of plan.modules) {
+    if (!Number.isFinite(m.alpha)) assertFiniteTensor(file.name, m.alphaKey ?? m.name, [m.alpha], 'alpha');
+  }
   const readModule = async (m: PlannedModule): Promise<LoraModule> => {
     const [d, u, b] = await Promise.all([
       file.readF32(m.downKey),
       file.readF32(m.upKey),
       m.biasKey !== undefined ? file.readF32(m.biasKey) : undefined,
     ]);
+    assertFiniteTensor(file.name, m.downKey, d, 'LoRA factor');
+    assertFiniteTensor(file.name, m.upKey, u, 'LoRA factor');
+    if (b !== undefined && m.biasKey !== undefined) assertFiniteTensor(file.name, m.biasKey, b, 'LoRA bias');
     return {
       down: toNd(d, m.downShape, file.name, m.downKey),
       up: toNd(u, m.upShape, file.name, m.upKey),

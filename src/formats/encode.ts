@@ -13,7 +13,7 @@
  * Factor bytes are produced when the writer asks for them (one tensor at a time); values that would overflow the
  * target dtype raise LoraError LORA_DTYPE_OVERFLOW instead of becoming Inf.
  */
-import { FormatError, LoraError } from '../core/errors.js';
+import { ArgumentError, FormatError, LoraError, OptionError } from '../core/errors.js';
 import { getLayout, moduleAliases } from '../layout/index.js';
 import type { ModuleEntry } from '../layout/types.js';
 import type { F32Array, Lora, StoredTensor } from '../lora/types.js';
@@ -235,8 +235,8 @@ export function encodeModules(
           );
         }
         if (m.alpha !== rankOf(m)) {
-          throw new LoraError(
-            'LORA_INVALID_WEIGHTS',
+          throw new OptionError(
+            'OPTION_CONFLICT',
             `${what}: module '${m.entry.path}' has alpha ${m.alpha} ≠ rank ${rankOf(m)}; the old attention-processor format stores no alpha`,
             { key: m.entry.path, expected: rankOf(m), found: m.alpha },
           );
@@ -312,8 +312,8 @@ export function moduleSources(lora: Lora): ModuleSource[] {
       );
     }
     if (!Number.isFinite(m.alpha)) {
-      throw new LoraError(
-        'LORA_INVALID_WEIGHTS',
+      throw new ArgumentError(
+        'ARG_INVALID',
         `module '${entry.path}': alpha is ${m.alpha}; expected a finite number`,
         { key: entry.path, found: m.alpha },
       );

@@ -11,7 +11,7 @@
  * Core module: no `node:` imports. Paths and diffusers folders go through ./node.js, loaded on demand.
  */
 import ndarray from 'ndarray';
-import { FuseError, IoError, LoraError } from '../core/errors.js';
+import { FuseError, IoError, LoraError, OptionError } from '../core/errors.js';
 import { isByteSource, type ByteSink, type ByteSource } from '../core/bytes.js';
 import { detectCheckpoint } from '../layout/detect.js';
 import type { ModuleEntry } from '../layout/types.js';
@@ -704,10 +704,10 @@ export async function fuseLoras(
     );
   }
   if (options.onOverflow !== undefined && options.onOverflow !== 'error' && options.onOverflow !== 'clamp') {
-    throw new FuseError(
-      'FUSE_OVERFLOW',
+    throw new OptionError(
+      'OPTION_INVALID',
       `fuse: onOverflow must be 'error' or 'clamp', found '${String(options.onOverflow)}'`,
-      { found: options.onOverflow },
+      { option: 'onOverflow', found: options.onOverflow },
     );
   }
   const method = resolveMethod(options, loras.length, 'fuse');

@@ -4,7 +4,7 @@
  * used as they are. Weights (numbers or block weights) become one λ per module.
  */
 import ndarray from 'ndarray';
-import { ArchError, LoraError } from '../core/errors.js';
+import { ArchError, LoraError, ArgumentError } from '../core/errors.js';
 import { isByteSource } from '../core/bytes.js';
 import { ARCH_LABEL } from '../layout/archs.js';
 import type { Arch, LayoutSize } from '../layout/types.js';
@@ -212,11 +212,11 @@ export async function openInputs(
   allowUnmatched: boolean,
 ): Promise<FuseInput[]> {
   if (!Array.isArray(loras) || loras.length === 0) {
-    throw new LoraError('LORA_EMPTY', 'fuse: no LoRA given; pass at least one LoRA with its weight', {});
+    throw new ArgumentError('ARG_MISSING', 'fuse: no LoRA given; pass at least one LoRA with its weight', {});
   }
   if (!Array.isArray(weights) || weights.length !== loras.length) {
-    throw new LoraError(
-      'LORA_INVALID_WEIGHTS',
+    throw new ArgumentError(
+      'ARG_INVALID',
       `fuse: expected one weight per LoRA (${loras.length}), found ${Array.isArray(weights) ? weights.length : String(weights)}`,
       { expected: loras.length, found: Array.isArray(weights) ? weights.length : weights },
     );
@@ -241,8 +241,8 @@ export async function openInputs(
       } else if (isByteSource(input)) {
         file = await parseSafetensors(input);
       } else {
-        throw new LoraError(
-          'LORA_INVALID_WEIGHTS',
+        throw new ArgumentError(
+          'ARG_INVALID',
           `fuse: ${name} is not a path, a ByteSource, a SafetensorsFile or a LoRA`,
           { key: name },
         );

@@ -5,7 +5,7 @@
  * Tiny layouts keep every key name, block, layer, transformer depth and text-encoder layer count of the real model
  * and shrink only widths, so they have exactly the same module paths as the full ones. See docs/layouts.md.
  */
-import { ArchError } from '../core/errors.js';
+import { ArchError, OptionError } from '../core/errors.js';
 import { generateTextEncoder, type TextEncoderConfig } from './text-encoders.js';
 import type { Arch, BlockId, Component, Layout, LayoutSize, ModuleEntry, StateDictEntry } from './types.js';
 import { ARCHS } from './types.js';
@@ -165,13 +165,15 @@ export function archConfig(arch: Arch, size: LayoutSize = 'full'): ArchConfig {
 
 function checkArch(arch: unknown, size: unknown): asserts arch is Arch {
   if (!(ARCHS as readonly unknown[]).includes(arch)) {
-    throw new ArchError('ARCH_UNKNOWN', `unknown architecture '${String(arch)}': expected one of ${ARCHS.join(', ')}`, {
+    throw new OptionError('OPTION_INVALID', `unknown architecture '${String(arch)}': expected one of ${ARCHS.join(', ')}`, {
+      option: 'arch',
       found: arch,
       expected: ARCHS,
     });
   }
   if (size !== 'full' && size !== 'tiny') {
-    throw new ArchError('ARCH_UNKNOWN', `unknown layout size '${String(size)}': expected 'full' or 'tiny'`, {
+    throw new OptionError('OPTION_INVALID', `unknown layout size '${String(size)}': expected 'full' or 'tiny'`, {
+      option: 'size',
       found: size,
     });
   }
@@ -186,7 +188,8 @@ export function parseArch(name: string): Arch {
   const aliases: Record<string, Arch> = { sd15: 'sd15', sd1: 'sd15', sdv15: 'sd15', sdxl: 'sdxl', ssd1b: 'ssd1b' };
   const arch = aliases[k];
   if (!arch) {
-    throw new ArchError('ARCH_UNKNOWN', `unknown architecture '${name}': expected one of ${ARCHS.join(', ')}`, {
+    throw new OptionError('OPTION_INVALID', `unknown architecture '${name}': expected one of ${ARCHS.join(', ')}`, {
+      option: 'arch',
       found: name,
       expected: ARCHS,
     });

@@ -14,7 +14,7 @@
  *   - { IN04: 0, OUT05: 0.5 }             like the string form;
  *   - (path, entry) => number            any per-module rule.
  */
-import { LoraError } from '../core/errors.js';
+import { LoraError, OptionError } from '../core/errors.js';
 import { blockIds, familyOf, getLayout } from '../layout/index.js';
 import type { Arch, BlockId, LayoutSize, ModuleEntry } from '../layout/types.js';
 
@@ -92,8 +92,8 @@ export function normalizeBlockId(raw: string): BlockId | undefined {
   return undefined;
 }
 
-function invalid(message: string, details: Record<string, unknown> = {}): LoraError {
-  return new LoraError('LORA_BLOCK_WEIGHTS_INVALID', message, details);
+function invalid(message: string, details: Record<string, unknown> = {}): OptionError {
+  return new OptionError('OPTION_INVALID', message, { option: 'blocks', ...details });
 }
 
 function checkValue(value: unknown, what: string, arch: Arch): number {

@@ -4,7 +4,7 @@
  * reduction never form it.
  */
 import ndarray from 'ndarray';
-import { LoraError } from '../core/errors.js';
+import { LoraError, ArgumentError } from '../core/errors.js';
 import type { F32Array, LoraModule } from './types.js';
 
 /** The shape facts of a module: delta is out × fanIn, fanIn = in·kh·kw. */
@@ -62,7 +62,7 @@ export function moduleDims(module: LoraModule, path = '(module)', where?: string
     );
   }
   if (!Number.isFinite(module.alpha)) {
-    throw new LoraError('LORA_INVALID_WEIGHTS', `${label}: alpha is ${module.alpha}; expected a finite number`, {
+    throw new ArgumentError('ARG_INVALID', `${label}: alpha is ${module.alpha}; expected a finite number`, {
       key: path,
       found: module.alpha,
     });

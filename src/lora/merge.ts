@@ -11,7 +11,7 @@ import ndarray from 'ndarray';
 import ops from 'ndarray-ops';
 import { stackFactors } from './stack.js';
 import { asLowRank } from './terms/index.js';
-import { ArchError, LoraError } from '../core/errors.js';
+import { ArchError, LoraError, ArgumentError, OptionError } from '../core/errors.js';
 import { getLayout } from '../layout/index.js';
 import type { Arch, Layout, LayoutSize } from '../layout/types.js';
 import { VERSION } from '../core/version.js';
@@ -25,7 +25,6 @@ import {
 } from './components.js';
 import { contiguousValues, moduleDims, type ModuleDims } from './delta.js';
 import { RankReducer, reduceModule, type FactorTerm, type RankTarget, type ReduceOutcome } from './reduce.js';
-import { OptionError } from '../core/errors.js';
 import { METHODS, resolveMethod, type MethodOptions, type ResolvedMethod } from './methods.js';
 import { methodModule, type MethodModuleRequest } from './method-module.js';
 import type { F32Array, Lora, LoraModule, StoredTensor, Term } from './types.js';
@@ -119,13 +118,13 @@ function nameOf(lora: Lora<Term>, i: number): string {
 function checkOptions(options: MergeOptions): RankTarget | null {
   const { rank, minEnergy } = options;
   if (rank !== undefined && (typeof rank !== 'number' || !Number.isInteger(rank) || rank < 1)) {
-    throw new LoraError('LORA_INVALID_RANK', `merge: rank must be an integer ≥ 1, found ${String(rank)}`, {
+    throw new OptionError('OPTION_INVALID', `merge: rank must be an integer ≥ 1, found ${String(rank)}`, {
       found: rank,
     });
   }
   if (minEnergy !== undefined && (typeof minEnergy !== 'number' || !(minEnergy > 0 && minEnergy <= 1))) {
-    throw new LoraError(
-      'LORA_INVALID_RANK',
+    throw new OptionError(
+      'OPTION_INVALID',
       `merge: minEnergy is the fraction of each delta's Frobenius norm to keep and must be in (0, 1], found ${String(minEnergy)}`,
       { found: minEnergy },
     );
@@ -147,7 +146,7 @@ export function compileWeight(
 ): (path: string) => number {
   if (typeof w === 'number') {
     if (!Number.isFinite(w)) {
-      throw new LoraError('LORA_INVALID_WEIGHTS', `${op}: the weight of ${name} must be a finite number, found ${w}`, {
+      throw new ArgumentError('ARG_INVALID', `${op}: the weight of ${name} must be a finite number, found ${w}`, {
         key: name,
         found: w,
       });
@@ -155,8 +154,8 @@ export function compileWeight(
     return () => w;
   }
   if (w === null || typeof w !== 'object' || !('blocks' in w || 'weight' in w || hasComponents(w))) {
-    throw new LoraError(
-      'LORA_INVALID_WEIGHTS',
+    throw new ArgumentError(
+      'ARG_INVALID',
       `${op}: the weight of ${name} must be a number or { weight?, blocks?, unet?, te?, te1?, te2? }, found ${JSON.stringify(w)}`,
       { key: name, found: w },
     );
@@ -165,8 +164,8 @@ export function compileWeight(
   checkComponents(spec, name, op);
   const base = w.weight ?? 1;
   if (typeof base !== 'number' || !Number.isFinite(base)) {
-    throw new LoraError(
-      'LORA_INVALID_WEIGHTS',
+    throw new ArgumentError(
+      'ARG_INVALID',
       `${op}: the weight of ${name} must be a finite number, found ${String(base)}`,
       { key: name, found: base },
     );
@@ -180,8 +179,8 @@ export function compileWeight(
 /** Per input: path → the module's weight λ (weight × block multiplier). */
 function compileWeights(loras: readonly Lora<Term>[], weights: readonly MergeWeight[]): ((path: string) => number)[] {
   if (!Array.isArray(weights) || weights.length !== loras.length) {
-    throw new LoraError(
-      'LORA_INVALID_WEIGHTS',
+    throw new ArgumentError(
+      'ARG_INVALID',
       `merge: expected one weight per input (${loras.length}), found ${Array.isArray(weights) ? weights.length : String(weights)}`,
       { expected: loras.length, found: Array.isArray(weights) ? weights.length : weights },
     );
@@ -340,7 +339,7 @@ export function planMerge(
   options: MergeOptions = {},
 ): MergePlan {
   if (!Array.isArray(loras) || loras.length === 0) {
-    throw new LoraError('LORA_EMPTY', 'merge: no input LoRA given', {});
+    throw new ArgumentError('ARG_MISSING', 'merge: no input LoRA given; pass an array of at least one LoRA', {});
   }
   const first = loras[0]!;
   loras.forEach((l, i) => {
@@ -615,8 +614,8 @@ export function assembleMerge(
  * `mergeLorasParallel` (src/node/merge-threads.ts) spreads the rank reductions over worker threads.
  *
  * - Inputs must share arch and size (ArchError ARCH_MISMATCH).
- * - One weight per input: a finite number or { weight?, blocks } (LoraError LORA_INVALID_WEIGHTS,
- *   LORA_BLOCK_WEIGHTS_INVALID).
+ * - One weight per input: a finite number or { weight?, blocks } (ArgumentError ARG_INVALID,
+ *   OptionError OPTION_INVALID for block weights).
  * - Every module of any input is in the result; a module's terms must change the same weight
  *   (LORA_SHAPE_MISMATCH). Terms with weight exactly 0 are left out; a module with no term left is dropped and
  *   listed in the report, as is a module whose reduced delta is numerically zero.
@@ -671,7 +670,7 @@ export function resizeLora(
 ): MergeResult {
   const t: RankTarget = typeof target === 'number' ? { rank: target } : target;
   if (t.rank === undefined && t.minEnergy === undefined) {
-    throw new LoraError('LORA_INVALID_RANK', 'resize: give a rank or a minEnergy', {});
+    throw new OptionError('OPTION_INVALID', 'resize: give a rank or a minEnergy', { option: 'rank' });
   }
   const { lora: out, report } = mergeLoras([lora], [1], {
     ...t,

@@ -20,7 +20,7 @@
  * Working through the Grams limits the resolution of tiny singular values to about 1e-7 of the largest (far below
  * what f32 factors carry); singular values under NOISE_FLOOR·σ₁ are treated as zero.
  */
-import { LoraError } from '../core/errors.js';
+import { LoraError, ArgumentError } from '../core/errors.js';
 import { dot, EPS64, gramRows, matmul, pivotedCholesky, symmetricEigen, xtyToF32 } from './linalg.js';
 import { wasmProduct, type ProductF32 } from './product.js';
 
@@ -228,15 +228,15 @@ export class RankReducer {
   rebuild(k: number): ReducedFactors {
     const st = this.state;
     if (!st)
-      throw new LoraError(
-        'LORA_INVALID_RANK',
+      throw new ArgumentError(
+        'ARG_INVALID',
         'rank reduction: rebuild(k) needs a module analysed first (call analyze)',
         {},
       );
     const { R, out, n, ru, numRank, Ru, T, values, vectors, uf, df } = st;
     if (!Number.isInteger(k) || k < 1 || k > numRank) {
-      throw new LoraError(
-        'LORA_INVALID_RANK',
+      throw new ArgumentError(
+        'ARG_INVALID',
         `rank reduction: k must be an integer in [1, ${numRank}] (the numerical rank), found ${k}`,
         { expected: [1, numRank], found: k },
       );

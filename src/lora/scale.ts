@@ -4,7 +4,7 @@
  */
 import ndarray from 'ndarray';
 import ops from 'ndarray-ops';
-import { LoraError } from '../core/errors.js';
+import { LoraError, ArgumentError } from '../core/errors.js';
 import type { Lora, LoraModule } from './types.js';
 
 /** s·module: a new `up` (and bias delta) holding s·up (element-wise through ndarray-ops), the same `down` and alpha. */
@@ -17,10 +17,10 @@ export function scaleModule(module: LoraModule, s: number): LoraModule {
   return { down: module.down, up, alpha: module.alpha, bias };
 }
 
-/** s·τ for every module. Throws LORA_INVALID_WEIGHTS for a non-finite s. */
+/** s·τ for every module. Throws ArgumentError ARG_INVALID for a non-finite s. */
 export function scaleLora(lora: Lora, s: number): Lora {
   if (typeof s !== 'number' || !Number.isFinite(s)) {
-    throw new LoraError('LORA_INVALID_WEIGHTS', `scaleLora: the scale must be a finite number, found ${String(s)}`, {
+    throw new ArgumentError('ARG_INVALID', `scaleLora: the scale must be a finite number, found ${String(s)}`, {
       found: s,
     });
   }

@@ -130,7 +130,7 @@ function checkArgs(a: Float32Array, m: number, n: number, k: number): void {
     );
   }
   if (!Number.isInteger(k) || k < 1) {
-    throw new LoraError('LORA_INVALID_RANK', `truncatedSvd: rank must be an integer ≥ 1, found ${String(k)}`, {
+    throw new ArgumentError('ARG_INVALID', `truncatedSvd: rank must be an integer ≥ 1, found ${String(k)}`, {
       found: k,
     });
   }

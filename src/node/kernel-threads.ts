@@ -11,7 +11,7 @@
 import os from 'node:os';
 import v8 from 'node:v8';
 import type { Worker } from 'node:worker_threads';
-import { FuseError } from '../core/errors.js';
+import { FuseError, OptionError } from '../core/errors.js';
 import { hasRelaxedSimd, hasWasmSimd, resetWasmFeatureCache } from '../core/wasm-features.js';
 import { backendName } from '../kernels/cpu.js';
 import { disposedError, now, serialQueue, timed, validateJob } from '../kernels/job.js';
@@ -84,8 +84,8 @@ export function defaultThreads(): number {
 function kernelOptions(opts: CpuKernelOptions): { threads: number; minParallelFlops: number; chunkTiles?: number } {
   const threads = opts.threads ?? defaultThreads();
   if (!Number.isInteger(threads) || threads < 1 || threads > MAX_THREADS) {
-    throw new FuseError(
-      'KERNEL_INVALID_JOB',
+    throw new OptionError(
+      'OPTION_INVALID',
       `cpu kernel: threads must be an integer in 1..${MAX_THREADS}, found ${threads}`,
       {
         expected: `1..${MAX_THREADS}`,
@@ -95,8 +95,8 @@ function kernelOptions(opts: CpuKernelOptions): { threads: number; minParallelFl
   }
   const chunkTiles = opts.chunkTiles;
   if (chunkTiles !== undefined && !(Number.isInteger(chunkTiles) && chunkTiles >= 1)) {
-    throw new FuseError(
-      'KERNEL_INVALID_JOB',
+    throw new OptionError(
+      'OPTION_INVALID',
       `cpu kernel: chunkTiles must be a positive integer, found ${chunkTiles}`,
       {
         expected: 'a positive integer',

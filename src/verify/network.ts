@@ -29,7 +29,7 @@
  * Core code: no Node imports.
  */
 
-import { ArchError, LoraError, SamplerError } from '../core/errors.js';
+import { ArchError, LoraError, SamplerError, ArgumentError } from '../core/errors.js';
 import { archConfig, getLayout } from '../layout/archs.js';
 import { detectCheckpoint, detectDiffusersFolder, type CheckpointDetection } from '../layout/detect.js';
 import type { Arch, Component, LayoutSize, ModuleEntry } from '../layout/types.js';
@@ -433,8 +433,8 @@ function weightFunction(lora: Lora, w: MergeWeight, i: number): (path: string) =
  */
 export function withRuntimeLoras(net: VerifyNet, loras: readonly Lora[], weights: readonly MergeWeight[]): VerifyNet {
   if (!Array.isArray(loras) || !Array.isArray(weights) || loras.length !== weights.length) {
-    throw new LoraError(
-      'LORA_INVALID_WEIGHTS',
+    throw new ArgumentError(
+      'ARG_INVALID',
       `verification network: expected one weight per LoRA (${Array.isArray(loras) ? loras.length : '?'}), found ${Array.isArray(weights) ? weights.length : String(weights)}`,
       {
         expected: Array.isArray(loras) ? loras.length : null,

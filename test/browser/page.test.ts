@@ -247,7 +247,7 @@ describe('merge page (examples/web) in headless Chromium', () => {
     await page.fill('#blocks', 'IN99=0');
     await page.click('#merge');
     await page.waitForSelector('#error:not([hidden])');
-    expect(await page.textContent('#error')).toContain('LORA_BLOCK_WEIGHTS_INVALID');
+    expect(await page.textContent('#error')).toContain('OPTION_INVALID');
     await page.fill('#blocks', 'IN04=0,OUT05=0.5');
     const { summary } = await mergeAndDownload();
     expect(summary).toContain('SD 1.5 LoRA');

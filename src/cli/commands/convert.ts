@@ -91,6 +91,12 @@ export const convertCommand: Command = {
           'USAGE_BAD_ARGUMENT',
         );
     }
+    if (values['allow-unmatched'] === true && values.arch === undefined) {
+      throw new UsageError(
+        `convert: --allow-unmatched needs --arch (the architecture whose modules are kept); without it nothing says which modules to drop. Run 'lora-mix convert --help' for usage.`,
+        'USAGE_BAD_ARGUMENT',
+      );
+    }
     const arch = typeof values.arch === 'string' ? parseArch(values.arch) : undefined;
     const spec = parseWeightedSpec('convert', positionals[0]!, 1, ctx.cwd);
     const input = path.resolve(ctx.cwd, spec.path);

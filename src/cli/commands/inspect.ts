@@ -5,9 +5,12 @@ import type { DType } from '../../core/tensor.js';
 import { UsageError } from '../../core/errors.js';
 import { parseCommandArgs } from '../args.js';
 import type { CliContext, Command } from '../context.js';
+import { errorFromCode } from '../../core/errors.js';
+import { exitCodeFor } from '../exit.js';
 import { formatKind, inspectKind } from './inspect-kind.js';
+import { formatValueScan, scanValues } from './inspect-values.js';
 
-const HELP = `Usage: lora-mix inspect FILE [--json] [--summary]
+const HELP = `Usage: lora-mix inspect FILE [--json] [--summary] [--values]
 
 Validate a safetensors file and print what its header holds: every tensor (name, dtype, shape), totals
 (tensors, bytes, parameters, per dtype) and the __metadata__ strings. Only the header is read; a file that
@@ -17,11 +20,15 @@ It also says what the file is: a LoRA (format — kohya with diffusers or SGM pa
 architecture, modules by group, rank and alpha histograms, parameters, LCM-LoRA target coverage, kohya
 training metadata; only the alphas are read), a base checkpoint (architecture, single-file or diffusers
 naming, components), an adapter type lora-mix refuses (LoHa, LoKr, DoRA, …), or other safetensors.
-Exit code 1 when a LoRA cannot be used (the error is printed).
+The values of a LoRA's tensors are read and every NaN / ±Inf is counted per tensor (merge, convert and fuse
+refuse such files; inspect reports them and exits 0); --values does the same for any file (reads all of it).
+When a LoRA cannot be used the error is printed and the exit code is its family's (docs/errors.md: 1 for a
+file whose content is wrong, 4 for factors that do not fit together).
 
 Options:
   --json        print one JSON object (file, sizes, totals, metadata, tensors) instead of the table
   --summary     omit the per-tensor list
+  --values      count NaN/Inf in every float tensor, whatever the file is (LoRAs: always)
 
 Examples:
   lora-mix inspect lcm-lora-sdv1-5.safetensors
@@ -136,6 +143,7 @@ export const inspectCommand: Command = {
     const { values, positionals } = parseCommandArgs('inspect', argv, {
       json: { type: 'boolean' },
       summary: { type: 'boolean' },
+      values: { type: 'boolean' },
     });
     if (positionals.length !== 1) {
       throw new UsageError(
@@ -147,13 +155,16 @@ export const inspectCommand: Command = {
       const raw = inspectRaw(file);
       raw.file = positionals[0]!;
       const kind = await inspectKind(file);
+      const scan = kind.kind === 'lora' || values.values === true ? await scanValues(file) : undefined;
       if (values.json === true) {
         if (values.summary === true) raw.tensors = [];
-        ctx.out(`${JSON.stringify({ ...kind, ...raw }, null, 2)}\n`);
+        ctx.out(`${JSON.stringify({ ...kind, ...(scan ? { values: scan } : {}), ...raw }, null, 2)}\n`);
       } else {
-        ctx.out(`${formatKind(kind)}\n\n${formatInspect(raw, { summary: values.summary === true })}\n`);
+        ctx.out(
+          `${formatKind(kind)}\n${formatValueScan(scan)}\n\n${formatInspect(raw, { summary: values.summary === true })}\n`,
+        );
       }
-      return 'error' in kind ? 1 : 0;
+      return 'error' in kind ? exitCodeFor(errorFromCode(kind.error.code, kind.error.message)) : 0;
     } finally {
       await file.close();
     }

@@ -23,7 +23,7 @@ const HELP = `Usage: lora-mix merge A.safetensors[:W] B.safetensors[:W] [C[:W] �
                       [--rank K | --min-energy E] [--method M [--density D] [--majority-sign S]
                       [--seed N] [--t T]] [--blocks SPEC] [--blocks-N SPEC]
                       [--format kohya|peft] [--kohya-paths diffusers|sgm] [--dtype fp16|bf16|fp32]
-                      [--arch sd15|sdxl|ssd1b] [--allow-unmatched] [--threads N] [--json]
+                      [--arch sd15|sdxl|ssd1b] [--allow-unmatched] [--threads N] [--json] [-q]
 
 Write the weighted sum τ = W_A·τ_A + W_B·τ_B + … of LoRAs as one LoRA. W defaults to 1 and may be negative;
 it may also be per-component strengths, unet=0.8,te=0.5 (te = both text encoders, te1= / te2= separately; a
@@ -56,6 +56,7 @@ ${methodHelpLines()}
   --allow-unmatched       with --arch: drop modules the architecture lacks (e.g. SDXL LoRAs for SSD-1B)
   --threads N             worker threads for --rank / --min-energy (default: one per core; 1 = no workers)
   --json                  print the summary and the per-module report as JSON
+  -q, --quiet             no progress on stderr (warnings and errors are still printed)
 
 Examples:
   lora-mix merge lcm-lora-sdxl.safetensors:1.0 papercut.safetensors:0.8 -o lcm-papercut.safetensors
@@ -138,6 +139,7 @@ export const mergeCommand: Command = {
       'allow-unmatched': { type: 'boolean' },
       threads: { type: 'string' },
       json: { type: 'boolean' },
+      quiet: { type: 'boolean', short: 'q' },
     });
     if (positionals.length === 0) {
       throw new UsageError(
@@ -178,6 +180,12 @@ export const mergeCommand: Command = {
         );
       }
     }
+    if (values['allow-unmatched'] === true && values.arch === undefined) {
+      throw new UsageError(
+        `merge: --allow-unmatched needs --arch (the architecture whose modules are kept); without it nothing says which modules to drop. Run 'lora-mix merge --help' for usage.`,
+        'USAGE_BAD_ARGUMENT',
+      );
+    }
     const arch = typeof values.arch === 'string' ? parseArch(values.arch) : undefined;
     const specs = positionals.map((p) => parseWeightedSpec('merge', p, 1, ctx.cwd));
     const inputs = specs.map((s) => path.resolve(ctx.cwd, s.path));
@@ -200,7 +208,7 @@ export const mergeCommand: Command = {
       if (typeof blocks !== 'string' && !s.components) return s.weight;
       return { weight: s.weight, ...(typeof blocks === 'string' ? { blocks } : {}), ...(s.components ?? {}) };
     });
-    const progress = progressReporter(ctx, 'merge');
+    const progress = values.quiet === true ? { update: () => undefined, end: () => undefined } : progressReporter(ctx, 'merge');
     const options: MergeOptions & { threads?: number } = {
       ...methodOptions,
       ...(threads !== undefined ? { threads } : {}),

@@ -1,0 +1,55 @@
+/**
+ * Finiteness of values read from files or produced by arithmetic: NaN and ±Inf counted separately, so errors and
+ * `inspect` can say what was found. One pass, no allocation; cheap next to the I/O that produced the values.
+ */
+import { FormatError } from './errors.js';
+
+export interface NonFiniteCount {
+  /** NaN values. */
+  readonly nan: number;
+  /** +Inf and −Inf values. */
+  readonly inf: number;
+}
+
+/** Count NaN and ±Inf in `values`. */
+export function countNonFinite(values: ArrayLike<number>): NonFiniteCount {
+  let nan = 0;
+  let inf = 0;
+  for (let i = 0; i < values.length; i++) {
+    const v = values[i] as number;
+    if (v - v !== 0) {
+      if (v !== v) nan++;
+      else inf++;
+    }
+  }
+  return { nan, inf };
+}
+
+/** True when every value is finite (stops at the first that is not). */
+export function allFinite(values: ArrayLike<number>): boolean {
+  for (let i = 0; i < values.length; i++) {
+    const v = values[i] as number;
+    if (v - v !== 0) return false;
+  }
+  return true;
+}
+
+/** '3 NaN, 1 ±Inf' */
+export function describeNonFinite(c: NonFiniteCount): string {
+  return [c.nan > 0 ? `${c.nan} NaN` : '', c.inf > 0 ? `${c.inf} ±Inf` : ''].filter(Boolean).join(', ');
+}
+
+/**
+ * Throw FormatError FORMAT_NONFINITE when a tensor read from `file` holds NaN or ±Inf. `what` says what the tensor
+ * is for (e.g. 'LoRA factor', 'alpha').
+ */
+export function assertFiniteTensor(file: string, key: string, values: ArrayLike<number>, what: string): void {
+  if (allFinite(values)) return;
+  const c = countNonFinite(values);
+  throw new FormatError(
+    'FORMAT_NONFINITE',
+    `${file}: ${what} '${key}' holds ${c.nan + c.inf} non-finite value(s) (${describeNonFinite(c)}) of ${values.length}; ` +
+      'NaN or Inf would spread into every weight it touches, so nothing was written',
+    { file, key, count: c.nan + c.inf, nan: c.nan, inf: c.inf, found: values.length },
+  );
+}
