@@ -407,10 +407,7 @@ describe('fuseLoras: coverage and failures leave nothing behind', () => {
       fuseLoras(SD15.base, [SD15.base], [1], { out: out('ckpt-as-lora.safetensors') }),
       'FORMAT_NOT_A_LORA',
     );
-    await expectCode(
-      fuseLoras(SD15.base, [SD15.lcm], [1, 2], { out: out('weights-out.safetensors') }),
-      'ARG_INVALID',
-    );
+    await expectCode(fuseLoras(SD15.base, [SD15.lcm], [1, 2], { out: out('weights-out.safetensors') }), 'ARG_INVALID');
     await expectCode(
       fuseLoras(SD15.base, [SD15.lcm], [Number.NaN], { out: out('weights-out.safetensors') }),
       'ARG_INVALID',

@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { ArchError, OptionError } from '../src/core/errors.js';
+import { OptionError } from '../src/core/errors.js';
 import {
   ARCHS,
   archConfig,

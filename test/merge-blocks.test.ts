@@ -113,9 +113,7 @@ describe('block weight parsing', () => {
         ),
       ),
     ).toBe('OPTION_INVALID');
-    expect(code(() => compileBlockWeights(() => Number.NaN, 'sd15', 'tiny')('unet.conv_in'))).toBe(
-      'OPTION_INVALID',
-    );
+    expect(code(() => compileBlockWeights(() => Number.NaN, 'sd15', 'tiny')('unet.conv_in'))).toBe('OPTION_INVALID');
   });
 });
 

@@ -250,9 +250,7 @@ describe('runtime LoRA network against dense weights built in memory', () => {
 
   it('rejects weights that do not match the LoRAs and factors that do not fit a layer', () => {
     expect(() => withRuntimeLoras(base, [lcm, style], [1])).toThrow(ArgumentError);
-    expect(() => withRuntimeLoras(base, [lcm], [Number.NaN])).toThrow(
-      expect.objectContaining({ code: 'ARG_INVALID' }),
-    );
+    expect(() => withRuntimeLoras(base, [lcm], [Number.NaN])).toThrow(expect.objectContaining({ code: 'ARG_INVALID' }));
     const bad = remap(lcm, (p) =>
       p.endsWith('attn2.to_k') ? p.replace(/to_k$/, 'to_q') : p.endsWith('attn2.to_q') ? null : p,
     );

@@ -50,7 +50,7 @@ function refuseRepeated(
   for (const t of tokens) {
     if (t.kind !== 'option' || t.name === undefined) continue;
     const o = options[t.name];
-    if (!o || o.type !== 'string' || o.multiple === true) continue;
+    if (o?.type !== 'string' || o.multiple === true) continue;
     const spelled = `${t.rawName ?? `--${t.name}`} ${t.value ?? ''}`.trim();
     const before = seen.get(t.name);
     if (before !== undefined) {

@@ -47,4 +47,3 @@ export function exitCodeFor(e: unknown): number {
   if (errno && typeof errno.code === 'string' && typeof errno.syscall === 'string') return EXIT.io;
   return EXIT.internal;
 }
-

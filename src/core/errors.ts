@@ -199,7 +199,11 @@ export class OptionError extends LoraMixError {
  * Rebuild a typed error from its code (errors crossing a worker-thread boundary arrive as plain data): the code's
  * prefix names the family. Unknown codes come back undefined.
  */
-export function errorFromCode(code: string, message: string, details: Record<string, unknown> = {}): LoraMixError | undefined {
+export function errorFromCode(
+  code: string,
+  message: string,
+  details: Record<string, unknown> = {},
+): LoraMixError | undefined {
   const c = code as never;
   if (code.startsWith('SAFETENSORS_')) return new SafetensorsError(c, message, details);
   if (code.startsWith('FORMAT_')) return new FormatError(c, message, details);

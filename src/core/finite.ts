@@ -18,7 +18,7 @@ export function countNonFinite(values: ArrayLike<number>): NonFiniteCount {
   for (let i = 0; i < values.length; i++) {
     const v = values[i] as number;
     if (v - v !== 0) {
-      if (v !== v) nan++;
+      if (Number.isNaN(v)) nan++;
       else inf++;
     }
   }
@@ -52,4 +52,17 @@ export function assertFiniteTensor(file: string, key: string, values: ArrayLike<
       'NaN or Inf would spread into every weight it touches, so nothing was written',
     { file, key, count: c.nan + c.inf, nan: c.nan, inf: c.inf, found: values.length },
   );
+}
+
+/** NaN values among little-endian stored floats (F32, F16 or BF16 bytes), read without decoding. */
+export function countNaNStored(bytes: Uint8Array, dtype: 'F32' | 'F16' | 'BF16'): number {
+  const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  let n = 0;
+  if (dtype === 'F32') {
+    for (let i = 0; i + 4 <= bytes.byteLength; i += 4) if ((dv.getUint32(i, true) & 0x7fffffff) > 0x7f800000) n++;
+    return n;
+  }
+  const inf = dtype === 'F16' ? 0x7c00 : 0x7f80;
+  for (let i = 0; i + 2 <= bytes.byteLength; i += 2) if ((dv.getUint16(i, true) & 0x7fff) > inf) n++;
+  return n;
 }

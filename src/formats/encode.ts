@@ -31,6 +31,8 @@ import { oldDiffusersKeys } from './diffusers-old.js';
 import { kohyaKeys, kohyaName, type KohyaPaths } from './kohya.js';
 import { PEFT_METADATA_KEY, peftMetadataJson, peftStem } from './peft.js';
 import { checkFactorShapes } from './resolve.js';
+import { assertWritableLora, checkEncodeOptions } from './validate.js';
+import { allFinite, countNonFinite, describeNonFinite } from '../core/finite.js';
 
 export type OutputDType = 'F32' | 'F16' | 'BF16';
 
@@ -122,6 +124,14 @@ function factorTensor(
     shape: [...shape],
     data: () => {
       const src = values();
+      if (!allFinite(src)) {
+        const c = countNonFinite(src);
+        throw new LoraError(
+          'LORA_DTYPE_OVERFLOW',
+          `${what}: ${c.nan + c.inf} value(s) of '${name}' are not finite in f32 (${describeNonFinite(c)}): a weight times the factors overflowed; nothing was written`,
+          { key: name, dtype: 'F32', count: c.nan + c.inf },
+        );
+      }
       const overflow = countOverflow(src, dtype);
       if (overflow > 0) {
         let max = 0;
@@ -247,6 +257,11 @@ export function encodeModules(
       delete metadata[PEFT_METADATA_KEY];
       break;
     }
+    default:
+      throw new OptionError('OPTION_INVALID', `encoding: unknown output format '${String(options.format)}'`, {
+        option: 'format',
+        found: options.format,
+      });
   }
   // Pivotal-tuning embeddings travel verbatim, after the modules, in key order.
   for (const key of [...embeddings.keys()].sort()) {
@@ -312,11 +327,10 @@ export function moduleSources(lora: Lora): ModuleSource[] {
       );
     }
     if (!Number.isFinite(m.alpha)) {
-      throw new ArgumentError(
-        'ARG_INVALID',
-        `module '${entry.path}': alpha is ${m.alpha}; expected a finite number`,
-        { key: entry.path, found: m.alpha },
-      );
+      throw new ArgumentError('ARG_INVALID', `module '${entry.path}': alpha is ${m.alpha}; expected a finite number`, {
+        key: entry.path,
+        found: m.alpha,
+      });
     }
     out.push({
       entry,
@@ -348,7 +362,9 @@ function biasValues(entry: ModuleEntry, bias: F32Array): () => Float32Array {
  * Encode a LoRA as kohya or PEFT tensors (+ metadata). Data is produced lazily, one tensor at a time, when the
  * writer asks for it.
  */
-export function encodeLora(lora: Lora, options: EncodeOptions): EncodedLora {
+export function encodeLora(lora: Lora, rawOptions: EncodeOptions): EncodedLora {
+  const options = checkEncodeOptions(rawOptions, 'encode');
+  assertWritableLora(lora, 'encode');
   const dtype = options.dtype ?? defaultOutputDType(lora);
   return encodeModules(
     moduleSources(lora),

@@ -10,6 +10,7 @@ import { parseSafetensors, type SafetensorsFile } from '../safetensors/read.js';
 import { serializeSafetensors, writeSafetensors, type TensorData, type WriteResult } from '../safetensors/write.js';
 import { decodeLora, planLora, type DecodeOptions, type LoadedLora, type LoraPlan } from './decode.js';
 import { encodeLora, type EncodeOptions, type EncodeStats } from './encode.js';
+import { assertLoraInput, assertSaveTarget, checkEncodeOptions } from './validate.js';
 
 export {
   decodeLora,
@@ -86,6 +87,7 @@ export async function openPath(path: string): Promise<SafetensorsFile> {
  * ByteSource given by the caller is left open.
  */
 export async function loadLora(input: string | ByteSource, options: DecodeOptions = {}): Promise<LoadedLora> {
+  assertLoraInput(input, 'loadLora');
   if (typeof input !== 'string') return decodeLora(await parseSafetensors(input), options);
   const file = await openPath(input);
   try {
@@ -97,6 +99,7 @@ export async function loadLora(input: string | ByteSource, options: DecodeOption
 
 /** Plan (header + alphas only) a LoRA from a path or ByteSource; see planLora. */
 export async function inspectLora(input: string | ByteSource, options: DecodeOptions = {}): Promise<LoraPlan> {
+  assertLoraInput(input, 'inspectLora');
   if (typeof input !== 'string') return planLora(await parseSafetensors(input), options);
   const file = await openPath(input);
   try {
@@ -120,7 +123,8 @@ export async function saveLora(
   target: string | ByteSink,
   options: SaveOptions,
 ): Promise<WriteResult & { stats: EncodeStats }> {
-  const encoded = encodeLora(lora, options);
+  assertSaveTarget(target, 'saveLora');
+  const encoded = encodeLora(lora, checkEncodeOptions(options, 'saveLora'));
   const refuse: (ByteSource | string)[] = [...(options.refuseOverwrite ?? [])];
   const source = (lora as Partial<LoadedLora>).source;
   if (typeof source === 'string' && source !== '' && !source.startsWith('<')) refuse.push(source);

@@ -11,7 +11,9 @@
  * Core module: no `node:` imports. Paths and diffusers folders go through ./node.js, loaded on demand.
  */
 import ndarray from 'ndarray';
-import { FuseError, IoError, LoraError, OptionError } from '../core/errors.js';
+import { allFinite, countNaNStored } from '../core/finite.js';
+import { describeValue } from '../lora/validate.js';
+import { FuseError, IoError, LoraError, OptionError, ArgumentError } from '../core/errors.js';
 import { isByteSource, type ByteSink, type ByteSource } from '../core/bytes.js';
 import { detectCheckpoint } from '../layout/detect.js';
 import type { ModuleEntry } from '../layout/types.js';
@@ -398,6 +400,17 @@ function buildJob(t: Target, factors: readonly { up: Float32Array; down: Float32
     parts.push({ coef: term.coef, rank: r, up: f.up, down: f.down });
   });
   const { up, down, rank } = stackFactors(parts, rows, t.cols);
+  if (!allFinite(up)) {
+    // weight · alpha / rank times an up factor beyond f32: no output value can be right, clamped or not.
+    const low = t.terms.filter((x) => x.module.kind === 'lowRank');
+    const worst = low.reduce((x, y) => (Math.abs(y.coef) > Math.abs(x.coef) ? y : x), low[0] ?? t.terms[0]!);
+    throw new FuseError(
+      'FUSE_OVERFLOW',
+      `fuse: ${worst.input.source}: '${worst.module.name}' scaled by weight·alpha/rank = ${worst.coef} overflows f32 ` +
+        '(the weight is too large); nothing was written. Lower the weight.',
+      { file: worst.input.source, key: worst.module.name, found: worst.coef, dtype: 'F32' },
+    );
+  }
   return { rows, cols: t.cols, rank, up, down };
 }
 
@@ -547,6 +560,7 @@ class FileRun {
     const sRow = cols * STORED_FLOAT_SIZE[srcDtype];
     const dRow = cols * STORED_FLOAT_SIZE[dstDtype];
     let overflow = 0;
+    let nonFiniteIn = 0;
     const run = async (r0: number, r1: number, job: UpdateJob): Promise<void> => {
       if (r1 <= r0) return;
       const res = await this.kernel.update(
@@ -558,6 +572,7 @@ class FileRun {
         { clamp: this.clamp },
       );
       overflow += res.overflow;
+      nonFiniteIn += res.nonFiniteInput;
       this.counters.nonFinite += res.nonFiniteInput;
     };
     const convert = (r0: number, r1: number): Promise<void> =>
@@ -613,6 +628,16 @@ class FileRun {
       const name = this.label(info.name);
       this.counters.overflow += overflow;
       this.counters.overflowTensors.push({ name, count: overflow });
+      // Clamping maps ±Inf to ±max; a NaN (Inf − Inf in the sum) has no sign to clamp to, so it stays an error.
+      const undefinedValues = this.clamp ? countNaNStored(dst, dstDtype) - nonFiniteIn : 0;
+      if (undefinedValues > 0) {
+        throw new FuseError(
+          'FUSE_OVERFLOW',
+          `fuse: ${undefinedValues} value(s) of '${name}' are NaN after adding the LoRAs (terms beyond the f32 range cancel, ` +
+            `Inf − Inf), so they cannot be clamped — nothing was written. Lower the weights.`,
+          { key: name, count: undefinedValues, dtype: dstDtype },
+        );
+      }
       if (!this.clamp) {
         throw new FuseError(
           'FUSE_OVERFLOW',
@@ -654,10 +679,10 @@ async function chooseKernel(options: FuseOptions): Promise<KernelChoice> {
     return { kernel, owned: true, backend: kernel.backend, fellBack: false };
   }
   if (options.device !== 'gpu') {
-    throw new FuseError(
-      'FUSE_BACKEND_UNAVAILABLE',
+    throw new OptionError(
+      'OPTION_INVALID',
       `fuse: device must be 'cpu' or 'gpu', found '${String(options.device)}'`,
-      { found: options.device },
+      { option: 'device', found: options.device },
     );
   }
   const fallback = await cpu();
@@ -694,13 +719,16 @@ export async function fuseLoras(
     !options ||
     (typeof options.out !== 'string' && typeof (options.out as ByteSink | undefined)?.write !== 'function')
   ) {
-    throw new IoError('IO_WRITE_FAILED', 'fuse: options.out must be a path or a ByteSink', {});
+    throw new ArgumentError('ARG_INVALID', 'fuse: options.out must be a path or a ByteSink', {
+      option: 'out',
+      found: describeValue(options.out),
+    });
   }
   if (options.dtype !== undefined && !isStoredFloat(options.dtype)) {
-    throw new FuseError(
-      'FUSE_DTYPE_UNSUPPORTED',
+    throw new OptionError(
+      'OPTION_INVALID',
       `fuse: dtype must be F32, F16 or BF16, found '${String(options.dtype)}'`,
-      { found: options.dtype },
+      { option: 'dtype', found: options.dtype },
     );
   }
   if (options.onOverflow !== undefined && options.onOverflow !== 'error' && options.onOverflow !== 'clamp') {
@@ -719,6 +747,13 @@ export async function fuseLoras(
     const d = opened.detection;
     inputs = await openInputs(loras, weights, d.arch, d.size, options.allowUnmatched === true);
     const p = planFusion(opened, inputs, options, method);
+    if (p.fused.size === 0) {
+      throw new LoraError(
+        'LORA_EMPTY',
+        `fuse: no module of the LoRA(s) changes ${opened.name} (every weight is 0, or no module lands on a base weight${p.unmatched.length > 0 ? `; ${p.unmatched.length} unmatched` : ''}); the output would be a copy of the base — nothing was written`,
+        { count: 0, unmatched: p.unmatched.length },
+      );
+    }
     if (opened.folder && typeof options.out !== 'string') {
       throw new IoError('IO_WRITE_FAILED', 'fuse: a diffusers folder is written to a folder path, not a ByteSink', {
         base: opened.name,

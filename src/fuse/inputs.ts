@@ -4,6 +4,7 @@
  * used as they are. Weights (numbers or block weights) become one λ per module.
  */
 import ndarray from 'ndarray';
+import { assertFiniteTensor } from '../core/finite.js';
 import { ArchError, LoraError, ArgumentError } from '../core/errors.js';
 import { isByteSource } from '../core/bytes.js';
 import { ARCH_LABEL } from '../layout/archs.js';
@@ -101,6 +102,9 @@ const readBias =
 function fromPlan(file: SafetensorsFile, plan: LoraPlan, owned: boolean, weight: MergeWeight, name: string): FuseInput {
   const modules = new Map<string, InputModule>();
   for (const m of plan.modules) {
+    if (!Number.isFinite(m.alpha)) assertFiniteTensor(plan.source, m.alphaKey ?? m.name, [m.alpha], 'alpha');
+  }
+  for (const m of plan.modules) {
     const fanIn = m.downShape.slice(1).reduce((a, b) => a * b, 1);
     modules.set(m.entry.path, {
       path: m.entry.path,
@@ -112,6 +116,8 @@ function fromPlan(file: SafetensorsFile, plan: LoraPlan, owned: boolean, weight:
       name: m.name,
       async factors() {
         const [up, down] = await Promise.all([file.readF32(m.upKey), file.readF32(m.downKey)]);
+        assertFiniteTensor(plan.source, m.upKey, up, 'LoRA factor');
+        assertFiniteTensor(plan.source, m.downKey, down, 'LoRA factor');
         return { up, down };
       },
       async term() {
@@ -153,7 +159,11 @@ function fromLora(lora: Lora<Term>, weight: MergeWeight, name: string): FuseInpu
         fanIn: dims.fanIn,
         name: path,
         async factors() {
-          return { up: contiguousValues(m.up), down: contiguousValues(m.down) };
+          const up = contiguousValues(m.up);
+          const down = contiguousValues(m.down);
+          assertFiniteTensor(name, `${path} (up)`, up, 'LoRA factor');
+          assertFiniteTensor(name, `${path} (down)`, down, 'LoRA factor');
+          return { up, down };
         },
         async term() {
           return m;

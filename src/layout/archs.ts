@@ -165,11 +165,15 @@ export function archConfig(arch: Arch, size: LayoutSize = 'full'): ArchConfig {
 
 function checkArch(arch: unknown, size: unknown): asserts arch is Arch {
   if (!(ARCHS as readonly unknown[]).includes(arch)) {
-    throw new OptionError('OPTION_INVALID', `unknown architecture '${String(arch)}': expected one of ${ARCHS.join(', ')}`, {
-      option: 'arch',
-      found: arch,
-      expected: ARCHS,
-    });
+    throw new OptionError(
+      'OPTION_INVALID',
+      `unknown architecture '${String(arch)}': expected one of ${ARCHS.join(', ')}`,
+      {
+        option: 'arch',
+        found: arch,
+        expected: ARCHS,
+      },
+    );
   }
   if (size !== 'full' && size !== 'tiny') {
     throw new OptionError('OPTION_INVALID', `unknown layout size '${String(size)}': expected 'full' or 'tiny'`, {

@@ -14,7 +14,7 @@
  *   - { IN04: 0, OUT05: 0.5 }             like the string form;
  *   - (path, entry) => number            any per-module rule.
  */
-import { LoraError, OptionError } from '../core/errors.js';
+import { OptionError } from '../core/errors.js';
 import { blockIds, familyOf, getLayout } from '../layout/index.js';
 import type { Arch, BlockId, LayoutSize, ModuleEntry } from '../layout/types.js';
 

@@ -2,6 +2,7 @@
 export type { F32Array, Lora, LoraModule, StoredTensor } from './types.js';
 export { deltaOf, deltaShape, moduleDims, rankOf, scaleOf, contiguousValues, type ModuleDims } from './delta.js';
 export { scaleLora, negateLora, scaleModule } from './scale.js';
+export { assertLora, assertLoraList, describeValue, isLora } from './validate.js';
 export {
   mergeLoras,
   resizeLora,

@@ -28,6 +28,7 @@ import { RankReducer, reduceModule, type FactorTerm, type RankTarget, type Reduc
 import { METHODS, resolveMethod, type MethodOptions, type ResolvedMethod } from './methods.js';
 import { methodModule, type MethodModuleRequest } from './method-module.js';
 import type { F32Array, Lora, LoraModule, StoredTensor, Term } from './types.js';
+import { assertLoraList } from './validate.js';
 
 /**
  * A merge weight: a plain number, or an object with an overall weight (default 1), per-block multipliers and/or
@@ -338,9 +339,7 @@ export function planMerge(
   weights: readonly MergeWeight[],
   options: MergeOptions = {},
 ): MergePlan {
-  if (!Array.isArray(loras) || loras.length === 0) {
-    throw new ArgumentError('ARG_MISSING', 'merge: no input LoRA given; pass an array of at least one LoRA', {});
-  }
+  assertLoraList(loras, 'merge');
   const first = loras[0]!;
   loras.forEach((l, i) => {
     if (l.arch !== first.arch || l.size !== first.size) {

@@ -4,7 +4,7 @@
  */
 import ndarray from 'ndarray';
 import ops from 'ndarray-ops';
-import { LoraError, ArgumentError } from '../core/errors.js';
+import { ArgumentError } from '../core/errors.js';
 import type { Lora, LoraModule } from './types.js';
 
 /** s·module: a new `up` (and bias delta) holding s·up (element-wise through ndarray-ops), the same `down` and alpha. */

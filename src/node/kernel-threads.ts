@@ -95,14 +95,10 @@ function kernelOptions(opts: CpuKernelOptions): { threads: number; minParallelFl
   }
   const chunkTiles = opts.chunkTiles;
   if (chunkTiles !== undefined && !(Number.isInteger(chunkTiles) && chunkTiles >= 1)) {
-    throw new OptionError(
-      'OPTION_INVALID',
-      `cpu kernel: chunkTiles must be a positive integer, found ${chunkTiles}`,
-      {
-        expected: 'a positive integer',
-        found: chunkTiles,
-      },
-    );
+    throw new OptionError('OPTION_INVALID', `cpu kernel: chunkTiles must be a positive integer, found ${chunkTiles}`, {
+      expected: 'a positive integer',
+      found: chunkTiles,
+    });
   }
   return {
     threads,

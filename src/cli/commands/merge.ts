@@ -208,7 +208,8 @@ export const mergeCommand: Command = {
       if (typeof blocks !== 'string' && !s.components) return s.weight;
       return { weight: s.weight, ...(typeof blocks === 'string' ? { blocks } : {}), ...(s.components ?? {}) };
     });
-    const progress = values.quiet === true ? { update: () => undefined, end: () => undefined } : progressReporter(ctx, 'merge');
+    const progress =
+      values.quiet === true ? { update: () => undefined, end: () => undefined } : progressReporter(ctx, 'merge');
     const options: MergeOptions & { threads?: number } = {
       ...methodOptions,
       ...(threads !== undefined ? { threads } : {}),
