@@ -679,11 +679,10 @@ async function chooseKernel(options: FuseOptions): Promise<KernelChoice> {
     return { kernel, owned: true, backend: kernel.backend, fellBack: false };
   }
   if (options.device !== 'gpu') {
-    throw new OptionError(
-      'OPTION_INVALID',
-      `fuse: device must be 'cpu' or 'gpu', found '${String(options.device)}'`,
-      { option: 'device', found: options.device },
-    );
+    throw new OptionError('OPTION_INVALID', `fuse: device must be 'cpu' or 'gpu', found '${String(options.device)}'`, {
+      option: 'device',
+      found: options.device,
+    });
   }
   const fallback = await cpu();
   try {
@@ -725,11 +724,10 @@ export async function fuseLoras(
     });
   }
   if (options.dtype !== undefined && !isStoredFloat(options.dtype)) {
-    throw new OptionError(
-      'OPTION_INVALID',
-      `fuse: dtype must be F32, F16 or BF16, found '${String(options.dtype)}'`,
-      { option: 'dtype', found: options.dtype },
-    );
+    throw new OptionError('OPTION_INVALID', `fuse: dtype must be F32, F16 or BF16, found '${String(options.dtype)}'`, {
+      option: 'dtype',
+      found: options.dtype,
+    });
   }
   if (options.onOverflow !== undefined && options.onOverflow !== 'error' && options.onOverflow !== 'clamp') {
     throw new OptionError(

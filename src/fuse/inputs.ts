@@ -5,7 +5,7 @@
  */
 import ndarray from 'ndarray';
 import { assertFiniteTensor } from '../core/finite.js';
-import { ArchError, LoraError, ArgumentError } from '../core/errors.js';
+import { ArchError, ArgumentError } from '../core/errors.js';
 import { isByteSource } from '../core/bytes.js';
 import { ARCH_LABEL } from '../layout/archs.js';
 import type { Arch, LayoutSize } from '../layout/types.js';
