@@ -362,6 +362,10 @@ describe('alpha rules', () => {
   });
 
   it('kohya encoding writes a zero-scale module (alpha 0) as a zero up factor with alpha = rank', async () => {
+    // A second module that changes something: a LoRA whose every module is zero is LORA_EMPTY, not a file.
+    const live = getLayout('sd15', 'tiny').byPath.get(
+      'unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_k',
+    )!;
     const lora = {
       arch: 'sd15' as const,
       size: 'tiny' as const,
@@ -375,8 +379,18 @@ describe('alpha rules', () => {
             alpha: 0,
           },
         ],
+        [
+          live.path,
+          {
+            down: nd(new Float32Array(2 * live.shape[1]!).fill(0.5), [2, live.shape[1]!]),
+            up: nd(new Float32Array(live.shape[0]! * 2).fill(0.25), [live.shape[0]!, 2]),
+            alpha: 2,
+          },
+        ],
       ]),
     };
+    const onlyZero = { ...lora, modules: new Map([...lora.modules].slice(0, 1)) };
+    expect(() => serializeLora(onlyZero, { format: 'kohya' })).toThrow(expect.objectContaining({ code: 'LORA_EMPTY' }));
     const back = (await decodeBytes(serializeLora(lora, { format: 'kohya' }))).modules.get(m.path)!;
     expect(back.alpha).toBe(3);
     expect(delta(back).every((x) => x === 0)).toBe(true);

@@ -207,8 +207,8 @@ describe('API misuse is a typed error at the boundary', () => {
       expect(e.code, String(format)).toBe('OPTION_INVALID');
     }
     expect((await caught(() => saveLora(style, out, {} as never))).code).toBe('OPTION_INVALID');
-    expect((await caught(() => saveLora(style, out, { format: 'peft', kohyaPaths: 'sgm' }))).code).toBe(
-      'OPTION_CONFLICT',
+    expect((await caught(() => saveLora(style, out, { format: 'kohya', kohyaPaths: 'ldm' as never }))).code).toBe(
+      'OPTION_INVALID',
     );
     expect((await caught(() => saveLora(style, 42 as never, { format: 'peft' }))).code).toBe('ARG_INVALID');
     expect((await caught(() => saveLora({} as never, out, { format: 'peft' }))).code).toBe('ARG_INVALID');

@@ -32,6 +32,7 @@ import { kohyaKeys, kohyaName, type KohyaPaths } from './kohya.js';
 import { PEFT_METADATA_KEY, peftMetadataJson, peftStem } from './peft.js';
 import { checkFactorShapes } from './resolve.js';
 import { assertWritableLora, checkEncodeOptions } from './validate.js';
+import { assertLora } from '../lora/validate.js';
 import { allFinite, countNonFinite, describeNonFinite } from '../core/finite.js';
 
 export type OutputDType = 'F32' | 'F16' | 'BF16';
@@ -364,10 +365,12 @@ function biasValues(entry: ModuleEntry, bias: F32Array): () => Float32Array {
  */
 export function encodeLora(lora: Lora, rawOptions: EncodeOptions): EncodedLora {
   const options = checkEncodeOptions(rawOptions, 'encode');
+  assertLora(lora, 'encode');
+  const sources = moduleSources(lora);
   assertWritableLora(lora, 'encode');
   const dtype = options.dtype ?? defaultOutputDType(lora);
   return encodeModules(
-    moduleSources(lora),
+    sources,
     {
       format: options.format,
       dtype,

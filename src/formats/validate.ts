@@ -6,7 +6,7 @@
 import type { ByteSink, ByteSource } from '../core/bytes.js';
 import { ArgumentError, LoraError, OptionError } from '../core/errors.js';
 import { allFinite } from '../core/finite.js';
-import { assertLora, describeValue } from '../lora/validate.js';
+import { describeValue } from '../lora/validate.js';
 import type { Lora } from '../lora/types.js';
 
 /** Output spellings saveLora writes. Names are matched without regard to case ('PEFT' is 'peft'). */
@@ -74,16 +74,8 @@ export function checkEncodeOptions(options: unknown, op: string): CheckedEncodeO
   }
   const o = options as Record<string, unknown>;
   const format = pick('format', o.format, WRITABLE_FORMATS, op);
+  // kohyaPaths is checked whatever the format and used by kohya only (the other spellings have one UNet naming).
   const kohyaPaths = o.kohyaPaths === undefined ? undefined : pick('kohyaPaths', o.kohyaPaths, KOHYA_PATHS, op);
-  if (kohyaPaths !== undefined && format !== 'kohya') {
-    throw new OptionError(
-      'OPTION_CONFLICT',
-      `${op}: kohyaPaths applies only to format 'kohya', found format '${format}'`,
-      {
-        option: 'kohyaPaths',
-      },
-    );
-  }
   const dtype = o.dtype === undefined ? undefined : pick('dtype', o.dtype, DTYPES, op);
   const metadata = o.metadata;
   if (
@@ -132,8 +124,7 @@ function applies(m: { up: { data: ArrayLike<number> }; down: { data: ArrayLike<n
  * A LoRA about to be written must be a LoRA, have modules, change something, and hold only finite factors:
  * otherwise the file would apply nothing or spread NaN (LORA_EMPTY, LORA_DTYPE_OVERFLOW).
  */
-export function assertWritableLora(lora: unknown, op: string): asserts lora is Lora {
-  assertLora(lora, op);
+export function assertWritableLora(lora: Lora, op: string): void {
   if (lora.modules.size === 0) {
     throw new LoraError(
       'LORA_EMPTY',
