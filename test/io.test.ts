@@ -85,7 +85,7 @@ describe('byte sources return exactly the requested range', () => {
   it('fileSource reports missing files, directories and files that shrink after opening', async () => {
     await expect(fileSource(path.join(dir, 'nope'))).rejects.toMatchObject({ code: 'INPUT_NOT_FOUND' });
     await expect(openSafetensors(path.join(dir, 'nope'))).rejects.toMatchObject({ code: 'INPUT_NOT_FOUND' });
-    await expect(fileSource(dir)).rejects.toMatchObject({ code: 'IO_READ_FAILED' });
+    await expect(fileSource(dir)).rejects.toMatchObject({ code: 'IO_NOT_A_REGULAR_FILE' });
     const p = path.join(dir, 'shrinks.bin');
     await fs.writeFile(p, content);
     const s = await fileSource(p);
@@ -148,7 +148,7 @@ describe('fileSink', () => {
     const target = path.join(dir, 'out.bin');
     const sink = await fileSink(target);
     expect(path.dirname(sink.tempPath)).toBe(dir);
-    expect(path.basename(sink.tempPath)).toMatch(/^\.out\.bin\.[0-9a-f]+\.tmp$/);
+    expect(path.basename(sink.tempPath)).toMatch(/^\.out\.bin\.lora-mix-\d+-[0-9a-f]+\.tmp$/);
     await sink.write(content.subarray(0, 5000));
     await sink.write(content.subarray(5000));
     await expect(fs.stat(target)).rejects.toMatchObject({ code: 'ENOENT' });
@@ -178,7 +178,7 @@ describe('fileSink', () => {
       code: 'OUTPUT_WOULD_OVERWRITE_INPUT',
     });
     expect(await fs.readdir(dir)).toEqual(before);
-    await expect(fileSink(dir)).rejects.toMatchObject({ code: 'IO_WRITE_FAILED' });
+    await expect(fileSink(dir)).rejects.toMatchObject({ code: 'IO_NOT_A_REGULAR_FILE' });
     await expect(fileSink(path.join(dir, 'no-such-dir', 'x.bin'))).rejects.toMatchObject({ code: 'IO_WRITE_FAILED' });
   });
 });
