@@ -21,6 +21,10 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { ExtractReport } from '../src/fuse/extract.js';
 import type { Arch } from '../src/layout/types.js';
+import { installNodeHost } from '../src/node/install.js';
+
+// The generators write files: they need the Node host.
+installNodeHost();
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const OUT = path.join(ROOT, 'bench', 'out');
@@ -31,13 +35,22 @@ function arg(name: string, def: string): string {
   return i >= 0 ? (process.argv[i + 1] ?? def) : def;
 }
 
-function timed(cmd: string, args: string[]): { seconds: number; rssMB: number; stdout: string; status: number } {
+function timed(
+  cmd: string,
+  args: string[],
+): { seconds: number; rssMB: number; cpu: number; stdout: string; status: number } {
   const t0 = performance.now();
   const r = spawnSync('/usr/bin/time', ['-v', cmd, ...args], { encoding: 'utf8', maxBuffer: 1 << 28, cwd: ROOT });
   const seconds = (performance.now() - t0) / 1000;
   const m = /Maximum resident set size \(kbytes\): (\d+)/.exec(r.stderr ?? '');
-  if (r.status !== 0) process.stderr.write(r.stderr ?? '');
-  return { seconds, rssMB: m ? Number(m[1]) / 1024 : Number.NaN, stdout: r.stdout ?? '', status: r.status ?? -1 };
+  const user = /User time \(seconds\): ([\d.]+)/.exec(r.stderr ?? '');
+  const sys = /System time \(seconds\): ([\d.]+)/.exec(r.stderr ?? '');
+  const cpu = Number(user?.[1] ?? Number.NaN) + Number(sys?.[1] ?? Number.NaN);
+  if (r.status !== 0) {
+    process.stderr.write((r.stderr ?? '').slice(0, 4000));
+    throw new Error(`${args.join(' ')} failed (${r.status})`);
+  }
+  return { seconds, rssMB: m ? Number(m[1]) / 1024 : Number.NaN, cpu, stdout: r.stdout ?? '', status: r.status ?? -1 };
 }
 
 function node(args: string[]): ReturnType<typeof timed> {
@@ -104,13 +117,12 @@ async function main(): Promise<void> {
         '--json',
         '-q',
       ]);
-      if (r.status !== 0) throw new Error(`extract failed (${r.status})`);
       const rep = JSON.parse(r.stdout) as ExtractReport;
       const worst = rep.worst ? rep.worst.relError : 0;
       const its = rep.modules.reduce((a, m) => a + m.iterations, 0) / rep.modules.length;
       console.log(
         `${arch} run ${i + 1}: ${rep.modules.length} modules, wall ${r.seconds.toFixed(1)} s (report ${rep.seconds.toFixed(1)} s), ` +
-          `peak RSS ${r.rssMB.toFixed(0)} MB, overall rel. error ${rep.overall.relError.toExponential(2)}, worst module ${worst.toExponential(2)}, ` +
+          `CPU ${r.cpu.toFixed(1)} s (user + sys), peak RSS ${r.rssMB.toFixed(0)} MB, overall rel. error ${rep.overall.relError.toExponential(2)}, worst module ${worst.toExponential(2)}, ` +
           `mean power iterations ${its.toFixed(2)}, output ${(statSync(o).size / 2 ** 20).toFixed(1)} MiB, load ${os.loadavg()[0]?.toFixed(1)}`,
       );
       rmSync(o, { force: true });
