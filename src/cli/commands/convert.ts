@@ -13,6 +13,7 @@ import { parseCommandArgs, parseWeightedSpec } from '../args.js';
 import { mergeLoras } from '../../lora/merge.js';
 import { describeComponents } from '../../lora/components.js';
 import type { CliContext, Command } from '../context.js';
+import { cliProvenance } from '../provenance.js';
 
 const HELP = `Usage: lora-mix convert IN[:W] -o OUT --to kohya|peft [--kohya-paths diffusers|sgm] [--dtype fp16|bf16|fp32]
                         [--arch sd15|sdxl|ssd1b] [--allow-unmatched] [--json]
@@ -115,10 +116,22 @@ export const convertCommand: Command = {
           metadata: { ...lora.metadata },
         }
       : lora;
+    const provenance = await cliProvenance(
+      'convert',
+      ctx.cwd,
+      [
+        {
+          file: input,
+          ...(weighted ? { weight: spec.components ? { weight: spec.weight, ...spec.components } : spec.weight } : {}),
+        },
+      ],
+      { format: to, ...(kohyaPaths ? { kohyaPaths } : {}), ...(dtype ? { dtype } : {}) },
+    );
     const result = await saveLora(toWrite, output, {
       format: to,
       ...(kohyaPaths ? { kohyaPaths } : {}),
       ...(dtype ? { dtype } : {}),
+      metadata: provenance,
       refuseOverwrite: [input],
     });
     const outDtype =

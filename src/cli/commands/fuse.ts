@@ -7,6 +7,7 @@ import type { MergeWeight } from '../../lora/merge.js';
 import { numberOption, parseCommandArgs, parseWeightedSpec } from '../args.js';
 import { methodFlagOptions, methodHelpLines, parseMethodFlags } from '../method-flags.js';
 import type { CliContext, Command } from '../context.js';
+import { cliProvenance } from '../provenance.js';
 
 const HELP = `Usage: lora-mix fuse --base CKPT A.safetensors[:W] [B.safetensors[:W] …] -o OUT
                      [--method M [--density D] [--majority-sign S] [--seed N] [--t T]]
@@ -199,11 +200,20 @@ export const fuseCommand: Command = {
     const threads = numberOption('fuse', 'threads', values.threads, { min: 1, max: 64, integer: true });
     const { paths, weights } = loraArgs('fuse', positionals, values, ctx.cwd);
     const methodOptions = parseMethodFlags('fuse', values);
+    const base = path.resolve(ctx.cwd, values.base);
+    const provenance = await cliProvenance(
+      'fuse',
+      ctx.cwd,
+      paths.map((file, i) => ({ file, weight: weights[i] })),
+      { device, onOverflow, ...(dtype ? { dtype } : {}), ...(methodOptions as object) },
+      base,
+    );
     const progress = values.quiet === true ? null : fuseProgress(ctx, 'fuse');
     let report;
     try {
-      report = await fuseLoras(path.resolve(ctx.cwd, values.base), paths, weights, {
+      report = await fuseLoras(base, paths, weights, {
         out: path.resolve(ctx.cwd, values.output),
+        metadata: provenance,
         ...(methodOptions as object),
         device,
         onOverflow,

@@ -6,6 +6,7 @@ import { UsageError } from '../../core/errors.js';
 import { parseCommandArgs } from '../args.js';
 import type { CliContext, Command } from '../context.js';
 import { errorFromCode } from '../../core/errors.js';
+import { formatProvenance, readProvenance } from '../../core/provenance.js';
 import { exitCodeFor } from '../exit.js';
 import { formatKind, inspectKind } from './inspect-kind.js';
 import { formatValueScan, scanValues } from './inspect-values.js';
@@ -160,8 +161,9 @@ export const inspectCommand: Command = {
         if (values.summary === true) raw.tensors = [];
         ctx.out(`${JSON.stringify({ ...kind, ...(scan ? { values: scan } : {}), ...raw }, null, 2)}\n`);
       } else {
+        const made = readProvenance(raw.metadata);
         ctx.out(
-          `${formatKind(kind)}\n${formatValueScan(scan)}\n\n${formatInspect(raw, { summary: values.summary === true })}\n`,
+          `${formatKind(kind)}\n${formatValueScan(scan)}\n${made ? `${formatProvenance(made)}\n` : ''}\n${formatInspect(raw, { summary: values.summary === true })}\n`,
         );
       }
       return 'error' in kind ? exitCodeFor(errorFromCode(kind.error.code, kind.error.message)) : 0;

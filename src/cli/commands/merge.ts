@@ -15,6 +15,7 @@ import { numberOption, parseCommandArgs, parseWeightedSpec } from '../args.js';
 import { describeComponents } from '../../lora/components.js';
 import { methodFlagOptions, methodHelpLines, parseMethodFlags } from '../method-flags.js';
 import type { CliContext, Command } from '../context.js';
+import { cliProvenance } from '../provenance.js';
 
 /** Per-input block options --blocks-1 … --blocks-MAX. */
 const MAX_BLOCK_INPUTS = 16;
@@ -227,10 +228,24 @@ export const mergeCommand: Command = {
     const t2 = performance.now();
 
     const outDtype = dtype ?? outputDtype(loras);
+    const provenance = await cliProvenance(
+      'merge',
+      ctx.cwd,
+      inputs.map((file, i) => ({ file, weight: weights[i] })),
+      {
+        format,
+        ...(kohyaPaths ? { kohyaPaths } : {}),
+        dtype: outDtype,
+        ...(rank !== undefined ? { rank } : {}),
+        ...(minEnergy !== undefined ? { minEnergy } : {}),
+        ...methodOptions,
+      },
+    );
     const written = await saveLora(lora, output, {
       format,
       ...(kohyaPaths ? { kohyaPaths } : {}),
       dtype: outDtype,
+      metadata: provenance,
       refuseOverwrite: inputs,
     });
     const t3 = performance.now();

@@ -1,0 +1,73 @@
+/**
+ * Provenance: what a written file was made from, stored as one JSON string under `lora_mix_provenance` in its
+ * `__metadata__`: the tool and version, the command, every input with its role, name, size and SHA-256 (of the
+ * whole file for LoRAs; of the header bytes for a base checkpoint, which name every tensor, its dtype, shape and
+ * offsets, so a 7 GB base is not read twice), the weights and the options. Built here (isomorphic); the hashes
+ * come from the host (src/node/provenance.ts in Node).
+ */
+import { VERSION } from './version.js';
+
+export const PROVENANCE_METADATA_KEY = 'lora_mix_provenance';
+
+export interface ProvenanceInput {
+  /** 'lora', 'base' … */
+  readonly role: string;
+  /** The name as given (a path relative to where the command ran, or a file name). */
+  readonly name: string;
+  /** Bytes. */
+  readonly size: number;
+  /** Hex SHA-256 of the whole file (LoRAs). */
+  readonly sha256?: string;
+  /** Hex SHA-256 of the 8-byte length and the JSON header (base checkpoints). */
+  readonly headerSha256?: string;
+  /** The weight the input was used with, as given ('0.8', '1 with blocks IN04=0'). */
+  readonly weight?: string;
+}
+
+export interface Provenance {
+  readonly tool: 'lora-mix';
+  readonly version: string;
+  /** The operation: 'merge', 'convert', 'fuse', … */
+  readonly command: string;
+  readonly inputs: readonly ProvenanceInput[];
+  /** The options that shaped the output (rank, dtype, format, method …), as plain JSON values. */
+  readonly options: Readonly<Record<string, unknown>>;
+}
+
+/** The metadata entry for a written file. */
+export function provenanceMetadata(
+  command: string,
+  inputs: readonly ProvenanceInput[],
+  options: Readonly<Record<string, unknown>> = {},
+): Record<string, string> {
+  const p: Provenance = { tool: 'lora-mix', version: VERSION, command, inputs, options };
+  return { [PROVENANCE_METADATA_KEY]: JSON.stringify(p) };
+}
+
+/** Parse the provenance of a file's metadata; undefined when absent or not lora-mix's JSON. */
+export function readProvenance(metadata: Readonly<Record<string, string>>): Provenance | undefined {
+  const raw = metadata[PROVENANCE_METADATA_KEY];
+  if (raw === undefined) return undefined;
+  try {
+    const p = JSON.parse(raw) as Partial<Provenance>;
+    if (p?.tool !== 'lora-mix' || !Array.isArray(p.inputs)) return undefined;
+    return p as Provenance;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Lines for `inspect`: the command and each input with its hash. */
+export function formatProvenance(p: Provenance): string {
+  const opts = Object.entries(p.options)
+    .map(([k, v]) => `${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`)
+    .join(', ');
+  return [
+    `made by:     lora-mix ${p.version} ${p.command}${opts ? ` (${opts})` : ''}`,
+    ...p.inputs.map(
+      (i) =>
+        `  ${i.role.padEnd(5)} ${i.name}${i.weight !== undefined ? ` × ${i.weight}` : ''}, ${i.size.toLocaleString('en-US')} bytes, ` +
+        (i.sha256 ? `sha256 ${i.sha256}` : i.headerSha256 ? `header sha256 ${i.headerSha256}` : 'no hash'),
+    ),
+  ].join('\n');
+}

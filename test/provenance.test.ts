@@ -1,0 +1,111 @@
+/**
+ * Provenance in every written file: tool, version, command, each input's name, size and SHA-256 (a base: its header
+ * hash), the weights and the options; inspect prints it.
+ */
+import { createHash } from 'node:crypto';
+import { promises as fs } from 'node:fs';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { main } from '../src/cli/main.js';
+import { PROVENANCE_METADATA_KEY, readProvenance } from '../src/core/provenance.js';
+import { VERSION } from '../src/core/version.js';
+import { openSafetensors } from '../src/node/files.js';
+
+const FIXTURES = path.resolve(__dirname, '..', 'fixtures');
+const STYLE = 'sd15/style-lora.kohya.safetensors';
+const LCM = 'sd15/lcm-lora.kohya.safetensors';
+const BASE = 'sd15/base.safetensors';
+let tmp = '';
+
+async function run(argv: string[]): Promise<{ code: number; out: string; err: string }> {
+  let out = '';
+  let err = '';
+  const code = await main(argv, {
+    out: (s) => {
+      out += s;
+    },
+    err: (s) => {
+      err += s;
+    },
+    isTTY: false,
+    cwd: FIXTURES,
+  });
+  return { code, out, err };
+}
+
+async function sha256(file: string, end?: number): Promise<string> {
+  const bytes = await fs.readFile(path.join(FIXTURES, file));
+  return createHash('sha256')
+    .update(end === undefined ? bytes : bytes.subarray(0, end))
+    .digest('hex');
+}
+
+async function provenanceOf(file: string) {
+  const f = await openSafetensors(file);
+  try {
+    expect(f.metadata[PROVENANCE_METADATA_KEY]).toBeDefined();
+    return readProvenance(f.metadata)!;
+  } finally {
+    await f.close();
+  }
+}
+
+beforeAll(async () => {
+  tmp = await fs.mkdtemp(path.join(tmpdir(), 'lora-mix-provenance-'));
+});
+afterAll(async () => {
+  await fs.rm(tmp, { recursive: true, force: true });
+});
+
+describe('provenance', () => {
+  it('merge records every LoRA with its size, SHA-256 and weight, and the options; inspect prints it', async () => {
+    const out = path.join(tmp, 'merged.safetensors');
+    expect((await run(['merge', `${LCM}:1`, `${STYLE}:0.8`, '-o', out, '--rank', '4', '-q'])).code).toBe(0);
+    const p = await provenanceOf(out);
+    expect(p).toMatchObject({ tool: 'lora-mix', version: VERSION, command: 'merge' });
+    expect(p.options).toMatchObject({ format: 'kohya', rank: 4 });
+    expect(p.inputs).toEqual([
+      {
+        role: 'lora',
+        name: LCM,
+        size: (await fs.stat(path.join(FIXTURES, LCM))).size,
+        sha256: await sha256(LCM),
+        weight: '1',
+      },
+      {
+        role: 'lora',
+        name: STYLE,
+        size: (await fs.stat(path.join(FIXTURES, STYLE))).size,
+        sha256: await sha256(STYLE),
+        weight: '0.8',
+      },
+    ]);
+    const shown = await run(['inspect', out, '--summary']);
+    expect(shown.code).toBe(0);
+    expect(shown.out).toMatch(/made by: +lora-mix \S+ merge \(format=kohya/);
+    expect(shown.out).toContain(`sha256 ${await sha256(STYLE)}`);
+  });
+
+  it('convert records its input; fuse records the base by the hash of its header', async () => {
+    const conv = path.join(tmp, 'converted.safetensors');
+    expect((await run(['convert', STYLE, '--to', 'peft', '-o', conv])).code).toBe(0);
+    const c = await provenanceOf(conv);
+    expect(c.command).toBe('convert');
+    expect(c.inputs).toEqual([expect.objectContaining({ role: 'lora', name: STYLE, sha256: await sha256(STYLE) })]);
+
+    const fused = path.join(tmp, 'fused.safetensors');
+    expect((await run(['fuse', '--base', BASE, `${LCM}:1`, '-o', fused, '-q'])).code).toBe(0);
+    const f = await provenanceOf(fused);
+    const baseBytes = await fs.readFile(path.join(FIXTURES, BASE));
+    const headerEnd = 8 + Number(baseBytes.readBigUInt64LE(0));
+    expect(f.command).toBe('fuse');
+    expect(f.inputs[0]).toEqual({
+      role: 'base',
+      name: BASE,
+      size: baseBytes.byteLength,
+      headerSha256: await sha256(BASE, headerEnd),
+    });
+    expect(f.inputs[1]).toMatchObject({ role: 'lora', name: LCM, sha256: await sha256(LCM), weight: '1' });
+  });
+});
