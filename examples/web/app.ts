@@ -1,8 +1,26 @@
 /**
  * The local merge page: drop LoRA files, see what each one is, choose weights, merge, download.
  * The work happens in a Web Worker (worker.ts); this file only drives the DOM.
+ *
+ * State rules (state.ts): a result is offered only while the inputs and options are the ones that made it; a merge
+ * error is shown only while the request that failed is still the current one; a file added twice is flagged and
+ * left out; files for different architectures are named with theirs.
  */
-import type { FromWorker, LoraInfo, MergeRequest, MergeSummary, ToWorker } from './protocol.js';
+import { LoraMixError } from '../../src/core/errors.js';
+import type { Arch } from '../../src/layout/index.js';
+import { parseBlockWeights } from '../../src/lora/blocks.js';
+import type { ErrorInfo, FromWorker, LoraInfo, MergeRequest, MergeSummary, ToWorker } from './protocol.js';
+import {
+  archConflict,
+  archName,
+  duplicatesOf,
+  fileKey,
+  parseRank,
+  parseWeight,
+  percent,
+  requestKey,
+  ARCH_NAMES,
+} from './state.js';
 
 const $ = <T extends HTMLElement>(id: string): T => {
   const el = document.getElementById(id);
@@ -10,7 +28,6 @@ const $ = <T extends HTMLElement>(id: string): T => {
   return el as T;
 };
 
-const ARCH_NAMES: Record<string, string> = { sd15: 'SD 1.5', sdxl: 'SDXL', ssd1b: 'SSD-1B' };
 const FORMAT_NAMES: Record<string, string> = {
   kohya: 'kohya',
   peft: 'PEFT / diffusers',
@@ -19,10 +36,19 @@ const FORMAT_NAMES: Record<string, string> = {
 
 interface Entry {
   id: number;
+  key: string;
+  file: File;
   li: HTMLLIElement;
+  /** The worker was asked to read it (never for a duplicate while its original is there). */
+  sent: boolean;
   info?: LoraInfo;
+  failed?: ErrorInfo;
   weight?: HTMLInputElement;
-  failed?: boolean;
+  blocks?: HTMLInputElement;
+  blocksError?: HTMLElement;
+  note?: HTMLElement;
+  readBar?: HTMLProgressElement;
+  readText?: HTMLElement;
 }
 
 /** What the page has seen, for tests and benchmarks that drive it (window.loraMixPage). */
@@ -32,29 +58,37 @@ const observed: { loras: LoraInfo[]; merges: MergeSummary[] } = { loras: [], mer
 const worker = new Worker(new URL('./worker.js', import.meta.url), { type: 'module' });
 const post = (m: ToWorker) => worker.postMessage(m);
 
-const entries = new Map<number, Entry>();
+/** Entries in page order. */
+const entries: Entry[] = [];
 let nextId = 1;
 let job = 0;
-let merging = false;
-let downloadUrl: string | null = null;
-/** File name offered for the merge in progress. */
-let pendingName = 'merged.safetensors';
+/** The job in flight and the request key it was started for. */
+let running: { job: number; key: string } | null = null;
+/** The result on offer and the request key that made it. */
+let result: { key: string; url: string; blob: Blob; name: string } | null = null;
+/** The merge error on show and the request key that failed. */
+let failure: { key: string } | null = null;
 
 const el = {
   files: $<HTMLInputElement>('files'),
   drop: $<HTMLLabelElement>('drop'),
   list: $<HTMLUListElement>('loras'),
   rank: $<HTMLInputElement>('rank'),
+  rankError: $<HTMLParagraphElement>('rank-error'),
   blocks: $<HTMLInputElement>('blocks'),
+  blocksError: $<HTMLParagraphElement>('blocks-error'),
   format: $<HTMLSelectElement>('format'),
   dtype: $<HTMLSelectElement>('dtype'),
   merge: $<HTMLButtonElement>('merge'),
   progress: $<HTMLProgressElement>('progress'),
-  status: $<HTMLSpanElement>('status'),
+  percent: $<HTMLSpanElement>('percent'),
+  status: $<HTMLParagraphElement>('status'),
   result: $<HTMLDivElement>('result'),
   summary: $<HTMLParagraphElement>('summary'),
   download: $<HTMLAnchorElement>('download'),
-  error: $<HTMLParagraphElement>('error'),
+  save: $<HTMLButtonElement>('save'),
+  stale: $<HTMLParagraphElement>('stale'),
+  error: $<HTMLDivElement>('error'),
   version: $<HTMLSpanElement>('version'),
 };
 
@@ -83,7 +117,7 @@ function describe(info: LoraInfo): string {
     .join(', ');
   return [
     `${FORMAT_NAMES[s.format ?? ''] ?? s.format ?? 'LoRA'}`,
-    `${ARCH_NAMES[s.arch] ?? s.arch}${s.size === 'tiny' ? ' (tiny test layout)' : ''}`,
+    archName(s.arch, s.size),
     `${plural(s.modules, 'module')} (${groups})`,
     `rank ${ranks}`,
     s.dtype ?? '',
@@ -93,134 +127,354 @@ function describe(info: LoraInfo): string {
     .join(' · ');
 }
 
+const byId = (id: number) => entries.find((e) => e.id === id);
+const nameLine = (fileName: string) => h('span', { className: 'name' }, fileName);
+
+// ---------------------------------------------------------------------------------------------------------------
+// Cards
+
+function removeButton(e: Entry): HTMLButtonElement {
+  const b = h('button', { className: 'remove', type: 'button', textContent: 'Remove' });
+  b.setAttribute('aria-label', `Remove ${e.file.name}`);
+  b.addEventListener('click', () => removeEntry(e.id));
+  return b;
+}
+
+function showReading(e: Entry): void {
+  const bar = h('progress', { max: 100, value: 0 });
+  bar.setAttribute('aria-label', `Reading ${e.file.name}`);
+  const text = h('span', { className: 'facts' }, 'reading… 0 %');
+  e.readBar = bar;
+  e.readText = text;
+  e.li.className = 'lora loading';
+  e.li.replaceChildren(nameLine(e.file.name), h('span', { className: 'controls' }, removeButton(e)), text, bar);
+}
+
+function showDuplicate(e: Entry, original: Entry): void {
+  const position = entries.indexOf(original) + 1;
+  e.li.className = 'lora dup';
+  e.li.replaceChildren(
+    nameLine(e.file.name),
+    h('span', { className: 'controls' }, removeButton(e)),
+    h(
+      'span',
+      { className: 'facts' },
+      h('span', { className: 'code' }, 'DUPLICATE'),
+      ` — the same file is already file ${position} in the list; it is left out of the merge. ` +
+        'Remove one copy (to count it twice, give it twice the weight).',
+    ),
+  );
+}
+
+function showLoaded(e: Entry, info: LoraInfo): void {
+  e.info = info;
+  const weight = h('input', {
+    type: 'text',
+    inputMode: 'decimal',
+    value: String(info.defaultWeight),
+    className: 'weight',
+  });
+  weight.setAttribute('aria-label', `Weight of ${info.fileName}`);
+  weight.addEventListener('input', refresh);
+  const blocks = h('input', { type: 'text', className: 'blocks', spellcheck: false, placeholder: 'as in Options' });
+  blocks.setAttribute('aria-label', `Block weights of ${info.fileName}`);
+  blocks.addEventListener('input', refresh);
+  const blocksError = h('span', { className: 'field-error', hidden: true });
+  blocksError.id = `blocks-error-${e.id}`;
+  blocks.setAttribute('aria-describedby', blocksError.id);
+  e.weight = weight;
+  e.blocks = blocks;
+  e.blocksError = blocksError;
+  const name = nameLine(info.fileName);
+  if (info.lcm) name.append(h('span', { className: 'badge', title: `detected by ${info.lcm}` }, 'LCM-LoRA'));
+  const facts = h('span', { className: 'facts' }, describe(info));
+  if (info.summary.notes.length > 0) facts.title = info.summary.notes.join('\n');
+  const note = h('span', { className: 'note', hidden: true });
+  e.note = note;
+  const controls = h(
+    'span',
+    { className: 'controls' },
+    h('label', { className: 'inline' }, 'weight λ', weight),
+    h('label', { className: 'inline blocks-label' }, 'blocks', blocks),
+    removeButton(e),
+  );
+  e.li.className = 'lora';
+  e.li.replaceChildren(name, controls, facts, note, blocksError);
+}
+
+function showFailed(e: Entry, error: ErrorInfo): void {
+  e.failed = error;
+  e.li.className = 'lora bad';
+  e.li.replaceChildren(
+    nameLine(e.file.name),
+    h('span', { className: 'controls' }, removeButton(e)),
+    h('span', { className: 'facts' }, h('span', { className: 'code' }, error.code), ` — ${error.message}`),
+  );
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Adding and removing
+
 function addFiles(files: ArrayLike<File>): void {
   for (const file of Array.from(files)) {
     const id = nextId++;
-    const li = h(
-      'li',
-      { className: 'lora loading' },
-      h('span', { className: 'name' }, file.name),
-      h('span', { className: 'facts' }, 'reading…'),
-    );
+    const li = h('li', { className: 'lora' });
     li.dataset.id = String(id);
     el.list.append(li);
-    entries.set(id, { id, li });
-    post({ type: 'add', id, file });
+    entries.push({ id, key: fileKey(file), file, li, sent: false });
   }
   refresh();
 }
 
 function removeEntry(id: number): void {
-  const e = entries.get(id);
+  const at = entries.findIndex((e) => e.id === id);
+  const e = entries[at];
   if (!e) return;
+  const hadFocus = e.li.contains(document.activeElement);
+  entries.splice(at, 1);
   e.li.remove();
-  entries.delete(id);
-  post({ type: 'remove', id });
+  if (e.sent) post({ type: 'remove', id });
   refresh();
-}
-
-function removeButton(id: number): HTMLButtonElement {
-  const b = h('button', { className: 'remove', type: 'button', textContent: 'Remove', title: 'Remove this file' });
-  b.addEventListener('click', () => removeEntry(id));
-  return b;
-}
-
-function showLoaded(info: LoraInfo): void {
-  const e = entries.get(info.id);
-  if (!e) return;
-  e.info = info;
-  const weight = h('input', { type: 'number', step: '0.05', value: String(info.defaultWeight), className: 'weight' });
-  weight.setAttribute('aria-label', `weight of ${info.fileName}`);
-  weight.addEventListener('input', refresh);
-  e.weight = weight;
-  const name = h('span', { className: 'name' }, info.fileName);
-  if (info.lcm) name.append(h('span', { className: 'badge', title: `detected by ${info.lcm}` }, 'LCM-LoRA'));
-  const facts = h('span', { className: 'facts' }, describe(info));
-  if (info.summary.notes.length > 0) facts.title = info.summary.notes.join('\n');
-  const controls = h(
-    'span',
-    { className: 'controls' },
-    h('label', { className: 'inline' }, 'weight λ', weight),
-    removeButton(info.id),
-  );
-  e.li.className = 'lora';
-  e.li.replaceChildren(name, controls, facts);
-  refresh();
-}
-
-function showFailed(id: number, fileName: string, code: string, message: string): void {
-  const e = entries.get(id);
-  if (!e) return;
-  e.failed = true;
-  e.li.className = 'lora bad';
-  e.li.replaceChildren(
-    h('span', { className: 'name' }, fileName),
-    h('span', { className: 'controls' }, removeButton(id)),
-    h('span', { className: 'facts' }, h('span', { className: 'code' }, code), ` — ${message}`),
-  );
-  refresh();
-}
-
-function loaded(): Entry[] {
-  return [...entries.values()].filter((e) => e.info !== undefined);
-}
-
-function refresh(): void {
-  const ok = loaded();
-  const pending = [...entries.values()].some((e) => !e.info && !e.failed);
-  const archs = new Set(ok.map((e) => `${e.info!.summary.arch}/${e.info!.summary.size}`));
-  const weightsOk = ok.every(
-    (e) => e.weight && e.weight.value.trim() !== '' && Number.isFinite(Number(e.weight.value)),
-  );
-  el.merge.disabled = merging || pending || ok.length === 0 || archs.size > 1 || !weightsOk;
-  if (!merging) {
-    if (archs.size > 1)
-      el.status.textContent = `The files are for different architectures (${[...archs].join(', ')}); remove some.`;
-    else if (pending) el.status.textContent = 'Reading files…';
-    else if (ok.length === 0) el.status.textContent = 'Add at least one LoRA file.';
-    else if (!weightsOk) el.status.textContent = 'Every weight must be a number.';
-    else el.status.textContent = `${plural(ok.length, 'LoRA')} ready.`;
+  if (hadFocus) {
+    // Focus stays in the list: the next card's Remove button, else the previous card's, else the file picker.
+    const next = entries[at] ?? entries[at - 1];
+    const target = next?.li.querySelector<HTMLButtonElement>('button.remove') ?? el.files;
+    target.focus();
   }
 }
 
-function showError(text: string | null): void {
-  el.error.hidden = text === null;
-  el.error.textContent = text ?? '';
+// ---------------------------------------------------------------------------------------------------------------
+// Validation and the current request
+
+const active = (dups: Map<number, number>) => entries.filter((e) => !dups.has(e.id));
+
+/** Check a block-weight string against the architecture; the error text, or null. */
+function blocksProblem(text: string, arch: string | undefined, source: string): string | null {
+  if (text.trim() === '' || arch === undefined || !(arch in ARCH_NAMES)) return null;
+  try {
+    parseBlockWeights(text, arch as Arch, source);
+    return null;
+  } catch (e) {
+    return e instanceof LoraMixError ? `${e.code} — ${e.message}` : String(e);
+  }
 }
 
-function startMerge(): void {
-  const ok = loaded();
-  const rankText = el.rank.value.trim();
-  const rank = rankText === '' ? undefined : Number(rankText);
-  if (rank !== undefined && !(Number.isInteger(rank) && rank >= 1)) {
-    showError(`USAGE_BAD_ARGUMENT — target rank must be a whole number ≥ 1, found "${rankText}"`);
-    return;
+function setFieldError(input: HTMLInputElement, out: HTMLElement, text: string | null): void {
+  out.hidden = text === null;
+  out.textContent = text ?? '';
+  if (text === null) input.removeAttribute('aria-invalid');
+  else input.setAttribute('aria-invalid', 'true');
+}
+
+interface Readiness {
+  request: MergeRequest | null;
+  /** Why Merge cannot run, for the status line. */
+  blocker: string | null;
+}
+
+function evaluate(): Readiness {
+  const dups = duplicatesOf(entries);
+  const files = active(dups);
+  const loaded = files.filter((e) => e.info !== undefined);
+  const pending = files.some((e) => !e.info && !e.failed);
+  const conflict = archConflict(
+    loaded.map((e) => ({ id: e.id, fileName: e.file.name, arch: e.info!.summary.arch, size: e.info!.summary.size })),
+  );
+  for (const e of loaded) {
+    const odd = conflict?.odd.includes(e.id) ?? false;
+    e.li.classList.toggle('conflict', odd);
+    if (e.note) {
+      e.note.hidden = !odd;
+      e.note.textContent = odd
+        ? `${archName(e.info!.summary.arch, e.info!.summary.size)}: not the architecture of the other files.`
+        : '';
+    }
   }
-  const names = ok.map((e) => e.info!.fileName.replace(/\.safetensors$/i, ''));
+  const arch = conflict ? undefined : loaded[0]?.info?.summary.arch;
+
+  const rank = parseRank(el.rank.value);
+  setFieldError(el.rank, el.rankError, rank.error ?? null);
+  const globalBlocks = blocksProblem(el.blocks.value, arch, 'block weights (all inputs)');
+  setFieldError(el.blocks, el.blocksError, globalBlocks);
+  let blocksOk = globalBlocks === null;
+  for (const e of loaded) {
+    if (!e.blocks || !e.blocksError) continue;
+    const problem = blocksProblem(e.blocks.value, arch, `block weights of ${e.file.name}`);
+    setFieldError(e.blocks, e.blocksError, problem);
+    if (problem) blocksOk = false;
+  }
+  const weights = loaded.map((e) => parseWeight(e.weight?.value ?? ''));
+  loaded.forEach((e, i) => {
+    if (weights[i] === undefined) e.weight?.setAttribute('aria-invalid', 'true');
+    else e.weight?.removeAttribute('aria-invalid');
+  });
+
+  let blocker: string | null = null;
+  if (dups.size > 0) blocker = `Remove the duplicate file${dups.size === 1 ? '' : 's'} (flagged in the list) to merge.`;
+  else if (files.some((e) => e.failed))
+    blocker = 'Remove the files that could not be read (their cards say why) to merge the others.';
+  else if (pending) blocker = 'Reading files…';
+  else if (conflict) blocker = conflict.message;
+  else if (loaded.length === 0) blocker = 'Add at least one LoRA file.';
+  else if (weights.some((w) => w === undefined)) blocker = 'Every weight must be a number.';
+  else if (rank.error) blocker = `Fix the target rank: ${rank.error}.`;
+  else if (!blocksOk) blocker = 'Fix the block weights (the field says what is wrong).';
+
+  const names = loaded.map((e) => e.file.name.replace(/\.safetensors$/i, ''));
   const request: MergeRequest = {
-    inputs: ok.map((e) => ({ id: e.id, weight: Number(e.weight!.value) })),
-    ...(rank !== undefined ? { rank } : {}),
+    inputs: loaded.map((e, i) => ({
+      id: e.id,
+      weight: weights[i] ?? Number.NaN,
+      ...(e.blocks && e.blocks.value.trim() !== '' ? { blocks: e.blocks.value.trim() } : {}),
+    })),
+    ...(rank.rank !== undefined ? { rank: rank.rank } : {}),
     ...(el.blocks.value.trim() ? { blocks: el.blocks.value.trim() } : {}),
     format: el.format.value === 'peft' ? 'peft' : 'kohya',
     dtype: el.dtype.value as MergeRequest['dtype'],
     fileName: `${names.join('+').slice(0, 80)}.merged.safetensors`,
   };
-  job++;
-  merging = true;
-  showError(null);
+  return { request: blocker === null ? request : null, blocker: blocker ?? null };
+}
+
+/** Send each file the worker has not read yet (a duplicate waits until its original is gone). */
+function syncCards(): void {
+  const dups = duplicatesOf(entries);
+  for (const e of entries) {
+    const original = dups.get(e.id);
+    if (original !== undefined) {
+      if (!e.sent && !e.li.classList.contains('dup')) showDuplicate(e, byId(original)!);
+      continue;
+    }
+    if (!e.sent) {
+      e.sent = true;
+      showReading(e);
+      post({ type: 'add', id: e.id, file: e.file });
+    }
+  }
+}
+
+let current: Readiness = { request: null, blocker: null };
+
+function refresh(): void {
+  syncCards();
+  current = evaluate();
+  const key = current.request ? requestKey(current.request) : null;
+  if (result && result.key !== key) invalidateResult();
+  if (failure && failure.key !== key) showError(null);
+  el.merge.setAttribute('aria-disabled', String(running !== null || current.request === null));
+  if (running) return;
+  if (current.blocker) el.status.textContent = current.blocker;
+  else if (result) el.status.textContent = 'Done. The file below is for the current inputs and options.';
+  else if (!failure) el.status.textContent = `${plural(current.request!.inputs.length, 'LoRA')} ready to merge.`;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Results and errors
+
+function invalidateResult(): void {
+  if (!result) return;
+  URL.revokeObjectURL(result.url);
+  result = null;
   el.result.hidden = true;
+  el.download.removeAttribute('href');
+  el.stale.hidden = false;
+  delete document.body.dataset.merged;
+}
+
+function showError(error: ErrorInfo | null, key?: string): void {
+  failure = error && key !== undefined ? { key } : null;
+  el.error.hidden = error === null;
+  el.error.replaceChildren(...(error ? [h('span', { className: 'code' }, error.code), ` — ${error.message}`] : []));
+}
+
+function setProgress(label: string, done: number, total: number): void {
+  const p = percent(done, total);
   el.progress.hidden = false;
-  el.progress.removeAttribute('value');
+  el.progress.max = 100;
+  el.progress.value = p;
+  el.progress.setAttribute('aria-valuetext', `${label} ${p} %`);
+  el.percent.textContent = `${p} %`;
+}
+
+function startMerge(): void {
+  refresh();
+  if (running || !current.request) return;
+  const request = current.request;
+  job++;
+  running = { job, key: requestKey(request) };
+  showError(null);
+  invalidateResult();
+  el.stale.hidden = true;
+  el.merge.setAttribute('aria-disabled', 'true');
+  setProgress('Merging', 0, 1);
   el.status.textContent = 'Merging…';
-  el.merge.disabled = true;
-  pendingName = request.fileName;
   post({ type: 'merge', job, request });
 }
 
 function finishMerge(): void {
-  merging = false;
+  running = null;
   el.progress.hidden = true;
+  el.percent.textContent = '';
+}
+
+function summaryText(s: MergeSummary): string {
+  const rank = (r: { min: number; max: number }) => (r.min === r.max ? String(r.min) : `${r.min}–${r.max}`);
+  return (
+    `${ARCH_NAMES[s.arch] ?? s.arch} LoRA, ${plural(s.modules, 'module')}` +
+    (s.dropped > 0 ? ` (${s.dropped} dropped: zero weight or zero update)` : '') +
+    `, rank ${rank(s.rankBefore)} → ${rank(s.rankAfter)}, ` +
+    (s.exact
+      ? 'exact weighted sum'
+      : `norm kept: mean ${(100 * s.meanNormKept).toFixed(2)} %, min ${(100 * s.minNormKept).toFixed(2)} %`) +
+    ` · ${s.format} ${s.dtype}, ${mib(s.bytes)} · ${s.seconds.toFixed(2)} s` +
+    (s.flushedToZero > 0 ? ` · warning: ${s.flushedToZero} small value(s) became 0 in ${s.dtype}` : '')
+  );
+}
+
+function showResult(jobKey: string, blob: Blob, s: MergeSummary, name: string): void {
+  observed.merges.push(s);
+  if (jobKey !== (current.request ? requestKey(current.request) : null)) {
+    // The inputs changed while the merge ran: its file would not match what the page shows.
+    el.stale.hidden = false;
+    refresh();
+    return;
+  }
+  const url = URL.createObjectURL(blob);
+  result = { key: jobKey, url, blob, name };
+  el.download.href = url;
+  el.download.download = name;
+  el.summary.textContent = summaryText(s);
+  el.stale.hidden = true;
+  el.result.hidden = false;
+  el.save.hidden = !('showSaveFilePicker' in window);
+  document.body.dataset.merged = String(job);
   refresh();
+}
+
+interface SaveHandle {
+  createWritable(): Promise<WritableStream<Uint8Array>>;
+}
+type SavePicker = (options: {
+  suggestedName: string;
+  types: { description: string; accept: Record<string, string[]> }[];
+}) => Promise<SaveHandle>;
+
+/** Save with the File System Access API: the Blob streams to disk, never copied into one buffer. */
+async function saveToDisk(): Promise<void> {
+  const picker = (window as unknown as { showSaveFilePicker?: SavePicker }).showSaveFilePicker;
+  const r = result;
+  if (!picker || !r) return;
+  try {
+    const handle = await picker({
+      suggestedName: r.name,
+      types: [{ description: 'safetensors LoRA', accept: { 'application/octet-stream': ['.safetensors'] } }],
+    });
+    await r.blob.stream().pipeTo(await handle.createWritable());
+    el.status.textContent = `Saved ${r.name} (${mib(r.blob.size)}).`;
+  } catch (e) {
+    if (e instanceof DOMException && e.name === 'AbortError') return; // the user closed the dialog
+    showError({ code: 'IO_WRITE_FAILED', name: 'IoError', message: `saving failed: ${String(e)}` }, r.key);
+  }
 }
 
 worker.onmessage = (event: MessageEvent<FromWorker>) => {
@@ -230,62 +484,63 @@ worker.onmessage = (event: MessageEvent<FromWorker>) => {
       el.version.textContent = m.version;
       document.body.dataset.ready = 'true';
       break;
-    case 'added':
+    case 'reading': {
+      const e = byId(m.id);
+      if (e?.readBar && e.readText && !e.info) {
+        const p = percent(m.done, m.total);
+        e.readBar.value = p;
+        e.readBar.setAttribute('aria-valuetext', `${p} %`);
+        e.readText.textContent = `reading… ${p} %`;
+      }
+      break;
+    }
+    case 'added': {
+      const e = byId(m.info.id);
+      if (!e) break;
       observed.loras.push(m.info);
-      showLoaded(m.info);
+      showLoaded(e, m.info);
+      refresh();
       break;
-    case 'add-failed':
-      showFailed(m.id, m.fileName, m.error.code, m.error.message);
+    }
+    case 'add-failed': {
+      const e = byId(m.id);
+      if (!e) break;
+      showFailed(e, m.error);
+      refresh();
       break;
+    }
     case 'progress':
-      if (m.job !== job) break;
+      if (m.job !== running?.job) break;
       if (m.phase === 'merge') {
-        el.progress.max = m.total;
-        el.progress.value = m.done;
+        setProgress('Merging', m.done, m.total);
         el.status.textContent = `Merging: module ${m.done} of ${m.total}`;
       } else {
-        el.progress.removeAttribute('value');
-        el.status.textContent = 'Writing the file…';
+        setProgress('Writing', m.done, m.total);
+        el.status.textContent = `Writing the file: tensor ${m.done} of ${m.total}`;
       }
       break;
     case 'merged': {
-      if (m.job !== job) break;
+      if (m.job !== running?.job) break;
+      const { key } = running;
       finishMerge();
-      if (downloadUrl) URL.revokeObjectURL(downloadUrl);
-      downloadUrl = URL.createObjectURL(
-        new Blob([m.bytes as Uint8Array<ArrayBuffer>], { type: 'application/octet-stream' }),
-      );
-      el.download.href = downloadUrl;
-      el.download.download = pendingName;
-      const s = m.summary;
-      observed.merges.push(s);
-      const rank = (r: { min: number; max: number }) => (r.min === r.max ? String(r.min) : `${r.min}–${r.max}`);
-      el.summary.textContent =
-        `${ARCH_NAMES[s.arch] ?? s.arch} LoRA, ${plural(s.modules, 'module')}` +
-        (s.dropped > 0 ? ` (${s.dropped} dropped: zero weight)` : '') +
-        `, rank ${rank(s.rankBefore)} → ${rank(s.rankAfter)}, ` +
-        (s.exact
-          ? 'exact weighted sum'
-          : `norm kept: mean ${(100 * s.meanNormKept).toFixed(2)} %, min ${(100 * s.minNormKept).toFixed(2)} %`) +
-        ` · ${s.format} ${s.dtype}, ${mib(s.bytes)} · ${s.seconds.toFixed(2)} s`;
-      el.result.hidden = false;
-      el.status.textContent = 'Done.';
-      document.body.dataset.merged = String(m.job);
+      showResult(key, m.blob, m.summary, `${current.request?.fileName ?? 'merged.safetensors'}`);
       break;
     }
-    case 'merge-failed':
-      if (m.job !== job) break;
+    case 'merge-failed': {
+      if (m.job !== running?.job) break;
+      const { key } = running;
       finishMerge();
-      showError(`${m.error.code} — ${m.error.message}`);
-      el.status.textContent = 'The merge failed.';
+      showError(m.error, key);
+      el.status.textContent = 'The merge failed; the error below says why.';
+      refresh();
       break;
+    }
   }
 };
 
 worker.onerror = (event) => {
-  merging = false;
-  el.progress.hidden = true;
-  showError(`INTERNAL — the worker stopped: ${event.message}`);
+  finishMerge();
+  showError({ code: 'INTERNAL', name: 'Error', message: `the worker stopped: ${event.message}` }, '');
 };
 
 el.files.addEventListener('change', () => {
@@ -302,5 +557,10 @@ el.drop.addEventListener('drop', (e) => {
   el.drop.classList.remove('over');
   if (e.dataTransfer?.files) addFiles(e.dataTransfer.files);
 });
+for (const control of [el.rank, el.blocks, el.format, el.dtype]) {
+  control.addEventListener('input', refresh);
+  control.addEventListener('change', refresh);
+}
 el.merge.addEventListener('click', startMerge);
+el.save.addEventListener('click', () => void saveToDisk());
 refresh();

@@ -22,10 +22,11 @@ export interface LoraInfo {
 }
 
 export interface MergeRequest {
-  inputs: { id: number; weight: number }[];
+  /** Inputs in page order; `blocks` (e.g. "IN04=0,OUT05=0.5") overrides the global block weights for that input. */
+  inputs: { id: number; weight: number; blocks?: string }[];
   /** Target rank; absent: exact merge (rank = sum of ranks). */
   rank?: number;
-  /** Block weights for every input, e.g. "IN04=0,OUT05=0.5"; absent or empty: none. */
+  /** Block weights for inputs without their own, e.g. "IN04=0,OUT05=0.5"; absent or empty: none. */
   blocks?: string;
   format: 'kohya' | 'peft';
   dtype: 'auto' | 'F32' | 'F16' | 'BF16';
@@ -44,6 +45,8 @@ export interface MergeSummary {
   dtype: string;
   format: string;
   bytes: number;
+  /** Non-zero factor values that became 0 in the output dtype (too small for it). */
+  flushedToZero: number;
   seconds: number;
 }
 
@@ -56,6 +59,10 @@ export type FromWorker =
   | { type: 'ready'; version: string }
   | { type: 'added'; info: LoraInfo }
   | { type: 'add-failed'; id: number; fileName: string; error: ErrorInfo }
+  /** Bytes of a dropped file read so far (parsing and decoding it). */
+  | { type: 'reading'; id: number; done: number; total: number }
+  /** Merge: modules done of total; write: bytes written of the file's size. */
   | { type: 'progress'; job: number; done: number; total: number; phase: 'merge' | 'write' }
-  | { type: 'merged'; job: number; bytes: Uint8Array; summary: MergeSummary }
+  /** The merged file as a Blob built from the writer's chunks (never one big copy on the page's thread). */
+  | { type: 'merged'; job: number; blob: Blob; summary: MergeSummary }
   | { type: 'merge-failed'; job: number; error: ErrorInfo };

@@ -1,15 +1,17 @@
 /**
- * The page's Web Worker: reads dropped files (only the byte ranges needed, through blobSource), decodes them,
- * merges and encodes the result, so the page stays responsive and can show progress. All local.
+ * The page's Web Worker: reads dropped files (only the byte ranges needed, through blobSource = File.slice),
+ * decodes them, merges and writes the result into a Blob, reporting progress for each phase, so the page's own
+ * thread only updates the DOM. All local.
  */
-import { LoraMixError } from '../../src/core/errors.js';
-import { decodeLora, describeLora, serializeLora, type LoadedLora, type OutputDType } from '../../src/formats/index.js';
+import { LoraError, LoraMixError } from '../../src/core/errors.js';
 import { blobSource } from '../../src/core/memory.js';
-import { mergeLoras, type MergeWeight } from '../../src/lora/index.js';
-import { parseSafetensors } from '../../src/safetensors/index.js';
 import { VERSION } from '../../src/core/version.js';
+import { decodeLora, describeLora, encodeLora, type LoadedLora, type OutputDType } from '../../src/formats/index.js';
+import { mergeLoras, type MergeWeight } from '../../src/lora/index.js';
+import { parseSafetensors, writeSafetensors } from '../../src/safetensors/index.js';
 import { defaultWeightFor, lcmEvidence } from './lcm.js';
 import type { ErrorInfo, FromWorker, MergeRequest, MergeSummary, ToWorker } from './protocol.js';
+import { blobSink, countingSource } from './streams.js';
 
 interface WorkerScope {
   postMessage(message: FromWorker, transfer?: Transferable[]): void;
@@ -18,6 +20,20 @@ interface WorkerScope {
 const scope = self as unknown as WorkerScope;
 
 const loras = new Map<number, LoadedLora>();
+/** Ids removed while still being read: their result is dropped when the read ends. */
+const removed = new Set<number>();
+
+/** Progress messages at most every 50 ms (and always the last one). */
+function throttle(post: (done: number, total: number) => void): (done: number, total: number) => void {
+  let last = -Infinity;
+  return (done, total) => {
+    const now = performance.now();
+    if (done >= total || now - last > 50) {
+      last = now;
+      post(done, total);
+    }
+  };
+}
 
 export function errorInfo(e: unknown): ErrorInfo {
   if (e instanceof LoraMixError) return { code: e.code, name: e.name, message: e.message };
@@ -28,8 +44,10 @@ export function errorInfo(e: unknown): ErrorInfo {
 async function add(id: number, file: File): Promise<void> {
   const t0 = performance.now();
   try {
-    const st = await parseSafetensors(blobSource(file, file.name));
+    const onRead = throttle((done, total) => scope.postMessage({ type: 'reading', id, done, total }));
+    const st = await parseSafetensors(countingSource(blobSource(file, file.name), onRead));
     const lora = await decodeLora(st);
+    if (removed.delete(id)) return;
     loras.set(id, lora);
     const summary = describeLora(lora);
     const lcm = lcmEvidence(file.name, lora.metadata, summary);
@@ -46,11 +64,21 @@ async function add(id: number, file: File): Promise<void> {
       },
     });
   } catch (e) {
+    if (removed.delete(id)) return;
     scope.postMessage({ type: 'add-failed', id, fileName: file.name, error: errorInfo(e) });
   }
 }
 
-function merge(job: number, request: MergeRequest): void {
+function weightsOf(request: MergeRequest): MergeWeight[] {
+  const global = request.blocks?.trim() ?? '';
+  return request.inputs.map(({ weight, blocks }) => {
+    const own = blocks?.trim() ?? '';
+    const spec = own !== '' ? own : global;
+    return spec !== '' ? { weight, blocks: spec } : weight;
+  });
+}
+
+async function merge(job: number, request: MergeRequest): Promise<void> {
   const t0 = performance.now();
   try {
     const inputs = request.inputs.map(({ id }) => {
@@ -58,22 +86,32 @@ function merge(job: number, request: MergeRequest): void {
       if (!l) throw new Error(`input ${id} is no longer loaded; add the file again`);
       return l;
     });
-    const blocks = request.blocks?.trim();
-    const weights: MergeWeight[] = request.inputs.map(({ weight }) => (blocks ? { weight, blocks } : weight));
-    let lastPost = 0;
-    const { lora, report } = mergeLoras(inputs, weights, {
+    const onMerge = throttle((done, total) =>
+      scope.postMessage({ type: 'progress', job, done, total, phase: 'merge' }),
+    );
+    const { lora, report } = mergeLoras(inputs, weightsOf(request), {
       ...(request.rank !== undefined ? { rank: request.rank } : {}),
-      onProgress(done, total) {
-        const now = performance.now();
-        if (done === total || now - lastPost > 50) {
-          lastPost = now;
-          scope.postMessage({ type: 'progress', job, done, total, phase: 'merge' });
-        }
-      },
+      onProgress: onMerge,
     });
-    scope.postMessage({ type: 'progress', job, done: 0, total: 1, phase: 'write' });
+    if (report.written === 0) {
+      throw new LoraError(
+        'LORA_EMPTY',
+        `merge: nothing to write — all ${report.dropped.length} module(s) were dropped because their weight is 0 or ` +
+          'their update is all zeros; give at least one input a non-zero weight',
+        { dropped: report.dropped.length },
+      );
+    }
     const dtype: OutputDType = request.dtype === 'auto' ? inputDType(inputs) : request.dtype;
-    const bytes = serializeLora(lora, { format: request.format, dtype });
+    const encoded = encodeLora(lora, { format: request.format, dtype });
+    const sink = blobSink(request.fileName);
+    const onWrite = throttle((done, total) =>
+      scope.postMessage({ type: 'progress', job, done, total, phase: 'write' }),
+    );
+    onWrite(0, encoded.tensors.length);
+    const written = await writeSafetensors(sink, encoded.tensors, {
+      metadata: encoded.metadata,
+      onTensor: (_info, i, count) => onWrite(i + 1, count),
+    });
     const summary: MergeSummary = {
       arch: lora.arch,
       modules: report.written,
@@ -85,10 +123,11 @@ function merge(job: number, request: MergeRequest): void {
       exact: report.exact,
       dtype,
       format: request.format,
-      bytes: bytes.byteLength,
+      bytes: written.byteLength,
+      flushedToZero: encoded.stats.flushedToZero,
       seconds: (performance.now() - t0) / 1000,
     };
-    scope.postMessage({ type: 'merged', job, bytes, summary }, [bytes.buffer as ArrayBuffer]);
+    scope.postMessage({ type: 'merged', job, blob: sink.blob(), summary });
   } catch (e) {
     scope.postMessage({ type: 'merge-failed', job, error: errorInfo(e) });
   }
@@ -104,10 +143,15 @@ function inputDType(inputs: readonly LoadedLora[]): OutputDType {
   return 'F32';
 }
 
+/** Messages are handled one at a time, in order: a merge sees every add and remove sent before it. */
+let queue: Promise<void> = Promise.resolve();
 scope.onmessage = (event) => {
   const msg = event.data;
+  if (msg.type === 'remove') {
+    if (!loras.delete(msg.id)) removed.add(msg.id);
+    return;
+  }
   if (msg.type === 'add') void add(msg.id, msg.file);
-  else if (msg.type === 'remove') loras.delete(msg.id);
-  else if (msg.type === 'merge') merge(msg.job, msg.request);
+  else if (msg.type === 'merge') queue = queue.then(() => merge(msg.job, msg.request));
 };
 scope.postMessage({ type: 'ready', version: VERSION });
