@@ -9,6 +9,7 @@
 import { LoraMixError } from '../../src/core/errors.js';
 import type { Arch } from '../../src/layout/index.js';
 import { parseBlockWeights } from '../../src/lora/blocks.js';
+import { methodControls } from './methods-ui.js';
 import type { ErrorInfo, FromWorker, LoraInfo, MergeRequest, MergeSummary, ToWorker } from './protocol.js';
 import {
   archConflict,
@@ -73,6 +74,10 @@ const el = {
   files: $<HTMLInputElement>('files'),
   drop: $<HTMLLabelElement>('drop'),
   list: $<HTMLUListElement>('loras'),
+  method: $<HTMLSelectElement>('method'),
+  methodHelp: $<HTMLParagraphElement>('method-help'),
+  methodError: $<HTMLParagraphElement>('method-error'),
+  methodParams: $<HTMLDivElement>('method-params'),
   rank: $<HTMLInputElement>('rank'),
   rankError: $<HTMLParagraphElement>('rank-error'),
   blocks: $<HTMLInputElement>('blocks'),
@@ -292,6 +297,8 @@ function evaluate(): Readiness {
   }
   const arch = conflict ? undefined : loaded[0]?.info?.summary.arch;
 
+  const method = methods.read(loaded.length);
+  methods.show(method);
   const rank = parseRank(el.rank.value);
   setFieldError(el.rank, el.rankError, rank.error ?? null);
   const globalBlocks = blocksProblem(el.blocks.value, arch, 'block weights (all inputs)');
@@ -318,6 +325,9 @@ function evaluate(): Readiness {
   else if (loaded.length === 0) blocker = 'Add at least one LoRA file.';
   else if (weights.some((w) => w === undefined)) blocker = 'Every weight must be a number.';
   else if (rank.error) blocker = `Fix the target rank: ${rank.error}.`;
+  else if (method.errors.size > 0) blocker = `Fix the ${method.method} settings (the fields say what is wrong).`;
+  else if (method.needsRank && rank.rank === undefined)
+    blocker = `The ${method.method} method works on each module's full update and writes it back at a target rank: set a target rank.`;
   else if (!blocksOk) blocker = 'Fix the block weights (the field says what is wrong).';
 
   const names = loaded.map((e) => e.file.name.replace(/\.safetensors$/i, ''));
@@ -328,6 +338,7 @@ function evaluate(): Readiness {
       ...(e.blocks && e.blocks.value.trim() !== '' ? { blocks: e.blocks.value.trim() } : {}),
     })),
     ...(rank.rank !== undefined ? { rank: rank.rank } : {}),
+    ...(method.method !== 'concat' ? { method: method.method, params: method.params } : {}),
     ...(el.blocks.value.trim() ? { blocks: el.blocks.value.trim() } : {}),
     format: el.format.value === 'peft' ? 'peft' : 'kohya',
     dtype: el.dtype.value as MergeRequest['dtype'],
@@ -354,6 +365,7 @@ function syncCards(): void {
 }
 
 let current: Readiness = { request: null, blocker: null };
+const methods = methodControls(el.method, el.methodHelp, el.methodError, el.methodParams, () => refresh());
 
 function refresh(): void {
   syncCards();

@@ -28,6 +28,10 @@ export interface MergeRequest {
   rank?: number;
   /** Block weights for inputs without their own, e.g. "IN04=0,OUT05=0.5"; absent or empty: none. */
   blocks?: string;
+  /** A method of the library's registry (METHODS in src/lora/methods.ts); absent: concat, the exact sum. */
+  method?: string;
+  /** That method's parameters, by API name (density, majoritySign, seed, t). */
+  params?: Record<string, number | string>;
   format: 'kohya' | 'peft';
   dtype: 'auto' | 'F32' | 'F16' | 'BF16';
   fileName: string;

@@ -38,6 +38,8 @@ export function requestKey(request: Omit<MergeRequest, 'fileName'> & { fileName?
   return JSON.stringify({
     inputs: request.inputs.map((i) => [i.id, i.weight, i.blocks ?? '']),
     rank: request.rank ?? null,
+    method: request.method ?? 'concat',
+    params: Object.entries(request.params ?? {}).sort(([a], [b]) => (a < b ? -1 : 1)),
     blocks: request.blocks ?? '',
     format: request.format,
     dtype: request.dtype,

@@ -7,7 +7,7 @@ import { LoraError, LoraMixError } from '../../src/core/errors.js';
 import { blobSource } from '../../src/core/memory.js';
 import { VERSION } from '../../src/core/version.js';
 import { decodeLora, describeLora, encodeLora, type LoadedLora, type OutputDType } from '../../src/formats/index.js';
-import { mergeLoras, type MergeWeight } from '../../src/lora/index.js';
+import { mergeLoras, type MergeWeight, type MethodOptions } from '../../src/lora/index.js';
 import { parseSafetensors, writeSafetensors } from '../../src/safetensors/index.js';
 import { defaultWeightFor, lcmEvidence } from './lcm.js';
 import type { ErrorInfo, FromWorker, MergeRequest, MergeSummary, ToWorker } from './protocol.js';
@@ -89,7 +89,9 @@ async function merge(job: number, request: MergeRequest): Promise<void> {
     const onMerge = throttle((done, total) =>
       scope.postMessage({ type: 'progress', job, done, total, phase: 'merge' }),
     );
+    const method = request.method ? ({ method: request.method, ...request.params } as MethodOptions) : {};
     const { lora, report } = mergeLoras(inputs, weightsOf(request), {
+      ...method,
       ...(request.rank !== undefined ? { rank: request.rank } : {}),
       onProgress: onMerge,
     });

@@ -1,0 +1,109 @@
+/**
+ * The merge page offers the library's merge methods (the registry in src/lora/methods.ts), with one field per
+ * parameter generated from it: every method is listed, a method's result in the page equals the library's in
+ * Node, bad parameter values and wrong input counts are shown at their field and clear when fixed.
+ */
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { bufferSource } from '../../src/core/memory.js';
+import { decodeLora, serializeLora } from '../../src/formats/index.js';
+import { deltaOf, METHOD_NAMES, METHODS, mergeLoras } from '../../src/lora/index.js';
+import { parseSafetensors } from '../../src/safetensors/index.js';
+import { clearAll, FIXTURE, mergeOutcome, openPage, upload, type PageSession } from './page-helpers.js';
+
+const load = async (path: string) =>
+  decodeLora(await parseSafetensors(bufferSource(new Uint8Array(readFileSync(path)), path)));
+
+describe('merge methods in the page (headless Chromium)', () => {
+  let s: PageSession;
+  beforeAll(async () => {
+    s = await openPage();
+  });
+  afterAll(async () => {
+    await s?.close();
+  });
+
+  it('lists every method of the registry and shows the chosen method’s parameters', async () => {
+    const { page } = s;
+    const offered = await page.$$eval('#method option', (os) => os.map((o) => (o as HTMLOptionElement).value));
+    expect(offered).toEqual(METHOD_NAMES);
+    for (const name of METHOD_NAMES) {
+      await page.selectOption('#method', name);
+      const fields = await page.$$eval('#method-params [id^="param-"]:not(.field-error):not(.hint)', (es) =>
+        es.map((e) => e.id.replace('param-', '')),
+      );
+      expect(fields, name).toEqual([...METHODS[name].params]);
+    }
+    await page.selectOption('#method', 'concat');
+  });
+
+  it('merges with TIES at a target rank like the library does in Node', async () => {
+    const { page } = s;
+    await upload(page, [FIXTURE.lcm, FIXTURE.style]);
+    await page.selectOption('#method', 'ties');
+    expect(await page.getAttribute('#merge', 'aria-disabled')).toBe('true');
+    expect(await page.textContent('#status')).toMatch(/target rank/);
+    await page.fill('#rank', '6');
+    await page.fill('#param-density', '0.5');
+    await page.selectOption('#dtype', 'F32');
+    expect(await mergeOutcome(page)).toBe('result');
+    const [download] = await Promise.all([page.waitForEvent('download'), page.click('#download')]);
+    const path = join(s.dir, 'ties.safetensors');
+    await download.saveAs(path);
+
+    const node = mergeLoras([await load(FIXTURE.lcm), await load(FIXTURE.style)], [1, 0.8], {
+      method: 'ties',
+      density: 0.5,
+      rank: 6,
+    });
+    // Factors of a rank-K result are unique only up to a rotation: compare the updates B·A, module by module.
+    const bytes = new Uint8Array(readFileSync(path));
+    const fromPage = await decodeLora(await parseSafetensors(bufferSource(bytes, 'page')));
+    const fromNode = await decodeLora(
+      await parseSafetensors(bufferSource(serializeLora(node.lora, { format: 'kohya', dtype: 'F32' }), 'node')),
+    );
+    expect([...fromPage.modules.keys()]).toEqual([...fromNode.modules.keys()]);
+    let compared = 0;
+    for (const [path, m] of fromNode.modules) {
+      const q = deltaOf(m).data;
+      const p = deltaOf(fromPage.modules.get(path)!).data;
+      let gap = 0;
+      let scale = 0;
+      for (let i = 0; i < q.length; i++) {
+        gap = Math.max(gap, Math.abs((p[i] ?? Number.NaN) - (q[i] ?? 0)));
+        scale = Math.max(scale, Math.abs(q[i] ?? 0));
+      }
+      expect(gap, path).toBeLessThanOrEqual(1e-4 * scale + 1e-12);
+      compared++;
+    }
+    expect(compared).toBeGreaterThan(0);
+    const meta = await parseSafetensors(bufferSource(bytes, 'page'));
+    const record = JSON.parse(meta.metadata.lora_mix_merge ?? '{}') as Record<string, unknown>;
+    expect(JSON.stringify(record)).toContain('ties');
+  });
+
+  it('shows a bad parameter at its field and the input count at the method, and both clear', async () => {
+    const { page } = s;
+    await page.fill('#param-density', '0');
+    expect(await page.locator('#param-density-error').isVisible()).toBe(true);
+    expect(await page.textContent('#param-density-error')).toContain('OPTION_INVALID');
+    expect(await page.getAttribute('#param-density', 'aria-invalid')).toBe('true');
+    expect(await page.getAttribute('#merge', 'aria-disabled')).toBe('true');
+    await page.fill('#param-density', '0.3');
+    expect(await page.locator('#param-density-error').isHidden()).toBe(true);
+    expect(await page.getAttribute('#merge', 'aria-disabled')).toBe('false');
+
+    await upload(page, [FIXTURE.stylePeft]);
+    await page.selectOption('#method', 'slerp');
+    expect(await page.locator('#method-error').isVisible()).toBe(true);
+    expect(await page.textContent('#method-error')).toContain('exactly 2 inputs');
+    await page.locator('#loras li button.remove').last().click();
+    expect(await page.locator('#method-error').isHidden()).toBe(true);
+    expect(await page.getAttribute('#merge', 'aria-disabled')).toBe('false');
+    await page.selectOption('#method', 'concat');
+    await page.fill('#rank', '');
+    await clearAll(page);
+    expect(s.errors).toEqual([]);
+  });
+});
