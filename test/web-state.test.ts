@@ -7,6 +7,7 @@ import {
   fileKey,
   parseRank,
   parseWeight,
+  parseWeightField,
   percent,
   requestKey,
 } from '../examples/web/state.js';
@@ -112,6 +113,17 @@ describe('field parsing', () => {
     expect(parseRank('8')).toEqual({ rank: 8 });
     expect(parseRank('0').error).toContain('"0"');
     expect(parseRank('2.5').error).toContain('whole number');
+  });
+  it('reads a weight field as the CLI reads FILE:WEIGHT (a number or component strengths)', () => {
+    expect(parseWeightField('0.8')).toEqual({ weight: 0.8 });
+    expect(parseWeightField('unet=0.8,te=0.5')).toEqual({ weight: 1, components: { unet: 0.8, te: 0.5 } });
+    expect(parseWeightField('te1=0, te2=1')).toEqual({ weight: 1, components: { te1: 0, te2: 1 } });
+    const twice = parseWeightField('unet=1,unet=2');
+    expect('error' in twice && twice.error).toContain('OPTION_INVALID');
+    const bad = parseWeightField('unet=x');
+    expect('error' in bad && bad.error).toContain('OPTION_INVALID');
+    const word = parseWeightField('heavy');
+    expect('error' in word && word.error).toContain('"heavy"');
   });
   it('percent is a clamped whole number', () => {
     expect(percent(1, 3)).toBe(33);

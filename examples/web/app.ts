@@ -17,7 +17,7 @@ import {
   duplicatesOf,
   fileKey,
   parseRank,
-  parseWeight,
+  parseWeightField,
   percent,
   requestKey,
   ARCH_NAMES,
@@ -45,6 +45,7 @@ interface Entry {
   info?: LoraInfo;
   failed?: ErrorInfo;
   weight?: HTMLInputElement;
+  weightError?: HTMLElement;
   blocks?: HTMLInputElement;
   blocksError?: HTMLElement;
   note?: HTMLElement;
@@ -180,7 +181,12 @@ function showLoaded(e: Entry, info: LoraInfo): void {
     className: 'weight',
   });
   weight.setAttribute('aria-label', `Weight of ${info.fileName}`);
+  weight.title = 'a number, or per-component strengths such as unet=0.8,te=0.5';
   weight.addEventListener('input', refresh);
+  const weightError = h('span', { className: 'field-error', hidden: true });
+  weightError.id = `weight-error-${e.id}`;
+  weight.setAttribute('aria-describedby', weightError.id);
+  e.weightError = weightError;
   const blocks = h('input', { type: 'text', className: 'blocks', spellcheck: false, placeholder: 'as in Options' });
   blocks.setAttribute('aria-label', `Block weights of ${info.fileName}`);
   blocks.addEventListener('input', refresh);
@@ -204,7 +210,7 @@ function showLoaded(e: Entry, info: LoraInfo): void {
     removeButton(e),
   );
   e.li.className = 'lora';
-  e.li.replaceChildren(name, controls, facts, note, blocksError);
+  e.li.replaceChildren(name, controls, facts, note, weightError, blocksError);
 }
 
 function showFailed(e: Entry, error: ErrorInfo): void {
@@ -310,10 +316,10 @@ function evaluate(): Readiness {
     setFieldError(e.blocks, e.blocksError, problem);
     if (problem) blocksOk = false;
   }
-  const weights = loaded.map((e) => parseWeight(e.weight?.value ?? ''));
-  loaded.forEach((e, i) => {
-    if (weights[i] === undefined) e.weight?.setAttribute('aria-invalid', 'true');
-    else e.weight?.removeAttribute('aria-invalid');
+  const weights = loaded.map((e) => {
+    const w = parseWeightField(e.weight?.value ?? '');
+    if (e.weight && e.weightError) setFieldError(e.weight, e.weightError, 'error' in w ? w.error : null);
+    return 'error' in w ? undefined : w;
   });
 
   let blocker: string | null = null;
@@ -323,7 +329,8 @@ function evaluate(): Readiness {
   else if (pending) blocker = 'Reading files…';
   else if (conflict) blocker = conflict.message;
   else if (loaded.length === 0) blocker = 'Add at least one LoRA file.';
-  else if (weights.some((w) => w === undefined)) blocker = 'Every weight must be a number.';
+  else if (weights.some((w) => w === undefined))
+    blocker = 'Every weight must be a number or component strengths (the field says what is wrong).';
   else if (rank.error) blocker = `Fix the target rank: ${rank.error}.`;
   else if (method.errors.size > 0) blocker = `Fix the ${method.method} settings (the fields say what is wrong).`;
   else if (method.needsRank && rank.rank === undefined)
@@ -334,7 +341,8 @@ function evaluate(): Readiness {
   const request: MergeRequest = {
     inputs: loaded.map((e, i) => ({
       id: e.id,
-      weight: weights[i] ?? Number.NaN,
+      weight: weights[i]?.weight ?? Number.NaN,
+      ...(weights[i]?.components ? { components: weights[i]?.components } : {}),
       ...(e.blocks && e.blocks.value.trim() !== '' ? { blocks: e.blocks.value.trim() } : {}),
     })),
     ...(rank.rank !== undefined ? { rank: rank.rank } : {}),

@@ -1,5 +1,6 @@
 /** Messages between the page (app.ts) and its Web Worker (worker.ts). Everything stays on this machine. */
 import type { LoraSummary } from '../../src/formats/index.js';
+import type { ComponentStrengths } from '../../src/lora/components.js';
 
 /** A failure as the page shows it: the library's stable error code and its message. */
 export interface ErrorInfo {
@@ -23,7 +24,7 @@ export interface LoraInfo {
 
 export interface MergeRequest {
   /** Inputs in page order; `blocks` (e.g. "IN04=0,OUT05=0.5") overrides the global block weights for that input. */
-  inputs: { id: number; weight: number; blocks?: string }[];
+  inputs: { id: number; weight: number; blocks?: string; components?: ComponentStrengths }[];
   /** Target rank; absent: exact merge (rank = sum of ranks). */
   rank?: number;
   /** Block weights for inputs without their own, e.g. "IN04=0,OUT05=0.5"; absent or empty: none. */

@@ -2,6 +2,8 @@
  * The page's state rules, as pure functions (no DOM): which request a result belongs to, which files are
  * duplicates, and how a mix of architectures is explained. app.ts applies them; test/web-state.test.ts checks them.
  */
+import { LoraMixError } from '../../src/core/errors.js';
+import { parseComponentStrengths, type ComponentStrengths } from '../../src/lora/components.js';
 import type { MergeRequest } from './protocol.js';
 
 /** What identifies a picked file without reading it: name, size and modification time. */
@@ -36,7 +38,7 @@ export function duplicatesOf<T extends { id: number; key: string }>(entries: rea
  */
 export function requestKey(request: Omit<MergeRequest, 'fileName'> & { fileName?: string }): string {
   return JSON.stringify({
-    inputs: request.inputs.map((i) => [i.id, i.weight, i.blocks ?? '']),
+    inputs: request.inputs.map((i) => [i.id, i.weight, i.blocks ?? '', i.components ?? null]),
     rank: request.rank ?? null,
     method: request.method ?? 'concat',
     params: Object.entries(request.params ?? {}).sort(([a], [b]) => (a < b ? -1 : 1)),
@@ -94,6 +96,24 @@ export function parseWeight(text: string): number | undefined {
   if (t === '') return undefined;
   const n = Number(t);
   return Number.isFinite(n) ? n : undefined;
+}
+
+/**
+ * Parse a weight field as the CLI reads the part after FILE: — a number (every component), or per-component
+ * strengths `unet=0.8,te=0.5` (te1=/te2= for SDXL's two text encoders; components not named keep 1).
+ */
+export function parseWeightField(
+  text: string,
+): { weight: number; components?: ComponentStrengths } | { error: string } {
+  const n = parseWeight(text);
+  if (n !== undefined) return { weight: n };
+  try {
+    const components = parseComponentStrengths(text);
+    if (components) return { weight: 1, components };
+  } catch (e) {
+    return { error: e instanceof LoraMixError ? `${e.code} — ${e.message}` : String(e) };
+  }
+  return { error: `a weight is a number (0.8) or component strengths (unet=0.8,te=0.5), found "${text.trim()}"` };
 }
 
 /** Parse the target-rank field: undefined for empty (exact), a whole number ≥ 1, or an error text. */

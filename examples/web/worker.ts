@@ -71,10 +71,11 @@ async function add(id: number, file: File): Promise<void> {
 
 function weightsOf(request: MergeRequest): MergeWeight[] {
   const global = request.blocks?.trim() ?? '';
-  return request.inputs.map(({ weight, blocks }) => {
+  return request.inputs.map(({ weight, blocks, components }) => {
     const own = blocks?.trim() ?? '';
     const spec = own !== '' ? own : global;
-    return spec !== '' ? { weight, blocks: spec } : weight;
+    if (spec === '' && !components) return weight;
+    return { weight, ...components, ...(spec !== '' ? { blocks: spec } : {}) };
   });
 }
 

@@ -106,4 +106,31 @@ describe('merge methods in the page (headless Chromium)', () => {
     await clearAll(page);
     expect(s.errors).toEqual([]);
   });
+
+  it('takes per-component strengths in a weight field (unet=…,te=…), like the CLI, byte-identical to Node', async () => {
+    const { page } = s;
+    await upload(page, [FIXTURE.lcm, FIXTURE.style]);
+    await page.selectOption('#dtype', 'F32');
+    const weight = page.locator('#loras input.weight').nth(1);
+    await weight.fill('unet=0.5,tee=1');
+    expect(await page.locator('#loras .field-error:visible').first().textContent()).toContain('OPTION_INVALID');
+    expect(await weight.getAttribute('aria-invalid')).toBe('true');
+    expect(await page.getAttribute('#merge', 'aria-disabled')).toBe('true');
+    await weight.fill('unet=0.5,te=0');
+    expect(await weight.getAttribute('aria-invalid')).toBeNull();
+    expect(await mergeOutcome(page)).toBe('result');
+    const [download] = await Promise.all([page.waitForEvent('download'), page.click('#download')]);
+    const path = join(s.dir, 'components.safetensors');
+    await download.saveAs(path);
+    const node = mergeLoras([await load(FIXTURE.lcm), await load(FIXTURE.style)], [1, { weight: 1, unet: 0.5, te: 0 }]);
+    const expected = serializeLora(node.lora, { format: 'kohya', dtype: 'F32' });
+    const fromPage = await parseSafetensors(bufferSource(new Uint8Array(readFileSync(path)), 'page'));
+    const fromNode = await parseSafetensors(bufferSource(expected, 'node'));
+    expect(fromPage.tensors.map((t) => t.name)).toEqual(fromNode.tensors.map((t) => t.name));
+    for (const t of fromNode.tensors) {
+      const same = Buffer.from(await fromPage.read(t.name)).equals(Buffer.from(await fromNode.read(t.name)));
+      expect(same, t.name).toBe(true);
+    }
+    await clearAll(page);
+  });
 });
