@@ -79,6 +79,16 @@ describe('exit codes: one per family', () => {
     expect(exitCodeFor(new TypeError('bug'))).toBe(70);
   });
 
+  it('docs/errors.md lists every code of src/core/errors.ts', async () => {
+    const src = await fs.readFile(path.resolve(__dirname, '..', 'src/core/errors.ts'), 'utf8');
+    const docs = await fs.readFile(path.resolve(__dirname, '..', 'docs/errors.md'), 'utf8');
+    const types = src.slice(0, src.indexOf('export class LoraMixError'));
+    const codes = [...types.matchAll(/'([A-Z][A-Z0-9_]*)'/g)].map((m) => m[1]!);
+    expect(codes).toContain('ARCH_UNDETECTED');
+    expect(codes.length).toBeGreaterThan(60);
+    expect(codes.filter((c) => !docs.includes(`\`${c}\``))).toEqual([]);
+  });
+
   it('errorFromCode rebuilds the family from a code', () => {
     expect(errorFromCode('OPTION_INVALID', 'm')).toBeInstanceOf(OptionError);
     expect(errorFromCode('INPUT_NOT_FOUND', 'm')).toBeInstanceOf(IoError);

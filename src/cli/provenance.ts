@@ -25,14 +25,14 @@ export async function cliProvenance(
   cwd: string,
   loras: readonly { readonly file: string; readonly weight?: MergeWeight }[],
   options: Readonly<Record<string, unknown>>,
-  base?: string,
+  checkpoints: readonly { readonly file: string; readonly role: string }[] = [],
 ): Promise<Record<string, string>> {
   const name = (p: string): string => {
     const rel = path.relative(cwd, p);
     return rel !== '' && !rel.startsWith('..') ? rel : p;
   };
   const inputs: ProvenanceInput[] = [];
-  if (base !== undefined) inputs.push(await baseProvenance(base, name(base)));
+  for (const c of checkpoints) inputs.push({ ...(await baseProvenance(c.file, name(c.file))), role: c.role });
   for (const l of loras) inputs.push(await loraProvenance(l.file, name(l.file), weightLabel(l.weight)));
   return provenanceMetadata(command, inputs, options);
 }

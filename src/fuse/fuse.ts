@@ -55,11 +55,16 @@ function needFuseHost(what: string): FuseHost {
 
 /** Open the base: a SafetensorsFile or ByteSource here, a path (file or folder) through the Node adapter. */
 export async function openBase(base: BaseInput): Promise<OpenedBase> {
-  if (typeof base === 'string') return needFuseHost(base).openBase(base);
+  if (typeof base === 'string' && base !== '') return needFuseHost(base).openBase(base);
   let file: SafetensorsFile;
   if (base instanceof SafetensorsFile) file = base;
   else if (isByteSource(base)) file = await parseSafetensors(base);
-  else throw new IoError('INPUT_NOT_FOUND', 'fuse: the base must be a path, a ByteSource or a SafetensorsFile', {});
+  else
+    throw new ArgumentError(
+      'ARG_INVALID',
+      `fuse: the base must be a path, a ByteSource or a SafetensorsFile, found ${describeValue(base)}`,
+      { found: describeValue(base) },
+    );
   const detection = detectCheckpoint(file.tensors, { source: file.name });
   return {
     name: file.name,

@@ -6,6 +6,7 @@ import { createHash } from 'node:crypto';
 import { createReadStream, promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import type { ProvenanceInput } from '../core/provenance.js';
+import { checkInputFile } from './file-checks.js';
 
 /** Hex SHA-256 of bytes [0, end) of a file (the whole file without `end`), read in 4 MiB chunks. */
 export async function sha256File(file: string, end?: number): Promise<string> {
@@ -21,6 +22,7 @@ export async function sha256File(file: string, end?: number): Promise<string> {
 
 /** Provenance of a LoRA file: size and SHA-256 of the whole file. */
 export async function loraProvenance(file: string, name: string, weight?: string): Promise<ProvenanceInput> {
+  await checkInputFile(file); // typed errors, and a FIFO is never read
   const st = await fs.stat(file);
   return {
     role: 'lora',
@@ -49,10 +51,11 @@ async function headerBytes(file: string): Promise<number> {
  * of its safetensors files and a SHA-256 over their headers in path order.
  */
 export async function baseProvenance(base: string, name: string): Promise<ProvenanceInput> {
-  const st = await fs.stat(base);
-  if (!st.isDirectory()) {
-    const n = Math.min(await headerBytes(base), st.size);
-    return { role: 'base', name, size: st.size, headerSha256: await sha256File(base, n) };
+  const st = await fs.stat(base).catch(() => null);
+  if (!st?.isDirectory()) {
+    await checkInputFile(base);
+    const n = Math.min(await headerBytes(base), (await fs.stat(base)).size);
+    return { role: 'base', name, size: (await fs.stat(base)).size, headerSha256: await sha256File(base, n) };
   }
   const files: string[] = [];
   const walk = async (dir: string): Promise<void> => {

@@ -4,6 +4,7 @@ import { extractLora, type ExtractOptions } from '../../fuse/extract.js';
 import { formatExtractReport } from '../../fuse/extract-report.js';
 import { numberOption, parseCommandArgs } from '../args.js';
 import type { CliContext, Command } from '../context.js';
+import { cliProvenance } from '../provenance.js';
 import { parseFuseDtype } from './fuse.js';
 
 const HELP = `Usage: lora-mix extract --base BASE --tuned TUNED -o OUT.safetensors
@@ -117,8 +118,28 @@ export const extractCommand: Command = {
         'USAGE_BAD_ARGUMENT',
       );
     let shown = -1;
+    const base = path.resolve(ctx.cwd, values.base as string);
+    const tuned = path.resolve(ctx.cwd, values.tuned as string);
+    const provenance = await cliProvenance(
+      'extract',
+      ctx.cwd,
+      [],
+      {
+        ...(rank !== undefined ? { rank } : {}),
+        ...Object.fromEntries(given),
+        ...(maxRank !== undefined ? { maxRank } : {}),
+        ...(convRank !== undefined ? { convRank } : {}),
+        ...(dtype ? { dtype } : {}),
+        ...(seed !== undefined ? { seed } : {}),
+      },
+      [
+        { file: base, role: 'base' },
+        { file: tuned, role: 'tuned' },
+      ],
+    );
     const options: ExtractOptions = {
       out: path.resolve(ctx.cwd, values.output as string),
+      metadata: provenance,
       ...(rank !== undefined ? { rank } : {}),
       ...Object.fromEntries(given),
       ...(maxRank !== undefined ? { maxRank } : {}),
@@ -142,11 +163,7 @@ export const extractCommand: Command = {
             },
           }),
     };
-    const report = await extractLora(
-      path.resolve(ctx.cwd, values.base as string),
-      path.resolve(ctx.cwd, values.tuned as string),
-      options,
-    );
+    const report = await extractLora(base, tuned, options);
     ctx.out(
       values.json === true ? `${JSON.stringify(report, null, 2)}\n` : formatExtractReport(report, values.all === true),
     );

@@ -206,7 +206,7 @@ export const fuseCommand: Command = {
       ctx.cwd,
       paths.map((file, i) => ({ file, weight: weights[i] })),
       { device, onOverflow, ...(dtype ? { dtype } : {}), ...(methodOptions as object) },
-      base,
+      [{ file: base, role: 'base' }],
     );
     const progress = values.quiet === true ? null : fuseProgress(ctx, 'fuse');
     let report;

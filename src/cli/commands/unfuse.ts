@@ -4,6 +4,7 @@ import { unfuseLoras } from '../../fuse/unfuse.js';
 import { formatUnfuseReport } from '../../fuse/extract-report.js';
 import { numberOption, parseCommandArgs } from '../args.js';
 import type { CliContext, Command } from '../context.js';
+import { cliProvenance } from '../provenance.js';
 import { blockOptions, fuseProgress, loraArgs, parseFuseDtype } from './fuse.js';
 
 const HELP = `Usage: lora-mix unfuse --fused FUSED A.safetensors[:W] [B.safetensors[:W] …] -o OUT
@@ -66,11 +67,20 @@ export const unfuseCommand: Command = {
     const dtype = parseFuseDtype('unfuse', values.dtype);
     const threads = numberOption('unfuse', 'threads', values.threads, { min: 1, max: 64, integer: true });
     const { paths, weights } = loraArgs('unfuse', positionals, values, ctx.cwd);
+    const fused = path.resolve(ctx.cwd, values.fused);
+    const provenance = await cliProvenance(
+      'unfuse',
+      ctx.cwd,
+      paths.map((file, i) => ({ file, weight: weights[i] })),
+      { onOverflow, ...(dtype ? { dtype } : {}) },
+      [{ file: fused, role: 'fused' }],
+    );
     const progress = values.quiet === true ? null : fuseProgress(ctx, 'unfuse');
     let report;
     try {
-      report = await unfuseLoras(path.resolve(ctx.cwd, values.fused), paths, weights, {
+      report = await unfuseLoras(fused, paths, weights, {
         out: path.resolve(ctx.cwd, values.output),
+        metadata: provenance,
         onOverflow,
         ...(typeof values.base === 'string' ? { base: path.resolve(ctx.cwd, values.base) } : {}),
         ...(dtype ? { dtype } : {}),
