@@ -20,9 +20,10 @@ import {
   saveLora,
   type Lora,
 } from '../src/node.js';
+import { requirePlain } from '../src/node.js';
 
-const lcm = await loadLora('fixtures/sd15/lcm-lora.kohya.safetensors');
-const style = await loadLora('fixtures/sd15/style-lora.kohya.safetensors');
+const lcm = requirePlain(await loadLora('fixtures/sd15/lcm-lora.kohya.safetensors'));
+const style = requirePlain(await loadLora('fixtures/sd15/style-lora.kohya.safetensors'));
 
 // 1. Which blocks each LoRA touches (the block of a module comes from the layout table, not from its name).
 const byBlock = modulesByBlock(lcm.arch, lcm.size);

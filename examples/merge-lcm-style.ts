@@ -10,13 +10,14 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { deltaOf, describeLora, loadLora, mergeLoras, saveLora } from '../src/node.js';
+import { requirePlain } from '../src/node.js';
 
 const LCM = 'fixtures/sd15/lcm-lora.kohya.safetensors';
 const STYLE = 'fixtures/sd15/style-lora.kohya.safetensors';
 
 // 1. Load both files. The format (kohya, PEFT, old diffusers) and the architecture are detected.
-const lcm = await loadLora(LCM);
-const style = await loadLora(STYLE);
+const lcm = requirePlain(await loadLora(LCM));
+const style = requirePlain(await loadLora(STYLE));
 for (const l of [lcm, style]) {
   const d = describeLora(l);
   const ranks = d.ranks.map((r) => `${r.value}×${r.count}`).join(' ');
@@ -57,7 +58,7 @@ try {
     `saved ${out}: ${saved.tensors.length} tensors, ${saved.byteLength} bytes` +
       (saved.stats.flushedToZero > 0 ? `, ${saved.stats.flushedToZero} value(s) too small for F16 became 0` : ''),
   );
-  const back = await loadLora(out);
+  const back = requirePlain(await loadLora(out));
   console.log(
     `reloaded: ${back.format} ${back.arch}${back.size === 'tiny' ? ' (tiny)' : ''}, ${back.modules.size} modules`,
   );

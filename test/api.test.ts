@@ -157,7 +157,7 @@ describe('public entry', () => {
   });
 
   it('typed errors come through the public entry', async () => {
-    await expect(api.loadLora('fixtures/bad/loha.safetensors')).rejects.toMatchObject({
+    await expect(api.loadLora('fixtures/bad/oft.safetensors')).rejects.toMatchObject({
       code: 'FORMAT_UNSUPPORTED_ADAPTER',
     });
     await expect(api.openSafetensors('fixtures/does-not-exist.safetensors')).rejects.toBeInstanceOf(api.IoError);

@@ -14,6 +14,7 @@ import { main } from '../src/cli/main.js';
 import { loadLora } from '../src/formats/index.js';
 import { openSafetensors } from '../src/node/files.js';
 import { detectCheckpoint, getLayout } from '../src/layout/index.js';
+import { requirePlain } from '../src/lora/terms/index.js';
 
 const ROOT = path.resolve(__dirname, '..');
 const FIXTURES = path.join(ROOT, 'fixtures');
@@ -37,8 +38,8 @@ async function run(argv: string[]): Promise<{ code: number; out: string; err: st
 
 /** What the fixtures say the demo must report: modules per LoRA, their union, per component/group, ranks. */
 async function expected(arch: 'sd15' | 'sdxl') {
-  const lcm = await loadLora(path.join(FIXTURES, arch, 'lcm-lora.kohya.safetensors'));
-  const style = await loadLora(path.join(FIXTURES, arch, STYLE[arch]));
+  const lcm = requirePlain(await loadLora(path.join(FIXTURES, arch, 'lcm-lora.kohya.safetensors')));
+  const style = requirePlain(await loadLora(path.join(FIXTURES, arch, STYLE[arch])));
   const union = new Set([...lcm.modules.keys(), ...style.modules.keys()]);
   const layout = getLayout(arch, 'tiny');
   const byGroup: Record<string, number> = {};
@@ -146,7 +147,7 @@ describe('lora-mix demo options', () => {
     expect(r.sampler.effects.map((e: { lora: string }) => e.lora)).toEqual(['LCM-LoRA', 'style']);
     expect(r.outputs.kept).toBe(true);
 
-    const merged = await loadLora(r.outputs.merged);
+    const merged = requirePlain(await loadLora(r.outputs.merged));
     expect(merged.modules.size).toBe(want.union);
     expect(merged.dtype).toBe('F32');
     const fused = await openSafetensors(r.outputs.fused);

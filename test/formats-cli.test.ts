@@ -152,7 +152,7 @@ describe('lora-mix convert', () => {
         ])
       ).code,
     ).toBe(2);
-    const bad = await run(['convert', 'bad/loha.safetensors', '-o', path.join(tmp, 'x.safetensors'), '--to', 'peft']);
+    const bad = await run(['convert', 'bad/oft.safetensors', '-o', path.join(tmp, 'x.safetensors'), '--to', 'peft']);
     expect(bad.code).toBe(1);
     expect(bad.err).toContain('FORMAT_UNSUPPORTED_ADAPTER');
     await expect(stat(path.join(tmp, 'x.safetensors'))).rejects.toThrow();
@@ -203,9 +203,9 @@ describe('lora-mix inspect (LoRA-aware)', () => {
       '--summary',
     ]);
     expect(JSON.parse(folder.out).checkpoint).toMatchObject({ arch: 'sd15', naming: 'diffusers-unet' });
-    const loha = await run(['inspect', 'bad/loha.safetensors']);
-    expect(loha.code).toBe(0);
-    expect(loha.out).toMatch(/LoHa \(LyCORIS\) adapter/);
+    const oft = await run(['inspect', 'bad/oft.safetensors']);
+    expect(oft.code).toBe(0);
+    expect(oft.out).toMatch(/OFT\/BOFT adapter/);
     const broken = await run(['inspect', 'bad/rank-mismatch.safetensors']);
     expect(broken.code).toBe(4);
     expect(broken.out).toContain('LORA_RANK_MISMATCH');

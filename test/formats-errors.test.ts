@@ -14,17 +14,12 @@ const lora = (name = NAME, r = 2) => [
   { name: `${name}.lora_up.weight`, shape: [OUT, r] },
 ];
 
-describe('unsupported adapter types: FORMAT_UNSUPPORTED_ADAPTER naming the type and a key', () => {
+describe('adapter kinds lora-mix refuses: FORMAT_UNSUPPORTED_ADAPTER naming the type and a key', () => {
   const cases: [string, string[], RegExp][] = [
-    ['LoHa', ['hada_w1_a', 'hada_w1_b', 'hada_w2_a', 'hada_w2_b'], /LoHa/],
-    ['LoKr', ['lokr_w1', 'lokr_w2_a', 'lokr_w2_b'], /LoKr/],
-    ['DoRA (kohya)', ['lora_down.weight', 'lora_up.weight', 'dora_scale'], /DoRA/],
-    ['GLoRA', ['a1.weight', 'a2.weight', 'b1.weight', 'b2.weight'], /GLoRA/],
     ['(IA)³', ['weight', 'on_input'], /\(IA\)³/],
-    ['full diff', ['diff', 'diff_b'], /full-weight difference/],
-    ['set_weight', ['set_weight'], /full-weight difference/],
-    ['w_norm', ['w_norm', 'b_norm'], /full-weight difference/],
-    ['LoCon Tucker', ['lora_down.weight', 'lora_up.weight', 'lora_mid.weight'], /lora_mid/],
+    ['set_weight', ['set_weight'], /set_weight/],
+    ['w_norm', ['w_norm', 'b_norm'], /w_norm/],
+    ['OFT', ['oft_blocks'], /OFT/],
   ];
   for (const [label, suffixes, type] of cases) {
     it(label, async () => {
@@ -37,35 +32,88 @@ describe('unsupported adapter types: FORMAT_UNSUPPORTED_ADAPTER naming the type 
       expect(e.message).toContain(NAME);
     });
   }
+});
 
-  it('PEFT DoRA: lora_magnitude_vector keys, or use_dora in the config', async () => {
-    const stem = `unet.${toQ.localPath}`;
-    const keys = makeFile([
-      { name: `${stem}.lora_A.weight`, shape: [2, IN] },
-      { name: `${stem}.lora_B.weight`, shape: [OUT, 2] },
-      { name: `${stem}.lora_magnitude_vector`, shape: [OUT] },
-    ]);
-    expect((await caught(() => decodeBytes(keys))).message).toMatch(/DoRA.*lora_magnitude_vector/);
-    const meta = makeFile(
+describe('adapter kinds with a missing half, wrong shapes or two kinds in one module', () => {
+  const cases: [string, { name: string; shape: number[] }[], string, RegExp][] = [
+    [
+      'LoHa without hada_w1_b',
       [
-        { name: `${stem}.lora_A.weight`, shape: [2, IN] },
-        { name: `${stem}.lora_B.weight`, shape: [OUT, 2] },
+        { name: `${NAME}.hada_w1_a`, shape: [OUT, 2] },
+        { name: `${NAME}.hada_w2_a`, shape: [OUT, 2] },
+        { name: `${NAME}.hada_w2_b`, shape: [2, IN] },
       ],
-      { lora_adapter_metadata: JSON.stringify({ 'unet.use_dora': true, 'unet.r': 2 }) },
-    );
-    const e = await caught(() => decodeBytes(meta));
-    expect(e.code).toBe('FORMAT_UNSUPPORTED_ADAPTER');
-    expect(e.message).toMatch(/DoRA/);
-  });
+      'FORMAT_INCOMPLETE_MODULE',
+      /without hada_w1_b/,
+    ],
+    [
+      'LoKr with lokr_w2_a but no lokr_w2_b',
+      [
+        { name: `${NAME}.lokr_w1`, shape: [4, 4] },
+        { name: `${NAME}.lokr_w2_a`, shape: [OUT / 4, 2] },
+      ],
+      'FORMAT_INCOMPLETE_MODULE',
+      /lokr_w2_a without lokr_w2_b/,
+    ],
+    [
+      'GLoRA without b2',
+      [
+        { name: `${NAME}.a1.weight`, shape: [IN, 2] },
+        { name: `${NAME}.a2.weight`, shape: [2, IN] },
+        { name: `${NAME}.b1.weight`, shape: [OUT, 2] },
+      ],
+      'FORMAT_INCOMPLETE_MODULE',
+      /without b2\.weight/,
+    ],
+    [
+      'a Tucker LoCon core without its factors',
+      [{ name: `${NAME}.lora_mid.weight`, shape: [2, 2, 3, 3] }],
+      'FORMAT_INCOMPLETE_MODULE',
+      /lora_down/,
+    ],
+    [
+      'LoRA and LoKr tensors in one module',
+      [...lora(), { name: `${NAME}.lokr_w1`, shape: [4, 4] }],
+      'FORMAT_MIXED',
+      /LoRA and LoKr/,
+    ],
+    [
+      'LoHa pairs of different widths',
+      [
+        { name: `${NAME}.hada_w1_a`, shape: [OUT, 2] },
+        { name: `${NAME}.hada_w1_b`, shape: [2, IN] },
+        { name: `${NAME}.hada_w2_a`, shape: [OUT, 2] },
+        { name: `${NAME}.hada_w2_b`, shape: [2, IN + 1] },
+      ],
+      'LORA_SHAPE_MISMATCH',
+      /do not fit together/,
+    ],
+    [
+      'a DoRA magnitude of the wrong length',
+      [...lora(), { name: `${NAME}.dora_scale`, shape: [OUT + 1, 1] }],
+      'LORA_SHAPE_MISMATCH',
+      /DoRA magnitude/,
+    ],
+  ];
+  for (const [label, tensors, code, message] of cases) {
+    it(label, async () => {
+      const e = await caught(() => decodeBytes(makeFile(tensors), {}, 'adapter.safetensors'));
+      expect(e.code).toBe(code);
+      expect(e.message).toMatch(message);
+      expect(e.message).toContain('adapter.safetensors');
+      expect(e.message).toContain(NAME);
+    });
+  }
 
   it('the committed bad fixtures', async () => {
-    for (const [file, type] of [
-      ['bad/loha.safetensors', /LoHa/],
-      ['bad/lokr.safetensors', /LoKr/],
-      ['bad/dora.safetensors', /DoRA/],
+    for (const [file, code, type] of [
+      ['bad/loha-missing-half.safetensors', 'FORMAT_INCOMPLETE_MODULE', /hada_w1_b/],
+      ['bad/lokr-shapes.safetensors', 'LORA_SHAPE_MISMATCH', /attn1_to_q/],
+      ['bad/mixed-kinds.safetensors', 'FORMAT_MIXED', /LoRA and LoHa/],
+      ['bad/oft.safetensors', 'FORMAT_UNSUPPORTED_ADAPTER', /OFT/],
     ] as const) {
       const e = await caught(() => loadLora(fixture(file)));
-      expect(e.code, file).toBe('FORMAT_UNSUPPORTED_ADAPTER');
+      expect(e.code, file).toBe(code);
       expect(e.message).toMatch(type);
     }
   });
@@ -107,7 +155,7 @@ describe('not a LoRA', () => {
     expect(cp.kind).toBe('checkpoint');
     if (cp.kind === 'checkpoint')
       expect([cp.detection.arch, cp.detection.size, cp.detection.naming]).toEqual(['sdxl', 'tiny', 'single-file']);
-    expect((await of('bad/loha.safetensors')).kind).toBe('unsupported-adapter');
+    expect((await of('bad/oft.safetensors')).kind).toBe('unsupported-adapter');
     expect((await detectFileKind(await open(makeFile([{ name: 'foo', shape: [1] }])))).kind).toBe('other');
   });
 });

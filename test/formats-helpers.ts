@@ -3,9 +3,10 @@ import { fileURLToPath } from 'node:url';
 import ndarray from 'ndarray';
 import { bufferSource } from '../src/core/memory.js';
 import { parseSafetensors, serializeSafetensors, type SafetensorsFile } from '../src/safetensors/index.js';
-import type { F32Array } from '../src/lora/types.js';
+import type { F32Array, Lora } from '../src/lora/types.js';
 import { decodeLora, type DecodeOptions, type LoadedLora } from '../src/formats/index.js';
 import type { DType } from '../src/core/tensor.js';
+import { requirePlain } from '../src/lora/terms/index.js';
 
 export const FIXTURES = fileURLToPath(new URL('../fixtures/', import.meta.url));
 export const fixture = (rel: string): string => FIXTURES + rel;
@@ -40,12 +41,15 @@ export async function open(bytes: Uint8Array, name = 'test.safetensors'): Promis
   return parseSafetensors(bufferSource(bytes, name));
 }
 
+/** A decoded file known to be a plain LoRA. */
+export type PlainLoadedLora = Omit<LoadedLora, 'modules'> & Lora;
+
 export async function decodeBytes(
   bytes: Uint8Array,
   options: DecodeOptions = {},
   name = 'test.safetensors',
-): Promise<LoadedLora> {
-  return decodeLora(await open(bytes, name), options);
+): Promise<Omit<LoadedLora, 'modules'> & Lora> {
+  return requirePlain(await decodeLora(await open(bytes, name), options));
 }
 
 /** The exception thrown by an async function (fails the test if none). */

@@ -14,7 +14,8 @@ import { getLayout } from '../src/layout/index.js';
 import type { Arch } from '../src/layout/types.js';
 import { targetModules } from '../src/fixtures/generate.js';
 import { serializeSafetensors } from '../src/safetensors/index.js';
-import { caught, decodeBytes, delta, fixture, makeFile, nd, open } from './formats-helpers.js';
+import { caught, decodeBytes, delta, fixture, makeFile, nd, open, type PlainLoadedLora } from './formats-helpers.js';
+import { requirePlain } from '../src/lora/terms/index.js';
 
 describe('key grammar', () => {
   it('reads kohya names whole, without un-flattening', () => {
@@ -101,14 +102,14 @@ const LORA_FIXTURES: { file: string; arch: Arch; format: string; kohyaPaths?: st
   { file: 'ssd1b/style-lora.kohya-sgm.safetensors', arch: 'ssd1b', format: 'kohya', kohyaPaths: 'sgm', modules: 624 },
 ];
 
-const cache = new Map<string, Promise<LoadedLora>>();
-const load = (rel: string): Promise<LoadedLora> => {
+const cache = new Map<string, Promise<PlainLoadedLora>>();
+const load = (rel: string): Promise<PlainLoadedLora> => {
   let p = cache.get(rel);
-  if (!p) cache.set(rel, (p = loadLora(fixture(rel))));
+  if (!p) cache.set(rel, (p = loadLora(fixture(rel)).then((l) => requirePlain(l))));
   return p;
 };
 
-function expectSameLora(a: LoadedLora | { arch: Arch; modules: LoadedLora['modules'] }, b: typeof a): void {
+function expectSameLora(a: PlainLoadedLora | { arch: Arch; modules: PlainLoadedLora['modules'] }, b: typeof a): void {
   expect(b.arch).toBe(a.arch);
   expect([...b.modules.keys()]).toEqual([...a.modules.keys()]);
   for (const [path, m] of a.modules) {
@@ -303,7 +304,7 @@ describe('conversions round-trip', () => {
     expect(alpha.shape).toEqual([]);
     const plain = await open(new Uint8Array(await readFile(fixture('sd15/style-lora.kohya.safetensors'))));
     expect(plain.tensors.filter((t) => t.name.endsWith('.alpha')).every((t) => t.dtype === 'F16')).toBe(true);
-    expect((await decodeLora(file)).modules.get(p)!.alpha).toBe(Math.fround(0.3));
+    expect(requirePlain(await decodeLora(file)).modules.get(p)!.alpha).toBe(Math.fround(0.3));
   });
 
   it('converting to BF16 and F32 keeps the deltas within one rounding', async () => {
@@ -485,7 +486,7 @@ describe('plan and describe', () => {
     expect(s.byComponent).toEqual({ unet: 722, text_encoder: 72, text_encoder_2: 192 });
     expect(s.ranks).toEqual([{ value: 4, count: 986 }]);
     expect(s.alphas).toEqual([{ value: 2, count: 986 }]);
-    const full = await decodeLora(file);
+    const full = requirePlain(await decodeLora(file));
     expect(describeLora(full).parameters).toBe(s.parameters);
     expect(s.parameters).toBe([...full.modules.values()].reduce((n, m) => n + m.down.size + m.up.size, 0));
     const lcm = describeLora(await load('sdxl/lcm-lora.kohya.safetensors'));

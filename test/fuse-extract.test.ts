@@ -16,6 +16,7 @@ import { getLayout } from '../src/layout/index.js';
 import type { Lora } from '../src/lora/types.js';
 import { openSafetensors } from '../src/node/files.js';
 import { dense, singularValues } from './lora-helpers.js';
+import { requirePlain } from '../src/lora/terms/index.js';
 
 const FX = path.resolve(import.meta.dirname, '..', 'fixtures');
 const fx = (...p: string[]): string => path.join(FX, ...p);
@@ -55,7 +56,7 @@ let lcm: Lora;
 beforeAll(async () => {
   tmp = await fs.mkdtemp(path.join(os.tmpdir(), 'lora-mix-extract-'));
   sd15Tuned = await tunedWith('sd15', 'lcm-lora.kohya.safetensors', 'sd15-lcm.safetensors');
-  lcm = await loadLora(fx('sd15', 'lcm-lora.kohya.safetensors'));
+  lcm = requirePlain(await loadLora(fx('sd15', 'lcm-lora.kohya.safetensors')));
 });
 afterAll(async () => {
   await fs.rm(tmp, { recursive: true, force: true });
@@ -67,7 +68,7 @@ describe('extractLora', () => {
     const r = await extractLora(fx('sd15', 'base.safetensors'), sd15Tuned, { out: o, rank: 8, dtype: 'F32' });
     expect(r.modules.length).toBe(lcm.modules.size);
     expect(r.zero.count).toBe(0);
-    const got = await loadLora(o);
+    const got = requirePlain(await loadLora(o));
     expect(got.format).toBe('kohya');
     expect(got.modules.size).toBe(lcm.modules.size);
     for (const [p, m] of lcm.modules) {
@@ -90,7 +91,7 @@ describe('extractLora', () => {
     const o = out('x-r3.safetensors');
     const r = await extractLora(fx('sd15', 'base.safetensors'), sd15Tuned, { out: o, rank: 3 });
     expect(r.dtype).toBe('F16');
-    const got = await loadLora(o);
+    const got = requirePlain(await loadLora(o));
     const base = await openSafetensors(fx('sd15', 'base.safetensors'));
     const tuned = await openSafetensors(sd15Tuned);
     const layout = getLayout('sd15', 'tiny');
@@ -152,7 +153,7 @@ describe('extractLora', () => {
       rank: 4,
       textEncoders: true,
     });
-    const style = await loadLora(fx('sd15', 'style-lora.kohya.safetensors'));
+    const style = requirePlain(await loadLora(fx('sd15', 'style-lora.kohya.safetensors')));
     expect(c.modules.length).toBe(style.modules.size);
     expect(c.overall.relError).toBeLessThan(2e-3);
   });
@@ -166,12 +167,12 @@ describe('extractLora', () => {
       textEncoders: true,
       dtype: 'F32',
     });
-    const style = await loadLora(fx('sdxl', 'style-lora.kohya-sgm.safetensors'));
+    const style = requirePlain(await loadLora(fx('sdxl', 'style-lora.kohya-sgm.safetensors')));
     expect(r.modules.length).toBe(style.modules.size);
     expect(r.modules.some((m) => m.path.startsWith('text_encoder_2.') && m.path.endsWith('q_proj'))).toBe(true);
     for (const m of r.modules) expect(m.rank).toBeLessThanOrEqual(4); // the LoRA's rank is 4
     expect(r.overall.keptEnergy).toBeGreaterThan(0.998);
-    const got = await loadLora(out('xl.safetensors'));
+    const got = requirePlain(await loadLora(out('xl.safetensors')));
     for (const [p, m] of style.modules)
       expect(relDiff(dense(m).data, dense(got.modules.get(p)!).data), p).toBeLessThan(0.05);
     // kohya's sv-ratio: ranks are one more than the count above σ_max/X, capped by the max rank.

@@ -22,6 +22,7 @@ import { parseSafetensors, type SafetensorsFile } from '../src/safetensors/read.
 import { writeSafetensors } from '../src/safetensors/write.js';
 import { f32ToF16Bits, f16BitsToF32 } from '../src/core/dtype.js';
 import { LoraMixError } from '../src/core/errors.js';
+import { requirePlain } from '../src/lora/terms/index.js';
 
 const FX = path.resolve(import.meta.dirname, '..', 'fixtures');
 const fx = (...p: string[]): string => path.join(FX, ...p);
@@ -109,7 +110,7 @@ describe('fuseLoras: the numbers', () => {
     expect(report.tensors.fused).toBe(350);
     expect(report.unmatched).toEqual([]);
     expect(report.overflow.total).toBe(0);
-    const loras = [await loadLora(SD15.lcm), await loadLora(SD15.style)];
+    const loras = [requirePlain(await loadLora(SD15.lcm)), requirePlain(await loadLora(SD15.style))];
     const layout = getLayout('sd15', 'tiny');
     await withFile(SD15.base, (b) =>
       withFile(o, async (f) => {
@@ -142,7 +143,7 @@ describe('fuseLoras: the numbers', () => {
   it('as-stored F16 output: every fused weight is the nearest F16 of the exact sum, or one ulp from it', async () => {
     const o = out('sd15-f16.safetensors');
     await fuseLoras(SD15.base, [SD15.lcm, SD15.style], [1, 0.8], { out: o });
-    const loras = [await loadLora(SD15.lcm), await loadLora(SD15.style)];
+    const loras = [requirePlain(await loadLora(SD15.lcm)), requirePlain(await loadLora(SD15.style))];
     const layout = getLayout('sd15', 'tiny');
     let exactHits = 0,
       total = 0;
@@ -307,7 +308,7 @@ describe('fuseLoras: the numbers', () => {
       await fuseLoras(SD15.base, [SD15.lcm, SD15.style], [1, 0.8], { out: o, kernel });
       await fuseLoras(
         bufferSource(await fs.readFile(SD15.base), 'base'),
-        [await loadLora(SD15.lcm), await loadLora(SD15.style)],
+        [requirePlain(await loadLora(SD15.lcm)), requirePlain(await loadLora(SD15.style))],
         [1, 0.8],
         { out: sink, kernel },
       );
@@ -354,7 +355,7 @@ describe('fuseLoras: coverage and failures leave nothing behind', () => {
   });
 
   it('overflow: F16 values beyond 65504 fail the run (nothing written) or are clamped and counted', async () => {
-    const huge = scaleLora(await loadLora(SD15.lcm), 1e10); // deltas of ~1e5
+    const huge = scaleLora(requirePlain(await loadLora(SD15.lcm)), 1e10); // deltas of ~1e5
     await expectCode(fuseLoras(SD15.base, [huge], [1], { out: out('overflow.safetensors') }), 'FUSE_OVERFLOW');
     await expectNoOutput(tmp, 'overflow');
     const r = await fuseLoras(SD15.base, [huge], [1], { out: out('overflow.safetensors'), onOverflow: 'clamp' });
@@ -388,7 +389,7 @@ describe('fuseLoras: coverage and failures leave nothing behind', () => {
     await fs.copyFile(SD15.lcm, loraCopy);
     const loraBefore = await fs.readFile(loraCopy);
     await expectCode(
-      fuseLoras(SD15.base, [await loadLora(loraCopy)], [1], { out: loraCopy }),
+      fuseLoras(SD15.base, [requirePlain(await loadLora(loraCopy))], [1], { out: loraCopy }),
       'OUTPUT_WOULD_OVERWRITE_INPUT',
     );
     expect((await fs.readFile(loraCopy)).equals(loraBefore)).toBe(true);

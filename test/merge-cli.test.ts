@@ -9,6 +9,7 @@ import { MERGE_METADATA_KEY, mergeLoras, VERSION_METADATA_KEY } from '../src/lor
 import type { Lora } from '../src/lora/types.js';
 import { VERSION } from '../src/core/version.js';
 import { dense, diffNorm, frob, weightedDense } from './lora-helpers.js';
+import { requirePlain } from '../src/lora/terms/index.js';
 
 const FIXTURES = path.resolve(__dirname, '..', 'fixtures');
 
@@ -52,8 +53,8 @@ describe.each(['sd15', 'sdxl'] as const)('LCM-LoRA + style LoRA fixtures (%s)', 
   });
 
   it('merge written as kohya and as PEFT reloads to the same deltas, equal to λ1·Δ_LCM + λ2·Δ_style', async () => {
-    const lcm = await loadLora(path.join(FIXTURES, arch, 'lcm-lora.kohya.safetensors'));
-    const style = await loadLora(path.join(FIXTURES, arch, 'style-lora.peft.safetensors'));
+    const lcm = requirePlain(await loadLora(path.join(FIXTURES, arch, 'lcm-lora.kohya.safetensors')));
+    const style = requirePlain(await loadLora(path.join(FIXTURES, arch, 'style-lora.peft.safetensors')));
     // The fixtures differ in rank and alpha, so the merge exercises both scales.
     const r = (l: Lora) => [...l.modules.values()][0]!;
     expect(r(lcm).down.shape[0]).not.toBe(r(style).down.shape[0]);
@@ -62,8 +63,8 @@ describe.each(['sd15', 'sdxl'] as const)('LCM-LoRA + style LoRA fixtures (%s)', 
     const peft = path.join(tmp, 'merged.peft.safetensors');
     await saveLora(lora, kohya, { format: 'kohya', dtype: 'F32' });
     await saveLora(lora, peft, { format: 'peft', dtype: 'F32' });
-    const a = await loadLora(kohya),
-      b = await loadLora(peft);
+    const a = requirePlain(await loadLora(kohya)),
+      b = requirePlain(await loadLora(peft));
     expect(a.format).toBe('kohya');
     expect(b.format).toBe('peft');
     expect(a.modules.size).toBe(new Set([...lcm.modules.keys(), ...style.modules.keys()]).size);
@@ -90,9 +91,9 @@ describe.each(['sd15', 'sdxl'] as const)('LCM-LoRA + style LoRA fixtures (%s)', 
     expect(r.out).toMatch(/merged 2 LoRA\(s\)/);
     expect(r.out).toMatch(/\(exact sum\)/);
     expect(r.err).toMatch(/merge: \d+\/\d+ modules\n/);
-    const written = await loadLora(out);
-    const lcm = await loadLora(path.join(FIXTURES, arch, 'lcm-lora.kohya.safetensors'));
-    const style = await loadLora(path.join(FIXTURES, arch, 'style-lora.kohya-sgm.safetensors'));
+    const written = requirePlain(await loadLora(out));
+    const lcm = requirePlain(await loadLora(path.join(FIXTURES, arch, 'lcm-lora.kohya.safetensors')));
+    const style = requirePlain(await loadLora(path.join(FIXTURES, arch, 'style-lora.kohya-sgm.safetensors')));
     expect(maxRelDiff(written, mergeLoras([lcm, style], [1, 0.8]).lora)).toBeLessThan(1e-6);
     expect(written.metadata[VERSION_METADATA_KEY]).toBe(VERSION);
     const info = JSON.parse(written.metadata[MERGE_METADATA_KEY]!);
@@ -146,7 +147,7 @@ describe('lora-mix merge options', () => {
     expect(j.report.exact).toBe(false);
     expect(j.report.minNormKept).toBeGreaterThan(0);
     expect(j.report.minNormKept).toBeLessThan(1);
-    const l = await loadLora(out);
+    const l = requirePlain(await loadLora(out));
     for (const m of l.modules.values()) expect(m.down.shape[0]).toBeLessThanOrEqual(4);
     const reduced = j.report.modules.filter((m: { rankBefore: number }) => m.rankBefore > 4);
     expect(reduced.length).toBeGreaterThan(0);
@@ -188,7 +189,7 @@ describe('lora-mix merge options', () => {
     const j = JSON.parse(r.out);
     for (const m of j.report.modules) if (!m.dropped) expect(m.normKept).toBeGreaterThanOrEqual(0.9 - 1e-9);
     const layout = getLayout('sdxl', 'tiny');
-    const written = await loadLora(out);
+    const written = requirePlain(await loadLora(out));
     // BASE = 0 for the only input with text-encoder modules: they are all dropped.
     for (const p of written.modules.keys()) expect(layout.byPath.get(p)!.block).not.toBe('BASE');
     expect(j.inputs[1]).toMatchObject({ weight: -0.5, blocks: 'BASE=0,IN04=0' });

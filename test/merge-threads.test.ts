@@ -8,6 +8,7 @@ import { RankReducer, type FactorTerm } from '../src/lora/reduce.js';
 import { mergeLorasParallel } from '../src/node/merge-threads.js';
 import type { Lora } from '../src/lora/types.js';
 import { prng, randomArray } from './lora-helpers.js';
+import { requirePlain } from '../src/lora/terms/index.js';
 
 const FIXTURES = path.resolve(__dirname, '..', 'fixtures');
 
@@ -35,8 +36,8 @@ function sameModules(a: Lora, b: Lora): void {
 
 describe('mergeLorasParallel', () => {
   it('gives byte-identical factors and the same report as mergeLoras, on worker threads', async () => {
-    const lcm = await loadLora(path.join(FIXTURES, 'sdxl/lcm-lora.kohya.safetensors'));
-    const style = await loadLora(path.join(FIXTURES, 'sdxl/style-lora.peft.safetensors'));
+    const lcm = requirePlain(await loadLora(path.join(FIXTURES, 'sdxl/lcm-lora.kohya.safetensors')));
+    const style = requirePlain(await loadLora(path.join(FIXTURES, 'sdxl/style-lora.peft.safetensors')));
     for (const options of [{ rank: 5 }, { minEnergy: 0.97 }]) {
       const seq = mergeLoras([lcm, style], [1, -0.8], options);
       const progress: number[] = [];
@@ -54,7 +55,7 @@ describe('mergeLorasParallel', () => {
   });
 
   it('falls back to the calling thread for exact merges and threads = 1, and rejects bad input like mergeLoras', async () => {
-    const style = await loadLora(path.join(FIXTURES, 'sd15/style-lora.peft.safetensors'));
+    const style = requirePlain(await loadLora(path.join(FIXTURES, 'sd15/style-lora.peft.safetensors')));
     sameModules((await mergeLorasParallel([style], [2])).lora, mergeLoras([style], [2]).lora);
     sameModules(
       (await mergeLorasParallel([style], [2], { rank: 2, threads: 1 })).lora,
@@ -66,7 +67,7 @@ describe('mergeLorasParallel', () => {
   });
 
   it('reports a failure inside a worker with its code and module, and leaves no worker running', async () => {
-    const style = await loadLora(path.join(FIXTURES, 'sd15/style-lora.peft.safetensors'));
+    const style = requirePlain(await loadLora(path.join(FIXTURES, 'sd15/style-lora.peft.safetensors')));
     const bad = [...style.modules.keys()].at(-1)!;
     const m = style.modules.get(bad)!;
     const copy = Float32Array.from(m.down.data);

@@ -15,6 +15,7 @@ import { fuseLoras } from '../src/node.js';
 import { mergeLoras, scaleLora } from '../src/lora/index.js';
 import { openSafetensors } from '../src/node/files.js';
 import { makeFile } from './formats-helpers.js';
+import { requirePlain } from '../src/lora/terms/index.js';
 
 const FIXTURES = path.resolve(__dirname, '..', 'fixtures');
 const STYLE = path.join(FIXTURES, 'sd15/style-lora.kohya.safetensors');
@@ -154,7 +155,7 @@ describe('weights beyond f32, overflow and clamping', () => {
       expect(r.code, w).toBe(4);
       expect(r.err).toMatch(/LORA_DTYPE_OVERFLOW/);
     }
-    const style = await loadLora(STYLE);
+    const style = requirePlain(await loadLora(STYLE));
     const { lora } = mergeLoras([style], [1e300]);
     expect(await codeOf(saveLora(lora, path.join(tmp, 'out-api.safetensors'), { format: 'kohya' }))).toBe(
       'LORA_DTYPE_OVERFLOW',
@@ -170,7 +171,7 @@ describe('weights beyond f32, overflow and clamping', () => {
     }
     expect(await leftovers()).toEqual([]);
     // Real overflow of F16 (deltas ~1e5): clamped values are ±65504, never NaN/Inf.
-    const huge = scaleLora(await loadLora(LCM), 1e10);
+    const huge = scaleLora(requirePlain(await loadLora(LCM)), 1e10);
     const out = path.join(tmp, 'clamped.safetensors');
     const rep = await fuseLoras(BASE, [huge], [1], { out, onOverflow: 'clamp', dtype: 'F16' });
     expect(rep.overflow.total).toBeGreaterThan(0);
@@ -205,7 +206,7 @@ describe('results that change nothing are errors, not files', () => {
   });
 
   it('saving a LoRA whose modules are all zero is LORA_EMPTY', async () => {
-    const zero = scaleLora(await loadLora(STYLE), 0);
+    const zero = scaleLora(requirePlain(await loadLora(STYLE)), 0);
     expect(await codeOf(saveLora(zero, path.join(tmp, 'out-z.safetensors'), { format: 'kohya' }))).toBe('LORA_EMPTY');
     expect(await leftovers()).toEqual([]);
   });

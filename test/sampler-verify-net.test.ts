@@ -36,6 +36,7 @@ import {
   type VerifyNet,
 } from '../src/verify/index.js';
 import type { SafetensorsFile } from '../src/safetensors/read.js';
+import { requirePlain } from '../src/lora/terms/index.js';
 
 const FIXTURES = path.resolve(__dirname, '..', 'fixtures');
 const fx = (...p: string[]): string => path.join(FIXTURES, ...p);
@@ -107,8 +108,8 @@ describe('verifyNetSpec', () => {
           : ['text_encoder.text_model.encoder.layers.11', 'text_encoder_2.text_model.encoder.layers.31'],
       );
       expect(spec.modules).toHaveLength(1 + 20 + 6 * spec.textLayers.length);
-      const lcm = await loadLora(fx(arch, 'lcm-lora.kohya.safetensors'));
-      const style = await loadLora(fx(arch, STYLE[arch]));
+      const lcm = requirePlain(await loadLora(fx(arch, 'lcm-lora.kohya.safetensors')));
+      const style = requirePlain(await loadLora(fx(arch, STYLE[arch])));
       for (const m of spec.modules) {
         if (m.component === 'unet') expect(lcm.modules.has(m.path), m.path).toBe(true);
         if (m.component === 'unet' && m.path !== spec.timeProjection)
@@ -178,12 +179,12 @@ describe('loadVerifyNet', () => {
 
 describe('runtime LoRA network against dense weights built in memory', () => {
   let base: VerifyNet;
-  let lcm: LoadedLora;
-  let style: LoadedLora;
+  let lcm: Omit<LoadedLora, 'modules'> & Lora;
+  let style: Omit<LoadedLora, 'modules'> & Lora;
   beforeAll(async () => {
     base = await loadNet(fx('sd15', 'base.safetensors'));
-    lcm = await loadLora(fx('sd15', 'lcm-lora.kohya.safetensors'));
-    style = await loadLora(fx('sd15', STYLE.sd15));
+    lcm = requirePlain(await loadLora(fx('sd15', 'lcm-lora.kohya.safetensors')));
+    style = requirePlain(await loadLora(fx('sd15', STYLE.sd15)));
   });
 
   it('the denoiser is deterministic, finite, and its ε gives back x̂₀ for every prediction type', () => {
@@ -262,8 +263,8 @@ describe('runtime LoRA network against dense weights built in memory', () => {
 describe.each(['sd15', 'sdxl'] as const)('fused fixtures sample like base + runtime LoRAs (%s)', (arch) => {
   let tmp = '';
   let base: VerifyNet;
-  let lcm: LoadedLora;
-  let style: LoadedLora;
+  let lcm: Omit<LoadedLora, 'modules'> & Lora;
+  let style: Omit<LoadedLora, 'modules'> & Lora;
   let runtime: VerifyNet;
   let fusedF32: VerifyNet;
   let fusedF16: VerifyNet;
@@ -282,8 +283,8 @@ describe.each(['sd15', 'sdxl'] as const)('fused fixtures sample like base + runt
   beforeAll(async () => {
     tmp = await mkdtemp(path.join(tmpdir(), `lora-mix-verify-net-${arch}-`));
     base = await loadNet(fx(arch, 'base.safetensors'));
-    lcm = await loadLora(lcmPath);
-    style = await loadLora(stylePath);
+    lcm = requirePlain(await loadLora(lcmPath));
+    style = requirePlain(await loadLora(stylePath));
     runtime = withRuntimeLoras(base, [lcm, style], [1, 0.8]);
     fusedF32 = await fuse('f32.safetensors', [1, 0.8], 'F32');
     fusedF16 = await fuse('f16.safetensors', [1, 0.8]);

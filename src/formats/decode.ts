@@ -11,7 +11,7 @@ import { ArchError, FormatError, LoraError } from '../core/errors.js';
 import { assertFiniteTensor } from '../core/finite.js';
 import { ARCH_LABEL } from '../layout/index.js';
 import type { Arch, Layout, LayoutSize, ModuleEntry } from '../layout/types.js';
-import type { F32Array, Lora, LoraModule, StoredTensor } from '../lora/types.js';
+import type { F32Array, Lora, LoraModule, StoredTensor, Term, TermKind } from '../lora/types.js';
 import type { DType } from '../core/tensor.js';
 import {
   checkpointEvidence,
@@ -19,9 +19,11 @@ import {
   isEmbeddingKey,
   moduleId,
   parseLoraKey,
+  type FactorRole,
   type KeyFamily,
   type ParsedKey,
 } from './keys.js';
+import { classifyModule, readAdapterTerm, type AdapterModulePlan, type ModuleTensors } from './adapters.js';
 import { kohyaAlpha, kohyaSpellingOf, type KohyaPaths } from './kohya.js';
 import { PEFT_METADATA_KEY, parsePeftMetadata, peftAlpha, peftConfigFor, peftRank, type PeftConfigs } from './peft.js';
 import { rankCandidates, type CandidateResult, type RawModule, type ShapeProblem } from './resolve.js';
@@ -86,6 +88,10 @@ export interface PlannedModule {
   readonly entry: ModuleEntry;
   /** The name as spelled in the file. */
   readonly name: string;
+  /** The term kind ('lowRank' for LoRA / LoCon) and its name in reports ('LoRA', 'LoHa (Tucker)', 'DoRA (LoRA)' …). */
+  readonly kind: TermKind;
+  readonly label: string;
+  /** lowRank factor keys ('' for the kinds without a down / up pair). */
   readonly downKey: string;
   readonly upKey: string;
   readonly alphaKey?: string;
@@ -94,7 +100,12 @@ export interface PlannedModule {
   readonly downShape: readonly number[];
   readonly upShape: readonly number[];
   readonly rank: number;
+  /** alpha as a LoRA reads it (missing or 0 → rank). */
   readonly alpha: number;
+  /** The alpha tensor's value, when there is one (the LyCORIS kinds' scale uses it as stored). */
+  readonly storedAlpha?: number;
+  /** Set for every module that is not a plain two-factor LoRA: its kind, tensors and shapes. */
+  readonly adapter?: AdapterModulePlan;
 }
 
 /** Everything known about a LoRA file without reading its factor values. */
@@ -119,7 +130,7 @@ export interface LoraPlan {
 }
 
 /** A decoded LoRA with where it came from. */
-export interface LoadedLora extends Lora {
+export interface LoadedLora extends Lora<Term> {
   readonly format: LoraFormat;
   readonly kohyaPaths?: KohyaPaths | 'mixed';
   /** The most common storage dtype of the factors in the file. */
@@ -138,13 +149,24 @@ export function listSome(items: readonly string[], max = LIST_MAX): string {
   return items.length > max ? `${head} … (+${items.length - max} more)` : head;
 }
 
-interface Group {
-  readonly id: string;
-  readonly family: KeyFamily;
-  down?: ParsedKey;
-  up?: ParsedKey;
-  alpha?: ParsedKey;
-  bias?: ParsedKey;
+type Group = { readonly id: string; readonly family: KeyFamily } & Partial<Record<FactorRole, ParsedKey>>;
+
+const PLAIN_ROLES: readonly string[] = ['id', 'family', 'down', 'up', 'alpha', 'bias'];
+
+/** A group with tensors of another kind than the plain LoRA's (LyCORIS suffixes, a DoRA magnitude). */
+function isAdapterGroup(g: Group): boolean {
+  return Object.keys(g).some((k) => !PLAIN_ROLES.includes(k));
+}
+
+/** The tensors of a group with their shapes (for the adapter kinds). */
+function groupTensors(g: Group, infos: ReadonlyMap<string, TensorMeta>): ModuleTensors {
+  const t: Record<string, { key: string; shape: readonly number[] }> = {};
+  for (const [role, p] of Object.entries(g)) {
+    if (role === 'id' || role === 'family' || typeof p !== 'object' || p === null) continue;
+    const key = (p as ParsedKey).key;
+    t[role] = { key, shape: infos.get(key)?.shape ?? [] };
+  }
+  return t as ModuleTensors;
 }
 
 /** A group with both factors (after `groupModules`). */
@@ -191,11 +213,19 @@ export async function planLora(file: LoraFileLike, options: DecodeOptions = {}):
   const format = decideFormat(fileName, parsed);
   acceptUnknownKeys(fileName, format, unknown, options, unmatched);
   const groups = groupModules(fileName, parsed);
-  const raw = moduleShapes(fileName, groups, infos);
+  const adapters = new Map<string, AdapterModulePlan>();
+  for (const g of groups.values())
+    if (isAdapterGroup(g)) adapters.set(g.id, classifyModule(fileName, g.id, groupTensors(g, infos)));
+  const raw = moduleShapes(fileName, groups, infos, adapters);
   const chosen = chooseCandidate(fileName, raw, options, unmatched);
   refuseDuplicates(fileName, chosen);
   const peft = format === 'peft' || format === 'diffusers-old' ? peftConfigs(file) : undefined;
-  const { modules, notes, kohyaPaths } = await planModules(file, format, chosen, groups, infos, peft);
+  const { modules, notes, kohyaPaths } = await planModules(file, format, chosen, groups, infos, peft, adapters);
+  if (peft && [peft.shared, ...Object.values(peft.byComponent)].some((c) => c?.useDora) && adapters.size === 0) {
+    notes.push(
+      `the PEFT config in metadata '${PEFT_METADATA_KEY}' says use_dora: true but the file has no lora_magnitude_vector: read as a plain LoRA`,
+    );
+  }
   if (embeddings.length > 0) {
     notes.push(
       `${embeddings.length} embedding tensor(s) (${listSome(embeddings, 3)}) are not LoRA modules: kept by merge and convert, skipped by fuse`,
@@ -228,7 +258,7 @@ function refuseEmpty(fileName: string, keys: readonly string[]): void {
   }
 }
 
-/** Adapter types that are not LoRA (LoHa, LoKr, DoRA, full diffs …): refused, naming their keys. */
+/** Adapter types lora-mix does not read (OFT/BOFT, (IA)³, norm and replacement weights): refused, naming their keys. */
 function refuseUnsupportedAdapter(fileName: string, keys: readonly string[]): void {
   const adapter = findUnsupportedAdapter(keys);
   if (!adapter) return;
@@ -236,7 +266,7 @@ function refuseUnsupportedAdapter(fileName: string, keys: readonly string[]): vo
   throw new FormatError(
     'FORMAT_UNSUPPORTED_ADAPTER',
     `${fileName}: this is a ${adapter.signature.type} file, not a LoRA (${adapter.count} key(s): ${listSome(all, 5)}); ` +
-      `lora-mix only handles LoRA / LoCon factors (up·down): ${adapter.signature.why}`,
+      `lora-mix reads LoRA, LoCon, LoHa, LoKr, full diffs, GLoRA and DoRA: ${adapter.signature.why}`,
     {
       file: fileName,
       adapter: adapter.signature.type,
@@ -261,7 +291,7 @@ function parseKeys(
     else if (isEmbeddingKey(k)) embeddings.push(k);
     else unknown.push(k);
   }
-  if (!parsed.some((p) => p.role === 'down' || p.role === 'up')) {
+  if (!parsed.some((p) => p.role !== 'alpha' && p.role !== 'bias')) {
     const evidence = checkpointEvidence(keys);
     throw new FormatError(
       'FORMAT_NOT_A_LORA',
@@ -349,7 +379,8 @@ function groupModules(fileName: string, parsed: readonly ParsedKey[]): Map<strin
     }
     g[p.role] = p;
   }
-  const incomplete = [...groups.values()].filter((g) => !g.down || !g.up);
+  // Modules of the other kinds (LyCORIS suffixes, DoRA) are checked by classifyModule (src/formats/adapters.ts).
+  const incomplete = [...groups.values()].filter((g) => !isAdapterGroup(g) && (!g.down || !g.up));
   if (incomplete.length > 0) {
     const what = (g: Group): string =>
       !g.down && !g.up
@@ -371,9 +402,21 @@ function moduleShapes(
   fileName: string,
   groups: ReadonlyMap<string, CompleteGroup>,
   infos: ReadonlyMap<string, TensorMeta>,
+  adapters: ReadonlyMap<string, AdapterModulePlan>,
 ): RawModule[] {
   const raw: RawModule[] = [];
   for (const g of groups.values()) {
+    const adapter = adapters.get(g.id);
+    if (adapter) {
+      raw.push({
+        id: g.id,
+        family: g.family,
+        downShape: adapter.downShape,
+        upShape: adapter.upShape,
+        ...(adapter.fanIn !== undefined ? { fanIn: adapter.fanIn } : {}),
+      });
+      continue;
+    }
     const down = infoOf(infos, g.down.key);
     const up = infoOf(infos, g.up.key);
     const dOk = down.shape.length === 2 || down.shape.length === 4;
@@ -423,19 +466,9 @@ function refuseDuplicates(fileName: string, chosen: CandidateResult): void {
   }
 }
 
-/** The PEFT configs in the metadata; a DoRA config is refused. */
+/** The PEFT configs in the metadata (DoRA's magnitudes are tensors: `lora_magnitude_vector`). */
 function peftConfigs(file: LoraFileLike): PeftConfigs | undefined {
-  const peft = parsePeftMetadata(file.metadata, file.name);
-  for (const c of Object.values(peft?.byComponent ?? {}).concat(peft?.shared ? [peft.shared] : [])) {
-    if (c.useDora) {
-      throw new FormatError(
-        'FORMAT_UNSUPPORTED_ADAPTER',
-        `${file.name}: the PEFT config in metadata '${PEFT_METADATA_KEY}' has use_dora: true — this is a DoRA adapter, not a plain LoRA; DoRA re-normalises the fused weight and is not additive`,
-        { file: file.name, adapter: 'DoRA', key: PEFT_METADATA_KEY },
-      );
-    }
-  }
-  return peft;
+  return parsePeftMetadata(file.metadata, file.name);
 }
 
 /** A stored alpha: one finite value. */
@@ -479,6 +512,7 @@ async function planModules(
   groups: ReadonlyMap<string, CompleteGroup>,
   infos: ReadonlyMap<string, TensorMeta>,
   peft: PeftConfigs | undefined,
+  adapters: ReadonlyMap<string, AdapterModulePlan>,
 ): Promise<{ modules: PlannedModule[]; notes: string[]; kohyaPaths?: KohyaPaths | 'mixed' }> {
   const order = new Map(chosen.layout.modules.map((e, i) => [e.path, i]));
   const matched = [...chosen.matched].sort((a, b) => (order.get(a.entry.path) ?? 0) - (order.get(b.entry.path) ?? 0));
@@ -509,20 +543,26 @@ async function planModules(
     if (format === 'kohya') {
       const s = kohyaSpellingOf(entry, module.id);
       if (s) spellings.add(s);
-    } else if (g.down.family === 'path' && g.down.componentAssumed) {
-      tally.assumedComponent++;
+    } else {
+      const first = g.down ?? g.magnitude;
+      if (first?.family === 'path' && first.componentAssumed) tally.assumedComponent++;
     }
+    const adapter = adapters.get(module.id);
     modules.push({
       entry,
       name: module.id,
-      downKey: g.down.key,
-      upKey: g.up.key,
+      kind: adapter?.kind ?? 'lowRank',
+      label: adapter?.label ?? 'LoRA',
+      downKey: g.down?.key ?? '',
+      upKey: g.up?.key ?? '',
       ...(g.alpha ? { alphaKey: g.alpha.key } : {}),
       ...(g.bias ? { biasKey: g.bias.key } : {}),
       downShape: module.downShape,
       upShape: module.upShape,
       rank,
       alpha,
+      ...(stored !== undefined ? { storedAlpha: stored } : {}),
+      ...(adapter ? { adapter } : {}),
     });
   }
   const kohyaPaths =
@@ -564,7 +604,8 @@ function planNotes(format: LoraFormat, t: AlphaTally, modules: readonly PlannedM
 function mostCommonDtype(modules: readonly PlannedModule[], infos: ReadonlyMap<string, TensorMeta>): DType {
   const counts = new Map<DType, number>();
   for (const m of modules) {
-    for (const k of [m.downKey, m.upKey]) {
+    for (const k of m.adapter ? Object.values(m.adapter.tensors).map((x) => x?.key ?? '') : [m.downKey, m.upKey]) {
+      if (k === '') continue;
       const d = infoOf(infos, k).dtype;
       counts.set(d, (counts.get(d) ?? 0) + 1);
     }
@@ -713,12 +754,35 @@ function toNd(data: Float32Array, shape: readonly number[], file: string, key: s
 /** Modules whose factors are read at the same time: overlaps file reads with decoding, bounds memory. */
 const READ_AHEAD = 4;
 
+/** The term of one planned module of any kind, read from the file. */
+export async function readPlannedTerm(file: LoraFileLike, m: PlannedModule): Promise<Term> {
+  if (!m.adapter) {
+    const [d, u, b] = await Promise.all([
+      file.readF32(m.downKey),
+      file.readF32(m.upKey),
+      m.biasKey !== undefined ? file.readF32(m.biasKey) : undefined,
+    ]);
+    const module: LoraModule = {
+      down: toNd(d, m.downShape, file.name, m.downKey),
+      up: toNd(u, m.upShape, file.name, m.upKey),
+      alpha: m.alpha,
+      ...(b !== undefined && m.biasKey !== undefined
+        ? { bias: toNd(b, [m.upShape[0] ?? 0], file.name, m.biasKey) }
+        : {}),
+    };
+    return module;
+  }
+  const read = async (key: string): Promise<Float32Array> => owned(await file.readF32(key));
+  return readAdapterTerm(m.adapter, m.entry.shape, { lora: m.alpha, stored: m.storedAlpha }, read);
+}
+
 /** Read the factors of a plan: the LoRA in canonical form. */
 export async function readPlannedLora(file: LoraFileLike, plan: LoraPlan): Promise<LoadedLora> {
   for (const m of plan.modules) {
     if (!Number.isFinite(m.alpha)) assertFiniteTensor(file.name, m.alphaKey ?? m.name, [m.alpha], 'alpha');
   }
-  const readModule = async (m: PlannedModule): Promise<LoraModule> => {
+  const readModule = async (m: PlannedModule): Promise<Term> => {
+    if (m.adapter) return readPlannedTerm(file, m);
     const [d, u, b] = await Promise.all([
       file.readF32(m.downKey),
       file.readF32(m.upKey),
@@ -736,8 +800,8 @@ export async function readPlannedLora(file: LoraFileLike, plan: LoraPlan): Promi
         : {}),
     };
   };
-  const modules = new Map<string, LoraModule>();
-  const pending: Promise<LoraModule>[] = [];
+  const modules = new Map<string, Term>();
+  const pending: Promise<Term>[] = [];
   let next = 0;
   for (const m of plan.modules) {
     while (pending.length - next < READ_AHEAD && pending.length < plan.modules.length) {
@@ -747,7 +811,7 @@ export async function readPlannedLora(file: LoraFileLike, plan: LoraPlan): Promi
     }
     modules.set(m.entry.path, await pending[next]!);
     // Drop the reference so finished modules are not kept alive twice.
-    (pending as (Promise<LoraModule> | undefined)[])[next++] = undefined;
+    (pending as (Promise<Term> | undefined)[])[next++] = undefined;
   }
   const embeddings = await readEmbeddings(file, plan);
   return {

@@ -5,7 +5,8 @@
  */
 import { ARCH_LABEL, getLayout } from '../layout/index.js';
 import type { Arch, Component, LayoutSize, ModuleEntry, ModuleGroup } from '../layout/types.js';
-import type { Lora } from '../lora/types.js';
+import type { Lora, Term } from '../lora/types.js';
+import { termLabel, termRankBound } from '../lora/terms/index.js';
 import type { DType } from '../core/tensor.js';
 import type { LoadedLora, LoraFormat, LoraPlan } from './decode.js';
 import type { KohyaPaths } from './kohya.js';
@@ -26,6 +27,8 @@ export interface LoraSummary {
   readonly modules: number;
   readonly byGroup: Readonly<Partial<Record<ModuleGroup, number>>>;
   readonly byComponent: Readonly<Partial<Record<Component, number>>>;
+  /** Modules per adapter kind ('LoRA', 'LoCon (Tucker)', 'LoHa', 'LoKr', 'full diff', 'GLoRA', 'DoRA (LoRA)' …). */
+  readonly byKind: Readonly<Record<string, number>>;
   /** Rank histogram, most common first. */
   readonly ranks: readonly Count<number>[];
   /** Alpha histogram, most common first. */
@@ -54,29 +57,50 @@ const numel = (s: readonly number[]): number => s.reduce((a, b) => a * b, 1);
 
 interface Row {
   entry: ModuleEntry;
+  kind: string;
   rank: number;
   alpha: number;
   params: number;
 }
 
-function rowsOf(x: LoadedLora | LoraPlan | Lora): Row[] {
+function rowsOf(x: LoadedLora | LoraPlan | Lora<Term>): Row[] {
   if ('layout' in x && Array.isArray((x as LoraPlan).modules)) {
     return (x as LoraPlan).modules.map((m) => ({
       entry: m.entry,
+      kind: m.label ?? 'LoRA',
       rank: m.rank,
       alpha: m.alpha,
-      params: numel(m.downShape) + numel(m.upShape),
+      params: m.adapter
+        ? Object.entries(m.adapter.tensors).reduce((n, [role, t]) => n + (role === 'alpha' ? 0 : numel(t!.shape)), 0)
+        : numel(m.downShape) + numel(m.upShape),
     }));
   }
-  const lora = x as Lora;
+  const lora = x as Lora<Term>;
   const layout = getLayout(lora.arch, lora.size);
   const rows: Row[] = [];
   for (const [path, m] of lora.modules) {
     const entry = layout.byPath.get(path);
     if (!entry) continue;
-    rows.push({ entry, rank: m.down.shape[0]!, alpha: m.alpha, params: numel(m.down.shape) + numel(m.up.shape) });
+    if (m.kind === undefined || m.kind === 'lowRank') {
+      const r = m.down.shape[0] ?? 0;
+      rows.push({ entry, kind: 'LoRA', rank: r, alpha: m.alpha, params: numel(m.down.shape) + numel(m.up.shape) });
+    } else {
+      const r = termRankBound(m, path);
+      rows.push({ entry, kind: termLabel(m), rank: r, alpha: r, params: parametersOf(m) });
+    }
   }
   return rows;
+}
+
+/** Values stored by a term (every ndarray and typed array in it). */
+function parametersOf(t: object): number {
+  let n = 0;
+  for (const v of Object.values(t)) {
+    if (v instanceof Float32Array) n += v.length;
+    else if (v && typeof v === 'object' && 'shape' in v && 'data' in v) n += numel((v as { shape: number[] }).shape);
+    else if (v && typeof v === 'object' && !Array.isArray(v)) n += parametersOf(v as object);
+  }
+  return n;
 }
 
 function shortMetadata(metadata: Readonly<Record<string, string>>): Record<string, string> {
@@ -90,11 +114,13 @@ function shortMetadata(metadata: Readonly<Record<string, string>>): Record<strin
 }
 
 /** Summarise a LoRA (decoded, planned, or canonical). */
-export function describeLora(x: LoadedLora | LoraPlan | Lora): LoraSummary {
+export function describeLora(x: LoadedLora | LoraPlan | Lora<Term>): LoraSummary {
   const rows = rowsOf(x);
   const byGroup: Partial<Record<ModuleGroup, number>> = {};
   const byComponent: Partial<Record<Component, number>> = {};
+  const byKind: Record<string, number> = {};
   for (const r of rows) {
+    byKind[r.kind] = (byKind[r.kind] ?? 0) + 1;
     byGroup[r.entry.group] = (byGroup[r.entry.group] ?? 0) + 1;
     byComponent[r.entry.component] = (byComponent[r.entry.component] ?? 0) + 1;
   }
@@ -113,6 +139,7 @@ export function describeLora(x: LoadedLora | LoraPlan | Lora): LoraSummary {
     modules: rows.length,
     byGroup,
     byComponent,
+    byKind,
     ranks: histogram(rows.map((r) => r.rank)),
     alphas: histogram(rows.map((r) => r.alpha)),
     scales: histogram(rows.map((r) => r.alpha / r.rank)),
@@ -134,7 +161,9 @@ const hist = (h: readonly Count<number>[]): string =>
 export function formatLoraSummary(s: LoraSummary): string {
   const lines: string[] = [];
   const spelling = s.format === 'kohya' && s.kohyaPaths ? ` (UNet names: ${s.kohyaPaths} paths)` : '';
-  lines.push(`kind:        LoRA`);
+  const kinds = Object.entries(s.byKind ?? {});
+  const plain = kinds.length === 1 && kinds[0]?.[0] === 'LoRA';
+  lines.push(`kind:        ${plain ? 'LoRA' : kinds.map(([k, n]) => `${k} ×${n}`).join(', ') || 'LoRA'}`);
   if (s.format) lines.push(`format:      ${s.format}${spelling}`);
   lines.push(`arch:        ${ARCH_LABEL[s.arch]}${s.size === 'tiny' ? ' (tiny test layout)' : ''}`);
   if (s.dtype) lines.push(`dtype:       ${s.dtype}`);
@@ -148,7 +177,7 @@ export function formatLoraSummary(s: LoraSummary): string {
       .map(([c, n]) => `${c} ${n}`)
       .join(', ')}`,
   );
-  lines.push(`ranks:       ${hist(s.ranks)}`);
+  lines.push(`${plain ? 'ranks:      ' : 'ranks/dims: '} ${hist(s.ranks)}`);
   lines.push(`alphas:      ${hist(s.alphas)}`);
   lines.push(`scale α/r:   ${hist(s.scales)}`);
   lines.push(`parameters:  ${s.parameters.toLocaleString('en-US')}`);

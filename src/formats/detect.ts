@@ -36,7 +36,7 @@ export async function detectFileKind(file: LoraFileLike, options: DecodeOptions 
   if (
     keys.some((k) => {
       const p = parseLoraKey(k);
-      return p !== undefined && (p.role === 'down' || p.role === 'up');
+      return p !== undefined && p.role !== 'alpha' && p.role !== 'bias';
     })
   ) {
     return { kind: 'lora', plan: await planLora(file, options) };

@@ -16,7 +16,8 @@
 import { ArgumentError, FormatError, LoraError, OptionError } from '../core/errors.js';
 import { getLayout, moduleAliases } from '../layout/index.js';
 import type { ModuleEntry } from '../layout/types.js';
-import type { F32Array, Lora, StoredTensor } from '../lora/types.js';
+import type { F32Array, Lora, StoredTensor, Term } from '../lora/types.js';
+import { lowRankLora } from '../lora/terms/index.js';
 import { contiguousValues } from '../lora/delta.js';
 import {
   countOverflow,
@@ -363,9 +364,11 @@ function biasValues(entry: ModuleEntry, bias: F32Array): () => Float32Array {
  * Encode a LoRA as kohya or PEFT tensors (+ metadata). Data is produced lazily, one tensor at a time, when the
  * writer asks for it.
  */
-export function encodeLora(lora: Lora, rawOptions: EncodeOptions): EncodedLora {
+export function encodeLora(input: Lora<Term>, rawOptions: EncodeOptions): EncodedLora {
   const options = checkEncodeOptions(rawOptions, 'encode');
-  assertLora(lora, 'encode');
+  assertLora(input, 'encode');
+  // Any kind is written as its exact plain-LoRA factors (DoRA / GLoRA need them resolved against a base first).
+  const lora = lowRankLora(input);
   const sources = moduleSources(lora);
   assertWritableLora(lora, 'encode');
   const dtype = options.dtype ?? defaultOutputDType(lora);

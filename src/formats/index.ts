@@ -5,7 +5,7 @@
  */
 import { requireHost } from '../core/host.js';
 import type { ByteSink, ByteSource } from '../core/bytes.js';
-import type { Lora } from '../lora/types.js';
+import type { Lora, Term } from '../lora/types.js';
 import { parseSafetensors, type SafetensorsFile } from '../safetensors/read.js';
 import { serializeSafetensors, writeSafetensors, type TensorData, type WriteResult } from '../safetensors/write.js';
 import { decodeLora, planLora, type DecodeOptions, type LoadedLora, type LoraPlan } from './decode.js';
@@ -119,7 +119,7 @@ export interface SaveOptions extends EncodeOptions {
  * or to a ByteSink. Returns what the writer wrote and the encoder's statistics (fp16 underflow count).
  */
 export async function saveLora(
-  lora: Lora,
+  lora: Lora<Term>,
   target: string | ByteSink,
   options: SaveOptions,
 ): Promise<WriteResult & { stats: EncodeStats }> {
@@ -136,7 +136,7 @@ export async function saveLora(
 }
 
 /** The whole encoded file in memory (browsers, small LoRAs). */
-export function serializeLora(lora: Lora, options: EncodeOptions): Uint8Array {
+export function serializeLora(lora: Lora<Term>, options: EncodeOptions): Uint8Array {
   const encoded = encodeLora(lora, options);
   const tensors = encoded.tensors.map((t) => ({
     ...t,

@@ -17,7 +17,85 @@
 import type { Component } from '../layout/types.js';
 
 /** What a key holds for its module: a factor, the alpha, or a PEFT bias delta (`lora_B.bias`, lora_bias=True). */
-export type FactorRole = 'down' | 'up' | 'alpha' | 'bias';
+export type FactorRole = 'down' | 'up' | 'alpha' | 'bias' | AdapterRole;
+
+/**
+ * Tensors of the other adapter kinds (LyCORIS spelling, shared/research/adapters.md): the suffix after the module
+ * name, e.g. `lora_unet_….hada_w1_a`. 'mid' is LoCon's Tucker core (`lora_mid.weight`), 'dora_scale' the kohya /
+ * LyCORIS DoRA magnitude, 'magnitude' PEFT's `lora_magnitude_vector`.
+ */
+export type AdapterRole =
+  | 'mid'
+  | 'hada_w1_a'
+  | 'hada_w1_b'
+  | 'hada_w2_a'
+  | 'hada_w2_b'
+  | 'hada_t1'
+  | 'hada_t2'
+  | 'lokr_w1'
+  | 'lokr_w1_a'
+  | 'lokr_w1_b'
+  | 'lokr_w2'
+  | 'lokr_w2_a'
+  | 'lokr_w2_b'
+  | 'lokr_t1'
+  | 'lokr_t2'
+  | 'diff'
+  | 'diff_b'
+  | 'a1'
+  | 'a2'
+  | 'b1'
+  | 'b2'
+  | 'dora_scale'
+  | 'magnitude';
+
+const ADAPTER_SUFFIX: Readonly<Record<string, AdapterRole>> = {
+  'lora_mid.weight': 'mid',
+  hada_w1_a: 'hada_w1_a',
+  hada_w1_b: 'hada_w1_b',
+  hada_w2_a: 'hada_w2_a',
+  hada_w2_b: 'hada_w2_b',
+  hada_t1: 'hada_t1',
+  hada_t2: 'hada_t2',
+  lokr_w1: 'lokr_w1',
+  lokr_w1_a: 'lokr_w1_a',
+  lokr_w1_b: 'lokr_w1_b',
+  lokr_w2: 'lokr_w2',
+  lokr_w2_a: 'lokr_w2_a',
+  lokr_w2_b: 'lokr_w2_b',
+  lokr_t1: 'lokr_t1',
+  lokr_t2: 'lokr_t2',
+  diff: 'diff',
+  diff_b: 'diff_b',
+  'a1.weight': 'a1',
+  'a2.weight': 'a2',
+  'b1.weight': 'b1',
+  'b2.weight': 'b2',
+  dora_scale: 'dora_scale',
+};
+const SUFFIXES = Object.keys(ADAPTER_SUFFIX)
+  .map((k) => k.replace('.', '\\.'))
+  .join('|');
+/** LyCORIS suffixes under a kohya name, a `lycoris_` name, or a ComfyUI stem (diffusion_model.… / text_encoders.…). */
+const ADAPTER_RE = new RegExp(
+  `^(?:(lora_(?:unet|te|te1|te2)_[^.]+)|(lycoris_[^.]+)|((?:diffusion_model|text_encoders\\.[A-Za-z0-9_]+)\\..+?))\\.(${SUFFIXES})$`,
+);
+const PEFT_MAGNITUDE_RE = /^(.+)\.lora_magnitude_vector(?:\.(?!weight$)([A-Za-z0-9_-]+))?(?:\.weight)?$/;
+
+/** A LyCORIS-suffixed key (any kind but plain LoRA factors), or undefined. */
+function parseAdapterKey(key: string): ParsedKey | undefined {
+  const m = ADAPTER_RE.exec(key);
+  if (m) {
+    const role = ADAPTER_SUFFIX[m[4] ?? ''];
+    if (!role) return undefined;
+    if (m[1] !== undefined) return { key, role, family: 'kohya', name: m[1] };
+    if (m[2] !== undefined) return { key, role, family: 'alias', name: m[2], tool: 'lycoris' };
+    if (m[3] !== undefined) return { key, role, family: 'alias', name: m[3], tool: 'comfyui' };
+  }
+  const p = PEFT_MAGNITUDE_RE.exec(key);
+  if (p) return pathKey(key, 'magnitude', p[1]!, 'lora_A/B', p[2]);
+  return undefined;
+}
 
 /**
  * The families of spellings: kohya's flattened names, dotted module paths (PEFT and old diffusers), or another
@@ -147,6 +225,8 @@ function pathKey(
  * (the caller reports them). Does not consult any layout.
  */
 export function parseLoraKey(key: string): ParsedKey | undefined {
+  const adapter = parseAdapterKey(key);
+  if (adapter) return adapter;
   let m = KOHYA_RE.exec(key);
   if (m) {
     const role: FactorRole = m[2] === 'alpha' ? 'alpha' : m[2] === 'lora_down.weight' ? 'down' : 'up';
@@ -192,8 +272,8 @@ export function isEmbeddingKey(key: string): boolean {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Adapter types lora-mix does not treat as LoRA (keys.md §2.4). Their deltas are not (alpha/r)·up·down, so
-// reading them as LoRA would silently produce a wrong model.
+// Adapter types lora-mix refuses (keys.md §2.4, adapters.md §8–9): their updates depend on the base in ways no term
+// kind models, so reading them as anything else would silently produce a wrong model.
 
 export interface AdapterSignature {
   /** Human name used in the error message. */
@@ -207,43 +287,18 @@ const endsWithAny = (key: string, suffixes: readonly string[]): boolean => suffi
 
 export const UNSUPPORTED_ADAPTERS: readonly AdapterSignature[] = [
   {
-    type: 'DoRA',
-    why: 'DoRA re-normalises the fused weight by a magnitude vector; its effect is not an additive low-rank delta',
-    test: (k) => k.endsWith('.dora_scale') || /\.lora_magnitude_vector(\.|$)/.test(k),
-  },
-  {
-    type: 'LoHa (LyCORIS)',
-    why: 'LoHa deltas are Hadamard products of two low-rank products, not up·down',
-    test: (k) => /\.hada_(w1_a|w1_b|w2_a|w2_b|t1|t2)$/.test(k),
-  },
-  {
-    type: 'LoKr (LyCORIS)',
-    why: 'LoKr deltas are Kronecker products, not up·down',
-    test: (k) => /\.lokr_(w1|w1_a|w1_b|w2|w2_a|w2_b|t1|t2)$/.test(k),
-  },
-  {
-    type: 'GLoRA',
-    why: 'GLoRA adds weight- and input-dependent terms, not a plain up·down',
-    test: (k) => endsWithAny(k, ['.a1.weight', '.a2.weight', '.b1.weight', '.b2.weight']),
-  },
-  {
     type: '(IA)³',
     why: '(IA)³ rescales activations; it has no low-rank delta',
     test: (k) => k.endsWith('.on_input') || /\.ia3_l(\.|$)/.test(k),
   },
   {
-    type: 'full-weight difference (LyCORIS full / norm diff)',
-    why: 'the file stores whole weight differences or replacement weights, not low-rank factors',
-    test: (k) => endsWithAny(k, ['.diff', '.diff_b', '.set_weight', '.w_norm', '.b_norm']),
-  },
-  {
-    type: 'LoCon with a CP/Tucker middle factor (lora_mid)',
-    why: 'the delta needs the middle core tensor; lora-mix handles only two-factor LoRA',
-    test: (k) => k.endsWith('.lora_mid.weight'),
+    type: 'norm-layer or replacement weights (LyCORIS w_norm / b_norm / set_weight)',
+    why: 'the file changes GroupNorm/LayerNorm weights or replaces whole tensors, which lora-mix does not map',
+    test: (k) => endsWithAny(k, ['.set_weight', '.w_norm', '.b_norm']),
   },
   {
     type: 'OFT/BOFT',
-    why: 'orthogonal fine-tuning multiplies the weight by a rotation; it is not additive',
+    why: 'orthogonal fine-tuning multiplies the weight by a rotation (oft_blocks); lora-mix reads LoRA, LoCon, LoHa, LoKr, full diffs, GLoRA and DoRA, not OFT/BOFT',
     test: (k) => /\.(oft_blocks|oft_r|boft_R|boft_s)(\.|$)/.test(k) || k.endsWith('.oft_diag'),
   },
 ];

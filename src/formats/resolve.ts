@@ -22,6 +22,11 @@ export interface RawModule {
   readonly family: KeyFamily;
   readonly downShape: readonly number[];
   readonly upShape: readonly number[];
+  /**
+   * Set by kinds whose tensors give only the flattened in·kh·kw (LoHa, LoKr with 2-D factors): the weight then fits
+   * when its out is upShape[0] and its in·kh·kw is fanIn.
+   */
+  readonly fanIn?: number;
 }
 
 export interface ShapeProblem {
@@ -93,6 +98,17 @@ export function checkFactorShapes(
   };
 }
 
+/** Does a weight of this shape have `out` rows of in·kh·kw = fanIn values? */
+export function checkFlatShape(
+  entry: Pick<ModuleEntry, 'shape'>,
+  out: number,
+  fanIn: number,
+): { expected: string; found: string } | undefined {
+  const n = entry.shape.slice(1).reduce((a, b) => a * b, 1);
+  if (entry.shape[0] === out && n === fanIn) return undefined;
+  return { expected: `a [${entry.shape[0]}, ${n}] update (weight ${fmt(entry.shape)})`, found: `[${out}, ${fanIn}]` };
+}
+
 /** How many factor dimensions of the incompatible modules agree with the weight (out and in): for messages. */
 function closeness(c: CandidateResult): number {
   let n = 0;
@@ -115,7 +131,10 @@ export function evaluateCandidate(modules: readonly RawModule[], arch: Arch, siz
       missing.push(module);
       continue;
     }
-    const problem = checkFactorShapes(entry, module.downShape, module.upShape);
+    const problem =
+      module.fanIn !== undefined
+        ? checkFlatShape(entry, module.upShape[0] ?? 0, module.fanIn)
+        : checkFactorShapes(entry, module.downShape, module.upShape);
     if (problem) incompatible.push({ module, entry, ...problem });
     else matched.push({ module, entry });
   }

@@ -5,16 +5,16 @@
  */
 import ndarray from 'ndarray';
 import { assertFiniteTensor } from '../core/finite.js';
-import { ArchError, ArgumentError } from '../core/errors.js';
+import { ArchError, ArgumentError, LoraError } from '../core/errors.js';
 import { isByteSource } from '../core/bytes.js';
 import { ARCH_LABEL } from '../layout/archs.js';
 import type { Arch, LayoutSize } from '../layout/types.js';
-import { planLora, type LoraPlan } from '../formats/decode.js';
+import { planLora, readPlannedTerm, type LoraPlan } from '../formats/decode.js';
 import { openPath } from '../formats/index.js';
 import { contiguousValues, moduleDims } from '../lora/delta.js';
 import { compileWeight, type MergeWeight, type WeightSpec } from '../lora/merge.js';
 import { describeComponents, hasComponents } from '../lora/components.js';
-import { termDims, termKind } from '../lora/terms/index.js';
+import { asLowRank, termDims, termKind } from '../lora/terms/index.js';
 import type { Lora, Term, TermKind } from '../lora/types.js';
 import { parseSafetensors, SafetensorsFile } from '../safetensors/read.js';
 import type { LoraInput } from './types.js';
@@ -106,25 +106,37 @@ function fromPlan(file: SafetensorsFile, plan: LoraPlan, owned: boolean, weight:
   }
   for (const m of plan.modules) {
     const fanIn = m.downShape.slice(1).reduce((a, b) => a * b, 1);
+    const term = (): Promise<Term> => readPlannedTerm(file, m);
+    // A diff_b beside other tensors comes with the term (scaled to fit the coefficient of its kind).
+    const termBiasOf = async (): Promise<Float32Array> => {
+      const t = await term();
+      return t.bias ? contiguousValues(t.bias) : new Float32Array(m.upShape[0] ?? 0);
+    };
     modules.set(m.entry.path, {
       path: m.entry.path,
-      kind: 'lowRank',
-      rank: m.rank,
+      kind: m.kind,
+      rank: m.kind === 'lowRank' ? m.rank : 0,
       alpha: m.alpha,
       out: m.upShape[0]!,
       fanIn,
       name: m.name,
       async factors() {
+        if (m.adapter) {
+          // A Tucker LoCon: the core folded into down (exact), scale alpha / rank as for any LoRA.
+          const t = asLowRank(await term(), m.entry.path);
+          return { up: contiguousValues(t.up), down: contiguousValues(t.down) };
+        }
         const [up, down] = await Promise.all([file.readF32(m.upKey), file.readF32(m.downKey)]);
         assertFiniteTensor(plan.source, m.upKey, up, 'LoRA factor');
         assertFiniteTensor(plan.source, m.downKey, down, 'LoRA factor');
         return { up, down };
       },
-      async term() {
-        const [up, down] = await Promise.all([file.readF32(m.upKey), file.readF32(m.downKey)]);
-        return { down: ndarray(down, [...m.downShape]), up: ndarray(up, [...m.upShape]), alpha: m.alpha };
-      },
-      ...(m.biasKey !== undefined ? { bias: readBias(file, m.biasKey) } : {}),
+      term,
+      ...(m.biasKey !== undefined
+        ? { bias: readBias(file, m.biasKey) }
+        : m.adapter?.tensors.diff_b
+          ? { bias: termBiasOf }
+          : {}),
     });
   }
   const w = compileWeightLabelled(weight, plan.arch, plan.size, name);

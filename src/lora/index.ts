@@ -78,6 +78,7 @@ export {
   asLowRank,
   lowRankLora,
   modulesNeedingBase,
+  requirePlain,
   kindCounts,
   type PlainFactors,
 } from './terms/index.js';

@@ -9,7 +9,7 @@ import { createRequire } from 'node:module';
 import { pathToFileURL } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { LoraError, type LoraErrorCode } from '../core/errors.js';
-import type { LoraModule, Lora } from '../lora/types.js';
+import type { LoraModule, Lora, Term } from '../lora/types.js';
 import {
   assembleMerge,
   exactModule,
@@ -61,7 +61,7 @@ const yieldToEvents = (): Promise<void> => new Promise((resolve) => setImmediate
 
 /** Spread the reductions of a merge over worker threads. Same arguments, result and errors as mergeLoras. */
 export async function mergeLorasParallel(
-  loras: readonly Lora[],
+  loras: readonly Lora<Term>[],
   weights: readonly MergeWeight[],
   options: ParallelMergeOptions = {},
 ): Promise<MergeResult> {

@@ -35,7 +35,8 @@ import { detectCheckpoint, detectDiffusersFolder, type CheckpointDetection } fro
 import type { Arch, Component, LayoutSize, ModuleEntry } from '../layout/types.js';
 import { contiguousValues, moduleDims } from '../lora/delta.js';
 import { compileWeight, type MergeWeight } from '../lora/merge.js';
-import type { Lora } from '../lora/types.js';
+import type { Lora, Term } from '../lora/types.js';
+import { lowRankLora } from '../lora/terms/index.js';
 import type { SafetensorsFile } from '../safetensors/read.js';
 import { FLOAT_FORMAT, halfUlp, isFloatDType } from '../core/dtype.js';
 import type { DType } from '../core/tensor.js';
@@ -431,7 +432,13 @@ function weightFunction(lora: Lora, w: MergeWeight, i: number): (path: string) =
  * as for mergeLoras and fuseLoras. Modules of the LoRAs the network does not use are ignored; a module whose
  * factors do not fit the layer is a LoraError LORA_SHAPE_MISMATCH.
  */
-export function withRuntimeLoras(net: VerifyNet, loras: readonly Lora[], weights: readonly MergeWeight[]): VerifyNet {
+export function withRuntimeLoras(
+  net: VerifyNet,
+  inputs: readonly Lora<Term>[],
+  weights: readonly MergeWeight[],
+): VerifyNet {
+  // Every kind applied through its exact factors (DoRA / GLoRA would need the base: LORA_NEEDS_BASE).
+  const loras = Array.isArray(inputs) ? inputs.map((l) => lowRankLora(l)) : inputs;
   if (!Array.isArray(loras) || !Array.isArray(weights) || loras.length !== weights.length) {
     throw new ArgumentError(
       'ARG_INVALID',

@@ -10,7 +10,7 @@ import { buildBrowser, REPO_ROOT } from '../../scripts/build-browser.js';
 import { mergeCommand } from '../../src/cli/commands/merge.js';
 import { decodeLora, serializeLora, type LoadedLora } from '../../src/formats/index.js';
 import { bufferSource } from '../../src/core/memory.js';
-import { deltaOf, mergeLoras } from '../../src/lora/index.js';
+import { deltaOf, mergeLoras, requirePlain, type Lora } from '../../src/lora/index.js';
 import { parseSafetensors } from '../../src/safetensors/index.js';
 import { openSession, tempDir, type BrowserSession } from './harness.js';
 
@@ -18,8 +18,8 @@ const LCM = join(REPO_ROOT, 'fixtures/sd15/lcm-lora.kohya.safetensors');
 const STYLE = join(REPO_ROOT, 'fixtures/sd15/style-lora.kohya.safetensors');
 const STYLE_PEFT = join(REPO_ROOT, 'fixtures/sd15/style-lora.peft.safetensors');
 
-async function load(bytes: Uint8Array, name: string): Promise<LoadedLora> {
-  return decodeLora(await parseSafetensors(bufferSource(bytes, name)));
+async function load(bytes: Uint8Array, name: string): Promise<Omit<LoadedLora, 'modules'> & Lora> {
+  return requirePlain(await decodeLora(await parseSafetensors(bufferSource(bytes, name))));
 }
 const loadPath = (path: string) => load(new Uint8Array(readFileSync(path)), path.split('/').pop()!);
 
@@ -217,15 +217,15 @@ describe('merge page (examples/web) in headless Chromium', () => {
     const { page } = session;
     await clearAll();
     await upload([
-      join(REPO_ROOT, 'fixtures/bad/loha.safetensors'),
+      join(REPO_ROOT, 'fixtures/bad/oft.safetensors'),
       join(REPO_ROOT, 'fixtures/bad/truncated.safetensors'),
     ]);
     const bad = page.locator('#loras li.bad');
     expect(await bad.count()).toBe(2);
     const loha = (await bad.nth(0).textContent()) ?? '';
     expect(loha).toContain('FORMAT_UNSUPPORTED_ADAPTER');
-    expect(loha).toContain('loha.safetensors');
-    expect(loha).toMatch(/LoHa/);
+    expect(loha).toContain('oft.safetensors');
+    expect(loha).toMatch(/OFT/);
     const truncated = (await bad.nth(1).textContent()) ?? '';
     expect(truncated).toContain('SAFETENSORS_TRUNCATED');
     expect(truncated).toContain('truncated.safetensors');

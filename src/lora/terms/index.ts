@@ -106,9 +106,13 @@ export function termFactors(t: Term, path = '(module)', base?: Float32Array): Pl
   return ops(t).factors(t, path, base);
 }
 
-/** Δ_bias of a term (diff_b), or undefined. */
+/** Δ_bias of a term at strength 1 (diff_b; a lowRank module's bias times alpha / r), or undefined. */
 export function termBias(t: Term): Float32Array | undefined {
-  return 'bias' in t && t.bias ? contiguousValues(t.bias) : undefined;
+  if (!t.bias) return undefined;
+  const b = contiguousValues(t.bias);
+  if (t.kind !== undefined && t.kind !== 'lowRank') return b;
+  const s = t.alpha / (t.down.shape[0] ?? 1);
+  return b.map((x) => s * x);
 }
 
 /** A term as a dense term for base weight W0 (base-free terms are returned unchanged). */
@@ -160,15 +164,35 @@ export function asLowRank(t: Term, path = '(module)', base?: Float32Array): Lora
   };
 }
 
-/** Every module of a LoRA as plain low-rank factors (see asLowRank); `baseOf` gives W0 for the kinds that need it. */
-export function lowRankLora(lora: Lora<Term>, baseOf?: (path: string) => Float32Array | undefined): Lora {
+/**
+ * Every module of a LoRA as plain low-rank factors (see asLowRank); `baseOf` gives W0 for the kinds that need it.
+ * Other fields of the input (source, dtype, embeddings …) are kept; a LoRA that is already plain is returned as it is.
+ */
+export function lowRankLora<L extends Lora<Term>>(
+  lora: L,
+  baseOf?: (path: string) => Float32Array | undefined,
+): Omit<L, 'modules'> & Lora {
+  let plain = true;
+  for (const t of lora.modules.values()) if (t.kind !== undefined && t.kind !== 'lowRank') plain = false;
+  if (plain) return lora as unknown as Omit<L, 'modules'> & Lora;
   const modules = new Map<string, LoraModule>();
   for (const [path, t] of lora.modules) modules.set(path, asLowRank(t, path, baseOf?.(path)));
-  return {
-    arch: lora.arch,
-    size: lora.size,
-    modules,
-    metadata: lora.metadata,
-    ...(lora.embeddings ? { embeddings: lora.embeddings } : {}),
-  };
+  return { ...lora, modules };
+}
+
+/**
+ * The same LoRA typed as a plain one (every module lowRank), for callers that read files they know to be plain
+ * LoRAs. Throws LORA_SHAPE_MISMATCH naming the first module of another kind.
+ */
+export function requirePlain<L extends Lora<Term>>(lora: L): Omit<L, 'modules'> & Lora {
+  for (const [path, t] of lora.modules) {
+    if (t.kind !== undefined && t.kind !== 'lowRank') {
+      throw new LoraError(
+        'LORA_SHAPE_MISMATCH',
+        `module '${path}' is a ${termLabel(t)}, not a plain LoRA module; use asLowRank / lowRankLora for its exact factors`,
+        { key: path, found: termLabel(t) },
+      );
+    }
+  }
+  return lora as unknown as Omit<L, 'modules'> & Lora;
 }
