@@ -30,7 +30,12 @@ describe('key grammar', () => {
       name: 'lora_te2_text_model_encoder_layers_31_self_attn_out_proj',
     });
     expect(parseLoraKey('lora_te_text_model_encoder_layers_0_mlp_fc1.alpha')).toMatchObject({ role: 'alpha' });
-    expect(parseLoraKey('lora_unet_foo.hada_w1_a')).toBeUndefined();
+    expect(parseLoraKey('lora_unet_foo.hada_w1_a')).toMatchObject({
+      family: 'kohya',
+      role: 'hada_w1_a',
+      name: 'lora_unet_foo',
+    });
+    expect(parseLoraKey('lora_unet_foo.oft_blocks')).toBeUndefined();
   });
 
   it('reads PEFT / diffusers paths with every prefix and spelling', () => {
