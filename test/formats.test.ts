@@ -8,7 +8,6 @@ import {
   parseLoraKey,
   planLora,
   serializeLora,
-  type LoadedLora,
 } from '../src/formats/index.js';
 import { getLayout } from '../src/layout/index.js';
 import type { Arch } from '../src/layout/types.js';
