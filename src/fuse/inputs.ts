@@ -1,11 +1,5 @@
-/**
- * The LoRAs of a fusion, read lazily: a LoRA file is planned from its header (format, architecture, ranks,
- * alphas) and each module's factors are read only when the base tensor they change comes up. In-memory LoRAs are
- * used as they are. Weights (numbers or block weights) become one λ per module.
- */
-import ndarray from 'ndarray';
 import { assertFiniteTensor } from '../core/finite.js';
-import { ArchError, ArgumentError, LoraError } from '../core/errors.js';
+import { ArchError, ArgumentError } from '../core/errors.js';
 import { isByteSource } from '../core/bytes.js';
 import { ARCH_LABEL } from '../layout/archs.js';
 import type { Arch, LayoutSize } from '../layout/types.js';
