@@ -8,12 +8,12 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { bufferSource } from '../../src/core/memory.js';
 import { decodeLora, serializeLora } from '../../src/formats/index.js';
-import { deltaOf, METHOD_NAMES, METHODS, mergeLoras } from '../../src/lora/index.js';
+import { deltaOf, METHOD_NAMES, METHODS, mergeLoras, requirePlain } from '../../src/lora/index.js';
 import { parseSafetensors } from '../../src/safetensors/index.js';
 import { clearAll, FIXTURE, mergeOutcome, openPage, upload, type PageSession } from './page-helpers.js';
 
 const load = async (path: string) =>
-  decodeLora(await parseSafetensors(bufferSource(new Uint8Array(readFileSync(path)), path)));
+  requirePlain(await decodeLora(await parseSafetensors(bufferSource(new Uint8Array(readFileSync(path)), path))));
 
 describe('merge methods in the page (headless Chromium)', () => {
   let s: PageSession;
@@ -59,9 +59,11 @@ describe('merge methods in the page (headless Chromium)', () => {
     });
     // Factors of a rank-K result are unique only up to a rotation: compare the updates B·A, module by module.
     const bytes = new Uint8Array(readFileSync(path));
-    const fromPage = await decodeLora(await parseSafetensors(bufferSource(bytes, 'page')));
-    const fromNode = await decodeLora(
-      await parseSafetensors(bufferSource(serializeLora(node.lora, { format: 'kohya', dtype: 'F32' }), 'node')),
+    const fromPage = requirePlain(await decodeLora(await parseSafetensors(bufferSource(bytes, 'page'))));
+    const fromNode = requirePlain(
+      await decodeLora(
+        await parseSafetensors(bufferSource(serializeLora(node.lora, { format: 'kohya', dtype: 'F32' }), 'node')),
+      ),
     );
     expect([...fromPage.modules.keys()]).toEqual([...fromNode.modules.keys()]);
     let compared = 0;
