@@ -48,3 +48,4 @@ export {
   type UlpDistance,
 } from './unfuse.js';
 export { formatUnfuseReport } from './extract-report.js';
+export { needsBase, resolveBaseTerms } from './base-terms.js';

@@ -1,3 +1,4 @@
+import { resolveBaseTerms } from '../../fuse/base-terms.js';
 import * as path from 'node:path';
 import { UsageError } from '../../core/errors.js';
 import {
@@ -37,6 +38,8 @@ Options:
                           lora_unet_down_blocks_…) or sgm (lora_unet_input_blocks_…, what kohya writes for SDXL)
   --dtype D               fp16, bf16 or fp32 (default: the input's dtype)
   --arch A                treat the input as this architecture instead of detecting it
+  --base CKPT             the base checkpoint (file or diffusers folder) for DoRA and GLoRA modules, whose
+                          delta depends on the base weights; only those modules' weights are read
   --allow-unmatched       with --arch: drop modules the architecture lacks (e.g. an SDXL LoRA for SSD-1B)
   --json                  print the result as JSON
 
@@ -68,6 +71,7 @@ export const convertCommand: Command = {
       dtype: { type: 'string' },
       arch: { type: 'string' },
       'allow-unmatched': { type: 'boolean' },
+      base: { type: 'string' },
       json: { type: 'boolean' },
     });
     if (positionals.length !== 1) {
@@ -103,10 +107,13 @@ export const convertCommand: Command = {
     const input = path.resolve(ctx.cwd, spec.path);
     const output = path.resolve(ctx.cwd, values.output);
 
-    const lora = await loadLora(input, {
+    const loaded = await loadLora(input, {
       ...(arch ? { arch } : {}),
       ...(values['allow-unmatched'] === true ? { allowUnmatched: true } : {}),
     });
+    // DoRA / GLoRA modules become their exact dense deltas against the base (LORA_NEEDS_BASE without --base).
+    const lora =
+      typeof values.base === 'string' ? await resolveBaseTerms(loaded, path.resolve(ctx.cwd, values.base)) : loaded;
     // IN:W or IN:unet=…,te=…: the written LoRA is W·τ (per component), exact (rank unchanged); a component
     // at weight 0 is left out.
     const weighted = spec.components !== undefined || spec.weight !== 1;

@@ -1,3 +1,4 @@
+import { resolveBaseTerms } from '../../fuse/base-terms.js';
 import * as path from 'node:path';
 import { UsageError } from '../../core/errors.js';
 import {
@@ -54,6 +55,8 @@ ${methodHelpLines()}
   --dtype D               fp16, bf16 or fp32 (default: the inputs' dtype when they agree, else fp32);
                           the arithmetic runs in f32/f64 and the factors are rounded to D only when written
   --arch A                read every input as this architecture instead of detecting it
+  --base CKPT             the base checkpoint (file or diffusers folder) for DoRA and GLoRA modules, whose
+                          delta depends on the base weights; only those modules' weights are read
   --allow-unmatched       with --arch: drop modules the architecture lacks (e.g. SDXL LoRAs for SSD-1B)
   --threads N             worker threads for --rank / --min-energy (default: one per core; 1 = no workers)
   --json                  print the summary and the per-module report as JSON
@@ -138,6 +141,7 @@ export const mergeCommand: Command = {
       dtype: { type: 'string' },
       arch: { type: 'string' },
       'allow-unmatched': { type: 'boolean' },
+      base: { type: 'string' },
       threads: { type: 'string' },
       json: { type: 'boolean' },
       quiet: { type: 'boolean', short: 'q' },
@@ -194,13 +198,14 @@ export const mergeCommand: Command = {
 
     const t0 = performance.now();
     const loras: LoadedLora[] = [];
+    const base = typeof values.base === 'string' ? path.resolve(ctx.cwd, values.base) : undefined;
     for (const input of inputs) {
-      loras.push(
-        await loadLora(input, {
-          ...(arch ? { arch } : {}),
-          ...(values['allow-unmatched'] === true ? { allowUnmatched: true } : {}),
-        }),
-      );
+      const lora = await loadLora(input, {
+        ...(arch ? { arch } : {}),
+        ...(values['allow-unmatched'] === true ? { allowUnmatched: true } : {}),
+      });
+      // DoRA / GLoRA modules become their exact dense deltas against the base (LORA_NEEDS_BASE without --base).
+      loras.push(base !== undefined ? await resolveBaseTerms(lora, base) : lora);
     }
     const t1 = performance.now();
 

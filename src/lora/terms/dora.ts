@@ -50,7 +50,7 @@ export function doraDelta(t: DoraTerm, path: string, base: Float32Array | undefi
   if (!base) {
     throw new LoraError(
       'LORA_NEEDS_BASE',
-      `module '${path}': a DoRA delta is m·(W0 + ΔW)/‖W0 + ΔW‖ − W0, so it needs the base weight W0; give the base checkpoint (--base)`,
+      `module '${path}': a DoRA delta is m·(W0 + ΔW)/‖W0 + ΔW‖ − W0, so it needs the base weight W0; give the base checkpoint (--base CKPT in merge, convert and fuse; resolveBaseTerms in the API)`,
       { key: path },
     );
   }

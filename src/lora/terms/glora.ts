@@ -44,7 +44,7 @@ function needBase(path: string, base: Float32Array | undefined, n: number): Floa
   if (!base) {
     throw new LoraError(
       'LORA_NEEDS_BASE',
-      `module '${path}': a GLoRA delta involves the base weight (W0·a1·a2 + b1·b2); give the base checkpoint (--base)`,
+      `module '${path}': a GLoRA delta involves the base weight (W0·a1·a2 + b1·b2); give the base checkpoint (--base CKPT in merge, convert and fuse; resolveBaseTerms in the API)`,
       { key: path },
     );
   }
