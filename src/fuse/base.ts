@@ -13,6 +13,20 @@ export interface BaseWeightFile {
   readonly rel: string;
   /** The folder component the file belongs to; null for a single file. */
   readonly component: Component | null;
+  /**
+   * Its own detection, for a single-file checkpoint inside a diffusers folder (a root checkpoint fused on request);
+   * absent: the base's.
+   */
+  readonly detection?: CheckpointDetection;
+}
+
+/** Options for opening a base path. */
+export interface OpenBaseOptions {
+  /**
+   * A single-file checkpoint at the root of a diffusers folder, beside the components (as the SD1.5 repository
+   * has): 'omit' (default) leaves it out of the output, 'fuse' fuses it too. Either way the report says so.
+   */
+  readonly rootCheckpoint?: 'omit' | 'fuse';
 }
 
 export interface OpenedBase {
@@ -20,8 +34,17 @@ export interface OpenedBase {
   readonly name: string;
   readonly detection: CheckpointDetection;
   readonly files: readonly BaseWeightFile[];
-  /** Diffusers folders (Node): the folder, and files of the fused components that are not carried over. */
-  readonly folder?: { readonly dir: string; readonly skip: readonly string[]; readonly notes: readonly string[] };
+  /**
+   * Diffusers folders (Node): the folder, the files not carried over (weights of other formats in a fused
+   * component, root checkpoints left out), what the report should say about them, and the components that hold no
+   * safetensors (copied byte for byte; a LoRA that changes one is refused).
+   */
+  readonly folder?: {
+    readonly dir: string;
+    readonly skip: readonly string[];
+    readonly notes: readonly string[];
+    readonly unreadable: readonly { readonly component: Component; readonly files: readonly string[] }[];
+  };
   close(): Promise<void>;
 }
 
@@ -34,7 +57,7 @@ export interface WeightLocation {
 
 /** The key (and rows) holding `entry`'s weight in `f`, or null when this file cannot hold it. */
 export function locate(base: OpenedBase, f: BaseWeightFile, entry: ModuleEntry): WeightLocation | null {
-  const d = base.detection;
+  const d = f.detection ?? base.detection;
   if (f.component !== null) {
     return f.component === entry.component ? { key: entry.diffusersWeightKey } : null;
   }
@@ -63,7 +86,7 @@ function biasEntry(layout: Layout, entry: ModuleEntry): StateDictEntry | undefin
  * hold it or the module has no bias in this architecture.
  */
 export function locateBias(base: OpenedBase, f: BaseWeightFile, entry: ModuleEntry): WeightLocation | null {
-  const d = base.detection;
+  const d = f.detection ?? base.detection;
   const s = biasEntry(d.layout, entry);
   if (!s) return null;
   if (f.component !== null) return f.component === entry.component ? { key: s.diffusersKey } : null;

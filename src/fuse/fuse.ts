@@ -13,7 +13,7 @@
 import ndarray from 'ndarray';
 import { allFinite, countNaNStored } from '../core/finite.js';
 import { describeValue } from '../lora/validate.js';
-import { FuseError, IoError, LoraError, OptionError, ArgumentError } from '../core/errors.js';
+import { FormatError, FuseError, IoError, LoraError, OptionError, ArgumentError } from '../core/errors.js';
 import { isByteSource, type ByteSink, type ByteSource } from '../core/bytes.js';
 import { detectCheckpoint } from '../layout/detect.js';
 import type { ModuleEntry } from '../layout/types.js';
@@ -26,7 +26,7 @@ import { writeSafetensors, type TensorToWrite } from '../safetensors/write.js';
 import { DTYPE_SIZE, type DType } from '../core/tensor.js';
 import { VERSION } from '../core/version.js';
 import { currentFuseHost, type FuseHost } from './host.js';
-import { locate, locateBias, whyAbsent, type BaseWeightFile, type OpenedBase } from './base.js';
+import { locate, locateBias, whyAbsent, type BaseWeightFile, type OpenBaseOptions, type OpenedBase } from './base.js';
 import { openInputs, type FuseInput, type InputModule } from './inputs.js';
 import { stackFactors, type StackPart } from '../lora/stack.js';
 import { termDelta } from '../lora/terms/index.js';
@@ -54,8 +54,8 @@ function needFuseHost(what: string): FuseHost {
 }
 
 /** Open the base: a SafetensorsFile or ByteSource here, a path (file or folder) through the Node adapter. */
-export async function openBase(base: BaseInput): Promise<OpenedBase> {
-  if (typeof base === 'string' && base !== '') return needFuseHost(base).openBase(base);
+export async function openBase(base: BaseInput, options: OpenBaseOptions = {}): Promise<OpenedBase> {
+  if (typeof base === 'string' && base !== '') return needFuseHost(base).openBase(base, options);
   let file: SafetensorsFile;
   if (base instanceof SafetensorsFile) file = base;
   else if (isByteSource(base)) file = await parseSafetensors(base);
@@ -136,6 +136,7 @@ export function planFusion(
   options: Pick<FuseOptions, 'allowUnmatched' | 'dtype'>,
   method?: ResolvedMethod,
 ): Plan {
+  refuseUnreadable(base, inputs);
   const layout = base.detection.layout;
   const unmatched: { key: string; reason: string }[] = [];
   for (const input of inputs)
@@ -256,6 +257,21 @@ export function planFusion(
 }
 
 const ONE = Float32Array.of(1);
+
+/** A LoRA that changes a folder component holding no safetensors (only pytorch_model.bin …) is refused up front. */
+function refuseUnreadable(base: OpenedBase, inputs: readonly FuseInput[]): void {
+  for (const u of base.folder?.unreadable ?? []) {
+    for (const input of inputs) {
+      const touched = [...input.modules.keys()].find((p) => p.startsWith(`${u.component}.`) && input.weightOf(p) !== 0);
+      if (touched === undefined) continue;
+      throw new FormatError(
+        'FORMAT_UNKNOWN',
+        `fuse: ${input.source} changes ${u.component} (e.g. '${touched}') but ${base.name}/${u.component}/ holds no safetensors weights, only ${u.files.join(', ')}; convert that component to safetensors first (nothing was written)`,
+        { file: `${base.name}/${u.component}`, component: u.component, found: u.files, key: touched },
+      );
+    }
+  }
+}
 
 /**
  * PEFT bias deltas (lora_B.bias): the module's bias tensor changes by Σ λ·(alpha/r)·bias. Each lands as a rank-1
@@ -742,7 +758,7 @@ export async function fuseLoras(
     );
   }
   const method = resolveMethod(options, loras.length, 'fuse');
-  const opened = await openBase(base);
+  const opened = await openBase(base, options.rootCheckpoint ? { rootCheckpoint: options.rootCheckpoint } : {});
   let inputs: FuseInput[] = [];
   let choice: KernelChoice | null = null;
   const runs: FileRun[] = [];
@@ -865,6 +881,7 @@ export async function fuseLoras(
       modulesFused: p.fused.size,
       byGroup: p.byGroup,
       unmatched: p.unmatched,
+      notes: [...(opened.folder?.notes ?? [])],
       embeddingsSkipped: inputs.flatMap((x) => x.embeddings.map((k) => `${x.source}: ${k}`)),
       tensors: {
         total: tensorsTotal,

@@ -5,11 +5,11 @@
  * single-thread WASM kernel.
  */
 import type { FuseKernel } from '../kernels/types.js';
-import type { OpenedBase } from './base.js';
+import type { OpenBaseOptions, OpenedBase } from './base.js';
 
 export interface FuseHost {
   /** Open a base checkpoint path: a single safetensors file or a diffusers folder. */
-  openBase(path: string): Promise<OpenedBase>;
+  openBase(path: string, options?: OpenBaseOptions): Promise<OpenedBase>;
   /** Write a folder output: `write` fills a new folder, which then replaces `out` atomically. */
   writeFolder(base: OpenedBase, out: string, write: (dir: string) => Promise<void>): Promise<void>;
   /** `rel` (a '/'-separated path inside a folder) under `dir`. */

@@ -23,6 +23,7 @@ export function formatFuseReport(r: FuseReport): string {
     for (const u of r.unmatched.slice(0, 10)) lines.push(`  ${u.key}: ${u.reason}`);
     if (r.unmatched.length > 10) lines.push(`  … (+${r.unmatched.length - 10} more)`);
   }
+  for (const n of r.notes) lines.push(`note: ${n}`);
   if (r.embeddingsSkipped.length > 0) {
     lines.push(
       `skipped ${r.embeddingsSkipped.length} embedding(s) a checkpoint cannot hold (load them as textual inversions): ${r.embeddingsSkipped.slice(0, 5).join(', ')}${r.embeddingsSkipped.length > 5 ? ' …' : ''}`,

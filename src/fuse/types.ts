@@ -70,6 +70,11 @@ export interface FuseOptions {
   readonly majoritySign?: 'total' | 'frequency';
   readonly seed?: number;
   readonly t?: number;
+  /**
+   * A single-file checkpoint at the root of a diffusers folder: 'omit' (default: left out of the output, reported)
+   * or 'fuse' (fused like the components; it must be the folder's architecture).
+   */
+  readonly rootCheckpoint?: 'omit' | 'fuse';
   /** Extra metadata strings for the output (single files and every weight file of a folder). */
   readonly metadata?: Readonly<Record<string, string>>;
   readonly onProgress?: (p: FuseProgress) => void;
@@ -101,6 +106,8 @@ export interface FuseReport {
    * (`bundle_emb.*`). Load them as textual-inversion embeddings next to the fused model.
    */
   readonly embeddingsSkipped: readonly string[];
+  /** What happened to files of a diffusers folder that are not fused component weights (root checkpoints …). */
+  readonly notes: readonly string[];
   readonly tensors: {
     readonly total: number;
     readonly fused: number;

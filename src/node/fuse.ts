@@ -5,12 +5,17 @@
 import { randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { FormatError, IoError, LoraMixError } from '../core/errors.js';
+import { ArchError, FormatError, IoError, LoraMixError } from '../core/errors.js';
 import { openSafetensors } from './files.js';
-import { detectCheckpoint, detectDiffusersFolder, type TensorInfo as ShapeInfo } from '../layout/detect.js';
-import type { Component } from '../layout/types.js';
+import {
+  detectCheckpoint,
+  detectDiffusersFolder,
+  type CheckpointDetection,
+  type TensorInfo as ShapeInfo,
+} from '../layout/detect.js';
+import type { Arch, Component } from '../layout/types.js';
 import type { SafetensorsFile } from '../safetensors/read.js';
-import type { BaseWeightFile, OpenedBase } from '../fuse/base.js';
+import type { BaseWeightFile, OpenBaseOptions, OpenedBase } from '../fuse/base.js';
 import { createCpuKernel } from './kernel-threads.js';
 import type { FuseKernel } from '../kernels/types.js';
 
@@ -40,7 +45,7 @@ async function statOrNull(p: string): Promise<import('node:fs').Stats | null> {
 }
 
 /** Open a base checkpoint path: a single safetensors file or a diffusers folder. */
-export async function openBaseNode(p: string): Promise<OpenedBase> {
+export async function openBaseNode(p: string, options: OpenBaseOptions = {}): Promise<OpenedBase> {
   const st = await statOrNull(p);
   if (!st) throw new IoError('INPUT_NOT_FOUND', `${p}: no such file or folder`, { file: p });
   if (!st.isDirectory()) {
@@ -53,60 +58,182 @@ export async function openBaseNode(p: string): Promise<OpenedBase> {
       throw e;
     }
   }
-  return openFolder(p);
+  return openFolder(p, options);
 }
 
-async function openFolder(dir: string): Promise<OpenedBase> {
+/** Weight files at the root of a folder: single-file checkpoints beside the components. */
+const ROOT_WEIGHTS = /\.(safetensors|ckpt|pt|pth|bin)$/i;
+
+/** What model_index.json says: the pipeline class and the components it lists (undefined without the file). */
+interface ModelIndex {
+  readonly className?: string;
+  readonly components: ReadonlySet<string>;
+}
+
+async function readModelIndex(dir: string): Promise<ModelIndex | undefined> {
+  const file = path.join(dir, 'model_index.json');
+  let text: string;
+  try {
+    text = await fs.readFile(file, 'utf8');
+  } catch {
+    return undefined;
+  }
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch {
+    throw new FormatError('FORMAT_METADATA_INVALID', `${file}: not valid JSON`, { file });
+  }
+  if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) {
+    throw new FormatError('FORMAT_METADATA_INVALID', `${file}: expected a JSON object`, { file });
+  }
+  const obj = raw as Record<string, unknown>;
+  // A component entry is [library, class]; [null, null] marks a component the pipeline does not have.
+  const components = new Set(
+    Object.entries(obj)
+      .filter(([k, v]) => !k.startsWith('_') && Array.isArray(v) && typeof v[0] === 'string')
+      .map(([k]) => k),
+  );
+  return { ...(typeof obj._class_name === 'string' ? { className: obj._class_name } : {}), components };
+}
+
+/** The families a pipeline class is for (the classes lora-mix knows; others say nothing). */
+function pipelineArchs(className: string | undefined): readonly Arch[] | undefined {
+  if (className === undefined) return undefined;
+  if (/^StableDiffusionXL/.test(className)) return ['sdxl', 'ssd1b'];
+  if (/^StableDiffusion(Img2Img|Inpaint)?Pipeline$/.test(className)) return ['sd15'];
+  return undefined;
+}
+
+interface FolderScan {
+  readonly files: BaseWeightFile[];
+  readonly skip: string[];
+  readonly notes: string[];
+  readonly shapes: Record<string, ShapeInfo[]>;
+  readonly unreadable: { component: Component; files: string[] }[];
+}
+
+/** The weight files of one component folder: safetensors opened (every variant), other formats noted. */
+async function scanComponent(
+  dir: string,
+  component: Component,
+  scan: FolderScan,
+  opened: SafetensorsFile[],
+): Promise<void> {
+  const cdir = path.join(dir, component);
+  const names = (await fs.readdir(cdir)).sort();
+  const weights = names.filter((n) => n.endsWith('.safetensors'));
+  const others = names.filter((n) => OTHER_WEIGHTS.test(n));
+  if (weights.length === 0) {
+    // Copied byte for byte; a LoRA that changes it is refused when the fusion is planned.
+    if (others.length > 0) {
+      scan.unreadable.push({ component, files: others });
+      scan.notes.push(
+        `${component}/ holds no safetensors (${others.join(', ')}): copied unchanged; a LoRA that changes ${component} is refused`,
+      );
+    }
+    return;
+  }
+  // Detect from the plain variant when there is one, else the first; every variant is fused.
+  const variants = [...new Set(weights.map(variantOf))].sort((a, b) =>
+    a === '' ? -1 : b === '' ? 1 : a.localeCompare(b),
+  );
+  const main = variants[0];
+  const list: ShapeInfo[] = [];
+  for (const name of weights) {
+    const file = await openSafetensors(path.join(cdir, name));
+    opened.push(file);
+    scan.files.push({ file, rel: `${component}/${name}`, component });
+    if (variantOf(name) === main) list.push(...file.tensors);
+  }
+  scan.shapes[component] = list;
+  for (const o of others) {
+    scan.skip.push(`${component}/${o}`);
+    scan.notes.push(`${component}/${o} is not carried over: it would hold the unfused weights`);
+  }
+}
+
+/** Root single-file checkpoints: left out of the output (default) or fused, which needs safetensors of the folder's arch. */
+async function scanRoot(
+  dir: string,
+  detection: CheckpointDetection,
+  mode: 'omit' | 'fuse',
+  scan: FolderScan,
+  opened: SafetensorsFile[],
+): Promise<void> {
+  const entries = await fs.readdir(dir, { withFileTypes: true });
+  const roots = entries
+    .filter((e) => e.isFile() && ROOT_WEIGHTS.test(e.name))
+    .map((e) => e.name)
+    .sort();
+  for (const name of roots) {
+    if (mode === 'omit') {
+      scan.skip.push(name);
+      scan.notes.push(
+        `${name} (a single-file checkpoint at the folder's root) is left out of the output: it would hold the unfused weights; fuse it too with rootCheckpoint 'fuse' / --root-checkpoint fuse`,
+      );
+      continue;
+    }
+    if (!name.endsWith('.safetensors')) {
+      throw new FormatError(
+        'FORMAT_UNKNOWN',
+        `${dir}: the root checkpoint ${name} is not safetensors and cannot be fused; convert it first, or leave it out (rootCheckpoint 'omit')`,
+        { file: path.join(dir, name) },
+      );
+    }
+    const file = await openSafetensors(path.join(dir, name));
+    opened.push(file);
+    const own = detectCheckpoint(file.tensors, { source: path.join(dir, name) });
+    if (own.arch !== detection.arch || own.size !== detection.size) {
+      throw new ArchError(
+        'ARCH_MISMATCH',
+        `${dir}: the root checkpoint ${name} is ${own.arch} (${own.size}) but the folder's components are ${detection.arch} (${detection.size})`,
+        { file: path.join(dir, name), expected: detection.arch, found: own.arch },
+      );
+    }
+    scan.files.push({ file, rel: name, component: null, detection: own });
+    scan.notes.push(`${name} (a single-file checkpoint at the folder's root) is fused too`);
+  }
+}
+
+async function openFolder(dir: string, options: OpenBaseOptions): Promise<OpenedBase> {
   const opened: SafetensorsFile[] = [];
   const closeAll = async (): Promise<void> => {
     await Promise.allSettled(opened.map((f) => f.close()));
   };
   try {
-    const files: BaseWeightFile[] = [];
-    const skip: string[] = [];
-    const notes: string[] = [];
-    const shapes: Record<string, ShapeInfo[]> = {};
+    const scan: FolderScan = { files: [], skip: [], notes: [], shapes: {}, unreadable: [] };
+    const index = await readModelIndex(dir);
     for (const component of [...FUSED_COMPONENTS, 'vae'] as const) {
-      const cdir = path.join(dir, component);
-      const st = await statOrNull(cdir);
+      // model_index.json decides which components the pipeline has; without it, the folders present do.
+      if (index && !index.components.has(component)) continue;
+      const st = await statOrNull(path.join(dir, component));
       if (!st?.isDirectory()) continue;
-      const names = (await fs.readdir(cdir)).sort();
-      const weights = names.filter((n) => n.endsWith('.safetensors'));
-      const others = names.filter((n) => OTHER_WEIGHTS.test(n));
       if (component === 'vae') {
-        if (weights.length > 0 || others.length > 0) shapes.vae = [{ name: 'vae', shape: [] }];
+        const names = await fs.readdir(path.join(dir, component));
+        if (names.some((n) => n.endsWith('.safetensors') || OTHER_WEIGHTS.test(n)))
+          scan.shapes.vae = [{ name: 'vae', shape: [] }];
         continue;
       }
-      if (weights.length === 0) {
-        if (others.length > 0) {
-          throw new FormatError(
-            'FORMAT_UNKNOWN',
-            `${dir}: ${component}/ holds only ${others.join(', ')}; lora-mix reads safetensors weights (convert the folder first)`,
-            { file: cdir, found: others },
-          );
-        }
-        continue;
-      }
-      // Detect from the plain variant when there is one, else the first; every variant is fused.
-      const variants = [...new Set(weights.map(variantOf))].sort((a, b) =>
-        a === '' ? -1 : b === '' ? 1 : a.localeCompare(b),
-      );
-      const main = variants[0]!;
-      const list: ShapeInfo[] = [];
-      for (const name of weights) {
-        const file = await openSafetensors(path.join(cdir, name));
-        opened.push(file);
-        files.push({ file, rel: `${component}/${name}`, component });
-        if (variantOf(name) === main) list.push(...file.tensors);
-      }
-      shapes[component] = list;
-      for (const o of others) {
-        skip.push(`${component}/${o}`);
-        notes.push(`${component}/${o} is not carried over: it would hold the unfused weights`);
-      }
+      await scanComponent(dir, component, scan, opened);
     }
-    const detection = detectDiffusersFolder(shapes, { source: dir });
-    return { name: dir, detection, files, folder: { dir, skip, notes }, close: closeAll };
+    const detection = detectDiffusersFolder(scan.shapes, { source: dir });
+    const archs = pipelineArchs(index?.className);
+    if (archs && !archs.includes(detection.arch)) {
+      throw new ArchError(
+        'ARCH_MISMATCH',
+        `${dir}: model_index.json names a ${index?.className} but the unet/ weights are ${detection.arch} (${detection.size})`,
+        { file: path.join(dir, 'model_index.json'), expected: archs, found: detection.arch },
+      );
+    }
+    await scanRoot(dir, detection, options.rootCheckpoint ?? 'omit', scan, opened);
+    return {
+      name: dir,
+      detection,
+      files: scan.files,
+      folder: { dir, skip: scan.skip, notes: scan.notes, unreadable: scan.unreadable },
+      close: closeAll,
+    };
   } catch (e) {
     await closeAll();
     throw e;

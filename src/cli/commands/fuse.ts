@@ -12,15 +12,17 @@ import { cliProvenance } from '../provenance.js';
 const HELP = `Usage: lora-mix fuse --base CKPT A.safetensors[:W] [B.safetensors[:W] …] -o OUT
                      [--method M [--density D] [--majority-sign S] [--seed N] [--t T]]
                      [--device cpu|gpu] [--dtype f32|f16|bf16] [--allow-unmatched]
-                     [--on-overflow error|clamp] [--blocks SPEC] [--blocks-N SPEC] [--threads N]
+                     [--on-overflow error|clamp] [--root-checkpoint omit|fuse] [--blocks SPEC] [--blocks-N SPEC] [--threads N]
                      [--json] [-q]
 
 Add τ = W_A·τ_A + W_B·τ_B + … to the weights of a base checkpoint and write the fused checkpoint, which then
 samples like the base with the LoRAs applied (with an LCM-LoRA: in 4 steps, no LoRA loader needed).
 
 CKPT is a single-file checkpoint (SD1.5 LDM names, SDXL/SSD-1B SGM names; text encoders and VAE optional, so a
-UNet-only file works), a lone diffusers UNet file, or a diffusers folder (OUT is then a new folder; every other
-file of the folder is copied). Tensors stream in file order: untouched ones are copied byte for byte; each
+UNet-only file works, with 'model.diffusion_model.', 'diffusion_model.' or bare 'input_blocks.…' keys), a lone
+diffusers UNet file, or a diffusers folder (OUT is then a new folder; model_index.json decides its components;
+every other file is copied byte for byte, also components stored only as pytorch_model.bin that the LoRAs do
+not change; a single-file checkpoint at the folder's root is left out unless --root-checkpoint fuse). Tensors stream in file order: untouched ones are copied byte for byte; each
 targeted weight gets Σ W·(alpha/rank)·up·down in f32 (from the LoRAs' factors, never a dense delta per input)
 and is rounded once to the output dtype. Memory stays at a few tensors, whatever the checkpoint's size.
 
@@ -43,6 +45,8 @@ Options:
   --allow-unmatched       skip (and list) LoRA modules the base has no weight for, e.g. text-encoder modules on a
                           UNet-only file, or an SDXL LoRA on SSD-1B
   --on-overflow M         error (default) or clamp to the dtype's largest finite value
+  --root-checkpoint M     folder bases: a single-file checkpoint beside the components is left out of the output
+                          (omit, default) or fused too (fuse); the summary says which
 ${methodHelpLines()}
   --blocks SPEC           per-block multipliers for every LoRA (see 'lora-mix merge --help')
   --blocks-N SPEC         per-block multipliers for LoRA N only (1-based)
@@ -170,6 +174,7 @@ export const fuseCommand: Command = {
       dtype: { type: 'string' },
       'allow-unmatched': { type: 'boolean' },
       'on-overflow': { type: 'string' },
+      'root-checkpoint': { type: 'string' },
       threads: { type: 'string' },
       json: { type: 'boolean' },
       quiet: { type: 'boolean', short: 'q' },
@@ -197,6 +202,13 @@ export const fuseCommand: Command = {
       );
     }
     const dtype = parseFuseDtype('fuse', values.dtype);
+    const rootCheckpoint = values['root-checkpoint'];
+    if (rootCheckpoint !== undefined && rootCheckpoint !== 'omit' && rootCheckpoint !== 'fuse') {
+      throw new UsageError(
+        `fuse: --root-checkpoint expects omit or fuse, got '${String(rootCheckpoint)}'`,
+        'USAGE_BAD_ARGUMENT',
+      );
+    }
     const threads = numberOption('fuse', 'threads', values.threads, { min: 1, max: 64, integer: true });
     const { paths, weights } = loraArgs('fuse', positionals, values, ctx.cwd);
     const methodOptions = parseMethodFlags('fuse', values);
@@ -220,6 +232,7 @@ export const fuseCommand: Command = {
         ...(dtype ? { dtype } : {}),
         ...(threads !== undefined ? { threads } : {}),
         ...(values['allow-unmatched'] === true ? { allowUnmatched: true } : {}),
+        ...(rootCheckpoint ? { rootCheckpoint } : {}),
         ...(progress ? { onProgress: progress.update } : {}),
       });
     } finally {
