@@ -7,7 +7,7 @@ import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { generateBaseCheckpoint, singleFileTensors } from '../src/fixtures/generate.js';
+import { diffusersComponentTensors, generateBaseCheckpoint, singleFileTensors } from '../src/fixtures/generate.js';
 import { fuseLoras } from '../src/fuse/index.js';
 import { detectCheckpoint } from '../src/layout/index.js';
 import { openSafetensors } from '../src/node/files.js';
@@ -89,6 +89,13 @@ describe.each([
 });
 
 describe('what is not a UNet-only base', () => {
+  it('a diffusers text-encoder file is named as one, with the fix', () => {
+    const te = diffusersComponentTensors('sd15', 'tiny', 'text_encoder');
+    expect(() => detectCheckpoint(te, { source: 'text_encoder/model.safetensors' })).toThrow(
+      /diffusers text-encoder file .*pass the whole diffusers folder/,
+    );
+  });
+
   it('a ComfyUI-saved LoRA (diffusion_model.… .lora_up.weight) is not a checkpoint', () => {
     expect(() =>
       detectCheckpoint(

@@ -247,7 +247,13 @@ function looksLikeLora(names: readonly string[]): boolean {
 }
 
 function notACheckpoint(where: string, names: readonly string[], what: string): FormatError {
-  const hint = looksLikeLora(names) ? ' — the keys look like a LoRA; pass it as a LoRA instead' : '';
+  const hint = looksLikeLora(names)
+    ? ' — the keys look like a LoRA; pass it as a LoRA instead'
+    : names.some((n) => n.startsWith('text_model.'))
+      ? ' — it is a diffusers text-encoder file (text_model.…); pass the whole diffusers folder as the base'
+      : names.some((n) => /^(encoder|decoder)\.(down|up)_blocks\./.test(n))
+        ? ' — it is a diffusers VAE file; pass the whole diffusers folder as the base'
+        : '';
   return new FormatError(
     'FORMAT_NOT_A_CHECKPOINT',
     `${where}: not a base checkpoint: ${what}${hint} (found ${names.length} tensors, e.g. ${examples(names)})`,
