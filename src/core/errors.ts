@@ -35,7 +35,8 @@ export type FormatErrorCode =
   | 'FORMAT_MIXED'
   | 'FORMAT_METADATA_INVALID'
   | 'FORMAT_CANNOT_ENCODE'
-  | 'FORMAT_NONFINITE';
+  | 'FORMAT_NONFINITE'
+  | 'FORMAT_STACK_INVALID';
 
 export type LoraErrorCode =
   | 'LORA_RANK_MISMATCH'

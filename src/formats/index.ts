@@ -63,6 +63,7 @@ export {
   type PeftComponentConfig,
 } from './peft.js';
 export { oldDiffusersKeys } from './diffusers-old.js';
+export { parsePromptStack, parseComfyWorkflow, parseComfyWorkflowText, type StackEntry } from './stack.js';
 export {
   checkFactorShapes,
   rankCandidates,

@@ -128,3 +128,13 @@ export {
 } from './analyze.js';
 export { formatAnalyzeReport } from './analyze-format.js';
 export { analyzeHtml } from './analyze-html.js';
+export {
+  kohyaResize,
+  kohyaRank,
+  checkResizeOptions,
+  type ResizeRule,
+  type ResizeOptions,
+  type ResizeReport,
+  type ModuleResizeReport,
+} from './resize.js';
+export { lbwBlocks } from './lbw.js';

@@ -6,10 +6,12 @@ import type { FuseDType, FuseProgress } from '../../fuse/types.js';
 import type { MergeWeight } from '../../lora/merge.js';
 import { numberOption, parseCommandArgs, parseWeightedSpec } from '../args.js';
 import { methodFlagOptions, methodHelpLines, parseMethodFlags } from '../method-flags.js';
+import { describeStack, STACK_HELP, STACK_OPTIONS, stackArgs } from '../stack-args.js';
 import type { CliContext, Command } from '../context.js';
 import { cliProvenance } from '../provenance.js';
 
 const HELP = `Usage: lora-mix fuse --base CKPT A.safetensors[:W] [B.safetensors[:W] …] -o OUT
+       lora-mix fuse --base CKPT (--prompt "<lora:NAME:W> …" | --comfy-workflow FILE) --lora-dir DIR -o OUT
                      [--method M [--density D] [--majority-sign S] [--seed N] [--t T]]
                      [--device cpu|gpu] [--dtype f32|f16|bf16] [--allow-unmatched]
                      [--on-overflow error|clamp] [--root-checkpoint omit|fuse] [--blocks SPEC] [--blocks-N SPEC] [--threads N]
@@ -48,6 +50,7 @@ Options:
   --root-checkpoint M     folder bases: a single-file checkpoint beside the components is left out of the output
                           (omit, default) or fused too (fuse); the summary says which
 ${methodHelpLines()}
+${STACK_HELP}
   --blocks SPEC           per-block multipliers for every LoRA (see 'lora-mix merge --help')
   --blocks-N SPEC         per-block multipliers for LoRA N only (1-based)
   --threads N             CPU threads (default: one per core)
@@ -180,6 +183,7 @@ export const fuseCommand: Command = {
       quiet: { type: 'boolean', short: 'q' },
       ...blockOptions(),
       ...methodFlagOptions(),
+      ...STACK_OPTIONS,
     });
     if (typeof values.base !== 'string' || values.base === '') {
       throw new UsageError(
@@ -210,7 +214,8 @@ export const fuseCommand: Command = {
       );
     }
     const threads = numberOption('fuse', 'threads', values.threads, { min: 1, max: 64, integer: true });
-    const { paths, weights } = loraArgs('fuse', positionals, values, ctx.cwd);
+    const stack = await stackArgs('fuse', values, positionals, ctx.cwd);
+    const { paths, weights } = stack ?? loraArgs('fuse', positionals, values, ctx.cwd);
     const methodOptions = parseMethodFlags('fuse', values);
     const base = path.resolve(ctx.cwd, values.base);
     const provenance = await cliProvenance(
@@ -238,7 +243,14 @@ export const fuseCommand: Command = {
     } finally {
       progress?.end();
     }
-    ctx.out(values.json === true ? `${JSON.stringify(report, null, 2)}\n` : formatFuseReport(report));
+    if (values.json === true) {
+      ctx.out(
+        `${JSON.stringify(stack ? { ...report, stack: { source: stack.source, entries: stack.entries, warnings: stack.warnings } } : report, null, 2)}\n`,
+      );
+    } else {
+      ctx.out(`${stack ? `${describeStack(stack, ctx.cwd).join('\n')}\n` : ''}${formatFuseReport(report)}`);
+    }
+    for (const w of stack?.warnings ?? []) ctx.err(`lora-mix fuse: warning: ${w}\n`);
     return 0;
   },
 };

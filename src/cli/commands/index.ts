@@ -8,6 +8,7 @@ import { unfuseCommand } from './unfuse.js';
 import { inspectCommand } from './inspect.js';
 import { layoutCommand } from './layout.js';
 import { mergeCommand } from './merge.js';
+import { resizeCommand } from './resize.js';
 import { sampleCommand } from './sample.js';
 import { verifyCommand } from './verify.js';
 
@@ -16,6 +17,7 @@ export const COMMANDS: readonly Command[] = [
   inspectCommand,
   convertCommand,
   mergeCommand,
+  resizeCommand,
   fuseCommand,
   unfuseCommand,
   extractCommand,

@@ -15,6 +15,7 @@ import { mergeLorasParallel } from '../../node/merge-threads.js';
 import { numberOption, parseCommandArgs, parseWeightedSpec } from '../args.js';
 import { describeComponents } from '../../lora/components.js';
 import { methodFlagOptions, methodHelpLines, parseMethodFlags } from '../method-flags.js';
+import { describeStack, STACK_HELP, STACK_OPTIONS, stackArgs } from '../stack-args.js';
 import type { CliContext, Command } from '../context.js';
 import { cliProvenance } from '../provenance.js';
 
@@ -22,6 +23,7 @@ import { cliProvenance } from '../provenance.js';
 const MAX_BLOCK_INPUTS = 16;
 
 const HELP = `Usage: lora-mix merge A.safetensors[:W] B.safetensors[:W] [C[:W] …] -o OUT
+       lora-mix merge (--prompt "<lora:NAME:W> …" | --comfy-workflow FILE) --lora-dir DIR -o OUT
                       [--rank K | --min-energy E] [--method M [--density D] [--majority-sign S]
                       [--seed N] [--t T]] [--blocks SPEC] [--blocks-N SPEC]
                       [--format kohya|peft] [--kohya-paths diffusers|sgm] [--dtype fp16|bf16|fp32]
@@ -46,6 +48,7 @@ Options:
   --min-energy E          per module, the smallest rank keeping a fraction E (0 < E ≤ 1) of the delta's
                           Frobenius norm, ‖Δ_k‖ / ‖Δ‖ ≥ E; with --rank, K caps it
 ${methodHelpLines()}
+${STACK_HELP}
   --blocks SPEC           per-block multipliers for every input, e.g. "IN04=0,OUT05=0.5" (other blocks 1) or
                           a vector of 26/17 values (SD1.5) or 20/12 values (SDXL, SSD-1B) in LoRA Block Weight
                           order; BASE is the text encoder(s), M00 (or MID) the middle block
@@ -70,7 +73,9 @@ Examples:
   lora-mix merge lcm.safetensors style.safetensors:0.8 -o out.safetensors --blocks-2 "IN04=0,OUT05=0.5"
   lora-mix merge a.safetensors b.safetensors -o ties.safetensors --method ties --density 0.2 --rank 64
   lora-mix merge a.safetensors b.safetensors -o dare.safetensors --method dare_ties --density 0.3 --seed 7 --rank 32
-  lora-mix merge a.safetensors b.safetensors -o slerp.safetensors --method slerp --t 0.3 --rank 64`;
+  lora-mix merge a.safetensors b.safetensors -o slerp.safetensors --method slerp --t 0.3 --rank 64
+  lora-mix merge --prompt "<lora:lcm:1> <lora:style:0.8:0.5>" --lora-dir models/Lora -o stack.safetensors
+  lora-mix merge --comfy-workflow workflow.json --lora-dir models/loras -o stack.safetensors`;
 
 function choice<T extends string>(option: string, raw: unknown, allowed: readonly T[]): T | undefined {
   if (raw === undefined) return undefined;
@@ -136,6 +141,7 @@ export const mergeCommand: Command = {
       blocks: { type: 'string' },
       ...blockOptions,
       ...methodFlagOptions(),
+      ...STACK_OPTIONS,
       format: { type: 'string' },
       'kohya-paths': { type: 'string' },
       dtype: { type: 'string' },
@@ -146,13 +152,24 @@ export const mergeCommand: Command = {
       json: { type: 'boolean' },
       quiet: { type: 'boolean', short: 'q' },
     });
-    if (positionals.length === 0) {
-      throw new UsageError(
-        "merge: expected at least one input LoRA (FILE or FILE:WEIGHT). Run 'lora-mix merge --help' for usage.",
-      );
-    }
     if (typeof values.output !== 'string' || values.output === '') {
       throw new UsageError("merge: -o OUT is required (the file to write). Run 'lora-mix merge --help' for usage.");
+    }
+    const stack = await stackArgs('merge', values, positionals, ctx.cwd);
+    if (!stack && positionals.length === 0) {
+      throw new UsageError(
+        "merge: expected at least one input LoRA (FILE or FILE:WEIGHT), or --prompt / --comfy-workflow with --lora-dir. Run 'lora-mix merge --help' for usage.",
+      );
+    }
+    if (
+      stack &&
+      (values.blocks !== undefined ||
+        Object.keys(values).some((k) => /^blocks-\d+$/.test(k) && values[k] !== undefined))
+    ) {
+      throw new UsageError(
+        'merge: --blocks does not combine with --prompt / --comfy-workflow (use lbw= in the prompt)',
+        'USAGE_BAD_ARGUMENT',
+      );
     }
     const rank = numberOption('merge', 'rank', values.rank, { min: 1, integer: true });
     const minEnergy = numberOption('merge', 'min-energy', values['min-energy'], { max: 1 });
@@ -192,8 +209,14 @@ export const mergeCommand: Command = {
       );
     }
     const arch = typeof values.arch === 'string' ? parseArch(values.arch) : undefined;
-    const specs = positionals.map((p) => parseWeightedSpec('merge', p, 1, ctx.cwd));
-    const inputs = specs.map((s) => path.resolve(ctx.cwd, s.path));
+    const specs = stack
+      ? stack.entries.map((e) => ({
+          path: path.relative(ctx.cwd, e.file) || e.file,
+          weight: e.unet === e.te ? e.unet : 1,
+          ...(e.unet === e.te ? {} : { components: { unet: e.unet, te: e.te } }),
+        }))
+      : positionals.map((p) => parseWeightedSpec('merge', p, 1, ctx.cwd));
+    const inputs = stack ? stack.paths : specs.map((s) => path.resolve(ctx.cwd, s.path));
     const output = path.resolve(ctx.cwd, values.output);
 
     const t0 = performance.now();
@@ -210,6 +233,7 @@ export const mergeCommand: Command = {
     const t1 = performance.now();
 
     const weights: MergeWeight[] = specs.map((s, i) => {
+      if (stack) return stack.weights[i] ?? 1;
       const blocks = values[`blocks-${i + 1}`] ?? values.blocks;
       if (typeof blocks !== 'string' && !s.components) return s.weight;
       return { weight: s.weight, ...(typeof blocks === 'string' ? { blocks } : {}), ...(s.components ?? {}) };
@@ -283,6 +307,23 @@ export const mergeCommand: Command = {
             arch: lora.arch,
             size: lora.size,
             inputs: inputList,
+            ...(stack
+              ? {
+                  stack: {
+                    source: stack.source,
+                    entries: stack.entries.map((e) => ({
+                      origin: e.origin,
+                      name: e.name,
+                      file: path.relative(ctx.cwd, e.file) || e.file,
+                      unet: e.unet,
+                      te: e.te,
+                      ...(e.lbw !== undefined ? { lbw: e.lbw } : {}),
+                      ...(e.dyn !== undefined ? { dyn: e.dyn } : {}),
+                    })),
+                    warnings: stack.warnings,
+                  },
+                }
+              : {}),
             options: {
               ...methodOptions,
               ...(rank !== undefined ? { rank } : {}),
@@ -300,6 +341,7 @@ export const mergeCommand: Command = {
     } else {
       const lines = [
         `merged ${loras.length} LoRA(s) → ${values.output} (${format}${format === 'kohya' ? `, ${kohyaPaths ?? 'diffusers'} paths` : ''}, ${outDtype})`,
+        ...(stack ? describeStack(stack, ctx.cwd) : []),
         ...inputList.map(
           (x) =>
             `  ${x.components ? `(${x.components})` : `${x.weight >= 0 ? '+' : '−'}${Math.abs(x.weight)}`} × ${x.file}${x.blocks ? ` [blocks ${x.blocks}]` : ''} (${x.modules} modules, ${x.format} ${x.dtype})`,
@@ -327,6 +369,7 @@ export const mergeCommand: Command = {
       );
       ctx.out(`${lines.join('\n')}\n`);
     }
+    for (const w of stack?.warnings ?? []) ctx.err(`lora-mix merge: warning: ${w}\n`);
     if (written.stats.flushedToZero > 0) {
       ctx.err(
         `lora-mix merge: warning: ${written.stats.flushedToZero} non-zero factor value(s) became 0 in ${outDtype} ` +
