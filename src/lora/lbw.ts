@@ -5,7 +5,7 @@
  * blocks with **0** for the blocks it leaves out, so this returns an explicit ratio for every block ID of the
  * architecture. Text-encoder modules take BASE. Random values (R, U) and X are refused: they have no fixed value.
  */
-import { LoraError } from '../core/errors.js';
+import { OptionError } from '../core/errors.js';
 import { blockIds } from '../layout/archs.js';
 import type { Arch, BlockId } from '../layout/types.js';
 import { blockVectorForms } from './blocks.js';
@@ -26,20 +26,20 @@ export function lbwBlocks(text: string, arch: Arch, origin = 'lbw'): Record<Bloc
   const items = spec.split(',').map((s) => s.trim());
   const order = blockVectorForms(arch).get(items.length);
   if (!order || items.some((s) => s === '')) {
-    throw new LoraError(
-      'LORA_BLOCK_WEIGHTS_INVALID',
+    throw new OptionError(
+      'OPTION_INVALID',
       `${origin}: lbw=${spec} is neither a preset lora-mix knows (ALL, NONE, ALL0.5) nor a list of ${[...blockVectorForms(arch).keys()].join(' or ')} ratios for ${arch}`,
-      { found: spec, expected: [...blockVectorForms(arch).keys()] },
+      { option: 'lbw', found: spec, expected: [...blockVectorForms(arch).keys()] },
     );
   }
   for (const id of all) out[id] = 0;
   order.forEach((id, i) => {
     const v = Number(items[i]);
     if (!Number.isFinite(v)) {
-      throw new LoraError(
-        'LORA_BLOCK_WEIGHTS_INVALID',
+      throw new OptionError(
+        'OPTION_INVALID',
         `${origin}: lbw value ${i + 1} ('${items[i]}') is not a number (random R/U and X have no fixed value)`,
-        { found: items[i], key: id },
+        { option: 'lbw', found: items[i], key: id },
       );
     }
     out[id] = v;
