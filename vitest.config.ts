@@ -20,6 +20,8 @@ const E2E = [
 ];
 const INTEGRATION = [
   'test/fuse*.test.ts',
+  'test/*-fuse.test.ts',
+  'test/layout-unet-prefix.test.ts',
   'test/*-threads.test.ts',
   'test/io*.test.ts',
   'test/sampler-verify-net.test.ts',
