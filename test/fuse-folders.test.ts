@@ -3,11 +3,11 @@
  * root (as the SD1.5 repository holds) is left out of the output or fused on request, and the report says which;
  * a component stored only as pytorch_model.bin is copied byte for byte unless a LoRA changes it, which is refused.
  */
+import { type CliRun, runCli } from './cli-helpers.js';
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { main } from '../src/cli/main.js';
 import { fuseLoras } from '../src/fuse/index.js';
 import { openSafetensors } from '../src/node/files.js';
 import { LoraMixError } from '../src/core/errors.js';
@@ -45,21 +45,7 @@ async function tensors(p: string): Promise<Map<string, Float32Array>> {
   }
 }
 
-async function cli(argv: string[]): Promise<{ code: number; out: string; err: string }> {
-  let out = '';
-  let err = '';
-  const code = await main(argv, {
-    out: (s) => {
-      out += s;
-    },
-    err: (s) => {
-      err += s;
-    },
-    isTTY: false,
-    cwd: tmp,
-  });
-  return { code, out, err };
-}
+const cli = (argv: string[]): Promise<CliRun> => runCli(argv, tmp);
 
 describe('a root single-file checkpoint beside the components', () => {
   it('is left out of the output by default, and the summary says so', async () => {

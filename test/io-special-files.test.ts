@@ -3,12 +3,12 @@
  * output is never replaced); a signal removes the temp file and the process still dies of the signal; a rerun
  * removes stale temps that a killed run left beside its target, and nothing else.
  */
+import { type CliRun, runCli } from './cli-helpers.js';
 import { execFileSync, spawn } from 'node:child_process';
 import { promises as fs } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { main } from '../src/cli/main.js';
 import { fileSink, fileSource } from '../src/node/files.js';
 import { liveTemps, removeStaleTemps, tempOwnerPid, tempPathFor } from '../src/node/temp-files.js';
 
@@ -18,21 +18,7 @@ const STYLE = path.join(FIXTURES, 'sd15/style-lora.kohya.safetensors');
 const BASE = path.join(FIXTURES, 'sd15/base.safetensors');
 let tmp = '';
 
-async function run(argv: string[]): Promise<{ code: number; out: string; err: string }> {
-  let out = '';
-  let err = '';
-  const code = await main(argv, {
-    out: (s) => {
-      out += s;
-    },
-    err: (s) => {
-      err += s;
-    },
-    isTTY: false,
-    cwd: tmp,
-  });
-  return { code, out, err };
-}
+const run = (argv: string[]): Promise<CliRun> => runCli(argv, tmp);
 
 beforeAll(async () => {
   tmp = await fs.mkdtemp(path.join(tmpdir(), 'lora-mix-files-'));

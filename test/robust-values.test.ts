@@ -3,11 +3,11 @@
  * NaN, and results that would change nothing. Every case is a typed error and leaves no file; inspect reports
  * non-finite values per tensor and exits 0.
  */
+import { type CliRun, runCli } from './cli-helpers.js';
 import { promises as fs } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { main } from '../src/cli/main.js';
 import { LoraMixError } from '../src/core/errors.js';
 import { countNaNStored, countNonFinite } from '../src/core/finite.js';
 import { loadLora, saveLora } from '../src/formats/index.js';
@@ -24,21 +24,7 @@ const BASE = path.join(FIXTURES, 'sd15/base.safetensors');
 
 let tmp = '';
 
-async function run(argv: string[]): Promise<{ code: number; out: string; err: string }> {
-  let out = '';
-  let err = '';
-  const code = await main(argv, {
-    out: (s) => {
-      out += s;
-    },
-    err: (s) => {
-      err += s;
-    },
-    isTTY: false,
-    cwd: tmp,
-  });
-  return { code, out, err };
-}
+const run = (argv: string[]): Promise<CliRun> => runCli(argv, tmp);
 
 /** A copy of a fixture (all tensors as F32) with some values of one tensor replaced. */
 async function poisoned(name: string, key: (k: string) => boolean, set: (v: Float32Array) => void): Promise<string> {
