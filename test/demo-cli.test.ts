@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { main } from '../src/cli/main.js';
+import { type CliRun, runCli } from './cli-helpers.js';
 import { loadLora } from '../src/formats/index.js';
 import { openSafetensors } from '../src/node/files.js';
 import { detectCheckpoint, getLayout } from '../src/layout/index.js';
@@ -20,20 +20,8 @@ const ROOT = path.resolve(__dirname, '..');
 const FIXTURES = path.join(ROOT, 'fixtures');
 const STYLE = { sd15: 'style-lora.kohya.safetensors', sdxl: 'style-lora.kohya-sgm.safetensors' } as const;
 
-async function run(argv: string[]): Promise<{ code: number; out: string; err: string }> {
-  let out = '';
-  let err = '';
-  const code = await main(argv, {
-    out: (s) => {
-      out += s;
-    },
-    err: (s) => {
-      err += s;
-    },
-    isTTY: false,
-    cwd: ROOT,
-  });
-  return { code, out, err };
+function run(argv: string[]): Promise<CliRun> {
+  return runCli(argv, ROOT);
 }
 
 /** What the fixtures say the demo must report: modules per LoRA, their union, per component/group, ranks. */

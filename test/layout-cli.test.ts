@@ -1,23 +1,9 @@
 import { describe, expect, it } from 'vitest';
 import { layoutCommand } from '../src/cli/commands/layout.js';
-import type { CliContext } from '../src/cli/context.js';
-import { main } from '../src/cli/main.js';
+import { type CliRun, runCli } from './cli-helpers.js';
 
-async function run(argv: string[]): Promise<{ code: number; out: string; err: string }> {
-  let out = '';
-  let err = '';
-  const ctx: CliContext = {
-    out: (s) => {
-      out += s;
-    },
-    err: (s) => {
-      err += s;
-    },
-    isTTY: false,
-    cwd: '/',
-  };
-  const code = await main(['layout', ...argv], ctx, [layoutCommand]);
-  return { code, out, err };
+function run(argv: string[]): Promise<CliRun> {
+  return runCli(['layout', ...argv], '/', { commands: [layoutCommand] });
 }
 
 describe('lora-mix layout', () => {

@@ -11,7 +11,7 @@ import { diffusersComponentTensors, generateBaseCheckpoint, singleFileTensors } 
 import { fuseLoras } from '../src/fuse/index.js';
 import { detectCheckpoint } from '../src/layout/index.js';
 import { openSafetensors } from '../src/node/files.js';
-import { main } from '../src/cli/main.js';
+import { runCli } from './cli-helpers.js';
 
 const FX = path.resolve(import.meta.dirname, '..', 'fixtures');
 const LORA = path.join(FX, 'sd15', 'lcm-lora.kohya.safetensors');
@@ -72,15 +72,7 @@ describe.each([
   it('inspect names the architecture and the prefix', async () => {
     const p = path.join(tmp, `inspect-${prefix || 'bare'}.safetensors`);
     await generateBaseCheckpoint(p, 'sd15', 'tiny', { components: ['unet'], unetPrefix: prefix });
-    let out = '';
-    const code = await main(['inspect', p], {
-      out: (s) => {
-        out += s;
-      },
-      err: () => undefined,
-      isTTY: false,
-      cwd: tmp,
-    });
+    const { code, out } = await runCli(['inspect', p], tmp);
     expect(code).toBe(0);
     expect(out).toContain('base checkpoint');
     expect(out).toMatch(/SD1\.5/);

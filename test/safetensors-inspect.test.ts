@@ -4,8 +4,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { inspectCommand, inspectRaw, type InspectRaw } from '../src/cli/commands/inspect.js';
 import { COMMANDS } from '../src/cli/commands/index.js';
-import type { CliContext } from '../src/cli/context.js';
-import { main } from '../src/cli/main.js';
+import { type CliRun, runCli } from './cli-helpers.js';
 import { parseSafetensors, writeSafetensors } from '../src/safetensors/index.js';
 import { bufferSource } from '../src/core/memory.js';
 
@@ -27,21 +26,8 @@ afterAll(async () => {
   await fs.rm(dir, { recursive: true, force: true });
 });
 
-async function run(argv: string[]): Promise<{ code: number; out: string; err: string }> {
-  let out = '';
-  let err = '';
-  const ctx: CliContext = {
-    out: (s) => {
-      out += s;
-    },
-    err: (s) => {
-      err += s;
-    },
-    isTTY: false,
-    cwd: dir,
-  };
-  const code = await main(['inspect', ...argv], ctx, [inspectCommand]);
-  return { code, out, err };
+function run(argv: string[]): Promise<CliRun> {
+  return runCli(['inspect', ...argv], dir, { commands: [inspectCommand] });
 }
 
 describe('lora-mix inspect', () => {

@@ -1,24 +1,10 @@
 /** `lora-mix sample`: the Gaussian verification sampler on the command line. */
 import { describe, expect, it } from 'vitest';
-import { main } from '../src/cli/main.js';
-import type { CliContext } from '../src/cli/context.js';
+import { type CliRun, runCli } from './cli-helpers.js';
 import type { GaussianVerifyReport } from '../src/sampler/index.js';
 
-async function run(argv: string[]): Promise<{ code: number; out: string; err: string }> {
-  let out = '';
-  let err = '';
-  const ctx: CliContext = {
-    out: (s) => {
-      out += s;
-    },
-    err: (s) => {
-      err += s;
-    },
-    isTTY: false,
-    cwd: process.cwd(),
-  };
-  const code = await main(argv, ctx);
-  return { code, out, err };
+function run(argv: string[]): Promise<CliRun> {
+  return runCli(argv, process.cwd());
 }
 
 describe('lora-mix sample', () => {
