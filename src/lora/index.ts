@@ -138,3 +138,9 @@ export {
   type ModuleResizeReport,
 } from './resize.js';
 export { lbwBlocks } from './lbw.js';
+export {
+  conversionReport,
+  formatConversionReport,
+  type ConversionReport,
+  type ModuleConversion,
+} from './conversion-report.js';

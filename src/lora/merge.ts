@@ -649,7 +649,7 @@ export function mergeLoras(
 }
 
 /** Metadata keys of an input that no longer describe a resized LoRA. */
-const STALE_ON_RESIZE = [
+export const STALE_ON_RESIZE: readonly string[] = [
   'ss_network_dim',
   'ss_network_alpha',
   'sshs_model_hash',

@@ -10,14 +10,20 @@ import {
   type OutputDType,
 } from '../../formats/index.js';
 import { ARCH_LABEL, parseArch } from '../../layout/index.js';
-import { parseCommandArgs, parseWeightedSpec } from '../args.js';
-import { mergeLoras } from '../../lora/merge.js';
+import { numberOption, parseCommandArgs, parseWeightedSpec } from '../args.js';
+import { MERGE_METADATA_KEY, mergeLoras, STALE_ON_RESIZE, type MergeWeight } from '../../lora/merge.js';
 import { describeComponents } from '../../lora/components.js';
+import { conversionReport, formatConversionReport, type ConversionReport } from '../../lora/conversion-report.js';
+import { termLabel } from '../../lora/terms/index.js';
+import type { Lora, Term } from '../../lora/types.js';
+import { mergeLorasParallel } from '../../node/merge-threads.js';
+import { progressReporter } from './merge.js';
 import type { CliContext, Command } from '../context.js';
 import { cliProvenance } from '../provenance.js';
 
 const HELP = `Usage: lora-mix convert IN[:W] -o OUT --to kohya|peft [--kohya-paths diffusers|sgm] [--dtype fp16|bf16|fp32]
-                        [--arch sd15|sdxl|ssd1b] [--allow-unmatched] [--json]
+                        [--rank K | --min-energy E] [--base CKPT] [--arch sd15|sdxl|ssd1b] [--allow-unmatched]
+                        [--threads N] [--json] [-q]
 
 Rewrite a LoRA in another spelling without changing what it does: every module's factors and alpha are kept,
 so the delta (alpha / rank) · up · down of every module is the same (exactly the same bytes when the dtype is
@@ -26,6 +32,12 @@ kept; one rounding when --dtype changes it).
 IN may be any spelling lora-mix reads: kohya (lora_unet_… with diffusers or SGM paths, lora_te_, lora_te1_,
 lora_te2_), PEFT / diffusers (unet.….lora_A.weight, with or without base_model.model.), or the old diffusers
 attention-processor format. The architecture is detected from names and shapes.
+
+Adapter files (LyCORIS LoCon with Tucker cores, LoHa, LoKr, full diffs; DoRA and GLoRA with --base) become plain
+LoRAs: exact without a rank cap (each module's exact factors: Khatri–Rao for LoHa, Kronecker of the factors for
+LoKr, the dense delta where that is smaller). With --rank K / --min-energy E every module is written as the
+optimal approximation of its exact delta (Eckart–Young: its truncated SVD, computed from the factors), and the
+report gives per module the relative error ‖Δ − Δ_k‖/‖Δ‖ and the norm kept ‖Δ_k‖/‖Δ‖, then their mean and worst.
 
 IN:W (a number, or per-component strengths unet=0.8,te=0.5 with te1= / te2= for SDXL's two text encoders) writes
 W·τ instead — the strengths baked into the factors (up scaled, alpha = rank), exact; a component at 0 is left out.
@@ -38,6 +50,11 @@ Options:
                           lora_unet_down_blocks_…) or sgm (lora_unet_input_blocks_…, what kohya writes for SDXL)
   --dtype D               fp16, bf16 or fp32 (default: the input's dtype)
   --arch A                treat the input as this architecture instead of detecting it
+  --rank K                write every module at most rank K, the best rank-K approximation (modules whose
+                          exact rank is ≤ K stay exact)
+  --min-energy E          per module, the smallest rank keeping ‖Δ_k‖/‖Δ‖ ≥ E (0 < E ≤ 1); with --rank, K caps it
+  --threads N             worker threads for --rank / --min-energy (default: one per core)
+  -q, --quiet             no progress on stderr
   --base CKPT             the base checkpoint (file or diffusers folder) for DoRA and GLoRA modules, whose
                           delta depends on the base weights; only those modules' weights are read
   --allow-unmatched       with --arch: drop modules the architecture lacks (e.g. an SDXL LoRA for SSD-1B)
@@ -47,6 +64,9 @@ Examples:
   lora-mix convert pytorch_lora_weights.safetensors -o lcm-kohya.safetensors --to kohya
   lora-mix convert style.safetensors:unet=0.8,te=0 -o style-unet.safetensors --to kohya   (bakes the strengths in)
   lora-mix convert style_sdxl.safetensors -o style_peft.safetensors --to peft
+  lora-mix convert loha.safetensors -o loha-as-lora.safetensors --to kohya              (exact)
+  lora-mix convert loha.safetensors -o loha-r16.safetensors --to kohya --rank 16 --json  (optimal rank 16)
+  lora-mix convert dora.safetensors -o dora-lora.safetensors --to kohya --base sd15.safetensors --min-energy 0.95
   lora-mix convert lcm-lora-sdxl.safetensors -o lcm-sgm.safetensors --to kohya --kohya-paths sgm --dtype fp16
   lora-mix convert lcm-lora-sdxl.safetensors -o lcm-ssd1b.safetensors --to kohya --arch ssd1b --allow-unmatched`;
 
@@ -72,6 +92,10 @@ export const convertCommand: Command = {
       arch: { type: 'string' },
       'allow-unmatched': { type: 'boolean' },
       base: { type: 'string' },
+      rank: { type: 'string' },
+      'min-energy': { type: 'string' },
+      threads: { type: 'string' },
+      quiet: { type: 'boolean', short: 'q' },
       json: { type: 'boolean' },
     });
     if (positionals.length !== 1) {
@@ -102,6 +126,15 @@ export const convertCommand: Command = {
         'USAGE_BAD_ARGUMENT',
       );
     }
+    const rank = numberOption('convert', 'rank', values.rank, { min: 1, integer: true });
+    const minEnergy = numberOption('convert', 'min-energy', values['min-energy'], { max: 1 });
+    if (minEnergy !== undefined && !(minEnergy > 0)) {
+      throw new UsageError(
+        `convert: --min-energy expects a fraction in (0, 1], got '${String(values['min-energy'])}'`,
+        'USAGE_BAD_ARGUMENT',
+      );
+    }
+    const threads = numberOption('convert', 'threads', values.threads, { min: 1, max: 256, integer: true });
     const arch = typeof values.arch === 'string' ? parseArch(values.arch) : undefined;
     const spec = parseWeightedSpec('convert', positionals[0]!, 1, ctx.cwd);
     const input = path.resolve(ctx.cwd, spec.path);
@@ -117,12 +150,34 @@ export const convertCommand: Command = {
     // IN:W or IN:unet=…,te=…: the written LoRA is W·τ (per component), exact (rank unchanged); a component
     // at weight 0 is left out.
     const weighted = spec.components !== undefined || spec.weight !== 1;
-    const toWrite = weighted
-      ? {
-          ...mergeLoras([lora], [spec.components ? { weight: spec.weight, ...spec.components } : spec.weight]).lora,
-          metadata: { ...lora.metadata },
-        }
+    const weight: MergeWeight = spec.components ? { weight: spec.weight, ...spec.components } : spec.weight;
+    const target = {
+      ...(rank !== undefined ? { rank } : {}),
+      ...(minEnergy !== undefined ? { minEnergy } : {}),
+    };
+    let toWrite: Lora<Term> = weighted
+      ? { ...mergeLoras([lora], [weight]).lora, metadata: { ...lora.metadata } }
       : lora;
+    let reduction: ConversionReport | undefined;
+    if (rank !== undefined || minEnergy !== undefined) {
+      const progress = values.quiet === true ? null : progressReporter(ctx, 'convert');
+      let merged;
+      try {
+        merged = await mergeLorasParallel([lora], [weight], {
+          ...target,
+          ...(threads !== undefined ? { threads } : {}),
+          ...(progress ? { onProgress: progress.update } : {}),
+        });
+      } finally {
+        progress?.end();
+      }
+      const metadata: Record<string, string> = {};
+      for (const [k, v] of Object.entries(lora.metadata)) if (!STALE_ON_RESIZE.includes(k)) metadata[k] = v;
+      const record = merged.lora.metadata[MERGE_METADATA_KEY];
+      if (record !== undefined) metadata[MERGE_METADATA_KEY] = record;
+      toWrite = { ...merged.lora, metadata };
+      reduction = conversionReport(merged.report, target, (p) => kindName(loaded, p));
+    }
     const provenance = await cliProvenance(
       'convert',
       ctx.cwd,
@@ -132,7 +187,7 @@ export const convertCommand: Command = {
           ...(weighted ? { weight: spec.components ? { weight: spec.weight, ...spec.components } : spec.weight } : {}),
         },
       ],
-      { format: to, ...(kohyaPaths ? { kohyaPaths } : {}), ...(dtype ? { dtype } : {}) },
+      { format: to, ...(kohyaPaths ? { kohyaPaths } : {}), ...(dtype ? { dtype } : {}), ...target },
     );
     const result = await saveLora(toWrite, output, {
       format: to,
@@ -158,6 +213,7 @@ export const convertCommand: Command = {
       unmatched: lora.unmatched,
       flushedToZero: result.stats.flushedToZero,
       notes: lora.notes,
+      ...(reduction ? { reduction } : {}),
     };
     if (values.json === true) {
       ctx.out(`${JSON.stringify(report, null, 2)}\n`);
@@ -175,6 +231,7 @@ export const convertCommand: Command = {
               ]
             : []),
           ...lora.notes.map((n) => `  note: ${n}`),
+          ...(reduction ? formatConversionReport(reduction) : []),
         ].join('\n')}\n`,
       );
     }
@@ -186,5 +243,11 @@ export const convertCommand: Command = {
     return 0;
   },
 };
+
+/** A module's kind in the input file, for the report. */
+function kindName(lora: Lora<Term>, path: string): string {
+  const t = lora.modules.get(path);
+  return t ? termLabel(t) : '?';
+}
 
 export const command: Command = convertCommand;

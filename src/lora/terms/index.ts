@@ -23,7 +23,7 @@ import { hadamardKind } from './hadamard.js';
 import type { KindOps } from './kind.js';
 import { kroneckerKind } from './kronecker.js';
 import { lowRankKind } from './low-rank.js';
-import { viewOf, type PlainFactors } from './matrix.js';
+import { denseFactors, viewOf, type PlainFactors } from './matrix.js';
 
 export type { PlainFactors } from './matrix.js';
 export { multiply, denseFactors, viewOf } from './matrix.js';
@@ -152,8 +152,13 @@ export function kindCounts(lora: Lora<Term>): Partial<Record<TermKind, number>> 
  */
 export function asLowRank(t: Term, path = '(module)', base?: Float32Array): LoraModule {
   if (t.kind === undefined || t.kind === 'lowRank') return t as LoraModule;
-  const { out, shape } = termDims(t, path);
-  const f = termFactors(t, path, base);
+  const { out, fanIn, shape } = termDims(t, path);
+  // Factors wider than the weight's shorter side (a LoHa with r1·r2 ≥ min(out, in·k²)) hold more numbers than the
+  // dense delta: the dense delta with an identity on its shorter side is then the smaller exact form.
+  const f =
+    termRankBound(t, path) >= Math.min(out, fanIn) && !termNeedsBase(t) && t.kind !== 'dense'
+      ? denseFactors(termDelta(t, path), out, fanIn)
+      : termFactors(t, path, base);
   const conv = shape.length === 4;
   return {
     up: ndarray(f.up, conv ? [out, f.rank, 1, 1] : [out, f.rank]),
