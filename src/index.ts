@@ -10,6 +10,18 @@ export * from './core/tensor.js';
 export { VERSION } from './core/version.js';
 export type { ByteSource, ByteSink } from './core/bytes.js';
 export { blobSource, bufferSource, memorySink, type MemorySink } from './core/memory.js';
+// Provenance (what a written file was made from) and the streaming SHA-256 it records, for hosts without node:crypto.
+export {
+  PROVENANCE_METADATA_KEY,
+  formatProvenance,
+  provenanceMetadata,
+  readProvenance,
+  weightLabel,
+  type Provenance,
+  type ProvenanceInput,
+} from './core/provenance.js';
+export { createSha256, sha256Hex, type Sha256 } from './core/sha256.js';
+export { hashingSource, type HashingSource } from './core/sha256-source.js';
 export * from './safetensors/index.js';
 export * from './layout/index.js';
 export * from './formats/index.js';

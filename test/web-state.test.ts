@@ -71,6 +71,49 @@ describe('duplicatesOf', () => {
       }),
     );
   });
+  it('flags the same content under another name once both hashes are known', () => {
+    const d = duplicatesOf([
+      { id: 1, key: 'a', sha256: 'x' },
+      { id: 2, key: 'b', sha256: 'y' },
+      { id: 3, key: 'c' }, // not read yet
+      { id: 4, key: 'd', sha256: 'x' },
+      { id: 5, key: 'd', sha256: 'x' },
+      { id: 6, key: 'c', sha256: 'z' },
+    ]);
+    expect([...d.entries()]).toEqual([
+      [4, 1],
+      [5, 1],
+      [6, 3],
+    ]);
+  });
+  it('points a copy at a kept entry that shares its name or its content (property)', () => {
+    fc.assert(
+      fc.property(
+        fc.array(
+          fc.tuple(fc.integer({ min: 0, max: 4 }), fc.option(fc.integer({ min: 0, max: 3 }), { nil: undefined })),
+          {
+            maxLength: 12,
+          },
+        ),
+        (xs) => {
+          const entries = xs.map(([k, h], i) => ({
+            id: i,
+            key: String(k),
+            sha256: h === undefined ? undefined : String(h),
+          }));
+          const d = duplicatesOf(entries);
+          for (const [dup, original] of d) {
+            expect(original).toBeLessThan(dup);
+            expect(d.has(original)).toBe(false);
+          }
+          const kept = entries.filter((e) => !d.has(e.id));
+          expect(new Set(kept.map((e) => e.key)).size).toBe(kept.length);
+          const hashes = kept.flatMap((e) => (e.sha256 === undefined ? [] : [e.sha256]));
+          expect(new Set(hashes).size).toBe(hashes.length);
+        },
+      ),
+    );
+  });
   it('tells files apart by size and modification time too', () => {
     const k = (size: number, lastModified: number) => fileKey({ name: 'x', size, lastModified });
     expect(new Set([k(1, 1), k(2, 1), k(1, 2)]).size).toBe(3);

@@ -128,12 +128,15 @@ function describe(info: LoraInfo): string {
     `rank ${ranks}`,
     s.dtype ?? '',
     mib(info.bytes),
+    `SHA-256 ${info.sha256.slice(0, 12)}…`,
   ]
     .filter(Boolean)
     .join(' · ');
 }
 
 const byId = (id: number) => entries.find((e) => e.id === id);
+/** Duplicates by name/size/mtime, and by content once the worker has hashed both files. */
+const findDuplicates = () => duplicatesOf(entries.map((e) => ({ id: e.id, key: e.key, sha256: e.info?.sha256 })));
 const nameLine = (fileName: string) => h('span', { className: 'name' }, fileName);
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -153,12 +156,15 @@ function showReading(e: Entry): void {
   e.readBar = bar;
   e.readText = text;
   e.li.className = 'lora loading';
+  delete e.li.dataset.dupOf;
   e.li.replaceChildren(nameLine(e.file.name), h('span', { className: 'controls' }, removeButton(e)), text, bar);
 }
 
 function showDuplicate(e: Entry, original: Entry): void {
   const position = entries.indexOf(original) + 1;
+  const sameName = e.key === original.key;
   e.li.className = 'lora dup';
+  e.li.dataset.dupOf = String(original.id);
   e.li.replaceChildren(
     nameLine(e.file.name),
     h('span', { className: 'controls' }, removeButton(e)),
@@ -166,8 +172,11 @@ function showDuplicate(e: Entry, original: Entry): void {
       'span',
       { className: 'facts' },
       h('span', { className: 'code' }, 'DUPLICATE'),
-      ` — the same file is already file ${position} in the list; it is left out of the merge. ` +
-        'Remove one copy (to count it twice, give it twice the weight).',
+      sameName
+        ? ` — the same file is already file ${position} in the list; it is left out of the merge. `
+        : ` — the same content (SHA-256 ${e.info?.sha256.slice(0, 16) ?? ''}…) as file ${position}, ` +
+            `${original.file.name}, under another name; it is left out of the merge. `,
+      'Remove one copy (to count it twice, give it twice the weight).',
     ),
   );
 }
@@ -210,12 +219,14 @@ function showLoaded(e: Entry, info: LoraInfo): void {
     removeButton(e),
   );
   e.li.className = 'lora';
+  delete e.li.dataset.dupOf;
   e.li.replaceChildren(name, controls, facts, note, weightError, blocksError);
 }
 
 function showFailed(e: Entry, error: ErrorInfo): void {
   e.failed = error;
   e.li.className = 'lora bad';
+  delete e.li.dataset.dupOf;
   e.li.replaceChildren(
     nameLine(e.file.name),
     h('span', { className: 'controls' }, removeButton(e)),
@@ -284,7 +295,7 @@ interface Readiness {
 }
 
 function evaluate(): Readiness {
-  const dups = duplicatesOf(entries);
+  const dups = findDuplicates();
   const files = active(dups);
   const loaded = files.filter((e) => e.info !== undefined);
   const pending = files.some((e) => !e.info && !e.failed);
@@ -357,11 +368,18 @@ function evaluate(): Readiness {
 
 /** Send each file the worker has not read yet (a duplicate waits until its original is gone). */
 function syncCards(): void {
-  const dups = duplicatesOf(entries);
+  const dups = findDuplicates();
   for (const e of entries) {
     const original = dups.get(e.id);
-    if (original !== undefined) {
-      if (!e.sent && !e.li.classList.contains('dup')) showDuplicate(e, byId(original)!);
+    const orig = original !== undefined ? byId(original) : undefined;
+    if (orig) {
+      if (e.li.dataset.dupOf !== String(orig.id) && (!e.sent || e.info)) showDuplicate(e, orig);
+      continue;
+    }
+    if (e.li.dataset.dupOf !== undefined && e.info) {
+      // Its original was removed: this copy (already read) becomes a normal card.
+      delete e.li.dataset.dupOf;
+      showLoaded(e, e.info);
       continue;
     }
     if (!e.sent) {

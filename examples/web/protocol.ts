@@ -13,6 +13,8 @@ export interface LoraInfo {
   id: number;
   fileName: string;
   bytes: number;
+  /** Hex SHA-256 of the whole file, computed while it was read (recorded in provenance; flags duplicates by content). */
+  sha256: string;
   summary: LoraSummary;
   /** Why the page thinks this is an LCM-LoRA, or null. */
   lcm: string | null;

@@ -18,16 +18,22 @@ export function fileKey(f: FileIdentity): string {
 }
 
 /**
- * For each entry (in page order), the id of the earlier entry holding the same file, or undefined. The first
+ * For each entry (in page order), the id of the earlier entry holding the same file, or undefined: the same name,
+ * size and modification time, or — once both are read — the same content (SHA-256) under another name. The first
  * occurrence is the one kept, so removing it turns the next copy into the original.
  */
-export function duplicatesOf<T extends { id: number; key: string }>(entries: readonly T[]): Map<number, number> {
-  const first = new Map<string, number>();
+export function duplicatesOf<T extends { id: number; key: string; sha256?: string | undefined }>(
+  entries: readonly T[],
+): Map<number, number> {
+  const byKey = new Map<string, number>();
+  const bySha = new Map<string, number>();
   const dup = new Map<number, number>();
   for (const e of entries) {
-    const original = first.get(e.key);
-    if (original === undefined) first.set(e.key, e.id);
-    else dup.set(e.id, original);
+    const original = byKey.get(e.key) ?? (e.sha256 !== undefined ? bySha.get(e.sha256) : undefined);
+    if (original !== undefined) dup.set(e.id, original);
+    const kept = original ?? e.id;
+    if (!byKey.has(e.key)) byKey.set(e.key, kept);
+    if (e.sha256 !== undefined && !bySha.has(e.sha256)) bySha.set(e.sha256, kept);
   }
   return dup;
 }

@@ -5,6 +5,8 @@
  */
 import { LoraError, LoraMixError } from '../../src/core/errors.js';
 import { blobSource } from '../../src/core/memory.js';
+import { type ProvenanceInput, provenanceMetadata, weightLabel } from '../../src/core/provenance.js';
+import { hashingSource } from '../../src/core/sha256-source.js';
 import { VERSION } from '../../src/core/version.js';
 import { decodeLora, describeLora, encodeLora, type LoadedLora, type OutputDType } from '../../src/formats/index.js';
 import { mergeLoras, type MergeWeight, type MethodOptions } from '../../src/lora/index.js';
@@ -19,7 +21,14 @@ interface WorkerScope {
 }
 const scope = self as unknown as WorkerScope;
 
-const loras = new Map<number, LoadedLora>();
+/** A decoded input with what provenance records of its file: name, size and the SHA-256 computed while reading. */
+interface Input {
+  lora: LoadedLora;
+  name: string;
+  size: number;
+  sha256: string;
+}
+const loras = new Map<number, Input>();
 /** Ids removed while still being read: their result is dropped when the read ends. */
 const removed = new Set<number>();
 
@@ -45,10 +54,13 @@ async function add(id: number, file: File): Promise<void> {
   const t0 = performance.now();
   try {
     const onRead = throttle((done, total) => scope.postMessage({ type: 'reading', id, done, total }));
-    const st = await parseSafetensors(countingSource(blobSource(file, file.name), onRead));
+    // The hash sees every byte the decoder reads, in file order; finish() reads only what the decoder skipped.
+    const source = hashingSource(countingSource(blobSource(file, file.name), onRead));
+    const st = await parseSafetensors(source);
     const lora = await decodeLora(st);
+    const sha256 = await source.finish();
     if (removed.delete(id)) return;
-    loras.set(id, lora);
+    loras.set(id, { lora, name: file.name, size: file.size, sha256 });
     const summary = describeLora(lora);
     const lcm = lcmEvidence(file.name, lora.metadata, summary);
     scope.postMessage({
@@ -57,6 +69,7 @@ async function add(id: number, file: File): Promise<void> {
         id,
         fileName: file.name,
         bytes: file.size,
+        sha256,
         summary,
         lcm,
         defaultWeight: defaultWeightFor(lcm),
@@ -82,16 +95,18 @@ function weightsOf(request: MergeRequest): MergeWeight[] {
 async function merge(job: number, request: MergeRequest): Promise<void> {
   const t0 = performance.now();
   try {
-    const inputs = request.inputs.map(({ id }) => {
+    const files = request.inputs.map(({ id }) => {
       const l = loras.get(id);
       if (!l) throw new Error(`input ${id} is no longer loaded; add the file again`);
       return l;
     });
+    const inputs = files.map((f) => f.lora);
+    const weights = weightsOf(request);
     const onMerge = throttle((done, total) =>
       scope.postMessage({ type: 'progress', job, done, total, phase: 'merge' }),
     );
     const method = request.method ? ({ method: request.method, ...request.params } as MethodOptions) : {};
-    const { lora, report } = mergeLoras(inputs, weightsOf(request), {
+    const { lora, report } = mergeLoras(inputs, weights, {
       ...method,
       ...(request.rank !== undefined ? { rank: request.rank } : {}),
       onProgress: onMerge,
@@ -105,7 +120,13 @@ async function merge(job: number, request: MergeRequest): Promise<void> {
       );
     }
     const dtype: OutputDType = request.dtype === 'auto' ? inputDType(inputs) : request.dtype;
-    const encoded = encodeLora(lora, { format: request.format, dtype });
+    const metadata = provenanceMetadata('merge', provenanceInputs(files, weights), {
+      format: request.format,
+      dtype,
+      ...(request.rank !== undefined ? { rank: request.rank } : {}),
+      ...method,
+    });
+    const encoded = encodeLora(lora, { format: request.format, dtype, metadata });
     const sink = blobSink(request.fileName);
     const onWrite = throttle((done, total) =>
       scope.postMessage({ type: 'progress', job, done, total, phase: 'write' }),
@@ -134,6 +155,14 @@ async function merge(job: number, request: MergeRequest): Promise<void> {
   } catch (e) {
     scope.postMessage({ type: 'merge-failed', job, error: errorInfo(e) });
   }
+}
+
+/** What provenance records of each input: its file name, size, SHA-256 and the weight it was used with. */
+function provenanceInputs(files: readonly Input[], weights: readonly MergeWeight[]): ProvenanceInput[] {
+  return files.map((f, i) => {
+    const weight = weightLabel(weights[i]);
+    return { role: 'lora', name: f.name, size: f.size, sha256: f.sha256, ...(weight !== undefined ? { weight } : {}) };
+  });
 }
 
 /** The inputs' storage dtype when they agree and it can be written (F16/BF16/F32), else F32. */

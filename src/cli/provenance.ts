@@ -3,21 +3,11 @@
  * SHA-256, the base's size and header hash, the weights as given and the options.
  */
 import * as path from 'node:path';
-import { type ProvenanceInput, provenanceMetadata } from '../core/provenance.js';
+import { type ProvenanceInput, provenanceMetadata, weightLabel } from '../core/provenance.js';
 import type { MergeWeight } from '../lora/index.js';
 import { baseProvenance, loraProvenance } from '../node/provenance.js';
 
-/** '0.8', '1 with blocks IN04=0', '0.5 (unet=1, te=0)' */
-export function weightLabel(w: MergeWeight | undefined): string | undefined {
-  if (w === undefined) return undefined;
-  if (typeof w === 'number') return String(w);
-  const { weight, blocks, ...rest } = w as { weight?: number; blocks?: unknown } & Record<string, unknown>;
-  const parts = [String(weight ?? 1)];
-  if (blocks !== undefined) parts.push(`blocks ${typeof blocks === 'string' ? blocks : JSON.stringify(blocks)}`);
-  const comps = Object.entries(rest).filter(([, v]) => typeof v === 'number');
-  if (comps.length > 0) parts.push(comps.map(([k, v]) => `${k}=${String(v)}`).join(','));
-  return parts.join(' ');
-}
+export { weightLabel };
 
 /** The `__metadata__` entry for a file written by `command`. Paths are recorded as given, relative to `cwd`. */
 export async function cliProvenance(

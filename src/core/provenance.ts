@@ -34,6 +34,21 @@ export interface Provenance {
   readonly options: Readonly<Record<string, unknown>>;
 }
 
+/**
+ * A weight as provenance records it: '0.8', '1 blocks IN04=0', '1 unet=0.8,te=0.5' — a number, or an object with
+ * `weight`, optional `blocks` and per-component strengths (the shape of the library's MergeWeight).
+ */
+export function weightLabel(w: number | object | undefined): string | undefined {
+  if (w === undefined) return undefined;
+  if (typeof w === 'number') return String(w);
+  const { weight, blocks, ...rest } = w as { weight?: number; blocks?: unknown } & Record<string, unknown>;
+  const parts = [String(weight ?? 1)];
+  if (blocks !== undefined) parts.push(`blocks ${typeof blocks === 'string' ? blocks : JSON.stringify(blocks)}`);
+  const comps = Object.entries(rest).filter(([, v]) => typeof v === 'number');
+  if (comps.length > 0) parts.push(comps.map(([k, v]) => `${k}=${String(v)}`).join(','));
+  return parts.join(' ');
+}
+
 /** The metadata entry for a written file. */
 export function provenanceMetadata(
   command: string,

@@ -3,7 +3,8 @@
  * go away when their cause does, a file added twice is flagged, an all-zero merge is an error card, files that are
  * not safetensors are named by kind, and mixed architectures are explained file by file.
  */
-import { writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { clearAll, FIXTURE, mergeOutcome, openPage, upload, type PageSession } from './page-helpers.js';
@@ -105,6 +106,30 @@ describe('merge page state (headless Chromium)', () => {
     expect(await page.textContent('#status')).toMatch(/duplicate/);
 
     await page.locator('#loras li').nth(1).locator('button.remove').click(); // the first copy
+    await page.waitForFunction(() => document.querySelectorAll('#loras .loading, #loras .dup').length === 0);
+    expect(await page.locator('#loras li.lora input.weight').count()).toBe(2);
+    expect(await page.getAttribute('#merge', 'aria-disabled')).toBe('false');
+    await clearAll(page);
+  });
+
+  it('flags the same content under another name (by SHA-256), and keeps the copy once the first is removed', async () => {
+    const { page } = s;
+    const renamed = join(s.dir, 'renamed-copy.safetensors');
+    copyFileSync(FIXTURE.style, renamed);
+    const sha = createHash('sha256').update(readFileSync(FIXTURE.style)).digest('hex');
+    await upload(page, [FIXTURE.lcm, FIXTURE.style, renamed]);
+    const dup = page.locator('#loras li.dup');
+    await page.waitForFunction(() => document.querySelectorAll('#loras li.dup').length === 1);
+    const text = (await dup.textContent()) ?? '';
+    expect(text).toContain('DUPLICATE');
+    expect(text).toContain('same content');
+    expect(text).toContain(sha.slice(0, 16));
+    expect(text).toContain('file 2');
+    expect(await page.getAttribute('#merge', 'aria-disabled')).toBe('true');
+    // The card of the original shows the start of the hash the worker computed while reading it.
+    expect(await page.locator('#loras li').nth(1).textContent()).toContain(sha.slice(0, 12));
+
+    await page.locator('#loras li').nth(1).locator('button.remove').click();
     await page.waitForFunction(() => document.querySelectorAll('#loras .loading, #loras .dup').length === 0);
     expect(await page.locator('#loras li.lora input.weight').count()).toBe(2);
     expect(await page.getAttribute('#merge', 'aria-disabled')).toBe('false');

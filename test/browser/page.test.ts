@@ -3,13 +3,15 @@
  * merge at 1.0 / 0.8, capture the download, and check in Node that the file holds the same deltas as the library
  * computes in Node from the same inputs (and the same bytes). Bad files show their typed error.
  */
+import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildBrowser, REPO_ROOT } from '../../scripts/build-browser.js';
 import { mergeCommand } from '../../src/cli/commands/merge.js';
 import { decodeLora, serializeLora, type LoadedLora } from '../../src/formats/index.js';
 import { bufferSource } from '../../src/core/memory.js';
+import { readProvenance } from '../../src/core/provenance.js';
 import { deltaOf, mergeLoras, requirePlain, type Lora } from '../../src/lora/index.js';
 import { parseSafetensors } from '../../src/safetensors/index.js';
 import { openSession, tempDir, type BrowserSession } from './harness.js';
@@ -176,6 +178,19 @@ describe('merge page (examples/web) in headless Chromium', () => {
     for (const t of cli.tensors) {
       expect(Buffer.from(await page.read(t.name)).equals(Buffer.from(await cli.read(t.name))), t.name).toBe(true);
     }
+    // Provenance: the same record as the CLI's (inputs with size, SHA-256 and weight; the options), except that
+    // the page names each file by its name and the CLI by its path.
+    const fromCli = readProvenance(cli.metadata);
+    const fromPage = readProvenance(page.metadata);
+    expect(fromPage).toBeDefined();
+    expect(fromPage!.command).toBe('merge');
+    expect(fromPage!.options).toEqual(fromCli!.options);
+    expect(fromPage!.inputs.map((i) => i.name)).toEqual([LCM, STYLE].map((p) => basename(p)));
+    const shas = [LCM, STYLE].map((p) => createHash('sha256').update(readFileSync(p)).digest('hex'));
+    expect(fromPage!.inputs.map((i) => i.sha256)).toEqual(shas);
+    expect(fromPage!.inputs.map(({ name: _n, ...rest }) => rest)).toEqual(
+      fromCli!.inputs.map(({ name: _n, ...rest }) => rest),
+    );
   });
 
   it('writes PEFT at a target rank when asked (optimal rank-k, reported as not exact)', async () => {
