@@ -69,7 +69,7 @@ describe('hashingSource: the hash of a file from the reads its user makes', () =
           });
           if (concurrent) {
             const got = await Promise.all(reads.map(([s, e]) => src.read(s, e)));
-            got.forEach((g, i) => expect(g).toEqual(bytes.slice(reads[i]![0], reads[i]![1])));
+            for (const [i, g] of got.entries()) expect(g).toEqual(bytes.slice(reads[i]![0], reads[i]![1]));
           } else {
             for (const [s, e] of reads) expect(await src.read(s, e)).toEqual(bytes.slice(s, e));
           }
