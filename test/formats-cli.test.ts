@@ -207,7 +207,34 @@ describe('lora-mix inspect (LoRA-aware)', () => {
     expect(oft.code).toBe(0);
     expect(oft.out).toMatch(/OFT\/BOFT adapter/);
     const broken = await run(['inspect', 'bad/rank-mismatch.safetensors']);
-    expect(broken.code).toBe(4);
+    expect(broken.code).toBe(1);
     expect(broken.out).toContain('LORA_RANK_MISMATCH');
+  });
+
+  it('a LoraError raised while a file is decoded is about the input: exit 1 in every command, code kept', async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), 'lora-mix-decode-exit-'));
+    try {
+      for (const [file, code] of [
+        ['bad/rank-mismatch.safetensors', 'LORA_RANK_MISMATCH'],
+        ['bad/lokr-shapes.safetensors', 'LORA_SHAPE_MISMATCH'],
+      ] as const) {
+        for (const argv of [
+          ['merge', file, '-o', path.join(dir, 'm.safetensors')],
+          ['convert', file, '--to', 'peft', '-o', path.join(dir, 'c.safetensors')],
+          ['fuse', '--base', 'sd15/base.safetensors', file, '-o', path.join(dir, 'f.safetensors')],
+        ]) {
+          const r = await run(argv);
+          expect({ argv, code: r.code }).toEqual({ argv, code: 1 });
+          expect(r.err).toContain(code);
+        }
+        const e = await loadLora(path.join(FIXTURES, file)).catch((x: unknown) => x);
+        expect(e).toMatchObject({ code, details: expect.objectContaining({ input: true }) });
+      }
+      // Nothing was written.
+      for (const f of ['m.safetensors', 'c.safetensors', 'f.safetensors'])
+        await expect(stat(path.join(dir, f))).rejects.toThrow();
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });

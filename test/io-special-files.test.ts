@@ -126,24 +126,29 @@ describe('stale temps', () => {
       stale: `.out.safetensors.lora-mix-${dead}-0123456789ab.tmp`,
       live: `.out.safetensors.lora-mix-${process.pid}-0123456789ab.tmp`,
       otherTarget: `.other.safetensors.lora-mix-${dead}-0123456789ab.tmp`,
-      notOurs: `.out.safetensors.0123456789ab.tmp`,
+      legacy: `.out.safetensors.0123456789ab.tmp`,
+      legacyPrefixed: `.out.safetensors.lora-mix-0123456789ab.tmp`,
+      legacyFresh: `.out.safetensors.ba9876543210.tmp`,
+      notOurs: `.out.safetensors.backup.tmp`,
       fresh: `.out.safetensors.lora-mix-${dead}-ba9876543210.tmp`,
     };
     for (const [k, name] of Object.entries(files)) {
       await fs.writeFile(path.join(dir, name), 'x');
-      if (k !== 'fresh') await fs.utimes(path.join(dir, name), old, old);
+      if (k !== 'fresh' && k !== 'legacyFresh') await fs.utimes(path.join(dir, name), old, old);
     }
-    // Only the old temp of a dead run for this target goes: not a live pid's, not one newer than this run (a run
-    // that started after us), not another target's, not a name lora-mix does not write.
-    expect(await removeStaleTemps(target)).toEqual([files.stale]);
-    expect((await fs.readdir(dir)).sort()).toEqual([files.fresh, files.live, files.notOurs, files.otherTarget].sort());
+    // Only old temps for this target go — a dead run's, and the pre-pid naming's (no owner: age decides) — not a
+    // live pid's, not one newer than this run (a run that started after us), not another target's, not a name
+    // lora-mix does not write.
+    expect((await removeStaleTemps(target)).sort()).toEqual([files.stale, files.legacy, files.legacyPrefixed].sort());
+    const kept = [files.fresh, files.live, files.notOurs, files.otherTarget, files.legacyFresh];
+    expect((await fs.readdir(dir)).sort()).toEqual(kept.sort());
     // A command writing the target does the same.
     await fs.writeFile(path.join(dir, files.stale), 'x');
     await fs.utimes(path.join(dir, files.stale), old, old);
+    await fs.writeFile(path.join(dir, files.legacy), 'x');
+    await fs.utimes(path.join(dir, files.legacy), old, old);
     const r = await run(['merge', STYLE, '-o', target]);
     expect(r.code).toBe(0);
-    expect((await fs.readdir(dir)).sort()).toEqual(
-      [files.fresh, files.live, files.notOurs, files.otherTarget, 'out.safetensors'].sort(),
-    );
+    expect((await fs.readdir(dir)).sort()).toEqual([...kept, 'out.safetensors'].sort());
   });
 });

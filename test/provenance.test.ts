@@ -108,4 +108,49 @@ describe('provenance', () => {
     });
     expect(f.inputs[1]).toMatchObject({ role: 'lora', name: LCM, sha256: await sha256(LCM), weight: '1' });
   });
+
+  it('no written metadata records an absolute path or parent folders of an input: file names only', async () => {
+    // Inputs outside the working directory, given by absolute path.
+    const away = await fs.mkdtemp(path.join(tmp, 'private-folder-'));
+    const copy = async (rel: string): Promise<string> => {
+      const to = path.join(away, path.basename(rel));
+      await fs.copyFile(path.join(FIXTURES, rel), to);
+      return to;
+    };
+    const [base, lcm, style] = [await copy(BASE), await copy(LCM), await copy(STYLE)];
+    const out = (n: string): string => path.join(tmp, n);
+    const runs: [string, string[]][] = [
+      ['m.safetensors', ['merge', `${lcm}:1`, `${style}:0.8`, '-o', out('m.safetensors'), '-q']],
+      ['c.safetensors', ['convert', style, '--to', 'peft', '-o', out('c.safetensors')]],
+      ['f.safetensors', ['fuse', '--base', base, `${lcm}:1`, '-o', out('f.safetensors'), '-q']],
+      ['u.safetensors', ['unfuse', '--fused', out('f.safetensors'), `${lcm}:1`, '-o', out('u.safetensors'), '-q']],
+      [
+        'x.safetensors',
+        ['extract', '--base', base, '--tuned', out('f.safetensors'), '--rank', '2', '-o', out('x.safetensors'), '-q'],
+      ],
+    ];
+    // The name each output's metadata must still record.
+    const named: Record<string, string> = {
+      'm.safetensors': lcm,
+      'c.safetensors': style,
+      'f.safetensors': lcm,
+      'u.safetensors': out('f.safetensors'),
+      'x.safetensors': out('f.safetensors'),
+    };
+    for (const [name, argv] of runs) {
+      const r = await run(argv);
+      expect({ argv, code: r.code, err: r.err }).toMatchObject({ code: 0 });
+      const f = await openSafetensors(out(name));
+      try {
+        const text = JSON.stringify(f.metadata);
+        for (const leak of [away, tmp, FIXTURES, path.basename(away)])
+          expect({ name, text }).not.toEqual({ name, text: expect.stringContaining(leak) });
+        expect(text).toContain(path.basename(named[name] ?? ''));
+      } finally {
+        await f.close();
+      }
+    }
+    const p = await provenanceOf(out('f.safetensors'));
+    expect(p.inputs.map((i) => i.name)).toEqual([path.basename(base), path.basename(lcm)]);
+  });
 });

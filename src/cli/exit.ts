@@ -8,6 +8,7 @@ import {
   FormatError,
   FuseError,
   IoError,
+  isInputContentError,
   LoraError,
   OptionError,
   SafetensorsError,
@@ -18,7 +19,10 @@ import {
 /** The CLI's exit codes: one per error family (docs/errors.md lists every code with its family). */
 export const EXIT = {
   ok: 0,
-  /** The input's content is wrong: not safetensors, not a LoRA/checkpoint lora-mix reads, NaN/Inf values, wrong architecture. */
+  /**
+   * The input's content is wrong: not safetensors, not a LoRA/checkpoint lora-mix reads, NaN/Inf values, wrong
+   * architecture, factors of a file that do not fit together (a LoraError raised while decoding it).
+   */
   input: 1,
   /** The command line or an API call is wrong: unknown flag, bad or repeated option value, bad weight, bad argument. */
   usage: 2,
@@ -38,6 +42,8 @@ export const EXIT = {
 export function exitCodeFor(e: unknown): number {
   if (e instanceof UsageError || e instanceof ArgumentError || e instanceof OptionError) return EXIT.usage;
   if (e instanceof SafetensorsError || e instanceof FormatError || e instanceof ArchError) return EXIT.input;
+  // A LoraError raised while a file was decoded and checked says the file is wrong (rank / shape mismatch).
+  if (isInputContentError(e)) return EXIT.input;
   if (e instanceof IoError) return EXIT.io;
   if (e instanceof LoraError) return EXIT.arithmetic;
   if (e instanceof FuseError) return EXIT.fuse;

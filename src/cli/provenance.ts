@@ -3,13 +3,16 @@
  * SHA-256, the base's size and header hash, the weights as given and the options.
  */
 import * as path from 'node:path';
-import { type ProvenanceInput, provenanceMetadata, weightLabel } from '../core/provenance.js';
+import { fileNameOf, type ProvenanceInput, provenanceMetadata, weightLabel } from '../core/provenance.js';
 import type { MergeWeight } from '../lora/index.js';
 import { baseProvenance, loraProvenance } from '../node/provenance.js';
 
 export { weightLabel };
 
-/** The `__metadata__` entry for a file written by `command`. Paths are recorded as given, relative to `cwd`. */
+/**
+ * The `__metadata__` entry for a file written by `command`. An input inside `cwd` is recorded by its path relative
+ * to it; any other by its file name alone: a written file never records an absolute path or parent folders.
+ */
 export async function cliProvenance(
   command: string,
   cwd: string,
@@ -19,7 +22,7 @@ export async function cliProvenance(
 ): Promise<Record<string, string>> {
   const name = (p: string): string => {
     const rel = path.relative(cwd, p);
-    return rel !== '' && !rel.startsWith('..') ? rel : p;
+    return rel !== '' && !rel.startsWith('..') && !path.isAbsolute(rel) ? rel : fileNameOf(p);
   };
   const inputs: ProvenanceInput[] = [];
   for (const c of checkpoints) inputs.push({ ...(await baseProvenance(c.file, name(c.file))), role: c.role });

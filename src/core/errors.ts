@@ -135,6 +135,24 @@ export class LoraError extends LoraMixError {
   }
 }
 
+/**
+ * A LoraError raised while a file is decoded and checked (factors whose ranks or shapes do not fit together or fit
+ * no layout) says the input file is wrong, not that arithmetic on valid inputs failed: it is re-raised with the same
+ * code and message and `details.input: true`, which the CLI maps to the input-content exit code (docs/errors.md).
+ * Other errors are returned unchanged.
+ */
+export function asInputContentError(e: unknown): unknown {
+  if (!(e instanceof LoraError) || e.details.input === true) return e;
+  const marked = new LoraError(e.code, e.message, { ...e.details, input: true });
+  marked.stack = e.stack;
+  return marked;
+}
+
+/** True for a LoraError that describes an input file's content (see asInputContentError). */
+export function isInputContentError(e: unknown): boolean {
+  return e instanceof LoraError && e.details.input === true;
+}
+
 /** Architectures disagree or cannot be determined. */
 export class ArchError extends LoraMixError {
   declare readonly code: ArchErrorCode;

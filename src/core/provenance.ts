@@ -9,6 +9,15 @@ import { VERSION } from './version.js';
 
 export const PROVENANCE_METADATA_KEY = 'lora_mix_provenance';
 
+/**
+ * The file (or folder) name of a path, for metadata: written files never record where their inputs lived (no
+ * absolute path, no parent folders), only what they were called. Either separator; a trailing one is ignored.
+ */
+export function fileNameOf(p: string): string {
+  const parts = p.split(/[\\/]+/).filter((x) => x !== '');
+  return parts[parts.length - 1] ?? p;
+}
+
 export interface ProvenanceInput {
   /** 'lora', 'base' … */
   readonly role: string;

@@ -7,7 +7,7 @@
  * `inspect` can describe a 400 MB LoRA without loading it; `decodeLora` is the plan plus the factors.
  */
 import ndarray from 'ndarray';
-import { ArchError, FormatError, LoraError } from '../core/errors.js';
+import { ArchError, asInputContentError, FormatError, LoraError } from '../core/errors.js';
 import { assertFiniteTensor } from '../core/finite.js';
 import { ARCH_LABEL } from '../layout/index.js';
 import type { Arch, Layout, LayoutSize, ModuleEntry } from '../layout/types.js';
@@ -202,6 +202,14 @@ function infoOf(infos: ReadonlyMap<string, TensorMeta>, key: string): TensorMeta
  * Throws the typed errors listed in docs/formats.md. Reads only alpha tensors (0-d), never factors.
  */
 export async function planLora(file: LoraFileLike, options: DecodeOptions = {}): Promise<LoraPlan> {
+  try {
+    return await planFile(file, options);
+  } catch (e) {
+    throw asInputContentError(e);
+  }
+}
+
+async function planFile(file: LoraFileLike, options: DecodeOptions): Promise<LoraPlan> {
   const fileName = file.name;
   const keys = file.tensors.map((t) => t.name);
   const infos = new Map(file.tensors.map((t) => [t.name, t]));
@@ -756,6 +764,14 @@ const READ_AHEAD = 4;
 
 /** The term of one planned module of any kind, read from the file. */
 export async function readPlannedTerm(file: LoraFileLike, m: PlannedModule): Promise<Term> {
+  try {
+    return await readTerm(file, m);
+  } catch (e) {
+    throw asInputContentError(e);
+  }
+}
+
+async function readTerm(file: LoraFileLike, m: PlannedModule): Promise<Term> {
   if (!m.adapter) {
     const [d, u, b] = await Promise.all([
       file.readF32(m.downKey),
@@ -778,6 +794,14 @@ export async function readPlannedTerm(file: LoraFileLike, m: PlannedModule): Pro
 
 /** Read the factors of a plan: the LoRA in canonical form. */
 export async function readPlannedLora(file: LoraFileLike, plan: LoraPlan): Promise<LoadedLora> {
+  try {
+    return await readPlanned(file, plan);
+  } catch (e) {
+    throw asInputContentError(e);
+  }
+}
+
+async function readPlanned(file: LoraFileLike, plan: LoraPlan): Promise<LoadedLora> {
   for (const m of plan.modules) {
     if (!Number.isFinite(m.alpha)) assertFiniteTensor(file.name, m.alphaKey ?? m.name, [m.alpha], 'alpha');
   }

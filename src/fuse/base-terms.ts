@@ -5,11 +5,10 @@
  * Only those modules' weights are read, one at a time.
  */
 import { ArchError, LoraError } from '../core/errors.js';
-import { decodeToF32 } from '../core/dtype.js';
 import { getLayout } from '../layout/index.js';
 import { termNeedsBase, withBase } from '../lora/terms/index.js';
 import type { Lora, Term } from '../lora/types.js';
-import { findWeight, type OpenedBase } from './base.js';
+import { findWeight, readWeightRows, type OpenedBase } from './base.js';
 import { openBase } from './fuse.js';
 import type { BaseInput } from './types.js';
 
@@ -28,11 +27,7 @@ async function baseWeight(opened: OpenedBase, lora: Lora<Term>, path: string): P
       key: path,
     });
   }
-  const info = found.file.info(found.key);
-  const all = decodeToF32(info.dtype, await found.file.read(found.key), found.key);
-  if (!found.rows) return all;
-  const cols = info.numel / (info.shape[0] ?? 1);
-  return all.slice(found.rows[0] * cols, found.rows[1] * cols);
+  return readWeightRows(await found.file.read(found.key), found, found.key);
 }
 
 /**

@@ -4,6 +4,7 @@
  */
 import type { CheckpointDetection } from '../layout/detect.js';
 import type { Component, Layout, ModuleEntry, StateDictEntry } from '../layout/types.js';
+import { decodeToF32 } from '../core/dtype.js';
 import type { SafetensorsFile } from '../safetensors/read.js';
 
 /** One safetensors file of the base that is rewritten into the output. */
@@ -127,4 +128,23 @@ export function findWeight(opened: OpenedBase, entry: ModuleEntry): FoundWeight 
       return { file: f.file, key: l.key, ...(l.rows ? { rows: l.rows } : {}), fileIndex: i };
   }
   return null;
+}
+
+/** A weight's place in an opened file, as `findWeight` and `locate` give it. */
+export interface WeightRowsAt {
+  readonly file: Pick<SafetensorsFile, 'info'>;
+  readonly key: string;
+  readonly rows?: readonly [number, number];
+}
+
+/**
+ * The f32 values of a module's weight from the stored bytes of its tensor: the whole tensor, or its rows [start,
+ * end) when the file stores several modules in one tensor (OpenCLIP-G q/k/v). A view into the decoded tensor.
+ */
+export function readWeightRows(raw: Uint8Array, at: WeightRowsAt, what: string): Float32Array {
+  const info = at.file.info(at.key);
+  const all = decodeToF32(info.dtype, raw, what);
+  if (!at.rows) return all;
+  const cols = info.numel / (info.shape[0] ?? 1);
+  return all.subarray(at.rows[0] * cols, at.rows[1] * cols);
 }

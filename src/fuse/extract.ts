@@ -17,6 +17,7 @@ import { isByteSource, type ByteSink, type ByteSource } from '../core/bytes.js';
 import { decodeToF32, encodeFromF32, countOverflow } from '../core/dtype.js';
 import { ArchError, LoraError, OptionError } from '../core/errors.js';
 import { VERSION } from '../core/version.js';
+import { fileNameOf } from '../core/provenance.js';
 import { ARCH_LABEL } from '../layout/archs.js';
 import type { ModuleEntry } from '../layout/types.js';
 import { encodeModules, type ModuleSource, type OutputDType } from '../formats/encode.js';
@@ -27,7 +28,7 @@ import { jsProduct, truncatedSvd } from '../lora/svd.js';
 import type { SafetensorsFile } from '../safetensors/read.js';
 import { writeSafetensors } from '../safetensors/write.js';
 import { now } from '../kernels/job.js';
-import { findWeight, type OpenedBase } from './base.js';
+import { findWeight, readWeightRows, type OpenedBase } from './base.js';
 import { openBase } from './fuse.js';
 import type { BaseInput } from './types.js';
 
@@ -275,14 +276,6 @@ class WeightReader {
   }
 }
 
-function rowsOf(raw: Uint8Array, loc: Located, what: string): Float32Array {
-  const info = loc.file.info(loc.key);
-  const all = decodeToF32(info.dtype, raw, what);
-  if (!loc.rows) return all;
-  const cols = info.numel / (info.shape[0] ?? 1);
-  return all.subarray(loc.rows[0] * cols, loc.rows[1] * cols);
-}
-
 function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
   if (a.length !== b.length) return false;
   for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
@@ -349,8 +342,8 @@ export async function extractLora(base: BaseInput, tuned: BaseInput, options: Ex
       const n = e.shape.slice(1).reduce((a, d) => a * d, 1);
       let delta: Float32Array | null = null;
       if (!(it.base.rows === undefined && rb.dtype === rt.dtype && bytesEqual(rb.raw, rt.raw))) {
-        const wb = rowsOf(rb.raw, it.base, `${openedBase.name}: '${it.base.key}'`);
-        const wt = rowsOf(rt.raw, it.tuned, `${openedTuned.name}: '${it.tuned.key}'`);
+        const wb = readWeightRows(rb.raw, it.base, `${openedBase.name}: '${it.base.key}'`);
+        const wt = readWeightRows(rt.raw, it.tuned, `${openedTuned.name}: '${it.tuned.key}'`);
         delta = new Float32Array(out * n);
         let any = false;
         for (let j = 0; j < delta.length; j++) {
@@ -414,8 +407,8 @@ export async function extractLora(base: BaseInput, tuned: BaseInput, options: Ex
     const convRule = rules.conv ? describeRule(rules.conv) : 'left out';
     const summary = {
       version: VERSION,
-      base: openedBase.name,
-      tuned: openedTuned.name,
+      base: fileNameOf(openedBase.name),
+      tuned: fileNameOf(openedTuned.name),
       rule: ruleText,
       convRule,
       modules: reports.length,

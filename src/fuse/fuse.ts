@@ -25,6 +25,7 @@ import { parseSafetensors, SafetensorsFile } from '../safetensors/read.js';
 import { writeSafetensors, type TensorToWrite } from '../safetensors/write.js';
 import { DTYPE_SIZE, type DType } from '../core/tensor.js';
 import { VERSION } from '../core/version.js';
+import { fileNameOf } from '../core/provenance.js';
 import { currentFuseHost, type FuseHost } from './host.js';
 import { locate, locateBias, whyAbsent, type BaseWeightFile, type OpenBaseOptions, type OpenedBase } from './base.js';
 import { openInputs, type FuseInput, type InputModule } from './inputs.js';
@@ -794,8 +795,9 @@ export async function fuseLoras(
     const clamp = options.onOverflow === 'clamp';
     const fuseMeta = JSON.stringify({
       version: VERSION,
-      base: opened.name,
-      loras: inputs.map((x) => ({ source: x.source, format: x.format, weight: x.weightLabel })),
+      // File names only: a written file never records where its inputs lived.
+      base: fileNameOf(opened.name),
+      loras: inputs.map((x) => ({ source: fileNameOf(x.source), format: x.format, weight: x.weightLabel })),
       dtype: options.dtype ?? 'as stored',
       onOverflow: clamp ? 'clamp' : 'error',
       ...(method.method !== 'concat'

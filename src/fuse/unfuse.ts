@@ -14,10 +14,11 @@ import type { DType } from '../core/tensor.js';
 import type { ModuleEntry } from '../layout/types.js';
 import type { MergeWeight } from '../lora/merge.js';
 import { inspectLora } from '../formats/index.js';
-import { findWeight, type OpenedBase, type FoundWeight } from './base.js';
+import { findWeight, readWeightRows, type OpenedBase, type FoundWeight } from './base.js';
 import { FUSE_METADATA_KEY, fuseLoras, openBase } from './fuse.js';
 import type { BaseInput, FuseOptions, FuseReport, LoraInput } from './types.js';
 import { LoraError } from '../core/errors.js';
+import { fileNameOf } from '../core/provenance.js';
 
 /** Metadata key recording an unfusion. */
 export const UNFUSE_METADATA_KEY = 'lora_mix_unfuse';
@@ -58,11 +59,6 @@ export function negateWeight(w: MergeWeight): MergeWeight {
   return { ...w, weight: -(w.weight ?? 1) };
 }
 
-function baseName(p: string): string {
-  const parts = p.split(/[\\/]/);
-  return parts[parts.length - 1] ?? p;
-}
-
 /** LoRAs not named in the fused file's lora_mix_fuse metadata (when it has any). */
 async function unlistedLoras(fused: BaseInput, loras: readonly LoraInput[]): Promise<string[]> {
   const opened = await openBase(fused);
@@ -72,13 +68,13 @@ async function unlistedLoras(fused: BaseInput, loras: readonly LoraInput[]): Pro
     let listed: string[] = [];
     try {
       const parsed = JSON.parse(meta) as { loras?: { source?: unknown }[] };
-      listed = (parsed.loras ?? []).map((l) => (typeof l.source === 'string' ? baseName(l.source) : ''));
+      listed = (parsed.loras ?? []).map((l) => (typeof l.source === 'string' ? fileNameOf(l.source) : ''));
     } catch {
       return [];
     }
     return loras
       .filter((l): l is string => typeof l === 'string')
-      .filter((l) => !listed.includes(baseName(l)))
+      .filter((l) => !listed.includes(fileNameOf(l)))
       .map(
         (l) =>
           `${l} is not among the LoRAs the fused file records (${listed.join(', ') || 'none'}); unfusing a LoRA that was not fused changes the weights instead of restoring them`,
@@ -105,7 +101,7 @@ export async function unfuseLoras(
     metadata: {
       ...(fuseOptions.metadata ?? {}),
       [UNFUSE_METADATA_KEY]: JSON.stringify({
-        fused: typeof fused === 'string' ? fused : '(source)',
+        fused: typeof fused === 'string' ? fileNameOf(fused) : '(source)',
         loras: loras.length,
       }),
     },
@@ -132,11 +128,7 @@ async function modulePaths(loras: readonly LoraInput[]): Promise<Set<string>> {
 }
 
 async function rowsF32(w: FoundWeight, what: string): Promise<{ values: Float32Array; dtype: DType }> {
-  const info = w.file.info(w.key);
-  const all = decodeToF32(info.dtype, await w.file.read(w.key), what);
-  if (!w.rows) return { values: all, dtype: info.dtype };
-  const cols = info.numel / (info.shape[0] ?? 1);
-  return { values: all.subarray(w.rows[0] * cols, w.rows[1] * cols), dtype: info.dtype };
+  return { values: readWeightRows(await w.file.read(w.key), w, what), dtype: w.file.info(w.key).dtype };
 }
 
 /**

@@ -15,6 +15,7 @@ import { ArchError, LoraError, ArgumentError, OptionError } from '../core/errors
 import { getLayout } from '../layout/index.js';
 import type { Arch, Layout, LayoutSize } from '../layout/types.js';
 import { VERSION } from '../core/version.js';
+import { fileNameOf } from '../core/provenance.js';
 import { compileBlockWeights, type BlockSpec, type BlockWeights } from './blocks.js';
 import {
   checkComponents,
@@ -585,7 +586,7 @@ export function assembleMerge(
         const source = (l as { source?: unknown }).source;
         const outputName = l.metadata.ss_output_name;
         return {
-          ...(typeof source === 'string' ? { source: source.split(/[\\/]/).pop()! } : {}),
+          ...(typeof source === 'string' ? { source: fileNameOf(source) } : {}),
           ...(outputName ? { ss_output_name: outputName } : {}),
           weight: describeWeight(weights[i]!),
         };

@@ -2,7 +2,6 @@
  * Node side of fusion: base checkpoints given as paths (single files and diffusers folders), folder output written
  * beside the target and moved into place at the end, and the multi-threaded CPU kernel.
  */
-import { randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { ArchError, FormatError, IoError, LoraMixError } from '../core/errors.js';
@@ -17,6 +16,7 @@ import type { Arch, Component } from '../layout/types.js';
 import type { SafetensorsFile } from '../safetensors/read.js';
 import type { BaseWeightFile, OpenBaseOptions, OpenedBase } from '../fuse/base.js';
 import { createCpuKernel } from './kernel-threads.js';
+import { registerTemp, releaseTemp, tempPathFor } from './temp-files.js';
 import type { FuseKernel } from '../kernels/types.js';
 
 export const joinPath = (dir: string, rel: string): string => path.join(dir, ...rel.split('/'));
@@ -264,7 +264,8 @@ export async function writeFolder(base: OpenedBase, out: string, write: (dir: st
         file: out,
       });
   }
-  const tmp = path.join(path.dirname(target), `.${path.basename(target)}.${randomBytes(6).toString('hex')}.tmp`);
+  const tmp = tempPathFor(target);
+  registerTemp(tmp);
   const rewritten = new Set(
     [...base.files.map((f) => f.rel), ...folder.skip].map((r) => path.join(src, ...r.split('/'))),
   );
@@ -278,8 +279,10 @@ export async function writeFolder(base: OpenedBase, out: string, write: (dir: st
     await write(tmp);
     if (existing) await fs.rmdir(target);
     await fs.rename(tmp, target);
+    releaseTemp(tmp);
   } catch (e) {
     await fs.rm(tmp, { recursive: true, force: true }).catch(() => undefined);
+    releaseTemp(tmp);
     if (!(e instanceof LoraMixError)) {
       throw new IoError(
         'IO_WRITE_FAILED',

@@ -4,7 +4,9 @@
  * status still says what killed it), and removal of stale ones a killed run left beside a target.
  *
  * Name: `.<target name>.lora-mix-<pid>-<random>.tmp`. The pid lets a later run tell a temp of a live run (left
- * alone) from one of a dead run (removed).
+ * alone) from one of a dead run (removed). Versions before the pid was added named temps `.<target name>.<12 hex>.tmp`
+ * (and, briefly, `.<target name>.lora-mix-<hex>.tmp`); those carry no owner, so a rerun removes them when they are
+ * older than the run itself (a run that started later cannot own them).
  */
 import { randomBytes } from 'node:crypto';
 import { rmSync, promises as fs } from 'node:fs';
@@ -32,10 +34,20 @@ export function tempOwnerPid(targetName: string, entry: string): number | undefi
   return m ? Number(m[1]) : undefined;
 }
 
+/**
+ * A temp of the naming used before the pid was recorded (`.<name>.<12 hex>.tmp`, `.<name>.lora-mix-<hex>.tmp`):
+ * no owner can be told from it.
+ */
+export function isLegacyTemp(targetName: string, entry: string): boolean {
+  const prefix = `.${targetName}.`;
+  if (!entry.startsWith(prefix) || !entry.endsWith('.tmp')) return false;
+  return /^(?:lora-mix-)?[0-9a-f]{12}$/.test(entry.slice(prefix.length, -'.tmp'.length));
+}
+
 function removeLiveTemps(): void {
   for (const p of live) {
     try {
-      rmSync(p, { force: true });
+      rmSync(p, { force: true, recursive: true });
     } catch {
       // Nothing more can be done while the process is going down.
     }
@@ -88,7 +100,8 @@ const RUN_START = Date.now() - process.uptime() * 1000;
 
 /**
  * Remove temps of lora-mix's own naming beside `target` that a killed run left: regular files, older than this
- * run, whose pid is not a live process. Returns the names removed. Never throws (best effort).
+ * run, whose pid is not a live process, or of the pre-pid naming (no owner recorded: age alone decides). Returns the
+ * names removed. Never throws (best effort).
  */
 export async function removeStaleTemps(target: string): Promise<string[]> {
   const abs = path.resolve(target);
@@ -103,7 +116,7 @@ export async function removeStaleTemps(target: string): Promise<string[]> {
   }
   for (const entry of entries) {
     const pid = tempOwnerPid(name, entry);
-    if (pid === undefined || pidAlive(pid)) continue;
+    if (pid === undefined ? !isLegacyTemp(name, entry) : pidAlive(pid)) continue;
     const p = path.join(dir, entry);
     try {
       const st = await fs.lstat(p);

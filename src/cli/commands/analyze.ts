@@ -7,6 +7,7 @@ import { formatAnalyzeReport } from '../../lora/analyze-format.js';
 import { analyzeHtml } from '../../lora/analyze-html.js';
 import { numberOption, parseCommandArgs, parseWeighted } from '../args.js';
 import type { CliContext, Command } from '../context.js';
+import { registerTemp, releaseTemp, tempPathFor } from '../../node/temp-files.js';
 
 const HELP = `Usage: lora-mix analyze A.safetensors[:W] [B.safetensors[:W] …] [--json] [--html OUT.html]
                         [--density D] [--modules] [-q]
@@ -65,12 +66,15 @@ export const analyzeCommand: Command = {
         throw new IoError('OUTPUT_WOULD_OVERWRITE_INPUT', `analyze: --html ${values.html} would overwrite an input`, {
           file: values.html,
         });
-      const tmp = `${target}.${process.pid}.tmp`;
+      const tmp = tempPathFor(target);
+      registerTemp(tmp);
       try {
         await fs.writeFile(tmp, analyzeHtml(report));
         await fs.rename(tmp, target);
+        releaseTemp(tmp);
       } catch (e) {
         await fs.rm(tmp, { force: true });
+        releaseTemp(tmp);
         throw new IoError('IO_WRITE_FAILED', `analyze: could not write ${values.html}: ${(e as Error).message}`, {
           file: values.html,
         });

@@ -9,7 +9,7 @@ import type { SafetensorsFile } from '../../safetensors/index.js';
 
 export type KindReport =
   | { kind: 'lora'; lora: LoraSummary }
-  | { kind: 'lora'; error: { code: string; message: string } }
+  | { kind: 'lora'; error: { code: string; message: string; details: Readonly<Record<string, unknown>> } }
   | { kind: 'unsupported-adapter'; adapter: string; example: string; message: string }
   | {
       kind: 'checkpoint';
@@ -54,7 +54,8 @@ export async function inspectKind(file: SafetensorsFile): Promise<KindReport> {
         return { kind: 'other', reason: k.reason };
     }
   } catch (e) {
-    if (e instanceof LoraMixError) return { kind: 'lora', error: { code: e.code, message: e.message } };
+    if (e instanceof LoraMixError)
+      return { kind: 'lora', error: { code: e.code, message: e.message, details: e.details } };
     throw e;
   }
 }

@@ -23,8 +23,8 @@ training metadata; only the alphas are read), a base checkpoint (architecture, s
 naming, components), an adapter type lora-mix refuses (LoHa, LoKr, DoRA, …), or other safetensors.
 The values of a LoRA's tensors are read and every NaN / ±Inf is counted per tensor (merge, convert and fuse
 refuse such files; inspect reports them and exits 0); --values does the same for any file (reads all of it).
-When a LoRA cannot be used the error is printed and the exit code is its family's (docs/errors.md: 1 for a
-file whose content is wrong, 4 for factors that do not fit together).
+When a LoRA cannot be used the error is printed and the exit code is its family's (docs/errors.md): 1, since
+the file's content is wrong (factors that do not fit together included).
 
 Options:
   --json        print one JSON object (file, sizes, totals, metadata, tensors) instead of the table
@@ -166,7 +166,9 @@ export const inspectCommand: Command = {
           `${formatKind(kind)}\n${formatValueScan(scan)}\n${made ? `${formatProvenance(made)}\n` : ''}\n${formatInspect(raw, { summary: values.summary === true })}\n`,
         );
       }
-      return 'error' in kind ? exitCodeFor(errorFromCode(kind.error.code, kind.error.message)) : 0;
+      return 'error' in kind
+        ? exitCodeFor(errorFromCode(kind.error.code, kind.error.message, { ...kind.error.details }))
+        : 0;
     } finally {
       await file.close();
     }
