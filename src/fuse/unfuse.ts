@@ -9,7 +9,7 @@
  * a histogram, the worst element, and how many elements lie beyond the bound above. A LoRA (or weight) that was not
  * fused into the file shows up as an implausible distance, reported as a warning.
  */
-import { decodeToF32, halfUlp } from '../core/dtype.js';
+import { halfUlp } from '../core/dtype.js';
 import type { DType } from '../core/tensor.js';
 import type { ModuleEntry } from '../layout/types.js';
 import type { MergeWeight } from '../lora/merge.js';
