@@ -5,7 +5,7 @@ import { serializeSafetensors, type TensorData } from '../src/safetensors/index.
 import { open } from './formats-helpers.js';
 
 /** A tiny SD1.5 PEFT LoRA (diffusers spelling) at rank 4 whose adapter config in the metadata is replaced by `config`. */
-function peftFile(config: Record<string, unknown>): Uint8Array {
+function peftFile(config: Record<string, unknown> | string): Uint8Array {
   const enc = syntheticLora('sd15', 'tiny', {
     rank: 4,
     alpha: 4,
@@ -15,7 +15,12 @@ function peftFile(config: Record<string, unknown>): Uint8Array {
   });
   return serializeSafetensors(
     enc.tensors.map((t) => ({ ...t, data: typeof t.data === 'function' ? (t.data as () => TensorData)() : t.data })),
-    { metadata: { ...enc.metadata, [PEFT_METADATA_KEY]: JSON.stringify(config) } },
+    {
+      metadata: {
+        ...enc.metadata,
+        [PEFT_METADATA_KEY]: typeof config === 'string' ? config : JSON.stringify(config),
+      },
+    },
   );
 }
 
@@ -23,7 +28,7 @@ const Q0 = 'down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q';
 const Q1 = 'down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q';
 const K1 = 'down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_k';
 
-async function alphas(config: Record<string, unknown>): Promise<Map<string, number>> {
+async function alphas(config: Record<string, unknown> | string): Promise<Map<string, number>> {
   const plan = await planLora(await open(peftFile(config), 'peft.safetensors'));
   return new Map(plan.modules.map((m) => [m.entry.path, m.alpha]));
 }
@@ -89,5 +94,25 @@ describe('PEFT alpha_pattern / rank_pattern: the first key in pattern order whos
       await open(peftFile({ 'unet.r': 4, 'unet.lora_alpha': 4, 'unet.rank_pattern': { [Q0]: 4 } }), 'p.safetensors'),
     );
     expect(consistent.notes.join('\n')).not.toMatch(/rank_pattern/);
+  });
+
+  it('integer-like pattern keys keep the order of the JSON text (a JS object would list them first)', async () => {
+    const O0 = 'down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_out.0';
+    // PEFT tries 'to_out.0' first (text order); JSON.parse's object would try '0' first and give 3.
+    const text = '{"unet.r": 4, "unet.lora_alpha": 4, "unet.alpha_pattern": {"to_out.0": 7, "0": 3}}';
+    const a = await alphas(text);
+    expect(a.get(`unet.${O0}`)).toBe(7);
+    expect(a.get(`unet.${Q0}`)).toBe(4);
+    // The other order: '0' is listed first and wins for every module whose name ends in '.0'.
+    const b = await alphas('{"unet.r": 4, "unet.lora_alpha": 4, "unet.alpha_pattern": {"0": 3, "to_out.0": 7}}');
+    expect(b.get(`unet.${O0}`)).toBe(3);
+    // rank_pattern keeps its text order too (the note says the config's rank for to_out.0 disagrees).
+    const plan = await planLora(
+      await open(
+        peftFile('{"unet.r": 4, "unet.lora_alpha": 4, "unet.rank_pattern": {"to_out.0": 4, "0": 9}}'),
+        'p.safetensors',
+      ),
+    );
+    expect(plan.notes.join('\n')).not.toMatch(/rank_pattern/);
   });
 });

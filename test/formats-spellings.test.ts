@@ -8,7 +8,7 @@ import { syntheticLora, type LoraSpec } from '../src/fixtures/generate.js';
 import { decodeLora, encodeLora, planLora, serializeLora } from '../src/formats/index.js';
 import { mergeLoras } from '../src/lora/index.js';
 import { getLayout } from '../src/layout/index.js';
-import type { Arch } from '../src/layout/types.js';
+import type { Arch, ModuleEntry } from '../src/layout/types.js';
 import { contiguousValues } from '../src/lora/delta.js';
 import { caught, encodedBytes, open } from './formats-helpers.js';
 import { requirePlain } from '../src/lora/terms/index.js';
@@ -81,6 +81,48 @@ describe("LyCORIS wrapper names ('lycoris_' + flattened diffusers UNet path, Sim
       expect(m.alpha).toBe(2);
       expect(contiguousValues(m.up)).toEqual(contiguousValues(kohya.modules.get(p)!.up));
     }
+  });
+
+  /** A kohya file of `arch` with every module renamed by `rename` (module entry → new stem), through the layout. */
+  async function renamed(arch: Arch, rename: (e: ModuleEntry) => string) {
+    const enc = syntheticLora(arch, 'tiny', { ...base, targets: 'style', format: 'kohya' });
+    const layout = getLayout(arch, 'tiny');
+    const tensors = enc.tensors.map((t) => {
+      const dot = t.name.indexOf('.');
+      const entry = layout.byKohyaName.get(t.name.slice(0, dot));
+      if (!entry) throw new Error(`no module for ${t.name}`);
+      return { ...t, name: rename(entry) + t.name.slice(dot) };
+    });
+    return requirePlain(await decodeLora(await open(encodedBytes({ ...enc, tensors }), 'ly.safetensors')));
+  }
+
+  const sameAsKohya = async (arch: Arch, ly: Awaited<ReturnType<typeof renamed>>) => {
+    const kohya = await decodeSpec(arch, { ...base, targets: 'style', format: 'kohya' });
+    expect(ly.format).toBe('lycoris');
+    expect(ly.arch).toBe(arch);
+    expect([...ly.modules.keys()]).toEqual([...kohya.modules.keys()]);
+    for (const [p, m] of ly.modules) expect(contiguousValues(m.up)).toEqual(contiguousValues(kohya.modules.get(p)!.up));
+  };
+
+  it("text encoders as 'lycoris_te_' / 'lycoris_te1_' / 'lycoris_te2_' + HF path; the UNet by its LDM path", async () => {
+    for (const arch of ['sd15', 'sdxl'] as const) {
+      const ly = await renamed(arch, (e) =>
+        e.component === 'unet'
+          ? `lycoris_${e.singleFilePath.replace(/\./g, '_')}`
+          : `lycoris_${arch === 'sd15' ? 'te' : e.component === 'text_encoder' ? 'te1' : 'te2'}_${e.localPath.replace(/\./g, '_')}`,
+      );
+      await sameAsKohya(arch, ly);
+      expect([...ly.modules.keys()].some((p) => p.startsWith('text_encoder.'))).toBe(true);
+      if (arch === 'sdxl') expect([...ly.modules.keys()].some((p) => p.startsWith('text_encoder_2.'))).toBe(true);
+    }
+  });
+
+  it("the wrapper on a text encoder writes 'lycoris_' + HF path: the (first) text encoder", async () => {
+    const ly = await renamed('sd15', (e) => `lycoris_${e.localPath.replace(/\./g, '_')}`);
+    await sameAsKohya('sd15', ly);
+    // SDXL's two encoders share HF paths; the bare name is the first one's (like a bare 'text_model.' PEFT path).
+    const te1 = getLayout('sdxl', 'tiny').byAlias.get('lycoris_text_model_encoder_layers_0_self_attn_q_proj');
+    expect(te1?.path).toBe('text_encoder.text_model.encoder.layers.0.self_attn.q_proj');
   });
 
   it('an unknown lycoris_ name is FORMAT_KEY_UNRESOLVED naming it, never "not a LoRA"', async () => {

@@ -1,3 +1,4 @@
+import ndarray from 'ndarray';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { gramRows, pivotedCholesky, symmetricEigen, xtyToF32 } from '../src/lora/linalg.js';
@@ -214,6 +215,28 @@ describe('rank reduction against a dense reference SVD', () => {
     const { lora, report } = mergeLoras([loras[0]!, loras[0]!], [1, -1], { rank: 2 });
     expect(lora.modules.size).toBe(0);
     expect(report.dropped).toEqual([{ path: PATH, reason: 'zero-delta' }]);
+  });
+
+  it('keeps a module whose weight delta reduces to zero but whose bias delta does not (zero factors, the bias)', () => {
+    const m = randomModule(prng(7), { out: 8, in: 6, rank: 3, alpha: 6 });
+    const b1 = Float32Array.from({ length: 8 }, (_, i) => i + 1);
+    const b2 = Float32Array.from({ length: 8 }, (_, i) => 0.5 * (i + 1) - 1);
+    const a = makeLora({ [PATH]: { ...m, bias: ndarray(b1, [8]) } });
+    const b = makeLora({ [PATH]: { ...m, bias: ndarray(b2, [8]) } });
+    for (const options of [{ rank: 2 }, { minEnergy: 0.9 }]) {
+      const { lora, report } = mergeLoras([a, b], [1, -1], options);
+      const kept = lora.modules.get(PATH);
+      expect(kept).toBeDefined();
+      expect(report.dropped).toEqual([]);
+      expect(report.modules[0]).toMatchObject({ path: PATH, rankAfter: 1, biasOnly: true });
+      // The weight delta is zero; the bias delta is Σ λ·(alpha/r)·bias = 2·(b1 − b2), stored at scale 1.
+      expect(dense(kept!).data.every((x) => x === 0)).toBe(true);
+      expect(kept!.alpha / (kept!.down.shape[0] ?? 1)).toBe(1);
+      expect([...kept!.bias!.data]).toEqual([...b1].map((x, i) => 2 * (x - (b2[i] ?? 0))));
+    }
+    // Equal biases too: nothing is left, the module is dropped as before.
+    const same = mergeLoras([a, a], [1, -1], { rank: 2 });
+    expect(same.report.dropped).toEqual([{ path: PATH, reason: 'zero-delta' }]);
   });
 });
 

@@ -273,14 +273,20 @@ export function encodeModules(
   return { tensors, metadata: sortedRecord(metadata), stats };
 }
 
-/** A module's name in ComfyUI's or the LyCORIS wrapper's spelling (Layout.byAlias). */
+/**
+ * A module's name in ComfyUI's or the LyCORIS wrapper's spelling (Layout.byAlias): ComfyUI's own key, or
+ * 'lycoris_' + the diffusers UNet path — the one LyCORIS spelling ComfyUI reads, so text-encoder modules (which
+ * ComfyUI knows by no 'lycoris_' name) are refused rather than written where no loader finds them.
+ */
 function toolName(entry: ModuleEntry, tool: 'comfyui' | 'lycoris', what: string): string {
   const aliases = moduleAliases(entry);
-  const name = tool === 'comfyui' ? aliases[0] : aliases.find((a) => a.startsWith('lycoris_'));
+  const name = tool === 'comfyui' ? aliases[0] : entry.component === 'unet' ? aliases[1] : undefined;
   if (name === undefined) {
-    throw new LoraError('LORA_UNMATCHED_MODULES', `${what}: module '${entry.path}' has no ${tool} name`, {
-      key: entry.path,
-    });
+    throw new FormatError(
+      'FORMAT_CANNOT_ENCODE',
+      `${what}: module '${entry.path}' has no ${tool} name ComfyUI reads (the LyCORIS wrapper's names cover the UNet only); write kohya or comfyui for text-encoder modules`,
+      { key: entry.path, format: tool },
+    );
   }
   return name;
 }

@@ -10,6 +10,10 @@
  */
 import { FormatError } from '../core/errors.js';
 import type { Component, ModuleEntry } from '../layout/types.js';
+import { scanKeys } from '../safetensors/json-keys.js';
+
+/** A PEFT pattern (alpha_pattern / rank_pattern): key → value, in the order the config's JSON text lists them. */
+export type PeftPattern = readonly (readonly [string, number])[];
 
 export const PEFT_METADATA_KEY = 'lora_adapter_metadata';
 
@@ -17,8 +21,9 @@ export const PEFT_METADATA_KEY = 'lora_adapter_metadata';
 export interface PeftComponentConfig {
   readonly r?: number;
   readonly loraAlpha?: number;
-  readonly alphaPattern: Readonly<Record<string, number>>;
-  readonly rankPattern: Readonly<Record<string, number>>;
+  /** In the JSON text's key order (a JS object would put integer-like keys first). */
+  readonly alphaPattern: PeftPattern;
+  readonly rankPattern: PeftPattern;
   readonly useRslora: boolean;
   readonly useDora: boolean;
 }
@@ -46,28 +51,43 @@ function numberField(file: string, name: string, v: unknown): number | undefined
   return v;
 }
 
-function patternField(file: string, name: string, v: unknown): Record<string, number> {
-  if (v === undefined || v === null) return {};
+/**
+ * A pattern object as an ordered list. `order` is the key order of the object in the JSON text (JSON.parse's
+ * object lists integer-like keys first, ascending, whatever the text said; PEFT tries the keys in the text's order).
+ */
+function patternField(file: string, name: string, v: unknown, order: readonly string[] | undefined): PeftPattern {
+  if (v === undefined || v === null) return [];
   if (typeof v !== 'object' || Array.isArray(v))
     throw invalid(file, `field '${name}' must be an object of module → number`, v);
-  const out: Record<string, number> = {};
-  for (const [k, x] of Object.entries(v as Record<string, unknown>)) {
+  const obj = v as Record<string, unknown>;
+  const keys = order && order.length === Object.keys(obj).length ? order : Object.keys(obj);
+  return keys.map((k) => {
+    const x = obj[k];
     if (typeof x !== 'number' || !Number.isFinite(x))
       throw invalid(file, `field '${name}.${k}' must be a finite number`, x);
-    out[k] = x;
-  }
-  return out;
+    return [k, x] as const;
+  });
 }
 
-function componentConfig(file: string, raw: Record<string, unknown>, prefix: string): PeftComponentConfig {
+function componentConfig(
+  file: string,
+  raw: Record<string, unknown>,
+  prefix: string,
+  order: ReadonlyMap<string, string[]> | undefined,
+): PeftComponentConfig {
   const get = (f: string): unknown => raw[prefix + f];
   const r = numberField(file, `${prefix}r`, get('r'));
   const loraAlpha = numberField(file, `${prefix}lora_alpha`, get('lora_alpha'));
   return {
     ...(r !== undefined ? { r } : {}),
     ...(loraAlpha !== undefined ? { loraAlpha } : {}),
-    alphaPattern: patternField(file, `${prefix}alpha_pattern`, get('alpha_pattern')),
-    rankPattern: patternField(file, `${prefix}rank_pattern`, get('rank_pattern')),
+    alphaPattern: patternField(
+      file,
+      `${prefix}alpha_pattern`,
+      get('alpha_pattern'),
+      order?.get(`${prefix}alpha_pattern`),
+    ),
+    rankPattern: patternField(file, `${prefix}rank_pattern`, get('rank_pattern'), order?.get(`${prefix}rank_pattern`)),
     useRslora: get('use_rslora') === true,
     useDora: get('use_dora') === true,
   };
@@ -85,12 +105,15 @@ export function parsePeftMetadata(metadata: Readonly<Record<string, string>>, fi
   }
   if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) throw invalid(file, 'must be a JSON object', raw);
   const obj = raw as Record<string, unknown>;
+  // The text's key order inside each pattern object (JSON.parse has accepted the text, as scanKeys requires).
+  const order = scanKeys(text, { childKeys: true }).children;
   const byComponent: Partial<Record<Component, PeftComponentConfig>> = {};
   for (const c of COMPONENTS) {
-    if (Object.keys(obj).some((k) => k.startsWith(`${c}.`))) byComponent[c] = componentConfig(file, obj, `${c}.`);
+    if (Object.keys(obj).some((k) => k.startsWith(`${c}.`)))
+      byComponent[c] = componentConfig(file, obj, `${c}.`, order);
   }
   const hasShared = CONFIG_FIELDS.some((f) => f in obj);
-  return { byComponent, ...(hasShared ? { shared: componentConfig(file, obj, '') } : {}) };
+  return { byComponent, ...(hasShared ? { shared: componentConfig(file, obj, '', order) } : {}) };
 }
 
 /**
@@ -113,9 +136,12 @@ export function peftPatternKey(keys: readonly string[], moduleName: string): str
   return undefined;
 }
 
-function matchPattern(pattern: Readonly<Record<string, number>>, moduleName: string): number | undefined {
-  const key = peftPatternKey(Object.keys(pattern), moduleName);
-  return key === undefined ? undefined : pattern[key];
+function matchPattern(pattern: PeftPattern, moduleName: string): number | undefined {
+  const key = peftPatternKey(
+    pattern.map(([k]) => k),
+    moduleName,
+  );
+  return key === undefined ? undefined : pattern.find(([k]) => k === key)?.[1];
 }
 
 export function peftConfigFor(configs: PeftConfigs | undefined, component: Component): PeftComponentConfig | undefined {

@@ -226,12 +226,25 @@ const COMFY_TEXT_ENCODER: Readonly<Record<Exclude<Component, 'unet'>, string>> =
  * The other names tools give a module (Layout.byAlias). ComfyUI keys a module by its model's state-dict name
  * without '.weight' (comfy/lora.py `model_lora_keys_unet` / `model_lora_keys_clip`): 'diffusion_model.' + the LDM
  * path for the UNet, 'text_encoders.clip_l.transformer.' / 'text_encoders.clip_g.transformer.' + the HF path for
- * the text encoders; its LoRA saver writes those keys. The LyCORIS wrapper (SimpleTuner) names UNet modules
- * 'lycoris_' + the flattened diffusers path.
+ * the text encoders; its LoRA saver writes those keys. The LyCORIS wrapper (`lycoris/wrapper.py`, prefix 'lycoris',
+ * used by SimpleTuner) flattens the path of the module it wraps: 'lycoris_' + the diffusers UNet path (what ComfyUI
+ * maps), or + the LDM path when it wrapped an LDM/SGM UNet; on a text encoder 'lycoris_' + its HF path, which both
+ * SDXL encoders share, so the bare form names the first encoder only, as a bare 'text_model.' path does. Tools that
+ * keep kohya's encoder prefixes spell them 'lycoris_te_' / 'lycoris_te1_' / 'lycoris_te2_'.
  */
 export function moduleAliases(m: ModuleEntry): string[] {
-  if (m.component === 'unet') return [`diffusion_model.${m.singleFilePath}`, kohyaFlatten('lycoris', m.localPath)];
-  return [`text_encoders.${COMFY_TEXT_ENCODER[m.component]}.transformer.${m.localPath}`];
+  if (m.component === 'unet') {
+    return [
+      `diffusion_model.${m.singleFilePath}`,
+      kohyaFlatten('lycoris', m.localPath),
+      kohyaFlatten('lycoris', m.singleFilePath),
+    ];
+  }
+  const kohya = m.kohyaNames[0] ?? '';
+  const names = [`text_encoders.${COMFY_TEXT_ENCODER[m.component]}.transformer.${m.localPath}`];
+  if (kohya.startsWith('lora_')) names.push(`lycoris_${kohya.slice('lora_'.length)}`);
+  if (m.component === 'text_encoder') names.push(kohyaFlatten('lycoris', m.localPath));
+  return names;
 }
 
 function build(cfg: ArchConfig): BuiltLayout {
@@ -249,7 +262,7 @@ function build(cfg: ArchConfig): BuiltLayout {
   const bySingleFileKey = new Map<string, ModuleEntry[]>();
   const byAlias = new Map<string, ModuleEntry>();
   for (const m of modules) {
-    for (const k of moduleAliases(m)) {
+    for (const k of new Set(moduleAliases(m))) {
       const other = byAlias.get(k);
       if (other) throw duplicate(where, `module alias (also ${other.path})`, k);
       byAlias.set(k, m);

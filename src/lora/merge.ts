@@ -82,6 +82,11 @@ export interface ModuleMergeReport {
   readonly norm?: number;
   /** Why the module is absent from the result. */
   readonly dropped?: 'zero-weight' | 'zero-delta';
+  /**
+   * The weight delta is exactly zero but the module's bias delta is not: the module is kept as zero rank-1 factors
+   * carrying the bias delta, so the bias change is not lost with it.
+   */
+  readonly biasOnly?: true;
 }
 
 export interface MergeReport {
@@ -489,6 +494,24 @@ export function mergedBias(pm: PlannedMergeModule): F32Array | undefined {
   return sum ? ndarray(Float32Array.from(sum), [sum.length]) : undefined;
 }
 
+/**
+ * A module whose weight delta reduced to zero but whose merged bias delta is not zero: zero rank-1 factors (scale 1)
+ * carrying the bias. Undefined when there is no bias or it is zero too.
+ */
+function biasOnlyModule(pm: PlannedMergeModule): LoraModule | undefined {
+  const bias = mergedBias(pm);
+  if (!bias || !bias.data.some((x) => x !== 0)) return undefined;
+  const up = pm.upShape(1);
+  const down = pm.downShape(1);
+  const size = (s: readonly number[]): number => s.reduce((a, b) => a * b, 1);
+  return {
+    up: ndarray(new Float32Array(size(up)), up),
+    down: ndarray(new Float32Array(size(down)), down),
+    alpha: 1,
+    bias,
+  };
+}
+
 /** Attach a planned module's merged bias delta to its merged factors. */
 function withBias(pm: PlannedMergeModule, m: LoraModule): LoraModule {
   const bias = mergedBias(pm);
@@ -551,7 +574,20 @@ export function assembleMerge(
     const o = outcomes.get(path);
     if (!o)
       throw new LoraError('LORA_WORKER_FAILED', `merge: no rank-reduction outcome for module '${path}'`, { key: path });
-    if (o.k === 0) {
+    const biasOnly = o.k === 0 ? biasOnlyModule(pm) : undefined;
+    if (biasOnly) {
+      modules.set(path, biasOnly);
+      reports.push({
+        path,
+        inputs,
+        rankBefore: R,
+        rankAfter: 1,
+        normKept: 0,
+        error: o.error,
+        norm: o.norm,
+        biasOnly: true,
+      });
+    } else if (o.k === 0) {
       reports.push({
         path,
         inputs,

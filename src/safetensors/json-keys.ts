@@ -20,6 +20,13 @@ export interface KeyScan {
   /** Top-level keys in text order. */
   keys: string[];
   duplicate: DuplicateKey | null;
+  /** With `childKeys`: the keys of each top-level key's object value, in text order. */
+  children?: Map<string, string[]>;
+}
+
+export interface ScanOptions {
+  /** Also record the keys of every direct child object in text order (`KeyScan.children`). */
+  readonly childKeys?: boolean;
 }
 
 const QUOTE = 0x22,
@@ -30,8 +37,10 @@ const QUOTE = 0x22,
   RBRACKET = 0x5d,
   COMMA = 0x2c;
 
-export function scanKeys(text: string): KeyScan {
+export function scanKeys(text: string, options: ScanOptions = {}): KeyScan {
   const keys: string[] = [];
+  const children = options.childKeys ? new Map<string, string[]>() : undefined;
+  const done = (duplicate: DuplicateKey | null): KeyScan => ({ keys, duplicate, ...(children ? { children } : {}) });
   const top = new Set<string>();
   let child = new Set<string>();
   let parent: string | null = null;
@@ -48,7 +57,7 @@ export function scanKeys(text: string): KeyScan {
       let j = i + 1;
       let escaped = false;
       for (;;) {
-        if (j >= n) return { keys, duplicate: null }; // unterminated: cannot happen for parsed JSON
+        if (j >= n) return done(null); // unterminated: cannot happen for parsed JSON
         const d = text.charCodeAt(j);
         if (d === BACKSLASH) {
           escaped = true;
@@ -62,13 +71,18 @@ export function scanKeys(text: string): KeyScan {
         const raw = text.slice(i + 1, j);
         const key = escaped ? (JSON.parse(text.slice(i, j + 1)) as string) : raw;
         if (depth === 1) {
-          if (top.has(key)) return { keys, duplicate: { key, parent: null } };
+          if (top.has(key)) return done({ key, parent: null });
           top.add(key);
           keys.push(key);
           parent = key;
         } else {
-          if (child.has(key)) return { keys, duplicate: { key, parent } };
+          if (child.has(key)) return done({ key, parent });
           child.add(key);
+          if (children && parent !== null) {
+            const list = children.get(parent);
+            if (list) list.push(key);
+            else children.set(parent, [key]);
+          }
         }
         expectKey = false;
       }
@@ -91,5 +105,5 @@ export function scanKeys(text: string): KeyScan {
     }
     i++;
   }
-  return { keys, duplicate: null };
+  return done(null);
 }
