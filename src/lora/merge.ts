@@ -500,7 +500,7 @@ export function mergedBias(pm: PlannedMergeModule): F32Array | undefined {
  */
 function biasOnlyModule(pm: PlannedMergeModule): LoraModule | undefined {
   const bias = mergedBias(pm);
-  if (!bias || !bias.data.some((x) => x !== 0)) return undefined;
+  if (!bias?.data.some((x) => x !== 0)) return undefined;
   const up = pm.upShape(1);
   const down = pm.downShape(1);
   const size = (s: readonly number[]): number => s.reduce((a, b) => a * b, 1);
