@@ -2,9 +2,9 @@
  * End-to-end fusion benchmark: `lora-mix fuse` (read the base, fuse, write) on full-size SD1.5 and SDXL F16
  * single-file checkpoints, run as the built CLI in a child process, against a plain copy of the same file.
  *
- *   npm run build && npx tsx bench/fuse.ts [--runs 3] [--arch sd15,sdxl] [--cases copy,direct,cp,lcm,style,f32]
+ *   npm run build && npx tsx bench/fuse.ts [--runs 3] [--arch sd15,sdxl] [--cases copy,direct,cp,lcm,lcm0,style,f32,torch]
  *                                         [--extra-runs N] [--gen-only] [--clean] [--profile CASE] [--json FILE]
- *                                         [--out-dir DIR] [--wait-idle S] [--idle-below F] [--cli PATH]
+ *                                         [--out-dir DIR] [--wait-idle S] [--idle-below F] [--cli PATH] [--base-cli PATH]
  *
  * Inputs (generated once with src/fixtures/generate.ts and cached under bench/out/, which git ignores; a
  * `.spec.json` beside each file records what produced it, and a file whose spec or size differs is regenerated):
@@ -24,7 +24,12 @@
  *   lcm    lora-mix fuse --base BASE LCM:1.0 -o OUT --json
  *   style  lora-mix fuse --base BASE LCM:1.0 STYLE:0.8 -o OUT --json
  *   f32    lora-mix fuse --base BASE LCM:1.0 -o OUT --json --dtype f32 (twice the bytes written)
- * copy, direct, cp and lcm run --runs times (default 3); style and f32 run --extra-runs times (default 1).
+ *   lcm0   case lcm with the build given by --base-cli PATH (e.g. main before a change), in the same rounds
+ *   torch  the PyTorch peer, bench/peer/fuse_torch.py (diffusers' fuse_lora arithmetic, Debian's python3-torch on
+ *          2 threads): loads the base, fuses the LCM LoRA, saves; its key map comes from lora-mix's plan
+ *          (bench/out/<arch>-lcm.peer-map.json, written before the rounds)
+ * copy, direct, cp, lcm and lcm0 run --runs times (default 3); style, f32 and torch run --extra-runs times
+ * (default 1).
  * Warm page cache: before every case the inputs are read once sequentially, and `fincore` reports how much of them
  * was in the page cache before and after that read (the table gives the latter). Caches cannot be dropped here
  * without root, and on a VM whose kernel pages out idle memory (DAMON) the cache would otherwise be warm for some
@@ -334,9 +339,38 @@ process.stdout.write(JSON.stringify({ bytes: at, direct }));
 // ---------------------------------------------------------------------------------------------------------------
 // Cases
 
-type Case = 'copy' | 'direct' | 'cp' | 'lcm' | 'style' | 'f32';
-const ALL_CASES: Case[] = ['copy', 'direct', 'cp', 'lcm', 'style', 'f32'];
+type Case = 'copy' | 'direct' | 'cp' | 'lcm' | 'lcm0' | 'style' | 'f32' | 'torch';
+const ALL_CASES: Case[] = ['copy', 'direct', 'cp', 'lcm', 'lcm0', 'style', 'f32', 'torch'];
 const isBaseline = (c: Case): boolean => c === 'copy' || c === 'direct' || c === 'cp';
+/** Cases whose child prints a lora-mix fuse report (--json). */
+const isFuse = (c: Case): boolean => c === 'lcm' || c === 'lcm0' || c === 'style' || c === 'f32';
+/** --base-cli PATH: case lcm0 runs that build (e.g. main before a change) in the same rounds as lcm. */
+let BASE_CLI: string | null = null;
+const PYTHON = '/usr/bin/python3';
+const PEER = path.join(ROOT, 'bench', 'peer', 'fuse_torch.py');
+const peerMapPath = (arch: Arch): string => path.join(OUT, `${arch}-lcm.peer-map.json`);
+
+/**
+ * The peer's key map: for every module of the LCM LoRA, the base tensor (and rows) lora-mix's own plan puts it on,
+ * so that the PyTorch script times the arithmetic and I/O and not a name conversion.
+ */
+async function writePeerMap(arch: Arch): Promise<void> {
+  const { openBase, planFusion } = await import('../src/fuse/fuse.js');
+  const { openInputs } = await import('../src/fuse/inputs.js');
+  const opened = await openBase(inputPath({ arch, kind: 'base' }));
+  try {
+    const d = opened.detection;
+    const inputs = await openInputs([inputPath({ arch, kind: 'lcm' })], [1], d.arch, d.size, false);
+    const plan = planFusion(opened, inputs, {});
+    const entries = (plan.files[0]?.tensors ?? []).flatMap((t) =>
+      t.targets.map((tg) => ({ key: t.info.name, rows: tg.rows, module: tg.terms[0]?.module.name ?? '' })),
+    );
+    writeFileSync(peerMapPath(arch), `${JSON.stringify(entries)}\n`);
+    await Promise.all(inputs.map((x) => x.close()));
+  } finally {
+    await opened.close();
+  }
+}
 
 interface RunRecord {
   arch: Arch;
@@ -360,6 +394,8 @@ interface RunRecord {
   bytesRead: number;
   bytesWritten: number;
   report?: FuseReport;
+  /** Case 'torch': the peer's own split of its time (load, fuse, save) and its GFLOP/s. */
+  peer?: { modules: number; gflop: number; load_s: number; fuse_s: number; save_s: number; gflops: number };
   /** Case 'direct': whether O_DIRECT was accepted (false: the file system refused it and the copy was buffered). */
   direct?: boolean;
 }
@@ -377,7 +413,7 @@ function fuseArgs(arch: Arch, c: Case, out: string): string[] {
 
 function caseInputs(arch: Arch, c: Case): string[] {
   const list = [inputPath({ arch, kind: 'base' })];
-  if (c === 'lcm' || c === 'style' || c === 'f32') list.push(inputPath({ arch, kind: 'lcm' }));
+  if (!isBaseline(c)) list.push(inputPath({ arch, kind: 'lcm' }));
   if (c === 'style') list.push(inputPath({ arch, kind: 'style' }));
   return list;
 }
@@ -421,7 +457,9 @@ function runCase(arch: Arch, c: Case, round: number, nodeFlags: string[] = []): 
   if (c === 'copy' || c === 'direct')
     r = timed([process.execPath, '-e', COPY_SCRIPT, base, out, c === 'copy' ? 'buffered' : 'direct']);
   else if (c === 'cp') r = timed(['cp', '--reflink=never', base, out]);
-  else r = timed([process.execPath, ...nodeFlags, CLI, ...fuseArgs(arch, c, out)]);
+  else if (c === 'torch')
+    r = timed([PYTHON, PEER, base, inputPath({ arch, kind: 'lcm' }), '1.0', peerMapPath(arch), out]);
+  else r = timed([process.execPath, ...nodeFlags, c === 'lcm0' ? (BASE_CLI ?? CLI) : CLI, ...fuseArgs(arch, c, out)]);
   const [b1] = cpuTimes();
   const own = r.time ? r.time.userS + r.time.sysS : NaN;
   const otherDuring = Math.max(0, (b1 - b0) / USER_HZ - own) / (r.wall * os.cpus().length);
@@ -444,8 +482,9 @@ function runCase(arch: Arch, c: Case, round: number, nodeFlags: string[] = []): 
       bytesRead: statSync(base).size,
       bytesWritten: written,
     };
+    if (c === 'torch') rec.peer = JSON.parse(r.stdout.trim().split('\n').pop() ?? '{}') as RunRecord['peer'];
     if (c === 'direct') rec.direct = (JSON.parse(r.stdout) as { direct: boolean }).direct;
-    if (!isBaseline(c)) {
+    if (isFuse(c)) {
       const report = JSON.parse(r.stdout) as FuseReport;
       rec.report = report;
       rec.bytesRead = report.bytesRead;
@@ -659,6 +698,10 @@ async function main(): Promise<void> {
   }
   if (args.includes('--gen-only')) return;
   if (!existsSync(CLI)) throw new Error(`${CLI} is missing: run npm run build first`);
+  const baseCli = flag(args, '--base-cli');
+  if (baseCli) BASE_CLI = path.resolve(baseCli);
+  if (cases.includes('lcm0') && !BASE_CLI) throw new Error('case lcm0 needs --base-cli PATH');
+  if (cases.includes('torch')) for (const arch of archs) await writePeerMap(arch);
 
   const cpu = os.cpus();
   const started = new Date();
@@ -673,13 +716,16 @@ async function main(): Promise<void> {
   for (const arch of archs) {
     for (let round = 0; round < Math.max(runs, extraRuns); round++) {
       for (const c of cases) {
-        if (c === 'style' || c === 'f32' ? round >= extraRuns : round >= runs) continue;
+        if (c === 'style' || c === 'f32' || c === 'torch' ? round >= extraRuns : round >= runs) continue;
         const rec = runCase(arch, c, round);
         records.push(rec);
         const rep = rec.report;
         process.stderr.write(
           `${arch} ${c.padEnd(5)} round ${round + 1}: ${rec.wall.toFixed(2)} s` +
             (rep ? `, kernel ${rep.kernelSeconds.toFixed(2)} s, ${rep.gflops.toFixed(1)} GFLOP/s` : '') +
+            (rec.peer
+              ? `, peer load ${rec.peer.load_s.toFixed(2)} s + fuse ${rec.peer.fuse_s.toFixed(2)} s (${rec.peer.gflops.toFixed(1)} GFLOP/s) + save ${rec.peer.save_s.toFixed(2)} s`
+              : '') +
             `, RSS ${rec.time ? MB(rec.time.maxRssBytes) : rep?.peakRssBytes !== undefined ? MB(rep.peakRssBytes) : '?'} MB` +
             `, cache ${rec.cacheCold === null ? '?' : `${(100 * rec.cacheCold).toFixed(0)} %`} → ${rec.cacheBefore === null ? '?' : `${(100 * rec.cacheBefore).toFixed(0)} %`} (warming read ${rec.warmSeconds.toFixed(1)} s)` +
             `, busy before ${(100 * rec.busyBefore).toFixed(0)} %${rec.waited > 0.5 ? ` (waited ${rec.waited.toFixed(0)} s)` : ''}` +

@@ -357,6 +357,11 @@ function fileBytes(fp: FilePlan): number {
   return fp.tensors.reduce((a, t) => a + t.info.numel * DTYPE_SIZE[t.outDtype], 0);
 }
 
+/** Read-ahead: segments started beyond the one being written, at most this many … */
+const AHEAD_SEGMENTS = 4;
+/** … and (beyond the next one, always started) at most this many input bytes. */
+const AHEAD_BYTES = 32 << 20;
+
 /** Copies of consecutive untouched tensors are read together up to this many bytes. */
 const RUN_BYTES = 16 << 20;
 
@@ -421,7 +426,7 @@ function buildJob(t: Target, factors: readonly { up: Float32Array; down: Float32
     }
     parts.push({ coef: term.coef, rank: r, up: f.up, down: f.down });
   });
-  const { up, down, rank } = stackFactors(parts, rows, t.cols);
+  const { up, down, rank } = stackFactors(parts, rows, t.cols, { shareDown: true });
   if (!allFinite(up)) {
     // weight · alpha / rank times an up factor beyond f32: no output value can be right, clamped or not.
     const low = t.terms.filter((x) => x.module.kind === 'lowRank');
@@ -498,11 +503,27 @@ class FileRun {
           this.#held.delete(k);
         }
       }
-      this.#start(si);
-      if (si + 1 < this.#segs.length) this.#start(si + 1);
+      this.#startAhead(si);
     }
     const outs = await this.#loads.get(si)!;
     return outs[i - seg.first]!;
+  }
+
+  /**
+   * Start segment si and the ones after it, up to AHEAD_SEGMENTS of them or AHEAD_BYTES of their input (always at
+   * least the next one): their reads, factor decoding and kernel jobs then run while earlier segments are computed
+   * and written. This bounds the bytes in flight whatever the checkpoint's size.
+   */
+  #startAhead(si: number): void {
+    this.#start(si);
+    let bytes = 0;
+    for (let j = si + 1; j < this.#segs.length && j <= si + AHEAD_SEGMENTS; j++) {
+      const seg = this.#segs[j];
+      if (!seg) break;
+      bytes += seg.end - seg.start;
+      if (j > si + 1 && bytes > AHEAD_BYTES) break;
+      this.#start(j);
+    }
   }
 
   #start(si: number): void {

@@ -16,16 +16,26 @@ export interface StackPart {
   readonly name?: string;
 }
 
-/** The stacked factors of `parts` (rows = out, cols = in·kh·kw). Throws LORA_SHAPE_MISMATCH for a wrong-sized part. */
+/**
+ * The stacked factors of `parts` (rows = out, cols = in·kh·kw). Throws LORA_SHAPE_MISMATCH for a wrong-sized part.
+ * With `shareDown`, a single part's down is returned as a view of the caller's array instead of a copy (for callers
+ * that only read it, such as the fuse kernel's packing); up is always a new array.
+ */
 export function stackFactors(
   parts: readonly StackPart[],
   rows: number,
   cols: number,
+  options: { readonly shareDown?: boolean } = {},
 ): { up: Float32Array; down: Float32Array; rank: number } {
   let rank = 0;
   for (const p of parts) rank += p.rank;
   const up = new Float32Array(rows * rank);
-  const down = new Float32Array(rank * cols);
+  const only = parts.length === 1 && options.shareDown === true ? parts[0] : undefined;
+  // A too-short down is refused below, before it is used.
+  const down =
+    only !== undefined && only.down.length >= rank * cols
+      ? only.down.subarray(0, rank * cols)
+      : new Float32Array(rank * cols);
   let off = 0;
   for (const p of parts) {
     const r = p.rank;
@@ -42,7 +52,7 @@ export function stackFactors(
       const dst = i * rank + off;
       for (let k = 0; k < r; k++) up[dst + k] = c * (p.up[src + k] ?? 0);
     }
-    down.set(p.down.subarray(0, r * cols), off * cols);
+    if (p !== only) down.set(p.down.subarray(0, r * cols), off * cols);
     off += r;
   }
   return { up, down, rank };

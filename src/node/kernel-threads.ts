@@ -187,7 +187,9 @@ class WorkerPool {
    */
   async waitFor(index: number, value: number): Promise<void> {
     const ctl = this.ctl;
-    const spinUntil = now() + 0.05;
+    // A short synchronous wait (the chunk in flight is usually nearly done), then asynchronously, so that the
+    // main thread's other work (reads, the next tensor's factors, writes) runs while a worker finishes.
+    const spinUntil = now() + SPIN_S;
     for (;;) {
       const d = Atomics.load(ctl, index);
       if (d >= value) return;
@@ -216,6 +218,14 @@ class WorkerPool {
     await Promise.all(this.workers.map(exited));
   }
 }
+
+/** How long waitFor blocks synchronously before it waits asynchronously (seconds). */
+const SPIN_S = 0.0005;
+/** The main thread returns to the event loop at least this often while it computes chunks (seconds). */
+const YIELD_S = 0.001;
+
+/** Let the event loop run pending I/O callbacks and other tasks, then continue. */
+const yieldToLoop = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 
 /** One asynchronous wait on ctl[index] while it still holds `seen` (100 ms at most). */
 async function waitAsync(ctl: Int32Array, index: number, seen: number): Promise<void> {
@@ -297,9 +307,13 @@ interface BlockIo {
 
 /**
  * One block on all threads, pipelined: the main thread copies W in chunk by chunk (publishing READY) while the
- * workers already run the chunks that are in; then it claims chunks itself; then it copies chunks out as they are
- * flagged done. Chunks are claimed from one atomic counter, so the split adapts to the threads' actual speed (the
- * main thread spends part of its time copying).
+ * workers already run the chunks that are in; then it claims chunks itself, copying out every chunk flagged done
+ * so far after each; then it copies out the rest as they are flagged. Chunks are claimed from one atomic counter,
+ * so the split adapts to the threads' actual speed (the main thread spends part of its time copying).
+ *
+ * Between its chunks (at least every YIELD_S) the main thread returns to the event loop, and it waits for the
+ * workers asynchronously: the caller's other work — reading the next tensors, decoding their factors, handing the
+ * previous ones to the writer — runs on the main thread while the workers compute, instead of after them.
  */
 async function runParallel(
   engine: WasmEngine,
@@ -313,17 +327,26 @@ async function runParallel(
   const tiles = (c: number): [number, number] => [c * ch, Math.min(b.rowTiles, (c + 1) * ch)];
   publishBlock(ctl, b, pool.threads, ch, n);
   let mainError: unknown = null;
+  /** Chunks copied out so far (in order). */
+  let out = 0;
   try {
     for (let c = 0; c < n; c++) {
       engine.copyIn(b, src, srcDtype, cols, ...tiles(c));
       Atomics.store(ctl, CTL.READY, c + 1);
       Atomics.notify(ctl, CTL.READY);
     }
+    let nextYield = now() + YIELD_S;
     for (;;) {
       const c = Atomics.add(ctl, CTL.NEXT, 1);
       if (c >= n) break;
       engine.run(b, ...tiles(c), 0);
       Atomics.store(ctl, CTL.CHUNK_DONE + c, 1);
+      for (; out < n && Atomics.load(ctl, CTL.CHUNK_DONE + out) === 1; out++)
+        engine.copyOut(b, dst, dstDtype, cols, ...tiles(out));
+      if (now() >= nextYield) {
+        await yieldToLoop();
+        nextYield = now() + YIELD_S;
+      }
     }
   } catch (e) {
     mainError = e;
@@ -332,9 +355,9 @@ async function runParallel(
     Atomics.notify(ctl, CTL.READY);
   }
   if (!mainError) {
-    for (let c = 0; c < n; c++) {
-      await pool.waitFor(CTL.CHUNK_DONE + c, 1);
-      engine.copyOut(b, dst, dstDtype, cols, ...tiles(c));
+    for (; out < n; out++) {
+      await pool.waitFor(CTL.CHUNK_DONE + out, 1);
+      engine.copyOut(b, dst, dstDtype, cols, ...tiles(out));
     }
   }
   await pool.waitFor(CTL.DONE, pool.threads - 1);
