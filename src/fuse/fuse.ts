@@ -357,8 +357,12 @@ function fileBytes(fp: FilePlan): number {
   return fp.tensors.reduce((a, t) => a + t.info.numel * DTYPE_SIZE[t.outDtype], 0);
 }
 
-/** Read-ahead: segments started beyond the one being written, at most this many … */
-const AHEAD_SEGMENTS = 4;
+/**
+ * Read-ahead: segments started beyond the one being written, at most this many … Deeper read-ahead (4 segments /
+ * 32 MiB) was measured: it cost ~1 CPU-second more per SD1.5 fuse (more live buffers) and did not shorten the run,
+ * because the main thread already reads and prepares the next segment while the workers compute (bench/RESULTS.md).
+ */
+const AHEAD_SEGMENTS = 1;
 /** … and (beyond the next one, always started) at most this many input bytes. */
 const AHEAD_BYTES = 32 << 20;
 
