@@ -47,7 +47,8 @@ export type LoraErrorCode =
   | 'LORA_NUMERICAL_FAILURE'
   | 'LORA_WORKER_FAILED'
   | 'LORA_ZERO_DELTA'
-  | 'LORA_NEEDS_BASE';
+  | 'LORA_NEEDS_BASE'
+  | 'LORA_CANNOT_UNFUSE';
 
 export type ArchErrorCode = 'ARCH_MISMATCH' | 'ARCH_UNDETECTED' | 'ARCH_LAYOUT_INVALID';
 

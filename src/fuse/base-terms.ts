@@ -18,7 +18,8 @@ export function needsBase(lora: Lora<Term>): boolean {
   return false;
 }
 
-async function baseWeight(opened: OpenedBase, lora: Lora<Term>, path: string): Promise<Float32Array> {
+/** The weight of module `path` of `lora`'s layout in an opened checkpoint, as f32 (LORA_NEEDS_BASE when absent). */
+export async function baseWeight(opened: OpenedBase, lora: Lora<Term>, path: string): Promise<Float32Array> {
   const entry = getLayout(lora.arch, lora.size).byPath.get(path);
   const found = entry ? findWeight(opened, entry) : null;
   if (!entry || !found) {

@@ -19,6 +19,7 @@ import { FUSE_METADATA_KEY, fuseLoras, openBase } from './fuse.js';
 import type { BaseInput, FuseOptions, FuseReport, LoraInput } from './types.js';
 import { LoraError } from '../core/errors.js';
 import { fileNameOf } from '../core/provenance.js';
+import { resolveFusedBases } from './unfuse-base.js';
 
 /** Metadata key recording an unfusion. */
 export const UNFUSE_METADATA_KEY = 'lora_mix_unfuse';
@@ -96,7 +97,11 @@ export async function unfuseLoras(
 ): Promise<UnfuseReport> {
   const { base, ...fuseOptions } = options;
   const warnings = await unlistedLoras(fused, loras);
-  const report = await fuseLoras(fused, loras, Array.isArray(weights) ? weights.map(negateWeight) : weights, {
+  // DoRA / GLoRA: their deltas depend on W0, recovered from the fused weight (LORA_CANNOT_UNFUSE where it cannot be)
+  const inputs = Array.isArray(weights)
+    ? await resolveFusedBases(fused, loras, weights, fuseOptions.allowUnmatched === true, warnings)
+    : loras;
+  const report = await fuseLoras(fused, inputs, Array.isArray(weights) ? weights.map(negateWeight) : weights, {
     ...fuseOptions,
     metadata: {
       ...(fuseOptions.metadata ?? {}),

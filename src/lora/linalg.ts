@@ -422,3 +422,54 @@ function tridiagonalQR(d: Float64Array, e: Float64Array, Z: Float64Array, n: num
     }
   }
 }
+
+/**
+ * The inverse of a small dense n × n matrix (row-major f64) by Gauss–Jordan elimination with partial pivoting, or
+ * null when a pivot is exactly zero (singular). The caller judges conditioning (e.g. ‖A‖₁·‖A⁻¹‖₁).
+ */
+export function invertSmall(A: Float64Array, n: number): Float64Array | null {
+  const a = Float64Array.from(A.subarray(0, n * n));
+  const inv = new Float64Array(n * n);
+  for (let i = 0; i < n; i++) inv[i * n + i] = 1;
+  for (let col = 0; col < n; col++) {
+    let pivot = col;
+    for (let r = col + 1; r < n; r++) if (Math.abs(a[r * n + col]!) > Math.abs(a[pivot * n + col]!)) pivot = r;
+    const p = a[pivot * n + col]!;
+    if (p === 0 || !Number.isFinite(p)) return null;
+    if (pivot !== col) {
+      for (let j = 0; j < n; j++) {
+        const t = a[col * n + j]!;
+        a[col * n + j] = a[pivot * n + j]!;
+        a[pivot * n + j] = t;
+        const u = inv[col * n + j]!;
+        inv[col * n + j] = inv[pivot * n + j]!;
+        inv[pivot * n + j] = u;
+      }
+    }
+    for (let j = 0; j < n; j++) {
+      a[col * n + j] = a[col * n + j]! / p;
+      inv[col * n + j] = inv[col * n + j]! / p;
+    }
+    for (let r = 0; r < n; r++) {
+      if (r === col) continue;
+      const f = a[r * n + col]!;
+      if (f === 0) continue;
+      for (let j = 0; j < n; j++) {
+        a[r * n + j] = a[r * n + j]! - f * a[col * n + j]!;
+        inv[r * n + j] = inv[r * n + j]! - f * inv[col * n + j]!;
+      }
+    }
+  }
+  return inv;
+}
+
+/** The 1-norm (largest column sum of absolute values) of a dense rows × cols row-major matrix. */
+export function norm1(A: Float64Array, rows: number, cols: number): number {
+  let best = 0;
+  for (let j = 0; j < cols; j++) {
+    let s = 0;
+    for (let i = 0; i < rows; i++) s += Math.abs(A[i * cols + j]!);
+    if (s > best) best = s;
+  }
+  return best;
+}

@@ -20,6 +20,14 @@ original bits; this one gives every element within ½ ulp(fused) + ½ ulp(result
 rounding of the delta, far below one f16/bf16 ulp). Where |W + Δ| stays in the binade of |W| that is at most one
 ulp of the original. diffusers' unfuse_lora subtracts in the weight dtype and drifts further.
 
+Every adapter kind can be taken out. LoRA, LoCon, LoHa, LoKr and full diffs subtract W·Δ. DoRA and GLoRA deltas
+depend on the original weight W0, so W0 is recovered from the fused weight: DoRA (fused with ComfyUI's rule
+F = (1 − W)·W0 + W·m·V/‖V‖, V = W0 + ΔW) per row or input channel from the norm equation
+‖V‖ = (‖F + (1 − W)·ΔW‖ − W·m)/(1 − W); GLoRA by solving W0·(I + W·s·a1·a2) = F − W·s·b1·b2 (Woodbury, an r × r
+system). A DoRA fused at W = 1 cannot be undone (the fused rows have norm m and ‖V‖ is gone: LORA_CANNOT_UNFUSE),
+nor a GLoRA whose system is singular or ill-conditioned; rounding of the fused file is amplified about
+1/|1 − W| times for DoRA.
+
 With --base ORIGINAL the result is compared with the original over every weight the LoRAs change: a histogram of
 the distance in ulps of the original's dtype, the worst element, and the count beyond the bound above. A LoRA or a
 weight that was not fused shows up there as an implausible distance (reported as a warning). Without --base, a
@@ -35,7 +43,8 @@ Options:
 
 Examples:
   lora-mix unfuse --fused sd15-lcm.safetensors lcm-lora-sdv1-5.safetensors:1.0 -o sd15-back.safetensors
-  lora-mix unfuse --fused sd15-lcm.safetensors lcm-lora-sdv1-5.safetensors:1.0 -o back.safetensors --base sd15.safetensors`;
+  lora-mix unfuse --fused sd15-lcm.safetensors lcm-lora-sdv1-5.safetensors:1.0 -o back.safetensors --base sd15.safetensors
+  lora-mix unfuse --fused sd15-dora.safetensors my-dora.safetensors:0.8 -o sd15-back.safetensors`;
 
 export const unfuseCommand: Command = {
   name: 'unfuse',

@@ -6,6 +6,7 @@
  */
 import { LoraError } from '../../core/errors.js';
 import type { GloraTerm } from '../types.js';
+import { invertSmall, matmul, norm1 } from '../linalg.js';
 import type { KindOps } from './kind.js';
 import { denseFactors, expectShape, matrixOf, multiply, viewOf, type PlainFactors } from './matrix.js';
 
@@ -110,3 +111,71 @@ export const gloraKind: KindOps<GloraTerm> = {
     return { up, down, rank };
   },
 };
+
+/** Largest amplification of the fused weight's rounding that unfuse accepts (κ₁ of I + c·a1·a2). */
+export const GLORA_UNFUSE_MAX_CONDITION = 1e6;
+
+/**
+ * W0 from a weight fused as F = W0 + w·Δ = W0 ×_in (I + c·A) + c·B, c = w·s, A = a1·a2 [in, in], B = b1·b2: every
+ * row of input channels (each output row at each kernel position) is solved from x·(I + c·a1·a2) = F − c·B by the
+ * Woodbury identity (I + c·a1·a2)⁻¹ = I − c·a1·(I_r + c·a2·a1)⁻¹·a2, so only an r × r system is inverted (f64).
+ * LORA_CANNOT_UNFUSE when that system is singular or the 1-norm condition number of I + c·a1·a2 (bounded from the
+ * r × r inverse) exceeds GLORA_UNFUSE_MAX_CONDITION. Returns W0 in f64, [out·in·kh·kw].
+ */
+export function gloraBaseFromFused(t: GloraTerm, path: string, fused: ArrayLike<number>, w: number): Float64Array {
+  const p = parts(t, path);
+  expectShape(
+    fused.length === p.out * p.fanIn,
+    path,
+    `the fused weight holds ${fused.length} values; expected ${p.out * p.fanIn}`,
+  );
+  const c = w * t.scale;
+  const r = p.rank;
+  const a1 = Float64Array.from(p.a1);
+  const a2 = Float64Array.from(p.a2);
+  // S = I_r + c·a2·a1
+  const S = matmul(a2, a1, r, p.in, r, new Float64Array(r * r));
+  for (let i = 0; i < r * r; i++) S[i] = c * (S[i] ?? 0);
+  for (let i = 0; i < r; i++) S[i * r + i] = (S[i * r + i] ?? 0) + 1;
+  const Sinv = invertSmall(S, r);
+  // ‖M‖₁ ≤ 1 + |c|·‖a1‖₁‖a2‖₁ and ‖M⁻¹‖₁ ≤ 1 + |c|·‖a1‖₁‖S⁻¹‖₁‖a2‖₁ for M = I + c·a1·a2.
+  const n1 = norm1(a1, p.in, r);
+  const n2 = norm1(a2, r, p.in);
+  const condition = Sinv ? (1 + Math.abs(c) * n1 * n2) * (1 + Math.abs(c) * n1 * norm1(Sinv, r, r) * n2) : Infinity;
+  if (!Sinv || !(condition <= GLORA_UNFUSE_MAX_CONDITION)) {
+    throw new LoraError(
+      'LORA_CANNOT_UNFUSE',
+      `module '${path}': the GLoRA fused at strength ${w} multiplies W0 by I + ${c}·a1·a2, which is ${Sinv ? `ill-conditioned (condition number up to ${condition.toExponential(2)} > ${GLORA_UNFUSE_MAX_CONDITION})` : 'singular'}: W0 cannot be recovered from the fused weight to any useful precision; unfuse needs the original checkpoint`,
+      { key: path, found: { strength: w, condition } },
+    );
+  }
+  // K = c·Sinv·a2 [r, in]: W0 row = x − (x·a1)·K.
+  const K = matmul(Sinv, a2, r, r, p.in, new Float64Array(r * p.in));
+  for (let i = 0; i < K.length; i++) K[i] = c * (K[i] ?? 0);
+  const rb = p.b2.length / p.fanIn;
+  const B = multiply(p.out, p.fanIn, rb, p.b1, p.b2);
+  const base = new Float64Array(p.out * p.fanIn);
+  const x = new Float64Array(p.in);
+  const y = new Float64Array(r);
+  const kernel = p.kernel;
+  for (let o = 0; o < p.out; o++) {
+    for (let k = 0; k < kernel; k++) {
+      for (let i = 0; i < p.in; i++) {
+        const at = o * p.fanIn + i * kernel + k;
+        x[i] = (fused[at] ?? 0) - c * (B[at] ?? 0);
+      }
+      y.fill(0);
+      for (let i = 0; i < p.in; i++) {
+        const xi = x[i] ?? 0;
+        if (xi === 0) continue;
+        for (let q = 0; q < r; q++) y[q] = (y[q] ?? 0) + xi * (a1[i * r + q] ?? 0);
+      }
+      for (let j = 0; j < p.in; j++) {
+        let s = x[j] ?? 0;
+        for (let q = 0; q < r; q++) s -= (y[q] ?? 0) * (K[q * p.in + j] ?? 0);
+        base[o * p.fanIn + j * kernel + k] = s;
+      }
+    }
+  }
+  return base;
+}

@@ -17,8 +17,8 @@ import { LoraError } from '../../core/errors.js';
 import { contiguousValues } from '../delta.js';
 import type { Lora, LoraModule, Term, TermKind } from '../types.js';
 import { denseKind } from './dense.js';
-import { doraKind } from './dora.js';
-import { gloraKind } from './glora.js';
+import { doraBaseFromFused, doraKind } from './dora.js';
+import { gloraBaseFromFused, gloraKind } from './glora.js';
 import { hadamardKind } from './hadamard.js';
 import type { KindOps } from './kind.js';
 import { kroneckerKind } from './kronecker.js';
@@ -127,6 +127,28 @@ export function withBase(t: Term, path: string, base: Float32Array): Term {
     delta: ndarray(delta, [...shape]),
     ...(bias ? { bias } : {}),
   };
+}
+
+/**
+ * The base weight W0 behind a weight fused with this term at strength w (F = W0 + w·Δ(W0); DoRA with ComfyUI's rule),
+ * in f64: F − w·Δ for the base-free kinds, the per-channel norm equation for DoRA, a Woodbury solve for GLoRA.
+ * LoraError LORA_CANNOT_UNFUSE where the fused weight does not determine W0 (DoRA at w = 1, a singular or
+ * ill-conditioned GLoRA system). `notes` receives a line per module where the fused weight has a second solution
+ * (DoRA at w < 0 or w > 1; see doraBaseFromFused).
+ */
+export function baseFromFused(
+  t: Term,
+  path: string,
+  fused: ArrayLike<number>,
+  w: number,
+  notes?: string[],
+): Float64Array {
+  if (t.kind === 'dora') return doraBaseFromFused(t, path, fused, w, notes);
+  if (t.kind === 'glora') return gloraBaseFromFused(t, path, fused, w);
+  const d = termDelta(t, path);
+  const out = new Float64Array(fused.length);
+  for (let i = 0; i < out.length; i++) out[i] = (fused[i] ?? 0) - w * (d[i] ?? 0);
+  return out;
 }
 
 /** Paths of the modules of a LoRA whose terms need the base weights. */
