@@ -10,7 +10,18 @@ import { LoraMixError } from '../../src/core/errors.js';
 import type { Arch } from '../../src/layout/index.js';
 import { parseBlockWeights } from '../../src/lora/blocks.js';
 import { methodControls } from './methods-ui.js';
-import type { ErrorInfo, FromWorker, LoraInfo, MergeRequest, MergeSummary, ToWorker } from './protocol.js';
+import type {
+  AnalyzeSummary,
+  ErrorInfo,
+  FromWorker,
+  FuseSummary,
+  LoraInfo,
+  MergeRequest,
+  MergeSummary,
+  ResizeSummary,
+  ToWorker,
+} from './protocol.js';
+import { planAnalyze, planFuse, planResize, type ToolKind, type ToolPlan } from './tools.js';
 import {
   archConflict,
   archName,
@@ -54,7 +65,13 @@ interface Entry {
 }
 
 /** What the page has seen, for tests and benchmarks that drive it (window.loraMixPage). */
-const observed: { loras: LoraInfo[]; merges: MergeSummary[] } = { loras: [], merges: [] };
+const observed: {
+  loras: LoraInfo[];
+  merges: MergeSummary[];
+  resizes: ResizeSummary[];
+  fuses: FuseSummary[];
+  analyses: AnalyzeSummary[];
+} = { loras: [], merges: [], resizes: [], fuses: [], analyses: [] };
 (window as unknown as { loraMixPage: typeof observed }).loraMixPage = observed;
 
 const worker = new Worker(new URL('./worker.js', import.meta.url), { type: 'module' });
@@ -64,8 +81,8 @@ const post = (m: ToWorker) => worker.postMessage(m);
 const entries: Entry[] = [];
 let nextId = 1;
 let job = 0;
-/** The job in flight and the request key it was started for. */
-let running: { job: number; key: string } | null = null;
+/** The job in flight (one at a time), what it is and the request key it was started for. */
+let running: { job: number; key: string; kind: 'merge' | ToolKind } | null = null;
 /** The result on offer and the request key that made it. */
 let result: { key: string; url: string; blob: Blob; name: string } | null = null;
 /** The merge error on show and the request key that failed. */
@@ -96,6 +113,30 @@ const el = {
   stale: $<HTMLParagraphElement>('stale'),
   error: $<HTMLDivElement>('error'),
   version: $<HTMLSpanElement>('version'),
+  resizeInput: $<HTMLSelectElement>('resize-input'),
+  resizeRule: $<HTMLSelectElement>('resize-rule'),
+  resizeValue: $<HTMLInputElement>('resize-value'),
+  resizeMax: $<HTMLInputElement>('resize-max'),
+  resizeError: $<HTMLParagraphElement>('resize-error'),
+  resize: $<HTMLButtonElement>('resize'),
+  resizeResult: $<HTMLDivElement>('resize-result'),
+  resizeSummary: $<HTMLParagraphElement>('resize-summary'),
+  resizeDownload: $<HTMLAnchorElement>('resize-download'),
+  base: $<HTMLInputElement>('base'),
+  fuseDtype: $<HTMLSelectElement>('fuse-dtype'),
+  fuse: $<HTMLButtonElement>('fuse'),
+  fuseResult: $<HTMLDivElement>('fuse-result'),
+  fuseSummary: $<HTMLParagraphElement>('fuse-summary'),
+  fuseDownload: $<HTMLAnchorElement>('fuse-download'),
+  fuseSave: $<HTMLButtonElement>('fuse-save'),
+  analyze: $<HTMLButtonElement>('analyze'),
+  analysis: $<HTMLDivElement>('analysis'),
+  analysisFrame: $<HTMLIFrameElement>('analysis-frame'),
+  analysisText: $<HTMLPreElement>('analysis-text'),
+  toolsProgress: $<HTMLProgressElement>('tools-progress'),
+  toolsPercent: $<HTMLSpanElement>('tools-percent'),
+  toolsStatus: $<HTMLParagraphElement>('tools-status'),
+  toolsStale: $<HTMLParagraphElement>('tools-stale'),
 };
 
 function h<K extends keyof HTMLElementTagNameMap>(
@@ -400,6 +441,7 @@ function refresh(): void {
   if (result && result.key !== key) invalidateResult();
   if (failure && failure.key !== key) showError(null);
   el.merge.setAttribute('aria-disabled', String(running !== null || current.request === null));
+  refreshTools();
   if (running) return;
   if (current.blocker) el.status.textContent = current.blocker;
   else if (result) el.status.textContent = 'Done. The file below is for the current inputs and options.';
@@ -439,7 +481,7 @@ function startMerge(): void {
   if (running || !current.request) return;
   const request = current.request;
   job++;
-  running = { job, key: requestKey(request) };
+  running = { job, key: requestKey(request), kind: 'merge' };
   showError(null);
   invalidateResult();
   el.stale.hidden = true;
@@ -498,25 +540,31 @@ type SavePicker = (options: {
 }) => Promise<SaveHandle>;
 
 /** Save with the File System Access API: the Blob streams to disk, never copied into one buffer. */
-async function saveToDisk(): Promise<void> {
+/** Save a Blob with the File System Access API: it streams to disk, never copied into one buffer. */
+async function saveBlob(blob: Blob, name: string, key: string, description: string): Promise<void> {
   const picker = (window as unknown as { showSaveFilePicker?: SavePicker }).showSaveFilePicker;
-  const r = result;
-  if (!picker || !r) return;
+  if (!picker) return;
   try {
     const handle = await picker({
-      suggestedName: r.name,
-      types: [{ description: 'safetensors LoRA', accept: { 'application/octet-stream': ['.safetensors'] } }],
+      suggestedName: name,
+      types: [{ description, accept: { 'application/octet-stream': ['.safetensors'] } }],
     });
-    await r.blob.stream().pipeTo(await handle.createWritable());
-    el.status.textContent = `Saved ${r.name} (${mib(r.blob.size)}).`;
+    await blob.stream().pipeTo(await handle.createWritable());
+    el.status.textContent = `Saved ${name} (${mib(blob.size)}).`;
   } catch (e) {
     if (e instanceof DOMException && e.name === 'AbortError') return; // the user closed the dialog
-    showError({ code: 'IO_WRITE_FAILED', name: 'IoError', message: `saving failed: ${String(e)}` }, r.key);
+    showError({ code: 'IO_WRITE_FAILED', name: 'IoError', message: `saving failed: ${String(e)}` }, key);
   }
+}
+
+async function saveToDisk(): Promise<void> {
+  const r = result;
+  if (r) await saveBlob(r.blob, r.name, r.key, 'safetensors LoRA');
 }
 
 worker.onmessage = (event: MessageEvent<FromWorker>) => {
   const m = event.data;
+  if (onToolMessage(m)) return;
   switch (m.type) {
     case 'ready':
       el.version.textContent = m.version;
@@ -578,6 +626,7 @@ worker.onmessage = (event: MessageEvent<FromWorker>) => {
 
 worker.onerror = (event) => {
   finishMerge();
+  finishTool();
   showError({ code: 'INTERNAL', name: 'Error', message: `the worker stopped: ${event.message}` }, '');
 };
 
@@ -601,4 +650,231 @@ for (const control of [el.rank, el.blocks, el.format, el.dtype]) {
 }
 el.merge.addEventListener('click', startMerge);
 el.save.addEventListener('click', () => void saveToDisk());
+
+// ---------------------------------------------------------------------------------------------------------------
+// Resize, fuse, analyze (section 4): each result belongs to the request that made it, like the merge's.
+
+interface ToolResult {
+  key: string;
+  url?: string;
+  blob?: Blob;
+  name?: string;
+}
+const toolResults: Partial<Record<ToolKind, ToolResult>> = {};
+const toolPanels: Record<ToolKind, { button: HTMLButtonElement; result: HTMLElement }> = {
+  resize: { button: el.resize, result: el.resizeResult },
+  fuse: { button: el.fuse, result: el.fuseResult },
+  analyze: { button: el.analyze, result: el.analysis },
+};
+
+function currentPlans(): {
+  resize: ReturnType<typeof planResize>;
+  fuse: ReturnType<typeof planFuse>;
+  analyze: ReturnType<typeof planAnalyze>;
+} {
+  const dups = findDuplicates();
+  const loaded = active(dups).filter((e) => e.info !== undefined);
+  // The resize list follows the loaded files, keeping the selection while its file is there.
+  const wanted = loaded.map((e) => String(e.id));
+  const have = Array.from(el.resizeInput.options, (o) => o.value);
+  if (wanted.join() !== have.join()) {
+    const keep = el.resizeInput.value;
+    el.resizeInput.replaceChildren(...loaded.map((e) => h('option', { value: String(e.id) }, e.file.name)));
+    if (wanted.includes(keep)) el.resizeInput.value = keep;
+  }
+  const chosen = loaded.find((e) => String(e.id) === el.resizeInput.value);
+  const base = el.base.files?.[0];
+  return {
+    resize: planResize({
+      id: chosen?.id,
+      fileName: chosen?.file.name,
+      rule: el.resizeRule.value,
+      value: el.resizeValue.value,
+      maxRank: el.resizeMax.value,
+      format: el.format.value === 'peft' ? 'peft' : 'kohya',
+      dtype: el.dtype.value as MergeRequest['dtype'],
+    }),
+    fuse: planFuse(current.request, current.blocker, base, el.fuseDtype.value as MergeRequest['dtype']),
+    analyze: planAnalyze(current.request, current.blocker),
+  };
+}
+
+const keyOf = (plan: ToolPlan<unknown>) => ('key' in plan ? plan.key : null);
+
+function refreshTools(): void {
+  const plans = currentPlans();
+  const resizeField =
+    el.resizeValue.value.trim() !== '' && 'blocker' in plans.resize && /resize|rank/i.test(plans.resize.blocker);
+  el.resizeError.hidden = !resizeField;
+  el.resizeError.textContent = resizeField && 'blocker' in plans.resize ? plans.resize.blocker : '';
+  for (const kind of ['resize', 'fuse', 'analyze'] as const) {
+    const plan = plans[kind];
+    const r = toolResults[kind];
+    if (r && r.key !== keyOf(plan)) withdrawTool(kind);
+    toolPanels[kind].button.setAttribute('aria-disabled', String(running !== null || !('key' in plan)));
+  }
+  if (running && running.kind !== 'merge') return;
+  const blockers = (['resize', 'fuse', 'analyze'] as const)
+    .map((k) => plans[k])
+    .filter((p): p is { blocker: string } => 'blocker' in p);
+  if (running) return;
+  const ready = (['resize', 'fuse', 'analyze'] as const).filter((k) => 'key' in plans[k]);
+  if (ready.length === 0) el.toolsStatus.textContent = blockers[0]?.blocker ?? '';
+  else if (!/^(Resized|Fused|Analyzed)\.$/.test(el.toolsStatus.textContent ?? ''))
+    el.toolsStatus.textContent =
+      `Ready: ${ready.join(', ')}.` + (blockers.length > 0 ? ` (${blockers.map((b) => b.blocker).join(' ')})` : '');
+}
+
+function withdrawTool(kind: ToolKind): void {
+  const r = toolResults[kind];
+  if (!r) return;
+  if (r.url) URL.revokeObjectURL(r.url);
+  delete toolResults[kind];
+  toolPanels[kind].result.hidden = true;
+  if (kind === 'resize') el.resizeDownload.removeAttribute('href');
+  if (kind === 'fuse') el.fuseDownload.removeAttribute('href');
+  if (kind === 'analyze') el.analysisFrame.srcdoc = '';
+  el.toolsStale.hidden = false;
+}
+
+function setToolProgress(label: string, done: number, total: number): void {
+  const p = percent(done, total);
+  el.toolsProgress.hidden = false;
+  el.toolsProgress.value = p;
+  el.toolsProgress.setAttribute('aria-valuetext', `${label} ${p} %`);
+  el.toolsPercent.textContent = `${p} %`;
+  el.toolsStatus.textContent = `${label}: ${p} %`;
+}
+
+function startTool(kind: ToolKind): void {
+  refresh();
+  if (running) return;
+  const plans = currentPlans();
+  const plan = plans[kind];
+  if (!('key' in plan)) {
+    el.toolsStatus.textContent = plan.blocker;
+    return;
+  }
+  job++;
+  running = { job, key: plan.key, kind };
+  showError(null);
+  withdrawTool(kind);
+  el.toolsStale.hidden = true;
+  refresh();
+  const label = { resize: 'Resizing', fuse: 'Fusing', analyze: 'Analyzing' }[kind];
+  setToolProgress(label, 0, 1);
+  if (kind === 'resize' && 'key' in plans.resize) post({ type: 'resize', job, request: plans.resize.request });
+  if (kind === 'analyze' && 'key' in plans.analyze) post({ type: 'analyze', job, request: plans.analyze.request });
+  if (kind === 'fuse' && 'key' in plans.fuse) {
+    const base = el.base.files?.[0];
+    if (base) post({ type: 'fuse', job, request: plans.fuse.request, base });
+  }
+}
+
+function finishTool(): void {
+  running = null;
+  el.toolsProgress.hidden = true;
+  el.toolsPercent.textContent = '';
+}
+
+/** Offer a tool's result if its request is still the current one; otherwise say it went stale. */
+function offerTool(kind: ToolKind, key: string, show: () => ToolResult): boolean {
+  if (keyOf(currentPlans()[kind]) !== key) {
+    el.toolsStale.hidden = false;
+    refresh();
+    return false;
+  }
+  toolResults[kind] = show();
+  toolPanels[kind].result.hidden = false;
+  el.toolsStale.hidden = true;
+  document.body.dataset[kind] = String(job);
+  refresh();
+  return true;
+}
+
+const pct = (x: number) => `${(100 * x).toFixed(2)} %`;
+const KIND_OF = { resized: 'resize', fused: 'fuse', analyzed: 'analyze' } as const;
+
+function onToolMessage(m: FromWorker): boolean {
+  if (m.type === 'progress' && m.job === running?.job && running.kind !== 'merge') {
+    const label =
+      m.phase === 'write' ? 'Writing' : { resize: 'Resizing', fuse: 'Fusing', analyze: 'Analyzing' }[running.kind];
+    setToolProgress(label, m.done, m.total);
+    return true;
+  }
+  if ((m.type === 'resized' || m.type === 'fused' || m.type === 'analyzed') && m.job === running?.job) {
+    const { key } = running;
+    finishTool();
+    if (m.type === 'resized') {
+      observed.resizes.push(m.summary);
+      const s = m.summary;
+      offerTool(KIND_OF[m.type], key, () => {
+        const plan = currentPlans().resize;
+        const name = 'key' in plan ? plan.request.fileName : 'resized.safetensors';
+        const url = URL.createObjectURL(m.blob);
+        el.resizeDownload.href = url;
+        el.resizeDownload.download = name;
+        el.resizeSummary.textContent =
+          `${plural(s.modules, 'module')}, rank ${s.rankBefore.min}–${s.rankBefore.max} → ` +
+          `${s.rankAfter.min}–${s.rankAfter.max} (mean ${s.rankAfter.mean.toFixed(1)}); Frobenius norm kept: mean ` +
+          `${pct(s.meanFroRetained)}, std ${pct(s.stdFroRetained)}, min ${pct(s.minFroRetained)}, max ` +
+          `${pct(s.maxFroRetained)}; lowest: ${s.worst} · ${s.format} ${s.dtype}, ${mib(s.bytes)} · ${s.seconds.toFixed(2)} s`;
+        return { key, url, blob: m.blob, name };
+      });
+      el.toolsStatus.textContent = 'Resized.';
+    } else if (m.type === 'fused') {
+      observed.fuses.push(m.summary);
+      const s = m.summary;
+      offerTool(KIND_OF[m.type], key, () => {
+        const plan = currentPlans().fuse;
+        const name = 'key' in plan ? plan.request.fileName : 'fused.safetensors';
+        const url = URL.createObjectURL(m.blob);
+        el.fuseDownload.href = url;
+        el.fuseDownload.download = name;
+        el.fuseSave.hidden = !('showSaveFilePicker' in window);
+        el.fuseSummary.textContent =
+          `${ARCH_NAMES[s.arch] ?? s.arch}: ${plural(s.modulesFused, 'module')} fused into ${s.tensors.fused} ` +
+          `tensors (${s.tensors.copied} copied, ${s.tensors.converted} converted)` +
+          (s.overflow > 0 ? `, ${s.overflow} values overflowed` : '') +
+          ` · ${s.kernel} · ${mib(s.bytes)} · ${s.seconds.toFixed(2)} s`;
+        return { key, url, blob: m.blob, name };
+      });
+      el.toolsStatus.textContent = 'Fused.';
+    } else {
+      observed.analyses.push(m.summary);
+      offerTool(KIND_OF[m.type], key, () => {
+        // The picture is a self-contained document (inline SVG, no scripts, no network), shown sandboxed.
+        el.analysisFrame.srcdoc = m.summary.html;
+        el.analysisText.textContent = m.summary.text;
+        return { key };
+      });
+      el.toolsStatus.textContent = 'Analyzed.';
+    }
+    return true;
+  }
+  if (m.type === 'merge-failed' && m.job === running?.job && running.kind !== 'merge') {
+    const { key } = running;
+    finishTool();
+    showError(m.error, key);
+    el.toolsStatus.textContent = 'It failed; the error below says why.';
+    refresh();
+    return true;
+  }
+  return false;
+}
+
+async function saveFused(): Promise<void> {
+  const r = toolResults.fuse;
+  if (!r?.blob || !r.name) return;
+  await saveBlob(r.blob, r.name, r.key, 'safetensors checkpoint');
+}
+
+el.resize.addEventListener('click', () => startTool('resize'));
+el.fuse.addEventListener('click', () => startTool('fuse'));
+el.analyze.addEventListener('click', () => startTool('analyze'));
+el.fuseSave.addEventListener('click', () => void saveFused());
+for (const control of [el.resizeInput, el.resizeRule, el.resizeValue, el.resizeMax, el.base, el.fuseDtype]) {
+  control.addEventListener('input', refresh);
+  control.addEventListener('change', refresh);
+}
 refresh();

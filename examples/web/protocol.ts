@@ -1,6 +1,7 @@
 /** Messages between the page (app.ts) and its Web Worker (worker.ts). Everything stays on this machine. */
 import type { LoraSummary } from '../../src/formats/index.js';
 import type { ComponentStrengths } from '../../src/lora/components.js';
+import type { ResizeRule } from '../../src/lora/resize.js';
 
 /** A failure as the page shows it: the library's stable error code and its message. */
 export interface ErrorInfo {
@@ -57,10 +58,67 @@ export interface MergeSummary {
   seconds: number;
 }
 
+/** Resize one loaded LoRA with kohya's rules (like `lora-mix resize`). */
+export interface ResizeRequest {
+  id: number;
+  /** One of kohya's rules: { rank } | { svRatio } | { svFro } | { svCumulative }. */
+  rule: ResizeRule;
+  maxRank?: number;
+  format: 'kohya' | 'peft';
+  dtype: 'auto' | 'F32' | 'F16' | 'BF16';
+  fileName: string;
+}
+
+/** kohya's report of a resize, as the page shows it. */
+export interface ResizeSummary {
+  modules: number;
+  rankBefore: { min: number; max: number };
+  rankAfter: { min: number; max: number; mean: number };
+  meanFroRetained: number;
+  stdFroRetained: number;
+  minFroRetained: number;
+  maxFroRetained: number;
+  /** The module keeping the least of its Frobenius norm: path, ranks, Σ S kept, Frobenius kept, S0/S(k−1). */
+  worst: string;
+  dtype: string;
+  format: string;
+  bytes: number;
+  seconds: number;
+}
+
+/** Fuse the inputs (weights, block weights, method of a MergeRequest) into a base checkpoint. */
+export interface FuseRequest {
+  merge: MergeRequest;
+  /** Output dtype of the checkpoint: as stored, or one of the float dtypes. */
+  dtype: 'auto' | 'F32' | 'F16' | 'BF16';
+  fileName: string;
+}
+
+export interface FuseSummary {
+  arch: string;
+  modulesFused: number;
+  tensors: { total: number; fused: number; copied: number; converted: number };
+  overflow: number;
+  kernel: string;
+  bytes: number;
+  seconds: number;
+}
+
+export interface AnalyzeSummary {
+  /** formatAnalyzeReport's text (the CLI's output). */
+  text: string;
+  /** analyzeHtml's self-contained page (inline SVG), shown in a sandboxed frame. */
+  html: string;
+  seconds: number;
+}
+
 export type ToWorker =
   | { type: 'add'; id: number; file: File }
   | { type: 'remove'; id: number }
-  | { type: 'merge'; job: number; request: MergeRequest };
+  | { type: 'merge'; job: number; request: MergeRequest }
+  | { type: 'resize'; job: number; request: ResizeRequest }
+  | { type: 'fuse'; job: number; request: FuseRequest; base: File }
+  | { type: 'analyze'; job: number; request: MergeRequest };
 
 export type FromWorker =
   | { type: 'ready'; version: string }
@@ -68,8 +126,18 @@ export type FromWorker =
   | { type: 'add-failed'; id: number; fileName: string; error: ErrorInfo }
   /** Bytes of a dropped file read so far (parsing and decoding it). */
   | { type: 'reading'; id: number; done: number; total: number }
-  /** Merge: modules done of total; write: bytes written of the file's size. */
-  | { type: 'progress'; job: number; done: number; total: number; phase: 'merge' | 'write' }
+  /** Merge/resize/analyze: modules done of total; write: tensors written; fuse: bytes of the checkpoint written. */
+  | {
+      type: 'progress';
+      job: number;
+      done: number;
+      total: number;
+      phase: 'merge' | 'write' | 'resize' | 'fuse' | 'analyze';
+    }
   /** The merged file as a Blob built from the writer's chunks (never one big copy on the page's thread). */
   | { type: 'merged'; job: number; blob: Blob; summary: MergeSummary }
+  | { type: 'resized'; job: number; blob: Blob; summary: ResizeSummary }
+  | { type: 'fused'; job: number; blob: Blob; summary: FuseSummary }
+  | { type: 'analyzed'; job: number; summary: AnalyzeSummary }
+  /** Any job (merge, resize, fuse, analyze) failed. */
   | { type: 'merge-failed'; job: number; error: ErrorInfo };

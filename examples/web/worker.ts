@@ -9,10 +9,28 @@ import { type ProvenanceInput, provenanceMetadata, weightLabel } from '../../src
 import { hashingSource } from '../../src/core/sha256-source.js';
 import { VERSION } from '../../src/core/version.js';
 import { decodeLora, describeLora, encodeLora, type LoadedLora, type OutputDType } from '../../src/formats/index.js';
-import { mergeLoras, type MergeWeight, type MethodOptions } from '../../src/lora/index.js';
+import { fuseLoras } from '../../src/fuse/index.js';
+import {
+  analyzeHtml,
+  analyzeLoras,
+  formatAnalyzeReport,
+  kohyaResize,
+  mergeLoras,
+  type MergeWeight,
+  type MethodOptions,
+} from '../../src/lora/index.js';
+import { sha256Hex } from '../../src/core/sha256.js';
 import { parseSafetensors, writeSafetensors } from '../../src/safetensors/index.js';
 import { defaultWeightFor, lcmEvidence } from './lcm.js';
-import type { ErrorInfo, FromWorker, MergeRequest, MergeSummary, ToWorker } from './protocol.js';
+import type {
+  ErrorInfo,
+  FromWorker,
+  FuseRequest,
+  MergeRequest,
+  MergeSummary,
+  ResizeRequest,
+  ToWorker,
+} from './protocol.js';
 import { blobSink, countingSource } from './streams.js';
 
 interface WorkerScope {
@@ -92,20 +110,185 @@ function weightsOf(request: MergeRequest): MergeWeight[] {
   });
 }
 
+function inputsOf(request: MergeRequest): Input[] {
+  return request.inputs.map(({ id }) => {
+    const l = loras.get(id);
+    if (!l) throw new Error(`input ${id} is no longer loaded; add the file again`);
+    return l;
+  });
+}
+
+const methodOf = (request: MergeRequest): MethodOptions | Record<string, never> =>
+  request.method ? ({ method: request.method, ...request.params } as MethodOptions) : {};
+
+/** Resize one input with kohya's rules, like `lora-mix resize`, and write it with provenance. */
+async function resize(job: number, request: ResizeRequest): Promise<void> {
+  const t0 = performance.now();
+  try {
+    const input = loras.get(request.id);
+    if (!input) throw new Error(`input ${request.id} is no longer loaded; add the file again`);
+    const onProgress = throttle((done, total) =>
+      scope.postMessage({ type: 'progress', job, done, total, phase: 'resize' }),
+    );
+    const { lora, report } = kohyaResize(input.lora, {
+      rule: request.rule,
+      ...(request.maxRank !== undefined ? { maxRank: request.maxRank } : {}),
+      onProgress,
+    });
+    const dtype: OutputDType = request.dtype === 'auto' ? inputDType([input.lora]) : request.dtype;
+    const metadata = provenanceMetadata('resize', provenanceInputs([input], [1]), {
+      format: request.format,
+      dtype,
+      ...request.rule,
+      ...(request.maxRank !== undefined ? { maxRank: request.maxRank } : {}),
+    });
+    const { blob, bytes } = await writeLora(job, lora, request.format, dtype, metadata, request.fileName);
+    const worst = [...report.modules].sort((a, b) => a.froRetained - b.froRetained)[0];
+    const pct = (x: number) => `${(100 * x).toFixed(2)} %`;
+    const before = report.modules.map((m) => m.rankBefore);
+    scope.postMessage({
+      type: 'resized',
+      job,
+      blob,
+      summary: {
+        modules: report.modules.length,
+        rankBefore: { min: Math.min(...before), max: Math.max(...before) },
+        rankAfter: { ...report.rankAfter },
+        meanFroRetained: report.meanFroRetained,
+        stdFroRetained: report.stdFroRetained,
+        minFroRetained: report.minFroRetained,
+        maxFroRetained: report.maxFroRetained,
+        worst: worst
+          ? `${worst.path}: rank ${worst.rankBefore} → ${worst.rankAfter}, sum(S) kept ${pct(worst.sumRetained)}, ` +
+            `fro kept ${pct(worst.froRetained)}, S0/S${worst.rankAfter - 1} ${worst.maxRatio.toFixed(1)}`
+          : '',
+        dtype,
+        format: request.format,
+        bytes,
+        seconds: (performance.now() - t0) / 1000,
+      },
+    });
+  } catch (e) {
+    scope.postMessage({ type: 'merge-failed', job, error: errorInfo(e) });
+  }
+}
+
+/** Provenance of a base checkpoint as the CLI records it: size and the SHA-256 of its 8-byte length and header. */
+async function baseProvenance(base: File): Promise<ProvenanceInput> {
+  const source = blobSource(base, base.name);
+  let end = Math.min(8, base.size);
+  if (end === 8) {
+    const n = new DataView((await source.read(0, 8)).buffer).getBigUint64(0, true);
+    end = Number(BigInt(base.size) < 8n + n ? BigInt(base.size) : 8n + n);
+  }
+  return { role: 'base', name: base.name, size: base.size, headerSha256: sha256Hex(await source.read(0, end)) };
+}
+
+/** Fuse Σ λ·τ into the base checkpoint, streamed tensor by tensor (File.slice reads), into Blob pieces. */
+async function fuse(job: number, request: FuseRequest, base: File): Promise<void> {
+  const t0 = performance.now();
+  try {
+    const files = inputsOf(request.merge);
+    const weights = weightsOf(request.merge);
+    const method = methodOf(request.merge);
+    const dtype = request.dtype === 'auto' ? undefined : request.dtype;
+    const metadata = provenanceMetadata('fuse', [await baseProvenance(base), ...provenanceInputs(files, weights)], {
+      device: 'cpu',
+      onOverflow: 'error',
+      ...(dtype ? { dtype } : {}),
+      ...method,
+    });
+    const sink = blobSink(request.fileName);
+    const onProgress = throttle((done, total) =>
+      scope.postMessage({ type: 'progress', job, done, total, phase: 'fuse' }),
+    );
+    const report = await fuseLoras(
+      blobSource(base, base.name),
+      files.map((f) => f.lora),
+      weights,
+      {
+        out: sink,
+        device: 'cpu',
+        metadata,
+        ...method,
+        ...(dtype ? { dtype } : {}),
+        onProgress: (p) => onProgress(p.bytesDone, p.bytesTotal),
+      },
+    );
+    const blob = sink.blob();
+    scope.postMessage({
+      type: 'fused',
+      job,
+      blob,
+      summary: {
+        arch: report.arch,
+        modulesFused: report.modulesFused,
+        tensors: { ...report.tensors },
+        overflow: report.overflow.total,
+        kernel: `${report.kernel} (${report.backend})`,
+        bytes: blob.size,
+        seconds: (performance.now() - t0) / 1000,
+      },
+    });
+  } catch (e) {
+    scope.postMessage({ type: 'merge-failed', job, error: errorInfo(e) });
+  }
+}
+
+/** The interference analysis of the inputs at their weights, as text and as the self-contained picture. */
+async function analyze(job: number, request: MergeRequest): Promise<void> {
+  const t0 = performance.now();
+  try {
+    const files = inputsOf(request);
+    scope.postMessage({ type: 'progress', job, done: 0, total: 1, phase: 'analyze' });
+    const report = analyzeLoras(
+      files.map((f, i) => ({ name: f.name, lora: f.lora, weight: request.inputs[i]?.weight ?? 1 })),
+    );
+    scope.postMessage({ type: 'progress', job, done: 1, total: 1, phase: 'analyze' });
+    scope.postMessage({
+      type: 'analyzed',
+      job,
+      summary: {
+        text: formatAnalyzeReport(report),
+        html: analyzeHtml(report),
+        seconds: (performance.now() - t0) / 1000,
+      },
+    });
+  } catch (e) {
+    scope.postMessage({ type: 'merge-failed', job, error: errorInfo(e) });
+  }
+}
+
+/** Encode and write a LoRA into Blob pieces, reporting the write in percent of tensors. */
+async function writeLora(
+  job: number,
+  lora: Parameters<typeof encodeLora>[0],
+  format: 'kohya' | 'peft',
+  dtype: OutputDType,
+  metadata: Record<string, string>,
+  fileName: string,
+): Promise<{ blob: Blob; bytes: number; flushedToZero: number }> {
+  const encoded = encodeLora(lora, { format, dtype, metadata });
+  const sink = blobSink(fileName);
+  const onWrite = throttle((done, total) => scope.postMessage({ type: 'progress', job, done, total, phase: 'write' }));
+  onWrite(0, encoded.tensors.length);
+  const written = await writeSafetensors(sink, encoded.tensors, {
+    metadata: encoded.metadata,
+    onTensor: (_info, i, count) => onWrite(i + 1, count),
+  });
+  return { blob: sink.blob(), bytes: written.byteLength, flushedToZero: encoded.stats.flushedToZero };
+}
+
 async function merge(job: number, request: MergeRequest): Promise<void> {
   const t0 = performance.now();
   try {
-    const files = request.inputs.map(({ id }) => {
-      const l = loras.get(id);
-      if (!l) throw new Error(`input ${id} is no longer loaded; add the file again`);
-      return l;
-    });
+    const files = inputsOf(request);
     const inputs = files.map((f) => f.lora);
     const weights = weightsOf(request);
     const onMerge = throttle((done, total) =>
       scope.postMessage({ type: 'progress', job, done, total, phase: 'merge' }),
     );
-    const method = request.method ? ({ method: request.method, ...request.params } as MethodOptions) : {};
+    const method = methodOf(request);
     const { lora, report } = mergeLoras(inputs, weights, {
       ...method,
       ...(request.rank !== undefined ? { rank: request.rank } : {}),
@@ -126,16 +309,7 @@ async function merge(job: number, request: MergeRequest): Promise<void> {
       ...(request.rank !== undefined ? { rank: request.rank } : {}),
       ...method,
     });
-    const encoded = encodeLora(lora, { format: request.format, dtype, metadata });
-    const sink = blobSink(request.fileName);
-    const onWrite = throttle((done, total) =>
-      scope.postMessage({ type: 'progress', job, done, total, phase: 'write' }),
-    );
-    onWrite(0, encoded.tensors.length);
-    const written = await writeSafetensors(sink, encoded.tensors, {
-      metadata: encoded.metadata,
-      onTensor: (_info, i, count) => onWrite(i + 1, count),
-    });
+    const written = await writeLora(job, lora, request.format, dtype, metadata, request.fileName);
     const summary: MergeSummary = {
       arch: lora.arch,
       modules: report.written,
@@ -147,11 +321,11 @@ async function merge(job: number, request: MergeRequest): Promise<void> {
       exact: report.exact,
       dtype,
       format: request.format,
-      bytes: written.byteLength,
-      flushedToZero: encoded.stats.flushedToZero,
+      bytes: written.bytes,
+      flushedToZero: written.flushedToZero,
       seconds: (performance.now() - t0) / 1000,
     };
-    scope.postMessage({ type: 'merged', job, blob: sink.blob(), summary });
+    scope.postMessage({ type: 'merged', job, blob: written.blob, summary });
   } catch (e) {
     scope.postMessage({ type: 'merge-failed', job, error: errorInfo(e) });
   }
@@ -185,5 +359,8 @@ scope.onmessage = (event) => {
   }
   if (msg.type === 'add') void add(msg.id, msg.file);
   else if (msg.type === 'merge') queue = queue.then(() => merge(msg.job, msg.request));
+  else if (msg.type === 'resize') queue = queue.then(() => resize(msg.job, msg.request));
+  else if (msg.type === 'fuse') queue = queue.then(() => fuse(msg.job, msg.request, msg.base));
+  else if (msg.type === 'analyze') queue = queue.then(() => analyze(msg.job, msg.request));
 };
 scope.postMessage({ type: 'ready', version: VERSION });
