@@ -305,3 +305,15 @@ describe('baseFromFused inverts the fused formulas (random modules, f64)', () =>
     }
   }
 });
+
+it('the ulp report keeps DoRA/GLoRA modules out of the ½ + ½ ulp plausibility bound (their inverse amplifies it)', async () => {
+  const fused = path.join(tmp, 'report.fused.safetensors');
+  await fuseLoras(BASE, [adapter('dora-in'), adapter('loha')], [0.6, 0.5], { out: fused });
+  const r = await unfuseLoras(fused, [adapter('dora-in'), adapter('loha')], [0.6, 0.5], {
+    out: path.join(tmp, 'report.back.safetensors'),
+    base: BASE,
+  });
+  expect(r.distance?.recoveredElements).toBeGreaterThan(0);
+  expect(r.distance?.plausible).toBe(true);
+  expect(r.warnings).toEqual([]);
+});

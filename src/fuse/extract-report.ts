@@ -66,6 +66,11 @@ export function formatUnfuseReport(r: UnfuseReport): string {
     }
     if (d.worst) lines.push(`worst: ${d.worst.ulps.toFixed(2)} ulps (${d.worst.module}, element ${d.worst.index})`);
     lines.push(`beyond ½ ulp(fused) + ½ ulp(result): ${d.beyondBound} element(s)`);
+    if (d.recoveredElements > 0) {
+      lines.push(
+        `${d.recoveredElements} element(s) of DoRA/GLoRA modules were recovered through an inverse, which amplifies the fused file's rounding (not held to that bound)`,
+      );
+    }
   }
   for (const w of r.warnings) lines.push(`warning: ${w}`);
   return `${lines.join('\n')}\n`;

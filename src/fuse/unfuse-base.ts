@@ -54,7 +54,7 @@ async function asLora(input: LoraInput, opened: OpenedBase, allowUnmatched: bool
  * The inputs with every DoRA / GLoRA term replaced by the dense term that unfusing at −w turns into the recovered
  * base. LORA_CANNOT_UNFUSE when the fused weight does not determine the base (see baseFromFused), or when two
  * base-dependent terms change one module. `notes` receives the warnings of baseFromFused (DoRA channels with a
- * second solution).
+ * second solution); `recovered` the paths whose W0 came from an inverse.
  */
 export async function resolveFusedBases(
   fused: BaseInput,
@@ -62,6 +62,7 @@ export async function resolveFusedBases(
   weights: readonly MergeWeight[],
   allowUnmatched: boolean,
   notes: string[] = [],
+  recovered: Set<string> = new Set(),
 ): Promise<LoraInput[]> {
   const flags = await Promise.all(loras.map((l) => hasBaseDependent(l, allowUnmatched)));
   if (!flags.some(Boolean)) return [...loras];
@@ -108,6 +109,7 @@ export async function resolveFusedBases(
         for (let i = 0; i < rest.length; i++) rest[i] = (rest[i] ?? 0) - wj * (d[i] ?? 0);
       });
       const w0 = baseFromFused(term, path, rest, w, notes);
+      recovered.add(path);
       const delta = new Float32Array(w0.length);
       for (let i = 0; i < delta.length; i++) delta[i] = ((rest[i] ?? 0) - (w0[i] ?? 0)) / w;
       const shape = termShape(term, path);

@@ -1,0 +1,169 @@
+/**
+ * Adapter benchmarks (issue 13), on the full-size SDXL base of bench/fuse.ts (bench/out/sdxl-base.f16.safetensors):
+ *
+ *   npx tsx bench/adapters.ts gen                       generate the adapter inputs into bench/out/ (adapters-*)
+ *   npx tsx bench/adapters.ts fuse loha lora [--runs N]  time `lora-mix fuse` of each case, interleaved per round
+ *   npx tsx bench/adapters.ts convert exact rank64      time `lora-mix convert` of the LoHa (exact / --rank 64)
+ *   npx tsx bench/adapters.ts clean                     delete the adapters-* files
+ *
+ * Inputs (src/fixtures/adapters.ts and src/fixtures/generate.ts, every LCM-LoRA target = all UNet attention,
+ * resnet and sampler modules, 788 modules, F16, kohya names):
+ *   loha   LoHa dim 32, alpha 16 (flat factors: w1_a [out, 32], w1_b [32, in·k²], same for w2)
+ *   lora   plain LoRA rank 64, alpha 32: exactly the LoHa's parameter count (2·32·(out + in·k²) per module)
+ *   lokr   LoKr: w1 full [o1, i1] (LyCORIS's most square split), w2 = [o2, 8]·[8, i2·k²]
+ *   lorak  plain LoRA with the LoKr's parameter count (rank chosen so the totals match within one rank step)
+ * Each case runs the built CLI (dist/cli/lora-mix.js; `npm run build` first) in a child process under
+ * /usr/bin/time -v; the output is deleted after each run. Run timing commands under `flock /work/bench.lock`.
+ */
+import { spawnSync } from 'node:child_process';
+import { existsSync, rmSync, statSync } from 'node:fs';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { generateAdapter, syntheticAdapter, type AdapterSpec } from '../src/fixtures/adapters.js';
+import { generateLora, targetModules } from '../src/fixtures/generate.js';
+import '../src/node.js';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const OUT = path.join(ROOT, 'bench', 'out');
+const BASE = path.join(OUT, 'sdxl-base.f16.safetensors');
+const CLI = path.join(ROOT, 'dist', 'cli', 'lora-mix.js');
+const file = (name: string): string => path.join(OUT, `adapters-sdxl-${name}.f16.safetensors`);
+
+const LOHA: AdapterSpec = { kind: 'loha', rank: 32, alpha: 16, targets: 'lcm', seed: 31, dtype: 'F16' };
+const LOKR: AdapterSpec = { kind: 'lokr', rank: 8, alpha: 8, targets: 'lcm', seed: 32, dtype: 'F16' };
+
+function parameters(spec: AdapterSpec): number {
+  return syntheticAdapter('sdxl', 'full', spec)
+    .tensors.filter((t) => t.shape.length > 0)
+    .reduce((s, t) => s + t.shape.reduce((a, b) => a * b, 1), 0);
+}
+
+/** Σ (out + in·k²) over the LCM targets: a plain LoRA of rank r has r times this many parameters. */
+function loraWidth(): number {
+  return targetModules('sdxl', 'full', 'lcm').reduce((s, e) => {
+    const fanIn = e.shape.slice(1).reduce((a, b) => a * b, 1);
+    return s + (e.shape[0] ?? 0) + fanIn;
+  }, 0);
+}
+
+async function gen(): Promise<void> {
+  const width = loraWidth();
+  const lohaParams = parameters(LOHA);
+  const lokrParams = parameters(LOKR);
+  const lokrRank = Math.max(1, Math.round(lokrParams / width));
+  const t0 = performance.now();
+  await generateAdapter(file('loha'), 'sdxl', 'full', LOHA);
+  await generateAdapter(file('lokr'), 'sdxl', 'full', LOKR);
+  await generateLora(file('lora'), 'sdxl', 'full', { rank: 64, alpha: 32, targets: 'lcm', format: 'kohya', seed: 33 });
+  await generateLora(file('lorak'), 'sdxl', 'full', {
+    rank: lokrRank,
+    alpha: lokrRank,
+    targets: 'lcm',
+    format: 'kohya',
+    seed: 34,
+  });
+  console.log(
+    JSON.stringify({
+      generatedSeconds: (performance.now() - t0) / 1000,
+      parameters: { loha: lohaParams, lora: 64 * width, lokr: lokrParams, lorak: lokrRank * width, lokrRank },
+      bytes: Object.fromEntries(['loha', 'lokr', 'lora', 'lorak'].map((n) => [n, statSync(file(n)).size])),
+    }),
+  );
+}
+
+interface Timed {
+  readonly case: string;
+  readonly seconds: number;
+  readonly maxRssMb: number;
+  readonly code: number | null;
+  readonly report?: unknown;
+}
+
+function timed(label: string, args: string[]): Timed {
+  const t0 = performance.now();
+  const r = spawnSync('/usr/bin/time', ['-v', process.execPath, CLI, ...args], {
+    encoding: 'utf8',
+    maxBuffer: 1 << 28,
+  });
+  const seconds = (performance.now() - t0) / 1000;
+  const rss = /Maximum resident set size \(kbytes\): (\d+)/.exec(r.stderr ?? '');
+  if (r.status !== 0) process.stderr.write(r.stderr ?? '');
+  let report: unknown;
+  try {
+    report = JSON.parse(r.stdout ?? '');
+  } catch {
+    report = undefined;
+  }
+  return { case: label, seconds, maxRssMb: rss ? Number(rss[1]) / 1024 : Number.NaN, code: r.status, report };
+}
+
+function fuseCase(name: string): Timed {
+  const out = path.join(OUT, `adapters-fused-${name}.safetensors`);
+  try {
+    const t = timed(`fuse ${name}`, ['fuse', '--base', BASE, `${file(name)}:1`, '-o', out, '--json', '-q']);
+    const rep = t.report as { modulesFused?: number; seconds?: unknown } | undefined;
+    return { ...t, report: rep ? { modulesFused: rep.modulesFused, seconds: rep.seconds } : undefined };
+  } finally {
+    rmSync(out, { force: true });
+  }
+}
+
+function convertCase(name: string): Timed {
+  const out = path.join(OUT, `adapters-converted-${name}.safetensors`);
+  const extra = name === 'rank64' ? ['--rank', '64'] : [];
+  try {
+    const t = timed(`convert ${name}`, [
+      'convert',
+      file('loha'),
+      '-o',
+      out,
+      '--to',
+      'kohya',
+      '--threads',
+      '2',
+      '--json',
+      '-q',
+      ...extra,
+    ]);
+    const rep = t.report as
+      | { bytes?: number; reduction?: { meanRelativeError: number; maxRelativeError: number; reduced: number } }
+      | undefined;
+    const red = rep?.reduction;
+    return {
+      ...t,
+      report: {
+        bytes: rep?.bytes,
+        ...(red
+          ? { meanRelativeError: red.meanRelativeError, maxRelativeError: red.maxRelativeError, reduced: red.reduced }
+          : {}),
+      },
+    };
+  } finally {
+    rmSync(out, { force: true });
+  }
+}
+
+async function main(): Promise<void> {
+  const [command = 'help', ...rest] = process.argv.slice(2);
+  const runsAt = rest.indexOf('--runs');
+  const runs = runsAt >= 0 ? Number(rest[runsAt + 1] ?? 1) : 1;
+  const cases = rest.filter((x, i) => !x.startsWith('--') && (runsAt < 0 || i !== runsAt + 1));
+  if (command === 'gen') return gen();
+  if (command === 'clean') {
+    for (const n of ['loha', 'lokr', 'lora', 'lorak']) rmSync(file(n), { force: true });
+    return;
+  }
+  if (command !== 'fuse' && command !== 'convert') {
+    console.log('usage: npx tsx bench/adapters.ts gen | fuse CASE… [--runs N] | convert exact|rank64 | clean');
+    return;
+  }
+  if (!existsSync(CLI)) throw new Error(`${CLI} is missing: run npm run build first`);
+  for (let round = 0; round < runs; round++) {
+    for (const c of cases) {
+      const t = command === 'fuse' ? fuseCase(c) : convertCase(c);
+      console.log(JSON.stringify({ round, ...t }));
+    }
+  }
+}
+
+await main();
