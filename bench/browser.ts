@@ -14,6 +14,8 @@
  *    in the same page, and the WASM kernel in Node. Medians of 5 warm runs after one warm-up.
  *    This is a correctness path on a software GPU, not a speed claim.
  * --record appends the tables to bench/RESULTS.md under "browser".
+ * The page against the CLI on the full-size SD1.5 files (time and peak memory, merge and fuse) is
+ * bench/browser-vs-cli.ts.
  */
 import { copyFileSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import * as os from 'node:os';

@@ -71,7 +71,7 @@ describe('merge page with full-size inputs (headless Chromium)', () => {
   // A control page in the same browser, doing nothing but a 20 ms timer, measures that starvation over the same
   // period: the merge page must stay under 100 ms, or — only while the control page itself is starved (its own
   // tasks ≥ 50 ms) — within twice the control's longest task. A real freeze (heavy work on the page's thread) is
-  // hundreds of ms to seconds and fails either way.
+  // hundreds of ms to seconds and fails either way. With LORA_MIX_STRICT_LONG_TASKS=1 the limit is 100 ms, period.
   it('shows reading, merging and writing in percent, with no main-thread task over 100 ms', async () => {
     await s.page.evaluate(() => {
       window.longTasks = [];
@@ -116,7 +116,14 @@ describe('merge page with full-size inputs (headless Chromium)', () => {
     await control.close();
     const worst = Math.max(0, ...longTasks);
     const controlWorst = Math.max(0, ...starved);
-    const limit = controlWorst >= 50 ? Math.max(100, 2 * controlWorst) : 100;
+    // LORA_MIX_STRICT_LONG_TASKS=1 (the run quoted in docs/browser.md, taken at normal priority under the bench
+    // lock on a quiet machine): the issue's 100 ms whatever the control page shows.
+    const strict = process.env.LORA_MIX_STRICT_LONG_TASKS === '1';
+    const limit = !strict && controlWorst >= 50 ? Math.max(100, 2 * controlWorst) : 100;
+    console.log(
+      `long tasks: page's longest ${worst.toFixed(0)} ms (${longTasks.length} over 50 ms), control page's longest ` +
+        `${controlWorst.toFixed(0)} ms; limit ${limit.toFixed(0)} ms${strict ? ' (strict)' : ''}`,
+    );
     expect(
       worst,
       `long tasks ${at.join(', ')}; control page's ${starved.map((d) => d.toFixed(0)).join(', ')}`,

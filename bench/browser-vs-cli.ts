@@ -1,0 +1,224 @@
+/**
+ * The merge page against the CLI on the same full-size inputs, same machine, same run, rounds interleaved:
+ *
+ *   npx tsx bench/browser-vs-cli.ts merge|fuse [--runs N] [--record]
+ *
+ * merge: /work/benchdata (bench/out) sd15-lcm.f16 ×1.0 + sd15-style.f16 ×0.8, exact, kohya F16.
+ * fuse:  the same two LoRAs fused into sd15-base.f16 (2.1 GB), stored dtypes.
+ * CLI:   `node dist/cli/lora-mix.js merge|fuse … -q` under /usr/bin/time -v: wall time and peak RSS (it writes the
+ *        file to disk, with fsync; the output is deleted after each run).
+ * Page:  a fresh headless Chromium per round; wall time from choosing the files (setInputFiles) until the page
+ *        offers the result (a Blob made of the written pieces; the download itself is not timed). Memory: every
+ *        100 ms the RSS (/proc/PID/statm) of Chromium's renderer and GPU processes (the page, its Web Worker and
+ *        the GPU process run there), summed, and separately of all Chromium processes (browser process, where Blob
+ *        data lives, and utilities included); the peak of each sum over the run. Summed RSS counts shared pages once
+ *        per process, so it overstates a little.
+ * Needs `npm run build` (dist/) first. Run under `flock /work/bench.lock` (each invocation ≤ 5 min).
+ */
+import { spawnSync } from 'node:child_process';
+import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import * as os from 'node:os';
+import { join } from 'node:path';
+import { buildBrowser, REPO_ROOT } from '../scripts/build-browser.js';
+import { openSession, tempDir } from '../test/browser/harness.js';
+
+const args = process.argv.slice(2);
+const MODE = args.find((a) => a === 'merge' || a === 'fuse') ?? 'merge';
+const RUNS = args.includes('--runs') ? Math.max(1, Number(args[args.indexOf('--runs') + 1])) : 3;
+const RECORD = args.includes('--record');
+const DATA = '/work/benchdata';
+const LCM = join(DATA, 'sd15-lcm.f16.safetensors');
+const STYLE = join(DATA, 'sd15-style.f16.safetensors');
+const BASE = join(DATA, 'sd15-base.f16.safetensors');
+const OUT = join(DATA, `browser-vs-cli.${MODE}.out.safetensors`);
+const CLI = join(REPO_ROOT, 'dist/cli/lora-mix.js');
+/** Bytes per page of /proc/PID/statm (x86-64 Linux). */
+const PAGE = 4096;
+
+const median = (xs: number[]): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? (s[m] ?? 0) : ((s[m - 1] ?? 0) + (s[m] ?? 0)) / 2;
+};
+const mb = (bytes: number) => `${(bytes / 1e6).toFixed(0)} MB`;
+
+interface Run {
+  seconds: number;
+  /** Peak RSS: the CLI's process; the page's renderer + GPU processes. */
+  peak: number;
+  /** The page only: peak of all Chromium processes together. */
+  peakAll?: number;
+  /** The page only: renderer + GPU right before the files were chosen. */
+  idle?: number;
+}
+
+function cliRun(): Run {
+  const argv =
+    MODE === 'merge'
+      ? ['merge', `${LCM}:1`, `${STYLE}:0.8`, '-o', OUT, '--dtype', 'fp16', '-q']
+      : ['fuse', '--base', BASE, `${LCM}:1`, `${STYLE}:0.8`, '-o', OUT, '-q'];
+  const t0 = performance.now();
+  const r = spawnSync('/usr/bin/time', ['-v', process.execPath, CLI, ...argv], { encoding: 'utf8', cwd: REPO_ROOT });
+  const seconds = (performance.now() - t0) / 1000;
+  rmSync(OUT, { force: true });
+  if (r.status !== 0) throw new Error(`CLI failed: ${r.stderr}`);
+  const kb = /Maximum resident set size \(kbytes\): (\d+)/.exec(r.stderr)?.[1];
+  return { seconds, peak: Number(kb) * 1024 };
+}
+
+/** Chromium processes descending from this process: pid → { type, rss }. */
+function chromiumTree(): { type: string; rss: number }[] {
+  const parent = new Map<number, number>();
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      const stat = readFileSync(`/proc/${d}/stat`, 'utf8');
+      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+      parent.set(Number(d), ppid);
+    } catch {
+      // the process ended
+    }
+  }
+  const mine = (pid: number): boolean => {
+    for (let p = parent.get(pid), n = 0; p !== undefined && n < 20; p = parent.get(p), n++)
+      if (p === process.pid) return true;
+    return false;
+  };
+  const out: { type: string; rss: number }[] = [];
+  for (const pid of parent.keys()) {
+    if (!mine(pid)) continue;
+    try {
+      const cmd = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+      if (!cmd.includes('chrom')) continue;
+      const type = /--type=([a-z-]+)/.exec(cmd)?.[1] ?? 'browser';
+      const rss = Number(readFileSync(`/proc/${pid}/statm`, 'utf8').split(' ')[1]) * PAGE;
+      out.push({ type, rss });
+    } catch {
+      // the process ended
+    }
+  }
+  return out;
+}
+
+function sampler(): { stop(): { peak: number; peakAll: number } } {
+  let peak = 0;
+  let peakAll = 0;
+  const sample = () => {
+    const tree = chromiumTree();
+    const rg = tree.filter((p) => p.type === 'renderer' || p.type === 'gpu-process').reduce((a, p) => a + p.rss, 0);
+    peak = Math.max(peak, rg);
+    peakAll = Math.max(
+      peakAll,
+      tree.reduce((a, p) => a + p.rss, 0),
+    );
+  };
+  sample();
+  const timer = setInterval(sample, 100);
+  return {
+    stop() {
+      clearInterval(timer);
+      sample();
+      return { peak, peakAll };
+    },
+  };
+}
+
+async function pageRun(webDir: string): Promise<Run> {
+  const session = await openSession({ root: webDir });
+  const { page } = session;
+  try {
+    await page.waitForSelector('body[data-ready="true"]');
+    const idle = chromiumTree()
+      .filter((p) => p.type === 'renderer' || p.type === 'gpu-process')
+      .reduce((a, p) => a + p.rss, 0);
+    const mem = sampler();
+    const t0 = performance.now();
+    await page.setInputFiles('#files', [LCM, STYLE]);
+    await page.waitForFunction(() => document.querySelectorAll('#loras input.weight').length === 2, undefined, {
+      timeout: 300_000,
+    });
+    await page.locator('#loras input.weight').nth(0).fill('1');
+    await page.locator('#loras input.weight').nth(1).fill('0.8');
+    if (MODE === 'merge') {
+      await page.selectOption('#dtype', 'F16');
+      await page.click('#merge');
+    } else {
+      await page.setInputFiles('#base', BASE);
+      await page.waitForFunction(() => document.getElementById('fuse')?.getAttribute('aria-disabled') === 'false');
+      await page.click('#fuse');
+    }
+    const done = MODE === 'merge' ? 'merged' : 'fuse';
+    await page.waitForFunction(
+      (d) => document.body.dataset[d] !== undefined || !document.getElementById('error')?.hidden,
+      done,
+      { timeout: 300_000 },
+    );
+    const seconds = (performance.now() - t0) / 1000;
+    const { peak, peakAll } = mem.stop();
+    if (!(await page.locator('#error').isHidden())) throw new Error(`page failed: ${await page.textContent('#error')}`);
+    return { seconds, peak, peakAll, idle };
+  } finally {
+    await session.close();
+  }
+}
+
+async function main(): Promise<void> {
+  if (!existsSync(CLI)) throw new Error(`${CLI} is missing: run npm run build first`);
+  for (const f of MODE === 'merge' ? [LCM, STYLE] : [LCM, STYLE, BASE])
+    if (!existsSync(f))
+      throw new Error(`${f} is missing: generate it with npx tsx bench/fuse.ts --arch sd15 --gen-only`);
+  const tmp = tempDir('bench-vs-cli');
+  const built = await buildBrowser({ outDir: tmp.dir });
+  const load0 = os.loadavg()[0] ?? 0;
+  const cli: Run[] = [];
+  const page: Run[] = [];
+  try {
+    for (let r = 0; r < RUNS; r++) {
+      cli.push(cliRun());
+      console.log(`  CLI  run ${r + 1}: ${cli.at(-1)?.seconds.toFixed(2)} s, peak RSS ${mb(cli.at(-1)?.peak ?? 0)}`);
+      page.push(await pageRun(built.webDir));
+      const p = page.at(-1);
+      console.log(
+        `  page run ${r + 1}: ${p?.seconds.toFixed(2)} s, renderer+GPU peak ${mb(p?.peak ?? 0)} (idle ${mb(p?.idle ?? 0)}), all Chromium ${mb(p?.peakAll ?? 0)}`,
+      );
+    }
+  } finally {
+    tmp.remove();
+    rmSync(OUT, { force: true });
+  }
+  const [ct, pt] = [median(cli.map((x) => x.seconds)), median(page.map((x) => x.seconds))];
+  const [cm, pm] = [median(cli.map((x) => x.peak)), median(page.map((x) => x.peak))];
+  const pa = median(page.map((x) => x.peakAll ?? 0));
+  const pi = median(page.map((x) => x.idle ?? 0));
+  const chromium = spawnSync('/usr/bin/chromium', ['--version'], { encoding: 'utf8' }).stdout.trim();
+  const lines = [
+    `### page vs CLI: ${MODE === 'merge' ? 'merge sd15-lcm.f16 ×1 + sd15-style.f16 ×0.8 (exact, kohya F16)' : 'fuse sd15-lcm.f16 ×1 + sd15-style.f16 ×0.8 into sd15-base.f16'}`,
+    '',
+    `- Command: \`flock /work/bench.lock npx tsx bench/browser-vs-cli.ts ${MODE}${RUNS !== 3 ? ` --runs ${RUNS}` : ''}\`; ` +
+      `${new Date().toISOString()}; ${os.cpus().length} vCPU (${os.cpus()[0]?.model ?? '?'}), Node ${process.version}, ${chromium} headless; ` +
+      `load average ${load0.toFixed(1)} at the start, ${(os.loadavg()[0] ?? 0).toFixed(1)} at the end; medians of ${RUNS} interleaved rounds.`,
+    '- CLI: `node dist/cli/lora-mix.js` under /usr/bin/time -v (wall, peak RSS; writes the file with fsync). Page: fresh ' +
+      'Chromium per round, wall from choosing the files to the result offered (a Blob; the download is not timed); ' +
+      'memory = peak of the summed RSS of the renderer + GPU processes (the page and its Web Worker), sampled every 100 ms ' +
+      'from /proc; all Chromium processes together in the last column.',
+    '',
+    '| where | time | ratio | peak memory | vs CLI | all Chromium processes |',
+    '|---|---|---|---|---|---|',
+    `| CLI | ${ct.toFixed(2)} s | 1.00× | ${mb(cm)} | | |`,
+    `| page (Web Worker) | ${pt.toFixed(2)} s | ${(pt / ct).toFixed(2)}× | ${mb(pm)} (idle page ${mb(pi)}) | ${pm - cm >= 0 ? '+' : '−'}${mb(Math.abs(pm - cm))} | ${mb(pa)} |`,
+    '',
+    `Rounds (s): CLI ${cli.map((x) => x.seconds.toFixed(2)).join(', ')}; page ${page.map((x) => x.seconds.toFixed(2)).join(', ')}.`,
+    '',
+  ];
+  console.log(lines.join('\n'));
+  if (RECORD) {
+    const file = join(REPO_ROOT, 'bench/RESULTS.md');
+    writeFileSync(file, `${readFileSync(file, 'utf8').trimEnd()}\n\n${lines.join('\n')}`);
+    console.log(`appended to ${file}`);
+  }
+}
+
+main().catch((e: unknown) => {
+  console.error(e);
+  process.exit(1);
+});
