@@ -18,7 +18,6 @@ describe('adapter kinds lora-mix refuses: FORMAT_UNSUPPORTED_ADAPTER naming the 
   const cases: [string, string[], RegExp][] = [
     ['(IA)³', ['weight', 'on_input'], /\(IA\)³/],
     ['set_weight', ['set_weight'], /set_weight/],
-    ['w_norm', ['w_norm', 'b_norm'], /w_norm/],
     ['OFT', ['oft_blocks'], /OFT/],
   ];
   for (const [label, suffixes, type] of cases) {

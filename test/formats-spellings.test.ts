@@ -57,15 +57,13 @@ describe('ComfyUI-saved LoRAs (diffusion_model.<LDM path>, text_encoders.clip_l/
     expect(withAlpha.modules.every((m) => m.alphaKey !== undefined && m.alpha === 2)).toBe(true);
   });
 
-  it('a .diff of a norm layer is refused naming the key (diffs of Linear / Conv modules are read as dense terms)', async () => {
+  it("ComfyUI's saver output with its .diff / .diff_b entries decodes: norms by the layout, module biases with their module", async () => {
     const bytes = encodedBytes(
       syntheticLora('sd15', 'tiny', { ...base, targets: 'lcm', format: 'comfyui', comfyDiffs: true }),
     );
-    const e = await caught(async () => decodeLora(await open(bytes, 'comfy-diff.safetensors')));
-    expect(e.code).toBe('FORMAT_UNSUPPORTED_ADAPTER');
-    expect(e.message).toMatch(/comfy-diff\.safetensors/);
-    expect(e.message).toMatch(/diffusion_model\.[\w.]+\.diff\b/);
-    expect(e.message).toMatch(/norm-layer/);
+    const l = await decodeLora(await open(bytes, 'comfy-diff.safetensors'));
+    expect(l.norms?.size).toBe(4);
+    expect([...l.modules.values()].filter((t) => t.bias !== undefined).length).toBe(2);
   });
 });
 

@@ -27,6 +27,7 @@ import { classifyModule, readAdapterTerm, type AdapterModulePlan, type ModuleTen
 import { kohyaAlpha, kohyaSpellingOf, type KohyaPaths } from './kohya.js';
 import { PEFT_METADATA_KEY, parsePeftMetadata, peftAlpha, peftConfigFor, peftRank, type PeftConfigs } from './peft.js';
 import { rankCandidates, type CandidateResult, type RawModule, type ShapeProblem } from './resolve.js';
+import { isNormGroup, NORM_DIFF_ROLES, normNotes, planNorms, readNorms, type PlannedNorm } from './norms.js';
 
 /**
  * The spelling a LoRA file uses: kohya (sd-scripts), PEFT / diffusers, the old diffusers attention processors,
@@ -121,6 +122,8 @@ export interface LoraPlan {
   readonly source: string;
   /** In layout order. */
   readonly modules: readonly PlannedModule[];
+  /** Norm-layer differences (ComfyUI .diff / .diff_b on GroupNorm / LayerNorm, LyCORIS w_norm / b_norm), in layout order. */
+  readonly norms: readonly PlannedNorm[];
   /** Tensors kept verbatim (kohya pivotal-tuning `bundle_emb.*` embeddings), in file order. */
   readonly embeddings: readonly { readonly key: string; readonly dtype: DType; readonly shape: readonly number[] }[];
   readonly unmatched: readonly UnmatchedEntry[];
@@ -221,11 +224,16 @@ async function planFile(file: LoraFileLike, options: DecodeOptions): Promise<Lor
   const format = decideFormat(fileName, parsed);
   acceptUnknownKeys(fileName, format, unknown, options, unmatched);
   const groups = groupModules(fileName, parsed);
+  // Norm-layer differences (1-D .diff / .diff_b, w_norm / b_norm) resolve through the layout's norm table.
+  const normGroups = [...groups.values()].filter((g) => isNormGroup(g, infos));
+  for (const g of normGroups) groups.delete(g.id);
   const adapters = new Map<string, AdapterModulePlan>();
   for (const g of groups.values())
     if (isAdapterGroup(g)) adapters.set(g.id, classifyModule(fileName, g.id, groupTensors(g, infos)));
   const raw = moduleShapes(fileName, groups, infos, adapters);
-  const chosen = chooseCandidate(fileName, raw, options, unmatched);
+  const fromModules = raw.length > 0 ? chooseCandidate(fileName, raw, options, unmatched) : undefined;
+  const norms = planNorms(fileName, normGroups, infos, fromModules?.layout, options, unmatched);
+  const chosen = fromModules ?? normsOnly(norms.layout);
   refuseDuplicates(fileName, chosen);
   const peft = format === 'peft' || format === 'diffusers-old' ? peftConfigs(file) : undefined;
   const { modules, notes, kohyaPaths } = await planModules(file, format, chosen, groups, infos, peft, adapters);
@@ -234,6 +242,7 @@ async function planFile(file: LoraFileLike, options: DecodeOptions): Promise<Lor
       `the PEFT config in metadata '${PEFT_METADATA_KEY}' says use_dora: true but the file has no lora_magnitude_vector: read as a plain LoRA`,
     );
   }
+  notes.push(...normNotes(norms.planned));
   if (embeddings.length > 0) {
     notes.push(
       `${embeddings.length} embedding tensor(s) (${listSome(embeddings, 3)}) are not LoRA modules: kept by merge and convert, skipped by fuse`,
@@ -248,6 +257,7 @@ async function planFile(file: LoraFileLike, options: DecodeOptions): Promise<Lor
     dtype: mostCommonDtype(modules, infos),
     source: fileName,
     modules,
+    norms: norms.planned,
     embeddings: embeddings.map((k) => {
       const t = infoOf(infos, k);
       return { key: k, dtype: t.dtype, shape: t.shape };
@@ -255,6 +265,21 @@ async function planFile(file: LoraFileLike, options: DecodeOptions): Promise<Lor
     unmatched,
     notes,
     metadata: { ...file.metadata },
+  };
+}
+
+/** The candidate of a file of norm differences only: the layout planNorms chose, no modules. */
+function normsOnly(layout: Layout | undefined): CandidateResult {
+  if (!layout) throw new FormatError('FORMAT_NOT_A_LORA', 'internal: a file with neither modules nor norms', {});
+  return {
+    arch: layout.arch,
+    size: layout.size,
+    layout,
+    matched: [],
+    missing: [],
+    incompatible: [],
+    missingSiblings: 0,
+    fits: true,
   };
 }
 
@@ -315,7 +340,11 @@ function parseKeys(
 }
 
 /** One spelling family per file, one PEFT adapter name; the format that family and its keys say. */
-function decideFormat(fileName: string, parsed: readonly ParsedKey[]): LoraFormat {
+function decideFormat(fileName: string, all: readonly ParsedKey[]): LoraFormat {
+  // Full differences (norm layers above all) may be spelled as ComfyUI names them beside another spelling's modules:
+  // kohya output keeps a text encoder's norm difference under ComfyUI's name, the only one a loader reads.
+  const factors = all.filter((p) => !NORM_DIFF_ROLES.includes(p.role));
+  const parsed = factors.length > 0 ? factors : all;
   const firstOf = new Map<string, ParsedKey>();
   for (const p of parsed) if (!firstOf.has(p.family)) firstOf.set(p.family, p);
   if (firstOf.size > 1) {
@@ -838,12 +867,14 @@ async function readPlanned(file: LoraFileLike, plan: LoraPlan): Promise<LoadedLo
     (pending as (Promise<Term> | undefined)[])[next++] = undefined;
   }
   const embeddings = await readEmbeddings(file, plan);
+  const norms = await readNorms(file.name, plan.norms, (k) => file.readF32(k));
   return {
     arch: plan.arch,
     size: plan.size,
     modules,
     metadata: plan.metadata,
     ...(embeddings.size > 0 ? { embeddings } : {}),
+    ...(norms.size > 0 ? { norms } : {}),
     format: plan.format,
     ...(plan.kohyaPaths ? { kohyaPaths: plan.kohyaPaths } : {}),
     dtype: plan.dtype,

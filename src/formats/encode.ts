@@ -15,7 +15,7 @@
  */
 import { ArgumentError, FormatError, LoraError, OptionError } from '../core/errors.js';
 import { getLayout, moduleAliases } from '../layout/index.js';
-import type { ModuleEntry } from '../layout/types.js';
+import type { ModuleEntry, NormEntry } from '../layout/types.js';
 import type { F32Array, Lora, StoredTensor, Term } from '../lora/types.js';
 import { lowRankLora } from '../lora/terms/index.js';
 import { contiguousValues } from '../lora/delta.js';
@@ -30,6 +30,7 @@ import {
 import type { TensorToWrite } from '../safetensors/write.js';
 import { oldDiffusersKeys } from './diffusers-old.js';
 import { kohyaKeys, kohyaName, type KohyaPaths } from './kohya.js';
+import { normStem } from './norms.js';
 import { PEFT_METADATA_KEY, peftMetadataJson, peftStem } from './peft.js';
 import { checkFactorShapes } from './resolve.js';
 import { assertWritableLora, checkEncodeOptions } from './validate.js';
@@ -171,6 +172,7 @@ export function encodeModules(
   options: InternalEncodeOptions,
   baseMetadata: Readonly<Record<string, string>> = {},
   embeddings: ReadonlyMap<string, StoredTensor> = new Map(),
+  norms: readonly NormSource[] = [],
 ): EncodedLora {
   const stats: EncodeStats = { values: 0, flushedToZero: 0 };
   const tensors: TensorToWrite[] = [];
@@ -264,6 +266,13 @@ export function encodeModules(
         option: 'format',
         found: options.format,
       });
+  }
+  // Norm-layer differences, after the modules, in layout order: `.diff` (weight) and `.diff_b` (bias).
+  for (const n of norms) {
+    const stem = normStem(n.entry, options.format, options.kohyaPaths);
+    const shape = [n.entry.channels];
+    if (n.weight) tensors.push(factorTensor(`${stem}.diff`, shape, dtype, n.weight, stats, what));
+    if (n.bias) tensors.push(factorTensor(`${stem}.diff_b`, shape, dtype, n.bias, stats, what));
   }
   // Pivotal-tuning embeddings travel verbatim, after the modules, in key order.
   for (const key of [...embeddings.keys()].sort()) {
@@ -388,7 +397,47 @@ export function encodeLora(input: Lora<Term>, rawOptions: EncodeOptions): Encode
     },
     lora.metadata,
     lora.embeddings,
+    normSources(lora),
   );
+}
+
+/** One norm difference to encode: its layout entry and the weight / bias deltas on demand. */
+export interface NormSource {
+  readonly entry: NormEntry;
+  readonly weight?: () => Float32Array;
+  readonly bias?: () => Float32Array;
+}
+
+/** The norm differences of a LoRA in layout order, each checked against its norm's channel count. */
+function normSources(lora: Lora): NormSource[] {
+  if (!lora.norms || lora.norms.size === 0) return [];
+  const layout = getLayout(lora.arch, lora.size);
+  const out: NormSource[] = [];
+  for (const entry of layout.norms) {
+    const d = lora.norms.get(entry.path);
+    if (!d) continue;
+    const values = (v: F32Array | undefined, what: string): (() => Float32Array) | undefined => {
+      if (!v) return undefined;
+      if (v.shape.length !== 1 || v.shape[0] !== entry.channels) {
+        throw new LoraError(
+          'LORA_SHAPE_MISMATCH',
+          `norm '${entry.path}': the ${what} difference has shape ${JSON.stringify(v.shape)}; expected [${entry.channels}]`,
+          { key: entry.path, expected: [entry.channels], found: v.shape },
+        );
+      }
+      return () => contiguousF32(v);
+    };
+    const weight = values(d.weight, 'weight');
+    const bias = values(d.bias, 'bias');
+    out.push({ entry, ...(weight ? { weight } : {}), ...(bias ? { bias } : {}) });
+  }
+  const unknown = [...lora.norms.keys()].filter((p) => !layout.normByPath.has(p));
+  if (unknown.length > 0) {
+    throw new LoraError('LORA_UNMATCHED_MODULES', `encode: no norm layer '${unknown[0]}' in ${lora.arch}`, {
+      keys: unknown.slice(0, 100),
+    });
+  }
+  return out;
 }
 
 /** The dtype names the CLI accepts. */

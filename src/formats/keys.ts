@@ -42,6 +42,8 @@ export type AdapterRole =
   | 'lokr_t2'
   | 'diff'
   | 'diff_b'
+  | 'w_norm'
+  | 'b_norm'
   | 'a1'
   | 'a2'
   | 'b1'
@@ -67,6 +69,8 @@ const ADAPTER_SUFFIX: Readonly<Record<string, AdapterRole>> = {
   lokr_t2: 'lokr_t2',
   diff: 'diff',
   diff_b: 'diff_b',
+  w_norm: 'w_norm',
+  b_norm: 'b_norm',
   'a1.weight': 'a1',
   'a2.weight': 'a2',
   'b1.weight': 'b1',
@@ -292,9 +296,9 @@ export const UNSUPPORTED_ADAPTERS: readonly AdapterSignature[] = [
     test: (k) => k.endsWith('.on_input') || /\.ia3_l(\.|$)/.test(k),
   },
   {
-    type: 'norm-layer or replacement weights (LyCORIS w_norm / b_norm / set_weight)',
-    why: 'the file changes GroupNorm/LayerNorm weights or replaces whole tensors, which lora-mix does not map',
-    test: (k) => endsWithAny(k, ['.set_weight', '.w_norm', '.b_norm']),
+    type: 'replacement weights (set_weight)',
+    why: 'the file replaces whole tensors instead of changing them by a difference, which no weighted sum can express',
+    test: (k) => endsWithAny(k, ['.set_weight']),
   },
   {
     type: 'OFT/BOFT',

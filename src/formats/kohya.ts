@@ -12,7 +12,7 @@ import type { ModuleEntry } from '../layout/types.js';
 export type KohyaPaths = 'diffusers' | 'sgm';
 
 /** The kohya module name of a layout module in the requested UNet spelling (text encoders have one spelling). */
-export function kohyaName(entry: ModuleEntry, paths: KohyaPaths): string {
+export function kohyaName(entry: Pick<ModuleEntry, 'component' | 'kohyaNames'>, paths: KohyaPaths): string {
   if (entry.component !== 'unet') return entry.kohyaNames[0]!;
   return paths === 'sgm' ? (entry.kohyaNames[1] ?? entry.kohyaNames[0]!) : entry.kohyaNames[0]!;
 }

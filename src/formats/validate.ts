@@ -125,7 +125,8 @@ function applies(m: { up: { data: ArrayLike<number> }; down: { data: ArrayLike<n
  * otherwise the file would apply nothing or spread NaN (LORA_EMPTY, LORA_DTYPE_OVERFLOW).
  */
 export function assertWritableLora(lora: Lora, op: string): void {
-  if (lora.modules.size === 0) {
+  const norms = lora.norms?.size ?? 0;
+  if (lora.modules.size === 0 && norms === 0) {
     throw new LoraError(
       'LORA_EMPTY',
       `${op}: the LoRA has no modules, so the file would change nothing (every weight 0, or every module dropped); nothing was written`,
@@ -147,7 +148,7 @@ export function assertWritableLora(lora: Lora, op: string): void {
     }
     if (active === 0 && applies(m)) active++;
   }
-  if (active === 0) {
+  if (active === 0 && norms === 0) {
     throw new LoraError(
       'LORA_EMPTY',
       `${op}: all ${lora.modules.size} module(s) of the LoRA are zero (zero factors or alpha 0), so the file would change nothing; nothing was written`,

@@ -89,10 +89,18 @@ function biasEntry(layout: Layout, entry: ModuleEntry): StateDictEntry | undefin
 export function locateBias(base: OpenedBase, f: BaseWeightFile, entry: ModuleEntry): WeightLocation | null {
   const d = f.detection ?? base.detection;
   const s = biasEntry(d.layout, entry);
-  if (!s) return null;
-  if (f.component !== null) return f.component === entry.component ? { key: s.diffusersKey } : null;
-  if (d.naming === 'diffusers-unet') return entry.component === 'unet' ? { key: s.diffusersKey } : null;
-  if (!d.components.includes(entry.component)) return null;
+  return s ? locateStateDict(base, f, s) : null;
+}
+
+/**
+ * The key (and rows) of a state-dict tensor (a bias, a norm's weight or bias) in `f`, under the file's naming, or
+ * null when this file cannot hold it.
+ */
+export function locateStateDict(base: OpenedBase, f: BaseWeightFile, s: StateDictEntry): WeightLocation | null {
+  const d = f.detection ?? base.detection;
+  if (f.component !== null) return f.component === s.component ? { key: s.diffusersKey } : null;
+  if (d.naming === 'diffusers-unet') return s.component === 'unet' ? { key: s.diffusersKey } : null;
+  if (!d.components.includes(s.component)) return null;
   const key = d.aliases.get(s.singleFileKey) ?? s.singleFileKey;
   return s.singleFileRows ? { key, rows: s.singleFileRows } : { key };
 }

@@ -27,7 +27,15 @@ import { DTYPE_SIZE, type DType } from '../core/tensor.js';
 import { VERSION } from '../core/version.js';
 import { fileNameOf } from '../core/provenance.js';
 import { currentFuseHost, type FuseHost } from './host.js';
-import { locate, locateBias, whyAbsent, type BaseWeightFile, type OpenBaseOptions, type OpenedBase } from './base.js';
+import {
+  locate,
+  locateBias,
+  locateStateDict,
+  whyAbsent,
+  type BaseWeightFile,
+  type OpenBaseOptions,
+  type OpenedBase,
+} from './base.js';
 import { openInputs, type FuseInput, type InputModule } from './inputs.js';
 import { stackFactors, type StackPart } from '../lora/stack.js';
 import { termDelta } from '../lora/terms/index.js';
@@ -88,7 +96,8 @@ export interface FuseTerm {
 
 export interface Target {
   readonly path: string;
-  readonly entry: ModuleEntry;
+  /** The module (or norm layer) the target changes. */
+  readonly entry: Pick<ModuleEntry, 'path' | 'component' | 'group'>;
   readonly rows: readonly [number, number];
   readonly cols: number;
   readonly terms: readonly FuseTerm[];
@@ -218,6 +227,7 @@ export function planFusion(
     }
     planBias(base, entry, terms, perFile, unmatched);
   }
+  planNormTargets(base, inputs, perFile, fused, byGroup, unmatched);
   if (unmatched.length > 0 && !options.allowUnmatched) {
     const byReason = new Map<string, string[]>();
     for (const u of unmatched) byReason.set(u.reason, [...(byReason.get(u.reason) ?? []), u.key]);
@@ -328,6 +338,96 @@ function planBias(
   if (problem === null && landed > 0) return;
   const reason = problem ?? `the base has no bias for '${entry.path}', so its bias delta (lora_B.bias) cannot land`;
   for (const t of biased) unmatched.push({ key: `${t.input.source}: ${t.module.name} (bias)`, reason });
+}
+
+/** A 1-D delta as a rank-1 target term (up = the delta column, down = [1]), as bias deltas land. */
+function columnTerm(
+  input: FuseInput,
+  coef: number,
+  path: string,
+  name: string,
+  n: number,
+  values: () => Promise<Float32Array>,
+): FuseTerm {
+  return {
+    input,
+    coef,
+    module: {
+      path,
+      kind: 'lowRank',
+      rank: 1,
+      alpha: 1,
+      out: n,
+      fanIn: 1,
+      name,
+      factors: async () => ({ up: await values(), down: ONE }),
+      term: async () => ({ up: ndarray(await values(), [n, 1]), down: ndarray(ONE, [1, 1]), alpha: 1 }),
+    },
+  };
+}
+
+/**
+ * Norm-layer differences (ComfyUI .diff / .diff_b, LyCORIS w_norm / b_norm): the norm's weight and bias change by
+ * Σ λ·diff, each landing as rank-1 targets on the 1-D tensor like a bias delta (same kernels, dtype handling and
+ * overflow checks). A base without that norm tensor, or with one of another length, is an unmatched module.
+ */
+function planNormTargets(
+  base: OpenedBase,
+  inputs: readonly FuseInput[],
+  perFile: Map<string, Target[]>[],
+  fused: Set<string>,
+  byGroup: Record<string, number>,
+  unmatched: { key: string; reason: string }[],
+): void {
+  const layout = base.detection.layout;
+  const paths = new Set<string>();
+  for (const input of inputs) for (const p of input.norms.keys()) paths.add(p);
+  for (const entry of layout.norms.filter((n) => paths.has(n.path))) {
+    let applied = false;
+    for (const part of ['weight', 'bias'] as const) {
+      const s = entry[part];
+      const terms: FuseTerm[] = [];
+      const named: string[] = [];
+      for (const input of inputs) {
+        const n = input.norms.get(entry.path);
+        const values = n?.[part];
+        if (!n || !values) continue;
+        named.push(`${input.source}: ${n.name} (${part})`);
+        const lambda = input.weightOf(entry.path);
+        if (lambda === 0) continue;
+        terms.push(columnTerm(input, lambda, entry.path, `${n.name} (${part})`, entry.channels, values));
+      }
+      if (named.length === 0) continue;
+      let landed = 0;
+      let problem: string | null = null;
+      base.files.forEach((f, fi) => {
+        const loc = s ? locateStateDict(base, f, s) : null;
+        const info = loc ? f.file.get(loc.key) : undefined;
+        if (!loc || !info) return;
+        if (info.shape.length !== 1 || info.shape[0] !== entry.channels) {
+          problem = `the norm difference has ${entry.channels} values but the base tensor '${loc.key}' is ${fmt(info.shape)}`;
+          return;
+        }
+        if (terms.length > 0) {
+          const list = perFile[fi]!.get(loc.key) ?? [];
+          list.push({ path: `${entry.path}.${part}`, entry, rows: [0, entry.channels], cols: 1, terms });
+          perFile[fi]!.set(loc.key, list);
+        }
+        landed++;
+      });
+      if (problem === null && landed > 0) {
+        if (terms.length > 0) applied = true;
+        continue;
+      }
+      const reason = problem ?? `the base has no ${part} for the norm layer '${entry.path}'`;
+      for (const key of named) unmatched.push({ key, reason });
+    }
+    if (applied) {
+      fused.add(entry.path);
+      const g = `${entry.component}/norm`;
+      byGroup[g] = (byGroup[g] ?? 0) + 1;
+    }
+  }
 }
 
 // ---- buffers ---------------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import { contiguousValues, moduleDims } from '../lora/delta.js';
 import { compileWeight, type MergeWeight, type WeightSpec } from '../lora/merge.js';
 import { describeComponents, hasComponents } from '../lora/components.js';
 import { asLowRank, termDims, termKind } from '../lora/terms/index.js';
-import type { Lora, Term, TermKind } from '../lora/types.js';
+import type { F32Array, Lora, Term, TermKind } from '../lora/types.js';
 import { parseSafetensors, SafetensorsFile } from '../safetensors/read.js';
 import type { LoraInput } from './types.js';
 
@@ -38,12 +38,24 @@ export interface InputModule {
   readonly bias?: () => Promise<Float32Array>;
 }
 
+/** A norm-layer difference of one input (ComfyUI .diff / .diff_b, LyCORIS w_norm / b_norm): [channels] each. */
+export interface InputNorm {
+  readonly path: string;
+  /** The name as spelled in the file, for messages. */
+  readonly name: string;
+  readonly channels: number;
+  readonly weight?: () => Promise<Float32Array>;
+  readonly bias?: () => Promise<Float32Array>;
+}
+
 export interface FuseInput {
   readonly source: string;
   readonly format: string;
   readonly arch: Arch;
   readonly size: LayoutSize;
   readonly modules: ReadonlyMap<string, InputModule>;
+  /** Norm-layer differences by canonical norm path. */
+  readonly norms: ReadonlyMap<string, InputNorm>;
   /** Modules or keys the decoder could not place (only with allowUnmatched). */
   readonly unmatched: readonly { readonly key: string; readonly reason: string }[];
   /** Tensors of the LoRA that have no place in a checkpoint (pivotal-tuning embeddings): skipped, reported. */
@@ -133,6 +145,21 @@ function fromPlan(file: SafetensorsFile, plan: LoraPlan, owned: boolean, weight:
           : {}),
     });
   }
+  const norms = new Map<string, InputNorm>();
+  const readChecked = (key: string, what: string) => async (): Promise<Float32Array> => {
+    const v = await file.readF32(key);
+    assertFiniteTensor(plan.source, key, v, what);
+    return v;
+  };
+  for (const n of plan.norms) {
+    norms.set(n.entry.path, {
+      path: n.entry.path,
+      name: n.name,
+      channels: n.entry.channels,
+      ...(n.weightKey !== undefined ? { weight: readChecked(n.weightKey, 'norm-layer difference') } : {}),
+      ...(n.biasKey !== undefined ? { bias: readChecked(n.biasKey, 'norm-layer difference') } : {}),
+    });
+  }
   const w = compileWeightLabelled(weight, plan.arch, plan.size, name);
   return {
     source: plan.source,
@@ -140,6 +167,7 @@ function fromPlan(file: SafetensorsFile, plan: LoraPlan, owned: boolean, weight:
     arch: plan.arch,
     size: plan.size,
     modules,
+    norms,
     unmatched: plan.unmatched,
     embeddings: plan.embeddings.map((e) => e.key),
     weightOf: w.fn,
@@ -196,6 +224,26 @@ function fromLora(lora: Lora<Term>, weight: MergeWeight, name: string): FuseInpu
       ...(m.bias ? { bias: async () => contiguousValues(m.bias!) } : {}),
     });
   }
+  const norms = new Map<string, InputNorm>();
+  for (const [path, d] of lora.norms ?? []) {
+    const values = (v: F32Array | undefined, what: string) =>
+      v
+        ? {
+            [what]: async () => {
+              const x = contiguousValues(v);
+              assertFiniteTensor(name, `${path} (${what})`, x, 'norm-layer difference');
+              return x;
+            },
+          }
+        : {};
+    norms.set(path, {
+      path,
+      name: path,
+      channels: (d.weight ?? d.bias)?.shape[0] ?? 0,
+      ...values(d.weight, 'weight'),
+      ...values(d.bias, 'bias'),
+    });
+  }
   const w = compileWeightLabelled(weight, lora.arch, lora.size, name);
   const source = (lora as { source?: unknown }).source;
   const format = (lora as { format?: unknown }).format;
@@ -205,6 +253,7 @@ function fromLora(lora: Lora<Term>, weight: MergeWeight, name: string): FuseInpu
     arch: lora.arch,
     size: lora.size,
     modules,
+    norms,
     unmatched: (lora as { unmatched?: FuseInput['unmatched'] }).unmatched ?? [],
     embeddings: [...(lora.embeddings?.keys() ?? [])],
     weightOf: w.fn,

@@ -7,9 +7,10 @@
  */
 import { ArchError, OptionError } from '../core/errors.js';
 import { generateTextEncoder, type TextEncoderConfig } from './text-encoders.js';
-import type { Arch, BlockId, Component, Layout, LayoutSize, ModuleEntry, StateDictEntry } from './types.js';
+import type { Arch, BlockId, Component, Layout, LayoutSize, ModuleEntry, NormEntry, StateDictEntry } from './types.js';
+import { generateNorms } from './norms.js';
 import { ARCHS } from './types.js';
-import { generateUNet, kohyaFlatten, type UNetConfig } from './unet.js';
+import { generateUNet, kohyaFlatten, UNET_SINGLE_FILE_PREFIX, type UNetConfig } from './unet.js';
 
 /** Everything that defines one architecture at one size. */
 export interface ArchConfig {
@@ -232,7 +233,9 @@ const COMFY_TEXT_ENCODER: Readonly<Record<Exclude<Component, 'unet'>, string>> =
  * SDXL encoders share, so the bare form names the first encoder only, as a bare 'text_model.' path does. Tools that
  * keep kohya's encoder prefixes spell them 'lycoris_te_' / 'lycoris_te1_' / 'lycoris_te2_'.
  */
-export function moduleAliases(m: ModuleEntry): string[] {
+export function moduleAliases(
+  m: Pick<ModuleEntry, 'component' | 'localPath' | 'singleFilePath' | 'kohyaNames'>,
+): string[] {
   if (m.component === 'unet') {
     return [
       `diffusion_model.${m.singleFilePath}`,
@@ -294,6 +297,7 @@ function build(cfg: ArchConfig): BuiltLayout {
     if (seenSingle.has(sk)) throw duplicate(where, 'single-file state-dict key', sk);
     seenSingle.add(sk);
   }
+  const { norms, normByPath, normByName } = buildNorms(cfg, where, stateDict, modules);
   const layout: Layout = {
     arch: cfg.arch,
     size: cfg.size,
@@ -303,9 +307,40 @@ function build(cfg: ArchConfig): BuiltLayout {
     byAlias,
     bySingleFileKey,
     stateDict,
+    norms,
+    normByPath,
+    normByName,
   };
   const blockIds: BlockId[] = cfg.textEncoders.length > 0 ? ['BASE', ...unet.blockIds] : [...unet.blockIds];
   return { layout, blockIds };
+}
+
+/** The norm table and its lookups: canonical path, and every kohya / tool name. */
+function buildNorms(
+  cfg: ArchConfig,
+  where: string,
+  stateDict: readonly StateDictEntry[],
+  modules: readonly ModuleEntry[],
+): { norms: NormEntry[]; normByPath: Map<string, NormEntry>; normByName: Map<string, NormEntry> } {
+  const te = new Map(cfg.textEncoders.map((t) => [t.component, t]));
+  const norms = generateNorms(stateDict, modules, (c) => {
+    const t = c === 'unet' ? undefined : te.get(c);
+    return t
+      ? { singleFilePrefix: t.singleFilePrefix, kohyaPrefix: t.kohyaPrefix }
+      : { singleFilePrefix: UNET_SINGLE_FILE_PREFIX, kohyaPrefix: 'lora_unet' };
+  });
+  const normByPath = new Map<string, NormEntry>();
+  const normByName = new Map<string, NormEntry>();
+  for (const n of norms) {
+    if (normByPath.has(n.path)) throw duplicate(where, 'norm path', n.path);
+    normByPath.set(n.path, n);
+    for (const k of new Set([...n.kohyaNames, ...moduleAliases(n)])) {
+      const other = normByName.get(k);
+      if (other) throw duplicate(where, `norm name (also ${other.path})`, k);
+      normByName.set(k, n);
+    }
+  }
+  return { norms, normByPath, normByName };
 }
 
 function duplicate(where: string, what: string, key: string): ArchError {

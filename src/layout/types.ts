@@ -16,7 +16,8 @@ export type LayoutSize = 'full' | 'tiny';
 /** The sub-model a module belongs to; also the first segment of its canonical path. */
 export type Component = 'unet' | 'text_encoder' | 'text_encoder_2';
 
-export type ModuleGroup = 'attention' | 'resnet' | 'sampler' | 'embedding' | 'io' | 'text_encoder';
+/** 'norm' is the group of norm layers (NormEntry), which are not Linear/Conv modules. */
+export type ModuleGroup = 'attention' | 'resnet' | 'sampler' | 'embedding' | 'io' | 'text_encoder' | 'norm';
 
 /**
  * LoRA Block Weight / SuperMerger block ID: 'BASE' (text encoders), 'IN00'…'IN11', 'M00', 'OUT00'…'OUT11'.
@@ -76,6 +77,28 @@ export interface StateDictEntry {
   readonly transposed?: boolean;
 }
 
+/**
+ * A norm layer (GroupNorm in the UNet, LayerNorm in the text encoders): its weight and bias are 1-D [channels]
+ * tensors that LoRA files change only by full differences (ComfyUI `.diff` / `.diff_b`, LyCORIS `w_norm` / `b_norm`).
+ * Generated from the state-dict tables (src/layout/norms.ts).
+ */
+export interface NormEntry {
+  /** Canonical path: component + '.' + localPath, e.g. 'unet.down_blocks.0.resnets.0.norm1'. */
+  readonly path: string;
+  readonly component: Component;
+  /** Path inside its component in diffusers / HF naming (no '.weight'). */
+  readonly localPath: string;
+  /** Path in single-file naming without the checkpoint prefix ('input_blocks.1.0.in_layers.0', OpenCLIP 'ln_1' …). */
+  readonly singleFilePath: string;
+  readonly channels: number;
+  readonly group: 'norm';
+  readonly weight: StateDictEntry;
+  readonly bias?: StateDictEntry;
+  readonly block: BlockId | null;
+  /** kohya spellings, as for modules (both UNet spellings). */
+  readonly kohyaNames: readonly string[];
+}
+
 export interface Layout {
   readonly arch: Arch;
   readonly size: LayoutSize;
@@ -94,4 +117,9 @@ export interface Layout {
   readonly bySingleFileKey: ReadonlyMap<string, readonly ModuleEntry[]>;
   /** Every UNet and text-encoder state-dict key under both namings. */
   readonly stateDict: readonly StateDictEntry[];
+  /** Every norm layer, in state-dict order. */
+  readonly norms: readonly NormEntry[];
+  readonly normByPath: ReadonlyMap<string, NormEntry>;
+  /** A norm's kohya names and the other tools' names (as `byKohyaName` and `byAlias` for modules) → the norm. */
+  readonly normByName: ReadonlyMap<string, NormEntry>;
 }

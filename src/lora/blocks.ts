@@ -193,7 +193,8 @@ export function compileBlockWeights(
   }
   const table = parseBlockWeights(spec, arch, source);
   return (path) => {
-    const block = layout.byPath.get(path)?.block ?? null;
+    // Modules by their block; norm layers (norm differences) by the block of the resnet / attention they sit in.
+    const block = layout.byPath.get(path)?.block ?? layout.normByPath.get(path)?.block ?? null;
     return block === null ? 1 : (table.get(block) ?? 1);
   };
 }

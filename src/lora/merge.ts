@@ -10,6 +10,7 @@
 import ndarray from 'ndarray';
 import ops from 'ndarray-ops';
 import { stackFactors } from './stack.js';
+import { mergeNorms } from './norms.js';
 import { asLowRank } from './terms/index.js';
 import { ArchError, LoraError, ArgumentError, OptionError } from '../core/errors.js';
 import { getLayout } from '../layout/index.js';
@@ -638,8 +639,17 @@ export function assembleMerge(
     }),
   };
   const embeddings = mergedEmbeddings(loras);
+  const weightOf = compileWeights(loras, weights);
+  const norms = mergeNorms(loras.map((l, i) => ({ norms: l.norms, weightOf: weightOf[i]!, name: nameOf(l, i) })));
   return {
-    lora: { arch: first.arch, size: first.size, modules, metadata, ...(embeddings.size > 0 ? { embeddings } : {}) },
+    lora: {
+      arch: first.arch,
+      size: first.size,
+      modules,
+      metadata,
+      ...(embeddings.size > 0 ? { embeddings } : {}),
+      ...(norms.size > 0 ? { norms } : {}),
+    },
     report: summarize(reports),
   };
 }

@@ -24,6 +24,15 @@ export interface LoraModule {
   readonly bias?: F32Array;
 }
 
+/**
+ * The change of one norm layer (GroupNorm / LayerNorm): full differences of its weight and/or bias, [channels]
+ * each, added with the LoRA's weight (ComfyUI `.diff` / `.diff_b`, LyCORIS `w_norm` / `b_norm`).
+ */
+export interface NormDelta {
+  readonly weight?: F32Array;
+  readonly bias?: F32Array;
+}
+
 /** A tensor carried through verbatim (bytes as stored), e.g. a pivotal-tuning embedding. */
 export interface StoredTensor {
   readonly dtype: DType;
@@ -120,4 +129,9 @@ export interface Lora<T extends Term = LoraModule> {
    * (`bundle_emb.*`). Merge and convert keep them; fuse reports them as skipped (a checkpoint has no place for them).
    */
   readonly embeddings?: ReadonlyMap<string, StoredTensor>;
+  /**
+   * Norm-layer differences by canonical norm path ('unet.down_blocks.0.resnets.0.norm1'): merge sums them, convert
+   * writes them, fuse adds them to the norm's weight and bias.
+   */
+  readonly norms?: ReadonlyMap<string, NormDelta>;
 }
