@@ -138,7 +138,7 @@ describe('norm-layer differences: merge, convert, fuse, verify, inspect', () => 
       const x = contiguousValues(a.norms!.get(p)!.weight!);
       const y = contiguousValues(b.norms!.get(p)!.weight!);
       const got = contiguousValues(d.weight!);
-      got.forEach((v, i) => expect(v).toBeCloseTo(0.5 * x[i]! - 2 * y[i]!, 7));
+      for (const [i, v] of got.entries()) expect(v).toBeCloseTo(0.5 * x[i]! - 2 * y[i]!, 7);
     }
     for (const kohyaPaths of ['diffusers', 'sgm'] as const) {
       const enc = encodeLora(lora, { format: 'kohya', kohyaPaths });
@@ -187,7 +187,7 @@ describe('norm-layer differences: merge, convert, fuse, verify, inspect', () => 
           const w0 = await b.readF32(key);
           const w1 = await f.readF32(key);
           const dv = contiguousValues(delta!);
-          w1.forEach((v, i) => expect(v).toBeCloseTo(Math.fround(w0[i]! + W * dv[i]!), 6));
+          for (const [i, v] of w1.entries()) expect(v).toBeCloseTo(Math.fround(w0[i]! + W * dv[i]!), 6);
         }
       }
     } finally {
