@@ -60,6 +60,9 @@ export interface InternalEncodeOptions {
   readonly peftPrefix?: 'component' | 'base_model';
 }
 
+/** Values on demand, from memory or (a FactorStore) read back from elsewhere. */
+type Values = () => Float32Array | Promise<Float32Array>;
+
 /** One module to encode: its layout entry, rank, alpha, factor shapes and factor values on demand. */
 export interface ModuleSource {
   readonly entry: ModuleEntry;
@@ -70,6 +73,20 @@ export interface ModuleSource {
   up(): Float32Array;
   /** The bias delta [out] (scaled like up), for modules that have one. */
   bias?(): Float32Array;
+}
+
+/** What the encoder takes: a ModuleSource, or one whose factor values are read back asynchronously (a FactorStore). */
+export type EncodableModule = Omit<ModuleSource, 'down' | 'up'> & { readonly down: Values; readonly up: Values };
+
+/**
+ * Factor values kept outside the LoRA being written (the streaming merge keeps its result in a spill file until the
+ * output is written): the LoRA's modules then hold the factors' shapes only, and the writer reads each factor from
+ * the store when it writes it.
+ */
+export interface FactorStore {
+  read(path: string, factor: 'up' | 'down'): Promise<Float32Array>;
+  /** How many stored modules change their weight (alpha ≠ 0, non-zero up and down): 0 means nothing to write. */
+  readonly active: number;
 }
 
 export interface EncodeStats {
@@ -117,43 +134,46 @@ function factorTensor(
   name: string,
   shape: readonly number[],
   dtype: OutputDType,
-  values: () => Float32Array,
+  values: Values,
   stats: EncodeStats,
   what: string,
 ): TensorToWrite {
+  const encode = (src: Float32Array): Uint8Array => {
+    if (!allFinite(src)) {
+      const c = countNonFinite(src);
+      throw new LoraError(
+        'LORA_DTYPE_OVERFLOW',
+        `${what}: ${c.nan + c.inf} value(s) of '${name}' are not finite in f32 (${describeNonFinite(c)}): a weight times the factors overflowed; nothing was written`,
+        { key: name, dtype: 'F32', count: c.nan + c.inf },
+      );
+    }
+    const overflow = countOverflow(src, dtype);
+    if (overflow > 0) {
+      let max = 0;
+      for (let i = 0; i < src.length; i++) if (Number.isFinite(src[i]!)) max = Math.max(max, Math.abs(src[i]!));
+      throw new LoraError(
+        'LORA_DTYPE_OVERFLOW',
+        `${what}: ${overflow} value(s) of '${name}' (largest magnitude ${max}) do not fit ${dtype} and would become infinite; write F32 or BF16 instead`,
+        { key: name, dtype, count: overflow, found: max },
+      );
+    }
+    const bytes = encodeFromF32(dtype, src);
+    stats.values += src.length;
+    if (dtype !== 'F32') {
+      const bits = new Uint16Array(bytes.buffer, bytes.byteOffset, src.length);
+      let flushed = 0;
+      for (let i = 0; i < src.length; i++) if ((bits[i]! & 0x7fff) === 0 && src[i] !== 0) flushed++;
+      stats.flushedToZero += flushed;
+    }
+    return bytes;
+  };
   return {
     name,
     dtype,
     shape: [...shape],
     data: () => {
       const src = values();
-      if (!allFinite(src)) {
-        const c = countNonFinite(src);
-        throw new LoraError(
-          'LORA_DTYPE_OVERFLOW',
-          `${what}: ${c.nan + c.inf} value(s) of '${name}' are not finite in f32 (${describeNonFinite(c)}): a weight times the factors overflowed; nothing was written`,
-          { key: name, dtype: 'F32', count: c.nan + c.inf },
-        );
-      }
-      const overflow = countOverflow(src, dtype);
-      if (overflow > 0) {
-        let max = 0;
-        for (let i = 0; i < src.length; i++) if (Number.isFinite(src[i]!)) max = Math.max(max, Math.abs(src[i]!));
-        throw new LoraError(
-          'LORA_DTYPE_OVERFLOW',
-          `${what}: ${overflow} value(s) of '${name}' (largest magnitude ${max}) do not fit ${dtype} and would become infinite; write F32 or BF16 instead`,
-          { key: name, dtype, count: overflow, found: max },
-        );
-      }
-      const bytes = encodeFromF32(dtype, src);
-      stats.values += src.length;
-      if (dtype !== 'F32') {
-        const bits = new Uint16Array(bytes.buffer, bytes.byteOffset, src.length);
-        let flushed = 0;
-        for (let i = 0; i < src.length; i++) if ((bits[i]! & 0x7fff) === 0 && src[i] !== 0) flushed++;
-        stats.flushedToZero += flushed;
-      }
-      return bytes;
+      return src instanceof Promise ? src.then(encode) : encode(src);
     },
   };
 }
@@ -168,7 +188,7 @@ function alphaTensor(name: string, alpha: number, dtype: OutputDType): TensorToW
  * (encodeLora does both; the fixture generator builds them from the layout).
  */
 export function encodeModules(
-  modules: readonly ModuleSource[],
+  modules: readonly EncodableModule[],
   options: InternalEncodeOptions,
   baseMetadata: Readonly<Record<string, string>> = {},
   embeddings: ReadonlyMap<string, StoredTensor> = new Map(),
@@ -182,7 +202,7 @@ export function encodeModules(
   metadata.format = 'pt';
   const what = `${options.format} encoding`;
   const dtype = options.dtype;
-  const rankOf = (m: ModuleSource): number => m.downShape[0]!;
+  const rankOf = (m: EncodableModule): number => m.downShape[0]!;
   refuseBiasWithout(options.format, modules);
 
   switch (options.format) {
@@ -301,7 +321,7 @@ function toolName(entry: ModuleEntry, tool: 'comfyui' | 'lycoris', what: string)
 }
 
 /** Only PEFT has a place for a bias delta (`lora_B.bias`): other spellings refuse rather than drop it. */
-function refuseBiasWithout(format: InternalEncodeOptions['format'], modules: readonly ModuleSource[]): void {
+function refuseBiasWithout(format: InternalEncodeOptions['format'], modules: readonly EncodableModule[]): void {
   if (format === 'peft') return;
   const biased = modules.filter((m) => m.bias !== undefined).map((m) => m.entry.path);
   if (biased.length === 0) return;
@@ -377,15 +397,18 @@ function biasValues(entry: ModuleEntry, bias: F32Array): () => Float32Array {
 
 /**
  * Encode a LoRA as kohya or PEFT tensors (+ metadata). Data is produced lazily, one tensor at a time, when the
- * writer asks for it.
+ * writer asks for it; with a `store`, the factor values come from it (the LoRA's modules give only their shapes).
  */
-export function encodeLora(input: Lora<Term>, rawOptions: EncodeOptions): EncodedLora {
+export function encodeLora(input: Lora<Term>, rawOptions: EncodeOptions, store?: FactorStore): EncodedLora {
   const options = checkEncodeOptions(rawOptions, 'encode');
   assertLora(input, 'encode');
   // Any kind is written as its exact plain-LoRA factors (DoRA / GLoRA need them resolved against a base first).
   const lora = lowRankLora(input);
-  const sources = moduleSources(lora);
-  assertWritableLora(lora, 'encode');
+  const sources = moduleSources(lora).map(
+    (s): EncodableModule =>
+      store ? { ...s, down: () => store.read(s.entry.path, 'down'), up: () => store.read(s.entry.path, 'up') } : s,
+  );
+  assertWritableLora(lora, 'encode', store);
   const dtype = options.dtype ?? defaultOutputDType(lora);
   return encodeModules(
     sources,

@@ -9,7 +9,7 @@ import type { Lora, Term } from '../lora/types.js';
 import { parseSafetensors, type SafetensorsFile } from '../safetensors/read.js';
 import { serializeSafetensors, writeSafetensors, type TensorData, type WriteResult } from '../safetensors/write.js';
 import { decodeLora, planLora, type DecodeOptions, type LoadedLora, type LoraPlan } from './decode.js';
-import { encodeLora, type EncodeOptions, type EncodeStats } from './encode.js';
+import { encodeLora, type EncodeOptions, type EncodeStats, type FactorStore } from './encode.js';
 import { assertLoraInput, assertSaveTarget, checkEncodeOptions } from './validate.js';
 
 export {
@@ -36,6 +36,7 @@ export {
   type InternalEncodeOptions,
   type EncodedLora,
   type EncodeStats,
+  type FactorStore,
   type ModuleSource,
   type OutputDType,
 } from './encode.js';
@@ -113,6 +114,8 @@ export async function inspectLora(input: string | ByteSource, options: DecodeOpt
 export interface SaveOptions extends EncodeOptions {
   /** Inputs the output must not replace (the LoRA's own source is always added). */
   readonly refuseOverwrite?: readonly (ByteSource | string)[];
+  /** Where the factor values are when the LoRA's modules hold only their shapes (the streaming merge's result). */
+  readonly factorStore?: FactorStore;
 }
 
 /**
@@ -125,7 +128,8 @@ export async function saveLora(
   options: SaveOptions,
 ): Promise<WriteResult & { stats: EncodeStats }> {
   assertSaveTarget(target, 'saveLora');
-  const encoded = encodeLora(lora, checkEncodeOptions(options, 'saveLora'));
+  const { factorStore, ...encodeOptions } = options;
+  const encoded = encodeLora(lora, checkEncodeOptions(encodeOptions, 'saveLora'), factorStore);
   const refuse: (ByteSource | string)[] = [...(options.refuseOverwrite ?? [])];
   const source = (lora as Partial<LoadedLora>).source;
   if (typeof source === 'string' && source !== '' && !source.startsWith('<')) refuse.push(source);

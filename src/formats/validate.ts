@@ -111,7 +111,11 @@ export function assertSaveTarget(target: unknown, op: string): asserts target is
 }
 
 /** Does a module change its weight at all (non-zero scale, some non-zero value in both factors)? */
-function applies(m: { up: { data: ArrayLike<number> }; down: { data: ArrayLike<number> }; alpha: number }): boolean {
+export function applies(m: {
+  up: { data: ArrayLike<number> };
+  down: { data: ArrayLike<number> };
+  alpha: number;
+}): boolean {
   if (m.alpha === 0) return false;
   const nonZero = (a: ArrayLike<number>): boolean => {
     for (let i = 0; i < a.length; i++) if (a[i] !== 0) return true;
@@ -122,9 +126,11 @@ function applies(m: { up: { data: ArrayLike<number> }; down: { data: ArrayLike<n
 
 /**
  * A LoRA about to be written must be a LoRA, have modules, change something, and hold only finite factors:
- * otherwise the file would apply nothing or spread NaN (LORA_EMPTY, LORA_DTYPE_OVERFLOW).
+ * otherwise the file would apply nothing or spread NaN (LORA_EMPTY, LORA_DTYPE_OVERFLOW). `stored` is given when
+ * the factor values live in a FactorStore (the LoRA's modules hold shapes only): its owner counted the modules that
+ * change something, and the encoder checks every value for finiteness as it writes.
  */
-export function assertWritableLora(lora: Lora, op: string): void {
+export function assertWritableLora(lora: Lora, op: string, stored?: { readonly active: number }): void {
   const norms = lora.norms?.size ?? 0;
   if (lora.modules.size === 0 && norms === 0) {
     throw new LoraError(
@@ -133,8 +139,8 @@ export function assertWritableLora(lora: Lora, op: string): void {
       { count: 0 },
     );
   }
-  let active = 0;
-  for (const [path, m] of lora.modules) {
+  let active = stored?.active ?? 0;
+  for (const [path, m] of stored ? [] : lora.modules) {
     if ((m as { kind?: string }).kind !== undefined && (m as { kind?: string }).kind !== 'lowRank') {
       active++; // other term kinds are checked by their encoders
       continue;

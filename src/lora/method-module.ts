@@ -53,11 +53,15 @@ export function moduleRng(seed: number, path: string): (input: number) => () => 
   return (input) => mulberry32(hashString(`${seed >>> 0}:${input}:${path}`));
 }
 
-/** The method's dense result for one module (out × fanIn, row-major f32). */
+/**
+ * The method's dense result for one module (out × fanIn, row-major f32). The inputs' dense deltas are formed here
+ * and handed to the method, which trims them in place and writes its result into one of them: one dense buffer
+ * per input is all a module costs (the truncated SVD then adds its transpose).
+ */
 export function methodDelta(req: MethodModuleRequest): Float32Array {
   const deltas: (Float32Array | null)[] = req.weights.map(() => null);
   for (const m of req.members) deltas[m.input] = memberDelta(m, req.out, req.fanIn);
-  return METHODS[req.method].dense(deltas, req.weights, req.params, moduleRng(req.params.seed, req.path));
+  return METHODS[req.method].dense(deltas, req.weights, req.params, moduleRng(req.params.seed, req.path), true);
 }
 
 /**

@@ -79,12 +79,17 @@ export const PARAMS: { readonly [K in MethodParamName]: ParamSpec<K> } = {
   },
 };
 
-/** One module's merge: τᵢ (unweighted, null = absent), wᵢ, parameters, a generator per input → dense delta. */
+/**
+ * One module's merge: τᵢ (unweighted, null = absent), wᵢ, parameters, a generator per input → dense delta. With
+ * `consume` the caller hands the τᵢ over: the method trims them in place and writes its result into one of them
+ * (no dense copies; method-module.ts does this). Without it the inputs are left untouched. Same values either way.
+ */
 export type DenseMethod = (
   deltas: readonly (Float32Array | null)[],
   weights: readonly number[],
   params: MethodParamValues,
   rng: (input: number) => () => number,
+  consume?: boolean,
 ) => Float32Array;
 
 export interface MethodSpec {
@@ -104,30 +109,44 @@ function sizeOf(deltas: readonly (Float32Array | null)[]): number {
   return 0;
 }
 
-/** Σ wᵢ·xᵢ, accumulated in f64. */
-export function weightedSum(deltas: readonly (Float32Array | null)[], weights: readonly number[]): Float32Array {
+/** The first present tensor (the buffer an in-place result is written to). */
+function firstPresent(deltas: readonly (Float32Array | null)[]): Float32Array | undefined {
+  for (const d of deltas) if (d) return d;
+  return undefined;
+}
+
+/**
+ * Σ wᵢ·xᵢ, each element accumulated in f64 in input order, rounded once to f32. `out` (default: a new array) may
+ * be one of the inputs: every element is read before it is written.
+ */
+export function weightedSum(
+  deltas: readonly (Float32Array | null)[],
+  weights: readonly number[],
+  out: Float32Array = new Float32Array(sizeOf(deltas)),
+): Float32Array {
   const n = sizeOf(deltas);
-  const acc = new Float64Array(n);
-  deltas.forEach((d, i) => {
-    const w = weights[i] ?? 0;
-    if (!d || w === 0) return;
-    for (let e = 0; e < n; e++) acc[e] = (acc[e] ?? 0) + w * (d[e] ?? 0);
-  });
-  return Float32Array.from(acc);
+  const terms = deltas.flatMap((d, i) => (d && (weights[i] ?? 0) !== 0 ? [{ d, w: weights[i] ?? 0 }] : []));
+  for (let e = 0; e < n; e++) {
+    let s = 0;
+    for (const { d, w } of terms) s += w * (d[e] ?? 0);
+    out[e] = s;
+  }
+  return out;
 }
 
 /**
  * TIES' election and disjoint mean on already trimmed tensors: σ = +1 where S ≥ 0 else −1 (S = Σ tᵢ or Σ sign tᵢ);
- * result = Σ wᵢ·tᵢ·[sign tᵢ = σ] / max(1, #{i : sign tᵢ = σ}). Zeros never vote or count.
+ * result = Σ wᵢ·tᵢ·[sign tᵢ = σ] / max(1, #{i : sign tᵢ = σ}). Zeros never vote or count. `out` (default: a new
+ * array) may be one of the inputs: every element is read before it is written.
  */
 export function disjointMerge(
   trimmed: readonly (Float32Array | null)[],
   weights: readonly number[],
   majoritySign: 'total' | 'frequency',
+  out: Float32Array = new Float32Array(sizeOf(trimmed)),
 ): Float32Array {
   const n = sizeOf(trimmed);
   const present = trimmed.flatMap((t, i) => (t ? [{ t, w: weights[i] ?? 0 }] : []));
-  const out = new Float32Array(n);
   const byCount = majoritySign === 'frequency';
   for (let e = 0; e < n; e++) {
     let S = 0;
@@ -153,8 +172,16 @@ export function disjointMerge(
 const copies = (deltas: readonly (Float32Array | null)[]): (Float32Array | null)[] =>
   deltas.map((d) => (d ? Float32Array.from(d) : null));
 
-function magnitudeTrimmed(deltas: readonly (Float32Array | null)[], density: number): (Float32Array | null)[] {
-  const t = copies(deltas);
+/** The tensors a method may overwrite: the inputs themselves when the caller hands them over, else copies. */
+const owned = (deltas: readonly (Float32Array | null)[], consume: boolean): (Float32Array | null)[] =>
+  consume ? [...deltas] : copies(deltas);
+
+function magnitudeTrimmed(
+  deltas: readonly (Float32Array | null)[],
+  density: number,
+  consume: boolean,
+): (Float32Array | null)[] {
+  const t = owned(deltas, consume);
   for (const x of t) if (x) magnitudePrune(x, density);
   return t;
 }
@@ -163,19 +190,24 @@ function dareDropped(
   deltas: readonly (Float32Array | null)[],
   density: number,
   rng: (input: number) => () => number,
+  consume: boolean,
 ): (Float32Array | null)[] {
-  const t = copies(deltas);
+  const t = owned(deltas, consume);
   t.forEach((x, i) => {
     if (x) randomPrune(x, density, rng(i));
   });
   return t;
 }
 
-/** mergekit's slerp of v0 = w₀τ₀ and v1 = w₁τ₁, flattened (a missing module is a zero vector). */
+/**
+ * mergekit's slerp of v0 = w₀τ₀ and v1 = w₁τ₁, flattened (a missing module is a zero vector). `out` (default: a
+ * new array) may be one of the inputs.
+ */
 export function slerpDeltas(
   deltas: readonly (Float32Array | null)[],
   weights: readonly number[],
   t: number,
+  out: Float32Array = new Float32Array(sizeOf(deltas)),
 ): Float32Array {
   const n = sizeOf(deltas);
   const w0 = weights[0] ?? 0,
@@ -208,7 +240,6 @@ export function slerpDeltas(
     s0 = Math.sin((1 - t) * theta) / sin;
     s1 = Math.sin(t * theta) / sin;
   }
-  const out = new Float32Array(n);
   for (let e = 0; e < n; e++) out[e] = s0 * v0(e) + s1 * v1(e);
   return out;
 }
@@ -224,14 +255,16 @@ export const METHODS = {
     space: 'factors',
     params: [],
     summary: 'exact Σ wᵢτᵢ as rank-concatenated factors (the default; no SVD, rank grows to Σ rᵢ)',
-    dense: (deltas, weights) => weightedSum(deltas, weights),
+    dense: (deltas, weights, _p, _rng, consume) =>
+      weightedSum(deltas, weights, consume ? firstPresent(deltas) : undefined),
   }),
   linear: declare({
     name: 'linear',
     space: 'factors',
     params: [],
     summary: 'Σ wᵢτᵢ, then its optimal rank-K factors (Eckart–Young, computed from the factors)',
-    dense: (deltas, weights) => weightedSum(deltas, weights),
+    dense: (deltas, weights, _p, _rng, consume) =>
+      weightedSum(deltas, weights, consume ? firstPresent(deltas) : undefined),
   }),
   ties: declare({
     name: 'ties',
@@ -239,28 +272,40 @@ export const METHODS = {
     params: ['density', 'majoritySign'],
     summary:
       'trim each τᵢ to its largest-magnitude entries, elect a sign per entry, weighted mean of the agreeing entries',
-    dense: (deltas, weights, p) => disjointMerge(magnitudeTrimmed(deltas, p.density), weights, p.majoritySign),
+    dense: (deltas, weights, p, _rng, consume) => {
+      const t = magnitudeTrimmed(deltas, p.density, consume === true);
+      return disjointMerge(t, weights, p.majoritySign, firstPresent(t));
+    },
   }),
   dare_linear: declare({
     name: 'dare_linear',
     space: 'delta',
     params: ['density', 'seed'],
     summary: 'drop entries of each τᵢ at random (keep with probability density, rescale by 1/density), Σ wᵢtᵢ',
-    dense: (deltas, weights, p, rng) => weightedSum(dareDropped(deltas, p.density, rng), weights),
+    dense: (deltas, weights, p, rng, consume) => {
+      const t = dareDropped(deltas, p.density, rng, consume === true);
+      return weightedSum(t, weights, firstPresent(t));
+    },
   }),
   dare_ties: declare({
     name: 'dare_ties',
     space: 'delta',
     params: ['density', 'majoritySign', 'seed'],
     summary: 'DARE dropping, then the TIES sign election and disjoint mean',
-    dense: (deltas, weights, p, rng) => disjointMerge(dareDropped(deltas, p.density, rng), weights, p.majoritySign),
+    dense: (deltas, weights, p, rng, consume) => {
+      const t = dareDropped(deltas, p.density, rng, consume === true);
+      return disjointMerge(t, weights, p.majoritySign, firstPresent(t));
+    },
   }),
   magnitude_prune: declare({
     name: 'magnitude_prune',
     space: 'delta',
     params: ['density'],
     summary: 'keep the ⌊density·n⌋ largest-magnitude entries of each τᵢ, Σ wᵢtᵢ',
-    dense: (deltas, weights, p) => weightedSum(magnitudeTrimmed(deltas, p.density), weights),
+    dense: (deltas, weights, p, _rng, consume) => {
+      const t = magnitudeTrimmed(deltas, p.density, consume === true);
+      return weightedSum(t, weights, firstPresent(t));
+    },
   }),
   slerp: declare({
     name: 'slerp',
@@ -268,7 +313,8 @@ export const METHODS = {
     params: ['t'],
     inputs: 2,
     summary: 'mergekit’s spherical interpolation of the flattened w₀τ₀ and w₁τ₁ (exactly two inputs)',
-    dense: (deltas, weights, p) => slerpDeltas(deltas, weights, p.t),
+    dense: (deltas, weights, p, _rng, consume) =>
+      slerpDeltas(deltas, weights, p.t, consume ? firstPresent(deltas) : undefined),
   }),
 };
 

@@ -5,10 +5,6 @@
  * result in layout order. Results are identical to mergeLoras (the same code reduces each module).
  */
 import { availableParallelism } from 'node:os';
-import { createRequire } from 'node:module';
-import { pathToFileURL } from 'node:url';
-import { Worker } from 'node:worker_threads';
-import { LoraError, type LoraErrorCode } from '../core/errors.js';
 import type { LoraModule, Lora, Term } from '../lora/types.js';
 import {
   assembleMerge,
@@ -18,44 +14,32 @@ import {
   methodRequest,
   planMerge,
   type MergeOptions,
+  type MergePlan,
   type MergeResult,
   type MergeWeight,
   type PlannedMergeModule,
 } from '../lora/merge.js';
 import type { ReduceOutcome } from '../lora/reduce.js';
-import type { ReduceRequest } from './reduce-worker.js';
+import { ownBuffer, ReducePool, type ReduceJob } from './reduce-pool.js';
 
 export type ParallelMergeOptions = MergeOptions & {
   /** Worker threads for rank reduction (default: os.availableParallelism()). 1 runs mergeLoras on this thread. */
   readonly threads?: number;
 };
 
-/**
- * The worker script next to this file. Under a TypeScript loader (tsx, vitest) that is the .ts source, which the
- * worker loads after registering tsx's ESM hooks itself (hooks given on the command line do not reach workers).
- */
-function workerSpec(): { entry: string; tsxApi: string | null } {
-  const here = import.meta.url;
-  const isTs = /\.ts$/.test(new URL(here).pathname);
+/** The worker request of a planned 'reduce' or 'method' module (its factors copied into buffers of their own). */
+export function reduceJob(plan: MergePlan, pm: PlannedMergeModule): ReduceJob {
+  const terms =
+    pm.action === 'method' ? [] : factorTerms(pm).map((t) => ({ ...t, up: ownBuffer(t.up), down: ownBuffer(t.down) }));
   return {
-    entry: new URL(`./reduce-worker.${isTs ? 'ts' : 'js'}`, here).href,
-    tsxApi: isTs
-      ? new URL('dist/esm/api/index.mjs', pathToFileURL(createRequire(here).resolve('tsx/package.json'))).href
-      : null,
+    path: pm.path,
+    out: pm.out,
+    fanIn: pm.fanIn,
+    target: plan.target!,
+    terms,
+    ...(pm.action === 'method' ? { method: methodRequest(plan, pm) } : {}),
   };
 }
-
-const BOOT = `
-const { workerData } = require('node:worker_threads');
-(async () => {
-  if (workerData.tsxApi) (await import(workerData.tsxApi)).register();
-  await import(workerData.entry);
-})().catch((e) => { setImmediate(() => { throw e; }); });
-`;
-
-/** A typed array that owns its whole buffer (posting a view would copy the entire underlying buffer). */
-const own = (a: Float32Array): Float32Array =>
-  a.byteOffset === 0 && a.byteLength === a.buffer.byteLength ? a : a.slice();
 
 const yieldToEvents = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 
@@ -69,13 +53,9 @@ export async function mergeLorasParallel(
   const jobs = plan.modules.filter((pm) => pm.action === 'reduce' || pm.action === 'method');
   const threads = Math.max(1, Math.min(Math.floor(options.threads ?? availableParallelism()), jobs.length));
   if (jobs.length === 0 || threads <= 1) return mergeLoras(loras, weights, options);
-  let spec: ReturnType<typeof workerSpec>;
-  try {
-    spec = workerSpec();
-  } catch {
-    // Running from TypeScript sources without tsx to load them in a worker: reduce on this thread.
-    return mergeLoras(loras, weights, options);
-  }
+  // Running from TypeScript sources without tsx to load them in a worker: reduce on this thread.
+  const pool = ReducePool.start(threads);
+  if (!pool) return mergeLoras(loras, weights, options);
 
   const total = plan.modules.length;
   let done = 0;
@@ -85,93 +65,20 @@ export async function mergeLorasParallel(
   };
   const outcomes = new Map<string, ReduceOutcome>();
   const built = new Map<string, LoraModule>();
-  const workers: Worker[] = [];
   let failed = false;
   try {
-    const reductions = new Promise<void>((resolve, reject) => {
-      let next = 0;
-      let finished = 0;
-      const byId = new Map<number, PlannedMergeModule>();
-      const fail = (e: unknown): void => {
-        if (!failed) {
-          failed = true;
-          reject(e);
-        }
-      };
-      const send = (w: Worker): void => {
-        if (failed || next >= jobs.length) return;
-        const id = next++;
-        const pm = jobs[id]!;
-        byId.set(id, pm);
-        const terms =
-          pm.action === 'method' ? [] : factorTerms(pm).map((t) => ({ ...t, up: own(t.up), down: own(t.down) }));
-        const request: ReduceRequest = {
-          id,
-          path: pm.path,
-          out: pm.out,
-          fanIn: pm.fanIn,
-          target: plan.target!,
-          terms,
-          ...(pm.action === 'method' ? { method: methodRequest(plan, pm) } : {}),
-        };
-        w.postMessage(request);
-      };
-      for (let t = 0; t < threads; t++) {
-        const w = new Worker(BOOT, { eval: true, workerData: spec });
-        workers.push(w);
-        w.on('error', (e) =>
-          fail(
-            new LoraError('LORA_WORKER_FAILED', `merge: a rank-reduction worker thread failed: ${e.message}`, {
-              found: e.message,
-            }),
-          ),
-        );
-        w.on('exit', (code) => {
-          if (code !== 0 && finished < jobs.length)
-            fail(
-              new LoraError(
-                'LORA_WORKER_FAILED',
-                `merge: a rank-reduction worker thread stopped with exit code ${code}`,
-                { found: code },
-              ),
-            );
-        });
-        w.on(
-          'message',
-          (msg: {
-            id: number;
-            outcome?: ReduceOutcome;
-            error?: { message: string; code?: unknown; details?: unknown };
-          }) => {
-            if (msg.error) {
-              const path = byId.get(msg.id)?.path;
-              const { message, code, details } = msg.error;
-              fail(
-                typeof code === 'string' && code.startsWith('LORA_')
-                  ? new LoraError(code as LoraErrorCode, message, {
-                      ...(details as Record<string, unknown>),
-                      key: path,
-                    })
-                  : new LoraError(
-                      'LORA_WORKER_FAILED',
-                      `merge: reducing module '${path}' failed in a worker thread: ${message}`,
-                      { key: path },
-                    ),
-              );
-              return;
-            }
-            const pm = byId.get(msg.id)!;
-            byId.delete(msg.id);
-            outcomes.set(pm.path, msg.outcome!);
-            send(w);
+    const reductions = Promise.all(
+      jobs.map((pm) =>
+        pool
+          .run(pm.path, () => reduceJob(plan, pm))
+          .then((o) => {
+            outcomes.set(pm.path, o);
             tick();
-            if (++finished === jobs.length) resolve();
-          },
-        );
-        // Two jobs per worker: it never waits for the main thread between modules.
-        send(w);
-        send(w);
-      }
+          }),
+      ),
+    ).catch((e: unknown) => {
+      failed = true;
+      throw e;
     });
     // Meanwhile, the exact and dropped modules on this thread, yielding so replies are handled promptly.
     const exact = (async () => {
@@ -182,16 +89,13 @@ export async function mergeLorasParallel(
         tick();
         await yieldToEvents();
       }
-    })();
-    await Promise.all([
-      reductions,
-      exact.catch((e: unknown) => {
-        failed = true;
-        throw e;
-      }),
-    ]);
+    })().catch((e: unknown) => {
+      failed = true;
+      throw e;
+    });
+    await Promise.all([reductions, exact]);
   } finally {
-    await Promise.all(workers.map((w) => w.terminate()));
+    await pool.close();
   }
   // Modules whose reduction kept every singular value are written exactly.
   for (const pm of jobs) {

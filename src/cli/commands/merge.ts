@@ -10,8 +10,9 @@ import {
   type OutputDType,
 } from '../../formats/index.js';
 import { ARCH_LABEL, parseArch } from '../../layout/index.js';
-import type { MergeOptions, MergeReport, MergeWeight } from '../../lora/index.js';
+import type { MergeOptions, MergeReport, MergeResult, MergeWeight } from '../../lora/index.js';
 import { mergeLorasParallel } from '../../node/merge-threads.js';
+import { mergeStreaming, openStreamingInputs, type StreamedMerge } from '../../node/merge-stream.js';
 import { numberOption, parseCommandArgs, parseWeightedSpec } from '../args.js';
 import { describeComponents } from '../../lora/components.js';
 import { methodFlagOptions, methodHelpLines, parseMethodFlags } from '../method-flags.js';
@@ -220,15 +221,22 @@ export const mergeCommand: Command = {
     const output = path.resolve(ctx.cwd, values.output);
 
     const t0 = performance.now();
-    const loras: LoadedLora[] = [];
     const base = typeof values.base === 'string' ? path.resolve(ctx.cwd, values.base) : undefined;
-    for (const input of inputs) {
-      const lora = await loadLora(input, {
-        ...(arch ? { arch } : {}),
-        ...(values['allow-unmatched'] === true ? { allowUnmatched: true } : {}),
-      });
-      // DoRA / GLoRA modules become their exact dense deltas against the base (LORA_NEEDS_BASE without --base).
-      loras.push(base !== undefined ? await resolveBaseTerms(lora, base) : lora);
+    const decode = {
+      ...(arch ? { arch } : {}),
+      ...(values['allow-unmatched'] === true ? { allowUnmatched: true } : {}),
+    };
+    // A reducing merge streams: factors are read module by module and the result waits in a spill file, so memory
+    // holds the modules in flight only. Exact sums, --base and inputs of other adapter kinds load the inputs.
+    const reducing = rank !== undefined || minEnergy !== undefined;
+    const streaming = reducing && base === undefined ? await openStreamingInputs(inputs, decode) : null;
+    const loras: LoadedLora[] = streaming ? [...streaming.loras] : [];
+    if (!streaming) {
+      for (const input of inputs) {
+        const lora = await loadLora(input, decode);
+        // DoRA / GLoRA modules become their exact dense deltas against the base (LORA_NEEDS_BASE without --base).
+        loras.push(base !== undefined ? await resolveBaseTerms(lora, base) : lora);
+      }
     }
     const t1 = performance.now();
 
@@ -247,36 +255,45 @@ export const mergeCommand: Command = {
       ...(minEnergy !== undefined ? { minEnergy } : {}),
       onProgress: progress.update,
     };
-    let merged;
+    let merged: MergeResult | StreamedMerge;
+    let streamed: StreamedMerge | null = null;
     try {
-      merged = await mergeLorasParallel(loras, weights, options);
+      if (streaming) merged = streamed = await mergeStreaming(streaming, weights, options, output);
+      else merged = await mergeLorasParallel(loras, weights, options);
     } finally {
       progress.end();
+      await streaming?.close();
     }
     const { lora, report } = merged;
     const t2 = performance.now();
 
+    let written: Awaited<ReturnType<typeof saveLora>>;
     const outDtype = dtype ?? outputDtype(loras);
-    const provenance = await cliProvenance(
-      'merge',
-      ctx.cwd,
-      inputs.map((file, i) => ({ file, weight: weights[i] })),
-      {
+    try {
+      const provenance = await cliProvenance(
+        'merge',
+        ctx.cwd,
+        inputs.map((file, i) => ({ file, weight: weights[i] })),
+        {
+          format,
+          ...(kohyaPaths ? { kohyaPaths } : {}),
+          dtype: outDtype,
+          ...(rank !== undefined ? { rank } : {}),
+          ...(minEnergy !== undefined ? { minEnergy } : {}),
+          ...methodOptions,
+        },
+      );
+      const saveOptions = {
         format,
         ...(kohyaPaths ? { kohyaPaths } : {}),
         dtype: outDtype,
-        ...(rank !== undefined ? { rank } : {}),
-        ...(minEnergy !== undefined ? { minEnergy } : {}),
-        ...methodOptions,
-      },
-    );
-    const written = await saveLora(lora, output, {
-      format,
-      ...(kohyaPaths ? { kohyaPaths } : {}),
-      dtype: outDtype,
-      metadata: provenance,
-      refuseOverwrite: inputs,
-    });
+        metadata: provenance,
+        refuseOverwrite: inputs,
+      };
+      written = streamed ? await streamed.save(output, saveOptions) : await saveLora(lora, output, saveOptions);
+    } finally {
+      await streamed?.dispose();
+    }
     const t3 = performance.now();
 
     const seconds = {

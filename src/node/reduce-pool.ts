@@ -1,0 +1,173 @@
+/**
+ * A pool of rank-reduction worker threads (Node only), shared by mergeLorasParallel and the streaming method merge:
+ * each worker (./reduce-worker.ts) reduces one module at a time; the pool keeps two requests in flight per worker so
+ * a worker never waits for the main thread between modules. A request is built only when it is dispatched (its
+ * factors are copied to the worker then), so queueing every module costs nothing.
+ */
+import { createRequire } from 'node:module';
+import { pathToFileURL } from 'node:url';
+import { Worker } from 'node:worker_threads';
+import { LoraError, type LoraErrorCode } from '../core/errors.js';
+import type { ReduceOutcome } from '../lora/reduce.js';
+import type { ReduceRequest } from './reduce-worker.js';
+
+/**
+ * The worker script next to this file. Under a TypeScript loader (tsx, vitest) that is the .ts source, which the
+ * worker loads after registering tsx's ESM hooks itself (hooks given on the command line do not reach workers).
+ */
+function workerSpec(): { entry: string; tsxApi: string | null } {
+  const here = import.meta.url;
+  const isTs = /\.ts$/.test(new URL(here).pathname);
+  return {
+    entry: new URL(`./reduce-worker.${isTs ? 'ts' : 'js'}`, here).href,
+    tsxApi: isTs
+      ? new URL('dist/esm/api/index.mjs', pathToFileURL(createRequire(here).resolve('tsx/package.json'))).href
+      : null,
+  };
+}
+
+const BOOT = `
+const { workerData } = require('node:worker_threads');
+(async () => {
+  if (workerData.tsxApi) (await import(workerData.tsxApi)).register();
+  await import(workerData.entry);
+})().catch((e) => { setImmediate(() => { throw e; }); });
+`;
+
+/** A typed array that owns its whole buffer (posting a view would copy the entire underlying buffer). */
+export const ownBuffer = (a: Float32Array): Float32Array =>
+  a.byteOffset === 0 && a.byteLength === a.buffer.byteLength ? a : a.slice();
+
+/** What a caller asks the pool to do for one module (the pool adds the id). */
+export type ReduceJob = Omit<ReduceRequest, 'id'>;
+
+interface Pending {
+  readonly id: number;
+  readonly path: string;
+  readonly make: () => ReduceJob;
+  readonly resolve: (o: ReduceOutcome) => void;
+  readonly reject: (e: unknown) => void;
+}
+
+/** Requests in flight per worker. */
+const DEPTH = 2;
+
+export class ReducePool {
+  private readonly queue: Pending[] = [];
+  private readonly inFlight = new Map<Worker, Map<number, Pending>>();
+  private nextId = 0;
+  private failure: unknown = null;
+
+  private constructor(private readonly workers: readonly Worker[]) {
+    for (const w of workers) {
+      this.inFlight.set(w, new Map());
+      w.on('error', (e) =>
+        this.fail(
+          new LoraError('LORA_WORKER_FAILED', `merge: a rank-reduction worker thread failed: ${e.message}`, {
+            found: e.message,
+          }),
+        ),
+      );
+      w.on('exit', (code) => {
+        if (code !== 0 && this.failure === null)
+          this.fail(
+            new LoraError(
+              'LORA_WORKER_FAILED',
+              `merge: a rank-reduction worker thread stopped with exit code ${code}`,
+              {
+                found: code,
+              },
+            ),
+          );
+      });
+      w.on('message', (msg: { id: number; outcome?: ReduceOutcome; error?: WorkerError }) => this.reply(w, msg));
+    }
+  }
+
+  /** Start `threads` workers, or null when they cannot be started here (TypeScript sources without tsx). */
+  static start(threads: number): ReducePool | null {
+    let spec: ReturnType<typeof workerSpec>;
+    try {
+      spec = workerSpec();
+    } catch {
+      return null;
+    }
+    const workers: Worker[] = [];
+    for (let t = 0; t < threads; t++) workers.push(new Worker(BOOT, { eval: true, workerData: spec }));
+    return new ReducePool(workers);
+  }
+
+  /** Reduce one module on a worker; `make` builds the request when a worker is free for it. */
+  run(path: string, make: () => ReduceJob): Promise<ReduceOutcome> {
+    if (this.failure !== null) return Promise.reject(this.failure);
+    return new Promise<ReduceOutcome>((resolve, reject) => {
+      this.queue.push({ id: this.nextId++, path, make, resolve, reject });
+      this.dispatch();
+    });
+  }
+
+  /** Stop the workers (pending requests are rejected). */
+  async close(): Promise<void> {
+    if (this.failure === null) this.failure = new LoraError('LORA_WORKER_FAILED', 'merge: the worker pool was closed');
+    this.rejectAll(this.failure);
+    await Promise.all(this.workers.map((w) => w.terminate()));
+  }
+
+  private dispatch(): void {
+    for (const w of this.workers) {
+      const mine = this.inFlight.get(w);
+      while (mine && mine.size < DEPTH && this.queue.length > 0) {
+        const p = this.queue.shift();
+        if (!p) break;
+        let job: ReduceJob;
+        try {
+          job = p.make();
+        } catch (e) {
+          p.reject(e);
+          continue;
+        }
+        mine.set(p.id, p);
+        w.postMessage({ ...job, id: p.id } satisfies ReduceRequest);
+      }
+    }
+  }
+
+  private reply(w: Worker, msg: { id: number; outcome?: ReduceOutcome; error?: WorkerError }): void {
+    const mine = this.inFlight.get(w);
+    const p = mine?.get(msg.id);
+    if (!mine || !p) return;
+    mine.delete(msg.id);
+    if (msg.error) p.reject(workerError(msg.error, p.path));
+    else if (msg.outcome) p.resolve(msg.outcome);
+    else p.reject(workerError({ message: 'no outcome in the reply' }, p.path));
+    this.dispatch();
+  }
+
+  private fail(e: unknown): void {
+    if (this.failure === null) this.failure = e;
+    this.rejectAll(e);
+  }
+
+  private rejectAll(e: unknown): void {
+    for (const p of this.queue.splice(0)) p.reject(e);
+    for (const mine of this.inFlight.values()) {
+      for (const p of mine.values()) p.reject(e);
+      mine.clear();
+    }
+  }
+}
+
+interface WorkerError {
+  readonly message: string;
+  readonly code?: unknown;
+  readonly details?: unknown;
+}
+
+/** A worker's error as the typed error it was (LORA_*), or LORA_WORKER_FAILED naming the module. */
+function workerError({ message, code, details }: WorkerError, path: string): LoraError {
+  return typeof code === 'string' && code.startsWith('LORA_')
+    ? new LoraError(code as LoraErrorCode, message, { ...(details as Record<string, unknown>), key: path })
+    : new LoraError('LORA_WORKER_FAILED', `merge: reducing module '${path}' failed in a worker thread: ${message}`, {
+        key: path,
+      });
+}
