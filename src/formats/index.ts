@@ -128,8 +128,9 @@ export async function saveLora(
   options: SaveOptions,
 ): Promise<WriteResult & { stats: EncodeStats }> {
   assertSaveTarget(target, 'saveLora');
-  const { factorStore, ...encodeOptions } = options;
-  const encoded = encodeLora(lora, checkEncodeOptions(encodeOptions, 'saveLora'), factorStore);
+  const checked = checkEncodeOptions(options, 'saveLora');
+  const { factorStore, refuseOverwrite: _refuse, ...encodeOptions } = checked as SaveOptions;
+  const encoded = encodeLora(lora, encodeOptions, factorStore);
   const refuse: (ByteSource | string)[] = [...(options.refuseOverwrite ?? [])];
   const source = (lora as Partial<LoadedLora>).source;
   if (typeof source === 'string' && source !== '' && !source.startsWith('<')) refuse.push(source);

@@ -28,7 +28,7 @@ import {
 import { contiguousValues, moduleDims, type ModuleDims } from './delta.js';
 import { RankReducer, reduceModule, type FactorTerm, type RankTarget, type ReduceOutcome } from './reduce.js';
 import { METHODS, resolveMethod, type MethodOptions, type ResolvedMethod } from './methods.js';
-import { methodModule, type MethodModuleRequest } from './method-module.js';
+import { DenseScratch, methodModule, type MethodModuleRequest } from './method-module.js';
 import type { F32Array, Lora, LoraModule, StoredTensor, Term } from './types.js';
 import { assertLoraList } from './validate.js';
 
@@ -677,10 +677,11 @@ export function mergeLoras(
   const outcomes = new Map<string, ReduceOutcome>();
   const built = new Map<string, LoraModule>();
   const reducer = plan.target ? new RankReducer() : null;
+  const scratch = new DenseScratch();
   let done = 0;
   for (const pm of plan.modules) {
     if (pm.action === 'method') {
-      outcomes.set(pm.path, methodModule(methodRequest(plan, pm), plan.target!));
+      outcomes.set(pm.path, methodModule(methodRequest(plan, pm), plan.target!, scratch));
     } else if (pm.action === 'reduce') {
       const o = reduceModule(reducer!, factorTerms(pm), pm.out, pm.fanIn, plan.target!, pm.path);
       outcomes.set(pm.path, o);

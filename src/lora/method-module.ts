@@ -36,11 +36,34 @@ export interface MethodModuleRequest {
   readonly params: MethodParamValues;
 }
 
-/** The dense delta τ = scale·up·down of one member (out × fanIn, row-major f32). */
-export function memberDelta(m: MethodMember, out: number, fanIn: number): Float32Array {
-  if ('delta' in m) return m.delta.slice(0, out * fanIn);
+/**
+ * Dense buffers reused from module to module (one per input, plus one for the SVD's transpose): a merge keeps
+ * one DenseScratch per thread, so a module costs no new dense allocation once the largest has been seen, and
+ * memory does not wait on the garbage collector. Buffers grow to the largest module and stay.
+ */
+export class DenseScratch {
+  private readonly buffers: Float32Array[] = [];
+
+  /** n floats of buffer `slot` (contents undefined). */
+  get(slot: number, n: number): Float32Array {
+    let b = this.buffers[slot];
+    if (!b || b.length < n) {
+      b = new Float32Array(n);
+      this.buffers[slot] = b;
+    }
+    return b.subarray(0, n);
+  }
+}
+
+/** The dense delta τ = scale·up·down of one member (out × fanIn, row-major f32), in `into` when given. */
+export function memberDelta(m: MethodMember, out: number, fanIn: number, into?: Float32Array): Float32Array {
+  if ('delta' in m) {
+    if (!into) return m.delta.slice(0, out * fanIn);
+    into.set(m.delta.subarray(0, out * fanIn));
+    return into;
+  }
   const product = wasmProduct() ?? jsProduct;
-  const d = product(out, fanIn, m.rank, m.up, m.down);
+  const d = product(out, fanIn, m.rank, m.up, m.down, into);
   if (m.scale !== 1) for (let i = 0; i < d.length; i++) d[i] = (d[i] ?? 0) * m.scale;
   return d;
 }
@@ -56,23 +79,27 @@ export function moduleRng(seed: number, path: string): (input: number) => () => 
 /**
  * The method's dense result for one module (out × fanIn, row-major f32). The inputs' dense deltas are formed here
  * and handed to the method, which trims them in place and writes its result into one of them: one dense buffer
- * per input is all a module costs (the truncated SVD then adds its transpose).
+ * per input is all a module costs (the truncated SVD then adds its transpose). With a `scratch` those buffers are
+ * reused (and the result is a view of one of them, valid until the scratch's next use).
  */
-export function methodDelta(req: MethodModuleRequest): Float32Array {
+export function methodDelta(req: MethodModuleRequest, scratch?: DenseScratch): Float32Array {
+  const n = req.out * req.fanIn;
   const deltas: (Float32Array | null)[] = req.weights.map(() => null);
-  for (const m of req.members) deltas[m.input] = memberDelta(m, req.out, req.fanIn);
+  for (const m of req.members) deltas[m.input] = memberDelta(m, req.out, req.fanIn, scratch?.get(1 + m.input, n));
   return METHODS[req.method].dense(deltas, req.weights, req.params, moduleRng(req.params.seed, req.path), true);
 }
 
 /**
  * The method's result for one module as optimal rank-k factors (k from the target: `rank` caps it, `minEnergy`
  * picks the smallest k keeping that fraction of the result's Frobenius norm). Factors are always present when
- * k > 0; k = 0 means the result is zero.
+ * k > 0 (arrays of their own, never scratch); k = 0 means the result is zero.
  */
-export function methodModule(req: MethodModuleRequest, target: RankTarget): ReduceOutcome {
-  const delta = methodDelta(req);
+export function methodModule(req: MethodModuleRequest, target: RankTarget, scratch?: DenseScratch): ReduceOutcome {
+  const delta = methodDelta(req, scratch);
   const cap = Math.min(target.rank ?? Math.min(req.out, req.fanIn), req.out, req.fanIn);
-  const svd = truncatedSvd(delta, req.out, req.fanIn, Math.max(1, cap));
+  const svd = truncatedSvd(delta, req.out, req.fanIn, Math.max(1, cap), {
+    ...(scratch ? { workspace: scratch.get(0, req.out * req.fanIn) } : {}),
+  });
   const spectrum = { sigma2: svd.sigma2.subarray(0, svd.rank), total: svd.total };
   const k = Math.min(chooseRank(spectrum, target), svd.rank);
   const stats = truncationStats(spectrum, k);

@@ -12,8 +12,18 @@ import { runJobSingle } from '../kernels/cpu.js';
 import { kernelModuleSync, MAX_PAGES, WasmEngine } from '../kernels/wasm-engine.js';
 import { hasRelaxedSimd, hasWasmSimd } from '../core/wasm-features.js';
 
-/** C (rows × cols) = A (rows × rank) · B (rank × cols), f32, row-major; returns a new array. */
-export type ProductF32 = (rows: number, cols: number, rank: number, a: Float32Array, b: Float32Array) => Float32Array;
+/**
+ * C (rows × cols) = A (rows × rank) · B (rank × cols), f32, row-major. Returns a new array, or `into` (its first
+ * rows·cols values overwritten, the rest untouched) when given: callers reuse one buffer across modules.
+ */
+export type ProductF32 = (
+  rows: number,
+  cols: number,
+  rank: number,
+  a: Float32Array,
+  b: Float32Array,
+  into?: Float32Array,
+) => Float32Array;
 
 let cached: ProductF32 | null | undefined;
 
@@ -27,10 +37,11 @@ export function wasmProduct(): ProductF32 | null {
       kernelModuleSync(hasRelaxedSimd(), false),
       new WebAssembly.Memory({ initial: 1, maximum: MAX_PAGES }),
     );
-    cached = (rows, cols, rank, a, b) => {
-      const out = new Float32Array(rows * cols);
+    cached = (rows, cols, rank, a, b, into) => {
+      // The kernel adds A·B to what the output holds: a reused buffer starts from zeros.
+      const out = into ? into.subarray(0, rows * cols).fill(0) : new Float32Array(rows * cols);
       if (rows === 0 || cols === 0) return out;
-      const bytes = new Uint8Array(out.buffer);
+      const bytes = new Uint8Array(out.buffer, out.byteOffset, out.byteLength);
       runJobSingle(engine, bytes, 'F32', bytes, 'F32', { rows, cols, rank, up: a, down: b }, false);
       return out;
     };

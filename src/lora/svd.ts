@@ -21,7 +21,7 @@
  * the whole range and the result is the exact truncated SVD.
  *
  * Products run in f32 (the WASM SIMD kernel of ./product.ts where available) and accumulate the small
- * matrices in f64. Memory: A plus O((m + n)·l) floats.
+ * matrices in f64. Memory: A, Aᵀ (in `workspace` when given) plus O((m + n)·l) floats.
  */
 import { ArgumentError, LoraError } from '../core/errors.js';
 import { mulberry32 } from '../core/random.js';
@@ -40,6 +40,8 @@ export interface TruncatedSvdOptions {
   readonly seed?: number;
   /** How products are computed: 'auto' (WASM SIMD when available), 'js', or a function. */
   readonly product?: 'auto' | 'js' | ProductF32;
+  /** A buffer of ≥ m·n floats to hold Aᵀ (reused across calls to save one dense allocation); same results. */
+  readonly workspace?: Float32Array;
 }
 
 /** Rank-k factors with A_k = up·down: up = U_k·Σ_k^½ (m × k), down = Σ_k^½·V_kᵀ (k × n), row-major f32. */
@@ -59,8 +61,15 @@ export interface TruncatedSvd {
 }
 
 /** C (rows × cols) = A (rows × inner) · B (inner × cols) in plain JS, f64 accumulation. */
-export function jsProduct(rows: number, cols: number, inner: number, a: Float32Array, b: Float32Array): Float32Array {
-  const out = new Float32Array(rows * cols);
+export function jsProduct(
+  rows: number,
+  cols: number,
+  inner: number,
+  a: Float32Array,
+  b: Float32Array,
+  into?: Float32Array,
+): Float32Array {
+  const out = into ? into.subarray(0, rows * cols) : new Float32Array(rows * cols);
   const acc = new Float64Array(cols);
   for (let i = 0; i < rows; i++) {
     acc.fill(0);
@@ -76,9 +85,9 @@ export function jsProduct(rows: number, cols: number, inner: number, a: Float32A
   return out;
 }
 
-/** Transpose a row-major rows × cols f32 matrix (cols × rows), in cache-friendly tiles. */
-function transposeF32(x: Float32Array, rows: number, cols: number): Float32Array {
-  const t = new Float32Array(rows * cols);
+/** Transpose a row-major rows × cols f32 matrix (cols × rows), in cache-friendly tiles; into `into` when given. */
+function transposeF32(x: Float32Array, rows: number, cols: number, into?: Float32Array): Float32Array {
+  const t = into && into.length >= rows * cols ? into.subarray(0, rows * cols) : new Float32Array(rows * cols);
   const T = 32;
   for (let i0 = 0; i0 < rows; i0 += T) {
     const i1 = Math.min(rows, i0 + T);
@@ -176,7 +185,7 @@ export function truncatedSvd(
   const l = Math.min(k + (options.oversample ?? 8), m, n);
   // Every large product has the small operand on the left (the kernel's fast form): QᵀA = Qᵀ·A and
   // (A·Z)ᵀ = Zᵀ·Aᵀ, so Aᵀ is formed once.
-  const at = transposeF32(a, m, n);
+  const at = transposeF32(a, m, n, options.workspace);
   // Starting block Ωᵀ (l × n): uniform on [−1, 1) from the seeded generator; Yᵀ = Ωᵀ·Aᵀ (l × m).
   const next = mulberry32(options.seed ?? 0x5eed);
   const omegaT = new Float32Array(l * n);

@@ -43,7 +43,7 @@ import {
   type MergeWeight,
   type PlannedMergeModule,
 } from '../lora/merge.js';
-import { methodModule } from '../lora/method-module.js';
+import { DenseScratch, methodModule } from '../lora/method-module.js';
 import { RankReducer, reduceModule, type ReduceOutcome } from '../lora/reduce.js';
 import type { Lora, LoraModule } from '../lora/types.js';
 import type { SafetensorsFile } from '../safetensors/read.js';
@@ -240,10 +240,11 @@ type Reduce = (plan: MergePlan, pm: PlannedMergeModule) => Promise<ReduceOutcome
 
 function inlineReducer(): { reduce: Reduce; release: () => void } {
   const reducer = new RankReducer();
+  const scratch = new DenseScratch();
   return {
     reduce: async (plan, pm) =>
       pm.action === 'method'
-        ? methodModule(methodRequest(plan, pm), plan.target!)
+        ? methodModule(methodRequest(plan, pm), plan.target!, scratch)
         : reduceModule(reducer, factorTerms(pm), pm.out, pm.fanIn, plan.target!, pm.path),
     release: () => reducer.release(),
   };

@@ -7,7 +7,7 @@
  */
 import { parentPort } from 'node:worker_threads';
 import { RankReducer, reduceModule, type FactorTerm, type RankTarget } from '../lora/reduce.js';
-import { methodModule, type MethodModuleRequest } from '../lora/method-module.js';
+import { DenseScratch, methodModule, type MethodModuleRequest } from '../lora/method-module.js';
 
 export interface ReduceRequest {
   readonly id: number;
@@ -23,10 +23,11 @@ export interface ReduceRequest {
 if (parentPort) {
   const port = parentPort;
   const reducer = new RankReducer();
+  const scratch = new DenseScratch();
   port.on('message', (msg: ReduceRequest) => {
     try {
       const outcome = msg.method
-        ? methodModule(msg.method, msg.target)
+        ? methodModule(msg.method, msg.target, scratch)
         : reduceModule(reducer, msg.terms, msg.out, msg.fanIn, msg.target, msg.path);
       const transfer = outcome.factors ? [outcome.factors.up.buffer, outcome.factors.down.buffer] : [];
       port.postMessage({ id: msg.id, outcome }, transfer as ArrayBuffer[]);
