@@ -1,144 +1,184 @@
 /**
- * TIES benchmark: two SDXL rank-64 LoRAs (generated in memory by src/fixtures/generate.ts' syntheticModules, seeds
- * 1 and 2, weights 1 and 0.8) merged with `ties` (density 0.2, majority sign total) to rank 64, module by module
- * (dense task tensors, magnitude trimming, sign election, disjoint mean, then the one truncated SVD of
- * src/lora/svd.ts), on 2 worker threads. Baseline in the same run: `linear` to rank 64 (the factor-space optimal
- * reduction, no dense delta), and the dense-delta formation alone.
+ * TIES benchmark: two SDXL rank-64 LoRA files → `merge --method ties --density 0.2 --rank 64` (weights 1 and 0.8),
+ * with PEFT's ties_svd (bench/peer/ties_peft.py, Debian's python3-torch) on the same files, and `--method linear`
+ * as lora-mix's factor-space baseline. lora-mix runs as the built CLI (`dist/`, `npm run build`) in a child
+ * process: wall time, the CLI's own merge/load/write split, and peak RSS (GNU time's %M). The peer times only its
+ * per-module ties + SVD; it runs in slices of modules (`--start/--count`) so each locked invocation stays short.
  *
- * Each phase runs in its own child process (cold, like a CLI run; maxRSS per phase).
+ * Inputs (bench/out → /work/benchdata): sdxl-lcm.f16.safetensors (bench/fuse.ts --gen-only; rank 64, alpha 8,
+ * every LCM-LoRA target) and methods-sdxl-b64.f16.safetensors (rank 64, alpha 32, the same targets, seed 33:
+ * generated here with --gen).
  *
- * Usage:  npx tsx bench/ties.ts [--runs N] [--targets style|lcm] [--threads T]
- *   style: UNet attention + both text encoders (722 + 264 modules); lcm: every LCM-LoRA target (convs included).
- * A PyTorch comparison (PEFT's ties_svd on the same tensors) needs python3-torch; it is skipped when
- * `python3 -c "import torch"` fails, and the output says so.
+ * Every phase appends one JSON line to bench/out/methods-ties.jsonl; --report prints the RESULTS.md table.
+ *
+ *   npx tsx bench/ties.ts --gen
+ *   flock /work/bench.lock npx tsx bench/ties.ts --ours ties --threads 2      (also: --ours linear)
+ *   flock /work/bench.lock npx tsx bench/ties.ts --peft --start 0 --count 200 [--reduced]   (repeat over slices)
+ *   npx tsx bench/ties.ts --report
  */
 import { spawnSync } from 'node:child_process';
+import { appendFileSync, existsSync, readFileSync } from 'node:fs';
 import * as os from 'node:os';
-import ndarray from 'ndarray';
-import { syntheticModules, type LoraTargets } from '../src/fixtures/generate.js';
-import { mergeLorasParallel } from '../src/node/merge-threads.js';
-import { methodDelta } from '../src/lora/method-module.js';
-import type { Lora, LoraModule } from '../src/lora/types.js';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
 
-type Phase = 'linear' | 'ties' | 'deltas';
-
-function makeLora(seed: number, targets: LoraTargets): Lora {
-  const modules = new Map<string, LoraModule>();
-  for (const m of syntheticModules('sdxl', 'full', { rank: 64, alpha: 64, targets, seed })) {
-    modules.set(m.entry.path, {
-      down: ndarray(m.down(), [...m.downShape]),
-      up: ndarray(m.up(), [...m.upShape]),
-      alpha: m.alpha,
-    });
-  }
-  return { arch: 'sdxl', size: 'full', modules, metadata: {} };
-}
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const OUT = path.join(ROOT, 'bench', 'out');
+const A = path.join(OUT, 'sdxl-lcm.f16.safetensors');
+const B = path.join(OUT, 'methods-sdxl-b64.f16.safetensors');
+const MERGED = (method: string) => path.join(OUT, `methods-${method}-out.f16.safetensors`);
+const LOG = path.join(OUT, 'methods-ties.jsonl');
+const DENSITY = 0.2;
+const RANK = 64;
+const WEIGHTS = [1, 0.8];
 
 const arg = (name: string, fallback: string): string => {
   const i = process.argv.indexOf(`--${name}`);
   return i >= 0 ? (process.argv[i + 1] ?? fallback) : fallback;
 };
+const flag = (name: string): boolean => process.argv.includes(`--${name}`);
+const load = (): string =>
+  os
+    .loadavg()
+    .map((x) => x.toFixed(2))
+    .join(' ');
+const record = (line: Record<string, unknown>): void => {
+  appendFileSync(LOG, `${JSON.stringify({ date: new Date().toISOString(), load: load(), ...line })}\n`);
+  console.log(JSON.stringify(line));
+};
 
-async function child(phase: Phase, targets: LoraTargets, threads: number): Promise<void> {
-  const loras = [makeLora(1, targets), makeLora(2, targets)];
-  let elements = 0;
-  for (const m of loras[0]!.modules.values()) elements += (m.up.shape[0] ?? 0) * (m.down.size / (m.down.shape[0] ?? 1));
-  const t0 = performance.now();
-  let detail: Record<string, number> = {};
-  if (phase === 'deltas') {
-    // Only the dense task tensors of both inputs, module by module (what ties must form before any selection).
-    for (const [path, a] of loras[0]!.modules) {
-      const b = loras[1]!.modules.get(path)!;
-      const out = a.up.shape[0]!,
-        fanIn = a.down.size / 64;
-      const mk = (m: LoraModule, input: number) => ({
-        input,
-        scale: m.alpha / 64,
-        rank: 64,
-        up: m.up.data as Float32Array,
-        down: m.down.data as Float32Array,
-      });
-      methodDelta({
-        path,
-        out,
-        fanIn,
-        members: [mk(a, 0), mk(b, 1)],
-        weights: [1, 0.8],
-        method: 'linear',
-        params: { density: 1, majoritySign: 'total', seed: 0, t: 0.5 },
-      });
-    }
-  } else {
-    const { report } = await mergeLorasParallel(loras, [1, 0.8], {
-      ...(phase === 'ties' ? { method: 'ties' as const, density: 0.2 } : { method: 'linear' as const }),
-      rank: 64,
-      threads,
-    });
-    detail = { meanNormKept: report.meanNormKept, minNormKept: report.minNormKept, modules: report.written };
-  }
-  const seconds = (performance.now() - t0) / 1000;
-  process.stdout.write(
-    `${JSON.stringify({ phase, seconds, elements, maxRssMB: process.resourceUsage().maxRSS / 1024, ...detail })}\n`,
-  );
+async function gen(): Promise<void> {
+  if (existsSync(B)) return;
+  const { installNodeHost } = await import('../src/node/install.js');
+  const { generateLora } = await import('../src/fixtures/generate.js');
+  installNodeHost();
+  await generateLora(B, 'sdxl', 'full', {
+    rank: 64,
+    alpha: 32,
+    targets: 'lcm',
+    format: 'kohya',
+    kohyaPaths: 'diffusers',
+    dtype: 'F16',
+    seed: 33,
+  });
+}
+
+/** One lora-mix run of the built CLI under GNU time. */
+function ours(method: 'ties' | 'linear', threads: number): void {
+  const cli = path.join(ROOT, 'dist', 'cli', 'lora-mix.js');
+  if (!existsSync(cli)) throw new Error('bench/ties.ts: build the CLI first (npm run build)');
+  const argv = [
+    '-f',
+    '%e %M',
+    process.execPath,
+    cli,
+    'merge',
+    A,
+    `${B}:${WEIGHTS[1]}`,
+    '-o',
+    MERGED(method),
+    '--method',
+    method,
+    ...(method === 'ties' ? ['--density', String(DENSITY)] : []),
+    '--rank',
+    String(RANK),
+    '--threads',
+    String(threads),
+    '--json',
+    '-q',
+  ];
+  const r = spawnSync('/usr/bin/time', argv, { encoding: 'utf8', maxBuffer: 1 << 28 });
+  if (r.status !== 0) throw new Error(`lora-mix merge failed: ${r.stderr}`);
+  const [wall, kb] = (r.stderr.trim().split('\n').pop() ?? '').split(' ').map(Number);
+  const json = JSON.parse(r.stdout) as { seconds: Record<string, number>; report: Record<string, unknown> };
+  record({
+    tool: 'lora-mix',
+    method,
+    threads,
+    wall,
+    peakRssMB: (kb ?? 0) / 1024,
+    seconds: json.seconds,
+    meanNormKept: json.report.meanNormKept,
+    modules: json.report.written,
+  });
+}
+
+function peft(start: number, count: number, stride: number, reduced: boolean): void {
+  const argv = [
+    path.join(ROOT, 'bench', 'peer', 'ties_peft.py'),
+    A,
+    B,
+    '--weights',
+    ...WEIGHTS.map(String),
+    '--density',
+    String(DENSITY),
+    '--rank',
+    String(RANK),
+    '--start',
+    String(start),
+    '--count',
+    String(count),
+    '--stride',
+    String(stride),
+    ...(reduced ? ['--reduced'] : []),
+    ...(existsSync(MERGED('ties')) ? ['--compare', MERGED('ties')] : []),
+  ];
+  const r = spawnSync('/usr/bin/time', ['-f', '%e %M', '/usr/bin/python3', ...argv], {
+    encoding: 'utf8',
+    maxBuffer: 1 << 24,
+  });
+  if (r.status !== 0) throw new Error(`ties_peft.py failed: ${r.stderr}`);
+  const [wall, kb] = (r.stderr.trim().split('\n').pop() ?? '').split(' ').map(Number);
+  record({ tool: 'peft', ...JSON.parse(r.stdout.trim().split('\n').pop() ?? '{}'), wall, peakRssMB: (kb ?? 0) / 1024 });
 }
 
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   const m = s.length >> 1;
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+  return s.length % 2 ? (s[m] ?? 0) : ((s[m - 1] ?? 0) + (s[m] ?? 0)) / 2;
 }
 
-async function parent(): Promise<void> {
-  const runs = Number(arg('runs', '1'));
-  const targets = arg('targets', 'style') as LoraTargets;
-  const threads = Number(arg('threads', '2'));
-  const results = new Map<
-    Phase,
-    { seconds: number; maxRssMB: number; elements: number; meanNormKept?: number; minNormKept?: number }[]
-  >();
-  for (let r = 0; r < runs; r++) {
-    for (const phase of ['linear', 'deltas', 'ties'] as Phase[]) {
-      const res = spawnSync(
-        process.execPath,
-        ['--import', 'tsx', process.argv[1]!, '--child', phase, '--targets', targets, '--threads', String(threads)],
-        { encoding: 'utf8', maxBuffer: 1 << 24 },
-      );
-      if (res.status !== 0) throw new Error(`phase ${phase} failed: ${res.stderr}`);
-      const line = JSON.parse(res.stdout.trim().split('\n').pop()!);
-      results.set(phase, [...(results.get(phase) ?? []), line]);
-      process.stderr.write(`${phase}: ${line.seconds.toFixed(1)} s, ${line.maxRssMB.toFixed(0)} MB\n`);
-    }
-  }
-  const torch = spawnSync('python3', ['-c', 'import torch'], { encoding: 'utf8' }).status === 0;
+function report(): void {
+  const lines = readFileSync(LOG, 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l) as Record<string, unknown> & { sums?: Record<string, number> | null });
+  const mine = (m: string) => lines.filter((l) => l.tool === 'lora-mix' && l.method === m);
+  const peer = lines.filter((l) => l.tool === 'peft');
   const cpu = os.cpus()[0]?.model ?? 'unknown';
-  const lin = median(results.get('linear')!.map((x) => x.seconds));
-  console.log(`\n#### TIES to rank 64, two SDXL rank-64 LoRAs (targets: ${targets}), ${threads} threads\n`);
-  console.log(
-    `Machine: ${os.availableParallelism()} vCPU (${cpu}), Node ${process.version}, ${new Date().toISOString().slice(0, 10)}; runs: ${runs}.`,
-  );
-  console.log(`Command: \`npx tsx bench/ties.ts --runs ${runs} --targets ${targets} --threads ${threads}\`\n`);
-  console.log('| phase | median s | ÷ linear | peak RSS MB (max) | dense elements per input | norm kept mean / min |');
-  console.log('| --- | --- | --- | --- | --- | --- |');
-  for (const phase of ['linear', 'deltas', 'ties'] as Phase[]) {
-    const xs = results.get(phase)!;
-    const s = median(xs.map((x) => x.seconds));
-    const rss = Math.max(...xs.map((x) => x.maxRssMB));
-    const kept =
-      xs[0]!.meanNormKept !== undefined
-        ? `${xs[0]!.meanNormKept!.toFixed(4)} / ${xs[0]!.minNormKept!.toFixed(4)}`
-        : '—';
+  console.log(`Machine: ${os.availableParallelism()} vCPU (${cpu}), Node ${process.version}.`);
+  for (const m of ['ties', 'linear']) {
+    const xs = mine(m);
+    if (xs.length === 0) continue;
+    const merge = median(xs.map((x) => (x.seconds as Record<string, number>).merge ?? 0));
+    const wall = median(xs.map((x) => Number(x.wall)));
+    const rss = Math.max(...xs.map((x) => Number(x.peakRssMB)));
     console.log(
-      `| ${phase} | ${s.toFixed(1)} | ${(s / lin).toFixed(2)} | ${rss.toFixed(0)} | ${(xs[0]!.elements / 1e9).toFixed(2)} G | ${kept} |`,
+      `| lora-mix ${m} | ${xs.length} | ${wall.toFixed(1)} | ${merge.toFixed(1)} | ${rss.toFixed(0)} | ${xs.map((x) => x.load).join('; ')} |`,
     );
   }
-  console.log(
-    torch
-      ? '\nPyTorch is available: run the PEFT ties_svd comparison by hand (not scripted yet).'
-      : '\nPEFT ties_svd comparison skipped: `python3 -c "import torch"` fails on this machine (no python3-torch).',
-  );
+  if (peer.length > 0) {
+    const modules = peer.reduce((s, x) => s + Number(x.modules), 0);
+    const seconds = peer.reduce((s, x) => s + Number(x.seconds), 0);
+    const rss = Math.max(...peer.map((x) => Number(x.peakRssMB)));
+    console.log(`| PEFT ties_svd (${modules} modules) | 1 | — | ${seconds.toFixed(1)} | ${rss.toFixed(0)} | |`);
+    const sums = peer.map((x) => x.sums).filter((s): s is Record<string, number> => !!s);
+    const tot = (k: string) => sums.reduce((s, x) => s + (x[k] ?? 0), 0);
+    if (sums.length > 0) {
+      console.log(
+        `Δ: ‖ours − peft‖/‖peft‖ = ${Math.sqrt(tot('ours_peft') / tot('peft2')).toExponential(3)}; ` +
+          `‖ours − D‖/‖D‖ = ${Math.sqrt(tot('ours_D') / tot('D2')).toFixed(4)}; ‖peft − D‖/‖D‖ = ${Math.sqrt(tot('peft_D') / tot('D2')).toFixed(4)} (D = exact dense TIES)`,
+      );
+    }
+    console.log(
+      `PEFT: ${JSON.stringify(peer[0]?.blas)}; torch ${String(peer[0]?.torch)}, threads ${String(peer[0]?.threads)}`,
+    );
+  }
 }
 
-const ci = process.argv.indexOf('--child');
-if (ci >= 0)
-  await child(process.argv[ci + 1] as Phase, arg('targets', 'style') as LoraTargets, Number(arg('threads', '2')));
-else await parent();
+if (flag('gen')) await gen();
+else if (process.argv.includes('--ours')) ours(arg('ours', 'ties') as 'ties' | 'linear', Number(arg('threads', '2')));
+else if (flag('peft'))
+  peft(Number(arg('start', '0')), Number(arg('count', '100000')), Number(arg('stride', '1')), flag('reduced'));
+else if (flag('report')) report();
+else console.error('usage: see the comment at the top of bench/ties.ts');

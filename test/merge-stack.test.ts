@@ -134,8 +134,57 @@ describe('parsing', () => {
     expect(b.OUT05).toBe(1);
     expect(b.IN04).toBe(0);
     expect(b.IN01).toBe(0); // not in the 12-value order: 0, as the extension does
-    expect(Object.values(lbwBlocks('ALL', 'sd15')).every((v) => v === 1)).toBe(true);
     expect(() => lbwBlocks('1,2,3', 'sd15')).toThrow(/lbw/);
+  });
+
+  // The extension's BLOCKID17 and its to26 expansion, written out independently of src/lora/blocks.ts.
+  const BLOCKID17 = 'BASE IN01 IN02 IN04 IN05 IN07 IN08 M00 OUT03 OUT04 OUT05 OUT06 OUT07 OUT08 OUT09 OUT10 OUT11';
+  const DEFAULTS: Record<string, string> = {
+    NONE: '0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0',
+    ALL: '1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1',
+    INS: '1,1,1,1,0,0,0,0,0,0,0,0,0,0,0,0,0',
+    IND: '1,0,0,0,1,1,1,0,0,0,0,0,0,0,0,0,0',
+    INALL: '1,1,1,1,1,1,1,0,0,0,0,0,0,0,0,0,0',
+    MIDD: '1,0,0,0,1,1,1,1,1,1,1,1,0,0,0,0,0',
+    OUTD: '1,0,0,0,0,0,0,0,1,1,1,1,0,0,0,0,0',
+    OUTS: '1,0,0,0,0,0,0,0,0,0,0,0,1,1,1,1,1',
+    OUTALL: '1,0,0,0,0,0,0,0,1,1,1,1,1,1,1,1,1',
+    'ALL0.5': '0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5',
+  };
+  for (const arch of ['sd15', 'sdxl'] as const) {
+    it(`lbw presets on ${arch}: every default preset of the extension, expanded as its to26 does`, () => {
+      for (const [name, values] of Object.entries(DEFAULTS)) {
+        const ids = BLOCKID17.split(' ');
+        const v = values.split(',').map(Number);
+        const got = lbwBlocks(name, arch);
+        for (const [id, ratio] of Object.entries(got)) {
+          const i = ids.indexOf(id);
+          expect(ratio, `${name} ${id}`).toBe(i >= 0 ? v[i] : 0);
+        }
+        // A preset is exactly its list.
+        expect(lbwBlocks(values, arch)).toEqual(got);
+      }
+      const sdxl = arch === 'sdxl';
+      expect(Object.keys(lbwBlocks('ALL', arch)).includes('OUT11')).toBe(!sdxl);
+      expect(lbwBlocks('OUTALL', arch).OUT08).toBe(1);
+      expect(lbwBlocks('OUTALL', arch).OUT02 ?? 0).toBe(0);
+    });
+  }
+
+  it('lbw: unknown preset names are a typed error naming the known ones (names are case-sensitive)', () => {
+    for (const bad of ['STYLE', 'all', 'FLUXALL', 'ALL,']) {
+      let err: unknown;
+      try {
+        lbwBlocks(bad, 'sdxl');
+      } catch (e) {
+        err = e;
+      }
+      expect(err, bad).toMatchObject({ code: 'OPTION_INVALID' });
+      expect(String((err as Error).message), bad).toMatch(
+        /NONE, ALL, INS, IND, INALL, MIDD, OUTD, OUTS, OUTALL, ALL0\.5/,
+      );
+    }
+    expect(() => lbwBlocks('all', 'sd15')).toThrow(/case-sensitive: ALL/);
   });
 });
 

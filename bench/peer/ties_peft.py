@@ -16,7 +16,7 @@ Only the PEFT computation per module is timed (reading factors and the compariso
 differences ‖ours − peft‖/‖peft‖ and of each against the exact dense TIES result D (before any SVD).
 
 Usage: /usr/bin/python3 bench/peer/ties_peft.py A B --weights 1 0.8 --density 0.2 --rank 64
-                          [--majority-sign total] [--start I --count N] [--reduced] [--compare OURS] [--json FILE]
+                          [--majority-sign total] [--start I --stride S --count N] [--reduced] [--compare OURS]
 """
 
 import argparse
@@ -91,6 +91,7 @@ def main():
     p.add_argument('--majority-sign', default='total')
     p.add_argument('--start', type=int, default=0)
     p.add_argument('--count', type=int, default=1 << 30)
+    p.add_argument('--stride', type=int, default=1)
     p.add_argument('--reduced', action='store_true')
     p.add_argument('--compare')
     p.add_argument('--json')
@@ -100,7 +101,7 @@ def main():
     ours = SafeFile(args.compare) if args.compare else None
     ma, mb = modules_of(fa), modules_of(fb)
     mo = modules_of(ours) if ours is not None else {}
-    names = sorted(set(ma) | set(mb))[args.start : args.start + args.count]
+    names = sorted(set(ma) | set(mb))[args.start :: args.stride][: args.count]
     weights = torch.tensor(args.weights, dtype=torch.float32)
     seconds = 0.0
     sums = {'ours_peft': 0.0, 'peft2': 0.0, 'ours_D': 0.0, 'peft_D': 0.0, 'D2': 0.0}
@@ -132,6 +133,7 @@ def main():
         'start': args.start,
         'seconds': seconds,
         'elements': elements,
+    'stride': args.stride,
         'full_matrices': not args.reduced,
         'threads': torch.get_num_threads(),
         'torch': torch.__version__,
