@@ -1,3 +1,5 @@
+import { formatFuseReport } from '../src/fuse/report.js';
+import type { FuseReport } from '../src/fuse/types.js';
 /**
  * Merge methods and per-component strengths through the CLI and the fixtures: `merge --method`, `fuse --method`
  * (the dense result equals fusing the full-rank method merge), `unet=…,te=…` weights in merge, fuse and convert,
@@ -201,6 +203,10 @@ describe('methods through the CLI', () => {
       '--json',
     ]);
     expect(r.code).toBe(0);
+    // The report names the method and its parameters, in JSON and in the text summary.
+    const report = JSON.parse(r.out) as FuseReport;
+    expect(report.method).toEqual({ name: 'ties', params: { density: 0.3, majoritySign: 'total' } });
+    expect(formatFuseReport(report)).toContain('method: ties (density 0.3, majoritySign total)');
     const [a, b, base] = await Promise.all([
       tensors(viaMerge),
       tensors(direct),

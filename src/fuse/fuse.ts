@@ -1005,6 +1005,14 @@ export async function fuseLoras(
         format: x.format,
         modules: x.modules.size,
       })),
+      ...(method.method !== 'concat'
+        ? {
+            method: {
+              name: method.method,
+              params: Object.fromEntries(method.spec.params.map((name) => [name, method.params[name]])),
+            },
+          }
+        : {}),
       modulesFused: p.fused.size,
       byGroup: p.byGroup,
       unmatched: p.unmatched,

@@ -16,6 +16,10 @@ export function formatFuseReport(r: FuseReport): string {
   const arch = `${r.arch}${r.size === 'tiny' ? ' (tiny)' : ''}`;
   lines.push(`fused ${r.modulesFused} module(s) into ${r.base} (${arch}, ${r.naming}) → ${r.out}`);
   for (const i of r.inputs) lines.push(`  ${i.weight.padStart(6)} × ${i.source} (${i.format}, ${i.modules} modules)`);
+  if (r.method) {
+    const params = Object.entries(r.method.params).map(([k, v]) => `${k} ${v}`);
+    lines.push(`method: ${r.method.name}${params.length > 0 ? ` (${params.join(', ')})` : ''}`);
+  }
   const groups = Object.entries(r.byGroup).sort(([a], [b]) => a.localeCompare(b));
   if (groups.length > 0) lines.push(`modules by group: ${groups.map(([g, n]) => `${g} ${n}`).join(', ')}`);
   if (r.unmatched.length > 0) {

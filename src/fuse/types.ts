@@ -95,6 +95,8 @@ export interface FuseReport {
   readonly size: LayoutSize;
   readonly naming: CheckpointNaming;
   readonly inputs: readonly FuseInputReport[];
+  /** The merge method and its parameters (absent for the default exact sum, concat); also in the metadata. */
+  readonly method?: { readonly name: MergeMethod; readonly params: Readonly<Record<string, number | string>> };
   /** LoRA modules fused (a module present in several inputs counts once). */
   readonly modulesFused: number;
   /** Fused modules per component and group, e.g. { 'unet/attention': 140, 'text_encoder/text_encoder': 72 }. */
