@@ -30,17 +30,14 @@ interface Job {
   rank: number;
 }
 
-/** The class of a target, from its module path and shape. */
-function classOf(t: Target): string {
-  const p = t.entry.localPath;
+/** The class of a target, from its module path and the shape of the base tensor it lands on. */
+function classOf(t: Target, shape: readonly number[]): string {
+  const p = t.entry.path;
   if (t.entry.component !== 'unet') return `text encoder (${t.entry.component})`;
-  if (/\.attn[12]\.(to_q|to_k|to_v|to_out\.0)$/.test(p)) return `attention ${t.entry.shape[0] ?? 0}`;
+  if (/\.attn[12]\.(to_q|to_k|to_v|to_out\.0)$/.test(p)) return `attention ${t.rows[1] - t.rows[0]}`;
   if (/\.ff\.net\./.test(p)) return 'feed-forward';
   if (/\.proj_(in|out)$/.test(p)) return 'proj_in / proj_out';
-  if (t.entry.kind === 'conv2d') {
-    const k = t.entry.kernel ?? [1, 1];
-    return k[0] === 3 && k[1] === 3 ? 'conv 3×3' : 'conv 1×1';
-  }
+  if (shape.length === 4) return shape[2] === 3 && shape[3] === 3 ? 'conv 3×3' : 'conv 1×1';
   return 'small linear (time_emb, …)';
 }
 
@@ -51,11 +48,14 @@ async function jobsOf(arch: Arch): Promise<Map<string, Job[]>> {
     const inputs = await openInputs([path.join(OUT, `${arch}-lcm.f16.safetensors`)], [1], d.arch, d.size, false);
     const plan = planFusion(opened, inputs, {});
     const byClass = new Map<string, Job[]>();
-    for (const t of (plan.files[0]?.tensors ?? []).flatMap((x) => x.targets)) {
-      const rank = t.terms.reduce((a, x) => a + x.module.rank, 0);
-      const list = byClass.get(classOf(t)) ?? [];
-      list.push({ rows: t.rows[1] - t.rows[0], cols: t.cols, rank });
-      byClass.set(classOf(t), list);
+    for (const x of plan.files[0]?.tensors ?? []) {
+      for (const t of x.targets) {
+        const rank = t.terms.reduce((a, term) => a + term.module.rank, 0);
+        const cls = classOf(t, x.info.shape);
+        const list = byClass.get(cls) ?? [];
+        list.push({ rows: t.rows[1] - t.rows[0], cols: t.cols, rank });
+        byClass.set(cls, list);
+      }
     }
     await Promise.all(inputs.map((x) => x.close()));
     return byClass;
