@@ -18,6 +18,7 @@ OpenBLAS).
 """
 
 import json
+import re
 import sys
 import time
 
@@ -31,8 +32,8 @@ def main():
     base_path, lora_path, weight, map_path, out_path = sys.argv[1:6]
     weight = float(weight)
     torch.set_num_threads(2)
-    blas = [line.strip() for line in torch.__config__.show().splitlines() if 'BLAS' in line or 'LAPACK' in line]
-    print(f'torch {torch.__version__}, threads {torch.get_num_threads()}, {"; ".join(blas)}', file=sys.stderr)
+    blas = re.findall(r'(?:BLAS|LAPACK)_INFO=[^,]*', torch.__config__.show())
+    print(f'torch {torch.__version__}, threads {torch.get_num_threads()}, {", ".join(blas)}', file=sys.stderr)
     t0 = time.perf_counter()
     base = st.SafeFile(base_path)
     state = {k: base.get(k) for k in base.keys()}
