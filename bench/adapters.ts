@@ -4,6 +4,10 @@
  *   npx tsx bench/adapters.ts gen                       generate the adapter inputs into bench/out/ (adapters-*)
  *   npx tsx bench/adapters.ts fuse loha lora [--runs N]  time `lora-mix fuse` of each case, interleaved per round
  *   npx tsx bench/adapters.ts convert exact rank64      time `lora-mix convert` of the LoHa (exact / --rank 64)
+ *   npx tsx bench/adapters.ts modules                   per-module cost of the LoHa (dim 32) rank-64 reduction on one
+ *                                                       thread for each distinct SDXL shape, and the whole-file
+ *                                                       extrapolation (Σ over the 788 modules), plus the exact plain
+ *                                                       LoRA's size
  *   npx tsx bench/adapters.ts clean                     delete the adapters-* files
  *
  * Inputs (src/fixtures/adapters.ts and src/fixtures/generate.ts, every LCM-LoRA target = all UNet attention,
@@ -21,6 +25,10 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { generateAdapter, syntheticAdapter, type AdapterSpec } from '../src/fixtures/adapters.js';
 import { generateLora, targetModules } from '../src/fixtures/generate.js';
+import ndarray from 'ndarray';
+import { RankReducer, reduceModule } from '../src/lora/reduce.js';
+import { asLowRank } from '../src/lora/terms/index.js';
+import type { HadamardTerm } from '../src/lora/types.js';
 import '../src/node.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -143,12 +151,87 @@ function convertCase(name: string): Timed {
   }
 }
 
+/**
+ * Per distinct shape of the LCM targets: time asLowRank (the exact factors: Khatri–Rao, or the dense delta where
+ * that is smaller) and the rank-64 reduction of one dim-32 LoHa module, single thread; weight by how many modules
+ * have that shape.
+ */
+function modules(): void {
+  const r = 32;
+  const shapes = new Map<string, { shape: number[]; count: number }>();
+  for (const e of targetModules('sdxl', 'full', 'lcm')) {
+    const key = e.shape.join('x');
+    const s = shapes.get(key) ?? { shape: [...e.shape], count: 0 };
+    s.count++;
+    shapes.set(key, s);
+  }
+  let seed = 1;
+  const rand = (n: number): Float32Array => {
+    const a = new Float32Array(n);
+    for (let i = 0; i < n; i++) {
+      seed = (seed * 1103515245 + 12345) % 2147483648;
+      a[i] = (seed / 2147483648 - 0.5) * 0.1;
+    }
+    return a;
+  };
+  let totalFactor = 0,
+    totalReduce = 0,
+    exactParams = 0;
+  const reducer = new RankReducer();
+  for (const { shape, count } of [...shapes.values()].sort((a, b) => b.count - a.count)) {
+    const out = shape[0] ?? 1;
+    const fanIn = shape.slice(1).reduce((a, b) => a * b, 1);
+    const term: HadamardTerm = {
+      kind: 'hadamard',
+      shape,
+      scale: 0.5,
+      a: { up: ndarray(rand(out * r), [out, r]), down: ndarray(rand(r * fanIn), [r, fanIn]) },
+      b: { up: ndarray(rand(out * r), [out, r]), down: ndarray(rand(r * fanIn), [r, fanIn]) },
+    };
+    const t0 = performance.now();
+    const m = asLowRank(term, 'bench');
+    const t1 = performance.now();
+    const rank = m.down.shape[0] ?? 0;
+    exactParams += count * rank * (out + fanIn);
+    const o = reduceModule(
+      reducer,
+      [{ coef: 1, rank, up: m.up.data as Float32Array, down: m.down.data as Float32Array }],
+      out,
+      fanIn,
+      { rank: 64 },
+      'bench',
+    );
+    const t2 = performance.now();
+    totalFactor += (count * (t1 - t0)) / 1000;
+    totalReduce += (count * (t2 - t1)) / 1000;
+    console.log(
+      JSON.stringify({
+        shape: shape.join('x'),
+        modules: count,
+        exactRank: rank,
+        factorSeconds: (t1 - t0) / 1000,
+        reduceSeconds: (t2 - t1) / 1000,
+        kept: o.k,
+      }),
+    );
+  }
+  console.log(
+    JSON.stringify({
+      modules: [...shapes.values()].reduce((s, x) => s + x.count, 0),
+      extrapolatedOneThread: { factorSeconds: totalFactor, reduceSeconds: totalReduce },
+      exactPlainLoraParameters: exactParams,
+      exactPlainLoraF16Bytes: 2 * exactParams,
+    }),
+  );
+}
+
 async function main(): Promise<void> {
   const [command = 'help', ...rest] = process.argv.slice(2);
   const runsAt = rest.indexOf('--runs');
   const runs = runsAt >= 0 ? Number(rest[runsAt + 1] ?? 1) : 1;
   const cases = rest.filter((x, i) => !x.startsWith('--') && (runsAt < 0 || i !== runsAt + 1));
   if (command === 'gen') return gen();
+  if (command === 'modules') return modules();
   if (command === 'clean') {
     for (const n of ['loha', 'lokr', 'lora', 'lorak']) rmSync(file(n), { force: true });
     return;
