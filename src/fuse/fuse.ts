@@ -587,6 +587,7 @@ class FileRun {
     private readonly clamp: boolean,
     private readonly counters: Counters,
     private readonly label: (key: string) => string,
+    private readonly allowNonfiniteBase = false,
   ) {
     this.#segs = segments(fp.tensors);
     this.#segOf = new Int32Array(fp.tensors.length);
@@ -757,6 +758,7 @@ class FileRun {
         { clamp: this.clamp },
       );
       overflow += res.overflow;
+      nonFiniteIn += res.nonFiniteInput;
       this.counters.nonFinite += res.nonFiniteInput;
     };
     let cursor = 0;
@@ -769,6 +771,8 @@ class FileRun {
       cursor = t.rows[1];
     }
     await convert(cursor, rows);
+    if (first.mode === 'fuse' && nonFiniteIn > 0 && !this.allowNonfiniteBase)
+      throw this.nonFiniteBase(info.name, nonFiniteIn);
     if (first.mode === 'fuse') this.counters.fusedTensors++;
     else this.counters.converted++;
     if (overflow > 0) {
@@ -795,6 +799,18 @@ class FileRun {
       }
     }
     return [dst];
+  }
+
+  /** A touched base tensor that holds NaN / ±Inf before anything is added (see FuseOptions.allowNonfiniteBase). */
+  nonFiniteBase(key: string, count: number): FormatError {
+    const file = this.fp.base.file.name;
+    return new FormatError(
+      'FORMAT_NONFINITE',
+      `fuse: ${file}: the base tensor '${this.label(key)}' holds ${count} NaN/±Inf value(s) before the LoRAs are added; ` +
+        'the fused weight would carry them silently — nothing was written. Repair the base, or pass allowNonfiniteBase / ' +
+        '--allow-nonfinite-base to fuse anyway (those values stay NaN/Inf).',
+      { file, key, count },
+    );
   }
 }
 
@@ -949,7 +965,7 @@ export async function fuseLoras(
     let tensorsDone = 0;
     const writeFile = async (fp: FilePlan, target: string | ByteSink): Promise<void> => {
       const label = (key: string): string => (fp.base.rel ? `${fp.base.rel}: ${key}` : key);
-      const run = new FileRun(fp, choice!.kernel, clamp, counters, label);
+      const run = new FileRun(fp, choice!.kernel, clamp, counters, label, options.allowNonfiniteBase === true);
       runs.push(run);
       const tensors: TensorToWrite[] = fp.tensors.map((t, i) => ({
         name: t.info.name,

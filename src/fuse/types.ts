@@ -49,6 +49,12 @@ export interface FuseOptions {
   readonly allowUnmatched?: boolean;
   /** Values beyond the output dtype's range: 'error' (default, FUSE_OVERFLOW, nothing written) or 'clamp' to ±max. */
   readonly onOverflow?: 'error' | 'clamp';
+  /**
+   * NaN / ±Inf already in a base weight the LoRAs change: refused by default (FORMAT_NONFINITE naming the tensor and
+   * the count, nothing written), since the fused weight would carry them silently; true fuses anyway (those values
+   * stay NaN / Inf, the report counts them). Tensors the LoRAs do not touch are copied byte for byte either way.
+   */
+  readonly allowNonfiniteBase?: boolean;
   /** CPU threads (default: all). */
   readonly threads?: number;
   /** Use this kernel instead of creating one (the caller disposes it). */

@@ -14,7 +14,7 @@ const HELP = `Usage: lora-mix fuse --base CKPT A.safetensors[:W] [B.safetensors[
        lora-mix fuse --base CKPT (--prompt "<lora:NAME:W> …" | --comfy-workflow FILE) --lora-dir DIR -o OUT
                      [--method M [--density D] [--majority-sign S] [--seed N] [--t T]]
                      [--device cpu|gpu] [--dtype f32|f16|bf16] [--allow-unmatched]
-                     [--on-overflow error|clamp] [--root-checkpoint omit|fuse] [--blocks SPEC] [--blocks-N SPEC] [--threads N]
+                     [--on-overflow error|clamp] [--allow-nonfinite-base] [--root-checkpoint omit|fuse] [--blocks SPEC] [--blocks-N SPEC] [--threads N]
                      [--json] [-q]
 
 Add τ = W_A·τ_A + W_B·τ_B + … to the weights of a base checkpoint and write the fused checkpoint, which then
@@ -34,7 +34,9 @@ tensors and adds its dense result, with no rank reduction.
 
 Before anything is written, every LoRA module must land on one base weight of the right shape (the run stops and
 lists the modules that do not, unless --allow-unmatched). Values beyond the output dtype's range (F16: 65504)
-stop the run (default) or are clamped (--on-overflow clamp); either way they are counted per tensor. The output is
+stop the run (default) or are clamped (--on-overflow clamp); either way they are counted per tensor. A base weight
+the LoRAs change that already holds NaN/Inf stops the run (FORMAT_NONFINITE, naming it) unless
+--allow-nonfinite-base; untouched tensors are copied byte for byte whatever they hold. The output is
 written to a temporary file beside OUT and renamed at the end: a failed run leaves nothing, and an input is never
 overwritten.
 
@@ -47,6 +49,7 @@ Options:
   --allow-unmatched       skip (and list) LoRA modules the base has no weight for, e.g. text-encoder modules on a
                           UNet-only file, or an SDXL LoRA on SSD-1B
   --on-overflow M         error (default) or clamp to the dtype's largest finite value
+  --allow-nonfinite-base  fuse even when a changed base weight already holds NaN/Inf (they stay NaN/Inf; counted)
   --root-checkpoint M     folder bases: a single-file checkpoint beside the components is left out of the output
                           (omit, default) or fused too (fuse); the summary says which
 ${methodHelpLines()}
@@ -177,6 +180,7 @@ export const fuseCommand: Command = {
       dtype: { type: 'string' },
       'allow-unmatched': { type: 'boolean' },
       'on-overflow': { type: 'string' },
+      'allow-nonfinite-base': { type: 'boolean' },
       'root-checkpoint': { type: 'string' },
       threads: { type: 'string' },
       json: { type: 'boolean' },
@@ -237,6 +241,7 @@ export const fuseCommand: Command = {
         ...(dtype ? { dtype } : {}),
         ...(threads !== undefined ? { threads } : {}),
         ...(values['allow-unmatched'] === true ? { allowUnmatched: true } : {}),
+        ...(values['allow-nonfinite-base'] === true ? { allowNonfiniteBase: true } : {}),
         ...(rootCheckpoint ? { rootCheckpoint } : {}),
         ...(progress ? { onProgress: progress.update } : {}),
       });
