@@ -15,7 +15,8 @@ import { fuseLoras } from '../src/fuse/index.js';
 import { getLayout } from '../src/layout/index.js';
 import type { Arch } from '../src/layout/types.js';
 import { contiguousValues } from '../src/lora/delta.js';
-import { mergeLoras } from '../src/lora/index.js';
+import { mergeLoras, resizeLora, scaleLora } from '../src/lora/index.js';
+import { requirePlain } from '../src/lora/terms/index.js';
 import { openSafetensors } from '../src/node/files.js';
 import { verifyFusion } from '../src/verify/index.js';
 import { caught, encodedBytes, FIXTURES, open } from './formats-helpers.js';
@@ -151,6 +152,18 @@ describe('norm-layer differences: merge, convert, fuse, verify, inspect', () => 
     const e = await caught(async () => encodeLora(lora, { format: 'peft' }));
     expect(e.code).toBe('FORMAT_CANNOT_ENCODE');
     expect(e.message).toMatch(/norm layer 'unet\./);
+  });
+
+  it('scaleLora scales them (s·diff); resizeLora keeps them as they are', async () => {
+    const a = await decoded(bytesOf('sd15', { format: 'comfyui', targets: 'lcm', norms: 3 }));
+    const plain = requirePlain(a);
+    const scaled = scaleLora(plain, -0.5);
+    for (const [p, d] of scaled.norms!) {
+      const x = contiguousValues(a.norms!.get(p)!.bias!);
+      for (const [i, v] of contiguousValues(d.bias!).entries()) expect(v).toBe(Math.fround(-0.5 * x[i]!));
+    }
+    const { lora: resized } = resizeLora(plain, 2);
+    expect([...resized.norms!.keys()]).toEqual([...a.norms!.keys()]);
   });
 
   it("kohya output keeps a text-encoder norm difference under ComfyUI's name (no kohya name a loader reads)", async () => {

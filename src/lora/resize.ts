@@ -210,5 +210,16 @@ export function kohyaResize(lora: Lora<Term>, options: ResizeOptions): { lora: L
       mean: ranks.length ? ranks.reduce((a, b) => a + b, 0) / ranks.length : 0,
     },
   };
-  return { lora: { arch: lora.arch, size: lora.size, modules, metadata }, report };
+  // Embeddings and norm-layer differences are not low-rank: they travel unchanged.
+  return {
+    lora: {
+      arch: lora.arch,
+      size: lora.size,
+      modules,
+      metadata,
+      ...(lora.embeddings ? { embeddings: lora.embeddings } : {}),
+      ...(lora.norms ? { norms: lora.norms } : {}),
+    },
+    report,
+  };
 }

@@ -6,6 +6,7 @@ import ndarray from 'ndarray';
 import ops from 'ndarray-ops';
 import { ArgumentError } from '../core/errors.js';
 import type { Lora, LoraModule } from './types.js';
+import { mergeNorms } from './norms.js';
 
 /** s·module: a new `up` (and bias delta) holding s·up (element-wise through ndarray-ops), the same `down` and alpha. */
 export function scaleModule(module: LoraModule, s: number): LoraModule {
@@ -26,12 +27,15 @@ export function scaleLora(lora: Lora, s: number): Lora {
   }
   const modules = new Map<string, LoraModule>();
   for (const [path, m] of lora.modules) modules.set(path, scaleModule(m, s));
+  // Norm-layer differences scale with the LoRA (s·diff).
+  const norms = lora.norms ? mergeNorms([{ norms: lora.norms, weightOf: () => s, name: 'scaleLora' }]) : undefined;
   return {
     arch: lora.arch,
     size: lora.size,
     modules,
     metadata: { ...lora.metadata },
     ...(lora.embeddings ? { embeddings: lora.embeddings } : {}),
+    ...(norms && norms.size > 0 ? { norms } : {}),
   };
 }
 
