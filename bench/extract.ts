@@ -89,8 +89,8 @@ async function main(): Promise<void> {
   );
   for (const arch of archs) {
     const base = path.join(OUT, `${arch}-base.f16.safetensors`);
-    const lora = path.join(OUT, `${arch}-lcm${rank}.f16.safetensors`);
-    const tuned = path.join(OUT, `${arch}-tuned${rank}.f16.safetensors`);
+    const lora = path.join(OUT, `extract-${arch}-lcm${rank}.f16.safetensors`);
+    const tuned = path.join(OUT, `extract-${arch}-tuned${rank}.f16.safetensors`);
     const self = fileURLToPath(import.meta.url);
     if (!existsSync(base))
       console.log(`generate ${base}: ${node([self, '--generate', arch, 'base', base]).seconds.toFixed(1)} s`);

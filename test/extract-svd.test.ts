@@ -1,9 +1,11 @@
 /**
- * truncatedSvd (src/lora/svd.ts) as extract calls it: the rank-k factors are within 1% of the optimal error (the SVD tail, from an
- * independent Jacobi SVD) on flat, decaying and low-rank spectra, wide and tall, sketched and exact.
+ * truncatedSvd (src/lora/svd.ts) as extract calls it (EXTRACT_SVD_TOLERANCE): the rank-k factors are within 1% of the
+ * optimal error (the SVD tail, from an independent Jacobi SVD) on flat, decaying and low-rank spectra, wide and tall,
+ * sketched and exact; a reused workspace changes nothing.
  */
 import { describe, expect, it } from 'vitest';
-import { jsProduct, truncatedSvd } from '../src/lora/svd.js';
+import { EXTRACT_SVD_TOLERANCE } from '../src/fuse/extract-module.js';
+import { jsProduct, SvdWorkspace, truncatedSvd } from '../src/lora/svd.js';
 import { prng, randomArray, singularValues } from './lora-helpers.js';
 
 /** A = Σ_j s_j·x_j·y_jᵀ with random x, y (a spectrum shaped by s, plus `noise` everywhere). */
@@ -51,7 +53,7 @@ describe('truncatedSvd as extract uses it (independent Jacobi SVD as the referen
     it(`rank-8 factors within 1% of the SVD tail: ${c.name}`, () => {
       const a = shaped(c.rows, c.cols, c.s, c.noise, 7);
       const k = 8;
-      const svd = truncatedSvd(a, c.rows, c.cols, k);
+      const svd = truncatedSvd(a, c.rows, c.cols, k, { tolerance: EXTRACT_SVD_TOLERANCE });
       expect(svd.rank).toBe(k);
       const err = errorOf(a, c.rows, c.cols, svd.up, svd.down, k);
       const opt = tail(a, c.rows, c.cols, k);
@@ -90,5 +92,23 @@ describe('truncatedSvd as extract uses it (independent Jacobi SVD as the referen
     expect(x.up).toEqual(y.up);
     const z = truncatedSvd(a, 50, 120, 3, { seed: 4, product: jsProduct });
     for (let j = 0; j < 3; j++) expect(Math.sqrt(z.sigma2[j]!)).toBeCloseTo(Math.sqrt(x.sigma2[j]!), 4);
+  });
+
+  it('a workspace reused across matrices of different shapes gives the same factors as fresh buffers', () => {
+    const ws = new SvdWorkspace();
+    for (const [rows, cols, seed] of [
+      [60, 200, 1],
+      [30, 40, 2],
+      [90, 70, 3],
+      [60, 200, 4],
+    ] as const) {
+      const a = shaped(rows, cols, [3, 2, 1], 0.05, seed);
+      const fresh = truncatedSvd(a, rows, cols, 4, { tolerance: EXTRACT_SVD_TOLERANCE });
+      const reused = truncatedSvd(a, rows, cols, 4, { tolerance: EXTRACT_SVD_TOLERANCE, workspace: ws });
+      expect(reused.up).toEqual(fresh.up);
+      expect(reused.down).toEqual(fresh.down);
+      expect(reused.sigma2).toEqual(fresh.sigma2);
+      expect(reused.iterations).toBe(fresh.iterations);
+    }
   });
 });

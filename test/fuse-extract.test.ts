@@ -87,6 +87,29 @@ describe('extractLora', () => {
     expect(r.seconds).toBeGreaterThan(0);
   });
 
+  it('gives the same bytes and report on 1, 2 or 3 threads (worker threads run the same per-module code)', async () => {
+    const files: Buffer[] = [];
+    const reports: ExtractReport[] = [];
+    for (const threads of [1, 2, 3]) {
+      const o = out(`threads-${threads}.safetensors`);
+      // Rank 3 < the LoRA's 8: the SVD iterates, so any difference between the threads' arithmetic would show.
+      const r = await extractLora(fx('sd15', 'base.safetensors'), sd15Tuned, { out: o, rank: 3, threads, seed: 5 });
+      reports.push(r);
+      files.push(await fs.readFile(o));
+    }
+    expect(reports[0]!.modules.some((m) => m.iterations > 0)).toBe(true);
+    for (const i of [1, 2]) {
+      expect(files[i]!.equals(files[0]!)).toBe(true);
+      expect(reports[i]!.modules).toEqual(reports[0]!.modules);
+      expect(reports[i]!.overall).toEqual(reports[0]!.overall);
+    }
+    await expectCode(
+      extractLora(fx('sd15', 'base.safetensors'), sd15Tuned, { out: out('t0.safetensors'), rank: 3, threads: 0 }),
+      'OPTION_INVALID',
+    );
+    await expect(fs.access(out('t0.safetensors'))).rejects.toThrow();
+  });
+
   it('states the error of the stored F16 factors exactly, and a smaller rank is within 1% of the SVD tail', async () => {
     const o = out('x-r3.safetensors');
     const r = await extractLora(fx('sd15', 'base.safetensors'), sd15Tuned, { out: o, rank: 3 });

@@ -14,7 +14,7 @@
  * embeddings and conv_in/conv_out are not part of a LoRA and are not compared.
  */
 import { isByteSource, type ByteSink, type ByteSource } from '../core/bytes.js';
-import { decodeToF32, encodeFromF32, countOverflow } from '../core/dtype.js';
+import { decodeToF32 } from '../core/dtype.js';
 import { ArchError, LoraError, OptionError } from '../core/errors.js';
 import { VERSION } from '../core/version.js';
 import { fileNameOf } from '../core/provenance.js';
@@ -22,15 +22,24 @@ import { ARCH_LABEL } from '../layout/archs.js';
 import type { ModuleEntry } from '../layout/types.js';
 import { encodeModules, type ModuleSource, type OutputDType } from '../formats/encode.js';
 import type { KohyaPaths } from '../formats/kohya.js';
-import { chooseExtractRank, describeRule, ruleCap, validateRule, type RankRule } from '../lora/rank-rule.js';
-import { wasmProduct } from '../lora/product.js';
-import { jsProduct, truncatedSvd } from '../lora/svd.js';
+import { describeRule, ruleCap, validateRule, type RankRule } from '../lora/rank-rule.js';
 import type { SafetensorsFile } from '../safetensors/read.js';
 import { writeSafetensors } from '../safetensors/write.js';
 import { now } from '../kernels/job.js';
-import { findWeight, readWeightRows, type OpenedBase } from './base.js';
+import { findWeight, type OpenedBase } from './base.js';
+import {
+  ExtractWorkspace,
+  factorModule,
+  type ExtractJob,
+  type ExtractModuleReport,
+  type ExtractPool,
+  type ModuleOutcome,
+} from './extract-module.js';
 import { openBase } from './fuse.js';
+import { currentFuseHost } from './host.js';
 import type { BaseInput } from './types.js';
+
+export type { ExtractModuleReport } from './extract-module.js';
 
 /** Metadata key holding the JSON summary of an extraction. */
 export const EXTRACT_METADATA_KEY = 'lora_mix_extract';
@@ -62,6 +71,11 @@ export interface ExtractOptions {
   /** Sketch oversampling of the truncated SVD (default 8) and its seed (default: the SVD's). */
   readonly oversampling?: number;
   readonly seed?: number;
+  /**
+   * Modules factored at once on worker threads (Node; default one per core); 1 factors on the calling thread.
+   * The factors are the same for every thread count.
+   */
+  readonly threads?: number;
   readonly metadata?: Readonly<Record<string, string>>;
   readonly onProgress?: (p: ExtractProgress) => void;
 }
@@ -71,23 +85,6 @@ export interface ExtractProgress {
   readonly modulesTotal: number;
   readonly current: string;
   readonly seconds: number;
-}
-
-export interface ExtractModuleReport {
-  readonly path: string;
-  /** [out, in] or [out, in, kh, kw]. */
-  readonly shape: readonly number[];
-  readonly rank: number;
-  /** ‖Δ‖_F. */
-  readonly norm: number;
-  /** ‖Δ − up·down‖_F of the factors as stored. */
-  readonly error: number;
-  /** error / norm. */
-  readonly relError: number;
-  /** 1 − (error / norm)²: the share of ‖Δ‖_F² the stored factors reproduce. */
-  readonly keptEnergy: number;
-  /** Power iterations the truncated SVD ran (0 when it was exact). */
-  readonly iterations: number;
 }
 
 export interface ExtractReport {
@@ -259,27 +256,45 @@ function plan(
   return { items, skipped };
 }
 
-/** Reads module weights as f32, keeping the last tensor of each side (q/k/v rows of one fused tensor). */
+/** Reads module weights' stored bytes, keeping the last tensor of each side read for rows (q/k/v of one tensor). */
 class WeightReader {
   #key: string | null = null;
   #file: SafetensorsFile | null = null;
-  #values: Promise<{ raw: Uint8Array; dtype: string }> | null = null;
+  #raw: Promise<Uint8Array> | null = null;
 
-  raw(loc: Located): Promise<{ raw: Uint8Array; dtype: string }> {
-    if (this.#file !== loc.file || this.#key !== loc.key || !this.#values) {
+  /** The bytes of exactly the module's values: a whole tensor (read afresh) or its rows (cut out as a copy). */
+  async bytes(loc: Located): Promise<{ raw: Uint8Array; dtype: string }> {
+    const info = loc.file.info(loc.key);
+    if (!loc.rows) return { raw: await loc.file.read(loc.key), dtype: info.dtype };
+    if (this.#file !== loc.file || this.#key !== loc.key || !this.#raw) {
       this.#file = loc.file;
       this.#key = loc.key;
-      const info = loc.file.info(loc.key);
-      this.#values = loc.file.read(loc.key).then((raw) => ({ raw, dtype: info.dtype }));
+      this.#raw = loc.file.read(loc.key);
     }
-    return this.#values;
+    const all = await this.#raw;
+    const rowBytes = all.byteLength / (info.shape[0] ?? 1);
+    return { raw: all.slice(loc.rows[0] * rowBytes, loc.rows[1] * rowBytes), dtype: info.dtype };
   }
 }
 
-function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
-  if (a.length !== b.length) return false;
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
-  return true;
+/** Runs factorModule: on worker threads when the host gives a pool, else here with one reused workspace. */
+interface Factorer {
+  readonly inFlight: number;
+  factor(job: ExtractJob): Promise<ModuleOutcome>;
+  close(): Promise<void>;
+}
+
+function factorer(threads: number | undefined): Factorer {
+  if (threads !== undefined && (!Number.isInteger(threads) || threads < 1)) {
+    throw new OptionError('OPTION_INVALID', `extract: threads must be an integer ≥ 1, found ${String(threads)}`, {
+      option: 'threads',
+      found: threads,
+    });
+  }
+  const pool: ExtractPool | null = threads === 1 ? null : (currentFuseHost()?.createExtractPool?.(threads) ?? null);
+  if (pool) return { inFlight: pool.threads, factor: (job) => pool.factor(job), close: () => pool.close() };
+  const ws = new ExtractWorkspace();
+  return { inFlight: 1, factor: async (job) => factorModule(job, ws), close: async () => undefined };
 }
 
 function peakRss(): number | undefined {
@@ -291,7 +306,7 @@ function peakRss(): number | undefined {
   }
 }
 
-/** One module's stored factors (in the output dtype's bytes) and what they cost. */
+/** One module's stored factors (in the output dtype's bytes). */
 interface Extracted {
   readonly entry: ModuleEntry;
   readonly rank: number;
@@ -319,49 +334,25 @@ export async function extractLora(base: BaseInput, tuned: BaseInput, options: Ex
     });
   }
   const rules = extractRules(options);
-  const product = wasmProduct() ?? jsProduct;
   const openedBase = await openBase(base);
   let openedTuned: OpenedBase | null = null;
+  let pool: Factorer | null = null;
   try {
     openedTuned = await openBase(tuned);
     const { items, skipped } = plan(openedBase, openedTuned, options, rules);
-    const readers = { base: new WeightReader(), tuned: new WeightReader() };
-    const load = (it: Item) => Promise.all([readers.base.raw(it.base), readers.tuned.raw(it.tuned)]);
+    pool = factorer(options.threads);
+    const outcomes = await factorAll(items, openedBase.name, openedTuned.name, options, pool, dtype, t0);
     const reports: ExtractModuleReport[] = [];
     const extracted: Extracted[] = [];
     const zeroPaths: string[] = [];
-    let next = items.length > 0 ? load(items[0] as Item) : null;
-    for (let i = 0; i < items.length; i++) {
-      const it = items[i] as Item;
-      const pair = await (next as Promise<{ raw: Uint8Array; dtype: string }[]>);
-      next = i + 1 < items.length ? load(items[i + 1] as Item) : null;
-      next?.catch(() => undefined);
-      const [rb, rt] = pair as [{ raw: Uint8Array; dtype: string }, { raw: Uint8Array; dtype: string }];
-      const e = it.entry;
-      const out = e.shape[0] ?? 1;
-      const n = e.shape.slice(1).reduce((a, d) => a * d, 1);
-      let delta: Float32Array | null = null;
-      if (!(it.base.rows === undefined && rb.dtype === rt.dtype && bytesEqual(rb.raw, rt.raw))) {
-        const wb = readWeightRows(rb.raw, it.base, `${openedBase.name}: '${it.base.key}'`);
-        const wt = readWeightRows(rt.raw, it.tuned, `${openedTuned.name}: '${it.tuned.key}'`);
-        delta = new Float32Array(out * n);
-        let any = false;
-        for (let j = 0; j < delta.length; j++) {
-          const d = (wt[j] as number) - (wb[j] as number);
-          delta[j] = d;
-          if (d !== 0) any = true;
-        }
-        if (!any) delta = null;
+    items.forEach((it, i) => {
+      const o = outcomes[i] as ModuleOutcome;
+      if (o.zero) zeroPaths.push(it.entry.path);
+      else {
+        reports.push(o.report);
+        extracted.push({ entry: it.entry, rank: o.rank, up: o.up, down: o.down });
       }
-      if (!delta) {
-        zeroPaths.push(e.path);
-      } else {
-        const r = extractModule(delta, out, n, e, it.rule, dtype, options, product);
-        reports.push(r.report);
-        extracted.push(r.factors);
-      }
-      options.onProgress?.({ modulesDone: i + 1, modulesTotal: items.length, current: e.path, seconds: now() - t0 });
-    }
+    });
     // Reports and the file list modules in layout order, whatever the base's file order was.
     const rank = new Map(openedBase.detection.layout.modules.map((e, i) => [e.path, i]));
     const byLayout = (a: string, b: string): number => (rank.get(a) ?? 0) - (rank.get(b) ?? 0);
@@ -474,92 +465,73 @@ export async function extractLora(base: BaseInput, tuned: BaseInput, options: Ex
       ...(rss !== undefined ? { peakRssBytes: rss } : {}),
     };
   } finally {
+    await pool?.close();
     await openedTuned?.close();
     await openedBase.close();
   }
 }
 
-/** The first k singular triplets of balanced factors up (out × r) and down (r × n): exactly the rank-k truncation. */
-function leading(
-  up: Float32Array,
-  down: Float32Array,
-  out: number,
-  n: number,
-  r: number,
-  k: number,
-): { up: Float32Array; down: Float32Array } {
-  if (k === r) return { up, down };
-  const u = new Float32Array(out * k);
-  for (let i = 0; i < out; i++) u.set(up.subarray(i * r, i * r + k), i * k);
-  return { up: u, down: down.slice(0, k * n) };
-}
-
-/** Factor one module's Δ, round the factors to `dtype`, and measure the error of what will be stored. */
-function extractModule(
-  delta: Float32Array,
-  out: number,
-  n: number,
-  entry: ModuleEntry,
-  rule: RankRule,
-  dtype: OutputDType,
+/**
+ * Read every module pair in file order (the next pair read while earlier ones are factored) and factor them,
+ * `pool.inFlight` at a time: at most that many pairs plus the one being read are in memory. Outcomes in item order.
+ */
+async function factorAll(
+  items: readonly Item[],
+  baseName: string,
+  tunedName: string,
   options: ExtractOptions,
-  product: (rows: number, cols: number, rank: number, a: Float32Array, b: Float32Array) => Float32Array,
-): { report: ExtractModuleReport; factors: Extracted } {
-  const short = Math.min(out, n);
-  const cumulative = rule.kind === 'svCumulative';
-  // The rules need one singular value past the cap; the cumulative rule needs all of them (Σσ).
-  const want = cumulative ? short : Math.min(short, ruleCap(rule) + (rule.kind === 'rank' ? 0 : 1));
-  const svd = truncatedSvd(delta, out, n, want, {
-    product,
-    ...(options.oversampling !== undefined ? { oversample: options.oversampling } : {}),
-    ...(options.seed !== undefined ? { seed: options.seed } : {}),
-  });
-  const sigma = Float64Array.from(svd.sigma2.subarray(0, svd.rank), Math.sqrt);
-  const sigmaSum = cumulative ? Float64Array.from(svd.sigma2, Math.sqrt).reduce((a, s) => a + s, 0) : undefined;
-  const rank = Math.min(Math.max(1, chooseExtractRank(rule, sigma, svd.total, short, sigmaSum)), svd.rank);
-  const f = leading(svd.up, svd.down, out, n, svd.rank, rank);
-  const what = `extract: module '${entry.path}'`;
-  for (const [name, values] of [
-    ['up', f.up],
-    ['down', f.down],
-  ] as const) {
-    const overflow = countOverflow(values, dtype);
-    if (overflow > 0) {
-      throw new LoraError(
-        'LORA_DTYPE_OVERFLOW',
-        `${what}: ${overflow} value(s) of the ${name} factor do not fit ${dtype}; write F32 or BF16 instead (dtype / --dtype)`,
-        { key: entry.path, dtype, count: overflow },
+  pool: Factorer,
+  dtype: OutputDType,
+  t0: number,
+): Promise<ModuleOutcome[]> {
+  const readers = { base: new WeightReader(), tuned: new WeightReader() };
+  const load = (it: Item) => Promise.all([readers.base.bytes(it.base), readers.tuned.bytes(it.tuned)]);
+  const outcomes: ModuleOutcome[] = new Array(items.length);
+  const running = new Set<Promise<void>>();
+  let failure: { error: unknown } | null = null;
+  let done = 0;
+  let next = items.length > 0 ? load(items[0] as Item) : null;
+  try {
+    for (let i = 0; i < items.length && !failure; i++) {
+      const it = items[i] as Item;
+      const [b, t] = await (next as ReturnType<typeof load>);
+      next = i + 1 < items.length ? load(items[i + 1] as Item) : null;
+      next?.catch(() => undefined);
+      while (running.size >= pool.inFlight && !failure) await Promise.race(running);
+      if (failure) break;
+      const job: ExtractJob = {
+        path: it.entry.path,
+        shape: it.entry.shape,
+        rule: it.rule,
+        dtype,
+        ...(options.oversampling !== undefined ? { oversampling: options.oversampling } : {}),
+        ...(options.seed !== undefined ? { seed: options.seed } : {}),
+        base: { ...b, what: `${baseName}: '${it.base.key}'` },
+        tuned: { ...t, what: `${tunedName}: '${it.tuned.key}'` },
+      };
+      const task: Promise<void> = pool.factor(job).then(
+        (o) => {
+          outcomes[i] = o;
+          running.delete(task);
+          done++;
+          options.onProgress?.({
+            modulesDone: done,
+            modulesTotal: items.length,
+            current: it.entry.path,
+            seconds: now() - t0,
+          });
+        },
+        (error: unknown) => {
+          running.delete(task);
+          failure ??= { error };
+        },
       );
+      running.add(task);
     }
+    await Promise.all(running);
+  } finally {
+    await next?.catch(() => undefined);
   }
-  const up = encodeFromF32(dtype, f.up);
-  const down = encodeFromF32(dtype, f.down);
-  const approx = product(out, n, rank, decodeToF32(dtype, up), decodeToF32(dtype, down));
-  let e0 = 0;
-  let e1 = 0;
-  let j = 0;
-  for (; j + 1 < approx.length; j += 2) {
-    const a = (delta[j] as number) - (approx[j] as number);
-    const b = (delta[j + 1] as number) - (approx[j + 1] as number);
-    e0 += a * a;
-    e1 += b * b;
-  }
-  if (j < approx.length) e0 += ((delta[j] as number) - (approx[j] as number)) ** 2;
-  const err2 = e0 + e1;
-  const norm = Math.sqrt(svd.total);
-  const error = Math.sqrt(err2);
-  const relError = norm > 0 ? error / norm : 0;
-  return {
-    report: {
-      path: entry.path,
-      shape: [...entry.shape],
-      rank,
-      norm,
-      error,
-      relError,
-      keptEnergy: svd.total > 0 ? 1 - err2 / svd.total : 1,
-      iterations: svd.iterations,
-    },
-    factors: { entry, rank, up, down },
-  };
+  if (failure) throw (failure as { error: unknown }).error;
+  return outcomes;
 }

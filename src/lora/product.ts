@@ -25,28 +25,80 @@ export type ProductF32 = (
   into?: Float32Array,
 ) => Float32Array;
 
+let engineCache: WasmEngine | null | undefined;
+
+/** This thread's WASM engine for products (one private memory, grown to the largest job and reused), or null. */
+function productEngine(): WasmEngine | null {
+  if (engineCache !== undefined) return engineCache;
+  engineCache = null;
+  try {
+    if (hasWasmSimd())
+      engineCache = new WasmEngine(
+        kernelModuleSync(hasRelaxedSimd(), false),
+        new WebAssembly.Memory({ initial: 1, maximum: MAX_PAGES }),
+      );
+  } catch {
+    engineCache = null;
+  }
+  return engineCache;
+}
+
 let cached: ProductF32 | null | undefined;
+let cachedAdd: AddProductF32 | null | undefined;
+
+/**
+ * Drop this thread's product engine when its memory has grown past `maxBytes` (a WebAssembly memory never
+ * shrinks): the next product starts a fresh one on the cached compiled module. For loops over matrices of very
+ * different sizes (extract), so one large matrix does not pin its memory for the rest of the run.
+ */
+export function releaseProductMemory(maxBytes: number): void {
+  if (engineCache && engineCache.memory.buffer.byteLength > maxBytes) {
+    engineCache = undefined;
+    cached = undefined;
+    cachedAdd = undefined;
+  }
+}
 
 /** The WASM SIMD product (created once per thread), or null when this runtime cannot provide it. */
 export function wasmProduct(): ProductF32 | null {
   if (cached !== undefined) return cached;
-  cached = null;
-  try {
-    if (!hasWasmSimd()) return cached;
-    const engine = new WasmEngine(
-      kernelModuleSync(hasRelaxedSimd(), false),
-      new WebAssembly.Memory({ initial: 1, maximum: MAX_PAGES }),
-    );
-    cached = (rows, cols, rank, a, b, into) => {
-      // The kernel adds A·B to what the output holds: a reused buffer starts from zeros.
-      const out = into ? into.subarray(0, rows * cols).fill(0) : new Float32Array(rows * cols);
-      if (rows === 0 || cols === 0) return out;
-      const bytes = new Uint8Array(out.buffer, out.byteOffset, out.byteLength);
-      runJobSingle(engine, bytes, 'F32', bytes, 'F32', { rows, cols, rank, up: a, down: b }, false);
-      return out;
-    };
-  } catch {
-    cached = null;
-  }
+  const engine = productEngine();
+  cached = engine
+    ? (rows, cols, rank, a, b, into) => {
+        // The kernel adds A·B to what the output holds: a reused buffer starts from zeros.
+        const out = into ? into.subarray(0, rows * cols).fill(0) : new Float32Array(rows * cols);
+        if (rows === 0 || cols === 0) return out;
+        const bytes = new Uint8Array(out.buffer, out.byteOffset, out.byteLength);
+        runJobSingle(engine, bytes, 'F32', bytes, 'F32', { rows, cols, rank, up: a, down: b }, false);
+        return out;
+      }
+    : null;
   return cached;
+}
+
+/** W (rows × cols) += A (rows × rank) · B (rank × cols), f32, row-major, in place. */
+export type AddProductF32 = (
+  rows: number,
+  cols: number,
+  rank: number,
+  a: Float32Array,
+  b: Float32Array,
+  w: Float32Array,
+) => void;
+
+/**
+ * The fused update W += A·B on the same kernel and memory (null where `wasmProduct()` is): a residual Δ − up·down
+ * is formed in Δ's own buffer (pass −up), without a second dense matrix.
+ */
+export function wasmAddProduct(): AddProductF32 | null {
+  if (cachedAdd !== undefined) return cachedAdd;
+  const engine = productEngine();
+  cachedAdd = engine
+    ? (rows, cols, rank, a, b, w) => {
+        if (rows === 0 || cols === 0) return;
+        const bytes = new Uint8Array(w.buffer, w.byteOffset, rows * cols * 4);
+        runJobSingle(engine, bytes, 'F32', bytes, 'F32', { rows, cols, rank, up: a, down: b }, false);
+      }
+    : null;
+  return cachedAdd;
 }

@@ -21,7 +21,9 @@
  * the whole range and the result is the exact truncated SVD.
  *
  * Products run in f32 (the WASM SIMD kernel of ./product.ts where available) and accumulate the small
- * matrices in f64. Memory: A, Aᵀ (in `workspace` when given) plus O((m + n)·l) floats.
+ * matrices in f64. Memory: A, Aᵀ and O((m + n)·l) floats. `workspace` reuses memory across calls: a Float32Array
+ * holds Aᵀ; an SvdWorkspace holds Aᵀ, the starting block and the f64 scratch in buffers kept from call to call, so
+ * a loop over many matrices (extract) does not allocate — and fault in — fresh pages for each one.
  */
 import { ArgumentError, LoraError } from '../core/errors.js';
 import { mulberry32 } from '../core/random.js';
@@ -40,8 +42,68 @@ export interface TruncatedSvdOptions {
   readonly seed?: number;
   /** How products are computed: 'auto' (WASM SIMD when available), 'js', or a function. */
   readonly product?: 'auto' | 'js' | ProductF32;
-  /** A buffer of ≥ m·n floats to hold Aᵀ (reused across calls to save one dense allocation); same results. */
-  readonly workspace?: Float32Array;
+  /**
+   * Memory reused across calls, same results: a buffer of ≥ m·n floats to hold Aᵀ, or an SvdWorkspace (one per
+   * thread) for Aᵀ and the scratch. The result never aliases it.
+   */
+  readonly workspace?: Float32Array | SvdWorkspace;
+}
+
+/**
+ * Scratch buffers for truncatedSvd, kept between calls: each named buffer grows to the largest size asked for and
+ * is handed out as a view of the requested length. Not for concurrent use (one per thread).
+ */
+export class SvdWorkspace {
+  readonly #f32 = new Map<string, Float32Array>();
+  readonly #f64 = new Map<string, Float64Array>();
+
+  f32(name: string, length: number): Float32Array {
+    let b = this.#f32.get(name);
+    if (!b || b.length < length) {
+      b = new Float32Array(length);
+      this.#f32.set(name, b);
+    }
+    return b.subarray(0, length);
+  }
+
+  /** Forget buffers longer than `maxElements` (large one-off sizes are not kept for the rest of a run). */
+  trim(maxElements: number): void {
+    for (const m of [this.#f32, this.#f64] as Map<string, { length: number }>[])
+      for (const [name, b] of m) if (b.length > maxElements) m.delete(name);
+  }
+
+  f64(name: string, length: number): Float64Array {
+    let b = this.#f64.get(name);
+    if (!b || b.length < length) {
+      b = new Float64Array(length);
+      this.#f64.set(name, b);
+    }
+    return b.subarray(0, length);
+  }
+}
+
+/** f64 copy of an f32 array, in `ws`'s buffer `name` when given (else a fresh array). */
+function toF64(x: Float32Array, ws: SvdWorkspace | undefined, name: string): Float64Array {
+  if (!ws) return Float64Array.from(x);
+  const out = ws.f64(name, x.length);
+  out.set(x);
+  return out;
+}
+
+/** Rank-k factors with A_k = up·down: up = U_k·Σ_k^½ (m × k), down = Σ_k^½·V_kᵀ (k × n), row-major f32. */
+export interface TruncatedSvd {
+  /** Rank of the factors: min(k, numerical rank of A); 0 when A is zero. */
+  readonly rank: number;
+  readonly up: Float32Array;
+  readonly down: Float32Array;
+  /** Squared singular values found, descending (the Ritz values of the final subspace; the first `rank` kept). */
+  readonly sigma2: Float64Array;
+  /** ‖A‖_F², exact. */
+  readonly total: number;
+  /** ‖A − up·down‖_F, exact for the factors returned (up to f32 rounding of the factors). */
+  readonly error: number;
+  /** Subspace iterations run. */
+  readonly iterations: number;
 }
 
 /** Rank-k factors with A_k = up·down: up = U_k·Σ_k^½ (m × k), down = Σ_k^½·V_kᵀ (k × n), row-major f32. */
@@ -104,12 +166,18 @@ function transposeF32(x: Float32Array, rows: number, cols: number, into?: Float3
  * Gram matrix, Q = Λ^-½·Vᵀ·X, done twice so the result is orthonormal to f32 working precision. Directions with
  * eigenvalues under 1e-12 of the largest (numerically absent) are dropped: the result has r' ≤ r rows.
  */
-function orthonormalRows(X: Float32Array, r: number, len: number, mul: ProductF32): { q: Float32Array; rows: number } {
+function orthonormalRows(
+  X: Float32Array,
+  r: number,
+  len: number,
+  mul: ProductF32,
+  ws?: SvdWorkspace,
+): { q: Float32Array; rows: number } {
   let cur = X,
     rows = r;
   for (let pass = 0; pass < 2; pass++) {
     const G = new Float64Array(rows * rows);
-    gramRows(Float64Array.from(cur.subarray(0, rows * len)), rows, len, G);
+    gramRows(toF64(cur.subarray(0, rows * len), ws, 'gram'), rows, len, G);
     const { values, vectors } = symmetricEigen(G, rows);
     const top = rows > 0 ? (values[0] ?? 0) : 0;
     let keep = 0;
@@ -185,12 +253,13 @@ export function truncatedSvd(
   const l = Math.min(k + (options.oversample ?? 8), m, n);
   // Every large product has the small operand on the left (the kernel's fast form): QᵀA = Qᵀ·A and
   // (A·Z)ᵀ = Zᵀ·Aᵀ, so Aᵀ is formed once.
-  const at = transposeF32(a, m, n, options.workspace);
+  const ws = options.workspace instanceof SvdWorkspace ? options.workspace : undefined;
+  const at = transposeF32(a, m, n, ws ? ws.f32('transpose', m * n) : (options.workspace as Float32Array | undefined));
   // Starting block Ωᵀ (l × n): uniform on [−1, 1) from the seeded generator; Yᵀ = Ωᵀ·Aᵀ (l × m).
   const next = mulberry32(options.seed ?? 0x5eed);
-  const omegaT = new Float32Array(l * n);
+  const omegaT = ws ? ws.f32('omega', l * n) : new Float32Array(l * n);
   for (let i = 0; i < omegaT.length; i++) omegaT[i] = next() / 2147483648 - 1;
-  let { q, rows } = orthonormalRows(mul(l, m, n, omegaT, at), l, m, mul);
+  let { q, rows } = orthonormalRows(mul(l, m, n, omegaT, at), l, m, mul, ws);
   // A range of dimension < l (or l = min(m, n)) is captured whole by the first block: no iteration needed.
   const whole = rows < l || l === Math.min(m, n);
   let iterations = 0;
@@ -198,7 +267,7 @@ export function truncatedSvd(
   for (;;) {
     if (rows === 0) return empty(iterations);
     const B = mul(rows, n, m, q, a); // QᵀA (rows × n)
-    const B64 = Float64Array.from(B);
+    const B64 = toF64(B, ws, 'gram');
     const G = new Float64Array(rows * rows);
     gramRows(B64, rows, n, G);
     const eig = symmetricEigen(G, rows);
@@ -210,9 +279,9 @@ export function truncatedSvd(
     prevKept = kept;
     iterations++;
     // Zᵀ = orth(B) (rows' × n); Yᵀ = Zᵀ·Aᵀ (rows' × m); Q = orth(Y).
-    const z = orthonormalRows(B, rows, n, mul);
+    const z = orthonormalRows(B, rows, n, mul, ws);
     if (z.rows === 0) return empty(iterations);
-    ({ q, rows } = orthonormalRows(mul(z.rows, m, n, z.q, at), z.rows, m, mul));
+    ({ q, rows } = orthonormalRows(mul(z.rows, m, n, z.q, at), z.rows, m, mul, ws));
   }
 }
 

@@ -10,7 +10,7 @@ import { parseFuseDtype } from './fuse.js';
 const HELP = `Usage: lora-mix extract --base BASE --tuned TUNED -o OUT.safetensors
                         (--rank K | --min-energy E | --sv-ratio X | --sv-fro X | --sv-cumulative X)
                         [--max-rank K] [--conv-rank K] [--text-encoders] [--dtype f16|bf16|f32]
-                        [--kohya-paths diffusers|sgm] [--seed N] [--all] [--json] [-q]
+                        [--kohya-paths diffusers|sgm] [--seed N] [--threads N] [--all] [--json] [-q]
 
 Turn a fine-tuned checkpoint into a LoRA: τ = TUNED − BASE, module by module, written as the best rank-K
 factors of each module's difference (no clamping), with the error that truncation makes stated per module and
@@ -42,6 +42,8 @@ Options:
   --dtype D              f16 (default), bf16 or f32 for the factors
   --kohya-paths P        UNet names in diffusers paths (default) or sgm paths
   --seed N               seed of the SVD sketch (default 1): same inputs and seed, same bytes
+  --threads N            modules factored at once on worker threads (default: one per core; 1 = no workers);
+                         the output is the same for every N
   --all                  list every module in the text report (default: the 8 worst)
   --json                 print the full report (per module: rank, ‖Δ‖, error, relative error, kept energy) as JSON
   -q, --quiet            no progress on stderr
@@ -71,6 +73,7 @@ export const extractCommand: Command = {
       dtype: { type: 'string' },
       'kohya-paths': { type: 'string' },
       seed: { type: 'string' },
+      threads: { type: 'string' },
       all: { type: 'boolean' },
       json: { type: 'boolean' },
       quiet: { type: 'boolean', short: 'q' },
@@ -110,6 +113,7 @@ export const extractCommand: Command = {
     const maxRank = num('max-rank', { min: 1, max: 4096, integer: true });
     const convRank = num('conv-rank', { min: 0, max: 4096, integer: true });
     const seed = num('seed', { min: 0, max: 2 ** 32 - 1, integer: true });
+    const threads = num('threads', { min: 1, max: 256, integer: true });
     const dtype = parseFuseDtype('extract', values.dtype);
     const kp = values['kohya-paths'];
     if (kp !== undefined && kp !== 'diffusers' && kp !== 'sgm')
@@ -148,6 +152,7 @@ export const extractCommand: Command = {
       ...(dtype ? { dtype } : {}),
       ...(kp ? { kohyaPaths: kp } : {}),
       ...(seed !== undefined ? { seed } : {}),
+      ...(threads !== undefined ? { threads } : {}),
       ...(values.quiet === true
         ? {}
         : {
