@@ -14,7 +14,7 @@ import { decodeInto, decodeToF32, encodeFromF32, countOverflow } from '../core/d
 import type { DType } from '../core/tensor.js';
 import { LoraError } from '../core/errors.js';
 import type { OutputDType } from '../formats/encode.js';
-import { wasmAddProduct, wasmProduct, type AddProductF32 } from '../lora/product.js';
+import { releaseProductMemory, wasmAddProduct, wasmProduct, type AddProductF32 } from '../lora/product.js';
 import { chooseExtractRank, ruleCap, type RankRule } from '../lora/rank-rule.js';
 import { jsProduct, SvdWorkspace, truncatedSvd } from '../lora/svd.js';
 
@@ -77,6 +77,14 @@ export type ModuleOutcome =
       readonly down: Uint8Array;
     };
 
+/**
+ * Elements up to which a thread keeps its full-size buffers (Δ, the transpose, the product kernel's memory) for the
+ * next module: 16 Mi (64 MiB each) covers every SDXL module; the few larger SD1.5 convolutions (up to 29.5 M) get
+ * buffers of their own that are freed afterwards, so two threads do not both hold the largest sizes for the rest
+ * of the run.
+ */
+export const KEEP_BUFFER_ELEMENTS = 1 << 24;
+
 /** Buffers one thread reuses across modules (not for concurrent use). */
 export class ExtractWorkspace {
   readonly svd = new SvdWorkspace();
@@ -88,19 +96,32 @@ function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
   return true;
 }
 
+/** Elements of the base decoded at a time while Δ is formed (Δ is the only full-size f32 copy). */
+const CHUNK = 1 << 16;
+
 /** Δ = tuned − base in f32 in the workspace's 'delta' buffer, or null when every element is zero. */
 function deltaOf(job: ExtractJob, size: number, ws: ExtractWorkspace): Float32Array | null {
   const { base, tuned } = job;
   if (base.dtype === tuned.dtype && bytesEqual(base.raw, tuned.raw)) return null;
   const delta = ws.svd.f32('delta', size);
-  const b = ws.svd.f32('base', size);
   decodeInto(tuned.dtype as DType, tuned.raw, delta, tuned.what);
-  decodeInto(base.dtype as DType, base.raw, b, base.what);
+  const width = base.raw.byteLength / size;
+  if (!Number.isInteger(width)) decodeInto(base.dtype as DType, base.raw, delta, base.what); // raises the length error
+  const b = ws.svd.f32('chunk', Math.min(CHUNK, size));
   let any = false;
-  for (let j = 0; j < size; j++) {
-    const d = (delta[j] as number) - (b[j] as number);
-    delta[j] = d;
-    if (d !== 0) any = true;
+  for (let c0 = 0; c0 < size; c0 += CHUNK) {
+    const c1 = Math.min(size, c0 + CHUNK);
+    const part = decodeInto(
+      base.dtype as DType,
+      base.raw.subarray(c0 * width, c1 * width),
+      b.subarray(0, c1 - c0),
+      base.what,
+    );
+    for (let j = c0; j < c1; j++) {
+      const d = (delta[j] as number) - (part[j - c0] as number);
+      delta[j] = d;
+      if (d !== 0) any = true;
+    }
   }
   return any ? delta : null;
 }
@@ -158,6 +179,16 @@ function residual2(
  * what will be stored. LORA_DTYPE_OVERFLOW when a factor does not fit the dtype.
  */
 export function factorModule(job: ExtractJob, ws: ExtractWorkspace): ModuleOutcome {
+  try {
+    return factorIn(job, ws);
+  } finally {
+    ws.svd.trim(KEEP_BUFFER_ELEMENTS);
+    // The kernel's memory holds up to two copies of the matrix: same limit.
+    releaseProductMemory(2 * 4 * KEEP_BUFFER_ELEMENTS + (64 << 20));
+  }
+}
+
+function factorIn(job: ExtractJob, ws: ExtractWorkspace): ModuleOutcome {
   const { shape, rule, dtype, path } = job;
   const out = shape[0] ?? 1;
   const n = shape.slice(1).reduce((a, d) => a * d, 1);

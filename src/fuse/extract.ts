@@ -471,6 +471,9 @@ export async function extractLora(base: BaseInput, tuned: BaseInput, options: Ex
   }
 }
 
+/** Elements of Δ factored at once across threads (each thread holds a few f32 copies of its module). */
+const IN_FLIGHT_ELEMENTS = 1 << 25;
+
 /**
  * Read every module pair in file order (the next pair read while earlier ones are factored) and factor them,
  * `pool.inFlight` at a time: at most that many pairs plus the one being read are in memory. Outcomes in item order.
@@ -490,6 +493,7 @@ async function factorAll(
   const running = new Set<Promise<void>>();
   let failure: { error: unknown } | null = null;
   let done = 0;
+  let inFlightElements = 0;
   let next = items.length > 0 ? load(items[0] as Item) : null;
   try {
     for (let i = 0; i < items.length && !failure; i++) {
@@ -497,7 +501,14 @@ async function factorAll(
       const [b, t] = await (next as ReturnType<typeof load>);
       next = i + 1 < items.length ? load(items[i + 1] as Item) : null;
       next?.catch(() => undefined);
-      while (running.size >= pool.inFlight && !failure) await Promise.race(running);
+      const size = it.entry.shape.reduce((a, d) => a * d, 1);
+      // A free thread, and (unless nothing else runs) room under the element budget: the largest SD1.5
+      // convolutions (29.5 M elements) are factored alone, which bounds the threads' memory together.
+      while (
+        !failure &&
+        (running.size >= pool.inFlight || (running.size > 0 && inFlightElements + size > IN_FLIGHT_ELEMENTS))
+      )
+        await Promise.race(running);
       if (failure) break;
       const job: ExtractJob = {
         path: it.entry.path,
@@ -509,9 +520,11 @@ async function factorAll(
         base: { ...b, what: `${baseName}: '${it.base.key}'` },
         tuned: { ...t, what: `${tunedName}: '${it.tuned.key}'` },
       };
+      inFlightElements += size;
       const task: Promise<void> = pool.factor(job).then(
         (o) => {
           outcomes[i] = o;
+          inFlightElements -= size;
           running.delete(task);
           done++;
           options.onProgress?.({
@@ -522,6 +535,7 @@ async function factorAll(
           });
         },
         (error: unknown) => {
+          inFlightElements -= size;
           running.delete(task);
           failure ??= { error };
         },
