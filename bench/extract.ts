@@ -4,7 +4,8 @@
  * extract_lora_from_models.py re-implemented in torch (bench/peer/extract_kohya.py) on the same files.
  *
  *   npx tsx bench/extract.ts --arch sd15|sdxl [--which ours|peer] [--runs 1] [--rank 64] [--threads 2]
- *                            [--modules I:J]       (peer only: a slice of the module list, to split long runs)
+ *                            [--modules I:J] [--time-limit S]   (peer only: a slice of the module list, and stop
+ *                            after the module that passes S seconds — to split long runs into short locked ones)
  *   npx tsx bench/extract.ts --table               (the markdown table of everything recorded)
  *
  * Timing runs go under the shared lock, one short invocation each (ours and the peer separately; the peer in module
@@ -158,7 +159,14 @@ function runOurs(arch: Arch, base: string, tuned: string, rank: number, threads:
   rmSync(o, { force: true });
 }
 
-function runPeer(arch: Arch, base: string, tuned: string, rank: number, slice: string | undefined): void {
+function runPeer(
+  arch: Arch,
+  base: string,
+  tuned: string,
+  rank: number,
+  slice: string | undefined,
+  limit: string | undefined,
+): void {
   const o = path.join(OUT, `extract-${arch}-peer.safetensors`);
   const json = path.join(OUT, `extract-${arch}-peer.json`);
   const loadBefore = load();
@@ -179,9 +187,11 @@ function runPeer(arch: Arch, base: string, tuned: string, rank: number, slice: s
     '--json',
     json,
     ...(slice ? ['--modules', slice] : []),
+    ...(limit ? ['--time-limit', limit] : []),
   ]);
   const rep = JSON.parse(readFileSync(json, 'utf8')) as {
     modules: number;
+    slice: string;
     modulesTotal: number;
     seconds: number;
     errorSeconds: number;
@@ -200,7 +210,7 @@ function runPeer(arch: Arch, base: string, tuned: string, rank: number, slice: s
     loadAfter: load(),
     modules: rep.modules,
     modulesTotal: rep.modulesTotal,
-    ...(slice ? { slice } : {}),
+    slice: rep.slice,
     wall: r.seconds - rep.errorSeconds,
     user: r.user,
     sys: r.sys,
@@ -290,7 +300,15 @@ async function main(): Promise<void> {
   console.log(`inputs: ${base} (${(statSync(base).size / 1e9).toFixed(2)} GB), ${tuned}`);
   for (let i = 0; i < runs; i++) {
     if (which === 'ours') runOurs(arch, base, tuned, rank, threads);
-    else if (which === 'peer') runPeer(arch, base, tuned, rank, slice);
+    else if (which === 'peer')
+      runPeer(
+        arch,
+        base,
+        tuned,
+        rank,
+        slice,
+        process.argv.includes('--time-limit') ? arg('time-limit', '') : undefined,
+      );
     else throw new Error(`--which ours|peer, got ${which}`);
   }
 }

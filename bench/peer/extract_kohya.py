@@ -99,6 +99,7 @@ def main():
     ap.add_argument('--clamp-quantile', type=float, default=0.99)
     ap.add_argument('--modules', default=None, help='I:J, a slice of the module list (split long runs)')
     ap.add_argument('--threads', type=int, default=2)
+    ap.add_argument('--time-limit', type=float, default=None, help='stop after the module that passes S seconds')
     ap.add_argument('--save-to', default=None)
     ap.add_argument('--json', default=None)
     args = ap.parse_args()
@@ -108,16 +109,22 @@ def main():
     ft = st.SafeFile(args.tuned)
     keys = modules_of(fb)
     total = len(keys)
+    first = 0
     if args.modules:
         i, j = (int(x) if x else None for x in args.modules.split(':'))
         keys = keys[i:j]
+        first = i or 0
     lora_sd = {}
     svd_seconds = 0.0
     error_seconds = 0.0
     norm2 = err2 = err2_unclamped = 0.0
     worst = (None, 0.0)
     per = []
+    done = 0
     for k in keys:
+        if args.time_limit is not None and time.perf_counter() - t0 - error_seconds > args.time_limit:
+            break
+        done += 1
         base = fb.get(k).float()
         tuned = ft.get(k).float()
         diff = tuned - base
@@ -152,7 +159,8 @@ def main():
         'threads': torch.get_num_threads(),
         'blas': re.findall(r'(?:BLAS|LAPACK)_INFO=\w+', torch.__config__.show()),
         'modulesTotal': total,
-        'modules': len(keys),
+        'modules': done,
+        'slice': f'{first}:{first + done}',
         'seconds': seconds,
         'svdSeconds': svd_seconds,
         'errorSeconds': error_seconds,
