@@ -110,6 +110,41 @@ describe('extractLora', () => {
     await expect(fs.access(out('t0.safetensors'))).rejects.toThrow();
   });
 
+  it('names what differs outside the extracted modules (conv_in, a bias, the text encoder) and counts the rest', async () => {
+    // The fused LoRA touches only its modules: nothing outside them differs.
+    const clean = await extractLora(fx('sd15', 'base.safetensors'), sd15Tuned, {
+      out: out('outside-clean.safetensors'),
+      rank: 8,
+    });
+    expect(clean.outside.compared).toBeGreaterThan(500);
+    expect(clean.outside.differing).toEqual([]);
+    expect(clean.outside.notCompared).toBe(0);
+    // Change three tensors no LoRA module holds, in a copy of the tuned file.
+    const bytes = await fs.readFile(sd15Tuned);
+    const f = await openSafetensors(sd15Tuned);
+    const keys = [
+      'model.diffusion_model.input_blocks.0.0.weight',
+      'model.diffusion_model.middle_block.0.in_layers.2.bias',
+      f.names.find((k) => k.startsWith('cond_stage_model.') && k.endsWith('.weight'))!,
+    ];
+    for (const k of keys) {
+      const info = f.get(k)!;
+      bytes[info.offset] = (bytes[info.offset] ?? 0) ^ 0x01; // one low mantissa bit of the first element
+    }
+    await f.close();
+    const changed = out('tuned-changed.safetensors');
+    await fs.writeFile(changed, bytes);
+    const r = await extractLora(fx('sd15', 'base.safetensors'), changed, { out: out('outside.safetensors'), rank: 8 });
+    expect([...r.outside.differing].sort()).toEqual([...keys].sort());
+    expect(r.outside.compared).toBe(clean.outside.compared);
+    // The modules themselves are unaffected.
+    expect(r.overall.relError).toBeCloseTo(clean.overall.relError, 12);
+    const { formatExtractReport } = await import('../src/fuse/extract-report.js');
+    const text = formatExtractReport(r);
+    expect(text).toContain('3 of');
+    expect(text).toContain('model.diffusion_model.input_blocks.0.0.weight');
+  });
+
   it('states the error of the stored F16 factors exactly, and a smaller rank is within 1% of the SVD tail', async () => {
     const o = out('x-r3.safetensors');
     const r = await extractLora(fx('sd15', 'base.safetensors'), sd15Tuned, { out: o, rank: 3 });

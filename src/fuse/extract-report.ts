@@ -5,6 +5,20 @@ import { ULP_BUCKETS, type UnfuseReport } from './unfuse.js';
 
 const pct = (x: number): string => `${(100 * x).toFixed(x >= 0.9995 || x === 0 ? 2 : 3)}%`;
 
+/** What differs outside the extracted modules (changes the LoRA does not carry), naming up to 8 tensors. */
+function outsideLine(r: ExtractReport): string {
+  const o = r.outside;
+  const missing = o.notCompared > 0 ? `; ${o.notCompared} not in the tuned checkpoint under the same name` : '';
+  if (o.differing.length === 0)
+    return `outside the extracted modules: all ${o.compared} tensor(s) compared are identical${missing}`;
+  const shown = o.differing.slice(0, 8).join(', ');
+  const more = o.differing.length > 8 ? `, … (${o.differing.length - 8} more; --json lists all)` : '';
+  return (
+    `outside the extracted modules: ${o.differing.length} of ${o.compared} tensor(s) differ and are NOT in the LoRA ` +
+    `(biases, norms, embeddings, conv_in/conv_out, text encoders or VAE): ${shown}${more}${missing}`
+  );
+}
+
 /** The text report: overall figures, the worst modules, and what was left out. `all` lists every module. */
 export function formatExtractReport(r: ExtractReport, all = false): string {
   const lines: string[] = [];
@@ -21,6 +35,7 @@ export function formatExtractReport(r: ExtractReport, all = false): string {
       (r.textEncoders ? '' : '; text encoders not compared (add --text-encoders)'),
   );
   for (const s of r.skipped) lines.push(`left out: ${s.count} ${s.reason}`);
+  lines.push(outsideLine(r));
   const ranks = new Map<number, number>();
   for (const m of r.modules) ranks.set(m.rank, (ranks.get(m.rank) ?? 0) + 1);
   lines.push(

@@ -35,6 +35,7 @@ import {
   type ExtractPool,
   type ModuleOutcome,
 } from './extract-module.js';
+import { compareOutside, type OutsideReport } from './extract-outside.js';
 import { openBase } from './fuse.js';
 import { currentFuseHost } from './host.js';
 import type { BaseInput } from './types.js';
@@ -102,6 +103,11 @@ export interface ExtractReport {
   /** Modules not compared, with why (3×3 convs with convRank 0). */
   readonly skipped: { readonly count: number; readonly reason: string }[];
   readonly compared: number;
+  /**
+   * Tensors outside the extracted modules (biases, norms, embeddings, conv_in/conv_out, text encoders without
+   * `textEncoders`, VAE), compared by name: the ones that differ are changes the LoRA does not carry.
+   */
+  readonly outside: OutsideReport;
   readonly textEncoders: boolean;
   readonly overall: {
     readonly norm: number;
@@ -342,6 +348,12 @@ export async function extractLora(base: BaseInput, tuned: BaseInput, options: Ex
     const { items, skipped } = plan(openedBase, openedTuned, options, rules);
     pool = factorer(options.threads);
     const outcomes = await factorAll(items, openedBase.name, openedTuned.name, options, pool, dtype, t0);
+    const relOf = new Map(openedBase.files.map((f) => [f.file, f.rel]));
+    const outside = await compareOutside(
+      openedBase,
+      openedTuned,
+      new Set(items.map((it) => `${relOf.get(it.base.file) ?? ''}\0${it.base.key}`)),
+    );
     const reports: ExtractModuleReport[] = [];
     const extracted: Extracted[] = [];
     const zeroPaths: string[] = [];
@@ -456,6 +468,7 @@ export async function extractLora(base: BaseInput, tuned: BaseInput, options: Ex
       zero: { count: zeroPaths.length, paths: zeroPaths },
       skipped,
       compared: items.length,
+      outside,
       textEncoders: options.textEncoders === true,
       overall,
       ...(worst ? { worst } : {}),
