@@ -73,7 +73,7 @@ export interface ExtractOptions {
   readonly oversampling?: number;
   readonly seed?: number;
   /**
-   * Modules factored at once on worker threads (Node; default one per core); 1 factors on the calling thread.
+   * Modules factored at once on worker threads (Node; default one per core, at most 4); 1 factors on the calling thread.
    * The factors are the same for every thread count.
    */
   readonly threads?: number;

@@ -22,11 +22,17 @@ const own = (a: Uint8Array): Uint8Array =>
   a.byteOffset === 0 && a.byteLength === a.buffer.byteLength && a.buffer instanceof ArrayBuffer ? a : a.slice();
 
 /**
- * Start `threads` extract workers (default: one per core). Returns null when the worker script cannot be located
+ * Default thread count: one per core, at most 4 — each thread keeps up to ≈ 400 MB of buffers for the largest
+ * modules it has seen, so more threads cost memory faster than they save time (the reads are sequential).
+ */
+const DEFAULT_MAX_THREADS = 4;
+
+/**
+ * Start `threads` extract workers (default: one per core, at most 4). Returns null when the worker script cannot be located
  * (TypeScript sources without tsx): extractLora then factors on its own thread.
  */
 export function createExtractPool(threads?: number): ExtractPool | null {
-  const n = Math.max(1, Math.floor(threads ?? availableParallelism()));
+  const n = Math.max(1, Math.floor(threads ?? Math.min(DEFAULT_MAX_THREADS, availableParallelism())));
   let spec: ReturnType<typeof workerSpec>;
   try {
     spec = workerSpec('extract-worker');

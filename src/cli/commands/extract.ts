@@ -42,7 +42,7 @@ Options:
   --dtype D              f16 (default), bf16 or f32 for the factors
   --kohya-paths P        UNet names in diffusers paths (default) or sgm paths
   --seed N               seed of the SVD sketch (default: a fixed one): same inputs and seed, same bytes
-  --threads N            modules factored at once on worker threads (default: one per core; 1 = no workers);
+  --threads N            modules factored at once on worker threads (default: one per core, at most 4; 1 = no workers);
                          the output is the same for every N
   --all                  list every module in the text report (default: the 8 worst)
   --json                 print the full report (per module: rank, ‖Δ‖, error, relative error, kept energy) as JSON
