@@ -109,6 +109,15 @@ describe('provenance', () => {
     expect(f.inputs[1]).toMatchObject({ role: 'lora', name: LCM, sha256: await sha256(LCM), weight: '1' });
   });
 
+  it('resize records its input and its rule', async () => {
+    const out = path.join(tmp, 'resized.safetensors');
+    expect((await run(['resize', STYLE, '--sv-fro', '0.9', '--max-rank', '4', '-o', out, '-q'])).code).toBe(0);
+    const r = await provenanceOf(out);
+    expect(r.command).toBe('resize');
+    expect(r.inputs).toEqual([expect.objectContaining({ role: 'lora', name: STYLE, sha256: await sha256(STYLE) })]);
+    expect(r.options).toMatchObject({ svFro: 0.9, maxRank: 4, format: 'kohya' });
+  });
+
   it('no written metadata records an absolute path or parent folders of an input: file names only', async () => {
     // Inputs outside the working directory, given by absolute path.
     const away = await fs.mkdtemp(path.join(tmp, 'private-folder-'));

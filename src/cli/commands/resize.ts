@@ -3,6 +3,7 @@ import { UsageError } from '../../core/errors.js';
 import { loadLora, parseOutputDType, saveLora, type OutputDType } from '../../formats/index.js';
 import { kohyaResize, type ResizeRule } from '../../lora/resize.js';
 import { numberOption, parseCommandArgs } from '../args.js';
+import { cliProvenance } from '../provenance.js';
 import type { CliContext, Command } from '../context.js';
 import { progressReporter } from './merge.js';
 
@@ -99,7 +100,19 @@ export const resizeCommand: Command = {
     }
     const outDtype: OutputDType =
       dtype ?? (lora.dtype === 'F16' || lora.dtype === 'BF16' || lora.dtype === 'F32' ? lora.dtype : 'F32');
-    const written = await saveLora(result.lora, output, { format, dtype: outDtype, refuseOverwrite: [input] });
+    const rule = rules[0] ?? { rank: 1 };
+    const provenance = await cliProvenance('resize', ctx.cwd, [{ file: input }], {
+      ...rule,
+      ...(maxRank !== undefined ? { maxRank } : {}),
+      format,
+      dtype: outDtype,
+    });
+    const written = await saveLora(result.lora, output, {
+      format,
+      dtype: outDtype,
+      metadata: provenance,
+      refuseOverwrite: [input],
+    });
     const { report } = result;
     if (values.json === true) {
       ctx.out(
