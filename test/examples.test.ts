@@ -44,7 +44,7 @@ const EXPECT: Record<string, readonly RegExp[]> = {
     /^tensors: 1006 \(350 fused, 656 copied, 0 converted\)/m,
     /^overflow: none$/m,
     /^progress reached 100%$/m,
-    /^metadata 'lora_mix_fuse': 1 × fixtures\/sd15\/lcm-lora\.kohya\.safetensors, 0\.8 × fixtures\/sd15\/style-lora\.kohya\.safetensors$/m,
+    /^metadata 'lora_mix_fuse': 1 × lcm-lora\.kohya\.safetensors, 0\.8 × style-lora\.kohya\.safetensors$/m,
     /^verified 350 module\(s\)/m,
     /^OK: every module within tolerance/m,
     /^diffusers folder: fused 350 modules \(diffusers-folder\) → model_index\.json, text_encoder\/model\.safetensors, unet\/diffusion_pytorch_model\.safetensors$/m,
