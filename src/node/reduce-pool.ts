@@ -4,35 +4,11 @@
  * a worker never waits for the main thread between modules. A request is built only when it is dispatched (its
  * factors are copied to the worker then), so queueing every module costs nothing.
  */
-import { createRequire } from 'node:module';
-import { pathToFileURL } from 'node:url';
-import { Worker } from 'node:worker_threads';
+import type { Worker } from 'node:worker_threads';
 import { LoraError, type LoraErrorCode } from '../core/errors.js';
 import type { ReduceOutcome } from '../lora/reduce.js';
 import type { ReduceRequest } from './reduce-worker.js';
-
-/**
- * The worker script next to this file. Under a TypeScript loader (tsx, vitest) that is the .ts source, which the
- * worker loads after registering tsx's ESM hooks itself (hooks given on the command line do not reach workers).
- */
-function workerSpec(): { entry: string; tsxApi: string | null } {
-  const here = import.meta.url;
-  const isTs = /\.ts$/.test(new URL(here).pathname);
-  return {
-    entry: new URL(`./reduce-worker.${isTs ? 'ts' : 'js'}`, here).href,
-    tsxApi: isTs
-      ? new URL('dist/esm/api/index.mjs', pathToFileURL(createRequire(here).resolve('tsx/package.json'))).href
-      : null,
-  };
-}
-
-const BOOT = `
-const { workerData } = require('node:worker_threads');
-(async () => {
-  if (workerData.tsxApi) (await import(workerData.tsxApi)).register();
-  await import(workerData.entry);
-})().catch((e) => { setImmediate(() => { throw e; }); });
-`;
+import { startWorker, type WorkerSpec, workerSpec } from './worker-boot.js';
 
 /** A typed array that owns its whole buffer (posting a view would copy the entire underlying buffer). */
 export const ownBuffer = (a: Float32Array): Float32Array =>
@@ -86,14 +62,14 @@ export class ReducePool {
 
   /** Start `threads` workers, or null when they cannot be started here (TypeScript sources without tsx). */
   static start(threads: number): ReducePool | null {
-    let spec: ReturnType<typeof workerSpec>;
+    let spec: WorkerSpec;
     try {
-      spec = workerSpec();
+      spec = workerSpec('reduce-worker');
     } catch {
       return null;
     }
     const workers: Worker[] = [];
-    for (let t = 0; t < threads; t++) workers.push(new Worker(BOOT, { eval: true, workerData: spec }));
+    for (let t = 0; t < threads; t++) workers.push(startWorker(spec));
     return new ReducePool(workers);
   }
 
