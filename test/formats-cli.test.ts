@@ -2,25 +2,13 @@ import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { main } from '../src/cli/main.js';
+import { type CliRun, runCli } from './cli-helpers.js';
 import { PROVENANCE_METADATA_KEY } from '../src/core/provenance.js';
 import { loadLora } from '../src/formats/index.js';
 import { FIXTURES } from './formats-helpers.js';
 
-async function run(argv: string[], cwd = FIXTURES): Promise<{ code: number; out: string; err: string }> {
-  let out = '';
-  let err = '';
-  const code = await main(argv, {
-    out: (s) => {
-      out += s;
-    },
-    err: (s) => {
-      err += s;
-    },
-    isTTY: false,
-    cwd,
-  });
-  return { code, out, err };
+function run(argv: string[], cwd = FIXTURES): Promise<CliRun> {
+  return runCli(argv, cwd);
 }
 
 /**

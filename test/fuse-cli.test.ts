@@ -4,25 +4,14 @@ import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { main } from '../src/cli/main.js';
+import { type CliRun, runCli } from './cli-helpers.js';
 import type { FuseReport } from '../src/fuse/types.js';
 import type { VerifyReport } from '../src/verify/types.js';
 
 const FIXTURES = path.resolve(import.meta.dirname, '..', 'fixtures');
 
-async function run(argv: string[], isTTY = false): Promise<{ code: number; out: string; err: string }> {
-  let out = '';
-  let err = '';
-  const code = await main(argv, {
-    out: (s) => {
-      out += s;
-    },
-    err: (s) => {
-      err += s;
-    },
-    isTTY,
-    cwd: FIXTURES,
-  });
-  return { code, out, err };
+function run(argv: string[], isTTY = false): Promise<CliRun> {
+  return runCli(argv, FIXTURES, { isTTY });
 }
 
 let tmp = '';

@@ -2,7 +2,7 @@ import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { main } from '../src/cli/main.js';
+import { type CliRun, runCli } from './cli-helpers.js';
 import { loadLora, saveLora } from '../src/formats/index.js';
 import { getLayout } from '../src/layout/index.js';
 import { MERGE_METADATA_KEY, mergeLoras, VERSION_METADATA_KEY } from '../src/lora/index.js';
@@ -13,20 +13,8 @@ import { requirePlain } from '../src/lora/terms/index.js';
 
 const FIXTURES = path.resolve(__dirname, '..', 'fixtures');
 
-async function run(argv: string[], isTTY = false): Promise<{ code: number; out: string; err: string }> {
-  let out = '';
-  let err = '';
-  const code = await main(argv, {
-    out: (s) => {
-      out += s;
-    },
-    err: (s) => {
-      err += s;
-    },
-    isTTY,
-    cwd: FIXTURES,
-  });
-  return { code, out, err };
+function run(argv: string[], isTTY = false): Promise<CliRun> {
+  return runCli(argv, FIXTURES, { isTTY });
 }
 
 /** Largest relative difference between the deltas of two LoRAs, over the union of their modules. */

@@ -9,7 +9,7 @@ import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { main } from '../src/cli/main.js';
+import { type CliRun, runCli } from './cli-helpers.js';
 import { loadLora } from '../src/formats/index.js';
 import { mergeLoras } from '../src/lora/index.js';
 import { openSafetensors } from '../src/node/files.js';
@@ -20,20 +20,8 @@ const FIXTURES = path.resolve(__dirname, '..', 'fixtures');
 const fx = (...p: string[]) => path.join(FIXTURES, ...p);
 let tmp = '';
 
-async function run(argv: string[]): Promise<{ code: number; out: string; err: string }> {
-  let out = '',
-    err = '';
-  const code = await main(argv, {
-    out: (s) => {
-      out += s;
-    },
-    err: (s) => {
-      err += s;
-    },
-    isTTY: false,
-    cwd: FIXTURES,
-  });
-  return { code, out, err };
+function run(argv: string[]): Promise<CliRun> {
+  return runCli(argv, FIXTURES);
 }
 
 async function tensors(file: string): Promise<Map<string, Float32Array>> {

@@ -7,7 +7,7 @@ import { copyFile, mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { main } from '../src/cli/main.js';
+import { type CliRun, runCli } from './cli-helpers.js';
 import { FormatError } from '../src/core/errors.js';
 import { parseComfyWorkflow, parsePromptStack } from '../src/formats/stack.js';
 import { lbwBlocks } from '../src/lora/lbw.js';
@@ -16,20 +16,8 @@ const FIXTURES = path.resolve(__dirname, '..', 'fixtures');
 let tmp = '';
 let loras = '';
 
-async function run(argv: string[]): Promise<{ code: number; out: string; err: string }> {
-  let out = '',
-    err = '';
-  const code = await main(argv, {
-    out: (s) => {
-      out += s;
-    },
-    err: (s) => {
-      err += s;
-    },
-    isTTY: false,
-    cwd: tmp,
-  });
-  return { code, out, err };
+function run(argv: string[]): Promise<CliRun> {
+  return runCli(argv, tmp);
 }
 
 beforeAll(async () => {

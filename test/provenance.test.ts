@@ -7,7 +7,7 @@ import { promises as fs } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { main } from '../src/cli/main.js';
+import { type CliRun, runCli } from './cli-helpers.js';
 import { PROVENANCE_METADATA_KEY, readProvenance } from '../src/core/provenance.js';
 import { VERSION } from '../src/core/version.js';
 import { openSafetensors } from '../src/node/files.js';
@@ -18,20 +18,8 @@ const LCM = 'sd15/lcm-lora.kohya.safetensors';
 const BASE = 'sd15/base.safetensors';
 let tmp = '';
 
-async function run(argv: string[]): Promise<{ code: number; out: string; err: string }> {
-  let out = '';
-  let err = '';
-  const code = await main(argv, {
-    out: (s) => {
-      out += s;
-    },
-    err: (s) => {
-      err += s;
-    },
-    isTTY: false,
-    cwd: FIXTURES,
-  });
-  return { code, out, err };
+function run(argv: string[]): Promise<CliRun> {
+  return runCli(argv, FIXTURES);
 }
 
 async function sha256(file: string, end?: number): Promise<string> {

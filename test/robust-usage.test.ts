@@ -6,7 +6,8 @@ import { promises as fs } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { EXIT, exitCodeFor, main } from '../src/cli/main.js';
+import { EXIT, exitCodeFor } from '../src/cli/main.js';
+import { type CliRun, runCli } from './cli-helpers.js';
 import {
   ArchError,
   ArgumentError,
@@ -30,20 +31,8 @@ const LCM = 'sd15/lcm-lora.kohya.safetensors';
 const BASE = 'sd15/base.safetensors';
 let tmp = '';
 
-async function run(argv: string[], isTTY = false): Promise<{ code: number; out: string; err: string }> {
-  let out = '';
-  let err = '';
-  const code = await main(argv, {
-    out: (s) => {
-      out += s;
-    },
-    err: (s) => {
-      err += s;
-    },
-    isTTY,
-    cwd: FIXTURES,
-  });
-  return { code, out, err };
+function run(argv: string[], isTTY = false): Promise<CliRun> {
+  return runCli(argv, FIXTURES, { isTTY });
 }
 
 async function caught(f: () => unknown): Promise<LoraMixError> {
