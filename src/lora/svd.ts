@@ -106,22 +106,6 @@ export interface TruncatedSvd {
   readonly iterations: number;
 }
 
-/** Rank-k factors with A_k = up·down: up = U_k·Σ_k^½ (m × k), down = Σ_k^½·V_kᵀ (k × n), row-major f32. */
-export interface TruncatedSvd {
-  /** Rank of the factors: min(k, numerical rank of A); 0 when A is zero. */
-  readonly rank: number;
-  readonly up: Float32Array;
-  readonly down: Float32Array;
-  /** Squared singular values found, descending (the Ritz values of the final subspace; the first `rank` kept). */
-  readonly sigma2: Float64Array;
-  /** ‖A‖_F², exact. */
-  readonly total: number;
-  /** ‖A − up·down‖_F, exact for the factors returned (up to f32 rounding of the factors). */
-  readonly error: number;
-  /** Subspace iterations run. */
-  readonly iterations: number;
-}
-
 /** C (rows × cols) = A (rows × inner) · B (inner × cols) in plain JS, f64 accumulation. */
 export function jsProduct(
   rows: number,
