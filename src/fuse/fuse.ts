@@ -38,7 +38,7 @@ import {
 } from './base.js';
 import { openInputs, type FuseInput, type InputModule } from './inputs.js';
 import { stackFactors, type StackPart } from '../lora/stack.js';
-import { termDelta } from '../lora/terms/index.js';
+import { addTermInto, termDelta, termNeedsBase, type AsyncProduct } from '../lora/terms/index.js';
 import { createWasmKernel } from '../kernels/cpu.js';
 import { now } from '../kernels/job.js';
 import { createGpuKernel } from '../kernels/gpu.js';
@@ -551,26 +551,31 @@ function hasDense(t: Target): boolean {
 }
 
 /**
- * Add Σ λ·Δ of the target's non-lowRank terms to its rows of W (f32, in place). Every Δ is computed from the rows
- * as they were before any term was added (W0), which DoRA and GLoRA need.
+ * Add Σ λ·Δ of the target's non-lowRank terms to its rows of W (f32, in place), each element rounded to f32 after
+ * each term as before, without a dense delta where the kind allows (addTermInto): a LoHa's two products run on
+ * `product` (the kernel's worker threads), a LoKr is written straight into the rows. Every Δ is computed from the
+ * rows as they were before any term was added (W0), which DoRA and GLoRA need.
  */
-async function addDenseTerms(t: Target, w: Float32Array): Promise<void> {
+async function addDenseTerms(t: Target, w: Float32Array, product: AsyncProduct): Promise<void> {
   const rows = t.rows[1] - t.rows[0];
   const n = rows * t.cols;
   const view = w.subarray(t.rows[0] * t.cols, t.rows[0] * t.cols + n);
-  const w0 = view.slice();
-  for (const term of t.terms) {
-    if (term.module.kind === 'lowRank') continue;
-    const d = termDelta(await term.module.term(), t.path, w0);
-    if (d.length !== n) {
-      throw new LoraError(
-        'LORA_SHAPE_MISMATCH',
-        `fuse: ${term.input.source}: '${term.module.name}' has ${d.length} delta values; expected ${n}`,
-        { file: term.input.source, key: term.module.name },
-      );
+  const dense = t.terms.filter((x) => x.module.kind !== 'lowRank');
+  const terms = await Promise.all(dense.map((x) => x.module.term()));
+  // W0 is kept apart only when a term's delta depends on it (and another term could change the rows first).
+  const w0 = terms.some(termNeedsBase) ? view.slice() : undefined;
+  for (let i = 0; i < dense.length; i++) {
+    const term = dense[i]!;
+    try {
+      await addTermInto(terms[i]!, t.path, view, term.coef, product, w0);
+    } catch (e) {
+      if (e instanceof LoraError && e.code === 'LORA_SHAPE_MISMATCH')
+        throw new LoraError('LORA_SHAPE_MISMATCH', `fuse: ${term.input.source}: '${term.module.name}': ${e.message}`, {
+          file: term.input.source,
+          key: term.module.name,
+        });
+      throw e;
     }
-    const c = term.coef;
-    for (let i = 0; i < n; i++) view[i] = (view[i] ?? 0) + c * (d[i] ?? 0);
   }
 }
 
@@ -638,6 +643,21 @@ class FileRun {
     this.#loads.set(si, p);
   }
 
+  /**
+   * C = A·B on the fuse kernel (all its threads): 0 + A·B in f32, the kernel job a LoRA's U·D is, so the products
+   * equal the terms' own `multiply` (the same WASM kernel on one thread). Buffers come from the pool; `held`
+   * receives them for release once the target is done.
+   */
+  #product(held: Uint8Array[]): AsyncProduct {
+    return async (rows, cols, rank, a, b) => {
+      const bytes = this.#pool.acquire(rows * cols * 4);
+      held.push(bytes);
+      bytes.fill(0);
+      await this.kernel.update(bytes, 'F32', bytes, 'F32', { rows, cols, rank, up: a, down: b });
+      return new Float32Array(bytes.buffer, bytes.byteOffset, rows * cols);
+    };
+  }
+
   /** Wait for reads still in flight (after a failure) so files can be closed safely. */
   async settle(): Promise<void> {
     await Promise.allSettled([...this.#loads.values()]);
@@ -688,7 +708,12 @@ class FileRun {
       // Kinds fused through a dense delta: W0 to f32 once; the kernel then rounds W0 + Σλ·Δ + U·D once.
       const decoded = decodeToF32(info.dtype, raw, info.name);
       const w = info.dtype === 'F32' || info.dtype === 'F64' ? decoded.slice() : decoded;
-      for (const t of first.targets) if (hasDense(t) && !t.dense) await addDenseTerms(t, w);
+      const products: Uint8Array[] = [];
+      try {
+        for (const t of first.targets) if (hasDense(t) && !t.dense) await addDenseTerms(t, w, this.#product(products));
+      } finally {
+        for (const b of products) this.#pool.release(b);
+      }
       src = typedAsBytes(w);
       srcDtype = 'F32';
     } else if (isStoredFloat(info.dtype)) {

@@ -24,6 +24,11 @@ function pairOf(f: Factors, path: string, which: string, out: number, fanIn: num
   return { up: u.data, down: d.data, rank: u.cols };
 }
 
+/** The two checked factor pairs of a LoHa (w1 = a, w2 = b), contiguous row-major. */
+export function hadamardPairs(t: HadamardTerm, path: string): { a: Pair; b: Pair; out: number; fanIn: number } {
+  return pairs(t, path);
+}
+
 function pairs(t: HadamardTerm, path: string): { a: Pair; b: Pair; out: number; fanIn: number } {
   const { out, fanIn } = viewOf(t.shape);
   return { a: pairOf(t.a, path, 'w1', out, fanIn), b: pairOf(t.b, path, 'w2', out, fanIn), out, fanIn };
@@ -51,6 +56,23 @@ export function hadamardFactors(t: HadamardTerm, path: string): PlainFactors {
     }
   }
   return { up, down, rank };
+}
+
+/**
+ * view += coef·Δ given the two products p1 = A_up·A_down and p2 = B_up·B_down (f32, from whichever GEMM the
+ * caller runs): each element is the value `delta` gives, s·p1·p2 rounded to f32, added once and rounded to f32 —
+ * the same bits as adding termDelta's result, without a third dense array.
+ */
+export function addHadamardProducts(
+  view: Float32Array,
+  p1: Float32Array,
+  p2: Float32Array,
+  scale: number,
+  coef: number,
+): void {
+  const n = view.length;
+  for (let i = 0; i < n; i++)
+    view[i] = (view[i] as number) + coef * Math.fround(scale * (p1[i] as number) * (p2[i] as number));
 }
 
 export const hadamardKind: KindOps<HadamardTerm> = {

@@ -19,9 +19,9 @@ import type { Lora, LoraModule, Term, TermKind } from '../types.js';
 import { denseKind } from './dense.js';
 import { doraBaseFromFused, doraKind } from './dora.js';
 import { gloraBaseFromFused, gloraKind } from './glora.js';
-import { hadamardKind } from './hadamard.js';
+import { addHadamardProducts, hadamardKind, hadamardPairs } from './hadamard.js';
 import type { KindOps } from './kind.js';
-import { kroneckerKind } from './kronecker.js';
+import { addKronecker, kroneckerKind } from './kronecker.js';
 import { lowRankKind } from './low-rank.js';
 import { denseFactors, viewOf, type PlainFactors } from './matrix.js';
 
@@ -99,6 +99,62 @@ export function termNeedsBase(t: Term): boolean {
  */
 export function termDelta(t: Term, path = '(module)', base?: Float32Array): Float32Array {
   return ops(t).delta(t, path, base);
+}
+
+/** C [rows, cols] = A [rows, rank] · B [rank, cols] in f32, computed wherever the caller likes (fuse: its kernel). */
+export type AsyncProduct = (
+  rows: number,
+  cols: number,
+  rank: number,
+  a: Float32Array,
+  b: Float32Array,
+) => Promise<Float32Array>;
+
+/**
+ * view += coef·Δ in f32 (view: the module's rows of W, [out·in·kh·kw]), every element the value of
+ * `view[i] + coef·termDelta(t)[i]` rounded once to f32, but without forming Δ where the kind allows: a LoHa's two
+ * products come from `product` (the fuse kernel's workers) and are combined in the add; a LoKr's Kronecker product
+ * is written straight into the rows. `base` is W0 for the kinds that need it (DoRA, GLoRA).
+ */
+export async function addTermInto(
+  t: Term,
+  path: string,
+  view: Float32Array,
+  coef: number,
+  product: AsyncProduct,
+  base?: Float32Array,
+): Promise<void> {
+  if (t.kind === 'hadamard') {
+    const { a, b, out, fanIn } = hadamardPairs(t, path);
+    expectLength(view.length, out * fanIn, path);
+    const p1 = await product(out, fanIn, a.rank, a.up, a.down);
+    const p2 = await product(out, fanIn, b.rank, b.up, b.down);
+    addHadamardProducts(view, p1, p2, t.scale, coef);
+    return;
+  }
+  if (t.kind === 'kronecker') {
+    const { out, fanIn } = termDims(t, path);
+    expectLength(view.length, out * fanIn, path);
+    addKronecker(t, path, view, coef);
+    return;
+  }
+  const d = termDelta(t, path, base);
+  expectLength(view.length, d.length, path);
+  for (let i = 0; i < d.length; i++) view[i] = (view[i] as number) + coef * (d[i] as number);
+}
+
+function expectLength(have: number, want: number, path: string): void {
+  if (have !== want) {
+    throw new LoraError(
+      'LORA_SHAPE_MISMATCH',
+      `module '${path}' has ${want} delta values; the weight's rows hold ${have}`,
+      {
+        key: path,
+        expected: have,
+        found: want,
+      },
+    );
+  }
 }
 
 /** Exact factors Δ = up·down with every scale folded in (see each kind for the rank it gives). */

@@ -73,6 +73,34 @@ function fullOf(s: Side): Float32Array {
   return multiply(s.rows, s.cols, s.f.rank, s.f.up, s.f.down);
 }
 
+/**
+ * view += coef·Δ for a LoKr, the Kronecker product written straight into the weight's rows: one pass over W, no
+ * dense delta. Each element gets the value `delta` gives (s·left[a, c] in f64 times right[b, d], rounded to f32;
+ * +0 where s·left[a, c] is 0), added once and rounded to f32 — the same bits as adding termDelta's result.
+ */
+export function addKronecker(t: KroneckerTerm, path: string, view: Float32Array, coef: number): void {
+  const { l, r, fanIn } = sides(t, path);
+  const left = fullOf(l);
+  const right = fullOf(r);
+  const n2 = r.cols;
+  for (let a = 0; a < l.rows; a++) {
+    for (let b = 0; b < r.rows; b++) {
+      const row = (a * r.rows + b) * fanIn;
+      const src = b * n2;
+      for (let c = 0; c < l.cols; c++) {
+        const x = t.scale * (left[a * l.cols + c] as number);
+        const dst = row + c * n2;
+        if (x === 0) {
+          for (let d = 0; d < n2; d++) view[dst + d] = (view[dst + d] as number) + coef * 0;
+          continue;
+        }
+        for (let d = 0; d < n2; d++)
+          view[dst + d] = (view[dst + d] as number) + coef * Math.fround(x * (right[src + d] as number));
+      }
+    }
+  }
+}
+
 export const kroneckerKind: KindOps<KroneckerTerm> = {
   label: 'LoKr',
   needsBase: false,

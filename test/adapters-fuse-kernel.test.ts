@@ -1,0 +1,199 @@
+/**
+ * Non-LoRA terms fused on the kernel path (addTermInto: a LoHa's two products on the fuse kernel's worker threads,
+ * a LoKr's Kronecker product written straight into the rows) give the same bits as the dense-delta path they
+ * replace — W0 + w·termDelta(term) rounded to f32 per element, then rounded once to the output dtype:
+ * on SDXL-shaped terms (linear and conv, several thread counts) and end to end through fuseLoras on every adapter
+ * fixture.
+ */
+import { promises as fs } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import ndarray from 'ndarray';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import '../src/node.js';
+import { loadLora } from '../src/formats/index.js';
+import { fuseLoras } from '../src/fuse/index.js';
+import { openSafetensors } from '../src/node/files.js';
+import { createCpuKernel } from '../src/node/kernel-threads.js';
+import { getLayout } from '../src/layout/index.js';
+import { addTermInto, termDelta, type AsyncProduct } from '../src/lora/terms/index.js';
+import type { HadamardTerm, KroneckerTerm } from '../src/lora/types.js';
+import type { FuseKernel } from '../src/kernels/types.js';
+import { numberToF16Bits } from '../src/core/dtype-scalar.js';
+
+const FX = path.resolve(import.meta.dirname, '..', 'fixtures');
+const BASE = path.join(FX, 'sd15', 'base.safetensors');
+const KINDS = ['locon-tucker', 'loha', 'loha-tucker', 'lokr', 'full', 'glora', 'dora-out', 'dora-in', 'dora-peft'];
+
+let kernels: FuseKernel[] = [];
+let tmp: string;
+beforeAll(async () => {
+  tmp = await fs.mkdtemp(path.join(os.tmpdir(), 'lora-mix-fuse-kernel-'));
+  // The kernel first: it turns on relaxed SIMD, which the terms' own products then use too (as in a fuse run).
+  kernels = [await createCpuKernel({ threads: 2 }), await createCpuKernel({ threads: 3 })];
+});
+afterAll(async () => {
+  await Promise.all(kernels.map((k) => k.dispose()));
+  await fs.rm(tmp, { recursive: true, force: true });
+});
+
+function random(n: number, seed: number, scale = 0.05): Float32Array {
+  let s = seed >>> 0;
+  const a = new Float32Array(n);
+  for (let i = 0; i < n; i++) {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    a[i] = (s / 2 ** 32 - 0.5) * 2 * scale;
+  }
+  return a;
+}
+
+function kernelProduct(kernel: FuseKernel): AsyncProduct {
+  return async (rows, cols, rank, a, b) => {
+    const out = new Float32Array(rows * cols);
+    const bytes = new Uint8Array(out.buffer);
+    await kernel.update(bytes, 'F32', bytes, 'F32', { rows, cols, rank, up: a, down: b });
+    return out;
+  };
+}
+
+/** The dense-delta path: W0 + coef·Δ, each element rounded to f32 (what fuse computed before the kernel path). */
+function denseReference(w0: Float32Array, delta: Float32Array, coef: number): Float32Array {
+  const out = w0.slice();
+  for (let i = 0; i < out.length; i++) out[i] = out[i]! + coef * delta[i]!;
+  return out;
+}
+
+function firstDifference(a: Float32Array, b: Float32Array): number {
+  const ua = new Uint32Array(a.buffer, a.byteOffset, a.length);
+  const ub = new Uint32Array(b.buffer, b.byteOffset, b.length);
+  for (let i = 0; i < ua.length; i++) if (ua[i] !== ub[i]) return i;
+  return -1;
+}
+
+function loha(shape: number[], r1: number, r2: number, seed: number): HadamardTerm {
+  const out = shape[0]!;
+  const fanIn = shape.slice(1).reduce((x, y) => x * y, 1);
+  return {
+    kind: 'hadamard',
+    shape,
+    scale: 0.5,
+    a: { up: ndarray(random(out * r1, seed), [out, r1]), down: ndarray(random(r1 * fanIn, seed + 1), [r1, fanIn]) },
+    b: { up: ndarray(random(out * r2, seed + 2), [out, r2]), down: ndarray(random(r2 * fanIn, seed + 3), [r2, fanIn]) },
+  };
+}
+
+describe('addTermInto gives the dense-delta path bit for bit (SDXL shapes)', () => {
+  const cases: [string, number[], number, number][] = [
+    ['attention 1280×1280', [1280, 1280], 32, 32],
+    ['ff 5120×640 (odd ranks)', [5120, 640], 7, 5],
+    ['conv 640×640×3×3', [640, 640, 3, 3], 16, 8],
+    ['proj 1280×2048, rows not a multiple of 4', [1283, 2048], 32, 4],
+  ];
+  for (const [name, shape, r1, r2] of cases) {
+    it(`LoHa ${name}`, async () => {
+      const t = loha(shape, r1, r2, shape[0]!);
+      const n = shape.reduce((x, y) => x * y, 1);
+      const w0 = random(n, 99, 0.2);
+      // Some zeros of both signs in the base: the add must keep their signs as the dense path does.
+      for (let i = 0; i < n; i += 977) w0[i] = i % 2 === 0 ? 0 : -0;
+      for (const coef of [0.7, -1.3]) {
+        const want = denseReference(w0, termDelta(t, name), coef);
+        for (const kernel of kernels) {
+          const got = w0.slice();
+          await addTermInto(t, name, got, coef, kernelProduct(kernel));
+          expect(firstDifference(got, want), `${kernel.name}, coef ${coef}`).toBe(-1);
+        }
+      }
+    });
+  }
+
+  const lokrCases: [string, KroneckerTerm][] = [
+    [
+      'w1 full [4, 4] ⊗ w2 [320, 8]·[8, 320] (1280×1280)',
+      {
+        kind: 'kronecker',
+        shape: [1280, 1280],
+        scale: 1.25,
+        left: { full: ndarray(random(16, 5, 1), [4, 4]) },
+        right: { up: ndarray(random(320 * 8, 6), [320, 8]), down: ndarray(random(8 * 320, 7), [8, 320]) },
+      },
+    ],
+    [
+      'conv: w1 full [8, 10] with zeros ⊗ w2 [80, 8]·[8, 64·9]',
+      {
+        kind: 'kronecker',
+        shape: [640, 640, 3, 3],
+        scale: 0.5,
+        left: {
+          full: ndarray(
+            random(80, 8, 1).map((x, i) => (i % 7 === 0 ? 0 : x)),
+            [8, 10],
+          ),
+        },
+        right: { up: ndarray(random(80 * 8, 9), [80, 8]), down: ndarray(random(8 * 576, 10), [8, 576]) },
+      },
+    ],
+    [
+      'both sides factored',
+      {
+        kind: 'kronecker',
+        shape: [1280, 640],
+        scale: 2,
+        left: { up: ndarray(random(8 * 2, 11, 1), [8, 2]), down: ndarray(random(2 * 8, 12, 1), [2, 8]) },
+        right: { full: ndarray(random(160 * 80, 13), [160, 80]) },
+      },
+    ],
+  ];
+  for (const [name, t] of lokrCases) {
+    it(`LoKr ${name}`, async () => {
+      const n = t.shape.reduce((x, y) => x * y, 1);
+      const w0 = random(n, 17, 0.2);
+      for (let i = 0; i < n; i += 613) w0[i] = i % 2 === 0 ? 0 : -0;
+      for (const coef of [0.7, -0.4]) {
+        const want = denseReference(w0, termDelta(t, name), coef);
+        const got = w0.slice();
+        await addTermInto(t, name, got, coef, kernelProduct(kernels[0]!));
+        expect(firstDifference(got, want), `coef ${coef}`).toBe(-1);
+      }
+    });
+  }
+
+  it('a view of the wrong length is LORA_SHAPE_MISMATCH naming the module', async () => {
+    const t = loha([64, 32], 4, 4, 3);
+    await expect(
+      addTermInto(t, 'mod.x', new Float32Array(64 * 31), 1, kernelProduct(kernels[0]!)),
+    ).rejects.toMatchObject({ code: 'LORA_SHAPE_MISMATCH', message: expect.stringContaining('mod.x') });
+  });
+});
+
+describe('fuseLoras on the kernel path: every adapter fixture, F16 output = the dense-delta path rounded once', () => {
+  for (const kind of KINDS) {
+    it(kind, async () => {
+      const adapter = path.join(FX, 'adapters', `${kind}.safetensors`);
+      const lora = await loadLora(adapter);
+      const layout = getLayout('sd15', 'tiny');
+      const w = 0.7;
+      const out = path.join(tmp, `${kind}.safetensors`);
+      await fuseLoras(BASE, [adapter], [w], { out, threads: 2 });
+      const base = await openSafetensors(BASE);
+      const fused = await openSafetensors(out);
+      try {
+        for (const [p, t] of lora.modules) {
+          const key = layout.byPath.get(p)!.singleFileWeightKey;
+          const w0 = await base.readF32(key);
+          const want = denseReference(w0, termDelta(t, p, w0), w);
+          const raw = await fused.read(key);
+          const got = new Uint16Array(raw.buffer, raw.byteOffset, raw.byteLength / 2);
+          let differing = 0;
+          for (let i = 0; i < want.length; i++) if (got[i] !== numberToF16Bits(want[i]!)) differing++;
+          // lowRank (LoCon) goes through the kernel's U·D, not the dense path: there only a rounding bound holds.
+          if (t.kind === undefined || t.kind === 'lowRank') expect(differing / want.length, p).toBeLessThan(0.01);
+          else expect(differing, p).toBe(0);
+        }
+      } finally {
+        await base.close();
+        await fused.close();
+      }
+    });
+  }
+});
