@@ -16,10 +16,11 @@ import { fuseLoras } from '../src/fuse/index.js';
 import { openSafetensors } from '../src/node/files.js';
 import { createCpuKernel } from '../src/node/kernel-threads.js';
 import { getLayout } from '../src/layout/index.js';
-import { addTermInto, termDelta, type AsyncProduct } from '../src/lora/terms/index.js';
+import { addTermInto, hadamardPairs, termDelta, type AsyncProduct } from '../src/lora/terms/index.js';
+import { decodeToF32 } from '../src/core/dtype.js';
 import type { HadamardTerm, KroneckerTerm } from '../src/lora/types.js';
-import type { FuseKernel } from '../src/kernels/types.js';
-import { numberToF16Bits } from '../src/core/dtype-scalar.js';
+import { STORED_FLOAT_SIZE, type FuseKernel, type StoredFloat } from '../src/kernels/types.js';
+import { numberToBf16Bits, numberToF16Bits } from '../src/core/dtype-scalar.js';
 
 const FX = path.resolve(import.meta.dirname, '..', 'fixtures');
 const BASE = path.join(FX, 'sd15', 'base.safetensors');
@@ -163,6 +164,96 @@ describe('addTermInto gives the dense-delta path bit for bit (SDXL shapes)', () 
     await expect(
       addTermInto(t, 'mod.x', new Float32Array(64 * 31), 1, kernelProduct(kernels[0]!)),
     ).rejects.toMatchObject({ code: 'LORA_SHAPE_MISMATCH', message: expect.stringContaining('mod.x') });
+  });
+});
+
+function encode(values: Float32Array, dtype: StoredFloat): Uint8Array {
+  if (dtype === 'F32') return new Uint8Array(values.slice().buffer);
+  const bits = new Uint16Array(values.length);
+  for (let i = 0; i < values.length; i++)
+    bits[i] = dtype === 'F16' ? numberToF16Bits(values[i]!) : numberToBf16Bits(values[i]!);
+  return new Uint8Array(bits.buffer);
+}
+
+describe("updateHadamard (the kernel's LoHa job) writes the bytes of the dense path: W0 + c·Δ in f32, then update()", () => {
+  const cases: [string, number[], number, number, number, StoredFloat, StoredFloat][] = [
+    ['1280×1280 F16 → F16', [1280, 1280], 32, 32, 0, 'F16', 'F16'],
+    ['conv 320×320×3×3 with a rank-3 LoRA, BF16 → F32', [320, 320, 3, 3], 8, 4, 3, 'BF16', 'F32'],
+    ['1283×700 with a rank-5 LoRA, F32 → F16', [1283, 700], 16, 16, 5, 'F32', 'F16'],
+    ['tiny 6×10 (one thread does it)', [6, 10], 2, 3, 1, 'F16', 'F16'],
+  ];
+  for (const [name, shape, r1, r2, rank, srcDtype, dstDtype] of cases) {
+    it(name, async () => {
+      const t = loha(shape, r1, r2, 7 + shape[0]!);
+      const rows = shape[0]!;
+      const cols = shape.slice(1).reduce((x, y) => x * y, 1);
+      const src = encode(random(rows * cols, 3, 0.3), srcDtype);
+      const job = { rows, cols, rank, up: random(rows * rank, 4, 0.1), down: random(rank * cols, 5, 0.1) };
+      const { a, b } = hadamardPairs(t, name);
+      const coef = -0.8;
+      for (const kernel of kernels) {
+        // the dense path: decode, add the delta in f32, one update() rounding into the output dtype
+        const w = denseReference(decodeToF32(srcDtype, src), termDelta(t, name), coef);
+        const want = new Uint8Array(rows * cols * STORED_FLOAT_SIZE[dstDtype]);
+        const r0 = await kernel.update(new Uint8Array(w.buffer), 'F32', want, dstDtype, job);
+        const got = new Uint8Array(want.length);
+        const r = await kernel.updateHadamard!(src, srcDtype, got, dstDtype, job, { a, b, scale: t.scale, coef });
+        expect(Buffer.compare(Buffer.from(got), Buffer.from(want)), kernel.name).toBe(0);
+        expect(r).toEqual(r0);
+      }
+    });
+  }
+
+  it('jobs of changing sizes one after another on one kernel (the reused zero region stays zero)', async () => {
+    const kernel = await createCpuKernel({ threads: 2 });
+    try {
+      const shapes: [number, number, number][] = [
+        [256, 640, 8],
+        [16, 24, 2],
+        [128, 320, 4],
+        [512, 64, 16],
+        [256, 640, 8],
+        [40, 8, 2],
+      ];
+      for (const [rows, cols, r] of shapes) {
+        const t = loha([rows, cols], r, r, rows + cols);
+        const { a, b } = hadamardPairs(t, 'x');
+        const src = encode(random(rows * cols, rows, 0.3), 'F16');
+        const job = { rows, cols, rank: 0, up: new Float32Array(0), down: new Float32Array(0) };
+        const w = denseReference(decodeToF32('F16', src), termDelta(t, 'x'), 0.9);
+        const want = new Uint8Array(src.length);
+        await kernel.update(new Uint8Array(w.buffer), 'F32', want, 'F16', job);
+        const got = new Uint8Array(src.length);
+        await kernel.updateHadamard!(src, 'F16', got, 'F16', job, { a, b, scale: t.scale, coef: 0.9 });
+        expect(Buffer.compare(Buffer.from(got), Buffer.from(want)), `${rows}×${cols}`).toBe(0);
+      }
+    } finally {
+      await kernel.dispose();
+    }
+  });
+
+  it('in place (source and destination one buffer) and overflow counted as update() counts it', async () => {
+    const t = loha([64, 48], 4, 4, 11);
+    const { a, b } = hadamardPairs(t, 'x');
+    const src = encode(random(64 * 48, 9, 60000), 'F16');
+    const job = { rows: 64, cols: 48, rank: 0, up: new Float32Array(0), down: new Float32Array(0) };
+    const w = denseReference(decodeToF32('F16', src), termDelta(t, 'x'), 4e9);
+    const want = new Uint8Array(src.length);
+    const r0 = await kernels[0]!.update(new Uint8Array(w.buffer), 'F32', want, 'F16', job);
+    expect(r0.overflow).toBeGreaterThan(0);
+    const r = await kernels[0]!.updateHadamard!(src, 'F16', src, 'F16', job, { a, b, scale: t.scale, coef: 4e9 });
+    expect(r).toEqual(r0);
+    expect(Buffer.compare(Buffer.from(src), Buffer.from(want))).toBe(0);
+  });
+
+  it('factors that do not fit the job: KERNEL_INVALID_JOB', async () => {
+    const t = loha([8, 8], 2, 2, 1);
+    const { a, b } = hadamardPairs(t, 'x');
+    const job = { rows: 8, cols: 8, rank: 0, up: new Float32Array(0), down: new Float32Array(0) };
+    const buf = new Uint8Array(8 * 8 * 2);
+    await expect(
+      kernels[0]!.updateHadamard!(buf, 'F16', buf, 'F16', job, { a: { ...a, rank: 3 }, b, scale: 1, coef: 1 }),
+    ).rejects.toMatchObject({ code: 'KERNEL_INVALID_JOB' });
   });
 });
 

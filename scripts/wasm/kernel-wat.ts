@@ -337,6 +337,29 @@ const packB = `  (func (export "pack_b") (param $src i32) (param $dst i32) (para
         (local.set $k (i32.add (local.get $k) (i32.const 1)))
         (br_if $ks (i32.lt_u (local.get $k) (local.get $r))))))`;
 
+/** Where hadamard_add reads its two f64 coefficients (s, then c): the end of the count area (threads use 8·64 bytes). */
+export const HADAMARD_COEF_OFFSET = 1008;
+
+/**
+ * hadamard_add(p1, p2, _, w, ld, out, _, it0, it1, …): over row tiles [it0, it1) of regions that share the row
+ * stride ld (bytes), out = f32(w + c·f32(s·p1·p2)) with s, c read as f64 from HADAMARD_COEF_OFFSET — the f64
+ * arithmetic and the two f32 roundings of adding a LoHa's dense delta in JS (view[i] + c·Δ[i], Δ = s·p1·p2 as
+ * f32). Same parameter list as the update functions, so the thread pool runs it like one.
+ */
+const hadamardAdd = `  (func (export "hadamard_add") (param $pa i32) (param $pb i32) (param $r i32) (param $psrc i32) (param $ldsrc i32) (param $pdst i32) (param $lddst i32) (param $it0 i32) (param $it1 i32) (param $jt0 i32) (param $jt1 i32) (param $nc i32) (param $clamp i32) (param $pcount i32)
+    (local $i i32) (local $end i32) (local $s f64) (local $c f64) (local $d f64)
+    (local.set $s (f64.load (i32.const ${HADAMARD_COEF_OFFSET})))
+    (local.set $c (f64.load (i32.const ${HADAMARD_COEF_OFFSET + 8})))
+    (local.set $i (i32.mul (i32.shl (local.get $it0) (i32.const 2)) (local.get $ldsrc)))
+    (local.set $end (i32.mul (i32.shl (local.get $it1) (i32.const 2)) (local.get $ldsrc)))
+    (block $done
+      (loop $elems
+        (br_if $done (i32.ge_u (local.get $i) (local.get $end)))
+        (local.set $d (f64.promote_f32 (f32.demote_f64 (f64.mul (f64.mul (local.get $s) (f64.promote_f32 (f32.load (i32.add (local.get $pa) (local.get $i))))) (f64.promote_f32 (f32.load (i32.add (local.get $pb) (local.get $i))))))))
+        (f32.store (i32.add (local.get $pdst) (local.get $i)) (f32.demote_f64 (f64.add (f64.promote_f32 (f32.load (i32.add (local.get $psrc) (local.get $i)))) (f64.mul (local.get $c) (local.get $d)))))
+        (local.set $i (i32.add (local.get $i) (i32.const 4)))
+        (br $elems))))`;
+
 /** The kernel module source (relaxed_madd form, non-shared memory). See `kernelVariant` for the others. */
 export function kernelWat(): string {
   const funcs: string[] = [];
@@ -350,6 +373,7 @@ export function kernelWat(): string {
 ${packA}
 ${packB}
 ${funcs.join('\n')}
+${hadamardAdd}
 )
 `;
 }

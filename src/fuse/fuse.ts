@@ -38,7 +38,8 @@ import {
 } from './base.js';
 import { openInputs, type FuseInput, type InputModule } from './inputs.js';
 import { stackFactors, type StackPart } from '../lora/stack.js';
-import { addTermInto, termDelta, termNeedsBase, type AsyncProduct } from '../lora/terms/index.js';
+import { addTermInto, hadamardPairs, termDelta, termNeedsBase, type AsyncProduct } from '../lora/terms/index.js';
+import type { HadamardTerm } from '../lora/types.js';
 import { createWasmKernel } from '../kernels/cpu.js';
 import { now } from '../kernels/job.js';
 import { createGpuKernel } from '../kernels/gpu.js';
@@ -579,6 +580,18 @@ async function addDenseTerms(t: Target, w: Float32Array, product: AsyncProduct):
   }
 }
 
+/**
+ * The LoHa term of a tensor the kernel can fuse whole with updateHadamard: one target over all its rows, no merge
+ * method, and exactly one term of another kind than lowRank, a LoHa. Null otherwise (the dense path).
+ */
+function lohaOf(t: OutTensor): FuseTerm | null {
+  if (t.mode !== 'fuse' || !isStoredFloat(t.info.dtype) || t.targets.length !== 1) return null;
+  const target = t.targets[0]!;
+  if (target.dense || target.rows[0] !== 0 || target.rows[1] !== (t.info.shape[0] ?? 1)) return null;
+  const others = target.terms.filter((x) => x.module.kind !== 'lowRank');
+  return others.length === 1 && others[0]!.module.kind === 'hadamard' ? others[0]! : null;
+}
+
 class FileRun {
   readonly #segs: Segment[];
   readonly #segOf: Int32Array;
@@ -613,6 +626,9 @@ class FileRun {
           this.#held.delete(k);
         }
       }
+      // … and their results too: a settled load still references its output views, which would keep every
+      // buffer the pool has let go of alive until the file is done.
+      for (const k of this.#loads.keys()) if (k < si) this.#loads.delete(k);
       this.#startAhead(si);
     }
     const outs = await this.#loads.get(si)!;
@@ -697,13 +713,17 @@ class FileRun {
       ),
     );
     for (const p of factorsP) p.catch(() => undefined);
+    const info = first.info;
+    // A tensor changed by one LoHa (and any LoRAs) goes to the kernel whole: products, combine and rounding there.
+    const loha = this.kernel.updateHadamard ? lohaOf(first) : null;
+    const lohaTerm = loha ? (loha.module.term() as Promise<HadamardTerm>) : null;
+    lohaTerm?.catch(() => undefined);
     const raw = await this.#read(seg.start, seg.end - seg.start);
     const held = [raw];
     this.#held.set(si, held);
-    const info = first.info;
     let src = raw;
     let srcDtype: StoredFloat;
-    const dense = first.targets.some(hasDense);
+    const dense = !loha && first.targets.some(hasDense);
     if (dense) {
       // Kinds fused through a dense delta: W0 to f32 once; the kernel then rounds W0 + Σλ·Δ + U·D once.
       const decoded = decodeToF32(info.dtype, raw, info.name);
@@ -742,6 +762,26 @@ class FileRun {
         dst.subarray(r0 * dRow, r1 * dRow),
         dstDtype,
         job,
+        { clamp: this.clamp },
+      );
+      overflow += res.overflow;
+      nonFiniteIn += res.nonFiniteInput;
+      this.counters.nonFinite += res.nonFiniteInput;
+    };
+    const runLoha = async (
+      t: Target,
+      factors: readonly { up: Float32Array; down: Float32Array }[],
+      term: FuseTerm,
+      h: HadamardTerm,
+    ): Promise<void> => {
+      const { a, b } = hadamardPairs(h, t.path);
+      const res = await this.kernel.updateHadamard!(
+        src,
+        srcDtype,
+        dst,
+        dstDtype,
+        buildJob(t, factors),
+        { a, b, scale: h.scale, coef: term.coef },
         { clamp: this.clamp },
       );
       overflow += res.overflow;
@@ -792,6 +832,7 @@ class FileRun {
       const factors = await factorsP[ti]!;
       await convert(cursor, t.rows[0]);
       if (t.dense) await addDense(t);
+      else if (loha && lohaTerm) await runLoha(t, factors, loha, await lohaTerm);
       else await run(t.rows[0], t.rows[1], buildJob(t, factors));
       cursor = t.rows[1];
     }

@@ -2159,4 +2159,17 @@
     (i32.store (local.get $pcount) (i32.add (i32.load (local.get $pcount)) (i32.add (i32.add (i32x4.extract_lane 0 (local.get $cntIn)) (i32x4.extract_lane 1 (local.get $cntIn))) (i32.add (i32x4.extract_lane 2 (local.get $cntIn)) (i32x4.extract_lane 3 (local.get $cntIn))))))
     (i32.store offset=4 (local.get $pcount) (i32.add (i32.load offset=4 (local.get $pcount)) (i32.add (i32.add (i32x4.extract_lane 0 (local.get $cntOv)) (i32x4.extract_lane 1 (local.get $cntOv))) (i32.add (i32x4.extract_lane 2 (local.get $cntOv)) (i32x4.extract_lane 3 (local.get $cntOv))))))
   )
+  (func (export "hadamard_add") (param $pa i32) (param $pb i32) (param $r i32) (param $psrc i32) (param $ldsrc i32) (param $pdst i32) (param $lddst i32) (param $it0 i32) (param $it1 i32) (param $jt0 i32) (param $jt1 i32) (param $nc i32) (param $clamp i32) (param $pcount i32)
+    (local $i i32) (local $end i32) (local $s f64) (local $c f64) (local $d f64)
+    (local.set $s (f64.load (i32.const 1008)))
+    (local.set $c (f64.load (i32.const 1016)))
+    (local.set $i (i32.mul (i32.shl (local.get $it0) (i32.const 2)) (local.get $ldsrc)))
+    (local.set $end (i32.mul (i32.shl (local.get $it1) (i32.const 2)) (local.get $ldsrc)))
+    (block $done
+      (loop $elems
+        (br_if $done (i32.ge_u (local.get $i) (local.get $end)))
+        (local.set $d (f64.promote_f32 (f32.demote_f64 (f64.mul (f64.mul (local.get $s) (f64.promote_f32 (f32.load (i32.add (local.get $pa) (local.get $i))))) (f64.promote_f32 (f32.load (i32.add (local.get $pb) (local.get $i))))))))
+        (f32.store (i32.add (local.get $pdst) (local.get $i)) (f32.demote_f64 (f64.add (f64.promote_f32 (f32.load (i32.add (local.get $psrc) (local.get $i)))) (f64.mul (local.get $c) (local.get $d)))))
+        (local.set $i (i32.add (local.get $i) (i32.const 4)))
+        (br $elems))))
 )

@@ -22,6 +22,19 @@ export interface UpdateJob {
   down: Float32Array;
 }
 
+/**
+ * A LoHa term fused into an update: W' = W + coef·Δ + U·D with Δ = scale·(A_up·A_down) ⊙ (B_up·B_down), in the
+ * same arithmetic as adding the dense delta first: both products in f32 (the update kernel's own GEMM from zero),
+ * Δ rounded to f32, W + coef·Δ rounded to f32, then U·D added and rounded once to the output dtype.
+ */
+export interface HadamardPart {
+  /** A_up [rows, rankA], A_down [rankA, cols] (same for B), contiguous row-major f32. */
+  readonly a: { readonly rank: number; readonly up: Float32Array; readonly down: Float32Array };
+  readonly b: { readonly rank: number; readonly up: Float32Array; readonly down: Float32Array };
+  readonly scale: number;
+  readonly coef: number;
+}
+
 /** Stored float dtypes the kernels read and write. */
 export type StoredFloat = 'F32' | 'F16' | 'BF16';
 
@@ -68,6 +81,20 @@ export interface FuseKernel {
     dst: Uint8Array,
     dstDtype: StoredFloat,
     job: UpdateJob,
+    opts?: UpdateOptions,
+  ): Promise<UpdateResult>;
+  /**
+   * update() with a LoHa term added first (see HadamardPart), computed where the kernel keeps W: its products,
+   * the Hadamard combine and the final update run on the kernel's threads without a dense delta in JS memory.
+   * Optional: kernels without it are given the dense delta instead (the fuser adds it to W and calls update()).
+   */
+  updateHadamard?(
+    src: Uint8Array,
+    srcDtype: StoredFloat,
+    dst: Uint8Array,
+    dstDtype: StoredFloat,
+    job: UpdateJob,
+    hadamard: HadamardPart,
     opts?: UpdateOptions,
   ): Promise<UpdateResult>;
   /** FLOPs done so far (2·rows·cols·rank per job) and seconds spent inside update, for GFLOP/s reports. */

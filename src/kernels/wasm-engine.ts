@@ -22,6 +22,8 @@ export const MAX_THREADS = 64;
 export const CTL_OFFSET = 1024;
 export const CTL_INTS = 768;
 const DATA_OFFSET = 4096;
+/** Where hadamard_add reads s and c (two f64): the end of the count area (scripts/wasm/kernel-wat.ts). */
+export const HADAMARD_COEF_OFFSET = 1008;
 const PAGE = 65536;
 /** Largest memory the kernels use: 4 GiB (wasm32). */
 export const MAX_PAGES = 65536;
@@ -103,6 +105,11 @@ export interface Block {
 }
 
 const align = (n: number, a: number): number => Math.ceil(n / a) * a;
+
+/** Column tiles per packed-B panel for rank r (the `nc` of a block). */
+export function panelTiles(r: number): number {
+  return Math.max(1, Math.floor(PANEL_BYTES / Math.max(1, 32 * r)));
+}
 
 export class WasmEngine {
   readonly memory: WebAssembly.Memory;
@@ -214,7 +221,7 @@ export class WasmEngine {
     this.f32.set(job.up.subarray(rowStart * r, rowEnd * r), staging / 4);
     this.exports.pack_a(staging, pa, n, r);
 
-    const nc = Math.max(1, Math.floor(PANEL_BYTES / Math.max(1, 32 * r)));
+    const nc = panelTiles(r);
     return {
       fn: `update_${DT[srcDtype]}_${DT[dstDtype]}`,
       r,
@@ -294,6 +301,47 @@ export class WasmEngine {
     const b = this.layoutBlock(srcDtype, dstDtype, job, pb, base, rowStart, rowEnd, clamp);
     this.copyIn(b, src, srcDtype, job.cols, 0, b.rowTiles);
     return b;
+  }
+
+  /**
+   * Pack the factors of a job for rows [rowStart, rowEnd): D at DATA_OFFSET, then U after it (reusing D's staging
+   * area once it is packed). Returns the packed offsets and the end of the bytes used.
+   */
+  packFactors(
+    rank: number,
+    up: Float32Array,
+    down: Float32Array,
+    cols: number,
+    rowStart: number,
+    rowEnd: number,
+  ): { pa: number; pb: number; end: number } {
+    const n = rowEnd - rowStart;
+    const { pb, end: stagingB } = this.packB({ rows: n, cols, rank, up, down });
+    const pa = align(stagingB, 64);
+    const staging = align(pa + align(n, 4) * rank * 4, 64);
+    this.ensure(staging + n * rank * 4 + 64);
+    this.f32.set(up.subarray(rowStart * rank, rowEnd * rank), staging / 4);
+    this.exports.pack_a(staging, pa, n, rank);
+    return { pa, pb, end: Math.max(stagingB + rank * cols * 4, staging + n * rank * 4) };
+  }
+
+  /** Bytes packFactors may use for a job of `rows` rows, `cols` columns and rank `rank`. */
+  static packBytes(rank: number, rows: number, cols: number): number {
+    const colsP = align(Math.max(cols, 1), 8);
+    return colsP * rank * 4 + 128 + Math.max(rank * cols * 4, align(rows, 4) * rank * 4 + 64 + rows * rank * 4) + 128;
+  }
+
+  /** Write hadamard_add's coefficients. */
+  setHadamardCoefs(scale: number, coef: number): void {
+    const v = new Float64Array(this.memory.buffer, HADAMARD_COEF_OFFSET, 2);
+    v[0] = scale;
+    v[1] = coef;
+  }
+
+  /** Zero bytes [start, end) of the memory. */
+  zero(start: number, end: number): void {
+    this.refresh();
+    this.u8.fill(0, start, end);
   }
 
   /** Zero the count slots [0, slots). */

@@ -17,6 +17,7 @@ import { backendName } from '../kernels/cpu.js';
 import { disposedError, now, serialQueue, timed, validateJob } from '../kernels/job.js';
 import type {
   FuseKernel,
+  HadamardPart,
   KernelStats,
   StoredFloat,
   UpdateJob,
@@ -32,6 +33,7 @@ import {
   kernelModuleSync,
   MAX_PAGES,
   MAX_THREADS,
+  panelTiles,
   WasmEngine,
 } from '../kernels/wasm-engine.js';
 import { CMD_QUIT, CMD_RUN, CTL, KERNEL_FUNCTIONS, startKernelWorker } from './kernel-worker.js';
@@ -367,6 +369,86 @@ async function runParallel(
   }
 }
 
+/**
+ * One block whose rows are all in memory already, on all threads (every chunk ready at once) or, for small
+ * blocks, on the main thread. The main thread claims chunks like the workers and yields to the event loop between
+ * them (see runParallel).
+ */
+async function runPhase(
+  engine: WasmEngine,
+  pool: WorkerPool,
+  ctl: Int32Array,
+  b: Block,
+  parallel: boolean,
+  chunkTiles: number | undefined,
+): Promise<void> {
+  if (!parallel) {
+    engine.run(b, 0, b.rowTiles, 0);
+    return;
+  }
+  const { ch, n } = chunking(b, chunkTiles);
+  publishBlock(ctl, b, pool.threads, ch, n);
+  Atomics.store(ctl, CTL.READY, n);
+  Atomics.notify(ctl, CTL.READY);
+  let mainError: unknown = null;
+  try {
+    let nextYield = now() + YIELD_S;
+    for (;;) {
+      const c = Atomics.add(ctl, CTL.NEXT, 1);
+      if (c >= n) break;
+      engine.run(b, c * ch, Math.min(b.rowTiles, (c + 1) * ch), 0);
+      Atomics.store(ctl, CTL.CHUNK_DONE + c, 1);
+      if (now() >= nextYield) {
+        await yieldToLoop();
+        nextYield = now() + YIELD_S;
+      }
+    }
+  } catch (e) {
+    mainError = e;
+  }
+  await pool.waitFor(CTL.DONE, pool.threads - 1);
+  if (mainError) throw mainError;
+  if (Atomics.load(ctl, CTL.ERROR) !== 0) {
+    throw new FuseError('KERNEL_FAILED', `cpu kernel: ${await pool.failureMessage()}`, { threads: pool.threads });
+  }
+}
+
+/** The regions of one LoHa block in wasm memory (byte offsets), all rowsP × colsP cells. */
+interface HadamardLayout {
+  readonly zero: number;
+  readonly w32: number;
+  readonly p1: number;
+  readonly p2: number;
+  readonly ws: number;
+  readonly wd: number;
+  readonly end: number;
+}
+
+const alignTo = (n: number, a: number): number => Math.ceil(n / a) * a;
+
+/** KERNEL_INVALID_JOB unless the LoHa's factors fit the job's rows and columns. */
+function validateHadamard(kernel: string, job: UpdateJob, h: HadamardPart): void {
+  for (const [which, side] of [
+    ['A', h.a],
+    ['B', h.b],
+  ] as const) {
+    const ok =
+      Number.isInteger(side.rank) &&
+      side.rank >= 0 &&
+      side.up instanceof Float32Array &&
+      side.down instanceof Float32Array &&
+      side.up.length === job.rows * side.rank &&
+      side.down.length === side.rank * job.cols;
+    if (!ok) {
+      throw new FuseError(
+        'KERNEL_INVALID_JOB',
+        `${kernel} kernel: LoHa pair ${which}: expected [${job.rows}, r]·[r, ${job.cols}] f32 factors of rank ${side.rank}, found ${side.up?.length} + ${side.down?.length} values`,
+        { kernel, what: `LoHa pair ${which}`, expected: [job.rows, job.cols], found: side.rank },
+      );
+    }
+  }
+}
+
 /** Multi-threaded WASM SIMD kernel (Node only). */
 export async function createCpuKernel(opts: CpuKernelOptions = {}): Promise<FuseKernel> {
   const { threads, minParallelFlops, chunkTiles } = kernelOptions(opts);
@@ -408,6 +490,104 @@ export async function createCpuKernel(opts: CpuKernelOptions = {}): Promise<Fuse
     return { overflow, nonFiniteInput };
   }
 
+  /** Bytes reserved for packed factors before the LoHa regions (grows only, so the zero region rarely moves). */
+  let packReserve = 0;
+  /** A byte range of the memory known to hold zeros (the LoHa products' zero source), or null. */
+  let zeroed: [number, number] | null = null;
+
+  /**
+   * A LoHa block on the kernel's threads, every step in wasm memory: W (stored) → f32; P1 = 0 + A_up·A_down and
+   * P2 = 0 + B_up·B_down with the update kernel itself (f32, from a zero source region); W32 = f32(W32 +
+   * c·f32(s·P1·P2)) (hadamard_add); then the update W32 + U·D rounded once into the output dtype.
+   */
+  async function runHadamard(
+    io: Omit<BlockIo, 'b' | 'cols'>,
+    job: UpdateJob,
+    h: HadamardPart,
+    clamp: boolean,
+  ): Promise<UpdateResult> {
+    const { rows, cols } = job;
+    if (rows === 0 || cols === 0) return { overflow: 0, nonFiniteInput: 0 };
+    const ss = io.srcDtype === 'F32' ? 4 : 2;
+    const ds = io.dstDtype === 'F32' ? 4 : 2;
+    const colTiles = Math.ceil(cols / 8);
+    const colsP = colTiles * 8;
+    const perRow = colsP * (4 * 4 + ss + ds);
+    let blockRows = Math.max(4, Math.floor(engine.maxBlockBytes / perRow / 4) * 4);
+    if (blockRows >= rows) blockRows = rows;
+    const rMax = Math.max(h.a.rank, h.b.rank, job.rank);
+    packReserve = Math.max(packReserve, WasmEngine.packBytes(rMax, blockRows, cols));
+    let nonFiniteInput = 0;
+    let overflow = 0;
+    for (let r0 = 0; r0 < rows; r0 += blockRows) {
+      const r1 = Math.min(rows, r0 + blockRows);
+      const n = r1 - r0;
+      const rowTiles = Math.ceil(n / 4);
+      const cells = rowTiles * 4 * colsP;
+      const zero = alignTo(CTL_OFFSET + CTL_INTS * 4 + 4096 + packReserve, 64);
+      const at = (prev: number, bytes: number): number => alignTo(prev + bytes, 64);
+      const l: HadamardLayout = (() => {
+        const w32 = at(zero, cells * 4);
+        const p1 = at(w32, cells * 4);
+        const p2 = at(p1, cells * 4);
+        const ws = at(p2, cells * 4);
+        const wd = at(ws, cells * ss);
+        return { zero, w32, p1, p2, ws, wd, end: at(wd, cells * ds) };
+      })();
+      engine.ensure(l.end);
+      const parallel = threads > 1 && rowTiles >= 2 * threads && 2 * n * cols * rMax >= minParallelFlops;
+      const block = (fn: string, r: number, psrc: number, ldsrc: number, pdst: number, lddst: number): Block => ({
+        fn,
+        r,
+        pa: 0,
+        pb: 0,
+        psrc,
+        ldsrc,
+        pdst,
+        lddst,
+        rowTiles,
+        colTiles,
+        nc: panelTiles(r),
+        clamp: clamp ? 1 : 0,
+        padCells: cells - n * cols,
+        rowStart: r0,
+        rowEnd: r1,
+      });
+      const src32 = io.srcDtype.toLowerCase();
+      const dst32 = io.dstDtype.toLowerCase();
+      // W in, as stored, then to f32 (a rank-0 update: exact)
+      const load = block(`update_${src32}_f32`, 0, l.ws, colsP * ss, l.w32, colsP * 4);
+      engine.copyIn(load, io.src, io.srcDtype, cols, 0, rowTiles);
+      const packed0 = engine.packFactors(0, new Float32Array(0), new Float32Array(0), cols, 0, n);
+      await runPhase(engine, pool, ctl, { ...load, pa: packed0.pa, pb: packed0.pb }, parallel, chunkTiles);
+      // the products' zero source
+      if (!zeroed || zeroed[0] > l.zero || zeroed[1] < l.zero + cells * 4) engine.zero(l.zero, l.zero + cells * 4);
+      // Only this block's zero region stays zero: the regions after it are written below.
+      zeroed = [l.zero, l.zero + cells * 4];
+      for (const [side, out] of [
+        [h.a, l.p1],
+        [h.b, l.p2],
+      ] as const) {
+        const p = engine.packFactors(side.rank, side.up, side.down, cols, r0, r1);
+        const b = block('update_f32_f32', side.rank, l.zero, colsP * 4, out, colsP * 4);
+        await runPhase(engine, pool, ctl, { ...b, pa: p.pa, pb: p.pb, clamp: 0 }, parallel, chunkTiles);
+      }
+      engine.setHadamardCoefs(h.scale, h.coef);
+      const add = block('hadamard_add', 0, l.w32, colsP * 4, l.w32, colsP * 4);
+      await runPhase(engine, pool, ctl, { ...add, pa: l.p1, pb: l.p2 }, parallel, chunkTiles);
+      // W32 + U·D, rounded once
+      const p = engine.packFactors(job.rank, job.up, job.down, cols, r0, r1);
+      const fin = block(`update_f32_${dst32}`, job.rank, l.w32, colsP * 4, l.wd, colsP * ds);
+      engine.resetCounts(threads);
+      await runPhase(engine, pool, ctl, { ...fin, pa: p.pa, pb: p.pb }, parallel, chunkTiles);
+      const [nf, ov] = engine.readCounts(threads);
+      nonFiniteInput += nf - fin.padCells;
+      overflow += ov;
+      engine.copyOut(fin, io.dst, io.dstDtype, cols, 0, rowTiles);
+    }
+    return { overflow, nonFiniteInput };
+  }
+
   const stats: KernelStats = { flops: 0, seconds: 0, calls: 0 };
   const queue = serialQueue();
   const kernel: FuseKernel = {
@@ -420,7 +600,22 @@ export async function createCpuKernel(opts: CpuKernelOptions = {}): Promise<Fuse
         if (pool.disposed) throw disposedError(name);
         if (pool.failure) throw new FuseError('KERNEL_FAILED', `cpu kernel: ${pool.failure}`, { threads });
         validateJob(name, src, srcDtype, dst, dstDtype, job);
+        // an ordinary job lays out memory its own way: the zero region is no longer known to be zero
+        zeroed = null;
         return timed(stats, job, () => run({ src, srcDtype, dst, dstDtype }, job, o.clamp === true));
+      });
+    },
+    updateHadamard(src, srcDtype, dst, dstDtype, job, h, o: UpdateOptions = {}) {
+      return queue.run(async () => {
+        if (pool.disposed) throw disposedError(name);
+        if (pool.failure) throw new FuseError('KERNEL_FAILED', `cpu kernel: ${pool.failure}`, { threads });
+        validateJob(name, src, srcDtype, dst, dstDtype, job);
+        validateHadamard(name, job, h);
+        const res = await timed(stats, job, () =>
+          runHadamard({ src, srcDtype, dst, dstDtype }, job, h, o.clamp === true),
+        );
+        stats.flops += 2 * job.rows * job.cols * (h.a.rank + h.b.rank);
+        return res;
       });
     },
     async dispose() {

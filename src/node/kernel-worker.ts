@@ -55,6 +55,7 @@ export const KERNEL_FUNCTIONS = [
   'update_bf16_f32',
   'update_bf16_f16',
   'update_bf16_bf16',
+  'hadamard_add',
 ] as const;
 
 const WORKER_SOURCE = `
