@@ -16,7 +16,7 @@ import { fuseLoras } from '../src/fuse/index.js';
 import { openSafetensors } from '../src/node/files.js';
 import { createCpuKernel } from '../src/node/kernel-threads.js';
 import { getLayout } from '../src/layout/index.js';
-import { addTermInto, hadamardPairs, termDelta, type AsyncProduct } from '../src/lora/terms/index.js';
+import { addTermInto, hadamardPairs, kroneckerSides, termDelta, type AsyncProduct } from '../src/lora/terms/index.js';
 import { decodeToF32 } from '../src/core/dtype.js';
 import type { HadamardTerm, KroneckerTerm } from '../src/lora/types.js';
 import { STORED_FLOAT_SIZE, type FuseKernel, type StoredFloat } from '../src/kernels/types.js';
@@ -83,6 +83,44 @@ function loha(shape: number[], r1: number, r2: number, seed: number): HadamardTe
   };
 }
 
+const lokrCases: [string, KroneckerTerm][] = [
+  [
+    'w1 full [4, 4] ⊗ w2 [320, 8]·[8, 320] (1280×1280)',
+    {
+      kind: 'kronecker',
+      shape: [1280, 1280],
+      scale: 1.25,
+      left: { full: ndarray(random(16, 5, 1), [4, 4]) },
+      right: { up: ndarray(random(320 * 8, 6), [320, 8]), down: ndarray(random(8 * 320, 7), [8, 320]) },
+    },
+  ],
+  [
+    'conv: w1 full [8, 10] with zeros ⊗ w2 [80, 8]·[8, 64·9]',
+    {
+      kind: 'kronecker',
+      shape: [640, 640, 3, 3],
+      scale: 0.5,
+      left: {
+        full: ndarray(
+          random(80, 8, 1).map((x, i) => (i % 7 === 0 ? 0 : x)),
+          [8, 10],
+        ),
+      },
+      right: { up: ndarray(random(80 * 8, 9), [80, 8]), down: ndarray(random(8 * 576, 10), [8, 576]) },
+    },
+  ],
+  [
+    'both sides factored',
+    {
+      kind: 'kronecker',
+      shape: [1280, 640],
+      scale: 2,
+      left: { up: ndarray(random(8 * 2, 11, 1), [8, 2]), down: ndarray(random(2 * 8, 12, 1), [2, 8]) },
+      right: { full: ndarray(random(160 * 80, 13), [160, 80]) },
+    },
+  ],
+];
+
 describe('addTermInto gives the dense-delta path bit for bit (SDXL shapes)', () => {
   const cases: [string, number[], number, number][] = [
     ['attention 1280×1280', [1280, 1280], 32, 32],
@@ -108,43 +146,6 @@ describe('addTermInto gives the dense-delta path bit for bit (SDXL shapes)', () 
     });
   }
 
-  const lokrCases: [string, KroneckerTerm][] = [
-    [
-      'w1 full [4, 4] ⊗ w2 [320, 8]·[8, 320] (1280×1280)',
-      {
-        kind: 'kronecker',
-        shape: [1280, 1280],
-        scale: 1.25,
-        left: { full: ndarray(random(16, 5, 1), [4, 4]) },
-        right: { up: ndarray(random(320 * 8, 6), [320, 8]), down: ndarray(random(8 * 320, 7), [8, 320]) },
-      },
-    ],
-    [
-      'conv: w1 full [8, 10] with zeros ⊗ w2 [80, 8]·[8, 64·9]',
-      {
-        kind: 'kronecker',
-        shape: [640, 640, 3, 3],
-        scale: 0.5,
-        left: {
-          full: ndarray(
-            random(80, 8, 1).map((x, i) => (i % 7 === 0 ? 0 : x)),
-            [8, 10],
-          ),
-        },
-        right: { up: ndarray(random(80 * 8, 9), [80, 8]), down: ndarray(random(8 * 576, 10), [8, 576]) },
-      },
-    ],
-    [
-      'both sides factored',
-      {
-        kind: 'kronecker',
-        shape: [1280, 640],
-        scale: 2,
-        left: { up: ndarray(random(8 * 2, 11, 1), [8, 2]), down: ndarray(random(2 * 8, 12, 1), [2, 8]) },
-        right: { full: ndarray(random(160 * 80, 13), [160, 80]) },
-      },
-    ],
-  ];
   for (const [name, t] of lokrCases) {
     it(`LoKr ${name}`, async () => {
       const n = t.shape.reduce((x, y) => x * y, 1);
@@ -230,6 +231,36 @@ describe("updateHadamard (the kernel's LoHa job) writes the bytes of the dense p
     } finally {
       await kernel.dispose();
     }
+  });
+
+  for (const [name, t] of lokrCases) {
+    it(`updateKronecker: LoKr ${name}, F16 → F16 with a rank-2 LoRA`, async () => {
+      const rows = t.shape[0]!;
+      const cols = t.shape.slice(1).reduce((x, y) => x * y, 1);
+      const src = encode(random(rows * cols, 21, 0.3), 'F16');
+      const job = { rows, cols, rank: 2, up: random(rows * 2, 22, 0.1), down: random(2 * cols, 23, 0.1) };
+      const sides = kroneckerSides(t, name);
+      for (const kernel of kernels) {
+        for (const coef of [0.6, -1.1]) {
+          const w = denseReference(decodeToF32('F16', src), termDelta(t, name), coef);
+          const want = new Uint8Array(src.length);
+          const r0 = await kernel.update(new Uint8Array(w.buffer), 'F32', want, 'F16', job);
+          const got = new Uint8Array(src.length);
+          const r = await kernel.updateKronecker!(src, 'F16', got, 'F16', job, { ...sides, scale: t.scale, coef });
+          expect(Buffer.compare(Buffer.from(got), Buffer.from(want)), `${kernel.name} ${coef}`).toBe(0);
+          expect(r).toEqual(r0);
+        }
+      }
+    });
+  }
+
+  it('updateKronecker: sides that do not give the job: KERNEL_INVALID_JOB', async () => {
+    const job = { rows: 8, cols: 8, rank: 0, up: new Float32Array(0), down: new Float32Array(0) };
+    const buf = new Uint8Array(8 * 8 * 2);
+    const part = { left: random(4, 1), rows: 2, leftCols: 2, right: random(12, 2), rightRows: 4, rightCols: 3 };
+    await expect(
+      kernels[0]!.updateKronecker!(buf, 'F16', buf, 'F16', job, { ...part, scale: 1, coef: 1 }),
+    ).rejects.toMatchObject({ code: 'KERNEL_INVALID_JOB' });
   });
 
   it('in place (source and destination one buffer) and overflow counted as update() counts it', async () => {

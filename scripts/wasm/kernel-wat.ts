@@ -360,6 +360,67 @@ const hadamardAdd = `  (func (export "hadamard_add") (param $pa i32) (param $pb 
         (local.set $i (i32.add (local.get $i) (i32.const 4)))
         (br $elems))))`;
 
+/** Where kronecker_add reads its sizes: five i32 (rows, right rows, left columns, right columns, block's first row). */
+export const KRONECKER_PARAMS_OFFSET = 984;
+
+/**
+ * kronecker_add(left, right, _, w, ld, out, _, it0, it1, …): over row tiles [it0, it1) of a block, for every
+ * real row i (global row g = first row + i, a = g / o2, b = g mod o2) and column (c, d):
+ * out = f32(w + c·Δ) with Δ = f32(x·right[b, d]), x = s·left[a, c] in f64, and Δ = +0 where x is 0 — the values
+ * and roundings of writing the dense Kronecker product in JS and adding it. s and c as for hadamard_add.
+ */
+const kroneckerAdd = `  (func (export "kronecker_add") (param $pa i32) (param $pb i32) (param $r i32) (param $psrc i32) (param $ldsrc i32) (param $pdst i32) (param $lddst i32) (param $it0 i32) (param $it1 i32) (param $jt0 i32) (param $jt1 i32) (param $nc i32) (param $clamp i32) (param $pcount i32)
+    (local $i i32) (local $iEnd i32) (local $rows i32) (local $o2 i32) (local $i1 i32) (local $n2 i32) (local $g i32)
+    (local $a i32) (local $c i32) (local $d i32) (local $pw i32) (local $po i32) (local $pr i32)
+    (local $s f64) (local $coef f64) (local $x f64) (local $zero f64)
+    (local.set $s (f64.load (i32.const ${HADAMARD_COEF_OFFSET})))
+    (local.set $coef (f64.load (i32.const ${HADAMARD_COEF_OFFSET + 8})))
+    (local.set $rows (i32.load (i32.const ${KRONECKER_PARAMS_OFFSET})))
+    (local.set $o2 (i32.load (i32.const ${KRONECKER_PARAMS_OFFSET + 4})))
+    (local.set $i1 (i32.load (i32.const ${KRONECKER_PARAMS_OFFSET + 8})))
+    (local.set $n2 (i32.load (i32.const ${KRONECKER_PARAMS_OFFSET + 12})))
+    (local.set $g (i32.load (i32.const ${KRONECKER_PARAMS_OFFSET + 16})))
+    (local.set $zero (f64.mul (local.get $coef) (f64.const 0)))
+    (local.set $i (i32.shl (local.get $it0) (i32.const 2)))
+    (local.set $iEnd (i32.shl (local.get $it1) (i32.const 2)))
+    (if (i32.gt_u (local.get $iEnd) (i32.sub (local.get $rows) (local.get $g))) (then
+      (local.set $iEnd (i32.sub (local.get $rows) (local.get $g)))))
+    (block $rowsDone
+      (loop $rowsL
+        (br_if $rowsDone (i32.ge_s (local.get $i) (local.get $iEnd)))
+        (local.set $a (i32.div_u (i32.add (local.get $g) (local.get $i)) (local.get $o2)))
+        ;; right's row b = (g + i) - a·o2
+        (local.set $pr (i32.add (local.get $pb) (i32.shl (i32.mul (i32.sub (i32.add (local.get $g) (local.get $i)) (i32.mul (local.get $a) (local.get $o2))) (local.get $n2)) (i32.const 2))))
+        (local.set $pw (i32.add (local.get $psrc) (i32.mul (local.get $i) (local.get $ldsrc))))
+        (local.set $po (i32.add (local.get $pdst) (i32.mul (local.get $i) (local.get $ldsrc))))
+        (local.set $c (i32.const 0))
+        (block $colsDone
+          (loop $colsL
+            (br_if $colsDone (i32.ge_u (local.get $c) (local.get $i1)))
+            (local.set $x (f64.mul (local.get $s) (f64.promote_f32 (f32.load (i32.add (local.get $pa) (i32.shl (i32.add (i32.mul (local.get $a) (local.get $i1)) (local.get $c)) (i32.const 2)))))))
+            (local.set $d (i32.const 0))
+            (if (f64.eq (local.get $x) (f64.const 0))
+              (then
+                (block $zDone
+                  (loop $zL
+                    (br_if $zDone (i32.ge_u (local.get $d) (local.get $n2)))
+                    (f32.store (i32.add (local.get $po) (i32.shl (local.get $d) (i32.const 2))) (f32.demote_f64 (f64.add (f64.promote_f32 (f32.load (i32.add (local.get $pw) (i32.shl (local.get $d) (i32.const 2))))) (local.get $zero))))
+                    (local.set $d (i32.add (local.get $d) (i32.const 1)))
+                    (br $zL))))
+              (else
+                (block $dDone
+                  (loop $dL
+                    (br_if $dDone (i32.ge_u (local.get $d) (local.get $n2)))
+                    (f32.store (i32.add (local.get $po) (i32.shl (local.get $d) (i32.const 2))) (f32.demote_f64 (f64.add (f64.promote_f32 (f32.load (i32.add (local.get $pw) (i32.shl (local.get $d) (i32.const 2))))) (f64.mul (local.get $coef) (f64.promote_f32 (f32.demote_f64 (f64.mul (local.get $x) (f64.promote_f32 (f32.load (i32.add (local.get $pr) (i32.shl (local.get $d) (i32.const 2))))))))))))
+                    (local.set $d (i32.add (local.get $d) (i32.const 1)))
+                    (br $dL)))))
+            (local.set $pw (i32.add (local.get $pw) (i32.shl (local.get $n2) (i32.const 2))))
+            (local.set $po (i32.add (local.get $po) (i32.shl (local.get $n2) (i32.const 2))))
+            (local.set $c (i32.add (local.get $c) (i32.const 1)))
+            (br $colsL)))
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+        (br $rowsL))))`;
+
 /** The kernel module source (relaxed_madd form, non-shared memory). See `kernelVariant` for the others. */
 export function kernelWat(): string {
   const funcs: string[] = [];
@@ -374,6 +435,7 @@ ${packA}
 ${packB}
 ${funcs.join('\n')}
 ${hadamardAdd}
+${kroneckerAdd}
 )
 `;
 }

@@ -38,12 +38,19 @@ import {
 } from './base.js';
 import { openInputs, type FuseInput, type InputModule } from './inputs.js';
 import { stackFactors, type StackPart } from '../lora/stack.js';
-import { addTermInto, hadamardPairs, termDelta, termNeedsBase, type AsyncProduct } from '../lora/terms/index.js';
-import type { HadamardTerm } from '../lora/types.js';
+import {
+  addTermInto,
+  hadamardPairs,
+  kroneckerSides,
+  termDelta,
+  termNeedsBase,
+  type AsyncProduct,
+} from '../lora/terms/index.js';
+import type { Term } from '../lora/types.js';
 import { createWasmKernel } from '../kernels/cpu.js';
 import { now } from '../kernels/job.js';
 import { createGpuKernel } from '../kernels/gpu.js';
-import type { FuseKernel, StoredFloat, UpdateJob } from '../kernels/types.js';
+import type { FuseKernel, StoredFloat, UpdateJob, UpdateResult } from '../kernels/types.js';
 import type { GpuJsClass } from '../kernels/gpu.js';
 import { isStoredFloat, STORED_FLOAT_SIZE } from '../kernels/types.js';
 import type { BaseInput, FuseDType, FuseOptions, FuseReport, LoraInput } from './types.js';
@@ -581,15 +588,19 @@ async function addDenseTerms(t: Target, w: Float32Array, product: AsyncProduct):
 }
 
 /**
- * The LoHa term of a tensor the kernel can fuse whole with updateHadamard: one target over all its rows, no merge
- * method, and exactly one term of another kind than lowRank, a LoHa. Null otherwise (the dense path).
+ * The term of a tensor the kernel can fuse whole (updateHadamard / updateKronecker): one target over all its rows,
+ * no merge method, and exactly one term of another kind than lowRank, a LoHa or a LoKr the kernel takes. Null
+ * otherwise (the dense path).
  */
-function lohaOf(t: OutTensor): FuseTerm | null {
+function inKernelTerm(t: OutTensor, kernel: FuseKernel): FuseTerm | null {
   if (t.mode !== 'fuse' || !isStoredFloat(t.info.dtype) || t.targets.length !== 1) return null;
   const target = t.targets[0]!;
   if (target.dense || target.rows[0] !== 0 || target.rows[1] !== (t.info.shape[0] ?? 1)) return null;
   const others = target.terms.filter((x) => x.module.kind !== 'lowRank');
-  return others.length === 1 && others[0]!.module.kind === 'hadamard' ? others[0]! : null;
+  const only = others.length === 1 ? others[0]! : null;
+  if (only?.module.kind === 'hadamard' && kernel.updateHadamard) return only;
+  if (only?.module.kind === 'kronecker' && kernel.updateKronecker) return only;
+  return null;
 }
 
 class FileRun {
@@ -714,9 +725,10 @@ class FileRun {
     );
     for (const p of factorsP) p.catch(() => undefined);
     const info = first.info;
-    // A tensor changed by one LoHa (and any LoRAs) goes to the kernel whole: products, combine and rounding there.
-    const loha = this.kernel.updateHadamard ? lohaOf(first) : null;
-    const lohaTerm = loha ? (loha.module.term() as Promise<HadamardTerm>) : null;
+    // A tensor changed by one LoHa or LoKr (and any LoRAs) goes to the kernel whole: the term's delta is formed
+    // and added where the kernel keeps W, then rounded once.
+    const loha = inKernelTerm(first, this.kernel);
+    const lohaTerm = loha ? loha.module.term() : null;
     lohaTerm?.catch(() => undefined);
     const raw = await this.#read(seg.start, seg.end - seg.start);
     const held = [raw];
@@ -772,18 +784,23 @@ class FileRun {
       t: Target,
       factors: readonly { up: Float32Array; down: Float32Array }[],
       term: FuseTerm,
-      h: HadamardTerm,
+      h: Term,
     ): Promise<void> => {
-      const { a, b } = hadamardPairs(h, t.path);
-      const res = await this.kernel.updateHadamard!(
-        src,
-        srcDtype,
-        dst,
-        dstDtype,
-        buildJob(t, factors),
-        { a, b, scale: h.scale, coef: term.coef },
-        { clamp: this.clamp },
-      );
+      const job = buildJob(t, factors);
+      const opts = { clamp: this.clamp };
+      let res: UpdateResult;
+      if (h.kind === 'hadamard') {
+        const { a, b } = hadamardPairs(h, t.path);
+        const part = { a, b, scale: h.scale, coef: term.coef };
+        res = await this.kernel.updateHadamard!(src, srcDtype, dst, dstDtype, job, part, opts);
+      } else if (h.kind === 'kronecker') {
+        const part = { ...kroneckerSides(h, t.path), scale: h.scale, coef: term.coef };
+        res = await this.kernel.updateKronecker!(src, srcDtype, dst, dstDtype, job, part, opts);
+      } else {
+        throw new LoraError('LORA_SHAPE_MISMATCH', `fuse: '${term.module.name}' is not a LoHa or LoKr term`, {
+          key: term.module.name,
+        });
+      }
       overflow += res.overflow;
       nonFiniteIn += res.nonFiniteInput;
       this.counters.nonFinite += res.nonFiniteInput;

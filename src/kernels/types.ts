@@ -35,6 +35,23 @@ export interface HadamardPart {
   readonly coef: number;
 }
 
+/**
+ * A LoKr term fused into an update: W' = W + coef·Δ + U·D with Δ = scale·left ⊗ right written straight into the
+ * rows, in the arithmetic of adding the dense delta first (Δ as f32: s·left[a, c] in f64 times right[b, d],
+ * rounded; W + coef·Δ rounded to f32), then U·D added and rounded once to the output dtype.
+ */
+export interface KroneckerPart {
+  /** left [rows, leftCols] and right [rightRows, rightCols] as full f32 matrices, row-major. */
+  readonly left: Float32Array;
+  readonly rows: number;
+  readonly leftCols: number;
+  readonly right: Float32Array;
+  readonly rightRows: number;
+  readonly rightCols: number;
+  readonly scale: number;
+  readonly coef: number;
+}
+
 /** Stored float dtypes the kernels read and write. */
 export type StoredFloat = 'F32' | 'F16' | 'BF16';
 
@@ -95,6 +112,16 @@ export interface FuseKernel {
     dstDtype: StoredFloat,
     job: UpdateJob,
     hadamard: HadamardPart,
+    opts?: UpdateOptions,
+  ): Promise<UpdateResult>;
+  /** update() with a LoKr term added first (see KroneckerPart), where the kernel keeps W. Optional like updateHadamard. */
+  updateKronecker?(
+    src: Uint8Array,
+    srcDtype: StoredFloat,
+    dst: Uint8Array,
+    dstDtype: StoredFloat,
+    job: UpdateJob,
+    kronecker: KroneckerPart,
     opts?: UpdateOptions,
   ): Promise<UpdateResult>;
   /** FLOPs done so far (2·rows·cols·rank per job) and seconds spent inside update, for GFLOP/s reports. */

@@ -24,6 +24,8 @@ export const CTL_INTS = 768;
 const DATA_OFFSET = 4096;
 /** Where hadamard_add reads s and c (two f64): the end of the count area (scripts/wasm/kernel-wat.ts). */
 export const HADAMARD_COEF_OFFSET = 1008;
+/** kronecker_add's sizes (five i32: rows, right rows, left columns, right columns, first row of the block). */
+export const KRONECKER_PARAMS_OFFSET = 984;
 const PAGE = 65536;
 /** Largest memory the kernels use: 4 GiB (wasm32). */
 export const MAX_PAGES = 65536;
@@ -336,6 +338,31 @@ export class WasmEngine {
     const v = new Float64Array(this.memory.buffer, HADAMARD_COEF_OFFSET, 2);
     v[0] = scale;
     v[1] = coef;
+  }
+
+  /** kronecker_add's parameters: s, c (f64 at HADAMARD_COEF_OFFSET) and the sizes (i32 just below). */
+  setKroneckerParams(
+    scale: number,
+    coef: number,
+    leftRows: number,
+    rightRows: number,
+    leftCols: number,
+    rightCols: number,
+    rowStart: number,
+  ): void {
+    this.setHadamardCoefs(scale, coef);
+    const v = new Int32Array(this.memory.buffer, KRONECKER_PARAMS_OFFSET, 5);
+    v[0] = leftRows * rightRows;
+    v[1] = rightRows;
+    v[2] = leftCols;
+    v[3] = rightCols;
+    v[4] = rowStart;
+  }
+
+  /** Copy f32 values to a byte offset of the memory. */
+  setF32(offset: number, values: Float32Array): void {
+    this.refresh();
+    this.f32.set(values, offset / 4);
   }
 
   /** Zero bytes [start, end) of the memory. */

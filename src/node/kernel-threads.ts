@@ -15,10 +15,12 @@ import { FuseError, OptionError } from '../core/errors.js';
 import { hasRelaxedSimd, hasWasmSimd, resetWasmFeatureCache } from '../core/wasm-features.js';
 import { backendName } from '../kernels/cpu.js';
 import { disposedError, now, serialQueue, timed, validateJob } from '../kernels/job.js';
+import { STORED_FLOAT_SIZE } from '../kernels/types.js';
 import type {
   FuseKernel,
   HadamardPart,
   KernelStats,
+  KroneckerPart,
   StoredFloat,
   UpdateJob,
   UpdateOptions,
@@ -413,16 +415,22 @@ async function runPhase(
   }
 }
 
-/** The regions of one LoHa block in wasm memory (byte offsets), all rowsP × colsP cells. */
-interface HadamardLayout {
-  readonly zero: number;
+/** One block of rows of an in-memory term job, as the term's add step sees it. */
+interface InMemoryBlock {
+  readonly r0: number;
+  readonly r1: number;
+  /** rowsP × colsP: the cells of each region. */
+  readonly cells: number;
+  readonly colsP: number;
+  /** Offset of the term's own scratch bytes. */
+  readonly scratch: number;
+  /** Offset of the block's f32 rows (row stride colsP·4). */
   readonly w32: number;
-  readonly p1: number;
-  readonly p2: number;
-  readonly ws: number;
-  readonly wd: number;
-  readonly end: number;
+  readonly block: (fn: string, r: number, psrc: number, ldsrc: number, pdst: number, lddst: number) => Block;
+  readonly phase: (b: Block) => Promise<void>;
 }
+
+const EMPTY = new Float32Array(0);
 
 const alignTo = (n: number, a: number): number => Math.ceil(n / a) * a;
 
@@ -446,6 +454,26 @@ function validateHadamard(kernel: string, job: UpdateJob, h: HadamardPart): void
         { kernel, what: `LoHa pair ${which}`, expected: [job.rows, job.cols], found: side.rank },
       );
     }
+  }
+}
+
+/** KERNEL_INVALID_JOB unless the LoKr's sides multiply out to the job's rows and columns. */
+function validateKronecker(kernel: string, job: UpdateJob, k: KroneckerPart): void {
+  const dims = [k.rows, k.leftCols, k.rightRows, k.rightCols];
+  const ok =
+    dims.every((d) => Number.isInteger(d) && d >= 0) &&
+    k.left instanceof Float32Array &&
+    k.right instanceof Float32Array &&
+    k.left.length === k.rows * k.leftCols &&
+    k.right.length === k.rightRows * k.rightCols &&
+    k.rows * k.rightRows === job.rows &&
+    k.leftCols * k.rightCols === job.cols;
+  if (!ok) {
+    throw new FuseError(
+      'KERNEL_INVALID_JOB',
+      `${kernel} kernel: LoKr sides [${k.rows}, ${k.leftCols}] ⊗ [${k.rightRows}, ${k.rightCols}] do not give the job's [${job.rows}, ${job.cols}]`,
+      { kernel, what: 'LoKr sides', expected: [job.rows, job.cols], found: dims },
+    );
   }
 }
 
@@ -496,27 +524,28 @@ export async function createCpuKernel(opts: CpuKernelOptions = {}): Promise<Fuse
   let zeroed: [number, number] | null = null;
 
   /**
-   * A LoHa block on the kernel's threads, every step in wasm memory: W (stored) → f32; P1 = 0 + A_up·A_down and
-   * P2 = 0 + B_up·B_down with the update kernel itself (f32, from a zero source region); W32 = f32(W32 +
-   * c·f32(s·P1·P2)) (hadamard_add); then the update W32 + U·D rounded once into the output dtype.
+   * A term added to W where the kernel keeps it, block by block: W (stored) → f32 (a rank-0 update: exact);
+   * `add` changes the f32 rows in place (W32 = f32(W32 + c·Δ)), using `scratchBytes` bytes of its own after the
+   * block's regions; then the update W32 + U·D is rounded once into the output dtype.
    */
-  async function runHadamard(
+  async function runInMemory(
     io: Omit<BlockIo, 'b' | 'cols'>,
     job: UpdateJob,
-    h: HadamardPart,
     clamp: boolean,
+    rMax: number,
+    scratchBytes: (rows: number, cells: number) => number,
+    add: (at: InMemoryBlock) => Promise<void>,
   ): Promise<UpdateResult> {
     const { rows, cols } = job;
     if (rows === 0 || cols === 0) return { overflow: 0, nonFiniteInput: 0 };
-    const ss = io.srcDtype === 'F32' ? 4 : 2;
-    const ds = io.dstDtype === 'F32' ? 4 : 2;
+    const ss = STORED_FLOAT_SIZE[io.srcDtype];
+    const ds = STORED_FLOAT_SIZE[io.dstDtype];
     const colTiles = Math.ceil(cols / 8);
     const colsP = colTiles * 8;
-    const perRow = colsP * (4 * 4 + ss + ds);
+    const perRow = colsP * (4 + ss + ds) + scratchBytes(1, colsP);
     let blockRows = Math.max(4, Math.floor(engine.maxBlockBytes / perRow / 4) * 4);
     if (blockRows >= rows) blockRows = rows;
-    const rMax = Math.max(h.a.rank, h.b.rank, job.rank);
-    packReserve = Math.max(packReserve, WasmEngine.packBytes(rMax, blockRows, cols));
+    packReserve = Math.max(packReserve, WasmEngine.packBytes(Math.max(rMax, job.rank), blockRows, cols));
     let nonFiniteInput = 0;
     let overflow = 0;
     for (let r0 = 0; r0 < rows; r0 += blockRows) {
@@ -524,18 +553,12 @@ export async function createCpuKernel(opts: CpuKernelOptions = {}): Promise<Fuse
       const n = r1 - r0;
       const rowTiles = Math.ceil(n / 4);
       const cells = rowTiles * 4 * colsP;
-      const zero = alignTo(CTL_OFFSET + CTL_INTS * 4 + 4096 + packReserve, 64);
-      const at = (prev: number, bytes: number): number => alignTo(prev + bytes, 64);
-      const l: HadamardLayout = (() => {
-        const w32 = at(zero, cells * 4);
-        const p1 = at(w32, cells * 4);
-        const p2 = at(p1, cells * 4);
-        const ws = at(p2, cells * 4);
-        const wd = at(ws, cells * ss);
-        return { zero, w32, p1, p2, ws, wd, end: at(wd, cells * ds) };
-      })();
-      engine.ensure(l.end);
-      const parallel = threads > 1 && rowTiles >= 2 * threads && 2 * n * cols * rMax >= minParallelFlops;
+      const scratch = alignTo(CTL_OFFSET + CTL_INTS * 4 + 4096 + packReserve, 64);
+      const w32 = alignTo(scratch + scratchBytes(n, cells), 64);
+      const ws = alignTo(w32 + cells * 4, 64);
+      const wd = alignTo(ws + cells * ss, 64);
+      engine.ensure(wd + cells * ds + 64);
+      const parallel = threads > 1 && rowTiles >= 2 * threads && 2 * n * cols * Math.max(rMax, 1) >= minParallelFlops;
       const block = (fn: string, r: number, psrc: number, ldsrc: number, pdst: number, lddst: number): Block => ({
         fn,
         r,
@@ -553,39 +576,85 @@ export async function createCpuKernel(opts: CpuKernelOptions = {}): Promise<Fuse
         rowStart: r0,
         rowEnd: r1,
       });
-      const src32 = io.srcDtype.toLowerCase();
-      const dst32 = io.dstDtype.toLowerCase();
-      // W in, as stored, then to f32 (a rank-0 update: exact)
-      const load = block(`update_${src32}_f32`, 0, l.ws, colsP * ss, l.w32, colsP * 4);
+      const phase = (b: Block): Promise<void> => runPhase(engine, pool, ctl, b, parallel, chunkTiles);
+      const load = block(`update_${io.srcDtype.toLowerCase()}_f32`, 0, ws, colsP * ss, w32, colsP * 4);
       engine.copyIn(load, io.src, io.srcDtype, cols, 0, rowTiles);
-      const packed0 = engine.packFactors(0, new Float32Array(0), new Float32Array(0), cols, 0, n);
-      await runPhase(engine, pool, ctl, { ...load, pa: packed0.pa, pb: packed0.pb }, parallel, chunkTiles);
-      // the products' zero source
-      if (!zeroed || zeroed[0] > l.zero || zeroed[1] < l.zero + cells * 4) engine.zero(l.zero, l.zero + cells * 4);
-      // Only this block's zero region stays zero: the regions after it are written below.
-      zeroed = [l.zero, l.zero + cells * 4];
-      for (const [side, out] of [
-        [h.a, l.p1],
-        [h.b, l.p2],
-      ] as const) {
-        const p = engine.packFactors(side.rank, side.up, side.down, cols, r0, r1);
-        const b = block('update_f32_f32', side.rank, l.zero, colsP * 4, out, colsP * 4);
-        await runPhase(engine, pool, ctl, { ...b, pa: p.pa, pb: p.pb, clamp: 0 }, parallel, chunkTiles);
-      }
-      engine.setHadamardCoefs(h.scale, h.coef);
-      const add = block('hadamard_add', 0, l.w32, colsP * 4, l.w32, colsP * 4);
-      await runPhase(engine, pool, ctl, { ...add, pa: l.p1, pb: l.p2 }, parallel, chunkTiles);
-      // W32 + U·D, rounded once
+      const empty = engine.packFactors(0, EMPTY, EMPTY, cols, 0, n);
+      await phase({ ...load, pa: empty.pa, pb: empty.pb });
+      await add({ r0, r1, cells, colsP, scratch, w32, block, phase });
       const p = engine.packFactors(job.rank, job.up, job.down, cols, r0, r1);
-      const fin = block(`update_f32_${dst32}`, job.rank, l.w32, colsP * 4, l.wd, colsP * ds);
+      const fin = block(`update_f32_${io.dstDtype.toLowerCase()}`, job.rank, w32, colsP * 4, wd, colsP * ds);
       engine.resetCounts(threads);
-      await runPhase(engine, pool, ctl, { ...fin, pa: p.pa, pb: p.pb }, parallel, chunkTiles);
+      await phase({ ...fin, pa: p.pa, pb: p.pb });
       const [nf, ov] = engine.readCounts(threads);
       nonFiniteInput += nf - fin.padCells;
       overflow += ov;
       engine.copyOut(fin, io.dst, io.dstDtype, cols, 0, rowTiles);
     }
     return { overflow, nonFiniteInput };
+  }
+
+  /**
+   * A LoHa: P1 = 0 + A_up·A_down and P2 = 0 + B_up·B_down with the update kernel itself (f32, from a zero source
+   * region, so the same values as the terms' own product), then W32 = f32(W32 + c·f32(s·P1·P2)) (hadamard_add).
+   */
+  function runHadamard(
+    io: Omit<BlockIo, 'b' | 'cols'>,
+    job: UpdateJob,
+    h: HadamardPart,
+    clamp: boolean,
+  ): Promise<UpdateResult> {
+    const rMax = Math.max(h.a.rank, h.b.rank);
+    return runInMemory(
+      io,
+      job,
+      clamp,
+      rMax,
+      (_rows, cells) => 3 * cells * 4 + 128,
+      async ({ r0, r1, cells, colsP, scratch, w32, block, phase }) => {
+        const zero = scratch;
+        const p1 = alignTo(zero + cells * 4, 64);
+        const p2 = alignTo(p1 + cells * 4, 64);
+        if (!zeroed || zeroed[0] > zero || zeroed[1] < zero + cells * 4) engine.zero(zero, zero + cells * 4);
+        // Only this block's zero region stays zero: the regions after it are written below.
+        zeroed = [zero, zero + cells * 4];
+        for (const [side, out] of [
+          [h.a, p1],
+          [h.b, p2],
+        ] as const) {
+          const p = engine.packFactors(side.rank, side.up, side.down, job.cols, r0, r1);
+          const b = block('update_f32_f32', side.rank, zero, colsP * 4, out, colsP * 4);
+          await phase({ ...b, pa: p.pa, pb: p.pb, clamp: 0 });
+        }
+        engine.setHadamardCoefs(h.scale, h.coef);
+        await phase({ ...block('hadamard_add', 0, w32, colsP * 4, w32, colsP * 4), pa: p1, pb: p2 });
+      },
+    );
+  }
+
+  /** A LoKr: W32 = f32(W32 + c·f32(s·left[a, c]·right[b, d])), the Kronecker product written into the rows. */
+  function runKronecker(
+    io: Omit<BlockIo, 'b' | 'cols'>,
+    job: UpdateJob,
+    k: KroneckerPart,
+    clamp: boolean,
+  ): Promise<UpdateResult> {
+    const leftBytes = alignTo(k.left.length * 4, 64);
+    return runInMemory(
+      io,
+      job,
+      clamp,
+      1,
+      () => leftBytes + k.right.length * 4 + 128,
+      async ({ r0, colsP, scratch, w32, block, phase }) => {
+        const left = scratch;
+        const right = scratch + leftBytes;
+        engine.setF32(left, k.left);
+        engine.setF32(right, k.right);
+        engine.setKroneckerParams(k.scale, k.coef, k.rows, k.rightRows, k.leftCols, k.rightCols, r0);
+        await phase({ ...block('kronecker_add', 0, w32, colsP * 4, w32, colsP * 4), pa: left, pb: right });
+      },
+    );
   }
 
   const stats: KernelStats = { flops: 0, seconds: 0, calls: 0 };
@@ -603,6 +672,15 @@ export async function createCpuKernel(opts: CpuKernelOptions = {}): Promise<Fuse
         // an ordinary job lays out memory its own way: the zero region is no longer known to be zero
         zeroed = null;
         return timed(stats, job, () => run({ src, srcDtype, dst, dstDtype }, job, o.clamp === true));
+      });
+    },
+    updateKronecker(src, srcDtype, dst, dstDtype, job, k, o: UpdateOptions = {}) {
+      return queue.run(async () => {
+        if (pool.disposed) throw disposedError(name);
+        if (pool.failure) throw new FuseError('KERNEL_FAILED', `cpu kernel: ${pool.failure}`, { threads });
+        validateJob(name, src, srcDtype, dst, dstDtype, job);
+        validateKronecker(name, job, k);
+        return timed(stats, job, () => runKronecker({ src, srcDtype, dst, dstDtype }, job, k, o.clamp === true));
       });
     },
     updateHadamard(src, srcDtype, dst, dstDtype, job, h, o: UpdateOptions = {}) {

@@ -56,6 +56,7 @@ export const KERNEL_FUNCTIONS = [
   'update_bf16_f16',
   'update_bf16_bf16',
   'hadamard_add',
+  'kronecker_add',
 ] as const;
 
 const WORKER_SOURCE = `

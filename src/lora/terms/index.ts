@@ -28,6 +28,7 @@ import { denseFactors, viewOf, type PlainFactors } from './matrix.js';
 export type { PlainFactors } from './matrix.js';
 export { multiply, denseFactors, viewOf } from './matrix.js';
 export { hadamardFactors, hadamardPairs } from './hadamard.js';
+export { kroneckerSides } from './kronecker.js';
 
 const KINDS: { readonly [K in TermKind]: KindOps<Extract<Term, { kind?: K }>> } = {
   lowRank: lowRankKind,

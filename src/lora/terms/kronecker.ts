@@ -79,26 +79,33 @@ function fullOf(s: Side): Float32Array {
  * +0 where s·left[a, c] is 0), added once and rounded to f32 — the same bits as adding termDelta's result.
  */
 export function addKronecker(t: KroneckerTerm, path: string, view: Float32Array, coef: number): void {
-  const { l, r, fanIn } = sides(t, path);
-  const left = fullOf(l);
-  const right = fullOf(r);
-  const n2 = r.cols;
-  for (let a = 0; a < l.rows; a++) {
-    for (let b = 0; b < r.rows; b++) {
-      const row = (a * r.rows + b) * fanIn;
-      const src = b * n2;
-      for (let c = 0; c < l.cols; c++) {
-        const x = t.scale * (left[a * l.cols + c] as number);
-        const dst = row + c * n2;
+  const { left, rows, leftCols, right, rightRows, rightCols } = kroneckerSides(t, path);
+  const fanIn = leftCols * rightCols;
+  for (let a = 0; a < rows; a++) {
+    for (let b = 0; b < rightRows; b++) {
+      const row = (a * rightRows + b) * fanIn;
+      const src = b * rightCols;
+      for (let c = 0; c < leftCols; c++) {
+        const x = t.scale * (left[a * leftCols + c] as number);
+        const dst = row + c * rightCols;
         if (x === 0) {
-          for (let d = 0; d < n2; d++) view[dst + d] = (view[dst + d] as number) + coef * 0;
+          for (let d = 0; d < rightCols; d++) view[dst + d] = (view[dst + d] as number) + coef * 0;
           continue;
         }
-        for (let d = 0; d < n2; d++)
+        for (let d = 0; d < rightCols; d++)
           view[dst + d] = (view[dst + d] as number) + coef * Math.fround(x * (right[src + d] as number));
       }
     }
   }
+}
+
+/** The two sides of a LoKr as full f32 matrices (factored sides multiplied out), checked against the weight. */
+export function kroneckerSides(
+  t: KroneckerTerm,
+  path: string,
+): { left: Float32Array; rows: number; leftCols: number; right: Float32Array; rightRows: number; rightCols: number } {
+  const { l, r } = sides(t, path);
+  return { left: fullOf(l), rows: l.rows, leftCols: l.cols, right: fullOf(r), rightRows: r.rows, rightCols: r.cols };
 }
 
 export const kroneckerKind: KindOps<KroneckerTerm> = {
