@@ -19,7 +19,11 @@ export function needsBase(lora: Lora<Term>): boolean {
 }
 
 /** The weight of module `path` of `lora`'s layout in an opened checkpoint, as f32 (LORA_NEEDS_BASE when absent). */
-export async function baseWeight(opened: OpenedBase, lora: Lora<Term>, path: string): Promise<Float32Array> {
+export async function baseWeight(
+  opened: OpenedBase,
+  lora: Pick<Lora<Term>, 'arch' | 'size'>,
+  path: string,
+): Promise<Float32Array> {
   const entry = getLayout(lora.arch, lora.size).byPath.get(path);
   const found = entry ? findWeight(opened, entry) : null;
   if (!entry || !found) {

@@ -8,12 +8,14 @@
  */
 import ndarray from 'ndarray';
 import { ArchError, LoraError } from '../core/errors.js';
-import { decodeLora, inspectLora, loadLora, planLora } from '../formats/index.js';
+import { decodeLora, inspectLora, openPath, planLora } from '../formats/index.js';
+import { readPlannedTerm } from '../formats/decode.js';
 import { compileWeight, type MergeWeight } from '../lora/merge.js';
 import { baseFromFused, termDelta, termNeedsBase, termShape } from '../lora/terms/index.js';
 import type { Lora, Term } from '../lora/types.js';
 import { isLora } from '../lora/validate.js';
-import { SafetensorsFile } from '../safetensors/read.js';
+import { parseSafetensors, SafetensorsFile } from '../safetensors/read.js';
+import type { ByteSource } from '../core/bytes.js';
 import { baseWeight } from './base-terms.js';
 import { openBase } from './fuse.js';
 import type { OpenedBase } from './base.js';
@@ -33,21 +35,73 @@ async function hasBaseDependent(input: LoraInput, allowUnmatched: boolean): Prom
   return plan.modules.some((m) => needsBaseKind(m.kind));
 }
 
-async function asLora(input: LoraInput, opened: OpenedBase, allowUnmatched: boolean): Promise<Lora<Term>> {
-  if (isLora(input)) return input as Lora<Term>;
+/**
+ * One input as unfuse reads it: a LoRA in memory as it is; a file through its plan (the header), so that only the
+ * modules asked for are read. `decode` loads the whole LoRA (for the inputs whose terms get replaced).
+ */
+interface Source {
+  readonly arch: Lora['arch'];
+  readonly size: Lora['size'];
+  /** Module paths with a base-dependent term. */
+  readonly needingBase: readonly string[];
+  term(path: string): Promise<Term | undefined>;
+  decode(): Promise<Lora<Term>>;
+  close(): Promise<void>;
+}
+
+function memorySource(lora: Lora<Term>): Source {
+  return {
+    arch: lora.arch,
+    size: lora.size,
+    needingBase: [...lora.modules].filter(([, t]) => termNeedsBase(t)).map(([p]) => p),
+    term: async (path) => lora.modules.get(path),
+    decode: async () => lora,
+    close: async () => undefined,
+  };
+}
+
+async function fileSource(input: LoraInput, opened: OpenedBase, allowUnmatched: boolean): Promise<Source> {
   const { arch, size } = opened.detection;
-  const load = (options: { arch?: typeof arch; size?: typeof size; allowUnmatched: boolean }) =>
-    input instanceof SafetensorsFile ? decodeLora(input, options) : loadLora(input as string, options);
-  const lora = await load({ allowUnmatched });
-  if (lora.arch === arch && lora.size === size) return lora;
-  if (allowUnmatched && lora.arch === 'sdxl' && arch === 'ssd1b' && lora.size === size) {
-    return load({ arch, size, allowUnmatched: true });
+  const owned = typeof input === 'string';
+  const file =
+    input instanceof SafetensorsFile
+      ? input
+      : typeof input === 'string'
+        ? await openPath(input)
+        : await parseSafetensors(input as ByteSource);
+  try {
+    let options: { arch?: typeof arch; size?: typeof size; allowUnmatched: boolean } = { allowUnmatched };
+    let plan = await planLora(file, options);
+    if (plan.arch !== arch || plan.size !== size) {
+      if (allowUnmatched && plan.arch === 'sdxl' && arch === 'ssd1b' && plan.size === size) {
+        options = { arch, size, allowUnmatched: true };
+        plan = await planLora(file, options);
+      } else {
+        throw new ArchError(
+          'ARCH_MISMATCH',
+          `unfuse: a LoRA for ${plan.arch}${plan.size === 'tiny' ? ' (tiny)' : ''} cannot be taken out of ${opened.name}, which is ${arch}${size === 'tiny' ? ' (tiny)' : ''}`,
+          { file: opened.name, expected: arch, found: plan.arch },
+        );
+      }
+    }
+    const byPath = new Map(plan.modules.map((m) => [m.entry.path, m]));
+    return {
+      arch: plan.arch,
+      size: plan.size,
+      needingBase: plan.modules.filter((m) => needsBaseKind(m.kind)).map((m) => m.entry.path),
+      async term(path) {
+        const m = byPath.get(path);
+        return m ? readPlannedTerm(file, m) : undefined;
+      },
+      decode: () => decodeLora(file, options),
+      close: async () => {
+        if (owned) await file.close();
+      },
+    };
+  } catch (e) {
+    if (owned) await file.close().catch(() => undefined);
+    throw e;
   }
-  throw new ArchError(
-    'ARCH_MISMATCH',
-    `unfuse: a LoRA for ${lora.arch}${lora.size === 'tiny' ? ' (tiny)' : ''} cannot be taken out of ${opened.name}, which is ${arch}${size === 'tiny' ? ' (tiny)' : ''}`,
-    { file: opened.name, expected: arch, found: lora.arch },
-  );
 }
 
 /**
@@ -67,9 +121,13 @@ export async function resolveFusedBases(
   const flags = await Promise.all(loras.map((l) => hasBaseDependent(l, allowUnmatched)));
   if (!flags.some(Boolean)) return [...loras];
   const opened = await openBase(fused);
+  const sources: Source[] = [];
   try {
-    const all = await Promise.all(loras.map((l) => asLora(l, opened, allowUnmatched)));
-    const weightOf = all.map((l, i) =>
+    // Headers only: the inputs' factors are read for the modules with a base-dependent term, and only the
+    // inputs whose terms are replaced are decoded whole.
+    for (const l of loras)
+      sources.push(isLora(l) ? memorySource(l as Lora<Term>) : await fileSource(l, opened, allowUnmatched));
+    const weightOf = sources.map((l, i) =>
       compileWeight(
         weights[i] ?? 1,
         l.arch,
@@ -78,14 +136,14 @@ export async function resolveFusedBases(
         'unfuse',
       ),
     );
-    const replaced = all.map(() => new Map<string, Term>());
+    const replaced = sources.map(() => new Map<string, Term>());
     const paths = new Set<string>();
-    for (const l of all) for (const [p, t] of l.modules) if (termNeedsBase(t)) paths.add(p);
+    for (const l of sources) for (const p of l.needingBase) paths.add(p);
+    const terms = new Map<string, (Term | undefined)[]>();
+    for (const path of paths) terms.set(path, await Promise.all(sources.map((l) => l.term(path))));
     for (const path of paths) {
-      const owners = all.flatMap((l, i) => {
-        const t = l.modules.get(path);
-        return t && termNeedsBase(t) && (weightOf[i]?.(path) ?? 0) !== 0 ? [i] : [];
-      });
+      const here = terms.get(path)!;
+      const owners = here.flatMap((t, i) => (t && termNeedsBase(t) && (weightOf[i]?.(path) ?? 0) !== 0 ? [i] : []));
       const owner = owners[0];
       if (owner === undefined) continue;
       if (owners.length > 1) {
@@ -95,14 +153,12 @@ export async function resolveFusedBases(
           { key: path, found: owners.length },
         );
       }
-      const lora = all[owner]!;
-      const term = lora.modules.get(path)!;
+      const term = here[owner]!;
       const w = weightOf[owner]!(path);
-      const fusedWeight = await baseWeight(opened, lora, path);
+      const fusedWeight = await baseWeight(opened, sources[owner]!, path);
       // F' = F − Σ w_j·Δ_j over the other inputs' (base-free) terms on this module
       const rest = Float64Array.from(fusedWeight);
-      all.forEach((other, j) => {
-        const t = other.modules.get(path);
+      here.forEach((t, j) => {
         const wj = weightOf[j]!(path);
         if (j === owner || !t || wj === 0) return;
         const d = termDelta(t, path);
@@ -121,15 +177,21 @@ export async function resolveFusedBases(
         ...(bias ? { bias } : {}),
       });
     }
-    return loras.map((input, i) => {
+    const out: LoraInput[] = [];
+    for (let i = 0; i < loras.length; i++) {
       const changes = replaced[i]!;
-      if (changes.size === 0) return input;
-      const lora = all[i]!;
+      if (changes.size === 0) {
+        out.push(loras[i]!);
+        continue;
+      }
+      const lora = await sources[i]!.decode();
       const modules = new Map<string, Term>();
       for (const [p, t] of lora.modules) modules.set(p, changes.get(p) ?? t);
-      return { ...lora, modules };
-    });
+      out.push({ ...lora, modules });
+    }
+    return out;
   } finally {
+    await Promise.allSettled(sources.map((x) => x.close()));
     await opened.close();
   }
 }
