@@ -1,9 +1,7 @@
 /**
- * Multi-threaded WASM SIMD kernel for Node: the main thread plus `threads − 1` worker threads share one
- * WebAssembly.Memory({ shared: true }). The main thread packs the factors and copies W in, then every thread
- * (main included) runs its own contiguous range of 4-row tiles, and the main thread copies the result out.
- * Memory and workers are reused across calls; dispose() ends the workers (they are unref'd in any case, so a
- * forgotten kernel never keeps the process alive).
+ * Multi-threaded WASM SIMD kernel for Node: src/kernels/threads.ts on worker threads (src/node/kernel-worker.ts)
+ * sharing one WebAssembly.Memory({ shared: true }). The workers are unref'd, so a forgotten kernel never keeps the
+ * process alive.
  *
  * Also turns on relaxed SIMD in Node 20 (`--experimental-wasm-relaxed-simd`, set at run time before the
  * kernel is compiled) and checks that it really validates; otherwise mul+add is used.
@@ -11,30 +9,10 @@
 import os from 'node:os';
 import v8 from 'node:v8';
 import type { Worker } from 'node:worker_threads';
-import { FuseError, OptionError } from '../core/errors.js';
-import { hasRelaxedSimd, hasWasmSimd, resetWasmFeatureCache } from '../core/wasm-features.js';
-import { backendName } from '../kernels/cpu.js';
-import { disposedError, now, serialQueue, timed, validateJob } from '../kernels/job.js';
-import type {
-  FuseKernel,
-  KernelStats,
-  StoredFloat,
-  UpdateJob,
-  UpdateOptions,
-  UpdateResult,
-  WasmKernelOptions,
-} from '../kernels/types.js';
-import {
-  type Block,
-  COUNTS_OFFSET,
-  CTL_INTS,
-  CTL_OFFSET,
-  kernelModuleSync,
-  MAX_PAGES,
-  MAX_THREADS,
-  WasmEngine,
-} from '../kernels/wasm-engine.js';
-import { CMD_QUIT, CMD_RUN, CTL, KERNEL_FUNCTIONS, startKernelWorker } from './kernel-worker.js';
+import { hasRelaxedSimd, resetWasmFeatureCache } from '../core/wasm-features.js';
+import { createThreadedKernel, type ThreadedKernelOptions, type ThreadPlatform } from '../kernels/threads.js';
+import type { FuseKernel } from '../kernels/types.js';
+import { startKernelWorker } from './kernel-worker.js';
 
 let relaxedTried = false;
 
@@ -63,186 +41,14 @@ export function enableRelaxedSimdNode(): boolean {
   return hasRelaxedSimd();
 }
 
-export interface CpuKernelOptions extends WasmKernelOptions {
+export interface CpuKernelOptions extends Omit<ThreadedKernelOptions, 'threads'> {
   /** Threads including the main thread (default os.availableParallelism()). */
   threads?: number;
-  /** Below this many FLOPs a job runs on the main thread only (waking workers costs tens of µs). */
-  minParallelFlops?: number;
-  /**
-   * Work chunk of the pipelined multi-thread path, in 4-row tiles. Default: about 256 KiB of W and at least
-   * 8 tiles (fewer tiles per chunk would reload the packed-D panel from L3 too often).
-   */
-  chunkTiles?: number;
 }
 
 /** Default thread count: the machine's available parallelism. */
 export function defaultThreads(): number {
   return typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length;
-}
-
-/** Validated options: thread count, the parallel threshold and the chunk size (undefined: per block). */
-function kernelOptions(opts: CpuKernelOptions): { threads: number; minParallelFlops: number; chunkTiles?: number } {
-  const threads = opts.threads ?? defaultThreads();
-  if (!Number.isInteger(threads) || threads < 1 || threads > MAX_THREADS) {
-    throw new OptionError(
-      'OPTION_INVALID',
-      `cpu kernel: threads must be an integer in 1..${MAX_THREADS}, found ${threads}`,
-      {
-        expected: `1..${MAX_THREADS}`,
-        found: threads,
-      },
-    );
-  }
-  const chunkTiles = opts.chunkTiles;
-  if (chunkTiles !== undefined && !(Number.isInteger(chunkTiles) && chunkTiles >= 1)) {
-    throw new OptionError('OPTION_INVALID', `cpu kernel: chunkTiles must be a positive integer, found ${chunkTiles}`, {
-      expected: 'a positive integer',
-      found: chunkTiles,
-    });
-  }
-  return {
-    threads,
-    minParallelFlops: opts.minParallelFlops ?? 2e6,
-    ...(chunkTiles !== undefined ? { chunkTiles } : {}),
-  };
-}
-
-/**
- * The worker threads of one kernel and their health: the first failure (a worker's error or unexpected exit) is
- * kept and wakes whoever waits for it; waits on the shared control block give up with KERNEL_FAILED then.
- */
-class WorkerPool {
-  readonly workers: Worker[] = [];
-  failure: string | null = null;
-  disposed = false;
-  private readonly errorWaiters: Array<(msg: string) => void> = [];
-
-  constructor(
-    private readonly ctl: Int32Array,
-    readonly threads: number,
-  ) {}
-
-  fail(msg: string): void {
-    if (!this.failure) this.failure = msg;
-    for (const w of this.errorWaiters.splice(0)) w(msg);
-  }
-
-  /** Start threads − 1 workers on the shared module and memory; resolves when every one reported ready. */
-  async start(module: WebAssembly.Module, memory: WebAssembly.Memory): Promise<void> {
-    const ready: Array<Promise<void>> = [];
-    for (let i = 1; i < this.threads; i++) {
-      const w = startKernelWorker({
-        module,
-        memory,
-        index: i,
-        ctlOffset: CTL_OFFSET,
-        ctlInts: CTL_INTS,
-        countsOffset: COUNTS_OFFSET,
-      });
-      this.workers.push(w);
-      ready.push(this.readiness(w, i));
-    }
-    // The workers are unref'd, so nothing else keeps the event loop alive while they start.
-    const keepAlive = setInterval(() => undefined, 1000);
-    try {
-      await Promise.all(ready);
-    } catch (e) {
-      this.disposed = true;
-      await Promise.all(this.workers.map((w) => w.terminate()));
-      throw new FuseError(
-        'KERNEL_FAILED',
-        `cpu kernel: starting ${this.threads - 1} worker thread(s) failed: ${(e as Error).message}`,
-        {
-          threads: this.threads,
-        },
-      );
-    } finally {
-      clearInterval(keepAlive);
-    }
-  }
-
-  private readiness(w: Worker, i: number): Promise<void> {
-    return new Promise<void>((resolve, reject) => {
-      w.on('message', (m: { type: string; message?: string }) => {
-        if (m.type === 'ready') resolve();
-        else if (m.type === 'error') {
-          reject(new Error(m.message));
-          this.fail(m.message ?? `worker ${i} failed`);
-        }
-      });
-      w.on('error', (e) => {
-        reject(e);
-        this.fail(`worker ${i}: ${e instanceof Error ? e.message : String(e)}`);
-      });
-      w.on('exit', (code) => {
-        reject(new Error(`worker ${i} exited with code ${code} before it was ready`));
-        if (!this.disposed) this.fail(`worker ${i} exited unexpectedly (code ${code})`);
-      });
-    });
-  }
-
-  /**
-   * Wait until ctl[index] ≥ value: a short synchronous wait first, then asynchronously (so that worker 'exit' /
-   * 'error' events can arrive). Throws KERNEL_FAILED when a worker failed.
-   */
-  async waitFor(index: number, value: number): Promise<void> {
-    const ctl = this.ctl;
-    // A short synchronous wait (the chunk in flight is usually nearly done), then asynchronously, so that the
-    // main thread's other work (reads, the next tensor's factors, writes) runs while a worker finishes.
-    const spinUntil = now() + SPIN_S;
-    for (;;) {
-      const d = Atomics.load(ctl, index);
-      if (d >= value) return;
-      if (this.failure) break;
-      if (now() < spinUntil) Atomics.wait(ctl, index, d, 1);
-      else await waitAsync(ctl, index, d);
-    }
-    throw new FuseError('KERNEL_FAILED', `cpu kernel: ${this.failure}`, { threads: this.threads });
-  }
-
-  /** The failure message once a worker reported one (or a generic one after a second). */
-  failureMessage(): Promise<string> {
-    if (this.failure) return Promise.resolve(this.failure);
-    return new Promise<string>((resolve) => {
-      this.errorWaiters.push(resolve);
-      setTimeout(() => resolve('a worker reported an error'), 1000).unref();
-    });
-  }
-
-  /** Ask the workers to quit and wait for them (terminating any that take more than a second). */
-  async quit(): Promise<void> {
-    this.disposed = true;
-    Atomics.store(this.ctl, CTL.CMD, CMD_QUIT);
-    Atomics.add(this.ctl, CTL.SEQ, 1);
-    Atomics.notify(this.ctl, CTL.SEQ);
-    await Promise.all(this.workers.map(exited));
-  }
-}
-
-/** How long waitFor blocks synchronously before it waits asynchronously (seconds). */
-const SPIN_S = 0.0005;
-/** The main thread returns to the event loop at least this often while it computes chunks (seconds). */
-const YIELD_S = 0.001;
-
-/** Let the event loop run pending I/O callbacks and other tasks, then continue. */
-const yieldToLoop = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
-
-/** One asynchronous wait on ctl[index] while it still holds `seen` (100 ms at most). */
-async function waitAsync(ctl: Int32Array, index: number, seen: number): Promise<void> {
-  const r = (
-    Atomics as unknown as {
-      waitAsync(a: Int32Array, i: number, v: number, t: number): { async: boolean; value: Promise<string> | string };
-    }
-  ).waitAsync(ctl, index, seen, 100);
-  if (!r.async) return;
-  // Atomics.waitAsync does not keep Node's event loop alive and the workers are unref'd: without a ref'd timer a
-  // script whose only pending work is this wait would exit (code 13) mid-update.
-  const keepAlive = setTimeout(() => undefined, 200);
-  try {
-    await r.value;
-  } finally {
-    clearTimeout(keepAlive);
-  }
 }
 
 /** Resolves when the worker has exited; terminates it after a second. */
@@ -260,175 +66,35 @@ function exited(w: Worker): Promise<void> {
   });
 }
 
-/** Chunks of ~256 KiB of W and ≥ 8 row tiles, at most as many as the control block has flags. */
-function chunking(b: Block, chunkTiles: number | undefined): { ch: number; n: number } {
-  const maxChunks = CTL_INTS - CTL.CHUNK_DONE;
-  let ch = chunkTiles ?? Math.max(8, Math.ceil((256 * 1024) / (4 * b.ldsrc)));
-  ch = Math.max(ch, Math.ceil(b.rowTiles / maxChunks));
-  return { ch, n: Math.ceil(b.rowTiles / ch) };
-}
-
-/** Write the block's description into the control block and wake the workers for it. */
-function publishBlock(ctl: Int32Array, b: Block, threads: number, ch: number, n: number): void {
-  ctl[CTL.FN] = KERNEL_FUNCTIONS.indexOf(b.fn as (typeof KERNEL_FUNCTIONS)[number]);
-  ctl[CTL.PA] = b.pa;
-  ctl[CTL.PB] = b.pb;
-  ctl[CTL.R] = b.r;
-  ctl[CTL.PSRC] = b.psrc;
-  ctl[CTL.LDSRC] = b.ldsrc;
-  ctl[CTL.PDST] = b.pdst;
-  ctl[CTL.LDDST] = b.lddst;
-  ctl[CTL.ROW_TILES] = b.rowTiles;
-  ctl[CTL.COL_TILES] = b.colTiles;
-  ctl[CTL.NC] = b.nc;
-  ctl[CTL.CLAMP] = b.clamp;
-  ctl[CTL.THREADS] = threads;
-  ctl[CTL.NCHUNKS] = n;
-  ctl[CTL.CHUNK_TILES] = ch;
-  ctl.fill(0, CTL.CHUNK_DONE, CTL.CHUNK_DONE + n);
-  Atomics.store(ctl, CTL.READY, 0);
-  Atomics.store(ctl, CTL.NEXT, 0);
-  Atomics.store(ctl, CTL.DONE, 0);
-  Atomics.store(ctl, CTL.ERROR, 0);
-  Atomics.store(ctl, CTL.CMD, CMD_RUN);
-  Atomics.add(ctl, CTL.SEQ, 1);
-  Atomics.notify(ctl, CTL.SEQ);
-}
-
-/** A block, its source and destination, as one update sees them. */
-interface BlockIo {
-  readonly b: Block;
-  readonly src: Uint8Array;
-  readonly srcDtype: StoredFloat;
-  readonly dst: Uint8Array;
-  readonly dstDtype: StoredFloat;
-  readonly cols: number;
-}
-
-/**
- * One block on all threads, pipelined: the main thread copies W in chunk by chunk (publishing READY) while the
- * workers already run the chunks that are in; then it claims chunks itself, copying out every chunk flagged done
- * so far after each; then it copies out the rest as they are flagged. Chunks are claimed from one atomic counter,
- * so the split adapts to the threads' actual speed (the main thread spends part of its time copying).
- *
- * Between its chunks (at least every YIELD_S) the main thread returns to the event loop, and it waits for the
- * workers asynchronously: the caller's other work — reading the next tensors, decoding their factors, handing the
- * previous ones to the writer — runs on the main thread while the workers compute, instead of after them.
- */
-async function runParallel(
-  engine: WasmEngine,
-  pool: WorkerPool,
-  ctl: Int32Array,
-  io: BlockIo,
-  chunkTiles: number | undefined,
-): Promise<void> {
-  const { b, src, srcDtype, dst, dstDtype, cols } = io;
-  const { ch, n } = chunking(b, chunkTiles);
-  const tiles = (c: number): [number, number] => [c * ch, Math.min(b.rowTiles, (c + 1) * ch)];
-  publishBlock(ctl, b, pool.threads, ch, n);
-  let mainError: unknown = null;
-  /** Chunks copied out so far (in order). */
-  let out = 0;
-  try {
-    for (let c = 0; c < n; c++) {
-      engine.copyIn(b, src, srcDtype, cols, ...tiles(c));
-      Atomics.store(ctl, CTL.READY, c + 1);
-      Atomics.notify(ctl, CTL.READY);
-    }
-    let nextYield = now() + YIELD_S;
-    for (;;) {
-      const c = Atomics.add(ctl, CTL.NEXT, 1);
-      if (c >= n) break;
-      engine.run(b, ...tiles(c), 0);
-      Atomics.store(ctl, CTL.CHUNK_DONE + c, 1);
-      for (; out < n && Atomics.load(ctl, CTL.CHUNK_DONE + out) === 1; out++)
-        engine.copyOut(b, dst, dstDtype, cols, ...tiles(out));
-      if (now() >= nextYield) {
-        await yieldToLoop();
-        nextYield = now() + YIELD_S;
-      }
-    }
-  } catch (e) {
-    mainError = e;
-    // release the workers: they may be waiting for rows that will not come
-    Atomics.store(ctl, CTL.READY, n);
-    Atomics.notify(ctl, CTL.READY);
-  }
-  if (!mainError) {
-    for (; out < n; out++) {
-      await pool.waitFor(CTL.CHUNK_DONE + out, 1);
-      engine.copyOut(b, dst, dstDtype, cols, ...tiles(out));
-    }
-  }
-  await pool.waitFor(CTL.DONE, pool.threads - 1);
-  if (mainError) throw mainError;
-  if (Atomics.load(ctl, CTL.ERROR) !== 0) {
-    throw new FuseError('KERNEL_FAILED', `cpu kernel: ${await pool.failureMessage()}`, { threads: pool.threads });
-  }
-}
+/** Node's worker threads as the threaded kernel's platform. */
+const NODE_THREADS: ThreadPlatform<Worker> = {
+  start(init, events) {
+    const w = startKernelWorker(init);
+    w.on('message', (m: { type: string; message?: string }) => {
+      if (m.type === 'ready') events.ready();
+      else if (m.type === 'error') events.error(m.message ?? `worker ${init.index} failed`);
+    });
+    w.on('error', (e) => events.error(`worker ${init.index}: ${e instanceof Error ? e.message : String(e)}`));
+    w.on('exit', (code) => events.exit(code));
+    return w;
+  },
+  stop: exited,
+  yieldToLoop: () => new Promise((resolve) => setImmediate(resolve)),
+  hold() {
+    const t = setInterval(() => undefined, 1000);
+    return () => clearInterval(t);
+  },
+  canBlock: true,
+};
 
 /** Multi-threaded WASM SIMD kernel (Node only). */
 export async function createCpuKernel(opts: CpuKernelOptions = {}): Promise<FuseKernel> {
-  const { threads, minParallelFlops, chunkTiles } = kernelOptions(opts);
-  if (!hasWasmSimd()) {
-    throw new FuseError('FUSE_BACKEND_UNAVAILABLE', 'cpu kernel: this runtime has no WebAssembly SIMD (v128)', {
-      backend: 'wasm-simd',
-    });
-  }
   const relaxed = opts.relaxed !== false && enableRelaxedSimdNode();
-  const backend = backendName(relaxed);
-  const module = kernelModuleSync(relaxed, true);
-  const memory = new WebAssembly.Memory({ initial: 1, maximum: MAX_PAGES, shared: true });
-  const engine = new WasmEngine(module, memory);
-  const ctl = new Int32Array(memory.buffer, CTL_OFFSET, CTL_INTS);
-  const name = `${backend} ×${threads} thread${threads === 1 ? '' : 's'}`;
-  const pool = new WorkerPool(ctl, threads);
-  await pool.start(module, memory);
-
-  async function run(io: Omit<BlockIo, 'b' | 'cols'>, job: UpdateJob, clamp: boolean): Promise<UpdateResult> {
-    if (job.rows === 0 || job.cols === 0) return { overflow: 0, nonFiniteInput: 0 };
-    const { pb, end } = engine.packB(job);
-    let nonFiniteInput = 0;
-    let overflow = 0;
-    for (const [r0, r1] of engine.blocks(job, io.srcDtype, io.dstDtype)) {
-      const b = engine.layoutBlock(io.srcDtype, io.dstDtype, job, pb, end, r0, r1, clamp);
-      engine.resetCounts(threads);
-      const flops = 2 * (r1 - r0) * job.cols * job.rank;
-      if (threads > 1 && b.rowTiles >= 2 * threads && flops >= minParallelFlops) {
-        await runParallel(engine, pool, ctl, { ...io, b, cols: job.cols }, chunkTiles);
-      } else {
-        engine.copyIn(b, io.src, io.srcDtype, job.cols, 0, b.rowTiles);
-        engine.run(b, 0, b.rowTiles, 0);
-        engine.finishBlock(b, io.dst, io.dstDtype, job.cols);
-      }
-      const [nf, ov] = engine.readCounts(threads);
-      nonFiniteInput += nf - b.padCells;
-      overflow += ov;
-    }
-    return { overflow, nonFiniteInput };
-  }
-
-  const stats: KernelStats = { flops: 0, seconds: 0, calls: 0 };
-  const queue = serialQueue();
-  const kernel: FuseKernel = {
-    name,
-    backend,
-    stats,
-    update(src, srcDtype, dst, dstDtype, job, o: UpdateOptions = {}) {
-      // calls are serialised: one shared memory, one job at a time
-      return queue.run(async () => {
-        if (pool.disposed) throw disposedError(name);
-        if (pool.failure) throw new FuseError('KERNEL_FAILED', `cpu kernel: ${pool.failure}`, { threads });
-        validateJob(name, src, srcDtype, dst, dstDtype, job);
-        return timed(stats, job, () => run({ src, srcDtype, dst, dstDtype }, job, o.clamp === true));
-      });
-    },
-    async dispose() {
-      if (pool.disposed) return;
-      await queue.idle();
-      await pool.quit();
-    },
-  };
-  workerLists.set(kernel, pool.workers);
+  const { kernel, threads } = await createThreadedKernel(NODE_THREADS, {
+    ...opts,
+    relaxed,
+    threads: opts.threads ?? defaultThreads(),
+  });
+  workerLists.set(kernel, threads);
   return kernel;
 }
