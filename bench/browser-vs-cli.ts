@@ -50,6 +50,8 @@ interface Run {
   peakAll?: number;
   /** The page only: renderer + GPU right before the files were chosen. */
   idle?: number;
+  /** The page only: the longest task on the page's main thread (Long Tasks API), ms; 0 when none ≥ 50 ms. */
+  longestTask?: number;
 }
 
 function cliRun(): Run {
@@ -131,6 +133,13 @@ async function pageRun(webDir: string): Promise<Run> {
     const idle = chromiumTree()
       .filter((p) => p.type === 'renderer' || p.type === 'gpu-process')
       .reduce((a, p) => a + p.rss, 0);
+    await page.evaluate(() => {
+      const w = window as unknown as { longTasks: number[] };
+      w.longTasks = [];
+      new PerformanceObserver((list) => {
+        for (const e of list.getEntries()) w.longTasks.push(e.duration);
+      }).observe({ type: 'longtask' });
+    });
     const mem = sampler();
     const t0 = performance.now();
     await page.setInputFiles('#files', [LCM, STYLE]);
@@ -145,6 +154,13 @@ async function pageRun(webDir: string): Promise<Run> {
     } else {
       await page.setInputFiles('#base', BASE);
       await page.waitForFunction(() => document.getElementById('fuse')?.getAttribute('aria-disabled') === 'false');
+      // The save dialog answered with a file of the origin-private file system (headless Chromium shows no
+      // dialog): the worker streams the checkpoint into it, the path a user with showSaveFilePicker takes.
+      await page.evaluate(() => {
+        (window as unknown as { showSaveFilePicker: unknown }).showSaveFilePicker = async (o: {
+          suggestedName: string;
+        }) => (await navigator.storage.getDirectory()).getFileHandle(o.suggestedName, { create: true });
+      });
       await page.click('#fuse');
     }
     const done = MODE === 'merge' ? 'merged' : 'fuse';
@@ -156,7 +172,16 @@ async function pageRun(webDir: string): Promise<Run> {
     const seconds = (performance.now() - t0) / 1000;
     const { peak, peakAll } = mem.stop();
     if (!(await page.locator('#error').isHidden())) throw new Error(`page failed: ${await page.textContent('#error')}`);
-    return { seconds, peak, peakAll, idle };
+    const tasks = await page.evaluate(() => (window as unknown as { longTasks: number[] }).longTasks);
+    if (MODE === 'fuse') {
+      const fused = await page.evaluate(
+        () =>
+          (window as unknown as { loraMixPage: { fuses: { kernel: string; savedTo?: string; seconds: number }[] } })
+            .loraMixPage.fuses[0],
+      );
+      console.log(`  page fuse: ${fused?.kernel}, written to ${fused?.savedTo ?? 'a Blob'}`);
+    }
+    return { seconds, peak, peakAll, idle, longestTask: Math.max(0, ...tasks) };
   } finally {
     await session.close();
   }
@@ -179,7 +204,7 @@ async function main(): Promise<void> {
       page.push(await pageRun(built.webDir));
       const p = page.at(-1);
       console.log(
-        `  page run ${r + 1}: ${p?.seconds.toFixed(2)} s, renderer+GPU peak ${mb(p?.peak ?? 0)} (idle ${mb(p?.idle ?? 0)}), all Chromium ${mb(p?.peakAll ?? 0)}`,
+        `  page run ${r + 1}: ${p?.seconds.toFixed(2)} s, renderer+GPU peak ${mb(p?.peak ?? 0)} (idle ${mb(p?.idle ?? 0)}), all Chromium ${mb(p?.peakAll ?? 0)}, longest main-thread task ${(p?.longestTask ?? 0).toFixed(0)} ms`,
       );
     }
   } finally {

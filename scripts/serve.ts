@@ -42,6 +42,11 @@ export interface ServeOptions {
   port?: number;
   /** Extra folders mounted under a URL prefix, e.g. { '/fixtures/': 'fixtures' } (read-only, same rules). */
   mounts?: Record<string, string>;
+  /**
+   * Send the cross-origin isolation headers (COOP same-origin, COEP require-corp; default true): the page then has
+   * SharedArrayBuffer and fuses with the threaded kernel. false serves a page that is not isolated (tests).
+   */
+  isolate?: boolean;
 }
 
 /** Resolve a URL path inside a root folder; null when it would leave the root. */
@@ -61,6 +66,7 @@ function resolveInside(root: string, urlPath: string): string | null {
 export async function startStaticServer(options: ServeOptions): Promise<StaticServer> {
   const root = resolve(options.root);
   const mounts = Object.entries(options.mounts ?? {}).map(([prefix, dir]) => [prefix, resolve(dir)] as const);
+  const isolate = options.isolate !== false;
 
   const server: Server = createServer(async (req, res) => {
     const send = (status: number, body: string) => {
@@ -92,10 +98,14 @@ export async function startStaticServer(options: ServeOptions): Promise<StaticSe
         'content-type': MIME[extname(file).toLowerCase()] ?? 'application/octet-stream',
         'content-length': String(body.length),
         'cache-control': 'no-store',
-        // Lets the page use SharedArrayBuffer-based code paths (gpu.js threads) when they exist.
-        'cross-origin-opener-policy': 'same-origin',
-        'cross-origin-embedder-policy': 'require-corp',
-        'cross-origin-resource-policy': 'same-origin',
+        // Cross-origin isolation: the page gets SharedArrayBuffer, which the threaded fuse kernel needs.
+        ...(isolate
+          ? {
+              'cross-origin-opener-policy': 'same-origin',
+              'cross-origin-embedder-policy': 'require-corp',
+              'cross-origin-resource-policy': 'same-origin',
+            }
+          : {}),
       });
       res.end(req.method === 'HEAD' ? undefined : body);
     } catch {

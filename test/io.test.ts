@@ -32,6 +32,9 @@ describe('byte sources return exactly the requested range', () => {
     const sources = [
       file,
       blobSource(new Blob([content]), 'blob'),
+      // small windows: reads within, across and beyond windows, served from the cache and the read-ahead
+      blobSource(new Blob([content]), 'blob-windows', { window: { window: 97, keep: 3 } }),
+      blobSource(new Blob([content]), 'blob-exact', { window: false }),
       bufferSource(content.buffer, 'buf'),
       bufferSource(content),
     ];

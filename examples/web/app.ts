@@ -14,6 +14,7 @@ import type {
   AnalyzeSummary,
   ErrorInfo,
   FromWorker,
+  FuseRequest,
   FuseSummary,
   LoraInfo,
   MergeRequest,
@@ -128,7 +129,6 @@ const el = {
   fuseResult: $<HTMLDivElement>('fuse-result'),
   fuseSummary: $<HTMLParagraphElement>('fuse-summary'),
   fuseDownload: $<HTMLAnchorElement>('fuse-download'),
-  fuseSave: $<HTMLButtonElement>('fuse-save'),
   analyze: $<HTMLButtonElement>('analyze'),
   analysis: $<HTMLDivElement>('analysis'),
   analysisFrame: $<HTMLIFrameElement>('analysis-frame'),
@@ -526,7 +526,7 @@ function showResult(jobKey: string, blob: Blob, s: MergeSummary, name: string): 
   el.summary.textContent = summaryText(s);
   el.stale.hidden = true;
   el.result.hidden = false;
-  el.save.hidden = !('showSaveFilePicker' in window);
+  el.save.hidden = savePicker() === undefined;
   document.body.dataset.merged = String(job);
   refresh();
 }
@@ -539,10 +539,15 @@ type SavePicker = (options: {
   types: { description: string; accept: Record<string, string[]> }[];
 }) => Promise<SaveHandle>;
 
-/** Save with the File System Access API: the Blob streams to disk, never copied into one buffer. */
+/** The File System Access API's save dialog, where the browser has it. */
+const savePicker = (): SavePicker | undefined => {
+  const picker = (window as unknown as { showSaveFilePicker?: unknown }).showSaveFilePicker;
+  return typeof picker === 'function' ? (picker.bind(window) as SavePicker) : undefined;
+};
+
 /** Save a Blob with the File System Access API: it streams to disk, never copied into one buffer. */
 async function saveBlob(blob: Blob, name: string, key: string, description: string): Promise<void> {
-  const picker = (window as unknown as { showSaveFilePicker?: SavePicker }).showSaveFilePicker;
+  const picker = savePicker();
   if (!picker) return;
   try {
     const handle = await picker({
@@ -765,9 +770,62 @@ function startTool(kind: ToolKind): void {
   setToolProgress(label, 0, 1);
   if (kind === 'resize' && 'key' in plans.resize) post({ type: 'resize', job, request: plans.resize.request });
   if (kind === 'analyze' && 'key' in plans.analyze) post({ type: 'analyze', job, request: plans.analyze.request });
-  if (kind === 'fuse' && 'key' in plans.fuse) {
-    const base = el.base.files?.[0];
-    if (base) post({ type: 'fuse', job, request: plans.fuse.request, base });
+  if (kind === 'fuse' && 'key' in plans.fuse) void startFuse(job, plans.fuse.request);
+}
+
+/** The page's URL may ask for one kernel thread (?threads=1), e.g. to compare with the threaded kernel. */
+const kernelThreads = ((): number | undefined => {
+  const n = Number(new URLSearchParams(location.search).get('threads'));
+  return Number.isInteger(n) && n >= 1 ? n : undefined;
+})();
+
+/**
+ * Fuse: where the browser can save files (showSaveFilePicker), ask for the destination first and let the worker
+ * write the checkpoint straight into it as it goes (a checkpoint is GBs: it is never held whole); otherwise the
+ * worker collects it for a download link.
+ */
+async function startFuse(id: number, request: FuseRequest): Promise<void> {
+  const base = el.base.files?.[0];
+  if (!base) return;
+  const picker = savePicker();
+  let target: FileSystemFileHandle | undefined;
+  if (picker) {
+    try {
+      target = (await picker({
+        suggestedName: request.fileName,
+        types: [{ description: 'safetensors checkpoint', accept: { 'application/octet-stream': ['.safetensors'] } }],
+      })) as FileSystemFileHandle;
+    } catch (e) {
+      if (running?.job !== id) return;
+      const { key } = running;
+      finishTool();
+      refresh();
+      if (e instanceof DOMException && e.name === 'AbortError')
+        el.toolsStatus.textContent = 'Fuse cancelled: no file chosen.';
+      else
+        showError({ code: 'IO_WRITE_FAILED', name: 'IoError', message: `choosing the file failed: ${String(e)}` }, key);
+      return;
+    }
+  }
+  if (running?.job !== id) return;
+  try {
+    post({
+      type: 'fuse',
+      job: id,
+      request,
+      base,
+      ...(target ? { target } : {}),
+      ...(kernelThreads !== undefined ? { threads: kernelThreads } : {}),
+    });
+  } catch (e) {
+    // A handle the worker cannot receive (not a real file handle).
+    const { key } = running;
+    finishTool();
+    refresh();
+    showError(
+      { code: 'IO_WRITE_FAILED', name: 'IoError', message: `the chosen file cannot be written: ${String(e)}` },
+      key,
+    );
   }
 }
 
@@ -807,39 +865,10 @@ function onToolMessage(m: FromWorker): boolean {
     finishTool();
     if (m.type === 'resized') {
       observed.resizes.push(m.summary);
-      const s = m.summary;
-      offerTool(KIND_OF[m.type], key, () => {
-        const plan = currentPlans().resize;
-        const name = 'key' in plan ? plan.request.fileName : 'resized.safetensors';
-        const url = URL.createObjectURL(m.blob);
-        el.resizeDownload.href = url;
-        el.resizeDownload.download = name;
-        el.resizeSummary.textContent =
-          `${plural(s.modules, 'module')}, rank ${s.rankBefore.min}–${s.rankBefore.max} → ` +
-          `${s.rankAfter.min}–${s.rankAfter.max} (mean ${s.rankAfter.mean.toFixed(1)}); Frobenius norm kept: mean ` +
-          `${pct(s.meanFroRetained)}, std ${pct(s.stdFroRetained)}, min ${pct(s.minFroRetained)}, max ` +
-          `${pct(s.maxFroRetained)}; lowest: ${s.worst} · ${s.format} ${s.dtype}, ${mib(s.bytes)} · ${s.seconds.toFixed(2)} s`;
-        return { key, url, blob: m.blob, name };
-      });
-      el.toolsStatus.textContent = 'Resized.';
+      offerFile('resize', key, m.blob, resizeText(m.summary));
     } else if (m.type === 'fused') {
       observed.fuses.push(m.summary);
-      const s = m.summary;
-      offerTool(KIND_OF[m.type], key, () => {
-        const plan = currentPlans().fuse;
-        const name = 'key' in plan ? plan.request.fileName : 'fused.safetensors';
-        const url = URL.createObjectURL(m.blob);
-        el.fuseDownload.href = url;
-        el.fuseDownload.download = name;
-        el.fuseSave.hidden = !('showSaveFilePicker' in window);
-        el.fuseSummary.textContent =
-          `${ARCH_NAMES[s.arch] ?? s.arch}: ${plural(s.modulesFused, 'module')} fused into ${s.tensors.fused} ` +
-          `tensors (${s.tensors.copied} copied, ${s.tensors.converted} converted)` +
-          (s.overflow > 0 ? `, ${s.overflow} values overflowed` : '') +
-          ` · ${s.kernel} · ${mib(s.bytes)} · ${s.seconds.toFixed(2)} s`;
-        return { key, url, blob: m.blob, name };
-      });
-      el.toolsStatus.textContent = 'Fused.';
+      offerFile('fuse', key, m.blob, fuseText(m.summary));
     } else {
       observed.analyses.push(m.summary);
       offerTool(KIND_OF[m.type], key, () => {
@@ -863,16 +892,59 @@ function onToolMessage(m: FromWorker): boolean {
   return false;
 }
 
-async function saveFused(): Promise<void> {
-  const r = toolResults.fuse;
-  if (!r?.blob || !r.name) return;
-  await saveBlob(r.blob, r.name, r.key, 'safetensors checkpoint');
+/** Where each file-writing tool shows its result. */
+const FILE_TOOLS = {
+  resize: {
+    download: el.resizeDownload,
+    summary: el.resizeSummary,
+    fallbackName: 'resized.safetensors',
+    done: 'Resized.',
+  },
+  fuse: { download: el.fuseDownload, summary: el.fuseSummary, fallbackName: 'fused.safetensors', done: 'Fused.' },
+} as const;
+
+/**
+ * Offer a resize's or fuse's file (if its request is still current): a download link for its Blob, or — when the
+ * worker wrote it straight into a chosen file (blob null) — just the summary, which names that file.
+ */
+function offerFile(kind: 'resize' | 'fuse', key: string, blob: Blob | null, text: string): void {
+  const tool = FILE_TOOLS[kind];
+  offerTool(kind, key, () => {
+    const plan = currentPlans()[kind];
+    const name = 'key' in plan ? plan.request.fileName : tool.fallbackName;
+    tool.summary.textContent = text;
+    tool.download.hidden = blob === null;
+    if (!blob) return { key, name };
+    const url = URL.createObjectURL(blob);
+    tool.download.href = url;
+    tool.download.download = name;
+    return { key, url, blob, name };
+  });
+  el.toolsStatus.textContent = tool.done;
+}
+
+function resizeText(s: ResizeSummary): string {
+  return (
+    `${plural(s.modules, 'module')}, rank ${s.rankBefore.min}–${s.rankBefore.max} → ` +
+    `${s.rankAfter.min}–${s.rankAfter.max} (mean ${s.rankAfter.mean.toFixed(1)}); Frobenius norm kept: mean ` +
+    `${pct(s.meanFroRetained)}, std ${pct(s.stdFroRetained)}, min ${pct(s.minFroRetained)}, max ` +
+    `${pct(s.maxFroRetained)}; lowest: ${s.worst} · ${s.format} ${s.dtype}, ${mib(s.bytes)} · ${s.seconds.toFixed(2)} s`
+  );
+}
+
+function fuseText(s: FuseSummary): string {
+  return (
+    `${ARCH_NAMES[s.arch] ?? s.arch}: ${plural(s.modulesFused, 'module')} fused into ${s.tensors.fused} ` +
+    `tensors (${s.tensors.copied} copied, ${s.tensors.converted} converted)` +
+    (s.overflow > 0 ? `, ${s.overflow} values overflowed` : '') +
+    ` · ${s.kernel} · ${mib(s.bytes)} · ${s.seconds.toFixed(2)} s` +
+    (s.savedTo !== undefined ? ` · written to ${s.savedTo}` : '')
+  );
 }
 
 el.resize.addEventListener('click', () => startTool('resize'));
 el.fuse.addEventListener('click', () => startTool('fuse'));
 el.analyze.addEventListener('click', () => startTool('analyze'));
-el.fuseSave.addEventListener('click', () => void saveFused());
 for (const control of [el.resizeInput, el.resizeRule, el.resizeValue, el.resizeMax, el.base, el.fuseDtype]) {
   control.addEventListener('input', refresh);
   control.addEventListener('change', refresh);

@@ -101,6 +101,8 @@ export interface FuseSummary {
   overflow: number;
   kernel: string;
   bytes: number;
+  /** The name of the file the worker wrote into (showSaveFilePicker), when it did. */
+  savedTo?: string;
   seconds: number;
 }
 
@@ -117,7 +119,11 @@ export type ToWorker =
   | { type: 'remove'; id: number }
   | { type: 'merge'; job: number; request: MergeRequest }
   | { type: 'resize'; job: number; request: ResizeRequest }
-  | { type: 'fuse'; job: number; request: FuseRequest; base: File }
+  /**
+   * `target`: the file chosen with showSaveFilePicker, written by the worker as the fuse goes (absent: Blob pieces
+   * for a download). `threads`: kernel threads (absent: every core when cross-origin isolated; 1: one thread).
+   */
+  | { type: 'fuse'; job: number; request: FuseRequest; base: File; target?: FileSystemFileHandle; threads?: number }
   | { type: 'analyze'; job: number; request: MergeRequest };
 
 export type FromWorker =
@@ -137,7 +143,8 @@ export type FromWorker =
   /** The merged file as a Blob built from the writer's chunks (never one big copy on the page's thread). */
   | { type: 'merged'; job: number; blob: Blob; summary: MergeSummary }
   | { type: 'resized'; job: number; blob: Blob; summary: ResizeSummary }
-  | { type: 'fused'; job: number; blob: Blob; summary: FuseSummary }
+  /** blob: null when the worker wrote the checkpoint straight into the chosen file (summary.savedTo). */
+  | { type: 'fused'; job: number; blob: Blob | null; summary: FuseSummary }
   | { type: 'analyzed'; job: number; summary: AnalyzeSummary }
   /** Any job (merge, resize, fuse, analyze) failed. */
   | { type: 'merge-failed'; job: number; error: ErrorInfo };

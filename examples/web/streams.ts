@@ -32,7 +32,46 @@ export function countingSource(source: ByteSource, onRead: (done: number, total:
   return counted;
 }
 
-/** A sink whose committed bytes are one Blob made of the written chunks. */
+/** Bytes gathered into one part before it is handed on: a Blob part or a stream write costs a round trip each. */
+const PART = 8 << 20;
+
+/**
+ * Gathers written chunks into parts of PART bytes (copied, so the writer may reuse its buffer as soon as a write
+ * resolves) and hands each full part to `emit`; `buffers` recycles a part's memory once `emit` is done with it.
+ */
+class PartBuffer {
+  private part: Uint8Array | null = null;
+  private used = 0;
+  constructor(
+    private readonly take: () => Promise<Uint8Array>,
+    private readonly emit: (part: Uint8Array) => Promise<void>,
+  ) {}
+
+  async write(chunk: Uint8Array): Promise<void> {
+    let at = 0;
+    while (at < chunk.byteLength) {
+      if (!this.part) {
+        this.part = await this.take();
+        this.used = 0;
+      }
+      const n = Math.min(chunk.byteLength - at, this.part.byteLength - this.used);
+      this.part.set(chunk.subarray(at, at + n), this.used);
+      this.used += n;
+      at += n;
+      if (this.used === this.part.byteLength) await this.flush();
+    }
+  }
+
+  /** Hand on what is gathered (a partial part as a view of its buffer). */
+  async flush(): Promise<void> {
+    const part = this.part;
+    if (!part || this.used === 0) return;
+    this.part = null;
+    await this.emit(part.subarray(0, this.used));
+  }
+}
+
+/** A sink whose committed bytes are one Blob made of the written chunks, in parts of 8 MiB. */
 export interface BlobSink extends ByteSink {
   readonly byteLength: number;
   /** The file, after commit (IO_WRITE_FAILED before). */
@@ -44,6 +83,14 @@ export function blobSink(name: string, type = 'application/octet-stream'): BlobS
   let size = 0;
   let result: Blob | null = null;
   let aborted = false;
+  const staging = new Uint8Array(PART);
+  // A Blob copies its bytes when it is made, so one staging buffer serves every part.
+  const buffer = new PartBuffer(
+    async () => staging,
+    async (part) => {
+      parts.push(new Blob([part as Uint8Array<ArrayBuffer>]));
+    },
+  );
   return {
     name,
     get byteLength() {
@@ -52,13 +99,13 @@ export function blobSink(name: string, type = 'application/octet-stream'): BlobS
     async write(chunk) {
       if (result || aborted)
         throw new IoError('IO_WRITE_FAILED', `${name}: write after ${result ? 'commit' : 'abort'}`, { file: name });
-      // A Blob copies the bytes now, so the writer may reuse its buffer once this resolves.
-      parts.push(new Blob([chunk as Uint8Array<ArrayBuffer>]));
+      await buffer.write(chunk);
       size += chunk.byteLength;
     },
     async commit() {
       if (result) return;
       if (aborted) throw new IoError('IO_WRITE_FAILED', `${name}: commit after abort`, { file: name });
+      await buffer.flush();
       result = new Blob(parts, { type });
       parts = [];
     },
@@ -72,6 +119,95 @@ export function blobSink(name: string, type = 'application/octet-stream'): BlobS
       if (!result)
         throw new IoError('IO_WRITE_FAILED', `${name}: the output is not available before commit`, { file: name });
       return result;
+    },
+  };
+}
+
+/** What the sink needs of a FileSystemWritableFileStream (or any WritableStream of bytes). */
+export interface WritableTarget {
+  getWriter(): WritableStreamDefaultWriter<Uint8Array>;
+}
+
+/**
+ * A sink that streams into a file chosen with showSaveFilePicker (or an OPFS file) through its writable stream:
+ * the bytes go to disk as they are made, never held whole. Writes are gathered into 8 MiB parts; at most `queued`
+ * parts are in flight (a bounded queue between the computing code and the disk), their buffers reused. The
+ * browser replaces the file only when the stream closes (commit); abort discards everything written.
+ */
+export function writableSink(
+  name: string,
+  target: WritableTarget,
+  queued = 4,
+): ByteSink & { readonly byteLength: number } {
+  const writer = target.getWriter();
+  const free: Uint8Array[] = [];
+  /** Parts written but not yet acknowledged, oldest first. */
+  const inFlight: Promise<void>[] = [];
+  let made = 0;
+  let size = 0;
+  let failed: unknown = null;
+  let state: 'open' | 'committed' | 'aborted' = 'open';
+  const fail = (what: string, e: unknown) =>
+    new IoError('IO_WRITE_FAILED', `${name}: ${what} failed (${e instanceof Error ? e.message : String(e)})`, {
+      file: name,
+    });
+  const take = async (): Promise<Uint8Array> => {
+    const buffer = free.pop();
+    if (buffer) return buffer;
+    if (made < queued) {
+      made++;
+      return new Uint8Array(PART);
+    }
+    // Every buffer is in flight: wait for the oldest write, which returns its buffer.
+    await inFlight.shift();
+    if (failed) throw fail('writing', failed);
+    return free.pop() ?? new Uint8Array(PART);
+  };
+  const buffer = new PartBuffer(take, async (part) => {
+    if (failed) throw fail('writing', failed);
+    const whole = new Uint8Array(part.buffer, 0, part.buffer.byteLength);
+    inFlight.push(
+      writer.write(part).then(
+        () => {
+          free.push(whole);
+        },
+        (e: unknown) => {
+          failed ??= e;
+        },
+      ),
+    );
+  });
+  return {
+    name,
+    get byteLength() {
+      return size;
+    },
+    async write(chunk) {
+      if (state !== 'open')
+        throw new IoError('IO_WRITE_FAILED', `${name}: write after ${state === 'committed' ? 'commit' : 'abort'}`, {
+          file: name,
+        });
+      await buffer.write(chunk);
+      size += chunk.byteLength;
+    },
+    async commit() {
+      if (state === 'committed') return;
+      if (state === 'aborted') throw new IoError('IO_WRITE_FAILED', `${name}: commit after abort`, { file: name });
+      await buffer.flush();
+      await Promise.all(inFlight.splice(0));
+      if (failed) throw fail('writing', failed);
+      try {
+        await writer.close();
+      } catch (e) {
+        throw fail('closing', e);
+      }
+      state = 'committed';
+    },
+    async abort() {
+      if (state !== 'open') return;
+      state = 'aborted';
+      await writer.abort().catch(() => undefined);
+      await Promise.all(inFlight.splice(0));
     },
   };
 }

@@ -3,13 +3,15 @@
  * decodes them, merges and writes the result into a Blob, reporting progress for each phase, so the page's own
  * thread only updates the DOM. All local.
  */
-import { LoraError, LoraMixError } from '../../src/core/errors.js';
+import type { ByteSink } from '../../src/core/bytes.js';
+import { IoError, LoraError, LoraMixError } from '../../src/core/errors.js';
 import { blobSource } from '../../src/core/memory.js';
 import { type ProvenanceInput, provenanceMetadata, weightLabel } from '../../src/core/provenance.js';
 import { hashingSource } from '../../src/core/sha256-source.js';
 import { VERSION } from '../../src/core/version.js';
 import { decodeLora, describeLora, encodeLora, type LoadedLora, type OutputDType } from '../../src/formats/index.js';
 import { fuseLoras } from '../../src/fuse/index.js';
+import { createWasmKernel, createWebCpuKernel, type FuseKernel, webThreadsAvailable } from '../../src/kernels/index.js';
 import {
   analyzeHtml,
   analyzeLoras,
@@ -31,7 +33,7 @@ import type {
   ResizeRequest,
   ToWorker,
 } from './protocol.js';
-import { blobSink, countingSource } from './streams.js';
+import { blobSink, countingSource, writableSink } from './streams.js';
 
 interface WorkerScope {
   postMessage(message: FromWorker, transfer?: Transferable[]): void;
@@ -184,8 +186,53 @@ async function baseProvenance(base: File): Promise<ProvenanceInput> {
   return { role: 'base', name: base.name, size: base.size, headerSha256: sha256Hex(await source.read(0, end)) };
 }
 
-/** Fuse Σ λ·τ into the base checkpoint, streamed tensor by tensor (File.slice reads), into Blob pieces. */
-async function fuse(job: number, request: FuseRequest, base: File): Promise<void> {
+/** The fuse kernel, made once and reused: on every core when the page is cross-origin isolated, else one thread. */
+let kernelMade: { threads: number | undefined; kernel: Promise<FuseKernel> } | null = null;
+function fuseKernel(threads: number | undefined): Promise<FuseKernel> {
+  if (kernelMade && kernelMade.threads === threads) return kernelMade.kernel;
+  const old = kernelMade?.kernel;
+  if (old) void old.then((k) => k.dispose()).catch(() => undefined);
+  const kernel =
+    threads !== 1 && webThreadsAvailable()
+      ? createWebCpuKernel(threads !== undefined ? { threads } : {})
+      : createWasmKernel();
+  kernelMade = { threads, kernel };
+  kernel.catch(() => {
+    if (kernelMade?.kernel === kernel) kernelMade = null;
+  });
+  return kernel;
+}
+
+/** What the fuse writes into: the chosen file's writable stream (streamed to disk), else Blob pieces. */
+async function fuseSink(
+  name: string,
+  target: FileSystemFileHandle | undefined,
+): Promise<{ sink: ByteSink & { readonly byteLength: number }; blob(): Blob | null }> {
+  if (!target) {
+    const sink = blobSink(name);
+    return { sink, blob: () => sink.blob() };
+  }
+  try {
+    return { sink: writableSink(target.name, await target.createWritable()), blob: () => null };
+  } catch (e) {
+    throw new IoError('IO_WRITE_FAILED', `${target.name}: cannot open the chosen file for writing (${String(e)})`, {
+      file: target.name,
+    });
+  }
+}
+
+/**
+ * Fuse Σ λ·τ into the base checkpoint, streamed tensor by tensor: File.slice reads of the base, the kernel on every
+ * core where the page is cross-origin isolated, and the output written straight into the chosen file (`target`,
+ * from showSaveFilePicker) through a bounded queue — or, without one, into Blob pieces for a download.
+ */
+async function fuse(
+  job: number,
+  request: FuseRequest,
+  base: File,
+  target: FileSystemFileHandle | undefined,
+  threads: number | undefined,
+): Promise<void> {
   const t0 = performance.now();
   try {
     const files = inputsOf(request.merge);
@@ -198,7 +245,8 @@ async function fuse(job: number, request: FuseRequest, base: File): Promise<void
       ...(dtype ? { dtype } : {}),
       ...method,
     });
-    const sink = blobSink(request.fileName);
+    const kernel = await fuseKernel(threads);
+    const out = await fuseSink(request.fileName, target);
     const onProgress = throttle((done, total) =>
       scope.postMessage({ type: 'progress', job, done, total, phase: 'fuse' }),
     );
@@ -207,15 +255,15 @@ async function fuse(job: number, request: FuseRequest, base: File): Promise<void
       files.map((f) => f.lora),
       weights,
       {
-        out: sink,
-        device: 'cpu',
+        out: out.sink,
+        kernel,
         metadata,
         ...method,
         ...(dtype ? { dtype } : {}),
         onProgress: (p) => onProgress(p.bytesDone, p.bytesTotal),
       },
     );
-    const blob = sink.blob();
+    const blob = out.blob();
     scope.postMessage({
       type: 'fused',
       job,
@@ -226,7 +274,8 @@ async function fuse(job: number, request: FuseRequest, base: File): Promise<void
         tensors: { ...report.tensors },
         overflow: report.overflow.total,
         kernel: `${report.kernel} (${report.backend})`,
-        bytes: blob.size,
+        bytes: out.sink.byteLength,
+        ...(target ? { savedTo: target.name } : {}),
         seconds: (performance.now() - t0) / 1000,
       },
     });
@@ -360,7 +409,7 @@ scope.onmessage = (event) => {
   if (msg.type === 'add') void add(msg.id, msg.file);
   else if (msg.type === 'merge') queue = queue.then(() => merge(msg.job, msg.request));
   else if (msg.type === 'resize') queue = queue.then(() => resize(msg.job, msg.request));
-  else if (msg.type === 'fuse') queue = queue.then(() => fuse(msg.job, msg.request, msg.base));
+  else if (msg.type === 'fuse') queue = queue.then(() => fuse(msg.job, msg.request, msg.base, msg.target, msg.threads));
   else if (msg.type === 'analyze') queue = queue.then(() => analyze(msg.job, msg.request));
 };
 scope.postMessage({ type: 'ready', version: VERSION });

@@ -4,6 +4,7 @@
  */
 import { IoError } from './errors.js';
 import type { ByteSink, ByteSource } from './bytes.js';
+import { type ReadWindowOptions, windowedSource } from './read-window.js';
 
 function checkRange(name: string, start: number, end: number, size: number): void {
   if (!Number.isSafeInteger(start) || !Number.isSafeInteger(end) || start < 0 || end < start || end > size) {
@@ -16,10 +17,21 @@ function checkRange(name: string, start: number, end: number, size: number): voi
 }
 
 /**
- * A Blob (or a File from an <input> or a drop) as a ByteSource: each read slices the Blob, so only the requested
- * range is loaded. The name defaults to the File's name.
+ * A Blob (or a File from an <input> or a drop) as a ByteSource: reads slice the Blob, so only the requested ranges
+ * are loaded. Small reads are served from 8 MiB windows, the next one read ahead (src/core/read-window.ts): each
+ * slice costs a round trip in a browser, and a LoRA is hundreds of small tensors. `window: false` slices every read
+ * exactly. The name defaults to the File's name.
  */
-export function blobSource(blob: Blob, name?: string): ByteSource {
+export function blobSource(
+  blob: Blob,
+  name?: string,
+  options: { window?: ReadWindowOptions | false } = {},
+): ByteSource {
+  const exact = exactBlobSource(blob, name);
+  return options.window === false ? exact : windowedSource(exact, options.window);
+}
+
+function exactBlobSource(blob: Blob, name?: string): ByteSource {
   const label = name ?? ((blob as { name?: unknown }).name as string | undefined) ?? '<blob>';
   const size = blob.size;
   return {

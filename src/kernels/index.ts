@@ -17,3 +17,4 @@ export { createWasmKernel } from './cpu.js';
 export { createGpuKernel, gpuBackends, gpuJsKernel, resolvedBackend } from './gpu.js';
 export type { GpuBackendProbe, GpuJsClass, GpuJsInstance, GpuKernelOptions, GpuMode } from './gpu.js';
 export { hasRelaxedSimd, hasWasmSimd } from '../core/wasm-features.js';
+export { createWebCpuKernel, webThreadsAvailable } from './web-threads.js';

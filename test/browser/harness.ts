@@ -65,9 +65,15 @@ export async function openSession(options: {
   path?: string;
   /** Chromium flags instead of CHROMIUM_ARGS. */
   args?: readonly string[];
+  /** Serve with the cross-origin isolation headers (default true; scripts/serve.ts). */
+  isolate?: boolean;
 }): Promise<BrowserSession> {
   requireChromium();
-  const server = await startStaticServer({ root: options.root, mounts: options.mounts });
+  const server = await startStaticServer({
+    root: options.root,
+    mounts: options.mounts,
+    ...(options.isolate === false ? { isolate: false } : {}),
+  });
   let browser: Browser | undefined;
   try {
     browser = await launchChromium(options.args);

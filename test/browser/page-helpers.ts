@@ -21,10 +21,16 @@ export interface PageSession extends BrowserSession {
 }
 
 /** Build the page into a temporary folder, open it, wait until its worker is ready. */
-export async function openPage(options: { viewport?: { width: number; height: number } } = {}): Promise<PageSession> {
+export async function openPage(
+  options: { viewport?: { width: number; height: number }; query?: string; isolate?: boolean } = {},
+): Promise<PageSession> {
   const tmp = tempDir('page');
   const built = await buildBrowser({ outDir: tmp.dir });
-  const session = await openSession({ root: built.webDir });
+  const session = await openSession({
+    root: built.webDir,
+    ...(options.query ? { path: `index.html?${options.query}` } : {}),
+    ...(options.isolate === false ? { isolate: false } : {}),
+  });
   if (options.viewport) await session.page.setViewportSize(options.viewport);
   await session.page.waitForSelector('body[data-ready="true"]');
   return {

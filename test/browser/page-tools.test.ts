@@ -154,6 +154,10 @@ describe('page tools: resize, fuse, analyze (headless Chromium)', () => {
     await upload(page, [FIXTURE.lcm, FIXTURE.style]);
     await page.locator('#loras input.weight').nth(1).fill('0.8');
     expect(await page.getAttribute('#fuse', 'aria-disabled')).toBe('true'); // no base yet
+    // Without the save dialog the fused file is offered as a download (the dialog path: page-fuse.test.ts).
+    await page.evaluate(() => {
+      (window as unknown as { showSaveFilePicker: unknown }).showSaveFilePicker = undefined;
+    });
     await page.setInputFiles('#base', BASE);
     await page.waitForFunction(() => document.getElementById('fuse')?.getAttribute('aria-disabled') === 'false');
     await page.click('#fuse');
