@@ -5,14 +5,14 @@
 # one row to bench/out/extract-results.jsonl with the same run id; `npx tsx bench/extract.ts --table` sums them
 # (wall and CPU summed, peak RSS the largest slice's).
 #
-#   bench/extract-peer.sh sdxl [SECONDS] [RUN_ID]
+#   bench/extract-peer.sh sdxl [SECONDS] [RUN_ID] [START]   (START: resume a run at that module index)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-arch="${1:?usage: bench/extract-peer.sh sd15|sdxl [SECONDS] [RUN_ID]}"
+arch="${1:?usage: bench/extract-peer.sh sd15|sdxl [SECONDS] [RUN_ID] [START]}"
 limit="${2:-240}"
 run="${3:-peer-$arch-$(date -u +%Y%m%dT%H%M%S)}"
 results=bench/out/extract-results.jsonl
-start=0
+start="${4:-0}"
 while :; do
   flock /work/bench.lock npx tsx bench/extract.ts --arch "$arch" --which peer --modules "$start:" \
     --time-limit "$limit" --run-id "$run"

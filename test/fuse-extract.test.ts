@@ -67,7 +67,14 @@ describe('extractLora', () => {
     const o = out('x-f32.safetensors');
     const r = await extractLora(fx('sd15', 'base.safetensors'), sd15Tuned, { out: o, rank: 8, dtype: 'F32' });
     expect(r.modules.length).toBe(lcm.modules.size);
-    expect(r.zero.count).toBe(0);
+    // The LoRA's modules all differ; the other UNet modules (conv_in, conv_out, time embedding) are zero.
+    expect(r.zero.paths).toEqual([
+      'unet.conv_in',
+      'unet.time_embedding.linear_1',
+      'unet.time_embedding.linear_2',
+      'unet.conv_out',
+    ]);
+    expect(r.zero.count).toBe(4);
     const got = requirePlain(await loadLora(o));
     expect(got.format).toBe('kohya');
     expect(got.modules.size).toBe(lcm.modules.size);
@@ -273,7 +280,8 @@ describe('extractLora', () => {
     const a = await extractLora(fx('sd15', 'base.safetensors'), tuned, { out: out('s1.safetensors'), rank: 4 });
     const b = await extractLora(fx('sd15', 'diffusers'), tuned, { out: out('s2.safetensors'), rank: 4 });
     const layout = getLayout('sd15', 'tiny');
-    const unetTargets = layout.modules.filter((m) => m.component === 'unet' && m.lcmTarget);
+    // Every UNet module the layout knows is compared (LCM targets, conv_in/out, time embedding).
+    const unetTargets = layout.modules.filter((m) => m.component === 'unet');
     const attention = unetTargets.filter((m) => m.group === 'attention');
     expect(a.compared).toBe(unetTargets.length);
     expect(a.modules.length).toBe(attention.length);
