@@ -6,6 +6,8 @@
  *   npx tsx bench/extract.ts --arch sd15|sdxl [--which ours|peer] [--runs 1] [--rank 64] [--threads 2]
  *                            [--modules I:J] [--time-limit S]   (peer only: a slice of the module list, and stop
  *                            after the module that passes S seconds — to split long runs into short locked ones)
+ *                            [--run-id ID]  (peer: the slices of one run; --table sums the slices of an ID, other rows stand alone)
+ *   bench/extract-peer.sh sdxl [SECONDS]    (the whole peer run as locked slices of ≤ SECONDS + one module each)
  *   npx tsx bench/extract.ts --table               (the markdown table of everything recorded)
  *
  * Timing runs go under the shared lock, one short invocation each (ours and the peer separately; the peer in module
@@ -36,6 +38,7 @@ const OUT = path.join(ROOT, 'bench', 'out');
 const CLI = path.join(ROOT, 'src', 'cli', 'lora-mix.ts');
 const PEER = path.join(ROOT, 'bench', 'peer', 'extract_kohya.py');
 const RESULTS = path.join(OUT, 'extract-results.jsonl');
+const runId = process.argv.includes('--run-id') ? arg('run-id', '') : '';
 
 function arg(name: string, def: string): string {
   const i = process.argv.indexOf(`--${name}`);
@@ -94,6 +97,8 @@ interface Row {
   worst: number;
   iterations?: number;
   threads: number;
+  /** Groups the peer's slices of one run (--run-id; without it a row stands alone). */
+  run?: string;
 }
 
 function record(row: Row): void {
@@ -220,6 +225,7 @@ function runPeer(
     err2Unclamped: rep.err2Unclamped,
     worst: rep.worst.relError,
     threads: rep.threads,
+    ...(runId ? { run: runId } : {}),
   });
   rmSync(o, { force: true });
   rmSync(json, { force: true });
@@ -244,8 +250,9 @@ function table(): void {
   };
   for (const r of rows.filter((x) => x.tool === 'ours'))
     line(r, r.modules, `mean power iterations ${(r.iterations ?? 0).toFixed(2)}`);
-  for (const arch of new Set(rows.filter((x) => x.tool === 'peer').map((x) => x.arch))) {
-    const slices = rows.filter((x) => x.tool === 'peer' && x.arch === arch);
+  const group = (x: Row): string => `${x.arch} ${x.run ?? x.date}`;
+  for (const g of new Set(rows.filter((x) => x.tool === 'peer').map(group))) {
+    const slices = rows.filter((x) => x.tool === 'peer' && group(x) === g);
     const sum = (f: (x: Row) => number): number => slices.reduce((a, x) => a + f(x), 0);
     const first = slices[0] as Row;
     const combined: Row = {
@@ -263,7 +270,7 @@ function table(): void {
     line(
       combined,
       sum((x) => x.modules),
-      `${slices.length} slice(s) summed; unclamped ${unclamped.toExponential(2)}`,
+      `${slices.length} slice(s) summed${first.run ? ` (run ${first.run})` : ''}; unclamped ${unclamped.toExponential(2)}`,
     );
   }
 }

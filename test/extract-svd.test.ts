@@ -5,6 +5,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { EXTRACT_SVD_TOLERANCE } from '../src/fuse/extract-module.js';
+import { PRODUCT_SLICE_ELEMENTS, wasmProduct } from '../src/lora/product.js';
 import { jsProduct, SvdWorkspace, truncatedSvd } from '../src/lora/svd.js';
 import { prng, randomArray, singularValues } from './lora-helpers.js';
 
@@ -109,6 +110,67 @@ describe('truncatedSvd as extract uses it (independent Jacobi SVD as the referen
       expect(reused.down).toEqual(fresh.down);
       expect(reused.sigma2).toEqual(fresh.sigma2);
       expect(reused.iterations).toBe(fresh.iterations);
+    }
+  });
+
+  it('a low-rank signal over rounding-level noise (what an LCM extraction sees) stops after one round, within 1%', () => {
+    const [rows, cols, k] = [120, 360, 16];
+    // Relative error ≈ 1%, like the F16 rounding noise of a tuned checkpoint under a fused rank-64 LoRA.
+    const a = shaped(
+      rows,
+      cols,
+      Array.from({ length: k }, (_, j) => 1 / (1 + 0.1 * j)),
+      0.02,
+      21,
+    );
+    const svd = truncatedSvd(a, rows, cols, k, { tolerance: EXTRACT_SVD_TOLERANCE });
+    // One power iteration: Ω·Aᵀ, QᵀA, ZᵀAᵀ, QᵀA — the half-step before already showed the energy had stopped growing.
+    expect(svd.iterations).toBe(1);
+    const err = errorOf(a, rows, cols, svd.up, svd.down, k);
+    const opt = tail(a, rows, cols, k);
+    expect(err).toBeLessThanOrEqual(1.01 * opt);
+    expect(Math.abs(svd.error - err)).toBeLessThanOrEqual(1e-5 * Math.sqrt(svd.total));
+  });
+
+  it('stops on either side of a round (half-steps): factors from a right basis are as exact as from a left one', () => {
+    const seen = new Set<number>();
+    for (const seed of [1, 2, 3, 4, 5, 6]) {
+      const a = shaped(40, 150, [], 1, seed);
+      const svd = truncatedSvd(a, 40, 150, 8, { tolerance: EXTRACT_SVD_TOLERANCE, seed });
+      seen.add((svd.iterations * 2) % 2);
+      const err = errorOf(a, 40, 150, svd.up, svd.down, 8);
+      expect(err).toBeLessThanOrEqual(1.01 * tail(a, 40, 150, 8));
+      expect(Math.abs(svd.error - err)).toBeLessThanOrEqual(1e-5 * Math.sqrt(svd.total));
+    }
+    // Both endings occur on these matrices: whole rounds (left basis) and half rounds (right basis).
+    expect([...seen].sort()).toEqual([0, 1]);
+  });
+
+  it('a matrix over the product slice size (sliced transposes and products) gives the factors of the unsliced path', () => {
+    const [rows, cols, k] = [1024, 4200, 8];
+    expect(rows * cols).toBeGreaterThan(PRODUCT_SLICE_ELEMENTS);
+    const a = shaped(rows, cols, [3, 2.5, 2, 1.5, 1.2, 1, 0.8, 0.6, 0.4], 1e-3, 13);
+    const sliced = truncatedSvd(a, rows, cols, k, { tolerance: EXTRACT_SVD_TOLERANCE, workspace: new SvdWorkspace() });
+    const whole = truncatedSvd(a, rows, cols, k, { tolerance: EXTRACT_SVD_TOLERANCE, product: jsProduct });
+    expect(sliced.iterations).toBe(whole.iterations);
+    for (let j = 0; j < k; j++) expect(sliced.sigma2[j]! / whole.sigma2[j]!).toBeCloseTo(1, 5);
+    expect(sliced.error / whole.error).toBeCloseTo(1, 4);
+    // The product itself: a sliced inner dimension equals the plain product.
+    const mul = wasmProduct();
+    if (mul) {
+      const [r, c, inner] = [3, 1100, 4000];
+      expect(inner * c).toBeGreaterThan(PRODUCT_SLICE_ELEMENTS);
+      const x = shaped(r, inner, [], 1, 5);
+      const y = shaped(inner, c, [], 1, 6);
+      const got = mul(r, c, inner, x, y);
+      const ref = jsProduct(r, c, inner, x, y);
+      let e = 0;
+      let t = 0;
+      for (let i = 0; i < ref.length; i++) {
+        e += (got[i]! - ref[i]!) ** 2;
+        t += ref[i]! ** 2;
+      }
+      expect(Math.sqrt(e / t)).toBeLessThan(1e-5);
     }
   });
 });

@@ -67,7 +67,14 @@ describe('extractLora', () => {
     const o = out('x-f32.safetensors');
     const r = await extractLora(fx('sd15', 'base.safetensors'), sd15Tuned, { out: o, rank: 8, dtype: 'F32' });
     expect(r.modules.length).toBe(lcm.modules.size);
-    expect(r.zero.count).toBe(0);
+    // The LoRA's modules all differ; the other UNet modules (conv_in, conv_out, time embedding) are zero.
+    expect(r.zero.paths).toEqual([
+      'unet.conv_in',
+      'unet.time_embedding.linear_1',
+      'unet.time_embedding.linear_2',
+      'unet.conv_out',
+    ]);
+    expect(r.zero.count).toBe(4);
     const got = requirePlain(await loadLora(o));
     expect(got.format).toBe('kohya');
     expect(got.modules.size).toBe(lcm.modules.size);
@@ -110,7 +117,7 @@ describe('extractLora', () => {
     await expect(fs.access(out('t0.safetensors'))).rejects.toThrow();
   });
 
-  it('names what differs outside the extracted modules (conv_in, a bias, the text encoder) and counts the rest', async () => {
+  it('names what differs outside the extracted modules (a bias, the text encoder) and counts the rest; conv_in is a module', async () => {
     // The fused LoRA touches only its modules: nothing outside them differs.
     const clean = await extractLora(fx('sd15', 'base.safetensors'), sd15Tuned, {
       out: out('outside-clean.safetensors'),
@@ -119,7 +126,10 @@ describe('extractLora', () => {
     expect(clean.outside.compared).toBeGreaterThan(500);
     expect(clean.outside.differing).toEqual([]);
     expect(clean.outside.notCompared).toBe(0);
-    // Change three tensors no LoRA module holds, in a copy of the tuned file.
+    // conv_in, conv_out and the time embedding are compared as modules (identical here: left out and counted).
+    for (const p of ['unet.conv_in', 'unet.conv_out', 'unet.time_embedding.linear_1'])
+      expect(clean.zero.paths, p).toContain(p);
+    // Change three tensors no LoRA module holds and conv_in, in a copy of the tuned file.
     const bytes = await fs.readFile(sd15Tuned);
     const f = await openSafetensors(sd15Tuned);
     const keys = [
@@ -135,14 +145,93 @@ describe('extractLora', () => {
     const changed = out('tuned-changed.safetensors');
     await fs.writeFile(changed, bytes);
     const r = await extractLora(fx('sd15', 'base.safetensors'), changed, { out: out('outside.safetensors'), rank: 8 });
-    expect([...r.outside.differing].sort()).toEqual([...keys].sort());
+    // conv_in is now a LoCon module of the LoRA; the bias and the text-encoder weight are named as not carried.
+    expect(r.modules.map((m) => m.path)).toContain('unet.conv_in');
+    expect([...r.outside.differing].sort()).toEqual([...keys.slice(1)].sort());
     expect(r.outside.compared).toBe(clean.outside.compared);
-    // The modules themselves are unaffected.
-    expect(r.overall.relError).toBeCloseTo(clean.overall.relError, 12);
     const { formatExtractReport } = await import('../src/fuse/extract-report.js');
     const text = formatExtractReport(r);
-    expect(text).toContain('3 of');
-    expect(text).toContain('model.diffusion_model.input_blocks.0.0.weight');
+    expect(text).toContain('2 of');
+    expect(text).toContain('model.diffusion_model.middle_block.0.in_layers.2.bias');
+    // With biasDiff the module's bias is carried (.diff_b): only the text encoder is left.
+    const b = await extractLora(fx('sd15', 'base.safetensors'), changed, {
+      out: out('outside-bias.safetensors'),
+      rank: 8,
+      biasDiff: true,
+    });
+    expect(b.outside.differing).toEqual([keys[2]]);
+    expect(b.biasDiff).toMatchObject({ biases: 1, norms: 0 });
+    expect(formatExtractReport(b)).toContain('bias-diff: stored 1 module bias(es)');
+  });
+
+  it('--bias-diff: biases, norms, conv_in/conv_out and the time embedding changed → extract, fuse back: tuned again', async () => {
+    // A tuned file whose change is not only low-rank modules: shift biases, GroupNorms, conv_in, conv_out, time_embed.
+    const bytes = await fs.readFile(sd15Tuned);
+    const f = await openSafetensors(sd15Tuned);
+    const changedKeys = f.names.filter(
+      (k) =>
+        k.startsWith('model.diffusion_model.') &&
+        (/\.(input_blocks\.0\.0|out\.[02]|time_embed\.[02])\./.test(k) ||
+          /\.in_layers\.[02]\.(weight|bias)$/.test(k) ||
+          /\.(norm|proj_in)\.bias$/.test(k)),
+    );
+    expect(changedKeys.length).toBeGreaterThan(20);
+    const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    for (const k of changedKeys) {
+      const info = f.get(k)!;
+      expect(info.dtype).toBe('F32');
+      for (let i = 0; i < info.numel; i++) {
+        const o = info.offset + 4 * i;
+        view.setFloat32(o, view.getFloat32(o, true) + 0.01 * ((i % 7) - 3 + 0.5), true);
+      }
+    }
+    const tunedPath = out('tuned-biases.safetensors');
+    await fs.writeFile(tunedPath, bytes);
+    const base = fx('sd15', 'base.safetensors');
+    const lora = out('bias-diff.safetensors');
+    const r = await extractLora(base, tunedPath, { out: lora, rank: 64, dtype: 'F32', biasDiff: true });
+    expect(r.outside.differing).toEqual([]);
+    expect(r.biasDiff!.biases).toBeGreaterThan(10);
+    expect(r.biasDiff!.norms).toBeGreaterThan(5);
+    for (const p of ['unet.conv_in', 'unet.conv_out', 'unet.time_embedding.linear_1', 'unet.time_embedding.linear_2'])
+      expect(r.modules.map((m) => m.path)).toContain(p);
+    // Fuse it back into the base: every tensor is the tuned one again, to f32 rounding.
+    const fused = out('refused.safetensors');
+    await fuseLoras(base, [lora], [1], { out: fused, dtype: 'F32' });
+    // Without --bias-diff the same fuse misses the biases and norms (the check below can fail).
+    const plain = out('plain.safetensors');
+    await extractLora(base, tunedPath, { out: plain, rank: 64, dtype: 'F32' });
+    const fusedPlain = out('refused-plain.safetensors');
+    await fuseLoras(base, [plain], [1], { out: fusedPlain, dtype: 'F32' });
+    const a = await openSafetensors(fused);
+    const t = await openSafetensors(tunedPath);
+    const bf = await openSafetensors(base);
+    const p2 = await openSafetensors(fusedPlain);
+    try {
+      let worst = 0;
+      let worstPlain = 0;
+      for (const k of t.names.filter((n) => n.startsWith('model.diffusion_model.'))) {
+        const [x, y, z, w] = await Promise.all([a.readF32(k), t.readF32(k), bf.readF32(k), p2.readF32(k)]);
+        let d2 = 0;
+        let dp2 = 0;
+        let n2 = 0;
+        for (let i = 0; i < y.length; i++) {
+          d2 += (x[i]! - y[i]!) ** 2;
+          dp2 += (w[i]! - y[i]!) ** 2;
+          n2 += (y[i]! - z[i]!) ** 2;
+        }
+        if (n2 === 0) {
+          expect(d2, k).toBe(0);
+          continue;
+        }
+        worst = Math.max(worst, Math.sqrt(d2 / n2));
+        worstPlain = Math.max(worstPlain, Math.sqrt(dp2 / n2));
+      }
+      expect(worst).toBeLessThan(1e-4);
+      expect(worstPlain).toBeGreaterThan(0.5);
+    } finally {
+      await Promise.all([a, t, bf, p2].map((x) => x.close()));
+    }
   });
 
   it('states the error of the stored F16 factors exactly, and a smaller rank is within 1% of the SVD tail', async () => {
@@ -191,7 +280,8 @@ describe('extractLora', () => {
     const a = await extractLora(fx('sd15', 'base.safetensors'), tuned, { out: out('s1.safetensors'), rank: 4 });
     const b = await extractLora(fx('sd15', 'diffusers'), tuned, { out: out('s2.safetensors'), rank: 4 });
     const layout = getLayout('sd15', 'tiny');
-    const unetTargets = layout.modules.filter((m) => m.component === 'unet' && m.lcmTarget);
+    // Every UNet module the layout knows is compared (LCM targets, conv_in/out, time embedding).
+    const unetTargets = layout.modules.filter((m) => m.component === 'unet');
     const attention = unetTargets.filter((m) => m.group === 'attention');
     expect(a.compared).toBe(unetTargets.length);
     expect(a.modules.length).toBe(attention.length);

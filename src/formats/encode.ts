@@ -58,6 +58,12 @@ export interface InternalEncodeOptions {
   readonly metadata?: Readonly<Record<string, string>>;
   /** peft only: 'component' ('unet.…', default) or 'base_model' ('base_model.model.…', UNet only). */
   readonly peftPrefix?: 'component' | 'base_model';
+  /**
+   * kohya only: write a module's bias delta as ComfyUI's `<name>.diff_b` beside its factors (ComfyUI's LoraSave
+   * with bias_diff; ComfyUI's loader and lora-mix read it) instead of refusing it. The stored values are the bias
+   * delta itself (the module's bias times alpha / rank): a diff_b is not scaled by alpha.
+   */
+  readonly moduleBiasAsDiff?: boolean;
 }
 
 /** Values on demand, from memory or (a FactorStore) read back from elsewhere. */
@@ -203,7 +209,7 @@ export function encodeModules(
   const what = `${options.format} encoding`;
   const dtype = options.dtype;
   const rankOf = (m: EncodableModule): number => m.downShape[0]!;
-  refuseBiasWithout(options.format, modules);
+  if (!(options.format === 'kohya' && options.moduleBiasAsDiff)) refuseBiasWithout(options.format, modules);
 
   switch (options.format) {
     case 'kohya': {
@@ -216,6 +222,14 @@ export function encodeModules(
         tensors.push(factorTensor(k.down, m.downShape, dtype, m.down, stats, what));
         tensors.push(factorTensor(k.up, m.upShape, dtype, up, stats, what));
         tensors.push(alphaTensor(k.alpha, zero ? rankOf(m) : m.alpha, dtype));
+        const bias = m.bias;
+        if (bias) {
+          const s = m.alpha / rankOf(m);
+          const values = (): Float32Array => (s === 1 ? bias() : bias().map((x) => x * s));
+          tensors.push(
+            factorTensor(`${kohyaName(m.entry, paths)}.diff_b`, [m.upShape[0] ?? 0], dtype, values, stats, what),
+          );
+        }
       }
       delete metadata[PEFT_METADATA_KEY];
       break;

@@ -19,13 +19,14 @@ import { chooseExtractRank, ruleCap, type RankRule } from '../lora/rank-rule.js'
 import { jsProduct, SvdWorkspace, truncatedSvd } from '../lora/svd.js';
 
 /**
- * Stop the SVD's power iterations when one more round added less than 0.5% of the remaining error² (see
+ * Stop the SVD's power iterations when one more half-step added less than 0.5%/4 of the remaining error² (see
  * src/lora/svd.ts; its general default is 5e-4). Measured against a converged reference (oversampling 200, 12
- * rounds) at rank 64: pure flat noise 320×960 and 640×2880 — the slowest case, ρ near 1 — end within 1.0036× and
- * 1.0049× of the optimal error; decaying spectra (1/j, 1/√j) within 1.0022× and 1.0020×, in 4–5 rounds instead of
- * 8; a rank-64 signal over flat noise (what an LCM extraction looks like) exactly, in 2 rounds (the second is the
- * one that shows the kept energy has stopped growing: the test cannot stop after one). test/extract-svd.test.ts
- * checks the 1.01× promise at this tolerance against an independent Jacobi SVD.
+ * rounds) at rank 64: pure flat noise 320×960 and 640×2880 — the slowest case, ρ near 1 — end within 1.0034× and
+ * 1.0039× of the optimal error (6.5 and 6 rounds); decaying spectra (1/j, 1/√j) within 1.0026× and 1.0017×; a
+ * rank-64 signal over noise at a relative error of 0.4–0.8% (what an LCM extraction looks like: 1280×1280,
+ * 640×5760, 1280×5120) within 1.0002× after ONE round — its second half-step already shows the kept energy has
+ * stopped growing (a test on whole rounds needed a second round, two more products, to see it).
+ * test/extract-svd.test.ts checks the 1.01× promise at this tolerance against an independent Jacobi SVD.
  */
 export const EXTRACT_SVD_TOLERANCE = 0.005;
 
@@ -45,8 +46,9 @@ export interface ExtractJob {
   readonly dtype: OutputDType;
   readonly oversampling?: number;
   readonly seed?: number;
-  readonly base: ModuleBytes;
-  readonly tuned: ModuleBytes;
+  /** Released (replaced by empty bytes) as soon as Δ is formed: the job does not keep them while it is factored. */
+  base: ModuleBytes;
+  tuned: ModuleBytes;
 }
 
 export interface ExtractModuleReport {
@@ -78,12 +80,20 @@ export type ModuleOutcome =
     };
 
 /**
- * Elements up to which a thread keeps its full-size buffers (Δ, the transpose, the product kernel's memory) for the
- * next module: 16 Mi (64 MiB each) covers every SDXL module; the few larger SD1.5 convolutions (up to 29.5 M) get
- * buffers of their own that are freed afterwards, so two threads do not both hold the largest sizes for the rest
- * of the run.
+ * Elements up to which a thread keeps its full-size buffer (Δ; the SVD's transpose and the product kernel's memory
+ * are bounded by PRODUCT_SLICE_ELEMENTS) for the next module: 16 Mi (64 MiB) covers most modules; the larger
+ * convolutions (up to 29.5 M) get a buffer of their own that is freed afterwards, so two threads do not both hold
+ * the largest size for the rest of the run.
  */
 export const KEEP_BUFFER_ELEMENTS = 1 << 24;
+
+/**
+ * Bytes of kernel memory a thread keeps for the next module: the sliced products use 2 × 16 MiB for B plus blocks
+ * of 16 MiB of C or W, so 64 MiB; a memory grown past that (an unusually wide product) is dropped after the module.
+ */
+const KEEP_KERNEL_BYTES = 64 << 20;
+
+const NO_BYTES = new Uint8Array(0);
 
 /** Buffers one thread reuses across modules (not for concurrent use). */
 export class ExtractWorkspace {
@@ -183,8 +193,7 @@ export function factorModule(job: ExtractJob, ws: ExtractWorkspace): ModuleOutco
     return factorIn(job, ws);
   } finally {
     ws.svd.trim(KEEP_BUFFER_ELEMENTS);
-    // The kernel's memory holds up to two copies of the matrix: same limit.
-    releaseProductMemory(2 * 4 * KEEP_BUFFER_ELEMENTS + (64 << 20));
+    releaseProductMemory(KEEP_KERNEL_BYTES);
   }
 }
 
@@ -193,6 +202,9 @@ function factorIn(job: ExtractJob, ws: ExtractWorkspace): ModuleOutcome {
   const out = shape[0] ?? 1;
   const n = shape.slice(1).reduce((a, d) => a * d, 1);
   const delta = deltaOf(job, out * n, ws);
+  // The stored bytes are not needed past Δ: let them go while the module is factored (they can be 2 × 59 MB).
+  job.base = { ...job.base, raw: NO_BYTES };
+  job.tuned = { ...job.tuned, raw: NO_BYTES };
   if (!delta) return { zero: true };
   const short = Math.min(out, n);
   const cumulative = rule.kind === 'svCumulative';

@@ -15,7 +15,7 @@ function outsideLine(r: ExtractReport): string {
   const more = o.differing.length > 8 ? `, … (${o.differing.length - 8} more; --json lists all)` : '';
   return (
     `outside the extracted modules: ${o.differing.length} of ${o.compared} tensor(s) differ and are NOT in the LoRA ` +
-    `(biases, norms, embeddings, conv_in/conv_out, text encoders or VAE): ${shown}${more}${missing}`
+    `(${r.biasDiff ? '' : 'biases and norms without --bias-diff, '}embeddings, text encoders or VAE): ${shown}${more}${missing}`
   );
 }
 
@@ -35,6 +35,12 @@ export function formatExtractReport(r: ExtractReport, all = false): string {
       (r.textEncoders ? '' : '; text encoders not compared (add --text-encoders)'),
   );
   for (const s of r.skipped) lines.push(`left out: ${s.count} ${s.reason}`);
+  const bd = r.biasDiff;
+  if (bd)
+    lines.push(
+      `bias-diff: stored ${bd.biases} module bias(es) (.diff_b) and ${bd.norms} norm layer(s) (.diff, .diff_b) as ` +
+        `full differences; ${bd.identical} identical tensor(s) left out`,
+    );
   lines.push(outsideLine(r));
   const ranks = new Map<number, number>();
   for (const m of r.modules) ranks.set(m.rank, (ranks.get(m.rank) ?? 0) + 1);

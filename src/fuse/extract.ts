@@ -9,9 +9,13 @@
  * to the output dtype and the error ‖Δ − up·down‖_F of those stored factors is measured against Δ in f64. 3×3
  * convolutions are written as LoCon (kohya spelling: lora_down [r, in, 3, 3], lora_up [out, r, 1, 1]).
  *
- * Which modules: every UNet Linear/Conv2d in attentions, resnets and down/up-samplers (the modules kohya's LoRA
- * and LoCon target, and LCM-LoRA's set), and with `textEncoders` every text-encoder Linear. Biases, norms,
- * embeddings and conv_in/conv_out are not part of a LoRA and are not compared.
+ * Which modules: every UNet Linear/Conv2d the layout knows — attentions, resnets and down/up-samplers (kohya's
+ * LoRA/LoCon targets, LCM-LoRA's set) and also conv_in, conv_out and the time / add embeddings, which kohya names
+ * (`lora_unet_conv_in` …) and ComfyUI's loader and lora-mix read — and with `textEncoders` every text-encoder
+ * Linear. With `biasDiff` (ComfyUI's LoraSave `bias_diff`) the biases of the extracted modules and the norm layers'
+ * weights and biases of the extracted components are stored as full differences: `<module>.diff_b` beside the
+ * factors, `<norm>.diff` / `<norm>.diff_b`. Everything else that differs (embeddings tables, the VAE, a bias whose
+ * module's weight did not change) is named in the report as not carried.
  */
 import { isByteSource, type ByteSink, type ByteSource } from '../core/bytes.js';
 import { decodeToF32 } from '../core/dtype.js';
@@ -27,6 +31,7 @@ import type { SafetensorsFile } from '../safetensors/read.js';
 import { writeSafetensors } from '../safetensors/write.js';
 import { now } from '../kernels/job.js';
 import { findWeight, type OpenedBase } from './base.js';
+import { biasDiffs, type BiasDiffs } from './extract-bias.js';
 import {
   ExtractWorkspace,
   factorModule,
@@ -65,6 +70,11 @@ export interface ExtractOptions {
   readonly convRank?: number;
   /** Also extract the text encoders (default: UNet only). */
   readonly textEncoders?: boolean;
+  /**
+   * Also store the biases of the extracted modules (`.diff_b` beside the factors) and the norm layers' weights and
+   * biases (`.diff` / `.diff_b`) as full differences, as ComfyUI's LoraSave does with `bias_diff` (default false).
+   */
+  readonly biasDiff?: boolean;
   /** Storage dtype of the factors (default F16). */
   readonly dtype?: OutputDType;
   /** kohya UNet names in diffusers paths (default) or SGM paths. */
@@ -109,6 +119,11 @@ export interface ExtractReport {
    */
   readonly outside: OutsideReport;
   readonly textEncoders: boolean;
+  /**
+   * With `biasDiff`: the full differences stored — module biases (`.diff_b`), norm layers (weight `.diff` and bias
+   * `.diff_b`) — and the tensors compared that were identical (left out). Absent without `biasDiff`.
+   */
+  readonly biasDiff?: { readonly biases: number; readonly norms: number; readonly identical: number };
   readonly overall: {
     readonly norm: number;
     readonly error: number;
@@ -206,7 +221,7 @@ function plan(
       { base: base.name, file: tuned.name, expected: `${b.arch}/${b.size}`, found: `${t.arch}/${t.size}` },
     );
   }
-  const wanted = b.layout.modules.filter((e) => (e.component === 'unet' ? e.lcmTarget : o.textEncoders === true));
+  const wanted = b.layout.modules.filter((e) => e.component === 'unet' || o.textEncoders === true);
   const items: Item[] = [];
   let convSkipped = 0;
   for (const entry of wanted) {
@@ -349,11 +364,13 @@ export async function extractLora(base: BaseInput, tuned: BaseInput, options: Ex
     pool = factorer(options.threads);
     const outcomes = await factorAll(items, openedBase.name, openedTuned.name, options, pool, dtype, t0);
     const relOf = new Map(openedBase.files.map((f) => [f.file, f.rel]));
-    const outside = await compareOutside(
-      openedBase,
-      openedTuned,
-      new Set(items.map((it) => `${relOf.get(it.base.file) ?? ''}\0${it.base.key}`)),
-    );
+    const used = new Set(items.map((it) => `${relOf.get(it.base.file) ?? ''}\0${it.base.key}`));
+    const extractedPaths = items.filter((_, i) => !(outcomes[i] as ModuleOutcome).zero).map((it) => it.entry);
+    const diffs: BiasDiffs | null = options.biasDiff
+      ? await biasDiffs(openedBase, openedTuned, extractedPaths, options.textEncoders === true)
+      : null;
+    for (const k of diffs?.used ?? []) used.add(k);
+    const outside = await compareOutside(openedBase, openedTuned, used);
     const reports: ExtractModuleReport[] = [];
     const extracted: Extracted[] = [];
     const zeroPaths: string[] = [];
@@ -404,6 +421,7 @@ export async function extractLora(base: BaseInput, tuned: BaseInput, options: Ex
         upShape: conv ? [e.shape[0] ?? 1, x.rank, 1, 1] : [e.shape[0] ?? 1, x.rank],
         down: () => decodeToF32(dtype, x.down),
         up: () => decodeToF32(dtype, x.up),
+        ...(diffs?.biases.has(e.path) ? { bias: () => diffs.biases.get(e.path) as Float32Array } : {}),
       };
     });
     const ruleText = describeRule(rules.rule);
@@ -416,6 +434,7 @@ export async function extractLora(base: BaseInput, tuned: BaseInput, options: Ex
       convRule,
       modules: reports.length,
       zero: zeroPaths.length,
+      ...(diffs ? { biasDiff: diffs.counts } : {}),
       relError: overall.relError,
       keptEnergy: overall.keptEnergy,
     };
@@ -425,6 +444,7 @@ export async function extractLora(base: BaseInput, tuned: BaseInput, options: Ex
       {
         format: 'kohya',
         dtype,
+        moduleBiasAsDiff: true,
         ...(options.kohyaPaths ? { kohyaPaths: options.kohyaPaths } : {}),
         metadata: {
           ss_network_module: 'networks.lora',
@@ -444,6 +464,8 @@ export async function extractLora(base: BaseInput, tuned: BaseInput, options: Ex
         },
       },
       {},
+      new Map(),
+      diffs?.norms ?? [],
     );
     const refuse: (ByteSource | string)[] = [
       ...openedBase.files.map((f) => f.file.source),
@@ -470,6 +492,7 @@ export async function extractLora(base: BaseInput, tuned: BaseInput, options: Ex
       compared: items.length,
       outside,
       textEncoders: options.textEncoders === true,
+      ...(diffs ? { biasDiff: diffs.counts } : {}),
       overall,
       ...(worst ? { worst } : {}),
       parameters: extracted.reduce((a, x) => a + (x.up.byteLength + x.down.byteLength) / (dtype === 'F32' ? 4 : 2), 0),

@@ -6,7 +6,8 @@
  * across calls); elsewhere (e.g. a browser's main thread, which refuses synchronous compiles of large
  * modules) `wasmProduct()` returns null and the reducer keeps its plain-JS f64-accumulating path.
  * The kernel accumulates in f32: relative error of a product ≈ 1e-7·√rank, below the one rounding to f32 the
- * factors get anyway.
+ * factors get anyway. Memory: the engine's memory holds B (packed and staged) and blocks of C; products with a
+ * large B run in slices of the inner dimension (PRODUCT_SLICE_ELEMENTS) so that it stays small.
  */
 import { runJobSingle } from '../kernels/cpu.js';
 import { kernelModuleSync, MAX_PAGES, WasmEngine } from '../kernels/wasm-engine.js';
@@ -27,6 +28,16 @@ export type ProductF32 = (
 
 let engineCache: WasmEngine | null | undefined;
 
+/**
+ * Elements of B packed into the kernel's memory at once (4 Mi = 16 MiB): a larger product runs in slices of its
+ * inner dimension, each slice's A·B added into C, so a product's kernel memory stays near 2 × 16 MiB (packed +
+ * staged slice) plus C, whatever the size of B (a 1280 × 23 040 matrix would otherwise take 2 × 118 MB).
+ */
+export const PRODUCT_SLICE_ELEMENTS = 1 << 22;
+
+/** Rows of W copied into the kernel's memory at once (16 MiB): W += A·B on a large W runs in blocks of rows. */
+const PRODUCT_BLOCK_BYTES = 16 << 20;
+
 /** This thread's WASM engine for products (one private memory, grown to the largest job and reused), or null. */
 function productEngine(): WasmEngine | null {
   if (engineCache !== undefined) return engineCache;
@@ -36,11 +47,56 @@ function productEngine(): WasmEngine | null {
       engineCache = new WasmEngine(
         kernelModuleSync(hasRelaxedSimd(), false),
         new WebAssembly.Memory({ initial: 1, maximum: MAX_PAGES }),
+        PRODUCT_BLOCK_BYTES,
       );
   } catch {
     engineCache = null;
   }
   return engineCache;
+}
+
+/**
+ * W (as f32 bytes) += A·B on the engine, in slices of the inner dimension when B holds more than
+ * PRODUCT_SLICE_ELEMENTS values (A's columns of a slice copied out; B's rows of a slice are contiguous).
+ */
+function addSliced(
+  engine: WasmEngine,
+  bytes: Uint8Array,
+  rows: number,
+  cols: number,
+  rank: number,
+  a: Float32Array,
+  b: Float32Array,
+): void {
+  if (rank * cols <= PRODUCT_SLICE_ELEMENTS) {
+    runJobSingle(
+      engine,
+      bytes,
+      'F32',
+      bytes,
+      'F32',
+      { rows, cols, rank, up: a.subarray(0, rows * rank), down: b.subarray(0, rank * cols) },
+      false,
+    );
+    return;
+  }
+  const step = Math.max(1, Math.floor(PRODUCT_SLICE_ELEMENTS / cols));
+  const part = new Float32Array(rows * step);
+  for (let k0 = 0; k0 < rank; k0 += step) {
+    const k1 = Math.min(rank, k0 + step);
+    const w = k1 - k0;
+    const up = part.subarray(0, rows * w);
+    for (let i = 0; i < rows; i++) up.set(a.subarray(i * rank + k0, i * rank + k1), i * w);
+    runJobSingle(
+      engine,
+      bytes,
+      'F32',
+      bytes,
+      'F32',
+      { rows, cols, rank: w, up, down: b.subarray(k0 * cols, k1 * cols) },
+      false,
+    );
+  }
 }
 
 let cached: ProductF32 | null | undefined;
@@ -68,8 +124,7 @@ export function wasmProduct(): ProductF32 | null {
         // The kernel adds A·B to what the output holds: a reused buffer starts from zeros.
         const out = into ? into.subarray(0, rows * cols).fill(0) : new Float32Array(rows * cols);
         if (rows === 0 || cols === 0) return out;
-        const bytes = new Uint8Array(out.buffer, out.byteOffset, out.byteLength);
-        runJobSingle(engine, bytes, 'F32', bytes, 'F32', { rows, cols, rank, up: a, down: b }, false);
+        addSliced(engine, new Uint8Array(out.buffer, out.byteOffset, out.byteLength), rows, cols, rank, a, b);
         return out;
       }
     : null;
@@ -96,8 +151,7 @@ export function wasmAddProduct(): AddProductF32 | null {
   cachedAdd = engine
     ? (rows, cols, rank, a, b, w) => {
         if (rows === 0 || cols === 0) return;
-        const bytes = new Uint8Array(w.buffer, w.byteOffset, rows * cols * 4);
-        runJobSingle(engine, bytes, 'F32', bytes, 'F32', { rows, cols, rank, up: a, down: b }, false);
+        addSliced(engine, new Uint8Array(w.buffer, w.byteOffset, rows * cols * 4), rows, cols, rank, a, b);
       }
     : null;
   return cachedAdd;

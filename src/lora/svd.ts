@@ -5,30 +5,39 @@
  *
  * Method: randomized subspace iteration (Halko, Martinsson & Tropp 2011, Algorithms 4.3/4.4) with a seeded
  * starting block of l = k + oversample columns, orthonormalised after every product, and Rayleigh–Ritz on the
- * final subspace:
+ * final subspace — measured at every half-step:
  *
- *   Q ← orth(A·Ω);  repeat { B = QᵀA;  Q ← orth(A·orth(Bᵀ)) }  until the kept energy stops growing;
- *   B = QᵀA = W·Λ^½·Vᵀ (eigen-decomposition of B·Bᵀ);  A_k = (Q·W_k)·Λ_k^½·V_kᵀ.
+ *   Q ← orth(A·Ω);  repeat { C = QᵀA, Z ← orth(Cᵀ);  C = ZᵀAᵀ, Q ← orth(C) }  until the kept energy stops growing;
+ *   on the last basis (Q or Z, C its product): C·Cᵀ = W·Λ·Wᵀ;  A_k = (Qᵀ·W_k)·(W_kᵀ·C)  or  (W_kᵀ·C)ᵀ·(W_kᵀ·Z).
  *
- * Error bound. The kept energy Σ_{j≤k} λ_j = ‖Q W_k W_kᵀ Qᵀ A‖_F² is computed exactly, so the reported error
- * ‖A − A_k‖_F² = ‖A‖_F² − Σ_{j≤k} λ_j is the error of the factors returned, never an estimate; it is ≥ the
- * Eckart–Young optimum √(Σ_{j>k} σ_j²). With q power iterations, HMT Corollary 10.10 bounds the expected
- * spectral error by (1 + 4·√(k+p)·√min(m, n)/(p − 1))^(1/(2q+1))·σ_{k+1}; in practice (research/methods.md §5.4)
- * one iteration lands within 0.08% of the optimal Frobenius error and two within 0.001%. The iteration stops
- * when one more round adds less than `tolerance` (default 5e-4) of the remaining error² to the kept energy —
- * geometric convergence then leaves the error within ≈ tolerance/(1 − ρ) of where further rounds would take it —
- * and runs at least `minIterations` (default 1) round. When l ≥ min(m, n) or A has rank < l the subspace holds
- * the whole range and the result is the exact truncated SVD.
+ * Every product with A or Aᵀ gives a basis the energy it keeps: the top-k eigenvalues of C·Cᵀ (Ritz values; they
+ * never decrease from one half-step to the next), and the same Gram matrix whitens C into the next basis, so it is
+ * computed once per half-step. The iteration can therefore stop after any product, on either side.
+ *
+ * Error bound. The kept energy Σ_{j≤k} λ_j = ‖P_k·A‖_F² (or ‖A·P_k‖_F²) of the projector onto the chosen k
+ * directions is computed exactly, so the reported error ‖A − A_k‖_F² = ‖A‖_F² − Σ_{j≤k} λ_j is the error of the
+ * factors returned, never an estimate; it is ≥ the Eckart–Young optimum √(Σ_{j>k} σ_j²). With q power iterations,
+ * HMT Corollary 10.10 bounds the expected spectral error by (1 + 4·√(k+p)·√min(m, n)/(p − 1))^(1/(2q+1))·σ_{k+1};
+ * in practice (research/methods.md §5.4) one iteration lands within 0.08% of the optimal Frobenius error and two
+ * within 0.001%. The iteration stops when one more half-step adds less than tolerance/4 (default 5e-4/4) of the
+ * remaining error² to the kept energy, after at least `minIterations` (default 1) whole rounds. Under geometric
+ * convergence at a rate ρ per round (√ρ per half-step) that leaves the error within (tolerance/4)·√ρ/(1 − √ρ) of
+ * the remaining error² of where further rounds would take it, which is at most what a test on whole rounds
+ * (tolerance·ρ/(1 − ρ)) leaves whenever ρ ≥ 1/9 (and both are below tolerance/8 for a faster ρ): the bound is not
+ * looser, and a matrix that converged within the first half of a round stops one or two products sooner. When
+ * l ≥ min(m, n) or A has rank < l the subspace holds the whole range and the result is the exact truncated SVD.
  *
  * Products run in f32 (the WASM SIMD kernel of ./product.ts where available) and accumulate the small
- * matrices in f64. Memory: A, Aᵀ and O((m + n)·l) floats. `workspace` reuses memory across calls: a Float32Array
- * holds Aᵀ; an SvdWorkspace holds Aᵀ, the starting block and the f64 scratch in buffers kept from call to call, so
- * a loop over many matrices (extract) does not allocate — and fault in — fresh pages for each one.
+ * matrices in f64. Memory: A and O((m + n)·l) floats, plus Aᵀ: whole for a small A or without an SvdWorkspace,
+ * else slice by slice (PRODUCT_SLICE_ELEMENTS values at a time). `workspace` reuses memory across calls: a
+ * Float32Array holds Aᵀ; an SvdWorkspace holds Aᵀ (or its slice), the starting block and the f64 scratch in buffers
+ * kept from call to call, so a loop over many matrices (extract) does not allocate — and fault in — fresh pages for
+ * each one.
  */
 import { ArgumentError, LoraError } from '../core/errors.js';
 import { mulberry32 } from '../core/random.js';
 import { gramRows, symmetricEigen } from './linalg.js';
-import { wasmProduct, type ProductF32 } from './product.js';
+import { PRODUCT_SLICE_ELEMENTS, wasmAddProduct, wasmProduct, type AddProductF32, type ProductF32 } from './product.js';
 
 export interface TruncatedSvdOptions {
   /** Extra columns of the random subspace beyond k (default 8). */
@@ -36,7 +45,7 @@ export interface TruncatedSvdOptions {
   /** Power (subspace) iterations at least (default 1) and at most (default 8). */
   readonly minIterations?: number;
   readonly maxIterations?: number;
-  /** Stop when a round adds less than tolerance × the remaining error² to the kept energy (default 5e-4). */
+  /** Stop when a half-step adds less than tolerance/4 × the remaining error² to the kept energy (default 5e-4). */
   readonly tolerance?: number;
   /** Seed of the starting block (default 0x5eed): the same seed and matrix give the same bytes. */
   readonly seed?: number;
@@ -102,7 +111,7 @@ export interface TruncatedSvd {
   readonly total: number;
   /** ‖A − up·down‖_F, exact for the factors returned (up to f32 rounding of the factors). */
   readonly error: number;
-  /** Subspace iterations run. */
+  /** Subspace iterations run, in halves (1.5: the factors come from the right basis after one and a half rounds). */
   readonly iterations: number;
 }
 
@@ -145,10 +154,23 @@ function transposeF32(x: Float32Array, rows: number, cols: number, into?: Float3
   return t;
 }
 
+interface Eigen {
+  readonly values: Float64Array;
+  readonly vectors: Float64Array;
+}
+
+/** Eigen-decomposition of the f64 Gram matrix X·Xᵀ of the rows of X (r × len, f32). */
+function gramEigen(X: Float32Array, rows: number, len: number, ws?: SvdWorkspace): Eigen {
+  const G = new Float64Array(rows * rows);
+  gramRows(toF64(X.subarray(0, rows * len), ws, 'gram'), rows, len, G);
+  return symmetricEigen(G, rows);
+}
+
 /**
  * Orthonormal rows spanning the rows of X (r × len, f32): whitening through the eigen-decomposition of the f64
  * Gram matrix, Q = Λ^-½·Vᵀ·X, done twice so the result is orthonormal to f32 working precision. Directions with
  * eigenvalues under 1e-12 of the largest (numerically absent) are dropped: the result has r' ≤ r rows.
+ * `first`: the decomposition of X's Gram when the caller already has it (the first pass then reuses it).
  */
 function orthonormalRows(
   X: Float32Array,
@@ -156,13 +178,12 @@ function orthonormalRows(
   len: number,
   mul: ProductF32,
   ws?: SvdWorkspace,
+  first?: Eigen,
 ): { q: Float32Array; rows: number } {
   let cur = X,
     rows = r;
   for (let pass = 0; pass < 2; pass++) {
-    const G = new Float64Array(rows * rows);
-    gramRows(toF64(cur.subarray(0, rows * len), ws, 'gram'), rows, len, G);
-    const { values, vectors } = symmetricEigen(G, rows);
+    const { values, vectors } = pass === 0 && first ? first : gramEigen(cur, rows, len, ws);
     const top = rows > 0 ? (values[0] ?? 0) : 0;
     let keep = 0;
     while (keep < rows && top > 0 && (values[keep] ?? 0) > 1e-12 * top) keep++;
@@ -175,6 +196,77 @@ function orthonormalRows(
     rows = keep;
   }
   return { q: cur, rows };
+}
+
+/** Plain W += A·B through any product (a temporary for A·B). */
+const addThrough =
+  (mul: ProductF32): AddProductF32 =>
+  (rows, cols, inner, a, b, w) => {
+    const p = mul(rows, cols, inner, a, b);
+    for (let i = 0; i < rows * cols; i++) w[i] = (w[i] as number) + (p[i] as number);
+  };
+
+/**
+ * Products X·Aᵀ (X: rows × n) without holding Aᵀ whole: a matrix of at most PRODUCT_SLICE_ELEMENTS values is
+ * transposed once (into the workspace) and reused; a larger one in slices of columns of A, each transposed into a
+ * slice buffer and its product added into the result — memory O(slice) instead of a second copy of A, at the cost
+ * of one tiled transpose of A per product.
+ */
+class TransposedA {
+  #whole: Float32Array | null = null;
+
+  constructor(
+    private readonly a: Float32Array,
+    private readonly m: number,
+    private readonly n: number,
+    private readonly mul: ProductF32,
+    private readonly add: AddProductF32,
+    private readonly ws: SvdWorkspace | undefined,
+    private readonly into: Float32Array | undefined,
+  ) {}
+
+  /** X·Aᵀ (rows × m). */
+  times(rows: number, x: Float32Array): Float32Array {
+    const { a, m, n } = this;
+    if (m * n <= PRODUCT_SLICE_ELEMENTS || !this.ws) {
+      this.#whole ??= transposeF32(a, m, n, this.ws ? this.ws.f32('transpose', m * n) : this.into);
+      return this.mul(rows, m, n, x, this.#whole);
+    }
+    const step = Math.max(1, Math.floor(PRODUCT_SLICE_ELEMENTS / m));
+    const t = this.ws.f32('transpose', step * m);
+    const xs = this.ws.f32('slice', rows * step);
+    const out = new Float32Array(rows * m);
+    for (let j0 = 0; j0 < n; j0 += step) {
+      const j1 = Math.min(n, j0 + step);
+      const w = j1 - j0;
+      transposeColumns(a, m, n, j0, j1, t);
+      for (let i = 0; i < rows; i++) xs.set(x.subarray(i * n + j0, i * n + j1), i * w);
+      this.add(rows, m, w, xs.subarray(0, rows * w), t.subarray(0, w * m), out);
+    }
+    return out;
+  }
+}
+
+/** Columns [j0, j1) of a row-major rows × cols matrix, transposed ((j1 − j0) × rows) into `into`, in tiles. */
+function transposeColumns(
+  x: Float32Array,
+  rows: number,
+  cols: number,
+  j0: number,
+  j1: number,
+  into: Float32Array,
+): void {
+  const T = 32;
+  for (let i0 = 0; i0 < rows; i0 += T) {
+    const i1 = Math.min(rows, i0 + T);
+    for (let c0 = j0; c0 < j1; c0 += T) {
+      const c1 = Math.min(j1, c0 + T);
+      for (let i = i0; i < i1; i++) {
+        const r = i * cols;
+        for (let j = c0; j < c1; j++) into[(j - j0) * rows + i] = x[r + j] ?? 0;
+      }
+    }
+  }
 }
 
 function checkArgs(a: Float32Array, m: number, n: number, k: number): void {
@@ -235,53 +327,72 @@ export function truncatedSvd(
   });
   if (total === 0) return empty(0);
   const l = Math.min(k + (options.oversample ?? 8), m, n);
-  // Every large product has the small operand on the left (the kernel's fast form): QᵀA = Qᵀ·A and
-  // (A·Z)ᵀ = Zᵀ·Aᵀ, so Aᵀ is formed once.
   const ws = options.workspace instanceof SvdWorkspace ? options.workspace : undefined;
-  const at = transposeF32(a, m, n, ws ? ws.f32('transpose', m * n) : (options.workspace as Float32Array | undefined));
+  const add = p === 'auto' && mul === wasmProduct() ? (wasmAddProduct() ?? addThrough(mul)) : addThrough(mul);
+  // Every large product has the small operand on the left (the kernel's fast form): QᵀA = Qᵀ·A and
+  // (A·Z)ᵀ = Zᵀ·Aᵀ, with Aᵀ formed once for a small A and slice by slice for a large one.
+  const at = new TransposedA(a, m, n, mul, add, ws, ws ? undefined : (options.workspace as Float32Array | undefined));
   // Starting block Ωᵀ (l × n): uniform on [−1, 1) from the seeded generator; Yᵀ = Ωᵀ·Aᵀ (l × m).
   const next = mulberry32(options.seed ?? 0x5eed);
   const omegaT = ws ? ws.f32('omega', l * n) : new Float32Array(l * n);
   for (let i = 0; i < omegaT.length; i++) omegaT[i] = next() / 2147483648 - 1;
-  let { q, rows } = orthonormalRows(mul(l, m, n, omegaT, at), l, m, mul, ws);
+  let basis = orthonormalRows(at.times(l, omegaT), l, m, mul, ws);
   // A range of dimension < l (or l = min(m, n)) is captured whole by the first block: no iteration needed.
-  const whole = rows < l || l === Math.min(m, n);
-  let iterations = 0;
+  const whole = basis.rows < l || l === Math.min(m, n);
+  // Half-steps: a left basis Q (rows × m) gives C = QᵀA (rows × n), a right basis Z (rows × n) gives C = ZᵀAᵀ
+  // (rows × m); the top-k eigenvalues of C·Cᵀ are the energy the basis keeps, and orth(C) is the next basis.
+  let side: 'left' | 'right' = 'left';
+  let steps = 0;
   let prevKept = -1;
   for (;;) {
-    if (rows === 0) return empty(iterations);
-    const B = mul(rows, n, m, q, a); // QᵀA (rows × n)
-    const B64 = toF64(B, ws, 'gram');
-    const G = new Float64Array(rows * rows);
-    gramRows(B64, rows, n, G);
-    const eig = symmetricEigen(G, rows);
+    const { q, rows } = basis;
+    if (rows === 0) return empty(steps / 2);
+    const c = side === 'left' ? mul(rows, n, m, q, a) : at.times(rows, q);
+    const len = side === 'left' ? n : m;
+    const eig = gramEigen(c, rows, len, ws);
     let kept = 0;
     for (let j = 0; j < Math.min(k, rows); j++) kept += Math.max(0, eig.values[j] ?? 0);
     const tail = Math.max(0, total - kept);
-    const converged = whole || (iterations >= minIt && kept - prevKept <= tol * tail) || iterations >= maxIt;
-    if (converged) return finish(q, rows, B, eig, m, n, k, total, iterations, mul);
+    const converged = whole || (steps >= 2 * minIt && kept - prevKept <= (tol / 4) * tail) || steps >= 2 * maxIt;
+    if (converged) {
+      const f = finish(q, rows, side === 'left' ? m : n, c, len, eig, k, mul);
+      // Left: up = (W·Q)ᵀ, down = W'·C. Right (C = (A·Z)ᵀ): down = W·Z, up = (W'·C)ᵀ.
+      const [up, down] =
+        side === 'left'
+          ? [transposeF32(f.fromBasis, f.rank, m), f.fromC]
+          : [transposeF32(f.fromC, f.rank, m), f.fromBasis];
+      return {
+        rank: f.rank,
+        up,
+        down,
+        sigma2: f.sigma2,
+        total,
+        error: Math.sqrt(Math.max(0, total - f.kept)),
+        iterations: steps / 2,
+      };
+    }
     prevKept = kept;
-    iterations++;
-    // Zᵀ = orth(B) (rows' × n); Yᵀ = Zᵀ·Aᵀ (rows' × m); Q = orth(Y).
-    const z = orthonormalRows(B, rows, n, mul, ws);
-    if (z.rows === 0) return empty(iterations);
-    ({ q, rows } = orthonormalRows(mul(z.rows, m, n, z.q, at), z.rows, m, mul, ws));
+    steps++;
+    basis = orthonormalRows(c, rows, len, mul, ws, eig);
+    side = side === 'left' ? 'right' : 'left';
   }
 }
 
-/** Rayleigh–Ritz: the top-k factors from Q (rows × m, orthonormal rows) and B = QᵀA (rows × n). */
+/**
+ * Rayleigh–Ritz on a basis (rows × bLen, orthonormal rows) and C = basisᵀ·M (rows × len) with C·Cᵀ = W·Λ·Wᵀ: the
+ * top-k of M projected on the basis is (basisᵀ·W_k·Λ_k^¼)·(Λ_k^-¼·W_kᵀ·C) — fromBasis = Λ_k^¼·W_kᵀ·basis (r × bLen)
+ * and fromC = Λ_k^-¼·W_kᵀ·C (r × len): the singular values split evenly between the two factors.
+ */
 function finish(
-  q: Float32Array,
+  basis: Float32Array,
   rows: number,
-  B: Float32Array,
-  eig: { values: Float64Array; vectors: Float64Array },
-  m: number,
-  n: number,
+  bLen: number,
+  c: Float32Array,
+  len: number,
+  eig: Eigen,
   k: number,
-  total: number,
-  iterations: number,
   mul: ProductF32,
-): TruncatedSvd {
+): { rank: number; fromBasis: Float32Array; fromC: Float32Array; sigma2: Float64Array; kept: number } {
   const { values, vectors } = eig;
   const top = values[0] ?? 0;
   let numRank = 0;
@@ -290,7 +401,6 @@ function finish(
   const sigma2 = Float64Array.from(values.subarray(0, numRank), (v) => Math.max(0, v));
   let kept = 0;
   for (let j = 0; j < r; j++) kept += sigma2[j] ?? 0;
-  // upᵀ = (Λ^¼·W_kᵀ)·Q (r × m); down = (Λ^-¼·W_kᵀ)·B (r × n): singular values split evenly between the factors.
   const Wa = new Float32Array(r * rows);
   const Wb = new Float32Array(r * rows);
   for (let j = 0; j < r; j++) {
@@ -303,7 +413,5 @@ function finish(
       Wb[j * rows + i] = w * fb;
     }
   }
-  const up = transposeF32(mul(r, m, rows, Wa, q), r, m);
-  const down = mul(r, n, rows, Wb, B);
-  return { rank: r, up, down, sigma2, total, error: Math.sqrt(Math.max(0, total - kept)), iterations };
+  return { rank: r, fromBasis: mul(r, bLen, rows, Wa, basis), fromC: mul(r, len, rows, Wb, c), sigma2, kept };
 }

@@ -9,7 +9,7 @@ import { parseFuseDtype } from './fuse.js';
 
 const HELP = `Usage: lora-mix extract --base BASE --tuned TUNED -o OUT.safetensors
                         (--rank K | --min-energy E | --sv-ratio X | --sv-fro X | --sv-cumulative X)
-                        [--max-rank K] [--conv-rank K] [--text-encoders] [--dtype f16|bf16|f32]
+                        [--max-rank K] [--conv-rank K] [--text-encoders] [--bias-diff] [--dtype f16|bf16|f32]
                         [--kohya-paths diffusers|sgm] [--seed N] [--threads N] [--all] [--json] [-q]
 
 Turn a fine-tuned checkpoint into a LoRA: τ = TUNED − BASE, module by module, written as the best rank-K
@@ -18,13 +18,16 @@ overall. Like kohya's extract_lora_from_models.py, LyCORIS's extract_locon.py or
 0.99-quantile clamp, and streaming: both checkpoints are read one module at a time, never held whole.
 
 BASE and TUNED are single-file checkpoints (SD1.5 LDM names, SDXL/SSD-1B SGM names), lone diffusers UNet files or
-diffusers folders, in any mix, of the same architecture. Modules: every UNet Linear/Conv2d in the attentions,
-resnets and down/up-samplers (LCM-LoRA's set); with --text-encoders also the text encoders. 3×3 convolutions are
-written as LoCon (lora_down [r, in, 3, 3], lora_up [out, r, 1, 1]). A module whose difference is exactly zero is
-left out and counted. Each kept module's factors come from a randomized truncated SVD (seeded, with power
-iterations until the error settles): within 1% of the optimal error ‖Δ − Δ_K‖ of a full SVD. The error reported
-is measured on the factors as stored (after rounding to --dtype). Biases, norms, embeddings and conv_in/conv_out
-are not part of a LoRA and are not compared.
+diffusers folders, in any mix, of the same architecture. Modules: every UNet Linear/Conv2d — the attentions,
+resnets and down/up-samplers (LCM-LoRA's set), conv_in, conv_out and the time (and SDXL add) embeddings; with
+--text-encoders also the text encoders. 3×3 convolutions are written as LoCon (lora_down [r, in, 3, 3], lora_up
+[out, r, 1, 1]). A module whose difference is exactly zero is left out and counted. Each kept module's factors
+come from a randomized truncated SVD (seeded, with power iterations until the error settles): within 1% of the
+optimal error ‖Δ − Δ_K‖ of a full SVD. The error reported is measured on the factors as stored (after rounding to
+--dtype). Biases and norm layers are not low-rank: with --bias-diff they are stored as full differences, as
+ComfyUI's LoraSave does with bias_diff (<module>.diff_b beside the factors, <norm>.diff / <norm>.diff_b; ComfyUI
+and lora-mix read them). Every other tensor that differs (embedding tables, the VAE, biases and norms without
+--bias-diff) is named in the report as NOT in the LoRA.
 
 Rank (one of):
   --rank K               K per module (capped by the module's size); with a rule below, the cap of that rule
@@ -39,6 +42,8 @@ Options:
   --max-rank K           cap of the rules above when --rank is not given (default 128)
   --conv-rank K          rank (or rule cap) of 3×3 convolutions; 0 leaves them out (default: as other modules)
   --text-encoders        also extract the text encoders (both need them)
+  --bias-diff            also store the extracted modules' biases and the norm layers' weights and biases as full
+                         differences (.diff_b / .diff, ComfyUI's bias_diff); counted in the report
   --dtype D              f16 (default), bf16 or f32 for the factors
   --kohya-paths P        UNet names in diffusers paths (default) or sgm paths
   --seed N               seed of the SVD sketch (default: a fixed one): same inputs and seed, same bytes
@@ -51,7 +56,8 @@ Options:
 Examples:
   lora-mix extract --base sd15.safetensors --tuned lcm-dreamshaper.safetensors --rank 64 -o lcm-ds-lora.safetensors
   lora-mix extract --base sdxl-base/ --tuned sdxl-tuned.safetensors --min-energy 0.9 --max-rank 128 -o tau.safetensors
-  lora-mix extract --base a.safetensors --tuned b.safetensors --rank 32 --conv-rank 0 --text-encoders --json -o t.safetensors`;
+  lora-mix extract --base a.safetensors --tuned b.safetensors --rank 32 --conv-rank 0 --text-encoders --json -o t.safetensors
+  lora-mix extract --base sd15.safetensors --tuned finetune.safetensors --rank 64 --bias-diff -o ft-lora.safetensors`;
 
 export const extractCommand: Command = {
   name: 'extract',
@@ -70,6 +76,7 @@ export const extractCommand: Command = {
       'max-rank': { type: 'string' },
       'conv-rank': { type: 'string' },
       'text-encoders': { type: 'boolean' },
+      'bias-diff': { type: 'boolean' },
       dtype: { type: 'string' },
       'kohya-paths': { type: 'string' },
       seed: { type: 'string' },
@@ -149,6 +156,7 @@ export const extractCommand: Command = {
       ...(maxRank !== undefined ? { maxRank } : {}),
       ...(convRank !== undefined ? { convRank } : {}),
       ...(values['text-encoders'] === true ? { textEncoders: true } : {}),
+      ...(values['bias-diff'] === true ? { biasDiff: true } : {}),
       ...(dtype ? { dtype } : {}),
       ...(kp ? { kohyaPaths: kp } : {}),
       ...(seed !== undefined ? { seed } : {}),
