@@ -159,10 +159,10 @@ export class DirectWriter {
     await this.#handle().truncate(this.#written);
   }
 
-  /** fsync and close (after finish). */
-  async syncAndClose(): Promise<void> {
+  /** fsync (unless `sync` is false) and close (after finish). */
+  async syncAndClose(sync = true): Promise<void> {
     const fh = this.#handle();
-    await fh.sync();
+    if (sync) await fh.sync();
     this.#fh = null;
     await fh.close();
   }

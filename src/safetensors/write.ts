@@ -13,12 +13,21 @@ import { METADATA_KEY, show, type TensorInfo } from './header.js';
 /** Tensor bytes: a Uint8Array of stored (little-endian) bytes, or any typed array / DataView over them. */
 export type TensorData = Uint8Array | ArrayBufferView;
 
+/**
+ * A tensor's bytes in consecutive pieces, for tensors too large to hold at once: each piece is written before the
+ * next is asked for (so its buffer may be reused afterwards); together they must make exactly the tensor's bytes.
+ */
+export type TensorChunks = AsyncIterable<Uint8Array>;
+
 export interface TensorToWrite {
   readonly name: string;
   readonly dtype: DType;
   readonly shape: readonly number[];
-  /** The bytes, or a function producing them when this tensor is written (called once, in order). */
-  readonly data: TensorData | (() => TensorData | Promise<TensorData>);
+  /**
+   * The bytes, or a function producing them when this tensor is written (called once, in order): the bytes, or the
+   * bytes in pieces (TensorChunks).
+   */
+  readonly data: TensorData | (() => TensorData | TensorChunks | Promise<TensorData | TensorChunks>);
 }
 
 export type TensorsToWrite = readonly TensorToWrite[] | Iterable<TensorToWrite> | AsyncIterable<TensorToWrite>;
@@ -37,6 +46,11 @@ export interface WriteOptions {
    * fileSink). Worth it for outputs of many GB; the bytes are the same either way.
    */
   readonly direct?: boolean;
+  /**
+   * Node, path targets: fsync the output before renaming it into place (default true). false keeps the atomic
+   * temp + rename but leaves the writeback to the OS (see SinkOptions.fsync).
+   */
+  readonly fsync?: boolean;
   /** Called after each tensor's bytes were handed to the sink (progress reporting). */
   readonly onTensor?: (info: TensorInfo, index: number, count: number) => void;
 }
@@ -177,6 +191,37 @@ function checkData(data: unknown, dtype: DType, byteLength: number, name: string
   return data instanceof Uint8Array ? data : typedAsBytes(data);
 }
 
+function isChunks(x: unknown): x is TensorChunks {
+  return typeof x === 'object' && x !== null && !ArrayBuffer.isView(x) && Symbol.asyncIterator in x;
+}
+
+/** Write a tensor given in pieces, checking each piece and that together they are exactly its bytes. */
+async function writeChunks(out: Gatherer, chunks: TensorChunks, info: TensorInfo, target: string): Promise<void> {
+  let n = 0;
+  for await (const chunk of chunks) {
+    if (!(chunk instanceof Uint8Array)) {
+      invalid(`${target}: a piece of tensor '${info.name}' must be a Uint8Array; found ${show(chunk)}`, {
+        file: target,
+        key: info.name,
+      });
+    }
+    n += chunk.byteLength;
+    if (n > info.byteLength) break;
+    await out.write(chunk);
+  }
+  if (n !== info.byteLength) {
+    invalid(
+      `${target}: tensor '${info.name}' (${info.dtype}) needs ${info.byteLength} bytes; its pieces have ${n}${n > info.byteLength ? ' or more' : ''}`,
+      {
+        file: target,
+        key: info.name,
+        expected: info.byteLength,
+        found: n,
+      },
+    );
+  }
+}
+
 async function collect(tensors: TensorsToWrite): Promise<TensorToWrite[]> {
   if (Array.isArray(tensors)) return tensors as TensorToWrite[];
   const out: TensorToWrite[] = [];
@@ -235,16 +280,20 @@ export async function writeToSink(
     const t = list[i]!;
     const info = plan.tensors[i]!;
     const raw = typeof t.data === 'function' ? await t.data() : t.data;
-    const bytes = checkData(raw, info.dtype, info.byteLength, info.name, sink.name);
-    await out.write(bytes);
+    if (isChunks(raw)) await writeChunks(out, raw, info, sink.name);
+    else await out.write(checkData(raw, info.dtype, info.byteLength, info.name, sink.name));
     options.onTensor?.(info, i, list.length);
   }
   await out.flush();
   return { name: sink.name, byteLength: plan.byteLength, headerLength: plan.headerLength, tensors: plan.tensors };
 }
 
-function openPathSink(path: string, refuse: readonly (ByteSource | string)[], direct: boolean): Promise<ByteSink> {
-  return requireHost(path, 'pass a ByteSink such as memorySink()').openSink(path, { refuse, direct });
+function openPathSink(path: string, options: WriteOptions): Promise<ByteSink> {
+  return requireHost(path, 'pass a ByteSink such as memorySink()').openSink(path, {
+    refuse: options.refuseOverwrite ?? [],
+    direct: options.direct === true,
+    fsync: options.fsync !== false,
+  });
 }
 
 /**
@@ -257,10 +306,7 @@ export async function writeSafetensors(
   tensors: TensorsToWrite,
   options: WriteOptions = {},
 ): Promise<WriteResult> {
-  const sink =
-    typeof target === 'string'
-      ? await openPathSink(target, options.refuseOverwrite ?? [], options.direct === true)
-      : target;
+  const sink = typeof target === 'string' ? await openPathSink(target, options) : target;
   try {
     const result = await writeToSink(sink, tensors, options);
     await sink.commit();

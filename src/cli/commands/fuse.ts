@@ -15,7 +15,7 @@ const HELP = `Usage: lora-mix fuse --base CKPT A.safetensors[:W] [B.safetensors[
                      [--method M [--density D] [--majority-sign S] [--seed N] [--t T]]
                      [--device cpu|gpu] [--dtype f32|f16|bf16] [--allow-unmatched]
                      [--on-overflow error|clamp] [--allow-nonfinite-base] [--root-checkpoint omit|fuse] [--blocks SPEC] [--blocks-N SPEC] [--threads N]
-                     [--json] [-q]
+                     [--no-fsync] [--json] [-q]
 
 Add τ = W_A·τ_A + W_B·τ_B + … to the weights of a base checkpoint and write the fused checkpoint, which then
 samples like the base with the LoRAs applied (with an LCM-LoRA: in 4 steps, no LoRA loader needed).
@@ -57,6 +57,10 @@ ${STACK_HELP}
   --blocks SPEC           per-block multipliers for every LoRA (see 'lora-mix merge --help')
   --blocks-N SPEC         per-block multipliers for LoRA N only (1-based)
   --threads N             CPU threads (default: one per core)
+  --no-fsync              return once the output is in the OS's page cache instead of on the disk: still written
+                          to a temporary file and renamed (never a partial file at OUT after a failed run), but a
+                          power loss or OS crash in the next seconds can leave OUT empty or truncated. Faster when
+                          the disk is the bottleneck (SD1.5 on the benchmark machine: see bench/RESULTS.md)
   --json                  print the report as JSON
   -q, --quiet             no progress on stderr
 
@@ -65,6 +69,7 @@ Examples:
   lora-mix fuse --base sdxl-base/ lcm-lora-sdxl.safetensors -o sdxl-lcm/ --dtype f16
   lora-mix fuse --base sd15.safetensors lcm.safetensors:1 style.safetensors:unet=0.8,te=0.3 -o out.safetensors
   lora-mix fuse --base sd15.safetensors a.safetensors b.safetensors -o ties.safetensors --method ties --density 0.2
+  lora-mix fuse --base sd15.safetensors lcm.safetensors -o /scratch/sd15-lcm.safetensors --no-fsync
   lora-mix verify --fused sd15-lcm.safetensors --base sd15.safetensors lcm-lora-sdv1-5.safetensors:1.0 style.safetensors:0.8`;
 
 const DTYPES: Record<string, FuseDType> = {
@@ -183,6 +188,7 @@ export const fuseCommand: Command = {
       'allow-nonfinite-base': { type: 'boolean' },
       'root-checkpoint': { type: 'string' },
       threads: { type: 'string' },
+      'no-fsync': { type: 'boolean' },
       json: { type: 'boolean' },
       quiet: { type: 'boolean', short: 'q' },
       ...blockOptions(),
@@ -243,6 +249,7 @@ export const fuseCommand: Command = {
         ...(values['allow-unmatched'] === true ? { allowUnmatched: true } : {}),
         ...(values['allow-nonfinite-base'] === true ? { allowNonfiniteBase: true } : {}),
         ...(rootCheckpoint ? { rootCheckpoint } : {}),
+        ...(values['no-fsync'] === true ? { fsync: false } : {}),
         ...(progress ? { onProgress: progress.update } : {}),
       });
     } finally {

@@ -9,7 +9,7 @@ import { blockOptions, fuseProgress, loraArgs, parseFuseDtype } from './fuse.js'
 
 const HELP = `Usage: lora-mix unfuse --fused FUSED A.safetensors[:W] [B.safetensors[:W] …] -o OUT
                        [--base ORIGINAL] [--dtype f32|f16|bf16] [--allow-unmatched] [--on-overflow error|clamp]
-                       [--blocks SPEC] [--blocks-N SPEC] [--threads N] [--json] [-q]
+                       [--blocks SPEC] [--blocks-N SPEC] [--threads N] [--no-fsync] [--json] [-q]
 
 Take LoRAs back out of a fused checkpoint: W″ = FUSED − (W_A·τ_A + W_B·τ_B + …), streamed through the same path as
 'lora-mix fuse' (same planner, kernel and writer), the delta built from the LoRAs' factors in f32 and rounded once.
@@ -37,7 +37,7 @@ Options:
   --fused FUSED           the fused checkpoint (file or diffusers folder)
   -o, --output OUT        the file (or folder) to write
   --base ORIGINAL         the checkpoint before fusion, to report the distance in ulps
-  --dtype, --allow-unmatched, --on-overflow, --blocks, --blocks-N, --threads: as in 'lora-mix fuse'
+  --dtype, --allow-unmatched, --on-overflow, --blocks, --blocks-N, --threads, --no-fsync: as in 'lora-mix fuse'
   --json                  print the report as JSON
   -q, --quiet             no progress on stderr
 
@@ -58,6 +58,7 @@ export const unfuseCommand: Command = {
       dtype: { type: 'string' },
       'allow-unmatched': { type: 'boolean' },
       'on-overflow': { type: 'string' },
+      'no-fsync': { type: 'boolean' },
       threads: { type: 'string' },
       json: { type: 'boolean' },
       quiet: { type: 'boolean', short: 'q' },
@@ -95,6 +96,7 @@ export const unfuseCommand: Command = {
         ...(dtype ? { dtype } : {}),
         ...(threads !== undefined ? { threads } : {}),
         ...(values['allow-unmatched'] === true ? { allowUnmatched: true } : {}),
+        ...(values['no-fsync'] === true ? { fsync: false } : {}),
         ...(progress ? { onProgress: progress.update } : {}),
       });
     } finally {
