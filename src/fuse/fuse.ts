@@ -1144,8 +1144,20 @@ export async function fuseLoras(
         [FUSE_METADATA_KEY]: fuseMeta,
         lora_mix_version: VERSION,
       };
+      const late = options.lateMetadata;
       const res = await writeSafetensors(target, tensors, {
         metadata,
+        ...(late
+          ? {
+              lateMetadata: async () => ({
+                ...fp.base.file.metadata,
+                ...(options.metadata ?? {}),
+                ...(await late()),
+                [FUSE_METADATA_KEY]: fuseMeta,
+                lora_mix_version: VERSION,
+              }),
+            }
+          : {}),
         direct: options.directIO ?? (options.fsync !== false && fileBytes(fp) >= DIRECT_MIN_BYTES),
         fsync: options.fsync !== false,
         refuseOverwrite: refuse,

@@ -93,6 +93,13 @@ export interface FuseOptions {
   readonly rootCheckpoint?: 'omit' | 'fuse';
   /** Extra metadata strings for the output (single files and every weight file of a folder). */
   readonly metadata?: Readonly<Record<string, string>>;
+  /**
+   * Metadata known only after the tensors are written, merged over `metadata` at the end of each output file (the
+   * CLI's provenance: the LoRAs' SHA-256 computed from the fuse's own reads). The header is rewritten in place, so
+   * each value must be no longer than the placeholder given in `metadata` under the same key. Needs a path output or
+   * a sink with `writeAt`.
+   */
+  readonly lateMetadata?: () => Promise<Readonly<Record<string, string>>>;
   readonly onProgress?: (p: FuseProgress) => void;
 }
 

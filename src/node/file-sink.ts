@@ -142,6 +142,10 @@ export async function fileSink(target: string, options: FileSinkOptions = {}): P
       if (state !== 'open') throw refuse(`write after ${state}`);
       await writer.write(chunk);
     },
+    async writeAt(offset: number, bytes: Uint8Array): Promise<void> {
+      if (state !== 'open') throw refuse(`write after ${state}`);
+      await writer.writeAt(offset, bytes);
+    },
     async commit(): Promise<void> {
       if (state === 'committed') return;
       if (state !== 'open' || writer.failed) {

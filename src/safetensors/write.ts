@@ -51,6 +51,13 @@ export interface WriteOptions {
    * temp + rename but leaves the writeback to the OS (see SinkOptions.fsync).
    */
   readonly fsync?: boolean;
+  /**
+   * Metadata known only once every tensor is written (e.g. hashes of inputs computed from the run's own reads): the
+   * whole `__metadata__` that replaces `metadata`. The header is rewritten in place at the end, so its JSON must not
+   * be longer than the one written first (same keys in the same order, values of the same length: placeholders);
+   * shorter is padded with spaces. Needs a sink with `writeAt` (file paths, memorySink).
+   */
+  readonly lateMetadata?: () => Promise<Readonly<Record<string, string>>>;
   /** Called after each tensor's bytes were handed to the sink (progress reporting). */
   readonly onTensor?: (info: TensorInfo, index: number, count: number) => void;
 }
@@ -274,6 +281,11 @@ export async function writeToSink(
 ): Promise<WriteResult> {
   const list = await collect(tensors);
   const plan = planSafetensors(list, options.metadata, sink.name);
+  if (options.lateMetadata && typeof sink.writeAt !== 'function') {
+    invalid(`${sink.name}: metadata given at the end needs a sink that can rewrite its header (writeAt)`, {
+      file: sink.name,
+    });
+  }
   const out = new Gatherer(sink);
   await out.write(plan.prefix);
   for (let i = 0; i < list.length; i++) {
@@ -285,7 +297,28 @@ export async function writeToSink(
     options.onTensor?.(info, i, list.length);
   }
   await out.flush();
+  if (options.lateMetadata) await rewriteHeader(sink, list, plan, await options.lateMetadata());
   return { name: sink.name, byteLength: plan.byteLength, headerLength: plan.headerLength, tensors: plan.tensors };
+}
+
+/** Rewrite the header with the final metadata, padded with spaces to the length written first. */
+async function rewriteHeader(
+  sink: ByteSink,
+  list: readonly TensorToWrite[],
+  first: SafetensorsPlan,
+  metadata: Readonly<Record<string, string>>,
+): Promise<void> {
+  const final = planSafetensors(list, metadata, sink.name);
+  if (final.headerLength > first.headerLength) {
+    invalid(
+      `${sink.name}: the metadata given at the end needs a header of ${final.headerLength} bytes; ${first.headerLength} were written`,
+      { file: sink.name, expected: first.headerLength, found: final.headerLength },
+    );
+  }
+  const prefix = new Uint8Array(first.prefix.byteLength).fill(0x20);
+  prefix.set(first.prefix.subarray(0, 8));
+  prefix.set(final.prefix.subarray(8), 8);
+  await sink.writeAt?.(0, prefix);
 }
 
 function openPathSink(path: string, options: WriteOptions): Promise<ByteSink> {

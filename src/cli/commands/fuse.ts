@@ -8,7 +8,7 @@ import { numberOption, parseCommandArgs, parseWeightedSpec } from '../args.js';
 import { methodFlagOptions, methodHelpLines, parseMethodFlags } from '../method-flags.js';
 import { describeStack, STACK_HELP, STACK_OPTIONS, stackArgs } from '../stack-args.js';
 import type { CliContext, Command } from '../context.js';
-import { cliProvenance } from '../provenance.js';
+import { deferredProvenance, tapReads } from '../provenance.js';
 
 const HELP = `Usage: lora-mix fuse --base CKPT A.safetensors[:W] [B.safetensors[:W] …] -o OUT
        lora-mix fuse --base CKPT (--prompt "<lora:NAME:W> …" | --comfy-workflow FILE) --lora-dir DIR -o OUT
@@ -228,19 +228,23 @@ export const fuseCommand: Command = {
     const { paths, weights } = stack ?? loraArgs('fuse', positionals, values, ctx.cwd);
     const methodOptions = parseMethodFlags('fuse', values);
     const base = path.resolve(ctx.cwd, values.base);
-    const provenance = await cliProvenance(
-      'fuse',
-      ctx.cwd,
-      paths.map((file, i) => ({ file, weight: weights[i] })),
-      { device, onOverflow, ...(dtype ? { dtype } : {}), ...(methodOptions as object) },
-      [{ file: base, role: 'base' }],
-    );
+    // Each LoRA is hashed from the fuse's own reads (the header is rewritten with the hashes at the end).
+    const tap = tapReads(paths);
     const progress = values.quiet === true ? null : fuseProgress(ctx, 'fuse');
     let report;
     try {
+      const provenance = await deferredProvenance(
+        'fuse',
+        ctx.cwd,
+        paths.map((file, i) => ({ file, weight: weights[i] })),
+        { device, onOverflow, ...(dtype ? { dtype } : {}), ...(methodOptions as object) },
+        [{ file: base, role: 'base' }],
+        tap.sha256,
+      );
       report = await fuseLoras(base, paths, weights, {
         out: path.resolve(ctx.cwd, values.output),
-        metadata: provenance,
+        metadata: provenance.metadata,
+        lateMetadata: provenance.late,
         ...(methodOptions as object),
         device,
         onOverflow,
@@ -254,6 +258,7 @@ export const fuseCommand: Command = {
       });
     } finally {
       progress?.end();
+      await tap.close();
     }
     if (values.json === true) {
       ctx.out(

@@ -4,7 +4,7 @@ import { unfuseLoras } from '../../fuse/unfuse.js';
 import { formatUnfuseReport } from '../../fuse/extract-report.js';
 import { numberOption, parseCommandArgs } from '../args.js';
 import type { CliContext, Command } from '../context.js';
-import { cliProvenance } from '../provenance.js';
+import { deferredProvenance, tapReads } from '../provenance.js';
 import { blockOptions, fuseProgress, loraArgs, parseFuseDtype } from './fuse.js';
 
 const HELP = `Usage: lora-mix unfuse --fused FUSED A.safetensors[:W] [B.safetensors[:W] …] -o OUT
@@ -78,19 +78,22 @@ export const unfuseCommand: Command = {
     const threads = numberOption('unfuse', 'threads', values.threads, { min: 1, max: 64, integer: true });
     const { paths, weights } = loraArgs('unfuse', positionals, values, ctx.cwd);
     const fused = path.resolve(ctx.cwd, values.fused);
-    const provenance = await cliProvenance(
-      'unfuse',
-      ctx.cwd,
-      paths.map((file, i) => ({ file, weight: weights[i] })),
-      { onOverflow, ...(dtype ? { dtype } : {}) },
-      [{ file: fused, role: 'fused' }],
-    );
+    const tap = tapReads(paths);
     const progress = values.quiet === true ? null : fuseProgress(ctx, 'unfuse');
     let report;
     try {
+      const provenance = await deferredProvenance(
+        'unfuse',
+        ctx.cwd,
+        paths.map((file, i) => ({ file, weight: weights[i] })),
+        { onOverflow, ...(dtype ? { dtype } : {}) },
+        [{ file: fused, role: 'fused' }],
+        tap.sha256,
+      );
       report = await unfuseLoras(fused, paths, weights, {
         out: path.resolve(ctx.cwd, values.output),
-        metadata: provenance,
+        metadata: provenance.metadata,
+        lateMetadata: provenance.late,
         onOverflow,
         ...(typeof values.base === 'string' ? { base: path.resolve(ctx.cwd, values.base) } : {}),
         ...(dtype ? { dtype } : {}),
@@ -101,6 +104,7 @@ export const unfuseCommand: Command = {
       });
     } finally {
       progress?.end();
+      await tap.close();
     }
     if (values.json === true) ctx.out(`${JSON.stringify(report, null, 2)}\n`);
     else ctx.out(formatUnfuseReport(report));
