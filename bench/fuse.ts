@@ -24,10 +24,9 @@
  *   cpsync `cp --reflink=never BASE OUT && sync OUT`: the same copy made durable (coreutils' `sync FILE` fsyncs
  *          that one file), the like-for-like baseline of a fuse that fsyncs
  *   lcm    lora-mix fuse --base BASE LCM:1.0 -o OUT --json
- *   nofsync  case lcm with --no-fsync (temp file + rename, no fsync, page-cache writes): the like-for-like
- *          counterpart of cp
- *   nofsyncd  the same through the API with directIO: true (O_DIRECT writes, no fsync): fuseLoras from the built
- *          dist/node.js in a `node -e` child, report printed as JSON
+ *   nofsync  case lcm with --no-fsync (temp file + rename, no fsync; O_DIRECT writes as by default)
+ *   nofsyncpc  no fsync and page-cache writes (directIO: false), the like-for-like counterpart of cp: fuseLoras
+ *          from the built dist/node.js in a child process, report printed as JSON
  *   style  lora-mix fuse --base BASE LCM:1.0 STYLE:0.8 -o OUT --json
  *   f32    lora-mix fuse --base BASE LCM:1.0 -o OUT --json --dtype f32 (twice the bytes written)
  *   lcm0   case lcm with the build given by --base-cli PATH (e.g. main before a change), in the same rounds
@@ -342,11 +341,11 @@ fs.renameSync(tmp, dst);
 process.stdout.write(JSON.stringify({ bytes: at, direct }));
 `;
 
-/** Case nofsyncd: fuseLoras from a built dist/node.js with fsync off and O_DIRECT on (no CLI flag for the latter). */
+/** Case nofsyncpc: fuseLoras from a built dist/node.js with fsync and O_DIRECT off (no CLI flag for the latter). */
 const API_FUSE_SCRIPT = `
 const [entry, base, lora, out] = process.argv.slice(2);
 const { fuseLoras } = await import(entry);
-const report = await fuseLoras(base, [lora], [1], { out, fsync: false, directIO: true });
+const report = await fuseLoras(base, [lora], [1], { out, fsync: false, directIO: false });
 process.stdout.write(JSON.stringify(report));
 `;
 
@@ -360,7 +359,7 @@ function apiFuseScript(): string {
 // ---------------------------------------------------------------------------------------------------------------
 // Cases
 
-type Case = 'copy' | 'direct' | 'cp' | 'cpsync' | 'lcm' | 'nofsync' | 'nofsyncd' | 'lcm0' | 'style' | 'f32' | 'torch';
+type Case = 'copy' | 'direct' | 'cp' | 'cpsync' | 'lcm' | 'nofsync' | 'nofsyncpc' | 'lcm0' | 'style' | 'f32' | 'torch';
 const ALL_CASES: Case[] = [
   'copy',
   'direct',
@@ -368,7 +367,7 @@ const ALL_CASES: Case[] = [
   'cpsync',
   'lcm',
   'nofsync',
-  'nofsyncd',
+  'nofsyncpc',
   'lcm0',
   'style',
   'f32',
@@ -377,7 +376,7 @@ const ALL_CASES: Case[] = [
 const isBaseline = (c: Case): boolean => c === 'copy' || c === 'direct' || c === 'cp' || c === 'cpsync';
 /** Cases whose child prints a lora-mix fuse report (--json). */
 const isFuse = (c: Case): boolean =>
-  c === 'lcm' || c === 'nofsync' || c === 'nofsyncd' || c === 'lcm0' || c === 'style' || c === 'f32';
+  c === 'lcm' || c === 'nofsync' || c === 'nofsyncpc' || c === 'lcm0' || c === 'style' || c === 'f32';
 /** --base-cli PATH: case lcm0 runs that build (e.g. main before a change) in the same rounds as lcm. */
 let BASE_CLI: string | null = null;
 const PYTHON = '/usr/bin/python3';
@@ -493,7 +492,7 @@ function runCase(arch: Arch, c: Case, round: number, nodeFlags: string[] = []): 
     r = timed([process.execPath, '-e', COPY_SCRIPT, base, out, c === 'copy' ? 'buffered' : 'direct']);
   else if (c === 'cp') r = timed(['cp', '--reflink=never', base, out]);
   else if (c === 'cpsync') r = timed(['sh', '-c', 'cp --reflink=never "$1" "$2" && sync "$2"', 'cpsync', base, out]);
-  else if (c === 'nofsyncd')
+  else if (c === 'nofsyncpc')
     r = timed([
       process.execPath,
       apiFuseScript(),

@@ -64,6 +64,6 @@ describe('fsync on and off', () => {
     expect(spy.mock.calls.length).toBe(synced);
     expect(Buffer.compare(await fs.readFile(a), await fs.readFile(b))).toBe(0);
     const help = await runCli(['fuse', '--help'], FIXTURES);
-    expect(help.out).toMatch(/--no-fsync\s+return once the output is in the OS's page cache/);
+    expect(help.out).toMatch(/--no-fsync\s+do not wait for the disk to confirm the output/);
   });
 });

@@ -1158,7 +1158,7 @@ export async function fuseLoras(
               }),
             }
           : {}),
-        direct: options.directIO ?? (options.fsync !== false && fileBytes(fp) >= DIRECT_MIN_BYTES),
+        direct: options.directIO ?? fileBytes(fp) >= DIRECT_MIN_BYTES,
         fsync: options.fsync !== false,
         refuseOverwrite: refuse,
         onTensor: (info) => {

@@ -63,17 +63,17 @@ export interface FuseOptions {
   readonly GPU?: unknown;
   /**
    * Node: write the output with O_DIRECT (bypassing the page cache) where the filesystem allows it. Default: on for
-   * outputs of 256 MiB or more when `fsync` is on, where it saves the page-cache work of multi-GB writes
-   * (bench/RESULTS.md); off with `fsync: false` (O_DIRECT writes wait for the disk, which is what skipping the
-   * fsync avoids).
+   * outputs of 256 MiB or more, where it saves the page-cache work of multi-GB writes (bench/RESULTS.md), with or
+   * without `fsync`.
    */
   readonly directIO?: boolean;
   /**
    * Node, path outputs: make the output durable before it appears (default true: the temp file is fsync'd, renamed
    * into place, and the folder fsync'd). false keeps the temp file + rename — a failed run leaves nothing and no
    * reader ever sees a partial file — but returns once the bytes are in the OS's page cache: a power loss or
-   * kernel crash shortly after the run can leave an empty or truncated file under the output's name. Measured
-   * gain in bench/RESULTS.md ("fuse without the disk"); CLI `--no-fsync`.
+   * kernel crash shortly after the run can leave an empty or truncated file under the output's name. The write path
+   * is unchanged (O_DIRECT for large outputs unless `directIO: false`, which returns even sooner on a slow disk but
+   * costs CPU). Measured in bench/RESULTS.md ("fuse at the machine's limit"); CLI `--no-fsync`.
    */
   readonly fsync?: boolean;
   /**

@@ -57,10 +57,11 @@ ${STACK_HELP}
   --blocks SPEC           per-block multipliers for every LoRA (see 'lora-mix merge --help')
   --blocks-N SPEC         per-block multipliers for LoRA N only (1-based)
   --threads N             CPU threads (default: one per core)
-  --no-fsync              return once the output is in the OS's page cache instead of on the disk: still written
-                          to a temporary file and renamed (never a partial file at OUT after a failed run), but a
-                          power loss or OS crash in the next seconds can leave OUT empty or truncated. Faster when
-                          the disk is the bottleneck (SD1.5 on the benchmark machine: see bench/RESULTS.md)
+  --no-fsync              do not wait for the disk to confirm the output (no fsync): still written to a
+                          temporary file and renamed (never a partial file at OUT after a failed run), but a
+                          power loss or OS crash in the next seconds can leave OUT empty or truncated. Saves
+                          the final flush only; on the benchmark machine the disk is not the bottleneck and the
+                          gain is within noise (bench/RESULTS.md)
   --json                  print the report as JSON
   -q, --quiet             no progress on stderr
 
