@@ -2,7 +2,7 @@
  * End-to-end fusion benchmark: `lora-mix fuse` (read the base, fuse, write) on full-size SD1.5 and SDXL F16
  * single-file checkpoints, run as the built CLI in a child process, against a plain copy of the same file.
  *
- *   npm run build && npx tsx bench/fuse.ts [--runs 3] [--arch sd15,sdxl] [--cases copy,direct,cp,lcm,lcm0,style,f32,torch]
+ *   npm run build && npx tsx bench/fuse.ts [--runs 3] [--arch sd15,sdxl] [--cases copy,direct,cp,cpsync,lcm,nofsync,lcm0,style,f32,torch]
  *                                         [--extra-runs N] [--gen-only] [--clean] [--profile CASE] [--json FILE]
  *                                         [--out-dir DIR] [--wait-idle S] [--idle-below F] [--cli PATH] [--base-cli PATH]
  *
@@ -20,8 +20,13 @@
  *          the output, fsync, rename (what the fuse writer does with the same bytes, minus the fusion)
  *   direct the same copy with O_DIRECT writes (page-aligned WebAssembly.Memory buffer, padded last chunk, truncate):
  *          no page-cache pages are allocated for the output, which on some VMs is most of a buffered write's cost
- *   cp     `cp --reflink=never` (no fsync), for orientation
+ *   cp     `cp --reflink=never` (no fsync): returns once the bytes are in the page cache
+ *   cpsync `cp --reflink=never BASE OUT && sync OUT`: the same copy made durable (coreutils' `sync FILE` fsyncs
+ *          that one file), the like-for-like baseline of a fuse that fsyncs
  *   lcm    lora-mix fuse --base BASE LCM:1.0 -o OUT --json
+ *   nofsync  case lcm with --no-fsync (temp file + rename, no fsync; O_DIRECT writes as by default)
+ *   nofsyncpc  no fsync and page-cache writes (directIO: false), the like-for-like counterpart of cp: fuseLoras
+ *          from the built dist/node.js in a child process, report printed as JSON
  *   style  lora-mix fuse --base BASE LCM:1.0 STYLE:0.8 -o OUT --json
  *   f32    lora-mix fuse --base BASE LCM:1.0 -o OUT --json --dtype f32 (twice the bytes written)
  *   lcm0   case lcm with the build given by --base-cli PATH (e.g. main before a change), in the same rounds
@@ -336,14 +341,42 @@ fs.renameSync(tmp, dst);
 process.stdout.write(JSON.stringify({ bytes: at, direct }));
 `;
 
+/** Case nofsyncpc: fuseLoras from a built dist/node.js with fsync and O_DIRECT off (no CLI flag for the latter). */
+const API_FUSE_SCRIPT = `
+const [entry, base, lora, out] = process.argv.slice(2);
+const { fuseLoras } = await import(entry);
+const report = await fuseLoras(base, [lora], [1], { out, fsync: false, directIO: false });
+process.stdout.write(JSON.stringify(report));
+`;
+
+/** The script as a file (an ES module given with -e would start the kernel's workers as modules too). */
+function apiFuseScript(): string {
+  const file = path.join(os.tmpdir(), `lora-mix-bench-api-fuse-${process.pid}.mjs`);
+  if (!existsSync(file)) writeFileSync(file, API_FUSE_SCRIPT);
+  return file;
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Cases
 
-type Case = 'copy' | 'direct' | 'cp' | 'lcm' | 'lcm0' | 'style' | 'f32' | 'torch';
-const ALL_CASES: Case[] = ['copy', 'direct', 'cp', 'lcm', 'lcm0', 'style', 'f32', 'torch'];
-const isBaseline = (c: Case): boolean => c === 'copy' || c === 'direct' || c === 'cp';
+type Case = 'copy' | 'direct' | 'cp' | 'cpsync' | 'lcm' | 'nofsync' | 'nofsyncpc' | 'lcm0' | 'style' | 'f32' | 'torch';
+const ALL_CASES: Case[] = [
+  'copy',
+  'direct',
+  'cp',
+  'cpsync',
+  'lcm',
+  'nofsync',
+  'nofsyncpc',
+  'lcm0',
+  'style',
+  'f32',
+  'torch',
+];
+const isBaseline = (c: Case): boolean => c === 'copy' || c === 'direct' || c === 'cp' || c === 'cpsync';
 /** Cases whose child prints a lora-mix fuse report (--json). */
-const isFuse = (c: Case): boolean => c === 'lcm' || c === 'lcm0' || c === 'style' || c === 'f32';
+const isFuse = (c: Case): boolean =>
+  c === 'lcm' || c === 'nofsync' || c === 'nofsyncpc' || c === 'lcm0' || c === 'style' || c === 'f32';
 /** --base-cli PATH: case lcm0 runs that build (e.g. main before a change) in the same rounds as lcm. */
 let BASE_CLI: string | null = null;
 const PYTHON = '/usr/bin/python3';
@@ -408,6 +441,7 @@ function fuseArgs(arch: Arch, c: Case, out: string): string[] {
   if (c === 'style') a.push(`${style}:0.8`);
   a.push('-o', out, '--json');
   if (c === 'f32') a.push('--dtype', 'f32');
+  if (c === 'nofsync') a.push('--no-fsync');
   return a;
 }
 
@@ -457,6 +491,16 @@ function runCase(arch: Arch, c: Case, round: number, nodeFlags: string[] = []): 
   if (c === 'copy' || c === 'direct')
     r = timed([process.execPath, '-e', COPY_SCRIPT, base, out, c === 'copy' ? 'buffered' : 'direct']);
   else if (c === 'cp') r = timed(['cp', '--reflink=never', base, out]);
+  else if (c === 'cpsync') r = timed(['sh', '-c', 'cp --reflink=never "$1" "$2" && sync "$2"', 'cpsync', base, out]);
+  else if (c === 'nofsyncpc')
+    r = timed([
+      process.execPath,
+      apiFuseScript(),
+      path.join(path.dirname(path.dirname(CLI)), 'node.js'),
+      base,
+      inputPath({ arch, kind: 'lcm' }),
+      out,
+    ]);
   else if (c === 'torch')
     r = timed([PYTHON, PEER, base, inputPath({ arch, kind: 'lcm' }), '1.0', peerMapPath(arch), out]);
   else r = timed([process.execPath, ...nodeFlags, c === 'lcm0' ? (BASE_CLI ?? CLI) : CLI, ...fuseArgs(arch, c, out)]);
@@ -577,9 +621,9 @@ function roundRatio(rs: readonly RunRecord[], baselines: readonly RunRecord[]): 
 function table(records: readonly RunRecord[], gens: readonly GenRecord[]): string {
   const lines: string[] = [];
   lines.push(
-    '| arch | case | runs | wall s median (range) | ÷ copy | ÷ direct copy | fuse s (report) | kernel s | GFLOP | GFLOP/s median (range) | peak RSS MB median (max) | CPU s user + sys | read GB | written GB |',
+    '| arch | case | runs | wall s median (range) | ÷ cp | ÷ cp+sync | ÷ copy | fuse s (report) | kernel s | GFLOP | GFLOP/s median (range) | peak RSS MB median (max) | CPU s user + sys | read GB | written GB |',
   );
-  lines.push('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|');
+  lines.push('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|');
   const archs = [...new Set(records.map((r) => r.arch))];
   const ratio = (rs: readonly RunRecord[], base: readonly RunRecord[], self: boolean): string => {
     if (self) return '1.00';
@@ -588,7 +632,8 @@ function table(records: readonly RunRecord[], gens: readonly GenRecord[]): strin
   };
   for (const arch of archs) {
     const copy = records.filter((r) => r.arch === arch && r.case === 'copy');
-    const direct = records.filter((r) => r.arch === arch && r.case === 'direct');
+    const cp = records.filter((r) => r.arch === arch && r.case === 'cp');
+    const cpsync = records.filter((r) => r.arch === arch && r.case === 'cpsync');
     for (const c of ALL_CASES) {
       const rs = records.filter((r) => r.arch === arch && r.case === c);
       if (!rs.length) continue;
@@ -603,8 +648,9 @@ function table(records: readonly RunRecord[], gens: readonly GenRecord[]): strin
           c === 'direct' && rs.some((r) => r.direct === false) ? 'direct (refused: buffered)' : c,
           rs.length,
           `${median(walls).toFixed(2)} (${range(walls, 2)})`,
+          ratio(rs, cp, c === 'cp'),
+          ratio(rs, cpsync, c === 'cpsync'),
           ratio(rs, copy, c === 'copy'),
-          ratio(rs, direct, c === 'direct'),
           rep.length ? median(rep.map((r) => r.seconds)).toFixed(2) : '—',
           rep.length ? median(rep.map((r) => r.kernelSeconds)).toFixed(2) : '—',
           rep.length ? (median(rep.map((r) => r.flops)) / 1e9).toFixed(1) : '—',

@@ -27,6 +27,12 @@ export interface ByteSource {
 export interface ByteSink {
   readonly name: string;
   write(chunk: Uint8Array): Promise<void>;
+  /**
+   * Optional: overwrite bytes already written, [offset, offset + bytes.byteLength), before commit (the writer uses it
+   * to rewrite a safetensors header whose metadata is known only at the end). The range must lie within what was
+   * written.
+   */
+  writeAt?(offset: number, bytes: Uint8Array): Promise<void>;
   /** Make the written bytes durable and visible at the final name (temp file + fsync + rename for files). */
   commit(): Promise<void>;
   /** Remove everything written so far; nothing is left behind. Idempotent. */

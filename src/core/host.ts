@@ -15,6 +15,13 @@ export interface SinkOptions {
   readonly refuse?: RefuseList;
   /** Bypass the page cache where the platform can (O_DIRECT on Linux); the bytes are the same either way. */
   readonly direct?: boolean;
+  /**
+   * Make the output durable before it appears at its name (default true: fsync the temp file, rename, fsync the
+   * folder). false still writes a temp file and renames it (a failed run leaves nothing, a reader never sees a
+   * partial file) but leaves the writeback to the OS: a power loss or crash within seconds of the end can leave
+   * an empty or partial file at the name.
+   */
+  readonly fsync?: boolean;
 }
 
 export interface Host {

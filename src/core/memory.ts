@@ -120,6 +120,23 @@ export function memorySink(name = '<memory>'): MemorySink {
       chunks.push(chunk.slice()); // the caller may reuse its buffer once write resolves
       size += chunk.byteLength;
     },
+    async writeAt(offset: number, bytes: Uint8Array): Promise<void> {
+      if (result || aborted)
+        throw new IoError('IO_WRITE_FAILED', `${name}: write after ${result ? 'commit' : 'abort'}`, { file: name });
+      if (offset < 0 || offset + bytes.byteLength > size)
+        throw new IoError(
+          'IO_WRITE_FAILED',
+          `${name}: rewrite of bytes ${offset}…${offset + bytes.byteLength} beyond the ${size} written`,
+          { file: name },
+        );
+      let at = 0;
+      for (const c of chunks) {
+        const lo = Math.max(offset, at);
+        const hi = Math.min(offset + bytes.byteLength, at + c.byteLength);
+        if (lo < hi) c.set(bytes.subarray(lo - offset, hi - offset), lo - at);
+        at += c.byteLength;
+      }
+    },
     async commit(): Promise<void> {
       if (result) return;
       if (aborted) throw new IoError('IO_WRITE_FAILED', `${name}: commit after abort`, { file: name });

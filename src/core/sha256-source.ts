@@ -5,7 +5,7 @@
  * bytes before it arrive, and `finish()` reads only what nobody read (gaps, padding, tensors no one asked for).
  */
 import type { ByteSource } from './bytes.js';
-import { createSha256 } from './sha256.js';
+import { createSha256, type Sha256 } from './sha256.js';
 
 export interface HashingSource extends ByteSource {
   /** Read whatever the user did not, and return the file's hex SHA-256. Call once, after the user's last read. */
@@ -19,10 +19,15 @@ const CHUNK = 4 << 20;
 
 /**
  * Wrap `source`. `keepBytes` bounds the bytes held for reads that came ahead of the hashed prefix (default 64 MiB);
- * past it, the gap is read at once so memory stays bounded.
+ * past it, the gap is read at once so memory stays bounded. `newHash` makes the hash (default: the plain
+ * JavaScript one; Node passes its native one).
  */
-export function hashingSource(source: ByteSource, keepBytes = 64 << 20): HashingSource {
-  const hash = createSha256();
+export function hashingSource(
+  source: ByteSource,
+  keepBytes = 64 << 20,
+  newHash: () => Sha256 = createSha256,
+): HashingSource {
+  const hash = newHash();
   const size = source.byteLength;
   /** Bytes [0, cursor) are hashed. */
   let cursor = 0;

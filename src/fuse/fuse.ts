@@ -476,12 +476,75 @@ const AHEAD_BYTES = 32 << 20;
 
 /** Copies of consecutive untouched tensors are read together up to this many bytes. */
 const RUN_BYTES = 16 << 20;
+/**
+ * Tensors larger than these are streamed in pieces, each read, converted or fused, and written on its own, so memory
+ * does not grow with the largest tensor (SDXL's 126 MB OpenCLIP token embedding, a 250 MB F32 output of it):
+ * - copy: a copied tensor by byte ranges;
+ * - convert: a converted tensor by row ranges (bytes per row counted at the widest of stored, output and f32);
+ * - fuse: a fused tensor by row ranges, only beyond a larger size, so that every SD1.5/SDXL layer (at most ~30 MB)
+ *   stays one kernel job whose factors are packed once.
+ * The output bytes are the same whatever the limits (every row is computed alone); tests lower them to cut the
+ * bundled fixtures' tensors.
+ */
+export const pieceLimits = { copy: 16 << 20, convert: 16 << 20, fuse: 64 << 20 };
 
 interface Segment {
   readonly first: number;
   readonly last: number;
   readonly start: number;
   readonly end: number;
+  /** A piece of one tensor (first === last): its rows (convert, fuse) or its bytes (copy). */
+  readonly piece?: { readonly index: number; readonly count: number; readonly rows?: readonly [number, number] };
+}
+
+/** Rows of a tensor as the kernel sees it: the first dimension (1 for scalars). */
+function rowsOf(info: TensorInfo): number {
+  return info.shape[0] ?? 1;
+}
+
+/** Rows per piece for a converted or fused tensor; 0 when it is not cut (small, or fused through a dense delta). */
+function pieceRows(t: OutTensor): number {
+  const rows = rowsOf(t.info);
+  if (rows <= 1 || t.mode === 'copy') return 0;
+  if (t.targets.some((x) => x.dense !== undefined || hasDense(x))) return 0;
+  const cols = t.info.numel / rows;
+  const rowBytes = cols * Math.max(DTYPE_SIZE[t.info.dtype], DTYPE_SIZE[t.outDtype], 4);
+  const limit = t.mode === 'fuse' ? pieceLimits.fuse : pieceLimits.convert;
+  if (rows * rowBytes <= limit) return 0;
+  return Math.max(1, Math.floor(limit / rowBytes));
+}
+
+/** The pieces of one large tensor: byte ranges of a copy, row ranges otherwise (empty when it stays whole). */
+function pieces(t: OutTensor, i: number): Segment[] {
+  const { offset, byteLength } = t.info;
+  if (t.mode === 'copy') {
+    const size = pieceLimits.copy;
+    if (byteLength <= size) return [];
+    const count = Math.ceil(byteLength / size);
+    return Array.from({ length: count }, (_, index) => ({
+      first: i,
+      last: i,
+      start: offset + index * size,
+      end: offset + Math.min(byteLength, (index + 1) * size),
+      piece: { index, count },
+    }));
+  }
+  const per = pieceRows(t);
+  if (per === 0) return [];
+  const rows = rowsOf(t.info);
+  const rowBytes = byteLength / rows;
+  const count = Math.ceil(rows / per);
+  return Array.from({ length: count }, (_, index) => {
+    const r0 = index * per;
+    const r1 = Math.min(rows, r0 + per);
+    return {
+      first: i,
+      last: i,
+      start: offset + r0 * rowBytes,
+      end: offset + r1 * rowBytes,
+      piece: { index, count, rows: [r0, r1] },
+    };
+  });
 }
 
 function segments(tensors: readonly OutTensor[]): Segment[] {
@@ -489,6 +552,12 @@ function segments(tensors: readonly OutTensor[]): Segment[] {
   let i = 0;
   while (i < tensors.length) {
     const t = tensors[i]!;
+    const cut = pieces(t, i);
+    if (cut.length > 0) {
+      out.push(...cut);
+      i++;
+      continue;
+    }
     let last = i;
     let end = t.info.offset + t.info.byteLength;
     if (t.mode === 'copy') {
@@ -603,12 +672,34 @@ function inKernelTerm(t: OutTensor, kernel: FuseKernel): FuseTerm | null {
   return null;
 }
 
+/** A tensor's state across its pieces: the factors and jobs of its targets, and the counts checked at its end. */
+interface TensorState {
+  readonly index: number;
+  readonly factors: Promise<readonly { up: Float32Array; down: Float32Array }[]>[];
+  /** The kernel job of each target cut by pieces, built once for all of them. */
+  readonly jobs: Map<number, Promise<UpdateJob>>;
+  overflow: number;
+  nonFiniteIn: number;
+  /** NaN outputs (and the non-finite inputs) of pieces that overflowed, under clamp. */
+  nanOut: number;
+  nanIn: number;
+}
+
+/** The rows [a, b) of a target's job (a row range of its up factor; down is shared). */
+function jobRows(job: UpdateJob, a: number, b: number): UpdateJob {
+  if (a === 0 && b === job.rows) return job;
+  return { ...job, rows: b - a, up: job.up.subarray(a * job.rank, b * job.rank) };
+}
+
 class FileRun {
   readonly #segs: Segment[];
-  readonly #segOf: Int32Array;
+  /** The first and last segment of each tensor. */
+  readonly #segFirst: Int32Array;
+  readonly #segLast: Int32Array;
   readonly #loads = new Map<number, Promise<Uint8Array[]>>();
   readonly #held = new Map<number, Uint8Array[]>();
   readonly #pool = new BufferPool();
+  #state: TensorState | null = null;
 
   constructor(
     private readonly fp: FilePlan,
@@ -619,31 +710,47 @@ class FileRun {
     private readonly allowNonfiniteBase = false,
   ) {
     this.#segs = segments(fp.tensors);
-    this.#segOf = new Int32Array(fp.tensors.length);
+    this.#segFirst = new Int32Array(fp.tensors.length).fill(-1);
+    this.#segLast = new Int32Array(fp.tensors.length);
     this.#segs.forEach((s, si) => {
-      for (let i = s.first; i <= s.last; i++) this.#segOf[i] = si;
+      for (let i = s.first; i <= s.last; i++) {
+        if (this.#segFirst[i] === -1) this.#segFirst[i] = si;
+        this.#segLast[i] = si;
+      }
     });
   }
 
-  /** The output bytes of tensor i (called in order by the writer). */
-  async data(i: number): Promise<Uint8Array> {
-    const si = this.#segOf[i]!;
-    const seg = this.#segs[si]!;
-    if (i === seg.first) {
-      // Everything before this segment has been written: its buffers can be reused.
-      for (const [k, bufs] of this.#held) {
-        if (k < si) {
-          for (const b of bufs) this.#pool.release(b);
-          this.#held.delete(k);
-        }
-      }
-      // … and their results too: a settled load still references its output views, which would keep every
-      // buffer the pool has let go of alive until the file is done.
-      for (const k of this.#loads.keys()) if (k < si) this.#loads.delete(k);
-      this.#startAhead(si);
-    }
-    const outs = await this.#loads.get(si)!;
+  /**
+   * The output bytes of tensor i (called in order by the writer): one buffer, or for a tensor streamed in pieces
+   * the pieces in order (each handed over once the previous one was written).
+   */
+  async data(i: number): Promise<Uint8Array | AsyncIterable<Uint8Array>> {
+    const s0 = this.#segFirst[i] ?? -1;
+    const s1 = this.#segLast[i] ?? -1;
+    if (s0 !== s1) return this.#pieces(s0, s1);
+    const seg = this.#segs[s0]!;
+    if (i === seg.first) this.#enter(s0);
+    const outs = await this.#loads.get(s0)!;
     return outs[i - seg.first]!;
+  }
+
+  async *#pieces(s0: number, s1: number): AsyncGenerator<Uint8Array> {
+    for (let si = s0; si <= s1; si++) {
+      this.#enter(si);
+      const outs = await this.#loads.get(si)!;
+      yield outs[0]!;
+    }
+  }
+
+  /** Segment si is next to be written: everything before it was, so its buffers can be reused; read ahead. */
+  #enter(si: number): void {
+    for (const [k, bufs] of this.#held) {
+      if (k < si) {
+        for (const b of bufs) this.#pool.release(b);
+        this.#held.delete(k);
+      }
+    }
+    this.#startAhead(si);
   }
 
   /**
@@ -701,12 +808,31 @@ class FileRun {
     return buf;
   }
 
+  /** The per-tensor state of tensor i, started (its modules' factors requested) by its first segment. */
+  #stateOf(i: number): TensorState {
+    if (this.#state?.index === i) return this.#state;
+    const factors = this.fp.tensors[i]!.targets.map((t) =>
+      Promise.all(
+        t.terms.map((term) =>
+          term.module.kind === 'lowRank' ? term.module.factors() : Promise.resolve({ up: EMPTY, down: EMPTY }),
+        ),
+      ),
+    );
+    for (const p of factors) p.catch(() => undefined);
+    this.#state = { index: i, factors, jobs: new Map(), overflow: 0, nonFiniteIn: 0, nanOut: 0, nanIn: 0 };
+    return this.#state;
+  }
+
   async #load(si: number): Promise<Uint8Array[]> {
     const seg = this.#segs[si]!;
     const first = this.fp.tensors[seg.first]!;
     if (first.mode === 'copy') {
       const buf = await this.#read(seg.start, seg.end - seg.start);
       this.#held.set(si, [buf]);
+      if (seg.piece) {
+        if (seg.piece.index === seg.piece.count - 1) this.counters.copied++;
+        return [buf];
+      }
       const outs: Uint8Array[] = [];
       for (let i = seg.first; i <= seg.last; i++) {
         const t = this.fp.tensors[i]!.info;
@@ -715,29 +841,42 @@ class FileRun {
       }
       return outs;
     }
-    // One tensor to convert or fuse: read it and its modules' factors together.
-    const factorsP = first.targets.map((t) =>
-      Promise.all(
-        t.terms.map((term) =>
-          term.module.kind === 'lowRank' ? term.module.factors() : Promise.resolve({ up: EMPTY, down: EMPTY }),
-        ),
-      ),
-    );
-    for (const p of factorsP) p.catch(() => undefined);
-    const info = first.info;
-    // A tensor changed by one LoHa or LoKr (and any LoRAs) goes to the kernel whole: the term's delta is formed
-    // and added where the kernel keeps W, then rounded once.
-    const loha = inKernelTerm(first, this.kernel);
-    const lohaTerm = loha ? loha.module.term() : null;
-    lohaTerm?.catch(() => undefined);
+    // One tensor (or rows of one) to convert or fuse: read it; its modules' factors are read alongside.
+    const state = this.#stateOf(seg.first);
     const raw = await this.#read(seg.start, seg.end - seg.start);
     const held = [raw];
     this.#held.set(si, held);
+    const dst = await this.#update(first, state, raw, held, seg.piece?.rows ?? [0, rowsOf(first.info)]);
+    if (seg.piece && seg.piece.index === seg.piece.count - 1) {
+      // Pieces run concurrently (one ahead): the tensor's counts are complete once every earlier piece is done.
+      const earlier: Promise<unknown>[] = [];
+      for (let k = si - seg.piece.index; k < si; k++) earlier.push(this.#loads.get(k) ?? Promise.resolve());
+      await Promise.all(earlier);
+    }
+    if (!seg.piece || seg.piece.index === seg.piece.count - 1) this.#finishTensor(first, state);
+    return [dst];
+  }
+
+  /** Convert or fuse rows [w0, w1) of tensor `first`, whose stored bytes are `raw`; returns the output bytes. */
+  async #update(
+    first: OutTensor,
+    state: TensorState,
+    raw: Uint8Array,
+    held: Uint8Array[],
+    [w0, w1]: readonly [number, number],
+  ): Promise<Uint8Array> {
+    const info = first.info;
+    // A whole tensor changed by one LoHa or LoKr (and any LoRAs) goes to the kernel whole: the term's delta is
+    // formed and added where the kernel keeps W, then rounded once.
+    const whole = w0 === 0 && w1 === rowsOf(info);
+    const loha = whole ? inKernelTerm(first, this.kernel) : null;
+    const lohaTerm = loha ? loha.module.term() : null;
+    lohaTerm?.catch(() => undefined);
     let src = raw;
     let srcDtype: StoredFloat;
     const dense = !loha && first.targets.some(hasDense);
     if (dense) {
-      // Kinds fused through a dense delta: W0 to f32 once; the kernel then rounds W0 + Σλ·Δ + U·D once.
+      // Kinds fused through a dense delta (never cut in pieces): W0 to f32 once; the kernel then rounds W0 + Σλ·Δ + U·D once.
       const decoded = decodeToF32(info.dtype, raw, info.name);
       const w = info.dtype === 'F32' || info.dtype === 'F64' ? decoded.slice() : decoded;
       const products: Uint8Array[] = [];
@@ -755,17 +894,18 @@ class FileRun {
       srcDtype = 'F32';
     }
     const dstDtype = first.outDtype as StoredFloat;
-    const rows = info.shape[0] ?? 1;
-    const cols = rows === 0 ? 0 : info.numel / rows;
+    const rows = w1 - w0;
+    const cols = rowsOf(info) === 0 ? 0 : info.numel / rowsOf(info);
     let dst = src;
     if (dstDtype !== srcDtype) {
-      dst = this.#pool.acquire(info.numel * STORED_FLOAT_SIZE[dstDtype]);
+      dst = this.#pool.acquire(rows * cols * STORED_FLOAT_SIZE[dstDtype]);
       held.push(dst);
     }
     const sRow = cols * STORED_FLOAT_SIZE[srcDtype];
     const dRow = cols * STORED_FLOAT_SIZE[dstDtype];
     let overflow = 0;
     let nonFiniteIn = 0;
+    /** Rows [r0, r1) of this window (window-relative) through the kernel. */
     const run = async (r0: number, r1: number, job: UpdateJob): Promise<void> => {
       if (r1 <= r0) return;
       const res = await this.kernel.update(
@@ -846,42 +986,65 @@ class FileRun {
     let cursor = 0;
     for (let ti = 0; ti < first.targets.length; ti++) {
       const t = first.targets[ti]!;
-      const factors = await factorsP[ti]!;
-      await convert(cursor, t.rows[0]);
+      // The target's rows inside this window, window-relative.
+      const a = Math.max(t.rows[0], w0) - w0;
+      const b = Math.min(t.rows[1], w1) - w0;
+      if (b <= a) continue;
+      await convert(cursor, a);
       if (t.dense) await addDense(t);
-      else if (loha && lohaTerm) await runLoha(t, factors, loha, await lohaTerm);
-      else await run(t.rows[0], t.rows[1], buildJob(t, factors));
-      cursor = t.rows[1];
+      else if (loha && lohaTerm) await runLoha(t, await state.factors[ti]!, loha, await lohaTerm);
+      else {
+        let job = state.jobs.get(ti);
+        if (!job) {
+          job = state.factors[ti]!.then((f) => buildJob(t, f));
+          // Kept for the target's other pieces (a whole target has none).
+          if (w0 > t.rows[0] || w1 < t.rows[1]) state.jobs.set(ti, job);
+        }
+        await run(a, b, jobRows(await job, a + w0 - t.rows[0], b + w0 - t.rows[0]));
+      }
+      cursor = b;
     }
     await convert(cursor, rows);
+    state.overflow += overflow;
+    state.nonFiniteIn += nonFiniteIn;
+    if (overflow > 0 && this.clamp) {
+      state.nanOut += countNaNStored(dst, dstDtype);
+      state.nanIn += nonFiniteIn;
+    }
+    return dst;
+  }
+
+  /** After a converted or fused tensor's last piece: count it, and refuse what cannot be written. */
+  #finishTensor(first: OutTensor, state: TensorState): void {
+    const info = first.info;
+    const { overflow, nonFiniteIn } = state;
     if (first.mode === 'fuse' && nonFiniteIn > 0 && !this.allowNonfiniteBase)
       throw this.nonFiniteBase(info.name, nonFiniteIn);
     if (first.mode === 'fuse') this.counters.fusedTensors++;
     else this.counters.converted++;
-    if (overflow > 0) {
-      const name = this.label(info.name);
-      this.counters.overflow += overflow;
-      this.counters.overflowTensors.push({ name, count: overflow });
-      // Clamping maps ±Inf to ±max; a NaN (Inf − Inf in the sum) has no sign to clamp to, so it stays an error.
-      const undefinedValues = this.clamp ? countNaNStored(dst, dstDtype) - nonFiniteIn : 0;
-      if (undefinedValues > 0) {
-        throw new FuseError(
-          'FUSE_OVERFLOW',
-          `fuse: ${undefinedValues} value(s) of '${name}' are NaN after adding the LoRAs (terms beyond the f32 range cancel, ` +
-            `Inf − Inf), so they cannot be clamped — nothing was written. Lower the weights.`,
-          { key: name, count: undefinedValues, dtype: dstDtype },
-        );
-      }
-      if (!this.clamp) {
-        throw new FuseError(
-          'FUSE_OVERFLOW',
-          `fuse: ${overflow} value(s) of '${name}' do not fit ${dstDtype} (largest finite ${dstDtype === 'F16' ? '65504' : dstDtype === 'BF16' ? '3.39e38' : '3.40e38'}) ` +
-            `after adding the LoRAs — nothing was written. Lower the weights, write F32 (--dtype f32), or clamp (--on-overflow clamp).`,
-          { key: name, count: overflow, dtype: dstDtype },
-        );
-      }
+    if (overflow === 0) return;
+    const dstDtype = first.outDtype;
+    const name = this.label(info.name);
+    this.counters.overflow += overflow;
+    this.counters.overflowTensors.push({ name, count: overflow });
+    // Clamping maps ±Inf to ±max; a NaN (Inf − Inf in the sum) has no sign to clamp to, so it stays an error.
+    const undefinedValues = this.clamp ? state.nanOut - state.nanIn : 0;
+    if (undefinedValues > 0) {
+      throw new FuseError(
+        'FUSE_OVERFLOW',
+        `fuse: ${undefinedValues} value(s) of '${name}' are NaN after adding the LoRAs (terms beyond the f32 range cancel, ` +
+          `Inf − Inf), so they cannot be clamped — nothing was written. Lower the weights.`,
+        { key: name, count: undefinedValues, dtype: dstDtype },
+      );
     }
-    return [dst];
+    if (!this.clamp) {
+      throw new FuseError(
+        'FUSE_OVERFLOW',
+        `fuse: ${overflow} value(s) of '${name}' do not fit ${dstDtype} (largest finite ${dstDtype === 'F16' ? '65504' : dstDtype === 'BF16' ? '3.39e38' : '3.40e38'}) ` +
+          `after adding the LoRAs — nothing was written. Lower the weights, write F32 (--dtype f32), or clamp (--on-overflow clamp).`,
+        { key: name, count: overflow, dtype: dstDtype },
+      );
+    }
   }
 
   /** A touched base tensor that holds NaN / ±Inf before anything is added (see FuseOptions.allowNonfiniteBase). */
@@ -1062,9 +1225,22 @@ export async function fuseLoras(
         [FUSE_METADATA_KEY]: fuseMeta,
         lora_mix_version: VERSION,
       };
+      const late = options.lateMetadata;
       const res = await writeSafetensors(target, tensors, {
         metadata,
+        ...(late
+          ? {
+              lateMetadata: async () => ({
+                ...fp.base.file.metadata,
+                ...(options.metadata ?? {}),
+                ...(await late()),
+                [FUSE_METADATA_KEY]: fuseMeta,
+                lora_mix_version: VERSION,
+              }),
+            }
+          : {}),
         direct: options.directIO ?? fileBytes(fp) >= DIRECT_MIN_BYTES,
+        fsync: options.fsync !== false,
         refuseOverwrite: refuse,
         onTensor: (info) => {
           tensorsDone++;

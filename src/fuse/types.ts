@@ -63,9 +63,19 @@ export interface FuseOptions {
   readonly GPU?: unknown;
   /**
    * Node: write the output with O_DIRECT (bypassing the page cache) where the filesystem allows it. Default: on for
-   * outputs of 256 MiB or more, where it saves the page-cache work of multi-GB writes (bench/RESULTS.md).
+   * outputs of 256 MiB or more, where it saves the page-cache work of multi-GB writes (bench/RESULTS.md), with or
+   * without `fsync`.
    */
   readonly directIO?: boolean;
+  /**
+   * Node, path outputs: make the output durable before it appears (default true: the temp file is fsync'd, renamed
+   * into place, and the folder fsync'd). false keeps the temp file + rename — a failed run leaves nothing and no
+   * reader ever sees a partial file — but returns once the bytes are in the OS's page cache: a power loss or
+   * kernel crash shortly after the run can leave an empty or truncated file under the output's name. The write path
+   * is unchanged (O_DIRECT for large outputs unless `directIO: false`, which returns even sooner on a slow disk but
+   * costs CPU). Measured in bench/RESULTS.md ("fuse at the machine's limit"); CLI `--no-fsync`.
+   */
+  readonly fsync?: boolean;
   /**
    * Merge method (docs/methods.md): 'concat' (default) and 'linear' add the exact Σ λᵢ·τᵢ; the delta-space methods
    * (ties, dare_linear, dare_ties, magnitude_prune, slerp) add their dense per-module result, with no rank
@@ -83,6 +93,13 @@ export interface FuseOptions {
   readonly rootCheckpoint?: 'omit' | 'fuse';
   /** Extra metadata strings for the output (single files and every weight file of a folder). */
   readonly metadata?: Readonly<Record<string, string>>;
+  /**
+   * Metadata known only after the tensors are written, merged over `metadata` at the end of each output file (the
+   * CLI's provenance: the LoRAs' SHA-256 computed from the fuse's own reads). The header is rewritten in place, so
+   * each value must be no longer than the placeholder given in `metadata` under the same key. Needs a path output or
+   * a sink with `writeAt`.
+   */
+  readonly lateMetadata?: () => Promise<Readonly<Record<string, string>>>;
   readonly onProgress?: (p: FuseProgress) => void;
 }
 

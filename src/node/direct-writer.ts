@@ -147,6 +147,45 @@ export class DirectWriter {
     }
   }
 
+  /**
+   * Overwrite bytes already accepted, [at, at + bytes.byteLength): those still in the staging buffer are changed
+   * there; those already handed to the file are written again (through a plain descriptor with O_DIRECT, once the
+   * write in flight is done).
+   */
+  async writeAt(at: number, bytes: Uint8Array): Promise<void> {
+    const end = at + bytes.byteLength;
+    if (at < 0 || end > this.#written) {
+      throw new IoError(
+        'IO_WRITE_FAILED',
+        `${this.target}: rewrite of bytes ${at}…${end} beyond the ${this.#written} written`,
+        {
+          file: this.target,
+        },
+      );
+    }
+    if (!this.#direct) {
+      await writeAll(this.#handle(), bytes, bytes.byteLength, at).catch((e: unknown) => {
+        throw this.#writeFailed(at, e);
+      });
+      return;
+    }
+    const staged = this.#flushed;
+    if (end > staged) {
+      const from = Math.max(at, staged);
+      (this.#stage[this.#cur] as Uint8Array).set(bytes.subarray(from - at), from - staged);
+    }
+    if (at >= staged) return;
+    if (this.#pending) await this.#pending;
+    const plain = await fs.open(this.tempPath, constants.O_WRONLY);
+    try {
+      await writeAll(plain, bytes, Math.min(end, staged) - at, at);
+    } catch (e) {
+      throw this.#writeFailed(at, e);
+    } finally {
+      await plain.close();
+    }
+  }
+
   /** Write what is staged; cut the padded last block back to the bytes written. */
   async finish(): Promise<void> {
     if (this.#stage.length === 0) return;
@@ -159,10 +198,10 @@ export class DirectWriter {
     await this.#handle().truncate(this.#written);
   }
 
-  /** fsync and close (after finish). */
-  async syncAndClose(): Promise<void> {
+  /** fsync (unless `sync` is false) and close (after finish). */
+  async syncAndClose(sync = true): Promise<void> {
     const fh = this.#handle();
-    await fh.sync();
+    if (sync) await fh.sync();
     this.#fh = null;
     await fh.close();
   }

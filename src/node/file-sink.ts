@@ -1,6 +1,6 @@
 /**
  * Files as ByteSinks: bytes go to a temp file beside the target (named and cleaned up by temp-files.ts); commit
- * fsyncs it, renames it over the target and fsyncs the directory; abort (or a signal) removes it. Only regular
+ * fsyncs it (unless `fsync: false`), renames it over the target and fsyncs the directory; abort (or a signal) removes it. Only regular
  * files or new paths are written: a FIFO, device, socket or directory at the target is refused before anything is
  * created. With `direct`, writes bypass the page cache through O_DIRECT staging buffers (direct-writer.ts).
  */
@@ -24,6 +24,11 @@ export interface FileSinkOptions {
    * writes through the page cache as usual. The bytes written are the same either way.
    */
   direct?: boolean;
+  /**
+   * fsync the temp file before the rename and the folder after it (default true). false keeps the temp + rename
+   * (no partial file is ever visible at the target) but not the durability: the OS writes the bytes back later.
+   */
+  fsync?: boolean;
 }
 
 export interface FileSink extends ByteSink {
@@ -116,6 +121,7 @@ export async function fileSink(target: string, options: FileSinkOptions = {}): P
   registerTemp(tempPath);
   const writer = new DirectWriter(opened.fh, tempPath, opened.direct, target);
   let state: 'open' | 'committed' | 'aborted' = 'open';
+  const sync = options.fsync !== false;
 
   const removeTemp = async (): Promise<void> => {
     await writer.close();
@@ -136,6 +142,10 @@ export async function fileSink(target: string, options: FileSinkOptions = {}): P
       if (state !== 'open') throw refuse(`write after ${state}`);
       await writer.write(chunk);
     },
+    async writeAt(offset: number, bytes: Uint8Array): Promise<void> {
+      if (state !== 'open') throw refuse(`write after ${state}`);
+      await writer.writeAt(offset, bytes);
+    },
     async commit(): Promise<void> {
       if (state === 'committed') return;
       if (state !== 'open' || writer.failed) {
@@ -143,7 +153,7 @@ export async function fileSink(target: string, options: FileSinkOptions = {}): P
       }
       try {
         await writer.finish();
-        await writer.syncAndClose();
+        await writer.syncAndClose(sync);
         await fs.rename(tempPath, target);
       } catch (e) {
         state = 'aborted';
@@ -159,7 +169,7 @@ export async function fileSink(target: string, options: FileSinkOptions = {}): P
       }
       releaseTemp(tempPath);
       state = 'committed';
-      await syncDirectory(path.dirname(path.resolve(target)));
+      if (sync) await syncDirectory(path.dirname(path.resolve(target)));
     },
     async abort(): Promise<void> {
       if (state !== 'open') return;

@@ -16,7 +16,8 @@ export function installNodeHost(): void {
   done = true;
   installHost({
     openSource: fileSource,
-    openSink: (path, options) => fileSink(path, { refuse: options.refuse ?? [], direct: options.direct === true }),
+    openSink: (path, options) =>
+      fileSink(path, { refuse: options.refuse ?? [], direct: options.direct === true, fsync: options.fsync !== false }),
     loadGpuJs: () => import('gpu.js'),
   });
   installFuseHost({

@@ -10,6 +10,7 @@ export {
   planSafetensors,
   type TensorToWrite,
   type TensorData,
+  type TensorChunks,
   type TensorsToWrite,
   type WriteOptions,
   type WriteResult,

@@ -13,12 +13,21 @@ import { METADATA_KEY, show, type TensorInfo } from './header.js';
 /** Tensor bytes: a Uint8Array of stored (little-endian) bytes, or any typed array / DataView over them. */
 export type TensorData = Uint8Array | ArrayBufferView;
 
+/**
+ * A tensor's bytes in consecutive pieces, for tensors too large to hold at once: each piece is written before the
+ * next is asked for (so its buffer may be reused afterwards); together they must make exactly the tensor's bytes.
+ */
+export type TensorChunks = AsyncIterable<Uint8Array>;
+
 export interface TensorToWrite {
   readonly name: string;
   readonly dtype: DType;
   readonly shape: readonly number[];
-  /** The bytes, or a function producing them when this tensor is written (called once, in order). */
-  readonly data: TensorData | (() => TensorData | Promise<TensorData>);
+  /**
+   * The bytes, or a function producing them when this tensor is written (called once, in order): the bytes, or the
+   * bytes in pieces (TensorChunks).
+   */
+  readonly data: TensorData | (() => TensorData | TensorChunks | Promise<TensorData | TensorChunks>);
 }
 
 export type TensorsToWrite = readonly TensorToWrite[] | Iterable<TensorToWrite> | AsyncIterable<TensorToWrite>;
@@ -37,6 +46,18 @@ export interface WriteOptions {
    * fileSink). Worth it for outputs of many GB; the bytes are the same either way.
    */
   readonly direct?: boolean;
+  /**
+   * Node, path targets: fsync the output before renaming it into place (default true). false keeps the atomic
+   * temp + rename but leaves the writeback to the OS (see SinkOptions.fsync).
+   */
+  readonly fsync?: boolean;
+  /**
+   * Metadata known only once every tensor is written (e.g. hashes of inputs computed from the run's own reads): the
+   * whole `__metadata__` that replaces `metadata`. The header is rewritten in place at the end, so its JSON must not
+   * be longer than the one written first (same keys in the same order, values of the same length: placeholders);
+   * shorter is padded with spaces. Needs a sink with `writeAt` (file paths, memorySink).
+   */
+  readonly lateMetadata?: () => Promise<Readonly<Record<string, string>>>;
   /** Called after each tensor's bytes were handed to the sink (progress reporting). */
   readonly onTensor?: (info: TensorInfo, index: number, count: number) => void;
 }
@@ -177,6 +198,37 @@ function checkData(data: unknown, dtype: DType, byteLength: number, name: string
   return data instanceof Uint8Array ? data : typedAsBytes(data);
 }
 
+function isChunks(x: unknown): x is TensorChunks {
+  return typeof x === 'object' && x !== null && !ArrayBuffer.isView(x) && Symbol.asyncIterator in x;
+}
+
+/** Write a tensor given in pieces, checking each piece and that together they are exactly its bytes. */
+async function writeChunks(out: Gatherer, chunks: TensorChunks, info: TensorInfo, target: string): Promise<void> {
+  let n = 0;
+  for await (const chunk of chunks) {
+    if (!(chunk instanceof Uint8Array)) {
+      invalid(`${target}: a piece of tensor '${info.name}' must be a Uint8Array; found ${show(chunk)}`, {
+        file: target,
+        key: info.name,
+      });
+    }
+    n += chunk.byteLength;
+    if (n > info.byteLength) break;
+    await out.write(chunk);
+  }
+  if (n !== info.byteLength) {
+    invalid(
+      `${target}: tensor '${info.name}' (${info.dtype}) needs ${info.byteLength} bytes; its pieces have ${n}${n > info.byteLength ? ' or more' : ''}`,
+      {
+        file: target,
+        key: info.name,
+        expected: info.byteLength,
+        found: n,
+      },
+    );
+  }
+}
+
 async function collect(tensors: TensorsToWrite): Promise<TensorToWrite[]> {
   if (Array.isArray(tensors)) return tensors as TensorToWrite[];
   const out: TensorToWrite[] = [];
@@ -229,22 +281,52 @@ export async function writeToSink(
 ): Promise<WriteResult> {
   const list = await collect(tensors);
   const plan = planSafetensors(list, options.metadata, sink.name);
+  if (options.lateMetadata && typeof sink.writeAt !== 'function') {
+    invalid(`${sink.name}: metadata given at the end needs a sink that can rewrite its header (writeAt)`, {
+      file: sink.name,
+    });
+  }
   const out = new Gatherer(sink);
   await out.write(plan.prefix);
   for (let i = 0; i < list.length; i++) {
     const t = list[i]!;
     const info = plan.tensors[i]!;
     const raw = typeof t.data === 'function' ? await t.data() : t.data;
-    const bytes = checkData(raw, info.dtype, info.byteLength, info.name, sink.name);
-    await out.write(bytes);
+    if (isChunks(raw)) await writeChunks(out, raw, info, sink.name);
+    else await out.write(checkData(raw, info.dtype, info.byteLength, info.name, sink.name));
     options.onTensor?.(info, i, list.length);
   }
   await out.flush();
+  if (options.lateMetadata) await rewriteHeader(sink, list, plan, await options.lateMetadata());
   return { name: sink.name, byteLength: plan.byteLength, headerLength: plan.headerLength, tensors: plan.tensors };
 }
 
-function openPathSink(path: string, refuse: readonly (ByteSource | string)[], direct: boolean): Promise<ByteSink> {
-  return requireHost(path, 'pass a ByteSink such as memorySink()').openSink(path, { refuse, direct });
+/** Rewrite the header with the final metadata, padded with spaces to the length written first. */
+async function rewriteHeader(
+  sink: ByteSink,
+  list: readonly TensorToWrite[],
+  first: SafetensorsPlan,
+  metadata: Readonly<Record<string, string>>,
+): Promise<void> {
+  const final = planSafetensors(list, metadata, sink.name);
+  if (final.headerLength > first.headerLength) {
+    invalid(
+      `${sink.name}: the metadata given at the end needs a header of ${final.headerLength} bytes; ${first.headerLength} were written`,
+      { file: sink.name, expected: first.headerLength, found: final.headerLength },
+    );
+  }
+  const prefix = new Uint8Array(first.prefix.byteLength).fill(0x20);
+  prefix.set(first.prefix.subarray(0, 8));
+  prefix.set(final.prefix.subarray(8), 8);
+  await sink.writeAt?.(0, prefix);
+}
+
+function openPathSink(path: string, options: WriteOptions): Promise<ByteSink> {
+  return requireHost(path, 'pass a ByteSink such as memorySink()').openSink(path, {
+    refuse: options.refuseOverwrite ?? [],
+    direct: options.direct === true,
+    fsync: options.fsync !== false,
+  });
 }
 
 /**
@@ -257,10 +339,7 @@ export async function writeSafetensors(
   tensors: TensorsToWrite,
   options: WriteOptions = {},
 ): Promise<WriteResult> {
-  const sink =
-    typeof target === 'string'
-      ? await openPathSink(target, options.refuseOverwrite ?? [], options.direct === true)
-      : target;
+  const sink = typeof target === 'string' ? await openPathSink(target, options) : target;
   try {
     const result = await writeToSink(sink, tensors, options);
     await sink.commit();

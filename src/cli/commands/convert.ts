@@ -19,7 +19,7 @@ import type { Lora, Term } from '../../lora/types.js';
 import { mergeLorasParallel } from '../../node/merge-threads.js';
 import { progressReporter } from './merge.js';
 import type { CliContext, Command } from '../context.js';
-import { cliProvenance } from '../provenance.js';
+import { cliProvenance, type ReadTap, tapReads } from '../provenance.js';
 
 const HELP = `Usage: lora-mix convert IN[:W] -o OUT --to kohya|peft [--kohya-paths diffusers|sgm] [--dtype fp16|bf16|fp32]
                         [--rank K | --min-energy E] [--base CKPT] [--arch sd15|sdxl|ssd1b] [--allow-unmatched]
@@ -84,165 +84,176 @@ export const convertCommand: Command = {
   summary: 'rewrite a LoRA as kohya or PEFT (same deltas), optionally in another dtype',
   help: HELP,
   async run(argv: string[], ctx: CliContext): Promise<number> {
-    const { values, positionals } = parseCommandArgs('convert', argv, {
-      output: { type: 'string', short: 'o' },
-      to: { type: 'string' },
-      'kohya-paths': { type: 'string' },
-      dtype: { type: 'string' },
-      arch: { type: 'string' },
-      'allow-unmatched': { type: 'boolean' },
-      base: { type: 'string' },
-      rank: { type: 'string' },
-      'min-energy': { type: 'string' },
-      threads: { type: 'string' },
-      quiet: { type: 'boolean', short: 'q' },
-      json: { type: 'boolean' },
-    });
-    if (positionals.length !== 1) {
-      throw new UsageError(
-        `convert: expected one input file, got ${positionals.length === 0 ? 'none' : positionals.join(' ')}. Run 'lora-mix convert --help' for usage.`,
-      );
+    // The input is hashed (provenance) from the conversion's own reads.
+    const tap = tapReads();
+    try {
+      return await runConvert(argv, ctx, tap);
+    } finally {
+      await tap.close();
     }
-    if (typeof values.output !== 'string' || values.output === '') {
-      throw new UsageError("convert: -o OUT is required (the file to write). Run 'lora-mix convert --help' for usage.");
-    }
-    const to = choice('to', values.to, ['kohya', 'peft'] as const);
-    if (!to) throw new UsageError("convert: --to kohya|peft is required. Run 'lora-mix convert --help' for usage.");
-    const kohyaPaths = choice<KohyaPaths>('kohya-paths', values['kohya-paths'], ['diffusers', 'sgm']);
-    if (kohyaPaths && to !== 'kohya')
-      throw new UsageError('convert: --kohya-paths applies only to --to kohya', 'USAGE_BAD_ARGUMENT');
-    let dtype: OutputDType | undefined;
-    if (values.dtype !== undefined) {
-      dtype = parseOutputDType(String(values.dtype));
-      if (!dtype)
-        throw new UsageError(
-          `convert: --dtype expects fp16, bf16 or fp32, got '${String(values.dtype)}'`,
-          'USAGE_BAD_ARGUMENT',
-        );
-    }
-    if (values['allow-unmatched'] === true && values.arch === undefined) {
-      throw new UsageError(
-        `convert: --allow-unmatched needs --arch (the architecture whose modules are kept); without it nothing says which modules to drop. Run 'lora-mix convert --help' for usage.`,
-        'USAGE_BAD_ARGUMENT',
-      );
-    }
-    const rank = numberOption('convert', 'rank', values.rank, { min: 1, integer: true });
-    const minEnergy = numberOption('convert', 'min-energy', values['min-energy'], { max: 1 });
-    if (minEnergy !== undefined && !(minEnergy > 0)) {
-      throw new UsageError(
-        `convert: --min-energy expects a fraction in (0, 1], got '${String(values['min-energy'])}'`,
-        'USAGE_BAD_ARGUMENT',
-      );
-    }
-    const threads = numberOption('convert', 'threads', values.threads, { min: 1, max: 256, integer: true });
-    const arch = typeof values.arch === 'string' ? parseArch(values.arch) : undefined;
-    const spec = parseWeightedSpec('convert', positionals[0]!, 1, ctx.cwd);
-    const input = path.resolve(ctx.cwd, spec.path);
-    const output = path.resolve(ctx.cwd, values.output);
-
-    const loaded = await loadLora(input, {
-      ...(arch ? { arch } : {}),
-      ...(values['allow-unmatched'] === true ? { allowUnmatched: true } : {}),
-    });
-    // DoRA / GLoRA modules become their exact dense deltas against the base (LORA_NEEDS_BASE without --base).
-    const lora =
-      typeof values.base === 'string' ? await resolveBaseTerms(loaded, path.resolve(ctx.cwd, values.base)) : loaded;
-    // IN:W or IN:unet=…,te=…: the written LoRA is W·τ (per component), exact (rank unchanged); a component
-    // at weight 0 is left out.
-    const weighted = spec.components !== undefined || spec.weight !== 1;
-    const weight: MergeWeight = spec.components ? { weight: spec.weight, ...spec.components } : spec.weight;
-    const target = {
-      ...(rank !== undefined ? { rank } : {}),
-      ...(minEnergy !== undefined ? { minEnergy } : {}),
-    };
-    let toWrite: Lora<Term> = weighted
-      ? { ...mergeLoras([lora], [weight]).lora, metadata: { ...lora.metadata } }
-      : lora;
-    let reduction: ConversionReport | undefined;
-    if (rank !== undefined || minEnergy !== undefined) {
-      const progress = values.quiet === true ? null : progressReporter(ctx, 'convert');
-      let merged;
-      try {
-        merged = await mergeLorasParallel([lora], [weight], {
-          ...target,
-          ...(threads !== undefined ? { threads } : {}),
-          ...(progress ? { onProgress: progress.update } : {}),
-        });
-      } finally {
-        progress?.end();
-      }
-      const metadata: Record<string, string> = {};
-      for (const [k, v] of Object.entries(lora.metadata)) if (!STALE_ON_RESIZE.includes(k)) metadata[k] = v;
-      const record = merged.lora.metadata[MERGE_METADATA_KEY];
-      if (record !== undefined) metadata[MERGE_METADATA_KEY] = record;
-      toWrite = { ...merged.lora, metadata };
-      reduction = conversionReport(merged.report, target, (p) => kindName(loaded, p));
-    }
-    const provenance = await cliProvenance(
-      'convert',
-      ctx.cwd,
-      [
-        {
-          file: input,
-          ...(weighted ? { weight: spec.components ? { weight: spec.weight, ...spec.components } : spec.weight } : {}),
-        },
-      ],
-      { format: to, ...(kohyaPaths ? { kohyaPaths } : {}), ...(dtype ? { dtype } : {}), ...target },
-    );
-    const result = await saveLora(toWrite, output, {
-      format: to,
-      ...(kohyaPaths ? { kohyaPaths } : {}),
-      ...(dtype ? { dtype } : {}),
-      metadata: provenance,
-      refuseOverwrite: [input],
-    });
-    const outDtype =
-      dtype ?? (lora.dtype === 'F16' || lora.dtype === 'BF16' || lora.dtype === 'F32' ? lora.dtype : 'F32');
-    const summary = describeLora(lora);
-    const report = {
-      input: positionals[0]!,
-      output: values.output,
-      from: { format: lora.format, ...(lora.kohyaPaths ? { kohyaPaths: lora.kohyaPaths } : {}), dtype: lora.dtype },
-      to: { format: to, ...(to === 'kohya' ? { kohyaPaths: kohyaPaths ?? 'diffusers' } : {}), dtype: outDtype },
-      arch: lora.arch,
-      size: lora.size,
-      modules: toWrite.modules.size,
-      ...(weighted ? { weight: spec.components ? describeComponents({ ...spec.components }) : spec.weight } : {}),
-      parameters: summary.parameters,
-      bytes: result.byteLength,
-      unmatched: lora.unmatched,
-      flushedToZero: result.stats.flushedToZero,
-      notes: lora.notes,
-      ...(reduction ? { reduction } : {}),
-    };
-    if (values.json === true) {
-      ctx.out(`${JSON.stringify(report, null, 2)}\n`);
-    } else {
-      const spell = (f: { format: string; kohyaPaths?: string }) =>
-        f.kohyaPaths ? `${f.format} (${f.kohyaPaths} paths)` : f.format;
-      ctx.out(
-        `${[
-          `${report.input} → ${report.output}`,
-          `  ${spell(report.from)} ${report.from.dtype} → ${spell(report.to)} ${report.to.dtype}`,
-          `  ${ARCH_LABEL[lora.arch]}${lora.size === 'tiny' ? ' (tiny)' : ''}, ${report.modules} modules, ${report.parameters.toLocaleString('en-US')} parameters, ${result.byteLength.toLocaleString('en-US')} bytes written`,
-          ...(lora.unmatched.length > 0
-            ? [
-                `  ${lora.unmatched.length} module(s)/key(s) of the input not written (not in ${ARCH_LABEL[lora.arch]}), e.g. ${lora.unmatched[0]!.key}`,
-              ]
-            : []),
-          ...lora.notes.map((n) => `  note: ${n}`),
-          ...(reduction ? formatConversionReport(reduction) : []),
-        ].join('\n')}\n`,
-      );
-    }
-    if (result.stats.flushedToZero > 0) {
-      ctx.err(
-        `lora-mix convert: warning: ${result.stats.flushedToZero} non-zero factor value(s) became 0 in ${outDtype} (too small for the format); --dtype fp32 or bf16 keeps them\n`,
-      );
-    }
-    return 0;
   },
 };
+
+async function runConvert(argv: string[], ctx: CliContext, tap: ReadTap): Promise<number> {
+  const { values, positionals } = parseCommandArgs('convert', argv, {
+    output: { type: 'string', short: 'o' },
+    to: { type: 'string' },
+    'kohya-paths': { type: 'string' },
+    dtype: { type: 'string' },
+    arch: { type: 'string' },
+    'allow-unmatched': { type: 'boolean' },
+    base: { type: 'string' },
+    rank: { type: 'string' },
+    'min-energy': { type: 'string' },
+    threads: { type: 'string' },
+    quiet: { type: 'boolean', short: 'q' },
+    json: { type: 'boolean' },
+  });
+  if (positionals.length !== 1) {
+    throw new UsageError(
+      `convert: expected one input file, got ${positionals.length === 0 ? 'none' : positionals.join(' ')}. Run 'lora-mix convert --help' for usage.`,
+    );
+  }
+  if (typeof values.output !== 'string' || values.output === '') {
+    throw new UsageError("convert: -o OUT is required (the file to write). Run 'lora-mix convert --help' for usage.");
+  }
+  const to = choice('to', values.to, ['kohya', 'peft'] as const);
+  if (!to) throw new UsageError("convert: --to kohya|peft is required. Run 'lora-mix convert --help' for usage.");
+  const kohyaPaths = choice<KohyaPaths>('kohya-paths', values['kohya-paths'], ['diffusers', 'sgm']);
+  if (kohyaPaths && to !== 'kohya')
+    throw new UsageError('convert: --kohya-paths applies only to --to kohya', 'USAGE_BAD_ARGUMENT');
+  let dtype: OutputDType | undefined;
+  if (values.dtype !== undefined) {
+    dtype = parseOutputDType(String(values.dtype));
+    if (!dtype)
+      throw new UsageError(
+        `convert: --dtype expects fp16, bf16 or fp32, got '${String(values.dtype)}'`,
+        'USAGE_BAD_ARGUMENT',
+      );
+  }
+  if (values['allow-unmatched'] === true && values.arch === undefined) {
+    throw new UsageError(
+      `convert: --allow-unmatched needs --arch (the architecture whose modules are kept); without it nothing says which modules to drop. Run 'lora-mix convert --help' for usage.`,
+      'USAGE_BAD_ARGUMENT',
+    );
+  }
+  const rank = numberOption('convert', 'rank', values.rank, { min: 1, integer: true });
+  const minEnergy = numberOption('convert', 'min-energy', values['min-energy'], { max: 1 });
+  if (minEnergy !== undefined && !(minEnergy > 0)) {
+    throw new UsageError(
+      `convert: --min-energy expects a fraction in (0, 1], got '${String(values['min-energy'])}'`,
+      'USAGE_BAD_ARGUMENT',
+    );
+  }
+  const threads = numberOption('convert', 'threads', values.threads, { min: 1, max: 256, integer: true });
+  const arch = typeof values.arch === 'string' ? parseArch(values.arch) : undefined;
+  const spec = parseWeightedSpec('convert', positionals[0]!, 1, ctx.cwd);
+  const input = path.resolve(ctx.cwd, spec.path);
+  const output = path.resolve(ctx.cwd, values.output);
+
+  tap.want([input]);
+  const loaded = await loadLora(input, {
+    ...(arch ? { arch } : {}),
+    ...(values['allow-unmatched'] === true ? { allowUnmatched: true } : {}),
+  });
+  // DoRA / GLoRA modules become their exact dense deltas against the base (LORA_NEEDS_BASE without --base).
+  const lora =
+    typeof values.base === 'string' ? await resolveBaseTerms(loaded, path.resolve(ctx.cwd, values.base)) : loaded;
+  // IN:W or IN:unet=…,te=…: the written LoRA is W·τ (per component), exact (rank unchanged); a component
+  // at weight 0 is left out.
+  const weighted = spec.components !== undefined || spec.weight !== 1;
+  const weight: MergeWeight = spec.components ? { weight: spec.weight, ...spec.components } : spec.weight;
+  const target = {
+    ...(rank !== undefined ? { rank } : {}),
+    ...(minEnergy !== undefined ? { minEnergy } : {}),
+  };
+  let toWrite: Lora<Term> = weighted ? { ...mergeLoras([lora], [weight]).lora, metadata: { ...lora.metadata } } : lora;
+  let reduction: ConversionReport | undefined;
+  if (rank !== undefined || minEnergy !== undefined) {
+    const progress = values.quiet === true ? null : progressReporter(ctx, 'convert');
+    let merged;
+    try {
+      merged = await mergeLorasParallel([lora], [weight], {
+        ...target,
+        ...(threads !== undefined ? { threads } : {}),
+        ...(progress ? { onProgress: progress.update } : {}),
+      });
+    } finally {
+      progress?.end();
+    }
+    const metadata: Record<string, string> = {};
+    for (const [k, v] of Object.entries(lora.metadata)) if (!STALE_ON_RESIZE.includes(k)) metadata[k] = v;
+    const record = merged.lora.metadata[MERGE_METADATA_KEY];
+    if (record !== undefined) metadata[MERGE_METADATA_KEY] = record;
+    toWrite = { ...merged.lora, metadata };
+    reduction = conversionReport(merged.report, target, (p) => kindName(loaded, p));
+  }
+  const provenance = await cliProvenance(
+    'convert',
+    ctx.cwd,
+    [
+      {
+        file: input,
+        ...(weighted ? { weight: spec.components ? { weight: spec.weight, ...spec.components } : spec.weight } : {}),
+      },
+    ],
+    { format: to, ...(kohyaPaths ? { kohyaPaths } : {}), ...(dtype ? { dtype } : {}), ...target },
+    [],
+    tap.sha256,
+  );
+  const result = await saveLora(toWrite, output, {
+    format: to,
+    ...(kohyaPaths ? { kohyaPaths } : {}),
+    ...(dtype ? { dtype } : {}),
+    metadata: provenance,
+    refuseOverwrite: [input],
+  });
+  const outDtype =
+    dtype ?? (lora.dtype === 'F16' || lora.dtype === 'BF16' || lora.dtype === 'F32' ? lora.dtype : 'F32');
+  const summary = describeLora(lora);
+  const report = {
+    input: positionals[0]!,
+    output: values.output,
+    from: { format: lora.format, ...(lora.kohyaPaths ? { kohyaPaths: lora.kohyaPaths } : {}), dtype: lora.dtype },
+    to: { format: to, ...(to === 'kohya' ? { kohyaPaths: kohyaPaths ?? 'diffusers' } : {}), dtype: outDtype },
+    arch: lora.arch,
+    size: lora.size,
+    modules: toWrite.modules.size,
+    ...(weighted ? { weight: spec.components ? describeComponents({ ...spec.components }) : spec.weight } : {}),
+    parameters: summary.parameters,
+    bytes: result.byteLength,
+    unmatched: lora.unmatched,
+    flushedToZero: result.stats.flushedToZero,
+    notes: lora.notes,
+    ...(reduction ? { reduction } : {}),
+  };
+  if (values.json === true) {
+    ctx.out(`${JSON.stringify(report, null, 2)}\n`);
+  } else {
+    const spell = (f: { format: string; kohyaPaths?: string }) =>
+      f.kohyaPaths ? `${f.format} (${f.kohyaPaths} paths)` : f.format;
+    ctx.out(
+      `${[
+        `${report.input} → ${report.output}`,
+        `  ${spell(report.from)} ${report.from.dtype} → ${spell(report.to)} ${report.to.dtype}`,
+        `  ${ARCH_LABEL[lora.arch]}${lora.size === 'tiny' ? ' (tiny)' : ''}, ${report.modules} modules, ${report.parameters.toLocaleString('en-US')} parameters, ${result.byteLength.toLocaleString('en-US')} bytes written`,
+        ...(lora.unmatched.length > 0
+          ? [
+              `  ${lora.unmatched.length} module(s)/key(s) of the input not written (not in ${ARCH_LABEL[lora.arch]}), e.g. ${lora.unmatched[0]!.key}`,
+            ]
+          : []),
+        ...lora.notes.map((n) => `  note: ${n}`),
+        ...(reduction ? formatConversionReport(reduction) : []),
+      ].join('\n')}\n`,
+    );
+  }
+  if (result.stats.flushedToZero > 0) {
+    ctx.err(
+      `lora-mix convert: warning: ${result.stats.flushedToZero} non-zero factor value(s) became 0 in ${outDtype} (too small for the format); --dtype fp32 or bf16 keeps them\n`,
+    );
+  }
+  return 0;
+}
 
 /** A module's kind in the input file, for the report. */
 function kindName(lora: Lora<Term>, path: string): string {

@@ -8,14 +8,14 @@ import { numberOption, parseCommandArgs, parseWeightedSpec } from '../args.js';
 import { methodFlagOptions, methodHelpLines, parseMethodFlags } from '../method-flags.js';
 import { describeStack, STACK_HELP, STACK_OPTIONS, stackArgs } from '../stack-args.js';
 import type { CliContext, Command } from '../context.js';
-import { cliProvenance } from '../provenance.js';
+import { deferredProvenance, tapReads } from '../provenance.js';
 
 const HELP = `Usage: lora-mix fuse --base CKPT A.safetensors[:W] [B.safetensors[:W] …] -o OUT
        lora-mix fuse --base CKPT (--prompt "<lora:NAME:W> …" | --comfy-workflow FILE) --lora-dir DIR -o OUT
                      [--method M [--density D] [--majority-sign S] [--seed N] [--t T]]
                      [--device cpu|gpu] [--dtype f32|f16|bf16] [--allow-unmatched]
                      [--on-overflow error|clamp] [--allow-nonfinite-base] [--root-checkpoint omit|fuse] [--blocks SPEC] [--blocks-N SPEC] [--threads N]
-                     [--json] [-q]
+                     [--no-fsync] [--json] [-q]
 
 Add τ = W_A·τ_A + W_B·τ_B + … to the weights of a base checkpoint and write the fused checkpoint, which then
 samples like the base with the LoRAs applied (with an LCM-LoRA: in 4 steps, no LoRA loader needed).
@@ -57,6 +57,11 @@ ${STACK_HELP}
   --blocks SPEC           per-block multipliers for every LoRA (see 'lora-mix merge --help')
   --blocks-N SPEC         per-block multipliers for LoRA N only (1-based)
   --threads N             CPU threads (default: one per core)
+  --no-fsync              do not wait for the disk to confirm the output (no fsync): still written to a
+                          temporary file and renamed (never a partial file at OUT after a failed run), but a
+                          power loss or OS crash in the next seconds can leave OUT empty or truncated. Saves
+                          the final flush only; on the benchmark machine the disk is not the bottleneck and the
+                          gain is within noise (bench/RESULTS.md)
   --json                  print the report as JSON
   -q, --quiet             no progress on stderr
 
@@ -65,6 +70,7 @@ Examples:
   lora-mix fuse --base sdxl-base/ lcm-lora-sdxl.safetensors -o sdxl-lcm/ --dtype f16
   lora-mix fuse --base sd15.safetensors lcm.safetensors:1 style.safetensors:unet=0.8,te=0.3 -o out.safetensors
   lora-mix fuse --base sd15.safetensors a.safetensors b.safetensors -o ties.safetensors --method ties --density 0.2
+  lora-mix fuse --base sd15.safetensors lcm.safetensors -o /scratch/sd15-lcm.safetensors --no-fsync
   lora-mix verify --fused sd15-lcm.safetensors --base sd15.safetensors lcm-lora-sdv1-5.safetensors:1.0 style.safetensors:0.8`;
 
 const DTYPES: Record<string, FuseDType> = {
@@ -183,6 +189,7 @@ export const fuseCommand: Command = {
       'allow-nonfinite-base': { type: 'boolean' },
       'root-checkpoint': { type: 'string' },
       threads: { type: 'string' },
+      'no-fsync': { type: 'boolean' },
       json: { type: 'boolean' },
       quiet: { type: 'boolean', short: 'q' },
       ...blockOptions(),
@@ -222,19 +229,23 @@ export const fuseCommand: Command = {
     const { paths, weights } = stack ?? loraArgs('fuse', positionals, values, ctx.cwd);
     const methodOptions = parseMethodFlags('fuse', values);
     const base = path.resolve(ctx.cwd, values.base);
-    const provenance = await cliProvenance(
-      'fuse',
-      ctx.cwd,
-      paths.map((file, i) => ({ file, weight: weights[i] })),
-      { device, onOverflow, ...(dtype ? { dtype } : {}), ...(methodOptions as object) },
-      [{ file: base, role: 'base' }],
-    );
+    // Each LoRA is hashed from the fuse's own reads (the header is rewritten with the hashes at the end).
+    const tap = tapReads(paths);
     const progress = values.quiet === true ? null : fuseProgress(ctx, 'fuse');
     let report;
     try {
+      const provenance = await deferredProvenance(
+        'fuse',
+        ctx.cwd,
+        paths.map((file, i) => ({ file, weight: weights[i] })),
+        { device, onOverflow, ...(dtype ? { dtype } : {}), ...(methodOptions as object) },
+        [{ file: base, role: 'base' }],
+        tap.sha256,
+      );
       report = await fuseLoras(base, paths, weights, {
         out: path.resolve(ctx.cwd, values.output),
-        metadata: provenance,
+        metadata: provenance.metadata,
+        lateMetadata: provenance.late,
         ...(methodOptions as object),
         device,
         onOverflow,
@@ -243,10 +254,12 @@ export const fuseCommand: Command = {
         ...(values['allow-unmatched'] === true ? { allowUnmatched: true } : {}),
         ...(values['allow-nonfinite-base'] === true ? { allowNonfiniteBase: true } : {}),
         ...(rootCheckpoint ? { rootCheckpoint } : {}),
+        ...(values['no-fsync'] === true ? { fsync: false } : {}),
         ...(progress ? { onProgress: progress.update } : {}),
       });
     } finally {
       progress?.end();
+      await tap.close();
     }
     if (values.json === true) {
       ctx.out(

@@ -18,7 +18,7 @@ import { describeComponents } from '../../lora/components.js';
 import { methodFlagOptions, methodHelpLines, parseMethodFlags } from '../method-flags.js';
 import { describeStack, STACK_HELP, STACK_OPTIONS, stackArgs } from '../stack-args.js';
 import type { CliContext, Command } from '../context.js';
-import { cliProvenance } from '../provenance.js';
+import { cliProvenance, type ReadTap, tapReads } from '../provenance.js';
 
 /** Per-input block options --blocks-1 … --blocks-MAX. */
 const MAX_BLOCK_INPUTS = 16;
@@ -133,268 +133,280 @@ export const mergeCommand: Command = {
   summary: 'weighted sum of LoRAs (exact by default; optional optimal rank reduction, block weights)',
   help: HELP,
   async run(argv: string[], ctx: CliContext): Promise<number> {
-    const blockOptions: Record<string, { type: 'string' }> = {};
-    for (let i = 1; i <= MAX_BLOCK_INPUTS; i++) blockOptions[`blocks-${i}`] = { type: 'string' };
-    const { values, positionals } = parseCommandArgs('merge', argv, {
-      output: { type: 'string', short: 'o' },
-      rank: { type: 'string' },
-      'min-energy': { type: 'string' },
-      blocks: { type: 'string' },
-      ...blockOptions,
-      ...methodFlagOptions(),
-      ...STACK_OPTIONS,
-      format: { type: 'string' },
-      'kohya-paths': { type: 'string' },
-      dtype: { type: 'string' },
-      arch: { type: 'string' },
-      'allow-unmatched': { type: 'boolean' },
-      base: { type: 'string' },
-      threads: { type: 'string' },
-      json: { type: 'boolean' },
-      quiet: { type: 'boolean', short: 'q' },
-    });
-    if (typeof values.output !== 'string' || values.output === '') {
-      throw new UsageError("merge: -o OUT is required (the file to write). Run 'lora-mix merge --help' for usage.");
-    }
-    const stack = await stackArgs('merge', values, positionals, ctx.cwd);
-    if (!stack && positionals.length === 0) {
-      throw new UsageError(
-        "merge: expected at least one input LoRA (FILE or FILE:WEIGHT), or --prompt / --comfy-workflow with --lora-dir. Run 'lora-mix merge --help' for usage.",
-      );
-    }
-    if (
-      stack &&
-      (values.blocks !== undefined ||
-        Object.keys(values).some((k) => /^blocks-\d+$/.test(k) && values[k] !== undefined))
-    ) {
-      throw new UsageError(
-        'merge: --blocks does not combine with --prompt / --comfy-workflow (use lbw= in the prompt)',
-        'USAGE_BAD_ARGUMENT',
-      );
-    }
-    const rank = numberOption('merge', 'rank', values.rank, { min: 1, integer: true });
-    const minEnergy = numberOption('merge', 'min-energy', values['min-energy'], { max: 1 });
-    if (minEnergy !== undefined && !(minEnergy > 0)) {
-      throw new UsageError(
-        `merge: --min-energy expects a fraction in (0, 1], got '${String(values['min-energy'])}'`,
-        'USAGE_BAD_ARGUMENT',
-      );
-    }
-    const threads = numberOption('merge', 'threads', values.threads, { min: 1, max: 256, integer: true });
-    const methodOptions = parseMethodFlags('merge', values);
-    const format = choice('format', values.format, ['kohya', 'peft'] as const) ?? 'kohya';
-    const kohyaPaths = choice<KohyaPaths>('kohya-paths', values['kohya-paths'], ['diffusers', 'sgm']);
-    if (kohyaPaths && format !== 'kohya')
-      throw new UsageError('merge: --kohya-paths applies only to --format kohya', 'USAGE_BAD_ARGUMENT');
-    let dtype: OutputDType | undefined;
-    if (values.dtype !== undefined) {
-      dtype = parseOutputDType(String(values.dtype));
-      if (!dtype)
-        throw new UsageError(
-          `merge: --dtype expects fp16, bf16 or fp32, got '${String(values.dtype)}'`,
-          'USAGE_BAD_ARGUMENT',
-        );
-    }
-    for (let i = positionals.length + 1; i <= MAX_BLOCK_INPUTS; i++) {
-      if (values[`blocks-${i}`] !== undefined) {
-        throw new UsageError(
-          `merge: --blocks-${i} given but there are only ${positionals.length} input(s)`,
-          'USAGE_BAD_ARGUMENT',
-        );
-      }
-    }
-    if (values['allow-unmatched'] === true && values.arch === undefined) {
-      throw new UsageError(
-        `merge: --allow-unmatched needs --arch (the architecture whose modules are kept); without it nothing says which modules to drop. Run 'lora-mix merge --help' for usage.`,
-        'USAGE_BAD_ARGUMENT',
-      );
-    }
-    const arch = typeof values.arch === 'string' ? parseArch(values.arch) : undefined;
-    const specs = stack
-      ? stack.entries.map((e) => ({
-          path: path.relative(ctx.cwd, e.file) || e.file,
-          weight: e.unet === e.te ? e.unet : 1,
-          ...(e.unet === e.te ? {} : { components: { unet: e.unet, te: e.te } }),
-        }))
-      : positionals.map((p) => parseWeightedSpec('merge', p, 1, ctx.cwd));
-    const inputs = stack ? stack.paths : specs.map((s) => path.resolve(ctx.cwd, s.path));
-    const output = path.resolve(ctx.cwd, values.output);
-
-    const t0 = performance.now();
-    const base = typeof values.base === 'string' ? path.resolve(ctx.cwd, values.base) : undefined;
-    const decode = {
-      ...(arch ? { arch } : {}),
-      ...(values['allow-unmatched'] === true ? { allowUnmatched: true } : {}),
-    };
-    // A reducing merge streams: factors are read module by module and the result waits in a spill file, so memory
-    // holds the modules in flight only. Exact sums, --base and inputs of other adapter kinds load the inputs.
-    const reducing = rank !== undefined || minEnergy !== undefined;
-    const streaming = reducing && base === undefined ? await openStreamingInputs(inputs, decode) : null;
-    const loras: LoadedLora[] = streaming ? [...streaming.loras] : [];
-    if (!streaming) {
-      for (const input of inputs) {
-        const lora = await loadLora(input, decode);
-        // DoRA / GLoRA modules become their exact dense deltas against the base (LORA_NEEDS_BASE without --base).
-        loras.push(base !== undefined ? await resolveBaseTerms(lora, base) : lora);
-      }
-    }
-    const t1 = performance.now();
-
-    const weights: MergeWeight[] = specs.map((s, i) => {
-      if (stack) return stack.weights[i] ?? 1;
-      const blocks = values[`blocks-${i + 1}`] ?? values.blocks;
-      if (typeof blocks !== 'string' && !s.components) return s.weight;
-      return { weight: s.weight, ...(typeof blocks === 'string' ? { blocks } : {}), ...(s.components ?? {}) };
-    });
-    const progress =
-      values.quiet === true ? { update: () => undefined, end: () => undefined } : progressReporter(ctx, 'merge');
-    const options: MergeOptions & { threads?: number } = {
-      ...methodOptions,
-      ...(threads !== undefined ? { threads } : {}),
-      ...(rank !== undefined ? { rank } : {}),
-      ...(minEnergy !== undefined ? { minEnergy } : {}),
-      onProgress: progress.update,
-    };
-    let merged: MergeResult | StreamedMerge;
-    let streamed: StreamedMerge | null = null;
+    // Each input is hashed (provenance) from the merge's own reads.
+    const tap = tapReads();
     try {
-      if (streaming) merged = streamed = await mergeStreaming(streaming, weights, options, output);
-      else merged = await mergeLorasParallel(loras, weights, options);
+      return await runMerge(argv, ctx, tap);
     } finally {
-      progress.end();
-      await streaming?.close();
+      await tap.close();
     }
-    const { lora, report } = merged;
-    const t2 = performance.now();
+  },
+};
 
-    let written: Awaited<ReturnType<typeof saveLora>>;
-    const outDtype = dtype ?? outputDtype(loras);
-    try {
-      const provenance = await cliProvenance(
-        'merge',
-        ctx.cwd,
-        inputs.map((file, i) => ({ file, weight: weights[i] })),
-        {
-          format,
-          ...(kohyaPaths ? { kohyaPaths } : {}),
-          dtype: outDtype,
-          ...(rank !== undefined ? { rank } : {}),
-          ...(minEnergy !== undefined ? { minEnergy } : {}),
-          ...methodOptions,
-        },
+async function runMerge(argv: string[], ctx: CliContext, tap: ReadTap): Promise<number> {
+  const blockOptions: Record<string, { type: 'string' }> = {};
+  for (let i = 1; i <= MAX_BLOCK_INPUTS; i++) blockOptions[`blocks-${i}`] = { type: 'string' };
+  const { values, positionals } = parseCommandArgs('merge', argv, {
+    output: { type: 'string', short: 'o' },
+    rank: { type: 'string' },
+    'min-energy': { type: 'string' },
+    blocks: { type: 'string' },
+    ...blockOptions,
+    ...methodFlagOptions(),
+    ...STACK_OPTIONS,
+    format: { type: 'string' },
+    'kohya-paths': { type: 'string' },
+    dtype: { type: 'string' },
+    arch: { type: 'string' },
+    'allow-unmatched': { type: 'boolean' },
+    base: { type: 'string' },
+    threads: { type: 'string' },
+    json: { type: 'boolean' },
+    quiet: { type: 'boolean', short: 'q' },
+  });
+  if (typeof values.output !== 'string' || values.output === '') {
+    throw new UsageError("merge: -o OUT is required (the file to write). Run 'lora-mix merge --help' for usage.");
+  }
+  const stack = await stackArgs('merge', values, positionals, ctx.cwd);
+  if (!stack && positionals.length === 0) {
+    throw new UsageError(
+      "merge: expected at least one input LoRA (FILE or FILE:WEIGHT), or --prompt / --comfy-workflow with --lora-dir. Run 'lora-mix merge --help' for usage.",
+    );
+  }
+  if (
+    stack &&
+    (values.blocks !== undefined || Object.keys(values).some((k) => /^blocks-\d+$/.test(k) && values[k] !== undefined))
+  ) {
+    throw new UsageError(
+      'merge: --blocks does not combine with --prompt / --comfy-workflow (use lbw= in the prompt)',
+      'USAGE_BAD_ARGUMENT',
+    );
+  }
+  const rank = numberOption('merge', 'rank', values.rank, { min: 1, integer: true });
+  const minEnergy = numberOption('merge', 'min-energy', values['min-energy'], { max: 1 });
+  if (minEnergy !== undefined && !(minEnergy > 0)) {
+    throw new UsageError(
+      `merge: --min-energy expects a fraction in (0, 1], got '${String(values['min-energy'])}'`,
+      'USAGE_BAD_ARGUMENT',
+    );
+  }
+  const threads = numberOption('merge', 'threads', values.threads, { min: 1, max: 256, integer: true });
+  const methodOptions = parseMethodFlags('merge', values);
+  const format = choice('format', values.format, ['kohya', 'peft'] as const) ?? 'kohya';
+  const kohyaPaths = choice<KohyaPaths>('kohya-paths', values['kohya-paths'], ['diffusers', 'sgm']);
+  if (kohyaPaths && format !== 'kohya')
+    throw new UsageError('merge: --kohya-paths applies only to --format kohya', 'USAGE_BAD_ARGUMENT');
+  let dtype: OutputDType | undefined;
+  if (values.dtype !== undefined) {
+    dtype = parseOutputDType(String(values.dtype));
+    if (!dtype)
+      throw new UsageError(
+        `merge: --dtype expects fp16, bf16 or fp32, got '${String(values.dtype)}'`,
+        'USAGE_BAD_ARGUMENT',
       );
-      const saveOptions = {
+  }
+  for (let i = positionals.length + 1; i <= MAX_BLOCK_INPUTS; i++) {
+    if (values[`blocks-${i}`] !== undefined) {
+      throw new UsageError(
+        `merge: --blocks-${i} given but there are only ${positionals.length} input(s)`,
+        'USAGE_BAD_ARGUMENT',
+      );
+    }
+  }
+  if (values['allow-unmatched'] === true && values.arch === undefined) {
+    throw new UsageError(
+      `merge: --allow-unmatched needs --arch (the architecture whose modules are kept); without it nothing says which modules to drop. Run 'lora-mix merge --help' for usage.`,
+      'USAGE_BAD_ARGUMENT',
+    );
+  }
+  const arch = typeof values.arch === 'string' ? parseArch(values.arch) : undefined;
+  const specs = stack
+    ? stack.entries.map((e) => ({
+        path: path.relative(ctx.cwd, e.file) || e.file,
+        weight: e.unet === e.te ? e.unet : 1,
+        ...(e.unet === e.te ? {} : { components: { unet: e.unet, te: e.te } }),
+      }))
+    : positionals.map((p) => parseWeightedSpec('merge', p, 1, ctx.cwd));
+  const inputs = stack ? stack.paths : specs.map((s) => path.resolve(ctx.cwd, s.path));
+  const output = path.resolve(ctx.cwd, values.output);
+
+  const t0 = performance.now();
+  const base = typeof values.base === 'string' ? path.resolve(ctx.cwd, values.base) : undefined;
+  const decode = {
+    ...(arch ? { arch } : {}),
+    ...(values['allow-unmatched'] === true ? { allowUnmatched: true } : {}),
+  };
+  // A reducing merge streams: factors are read module by module and the result waits in a spill file, so memory
+  // holds the modules in flight only. Exact sums, --base and inputs of other adapter kinds load the inputs.
+  const reducing = rank !== undefined || minEnergy !== undefined;
+  tap.want(inputs);
+  const streaming = reducing && base === undefined ? await openStreamingInputs(inputs, decode) : null;
+  const loras: LoadedLora[] = streaming ? [...streaming.loras] : [];
+  if (!streaming) {
+    for (const input of inputs) {
+      const lora = await loadLora(input, decode);
+      // DoRA / GLoRA modules become their exact dense deltas against the base (LORA_NEEDS_BASE without --base).
+      loras.push(base !== undefined ? await resolveBaseTerms(lora, base) : lora);
+    }
+  }
+  const t1 = performance.now();
+
+  const weights: MergeWeight[] = specs.map((s, i) => {
+    if (stack) return stack.weights[i] ?? 1;
+    const blocks = values[`blocks-${i + 1}`] ?? values.blocks;
+    if (typeof blocks !== 'string' && !s.components) return s.weight;
+    return { weight: s.weight, ...(typeof blocks === 'string' ? { blocks } : {}), ...(s.components ?? {}) };
+  });
+  const progress =
+    values.quiet === true ? { update: () => undefined, end: () => undefined } : progressReporter(ctx, 'merge');
+  const options: MergeOptions & { threads?: number } = {
+    ...methodOptions,
+    ...(threads !== undefined ? { threads } : {}),
+    ...(rank !== undefined ? { rank } : {}),
+    ...(minEnergy !== undefined ? { minEnergy } : {}),
+    onProgress: progress.update,
+  };
+  let merged: MergeResult | StreamedMerge;
+  let streamed: StreamedMerge | null = null;
+  try {
+    if (streaming) merged = streamed = await mergeStreaming(streaming, weights, options, output);
+    else merged = await mergeLorasParallel(loras, weights, options);
+  } finally {
+    progress.end();
+    await streaming?.close();
+  }
+  const { lora, report } = merged;
+  const t2 = performance.now();
+
+  let written: Awaited<ReturnType<typeof saveLora>>;
+  const outDtype = dtype ?? outputDtype(loras);
+  try {
+    const provenance = await cliProvenance(
+      'merge',
+      ctx.cwd,
+      inputs.map((file, i) => ({ file, weight: weights[i] })),
+      {
         format,
         ...(kohyaPaths ? { kohyaPaths } : {}),
         dtype: outDtype,
-        metadata: provenance,
-        refuseOverwrite: inputs,
-      };
-      written = streamed ? await streamed.save(output, saveOptions) : await saveLora(lora, output, saveOptions);
-    } finally {
-      await streamed?.dispose();
-    }
-    const t3 = performance.now();
-
-    const seconds = {
-      load: (t1 - t0) / 1000,
-      merge: (t2 - t1) / 1000,
-      write: (t3 - t2) / 1000,
-      total: (t3 - t0) / 1000,
+        ...(rank !== undefined ? { rank } : {}),
+        ...(minEnergy !== undefined ? { minEnergy } : {}),
+        ...methodOptions,
+      },
+      [],
+      tap.sha256,
+    );
+    const saveOptions = {
+      format,
+      ...(kohyaPaths ? { kohyaPaths } : {}),
+      dtype: outDtype,
+      metadata: provenance,
+      refuseOverwrite: inputs,
     };
-    const inputList = specs.map((s, i) => ({
-      file: s.path,
-      weight: s.weight,
-      ...(s.components ? { components: describeComponents(s.components) } : {}),
-      ...(typeof (values[`blocks-${i + 1}`] ?? values.blocks) === 'string'
-        ? { blocks: String(values[`blocks-${i + 1}`] ?? values.blocks) }
-        : {}),
-      format: loras[i]!.format,
-      dtype: loras[i]!.dtype,
-      modules: loras[i]!.modules.size,
-    }));
-    if (values.json === true) {
-      ctx.out(
-        `${JSON.stringify(
-          {
-            output: values.output,
-            format,
-            ...(format === 'kohya' ? { kohyaPaths: kohyaPaths ?? 'diffusers' } : {}),
-            dtype: outDtype,
-            arch: lora.arch,
-            size: lora.size,
-            inputs: inputList,
-            ...(stack
-              ? {
-                  stack: {
-                    source: stack.source,
-                    entries: stack.entries.map((e) => ({
-                      origin: e.origin,
-                      name: e.name,
-                      file: path.relative(ctx.cwd, e.file) || e.file,
-                      unet: e.unet,
-                      te: e.te,
-                      ...(e.lbw !== undefined ? { lbw: e.lbw } : {}),
-                      ...(e.dyn !== undefined ? { dyn: e.dyn } : {}),
-                    })),
-                    warnings: stack.warnings,
-                  },
-                }
-              : {}),
-            options: {
-              ...methodOptions,
-              ...(rank !== undefined ? { rank } : {}),
-              ...(minEnergy !== undefined ? { minEnergy } : {}),
-            },
-            bytes: written.byteLength,
-            flushedToZero: written.stats.flushedToZero,
-            seconds,
-            report,
+    written = streamed ? await streamed.save(output, saveOptions) : await saveLora(lora, output, saveOptions);
+  } finally {
+    await streamed?.dispose();
+  }
+  const t3 = performance.now();
+
+  const seconds = {
+    load: (t1 - t0) / 1000,
+    merge: (t2 - t1) / 1000,
+    write: (t3 - t2) / 1000,
+    total: (t3 - t0) / 1000,
+  };
+  const inputList = specs.map((s, i) => ({
+    file: s.path,
+    weight: s.weight,
+    ...(s.components ? { components: describeComponents(s.components) } : {}),
+    ...(typeof (values[`blocks-${i + 1}`] ?? values.blocks) === 'string'
+      ? { blocks: String(values[`blocks-${i + 1}`] ?? values.blocks) }
+      : {}),
+    format: loras[i]!.format,
+    dtype: loras[i]!.dtype,
+    modules: loras[i]!.modules.size,
+  }));
+  if (values.json === true) {
+    ctx.out(
+      `${JSON.stringify(
+        {
+          output: values.output,
+          format,
+          ...(format === 'kohya' ? { kohyaPaths: kohyaPaths ?? 'diffusers' } : {}),
+          dtype: outDtype,
+          arch: lora.arch,
+          size: lora.size,
+          inputs: inputList,
+          ...(stack
+            ? {
+                stack: {
+                  source: stack.source,
+                  entries: stack.entries.map((e) => ({
+                    origin: e.origin,
+                    name: e.name,
+                    file: path.relative(ctx.cwd, e.file) || e.file,
+                    unet: e.unet,
+                    te: e.te,
+                    ...(e.lbw !== undefined ? { lbw: e.lbw } : {}),
+                    ...(e.dyn !== undefined ? { dyn: e.dyn } : {}),
+                  })),
+                  warnings: stack.warnings,
+                },
+              }
+            : {}),
+          options: {
+            ...methodOptions,
+            ...(rank !== undefined ? { rank } : {}),
+            ...(minEnergy !== undefined ? { minEnergy } : {}),
           },
-          null,
-          2,
-        )}\n`,
-      );
-    } else {
-      const lines = [
-        `merged ${loras.length} LoRA(s) → ${values.output} (${format}${format === 'kohya' ? `, ${kohyaPaths ?? 'diffusers'} paths` : ''}, ${outDtype})`,
-        ...(stack ? describeStack(stack, ctx.cwd) : []),
-        ...inputList.map(
-          (x) =>
-            `  ${x.components ? `(${x.components})` : `${x.weight >= 0 ? '+' : '−'}${Math.abs(x.weight)}`} × ${x.file}${x.blocks ? ` [blocks ${x.blocks}]` : ''} (${x.modules} modules, ${x.format} ${x.dtype})`,
-        ),
-        `  ${ARCH_LABEL[lora.arch]}${lora.size === 'tiny' ? ' (tiny)' : ''}: ${report.written} modules written` +
-          (report.dropped.length > 0 ? `, ${report.dropped.length} dropped (zero weight or zero delta)` : ''),
-        `  rank ${describeRanks(report.rankBefore)} → ${describeRanks(report.rankAfter)}` +
-          (report.exact ? ' (exact sum)' : ''),
-      ];
-      if (!report.exact) {
-        lines.push(
-          `  norm kept ‖Δ_k‖/‖Δ‖: mean ${report.meanNormKept.toFixed(4)}, min ${report.minNormKept.toFixed(4)}; ` +
-            `relative error ‖Δ − Δ_k‖/‖Δ‖ over all reduced modules ${report.relativeError.toExponential(3)}`,
-        );
-        const worst = [...report.modules]
-          .filter((m) => !m.dropped && m.normKept < 1)
-          .sort((a, b) => a.normKept - b.normKept)
-          .slice(0, 3);
-        for (const m of worst)
-          lines.push(`    lowest: ${m.path} rank ${m.rankBefore} → ${m.rankAfter}, norm kept ${m.normKept.toFixed(4)}`);
-      }
+          bytes: written.byteLength,
+          flushedToZero: written.stats.flushedToZero,
+          seconds,
+          report,
+        },
+        null,
+        2,
+      )}\n`,
+    );
+  } else {
+    const lines = [
+      `merged ${loras.length} LoRA(s) → ${values.output} (${format}${format === 'kohya' ? `, ${kohyaPaths ?? 'diffusers'} paths` : ''}, ${outDtype})`,
+      ...(stack ? describeStack(stack, ctx.cwd) : []),
+      ...inputList.map(
+        (x) =>
+          `  ${x.components ? `(${x.components})` : `${x.weight >= 0 ? '+' : '−'}${Math.abs(x.weight)}`} × ${x.file}${x.blocks ? ` [blocks ${x.blocks}]` : ''} (${x.modules} modules, ${x.format} ${x.dtype})`,
+      ),
+      `  ${ARCH_LABEL[lora.arch]}${lora.size === 'tiny' ? ' (tiny)' : ''}: ${report.written} modules written` +
+        (report.dropped.length > 0 ? `, ${report.dropped.length} dropped (zero weight or zero delta)` : ''),
+      `  rank ${describeRanks(report.rankBefore)} → ${describeRanks(report.rankAfter)}` +
+        (report.exact ? ' (exact sum)' : ''),
+    ];
+    if (!report.exact) {
       lines.push(
-        `  ${written.byteLength.toLocaleString('en-US')} bytes; time ${seconds.total.toFixed(2)} s ` +
-          `(load ${seconds.load.toFixed(2)} s, merge ${seconds.merge.toFixed(2)} s, write ${seconds.write.toFixed(2)} s)`,
+        `  norm kept ‖Δ_k‖/‖Δ‖: mean ${report.meanNormKept.toFixed(4)}, min ${report.minNormKept.toFixed(4)}; ` +
+          `relative error ‖Δ − Δ_k‖/‖Δ‖ over all reduced modules ${report.relativeError.toExponential(3)}`,
       );
-      ctx.out(`${lines.join('\n')}\n`);
+      const worst = [...report.modules]
+        .filter((m) => !m.dropped && m.normKept < 1)
+        .sort((a, b) => a.normKept - b.normKept)
+        .slice(0, 3);
+      for (const m of worst)
+        lines.push(`    lowest: ${m.path} rank ${m.rankBefore} → ${m.rankAfter}, norm kept ${m.normKept.toFixed(4)}`);
     }
-    for (const w of stack?.warnings ?? []) ctx.err(`lora-mix merge: warning: ${w}\n`);
-    if (written.stats.flushedToZero > 0) {
-      ctx.err(
-        `lora-mix merge: warning: ${written.stats.flushedToZero} non-zero factor value(s) became 0 in ${outDtype} ` +
-          '(too small for the format); --dtype fp32 or bf16 keeps them\n',
-      );
-    }
-    return 0;
-  },
-};
+    lines.push(
+      `  ${written.byteLength.toLocaleString('en-US')} bytes; time ${seconds.total.toFixed(2)} s ` +
+        `(load ${seconds.load.toFixed(2)} s, merge ${seconds.merge.toFixed(2)} s, write ${seconds.write.toFixed(2)} s)`,
+    );
+    ctx.out(`${lines.join('\n')}\n`);
+  }
+  for (const w of stack?.warnings ?? []) ctx.err(`lora-mix merge: warning: ${w}\n`);
+  if (written.stats.flushedToZero > 0) {
+    ctx.err(
+      `lora-mix merge: warning: ${written.stats.flushedToZero} non-zero factor value(s) became 0 in ${outDtype} ` +
+        '(too small for the format); --dtype fp32 or bf16 keeps them\n',
+    );
+  }
+  return 0;
+}
 
 export const command: Command = mergeCommand;

@@ -4,12 +4,12 @@ import { unfuseLoras } from '../../fuse/unfuse.js';
 import { formatUnfuseReport } from '../../fuse/extract-report.js';
 import { numberOption, parseCommandArgs } from '../args.js';
 import type { CliContext, Command } from '../context.js';
-import { cliProvenance } from '../provenance.js';
+import { deferredProvenance, tapReads } from '../provenance.js';
 import { blockOptions, fuseProgress, loraArgs, parseFuseDtype } from './fuse.js';
 
 const HELP = `Usage: lora-mix unfuse --fused FUSED A.safetensors[:W] [B.safetensors[:W] …] -o OUT
                        [--base ORIGINAL] [--dtype f32|f16|bf16] [--allow-unmatched] [--on-overflow error|clamp]
-                       [--blocks SPEC] [--blocks-N SPEC] [--threads N] [--json] [-q]
+                       [--blocks SPEC] [--blocks-N SPEC] [--threads N] [--no-fsync] [--json] [-q]
 
 Take LoRAs back out of a fused checkpoint: W″ = FUSED − (W_A·τ_A + W_B·τ_B + …), streamed through the same path as
 'lora-mix fuse' (same planner, kernel and writer), the delta built from the LoRAs' factors in f32 and rounded once.
@@ -37,7 +37,7 @@ Options:
   --fused FUSED           the fused checkpoint (file or diffusers folder)
   -o, --output OUT        the file (or folder) to write
   --base ORIGINAL         the checkpoint before fusion, to report the distance in ulps
-  --dtype, --allow-unmatched, --on-overflow, --blocks, --blocks-N, --threads: as in 'lora-mix fuse'
+  --dtype, --allow-unmatched, --on-overflow, --blocks, --blocks-N, --threads, --no-fsync: as in 'lora-mix fuse'
   --json                  print the report as JSON
   -q, --quiet             no progress on stderr
 
@@ -58,6 +58,7 @@ export const unfuseCommand: Command = {
       dtype: { type: 'string' },
       'allow-unmatched': { type: 'boolean' },
       'on-overflow': { type: 'string' },
+      'no-fsync': { type: 'boolean' },
       threads: { type: 'string' },
       json: { type: 'boolean' },
       quiet: { type: 'boolean', short: 'q' },
@@ -77,28 +78,33 @@ export const unfuseCommand: Command = {
     const threads = numberOption('unfuse', 'threads', values.threads, { min: 1, max: 64, integer: true });
     const { paths, weights } = loraArgs('unfuse', positionals, values, ctx.cwd);
     const fused = path.resolve(ctx.cwd, values.fused);
-    const provenance = await cliProvenance(
-      'unfuse',
-      ctx.cwd,
-      paths.map((file, i) => ({ file, weight: weights[i] })),
-      { onOverflow, ...(dtype ? { dtype } : {}) },
-      [{ file: fused, role: 'fused' }],
-    );
+    const tap = tapReads(paths);
     const progress = values.quiet === true ? null : fuseProgress(ctx, 'unfuse');
     let report;
     try {
+      const provenance = await deferredProvenance(
+        'unfuse',
+        ctx.cwd,
+        paths.map((file, i) => ({ file, weight: weights[i] })),
+        { onOverflow, ...(dtype ? { dtype } : {}) },
+        [{ file: fused, role: 'fused' }],
+        tap.sha256,
+      );
       report = await unfuseLoras(fused, paths, weights, {
         out: path.resolve(ctx.cwd, values.output),
-        metadata: provenance,
+        metadata: provenance.metadata,
+        lateMetadata: provenance.late,
         onOverflow,
         ...(typeof values.base === 'string' ? { base: path.resolve(ctx.cwd, values.base) } : {}),
         ...(dtype ? { dtype } : {}),
         ...(threads !== undefined ? { threads } : {}),
         ...(values['allow-unmatched'] === true ? { allowUnmatched: true } : {}),
+        ...(values['no-fsync'] === true ? { fsync: false } : {}),
         ...(progress ? { onProgress: progress.update } : {}),
       });
     } finally {
       progress?.end();
+      await tap.close();
     }
     if (values.json === true) ctx.out(`${JSON.stringify(report, null, 2)}\n`);
     else ctx.out(formatUnfuseReport(report));
