@@ -4,6 +4,7 @@
  */
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
+import { METHODS } from '../src/lora/methods.js';
 import { jsProduct, truncatedSvd } from '../src/lora/svd.js';
 import { prng, randomArray, singularValues } from './lora-helpers.js';
 
@@ -63,6 +64,48 @@ describe('truncatedSvd', () => {
         },
       ),
       { numRuns: 40 },
+    );
+  });
+
+  it('as the merge methods call it, is within 0.1% of optimal on TIES results, clustered and flat spectra', () => {
+    // TIES of two random rank-r LoRAs at density 0.1–0.3: a sparse, nearly flat spectrum (the slow case for
+    // subspace iteration, research/methods.md), and pure noise; l = k + 8 well below min(m, n), so it iterates.
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 1, max: 1e6 }),
+        fc.integer({ min: 48, max: 96 }),
+        fc.integer({ min: 48, max: 128 }),
+        fc.integer({ min: 2, max: 24 }),
+        fc.double({ min: 0.1, max: 0.3, noNaN: true }),
+        fc.constantFrom('ties', 'noise', 'cluster'),
+        (seed, m, n, k, density, kind) => {
+          const rand = prng(seed);
+          let a: Float32Array;
+          if (kind === 'ties') {
+            const r = Math.min(2 * k, 32);
+            const delta = () => {
+              const up = randomArray(rand, m * r, 1),
+                down = randomArray(rand, r * n, 1);
+              return jsProduct(m, n, r, up, down);
+            };
+            a = METHODS.ties.dense([delta(), delta()], [1, 0.8], { density, majoritySign: 'total', seed: 0, t: 0.5 });
+          } else
+            a = spectrumMatrix(
+              seed,
+              m,
+              n,
+              kind === 'cluster' ? Array.from({ length: 30 }, (_, j) => 1 - 0.005 * j) : [],
+              1,
+            );
+          const svd = truncatedSvd(a, m, n, k, { seed });
+          const best = optimalError(a, m, n, k);
+          const got = productError(a, m, n, svd.up, svd.down, svd.rank);
+          expect(svd.iterations).toBeGreaterThan(0);
+          expect(got).toBeLessThanOrEqual(best * 1.001 + 1e-5 * Math.sqrt(svd.total));
+          expect(Math.abs(svd.error - got)).toBeLessThanOrEqual(1e-4 * Math.sqrt(svd.total));
+        },
+      ),
+      { numRuns: 60 },
     );
   });
 

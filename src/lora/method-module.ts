@@ -98,6 +98,7 @@ export function methodModule(req: MethodModuleRequest, target: RankTarget, scrat
   const delta = methodDelta(req, scratch);
   const cap = Math.min(target.rank ?? Math.min(req.out, req.fanIn), req.out, req.fanIn);
   const svd = truncatedSvd(delta, req.out, req.fanIn, Math.max(1, cap), {
+
     ...(scratch ? { workspace: scratch.get(0, req.out * req.fanIn) } : {}),
   });
   const spectrum = { sigma2: svd.sigma2.subarray(0, svd.rank), total: svd.total };

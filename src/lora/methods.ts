@@ -148,6 +148,8 @@ export function disjointMerge(
   const n = sizeOf(trimmed);
   const present = trimmed.flatMap((t, i) => (t ? [{ t, w: weights[i] ?? 0 }] : []));
   const byCount = majoritySign === 'frequency';
+  const [p0, p1] = present;
+  if (present.length === 2 && p0 && p1) return disjointMergeTwo(p0.t, p0.w, p1.t, p1.w, byCount, n, out);
   for (let e = 0; e < n; e++) {
     let S = 0;
     for (const { t } of present) {
@@ -165,6 +167,36 @@ export function disjointMerge(
       }
     }
     out[e] = count > 0 ? num / count : 0;
+  }
+  return out;
+}
+
+/** disjointMerge for exactly two present inputs (the common case), unrolled: the same arithmetic, in the same order. */
+function disjointMergeTwo(
+  t0: Float32Array,
+  w0: number,
+  t1: Float32Array,
+  w1: number,
+  byCount: boolean,
+  n: number,
+  out: Float32Array,
+): Float32Array {
+  for (let e = 0; e < n; e++) {
+    const v0 = t0[e] ?? 0,
+      v1 = t1[e] ?? 0;
+    if (v0 === 0 && v1 === 0) {
+      out[e] = 0;
+      continue;
+    }
+    const S = byCount ? Math.sign(v0) + Math.sign(v1) : v0 + v1;
+    const sigma = S >= 0 ? 1 : -1;
+    const a0 = v0 !== 0 && Math.sign(v0) === sigma,
+      a1 = v1 !== 0 && Math.sign(v1) === sigma;
+    // `0 +` as in the general loop's accumulator (a zero weight gives +0, never −0).
+    if (a0 && a1) out[e] = (0 + w0 * v0 + w1 * v1) / 2;
+    else if (a0) out[e] = 0 + w0 * v0;
+    else if (a1) out[e] = 0 + w1 * v1;
+    else out[e] = 0;
   }
   return out;
 }

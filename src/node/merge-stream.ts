@@ -153,7 +153,7 @@ async function readModule(inputs: StreamingInputs, input: number, path: string):
 }
 
 /** A planned module with its terms' factors read from the files (each input read once). */
-async function withFactors(inputs: StreamingInputs, pm: PlannedMergeModule): Promise<PlannedMergeModule> {
+export async function withFactors(inputs: StreamingInputs, pm: PlannedMergeModule): Promise<PlannedMergeModule> {
   const wanted = new Set([...pm.parts, ...(pm.members ?? [])].map((p) => p.input));
   const read = new Map<number, LoraModule>();
   await Promise.all([...wanted].map(async (i) => read.set(i, await readModule(inputs, i, pm.path))));
