@@ -38,4 +38,13 @@ export {
 // Rank reduction of whole LoRAs on worker threads.
 export { mergeLorasParallel, type ParallelMergeOptions } from './node/merge-threads.js';
 
+// Merge LoRA files into a file (the `merge` command; streams reducing merges module by module).
+export {
+  defaultOutputDtype,
+  mergeLoraFiles,
+  type MergeFilesMetadata,
+  type MergeLoraFilesOptions,
+  type MergeLoraFilesResult,
+} from './node/merge-files.js';
+
 export { installNodeHost } from './node/install.js';

@@ -242,6 +242,7 @@ describe('public entry', () => {
         'consistency 0.7886',
         'tweedie 0.4309',
         'true FORMAT_UNSUPPORTED_ADAPTER',
+        'true F16 1052 true',
       ])
         expect(all).toContain(s);
     });

@@ -88,7 +88,12 @@ describe('truncatedSvd', () => {
                 down = randomArray(rand, r * n, 1);
               return jsProduct(m, n, r, up, down);
             };
-            a = METHODS.ties.dense([delta(), delta()], [1, 0.8], { density, majoritySign: 'total', seed: 0, t: 0.5 });
+            a = METHODS.ties.dense(
+              [delta(), delta()],
+              [1, 0.8],
+              { density, majoritySign: 'total', seed: 0, t: 0.5 },
+              () => rand,
+            );
           } else
             a = spectrumMatrix(
               seed,
