@@ -8,7 +8,7 @@ import { hashString, mulberry32 } from '../core/random.js';
 import { METHODS, type MergeMethod, type MethodParamValues } from './methods.js';
 import { wasmProduct } from './product.js';
 import { chooseRank, truncationStats, type ReduceOutcome, type RankTarget } from './reduce.js';
-import { jsProduct, truncatedSvd } from './svd.js';
+import { jsProduct, SvdWorkspace, truncatedSvd } from './svd.js';
 
 /**
  * One input's task tensor for a module: factors whose delta is scale·up·down (up out × rank, down rank × fanIn,
@@ -34,6 +34,12 @@ export interface MethodModuleRequest {
   readonly weights: readonly number[];
   readonly method: MergeMethod;
   readonly params: MethodParamValues;
+  /**
+   * The largest module (out·fanIn) of the merge, when known: reused buffers are allocated at that size on first
+   * use, so they never grow (a grown buffer's predecessor would wait for the garbage collector, and a worker's
+   * memory would hold several generations of them).
+   */
+  readonly reserve?: number;
 }
 
 /**
@@ -43,6 +49,8 @@ export interface MethodModuleRequest {
  */
 export class DenseScratch {
   private readonly buffers: Float32Array[] = [];
+  /** The truncated SVD's buffers (Aᵀ, its bases and Gram copies), reused from module to module. */
+  readonly svd = new SvdWorkspace();
 
   /** n floats of buffer `slot` (contents undefined). */
   get(slot: number, n: number): Float32Array {
@@ -84,6 +92,9 @@ export function moduleRng(seed: number, path: string): (input: number) => () => 
  */
 export function methodDelta(req: MethodModuleRequest, scratch?: DenseScratch): Float32Array {
   const n = req.out * req.fanIn;
+  if (scratch && req.reserve !== undefined && req.reserve > n) {
+    for (const m of req.members) scratch.get(1 + m.input, req.reserve);
+  }
   const deltas: (Float32Array | null)[] = req.weights.map(() => null);
   for (const m of req.members) deltas[m.input] = memberDelta(m, req.out, req.fanIn, scratch?.get(1 + m.input, n));
   return METHODS[req.method].dense(deltas, req.weights, req.params, moduleRng(req.params.seed, req.path), true);
@@ -98,8 +109,7 @@ export function methodModule(req: MethodModuleRequest, target: RankTarget, scrat
   const delta = methodDelta(req, scratch);
   const cap = Math.min(target.rank ?? Math.min(req.out, req.fanIn), req.out, req.fanIn);
   const svd = truncatedSvd(delta, req.out, req.fanIn, Math.max(1, cap), {
-
-    ...(scratch ? { workspace: scratch.get(0, req.out * req.fanIn) } : {}),
+    ...(scratch ? { workspace: scratch.svd } : {}),
   });
   const spectrum = { sigma2: svd.sigma2.subarray(0, svd.rank), total: svd.total };
   const k = Math.min(chooseRank(spectrum, target), svd.rank);

@@ -27,6 +27,19 @@ export type ParallelMergeOptions = MergeOptions & {
   readonly threads?: number;
 };
 
+const largest = new WeakMap<MergePlan, number>();
+
+/** The largest out·fanIn of the plan's method modules (what a worker's reused buffers must hold). */
+function largestMethodModule(plan: MergePlan): number {
+  let n = largest.get(plan);
+  if (n === undefined) {
+    n = 0;
+    for (const pm of plan.modules) if (pm.action === 'method') n = Math.max(n, pm.out * pm.fanIn);
+    largest.set(plan, n);
+  }
+  return n;
+}
+
 /** The worker request of a planned 'reduce' or 'method' module (its factors copied into buffers of their own). */
 export function reduceJob(plan: MergePlan, pm: PlannedMergeModule): ReduceJob {
   const terms =
@@ -37,7 +50,7 @@ export function reduceJob(plan: MergePlan, pm: PlannedMergeModule): ReduceJob {
     fanIn: pm.fanIn,
     target: plan.target!,
     terms,
-    ...(pm.action === 'method' ? { method: methodRequest(plan, pm) } : {}),
+    ...(pm.action === 'method' ? { method: { ...methodRequest(plan, pm), reserve: largestMethodModule(plan) } } : {}),
   };
 }
 
