@@ -106,6 +106,9 @@ def main():
     seconds = 0.0
     sums = {'ours_peft': 0.0, 'peft2': 0.0, 'ours_D': 0.0, 'peft_D': 0.0, 'D2': 0.0}
     elements = 0
+    # Per module: ‖ours − D‖/‖peft − D‖ − 1 (how far our rank-K error is above the optimal one PEFT's full SVD
+    # gives) and ‖ours − peft‖/‖peft‖.
+    per_module = []
     for name in names:
         ta = task_tensor(fa, ma[name]) if name in ma else None
         tb = task_tensor(fb, mb[name]) if name in mb else None
@@ -127,19 +130,29 @@ def main():
             sums['ours_D'] += float(((mine - delta) ** 2).sum())
             sums['peft_D'] += float(((peft - delta) ** 2).sum())
             sums['D2'] += float((delta**2).sum())
+            e_ours = float(((mine - delta) ** 2).sum()) ** 0.5
+            e_peft = float(((peft - delta) ** 2).sum()) ** 0.5
+            d_op = float(((mine - peft) ** 2).sum()) ** 0.5 / max(float((peft**2).sum()) ** 0.5, 1e-30)
+            per_module.append((name, e_ours / e_peft - 1 if e_peft > 0 else 0.0, d_op))
     result = {
         'peer': 'peft ties_svd transcription',
         'modules': len(names),
         'start': args.start,
         'seconds': seconds,
         'elements': elements,
-    'stride': args.stride,
+        'stride': args.stride,
         'full_matrices': not args.reduced,
         'threads': torch.get_num_threads(),
         'torch': torch.__version__,
         'blas': [ln.strip() for ln in torch.__config__.show().splitlines() if 'BLAS' in ln or 'LAPACK' in ln],
         'sums': sums if ours is not None else None,
     }
+    if per_module:
+        worst = max(per_module, key=lambda x: x[1])
+        result['excess_max'] = worst[1]
+        result['excess_max_module'] = worst[0]
+        result['excess_mean'] = sum(x[1] for x in per_module) / len(per_module)
+        result['ours_peft_rel_max'] = max(x[2] for x in per_module)
     line = json.dumps(result)
     print(line)
     if args.json:
