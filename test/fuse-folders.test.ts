@@ -11,6 +11,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { fuseLoras } from '../src/fuse/index.js';
 import { openSafetensors } from '../src/node/files.js';
 import { LoraMixError } from '../src/core/errors.js';
+import { syntheticNorms } from '../src/fixtures/generate.js';
+import { encodeModules } from '../src/formats/encode.js';
+import { writeSafetensors } from '../src/safetensors/index.js';
 
 const FX = path.resolve(import.meta.dirname, '..', 'fixtures');
 const LCM = path.join(FX, 'sd15', 'lcm-lora.kohya.safetensors'); // UNet only
@@ -111,6 +114,24 @@ describe('a component stored only as pytorch_model.bin', () => {
     expect(e).toBeInstanceOf(LoraMixError);
     expect((e as LoraMixError).code).toBe('FORMAT_UNKNOWN');
     expect((e as LoraMixError).message).toMatch(/changes text_encoder .*pytorch_model\.bin.*convert/);
+    await expect(fs.stat(out)).rejects.toThrow();
+  });
+
+  it('a norm-layer difference aimed at it is the same FORMAT_UNKNOWN, naming the norm, nothing written', async () => {
+    const base = await binTextEncoder('bin-te-norm');
+    const norms = syntheticNorms('sd15', 'tiny', 40, 5).filter((n) => n.entry.component === 'text_encoder');
+    expect(norms.length).toBeGreaterThan(0);
+    const enc = encodeModules([], { format: 'comfyui', dtype: 'F32' }, {}, undefined, norms);
+    const lora = path.join(tmp, 'te-norm-only.safetensors');
+    await writeSafetensors(lora, enc.tensors, { metadata: enc.metadata });
+    const out = path.join(tmp, 'bin-te-norm-out');
+    const e = await fuseLoras(base, [lora], [1], { out }).then(
+      () => null,
+      (x: unknown) => x,
+    );
+    expect((e as LoraMixError).code).toBe('FORMAT_UNKNOWN');
+    expect((e as LoraMixError).message).toContain(norms[0]!.entry.path);
+    expect((e as LoraMixError).message).toMatch(/pytorch_model\.bin.*convert/);
     await expect(fs.stat(out)).rejects.toThrow();
   });
 });

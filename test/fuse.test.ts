@@ -3,6 +3,7 @@
  * vs diffusers folder, q/k/v row slices of SDXL's second text encoder), the round trip with negated weights,
  * coverage, overflow, devices, and that failures leave nothing behind.
  */
+import { transposeF32 } from '../src/lora/linalg.js';
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -226,7 +227,12 @@ describe('fuseLoras: the numbers', () => {
             const a = await s.readF32(e.singleFileWeightKey);
             const rows = e.singleFileRows;
             const cols = e.shape.slice(1).reduce((x, y) => x * y, 1);
-            const mine = rows ? a.subarray(rows[0] * cols, rows[1] * cols) : a;
+            // text_projection: the single file stores the transpose of the folder's Linear weight.
+            const mine = rows
+              ? a.subarray(rows[0] * cols, rows[1] * cols)
+              : e.singleFileTransposed
+                ? transposeF32(a, cols, e.shape[0]!)
+                : a;
             if (rows) slices++;
             expect(Array.from(await d.readF32(e.diffusersWeightKey))).toEqual(Array.from(mine));
           }

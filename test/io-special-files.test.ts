@@ -151,4 +151,38 @@ describe('stale temps', () => {
     expect(r.code).toBe(0);
     expect((await fs.readdir(dir)).sort()).toEqual([...kept, 'out.safetensors'].sort());
   });
+
+  it('a diffusers-folder fuse removes the temporary folders killed fuses left, and nothing else', async () => {
+    const dir = await fs.mkdtemp(path.join(tmp, 'stale-dir-'));
+    const target = path.join(dir, 'fused');
+    const dead = deadPid();
+    const old = new Date(Date.now() - 3600_000);
+    const names = {
+      stale: `.fused.lora-mix-${dead}-0123456789ab.tmp`,
+      live: `.fused.lora-mix-${process.pid}-0123456789ab.tmp`,
+      fresh: `.fused.lora-mix-${dead}-ba9876543210.tmp`,
+      otherTarget: `.other.lora-mix-${dead}-0123456789ab.tmp`,
+      notOurs: '.fused.keep.tmp',
+      link: `.fused.lora-mix-${dead}-00000000beef.tmp`,
+    };
+    const elsewhere = await fs.mkdtemp(path.join(tmp, 'elsewhere-'));
+    await fs.writeFile(path.join(elsewhere, 'precious'), 'x');
+    for (const [k, name] of Object.entries(names)) {
+      const p = path.join(dir, name);
+      if (k === 'link') {
+        await fs.symlink(elsewhere, p);
+        continue;
+      }
+      await fs.mkdir(path.join(p, 'unet'), { recursive: true });
+      await fs.writeFile(path.join(p, 'unet', 'diffusion_pytorch_model.safetensors'), 'partial');
+      if (k !== 'fresh') await fs.utimes(p, old, old);
+    }
+    // The file-only sweep (single-file outputs) leaves folders alone.
+    expect(await removeStaleTemps(target)).toEqual([]);
+    const r = await run(['fuse', '--base', path.join(FIXTURES, 'sd15/diffusers'), STYLE, '-o', target, '-q']);
+    expect(r.code).toBe(0);
+    const left = (await fs.readdir(dir)).sort();
+    expect(left).toEqual([names.live, names.fresh, names.otherTarget, names.notOurs, names.link, 'fused'].sort());
+    expect(await fs.readFile(path.join(elsewhere, 'precious'), 'utf8')).toBe('x');
+  });
 });

@@ -25,8 +25,9 @@ describe('lora-mix layout', () => {
       'OUT02',
       'yes',
     ]);
-    expect(r.out).toContain('SD1.5: 354 modules — unet 282');
-    expect(r.out).toContain('text_encoder 72 (72 linear, 0 conv2d)');
+    expect(r.out).toContain('SD1.5: 356 modules — unet 282');
+    // The 72 layer Linears plus both embedding tables (ComfyUI maps LoRAs onto them too).
+    expect(r.out).toContain('text_encoder 74 (74 linear, 0 conv2d)');
     expect(r.out).toContain('LCM-LoRA targets: 278 modules, 67,252,224 LoRA parameters at rank 64');
   });
 
@@ -43,8 +44,19 @@ describe('lora-mix layout', () => {
     const r = await run(['sdxl', '--json', '--tiny', '--component', 'text_encoder_2']);
     expect(r.code).toBe(0);
     const rows = JSON.parse(r.out) as Record<string, unknown>[];
-    expect(rows).toHaveLength(192);
-    expect(rows[0]).toMatchObject({
+    // 32 layers × 6 Linears, both embedding tables and text_projection (stored transposed in the single file).
+    expect(rows).toHaveLength(195);
+    expect(rows.filter((x) => x.extra).map((x) => x.localPath)).toEqual([
+      'text_model.embeddings.token_embedding',
+      'text_model.embeddings.position_embedding',
+      'text_projection',
+    ]);
+    expect(rows.find((x) => x.localPath === 'text_projection')).toMatchObject({
+      singleFileWeightKey: 'conditioner.embedders.1.model.text_projection',
+      singleFileTransposed: true,
+      kohyaDiffusers: 'lora_te2_text_projection',
+    });
+    expect(rows.find((x) => !x.extra)).toMatchObject({
       path: 'text_encoder_2.text_model.encoder.layers.0.self_attn.q_proj',
       singleFileWeightKey: 'conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_weight',
       singleFileRows: [0, 12],

@@ -93,23 +93,55 @@ describe('sanity figures (full layouts)', () => {
     ]);
   });
 
-  it('text encoders: CLIP-L 12 layers × 6 modules, OpenCLIP-G 32 × 6; 196 / 517 state-dict tensors', () => {
+  it('text encoders: CLIP-L 12 layers × 6 modules, OpenCLIP-G 32 × 6, + embeddings and text_projection; 196 / 517 state-dict tensors', () => {
     for (const arch of ARCHS) {
       const l = getLayout(arch);
       const te1 = l.modules.filter((m) => m.component === 'text_encoder');
       const te2 = l.modules.filter((m) => m.component === 'text_encoder_2');
-      expect(te1).toHaveLength(72);
-      expect(te2).toHaveLength(arch === 'sd15' ? 0 : 192);
+      // The transformer layers' Linears (what kohya and PEFT train) …
+      expect(te1.filter((m) => !m.extra)).toHaveLength(72);
+      expect(te2.filter((m) => !m.extra)).toHaveLength(arch === 'sd15' ? 0 : 192);
+      // … and the 2-D tensors ComfyUI also maps a LoRA onto: both embeddings, and OpenCLIP-G's text_projection.
+      expect(te1.filter((m) => m.extra).map((m) => [m.localPath, m.extra, m.shape])).toEqual([
+        ['text_model.embeddings.token_embedding', 'embedding', [49408, 768]],
+        ['text_model.embeddings.position_embedding', 'embedding', [77, 768]],
+      ]);
+      expect(te2.filter((m) => m.extra).map((m) => [m.localPath, m.extra, m.shape])).toEqual(
+        arch === 'sd15'
+          ? []
+          : [
+              ['text_model.embeddings.token_embedding', 'embedding', [49408, 1280]],
+              ['text_model.embeddings.position_embedding', 'embedding', [77, 1280]],
+              ['text_projection', 'projection', [1280, 1280]],
+            ],
+      );
       expect(l.stateDict.filter((s) => s.component === 'text_encoder')).toHaveLength(196);
       expect(l.stateDict.filter((s) => s.component === 'text_encoder_2')).toHaveLength(arch === 'sd15' ? 0 : 517);
       for (const m of [...te1, ...te2]) {
         expect(m.group).toBe('text_encoder');
         expect(m.block).toBe('BASE');
         expect(m.lcmTarget).toBe(false);
-        expect(m.localPath.startsWith('text_model.')).toBe(true);
+        expect(m.localPath.startsWith('text_model.') || m.localPath === 'text_projection').toBe(true);
         expect(m.kind).toBe('linear');
+        expect(m.singleFileTransposed === true).toBe(m.localPath === 'text_projection');
       }
     }
+  });
+
+  it('text_projection: kohya lora_te2_text_projection, ComfyUI clip_g, diffusers path; the SGM key stores the transpose', () => {
+    const l = getLayout('sdxl');
+    const p = l.byPath.get('text_encoder_2.text_projection')!;
+    expect(p.singleFileWeightKey).toBe('conditioner.embedders.1.model.text_projection');
+    expect(p.diffusersWeightKey).toBe('text_projection.weight');
+    expect(l.byKohyaName.get('lora_te2_text_projection')).toBe(p);
+    expect(l.byAlias.get('text_encoders.clip_g.transformer.text_projection')).toBe(p);
+    expect(l.byAlias.get('lycoris_te2_text_projection')).toBe(p);
+    const tok = l.byPath.get('text_encoder_2.text_model.embeddings.position_embedding')!;
+    expect(tok.singleFileWeightKey).toBe('conditioner.embedders.1.model.positional_embedding');
+    expect(tok.singleFileTransposed).toBeUndefined();
+    expect(l.byAlias.get('text_encoders.clip_l.transformer.text_model.embeddings.token_embedding')?.path).toBe(
+      'text_encoder.text_model.embeddings.token_embedding',
+    );
   });
 });
 
@@ -296,6 +328,7 @@ describe('names', () => {
         expect(s.shape).toEqual(m.shape);
         expect(s.singleFileKey).toBe(m.singleFileWeightKey);
         expect(s.singleFileRows).toEqual(m.singleFileRows);
+        expect(s.transposed).toEqual(m.singleFileTransposed);
       }
       expect(l.byKohyaName.size).toBe(spellings);
     });

@@ -12,6 +12,7 @@
  *
  * A missing alpha means scale 1 for the LyCORIS kinds (ComfyUI), alpha = rank for LoRA (kohya, the same scale).
  */
+import { transposeF32 } from '../lora/linalg.js';
 import ndarray from 'ndarray';
 import { FormatError, LoraError } from '../core/errors.js';
 import type { F32Array, KroneckerSide, LoraModule, Term, TermKind } from '../lora/types.js';
@@ -438,11 +439,7 @@ type Read = (key: string) => Promise<Float32Array>;
 const m2 = (data: Float32Array, rows: number, cols: number): F32Array => ndarray(data, [rows, cols]);
 
 /** aᵀ of a row-major [rows, cols] matrix. */
-function transpose(a: Float32Array, rows: number, cols: number): Float32Array {
-  const out = new Float32Array(a.length);
-  for (let i = 0; i < rows; i++) for (let j = 0; j < cols; j++) out[j * rows + i] = a[i * cols + j] ?? 0;
-  return out;
-}
+const transpose = (a: Float32Array, rows: number, cols: number): Float32Array => transposeF32(a, rows, cols);
 
 /**
  * Fold a Tucker core into the second factor: C[p, i, y, x] = Σ_q core[p, q, y, x]·b[q, i], core [r, r, kh, kw],

@@ -16,6 +16,7 @@ import type { DType } from '../core/tensor.js';
 import {
   checkpointEvidence,
   findUnsupportedAdapter,
+  isComfyEmbeddingKey,
   isEmbeddingKey,
   moduleId,
   parseLoraKey,
@@ -23,6 +24,7 @@ import {
   type KeyFamily,
   type ParsedKey,
 } from './keys.js';
+import { dropIdleModules } from './idle.js';
 import { classifyModule, readAdapterTerm, type AdapterModulePlan, type ModuleTensors } from './adapters.js';
 import { kohyaAlpha, kohyaSpellingOf, type KohyaPaths } from './kohya.js';
 import { PEFT_METADATA_KEY, parsePeftMetadata, peftAlpha, peftConfigFor, peftRank, type PeftConfigs } from './peft.js';
@@ -224,6 +226,7 @@ async function planFile(file: LoraFileLike, options: DecodeOptions): Promise<Lor
   const format = decideFormat(fileName, parsed);
   acceptUnknownKeys(fileName, format, unknown, options, unmatched);
   const groups = groupModules(fileName, parsed);
+  const idleNotes = await dropIdleModules(groups, (k) => file.readF32(k));
   // Norm-layer differences (1-D .diff / .diff_b, w_norm / b_norm) resolve through the layout's norm table.
   const normGroups = [...groups.values()].filter((g) => isNormGroup(g, infos));
   for (const g of normGroups) groups.delete(g.id);
@@ -233,7 +236,7 @@ async function planFile(file: LoraFileLike, options: DecodeOptions): Promise<Lor
   const raw = moduleShapes(fileName, groups, infos, adapters);
   const fromModules = raw.length > 0 ? chooseCandidate(fileName, raw, options, unmatched) : undefined;
   const norms = planNorms(fileName, normGroups, infos, fromModules?.layout, options, unmatched);
-  const chosen = fromModules ?? normsOnly(norms.layout);
+  const chosen = fromModules ?? normsOnly(fileName, norms.layout, idleNotes);
   refuseDuplicates(fileName, chosen);
   const peft = format === 'peft' || format === 'diffusers-old' ? peftConfigs(file) : undefined;
   const { modules, notes, kohyaPaths } = await planModules(file, format, chosen, groups, infos, peft, adapters);
@@ -242,7 +245,7 @@ async function planFile(file: LoraFileLike, options: DecodeOptions): Promise<Lor
       `the PEFT config in metadata '${PEFT_METADATA_KEY}' says use_dora: true but the file has no lora_magnitude_vector: read as a plain LoRA`,
     );
   }
-  notes.push(...normNotes(norms.planned));
+  notes.push(...idleNotes, ...normNotes(norms.planned));
   if (embeddings.length > 0) {
     notes.push(
       `${embeddings.length} embedding tensor(s) (${listSome(embeddings, 3)}) are not LoRA modules: kept by merge and convert, skipped by fuse`,
@@ -269,8 +272,14 @@ async function planFile(file: LoraFileLike, options: DecodeOptions): Promise<Lor
 }
 
 /** The candidate of a file of norm differences only: the layout planNorms chose, no modules. */
-function normsOnly(layout: Layout | undefined): CandidateResult {
-  if (!layout) throw new FormatError('FORMAT_NOT_A_LORA', 'internal: a file with neither modules nor norms', {});
+function normsOnly(fileName: string, layout: Layout | undefined, dropped: readonly string[]): CandidateResult {
+  if (!layout) {
+    throw new LoraError(
+      'LORA_EMPTY',
+      `${fileName}: the file changes no weight an SD1.5, SDXL or SSD-1B checkpoint has${dropped.length > 0 ? ` (${dropped.join('; ')})` : ''}`,
+      { file: fileName },
+    );
+  }
   return {
     arch: layout.arch,
     size: layout.size,
@@ -341,9 +350,9 @@ function parseKeys(
 
 /** One spelling family per file, one PEFT adapter name; the format that family and its keys say. */
 function decideFormat(fileName: string, all: readonly ParsedKey[]): LoraFormat {
-  // Full differences (norm layers above all) may be spelled as ComfyUI names them beside another spelling's modules:
-  // kohya output keeps a text encoder's norm difference under ComfyUI's name, the only one a loader reads.
-  const factors = all.filter((p) => !NORM_DIFF_ROLES.includes(p.role));
+  // Full differences (norm layers above all) and text-encoder embedding tables may be spelled as ComfyUI names them
+  // beside another spelling's modules: kohya output keeps them under ComfyUI's name, the only one a loader reads.
+  const factors = all.filter((p) => !NORM_DIFF_ROLES.includes(p.role) && !isComfyEmbeddingKey(p));
   const parsed = factors.length > 0 ? factors : all;
   const firstOf = new Map<string, ParsedKey>();
   for (const p of parsed) if (!firstOf.has(p.family)) firstOf.set(p.family, p);

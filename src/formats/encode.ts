@@ -215,7 +215,7 @@ export function encodeModules(
     case 'kohya': {
       const paths = options.kohyaPaths ?? 'diffusers';
       for (const m of modules) {
-        const k = kohyaKeys(kohyaName(m.entry, paths));
+        const k = kohyaKeys(kohyaStem(m.entry, paths));
         // kohya reads a stored alpha of 0 as alpha = rank; a zero-scale module is written as a zero up factor.
         const zero = m.alpha === 0;
         const up = zero ? () => new Float32Array(m.upShape.reduce((a, b) => a * b, 1)) : m.up;
@@ -247,6 +247,7 @@ export function encodeModules(
         }
       }
       for (const m of modules) {
+        refusePeftEmbedding(m.entry, what);
         const stem = peftStem(m.entry, prefix);
         tensors.push(factorTensor(`${stem}.lora_A.weight`, m.downShape, dtype, m.down, stats, what));
         tensors.push(factorTensor(`${stem}.lora_B.weight`, m.upShape, dtype, m.up, stats, what));
@@ -321,6 +322,30 @@ export function encodeModules(
  * 'lycoris_' + the diffusers UNet path — the one LyCORIS spelling ComfyUI reads, so text-encoder modules (which
  * ComfyUI knows by no 'lycoris_' name) are refused rather than written where no loader finds them.
  */
+/**
+ * The stem of a module in kohya output. A text encoder's embedding table has no kohya name any loader reads
+ * (ComfyUI's kohya map covers the layers' Linears and text_projection), so it is written under ComfyUI's own name —
+ * as text-encoder norms are (normStem); ComfyUI reads each key by itself and lora-mix reads such a file back.
+ */
+function kohyaStem(entry: ModuleEntry, paths: KohyaPaths): string {
+  if (entry.extra === 'embedding') return moduleAliases(entry)[0] ?? entry.path;
+  return kohyaName(entry, paths);
+}
+
+/**
+ * PEFT trains an embedding table with its own tensors (lora_embedding_A / lora_embedding_B, transposed relative to
+ * a Linear's lora_A / lora_B); lora-mix does not write those: FORMAT_CANNOT_ENCODE naming the module, never a file
+ * diffusers would misread.
+ */
+function refusePeftEmbedding(entry: ModuleEntry, what: string): void {
+  if (entry.extra !== 'embedding') return;
+  throw new FormatError(
+    'FORMAT_CANNOT_ENCODE',
+    `${what}: the LoRA changes the embedding table '${entry.path}', which the PEFT spelling does not hold as lora_A / lora_B; write kohya to keep it (under ComfyUI's name), or leave that module out`,
+    { key: entry.path, format: 'peft' },
+  );
+}
+
 function toolName(entry: ModuleEntry, tool: 'comfyui' | 'lycoris', what: string): string {
   const aliases = moduleAliases(entry);
   const name = tool === 'comfyui' ? aliases[0] : entry.component === 'unet' ? aliases[1] : undefined;

@@ -145,6 +145,17 @@ export interface AliasKey extends ParsedBase {
 
 export type ParsedKey = KohyaKey | PathKey | AliasKey;
 
+const COMFY_EMBEDDING_RE = /^text_encoders\.[A-Za-z0-9_]+\.transformer\.text_model\.embeddings\./;
+
+/**
+ * A key of a text encoder's embedding table under ComfyUI's name. No kohya name of an embedding is read by any
+ * loader, so kohya output keeps them under ComfyUI's (as it does text-encoder norms); such keys may sit beside
+ * another spelling's modules.
+ */
+export function isComfyEmbeddingKey(p: ParsedKey): boolean {
+  return p.family === 'alias' && p.tool === 'comfyui' && COMFY_EMBEDDING_RE.test(p.name);
+}
+
 /** The module name a parsed key groups under: kohya / alias names whole, paths canonical. */
 export function moduleId(p: ParsedKey): string {
   return p.family === 'path' ? p.path : p.name;

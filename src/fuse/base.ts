@@ -5,6 +5,7 @@
 import type { CheckpointDetection } from '../layout/detect.js';
 import type { Component, Layout, ModuleEntry, StateDictEntry } from '../layout/types.js';
 import { decodeToF32 } from '../core/dtype.js';
+import { transposeF32 } from '../lora/linalg.js';
 import type { SafetensorsFile } from '../safetensors/read.js';
 
 /** One safetensors file of the base that is rewritten into the output. */
@@ -54,6 +55,8 @@ export interface WeightLocation {
   readonly key: string;
   /** Rows [start, end) of the tensor; the whole tensor when absent. */
   readonly rows?: readonly [number, number];
+  /** The tensor stores the transpose of the module's weight (OpenCLIP-G `text_projection` in a single file). */
+  readonly transposed?: boolean;
 }
 
 /** The key (and rows) holding `entry`'s weight in `f`, or null when this file cannot hold it. */
@@ -67,7 +70,8 @@ export function locate(base: OpenedBase, f: BaseWeightFile, entry: ModuleEntry):
   }
   if (!d.components.includes(entry.component)) return null;
   const key = d.aliases.get(entry.singleFileWeightKey) ?? entry.singleFileWeightKey;
-  return entry.singleFileRows ? { key, rows: entry.singleFileRows } : { key };
+  if (entry.singleFileRows) return { key, rows: entry.singleFileRows };
+  return entry.singleFileTransposed ? { key, transposed: true } : { key };
 }
 
 const biasIndex = new WeakMap<Layout, Map<string, StateDictEntry>>();
@@ -122,6 +126,8 @@ export interface FoundWeight {
   readonly file: SafetensorsFile;
   readonly key: string;
   readonly rows?: readonly [number, number];
+  /** The tensor stores the transpose of the module's weight. */
+  readonly transposed?: boolean;
   /** Index of the file in `opened.files`. */
   readonly fileIndex: number;
 }
@@ -133,7 +139,13 @@ export function findWeight(opened: OpenedBase, entry: ModuleEntry): FoundWeight 
     if (!f) continue;
     const l = locate(opened, f, entry);
     if (l?.key !== undefined && f.file.has(l.key))
-      return { file: f.file, key: l.key, ...(l.rows ? { rows: l.rows } : {}), fileIndex: i };
+      return {
+        file: f.file,
+        key: l.key,
+        ...(l.rows ? { rows: l.rows } : {}),
+        ...(l.transposed ? { transposed: true } : {}),
+        fileIndex: i,
+      };
   }
   return null;
 }
@@ -143,16 +155,21 @@ export interface WeightRowsAt {
   readonly file: Pick<SafetensorsFile, 'info'>;
   readonly key: string;
   readonly rows?: readonly [number, number];
+  readonly transposed?: boolean;
 }
 
 /**
- * The f32 values of a module's weight from the stored bytes of its tensor: the whole tensor, or its rows [start,
- * end) when the file stores several modules in one tensor (OpenCLIP-G q/k/v). A view into the decoded tensor.
+ * The f32 values of a module's weight, in the module's own orientation, from the stored bytes of its tensor: the
+ * whole tensor, its rows [start, end) when the file stores several modules in one tensor (OpenCLIP-G q/k/v — a view
+ * into the decoded tensor), or the transpose of a tensor the file stores transposed (OpenCLIP-G text_projection — a
+ * new array).
  */
 export function readWeightRows(raw: Uint8Array, at: WeightRowsAt, what: string): Float32Array {
   const info = at.file.info(at.key);
   const all = decodeToF32(info.dtype, raw, what);
+  const rows = info.shape[0] ?? 1;
+  const cols = rows === 0 ? 0 : info.numel / rows;
+  if (at.transposed) return transposeF32(all, rows, cols);
   if (!at.rows) return all;
-  const cols = info.numel / (info.shape[0] ?? 1);
   return all.subarray(at.rows[0] * cols, at.rows[1] * cols);
 }

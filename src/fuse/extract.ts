@@ -221,7 +221,8 @@ function plan(
       { base: base.name, file: tuned.name, expected: `${b.arch}/${b.size}`, found: `${t.arch}/${t.size}` },
     );
   }
-  const wanted = b.layout.modules.filter((e) => e.component === 'unet' || o.textEncoders === true);
+  // Text encoders: the transformer layers' Linears, as kohya extracts them (not the embeddings or text_projection).
+  const wanted = b.layout.modules.filter((e) => e.component === 'unet' || (o.textEncoders === true && !e.extra));
   const items: Item[] = [];
   let convSkipped = 0;
   for (const entry of wanted) {

@@ -37,6 +37,7 @@ import {
   type OpenedBase,
 } from './base.js';
 import { openInputs, type FuseInput, type InputModule } from './inputs.js';
+import { refuseTransposed, transposedModule } from './transposed.js';
 import { stackFactors, type StackPart } from '../lora/stack.js';
 import {
   addTermInto,
@@ -186,14 +187,17 @@ export function planFusion(
       const rows: [number, number] = loc.rows ? [loc.rows[0], loc.rows[1]] : [0, info.shape[0] ?? 1];
       const fileRows = info.shape[0] ?? 1;
       const cols = fileRows === 0 ? 0 : info.numel / fileRows;
+      // A weight the file stores transposed (OpenCLIP text_projection) takes every update transposed.
+      const view = (m: InputModule): InputModule => (loc.transposed ? transposedModule(m) : m);
       for (const { input, module } of present) {
-        const m = module!;
+        const m = view(module!);
         if (rows[1] > fileRows || m.out !== rows[1] - rows[0] || m.fanIn !== cols) {
           problem =
             `${input.source}: '${m.name}' changes a ${m.out}×${m.fanIn} weight but the base tensor '${loc.key}' ` +
-            `${loc.rows ? `rows ${rows[0]}–${rows[1]} of ${fmt(info.shape)}` : `is ${fmt(info.shape)}`}`;
+            `${loc.rows ? `rows ${rows[0]}–${rows[1]} of ${fmt(info.shape)}` : `is ${fmt(info.shape)}${loc.transposed ? ' (stored transposed)' : ''}`}`;
           return;
         }
+        if (loc.transposed) refuseTransposed(input.source, module!, loc.key);
       }
       if (terms.length > 0) {
         const list = perFile[fi]!.get(loc.key) ?? [];
@@ -201,11 +205,12 @@ export function planFusion(
           method && method.spec.space === 'delta'
             ? {
                 method,
-                members: present.map(({ input, module }) => ({ index: inputs.indexOf(input), module: module! })),
+                members: present.map(({ input, module }) => ({ index: inputs.indexOf(input), module: view(module!) })),
                 weights: inputs.map((input) => (input.modules.has(entry.path) ? input.weightOf(entry.path) : 0)),
               }
             : undefined;
-        list.push({ path: entry.path, entry, rows, cols, terms, ...(dense ? { dense } : {}) });
+        const placed = loc.transposed ? terms.map((t) => ({ ...t, module: view(t.module) })) : terms;
+        list.push({ path: entry.path, entry, rows, cols, terms: placed, ...(dense ? { dense } : {}) });
         perFile[fi]!.set(loc.key, list);
       }
       landed++;
@@ -281,7 +286,10 @@ const ONE = Float32Array.of(1);
 function refuseUnreadable(base: OpenedBase, inputs: readonly FuseInput[]): void {
   for (const u of base.folder?.unreadable ?? []) {
     for (const input of inputs) {
-      const touched = [...input.modules.keys()].find((p) => p.startsWith(`${u.component}.`) && input.weightOf(p) !== 0);
+      // Modules and norm-layer differences alike: either would have to land in the unreadable component.
+      const touched = [...input.modules.keys(), ...input.norms.keys()].find(
+        (p) => p.startsWith(`${u.component}.`) && input.weightOf(p) !== 0,
+      );
       if (touched === undefined) continue;
       throw new FormatError(
         'FORMAT_UNKNOWN',

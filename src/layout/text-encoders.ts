@@ -65,15 +65,49 @@ export function generateTextEncoder(cfg: TextEncoderConfig): TextEncoderTables {
   /** HF name → single-file name for every tensor that is not a row slice. */
   const hf = (local: string, openName: string): string => (open ? openName : local);
 
-  param(
-    'text_model.embeddings.token_embedding.weight',
+  /**
+   * A whole 2-D tensor ComfyUI maps a LoRA onto besides the layers' Linears (ModuleEntry.extra): its state-dict
+   * entry and its module. `singleName` is the single-file key without the prefix.
+   */
+  const whole = (
+    localPath: string,
+    singleName: string,
+    shape: [number, number],
+    extra: 'projection' | 'embedding',
+    transposed: boolean,
+  ): void => {
+    param(`${localPath}.weight`, singleName, shape, transposed ? { transposed: true } : {});
+    modules.push({
+      path: `${comp}.${localPath}`,
+      component: comp,
+      localPath,
+      diffusersWeightKey: `${localPath}.weight`,
+      singleFilePath: singleName.endsWith('.weight') ? singleName.slice(0, -'.weight'.length) : singleName,
+      singleFileWeightKey: pre + singleName,
+      ...(transposed ? { singleFileTransposed: true } : {}),
+      kind: 'linear',
+      shape,
+      group: 'text_encoder',
+      block: 'BASE',
+      lcmTarget: false,
+      extra,
+      kohyaNames: [kohyaFlatten(cfg.kohyaPrefix, localPath)],
+    });
+  };
+
+  whole(
+    'text_model.embeddings.token_embedding',
     hf('text_model.embeddings.token_embedding.weight', 'token_embedding.weight'),
     [cfg.vocabSize, H],
+    'embedding',
+    false,
   );
-  param(
-    'text_model.embeddings.position_embedding.weight',
+  whole(
+    'text_model.embeddings.position_embedding',
     hf('text_model.embeddings.position_embedding.weight', 'positional_embedding'),
     [cfg.maxPositions, H],
+    'embedding',
+    false,
   );
 
   for (let i = 0; i < cfg.numLayers; i++) {
@@ -124,11 +158,12 @@ export function generateTextEncoder(cfg: TextEncoderConfig): TextEncoderTables {
   if (cfg.projectionDim !== undefined) {
     // diffusers: Linear(hidden → projection, no bias), weight [projection, hidden]; OpenCLIP: the [hidden, projection]
     // matrix used as x @ P, i.e. the transpose.
-    param(
-      'text_projection.weight',
+    whole(
+      'text_projection',
       hf('text_projection.weight', 'text_projection'),
       [cfg.projectionDim, H],
-      open ? { transposed: true } : {},
+      'projection',
+      open,
     );
   }
   return { modules, stateDict };

@@ -43,6 +43,11 @@ export interface ModuleEntry {
    * modules in one tensor (OpenCLIP-G q/k/v in `attn.in_proj_weight`). Absent: the whole tensor.
    */
   readonly singleFileRows?: readonly [number, number];
+  /**
+   * The single file stores the transpose of this weight (OpenCLIP-G `text_projection`, the [hidden, projection]
+   * matrix used as x·P, where diffusers keeps a Linear weight [projection, hidden]). A delta lands there transposed.
+   */
+  readonly singleFileTransposed?: boolean;
   readonly kind: 'linear' | 'conv2d';
   /** Weight shape: [out, in] or [out, in, kh, kw]. */
   readonly shape: readonly number[];
@@ -54,6 +59,14 @@ export interface ModuleEntry {
   readonly block: BlockId | null;
   /** Targeted by LCM-LoRA (every Linear/Conv2d in UNet attentions, resnets and down/up-samplers). */
   readonly lcmTarget: boolean;
+  /**
+   * A 2-D text-encoder weight that is not a Linear of the transformer layers but that ComfyUI still maps a LoRA
+   * onto (comfy/lora.py maps every CLIP state-dict weight): 'projection' (`text_projection`, a bias-free Linear of
+   * CLIPTextModelWithProjection) or 'embedding' (`token_embedding` [vocab, hidden], `position_embedding`
+   * [positions, hidden]: the delta up·down has the table's shape). kohya and PEFT never train them; fixtures and
+   * extract leave them out. Absent for every other module.
+   */
+  readonly extra?: 'projection' | 'embedding';
   /**
    * kohya names (without '.lora_down.weight' etc.): for UNet modules [diffusers-path spelling, SGM-path spelling]
    * ('lora_unet_down_blocks_…', 'lora_unet_input_blocks_…'); for text encoders the one 'lora_te_…' /

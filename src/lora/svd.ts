@@ -36,7 +36,7 @@
  */
 import { ArgumentError, LoraError } from '../core/errors.js';
 import { mulberry32 } from '../core/random.js';
-import { gramRows, symmetricEigen } from './linalg.js';
+import { gramRows, symmetricEigen, transposeF32 } from './linalg.js';
 import { PRODUCT_SLICE_ELEMENTS, wasmAddProduct, wasmProduct, type AddProductF32, type ProductF32 } from './product.js';
 
 export interface TruncatedSvdOptions {
@@ -138,20 +138,6 @@ export function jsProduct(
     out.set(acc, i * cols);
   }
   return out;
-}
-
-/** Transpose a row-major rows × cols f32 matrix (cols × rows), in cache-friendly tiles; into `into` when given. */
-function transposeF32(x: Float32Array, rows: number, cols: number, into?: Float32Array): Float32Array {
-  const t = into && into.length >= rows * cols ? into.subarray(0, rows * cols) : new Float32Array(rows * cols);
-  const T = 32;
-  for (let i0 = 0; i0 < rows; i0 += T) {
-    const i1 = Math.min(rows, i0 + T);
-    for (let j0 = 0; j0 < cols; j0 += T) {
-      const j1 = Math.min(cols, j0 + T);
-      for (let i = i0; i < i1; i++) for (let j = j0; j < j1; j++) t[j * rows + i] = x[i * cols + j] ?? 0;
-    }
-  }
-  return t;
 }
 
 interface Eigen {

@@ -16,7 +16,7 @@ import type { Arch, Component } from '../layout/types.js';
 import type { SafetensorsFile } from '../safetensors/read.js';
 import type { BaseWeightFile, OpenBaseOptions, OpenedBase } from '../fuse/base.js';
 import { createCpuKernel } from './kernel-threads.js';
-import { registerTemp, releaseTemp, tempPathFor } from './temp-files.js';
+import { registerTemp, releaseTemp, removeStaleTemps, tempPathFor } from './temp-files.js';
 import type { FuseKernel } from '../kernels/types.js';
 
 export const joinPath = (dir: string, rel: string): string => path.join(dir, ...rel.split('/'));
@@ -264,6 +264,8 @@ export async function writeFolder(base: OpenedBase, out: string, write: (dir: st
         file: out,
       });
   }
+  // Temporary folders a killed fuse left beside the target (our naming, dead owner, older than this run) go first.
+  await removeStaleTemps(target, { folders: true });
   const tmp = tempPathFor(target);
   registerTemp(tmp);
   const rewritten = new Set(

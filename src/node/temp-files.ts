@@ -99,11 +99,12 @@ function pidAlive(pid: number): boolean {
 const RUN_START = Date.now() - process.uptime() * 1000;
 
 /**
- * Remove temps of lora-mix's own naming beside `target` that a killed run left: regular files, older than this
- * run, whose pid is not a live process, or of the pre-pid naming (no owner recorded: age alone decides). Returns the
- * names removed. Never throws (best effort).
+ * Remove temps of lora-mix's own naming beside `target` that a killed run left: regular files (and, with `folders`,
+ * the temporary folders a diffusers-folder fuse builds, removed with their contents), owned by this user, older than
+ * this run, whose pid is not a live process, or of the pre-pid naming (no owner recorded: age alone decides).
+ * Symbolic links and anything else are left alone. Returns the names removed. Never throws (best effort).
  */
-export async function removeStaleTemps(target: string): Promise<string[]> {
+export async function removeStaleTemps(target: string, options: { folders?: boolean } = {}): Promise<string[]> {
   const abs = path.resolve(target);
   const dir = path.dirname(abs);
   const name = path.basename(abs);
@@ -121,8 +122,9 @@ export async function removeStaleTemps(target: string): Promise<string[]> {
     try {
       const st = await fs.lstat(p);
       const uid = typeof process.getuid === 'function' ? process.getuid() : undefined;
-      if (!st.isFile() || st.mtimeMs >= RUN_START || (uid !== undefined && st.uid !== uid)) continue;
-      await fs.rm(p, { force: true });
+      const kind = st.isFile() || (options.folders === true && st.isDirectory());
+      if (!kind || st.mtimeMs >= RUN_START || (uid !== undefined && st.uid !== uid)) continue;
+      await fs.rm(p, { force: true, recursive: st.isDirectory() });
       removed.push(entry);
     } catch {
       // Gone already, or not ours to remove.

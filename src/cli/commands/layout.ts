@@ -36,9 +36,8 @@ Examples:
   lora-mix layout sdxl --tiny --component text_encoder_2`;
 
 function singleFileKey(m: ModuleEntry): string {
-  return m.singleFileRows
-    ? `${m.singleFileWeightKey}[${m.singleFileRows[0]}:${m.singleFileRows[1]}]`
-    : m.singleFileWeightKey;
+  if (m.singleFileRows) return `${m.singleFileWeightKey}[${m.singleFileRows[0]}:${m.singleFileRows[1]}]`;
+  return m.singleFileTransposed ? `${m.singleFileWeightKey}ᵀ` : m.singleFileWeightKey;
 }
 
 function kohyaSpellings(m: ModuleEntry): { diffusers: string; sgm: string | null } {
@@ -54,6 +53,8 @@ function jsonRow(m: ModuleEntry): Record<string, unknown> {
     singleFilePath: m.singleFilePath,
     singleFileWeightKey: m.singleFileWeightKey,
     ...(m.singleFileRows ? { singleFileRows: m.singleFileRows } : {}),
+    ...(m.singleFileTransposed ? { singleFileTransposed: true } : {}),
+    ...(m.extra ? { extra: m.extra } : {}),
     kohyaDiffusers: k.diffusers,
     kohyaSgm: k.sgm,
     peftStem: m.path,
