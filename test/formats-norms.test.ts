@@ -221,7 +221,15 @@ describe('norm-layer differences: merge, convert, fuse, verify, inspect', () => 
     let out = '';
     const io = { out: (s: string) => void (out += s), err: () => undefined, isTTY: false, cwd: tmp };
     expect(await main(['inspect', loraPath], io)).toBe(0);
-    expect(out).toMatch(/3 norm layer\(s\)/);
+    expect(out).toMatch(/norms: +3 norm layer\(s\) changed \(unet 3\)/);
+    // --json: the norms are first-class entries of the summary, not only notes.
+    out = '';
+    expect(await main(['inspect', loraPath, '--json', '--summary'], io)).toBe(0);
+    const json = JSON.parse(out) as { lora: { norms: { path: string; weight: boolean; bias: boolean }[] } };
+    const planned = await planLora(await open(await fs.readFile(loraPath), 'x.safetensors'));
+    expect(json.lora.norms.map((n) => n.path)).toEqual(planned.norms.map((n) => n.entry.path));
+    expect(json.lora.norms.every((n) => n.weight)).toBe(true);
+    out = '';
     const merged = path.join(tmp, 'm.safetensors');
     expect(await main(['merge', `${loraPath}:0.5`, '-o', merged, '-q'], io)).toBe(0);
     expect((await decoded(await fs.readFile(merged))).norms?.size).toBe(3);

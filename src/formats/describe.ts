@@ -40,9 +40,56 @@ export interface LoraSummary {
   /** How many of the architecture's LCM-LoRA target modules the LoRA covers. */
   readonly lcmTargets: { readonly covered: number; readonly total: number };
   readonly unmatched: number;
+  /**
+   * Norm-layer differences (ComfyUI .diff / .diff_b, LyCORIS w_norm / b_norm), one entry per norm layer in layout
+   * order: they are terms of the LoRA like its modules (merged, converted, fused, verified), listed here by path.
+   */
+  readonly norms: readonly NormSummary[];
   readonly notes: readonly string[];
   /** kohya training metadata (ss_* keys); long JSON values (tag frequencies, datasets) are shortened. */
   readonly training: Readonly<Record<string, string>>;
+}
+
+/** One norm-layer difference of a LoRA. */
+export interface NormSummary {
+  readonly path: string;
+  readonly component: Component;
+  /** The name as spelled in the file (a decoded file or plan), else the path. */
+  readonly name: string;
+  readonly channels: number;
+  /** Which of the norm's tensors change. */
+  readonly weight: boolean;
+  readonly bias: boolean;
+}
+
+/** The norm-layer differences of a plan or a LoRA, in layout order. */
+function normsOf(x: LoadedLora | LoraPlan | Lora<Term>): NormSummary[] {
+  if ('layout' in x && Array.isArray((x as LoraPlan).norms)) {
+    return (x as LoraPlan).norms.map((n) => ({
+      path: n.entry.path,
+      component: n.entry.component,
+      name: n.name,
+      channels: n.entry.channels,
+      weight: n.weightKey !== undefined,
+      bias: n.biasKey !== undefined,
+    }));
+  }
+  const lora = x as Lora<Term>;
+  if (!lora.norms || lora.norms.size === 0) return [];
+  const out: NormSummary[] = [];
+  for (const entry of getLayout(lora.arch, lora.size).norms) {
+    const d = lora.norms.get(entry.path);
+    if (!d) continue;
+    out.push({
+      path: entry.path,
+      component: entry.component,
+      name: entry.path,
+      channels: entry.channels,
+      weight: d.weight !== undefined,
+      bias: d.bias !== undefined,
+    });
+  }
+  return out;
 }
 
 function histogram(values: readonly number[]): Count<number>[] {
@@ -146,6 +193,7 @@ export function describeLora(x: LoadedLora | LoraPlan | Lora<Term>): LoraSummary
     parameters: rows.reduce((s, r) => s + r.params, 0),
     lcmTargets: { covered: targets.filter((m) => present.has(m.path)).length, total: targets.length },
     unmatched: meta.unmatched?.length ?? 0,
+    norms: normsOf(x),
     notes: [...(meta.notes ?? [])],
     training: shortMetadata(x.metadata),
   };
@@ -182,6 +230,17 @@ export function formatLoraSummary(s: LoraSummary): string {
   lines.push(`scale α/r:   ${hist(s.scales)}`);
   lines.push(`parameters:  ${s.parameters.toLocaleString('en-US')}`);
   lines.push(`LCM targets: ${s.lcmTargets.covered} of ${s.lcmTargets.total} covered`);
+  const norms = s.norms ?? [];
+  if (norms.length > 0) {
+    const by = new Map<string, number>();
+    for (const n of norms) by.set(n.component, (by.get(n.component) ?? 0) + 1);
+    lines.push(
+      `norms:       ${norms.length} norm layer(s) changed (${[...by].map(([c, n]) => `${c} ${n}`).join(', ')}): ${norms
+        .slice(0, 3)
+        .map((n) => n.path)
+        .join(', ')}${norms.length > 3 ? ' …' : ''}`,
+    );
+  }
   if (s.unmatched > 0) lines.push(`unmatched:   ${s.unmatched} module(s)/key(s) not used`);
   for (const n of s.notes) lines.push(`note:        ${n}`);
   const t = Object.entries(s.training);
