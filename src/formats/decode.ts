@@ -17,6 +17,7 @@ import {
   checkpointEvidence,
   findUnsupportedAdapter,
   isComfyEmbeddingKey,
+  otherModelHint,
   isEmbeddingKey,
   moduleId,
   parseLoraKey,
@@ -288,6 +289,7 @@ function normsOnly(fileName: string, layout: Layout | undefined, dropped: readon
     missing: [],
     incompatible: [],
     missingSiblings: 0,
+    alternates: 0,
     fits: true,
   };
 }
@@ -341,7 +343,7 @@ function parseKeys(
         ? `${fileName}: this is a base checkpoint (e.g. '${evidence}'), not a LoRA; expected keys such as '….lora_down.weight' or '….lora_A.weight'`
         : embeddings.length > 0 && unknown.length === 0
           ? `${fileName}: the file holds only embeddings (${listSome(embeddings, 3)}), no LoRA factors; it is a textual-inversion file, not a LoRA`
-          : `${fileName}: no LoRA factor keys found (expected '….lora_down.weight' / '….lora_up.weight' or '….lora_A.weight' / '….lora_B.weight'); first keys: ${listSome(keys, 5)}`,
+          : `${fileName}: no LoRA factor keys found (expected '….lora_down.weight' / '….lora_up.weight' or '….lora_A.weight' / '….lora_B.weight'); first keys: ${listSome(keys, 5)}${otherModelHint(keys)}`,
       { file: fileName, kind: evidence ? 'checkpoint' : 'other', key: evidence ?? keys[0] },
     );
   }
@@ -674,7 +676,7 @@ function chooseCandidate(
     if (!options.allowUnmatched) {
       throw new FormatError(
         'FORMAT_KEY_UNRESOLVED',
-        `${fileName}: ${unknownEverywhere.length} module name(s) match no module of SD1.5, SDXL or SSD-1B: ${listSome(unknownEverywhere.map((m) => m.id))}`,
+        `${fileName}: ${unknownEverywhere.length} module name(s) match no module of SD1.5, SDXL or SSD-1B: ${listSome(unknownEverywhere.map((m) => m.id))}${otherModelHint(unknownEverywhere.map((m) => m.id))}`,
         { file: fileName, keys: unknownEverywhere.map((m) => m.id).slice(0, 100), count: unknownEverywhere.length },
       );
     }

@@ -145,6 +145,36 @@ export interface AliasKey extends ParsedBase {
 
 export type ParsedKey = KohyaKey | PathKey | AliasKey;
 
+/** Spellings of other model families' LoRAs (ComfyUI model_lora_keys_unet / _clip name them per model). */
+const OTHER_MODELS: readonly { readonly test: RegExp; readonly what: string }[] = [
+  { test: /^lora_prior_(?:unet|te)_/, what: "a Stable Cascade LoRA ('lora_prior_unet_' / 'lora_prior_te_')" },
+  {
+    test: /(?:^|[._])(?:joint_blocks|context_block|x_block)[._]|^lora_te3_/,
+    what: 'an SD3 LoRA (MMDiT joint_blocks, T5 lora_te3_)',
+  },
+  {
+    test: /(?:^|[._])(?:double_blocks|single_blocks|single_transformer_blocks)[._]/,
+    what: 'a Flux LoRA (double_blocks / single_blocks)',
+  },
+  {
+    test: /^(?:unet\.)?(?:transformer\.|lora_transformer_|base_model\.model\.transformer_blocks\.)/,
+    what: "a DiT (transformer) LoRA ('transformer.…', 'lora_transformer_…': SD3, Flux, PixArt, AuraFlow …)",
+  },
+];
+
+/**
+ * ' — these keys look like …' when a file's keys (or unresolved module names) are spelled as another model family's
+ * LoRA, else ''. lora-mix handles SD1.5, SDXL and SSD-1B; saying which family a file is for is the useful answer.
+ */
+export function otherModelHint(names: readonly string[]): string {
+  for (const o of OTHER_MODELS) {
+    if (names.some((n) => o.test.test(n))) {
+      return ` — these keys look like ${o.what}; lora-mix handles SD1.5, SDXL and SSD-1B LoRAs only`;
+    }
+  }
+  return '';
+}
+
 const COMFY_EMBEDDING_RE = /^text_encoders\.[A-Za-z0-9_]+\.transformer\.text_model\.embeddings\./;
 
 /**

@@ -48,6 +48,11 @@ export interface CandidateResult {
   readonly incompatible: readonly ShapeProblem[];
   /** Modules of the layout that follow a pattern the LoRA uses but that the LoRA lacks (tie-break only). */
   readonly missingSiblings: number;
+  /**
+   * kohya names that resolved only as another layout's spelling ('lora_te1_' on SD1.5, 'lora_te_' on SDXL): a
+   * tie-break, so a text-encoder-only LoRA goes to the family whose own prefix it uses.
+   */
+  readonly alternates: number;
   readonly fits: boolean;
 }
 
@@ -55,7 +60,8 @@ export interface CandidateResult {
 export function lookupModule(layout: Layout, module: Pick<RawModule, 'id' | 'family'>): ModuleEntry | undefined {
   switch (module.family) {
     case 'kohya':
-      return layout.byKohyaName.get(module.id);
+      // The other kohya prefix of the first text encoder ('lora_te_' ⇄ 'lora_te1_') is an alias.
+      return layout.byKohyaName.get(module.id) ?? layout.byAlias.get(module.id);
     case 'alias':
       return layout.byAlias.get(module.id);
     case 'path':
@@ -145,7 +151,8 @@ export function evaluateCandidate(modules: readonly RawModule[], arch: Arch, siz
     for (const m of layout.modules) if (!present.has(m.path) && patterns.has(pattern(m.path))) missingSiblings++;
   }
   const fits = missing.length === 0 && incompatible.length === 0 && matched.length > 0;
-  return { arch, size, layout, matched, missing, incompatible, missingSiblings, fits };
+  const alternates = matched.filter((m) => m.module.family === 'kohya' && !layout.byKohyaName.has(m.module.id)).length;
+  return { arch, size, layout, matched, missing, incompatible, missingSiblings, alternates, fits };
 }
 
 /**
@@ -164,7 +171,12 @@ export function rankCandidates(
   const order = new Map(results.map((r, i) => [r, i]));
   return results.sort((a, b) => {
     if (a.fits !== b.fits) return a.fits ? -1 : 1;
-    if (a.fits) return Number(a.missingSiblings > 0) - Number(b.missingSiblings > 0) || order.get(a)! - order.get(b)!;
+    if (a.fits)
+      return (
+        a.alternates - b.alternates ||
+        Number(a.missingSiblings > 0) - Number(b.missingSiblings > 0) ||
+        order.get(a)! - order.get(b)!
+      );
     const known = (c: CandidateResult): number => c.matched.length + c.incompatible.length;
     return (
       known(b) - known(a) ||

@@ -246,6 +246,10 @@ export function moduleAliases(
   const kohya = m.kohyaNames[0] ?? '';
   const names = [`text_encoders.${COMFY_TEXT_ENCODER[m.component]}.transformer.${m.localPath}`];
   if (kohya.startsWith('lora_')) names.push(`lycoris_${kohya.slice('lora_'.length)}`);
+  // The first text encoder answers to both kohya prefixes: ComfyUI maps 'lora_te_' and 'lora_te1_' onto CLIP-L
+  // whatever the model (comfy/lora.py model_lora_keys_clip), and diffusers reads both as text_encoder.
+  if (kohya.startsWith('lora_te1_')) names.push(`lora_te_${kohya.slice('lora_te1_'.length)}`);
+  else if (kohya.startsWith('lora_te_')) names.push(`lora_te1_${kohya.slice('lora_te_'.length)}`);
   if (m.component === 'text_encoder') names.push(kohyaFlatten('lycoris', m.localPath));
   return names;
 }
