@@ -322,3 +322,32 @@ describe("CLIP-L text_projection (ComfyUI's identity, absent from SD checkpoints
     expect(e.message).toContain('text_encoders.clip_l.transformer.text_projection');
   });
 });
+
+describe('kinds that need the base rows on a transposed tensor', () => {
+  it('a DoRA on text_projection is refused for an SGM single file (nothing written) and fused into a folder', async () => {
+    const h = 12; // tiny OpenCLIP-G width = projection width
+    const ramp = (n: number, k: number): Float32Array =>
+      Float32Array.from({ length: n }, (_, i) => (((i * 7 + k) % 13) - 6) / 100);
+    const stem = 'text_encoder_2.text_projection';
+    const f = (name: string, shape: number[], v: Float32Array) => ({
+      name,
+      dtype: 'F32' as const,
+      shape,
+      data: () => encodeFromF32('F32', v),
+    });
+    const lora = path.join(tmp, 'dora-proj.safetensors');
+    await writeSafetensors(lora, [
+      f(`${stem}.lora_A.weight`, [2, h], ramp(2 * h, 1)),
+      f(`${stem}.lora_B.weight`, [h, 2], ramp(2 * h, 2)),
+      f(`${stem}.lora_magnitude_vector`, [h], new Float32Array(h).fill(1)),
+    ]);
+    const out = path.join(tmp, 'dora-proj-fused.safetensors');
+    const e = await caught(() => fuseLoras(SDXL_BASE, [lora], [1], { out }));
+    expect(e.code).toBe('FORMAT_UNSUPPORTED_ADAPTER');
+    expect(e.message).toMatch(/text_projection.*transposed/);
+    await expect(fs.stat(out)).rejects.toThrow();
+    const dir = path.join(tmp, 'dora-proj-dir');
+    const r = await fuseLoras(SDXL_DIR, [lora], [1], { out: dir });
+    expect(r.modulesFused).toBe(1);
+  });
+});
