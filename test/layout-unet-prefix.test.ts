@@ -3,38 +3,18 @@
  * 'diffusion_model.' and bare LDM keys ('input_blocks.…', as ComfyUI's UNet folder holds them). Each is detected,
  * fused and verified like the standard spelling, and the output keeps the file's own key names.
  */
-import { promises as fs } from 'node:fs';
-import os from 'node:os';
+import { FX, tensorValues, useTempDir } from './fuse-helpers.js';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { diffusersComponentTensors, generateBaseCheckpoint, singleFileTensors } from '../src/fixtures/generate.js';
 import { fuseLoras } from '../src/fuse/index.js';
 import { detectCheckpoint } from '../src/layout/index.js';
-import { openSafetensors } from '../src/node/files.js';
 import { runCli } from './cli-helpers.js';
 
-const FX = path.resolve(import.meta.dirname, '..', 'fixtures');
 const LORA = path.join(FX, 'sd15', 'lcm-lora.kohya.safetensors');
 const STANDARD = 'model.diffusion_model.';
-let tmp: string;
 
-beforeAll(async () => {
-  tmp = await fs.mkdtemp(path.join(os.tmpdir(), 'lora-mix-unet-prefix-'));
-});
-afterAll(async () => {
-  await fs.rm(tmp, { recursive: true, force: true });
-});
-
-async function valuesOf(p: string): Promise<Map<string, Float32Array>> {
-  const f = await openSafetensors(p);
-  try {
-    const m = new Map<string, Float32Array>();
-    for (const t of f.tensors) m.set(t.name, await f.readF32(t.name));
-    return m;
-  } finally {
-    await f.close();
-  }
-}
+const temp = useTempDir('lora-mix-unet-prefix-');
 
 describe.each([
   ['diffusion_model.', 'diffusion_model.'],
@@ -50,18 +30,18 @@ describe.each([
   });
 
   it('fuses to exactly the standard spelling’s values under its own key names', async () => {
-    const std = path.join(tmp, `std-${prefix || 'bare'}.safetensors`);
-    const odd = path.join(tmp, `odd-${prefix || 'bare'}.safetensors`);
+    const std = path.join(temp.dir, `std-${prefix || 'bare'}.safetensors`);
+    const odd = path.join(temp.dir, `odd-${prefix || 'bare'}.safetensors`);
     await generateBaseCheckpoint(std, 'sd15', 'tiny', { components: ['unet'], dtype: 'F32' });
     await generateBaseCheckpoint(odd, 'sd15', 'tiny', { components: ['unet'], dtype: 'F32', unetPrefix: prefix });
-    const stdOut = path.join(tmp, `std-out-${prefix || 'bare'}.safetensors`);
-    const oddOut = path.join(tmp, `odd-out-${prefix || 'bare'}.safetensors`);
+    const stdOut = path.join(temp.dir, `std-out-${prefix || 'bare'}.safetensors`);
+    const oddOut = path.join(temp.dir, `odd-out-${prefix || 'bare'}.safetensors`);
     const a = await fuseLoras(std, [LORA], [0.7], { out: stdOut });
     const b = await fuseLoras(odd, [LORA], [0.7], { out: oddOut });
     expect(b.modulesFused).toBe(a.modulesFused);
     expect(b.modulesFused).toBeGreaterThan(0);
-    const want = await valuesOf(stdOut);
-    const got = await valuesOf(oddOut);
+    const want = await tensorValues(stdOut);
+    const got = await tensorValues(oddOut);
     expect(got.size).toBe(want.size);
     for (const [k, v] of want) {
       const name = prefix + k.slice(STANDARD.length);
@@ -70,9 +50,9 @@ describe.each([
   });
 
   it('inspect names the architecture and the prefix', async () => {
-    const p = path.join(tmp, `inspect-${prefix || 'bare'}.safetensors`);
+    const p = path.join(temp.dir, `inspect-${prefix || 'bare'}.safetensors`);
     await generateBaseCheckpoint(p, 'sd15', 'tiny', { components: ['unet'], unetPrefix: prefix });
-    const { code, out } = await runCli(['inspect', p], tmp);
+    const { code, out } = await runCli(['inspect', p], temp.dir);
     expect(code).toBe(0);
     expect(out).toContain('base checkpoint');
     expect(out).toMatch(/SD1\.5/);
