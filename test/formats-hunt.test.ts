@@ -154,3 +154,39 @@ describe("other model families' LoRAs are named as such", () => {
     expect(e.message).toContain('SD1.5, SDXL and SSD-1B');
   });
 });
+
+describe("ComfyUI's other factor suffixes on any module (weight_adapter/lora.py)", () => {
+  const layout = getLayout('sd15', 'tiny');
+  const ff = layout.byPath.get('unet.down_blocks.0.attentions.0.transformer_blocks.0.ff.net.0.proj')!;
+  const q = layout.byPath.get('text_encoder.text_model.encoder.layers.0.self_attn.q_proj')!;
+  const factors = (stem: string, [out, inn]: readonly number[], down: string, up: string) => [
+    f32(`${stem}${down}`, [2, inn!], ramp(2 * inn!)),
+    f32(`${stem}${up}`, [out!, 2], ramp(2 * out!, 4)),
+  ];
+
+  it("'<path>_lora.down/up.weight' (diffusers) and '<path>.lora_A/B' without '.weight' (mochi) read as the module", async () => {
+    for (const [down, up] of [
+      ['_lora.down.weight', '_lora.up.weight'],
+      ['.lora_A', '.lora_B'],
+    ] as const) {
+      const l = await decodeBytes(
+        bytes([
+          ...factors(`unet.${ff.localPath}`, ff.shape, down, up),
+          ...factors(`text_encoder.${q.localPath}`, q.shape, down, up),
+        ]),
+        { size: 'tiny' },
+      );
+      expect(l.arch).toBe('sd15');
+      expect([...l.modules.keys()].sort()).toEqual([q.path, ff.path].sort());
+      const canonical = await decodeBytes(
+        bytes([
+          ...factors(`unet.${ff.localPath}`, ff.shape, '.lora_A.weight', '.lora_B.weight'),
+          ...factors(`text_encoder.${q.localPath}`, q.shape, '.lora_A.weight', '.lora_B.weight'),
+        ]),
+        { size: 'tiny' },
+      );
+      for (const [p, m] of canonical.modules)
+        expect(Array.from(delta(l.modules.get(p)!))).toEqual(Array.from(delta(m)));
+    }
+  });
+});

@@ -197,11 +197,18 @@ const LYCORIS_RE = /^(lycoris_[^.]+)\.(lora_down\.weight|lora_up\.weight|alpha)$
 const COMFY_STEM_RE = /^(?:diffusion_model|text_encoders\.[A-Za-z0-9_]+)\./;
 const KOHYA_SUFFIX_RE = /^(.+)\.lora_(down|up)\.weight$/;
 const PEFT_AB_RE = /^(.+)\.lora_([AB])(?:\.([A-Za-z0-9_-]+))?\.weight$/;
+/** `<path>.lora_A` / `.lora_B` without '.weight' (ComfyUI reads it: its "mochi" spelling). */
+const BARE_AB_RE = /^(.+)\.lora_([AB])$/;
 const PEFT_BIAS_RE = /^(.+)\.lora_B(?:\.([A-Za-z0-9_-]+))?\.bias$/;
 const UP_BIAS_RE = /^(.+)\.(lora|lora_linear_layer)\.up\.bias$/;
 const LORA_DOT_RE = /^(.+)\.lora\.(down|up)\.weight$/;
 const LINEAR_LAYER_RE = /^(.+)\.lora_linear_layer\.(down|up)\.weight$/;
 const PROCESSOR_RE = /^(.+)\.(to_q|to_k|to_v|to_out)_lora\.(down|up)\.weight$/;
+/**
+ * `<module path>_lora.down/up.weight` on any other module (ComfyUI's "diffusers" spelling, `x_lora.up.weight`, for
+ * every stem its key map has: `…ff.net.0.proj_lora.up.weight`, `text_encoder.….self_attn.q_proj_lora.up.weight`).
+ */
+const MODULE_LORA_RE = /^(.+)_lora\.(down|up)\.weight$/;
 const PATH_ALPHA_RE = /^(.+)\.alpha$/;
 
 const COMPONENTS: readonly Component[] = ['text_encoder_2', 'text_encoder', 'unet'];
@@ -292,8 +299,12 @@ export function parseLoraKey(key: string): ParsedKey | undefined {
   if (m) {
     return pathKey(key, m[3] === 'down' ? 'down' : 'up', processorModule(m[1]!, m[2]!), 'processor');
   }
+  m = MODULE_LORA_RE.exec(key);
+  if (m) return pathKey(key, m[2] === 'down' ? 'down' : 'up', m[1]!, 'processor');
   m = PEFT_AB_RE.exec(key);
   if (m) return pathKey(key, m[2] === 'A' ? 'down' : 'up', m[1]!, 'lora_A/B', m[3]);
+  m = BARE_AB_RE.exec(key);
+  if (m) return pathKey(key, m[2] === 'A' ? 'down' : 'up', m[1]!, 'lora_A/B');
   m = PEFT_BIAS_RE.exec(key);
   if (m) return pathKey(key, 'bias', m[1]!, 'lora_A/B', m[2]);
   m = UP_BIAS_RE.exec(key);
