@@ -229,7 +229,7 @@ describe('public entry', () => {
         "182 [ 'a', 'b' ]",
         'Float32Array(3) [ 0.5, -2, 65504 ]',
         'unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k [ 640, 2048 ] IN04 true',
-        '1058 26',
+        '1063 26',
         "sd15 tiny single-file [ 'unet', 'text_encoder' ]",
         'kohya sgm sdxl tiny 986',
         '423 365',
