@@ -7,7 +7,6 @@ import type { ByteSink } from '../../src/core/bytes.js';
 import { IoError, LoraError, LoraMixError } from '../../src/core/errors.js';
 import { blobSource } from '../../src/core/memory.js';
 import { type ProvenanceInput, provenanceMetadata, weightLabel } from '../../src/core/provenance.js';
-import { hashingSource } from '../../src/core/sha256-source.js';
 import { VERSION } from '../../src/core/version.js';
 import { decodeLora, describeLora, encodeLora, type LoadedLora, type OutputDType } from '../../src/formats/index.js';
 import { fuseLoras } from '../../src/fuse/index.js';
@@ -23,6 +22,7 @@ import {
 } from '../../src/lora/index.js';
 import { sha256Hex } from '../../src/core/sha256.js';
 import { parseSafetensors, writeSafetensors } from '../../src/safetensors/index.js';
+import type { HashAnswer, HashRequest } from './hash-worker.js';
 import { defaultWeightFor, lcmEvidence } from './lcm.js';
 import type {
   ErrorInfo,
@@ -70,15 +70,45 @@ export function errorInfo(e: unknown): ErrorInfo {
   return { code: 'INTERNAL', name: 'Error', message: String(e) };
 }
 
+/** The hashing thread (hash-worker.ts) and the answers it owes. */
+let hasher: Worker | null = null;
+const hashes = new Map<number, { name: string; resolve(hex: string): void; reject(e: Error): void }>();
+
+/** The file's SHA-256, computed on the hashing thread while this one decodes the file. */
+function sha256Of(id: number, file: File): Promise<string> {
+  if (!hasher) {
+    hasher = new Worker(new URL('./hash-worker.js', import.meta.url), { type: 'module', name: 'lora-mix hash' });
+    hasher.onmessage = (event: MessageEvent<HashAnswer>) => {
+      const a = event.data;
+      const waiting = hashes.get(a.id);
+      if (!waiting) return;
+      hashes.delete(a.id);
+      if ('sha256' in a) waiting.resolve(a.sha256);
+      else
+        waiting.reject(
+          new IoError('IO_READ_FAILED', `${waiting.name}: reading it for its SHA-256 failed (${a.error})`, {
+            file: waiting.name,
+          }),
+        );
+    };
+  }
+  const answer = new Promise<string>((resolve, reject) => hashes.set(id, { name: file.name, resolve, reject }));
+  hasher.postMessage({ id, file } satisfies HashRequest);
+  return answer;
+}
+
 async function add(id: number, file: File): Promise<void> {
   const t0 = performance.now();
+  // Started first, so that it runs on another core while this thread decodes (awaited after the decode).
+  const hashed = sha256Of(id, file);
+  hashed.catch(() => undefined);
   try {
     const onRead = throttle((done, total) => scope.postMessage({ type: 'reading', id, done, total }));
-    // The hash sees every byte the decoder reads, in file order; finish() reads only what the decoder skipped.
-    const source = hashingSource(countingSource(blobSource(file, file.name), onRead));
-    const st = await parseSafetensors(source);
+    const st = await parseSafetensors(countingSource(blobSource(file, file.name), onRead));
     const lora = await decodeLora(st);
-    const sha256 = await source.finish();
+    const sha256 = await hashed;
+    // The hashing thread has read the whole file by now.
+    onRead(file.size, file.size);
     if (removed.delete(id)) return;
     loras.set(id, { lora, name: file.name, size: file.size, sha256 });
     const summary = describeLora(lora);
