@@ -7,8 +7,12 @@
  * fuse:  the same two LoRAs fused into sd15-base.f16 (2.1 GB), stored dtypes.
  * CLI:   `node dist/cli/lora-mix.js merge|fuse … -q` under /usr/bin/time -v: wall time and peak RSS (it writes the
  *        file to disk, with fsync; the output is deleted after each run).
- * Page:  a fresh headless Chromium per round; wall time from choosing the files (setInputFiles) until the page
- *        offers the result (a Blob made of the written pieces; the download itself is not timed). Memory: every
+ * Page:  a fresh headless Chromium per round, served cross-origin isolated (COOP/COEP: the fuse kernel runs on
+ *        every core); wall time from choosing the files (setInputFiles) until the page offers the result. merge: a
+ *        Blob made of the written parts (the download itself is not timed); fuse: the save dialog is answered with
+ *        a file of the origin-private file system, which the worker streams the checkpoint into (the
+ *        showSaveFilePicker path), so the time includes writing it to disk. Also the longest task on the page's
+ *        main thread (Long Tasks API; 0 when none reached 50 ms). Memory: every
  *        100 ms the RSS (/proc/PID/statm) of Chromium's renderer and GPU processes (the page, its Web Worker and
  *        the GPU process run there), summed, and separately of all Chromium processes (browser process, where Blob
  *        data lives, and utilities included); the peak of each sum over the run. Summed RSS counts shared pages once
@@ -57,7 +61,7 @@ interface Run {
 function cliRun(): Run {
   const argv =
     MODE === 'merge'
-      ? ['merge', `${LCM}:1`, `${STYLE}:0.8`, '-o', OUT, '--dtype', 'fp16', '-q']
+      ? ['merge', `${LCM}:1`, `${STYLE}:0.8`, '-o', OUT, '--dtype', 'fp16']
       : ['fuse', '--base', BASE, `${LCM}:1`, `${STYLE}:0.8`, '-o', OUT, '-q'];
   const t0 = performance.now();
   const r = spawnSync('/usr/bin/time', ['-v', process.execPath, CLI, ...argv], { encoding: 'utf8', cwd: REPO_ROOT });
@@ -65,6 +69,9 @@ function cliRun(): Run {
   rmSync(OUT, { force: true });
   if (r.status !== 0) throw new Error(`CLI failed: ${r.stderr}`);
   const kb = /Maximum resident set size \(kbytes\): (\d+)/.exec(r.stderr)?.[1];
+  // merge prints its phases: "(load 1.23 s, merge 0.45 s, write 0.67 s)"
+  const p = /\(load ([\d.]+) s, merge ([\d.]+) s, write ([\d.]+) s\)/.exec(r.stdout + r.stderr);
+  if (p) console.log(`  CLI phases: load (read + decode + hash) ${p[1]} s, merge ${p[2]} s, write ${p[3]} s`);
   return { seconds, peak: Number(kb) * 1024 };
 }
 
@@ -146,6 +153,7 @@ async function pageRun(webDir: string): Promise<Run> {
     await page.waitForFunction(() => document.querySelectorAll('#loras input.weight').length === 2, undefined, {
       timeout: 300_000,
     });
+    const read = (performance.now() - t0) / 1000;
     await page.locator('#loras input.weight').nth(0).fill('1');
     await page.locator('#loras input.weight').nth(1).fill('0.8');
     if (MODE === 'merge') {
@@ -173,6 +181,9 @@ async function pageRun(webDir: string): Promise<Run> {
     const { peak, peakAll } = mem.stop();
     if (!(await page.locator('#error').isHidden())) throw new Error(`page failed: ${await page.textContent('#error')}`);
     const tasks = await page.evaluate(() => (window as unknown as { longTasks: number[] }).longTasks);
+    console.log(
+      `  page phases: read (read + decode, hash on its own thread) ${read.toFixed(2)} s, ${MODE === 'merge' ? 'merge + write' : 'fuse + write'} ${(seconds - read).toFixed(2)} s`,
+    );
     if (MODE === 'fuse') {
       const fused = await page.evaluate(
         () =>
@@ -223,14 +234,14 @@ async function main(): Promise<void> {
       `${new Date().toISOString()}; ${os.cpus().length} vCPU (${os.cpus()[0]?.model ?? '?'}), Node ${process.version}, ${chromium} headless; ` +
       `load average ${load0.toFixed(1)} at the start, ${(os.loadavg()[0] ?? 0).toFixed(1)} at the end; medians of ${RUNS} interleaved rounds.`,
     '- CLI: `node dist/cli/lora-mix.js` under /usr/bin/time -v (wall, peak RSS; writes the file with fsync). Page: fresh ' +
-      'Chromium per round, wall from choosing the files to the result offered (a Blob; the download is not timed); ' +
+      'Chromium per round (cross-origin isolated), wall from choosing the files to the result offered (merge: a Blob, the download not timed; fuse: streamed into an origin-private file by the worker, the showSaveFilePicker path); ' +
       'memory = peak of the summed RSS of the renderer + GPU processes (the page and its Web Worker), sampled every 100 ms ' +
       'from /proc; all Chromium processes together in the last column.',
     '',
-    '| where | time | ratio | peak memory | vs CLI | all Chromium processes |',
-    '|---|---|---|---|---|---|',
-    `| CLI | ${ct.toFixed(2)} s | 1.00× | ${mb(cm)} | | |`,
-    `| page (Web Worker) | ${pt.toFixed(2)} s | ${(pt / ct).toFixed(2)}× | ${mb(pm)} (idle page ${mb(pi)}) | ${pm - cm >= 0 ? '+' : '−'}${mb(Math.abs(pm - cm))} | ${mb(pa)} |`,
+    '| where | time | ratio | peak memory | vs CLI | all Chromium processes | longest main-thread task |',
+    '|---|---|---|---|---|---|---|',
+    `| CLI | ${ct.toFixed(2)} s | 1.00× | ${mb(cm)} | | | |`,
+    `| page (Web Worker) | ${pt.toFixed(2)} s | ${(pt / ct).toFixed(2)}× | ${mb(pm)} (idle page ${mb(pi)}) | ${pm - cm >= 0 ? '+' : '−'}${mb(Math.abs(pm - cm))} | ${mb(pa)} | ${Math.max(...page.map((x) => x.longestTask ?? 0)).toFixed(0)} ms (max of rounds) |`,
     '',
     `Rounds (s): CLI ${cli.map((x) => x.seconds.toFixed(2)).join(', ')}; page ${page.map((x) => x.seconds.toFixed(2)).join(', ')}.`,
     '',

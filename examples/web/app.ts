@@ -884,9 +884,10 @@ function onToolMessage(m: FromWorker): boolean {
   if (m.type === 'merge-failed' && m.job === running?.job && running.kind !== 'merge') {
     const { key } = running;
     finishTool();
+    // refresh first: it clears errors whose request is not the merge's current one, which a tool's never is.
+    refresh();
     showError(m.error, key);
     el.toolsStatus.textContent = 'It failed; the error below says why.';
-    refresh();
     return true;
   }
   return false;

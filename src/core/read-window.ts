@@ -18,27 +18,39 @@ export function windowedSource(source: ByteSource, options: ReadWindowOptions = 
   const size = source.byteLength;
   const window = Math.max(1, Math.floor(options.window ?? 8 << 20));
   const keep = Math.max(2, Math.floor(options.keep ?? 3));
-  /** Window index → its bytes, in least-recently-used-first order. */
-  const cache = new Map<number, Promise<Uint8Array>>();
+  /**
+   * Window index → its bytes and the reads using it now, least recently used first. A window in use is never
+   * dropped (callers that read many ranges at once would otherwise fetch the same window again and again); beyond
+   * those, `keep` windows stay.
+   */
+  const cache = new Map<number, { bytes: Promise<Uint8Array>; users: number }>();
 
-  const fetch = (k: number): Promise<Uint8Array> => {
-    const hit = cache.get(k);
-    if (hit) {
-      cache.delete(k);
-      cache.set(k, hit);
-      return hit;
-    }
-    const bytes = source.read(k * window, Math.min(size, (k + 1) * window));
-    // A failed window is forgotten, so a later read tries again (and reports its own error).
-    bytes.catch(() => {
-      if (cache.get(k) === bytes) cache.delete(k);
-    });
-    cache.set(k, bytes);
-    for (const old of cache.keys()) {
+  const trim = (): void => {
+    for (const [k, entry] of cache) {
       if (cache.size <= keep) break;
-      cache.delete(old);
+      if (entry.users === 0) cache.delete(k);
     }
-    return bytes;
+  };
+  const acquire = (k: number, use: boolean): Promise<Uint8Array> => {
+    let entry = cache.get(k);
+    if (entry) cache.delete(k);
+    else {
+      const bytes = source.read(k * window, Math.min(size, (k + 1) * window));
+      const made = { bytes, users: 0 };
+      entry = made;
+      // A failed window is forgotten, so a later read tries again (and reports its own error).
+      bytes.catch(() => {
+        if (cache.get(k) === made) cache.delete(k);
+      });
+    }
+    if (use) entry.users++;
+    cache.set(k, entry);
+    trim();
+    return entry.bytes;
+  };
+  const release = (k: number): void => {
+    const entry = cache.get(k);
+    if (entry) entry.users--;
   };
 
   const windowed: ByteSource = {
@@ -51,20 +63,26 @@ export function windowedSource(source: ByteSource, options: ReadWindowOptions = 
       if (!valid || end - start >= window) return source.read(start, end);
       const first = Math.floor(start / window);
       const last = Math.floor((end - 1) / window);
-      const parts = [fetch(first), ...(last > first ? [fetch(last)] : [])];
+      const parts = [acquire(first, true), ...(last > first ? [acquire(last, true)] : [])];
       // Read the following window ahead while the caller works on this one.
-      if ((last + 1) * window < size && !cache.has(last + 1)) void fetch(last + 1).catch(() => undefined);
-      const out = new Uint8Array(end - start);
-      let at = 0;
-      for (const [i, part] of parts.entries()) {
-        const base = (first + i) * window;
-        const bytes = await part;
-        const from = Math.max(start, base) - base;
-        const to = Math.min(end, base + bytes.byteLength) - base;
-        out.set(bytes.subarray(from, to), at);
-        at += to - from;
+      if ((last + 1) * window < size && !cache.has(last + 1)) void acquire(last + 1, false).catch(() => undefined);
+      try {
+        const out = new Uint8Array(end - start);
+        let at = 0;
+        for (const [i, part] of parts.entries()) {
+          const base = (first + i) * window;
+          const bytes = await part;
+          const from = Math.max(start, base) - base;
+          const to = Math.min(end, base + bytes.byteLength) - base;
+          out.set(bytes.subarray(from, to), at);
+          at += to - from;
+        }
+        return out;
+      } finally {
+        release(first);
+        if (last > first) release(last);
+        trim();
       }
-      return out;
     },
     ...(source.close ? { close: () => source.close?.() ?? Promise.resolve() } : {}),
     ...(source.identity !== undefined ? { identity: source.identity } : {}),
