@@ -18,7 +18,7 @@ describe('adapter kinds lora-mix refuses: FORMAT_UNSUPPORTED_ADAPTER naming the 
   const cases: [string, string[], RegExp][] = [
     ['(IA)³', ['weight', 'on_input'], /\(IA\)³/],
     ['set_weight', ['set_weight'], /set_weight/],
-    ['OFT', ['oft_blocks'], /OFT/],
+    ['PEFT OFT', ['oft_r'], /PEFT OFT\/BOFT/],
   ];
   for (const [label, suffixes, type] of cases) {
     it(label, async () => {
@@ -92,6 +92,54 @@ describe('adapter kinds with a missing half, wrong shapes or two kinds in one mo
       [...lora(), { name: `${NAME}.dora_scale`, shape: [OUT + 1, 1] }],
       'LORA_SHAPE_MISMATCH',
       /DoRA magnitude/,
+    ],
+    [
+      'OFT blocks that are not square',
+      [{ name: `${NAME}.oft_blocks`, shape: [OUT / 4, 4, 3] }],
+      'LORA_SHAPE_MISMATCH',
+      /expected \[n, b, b\]/,
+    ],
+    [
+      'OFT blocks that rotate another number of rows than the weight has',
+      [{ name: `${NAME}.oft_blocks`, shape: [OUT / 4 + 1, 4, 4] }],
+      'LORA_SHAPE_MISMATCH',
+      /rotated rows/,
+    ],
+    [
+      'BOFT stages whose butterfly groups do not divide the rows',
+      [{ name: `${NAME}.oft_blocks`, shape: [12, OUT / 2, 2, 2] }],
+      'LORA_SHAPE_MISMATCH',
+      /stage \d+ pairs rows in groups of/,
+    ],
+    [
+      'an OFT rescale of the wrong length',
+      [
+        { name: `${NAME}.oft_blocks`, shape: [OUT / 4, 4, 4] },
+        { name: `${NAME}.rescale`, shape: [OUT + 1, 1] },
+      ],
+      'LORA_SHAPE_MISMATCH',
+      /rescale/,
+    ],
+    [
+      'an OFT rescale without its blocks',
+      [{ name: `${NAME}.rescale`, shape: [OUT, 1] }],
+      'FORMAT_INCOMPLETE_MODULE',
+      /without oft_blocks/,
+    ],
+    [
+      'LoRA and OFT tensors in one module',
+      [...lora(), { name: `${NAME}.oft_blocks`, shape: [OUT / 4, 4, 4] }],
+      'FORMAT_MIXED',
+      /LoRA and OFT\/BOFT/,
+    ],
+    [
+      'an OFT with a DoRA magnitude',
+      [
+        { name: `${NAME}.oft_blocks`, shape: [OUT / 4, 4, 4] },
+        { name: `${NAME}.dora_scale`, shape: [OUT, 1] },
+      ],
+      'FORMAT_UNSUPPORTED_ADAPTER',
+      /DoRA/,
     ],
   ];
   for (const [label, tensors, code, message] of cases) {

@@ -34,7 +34,16 @@ describe('key grammar', () => {
       role: 'hada_w1_a',
       name: 'lora_unet_foo',
     });
-    expect(parseLoraKey('lora_unet_foo.oft_blocks')).toBeUndefined();
+    expect(parseLoraKey('lora_unet_foo.oft_blocks')).toMatchObject({ role: 'oft_blocks', name: 'lora_unet_foo' });
+    // kohya's OFT network: 'oft_unet_' names read as the 'lora_unet_' name, the key kept.
+    expect(parseLoraKey('oft_unet_foo.oft_blocks')).toMatchObject({
+      key: 'oft_unet_foo.oft_blocks',
+      family: 'kohya',
+      role: 'oft_blocks',
+      name: 'lora_unet_foo',
+    });
+    expect(parseLoraKey('oft_unet_foo.alpha')).toMatchObject({ role: 'alpha', name: 'lora_unet_foo' });
+    expect(parseLoraKey('base_model.model.foo.oft_r')).toBeUndefined();
   });
 
   it('reads PEFT / diffusers paths with every prefix and spelling', () => {

@@ -9,8 +9,12 @@
  *   full diff      diff [, diff_b]                                                    no scale
  *   GLoRA          a1.weight, a2.weight, b1.weight, b2.weight                         s = alpha / a2.shape[0]
  *   DoRA           any of the above + dora_scale, or PEFT lora_A/B + lora_magnitude_vector
+ *   OFT            oft_blocks [n, b, b] [, rescale], or the old oft_diag [n, b, b]     alpha = the constraint (× out)
+ *   BOFT           oft_blocks [m, n, b, b] [, rescale]                                 alpha = the constraint (× out)
  *
  * A missing alpha means scale 1 for the LyCORIS kinds (ComfyUI), alpha = rank for LoRA (kohya, the same scale).
+ * For OFT/BOFT alpha is no scale: ‖Q‖_F is bounded by alpha·out, the bound LyCORIS and kohya train with (ComfyUI
+ * compares with alpha alone); no alpha or alpha 0 means no bound.
  */
 import { transposeF32 } from '../lora/linalg.js';
 import ndarray from 'ndarray';
@@ -43,9 +47,11 @@ export interface AdapterModulePlan {
   readonly gloraOld?: boolean;
   /** DoRA: the magnitude's axis. */
   readonly axis?: 'out' | 'in';
+  /** OFT / BOFT: the tensors give only the weight's out (upShape[0]); any in and kernel fit. */
+  readonly outOnly?: boolean;
 }
 
-type Family = 'lora' | 'hada' | 'lokr' | 'diff' | 'glora';
+type Family = 'lora' | 'hada' | 'lokr' | 'diff' | 'glora' | 'oft';
 
 const FAMILY_OF: Partial<Record<FactorRole, Family>> = {
   down: 'lora',
@@ -70,6 +76,9 @@ const FAMILY_OF: Partial<Record<FactorRole, Family>> = {
   a2: 'glora',
   b1: 'glora',
   b2: 'glora',
+  oft_blocks: 'oft',
+  oft_diag: 'oft',
+  rescale: 'oft',
 };
 
 const FAMILY_LABEL: Record<Family, string> = {
@@ -78,6 +87,7 @@ const FAMILY_LABEL: Record<Family, string> = {
   lokr: 'LoKr',
   diff: 'full diff',
   glora: 'GLoRA',
+  oft: 'OFT/BOFT',
 };
 
 const fmt = (s: readonly number[] | undefined): string => (s ? `[${s.join(', ')}]` : '(absent)');
@@ -160,11 +170,18 @@ export function classifyModule(file: string, id: string, t: ModuleTensors): Adap
     throw incomplete(
       file,
       id,
-      `only ${Object.keys(t).join(', ')}; expected the factors of a LoRA, LoHa, LoKr, GLoRA or a full diff`,
+      `only ${Object.keys(t).join(', ')}; expected the factors of a LoRA, LoHa, LoKr, GLoRA, OFT/BOFT or a full diff`,
     );
   }
   const inner = innerPlan(file, id, family, t);
   if (!dora) return inner;
+  if (family === 'oft') {
+    throw new FormatError(
+      'FORMAT_UNSUPPORTED_ADAPTER',
+      `${file}: module '${id}': an ${inner.label} with a DoRA magnitude ('${dora.key}'); lora-mix reads DoRA over LoRA, LoHa, LoKr, GLoRA and full diffs (LyCORIS trains no weight-decomposed OFT)`,
+      { file, key: dora.key, adapter: `DoRA (${inner.label})` },
+    );
+  }
   const out = inner.upShape[0] ?? 0;
   const n = dora.shape.reduce((a, b) => a * b, 1);
   // PEFT's magnitude is always per output row ([out] or [1, out, 1, 1]); kohya's dora_scale: ComfyUI's rule, the
@@ -218,7 +235,70 @@ function innerPlan(file: string, id: string, family: Family, t: ModuleTensors): 
     }
     case 'glora':
       return gloraPlan(file, id, t);
+    case 'oft':
+      return oftPlan(file, id, t);
   }
+}
+
+/**
+ * OFT (`oft_blocks` [n, b, b] or `oft_diag` [n, b, b]) or BOFT (`oft_blocks` [m, n, b, b]), each with an optional
+ * `rescale` of out = n·b values. BOFT's stage i pairs rows in groups of 2·2^i·⌊b/2⌋, which must divide out.
+ */
+function oftPlan(file: string, id: string, t: ModuleTensors): AdapterModulePlan {
+  if (t.oft_blocks && t.oft_diag) {
+    throw new FormatError(
+      'FORMAT_MIXED',
+      `${file}: module '${id}' has both oft_blocks and oft_diag ('${t.oft_blocks.key}', '${t.oft_diag.key}'); expected one`,
+      { file, key: id },
+    );
+  }
+  const blocks = t.oft_blocks ?? t.oft_diag;
+  if (!blocks) throw incomplete(file, id, `'${t.rescale?.key}' (an OFT rescale) without oft_blocks`);
+  const s = blocks.shape;
+  const boft = s.length === 4 && t.oft_blocks !== undefined;
+  const [m, n = 0, b = 0, b2 = 0] = boft ? s : [1, ...s];
+  if ((s.length !== 3 && !boft) || n <= 0 || b <= 0 || b !== b2) {
+    throw shapeError(
+      file,
+      id,
+      `'${blocks.key}' is ${fmt(s)}; expected [n, b, b] (OFT: n square blocks)${t.oft_diag ? '' : ' or [m, n, b, b] (BOFT: m stages)'}`,
+      s,
+    );
+  }
+  const out = n * b;
+  if (boft) {
+    for (let i = 0; i < (m ?? 0); i++) {
+      const k = 2 ** i * Math.floor(b / 2);
+      if (k < 1 || out % (2 * k) !== 0) {
+        throw shapeError(
+          file,
+          id,
+          `BOFT '${blocks.key}' ${fmt(s)}: stage ${i} pairs rows in groups of ${2 * k}, which does not divide its ${out} rows`,
+          s,
+        );
+      }
+    }
+  }
+  if (t.rescale) {
+    const count = t.rescale.shape.reduce((a, c) => a * c, 1);
+    if (count !== out || (t.rescale.shape[0] ?? 0) !== out) {
+      throw shapeError(
+        file,
+        id,
+        `the rescale '${t.rescale.key}' is ${fmt(t.rescale.shape)}; expected [${out}, 1, …] (one factor per output row of ${fmt(s)})`,
+        t.rescale.shape,
+      );
+    }
+  }
+  return {
+    kind: boft ? 'boft' : 'oft',
+    label: boft ? 'BOFT' : t.oft_diag ? 'OFT (oft_diag)' : 'OFT',
+    tensors: t,
+    // The block size b is the dim LyCORIS trains with (inspect shows it as the module's dim).
+    downShape: [b, 0],
+    upShape: [out, b],
+    outOnly: true,
+  };
 }
 
 function loconPlan(file: string, id: string, t: ModuleTensors): AdapterModulePlan {
@@ -490,6 +570,18 @@ export async function readAdapterTerm(
   const bias = t.diff_b ? ndarray(await get('diff_b'), [...t.diff_b.shape]) : undefined;
   const withBias = <T extends object>(x: T): T => (bias ? { ...x, bias } : x);
 
+  if (plan.kind === 'oft' || plan.kind === 'boft') {
+    const blocks = t.oft_blocks ?? t.oft_diag!;
+    const common = {
+      shape,
+      blocks: ndarray(await read(blocks.key), [...blocks.shape]),
+      constraint: (alpha ?? 0) * out,
+      ...(t.rescale ? { rescale: await get('rescale') } : {}),
+    };
+    return plan.kind === 'boft'
+      ? { kind: 'boft' as const, ...common }
+      : { kind: 'oft' as const, ...common, cayley: t.oft_diag === undefined };
+  }
   let inner: Term;
   const innerKind = plan.kind === 'dora' ? innerOf(t) : plan.kind;
   if (innerKind === 'lowRank') {

@@ -310,7 +310,7 @@ function refuseUnsupportedAdapter(fileName: string, keys: readonly string[]): vo
   throw new FormatError(
     'FORMAT_UNSUPPORTED_ADAPTER',
     `${fileName}: this is a ${adapter.signature.type} file, not a LoRA (${adapter.count} key(s): ${listSome(all, 5)}); ` +
-      `lora-mix reads LoRA, LoCon, LoHa, LoKr, full diffs, GLoRA and DoRA: ${adapter.signature.why}`,
+      `lora-mix reads LoRA, LoCon, LoHa, LoKr, full diffs, GLoRA, DoRA, OFT and BOFT: ${adapter.signature.why}`,
     {
       file: fileName,
       adapter: adapter.signature.type,
@@ -462,6 +462,7 @@ function moduleShapes(
         downShape: adapter.downShape,
         upShape: adapter.upShape,
         ...(adapter.fanIn !== undefined ? { fanIn: adapter.fanIn } : {}),
+        ...(adapter.outOnly ? { outOnly: true } : {}),
       });
       continue;
     }
@@ -579,7 +580,9 @@ async function planModules(
       const k = kohyaAlpha(stored, rank);
       alpha = k.alpha;
       if (k.note === 'zero') tally.zero++;
-      if (k.note === 'missing') tally.missing++;
+      // OFT/BOFT's alpha is a constraint, not a scale: without one there is none (nothing assumed).
+      const rotation = adapters.get(module.id)?.outOnly === true;
+      if (k.note === 'missing' && !rotation) tally.missing++;
     } else {
       const config = peftConfigFor(peft, entry.component);
       const a = peftAlpha(config, entry.localPath, rank);
@@ -605,7 +608,8 @@ async function planModules(
       upKey: g.up?.key ?? '',
       ...(g.alpha ? { alphaKey: g.alpha.key } : {}),
       ...(g.bias ? { biasKey: g.bias.key } : {}),
-      downShape: module.downShape,
+      // OFT/BOFT tensors give only the out rows: the weight's other dimensions come from the layout.
+      downShape: adapter?.outOnly ? [module.downShape[0] ?? 0, ...entry.shape.slice(1)] : module.downShape,
       upShape: module.upShape,
       rank,
       alpha,

@@ -22,7 +22,8 @@ export type FactorRole = 'down' | 'up' | 'alpha' | 'bias' | AdapterRole;
 /**
  * Tensors of the other adapter kinds (LyCORIS spelling, shared/research/adapters.md): the suffix after the module
  * name, e.g. `lora_unet_….hada_w1_a`. 'mid' is LoCon's Tucker core (`lora_mid.weight`), 'dora_scale' the kohya /
- * LyCORIS DoRA magnitude, 'magnitude' PEFT's `lora_magnitude_vector`.
+ * LyCORIS DoRA magnitude, 'magnitude' PEFT's `lora_magnitude_vector`, 'oft_blocks' / 'oft_diag' / 'rescale' the
+ * OFT and BOFT tensors (kohya's OFT names its modules `oft_unet_…`, read as the `lora_unet_…` name).
  */
 export type AdapterRole =
   | 'mid'
@@ -49,7 +50,10 @@ export type AdapterRole =
   | 'b1'
   | 'b2'
   | 'dora_scale'
-  | 'magnitude';
+  | 'magnitude'
+  | 'oft_blocks'
+  | 'oft_diag'
+  | 'rescale';
 
 const ADAPTER_SUFFIX: Readonly<Record<string, AdapterRole>> = {
   'lora_mid.weight': 'mid',
@@ -76,6 +80,9 @@ const ADAPTER_SUFFIX: Readonly<Record<string, AdapterRole>> = {
   'b1.weight': 'b1',
   'b2.weight': 'b2',
   dora_scale: 'dora_scale',
+  oft_blocks: 'oft_blocks',
+  oft_diag: 'oft_diag',
+  rescale: 'rescale',
 };
 const SUFFIXES = Object.keys(ADAPTER_SUFFIX)
   .map((k) => k.replace('.', '\\.'))
@@ -191,6 +198,7 @@ export function moduleId(p: ParsedKey): string {
   return p.family === 'path' ? p.path : p.name;
 }
 
+const KOHYA_OFT_PREFIX = 'oft_unet_';
 const KOHYA_RE = /^(lora_(?:unet|te|te1|te2)_[^.]+)\.(lora_down\.weight|lora_up\.weight|alpha)$/;
 const LYCORIS_RE = /^(lycoris_[^.]+)\.(lora_down\.weight|lora_up\.weight|alpha)$/;
 /** ComfyUI's module names: its model's state-dict keys without '.weight'. */
@@ -277,6 +285,11 @@ function pathKey(
  * (the caller reports them). Does not consult any layout.
  */
 export function parseLoraKey(key: string): ParsedKey | undefined {
+  if (key.startsWith(KOHYA_OFT_PREFIX)) {
+    // kohya's OFT network (networks/oft.py) names UNet modules like its LoRA, with 'oft_unet_' for 'lora_unet_'.
+    const p = parseLoraKey(`lora_unet_${key.slice(KOHYA_OFT_PREFIX.length)}`);
+    return p?.family === 'kohya' ? { ...p, key } : undefined;
+  }
   const adapter = parseAdapterKey(key);
   if (adapter) return adapter;
   let m = KOHYA_RE.exec(key);
@@ -353,9 +366,9 @@ export const UNSUPPORTED_ADAPTERS: readonly AdapterSignature[] = [
     test: (k) => endsWithAny(k, ['.set_weight']),
   },
   {
-    type: 'OFT/BOFT',
-    why: 'orthogonal fine-tuning multiplies the weight by a rotation (oft_blocks); lora-mix reads LoRA, LoCon, LoHa, LoKr, full diffs, GLoRA and DoRA, not OFT/BOFT',
-    test: (k) => /\.(oft_blocks|oft_r|boft_R|boft_s)(\.|$)/.test(k) || k.endsWith('.oft_diag'),
+    type: 'PEFT OFT/BOFT',
+    why: "PEFT's OFT and BOFT tuners store their rotations in their own layout (oft_r / oft_R, oft_s, boft_R, boft_s, with options in the adapter config), which lora-mix does not read; LyCORIS and kohya OFT/BOFT files (oft_blocks, oft_diag) are read",
+    test: (k) => /\.(oft_r|oft_R|oft_s|boft_R|boft_s)(\.|$)/.test(k),
   },
 ];
 

@@ -27,6 +27,8 @@ export interface RawModule {
    * when its out is upShape[0] and its in·kh·kw is fanIn.
    */
   readonly fanIn?: number;
+  /** Set by kinds whose tensors give only the weight's out (OFT, BOFT): it fits any weight with upShape[0] rows. */
+  readonly outOnly?: boolean;
 }
 
 export interface ShapeProblem {
@@ -115,6 +117,15 @@ export function checkFlatShape(
   return { expected: `a [${entry.shape[0]}, ${n}] update (weight ${fmt(entry.shape)})`, found: `[${out}, ${fanIn}]` };
 }
 
+/** Does a weight of this shape have `out` rows (its other dimensions free)? */
+export function checkOutRows(
+  entry: Pick<ModuleEntry, 'shape'>,
+  out: number,
+): { expected: string; found: string } | undefined {
+  if (entry.shape[0] === out) return undefined;
+  return { expected: `${entry.shape[0]} output rows (weight ${fmt(entry.shape)})`, found: `${out} rotated rows` };
+}
+
 /** How many factor dimensions of the incompatible modules agree with the weight (out and in): for messages. */
 function closeness(c: CandidateResult): number {
   let n = 0;
@@ -137,8 +148,9 @@ export function evaluateCandidate(modules: readonly RawModule[], arch: Arch, siz
       missing.push(module);
       continue;
     }
-    const problem =
-      module.fanIn !== undefined
+    const problem = module.outOnly
+      ? checkOutRows(entry, module.upShape[0] ?? 0)
+      : module.fanIn !== undefined
         ? checkFlatShape(entry, module.upShape[0] ?? 0, module.fanIn)
         : checkFactorShapes(entry, module.downShape, module.upShape);
     if (problem) incompatible.push({ module, entry, ...problem });

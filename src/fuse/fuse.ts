@@ -639,7 +639,7 @@ function hasDense(t: Target): boolean {
  * Add Σ λ·Δ of the target's non-lowRank terms to its rows of W (f32, in place), each element rounded to f32 after
  * each term as before, without a dense delta where the kind allows (addTermInto): a LoHa's two products run on
  * `product` (the kernel's worker threads), a LoKr is written straight into the rows. Every Δ is computed from the
- * rows as they were before any term was added (W0), which DoRA and GLoRA need.
+ * rows as they were before any term was added (W0), which DoRA, GLoRA, OFT and BOFT need.
  */
 async function addDenseTerms(t: Target, w: Float32Array, product: AsyncProduct): Promise<void> {
   const rows = t.rows[1] - t.rows[0];

@@ -21,7 +21,8 @@ import { openBase } from './fuse.js';
 import type { OpenedBase } from './base.js';
 import type { BaseInput, LoraInput } from './types.js';
 
-const needsBaseKind = (kind: string): boolean => kind === 'dora' || kind === 'glora';
+const needsBaseKind = (kind: string): boolean =>
+  kind === 'dora' || kind === 'glora' || kind === 'oft' || kind === 'boft';
 
 async function hasBaseDependent(input: LoraInput, allowUnmatched: boolean): Promise<boolean> {
   if (isLora(input)) {

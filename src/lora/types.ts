@@ -107,8 +107,36 @@ export interface GloraTerm extends TermCommon {
   readonly b2: F32Array;
 }
 
+/**
+ * OFT (LyCORIS diag-OFT, kohya OFT, the old `oft_diag`): the output rows of W0 in n blocks of b rows are rotated,
+ * W' = diag(rescale) · blockdiag(R_kᵀ) · W0, Δ = W' − W0. `blocks` [n, b, b]: the Cayley parameters B_k
+ * (R_k = (I + Q_k)(I − Q_k)⁻¹, Q_k = B_k − B_kᵀ, Q scaled to norm `constraint` when ‖Q‖_F over all blocks exceeds it)
+ * or, with `cayley` false (`oft_diag`), the rotations R_k themselves. Needs the base weight W0.
+ */
+export interface OftTerm extends TermCommon {
+  readonly kind: 'oft';
+  readonly blocks: F32Array;
+  readonly cayley: boolean;
+  /** The bound on ‖Q‖_F (alpha · out as LyCORIS and kohya train it; 0: none). */
+  readonly constraint: number;
+  /** Per output row factors (LyCORIS `rescale`), out values. */
+  readonly rescale?: Float32Array;
+}
+
+/**
+ * BOFT (LyCORIS butterfly OFT): `blocks` [m, n, b, b], m stages; stage i permutes the output rows (groups of
+ * 2·2^i·⌊b/2⌋ rows, interleaved), rotates each run of b rows by R_(i,j) (Cayley, as OFT), and permutes back;
+ * W' = diag(rescale) · S_(m−1) ⋯ S_0 · W0, Δ = W' − W0. Needs the base weight W0.
+ */
+export interface BoftTerm extends TermCommon {
+  readonly kind: 'boft';
+  readonly blocks: F32Array;
+  readonly constraint: number;
+  readonly rescale?: Float32Array;
+}
+
 /** What an adapter file holds for one module: one term of one kind (src/lora/terms/). */
-export type Term = LowRankTerm | HadamardTerm | KroneckerTerm | DenseTerm | DoraTerm | GloraTerm;
+export type Term = LowRankTerm | HadamardTerm | KroneckerTerm | DenseTerm | DoraTerm | GloraTerm | OftTerm | BoftTerm;
 
 export type TermKind = NonNullable<LoraModule['kind']> | Exclude<Term, LoraModule>['kind'];
 

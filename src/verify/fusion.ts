@@ -23,7 +23,7 @@ import type { OpenedBase } from '../fuse/base.js';
 import { openBase, planFusion, type Target } from '../fuse/fuse.js';
 import { openInputs, type FuseInput } from '../fuse/inputs.js';
 import { stackFactors, type StackPart } from '../lora/stack.js';
-import { termFactors } from '../lora/terms/index.js';
+import { denseFactors, termFactors, termLinearInStrength, termWeightedDelta } from '../lora/terms/index.js';
 import { now } from '../kernels/job.js';
 import type { BaseInput, LoraInput } from '../fuse/types.js';
 import type { ModuleVerifyReport, VerifyOptions, VerifyReport } from './types.js';
@@ -157,8 +157,15 @@ async function stackedUpdate(
       const f = await term.module.factors();
       parts.push({ coef: term.coef, rank: term.module.rank, up: f.up, down: f.down, name: term.module.name });
     } else {
-      const f = termFactors(await term.module.term(), t.path, w0);
-      parts.push({ coef: term.coef, rank: f.rank, up: f.up, down: f.down, name: term.module.name });
+      const module = await term.module.term();
+      if (termLinearInStrength(module)) {
+        const f = termFactors(module, t.path, w0);
+        parts.push({ coef: term.coef, rank: f.rank, up: f.up, down: f.down, name: term.module.name });
+      } else {
+        // OFT / BOFT: ComfyUI's strength rule is not coef·Δ; the weighted delta as dense factors.
+        const f = denseFactors(termWeightedDelta(module, t.path, term.coef, w0), rows, t.cols);
+        parts.push({ coef: 1, rank: f.rank, up: f.up, down: f.down, name: term.module.name });
+      }
     }
   }
   return stackFactors(parts, rows, t.cols);

@@ -6,8 +6,10 @@
  * - termKind / termLabel: which kind ('lowRank', 'hadamard' …) and its name in reports ('LoRA', 'LoHa' …);
  * - termShape: the weight's shape, after checking the term's own shapes;
  * - termRankBound: an upper bound on the rank of the delta's [out, in·kh·kw] view;
- * - termNeedsBase: whether the delta depends on the base weight (DoRA, GLoRA);
+ * - termNeedsBase: whether the delta depends on the base weight (DoRA, GLoRA, OFT, BOFT);
  * - termDelta: the dense delta at strength 1 (f32, row-major), given W0 where needed;
+ * - termWeightedDelta: the delta fuse adds at strength w (ComfyUI's strength rule: w·Δ, but w²·Δ for OFT and
+ *   per-stage blending for BOFT);
  * - termFactors: exact factors up·down of the delta with the scale folded in, from the factors where the algebra
  *   allows (Khatri–Rao for LoHa, Kronecker of factors for LoKr);
  * - withBase: a base-dependent term turned into a dense one for a given W0 (base-free terms are returned as they are).
@@ -16,6 +18,7 @@ import ndarray from 'ndarray';
 import { LoraError } from '../../core/errors.js';
 import { contiguousValues } from '../delta.js';
 import type { Lora, LoraModule, Term, TermKind } from '../types.js';
+import { boftBaseFromFused, boftKind } from './boft.js';
 import { denseKind } from './dense.js';
 import { doraBaseFromFused, doraKind } from './dora.js';
 import { gloraBaseFromFused, gloraKind } from './glora.js';
@@ -23,6 +26,7 @@ import { addHadamardProducts, hadamardKind, hadamardPairs } from './hadamard.js'
 import type { KindOps } from './kind.js';
 import { addKronecker, kroneckerKind } from './kronecker.js';
 import { lowRankKind } from './low-rank.js';
+import { oftBaseFromFused, oftKind } from './oft.js';
 import { denseFactors, viewOf, type PlainFactors } from './matrix.js';
 
 export type { PlainFactors } from './matrix.js';
@@ -37,6 +41,8 @@ const KINDS: { readonly [K in TermKind]: KindOps<Extract<Term, { kind?: K }>> } 
   dense: denseKind,
   dora: doraKind,
   glora: gloraKind,
+  oft: oftKind,
+  boft: boftKind,
 };
 
 /** The kind of a term ('lowRank' for a plain LoRA module, which need not carry the tag). */
@@ -52,7 +58,7 @@ function ops(t: Term): KindOps<Term> {
   return k;
 }
 
-/** The kind's name in reports: LoRA, LoHa, LoKr, full diff, DoRA, GLoRA. */
+/** The kind's name in reports: LoRA, LoHa, LoKr, full diff, DoRA, GLoRA, OFT, BOFT. */
 export function termLabel(t: Term): string {
   return ops(t).label;
 }
@@ -89,7 +95,7 @@ export function termRankBound(t: Term, path = '(module)'): number {
   return ops(t).rankBound(t, path);
 }
 
-/** True when the delta needs the base weight (DoRA, GLoRA). */
+/** True when the delta needs the base weight (DoRA, GLoRA, OFT, BOFT). */
 export function termNeedsBase(t: Term): boolean {
   return ops(t).needsBase;
 }
@@ -139,6 +145,13 @@ export async function addTermInto(
     addKronecker(t, path, view, coef);
     return;
   }
+  if (!termLinearInStrength(t)) {
+    // OFT / BOFT: ComfyUI's strength rule is not coef·Δ; the delta comes already weighted.
+    const d = termWeightedDelta(t, path, coef, base);
+    expectLength(view.length, d.length, path);
+    for (let i = 0; i < d.length; i++) view[i] = (view[i] as number) + (d[i] as number);
+    return;
+  }
   const d = termDelta(t, path, base);
   expectLength(view.length, d.length, path);
   for (let i = 0; i < d.length; i++) view[i] = (view[i] as number) + coef * (d[i] as number);
@@ -156,6 +169,24 @@ function expectLength(have: number, want: number, path: string): void {
       },
     );
   }
+}
+
+/**
+ * The delta fuse adds for a term at strength w, ComfyUI's strength rule: w·Δ for every kind (DoRA: W0 + w·(W_dora −
+ * W0)) except OFT, whose difference ComfyUI scales by w twice (w²·Δ), and BOFT, whose stages are blended
+ * w·R + (1 − w)·I before the difference is scaled by w.
+ */
+export function termWeightedDelta(t: Term, path: string, w: number, base?: Float32Array): Float32Array {
+  const k = ops(t);
+  if (k.weighted) return k.weighted(t, path, w, base);
+  const d = k.delta(t, path, base);
+  if (w !== 1) for (let i = 0; i < d.length; i++) d[i] = w * (d[i] ?? 0);
+  return d;
+}
+
+/** True when fusing at strength w adds exactly w·Δ (every kind but OFT and BOFT). */
+export function termLinearInStrength(t: Term): boolean {
+  return ops(t).weighted === undefined;
 }
 
 /** Exact factors Δ = up·down with every scale folded in (see each kind for the rank it gives). */
@@ -188,7 +219,8 @@ export function withBase(t: Term, path: string, base: Float32Array): Term {
 
 /**
  * The base weight W0 behind a weight fused with this term at strength w (F = W0 + w·Δ(W0); DoRA with ComfyUI's rule),
- * in f64: F − w·Δ for the base-free kinds, the per-channel norm equation for DoRA, a Woodbury solve for GLoRA.
+ * in f64: F − w·Δ for the base-free kinds, the per-channel norm equation for DoRA, a Woodbury solve for GLoRA, the
+ * inverse row transform for OFT (per block) and BOFT.
  * LoraError LORA_CANNOT_UNFUSE where the fused weight does not determine W0 (DoRA at w = 1, a singular or
  * ill-conditioned GLoRA system). `notes` receives a line per module where the fused weight has a second solution
  * (DoRA at w < 0 or w > 1; see doraBaseFromFused).
@@ -202,6 +234,8 @@ export function baseFromFused(
 ): Float64Array {
   if (t.kind === 'dora') return doraBaseFromFused(t, path, fused, w, notes);
   if (t.kind === 'glora') return gloraBaseFromFused(t, path, fused, w);
+  if (t.kind === 'oft') return oftBaseFromFused(t, path, fused, w);
+  if (t.kind === 'boft') return boftBaseFromFused(t, path, fused, w);
   const d = termDelta(t, path);
   const out = new Float64Array(fused.length);
   for (let i = 0; i < out.length; i++) out[i] = (fused[i] ?? 0) - w * (d[i] ?? 0);

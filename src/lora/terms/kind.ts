@@ -2,9 +2,9 @@
 import type { PlainFactors } from './matrix.js';
 
 export interface KindOps<T> {
-  /** The kind's name in reports: 'LoRA', 'LoHa', 'LoKr', 'full diff', 'DoRA', 'GLoRA'. */
+  /** The kind's name in reports: 'LoRA', 'LoHa', 'LoKr', 'full diff', 'DoRA', 'GLoRA', 'OFT', 'BOFT'. */
   readonly label: string;
-  /** True when the delta depends on the base weight W0 (DoRA, GLoRA). */
+  /** True when the delta depends on the base weight W0 (DoRA, GLoRA, OFT, BOFT). */
   readonly needsBase: boolean;
   /** The weight's shape [out, in] or [out, in, kh, kw], after checking the term's own shapes agree. */
   shape(t: T, path: string): readonly number[];
@@ -14,4 +14,9 @@ export interface KindOps<T> {
   delta(t: T, path: string, base?: Float32Array): Float32Array;
   /** Exact factors of the delta (scale folded into up), formed without the dense delta where the algebra allows. */
   factors(t: T, path: string, base?: Float32Array): PlainFactors;
+  /**
+   * The delta fuse adds at strength w under ComfyUI's strength rule, for the kinds where that is not w·delta
+   * (OFT: w²·Δ; BOFT: the stages blended towards I, then times w). Absent: w·delta.
+   */
+  weighted?(t: T, path: string, w: number, base?: Float32Array): Float32Array;
 }
