@@ -19,8 +19,22 @@ import { diffNorm, frob, singularValues } from './lora-helpers.js';
 
 const ROOT = resolve(import.meta.dirname, '..');
 const BASE = join(ROOT, 'fixtures', 'sd15', 'base.safetensors');
-const KINDS = ['locon-tucker', 'loha', 'loha-tucker', 'lokr', 'full', 'glora', 'dora-out', 'dora-in', 'dora-peft'];
-const NEEDS_BASE = new Set(['glora', 'dora-out', 'dora-in', 'dora-peft']);
+const KINDS = [
+  'locon-tucker',
+  'loha',
+  'loha-tucker',
+  'lokr',
+  'full',
+  'glora',
+  'dora-out',
+  'dora-in',
+  'dora-peft',
+  'oft',
+  'oft-kohya',
+  'oft-diag',
+  'boft',
+];
+const NEEDS_BASE = new Set(['glora', 'dora-out', 'dora-in', 'dora-peft', 'oft', 'oft-kohya', 'oft-diag', 'boft']);
 /** The cap: below every fixture's exact rank (the LoCon fixture has rank 2, the others more). */
 const capOf = (name: string): number => (name === 'locon-tucker' ? 1 : 2);
 

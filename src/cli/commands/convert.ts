@@ -33,7 +33,7 @@ IN may be any spelling lora-mix reads: kohya (lora_unet_… with diffusers or SG
 lora_te2_), PEFT / diffusers (unet.….lora_A.weight, with or without base_model.model.), or the old diffusers
 attention-processor format. The architecture is detected from names and shapes.
 
-Adapter files (LyCORIS LoCon with Tucker cores, LoHa, LoKr, full diffs; DoRA and GLoRA with --base) become plain
+Adapter files (LyCORIS LoCon with Tucker cores, LoHa, LoKr, full diffs; DoRA, GLoRA, OFT, BOFT with --base) become plain
 LoRAs: exact without a rank cap (each module's exact factors: Khatri–Rao for LoHa, Kronecker of the factors for
 LoKr, the dense delta where that is smaller). With --rank K / --min-energy E every module is written as the
 optimal approximation of its exact delta (Eckart–Young: its truncated SVD, computed from the factors), and the
@@ -55,8 +55,8 @@ Options:
   --min-energy E          per module, the smallest rank keeping ‖Δ_k‖/‖Δ‖ ≥ E (0 < E ≤ 1); with --rank, K caps it
   --threads N             worker threads for --rank / --min-energy (default: one per core)
   -q, --quiet             no progress on stderr
-  --base CKPT             the base checkpoint (file or diffusers folder) for DoRA and GLoRA modules, whose
-                          delta depends on the base weights; only those modules' weights are read
+  --base CKPT             the base checkpoint (file or diffusers folder) for DoRA, GLoRA, OFT and BOFT modules,
+                          whose delta depends on the base weights; only those modules' weights are read
   --allow-unmatched       with --arch: drop modules the architecture lacks (e.g. an SDXL LoRA for SSD-1B)
   --json                  print the result as JSON
 

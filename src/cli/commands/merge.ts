@@ -59,8 +59,8 @@ ${STACK_HELP}
   --dtype D               fp16, bf16 or fp32 (default: the inputs' dtype when they agree, else fp32);
                           the arithmetic runs in f32/f64 and the factors are rounded to D only when written
   --arch A                read every input as this architecture instead of detecting it
-  --base CKPT             the base checkpoint (file or diffusers folder) for DoRA and GLoRA modules, whose
-                          delta depends on the base weights; only those modules' weights are read
+  --base CKPT             the base checkpoint (file or diffusers folder) for DoRA, GLoRA, OFT and BOFT modules,
+                          whose delta depends on the base weights; only those modules' weights are read
   --allow-unmatched       with --arch: drop modules the architecture lacks (e.g. SDXL LoRAs for SSD-1B)
   --threads N             worker threads for --rank / --min-energy (default: one per core; 1 = no workers)
   --json                  print the summary and the per-module report as JSON

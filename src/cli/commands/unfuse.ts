@@ -24,7 +24,7 @@ Every adapter kind can be taken out. LoRA, LoCon, LoHa, LoKr and full diffs subt
 depend on the original weight W0, so W0 is recovered from the fused weight: DoRA (fused with ComfyUI's rule
 F = (1 − W)·W0 + W·m·V/‖V‖, V = W0 + ΔW) per row or input channel from the norm equation
 ‖V‖ = (‖F + (1 − W)·ΔW‖ − W·m)/(1 − W); GLoRA by solving W0·(I + W·s·a1·a2) = F − W·s·b1·b2 (Woodbury, an r × r
-system). A DoRA fused at W = 1 cannot be undone (the fused rows have norm m and ‖V‖ is gone: LORA_CANNOT_UNFUSE),
+system); OFT/BOFT by inverting their row transform (per block of rows for OFT). A DoRA fused at W = 1 cannot be undone (the fused rows have norm m and ‖V‖ is gone: LORA_CANNOT_UNFUSE),
 nor a GLoRA whose system is singular or ill-conditioned; rounding of the fused file is amplified about
 1/|1 − W| times for DoRA.
 
