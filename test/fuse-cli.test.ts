@@ -3,7 +3,6 @@ import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { main } from '../src/cli/main.js';
 import { type CliRun, runCli } from './cli-helpers.js';
 import type { FuseReport } from '../src/fuse/types.js';
 import type { VerifyReport } from '../src/verify/types.js';

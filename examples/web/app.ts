@@ -726,8 +726,7 @@ function refreshTools(): void {
   const ready = (['resize', 'fuse', 'analyze'] as const).filter((k) => 'key' in plans[k]);
   if (ready.length === 0) el.toolsStatus.textContent = blockers[0]?.blocker ?? '';
   else if (!/^(Resized|Fused|Analyzed)\.$/.test(el.toolsStatus.textContent ?? ''))
-    el.toolsStatus.textContent =
-      `Ready: ${ready.join(', ')}.` + (blockers.length > 0 ? ` (${blockers.map((b) => b.blocker).join(' ')})` : '');
+    el.toolsStatus.textContent = `Ready: ${ready.join(', ')}.${blockers.length > 0 ? ` (${blockers.map((b) => b.blocker).join(' ')})` : ''}`;
 }
 
 function withdrawTool(kind: ToolKind): void {
