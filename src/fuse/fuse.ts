@@ -758,6 +758,9 @@ class FileRun {
         this.#held.delete(k);
       }
     }
+    // … and the settled loads of those segments: each still references its output views, which would keep every
+    // buffer the pool has let go of alive until the file is done.
+    for (const k of this.#loads.keys()) if (k < si) this.#loads.delete(k);
     this.#startAhead(si);
   }
 
