@@ -587,7 +587,10 @@ function segments(tensors: readonly OutTensor[]): Segment[] {
 
 interface Counters {
   overflow: number;
-  overflowTensors: { name: string; count: number }[];
+  /** Tensors with clamped values, as they finish (pieces run concurrently); the report lists them in file order. */
+  overflowTensors: { name: string; count: number; run: number; at: number }[];
+  /** FileRuns created so far (the ordinal of each file in the output). */
+  runs: number;
   nonFinite: number;
   fusedTensors: number;
   copied: number;
@@ -708,6 +711,7 @@ class FileRun {
   readonly #held = new Map<number, Uint8Array[]>();
   readonly #pool = new BufferPool();
   #state: TensorState | null = null;
+  readonly #ordinal: number;
 
   constructor(
     private readonly fp: FilePlan,
@@ -717,6 +721,7 @@ class FileRun {
     private readonly label: (key: string) => string,
     private readonly allowNonfiniteBase = false,
   ) {
+    this.#ordinal = counters.runs++;
     this.#segs = segments(fp.tensors);
     this.#segFirst = new Int32Array(fp.tensors.length).fill(-1);
     this.#segLast = new Int32Array(fp.tensors.length);
@@ -1037,7 +1042,7 @@ class FileRun {
     const dstDtype = first.outDtype;
     const name = this.label(info.name);
     this.counters.overflow += overflow;
-    this.counters.overflowTensors.push({ name, count: overflow });
+    this.counters.overflowTensors.push({ name, count: overflow, run: this.#ordinal, at: info.offset });
     // Clamping maps ±Inf to ±max; a NaN (Inf − Inf in the sum) has no sign to clamp to, so it stays an error.
     const undefinedValues = this.clamp ? state.nanOut - state.nanIn : 0;
     if (undefinedValues > 0) {
@@ -1183,6 +1188,7 @@ export async function fuseLoras(
     const counters: Counters = {
       overflow: 0,
       overflowTensors: [],
+      runs: 0,
       nonFinite: 0,
       fusedTensors: 0,
       copied: 0,
@@ -1310,7 +1316,12 @@ export async function fuseLoras(
         copied: counters.copied,
         converted: counters.converted,
       },
-      overflow: { total: counters.overflow, tensors: counters.overflowTensors },
+      overflow: {
+        total: counters.overflow,
+        tensors: [...counters.overflowTensors]
+          .sort((a, b) => a.run - b.run || a.at - b.at)
+          .map(({ name, count }) => ({ name, count })),
+      },
       nonFiniteInput: counters.nonFinite,
       kernel: choice.kernel.name,
       backend: choice.backend,
