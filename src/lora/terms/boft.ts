@@ -14,8 +14,16 @@ import type { BoftTerm } from '../types.js';
 import { contiguousValues } from '../delta.js';
 import { invertSmall, norm1 } from '../linalg.js';
 import type { KindOps } from './kind.js';
-import { denseFactors, expectShape, viewOf } from './matrix.js';
-import { baseOf, blendRotations, cayleyRotations, checkRescale, rotatedDelta, rotateRows } from './rotation.js';
+import { expectShape, viewOf } from './matrix.js';
+import {
+  baseOf,
+  blendRotations,
+  cayleyRotations,
+  checkRescale,
+  rotatedDelta,
+  rotateRows,
+  rotationKind,
+} from './rotation.js';
 
 interface BoftParts {
   out: number;
@@ -97,24 +105,7 @@ export function boftDelta(t: BoftTerm, path: string, base: ArrayLike<number> | u
   return rotatedDelta(x, w0, t.rescale, p.fanIn, w);
 }
 
-export const boftKind: KindOps<BoftTerm> = {
-  label: 'BOFT',
-  needsBase: true,
-  shape(t, path) {
-    parts(t, path);
-    return t.shape;
-  },
-  rankBound(t) {
-    const { out, fanIn } = viewOf(t.shape);
-    return Math.min(out, fanIn);
-  },
-  delta: (t, path, base) => boftDelta(t, path, base),
-  factors(t, path, base) {
-    const { out, fanIn } = parts(t, path);
-    return denseFactors(boftDelta(t, path, base), out, fanIn);
-  },
-  weighted: (t, path, w, base) => boftDelta(t, path, base, w),
-};
+export const boftKind: KindOps<BoftTerm> = rotationKind<BoftTerm>('BOFT', parts, boftDelta, (w) => w);
 
 /** Largest amplification of the fused weight's rounding that unfuse accepts (κ₁ of the row transform). */
 export const BOFT_UNFUSE_MAX_CONDITION = 1e6;

@@ -14,8 +14,8 @@ import type { OftTerm } from '../types.js';
 import { contiguousValues } from '../delta.js';
 import { invertSmall, norm1 } from '../linalg.js';
 import type { KindOps } from './kind.js';
-import { denseFactors, expectShape, viewOf } from './matrix.js';
-import { baseOf, cayleyRotations, checkRescale, rotatedDelta, rotateRows } from './rotation.js';
+import { expectShape, viewOf } from './matrix.js';
+import { baseOf, cayleyRotations, checkRescale, rotatedDelta, rotateRows, rotationKind } from './rotation.js';
 
 interface OftParts {
   out: number;
@@ -72,24 +72,7 @@ export function oftDelta(t: OftTerm, path: string, base: ArrayLike<number> | und
   return rotatedDelta(rotated(t, path, w0), w0, t.rescale, fanIn, w);
 }
 
-export const oftKind: KindOps<OftTerm> = {
-  label: 'OFT',
-  needsBase: true,
-  shape(t, path) {
-    parts(t, path);
-    return t.shape;
-  },
-  rankBound(t) {
-    const { out, fanIn } = viewOf(t.shape);
-    return Math.min(out, fanIn);
-  },
-  delta: (t, path, base) => oftDelta(t, path, base),
-  factors(t, path, base) {
-    const { out, fanIn } = parts(t, path);
-    return denseFactors(oftDelta(t, path, base), out, fanIn);
-  },
-  weighted: (t, path, w, base) => oftDelta(t, path, base, w * w),
-};
+export const oftKind: KindOps<OftTerm> = rotationKind<OftTerm>('OFT', parts, oftDelta, (w) => w * w);
 
 /** Largest amplification of the fused weight's rounding that unfuse accepts (κ₁ of a block's matrix). */
 export const OFT_UNFUSE_MAX_CONDITION = 1e6;

@@ -8,7 +8,8 @@
  */
 import { LoraError } from '../../core/errors.js';
 import { invertSmall } from '../linalg.js';
-import { expectShape } from './matrix.js';
+import type { KindOps } from './kind.js';
+import { denseFactors, expectShape, viewOf } from './matrix.js';
 
 /** The LyCORIS / ComfyUI guard added to ‖Q‖_F before it is compared with the constraint. */
 export const OFT_NORM_EPSILON = 1e-8;
@@ -144,4 +145,34 @@ export function rotatedDelta(
     out[i] = w * (s * (x[i] ?? 0) - (w0[i] ?? 0));
   }
   return out;
+}
+
+/**
+ * The kind operations OFT and BOFT share: a full-rank delta of the base weight, exact factors from the dense delta.
+ * `strength` maps the fuse weight to the rotation's (OFT squares it, as ComfyUI does; BOFT blends per stage).
+ */
+export function rotationKind<T extends { readonly shape: readonly number[] }>(
+  label: string,
+  check: (t: T, path: string) => { readonly out: number; readonly fanIn: number },
+  delta: (t: T, path: string, base: ArrayLike<number> | undefined, w?: number) => Float32Array,
+  strength: (w: number) => number,
+): KindOps<T> {
+  return {
+    label,
+    needsBase: true,
+    shape(t, path) {
+      check(t, path);
+      return t.shape;
+    },
+    rankBound(t) {
+      const { out, fanIn } = viewOf(t.shape);
+      return Math.min(out, fanIn);
+    },
+    delta: (t, path, base) => delta(t, path, base),
+    factors(t, path, base) {
+      const { out, fanIn } = check(t, path);
+      return denseFactors(delta(t, path, base), out, fanIn);
+    },
+    weighted: (t, path, w, base) => delta(t, path, base, strength(w)),
+  };
 }
