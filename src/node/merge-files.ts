@@ -1,8 +1,8 @@
 /**
- * mergeLoraFiles (Node only): LoRA files in, one LoRA file out — the `merge` command as one call (the same steps
- * and bytes; test/merge-files.test.ts compares them). A merge that reduces modules (a merge method, `rank`,
- * `minEnergy`) streams (./merge-stream.ts): the inputs' headers are read first, each module's factors when it is reduced, and the result waits in a spill
- * file beside the output until it is written, so memory holds the modules in flight, never the inputs or the
+ * mergeLoraFiles (Node only): LoRA files in, one LoRA file out — what `lora-mix merge` runs (the CLI adds its
+ * provenance through `metadata`). A merge that reduces modules (a merge method, `rank`, `minEnergy`) streams
+ * (./merge-stream.ts): the inputs' headers are read first, each module's factors when it is reduced, and the
+ * result waits in a spill file beside the output until it is written, so memory holds the modules in flight, never the inputs or the
  * result. An exact sum, a merge with `base`, and inputs the streaming path does not take (modules of other
  * adapter kinds, PEFT bias deltas, norm-layer differences, embeddings) load the inputs and merge in memory (on
  * worker threads for the reductions). Either way the file is the one mergeLoras + saveLora would write.

@@ -1,18 +1,9 @@
-import { resolveBaseTerms } from '../../fuse/base-terms.js';
 import * as path from 'node:path';
 import { UsageError } from '../../core/errors.js';
-import {
-  loadLora,
-  parseOutputDType,
-  saveLora,
-  type KohyaPaths,
-  type LoadedLora,
-  type OutputDType,
-} from '../../formats/index.js';
+import { parseOutputDType, type KohyaPaths, type OutputDType } from '../../formats/index.js';
 import { ARCH_LABEL, parseArch } from '../../layout/index.js';
-import type { MergeOptions, MergeReport, MergeResult, MergeWeight } from '../../lora/index.js';
-import { mergeLorasParallel } from '../../node/merge-threads.js';
-import { mergeStreaming, openStreamingInputs, type StreamedMerge } from '../../node/merge-stream.js';
+import type { MergeReport, MergeWeight } from '../../lora/index.js';
+import { mergeLoraFiles } from '../../node/merge-files.js';
 import { numberOption, parseCommandArgs, parseWeightedSpec } from '../args.js';
 import { describeComponents } from '../../lora/components.js';
 import { methodFlagOptions, methodHelpLines, parseMethodFlags } from '../method-flags.js';
@@ -114,18 +105,13 @@ export function progressReporter(
     },
     end() {
       if (drawn) ctx.err('\n');
+      drawn = false;
     },
   };
 }
 
 function describeRanks(r: MergeReport['rankBefore']): string {
   return r.min === r.max ? String(r.min) : `${r.min}–${r.max} (mean ${r.mean.toFixed(1)})`;
-}
-
-function outputDtype(loras: readonly LoadedLora[]): OutputDType {
-  const dtypes = new Set(loras.map((l) => l.dtype));
-  const only = dtypes.size === 1 ? [...dtypes][0] : undefined;
-  return only === 'F16' || only === 'BF16' || only === 'F32' ? only : 'F32';
 }
 
 export const mergeCommand: Command = {
@@ -230,27 +216,7 @@ async function runMerge(argv: string[], ctx: CliContext, tap: ReadTap): Promise<
   const inputs = stack ? stack.paths : specs.map((s) => path.resolve(ctx.cwd, s.path));
   const output = path.resolve(ctx.cwd, values.output);
 
-  const t0 = performance.now();
   const base = typeof values.base === 'string' ? path.resolve(ctx.cwd, values.base) : undefined;
-  const decode = {
-    ...(arch ? { arch } : {}),
-    ...(values['allow-unmatched'] === true ? { allowUnmatched: true } : {}),
-  };
-  // A reducing merge streams: factors are read module by module and the result waits in a spill file, so memory
-  // holds the modules in flight only. Exact sums, --base and inputs of other adapter kinds load the inputs.
-  const reducing = rank !== undefined || minEnergy !== undefined;
-  tap.want(inputs);
-  const streaming = reducing && base === undefined ? await openStreamingInputs(inputs, decode) : null;
-  const loras: LoadedLora[] = streaming ? [...streaming.loras] : [];
-  if (!streaming) {
-    for (const input of inputs) {
-      const lora = await loadLora(input, decode);
-      // DoRA / GLoRA modules become their exact dense deltas against the base (LORA_NEEDS_BASE without --base).
-      loras.push(base !== undefined ? await resolveBaseTerms(lora, base) : lora);
-    }
-  }
-  const t1 = performance.now();
-
   const weights: MergeWeight[] = specs.map((s, i) => {
     if (stack) return stack.weights[i] ?? 1;
     const blocks = values[`blocks-${i + 1}`] ?? values.blocks;
@@ -259,62 +225,49 @@ async function runMerge(argv: string[], ctx: CliContext, tap: ReadTap): Promise<
   });
   const progress =
     values.quiet === true ? { update: () => undefined, end: () => undefined } : progressReporter(ctx, 'merge');
-  const options: MergeOptions & { threads?: number } = {
-    ...methodOptions,
-    ...(threads !== undefined ? { threads } : {}),
-    ...(rank !== undefined ? { rank } : {}),
-    ...(minEnergy !== undefined ? { minEnergy } : {}),
-    onProgress: progress.update,
-  };
-  let merged: MergeResult | StreamedMerge;
-  let streamed: StreamedMerge | null = null;
+  // The API call does the work (streamed module by module when it reduces, else in memory); the CLI adds the
+  // provenance, hashed from the merge's own reads, once the output dtype is known.
+  tap.want(inputs);
+  let result: Awaited<ReturnType<typeof mergeLoraFiles>>;
   try {
-    if (streaming) merged = streamed = await mergeStreaming(streaming, weights, options, output);
-    else merged = await mergeLorasParallel(loras, weights, options);
-  } finally {
-    progress.end();
-    await streaming?.close();
-  }
-  const { lora, report } = merged;
-  const t2 = performance.now();
-
-  let written: Awaited<ReturnType<typeof saveLora>>;
-  const outDtype = dtype ?? outputDtype(loras);
-  try {
-    const provenance = await cliProvenance(
-      'merge',
-      ctx.cwd,
-      inputs.map((file, i) => ({ file, weight: weights[i] })),
-      {
-        format,
-        ...(kohyaPaths ? { kohyaPaths } : {}),
-        dtype: outDtype,
-        ...(rank !== undefined ? { rank } : {}),
-        ...(minEnergy !== undefined ? { minEnergy } : {}),
-        ...methodOptions,
-      },
-      [],
-      tap.sha256,
-    );
-    const saveOptions = {
+    result = await mergeLoraFiles(inputs, weights, output, {
+      ...methodOptions,
+      ...(threads !== undefined ? { threads } : {}),
+      ...(rank !== undefined ? { rank } : {}),
+      ...(minEnergy !== undefined ? { minEnergy } : {}),
+      ...(arch ? { arch } : {}),
+      ...(values['allow-unmatched'] === true ? { allowUnmatched: true } : {}),
+      ...(base !== undefined ? { base } : {}),
+      onProgress: progress.update,
       format,
       ...(kohyaPaths ? { kohyaPaths } : {}),
-      dtype: outDtype,
-      metadata: provenance,
-      refuseOverwrite: inputs,
-    };
-    written = streamed ? await streamed.save(output, saveOptions) : await saveLora(lora, output, saveOptions);
+      ...(dtype ? { dtype } : {}),
+      metadata: ({ dtype: outDtype }) => {
+        progress.end();
+        return cliProvenance(
+          'merge',
+          ctx.cwd,
+          inputs.map((file, i) => ({ file, weight: weights[i] })),
+          {
+            format,
+            ...(kohyaPaths ? { kohyaPaths } : {}),
+            dtype: outDtype,
+            ...(rank !== undefined ? { rank } : {}),
+            ...(minEnergy !== undefined ? { minEnergy } : {}),
+            ...methodOptions,
+          },
+          [],
+          tap.sha256,
+        );
+      },
+    });
   } finally {
-    await streamed?.dispose();
+    progress.end();
   }
-  const t3 = performance.now();
+  const { report, seconds, stats, byteLength, dtype: outDtype, inputs: loras } = result;
+  const lora = { arch: result.arch, size: result.size };
+  const written = { byteLength, stats };
 
-  const seconds = {
-    load: (t1 - t0) / 1000,
-    merge: (t2 - t1) / 1000,
-    write: (t3 - t2) / 1000,
-    total: (t3 - t0) / 1000,
-  };
   const inputList = specs.map((s, i) => ({
     file: s.path,
     weight: s.weight,
