@@ -41,16 +41,19 @@ export const HOIST_CONSTS = true;
 
 const MADD = (a: string, b: string, c: string): string => `(f32x4.relaxed_madd ${get(a)} ${get(b)} ${get(c)})`;
 
-/** One k step of the 4×8 tile, reading A at byte offset aOff and B at bOff from the running pointers. */
-function kStep(aOff: number, bOff: number): string[] {
+/**
+ * One k step of the 4×8 tile, reading A at byte offset aOff and B at bOff from the running pointers, into the
+ * accumulators `${acc}00` … `${acc}31`.
+ */
+function kStep(aOff: number, bOff: number, acc = 'c'): string[] {
   const lines = [
     `(local.set $b0 (v128.load offset=${bOff} (local.get $b)))`,
     `(local.set $b1 (v128.load offset=${bOff + 16} (local.get $b)))`,
   ];
   for (let i = 0; i < 4; i++) {
     lines.push(`(local.set $av (v128.load32_splat offset=${aOff + 4 * i} (local.get $a)))`);
-    lines.push(`(local.set $c${i}0 ${MADD('av', 'b0', `c${i}0`)})`);
-    lines.push(`(local.set $c${i}1 ${MADD('av', 'b1', `c${i}1`)})`);
+    lines.push(`(local.set $${acc}${i}0 ${MADD('av', 'b0', `${acc}${i}0`)})`);
+    lines.push(`(local.set $${acc}${i}1 ${MADD('av', 'b1', `${acc}${i}1`)})`);
   }
   return lines;
 }
@@ -142,21 +145,31 @@ function storeRow(k: Consts, dt: Dt, p: string, fast: boolean): string[] {
   }
 }
 
-function epilogue(k: Consts, src: Dt, dst: Dt): string[] {
+/** ps = psrc + it·4·ldsrc + jt·8·size: the tile's first stored W value. */
+const tileSrc = (src: Dt): string =>
+  `(local.set $ps (i32.add (i32.add (local.get $psrc) (i32.mul (i32.shl (local.get $it) (i32.const 2)) (local.get $ldsrc))) (i32.mul (local.get $jt) (i32.const ${8 * SIZE[src]}))))`;
+
+/**
+ * The tile's epilogue: y = x + acc per row, counted, clamped when asked, rounded once and stored. x is the stored
+ * W row (update functions) or, for the Hadamard functions, W' already in the `c` locals, with the U·D accumulators
+ * in `d`.
+ */
+function epilogue(k: Consts, src: Dt, dst: Dt, hadamard = false): string[] {
+  const acc = hadamard ? 'd' : 'c';
   const lines: string[] = [
-    // ps = psrc + it*4*ldsrc + jt*8*size ; pd likewise
-    `(local.set $ps (i32.add (i32.add (local.get $psrc) (i32.mul (i32.shl (local.get $it) (i32.const 2)) (local.get $ldsrc))) (i32.mul (local.get $jt) (i32.const ${8 * SIZE[src]}))))`,
+    ...(hadamard ? [] : [tileSrc(src)]),
     `(local.set $pd (i32.add (i32.add (local.get $pdst) (i32.mul (i32.shl (local.get $it) (i32.const 2)) (local.get $lddst))) (i32.mul (local.get $jt) (i32.const ${8 * SIZE[dst]}))))`,
   ];
   const sp = special(k, dst);
   for (let i = 0; i < 4; i++) {
     if (i > 0) {
-      lines.push(`(local.set $ps (i32.add (local.get $ps) (local.get $ldsrc)))`);
+      if (!hadamard) lines.push(`(local.set $ps (i32.add (local.get $ps) (local.get $ldsrc)))`);
       lines.push(`(local.set $pd (i32.add (local.get $pd) (local.get $lddst)))`);
     }
-    lines.push(...loadRow(k, src, 'ps'));
-    lines.push(`(local.set $y0 (f32x4.add (local.get $x0) (local.get $c${i}0)))`);
-    lines.push(`(local.set $y1 (f32x4.add (local.get $x1) (local.get $c${i}1)))`);
+    if (hadamard) lines.push(`(local.set $x0 (local.get $c${i}0))`, `(local.set $x1 (local.get $c${i}1))`);
+    else lines.push(...loadRow(k, src, 'ps'));
+    lines.push(`(local.set $y0 (f32x4.add (local.get $x0) (local.get $${acc}${i}0)))`);
+    lines.push(`(local.set $y1 (f32x4.add (local.get $x1) (local.get $${acc}${i}1)))`);
     lines.push(`(local.set $a0 (v128.and (local.get $y0) ${k.c(0x7fffffff)}))`);
     lines.push(`(local.set $a1 (v128.and (local.get $y1) ${k.c(0x7fffffff)}))`);
     if (dst === 'f32') {
@@ -179,12 +192,90 @@ function epilogue(k: Consts, src: Dt, dst: Dt): string[] {
   return lines;
 }
 
-function updateFunc(src: Dt, dst: Dt): string {
+/** Where the Hadamard functions read their two factor pairs: six i32 (pa1, pb1, r1, pa2, pb2, r2). */
+export const HADAMARD_PARAMS_OFFSET = 960;
+/** Where the Hadamard and Kronecker functions read their two f64 coefficients (s, then c): the end of the count area (threads use 8·64 bytes). */
+export const HADAMARD_COEF_OFFSET = 1008;
+
+/**
+ * The 4×8 product tile of one packed factor pair into the accumulators `${acc}00` … `${acc}31` (zeroed first):
+ * A strip at pa + it·16·r, B strip at pb + jt·32·r, r steps (none when r is 0).
+ */
+function productTile(pa: string, pb: string, r: string, acc: string, label: string): string[] {
+  const zero: string[] = [];
+  for (let i = 0; i < 4; i++) for (let j = 0; j < 2; j++) zero.push(`(local.set $${acc}${i}${j} ${c32(0)})`);
+  return [
+    ...zero,
+    `(local.set $a (i32.add ${get(pa)} (i32.mul (local.get $it) (i32.shl ${get(r)} (i32.const 4)))))`,
+    `(local.set $b (i32.add ${get(pb)} (i32.mul (local.get $jt) (i32.shl ${get(r)} (i32.const 5)))))`,
+    `(local.set $aEnd (i32.add (local.get $a) (i32.shl ${get(r)} (i32.const 4))))`,
+    `(if ${get(r)} (then`,
+    `  (loop $${label}`,
+    indent(kStep(0, 0, acc), 4),
+    `    (local.set $a (i32.add (local.get $a) (i32.const 16)))`,
+    `    (local.set $b (i32.add (local.get $b) (i32.const 32)))`,
+    `    (br_if $${label} (i32.lt_u (local.get $a) (local.get $aEnd))))))`,
+  ];
+}
+
+/** The f64 lanes 0, 1 of an f32x4 (`high`: lanes 2, 3). */
+const promote = (v: string, high: boolean): string =>
+  high
+    ? `(f64x2.promote_low_f32x4 (i8x16.shuffle 8 9 10 11 12 13 14 15 8 9 10 11 12 13 14 15 ${get(v)} ${get(v)}))`
+    : `(f64x2.promote_low_f32x4 ${get(v)})`;
+
+/**
+ * out = f32(w + c·f32(s·p1·p2)) on four lanes, two at a time in f64: the arithmetic and the two f32 roundings of
+ * adding a LoHa's dense delta in JS (view[i] + c·Δ[i], Δ = s·p1·p2 rounded to f32).
+ */
+function hadamardLanes(out: string, w: string, p1: string, p2: string): string[] {
+  const half = (high: boolean, to: string): string =>
+    `(local.set $${to} (f32x4.demote_f64x2_zero (f64x2.add ${promote(w, high)} (f64x2.mul (local.get $cv) ` +
+    `(f64x2.promote_low_f32x4 (f32x4.demote_f64x2_zero (f64x2.mul (f64x2.mul (local.get $sv) ${promote(p1, high)}) ${promote(p2, high)})))))))`;
+  return [
+    half(false, 'lo'),
+    half(true, 'hi'),
+    `(local.set $${out} (i8x16.shuffle 0 1 2 3 4 5 6 7 16 17 18 19 20 21 22 23 (local.get $lo) (local.get $hi)))`,
+  ];
+}
+
+/**
+ * The Hadamard stage of a tile: with P1 in `c` and P2 in `d`, each row's W' = f32(W + c·f32(s·P1·P2)) into `c`,
+ * in the values of the three passes it replaces: W32 = W + 0 (a rank-0 update to f32), Pk = 0 + Ak·Bk (the
+ * update kernel's product over a zero region), then the f64 combine.
+ */
+function hadamardStage(k: Consts, src: Dt): string[] {
+  const lines = [tileSrc(src)];
+  for (let i = 0; i < 4; i++) {
+    if (i > 0) lines.push(`(local.set $ps (i32.add (local.get $ps) (local.get $ldsrc)))`);
+    lines.push(...loadRow(k, src, 'ps'));
+    for (const j of [0, 1]) {
+      lines.push(
+        `(local.set $x${j} (f32x4.add (local.get $x${j}) ${k.c(0)}))`,
+        `(local.set $p1 (f32x4.add ${k.c(0)} (local.get $c${i}${j})))`,
+        `(local.set $p2 (f32x4.add ${k.c(0)} (local.get $d${i}${j})))`,
+        ...hadamardLanes(`c${i}${j}`, `x${j}`, 'p1', 'p2'),
+      );
+    }
+  }
+  return lines;
+}
+
+/**
+ * update_{src}_{dst}: W' = W + U·D over row tiles [it0, it1), column tiles [jt0, jt1).
+ * hadamard_{src}_{dst} (`hadamard`): W' = f32(W + c·f32(s·(A1·B1)⊙(A2·B2))) + U·D per tile, both products in
+ * registers (pairs and coefficients read from HADAMARD_PARAMS_OFFSET / HADAMARD_COEF_OFFSET), then the same
+ * epilogue: one rounding to the output dtype. Same values as the passes update(W→f32), two products over a zero
+ * region, the f64 combine and update(f32→dst) run one after the other, without their memory traffic.
+ */
+function updateFunc(src: Dt, dst: Dt, hadamard = false): string {
   const k = new Consts(HOIST_CONSTS);
-  const epi = epilogue(k, src, dst);
+  const epi = epilogue(k, src, dst, hadamard);
+  const stage = hadamard ? hadamardStage(k, src) : [];
   const accs: string[] = [];
-  for (let i = 0; i < 4; i++) for (let j = 0; j < 2; j++) accs.push(`c${i}${j}`);
-  const zero = accs.map((c) => `(local.set $${c} ${c32(0)})`);
+  for (const acc of hadamard ? ['c', 'd'] : ['c'])
+    for (let i = 0; i < 4; i++) for (let j = 0; j < 2; j++) accs.push(`${acc}${i}${j}`);
+  const zero = accs.slice(0, 8).map((c) => `(local.set $${c} ${c32(0)})`);
   const unrolled: string[] = [];
   for (let u = 0; u < K_UNROLL; u++) unrolled.push(...kStep(16 * u, 32 * u));
   const v128Locals = [
@@ -209,24 +300,9 @@ function updateFunc(src: Dt, dst: Dt): string {
     't1',
     't2',
     'm',
+    ...(hadamard ? ['sv', 'cv', 'p1', 'p2', 'lo', 'hi'] : []),
   ];
-  const body = [
-    `(if (i32.or (i32.ge_u (local.get $it0) (local.get $it1)) (i32.ge_u (local.get $jt0) (local.get $jt1))) (then (return)))`,
-    ...k.init(),
-    `(local.set $clampv (i32x4.splat (i32.sub (i32.const 0) (local.get $clamp))))`,
-    `(local.set $cntIn ${c32(0)})`,
-    `(local.set $cntOv ${c32(0)})`,
-    // bytes of one A strip / B strip, and the unrolled part of r
-    `(local.set $astride (i32.shl (local.get $r) (i32.const 4)))`,
-    `(local.set $bstride (i32.shl (local.get $r) (i32.const 5)))`,
-    `(local.set $rmain (i32.and (local.get $r) (i32.const ${-K_UNROLL})))`,
-    `(local.set $jc (local.get $jt0))`,
-    `(loop $panels`,
-    `  (local.set $jcEnd (select (i32.add (local.get $jc) (local.get $nc)) (local.get $jt1) (i32.lt_u (i32.add (local.get $jc) (local.get $nc)) (local.get $jt1))))`,
-    `  (local.set $it (local.get $it0))`,
-    `  (loop $rowtiles`,
-    `    (local.set $jt (local.get $jc))`,
-    `    (loop $coltiles`,
+  const plainTile = [
     indent(zero, 6),
     `      (local.set $a (i32.add (local.get $pa) (i32.mul (local.get $it) (local.get $astride))))`,
     `      (local.set $b (i32.add (local.get $pb) (i32.mul (local.get $jt) (local.get $bstride))))`,
@@ -243,6 +319,42 @@ function updateFunc(src: Dt, dst: Dt): string {
       indent(kStep(16 * u, 32 * u), 8),
       `      ))`,
     ]).flat(),
+  ];
+  const hadamardTile = [
+    indent(productTile('pa1', 'pb1', 'r1', 'c', 'k1'), 6),
+    indent(productTile('pa2', 'pb2', 'r2', 'd', 'k2'), 6),
+    indent(stage, 6),
+    indent(productTile('pa', 'pb', 'r', 'd', 'k'), 6),
+  ];
+  const hadamardInit = [
+    `(local.set $pa1 (i32.load (i32.const ${HADAMARD_PARAMS_OFFSET})))`,
+    `(local.set $pb1 (i32.load (i32.const ${HADAMARD_PARAMS_OFFSET + 4})))`,
+    `(local.set $r1 (i32.load (i32.const ${HADAMARD_PARAMS_OFFSET + 8})))`,
+    `(local.set $pa2 (i32.load (i32.const ${HADAMARD_PARAMS_OFFSET + 12})))`,
+    `(local.set $pb2 (i32.load (i32.const ${HADAMARD_PARAMS_OFFSET + 16})))`,
+    `(local.set $r2 (i32.load (i32.const ${HADAMARD_PARAMS_OFFSET + 20})))`,
+    `(local.set $sv (f64x2.splat (f64.load (i32.const ${HADAMARD_COEF_OFFSET}))))`,
+    `(local.set $cv (f64x2.splat (f64.load (i32.const ${HADAMARD_COEF_OFFSET + 8}))))`,
+  ];
+  const body = [
+    `(if (i32.or (i32.ge_u (local.get $it0) (local.get $it1)) (i32.ge_u (local.get $jt0) (local.get $jt1))) (then (return)))`,
+    ...k.init(),
+    ...(hadamard ? hadamardInit : []),
+    `(local.set $clampv (i32x4.splat (i32.sub (i32.const 0) (local.get $clamp))))`,
+    `(local.set $cntIn ${c32(0)})`,
+    `(local.set $cntOv ${c32(0)})`,
+    // bytes of one A strip / B strip, and the unrolled part of r
+    `(local.set $astride (i32.shl (local.get $r) (i32.const 4)))`,
+    `(local.set $bstride (i32.shl (local.get $r) (i32.const 5)))`,
+    `(local.set $rmain (i32.and (local.get $r) (i32.const ${-K_UNROLL})))`,
+    `(local.set $jc (local.get $jt0))`,
+    `(loop $panels`,
+    `  (local.set $jcEnd (select (i32.add (local.get $jc) (local.get $nc)) (local.get $jt1) (i32.lt_u (i32.add (local.get $jc) (local.get $nc)) (local.get $jt1))))`,
+    `  (local.set $it (local.get $it0))`,
+    `  (loop $rowtiles`,
+    `    (local.set $jt (local.get $jc))`,
+    `    (loop $coltiles`,
+    ...(hadamard ? hadamardTile : plainTile),
     indent(epi, 6),
     `      (local.set $jt (i32.add (local.get $jt) (i32.const 1)))`,
     `      (br_if $coltiles (i32.lt_u (local.get $jt) (local.get $jcEnd))))`,
@@ -272,11 +384,25 @@ function updateFunc(src: Dt, dst: Dt): string {
   ]
     .map((p) => `(param $${p} i32)`)
     .join(' ');
-  const i32Locals = ['jc', 'jcEnd', 'it', 'jt', 'a', 'b', 'aEnd', 'astride', 'bstride', 'rmain', 'ps', 'pd']
+  const i32Locals = [
+    'jc',
+    'jcEnd',
+    'it',
+    'jt',
+    'a',
+    'b',
+    'aEnd',
+    'astride',
+    'bstride',
+    'rmain',
+    'ps',
+    'pd',
+    ...(hadamard ? ['pa1', 'pb1', 'r1', 'pa2', 'pb2', 'r2'] : []),
+  ]
     .map((l) => `(local $${l} i32)`)
     .join(' ');
   return [
-    `  (func (export "update_${src}_${dst}") ${params}`,
+    `  (func (export "${hadamard ? 'hadamard' : 'update'}_${src}_${dst}") ${params}`,
     `    ${i32Locals}`,
     `    ${v128Locals.map((l) => `(local $${l} v128)`).join(' ')}`,
     `    ${k.decls()}`,
@@ -337,29 +463,6 @@ const packB = `  (func (export "pack_b") (param $src i32) (param $dst i32) (para
         (local.set $k (i32.add (local.get $k) (i32.const 1)))
         (br_if $ks (i32.lt_u (local.get $k) (local.get $r))))))`;
 
-/** Where hadamard_add reads its two f64 coefficients (s, then c): the end of the count area (threads use 8·64 bytes). */
-export const HADAMARD_COEF_OFFSET = 1008;
-
-/**
- * hadamard_add(p1, p2, _, w, ld, out, _, it0, it1, …): over row tiles [it0, it1) of regions that share the row
- * stride ld (bytes), out = f32(w + c·f32(s·p1·p2)) with s, c read as f64 from HADAMARD_COEF_OFFSET — the f64
- * arithmetic and the two f32 roundings of adding a LoHa's dense delta in JS (view[i] + c·Δ[i], Δ = s·p1·p2 as
- * f32). Same parameter list as the update functions, so the thread pool runs it like one.
- */
-const hadamardAdd = `  (func (export "hadamard_add") (param $pa i32) (param $pb i32) (param $r i32) (param $psrc i32) (param $ldsrc i32) (param $pdst i32) (param $lddst i32) (param $it0 i32) (param $it1 i32) (param $jt0 i32) (param $jt1 i32) (param $nc i32) (param $clamp i32) (param $pcount i32)
-    (local $i i32) (local $end i32) (local $s f64) (local $c f64) (local $d f64)
-    (local.set $s (f64.load (i32.const ${HADAMARD_COEF_OFFSET})))
-    (local.set $c (f64.load (i32.const ${HADAMARD_COEF_OFFSET + 8})))
-    (local.set $i (i32.mul (i32.shl (local.get $it0) (i32.const 2)) (local.get $ldsrc)))
-    (local.set $end (i32.mul (i32.shl (local.get $it1) (i32.const 2)) (local.get $ldsrc)))
-    (block $done
-      (loop $elems
-        (br_if $done (i32.ge_u (local.get $i) (local.get $end)))
-        (local.set $d (f64.promote_f32 (f32.demote_f64 (f64.mul (f64.mul (local.get $s) (f64.promote_f32 (f32.load (i32.add (local.get $pa) (local.get $i))))) (f64.promote_f32 (f32.load (i32.add (local.get $pb) (local.get $i))))))))
-        (f32.store (i32.add (local.get $pdst) (local.get $i)) (f32.demote_f64 (f64.add (f64.promote_f32 (f32.load (i32.add (local.get $psrc) (local.get $i)))) (f64.mul (local.get $c) (local.get $d)))))
-        (local.set $i (i32.add (local.get $i) (i32.const 4)))
-        (br $elems))))`;
-
 /** Where kronecker_add reads its sizes: five i32 (rows, right rows, left columns, right columns, block's first row). */
 export const KRONECKER_PARAMS_OFFSET = 984;
 
@@ -367,7 +470,7 @@ export const KRONECKER_PARAMS_OFFSET = 984;
  * kronecker_add(left, right, _, w, ld, out, _, it0, it1, …): over row tiles [it0, it1) of a block, for every
  * real row i (global row g = first row + i, a = g / o2, b = g mod o2) and column (c, d):
  * out = f32(w + c·Δ) with Δ = f32(x·right[b, d]), x = s·left[a, c] in f64, and Δ = +0 where x is 0 — the values
- * and roundings of writing the dense Kronecker product in JS and adding it. s and c as for hadamard_add.
+ * and roundings of writing the dense Kronecker product in JS and adding it. s and c read as f64 from HADAMARD_COEF_OFFSET.
  */
 const kroneckerAdd = `  (func (export "kronecker_add") (param $pa i32) (param $pb i32) (param $r i32) (param $psrc i32) (param $ldsrc i32) (param $pdst i32) (param $lddst i32) (param $it0 i32) (param $it1 i32) (param $jt0 i32) (param $jt1 i32) (param $nc i32) (param $clamp i32) (param $pcount i32)
     (local $i i32) (local $iEnd i32) (local $rows i32) (local $o2 i32) (local $i1 i32) (local $n2 i32) (local $g i32)
@@ -425,6 +528,7 @@ const kroneckerAdd = `  (func (export "kronecker_add") (param $pa i32) (param $p
 export function kernelWat(): string {
   const funcs: string[] = [];
   for (const s of DTYPES) for (const d of DTYPES) funcs.push(updateFunc(s, d));
+  for (const s of DTYPES) for (const d of DTYPES) funcs.push(updateFunc(s, d, true));
   return `;; Generated by scripts/build-wasm.ts from scripts/wasm/kernel-wat.ts: do not edit by hand.
 ;; Fused low-rank update W' = W + A.B (f32 math, one rounding to the output dtype). See kernel-wat.ts.
 ;; This text is the relaxed-SIMD, private-memory build; the other builds are derived by kernelVariant():
@@ -434,7 +538,6 @@ export function kernelWat(): string {
 ${packA}
 ${packB}
 ${funcs.join('\n')}
-${hadamardAdd}
 ${kroneckerAdd}
 )
 `;

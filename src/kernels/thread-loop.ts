@@ -53,7 +53,15 @@ export const KERNEL_FUNCTIONS = [
   'update_bf16_f32',
   'update_bf16_f16',
   'update_bf16_bf16',
-  'hadamard_add',
+  'hadamard_f32_f32',
+  'hadamard_f32_f16',
+  'hadamard_f32_bf16',
+  'hadamard_f16_f32',
+  'hadamard_f16_f16',
+  'hadamard_f16_bf16',
+  'hadamard_bf16_f32',
+  'hadamard_bf16_f16',
+  'hadamard_bf16_bf16',
   'kronecker_add',
 ] as const;
 

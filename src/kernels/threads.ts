@@ -476,15 +476,34 @@ export async function createThreadedKernel<T>(
   const pool = new ThreadPool(platform, ctl, threads);
   await pool.start(module, memory);
 
-  async function run(io: Omit<BlockIo, 'b' | 'cols'>, job: UpdateJob, clamp: boolean): Promise<UpdateResult> {
+  /**
+   * W' = W + U·D, block by block; with `h`, W' = f32(W + c·Δ) + U·D for the LoHa Δ = s·(A1·B1)⊙(A2·B2): the
+   * hadamard_* functions compute both products of a tile in registers, combine them and add U·D there, so no
+   * product region, f32 copy of W or extra pass exists, and W is copied in and out as for a plain update.
+   */
+  async function run(
+    io: Omit<BlockIo, 'b' | 'cols'>,
+    job: UpdateJob,
+    clamp: boolean,
+    h?: HadamardPart,
+  ): Promise<UpdateResult> {
     if (job.rows === 0 || job.cols === 0) return { overflow: 0, nonFiniteInput: 0 };
     const { pb, end } = engine.packB(job);
+    const rank = job.rank + (h ? h.a.rank + h.b.rank : 0);
     let nonFiniteInput = 0;
     let overflow = 0;
     for (const [r0, r1] of engine.blocks(job, io.srcDtype, io.dstDtype)) {
-      const b = engine.layoutBlock(io.srcDtype, io.dstDtype, job, pb, end, r0, r1, clamp);
+      let base = end;
+      if (h) {
+        const first = engine.packFactors(h.a.rank, h.a.up, h.a.down, job.cols, r0, r1, end);
+        const second = engine.packFactors(h.b.rank, h.b.up, h.b.down, job.cols, r0, r1, first.end);
+        engine.setHadamardParams(first, h.a.rank, second, h.b.rank, h.scale, h.coef);
+        base = second.end;
+      }
+      const laid = engine.layoutBlock(io.srcDtype, io.dstDtype, job, pb, base, r0, r1, clamp);
+      const b = h ? { ...laid, fn: laid.fn.replace('update_', 'hadamard_'), nc: panelTiles(rank) } : laid;
       engine.resetCounts(threads);
-      const flops = 2 * (r1 - r0) * job.cols * job.rank;
+      const flops = 2 * (r1 - r0) * job.cols * rank;
       if (threads > 1 && b.rowTiles >= 2 * threads && flops >= minParallelFlops) {
         await runParallel(engine, pool, platform, ctl, { ...io, b, cols: job.cols }, chunkTiles);
       } else {
@@ -499,10 +518,8 @@ export async function createThreadedKernel<T>(
     return { overflow, nonFiniteInput };
   }
 
-  /** Bytes reserved for packed factors before the LoHa regions (grows only, so the zero region rarely moves). */
+  /** Bytes reserved for packed factors before the LoKr's regions (grows only). */
   let packReserve = 0;
-  /** A byte range of the memory known to hold zeros (the LoHa products' zero source), or null. */
-  let zeroed: [number, number] | null = null;
 
   /**
    * A term added to W where the kernel keeps it, block by block: W (stored) → f32 (a rank-0 update: exact);
@@ -575,44 +592,6 @@ export async function createThreadedKernel<T>(
     return { overflow, nonFiniteInput };
   }
 
-  /**
-   * A LoHa: P1 = 0 + A_up·A_down and P2 = 0 + B_up·B_down with the update kernel itself (f32, from a zero source
-   * region, so the same values as the terms' own product), then W32 = f32(W32 + c·f32(s·P1·P2)) (hadamard_add).
-   */
-  function runHadamard(
-    io: Omit<BlockIo, 'b' | 'cols'>,
-    job: UpdateJob,
-    h: HadamardPart,
-    clamp: boolean,
-  ): Promise<UpdateResult> {
-    const rMax = Math.max(h.a.rank, h.b.rank);
-    return runInMemory(
-      io,
-      job,
-      clamp,
-      rMax,
-      (_rows, cells) => 3 * cells * 4 + 128,
-      async ({ r0, r1, cells, colsP, scratch, w32, block, phase }) => {
-        const zero = scratch;
-        const p1 = alignTo(zero + cells * 4, 64);
-        const p2 = alignTo(p1 + cells * 4, 64);
-        if (!zeroed || zeroed[0] > zero || zeroed[1] < zero + cells * 4) engine.zero(zero, zero + cells * 4);
-        // Only this block's zero region stays zero: the regions after it are written below.
-        zeroed = [zero, zero + cells * 4];
-        for (const [side, out] of [
-          [h.a, p1],
-          [h.b, p2],
-        ] as const) {
-          const p = engine.packFactors(side.rank, side.up, side.down, job.cols, r0, r1);
-          const b = block('update_f32_f32', side.rank, zero, colsP * 4, out, colsP * 4);
-          await phase({ ...b, pa: p.pa, pb: p.pb, clamp: 0 });
-        }
-        engine.setHadamardCoefs(h.scale, h.coef);
-        await phase({ ...block('hadamard_add', 0, w32, colsP * 4, w32, colsP * 4), pa: p1, pb: p2 });
-      },
-    );
-  }
-
   /** A LoKr: W32 = f32(W32 + c·f32(s·left[a, c]·right[b, d])), the Kronecker product written into the rows. */
   function runKronecker(
     io: Omit<BlockIo, 'b' | 'cols'>,
@@ -650,8 +629,6 @@ export async function createThreadedKernel<T>(
         if (pool.disposed) throw disposedError(name);
         if (pool.failure) throw new FuseError('KERNEL_FAILED', `cpu kernel: ${pool.failure}`, { threads });
         validateJob(name, src, srcDtype, dst, dstDtype, job);
-        // an ordinary job lays out memory its own way: the zero region is no longer known to be zero
-        zeroed = null;
         return timed(stats, job, () => run({ src, srcDtype, dst, dstDtype }, job, o.clamp === true));
       });
     },
@@ -670,9 +647,7 @@ export async function createThreadedKernel<T>(
         if (pool.failure) throw new FuseError('KERNEL_FAILED', `cpu kernel: ${pool.failure}`, { threads });
         validateJob(name, src, srcDtype, dst, dstDtype, job);
         validateHadamard(name, job, h);
-        const res = await timed(stats, job, () =>
-          runHadamard({ src, srcDtype, dst, dstDtype }, job, h, o.clamp === true),
-        );
+        const res = await timed(stats, job, () => run({ src, srcDtype, dst, dstDtype }, job, o.clamp === true, h));
         stats.flops += 2 * job.rows * job.cols * (h.a.rank + h.b.rank);
         return res;
       });

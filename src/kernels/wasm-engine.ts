@@ -22,8 +22,10 @@ export const MAX_THREADS = 64;
 export const CTL_OFFSET = 1024;
 export const CTL_INTS = 768;
 const DATA_OFFSET = 4096;
-/** Where hadamard_add reads s and c (two f64): the end of the count area (scripts/wasm/kernel-wat.ts). */
+/** Where the hadamard_* functions and kronecker_add read s and c (two f64): the end of the count area (scripts/wasm/kernel-wat.ts). */
 export const HADAMARD_COEF_OFFSET = 1008;
+/** Where the hadamard_* functions read their two packed pairs (six i32: pa1, pb1, r1, pa2, pb2, r2). */
+export const HADAMARD_PARAMS_OFFSET = 960;
 /** kronecker_add's sizes (five i32: rows, right rows, left columns, right columns, first row of the block). */
 export const KRONECKER_PARAMS_OFFSET = 984;
 const PAGE = 65536;
@@ -52,7 +54,7 @@ type KernelFn = (
 export interface KernelExports {
   pack_a(src: number, dst: number, rows: number, r: number): void;
   pack_b(src: number, dst: number, cols: number, r: number): void;
-  [update: `update_${string}`]: KernelFn;
+  [update: `update_${string}` | `hadamard_${string}`]: KernelFn;
 }
 
 const DT: Record<StoredFloat, string> = { F32: 'f32', F16: 'f16', BF16: 'bf16' };
@@ -178,11 +180,11 @@ export class WasmEngine {
     return out;
   }
 
-  /** Pack B (all columns) once per job; returns its offset and the bytes used. */
-  packB(job: UpdateJob): { pb: number; end: number } {
+  /** Pack B (all columns) once per job at `base`; returns its offset and the end of the bytes used. */
+  packB(job: UpdateJob, base = DATA_OFFSET): { pb: number; end: number } {
     const { rank: r, cols } = job;
     const colsP = align(Math.max(cols, 1), 8);
-    const pb = DATA_OFFSET;
+    const pb = align(base, 64);
     const staging = align(pb + colsP * r * 4, 64);
     this.ensure(staging + r * cols * 4);
     this.f32.set(job.down, staging / 4);
@@ -306,8 +308,8 @@ export class WasmEngine {
   }
 
   /**
-   * Pack the factors of a job for rows [rowStart, rowEnd): D at DATA_OFFSET, then U after it (reusing D's staging
-   * area once it is packed). Returns the packed offsets and the end of the bytes used.
+   * Pack the factors of a job for rows [rowStart, rowEnd): D at `base` (DATA_OFFSET by default), then U after it
+   * (reusing D's staging area once it is packed). Returns the packed offsets and the end of the bytes used.
    */
   packFactors(
     rank: number,
@@ -316,9 +318,10 @@ export class WasmEngine {
     cols: number,
     rowStart: number,
     rowEnd: number,
+    base = DATA_OFFSET,
   ): { pa: number; pb: number; end: number } {
     const n = rowEnd - rowStart;
-    const { pb, end: stagingB } = this.packB({ rows: n, cols, rank, up, down });
+    const { pb, end: stagingB } = this.packB({ rows: n, cols, rank, up, down }, base);
     const pa = align(stagingB, 64);
     const staging = align(pa + align(n, 4) * rank * 4, 64);
     this.ensure(staging + n * rank * 4 + 64);
@@ -333,11 +336,30 @@ export class WasmEngine {
     return colsP * rank * 4 + 128 + Math.max(rank * cols * 4, align(rows, 4) * rank * 4 + 64 + rows * rank * 4) + 128;
   }
 
-  /** Write hadamard_add's coefficients. */
+  /** Write the coefficients s and c of the hadamard_* functions and kronecker_add. */
   setHadamardCoefs(scale: number, coef: number): void {
     const v = new Float64Array(this.memory.buffer, HADAMARD_COEF_OFFSET, 2);
     v[0] = scale;
     v[1] = coef;
+  }
+
+  /** The hadamard_* functions' parameters: the two packed pairs (see packFactors) with their ranks, s and c. */
+  setHadamardParams(
+    first: { pa: number; pb: number },
+    rank1: number,
+    second: { pa: number; pb: number },
+    rank2: number,
+    scale: number,
+    coef: number,
+  ): void {
+    this.setHadamardCoefs(scale, coef);
+    const v = new Int32Array(this.memory.buffer, HADAMARD_PARAMS_OFFSET, 6);
+    v[0] = first.pa;
+    v[1] = first.pb;
+    v[2] = rank1;
+    v[3] = second.pa;
+    v[4] = second.pb;
+    v[5] = rank2;
   }
 
   /** kronecker_add's parameters: s, c (f64 at HADAMARD_COEF_OFFSET) and the sizes (i32 just below). */
@@ -400,7 +422,7 @@ export class WasmEngine {
 
 /** Call the kernel for row tiles [it0, it1) of a block (also used by worker threads). */
 export function runBlock(ex: KernelExports, b: Block, it0: number, it1: number, slot: number): void {
-  const fn = ex[b.fn as `update_${string}`];
+  const fn = ex[b.fn as `update_${string}` | `hadamard_${string}`];
   if (!fn) throw new FuseError('KERNEL_FAILED', `kernel: the WASM module has no function ${b.fn}`, { found: b.fn });
   fn(
     b.pa,
