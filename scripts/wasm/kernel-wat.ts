@@ -151,11 +151,9 @@ const tileSrc = (src: Dt): string =>
 
 /**
  * The tile's epilogue: y = x + acc per row, counted, clamped when asked, rounded once and stored. x is the stored
- * W row (update functions) or, for the Hadamard functions, W' already in the `c` locals, with the U·D accumulators
- * in `d`.
+ * W row (update functions) or, for the Hadamard functions, W' from the thread's tile scratch.
  */
 function epilogue(k: Consts, src: Dt, dst: Dt, hadamard = false): string[] {
-  const acc = hadamard ? 'd' : 'c';
   const lines: string[] = [
     ...(hadamard ? [] : [tileSrc(src)]),
     `(local.set $pd (i32.add (i32.add (local.get $pdst) (i32.mul (i32.shl (local.get $it) (i32.const 2)) (local.get $lddst))) (i32.mul (local.get $jt) (i32.const ${8 * SIZE[dst]}))))`,
@@ -166,10 +164,14 @@ function epilogue(k: Consts, src: Dt, dst: Dt, hadamard = false): string[] {
       if (!hadamard) lines.push(`(local.set $ps (i32.add (local.get $ps) (local.get $ldsrc)))`);
       lines.push(`(local.set $pd (i32.add (local.get $pd) (local.get $lddst)))`);
     }
-    if (hadamard) lines.push(`(local.set $x0 (local.get $c${i}0))`, `(local.set $x1 (local.get $c${i}1))`);
+    if (hadamard)
+      lines.push(
+        `(local.set $x0 (v128.load offset=${32 * i} (local.get $pt)))`,
+        `(local.set $x1 (v128.load offset=${32 * i + 16} (local.get $pt)))`,
+      );
     else lines.push(...loadRow(k, src, 'ps'));
-    lines.push(`(local.set $y0 (f32x4.add (local.get $x0) (local.get $${acc}${i}0)))`);
-    lines.push(`(local.set $y1 (f32x4.add (local.get $x1) (local.get $${acc}${i}1)))`);
+    lines.push(`(local.set $y0 (f32x4.add (local.get $x0) (local.get $c${i}0)))`);
+    lines.push(`(local.set $y1 (f32x4.add (local.get $x1) (local.get $c${i}1)))`);
     lines.push(`(local.set $a0 (v128.and (local.get $y0) ${k.c(0x7fffffff)}))`);
     lines.push(`(local.set $a1 (v128.and (local.get $y1) ${k.c(0x7fffffff)}))`);
     if (dst === 'f32') {
@@ -192,8 +194,13 @@ function epilogue(k: Consts, src: Dt, dst: Dt, hadamard = false): string[] {
   return lines;
 }
 
-/** Where the Hadamard functions read their two factor pairs: six i32 (pa1, pb1, r1, pa2, pb2, r2). */
-export const HADAMARD_PARAMS_OFFSET = 960;
+/**
+ * Where the Hadamard functions read their two factor pairs and the tile scratch: seven i32 (pa1, pb1, r1, pa2, pb2,
+ * r2, scratch; the scratch holds 128 bytes per count slot).
+ */
+export const HADAMARD_PARAMS_OFFSET = 952;
+/** Where the count slots start (8 bytes per thread; src/kernels/wasm-engine.ts). */
+const COUNTS_OFFSET = 0;
 /** Where the Hadamard and Kronecker functions read their two f64 coefficients (s, then c): the end of the count area (threads use 8·64 bytes). */
 export const HADAMARD_COEF_OFFSET = 1008;
 
@@ -240,9 +247,9 @@ function hadamardLanes(out: string, w: string, p1: string, p2: string): string[]
 }
 
 /**
- * The Hadamard stage of a tile: with P1 in `c` and P2 in `d`, each row's W' = f32(W + c·f32(s·P1·P2)) into `c`,
- * in the values of the three passes it replaces: W32 = W + 0 (a rank-0 update to f32), Pk = 0 + Ak·Bk (the
- * update kernel's product over a zero region), then the f64 combine.
+ * The Hadamard stage of a tile: with P1 in the thread's tile scratch ($pt, 4 rows × 32 bytes) and P2 in `c`, each
+ * row's W' = f32(W + c·f32(s·P1·P2)) replaces P1 there, in the values of the passes it replaces: W32 = W + 0 (a
+ * rank-0 update to f32), Pk = 0 + Ak·Bk (the update kernel's product over a zero region), then the f64 combine.
  */
 function hadamardStage(k: Consts, src: Dt): string[] {
   const lines = [tileSrc(src)];
@@ -252,9 +259,10 @@ function hadamardStage(k: Consts, src: Dt): string[] {
     for (const j of [0, 1]) {
       lines.push(
         `(local.set $x${j} (f32x4.add (local.get $x${j}) ${k.c(0)}))`,
-        `(local.set $p1 (f32x4.add ${k.c(0)} (local.get $c${i}${j})))`,
-        `(local.set $p2 (f32x4.add ${k.c(0)} (local.get $d${i}${j})))`,
-        ...hadamardLanes(`c${i}${j}`, `x${j}`, 'p1', 'p2'),
+        `(local.set $p1 (f32x4.add ${k.c(0)} (v128.load offset=${32 * i + 16 * j} (local.get $pt))))`,
+        `(local.set $p2 (f32x4.add ${k.c(0)} (local.get $c${i}${j})))`,
+        ...hadamardLanes('p1', `x${j}`, 'p1', 'p2'),
+        `(v128.store offset=${32 * i + 16 * j} (local.get $pt) (local.get $p1))`,
       );
     }
   }
@@ -273,9 +281,8 @@ function updateFunc(src: Dt, dst: Dt, hadamard = false): string {
   const epi = epilogue(k, src, dst, hadamard);
   const stage = hadamard ? hadamardStage(k, src) : [];
   const accs: string[] = [];
-  for (const acc of hadamard ? ['c', 'd'] : ['c'])
-    for (let i = 0; i < 4; i++) for (let j = 0; j < 2; j++) accs.push(`${acc}${i}${j}`);
-  const zero = accs.slice(0, 8).map((c) => `(local.set $${c} ${c32(0)})`);
+  for (let i = 0; i < 4; i++) for (let j = 0; j < 2; j++) accs.push(`c${i}${j}`);
+  const zero = accs.map((c) => `(local.set $${c} ${c32(0)})`);
   const unrolled: string[] = [];
   for (let u = 0; u < K_UNROLL; u++) unrolled.push(...kStep(16 * u, 32 * u));
   const v128Locals = [
@@ -320,11 +327,15 @@ function updateFunc(src: Dt, dst: Dt, hadamard = false): string {
       `      ))`,
     ]).flat(),
   ];
+  // one set of accumulators at a time (more would not fit the registers): P1 and then W' wait in the tile scratch
   const hadamardTile = [
     indent(productTile('pa1', 'pb1', 'r1', 'c', 'k1'), 6),
-    indent(productTile('pa2', 'pb2', 'r2', 'd', 'k2'), 6),
+    ...[0, 1, 2, 3].flatMap((i) =>
+      [0, 1].map((j) => `      (v128.store offset=${32 * i + 16 * j} (local.get $pt) (local.get $c${i}${j}))`),
+    ),
+    indent(productTile('pa2', 'pb2', 'r2', 'c', 'k2'), 6),
     indent(stage, 6),
-    indent(productTile('pa', 'pb', 'r', 'd', 'k'), 6),
+    indent(productTile('pa', 'pb', 'r', 'c', 'k'), 6),
   ];
   const hadamardInit = [
     `(local.set $pa1 (i32.load (i32.const ${HADAMARD_PARAMS_OFFSET})))`,
@@ -333,6 +344,8 @@ function updateFunc(src: Dt, dst: Dt, hadamard = false): string {
     `(local.set $pa2 (i32.load (i32.const ${HADAMARD_PARAMS_OFFSET + 12})))`,
     `(local.set $pb2 (i32.load (i32.const ${HADAMARD_PARAMS_OFFSET + 16})))`,
     `(local.set $r2 (i32.load (i32.const ${HADAMARD_PARAMS_OFFSET + 20})))`,
+    // this thread's tile scratch: 128 bytes per count slot (pcount = counts + 8·slot)
+    `(local.set $pt (i32.add (i32.load (i32.const ${HADAMARD_PARAMS_OFFSET + 24})) (i32.shl (i32.sub (local.get $pcount) (i32.const ${COUNTS_OFFSET})) (i32.const 4))))`,
     `(local.set $sv (f64x2.splat (f64.load (i32.const ${HADAMARD_COEF_OFFSET}))))`,
     `(local.set $cv (f64x2.splat (f64.load (i32.const ${HADAMARD_COEF_OFFSET + 8}))))`,
   ];
@@ -397,7 +410,7 @@ function updateFunc(src: Dt, dst: Dt, hadamard = false): string {
     'rmain',
     'ps',
     'pd',
-    ...(hadamard ? ['pa1', 'pb1', 'r1', 'pa2', 'pb2', 'r2'] : []),
+    ...(hadamard ? ['pa1', 'pb1', 'r1', 'pa2', 'pb2', 'r2', 'pt'] : []),
   ]
     .map((l) => `(local $${l} i32)`)
     .join(' ');

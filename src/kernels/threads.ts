@@ -28,6 +28,7 @@ import {
   COUNTS_OFFSET,
   CTL_INTS,
   CTL_OFFSET,
+  HADAMARD_SCRATCH_BYTES,
   kernelModuleSync,
   MAX_PAGES,
   MAX_THREADS,
@@ -497,8 +498,9 @@ export async function createThreadedKernel<T>(
       if (h) {
         const first = engine.packFactors(h.a.rank, h.a.up, h.a.down, job.cols, r0, r1, end);
         const second = engine.packFactors(h.b.rank, h.b.up, h.b.down, job.cols, r0, r1, first.end);
-        engine.setHadamardParams(first, h.a.rank, second, h.b.rank, h.scale, h.coef);
-        base = second.end;
+        const scratch = alignTo(second.end, 64);
+        engine.setHadamardParams(first, h.a.rank, second, h.b.rank, h.scale, h.coef, scratch);
+        base = scratch + MAX_THREADS * HADAMARD_SCRATCH_BYTES;
       }
       const laid = engine.layoutBlock(io.srcDtype, io.dstDtype, job, pb, base, r0, r1, clamp);
       const b = h ? { ...laid, fn: laid.fn.replace('update_', 'hadamard_'), nc: panelTiles(rank) } : laid;

@@ -24,8 +24,13 @@ export const CTL_INTS = 768;
 const DATA_OFFSET = 4096;
 /** Where the hadamard_* functions and kronecker_add read s and c (two f64): the end of the count area (scripts/wasm/kernel-wat.ts). */
 export const HADAMARD_COEF_OFFSET = 1008;
-/** Where the hadamard_* functions read their two packed pairs (six i32: pa1, pb1, r1, pa2, pb2, r2). */
-export const HADAMARD_PARAMS_OFFSET = 960;
+/**
+ * Where the hadamard_* functions read their two packed pairs and their tile scratch (seven i32: pa1, pb1, r1, pa2,
+ * pb2, r2, scratch; HADAMARD_SCRATCH_BYTES per thread).
+ */
+export const HADAMARD_PARAMS_OFFSET = 952;
+/** Tile scratch of the hadamard_* functions per thread (one 4 × 8 f32 tile). */
+export const HADAMARD_SCRATCH_BYTES = 128;
 /** kronecker_add's sizes (five i32: rows, right rows, left columns, right columns, first row of the block). */
 export const KRONECKER_PARAMS_OFFSET = 984;
 const PAGE = 65536;
@@ -343,7 +348,10 @@ export class WasmEngine {
     v[1] = coef;
   }
 
-  /** The hadamard_* functions' parameters: the two packed pairs (see packFactors) with their ranks, s and c. */
+  /**
+   * The hadamard_* functions' parameters: the two packed pairs (see packFactors) with their ranks, s and c, and
+   * the tile scratch (MAX_THREADS · HADAMARD_SCRATCH_BYTES bytes, 16-byte aligned).
+   */
   setHadamardParams(
     first: { pa: number; pb: number },
     rank1: number,
@@ -351,15 +359,17 @@ export class WasmEngine {
     rank2: number,
     scale: number,
     coef: number,
+    scratch: number,
   ): void {
     this.setHadamardCoefs(scale, coef);
-    const v = new Int32Array(this.memory.buffer, HADAMARD_PARAMS_OFFSET, 6);
+    const v = new Int32Array(this.memory.buffer, HADAMARD_PARAMS_OFFSET, 7);
     v[0] = first.pa;
     v[1] = first.pb;
     v[2] = rank1;
     v[3] = second.pa;
     v[4] = second.pb;
     v[5] = rank2;
+    v[6] = scratch;
   }
 
   /** kronecker_add's parameters: s, c (f64 at HADAMARD_COEF_OFFSET) and the sizes (i32 just below). */
