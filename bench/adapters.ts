@@ -83,6 +83,8 @@ interface Timed {
   readonly case: string;
   readonly seconds: number;
   readonly maxRssMb: number;
+  /** User + system CPU seconds of the child (less sensitive to other processes' load than the wall time). */
+  readonly cpuSeconds: number;
   readonly code: number | null;
   readonly report?: unknown;
 }
@@ -95,6 +97,10 @@ function timed(label: string, args: string[]): Timed {
   });
   const seconds = (performance.now() - t0) / 1000;
   const rss = /Maximum resident set size \(kbytes\): (\d+)/.exec(r.stderr ?? '');
+  const cpu = ['User', 'System'].reduce((s, k) => {
+    const m = new RegExp(`${k} time \\(seconds\\): ([0-9.]+)`).exec(r.stderr ?? '');
+    return s + (m ? Number(m[1]) : Number.NaN);
+  }, 0);
   if (r.status !== 0) process.stderr.write(r.stderr ?? '');
   let report: unknown;
   try {
@@ -102,7 +108,14 @@ function timed(label: string, args: string[]): Timed {
   } catch {
     report = undefined;
   }
-  return { case: label, seconds, maxRssMb: rss ? Number(rss[1]) / 1024 : Number.NaN, code: r.status, report };
+  return {
+    case: label,
+    seconds,
+    maxRssMb: rss ? Number(rss[1]) / 1024 : Number.NaN,
+    cpuSeconds: cpu,
+    code: r.status,
+    report,
+  };
 }
 
 function fuseCase(name: string): Timed {
