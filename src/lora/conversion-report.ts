@@ -16,6 +16,11 @@ export interface ModuleConversion {
   readonly relativeError: number;
   /** ‖Δ_k‖_F / ‖Δ‖_F: 1 for a module kept exact. */
   readonly normKept: number;
+  /**
+   * How the spectrum was found: 'exact' (the SVD from the Grams of the exact factors) or 'randomized' (the dense
+   * delta's randomized SVD, within ≈ 0.1 % of the optimal error); absent for a module written exactly.
+   */
+  readonly svd?: 'exact' | 'randomized';
 }
 
 export interface ConversionReport {
@@ -35,17 +40,52 @@ export function conversionReport(
   target: { readonly rank?: number; readonly minEnergy?: number },
   kindOf: (path: string) => string,
 ): ConversionReport {
-  const modules: ModuleConversion[] = report.modules.map((m) => {
-    const relativeError = m.norm !== undefined && m.norm > 0 ? m.error / m.norm : 0;
-    return {
+  return summarizeConversions(
+    report.modules.map((m) => ({
       path: m.path,
       kind: kindOf(m.path),
       rankBefore: m.rankBefore,
       rankAfter: m.rankAfter,
-      relativeError,
+      relativeError: m.norm !== undefined && m.norm > 0 ? m.error / m.norm : 0,
       normKept: m.normKept,
-    };
-  });
+    })),
+    target,
+  );
+}
+
+/** One module's row from what its conversion found (convertModule's outcome). */
+export function moduleConversion(
+  path: string,
+  kind: string,
+  o: {
+    readonly rankBefore: number;
+    readonly rank: number;
+    readonly error: number;
+    readonly norm: number;
+    readonly normKept: number;
+    readonly method?: 'exact' | 'factors' | 'dense';
+  },
+): ModuleConversion {
+  return {
+    path,
+    kind,
+    rankBefore: o.rankBefore,
+    rankAfter: o.rank,
+    relativeError: o.norm > 0 ? o.error / o.norm : 0,
+    normKept: o.normKept,
+    ...(o.method === 'factors'
+      ? { svd: 'exact' as const }
+      : o.method === 'dense'
+        ? { svd: 'randomized' as const }
+        : {}),
+  };
+}
+
+/** The report of a conversion's modules: the rows, then the mean and worst error and kept norm. */
+export function summarizeConversions(
+  modules: readonly ModuleConversion[],
+  target: { readonly rank?: number; readonly minEnergy?: number },
+): ConversionReport {
   const errors = modules.map((m) => m.relativeError);
   const kept = modules.map((m) => m.normKept);
   const mean = (xs: number[]): number => (xs.length > 0 ? xs.reduce((a, b) => a + b, 0) / xs.length : 0);

@@ -166,8 +166,8 @@ interface Extent {
   readonly length: number;
 }
 
-/** The spill file: factor values written once, read back once by the encoder. */
-class Spill implements FactorStore {
+/** The spill file: factor values written once, read back once by the encoder (the streaming merge and convert). */
+export class Spill implements FactorStore {
   private position = 0;
   private readonly where = new Map<string, { up: Extent; down: Extent }>();
   active = 0;

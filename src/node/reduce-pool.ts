@@ -21,7 +21,7 @@ interface Pending {
   readonly id: number;
   readonly path: string;
   readonly make: () => ReduceJob;
-  readonly resolve: (o: ReduceOutcome) => void;
+  readonly resolve: (o: never) => void;
   readonly reject: (e: unknown) => void;
 }
 
@@ -73,10 +73,13 @@ export class ReducePool {
     return new ReducePool(workers);
   }
 
-  /** Reduce one module on a worker; `make` builds the request when a worker is free for it. */
-  run(path: string, make: () => ReduceJob): Promise<ReduceOutcome> {
+  /**
+   * Reduce one module on a worker; `make` builds the request when a worker is free for it. The outcome is a
+   * ReduceOutcome, or a ModuleConvertOutcome for a `convert` request (the caller names which).
+   */
+  run<O = ReduceOutcome>(path: string, make: () => ReduceJob): Promise<O> {
     if (this.failure !== null) return Promise.reject(this.failure);
-    return new Promise<ReduceOutcome>((resolve, reject) => {
+    return new Promise<O>((resolve, reject) => {
       this.queue.push({ id: this.nextId++, path, make, resolve, reject });
       this.dispatch();
     });
@@ -114,7 +117,7 @@ export class ReducePool {
     if (!mine || !p) return;
     mine.delete(msg.id);
     if (msg.error) p.reject(workerError(msg.error, p.path));
-    else if (msg.outcome) p.resolve(msg.outcome);
+    else if (msg.outcome) p.resolve(msg.outcome as never);
     else p.reject(workerError({ message: 'no outcome in the reply' }, p.path));
     this.dispatch();
   }

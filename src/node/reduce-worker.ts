@@ -1,13 +1,16 @@
 /**
- * Worker-thread side of mergeLorasParallel (Node only): reduces the modules it is sent, one at a time, with its
- * own RankReducer, and sends back the outcome with the new factors' buffers transferred (not copied).
+ * Worker-thread side of mergeLorasParallel and of convert (Node only): reduces the modules it is sent, one at a time,
+ * with its own RankReducer, and sends back the outcome with the new factors' buffers transferred (not copied).
  *
- * Message in:  { id, path, out, fanIn, target, terms: [{ coef, rank, up: Float32Array, down: Float32Array }], method? }
+ * Message in:  { id, path, out, fanIn, target, terms: [{ coef, rank, up: Float32Array, down: Float32Array }], method?,
+ *                convert? }
  * Message out: { id, outcome } or { id, error: { message, code, details } }
  */
 import { parentPort } from 'node:worker_threads';
 import { RankReducer, reduceModule, type FactorTerm, type RankTarget } from '../lora/reduce.js';
 import { DenseScratch, methodModule, type MethodModuleRequest } from '../lora/method-module.js';
+import { ConvertScratch, convertModule } from '../lora/convert-module.js';
+import { unpackTerm, type PackedTerm } from '../lora/terms/pack.js';
 
 export interface ReduceRequest {
   readonly id: number;
@@ -18,19 +21,41 @@ export interface ReduceRequest {
   readonly terms: readonly FactorTerm[];
   /** A delta-space merge method on this module instead of a reduction of `terms`. */
   readonly method?: MethodModuleRequest;
+  /** convert: one module of any kind, exact (`exact`) or to `target` (src/lora/convert-module.ts). */
+  readonly convert?: { readonly term: PackedTerm; readonly exact: boolean };
+}
+
+/** The buffers of an outcome's arrays, each once (a buffer listed twice cannot be transferred). */
+function buffersOf(outcome: object): ArrayBuffer[] {
+  const seen = new Set<ArrayBuffer>();
+  const add = (x: unknown): void => {
+    if (x instanceof Float32Array && x.buffer instanceof ArrayBuffer) seen.add(x.buffer);
+  };
+  for (const v of Object.values(outcome)) {
+    add(v);
+    if (v && typeof v === 'object' && !ArrayBuffer.isView(v)) for (const w of Object.values(v)) add(w);
+  }
+  return [...seen];
 }
 
 if (parentPort) {
   const port = parentPort;
   const reducer = new RankReducer();
   const scratch = new DenseScratch();
+  let convertScratch: ConvertScratch | undefined;
   port.on('message', (msg: ReduceRequest) => {
     try {
-      const outcome = msg.method
-        ? methodModule(msg.method, msg.target, scratch)
-        : reduceModule(reducer, msg.terms, msg.out, msg.fanIn, msg.target, msg.path);
-      const transfer = outcome.factors ? [outcome.factors.up.buffer, outcome.factors.down.buffer] : [];
-      port.postMessage({ id: msg.id, outcome }, transfer as ArrayBuffer[]);
+      const outcome = msg.convert
+        ? convertModule(
+            unpackTerm(msg.convert.term),
+            msg.path,
+            msg.convert.exact ? undefined : msg.target,
+            (convertScratch ??= new ConvertScratch()),
+          )
+        : msg.method
+          ? methodModule(msg.method, msg.target, scratch)
+          : reduceModule(reducer, msg.terms, msg.out, msg.fanIn, msg.target, msg.path);
+      port.postMessage({ id: msg.id, outcome }, buffersOf(outcome));
     } catch (e) {
       const err = e as Error & { code?: unknown; details?: unknown };
       port.postMessage({

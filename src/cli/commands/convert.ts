@@ -4,6 +4,7 @@ import { UsageError } from '../../core/errors.js';
 import {
   describeLora,
   loadLora,
+  type LoadedLora,
   parseOutputDType,
   saveLora,
   type KohyaPaths,
@@ -11,12 +12,13 @@ import {
 } from '../../formats/index.js';
 import { ARCH_LABEL, parseArch } from '../../layout/index.js';
 import { numberOption, parseCommandArgs, parseWeightedSpec } from '../args.js';
-import { MERGE_METADATA_KEY, mergeLoras, STALE_ON_RESIZE, type MergeWeight } from '../../lora/merge.js';
+import { mergeLoras, type MergeWeight } from '../../lora/merge.js';
+import { convertLora } from '../../lora/convert.js';
+import { convertStreaming } from '../../node/convert-stream.js';
 import { describeComponents } from '../../lora/components.js';
-import { conversionReport, formatConversionReport, type ConversionReport } from '../../lora/conversion-report.js';
+import { formatConversionReport, type ConversionReport } from '../../lora/conversion-report.js';
 import { termLabel } from '../../lora/terms/index.js';
 import type { Lora, Term } from '../../lora/types.js';
-import { mergeLorasParallel } from '../../node/merge-threads.js';
 import { progressReporter } from './merge.js';
 import type { CliContext, Command } from '../context.js';
 import { cliProvenance, type ReadTap, tapReads } from '../provenance.js';
@@ -152,13 +154,10 @@ async function runConvert(argv: string[], ctx: CliContext, tap: ReadTap): Promis
   const output = path.resolve(ctx.cwd, values.output);
 
   tap.want([input]);
-  const loaded = await loadLora(input, {
+  const decode = {
     ...(arch ? { arch } : {}),
     ...(values['allow-unmatched'] === true ? { allowUnmatched: true } : {}),
-  });
-  // DoRA / GLoRA modules become their exact dense deltas against the base (LORA_NEEDS_BASE without --base).
-  const lora =
-    typeof values.base === 'string' ? await resolveBaseTerms(loaded, path.resolve(ctx.cwd, values.base)) : loaded;
+  };
   // IN:W or IN:unet=…,te=…: the written LoRA is W·τ (per component), exact (rank unchanged); a component
   // at weight 0 is left out.
   const weighted = spec.components !== undefined || spec.weight !== 1;
@@ -167,50 +166,75 @@ async function runConvert(argv: string[], ctx: CliContext, tap: ReadTap): Promis
     ...(rank !== undefined ? { rank } : {}),
     ...(minEnergy !== undefined ? { minEnergy } : {}),
   };
-  let toWrite: Lora<Term> = weighted ? { ...mergeLoras([lora], [weight]).lora, metadata: { ...lora.metadata } } : lora;
-  let reduction: ConversionReport | undefined;
-  if (rank !== undefined || minEnergy !== undefined) {
-    const progress = values.quiet === true ? null : progressReporter(ctx, 'convert');
-    let merged;
-    try {
-      merged = await mergeLorasParallel([lora], [weight], {
-        ...target,
-        ...(threads !== undefined ? { threads } : {}),
-        ...(progress ? { onProgress: progress.update } : {}),
-      });
-    } finally {
-      progress?.end();
-    }
-    const metadata: Record<string, string> = {};
-    for (const [k, v] of Object.entries(lora.metadata)) if (!STALE_ON_RESIZE.includes(k)) metadata[k] = v;
-    const record = merged.lora.metadata[MERGE_METADATA_KEY];
-    if (record !== undefined) metadata[MERGE_METADATA_KEY] = record;
-    toWrite = { ...merged.lora, metadata };
-    reduction = conversionReport(merged.report, target, (p) => kindName(loaded, p));
-  }
-  const provenance = await cliProvenance(
-    'convert',
-    ctx.cwd,
-    [
-      {
-        file: input,
-        ...(weighted ? { weight: spec.components ? { weight: spec.weight, ...spec.components } : spec.weight } : {}),
-      },
-    ],
-    { format: to, ...(kohyaPaths ? { kohyaPaths } : {}), ...(dtype ? { dtype } : {}), ...target },
-    [],
-    tap.sha256,
-  );
-  const result = await saveLora(toWrite, output, {
+  const capped = rank !== undefined || minEnergy !== undefined;
+  const progress = values.quiet === true ? null : progressReporter(ctx, 'convert');
+  const provenanceOf = () =>
+    cliProvenance(
+      'convert',
+      ctx.cwd,
+      [
+        {
+          file: input,
+          ...(weighted ? { weight: spec.components ? { weight: spec.weight, ...spec.components } : spec.weight } : {}),
+        },
+      ],
+      { format: to, ...(kohyaPaths ? { kohyaPaths } : {}), ...(dtype ? { dtype } : {}), ...target },
+      [],
+      tap.sha256,
+    );
+  const saveOptions = {
     format: to,
     ...(kohyaPaths ? { kohyaPaths } : {}),
     ...(dtype ? { dtype } : {}),
-    metadata: provenance,
     refuseOverwrite: [input],
-  });
+  };
+  // Module by module on worker threads, memory bounded (src/node/convert-stream.ts); files that need --base, weights,
+  // norm differences or embeddings are converted in memory — the same per-module function, the same bytes.
+  const streamed =
+    weighted || typeof values.base === 'string'
+      ? null
+      : await convertStreaming(input, output, {
+          ...(capped ? { target } : {}),
+          ...(threads !== undefined ? { threads } : {}),
+          ...(progress ? { onProgress: progress.update } : {}),
+          decode,
+        });
+  let lora: LoadedLora;
+  let parameters: number;
+  let written: number;
+  let reduction: ConversionReport | undefined;
+  let result: Awaited<ReturnType<typeof saveLora>>;
+  try {
+    if (streamed) {
+      lora = streamed.lora;
+      parameters = describeLora(streamed.plan).parameters;
+      written = streamed.lora.modules.size;
+      if (streamed.report) reduction = streamed.report;
+      result = await streamed.save(output, { ...saveOptions, metadata: await provenanceOf() });
+    } else {
+      const loaded = await loadLora(input, decode);
+      // DoRA / GLoRA / OFT / BOFT modules become their exact dense deltas against the base (LORA_NEEDS_BASE
+      // without --base).
+      lora =
+        typeof values.base === 'string' ? await resolveBaseTerms(loaded, path.resolve(ctx.cwd, values.base)) : loaded;
+      parameters = describeLora(lora).parameters;
+      let toWrite: Lora<Term> = weighted
+        ? { ...mergeLoras([lora], [weight]).lora, metadata: { ...lora.metadata } }
+        : lora;
+      if (capped) {
+        const converted = convertLora(toWrite, target);
+        toWrite = converted.lora;
+        if (converted.report) reduction = relabel(converted.report, loaded);
+      }
+      written = toWrite.modules.size;
+      result = await saveLora(toWrite, output, { ...saveOptions, metadata: await provenanceOf() });
+    }
+  } finally {
+    progress?.end();
+    await streamed?.dispose();
+  }
   const outDtype =
     dtype ?? (lora.dtype === 'F16' || lora.dtype === 'BF16' || lora.dtype === 'F32' ? lora.dtype : 'F32');
-  const summary = describeLora(lora);
   const report = {
     input: positionals[0]!,
     output: values.output,
@@ -218,9 +242,9 @@ async function runConvert(argv: string[], ctx: CliContext, tap: ReadTap): Promis
     to: { format: to, ...(to === 'kohya' ? { kohyaPaths: kohyaPaths ?? 'diffusers' } : {}), dtype: outDtype },
     arch: lora.arch,
     size: lora.size,
-    modules: toWrite.modules.size,
+    modules: written,
     ...(weighted ? { weight: spec.components ? describeComponents({ ...spec.components }) : spec.weight } : {}),
-    parameters: summary.parameters,
+    parameters,
     bytes: result.byteLength,
     unmatched: lora.unmatched,
     flushedToZero: result.stats.flushedToZero,
@@ -255,10 +279,15 @@ async function runConvert(argv: string[], ctx: CliContext, tap: ReadTap): Promis
   return 0;
 }
 
-/** A module's kind in the input file, for the report. */
-function kindName(lora: Lora<Term>, path: string): string {
-  const t = lora.modules.get(path);
-  return t ? termLabel(t) : '?';
+/** The report with each module's kind as the input file has it (a weighted input's modules are plain by then). */
+function relabel(report: ConversionReport, input: Lora<Term>): ConversionReport {
+  return {
+    ...report,
+    modules: report.modules.map((m) => {
+      const t = input.modules.get(m.path);
+      return { ...m, kind: t ? termLabel(t) : m.kind };
+    }),
+  };
 }
 
 export const command: Command = convertCommand;

@@ -94,4 +94,8 @@ export const hadamardKind: KindOps<HadamardTerm> = {
     return m1;
   },
   factors: hadamardFactors,
+  factorRank(t, path) {
+    const { a, b } = pairs(t, path);
+    return a.rank * b.rank;
+  },
 };

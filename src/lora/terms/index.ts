@@ -260,18 +260,40 @@ export function kindCounts(lora: Lora<Term>): Partial<Record<TermKind, number>> 
 }
 
 /**
+ * Factors wider than the weight's shorter side (a LoHa with r1·r2 ≥ min(out, in·k²)) hold more numbers than the
+ * dense delta: the dense delta with an identity on its shorter side is then the smaller exact form.
+ */
+function exactAsDense(t: Term, path: string, out: number, fanIn: number): boolean {
+  return termRankBound(t, path) >= Math.min(out, fanIn) && !termNeedsBase(t) && t.kind !== 'dense';
+}
+
+/**
+ * The rank of the exact factors asLowRank gives (its own rank for a plain LoRA module), without forming them where
+ * the kind allows. Base-dependent kinds must have been resolved against their base (withBase) first.
+ */
+export function termExactRank(t: Term, path = '(module)'): number {
+  if (t.kind === undefined || t.kind === 'lowRank') return termRankBound(t, path);
+  const { out, fanIn } = termDims(t, path);
+  if (exactAsDense(t, path, out, fanIn)) return Math.min(out, fanIn);
+  const k = ops(t);
+  return k.factorRank ? k.factorRank(t, path) : k.factors(t, path).rank;
+}
+
+/** True when a kind's delta depends on the base weight (DoRA, GLoRA, OFT, BOFT). */
+export function kindNeedsBase(kind: TermKind): boolean {
+  return KINDS[kind].needsBase;
+}
+
+/**
  * A term as a plain low-rank module with its exact factors (scale folded in, alpha = rank): the module itself for
  * the lowRank kind. Throws LORA_NEEDS_BASE for DoRA / GLoRA without `base`.
  */
 export function asLowRank(t: Term, path = '(module)', base?: Float32Array): LoraModule {
   if (t.kind === undefined || t.kind === 'lowRank') return t as LoraModule;
   const { out, fanIn, shape } = termDims(t, path);
-  // Factors wider than the weight's shorter side (a LoHa with r1·r2 ≥ min(out, in·k²)) hold more numbers than the
-  // dense delta: the dense delta with an identity on its shorter side is then the smaller exact form.
-  const f =
-    termRankBound(t, path) >= Math.min(out, fanIn) && !termNeedsBase(t) && t.kind !== 'dense'
-      ? denseFactors(termDelta(t, path), out, fanIn)
-      : termFactors(t, path, base);
+  const f = exactAsDense(t, path, out, fanIn)
+    ? denseFactors(termDelta(t, path), out, fanIn)
+    : termFactors(t, path, base);
   const conv = shape.length === 4;
   return {
     up: ndarray(f.up, conv ? [out, f.rank, 1, 1] : [out, f.rank]),

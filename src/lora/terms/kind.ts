@@ -14,6 +14,8 @@ export interface KindOps<T> {
   delta(t: T, path: string, base?: Float32Array): Float32Array;
   /** Exact factors of the delta (scale folded into up), formed without the dense delta where the algebra allows. */
   factors(t: T, path: string, base?: Float32Array): PlainFactors;
+  /** The rank of `factors` without forming them (absent: the factors are formed to learn it). */
+  factorRank?(t: T, path: string): number;
   /**
    * The delta fuse adds at strength w under ComfyUI's strength rule, for the kinds where that is not w·delta
    * (OFT: w²·Δ; BOFT: the stages blended towards I, then times w). Absent: w·delta.

@@ -130,4 +130,16 @@ export const kroneckerKind: KindOps<KroneckerTerm> = {
     const down = kron(l.f.down, l.f.rank, l.cols, r.f.down, r.f.rank, r.cols, 1);
     return { up, down, rank: l.f.rank * r.f.rank };
   },
+  factorRank(t, path) {
+    return sideRank(t.left, path, 'w1') * sideRank(t.right, path, 'w2');
+  },
 };
+
+/** The rank of a side's factors (a full side: its shorter dimension, as denseFactors gives). */
+function sideRank(s: KroneckerSide, path: string, which: string): number {
+  if ('full' in s) {
+    const m = matrixOf(s.full, path, `${which} full`);
+    return Math.min(m.rows, m.cols);
+  }
+  return matrixOf(s.up, path, `${which} a`).cols;
+}

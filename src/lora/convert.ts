@@ -1,0 +1,72 @@
+/**
+ * convertLora: a LoRA of any mix of kinds as a plain LoRA, in memory — exactly, or with a rank target as each
+ * module's best approximation with its error reported. Module by module through convertModule (./convert-module.ts),
+ * the same function the streamed conversion (src/node/convert-stream.ts) runs on worker threads, so both write the
+ * same bytes.
+ */
+import { OptionError } from '../core/errors.js';
+import { summarizeConversions, moduleConversion, type ConversionReport } from './conversion-report.js';
+import { ConvertScratch, convertedModule, convertModule } from './convert-module.js';
+import { STALE_ON_RESIZE } from './merge.js';
+import type { RankTarget } from './reduce.js';
+import { termLabel, termShape } from './terms/index.js';
+import type { Lora, LoraModule, Term } from './types.js';
+
+export interface ConvertResult<L extends Lora<Term>> {
+  /** The plain LoRA: every other field of the input kept (metadata without the keys a resize makes stale). */
+  readonly lora: Omit<L, 'modules'> & Lora;
+  /** With a target: per module the rank before and after, the relative error and the kept norm. */
+  readonly report?: ConversionReport;
+}
+
+/** OptionError unless the target is a rank ≥ 1 and / or a fraction in (0, 1]. */
+export function checkConvertTarget(target: RankTarget | undefined): void {
+  if (!target) return;
+  const { rank, minEnergy } = target;
+  if (rank !== undefined && !(Number.isInteger(rank) && rank >= 1)) {
+    throw new OptionError('OPTION_INVALID', `convert: rank must be an integer ≥ 1, found ${String(rank)}`, {
+      key: 'rank',
+      expected: 'an integer ≥ 1',
+      found: rank,
+    });
+  }
+  if (minEnergy !== undefined && !(minEnergy > 0 && minEnergy <= 1)) {
+    throw new OptionError('OPTION_INVALID', `convert: minEnergy must be in (0, 1], found ${String(minEnergy)}`, {
+      key: 'minEnergy',
+      expected: '(0, 1]',
+      found: minEnergy,
+    });
+  }
+}
+
+/** Metadata of a converted LoRA: the input's, without the keys a rank target makes stale. */
+export function convertedMetadata(
+  metadata: Readonly<Record<string, string>>,
+  target: RankTarget | undefined,
+): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(metadata)) if (!target || !STALE_ON_RESIZE.includes(k)) out[k] = v;
+  return out;
+}
+
+/**
+ * Every module as a plain LoRA module: exact without a target, else the best approximation under `target` (rank K:
+ * at most K; minEnergy E: the smallest rank keeping ‖Δ_k‖/‖Δ‖ ≥ E). Base-dependent kinds must be resolved first
+ * (resolveBaseTerms). A module whose delta is zero is left out.
+ */
+export function convertLora<L extends Lora<Term>>(lora: L, target?: RankTarget): ConvertResult<L> {
+  checkConvertTarget(target);
+  const scratch = new ConvertScratch();
+  const modules = new Map<string, LoraModule>();
+  const rows = [];
+  for (const [path, t] of lora.modules) {
+    const o = convertModule(t, path, target, scratch);
+    const m = convertedModule(o, termShape(t, path));
+    if (m) modules.set(path, m);
+    rows.push(moduleConversion(path, termLabel(t), o));
+  }
+  return {
+    lora: { ...lora, modules, metadata: convertedMetadata(lora.metadata, target) },
+    ...(target ? { report: summarizeConversions(rows, target) } : {}),
+  };
+}

@@ -1,0 +1,300 @@
+/**
+ * The streamed conversion (Node only): `convert` of a file of any mix of kinds, module by module with bounded
+ * memory, the modules converted on worker threads (src/node/reduce-worker.ts runs convertModule), the same bytes as
+ * the in-memory conversion (src/lora/convert.ts convertLora, then saveLora).
+ *
+ * - Exact (no target): every module's exact rank and factor shapes are known from its term alone
+ *   (exactShapeModule), so a first pass reads each module and keeps only its shapes; then, as the writer asks for
+ *   each module's factors in file order, the workers form them (a few modules ahead) and they go straight to the
+ *   output — nothing is spilled (an exact SDXL LoHa is several GB of factors).
+ * - With a target: the written ranks are known only after each module's SVD, so the reduced factors go to a spill
+ *   file beside the output (as the streaming merge does) until the header can be written.
+ * At any time memory holds the modules in flight (two per worker and the read-ahead), never the whole input or result.
+ *
+ * Files with norm-layer differences, embeddings or base-dependent kinds (DoRA, GLoRA, OFT, BOFT: they need --base)
+ * take the in-memory path (convertStreaming returns null).
+ */
+import { availableParallelism } from 'node:os';
+import ndarray from 'ndarray';
+import { assertFiniteTensor } from '../core/finite.js';
+import {
+  openPath,
+  saveLora,
+  type DecodeOptions,
+  type FactorStore,
+  type LoadedLora,
+  type LoraPlan,
+  type PlannedModule,
+  type SaveOptions,
+} from '../formats/index.js';
+import { planLora, readPlannedTerm } from '../formats/decode.js';
+import type { EncodeStats } from '../formats/encode.js';
+import { moduleConversion, summarizeConversions, type ConversionReport } from '../lora/conversion-report.js';
+import { checkConvertTarget, convertedMetadata } from '../lora/convert.js';
+import {
+  ConvertScratch,
+  convertedModule,
+  convertModule,
+  exactShapeModule,
+  type ModuleConvertOutcome,
+} from '../lora/convert-module.js';
+import type { RankTarget } from '../lora/reduce.js';
+import { packTerm } from '../lora/terms/pack.js';
+import { kindNeedsBase, termShape } from '../lora/terms/index.js';
+import type { LoraModule, Term } from '../lora/types.js';
+import type { SafetensorsFile } from '../safetensors/read.js';
+import type { WriteResult } from '../safetensors/write.js';
+import { Spill } from './merge-stream.js';
+import { ReducePool } from './reduce-pool.js';
+
+export interface StreamingConvertOptions {
+  /** Rank K and / or minEnergy E (absent: exact). */
+  readonly target?: RankTarget;
+  /** Worker threads (default: one per core); 1 converts on this thread. */
+  readonly threads?: number;
+  readonly onProgress?: (done: number, total: number) => void;
+  /** How the input is read (arch, allowUnmatched …), as loadLora takes them. */
+  readonly decode?: DecodeOptions;
+}
+
+/** A conversion whose factors are formed (exact) or spilled (target) as the output is written. */
+export interface StreamedConversion {
+  /** The input as planned (header and alphas). */
+  readonly plan: LoraPlan;
+  /** The LoRA written: the input's description, its modules as written (shapes only, no values). */
+  readonly lora: LoadedLora;
+  /** The input's kind label per module path. */
+  readonly kinds: ReadonlyMap<string, string>;
+  readonly report?: ConversionReport;
+  /** Write the result (the output's metadata comes from `options`, as saveLora takes it), then `dispose`. */
+  save(target: string, options: SaveOptions): Promise<WriteResult & { stats: EncodeStats }>;
+  /** Close the input and remove the spill file. */
+  dispose(): Promise<void>;
+}
+
+/** Modules formed ahead of the writer in an exact conversion (per worker). */
+const AHEAD_PER_THREAD = 2;
+
+/** One module of the input, read and checked as loadLora reads it. */
+async function readModuleTerm(file: SafetensorsFile, m: PlannedModule): Promise<Term> {
+  const t = await readPlannedTerm(file, m);
+  if (!m.adapter) {
+    const lr = t as LoraModule;
+    assertFiniteTensor(file.name, m.downKey, lr.down.data, 'LoRA factor');
+    assertFiniteTensor(file.name, m.upKey, lr.up.data, 'LoRA factor');
+  }
+  return t;
+}
+
+type Run = (path: string, term: Term, exact: boolean) => Promise<ModuleConvertOutcome>;
+
+/** Convert modules on a pool of workers, or on this thread. */
+function converter(threads: number, target: RankTarget | undefined): { run: Run; close: () => Promise<void> } {
+  const pool = threads > 1 ? ReducePool.start(threads) : null;
+  if (!pool) {
+    const scratch = new ConvertScratch();
+    return {
+      run: async (path, term, exact) => convertModule(term, path, exact ? undefined : target, scratch),
+      close: async () => undefined,
+    };
+  }
+  return {
+    run: (path, term, exact) =>
+      pool.run<ModuleConvertOutcome>(path, () => ({
+        path,
+        out: 0,
+        fanIn: 0,
+        target: target ?? {},
+        terms: [],
+        convert: { term: packTerm(term), exact },
+      })),
+    close: () => pool.close(),
+  };
+}
+
+const NO_VALUES = new Float32Array(0);
+
+/** A module with its factor shapes, alpha and bias but no factor values. */
+const shapesOf = (m: LoraModule): LoraModule => ({
+  up: ndarray(NO_VALUES, [...m.up.shape]),
+  down: ndarray(NO_VALUES, [...m.down.shape]),
+  alpha: m.alpha,
+  ...(m.bias ? { bias: m.bias } : {}),
+});
+
+/**
+ * The exact factors of each module formed when the writer asks for them (file order), `ahead` modules in advance;
+ * each factor is handed out once and then dropped.
+ */
+class FormedFactors implements FactorStore {
+  private readonly index = new Map<string, number>();
+  private readonly formed = new Map<string, Promise<{ up?: Float32Array; down?: Float32Array }>>();
+  private readonly done = new Set<string>();
+
+  constructor(
+    private readonly order: readonly string[],
+    private readonly form: (path: string) => Promise<{ up: Float32Array; down: Float32Array }>,
+    private readonly ahead: number,
+    readonly active: number,
+  ) {
+    order.forEach((p, i) => this.index.set(p, i));
+  }
+
+  async read(path: string, factor: 'up' | 'down'): Promise<Float32Array> {
+    const i = this.index.get(path) ?? 0;
+    for (let j = i; j < Math.min(this.order.length, i + this.ahead + 1); j++) this.start(this.order[j] ?? path);
+    this.start(path);
+    const f = await this.formed.get(path)!;
+    const v = f[factor];
+    f[factor] = undefined;
+    if (!f.up && !f.down) {
+      this.formed.delete(path);
+      this.done.add(path);
+    }
+    // A factor asked for twice (never by the encoder) is formed again.
+    if (!v) {
+      this.done.delete(path);
+      this.formed.delete(path);
+      this.start(path);
+      return (await this.formed.get(path)!)[factor]!;
+    }
+    return v;
+  }
+
+  private start(path: string): void {
+    if (this.formed.has(path) || this.done.has(path)) return;
+    const p = this.form(path).then((f) => ({ up: f.up, down: f.down }));
+    p.catch(() => undefined); // a failure is reported to the read that awaits it
+    this.formed.set(path, p);
+  }
+}
+
+/**
+ * Plan and convert a LoRA file module by module (see the file comment), or null when the file needs the in-memory
+ * path (norm differences, embeddings, base-dependent kinds). Errors are those of loadLora and convertLora.
+ */
+export async function convertStreaming(
+  input: string,
+  spillBeside: string,
+  options: StreamingConvertOptions = {},
+): Promise<StreamedConversion | null> {
+  const { target } = options;
+  checkConvertTarget(target);
+  const file = await openPath(input);
+  let spill: Spill | null = null;
+  let conv: ReturnType<typeof converter> | null = null;
+  const dispose = async (): Promise<void> => {
+    await conv?.close();
+    conv = null;
+    await spill?.dispose();
+    spill = null;
+    await file.close().catch(() => undefined);
+  };
+  try {
+    const plan = await planLora(file, options.decode ?? {});
+    if (plan.embeddings.length > 0 || plan.norms.length > 0 || plan.modules.some((m) => kindNeedsBase(m.kind))) {
+      await dispose();
+      return null;
+    }
+    for (const m of plan.modules) {
+      if (!Number.isFinite(m.alpha)) assertFiniteTensor(file.name, m.alphaKey ?? m.name, [m.alpha], 'alpha');
+    }
+    const work = plan.modules.length;
+    const threads = Math.max(1, Math.min(Math.floor(options.threads ?? availableParallelism()), work));
+    conv = converter(threads, target);
+    const run = conv.run;
+    const byPath = new Map(plan.modules.map((m) => [m.entry.path, m]));
+    const kinds = new Map(plan.modules.map((m) => [m.entry.path, m.label]));
+    const modules = new Map<string, LoraModule>();
+    let done = 0;
+    const tick = (): void => {
+      done++;
+      options.onProgress?.(done, work);
+    };
+    let report: ConversionReport | undefined;
+    let store: FactorStore;
+    if (target === undefined) {
+      // Pass 1: the shapes of every module's exact factors (from its term; no factor is formed).
+      for (const m of plan.modules) {
+        const t = await readModuleTerm(file, m);
+        modules.set(m.entry.path, exactShapeModule(t, m.entry.path));
+      }
+      const form = async (path: string): Promise<{ up: Float32Array; down: Float32Array }> => {
+        const m = byPath.get(path)!;
+        const o = await run(path, await readModuleTerm(file, m), true);
+        tick();
+        return { up: o.up ?? NO_VALUES, down: o.down ?? NO_VALUES };
+      };
+      store = new FormedFactors([...modules.keys()], form, AHEAD_PER_THREAD * threads, modules.size);
+    } else {
+      const s = await Spill.create(spillBeside);
+      spill = s;
+      const rows = new Map<string, ReturnType<typeof moduleConversion>>();
+      const running = new Set<Promise<void>>();
+      let failure: unknown = null;
+      const depth = 2 * threads + 1;
+      for (const m of plan.modules) {
+        if (failure !== null) break;
+        const path = m.entry.path;
+        const term = await readModuleTerm(file, m);
+        const shape = termShape(term, path);
+        const task: Promise<void> = run(path, term, false)
+          .then(async (o) => {
+            const written = convertedModule(o, shape);
+            if (written) {
+              await s.put(path, written);
+              modules.set(path, shapesOf(written));
+            }
+            rows.set(path, moduleConversion(path, m.label, o));
+            tick();
+          })
+          .catch((e: unknown) => {
+            failure ??= e;
+          })
+          .finally(() => running.delete(task));
+        running.add(task);
+        if (running.size >= depth) await Promise.race(running);
+      }
+      await Promise.all(running);
+      if (failure !== null) throw failure;
+      // Layout order, as the in-memory conversion has them.
+      const ordered = new Map<string, LoraModule>();
+      for (const m of plan.modules) {
+        const x = modules.get(m.entry.path);
+        if (x) ordered.set(m.entry.path, x);
+      }
+      modules.clear();
+      for (const [p, x] of ordered) modules.set(p, x);
+      report = summarizeConversions(
+        plan.modules.map((m) => rows.get(m.entry.path)!),
+        target,
+      );
+      await conv.close();
+      conv = null;
+      store = s;
+    }
+    const lora: LoadedLora = {
+      arch: plan.arch,
+      size: plan.size,
+      modules,
+      metadata: convertedMetadata(plan.metadata, target),
+      format: plan.format,
+      ...(plan.kohyaPaths ? { kohyaPaths: plan.kohyaPaths } : {}),
+      dtype: plan.dtype,
+      source: plan.source,
+      unmatched: plan.unmatched,
+      notes: plan.notes,
+    };
+    return {
+      plan,
+      lora,
+      kinds,
+      ...(report ? { report } : {}),
+      save: (out, saveOptions) => saveLora(lora, out, { ...saveOptions, factorStore: store }),
+      dispose,
+    };
+  } catch (e) {
+    await dispose();
+    throw e;
+  }
+}
