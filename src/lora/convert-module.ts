@@ -9,9 +9,10 @@
  * - factor space (src/lora/reduce.ts): the exact SVD from the R × R Grams of the exact factors — cost ≈
  *   (out + in)·R² + R³ in f64 JS, for small R (a plain LoRA, a LoKr of small factors);
  * - dense (src/lora/svd.ts): the dense delta Δ formed by the WASM kernel (a LoHa: two products and their Hadamard
- *   product), then the randomized SVD, which stops when one more half-step would add less than 5e-4/4 of the
- *   remaining error² (its stated bound: the error is within ≈ 0.1 % of the Eckart–Young optimum) — cost ≈ 150·out·in
- *   per product with the block of K + 8 columns, at kernel speed, for large R (a LoHa's Khatri–Rao rank r1·r2).
+ *   product), then the randomized SVD with a block of K + 24 columns, which stops when one more half-step would add
+ *   less than 5e-4/4 of the remaining error² (its stated bound: the error within ≈ 0.1 % of the Eckart–Young
+ *   optimum), after at most 8 rounds — cost 2·(K + 24)·out·in flops per product, 3 to 17 products, at kernel speed,
+ *   for large R (a LoHa's Khatri–Rao rank r1·r2).
  *
  * The reported error ‖Δ − Δ_k‖_F is exact for the factors returned in both cases (‖Δ‖² minus the kept energy).
  */
@@ -28,6 +29,14 @@ import type { LoraModule, Term } from './types.js';
  * (≈ 700·out·in flops) at ≈ 25 GFLOP/s per thread; the Grams run at ≈ 1 GFLOP/s: 700 / 25 = 28.
  */
 export const DENSE_PREFERENCE = 28;
+
+/**
+ * Columns of the randomized SVD's block beyond K. The default 8 of src/lora/svd.ts stops short of the 0.1 % bound on
+ * flat spectra within its 8 rounds: on a dim-32 LoHa of random factors (1280 × 1280, K = 64) it ends 0.14 % above
+ * the optimal error; 24 ends 0.05 % above (40: 0.02 %), at 22 % more work per product. Measured in
+ * bench/RESULTS.md ("convert of an SDXL LoHa").
+ */
+export const CONVERT_OVERSAMPLE = 24;
 
 /** Work buffers reused from module to module (one per thread). */
 export class ConvertScratch {
@@ -111,7 +120,10 @@ export function convertModule(
   }
   const delta = termDelta(t, path);
   const cap = Math.min(target.rank ?? Math.min(out, fanIn), out, fanIn);
-  const svd = truncatedSvd(delta, out, fanIn, Math.max(1, cap), { workspace: scratch.svd });
+  const svd = truncatedSvd(delta, out, fanIn, Math.max(1, cap), {
+    workspace: scratch.svd,
+    oversample: CONVERT_OVERSAMPLE,
+  });
   const spectrum = { sigma2: svd.sigma2.subarray(0, svd.rank), total: svd.total };
   const k = Math.min(chooseRank(spectrum, target), svd.rank);
   const s = truncationStats(spectrum, k);
