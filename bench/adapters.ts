@@ -4,10 +4,10 @@
  *   npx tsx bench/adapters.ts gen                       generate the adapter inputs into bench/out/ (adapters-*)
  *   npx tsx bench/adapters.ts fuse loha lora [--runs N]  time `lora-mix fuse` of each case, interleaved per round
  *   npx tsx bench/adapters.ts convert exact rank64      time `lora-mix convert` of the LoHa (exact / --rank 64)
- *   npx tsx bench/adapters.ts modules                   per-module cost of the LoHa (dim 32) rank-64 reduction on one
- *                                                       thread for each distinct SDXL shape, and the whole-file
- *                                                       extrapolation (Σ over the 788 modules), plus the exact plain
- *                                                       LoRA's size
+ *   npx tsx bench/adapters.ts modules                   per-module cost of converting the LoHa (dim 32) exactly and to
+ *                                                       rank 64 on one thread for each distinct SDXL shape, the flops
+ *                                                       of the rank-64 path, and the whole-file extrapolation (Σ over
+ *                                                       the 788 modules), plus the exact plain LoRA's size
  *   npx tsx bench/adapters.ts clean                     delete the adapters-* files
  *
  * Inputs (src/fixtures/adapters.ts and src/fixtures/generate.ts, every LCM-LoRA target = all UNet attention,
@@ -26,8 +26,7 @@ import { fileURLToPath } from 'node:url';
 import { generateAdapter, syntheticAdapter, type AdapterSpec } from '../src/fixtures/adapters.js';
 import { generateLora, targetModules } from '../src/fixtures/generate.js';
 import ndarray from 'ndarray';
-import { RankReducer, reduceModule } from '../src/lora/reduce.js';
-import { asLowRank } from '../src/lora/terms/index.js';
+import { ConvertScratch, convertModule } from '../src/lora/convert-module.js';
 import type { HadamardTerm } from '../src/lora/types.js';
 import '../src/node.js';
 
@@ -165,9 +164,10 @@ function convertCase(name: string): Timed {
 }
 
 /**
- * Per distinct shape of the LCM targets: time asLowRank (the exact factors: Khatri–Rao, or the dense delta where
- * that is smaller) and the rank-64 reduction of one dim-32 LoHa module, single thread; weight by how many modules
- * have that shape.
+ * Per distinct shape of the LCM targets: time the conversion of one dim-32 LoHa module (the same seeded factors as
+ * the generator's scale) exactly and to rank 64 (convertModule: the path convert runs on each worker), single thread;
+ * weight by how many modules have that shape; count the flops of the rank-64 path (the dense delta: 2 products of
+ * inner size 32 = 128·out·in; each product of the randomized SVD: 2·block·out·in).
  */
 function modules(): void {
   const r = 32;
@@ -187,10 +187,12 @@ function modules(): void {
     }
     return a;
   };
-  let totalFactor = 0,
-    totalReduce = 0,
+  let exactSeconds = 0,
+    reduceSeconds = 0,
+    flops = 0,
+    minFlops = 0,
     exactParams = 0;
-  const reducer = new RankReducer();
+  const scratch = new ConvertScratch();
   for (const { shape, count } of [...shapes.values()].sort((a, b) => b.count - a.count)) {
     const out = shape[0] ?? 1;
     const fanIn = shape.slice(1).reduce((a, b) => a * b, 1);
@@ -202,36 +204,41 @@ function modules(): void {
       b: { up: ndarray(rand(out * r), [out, r]), down: ndarray(rand(r * fanIn), [r, fanIn]) },
     };
     const t0 = performance.now();
-    const m = asLowRank(term, 'bench');
+    const e = convertModule(term, 'bench', undefined, scratch);
     const t1 = performance.now();
-    const rank = m.down.shape[0] ?? 0;
-    exactParams += count * rank * (out + fanIn);
-    const o = reduceModule(
-      reducer,
-      [{ coef: 1, rank, up: m.up.data as Float32Array, down: m.down.data as Float32Array }],
-      out,
-      fanIn,
-      { rank: 64 },
-      'bench',
-    );
+    const o = convertModule(term, 'bench', { rank: 64 }, scratch);
     const t2 = performance.now();
-    totalFactor += (count * (t1 - t0)) / 1000;
-    totalReduce += (count * (t2 - t1)) / 1000;
+    exactParams += count * e.rank * (out + fanIn);
+    const products = o.iterations !== undefined ? 2 + 2 * o.iterations : 0;
+    const moduleFlops = 128 * out * fanIn + products * 2 * (o.block ?? 0) * out * fanIn;
+    // the least any randomized SVD with one power iteration does: 4 products with a block of 64 + 8
+    const least = 128 * out * fanIn + 4 * 2 * Math.min(72, out, fanIn) * out * fanIn;
+    exactSeconds += (count * (t1 - t0)) / 1000;
+    reduceSeconds += (count * (t2 - t1)) / 1000;
+    flops += count * moduleFlops;
+    minFlops += count * least;
     console.log(
       JSON.stringify({
         shape: shape.join('x'),
         modules: count,
-        exactRank: rank,
-        factorSeconds: (t1 - t0) / 1000,
-        reduceSeconds: (t2 - t1) / 1000,
-        kept: o.k,
+        exactRank: e.rank,
+        exactSeconds: (t1 - t0) / 1000,
+        rank64Seconds: (t2 - t1) / 1000,
+        method: o.method,
+        iterations: o.iterations,
+        relativeError: o.error / o.norm,
+        gflops: moduleFlops / 1e9,
+        gflopPerSecond: moduleFlops / 1e9 / ((t2 - t1) / 1000),
       }),
     );
   }
   console.log(
     JSON.stringify({
       modules: [...shapes.values()].reduce((s, x) => s + x.count, 0),
-      extrapolatedOneThread: { factorSeconds: totalFactor, reduceSeconds: totalReduce },
+      oneThread: { exactSeconds, rank64Seconds: reduceSeconds },
+      rank64Flops: flops,
+      rank64FlopsOneIterationAtLeast: minFlops,
+      secondsAt50GflopPerSecond: { rank64: flops / 50e9, oneIterationAtLeast: minFlops / 50e9 },
       exactPlainLoraParameters: exactParams,
       exactPlainLoraF16Bytes: 2 * exactParams,
     }),

@@ -57,6 +57,9 @@ export interface ModuleConvertOutcome {
   readonly norm: number;
   /** Which computation gave the factors. */
   readonly method: 'exact' | 'factors' | 'dense';
+  /** The dense path: subspace iterations the randomized SVD ran (in halves) and its block width K + oversample. */
+  readonly iterations?: number;
+  readonly block?: number;
   /** up [out, rank] and down [rank, fanIn], row-major f32 (absent when rank is 0). */
   readonly up?: Float32Array;
   readonly down?: Float32Array;
@@ -127,7 +130,15 @@ export function convertModule(
   const spectrum = { sigma2: svd.sigma2.subarray(0, svd.rank), total: svd.total };
   const k = Math.min(chooseRank(spectrum, target), svd.rank);
   const s = truncationStats(spectrum, k);
-  const base = { rankBefore: R, normKept: s.normKept, error: s.error, norm: s.norm, method: 'dense' as const };
+  const base = {
+    rankBefore: R,
+    normKept: s.normKept,
+    error: s.error,
+    norm: s.norm,
+    method: 'dense' as const,
+    iterations: svd.iterations,
+    block: Math.min(Math.max(1, cap) + CONVERT_OVERSAMPLE, out, fanIn),
+  };
   if (k === 0) return { ...base, rank: 0, alpha: 0 };
   let up = svd.up;
   if (k < svd.rank) {
