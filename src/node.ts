@@ -47,4 +47,11 @@ export {
   type MergeLoraFilesResult,
 } from './node/merge-files.js';
 
+// Convert a LoRA file of any mix of kinds module by module on worker threads (the `convert` command's path).
+export {
+  convertStreaming,
+  type StreamedConversion,
+  type StreamingConvertOptions,
+} from './node/convert-stream.js';
+
 export { installNodeHost } from './node/install.js';

@@ -141,6 +141,9 @@ export { lbwBlocks } from './lbw.js';
 export {
   conversionReport,
   formatConversionReport,
+  summarizeConversions,
   type ConversionReport,
   type ModuleConversion,
 } from './conversion-report.js';
+export { convertLora, type ConvertResult } from './convert.js';
+export { convertModule, ConvertScratch, type ModuleConvertOutcome } from './convert-module.js';
