@@ -137,7 +137,7 @@ class FormedFactors implements FactorStore {
     private readonly ahead: number,
     readonly active: number,
   ) {
-    order.forEach((p, i) => this.index.set(p, i));
+    for (const [i, p] of order.entries()) this.index.set(p, i);
   }
 
   async read(path: string, factor: 'up' | 'down'): Promise<Float32Array> {
