@@ -49,6 +49,7 @@ export {
 
 // Convert a LoRA file of any mix of kinds module by module on worker threads (the `convert` command's path).
 export {
+  convertLoraParallel,
   convertStreaming,
   type StreamedConversion,
   type StreamingConvertOptions,

@@ -18,7 +18,7 @@ import { convertLora } from '../src/lora/convert.js';
 import { convertModule } from '../src/lora/convert-module.js';
 import { kindCounts, termDelta } from '../src/lora/terms/index.js';
 import type { HadamardTerm, LoraModule } from '../src/lora/types.js';
-import { convertStreaming } from '../src/node/convert-stream.js';
+import { convertLoraParallel, convertStreaming } from '../src/node/convert-stream.js';
 import { writeSafetensors, type TensorToWrite } from '../src/safetensors/index.js';
 import { diffNorm, frob, singularValues } from './lora-helpers.js';
 
@@ -114,6 +114,11 @@ describe('streamed convert of a mixed-kind file = in-memory convert, byte for by
           JSON.stringify(ref.report?.modules.map((m) => [m.path, m.rankAfter, m.relativeError])),
         );
       }
+      // the in-memory path on worker threads (what --base / weighted inputs take)
+      const out = join(dir, `${name}-memory-threads.safetensors`);
+      const p = await convertLoraParallel(await loadLora(mixed), target, { threads: 2 });
+      await saveLora(p.lora, out, SAVE);
+      expect(Buffer.compare(await readFile(out), ref.bytes), `${name}, in memory on 2 threads`).toBe(0);
       if (target) expect(ref.report?.reduced ?? 0).toBeGreaterThan(0);
     });
   }

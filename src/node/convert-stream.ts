@@ -30,7 +30,7 @@ import {
 import { planLora, readPlannedTerm } from '../formats/decode.js';
 import type { EncodeStats } from '../formats/encode.js';
 import { moduleConversion, summarizeConversions, type ConversionReport } from '../lora/conversion-report.js';
-import { checkConvertTarget, convertedMetadata } from '../lora/convert.js';
+import { checkConvertTarget, convertedMetadata, convertLora, type ConvertResult } from '../lora/convert.js';
 import {
   ConvertScratch,
   convertedModule,
@@ -40,8 +40,8 @@ import {
 } from '../lora/convert-module.js';
 import type { RankTarget } from '../lora/reduce.js';
 import { packTerm } from '../lora/terms/pack.js';
-import { kindNeedsBase, termShape } from '../lora/terms/index.js';
-import type { LoraModule, Term } from '../lora/types.js';
+import { kindNeedsBase, termLabel, termShape } from '../lora/terms/index.js';
+import type { Lora, LoraModule, Term } from '../lora/types.js';
 import type { SafetensorsFile } from '../safetensors/read.js';
 import type { WriteResult } from '../safetensors/write.js';
 import { Spill } from './merge-stream.js';
@@ -297,4 +297,47 @@ export async function convertStreaming(
     await dispose();
     throw e;
   }
+}
+
+/**
+ * convertLora on worker threads, for a LoRA already in memory (the files convertStreaming leaves to the in-memory
+ * path: base-dependent kinds resolved with --base, weighted inputs, norms, embeddings): the same per-module function,
+ * so the same result as convertLora; `threads` ≤ 1 runs convertLora itself.
+ */
+export async function convertLoraParallel<L extends Lora<Term>>(
+  lora: L,
+  target: RankTarget | undefined,
+  options: { readonly threads?: number; readonly onProgress?: (done: number, total: number) => void } = {},
+): Promise<ConvertResult<L>> {
+  checkConvertTarget(target);
+  const total = lora.modules.size;
+  const threads = Math.max(1, Math.min(Math.floor(options.threads ?? availableParallelism()), total));
+  if (threads <= 1) return convertLora(lora, target);
+  const conv = converter(threads, target);
+  const outcomes = new Map<string, ModuleConvertOutcome>();
+  let done = 0;
+  try {
+    await Promise.all(
+      [...lora.modules].map(([path, t]) =>
+        conv.run(path, t, target === undefined).then((o) => {
+          outcomes.set(path, o);
+          options.onProgress?.(++done, total);
+        }),
+      ),
+    );
+  } finally {
+    await conv.close();
+  }
+  const modules = new Map<string, LoraModule>();
+  const rows = [];
+  for (const [path, t] of lora.modules) {
+    const o = outcomes.get(path)!;
+    const m = convertedModule(o, termShape(t, path));
+    if (m) modules.set(path, m);
+    rows.push(moduleConversion(path, termLabel(t), o));
+  }
+  return {
+    lora: { ...lora, modules, metadata: convertedMetadata(lora.metadata, target) },
+    ...(target ? { report: summarizeConversions(rows, target) } : {}),
+  };
 }

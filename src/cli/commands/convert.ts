@@ -13,8 +13,7 @@ import {
 import { ARCH_LABEL, parseArch } from '../../layout/index.js';
 import { numberOption, parseCommandArgs, parseWeightedSpec } from '../args.js';
 import { mergeLoras, type MergeWeight } from '../../lora/merge.js';
-import { convertLora } from '../../lora/convert.js';
-import { convertStreaming } from '../../node/convert-stream.js';
+import { convertLoraParallel, convertStreaming } from '../../node/convert-stream.js';
 import { describeComponents } from '../../lora/components.js';
 import { formatConversionReport, type ConversionReport } from '../../lora/conversion-report.js';
 import { termLabel } from '../../lora/terms/index.js';
@@ -223,7 +222,10 @@ async function runConvert(argv: string[], ctx: CliContext, tap: ReadTap): Promis
         ? { ...mergeLoras([lora], [weight]).lora, metadata: { ...lora.metadata } }
         : lora;
       if (capped) {
-        const converted = convertLora(toWrite, target);
+        const converted = await convertLoraParallel(toWrite, target, {
+          ...(threads !== undefined ? { threads } : {}),
+          ...(progress ? { onProgress: progress.update } : {}),
+        });
         toWrite = converted.lora;
         if (converted.report) reduction = relabel(converted.report, loaded);
       }
