@@ -14,7 +14,7 @@ import { fileURLToPath } from 'node:url';
 import { installNodeHost } from '../src/node/install.js';
 import { openStreamingInputs, withFactors } from '../src/node/merge-stream.js';
 import { methodRequest, planMerge } from '../src/lora/merge.js';
-import { DenseScratch, memberDelta, moduleRng } from '../src/lora/method-module.js';
+import { DenseScratch, METHOD_SVD_OPTIONS, memberDelta, moduleRng } from '../src/lora/method-module.js';
 import { METHODS } from '../src/lora/methods.js';
 import { wasmProduct } from '../src/lora/product.js';
 import { SvdWorkspace, jsProduct, truncatedSvd } from '../src/lora/svd.js';
@@ -71,7 +71,12 @@ for (const pm of chosen) {
   productMs = 0;
   productFlop = 0;
   t = performance.now();
-  const svd = truncatedSvd(d, req.out, req.fanIn, 64, { workspace: ws, product: timed, ...svdOpts });
+  const svd = truncatedSvd(d, req.out, req.fanIn, 64, {
+    workspace: ws,
+    product: timed,
+    ...METHOD_SVD_OPTIONS,
+    ...svdOpts,
+  });
   const svdMs = performance.now() - t;
   const mem = process.memoryUsage();
   const row = {

@@ -4,6 +4,7 @@
  */
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
+import { METHOD_SVD_OPTIONS } from '../src/lora/method-module.js';
 import { METHODS } from '../src/lora/methods.js';
 import { jsProduct, truncatedSvd } from '../src/lora/svd.js';
 import { prng, randomArray, singularValues } from './lora-helpers.js';
@@ -102,7 +103,7 @@ describe('truncatedSvd', () => {
               kind === 'cluster' ? Array.from({ length: 30 }, (_, j) => 1 - 0.005 * j) : [],
               1,
             );
-          const svd = truncatedSvd(a, m, n, k, { seed });
+          const svd = truncatedSvd(a, m, n, k, { seed, ...METHOD_SVD_OPTIONS });
           const best = optimalError(a, m, n, k);
           const got = productError(a, m, n, svd.up, svd.down, svd.rank);
           expect(svd.iterations).toBeGreaterThan(0);

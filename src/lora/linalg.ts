@@ -267,6 +267,63 @@ export interface SymmetricEigen {
  * (each Givens rotation applied to two contiguous rows of the transposed eigenvector matrix).
  */
 export function symmetricEigen(A: Float64Array, n: number): SymmetricEigen {
+  const { d, e, v, betas } = tridiagonalise(A, n);
+  // --- Accumulate Q = H0·H1·…·H(n-3) backwards; only rows/cols > k change when H_k is applied.
+  const Q = new Float64Array(n * n);
+  for (let i = 0; i < n; i++) Q[i * n + i] = 1;
+  const w = new Float64Array(n);
+  for (let k = n - 3; k >= 0; k--) {
+    const beta = betas[k]!;
+    if (beta === 0) continue;
+    const rowK = k * n;
+    w.fill(0, k + 1, n);
+    for (let i = k + 1; i < n; i++) {
+      const vi = v[rowK + i]!;
+      if (vi === 0) continue;
+      const rowI = i * n;
+      for (let j = k + 1; j < n; j++) w[j] = w[j]! + vi * Q[rowI + j]!;
+    }
+    for (let i = k + 1; i < n; i++) {
+      const f = beta * v[rowK + i]!;
+      if (f === 0) continue;
+      const rowI = i * n;
+      for (let j = k + 1; j < n; j++) Q[rowI + j] = Q[rowI + j]! - f * w[j]!;
+    }
+  }
+  // Z holds the eigenvectors as rows: Z = Qᵀ, rotated along with the tridiagonal matrix.
+  const Z = new Float64Array(n * n);
+  for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) Z[j * n + i] = Q[i * n + j]!;
+  tridiagonalQR(d, e, Z, n);
+  // Sort descending.
+  const order = Array.from({ length: n }, (_, i) => i).sort((a, b) => d[b]! - d[a]!);
+  const values = new Float64Array(n);
+  const vectors = new Float64Array(n * n);
+  for (let j = 0; j < n; j++) {
+    values[j] = d[order[j]!]!;
+    vectors.set(Z.subarray(order[j]! * n, order[j]! * n + n), j * n);
+  }
+  return { values, vectors };
+}
+
+/**
+ * The eigenvalues (descending) of a symmetric matrix A (n × n, row-major; only read): the same tridiagonalisation
+ * and QR steps as symmetricEigen without forming the eigenvectors — about a fifth of its work, for callers that
+ * only need the spectrum (the truncated SVD's convergence checks).
+ */
+export function symmetricEigenvalues(A: Float64Array, n: number): Float64Array {
+  const { d, e } = tridiagonalise(A, n);
+  tridiagonalQR(d, e, null, n);
+  return d.sort().reverse();
+}
+
+/**
+ * Householder reduction of symmetric A to tridiagonal form (diagonal d, off-diagonal e); the reflectors are kept
+ * in the rows of v (row k: entries k+1..n-1) with their β in betas, for symmetricEigen to accumulate.
+ */
+function tridiagonalise(
+  A: Float64Array,
+  n: number,
+): { d: Float64Array; e: Float64Array; v: Float64Array; betas: Float64Array } {
   const W = Float64Array.from(A.subarray(0, n * n));
   const d = new Float64Array(n);
   const e = new Float64Array(Math.max(n - 1, 0));
@@ -315,48 +372,14 @@ export function symmetricEigen(A: Float64Array, n: number): SymmetricEigen {
     e[n - 2] = W[(n - 2) * n + n - 1]!;
   }
   if (n >= 1) d[n - 1] = W[(n - 1) * n + n - 1]!;
-  // --- Accumulate Q = H0·H1·…·H(n-3) backwards; only rows/cols > k change when H_k is applied.
-  const Q = new Float64Array(n * n);
-  for (let i = 0; i < n; i++) Q[i * n + i] = 1;
-  const w = new Float64Array(n);
-  for (let k = n - 3; k >= 0; k--) {
-    const beta = betas[k]!;
-    if (beta === 0) continue;
-    const rowK = k * n;
-    w.fill(0, k + 1, n);
-    for (let i = k + 1; i < n; i++) {
-      const vi = W[rowK + i]!;
-      if (vi === 0) continue;
-      const rowI = i * n;
-      for (let j = k + 1; j < n; j++) w[j] = w[j]! + vi * Q[rowI + j]!;
-    }
-    for (let i = k + 1; i < n; i++) {
-      const f = beta * W[rowK + i]!;
-      if (f === 0) continue;
-      const rowI = i * n;
-      for (let j = k + 1; j < n; j++) Q[rowI + j] = Q[rowI + j]! - f * w[j]!;
-    }
-  }
-  // Z holds the eigenvectors as rows: Z = Qᵀ, rotated along with the tridiagonal matrix.
-  const Z = new Float64Array(n * n);
-  for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) Z[j * n + i] = Q[i * n + j]!;
-  tridiagonalQR(d, e, Z, n);
-  // Sort descending.
-  const order = Array.from({ length: n }, (_, i) => i).sort((a, b) => d[b]! - d[a]!);
-  const values = new Float64Array(n);
-  const vectors = new Float64Array(n * n);
-  for (let j = 0; j < n; j++) {
-    values[j] = d[order[j]!]!;
-    vectors.set(Z.subarray(order[j]! * n, order[j]! * n + n), j * n);
-  }
-  return { values, vectors };
+  return { d, e, v: W, betas };
 }
 
 /**
  * Diagonalise the symmetric tridiagonal matrix (d, e) in place by implicit QR steps with Wilkinson shifts; the
  * rotations are applied to the rows of Z (n × n) so that rows of Z become eigenvectors of the original matrix.
  */
-function tridiagonalQR(d: Float64Array, e: Float64Array, Z: Float64Array, n: number): void {
+function tridiagonalQR(d: Float64Array, e: Float64Array, Z: Float64Array | null, n: number): void {
   const maxIterations = 60 * Math.max(n, 1);
   let iterations = 0;
   let hi = n - 1;
@@ -411,6 +434,7 @@ function tridiagonalQR(d: Float64Array, e: Float64Array, Z: Float64Array, n: num
         x = e[k]!;
       }
       // Rows k and k+1 of Z: Z ← P·Z.
+      if (!Z) continue;
       const rk = k * n,
         rk1 = rk + n;
       for (let j = 0; j < n; j++) {
@@ -421,6 +445,47 @@ function tridiagonalQR(d: Float64Array, e: Float64Array, Z: Float64Array, n: num
       }
     }
   }
+}
+
+/**
+ * L⁻¹ for the Cholesky factor G = L·Lᵀ of a symmetric positive definite G (n × n, row-major; only read): the
+ * whitening of CholeskyQR (rows X with Gram matrix G give orthonormal rows L⁻¹·X). Null when a pivot falls to
+ * `relTol` of its diagonal entry or below (G is numerically singular: the caller falls back to an eigen-
+ * decomposition). `spread` is the smallest over the largest squared pivot, a cheap conditioning estimate.
+ */
+export function choleskyWhitening(
+  G: Float64Array,
+  n: number,
+  relTol = 1e-10,
+): { inverse: Float64Array; spread: number } | null {
+  const L = new Float64Array(n * n);
+  let lo = Number.POSITIVE_INFINITY,
+    hi = 0;
+  for (let i = 0; i < n; i++) {
+    const ri = i * n;
+    for (let j = 0; j <= i; j++) {
+      const rj = j * n;
+      let s = G[ri + j]!;
+      for (let t = 0; t < j; t++) s -= L[ri + t]! * L[rj + t]!;
+      if (i === j) {
+        if (!(s > relTol * G[ri + i]!) || !Number.isFinite(s)) return null;
+        L[ri + i] = Math.sqrt(s);
+        lo = Math.min(lo, s);
+        hi = Math.max(hi, s);
+      } else L[ri + j] = s / L[rj + j]!;
+    }
+  }
+  // Forward substitution, column by column of the identity: X = L⁻¹ (lower triangular).
+  const X = new Float64Array(n * n);
+  for (let c = 0; c < n; c++) {
+    for (let i = c; i < n; i++) {
+      const ri = i * n;
+      let s = i === c ? 1 : 0;
+      for (let t = c; t < i; t++) s -= L[ri + t]! * X[t * n + c]!;
+      X[ri + c] = s / L[ri + i]!;
+    }
+  }
+  return { inverse: X, spread: hi > 0 ? lo / hi : 0 };
 }
 
 /**

@@ -36,7 +36,7 @@
  */
 import { ArgumentError, LoraError } from '../core/errors.js';
 import { mulberry32 } from '../core/random.js';
-import { gramRows, symmetricEigen, transposeF32 } from './linalg.js';
+import { choleskyWhitening, gramRows, symmetricEigen, symmetricEigenvalues, transposeF32 } from './linalg.js';
 import { PRODUCT_SLICE_ELEMENTS, wasmAddProduct, wasmProduct, type AddProductF32, type ProductF32 } from './product.js';
 
 export interface TruncatedSvdOptions {
@@ -47,6 +47,12 @@ export interface TruncatedSvdOptions {
   readonly maxIterations?: number;
   /** Stop when a half-step adds less than tolerance/4 × the remaining error² to the kept energy (default 5e-4). */
   readonly tolerance?: number;
+  /**
+   * Stop instead when the predicted excess of the Frobenius error over the converged one is ≤ `excess` (relative;
+   * the merge methods use 5e-4 = 0.05%): the gain of the half-steps still to come is extrapolated from the last
+   * two gains (geometric convergence). Replaces `tolerance` when given.
+   */
+  readonly excess?: number;
   /** Seed of the starting block (default 0x5eed): the same seed and matrix give the same bytes. */
   readonly seed?: number;
   /** How products are computed: 'auto' (WASM SIMD when available), 'js', or a function. */
@@ -145,18 +151,39 @@ interface Eigen {
   readonly vectors: Float64Array;
 }
 
-/** Eigen-decomposition of the f64 Gram matrix X·Xᵀ of the rows of X (r × len, f32). */
-function gramEigen(X: Float32Array, rows: number, len: number, ws?: SvdWorkspace): Eigen {
+/** The f64 Gram matrix X·Xᵀ of the rows of X (r × len, f32). */
+function gramOf(X: Float32Array, rows: number, len: number, ws?: SvdWorkspace): Float64Array {
   const G = new Float64Array(rows * rows);
   gramRows(toF64(X.subarray(0, rows * len), ws, 'gram'), rows, len, G);
-  return symmetricEigen(G, rows);
+  return G;
 }
 
 /**
- * Orthonormal rows spanning the rows of X (r × len, f32): whitening through the eigen-decomposition of the f64
- * Gram matrix, Q = Λ^-½·Vᵀ·X, done twice so the result is orthonormal to f32 working precision. Directions with
- * eigenvalues under 1e-12 of the largest (numerically absent) are dropped: the result has r' ≤ r rows.
- * `first`: the decomposition of X's Gram when the caller already has it (the first pass then reuses it).
+ * The whitening W (r' × r, f32) that makes W·X orthonormal for rows X with f64 Gram matrix G (r × r): L⁻¹ of the
+ * Cholesky factor G = L·Lᵀ (CholeskyQR), or — when G is numerically singular — Λ^-½·Vᵀ from its eigen-
+ * decomposition, dropping directions with eigenvalues under 1e-12 of the largest (numerically absent): r' ≤ r.
+ * `spread` (smallest over largest squared pivot; 1 on the eigen path) says how far X was from orthogonal.
+ */
+function whitening(G: Float64Array, r: number): { w: Float32Array; rows: number; spread: number } {
+  const chol = choleskyWhitening(G, r);
+  if (chol) return { w: Float32Array.from(chol.inverse), rows: r, spread: chol.spread };
+  const { values, vectors } = symmetricEigen(G, r);
+  const top = r > 0 ? (values[0] ?? 0) : 0;
+  let keep = 0;
+  while (keep < r && top > 0 && (values[keep] ?? 0) > 1e-12 * top) keep++;
+  const w = new Float32Array(keep * r);
+  for (let j = 0; j < keep; j++) {
+    const f = 1 / Math.sqrt(values[j] ?? 1);
+    for (let i = 0; i < r; i++) w[j * r + i] = (vectors[j * r + i] ?? 0) * f;
+  }
+  return { w, rows: keep, spread: 1 };
+}
+
+/**
+ * Orthonormal rows spanning the rows of X (r × len, f32) by CholeskyQR on the f64 Gram matrix (see whitening).
+ * A second pass makes the result orthonormal to f32 working precision; it is skipped when `onePass` and X was well
+ * conditioned (spread > 1e-4: the first pass then leaves ‖QQᵀ − I‖ near κ·ε_f32 ≤ 1e-5, far below what the
+ * stopping rule resolves). `gram`: X's Gram matrix when the caller already has it (the first pass reuses it).
  */
 function orthonormalRows(
   X: Float32Array,
@@ -164,22 +191,17 @@ function orthonormalRows(
   len: number,
   mul: ProductF32,
   ws?: SvdWorkspace,
-  first?: Eigen,
+  gram?: Float64Array,
+  onePass = false,
 ): { q: Float32Array; rows: number } {
   let cur = X,
     rows = r;
   for (let pass = 0; pass < 2; pass++) {
-    const { values, vectors } = pass === 0 && first ? first : gramEigen(cur, rows, len, ws);
-    const top = rows > 0 ? (values[0] ?? 0) : 0;
-    let keep = 0;
-    while (keep < rows && top > 0 && (values[keep] ?? 0) > 1e-12 * top) keep++;
-    const W = new Float32Array(keep * rows);
-    for (let j = 0; j < keep; j++) {
-      const f = 1 / Math.sqrt(values[j] ?? 1);
-      for (let i = 0; i < rows; i++) W[j * rows + i] = (vectors[j * rows + i] ?? 0) * f;
-    }
-    cur = keep > 0 ? mul(keep, len, rows, W, cur) : new Float32Array(0);
+    const G = pass === 0 && gram ? gram : gramOf(cur, rows, len, ws);
+    const { w, rows: keep, spread } = whitening(G, rows);
+    cur = keep > 0 ? mul(keep, len, rows, w, cur) : new Float32Array(0);
     rows = keep;
+    if (onePass && spread > 1e-4) break;
   }
   return { q: cur, rows };
 }
@@ -292,6 +314,7 @@ export function truncatedSvd(
   const minIt = options.minIterations ?? 1;
   const maxIt = Math.max(minIt, options.maxIterations ?? 8);
   const tol = options.tolerance ?? 5e-4;
+  const excess = options.excess;
   let total = 0;
   for (let i = 0; i < m * n; i++) {
     const v = a[i] ?? 0;
@@ -330,18 +353,26 @@ export function truncatedSvd(
   let side: 'left' | 'right' = 'left';
   let steps = 0;
   let prevKept = -1;
+  const gains: number[] = [];
   for (;;) {
     const { q, rows } = basis;
     if (rows === 0) return empty(steps / 2);
     const c = side === 'left' ? mul(rows, n, m, q, a) : at.times(rows, q);
     const len = side === 'left' ? n : m;
-    const eig = gramEigen(c, rows, len, ws);
+    const G = gramOf(c, rows, len, ws);
+    const values = symmetricEigenvalues(G, rows);
     let kept = 0;
-    for (let j = 0; j < Math.min(k, rows); j++) kept += Math.max(0, eig.values[j] ?? 0);
+    for (let j = 0; j < Math.min(k, rows); j++) kept += Math.max(0, values[j] ?? 0);
     const tail = Math.max(0, total - kept);
-    const converged = whole || (steps >= 2 * minIt && kept - prevKept <= (tol / 4) * tail) || steps >= 2 * maxIt;
+    const gain = kept - prevKept;
+    gains.push(gain);
+    const converged =
+      whole ||
+      steps >= 2 * maxIt ||
+      (steps >= 2 * minIt &&
+        (excess === undefined ? gain <= (tol / 4) * tail : predictedGain(gains) <= 2 * excess * tail));
     if (converged) {
-      const f = finish(q, rows, side === 'left' ? m : n, c, len, eig, k, mul);
+      const f = finish(q, rows, side === 'left' ? m : n, c, len, symmetricEigen(G, rows), k, mul);
       // Left: up = (W·Q)ᵀ, down = W'·C. Right (C = (A·Z)ᵀ): down = W·Z, up = (W'·C)ᵀ.
       const [up, down] =
         side === 'left'
@@ -359,9 +390,26 @@ export function truncatedSvd(
     }
     prevKept = kept;
     steps++;
-    basis = orthonormalRows(c, rows, len, mul, ws, eig);
+    basis = orthonormalRows(c, rows, len, mul, ws, G, true);
     side = side === 'left' ? 'right' : 'left';
   }
+}
+
+/**
+ * The energy the half-steps still to come would add, extrapolated from the gains so far (gains[s]: what half-step s
+ * added): subspace iteration gains roughly geometrically, ρ per round, so with r = √ρ per half-step the rest adds
+ * ≈ g·r/(1 − r) after a gain g. ρ is measured over a whole round (the last gain over the one two half-steps before,
+ * same side of the matrix). The gains of the first round (from the random start) say nothing about ρ — a ratio
+ * against them underestimates it on clustered spectra — so until a ratio of two later gains exists, r = ¾ (the
+ * rest taken to add three times the last gain); r is capped at 0.995 (two hundred times).
+ */
+function predictedGain(gains: readonly number[]): number {
+  const s = gains.length - 1;
+  const g = gains[s] ?? 0;
+  if (g <= 0) return 0;
+  const before = gains[s - 2] ?? 0;
+  const r = s >= 4 && before > 0 ? Math.min(Math.sqrt(g / before), 0.995) : 0.75;
+  return (g * r) / (1 - r);
 }
 
 /**
