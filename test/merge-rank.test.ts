@@ -1,7 +1,14 @@
 import ndarray from 'ndarray';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { gramRows, pivotedCholesky, symmetricEigen, xtyToF32 } from '../src/lora/linalg.js';
+import {
+  choleskyWhitening,
+  gramRows,
+  pivotedCholesky,
+  symmetricEigen,
+  symmetricEigenvalues,
+  xtyToF32,
+} from '../src/lora/linalg.js';
 import { mergeLoras, rankOf, resizeLora, MERGE_METADATA_KEY } from '../src/lora/index.js';
 import type { Lora, LoraModule } from '../src/lora/types.js';
 import {
@@ -380,8 +387,10 @@ describe('linalg kernels', () => {
             }
           const { values, vectors } = symmetricEigen(A, n);
           const ref = jacobiEigenvalues(A, n);
+          const only = symmetricEigenvalues(A, n);
           for (let j = 0; j < n; j++) {
             expect(Math.abs(values[j]! - ref[j]!)).toBeLessThan(1e-10);
+            expect(Math.abs(only[j]! - ref[j]!)).toBeLessThan(1e-10);
             if (j > 0) expect(values[j]!).toBeLessThanOrEqual(values[j - 1]!);
             for (let i = 0; i < n; i++) {
               let s = 0;
@@ -397,6 +406,38 @@ describe('linalg kernels', () => {
         },
       ),
       { numRuns: 80 },
+    );
+  });
+
+  it('choleskyWhitening: L⁻¹·X has orthonormal rows for a well-conditioned Gram matrix, null for a singular one', () => {
+    fc.assert(
+      fc.property(fc.integer({ min: 1, max: 12 }), fc.integer({ min: 1, max: 1e9 }), (r, seed) => {
+        const rand = prng(seed);
+        const len = r + 5;
+        const X = randomArray(rand, r * len, 1);
+        const G = new Float64Array(r * r);
+        gramRows(Float64Array.from(X), r, len, G);
+        const w = choleskyWhitening(G, r);
+        expect(w).not.toBeNull();
+        const Q = new Float64Array(r * len);
+        for (let i = 0; i < r; i++)
+          for (let t = 0; t < r; t++)
+            for (let c = 0; c < len; c++) Q[i * len + c]! += w!.inverse[i * r + t]! * X[t * len + c]!;
+        const QQ = new Float64Array(r * r);
+        gramRows(Q, r, len, QQ);
+        for (let i = 0; i < r; i++)
+          for (let j = 0; j < r; j++) expect(Math.abs(QQ[i * r + j]! - (i === j ? 1 : 0))).toBeLessThan(1e-9);
+        expect(w!.spread).toBeGreaterThan(0);
+        expect(w!.spread).toBeLessThanOrEqual(1);
+        if (r >= 2) {
+          // A repeated row: the Gram matrix is singular.
+          const Y = Float64Array.from(X);
+          Y.copyWithin(len, 0, len);
+          gramRows(Y, r, len, G);
+          expect(choleskyWhitening(G, r)).toBeNull();
+        }
+      }),
+      { numRuns: 60 },
     );
   });
 });
