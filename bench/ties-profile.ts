@@ -6,6 +6,9 @@
  * and writes one JSON line per module to bench/out/methods-ties-profile.jsonl.
  *
  *   flock /work/bench.lock npx tsx bench/ties-profile.ts [--start 0] [--count 100] [--stride 1] [--svd-opts '{"maxIterations":2}']
+ *
+ * --peer-stride S picks the modules bench/peer/ties_peft.py takes with --stride S instead: every S-th of the
+ * kohya module names sorted (lora_unet_…, lora_te1_…), so both tools time the same modules (bench/ties.ts --sample).
  */
 import { writeFileSync } from 'node:fs';
 import * as os from 'node:os';
@@ -38,7 +41,19 @@ const inputs = await openStreamingInputs([A, B]);
 if (!inputs) throw new Error('inputs need the in-memory path');
 const plan = planMerge(inputs.loras, [1, 0.8], { method: 'ties', density: 0.2, rank: 64 });
 const work = plan.modules.filter((pm) => pm.action === 'method');
-const chosen = work.filter((_, i) => i >= start && (i - start) % stride === 0).slice(0, count);
+const peerStride = Number(arg('peer-stride', '0'));
+/** The kohya name of a module path (the benchmark's files use diffusers-style kohya names). */
+const kohya = (p: string): string => `lora_${p.replace(/\./g, '_')}`;
+const peerNames = new Set(
+  work
+    .map((pm) => kohya(pm.path))
+    .sort()
+    .filter((_, i) => i % Math.max(1, peerStride) === 0),
+);
+const chosen =
+  peerStride > 0
+    ? work.filter((pm) => peerNames.has(kohya(pm.path)))
+    : work.filter((_, i) => i >= start && (i - start) % stride === 0).slice(0, count);
 const base = wasmProduct() ?? jsProduct;
 let productMs = 0;
 let productFlop = 0;
@@ -125,6 +140,7 @@ console.log(
     svdGflops: +(sum.svdFlop / sum.svdProducts / 1e6).toFixed(1),
     meanIterations: +(sum.its / Math.max(1, chosen.length)).toFixed(2),
     maxRssMB: Math.max(...rows.map((r) => Number(r.rssMB))),
+    peerStride,
     load: os
       .loadavg()
       .map((x) => x.toFixed(2))

@@ -14,6 +14,7 @@
  *   npx tsx bench/ties.ts --gen
  *   flock /work/bench.lock npx tsx bench/ties.ts --ours ties --threads 2      (also: --ours linear)
  *   flock /work/bench.lock npx tsx bench/ties.ts --peft --start 0 --count 200 [--reduced]   (repeat over slices)
+ *   flock /work/bench.lock npx tsx bench/ties.ts --sample 80   (ours and PEFT on the same every-80th module, one run)
  *   npx tsx bench/ties.ts --report
  */
 import { spawnSync } from 'node:child_process';
@@ -132,6 +133,33 @@ function peft(start: number, count: number, stride: number, reduced: boolean): v
   record({ tool: 'peft', ...JSON.parse(r.stdout.trim().split('\n').pop() ?? '{}'), wall, peakRssMB: (kb ?? 0) / 1024 });
 }
 
+/**
+ * Ours and the peer on the same module sample, one after the other in one invocation: bench/ties-profile.ts with
+ * --peer-stride (one thread, in process: per-phase seconds) under GNU time, then the peer with the same stride
+ * (reduced SVD), compared against the full merge's output (bench/ties.ts --ours ties) when it exists.
+ */
+function sample(stride: number): void {
+  const r = spawnSync(
+    '/usr/bin/time',
+    [
+      '-f',
+      '%e %M',
+      process.execPath,
+      '--import',
+      'tsx',
+      path.join(ROOT, 'bench', 'ties-profile.ts'),
+      '--peer-stride',
+      String(stride),
+    ],
+    { encoding: 'utf8', maxBuffer: 1 << 24, cwd: ROOT },
+  );
+  if (r.status !== 0) throw new Error(`ties-profile.ts failed: ${r.stderr}`);
+  const [wall, kb] = (r.stderr.trim().split('\n').pop() ?? '').split(' ').map(Number);
+  const summary = JSON.parse(r.stdout.trim().split('\n').pop() ?? '{}') as Record<string, unknown>;
+  record({ tool: 'lora-mix-sample', threads: 1, ...summary, processWall: wall, peakRssMB: (kb ?? 0) / 1024 });
+  peft(0, 100000, stride, true);
+}
+
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   const m = s.length >> 1;
@@ -180,5 +208,6 @@ if (flag('gen')) await gen();
 else if (process.argv.includes('--ours')) ours(arg('ours', 'ties') as 'ties' | 'linear', Number(arg('threads', '2')));
 else if (flag('peft'))
   peft(Number(arg('start', '0')), Number(arg('count', '100000')), Number(arg('stride', '1')), flag('reduced'));
+else if (process.argv.includes('--sample')) sample(Number(arg('sample', '80')));
 else if (flag('report')) report();
 else console.error('usage: see the comment at the top of bench/ties.ts');

@@ -71,9 +71,9 @@ export function memberDelta(m: MethodMember, out: number, fanIn: number, into?: 
     return into;
   }
   const product = wasmProduct() ?? jsProduct;
-  const d = product(out, fanIn, m.rank, m.up, m.down, into);
-  if (m.scale !== 1) for (let i = 0; i < d.length; i++) d[i] = (d[i] ?? 0) * m.scale;
-  return d;
+  // The scale goes into a copy of the small factor (out × rank), not over the dense result (one pass less).
+  const up = m.scale === 1 ? m.up : m.up.map((v) => v * m.scale);
+  return product(out, fanIn, m.rank, up, m.down, into);
 }
 
 /**
