@@ -4,7 +4,8 @@
  *   npx tsx bench/browser-vs-cli.ts merge|fuse [--runs N] [--record]
  *
  * merge: /work/benchdata (bench/out) sd15-lcm.f16 ×1.0 + sd15-style.f16 ×0.8, exact, kohya F16.
- * fuse:  the same two LoRAs fused into sd15-base.f16 (2.1 GB), stored dtypes.
+ * fuse:  the same two LoRAs fused into sd15-base.f16 (2.1 GB), stored dtypes; the page runs on a Chromium profile on disk
+ *        (bench/out/browser-profile-*, removed after each round), whose storage quota is a share of the disk.
  * CLI:   `node dist/cli/lora-mix.js merge|fuse … -q` under /usr/bin/time -v: wall time and peak RSS (it writes the
  *        file to disk, with fsync; the output is deleted after each run).
  * Page:  a fresh headless Chromium per round, served cross-origin isolated (COOP/COEP: the fuse kernel runs on
@@ -20,7 +21,7 @@
  * Needs `npm run build` (dist/) first. Run under `flock /work/bench.lock` (each invocation ≤ 5 min).
  */
 import { spawnSync } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import * as os from 'node:os';
 import { join } from 'node:path';
 import { buildBrowser, REPO_ROOT } from '../scripts/build-browser.js';
@@ -133,7 +134,10 @@ function sampler(): { stop(): { peak: number; peakAll: number } } {
 }
 
 async function pageRun(webDir: string): Promise<Run> {
-  const session = await openSession({ root: webDir });
+  // fuse: a profile on disk, whose storage quota is a share of the disk (a fresh in-memory profile's is below the
+  // 2.1 GB the page streams into its origin-private file system); removed after the round.
+  const profile = MODE === 'fuse' ? mkdtempSync(join(DATA, 'browser-profile-')) : undefined;
+  const session = await openSession({ root: webDir, ...(profile ? { userDataDir: profile } : {}) });
   const { page } = session;
   try {
     await page.waitForSelector('body[data-ready="true"]');
@@ -182,19 +186,67 @@ async function pageRun(webDir: string): Promise<Run> {
     if (!(await page.locator('#error').isHidden())) throw new Error(`page failed: ${await page.textContent('#error')}`);
     const tasks = await page.evaluate(() => (window as unknown as { longTasks: number[] }).longTasks);
     console.log(
-      `  page phases: read (read + decode, hash on its own thread) ${read.toFixed(2)} s, ${MODE === 'merge' ? 'merge + write' : 'fuse + write'} ${(seconds - read).toFixed(2)} s`,
+      `  page phases: read (read + hash + decode) ${read.toFixed(2)} s, ${MODE === 'merge' ? 'merge + write' : 'fuse + write'} ${(seconds - read).toFixed(2)} s`,
     );
+    const seen = await page.evaluate(() => {
+      const o = (
+        window as unknown as {
+          loraMixPage: {
+            loras: { fileName: string; seconds: number; phases?: { read: number; hash: number; finish: number } }[];
+            merges: { seconds: number; phases?: { merge: number; write: number } }[];
+          };
+        }
+      ).loraMixPage;
+      return { loras: o.loras, merge: o.merges[0] };
+    });
+    for (const l of seen.loras) {
+      const ph = l.phases;
+      console.log(
+        `    worker: ${l.fileName} ${l.seconds.toFixed(2)} s` +
+          (ph
+            ? ` (File.slice waits ${ph.read.toFixed(2)} s, SHA-256 ${ph.hash.toFixed(2)} s, hash tail ${ph.finish.toFixed(2)} s)`
+            : ''),
+      );
+    }
+    const mp = seen.merge?.phases;
+    if (mp) console.log(`    worker: merge ${mp.merge.toFixed(2)} s, encode + write ${mp.write.toFixed(2)} s`);
     if (MODE === 'fuse') {
       const fused = await page.evaluate(
         () =>
-          (window as unknown as { loraMixPage: { fuses: { kernel: string; savedTo?: string; seconds: number }[] } })
-            .loraMixPage.fuses[0],
+          (
+            window as unknown as {
+              loraMixPage: {
+                fuses: {
+                  kernel: string;
+                  savedTo?: string;
+                  seconds: number;
+                  phases?: { read: number; write: number; kernel: number };
+                }[];
+              };
+            }
+          ).loraMixPage.fuses[0],
       );
-      console.log(`  page fuse: ${fused?.kernel}, written to ${fused?.savedTo ?? 'a Blob'}`);
+      console.log(
+        `  page fuse: ${fused?.kernel}, written to ${fused?.savedTo ?? 'a Blob'}, worker ${fused?.seconds.toFixed(2)} s` +
+          (fused?.phases
+            ? ` (base File.slice waits ${fused.phases.read.toFixed(2)} s, output write waits ${fused.phases.write.toFixed(2)} s, kernel ${fused.phases.kernel.toFixed(2)} s)`
+            : ''),
+      );
+      const bytes = await page.evaluate(async () => {
+        const dir = await navigator.storage.getDirectory();
+        let total = 0;
+        for await (const [, h] of (
+          dir as unknown as { entries(): AsyncIterable<[string, FileSystemHandle]> }
+        ).entries())
+          if (h.kind === 'file') total += (await (h as FileSystemFileHandle).getFile()).size;
+        return total;
+      });
+      console.log(`  page fuse: origin-private file system holds ${(bytes / 1e9).toFixed(3)} GB after the round`);
     }
     return { seconds, peak, peakAll, idle, longestTask: Math.max(0, ...tasks) };
   } finally {
     await session.close();
+    if (profile) rmSync(profile, { recursive: true, force: true });
   }
 }
 

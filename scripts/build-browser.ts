@@ -6,7 +6,7 @@
  * Writes
  *   <out>/browser/lora-mix.js   ESM bundle of src/index.ts (the core: safetensors, formats, layouts, arithmetic,
  *                               in-memory fusion, kernels, the LCM scheduler), platform 'browser'
- *   <out>/web/                  the local merge page (examples/web): index.html, style.css, app.js, worker.js, hash-worker.js
+ *   <out>/web/                  the local merge page (examples/web): index.html, style.css, app.js, worker.js
  *
  * Core code must run in a browser unchanged, so every bundle is built with a guard: an import of a Node built-in
  * (`node:fs`, `fs`, `worker_threads`, …) anywhere in the import graph fails the build with the importing file
@@ -152,7 +152,7 @@ export interface BrowserBuild {
   /** dist/browser/lora-mix.js (or under the chosen out folder). */
   libFile: string;
   lib: BundleResult;
-  /** Folder with the page: index.html, style.css, app.js, worker.js, hash-worker.js. */
+  /** Folder with the page: index.html, style.css, app.js, worker.js. */
   webDir: string;
 }
 
@@ -164,11 +164,6 @@ export async function buildBrowser(options: { outDir?: string; minify?: boolean 
   const lib = await bundle({ entry: 'src/index.ts', outfile: libFile, minify: options.minify });
   await bundle({ entry: 'examples/web/app.ts', outfile: join(webDir, 'app.js'), minify: options.minify });
   await bundle({ entry: 'examples/web/worker.ts', outfile: join(webDir, 'worker.js'), minify: options.minify });
-  await bundle({
-    entry: 'examples/web/hash-worker.ts',
-    outfile: join(webDir, 'hash-worker.js'),
-    minify: options.minify,
-  });
   await mkdir(webDir, { recursive: true });
   for (const f of ['index.html', 'style.css']) await copyFile(join(REPO_ROOT, 'examples/web', f), join(webDir, f));
   return { libFile, lib, webDir };

@@ -20,7 +20,7 @@ export {
   type Provenance,
   type ProvenanceInput,
 } from './core/provenance.js';
-export { createSha256, sha256Hex, type Sha256 } from './core/sha256.js';
+export { createSha256, sha256Backend, sha256Hex, type Sha256 } from './core/sha256.js';
 export { hashingSource, type HashingSource } from './core/sha256-source.js';
 export * from './safetensors/index.js';
 export * from './layout/index.js';

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { bufferSource } from '../src/core/memory.js';
-import { createSha256, sha256Hex } from '../src/core/sha256.js';
+import { createSha256, sha256Backend, sha256Hex } from '../src/core/sha256.js';
 import { hashingSource } from '../src/core/sha256-source.js';
 
 const nodeHex = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
@@ -43,6 +43,22 @@ describe('sha256 (isomorphic, incremental)', () => {
       ),
       { numRuns: 300 },
     );
+  });
+
+  it('runs in WebAssembly here, and the WebAssembly and JavaScript compressions agree around the module’s data chunk', () => {
+    expect(sha256Backend()).toBe('wasm');
+    // The module compresses 2·65536 − 64 bytes per call: lengths around one and two chunks, in uneven updates.
+    const chunk = 2 * 65536 - 64;
+    const bytes = Uint8Array.from({ length: 2 * chunk + 200 }, (_, i) => (i * 2654435761) >>> 24);
+    for (const n of [chunk - 65, chunk - 1, chunk, chunk + 1, chunk + 64, 2 * chunk, 2 * chunk + 200]) {
+      const b = bytes.subarray(0, n);
+      const want = nodeHex(b);
+      expect(createSha256().update(b).hex(), `wasm, length ${n}`).toBe(want);
+      expect(createSha256({ js: true }).update(b).hex(), `js, length ${n}`).toBe(want);
+      const h = createSha256();
+      for (let at = 0, step = 3; at < n; at += step, step = (step * 5 + 1) % 9001) h.update(b.subarray(at, at + step));
+      expect(h.hex(), `wasm in uneven updates, length ${n}`).toBe(want);
+    }
   });
 
   it('refuses updates after the digest and repeats the same digest', () => {

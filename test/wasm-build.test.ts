@@ -4,6 +4,7 @@ import { describe, expect, it } from 'vitest';
 import { buildWasmFiles, ROOT } from '../scripts/build-wasm.js';
 import { base64ToBytes } from '../src/core/base64.js';
 import { CONVERT_WASM } from '../src/core/dtype-wasm-bytes.js';
+import { SHA256_WASM } from '../src/core/sha256-wasm-bytes.js';
 import {
   KERNEL_PLAIN,
   KERNEL_PLAIN_SHARED,
@@ -12,11 +13,13 @@ import {
 } from '../src/kernels/kernel-bytes.js';
 
 describe('committed WebAssembly', () => {
-  it('src/core/dtype-wasm.wat and src/kernels/kernel.wat and *-bytes.ts equal a fresh generation and wabt compile (npm run build:wasm)', async () => {
+  it('src/core/dtype-wasm.wat, src/core/sha256.wat, src/kernels/kernel.wat and *-bytes.ts equal a fresh generation and wabt compile (npm run build:wasm)', async () => {
     const files = await buildWasmFiles();
     expect(Object.keys(files).sort()).toEqual([
       'src/core/dtype-wasm-bytes.ts',
       'src/core/dtype-wasm.wat',
+      'src/core/sha256-wasm-bytes.ts',
+      'src/core/sha256.wat',
       'src/kernels/kernel-bytes.ts',
       'src/kernels/kernel.wat',
     ]);
@@ -33,6 +36,12 @@ describe('committed WebAssembly', () => {
         .map((e) => e.name)
         .sort(),
     ).toEqual(['bf16_to_f32', 'f16_to_f32', 'f32_to_bf16', 'f32_to_f16', 'memory']);
+    const sha = new WebAssembly.Module(base64ToBytes(SHA256_WASM));
+    expect(
+      WebAssembly.Module.exports(sha)
+        .map((e) => e.name)
+        .sort(),
+    ).toEqual(['blocks', 'memory']);
     // the plain builds compile without relaxed SIMD; all four share one export list
     const plain = new WebAssembly.Module(base64ToBytes(KERNEL_PLAIN));
     const names = WebAssembly.Module.exports(plain).map((e) => e.name);

@@ -21,8 +21,13 @@ export interface LoraInfo {
   lcm: string | null;
   /** The weight the page suggests (1.0 for an LCM-LoRA, 0.8 otherwise). */
   defaultWeight: number;
-  /** Seconds the worker spent reading and decoding the file. */
+  /** Seconds the worker spent reading, hashing and decoding the file. */
   seconds: number;
+  /**
+   * Of those: File.slice round trips summed (they overlap the decode), SHA-256 computation, and the end (reading
+   * what the decoder skipped, for the hash).
+   */
+  phases: { read: number; hash: number; finish: number };
 }
 
 export interface MergeRequest {
@@ -56,6 +61,8 @@ export interface MergeSummary {
   /** Non-zero factor values that became 0 in the output dtype (too small for it). */
   flushedToZero: number;
   seconds: number;
+  /** Of those: the merge itself, and encoding + writing the file. */
+  phases: { merge: number; write: number };
 }
 
 /** Resize one loaded LoRA with kohya's rules (like `lora-mix resize`). */
@@ -104,6 +111,8 @@ export interface FuseSummary {
   /** The name of the file the worker wrote into (showSaveFilePicker), when it did. */
   savedTo?: string;
   seconds: number;
+  /** Of those: File.slice waits of the base (summed; they overlap), waits on the output's writes, the kernel. */
+  phases: { read: number; write: number; kernel: number };
 }
 
 export interface AnalyzeSummary {

@@ -7,7 +7,7 @@
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { chromium, type Browser, type Page } from 'playwright-core';
+import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
 import { startStaticServer, type StaticServer } from '../../scripts/serve.js';
 
 export const CHROMIUM_PATH = process.env.LORA_MIX_CHROMIUM ?? '/usr/bin/chromium';
@@ -45,7 +45,8 @@ export async function launchChromium(args: readonly string[] = CHROMIUM_ARGS): P
 }
 
 export interface BrowserSession {
-  browser: Browser;
+  /** null for a session on a persistent profile (`userDataDir`). */
+  browser: Browser | null;
   page: Page;
   server: StaticServer;
   /** Base URL of the static server (ends with '/'). */
@@ -67,6 +68,12 @@ export async function openSession(options: {
   args?: readonly string[];
   /** Serve with the cross-origin isolation headers (default true; scripts/serve.ts). */
   isolate?: boolean;
+  /**
+   * A profile folder on disk (Playwright's persistent context) instead of a fresh in-memory one: its storage quota is
+   * a share of the disk's size, so a page may write gigabytes to its origin-private file system (bench/browser-vs-cli.ts
+   * fuse); an in-memory profile's quota is a small share of RAM.
+   */
+  userDataDir?: string;
 }): Promise<BrowserSession> {
   requireChromium();
   const server = await startStaticServer({
@@ -75,9 +82,21 @@ export async function openSession(options: {
     ...(options.isolate === false ? { isolate: false } : {}),
   });
   let browser: Browser | undefined;
+  let context: BrowserContext | undefined;
   try {
-    browser = await launchChromium(options.args);
-    const page = await browser.newPage({ acceptDownloads: true });
+    let page: Page;
+    if (options.userDataDir !== undefined) {
+      context = await chromium.launchPersistentContext(options.userDataDir, {
+        executablePath: requireChromium(),
+        headless: true,
+        args: [...(options.args ?? CHROMIUM_ARGS)],
+        acceptDownloads: true,
+      });
+      page = context.pages()[0] ?? (await context.newPage());
+    } else {
+      browser = await launchChromium(options.args);
+      page = await browser.newPage({ acceptDownloads: true });
+    }
     const errors: string[] = [];
     page.on('pageerror', (e) => errors.push(`pageerror: ${e.message}`));
     page.on('response', (r) => {
@@ -90,19 +109,20 @@ export async function openSession(options: {
     });
     await page.goto(server.url + (options.path ?? ''), { waitUntil: 'load' });
     const b = browser;
+    const c = context;
     return {
-      browser: b,
+      browser: b ?? null,
       page,
       server,
       url: server.url,
       errors,
       async close() {
-        await b.close();
+        await (b ?? c)?.close();
         await server.close();
       },
     };
   } catch (e) {
-    await browser?.close();
+    await (browser ?? context)?.close();
     await server.close();
     throw e;
   }
