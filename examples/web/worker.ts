@@ -5,6 +5,7 @@
  */
 import type { ByteSink } from '../../src/core/bytes.js';
 import { IoError, LoraError, LoraMixError } from '../../src/core/errors.js';
+import { streamedBlobSource } from '../../src/core/blob-stream.js';
 import { blobSource } from '../../src/core/memory.js';
 import { windowedSource } from '../../src/core/read-window.js';
 import { hashingSource } from '../../src/core/sha256-source.js';
@@ -245,7 +246,8 @@ async function fuseSink(
 }
 
 /**
- * Fuse Σ λ·τ into the base checkpoint, streamed tensor by tensor: File.slice reads of the base, the kernel on every
+ * Fuse Σ λ·τ into the base checkpoint, streamed tensor by tensor: the base read front to back through one stream
+ * (streamedBlobSource: no File.slice round trip per tensor), the kernel on every
  * core where the page is cross-origin isolated, and the output written straight into the chosen file (`target`,
  * from showSaveFilePicker) through a bounded queue — or, without one, into Blob pieces for a download.
  */
@@ -275,7 +277,7 @@ async function fuse(
       scope.postMessage({ type: 'progress', job, done, total, phase: 'fuse' }),
     );
     const report = await fuseLoras(
-      windowedSource(timedSource(blobSource(base, base.name, { window: false }), clock)),
+      timedSource(streamedBlobSource(base, base.name), clock),
       files.map((f) => f.lora),
       weights,
       {

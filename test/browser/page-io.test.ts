@@ -78,7 +78,7 @@ describe('merge page with full-size inputs (headless Chromium)', () => {
       window.longTaskAt = [];
       window.seen = [];
     });
-    const control = await s.browser.newPage();
+    const control = await s.page.context().newPage();
     await control.goto(`${s.url}index.html`);
     await control.evaluate(() => {
       const w = window as unknown as { longTasks: number[] };

@@ -117,7 +117,7 @@ describe('SHA-256 in headless Chromium (WebAssembly, in a worker and on the main
     const r = (await s.page.evaluate(
       ([src, lengths, fixtures]) => {
         const w = new Worker(URL.createObjectURL(new Blob([src], { type: 'text/javascript' })), { type: 'module' });
-        return new Promise((ok) => {
+        return new Promise<unknown>((ok) => {
           w.onmessage = (e) => ok(e.data);
           w.onerror = (e) => ok({ error: e.message });
           w.postMessage([location.origin, lengths, fixtures]);
