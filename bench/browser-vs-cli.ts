@@ -14,10 +14,11 @@
  *        a file of the origin-private file system, which the worker streams the checkpoint into (the
  *        showSaveFilePicker path), so the time includes writing it to disk. Also the longest task on the page's
  *        main thread (Long Tasks API; 0 when none reached 50 ms). Memory: every
- *        100 ms the RSS (/proc/PID/statm) of Chromium's renderer and GPU processes (the page, its Web Worker and
- *        the GPU process run there), summed, and separately of all Chromium processes (browser process, where Blob
- *        data lives, and utilities included); the peak of each sum over the run. Summed RSS counts shared pages once
- *        per process, so it overstates a little.
+ *        150 ms the PSS (/proc/PID/smaps_rollup) and RSS of Chromium's renderer and GPU processes (the page, its Web
+ *        Worker and the GPU process run there), summed, and separately of all Chromium processes (browser process,
+ *        where Blob data lives, and utilities included); the peak of each sum over the run. PSS is the figure to
+ *        compare: summed RSS counts Chromium's shared code once per process (idle: 3 renderers + GPU ≈ 470 MB RSS,
+ *        ≈ 200 MB PSS, ≈ 140 MB anonymous memory).
  * Needs `npm run build` (dist/) first. Run under `flock /work/bench.lock` (each invocation ≤ 5 min).
  */
 import { spawnSync } from 'node:child_process';
@@ -55,6 +56,10 @@ interface Run {
   peakAll?: number;
   /** The page only: renderer + GPU right before the files were chosen. */
   idle?: number;
+  /** The page only: PSS (proportional set size: each shared page divided among the processes mapping it). */
+  peakPss?: number;
+  peakPssAll?: number;
+  idlePss?: number;
   /** The page only: the longest task on the page's main thread (Long Tasks API), ms; 0 when none ≥ 50 ms. */
   longestTask?: number;
 }
@@ -76,8 +81,8 @@ function cliRun(): Run {
   return { seconds, peak: Number(kb) * 1024 };
 }
 
-/** Chromium processes descending from this process: pid → { type, rss }. */
-function chromiumTree(): { type: string; rss: number }[] {
+/** Chromium processes descending from this process: type, RSS and PSS (shared pages divided among their users). */
+function chromiumTree(): { type: string; rss: number; pss: number }[] {
   const parent = new Map<number, number>();
   for (const d of readdirSync('/proc')) {
     if (!/^\d+$/.test(d)) continue;
@@ -94,7 +99,7 @@ function chromiumTree(): { type: string; rss: number }[] {
       if (p === process.pid) return true;
     return false;
   };
-  const out: { type: string; rss: number }[] = [];
+  const out: { type: string; rss: number; pss: number }[] = [];
   for (const pid of parent.keys()) {
     if (!mine(pid)) continue;
     try {
@@ -102,7 +107,8 @@ function chromiumTree(): { type: string; rss: number }[] {
       if (!cmd.includes('chrom')) continue;
       const type = /--type=([a-z-]+)/.exec(cmd)?.[1] ?? 'browser';
       const rss = Number(readFileSync(`/proc/${pid}/statm`, 'utf8').split(' ')[1]) * PAGE;
-      out.push({ type, rss });
+      const pss = Number(/^Pss:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8'))?.[1] ?? 0) * 1024;
+      out.push({ type, rss, pss });
     } catch {
       // the process ended
     }
@@ -110,25 +116,41 @@ function chromiumTree(): { type: string; rss: number }[] {
   return out;
 }
 
-function sampler(): { stop(): { peak: number; peakAll: number } } {
+const pageProcesses = (tree: { type: string }[]) =>
+  tree.filter((p) => p.type === 'renderer' || p.type === 'gpu-process');
+
+function sampler(): { stop(): { peak: number; peakAll: number; peakPss: number; peakPssAll: number } } {
   let peak = 0;
   let peakAll = 0;
+  let peakPss = 0;
+  let peakPssAll = 0;
   const sample = () => {
     const tree = chromiumTree();
-    const rg = tree.filter((p) => p.type === 'renderer' || p.type === 'gpu-process').reduce((a, p) => a + p.rss, 0);
-    peak = Math.max(peak, rg);
+    const page = pageProcesses(tree);
+    peak = Math.max(
+      peak,
+      page.reduce((a, p) => a + p.rss, 0),
+    );
+    peakPss = Math.max(
+      peakPss,
+      page.reduce((a, p) => a + p.pss, 0),
+    );
     peakAll = Math.max(
       peakAll,
       tree.reduce((a, p) => a + p.rss, 0),
     );
+    peakPssAll = Math.max(
+      peakPssAll,
+      tree.reduce((a, p) => a + p.pss, 0),
+    );
   };
   sample();
-  const timer = setInterval(sample, 100);
+  const timer = setInterval(sample, 150);
   return {
     stop() {
       clearInterval(timer);
       sample();
-      return { peak, peakAll };
+      return { peak, peakAll, peakPss, peakPssAll };
     },
   };
 }
@@ -141,9 +163,9 @@ async function pageRun(webDir: string): Promise<Run> {
   const { page } = session;
   try {
     await page.waitForSelector('body[data-ready="true"]');
-    const idle = chromiumTree()
-      .filter((p) => p.type === 'renderer' || p.type === 'gpu-process')
-      .reduce((a, p) => a + p.rss, 0);
+    const idleTree = pageProcesses(chromiumTree());
+    const idle = idleTree.reduce((a, p) => a + p.rss, 0);
+    const idlePss = idleTree.reduce((a, p) => a + p.pss, 0);
     await page.evaluate(() => {
       const w = window as unknown as { longTasks: number[] };
       w.longTasks = [];
@@ -182,7 +204,7 @@ async function pageRun(webDir: string): Promise<Run> {
       { timeout: 300_000 },
     );
     const seconds = (performance.now() - t0) / 1000;
-    const { peak, peakAll } = mem.stop();
+    const { peak, peakAll, peakPss, peakPssAll } = mem.stop();
     if (!(await page.locator('#error').isHidden())) throw new Error(`page failed: ${await page.textContent('#error')}`);
     const tasks = await page.evaluate(() => (window as unknown as { longTasks: number[] }).longTasks);
     console.log(
@@ -192,7 +214,7 @@ async function pageRun(webDir: string): Promise<Run> {
       const o = (
         window as unknown as {
           loraMixPage: {
-            loras: { fileName: string; seconds: number; phases?: { read: number; hash: number; finish: number } }[];
+            loras: { fileName: string; seconds: number; phases?: { read: number; hash: number; decode: number } }[];
             merges: { seconds: number; phases?: { merge: number; write: number } }[];
           };
         }
@@ -204,7 +226,7 @@ async function pageRun(webDir: string): Promise<Run> {
       console.log(
         `    worker: ${l.fileName} ${l.seconds.toFixed(2)} s` +
           (ph
-            ? ` (File.slice waits ${ph.read.toFixed(2)} s, SHA-256 ${ph.hash.toFixed(2)} s, hash tail ${ph.finish.toFixed(2)} s)`
+            ? ` (read ${ph.read.toFixed(2)} s, SHA-256 ${ph.hash.toFixed(2)} s, decode ${ph.decode.toFixed(2)} s)`
             : ''),
       );
     }
@@ -243,7 +265,7 @@ async function pageRun(webDir: string): Promise<Run> {
       });
       console.log(`  page fuse: origin-private file system holds ${(bytes / 1e9).toFixed(3)} GB after the round`);
     }
-    return { seconds, peak, peakAll, idle, longestTask: Math.max(0, ...tasks) };
+    return { seconds, peak, peakAll, idle, peakPss, peakPssAll, idlePss, longestTask: Math.max(0, ...tasks) };
   } finally {
     await session.close();
     if (profile) rmSync(profile, { recursive: true, force: true });
@@ -267,7 +289,7 @@ async function main(): Promise<void> {
       page.push(await pageRun(built.webDir));
       const p = page.at(-1);
       console.log(
-        `  page run ${r + 1}: ${p?.seconds.toFixed(2)} s, renderer+GPU peak ${mb(p?.peak ?? 0)} (idle ${mb(p?.idle ?? 0)}), all Chromium ${mb(p?.peakAll ?? 0)}, longest main-thread task ${(p?.longestTask ?? 0).toFixed(0)} ms`,
+        `  page run ${r + 1}: ${p?.seconds.toFixed(2)} s, renderer+GPU peak RSS ${mb(p?.peak ?? 0)} (idle ${mb(p?.idle ?? 0)}), PSS ${mb(p?.peakPss ?? 0)} (idle ${mb(p?.idlePss ?? 0)}), all Chromium RSS ${mb(p?.peakAll ?? 0)} PSS ${mb(p?.peakPssAll ?? 0)}, longest main-thread task ${(p?.longestTask ?? 0).toFixed(0)} ms`,
       );
     }
   } finally {
@@ -278,6 +300,9 @@ async function main(): Promise<void> {
   const [cm, pm] = [median(cli.map((x) => x.peak)), median(page.map((x) => x.peak))];
   const pa = median(page.map((x) => x.peakAll ?? 0));
   const pi = median(page.map((x) => x.idle ?? 0));
+  const pp = median(page.map((x) => x.peakPss ?? 0));
+  const ppi = median(page.map((x) => x.idlePss ?? 0));
+  const ppa = median(page.map((x) => x.peakPssAll ?? 0));
   const chromium = spawnSync('/usr/bin/chromium', ['--version'], { encoding: 'utf8' }).stdout.trim();
   const lines = [
     `### page vs CLI: ${MODE === 'merge' ? 'merge sd15-lcm.f16 ×1 + sd15-style.f16 ×0.8 (exact, kohya F16)' : 'fuse sd15-lcm.f16 ×1 + sd15-style.f16 ×0.8 into sd15-base.f16'}`,
@@ -287,13 +312,14 @@ async function main(): Promise<void> {
       `load average ${load0.toFixed(1)} at the start, ${(os.loadavg()[0] ?? 0).toFixed(1)} at the end; medians of ${RUNS} interleaved rounds.`,
     '- CLI: `node dist/cli/lora-mix.js` under /usr/bin/time -v (wall, peak RSS; writes the file with fsync). Page: fresh ' +
       'Chromium per round (cross-origin isolated), wall from choosing the files to the result offered (merge: a Blob, the download not timed; fuse: streamed into an origin-private file by the worker, the showSaveFilePicker path); ' +
-      'memory = peak of the summed RSS of the renderer + GPU processes (the page and its Web Worker), sampled every 100 ms ' +
-      'from /proc; all Chromium processes together in the last column.',
+      'memory = peak of the summed PSS (shared pages divided among the processes that map them; summed RSS counts ' +
+      "Chromium's shared code once per process) of the renderer + GPU processes (the page and its Web Worker), sampled every 150 ms " +
+      'from /proc; summed RSS as before, and all Chromium processes together, in the last columns; the CLI is one process: its peak RSS.',
     '',
-    '| where | time | ratio | peak memory | vs CLI | all Chromium processes | longest main-thread task |',
-    '|---|---|---|---|---|---|---|',
-    `| CLI | ${ct.toFixed(2)} s | 1.00× | ${mb(cm)} | | | |`,
-    `| page (Web Worker) | ${pt.toFixed(2)} s | ${(pt / ct).toFixed(2)}× | ${mb(pm)} (idle page ${mb(pi)}) | ${pm - cm >= 0 ? '+' : '−'}${mb(Math.abs(pm - cm))} | ${mb(pa)} | ${Math.max(...page.map((x) => x.longestTask ?? 0)).toFixed(0)} ms (max of rounds) |`,
+    '| where | time | ratio | peak PSS | vs CLI | peak RSS (summed) | all Chromium PSS / RSS | longest main-thread task |',
+    '|---|---|---|---|---|---|---|---|',
+    `| CLI | ${ct.toFixed(2)} s | 1.00× | (RSS) ${mb(cm)} | | ${mb(cm)} | | |`,
+    `| page (Web Worker) | ${pt.toFixed(2)} s | ${(pt / ct).toFixed(2)}× | ${mb(pp)} (idle page ${mb(ppi)}) | ${pp - cm >= 0 ? '+' : '−'}${mb(Math.abs(pp - cm))} | ${mb(pm)} (idle ${mb(pi)}) | ${mb(ppa)} / ${mb(pa)} | ${Math.max(...page.map((x) => x.longestTask ?? 0)).toFixed(0)} ms (max of rounds) |`,
     '',
     `Rounds (s): CLI ${cli.map((x) => x.seconds.toFixed(2)).join(', ')}; page ${page.map((x) => x.seconds.toFixed(2)).join(', ')}.`,
     '',

@@ -23,11 +23,8 @@ export interface LoraInfo {
   defaultWeight: number;
   /** Seconds the worker spent reading, hashing and decoding the file. */
   seconds: number;
-  /**
-   * Of those: File.slice round trips summed (they overlap the decode), SHA-256 computation, and the end (reading
-   * what the decoder skipped, for the hash).
-   */
-  phases: { read: number; hash: number; finish: number };
+  /** Of those: reading the file (one stream), its SHA-256, and decoding it from memory. */
+  phases: { read: number; hash: number; decode: number };
 }
 
 export interface MergeRequest {

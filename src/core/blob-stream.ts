@@ -8,6 +8,9 @@
 import type { ByteSource } from './bytes.js';
 import { IoError } from './errors.js';
 
+/** Bytes asked of one BYOB read at most. */
+const BYOB_STEP = 4 << 20;
+
 /** A forward gap larger than this restarts the stream at the read instead of streaming through the gap. */
 const MAX_SKIP = 32 << 20;
 
@@ -65,7 +68,7 @@ export function streamedBlobSource(blob: Blob, name: string): ByteSource {
       const r = reader;
       if (!r) throw new Error('stream closed');
       if (r.byob) {
-        const { done, value } = await r.reader.read(new Uint8Array(buffer, at, length - at));
+        const { done, value } = await r.reader.read(new Uint8Array(buffer, at, Math.min(length - at, BYOB_STEP)));
         if (done || !value) throw new Error(`the stream ended ${length - at} bytes early`);
         buffer = value.buffer as ArrayBuffer;
         at += value.byteLength;
@@ -89,7 +92,18 @@ export function streamedBlobSource(blob: Blob, name: string): ByteSource {
     // Skip forward to `start` (a small gap: padding, a tensor nobody asked for).
     for (let gap = start - (position - leftover.byteLength); gap > 0; )
       gap -= (await next(Math.min(gap, 1 << 20))).byteLength;
-    return next(end - start);
+    const bytes = await next(end - start);
+    if (position === size && leftover.byteLength === 0) await drain();
+    return bytes;
+  };
+  /** Read the stream's end and let it go (a Blob stream read to its last byte but not to its end stays open). */
+  const drain = async (): Promise<void> => {
+    const r = reader;
+    reader = null;
+    if (!r) return;
+    const { done } = r.byob ? await r.reader.read(new Uint8Array(1)) : await r.reader.read();
+    if (!done) throw new Error(`the stream gave more than the blob's ${size} bytes`);
+    r.reader.releaseLock();
   };
 
   return {
@@ -119,7 +133,8 @@ export function streamedBlobSource(blob: Blob, name: string): ByteSource {
     },
     async close() {
       await queue;
-      if (reader) await reader.reader.cancel().catch(() => undefined);
+      // Not awaited: cancelling a stream read to its end may never settle (seen in Chromium 156).
+      if (reader) void reader.reader.cancel().catch(() => undefined);
       reader = null;
     },
   };
