@@ -116,7 +116,7 @@ function chromiumTree(): { type: string; rss: number; pss: number }[] {
   return out;
 }
 
-const pageProcesses = (tree: { type: string }[]) =>
+const pageProcesses = <T extends { type: string }>(tree: T[]): T[] =>
   tree.filter((p) => p.type === 'renderer' || p.type === 'gpu-process');
 
 function sampler(): { stop(): { peak: number; peakAll: number; peakPss: number; peakPssAll: number } } {
