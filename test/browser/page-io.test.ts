@@ -78,7 +78,9 @@ describe('merge page with full-size inputs (headless Chromium)', () => {
       window.longTaskAt = [];
       window.seen = [];
     });
-    const control = await s.page.context().newPage();
+    const browser = s.browser;
+    if (!browser) throw new Error('this test needs a session with its own browser (no userDataDir)');
+    const control = await browser.newPage();
     await control.goto(`${s.url}index.html`);
     await control.evaluate(() => {
       const w = window as unknown as { longTasks: number[] };
