@@ -36,7 +36,7 @@ import {
   type OpenBaseOptions,
   type OpenedBase,
 } from './base.js';
-import { openInputs, type FuseInput, type InputModule } from './inputs.js';
+import { openInputs, type FactorAlloc, type FuseInput, type InputModule } from './inputs.js';
 import { refuseTransposed, transposedModule } from './transposed.js';
 import { stackFactors, type StackPart } from '../lora/stack.js';
 import {
@@ -451,6 +451,8 @@ function planNormTargets(
 /** Reusable byte buffers: the streaming loop keeps a handful alive instead of allocating one per tensor. */
 class BufferPool {
   #free: ArrayBuffer[] = [];
+  /** How many free buffers are kept. */
+  constructor(private readonly keep = 6) {}
   acquire(n: number): Uint8Array {
     let best = -1;
     for (let i = 0; i < this.#free.length; i++) {
@@ -462,7 +464,7 @@ class BufferPool {
     return new Uint8Array(new ArrayBuffer(Math.max(n, 1 << 20)), 0, n);
   }
   release(b: Uint8Array | null | undefined): void {
-    if (b && this.#free.length < 6) this.#free.push(b.buffer as ArrayBuffer);
+    if (b && this.#free.length < this.keep) this.#free.push(b.buffer as ArrayBuffer);
   }
 }
 
@@ -601,8 +603,15 @@ interface Counters {
 
 const EMPTY = new Float32Array(0);
 
-/** The kernel job of a target: its lowRank terms stacked into one pair of factors (src/lora/stack.ts). */
-function buildJob(t: Target, factors: readonly { up: Float32Array; down: Float32Array }[]): UpdateJob {
+/**
+ * The kernel job of a target: its lowRank terms stacked into one pair of factors (src/lora/stack.ts); the stacked
+ * up goes into a buffer from `alloc` when given.
+ */
+function buildJob(
+  t: Target,
+  factors: readonly { up: Float32Array; down: Float32Array }[],
+  alloc?: FactorAlloc,
+): UpdateJob {
   const rows = t.rows[1] - t.rows[0];
   const parts: StackPart[] = [];
   t.terms.forEach((term, i) => {
@@ -618,7 +627,11 @@ function buildJob(t: Target, factors: readonly { up: Float32Array; down: Float32
     }
     parts.push({ coef: term.coef, rank: r, up: f.up, down: f.down });
   });
-  const { up, down, rank } = stackFactors(parts, rows, t.cols, { shareDown: true });
+  const stacked = parts.reduce((a, p) => a + p.rank, 0);
+  const { up, down, rank } = stackFactors(parts, rows, t.cols, {
+    shareDown: true,
+    ...(alloc ? { up: alloc(rows * stacked) } : {}),
+  });
   if (!allFinite(up)) {
     // weight · alpha / rank times an up factor beyond f32: no output value can be right, clamped or not.
     const low = t.terms.filter((x) => x.module.kind === 'lowRank');
@@ -689,6 +702,9 @@ interface TensorState {
   readonly factors: Promise<readonly { up: Float32Array; down: Float32Array }[]>[];
   /** The kernel job of each target cut by pieces, built once for all of them. */
   readonly jobs: Map<number, Promise<UpdateJob>>;
+  /** Hands out factor buffers from the run's pool; `borrowed` lists them for release when the tensor is done. */
+  readonly alloc: FactorAlloc;
+  readonly borrowed: Uint8Array[];
   overflow: number;
   nonFiniteIn: number;
   /** NaN outputs (and the non-finite inputs) of pieces that overflowed, under clamp. */
@@ -710,6 +726,11 @@ class FileRun {
   readonly #loads = new Map<number, Promise<Uint8Array[]>>();
   readonly #held = new Map<number, Uint8Array[]>();
   readonly #pool = new BufferPool();
+  /**
+   * Buffers for the LoRA factors (decoded and stacked), reused tensor after tensor: fresh memory costs more than
+   * decoding it (page faults, then garbage collection), ~0.7 s per 67 M values here.
+   */
+  readonly #factorPool = new BufferPool(12);
   #state: TensorState | null = null;
   readonly #ordinal: number;
 
@@ -827,16 +848,41 @@ class FileRun {
   /** The per-tensor state of tensor i, started (its modules' factors requested) by its first segment. */
   #stateOf(i: number): TensorState {
     if (this.#state?.index === i) return this.#state;
+    const borrowed: Uint8Array[] = [];
+    const alloc: FactorAlloc = (n) => {
+      const b = this.#factorPool.acquire(n * 4);
+      borrowed.push(b);
+      return new Float32Array(b.buffer, b.byteOffset, n);
+    };
     const factors = this.fp.tensors[i]!.targets.map((t) =>
       Promise.all(
         t.terms.map((term) =>
-          term.module.kind === 'lowRank' ? term.module.factors() : Promise.resolve({ up: EMPTY, down: EMPTY }),
+          term.module.kind === 'lowRank' ? term.module.factors(alloc) : Promise.resolve({ up: EMPTY, down: EMPTY }),
         ),
       ),
     );
     for (const p of factors) p.catch(() => undefined);
-    this.#state = { index: i, factors, jobs: new Map(), overflow: 0, nonFiniteIn: 0, nanOut: 0, nanIn: 0 };
+    this.#state = {
+      index: i,
+      factors,
+      jobs: new Map(),
+      alloc,
+      borrowed,
+      overflow: 0,
+      nonFiniteIn: 0,
+      nanOut: 0,
+      nanIn: 0,
+    };
     return this.#state;
+  }
+
+  /**
+   * A converted or fused tensor is done (every piece computed): its factor buffers go back to the pool, once no
+   * read can still be writing into them (a method's target never awaits its kernel factors).
+   */
+  async #releaseFactors(state: TensorState): Promise<void> {
+    await Promise.allSettled(state.factors);
+    for (const b of state.borrowed.splice(0)) this.#factorPool.release(b);
   }
 
   async #load(si: number): Promise<Uint8Array[]> {
@@ -869,7 +915,10 @@ class FileRun {
       for (let k = si - seg.piece.index; k < si; k++) earlier.push(this.#loads.get(k) ?? Promise.resolve());
       await Promise.all(earlier);
     }
-    if (!seg.piece || seg.piece.index === seg.piece.count - 1) this.#finishTensor(first, state);
+    if (!seg.piece || seg.piece.index === seg.piece.count - 1) {
+      this.#finishTensor(first, state);
+      await this.#releaseFactors(state);
+    }
     return [dst];
   }
 
@@ -942,7 +991,7 @@ class FileRun {
       term: FuseTerm,
       h: Term,
     ): Promise<void> => {
-      const job = buildJob(t, factors);
+      const job = buildJob(t, factors, state.alloc);
       const opts = { clamp: this.clamp };
       let res: UpdateResult;
       if (h.kind === 'hadamard') {
@@ -1012,7 +1061,7 @@ class FileRun {
       else {
         let job = state.jobs.get(ti);
         if (!job) {
-          job = state.factors[ti]!.then((f) => buildJob(t, f));
+          job = state.factors[ti]!.then((f) => buildJob(t, f, state.alloc));
           // Kept for the target's other pieces (a whole target has none).
           if (w0 > t.rows[0] || w1 < t.rows[1]) state.jobs.set(ti, job);
         }

@@ -18,6 +18,9 @@ import type { LoraInput } from './types.js';
  * factors (stacked with the other inputs' into one kernel job); any other kind through its dense delta, computed
  * against the base rows in f32 (`term`).
  */
+/** Hands out a Float32Array of exactly n values for a factor to be decoded into (see InputModule.factors). */
+export type FactorAlloc = (n: number) => Float32Array;
+
 export interface InputModule {
   readonly path: string;
   readonly kind: TermKind;
@@ -30,8 +33,12 @@ export interface InputModule {
   readonly fanIn: number;
   /** The name as spelled in the file (kohya name or path), for messages. */
   readonly name: string;
-  /** lowRank: contiguous row-major factors up [out, rank], down [rank, fanIn]. */
-  factors(): Promise<{ up: Float32Array; down: Float32Array }>;
+  /**
+   * lowRank: contiguous row-major factors up [out, rank], down [rank, fanIn]. With `alloc`, factors read from a
+   * file are decoded into the buffers it hands out (n values each; the caller owns them and reuses them once it is
+   * done with the factors: a fuse then allocates no fresh memory per module); other sources may ignore it.
+   */
+  factors(alloc?: FactorAlloc): Promise<{ up: Float32Array; down: Float32Array }>;
   /** Any kind: the term itself. */
   term(): Promise<Term>;
   /** The bias delta [out] (PEFT lora_B.bias, scaled like up), for modules that have one. */
@@ -126,13 +133,20 @@ function fromPlan(file: SafetensorsFile, plan: LoraPlan, owned: boolean, weight:
       out: m.upShape[0]!,
       fanIn,
       name: m.name,
-      async factors() {
+      async factors(alloc?: FactorAlloc) {
         if (m.adapter) {
           // A Tucker LoCon: the core folded into down (exact), scale alpha / rank as for any LoRA.
           const t = asLowRank(await term(), m.entry.path);
           return { up: contiguousValues(t.up), down: contiguousValues(t.down) };
         }
-        const [up, down] = await Promise.all([file.readF32(m.upKey), file.readF32(m.downKey)]);
+        const into = (key: string): Float32Array | undefined => {
+          const n = file.get(key)?.numel;
+          return alloc && n !== undefined ? alloc(n) : undefined;
+        };
+        const [up, down] = await Promise.all([
+          file.readF32(m.upKey, into(m.upKey)),
+          file.readF32(m.downKey, into(m.downKey)),
+        ]);
         assertFiniteTensor(plan.source, m.upKey, up, 'LoRA factor');
         assertFiniteTensor(plan.source, m.downKey, down, 'LoRA factor');
         return { up, down };

@@ -19,17 +19,20 @@ export interface StackPart {
 /**
  * The stacked factors of `parts` (rows = out, cols = in·kh·kw). Throws LORA_SHAPE_MISMATCH for a wrong-sized part.
  * With `shareDown`, a single part's down is returned as a view of the caller's array instead of a copy (for callers
- * that only read it, such as the fuse kernel's packing); up is always a new array.
+ * that only read it, such as the fuse kernel's packing). up is a new array, or with `up` the first rows·rank
+ * values of that buffer (a caller reusing its memory).
  */
 export function stackFactors(
   parts: readonly StackPart[],
   rows: number,
   cols: number,
-  options: { readonly shareDown?: boolean } = {},
+  options: { readonly shareDown?: boolean; readonly up?: Float32Array } = {},
 ): { up: Float32Array; down: Float32Array; rank: number } {
   let rank = 0;
   for (const p of parts) rank += p.rank;
-  const up = new Float32Array(rows * rank);
+  const into = options.up;
+  const up =
+    into !== undefined && into.length >= rows * rank ? into.subarray(0, rows * rank) : new Float32Array(rows * rank);
   const only = parts.length === 1 && options.shareDown === true ? parts[0] : undefined;
   // A too-short down is refused below, before it is used.
   const down =

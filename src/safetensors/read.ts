@@ -16,6 +16,10 @@ import {
 import { MAX_HEADER_LENGTH, parseHeader, type TensorInfo } from './header.js';
 import { SNIFF_BYTES, sniffFileKind } from './sniff.js';
 
+/** Scratch buffers a file keeps for readF32 between calls, and the size up to which several are kept. */
+const SCRATCH_KEPT = 4;
+const SCRATCH_SMALL = 16 << 20;
+
 export type { TensorInfo } from './header.js';
 
 /** A parsed safetensors file: the validated header, and lazy access to tensor bytes. */
@@ -167,24 +171,37 @@ export class SafetensorsFile {
     return out;
   }
 
-  #scratch: Uint8Array | null = null;
-  #scratchBusy = false;
+  /** Free scratch buffers (a few: a module's factors are read concurrently, and fresh pages are costly). */
+  #scratch: Uint8Array[] = [];
 
-  /** An 8-byte-aligned buffer of n bytes, reused across calls unless one is already in use. */
+  /** An 8-byte-aligned buffer of n bytes, reused across calls (the smallest free one that fits, grown if none). */
   #takeScratch(n: number): Uint8Array {
-    if (this.#scratchBusy) return new Uint8Array(n);
-    this.#scratchBusy = true;
-    if (!this.#scratch || this.#scratch.byteLength < n) this.#scratch = new Uint8Array(n);
-    return this.#scratch.subarray(0, n);
+    let best = -1;
+    for (let i = 0; i < this.#scratch.length; i++) {
+      const len = this.#scratch[i]?.byteLength ?? 0;
+      if (len >= n && (best < 0 || len < (this.#scratch[best]?.byteLength ?? 0))) best = i;
+    }
+    // None fits: the largest free one is replaced by a bigger one (so the list stays short).
+    if (best < 0 && this.#scratch.length > 0) {
+      let largest = 0;
+      for (let i = 1; i < this.#scratch.length; i++)
+        if ((this.#scratch[i]?.byteLength ?? 0) > (this.#scratch[largest]?.byteLength ?? 0)) largest = i;
+      this.#scratch.splice(largest, 1);
+    }
+    const buf = best >= 0 ? (this.#scratch.splice(best, 1)[0] ?? new Uint8Array(n)) : new Uint8Array(n);
+    return buf.subarray(0, n);
   }
 
   #giveScratch(s: Uint8Array): void {
-    if (this.#scratch && s.buffer === this.#scratch.buffer) this.#scratchBusy = false;
+    const whole = new Uint8Array(s.buffer, 0, s.buffer.byteLength);
+    // Small buffers up to SCRATCH_KEPT; a large one only alone (as one scratch buffer was kept before).
+    if (this.#scratch.length === 0 || (this.#scratch.length < SCRATCH_KEPT && whole.byteLength <= SCRATCH_SMALL))
+      this.#scratch.push(whole);
   }
 
   /** Close the underlying source. Idempotent. */
   async close(): Promise<void> {
-    this.#scratch = null;
+    this.#scratch = [];
     await this.source.close?.();
   }
 }
