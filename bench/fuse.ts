@@ -580,6 +580,64 @@ function summariseProfile(file: string, top = 25): string {
   ].join('\n');
 }
 
+/**
+ * Where a thread's time went, by kind of work (issue 17's table): each sample's own function decides its category.
+ * The kernel module's WASM functions are told apart from the dtype module's by their script (the kernel is the
+ * larger module: its functions' scripts are the ones used most on the workers).
+ */
+const CATEGORIES: readonly [string, (fn: string, url: string) => boolean][] = [
+  [
+    'factor decode f16→f32 (WASM + copies)',
+    (f) => ['decode', 'readF32', '#takeScratch'].includes(f) || f.startsWith('wasm-function'),
+  ],
+  ['W into kernel memory (copyIn)', (f) => f === 'copyIn'],
+  ['result out of kernel memory (copyOut)', (f) => f === 'copyOut'],
+  [
+    'O_DIRECT staging copies + write calls',
+    (f) => ['#writeStaged', 'writeBuffer', '#flushStage', 'writeAll'].includes(f),
+  ],
+  ['reads (pread calls)', (f) => f === 'read' || f === 'readInto'],
+  ['finiteness checks', (f) => ['allFinite', 'countNaNStored', 'assertFiniteTensor'].includes(f)],
+  ['factor stacking', (f) => f === 'stackFactors'],
+  ['SHA-256 (LoRA bytes, node:crypto)', (f, u) => ['update', 'feed', 'digest'].includes(f) && /hash|sha/.test(u)],
+  [
+    'kernel dispatch and waits',
+    (f) => ['runParallel', 'waitFor', 'publishBlock', 'run', 'runPhase', 'kernelThread'].includes(f),
+  ],
+  ['garbage collection', (f) => f === '(garbage collector)'],
+  ['idle (event loop / blocked)', (f) => f === '(idle)'],
+];
+
+function categoriseProfile(file: string): string {
+  const p = JSON.parse(readFileSync(file, 'utf8')) as Profile;
+  const self = new Map<number, number>();
+  for (let i = 0; i < p.samples.length; i++)
+    self.set(p.samples[i]!, (self.get(p.samples[i]!) ?? 0) + (p.timeDeltas[i] ?? 0));
+  const wasm = new Map<string, number>();
+  for (const n of p.nodes)
+    if (n.callFrame.functionName.startsWith('wasm-function'))
+      wasm.set(n.callFrame.url, (wasm.get(n.callFrame.url) ?? 0) + (self.get(n.id) ?? 0));
+  const kernelUrl = [...wasm].sort((a, b) => b[1] - a[1])[0]?.[0];
+  const by = new Map<string, number>();
+  for (const n of p.nodes) {
+    const t = self.get(n.id) ?? 0;
+    if (t === 0) continue;
+    const { functionName: f, url: u } = n.callFrame;
+    const cat =
+      f.startsWith('wasm-function') && u === kernelUrl
+        ? 'kernel (WASM SIMD, incl. f16⇄f32 in the kernel)'
+        : (CATEGORIES.find(([, test]) => test(f, u))?.[0] ?? 'other JS (startup, planning, promises)');
+    by.set(cat, (by.get(cat) ?? 0) + t);
+  }
+  const total = p.endTime - p.startTime;
+  return [
+    `${path.basename(file)} by kind of work: ${(total / 1e6).toFixed(2)} s sampled`,
+    ...[...by]
+      .sort((a, b) => b[1] - a[1])
+      .map(([n, t]) => `  ${(t / 1e6).toFixed(3).padStart(7)} s ${((100 * t) / total).toFixed(1).padStart(5)} %  ${n}`),
+  ].join('\n');
+}
+
 function profileCase(arch: Arch, c: Case): string {
   const dir = path.join(OUT, 'prof', `${arch}-${c}`);
   rmSync(dir, { recursive: true, force: true });
@@ -591,7 +649,7 @@ function profileCase(arch: Arch, c: Case): string {
   const lines = [
     `profile of ${arch} ${c}: wall ${rec.wall.toFixed(2)} s (profiling on), ${files.length} profile(s) in ${path.relative(ROOT, dir)}`,
   ];
-  for (const f of files) lines.push(summariseProfile(f));
+  for (const f of files) lines.push(categoriseProfile(f), summariseProfile(f));
   return lines.join('\n');
 }
 
