@@ -168,6 +168,7 @@ describe('extractLora', () => {
     // A tuned file whose change is not only low-rank modules: shift biases, GroupNorms, conv_in, conv_out, time_embed.
     const bytes = await fs.readFile(sd15Tuned);
     const f = await openSafetensors(sd15Tuned);
+    await f.close(); // the header (names, offsets) stays readable
     const changedKeys = f.names.filter(
       (k) =>
         k.startsWith('model.diffusion_model.') &&
