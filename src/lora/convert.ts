@@ -6,7 +6,7 @@
  */
 import { OptionError } from '../core/errors.js';
 import { summarizeConversions, moduleConversion, type ConversionReport } from './conversion-report.js';
-import { ConvertScratch, convertedModule, convertModule } from './convert-module.js';
+import { ConvertScratch, convertedModule, convertModule, type ModuleConvertOutcome } from './convert-module.js';
 import { STALE_ON_RESIZE } from './merge.js';
 import type { RankTarget } from './reduce.js';
 import { termLabel, termShape } from './terms/index.js';
@@ -57,10 +57,22 @@ export function convertedMetadata(
 export function convertLora<L extends Lora<Term>>(lora: L, target?: RankTarget): ConvertResult<L> {
   checkConvertTarget(target);
   const scratch = new ConvertScratch();
+  return assembleConversion(lora, target, (path, t) => convertModule(t, path, target, scratch));
+}
+
+/**
+ * The converted LoRA from each module's outcome (computed here or on worker threads), in the input's module order:
+ * the modules whose delta is not zero, the metadata without stale keys, the report with a target.
+ */
+export function assembleConversion<L extends Lora<Term>>(
+  lora: L,
+  target: RankTarget | undefined,
+  outcomeOf: (path: string, term: Term) => ModuleConvertOutcome,
+): ConvertResult<L> {
   const modules = new Map<string, LoraModule>();
   const rows = [];
   for (const [path, t] of lora.modules) {
-    const o = convertModule(t, path, target, scratch);
+    const o = outcomeOf(path, t);
     const m = convertedModule(o, termShape(t, path));
     if (m) modules.set(path, m);
     rows.push(moduleConversion(path, termLabel(t), o));

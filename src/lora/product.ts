@@ -68,25 +68,17 @@ function addSliced(
   a: Float32Array,
   b: Float32Array,
 ): void {
-  if (rank * cols <= PRODUCT_SLICE_ELEMENTS) {
-    runJobSingle(
-      engine,
-      bytes,
-      'F32',
-      bytes,
-      'F32',
-      { rows, cols, rank, up: a.subarray(0, rows * rank), down: b.subarray(0, rank * cols) },
-      false,
-    );
-    return;
-  }
-  const step = Math.max(1, Math.floor(PRODUCT_SLICE_ELEMENTS / cols));
-  const part = new Float32Array(rows * step);
+  // One slice when B fits (A used as it is), else slices of `step` inner columns copied out of A.
+  const step = rank * cols <= PRODUCT_SLICE_ELEMENTS ? rank : Math.max(1, Math.floor(PRODUCT_SLICE_ELEMENTS / cols));
+  const part = step < rank ? new Float32Array(rows * step) : null;
   for (let k0 = 0; k0 < rank; k0 += step) {
     const k1 = Math.min(rank, k0 + step);
     const w = k1 - k0;
-    const up = part.subarray(0, rows * w);
-    for (let i = 0; i < rows; i++) up.set(a.subarray(i * rank + k0, i * rank + k1), i * w);
+    let up = a.subarray(0, rows * rank);
+    if (part) {
+      up = part.subarray(0, rows * w);
+      for (let i = 0; i < rows; i++) up.set(a.subarray(i * rank + k0, i * rank + k1), i * w);
+    }
     runJobSingle(
       engine,
       bytes,

@@ -30,7 +30,13 @@ import {
 import { planLora, readPlannedTerm } from '../formats/decode.js';
 import type { EncodeStats } from '../formats/encode.js';
 import { moduleConversion, summarizeConversions, type ConversionReport } from '../lora/conversion-report.js';
-import { checkConvertTarget, convertedMetadata, convertLora, type ConvertResult } from '../lora/convert.js';
+import {
+  assembleConversion,
+  checkConvertTarget,
+  convertedMetadata,
+  convertLora,
+  type ConvertResult,
+} from '../lora/convert.js';
 import {
   ConvertScratch,
   convertedModule,
@@ -40,7 +46,7 @@ import {
 } from '../lora/convert-module.js';
 import type { RankTarget } from '../lora/reduce.js';
 import { packTerm } from '../lora/terms/pack.js';
-import { kindNeedsBase, termLabel, termShape } from '../lora/terms/index.js';
+import { kindNeedsBase, termShape } from '../lora/terms/index.js';
 import type { Lora, LoraModule, Term } from '../lora/types.js';
 import type { SafetensorsFile } from '../safetensors/read.js';
 import type { WriteResult } from '../safetensors/write.js';
@@ -328,16 +334,5 @@ export async function convertLoraParallel<L extends Lora<Term>>(
   } finally {
     await conv.close();
   }
-  const modules = new Map<string, LoraModule>();
-  const rows = [];
-  for (const [path, t] of lora.modules) {
-    const o = outcomes.get(path)!;
-    const m = convertedModule(o, termShape(t, path));
-    if (m) modules.set(path, m);
-    rows.push(moduleConversion(path, termLabel(t), o));
-  }
-  return {
-    lora: { ...lora, modules, metadata: convertedMetadata(lora.metadata, target) },
-    ...(target ? { report: summarizeConversions(rows, target) } : {}),
-  };
+  return assembleConversion(lora, target, (path) => outcomes.get(path)!);
 }
