@@ -19,7 +19,9 @@ import { openStreamingInputs, withFactors } from '../src/node/merge-stream.js';
 import { methodRequest, planMerge } from '../src/lora/merge.js';
 import { DenseScratch, METHOD_SVD_OPTIONS, memberDelta, moduleRng } from '../src/lora/method-module.js';
 import { METHODS } from '../src/lora/methods.js';
-import { SvdWorkspace, truncatedSvd } from '../src/lora/svd.js';
+import { wasmProduct } from '../src/lora/product.js';
+import { SvdWorkspace, jsProduct, truncatedSvd } from '../src/lora/svd.js';
+import type { ProductF32 } from '../src/lora/product.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const OUT = path.join(ROOT, 'bench', 'out');
@@ -52,12 +54,15 @@ const chosen =
   peerStride > 0
     ? work.filter((pm) => peerNames.has(kohya(pm.path)))
     : work.filter((_, i) => i >= start && (i - start) % stride === 0).slice(0, count);
+const base = wasmProduct() ?? jsProduct;
 let productMs = 0;
 let productFlop = 0;
-// The SVD's products with A or Aᵀ (the resident-matrix kernel where WASM SIMD is available).
-const onProduct = (flop: number, ms: number): void => {
-  productMs += ms;
-  productFlop += flop;
+const timed: ProductF32 = (rows, cols, rank, a, b, into) => {
+  const t = performance.now();
+  const r = base(rows, cols, rank, a, b, into);
+  productMs += performance.now() - t;
+  productFlop += 2 * rows * cols * rank;
+  return r;
 };
 const scratch = new DenseScratch();
 const ws = new SvdWorkspace();
@@ -83,7 +88,7 @@ for (const pm of chosen) {
   t = performance.now();
   const svd = truncatedSvd(d, req.out, req.fanIn, 64, {
     workspace: ws,
-    onProduct,
+    product: timed,
     ...METHOD_SVD_OPTIONS,
     ...svdOpts,
   });

@@ -4,10 +4,9 @@
  *   npx tsx scripts/build-wasm.ts          (npm run build:wasm)
  *
  * 1. generates the WAT text (scripts/wasm/*-wat.ts) and writes it to src/core/dtype-wasm.wat, src/core/sha256.wat and
- *    src/kernels/kernel.wat, src/lora/svd-kernel.wat (committed, readable);
+ *    src/kernels/kernel.wat (committed, readable);
  * 2. compiles every build with the `wabt` npm package (simd, relaxed_simd, threads);
- * 3. writes src/core/dtype-wasm-bytes.ts, src/core/sha256-wasm-bytes.ts, src/kernels/kernel-bytes.ts and
- *    src/lora/svd-kernel-bytes.ts: the binaries as base64 strings, so the core needs no file access or bundler
+ * 3. writes src/core/dtype-wasm-bytes.ts, src/core/sha256-wasm-bytes.ts and src/kernels/kernel-bytes.ts: the binaries as base64 strings, so the core needs no file access or bundler
  *    plugin to load them.
  *
  * `--check` compares instead of writing and exits 1 when a committed file is stale
@@ -20,7 +19,6 @@ import wabtInit from 'wabt';
 import { convertWat } from './wasm/convert-wat.js';
 import { kernelVariant, kernelWat } from './wasm/kernel-wat.js';
 import { sha256Wat } from './wasm/sha256-wat.js';
-import { svdKernelVariant, svdKernelWat } from './wasm/svd-wat.js';
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -81,14 +79,8 @@ export async function buildWasmFiles(): Promise<Record<string, string>> {
     KERNEL_RELAXED_SHARED: await compile(wabt, 'kernel.wat', kernelVariant(kern, true, true)),
     KERNEL_PLAIN_SHARED: await compile(wabt, 'kernel.wat', kernelVariant(kern, false, true)),
   };
-  const svd = svdKernelWat();
-  const svdKernels: Record<string, Uint8Array> = {
-    SVD_KERNEL_RELAXED: await compile(wabt, 'svd-kernel.wat', svdKernelVariant(svd, true)),
-    SVD_KERNEL_PLAIN: await compile(wabt, 'svd-kernel.wat', svdKernelVariant(svd, false)),
-  };
   return {
     'src/core/dtype-wasm.wat': conv,
-    'src/lora/svd-kernel.wat': svd,
     'src/kernels/kernel.wat': kern,
     'src/core/sha256.wat': sha,
     'src/core/dtype-wasm-bytes.ts': bytesModule('SIMD f16/bf16 <-> f32 conversions (src/core/dtype-wasm.wat).', {
@@ -100,10 +92,6 @@ export async function buildWasmFiles(): Promise<Record<string, string>> {
     'src/kernels/kernel-bytes.ts': bytesModule(
       'Fused update kernel builds (src/kernels/kernel.wat): relaxed_madd or mul+add, private or shared memory.',
       kernels,
-    ),
-    'src/lora/svd-kernel-bytes.ts': bytesModule(
-      'Truncated-SVD products with a resident packed matrix (src/lora/svd-kernel.wat): relaxed_madd or mul+add.',
-      svdKernels,
     ),
   };
 }

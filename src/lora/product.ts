@@ -12,7 +12,6 @@
 import { runJobSingle } from '../kernels/cpu.js';
 import { kernelModuleSync, MAX_PAGES, WasmEngine } from '../kernels/wasm-engine.js';
 import { hasRelaxedSimd, hasWasmSimd } from '../core/wasm-features.js';
-import { releaseResidentMemory } from './svd-resident.js';
 
 /**
  * C (rows × cols) = A (rows × rank) · B (rank × cols), f32, row-major. Returns a new array, or `into` (its first
@@ -96,13 +95,11 @@ let cached: ProductF32 | null | undefined;
 let cachedAdd: AddProductF32 | null | undefined;
 
 /**
- * Drop this thread's product engine (and the truncated SVD's resident-matrix kernel, ./svd-resident.ts) when its
- * memory has grown past `maxBytes` (a WebAssembly memory never
+ * Drop this thread's product engine when its memory has grown past `maxBytes` (a WebAssembly memory never
  * shrinks): the next product starts a fresh one on the cached compiled module. For loops over matrices of very
  * different sizes (extract), so one large matrix does not pin its memory for the rest of the run.
  */
 export function releaseProductMemory(maxBytes: number): void {
-  releaseResidentMemory(maxBytes);
   if (engineCache && engineCache.memory.buffer.byteLength > maxBytes) {
     engineCache = undefined;
     cached = undefined;

@@ -27,11 +27,9 @@
  * looser, and a matrix that converged within the first half of a round stops one or two products sooner. When
  * l ≥ min(m, n) or A has rank < l the subspace holds the whole range and the result is the exact truncated SVD.
  *
- * Products run in f32 and accumulate the small matrices in f64. With `product: 'auto'` where WebAssembly SIMD is
- * available, A is packed once into the SVD kernel's memory (./svd-resident.ts) and every product with A or Aᵀ
- * reads it there: memory A, its packed copy and O((m + n)·l) floats. Otherwise (a product function, 'js', or no
- * SIMD) products go through ./product.ts, with Aᵀ whole for a small A or without an SvdWorkspace, else slice by
- * slice (PRODUCT_SLICE_ELEMENTS values at a time). `workspace` reuses memory across calls: a
+ * Products run in f32 (the WASM SIMD kernel of ./product.ts where available) and accumulate the small
+ * matrices in f64. Memory: A and O((m + n)·l) floats, plus Aᵀ: whole for a small A or without an SvdWorkspace,
+ * else slice by slice (PRODUCT_SLICE_ELEMENTS values at a time). `workspace` reuses memory across calls: a
  * Float32Array holds Aᵀ; an SvdWorkspace holds Aᵀ (or its slice), the starting block and the f64 scratch in buffers
  * kept from call to call, so a loop over many matrices (extract) does not allocate — and fault in — fresh pages for
  * each one.
@@ -40,7 +38,6 @@ import { ArgumentError, LoraError } from '../core/errors.js';
 import { mulberry32 } from '../core/random.js';
 import { choleskyWhitening, gramRows, symmetricEigen, symmetricEigenvalues, transposeF32 } from './linalg.js';
 import { PRODUCT_SLICE_ELEMENTS, wasmAddProduct, wasmProduct, type AddProductF32, type ProductF32 } from './product.js';
-import { residentMatrix } from './svd-resident.js';
 
 export interface TruncatedSvdOptions {
   /** Extra columns of the random subspace beyond k (default 8). */
@@ -58,14 +55,8 @@ export interface TruncatedSvdOptions {
   readonly excess?: number;
   /** Seed of the starting block (default 0x5eed): the same seed and matrix give the same bytes. */
   readonly seed?: number;
-  /**
-   * How products are computed: 'auto' (WASM SIMD when available: A packed once into the SVD kernel's memory for
-   * every product with A or Aᵀ, ./svd-resident.ts), 'js', or a function (every product through it, Aᵀ formed
-   * explicitly).
-   */
+  /** How products are computed: 'auto' (WASM SIMD when available), 'js', or a function. */
   readonly product?: 'auto' | 'js' | ProductF32;
-  /** Called after each product with A or Aᵀ (profiling): its floating-point operations and milliseconds. */
-  readonly onProduct?: (flop: number, ms: number) => void;
   /**
    * Memory reused across calls, same results: a buffer of ≥ m·n floats to hold Aᵀ, or an SvdWorkspace (one per
    * thread) for Aᵀ and the scratch. The result never aliases it.
@@ -350,29 +341,11 @@ export function truncatedSvd(
   // Every large product has the small operand on the left (the kernel's fast form): QᵀA = Qᵀ·A and
   // (A·Z)ᵀ = Zᵀ·Aᵀ, with Aᵀ formed once for a small A and slice by slice for a large one.
   const at = new TransposedA(a, m, n, mul, add, ws, ws ? undefined : (options.workspace as Float32Array | undefined));
-  // With the WASM kernel, a matrix too large to transpose whole is packed once and both products read it there
-  // (no transpose and no copy per product). A smaller one keeps Aᵀ whole: the product kernel on Aᵀ is faster than
-  // the resident kernel's X·Aᵀ (≈ 25 vs ≈ 12 GFLOP/s on one thread, bench/RESULTS.md, session 5).
-  const resident =
-    p === 'auto' && mul === wasmProduct() && m * n > PRODUCT_SLICE_ELEMENTS ? residentMatrix(a, m, n) : null;
-  const onProduct = options.onProduct;
-  const product = (rows: number, x: Float32Array, left: boolean): Float32Array => {
-    const t = onProduct ? performance.now() : 0;
-    const c = resident
-      ? left
-        ? resident.left(rows, x)
-        : resident.right(rows, x)
-      : left
-        ? mul(rows, n, m, x, a)
-        : at.times(rows, x);
-    onProduct?.(2 * rows * m * n, performance.now() - t);
-    return c;
-  };
   // Starting block Ωᵀ (l × n): uniform on [−1, 1) from the seeded generator; Yᵀ = Ωᵀ·Aᵀ (l × m).
   const next = mulberry32(options.seed ?? 0x5eed);
   const omegaT = ws ? ws.f32('omega', l * n) : new Float32Array(l * n);
   for (let i = 0; i < omegaT.length; i++) omegaT[i] = next() / 2147483648 - 1;
-  let basis = orthonormalRows(product(l, omegaT, false), l, m, mul, ws);
+  let basis = orthonormalRows(at.times(l, omegaT), l, m, mul, ws);
   // A range of dimension < l (or l = min(m, n)) is captured whole by the first block: no iteration needed.
   const whole = basis.rows < l || l === Math.min(m, n);
   // Half-steps: a left basis Q (rows × m) gives C = QᵀA (rows × n), a right basis Z (rows × n) gives C = ZᵀAᵀ
@@ -384,7 +357,7 @@ export function truncatedSvd(
   for (;;) {
     const { q, rows } = basis;
     if (rows === 0) return empty(steps / 2);
-    const c = product(rows, q, side === 'left');
+    const c = side === 'left' ? mul(rows, n, m, q, a) : at.times(rows, q);
     const len = side === 'left' ? n : m;
     const G = gramOf(c, rows, len, ws);
     const values = symmetricEigenvalues(G, rows);
