@@ -67,3 +67,57 @@ describe('fsync on and off', () => {
     expect(help.out).toMatch(/--no-fsync\s+do not wait for the disk to confirm the output/);
   });
 });
+
+describe('background syncs of a sink that fsyncs (DirectWriter syncEvery)', () => {
+  /** Spy on FileHandle.prototype.datasync. */
+  async function datasyncSpy() {
+    const fh = await fs.open(path.join(FIXTURES, 'sd15', 'base.safetensors'), 'r');
+    const proto = Object.getPrototypeOf(fh) as { datasync: () => Promise<void> };
+    await fh.close();
+    return vi.spyOn(proto, 'datasync');
+  }
+  const pattern = (n: number, seed: number): Uint8Array =>
+    Uint8Array.from({ length: n }, (_, i) => (i * 31 + seed) & 255);
+
+  it('plain and staged (O_DIRECT-style) writes sync every syncEvery bytes, none without it; the bytes are the same', async () => {
+    const { DirectWriter } = await import('../src/node/direct-writer.js');
+    const chunks = [pattern(5 << 20, 1), pattern(7 << 20, 2), pattern(9 << 20, 3), pattern(20 << 20, 4), pattern(3, 5)];
+    const expected = Buffer.concat(chunks);
+    for (const staged of [false, true]) {
+      for (const every of [0, 4 << 20]) {
+        const spy = await datasyncSpy();
+        const p = path.join(tmp, `bg-${staged}-${every}.bin`);
+        const fh = await fs.open(p, 'w');
+        // The staged path is the O_DIRECT one (16 MiB page-aligned chunks); a plain descriptor runs it the same way.
+        const w = new DirectWriter(fh, p, staged, p, every);
+        for (const c of chunks) await w.write(c);
+        await w.finish();
+        await w.syncAndClose(true);
+        expect((await fs.readFile(p)).equals(expected)).toBe(true);
+        if (every === 0) expect(spy).not.toHaveBeenCalled();
+        else expect(spy.mock.calls.length).toBeGreaterThanOrEqual(staged ? 1 : 3);
+        spy.mockRestore();
+      }
+    }
+  });
+
+  it('a failed background sync fails the write after it (IO_WRITE_FAILED), and the sink leaves nothing behind', async () => {
+    const spy = await datasyncSpy();
+    spy.mockRejectedValue(Object.assign(new Error('EIO: i/o error, fdatasync'), { code: 'EIO' }));
+    const target = path.join(tmp, 'bg-fail.bin');
+    const sink = await fileSink(target);
+    const big = pattern(1 << 20, 7);
+    let error: unknown = null;
+    try {
+      for (let i = 0; i < 300; i++) await sink.write(big);
+      await sink.commit();
+    } catch (e) {
+      error = e;
+      await sink.abort();
+    }
+    expect(spy).toHaveBeenCalled();
+    expect(error).toMatchObject({ code: 'IO_WRITE_FAILED' });
+    await expect(fs.stat(target)).rejects.toThrow();
+    expect((await fs.readdir(tmp)).filter((n) => n.startsWith('.bg-fail'))).toEqual([]);
+  });
+});
