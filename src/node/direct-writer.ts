@@ -3,11 +3,6 @@
  * 16 MiB buffers, one written while the other fills; the padded last block is cut back on finish. If the
  * filesystem refuses the first O_DIRECT write (stricter alignment rules), the writer reopens the file without it
  * and carries on; the bytes on disk are the same either way.
- *
- * With `syncEvery` (a sink that will fsync at the end), the bytes written so far are synced (fdatasync) in the
- * background every `syncEvery` bytes, while later bytes are computed and written: the final fsync then has only the
- * last stretch to flush. On the benchmark VM the final fsync of a 2.1 GB output otherwise took ~0.6 s at the end of
- * a fuse, with nothing else left to overlap it (bench/RESULTS.md, "fuse pipeline depth (issue 17, session 5)").
  */
 import { constants, promises as fs } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
@@ -19,8 +14,6 @@ const MAX_IO = 1 << 30;
 /** O_DIRECT staging: chunk size (a multiple of every common logical block size) and the block size to pad to. */
 const DIRECT_CHUNK = 16 << 20;
 const DIRECT_BLOCK = 4096;
-/** Bytes between background syncs of a sink that fsyncs at the end (see DirectWriter's syncEvery). */
-export const SYNC_EVERY = 256 << 20;
 
 /** Page-aligned memory: WebAssembly memories are allocated by mmap, so their buffers start on a page boundary. */
 function alignedBuffer(bytes: number): Uint8Array {
@@ -49,16 +42,12 @@ export class DirectWriter {
   /** Bytes handed to the file (a multiple of DIRECT_CHUNK until finish). */
   #flushed = 0;
   #pending: Promise<void> | null = null;
-  /** The background fdatasync in flight (syncEvery), and the bytes handed to the file when it was last started. */
-  #syncing: Promise<void> | null = null;
-  #syncedAt = 0;
 
   constructor(
     fh: FileHandle,
     private readonly tempPath: string,
     direct: boolean,
     private readonly target: string,
-    private readonly syncEvery = 0,
   ) {
     this.#fh = fh;
     this.#direct = direct;
@@ -92,8 +81,6 @@ export class DirectWriter {
     if (this.#failed) {
       throw new IoError('IO_WRITE_FAILED', `${this.target}: an earlier write failed`, { file: this.target });
     }
-    // A background sync that failed fails this write (a finished one costs nothing here).
-    if (this.#syncing) await Promise.race([this.#syncing, Promise.resolve()]);
     const fh = this.#handle();
     if (this.#stage.length > 0) {
       await this.#writeStaged(chunk);
@@ -103,38 +90,6 @@ export class DirectWriter {
       });
     }
     this.#written += chunk.byteLength;
-    if (this.#stage.length === 0 || !this.#direct) this.#syncAhead(this.#written, null);
-  }
-
-  /**
-   * Start an fdatasync of what was handed to the file once `syncEvery` more bytes were, after the write in flight
-   * (`after`) completes; one at a time. A failure is reported by the next write or by finish.
-   */
-  #syncAhead(handed: number, after: Promise<void> | null): void {
-    if (this.syncEvery <= 0 || this.#syncing || handed - this.#syncedAt < this.syncEvery) return;
-    const fh = this.#handle();
-    this.#syncedAt = handed;
-    const p = (async () => {
-      if (after) await after;
-      await fh.datasync();
-    })().then(
-      () => {
-        if (this.#syncing === p) this.#syncing = null;
-      },
-      (e: unknown) => {
-        throw this.#writeFailed(handed, e);
-      },
-    );
-    p.catch(() => undefined); // reported by the next write or by finish
-    this.#syncing = p;
-  }
-
-  /** Wait for the background sync in flight; its failure is this write's. */
-  async #syncDone(): Promise<void> {
-    const p = this.#syncing;
-    if (!p) return;
-    await p;
-    if (this.#syncing === p) this.#syncing = null;
   }
 
   /** Leave O_DIRECT for plain writes: the first direct write was refused (alignment rules of this filesystem). */
@@ -166,7 +121,6 @@ export class DirectWriter {
       });
       p.catch(() => undefined); // reported by the next write or by finish
       this.#pending = p;
-      this.#syncAhead(at + bytes, p);
     }
     this.#flushed += bytes;
     this.#cur ^= 1;
@@ -234,7 +188,6 @@ export class DirectWriter {
 
   /** Write what is staged; cut the padded last block back to the bytes written. */
   async finish(): Promise<void> {
-    await this.#syncDone();
     if (this.#stage.length === 0) return;
     if (this.#pending) await this.#pending;
     this.#pending = null;
@@ -255,8 +208,6 @@ export class DirectWriter {
 
   /** Close without syncing (abort); waits for a write in flight. Idempotent. */
   async close(): Promise<void> {
-    if (this.#syncing) await this.#syncing.catch(() => undefined);
-    this.#syncing = null;
     if (this.#pending) await this.#pending.catch(() => undefined);
     this.#pending = null;
     const fh = this.#fh;

@@ -10,7 +10,7 @@ import * as path from 'node:path';
 import type { ByteSink } from '../core/bytes.js';
 import { IoError } from '../core/errors.js';
 import type { RefuseList } from '../core/host.js';
-import { DirectWriter, SYNC_EVERY } from './direct-writer.js';
+import { DirectWriter } from './direct-writer.js';
 import { assertNotOverwriting, describeError, errnoCode, fileTypeName } from './file-checks.js';
 import { registerTemp, releaseTemp, removeStaleTemps, tempPathFor } from './temp-files.js';
 
@@ -119,10 +119,9 @@ export async function fileSink(target: string, options: FileSinkOptions = {}): P
   const tempPath = tempPathFor(target);
   const opened = await openTemp(target, tempPath, mode ?? 0o666, options.direct === true);
   registerTemp(tempPath);
-  const sync = options.fsync !== false;
-  // A sink that fsyncs at the end syncs what it has written every SYNC_EVERY bytes in the background as well.
-  const writer = new DirectWriter(opened.fh, tempPath, opened.direct, target, sync ? SYNC_EVERY : 0);
+  const writer = new DirectWriter(opened.fh, tempPath, opened.direct, target);
   let state: 'open' | 'committed' | 'aborted' = 'open';
+  const sync = options.fsync !== false;
 
   const removeTemp = async (): Promise<void> => {
     await writer.close();
