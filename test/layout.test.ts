@@ -583,3 +583,17 @@ describe('configs and errors', () => {
     );
   });
 });
+
+describe('unetStateDict (what checkpoint detection scores candidates on)', () => {
+  it("is every candidate layout's UNet state dict: same keys, shapes and order", async () => {
+    const { unetStateDict } = await import('../src/layout/archs.js');
+    for (const { arch, size } of CANDIDATES) {
+      const own = unetStateDict(arch, size).map((s) => [s.component, s.diffusersKey, s.singleFileKey, s.shape]);
+      expect(own.length).toBeGreaterThan(0);
+      expect(own).toEqual(
+        unetState(getLayout(arch, size)).map((s) => [s.component, s.diffusersKey, s.singleFileKey, s.shape]),
+      );
+      expect(unetStateDict(arch, size)).toBe(unetStateDict(arch, size));
+    }
+  });
+});

@@ -448,23 +448,46 @@ function planNormTargets(
 
 // ---- buffers ---------------------------------------------------------------------------------------------------
 
-/** Reusable byte buffers: the streaming loop keeps a handful alive instead of allocating one per tensor. */
+/** Requests up to this size share buffers of exactly this size (a norm's or a bias's bytes, a run of them). */
+const SMALL_BUFFER = 1 << 20;
+
+/**
+ * Reusable byte buffers: the streaming loop keeps a handful alive instead of allocating one per tensor. Small
+ * requests get buffers of their own size class, so that the many small copies between fused layers never take
+ * (and keep in flight) a buffer a layer's weight could have reused; larger ones get the smallest free buffer that
+ * fits, and when the pool is full the smallest free buffer makes way for a larger one.
+ */
 class BufferPool {
   #free: ArrayBuffer[] = [];
-  /** How many free buffers are kept. */
-  constructor(private readonly keep = 6) {}
+  #small: ArrayBuffer[] = [];
+  /** How many free buffers of each class are kept. */
+  constructor(private readonly keep = 3) {}
   acquire(n: number): Uint8Array {
+    if (n <= SMALL_BUFFER) return new Uint8Array(this.#small.pop() ?? new ArrayBuffer(SMALL_BUFFER), 0, n);
     let best = -1;
     for (let i = 0; i < this.#free.length; i++) {
       const b = this.#free[i]!;
       if (b.byteLength >= n && (best < 0 || b.byteLength < this.#free[best]!.byteLength)) best = i;
     }
     if (best >= 0) return new Uint8Array(this.#free.splice(best, 1)[0]!, 0, n);
-    // Round up so slightly larger tensors later can reuse this buffer.
-    return new Uint8Array(new ArrayBuffer(Math.max(n, 1 << 20)), 0, n);
+    // Rounded up to whole MiB so slightly larger tensors later can reuse this buffer.
+    return new Uint8Array(new ArrayBuffer(Math.ceil(n / SMALL_BUFFER) * SMALL_BUFFER), 0, n);
   }
   release(b: Uint8Array | null | undefined): void {
-    if (b && this.#free.length < this.keep) this.#free.push(b.buffer as ArrayBuffer);
+    if (!b) return;
+    const buf = b.buffer as ArrayBuffer;
+    if (buf.byteLength <= SMALL_BUFFER) {
+      if (this.#small.length < this.keep) this.#small.push(buf);
+      return;
+    }
+    if (this.#free.length < this.keep) {
+      this.#free.push(buf);
+      return;
+    }
+    let smallest = 0;
+    for (let i = 1; i < this.#free.length; i++)
+      if (this.#free[i]!.byteLength < this.#free[smallest]!.byteLength) smallest = i;
+    if (this.#free[smallest]!.byteLength < buf.byteLength) this.#free[smallest] = buf;
   }
 }
 
@@ -476,13 +499,18 @@ function fileBytes(fp: FilePlan): number {
 }
 
 /**
- * Read-ahead: segments started beyond the one being written, at most this many … Deeper read-ahead (4 segments /
- * 32 MiB) was measured: it cost ~1 CPU-second more per SD1.5 fuse (more live buffers) and did not shorten the run,
- * because the main thread already reads and prepares the next segment while the workers compute (bench/RESULTS.md).
+ * Read-ahead: beyond the segment being written, segments are started in order until AHEAD_JOBS of them are kernel
+ * work (a fused or converted tensor, or rows of one) or their input passes AHEAD_BYTES (the next one always starts).
+ * Copies of untouched tensors do not count towards the depth: in SD1.5 / SDXL every fused weight is followed by
+ * its bias or a norm, so a depth of one *segment* left the kernel without a queued job after each layer (the next
+ * layer's read began only once the current one was written). One job ahead keeps the next layer read, its
+ * factors decoded and its kernel job queued while the current one computes; two cost ~35 MB more peak memory
+ * (SD1.5) without a measurable gain. The bytes bound keeps memory flat whatever the checkpoint's size
+ * (bench/RESULTS.md, "fuse pipeline depth (issue 17, session 5)").
  */
-const AHEAD_SEGMENTS = 1;
+const AHEAD_JOBS = 1;
 /** … and (beyond the next one, always started) at most this many input bytes. */
-const AHEAD_BYTES = 32 << 20;
+const AHEAD_BYTES = 64 << 20;
 
 /** Copies of consecutive untouched tensors are read together up to this many bytes. */
 const RUN_BYTES = 16 << 20;
@@ -791,19 +819,20 @@ class FileRun {
   }
 
   /**
-   * Start segment si and the ones after it, up to AHEAD_SEGMENTS of them or AHEAD_BYTES of their input (always at
-   * least the next one): their reads, factor decoding and kernel jobs then run while earlier segments are computed
-   * and written. This bounds the bytes in flight whatever the checkpoint's size.
+   * Start segment si and the ones after it, up to AHEAD_JOBS kernel segments or AHEAD_BYTES of their input (always
+   * at least the next one): their reads, factor decoding and kernel jobs then run while earlier segments are
+   * computed and written. This bounds the bytes in flight whatever the checkpoint's size.
    */
   #startAhead(si: number): void {
     this.#start(si);
     let bytes = 0;
-    for (let j = si + 1; j < this.#segs.length && j <= si + AHEAD_SEGMENTS; j++) {
-      const seg = this.#segs[j];
-      if (!seg) break;
+    let jobs = 0;
+    for (let j = si + 1; j < this.#segs.length; j++) {
+      const seg = this.#segs[j]!;
       bytes += seg.end - seg.start;
       if (j > si + 1 && bytes > AHEAD_BYTES) break;
       this.#start(j);
+      if (this.fp.tensors[seg.first]!.mode !== 'copy' && ++jobs >= AHEAD_JOBS) break;
     }
   }
 

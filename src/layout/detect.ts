@@ -9,7 +9,7 @@
  * - `detectLoraArch`: which layouts can hold a LoRA's modules, ranked, with the unmatched modules of each.
  */
 import { ArchError, FormatError, LoraError } from '../core/errors.js';
-import { ARCH_LABEL, CANDIDATES, archConfig, getLayout } from './archs.js';
+import { ARCH_LABEL, CANDIDATES, archConfig, getLayout, unetStateDict } from './archs.js';
 import type { TextEncoderConfig } from './text-encoders.js';
 import type { Arch, Component, Layout, LayoutSize, ModuleEntry, StateDictEntry } from './types.js';
 import { UNET_SINGLE_FILE_PREFIX } from './unet.js';
@@ -123,12 +123,11 @@ function scoreUNet(
   keyOf: (s: StateDictEntry) => string,
 ): CheckpointCandidate[] {
   const scores = CANDIDATES.map(({ arch, size }): CheckpointCandidate => {
-    const layout = getLayout(arch, size);
     const missing: string[] = [];
     const mismatched: { key: string; expected: readonly number[]; found: readonly number[] }[] = [];
     const known = new Set<string>();
     let matched = 0;
-    for (const s of unetEntries(layout)) {
+    for (const s of unetStateDict(arch, size)) {
       const key = keyOf(s);
       known.add(key);
       const found = files.get(key);
