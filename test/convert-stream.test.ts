@@ -14,7 +14,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import '../src/node.js';
 import { syntheticAdapter, type AdapterFixtureKind } from '../src/fixtures/adapters.js';
 import { loadLora, saveLora } from '../src/formats/index.js';
+import { VERSION } from '../src/core/version.js';
 import { convertLora } from '../src/lora/convert.js';
+import { MERGE_METADATA_KEY, VERSION_METADATA_KEY } from '../src/lora/merge.js';
 import { convertModule } from '../src/lora/convert-module.js';
 import { kindCounts, termDelta } from '../src/lora/terms/index.js';
 import type { HadamardTerm, LoraModule } from '../src/lora/types.js';
@@ -130,6 +132,21 @@ describe('streamed convert of a mixed-kind file = in-memory convert, byte for by
       if (target) expect(ref.report?.reduced ?? 0).toBeGreaterThan(0);
     });
   }
+
+  it('the written metadata carries the conversion record (lora_mix_merge, lora_mix_version), streamed and in memory', async () => {
+    for (const [target, record] of [
+      [undefined, { exact: true }],
+      [{ rank: 2 }, { rank: 2 }],
+      [{ minEnergy: 0.9 }, { minEnergy: 0.9 }],
+    ] as const) {
+      const expected = JSON.stringify({ convert: record });
+      expect(convertLora(await loadLora(mixed), target).lora.metadata[MERGE_METADATA_KEY]).toBe(expected);
+      const s = await convertStreaming(mixed, join(dir, 'record.safetensors'), target ? { target, threads: 1 } : {});
+      await s?.dispose();
+      expect(s?.lora.metadata[MERGE_METADATA_KEY]).toBe(expected);
+      expect(s?.lora.metadata[VERSION_METADATA_KEY]).toBe(VERSION);
+    }
+  });
 
   it('exact, written as F16: the factors formed and encoded on the workers (exactOutcomeF16) give the bytes and the flush count of the f32 factors encoded by the writer', async () => {
     const save = { ...SAVE, dtype: 'F16' as const };
