@@ -4,7 +4,8 @@
  *   npx tsx bench/adapters.ts gen                       generate the adapter inputs into bench/out/ (adapters-*)
  *   npx tsx bench/adapters.ts fuse loha lora [--runs N]  time `lora-mix fuse` of each case, interleaved per round
  *   npx tsx bench/adapters.ts convert exact rank64      time `lora-mix convert` of the LoHa (exact / --rank 64)
- *   npx tsx bench/adapters.ts modules                   per-module cost of converting the LoHa (dim 32) exactly and to
+ *   npx tsx bench/adapters.ts modules                   per-module cost of converting the LoHa (dim 32) exactly (f32
+ *                                                       factors in JS, and as F16 bytes: exactOutcomeF16) and to
  *                                                       rank 64 on one thread for each distinct SDXL shape, the flops
  *                                                       of the rank-64 path, and the whole-file extrapolation (Σ over
  *                                                       the 788 modules), plus the exact plain LoRA's size
@@ -26,7 +27,7 @@ import { fileURLToPath } from 'node:url';
 import { generateAdapter, syntheticAdapter, type AdapterSpec } from '../src/fixtures/adapters.js';
 import { generateLora, targetModules } from '../src/fixtures/generate.js';
 import ndarray from 'ndarray';
-import { ConvertScratch, convertModule } from '../src/lora/convert-module.js';
+import { ConvertScratch, convertModule, exactOutcomeF16 } from '../src/lora/convert-module.js';
 import type { HadamardTerm } from '../src/lora/types.js';
 import '../src/node.js';
 
@@ -188,6 +189,7 @@ function modules(): void {
     return a;
   };
   let exactSeconds = 0,
+    exactF16Seconds = 0,
     reduceSeconds = 0,
     flops = 0,
     minFlops = 0,
@@ -208,6 +210,10 @@ function modules(): void {
     const t1 = performance.now();
     const o = convertModule(term, 'bench', { rank: 64 }, scratch);
     const t2 = performance.now();
+    // what an exact conversion written as F16 runs on each worker (factors formed and encoded in WASM)
+    exactOutcomeF16(term, 'bench');
+    const t3 = performance.now();
+    exactF16Seconds += (count * (t3 - t2)) / 1000;
     exactParams += count * e.rank * (out + fanIn);
     const products = o.iterations !== undefined ? 2 + 2 * o.iterations : 0;
     const moduleFlops = 128 * out * fanIn + products * 2 * (o.block ?? 0) * out * fanIn;
@@ -223,6 +229,7 @@ function modules(): void {
         modules: count,
         exactRank: e.rank,
         exactSeconds: (t1 - t0) / 1000,
+        exactF16Seconds: (t3 - t2) / 1000,
         rank64Seconds: (t2 - t1) / 1000,
         method: o.method,
         iterations: o.iterations,
@@ -235,7 +242,7 @@ function modules(): void {
   console.log(
     JSON.stringify({
       modules: [...shapes.values()].reduce((s, x) => s + x.count, 0),
-      oneThread: { exactSeconds, rank64Seconds: reduceSeconds },
+      oneThread: { exactSeconds, exactF16Seconds, rank64Seconds: reduceSeconds },
       rank64Flops: flops,
       rank64FlopsOneIterationAtLeast: minFlops,
       secondsAt50GflopPerSecond: { rank64: flops / 50e9, oneIterationAtLeast: minFlops / 50e9 },

@@ -3,10 +3,11 @@
  *
  *   npx tsx scripts/build-wasm.ts          (npm run build:wasm)
  *
- * 1. generates the WAT text (scripts/wasm/*-wat.ts) and writes it to src/core/dtype-wasm.wat, src/core/sha256.wat and
- *    src/kernels/kernel.wat (committed, readable);
+ * 1. generates the WAT text (scripts/wasm/*-wat.ts) and writes it to src/core/dtype-wasm.wat, src/core/sha256.wat,
+ *    src/lora/factor-f16.wat and src/kernels/kernel.wat (committed, readable);
  * 2. compiles every build with the `wabt` npm package (simd, relaxed_simd, threads);
- * 3. writes src/core/dtype-wasm-bytes.ts, src/core/sha256-wasm-bytes.ts and src/kernels/kernel-bytes.ts: the binaries as base64 strings, so the core needs no file access or bundler
+ * 3. writes src/core/dtype-wasm-bytes.ts, src/core/sha256-wasm-bytes.ts, src/lora/factor-f16-bytes.ts and
+ *    src/kernels/kernel-bytes.ts: the binaries as base64 strings, so the core needs no file access or bundler
  *    plugin to load them.
  *
  * `--check` compares instead of writing and exits 1 when a committed file is stale
@@ -17,6 +18,7 @@ import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 import wabtInit from 'wabt';
 import { convertWat } from './wasm/convert-wat.js';
+import { factorF16Wat } from './wasm/factor-f16-wat.js';
 import { kernelVariant, kernelWat } from './wasm/kernel-wat.js';
 import { sha256Wat } from './wasm/sha256-wat.js';
 
@@ -73,6 +75,8 @@ export async function buildWasmFiles(): Promise<Record<string, string>> {
   const convertBytes = await compile(wabt, 'convert.wat', conv);
   const sha = sha256Wat();
   const shaBytes = await compile(wabt, 'sha256.wat', sha);
+  const factor = factorF16Wat();
+  const factorBytes = await compile(wabt, 'factor-f16.wat', factor);
   const kernels: Record<string, Uint8Array> = {
     KERNEL_RELAXED: await compile(wabt, 'kernel.wat', kernelVariant(kern, true, false)),
     KERNEL_PLAIN: await compile(wabt, 'kernel.wat', kernelVariant(kern, false, false)),
@@ -83,12 +87,17 @@ export async function buildWasmFiles(): Promise<Record<string, string>> {
     'src/core/dtype-wasm.wat': conv,
     'src/kernels/kernel.wat': kern,
     'src/core/sha256.wat': sha,
+    'src/lora/factor-f16.wat': factor,
     'src/core/dtype-wasm-bytes.ts': bytesModule('SIMD f16/bf16 <-> f32 conversions (src/core/dtype-wasm.wat).', {
       CONVERT_WASM: convertBytes,
     }),
     'src/core/sha256-wasm-bytes.ts': bytesModule('SHA-256 compression (src/core/sha256.wat).', {
       SHA256_WASM: shaBytes,
     }),
+    'src/lora/factor-f16-bytes.ts': bytesModule(
+      'Exact LoHa factors formed and encoded to F16 for convert (src/lora/factor-f16.wat).',
+      { FACTOR_F16_WASM: factorBytes },
+    ),
     'src/kernels/kernel-bytes.ts': bytesModule(
       'Fused update kernel builds (src/kernels/kernel.wat): relaxed_madd or mul+add, private or shared memory.',
       kernels,

@@ -14,7 +14,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import '../src/node.js';
 import { syntheticAdapter, type AdapterFixtureKind } from '../src/fixtures/adapters.js';
 import { loadLora, saveLora } from '../src/formats/index.js';
+import { VERSION } from '../src/core/version.js';
 import { convertLora } from '../src/lora/convert.js';
+import { MERGE_METADATA_KEY, VERSION_METADATA_KEY } from '../src/lora/merge.js';
 import { convertModule } from '../src/lora/convert-module.js';
 import { kindCounts, termDelta } from '../src/lora/terms/index.js';
 import type { HadamardTerm, LoraModule } from '../src/lora/types.js';
@@ -71,23 +73,31 @@ afterAll(async () => {
 
 const SAVE = { format: 'peft' as const, metadata: { note: 'test' } };
 
-async function streamed(name: string, target: { rank?: number; minEnergy?: number } | undefined, threads: number) {
+type Save = typeof SAVE & { dtype?: 'F16' };
+
+async function streamed(
+  name: string,
+  target: { rank?: number; minEnergy?: number } | undefined,
+  threads: number,
+  save: Save = SAVE,
+) {
   const out = join(dir, `${name}-streamed-${threads}.safetensors`);
   const s = await convertStreaming(mixed, out, { ...(target ? { target } : {}), threads });
   if (!s) throw new Error('the mixed file took the in-memory path');
+  let stats;
   try {
-    await s.save(out, SAVE);
+    stats = (await s.save(out, save)).stats;
   } finally {
     await s.dispose();
   }
-  return { bytes: await readFile(out), report: s.report };
+  return { bytes: await readFile(out), report: s.report, stats };
 }
 
-async function inMemory(name: string, target: { rank?: number; minEnergy?: number } | undefined) {
+async function inMemory(name: string, target: { rank?: number; minEnergy?: number } | undefined, save: Save = SAVE) {
   const out = join(dir, `${name}-memory.safetensors`);
   const c = convertLora(await loadLora(mixed), target);
-  await saveLora(c.lora, out, SAVE);
-  return { bytes: await readFile(out), report: c.report };
+  const { stats } = await saveLora(c.lora, out, save);
+  return { bytes: await readFile(out), report: c.report, stats };
 }
 
 describe('streamed convert of a mixed-kind file = in-memory convert, byte for byte', () => {
@@ -122,6 +132,31 @@ describe('streamed convert of a mixed-kind file = in-memory convert, byte for by
       if (target) expect(ref.report?.reduced ?? 0).toBeGreaterThan(0);
     });
   }
+
+  it('the written metadata carries the conversion record (lora_mix_merge, lora_mix_version), streamed and in memory', async () => {
+    for (const [target, record] of [
+      [undefined, { exact: true }],
+      [{ rank: 2 }, { rank: 2 }],
+      [{ minEnergy: 0.9 }, { minEnergy: 0.9 }],
+    ] as const) {
+      const expected = JSON.stringify({ convert: record });
+      expect(convertLora(await loadLora(mixed), target).lora.metadata[MERGE_METADATA_KEY]).toBe(expected);
+      const s = await convertStreaming(mixed, join(dir, 'record.safetensors'), target ? { target, threads: 1 } : {});
+      await s?.dispose();
+      expect(s?.lora.metadata[MERGE_METADATA_KEY]).toBe(expected);
+      expect(s?.lora.metadata[VERSION_METADATA_KEY]).toBe(VERSION);
+    }
+  });
+
+  it('exact, written as F16: the factors formed and encoded on the workers (exactOutcomeF16) give the bytes and the flush count of the f32 factors encoded by the writer', async () => {
+    const save = { ...SAVE, dtype: 'F16' as const };
+    const ref = await inMemory('exact-f16', undefined, save);
+    for (const threads of [1, 2]) {
+      const s = await streamed('exact-f16', undefined, threads, save);
+      expect(Buffer.compare(s.bytes, ref.bytes), `F16, ${threads} thread(s)`).toBe(0);
+      expect(s.stats).toEqual(ref.stats);
+    }
+  });
 });
 
 /** A seeded LoHa term [out, fanIn] of dims r1 = r2 = r. */

@@ -5,6 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type CliRun, runCli } from './cli-helpers.js';
 import { PROVENANCE_METADATA_KEY } from '../src/core/provenance.js';
 import { loadLora } from '../src/formats/index.js';
+import { MERGE_METADATA_KEY, VERSION_METADATA_KEY } from '../src/lora/index.js';
 import { FIXTURES } from './formats-helpers.js';
 
 function run(argv: string[], cwd = FIXTURES): Promise<CliRun> {
@@ -12,14 +13,15 @@ function run(argv: string[], cwd = FIXTURES): Promise<CliRun> {
 }
 
 /**
- * Two safetensors files hold the same header (but for the provenance entry the CLI adds, which names the inputs)
- * and byte-identical tensor data.
+ * Two safetensors files hold the same header (but for the provenance entry the CLI adds, which names the inputs, and
+ * the conversion's record, lora_mix_version / lora_mix_merge) and byte-identical tensor data.
  */
 function sameExceptProvenance(a: Buffer, b: Buffer): boolean {
   const split = (x: Buffer) => {
     const n = 8 + Number(x.readBigUInt64LE(0));
     const header = JSON.parse(x.subarray(8, n).toString('utf8')) as { __metadata__?: Record<string, string> };
-    if (header.__metadata__) delete header.__metadata__[PROVENANCE_METADATA_KEY];
+    for (const k of [PROVENANCE_METADATA_KEY, MERGE_METADATA_KEY, VERSION_METADATA_KEY])
+      delete header.__metadata__?.[k];
     return { header, data: x.subarray(n) };
   };
   const x = split(a);
@@ -41,6 +43,10 @@ describe('lora-mix convert', () => {
     const r = await run(['convert', 'sdxl/style-lora.kohya-sgm.safetensors', '-o', out, '--to', 'peft']);
     expect(r.code, r.err).toBe(0);
     expect(r.out).toContain('kohya (sgm paths) F16 → peft F16');
+    // the conversion's record, under the keys a merge writes its own
+    const meta = (await loadLora(out)).metadata;
+    expect(JSON.parse(meta[MERGE_METADATA_KEY]!)).toEqual({ convert: { exact: true } });
+    expect(meta[VERSION_METADATA_KEY]).toBeDefined();
     expect(
       sameExceptProvenance(
         await readFile(out),

@@ -27,6 +27,7 @@ import {
   f32ToF16Bits,
   bf16BitsToF32,
 } from '../core/dtype.js';
+import { DTYPE_SIZE } from '../core/tensor.js';
 import type { TensorToWrite } from '../safetensors/write.js';
 import { oldDiffusersKeys } from './diffusers-old.js';
 import { kohyaKeys, kohyaName, type KohyaPaths } from './kohya.js';
@@ -66,8 +67,22 @@ export interface InternalEncodeOptions {
   readonly moduleBiasAsDiff?: boolean;
 }
 
-/** Values on demand, from memory or (a FactorStore) read back from elsewhere. */
-type Values = () => Float32Array | Promise<Float32Array>;
+/**
+ * A factor already in the output dtype, encoded where it was formed (a FactorStore's readEncoded): the same bytes
+ * encodeFromF32 gives for its f32 values, which were all finite and within the dtype, and the writer's flush count.
+ */
+export interface EncodedFactor {
+  readonly dtype: OutputDType;
+  /** Little-endian stored bytes. */
+  readonly bytes: Uint8Array;
+  /** Values (bytes / the dtype's size). */
+  readonly values: number;
+  /** Non-zero values that became ±0. */
+  readonly flushedToZero: number;
+}
+
+/** Values on demand, from memory or (a FactorStore) read back from elsewhere, possibly already encoded. */
+type Values = () => Float32Array | Promise<Float32Array | EncodedFactor>;
 
 /** One module to encode: its layout entry, rank, alpha, factor shapes and factor values on demand. */
 export interface ModuleSource {
@@ -91,6 +106,11 @@ export type EncodableModule = Omit<ModuleSource, 'down' | 'up'> & { readonly dow
  */
 export interface FactorStore {
   read(path: string, factor: 'up' | 'down'): Promise<Float32Array>;
+  /**
+   * The factor in the output dtype when the store encodes it itself (an EncodedFactor of that dtype), else its f32
+   * values as `read` gives them (the writer encodes and checks those). Optional: stores without it are read.
+   */
+  readEncoded?(path: string, factor: 'up' | 'down', dtype: OutputDType): Promise<Float32Array | EncodedFactor>;
   /** How many stored modules change their weight (alpha ≠ 0, non-zero up and down): 0 means nothing to write. */
   readonly active: number;
 }
@@ -173,13 +193,26 @@ function factorTensor(
     }
     return bytes;
   };
+  const take = (src: Float32Array | EncodedFactor): Uint8Array => {
+    if (src instanceof Float32Array) return encode(src);
+    if (src.dtype !== dtype || src.bytes.byteLength !== src.values * DTYPE_SIZE[dtype]) {
+      throw new ArgumentError(
+        'ARG_INVALID',
+        `${what}: '${name}' was given as ${src.values} ${src.dtype} values in ${src.bytes.byteLength} bytes; expected ${dtype}`,
+        { key: name, expected: dtype, found: src.dtype },
+      );
+    }
+    stats.values += src.values;
+    stats.flushedToZero += src.flushedToZero;
+    return src.bytes;
+  };
   return {
     name,
     dtype,
     shape: [...shape],
     data: () => {
       const src = values();
-      return src instanceof Promise ? src.then(encode) : encode(src);
+      return src instanceof Promise ? src.then(take) : take(src);
     },
   };
 }
@@ -443,12 +476,14 @@ export function encodeLora(input: Lora<Term>, rawOptions: EncodeOptions, store?:
   assertLora(input, 'encode');
   // Any kind is written as its exact plain-LoRA factors (DoRA / GLoRA need them resolved against a base first).
   const lora = lowRankLora(input);
+  const dtype = options.dtype ?? defaultOutputDType(lora);
+  const read = (path: string, factor: 'up' | 'down'): Promise<Float32Array | EncodedFactor> =>
+    store!.readEncoded ? store!.readEncoded(path, factor, dtype) : store!.read(path, factor);
   const sources = moduleSources(lora).map(
     (s): EncodableModule =>
-      store ? { ...s, down: () => store.read(s.entry.path, 'down'), up: () => store.read(s.entry.path, 'up') } : s,
+      store ? { ...s, down: () => read(s.entry.path, 'down'), up: () => read(s.entry.path, 'up') } : s,
   );
   assertWritableLora(lora, 'encode', store);
-  const dtype = options.dtype ?? defaultOutputDType(lora);
   return encodeModules(
     sources,
     {

@@ -18,9 +18,10 @@
  */
 import ndarray from 'ndarray';
 import { contiguousValues } from './delta.js';
+import { factorF16, type F16Factor } from './factor-f16.js';
 import { RankReducer, chooseRank, reduceModule, truncationStats, type RankTarget } from './reduce.js';
 import { SvdWorkspace, truncatedSvd } from './svd.js';
-import { asLowRank, termBias, termDelta, termDims, termExactRank, termShape } from './terms/index.js';
+import { asLowRank, hadamardPairs, termBias, termDelta, termDims, termExactRank, termShape } from './terms/index.js';
 import type { LoraModule, Term } from './types.js';
 
 /**
@@ -60,9 +61,11 @@ export interface ModuleConvertOutcome {
   /** The dense path: subspace iterations the randomized SVD ran (in halves) and its block width K + oversample. */
   readonly iterations?: number;
   readonly block?: number;
-  /** up [out, rank] and down [rank, fanIn], row-major f32 (absent when rank is 0). */
+  /** up [out, rank] and down [rank, fanIn], row-major f32 (absent when rank is 0, or when given as `f16`). */
   readonly up?: Float32Array;
   readonly down?: Float32Array;
+  /** The factors as F16 bits instead (exactOutcomeF16), with how many non-zero values of each became ±0. */
+  readonly f16?: { readonly up: F16Factor; readonly down: F16Factor };
   /** The module's bias delta at the written scale (diff_b / lora_B.bias), when it has one. */
   readonly bias?: Float32Array;
   /** The factors' shapes when written exactly (a plain LoRA module keeps its own); else from the weight's shape. */
@@ -88,6 +91,48 @@ function exactOutcome(t: Term, path: string): ModuleConvertOutcome {
     upShape: [...m.up.shape],
     downShape: [...m.down.shape],
   };
+}
+
+/**
+ * exactOutcome with the factors as F16 bits (`f16`), formed here: a LoHa's Khatri–Rao factors block by block in
+ * WASM (src/lora/factor-f16.ts: the same f32 values as hadamardFactors, then the same bits as the writer's F16
+ * encoding), any other kind's exact factors encoded. The f32 outcome instead where WASM SIMD is missing or a
+ * value is beyond F16 (the writer then reports it, as it does for f32 factors).
+ */
+export function exactOutcomeF16(t: Term, path: string): ModuleConvertOutcome {
+  const enc = factorF16();
+  if (!enc) return exactOutcome(t, path);
+  if (t.kind === 'hadamard') {
+    const { a, b, out, fanIn } = hadamardPairs(t, path);
+    const r = a.rank * b.rank;
+    // The Khatri–Rao factors are what asLowRank writes when r1·r2 < min(out, in) (else the dense delta).
+    if (r < Math.min(out, fanIn)) {
+      const up = enc.khatriRaoUp(a.up, b.up, out, a.rank, b.rank, t.scale);
+      const down = up && enc.khatriRaoDown(a.down, b.down, fanIn, a.rank, b.rank);
+      if (up && down) {
+        const shape = exactShapeModule(t, path);
+        return {
+          rankBefore: r,
+          rank: r,
+          alpha: r,
+          normKept: 1,
+          error: 0,
+          norm: 0,
+          method: 'exact',
+          f16: { up, down },
+          ...(t.bias ? { bias: contiguousValues(t.bias) } : {}),
+          upShape: [...shape.up.shape],
+          downShape: [...shape.down.shape],
+        };
+      }
+    }
+  }
+  const o = exactOutcome(t, path);
+  const up = o.up && enc.encode(o.up);
+  const down = up && o.down && enc.encode(o.down);
+  if (!up || !down) return o;
+  const { up: _u, down: _d, ...rest } = o;
+  return { ...rest, f16: { up, down } };
 }
 
 /**

@@ -5,9 +5,10 @@
  * same bytes.
  */
 import { OptionError } from '../core/errors.js';
+import { VERSION } from '../core/version.js';
 import { summarizeConversions, moduleConversion, type ConversionReport } from './conversion-report.js';
 import { ConvertScratch, convertedModule, convertModule, type ModuleConvertOutcome } from './convert-module.js';
-import { STALE_ON_RESIZE } from './merge.js';
+import { MERGE_METADATA_KEY, STALE_ON_RESIZE, VERSION_METADATA_KEY } from './merge.js';
 import type { RankTarget } from './reduce.js';
 import { termLabel, termShape } from './terms/index.js';
 import type { Lora, LoraModule, Term } from './types.js';
@@ -39,14 +40,32 @@ export function checkConvertTarget(target: RankTarget | undefined): void {
   }
 }
 
-/** Metadata of a converted LoRA: the input's, without the keys a rank target makes stale. */
+/**
+ * The record of a conversion, under the keys a merge and a resize write theirs: `lora_mix_version` and
+ * `lora_mix_merge` = {"convert":{"exact":true}} or {"convert":{"rank":K,"minEnergy":E}} (the target as given).
+ */
+export function conversionRecord(target: RankTarget | undefined): Record<string, string> {
+  const convert =
+    target === undefined
+      ? { exact: true }
+      : {
+          ...(target.rank !== undefined ? { rank: target.rank } : {}),
+          ...(target.minEnergy !== undefined ? { minEnergy: target.minEnergy } : {}),
+        };
+  return { [VERSION_METADATA_KEY]: VERSION, [MERGE_METADATA_KEY]: JSON.stringify({ convert }) };
+}
+
+/**
+ * Metadata of a converted LoRA: the input's, without the keys a rank target makes stale, with the conversion's
+ * record (conversionRecord; it replaces an input's own merge record).
+ */
 export function convertedMetadata(
   metadata: Readonly<Record<string, string>>,
   target: RankTarget | undefined,
 ): Record<string, string> {
   const out: Record<string, string> = {};
   for (const [k, v] of Object.entries(metadata)) if (!target || !STALE_ON_RESIZE.includes(k)) out[k] = v;
-  return out;
+  return { ...out, ...conversionRecord(target) };
 }
 
 /**

@@ -145,5 +145,5 @@ export {
   type ConversionReport,
   type ModuleConversion,
 } from './conversion-report.js';
-export { convertLora, type ConvertResult } from './convert.js';
+export { conversionRecord, convertLora, type ConvertResult } from './convert.js';
 export { convertModule, ConvertScratch, type ModuleConvertOutcome } from './convert-module.js';

@@ -6,7 +6,9 @@
  * - Exact (no target): every module's exact rank and factor shapes are known from its term alone
  *   (exactShapeModule), so a first pass reads each module and keeps only its shapes; then, as the writer asks for
  *   each module's factors in file order, the workers form them (a few modules ahead) and they go straight to the
- *   output — nothing is spilled (an exact SDXL LoHa is several GB of factors).
+ *   output — nothing is spilled (an exact SDXL LoHa is several GB of factors). Written as F16, the workers hand over
+ *   finished F16 bytes (exactOutcomeF16: a LoHa's Khatri–Rao factors formed and encoded in WASM), so this thread
+ *   only reads the input and writes.
  * - With a target: the written ranks are known only after each module's SVD, so the reduced factors go to a spill
  *   file beside the output (as the streaming merge does) until the header can be written.
  * At any time memory holds the modules in flight (two per worker and the read-ahead), never the whole input or result.
@@ -17,13 +19,17 @@
 import { availableParallelism } from 'node:os';
 import ndarray from 'ndarray';
 import { assertFiniteTensor } from '../core/finite.js';
+import { DTYPE_SIZE } from '../core/tensor.js';
 import {
+  defaultOutputDType,
   openPath,
   saveLora,
   type DecodeOptions,
+  type EncodedFactor,
   type FactorStore,
   type LoadedLora,
   type LoraPlan,
+  type OutputDType,
   type PlannedModule,
   type SaveOptions,
 } from '../formats/index.js';
@@ -41,15 +47,18 @@ import {
   ConvertScratch,
   convertedModule,
   convertModule,
+  exactOutcomeF16,
   exactShapeModule,
   type ModuleConvertOutcome,
 } from '../lora/convert-module.js';
+import type { F16Factor } from '../lora/factor-f16.js';
 import type { RankTarget } from '../lora/reduce.js';
 import { packTerm } from '../lora/terms/pack.js';
 import { kindNeedsBase, termShape } from '../lora/terms/index.js';
 import type { Lora, LoraModule, Term } from '../lora/types.js';
 import type { SafetensorsFile } from '../safetensors/read.js';
 import type { WriteResult } from '../safetensors/write.js';
+import { forEachBounded } from './bounded.js';
 import { Spill } from './merge-stream.js';
 import { ReducePool } from './reduce-pool.js';
 
@@ -78,6 +87,13 @@ export interface StreamedConversion {
   dispose(): Promise<void>;
 }
 
+/**
+ * Outputs with at least this many bytes of factors are written with O_DIRECT (SaveOptions.direct), as fuse writes
+ * its outputs: buffered writes of GBs cost ~3 s of system time per GB of fresh page cache here (bench/RESULTS.md,
+ * "fuse with the O_DIRECT output writer").
+ */
+const DIRECT_MIN_BYTES = 256 << 20;
+
 /** Modules formed ahead of the writer in an exact conversion (per worker). */
 const AHEAD_PER_THREAD = 2;
 
@@ -92,7 +108,8 @@ async function readModuleTerm(file: SafetensorsFile, m: PlannedModule): Promise<
   return t;
 }
 
-type Run = (path: string, term: Term, exact: boolean) => Promise<ModuleConvertOutcome>;
+/** Convert one module: exactly (with `f16`, its factors formed as F16 bits: exactOutcomeF16) or to the target. */
+type Run = (path: string, term: Term, exact: boolean, f16?: boolean) => Promise<ModuleConvertOutcome>;
 
 /** Convert modules on a pool of workers, or on this thread. */
 function converter(threads: number, target: RankTarget | undefined): { run: Run; close: () => Promise<void> } {
@@ -100,25 +117,34 @@ function converter(threads: number, target: RankTarget | undefined): { run: Run;
   if (!pool) {
     const scratch = new ConvertScratch();
     return {
-      run: async (path, term, exact) => convertModule(term, path, exact ? undefined : target, scratch),
+      run: async (path, term, exact, f16 = false) =>
+        exact && f16 ? exactOutcomeF16(term, path) : convertModule(term, path, exact ? undefined : target, scratch),
       close: async () => undefined,
     };
   }
   return {
-    run: (path, term, exact) =>
+    run: (path, term, exact, f16 = false) =>
       pool.run<ModuleConvertOutcome>(path, () => ({
         path,
         out: 0,
         fanIn: 0,
         target: target ?? {},
         terms: [],
-        convert: { term: packTerm(term), exact },
+        convert: { term: packTerm(term), exact, ...(exact && f16 ? { f16: true } : {}) },
       })),
     close: () => pool.close(),
   };
 }
 
 const NO_VALUES = new Float32Array(0);
+
+/** Bytes of the factors of these modules (shapes only) written in `dtype`. */
+function factorBytes(modules: ReadonlyMap<string, LoraModule>, dtype: OutputDType): number {
+  let n = 0;
+  for (const m of modules.values())
+    n += m.up.shape.reduce((a, b) => a * b, 1) + m.down.shape.reduce((a, b) => a * b, 1);
+  return n * DTYPE_SIZE[dtype];
+}
 
 /** A module with its factor shapes, alpha and bias but no factor values. */
 const shapesOf = (m: LoraModule): LoraModule => ({
@@ -128,18 +154,30 @@ const shapesOf = (m: LoraModule): LoraModule => ({
   ...(m.bias ? { bias: m.bias } : {}),
 });
 
+/** A module's formed factors: f32 values, or (formed as F16) finished bytes. */
+type FormedPair = { up: Float32Array | EncodedFactor; down: Float32Array | EncodedFactor };
+
+/** F16 bits from a worker as the writer takes them. */
+const encodedF16 = (f: F16Factor): EncodedFactor => ({
+  dtype: 'F16',
+  bytes: new Uint8Array(f.bits.buffer, f.bits.byteOffset, f.bits.byteLength),
+  values: f.bits.length,
+  flushedToZero: f.flushed,
+});
+
 /**
  * The exact factors of each module formed when the writer asks for them (file order), `ahead` modules in advance;
- * each factor is handed out once and then dropped.
+ * each factor is handed out once and then dropped. Asked for F16 (readEncoded), the workers form them as F16 bytes
+ * (exactOutcomeF16), so the writer's thread only writes; asked for f32 (read), as f32 values.
  */
 class FormedFactors implements FactorStore {
   private readonly index = new Map<string, number>();
-  private readonly formed = new Map<string, Promise<{ up?: Float32Array; down?: Float32Array }>>();
+  private readonly formed = new Map<string, { readonly f16: boolean; readonly pair: Promise<Partial<FormedPair>> }>();
   private readonly done = new Set<string>();
 
   constructor(
     private readonly order: readonly string[],
-    private readonly form: (path: string) => Promise<{ up: Float32Array; down: Float32Array }>,
+    private readonly form: (path: string, f16: boolean) => Promise<FormedPair>,
     private readonly ahead: number,
     readonly active: number,
   ) {
@@ -147,31 +185,45 @@ class FormedFactors implements FactorStore {
   }
 
   async read(path: string, factor: 'up' | 'down'): Promise<Float32Array> {
+    return (await this.take(path, factor, false)) as Float32Array;
+  }
+
+  readEncoded(path: string, factor: 'up' | 'down', dtype: OutputDType): Promise<Float32Array | EncodedFactor> {
+    return this.take(path, factor, dtype === 'F16');
+  }
+
+  private async take(path: string, factor: 'up' | 'down', f16: boolean): Promise<Float32Array | EncodedFactor> {
     const i = this.index.get(path) ?? 0;
-    for (let j = i; j < Math.min(this.order.length, i + this.ahead + 1); j++) this.start(this.order[j] ?? path);
-    this.start(path);
-    const f = await this.formed.get(path)!;
-    const v = f[factor];
-    f[factor] = undefined;
-    if (!f.up && !f.down) {
-      this.formed.delete(path);
-      this.done.add(path);
-    }
-    // A factor asked for twice (never by the encoder) is formed again.
-    if (!v) {
+    for (let j = i; j < Math.min(this.order.length, i + this.ahead + 1); j++) this.start(this.order[j] ?? path, f16);
+    let formed = this.formed.get(path);
+    // Formed in the other form, or both factors handed out already (never by the encoder): formed again.
+    if (!formed || formed.f16 !== f16) {
       this.done.delete(path);
       this.formed.delete(path);
-      this.start(path);
-      return (await this.formed.get(path)!)[factor]!;
+      this.start(path, f16);
+      formed = this.formed.get(path)!;
+    }
+    const f = await formed.pair;
+    const v = f[factor];
+    if (v === undefined) {
+      // A factor asked for twice (never by the encoder) is formed again.
+      this.formed.delete(path);
+      this.start(path, f16);
+      return (await this.formed.get(path)!.pair)[factor]!;
+    }
+    f[factor] = undefined;
+    if (!f.up && !f.down && this.formed.get(path) === formed) {
+      this.formed.delete(path);
+      this.done.add(path);
     }
     return v;
   }
 
-  private start(path: string): void {
+  private start(path: string, f16: boolean): void {
     if (this.formed.has(path) || this.done.has(path)) return;
-    const p = this.form(path).then((f) => ({ up: f.up, down: f.down }));
-    p.catch(() => undefined); // a failure is reported to the read that awaits it
-    this.formed.set(path, p);
+    const pair: Promise<Partial<FormedPair>> = this.form(path, f16).then((f) => ({ up: f.up, down: f.down }));
+    pair.catch(() => undefined); // a failure is reported to the read that awaits it
+    this.formed.set(path, { f16, pair });
   }
 }
 
@@ -225,10 +277,11 @@ export async function convertStreaming(
         const t = await readModuleTerm(file, m);
         modules.set(m.entry.path, exactShapeModule(t, m.entry.path));
       }
-      const form = async (path: string): Promise<{ up: Float32Array; down: Float32Array }> => {
+      const form = async (path: string, f16: boolean): Promise<FormedPair> => {
         const m = byPath.get(path)!;
-        const o = await run(path, await readModuleTerm(file, m), true);
+        const o = await run(path, await readModuleTerm(file, m), true, f16);
         tick();
+        if (o.f16) return { up: encodedF16(o.f16.up), down: encodedF16(o.f16.down) };
         return { up: o.up ?? NO_VALUES, down: o.down ?? NO_VALUES };
       };
       store = new FormedFactors([...modules.keys()], form, AHEAD_PER_THREAD * threads, modules.size);
@@ -236,16 +289,12 @@ export async function convertStreaming(
       const s = await Spill.create(spillBeside);
       spill = s;
       const rows = new Map<string, ReturnType<typeof moduleConversion>>();
-      const running = new Set<Promise<void>>();
-      let failure: unknown = null;
-      const depth = 2 * threads + 1;
-      for (const m of plan.modules) {
-        if (failure !== null) break;
+      await forEachBounded(plan.modules, 2 * threads + 1, async (m) => {
         const path = m.entry.path;
         const term = await readModuleTerm(file, m);
         const shape = termShape(term, path);
-        const task: Promise<void> = run(path, term, false)
-          .then(async (o) => {
+        return () =>
+          run(path, term, false).then(async (o) => {
             const written = convertedModule(o, shape);
             if (written) {
               await s.put(path, written);
@@ -253,16 +302,8 @@ export async function convertStreaming(
             }
             rows.set(path, moduleConversion(path, m.label, o));
             tick();
-          })
-          .catch((e: unknown) => {
-            failure ??= e;
-          })
-          .finally(() => running.delete(task));
-        running.add(task);
-        if (running.size >= depth) await Promise.race(running);
-      }
-      await Promise.all(running);
-      if (failure !== null) throw failure;
+          });
+      });
       // Layout order, as the in-memory conversion has them.
       const ordered = new Map<string, LoraModule>();
       for (const m of plan.modules) {
@@ -296,7 +337,14 @@ export async function convertStreaming(
       lora,
       kinds,
       ...(report ? { report } : {}),
-      save: (out, saveOptions) => saveLora(lora, out, { ...saveOptions, factorStore: store }),
+      save: (out, saveOptions) =>
+        saveLora(lora, out, {
+          ...(factorBytes(modules, saveOptions.dtype ?? defaultOutputDType({ ...lora, modules })) >= DIRECT_MIN_BYTES
+            ? { direct: true }
+            : {}),
+          ...saveOptions,
+          factorStore: store,
+        }),
       dispose,
     };
   } catch (e) {

@@ -51,6 +51,7 @@ import type { WriteResult } from '../safetensors/write.js';
 import type { EncodeStats } from '../formats/encode.js';
 import type { ParallelMergeOptions } from './merge-threads.js';
 import { reduceJob } from './merge-threads.js';
+import { forEachBounded } from './bounded.js';
 import { ReducePool } from './reduce-pool.js';
 import { registerTemp, releaseTemp, tempPathFor } from './temp-files.js';
 
@@ -300,26 +301,14 @@ export async function mergeStreaming(
   };
 
   try {
-    const running = new Set<Promise<void>>();
-    let failure: unknown = null;
-    const depth = pool ? 2 * threads + 1 : 1;
-    for (const pm of plan.modules) {
-      if (failure !== null) break;
+    await forEachBounded(plan.modules, pool ? 2 * threads + 1 : 1, async (pm) => {
       if (pm.action === 'drop') {
         tick();
-        continue;
+        return null;
       }
       const filled = await withFactors(inputs, pm);
-      const task: Promise<void> = finish(filled)
-        .catch((e: unknown) => {
-          failure ??= e;
-        })
-        .finally(() => running.delete(task));
-      running.add(task);
-      if (running.size >= depth) await Promise.race(running);
-    }
-    await Promise.all(running);
-    if (failure !== null) throw failure;
+      return () => finish(filled);
+    });
   } catch (e) {
     await spill.dispose();
     throw e;

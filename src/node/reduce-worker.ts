@@ -9,7 +9,7 @@
 import { parentPort } from 'node:worker_threads';
 import { RankReducer, reduceModule, type FactorTerm, type RankTarget } from '../lora/reduce.js';
 import { DenseScratch, methodModule, type MethodModuleRequest } from '../lora/method-module.js';
-import { ConvertScratch, convertModule } from '../lora/convert-module.js';
+import { ConvertScratch, convertModule, exactOutcomeF16 } from '../lora/convert-module.js';
 import { unpackTerm, type PackedTerm } from '../lora/terms/pack.js';
 
 export interface ReduceRequest {
@@ -22,19 +22,24 @@ export interface ReduceRequest {
   /** A delta-space merge method on this module instead of a reduction of `terms`. */
   readonly method?: MethodModuleRequest;
   /** convert: one module of any kind, exact (`exact`) or to `target` (src/lora/convert-module.ts). */
-  readonly convert?: { readonly term: PackedTerm; readonly exact: boolean };
+  /** `f16`: an exact conversion with the factors formed as F16 bits (exactOutcomeF16). */
+  readonly convert?: { readonly term: PackedTerm; readonly exact: boolean; readonly f16?: boolean };
 }
 
-/** The buffers of an outcome's arrays, each once (a buffer listed twice cannot be transferred). */
+/**
+ * The buffers of an outcome's arrays (f32 factors, F16 bits; up to three levels of plain objects deep), each once
+ * (a buffer listed twice cannot be transferred).
+ */
 function buffersOf(outcome: object): ArrayBuffer[] {
   const seen = new Set<ArrayBuffer>();
-  const add = (x: unknown): void => {
-    if (x instanceof Float32Array && x.buffer instanceof ArrayBuffer) seen.add(x.buffer);
+  const visit = (x: unknown, depth: number): void => {
+    if (x instanceof Float32Array || x instanceof Uint16Array) {
+      if (x.buffer instanceof ArrayBuffer) seen.add(x.buffer);
+    } else if (x && typeof x === 'object' && !ArrayBuffer.isView(x) && depth < 3) {
+      for (const v of Object.values(x)) visit(v, depth + 1);
+    }
   };
-  for (const v of Object.values(outcome)) {
-    add(v);
-    if (v && typeof v === 'object' && !ArrayBuffer.isView(v)) for (const w of Object.values(v)) add(w);
-  }
+  visit(outcome, 0);
   return [...seen];
 }
 
@@ -46,12 +51,14 @@ if (parentPort) {
   port.on('message', (msg: ReduceRequest) => {
     try {
       const outcome = msg.convert
-        ? convertModule(
-            unpackTerm(msg.convert.term),
-            msg.path,
-            msg.convert.exact ? undefined : msg.target,
-            (convertScratch ??= new ConvertScratch()),
-          )
+        ? msg.convert.exact && msg.convert.f16
+          ? exactOutcomeF16(unpackTerm(msg.convert.term), msg.path)
+          : convertModule(
+              unpackTerm(msg.convert.term),
+              msg.path,
+              msg.convert.exact ? undefined : msg.target,
+              (convertScratch ??= new ConvertScratch()),
+            )
         : msg.method
           ? methodModule(msg.method, msg.target, scratch)
           : reduceModule(reducer, msg.terms, msg.out, msg.fanIn, msg.target, msg.path);

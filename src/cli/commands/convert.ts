@@ -12,6 +12,7 @@ import {
 } from '../../formats/index.js';
 import { ARCH_LABEL, parseArch } from '../../layout/index.js';
 import { numberOption, parseCommandArgs, parseWeightedSpec } from '../args.js';
+import { convertedMetadata } from '../../lora/convert.js';
 import { mergeLoras, type MergeWeight } from '../../lora/merge.js';
 import { convertLoraParallel, convertStreaming } from '../../node/convert-stream.js';
 import { describeComponents } from '../../lora/components.js';
@@ -218,9 +219,10 @@ async function runConvert(argv: string[], ctx: CliContext, tap: ReadTap): Promis
       lora =
         typeof values.base === 'string' ? await resolveBaseTerms(loaded, path.resolve(ctx.cwd, values.base)) : loaded;
       parameters = describeLora(lora).parameters;
+      // the exact conversion's record (a capped one gets its own from convertLoraParallel)
       let toWrite: Lora<Term> = weighted
-        ? { ...mergeLoras([lora], [weight]).lora, metadata: { ...lora.metadata } }
-        : lora;
+        ? { ...mergeLoras([lora], [weight]).lora, metadata: convertedMetadata(lora.metadata, undefined) }
+        : { ...lora, metadata: convertedMetadata(lora.metadata, undefined) };
       if (capped) {
         const converted = await convertLoraParallel(toWrite, target, {
           ...(threads !== undefined ? { threads } : {}),
