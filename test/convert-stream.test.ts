@@ -15,7 +15,7 @@ import '../src/node.js';
 import { syntheticAdapter, type AdapterFixtureKind } from '../src/fixtures/adapters.js';
 import { loadLora, saveLora } from '../src/formats/index.js';
 import { VERSION } from '../src/core/version.js';
-import { convertLora } from '../src/lora/convert.js';
+import { convertedMetadata, convertLora } from '../src/lora/convert.js';
 import { MERGE_METADATA_KEY, VERSION_METADATA_KEY } from '../src/lora/merge.js';
 import { convertModule } from '../src/lora/convert-module.js';
 import { kindCounts, termDelta } from '../src/lora/terms/index.js';
@@ -146,6 +146,35 @@ describe('streamed convert of a mixed-kind file = in-memory convert, byte for by
       expect(s?.lora.metadata[MERGE_METADATA_KEY]).toBe(expected);
       expect(s?.lora.metadata[VERSION_METADATA_KEY]).toBe(VERSION);
     }
+  });
+
+  it('the metadata stops describing the trained network: a LyCORIS file becomes networks.lora without its dim, alpha and algo args; a plain kohya LoRA converted exactly keeps its own', () => {
+    const lycoris = {
+      ss_network_module: 'lycoris.kohya',
+      ss_network_dim: '32',
+      ss_network_alpha: '16',
+      ss_network_args: '{"algo": "loha", "conv_dim": "8"}',
+      sshs_model_hash: 'abc',
+      ss_output_name: 'style',
+    };
+    for (const target of [undefined, { rank: 4 }]) {
+      const m = convertedMetadata(lycoris, target);
+      expect(m.ss_network_module).toBe('networks.lora');
+      for (const k of ['ss_network_dim', 'ss_network_alpha', 'ss_network_args', 'sshs_model_hash']) {
+        expect(m[k], k).toBeUndefined();
+      }
+      expect(m.ss_output_name).toBe('style');
+    }
+    const plain = { ss_network_module: 'networks.lora', ss_network_dim: '8', ss_network_args: '{"conv_dim": "4"}' };
+    const exact = convertedMetadata(plain, undefined);
+    expect([exact.ss_network_module, exact.ss_network_dim, exact.ss_network_args]).toEqual([
+      'networks.lora',
+      '8',
+      '{"conv_dim": "4"}',
+    ]);
+    const ranked = convertedMetadata(plain, { rank: 4 });
+    expect(ranked.ss_network_dim).toBeUndefined();
+    expect(ranked.ss_network_args).toBe('{"conv_dim": "4"}');
   });
 
   it('exact, written as F16: the factors formed and encoded on the workers (exactOutcomeF16) give the bytes and the flush count of the f32 factors encoded by the writer', async () => {

@@ -55,16 +55,31 @@ export function conversionRecord(target: RankTarget | undefined): Record<string,
   return { [VERSION_METADATA_KEY]: VERSION, [MERGE_METADATA_KEY]: JSON.stringify({ convert }) };
 }
 
+/** kohya's training metadata names the network module; a plain LoRA's is this one (sd-scripts' networks/lora.py). */
+const PLAIN_NETWORK_MODULE = 'networks.lora';
+
 /**
- * Metadata of a converted LoRA: the input's, without the keys a rank target makes stale, with the conversion's
- * record (conversionRecord; it replaces an input's own merge record).
+ * Metadata of a converted LoRA: the input's, with the conversion's record (conversionRecord; it replaces an input's
+ * own merge record), and nothing that describes the input's network rather than the written one:
+ * - with a rank target, the keys a resize makes stale (ss_network_dim / ss_network_alpha, the hashes);
+ * - from a file trained as another kind (kohya metadata `ss_network_module` other than networks.lora, e.g. LyCORIS'
+ *   lycoris.kohya with `ss_network_args` {"algo": "loha", …}), those stale keys too — an exact LoHa conversion writes
+ *   rank r1·r2, not the dim the file was trained with — and the module becomes networks.lora, without the other
+ *   kind's network args. A plain LoRA converted exactly keeps its ranks and all of its metadata.
  */
 export function convertedMetadata(
   metadata: Readonly<Record<string, string>>,
   target: RankTarget | undefined,
 ): Record<string, string> {
+  const module = metadata.ss_network_module;
+  const otherKind = module !== undefined && module !== PLAIN_NETWORK_MODULE;
   const out: Record<string, string> = {};
-  for (const [k, v] of Object.entries(metadata)) if (!target || !STALE_ON_RESIZE.includes(k)) out[k] = v;
+  for (const [k, v] of Object.entries(metadata)) {
+    if ((target || otherKind) && STALE_ON_RESIZE.includes(k)) continue;
+    if (otherKind && k === 'ss_network_args') continue;
+    out[k] = v;
+  }
+  if (otherKind) out.ss_network_module = PLAIN_NETWORK_MODULE;
   return { ...out, ...conversionRecord(target) };
 }
 
