@@ -23,7 +23,10 @@ export interface LoraInfo {
   defaultWeight: number;
   /** Seconds the worker spent reading, hashing and decoding the file. */
   seconds: number;
-  /** Of those: reading the file (one stream), its SHA-256, and decoding it from memory. */
+  /**
+   * Of those: reading the file (one File.arrayBuffer), its SHA-256 (WebCrypto: the wait for it after the decode, the
+   * hash itself runs off the worker's thread; else the WebAssembly hash on it), and decoding it from memory.
+   */
   phases: { read: number; hash: number; decode: number };
 }
 
