@@ -25,7 +25,7 @@ const WHAT = args.find((a) => a === 'read' || a === 'write' || a === 'all') ?? '
 const MB_ARG = args.includes('--mb') ? Number(args[args.indexOf('--mb') + 1]) : undefined;
 const BASE = '/work/benchdata/sd15-base.f16.safetensors';
 
-const WORKER = String.raw`
+const WORKER = `
 const MiB = 1 << 20;
 async function byob(file, n, step) {
   const r = file.slice(0, n).stream().getReader({ mode: 'byob' });

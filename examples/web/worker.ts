@@ -1,7 +1,6 @@
 /**
- * The page's Web Worker: reads dropped files (only the byte ranges needed, through blobSource = File.slice),
- * decodes them, merges and writes the result into a Blob, reporting progress for each phase, so the page's own
- * thread only updates the DOM. All local.
+ * The page's Web Worker: reads dropped files (each whole, once), decodes them, merges and writes the result into a
+ * Blob, reporting progress for each phase, so the page's own thread only updates the DOM. All local.
  */
 import type { ByteSink } from '../../src/core/bytes.js';
 import { IoError, LoraError, LoraMixError } from '../../src/core/errors.js';
@@ -34,7 +33,8 @@ import type {
   ToWorker,
 } from './protocol.js';
 import { newClock, type PhaseClock, timedHash, timedSink, timedSource } from './phases.js';
-import { blobSink, countingSource, writableSink } from './streams.js';
+import { scratchSink } from './scratch.js';
+import { blobSink, countingSource, readAheadSource, writableSink } from './streams.js';
 
 interface WorkerScope {
   postMessage(message: FromWorker, transfer?: Transferable[]): void;
@@ -240,17 +240,22 @@ function fuseKernel(threads: number | undefined): Promise<FuseKernel> {
   return kernel;
 }
 
-/** What the fuse writes into: the chosen file's writable stream (streamed to disk), else Blob pieces. */
+/**
+ * What the fuse writes into: the chosen file's writable stream (streamed to disk), else a file of the origin-private
+ * file system (synchronous writes; the page gets it back as a File), else Blob pieces.
+ */
 async function fuseSink(
   name: string,
   target: FileSystemFileHandle | undefined,
-): Promise<{ sink: ByteSink & { readonly byteLength: number }; blob(): Blob | null }> {
+): Promise<{ sink: ByteSink & { readonly byteLength: number }; blob(): Promise<Blob | null> }> {
   if (!target) {
+    const scratch = await scratchSink('fuse', name);
+    if (scratch) return { sink: scratch.sink, blob: () => scratch.file() };
     const sink = blobSink(name);
-    return { sink, blob: () => sink.blob() };
+    return { sink, blob: async () => sink.blob() };
   }
   try {
-    return { sink: writableSink(target.name, await target.createWritable()), blob: () => null };
+    return { sink: writableSink(target.name, await target.createWritable()), blob: async () => null };
   } catch (e) {
     throw new IoError('IO_WRITE_FAILED', `${target.name}: cannot open the chosen file for writing (${String(e)})`, {
       file: target.name,
@@ -290,7 +295,7 @@ async function fuse(
       scope.postMessage({ type: 'progress', job, done, total, phase: 'fuse' }),
     );
     const report = await fuseLoras(
-      timedSource(streamedBlobSource(base, base.name), clock),
+      timedSource(readAheadSource(streamedBlobSource(base, base.name)), clock),
       files.map((f) => f.lora),
       weights,
       {
@@ -302,7 +307,7 @@ async function fuse(
         onProgress: (p) => onProgress(p.bytesDone, p.bytesTotal),
       },
     );
-    const blob = out.blob();
+    const blob = await out.blob();
     scope.postMessage({
       type: 'fused',
       job,
@@ -357,6 +362,9 @@ async function writeLora(
   metadata: Record<string, string>,
   fileName: string,
 ): Promise<{ blob: Blob; bytes: number; flushedToZero: number }> {
+  // Blob pieces, not an origin-private file: a LoRA is small, and with a profile in memory (a private window, the
+  // benchmark's fresh profile) the file's synchronous writes went through the browser process and took 3.3–3.6 s
+  // for the 172 MB merge against 1.2–2.0 s for Blob pieces (bench/RESULTS.md, issue 16 session 5).
   const encoded = encodeLora(lora, { format, dtype, metadata });
   const sink = blobSink(fileName);
   const onWrite = throttle((done, total) => scope.postMessage({ type: 'progress', job, done, total, phase: 'write' }));
