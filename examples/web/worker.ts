@@ -247,12 +247,16 @@ function fuseKernel(threads: number | undefined): Promise<FuseKernel> {
 async function fuseSink(
   name: string,
   target: FileSystemFileHandle | undefined,
-): Promise<{ sink: ByteSink & { readonly byteLength: number }; blob(): Promise<Blob | null> }> {
+): Promise<{
+  sink: ByteSink & { readonly byteLength: number };
+  blob(): Promise<Blob | null>;
+  keptIn?: 'origin-private file' | 'memory';
+}> {
   if (!target) {
     const scratch = await scratchSink('fuse', name);
-    if (scratch) return { sink: scratch.sink, blob: () => scratch.file() };
+    if (scratch) return { sink: scratch.sink, blob: () => scratch.file(), keptIn: 'origin-private file' };
     const sink = blobSink(name);
-    return { sink, blob: async () => sink.blob() };
+    return { sink, blob: async () => sink.blob(), keptIn: 'memory' };
   }
   try {
     return { sink: writableSink(target.name, await target.createWritable()), blob: async () => null };
@@ -320,6 +324,7 @@ async function fuse(
         kernel: `${report.kernel} (${report.backend})`,
         bytes: out.sink.byteLength,
         ...(target ? { savedTo: target.name } : {}),
+        ...(out.keptIn ? { keptIn: out.keptIn } : {}),
         seconds: (performance.now() - t0) / 1000,
         phases: { read: clock.read, write: clock.write, kernel: report.kernelSeconds },
       },
