@@ -1,6 +1,7 @@
 /**
  * The page's Web Worker: reads dropped files (each whole, once), decodes them, merges and writes the result into a
- * Blob, reporting progress for each phase, so the page's own thread only updates the DOM. All local.
+ * Blob (a fuse: into the chosen file, else an origin-private file), reporting progress for each phase, so the page's
+ * own thread only updates the DOM. All local.
  */
 import type { ByteSink } from '../../src/core/bytes.js';
 import { IoError, LoraError, LoraMixError } from '../../src/core/errors.js';
