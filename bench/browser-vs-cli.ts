@@ -32,6 +32,8 @@ const args = process.argv.slice(2);
 const MODE = args.find((a) => a === 'merge' || a === 'fuse') ?? 'merge';
 const RUNS = args.includes('--runs') ? Math.max(1, Number(args[args.indexOf('--runs') + 1])) : 3;
 const RECORD = args.includes('--record');
+/** fuse: no save dialog (a browser without showSaveFilePicker): the page offers the checkpoint as a download. */
+const NO_DIALOG = args.includes('--no-dialog');
 const DATA = '/work/benchdata';
 const LCM = join(DATA, 'sd15-lcm.f16.safetensors');
 const STYLE = join(DATA, 'sd15-style.f16.safetensors');
@@ -188,13 +190,20 @@ async function pageRun(webDir: string): Promise<Run> {
     } else {
       await page.setInputFiles('#base', BASE);
       await page.waitForFunction(() => document.getElementById('fuse')?.getAttribute('aria-disabled') === 'false');
-      // The save dialog answered with a file of the origin-private file system (headless Chromium shows no
-      // dialog): the worker streams the checkpoint into it, the path a user with showSaveFilePicker takes.
-      await page.evaluate(() => {
-        (window as unknown as { showSaveFilePicker: unknown }).showSaveFilePicker = async (o: {
-          suggestedName: string;
-        }) => (await navigator.storage.getDirectory()).getFileHandle(o.suggestedName, { create: true });
-      });
+      if (NO_DIALOG) {
+        // A browser without the File System Access API: the page offers the checkpoint as a download.
+        await page.evaluate(() => {
+          (window as unknown as { showSaveFilePicker: unknown }).showSaveFilePicker = undefined;
+        });
+      } else {
+        // The save dialog answered with a file of the origin-private file system (headless Chromium shows no
+        // dialog): the worker streams the checkpoint into it, the path a user with showSaveFilePicker takes.
+        await page.evaluate(() => {
+          (window as unknown as { showSaveFilePicker: unknown }).showSaveFilePicker = async (o: {
+            suggestedName: string;
+          }) => (await navigator.storage.getDirectory()).getFileHandle(o.suggestedName, { create: true });
+        });
+      }
       await page.click('#fuse');
     }
     const done = MODE === 'merge' ? 'merged' : 'fuse';
@@ -251,7 +260,7 @@ async function pageRun(webDir: string): Promise<Run> {
       console.log(
         `  page fuse: ${fused?.kernel}, written to ${fused?.savedTo ?? 'a Blob'}, worker ${fused?.seconds.toFixed(2)} s` +
           (fused?.phases
-            ? ` (base File.slice waits ${fused.phases.read.toFixed(2)} s, output write waits ${fused.phases.write.toFixed(2)} s, kernel ${fused.phases.kernel.toFixed(2)} s)`
+            ? ` (base read waits ${fused.phases.read.toFixed(2)} s, output write waits ${fused.phases.write.toFixed(2)} s, kernel ${fused.phases.kernel.toFixed(2)} s)`
             : ''),
       );
       const bytes = await page.evaluate(async () => {
@@ -264,6 +273,11 @@ async function pageRun(webDir: string): Promise<Run> {
         return total;
       });
       console.log(`  page fuse: origin-private file system holds ${(bytes / 1e9).toFixed(3)} GB after the round`);
+      const offered = await page.evaluate(() => {
+        const a = document.getElementById('fuse-download') as HTMLAnchorElement | null;
+        return a && !a.hidden ? a.href : '';
+      });
+      if (NO_DIALOG) console.log(`  page fuse: offered as a download: ${offered || 'no'}`);
     }
     return { seconds, peak, peakAll, idle, peakPss, peakPssAll, idlePss, longestTask: Math.max(0, ...tasks) };
   } finally {

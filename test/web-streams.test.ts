@@ -2,11 +2,14 @@
  * The page's byte plumbing (examples/web/streams.ts): the Blob sink gathers writes into 8 MiB parts and the
  * writable-stream sink (the chosen file of showSaveFilePicker) streams them with a bounded queue, reusing buffers
  * only after the stream is done with them; both give back exactly the bytes written, in any chunking. A stream that
- * fails makes the write or the commit reject with IO_WRITE_FAILED, never a silent short file.
+ * fails makes the write or the commit reject with IO_WRITE_FAILED, never a silent short file. The synchronous
+ * access-handle sink (an origin-private file) writes every byte at its offset even when the handle takes less than a
+ * whole chunk per call, and the read-ahead source gives the bytes of the file it wraps for any sequence of reads.
  */
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { blobSink, writableSink } from '../examples/web/streams.js';
+import { bufferSource } from '../src/core/memory.js';
+import { blobSink, readAheadSource, syncFileSink, writableSink } from '../examples/web/streams.js';
 
 /** A WritableStream that acknowledges each write after `delay` ms, recording the bytes (copied at ack time). */
 function slowStream(delay: number, failAt = Number.POSITIVE_INFINITY) {
@@ -107,5 +110,118 @@ describe('page sinks', () => {
     expect(target.closed).toBe(false);
     await sink.abort();
     await expect(sink.write(big)).rejects.toMatchObject({ code: 'IO_WRITE_FAILED' });
+  });
+
+  it('syncFileSink: every byte at its offset, partial handle writes continued; truncate + close on commit', async () => {
+    let file = new Uint8Array(0);
+    const calls: string[] = [];
+    const target = {
+      write(buffer: Uint8Array, { at }: { at: number }) {
+        const n = Math.min(buffer.byteLength, 3000); // a handle may take less than asked
+        if (file.byteLength < at + n) {
+          const grown = new Uint8Array(at + n);
+          grown.set(file);
+          file = grown;
+        }
+        file.set(buffer.subarray(0, n), at);
+        return n;
+      },
+      truncate(size: number) {
+        calls.push(`truncate ${size}`);
+        file = file.slice(0, size);
+      },
+      close() {
+        calls.push('close');
+      },
+    };
+    await fc.assert(
+      fc.asyncProperty(fc.array(fc.integer({ min: 0, max: 9000 }), { maxLength: 12 }), async (lengths) => {
+        file = new Uint8Array(0);
+        calls.length = 0;
+        const sink = syncFileSink('out.safetensors', target, async () => undefined);
+        const expected: number[] = [];
+        for (const [i, n] of lengths.entries()) {
+          const chunk = Uint8Array.from({ length: n }, (_, j) => (i * 31 + j) & 255);
+          expected.push(...chunk);
+          await sink.write(chunk);
+        }
+        await sink.commit();
+        expect(Buffer.from(file).equals(Buffer.from(expected))).toBe(true);
+        expect(sink.byteLength).toBe(expected.length);
+        expect(calls).toEqual([`truncate ${expected.length}`, 'close']);
+      }),
+      { numRuns: 40 },
+    );
+  });
+
+  it('syncFileSink: a failing handle rejects with IO_WRITE_FAILED; abort closes and discards the file', async () => {
+    let discarded = 0;
+    let closed = 0;
+    const target = {
+      write(): number {
+        throw new DOMException('quota exceeded', 'QuotaExceededError');
+      },
+      truncate() {},
+      close() {
+        closed++;
+      },
+    };
+    const sink = syncFileSink('full.safetensors', target, async () => {
+      discarded++;
+    });
+    await expect(sink.write(new Uint8Array(10))).rejects.toMatchObject({
+      code: 'IO_WRITE_FAILED',
+      message: expect.stringContaining('quota exceeded'),
+    });
+    await sink.abort();
+    expect([closed, discarded]).toEqual([1, 1]);
+    await expect(sink.write(new Uint8Array(1))).rejects.toMatchObject({ code: 'IO_WRITE_FAILED' });
+  });
+
+  it('readAheadSource: the wrapped bytes for forward, overlapping and backward reads; chunks fetched ahead', async () => {
+    const size = 5321;
+    const bytes = Uint8Array.from({ length: size }, (_, i) => (i * 7 + 3) & 255);
+    await fc.assert(
+      fc.asyncProperty(
+        fc.array(fc.tuple(fc.integer({ min: 0, max: size }), fc.integer({ min: 0, max: 1500 }), fc.boolean()), {
+          minLength: 1,
+          maxLength: 20,
+        }),
+        fc.boolean(),
+        async (reads, sorted) => {
+          const src = readAheadSource(bufferSource(bytes, 'base.safetensors'), 1000, 2);
+          const ranges = reads.map(([s, n, into]) => [s, Math.min(size, s + n), into] as const);
+          if (sorted) ranges.sort((a, b) => a[0] - b[0]);
+          // Issued together, as the fuse does with its read-ahead segment, then checked.
+          const got = await Promise.all(
+            ranges.map(async ([s, e, into]) => {
+              if (!into) return src.read(s, e);
+              const t = new Uint8Array(e - s);
+              await src.readInto?.(s, t);
+              return t;
+            }),
+          );
+          for (const [i, [s, e]] of ranges.entries())
+            expect(Buffer.from(got[i]!).equals(Buffer.from(bytes.subarray(s, e)))).toBe(true);
+        },
+      ),
+      { numRuns: 200 },
+    );
+    const asked: number[] = [];
+    const inner = bufferSource(bytes);
+    const counted = {
+      ...inner,
+      read(s: number, e: number) {
+        asked.push(s);
+        return inner.read(s, e);
+      },
+    };
+    const src = readAheadSource(counted, 1000, 2);
+    await src.read(10, 20);
+    expect(asked).toEqual([0, 1000, 2000]); // the chunk read and the two after it
+    await src.read(1500, 2500);
+    expect(asked).toEqual([0, 1000, 2000, 3000, 4000]);
+    await src.read(500, 600); // before the chunks kept: straight from the source
+    expect(asked.at(-1)).toBe(500);
   });
 });

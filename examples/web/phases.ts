@@ -15,21 +15,25 @@ export interface PhaseClock {
 
 export const newClock = (): PhaseClock => ({ read: 0, hash: 0 });
 
-/** `source` with the time of each read added to `clock.read`. */
+/** `source` with the time of each read (and readInto) added to `clock.read`. */
 export function timedSource(source: ByteSource, clock: PhaseClock): ByteSource {
-  return {
+  const time = async <T>(work: () => Promise<T>): Promise<T> => {
+    const t = performance.now();
+    try {
+      return await work();
+    } finally {
+      clock.read += (performance.now() - t) / 1000;
+    }
+  };
+  const timed: ByteSource = {
     ...source,
     name: source.name,
     byteLength: source.byteLength,
-    async read(start, end) {
-      const t = performance.now();
-      try {
-        return await source.read(start, end);
-      } finally {
-        clock.read += (performance.now() - t) / 1000;
-      }
-    },
+    read: (start, end) => time(() => source.read(start, end)),
   };
+  const readInto = source.readInto?.bind(source);
+  if (readInto) timed.readInto = (start, target) => time(() => readInto(start, target));
+  return timed;
 }
 
 /** `hash` with the time of each update added to `clock.hash`. */

@@ -23,7 +23,10 @@ export interface LoraInfo {
   defaultWeight: number;
   /** Seconds the worker spent reading, hashing and decoding the file. */
   seconds: number;
-  /** Of those: reading the file (one stream), its SHA-256, and decoding it from memory. */
+  /**
+   * Of those: reading the file (one File.arrayBuffer), its SHA-256 (WebCrypto: the wait for it after the decode, the
+   * hash itself runs off the worker's thread; else the WebAssembly hash on it), and decoding it from memory.
+   */
   phases: { read: number; hash: number; decode: number };
 }
 
@@ -107,8 +110,13 @@ export interface FuseSummary {
   bytes: number;
   /** The name of the file the worker wrote into (showSaveFilePicker), when it did. */
   savedTo?: string;
+  /**
+   * Without a chosen file, where the checkpoint offered for download is kept: a file of the origin-private file
+   * system (written through a synchronous access handle), or Blob parts in memory where the browser has none.
+   */
+  keptIn?: 'origin-private file' | 'memory';
   seconds: number;
-  /** Of those: File.slice waits of the base (summed; they overlap), waits on the output's writes, the kernel. */
+  /** Of those: waits for reads of the base (summed; they overlap), waits on the output's writes, the kernel. */
   phases: { read: number; write: number; kernel: number };
 }
 

@@ -211,3 +211,145 @@ export function writableSink(
     },
   };
 }
+
+/** What the sink needs of a FileSystemSyncAccessHandle (origin-private files, workers only). */
+export interface SyncTarget {
+  write(buffer: Uint8Array, options: { at: number }): number;
+  truncate(size: number): void;
+  close(): void;
+}
+
+/**
+ * A sink that writes into an origin-private file through its synchronous access handle: each write is a plain file
+ * write on the worker's thread — no stream, no copy into a Blob, no round trip to the browser process per chunk
+ * (306–386 MB/s here against ≈ 100 MB/s for a createWritable stream; bench/browser-io.ts). The caller owns the file:
+ * after commit it reads it back as a File (a Blob backed by the file, never held in memory); `discard` is called on
+ * abort to remove it.
+ */
+export function syncFileSink(
+  name: string,
+  target: SyncTarget,
+  discard: () => Promise<void>,
+): ByteSink & { readonly byteLength: number } {
+  let size = 0;
+  let state: 'open' | 'committed' | 'aborted' = 'open';
+  const fail = (what: string, e: unknown) =>
+    new IoError('IO_WRITE_FAILED', `${name}: ${what} failed (${e instanceof Error ? e.message : String(e)})`, {
+      file: name,
+    });
+  return {
+    name,
+    get byteLength() {
+      return size;
+    },
+    async write(chunk) {
+      if (state !== 'open')
+        throw new IoError('IO_WRITE_FAILED', `${name}: write after ${state === 'committed' ? 'commit' : 'abort'}`, {
+          file: name,
+        });
+      let at = 0;
+      try {
+        while (at < chunk.byteLength) {
+          const n = target.write(chunk.subarray(at), { at: size + at });
+          if (n <= 0) throw new Error(`wrote ${n} of ${chunk.byteLength - at} bytes`);
+          at += n;
+        }
+      } catch (e) {
+        throw fail('writing', e);
+      }
+      size += chunk.byteLength;
+    },
+    async commit() {
+      if (state === 'committed') return;
+      if (state === 'aborted') throw new IoError('IO_WRITE_FAILED', `${name}: commit after abort`, { file: name });
+      try {
+        target.truncate(size);
+        target.close();
+      } catch (e) {
+        throw fail('closing', e);
+      }
+      state = 'committed';
+    },
+    async abort() {
+      if (state !== 'open') return;
+      state = 'aborted';
+      try {
+        target.close();
+      } catch {
+        // already closed
+      }
+      await discard().catch(() => undefined);
+    },
+  };
+}
+
+/**
+ * `source` read ahead for a reader that goes through it front to back (a fuse reading its base checkpoint): the file
+ * is fetched in aligned chunks of `chunk` bytes, and every read also starts the fetch of the `depth` chunks after
+ * the last one it needs, so the browser keeps delivering bytes while the worker computes — instead of only when the
+ * next tensor is asked for. Chunks before a read's start are let go; a read before the oldest chunk kept goes to
+ * `source` directly. `readInto` copies from the chunks into the caller's buffer (one copy, as a plain read is).
+ */
+export function readAheadSource(source: ByteSource, chunk = 16 << 20, depth = 2): ByteSource {
+  const size = source.byteLength;
+  /** Chunk index → its bytes, being fetched or fetched. */
+  const chunks = new Map<number, Promise<Uint8Array>>();
+  /** Lowest chunk index still kept (reads before it go to the source). */
+  let floor = 0;
+  const fetch = (k: number): Promise<Uint8Array> => {
+    let p = chunks.get(k);
+    if (!p) {
+      p = source.read(k * chunk, Math.min(size, (k + 1) * chunk));
+      p.catch(() => undefined); // reported to the read that needs it
+      chunks.set(k, p);
+    }
+    return p;
+  };
+  /** The chunks covering [start, end), fetched, and the ones after them started; null: before the kept chunks. */
+  const cover = (start: number, end: number): Promise<Uint8Array>[] | null => {
+    const k0 = Math.floor(start / chunk);
+    if (k0 < floor) return null;
+    const k1 = Math.floor((end - 1) / chunk);
+    for (const k of chunks.keys()) if (k < k0) chunks.delete(k);
+    floor = k0;
+    const need: Promise<Uint8Array>[] = [];
+    for (let k = k0; k <= k1; k++) need.push(fetch(k));
+    for (let k = k1 + 1; k <= k1 + depth && k * chunk < size; k++) fetch(k);
+    return need;
+  };
+  const copy = async (start: number, target: Uint8Array, need: Promise<Uint8Array>[]): Promise<void> => {
+    let at = 0;
+    let k = Math.floor(start / chunk);
+    for (const p of need) {
+      const bytes = await p;
+      const from = start + at - k * chunk;
+      const n = Math.min(bytes.byteLength - from, target.byteLength - at);
+      target.set(bytes.subarray(from, from + n), at);
+      at += n;
+      k++;
+    }
+  };
+  return {
+    name: source.name,
+    byteLength: size,
+    async read(start, end) {
+      if (end <= start || end > size) return source.read(start, end);
+      const need = cover(start, end);
+      if (!need) return source.read(start, end);
+      const out = new Uint8Array(end - start);
+      await copy(start, out, need);
+      return out;
+    },
+    async readInto(start, target) {
+      const end = start + target.byteLength;
+      const need = end > start && end <= size ? cover(start, end) : null;
+      if (need) return copy(start, target, need);
+      if (source.readInto) return source.readInto(start, target);
+      target.set(await source.read(start, end));
+    },
+    async close() {
+      chunks.clear();
+      await source.close?.();
+    },
+  };
+}

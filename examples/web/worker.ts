@@ -1,7 +1,7 @@
 /**
- * The page's Web Worker: reads dropped files (only the byte ranges needed, through blobSource = File.slice),
- * decodes them, merges and writes the result into a Blob, reporting progress for each phase, so the page's own
- * thread only updates the DOM. All local.
+ * The page's Web Worker: reads dropped files (each whole, once), decodes them, merges and writes the result into a
+ * Blob (a fuse: into the chosen file, else an origin-private file), reporting progress for each phase, so the page's
+ * own thread only updates the DOM. All local.
  */
 import type { ByteSink } from '../../src/core/bytes.js';
 import { IoError, LoraError, LoraMixError } from '../../src/core/errors.js';
@@ -34,7 +34,8 @@ import type {
   ToWorker,
 } from './protocol.js';
 import { newClock, type PhaseClock, timedHash, timedSink, timedSource } from './phases.js';
-import { blobSink, countingSource, writableSink } from './streams.js';
+import { scratchSink } from './scratch.js';
+import { blobSink, countingSource, readAheadSource, writableSink } from './streams.js';
 
 interface WorkerScope {
   postMessage(message: FromWorker, transfer?: Transferable[]): void;
@@ -71,12 +72,21 @@ export function errorInfo(e: unknown): ErrorInfo {
   return { code: 'INTERNAL', name: 'Error', message: String(e) };
 }
 
+/** The browser's own SHA-256 (WebCrypto), or null where there is none (no secure context). */
+const subtle: SubtleCrypto | null = (globalThis.crypto as Crypto | undefined)?.subtle ?? null;
+
+const hex = (digest: ArrayBuffer): string =>
+  Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, '0')).join('');
+
 /**
- * A LoRA file's bytes and SHA-256: the file read once, whole (one File.arrayBuffer call: 135 MB in ≈ 0.5 s here,
- * against 0.7–1.4 s in 8–16 MiB File.slice windows), hashed in WebAssembly. The decoder then reads from memory (a
- * LoRA is small next to its decoded f32 factors, which the page keeps anyway; the buffer is dropped after the decode).
+ * A LoRA file's bytes and, as a promise, their SHA-256: the file read once, whole (one File.arrayBuffer call: 135 MB
+ * in ≈ 0.5 s here, against 0.7–1.4 s in 8–16 MiB File.slice windows). The hash is WebCrypto's `digest` where the
+ * page has it: it copies the bytes when called and hashes them off this thread (natively), in parallel with the
+ * decode, which is what this worker's thread does next; else the WebAssembly SHA-256 on this thread (≈ 0.6 s for
+ * 135 MB). The decoder then reads from memory (a LoRA is small next to its decoded f32 factors, which the page keeps
+ * anyway; the buffer is dropped after the decode).
  */
-async function readLora(file: File, clock: PhaseClock): Promise<{ bytes: Uint8Array; sha256: string }> {
+async function readLora(file: File, clock: PhaseClock): Promise<{ bytes: Uint8Array; sha256: Promise<string> }> {
   const t = performance.now();
   let bytes: Uint8Array;
   try {
@@ -85,8 +95,12 @@ async function readLora(file: File, clock: PhaseClock): Promise<{ bytes: Uint8Ar
     throw new IoError('IO_READ_FAILED', `${file.name}: reading the file failed (${String(e)})`, { file: file.name });
   }
   clock.read += (performance.now() - t) / 1000;
-  const sha256 = timedHash(createSha256(), clock).update(bytes).hex();
-  return { bytes, sha256 };
+  if (subtle) {
+    const digest = subtle.digest('SHA-256', bytes as Uint8Array<ArrayBuffer>).then(hex);
+    digest.catch(() => undefined); // awaited (and reported) after the decode
+    return { bytes, sha256: digest };
+  }
+  return { bytes, sha256: Promise.resolve(timedHash(createSha256(), clock).update(bytes).hex()) };
 }
 
 async function add(id: number, file: File): Promise<void> {
@@ -94,10 +108,13 @@ async function add(id: number, file: File): Promise<void> {
   try {
     const onRead = throttle((done, total) => scope.postMessage({ type: 'reading', id, done, total }));
     const clock = newClock();
-    const { bytes, sha256 } = await readLora(file, clock);
+    const { bytes, sha256: hashing } = await readLora(file, clock);
     const t1 = performance.now();
     const st = await parseSafetensors(countingSource(bufferSource(bytes, file.name), onRead));
     const lora = await decodeLora(st);
+    const waited = performance.now();
+    const sha256 = await hashing;
+    clock.hash += (performance.now() - waited) / 1000;
     onRead(file.size, file.size);
     if (removed.delete(id)) return;
     loras.set(id, { lora, name: file.name, size: file.size, sha256 });
@@ -114,7 +131,7 @@ async function add(id: number, file: File): Promise<void> {
         lcm,
         defaultWeight: defaultWeightFor(lcm),
         seconds: (performance.now() - t0) / 1000,
-        phases: { read: clock.read, hash: clock.hash, decode: (performance.now() - t1) / 1000 },
+        phases: { read: clock.read, hash: clock.hash, decode: (waited - t1) / 1000 },
       },
     });
   } catch (e) {
@@ -224,17 +241,26 @@ function fuseKernel(threads: number | undefined): Promise<FuseKernel> {
   return kernel;
 }
 
-/** What the fuse writes into: the chosen file's writable stream (streamed to disk), else Blob pieces. */
+/**
+ * What the fuse writes into: the chosen file's writable stream (streamed to disk), else a file of the origin-private
+ * file system (synchronous writes; the page gets it back as a File), else Blob pieces.
+ */
 async function fuseSink(
   name: string,
   target: FileSystemFileHandle | undefined,
-): Promise<{ sink: ByteSink & { readonly byteLength: number }; blob(): Blob | null }> {
+): Promise<{
+  sink: ByteSink & { readonly byteLength: number };
+  blob(): Promise<Blob | null>;
+  keptIn?: 'origin-private file' | 'memory';
+}> {
   if (!target) {
+    const scratch = await scratchSink('fuse', name);
+    if (scratch) return { sink: scratch.sink, blob: () => scratch.file(), keptIn: 'origin-private file' };
     const sink = blobSink(name);
-    return { sink, blob: () => sink.blob() };
+    return { sink, blob: async () => sink.blob(), keptIn: 'memory' };
   }
   try {
-    return { sink: writableSink(target.name, await target.createWritable()), blob: () => null };
+    return { sink: writableSink(target.name, await target.createWritable()), blob: async () => null };
   } catch (e) {
     throw new IoError('IO_WRITE_FAILED', `${target.name}: cannot open the chosen file for writing (${String(e)})`, {
       file: target.name,
@@ -274,7 +300,7 @@ async function fuse(
       scope.postMessage({ type: 'progress', job, done, total, phase: 'fuse' }),
     );
     const report = await fuseLoras(
-      timedSource(streamedBlobSource(base, base.name), clock),
+      timedSource(readAheadSource(streamedBlobSource(base, base.name)), clock),
       files.map((f) => f.lora),
       weights,
       {
@@ -286,7 +312,7 @@ async function fuse(
         onProgress: (p) => onProgress(p.bytesDone, p.bytesTotal),
       },
     );
-    const blob = out.blob();
+    const blob = await out.blob();
     scope.postMessage({
       type: 'fused',
       job,
@@ -299,6 +325,7 @@ async function fuse(
         kernel: `${report.kernel} (${report.backend})`,
         bytes: out.sink.byteLength,
         ...(target ? { savedTo: target.name } : {}),
+        ...(out.keptIn ? { keptIn: out.keptIn } : {}),
         seconds: (performance.now() - t0) / 1000,
         phases: { read: clock.read, write: clock.write, kernel: report.kernelSeconds },
       },
@@ -341,6 +368,9 @@ async function writeLora(
   metadata: Record<string, string>,
   fileName: string,
 ): Promise<{ blob: Blob; bytes: number; flushedToZero: number }> {
+  // Blob pieces, not an origin-private file: a LoRA is small, and with a profile in memory (a private window, the
+  // benchmark's fresh profile) the file's synchronous writes went through the browser process and took 3.3–3.6 s
+  // for the 172 MB merge against 1.2–2.0 s for Blob pieces (bench/RESULTS.md, issue 16 session 5).
   const encoded = encodeLora(lora, { format, dtype, metadata });
   const sink = blobSink(fileName);
   const onWrite = throttle((done, total) => scope.postMessage({ type: 'progress', job, done, total, phase: 'write' }));

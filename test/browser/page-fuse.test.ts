@@ -3,8 +3,8 @@
  * destination first and the worker streams the checkpoint into that file's writable stream (here the picker is
  * driven with a real FileSystemFileHandle from the origin-private file system, since headless Chromium cannot show
  * the dialog), never holding it whole. The file equals the download the page offers without the dialog, and the
- * same with the kernel on one thread (?threads=1) as on every core (the page is cross-origin isolated). A closed
- * dialog cancels quietly. (The sink's failure handling: test/web-streams.test.ts.)
+ * same with the kernel on one thread (?threads=1) as on every core (the page is cross-origin isolated); that download is
+ * an origin-private file the worker wrote, of which only the newest is kept. A closed dialog cancels quietly. (The sink's failure handling: test/web-streams.test.ts.)
  */
 import { join } from 'node:path';
 import { createHash } from 'node:crypto';
@@ -20,6 +20,20 @@ interface Fused {
   kernel: string;
   bytes: number;
   savedTo?: string;
+  keptIn?: string;
+}
+
+/** Files the worker keeps in its folder of the origin-private file system (lora-mix-results/<worker>/). */
+async function keptFiles(page: Page): Promise<string[]> {
+  return page.evaluate(async () => {
+    type Dir = FileSystemDirectoryHandle & { entries(): AsyncIterable<[string, FileSystemHandle]> };
+    const root = (await (await navigator.storage.getDirectory()).getDirectoryHandle('lora-mix-results')) as Dir;
+    const names: string[] = [];
+    for await (const [folder, h] of root.entries())
+      if (h.kind === 'directory')
+        for await (const [name] of (h as Dir).entries()) names.push(`${folder.replace(/^w\w+$/, 'w')}/${name}`);
+    return names.sort();
+  });
 }
 
 /** Replace the save dialog: 'opfs' answers with an OPFS file handle, 'none' removes the API, else it rejects. */
@@ -100,14 +114,19 @@ describe('page fuse into a chosen file (headless Chromium)', () => {
     expect(await page.evaluate(() => crossOriginIsolated)).toBe(true);
     expect(streamed?.kernel).toMatch(/×\d+ threads/);
 
-    // Without the dialog: a download of the same bytes.
+    // Without the dialog: a download of the same bytes, kept in an origin-private file the worker wrote through a
+    // synchronous access handle; a second fuse replaces it (only the newest is kept).
     await picker(page, 'none');
-    expect(await fuse(page)).toBe('done');
-    expect(await page.locator('#fuse-download').isVisible()).toBe(true);
-    const [d] = await Promise.all([page.waitForEvent('download'), page.click('#fuse-download')]);
-    const path = join(s.dir, 'fused-download.safetensors');
-    await d.saveAs(path);
-    expect(createHash('sha256').update(readFileSync(path)).digest('hex')).toBe(file.sha256);
+    for (const round of [1, 2]) {
+      expect(await fuse(page)).toBe('done');
+      expect((await lastFuse(page))?.keptIn).toBe('origin-private file');
+      expect(await keptFiles(page)).toEqual([`w/fuse-${round}.safetensors`]);
+      expect(await page.locator('#fuse-download').isVisible()).toBe(true);
+      const [d] = await Promise.all([page.waitForEvent('download'), page.click('#fuse-download')]);
+      const path = join(s.dir, 'fused-download.safetensors');
+      await d.saveAs(path);
+      expect(createHash('sha256').update(readFileSync(path)).digest('hex')).toBe(file.sha256);
+    }
 
     // One kernel thread (?threads=1): the same file.
     await prepare(one.page);
