@@ -62,7 +62,15 @@ export const KERNEL_FUNCTIONS = [
   'hadamard_bf16_f32',
   'hadamard_bf16_f16',
   'hadamard_bf16_bf16',
-  'kronecker_add',
+  'kronecker_f32_f32',
+  'kronecker_f32_f16',
+  'kronecker_f32_bf16',
+  'kronecker_f16_f32',
+  'kronecker_f16_f16',
+  'kronecker_f16_bf16',
+  'kronecker_bf16_f32',
+  'kronecker_bf16_f16',
+  'kronecker_bf16_bf16',
 ] as const;
 
 /** What a thread is given to start: the compiled kernel, the shared memory and where its words are. */
