@@ -277,14 +277,15 @@ function hadamardStage(k: Consts, src: Dt): string[] {
 }
 
 /**
- * out = f32(w + c·Δ) on four lanes, two at a time in f64, with Δ = f32(x·r), x = s·l in f64, and Δ = +0 where x is
- * 0 (whatever r is): the arithmetic, the two f32 roundings and the zero rule of the Kronecker product written into
- * the f32 rows in JS (src/lora/terms/kronecker.ts addKronecker; before, the kernel's kronecker_add pass) — where x is
- * 0 that code adds c·0, which is c·(+0) here.
+ * out = f32(w + c·Δ) on four lanes, two at a time in f64, with Δ = f32(x·r), x = s·left[a, c] (f64, two lanes at
+ * byte `xo` from the pointer local `xp`), and Δ = +0 where x is 0 (whatever r is): the arithmetic, the two f32
+ * roundings and the zero rule of the Kronecker product written into the f32 rows in JS
+ * (src/lora/terms/kronecker.ts addKronecker; before, the kernel's kronecker_add pass) — where x is 0 that code adds
+ * c·0, which is c·(+0) here.
  */
-function kroneckerLanes(out: string, w: string, l: string, r: string): string[] {
+function kroneckerLanes(out: string, w: string, xp: string, xo: number, r: string): string[] {
   const half = (high: boolean, to: string): string[] => [
-    `(local.set $x64 (f64x2.mul (local.get $sv) ${promote(l, high)}))`,
+    `(local.set $x64 (v128.load offset=${xo + (high ? 16 : 0)} ${get(xp)}))`,
     `(local.set $${to} (f32x4.demote_f64x2_zero (f64x2.add ${promote(w, high)} (f64x2.mul (local.get $cv) ` +
       `(v128.andnot (f64x2.promote_low_f32x4 (f32x4.demote_f64x2_zero (f64x2.mul (local.get $x64) ${promote(r, high)}))) ` +
       `(f64x2.eq (local.get $x64) (local.get $z64)))))))`,
@@ -299,7 +300,7 @@ function kroneckerLanes(out: string, w: string, l: string, r: string): string[] 
 /**
  * The row pointers of a Kronecker row tile: for tile row i, global row g = first + 4·it + i (a padding row past
  * the block's end uses the first row: its W is NaN, so is its result), a = g / o2, b = g mod o2, and
- * ql_i / qr_i point at row a of L / row b of R (row stride ldk = colsP·4 bytes).
+ * ql_i / qr_i point at row a of L (row stride 2·ldk: f64) / row b of R (row stride ldk = colsP·4 bytes).
  */
 function kroneckerRows(): string[] {
   const lines = [`(local.set $g (i32.add (local.get $g0) (i32.shl (local.get $it) (i32.const 2))))`];
@@ -308,7 +309,7 @@ function kroneckerRows(): string[] {
       `(local.set $gi (i32.add (local.get $g) (i32.const ${i})))`,
       `(if (i32.ge_u (local.get $gi) (local.get $gEnd)) (then (local.set $gi (local.get $g0))))`,
       `(local.set $ka (i32.div_u (local.get $gi) (local.get $o2)))`,
-      `(local.set $ql${i} (i32.add (local.get $pl) (i32.mul (local.get $ka) (local.get $ldk))))`,
+      `(local.set $ql${i} (i32.add (local.get $pl) (i32.shl (i32.mul (local.get $ka) (local.get $ldk)) (i32.const 1))))`,
       `(local.set $qr${i} (i32.add (local.get $pr) (i32.mul (i32.sub (local.get $gi) (i32.mul (local.get $ka) (local.get $o2))) (local.get $ldk))))`,
     );
   }
@@ -317,21 +318,24 @@ function kroneckerRows(): string[] {
 
 /**
  * The Kronecker stage of a tile: each row's W' = f32(W + c·Δ) into the thread's tile scratch ($pt), in the values
- * of the passes it replaces: W32 = W + 0 (a rank-0 update to f32), then Δ[g, j] = s·L[a, j]·R[b, j] added in f64.
- * L [o1, colsP] and R [o2, colsP] are the sides expanded along the columns (L[a, c·n2 + d] = left[a, c],
- * R[b, c·n2 + d] = right[b, d], zero in the padding columns), so a tile's 8 columns are two v128 loads of each.
+ * of the passes it replaces: W32 = W + 0 (a rank-0 update to f32), then Δ[g, j] = L[a, j]·R[b, j] added in f64.
+ * L [o1, colsP] (f64) and R [o2, colsP] (f32) are the sides expanded along the columns (L[a, c·n2 + d] =
+ * s·left[a, c] in f64, R[b, c·n2 + d] = right[b, d], zero in the padding columns), so a tile's 8 columns are four
+ * v128 loads of L and two of R.
  */
 function kroneckerStage(k: Consts, src: Dt): string[] {
   const lines = [tileSrc(src), `(local.set $jo (i32.shl (local.get $jt) (i32.const 5)))`];
   for (let i = 0; i < 4; i++) {
     if (i > 0) lines.push(`(local.set $ps (i32.add (local.get $ps) (local.get $ldsrc)))`);
-    lines.push(...loadRow(k, src, 'ps'));
+    lines.push(
+      ...loadRow(k, src, 'ps'),
+      `(local.set $xp (i32.add (local.get $ql${i}) (i32.shl (local.get $jo) (i32.const 1))))`,
+    );
     for (const j of [0, 1]) {
       lines.push(
         `(local.set $x${j} (f32x4.add (local.get $x${j}) ${k.c(0)}))`,
-        `(local.set $p1 (v128.load offset=${16 * j} (i32.add (local.get $ql${i}) (local.get $jo))))`,
         `(local.set $p2 (v128.load offset=${16 * j} (i32.add (local.get $qr${i}) (local.get $jo))))`,
-        ...kroneckerLanes('p1', `x${j}`, 'p1', 'p2'),
+        ...kroneckerLanes('p1', `x${j}`, 'xp', 32 * j, 'p2'),
         `(v128.store offset=${32 * i + 16 * j} (local.get $pt) (local.get $p1))`,
       );
     }
@@ -443,7 +447,8 @@ function updateFunc(src: Dt, dst: Dt, kind: FuncKind = 'update'): string {
     // the sides' row stride: colsP f32 values (ldsrc is colsP stored values)
     `(local.set $ldk (i32.shl (local.get $ldsrc) (i32.const ${Math.log2(4 / SIZE[src])})))`,
     scratchInit,
-    ...coefInit,
+    // s is already in L
+    coefInit[1]!,
     `(local.set $z64 ${c32(0)})`,
   ];
   const body = [
@@ -519,6 +524,7 @@ function updateFunc(src: Dt, dst: Dt, kind: FuncKind = 'update'): string {
           'ldk',
           'pt',
           'jo',
+          'xp',
           'g',
           'gi',
           'ka',

@@ -125,10 +125,11 @@ export function panelTiles(r: number): number {
 
 /**
  * Column tiles per panel of a kronecker_* block: the B panel of rank r, the panel's part of every row of the
- * expanded right side (o2 rows, all used by each row of the left side) and one left row stay in L2 together.
+ * expanded right side (o2 f32 rows, all used by each row of the left side) and one left row (f64) stay in L2
+ * together.
  */
 export function kroneckerPanelTiles(r: number, rightRows: number): number {
-  return panelTiles(r + rightRows + 1);
+  return panelTiles(r + rightRows + 2);
 }
 
 export class WasmEngine {
@@ -379,23 +380,25 @@ export class WasmEngine {
 
   /**
    * Write a LoKr's sides expanded along the columns at `base` (64-byte aligned) for the kronecker_* functions:
-   * L [o1, colsP] with L[a, c·n2 + d] = left[a, c], R [o2, colsP] with R[b, c·n2 + d] = right[b, d], both zero in the
-   * padding columns [cols, colsP). Returns their offsets and the end of the bytes used.
+   * L [o1, colsP] f64 with L[a, c·n2 + d] = s·left[a, c] (the f64 product the dense path forms), R [o2, colsP] f32
+   * with R[b, c·n2 + d] = right[b, d], both zero in the padding columns [cols, colsP). Returns their offsets and the
+   * end of the bytes used.
    */
   setKroneckerSides(k: KroneckerPart, base: number): { pl: number; pr: number; end: number } {
-    const { rows: o1, leftCols: i1, rightRows: o2, rightCols: n2, left, right } = k;
+    const { rows: o1, leftCols: i1, rightRows: o2, rightCols: n2, left, right, scale } = k;
     const cols = i1 * n2;
     const colsP = align(Math.max(cols, 1), 8);
     const pl = align(base, 64);
-    const pr = align(pl + o1 * colsP * 4, 64);
+    const pr = align(pl + o1 * colsP * 8, 64);
     const end = pr + o2 * colsP * 4;
     this.ensure(end + 64);
-    const f = this.f32;
+    const l64 = new Float64Array(this.memory.buffer, pl, o1 * colsP);
     for (let a = 0; a < o1; a++) {
-      const row = pl / 4 + a * colsP;
-      for (let c = 0; c < i1; c++) f.fill(left[a * i1 + c] as number, row + c * n2, row + (c + 1) * n2);
-      f.fill(0, row + cols, row + colsP);
+      const row = a * colsP;
+      for (let c = 0; c < i1; c++) l64.fill(scale * (left[a * i1 + c] as number), row + c * n2, row + (c + 1) * n2);
+      l64.fill(0, row + cols, row + colsP);
     }
+    const f = this.f32;
     for (let b = 0; b < o2; b++) {
       const row = pr / 4 + b * colsP;
       const src = right.subarray(b * n2, (b + 1) * n2);
