@@ -20,6 +20,7 @@ import { addTermInto, hadamardPairs, kroneckerSides, termDelta, type AsyncProduc
 import { decodeToF32 } from '../src/core/dtype.js';
 import type { HadamardTerm, KroneckerTerm } from '../src/lora/types.js';
 import { STORED_FLOAT_SIZE, type FuseKernel, type StoredFloat } from '../src/kernels/types.js';
+import { kroneckerUnit } from '../src/kernels/wasm-engine.js';
 import { numberToBf16Bits, numberToF16Bits } from '../src/core/dtype-scalar.js';
 import { foldTucker } from '../src/formats/adapters.js';
 
@@ -373,7 +374,8 @@ describe("updateKronecker (the kernel's LoKr job: one pass per tile) writes the 
       const job = { rows, cols, rank, up: random(rows * rank, 4, 0.1), down: random(rank * cols, 5, 0.1) };
       const sides = kroneckerSides(t, name);
       for (const kernel of kernels) {
-        for (const coef of [0.7, -1.3]) {
+        // ±1: the kronunit_* functions (f32) where s·left is exactly f32 (scale 1, 0.5, 2 here), else kronecker_*
+        for (const coef of [0.7, -1.3, 1, -1]) {
           const w = denseReference(decodeToF32(srcDtype, src), termDelta(t, name), coef);
           const want = new Uint8Array(rows * cols * STORED_FLOAT_SIZE[dstDtype]);
           const r0 = await kernel.update(new Uint8Array(w.buffer), 'F32', want, dstDtype, job);
@@ -417,6 +419,19 @@ describe("updateKronecker (the kernel's LoKr job: one pass per tile) writes the 
     const base = encode(w0, 'F16');
     const job = { rows, cols, rank: 2, up: random(rows * 2, 94, 0.1), down: random(2 * cols, 95, 0.1) };
     const sides = kroneckerSides(t, 'x');
+    // the same W on the f32 functions (c = 1, w2 finite): NaN, ±Inf and ±0 in W
+    const finite: KroneckerTerm = { ...t, right: { full: ndarray(random(40 * 24, 92, 1), [40, 24]) } };
+    const fSides = kroneckerSides(finite, 'x');
+    expect(kroneckerUnit({ ...fSides, scale: 1, coef: 1 })).toBe(1);
+    for (const kernel of kernels) {
+      const w = denseReference(decodeToF32('F16', base), termDelta(finite, 'x'), 1);
+      const want = new Uint8Array(base.length);
+      const r0 = await kernel.update(new Uint8Array(w.buffer), 'F32', want, 'F16', job);
+      const got = base.slice();
+      const r = await kernel.updateKronecker!(got, 'F16', got, 'F16', job, { ...fSides, scale: 1, coef: 1 });
+      expect(Buffer.compare(Buffer.from(got), Buffer.from(want)), `${kernel.name}, f32 functions`).toBe(0);
+      expect(r).toEqual(r0);
+    }
     for (const kernel of kernels) {
       for (const clamp of [false, true]) {
         const w = denseReference(decodeToF32('F16', base), delta, 30000);
@@ -438,6 +453,19 @@ describe("updateKronecker (the kernel's LoKr job: one pass per tile) writes the 
         expect(r).toEqual(r0);
       }
     }
+  });
+
+  it("the f32 functions (kronunit_*) are picked only where they give the f64 ones' values", () => {
+    const part = { left: random(12, 1, 1), rows: 3, leftCols: 4, right: random(20, 2), rightRows: 4, rightCols: 5 };
+    expect(kroneckerUnit({ ...part, scale: 1, coef: 1 })).toBe(1);
+    expect(kroneckerUnit({ ...part, scale: 0.125, coef: -1 })).toBe(-1);
+    // c·s·left not exactly f32, or c not ±1: f64
+    expect(kroneckerUnit({ ...part, scale: 0.1, coef: 1 })).toBe(0);
+    expect(kroneckerUnit({ ...part, scale: 1, coef: 0.5 })).toBe(0);
+    // a non-finite right value (the zero rule needs the f64 functions' mask)
+    const right = part.right.slice();
+    right[7] = Number.NaN;
+    expect(kroneckerUnit({ ...part, right, scale: 1, coef: 1 })).toBe(0);
   });
 
   it('LoKr jobs of changing shapes one after another on one kernel, between LoHa and plain jobs', async () => {

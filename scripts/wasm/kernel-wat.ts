@@ -300,18 +300,43 @@ function kroneckerLanes(out: string, w: string, xp: string, xo: number, r: strin
 /**
  * The row pointers of a Kronecker row tile: for tile row i, global row g = first + 4·it + i (a padding row past
  * the block's end uses the first row: its W is NaN, so is its result), a = g / o2, b = g mod o2, and
- * ql_i / qr_i point at row a of L (row stride 2·ldk: f64) / row b of R (row stride ldk = colsP·4 bytes).
+ * ql_i / qr_i point at row a of L (row stride 2·ldk when L is f64, `lf64`, else ldk) / row b of R (row stride
+ * ldk = colsP·4 bytes).
  */
-function kroneckerRows(): string[] {
+function kroneckerRows(lf64: boolean): string[] {
   const lines = [`(local.set $g (i32.add (local.get $g0) (i32.shl (local.get $it) (i32.const 2))))`];
   for (let i = 0; i < 4; i++) {
     lines.push(
       `(local.set $gi (i32.add (local.get $g) (i32.const ${i})))`,
       `(if (i32.ge_u (local.get $gi) (local.get $gEnd)) (then (local.set $gi (local.get $g0))))`,
       `(local.set $ka (i32.div_u (local.get $gi) (local.get $o2)))`,
-      `(local.set $ql${i} (i32.add (local.get $pl) (i32.shl (i32.mul (local.get $ka) (local.get $ldk)) (i32.const 1))))`,
+      `(local.set $ql${i} (i32.add (local.get $pl) (i32.shl (i32.mul (local.get $ka) (local.get $ldk)) (i32.const ${lf64 ? 1 : 0}))))`,
       `(local.set $qr${i} (i32.add (local.get $pr) (i32.mul (i32.sub (local.get $gi) (i32.mul (local.get $ka) (local.get $o2))) (local.get $ldk))))`,
     );
+  }
+  return lines;
+}
+
+/**
+ * The Kronecker stage of a kronunit_* tile: W' = f32(W32 + f32(L·R)) in f32, L = c·s·left expanded in f32. run()
+ * picks these functions only where that is the f64 stage's arithmetic exactly: c = ±1 and every c·s·left[a, c] an
+ * f32 (finite): then x·r is exact in f64, so f32(x·r) is the f32 product; c·Δ = ±Δ; and f32(w + Δ) computed in f64
+ * is the f32 sum (f64 has more than 2·24 + 2 bits); every right[b, d] finite: then x = 0 gives ±0, and w + ±0 = w
+ * (w is never −0 after W + 0), the value the zero rule gives.
+ */
+function kroneckerUnitStage(k: Consts, src: Dt): string[] {
+  const lines = [tileSrc(src), `(local.set $jo (i32.shl (local.get $jt) (i32.const 5)))`];
+  for (let i = 0; i < 4; i++) {
+    if (i > 0) lines.push(`(local.set $ps (i32.add (local.get $ps) (local.get $ldsrc)))`);
+    lines.push(...loadRow(k, src, 'ps'));
+    for (const j of [0, 1]) {
+      lines.push(
+        `(local.set $x${j} (f32x4.add (local.get $x${j}) ${k.c(0)}))`,
+        `(local.set $p1 (v128.load offset=${16 * j} (i32.add (local.get $ql${i}) (local.get $jo))))`,
+        `(local.set $p2 (v128.load offset=${16 * j} (i32.add (local.get $qr${i}) (local.get $jo))))`,
+        `(v128.store offset=${32 * i + 16 * j} (local.get $pt) (f32x4.add (local.get $x${j}) (f32x4.mul (local.get $p1) (local.get $p2))))`,
+      );
+    }
   }
   return lines;
 }
@@ -344,7 +369,7 @@ function kroneckerStage(k: Consts, src: Dt): string[] {
 }
 
 /** The generated update functions: the plain update, and the LoHa and LoKr forms that add a term first. */
-type FuncKind = 'update' | 'hadamard' | 'kronecker';
+type FuncKind = 'update' | 'hadamard' | 'kronecker' | 'kronunit';
 
 /**
  * update_{src}_{dst}: W' = W + U·D over row tiles [it0, it1), column tiles [jt0, jt1).
@@ -358,10 +383,16 @@ type FuncKind = 'update' | 'hadamard' | 'kronecker';
  */
 function updateFunc(src: Dt, dst: Dt, kind: FuncKind = 'update'): string {
   const hadamard = kind === 'hadamard';
-  const kronecker = kind === 'kronecker';
+  const kronecker = kind === 'kronecker' || kind === 'kronunit';
   const k = new Consts(HOIST_CONSTS);
   const epi = epilogue(k, src, dst, kind !== 'update');
-  const stage = hadamard ? hadamardStage(k, src) : kronecker ? kroneckerStage(k, src) : [];
+  const stage = hadamard
+    ? hadamardStage(k, src)
+    : kind === 'kronecker'
+      ? kroneckerStage(k, src)
+      : kind === 'kronunit'
+        ? kroneckerUnitStage(k, src)
+        : [];
   const accs: string[] = [];
   for (let i = 0; i < 4; i++) for (let j = 0; j < 2; j++) accs.push(`c${i}${j}`);
   const zero = accs.map((c) => `(local.set $${c} ${c32(0)})`);
@@ -468,7 +499,7 @@ function updateFunc(src: Dt, dst: Dt, kind: FuncKind = 'update'): string {
     `  (local.set $it (local.get $it0))`,
     `  (loop $rowtiles`,
     `    (local.set $jt (local.get $jc))`,
-    ...(kronecker ? [indent(kroneckerRows(), 4)] : []),
+    ...(kronecker ? [indent(kroneckerRows(kind === 'kronecker'), 4)] : []),
     `    (loop $coltiles`,
     ...(hadamard ? hadamardTile : kronecker ? kroneckerTile : plainTile),
     indent(epi, 6),
@@ -609,6 +640,7 @@ export function kernelWat(): string {
   for (const s of DTYPES) for (const d of DTYPES) funcs.push(updateFunc(s, d));
   for (const s of DTYPES) for (const d of DTYPES) funcs.push(updateFunc(s, d, 'hadamard'));
   for (const s of DTYPES) for (const d of DTYPES) funcs.push(updateFunc(s, d, 'kronecker'));
+  for (const s of DTYPES) for (const d of DTYPES) funcs.push(updateFunc(s, d, 'kronunit'));
   return `;; Generated by scripts/build-wasm.ts from scripts/wasm/kernel-wat.ts: do not edit by hand.
 ;; Fused low-rank update W' = W + A.B (f32 math, one rounding to the output dtype). See kernel-wat.ts.
 ;; This text is the relaxed-SIMD, private-memory build; the other builds are derived by kernelVariant():

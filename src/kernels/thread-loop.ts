@@ -71,6 +71,15 @@ export const KERNEL_FUNCTIONS = [
   'kronecker_bf16_f32',
   'kronecker_bf16_f16',
   'kronecker_bf16_bf16',
+  'kronunit_f32_f32',
+  'kronunit_f32_f16',
+  'kronunit_f32_bf16',
+  'kronunit_f16_f32',
+  'kronunit_f16_f16',
+  'kronunit_f16_bf16',
+  'kronunit_bf16_f32',
+  'kronunit_bf16_f16',
+  'kronunit_bf16_bf16',
 ] as const;
 
 /** What a thread is given to start: the compiled kernel, the shared memory and where its words are. */

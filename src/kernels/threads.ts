@@ -30,6 +30,7 @@ import {
   HADAMARD_SCRATCH_BYTES,
   kernelModuleSync,
   kroneckerPanelTiles,
+  kroneckerUnit,
   MAX_PAGES,
   MAX_THREADS,
   panelTiles,
@@ -423,7 +424,8 @@ export async function createThreadedKernel<T>(
    * hadamard_* functions compute both products of a tile in registers, combine them and add U·D there, so no
    * product region, f32 copy of W or extra pass exists, and W is copied in and out as for a plain update.
    * With `k`, the same for the LoKr Δ = s·left ⊗ right: its sides are expanded along the columns once per job
-   * (setKroneckerSides) and the kronecker_* functions add Δ to each tile where they read W.
+   * (setKroneckerSides) and the kronecker_* functions add Δ to each tile where they read W (in f64 as the dense
+   * path does, or, where kroneckerUnit shows that f32 gives the same values, the kronunit_* ones in f32).
    */
   async function run(
     io: Omit<BlockIo, 'b' | 'cols'>,
@@ -437,8 +439,9 @@ export async function createThreadedKernel<T>(
     // a LoKr's per-element f64 work costs about as much as a rank-8 product (for the parallel threshold only)
     const rank = job.rank + (h ? h.a.rank + h.b.rank : 0) + (k ? KRONECKER_RANK : 0);
     let kBase = end;
+    const unit = k ? kroneckerUnit(k) : 0;
     if (k) {
-      const sides = engine.setKroneckerSides(k, end);
+      const sides = engine.setKroneckerSides(k, end, unit);
       const scratch = alignTo(sides.end, 64);
       engine.setKroneckerParams(k.scale, k.coef, sides, k.rightRows, scratch);
       kBase = scratch + MAX_THREADS * HADAMARD_SCRATCH_BYTES;
@@ -459,7 +462,11 @@ export async function createThreadedKernel<T>(
       const b = h
         ? { ...laid, fn: laid.fn.replace('update_', 'hadamard_'), nc: panelTiles(rank) }
         : k
-          ? { ...laid, fn: laid.fn.replace('update_', 'kronecker_'), nc: kroneckerPanelTiles(job.rank, k.rightRows) }
+          ? {
+              ...laid,
+              fn: laid.fn.replace('update_', unit ? 'kronunit_' : 'kronecker_'),
+              nc: kroneckerPanelTiles(job.rank, k.rightRows),
+            }
           : laid;
       engine.resetCounts(threads);
       const flops = 2 * (r1 - r0) * job.cols * rank;

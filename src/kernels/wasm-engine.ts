@@ -62,7 +62,7 @@ type KernelFn = (
 export interface KernelExports {
   pack_a(src: number, dst: number, rows: number, r: number): void;
   pack_b(src: number, dst: number, cols: number, r: number): void;
-  [update: `update_${string}` | `hadamard_${string}` | `kronecker_${string}`]: KernelFn;
+  [update: `update_${string}` | `hadamard_${string}` | `kronecker_${string}` | `kronunit_${string}`]: KernelFn;
 }
 
 const DT: Record<StoredFloat, string> = { F32: 'f32', F16: 'f16', BF16: 'bf16' };
@@ -121,6 +121,21 @@ const align = (n: number, a: number): number => Math.ceil(n / a) * a;
 /** Column tiles per packed-B panel for rank r (the `nc` of a block). */
 export function panelTiles(r: number): number {
   return Math.max(1, Math.floor(PANEL_BYTES / Math.max(1, 32 * r)));
+}
+
+/**
+ * ±1 when a LoKr can run on the kronunit_* functions (f32 arithmetic, the same values as the f64 kronecker_* ones):
+ * c = ±1 (the sign returned), every s·left[a, c] finite and exactly an f32, every right[b, d] finite; 0 otherwise.
+ * (See kroneckerUnitStage in scripts/wasm/kernel-wat.ts for why those conditions make the two equal.)
+ */
+export function kroneckerUnit(k: KroneckerPart): 0 | 1 | -1 {
+  if (k.coef !== 1 && k.coef !== -1) return 0;
+  for (let i = 0; i < k.left.length; i++) {
+    const x = k.scale * (k.left[i] as number);
+    if (!Number.isFinite(x) || Math.fround(x) !== x) return 0;
+  }
+  for (let i = 0; i < k.right.length; i++) if (!Number.isFinite(k.right[i] as number)) return 0;
+  return k.coef;
 }
 
 /**
@@ -381,22 +396,27 @@ export class WasmEngine {
   /**
    * Write a LoKr's sides expanded along the columns at `base` (64-byte aligned) for the kronecker_* functions:
    * L [o1, colsP] f64 with L[a, c·n2 + d] = s·left[a, c] (the f64 product the dense path forms), R [o2, colsP] f32
-   * with R[b, c·n2 + d] = right[b, d], both zero in the padding columns [cols, colsP). Returns their offsets and the
-   * end of the bytes used.
+   * with R[b, c·n2 + d] = right[b, d], both zero in the padding columns [cols, colsP). With `unit` (±1, the kronunit_*
+   * functions, see kroneckerUnit) L is f32 and holds unit·s·left[a, c]. Returns their offsets and the end of the
+   * bytes used.
    */
-  setKroneckerSides(k: KroneckerPart, base: number): { pl: number; pr: number; end: number } {
+  setKroneckerSides(k: KroneckerPart, base: number, unit: 0 | 1 | -1 = 0): { pl: number; pr: number; end: number } {
     const { rows: o1, leftCols: i1, rightRows: o2, rightCols: n2, left, right, scale } = k;
     const cols = i1 * n2;
     const colsP = align(Math.max(cols, 1), 8);
     const pl = align(base, 64);
-    const pr = align(pl + o1 * colsP * 8, 64);
+    const pr = align(pl + o1 * colsP * (unit ? 4 : 8), 64);
     const end = pr + o2 * colsP * 4;
     this.ensure(end + 64);
-    const l64 = new Float64Array(this.memory.buffer, pl, o1 * colsP);
+    const l = unit
+      ? new Float32Array(this.memory.buffer, pl, o1 * colsP)
+      : new Float64Array(this.memory.buffer, pl, o1 * colsP);
+    const sign = unit || 1;
     for (let a = 0; a < o1; a++) {
       const row = a * colsP;
-      for (let c = 0; c < i1; c++) l64.fill(scale * (left[a * i1 + c] as number), row + c * n2, row + (c + 1) * n2);
-      l64.fill(0, row + cols, row + colsP);
+      for (let c = 0; c < i1; c++)
+        l.fill(sign * (scale * (left[a * i1 + c] as number)), row + c * n2, row + (c + 1) * n2);
+      l.fill(0, row + cols, row + colsP);
     }
     const f = this.f32;
     for (let b = 0; b < o2; b++) {
@@ -467,7 +487,7 @@ export class WasmEngine {
 
 /** Call the kernel for row tiles [it0, it1) of a block (also used by worker threads). */
 export function runBlock(ex: KernelExports, b: Block, it0: number, it1: number, slot: number): void {
-  const fn = ex[b.fn as `update_${string}` | `hadamard_${string}` | `kronecker_${string}`];
+  const fn = ex[b.fn as `update_${string}` | `hadamard_${string}` | `kronecker_${string}` | `kronunit_${string}`];
   if (!fn) throw new FuseError('KERNEL_FAILED', `kernel: the WASM module has no function ${b.fn}`, { found: b.fn });
   fn(
     b.pa,
