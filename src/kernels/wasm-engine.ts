@@ -362,7 +362,7 @@ export class WasmEngine {
     return { pa, pb, end: Math.max(stagingB + rank * cols * 4, staging + n * rank * 4) };
   }
 
-  /** Write the coefficients s and c of the hadamard_* functions and kronecker_add. */
+  /** Write the coefficients s and c of the hadamard_* and kronecker_* functions. */
   setHadamardCoefs(scale: number, coef: number): void {
     const v = new Float64Array(this.memory.buffer, HADAMARD_COEF_OFFSET, 2);
     v[0] = scale;
