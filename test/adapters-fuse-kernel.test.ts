@@ -20,7 +20,9 @@ import { addTermInto, hadamardPairs, kroneckerSides, termDelta, type AsyncProduc
 import { decodeToF32 } from '../src/core/dtype.js';
 import type { HadamardTerm, KroneckerTerm } from '../src/lora/types.js';
 import { STORED_FLOAT_SIZE, type FuseKernel, type StoredFloat } from '../src/kernels/types.js';
+import { kroneckerUnit } from '../src/kernels/wasm-engine.js';
 import { numberToBf16Bits, numberToF16Bits } from '../src/core/dtype-scalar.js';
+import { foldTucker } from '../src/formats/adapters.js';
 
 const FX = path.resolve(import.meta.dirname, '..', 'fixtures');
 const BASE = path.join(FX, 'sd15', 'base.safetensors');
@@ -285,6 +287,220 @@ describe("updateHadamard (the kernel's LoHa job) writes the bytes of the dense p
     await expect(
       kernels[0]!.updateHadamard!(buf, 'F16', buf, 'F16', job, { a: { ...a, rank: 3 }, b, scale: 1, coef: 1 }),
     ).rejects.toMatchObject({ code: 'KERNEL_INVALID_JOB' });
+  });
+});
+
+/** A side given full ([rows, cols] values) or as the product [rows, r]·[r, cols]. */
+function side(rows: number, cols: number, rank: number, seed: number, scale = 0.5): KroneckerTerm['left'] {
+  if (rank === 0) return { full: ndarray(random(rows * cols, seed, scale), [rows, cols]) };
+  return {
+    up: ndarray(random(rows * rank, seed, scale), [rows, rank]),
+    down: ndarray(random(rank * cols, seed + 1, scale), [rank, cols]),
+  };
+}
+
+/**
+ * A conv LoKr whose w2 has a Tucker core, as the decoder builds it from lokr_w2_a [r, o2], lokr_w2_b [r, i2] and
+ * lokr_t2 [r, r, kh, kw]: up = lokr_w2_aᵀ, down = the core folded into lokr_w2_b (src/formats/adapters.ts).
+ */
+function tuckerLokr(o1: number, i1: number, o2: number, i2: number, r: number, seed: number): KroneckerTerm {
+  const a = random(r * o2, seed, 0.3);
+  const up = new Float32Array(o2 * r);
+  for (let p = 0; p < r; p++) for (let o = 0; o < o2; o++) up[o * r + p] = a[p * o2 + o]!;
+  const down = foldTucker(random(r * r * 9, seed + 1, 0.3), [r, r, 3, 3], random(r * i2, seed + 2, 0.3), i2);
+  return {
+    kind: 'kronecker',
+    shape: [o1 * o2, i1 * i2, 3, 3],
+    scale: 0.75,
+    left: side(o1, i1, 0, seed + 3),
+    right: { up: ndarray(up, [o2, r]), down: ndarray(down, [r, i2 * 9]) },
+  };
+}
+
+describe("updateKronecker (the kernel's LoKr job: one pass per tile) writes the bytes of the dense path", () => {
+  // [name, term, job rank, source dtype, output dtype]
+  const cases: [string, KroneckerTerm, number, StoredFloat, StoredFloat][] = [
+    [
+      'attention 1280×1280: w1 full [32, 32] ⊗ w2 [40, 8]·[8, 40], F16 → F16',
+      { kind: 'kronecker', shape: [1280, 1280], scale: 1, left: side(32, 32, 0, 31), right: side(40, 40, 8, 32, 0.3) },
+      0,
+      'F16',
+      'F16',
+    ],
+    [
+      'conv 320×640×3×3, w2 with a Tucker core, rank-3 LoRA, BF16 → F16',
+      tuckerLokr(16, 32, 20, 20, 4, 41),
+      3,
+      'BF16',
+      'F16',
+    ],
+    [
+      'both sides factored, 1339×651 (rows and columns off the tiles, 93 = w2 columns), rank-5 LoRA, F32 → BF16',
+      { kind: 'kronecker', shape: [1339, 651], scale: 2, left: side(13, 7, 2, 51), right: side(103, 93, 3, 53) },
+      5,
+      'F32',
+      'BF16',
+    ],
+    [
+      'w2 narrower than a tile: [64, 3] full, w1 [20, 40] full, F16 → F32',
+      { kind: 'kronecker', shape: [1280, 120], scale: 0.5, left: side(20, 40, 0, 61), right: side(64, 3, 0, 62) },
+      0,
+      'F16',
+      'F32',
+    ],
+    [
+      'w1 a single row: [1, 6] ⊗ w2 [518, 11]·… (tiles across w1 columns), rank-2 LoRA, BF16 → BF16',
+      { kind: 'kronecker', shape: [518, 66], scale: 1.5, left: side(1, 6, 0, 71), right: side(518, 11, 4, 72) },
+      2,
+      'BF16',
+      'BF16',
+    ],
+    [
+      'tiny 6×10 (one thread does it), F32 → F32',
+      { kind: 'kronecker', shape: [6, 10], scale: 1, left: side(2, 5, 0, 81), right: side(3, 2, 0, 82) },
+      1,
+      'F32',
+      'F32',
+    ],
+  ];
+  for (const [name, t, rank, srcDtype, dstDtype] of cases) {
+    it(name, async () => {
+      const rows = t.shape[0]!;
+      const cols = t.shape.slice(1).reduce((x, y) => x * y, 1);
+      const w0 = random(rows * cols, rows + 1, 0.3);
+      // zeros of both signs in the base: W + 0 turns −0 into +0 before the add, in both paths
+      for (let i = 0; i < w0.length; i += 331) w0[i] = i % 2 === 0 ? 0 : -0;
+      const src = encode(w0, srcDtype);
+      const job = { rows, cols, rank, up: random(rows * rank, 4, 0.1), down: random(rank * cols, 5, 0.1) };
+      const sides = kroneckerSides(t, name);
+      for (const kernel of kernels) {
+        // ±1: the kronunit_* functions (f32) where s·left is exactly f32 (scale 1, 0.5, 2 here), else kronecker_*
+        for (const coef of [0.7, -1.3, 1, -1]) {
+          const w = denseReference(decodeToF32(srcDtype, src), termDelta(t, name), coef);
+          const want = new Uint8Array(rows * cols * STORED_FLOAT_SIZE[dstDtype]);
+          const r0 = await kernel.update(new Uint8Array(w.buffer), 'F32', want, dstDtype, job);
+          const got = new Uint8Array(want.length);
+          const r = await kernel.updateKronecker!(src, srcDtype, got, dstDtype, job, {
+            ...sides,
+            scale: t.scale,
+            coef,
+          });
+          expect(Buffer.compare(Buffer.from(got), Buffer.from(want)), `${kernel.name}, coef ${coef}`).toBe(0);
+          expect(r).toEqual(r0);
+        }
+      }
+    });
+  }
+
+  it('specials, in place: NaN / ±Inf / ±0 in W, Inf in w2 where w1 is 0, overflow with and without clamp', async () => {
+    const left = random(8 * 6, 91, 1);
+    for (let i = 0; i < left.length; i += 5) left[i] = i % 10 === 0 ? 0 : -0;
+    const right = random(40 * 24, 92, 1);
+    // an Inf in the full w2 (whose product with the identity makes its row NaN): it must reach only the rows of
+    // w1 entries that are not 0, as the dense path skips the zeros
+    right[3] = Infinity;
+    const t: KroneckerTerm = {
+      kind: 'kronecker',
+      shape: [320, 144],
+      scale: 1,
+      left: { full: ndarray(left, [8, 6]) },
+      right: { full: ndarray(right, [40, 24]) },
+    };
+    const rows = 320;
+    const cols = 144;
+    const delta = termDelta(t, 'x');
+    const w0 = random(rows * cols, 93, 60000);
+    // NaN in W only where Δ is finite: where both are NaN, which NaN the sum keeps is the compiler's choice
+    // (WebAssembly leaves it open), in the old passes and the JS reference alike
+    for (let i = 0; i < w0.length; i += 97) {
+      const v = [Number.NaN, Infinity, -Infinity, 0, -0][(i / 97) % 5]!;
+      w0[i] = Number.isNaN(v) && !Number.isFinite(delta[i]!) ? -Infinity : v;
+    }
+    const base = encode(w0, 'F16');
+    const job = { rows, cols, rank: 2, up: random(rows * 2, 94, 0.1), down: random(2 * cols, 95, 0.1) };
+    const sides = kroneckerSides(t, 'x');
+    // the same W on the f32 functions (c = 1, w2 finite): NaN, ±Inf and ±0 in W
+    const finite: KroneckerTerm = { ...t, right: { full: ndarray(random(40 * 24, 92, 1), [40, 24]) } };
+    const fSides = kroneckerSides(finite, 'x');
+    expect(kroneckerUnit({ ...fSides, scale: 1, coef: 1 })).toBe(1);
+    for (const kernel of kernels) {
+      const w = denseReference(decodeToF32('F16', base), termDelta(finite, 'x'), 1);
+      const want = new Uint8Array(base.length);
+      const r0 = await kernel.update(new Uint8Array(w.buffer), 'F32', want, 'F16', job);
+      const got = base.slice();
+      const r = await kernel.updateKronecker!(got, 'F16', got, 'F16', job, { ...fSides, scale: 1, coef: 1 });
+      expect(Buffer.compare(Buffer.from(got), Buffer.from(want)), `${kernel.name}, f32 functions`).toBe(0);
+      expect(r).toEqual(r0);
+    }
+    for (const kernel of kernels) {
+      for (const clamp of [false, true]) {
+        const w = denseReference(decodeToF32('F16', base), delta, 30000);
+        const want = new Uint8Array(base.length);
+        const r0 = await kernel.update(new Uint8Array(w.buffer), 'F32', want, 'F16', job, { clamp });
+        expect(r0.overflow).toBeGreaterThan(0);
+        expect(r0.nonFiniteInput).toBeGreaterThan(0);
+        const got = base.slice();
+        const r = await kernel.updateKronecker!(
+          got,
+          'F16',
+          got,
+          'F16',
+          job,
+          { ...sides, scale: 1, coef: 30000 },
+          { clamp },
+        );
+        expect(Buffer.compare(Buffer.from(got), Buffer.from(want)), `${kernel.name}, clamp ${clamp}`).toBe(0);
+        expect(r).toEqual(r0);
+      }
+    }
+  });
+
+  it("the f32 functions (kronunit_*) are picked only where they give the f64 ones' values", () => {
+    const part = { left: random(12, 1, 1), rows: 3, leftCols: 4, right: random(20, 2), rightRows: 4, rightCols: 5 };
+    expect(kroneckerUnit({ ...part, scale: 1, coef: 1 })).toBe(1);
+    expect(kroneckerUnit({ ...part, scale: 0.125, coef: -1 })).toBe(-1);
+    // c·s·left not exactly f32, or c not ±1: f64
+    expect(kroneckerUnit({ ...part, scale: 0.1, coef: 1 })).toBe(0);
+    expect(kroneckerUnit({ ...part, scale: 1, coef: 0.5 })).toBe(0);
+    // a non-finite right value (the zero rule needs the f64 functions' mask)
+    const right = part.right.slice();
+    right[7] = Number.NaN;
+    expect(kroneckerUnit({ ...part, right, scale: 1, coef: 1 })).toBe(0);
+  });
+
+  it('LoKr jobs of changing shapes one after another on one kernel, between LoHa and plain jobs', async () => {
+    const kernel = kernels[1]!;
+    const shapes: [number, number, number, number][] = [
+      [16, 40, 40, 32],
+      [2, 3, 4, 5],
+      [8, 8, 80, 72],
+      [5, 9, 13, 7],
+    ];
+    for (const [o1, i1, o2, n2] of shapes) {
+      const t: KroneckerTerm = {
+        kind: 'kronecker',
+        shape: [o1 * o2, i1 * n2],
+        scale: 1,
+        left: side(o1, i1, 0, o1 + i1),
+        right: side(o2, n2, 2, o2 + n2),
+      };
+      const rows = o1 * o2;
+      const cols = i1 * n2;
+      const src = encode(random(rows * cols, rows, 0.3), 'F16');
+      const job = { rows, cols, rank: 0, up: new Float32Array(0), down: new Float32Array(0) };
+      const w = denseReference(decodeToF32('F16', src), termDelta(t, 'x'), 0.9);
+      const want = new Uint8Array(src.length);
+      await kernel.update(new Uint8Array(w.buffer), 'F32', want, 'F16', job);
+      const got = new Uint8Array(src.length);
+      await kernel.updateKronecker!(src, 'F16', got, 'F16', job, { ...kroneckerSides(t, 'x'), scale: 1, coef: 0.9 });
+      expect(Buffer.compare(Buffer.from(got), Buffer.from(want)), `${rows}×${cols}`).toBe(0);
+      // a LoHa job between (its own parameters at the shared offsets), then the next LoKr
+      const h = loha([64, 48], 2, 2, rows);
+      const hs = hadamardPairs(h, 'h');
+      const hb = encode(random(64 * 48, 7, 0.3), 'F16');
+      const hjob = { rows: 64, cols: 48, rank: 0, up: new Float32Array(0), down: new Float32Array(0) };
+      await kernel.updateHadamard!(hb, 'F16', hb, 'F16', hjob, { ...hs, scale: 1, coef: 1 });
+    }
   });
 });
 

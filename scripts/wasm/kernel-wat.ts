@@ -151,7 +151,8 @@ const tileSrc = (src: Dt): string =>
 
 /**
  * The tile's epilogue: y = x + acc per row, counted, clamped when asked, rounded once and stored. x is the stored
- * W row (update functions) or, for the Hadamard functions, W' from the thread's tile scratch.
+ * W row (update functions) or, for the Hadamard and Kronecker functions (`hadamard`), W' from the thread's tile
+ * scratch.
  */
 function epilogue(k: Consts, src: Dt, dst: Dt, hadamard = false): string[] {
   const lines: string[] = [
@@ -203,6 +204,12 @@ export const HADAMARD_PARAMS_OFFSET = 952;
 const COUNTS_OFFSET = 0;
 /** Where the Hadamard and Kronecker functions read their two f64 coefficients (s, then c): the end of the count area (threads use 8·64 bytes). */
 export const HADAMARD_COEF_OFFSET = 1008;
+/**
+ * Where the Kronecker functions read their sides and the block's rows: five i32 (L, R, o2, first row, end row) —
+ * L and R are the expanded sides (see kroneckerStage), the rows are the block's global rows [first, end). Their tile
+ * scratch is the Hadamard functions' (the seventh i32 at HADAMARD_PARAMS_OFFSET).
+ */
+export const KRONECKER_PARAMS_OFFSET = 984;
 
 /**
  * The 4×8 product tile of one packed factor pair into the accumulators `${acc}00` … `${acc}31` (zeroed first):
@@ -270,16 +277,122 @@ function hadamardStage(k: Consts, src: Dt): string[] {
 }
 
 /**
+ * out = f32(w + c·Δ) on four lanes, two at a time in f64, with Δ = f32(x·r), x = s·left[a, c] (f64, two lanes at
+ * byte `xo` from the pointer local `xp`), and Δ = +0 where x is 0 (whatever r is): the arithmetic, the two f32
+ * roundings and the zero rule of the Kronecker product written into the f32 rows in JS
+ * (src/lora/terms/kronecker.ts addKronecker; before, the kernel's kronecker_add pass) — where x is 0 that code adds
+ * c·0, which is c·(+0) here.
+ */
+function kroneckerLanes(out: string, w: string, xp: string, xo: number, r: string): string[] {
+  const half = (high: boolean, to: string): string[] => [
+    `(local.set $x64 (v128.load offset=${xo + (high ? 16 : 0)} ${get(xp)}))`,
+    `(local.set $${to} (f32x4.demote_f64x2_zero (f64x2.add ${promote(w, high)} (f64x2.mul (local.get $cv) ` +
+      `(v128.andnot (f64x2.promote_low_f32x4 (f32x4.demote_f64x2_zero (f64x2.mul (local.get $x64) ${promote(r, high)}))) ` +
+      `(f64x2.eq (local.get $x64) (local.get $z64)))))))`,
+  ];
+  return [
+    ...half(false, 'lo'),
+    ...half(true, 'hi'),
+    `(local.set $${out} (i8x16.shuffle 0 1 2 3 4 5 6 7 16 17 18 19 20 21 22 23 (local.get $lo) (local.get $hi)))`,
+  ];
+}
+
+/**
+ * The row pointers of a Kronecker row tile: for tile row i, global row g = first + 4·it + i (a padding row past
+ * the block's end uses the first row: its W is NaN, so is its result), a = g / o2, b = g mod o2, and
+ * ql_i / qr_i point at row a of L (row stride 2·ldk when L is f64, `lf64`, else ldk) / row b of R (row stride
+ * ldk = colsP·4 bytes).
+ */
+function kroneckerRows(lf64: boolean): string[] {
+  const lines = [`(local.set $g (i32.add (local.get $g0) (i32.shl (local.get $it) (i32.const 2))))`];
+  for (let i = 0; i < 4; i++) {
+    lines.push(
+      `(local.set $gi (i32.add (local.get $g) (i32.const ${i})))`,
+      `(if (i32.ge_u (local.get $gi) (local.get $gEnd)) (then (local.set $gi (local.get $g0))))`,
+      `(local.set $ka (i32.div_u (local.get $gi) (local.get $o2)))`,
+      `(local.set $ql${i} (i32.add (local.get $pl) (i32.shl (i32.mul (local.get $ka) (local.get $ldk)) (i32.const ${lf64 ? 1 : 0}))))`,
+      `(local.set $qr${i} (i32.add (local.get $pr) (i32.mul (i32.sub (local.get $gi) (i32.mul (local.get $ka) (local.get $o2))) (local.get $ldk))))`,
+    );
+  }
+  return lines;
+}
+
+/**
+ * The Kronecker stage of a kronunit_* tile: W' = f32(W32 + f32(L·R)) in f32, L = c·s·left expanded in f32. run()
+ * picks these functions only where that is the f64 stage's arithmetic exactly: c = ±1 and every c·s·left[a, c] an
+ * f32 (finite): then x·r is exact in f64, so f32(x·r) is the f32 product; c·Δ = ±Δ; and f32(w + Δ) computed in f64
+ * is the f32 sum (f64 has more than 2·24 + 2 bits); every right[b, d] finite: then x = 0 gives ±0, and w + ±0 = w
+ * (w is never −0 after W + 0), the value the zero rule gives.
+ */
+function kroneckerUnitStage(k: Consts, src: Dt): string[] {
+  const lines = [tileSrc(src), `(local.set $jo (i32.shl (local.get $jt) (i32.const 5)))`];
+  for (let i = 0; i < 4; i++) {
+    if (i > 0) lines.push(`(local.set $ps (i32.add (local.get $ps) (local.get $ldsrc)))`);
+    lines.push(...loadRow(k, src, 'ps'));
+    for (const j of [0, 1]) {
+      lines.push(
+        `(local.set $x${j} (f32x4.add (local.get $x${j}) ${k.c(0)}))`,
+        `(local.set $p1 (v128.load offset=${16 * j} (i32.add (local.get $ql${i}) (local.get $jo))))`,
+        `(local.set $p2 (v128.load offset=${16 * j} (i32.add (local.get $qr${i}) (local.get $jo))))`,
+        `(v128.store offset=${32 * i + 16 * j} (local.get $pt) (f32x4.add (local.get $x${j}) (f32x4.mul (local.get $p1) (local.get $p2))))`,
+      );
+    }
+  }
+  return lines;
+}
+
+/**
+ * The Kronecker stage of a tile: each row's W' = f32(W + c·Δ) into the thread's tile scratch ($pt), in the values
+ * of the passes it replaces: W32 = W + 0 (a rank-0 update to f32), then Δ[g, j] = L[a, j]·R[b, j] added in f64.
+ * L [o1, colsP] (f64) and R [o2, colsP] (f32) are the sides expanded along the columns (L[a, c·n2 + d] =
+ * s·left[a, c] in f64, R[b, c·n2 + d] = right[b, d], zero in the padding columns), so a tile's 8 columns are four
+ * v128 loads of L and two of R.
+ */
+function kroneckerStage(k: Consts, src: Dt): string[] {
+  const lines = [tileSrc(src), `(local.set $jo (i32.shl (local.get $jt) (i32.const 5)))`];
+  for (let i = 0; i < 4; i++) {
+    if (i > 0) lines.push(`(local.set $ps (i32.add (local.get $ps) (local.get $ldsrc)))`);
+    lines.push(
+      ...loadRow(k, src, 'ps'),
+      `(local.set $xp (i32.add (local.get $ql${i}) (i32.shl (local.get $jo) (i32.const 1))))`,
+    );
+    for (const j of [0, 1]) {
+      lines.push(
+        `(local.set $x${j} (f32x4.add (local.get $x${j}) ${k.c(0)}))`,
+        `(local.set $p2 (v128.load offset=${16 * j} (i32.add (local.get $qr${i}) (local.get $jo))))`,
+        ...kroneckerLanes('p1', `x${j}`, 'xp', 32 * j, 'p2'),
+        `(v128.store offset=${32 * i + 16 * j} (local.get $pt) (local.get $p1))`,
+      );
+    }
+  }
+  return lines;
+}
+
+/** The generated update functions: the plain update, and the LoHa and LoKr forms that add a term first. */
+type FuncKind = 'update' | 'hadamard' | 'kronecker' | 'kronunit';
+
+/**
  * update_{src}_{dst}: W' = W + U·D over row tiles [it0, it1), column tiles [jt0, jt1).
- * hadamard_{src}_{dst} (`hadamard`): W' = f32(W + c·f32(s·(A1·B1)⊙(A2·B2))) + U·D per tile, both products in
+ * hadamard_{src}_{dst}: W' = f32(W + c·f32(s·(A1·B1)⊙(A2·B2))) + U·D per tile, both products in
  * registers (pairs and coefficients read from HADAMARD_PARAMS_OFFSET / HADAMARD_COEF_OFFSET), then the same
  * epilogue: one rounding to the output dtype. Same values as the passes update(W→f32), two products over a zero
  * region, the f64 combine and update(f32→dst) run one after the other, without their memory traffic.
+ * kronecker_{src}_{dst}: W' = f32(W + c·f32(s·left[a, c]·right[b, d])) + U·D per tile (sides and rows read from
+ * KRONECKER_PARAMS_OFFSET, see kroneckerStage), then the same epilogue: the values of the passes update(W→f32),
+ * the Kronecker add into the f32 rows and update(f32→dst), in one pass over W.
  */
-function updateFunc(src: Dt, dst: Dt, hadamard = false): string {
+function updateFunc(src: Dt, dst: Dt, kind: FuncKind = 'update'): string {
+  const hadamard = kind === 'hadamard';
+  const kronecker = kind === 'kronecker' || kind === 'kronunit';
   const k = new Consts(HOIST_CONSTS);
-  const epi = epilogue(k, src, dst, hadamard);
-  const stage = hadamard ? hadamardStage(k, src) : [];
+  const epi = epilogue(k, src, dst, kind !== 'update');
+  const stage = hadamard
+    ? hadamardStage(k, src)
+    : kind === 'kronecker'
+      ? kroneckerStage(k, src)
+      : kind === 'kronunit'
+        ? kroneckerUnitStage(k, src)
+        : [];
   const accs: string[] = [];
   for (let i = 0; i < 4; i++) for (let j = 0; j < 2; j++) accs.push(`c${i}${j}`);
   const zero = accs.map((c) => `(local.set $${c} ${c32(0)})`);
@@ -307,7 +420,8 @@ function updateFunc(src: Dt, dst: Dt, hadamard = false): string {
     't1',
     't2',
     'm',
-    ...(hadamard ? ['sv', 'cv', 'p1', 'p2', 'lo', 'hi'] : []),
+    ...(kind !== 'update' ? ['sv', 'cv', 'p1', 'p2', 'lo', 'hi'] : []),
+    ...(kronecker ? ['x64', 'z64'] : []),
   ];
   const plainTile = [
     indent(zero, 6),
@@ -337,6 +451,14 @@ function updateFunc(src: Dt, dst: Dt, hadamard = false): string {
     indent(stage, 6),
     indent(productTile('pa', 'pb', 'r', 'c', 'k'), 6),
   ];
+  // W' waits in the tile scratch while U·D runs in the accumulators
+  const kroneckerTile = [indent(stage, 6), indent(productTile('pa', 'pb', 'r', 'c', 'k'), 6)];
+  /** This thread's tile scratch: 128 bytes per count slot (pcount = counts + 8·slot). */
+  const scratchInit = `(local.set $pt (i32.add (i32.load (i32.const ${HADAMARD_PARAMS_OFFSET + 24})) (i32.shl (i32.sub (local.get $pcount) (i32.const ${COUNTS_OFFSET})) (i32.const 4))))`;
+  const coefInit = [
+    `(local.set $sv (f64x2.splat (f64.load (i32.const ${HADAMARD_COEF_OFFSET}))))`,
+    `(local.set $cv (f64x2.splat (f64.load (i32.const ${HADAMARD_COEF_OFFSET + 8}))))`,
+  ];
   const hadamardInit = [
     `(local.set $pa1 (i32.load (i32.const ${HADAMARD_PARAMS_OFFSET})))`,
     `(local.set $pb1 (i32.load (i32.const ${HADAMARD_PARAMS_OFFSET + 4})))`,
@@ -344,15 +466,26 @@ function updateFunc(src: Dt, dst: Dt, hadamard = false): string {
     `(local.set $pa2 (i32.load (i32.const ${HADAMARD_PARAMS_OFFSET + 12})))`,
     `(local.set $pb2 (i32.load (i32.const ${HADAMARD_PARAMS_OFFSET + 16})))`,
     `(local.set $r2 (i32.load (i32.const ${HADAMARD_PARAMS_OFFSET + 20})))`,
-    // this thread's tile scratch: 128 bytes per count slot (pcount = counts + 8·slot)
-    `(local.set $pt (i32.add (i32.load (i32.const ${HADAMARD_PARAMS_OFFSET + 24})) (i32.shl (i32.sub (local.get $pcount) (i32.const ${COUNTS_OFFSET})) (i32.const 4))))`,
-    `(local.set $sv (f64x2.splat (f64.load (i32.const ${HADAMARD_COEF_OFFSET}))))`,
-    `(local.set $cv (f64x2.splat (f64.load (i32.const ${HADAMARD_COEF_OFFSET + 8}))))`,
+    scratchInit,
+    ...coefInit,
+  ];
+  const kroneckerInit = [
+    `(local.set $pl (i32.load (i32.const ${KRONECKER_PARAMS_OFFSET})))`,
+    `(local.set $pr (i32.load (i32.const ${KRONECKER_PARAMS_OFFSET + 4})))`,
+    `(local.set $o2 (i32.load (i32.const ${KRONECKER_PARAMS_OFFSET + 8})))`,
+    `(local.set $g0 (i32.load (i32.const ${KRONECKER_PARAMS_OFFSET + 12})))`,
+    `(local.set $gEnd (i32.load (i32.const ${KRONECKER_PARAMS_OFFSET + 16})))`,
+    // the sides' row stride: colsP f32 values (ldsrc is colsP stored values)
+    `(local.set $ldk (i32.shl (local.get $ldsrc) (i32.const ${Math.log2(4 / SIZE[src])})))`,
+    scratchInit,
+    // s is already in L
+    coefInit[1]!,
+    `(local.set $z64 ${c32(0)})`,
   ];
   const body = [
     `(if (i32.or (i32.ge_u (local.get $it0) (local.get $it1)) (i32.ge_u (local.get $jt0) (local.get $jt1))) (then (return)))`,
     ...k.init(),
-    ...(hadamard ? hadamardInit : []),
+    ...(hadamard ? hadamardInit : kronecker ? kroneckerInit : []),
     `(local.set $clampv (i32x4.splat (i32.sub (i32.const 0) (local.get $clamp))))`,
     `(local.set $cntIn ${c32(0)})`,
     `(local.set $cntOv ${c32(0)})`,
@@ -366,8 +499,9 @@ function updateFunc(src: Dt, dst: Dt, hadamard = false): string {
     `  (local.set $it (local.get $it0))`,
     `  (loop $rowtiles`,
     `    (local.set $jt (local.get $jc))`,
+    ...(kronecker ? [indent(kroneckerRows(kind === 'kronecker'), 4)] : []),
     `    (loop $coltiles`,
-    ...(hadamard ? hadamardTile : plainTile),
+    ...(hadamard ? hadamardTile : kronecker ? kroneckerTile : plainTile),
     indent(epi, 6),
     `      (local.set $jt (i32.add (local.get $jt) (i32.const 1)))`,
     `      (br_if $coltiles (i32.lt_u (local.get $jt) (local.get $jcEnd))))`,
@@ -411,11 +545,35 @@ function updateFunc(src: Dt, dst: Dt, hadamard = false): string {
     'ps',
     'pd',
     ...(hadamard ? ['pa1', 'pb1', 'r1', 'pa2', 'pb2', 'r2', 'pt'] : []),
+    ...(kronecker
+      ? [
+          'pl',
+          'pr',
+          'o2',
+          'g0',
+          'gEnd',
+          'ldk',
+          'pt',
+          'jo',
+          'xp',
+          'g',
+          'gi',
+          'ka',
+          'ql0',
+          'ql1',
+          'ql2',
+          'ql3',
+          'qr0',
+          'qr1',
+          'qr2',
+          'qr3',
+        ]
+      : []),
   ]
     .map((l) => `(local $${l} i32)`)
     .join(' ');
   return [
-    `  (func (export "${hadamard ? 'hadamard' : 'update'}_${src}_${dst}") ${params}`,
+    `  (func (export "${kind}_${src}_${dst}") ${params}`,
     `    ${i32Locals}`,
     `    ${v128Locals.map((l) => `(local $${l} v128)`).join(' ')}`,
     `    ${k.decls()}`,
@@ -476,72 +634,13 @@ const packB = `  (func (export "pack_b") (param $src i32) (param $dst i32) (para
         (local.set $k (i32.add (local.get $k) (i32.const 1)))
         (br_if $ks (i32.lt_u (local.get $k) (local.get $r))))))`;
 
-/** Where kronecker_add reads its sizes: five i32 (rows, right rows, left columns, right columns, block's first row). */
-export const KRONECKER_PARAMS_OFFSET = 984;
-
-/**
- * kronecker_add(left, right, _, w, ld, out, _, it0, it1, …): over row tiles [it0, it1) of a block, for every
- * real row i (global row g = first row + i, a = g / o2, b = g mod o2) and column (c, d):
- * out = f32(w + c·Δ) with Δ = f32(x·right[b, d]), x = s·left[a, c] in f64, and Δ = +0 where x is 0 — the values
- * and roundings of writing the dense Kronecker product in JS and adding it. s and c read as f64 from HADAMARD_COEF_OFFSET.
- */
-const kroneckerAdd = `  (func (export "kronecker_add") (param $pa i32) (param $pb i32) (param $r i32) (param $psrc i32) (param $ldsrc i32) (param $pdst i32) (param $lddst i32) (param $it0 i32) (param $it1 i32) (param $jt0 i32) (param $jt1 i32) (param $nc i32) (param $clamp i32) (param $pcount i32)
-    (local $i i32) (local $iEnd i32) (local $rows i32) (local $o2 i32) (local $i1 i32) (local $n2 i32) (local $g i32)
-    (local $a i32) (local $c i32) (local $d i32) (local $pw i32) (local $po i32) (local $pr i32)
-    (local $s f64) (local $coef f64) (local $x f64) (local $zero f64)
-    (local.set $s (f64.load (i32.const ${HADAMARD_COEF_OFFSET})))
-    (local.set $coef (f64.load (i32.const ${HADAMARD_COEF_OFFSET + 8})))
-    (local.set $rows (i32.load (i32.const ${KRONECKER_PARAMS_OFFSET})))
-    (local.set $o2 (i32.load (i32.const ${KRONECKER_PARAMS_OFFSET + 4})))
-    (local.set $i1 (i32.load (i32.const ${KRONECKER_PARAMS_OFFSET + 8})))
-    (local.set $n2 (i32.load (i32.const ${KRONECKER_PARAMS_OFFSET + 12})))
-    (local.set $g (i32.load (i32.const ${KRONECKER_PARAMS_OFFSET + 16})))
-    (local.set $zero (f64.mul (local.get $coef) (f64.const 0)))
-    (local.set $i (i32.shl (local.get $it0) (i32.const 2)))
-    (local.set $iEnd (i32.shl (local.get $it1) (i32.const 2)))
-    (if (i32.gt_u (local.get $iEnd) (i32.sub (local.get $rows) (local.get $g))) (then
-      (local.set $iEnd (i32.sub (local.get $rows) (local.get $g)))))
-    (block $rowsDone
-      (loop $rowsL
-        (br_if $rowsDone (i32.ge_s (local.get $i) (local.get $iEnd)))
-        (local.set $a (i32.div_u (i32.add (local.get $g) (local.get $i)) (local.get $o2)))
-        ;; right's row b = (g + i) - a·o2
-        (local.set $pr (i32.add (local.get $pb) (i32.shl (i32.mul (i32.sub (i32.add (local.get $g) (local.get $i)) (i32.mul (local.get $a) (local.get $o2))) (local.get $n2)) (i32.const 2))))
-        (local.set $pw (i32.add (local.get $psrc) (i32.mul (local.get $i) (local.get $ldsrc))))
-        (local.set $po (i32.add (local.get $pdst) (i32.mul (local.get $i) (local.get $ldsrc))))
-        (local.set $c (i32.const 0))
-        (block $colsDone
-          (loop $colsL
-            (br_if $colsDone (i32.ge_u (local.get $c) (local.get $i1)))
-            (local.set $x (f64.mul (local.get $s) (f64.promote_f32 (f32.load (i32.add (local.get $pa) (i32.shl (i32.add (i32.mul (local.get $a) (local.get $i1)) (local.get $c)) (i32.const 2)))))))
-            (local.set $d (i32.const 0))
-            (if (f64.eq (local.get $x) (f64.const 0))
-              (then
-                (block $zDone
-                  (loop $zL
-                    (br_if $zDone (i32.ge_u (local.get $d) (local.get $n2)))
-                    (f32.store (i32.add (local.get $po) (i32.shl (local.get $d) (i32.const 2))) (f32.demote_f64 (f64.add (f64.promote_f32 (f32.load (i32.add (local.get $pw) (i32.shl (local.get $d) (i32.const 2))))) (local.get $zero))))
-                    (local.set $d (i32.add (local.get $d) (i32.const 1)))
-                    (br $zL))))
-              (else
-                (block $dDone
-                  (loop $dL
-                    (br_if $dDone (i32.ge_u (local.get $d) (local.get $n2)))
-                    (f32.store (i32.add (local.get $po) (i32.shl (local.get $d) (i32.const 2))) (f32.demote_f64 (f64.add (f64.promote_f32 (f32.load (i32.add (local.get $pw) (i32.shl (local.get $d) (i32.const 2))))) (f64.mul (local.get $coef) (f64.promote_f32 (f32.demote_f64 (f64.mul (local.get $x) (f64.promote_f32 (f32.load (i32.add (local.get $pr) (i32.shl (local.get $d) (i32.const 2))))))))))))
-                    (local.set $d (i32.add (local.get $d) (i32.const 1)))
-                    (br $dL)))))
-            (local.set $pw (i32.add (local.get $pw) (i32.shl (local.get $n2) (i32.const 2))))
-            (local.set $po (i32.add (local.get $po) (i32.shl (local.get $n2) (i32.const 2))))
-            (local.set $c (i32.add (local.get $c) (i32.const 1)))
-            (br $colsL)))
-        (local.set $i (i32.add (local.get $i) (i32.const 1)))
-        (br $rowsL))))`;
-
 /** The kernel module source (relaxed_madd form, non-shared memory). See `kernelVariant` for the others. */
 export function kernelWat(): string {
   const funcs: string[] = [];
   for (const s of DTYPES) for (const d of DTYPES) funcs.push(updateFunc(s, d));
-  for (const s of DTYPES) for (const d of DTYPES) funcs.push(updateFunc(s, d, true));
+  for (const s of DTYPES) for (const d of DTYPES) funcs.push(updateFunc(s, d, 'hadamard'));
+  for (const s of DTYPES) for (const d of DTYPES) funcs.push(updateFunc(s, d, 'kronecker'));
+  for (const s of DTYPES) for (const d of DTYPES) funcs.push(updateFunc(s, d, 'kronunit'));
   return `;; Generated by scripts/build-wasm.ts from scripts/wasm/kernel-wat.ts: do not edit by hand.
 ;; Fused low-rank update W' = W + A.B (f32 math, one rounding to the output dtype). See kernel-wat.ts.
 ;; This text is the relaxed-SIMD, private-memory build; the other builds are derived by kernelVariant():
@@ -551,7 +650,6 @@ export function kernelWat(): string {
 ${packA}
 ${packB}
 ${funcs.join('\n')}
-${kroneckerAdd}
 )
 `;
 }

@@ -11,7 +11,6 @@ import { hasRelaxedSimd, hasWasmSimd } from '../core/wasm-features.js';
 import { backendName } from './cpu.js';
 import { disposedError, now, serialQueue, timed, validateJob } from './job.js';
 import { CMD_QUIT, CMD_RUN, CTL, KERNEL_FUNCTIONS, type KernelThreadInit } from './thread-loop.js';
-import { STORED_FLOAT_SIZE } from './types.js';
 import type {
   FuseKernel,
   HadamardPart,
@@ -30,6 +29,8 @@ import {
   CTL_OFFSET,
   HADAMARD_SCRATCH_BYTES,
   kernelModuleSync,
+  kroneckerPanelTiles,
+  kroneckerUnit,
   MAX_PAGES,
   MAX_THREADS,
   panelTiles,
@@ -201,6 +202,9 @@ class ThreadPool<T> {
   }
 }
 
+/** What a LoKr adds to a job's rank when run() decides whether a block is worth the threads. */
+const KRONECKER_RANK = 8;
+
 /** How long waitFor blocks synchronously before it waits asynchronously (seconds). */
 const SPIN_S = 0.0005;
 /** The calling thread returns to the event loop at least this often while it computes chunks (seconds). */
@@ -346,68 +350,6 @@ async function runParallel<T>(
   }
 }
 
-/**
- * One block whose rows are all in memory already, on all threads (every chunk ready at once) or, for small
- * blocks, on the main thread. The main thread claims chunks like the workers and yields to the event loop between
- * them (see runParallel).
- */
-async function runPhase<T>(
-  engine: WasmEngine,
-  pool: ThreadPool<T>,
-  platform: ThreadPlatform<T>,
-  ctl: Int32Array,
-  b: Block,
-  parallel: boolean,
-  chunkTiles: number | undefined,
-): Promise<void> {
-  if (!parallel) {
-    engine.run(b, 0, b.rowTiles, 0);
-    return;
-  }
-  const { ch, n } = chunking(b, chunkTiles);
-  publishBlock(ctl, b, pool.threads, ch, n);
-  Atomics.store(ctl, CTL.READY, n);
-  Atomics.notify(ctl, CTL.READY);
-  let mainError: unknown = null;
-  try {
-    let nextYield = now() + YIELD_S;
-    for (;;) {
-      const c = Atomics.add(ctl, CTL.NEXT, 1);
-      if (c >= n) break;
-      engine.run(b, c * ch, Math.min(b.rowTiles, (c + 1) * ch), 0);
-      Atomics.store(ctl, CTL.CHUNK_DONE + c, 1);
-      if (now() >= nextYield) {
-        await platform.yieldToLoop();
-        nextYield = now() + YIELD_S;
-      }
-    }
-  } catch (e) {
-    mainError = e;
-  }
-  await pool.waitFor(CTL.DONE, pool.threads - 1);
-  if (mainError) throw mainError;
-  if (Atomics.load(ctl, CTL.ERROR) !== 0) {
-    throw new FuseError('KERNEL_FAILED', `cpu kernel: ${await pool.failureMessage()}`, { threads: pool.threads });
-  }
-}
-
-/** One block of rows of an in-memory term job, as the term's add step sees it. */
-interface InMemoryBlock {
-  readonly r0: number;
-  readonly r1: number;
-  /** rowsP × colsP: the cells of each region. */
-  readonly cells: number;
-  readonly colsP: number;
-  /** Offset of the term's own scratch bytes. */
-  readonly scratch: number;
-  /** Offset of the block's f32 rows (row stride colsP·4). */
-  readonly w32: number;
-  readonly block: (fn: string, r: number, psrc: number, ldsrc: number, pdst: number, lddst: number) => Block;
-  readonly phase: (b: Block) => Promise<void>;
-}
-
-const EMPTY = new Float32Array(0);
-
 const alignTo = (n: number, a: number): number => Math.ceil(n / a) * a;
 
 /** KERNEL_INVALID_JOB unless the LoHa's factors fit the job's rows and columns. */
@@ -481,20 +423,33 @@ export async function createThreadedKernel<T>(
    * W' = W + U·D, block by block; with `h`, W' = f32(W + c·Δ) + U·D for the LoHa Δ = s·(A1·B1)⊙(A2·B2): the
    * hadamard_* functions compute both products of a tile in registers, combine them and add U·D there, so no
    * product region, f32 copy of W or extra pass exists, and W is copied in and out as for a plain update.
+   * With `k`, the same for the LoKr Δ = s·left ⊗ right: its sides are expanded along the columns once per job
+   * (setKroneckerSides) and the kronecker_* functions add Δ to each tile where they read W (in f64 as the dense
+   * path does, or, where kroneckerUnit shows that f32 gives the same values, the kronunit_* ones in f32).
    */
   async function run(
     io: Omit<BlockIo, 'b' | 'cols'>,
     job: UpdateJob,
     clamp: boolean,
     h?: HadamardPart,
+    k?: KroneckerPart,
   ): Promise<UpdateResult> {
     if (job.rows === 0 || job.cols === 0) return { overflow: 0, nonFiniteInput: 0 };
     const { pb, end } = engine.packB(job);
-    const rank = job.rank + (h ? h.a.rank + h.b.rank : 0);
+    // a LoKr's per-element f64 work costs about as much as a rank-8 product (for the parallel threshold only)
+    const rank = job.rank + (h ? h.a.rank + h.b.rank : 0) + (k ? KRONECKER_RANK : 0);
+    let kBase = end;
+    const unit = k ? kroneckerUnit(k) : 0;
+    if (k) {
+      const sides = engine.setKroneckerSides(k, end, unit);
+      const scratch = alignTo(sides.end, 64);
+      engine.setKroneckerParams(k.scale, k.coef, sides, k.rightRows, scratch);
+      kBase = scratch + MAX_THREADS * HADAMARD_SCRATCH_BYTES;
+    }
     let nonFiniteInput = 0;
     let overflow = 0;
     for (const [r0, r1] of engine.blocks(job, io.srcDtype, io.dstDtype)) {
-      let base = end;
+      let base = kBase;
       if (h) {
         const first = engine.packFactors(h.a.rank, h.a.up, h.a.down, job.cols, r0, r1, end);
         const second = engine.packFactors(h.b.rank, h.b.up, h.b.down, job.cols, r0, r1, first.end);
@@ -502,8 +457,17 @@ export async function createThreadedKernel<T>(
         engine.setHadamardParams(first, h.a.rank, second, h.b.rank, h.scale, h.coef, scratch);
         base = scratch + MAX_THREADS * HADAMARD_SCRATCH_BYTES;
       }
+      if (k) engine.setKroneckerRows(r0, r1);
       const laid = engine.layoutBlock(io.srcDtype, io.dstDtype, job, pb, base, r0, r1, clamp);
-      const b = h ? { ...laid, fn: laid.fn.replace('update_', 'hadamard_'), nc: panelTiles(rank) } : laid;
+      const b = h
+        ? { ...laid, fn: laid.fn.replace('update_', 'hadamard_'), nc: panelTiles(rank) }
+        : k
+          ? {
+              ...laid,
+              fn: laid.fn.replace('update_', unit ? 'kronunit_' : 'kronecker_'),
+              nc: kroneckerPanelTiles(job.rank, k.rightRows),
+            }
+          : laid;
       engine.resetCounts(threads);
       const flops = 2 * (r1 - r0) * job.cols * rank;
       if (threads > 1 && b.rowTiles >= 2 * threads && flops >= minParallelFlops) {
@@ -518,105 +482,6 @@ export async function createThreadedKernel<T>(
       overflow += ov;
     }
     return { overflow, nonFiniteInput };
-  }
-
-  /** Bytes reserved for packed factors before the LoKr's regions (grows only). */
-  let packReserve = 0;
-
-  /**
-   * A term added to W where the kernel keeps it, block by block: W (stored) → f32 (a rank-0 update: exact);
-   * `add` changes the f32 rows in place (W32 = f32(W32 + c·Δ)), using `scratchBytes` bytes of its own after the
-   * block's regions; then the update W32 + U·D is rounded once into the output dtype.
-   */
-  async function runInMemory(
-    io: Omit<BlockIo, 'b' | 'cols'>,
-    job: UpdateJob,
-    clamp: boolean,
-    rMax: number,
-    scratchBytes: (rows: number, cells: number) => number,
-    add: (at: InMemoryBlock) => Promise<void>,
-  ): Promise<UpdateResult> {
-    const { rows, cols } = job;
-    if (rows === 0 || cols === 0) return { overflow: 0, nonFiniteInput: 0 };
-    const ss = STORED_FLOAT_SIZE[io.srcDtype];
-    const ds = STORED_FLOAT_SIZE[io.dstDtype];
-    const colTiles = Math.ceil(cols / 8);
-    const colsP = colTiles * 8;
-    const perRow = colsP * (4 + ss + ds) + scratchBytes(1, colsP);
-    let blockRows = Math.max(4, Math.floor(engine.maxBlockBytes / perRow / 4) * 4);
-    if (blockRows >= rows) blockRows = rows;
-    packReserve = Math.max(packReserve, WasmEngine.packBytes(Math.max(rMax, job.rank), blockRows, cols));
-    let nonFiniteInput = 0;
-    let overflow = 0;
-    for (let r0 = 0; r0 < rows; r0 += blockRows) {
-      const r1 = Math.min(rows, r0 + blockRows);
-      const n = r1 - r0;
-      const rowTiles = Math.ceil(n / 4);
-      const cells = rowTiles * 4 * colsP;
-      const scratch = alignTo(CTL_OFFSET + CTL_INTS * 4 + 4096 + packReserve, 64);
-      const w32 = alignTo(scratch + scratchBytes(n, cells), 64);
-      const ws = alignTo(w32 + cells * 4, 64);
-      const wd = alignTo(ws + cells * ss, 64);
-      engine.ensure(wd + cells * ds + 64);
-      const parallel = threads > 1 && rowTiles >= 2 * threads && 2 * n * cols * Math.max(rMax, 1) >= minParallelFlops;
-      const block = (fn: string, r: number, psrc: number, ldsrc: number, pdst: number, lddst: number): Block => ({
-        fn,
-        r,
-        pa: 0,
-        pb: 0,
-        psrc,
-        ldsrc,
-        pdst,
-        lddst,
-        rowTiles,
-        colTiles,
-        nc: panelTiles(r),
-        clamp: clamp ? 1 : 0,
-        padCells: cells - n * cols,
-        rowStart: r0,
-        rowEnd: r1,
-      });
-      const phase = (b: Block): Promise<void> => runPhase(engine, pool, platform, ctl, b, parallel, chunkTiles);
-      const load = block(`update_${io.srcDtype.toLowerCase()}_f32`, 0, ws, colsP * ss, w32, colsP * 4);
-      engine.copyIn(load, io.src, io.srcDtype, cols, 0, rowTiles);
-      const empty = engine.packFactors(0, EMPTY, EMPTY, cols, 0, n);
-      await phase({ ...load, pa: empty.pa, pb: empty.pb });
-      await add({ r0, r1, cells, colsP, scratch, w32, block, phase });
-      const p = engine.packFactors(job.rank, job.up, job.down, cols, r0, r1);
-      const fin = block(`update_f32_${io.dstDtype.toLowerCase()}`, job.rank, w32, colsP * 4, wd, colsP * ds);
-      engine.resetCounts(threads);
-      await phase({ ...fin, pa: p.pa, pb: p.pb });
-      const [nf, ov] = engine.readCounts(threads);
-      nonFiniteInput += nf - fin.padCells;
-      overflow += ov;
-      engine.copyOut(fin, io.dst, io.dstDtype, cols, 0, rowTiles);
-    }
-    return { overflow, nonFiniteInput };
-  }
-
-  /** A LoKr: W32 = f32(W32 + c·f32(s·left[a, c]·right[b, d])), the Kronecker product written into the rows. */
-  function runKronecker(
-    io: Omit<BlockIo, 'b' | 'cols'>,
-    job: UpdateJob,
-    k: KroneckerPart,
-    clamp: boolean,
-  ): Promise<UpdateResult> {
-    const leftBytes = alignTo(k.left.length * 4, 64);
-    return runInMemory(
-      io,
-      job,
-      clamp,
-      1,
-      () => leftBytes + k.right.length * 4 + 128,
-      async ({ r0, colsP, scratch, w32, block, phase }) => {
-        const left = scratch;
-        const right = scratch + leftBytes;
-        engine.setF32(left, k.left);
-        engine.setF32(right, k.right);
-        engine.setKroneckerParams(k.scale, k.coef, k.rows, k.rightRows, k.leftCols, k.rightCols, r0);
-        await phase({ ...block('kronecker_add', 0, w32, colsP * 4, w32, colsP * 4), pa: left, pb: right });
-      },
-    );
   }
 
   const stats: KernelStats = { flops: 0, seconds: 0, calls: 0 };
@@ -640,7 +505,7 @@ export async function createThreadedKernel<T>(
         if (pool.failure) throw new FuseError('KERNEL_FAILED', `cpu kernel: ${pool.failure}`, { threads });
         validateJob(name, src, srcDtype, dst, dstDtype, job);
         validateKronecker(name, job, k);
-        return timed(stats, job, () => runKronecker({ src, srcDtype, dst, dstDtype }, job, k, o.clamp === true));
+        return timed(stats, job, () => run({ src, srcDtype, dst, dstDtype }, job, o.clamp === true, undefined, k));
       });
     },
     updateHadamard(src, srcDtype, dst, dstDtype, job, h, o: UpdateOptions = {}) {

@@ -15,23 +15,26 @@
 import { FuseError } from '../core/errors.js';
 import { base64ToBytes } from '../core/base64.js';
 import { KERNEL_PLAIN, KERNEL_PLAIN_SHARED, KERNEL_RELAXED, KERNEL_RELAXED_SHARED } from './kernel-bytes.js';
-import { STORED_FLOAT_SIZE, type StoredFloat, type UpdateJob } from './types.js';
+import { type KroneckerPart, STORED_FLOAT_SIZE, type StoredFloat, type UpdateJob } from './types.js';
 
 export const COUNTS_OFFSET = 0;
 export const MAX_THREADS = 64;
 export const CTL_OFFSET = 1024;
 export const CTL_INTS = 768;
 const DATA_OFFSET = 4096;
-/** Where the hadamard_* functions and kronecker_add read s and c (two f64): the end of the count area (scripts/wasm/kernel-wat.ts). */
+/** Where the hadamard_* and kronecker_* functions read s and c (two f64): the end of the count area (scripts/wasm/kernel-wat.ts). */
 export const HADAMARD_COEF_OFFSET = 1008;
 /**
  * Where the hadamard_* functions read their two packed pairs and their tile scratch (seven i32: pa1, pb1, r1, pa2,
- * pb2, r2, scratch; HADAMARD_SCRATCH_BYTES per thread).
+ * pb2, r2, scratch; HADAMARD_SCRATCH_BYTES per thread). The kronecker_* functions read the scratch word too.
  */
 export const HADAMARD_PARAMS_OFFSET = 952;
 /** Tile scratch of the hadamard_* functions per thread (one 4 × 8 f32 tile). */
 export const HADAMARD_SCRATCH_BYTES = 128;
-/** kronecker_add's sizes (five i32: rows, right rows, left columns, right columns, first row of the block). */
+/**
+ * Where the kronecker_* functions read their expanded sides and the block's rows (five i32: L, R, right rows o2,
+ * the block's first and end rows).
+ */
 export const KRONECKER_PARAMS_OFFSET = 984;
 const PAGE = 65536;
 /** Largest memory the kernels use: 4 GiB (wasm32). */
@@ -59,7 +62,7 @@ type KernelFn = (
 export interface KernelExports {
   pack_a(src: number, dst: number, rows: number, r: number): void;
   pack_b(src: number, dst: number, cols: number, r: number): void;
-  [update: `update_${string}` | `hadamard_${string}`]: KernelFn;
+  [update: `update_${string}` | `hadamard_${string}` | `kronecker_${string}` | `kronunit_${string}`]: KernelFn;
 }
 
 const DT: Record<StoredFloat, string> = { F32: 'f32', F16: 'f16', BF16: 'bf16' };
@@ -118,6 +121,30 @@ const align = (n: number, a: number): number => Math.ceil(n / a) * a;
 /** Column tiles per packed-B panel for rank r (the `nc` of a block). */
 export function panelTiles(r: number): number {
   return Math.max(1, Math.floor(PANEL_BYTES / Math.max(1, 32 * r)));
+}
+
+/**
+ * ±1 when a LoKr can run on the kronunit_* functions (f32 arithmetic, the same values as the f64 kronecker_* ones):
+ * c = ±1 (the sign returned), every s·left[a, c] finite and exactly an f32, every right[b, d] finite; 0 otherwise.
+ * (See kroneckerUnitStage in scripts/wasm/kernel-wat.ts for why those conditions make the two equal.)
+ */
+export function kroneckerUnit(k: KroneckerPart): 0 | 1 | -1 {
+  if (k.coef !== 1 && k.coef !== -1) return 0;
+  for (let i = 0; i < k.left.length; i++) {
+    const x = k.scale * (k.left[i] as number);
+    if (!Number.isFinite(x) || Math.fround(x) !== x) return 0;
+  }
+  for (let i = 0; i < k.right.length; i++) if (!Number.isFinite(k.right[i] as number)) return 0;
+  return k.coef;
+}
+
+/**
+ * Column tiles per panel of a kronecker_* block: the B panel of rank r, the panel's part of every row of the
+ * expanded right side (o2 f32 rows, all used by each row of the left side) and one left row (f64) stay in L2
+ * together.
+ */
+export function kroneckerPanelTiles(r: number, rightRows: number): number {
+  return panelTiles(r + rightRows + 2);
 }
 
 export class WasmEngine {
@@ -335,13 +362,7 @@ export class WasmEngine {
     return { pa, pb, end: Math.max(stagingB + rank * cols * 4, staging + n * rank * 4) };
   }
 
-  /** Bytes packFactors may use for a job of `rows` rows, `cols` columns and rank `rank`. */
-  static packBytes(rank: number, rows: number, cols: number): number {
-    const colsP = align(Math.max(cols, 1), 8);
-    return colsP * rank * 4 + 128 + Math.max(rank * cols * 4, align(rows, 4) * rank * 4 + 64 + rows * rank * 4) + 128;
-  }
-
-  /** Write the coefficients s and c of the hadamard_* functions and kronecker_add. */
+  /** Write the coefficients s and c of the hadamard_* and kronecker_* functions. */
   setHadamardCoefs(scale: number, coef: number): void {
     const v = new Float64Array(this.memory.buffer, HADAMARD_COEF_OFFSET, 2);
     v[0] = scale;
@@ -372,35 +393,69 @@ export class WasmEngine {
     v[6] = scratch;
   }
 
-  /** kronecker_add's parameters: s, c (f64 at HADAMARD_COEF_OFFSET) and the sizes (i32 just below). */
+  /**
+   * Write a LoKr's sides expanded along the columns at `base` (64-byte aligned) for the kronecker_* functions:
+   * L [o1, colsP] f64 with L[a, c·n2 + d] = s·left[a, c] (the f64 product the dense path forms), R [o2, colsP] f32
+   * with R[b, c·n2 + d] = right[b, d], both zero in the padding columns [cols, colsP). With `unit` (±1, the kronunit_*
+   * functions, see kroneckerUnit) L is f32 and holds unit·s·left[a, c]. Returns their offsets and the end of the
+   * bytes used.
+   */
+  setKroneckerSides(k: KroneckerPart, base: number, unit: 0 | 1 | -1 = 0): { pl: number; pr: number; end: number } {
+    const { rows: o1, leftCols: i1, rightRows: o2, rightCols: n2, left, right, scale } = k;
+    const cols = i1 * n2;
+    const colsP = align(Math.max(cols, 1), 8);
+    const pl = align(base, 64);
+    const pr = align(pl + o1 * colsP * (unit ? 4 : 8), 64);
+    const end = pr + o2 * colsP * 4;
+    this.ensure(end + 64);
+    const l = unit
+      ? new Float32Array(this.memory.buffer, pl, o1 * colsP)
+      : new Float64Array(this.memory.buffer, pl, o1 * colsP);
+    const sign = unit || 1;
+    for (let a = 0; a < o1; a++) {
+      const row = a * colsP;
+      for (let c = 0; c < i1; c++)
+        l.fill(sign * (scale * (left[a * i1 + c] as number)), row + c * n2, row + (c + 1) * n2);
+      l.fill(0, row + cols, row + colsP);
+    }
+    const f = this.f32;
+    for (let b = 0; b < o2; b++) {
+      const row = pr / 4 + b * colsP;
+      const src = right.subarray(b * n2, (b + 1) * n2);
+      if (n2 >= 16) {
+        for (let c = 0; c < i1; c++) f.set(src, row + c * n2);
+      } else {
+        for (let j = 0; j < cols; j++) f[row + j] = src[j % n2] as number;
+      }
+      f.fill(0, row + cols, row + colsP);
+    }
+    return { pl, pr, end };
+  }
+
+  /**
+   * The kronecker_* functions' parameters for a job: s and c, the expanded sides (see setKroneckerSides), the right
+   * side's row count and the tile scratch (MAX_THREADS · HADAMARD_SCRATCH_BYTES bytes, 16-byte aligned).
+   */
   setKroneckerParams(
     scale: number,
     coef: number,
-    leftRows: number,
+    sides: { pl: number; pr: number },
     rightRows: number,
-    leftCols: number,
-    rightCols: number,
-    rowStart: number,
+    scratch: number,
   ): void {
     this.setHadamardCoefs(scale, coef);
-    const v = new Int32Array(this.memory.buffer, KRONECKER_PARAMS_OFFSET, 5);
-    v[0] = leftRows * rightRows;
-    v[1] = rightRows;
-    v[2] = leftCols;
-    v[3] = rightCols;
-    v[4] = rowStart;
+    const v = new Int32Array(this.memory.buffer, KRONECKER_PARAMS_OFFSET, 3);
+    v[0] = sides.pl;
+    v[1] = sides.pr;
+    v[2] = rightRows;
+    new Int32Array(this.memory.buffer, HADAMARD_PARAMS_OFFSET, 7)[6] = scratch;
   }
 
-  /** Copy f32 values to a byte offset of the memory. */
-  setF32(offset: number, values: Float32Array): void {
-    this.refresh();
-    this.f32.set(values, offset / 4);
-  }
-
-  /** Zero bytes [start, end) of the memory. */
-  zero(start: number, end: number): void {
-    this.refresh();
-    this.u8.fill(0, start, end);
+  /** The global rows [rowStart, rowEnd) of the block the kronecker_* functions run next. */
+  setKroneckerRows(rowStart: number, rowEnd: number): void {
+    const v = new Int32Array(this.memory.buffer, KRONECKER_PARAMS_OFFSET + 12, 2);
+    v[0] = rowStart;
+    v[1] = rowEnd;
   }
 
   /** Zero the count slots [0, slots). */
@@ -432,7 +487,7 @@ export class WasmEngine {
 
 /** Call the kernel for row tiles [it0, it1) of a block (also used by worker threads). */
 export function runBlock(ex: KernelExports, b: Block, it0: number, it1: number, slot: number): void {
-  const fn = ex[b.fn as `update_${string}` | `hadamard_${string}`];
+  const fn = ex[b.fn as `update_${string}` | `hadamard_${string}` | `kronecker_${string}` | `kronunit_${string}`];
   if (!fn) throw new FuseError('KERNEL_FAILED', `kernel: the WASM module has no function ${b.fn}`, { found: b.fn });
   fn(
     b.pa,
