@@ -5,6 +5,7 @@ import { buildWasmFiles, ROOT } from '../scripts/build-wasm.js';
 import { base64ToBytes } from '../src/core/base64.js';
 import { CONVERT_WASM } from '../src/core/dtype-wasm-bytes.js';
 import { SHA256_WASM } from '../src/core/sha256-wasm-bytes.js';
+import { TRIM_WASM } from '../src/lora/trim-bytes.js';
 import {
   KERNEL_PLAIN,
   KERNEL_PLAIN_SHARED,
@@ -13,7 +14,7 @@ import {
 } from '../src/kernels/kernel-bytes.js';
 
 describe('committed WebAssembly', () => {
-  it('src/core/dtype-wasm.wat, src/core/sha256.wat, src/kernels/kernel.wat and *-bytes.ts equal a fresh generation and wabt compile (npm run build:wasm)', async () => {
+  it('src/core/dtype-wasm.wat, src/core/sha256.wat, src/kernels/kernel.wat, src/lora/trim.wat and *-bytes.ts equal a fresh generation and wabt compile (npm run build:wasm)', async () => {
     const files = await buildWasmFiles();
     expect(Object.keys(files).sort()).toEqual([
       'src/core/dtype-wasm-bytes.ts',
@@ -22,6 +23,8 @@ describe('committed WebAssembly', () => {
       'src/core/sha256.wat',
       'src/kernels/kernel-bytes.ts',
       'src/kernels/kernel.wat',
+      'src/lora/trim-bytes.ts',
+      'src/lora/trim.wat',
     ]);
     for (const [rel, content] of Object.entries(files)) {
       const committed = await readFile(path.join(ROOT, rel), 'utf8');
@@ -42,6 +45,12 @@ describe('committed WebAssembly', () => {
         .map((e) => e.name)
         .sort(),
     ).toEqual(['blocks', 'memory']);
+    const trim = new WebAssembly.Module(base64ToBytes(TRIM_WASM));
+    expect(
+      WebAssembly.Module.exports(trim)
+        .map((e) => e.name)
+        .sort(),
+    ).toEqual(['hist_high', 'hist_low', 'memory', 'vote', 'vote2', 'zero']);
     // the plain builds compile without relaxed SIMD; all four share one export list
     const plain = new WebAssembly.Module(base64ToBytes(KERNEL_PLAIN));
     const names = WebAssembly.Module.exports(plain).map((e) => e.name);

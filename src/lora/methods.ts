@@ -12,6 +12,7 @@
  */
 import { OptionError } from '../core/errors.js';
 import { magnitudePrune, randomPrune } from './sparsify.js';
+import { getWasmTrim, WASM_VOTE_MAX_INPUTS } from './trim-wasm.js';
 
 /** The parameters any method may take, with their types. */
 export interface MethodParamValues {
@@ -140,6 +141,22 @@ export function weightedSum(
  * array) may be one of the inputs: every element is read before it is written.
  */
 export function disjointMerge(
+  trimmed: readonly (Float32Array | null)[],
+  weights: readonly number[],
+  majoritySign: 'total' | 'frequency',
+  out: Float32Array = new Float32Array(sizeOf(trimmed)),
+): Float32Array {
+  const wasm = getWasmTrim();
+  let inputs = 0;
+  for (const t of trimmed) if (t) inputs++;
+  if (wasm && inputs <= WASM_VOTE_MAX_INPUTS) {
+    return wasm.disjointMerge(trimmed, weights, majoritySign === 'frequency', sizeOf(trimmed), out);
+  }
+  return disjointMergeScalar(trimmed, weights, majoritySign, out);
+}
+
+/** disjointMerge in plain JS (the reference, and the fallback without WebAssembly SIMD); the same bits. */
+export function disjointMergeScalar(
   trimmed: readonly (Float32Array | null)[],
   weights: readonly number[],
   majoritySign: 'total' | 'frequency',
