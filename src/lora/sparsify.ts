@@ -18,7 +18,8 @@ import { getWasmTrim } from './trim-wasm.js';
  */
 export function magnitudePrune(x: Float32Array, density: number): void {
   const wasm = getWasmTrim();
-  if (wasm) wasm.magnitudePrune(x, density);
+  // (the WASM zeroing pass counts ties in an i32)
+  if (wasm && x.length < 2 ** 31) wasm.magnitudePrune(x, density);
   else magnitudePruneScalar(x, density);
 }
 
