@@ -10,7 +10,7 @@
  * - `zero(p, n, threshold, ties)`: zeroes the values with |x| below the threshold and those equal to it once
  *   `ties` have been kept, in index order; returns the ties still to keep (SIMD, scalar for groups holding a tie);
  * - `vote2(p0, p1, out, n, w0, w1, byCount)`: the two-input election and disjoint mean, in f64 and rounded once
- *   to f32 as the JS does (branch-free: (0 + [a₀]w₀v₀) + [a₁]w₁v₁, divided by max(1, a₀ + a₁));
+ *   to f32 as the JS does (branch-free, SIMD: (0 + [a₀]w₀v₀) + [a₁]w₁v₁, divided by max(1, a₀ + a₁));
  * - `vote(p, k, stride, out, n, byCount)`: the same for k inputs at p + j·stride with their f64 weights at
  *   TRIM_WEIGHTS, summing in input order.
  */
@@ -109,7 +109,7 @@ export function trimWat(): string {
 
   ;; two inputs: σ = + where S ≥ 0 (S = v₀ + v₁ in f64, or sign v₀ + sign v₁); aᵢ = vᵢ has sign σ (zeros never);
   ;; out = f32(((0 + [a₀]·w₀v₀) + [a₁]·w₁v₁) / max(1, a₀ + a₁))
-  (func (export "vote2") (param $p0 i32) (param $p1 i32) (param $out i32) (param $n i32)
+  (func $vote2_scalar (param $p0 i32) (param $p1 i32) (param $out i32) (param $n i32)
     (param $w0 f64) (param $w1 f64) (param $byCount i32)
     (local $end i32) (local $v0 f32) (local $v1 f32) (local $pos i32) (local $a0 i32) (local $a1 i32)
     (local.set $end (i32.add (local.get $out) (i32.shl (local.get $n) (i32.const 2))))
@@ -145,6 +145,80 @@ export function trimWat(): string {
         (local.set $p1 (i32.add (local.get $p1) (i32.const 4)))
         (local.set $out (i32.add (local.get $out) (i32.const 4)))
         (br $next))))
+
+  ;; the same, four values at a time: f64x2 halves, x/2 as x·0.5 and x/1 as x·1 (the same roundings); n values
+  ;; at 16-byte aligned p0, p1, out, the n mod 4 last ones by $vote2_scalar
+  (func (export "vote2") (param $p0 i32) (param $p1 i32) (param $out i32) (param $n i32)
+    (param $w0 f64) (param $w1 f64) (param $byCount i32)
+    (local $end4 i32) (local $x0 v128) (local $x1 v128) (local $gt0 v128) (local $lt0 v128) (local $gt1 v128)
+    (local $lt1 v128) (local $pos v128) (local $a0 v128) (local $a1 v128) (local $w0v v128) (local $w1v v128)
+    (local $zero v128) (local $half v128) (local $one v128) (local $m0 v128) (local $m1 v128) (local $lo v128)
+    (local $hi v128) (local $x0h v128) (local $x1h v128)
+    (local.set $end4 (i32.add (local.get $out) (i32.shl (i32.and (local.get $n) (i32.const -4)) (i32.const 2))))
+    (local.set $w0v (f64x2.splat (local.get $w0)))
+    (local.set $w1v (f64x2.splat (local.get $w1)))
+    (local.set $zero (v128.const i32x4 0 0 0 0))
+    (local.set $half (f64x2.splat (f64.const 0.5)))
+    (local.set $one (f64x2.splat (f64.const 1)))
+    (block $done
+      (loop $next
+        (br_if $done (i32.ge_u (local.get $out) (local.get $end4)))
+        (local.set $x0 (v128.load (local.get $p0)))
+        (local.set $x1 (v128.load (local.get $p1)))
+        ;; lanes 2, 3 moved to 0, 1 (for the f64 halves)
+        (local.set $x0h (i8x16.shuffle 8 9 10 11 12 13 14 15 8 9 10 11 12 13 14 15 (local.get $x0) (local.get $x0)))
+        (local.set $x1h (i8x16.shuffle 8 9 10 11 12 13 14 15 8 9 10 11 12 13 14 15 (local.get $x1) (local.get $x1)))
+        (local.set $gt0 (f32x4.gt (local.get $x0) (local.get $zero)))
+        (local.set $lt0 (f32x4.lt (local.get $x0) (local.get $zero)))
+        (local.set $gt1 (f32x4.gt (local.get $x1) (local.get $zero)))
+        (local.set $lt1 (f32x4.lt (local.get $x1) (local.get $zero)))
+        (local.set $pos
+          (if (result v128) (local.get $byCount)
+            (then
+              ;; a mask is −1: lt − gt is sign(v)
+              (i32x4.ge_s
+                (i32x4.add (i32x4.sub (local.get $lt0) (local.get $gt0)) (i32x4.sub (local.get $lt1) (local.get $gt1)))
+                (local.get $zero)))
+            (else
+              (i8x16.shuffle 0 1 2 3 8 9 10 11 16 17 18 19 24 25 26 27
+                (f64x2.ge
+                  (f64x2.add (f64x2.promote_low_f32x4 (local.get $x0)) (f64x2.promote_low_f32x4 (local.get $x1)))
+                  (local.get $zero))
+                (f64x2.ge
+                  (f64x2.add (f64x2.promote_low_f32x4 (local.get $x0h)) (f64x2.promote_low_f32x4 (local.get $x1h)))
+                  (local.get $zero))))))
+        (local.set $a0 (v128.bitselect (local.get $gt0) (local.get $lt0) (local.get $pos)))
+        (local.set $a1 (v128.bitselect (local.get $gt1) (local.get $lt1) (local.get $pos)))
+        ;; lanes 0, 1
+        (local.set $m0 (i64x2.extend_low_i32x4_s (local.get $a0)))
+        (local.set $m1 (i64x2.extend_low_i32x4_s (local.get $a1)))
+        (local.set $lo
+          (f32x4.demote_f64x2_zero
+            (f64x2.mul
+              (f64x2.add
+                (f64x2.add (local.get $zero)
+                  (v128.and (f64x2.mul (local.get $w0v) (f64x2.promote_low_f32x4 (local.get $x0))) (local.get $m0)))
+                (v128.and (f64x2.mul (local.get $w1v) (f64x2.promote_low_f32x4 (local.get $x1))) (local.get $m1)))
+              (v128.bitselect (local.get $half) (local.get $one) (v128.and (local.get $m0) (local.get $m1))))))
+        ;; lanes 2, 3
+        (local.set $m0 (i64x2.extend_high_i32x4_s (local.get $a0)))
+        (local.set $m1 (i64x2.extend_high_i32x4_s (local.get $a1)))
+        (local.set $hi
+          (f32x4.demote_f64x2_zero
+            (f64x2.mul
+              (f64x2.add
+                (f64x2.add (local.get $zero)
+                  (v128.and (f64x2.mul (local.get $w0v) (f64x2.promote_low_f32x4 (local.get $x0h))) (local.get $m0)))
+                (v128.and (f64x2.mul (local.get $w1v) (f64x2.promote_low_f32x4 (local.get $x1h))) (local.get $m1)))
+              (v128.bitselect (local.get $half) (local.get $one) (v128.and (local.get $m0) (local.get $m1))))))
+        (v128.store (local.get $out)
+          (i8x16.shuffle 0 1 2 3 4 5 6 7 16 17 18 19 20 21 22 23 (local.get $lo) (local.get $hi)))
+        (local.set $p0 (i32.add (local.get $p0) (i32.const 16)))
+        (local.set $p1 (i32.add (local.get $p1) (i32.const 16)))
+        (local.set $out (i32.add (local.get $out) (i32.const 16)))
+        (br $next)))
+    (call $vote2_scalar (local.get $p0) (local.get $p1) (local.get $out) (i32.and (local.get $n) (i32.const 3))
+      (local.get $w0) (local.get $w1) (local.get $byCount)))
 
   ;; k inputs at p + j·stride, weights (f64) at ${TRIM_WEIGHTS} + 8j: S summed in input order from +0; the agreeing
   ;; values' w·v summed in input order from +0, divided by their count (out = +0 when none agrees)
