@@ -4,11 +4,11 @@
  *   npx tsx scripts/build-wasm.ts          (npm run build:wasm)
  *
  * 1. generates the WAT text (scripts/wasm/*-wat.ts) and writes it to src/core/dtype-wasm.wat, src/core/sha256.wat,
- *    src/lora/factor-f16.wat and src/kernels/kernel.wat (committed, readable);
+ *    src/lora/factor-f16.wat, src/lora/trim.wat and src/kernels/kernel.wat (committed, readable);
  * 2. compiles every build with the `wabt` npm package (simd, relaxed_simd, threads);
- * 3. writes src/core/dtype-wasm-bytes.ts, src/core/sha256-wasm-bytes.ts, src/lora/factor-f16-bytes.ts and
- *    src/kernels/kernel-bytes.ts: the binaries as base64 strings, so the core needs no file access or bundler
- *    plugin to load them.
+ * 3. writes src/core/dtype-wasm-bytes.ts, src/core/sha256-wasm-bytes.ts, src/lora/factor-f16-bytes.ts,
+ *    src/lora/trim-bytes.ts and src/kernels/kernel-bytes.ts: the binaries as base64 strings, so the core needs no
+ *    file access or bundler plugin to load them.
  *
  * `--check` compares instead of writing and exits 1 when a committed file is stale
  * (test/wasm-build.test.ts does the same comparison).
@@ -21,6 +21,7 @@ import { convertWat } from './wasm/convert-wat.js';
 import { factorF16Wat } from './wasm/factor-f16-wat.js';
 import { kernelVariant, kernelWat } from './wasm/kernel-wat.js';
 import { sha256Wat } from './wasm/sha256-wat.js';
+import { trimWat } from './wasm/trim-wat.js';
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -83,6 +84,8 @@ export async function buildWasmFiles(): Promise<Record<string, string>> {
     KERNEL_RELAXED_SHARED: await compile(wabt, 'kernel.wat', kernelVariant(kern, true, true)),
     KERNEL_PLAIN_SHARED: await compile(wabt, 'kernel.wat', kernelVariant(kern, false, true)),
   };
+  const trim = trimWat();
+  const trimBytes = await compile(wabt, 'trim.wat', trim);
   return {
     'src/core/dtype-wasm.wat': conv,
     'src/kernels/kernel.wat': kern,
@@ -102,6 +105,8 @@ export async function buildWasmFiles(): Promise<Record<string, string>> {
       'Fused update kernel builds (src/kernels/kernel.wat): relaxed_madd or mul+add, private or shared memory.',
       kernels,
     ),
+    'src/lora/trim.wat': trim,
+    'src/lora/trim-bytes.ts': bytesModule('TIES trim and sign vote (src/lora/trim.wat).', { TRIM_WASM: trimBytes }),
   };
 }
 

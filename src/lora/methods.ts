@@ -12,6 +12,7 @@
  */
 import { OptionError } from '../core/errors.js';
 import { magnitudePrune, randomPrune } from './sparsify.js';
+import { getWasmTrim, WASM_VOTE_MAX_INPUTS } from './trim-wasm.js';
 
 /** The parameters any method may take, with their types. */
 export interface MethodParamValues {
@@ -137,9 +138,33 @@ export function weightedSum(
 /**
  * TIES' election and disjoint mean on already trimmed tensors: σ = +1 where S ≥ 0 else −1 (S = Σ tᵢ or Σ sign tᵢ);
  * result = Σ wᵢ·tᵢ·[sign tᵢ = σ] / max(1, #{i : sign tᵢ = σ}). Zeros never vote or count. `out` (default: a new
- * array) may be one of the inputs: every element is read before it is written.
+ * array) may be one of the inputs: every element is read before it is written. Runs in WebAssembly
+ * (src/lora/trim-wasm.ts) where available, else disjointMergeScalar; both give the same bits.
  */
 export function disjointMerge(
+  trimmed: readonly (Float32Array | null)[],
+  weights: readonly number[],
+  majoritySign: 'total' | 'frequency',
+  out: Float32Array = new Float32Array(sizeOf(trimmed)),
+): Float32Array {
+  const wasm = getWasmTrim();
+  const n = sizeOf(trimmed);
+  let inputs = 0,
+    sameSize = out.length >= n;
+  for (const t of trimmed) {
+    if (!t) continue;
+    inputs++;
+    if (t.length !== n) sameSize = false;
+  }
+  // (the reference reads a shorter input as zeros and ignores writes past a shorter `out`: left to it)
+  if (wasm && sameSize && inputs <= WASM_VOTE_MAX_INPUTS) {
+    return wasm.disjointMerge(trimmed, weights, majoritySign === 'frequency', n, out);
+  }
+  return disjointMergeScalar(trimmed, weights, majoritySign, out);
+}
+
+/** disjointMerge in plain JS (the reference, and the fallback without WebAssembly SIMD); the same bits. */
+export function disjointMergeScalar(
   trimmed: readonly (Float32Array | null)[],
   weights: readonly number[],
   majoritySign: 'total' | 'frequency',

@@ -10,9 +10,21 @@
  *
  * density ≥ 1 leaves the tensor unchanged, as PEFT does.
  */
+import { getWasmTrim } from './trim-wasm.js';
 
-/** Zero all but the ⌊density·n⌋ entries of largest magnitude. */
+/**
+ * Zero all but the ⌊density·n⌋ entries of largest magnitude: in WebAssembly (src/lora/trim-wasm.ts) where it is
+ * available, else magnitudePruneScalar; both give the same bits.
+ */
 export function magnitudePrune(x: Float32Array, density: number): void {
+  const wasm = getWasmTrim();
+  // (the WASM zeroing pass counts ties in an i32)
+  if (wasm && x.length < 2 ** 31) wasm.magnitudePrune(x, density);
+  else magnitudePruneScalar(x, density);
+}
+
+/** magnitudePrune in plain JS (the reference, and the fallback without WebAssembly SIMD). */
+export function magnitudePruneScalar(x: Float32Array, density: number): void {
   const n = x.length;
   const k = Math.floor(density * n);
   if (k >= n) return;
