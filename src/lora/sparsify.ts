@@ -11,6 +11,7 @@
  * density ≥ 1 leaves the tensor unchanged, as PEFT does.
  */
 import { getWasmTrim } from './trim-wasm.js';
+import { cutBin } from './radix-select.js';
 
 /**
  * Zero all but the ⌊density·n⌋ entries of largest magnitude: in WebAssembly (src/lora/trim-wasm.ts) where it is
@@ -39,13 +40,8 @@ export function magnitudePruneScalar(x: Float32Array, density: number): void {
     high[h] = (high[h] ?? 0) + 1;
   }
   // The high half H of the threshold: the bin where the count from the top reaches k.
-  let above = 0;
-  let H = high.length - 1;
-  for (; H > 0; H--) {
-    const c = high[H] ?? 0;
-    if (above + c >= k) break;
-    above += c;
-  }
+  const hi = cutBin(high, k, 0);
+  const H = hi.bin;
   const low = new Uint32Array(1 << 16);
   for (let i = 0; i < n; i++) {
     const b = (bits[i] ?? 0) & 0x7fffffff;
@@ -54,12 +50,7 @@ export function magnitudePruneScalar(x: Float32Array, density: number): void {
       low[l] = (low[l] ?? 0) + 1;
     }
   }
-  let L = low.length - 1;
-  for (; L > 0; L--) {
-    const c = low[L] ?? 0;
-    if (above + c >= k) break;
-    above += c;
-  }
+  const { bin: L, above } = cutBin(low, k, hi.above);
   const threshold = ((H << 16) | L) >>> 0;
   // `above` entries lie strictly above the threshold; keep the first k − above entries equal to it.
   let ties = k - above;

@@ -11,6 +11,7 @@
 import { base64ToBytes } from '../core/base64.js';
 import { hasWasmSimd } from '../core/wasm-features.js';
 import { TRIM_WASM } from './trim-bytes.js';
+import { cutBin } from './radix-select.js';
 
 /** Byte offsets and sizes of the module's memory layout (scripts/wasm/trim-wat.ts; checked by the wasm tests). */
 export const TRIM_LAYOUT = {
@@ -85,25 +86,15 @@ class WasmTrimImpl implements WasmTrim {
       ex.hist_high(DATA, m);
     }
     // The threshold, exactly as the reference chooses it.
-    let above = 0;
-    let H = high.length - 1;
-    for (; H > 0; H--) {
-      const c = high[H] ?? 0;
-      if (above + c >= k) break;
-      above += c;
-    }
+    const hi = cutBin(high, k, 0);
+    const H = hi.bin;
     low.fill(0);
     for (let i = 0; i < n; i += CHUNK) {
       const m = Math.min(CHUNK, n - i);
       slot.set(x.subarray(i, i + m));
       ex.hist_low(DATA, m, H);
     }
-    let L = low.length - 1;
-    for (; L > 0; L--) {
-      const c = low[L] ?? 0;
-      if (above + c >= k) break;
-      above += c;
-    }
+    const { bin: L, above } = cutBin(low, k, hi.above);
     const threshold = ((H << 16) | L) >>> 0;
     let ties = k - above;
     for (let i = 0; i < n; i += CHUNK) {
