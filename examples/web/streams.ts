@@ -128,6 +128,30 @@ export interface WritableTarget {
   getWriter(): WritableStreamDefaultWriter<Uint8Array>;
 }
 
+/** Where a sink of this module stands: taking bytes, finished, or given up. */
+type SinkState = 'open' | 'committed' | 'aborted';
+
+/** IO_WRITE_FAILED naming the sink, the step and the cause. */
+function writeFailure(name: string, what: string, e: unknown): IoError {
+  return new IoError('IO_WRITE_FAILED', `${name}: ${what} failed (${e instanceof Error ? e.message : String(e)})`, {
+    file: name,
+  });
+}
+
+/** IO_WRITE_FAILED unless the sink still takes bytes. */
+function assertWritable(name: string, state: SinkState): void {
+  if (state !== 'open') {
+    throw new IoError('IO_WRITE_FAILED', `${name}: write after ${state === 'committed' ? 'commit' : 'abort'}`, {
+      file: name,
+    });
+  }
+}
+
+/** Whether commit has nothing left to do (a second commit); IO_WRITE_FAILED after an abort. */
+function committedAlready(name: string, state: SinkState): boolean {
+  if (state === 'aborted') throw new IoError('IO_WRITE_FAILED', `${name}: commit after abort`, { file: name });
+  return state === 'committed';
+}
 /**
  * A sink that streams into a file chosen with showSaveFilePicker (or an OPFS file) through its writable stream:
  * the bytes go to disk as they are made, never held whole. Writes are gathered into 8 MiB parts; at most `queued`
@@ -146,11 +170,8 @@ export function writableSink(
   let made = 0;
   let size = 0;
   let failed: unknown = null;
-  let state: 'open' | 'committed' | 'aborted' = 'open';
-  const fail = (what: string, e: unknown) =>
-    new IoError('IO_WRITE_FAILED', `${name}: ${what} failed (${e instanceof Error ? e.message : String(e)})`, {
-      file: name,
-    });
+  let state: SinkState = 'open';
+  const fail = (what: string, e: unknown) => writeFailure(name, what, e);
   const take = async (): Promise<Uint8Array> => {
     const buffer = free.pop();
     if (buffer) return buffer;
@@ -183,16 +204,12 @@ export function writableSink(
       return size;
     },
     async write(chunk) {
-      if (state !== 'open')
-        throw new IoError('IO_WRITE_FAILED', `${name}: write after ${state === 'committed' ? 'commit' : 'abort'}`, {
-          file: name,
-        });
+      assertWritable(name, state);
       await buffer.write(chunk);
       size += chunk.byteLength;
     },
     async commit() {
-      if (state === 'committed') return;
-      if (state === 'aborted') throw new IoError('IO_WRITE_FAILED', `${name}: commit after abort`, { file: name });
+      if (committedAlready(name, state)) return;
       await buffer.flush();
       await Promise.all(inFlight.splice(0));
       if (failed) throw fail('writing', failed);
@@ -232,21 +249,15 @@ export function syncFileSink(
   discard: () => Promise<void>,
 ): ByteSink & { readonly byteLength: number } {
   let size = 0;
-  let state: 'open' | 'committed' | 'aborted' = 'open';
-  const fail = (what: string, e: unknown) =>
-    new IoError('IO_WRITE_FAILED', `${name}: ${what} failed (${e instanceof Error ? e.message : String(e)})`, {
-      file: name,
-    });
+  let state: SinkState = 'open';
+  const fail = (what: string, e: unknown) => writeFailure(name, what, e);
   return {
     name,
     get byteLength() {
       return size;
     },
     async write(chunk) {
-      if (state !== 'open')
-        throw new IoError('IO_WRITE_FAILED', `${name}: write after ${state === 'committed' ? 'commit' : 'abort'}`, {
-          file: name,
-        });
+      assertWritable(name, state);
       let at = 0;
       try {
         while (at < chunk.byteLength) {
@@ -260,8 +271,7 @@ export function syncFileSink(
       size += chunk.byteLength;
     },
     async commit() {
-      if (state === 'committed') return;
-      if (state === 'aborted') throw new IoError('IO_WRITE_FAILED', `${name}: commit after abort`, { file: name });
+      if (committedAlready(name, state)) return;
       try {
         target.truncate(size);
         target.close();

@@ -884,12 +884,26 @@ async function readPlanned(file: LoraFileLike, plan: LoraPlan): Promise<LoadedLo
   const embeddings = await readEmbeddings(file, plan);
   const norms = await readNorms(file.name, plan.norms, (k) => file.readF32(k));
   return {
+    ...loraOfPlan(plan, modules),
+    ...(embeddings.size > 0 ? { embeddings } : {}),
+    ...(norms.size > 0 ? { norms } : {}),
+  };
+}
+
+/**
+ * The LoadedLora a plan describes, with these modules (read, or shapes only as the streamed merge and convert
+ * hold them) and the plan's metadata unless other metadata is given; embeddings and norms are the caller's to add.
+ */
+export function loraOfPlan(
+  plan: LoraPlan,
+  modules: Map<string, Term>,
+  metadata: Readonly<Record<string, string>> = plan.metadata,
+): LoadedLora {
+  return {
     arch: plan.arch,
     size: plan.size,
     modules,
-    metadata: plan.metadata,
-    ...(embeddings.size > 0 ? { embeddings } : {}),
-    ...(norms.size > 0 ? { norms } : {}),
+    metadata,
     format: plan.format,
     ...(plan.kohyaPaths ? { kohyaPaths: plan.kohyaPaths } : {}),
     dtype: plan.dtype,

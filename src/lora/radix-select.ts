@@ -1,7 +1,21 @@
 /**
- * The counting step of magnitudePrune's radix select (src/lora/sparsify.ts and its WebAssembly twin,
- * src/lora/trim-wasm.ts): both must pick the same threshold, so both use this one function.
+ * The steps of magnitudePrune's radix select that count (src/lora/sparsify.ts and its WebAssembly twin,
+ * src/lora/trim-wasm.ts): both must keep the same entries, so both use these functions.
  */
+
+/**
+ * How many entries of x magnitude pruning at `density` keeps, k = ⌊density·n⌋, when a selection is needed; null when
+ * it is not: k ≥ n leaves x as it is, k ≤ 0 zeroes it here.
+ */
+export function keepCount(x: Float32Array, density: number): number | null {
+  const k = Math.floor(density * x.length);
+  if (k >= x.length) return null;
+  if (k <= 0) {
+    x.fill(0);
+    return null;
+  }
+  return k;
+}
 
 /**
  * Counting down from the highest bin of `hist`, the bin at which `above` (entries already known to lie above every

@@ -11,7 +11,7 @@
  * density ≥ 1 leaves the tensor unchanged, as PEFT does.
  */
 import { getWasmTrim } from './trim-wasm.js';
-import { cutBin } from './radix-select.js';
+import { cutBin, keepCount } from './radix-select.js';
 
 /**
  * Zero all but the ⌊density·n⌋ entries of largest magnitude: in WebAssembly (src/lora/trim-wasm.ts) where it is
@@ -26,13 +26,9 @@ export function magnitudePrune(x: Float32Array, density: number): void {
 
 /** magnitudePrune in plain JS (the reference, and the fallback without WebAssembly SIMD). */
 export function magnitudePruneScalar(x: Float32Array, density: number): void {
+  const k = keepCount(x, density);
+  if (k === null) return;
   const n = x.length;
-  const k = Math.floor(density * n);
-  if (k >= n) return;
-  if (k <= 0) {
-    x.fill(0);
-    return;
-  }
   const bits = new Uint32Array(x.buffer, x.byteOffset, n);
   const high = new Uint32Array(1 << 15);
   for (let i = 0; i < n; i++) {

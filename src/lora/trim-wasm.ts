@@ -11,7 +11,7 @@
 import { base64ToBytes } from '../core/base64.js';
 import { hasWasmSimd } from '../core/wasm-features.js';
 import { TRIM_WASM } from './trim-bytes.js';
-import { cutBin } from './radix-select.js';
+import { cutBin, keepCount } from './radix-select.js';
 
 /** Byte offsets and sizes of the module's memory layout (scripts/wasm/trim-wat.ts; checked by the wasm tests). */
 export const TRIM_LAYOUT = {
@@ -68,13 +68,9 @@ class WasmTrimImpl implements WasmTrim {
   }
 
   magnitudePrune(x: Float32Array, density: number): void {
+    const k = keepCount(x, density);
+    if (k === null) return;
     const n = x.length;
-    const k = Math.floor(density * n);
-    if (k >= n) return;
-    if (k <= 0) {
-      x.fill(0);
-      return;
-    }
     const ex = this.ex;
     const slot = this.f32(DATA, CHUNK);
     const high = new Uint32Array(ex.memory.buffer, HIGH, 1 << 15);

@@ -33,7 +33,7 @@ import {
   type PlannedModule,
   type SaveOptions,
 } from '../formats/index.js';
-import { planLora, readPlannedTerm } from '../formats/decode.js';
+import { loraOfPlan, planLora, readPlannedTerm } from '../formats/decode.js';
 import type { EncodeStats } from '../formats/encode.js';
 import { moduleConversion, summarizeConversions, type ConversionReport } from '../lora/conversion-report.js';
 import {
@@ -320,18 +320,7 @@ export async function convertStreaming(
       conv = null;
       store = s;
     }
-    const lora: LoadedLora = {
-      arch: plan.arch,
-      size: plan.size,
-      modules,
-      metadata: convertedMetadata(plan.metadata, target),
-      format: plan.format,
-      ...(plan.kohyaPaths ? { kohyaPaths: plan.kohyaPaths } : {}),
-      dtype: plan.dtype,
-      source: plan.source,
-      unmatched: plan.unmatched,
-      notes: plan.notes,
-    };
+    const lora = loraOfPlan(plan, modules, convertedMetadata(plan.metadata, target));
     return {
       plan,
       lora,

@@ -29,7 +29,7 @@ import {
   type PlannedModule,
   type SaveOptions,
 } from '../formats/index.js';
-import { planLora, readPlannedTerm } from '../formats/decode.js';
+import { loraOfPlan, planLora, readPlannedTerm } from '../formats/decode.js';
 import { applies } from '../formats/validate.js';
 import {
   assembleMerge,
@@ -119,18 +119,7 @@ export async function openStreamingInputs(
         modules.set(m.entry.path, shapeOnly(m.downShape, m.upShape, m.alpha));
       }
       planned.push(byPath);
-      loras.push({
-        arch: plan.arch,
-        size: plan.size,
-        modules,
-        metadata: plan.metadata,
-        format: plan.format,
-        ...(plan.kohyaPaths ? { kohyaPaths: plan.kohyaPaths } : {}),
-        dtype: plan.dtype,
-        source: plan.source,
-        unmatched: plan.unmatched,
-        notes: plan.notes,
-      });
+      loras.push(loraOfPlan(plan, modules));
     }
     return { loras, files, planned, close };
   } catch (e) {
