@@ -58,7 +58,7 @@ export async function createWasmKernel(opts: WasmKernelOptions = {}): Promise<Fu
   const relaxed = opts.relaxed !== false && hasRelaxedSimd();
   const module = await kernelModule(relaxed, false);
   const memory = new WebAssembly.Memory({ initial: 1, maximum: MAX_PAGES });
-  let engine: WasmEngine | null = new WasmEngine(module, memory);
+  let engine: WasmEngine | null = new WasmEngine(module, memory, opts.maxBlockBytes);
   const stats: KernelStats = { flops: 0, seconds: 0, calls: 0 };
   const backend = backendName(relaxed);
   return {

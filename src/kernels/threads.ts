@@ -413,7 +413,7 @@ export async function createThreadedKernel<T>(
   const backend = backendName(relaxed);
   const module = kernelModuleSync(relaxed, true);
   const memory = new WebAssembly.Memory({ initial: 1, maximum: MAX_PAGES, shared: true });
-  const engine = new WasmEngine(module, memory);
+  const engine = new WasmEngine(module, memory, opts.maxBlockBytes);
   const ctl = new Int32Array(memory.buffer, CTL_OFFSET, CTL_INTS);
   const name = `${backend} ×${threads} thread${threads === 1 ? '' : 's'}`;
   const pool = new ThreadPool(platform, ctl, threads);

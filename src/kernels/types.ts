@@ -138,6 +138,12 @@ export interface WasmKernelOptions {
    * createWasmKernel only detects.
    */
   relaxed?: boolean;
+  /**
+   * Bytes of W (stored plus output dtype) per row block of a job (default 512 MiB, WasmEngine): a larger job is
+   * updated block by block. For tests, which lower it to cut small jobs into several blocks; the output bytes are the
+   * same whatever the blocks.
+   */
+  maxBlockBytes?: number;
 }
 
 /** What createGpuKernel returns: the kernel to use and what actually runs it. */
