@@ -836,6 +836,44 @@ async function readTerm(file: LoraFileLike, m: PlannedModule): Promise<Term> {
   return readAdapterTerm(m.adapter, m.entry.shape, { lora: m.alpha, stored: m.storedAlpha }, read);
 }
 
+/** Zeros shared by every readPlannedShapeTerm (grown, never written). */
+let shapeZeros = new Float32Array(0);
+
+/**
+ * The term of a planned module as far as the header determines it, without reading its factors: the kind, shapes,
+ * alpha and scale readPlannedTerm gives, with every factor value 0 (views of one shared buffer of zeros), and its
+ * bias read (the bias is written as it is). Exact ranks and factor shapes depend on shapes only, so this gives what
+ * an exact conversion writes in its header (exactShapeModule) without reading the file's factors.
+ */
+export async function readPlannedShapeTerm(file: LoraFileLike, m: PlannedModule): Promise<Term> {
+  try {
+    const zeros = (n: number): Float32Array => {
+      if (shapeZeros.length < n) shapeZeros = new Float32Array(n);
+      return shapeZeros.subarray(0, n);
+    };
+    const numel = (shape: readonly number[]): number => shape.reduce((x, y) => x * y, 1);
+    if (!m.adapter) {
+      const b = m.biasKey !== undefined ? await file.readF32(m.biasKey) : undefined;
+      return {
+        down: toNd(zeros(numel(m.downShape)), m.downShape, file.name, m.downKey),
+        up: toNd(zeros(numel(m.upShape)), m.upShape, file.name, m.upKey),
+        alpha: m.alpha,
+        ...(b !== undefined && m.biasKey !== undefined
+          ? { bias: toNd(b, [m.upShape[0] ?? 0], file.name, m.biasKey) }
+          : {}),
+      };
+    }
+    const shapes = new Map<string, readonly number[]>();
+    for (const x of Object.values(m.adapter.tensors)) if (x) shapes.set(x.key, x.shape);
+    const biasKey = m.adapter.tensors.diff_b?.key;
+    const read = async (key: string): Promise<Float32Array> =>
+      key === biasKey ? owned(await file.readF32(key)) : zeros(numel(shapes.get(key) ?? []));
+    return await readAdapterTerm(m.adapter, m.entry.shape, { lora: m.alpha, stored: m.storedAlpha }, read);
+  } catch (e) {
+    throw asInputContentError(e);
+  }
+}
+
 /** Read the factors of a plan: the LoRA in canonical form. */
 export async function readPlannedLora(file: LoraFileLike, plan: LoraPlan): Promise<LoadedLora> {
   try {

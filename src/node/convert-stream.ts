@@ -3,8 +3,8 @@
  * memory, the modules converted on worker threads (src/node/reduce-worker.ts runs convertModule), the same bytes as
  * the in-memory conversion (src/lora/convert.ts convertLora, then saveLora).
  *
- * - Exact (no target): every module's exact rank and factor shapes are known from its term alone
- *   (exactShapeModule), so a first pass reads each module and keeps only its shapes; then, as the writer asks for
+ * - Exact (no target): every module's exact rank and factor shapes follow from its tensors' shapes (exactShapeModule
+ *   of readPlannedShapeTerm: from the header, no factor read), so the input is read once: as the writer asks for
  *   each module's factors in file order, the workers form them (a few modules ahead) and they go straight to the
  *   output — nothing is spilled (an exact SDXL LoHa is several GB of factors). Written as F16, the workers hand over
  *   finished F16 bytes (exactOutcomeF16: a LoHa's Khatri–Rao factors formed and encoded in WASM), so this thread
@@ -33,7 +33,7 @@ import {
   type PlannedModule,
   type SaveOptions,
 } from '../formats/index.js';
-import { loraOfPlan, planLora, readPlannedTerm } from '../formats/decode.js';
+import { loraOfPlan, planLora, readPlannedShapeTerm, readPlannedTerm } from '../formats/decode.js';
 import type { EncodeStats } from '../formats/encode.js';
 import { moduleConversion, summarizeConversions, type ConversionReport } from '../lora/conversion-report.js';
 import {
@@ -272,10 +272,10 @@ export async function convertStreaming(
     let report: ConversionReport | undefined;
     let store: FactorStore;
     if (target === undefined) {
-      // Pass 1: the shapes of every module's exact factors (from its term; no factor is formed).
+      // The shapes of every module's exact factors, from the header (readPlannedShapeTerm: no factor is read or
+      // formed; only bias deltas are read, since they are written as they are).
       for (const m of plan.modules) {
-        const t = await readModuleTerm(file, m);
-        modules.set(m.entry.path, exactShapeModule(t, m.entry.path));
+        modules.set(m.entry.path, exactShapeModule(await readPlannedShapeTerm(file, m), m.entry.path));
       }
       const form = async (path: string, f16: boolean): Promise<FormedPair> => {
         const m = byPath.get(path)!;
