@@ -1,15 +1,16 @@
 /**
- * Give base-dependent terms (DoRA, GLoRA) their base weights: for every module whose delta involves W0, read W0
+ * Give base-dependent terms (DoRA, GLoRA, OFT, BOFT) their base weights: for every module whose delta involves W0, read W0
  * from the base checkpoint (single file, UNet-only file or diffusers folder, any naming; fused in_proj rows sliced)
  * and turn the term into its exact dense delta, so merge, convert and resize can treat the LoRA like any other.
  * Only those modules' weights are read, one at a time.
  */
 import { ArchError, LoraError } from '../core/errors.js';
 import { getLayout } from '../layout/index.js';
-import { termNeedsBase, withBase } from '../lora/terms/index.js';
+import { termNeedsBase, withBase, withDelta } from '../lora/terms/index.js';
 import type { Lora, Term } from '../lora/types.js';
 import { findWeight, readWeightRows, type OpenedBase } from './base.js';
 import { openBase } from './fuse.js';
+import type { DeltaPool } from './host.js';
 import type { BaseInput } from './types.js';
 
 /** True when some module of `lora` needs the base weights (DoRA, GLoRA). */
@@ -35,11 +36,19 @@ export async function baseWeight(
   return readWeightRows(await found.file.read(found.key), found, found.key);
 }
 
+/** Deltas computed at once on the pool's threads (two per thread of a two-thread pool). */
+const IN_FLIGHT = 4;
+
 /**
- * `lora` with every DoRA / GLoRA term replaced by its exact dense delta against `base` (other terms unchanged).
+ * `lora` with every DoRA / GLoRA / OFT / BOFT term replaced by its exact dense delta against `base` (other terms
+ * unchanged); with `pool` (src/node/delta-pool.ts), the deltas are computed on its worker threads, the same bits.
  * ARCH_MISMATCH when the base is another architecture; LORA_NEEDS_BASE when it lacks a module's weight.
  */
-export async function resolveBaseTerms<L extends Lora<Term>>(lora: L, base: BaseInput | OpenedBase): Promise<L> {
+export async function resolveBaseTerms<L extends Lora<Term>>(
+  lora: L,
+  base: BaseInput | OpenedBase,
+  pool?: DeltaPool | null,
+): Promise<L> {
   if (!needsBase(lora)) return lora;
   const opened = typeof base === 'object' && base !== null && 'detection' in base ? base : await openBase(base);
   try {
@@ -52,9 +61,28 @@ export async function resolveBaseTerms<L extends Lora<Term>>(lora: L, base: Base
       );
     }
     const modules = new Map<string, Term>();
+    // With a pool, a few deltas are computed on its threads while the next weights are read (the map keeps the
+    // layout order: each module's place is taken when it is read).
+    const inFlight: Promise<void>[] = [];
     for (const [path, t] of lora.modules) {
-      modules.set(path, termNeedsBase(t) ? withBase(t, path, await baseWeight(opened, lora, path)) : t);
+      if (!termNeedsBase(t)) {
+        modules.set(path, t);
+        continue;
+      }
+      const w0 = await baseWeight(opened, lora, path);
+      if (!pool) {
+        modules.set(path, withBase(t, path, w0));
+        continue;
+      }
+      modules.set(path, t);
+      const p = pool.weightedDelta(t, path, 1, w0).then((d) => {
+        modules.set(path, withDelta(t, path, d));
+      });
+      p.catch(() => undefined); // reported where it is awaited
+      inFlight.push(p);
+      if (inFlight.length >= IN_FLIGHT) await inFlight.shift();
     }
+    await Promise.all(inFlight);
     return { ...lora, modules };
   } finally {
     if (opened !== base) await opened.close();

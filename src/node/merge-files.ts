@@ -7,7 +7,6 @@
  * adapter kinds, PEFT bias deltas, norm-layer differences, embeddings) load the inputs and merge in memory (on
  * worker threads for the reductions). Either way the file is the one mergeLoras + saveLora would write.
  */
-import { resolveBaseTerms } from '../fuse/base-terms.js';
 import {
   loadLora,
   saveLora,
@@ -20,6 +19,7 @@ import {
 import type { Arch, LayoutSize } from '../layout/index.js';
 import type { MergeReport, MergeWeight } from '../lora/merge.js';
 import { mergeStreaming, openStreamingInputs, type StreamedMerge } from './merge-stream.js';
+import { resolveBaseTermsThreaded } from './delta-pool.js';
 import { mergeLorasParallel, type ParallelMergeOptions } from './merge-threads.js';
 
 /** Metadata of the output, or a function giving it once the output dtype is known (the CLI's provenance). */
@@ -91,8 +91,9 @@ export async function mergeLoraFiles(
   if (!streaming) {
     for (const input of inputs) {
       const lora = await loadLora(input, decode);
-      // DoRA / GLoRA modules become their exact dense deltas against the base (LORA_NEEDS_BASE without it).
-      loras.push(base !== undefined ? await resolveBaseTerms(lora, base) : lora);
+      // DoRA / GLoRA / OFT / BOFT modules become their exact dense deltas against the base (LORA_NEEDS_BASE without
+      // it), computed on worker threads.
+      loras.push(base !== undefined ? await resolveBaseTermsThreaded(lora, base, mergeOptions.threads) : lora);
     }
   }
   const t1 = performance.now();

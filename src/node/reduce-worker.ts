@@ -3,7 +3,7 @@
  * with its own RankReducer, and sends back the outcome with the new factors' buffers transferred (not copied).
  *
  * Message in:  { id, path, out, fanIn, target, terms: [{ coef, rank, up: Float32Array, down: Float32Array }], method?,
- *                convert? }
+ *                convert?, delta? }
  * Message out: { id, outcome } or { id, error: { message, code, details } }
  */
 import { parentPort } from 'node:worker_threads';
@@ -11,6 +11,7 @@ import { RankReducer, reduceModule, type FactorTerm, type RankTarget } from '../
 import { DenseScratch, methodModule, type MethodModuleRequest } from '../lora/method-module.js';
 import { ConvertScratch, convertModule, exactOutcomeF16 } from '../lora/convert-module.js';
 import { unpackTerm, type PackedTerm } from '../lora/terms/pack.js';
+import { termWeightedDelta } from '../lora/terms/index.js';
 
 export interface ReduceRequest {
   readonly id: number;
@@ -24,6 +25,11 @@ export interface ReduceRequest {
   /** convert: one module of any kind, exact (`exact`) or to `target` (src/lora/convert-module.ts). */
   /** `f16`: an exact conversion with the factors formed as F16 bits (exactOutcomeF16). */
   readonly convert?: { readonly term: PackedTerm; readonly exact: boolean; readonly f16?: boolean };
+  /**
+   * A base-dependent delta (src/node/delta-pool.ts): termWeightedDelta(term, path, w, base), the f64 work of OFT,
+   * BOFT, DoRA and GLoRA off the caller's thread; the outcome is the delta (Float32Array).
+   */
+  readonly delta?: { readonly term: PackedTerm; readonly w: number; readonly base: Float32Array };
 }
 
 /**
@@ -50,18 +56,20 @@ if (parentPort) {
   let convertScratch: ConvertScratch | undefined;
   port.on('message', (msg: ReduceRequest) => {
     try {
-      const outcome = msg.convert
-        ? msg.convert.exact && msg.convert.f16
-          ? exactOutcomeF16(unpackTerm(msg.convert.term), msg.path)
-          : convertModule(
-              unpackTerm(msg.convert.term),
-              msg.path,
-              msg.convert.exact ? undefined : msg.target,
-              (convertScratch ??= new ConvertScratch()),
-            )
-        : msg.method
-          ? methodModule(msg.method, msg.target, scratch)
-          : reduceModule(reducer, msg.terms, msg.out, msg.fanIn, msg.target, msg.path);
+      const outcome = msg.delta
+        ? termWeightedDelta(unpackTerm(msg.delta.term), msg.path, msg.delta.w, msg.delta.base)
+        : msg.convert
+          ? msg.convert.exact && msg.convert.f16
+            ? exactOutcomeF16(unpackTerm(msg.convert.term), msg.path)
+            : convertModule(
+                unpackTerm(msg.convert.term),
+                msg.path,
+                msg.convert.exact ? undefined : msg.target,
+                (convertScratch ??= new ConvertScratch()),
+              )
+          : msg.method
+            ? methodModule(msg.method, msg.target, scratch)
+            : reduceModule(reducer, msg.terms, msg.out, msg.fanIn, msg.target, msg.path);
       port.postMessage({ id: msg.id, outcome }, buffersOf(outcome));
     } catch (e) {
       const err = e as Error & { code?: unknown; details?: unknown };

@@ -1,4 +1,3 @@
-import { resolveBaseTerms } from '../../fuse/base-terms.js';
 import * as path from 'node:path';
 import { UsageError } from '../../core/errors.js';
 import {
@@ -15,6 +14,7 @@ import { numberOption, parseCommandArgs, parseWeightedSpec } from '../args.js';
 import { convertedMetadata } from '../../lora/convert.js';
 import { mergeLoras, type MergeWeight } from '../../lora/merge.js';
 import { convertLoraParallel, convertStreaming } from '../../node/convert-stream.js';
+import { resolveBaseTermsThreaded } from '../../node/delta-pool.js';
 import { describeComponents } from '../../lora/components.js';
 import { formatConversionReport, type ConversionReport } from '../../lora/conversion-report.js';
 import { termLabel } from '../../lora/terms/index.js';
@@ -215,9 +215,11 @@ async function runConvert(argv: string[], ctx: CliContext, tap: ReadTap): Promis
     } else {
       const loaded = await loadLora(input, decode);
       // DoRA / GLoRA / OFT / BOFT modules become their exact dense deltas against the base (LORA_NEEDS_BASE
-      // without --base).
+      // without --base), computed on worker threads (src/node/delta-pool.ts).
       lora =
-        typeof values.base === 'string' ? await resolveBaseTerms(loaded, path.resolve(ctx.cwd, values.base)) : loaded;
+        typeof values.base === 'string'
+          ? await resolveBaseTermsThreaded(loaded, path.resolve(ctx.cwd, values.base), threads)
+          : loaded;
       parameters = describeLora(lora).parameters;
       // the exact conversion's record (a capped one gets its own from convertLoraParallel)
       let toWrite: Lora<Term> = weighted

@@ -1,7 +1,7 @@
 /**
  * A term as plain data a worker thread (or Web Worker) can receive: every ndarray inside it becomes
  * { nd: values, shape } with contiguous values in a buffer of their own (posting a view would copy its whole
- * buffer), and back. Works for every kind, nested ones (DoRA's inner term) included, without naming them.
+ * buffer), and back; a plain Float32Array field stays one (in a buffer of its own). Works for every kind, nested ones (DoRA's inner term) included, without naming them.
  */
 import ndarray from 'ndarray';
 import { contiguousValues } from '../delta.js';
@@ -27,6 +27,8 @@ function isPackedArray(x: object): x is PackedArray {
 
 function pack(x: unknown): unknown {
   if (x === null || typeof x !== 'object') return x;
+  // A plain typed array (OFT / BOFT `rescale`): its values in a buffer of their own.
+  if (x instanceof Float32Array) return x.byteOffset === 0 && x.byteLength === x.buffer.byteLength ? x : x.slice();
   if (isNdarray(x)) {
     const v = contiguousValues(x);
     return { nd: v.byteOffset === 0 && v.byteLength === v.buffer.byteLength ? v : v.slice(), shape: [...x.shape] };
@@ -38,7 +40,7 @@ function pack(x: unknown): unknown {
 }
 
 function unpack(x: unknown): unknown {
-  if (x === null || typeof x !== 'object') return x;
+  if (x === null || typeof x !== 'object' || x instanceof Float32Array) return x;
   if (isPackedArray(x)) return ndarray(x.nd, [...x.shape]);
   if (Array.isArray(x)) return x.map(unpack);
   const out: Record<string, unknown> = {};
