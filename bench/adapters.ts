@@ -9,6 +9,10 @@
  *                                                       rank 64 on one thread for each distinct SDXL shape, the flops
  *                                                       of the rank-64 path, and the whole-file extrapolation (Σ over
  *                                                       the 788 modules), plus the exact plain LoRA's size
+ *   npx tsx bench/adapters.ts gen-oft                   generate bench/out/adapters-sd15-oft.f16.safetensors: LyCORIS
+ *                                                       OFT (oft_blocks with rescale, blocks of 2·16 = 32 rows where
+ *                                                       they divide out) on the SD1.5 LCM targets, for `fuse --base
+ *                                                       bench/out/sd15-base.f16.safetensors` and `convert --base`
  *   npx tsx bench/adapters.ts clean                     delete the adapters-* files
  *
  * Inputs (src/fixtures/adapters.ts and src/fixtures/generate.ts, every LCM-LoRA target = all UNet attention,
@@ -259,8 +263,23 @@ async function main(): Promise<void> {
   const cases = rest.filter((x, i) => !x.startsWith('--') && (runsAt < 0 || i !== runsAt + 1));
   if (command === 'gen') return gen();
   if (command === 'modules') return modules();
+  if (command === 'gen-oft') {
+    const t0 = performance.now();
+    const out = path.join(OUT, 'adapters-sd15-oft.f16.safetensors');
+    await generateAdapter(out, 'sd15', 'full', {
+      kind: 'oft',
+      rank: 16,
+      alpha: 1e-3,
+      targets: 'lcm',
+      seed: 35,
+      dtype: 'F16',
+    });
+    console.log(JSON.stringify({ generatedSeconds: (performance.now() - t0) / 1000, bytes: statSync(out).size }));
+    return;
+  }
   if (command === 'clean') {
     for (const n of ['loha', 'lokr', 'lora', 'lorak']) rmSync(file(n), { force: true });
+    rmSync(path.join(OUT, 'adapters-sd15-oft.f16.safetensors'), { force: true });
     return;
   }
   if (command !== 'fuse' && command !== 'convert') {

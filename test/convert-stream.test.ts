@@ -177,6 +177,64 @@ describe('streamed convert of a mixed-kind file = in-memory convert, byte for by
     expect(ranked.ss_network_args).toBe('{"conv_dim": "4"}');
   });
 
+  it("the dims that had to go are those of the written file, as kohya's resize_lora.py writes them: the common rank and alpha, else 'Dynamic'", () => {
+    const mod = (r: number, alpha: number): LoraModule => ({
+      up: ndarray(new Float32Array(0), [8, r]),
+      down: ndarray(new Float32Array(0), [r, 8]),
+      alpha,
+    });
+    const lycoris = { ss_network_module: 'lycoris.kohya', ss_network_dim: '32', ss_network_alpha: '16' };
+    const plain = { ss_network_module: 'networks.lora', ss_network_dim: '8', ss_network_alpha: '4' };
+    const dims = (m: Record<string, string>) => [m.ss_network_dim, m.ss_network_alpha];
+    // ranks that differ per module: 'Dynamic' for both
+    expect(dims(convertedMetadata(lycoris, undefined, [mod(1024, 1024), mod(640, 640)]))).toEqual([
+      'Dynamic',
+      'Dynamic',
+    ]);
+    expect(dims(convertedMetadata(plain, { rank: 4 }, [mod(4, 4), mod(3, 3)]))).toEqual(['Dynamic', 'Dynamic']);
+    // one rank and alpha: those
+    expect(dims(convertedMetadata(plain, { rank: 4 }, [mod(4, 4), mod(4, 4)]))).toEqual(['4', '4']);
+    expect(dims(convertedMetadata(lycoris, undefined, [mod(64, 64)]))).toEqual(['64', '64']);
+    // a plain LoRA converted exactly keeps its own; an input without them gets none; nothing written: none
+    expect(dims(convertedMetadata(plain, undefined, [mod(3, 3), mod(4, 4)]))).toEqual(['8', '4']);
+    expect(dims(convertedMetadata({ ss_network_module: 'lycoris.kohya' }, undefined, [mod(4, 4)]))).toEqual([
+      undefined,
+      undefined,
+    ]);
+    expect(dims(convertedMetadata(lycoris, undefined, []))).toEqual([undefined, undefined]);
+  });
+
+  it('a LyCORIS LoHa file converted (streamed and in memory, exact and --rank) names the written dims', async () => {
+    const loha = join(dir, 'loha-meta.safetensors');
+    const a = syntheticAdapter('sd15', 'tiny', {
+      kind: 'loha',
+      rank: 3,
+      alpha: 2,
+      targets: 'sample',
+      seed: 5,
+      dtype: 'F32',
+    });
+    await writeSafetensors(loha, a.tensors, {
+      metadata: { ...a.metadata, ss_network_module: 'lycoris.kohya', ss_network_dim: '3', ss_network_alpha: '2' },
+    });
+    for (const target of [undefined, { rank: 2 }]) {
+      const streamed = await convertStreaming(loha, join(dir, 'meta-out.safetensors'), {
+        threads: 1,
+        ...(target ? { target } : {}),
+      });
+      try {
+        const memory = convertLora(await loadLora(loha), target).lora;
+        const ranks = new Set([...memory.modules.values()].map((m) => m.down.shape[0]));
+        const want = ranks.size > 1 ? 'Dynamic' : String([...ranks][0]);
+        expect(memory.metadata.ss_network_dim).toBe(want);
+        expect(streamed!.lora.metadata.ss_network_dim).toBe(want);
+        expect(streamed!.lora.metadata.ss_network_alpha).toBe(memory.metadata.ss_network_alpha);
+      } finally {
+        await streamed?.dispose();
+      }
+    }
+  });
+
   it('exact, written as F16: the factors formed and encoded on the workers (exactOutcomeF16) give the bytes and the flush count of the f32 factors encoded by the writer', async () => {
     const save = { ...SAVE, dtype: 'F16' as const };
     const ref = await inMemory('exact-f16', undefined, save);

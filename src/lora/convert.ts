@@ -66,10 +66,14 @@ const PLAIN_NETWORK_MODULE = 'networks.lora';
  *   lycoris.kohya with `ss_network_args` {"algo": "loha", …}), those stale keys too — an exact LoHa conversion writes
  *   rank r1·r2, not the dim the file was trained with — and the module becomes networks.lora, without the other
  *   kind's network args. A plain LoRA converted exactly keeps its ranks and all of its metadata.
+ * With `written` (the modules as written), an input's ss_network_dim / ss_network_alpha that had to go are replaced
+ * by those of the written file, as kohya's resize_lora.py writes them: the rank and alpha when every module has the
+ * same, else 'Dynamic' for both (as its dynamic resize does).
  */
 export function convertedMetadata(
   metadata: Readonly<Record<string, string>>,
   target: RankTarget | undefined,
+  written?: Iterable<LoraModule>,
 ): Record<string, string> {
   const module = metadata.ss_network_module;
   const otherKind = module !== undefined && module !== PLAIN_NETWORK_MODULE;
@@ -80,7 +84,25 @@ export function convertedMetadata(
     out[k] = v;
   }
   if (otherKind) out.ss_network_module = PLAIN_NETWORK_MODULE;
+  const dims = written && (target || otherKind) ? writtenDims(written) : null;
+  if (dims && (metadata.ss_network_dim !== undefined || metadata.ss_network_alpha !== undefined)) {
+    out.ss_network_dim = dims.dim;
+    out.ss_network_alpha = dims.alpha;
+  }
   return { ...out, ...conversionRecord(target) };
+}
+
+/** kohya's ss_network_dim / ss_network_alpha of these modules: their rank and alpha if all share them, else 'Dynamic'. */
+function writtenDims(modules: Iterable<LoraModule>): { dim: string; alpha: string } | null {
+  const ranks = new Set<number>();
+  const alphas = new Set<number>();
+  for (const m of modules) {
+    ranks.add(m.down.shape[0] ?? 0);
+    alphas.add(m.alpha);
+  }
+  if (ranks.size === 0) return null;
+  if (ranks.size > 1 || alphas.size > 1) return { dim: 'Dynamic', alpha: 'Dynamic' };
+  return { dim: String([...ranks][0]), alpha: String([...alphas][0]) };
 }
 
 /**
@@ -112,7 +134,7 @@ export function assembleConversion<L extends Lora<Term>>(
     rows.push(moduleConversion(path, termLabel(t), o));
   }
   return {
-    lora: { ...lora, modules, metadata: convertedMetadata(lora.metadata, target) },
+    lora: { ...lora, modules, metadata: convertedMetadata(lora.metadata, target, modules.values()) },
     ...(target ? { report: summarizeConversions(rows, target) } : {}),
   };
 }

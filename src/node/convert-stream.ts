@@ -320,7 +320,7 @@ export async function convertStreaming(
       conv = null;
       store = s;
     }
-    const lora = loraOfPlan(plan, modules, convertedMetadata(plan.metadata, target));
+    const lora = loraOfPlan(plan, modules, convertedMetadata(plan.metadata, target, modules.values()));
     return {
       plan,
       lora,

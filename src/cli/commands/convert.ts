@@ -12,6 +12,7 @@ import {
 import { ARCH_LABEL, parseArch } from '../../layout/index.js';
 import { numberOption, parseCommandArgs, parseWeightedSpec } from '../args.js';
 import { convertedMetadata } from '../../lora/convert.js';
+import { exactShapeModule } from '../../lora/convert-module.js';
 import { mergeLoras, type MergeWeight } from '../../lora/merge.js';
 import { convertLoraParallel, convertStreaming } from '../../node/convert-stream.js';
 import { resolveBaseTermsThreaded } from '../../node/delta-pool.js';
@@ -221,10 +222,19 @@ async function runConvert(argv: string[], ctx: CliContext, tap: ReadTap): Promis
           ? await resolveBaseTermsThreaded(loaded, path.resolve(ctx.cwd, values.base), threads)
           : loaded;
       parameters = describeLora(lora).parameters;
-      // the exact conversion's record (a capped one gets its own from convertLoraParallel)
-      let toWrite: Lora<Term> = weighted
-        ? { ...mergeLoras([lora], [weight]).lora, metadata: convertedMetadata(lora.metadata, undefined) }
-        : { ...lora, metadata: convertedMetadata(lora.metadata, undefined) };
+      // The exact conversion's record and the written dims (each term's exact factor shapes); a capped conversion
+      // gets both from convertLoraParallel, from the input's metadata.
+      const merged = weighted ? mergeLoras([lora], [weight]).lora : null;
+      let toWrite: Lora<Term> = {
+        ...(merged ?? lora),
+        metadata: capped
+          ? lora.metadata
+          : convertedMetadata(
+              lora.metadata,
+              undefined,
+              merged ? merged.modules.values() : [...lora.modules].map(([p, t]) => exactShapeModule(t, p)),
+            ),
+      };
       if (capped) {
         const converted = await convertLoraParallel(toWrite, target, {
           ...(threads !== undefined ? { threads } : {}),
