@@ -37,7 +37,7 @@
 import { ArgumentError, LoraError } from '../core/errors.js';
 import { mulberry32 } from '../core/random.js';
 import { choleskyWhitening, gramRows, symmetricEigen, symmetricEigenvalues, transposeF32 } from './linalg.js';
-import { PRODUCT_SLICE_ELEMENTS, wasmAddProduct, wasmProduct, type AddProductF32, type ProductF32 } from './product.js';
+import { PRODUCT_SLICE_ELEMENTS, wasmProduct, type ProductF32 } from './product.js';
 
 export interface TruncatedSvdOptions {
   /** Extra columns of the random subspace beyond k (default 8). */
@@ -206,74 +206,33 @@ function orthonormalRows(
   return { q: cur, rows };
 }
 
-/** Plain W += A·B through any product (a temporary for A·B). */
-const addThrough =
-  (mul: ProductF32): AddProductF32 =>
-  (rows, cols, inner, a, b, w) => {
-    const p = mul(rows, cols, inner, a, b);
-    for (let i = 0; i < rows * cols; i++) w[i] = (w[i] as number) + (p[i] as number);
-  };
-
 /**
- * Products X·Aᵀ (X: rows × n) without holding Aᵀ whole: a matrix of at most PRODUCT_SLICE_ELEMENTS values is
- * transposed once (into the workspace) and reused; a larger one in slices of columns of A, each transposed into a
- * slice buffer and its product added into the result — memory O(slice) instead of a second copy of A, at the cost
- * of one tiled transpose of A per product.
+ * Products X·Aᵀ (X: rows × n) without ever forming Aᵀ: X·Aᵀ = (A·Xᵀ)ᵀ, with A as the product's left operand and
+ * the small Xᵀ (n × rows) as its right one, in blocks of A's rows (at most PRODUCT_SLICE_ELEMENTS values each, so
+ * the kernel's memory stays near two such blocks) — each block's rows of A·Xᵀ are complete sums over all n, in the
+ * same order as the kernel sums X·Aᵀ — then the small (m × rows) result transposed. No transpose of A (a tiled
+ * transpose of a large matrix runs at 5–20 ns per value, slower than the product itself) and no m × n buffer.
  */
 class TransposedA {
-  #whole: Float32Array | null = null;
-
   constructor(
     private readonly a: Float32Array,
     private readonly m: number,
     private readonly n: number,
     private readonly mul: ProductF32,
-    private readonly add: AddProductF32,
     private readonly ws: SvdWorkspace | undefined,
-    private readonly into: Float32Array | undefined,
   ) {}
 
   /** X·Aᵀ (rows × m). */
   times(rows: number, x: Float32Array): Float32Array {
-    const { a, m, n } = this;
-    if (m * n <= PRODUCT_SLICE_ELEMENTS || !this.ws) {
-      this.#whole ??= transposeF32(a, m, n, this.ws ? this.ws.f32('transpose', m * n) : this.into);
-      return this.mul(rows, m, n, x, this.#whole);
+    const { a, m, n, ws } = this;
+    const xt = transposeF32(x, rows, n, ws?.f32('xt', n * rows));
+    const ax = ws ? ws.f32('ax', m * rows) : new Float32Array(m * rows);
+    const step = Math.max(1, Math.floor(PRODUCT_SLICE_ELEMENTS / n));
+    for (let i0 = 0; i0 < m; i0 += step) {
+      const i1 = Math.min(m, i0 + step);
+      this.mul(i1 - i0, rows, n, a.subarray(i0 * n, i1 * n), xt, ax.subarray(i0 * rows, i1 * rows));
     }
-    const step = Math.max(1, Math.floor(PRODUCT_SLICE_ELEMENTS / m));
-    const t = this.ws.f32('transpose', step * m);
-    const xs = this.ws.f32('slice', rows * step);
-    const out = new Float32Array(rows * m);
-    for (let j0 = 0; j0 < n; j0 += step) {
-      const j1 = Math.min(n, j0 + step);
-      const w = j1 - j0;
-      transposeColumns(a, m, n, j0, j1, t);
-      for (let i = 0; i < rows; i++) xs.set(x.subarray(i * n + j0, i * n + j1), i * w);
-      this.add(rows, m, w, xs.subarray(0, rows * w), t.subarray(0, w * m), out);
-    }
-    return out;
-  }
-}
-
-/** Columns [j0, j1) of a row-major rows × cols matrix, transposed ((j1 − j0) × rows) into `into`, in tiles. */
-function transposeColumns(
-  x: Float32Array,
-  rows: number,
-  cols: number,
-  j0: number,
-  j1: number,
-  into: Float32Array,
-): void {
-  const T = 32;
-  for (let i0 = 0; i0 < rows; i0 += T) {
-    const i1 = Math.min(rows, i0 + T);
-    for (let c0 = j0; c0 < j1; c0 += T) {
-      const c1 = Math.min(j1, c0 + T);
-      for (let i = i0; i < i1; i++) {
-        const r = i * cols;
-        for (let j = c0; j < c1; j++) into[(j - j0) * rows + i] = x[r + j] ?? 0;
-      }
-    }
+    return transposeF32(ax, m, rows);
   }
 }
 
@@ -337,10 +296,8 @@ export function truncatedSvd(
   if (total === 0) return empty(0);
   const l = Math.min(k + (options.oversample ?? 8), m, n);
   const ws = options.workspace instanceof SvdWorkspace ? options.workspace : undefined;
-  const add = p === 'auto' && mul === wasmProduct() ? (wasmAddProduct() ?? addThrough(mul)) : addThrough(mul);
-  // Every large product has the small operand on the left (the kernel's fast form): QᵀA = Qᵀ·A and
-  // (A·Z)ᵀ = Zᵀ·Aᵀ, with Aᵀ formed once for a small A and slice by slice for a large one.
-  const at = new TransposedA(a, m, n, mul, add, ws, ws ? undefined : (options.workspace as Float32Array | undefined));
+  // QᵀA = Qᵀ·A (the small operand on the left) and (A·Z)ᵀ = Zᵀ·Aᵀ computed as A·Z, then transposed (small).
+  const at = new TransposedA(a, m, n, mul, ws);
   // Starting block Ωᵀ (l × n): uniform on [−1, 1) from the seeded generator; Yᵀ = Ωᵀ·Aᵀ (l × m).
   const next = mulberry32(options.seed ?? 0x5eed);
   const omegaT = ws ? ws.f32('omega', l * n) : new Float32Array(l * n);
