@@ -36,7 +36,8 @@
  */
 import { ArgumentError, LoraError } from '../core/errors.js';
 import { mulberry32 } from '../core/random.js';
-import { choleskyWhitening, gramRows, symmetricEigen, symmetricEigenvalues, transposeF32 } from './linalg.js';
+import { gramRowsF32 } from './gram-wasm.js';
+import { choleskyWhitening, symmetricEigen, symmetricEigenvalues, transposeF32 } from './linalg.js';
 import { PRODUCT_SLICE_ELEMENTS, wasmProduct, type ProductF32 } from './product.js';
 
 export interface TruncatedSvdOptions {
@@ -97,14 +98,6 @@ export class SvdWorkspace {
   }
 }
 
-/** f64 copy of an f32 array, in `ws`'s buffer `name` when given (else a fresh array). */
-function toF64(x: Float32Array, ws: SvdWorkspace | undefined, name: string): Float64Array {
-  if (!ws) return Float64Array.from(x);
-  const out = ws.f64(name, x.length);
-  out.set(x);
-  return out;
-}
-
 /** Rank-k factors with A_k = up·down: up = U_k·Σ_k^½ (m × k), down = Σ_k^½·V_kᵀ (k × n), row-major f32. */
 export interface TruncatedSvd {
   /** Rank of the factors: min(k, numerical rank of A); 0 when A is zero. */
@@ -151,10 +144,10 @@ interface Eigen {
   readonly vectors: Float64Array;
 }
 
-/** The f64 Gram matrix X·Xᵀ of the rows of X (r × len, f32). */
-function gramOf(X: Float32Array, rows: number, len: number, ws?: SvdWorkspace): Float64Array {
+/** The f64 Gram matrix X·Xᵀ of the rows of X (r × len, f32): gramRows' values, in WebAssembly (./gram-wasm.ts). */
+function gramOf(X: Float32Array, rows: number, len: number): Float64Array {
   const G = new Float64Array(rows * rows);
-  gramRows(toF64(X.subarray(0, rows * len), ws, 'gram'), rows, len, G);
+  gramRowsF32(X, rows, len, G);
   return G;
 }
 
@@ -190,14 +183,13 @@ function orthonormalRows(
   r: number,
   len: number,
   mul: ProductF32,
-  ws?: SvdWorkspace,
   gram?: Float64Array,
   onePass = false,
 ): { q: Float32Array; rows: number } {
   let cur = X,
     rows = r;
   for (let pass = 0; pass < 2; pass++) {
-    const G = pass === 0 && gram ? gram : gramOf(cur, rows, len, ws);
+    const G = pass === 0 && gram ? gram : gramOf(cur, rows, len);
     const { w, rows: keep, spread } = whitening(G, rows);
     cur = keep > 0 ? mul(keep, len, rows, w, cur) : new Float32Array(0);
     rows = keep;
@@ -302,7 +294,7 @@ export function truncatedSvd(
   const next = mulberry32(options.seed ?? 0x5eed);
   const omegaT = ws ? ws.f32('omega', l * n) : new Float32Array(l * n);
   for (let i = 0; i < omegaT.length; i++) omegaT[i] = next() / 2147483648 - 1;
-  let basis = orthonormalRows(at.times(l, omegaT), l, m, mul, ws);
+  let basis = orthonormalRows(at.times(l, omegaT), l, m, mul);
   // A range of dimension < l (or l = min(m, n)) is captured whole by the first block: no iteration needed.
   const whole = basis.rows < l || l === Math.min(m, n);
   // Half-steps: a left basis Q (rows × m) gives C = QᵀA (rows × n), a right basis Z (rows × n) gives C = ZᵀAᵀ
@@ -316,7 +308,7 @@ export function truncatedSvd(
     if (rows === 0) return empty(steps / 2);
     const c = side === 'left' ? mul(rows, n, m, q, a) : at.times(rows, q);
     const len = side === 'left' ? n : m;
-    const G = gramOf(c, rows, len, ws);
+    const G = gramOf(c, rows, len);
     const values = symmetricEigenvalues(G, rows);
     let kept = 0;
     for (let j = 0; j < Math.min(k, rows); j++) kept += Math.max(0, values[j] ?? 0);
@@ -347,7 +339,7 @@ export function truncatedSvd(
     }
     prevKept = kept;
     steps++;
-    basis = orthonormalRows(c, rows, len, mul, ws, G, true);
+    basis = orthonormalRows(c, rows, len, mul, G, true);
     side = side === 'left' ? 'right' : 'left';
   }
 }
