@@ -54,13 +54,6 @@ export interface TruncatedSvdOptions {
    * two gains (geometric convergence). Replaces `tolerance` when given.
    */
   readonly excess?: number;
-  /**
-   * Block Krylov instead of subspace iteration (default false): every block of right vectors the iteration makes
-   * (Ω, then orth(Aᵀ·Q) after each pair of products) is kept, and the Rayleigh–Ritz runs on all of them together
-   * (see krylovSvd). The same error statement: the reported error is that of the factors returned; the stopping rule
-   * runs once per pair of products. `minIterations`/`maxIterations` then count blocks after the first.
-   */
-  readonly krylov?: boolean;
   /** Seed of the starting block (default 0x5eed): the same seed and matrix give the same bytes. */
   readonly seed?: number;
   /** How products are computed: 'auto' (WASM SIMD when available), 'js', or a function. */
@@ -301,11 +294,6 @@ export function truncatedSvd(
   const next = mulberry32(options.seed ?? 0x5eed);
   const omegaT = ws ? ws.f32('omega', l * n) : new Float32Array(l * n);
   for (let i = 0; i < omegaT.length; i++) omegaT[i] = next() / 2147483648 - 1;
-  if (options.krylov) {
-    const stop = (gains: readonly number[], tail: number): boolean =>
-      excess === undefined ? (gains.at(-1) ?? 0) <= (tol / 4) * tail : krylovPredictedGain(gains) <= 2 * excess * tail;
-    return krylovSvd(a, m, n, k, l, total, mul, at, omegaT, minIt, maxIt, stop);
-  }
   let basis = orthonormalRows(at.times(l, omegaT), l, m, mul);
   // A range of dimension < l (or l = min(m, n)) is captured whole by the first block: no iteration needed.
   const whole = basis.rows < l || l === Math.min(m, n);
@@ -409,157 +397,4 @@ function finish(
     }
   }
   return { rank: r, fromBasis: mul(r, bLen, rows, Wa, basis), fromC: mul(r, len, rows, Wb, c), sigma2, kept };
-}
-
-/**
- * The energy the blocks still to come would add, extrapolated from the gains so far (gains[s]: what block s added):
- * geometric at the ratio r of the last two gains, g·r/(1 − r). Block 0 is the random start and block 1's gain is
- * measured against it, so a ratio is trusted only from block 3 (g₃/g₂); before that r = ¾ (three times the last
- * gain). r is capped at 0.995. Krylov convergence is faster than geometric once it sets in (the ratios fall), so
- * the extrapolation overstates what is left: the rule stops late, never early, on such matrices.
- */
-function krylovPredictedGain(gains: readonly number[]): number {
-  const s = gains.length - 1;
-  const g = gains[s] ?? 0;
-  if (g <= 0) return 0;
-  const before = gains[s - 1] ?? 0;
-  const r = s >= 3 && before > 0 ? Math.min(g / before, 0.995) : 0.75;
-  return (g * r) / (1 - r);
-}
-
-function minus(x: Float32Array, y: Float32Array): Float32Array {
-  const out = new Float32Array(x.length);
-  for (let i = 0; i < x.length; i++) out[i] = (x[i] as number) - (y[i] as number);
-  return out;
-}
-
-/**
- * An orthonormal basis V (rows × n) of right vectors and P = (A·Vᵀ)ᵀ (rows × m), grown block by block: a block X
- * (r × n) comes with Y = (A·Xᵀ)ᵀ, every linear step applied to both, so P stays A's image of V without a product
- * with A. A block is first made orthonormal (CholeskyQR), then projected off V twice (classical Gram–Schmidt, twice
- * for f32), then whitened again by the eigen-decomposition of its Gram matrix, dropping the directions of which
- * less than 1e-3 lies outside V (their image would be rounding noise amplified a thousandfold or more).
- */
-class KrylovBasis {
-  v = new Float32Array(0);
-  p = new Float32Array(0);
-  rows = 0;
-
-  constructor(
-    private readonly m: number,
-    private readonly n: number,
-    private readonly mul: ProductF32,
-  ) {}
-
-  /** Add X (r × n) with Y = (A·Xᵀ)ᵀ (r × m); returns the directions kept. */
-  add(x: Float32Array, y: Float32Array, r: number): number {
-    const { m, n, mul } = this;
-    const w0 = whitening(gramOf(x, r, n), r);
-    if (w0.rows === 0) return 0;
-    let rows = w0.rows;
-    x = mul(rows, n, r, w0.w, x);
-    y = mul(rows, m, r, w0.w, y);
-    const L = this.rows;
-    if (L > 0) {
-      for (let pass = 0; pass < 2; pass++) {
-        // D = X·Vᵀ (rows × L) as (V·Xᵀ)ᵀ; X −= D·V, Y −= D·P.
-        const d = transposeF32(mul(L, rows, n, this.v, transposeF32(x, rows, n)), L, rows);
-        x = minus(x, mul(rows, n, L, d, this.v));
-        y = minus(y, mul(rows, m, L, d, this.p));
-      }
-      const { values, vectors } = symmetricEigen(gramOf(x, rows, n), rows);
-      let keep = 0;
-      while (keep < rows && (values[keep] ?? 0) > 1e-6) keep++;
-      if (keep === 0) return 0;
-      const w = new Float32Array(keep * rows);
-      for (let j = 0; j < keep; j++) {
-        const f = 1 / Math.sqrt(values[j] as number);
-        for (let i = 0; i < rows; i++) w[j * rows + i] = (vectors[j * rows + i] as number) * f;
-      }
-      x = mul(keep, n, rows, w, x);
-      y = mul(keep, m, rows, w, y);
-      rows = keep;
-    }
-    const v = new Float32Array((L + rows) * n);
-    v.set(this.v);
-    v.set(x.subarray(0, rows * n), L * n);
-    const p = new Float32Array((L + rows) * m);
-    p.set(this.p);
-    p.set(y.subarray(0, rows * m), L * m);
-    this.v = v;
-    this.p = p;
-    this.rows = L + rows;
-    return rows;
-  }
-}
-
-/**
- * Block Krylov with Rayleigh–Ritz over every block (Musco & Musco 2015, "Randomized block Krylov methods"): the
- * right basis V spans Ω, AᵀA·Ω, (AᵀA)²·Ω, … (orthonormalised as it grows, see KrylovBasis); each new block costs
- * two products, Q = orth of the newest block's image (left) then C = QᵀA (its rows the next block) and A·Cᵀ (the
- * block's image). The energy V keeps is the top-k eigenvalues of P·Pᵀ (P = (A·Vᵀ)ᵀ): exact for the projector
- * onto those k directions, as in the subspace iteration, so the reported error is the error of the factors returned.
- * The subspace iteration's basis after the same products (orth of the newest block) lies inside V, so V keeps at
- * least as much energy per product; it keeps more when the spectrum has no gap at k (the TIES results).
- */
-function krylovSvd(
-  a: Float32Array,
-  m: number,
-  n: number,
-  k: number,
-  l: number,
-  total: number,
-  mul: ProductF32,
-  at: TransposedA,
-  omegaT: Float32Array,
-  minIt: number,
-  maxIt: number,
-  stop: (gains: readonly number[], tail: number) => boolean,
-): TruncatedSvd {
-  const basis = new KrylovBasis(m, n, mul);
-  let y = at.times(l, omegaT);
-  let added = basis.add(omegaT, y, l);
-  const gains: number[] = [];
-  let prevKept = 0;
-  for (let block = 0; ; block++) {
-    const L = basis.rows;
-    const G = gramOf(basis.p, L, m);
-    const values = symmetricEigenvalues(G, L);
-    let kept = 0;
-    for (let j = 0; j < Math.min(k, L); j++) kept += Math.max(0, values[j] ?? 0);
-    const tail = Math.max(0, total - kept);
-    gains.push(kept - prevKept);
-    prevKept = kept;
-    const whole = L >= Math.min(m, n) || (block === 0 && added < l) || (block > 0 && added === 0);
-    if (L === 0) break;
-    if (whole || block >= maxIt || (block >= minIt && stop(gains, tail))) {
-      const f = finish(basis.v, L, n, basis.p, m, symmetricEigen(G, L), k, mul);
-      return {
-        rank: f.rank,
-        up: transposeF32(f.fromC, f.rank, m),
-        down: f.fromBasis,
-        sigma2: f.sigma2,
-        total,
-        error: Math.sqrt(Math.max(0, total - f.kept)),
-        iterations: block,
-      };
-    }
-    // The newest block's image, orthonormalised (left), then its product with A: the next block and its image.
-    const r = added;
-    const newest = basis.p.subarray((L - r) * m, L * m);
-    const q = orthonormalRows(newest, r, m, mul);
-    if (q.rows === 0) break;
-    const c = mul(q.rows, n, m, q.q, a);
-    y = at.times(q.rows, c);
-    added = basis.add(c, y, q.rows);
-  }
-  return {
-    rank: 0,
-    up: new Float32Array(0),
-    down: new Float32Array(0),
-    sigma2: new Float64Array(0),
-    total,
-    error: Math.sqrt(total),
-    iterations: 0,
-  };
 }
