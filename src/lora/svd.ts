@@ -27,12 +27,12 @@
  * looser, and a matrix that converged within the first half of a round stops one or two products sooner. When
  * l ≥ min(m, n) or A has rank < l the subspace holds the whole range and the result is the exact truncated SVD.
  *
- * Products run in f32 (the WASM SIMD kernel of ./product.ts where available) and accumulate the small
- * matrices in f64. Memory: A and O((m + n)·l) floats, plus Aᵀ: whole for a small A or without an SvdWorkspace,
- * else slice by slice (PRODUCT_SLICE_ELEMENTS values at a time). `workspace` reuses memory across calls: a
- * Float32Array holds Aᵀ; an SvdWorkspace holds Aᵀ (or its slice), the starting block and the f64 scratch in buffers
- * kept from call to call, so a loop over many matrices (extract) does not allocate — and fault in — fresh pages for
- * each one.
+ * Products run in f32 (the WASM SIMD kernel of ./product.ts where available); the Gram matrices of the l-row blocks
+ * accumulate in f64 (WebAssembly SIMD, ./gram-wasm.ts). Aᵀ is never formed: Zᵀ·Aᵀ is computed as A·Z over
+ * blocks of A's rows (PRODUCT_SLICE_ELEMENTS values each) and the small result transposed. Memory: A and
+ * O((m + n)·l) floats. `workspace` reuses memory across calls: an SvdWorkspace holds the starting block and the
+ * products' small operands in buffers kept from call to call, so a loop over many matrices (extract) does not
+ * allocate — and fault in — fresh pages for each one (a Float32Array is accepted and no longer used).
  */
 import { ArgumentError, LoraError } from '../core/errors.js';
 import { mulberry32 } from '../core/random.js';
@@ -59,8 +59,8 @@ export interface TruncatedSvdOptions {
   /** How products are computed: 'auto' (WASM SIMD when available), 'js', or a function. */
   readonly product?: 'auto' | 'js' | ProductF32;
   /**
-   * Memory reused across calls, same results: a buffer of ≥ m·n floats to hold Aᵀ, or an SvdWorkspace (one per
-   * thread) for Aᵀ and the scratch. The result never aliases it.
+   * Memory reused across calls, same results: an SvdWorkspace (one per thread) for the scratch (a Float32Array, once
+   * the buffer for Aᵀ, is accepted and unused: Aᵀ is no longer formed). The result never aliases it.
    */
   readonly workspace?: Float32Array | SvdWorkspace;
 }
