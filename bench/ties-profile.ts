@@ -1,5 +1,6 @@
 /**
- * Per-phase profile of the TIES merge of bench/ties.ts on ONE thread, in process: for each module (a slice with
+ * Per-phase profile of the TIES merge of bench/ties.ts on ONE thread, in process (wall and, for the whole loop and
+ * the SVD, CPU seconds of the process — less inflated by other load than wall times): for each module (a slice with
  * --start/--count, or every module) the time to read its factors, form the dense deltas, run the method (trim,
  * sign vote, disjoint mean), the truncated SVD (split into its big products and the rest, with its iteration
  * count), and the memory after it (RSS, JS heap, array buffers incl. the WASM kernel memory). Prints a summary
@@ -68,8 +69,9 @@ const scratch = new DenseScratch();
 const ws = new SvdWorkspace();
 const mb = (x: number) => Math.round(x / 2 ** 20);
 const rows: Record<string, number | string>[] = [];
-const sum = { read: 0, deltas: 0, method: 0, svd: 0, svdProducts: 0, svdFlop: 0, its: 0, elements: 0 };
+const sum = { svdCpu: 0, read: 0, deltas: 0, method: 0, svd: 0, svdProducts: 0, svdFlop: 0, its: 0, elements: 0 };
 const t0 = performance.now();
+const cpu0 = process.cpuUsage();
 for (const pm of chosen) {
   let t = performance.now();
   const filled = await withFactors(inputs, pm);
@@ -86,6 +88,7 @@ for (const pm of chosen) {
   productMs = 0;
   productFlop = 0;
   t = performance.now();
+  const c0 = process.cpuUsage();
   const svd = truncatedSvd(d, req.out, req.fanIn, 64, {
     workspace: ws,
     product: timed,
@@ -93,6 +96,8 @@ for (const pm of chosen) {
     ...svdOpts,
   });
   const svdMs = performance.now() - t;
+  const c1 = process.cpuUsage(c0);
+  sum.svdCpu += (c1.user + c1.system) / 1000;
   const mem = process.memoryUsage();
   const row = {
     path: pm.path,
@@ -121,6 +126,7 @@ for (const pm of chosen) {
   sum.elements += n;
 }
 const wall = (performance.now() - t0) / 1000;
+const cpuAll = process.cpuUsage(cpu0);
 await inputs.close();
 writeFileSync(path.join(OUT, 'methods-ties-profile.jsonl'), `${rows.map((r) => JSON.stringify(r)).join('\n')}\n`);
 const top = [...rows].sort((a, b) => Number(b.svdMs) - Number(a.svdMs)).slice(0, 6);
@@ -132,6 +138,8 @@ console.log(
     of: work.length,
     elementsM: +(sum.elements / 1e6).toFixed(1),
     wall: +wall.toFixed(2),
+    cpu: s((cpuAll.user + cpuAll.system) / 1000),
+    svdCpu: s(sum.svdCpu),
     read: s(sum.read),
     deltas: s(sum.deltas),
     method: s(sum.method),

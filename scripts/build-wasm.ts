@@ -4,10 +4,10 @@
  *   npx tsx scripts/build-wasm.ts          (npm run build:wasm)
  *
  * 1. generates the WAT text (scripts/wasm/*-wat.ts) and writes it to src/core/dtype-wasm.wat, src/core/sha256.wat,
- *    src/lora/factor-f16.wat, src/lora/trim.wat and src/kernels/kernel.wat (committed, readable);
+ *    src/lora/factor-f16.wat, src/lora/trim.wat, src/lora/gram.wat and src/kernels/kernel.wat (committed, readable);
  * 2. compiles every build with the `wabt` npm package (simd, relaxed_simd, threads);
  * 3. writes src/core/dtype-wasm-bytes.ts, src/core/sha256-wasm-bytes.ts, src/lora/factor-f16-bytes.ts,
- *    src/lora/trim-bytes.ts and src/kernels/kernel-bytes.ts: the binaries as base64 strings, so the core needs no
+ *    src/lora/trim-bytes.ts, src/lora/gram-bytes.ts and src/kernels/kernel-bytes.ts: the binaries as base64 strings, so the core needs no
  *    file access or bundler plugin to load them.
  *
  * `--check` compares instead of writing and exits 1 when a committed file is stale
@@ -19,6 +19,7 @@ import path from 'node:path';
 import wabtInit from 'wabt';
 import { convertWat } from './wasm/convert-wat.js';
 import { factorF16Wat } from './wasm/factor-f16-wat.js';
+import { gramWat } from './wasm/gram-wat.js';
 import { kernelVariant, kernelWat } from './wasm/kernel-wat.js';
 import { sha256Wat } from './wasm/sha256-wat.js';
 import { trimWat } from './wasm/trim-wat.js';
@@ -86,6 +87,8 @@ export async function buildWasmFiles(): Promise<Record<string, string>> {
   };
   const trim = trimWat();
   const trimBytes = await compile(wabt, 'trim.wat', trim);
+  const gram = gramWat();
+  const gramBytes = await compile(wabt, 'gram.wat', gram);
   return {
     'src/core/dtype-wasm.wat': conv,
     'src/kernels/kernel.wat': kern,
@@ -107,6 +110,10 @@ export async function buildWasmFiles(): Promise<Record<string, string>> {
     ),
     'src/lora/trim.wat': trim,
     'src/lora/trim-bytes.ts': bytesModule('TIES trim and sign vote (src/lora/trim.wat).', { TRIM_WASM: trimBytes }),
+    'src/lora/gram.wat': gram,
+    'src/lora/gram-bytes.ts': bytesModule('f64 Gram matrices of f32 rows for the truncated SVD (src/lora/gram.wat).', {
+      GRAM_WASM: gramBytes,
+    }),
   };
 }
 

@@ -6,6 +6,7 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { METHOD_SVD_OPTIONS } from '../src/lora/method-module.js';
 import { METHODS } from '../src/lora/methods.js';
+import { PRODUCT_SLICE_ELEMENTS } from '../src/lora/product.js';
 import { jsProduct, truncatedSvd } from '../src/lora/svd.js';
 import { prng, randomArray, singularValues } from './lora-helpers.js';
 
@@ -136,6 +137,31 @@ describe('truncatedSvd', () => {
     const all = truncatedSvd(full, 10, 16, 10);
     expect(productError(full, 10, 16, all.up, all.down, all.rank)).toBeLessThan(1e-5 * Math.sqrt(all.total));
   });
+
+  it('computes X·Aᵀ in row blocks of A when A holds more than PRODUCT_SLICE_ELEMENTS values: within 0.1% of optimal, error reported exactly', () => {
+    const m = 2100,
+      n = 2100; // 4.41 M values: A's rows go to the product in two blocks (1,997 + 103)
+    expect(m * n).toBeGreaterThan(PRODUCT_SLICE_ELEMENTS);
+    // A = Σ s_j·u_j·v_jᵀ + N with u_j, v_j normalised indicators of disjoint row / column sets (exactly
+    // orthonormal: the s_j are A's singular values before the noise); the largest lives only in rows 2000–2099,
+    // inside the second block. The clean rank-6 part bounds the optimal error: √(Σ_{j≥6} s_j² + ‖N‖²).
+    const s = [5, 1, 0.8, 0.6, 0.5, 0.45, 0.4, 0.38, 0.36, 0.35];
+    const a = randomArray(prng(5), m * n, 1e-4);
+    let noise = 0;
+    for (const v of a) noise += v * v;
+    for (let j = 0; j < s.length; j++) {
+      const [r0, r1] = j === 0 ? [2000, 2100] : [(j - 1) * 190, j * 190];
+      const [c0, c1] = [j * 210, (j + 1) * 210];
+      const v = s[j]! / Math.sqrt((r1 - r0) * (c1 - c0));
+      for (let i = r0; i < r1; i++) for (let c = c0; c < c1; c++) a[i * n + c]! += v;
+    }
+    const bound = Math.sqrt(s.slice(6).reduce((t, x) => t + x * x, 0) + noise);
+    const svd = truncatedSvd(a, m, n, 6, METHOD_SVD_OPTIONS);
+    const got = productError(a, m, n, svd.up, svd.down, svd.rank);
+    expect(svd.rank).toBe(6);
+    expect(got).toBeLessThanOrEqual(bound * 1.001);
+    expect(Math.abs(svd.error - got)).toBeLessThanOrEqual(1e-4 * Math.sqrt(svd.total));
+  }, 60_000);
 
   it('returns rank 0 for a zero matrix', () => {
     const z = truncatedSvd(new Float32Array(12), 3, 4, 2);

@@ -6,6 +6,7 @@ import { base64ToBytes } from '../src/core/base64.js';
 import { CONVERT_WASM } from '../src/core/dtype-wasm-bytes.js';
 import { SHA256_WASM } from '../src/core/sha256-wasm-bytes.js';
 import { FACTOR_F16_WASM } from '../src/lora/factor-f16-bytes.js';
+import { GRAM_WASM } from '../src/lora/gram-bytes.js';
 import { TRIM_WASM } from '../src/lora/trim-bytes.js';
 import {
   KERNEL_PLAIN,
@@ -15,7 +16,7 @@ import {
 } from '../src/kernels/kernel-bytes.js';
 
 describe('committed WebAssembly', () => {
-  it('src/core/dtype-wasm.wat, src/core/sha256.wat, src/lora/factor-f16.wat, src/lora/trim.wat, src/kernels/kernel.wat and *-bytes.ts equal a fresh generation and wabt compile (npm run build:wasm)', async () => {
+  it('src/core/dtype-wasm.wat, src/core/sha256.wat, src/lora/factor-f16.wat, src/lora/trim.wat, src/lora/gram.wat, src/kernels/kernel.wat and *-bytes.ts equal a fresh generation and wabt compile (npm run build:wasm)', async () => {
     const files = await buildWasmFiles();
     expect(Object.keys(files).sort()).toEqual([
       'src/core/dtype-wasm-bytes.ts',
@@ -26,6 +27,8 @@ describe('committed WebAssembly', () => {
       'src/kernels/kernel.wat',
       'src/lora/factor-f16-bytes.ts',
       'src/lora/factor-f16.wat',
+      'src/lora/gram-bytes.ts',
+      'src/lora/gram.wat',
       'src/lora/trim-bytes.ts',
       'src/lora/trim.wat',
     ]);
@@ -60,6 +63,12 @@ describe('committed WebAssembly', () => {
         .map((e) => e.name)
         .sort(),
     ).toEqual(['hist_high', 'hist_low', 'memory', 'vote', 'vote2', 'zero']);
+    const gram = new WebAssembly.Module(base64ToBytes(GRAM_WASM));
+    expect(
+      WebAssembly.Module.exports(gram)
+        .map((e) => e.name)
+        .sort(),
+    ).toEqual(['gram', 'memory']);
     // the plain builds compile without relaxed SIMD; all four share one export list
     const plain = new WebAssembly.Module(base64ToBytes(KERNEL_PLAIN));
     const names = WebAssembly.Module.exports(plain).map((e) => e.name);

@@ -43,13 +43,13 @@ export interface MethodModuleRequest {
 }
 
 /**
- * Dense buffers reused from module to module (one per input, plus one for the SVD's transpose): a merge keeps
+ * Dense buffers reused from module to module (one per input; the SVD's scratch is small): a merge keeps
  * one DenseScratch per thread, so a module costs no new dense allocation once the largest has been seen, and
  * memory does not wait on the garbage collector. Buffers grow to the largest module and stay.
  */
 export class DenseScratch {
   private readonly buffers: Float32Array[] = [];
-  /** The truncated SVD's buffers (Aᵀ, its bases and Gram copies), reused from module to module. */
+  /** The truncated SVD's buffers (its starting block and the products' small operands), reused across modules. */
   readonly svd = new SvdWorkspace();
 
   /** n floats of buffer `slot` (contents undefined). */
@@ -87,7 +87,7 @@ export function moduleRng(seed: number, path: string): (input: number) => () => 
 /**
  * The method's dense result for one module (out × fanIn, row-major f32). The inputs' dense deltas are formed here
  * and handed to the method, which trims them in place and writes its result into one of them: one dense buffer
- * per input is all a module costs (the truncated SVD then adds its transpose). With a `scratch` those buffers are
+ * per input is all a module costs (the truncated SVD adds only O((out + fanIn)·(k + 8)) floats). With a `scratch` those buffers are
  * reused (and the result is a view of one of them, valid until the scratch's next use).
  */
 export function methodDelta(req: MethodModuleRequest, scratch?: DenseScratch): Float32Array {

@@ -27,17 +27,18 @@
  * looser, and a matrix that converged within the first half of a round stops one or two products sooner. When
  * l ≥ min(m, n) or A has rank < l the subspace holds the whole range and the result is the exact truncated SVD.
  *
- * Products run in f32 (the WASM SIMD kernel of ./product.ts where available) and accumulate the small
- * matrices in f64. Memory: A and O((m + n)·l) floats, plus Aᵀ: whole for a small A or without an SvdWorkspace,
- * else slice by slice (PRODUCT_SLICE_ELEMENTS values at a time). `workspace` reuses memory across calls: a
- * Float32Array holds Aᵀ; an SvdWorkspace holds Aᵀ (or its slice), the starting block and the f64 scratch in buffers
- * kept from call to call, so a loop over many matrices (extract) does not allocate — and fault in — fresh pages for
- * each one.
+ * Products run in f32 (the WASM SIMD kernel of ./product.ts where available); the Gram matrices of the l-row blocks
+ * accumulate in f64 (WebAssembly SIMD, ./gram-wasm.ts). Aᵀ is never formed: Zᵀ·Aᵀ is computed as A·Z over
+ * blocks of A's rows (PRODUCT_SLICE_ELEMENTS values each) and the small result transposed. Memory: A and
+ * O((m + n)·l) floats. `workspace` reuses memory across calls: an SvdWorkspace holds the starting block and the
+ * products' small operands in buffers kept from call to call, so a loop over many matrices (extract) does not
+ * allocate — and fault in — fresh pages for each one (a Float32Array is accepted and no longer used).
  */
 import { ArgumentError, LoraError } from '../core/errors.js';
 import { mulberry32 } from '../core/random.js';
-import { choleskyWhitening, gramRows, symmetricEigen, symmetricEigenvalues, transposeF32 } from './linalg.js';
-import { PRODUCT_SLICE_ELEMENTS, wasmAddProduct, wasmProduct, type AddProductF32, type ProductF32 } from './product.js';
+import { gramRowsF32 } from './gram-wasm.js';
+import { choleskyWhitening, symmetricEigen, symmetricEigenvalues, transposeF32 } from './linalg.js';
+import { PRODUCT_SLICE_ELEMENTS, wasmProduct, type ProductF32 } from './product.js';
 
 export interface TruncatedSvdOptions {
   /** Extra columns of the random subspace beyond k (default 8). */
@@ -58,8 +59,8 @@ export interface TruncatedSvdOptions {
   /** How products are computed: 'auto' (WASM SIMD when available), 'js', or a function. */
   readonly product?: 'auto' | 'js' | ProductF32;
   /**
-   * Memory reused across calls, same results: a buffer of ≥ m·n floats to hold Aᵀ, or an SvdWorkspace (one per
-   * thread) for Aᵀ and the scratch. The result never aliases it.
+   * Memory reused across calls, same results: an SvdWorkspace (one per thread) for the scratch (a Float32Array, once
+   * the buffer for Aᵀ, is accepted and unused: Aᵀ is no longer formed). The result never aliases it.
    */
   readonly workspace?: Float32Array | SvdWorkspace;
 }
@@ -95,14 +96,6 @@ export class SvdWorkspace {
     }
     return b.subarray(0, length);
   }
-}
-
-/** f64 copy of an f32 array, in `ws`'s buffer `name` when given (else a fresh array). */
-function toF64(x: Float32Array, ws: SvdWorkspace | undefined, name: string): Float64Array {
-  if (!ws) return Float64Array.from(x);
-  const out = ws.f64(name, x.length);
-  out.set(x);
-  return out;
 }
 
 /** Rank-k factors with A_k = up·down: up = U_k·Σ_k^½ (m × k), down = Σ_k^½·V_kᵀ (k × n), row-major f32. */
@@ -151,10 +144,10 @@ interface Eigen {
   readonly vectors: Float64Array;
 }
 
-/** The f64 Gram matrix X·Xᵀ of the rows of X (r × len, f32). */
-function gramOf(X: Float32Array, rows: number, len: number, ws?: SvdWorkspace): Float64Array {
+/** The f64 Gram matrix X·Xᵀ of the rows of X (r × len, f32): gramRows' values, in WebAssembly (./gram-wasm.ts). */
+function gramOf(X: Float32Array, rows: number, len: number): Float64Array {
   const G = new Float64Array(rows * rows);
-  gramRows(toF64(X.subarray(0, rows * len), ws, 'gram'), rows, len, G);
+  gramRowsF32(X, rows, len, G);
   return G;
 }
 
@@ -190,14 +183,13 @@ function orthonormalRows(
   r: number,
   len: number,
   mul: ProductF32,
-  ws?: SvdWorkspace,
   gram?: Float64Array,
   onePass = false,
 ): { q: Float32Array; rows: number } {
   let cur = X,
     rows = r;
   for (let pass = 0; pass < 2; pass++) {
-    const G = pass === 0 && gram ? gram : gramOf(cur, rows, len, ws);
+    const G = pass === 0 && gram ? gram : gramOf(cur, rows, len);
     const { w, rows: keep, spread } = whitening(G, rows);
     cur = keep > 0 ? mul(keep, len, rows, w, cur) : new Float32Array(0);
     rows = keep;
@@ -206,75 +198,44 @@ function orthonormalRows(
   return { q: cur, rows };
 }
 
-/** Plain W += A·B through any product (a temporary for A·B). */
-const addThrough =
-  (mul: ProductF32): AddProductF32 =>
-  (rows, cols, inner, a, b, w) => {
-    const p = mul(rows, cols, inner, a, b);
-    for (let i = 0; i < rows * cols; i++) w[i] = (w[i] as number) + (p[i] as number);
-  };
-
 /**
- * Products X·Aᵀ (X: rows × n) without holding Aᵀ whole: a matrix of at most PRODUCT_SLICE_ELEMENTS values is
- * transposed once (into the workspace) and reused; a larger one in slices of columns of A, each transposed into a
- * slice buffer and its product added into the result — memory O(slice) instead of a second copy of A, at the cost
- * of one tiled transpose of A per product.
+ * Products X·Aᵀ (X: rows × n) without ever forming Aᵀ: X·Aᵀ = (A·Xᵀ)ᵀ, with A as the product's left operand and
+ * the small Xᵀ (n × rows) as its right one, in blocks of A's rows (at most PRODUCT_SLICE_ELEMENTS values each, so
+ * the kernel's memory stays near two such blocks) — each block's rows of A·Xᵀ are complete sums over all n, in the
+ * same order as the kernel sums X·Aᵀ — then the small (m × rows) result transposed. No transpose of A (a tiled
+ * transpose of a large matrix runs at 5–20 ns per value, slower than the product itself) and no m × n buffer.
  */
 class TransposedA {
-  #whole: Float32Array | null = null;
-
   constructor(
     private readonly a: Float32Array,
     private readonly m: number,
     private readonly n: number,
     private readonly mul: ProductF32,
-    private readonly add: AddProductF32,
     private readonly ws: SvdWorkspace | undefined,
-    private readonly into: Float32Array | undefined,
   ) {}
 
   /** X·Aᵀ (rows × m). */
   times(rows: number, x: Float32Array): Float32Array {
-    const { a, m, n } = this;
-    if (m * n <= PRODUCT_SLICE_ELEMENTS || !this.ws) {
-      this.#whole ??= transposeF32(a, m, n, this.ws ? this.ws.f32('transpose', m * n) : this.into);
-      return this.mul(rows, m, n, x, this.#whole);
+    const { a, m, n, ws } = this;
+    const xt = transposeF32(x, rows, n, ws?.f32('xt', n * rows));
+    const ax = ws ? ws.f32('ax', m * rows) : new Float32Array(m * rows);
+    const step = Math.max(1, Math.floor(PRODUCT_SLICE_ELEMENTS / n));
+    for (let i0 = 0; i0 < m; i0 += step) {
+      const i1 = Math.min(m, i0 + step);
+      this.mul(i1 - i0, rows, n, a.subarray(i0 * n, i1 * n), xt, ax.subarray(i0 * rows, i1 * rows));
     }
-    const step = Math.max(1, Math.floor(PRODUCT_SLICE_ELEMENTS / m));
-    const t = this.ws.f32('transpose', step * m);
-    const xs = this.ws.f32('slice', rows * step);
-    const out = new Float32Array(rows * m);
-    for (let j0 = 0; j0 < n; j0 += step) {
-      const j1 = Math.min(n, j0 + step);
-      const w = j1 - j0;
-      transposeColumns(a, m, n, j0, j1, t);
-      for (let i = 0; i < rows; i++) xs.set(x.subarray(i * n + j0, i * n + j1), i * w);
-      this.add(rows, m, w, xs.subarray(0, rows * w), t.subarray(0, w * m), out);
-    }
-    return out;
+    return transposeF32(ax, m, rows);
   }
 }
 
-/** Columns [j0, j1) of a row-major rows × cols matrix, transposed ((j1 − j0) × rows) into `into`, in tiles. */
-function transposeColumns(
-  x: Float32Array,
-  rows: number,
-  cols: number,
-  j0: number,
-  j1: number,
-  into: Float32Array,
-): void {
-  const T = 32;
-  for (let i0 = 0; i0 < rows; i0 += T) {
-    const i1 = Math.min(rows, i0 + T);
-    for (let c0 = j0; c0 < j1; c0 += T) {
-      const c1 = Math.min(j1, c0 + T);
-      for (let i = i0; i < i1; i++) {
-        const r = i * cols;
-        for (let j = c0; j < c1; j++) into[(j - j0) * rows + i] = x[r + j] ?? 0;
-      }
-    }
+/** Σ a[i]² for i < len, in f64 and index order (a small function of its own: V8 keeps the loop tight). */
+function sumOfSquares(a: Float32Array, len: number): number {
+  let total = 0;
+  for (let i = 0; i < len; i++) {
+    const v = a[i] as number;
+    total += v * v;
   }
+  return total;
 }
 
 function checkArgs(a: Float32Array, m: number, n: number, k: number): void {
@@ -315,11 +276,7 @@ export function truncatedSvd(
   const maxIt = Math.max(minIt, options.maxIterations ?? 8);
   const tol = options.tolerance ?? 5e-4;
   const excess = options.excess;
-  let total = 0;
-  for (let i = 0; i < m * n; i++) {
-    const v = a[i] ?? 0;
-    total += v * v;
-  }
+  const total = sumOfSquares(a, m * n);
   if (!Number.isFinite(total)) {
     throw new LoraError('LORA_NUMERICAL_FAILURE', 'truncatedSvd: the matrix holds non-finite values', {
       expected: 'finite values',
@@ -337,15 +294,13 @@ export function truncatedSvd(
   if (total === 0) return empty(0);
   const l = Math.min(k + (options.oversample ?? 8), m, n);
   const ws = options.workspace instanceof SvdWorkspace ? options.workspace : undefined;
-  const add = p === 'auto' && mul === wasmProduct() ? (wasmAddProduct() ?? addThrough(mul)) : addThrough(mul);
-  // Every large product has the small operand on the left (the kernel's fast form): QᵀA = Qᵀ·A and
-  // (A·Z)ᵀ = Zᵀ·Aᵀ, with Aᵀ formed once for a small A and slice by slice for a large one.
-  const at = new TransposedA(a, m, n, mul, add, ws, ws ? undefined : (options.workspace as Float32Array | undefined));
+  // QᵀA = Qᵀ·A (the small operand on the left) and (A·Z)ᵀ = Zᵀ·Aᵀ computed as A·Z, then transposed (small).
+  const at = new TransposedA(a, m, n, mul, ws);
   // Starting block Ωᵀ (l × n): uniform on [−1, 1) from the seeded generator; Yᵀ = Ωᵀ·Aᵀ (l × m).
   const next = mulberry32(options.seed ?? 0x5eed);
   const omegaT = ws ? ws.f32('omega', l * n) : new Float32Array(l * n);
   for (let i = 0; i < omegaT.length; i++) omegaT[i] = next() / 2147483648 - 1;
-  let basis = orthonormalRows(at.times(l, omegaT), l, m, mul, ws);
+  let basis = orthonormalRows(at.times(l, omegaT), l, m, mul);
   // A range of dimension < l (or l = min(m, n)) is captured whole by the first block: no iteration needed.
   const whole = basis.rows < l || l === Math.min(m, n);
   // Half-steps: a left basis Q (rows × m) gives C = QᵀA (rows × n), a right basis Z (rows × n) gives C = ZᵀAᵀ
@@ -359,7 +314,7 @@ export function truncatedSvd(
     if (rows === 0) return empty(steps / 2);
     const c = side === 'left' ? mul(rows, n, m, q, a) : at.times(rows, q);
     const len = side === 'left' ? n : m;
-    const G = gramOf(c, rows, len, ws);
+    const G = gramOf(c, rows, len);
     const values = symmetricEigenvalues(G, rows);
     let kept = 0;
     for (let j = 0; j < Math.min(k, rows); j++) kept += Math.max(0, values[j] ?? 0);
@@ -390,7 +345,7 @@ export function truncatedSvd(
     }
     prevKept = kept;
     steps++;
-    basis = orthonormalRows(c, rows, len, mul, ws, G, true);
+    basis = orthonormalRows(c, rows, len, mul, G, true);
     side = side === 'left' ? 'right' : 'left';
   }
 }
