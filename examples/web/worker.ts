@@ -43,9 +43,16 @@ interface WorkerScope {
 }
 const scope = self as unknown as WorkerScope;
 
-/** A decoded input with what provenance records of its file: name, size and the SHA-256 computed while reading. */
+/**
+ * An added input: its File, its factors decoded to f32 while the merge, resize and analyze jobs want them (`lora`:
+ * null once a fuse has let them go — the fuse reads each module's factors from the File when it needs them, as the
+ * CLI reads them from disk, so the worker does not hold every input decoded beside the base's tensors; the next job
+ * that needs them decodes the File again), and what provenance records of it: name, size and the SHA-256 computed
+ * while reading.
+ */
 interface Input {
-  lora: LoadedLora;
+  file: File;
+  lora: LoadedLora | null;
   name: string;
   size: number;
   sha256: string;
@@ -86,14 +93,18 @@ const hex = (digest: ArrayBuffer): string =>
  * 135 MB). The decoder then reads from memory (a LoRA is small next to its decoded f32 factors, which the page keeps
  * anyway; the buffer is dropped after the decode).
  */
-async function readLora(file: File, clock: PhaseClock): Promise<{ bytes: Uint8Array; sha256: Promise<string> }> {
-  const t = performance.now();
-  let bytes: Uint8Array;
+/** A file's bytes, read whole. */
+async function readWhole(file: File): Promise<Uint8Array> {
   try {
-    bytes = new Uint8Array(await file.arrayBuffer());
+    return new Uint8Array(await file.arrayBuffer());
   } catch (e) {
     throw new IoError('IO_READ_FAILED', `${file.name}: reading the file failed (${String(e)})`, { file: file.name });
   }
+}
+
+async function readLora(file: File, clock: PhaseClock): Promise<{ bytes: Uint8Array; sha256: Promise<string> }> {
+  const t = performance.now();
+  const bytes = await readWhole(file);
   clock.read += (performance.now() - t) / 1000;
   if (subtle) {
     const digest = subtle.digest('SHA-256', bytes as Uint8Array<ArrayBuffer>).then(hex);
@@ -117,7 +128,7 @@ async function add(id: number, file: File): Promise<void> {
     clock.hash += (performance.now() - waited) / 1000;
     onRead(file.size, file.size);
     if (removed.delete(id)) return;
-    loras.set(id, { lora, name: file.name, size: file.size, sha256 });
+    loras.set(id, { file, lora, name: file.name, size: file.size, sha256 });
     const summary = describeLora(lora);
     const lcm = lcmEvidence(file.name, lora.metadata, summary);
     scope.postMessage({
@@ -151,11 +162,29 @@ function weightsOf(request: MergeRequest): MergeWeight[] {
 }
 
 function inputsOf(request: MergeRequest): Input[] {
-  return request.inputs.map(({ id }) => {
-    const l = loras.get(id);
-    if (!l) throw new Error(`input ${id} is no longer loaded; add the file again`);
-    return l;
-  });
+  return request.inputs.map(({ id }) => inputOf(id));
+}
+
+function inputOf(id: number): Input {
+  const l = loras.get(id);
+  if (!l) throw new Error(`input ${id} is no longer loaded; add the file again`);
+  return l;
+}
+
+/** The input's factors decoded to f32: kept from the add, or decoded from its File again after a fuse let them go. */
+async function decoded(input: Input): Promise<LoadedLora> {
+  if (input.lora) return input.lora;
+  const bytes = await readWhole(input.file);
+  const lora = await decodeLora(await parseSafetensors(bufferSource(bytes, input.name)));
+  input.lora = lora;
+  return lora;
+}
+
+/** The inputs decoded, in order. */
+async function decodedInputs(files: readonly Input[]): Promise<LoadedLora[]> {
+  const out: LoadedLora[] = [];
+  for (const f of files) out.push(await decoded(f));
+  return out;
 }
 
 const methodOf = (request: MergeRequest): MethodOptions | Record<string, never> =>
@@ -165,17 +194,17 @@ const methodOf = (request: MergeRequest): MethodOptions | Record<string, never> 
 async function resize(job: number, request: ResizeRequest): Promise<void> {
   const t0 = performance.now();
   try {
-    const input = loras.get(request.id);
-    if (!input) throw new Error(`input ${request.id} is no longer loaded; add the file again`);
+    const input = inputOf(request.id);
+    const inputLora = await decoded(input);
     const onProgress = throttle((done, total) =>
       scope.postMessage({ type: 'progress', job, done, total, phase: 'resize' }),
     );
-    const { lora, report } = kohyaResize(input.lora, {
+    const { lora, report } = kohyaResize(inputLora, {
       rule: request.rule,
       ...(request.maxRank !== undefined ? { maxRank: request.maxRank } : {}),
       onProgress,
     });
-    const dtype: OutputDType = request.dtype === 'auto' ? inputDType([input.lora]) : request.dtype;
+    const dtype: OutputDType = request.dtype === 'auto' ? inputDType([inputLora]) : request.dtype;
     const metadata = provenanceMetadata('resize', provenanceInputs([input], [1]), {
       format: request.format,
       dtype,
@@ -299,9 +328,13 @@ async function fuse(
     const onProgress = throttle((done, total) =>
       scope.postMessage({ type: 'progress', job, done, total, phase: 'fuse' }),
     );
+    // Each input read from its File when the fuse needs a module (exact File.slice reads: the fuse asks for the
+    // factors in the base's order, not the file's, so read windows would fetch mostly unused bytes), and the factors
+    // decoded at the add let go: the worker then holds what the CLI holds.
+    for (const f of files) f.lora = null;
     const report = await fuseLoras(
       timedSource(readAheadSource(streamedBlobSource(base, base.name)), clock),
-      files.map((f) => f.lora),
+      await Promise.all(files.map((f) => parseSafetensors(blobSource(f.file, f.name, { window: false })))),
       weights,
       {
         out: timedSink(out.sink, clock),
@@ -341,8 +374,9 @@ async function analyze(job: number, request: MergeRequest): Promise<void> {
   try {
     const files = inputsOf(request);
     scope.postMessage({ type: 'progress', job, done: 0, total: 1, phase: 'analyze' });
+    const inputs = await decodedInputs(files);
     const report = analyzeLoras(
-      files.map((f, i) => ({ name: f.name, lora: f.lora, weight: request.inputs[i]?.weight ?? 1 })),
+      files.map((f, i) => ({ name: f.name, lora: inputs[i]!, weight: request.inputs[i]?.weight ?? 1 })),
     );
     scope.postMessage({ type: 'progress', job, done: 1, total: 1, phase: 'analyze' });
     scope.postMessage({
@@ -386,7 +420,7 @@ async function merge(job: number, request: MergeRequest): Promise<void> {
   const t0 = performance.now();
   try {
     const files = inputsOf(request);
-    const inputs = files.map((f) => f.lora);
+    const inputs = await decodedInputs(files);
     const weights = weightsOf(request);
     const onMerge = throttle((done, total) =>
       scope.postMessage({ type: 'progress', job, done, total, phase: 'merge' }),

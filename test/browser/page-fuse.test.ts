@@ -138,6 +138,29 @@ describe('page fuse into a chosen file (headless Chromium)', () => {
     expect(one.errors).toEqual([]);
   });
 
+  it('after a fuse (which lets the decoded inputs go and reads them from their files), a merge gives the same file as before', async () => {
+    const { page } = s;
+    await prepare(page);
+    const merged = async (): Promise<string> => {
+      const before = await page.evaluate(() => document.body.dataset.merged ?? '');
+      await page.click('#merge');
+      await page.waitForFunction(
+        (prev) => (document.body.dataset.merged ?? '') !== prev || !document.getElementById('error')!.hidden,
+        before,
+      );
+      expect(await page.locator('#error').isHidden()).toBe(true);
+      const [d] = await Promise.all([page.waitForEvent('download'), page.click('#download')]);
+      const path = join(s.dir, `merged-${Date.now()}.safetensors`);
+      await d.saveAs(path);
+      return createHash('sha256').update(readFileSync(path)).digest('hex');
+    };
+    const first = await merged();
+    await picker(page, 'none');
+    expect(await fuse(page)).toBe('done');
+    expect(await merged()).toBe(first);
+    expect(s.errors).toEqual([]);
+  });
+
   it('a closed dialog cancels quietly, and Fuse works again afterwards', async () => {
     const { page } = s;
     await prepare(page);
