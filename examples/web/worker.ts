@@ -35,7 +35,7 @@ import type {
 } from './protocol.js';
 import { newClock, type PhaseClock, timedHash, timedSink, timedSource } from './phases.js';
 import { scratchSink } from './scratch.js';
-import { blobSink, countingSource, readAheadSource, writableSink } from './streams.js';
+import { blobSink, countingSource, readAheadSource, spillingSink, writableSink } from './streams.js';
 
 interface WorkerScope {
   postMessage(message: FromWorker, transfer?: Transferable[]): void;
@@ -272,7 +272,8 @@ function fuseKernel(threads: number | undefined): Promise<FuseKernel> {
 
 /**
  * What the fuse writes into: the chosen file's writable stream (streamed to disk), else a file of the origin-private
- * file system (synchronous writes; the page gets it back as a File), else Blob pieces.
+ * file system (synchronous writes; the page gets it back as a File) that moves to Blob pieces if the origin's storage
+ * quota runs out while it is written (spillingSink), else Blob pieces.
  */
 async function fuseSink(
   name: string,
@@ -280,13 +281,20 @@ async function fuseSink(
 ): Promise<{
   sink: ByteSink & { readonly byteLength: number };
   blob(): Promise<Blob | null>;
-  keptIn?: 'origin-private file' | 'memory';
+  keptIn?: () => 'origin-private file' | 'memory';
 }> {
   if (!target) {
     const scratch = await scratchSink('fuse', name);
-    if (scratch) return { sink: scratch.sink, blob: () => scratch.file(), keptIn: 'origin-private file' };
+    if (scratch) {
+      const sink = spillingSink(scratch.sink, () => blobSink(name));
+      return {
+        sink,
+        blob: async () => (sink.spilled ? sink.spilled.blob() : scratch.file()),
+        keptIn: () => (sink.spilled ? 'memory' : 'origin-private file'),
+      };
+    }
     const sink = blobSink(name);
-    return { sink, blob: async () => sink.blob(), keptIn: 'memory' };
+    return { sink, blob: async () => sink.blob(), keptIn: () => 'memory' };
   }
   try {
     return { sink: writableSink(target.name, await target.createWritable()), blob: async () => null };
@@ -358,7 +366,7 @@ async function fuse(
         kernel: `${report.kernel} (${report.backend})`,
         bytes: out.sink.byteLength,
         ...(target ? { savedTo: target.name } : {}),
-        ...(out.keptIn ? { keptIn: out.keptIn } : {}),
+        ...(out.keptIn ? { keptIn: out.keptIn() } : {}),
         seconds: (performance.now() - t0) / 1000,
         phases: { read: clock.read, write: clock.write, kernel: report.kernelSeconds },
       },
