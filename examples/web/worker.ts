@@ -1,5 +1,6 @@
 /**
- * The page's Web Worker: reads dropped files (each whole, once), decodes them, merges and writes the result into a
+ * The page's Web Worker: reads dropped files (each whole, once, to hash and plan them), decodes them when a job needs
+ * their factors, merges and writes the result into a
  * Blob (a fuse: into the chosen file, else an origin-private file), reporting progress for each phase, so the page's
  * own thread only updates the DOM. All local.
  */
@@ -9,7 +10,14 @@ import { streamedBlobSource } from '../../src/core/blob-stream.js';
 import { blobSource, bufferSource } from '../../src/core/memory.js';
 import { type ProvenanceInput, provenanceMetadata, weightLabel } from '../../src/core/provenance.js';
 import { VERSION } from '../../src/core/version.js';
-import { decodeLora, describeLora, encodeLora, type LoadedLora, type OutputDType } from '../../src/formats/index.js';
+import {
+  decodeLora,
+  describeLora,
+  encodeLora,
+  type LoadedLora,
+  type OutputDType,
+  planLora,
+} from '../../src/formats/index.js';
 import { fuseLoras } from '../../src/fuse/index.js';
 import { createWasmKernel, createWebCpuKernel, type FuseKernel, webThreadsAvailable } from '../../src/kernels/index.js';
 import {
@@ -44,11 +52,11 @@ interface WorkerScope {
 const scope = self as unknown as WorkerScope;
 
 /**
- * An added input: its File, its factors decoded to f32 while the merge, resize and analyze jobs want them (`lora`:
- * null once a fuse has let them go — the fuse reads each module's factors from the File when it needs them, as the
- * CLI reads them from disk, so the worker does not hold every input decoded beside the base's tensors; the next job
- * that needs them decodes the File again), and what provenance records of it: name, size and the SHA-256 computed
- * while reading.
+ * An added input: its File; its factors decoded to f32 (`lora`) once a merge, resize or analysis has needed them,
+ * kept for the next such job, let go when a fuse starts (null: not decoded); and what provenance records of it:
+ * name, size and the SHA-256 computed while reading. The add only plans the file (header and alphas) and a fuse
+ * reads each module's factors from the File when it needs them, as the CLI reads them from disk: the worker never
+ * holds the inputs decoded beside the base's tensors.
  */
 interface Input {
   file: File;
@@ -85,14 +93,6 @@ const subtle: SubtleCrypto | null = (globalThis.crypto as Crypto | undefined)?.s
 const hex = (digest: ArrayBuffer): string =>
   Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, '0')).join('');
 
-/**
- * A LoRA file's bytes and, as a promise, their SHA-256: the file read once, whole (one File.arrayBuffer call: 135 MB
- * in ≈ 0.5 s here, against 0.7–1.4 s in 8–16 MiB File.slice windows). The hash is WebCrypto's `digest` where the
- * page has it: it copies the bytes when called and hashes them off this thread (natively), in parallel with the
- * decode, which is what this worker's thread does next; else the WebAssembly SHA-256 on this thread (≈ 0.6 s for
- * 135 MB). The decoder then reads from memory (a LoRA is small next to its decoded f32 factors, which the page keeps
- * anyway; the buffer is dropped after the decode).
- */
 /** A file's bytes, read whole. */
 async function readWhole(file: File): Promise<Uint8Array> {
   try {
@@ -102,13 +102,20 @@ async function readWhole(file: File): Promise<Uint8Array> {
   }
 }
 
+/**
+ * A LoRA file's bytes and, as a promise, their SHA-256: the file read once, whole (one File.arrayBuffer call: 135 MB
+ * in ≈ 0.5 s here, against 0.7–1.4 s in 8–16 MiB File.slice windows). The hash is WebCrypto's `digest` where the
+ * page has it: it copies the bytes when called and hashes them off this thread (natively), in parallel with the
+ * decode, which is what this worker's thread does next; else the WebAssembly SHA-256 on this thread (≈ 0.6 s for
+ * 135 MB). The planner then reads the header and alphas from memory; the buffer is dropped after the add.
+ */
 async function readLora(file: File, clock: PhaseClock): Promise<{ bytes: Uint8Array; sha256: Promise<string> }> {
   const t = performance.now();
   const bytes = await readWhole(file);
   clock.read += (performance.now() - t) / 1000;
   if (subtle) {
     const digest = subtle.digest('SHA-256', bytes as Uint8Array<ArrayBuffer>).then(hex);
-    digest.catch(() => undefined); // awaited (and reported) after the decode
+    digest.catch(() => undefined); // awaited (and reported) after the planning
     return { bytes, sha256: digest };
   }
   return { bytes, sha256: Promise.resolve(timedHash(createSha256(), clock).update(bytes).hex()) };
@@ -121,16 +128,17 @@ async function add(id: number, file: File): Promise<void> {
     const clock = newClock();
     const { bytes, sha256: hashing } = await readLora(file, clock);
     const t1 = performance.now();
-    const st = await parseSafetensors(countingSource(bufferSource(bytes, file.name), onRead));
-    const lora = await decodeLora(st);
+    // Planned, not decoded: the header and the alphas say everything the card shows; the factors are decoded when a
+    // merge, resize or analysis first needs them, and a fuse reads them from the File.
+    const plan = await planLora(await parseSafetensors(countingSource(bufferSource(bytes, file.name), onRead)));
     const waited = performance.now();
     const sha256 = await hashing;
     clock.hash += (performance.now() - waited) / 1000;
     onRead(file.size, file.size);
     if (removed.delete(id)) return;
-    loras.set(id, { file, lora, name: file.name, size: file.size, sha256 });
-    const summary = describeLora(lora);
-    const lcm = lcmEvidence(file.name, lora.metadata, summary);
+    loras.set(id, { file, lora: null, name: file.name, size: file.size, sha256 });
+    const summary = describeLora(plan);
+    const lcm = lcmEvidence(file.name, plan.metadata, summary);
     scope.postMessage({
       type: 'added',
       info: {
@@ -171,7 +179,7 @@ function inputOf(id: number): Input {
   return l;
 }
 
-/** The input's factors decoded to f32: kept from the add, or decoded from its File again after a fuse let them go. */
+/** The input's factors decoded to f32: kept from an earlier job, else read from its File and decoded. */
 async function decoded(input: Input): Promise<LoadedLora> {
   if (input.lora) return input.lora;
   const bytes = await readWhole(input.file);
@@ -337,8 +345,8 @@ async function fuse(
       scope.postMessage({ type: 'progress', job, done, total, phase: 'fuse' }),
     );
     // Each input read from its File when the fuse needs a module (exact File.slice reads: the fuse asks for the
-    // factors in the base's order, not the file's, so read windows would fetch mostly unused bytes), and the factors
-    // decoded at the add let go: the worker then holds what the CLI holds.
+    // factors in the base's order, not the file's, so read windows would fetch mostly unused bytes), and factors an
+    // earlier job decoded let go: the worker then holds what the CLI holds.
     for (const f of files) f.lora = null;
     const report = await fuseLoras(
       timedSource(readAheadSource(streamedBlobSource(base, base.name)), clock),
