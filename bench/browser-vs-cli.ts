@@ -121,11 +121,16 @@ function chromiumTree(): { type: string; rss: number; pss: number }[] {
 const pageProcesses = <T extends { type: string }>(tree: T[]): T[] =>
   tree.filter((p) => p.type === 'renderer' || p.type === 'gpu-process');
 
-function sampler(): { stop(): { peak: number; peakAll: number; peakPss: number; peakPssAll: number } } {
+function sampler(): {
+  /** The page's peak PSS since the previous mark (or the start), and start a new stretch. */
+  mark(): number;
+  stop(): { peak: number; peakAll: number; peakPss: number; peakPssAll: number };
+} {
   let peak = 0;
   let peakAll = 0;
   let peakPss = 0;
   let peakPssAll = 0;
+  let stretch = 0;
   const sample = () => {
     const tree = chromiumTree();
     const page = pageProcesses(tree);
@@ -133,10 +138,9 @@ function sampler(): { stop(): { peak: number; peakAll: number; peakPss: number; 
       peak,
       page.reduce((a, p) => a + p.rss, 0),
     );
-    peakPss = Math.max(
-      peakPss,
-      page.reduce((a, p) => a + p.pss, 0),
-    );
+    const pss = page.reduce((a, p) => a + p.pss, 0);
+    peakPss = Math.max(peakPss, pss);
+    stretch = Math.max(stretch, pss);
     peakAll = Math.max(
       peakAll,
       tree.reduce((a, p) => a + p.rss, 0),
@@ -149,6 +153,12 @@ function sampler(): { stop(): { peak: number; peakAll: number; peakPss: number; 
   sample();
   const timer = setInterval(sample, 150);
   return {
+    mark() {
+      sample();
+      const m = stretch;
+      stretch = 0;
+      return m;
+    },
     stop() {
       clearInterval(timer);
       sample();
@@ -176,6 +186,8 @@ async function pageRun(webDir: string): Promise<Run> {
       }).observe({ type: 'longtask' });
     });
     const mem = sampler();
+    /** fuse: the page's peak PSS while the LoRAs and the base were added, before Fuse was clicked. */
+    let addPss = 0;
     const t0 = performance.now();
     await page.setInputFiles('#files', [LCM, STYLE]);
     await page.waitForFunction(() => document.querySelectorAll('#loras input.weight').length === 2, undefined, {
@@ -204,6 +216,7 @@ async function pageRun(webDir: string): Promise<Run> {
           }) => (await navigator.storage.getDirectory()).getFileHandle(o.suggestedName, { create: true });
         });
       }
+      addPss = mem.mark();
       await page.click('#fuse');
     }
     const done = MODE === 'merge' ? 'merged' : 'fuse';
@@ -213,6 +226,7 @@ async function pageRun(webDir: string): Promise<Run> {
       { timeout: 300_000 },
     );
     const seconds = (performance.now() - t0) / 1000;
+    const jobPss = mem.mark();
     const { peak, peakAll, peakPss, peakPssAll } = mem.stop();
     if (!(await page.locator('#error').isHidden())) throw new Error(`page failed: ${await page.textContent('#error')}`);
     const tasks = await page.evaluate(() => (window as unknown as { longTasks: number[] }).longTasks);
@@ -250,6 +264,7 @@ async function pageRun(webDir: string): Promise<Run> {
                 fuses: {
                   kernel: string;
                   savedTo?: string;
+                  keptIn?: string;
                   seconds: number;
                   phases?: { read: number; write: number; kernel: number };
                 }[];
@@ -272,6 +287,9 @@ async function pageRun(webDir: string): Promise<Run> {
           if (h.kind === 'file') total += (await (h as FileSystemFileHandle).getFile()).size;
         return total;
       });
+      console.log(
+        `  page PSS peak: adding the files ${mb(addPss)}, the fuse ${mb(jobPss)}; result kept in ${fused?.keptIn ?? '(the chosen file)'}`,
+      );
       console.log(`  page fuse: origin-private file system holds ${(bytes / 1e9).toFixed(3)} GB after the round`);
       const offered = await page.evaluate(() => {
         const a = document.getElementById('fuse-download') as HTMLAnchorElement | null;

@@ -9,7 +9,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { bufferSource } from '../src/core/memory.js';
-import { blobSink, readAheadSource, syncFileSink, writableSink } from '../examples/web/streams.js';
+import { blobSink, readAheadSource, spillingSink, syncFileSink, writableSink } from '../examples/web/streams.js';
 
 /** A WritableStream that acknowledges each write after `delay` ms, recording the bytes (copied at ack time). */
 function slowStream(delay: number, failAt = Number.POSITIVE_INFINITY) {
@@ -126,6 +126,9 @@ describe('page sinks', () => {
         file.set(buffer.subarray(0, n), at);
         return n;
       },
+      read(): number {
+        return 0;
+      },
       truncate(size: number) {
         calls.push(`truncate ${size}`);
         file = file.slice(0, size);
@@ -161,6 +164,9 @@ describe('page sinks', () => {
       write(): number {
         throw new DOMException('quota exceeded', 'QuotaExceededError');
       },
+      read(): number {
+        return 0;
+      },
       truncate() {},
       close() {
         closed++;
@@ -176,6 +182,82 @@ describe('page sinks', () => {
     await sink.abort();
     expect([closed, discarded]).toEqual([1, 1]);
     await expect(sink.write(new Uint8Array(1))).rejects.toMatchObject({ code: 'IO_WRITE_FAILED' });
+  });
+
+  it("spillingSink: past the quota, the file's bytes and every later write go to Blob parts, the file removed", async () => {
+    /** An origin-private file whose writes past `quota` bytes throw QuotaExceededError, as Chromium's do. */
+    const quotaFile = (quota: number) => {
+      let file = new Uint8Array(0);
+      let discarded = 0;
+      const target = {
+        write(buffer: Uint8Array, { at }: { at: number }) {
+          if (at + buffer.byteLength > quota) throw new DOMException('quota exceeded', 'QuotaExceededError');
+          const n = Math.min(buffer.byteLength, 5000);
+          if (file.byteLength < at + n) {
+            const grown = new Uint8Array(at + n);
+            grown.set(file);
+            file = grown;
+          }
+          file.set(buffer.subarray(0, n), at);
+          return n;
+        },
+        read(buffer: Uint8Array, { at }: { at: number }) {
+          const n = Math.max(0, Math.min(buffer.byteLength, file.byteLength - at, 7000));
+          buffer.set(file.subarray(at, at + n));
+          return n;
+        },
+        truncate(size: number) {
+          file = file.slice(0, size);
+        },
+        close() {},
+      };
+      const sink = syncFileSink('out.safetensors', target, async () => {
+        discarded++;
+      });
+      return { sink, bytes: () => file, discarded: () => discarded };
+    };
+    await fc.assert(
+      fc.asyncProperty(
+        fc.array(fc.integer({ min: 0, max: 20000 }), { maxLength: 10 }),
+        fc.integer({ min: 0, max: 60000 }),
+        async (lengths, quota) => {
+          const opfs = quotaFile(quota);
+          const sink = spillingSink(opfs.sink, () => blobSink('out.safetensors'));
+          const expected: number[] = [];
+          for (const [i, n] of lengths.entries()) {
+            const chunk = Uint8Array.from({ length: n }, (_, j) => (i * 29 + j * 3) & 255);
+            expected.push(...chunk);
+            await sink.write(chunk);
+          }
+          await sink.commit();
+          expect(sink.byteLength).toBe(expected.length);
+          const spilled = lengths.some((_, i) => lengths.slice(0, i + 1).reduce((a, b) => a + b, 0) > quota);
+          expect(sink.spilled !== null).toBe(spilled);
+          const got = sink.spilled
+            ? new Uint8Array(await sink.spilled.blob().arrayBuffer())
+            : opfs.bytes().subarray(0, expected.length);
+          expect(Buffer.from(got).equals(Buffer.from(expected))).toBe(true);
+          expect(opfs.discarded()).toBe(spilled ? 1 : 0);
+        },
+      ),
+      { numRuns: 60 },
+    );
+    // Any other failure is the write's own.
+    const broken = syncFileSink(
+      'out.safetensors',
+      {
+        write(): number {
+          throw new DOMException('gone', 'InvalidStateError');
+        },
+        read: () => 0,
+        truncate() {},
+        close() {},
+      },
+      async () => undefined,
+    );
+    const sink = spillingSink(broken, () => blobSink('out.safetensors'));
+    await expect(sink.write(new Uint8Array(4))).rejects.toMatchObject({ code: 'IO_WRITE_FAILED' });
+    expect(sink.spilled).toBeNull();
   });
 
   it('readAheadSource: the wrapped bytes for forward, overlapping and backward reads; chunks fetched ahead', async () => {

@@ -74,7 +74,10 @@ let serial = 0;
 export async function scratchSink(
   kind: string,
   fileName: string,
-): Promise<{ sink: ByteSink & { readonly byteLength: number }; file(): Promise<File> } | null> {
+): Promise<{
+  sink: ByteSink & { readonly byteLength: number; readBack(at: number, into: Uint8Array): void };
+  file(): Promise<File>;
+} | null> {
   const dir = await ownFolder();
   if (!dir) return null;
   const name = `${kind}-${++serial}.safetensors`;

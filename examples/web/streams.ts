@@ -133,9 +133,12 @@ type SinkState = 'open' | 'committed' | 'aborted';
 
 /** IO_WRITE_FAILED naming the sink, the step and the cause. */
 function writeFailure(name: string, what: string, e: unknown): IoError {
-  return new IoError('IO_WRITE_FAILED', `${name}: ${what} failed (${e instanceof Error ? e.message : String(e)})`, {
-    file: name,
-  });
+  return new IoError(
+    'IO_WRITE_FAILED',
+    `${name}: ${what} failed (${e instanceof Error ? e.message : String(e)})`,
+    { file: name },
+    { cause: e },
+  );
 }
 
 /** IO_WRITE_FAILED unless the sink still takes bytes. */
@@ -232,6 +235,7 @@ export function writableSink(
 /** What the sink needs of a FileSystemSyncAccessHandle (origin-private files, workers only). */
 export interface SyncTarget {
   write(buffer: Uint8Array, options: { at: number }): number;
+  read(buffer: Uint8Array, options: { at: number }): number;
   truncate(size: number): void;
   close(): void;
 }
@@ -247,7 +251,7 @@ export function syncFileSink(
   name: string,
   target: SyncTarget,
   discard: () => Promise<void>,
-): ByteSink & { readonly byteLength: number } {
+): ByteSink & { readonly byteLength: number; readBack(at: number, into: Uint8Array): void } {
   let size = 0;
   let state: SinkState = 'open';
   const fail = (what: string, e: unknown) => writeFailure(name, what, e);
@@ -255,6 +259,15 @@ export function syncFileSink(
     name,
     get byteLength() {
       return size;
+    },
+    readBack(at, into) {
+      let done = 0;
+      while (done < into.byteLength) {
+        const n = target.read(into.subarray(done), { at: at + done });
+        if (n <= 0)
+          throw fail('reading back', new Error(`read ${n} of ${into.byteLength - done} bytes at ${at + done}`));
+        done += n;
+      }
     },
     async write(chunk) {
       assertWritable(name, state);
@@ -289,6 +302,63 @@ export function syncFileSink(
         // already closed
       }
       await discard().catch(() => undefined);
+    },
+  };
+}
+
+/** Whether a write failed because the origin's storage quota is used up (a DOMException named QuotaExceededError). */
+export function isQuotaError(e: unknown): boolean {
+  for (let c: unknown = e, depth = 0; c && depth < 4; c = (c as { cause?: unknown }).cause, depth++) {
+    if ((c as { name?: unknown }).name === 'QuotaExceededError') return true;
+  }
+  return false;
+}
+
+/**
+ * A sink that writes into `first` (an origin-private file) until a write fails because the storage quota is used up,
+ * then moves to `second()` (Blob parts): the bytes `first` already took are read back into `second` in PART-sized
+ * pieces, `first` is aborted (its file removed), and the failed write and every later one go to `second`. Any other
+ * failure of `first` is the write's failure. `spilled` says which one holds the result.
+ */
+export function spillingSink<S extends ByteSink & { readonly byteLength: number }>(
+  first: ByteSink & { readonly byteLength: number; readBack(at: number, into: Uint8Array): void },
+  second: () => S,
+): ByteSink & { readonly byteLength: number; readonly spilled: S | null } {
+  let spilled: S | null = null;
+  const spill = async (): Promise<S> => {
+    const to = second();
+    const piece = new Uint8Array(Math.min(PART, first.byteLength));
+    for (let at = 0; at < first.byteLength; at += piece.byteLength) {
+      const n = Math.min(piece.byteLength, first.byteLength - at);
+      first.readBack(at, piece.subarray(0, n));
+      await to.write(piece.subarray(0, n));
+    }
+    await first.abort();
+    return to;
+  };
+  return {
+    name: first.name,
+    get byteLength() {
+      return spilled ? spilled.byteLength : first.byteLength;
+    },
+    get spilled() {
+      return spilled;
+    },
+    async write(chunk) {
+      if (spilled) return spilled.write(chunk);
+      try {
+        await first.write(chunk);
+      } catch (e) {
+        if (!isQuotaError(e)) throw e;
+        spilled = await spill();
+        await spilled.write(chunk);
+      }
+    },
+    async commit() {
+      await (spilled ?? first).commit();
+    },
+    async abort() {
+      await (spilled ?? first).abort();
     },
   };
 }

@@ -1,5 +1,6 @@
 /**
- * The page's Web Worker: reads dropped files (each whole, once), decodes them, merges and writes the result into a
+ * The page's Web Worker: reads dropped files (each whole, once, to hash and plan them), decodes them when a job needs
+ * their factors, merges and writes the result into a
  * Blob (a fuse: into the chosen file, else an origin-private file), reporting progress for each phase, so the page's
  * own thread only updates the DOM. All local.
  */
@@ -9,7 +10,14 @@ import { streamedBlobSource } from '../../src/core/blob-stream.js';
 import { blobSource, bufferSource } from '../../src/core/memory.js';
 import { type ProvenanceInput, provenanceMetadata, weightLabel } from '../../src/core/provenance.js';
 import { VERSION } from '../../src/core/version.js';
-import { decodeLora, describeLora, encodeLora, type LoadedLora, type OutputDType } from '../../src/formats/index.js';
+import {
+  decodeLora,
+  describeLora,
+  encodeLora,
+  type LoadedLora,
+  type OutputDType,
+  planLora,
+} from '../../src/formats/index.js';
 import { fuseLoras } from '../../src/fuse/index.js';
 import { createWasmKernel, createWebCpuKernel, type FuseKernel, webThreadsAvailable } from '../../src/kernels/index.js';
 import {
@@ -35,7 +43,7 @@ import type {
 } from './protocol.js';
 import { newClock, type PhaseClock, timedHash, timedSink, timedSource } from './phases.js';
 import { scratchSink } from './scratch.js';
-import { blobSink, countingSource, readAheadSource, writableSink } from './streams.js';
+import { blobSink, countingSource, readAheadSource, spillingSink, writableSink } from './streams.js';
 
 interface WorkerScope {
   postMessage(message: FromWorker, transfer?: Transferable[]): void;
@@ -43,9 +51,16 @@ interface WorkerScope {
 }
 const scope = self as unknown as WorkerScope;
 
-/** A decoded input with what provenance records of its file: name, size and the SHA-256 computed while reading. */
+/**
+ * An added input: its File; its factors decoded to f32 (`lora`) once a merge, resize or analysis has needed them,
+ * kept for the next such job, let go when a fuse starts (null: not decoded); and what provenance records of it:
+ * name, size and the SHA-256 computed while reading. The add only plans the file (header and alphas) and a fuse
+ * reads each module's factors from the File when it needs them, as the CLI reads them from disk: the worker never
+ * holds the inputs decoded beside the base's tensors.
+ */
 interface Input {
-  lora: LoadedLora;
+  file: File;
+  lora: LoadedLora | null;
   name: string;
   size: number;
   sha256: string;
@@ -78,26 +93,29 @@ const subtle: SubtleCrypto | null = (globalThis.crypto as Crypto | undefined)?.s
 const hex = (digest: ArrayBuffer): string =>
   Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, '0')).join('');
 
+/** A file's bytes, read whole. */
+async function readWhole(file: File): Promise<Uint8Array> {
+  try {
+    return new Uint8Array(await file.arrayBuffer());
+  } catch (e) {
+    throw new IoError('IO_READ_FAILED', `${file.name}: reading the file failed (${String(e)})`, { file: file.name });
+  }
+}
+
 /**
  * A LoRA file's bytes and, as a promise, their SHA-256: the file read once, whole (one File.arrayBuffer call: 135 MB
  * in ≈ 0.5 s here, against 0.7–1.4 s in 8–16 MiB File.slice windows). The hash is WebCrypto's `digest` where the
  * page has it: it copies the bytes when called and hashes them off this thread (natively), in parallel with the
  * decode, which is what this worker's thread does next; else the WebAssembly SHA-256 on this thread (≈ 0.6 s for
- * 135 MB). The decoder then reads from memory (a LoRA is small next to its decoded f32 factors, which the page keeps
- * anyway; the buffer is dropped after the decode).
+ * 135 MB). The planner then reads the header and alphas from memory; the buffer is dropped after the add.
  */
 async function readLora(file: File, clock: PhaseClock): Promise<{ bytes: Uint8Array; sha256: Promise<string> }> {
   const t = performance.now();
-  let bytes: Uint8Array;
-  try {
-    bytes = new Uint8Array(await file.arrayBuffer());
-  } catch (e) {
-    throw new IoError('IO_READ_FAILED', `${file.name}: reading the file failed (${String(e)})`, { file: file.name });
-  }
+  const bytes = await readWhole(file);
   clock.read += (performance.now() - t) / 1000;
   if (subtle) {
     const digest = subtle.digest('SHA-256', bytes as Uint8Array<ArrayBuffer>).then(hex);
-    digest.catch(() => undefined); // awaited (and reported) after the decode
+    digest.catch(() => undefined); // awaited (and reported) after the planning
     return { bytes, sha256: digest };
   }
   return { bytes, sha256: Promise.resolve(timedHash(createSha256(), clock).update(bytes).hex()) };
@@ -110,16 +128,17 @@ async function add(id: number, file: File): Promise<void> {
     const clock = newClock();
     const { bytes, sha256: hashing } = await readLora(file, clock);
     const t1 = performance.now();
-    const st = await parseSafetensors(countingSource(bufferSource(bytes, file.name), onRead));
-    const lora = await decodeLora(st);
+    // Planned, not decoded: the header and the alphas say everything the card shows; the factors are decoded when a
+    // merge, resize or analysis first needs them, and a fuse reads them from the File.
+    const plan = await planLora(await parseSafetensors(countingSource(bufferSource(bytes, file.name), onRead)));
     const waited = performance.now();
     const sha256 = await hashing;
     clock.hash += (performance.now() - waited) / 1000;
     onRead(file.size, file.size);
     if (removed.delete(id)) return;
-    loras.set(id, { lora, name: file.name, size: file.size, sha256 });
-    const summary = describeLora(lora);
-    const lcm = lcmEvidence(file.name, lora.metadata, summary);
+    loras.set(id, { file, lora: null, name: file.name, size: file.size, sha256 });
+    const summary = describeLora(plan);
+    const lcm = lcmEvidence(file.name, plan.metadata, summary);
     scope.postMessage({
       type: 'added',
       info: {
@@ -151,11 +170,29 @@ function weightsOf(request: MergeRequest): MergeWeight[] {
 }
 
 function inputsOf(request: MergeRequest): Input[] {
-  return request.inputs.map(({ id }) => {
-    const l = loras.get(id);
-    if (!l) throw new Error(`input ${id} is no longer loaded; add the file again`);
-    return l;
-  });
+  return request.inputs.map(({ id }) => inputOf(id));
+}
+
+function inputOf(id: number): Input {
+  const l = loras.get(id);
+  if (!l) throw new Error(`input ${id} is no longer loaded; add the file again`);
+  return l;
+}
+
+/** The input's factors decoded to f32: kept from an earlier job, else read from its File and decoded. */
+async function decoded(input: Input): Promise<LoadedLora> {
+  if (input.lora) return input.lora;
+  const bytes = await readWhole(input.file);
+  const lora = await decodeLora(await parseSafetensors(bufferSource(bytes, input.name)));
+  input.lora = lora;
+  return lora;
+}
+
+/** The inputs decoded, in order. */
+async function decodedInputs(files: readonly Input[]): Promise<LoadedLora[]> {
+  const out: LoadedLora[] = [];
+  for (const f of files) out.push(await decoded(f));
+  return out;
 }
 
 const methodOf = (request: MergeRequest): MethodOptions | Record<string, never> =>
@@ -165,17 +202,17 @@ const methodOf = (request: MergeRequest): MethodOptions | Record<string, never> 
 async function resize(job: number, request: ResizeRequest): Promise<void> {
   const t0 = performance.now();
   try {
-    const input = loras.get(request.id);
-    if (!input) throw new Error(`input ${request.id} is no longer loaded; add the file again`);
+    const input = inputOf(request.id);
+    const inputLora = await decoded(input);
     const onProgress = throttle((done, total) =>
       scope.postMessage({ type: 'progress', job, done, total, phase: 'resize' }),
     );
-    const { lora, report } = kohyaResize(input.lora, {
+    const { lora, report } = kohyaResize(inputLora, {
       rule: request.rule,
       ...(request.maxRank !== undefined ? { maxRank: request.maxRank } : {}),
       onProgress,
     });
-    const dtype: OutputDType = request.dtype === 'auto' ? inputDType([input.lora]) : request.dtype;
+    const dtype: OutputDType = request.dtype === 'auto' ? inputDType([inputLora]) : request.dtype;
     const metadata = provenanceMetadata('resize', provenanceInputs([input], [1]), {
       format: request.format,
       dtype,
@@ -243,7 +280,8 @@ function fuseKernel(threads: number | undefined): Promise<FuseKernel> {
 
 /**
  * What the fuse writes into: the chosen file's writable stream (streamed to disk), else a file of the origin-private
- * file system (synchronous writes; the page gets it back as a File), else Blob pieces.
+ * file system (synchronous writes; the page gets it back as a File) that moves to Blob pieces if the origin's storage
+ * quota runs out while it is written (spillingSink), else Blob pieces.
  */
 async function fuseSink(
   name: string,
@@ -251,13 +289,20 @@ async function fuseSink(
 ): Promise<{
   sink: ByteSink & { readonly byteLength: number };
   blob(): Promise<Blob | null>;
-  keptIn?: 'origin-private file' | 'memory';
+  keptIn?: () => 'origin-private file' | 'memory';
 }> {
   if (!target) {
     const scratch = await scratchSink('fuse', name);
-    if (scratch) return { sink: scratch.sink, blob: () => scratch.file(), keptIn: 'origin-private file' };
+    if (scratch) {
+      const sink = spillingSink(scratch.sink, () => blobSink(name));
+      return {
+        sink,
+        blob: async () => (sink.spilled ? sink.spilled.blob() : scratch.file()),
+        keptIn: () => (sink.spilled ? 'memory' : 'origin-private file'),
+      };
+    }
     const sink = blobSink(name);
-    return { sink, blob: async () => sink.blob(), keptIn: 'memory' };
+    return { sink, blob: async () => sink.blob(), keptIn: () => 'memory' };
   }
   try {
     return { sink: writableSink(target.name, await target.createWritable()), blob: async () => null };
@@ -299,9 +344,16 @@ async function fuse(
     const onProgress = throttle((done, total) =>
       scope.postMessage({ type: 'progress', job, done, total, phase: 'fuse' }),
     );
+    // Each input read from its File when the fuse needs a module, and factors an earlier job decoded let go: the
+    // worker then holds what the CLI holds. The fuse asks for the factors in the base's order, which is close to the
+    // file's but not the same: 4 MiB windows, four kept per input, serve the SD1.5 LCM + style fuse's factor reads
+    // (794 for the style LoRA alone) with 77 + 21 File.slice round trips, fetching 400 MB for the 172 MB needed.
+    for (const f of files) f.lora = null;
     const report = await fuseLoras(
       timedSource(readAheadSource(streamedBlobSource(base, base.name)), clock),
-      files.map((f) => f.lora),
+      await Promise.all(
+        files.map((f) => parseSafetensors(blobSource(f.file, f.name, { window: { window: 4 << 20, keep: 4 } }))),
+      ),
       weights,
       {
         out: timedSink(out.sink, clock),
@@ -325,7 +377,7 @@ async function fuse(
         kernel: `${report.kernel} (${report.backend})`,
         bytes: out.sink.byteLength,
         ...(target ? { savedTo: target.name } : {}),
-        ...(out.keptIn ? { keptIn: out.keptIn } : {}),
+        ...(out.keptIn ? { keptIn: out.keptIn() } : {}),
         seconds: (performance.now() - t0) / 1000,
         phases: { read: clock.read, write: clock.write, kernel: report.kernelSeconds },
       },
@@ -341,8 +393,9 @@ async function analyze(job: number, request: MergeRequest): Promise<void> {
   try {
     const files = inputsOf(request);
     scope.postMessage({ type: 'progress', job, done: 0, total: 1, phase: 'analyze' });
+    const inputs = await decodedInputs(files);
     const report = analyzeLoras(
-      files.map((f, i) => ({ name: f.name, lora: f.lora, weight: request.inputs[i]?.weight ?? 1 })),
+      files.map((f, i) => ({ name: f.name, lora: inputs[i]!, weight: request.inputs[i]?.weight ?? 1 })),
     );
     scope.postMessage({ type: 'progress', job, done: 1, total: 1, phase: 'analyze' });
     scope.postMessage({
@@ -386,7 +439,7 @@ async function merge(job: number, request: MergeRequest): Promise<void> {
   const t0 = performance.now();
   try {
     const files = inputsOf(request);
-    const inputs = files.map((f) => f.lora);
+    const inputs = await decodedInputs(files);
     const weights = weightsOf(request);
     const onMerge = throttle((done, total) =>
       scope.postMessage({ type: 'progress', job, done, total, phase: 'merge' }),

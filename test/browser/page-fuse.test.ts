@@ -138,6 +138,88 @@ describe('page fuse into a chosen file (headless Chromium)', () => {
     expect(one.errors).toEqual([]);
   });
 
+  it('after a fuse (which lets the decoded inputs go and reads them from their files), a merge gives the same file as before', async () => {
+    const { page } = s;
+    await prepare(page);
+    const merged = async (): Promise<string> => {
+      const before = await page.evaluate(() => document.body.dataset.merged ?? '');
+      await page.click('#merge');
+      await page.waitForFunction(
+        (prev) => (document.body.dataset.merged ?? '') !== prev || !document.getElementById('error')!.hidden,
+        before,
+      );
+      expect(await page.locator('#error').isHidden()).toBe(true);
+      const [d] = await Promise.all([page.waitForEvent('download'), page.click('#download')]);
+      const path = join(s.dir, `merged-${Date.now()}.safetensors`);
+      await d.saveAs(path);
+      return createHash('sha256').update(readFileSync(path)).digest('hex');
+    };
+    const first = await merged();
+    await picker(page, 'none');
+    expect(await fuse(page)).toBe('done');
+    expect(await merged()).toBe(first);
+    expect(s.errors).toEqual([]);
+  });
+
+  it('when the storage quota runs out while the checkpoint is written, the page keeps it in memory: the same bytes', async () => {
+    const { page } = s;
+    await prepare(page);
+    await picker(page, 'none');
+    const download = async (): Promise<string> => {
+      const [d] = await Promise.all([page.waitForEvent('download'), page.click('#fuse-download')]);
+      const path = join(s.dir, `fused-${Date.now()}.safetensors`);
+      await d.saveAs(path);
+      return createHash('sha256').update(readFileSync(path)).digest('hex');
+    };
+    expect(await fuse(page)).toBe('done');
+    const fused = await lastFuse(page);
+    expect(fused?.keptIn).toBe('origin-private file');
+    const expected = await download();
+    const kept = await keptFiles(page);
+    expect(kept).toHaveLength(1);
+    // The origin's storage runs out halfway through the next checkpoint: the worker's synchronous access handles
+    // refuse writes past that offset with QuotaExceededError, as Chromium's do when the quota is used up (its CDP
+    // quota override does not reach origin-private files). Its writes start in an origin-private file, and the
+    // page must move them to memory.
+    const limit = Math.floor((fused?.bytes ?? 0) / 2);
+    const patched = async (on: boolean) => {
+      // The page's own worker (the kernel's threads block in Atomics.wait and answer no evaluate).
+      for (const w of page.workers().filter((x) => /\/worker\.js/.test(x.url()))) {
+        await w.evaluate(
+          ([at, enable]) => {
+            type Handle = { write(b: Uint8Array, o: { at: number }): number };
+            const g = self as unknown as {
+              FileSystemSyncAccessHandle?: { prototype: Handle };
+              realWrite?: Handle['write'];
+            };
+            const proto = g.FileSystemSyncAccessHandle?.prototype;
+            if (!proto) return;
+            g.realWrite ??= proto.write;
+            const real = g.realWrite;
+            proto.write = enable
+              ? function (this: Handle, b, o) {
+                  if (o.at + b.byteLength > at) throw new DOMException('quota exceeded', 'QuotaExceededError');
+                  return real.call(this, b, o);
+                }
+              : real;
+          },
+          [limit, on] as const,
+        );
+      }
+    };
+    await patched(true);
+    try {
+      expect(await fuse(page)).toBe('done');
+      expect((await lastFuse(page))?.keptIn).toBe('memory');
+      expect(await download()).toBe(expected);
+      // The half-written file is gone; the previous result's file is kept until a newer one is complete.
+      expect(await keptFiles(page)).toEqual(kept);
+    } finally {
+      await patched(false);
+    }
+    expect(s.errors).toEqual([]);
+  });
+
   it('a closed dialog cancels quietly, and Fuse works again afterwards', async () => {
     const { page } = s;
     await prepare(page);
