@@ -42,6 +42,9 @@ export interface FileSink extends ByteSink {
   readonly staleRemoved: readonly string[];
 }
 
+/** A split head (splitHead) covers at most this many bytes; the rest of the leading copies goes in order. */
+const HEAD_MAX_BYTES = Number.MAX_SAFE_INTEGER;
+
 /**
  * The target must be a regular file or not exist. Returns its permission bits (kept by the output) when it exists.
  */
@@ -155,7 +158,7 @@ export async function fileSink(target: string, options: FileSinkOptions = {}): P
       await writer.writeAt(offset, bytes);
     },
     splitHead(prefix: Uint8Array, source: ByteSource, sourceStart: number, upTo: number): SplitHead | null {
-      const at = Math.floor(upTo / HEAD_ALIGN) * HEAD_ALIGN;
+      const at = Math.floor(Math.min(upTo, HEAD_MAX_BYTES) / HEAD_ALIGN) * HEAD_ALIGN;
       if (state !== 'open' || head || writer.written !== 0 || writer.failed || at <= prefix.byteLength) return null;
       writer.startAt(at);
       const h: { at: number; done: Promise<void>; error: unknown; stop: boolean } = {

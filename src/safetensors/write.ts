@@ -328,9 +328,17 @@ export async function writeToSink(
   let first = 0;
   if (split && lead) {
     // The sink writes [0, split.at) itself; the rest of the leading copies (less than one block) goes in order.
+    const buf = lead.end - split.at > SMALL_CHUNK ? new Uint8Array(Math.min(COPY_CHUNK, lead.end - split.at)) : null;
     for (let pos = split.at; pos < lead.end; pos += COPY_CHUNK) {
       const from = lead.start + pos - plan.prefix.byteLength;
-      await out.write(await lead.source.read(from, from + Math.min(COPY_CHUNK, lead.end - pos)));
+      const n = Math.min(COPY_CHUNK, lead.end - pos);
+      if (buf && lead.source.readInto) {
+        // One buffer for every piece: the sink has taken a piece's bytes once its write resolves.
+        await lead.source.readInto(from, buf.subarray(0, n));
+        await out.write(buf.subarray(0, n));
+      } else {
+        await out.write(await lead.source.read(from, from + n));
+      }
     }
     for (; first < lead.count; first++) options.onTensor?.(plan.tensors[first]!, first, list.length);
   } else {
