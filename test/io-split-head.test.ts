@@ -184,6 +184,40 @@ describe('ByteSink.splitHead: the leading copies written alongside', () => {
     expect(first.at).toBeLessThanOrEqual(copiesEnd);
   });
 
+  it('a sink that splits early: the rest of the leading copies is written in order, the same bytes', async () => {
+    const { all, offsets } = baseOf(SIZES, 999);
+    const log: string[] = [];
+    const source = slowSource(all, log, null);
+    const { list, plain } = tensorsOf(source, all, offsets, SIZES, COPIES, log);
+    const parts: { at: number; bytes: Uint8Array }[] = [];
+    let pos = 0;
+    const sink: ByteSink = {
+      name: 'early',
+      async write(chunk) {
+        parts.push({ at: pos, bytes: chunk.slice() });
+        pos += chunk.byteLength;
+      },
+      async commit() {},
+      async abort() {},
+      splitHead(prefix, src, start, upTo): SplitHead {
+        expect(upTo).toBeGreaterThan(8192 + (9 << 20));
+        pos = 8192; // far below upTo, like a capped head: megabytes of copies are left to the ordered writes
+        const head = new Uint8Array(8192);
+        head.set(prefix);
+        const done = src.read(start, start + 8192 - prefix.byteLength).then((b) => {
+          head.set(b, prefix.byteLength);
+          parts.push({ at: 0, bytes: head });
+        });
+        return { at: 8192, done };
+      },
+    };
+    const expected = serializeSafetensors(plain);
+    await writeToSink(sink, list);
+    const got = new Uint8Array(expected.byteLength);
+    for (const w of parts) got.set(w.bytes, w.at);
+    expect(Buffer.from(got).equals(Buffer.from(expected))).toBe(true);
+  });
+
   for (const direct of [true, false]) {
     it(`fileSink (direct ${direct}): a slow head ends after the ordered writes; same bytes, copies never asked for`, async () => {
       const { all, offsets } = baseOf(SIZES, 4_321);
