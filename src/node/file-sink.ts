@@ -45,9 +45,9 @@ export interface FileSink extends ByteSink {
 /**
  * A split head (splitHead) covers at most this many bytes; the rest of the leading copies goes in order. The head
  * competes with the kernel for the two cores (its reads are page-cache copies on the thread pool) and for the disk:
- * SD1.5's 413 MB head ends early in the UNet and the fuse was faster in every round, but SDXL's 1.8 GB head ran
- * beside the whole fuse and made it slower in every round, under load (bench/RESULTS.md, "fuse: the head beside
- * the kernel (issue 17, session 6)").
+ * SD1.5's 413 MB head ends early in the UNet (no wall-clock gain shown yet, 0.6 CPU-s less), but SDXL's 1.8 GB head
+ * ran beside the whole fuse and was no faster (slower under load). 0 turns the split off (bench/RESULTS.md, "fuse:
+ * the head beside the kernel (issue 17, session 6)").
  */
 const HEAD_MAX_BYTES = 512 << 20;
 
