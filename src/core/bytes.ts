@@ -23,7 +23,7 @@ export interface ByteSource {
   readonly identity?: string;
 }
 
-/** A destination for bytes, written in order (writeAt and splitHead are the two exceptions a sink may offer). */
+/** A destination for bytes, written strictly in order. */
 export interface ByteSink {
   readonly name: string;
   write(chunk: Uint8Array): Promise<void>;
@@ -33,24 +33,10 @@ export interface ByteSink {
    * written.
    */
   writeAt?(offset: number, bytes: Uint8Array): Promise<void>;
-  /**
-   * Optional, before the first write: let the sink write the file's first bytes itself, alongside the ordered
-   * writes, by positional writes — `prefix`, then `source`'s bytes from `sourceStart` on, `upTo` bytes in all at
-   * most. The sink picks where the head ends (`at` ≤ `upTo`, e.g. a multiple of its block size) and write() then
-   * continues at byte `at`; or it declines (null) and nothing changes. commit waits for the head and fails if it
-   * failed; abort stops it and waits for it before removing anything; `done` settles when the head is written.
-   */
-  splitHead?(prefix: Uint8Array, source: ByteSource, sourceStart: number, upTo: number): SplitHead | null;
   /** Make the written bytes durable and visible at the final name (temp file + fsync + rename for files). */
   commit(): Promise<void>;
   /** Remove everything written so far; nothing is left behind. Idempotent. */
   abort(): Promise<void>;
-}
-
-/** A head the sink writes by itself (ByteSink.splitHead): bytes [0, at), written once `done` resolves. */
-export interface SplitHead {
-  readonly at: number;
-  readonly done: Promise<void>;
 }
 
 /** True for anything shaped like a ByteSource (a length and a read method). */

@@ -799,8 +799,7 @@ class FileRun {
     const s1 = this.#segLast[i] ?? -1;
     if (s0 !== s1) return this.#pieces(s0, s1);
     const seg = this.#segs[s0]!;
-    // The writer may start past the first tensors (the sink copied them: ByteSink.splitHead).
-    if (i === seg.first || !this.#loads.has(s0)) this.#enter(s0);
+    if (i === seg.first) this.#enter(s0);
     const outs = await this.#loads.get(s0)!;
     return outs[i - seg.first]!;
   }
@@ -929,11 +928,15 @@ class FileRun {
     if (first.mode === 'copy') {
       const buf = await this.#read(seg.start, seg.end - seg.start);
       this.#held.set(si, [buf]);
-      if (seg.piece) return [buf];
+      if (seg.piece) {
+        if (seg.piece.index === seg.piece.count - 1) this.counters.copied++;
+        return [buf];
+      }
       const outs: Uint8Array[] = [];
       for (let i = seg.first; i <= seg.last; i++) {
         const t = this.fp.tensors[i]!.info;
         outs.push(buf.subarray(t.offset - seg.start, t.offset - seg.start + t.byteLength));
+        this.counters.copied++;
       }
       return outs;
     }
@@ -1321,32 +1324,11 @@ export async function fuseLoras(
       const label = (key: string): string => (fp.base.rel ? `${fp.base.rel}: ${key}` : key);
       const run = new FileRun(fp, choice!.kernel, clamp, counters, label, options.allowNonfiniteBase === true, deltas);
       runs.push(run);
-      // Untouched tensors are marked as copies of the base's bytes, read through a source that counts them: the
-      // writer may have the sink copy the leading ones alongside the kernel's work (ByteSink.splitHead).
-      const base = fp.base.file.source;
-      const counted: ByteSource = {
-        name: base.name,
-        byteLength: base.byteLength,
-        read: async (start, end) => {
-          const b = await base.read(start, end);
-          counters.bytesRead += end - start;
-          return b;
-        },
-        ...(base.readInto
-          ? {
-              readInto: async (start: number, target: Uint8Array) => {
-                await base.readInto!(start, target);
-                counters.bytesRead += target.byteLength;
-              },
-            }
-          : {}),
-      };
       const tensors: TensorToWrite[] = fp.tensors.map((t, i) => ({
         name: t.info.name,
         dtype: t.outDtype,
         shape: t.info.shape,
         data: () => run.data(i),
-        ...(t.mode === 'copy' ? { copyOf: { source: counted, offset: t.info.offset } } : {}),
       }));
       const metadata = {
         ...fp.base.file.metadata,
@@ -1371,8 +1353,7 @@ export async function fuseLoras(
         direct: options.directIO ?? fileBytes(fp) >= DIRECT_MIN_BYTES,
         fsync: options.fsync !== false,
         refuseOverwrite: refuse,
-        onTensor: (info, index) => {
-          if (fp.tensors[index]!.mode === 'copy') counters.copied++;
+        onTensor: (info) => {
           tensorsDone++;
           counters.bytesWritten += info.byteLength;
           options.onProgress?.({

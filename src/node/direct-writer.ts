@@ -6,7 +6,6 @@
  */
 import { constants, promises as fs } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
-import type { ByteSource } from '../core/bytes.js';
 import { IoError } from '../core/errors.js';
 import { describeError, errnoCode } from './file-checks.js';
 
@@ -20,11 +19,6 @@ const DIRECT_BLOCK = 4096;
 function alignedBuffer(bytes: number): Uint8Array {
   return new Uint8Array(new WebAssembly.Memory({ initial: Math.ceil(bytes / 65536) }).buffer, 0, bytes);
 }
-
-/** Block size that a split head (writeHead) ends on. */
-export const HEAD_ALIGN = DIRECT_BLOCK;
-/** A head's read and write chunk (two of them: one read while the other is written). */
-const HEAD_CHUNK = 8 << 20;
 
 /** Write buf[0, n) at `at`, looping over short writes. */
 export async function writeAll(fh: FileHandle, buf: Uint8Array, n: number, at: number): Promise<void> {
@@ -48,8 +42,6 @@ export class DirectWriter {
   /** Bytes handed to the file (a multiple of DIRECT_CHUNK until finish). */
   #flushed = 0;
   #pending: Promise<void> | null = null;
-  /** The first O_DIRECT write is done (and a refusal handled). */
-  #probed = false;
 
   constructor(
     fh: FileHandle,
@@ -68,25 +60,6 @@ export class DirectWriter {
 
   get failed(): boolean {
     return this.#failed;
-  }
-
-  /** Bytes accepted so far (the ordered writes start at `startAt`'s offset). */
-  get written(): number {
-    return this.#written;
-  }
-
-  /**
-   * Begin the ordered writes at byte `at` (a multiple of the O_DIRECT block) instead of 0, before any write: the
-   * bytes before it are written by someone else (writeHead).
-   */
-  startAt(at: number): void {
-    if (this.#written !== 0 || at % DIRECT_BLOCK !== 0) {
-      throw new IoError('IO_WRITE_FAILED', `${this.target}: cannot start the writes at byte ${at}`, {
-        file: this.target,
-      });
-    }
-    this.#written = at;
-    this.#flushed = at;
   }
 
   #writeFailed(at: number, e: unknown): IoError {
@@ -131,9 +104,8 @@ export class DirectWriter {
     const at = this.#flushed;
     if (padTo > bytes) buf.fill(0, bytes, padTo);
     if (this.#pending) await this.#pending;
-    if (!this.#probed) {
+    if (at === 0) {
       // First write: done synchronously so a refusal can still fall back to plain writes.
-      this.#probed = true;
       try {
         await writeAll(this.#handle(), buf, padTo, at);
       } catch (e) {
@@ -241,90 +213,5 @@ export class DirectWriter {
     const fh = this.#fh;
     this.#fh = null;
     if (fh) await fh.close().catch(() => undefined);
-  }
-}
-
-/**
- * The head of a file written alongside its ordered writes (ByteSink.splitHead): bytes [0, at) = `prefix`, then
- * `source`'s bytes from `sourceStart`, by positional writes through a descriptor of its own (O_DIRECT where asked
- * and accepted; `at` is a multiple of HEAD_ALIGN, so every write is whole blocks). The source is read straight into
- * two page-aligned chunks, one read while the other is written. `stopped()` is checked between chunks (abort).
- */
-export async function writeHead(
-  tempPath: string,
-  target: string,
-  direct: boolean,
-  prefix: Uint8Array,
-  source: ByteSource,
-  sourceStart: number,
-  at: number,
-  stopped: () => boolean,
-): Promise<void> {
-  const O_DIRECT = (constants as { O_DIRECT?: number }).O_DIRECT;
-  let useDirect = direct && typeof O_DIRECT === 'number' && O_DIRECT !== 0;
-  const open = (): Promise<FileHandle> => fs.open(tempPath, constants.O_WRONLY | (useDirect ? (O_DIRECT ?? 0) : 0));
-  const failed = (pos: number, e: unknown): IoError =>
-    new IoError(
-      'IO_WRITE_FAILED',
-      `${target}: writing ${tempPath} failed at byte ${pos} (${describeError(e)})`,
-      { file: target },
-      { cause: e },
-    );
-  let fh: FileHandle;
-  try {
-    fh = await open();
-  } catch (e) {
-    if (!useDirect || errnoCode(e) !== 'EINVAL') throw failed(0, e);
-    useDirect = false;
-    fh = await open().catch((e2: unknown) => {
-      throw failed(0, e2);
-    });
-  }
-  const size = Math.min(HEAD_CHUNK, at);
-  const bufs = [alignedBuffer(size), alignedBuffer(size)];
-  const fill = async (buf: Uint8Array, pos: number, n: number): Promise<void> => {
-    let k = 0;
-    if (pos < prefix.byteLength) {
-      k = Math.min(n, prefix.byteLength - pos);
-      buf.set(prefix.subarray(pos, pos + k));
-    }
-    if (k === n) return;
-    const from = sourceStart + pos + k - prefix.byteLength;
-    const dst = buf.subarray(k, n);
-    if (source.readInto) await source.readInto(from, dst);
-    else dst.set(await source.read(from, from + (n - k)));
-  };
-  try {
-    let pos = 0;
-    let n = Math.min(size, at);
-    let cur = 0;
-    let next: Promise<void> | null = fill(bufs[0] as Uint8Array, 0, n);
-    while (next) {
-      await next;
-      if (stopped()) return;
-      const buf = bufs[cur] as Uint8Array;
-      const wrote = writeAll(fh, buf, n, pos).catch(async (e: unknown) => {
-        if (pos !== 0 || !useDirect || errnoCode(e) !== 'EINVAL') throw failed(pos, e);
-        // The filesystem refuses O_DIRECT writes (alignment rules): plain writes from here on.
-        await fh.close();
-        useDirect = false;
-        fh = await open();
-        await writeAll(fh, buf, n, pos).catch((e2: unknown) => {
-          throw failed(pos, e2);
-        });
-      });
-      const pos2 = pos + n;
-      const n2 = Math.min(size, at - pos2);
-      // The next chunk is read while this one is written (not the first: a refusal reopens the file).
-      next = n2 > 0 && pos !== 0 ? fill(bufs[cur ^ 1] as Uint8Array, pos2, n2) : null;
-      next?.catch(() => undefined);
-      await wrote;
-      if (n2 > 0 && !next) next = fill(bufs[cur ^ 1] as Uint8Array, pos2, n2);
-      pos = pos2;
-      n = n2;
-      cur ^= 1;
-    }
-  } finally {
-    await fh.close().catch(() => undefined);
   }
 }

@@ -7,10 +7,10 @@
 import { constants, promises as fs } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import * as path from 'node:path';
-import type { ByteSink, ByteSource, SplitHead } from '../core/bytes.js';
+import type { ByteSink } from '../core/bytes.js';
 import { IoError } from '../core/errors.js';
 import type { RefuseList } from '../core/host.js';
-import { DirectWriter, HEAD_ALIGN, writeHead } from './direct-writer.js';
+import { DirectWriter } from './direct-writer.js';
 import { assertNotOverwriting, describeError, errnoCode, fileTypeName } from './file-checks.js';
 import { registerTemp, releaseTemp, removeStaleTemps, tempPathFor } from './temp-files.js';
 
@@ -41,15 +41,6 @@ export interface FileSink extends ByteSink {
   /** Stale temps of a killed earlier run that were removed beside the target. */
   readonly staleRemoved: readonly string[];
 }
-
-/**
- * A split head (splitHead) covers at most this many bytes; the rest of the leading copies goes in order. The head
- * competes with the kernel for the two cores (its reads are page-cache copies on the thread pool) and for the disk:
- * SD1.5's 413 MB head ends early in the UNet (no wall-clock gain shown yet, 0.6 CPU-s less), but SDXL's 1.8 GB head
- * ran beside the whole fuse and was no faster (slower under load). 0 turns the split off (bench/RESULTS.md, "fuse:
- * the head beside the kernel (issue 17, session 6)").
- */
-const HEAD_MAX_BYTES = 512 << 20;
 
 /**
  * The target must be a regular file or not exist. Returns its permission bits (kept by the output) when it exists.
@@ -131,14 +122,8 @@ export async function fileSink(target: string, options: FileSinkOptions = {}): P
   const writer = new DirectWriter(opened.fh, tempPath, opened.direct, target);
   let state: 'open' | 'committed' | 'aborted' = 'open';
   const sync = options.fsync !== false;
-  /** The head written alongside (splitHead): its promise, its failure, and whether abort asked it to stop. */
-  let head: { at: number; done: Promise<void>; error: unknown; stop: boolean } | null = null;
 
   const removeTemp = async (): Promise<void> => {
-    if (head) {
-      head.stop = true;
-      await head.done.catch(() => undefined);
-    }
     await writer.close();
     await fs.rm(tempPath, { force: true }).catch(() => undefined);
     releaseTemp(tempPath);
@@ -155,33 +140,11 @@ export async function fileSink(target: string, options: FileSinkOptions = {}): P
     },
     async write(chunk: Uint8Array): Promise<void> {
       if (state !== 'open') throw refuse(`write after ${state}`);
-      if (head?.error) throw head.error;
       await writer.write(chunk);
     },
     async writeAt(offset: number, bytes: Uint8Array): Promise<void> {
       if (state !== 'open') throw refuse(`write after ${state}`);
-      if (head && offset < head.at) await head.done;
       await writer.writeAt(offset, bytes);
-    },
-    splitHead(prefix: Uint8Array, source: ByteSource, sourceStart: number, upTo: number): SplitHead | null {
-      const at = Math.floor(Math.min(upTo, HEAD_MAX_BYTES) / HEAD_ALIGN) * HEAD_ALIGN;
-      if (state !== 'open' || head || writer.written !== 0 || writer.failed || at <= prefix.byteLength) return null;
-      writer.startAt(at);
-      const h: { at: number; done: Promise<void>; error: unknown; stop: boolean } = {
-        at,
-        done: Promise.resolve(),
-        error: undefined,
-        stop: false,
-      };
-      h.done = writeHead(tempPath, target, writer.direct, prefix, source, sourceStart, at, () => h.stop).catch(
-        (e: unknown) => {
-          h.error = e;
-          throw e;
-        },
-      );
-      h.done.catch(() => undefined); // reported by the next write, by commit, or by the writer's await
-      head = h;
-      return { at, done: h.done };
     },
     async commit(): Promise<void> {
       if (state === 'committed') return;
@@ -189,7 +152,6 @@ export async function fileSink(target: string, options: FileSinkOptions = {}): P
         throw refuse(`cannot commit: ${writer.failed ? 'a write failed' : 'the sink was aborted'}`);
       }
       try {
-        if (head) await head.done;
         await writer.finish();
         await writer.syncAndClose(sync);
         await fs.rename(tempPath, target);

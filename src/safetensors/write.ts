@@ -28,12 +28,6 @@ export interface TensorToWrite {
    * bytes in pieces (TensorChunks).
    */
   readonly data: TensorData | (() => TensorData | TensorChunks | Promise<TensorData | TensorChunks>);
-  /**
-   * Optional: the bytes are exactly `source`'s bytes [offset, offset + byteLength) (a tensor copied unchanged). The
-   * leading tensors so marked, contiguous in one source, may then be written by the sink itself alongside the
-   * others (ByteSink.splitHead), and their `data` is never called.
-   */
-  readonly copyOf?: { readonly source: ByteSource; readonly offset: number };
 }
 
 export type TensorsToWrite = readonly TensorToWrite[] | Iterable<TensorToWrite> | AsyncIterable<TensorToWrite>;
@@ -276,39 +270,9 @@ class Gatherer {
   }
 }
 
-/** Reads of the leading copies written in order after a split head are at most this large. */
-const COPY_CHUNK = 16 << 20;
-
-/**
- * The leading tensors marked `copyOf`, contiguous in one source and in the same order as in the output: where their
- * bytes start in the source, how many they are and where they end in the output. Null when the first tensor is not
- * such a copy.
- */
-function leadingCopy(
-  list: readonly TensorToWrite[],
-  plan: SafetensorsPlan,
-): { source: ByteSource; start: number; count: number; end: number } | null {
-  const head = list[0]?.copyOf;
-  if (!head) return null;
-  const base = plan.tensors[0]!.offset;
-  let count = 0;
-  while (count < list.length) {
-    const c = list[count]!.copyOf;
-    const info = plan.tensors[count]!;
-    const at = head.offset + info.offset - base;
-    if (c?.source !== head.source || c.offset !== at || at + info.byteLength > head.source.byteLength) break;
-    count++;
-  }
-  if (count === 0) return null;
-  const last = plan.tensors[count - 1]!;
-  return { source: head.source, start: head.offset, count, end: last.offset + last.byteLength };
-}
-
 /**
  * Write tensors to a sink (header first, then data in order) WITHOUT committing it. On failure the error
- * propagates and the caller aborts the sink; writeSafetensors does both. Where the first tensors are marked
- * `copyOf` and the sink can split off a head (ByteSink.splitHead), the header and those copies are written by the
- * sink alongside the rest, which starts at once (the bytes are the same; onTensor reports those copies first).
+ * propagates and the caller aborts the sink; writeSafetensors does both.
  */
 export async function writeToSink(
   sink: ByteSink,
@@ -323,28 +287,8 @@ export async function writeToSink(
     });
   }
   const out = new Gatherer(sink);
-  const lead = leadingCopy(list, plan);
-  const split = lead && sink.splitHead ? sink.splitHead(plan.prefix, lead.source, lead.start, lead.end) : null;
-  let first = 0;
-  if (split && lead) {
-    // The sink writes [0, split.at) itself; the rest of the leading copies (less than one block) goes in order.
-    const buf = lead.end - split.at > SMALL_CHUNK ? new Uint8Array(Math.min(COPY_CHUNK, lead.end - split.at)) : null;
-    for (let pos = split.at; pos < lead.end; pos += COPY_CHUNK) {
-      const from = lead.start + pos - plan.prefix.byteLength;
-      const n = Math.min(COPY_CHUNK, lead.end - pos);
-      if (buf && lead.source.readInto) {
-        // One buffer for every piece: the sink has taken a piece's bytes once its write resolves.
-        await lead.source.readInto(from, buf.subarray(0, n));
-        await out.write(buf.subarray(0, n));
-      } else {
-        await out.write(await lead.source.read(from, from + n));
-      }
-    }
-    for (; first < lead.count; first++) options.onTensor?.(plan.tensors[first]!, first, list.length);
-  } else {
-    await out.write(plan.prefix);
-  }
-  for (let i = first; i < list.length; i++) {
+  await out.write(plan.prefix);
+  for (let i = 0; i < list.length; i++) {
     const t = list[i]!;
     const info = plan.tensors[i]!;
     const raw = typeof t.data === 'function' ? await t.data() : t.data;
@@ -353,7 +297,6 @@ export async function writeToSink(
     options.onTensor?.(info, i, list.length);
   }
   await out.flush();
-  if (split) await split.done;
   if (options.lateMetadata) await rewriteHeader(sink, list, plan, await options.lateMetadata());
   return { name: sink.name, byteLength: plan.byteLength, headerLength: plan.headerLength, tensors: plan.tensors };
 }
