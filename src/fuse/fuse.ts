@@ -26,7 +26,7 @@ import { writeSafetensors, type TensorToWrite } from '../safetensors/write.js';
 import { DTYPE_SIZE, type DType } from '../core/tensor.js';
 import { VERSION } from '../core/version.js';
 import { fileNameOf } from '../core/provenance.js';
-import { currentFuseHost, type DeltaPool, type FuseHost } from './host.js';
+import { currentFuseHost, type FuseHost } from './host.js';
 import {
   locate,
   locateBias,
@@ -685,12 +685,7 @@ function hasDense(t: Target): boolean {
  * `product` (the kernel's worker threads), a LoKr is written straight into the rows. Every Δ is computed from the
  * rows as they were before any term was added (W0), which DoRA, GLoRA, OFT and BOFT need.
  */
-async function addDenseTerms(
-  t: Target,
-  w: Float32Array,
-  product: AsyncProduct,
-  deltas: () => DeltaPool | null,
-): Promise<void> {
+async function addDenseTerms(t: Target, w: Float32Array, product: AsyncProduct): Promise<void> {
   const rows = t.rows[1] - t.rows[0];
   const n = rows * t.cols;
   const view = w.subarray(t.rows[0] * t.cols, t.rows[0] * t.cols + n);
@@ -698,12 +693,10 @@ async function addDenseTerms(
   const terms = await Promise.all(dense.map((x) => x.module.term()));
   // W0 is kept apart only when a term's delta depends on it (and another term could change the rows first).
   const w0 = terms.some(termNeedsBase) ? view.slice() : undefined;
-  // Their deltas (f64 JS over the whole weight) on worker threads where the platform has them.
-  const offload = w0 ? deltas()?.weightedDelta : undefined;
   for (let i = 0; i < dense.length; i++) {
     const term = dense[i]!;
     try {
-      await addTermInto(terms[i]!, t.path, view, term.coef, product, w0, offload);
+      await addTermInto(terms[i]!, t.path, view, term.coef, product, w0);
     } catch (e) {
       if (e instanceof LoraError && e.code === 'LORA_SHAPE_MISMATCH')
         throw new LoraError('LORA_SHAPE_MISMATCH', `fuse: ${term.input.source}: '${term.module.name}': ${e.message}`, {
@@ -776,7 +769,6 @@ class FileRun {
     private readonly counters: Counters,
     private readonly label: (key: string) => string,
     private readonly allowNonfiniteBase = false,
-    private readonly deltas: () => DeltaPool | null = () => null,
   ) {
     this.#ordinal = counters.runs++;
     this.#segs = segments(fp.tensors);
@@ -983,8 +975,7 @@ class FileRun {
       const w = info.dtype === 'F32' || info.dtype === 'F64' ? decoded.slice() : decoded;
       const products: Uint8Array[] = [];
       try {
-        for (const t of first.targets)
-          if (hasDense(t) && !t.dense) await addDenseTerms(t, w, this.#product(products), this.deltas);
+        for (const t of first.targets) if (hasDense(t) && !t.dense) await addDenseTerms(t, w, this.#product(products));
       } finally {
         for (const b of products) this.#pool.release(b);
       }
@@ -1253,13 +1244,6 @@ export async function fuseLoras(
   let inputs: FuseInput[] = [];
   let choice: KernelChoice | null = null;
   const runs: FileRun[] = [];
-  // Worker threads for the base-dependent deltas (OFT, BOFT, DoRA, GLoRA), started when the first one is fused.
-  let deltaPool: DeltaPool | null | undefined;
-  const deltas = (): DeltaPool | null => {
-    if (deltaPool === undefined)
-      deltaPool = options.threads === 1 ? null : (currentFuseHost()?.createDeltaPool?.(options.threads) ?? null);
-    return deltaPool;
-  };
   try {
     const d = opened.detection;
     inputs = await openInputs(loras, weights, d.arch, d.size, options.allowUnmatched === true);
@@ -1322,7 +1306,7 @@ export async function fuseLoras(
     let tensorsDone = 0;
     const writeFile = async (fp: FilePlan, target: string | ByteSink): Promise<void> => {
       const label = (key: string): string => (fp.base.rel ? `${fp.base.rel}: ${key}` : key);
-      const run = new FileRun(fp, choice!.kernel, clamp, counters, label, options.allowNonfiniteBase === true, deltas);
+      const run = new FileRun(fp, choice!.kernel, clamp, counters, label, options.allowNonfiniteBase === true);
       runs.push(run);
       const tensors: TensorToWrite[] = fp.tensors.map((t, i) => ({
         name: t.info.name,
@@ -1432,7 +1416,6 @@ export async function fuseLoras(
     };
   } finally {
     await Promise.allSettled(runs.map((r) => r.settle()));
-    await deltaPool?.close().catch(() => undefined);
     if (choice?.owned) await choice.kernel.dispose().catch(() => undefined);
     await Promise.allSettled(inputs.map((x) => x.close()));
     await opened.close();

@@ -31,8 +31,6 @@ export interface FuseHost {
   createCpuKernel(threads?: number): Promise<FuseKernel>;
   /** Worker threads for extract's per-module factoring (default one per core); null when unavailable. */
   createExtractPool?(threads?: number): ExtractPool | null;
-  /** Worker threads for base-dependent deltas (default one per core); null when unavailable. */
-  createDeltaPool?(threads?: number): DeltaPool | null;
 }
 
 let installed: FuseHost | null = null;

@@ -6,7 +6,6 @@
 import { installHost } from '../core/host.js';
 import { installFuseHost } from '../fuse/host.js';
 import { fileSink, fileSource } from './files.js';
-import { createDeltaPool } from './delta-pool.js';
 import { createExtractPool } from './extract-threads.js';
 import { createNodeCpuKernel, joinPath, openBaseNode, writeFolder } from './fuse.js';
 
@@ -27,6 +26,5 @@ export function installNodeHost(): void {
     joinPath,
     createCpuKernel: createNodeCpuKernel,
     createExtractPool,
-    createDeltaPool,
   });
 }

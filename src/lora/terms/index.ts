@@ -118,8 +118,8 @@ export type AsyncProduct = (
 ) => Promise<Float32Array>;
 
 /**
- * termWeightedDelta(t, path, w, base) computed elsewhere (src/fuse/host.ts DeltaPool: worker threads), the same bits;
- * addTermInto hands it the deltas of the base-dependent kinds (OFT, BOFT, DoRA, GLoRA: f64 JS over the whole weight).
+ * termWeightedDelta(t, path, w, base) computed elsewhere (src/fuse/host.ts DeltaPool: worker threads), the same bits:
+ * how merge --base and convert --base compute the deltas of the base-dependent kinds (OFT, BOFT, DoRA, GLoRA).
  */
 export type DeltaOffload = (t: Term, path: string, w: number, base: Float32Array) => Promise<Float32Array>;
 
@@ -127,8 +127,7 @@ export type DeltaOffload = (t: Term, path: string, w: number, base: Float32Array
  * view += coef·Δ in f32 (view: the module's rows of W, [out·in·kh·kw]), every element the value of
  * `view[i] + coef·termDelta(t)[i]` rounded once to f32, but without forming Δ where the kind allows: a LoHa's two
  * products come from `product` (the fuse kernel's workers) and are combined in the add; a LoKr's Kronecker product
- * is written straight into the rows. `base` is W0 for the kinds that need it (DoRA, GLoRA, OFT, BOFT);
- * with `offload`, their deltas are computed there (worker threads) instead of on this thread.
+ * is written straight into the rows. `base` is W0 for the kinds that need it (DoRA, GLoRA, OFT, BOFT).
  */
 export async function addTermInto(
   t: Term,
@@ -137,7 +136,6 @@ export async function addTermInto(
   coef: number,
   product: AsyncProduct,
   base?: Float32Array,
-  offload?: DeltaOffload,
 ): Promise<void> {
   if (t.kind === 'hadamard') {
     const { a, b, out, fanIn } = hadamardPairs(t, path);
@@ -155,13 +153,12 @@ export async function addTermInto(
   }
   if (!termLinearInStrength(t)) {
     // OFT / BOFT: ComfyUI's strength rule is not coef·Δ; the delta comes already weighted.
-    const d = offload && base ? await offload(t, path, coef, base) : termWeightedDelta(t, path, coef, base);
+    const d = termWeightedDelta(t, path, coef, base);
     expectLength(view.length, d.length, path);
     for (let i = 0; i < d.length; i++) view[i] = (view[i] as number) + (d[i] as number);
     return;
   }
-  // termWeightedDelta at w = 1 is termDelta for these kinds (no strength rule of their own).
-  const d = offload && base && termNeedsBase(t) ? await offload(t, path, 1, base) : termDelta(t, path, base);
+  const d = termDelta(t, path, base);
   expectLength(view.length, d.length, path);
   for (let i = 0; i < d.length; i++) view[i] = (view[i] as number) + coef * (d[i] as number);
 }
