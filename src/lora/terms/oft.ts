@@ -15,7 +15,7 @@ import { contiguousValues } from '../delta.js';
 import { invertSmall, norm1 } from '../linalg.js';
 import type { KindOps } from './kind.js';
 import { expectShape, viewOf } from './matrix.js';
-import { baseOf, cayleyRotations, checkRescale, rotatedDelta, rotateRows, rotationKind } from './rotation.js';
+import { baseOf, cayleyRotations, checkRescale, deltaRows, rotateRows, rotationKind } from './rotation.js';
 
 interface OftParts {
   out: number;
@@ -51,25 +51,25 @@ export function oftRotations(t: OftTerm, path: string): Float64Array {
   return t.cayley ? cayleyRotations(data, n, b, t.constraint) : Float64Array.from(data);
 }
 
-/** blockdiag(R_kᵀ)·W0 in f64. */
-function rotated(t: OftTerm, path: string, w0: Float64Array): Float64Array {
-  const { n, b, fanIn } = parts(t, path);
-  const r = oftRotations(t, path);
-  const x = w0.slice();
-  const rows = new Int32Array(b);
-  const tmp = new Float64Array(b * fanIn);
-  for (let k = 0; k < n; k++) {
-    for (let a = 0; a < b; a++) rows[a] = k * b + a;
-    rotateRows(x, fanIn, rows, r, k * b * b, b, true, tmp);
-  }
-  return x;
-}
-
-/** Δ at strength 1: diag(s)·blockdiag(R_kᵀ)·W0 − W0. */
+/**
+ * Δ at strength 1: diag(s)·blockdiag(R_kᵀ)·W0 − W0. One block of b rows at a time: its rows of W0 as f64, times
+ * R_kᵀ, then its rows of Δ (each block's rows depend on those rows of W0 only).
+ */
 export function oftDelta(t: OftTerm, path: string, base: ArrayLike<number> | undefined, w = 1): Float32Array {
-  const { out, fanIn } = parts(t, path);
+  const { out, fanIn, n, b } = parts(t, path);
   const w0 = baseOf('OFT', path, base, out * fanIn);
-  return rotatedDelta(rotated(t, path, w0), w0, t.rescale, fanIn, w);
+  const r = oftRotations(t, path);
+  const span = b * fanIn;
+  const x = new Float64Array(span);
+  const rows = Int32Array.from({ length: b }, (_, a) => a);
+  const delta = new Float32Array(out * fanIn);
+  for (let k = 0; k < n; k++) {
+    const i0 = k * span;
+    x.set(w0.subarray(i0, i0 + span));
+    rotateRows(x, fanIn, rows, r, k * b * b, b, true);
+    deltaRows(x, i0, i0 + span, w0, t.rescale, fanIn, w, delta);
+  }
+  return delta;
 }
 
 export const oftKind: KindOps<OftTerm> = rotationKind<OftTerm>('OFT', parts, oftDelta, (w) => w * w);
@@ -94,7 +94,6 @@ export function oftBaseFromFused(t: OftTerm, path: string, fused: ArrayLike<numb
   const x = Float64Array.from(fused);
   const m = new Float64Array(b * b);
   const rows = new Int32Array(b);
-  const tmp = new Float64Array(b * fanIn);
   for (let k = 0; k < n; k++) {
     for (let i = 0; i < b; i++) {
       const s = t.rescale?.[k * b + i] ?? 1;
@@ -110,7 +109,7 @@ export function oftBaseFromFused(t: OftTerm, path: string, fused: ArrayLike<numb
       );
     }
     for (let a = 0; a < b; a++) rows[a] = k * b + a;
-    rotateRows(x, fanIn, rows, inv, 0, b, false, tmp);
+    rotateRows(x, fanIn, rows, inv, 0, b, false);
   }
   return x;
 }
