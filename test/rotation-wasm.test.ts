@@ -12,7 +12,7 @@ import { describe, expect, it } from 'vitest';
 import { ROTATE_STEP as WAT_STEP } from '../scripts/wasm/rotate-wat.js';
 import { hasRotateWasm, passColumns, ROTATE_STEP, rotateRowsWasm } from '../src/lora/rotate-wasm.js';
 import { boftDelta, butterflyPermutation } from '../src/lora/terms/boft.js';
-import { oftDelta, oftRotations } from '../src/lora/terms/oft.js';
+import { oftAddInto, oftDelta, oftRotations } from '../src/lora/terms/oft.js';
 import { blendRotations, cayleyRotations, rotateRows, rotateRowsScalar } from '../src/lora/terms/rotation.js';
 import type { BoftTerm, OftTerm } from '../src/lora/types.js';
 
@@ -211,6 +211,33 @@ describe('oftDelta / boftDelta with the WebAssembly product', () => {
       };
       const base = f32(out * fanIn, fanIn + 1, 0.5);
       for (const w of [1, 0.7]) expect(hex(boftDelta(t, 'm', base, w))).toBe(hex(oldBoftDelta(t, base, w)));
+    }
+  });
+});
+
+describe('oftAddInto (the fuse add of a lone OFT, no delta array)', () => {
+  it('gives view + oftDelta with the dense add roundings, also with W0 = the view itself', () => {
+    const [n, b, fanIn] = [3, 16, 67];
+    const out = n * b;
+    const t: OftTerm = {
+      kind: 'oft',
+      shape: [out, fanIn],
+      blocks: ndarray(f32(n * b * b, 11, 0.3), [n, b, b]),
+      cayley: true,
+      constraint: 0,
+      rescale: Float32Array.from(f32(out, 12, 1), (v) => 1 + v),
+    };
+    const base = f32(out * fanIn, 13, 0.5);
+    for (const w of [1, 0.7]) {
+      const d = oftDelta(t, 'm', base, w * w);
+      const want = base.slice();
+      for (let i = 0; i < want.length; i++) want[i] = want[i]! + d[i]!;
+      const apart = base.slice();
+      oftAddInto(t, 'm', base, w * w, apart, (k) => expect(k).toBe(out * fanIn));
+      expect(hex(apart)).toBe(hex(want));
+      const same = base.slice();
+      oftAddInto(t, 'm', same, w * w, same, () => undefined);
+      expect(hex(same)).toBe(hex(want));
     }
   });
 });

@@ -195,6 +195,30 @@ export function deltaRows(
 }
 
 /**
+ * view[i] = f32(view[i] + f32(w·(s_r·x[i − i0] − w0[i]))) for i in [i0, i1): deltaRows' value rounded to f32 as its
+ * store does (Math.fround), then added to view and rounded by view's store — what storing the delta and adding it
+ * gives, without the delta array. w0 may be view (w0[i] is read before view[i] is written).
+ */
+export function addDeltaRows(
+  x: Float64Array,
+  i0: number,
+  i1: number,
+  w0: ArrayLike<number>,
+  rescale: Float32Array | undefined,
+  cols: number,
+  w: number,
+  view: Float32Array,
+): void {
+  let i = i0;
+  while (i < i1) {
+    const r = Math.floor(i / cols);
+    const s = rescale ? (rescale[r] ?? 1) : 1;
+    const end = cols > 0 ? Math.min(i1, (r + 1) * cols) : i1;
+    for (; i < end; i++) view[i] = (view[i] as number) + Math.fround(w * (s * (x[i - i0] ?? 0) - (w0[i] ?? 0)));
+  }
+}
+
+/**
  * The kind operations OFT and BOFT share: a full-rank delta of the base weight, exact factors from the dense delta.
  * `strength` maps the fuse weight to the rotation's (OFT squares it, as ComfyUI does; BOFT blends per stage).
  */
