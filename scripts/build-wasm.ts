@@ -4,10 +4,11 @@
  *   npx tsx scripts/build-wasm.ts          (npm run build:wasm)
  *
  * 1. generates the WAT text (scripts/wasm/*-wat.ts) and writes it to src/core/dtype-wasm.wat, src/core/sha256.wat,
- *    src/lora/factor-f16.wat, src/lora/trim.wat, src/lora/gram.wat and src/kernels/kernel.wat (committed, readable);
+ *    src/lora/factor-f16.wat, src/lora/trim.wat, src/lora/gram.wat,
+ *    src/lora/rotate.wat and src/kernels/kernel.wat (committed, readable);
  * 2. compiles every build with the `wabt` npm package (simd, relaxed_simd, threads);
  * 3. writes src/core/dtype-wasm-bytes.ts, src/core/sha256-wasm-bytes.ts, src/lora/factor-f16-bytes.ts,
- *    src/lora/trim-bytes.ts, src/lora/gram-bytes.ts and src/kernels/kernel-bytes.ts: the binaries as base64 strings, so the core needs no
+ *    src/lora/trim-bytes.ts, src/lora/gram-bytes.ts, src/lora/rotate-bytes.ts and src/kernels/kernel-bytes.ts: the binaries as base64 strings, so the core needs no
  *    file access or bundler plugin to load them.
  *
  * `--check` compares instead of writing and exits 1 when a committed file is stale
@@ -21,6 +22,7 @@ import { convertWat } from './wasm/convert-wat.js';
 import { factorF16Wat } from './wasm/factor-f16-wat.js';
 import { gramWat } from './wasm/gram-wat.js';
 import { kernelVariant, kernelWat } from './wasm/kernel-wat.js';
+import { rotateWat } from './wasm/rotate-wat.js';
 import { sha256Wat } from './wasm/sha256-wat.js';
 import { trimWat } from './wasm/trim-wat.js';
 
@@ -89,6 +91,8 @@ export async function buildWasmFiles(): Promise<Record<string, string>> {
   const trimBytes = await compile(wabt, 'trim.wat', trim);
   const gram = gramWat();
   const gramBytes = await compile(wabt, 'gram.wat', gram);
+  const rotate = rotateWat();
+  const rotateBytes = await compile(wabt, 'rotate.wat', rotate);
   return {
     'src/core/dtype-wasm.wat': conv,
     'src/kernels/kernel.wat': kern,
@@ -113,6 +117,10 @@ export async function buildWasmFiles(): Promise<Record<string, string>> {
     'src/lora/gram.wat': gram,
     'src/lora/gram-bytes.ts': bytesModule('f64 Gram matrices of f32 rows for the truncated SVD (src/lora/gram.wat).', {
       GRAM_WASM: gramBytes,
+    }),
+    'src/lora/rotate.wat': rotate,
+    'src/lora/rotate-bytes.ts': bytesModule('OFT/BOFT row-block products in f64 (src/lora/rotate.wat).', {
+      ROTATE_WASM: rotateBytes,
     }),
   };
 }

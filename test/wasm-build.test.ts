@@ -7,6 +7,7 @@ import { CONVERT_WASM } from '../src/core/dtype-wasm-bytes.js';
 import { SHA256_WASM } from '../src/core/sha256-wasm-bytes.js';
 import { FACTOR_F16_WASM } from '../src/lora/factor-f16-bytes.js';
 import { GRAM_WASM } from '../src/lora/gram-bytes.js';
+import { ROTATE_WASM } from '../src/lora/rotate-bytes.js';
 import { TRIM_WASM } from '../src/lora/trim-bytes.js';
 import {
   KERNEL_PLAIN,
@@ -16,7 +17,7 @@ import {
 } from '../src/kernels/kernel-bytes.js';
 
 describe('committed WebAssembly', () => {
-  it('src/core/dtype-wasm.wat, src/core/sha256.wat, src/lora/factor-f16.wat, src/lora/trim.wat, src/lora/gram.wat, src/kernels/kernel.wat and *-bytes.ts equal a fresh generation and wabt compile (npm run build:wasm)', async () => {
+  it('src/core/dtype-wasm.wat, src/core/sha256.wat, src/lora/factor-f16.wat, src/lora/trim.wat, src/lora/gram.wat, src/lora/rotate.wat, src/kernels/kernel.wat and *-bytes.ts equal a fresh generation and wabt compile (npm run build:wasm)', async () => {
     const files = await buildWasmFiles();
     expect(Object.keys(files).sort()).toEqual([
       'src/core/dtype-wasm-bytes.ts',
@@ -29,6 +30,8 @@ describe('committed WebAssembly', () => {
       'src/lora/factor-f16.wat',
       'src/lora/gram-bytes.ts',
       'src/lora/gram.wat',
+      'src/lora/rotate-bytes.ts',
+      'src/lora/rotate.wat',
       'src/lora/trim-bytes.ts',
       'src/lora/trim.wat',
     ]);
@@ -69,6 +72,12 @@ describe('committed WebAssembly', () => {
         .map((e) => e.name)
         .sort(),
     ).toEqual(['gram', 'memory']);
+    const rotate = new WebAssembly.Module(base64ToBytes(ROTATE_WASM));
+    expect(
+      WebAssembly.Module.exports(rotate)
+        .map((e) => e.name)
+        .sort(),
+    ).toEqual(['memory', 'rotate']);
     // the plain builds compile without relaxed SIMD; all four share one export list
     const plain = new WebAssembly.Module(base64ToBytes(KERNEL_PLAIN));
     const names = WebAssembly.Module.exports(plain).map((e) => e.name);

@@ -691,8 +691,10 @@ async function addDenseTerms(t: Target, w: Float32Array, product: AsyncProduct):
   const view = w.subarray(t.rows[0] * t.cols, t.rows[0] * t.cols + n);
   const dense = t.terms.filter((x) => x.module.kind !== 'lowRank');
   const terms = await Promise.all(dense.map((x) => x.module.term()));
-  // W0 is kept apart only when a term's delta depends on it (and another term could change the rows first).
-  const w0 = terms.some(termNeedsBase) ? view.slice() : undefined;
+  // W0 is kept apart only when a term's delta depends on it and another term could change the rows first, or the
+  // term's add could (a lone OFT reads each value of W0 before writing it: oftAddInto).
+  const alone = terms.length === 1 && terms[0]?.kind === 'oft';
+  const w0 = terms.some(termNeedsBase) ? (alone ? view : view.slice()) : undefined;
   for (let i = 0; i < dense.length; i++) {
     const term = dense[i]!;
     try {

@@ -86,12 +86,11 @@ function rotations(t: BoftTerm, p: BoftParts, w: number): Float64Array {
  * for orthogonal stages (S_0ᵀ⋯S_(m−1)ᵀ·X, stages in reverse with transposed blocks).
  */
 function applyStages(x: Float64Array, cols: number, p: BoftParts, r: Float64Array, inverse = false): void {
-  const tmp = new Float64Array(p.b * cols);
   for (let s = 0; s < p.m; s++) {
     const i = inverse ? p.m - 1 - s : s;
     const perm = butterflyPermutation(p.out, p.b, i);
     for (let j = 0; j < p.n; j++) {
-      rotateRows(x, cols, perm.subarray(j * p.b, (j + 1) * p.b), r, (i * p.n + j) * p.b * p.b, p.b, inverse, tmp);
+      rotateRows(x, cols, perm.subarray(j * p.b, (j + 1) * p.b), r, (i * p.n + j) * p.b * p.b, p.b, inverse);
     }
   }
 }
@@ -100,7 +99,7 @@ function applyStages(x: Float64Array, cols: number, p: BoftParts, r: Float64Arra
 export function boftDelta(t: BoftTerm, path: string, base: ArrayLike<number> | undefined, w = 1): Float32Array {
   const p = parts(t, path);
   const w0 = baseOf('BOFT', path, base, p.out * p.fanIn);
-  const x = w0.slice();
+  const x = Float64Array.from(w0);
   applyStages(x, p.fanIn, p, rotations(t, p, w));
   return rotatedDelta(x, w0, t.rescale, p.fanIn, w);
 }

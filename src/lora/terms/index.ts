@@ -26,7 +26,7 @@ import { addHadamardProducts, hadamardKind, hadamardPairs } from './hadamard.js'
 import type { KindOps } from './kind.js';
 import { addKronecker, kroneckerKind } from './kronecker.js';
 import { lowRankKind } from './low-rank.js';
-import { oftBaseFromFused, oftKind } from './oft.js';
+import { oftAddInto, oftBaseFromFused, oftKind } from './oft.js';
 import { denseFactors, viewOf, type PlainFactors } from './matrix.js';
 
 export type { PlainFactors } from './matrix.js';
@@ -149,6 +149,11 @@ export async function addTermInto(
     const { out, fanIn } = termDims(t, path);
     expectLength(view.length, out * fanIn, path);
     addKronecker(t, path, view, coef);
+    return;
+  }
+  if (t.kind === 'oft') {
+    // ComfyUI's strength rule (w² for OFT), added a block of rows at a time without a delta array: the same bits.
+    oftAddInto(t, path, base, coef * coef, view, (n) => expectLength(view.length, n, path));
     return;
   }
   if (!termLinearInStrength(t)) {

@@ -15,7 +15,15 @@ import { contiguousValues } from '../delta.js';
 import { invertSmall, norm1 } from '../linalg.js';
 import type { KindOps } from './kind.js';
 import { expectShape, viewOf } from './matrix.js';
-import { baseOf, cayleyRotations, checkRescale, rotatedDelta, rotateRows, rotationKind } from './rotation.js';
+import {
+  addDeltaRows,
+  baseOf,
+  cayleyRotations,
+  checkRescale,
+  deltaRows,
+  rotateRows,
+  rotationKind,
+} from './rotation.js';
 
 interface OftParts {
   out: number;
@@ -51,25 +59,56 @@ export function oftRotations(t: OftTerm, path: string): Float64Array {
   return t.cayley ? cayleyRotations(data, n, b, t.constraint) : Float64Array.from(data);
 }
 
-/** blockdiag(R_kᵀ)·W0 in f64. */
-function rotated(t: OftTerm, path: string, w0: Float64Array): Float64Array {
-  const { n, b, fanIn } = parts(t, path);
+/**
+ * One block of b rows at a time, in order: its rows of W0 as f64 (x), times R_kᵀ, handed to `visit` with the block's
+ * positions [i0, i1) (each block's rows depend on those rows of W0 only, read before `visit` runs).
+ */
+function eachRotatedBlock(
+  t: OftTerm,
+  p: OftParts,
+  path: string,
+  w0: Float32Array | Float64Array,
+  visit: (x: Float64Array, i0: number, i1: number) => void,
+): void {
+  const { n, b, fanIn } = p;
   const r = oftRotations(t, path);
-  const x = w0.slice();
-  const rows = new Int32Array(b);
-  const tmp = new Float64Array(b * fanIn);
+  const span = b * fanIn;
+  const x = new Float64Array(span);
+  const rows = Int32Array.from({ length: b }, (_, a) => a);
   for (let k = 0; k < n; k++) {
-    for (let a = 0; a < b; a++) rows[a] = k * b + a;
-    rotateRows(x, fanIn, rows, r, k * b * b, b, true, tmp);
+    const i0 = k * span;
+    x.set(w0.subarray(i0, i0 + span));
+    rotateRows(x, fanIn, rows, r, k * b * b, b, true);
+    visit(x, i0, i0 + span);
   }
-  return x;
 }
 
-/** Δ at strength 1: diag(s)·blockdiag(R_kᵀ)·W0 − W0. */
+/** Δ at strength 1: diag(s)·blockdiag(R_kᵀ)·W0 − W0 (a block of rows at a time). */
 export function oftDelta(t: OftTerm, path: string, base: ArrayLike<number> | undefined, w = 1): Float32Array {
-  const { out, fanIn } = parts(t, path);
-  const w0 = baseOf('OFT', path, base, out * fanIn);
-  return rotatedDelta(rotated(t, path, w0), w0, t.rescale, fanIn, w);
+  const p = parts(t, path);
+  const w0 = baseOf('OFT', path, base, p.out * p.fanIn);
+  const delta = new Float32Array(p.out * p.fanIn);
+  eachRotatedBlock(t, p, path, w0, (x, i0, i1) => deltaRows(x, i0, i1, w0, t.rescale, p.fanIn, w, delta));
+  return delta;
+}
+
+/**
+ * view[i] += oftDelta(t, path, base, w)[i] with the same roundings (each delta value to f32, then the sum to f32),
+ * without the delta array. `base` may be `view` itself: every value of W0 is read before it is written. `check`
+ * gets out·fanIn after the shape and base checks, before anything is written.
+ */
+export function oftAddInto(
+  t: OftTerm,
+  path: string,
+  base: ArrayLike<number> | undefined,
+  w: number,
+  view: Float32Array,
+  check: (n: number) => void,
+): void {
+  const p = parts(t, path);
+  const w0 = baseOf('OFT', path, base, p.out * p.fanIn);
+  check(p.out * p.fanIn);
+  eachRotatedBlock(t, p, path, w0, (x, i0, i1) => addDeltaRows(x, i0, i1, w0, t.rescale, p.fanIn, w, view));
 }
 
 export const oftKind: KindOps<OftTerm> = rotationKind<OftTerm>('OFT', parts, oftDelta, (w) => w * w);
@@ -94,7 +133,6 @@ export function oftBaseFromFused(t: OftTerm, path: string, fused: ArrayLike<numb
   const x = Float64Array.from(fused);
   const m = new Float64Array(b * b);
   const rows = new Int32Array(b);
-  const tmp = new Float64Array(b * fanIn);
   for (let k = 0; k < n; k++) {
     for (let i = 0; i < b; i++) {
       const s = t.rescale?.[k * b + i] ?? 1;
@@ -110,7 +148,7 @@ export function oftBaseFromFused(t: OftTerm, path: string, fused: ArrayLike<numb
       );
     }
     for (let a = 0; a < b; a++) rows[a] = k * b + a;
-    rotateRows(x, fanIn, rows, inv, 0, b, false, tmp);
+    rotateRows(x, fanIn, rows, inv, 0, b, false);
   }
   return x;
 }

@@ -8,6 +8,7 @@
  */
 import { LoraError } from '../../core/errors.js';
 import { invertSmall } from '../linalg.js';
+import { rotateRowsWasm } from '../rotate-wasm.js';
 import type { KindOps } from './kind.js';
 import { denseFactors, expectShape, viewOf } from './matrix.js';
 
@@ -82,7 +83,9 @@ export function blendRotations(r: Float64Array, count: number, b: number, w: num
 
 /**
  * Multiply b rows of X [*, cols] (f64, in place) by a b × b matrix M: the rows at `rows[0..b)` become
- * Σ_c M[a, c]·X[rows[c]] (or M[c, a] with `transposed`). `tmp` holds b·cols values.
+ * Σ_c M[a, c]·X[rows[c]] (or M[c, a] with `transposed`), each value summed from +0 in c order, terms with a zero
+ * coefficient skipped. In WebAssembly SIMD (../rotate-wasm.ts, the same bits) where it runs, else
+ * rotateRowsScalar.
  */
 export function rotateRows(
   x: Float64Array,
@@ -92,7 +95,21 @@ export function rotateRows(
   mo: number,
   b: number,
   transposed: boolean,
-  tmp: Float64Array,
+): void {
+  if (rotateRowsWasm(x, cols, rows, m, mo, b, transposed)) return;
+  rotateRowsScalar(x, cols, rows, m, mo, b, transposed);
+}
+
+/** rotateRows in plain JS: the reference the WebAssembly is tested against, and the fallback. */
+export function rotateRowsScalar(
+  x: Float64Array,
+  cols: number,
+  rows: ArrayLike<number>,
+  m: Float64Array,
+  mo: number,
+  b: number,
+  transposed: boolean,
+  tmp: Float64Array = new Float64Array(b * cols),
 ): void {
   tmp.fill(0, 0, b * cols);
   for (let a = 0; a < b; a++) {
@@ -107,8 +124,17 @@ export function rotateRows(
   for (let a = 0; a < b; a++) x.set(tmp.subarray(a * cols, (a + 1) * cols), (rows[a] ?? 0) * cols);
 }
 
-/** W0 as f64, after checking it has out·fanIn values (LORA_NEEDS_BASE naming the module when absent). */
-export function baseOf(kind: string, path: string, base: ArrayLike<number> | undefined, n: number): Float64Array {
+/**
+ * W0 after checking it has out·fanIn values (LORA_NEEDS_BASE naming the module when absent): the given array when it
+ * is a Float32Array or Float64Array (not copied: its values read as numbers are those of an f64 copy), else an f64
+ * copy.
+ */
+export function baseOf(
+  kind: string,
+  path: string,
+  base: ArrayLike<number> | undefined,
+  n: number,
+): Float32Array | Float64Array {
   if (!base) {
     throw new LoraError(
       'LORA_NEEDS_BASE',
@@ -117,7 +143,7 @@ export function baseOf(kind: string, path: string, base: ArrayLike<number> | und
     );
   }
   expectShape(base.length === n, path, `the base weight holds ${base.length} values; expected ${n}`);
-  return Float64Array.from(base);
+  return base instanceof Float32Array || base instanceof Float64Array ? base : Float64Array.from(base);
 }
 
 /** The rescale vector, checked to hold one value per output row. */
@@ -140,11 +166,56 @@ export function rotatedDelta(
   w = 1,
 ): Float32Array {
   const out = new Float32Array(x.length);
-  for (let i = 0; i < x.length; i++) {
-    const s = rescale ? (rescale[Math.floor(i / cols)] ?? 1) : 1;
-    out[i] = w * (s * (x[i] ?? 0) - (w0[i] ?? 0));
-  }
+  deltaRows(x, 0, x.length, w0, rescale, cols, w, out);
   return out;
+}
+
+/**
+ * out[i] = w·(s_r·x[i − i0] − w0[i]) for i in [i0, i1), s_r the rescale of row r = ⌊i / cols⌋ (1 without one): the
+ * values of rotatedDelta for those positions, with x holding the rows from position i0 on. A loop per row instead of
+ * a division per value; the same operations per value.
+ */
+export function deltaRows(
+  x: Float64Array,
+  i0: number,
+  i1: number,
+  w0: ArrayLike<number>,
+  rescale: Float32Array | undefined,
+  cols: number,
+  w: number,
+  out: Float32Array,
+): void {
+  let i = i0;
+  while (i < i1) {
+    const r = Math.floor(i / cols);
+    const s = rescale ? (rescale[r] ?? 1) : 1;
+    const end = cols > 0 ? Math.min(i1, (r + 1) * cols) : i1;
+    for (; i < end; i++) out[i] = w * (s * (x[i - i0] ?? 0) - (w0[i] ?? 0));
+  }
+}
+
+/**
+ * view[i] = f32(view[i] + f32(w·(s_r·x[i − i0] − w0[i]))) for i in [i0, i1): deltaRows' value rounded to f32 as its
+ * store does (Math.fround), then added to view and rounded by view's store — what storing the delta and adding it
+ * gives, without the delta array. w0 may be view (w0[i] is read before view[i] is written).
+ */
+export function addDeltaRows(
+  x: Float64Array,
+  i0: number,
+  i1: number,
+  w0: ArrayLike<number>,
+  rescale: Float32Array | undefined,
+  cols: number,
+  w: number,
+  view: Float32Array,
+): void {
+  let i = i0;
+  while (i < i1) {
+    const r = Math.floor(i / cols);
+    const s = rescale ? (rescale[r] ?? 1) : 1;
+    const end = cols > 0 ? Math.min(i1, (r + 1) * cols) : i1;
+    for (; i < end; i++) view[i] = (view[i] as number) + Math.fround(w * (s * (x[i - i0] ?? 0) - (w0[i] ?? 0)));
+  }
 }
 
 /**
