@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import '../src/node.js';
 import { loadLora } from '../src/formats/index.js';
 import { resolveBaseTerms } from '../src/fuse/index.js';
-import type { DeltaPool } from '../src/fuse/host.js';
+import type { DeltaPool } from '../src/fuse/base-terms.js';
 import { termNeedsBase, termWeightedDelta } from '../src/lora/terms/index.js';
 import type { BoftTerm, DenseTerm, OftTerm, Term } from '../src/lora/types.js';
 import { createDeltaPool } from '../src/node/delta-pool.js';

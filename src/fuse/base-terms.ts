@@ -10,8 +10,17 @@ import { termNeedsBase, withBase, withDelta } from '../lora/terms/index.js';
 import type { Lora, Term } from '../lora/types.js';
 import { findWeight, readWeightRows, type OpenedBase } from './base.js';
 import { openBase } from './fuse.js';
-import type { DeltaPool } from './host.js';
 import type { BaseInput } from './types.js';
+
+/**
+ * Worker threads for the deltas computed from the base weight in f64 JS (OFT, BOFT, DoRA, GLoRA; src/node/delta-pool.ts,
+ * for merge --base and convert --base): the same function (termWeightedDelta) on other threads, so the same bits.
+ */
+export interface DeltaPool {
+  /** termWeightedDelta(t, path, w, base): ΔW at strength 1 for w = 1 (what withBase makes dense). */
+  weightedDelta(t: Term, path: string, w: number, base: Float32Array): Promise<Float32Array>;
+  close(): Promise<void>;
+}
 
 /** True when some module of `lora` needs the base weights (DoRA, GLoRA). */
 export function needsBase(lora: Lora<Term>): boolean {

@@ -7,18 +7,6 @@
 import type { FuseKernel } from '../kernels/types.js';
 import type { OpenBaseOptions, OpenedBase } from './base.js';
 import type { ExtractPool } from './extract-module.js';
-import type { DeltaOffload } from '../lora/terms/index.js';
-
-/**
- * Worker threads for the deltas computed from the base weight in f64 JS (OFT, BOFT, DoRA, GLoRA): the same function
- * (termWeightedDelta) on other threads, so the same bits, and the caller's thread stays free. OFT and BOFT act on
- * rows and every column alone, so one delta is cut into column ranges, one per thread.
- */
-export interface DeltaPool {
-  /** termWeightedDelta(t, path, w, base): ΔW at strength 1 for w = 1 (what withBase makes dense). */
-  readonly weightedDelta: DeltaOffload;
-  close(): Promise<void>;
-}
 
 export interface FuseHost {
   /** Open a base checkpoint path: a single safetensors file or a diffusers folder. */

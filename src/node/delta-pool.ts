@@ -1,13 +1,12 @@
 /**
  * The deltas computed from the base weight (OFT, BOFT, DoRA, GLoRA: f64 JS over the whole weight) on worker threads
- * (./reduce-worker.ts runs termWeightedDelta), so fuse's and convert's main thread only reads and writes while they
- * run (src/fuse/host.ts DeltaPool). OFT and BOFT multiply the rows of W0 by blocks of R and treat every column
+ * (./reduce-worker.ts runs termWeightedDelta), so the main thread of merge --base and convert --base only reads while
+ * they run (DeltaPool, src/fuse/base-terms.ts). OFT and BOFT multiply the rows of W0 by blocks of R and treat every column
  * alone, so one delta is cut into column ranges, one per thread: every value is computed by the same operations in
  * the same order as on one thread, so the bits are those of termWeightedDelta here.
  */
 import { availableParallelism } from 'node:os';
-import { needsBase, resolveBaseTerms } from '../fuse/base-terms.js';
-import type { DeltaPool } from '../fuse/host.js';
+import { type DeltaPool, needsBase, resolveBaseTerms } from '../fuse/base-terms.js';
 import type { BaseInput } from '../fuse/types.js';
 import { termDims } from '../lora/terms/index.js';
 import { packTerm } from '../lora/terms/pack.js';

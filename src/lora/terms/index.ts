@@ -118,12 +118,6 @@ export type AsyncProduct = (
 ) => Promise<Float32Array>;
 
 /**
- * termWeightedDelta(t, path, w, base) computed elsewhere (src/fuse/host.ts DeltaPool: worker threads), the same bits:
- * how merge --base and convert --base compute the deltas of the base-dependent kinds (OFT, BOFT, DoRA, GLoRA).
- */
-export type DeltaOffload = (t: Term, path: string, w: number, base: Float32Array) => Promise<Float32Array>;
-
-/**
  * view += coef·Δ in f32 (view: the module's rows of W, [out·in·kh·kw]), every element the value of
  * `view[i] + coef·termDelta(t)[i]` rounded once to f32, but without forming Δ where the kind allows: a LoHa's two
  * products come from `product` (the fuse kernel's workers) and are combined in the add; a LoKr's Kronecker product
