@@ -1,0 +1,668 @@
+#!/usr/bin/python3
+"""Independent reference check of lora-mix against the upstream formulas (session 7, task D).
+
+Run with Debian's python (torch + numpy), from the repository root, after `npm run build`:
+
+    /usr/bin/python3 scripts/audit/reference.py [--keep] [--only SUBSTRING]
+
+It writes small LoRA / adapter files in the spellings real tools write (kohya diffusers and SGM paths, lora_te1_/2_,
+PEFT with and without `base_model.model.`, diffusers' `.lora.down` and old processors, ComfyUI's saver, LyCORIS
+LoHa / LoKr / Tucker LoCon / full diffs / DoRA, PEFT DoRA), with module names written by hand from the upstream
+naming rules (never from lora-mix's tables), in f16 / bf16 / f32, against the tiny SD1.5 / SDXL fixture bases. For
+each it recomputes in PyTorch (f64) what the file means and compares with what the built CLI writes:
+inspect (module count), fuse (W0 + Σ w·Δ, per-component strengths), merge (exact sum), convert (same deltas).
+Not part of the test suite (it needs Python); test/ holds JS ports of every case that found a bug.
+"""
+
+import json
+import math
+import os
+import shutil
+import struct
+import subprocess
+import sys
+
+import torch
+
+torch.manual_seed(7)
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CLI = ["node", os.path.join(ROOT, "dist/cli/lora-mix.js")]
+OUT = "/tmp/s7-audit-ref"
+DT = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
+RESULTS = []
+
+
+# ----------------------------------------------------------------------------------------------- safetensors I/O
+def to_bytes(t, dt):
+    t = t.detach().to(DT[dt]).contiguous()
+    if dt == "BF16":
+        return t.view(torch.int16).numpy().tobytes()
+    return t.numpy().tobytes()
+
+
+def write_st(path, tensors, metadata=None):
+    """tensors: list of (name, dtype, tensor) in file order."""
+    header, blobs, off = {}, [], 0
+    for name, dt, t in tensors:
+        b = to_bytes(t, dt)
+        header[name] = {"dtype": dt, "shape": list(t.shape), "data_offsets": [off, off + len(b)]}
+        off += len(b)
+        blobs.append(b)
+    if metadata is not None:
+        header["__metadata__"] = metadata
+    h = json.dumps(header).encode()
+    h += b" " * ((8 - len(h) % 8) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)))
+        f.write(h)
+        for b in blobs:
+            f.write(b)
+
+
+def read_st(path):
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+        data = f.read()
+    meta = header.pop("__metadata__", {})
+    out = {}
+    for name, h in header.items():
+        a, b = h["data_offsets"]
+        raw = bytearray(data[a:b])
+        dt = h["dtype"]
+        if dt == "BF16":
+            t = torch.frombuffer(raw, dtype=torch.int16).view(torch.bfloat16) if raw else torch.zeros(0, dtype=torch.bfloat16)
+        else:
+            t = torch.frombuffer(raw, dtype=DT[dt]) if raw else torch.zeros(0, dtype=DT[dt])
+        out[name] = (dt, t.reshape(h["shape"]).to(torch.float64), bytes(raw))
+    return out, meta
+
+
+def cli(*args, expect_ok=True):
+    p = subprocess.run(CLI + list(args), capture_output=True, text=True)
+    if expect_ok and p.returncode != 0:
+        raise RuntimeError(f"lora-mix {' '.join(args)} exited {p.returncode}: {p.stderr.strip()[-600:]}")
+    return p
+
+
+def record(case, command, ok, detail):
+    RESULTS.append((case, command, "ok" if ok else "FAIL", detail))
+    print(f"{'ok  ' if ok else 'FAIL'} {case:44s} {command:10s} {detail}", flush=True)
+
+
+# ------------------------------------------------------------------------------------------------------ modules
+# (canonical diffusers path, single-file key, row slice or None, transposed in the single file)
+SD15 = [
+    ("unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q", "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight"),
+    ("unet.down_blocks.0.attentions.0.proj_in", "model.diffusion_model.input_blocks.1.1.proj_in.weight"),
+    ("unet.down_blocks.0.resnets.0.conv1", "model.diffusion_model.input_blocks.1.0.in_layers.2.weight"),
+    ("unet.down_blocks.0.downsamplers.0.conv", "model.diffusion_model.input_blocks.3.0.op.weight"),
+    ("unet.up_blocks.1.attentions.2.transformer_blocks.0.attn2.to_out.0", "model.diffusion_model.output_blocks.5.1.transformer_blocks.0.attn2.to_out.0.weight"),
+    ("unet.mid_block.attentions.0.transformer_blocks.0.ff.net.0.proj", "model.diffusion_model.middle_block.1.transformer_blocks.0.ff.net.0.proj.weight"),
+    ("unet.down_blocks.1.resnets.0.conv_shortcut", "model.diffusion_model.input_blocks.4.0.skip_connection.weight"),
+    ("text_encoder.text_model.encoder.layers.0.self_attn.q_proj", "cond_stage_model.transformer.text_model.encoder.layers.0.self_attn.q_proj.weight"),
+    ("text_encoder.text_model.encoder.layers.0.mlp.fc1", "cond_stage_model.transformer.text_model.encoder.layers.0.mlp.fc1.weight"),
+]
+SDXL = [
+    ("unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k", "model.diffusion_model.input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight"),
+    ("unet.down_blocks.1.attentions.0.proj_in", "model.diffusion_model.input_blocks.4.1.proj_in.weight"),
+    ("unet.down_blocks.1.resnets.0.conv1", "model.diffusion_model.input_blocks.4.0.in_layers.2.weight"),
+    ("text_encoder.text_model.encoder.layers.0.self_attn.q_proj", "conditioner.embedders.0.transformer.text_model.encoder.layers.0.self_attn.q_proj.weight"),
+    ("text_encoder_2.text_model.encoder.layers.0.self_attn.k_proj", "conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_weight"),
+    ("text_encoder_2.text_model.encoder.layers.0.mlp.fc1", "conditioner.embedders.1.model.transformer.resblocks.0.mlp.c_fc.weight"),
+    ("text_encoder_2.text_projection", "conditioner.embedders.1.model.text_projection"),
+]
+BASES = {"sd15": os.path.join(ROOT, "fixtures/sd15/base.safetensors"), "sdxl": os.path.join(ROOT, "fixtures/sdxl/base.safetensors")}
+BASE = {k: read_st(v)[0] for k, v in BASES.items()}
+
+
+def component(path):
+    return path.split(".", 1)[0]
+
+
+def weight_of(arch, path, key):
+    """The diffusers-shaped base weight W0 of a module (f64), sliced / transposed as the single file stores it."""
+    w = BASE[arch][key][1]
+    if key.endswith("in_proj_weight"):
+        c = w.shape[1]
+        which = {"q_proj": 0, "k_proj": 1, "v_proj": 2}[path.rsplit(".", 1)[1]]
+        return w[which * c:(which + 1) * c]
+    if key.endswith("text_projection"):
+        return w.t()
+    return w
+
+
+def place(arch, path, key, delta):
+    """delta in diffusers shape → (key, full-tensor-shaped delta)."""
+    full = torch.zeros_like(BASE[arch][key][1])
+    if key.endswith("in_proj_weight"):
+        c = full.shape[1]
+        which = {"q_proj": 0, "k_proj": 1, "v_proj": 2}[path.rsplit(".", 1)[1]]
+        full[which * c:(which + 1) * c] = delta
+    elif key.endswith("text_projection"):
+        full = delta.t().clone()
+    else:
+        full = delta.reshape(full.shape)
+    return full
+
+
+def kohya_name(path, sgm_key=None):
+    comp, rest = path.split(".", 1)
+    if comp == "unet":
+        if sgm_key is not None:
+            stem = sgm_key[len("model.diffusion_model."):-len(".weight")]
+            return "lora_unet_" + stem.replace(".", "_")
+        return "lora_unet_" + rest.replace(".", "_")
+    prefix = {"text_encoder": "lora_te_", "text_encoder_2": "lora_te2_"}[comp]
+    return prefix + rest.replace(".", "_")
+
+
+def comfy_name(arch, path, key):
+    comp, rest = path.split(".", 1)
+    if comp == "unet":
+        return "diffusion_model." + key[len("model.diffusion_model."):-len(".weight")]
+    clip = {"text_encoder": "clip_l", "text_encoder_2": "clip_g"}[comp]
+    return f"text_encoders.{clip}.transformer.{rest}"
+
+
+def rnd(*shape, s=0.1):
+    return torch.randn(*shape, dtype=torch.float64) * s
+
+
+def q(t, dt):
+    """the value a file in dtype dt holds."""
+    return t.to(DT[dt]).to(torch.float64)
+
+
+def lowrank(arch, path, key, r, dt, alpha):
+    """plain LoRA factors in the file's shapes + the delta they mean (kohya: alpha/r·up·down)."""
+    w = weight_of(arch, path, key)
+    out = w.shape[0]
+    inner = w.shape[1:]
+    down = q(rnd(r, *inner), dt)
+    up = q(rnd(out, r, *([1, 1] if len(inner) == 3 else [])), dt)
+    a = r if alpha is None else float(q(torch.tensor(alpha, dtype=torch.float64), dt))
+    delta = (a / r) * (up.reshape(out, r) @ down.reshape(r, -1))
+    return down, up, delta.reshape(w.shape)
+
+
+# ---------------------------------------------------------------------------------------- the files, by spelling
+def kohya_file(arch, mods, dt, sgm, alpha_dt=None, alpha_shape=(), te1=None, rank=4, alpha=2.0):
+    tensors, deltas = [], {}
+    for path, key in mods:
+        down, up, delta = lowrank(arch, path, key, rank, dt, alpha)
+        if alpha_dt is not None:
+            delta = delta * float(torch.tensor(alpha, dtype=DT[alpha_dt])) / alpha
+        name = kohya_name(path, key if sgm and path.startswith("unet.") else None)
+        if path.startswith("text_encoder.") and (arch == "sdxl" or te1):
+            name = name.replace("lora_te_", te1 or "lora_te1_", 1)
+        tensors += [
+            (name + ".lora_down.weight", dt, down),
+            (name + ".lora_up.weight", dt, up),
+            (name + ".alpha", alpha_dt or dt, torch.full(alpha_shape, alpha, dtype=torch.float64)),
+        ]
+        deltas[path] = delta
+    return tensors, None, deltas
+
+
+def peft_file(arch, mods, dt, prefix_mode, rank=4, alpha=8.0, metadata=True, pattern=None):
+    """prefix_mode: 'component' (unet./text_encoder.), 'base_model' (raw PEFT dict of a UNet)."""
+    tensors, deltas, cfg = [], {}, {}
+    alpha_of = {}
+    for path, key in mods:
+        comp, rest = path.split(".", 1)
+        a = alpha
+        if pattern and rest.endswith(pattern[0]):
+            a = pattern[1]
+        alpha_of[path] = a
+        down, up, delta = lowrank(arch, path, key, rank, dt, a if metadata else None)
+        stem = f"base_model.model.{rest}" if prefix_mode == "base_model" else path
+        tensors += [(stem + ".lora_A.weight", dt, down), (stem + ".lora_B.weight", dt, up)]
+        deltas[path] = delta
+    meta = None
+    if metadata:
+        comps = sorted({component(p) for p, _ in mods})
+        for c in comps:
+            cfg[f"{c}.r"] = rank
+            cfg[f"{c}.lora_alpha"] = alpha
+            cfg[f"{c}.alpha_pattern"] = {pattern[0]: pattern[1]} if pattern else {}
+            cfg[f"{c}.rank_pattern"] = {}
+            cfg[f"{c}.target_modules"] = sorted({p.split(".", 1)[1] for p, _ in mods if component(p) == c})
+        meta = {"format": "pt", "lora_adapter_metadata": json.dumps(cfg)}
+    return tensors, meta, deltas
+
+
+def diffusers_converted_file(arch, mods, dt, rank=4):
+    tensors, deltas = [], {}
+    for path, key in mods:
+        down, up, delta = lowrank(arch, path, key, rank, dt, None)
+        mid = ".lora_linear_layer." if path.startswith("text_encoder") else ".lora."
+        tensors += [(path + mid + "down.weight", dt, down), (path + mid + "up.weight", dt, up)]
+        deltas[path] = delta
+    return tensors, None, deltas
+
+
+def old_processor_file(arch, mods, dt, rank=4):
+    tensors, deltas = [], {}
+    te = {"q_proj": "to_q", "k_proj": "to_k", "v_proj": "to_v", "out_proj": "to_out"}
+    for path, key in mods:
+        down, up, delta = lowrank(arch, path, key, rank, dt, None)
+        head, leaf = path.rsplit(".", 1)
+        if path.startswith("unet."):
+            if leaf == "0":  # to_out.0
+                head, leaf = head.rsplit(".", 1)
+            if leaf not in ("to_q", "to_k", "to_v", "to_out"):
+                continue
+            stem = f"{head}.processor.{leaf}_lora"
+        else:
+            if leaf not in te:
+                continue
+            stem = f"{head}.{te[leaf]}_lora"
+        tensors += [(stem + ".down.weight", dt, down), (stem + ".up.weight", dt, up)]
+        deltas[path] = delta
+    return tensors, None, deltas
+
+
+def comfy_file(arch, mods, dt, rank=4):
+    tensors, deltas = [], {}
+    for path, key in mods:
+        down, up, delta = lowrank(arch, path, key, rank, dt, None)
+        stem = comfy_name(arch, path, key)
+        tensors += [(stem + ".lora_up.weight", dt, up), (stem + ".lora_down.weight", dt, down)]
+        deltas[path] = delta
+    return tensors, None, deltas
+
+
+# LyCORIS kinds (SD1.5, kohya names) ----------------------------------------------------------------------------
+def loha_file(arch, mods, dt, tucker=False, rank=2, alpha=1.0, prefix="lora"):
+    tensors, deltas = [], {}
+    for path, key in mods:
+        w = weight_of(arch, path, key)
+        out, inner = w.shape[0], w.shape[1:]
+        # the LyCORIS wrapper (SimpleTuner) names a UNet module `lycoris_` + its flattened diffusers path (no `unet_`)
+        name = kohya_name(path) if prefix == "lora" else "lycoris_" + path.split(".", 1)[1].replace(".", "_")
+        conv_k = len(inner) == 3 and inner[1] * inner[2] > 1
+        parts = []
+        if tucker and conv_k:
+            mats = []
+            for n in ("1", "2"):
+                t = q(rnd(rank, rank, inner[1], inner[2]), dt)
+                wa = q(rnd(rank, out), dt)
+                wb = q(rnd(rank, inner[0]), dt)
+                parts += [(f"{name}.hada_t{n}", dt, t), (f"{name}.hada_w{n}_a", dt, wa), (f"{name}.hada_w{n}_b", dt, wb)]
+                mats.append(torch.einsum("abyx,bi,ao->oiyx", t, wb, wa))
+            m1, m2 = mats
+        else:
+            flat = int(torch.tensor(inner).prod())
+            w1a, w1b, w2a, w2b = q(rnd(out, rank), dt), q(rnd(rank, flat), dt), q(rnd(out, rank), dt), q(rnd(rank, flat), dt)
+            parts += [(f"{name}.hada_w1_a", dt, w1a), (f"{name}.hada_w1_b", dt, w1b), (f"{name}.hada_w2_a", dt, w2a), (f"{name}.hada_w2_b", dt, w2b)]
+            m1, m2 = (w1a @ w1b).reshape(w.shape), (w2a @ w2b).reshape(w.shape)
+        a = float(q(torch.tensor(alpha), dt))
+        parts.append((f"{name}.alpha", dt, torch.tensor(alpha, dtype=torch.float64)))
+        tensors += parts
+        deltas[path] = (a / rank) * m1 * m2
+    return tensors, None, deltas
+
+
+def factor_pair(n):
+    best = (1, n)
+    for m in range(1, int(math.isqrt(n)) + 1):
+        if n % m == 0:
+            best = (m, n // m)
+    return best
+
+
+def lokr_file(arch, mods, dt, mode, rank=2, alpha=4.0):
+    """mode: 'w1full_w2lr', 'w1lr_w2full', 'bothfull', 'tucker'."""
+    tensors, deltas = [], {}
+    for path, key in mods:
+        w = weight_of(arch, path, key)
+        out, inner = w.shape[0], w.shape[1:]
+        o1, o2 = factor_pair(out)
+        i1, i2 = factor_pair(inner[0])
+        k = list(inner[1:])
+        name = kohya_name(path)
+        parts, dim = [], None
+        if mode in ("w1full_w2lr", "bothfull", "tucker"):
+            w1 = q(rnd(o1, i1), dt)
+            parts.append((f"{name}.lokr_w1", dt, w1))
+        else:
+            w1a, w1b = q(rnd(o1, rank), dt), q(rnd(rank, i1), dt)
+            parts += [(f"{name}.lokr_w1_a", dt, w1a), (f"{name}.lokr_w1_b", dt, w1b)]
+            w1 = w1a @ w1b
+            dim = rank
+        if mode == "w1full_w2lr":
+            w2a, w2b = q(rnd(o2, rank), dt), q(rnd(rank, i2 * int(torch.tensor(k).prod()) if k else i2), dt)
+            parts += [(f"{name}.lokr_w2_a", dt, w2a), (f"{name}.lokr_w2_b", dt, w2b)]
+            w2 = (w2a @ w2b).reshape(o2, i2, *k)
+            dim = rank
+        elif mode == "tucker" and k and k[0] * k[1] > 1:
+            t2, w2a, w2b = q(rnd(rank, rank, *k), dt), q(rnd(rank, o2), dt), q(rnd(rank, i2), dt)
+            parts += [(f"{name}.lokr_t2", dt, t2), (f"{name}.lokr_w2_a", dt, w2a), (f"{name}.lokr_w2_b", dt, w2b)]
+            w2 = torch.einsum("abyx,bi,ao->oiyx", t2, w2b, w2a)
+            dim = rank
+        else:
+            w2 = q(rnd(o2, i2, *k), dt)
+            parts.append((f"{name}.lokr_w2", dt, w2))
+        parts.append((f"{name}.alpha", dt, torch.tensor(alpha, dtype=torch.float64)))
+        s = float(q(torch.tensor(alpha), dt)) / dim if dim else 1.0
+        w1x = w1.reshape(o1, i1, *([1] * len(k)))
+        delta = torch.kron(w1x.contiguous(), w2.contiguous()) if k else torch.kron(w1, w2)
+        tensors += parts
+        deltas[path] = s * delta.reshape(w.shape)
+    return tensors, None, deltas
+
+
+def locon_tucker_file(arch, mods, dt, rank=3, alpha=1.5):
+    tensors, deltas = [], {}
+    for path, key in mods:
+        w = weight_of(arch, path, key)
+        out, inner = w.shape[0], w.shape[1:]
+        name = kohya_name(path)
+        if len(inner) == 3 and inner[1] * inner[2] > 1:
+            down, mid, up = q(rnd(rank, inner[0], 1, 1), dt), q(rnd(rank, rank, inner[1], inner[2]), dt), q(rnd(out, rank, 1, 1), dt)
+            tensors += [(f"{name}.lora_down.weight", dt, down), (f"{name}.lora_mid.weight", dt, mid), (f"{name}.lora_up.weight", dt, up)]
+            d = torch.einsum("op,pqyx,qi->oiyx", up[:, :, 0, 0], mid, down[:, :, 0, 0])
+        else:
+            down, up, d0 = lowrank(arch, path, key, rank, dt, None)
+            tensors += [(f"{name}.lora_down.weight", dt, down), (f"{name}.lora_up.weight", dt, up)]
+            d = d0
+        a = float(q(torch.tensor(alpha), dt))
+        tensors.append((f"{name}.alpha", dt, torch.tensor(alpha, dtype=torch.float64)))
+        deltas[path] = (a / rank) * d.reshape(w.shape)
+    return tensors, None, deltas
+
+
+def full_file(arch, mods, dt):
+    tensors, deltas, bias = [], {}, {}
+    for path, key in mods:
+        w = weight_of(arch, path, key)
+        d = q(rnd(*w.shape, s=0.01), dt)
+        name = kohya_name(path)
+        tensors.append((f"{name}.diff", dt, d))
+        deltas[path] = d
+        bkey = key[: -len("weight")] + "bias"
+        if bkey in BASE[arch]:
+            db = q(rnd(w.shape[0], s=0.01), dt)
+            tensors.append((f"{name}.diff_b", dt, db))
+            bias[bkey] = db
+    return tensors, None, deltas, bias
+
+
+def dora_norm_apply(w0, delta, m, axis):
+    v = w0 + delta
+    if axis == "out":
+        n = v.reshape(v.shape[0], -1).norm(dim=1).reshape(-1, *([1] * (v.dim() - 1)))
+        return m.reshape(-1, *([1] * (v.dim() - 1))) * v / n - w0
+    vt = v.transpose(0, 1)
+    n = vt.reshape(vt.shape[0], -1).norm(dim=1)
+    shape = [1, -1] + [1] * (v.dim() - 2)
+    return m.reshape(shape) * v / n.reshape(shape) - w0
+
+
+def dora_kohya_file(arch, mods, dt, axis, rank=4, alpha=2.0):
+    tensors, deltas = [], {}
+    for path, key in mods:
+        w0 = q(weight_of(arch, path, key), "F16")
+        down, up, delta = lowrank(arch, path, key, rank, dt, alpha)
+        name = kohya_name(path)
+        v = w0 + delta
+        if axis == "out":
+            m = q(v.reshape(v.shape[0], -1).norm(dim=1) * (1 + rnd(v.shape[0], s=0.05)), dt)
+            mshape = [v.shape[0]] + [1] * (v.dim() - 1)
+        else:
+            m = q(v.transpose(0, 1).reshape(v.shape[1], -1).norm(dim=1) * (1 + rnd(v.shape[1], s=0.05)), dt)
+            mshape = [1, v.shape[1]] + [1] * (v.dim() - 2)
+        tensors += [(f"{name}.lora_down.weight", dt, down), (f"{name}.lora_up.weight", dt, up),
+                    (f"{name}.alpha", dt, torch.tensor(alpha, dtype=torch.float64)), (f"{name}.dora_scale", dt, m.reshape(mshape))]
+        deltas[path] = dora_norm_apply(w0, delta, m, axis)
+    return tensors, None, deltas
+
+
+def dora_peft_file(arch, mods, dt, rank=4, alpha=8.0):
+    tensors, deltas, cfg = [], {}, {}
+    for path, key in mods:
+        w0 = q(weight_of(arch, path, key), "F16")
+        down, up, delta = lowrank(arch, path, key, rank, dt, alpha)
+        v = w0 + delta
+        m = q(v.reshape(v.shape[0], -1).norm(dim=1) * (1 + rnd(v.shape[0], s=0.05)), dt)
+        mag = m.reshape(1, -1, 1, 1) if v.dim() == 4 else m  # PEFT: [out] for Linear, [1, out, 1, 1] for Conv2d
+        tensors += [(path + ".lora_A.weight", dt, down), (path + ".lora_B.weight", dt, up), (path + ".lora_magnitude_vector", dt, mag)]
+        deltas[path] = dora_norm_apply(w0, delta, m, "out")
+    for c in sorted({component(p) for p, _ in mods}):
+        cfg.update({f"{c}.r": rank, f"{c}.lora_alpha": alpha, f"{c}.use_dora": True, f"{c}.alpha_pattern": {}, f"{c}.rank_pattern": {},
+                    f"{c}.target_modules": sorted({p.split('.', 1)[1] for p, _ in mods if component(p) == c})})
+    return tensors, {"format": "pt", "lora_adapter_metadata": json.dumps(cfg)}, deltas
+
+
+# -------------------------------------------------------------------------------------------------------- checks
+def strength_of(path, w):
+    if isinstance(w, dict):
+        c = component(path)
+        if c == "unet":
+            return w.get("unet", 1.0)
+        if c == "text_encoder":
+            return w.get("te1", w.get("te", 1.0))
+        return w.get("te2", w.get("te", 1.0))
+    return w
+
+
+def wspec(w):
+    if isinstance(w, dict):
+        return ",".join(f"{k}={v}" for k, v in w.items())
+    return str(w)
+
+
+def check_fuse(case, arch, inputs, mods, dtype_flag=None, extra=()):
+    """inputs: list of (file, deltas, weight, bias)."""
+    out = os.path.join(OUT, case + ".fused.safetensors")
+    args = ["fuse", "--base", BASES[arch], *[f"{f}:{wspec(w)}" for f, _, w, _ in inputs], "-o", out, "-q", *extra]
+    if dtype_flag:
+        args += ["--dtype", dtype_flag]
+    p = cli(*args, expect_ok=False)
+    if p.returncode != 0:
+        record(case, "fuse", False, f"exit {p.returncode}: {p.stderr.strip()[:300]}")
+        return
+    got, _ = read_st(out)
+    keymap = dict(mods)
+    expected = {}
+    for _f, deltas, w, bias in inputs:
+        for path, d in deltas.items():
+            key = keymap[path]
+            e = expected.setdefault(key, BASE[arch][key][1].clone())
+            e += strength_of(path, w) * place(arch, path, key, d)
+        for bkey, db in (bias or {}).items():
+            e = expected.setdefault(bkey, BASE[arch][bkey][1].clone())
+            path = next(p for p, k in mods if k[: -len("weight")] + "bias" == bkey)
+            e += strength_of(path, w) * db
+    worst_ulp, worst_rel, bad_untouched = 0.0, 0.0, []
+    for key, (dt, t, raw) in BASE[arch].items():
+        odt, ot, oraw = got[key]
+        if key not in expected:
+            if dtype_flag is None and oraw != raw:
+                bad_untouched.append(key)
+            continue
+        e = expected[key]
+        err = (ot - e).abs()
+        if odt == "F16":
+            ulp = torch.pow(2.0, torch.floor(torch.log2(e.abs().clamp(min=2.0 ** -14))) - 10)
+            worst_ulp = max(worst_ulp, float((err / ulp).max()))
+        if odt == "F32":  # one f32 rounding of the f64 sum, plus f32 arithmetic on the delta
+            ulp32 = torch.pow(2.0, torch.floor(torch.log2(e.abs().clamp(min=2.0 ** -126))) - 23)
+            change = (e - t).abs().max()
+            worst_rel = max(worst_rel, float(((err - ulp32).clamp(min=0)).max() / max(change, 1e-30)))
+    ok = not bad_untouched and (worst_ulp <= 1.0 if dtype_flag is None else worst_rel < 1e-5)
+    detail = f"{len(expected)} tensors changed; worst {worst_ulp:.2f} ulp(f16)" if dtype_flag is None else f"{len(expected)} tensors; worst (|err| − 1 ulp(f32))/max|Δ| {worst_rel:.1e}"
+    if bad_untouched:
+        detail += f"; untouched tensors changed: {bad_untouched[:3]}"
+    record(case, "fuse" + (f" {dtype_flag}" if dtype_flag else ""), ok, detail)
+
+
+def lora_deltas(path_to_file, arch, mods):
+    """Read a kohya or PEFT file lora-mix wrote and give each module's delta by the upstream rules."""
+    t, meta = read_st(path_to_file)
+    keymap = dict(mods)
+    names = {}
+    for path, key in mods:
+        names[kohya_name(path)] = path
+        names[kohya_name(path, key) if path.startswith("unet.") else kohya_name(path)] = path
+        if path.startswith("text_encoder."):
+            names[kohya_name(path).replace("lora_te_", "lora_te1_", 1)] = path
+    out = {}
+    cfg = json.loads(meta["lora_adapter_metadata"]) if "lora_adapter_metadata" in meta else None
+    for k in t:
+        if k.endswith(".lora_down.weight"):
+            stem = k[: -len(".lora_down.weight")]
+            down, up = t[k][1], t[stem + ".lora_up.weight"][1]
+            r = down.shape[0]
+            a = float(t[stem + ".alpha"][1]) if stem + ".alpha" in t else r
+            path = names[stem]
+        elif k.endswith(".lora_A.weight"):
+            stem = k[: -len(".lora_A.weight")]
+            down, up = t[k][1], t[stem + ".lora_B.weight"][1]
+            r = down.shape[0]
+            path = stem
+            comp, rest = path.split(".", 1)
+            a = r
+            if cfg is not None:
+                c = {kk[len(comp) + 1:]: v for kk, v in cfg.items() if kk.startswith(comp + ".")} or cfg
+                a = c.get("lora_alpha", r)
+                for pk, pv in (c.get("alpha_pattern") or {}).items():  # PEFT: first key in order that matches
+                    import re
+                    if re.fullmatch(rf"(.*\.)?{pk}", rest):
+                        a = pv
+                        break
+        else:
+            continue
+        w = weight_of(arch, path, keymap[path])
+        out[path] = ((a / r) * (up.reshape(up.shape[0], r) @ down.reshape(r, -1))).reshape(w.shape)
+    return out, meta
+
+
+def check_lora_output(case, command, outfile, arch, mods, expected):
+    got, _ = lora_deltas(outfile, arch, mods)
+    missing = sorted(set(expected) - set(got))
+    extra = sorted(p for p in set(got) - set(expected) if got[p].abs().max() > 0)
+    worst = 0.0
+    for p, e in expected.items():
+        if p in got:
+            worst = max(worst, float((got[p] - e).abs().max() / max(e.abs().max(), 1e-30)))
+    ok = not missing and not extra and worst < 1e-5
+    record(case, command, ok, f"{len(got)} modules; worst |err|/max|Δ| {worst:.1e}" + (f"; missing {missing[:2]}" if missing else "") + (f"; extra {extra[:2]}" if extra else ""))
+
+
+def check_inspect(case, f, n, arch):
+    p = cli("inspect", f, "--json", expect_ok=False)
+    if p.returncode != 0:
+        record(case, "inspect", False, f"exit {p.returncode}: {p.stderr.strip()[:300]}")
+        return
+    lora = json.loads(p.stdout).get("lora") or {}
+    ok = lora.get("modules") == n and lora.get("arch") == arch
+    record(case, "inspect", ok, f"{lora.get('modules')} modules, arch {lora.get('arch')} (expected {n}, {arch})")
+
+
+def main():
+    only = None
+    if "--only" in sys.argv:
+        only = sys.argv[sys.argv.index("--only") + 1]
+    shutil.rmtree(OUT, ignore_errors=True)
+    os.makedirs(OUT)
+
+    def make(name, result):
+        tensors, meta, deltas = result[:3]
+        bias = result[3] if len(result) > 3 else None
+        f = os.path.join(OUT, name + ".safetensors")
+        write_st(f, tensors, meta)
+        return f, deltas, bias
+
+    sd_unet = [m for m in SD15 if m[0].startswith("unet.")]
+    sd_conv3 = [m for m in SD15 if "conv1" in m[0] or "downsamplers" in m[0]]
+    sd_lin = [SD15[0], SD15[4], SD15[7]]
+    cases = [
+        ("sd15-kohya-diffusers-f16", "sd15", SD15, lambda: kohya_file("sd15", SD15, "F16", False)),
+        ("sd15-kohya-sgm-bf16-alpha-f32-[1]", "sd15", SD15, lambda: kohya_file("sd15", SD15, "BF16", True, alpha_dt="F32", alpha_shape=(1,))),
+        ("sd15-kohya-f32-alpha-bf16-0d", "sd15", SD15, lambda: kohya_file("sd15", SD15, "F32", False, alpha_dt="BF16", alpha=0.3)),
+        ("sd15-kohya-te1-prefix", "sd15", SD15, lambda: kohya_file("sd15", SD15, "F16", False, te1="lora_te1_")),
+        ("sd15-peft-metadata-alpha_pattern", "sd15", SD15, lambda: peft_file("sd15", SD15, "F32", "component", pattern=("attn1.to_q", 2.0))),
+        ("sd15-peft-base_model-no-metadata", "sd15", sd_unet, lambda: peft_file("sd15", sd_unet, "F16", "base_model", metadata=False)),
+        ("sd15-diffusers-lora.down", "sd15", SD15, lambda: diffusers_converted_file("sd15", SD15, "F16")),
+        ("sd15-diffusers-old-processor", "sd15", SD15, lambda: old_processor_file("sd15", SD15, "F32")),
+        ("sd15-comfyui-saved", "sd15", SD15, lambda: comfy_file("sd15", SD15, "F16")),
+        ("sd15-loha", "sd15", SD15, lambda: loha_file("sd15", SD15, "F16")),
+        ("sd15-loha-tucker-bf16", "sd15", SD15, lambda: loha_file("sd15", SD15, "BF16", tucker=True)),
+        ("sd15-loha-lycoris-wrapper", "sd15", sd_unet, lambda: loha_file("sd15", sd_unet, "F32", prefix="lycoris")),
+        ("sd15-lokr-w1full-w2lr", "sd15", SD15, lambda: lokr_file("sd15", SD15, "F16", "w1full_w2lr")),
+        ("sd15-lokr-w1lr-w2full", "sd15", SD15, lambda: lokr_file("sd15", SD15, "F32", "w1lr_w2full")),
+        ("sd15-lokr-bothfull-alpha-ignored", "sd15", SD15, lambda: lokr_file("sd15", SD15, "F16", "bothfull")),
+        ("sd15-lokr-tucker", "sd15", sd_conv3, lambda: lokr_file("sd15", sd_conv3, "F32", "tucker")),
+        ("sd15-locon-tucker", "sd15", SD15, lambda: locon_tucker_file("sd15", SD15, "F16")),
+        ("sd15-full-diff", "sd15", SD15, lambda: full_file("sd15", SD15, "F16")),
+        ("sd15-dora-kohya-in", "sd15", SD15, lambda: dora_kohya_file("sd15", SD15, "F16", "in")),
+        ("sd15-dora-kohya-out", "sd15", SD15, lambda: dora_kohya_file("sd15", SD15, "F32", "out")),
+        ("sd15-dora-peft", "sd15", SD15, lambda: dora_peft_file("sd15", SD15, "F32")),
+        ("sdxl-kohya-sgm-te1-te2-bf16", "sdxl", SDXL, lambda: kohya_file("sdxl", SDXL, "BF16", True)),
+        ("sdxl-kohya-diffusers-lora_te_-first", "sdxl", SDXL, lambda: kohya_file("sdxl", SDXL, "F16", False, te1="lora_te_")),
+        ("sdxl-peft-components", "sdxl", SDXL, lambda: peft_file("sdxl", SDXL, "F16", "component")),
+        ("sdxl-comfyui-saved", "sdxl", SDXL, lambda: comfy_file("sdxl", SDXL, "F16")),
+        ("sdxl-loha", "sdxl", SDXL, lambda: loha_file("sdxl", SDXL, "F16")),
+        ("sdxl-dora-kohya-in", "sdxl", SDXL, lambda: dora_kohya_file("sdxl", SDXL, "F16", "in")),
+    ]
+    made = {}
+    base_needed = ("dora",)
+    for name, arch, mods, gen in cases:
+        if only and only not in name:
+            continue
+        try:
+            f, deltas, bias = make(name, gen())
+        except Exception as e:  # noqa: BLE001
+            record(name, "generate", False, repr(e))
+            continue
+        made[name] = (f, deltas, bias, arch, mods)
+        check_inspect(name, f, len(deltas), arch)
+        for w in (1.0, 0.6):
+            check_fuse(f"{name}@{w}", arch, [(f, deltas, w, bias)], mods)
+        check_fuse(f"{name}@-0.8", arch, [(f, deltas, -0.8, bias)], mods, dtype_flag="f32")
+        if not bias:
+            comp = {"unet": 0.7, "te": 0.4} if arch == "sd15" else {"unet": 0.7, "te1": 0.4, "te2": -0.3}
+            check_fuse(f"{name}@{wspec(comp)}", arch, [(f, deltas, comp, bias)], mods, dtype_flag="f32")
+            for to in ("kohya", "peft"):
+                out = os.path.join(OUT, f"{name}.to-{to}.safetensors")
+                args = ["convert", f, "-o", out, "--to", to, "--dtype", "fp32", "-q"]
+                if any(b in name for b in base_needed):
+                    args += ["--base", BASES[arch]]
+                p = cli(*args, expect_ok=False)
+                if p.returncode != 0:
+                    record(name, f"convert {to}", False, f"exit {p.returncode}: {p.stderr.strip()[:300]}")
+                else:
+                    check_lora_output(name, f"convert {to}", out, arch, mods, deltas)
+    # merges: exact sums across spellings
+    for arch, group in (("sd15", ["sd15-kohya-diffusers-f16", "sd15-peft-metadata-alpha_pattern", "sd15-loha", "sd15-comfyui-saved"]),
+                        ("sdxl", ["sdxl-kohya-sgm-te1-te2-bf16", "sdxl-peft-components", "sdxl-comfyui-saved"])):
+        group = [g for g in group if g in made]
+        if len(group) < 2:
+            continue
+        weights = [1.0, -0.5, 0.3, 0.75][: len(group)]
+        mods = made[group[0]][4]
+        expected = {}
+        for g, w in zip(group, weights):
+            for path, d in made[g][1].items():
+                expected[path] = expected.get(path, 0) + w * d
+        out = os.path.join(OUT, f"merge-{arch}.safetensors")
+        p = cli("merge", *[f"{made[g][0]}:{w}" for g, w in zip(group, weights)], "-o", out, "--dtype", "fp32", "-q", expect_ok=False)
+        if p.returncode != 0:
+            record(f"merge-{arch}", "merge", False, f"exit {p.returncode}: {p.stderr.strip()[:300]}")
+        else:
+            check_lora_output(f"merge-{arch} ({len(group)} spellings)", "merge", out, arch, mods, expected)
+        fused = [(made[g][0], made[g][1], w, None) for g, w in zip(group, weights)]
+        check_fuse(f"fuse-{arch}-{len(group)}-spellings", arch, fused, mods, dtype_flag="f32")
+
+    print("\n| input spelling | command | result | detail |\n|---|---|---|---|")
+    for case, command, res, detail in RESULTS:
+        print(f"| {case} | {command} | {res} | {detail} |")
+    fails = sum(1 for r in RESULTS if r[2] != "ok")
+    print(f"\n{len(RESULTS)} checks, {fails} failed")
+    return 1 if fails else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
