@@ -324,30 +324,76 @@ describe("CLIP-L text_projection (ComfyUI's identity, absent from SD checkpoints
 });
 
 describe('kinds that need the base rows on a transposed tensor', () => {
-  it('a DoRA on text_projection is refused for an SGM single file (nothing written) and fused into a folder', async () => {
-    const h = 12; // tiny OpenCLIP-G width = projection width
-    const ramp = (n: number, k: number): Float32Array =>
-      Float32Array.from({ length: n }, (_, i) => (((i * 7 + k) % 13) - 6) / 100);
-    const stem = 'text_encoder_2.text_projection';
-    const f = (name: string, shape: number[], v: Float32Array) => ({
-      name,
-      dtype: 'F32' as const,
-      shape,
-      data: () => encodeFromF32('F32', v),
-    });
+  // A DoRA on text_projection (OneTrainer trains lora_te2_text_projection; PEFT DoRA writes lora_magnitude_vector).
+  // ComfyUI transposes the SGM tensor P = W0ᵀ on load and patches W0, so the DoRA norm runs over W0's rows; the fused
+  // single file must hold (W0 + w·Δ(W0))ᵀ, and a diffusers folder W0 + w·Δ(W0). Expected values in f64 here.
+  const h = 12; // tiny OpenCLIP-G width = projection width
+  const ramp = (n: number, k: number): Float32Array =>
+    Float32Array.from({ length: n }, (_, i) => (((i * 7 + k) % 13) - 6) / 100);
+  const stem = 'text_encoder_2.text_projection';
+  const f = (name: string, shape: number[], v: Float32Array) => ({
+    name,
+    dtype: 'F32' as const,
+    shape,
+    data: () => encodeFromF32('F32', v),
+  });
+  const A = ramp(2 * h, 1);
+  const B = ramp(2 * h, 2);
+  const m = Float32Array.from({ length: h }, (_, i) => 0.9 + i / 50);
+  const W = 0.6;
+
+  /** W0 + w·(m·V/‖V‖_row − W0), V = W0 + B·A (no config: alpha = r), W0 [proj, hidden] row-major. */
+  function expected(w0: Float64Array): Float64Array {
+    const out = new Float64Array(h * h);
+    for (let o = 0; o < h; o++) {
+      const v = new Float64Array(h);
+      let n2 = 0;
+      for (let i = 0; i < h; i++) {
+        let d = 0;
+        for (let k = 0; k < 2; k++) d += B[o * 2 + k]! * A[k * h + i]!;
+        v[i] = w0[o * h + i]! + d;
+        n2 += v[i]! ** 2;
+      }
+      for (let i = 0; i < h; i++)
+        out[o * h + i] = w0[o * h + i]! + W * ((m[o]! * v[i]!) / Math.sqrt(n2) - w0[o * h + i]!);
+    }
+    return out;
+  }
+
+  it('a DoRA on text_projection fuses into an SGM single file (on W0 = Pᵀ, stored back transposed) as into a folder', async () => {
     const lora = path.join(tmp, 'dora-proj.safetensors');
     await writeSafetensors(lora, [
-      f(`${stem}.lora_A.weight`, [2, h], ramp(2 * h, 1)),
-      f(`${stem}.lora_B.weight`, [h, 2], ramp(2 * h, 2)),
-      f(`${stem}.lora_magnitude_vector`, [h], new Float32Array(h).fill(1)),
+      f(`${stem}.lora_A.weight`, [2, h], A),
+      f(`${stem}.lora_B.weight`, [h, 2], B),
+      f(`${stem}.lora_magnitude_vector`, [h], m),
     ]);
     const out = path.join(tmp, 'dora-proj-fused.safetensors');
-    const e = await caught(() => fuseLoras(SDXL_BASE, [lora], [1], { out }));
-    expect(e.code).toBe('FORMAT_UNSUPPORTED_ADAPTER');
-    expect(e.message).toMatch(/text_projection.*transposed/);
-    await expect(fs.stat(out)).rejects.toThrow();
-    const dir = path.join(tmp, 'dora-proj-dir');
-    const r = await fuseLoras(SDXL_DIR, [lora], [1], { out: dir });
+    const r = await fuseLoras(SDXL_BASE, [lora], [W], { out, dtype: 'F32' });
     expect(r.modulesFused).toBe(1);
+    const key = 'conditioner.embedders.1.model.text_projection';
+    const p0 = (await tensors(SDXL_BASE)).get(key)!.v; // P = W0ᵀ: [hidden, proj]
+    const w0 = new Float64Array(h * h);
+    for (let o = 0; o < h; o++) for (let i = 0; i < h; i++) w0[o * h + i] = p0[i * h + o]!;
+    const want = expected(w0);
+    const got = (await tensors(out)).get(key)!.v;
+    let worst = 0;
+    let change = 0;
+    for (let o = 0; o < h; o++)
+      for (let i = 0; i < h; i++) {
+        worst = Math.max(worst, Math.abs(got[i * h + o]! - want[o * h + i]!));
+        change = Math.max(change, Math.abs(want[o * h + i]! - w0[o * h + i]!));
+      }
+    expect(change).toBeGreaterThan(1e-3);
+    expect(worst).toBeLessThan(1e-6);
+    expect((await verifyFusion(out, SDXL_BASE, [lora], [W])).ok).toBe(true);
+
+    // The same module fused into the diffusers folder (same weights, Linear layout) gives the transpose (to f32 rounding).
+    const dir = path.join(tmp, 'dora-proj-dir');
+    await fuseLoras(SDXL_DIR, [lora], [W], { out: dir, dtype: 'F32' });
+    const folder = (await tensors(path.join(dir, 'text_encoder_2/model.safetensors'))).get('text_projection.weight')!.v;
+    let apart = 0;
+    for (let o = 0; o < h; o++)
+      for (let i = 0; i < h; i++) apart = Math.max(apart, Math.abs(folder[o * h + i]! - got[i * h + o]!));
+    expect(apart).toBeLessThan(1e-6);
   });
 });

@@ -37,7 +37,7 @@ import {
   type OpenedBase,
 } from './base.js';
 import { openInputs, type FactorAlloc, type FuseInput, type InputModule } from './inputs.js';
-import { refuseTransposed, transposedModule } from './transposed.js';
+import { transposedBaseDelta, transposedModule } from './transposed.js';
 import { stackFactors, type StackPart } from '../lora/stack.js';
 import {
   addTermInto,
@@ -197,7 +197,6 @@ export function planFusion(
             `${loc.rows ? `rows ${rows[0]}–${rows[1]} of ${fmt(info.shape)}` : `is ${fmt(info.shape)}${loc.transposed ? ' (stored transposed)' : ''}`}`;
           return;
         }
-        if (loc.transposed) refuseTransposed(input.source, module!, loc.key);
       }
       if (terms.length > 0) {
         const list = perFile[fi]!.get(loc.key) ?? [];
@@ -698,6 +697,11 @@ async function addDenseTerms(t: Target, w: Float32Array, product: AsyncProduct):
   for (let i = 0; i < dense.length; i++) {
     const term = dense[i]!;
     try {
+      if (term.module.transposed) {
+        const d = transposedBaseDelta(terms[i]!, t.path, term.coef, w0!, rows, t.cols);
+        for (let j = 0; j < n; j++) view[j] = (view[j] as number) + (d[j] as number);
+        continue;
+      }
       await addTermInto(terms[i]!, t.path, view, term.coef, product, w0);
     } catch (e) {
       if (e instanceof LoraError && e.code === 'LORA_SHAPE_MISMATCH')
@@ -1051,6 +1055,8 @@ class FileRun {
       const w = Float32Array.from(decodeToF32(srcDtype, src.subarray(r0 * sRow, r1 * sRow), info.name));
       const got: MethodMember[] = await Promise.all(
         members.map(async (m): Promise<MethodMember> => {
+          if (m.module.transposed)
+            return { input: m.index, delta: transposedBaseDelta(await m.module.term(), t.path, 1, w, rowsT, cols) };
           if (m.module.kind !== 'lowRank')
             return { input: m.index, delta: termDelta(await m.module.term(), t.path, w) };
           const f = await m.module.factors();

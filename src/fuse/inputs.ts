@@ -43,6 +43,11 @@ export interface InputModule {
   term(): Promise<Term>;
   /** The bias delta [out] (PEFT lora_B.bias, scaled like up), for modules that have one. */
   readonly bias?: () => Promise<Float32Array>;
+  /**
+   * A base-dependent term (DoRA, GLoRA, OFT, BOFT) on a weight the base stores transposed (OpenCLIP text_projection):
+   * out and fanIn are the stored tensor's, `term()` is the untransposed term (fuse: transposedBaseDelta).
+   */
+  readonly transposed?: true;
 }
 
 /** A norm-layer difference of one input (ComfyUI .diff / .diff_b, LyCORIS w_norm / b_norm): [channels] each. */

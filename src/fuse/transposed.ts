@@ -3,33 +3,54 @@
  * [hidden, projection] matrix P used as x·P, the transpose of the diffusers Linear weight [projection, hidden] that
  * LoRAs are made for (ComfyUI transposes it on load; shared/research/keys.md §1.6). A delta Δ = up·down lands there
  * as Δᵀ = downᵀ·upᵀ: the same rank and scale with the factors swapped and transposed, so the kernels, overflow checks
- * and verification treat it like any other target. Other kinds land as their dense delta, transposed; kinds whose
- * delta depends on the base weight (DoRA, GLoRA) are refused, since their normalisation axis would change meaning.
+ * and verification treat it like any other target. Other kinds land as their dense delta, transposed. Kinds whose
+ * delta depends on the base weight (DoRA, GLoRA, OFT, BOFT) are computed where their tools compute them — on the
+ * diffusers weight W0 = Pᵀ (ComfyUI transposes P when it loads the model, then patches it) — and land as Δᵀ: the
+ * module keeps its kind and is marked `transposed`, and `transposedBaseDelta` does the two transposes.
  */
 import ndarray from 'ndarray';
-import { FormatError } from '../core/errors.js';
 import { transposeF32 } from '../lora/linalg.js';
-import { termDelta } from '../lora/terms/index.js';
+import { termDelta, termWeightedDelta } from '../lora/terms/index.js';
 import type { Term } from '../lora/types.js';
 import type { InputModule } from './inputs.js';
 
-/** Kinds whose delta needs the base weight: they cannot land on a transposed tensor. */
-const NEEDS_BASE: readonly string[] = ['dora', 'glora'];
+/** Kinds whose delta needs the base weight: computed on the untransposed W0, then transposed (transposedBaseDelta). */
+const NEEDS_BASE: readonly string[] = ['dora', 'glora', 'oft', 'boft'];
 
-/** FORMAT_UNSUPPORTED_ADAPTER for a base-dependent term aimed at a transposed tensor (checked while planning). */
-export function refuseTransposed(source: string, m: InputModule, key: string): void {
-  if (!NEEDS_BASE.includes(m.kind)) return;
-  throw new FormatError(
-    'FORMAT_UNSUPPORTED_ADAPTER',
-    `${source}: '${m.name}' is a ${m.kind} update, which depends on the base weight's rows, but the base stores '${key}' ` +
-      'transposed (OpenCLIP text_projection); fuse into a diffusers folder instead, or drop that module (nothing was written)',
-    { file: source, key: m.name, found: m.kind },
-  );
+/**
+ * The delta at strength w (termWeightedDelta: ComfyUI's strength rule) of a base-dependent term whose weight the file
+ * stores transposed: `stored` is the stored tensor [rows, cols] = W0ᵀ; the result is Δ(W0)ᵀ in the stored layout.
+ */
+export function transposedBaseDelta(
+  t: Term,
+  path: string,
+  w: number,
+  stored: Float32Array,
+  rows: number,
+  cols: number,
+) {
+  const w0 = transposeF32(stored, rows, cols);
+  return transposeF32(termWeightedDelta(t, path, w, w0), cols, rows);
 }
 
 /** The update of `m` on the transposed weight: out and fanIn swapped, Δᵀ. */
 export function transposedModule(m: InputModule): InputModule {
   const { out, fanIn, rank } = m;
+  if (NEEDS_BASE.includes(m.kind)) {
+    // Its own term: the fuse transposes W0 for it and its delta back (transposedBaseDelta).
+    return {
+      path: m.path,
+      kind: m.kind,
+      rank: m.rank,
+      alpha: m.alpha,
+      out: fanIn,
+      fanIn: out,
+      name: m.name,
+      transposed: true,
+      factors: m.factors,
+      term: m.term,
+    };
+  }
   if (m.kind === 'lowRank') {
     const factors = async (): Promise<{ up: Float32Array; down: Float32Array }> => {
       const f = await m.factors();

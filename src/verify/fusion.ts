@@ -20,6 +20,7 @@ import type { TensorInfo } from '../safetensors/header.js';
 import { Rng } from '../sampler/rng.js';
 import type { DType } from '../core/tensor.js';
 import type { OpenedBase } from '../fuse/base.js';
+import { transposedBaseDelta } from '../fuse/transposed.js';
 import { openBase, planFusion, type Target } from '../fuse/fuse.js';
 import { openInputs, type FuseInput } from '../fuse/inputs.js';
 import { stackFactors, type StackPart } from '../lora/stack.js';
@@ -158,7 +159,11 @@ async function stackedUpdate(
       parts.push({ coef: term.coef, rank: term.module.rank, up: f.up, down: f.down, name: term.module.name });
     } else {
       const module = await term.module.term();
-      if (termLinearInStrength(module)) {
+      if (term.module.transposed) {
+        // A base-dependent term on a weight stored transposed (OpenCLIP text_projection): Δ(W0ᵀ)ᵀ, weighted.
+        const f = denseFactors(transposedBaseDelta(module, t.path, term.coef, w0, rows, t.cols), rows, t.cols);
+        parts.push({ coef: 1, rank: f.rank, up: f.up, down: f.down, name: term.module.name });
+      } else if (termLinearInStrength(module)) {
         const f = termFactors(module, t.path, w0);
         parts.push({ coef: term.coef, rank: f.rank, up: f.up, down: f.down, name: term.module.name });
       } else {
