@@ -182,6 +182,20 @@ def main():
     os.makedirs(o("adir"))
     probe("output is a directory", ["convert", LORA, "-o", o("adir"), "--to", "peft", "-q"], o("adir"))
 
+    # --- wrong family
+    sdxl_lora = os.path.join(ROOT, "fixtures/sdxl/style-lora.kohya-sgm.safetensors")
+    probe("SDXL LoRA on an SD1.5 base", ["fuse", "--base", BASE, sdxl_lora, "-o", o("arch.fused.safetensors"), "-q"], o("arch.fused.safetensors"))
+    probe("SD1.5 + SDXL LoRAs merged", ["merge", LORA, sdxl_lora, "-o", o("arch.merged.safetensors"), "-q"], o("arch.merged.safetensors"))
+    probe("SDXL LoRA converted --arch sd15", ["convert", sdxl_lora, "--arch", "sd15", "-o", o("arch.conv.safetensors"), "--to", "peft", "-q"], o("arch.conv.safetensors"))
+    probe("DoRA convert without --base", ["convert", os.path.join(ROOT, "fixtures/adapters/dora-out.safetensors"), "-o", o("dora.conv.safetensors"), "--to", "kohya", "-q"], o("dora.conv.safetensors"))
+    probe("bad weight ':abc'", ["merge", LORA + ":abc", LORA, "-o", o("w.merged.safetensors"), "-q"], o("w.merged.safetensors"))
+    probe("weight 'unet=x'", ["fuse", "--base", BASE, LORA + ":unet=x", "-o", o("w.fused.safetensors"), "-q"], o("w.fused.safetensors"))
+    probe("weight 'tex=1' (misspelt component)", ["fuse", "--base", BASE, LORA + ":tex=1", "-o", o("w2.fused.safetensors"), "-q"], o("w2.fused.safetensors"))
+    probe("weight 'nan'", ["merge", LORA + ":nan", LORA, "-o", o("w3.merged.safetensors"), "-q"], o("w3.merged.safetensors"))
+    probe("weight 'inf'", ["fuse", "--base", BASE, LORA + ":inf", "-o", o("w4.fused.safetensors"), "-q"], o("w4.fused.safetensors"))
+    probe("weight '1e39' (beyond f32)", ["merge", LORA + ":1e39", LORA, "-o", o("w5.merged.safetensors"), "-q"], o("w5.merged.safetensors"))
+    probe("missing input file", ["merge", o("nope.safetensors"), LORA, "-o", o("m.merged.safetensors"), "-q"], o("m.merged.safetensors"))
+
     # --- Ctrl-C mid-fuse (a full-size base so there is time to interrupt)
     big = os.path.join(ROOT, "bench/out/sd15-base.f16.safetensors")
     lcm = os.path.join(ROOT, "bench/out/sd15-lcm.f16.safetensors")
@@ -203,6 +217,30 @@ def main():
             print(f"{'ok  ' if ok else 'FAIL'} {name} mid-fuse rc={p.returncode} new={new} {err.strip()[:120]}", flush=True)
     else:
         print("skipped Ctrl-C probe: no bench/out/sd15-base.f16.safetensors or lcm-sd15.safetensors")
+    # --- Ctrl-C mid-convert (rank-capped: spill file beside the output) and mid-merge
+    loha = os.path.join(ROOT, "bench/out/adapters-sdxl-loha.f16.safetensors")
+    sdxl_lcm = os.path.join(ROOT, "bench/out/sdxl-lcm.f16.safetensors")
+    sdxl_style = os.path.join(ROOT, "bench/out/sdxl-style.f16.safetensors")
+    runs = []
+    if os.path.exists(loha):
+        runs.append(("SIGINT mid-convert --rank 8 (SDXL LoHa)", ["convert", loha, "-o", o("killed-convert.safetensors"), "--to", "kohya", "--rank", "8", "-q", "--threads", "1"]))
+    if os.path.exists(sdxl_lcm) and os.path.exists(sdxl_style):
+        runs.append(("SIGINT mid-merge --rank 16 (SDXL)", ["merge", sdxl_lcm, sdxl_style + ":0.8", "--rank", "16", "-o", o("killed-merge.safetensors"), "-q", "--threads", "1"]))
+    for name, args in runs:
+        before = listing(OUT)
+        p = subprocess.Popen(CLI + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(5)
+        still = p.poll() is None
+        p.send_signal(signal.SIGINT)
+        try:
+            _, err = p.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            _, err = p.communicate()
+        new = sorted(set(listing(OUT)) - set(before))
+        ok = still and p.returncode != 0 and not new
+        RESULTS.append((name, args[0], p.returncode, None, new, ok, err.strip()[:120]))
+        print(f"{'ok  ' if ok else 'FAIL'} {name} running={still} rc={p.returncode} new={new} {err.strip()[:120]}", flush=True)
     os.chmod(ro, stat.S_IRWXU)
 
     print("\n| case | command | exit | code | left behind | result |\n|---|---|---|---|---|---|")

@@ -116,6 +116,16 @@ BASES = {"sd15": os.path.join(ROOT, "fixtures/sd15/base.safetensors"), "sdxl": o
 BASE = {k: read_st(v)[0] for k, v in BASES.items()}
 
 
+def base_copy(arch, dt):
+    """The fixture base rewritten in another dtype (a bf16 SDXL, an f32 SD1.5 as many real checkpoints are)."""
+    name = f"{arch}-base-{dt}"
+    path = os.path.join(OUT, name + ".safetensors")
+    write_st(path, [(k, dt if d in ("F16", "F32", "BF16") else d, t) for k, (d, t, _r) in BASE[arch].items()], {"format": "pt"})
+    BASES[name] = path
+    BASE[name] = read_st(path)[0]
+    return name
+
+
 def component(path):
     return path.split(".", 1)[0]
 
@@ -174,23 +184,23 @@ def q(t, dt):
     return t.to(DT[dt]).to(torch.float64)
 
 
-def lowrank(arch, path, key, r, dt, alpha):
+def lowrank(arch, path, key, r, dt, alpha, four_d=False):
     """plain LoRA factors in the file's shapes + the delta they mean (kohya: alpha/r·up·down)."""
     w = weight_of(arch, path, key)
     out = w.shape[0]
     inner = w.shape[1:]
-    down = q(rnd(r, *inner), dt)
-    up = q(rnd(out, r, *([1, 1] if len(inner) == 3 else [])), dt)
+    down = q(rnd(r, *inner, *([1, 1] if four_d and len(inner) == 1 else [])), dt)
+    up = q(rnd(out, r, *([1, 1] if len(inner) == 3 or four_d else [])), dt)
     a = r if alpha is None else float(q(torch.tensor(alpha, dtype=torch.float64), dt))
     delta = (a / r) * (up.reshape(out, r) @ down.reshape(r, -1))
     return down, up, delta.reshape(w.shape)
 
 
 # ---------------------------------------------------------------------------------------- the files, by spelling
-def kohya_file(arch, mods, dt, sgm, alpha_dt=None, alpha_shape=(), te1=None, rank=4, alpha=2.0):
+def kohya_file(arch, mods, dt, sgm, alpha_dt=None, alpha_shape=(), te1=None, rank=4, alpha=2.0, four_d=False):
     tensors, deltas = [], {}
     for path, key in mods:
-        down, up, delta = lowrank(arch, path, key, rank, dt, alpha)
+        down, up, delta = lowrank(arch, path, key, rank, dt, alpha, four_d)
         if alpha_dt is not None:
             delta = delta * float(torch.tensor(alpha, dtype=DT[alpha_dt])) / alpha
         name = kohya_name(path, key if sgm and path.startswith("unet.") else None)
@@ -205,7 +215,7 @@ def kohya_file(arch, mods, dt, sgm, alpha_dt=None, alpha_shape=(), te1=None, ran
     return tensors, None, deltas
 
 
-def peft_file(arch, mods, dt, prefix_mode, rank=4, alpha=8.0, metadata=True, pattern=None):
+def peft_file(arch, mods, dt, prefix_mode, rank=4, alpha=8.0, metadata=True, pattern=None, rslora=False, rank_pattern=None):
     """prefix_mode: 'component' (unet./text_encoder.), 'base_model' (raw PEFT dict of a UNet)."""
     tensors, deltas, cfg = [], {}, {}
     alpha_of = {}
@@ -215,7 +225,10 @@ def peft_file(arch, mods, dt, prefix_mode, rank=4, alpha=8.0, metadata=True, pat
         if pattern and rest.endswith(pattern[0]):
             a = pattern[1]
         alpha_of[path] = a
-        down, up, delta = lowrank(arch, path, key, rank, dt, a if metadata else None)
+        r = rank_pattern[1] if rank_pattern and rest.endswith(rank_pattern[0]) else rank
+        down, up, delta = lowrank(arch, path, key, r, dt, a if metadata else None)
+        if rslora:  # PEFT use_rslora: scale alpha / sqrt(r) instead of alpha / r
+            delta = delta * (r / math.sqrt(r))
         stem = f"base_model.model.{rest}" if prefix_mode == "base_model" else path
         tensors += [(stem + ".lora_A.weight", dt, down), (stem + ".lora_B.weight", dt, up)]
         deltas[path] = delta
@@ -226,7 +239,9 @@ def peft_file(arch, mods, dt, prefix_mode, rank=4, alpha=8.0, metadata=True, pat
             cfg[f"{c}.r"] = rank
             cfg[f"{c}.lora_alpha"] = alpha
             cfg[f"{c}.alpha_pattern"] = {pattern[0]: pattern[1]} if pattern else {}
-            cfg[f"{c}.rank_pattern"] = {}
+            cfg[f"{c}.rank_pattern"] = {rank_pattern[0]: rank_pattern[1]} if rank_pattern else {}
+            if rslora:
+                cfg[f"{c}.use_rslora"] = True
             cfg[f"{c}.target_modules"] = sorted({p.split(".", 1)[1] for p, _ in mods if component(p) == c})
         meta = {"format": "pt", "lora_adapter_metadata": json.dumps(cfg)}
     return tensors, meta, deltas
@@ -419,6 +434,19 @@ def dora_kohya_file(arch, mods, dt, axis, rank=4, alpha=2.0):
     return tensors, None, deltas
 
 
+def loha_dora_file(arch, mods, dt, rank=2, alpha=1.0):
+    """LyCORIS LoHa with weight decomposition (dora_scale, output axis [out, 1, ...])."""
+    tensors, _, deltas = loha_file(arch, mods, dt, rank=rank, alpha=alpha)
+    out_deltas = {}
+    for path, key in mods:
+        w0 = q(weight_of(arch, path, key), "F16")
+        v = w0 + deltas[path]
+        m = q(v.reshape(v.shape[0], -1).norm(dim=1) * (1 + rnd(v.shape[0], s=0.05)), dt)
+        tensors.append((f"{kohya_name(path)}.dora_scale", dt, m.reshape([v.shape[0]] + [1] * (v.dim() - 1))))
+        out_deltas[path] = dora_norm_apply(w0, deltas[path], m, "out")
+    return tensors, None, out_deltas
+
+
 def dora_peft_file(arch, mods, dt, rank=4, alpha=8.0):
     tensors, deltas, cfg = [], {}, {}
     for path, key in mods:
@@ -498,6 +526,33 @@ def check_fuse(case, arch, inputs, mods, dtype_flag=None, extra=()):
     record(case, "fuse" + (f" {dtype_flag}" if dtype_flag else ""), ok, detail)
 
 
+def check_fuse_dtype(case, base_name, arch, inputs, mods, dt):
+    """Fuse into a base of dtype dt (bf16 or f32); each changed tensor within 1 ulp of dt of W0 + Σ w·Δ."""
+    out = os.path.join(OUT, case + ".fused.safetensors")
+    p = cli("fuse", "--base", BASES[base_name], *[f"{f}:{wspec(w)}" for f, _, w, _ in inputs], "-o", out, "-q", expect_ok=False)
+    if p.returncode != 0:
+        record(case, "fuse", False, f"exit {p.returncode}: {p.stderr.strip()[:300]}")
+        return
+    got, _ = read_st(out)
+    keymap = dict(mods)
+    worst, dts = 0.0, set()
+    mant = {"BF16": 7, "F32": 23}[dt]
+    for _f, deltas, w, _b in inputs:
+        for path, d in deltas.items():
+            key = keymap[path]
+            e = BASE[base_name][key][1] + strength_of(path, w) * place(arch, path, key, d)
+            odt, ot, _r = got[key]
+            dts.add(odt)
+            ulp = torch.pow(2.0, torch.floor(torch.log2(e.abs().clamp(min=2.0 ** -126))) - mant)
+            if dt == "F32":  # f32 arithmetic on the delta: measure beyond one rounding, relative to max|Δ|
+                worst = max(worst, float(((ot - e).abs() - ulp).clamp(min=0).max() / (e - BASE[base_name][key][1]).abs().max()) * 1e4)
+            else:
+                worst = max(worst, float(((ot - e).abs() / ulp).max()))
+    untouched = [k for k in BASE[base_name] if k not in set(keymap.values()) and got[k][2] != BASE[base_name][k][2]]
+    ok = worst <= 1.0 and dts == {dt} and not untouched
+    record(case, "fuse", ok, f"output dtype {sorted(dts)}; worst " + (f"{worst:.2f} ulp({dt})" if dt != "F32" else f"(|err| − 1 ulp)/max|Δ| {worst / 1e4:.1e}") + (f"; untouched changed {untouched[:2]}" if untouched else ""))
+
+
 def lora_deltas(path_to_file, arch, mods):
     """Read a kohya or PEFT file lora-mix wrote and give each module's delta by the upstream rules."""
     t, meta = read_st(path_to_file)
@@ -527,6 +582,8 @@ def lora_deltas(path_to_file, arch, mods):
             if cfg is not None:
                 c = {kk[len(comp) + 1:]: v for kk, v in cfg.items() if kk.startswith(comp + ".")} or cfg
                 a = c.get("lora_alpha", r)
+                if c.get("use_rslora"):
+                    a = a * r / math.sqrt(r)
                 for pk, pv in (c.get("alpha_pattern") or {}).items():  # PEFT: first key in order that matches
                     import re
                     if re.fullmatch(rf"(.*\.)?{pk}", rest):
@@ -583,6 +640,7 @@ def main():
         ("sd15-kohya-sgm-bf16-alpha-f32-[1]", "sd15", SD15, lambda: kohya_file("sd15", SD15, "BF16", True, alpha_dt="F32", alpha_shape=(1,))),
         ("sd15-kohya-f32-alpha-bf16-0d", "sd15", SD15, lambda: kohya_file("sd15", SD15, "F32", False, alpha_dt="BF16", alpha=0.3)),
         ("sd15-kohya-te1-prefix", "sd15", SD15, lambda: kohya_file("sd15", SD15, "F16", False, te1="lora_te1_")),
+        ("sd15-kohya-4d-factors-on-linear", "sd15", SD15, lambda: kohya_file("sd15", SD15, "F16", False, four_d=True)),
         ("sd15-peft-metadata-alpha_pattern", "sd15", SD15, lambda: peft_file("sd15", SD15, "F32", "component", pattern=("attn1.to_q", 2.0))),
         ("sd15-peft-base_model-no-metadata", "sd15", sd_unet, lambda: peft_file("sd15", sd_unet, "F16", "base_model", metadata=False)),
         ("sd15-diffusers-lora.down", "sd15", SD15, lambda: diffusers_converted_file("sd15", SD15, "F16")),
@@ -600,6 +658,8 @@ def main():
         ("sd15-dora-kohya-in", "sd15", SD15, lambda: dora_kohya_file("sd15", SD15, "F16", "in")),
         ("sd15-dora-kohya-out", "sd15", SD15, lambda: dora_kohya_file("sd15", SD15, "F32", "out")),
         ("sd15-dora-peft", "sd15", SD15, lambda: dora_peft_file("sd15", SD15, "F32")),
+        ("sd15-peft-rslora-rank_pattern", "sd15", SD15, lambda: peft_file("sd15", SD15, "F32", "component", rslora=True, rank_pattern=("ff.net.0.proj", 6))),
+        ("sd15-loha-dora-out", "sd15", SD15, lambda: loha_dora_file("sd15", SD15, "F32")),
         ("sdxl-kohya-sgm-te1-te2-bf16", "sdxl", SDXL, lambda: kohya_file("sdxl", SDXL, "BF16", True)),
         ("sdxl-kohya-diffusers-lora_te_-first", "sdxl", SDXL, lambda: kohya_file("sdxl", SDXL, "F16", False, te1="lora_te_")),
         ("sdxl-peft-components", "sdxl", SDXL, lambda: peft_file("sdxl", SDXL, "F16", "component")),
@@ -607,6 +667,12 @@ def main():
         ("sdxl-loha", "sdxl", SDXL, lambda: loha_file("sdxl", SDXL, "F16")),
         ("sdxl-dora-kohya-in", "sdxl", SDXL, lambda: dora_kohya_file("sdxl", SDXL, "F16", "in")),
     ]
+    # bases in other dtypes: the same LoRA fused into a bf16 SDXL and an f32 SD1.5 (output keeps each tensor's dtype)
+    if not only or "base-" in only:
+        for arch, dt, mods in (("sdxl", "BF16", SDXL), ("sd15", "F32", SD15)):
+            name = base_copy(arch, dt)
+            f, deltas, bias = make(f"{arch}-kohya-on-{dt}-base", kohya_file(arch, mods, "F16", arch == "sdxl"))
+            check_fuse_dtype(f"{arch}-kohya-on-{dt}-base@0.8", name, arch, [(f, deltas, 0.8, None)], mods, dt)
     made = {}
     base_needed = ("dora",)
     for name, arch, mods, gen in cases:
@@ -635,6 +701,19 @@ def main():
                     record(name, f"convert {to}", False, f"exit {p.returncode}: {p.stderr.strip()[:300]}")
                 else:
                     check_lora_output(name, f"convert {to}", out, arch, mods, deltas)
+    # convert IN:W with per-component strengths (baked into the factors)
+    for name in ("sdxl-kohya-sgm-te1-te2-bf16", "sd15-loha"):
+        if name not in made:
+            continue
+        f, deltas, _b, arch, mods = made[name]
+        comp = {"unet": 0.5, "te1": 2.0, "te2": 0} if arch == "sdxl" else {"unet": 0.5, "te": -1}
+        out = os.path.join(OUT, f"{name}.weighted.safetensors")
+        p = cli("convert", f"{f}:{wspec(comp)}", "-o", out, "--to", "peft", "--dtype", "fp32", "-q", expect_ok=False)
+        expected = {pth: strength_of(pth, comp) * d for pth, d in deltas.items() if strength_of(pth, comp) != 0}
+        if p.returncode != 0:
+            record(name, f"convert :{wspec(comp)}", False, f"exit {p.returncode}: {p.stderr.strip()[:300]}")
+        else:
+            check_lora_output(name, f"convert :{wspec(comp)}", out, arch, mods, expected)
     # merges: exact sums across spellings
     for arch, group in (("sd15", ["sd15-kohya-diffusers-f16", "sd15-peft-metadata-alpha_pattern", "sd15-loha", "sd15-comfyui-saved"]),
                         ("sdxl", ["sdxl-kohya-sgm-te1-te2-bf16", "sdxl-peft-components", "sdxl-comfyui-saved"])):
