@@ -65,9 +65,13 @@ def probe(case, args, out_path, want_code=None, expect_fail=True, as_user=None):
     new = sorted(set(after) - set(before))
     err = p.stderr.strip().splitlines()
     code = next((line.split("error ", 1)[1].split(":")[0] for line in err if "error " in line), None)
-    ok = (p.returncode != 0) == expect_fail and not (expect_fail and new) and (want_code is None or code == want_code)
-    if expect_fail and code is None:
-        ok = False
+    # expect_fail None: either a clean success or a typed error with nothing written (no crash)
+    if expect_fail is None:
+        ok = (p.returncode == 0 and "TypeError" not in p.stderr and "RangeError" not in p.stderr) or (code is not None and not new)
+    else:
+        ok = (p.returncode != 0) == expect_fail and not (expect_fail and new) and (want_code is None or code == want_code)
+        if expect_fail and code is None:
+            ok = False
     first = err[0][:150] if err else ""
     RESULTS.append((case, " ".join(a if len(a) < 40 else "…" + a[-30:] for a in args[:4]), p.returncode, code, new, ok, first))
     print(f"{'ok  ' if ok else 'FAIL'} {case:44s} rc={p.returncode} code={code} new={new} {first}", flush=True)
@@ -154,6 +158,35 @@ def main():
 
     ws = variant("down-shape-wrong", wrong_shape)
     probe("down reshaped (rank 2r, in/2)", ["convert", ws, "-o", o("w.out.safetensors"), "--to", "kohya", "-q"], o("w.out.safetensors"))
+
+    def rank0(h, data):
+        # one module resized to rank 0: down [0, in], up [out, 0] (zero-size tensors at the end of the data)
+        k = next(k for k in h if k.endswith(".lora_down.weight") and len(h[k]["shape"]) == 2)
+        u = k.replace("lora_down", "lora_up")
+        end = len(data)
+        h[k] = {"dtype": h[k]["dtype"], "shape": [0, h[k]["shape"][1]], "data_offsets": [end, end]}
+        h[u] = {"dtype": h[u]["dtype"], "shape": [h[u]["shape"][0], 0], "data_offsets": [end, end]}
+        return json_bytes(h), data, None
+
+    r0 = variant("rank-0-module", rank0)
+    probe("a module of rank 0 (zero-size factors): fuse", ["fuse", "--base", BASE, r0, "-o", o("r0.fused.safetensors"), "-q"], o("r0.fused.safetensors"), expect_fail=None)
+    probe("a module of rank 0: convert", ["convert", r0, "-o", o("r0.conv.safetensors"), "--to", "peft", "-q"], o("r0.conv.safetensors"), expect_fail=None)
+
+    def meta_object(h, data):
+        h["__metadata__"] = {"ss_network_args": {"conv_dim": 4}, "modelspec.title": "x"}
+        return json_bytes(h), data, None
+
+    mo = variant("metadata-object", meta_object)
+    probe("__metadata__ value not a string", ["inspect", mo], None)
+
+    def alpha_two(h, data):
+        k = next(k for k in h if k.endswith(".alpha"))
+        a, b = h[k]["data_offsets"]
+        h[k]["shape"] = [1]
+        return json_bytes(h), data, None
+
+    probe("alpha of shape [1] (allowed)", ["convert", variant("alpha-1", alpha_two), "-o", o("a1.conv.safetensors"), "--to", "peft", "-q"], o("a1.conv.safetensors"), expect_fail=False)
+    probe("weight 0 on every input (fuse copies)", ["fuse", "--base", BASE, LORA + ":0", "-o", o("zero.fused.safetensors"), "-q"], o("zero.fused.safetensors"), expect_fail=None)
 
     # --- output paths
     copy = o("input-copy.safetensors")

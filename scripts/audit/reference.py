@@ -27,8 +27,8 @@ import torch
 torch.manual_seed(7)
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CLI = ["node", os.path.join(ROOT, "dist/cli/lora-mix.js")]
-OUT = "/tmp/s7-audit-ref"
-DT = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
+OUT = os.environ.get("AUDIT_OUT", "/tmp/s7-audit-ref")
+DT = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64, "I64": torch.int64, "I32": torch.int32}
 RESULTS = []
 
 
@@ -536,14 +536,14 @@ def check_fuse_dtype(case, base_name, arch, inputs, mods, dt):
     got, _ = read_st(out)
     keymap = dict(mods)
     worst, dts = 0.0, set()
-    mant = {"BF16": 7, "F32": 23}[dt]
+    mant = {"BF16": 7, "F32": 23, "F16": 10}[dt]
     for _f, deltas, w, _b in inputs:
         for path, d in deltas.items():
             key = keymap[path]
             e = BASE[base_name][key][1] + strength_of(path, w) * place(arch, path, key, d)
             odt, ot, _r = got[key]
             dts.add(odt)
-            ulp = torch.pow(2.0, torch.floor(torch.log2(e.abs().clamp(min=2.0 ** -126))) - mant)
+            ulp = torch.pow(2.0, torch.floor(torch.log2(e.abs().clamp(min=2.0 ** (-14 if dt == "F16" else -126)))) - mant)
             if dt == "F32":  # f32 arithmetic on the delta: measure beyond one rounding, relative to max|Δ|
                 worst = max(worst, float(((ot - e).abs() - ulp).clamp(min=0).max() / (e - BASE[base_name][key][1]).abs().max()) * 1e4)
             else:
@@ -667,6 +667,23 @@ def main():
         ("sdxl-loha", "sdxl", SDXL, lambda: loha_file("sdxl", SDXL, "F16")),
         ("sdxl-dora-kohya-in", "sdxl", SDXL, lambda: dora_kohya_file("sdxl", SDXL, "F16", "in")),
     ]
+    # a base with what real single files also hold: the DDPM schedule buffers (F32 [1000]), CLIP's position_ids
+    # (I64), model_ema.decay / num_updates (F32 / I32 0-d) and EMA copies of weights under flattened names
+    if not only or "real-extras" in only:
+        extras = [(n, "F32", torch.rand(1000, dtype=torch.float64)) for n in ("alphas_cumprod", "alphas_cumprod_prev", "betas", "log_one_minus_alphas_cumprod",
+                                                                              "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2",
+                                                                              "posterior_variance", "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",
+                                                                              "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod")]
+        extras += [("cond_stage_model.transformer.text_model.embeddings.position_ids", "I64", torch.arange(16).reshape(1, 16)),
+                   ("model_ema.decay", "F32", torch.tensor(0.9999, dtype=torch.float64)), ("model_ema.num_updates", "I32", torch.tensor(470000)),
+                   ("model_ema.diffusion_modelinput_blocks11transformer_blocks0attn1to_qweight", "F32", BASE["sd15"][SD15[0][1]][1])]
+        path = os.path.join(OUT, "sd15-base-real-extras.safetensors")
+        items = sorted([(k, d, t) for k, (d, t, _r) in BASE["sd15"].items()] + extras)
+        write_st(path, items, {"format": "pt"})
+        BASES["sd15-real-extras"] = path
+        BASE["sd15-real-extras"] = read_st(path)[0]
+        f, deltas, _b = make("sd15-kohya-on-real-extras-base", kohya_file("sd15", SD15, "F16", False))
+        check_fuse_dtype("sd15-kohya-on-real-extras-base@0.8", "sd15-real-extras", "sd15", [(f, deltas, 0.8, None)], SD15, "F16")
     # bases in other dtypes: the same LoRA fused into a bf16 SDXL and an f32 SD1.5 (output keeps each tensor's dtype)
     if not only or "base-" in only:
         for arch, dt, mods in (("sdxl", "BF16", SDXL), ("sd15", "F32", SD15)):
