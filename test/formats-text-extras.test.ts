@@ -387,6 +387,12 @@ describe('kinds that need the base rows on a transposed tensor', () => {
     expect(worst).toBeLessThan(1e-6);
     expect((await verifyFusion(out, SDXL_BASE, [lora], [W])).ok).toBe(true);
 
+    // Through a merge method's dense path (TIES at density 1 on one input is that input): the same values.
+    const viaTies = path.join(tmp, 'dora-proj-ties.safetensors');
+    await fuseLoras(SDXL_BASE, [lora], [W], { out: viaTies, dtype: 'F32', method: 'ties' });
+    const tied = (await tensors(viaTies)).get(key)!.v;
+    for (let j = 0; j < h * h; j++) expect(Math.abs(tied[j]! - got[j]!)).toBeLessThan(1e-6);
+
     // The same module fused into the diffusers folder (same weights, Linear layout) gives the transpose (to f32 rounding).
     const dir = path.join(tmp, 'dora-proj-dir');
     await fuseLoras(SDXL_DIR, [lora], [W], { out: dir, dtype: 'F32' });
