@@ -160,13 +160,19 @@ def main():
     probe("down reshaped (rank 2r, in/2)", ["convert", ws, "-o", o("w.out.safetensors"), "--to", "kohya", "-q"], o("w.out.safetensors"))
 
     def rank0(h, data):
-        # one module resized to rank 0: down [0, in], up [out, 0] (zero-size tensors at the end of the data)
+        # one module resized to rank 0: down [0, in], up [out, 0]; the data rewritten without the dropped bytes
         k = next(k for k in h if k.endswith(".lora_down.weight") and len(h[k]["shape"]) == 2)
         u = k.replace("lora_down", "lora_up")
-        end = len(data)
-        h[k] = {"dtype": h[k]["dtype"], "shape": [0, h[k]["shape"][1]], "data_offsets": [end, end]}
-        h[u] = {"dtype": h[u]["dtype"], "shape": [h[u]["shape"][0], 0], "data_offsets": [end, end]}
-        return json_bytes(h), data, None
+        h[k]["shape"] = [0, h[k]["shape"][1]]
+        h[u]["shape"] = [h[u]["shape"][0], 0]
+        out, off = bytearray(), 0
+        for name in sorted((n for n in h if n != "__metadata__"), key=lambda n: h[n]["data_offsets"][0]):
+            a, b = h[name]["data_offsets"]
+            chunk = b"" if name in (k, u) else data[a:b]
+            h[name]["data_offsets"] = [off, off + len(chunk)]
+            out += chunk
+            off += len(chunk)
+        return json_bytes(h), out, None
 
     r0 = variant("rank-0-module", rank0)
     probe("a module of rank 0 (zero-size factors): fuse", ["fuse", "--base", BASE, r0, "-o", o("r0.fused.safetensors"), "-q"], o("r0.fused.safetensors"), expect_fail=None)
