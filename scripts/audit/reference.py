@@ -752,6 +752,23 @@ def main():
         fused = [(made[g][0], made[g][1], w, None) for g, w in zip(group, weights)]
         check_fuse(f"fuse-{arch}-{len(group)}-spellings", arch, fused, mods, dtype_flag="f32")
 
+    # base-dependent kinds merged with --base (exact, and through --rank above their exact rank)
+    group = [g for g in ("sd15-dora-peft", "sd15-dora-kohya-in", "sd15-loha") if g in made]
+    if len(group) == 3:
+        weights = [0.5, -0.7, 1.2]
+        expected = {}
+        for g, w in zip(group, weights):
+            for path, d in made[g][1].items():
+                expected[path] = expected.get(path, 0) + w * d
+        for extra in ([], ["--rank", "64"]):
+            out = os.path.join(OUT, "merge-sd15-base-kinds.safetensors")
+            p = cli("merge", *[f"{made[g][0]}:{w}" for g, w in zip(group, weights)], "--base", BASES["sd15"], "-o", out, "--dtype", "fp32", "-q", *extra, expect_ok=False)
+            name = "merge-sd15 DoRA(PEFT) + DoRA(in) + LoHa --base" + (" --rank 64" if extra else "")
+            if p.returncode != 0:
+                record(name, "merge", False, f"exit {p.returncode}: {p.stderr.strip()[:300]}")
+            else:
+                check_lora_output(name, "merge", out, "sd15", SD15, expected)
+
     print("\n| input spelling | command | result | detail |\n|---|---|---|---|")
     for case, command, res, detail in RESULTS:
         print(f"| {case} | {command} | {res} | {detail} |")
