@@ -402,4 +402,31 @@ describe('kinds that need the base rows on a transposed tensor', () => {
       for (let i = 0; i < h; i++) apart = Math.max(apart, Math.abs(folder[o * h + i]! - got[i * h + o]!));
     expect(apart).toBeLessThan(1e-6);
   });
+
+  it('an OFT on text_projection fuses into an SGM single file as into a folder, transposed (was LORA_NEEDS_BASE)', async () => {
+    // LyCORIS diag-OFT spelled the kohya way: blocks of 4 rows of the [proj, hidden] weight, no constraint (alpha 0).
+    const lora = path.join(tmp, 'oft-proj.safetensors');
+    await writeSafetensors(lora, [
+      f('lora_te2_text_projection.oft_blocks', [3, 4, 4], ramp(48, 3)),
+      f('lora_te2_text_projection.alpha', [], new Float32Array([0])),
+    ]);
+    const out = path.join(tmp, 'oft-proj-fused.safetensors');
+    expect((await fuseLoras(SDXL_BASE, [lora], [W], { out, dtype: 'F32' })).modulesFused).toBe(1);
+    const key = 'conditioner.embedders.1.model.text_projection';
+    const p0 = (await tensors(SDXL_BASE)).get(key)!.v;
+    const got = (await tensors(out)).get(key)!.v;
+    const dir = path.join(tmp, 'oft-proj-dir');
+    await fuseLoras(SDXL_DIR, [lora], [W], { out: dir, dtype: 'F32' });
+    const folder = (await tensors(path.join(dir, 'text_encoder_2/model.safetensors'))).get('text_projection.weight')!.v;
+    let apart = 0;
+    let change = 0;
+    for (let o = 0; o < h; o++)
+      for (let i = 0; i < h; i++) {
+        apart = Math.max(apart, Math.abs(folder[o * h + i]! - got[i * h + o]!));
+        change = Math.max(change, Math.abs(got[i * h + o]! - p0[i * h + o]!));
+      }
+    expect(change).toBeGreaterThan(1e-4);
+    expect(apart).toBeLessThan(1e-7);
+    expect((await verifyFusion(out, SDXL_BASE, [lora], [W])).ok).toBe(true);
+  });
 });
