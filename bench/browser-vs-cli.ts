@@ -26,7 +26,7 @@ import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSy
 import * as os from 'node:os';
 import { join } from 'node:path';
 import { buildBrowser, REPO_ROOT } from '../scripts/build-browser.js';
-import { openSession, tempDir } from '../test/browser/harness.js';
+import { CHROMIUM_ARGS, openSession, tempDir } from '../test/browser/harness.js';
 
 const args = process.argv.slice(2);
 const MODE = args.find((a) => a === 'merge' || a === 'fuse') ?? 'merge';
@@ -34,6 +34,10 @@ const RUNS = args.includes('--runs') ? Math.max(1, Number(args[args.indexOf('--r
 const RECORD = args.includes('--record');
 /** fuse: no save dialog (a browser without showSaveFilePicker): the page offers the checkpoint as a download. */
 const NO_DIALOG = args.includes('--no-dialog');
+/** Print the CPU seconds each Chromium thread spent during the fuse (diagnostics). */
+const CPU = args.includes('--cpu');
+/** Extra Chromium flags for the page's browser (diagnostics), e.g. `--chromium-arg --js-flags=--no-liftoff`. */
+const EXTRA_ARGS = args.flatMap((a, i) => (a === '--chromium-arg' && args[i + 1] ? [args[i + 1] as string] : []));
 const DATA = '/work/benchdata';
 const LCM = join(DATA, 'sd15-lcm.f16.safetensors');
 const STYLE = join(DATA, 'sd15-style.f16.safetensors');
@@ -76,6 +80,10 @@ function cliRun(): Run {
   const seconds = (performance.now() - t0) / 1000;
   rmSync(OUT, { force: true });
   if (r.status !== 0) throw new Error(`CLI failed: ${r.stderr}`);
+  const user = Number(/User time \(seconds\): ([\d.]+)/.exec(r.stderr)?.[1] ?? 0);
+  const sys = Number(/System time \(seconds\): ([\d.]+)/.exec(r.stderr)?.[1] ?? 0);
+  const faults = /Minor \(reclaiming a frame\) page faults: (\d+)/.exec(r.stderr)?.[1];
+  if (CPU) console.log(`  CLI CPU: ${user.toFixed(2)} s user + ${sys.toFixed(2)} s system, ${faults} minor faults`);
   const kb = /Maximum resident set size \(kbytes\): (\d+)/.exec(r.stderr)?.[1];
   // merge prints its phases: "(load 1.23 s, merge 0.45 s, write 0.67 s)"
   const p = /\(load ([\d.]+) s, merge ([\d.]+) s, write ([\d.]+) s\)/.exec(r.stdout + r.stderr);
@@ -116,6 +124,59 @@ function chromiumTree(): { type: string; rss: number; pss: number }[] {
     }
   }
   return out;
+}
+
+const TICK = 100; // clock ticks per second (getconf CLK_TCK on Linux)
+
+/** CPU seconds (user + system) of every thread of every Chromium process below this one, by "type/thread name". */
+interface ThreadCpu {
+  cpu: number;
+  sys: number;
+  faults: number;
+}
+function chromiumCpu(): Map<string, ThreadCpu> {
+  const out = new Map<string, ThreadCpu>();
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      const cmd = readFileSync(`/proc/${d}/cmdline`, 'utf8');
+      if (!cmd.includes('chrom')) continue;
+      const type = /--type=([a-z-]+)/.exec(cmd)?.[1] ?? 'browser';
+      const utility = /--utility-sub-type=([\w.]+)/.exec(cmd)?.[1];
+      for (const t of readdirSync(`/proc/${d}/task`)) {
+        const stat = readFileSync(`/proc/${d}/task/${t}/stat`, 'utf8');
+        const name = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')')).replace(/\d+$/, '#');
+        const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+        const cpu = (Number(f[11]) + Number(f[12])) / TICK;
+        const sys = Number(f[12]) / TICK;
+        const faults = Number(f[7]);
+        const key = `${type}${utility ? `(${utility.split('.').at(-1)})` : ''} ${d} / ${name}${name === 'DedicatedWorker' ? ` ${t}` : ''}`;
+        const o = out.get(key) ?? { cpu: 0, sys: 0, faults: 0 };
+        out.set(key, { cpu: o.cpu + cpu, sys: o.sys + sys, faults: o.faults + faults });
+      }
+    } catch {
+      // the process or thread ended
+    }
+  }
+  return out;
+}
+
+/** The CPU seconds spent between two chromiumCpu() snapshots, largest first (≥ 0.05 s). */
+function cpuSpent(before: Map<string, ThreadCpu>, after: Map<string, ThreadCpu>): string {
+  const zero = { cpu: 0, sys: 0, faults: 0 };
+  const rows = [...after]
+    .map(([k, v]) => {
+      const b = before.get(k) ?? zero;
+      return [k, { cpu: v.cpu - b.cpu, sys: v.sys - b.sys, faults: v.faults - b.faults }] as const;
+    })
+    .filter(([, v]) => v.cpu >= 0.05);
+  rows.sort((a, b) => b[1].cpu - a[1].cpu);
+  const total = rows.reduce((a, [, v]) => a + v.cpu, 0);
+  const faults = rows.reduce((a, [, v]) => a + v.faults, 0);
+  return [
+    `    CPU s by thread (total ${total.toFixed(2)}, minor faults ${faults}):`,
+    ...rows.map(([k, v]) => `      ${v.cpu.toFixed(2)} (system ${v.sys.toFixed(2)}, ${v.faults} faults)  ${k}`),
+  ].join('\n');
 }
 
 const pageProcesses = <T extends { type: string }>(tree: T[]): T[] =>
@@ -171,7 +232,11 @@ async function pageRun(webDir: string): Promise<Run> {
   // fuse: a profile on disk, whose storage quota is a share of the disk (a fresh in-memory profile's is below the
   // 2.1 GB the page streams into its origin-private file system); removed after the round.
   const profile = MODE === 'fuse' ? mkdtempSync(join(DATA, 'browser-profile-')) : undefined;
-  const session = await openSession({ root: webDir, ...(profile ? { userDataDir: profile } : {}) });
+  const session = await openSession({
+    root: webDir,
+    ...(profile ? { userDataDir: profile } : {}),
+    ...(EXTRA_ARGS.length ? { args: [...CHROMIUM_ARGS, ...EXTRA_ARGS] } : {}),
+  });
   const { page } = session;
   try {
     await page.waitForSelector('body[data-ready="true"]');
@@ -188,6 +253,7 @@ async function pageRun(webDir: string): Promise<Run> {
     const mem = sampler();
     /** fuse: the page's peak PSS while the LoRAs and the base were added, before Fuse was clicked. */
     let addPss = 0;
+    let cpu0: Map<string, ThreadCpu> | undefined;
     const t0 = performance.now();
     await page.setInputFiles('#files', [LCM, STYLE]);
     await page.waitForFunction(() => document.querySelectorAll('#loras input.weight').length === 2, undefined, {
@@ -217,6 +283,7 @@ async function pageRun(webDir: string): Promise<Run> {
         });
       }
       addPss = mem.mark();
+      cpu0 = chromiumCpu();
       await page.click('#fuse');
     }
     const done = MODE === 'merge' ? 'merged' : 'fuse';
@@ -226,6 +293,7 @@ async function pageRun(webDir: string): Promise<Run> {
       { timeout: 300_000 },
     );
     const seconds = (performance.now() - t0) / 1000;
+    if (CPU && cpu0) console.log(cpuSpent(cpu0, chromiumCpu()));
     const jobPss = mem.mark();
     const { peak, peakAll, peakPss, peakPssAll } = mem.stop();
     if (!(await page.locator('#error').isHidden())) throw new Error(`page failed: ${await page.textContent('#error')}`);

@@ -369,44 +369,80 @@ export function spillingSink<S extends ByteSink & { readonly byteLength: number 
  * the last one it needs, so the browser keeps delivering bytes while the worker computes — instead of only when the
  * next tensor is asked for. Chunks before a read's start are let go; a read before the oldest chunk kept goes to
  * `source` directly. `readInto` copies from the chunks into the caller's buffer (one copy, as a plain read is).
+ * Where `source` takes buffers back (`recycle`, streamedBlobSource), a chunk let go is given back once no read still
+ * copies from it, so the next chunks fill the same few buffers: a fresh 16 MiB buffer per chunk faulted in 2.1 GB of
+ * new pages per SD1.5 fuse, 6–7 s of the worker's time on the test machine (bench/RESULTS.md, issue 16 session 7).
  */
-export function readAheadSource(source: ByteSource, chunk = 16 << 20, depth = 2): ByteSource {
+export function readAheadSource(
+  source: ByteSource & { recycle?(bytes: Uint8Array): void },
+  chunk = 16 << 20,
+  depth = 2,
+): ByteSource {
   const size = source.byteLength;
-  /** Chunk index → its bytes, being fetched or fetched. */
-  const chunks = new Map<number, Promise<Uint8Array>>();
+  /** A chunk being fetched or fetched, and how many reads will still copy from it. */
+  interface Chunk {
+    bytes: Promise<Uint8Array>;
+    users: number;
+    dropped: boolean;
+  }
+  /** Chunk index → the chunk. */
+  const chunks = new Map<number, Chunk>();
   /** Lowest chunk index still kept (reads before it go to the source). */
   let floor = 0;
-  const fetch = (k: number): Promise<Uint8Array> => {
-    let p = chunks.get(k);
-    if (!p) {
-      p = source.read(k * chunk, Math.min(size, (k + 1) * chunk));
-      p.catch(() => undefined); // reported to the read that needs it
-      chunks.set(k, p);
+  /** Give a chunk's buffer back to the source once it is let go and no read copies from it any more. */
+  const retire = (c: Chunk): void => {
+    if (!c.dropped || c.users > 0 || !source.recycle) return;
+    c.bytes.then(
+      (b) => source.recycle?.(b),
+      () => undefined,
+    );
+  };
+  const fetch = (k: number): Chunk => {
+    let c = chunks.get(k);
+    if (!c) {
+      const bytes = source.read(k * chunk, Math.min(size, (k + 1) * chunk));
+      bytes.catch(() => undefined); // reported to the read that needs it
+      c = { bytes, users: 0, dropped: false };
+      chunks.set(k, c);
     }
-    return p;
+    return c;
   };
   /** The chunks covering [start, end), fetched, and the ones after them started; null: before the kept chunks. */
-  const cover = (start: number, end: number): Promise<Uint8Array>[] | null => {
+  const cover = (start: number, end: number): Chunk[] | null => {
     const k0 = Math.floor(start / chunk);
     if (k0 < floor) return null;
     const k1 = Math.floor((end - 1) / chunk);
-    for (const k of chunks.keys()) if (k < k0) chunks.delete(k);
+    for (const [k, c] of chunks) {
+      if (k < k0) {
+        chunks.delete(k);
+        c.dropped = true;
+        retire(c);
+      }
+    }
     floor = k0;
-    const need: Promise<Uint8Array>[] = [];
+    const need: Chunk[] = [];
     for (let k = k0; k <= k1; k++) need.push(fetch(k));
     for (let k = k1 + 1; k <= k1 + depth && k * chunk < size; k++) fetch(k);
+    for (const c of need) c.users++;
     return need;
   };
-  const copy = async (start: number, target: Uint8Array, need: Promise<Uint8Array>[]): Promise<void> => {
+  const copy = async (start: number, target: Uint8Array, need: Chunk[]): Promise<void> => {
     let at = 0;
     let k = Math.floor(start / chunk);
-    for (const p of need) {
-      const bytes = await p;
-      const from = start + at - k * chunk;
-      const n = Math.min(bytes.byteLength - from, target.byteLength - at);
-      target.set(bytes.subarray(from, from + n), at);
-      at += n;
-      k++;
+    try {
+      for (const c of need) {
+        const bytes = await c.bytes;
+        const from = start + at - k * chunk;
+        const n = Math.min(bytes.byteLength - from, target.byteLength - at);
+        target.set(bytes.subarray(from, from + n), at);
+        at += n;
+        k++;
+      }
+    } finally {
+      for (const c of need) {
+        c.users--;
+        retire(c);
+      }
     }
   };
   return {

@@ -14,6 +14,19 @@ const BYOB_STEP = 4 << 20;
 /** A forward gap larger than this restarts the stream at the read instead of streaming through the gap. */
 const MAX_SKIP = 32 << 20;
 
+/** Buffers given back with `recycle` kept for later reads at most. */
+const MAX_SPARES = 4;
+
+/** A ByteSource whose reads may fill buffers given back to it instead of fresh ones. */
+export interface RecyclingSource extends ByteSource {
+  /**
+   * Give back bytes a read returned, which the caller will not touch again: a later read of at most their buffer's
+   * size fills that buffer instead of a fresh one (a fresh buffer's pages are faulted in as they are first written,
+   * which costs more than the copy itself on some machines: bench/RESULTS.md, issue 16 session 7).
+   */
+  recycle(bytes: Uint8Array): void;
+}
+
 type Reader =
   | { byob: true; reader: ReadableStreamBYOBReader }
   | { byob: false; reader: ReadableStreamDefaultReader<Uint8Array> };
@@ -30,9 +43,9 @@ function openReader(blob: Blob, at: number): Reader {
 /**
  * `blob` as a ByteSource whose reads are served from one forward stream. Reads are handled one at a time in the
  * order they are made; a read that starts before the stream's position is served by `blob.slice` (correct, just
- * not streamed). Each read returns a fresh buffer the caller owns.
+ * not streamed). Each read returns a buffer the caller owns: a fresh one, or one it gave back with `recycle`.
  */
-export function streamedBlobSource(blob: Blob, name: string): ByteSource {
+export function streamedBlobSource(blob: Blob, name: string): RecyclingSource {
   const size = blob.size;
   let reader: Reader | null = null;
   /** File offset of the next byte the stream gives. */
@@ -40,6 +53,22 @@ export function streamedBlobSource(blob: Blob, name: string): ByteSource {
   /** Bytes the default reader gave beyond the last read, at `position - leftover.byteLength`. */
   let leftover: Uint8Array = new Uint8Array(0);
   let queue: Promise<unknown> = Promise.resolve();
+  /** Buffers given back by the caller (`recycle`), largest last. */
+  const spares: ArrayBuffer[] = [];
+  const recycle = (bytes: Uint8Array): void => {
+    const b = bytes.buffer;
+    if (!(b instanceof ArrayBuffer) || b.byteLength === 0 || spares.includes(b)) return;
+    spares.push(b);
+    spares.sort((x, y) => x.byteLength - y.byteLength);
+    if (spares.length > MAX_SPARES) spares.shift();
+  };
+  /** A spare buffer of at least `length` bytes (the smallest such), or a fresh one. */
+  const bufferFor = (length: number): Uint8Array => {
+    const i = spares.findIndex((b) => b.byteLength >= length);
+    if (i < 0) return new Uint8Array(length);
+    const [b] = spares.splice(i, 1);
+    return new Uint8Array(b as ArrayBuffer, 0, length);
+  };
 
   const fail = (start: number, end: number, e: unknown): IoError =>
     new IoError(
@@ -59,7 +88,7 @@ export function streamedBlobSource(blob: Blob, name: string): ByteSource {
    * bytes are returned as a view of the last buffer the stream handed back).
    */
   const next = async (length: number): Promise<Uint8Array> => {
-    const out = new Uint8Array(length);
+    const out = bufferFor(length);
     let at = Math.min(leftover.byteLength, length);
     out.set(leftover.subarray(0, at));
     leftover = leftover.subarray(at);
@@ -90,8 +119,11 @@ export function streamedBlobSource(blob: Blob, name: string): ByteSource {
     const streamAt = position - leftover.byteLength;
     if (!reader || start < streamAt || start - streamAt > MAX_SKIP) restart(start);
     // Skip forward to `start` (a small gap: padding, a tensor nobody asked for).
-    for (let gap = start - (position - leftover.byteLength); gap > 0; )
-      gap -= (await next(Math.min(gap, 1 << 20))).byteLength;
+    for (let gap = start - (position - leftover.byteLength); gap > 0; ) {
+      const skipped = await next(Math.min(gap, 1 << 20));
+      gap -= skipped.byteLength;
+      recycle(skipped);
+    }
     const bytes = await next(end - start);
     if (position === size && leftover.byteLength === 0) await drain();
     return bytes;
@@ -131,7 +163,9 @@ export function streamedBlobSource(blob: Blob, name: string): ByteSource {
       queue = work.catch(() => undefined);
       return work;
     },
+    recycle,
     async close() {
+      spares.length = 0;
       await queue;
       // Not awaited: cancelling a stream read to its end may never settle (seen in Chromium 156).
       if (reader) void reader.reader.cancel().catch(() => undefined);
