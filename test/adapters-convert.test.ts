@@ -46,8 +46,19 @@ afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-/** The exact delta of every module of an adapter file (base-dependent kinds against the base). */
-async function exactDeltas(file: string): Promise<Map<string, { d: Float64Array; out: number; n: number }>> {
+type Exact = Map<string, { d: Float64Array; out: number; n: number }>;
+/** exactDeltas by file: the three tests of a kind share one resolution against the base (read-only). */
+const exactCache = new Map<string, Promise<Exact>>();
+/** The exact delta of every module of an adapter file (base-dependent kinds against the base), computed once. */
+function exactDeltas(file: string): Promise<Exact> {
+  let p = exactCache.get(file);
+  if (!p) {
+    p = computeExactDeltas(file);
+    exactCache.set(file, p);
+  }
+  return p;
+}
+async function computeExactDeltas(file: string): Promise<Exact> {
   const lora = await resolveBaseTerms(await loadLora(file), BASE);
   const out = new Map<string, { d: Float64Array; out: number; n: number }>();
   for (const [path, t] of lora.modules) {
@@ -67,6 +78,12 @@ async function writtenDeltas(file: string): Promise<Map<string, Float64Array>> {
   return out;
 }
 
+/**
+ * Run `convert` on the fixture of `name`. The --rank test runs it as a user would (worker threads, one per core); the
+ * --min-energy and uncapped tests pass `--threads 1`: starting the workers under the test's TypeScript loader takes
+ * seconds per call, and the threaded conversion gives the single-thread bytes (test/convert-stream.test.ts,
+ * test/delta-pool.test.ts).
+ */
 async function convert(name: string, extra: string[]): Promise<{ file: string; report: Record<string, unknown> }> {
   const input = join(ROOT, 'fixtures', 'adapters', `${name}.safetensors`);
   const file = join(dir, `${name}-${extra.join('_')}.safetensors`);
@@ -129,7 +146,7 @@ describe.each(KINDS)('%s', (name) => {
   it('--min-energy keeps the smallest rank with ‖Δ_k‖/‖Δ‖ ≥ E', async () => {
     const exact = await exactDeltas(input);
     const E = 0.97;
-    const { report } = await convert(name, ['--min-energy', String(E)]);
+    const { report } = await convert(name, ['--min-energy', String(E), '--threads', '1']);
     const reduction = report.reduction as ConversionReport;
     for (const m of reduction.modules) {
       const e = exact.get(m.path);
@@ -143,7 +160,7 @@ describe.each(KINDS)('%s', (name) => {
 
   it('without a rank cap reproduces every delta to f32 rounding', async () => {
     const exact = await exactDeltas(input);
-    const { file, report } = await convert(name, []);
+    const { file, report } = await convert(name, ['--threads', '1']);
     expect(report.reduction).toBeUndefined();
     const written = await writtenDeltas(file);
     expect(written.size).toBe(exact.size);

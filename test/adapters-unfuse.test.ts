@@ -47,6 +47,9 @@ async function tensorsOf(file: string): Promise<Map<string, { bytes: Uint8Array;
   }
 }
 
+/** The base's tensors, read once for the whole file (the tests only read them). */
+let baseTensors: ReturnType<typeof tensorsOf> | undefined;
+
 /** Fuse `kinds` at `weights` into the base (fused dtype `dtype`), unfuse them (F16 out); the three files' tensors. */
 async function roundTrip(kinds: string[], weights: number[], dtype: 'F32' | 'F16', tag: string) {
   const fused = path.join(tmp, `${tag}.fused.safetensors`);
@@ -54,7 +57,8 @@ async function roundTrip(kinds: string[], weights: number[], dtype: 'F32' | 'F16
   const files = kinds.map(adapter);
   await fuseLoras(BASE, files, weights, { out: fused, dtype });
   await unfuseLoras(fused, files, weights, { out: back, dtype: 'F16' });
-  return { base: await tensorsOf(BASE), fused: await tensorsOf(fused), back: await tensorsOf(back) };
+  baseTensors ??= tensorsOf(BASE);
+  return { base: await baseTensors, fused: await tensorsOf(fused), back: await tensorsOf(back) };
 }
 
 describe('fuse then unfuse through an F32 fused file gives the F16 base bit for bit', () => {

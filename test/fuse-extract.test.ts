@@ -62,10 +62,17 @@ afterAll(async () => {
   await fs.rm(tmp, { recursive: true, force: true });
 });
 
+// The library calls pass threads: 1 where threads are not the subject: starting the worker pool under the test's
+// TypeScript loader takes seconds per call. The 1/2/3-thread test below and the CLI test run the workers.
 describe('extractLora', () => {
   it('recovers a fused rank-8 LoRA module by module (F32 factors: to the rounding of the tuned file)', async () => {
     const o = out('x-f32.safetensors');
-    const r = await extractLora(fx('sd15', 'base.safetensors'), sd15Tuned, { out: o, rank: 8, dtype: 'F32' });
+    const r = await extractLora(fx('sd15', 'base.safetensors'), sd15Tuned, {
+      threads: 1,
+      out: o,
+      rank: 8,
+      dtype: 'F32',
+    });
     expect(r.modules.length).toBe(lcm.modules.size);
     // The LoRA's modules all differ; the other UNet modules (conv_in, conv_out, time embedding) are zero.
     expect(r.zero.paths).toEqual([
@@ -120,6 +127,7 @@ describe('extractLora', () => {
   it('names what differs outside the extracted modules (a bias, the text encoder) and counts the rest; conv_in is a module', async () => {
     // The fused LoRA touches only its modules: nothing outside them differs.
     const clean = await extractLora(fx('sd15', 'base.safetensors'), sd15Tuned, {
+      threads: 1,
       out: out('outside-clean.safetensors'),
       rank: 8,
     });
@@ -144,7 +152,11 @@ describe('extractLora', () => {
     await f.close();
     const changed = out('tuned-changed.safetensors');
     await fs.writeFile(changed, bytes);
-    const r = await extractLora(fx('sd15', 'base.safetensors'), changed, { out: out('outside.safetensors'), rank: 8 });
+    const r = await extractLora(fx('sd15', 'base.safetensors'), changed, {
+      threads: 1,
+      out: out('outside.safetensors'),
+      rank: 8,
+    });
     // conv_in is now a LoCon module of the LoRA; the bias and the text-encoder weight are named as not carried.
     expect(r.modules.map((m) => m.path)).toContain('unet.conv_in');
     expect([...r.outside.differing].sort()).toEqual([...keys.slice(1)].sort());
@@ -155,6 +167,7 @@ describe('extractLora', () => {
     expect(text).toContain('model.diffusion_model.middle_block.0.in_layers.2.bias');
     // With biasDiff the module's bias is carried (.diff_b): only the text encoder is left.
     const b = await extractLora(fx('sd15', 'base.safetensors'), changed, {
+      threads: 1,
       out: out('outside-bias.safetensors'),
       rank: 8,
       biasDiff: true,
@@ -190,7 +203,7 @@ describe('extractLora', () => {
     await fs.writeFile(tunedPath, bytes);
     const base = fx('sd15', 'base.safetensors');
     const lora = out('bias-diff.safetensors');
-    const r = await extractLora(base, tunedPath, { out: lora, rank: 64, dtype: 'F32', biasDiff: true });
+    const r = await extractLora(base, tunedPath, { threads: 1, out: lora, rank: 64, dtype: 'F32', biasDiff: true });
     expect(r.outside.differing).toEqual([]);
     expect(r.biasDiff!.biases).toBeGreaterThan(10);
     expect(r.biasDiff!.norms).toBeGreaterThan(5);
@@ -201,7 +214,7 @@ describe('extractLora', () => {
     await fuseLoras(base, [lora], [1], { out: fused, dtype: 'F32' });
     // Without --bias-diff the same fuse misses the biases and norms (the check below can fail).
     const plain = out('plain.safetensors');
-    await extractLora(base, tunedPath, { out: plain, rank: 64, dtype: 'F32' });
+    await extractLora(base, tunedPath, { threads: 1, out: plain, rank: 64, dtype: 'F32' });
     const fusedPlain = out('refused-plain.safetensors');
     await fuseLoras(base, [plain], [1], { out: fusedPlain, dtype: 'F32' });
     const a = await openSafetensors(fused);
@@ -237,7 +250,7 @@ describe('extractLora', () => {
 
   it('states the error of the stored F16 factors exactly, and a smaller rank is within 1% of the SVD tail', async () => {
     const o = out('x-r3.safetensors');
-    const r = await extractLora(fx('sd15', 'base.safetensors'), sd15Tuned, { out: o, rank: 3 });
+    const r = await extractLora(fx('sd15', 'base.safetensors'), sd15Tuned, { threads: 1, out: o, rank: 3 });
     expect(r.dtype).toBe('F16');
     const got = requirePlain(await loadLora(o));
     const base = await openSafetensors(fx('sd15', 'base.safetensors'));
@@ -278,8 +291,12 @@ describe('extractLora', () => {
 
   it('leaves out and counts modules whose Δ is zero; a diffusers folder base mixes with a single-file tuned', async () => {
     const tuned = await tunedWith('sd15', 'style-lora.kohya.safetensors', 'sd15-style.safetensors');
-    const a = await extractLora(fx('sd15', 'base.safetensors'), tuned, { out: out('s1.safetensors'), rank: 4 });
-    const b = await extractLora(fx('sd15', 'diffusers'), tuned, { out: out('s2.safetensors'), rank: 4 });
+    const a = await extractLora(fx('sd15', 'base.safetensors'), tuned, {
+      threads: 1,
+      out: out('s1.safetensors'),
+      rank: 4,
+    });
+    const b = await extractLora(fx('sd15', 'diffusers'), tuned, { threads: 1, out: out('s2.safetensors'), rank: 4 });
     const layout = getLayout('sd15', 'tiny');
     // Every UNet module the layout knows is compared (LCM targets, conv_in/out, time embedding).
     const unetTargets = layout.modules.filter((m) => m.component === 'unet');
@@ -298,6 +315,7 @@ describe('extractLora', () => {
     await f2.close();
     // With the text encoders.
     const c = await extractLora(fx('sd15', 'base.safetensors'), tuned, {
+      threads: 1,
       out: out('s3.safetensors'),
       rank: 4,
       textEncoders: true,
@@ -310,6 +328,7 @@ describe('extractLora', () => {
   it('SDXL: the second text encoder’s q/k/v rows of one fused tensor, and dynamic rules', async () => {
     const tuned = await tunedWith('sdxl', 'style-lora.kohya-sgm.safetensors', 'sdxl-style.safetensors');
     const r = await extractLora(fx('sdxl', 'base.safetensors'), tuned, {
+      threads: 1,
       out: out('xl.safetensors'),
       minEnergy: 0.999,
       maxRank: 8,
@@ -326,6 +345,7 @@ describe('extractLora', () => {
       expect(relDiff(dense(m).data, dense(got.modules.get(p)!).data), p).toBeLessThan(0.05);
     // kohya's sv-ratio: ranks are one more than the count above σ_max/X, capped by the max rank.
     const k = await extractLora(fx('sdxl', 'base.safetensors'), tuned, {
+      threads: 1,
       out: out('xl-ratio.safetensors'),
       svRatio: 1e6,
       maxRank: 3,
