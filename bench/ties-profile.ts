@@ -69,7 +69,13 @@ const scratch = new DenseScratch();
 const ws = new SvdWorkspace();
 const mb = (x: number) => Math.round(x / 2 ** 20);
 const rows: Record<string, number | string>[] = [];
-const sum = { svdCpu: 0, read: 0, deltas: 0, method: 0, svd: 0, svdProducts: 0, svdFlop: 0, its: 0, elements: 0 };
+const sum = { deltasCpu: 0, svdCpu: 0, read: 0, deltas: 0, method: 0, svd: 0, svdProducts: 0, svdFlop: 0, its: 0, elements: 0 };
+// As the merge does (MethodModuleRequest.reserve): each input's dense buffer allocated once at the largest module,
+// so no module pays for a grown buffer (--no-reserve: grown on demand, as profiles before session 7 did).
+if (!process.argv.includes('--no-reserve')) {
+  const largest = Math.max(0, ...chosen.map((pm) => pm.out * pm.fanIn));
+  for (let i = 0; i < 2; i++) scratch.get(1 + i, largest).fill(0);
+}
 const t0 = performance.now();
 const cpu0 = process.cpuUsage();
 for (const pm of chosen) {
@@ -79,9 +85,12 @@ for (const pm of chosen) {
   const req = methodRequest(plan, filled);
   const n = req.out * req.fanIn;
   t = performance.now();
+  const dc0 = process.cpuUsage();
   const deltas: (Float32Array | null)[] = req.weights.map(() => null);
   for (const m of req.members) deltas[m.input] = memberDelta(m, req.out, req.fanIn, scratch.get(1 + m.input, n));
   const dense = performance.now() - t;
+  const dc = process.cpuUsage(dc0);
+  sum.deltasCpu += (dc.user + dc.system) / 1000;
   t = performance.now();
   const d = METHODS[req.method].dense(deltas, req.weights, req.params, moduleRng(req.params.seed, req.path), true);
   const method = performance.now() - t;
@@ -136,6 +145,7 @@ console.log(
     wall: +wall.toFixed(2),
     cpu: s((cpuAll.user + cpuAll.system) / 1000),
     svdCpu: s(sum.svdCpu),
+    deltasCpu: s(sum.deltasCpu),
     read: s(sum.read),
     deltas: s(sum.deltas),
     method: s(sum.method),
