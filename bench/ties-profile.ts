@@ -69,7 +69,18 @@ const scratch = new DenseScratch();
 const ws = new SvdWorkspace();
 const mb = (x: number) => Math.round(x / 2 ** 20);
 const rows: Record<string, number | string>[] = [];
-const sum = { deltasCpu: 0, svdCpu: 0, read: 0, deltas: 0, method: 0, svd: 0, svdProducts: 0, svdFlop: 0, its: 0, elements: 0 };
+const sum = {
+  deltasCpu: 0,
+  svdCpu: 0,
+  read: 0,
+  deltas: 0,
+  method: 0,
+  svd: 0,
+  svdProducts: 0,
+  svdFlop: 0,
+  its: 0,
+  elements: 0,
+};
 // As the merge does (MethodModuleRequest.reserve): each input's dense buffer allocated once at the largest module,
 // so no module pays for a grown buffer (--no-reserve: grown on demand, as profiles before session 7 did).
 if (!process.argv.includes('--no-reserve')) {
