@@ -18,10 +18,10 @@ import { fileURLToPath } from 'node:url';
 import { installNodeHost } from '../src/node/install.js';
 import { openStreamingInputs, withFactors } from '../src/node/merge-stream.js';
 import { methodRequest, planMerge } from '../src/lora/merge.js';
-import { DenseScratch, METHOD_SVD_OPTIONS, memberDelta, moduleRng } from '../src/lora/method-module.js';
+import { DenseScratch, memberDelta, methodSvd, moduleRng } from '../src/lora/method-module.js';
 import { METHODS } from '../src/lora/methods.js';
 import { wasmProduct } from '../src/lora/product.js';
-import { SvdWorkspace, jsProduct, truncatedSvd } from '../src/lora/svd.js';
+import { SvdWorkspace, jsProduct } from '../src/lora/svd.js';
 import type { ProductF32 } from '../src/lora/product.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -69,7 +69,24 @@ const scratch = new DenseScratch();
 const ws = new SvdWorkspace();
 const mb = (x: number) => Math.round(x / 2 ** 20);
 const rows: Record<string, number | string>[] = [];
-const sum = { svdCpu: 0, read: 0, deltas: 0, method: 0, svd: 0, svdProducts: 0, svdFlop: 0, its: 0, elements: 0 };
+const sum = {
+  deltasCpu: 0,
+  svdCpu: 0,
+  read: 0,
+  deltas: 0,
+  method: 0,
+  svd: 0,
+  svdProducts: 0,
+  svdFlop: 0,
+  its: 0,
+  elements: 0,
+};
+// As the merge does (MethodModuleRequest.reserve): each input's dense buffer allocated once at the largest module,
+// so no module pays for a grown buffer (--no-reserve: grown on demand, as profiles before session 7 did).
+if (!process.argv.includes('--no-reserve')) {
+  const largest = Math.max(0, ...chosen.map((pm) => pm.out * pm.fanIn));
+  for (let i = 0; i < 2; i++) scratch.get(1 + i, largest).fill(0);
+}
 const t0 = performance.now();
 const cpu0 = process.cpuUsage();
 for (const pm of chosen) {
@@ -79,9 +96,12 @@ for (const pm of chosen) {
   const req = methodRequest(plan, filled);
   const n = req.out * req.fanIn;
   t = performance.now();
+  const dc0 = process.cpuUsage();
   const deltas: (Float32Array | null)[] = req.weights.map(() => null);
   for (const m of req.members) deltas[m.input] = memberDelta(m, req.out, req.fanIn, scratch.get(1 + m.input, n));
   const dense = performance.now() - t;
+  const dc = process.cpuUsage(dc0);
+  sum.deltasCpu += (dc.user + dc.system) / 1000;
   t = performance.now();
   const d = METHODS[req.method].dense(deltas, req.weights, req.params, moduleRng(req.params.seed, req.path), true);
   const method = performance.now() - t;
@@ -89,12 +109,8 @@ for (const pm of chosen) {
   productFlop = 0;
   t = performance.now();
   const c0 = process.cpuUsage();
-  const svd = truncatedSvd(d, req.out, req.fanIn, 64, {
-    workspace: ws,
-    product: timed,
-    ...METHOD_SVD_OPTIONS,
-    ...svdOpts,
-  });
+  // As the merge runs it (methodSvd: the factor start, METHOD_SVD_OPTIONS), the start's small products timed too.
+  const svd = methodSvd(req, d, 64, { workspace: ws, product: timed, ...svdOpts });
   const svdMs = performance.now() - t;
   const c1 = process.cpuUsage(c0);
   sum.svdCpu += (c1.user + c1.system) / 1000;
@@ -140,6 +156,7 @@ console.log(
     wall: +wall.toFixed(2),
     cpu: s((cpuAll.user + cpuAll.system) / 1000),
     svdCpu: s(sum.svdCpu),
+    deltasCpu: s(sum.deltasCpu),
     read: s(sum.read),
     deltas: s(sum.deltas),
     method: s(sum.method),

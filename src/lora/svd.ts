@@ -54,6 +54,14 @@ export interface TruncatedSvdOptions {
    * two gains (geometric convergence). Replaces `tolerance` when given.
    */
   readonly excess?: number;
+  /**
+   * A starting left basis in place of the range of A·Ω: `rows` vectors of length m (row-major, not necessarily
+   * orthonormal) — e.g. the dominant left subspace of the factors A was formed from. The l − rows further starting
+   * vectors are A·ω for random ω (so strong directions of A outside the given rows are in the start), and only
+   * they cost a product with A: (l − rows)/l of one. Only the starting point changes: the kept energy, the error
+   * reported and the stopping rule come from A's products as without it.
+   */
+  readonly startLeft?: { readonly rows: number; readonly vectors: Float32Array };
   /** Seed of the starting block (default 0x5eed): the same seed and matrix give the same bytes. */
   readonly seed?: number;
   /** How products are computed: 'auto' (WASM SIMD when available), 'js', or a function. */
@@ -298,11 +306,29 @@ export function truncatedSvd(
   const at = new TransposedA(a, m, n, mul, ws);
   // Starting block Ωᵀ (l × n): uniform on [−1, 1) from the seeded generator; Yᵀ = Ωᵀ·Aᵀ (l × m).
   const next = mulberry32(options.seed ?? 0x5eed);
-  const omegaT = ws ? ws.f32('omega', l * n) : new Float32Array(l * n);
-  for (let i = 0; i < omegaT.length; i++) omegaT[i] = next() / 2147483648 - 1;
-  let basis = orthonormalRows(at.times(l, omegaT), l, m, mul);
-  // A range of dimension < l (or l = min(m, n)) is captured whole by the first block: no iteration needed.
-  const whole = basis.rows < l || l === Math.min(m, n);
+  const start = options.startLeft;
+  let basis: { q: Float32Array; rows: number };
+  let whole: boolean;
+  if (start && start.rows > 0) {
+    // Given rows first, then the rows of (A·Ω)ᵀ for l − rows random columns Ω (a fraction of a product): any
+    // strong direction of A the given rows miss is in the start all the same. Whole only when it spans m-space.
+    const given = Math.min(start.rows, l);
+    const s0 = ws ? ws.f32('start', l * m) : new Float32Array(l * m);
+    s0.set(start.vectors.subarray(0, given * m));
+    if (given < l) {
+      const omegaT = ws ? ws.f32('omega', (l - given) * n) : new Float32Array((l - given) * n);
+      for (let i = 0; i < omegaT.length; i++) omegaT[i] = next() / 2147483648 - 1;
+      s0.set(at.times(l - given, omegaT), given * m);
+    }
+    basis = orthonormalRows(s0, l, m, mul);
+    whole = basis.rows === m;
+  } else {
+    const omegaT = ws ? ws.f32('omega', l * n) : new Float32Array(l * n);
+    for (let i = 0; i < omegaT.length; i++) omegaT[i] = next() / 2147483648 - 1;
+    basis = orthonormalRows(at.times(l, omegaT), l, m, mul);
+    // A range of dimension < l (or l = min(m, n)) is captured whole by the first block: no iteration needed.
+    whole = basis.rows < l || l === Math.min(m, n);
+  }
   // Half-steps: a left basis Q (rows × m) gives C = QᵀA (rows × n), a right basis Z (rows × n) gives C = ZᵀAᵀ
   // (rows × m); the top-k eigenvalues of C·Cᵀ are the energy the basis keeps, and orth(C) is the next basis.
   let side: 'left' | 'right' = 'left';
