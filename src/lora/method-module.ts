@@ -126,8 +126,7 @@ export function methodSvd(
 ): TruncatedSvd {
   const l = Math.min(k + START_OVERSAMPLE, req.out, req.fanIn);
   const mul = typeof options.product === 'function' ? options.product : undefined;
-  const ws = options.workspace instanceof SvdWorkspace ? options.workspace : undefined;
-  const start = l > START_SKETCH_ROWS ? factorStartBasis(req, l - START_SKETCH_ROWS, 2, mul, ws) : undefined;
+  const start = l > START_SKETCH_ROWS ? factorStartBasis(req, l - START_SKETCH_ROWS, 2, mul) : undefined;
   return truncatedSvd(delta, req.out, req.fanIn, k, {
     ...METHOD_SVD_OPTIONS,
     ...options,
@@ -168,7 +167,6 @@ export function factorStartBasis(
   rows: number,
   iterations = 2,
   mul: ProductF32 = wasmProduct() ?? jsProduct,
-  ws?: SvdWorkspace,
 ): { rows: number; vectors: Float32Array } | undefined {
   const { out, fanIn } = req;
   let R = 0;
@@ -177,9 +175,8 @@ export function factorStartBasis(
     R += m.rank;
   }
   if (R === 0) return undefined;
-  // The factor-sized buffers in the SVD's workspace when given (no dense garbage per module on a worker).
-  const u = ws ? ws.f32('start-u', out * R) : new Float32Array(out * R);
-  const v = ws ? ws.f32('start-v', R * fanIn) : new Float32Array(R * fanIn);
+  const u = new Float32Array(out * R);
+  const v = new Float32Array(R * fanIn);
   let j0 = 0;
   let any = false;
   for (const m of req.members) {
@@ -192,10 +189,10 @@ export function factorStartBasis(
     j0 += m.rank;
   }
   if (!any) return undefined;
-  if (R <= rows) return { rows: R, vectors: transposeF32(u, out, R) };
-  const ut = transposeF32(u, out, R, ws?.f32('start-ut', R * out));
+  const ut = transposeF32(u, out, R);
+  if (R <= rows) return { rows: R, vectors: ut };
   const gu = mul(R, R, out, ut, u);
-  const gv = mul(R, R, fanIn, v, transposeF32(v, R, fanIn, ws?.f32('start-vt', fanIn * R)));
+  const gv = mul(R, R, fanIn, v, transposeF32(v, R, fanIn));
   // X: `rows` coefficient vectors (one per row, length R), seeded; x ← G_V·G_U·x is X ← X·G_U·G_V.
   const next = mulberry32(0x5eed);
   let x: Float32Array = new Float32Array(rows * R);
