@@ -6,9 +6,7 @@
  * variant: products with A per module (FLOPs ÷ 2·l·m·n), CPU seconds (start + SVD), and the Frobenius error's
  * excess over the reference (mean and worst, with the worst module).
  *
- *   flock /work/bench.lock npx tsx bench/ties-start.ts [--stride 40] [--ref-its 10] [--variants random,f2-64] [--reps 4]
- *
- * --reps R: CPU seconds are instead the sum over modules of each variant's least CPU time in R runs, ABBA order.
+ *   flock /work/bench.lock npx tsx bench/ties-start.ts [--stride 40] [--ref-its 10] [--variants random,f1,f2]
  */
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -30,7 +28,6 @@ installNodeHost();
 const stride = Number(arg('stride', '40'));
 const offset = Number(arg('offset', '0'));
 const refIts = Number(arg('ref-its', '10'));
-const reps = Number(arg('reps', '0'));
 const variants = arg('variants', 'random,f1,f2').split(',');
 const svdOpts = JSON.parse(arg('svd-opts', '{}')) as Record<string, number>;
 const inputs = await openStreamingInputs([
@@ -62,27 +59,8 @@ for (const pm of work) {
     workspace: ws,
   });
   const line: Record<string, unknown> = { path: pm.path, m, n, refKept: +(1 - ref.error ** 2 / ref.total).toFixed(5) };
-  // Each variant `reps` times, the order reversed every repetition (ABBA…); its time is the least CPU time of its
-  // runs (load spikes from other processes only add), its products and error those of the last run.
-  const best = new Map<string, number>();
-  for (let rep = 0; rep < reps; rep++)
-    for (const v of rep % 2 === 0 ? variants : [...variants].reverse()) {
-      const c0 = process.cpuUsage();
-      const q = v.startsWith('f') ? Number(v.slice(1).split('-')[0]) : -1;
-      const rows = v.includes('-') ? Number(v.split('-')[1]) : l;
-      const start = q >= 0 ? factorStartBasis(req, rows, q) : undefined;
-      truncatedSvd(d, m, n, 64, {
-        ...METHOD_SVD_OPTIONS,
-        ...svdOpts,
-        workspace: ws,
-        ...(start ? { startLeft: start } : {}),
-      });
-      const c = process.cpuUsage(c0);
-      best.set(v, Math.min(best.get(v) ?? Infinity, (c.user + c.system) / 1e6));
-    }
   for (const v of variants) {
     const a = acc.get(v)!;
-    a.cpu += best.get(v) ?? 0;
     flop = 0;
     const c0 = process.cpuUsage();
     // fQ: Q coefficient rounds, l factor rows; fQ-R: R factor rows, l − R random ones.
@@ -100,7 +78,7 @@ for (const pm of work) {
     const products = flop / (2 * l * m * n);
     const ex = s.error / ref.error - 1;
     a.products += products;
-    if (reps === 0) a.cpu += (c.user + c.system) / 1e6;
+    a.cpu += (c.user + c.system) / 1e6;
     a.its += s.iterations;
     if (a.excess.length === 0 || ex > Math.max(...a.excess)) a.worst = pm.path;
     a.excess.push(ex);

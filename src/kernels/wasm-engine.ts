@@ -305,16 +305,6 @@ export class WasmEngine {
     if (4 * t1 > n) view.fill(nan, (b.psrc + Math.max(i0, n) * b.ldsrc) / ss, (b.psrc + 4 * t1 * b.ldsrc) / ss);
   }
 
-  /**
-   * copyIn of a W that is all zeros, without reading one: the block's W rows (padding included) set to +0 in the
-   * engine's memory. The padding cells then hold 0 rather than NaN, so the kernel's non-finite count of this block
-   * is not meaningful (products that start from zero do not read it).
-   */
-  zeroIn(b: Block): void {
-    this.refresh();
-    this.u8.fill(0, b.psrc, b.psrc + align(b.rowEnd - b.rowStart, 4) * b.ldsrc);
-  }
-
   /** Copy the result rows of row tiles [t0, t1) of a block out into dst. */
   copyOut(b: Block, dst: Uint8Array, dstDtype: StoredFloat, cols: number, t0: number, t1: number): void {
     this.refresh();

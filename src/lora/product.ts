@@ -10,7 +10,6 @@
  * large B run in slices of the inner dimension (PRODUCT_SLICE_ELEMENTS) so that it stays small.
  */
 import { runJobSingle } from '../kernels/cpu.js';
-import type { UpdateJob } from '../kernels/types.js';
 import { kernelModuleSync, MAX_PAGES, WasmEngine } from '../kernels/wasm-engine.js';
 import { hasRelaxedSimd, hasWasmSimd } from '../core/wasm-features.js';
 
@@ -57,24 +56,8 @@ function productEngine(): WasmEngine | null {
 }
 
 /**
- * W = 0 + A·B for the job (W as f32 bytes, never read): runJobSingle with the engine's copy of W zeroed in place of
- * copied in — the same sums from +0 as a zero-filled W, one pass over W less on each side.
- */
-function runFromZero(engine: WasmEngine, bytes: Uint8Array, job: UpdateJob): void {
-  const { pb, end } = engine.packB(job);
-  for (const [r0, r1] of engine.blocks(job, 'F32', 'F32')) {
-    const blk = engine.layoutBlock('F32', 'F32', job, pb, end, r0, r1, false);
-    engine.zeroIn(blk);
-    engine.resetCounts(1);
-    engine.run(blk, 0, blk.rowTiles, 0);
-    engine.finishBlock(blk, bytes, 'F32', job.cols);
-  }
-}
-
-/**
  * W (as f32 bytes) += A·B on the engine, in slices of the inner dimension when B holds more than
  * PRODUCT_SLICE_ELEMENTS values (A's columns of a slice copied out; B's rows of a slice are contiguous).
- * `fromZero`: W's contents are taken as zeros and not read (the first slice runs from +0).
  */
 function addSliced(
   engine: WasmEngine,
@@ -84,7 +67,6 @@ function addSliced(
   rank: number,
   a: Float32Array,
   b: Float32Array,
-  fromZero = false,
 ): void {
   // One slice when B fits (A used as it is), else slices of `step` inner columns copied out of A.
   const step = rank * cols <= PRODUCT_SLICE_ELEMENTS ? rank : Math.max(1, Math.floor(PRODUCT_SLICE_ELEMENTS / cols));
@@ -97,9 +79,15 @@ function addSliced(
       up = part.subarray(0, rows * w);
       for (let i = 0; i < rows; i++) up.set(a.subarray(i * rank + k0, i * rank + k1), i * w);
     }
-    const job = { rows, cols, rank: w, up, down: b.subarray(k0 * cols, k1 * cols) };
-    if (fromZero && k0 === 0) runFromZero(engine, bytes, job);
-    else runJobSingle(engine, bytes, 'F32', bytes, 'F32', job, false);
+    runJobSingle(
+      engine,
+      bytes,
+      'F32',
+      bytes,
+      'F32',
+      { rows, cols, rank: w, up, down: b.subarray(k0 * cols, k1 * cols) },
+      false,
+    );
   }
 }
 
@@ -125,12 +113,10 @@ export function wasmProduct(): ProductF32 | null {
   const engine = productEngine();
   cached = engine
     ? (rows, cols, rank, a, b, into) => {
-        // The kernel adds A·B to a W it reads; here W starts as zeros in the engine's memory (the output is only
-        // written), with the same sums as a zero-filled output.
-        const out = into ? into.subarray(0, rows * cols) : new Float32Array(rows * cols);
+        // The kernel adds A·B to what the output holds: a reused buffer starts from zeros.
+        const out = into ? into.subarray(0, rows * cols).fill(0) : new Float32Array(rows * cols);
         if (rows === 0 || cols === 0) return out;
-        if (rank === 0) return out.fill(0);
-        addSliced(engine, new Uint8Array(out.buffer, out.byteOffset, out.byteLength), rows, cols, rank, a, b, true);
+        addSliced(engine, new Uint8Array(out.buffer, out.byteOffset, out.byteLength), rows, cols, rank, a, b);
         return out;
       }
     : null;
