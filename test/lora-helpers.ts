@@ -155,3 +155,30 @@ export function singularValues(D: Float64Array, out: number, n: number): Float64
   }
   return jacobiEigenvalues(S, small).map((v) => Math.sqrt(Math.max(v, 0)));
 }
+
+/** The Eckart–Young error of the best rank-k approximation of the m × n matrix a: the root of its tail energy. */
+export function optimalError(a: Float32Array, m: number, n: number, k: number): number {
+  const sv = singularValues(Float64Array.from(a), m, n);
+  let tail = 0;
+  for (let j = k; j < sv.length; j++) tail += sv[j]! ** 2;
+  return Math.sqrt(tail);
+}
+
+/** ‖a − up·down‖_F for up [m, r] and down [r, n], summed in f64. */
+export function productError(
+  a: Float32Array,
+  m: number,
+  n: number,
+  up: Float32Array,
+  down: Float32Array,
+  r: number,
+): number {
+  let e = 0;
+  for (let i = 0; i < m; i++)
+    for (let c = 0; c < n; c++) {
+      let v = 0;
+      for (let j = 0; j < r; j++) v += up[i * r + j]! * down[j * n + c]!;
+      e += (a[i * n + c]! - v) ** 2;
+    }
+  return Math.sqrt(e);
+}

@@ -8,7 +8,7 @@ import { METHOD_SVD_OPTIONS } from '../src/lora/method-module.js';
 import { METHODS } from '../src/lora/methods.js';
 import { PRODUCT_SLICE_ELEMENTS } from '../src/lora/product.js';
 import { jsProduct, truncatedSvd } from '../src/lora/svd.js';
-import { prng, randomArray, singularValues } from './lora-helpers.js';
+import { optimalError, prng, productError, randomArray } from './lora-helpers.js';
 
 /** A = Σ_j s_j·x_j·y_jᵀ with random x, y (not orthogonal: the spectrum is near s, not equal to it) plus noise. */
 function spectrumMatrix(seed: number, m: number, n: number, s: readonly number[], noise: number): Float32Array {
@@ -20,24 +20,6 @@ function spectrumMatrix(seed: number, m: number, n: number, s: readonly number[]
     for (let i = 0; i < m; i++) for (let c = 0; c < n; c++) a[i * n + c]! += sj * x[i]! * y[c]!;
   }
   return a;
-}
-
-function optimalError(a: Float32Array, m: number, n: number, k: number): number {
-  const sv = singularValues(Float64Array.from(a), m, n);
-  let tail = 0;
-  for (let j = k; j < sv.length; j++) tail += sv[j]! ** 2;
-  return Math.sqrt(tail);
-}
-
-function productError(a: Float32Array, m: number, n: number, up: Float32Array, down: Float32Array, r: number): number {
-  let e = 0;
-  for (let i = 0; i < m; i++)
-    for (let c = 0; c < n; c++) {
-      let v = 0;
-      for (let j = 0; j < r; j++) v += up[i * r + j]! * down[j * n + c]!;
-      e += (a[i * n + c]! - v) ** 2;
-    }
-  return Math.sqrt(e);
 }
 
 describe('truncatedSvd', () => {

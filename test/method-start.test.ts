@@ -14,26 +14,7 @@ import {
   type MethodModuleRequest,
 } from '../src/lora/method-module.js';
 import { jsProduct, truncatedSvd } from '../src/lora/svd.js';
-import { prng, randomArray } from './lora-helpers.js';
-import { singularValues } from './lora-helpers.js';
-
-function optimalError(a: Float32Array, m: number, n: number, k: number): number {
-  const sv = singularValues(Float64Array.from(a), m, n);
-  let tail = 0;
-  for (let j = k; j < sv.length; j++) tail += sv[j]! ** 2;
-  return Math.sqrt(tail);
-}
-
-function productError(a: Float32Array, m: number, n: number, up: Float32Array, down: Float32Array, r: number): number {
-  let e = 0;
-  for (let i = 0; i < m; i++)
-    for (let c = 0; c < n; c++) {
-      let v = 0;
-      for (let j = 0; j < r; j++) v += up[i * r + j]! * down[j * n + c]!;
-      e += (a[i * n + c]! - v) ** 2;
-    }
-  return Math.sqrt(e);
-}
+import { optimalError, prng, productError, randomArray, singularValues } from './lora-helpers.js';
 
 /** Two rank-r inputs with decaying factor columns (a spectrum like a trained LoRA's), TIES at `density`. */
 function tiesRequest(seed: number, out: number, fanIn: number, r: number, density: number): MethodModuleRequest {
