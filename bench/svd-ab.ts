@@ -15,13 +15,10 @@ import { openStreamingInputs, withFactors } from '../src/node/merge-stream.js';
 import { methodRequest, planMerge } from '../src/lora/merge.js';
 import { DenseScratch, METHOD_SVD_OPTIONS, methodDelta } from '../src/lora/method-module.js';
 import * as mine from '../src/lora/svd.js';
+import { arg } from './args.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const OUT = path.join(ROOT, 'bench', 'out');
-const arg = (name: string, fallback: string): string => {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 ? (process.argv[i + 1] ?? fallback) : fallback;
-};
 installNodeHost();
 const baseDir = arg('base', '');
 if (!baseDir) throw new Error('--base DIR (a checkout of the base build) is required');

@@ -23,15 +23,12 @@ import { METHODS } from '../src/lora/methods.js';
 import { wasmProduct } from '../src/lora/product.js';
 import { SvdWorkspace, jsProduct } from '../src/lora/svd.js';
 import type { ProductF32 } from '../src/lora/product.js';
+import { arg } from './args.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const OUT = path.join(ROOT, 'bench', 'out');
 const A = path.join(OUT, 'sdxl-lcm.f16.safetensors');
 const B = path.join(OUT, 'methods-sdxl-b64.f16.safetensors');
-const arg = (name: string, fallback: string): string => {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 ? (process.argv[i + 1] ?? fallback) : fallback;
-};
 
 installNodeHost();
 const start = Number(arg('start', '0'));

@@ -17,13 +17,10 @@ import { methodRequest, planMerge } from '../src/lora/merge.js';
 import { DenseScratch, METHOD_SVD_OPTIONS, factorStartBasis, methodDelta } from '../src/lora/method-module.js';
 import { wasmProduct, type ProductF32 } from '../src/lora/product.js';
 import { jsProduct, SvdWorkspace, truncatedSvd } from '../src/lora/svd.js';
+import { arg } from './args.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const OUT = path.join(ROOT, 'bench', 'out');
-const arg = (name: string, fallback: string): string => {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 ? (process.argv[i + 1] ?? fallback) : fallback;
-};
 installNodeHost();
 const stride = Number(arg('stride', '40'));
 const offset = Number(arg('offset', '0'));

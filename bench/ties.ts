@@ -22,6 +22,7 @@ import { appendFileSync, existsSync, readFileSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { arg } from './args.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const OUT = path.join(ROOT, 'bench', 'out');
@@ -33,10 +34,6 @@ const DENSITY = 0.2;
 const RANK = 64;
 const WEIGHTS = [1, 0.8];
 
-const arg = (name: string, fallback: string): string => {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 ? (process.argv[i + 1] ?? fallback) : fallback;
-};
 const flag = (name: string): boolean => process.argv.includes(`--${name}`);
 const load = (): string =>
   os
