@@ -263,6 +263,31 @@ describe('key and module errors', () => {
     expect((await caught(() => loadLora(fixture('bad/rank-mismatch.safetensors')))).code).toBe('LORA_RANK_MISMATCH');
   });
 
+  it('a module of rank 0 (both factors empty): LORA_RANK_MISMATCH saying so, not "rank 0 but rank 0"', async () => {
+    const e = await caught(() =>
+      decodeBytes(
+        makeFile([
+          { name: `${NAME}.lora_down.weight`, shape: [0, IN] },
+          { name: `${NAME}.lora_up.weight`, shape: [OUT, 0] },
+        ]),
+      ),
+    );
+    expect(e.code).toBe('LORA_RANK_MISMATCH');
+    expect(e.message).toMatch(/has rank 0 .*hold no values.*remove its keys/);
+    expect(e.message).not.toMatch(/but the up factor/);
+    // One empty side only is still a disagreement of ranks.
+    const half = await caught(() =>
+      decodeBytes(
+        makeFile([
+          { name: `${NAME}.lora_down.weight`, shape: [0, IN] },
+          { name: `${NAME}.lora_up.weight`, shape: [OUT, 2] },
+        ]),
+      ),
+    );
+    expect(half.code).toBe('LORA_RANK_MISMATCH');
+    expect(half.message).toMatch(/rank 0 .*but the up factor has rank 2/);
+  });
+
   it('factors that fit no layout module: LORA_SHAPE_MISMATCH with expected vs found', async () => {
     const e = await caught(() =>
       decodeBytes(

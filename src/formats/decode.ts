@@ -477,6 +477,13 @@ function moduleShapes(
         { file: fileName, key: g.id, found: { down: down.shape, up: up.shape } },
       );
     }
+    if (down.shape[0] === 0 && up.shape[1] === 0) {
+      throw new LoraError(
+        'LORA_RANK_MISMATCH',
+        `${fileName}: module '${g.id}' has rank 0 (down '${down.name}' ${JSON.stringify(down.shape)}, up '${up.name}' ${JSON.stringify(up.shape)}): its factors hold no values, so it cannot be read as an update; a tool that resized or pruned this file left it empty — remove its keys from the file (or re-export it with rank ≥ 1)`,
+        { file: fileName, key: g.id, expected: 1, found: 0 },
+      );
+    }
     if (down.shape[0] !== up.shape[1] || down.shape[0] === 0) {
       throw new LoraError(
         'LORA_RANK_MISMATCH',
