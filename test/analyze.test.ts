@@ -9,6 +9,8 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { main } from '../src/cli/main.js';
 import { loadLora } from '../src/formats/index.js';
+import { resolveBaseTerms } from '../src/fuse/index.js';
+import { termDelta } from '../src/lora/terms/index.js';
 import { analyzeHtml, analyzeLoras, parseBlockWeights } from '../src/lora/index.js';
 import type { Lora, Term } from '../src/lora/types.js';
 import { scaleLora } from '../src/lora/scale.js';
@@ -181,5 +183,35 @@ describe('lora-mix analyze', () => {
     e = '';
     expect(await main(['analyze'], ctx)).toBe(2);
     expect(e).toMatch(/at least one LoRA/);
+  });
+
+  it('DoRA/GLoRA/OFT modules: left out with how to include them, analysed as their exact deltas with --base', async () => {
+    let o = '';
+    const ctx = { out: (s: string) => void (o += s), err: () => undefined, isTTY: false, cwd: FX };
+    expect(await main(['analyze', 'adapters/dora-out.safetensors:0.5', '-q'], ctx)).toBe(0);
+    expect(o).toMatch(
+      /skipped 9 module\(s\): a DoRA delta depends on the base weight: give the base checkpoint \(--base/,
+    );
+    o = '';
+    const args = ['analyze', 'adapters/dora-out.safetensors:0.5', 'sd15/lcm-lora.kohya.safetensors:1'];
+    expect(await main([...args, '--base', 'sd15/base.safetensors', '--threads', '1', '--json', '-q'], ctx)).toBe(0);
+    const r = JSON.parse(o) as { skipped: unknown[]; modules: { path: string; norms: number[] }[] };
+    expect(r.skipped).toEqual([]);
+    // The DoRA's norms are those of its exact deltas against the base, at its weight.
+    const resolved = await resolveBaseTerms(
+      await loadLora(path.join(FX, 'adapters/dora-out.safetensors')),
+      path.join(FX, 'sd15/base.safetensors'),
+    );
+    let checked = 0;
+    for (const [p, t] of resolved.modules) {
+      const m = r.modules.find((x) => x.path === p);
+      expect(m, p).toBeDefined();
+      const d = termDelta(t, p);
+      let ss = 0;
+      for (let i = 0; i < d.length; i++) ss += (d[i] ?? 0) ** 2;
+      expect(m!.norms[0]! / (0.5 * Math.sqrt(ss)), p).toBeCloseTo(1, 5);
+      checked++;
+    }
+    expect(checked).toBe(9);
   });
 });

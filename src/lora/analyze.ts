@@ -21,7 +21,7 @@
 import { ArchError, OptionError } from '../core/errors.js';
 import { getLayout } from '../layout/archs.js';
 import type { ModuleEntry } from '../layout/types.js';
-import { termDelta, termDims, termFactors, termNeedsBase, termRankBound } from './terms/index.js';
+import { termDelta, termDims, termFactors, termLabel, termNeedsBase, termRankBound } from './terms/index.js';
 import type { Lora, Term } from './types.js';
 
 export interface AnalyzeInput {
@@ -77,7 +77,7 @@ export interface AnalyzeReport {
   readonly summary: readonly string[];
   /** Suggested block weights per input (LBW 'ID=value' lists), to pass as --blocks-N; empty when none. */
   readonly suggestions: readonly { readonly input: number; readonly name: string; readonly blocks: string }[];
-  /** Modules left out, with why (DoRA/GLoRA need the base weight). */
+  /** Modules left out, with why (DoRA, GLoRA, OFT and BOFT need the base weight: resolveBaseTerms first). */
   readonly skipped: readonly { readonly path: string; readonly reason: string }[];
   readonly method: { readonly density: number; readonly sampleEntries: number };
 }
@@ -301,7 +301,10 @@ export function analyzeLoras(inputs: readonly AnalyzeInput[], options: AnalyzeOp
     const terms = inputs.map((x) => x.lora.modules.get(e.path) ?? null);
     const needsBase = terms.find((t) => t !== null && termNeedsBase(t));
     if (needsBase) {
-      skipped.push({ path: e.path, reason: 'a DoRA/GLoRA delta depends on the base weight' });
+      skipped.push({
+        path: e.path,
+        reason: `a ${termLabel(needsBase)} delta depends on the base weight: give the base checkpoint (--base CKPT; resolveBaseTerms in the API) to include it`,
+      });
       continue;
     }
     const dims = termDims(terms.find((t) => t !== null) as Term, e.path);
