@@ -11,6 +11,11 @@ LoHa / LoKr / Tucker LoCon / full diffs / DoRA, PEFT DoRA), with module names wr
 naming rules (never from lora-mix's tables), in f16 / bf16 / f32, against the tiny SD1.5 / SDXL fixture bases. For
 each it recomputes in PyTorch (f64) what the file means and compares with what the built CLI writes:
 inspect (module count), fuse (W0 + Σ w·Δ, per-component strengths), merge (exact sum), convert (same deltas).
+Session 8 added GLoRA (current and pre-2023 layouts, no alpha, DoRA over GLoRA), OFT (LyCORIS diag-OFT with and
+without constraint / rescale / alpha, kohya `oft_unet_`, the old `oft_diag`) and BOFT (blocks of 2 and 4, 1-3
+stages), fused by ComfyUI's strength rule for each kind, with merge --base, verify and unfuse checks.
+`--only real-size[:KIND]` runs GLoRA / OFT / BOFT on six real-size modules of the 2 GB SD1.5 bench base (AUDIT_SD15;
+not part of the default run: ≈ 6 GB written, ≈ 12 min on the shared box).
 Not part of the test suite (it needs Python); test/ holds JS ports of every case that found a bug.
 """
 
@@ -469,7 +474,7 @@ def dora_peft_file(arch, mods, dt, rank=4, alpha=8.0):
 # weight_adapter glora / oft / boft, A1111 network_oft.py), never from lora-mix's code. Each generator returns, besides
 # the tensors and the strength-1 deltas, a `rule(path, w)` giving the change a fuse at strength w must make (ComfyUI's
 # strength rule for the kind), and `info` with what the reference needs for verify / unfuse.
-def glora_file(arch, mods, dt, layout="new", rank=2, alpha=1.5, with_alpha=True, dora=False):
+def glora_file(arch, mods, dt, layout="new", rank=2, alpha=1.5, with_alpha=True, dora=False, spread=0.3):
     """LyCORIS GLoRA. new (current): a1 [in, r], a2 [r, in], b1 [out, r], b2 [r, in(, kh, kw)] (a1/a2/b1 1×1 on convs),
     ΔW = s·(W0 ×_in (a1·a2) + b1·b2), s = alpha / a2.shape[0]. old (pre-2023, linear and 1×1 only): a1 [r, in],
     a2 [in, r], b1 [r, in], b2 [out, r], ΔW = s·(b2·b1 + W0·a2·a1), s = alpha / a1.shape[0]. No alpha: s = 1 (ComfyUI).
@@ -485,16 +490,16 @@ def glora_file(arch, mods, dt, layout="new", rank=2, alpha=1.5, with_alpha=True,
         name = kohya_name(path)
         a = float(q(torch.tensor(alpha), dt)) if with_alpha else None
         if layout == "new":
-            a1, a2 = q(rnd(inn, rank, *one, s=0.3), dt), q(rnd(rank, inn, *one, s=0.3), dt)
-            b1, b2 = q(rnd(out, rank, *one, s=0.3), dt), q(rnd(rank, inn, *kern, s=0.3), dt)
+            a1, a2 = q(rnd(inn, rank, *one, s=spread), dt), q(rnd(rank, inn, *one, s=spread), dt)
+            b1, b2 = q(rnd(out, rank, *one, s=spread), dt), q(rnd(rank, inn, *kern, s=spread), dt)
             amat = a1.reshape(inn, rank) @ a2.reshape(rank, inn)  # [in, in]: mixes input channels
             wa = torch.einsum("oi...,ij->oj...", w0, amat)
             wb = (b1.reshape(out, rank) @ b2.reshape(rank, -1)).reshape(w0.shape)
             s = a / rank if a is not None else 1.0
             parts = [("a1.weight", a1), ("a2.weight", a2), ("b1.weight", b1), ("b2.weight", b2)]
         else:
-            a1, a2 = q(rnd(rank, inn, *one, s=0.3), dt), q(rnd(inn, rank, *one, s=0.3), dt)
-            b1, b2 = q(rnd(rank, inn, *one, s=0.3), dt), q(rnd(out, rank, *one, s=0.3), dt)
+            a1, a2 = q(rnd(rank, inn, *one, s=spread), dt), q(rnd(inn, rank, *one, s=spread), dt)
+            b1, b2 = q(rnd(rank, inn, *one, s=spread), dt), q(rnd(out, rank, *one, s=spread), dt)
             amat = a2.reshape(inn, rank) @ a1.reshape(rank, inn)
             wa = (w0.reshape(out, inn) @ amat).reshape(w0.shape)
             wb = (b2.reshape(out, rank) @ b1.reshape(rank, inn)).reshape(w0.shape)
@@ -585,7 +590,7 @@ def oft_file(arch, mods, dt, block=4, spread=0.05, constraint="none", rescale=Fa
             tensors.append((f"{name}.oft_diag", dt, rots))
             deltas[path] = oft_rows(w0, rots) - w0
             rules[path] = (lambda w, _w0=w0, _r=rots: w * w * (oft_rows(_w0, _r) - _w0))
-            info[path] = {"M": (lambda w, _r=rots, _n=n, _o=out: (1 - w * w) * torch.eye(_o, dtype=torch.float64) + w * w * torch.block_diag(*[_r[k].t() for k in range(_n)]))}
+            info[path] = {"Mk": (lambda w, _r=rots: (1 - w * w) * torch.eye(_r.shape[-1], dtype=torch.float64) + w * w * _r.transpose(1, 2))}
             continue
         shape = (stages, n, block, block) if kind == "boft" else (n, block, block)
         blocks = q(rnd(*shape, s=spread), dt)
@@ -617,9 +622,10 @@ def oft_file(arch, mods, dt, block=4, spread=0.05, constraint="none", rescale=Fa
             # ComfyUI: einsum of (w·R − w·I) with W0, added times w: W0 + w²·(Rᵀ-rotated W0 − W0) (rescale: LyCORIS's,
             # which lora-mix applies and ComfyUI's OFT ignores — documented in docs/adapters.md)
             rules[path] = (lambda w, _d=deltas[path]: w * w * _d)
-            bd = torch.block_diag(*[rots[k].t() for k in range(n)])
+            sk = sc.reshape(n, block, 1) if sc is not None else 1.0
             info[path] = {
-                "M": (lambda w, _bd=bd, _s=srow, _o=out: (1 - w * w) * torch.eye(_o, dtype=torch.float64) + w * w * (_s if isinstance(_s, float) else _s.reshape(_o, 1)) * _bd),
+                # F = M·W0 with M block-diagonal: M_k = (1 − w²)·I + w²·diag(s_k)·R_kᵀ
+                "Mk": (lambda w, _r=rots, _s=sk, _e=eye: (1 - w * w) * _e + w * w * _s * _r.transpose(1, 2)),
                 "comfy": oft_rows(w0, comfy_rots) - w0,  # ComfyUI at w = 1: bound alpha, no rescale
                 "qnorm": qnorm, "bound": bound, "alpha": a,
             }
@@ -850,8 +856,7 @@ def check_unfuse(case, arch, f, w, mods, kind, info, fused):
             ref = torch.linalg.solve((torch.eye(a.shape[0], dtype=torch.float64) + w * a).t(), xt.reshape(-1, a.shape[0]).t()).t()
             ref = ref.reshape(xt.shape).movedim(-1, 1)
         else:
-            m = info[path]["M"](w)
-            ref = torch.linalg.solve(m, fmod.reshape(fmod.shape[0], -1)).reshape(fmod.shape)
+            ref = rows_solve(info[path], w, fmod)
         gw = weight_of_tensor(path, key, got[key][1])
         worst_ref = max(worst_ref, float(((gw - ref).abs() / f16_ulp(ref)).max()))
         worst_true = max(worst_true, float((gw - w0).abs().max() / f16_ulp(w0.abs().max())))
@@ -859,6 +864,16 @@ def check_unfuse(case, arch, f, w, mods, kind, info, fused):
     limit = 4.0 if kind == "dora" else 1.0  # DoRA: the rounding of F amplified ≈ 1/(1 − w) = 2.5×
     record(case, "unfuse", worst_ref <= limit and not untouched,
            f"at {w}: worst {worst_ref:.2f} ulp(f16) from M⁻¹F; {worst_true:.2f} ulp(max|W0|) from the true W0" + (f"; untouched changed {untouched[:2]}" if untouched else ""))
+
+
+def rows_solve(i, w, fw):
+    """W0 = M⁻¹·F for a row transform M: per diagonal block for OFT ("Mk" [n, b, b]), dense for BOFT ("M")."""
+    flat = fw.reshape(fw.shape[0], -1)
+    if "Mk" in i:
+        mk = i["Mk"](w)
+        n, b, _ = mk.shape
+        return torch.linalg.solve(mk, flat.reshape(n, b, -1)).reshape(fw.shape)
+    return torch.linalg.solve(i["M"](w), flat).reshape(fw.shape)
 
 
 def weight_of_tensor(path, key, t):
@@ -870,6 +885,122 @@ def weight_of_tensor(path, key, t):
     if key.endswith("text_projection"):
         return t.t()
     return t
+
+
+# ------------------------------------------------------------------------------------------ real sizes (session 8)
+REAL_SD15 = os.environ.get("AUDIT_SD15", "/work/benchdata/sd15-base.f16.safetensors")
+REAL_MODS = [
+    ("unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q", "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight"),
+    ("unet.down_blocks.0.attentions.0.proj_in", "model.diffusion_model.input_blocks.1.1.proj_in.weight"),
+    ("unet.down_blocks.0.downsamplers.0.conv", "model.diffusion_model.input_blocks.3.0.op.weight"),
+    ("unet.mid_block.resnets.0.conv1", "model.diffusion_model.middle_block.0.in_layers.2.weight"),
+    ("unet.mid_block.attentions.0.transformer_blocks.0.ff.net.0.proj", "model.diffusion_model.middle_block.1.transformer_blocks.0.ff.net.0.proj.weight"),
+    ("text_encoder.text_model.encoder.layers.0.self_attn.q_proj", "cond_stage_model.transformer.text_model.encoder.layers.0.self_attn.q_proj.weight"),
+]
+
+
+def st_index(path):
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+    header.pop("__metadata__", None)
+    return header, 8 + n
+
+
+def st_raw(path, index, key):
+    header, start = index
+    a, b = header[key]["data_offsets"]
+    with open(path, "rb") as f:
+        f.seek(start + a)
+        return f.read(b - a)
+
+
+def st_f64(path, index, key):
+    h = index[0][key]
+    raw = bytearray(st_raw(path, index, key))
+    return torch.frombuffer(raw, dtype=DT[h["dtype"]]).reshape(h["shape"]).to(torch.float64)
+
+
+def real_size(which=None):
+    """Fuse / unfuse / convert of GLoRA, OFT (blocks of 32 rows) and BOFT (blocks of 4, 3 stages) on six real SD1.5
+    modules of the real base (a 2 GB checkpoint: the reference reads only the module tensors, and compares every other
+    tensor of the outputs byte for byte), so that the sizes real files have — 1280 × 1280 × 3 × 3 convs, a 10240-row
+    ff — go through the threaded / WebAssembly paths. Run with --only real-size (writes ≈ 6 GB under AUDIT_OUT)."""
+    if not os.path.exists(REAL_SD15):
+        record("real-size", "setup", False, f"{REAL_SD15} not found (AUDIT_SD15)")
+        return
+    bidx = st_index(REAL_SD15)
+    BASE["real"] = {k: ("F16", st_f64(REAL_SD15, bidx, k), None) for _p, k in REAL_MODS}
+    boft_mods = [m for m in REAL_MODS if "ff.net" not in m[0]]  # BOFT's reference inverse is dense (out × out)
+    kinds = [
+        ("real-glora", REAL_MODS, lambda: glora_file("real", REAL_MODS, "F16", rank=8, alpha=4.0, spread=0.05)),
+        ("real-oft-b32-constraint-rescale", REAL_MODS, lambda: oft_file("real", REAL_MODS, "F16", block=32, spread=0.01, constraint="active", rescale=True)),
+        ("real-boft-b4-m3-rescale", boft_mods, lambda: oft_file("real", boft_mods, "F16", kind="boft", block=4, stages=3, spread=0.02, rescale=True)),
+    ]
+    w = 0.6
+    for name, mods, gen in kinds:
+        if which and which not in name:
+            continue
+        tensors, _m, deltas, _b, rule, info = gen()
+        f = os.path.join(OUT, name + ".safetensors")
+        write_st(f, tensors, None)
+        change = {p: (rule(p, w) if rule else w * d) for p, d in deltas.items()}
+        fused = os.path.join(OUT, name + ".fused.safetensors")
+        p = cli("fuse", "--base", REAL_SD15, f"{f}:{w}", "-o", fused, "-q", "--no-fsync", expect_ok=False)
+        if p.returncode != 0:
+            record(name, "fuse", False, f"exit {p.returncode}: {p.stderr.strip()[:300]}")
+            continue
+        fidx = st_index(fused)
+        worst = beyond = 0.0
+        for path, key in mods:
+            e = BASE["real"][key][1] + change[path]
+            err = (st_f64(fused, fidx, key) - e).abs()
+            worst = max(worst, float((err / f16_ulp(e)).max()))
+            beyond = max(beyond, float((err - 0.5 * f16_ulp(e)).clamp(min=0).max() / change[path].abs().max()))
+        targets = {k for _p, k in mods}
+        untouched = [k for k in bidx[0] if k not in targets and st_raw(fused, fidx, k) != st_raw(REAL_SD15, bidx, k)]
+        record(name, f"fuse {w}", worst <= 1.0 and not untouched, f"{len(mods)} modules of real size; worst {worst:.2f} ulp(f16) (beyond ½ ulp: {beyond:.1e} of max|Δ|); {len(bidx[0]) - len(targets)} other tensors " + ("identical" if not untouched else f"CHANGED: {untouched[:2]}"))
+        back = os.path.join(OUT, name + ".unfused.safetensors")
+        p = cli("unfuse", "--fused", fused, f"{f}:{w}", "-o", back, "-q", "--no-fsync", expect_ok=False)
+        if p.returncode != 0:
+            record(name, "unfuse", False, f"exit {p.returncode}: {p.stderr.strip()[:300]}")
+        else:
+            uidx = st_index(back)
+            worst_ref = worst_true = 0.0
+            for path, key in mods:
+                fw = st_f64(fused, fidx, key)
+                w0 = BASE["real"][key][1]
+                if "glora" in name:
+                    a, b = info[path]["A"], info[path]["B"]
+                    xt = (fw - w * b).movedim(1, -1)
+                    ref = torch.linalg.solve((torch.eye(a.shape[0], dtype=torch.float64) + w * a).t(), xt.reshape(-1, a.shape[0]).t()).t().reshape(xt.shape).movedim(-1, 1)
+                else:
+                    ref = rows_solve(info[path], w, fw)
+                gw = st_f64(back, uidx, key)
+                worst_ref = max(worst_ref, float(((gw - ref).abs() / f16_ulp(ref)).max()))
+                worst_true = max(worst_true, float((gw - w0).abs().max() / f16_ulp(w0.abs().max())))
+            untouched = [k for k in bidx[0] if k not in targets and st_raw(back, uidx, k) != st_raw(REAL_SD15, bidx, k)]
+            record(name, "unfuse", worst_ref <= 1.0 and not untouched, f"at {w}: worst {worst_ref:.2f} ulp(f16) from the f64 inverse of F; {worst_true:.2f} ulp(max|W0|) from the true W0" + (f"; other tensors CHANGED: {untouched[:2]}" if untouched else ""))
+        os.remove(fused)
+        if os.path.exists(back):
+            os.remove(back)
+        conv = os.path.join(OUT, name + ".to-kohya.safetensors")
+        p = cli("convert", f, "-o", conv, "--to", "kohya", "--base", REAL_SD15, "--dtype", "fp32", "-q", expect_ok=False)
+        if p.returncode != 0:
+            record(name, "convert kohya", False, f"exit {p.returncode}: {p.stderr.strip()[:300]}")
+            continue
+        t, _ = read_st(conv)
+        worst = 0.0
+        for path, _key in mods:
+            n = kohya_name(path)
+            down, up = t[n + ".lora_down.weight"][1], t[n + ".lora_up.weight"][1]
+            r = down.shape[0]
+            a = float(t[n + ".alpha"][1]) if n + ".alpha" in t else r
+            got = (a / r) * (up.reshape(up.shape[0], r) @ down.reshape(r, -1))
+            e = deltas[path].reshape(got.shape)
+            worst = max(worst, float((got - e).abs().max() / e.abs().max()))
+        record(name, "convert kohya", worst < 1e-5, f"{len(mods)} modules; worst |err|/max|Δ| {worst:.1e}")
+        os.remove(conv)
 
 
 def main():
@@ -966,6 +1097,8 @@ def main():
             name = base_copy(arch, dt)
             f, deltas, bias = make(f"{arch}-kohya-on-{dt}-base", kohya_file(arch, mods, "F16", arch == "sdxl"))
             check_fuse_dtype(f"{arch}-kohya-on-{dt}-base@0.8", name, arch, [(f, deltas, 0.8, None)], mods, dt)
+    if only and only.startswith("real-size"):  # --only real-size[:KIND]
+        real_size(only[len("real-size:"):] or None)
     made = {}
     base_needed = ("dora", "glora", "oft")  # "oft" also matches boft
     for name, arch, mods, gen in cases:
