@@ -5,11 +5,12 @@
  */
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { loadLora } from '../src/formats/index.js';
+import { decodeLora, loadLora } from '../src/formats/index.js';
 import { getLayout } from '../src/layout/index.js';
 import { kohyaName } from '../src/formats/kohya.js';
 import { openSafetensors } from '../src/node/files.js';
 import { termDelta } from '../src/lora/terms/index.js';
+import { makeFile, open } from './formats-helpers.js';
 
 const FX = path.resolve(import.meta.dirname, '..', 'fixtures', 'adapters');
 const layout = getLayout('sd15', 'tiny');
@@ -135,5 +136,59 @@ describe('decoded adapter terms reproduce the upstream formulas on the raw tenso
             }
       expectClose(termDelta(term, p), ref);
     }
+  });
+});
+
+describe('GLoRA layouts on a square layer (both readings fit the shapes; ComfyUI decides by the weight)', () => {
+  // Session 8 audit (scripts/audit/reference.py, sd15-glora-old-layout): an old-layout GLoRA (a1 [r, in], a2 [in, r],
+  // b1 [r, in], b2 [out, r]) on a square layer was read as a new-layout one of rank `in` and refused.
+  const toQ = layout.byPath.get('unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q')!;
+  const [n = 0] = toQ.shape;
+  const name = toQ.kohyaNames[0]!;
+  const r = 2;
+  const vals = (len: number, seed: number) =>
+    Array.from({ length: len }, (_, i) => Math.sin(seed * 97 + i * 1.3) * 0.3);
+  const w0 = Float32Array.from({ length: n * n }, (_, i) => Math.cos(i * 0.7) * 0.2);
+  const mm = (a: ArrayLike<number>, b: ArrayLike<number>, rows: number, k: number, cols: number): Float64Array => {
+    const c = new Float64Array(rows * cols);
+    for (let i = 0; i < rows; i++)
+      for (let j = 0; j < cols; j++) {
+        let s = 0;
+        for (let q = 0; q < k; q++) s += a[i * k + q]! * b[q * cols + j]!;
+        c[i * cols + j] = s;
+      }
+    return c;
+  };
+  const decode = async (shapes: Record<'a1' | 'a2' | 'b1' | 'b2', number[]>) => {
+    const t = (['a1', 'a2', 'b1', 'b2'] as const).map((k, i) => ({
+      name: `${name}.${k}.weight`,
+      shape: shapes[k],
+      values: vals(shapes[k][0]! * shapes[k][1]!, i + 1),
+    }));
+    const bytes = makeFile([...t, { name: `${name}.alpha`, shape: [], values: [1.5] }]);
+    const lora = await decodeLora(await open(bytes, 'glora.safetensors'));
+    const term = lora.modules.get(toQ.path)!;
+    const [a1, a2, b1, b2] = t.map((x) => x.values);
+    return { term, a1: a1!, a2: a2!, b1: b1!, b2: b2! };
+  };
+
+  it('the pre-2023 layout is read as ΔW = s·(b2·b1 + W0·a2·a1), s = alpha / a1.shape[0]', async () => {
+    const { term, a1, a2, b1, b2 } = await decode({ a1: [r, n], a2: [n, r], b1: [r, n], b2: [n, r] });
+    const wa = mm(mm(w0, a2, n, n, r), a1, n, r, n);
+    const bb = mm(b2, b1, n, r, n);
+    expectClose(
+      termDelta(term, toQ.path, w0),
+      wa.map((x, i) => (1.5 / r) * (x + bb[i]!)),
+    );
+  });
+
+  it('the current layout is still read as ΔW = s·(W0·a1·a2 + b1·b2), s = alpha / a2.shape[0]', async () => {
+    const { term, a1, a2, b1, b2 } = await decode({ a1: [n, r], a2: [r, n], b1: [n, r], b2: [r, n] });
+    const wa = mm(mm(w0, a1, n, n, r), a2, n, r, n);
+    const bb = mm(b1, b2, n, r, n);
+    expectClose(
+      termDelta(term, toQ.path, w0),
+      wa.map((x, i) => (1.5 / r) * (x + bb[i]!)),
+    );
   });
 });

@@ -11,6 +11,11 @@ LoHa / LoKr / Tucker LoCon / full diffs / DoRA, PEFT DoRA), with module names wr
 naming rules (never from lora-mix's tables), in f16 / bf16 / f32, against the tiny SD1.5 / SDXL fixture bases. For
 each it recomputes in PyTorch (f64) what the file means and compares with what the built CLI writes:
 inspect (module count), fuse (W0 + Σ w·Δ, per-component strengths), merge (exact sum), convert (same deltas).
+Session 8 added GLoRA (current and pre-2023 layouts, no alpha, DoRA over GLoRA), OFT (LyCORIS diag-OFT with and
+without constraint / rescale / alpha, kohya `oft_unet_`, the old `oft_diag`) and BOFT (blocks of 2 and 4, 1-3
+stages), fused by ComfyUI's strength rule for each kind, with merge --base, verify and unfuse checks.
+`--only real-size[:KIND]` runs GLoRA / OFT / BOFT on six real-size modules of the 2 GB SD1.5 bench base (AUDIT_SD15;
+not part of the default run: ≈ 6 GB written, ≈ 12 min on the shared box).
 Not part of the test suite (it needs Python); test/ holds JS ports of every case that found a bug.
 """
 
@@ -30,6 +35,7 @@ CLI = ["node", os.path.join(ROOT, "dist/cli/lora-mix.js")]
 OUT = os.environ.get("AUDIT_OUT", "/tmp/s7-audit-ref")
 DT = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64, "I64": torch.int64, "I32": torch.int32}
 RESULTS = []
+RULES = {}  # case → (strength rule or None, reference info) of the base-dependent kinds (session 8)
 
 
 # ----------------------------------------------------------------------------------------------- safetensors I/O
@@ -463,6 +469,170 @@ def dora_peft_file(arch, mods, dt, rank=4, alpha=8.0):
     return tensors, {"format": "pt", "lora_adapter_metadata": json.dumps(cfg)}, deltas
 
 
+# GLoRA / OFT / BOFT (session 8): base-dependent kinds ------------------------------------------------------------
+# Written from the upstream formulas (LyCORIS modules glora / diag_oft / boft, kohya networks/oft.py, ComfyUI
+# weight_adapter glora / oft / boft, A1111 network_oft.py), never from lora-mix's code. Each generator returns, besides
+# the tensors and the strength-1 deltas, a `rule(path, w)` giving the change a fuse at strength w must make (ComfyUI's
+# strength rule for the kind), and `info` with what the reference needs for verify / unfuse.
+def glora_file(arch, mods, dt, layout="new", rank=2, alpha=1.5, with_alpha=True, dora=False, spread=0.3):
+    """LyCORIS GLoRA. new (current): a1 [in, r], a2 [r, in], b1 [out, r], b2 [r, in(, kh, kw)] (a1/a2/b1 1×1 on convs),
+    ΔW = s·(W0 ×_in (a1·a2) + b1·b2), s = alpha / a2.shape[0]. old (pre-2023, linear and 1×1 only): a1 [r, in],
+    a2 [in, r], b1 [r, in], b2 [out, r], ΔW = s·(b2·b1 + W0·a2·a1), s = alpha / a1.shape[0]. No alpha: s = 1 (ComfyUI).
+    dora: + dora_scale [out, 1(, 1, 1)] (output axis), ΔW_dora = m·V/‖V‖_row − W0 with V = W0 + ΔW (ComfyUI applies
+    weight_decompose to GLoRA too; its strength rule W0 + w·ΔW_dora)."""
+    tensors, deltas, info = [], {}, {}
+    for path, key in mods:
+        w0 = weight_of(arch, path, key)
+        out, inner = w0.shape[0], w0.shape[1:]
+        inn, kern = inner[0], list(inner[1:])
+        conv = len(inner) == 3
+        one = [1, 1] if conv else []
+        name = kohya_name(path)
+        a = float(q(torch.tensor(alpha), dt)) if with_alpha else None
+        if layout == "new":
+            a1, a2 = q(rnd(inn, rank, *one, s=spread), dt), q(rnd(rank, inn, *one, s=spread), dt)
+            b1, b2 = q(rnd(out, rank, *one, s=spread), dt), q(rnd(rank, inn, *kern, s=spread), dt)
+            amat = a1.reshape(inn, rank) @ a2.reshape(rank, inn)  # [in, in]: mixes input channels
+            wa = torch.einsum("oi...,ij->oj...", w0, amat)
+            wb = (b1.reshape(out, rank) @ b2.reshape(rank, -1)).reshape(w0.shape)
+            s = a / rank if a is not None else 1.0
+            parts = [("a1.weight", a1), ("a2.weight", a2), ("b1.weight", b1), ("b2.weight", b2)]
+        else:
+            a1, a2 = q(rnd(rank, inn, *one, s=spread), dt), q(rnd(inn, rank, *one, s=spread), dt)
+            b1, b2 = q(rnd(rank, inn, *one, s=spread), dt), q(rnd(out, rank, *one, s=spread), dt)
+            amat = a2.reshape(inn, rank) @ a1.reshape(rank, inn)
+            wa = (w0.reshape(out, inn) @ amat).reshape(w0.shape)
+            wb = (b2.reshape(out, rank) @ b1.reshape(rank, inn)).reshape(w0.shape)
+            s = a / rank if a is not None else 1.0
+            parts = [("a1.weight", a1), ("a2.weight", a2), ("b1.weight", b1), ("b2.weight", b2)]
+        tensors += [(f"{name}.{suffix}", dt, t) for suffix, t in parts]
+        if with_alpha:
+            tensors.append((f"{name}.alpha", dt, torch.tensor(alpha, dtype=torch.float64)))
+        d = s * (wa + wb)
+        if dora:
+            v = w0 + d
+            m = q(v.reshape(out, -1).norm(dim=1) * (1 + rnd(out, s=0.05)), dt)
+            tensors.append((f"{name}.dora_scale", dt, m.reshape([out] + [1] * (v.dim() - 1))))
+            d = dora_norm_apply(w0, d, m, "out")
+        deltas[path] = d
+        info[path] = {"A": s * amat, "B": s * wb}  # F = W0 ×_in (I + w·A) + w·B (not for dora)
+    return tensors, None, deltas, None, None, info
+
+
+def cayley(blocks, bound, kohya=False):
+    """Q = B − Bᵀ per block; if bound > 0 and ‖Q‖_F (all blocks) is above it, Q scaled to it (LyCORIS: the test is
+    ‖Q‖ + 1e-8 > bound, factor bound/(‖Q‖ + 1e-8); kohya / A1111: factor (min(‖Q‖, bound) + 1e-8)/(‖Q‖ + 1e-8));
+    R = (I + Q)(I − Q)⁻¹ per block (orthogonal)."""
+    qm = blocks - blocks.transpose(-1, -2)
+    norm = float(qm.norm())
+    if bound > 0:
+        if kohya:
+            qm = qm * ((min(norm, bound) + 1e-8) / (norm + 1e-8))
+        elif norm + 1e-8 > bound:
+            qm = qm * (bound / (norm + 1e-8))
+    eye = torch.eye(blocks.shape[-1], dtype=torch.float64)
+    return (eye + qm) @ torch.linalg.inv(eye - qm), norm
+
+
+def oft_rows(w0, rots):
+    """Each block k of b output rows replaced by R_kᵀ·(those rows): W'[k·b + m] = Σ_n R_k[n, m]·W0[k·b + n]."""
+    n, b, _ = rots.shape
+    x = w0.reshape(n, b, -1)
+    return torch.einsum("knm,knc->kmc", rots, x).reshape(w0.shape)
+
+
+def butterfly_order(rows, k):
+    """Stage with half-group k: position c·2k + 2q + g holds row c·2k + g·k + q (g ∈ {0, 1}, q < k)."""
+    order = torch.empty(rows, dtype=torch.long)
+    for c in range(rows // (2 * k)):
+        for qq in range(k):
+            for g in range(2):
+                order[c * 2 * k + 2 * qq + g] = c * 2 * k + g * k + qq
+    return order
+
+
+def boft_rows(w0, rots):
+    """BOFT: for stage i (k = 2^i·⌊b/2⌋) gather the rows in butterfly order, multiply every run of b of them by
+    R_(i, j) (not transposed), scatter back."""
+    m, n, b, _ = rots.shape
+    out = w0.shape[0]
+    x = w0.reshape(out, -1).clone()
+    for i in range(m):
+        order = butterfly_order(out, 2 ** i * (b // 2))
+        y = torch.einsum("jab,jbc->jac", rots[i], x[order].reshape(n, b, -1)).reshape(out, -1)
+        x = torch.empty_like(x)
+        x[order] = y
+    return x.reshape(w0.shape)
+
+
+def oft_file(arch, mods, dt, block=4, spread=0.05, constraint="none", rescale=False, spelling="lycoris", kind="oft",
+             stages=1, prefix=None):
+    """LyCORIS diag-OFT (`oft_blocks` [n, b, b]), kohya OFT (`oft_unet_…`, UNet only), the old LyCORIS `oft_diag`
+    (the rotations themselves, as A1111 reads them), or LyCORIS BOFT (`oft_blocks` [m, n, b, b]); `alpha` is the
+    constraint, bound alpha·out (LyCORIS / kohya / A1111; ComfyUI compares with alpha alone — recorded as info).
+    constraint: 'none' (alpha 0), 'absent' (no alpha tensor), 'active' (alpha·out = ½‖Q‖: Q is scaled),
+    'comfy-only' (alpha = ½‖Q‖ < ‖Q‖ ≤ alpha·out: only ComfyUI's bound would act)."""
+    tensors, deltas, rules, info = [], {}, {}, {}
+    for path, key in mods:
+        w0 = weight_of(arch, path, key)
+        out = w0.shape[0]
+        n = out // block
+        if spelling == "kohya":
+            name = "oft_unet_" + path.split(".", 1)[1].replace(".", "_")
+        else:
+            name = kohya_name(path)
+        sc = None
+        if rescale:
+            sc = q(1 + rnd(out, s=0.05), dt)
+        if kind == "oft_diag":
+            rots_raw = torch.linalg.matrix_exp(rnd(n, block, block, s=spread) - rnd(n, block, block, s=spread).transpose(1, 2))
+            rots = q(rots_raw, dt)  # stored as-is: a near-orthogonal matrix
+            tensors.append((f"{name}.oft_diag", dt, rots))
+            deltas[path] = oft_rows(w0, rots) - w0
+            rules[path] = (lambda w, _w0=w0, _r=rots: w * w * (oft_rows(_w0, _r) - _w0))
+            info[path] = {"Mk": (lambda w, _r=rots: (1 - w * w) * torch.eye(_r.shape[-1], dtype=torch.float64) + w * w * _r.transpose(1, 2))}
+            continue
+        shape = (stages, n, block, block) if kind == "boft" else (n, block, block)
+        blocks = q(rnd(*shape, s=spread), dt)
+        norm = float((blocks - blocks.transpose(-1, -2)).norm())
+        alpha = {"none": 0.0, "absent": None, "active": 0.5 * norm / out, "comfy-only": 0.5 * norm}[constraint]
+        a = float(q(torch.tensor(alpha), dt)) if alpha is not None else 0.0
+        bound = a * out
+        tensors.append((f"{name}.oft_blocks", dt, blocks))
+        if sc is not None:
+            tensors.append((f"{name}.rescale", dt, sc.reshape([out] + [1] * (w0.dim() - 1))))
+        if alpha is not None:
+            tensors.append((f"{name}.alpha", dt, torch.tensor(alpha, dtype=torch.float64)))
+        rots, qnorm = cayley(blocks, bound, kohya=spelling == "kohya")
+        comfy_rots, _ = cayley(blocks, a)  # ComfyUI's bound: alpha alone
+        srow = sc.reshape([out] + [1] * (w0.dim() - 1)) if sc is not None else 1.0
+        eye = torch.eye(block, dtype=torch.float64)
+        if kind == "boft":
+            deltas[path] = srow * boft_rows(w0, rots) - w0
+            # ComfyUI: every stage blended w·R + (1 − w)·I, rescale, then the difference times w
+            rules[path] = (lambda w, _w0=w0, _r=rots, _s=srow, _e=eye: w * (_s * boft_rows(_w0, w * _r + (1 - w) * _e) - _w0))
+            info[path] = {
+                "M": (lambda w, _r=rots, _s=srow, _e=eye, _o=out: (1 - w) * torch.eye(_o, dtype=torch.float64)
+                      + w * (_s if isinstance(_s, float) else _s.reshape(_o, 1)) * boft_rows(torch.eye(_o, dtype=torch.float64), w * _r + (1 - w) * _e)),
+                "comfy": srow * boft_rows(w0, comfy_rots) - w0,
+                "qnorm": qnorm, "bound": bound, "alpha": a,
+            }
+        else:
+            deltas[path] = srow * oft_rows(w0, rots) - w0
+            # ComfyUI: einsum of (w·R − w·I) with W0, added times w: W0 + w²·(Rᵀ-rotated W0 − W0) (rescale: LyCORIS's,
+            # which lora-mix applies and ComfyUI's OFT ignores — documented in docs/adapters.md)
+            rules[path] = (lambda w, _d=deltas[path]: w * w * _d)
+            sk = sc.reshape(n, block, 1) if sc is not None else 1.0
+            info[path] = {
+                # F = M·W0 with M block-diagonal: M_k = (1 − w²)·I + w²·diag(s_k)·R_kᵀ
+                "Mk": (lambda w, _r=rots, _s=sk, _e=eye: (1 - w * w) * _e + w * w * _s * _r.transpose(1, 2)),
+                "comfy": oft_rows(w0, comfy_rots) - w0,  # ComfyUI at w = 1: bound alpha, no rescale
+                "qnorm": qnorm, "bound": bound, "alpha": a,
+            }
+    rule = lambda path, w: rules[path](w)  # noqa: E731
+    return tensors, None, deltas, None, rule, info
+
+
 # -------------------------------------------------------------------------------------------------------- checks
 def strength_of(path, w):
     if isinstance(w, dict):
@@ -482,9 +652,9 @@ def wspec(w):
 
 
 def check_fuse(case, arch, inputs, mods, dtype_flag=None, extra=()):
-    """inputs: list of (file, deltas, weight, bias)."""
+    """inputs: list of (file, deltas, weight, bias[, rule]); rule(path, w) = the change a fuse at w makes."""
     out = os.path.join(OUT, case + ".fused.safetensors")
-    args = ["fuse", "--base", BASES[arch], *[f"{f}:{wspec(w)}" for f, _, w, _ in inputs], "-o", out, "-q", *extra]
+    args = ["fuse", "--base", BASES[arch], *[f"{x[0]}:{wspec(x[2])}" for x in inputs], "-o", out, "-q", *extra]
     if dtype_flag:
         args += ["--dtype", dtype_flag]
     p = cli(*args, expect_ok=False)
@@ -494,11 +664,14 @@ def check_fuse(case, arch, inputs, mods, dtype_flag=None, extra=()):
     got, _ = read_st(out)
     keymap = dict(mods)
     expected = {}
-    for _f, deltas, w, bias in inputs:
+    for _f, deltas, w, bias, *rule in inputs:
         for path, d in deltas.items():
             key = keymap[path]
             e = expected.setdefault(key, BASE[arch][key][1].clone())
-            e += strength_of(path, w) * place(arch, path, key, d)
+            if rule and rule[0] is not None:  # a kind fused by a non-linear strength rule (OFT, BOFT)
+                e += place(arch, path, key, rule[0](path, strength_of(path, w)))
+            else:
+                e += strength_of(path, w) * place(arch, path, key, d)
         for bkey, db in (bias or {}).items():
             e = expected.setdefault(bkey, BASE[arch][bkey][1].clone())
             path = next(p for p, k in mods if k[: -len("weight")] + "bias" == bkey)
@@ -618,6 +791,218 @@ def check_inspect(case, f, n, arch):
     record(case, "inspect", ok, f"{lora.get('modules')} modules, arch {lora.get('arch')} (expected {n}, {arch})")
 
 
+def f16_ulp(x):
+    return torch.pow(2.0, torch.floor(torch.log2(x.abs().clamp(min=2.0 ** -14))) - 10)
+
+
+def write_fused(path, arch, mods, change):
+    """A fused checkpoint written by the reference: every base tensor, the changed ones W0 + change rounded once to f16."""
+    items = []
+    for key, (dt, t, _r) in BASE[arch].items():
+        path_of = next((p for p, k in mods if k == key), None)
+        if path_of is not None:
+            t = t + place(arch, path_of, key, change[path_of])
+        items.append((key, dt, t))
+    write_st(path, items, {"format": "pt"})
+
+
+def check_verify(case, arch, f, w, mods, rule, deltas, wrong, what="a peer's strength rule"):
+    """verify must pass on the reference's own fusion (W0 + rule(w), one f16 rounding) and fail on a fusion by a
+    peer's strength rule (`wrong`: the change another tool makes at w) where that differs beyond rounding."""
+    change = {p: (rule(p, w) if rule else w * d) for p, d in deltas.items()}
+    good = os.path.join(OUT, f"{case}.ref-fused.safetensors")
+    write_fused(good, arch, mods, change)
+    p = cli("verify", "--fused", good, "--base", BASES[arch], f"{f}:{w}", "--json", expect_ok=False)
+    ok = p.returncode == 0
+    worst = ""
+    try:
+        rep = json.loads(p.stdout)
+        worst = f"; worst ratio {rep['worst']['worstRatio']:.2f} of the rounding bound"
+    except (ValueError, TypeError, KeyError):
+        pass
+    record(case, "verify", ok, f"reference fusion at {w}: exit {p.returncode}{worst}" + ("" if ok else f" {p.stderr.strip()[:200]}"))
+    if wrong is None:
+        return
+    bad_change = {pth: wrong(pth, w) for pth in deltas}
+    gap = max(float((bad_change[pth] - change[pth]).abs().max() / f16_ulp(weight_of(arch, pth, dict(mods)[pth]) + change[pth]).max()) for pth in deltas)
+    bad = os.path.join(OUT, f"{case}.wrong-fused.safetensors")
+    write_fused(bad, arch, mods, bad_change)
+    p = cli("verify", "--fused", bad, "--base", BASES[arch], f"{f}:{w}", "--json", expect_ok=False)
+    record(case, "verify", p.returncode == 1, f"{what} at {w} (largest gap {gap:.0f} ulp): exit {p.returncode} (expected 1)")
+
+
+def check_unfuse(case, arch, f, w, mods, kind, info, fused):
+    """unfuse of lora-mix's fusion at w: every changed weight within 1 ulp(f16) of W0_ref, the exact inverse of the
+    fused f16 values F (solved here in f64: OFT/BOFT W0 = M⁻¹·F, GLoRA W0 = (F − w·B)·(I + w·A)⁻¹ per kernel tap);
+    the distance to the true W0 is reported (the rounding of F, amplified by the conditioning)."""
+    back = os.path.join(OUT, f"{case}.unfused.safetensors")
+    p = cli("unfuse", "--fused", fused, f"{f}:{w}", "-o", back, "--base", BASES[arch], "-q", expect_ok=False)
+    if p.returncode != 0:
+        refused = kind == "dora" and "LORA_CANNOT_UNFUSE" in p.stderr
+        record(case, "unfuse", refused, ("refused: " if refused else f"exit {p.returncode}: ") + p.stderr.strip()[:300])
+        return
+    got, _ = read_st(back)
+    fz, _ = read_st(fused)
+    worst_ref = worst_true = 0.0
+    for path, key in mods:
+        w0 = weight_of(arch, path, key)
+        fmod = weight_of_tensor(path, key, fz[key][1])
+        if kind == "dora":  # DoRA over a base-dependent delta: no closed form here; judged against the true W0
+            ref = w0
+        elif kind == "glora":
+            a, b = info[path]["A"], info[path]["B"]
+            x = (fmod - w * b)
+            xt = x.movedim(1, -1)  # [out, (kh, kw,) in]
+            ref = torch.linalg.solve((torch.eye(a.shape[0], dtype=torch.float64) + w * a).t(), xt.reshape(-1, a.shape[0]).t()).t()
+            ref = ref.reshape(xt.shape).movedim(-1, 1)
+        else:
+            ref = rows_solve(info[path], w, fmod)
+        gw = weight_of_tensor(path, key, got[key][1])
+        worst_ref = max(worst_ref, float(((gw - ref).abs() / f16_ulp(ref)).max()))
+        worst_true = max(worst_true, float((gw - w0).abs().max() / f16_ulp(w0.abs().max())))
+    untouched = [k for k in BASE[arch] if k not in set(dict(mods).values()) and got[k][2] != BASE[arch][k][2]]
+    limit = 4.0 if kind == "dora" else 1.0  # DoRA: the rounding of F amplified ≈ 1/(1 − w) = 2.5×
+    record(case, "unfuse", worst_ref <= limit and not untouched,
+           f"at {w}: worst {worst_ref:.2f} ulp(f16) from M⁻¹F; {worst_true:.2f} ulp(max|W0|) from the true W0" + (f"; untouched changed {untouched[:2]}" if untouched else ""))
+
+
+def rows_solve(i, w, fw):
+    """W0 = M⁻¹·F for a row transform M: per diagonal block for OFT ("Mk" [n, b, b]), dense for BOFT ("M")."""
+    flat = fw.reshape(fw.shape[0], -1)
+    if "Mk" in i:
+        mk = i["Mk"](w)
+        n, b, _ = mk.shape
+        return torch.linalg.solve(mk, flat.reshape(n, b, -1)).reshape(fw.shape)
+    return torch.linalg.solve(i["M"](w), flat).reshape(fw.shape)
+
+
+def weight_of_tensor(path, key, t):
+    """weight_of for a tensor of another file (same slicing / transposition as the base)."""
+    if key.endswith("in_proj_weight"):
+        c = t.shape[1]
+        which = {"q_proj": 0, "k_proj": 1, "v_proj": 2}[path.rsplit(".", 1)[1]]
+        return t[which * c:(which + 1) * c]
+    if key.endswith("text_projection"):
+        return t.t()
+    return t
+
+
+# ------------------------------------------------------------------------------------------ real sizes (session 8)
+REAL_SD15 = os.environ.get("AUDIT_SD15", "/work/benchdata/sd15-base.f16.safetensors")
+REAL_MODS = [
+    ("unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q", "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight"),
+    ("unet.down_blocks.0.attentions.0.proj_in", "model.diffusion_model.input_blocks.1.1.proj_in.weight"),
+    ("unet.down_blocks.0.downsamplers.0.conv", "model.diffusion_model.input_blocks.3.0.op.weight"),
+    ("unet.mid_block.resnets.0.conv1", "model.diffusion_model.middle_block.0.in_layers.2.weight"),
+    ("unet.mid_block.attentions.0.transformer_blocks.0.ff.net.0.proj", "model.diffusion_model.middle_block.1.transformer_blocks.0.ff.net.0.proj.weight"),
+    ("text_encoder.text_model.encoder.layers.0.self_attn.q_proj", "cond_stage_model.transformer.text_model.encoder.layers.0.self_attn.q_proj.weight"),
+]
+
+
+def st_index(path):
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+    header.pop("__metadata__", None)
+    return header, 8 + n
+
+
+def st_raw(path, index, key):
+    header, start = index
+    a, b = header[key]["data_offsets"]
+    with open(path, "rb") as f:
+        f.seek(start + a)
+        return f.read(b - a)
+
+
+def st_f64(path, index, key):
+    h = index[0][key]
+    raw = bytearray(st_raw(path, index, key))
+    return torch.frombuffer(raw, dtype=DT[h["dtype"]]).reshape(h["shape"]).to(torch.float64)
+
+
+def real_size(which=None):
+    """Fuse / unfuse / convert of GLoRA, OFT (blocks of 32 rows) and BOFT (blocks of 4, 3 stages) on six real SD1.5
+    modules of the real base (a 2 GB checkpoint: the reference reads only the module tensors, and compares every other
+    tensor of the outputs byte for byte), so that the sizes real files have — 1280 × 1280 × 3 × 3 convs, a 10240-row
+    ff — go through the threaded / WebAssembly paths. Run with --only real-size (writes ≈ 6 GB under AUDIT_OUT)."""
+    if not os.path.exists(REAL_SD15):
+        record("real-size", "setup", False, f"{REAL_SD15} not found (AUDIT_SD15)")
+        return
+    bidx = st_index(REAL_SD15)
+    BASE["real"] = {k: ("F16", st_f64(REAL_SD15, bidx, k), None) for _p, k in REAL_MODS}
+    boft_mods = [m for m in REAL_MODS if "ff.net" not in m[0]]  # BOFT's reference inverse is dense (out × out)
+    kinds = [
+        ("real-glora", REAL_MODS, lambda: glora_file("real", REAL_MODS, "F16", rank=8, alpha=4.0, spread=0.05)),
+        ("real-oft-b32-constraint-rescale", REAL_MODS, lambda: oft_file("real", REAL_MODS, "F16", block=32, spread=0.01, constraint="active", rescale=True)),
+        ("real-boft-b4-m3-rescale", boft_mods, lambda: oft_file("real", boft_mods, "F16", kind="boft", block=4, stages=3, spread=0.02, rescale=True)),
+    ]
+    w = 0.6
+    for name, mods, gen in kinds:
+        if which and which not in name:
+            continue
+        tensors, _m, deltas, _b, rule, info = gen()
+        f = os.path.join(OUT, name + ".safetensors")
+        write_st(f, tensors, None)
+        change = {p: (rule(p, w) if rule else w * d) for p, d in deltas.items()}
+        fused = os.path.join(OUT, name + ".fused.safetensors")
+        p = cli("fuse", "--base", REAL_SD15, f"{f}:{w}", "-o", fused, "-q", "--no-fsync", expect_ok=False)
+        if p.returncode != 0:
+            record(name, "fuse", False, f"exit {p.returncode}: {p.stderr.strip()[:300]}")
+            continue
+        fidx = st_index(fused)
+        worst = beyond = 0.0
+        for path, key in mods:
+            e = BASE["real"][key][1] + change[path]
+            err = (st_f64(fused, fidx, key) - e).abs()
+            worst = max(worst, float((err / f16_ulp(e)).max()))
+            beyond = max(beyond, float((err - 0.5 * f16_ulp(e)).clamp(min=0).max() / change[path].abs().max()))
+        targets = {k for _p, k in mods}
+        untouched = [k for k in bidx[0] if k not in targets and st_raw(fused, fidx, k) != st_raw(REAL_SD15, bidx, k)]
+        record(name, f"fuse {w}", worst <= 1.0 and not untouched, f"{len(mods)} modules of real size; worst {worst:.2f} ulp(f16) (beyond ½ ulp: {beyond:.1e} of max|Δ|); {len(bidx[0]) - len(targets)} other tensors " + ("identical" if not untouched else f"CHANGED: {untouched[:2]}"))
+        back = os.path.join(OUT, name + ".unfused.safetensors")
+        p = cli("unfuse", "--fused", fused, f"{f}:{w}", "-o", back, "-q", "--no-fsync", expect_ok=False)
+        if p.returncode != 0:
+            record(name, "unfuse", False, f"exit {p.returncode}: {p.stderr.strip()[:300]}")
+        else:
+            uidx = st_index(back)
+            worst_ref = worst_true = 0.0
+            for path, key in mods:
+                fw = st_f64(fused, fidx, key)
+                w0 = BASE["real"][key][1]
+                if "glora" in name:
+                    a, b = info[path]["A"], info[path]["B"]
+                    xt = (fw - w * b).movedim(1, -1)
+                    ref = torch.linalg.solve((torch.eye(a.shape[0], dtype=torch.float64) + w * a).t(), xt.reshape(-1, a.shape[0]).t()).t().reshape(xt.shape).movedim(-1, 1)
+                else:
+                    ref = rows_solve(info[path], w, fw)
+                gw = st_f64(back, uidx, key)
+                worst_ref = max(worst_ref, float(((gw - ref).abs() / f16_ulp(ref)).max()))
+                worst_true = max(worst_true, float((gw - w0).abs().max() / f16_ulp(w0.abs().max())))
+            untouched = [k for k in bidx[0] if k not in targets and st_raw(back, uidx, k) != st_raw(REAL_SD15, bidx, k)]
+            record(name, "unfuse", worst_ref <= 1.0 and not untouched, f"at {w}: worst {worst_ref:.2f} ulp(f16) from the f64 inverse of F; {worst_true:.2f} ulp(max|W0|) from the true W0" + (f"; other tensors CHANGED: {untouched[:2]}" if untouched else ""))
+        os.remove(fused)
+        if os.path.exists(back):
+            os.remove(back)
+        conv = os.path.join(OUT, name + ".to-kohya.safetensors")
+        p = cli("convert", f, "-o", conv, "--to", "kohya", "--base", REAL_SD15, "--dtype", "fp32", "-q", expect_ok=False)
+        if p.returncode != 0:
+            record(name, "convert kohya", False, f"exit {p.returncode}: {p.stderr.strip()[:300]}")
+            continue
+        t, _ = read_st(conv)
+        worst = 0.0
+        for path, _key in mods:
+            n = kohya_name(path)
+            down, up = t[n + ".lora_down.weight"][1], t[n + ".lora_up.weight"][1]
+            r = down.shape[0]
+            a = float(t[n + ".alpha"][1]) if n + ".alpha" in t else r
+            got = (a / r) * (up.reshape(up.shape[0], r) @ down.reshape(r, -1))
+            e = deltas[path].reshape(got.shape)
+            worst = max(worst, float((got - e).abs().max() / e.abs().max()))
+        record(name, "convert kohya", worst < 1e-5, f"{len(mods)} modules; worst |err|/max|Δ| {worst:.1e}")
+        os.remove(conv)
+
+
 def main():
     only = None
     if "--only" in sys.argv:
@@ -630,11 +1015,15 @@ def main():
         bias = result[3] if len(result) > 3 else None
         f = os.path.join(OUT, name + ".safetensors")
         write_st(f, tensors, meta)
+        if len(result) > 4:
+            RULES[name] = result[4:6]
         return f, deltas, bias
 
     sd_unet = [m for m in SD15 if m[0].startswith("unet.")]
     sd_conv3 = [m for m in SD15 if "conv1" in m[0] or "downsamplers" in m[0]]
     sd_lin = [SD15[0], SD15[4], SD15[7]]
+    sd_1x1 = [m for m in SD15 if m not in sd_conv3]  # the old GLoRA layout: linear and 1×1 convs only
+    sd_rows8 = [m for m in SD15 if weight_of("sd15", *m).shape[0] % 8 == 0]  # BOFT stages pairing 8 rows
     cases = [
         ("sd15-kohya-diffusers-f16", "sd15", SD15, lambda: kohya_file("sd15", SD15, "F16", False)),
         ("sd15-kohya-sgm-bf16-alpha-f32-[1]", "sd15", SD15, lambda: kohya_file("sd15", SD15, "BF16", True, alpha_dt="F32", alpha_shape=(1,))),
@@ -666,6 +1055,24 @@ def main():
         ("sdxl-comfyui-saved", "sdxl", SDXL, lambda: comfy_file("sdxl", SDXL, "F16")),
         ("sdxl-loha", "sdxl", SDXL, lambda: loha_file("sdxl", SDXL, "F16")),
         ("sdxl-dora-kohya-in", "sdxl", SDXL, lambda: dora_kohya_file("sdxl", SDXL, "F16", "in")),
+        # session 8: GLoRA, OFT, BOFT (need the base)
+        ("sd15-glora", "sd15", SD15, lambda: glora_file("sd15", SD15, "F16")),
+        ("sd15-glora-no-alpha-bf16", "sd15", SD15, lambda: glora_file("sd15", SD15, "BF16", with_alpha=False)),
+        ("sd15-glora-old-layout", "sd15", sd_1x1, lambda: glora_file("sd15", sd_1x1, "F32", layout="old")),
+        ("sd15-glora-dora-out", "sd15", SD15, lambda: glora_file("sd15", SD15, "F32", dora=True)),
+        ("sdxl-glora", "sdxl", SDXL, lambda: glora_file("sdxl", SDXL, "F16", rank=3)),
+        ("sd15-oft", "sd15", SD15, lambda: oft_file("sd15", SD15, "F16")),
+        ("sd15-oft-constraint-rescale", "sd15", SD15, lambda: oft_file("sd15", SD15, "F32", constraint="active", rescale=True)),
+        ("sd15-oft-rescale-no-alpha", "sd15", SD15, lambda: oft_file("sd15", SD15, "F16", constraint="absent", rescale=True, block=2)),
+        ("sd15-oft-bound-alpha-only", "sd15", SD15, lambda: oft_file("sd15", SD15, "F16", constraint="comfy-only", spread=0.2)),
+        ("sd15-oft-kohya", "sd15", sd_unet, lambda: oft_file("sd15", sd_unet, "F32", constraint="active", spelling="kohya")),
+        ("sd15-oft_diag", "sd15", SD15, lambda: oft_file("sd15", SD15, "F32", kind="oft_diag")),
+        ("sdxl-oft-constraint-rescale-bf16", "sdxl", SDXL, lambda: oft_file("sdxl", SDXL, "BF16", constraint="active", rescale=True)),
+        ("sd15-boft-b2-m1", "sd15", SD15, lambda: oft_file("sd15", SD15, "F16", kind="boft", block=2, stages=1)),
+        ("sd15-boft-b2-m2-constraint-rescale", "sd15", SD15, lambda: oft_file("sd15", SD15, "F32", kind="boft", block=2, stages=2, constraint="active", rescale=True)),
+        ("sd15-boft-b2-m3", "sd15", sd_rows8, lambda: oft_file("sd15", sd_rows8, "F16", kind="boft", block=2, stages=3, spread=0.2)),
+        ("sd15-boft-b4-m2-rescale", "sd15", sd_rows8, lambda: oft_file("sd15", sd_rows8, "F32", kind="boft", block=4, stages=2, rescale=True)),
+        ("sdxl-boft-b2-m2-constraint", "sdxl", SDXL, lambda: oft_file("sdxl", SDXL, "F16", kind="boft", block=2, stages=2, constraint="active")),
     ]
     # a base with what real single files also hold: the DDPM schedule buffers (F32 [1000]), CLIP's position_ids
     # (I64), model_ema.decay / num_updates (F32 / I32 0-d) and EMA copies of weights under flattened names
@@ -690,8 +1097,10 @@ def main():
             name = base_copy(arch, dt)
             f, deltas, bias = make(f"{arch}-kohya-on-{dt}-base", kohya_file(arch, mods, "F16", arch == "sdxl"))
             check_fuse_dtype(f"{arch}-kohya-on-{dt}-base@0.8", name, arch, [(f, deltas, 0.8, None)], mods, dt)
+    if only and only.startswith("real-size"):  # --only real-size[:KIND]
+        real_size(only[len("real-size:"):] or None)
     made = {}
-    base_needed = ("dora",)
+    base_needed = ("dora", "glora", "oft")  # "oft" also matches boft
     for name, arch, mods, gen in cases:
         if only and only not in name:
             continue
@@ -702,12 +1111,13 @@ def main():
             continue
         made[name] = (f, deltas, bias, arch, mods)
         check_inspect(name, f, len(deltas), arch)
+        rule = RULES.get(name, (None, None))[0]
         for w in (1.0, 0.6):
-            check_fuse(f"{name}@{w}", arch, [(f, deltas, w, bias)], mods)
-        check_fuse(f"{name}@-0.8", arch, [(f, deltas, -0.8, bias)], mods, dtype_flag="f32")
+            check_fuse(f"{name}@{w}", arch, [(f, deltas, w, bias, rule)], mods)
+        check_fuse(f"{name}@-0.8", arch, [(f, deltas, -0.8, bias, rule)], mods, dtype_flag="f32")
         if not bias:
             comp = {"unet": 0.7, "te": 0.4} if arch == "sd15" else {"unet": 0.7, "te1": 0.4, "te2": -0.3}
-            check_fuse(f"{name}@{wspec(comp)}", arch, [(f, deltas, comp, bias)], mods, dtype_flag="f32")
+            check_fuse(f"{name}@{wspec(comp)}", arch, [(f, deltas, comp, bias, rule)], mods, dtype_flag="f32")
             for to in ("kohya", "peft"):
                 out = os.path.join(OUT, f"{name}.to-{to}.safetensors")
                 args = ["convert", f, "-o", out, "--to", to, "--dtype", "fp32", "-q"]
@@ -751,6 +1161,31 @@ def main():
             check_lora_output(f"merge-{arch} ({len(group)} spellings)", "merge", out, arch, mods, expected)
         fused = [(made[g][0], made[g][1], w, None) for g, w in zip(group, weights)]
         check_fuse(f"fuse-{arch}-{len(group)}-spellings", arch, fused, mods, dtype_flag="f32")
+
+    # session 8: GLoRA / OFT / BOFT — merge --base with a plain LoRA, verify and unfuse of the fused file, and where
+    # ComfyUI's reading differs (its OFT bound alpha instead of alpha·out, its OFT ignoring rescale) by how much
+    for name in [n for n in made if n in RULES]:
+        f, deltas, _b, arch, mods = made[name]
+        rule, info = RULES[name]
+        plain_t, _m, plain_d = kohya_file(arch, mods, "F16", False)
+        plain = os.path.join(OUT, f"{name}.plain-lora.safetensors")
+        write_st(plain, plain_t, None)
+        out = os.path.join(OUT, f"{name}.merge-base.safetensors")
+        p = cli("merge", f"{f}:0.8", f"{plain}:-0.5", "--base", BASES[arch], "-o", out, "--dtype", "fp32", "-q", expect_ok=False)
+        if p.returncode != 0:
+            record(name, "merge --base", False, f"exit {p.returncode}: {p.stderr.strip()[:300]}")
+        else:
+            check_lora_output(name, "merge --base", out, arch, mods, {pth: 0.8 * d - 0.5 * plain_d[pth] for pth, d in deltas.items()})
+        if "oft" in name:  # LyCORIS (OFT), kohya and A1111 fuse linearly: W0 + w·ΔW — ComfyUI's rule differs for w ≠ 1
+            wrong, what = (lambda pth, w, _d=deltas: w * _d[pth]), "W0 + w·ΔW (LyCORIS/kohya/A1111)"
+        else:
+            wrong, what = (lambda pth, w, _d=deltas: 1.05 * w * _d[pth]), "5 % off"
+        check_verify(name, arch, f, 0.6, mods, rule, deltas, wrong, what)
+        kind = "dora" if "dora" in name else "glora" if "glora" in name else "oft"
+        check_unfuse(name, arch, f, 0.6, mods, kind, info, os.path.join(OUT, f"{name}@0.6.fused.safetensors"))
+        gaps = [float((i["comfy"] - deltas[pth]).abs().max() / deltas[pth].abs().max()) for pth, i in info.items() if "comfy" in i]
+        if gaps and max(gaps) > 0:
+            record(name, "ComfyUI", True, f"ComfyUI's reading at w = 1 (bound alpha, OFT without rescale) differs by up to {max(gaps):.1e} of max|Δ| (not a failure: documented choice)")
 
     # base-dependent kinds merged with --base (exact, and through --rank above their exact rank)
     group = [g for g in ("sd15-dora-peft", "sd15-dora-kohya-in", "sd15-loha") if g in made]

@@ -473,9 +473,13 @@ function gloraPlan(file: string, id: string, t: ModuleTensors): AdapterModulePla
     a2 = t.a2!.shape,
     b1 = t.b1!.shape,
     b2 = t.b2!.shape;
-  const isNew = b2[0] === b1[1] && b1[1] !== undefined && a1[1] === a2[0] && a2[1] === a1[0];
-  const isOld = b2[1] === b1[0] && a1[0] === a2[1] && a2[0] === a1[1];
-  if (isNew && b2[1] === a2[1]) {
+  const isNew = b2[0] === b1[1] && b1[1] !== undefined && a1[1] === a2[0] && a2[1] === a1[0] && b2[1] === a2[1];
+  const isOld = b2[1] === b1[0] && a1[0] === a2[1] && a2[0] === a1[1] && b1[1] === a1[1];
+  // On a square layer both readings fit: a1 [x, y], a2 [y, x], b1 [x, y], b2 [y, x] is an old-layout GLoRA of rank x
+  // on a y × y weight, or a new-layout one of rank y on an x × x weight. ComfyUI decides by the weight (old when it is
+  // y × y); for any rank at most the layer's width that is the reading whose rank is the smaller of x and y (old when
+  // x = y, as ComfyUI). Reading an old file as new would take its rank for the width (session 8 audit).
+  if (isNew && !(isOld && (a1[0] ?? 0) <= (a1[1] ?? 0))) {
     const kernel = b2.length === 4 ? [b2[2] ?? 1, b2[3] ?? 1] : [];
     return {
       kind: 'glora',
@@ -486,7 +490,7 @@ function gloraPlan(file: string, id: string, t: ModuleTensors): AdapterModulePla
       scaleDim: a2[0] ?? 1,
     };
   }
-  if (isOld && b1[1] === a1[1]) {
+  if (isOld) {
     return {
       kind: 'glora',
       label: 'GLoRA',
