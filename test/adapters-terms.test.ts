@@ -265,6 +265,44 @@ describe('dense, DoRA and GLoRA', () => {
         }
     close(termDelta(t, 'm', w0), ref);
   });
+  it('GLoRA deltas are the f64 value rounded once to f32 (no f32 sums over the input channels), linear and conv', () => {
+    // A wide layer with large factors whose terms cancel (Δ ≈ 20× the weight, entries near zero): an f32 sum over
+    // 512 input channels misses the f64 value by many ulps here; one rounding of an f64 sum does not.
+    const rand = prng(33);
+    for (const [inn, K] of [
+      [512, 1],
+      [96, 9],
+    ] as const) {
+      const [out, r] = [24, 4];
+      const shape = K === 1 ? [out, inn] : [out, inn, 3, 3];
+      const t: GloraTerm = {
+        kind: 'glora',
+        shape,
+        scale: 0.75,
+        a1: nd(rand, K === 1 ? [inn, r] : [inn, r, 1, 1], 3),
+        a2: nd(rand, K === 1 ? [r, inn] : [r, inn, 1, 1], 3),
+        b1: nd(rand, K === 1 ? [out, r] : [out, r, 1, 1], 3),
+        b2: nd(rand, K === 1 ? [r, inn] : [r, inn, 3, 3], 3),
+      };
+      const w0 = randomArray(rand, out * inn * K, 1);
+      const m = mm(t.a1.data, t.a2.data, inn, r, inn);
+      const bb = mm(t.b1.data, t.b2.data, out, r, inn * K);
+      const d = termDelta(t, 'm', w0);
+      let worst = 0;
+      for (let o = 0; o < out; o++)
+        for (let j = 0; j < inn; j++)
+          for (let k = 0; k < K; k++) {
+            let x = 0;
+            for (let i = 0; i < inn; i++) x += w0[o * inn * K + i * K + k]! * m[i * inn + j]!;
+            const at = o * inn * K + j * K + k;
+            const ref = 0.75 * (x + bb[at]!);
+            // ulps of f32 at the reference's magnitude
+            const ulp = 2 ** (Math.floor(Math.log2(Math.abs(ref) || 2 ** -149)) - 23);
+            worst = Math.max(worst, Math.abs(d[at]! - ref) / ulp);
+          }
+      expect(worst, `in ${inn}, kernel ${K}`).toBeLessThanOrEqual(1);
+    }
+  });
 });
 
 describe('merging kinds', () => {

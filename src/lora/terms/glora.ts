@@ -53,24 +53,47 @@ function needBase(path: string, base: Float32Array | undefined, n: number): Floa
   return base;
 }
 
-/** W0 ×_in M for W0 [out, in, K] (K = kh·kw) and M [in, in]: X[o, j, k] = Σ_i W0[o, i, k]·M[i, j]. */
-function mixInputs(w0: Float32Array, m: Float32Array, p: Parts): Float32Array {
-  if (p.kernel === 1) return multiply(p.out, p.in, p.in, w0, m);
-  const out = new Float32Array(p.out * p.fanIn);
-  const K = p.kernel;
-  const acc = new Float64Array(p.in);
+/**
+ * W0 ×_in (a1·a2) for W0 [out, in, K] (K = kh·kw): X[o, j, k] = Σ_q (Σ_i W0[o, i, k]·a1[i, q])·a2[q, j], both sums in
+ * f64 — r·in·(out·K)·2 multiply-adds instead of the in² of forming a1·a2 first and mixing W0 with it (80× fewer on
+ * SDXL's 10240 × 1280 feed-forward at rank 8), and an f64 sum of in terms instead of an f32 one.
+ */
+function mixInputs(w0: Float32Array, p: Parts): Float64Array {
+  const { in: n, rank: r, kernel: K, fanIn } = p;
+  const out = new Float64Array(p.out * fanIn);
+  const y = new Float64Array(r);
   for (let o = 0; o < p.out; o++) {
     for (let k = 0; k < K; k++) {
-      acc.fill(0);
-      for (let i = 0; i < p.in; i++) {
-        const w = w0[o * p.fanIn + i * K + k] ?? 0;
+      y.fill(0);
+      for (let i = 0; i < n; i++) {
+        const w = w0[o * fanIn + i * K + k] ?? 0;
         if (w === 0) continue;
-        for (let j = 0; j < p.in; j++) acc[j] = (acc[j] ?? 0) + w * (m[i * p.in + j] ?? 0);
+        const row = i * r;
+        for (let q = 0; q < r; q++) y[q] = (y[q] ?? 0) + w * (p.a1[row + q] ?? 0);
       }
-      for (let j = 0; j < p.in; j++) out[o * p.fanIn + j * K + k] = acc[j] ?? 0;
+      for (let q = 0; q < r; q++) {
+        const c = y[q] ?? 0;
+        if (c === 0) continue;
+        const row = q * n;
+        for (let j = 0; j < n; j++)
+          out[o * fanIn + j * K + k] = (out[o * fanIn + j * K + k] ?? 0) + c * (p.a2[row + j] ?? 0);
+      }
     }
   }
   return out;
+}
+
+/** x += b1·b2 in f64 (b1 [out, r'], b2 [r', fanIn]). */
+function addB(x: Float64Array, p: Parts): void {
+  const rb = p.b2.length / p.fanIn;
+  for (let o = 0; o < p.out; o++) {
+    for (let q = 0; q < rb; q++) {
+      const c = p.b1[o * rb + q] ?? 0;
+      if (c === 0) continue;
+      const row = q * p.fanIn;
+      for (let j = 0; j < p.fanIn; j++) x[o * p.fanIn + j] = (x[o * p.fanIn + j] ?? 0) + c * (p.b2[row + j] ?? 0);
+    }
+  }
 }
 
 export const gloraKind: KindOps<GloraTerm> = {
@@ -88,17 +111,27 @@ export const gloraKind: KindOps<GloraTerm> = {
   delta(t, path, base) {
     const p = parts(t, path);
     const w0 = needBase(path, base, p.out * p.fanIn);
-    const x = mixInputs(w0, multiply(p.in, p.in, p.rank, p.a1, p.a2), p);
-    const y = multiply(p.out, p.fanIn, p.b2.length / p.fanIn, p.b1, p.b2);
-    for (let i = 0; i < x.length; i++) x[i] = t.scale * ((x[i] ?? 0) + (y[i] ?? 0));
-    return x;
+    const x = mixInputs(w0, p);
+    addB(x, p);
+    const d = new Float32Array(x.length);
+    for (let i = 0; i < x.length; i++) d[i] = t.scale * (x[i] ?? 0);
+    return d;
   },
   factors(t, path, base): PlainFactors {
     const p = parts(t, path);
     const w0 = needBase(path, base, p.out * p.fanIn);
     if (p.kernel !== 1) return denseFactors(gloraKind.delta(t, path, w0), p.out, p.fanIn);
     const rb = p.b2.length / p.fanIn;
-    const wa = multiply(p.out, p.rank, p.in, w0, p.a1);
+    // W0·a1 with f64 sums, rounded once.
+    const wa = new Float64Array(p.out * p.rank);
+    for (let o = 0; o < p.out; o++) {
+      for (let i = 0; i < p.in; i++) {
+        const w = w0[o * p.in + i] ?? 0;
+        if (w === 0) continue;
+        for (let q = 0; q < p.rank; q++)
+          wa[o * p.rank + q] = (wa[o * p.rank + q] ?? 0) + w * (p.a1[i * p.rank + q] ?? 0);
+      }
+    }
     const rank = p.rank + rb;
     const up = new Float32Array(p.out * rank);
     for (let o = 0; o < p.out; o++) {
