@@ -109,6 +109,15 @@ export function methodDelta(req: MethodModuleRequest, scratch?: DenseScratch): F
  */
 export const METHOD_SVD_OPTIONS = { excess: 2e-4 } as const;
 
+/**
+ * TIES's stopping rule: the same 0.02% predicted excess, the convergence rate also read off the Ritz values' gap
+ * (truncatedSvd `ritzGap`) instead of the fixed ¾ before a whole round's ratio exists — most SDXL TIES modules stop
+ * after their third product instead of their fifth (bench/ties-rule.ts: 2.9 instead of 4.0 half-steps per module,
+ * worst excess over a long-run reference 0.017% on 79 modules; RESULTS.md, session 8). Only TIES uses it for now, so
+ * the other methods' outputs stay byte-identical.
+ */
+export const TIES_SVD_OPTIONS = { excess: 2e-4, ritzGap: true } as const;
+
 /** truncatedSvd's default oversampling (l = k + 8), and how many of the l starting rows are A·ω for random ω. */
 const START_OVERSAMPLE = 8;
 const START_SKETCH_ROWS = 8;
@@ -128,7 +137,7 @@ export function methodSvd(
   const mul = typeof options.product === 'function' ? options.product : undefined;
   const start = l > START_SKETCH_ROWS ? factorStartBasis(req, l - START_SKETCH_ROWS, 2, mul) : undefined;
   return truncatedSvd(delta, req.out, req.fanIn, k, {
-    ...METHOD_SVD_OPTIONS,
+    ...(req.method === 'ties' ? TIES_SVD_OPTIONS : METHOD_SVD_OPTIONS),
     ...options,
     ...(start ? { startLeft: start } : {}),
   });
