@@ -4,7 +4,7 @@
  */
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { METHOD_SVD_OPTIONS } from '../src/lora/method-module.js';
+import { METHOD_SVD_OPTIONS, TIES_SVD_OPTIONS } from '../src/lora/method-module.js';
 import { METHODS } from '../src/lora/methods.js';
 import { PRODUCT_SLICE_ELEMENTS } from '../src/lora/product.js';
 import { jsProduct, truncatedSvd } from '../src/lora/svd.js';
@@ -108,6 +108,75 @@ describe('truncatedSvd', () => {
       const svd = truncatedSvd(a, m, n, 2, { seed, ...METHOD_SVD_OPTIONS });
       expect(productError(a, m, n, svd.up, svd.down, svd.rank)).toBeLessThanOrEqual(optimalError(a, m, n, 2) * 1.001);
     }
+  });
+
+  it("with the Ritz-gap rate (TIES's rule) is within 0.1% of optimal on TIES results, clustered, flat and decaying spectra", () => {
+    // The rate θ_l/θ_k read off the basis replaces the fixed ¾ of the first rounds: it must not stop a slowly
+    // converging matrix early. TIES results as in the property above, plus decaying spectra with a gap after k
+    // (where it stops sooner), near-flat clusters and noise (where θ_l ≈ θ_k and it runs on).
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 1, max: 1e6 }),
+        fc.integer({ min: 48, max: 96 }),
+        fc.integer({ min: 48, max: 128 }),
+        fc.integer({ min: 2, max: 24 }),
+        fc.double({ min: 0.1, max: 0.3, noNaN: true }),
+        fc.constantFrom('ties', 'noise', 'cluster', 'decay'),
+        (seed, m, n, k, density, kind) => {
+          const rand = prng(seed);
+          let a: Float32Array;
+          if (kind === 'ties') {
+            const r = Math.min(2 * k, 32);
+            const delta = () => jsProduct(m, n, r, randomArray(rand, m * r, 1), randomArray(rand, r * n, 1));
+            a = METHODS.ties.dense(
+              [delta(), delta()],
+              [1, 0.8],
+              { density, majoritySign: 'total', seed: 0, t: 0.5 },
+              () => rand,
+            );
+          } else {
+            const s =
+              kind === 'cluster'
+                ? Array.from({ length: 30 }, (_, j) => 1 - 0.005 * j)
+                : kind === 'decay'
+                  ? Array.from({ length: 40 }, (_, j) => 0.93 ** j)
+                  : [];
+            a = spectrumMatrix(seed, m, n, s, kind === 'decay' ? 0.02 : 1);
+          }
+          const svd = truncatedSvd(a, m, n, k, { seed, ...TIES_SVD_OPTIONS });
+          const best = optimalError(a, m, n, k);
+          const got = productError(a, m, n, svd.up, svd.down, svd.rank);
+          expect(svd.iterations).toBeGreaterThan(0);
+          expect(got).toBeLessThanOrEqual(best * 1.001 + 1e-5 * Math.sqrt(svd.total));
+          expect(Math.abs(svd.error - got)).toBeLessThanOrEqual(1e-4 * Math.sqrt(svd.total));
+        },
+      ),
+      { numRuns: 120 },
+    );
+  });
+
+  it('with the Ritz-gap rate stops after fewer products where the gap after k is wide, and runs on where it is not', () => {
+    // A decaying spectrum with a moderate gap after k ((σ_{l+1}/σ_k)² ≈ 0.9^18 ≈ 0.15 for l = 18, plus noise): the
+    // rate read off the Ritz values lets it stop half a round sooner than the old rule's fixed ¾ would.
+    const gap = spectrumMatrix(
+      21,
+      90,
+      120,
+      Array.from({ length: 40 }, (_, j) => 0.9 ** j),
+      0.02,
+    );
+    const sharp = truncatedSvd(gap, 90, 120, 10, { seed: 1, ...TIES_SVD_OPTIONS });
+    const old = truncatedSvd(gap, 90, 120, 10, { seed: 1, ...METHOD_SVD_OPTIONS });
+    expect(sharp.iterations).toBeLessThan(old.iterations);
+    expect(productError(gap, 90, 120, sharp.up, sharp.down, sharp.rank)).toBeLessThanOrEqual(
+      optimalError(gap, 90, 120, 10) * 1.001,
+    );
+    // Pure noise: θ_l/θ_k near 1, so it runs at least as long as the old rule.
+    const flat = spectrumMatrix(22, 90, 120, [], 1);
+    const slow = truncatedSvd(flat, 90, 120, 10, { seed: 1, ...TIES_SVD_OPTIONS });
+    expect(slow.iterations).toBeGreaterThanOrEqual(
+      truncatedSvd(flat, 90, 120, 10, { seed: 1, ...METHOD_SVD_OPTIONS }).iterations,
+    );
   });
 
   it('is exact for a matrix of rank below k, and when k covers min(m, n)', () => {

@@ -109,12 +109,21 @@ export function methodDelta(req: MethodModuleRequest, scratch?: DenseScratch): F
  */
 export const METHOD_SVD_OPTIONS = { excess: 2e-4 } as const;
 
+/**
+ * TIES's stopping rule: the same 0.02% predicted excess, the convergence rate also read off the Ritz values' gap
+ * (truncatedSvd `ritzGap`) instead of the fixed ¾ before a whole round's ratio exists — most SDXL TIES modules stop
+ * after their third or fourth product instead of their fifth (bench/ties-rule.ts: 2.98 instead of 4.01 half-steps per
+ * module, worst excess over a long-run reference 0.0199% on 158 modules; RESULTS.md, session 8). Only TIES uses it
+ * for now, so the other methods' outputs stay byte-identical.
+ */
+export const TIES_SVD_OPTIONS = { excess: 2e-4, ritzGap: true } as const;
+
 /** truncatedSvd's default oversampling (l = k + 8), and how many of the l starting rows are A·ω for random ω. */
 const START_OVERSAMPLE = 8;
 const START_SKETCH_ROWS = 8;
 
 /**
- * The truncated SVD of a method's result `delta` (req.out × req.fanIn) as the merge runs it: METHOD_SVD_OPTIONS,
+ * The truncated SVD of a method's result `delta` (req.out × req.fanIn) as the merge runs it: METHOD_SVD_OPTIONS (TIES_SVD_OPTIONS for TIES),
  * started from the inputs' factors (factorStartBasis, l − 8 rows; the other 8 are A·ω for random ω) where every
  * member has factors. `options` are passed on (a workspace, a product for profiling, other stopping options).
  */
@@ -128,7 +137,7 @@ export function methodSvd(
   const mul = typeof options.product === 'function' ? options.product : undefined;
   const start = l > START_SKETCH_ROWS ? factorStartBasis(req, l - START_SKETCH_ROWS, 2, mul) : undefined;
   return truncatedSvd(delta, req.out, req.fanIn, k, {
-    ...METHOD_SVD_OPTIONS,
+    ...(req.method === 'ties' ? TIES_SVD_OPTIONS : METHOD_SVD_OPTIONS),
     ...options,
     ...(start ? { startLeft: start } : {}),
   });

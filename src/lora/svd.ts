@@ -55,6 +55,14 @@ export interface TruncatedSvdOptions {
    */
   readonly excess?: number;
   /**
+   * With `excess`: the rate of convergence is also read off the basis's own Ritz values θ (C·Cᵀ's eigenvalues,
+   * descending): r ≥ θ_l/θ_k per half-step, the estimate of (σ_{l+1}/σ_k)² — the asymptotic rate at which subspace
+   * iteration with l columns closes the k-th direction — in place of the fixed ¾ assumed until a whole-round ratio of
+   * gains exists (a measured round ratio still applies when larger). Lets a fast-converging matrix stop after its
+   * third product instead of its fifth; a near-flat spectrum (θ_l ≈ θ_k) takes r near 1 and runs on.
+   */
+  readonly ritzGap?: boolean;
+  /**
    * A starting left basis in place of the range of A·Ω: `rows` vectors of length m (row-major, not necessarily
    * orthonormal) — e.g. the dominant left subspace of the factors A was formed from. The l − rows further starting
    * vectors are A·ω for random ω (so strong directions of A outside the given rows are in the start), and only
@@ -64,6 +72,11 @@ export interface TruncatedSvdOptions {
   readonly startLeft?: { readonly rows: number; readonly vectors: Float32Array };
   /** Seed of the starting block (default 0x5eed): the same seed and matrix give the same bytes. */
   readonly seed?: number;
+  /**
+   * Diagnostics: called after every half-step with its index (0 = the start's product), the energy the basis keeps
+   * (top-k Ritz values summed), ‖A‖_F² and all the basis's Ritz values (descending; valid during the call only).
+   */
+  readonly onHalfStep?: (step: number, kept: number, total: number, ritz: Float64Array) => void;
   /** How products are computed: 'auto' (WASM SIMD when available), 'js', or a function. */
   readonly product?: 'auto' | 'js' | ProductF32;
   /**
@@ -347,11 +360,14 @@ export function truncatedSvd(
     const tail = Math.max(0, total - kept);
     const gain = kept - prevKept;
     gains.push(gain);
+    options.onHalfStep?.(steps, kept, total, values);
     const converged =
       whole ||
       steps >= 2 * maxIt ||
       (steps >= 2 * minIt &&
-        (excess === undefined ? gain <= (tol / 4) * tail : predictedGain(gains) <= 2 * excess * tail));
+        (excess === undefined
+          ? gain <= (tol / 4) * tail
+          : predictedGain(gains, options.ritzGap ? ritzGapRate(values, k, rows) : undefined) <= 2 * excess * tail));
     if (converged) {
       const f = finish(q, rows, side === 'left' ? m : n, c, len, symmetricEigen(G, rows), k, mul);
       // Left: up = (W·Q)ᵀ, down = W'·C. Right (C = (A·Z)ᵀ): down = W·Z, up = (W'·C)ᵀ.
@@ -384,13 +400,28 @@ export function truncatedSvd(
  * against them underestimates it on clustered spectra — so until a ratio of two later gains exists, r = ¾ (the
  * rest taken to add three times the last gain); r is capped at 0.995 (two hundred times).
  */
-function predictedGain(gains: readonly number[]): number {
+function predictedGain(gains: readonly number[], gapRate?: number): number {
   const s = gains.length - 1;
   const g = gains[s] ?? 0;
   if (g <= 0) return 0;
   const before = gains[s - 2] ?? 0;
-  const r = s >= 4 && before > 0 ? Math.min(Math.sqrt(g / before), 0.995) : 0.75;
+  const round = s >= 4 && before > 0 ? Math.sqrt(g / before) : undefined;
+  const r = Math.min(gapRate === undefined ? (round ?? 0.75) : Math.max(gapRate, round ?? 0), 0.995);
   return (g * r) / (1 - r);
+}
+
+/**
+ * θ_l/θ_k from a basis's Ritz values (descending, `rows` of them): the per-half-step rate (σ_{l+1}/σ_k)² at which
+ * the energy still missing from the top-k directions shrinks once the faster directions have converged (each product
+ * with A or Aᵀ scales the tangent of the k-th direction's angle by σ_{l+1}/σ_k, the energy it misses by the square).
+ * θ_l stands in for σ_{l+1}²: a lower bound on σ_l² ≥ σ_{l+1}², so the estimate can run low while θ_l is still far
+ * from converged — the margin of the `excess` target covers that (measured: bench/ties-rule.ts). Undefined when
+ * θ_k ≤ 0 (rank below k: nothing left to converge) or the basis has no row beyond k.
+ */
+function ritzGapRate(values: Float64Array, k: number, rows: number): number | undefined {
+  const thetaK = values[k - 1] ?? 0;
+  if (rows <= k || !(thetaK > 0)) return undefined;
+  return Math.max(0, values[rows - 1] ?? 0) / thetaK;
 }
 
 /**
