@@ -1,14 +1,16 @@
 /**
- * Background data syncs of fileSink (`syncEvery`; default 64 MiB for direct sinks that fsync): while the file is
- * written, fdatasync runs every so many bytes so that commit's fsync has little left. They must happen, never when
- * fsync is off, leave the bytes unchanged, and a failing one must end in a typed IoError and no file at all.
+ * Background data syncs of fileSink (`syncEvery`, off by default): while the file is written, fdatasync runs every
+ * so many bytes so that commit's fsync has little left. They must happen when asked for, never when fsync is off or
+ * by default, leave the bytes unchanged, and a failing one must end in a typed IoError and no file at all.
  */
 import { existsSync, promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { IoError } from '../src/core/errors.js';
-import { fileSink, SYNC_EVERY_BYTES } from '../src/node/file-sink.js';
+import { fileSink } from '../src/node/file-sink.js';
+
+const SPACING = 64 << 20;
 import { writeSafetensors } from '../src/safetensors/write.js';
 
 let tmp = '';
@@ -46,7 +48,7 @@ function bytes(n: number, seed: number): Uint8Array {
 const leftovers = async (name: string): Promise<string[]> => (await fs.readdir(tmp)).filter((n) => n.includes(name));
 
 describe('fileSink background data syncs', () => {
-  it('a direct sink fdatasyncs while it writes (default spacing), before commit; the bytes are the same', async () => {
+  it('a direct sink with syncEvery: 64 MiB fdatasyncs while it writes, before commit; the bytes are the same', async () => {
     const proto = await handleProto();
     const events: string[] = [];
     const realSync = proto.sync;
@@ -56,9 +58,9 @@ describe('fileSink background data syncs', () => {
       return realSync.call(this);
     });
     const target = path.join(tmp, 'default.bin');
-    const sink = await fileSink(target, { direct: true });
+    const sink = await fileSink(target, { direct: true, syncEvery: SPACING });
     const piece = bytes(8 << 20, 3);
-    const n = (SYNC_EVERY_BYTES >> 23) + 3; // a bit more than the default spacing, in 8 MiB pieces
+    const n = (SPACING >> 23) + 3; // a bit more than the spacing, in 8 MiB pieces
     for (let i = 0; i < n; i++) await sink.write(piece);
     await new Promise((r) => setTimeout(r, 50)); // the staged write in flight lands
     const beforeCommit = ds.mock.calls.length;
@@ -108,18 +110,19 @@ describe('fileSink background data syncs', () => {
     expect(most).toBe(1);
   });
 
-  it('no data syncs with fsync: false, with syncEvery: 0, or for a plain sink by default', async () => {
+  it('no data syncs with fsync: false, with syncEvery: 0, or by default (direct or plain)', async () => {
     const proto = await handleProto();
     const ds = vi.spyOn(proto, 'datasync');
     const cases = [
       { direct: true, fsync: false, syncEvery: 1 << 20 },
       { direct: true, syncEvery: 0 },
+      { direct: true },
       { direct: false },
     ];
     for (const [i, options] of cases.entries()) {
       const target = path.join(tmp, `none-${i}.bin`);
       const sink = await fileSink(target, options);
-      const n = options.direct ? 3 : (SYNC_EVERY_BYTES >> 24) + 2; // past the default spacing where it matters
+      const n = i < 2 ? 3 : (SPACING >> 24) + 2; // past 64 MiB where a default would matter
       for (let k = 0; k < n; k++) await sink.write(bytes(16 << 20, k));
       await sink.commit();
       expect((await fs.stat(target)).size).toBe(n * (16 << 20));
@@ -160,17 +163,18 @@ describe('fileSink background data syncs', () => {
       expect(await leftovers(`failed-${at}`)).toEqual([]);
       ds.mockRestore();
     }
-    // Through writeSafetensors (the fuse's path): the same error, nothing left.
+    // Through writeSafetensors, which aborts the sink on failure: the same error, nothing left.
     vi.spyOn(proto, 'datasync').mockRejectedValue(eio);
     const target = path.join(tmp, 'failed.safetensors');
     const big = (16 << 20) + 5;
-    const tensors = Array.from({ length: (SYNC_EVERY_BYTES >> 24) + 2 }, (_, i) => ({
+    const tensors = Array.from({ length: 3 }, (_, i) => ({
       name: `t${i}`,
       dtype: 'U8' as const,
       shape: [big],
       data: () => bytes(big, i),
     }));
-    const err = await writeSafetensors(target, tensors, { direct: true }).then(
+    const sink = await fileSink(target, { direct: true, syncEvery: 1 << 20 });
+    const err = await writeSafetensors(sink, tensors).then(
       () => null,
       (e: unknown) => e,
     );

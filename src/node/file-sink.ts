@@ -2,8 +2,8 @@
  * Files as ByteSinks: bytes go to a temp file beside the target (named and cleaned up by temp-files.ts); commit
  * fsyncs it (unless `fsync: false`), renames it over the target and fsyncs the directory; abort (or a signal) removes it. Only regular
  * files or new paths are written: a FIFO, device, socket or directory at the target is refused before anything is
- * created. With `direct`, writes bypass the page cache through O_DIRECT staging buffers (direct-writer.ts), and
- * the bytes written are fdatasynced in the background every 64 MiB, so that commit's fsync has little left.
+ * created. With `direct`, writes bypass the page cache through O_DIRECT staging buffers (direct-writer.ts); with
+ * `syncEvery`, the bytes written are fdatasynced in the background as the file grows.
  */
 import { constants, promises as fs } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
@@ -32,21 +32,14 @@ export interface FileSinkOptions {
   fsync?: boolean;
   /**
    * While writing, fdatasync the temp file in the background each time this many more bytes have reached it (at
-   * most one such sync in flight; the writes never wait for it), so that the disk takes the bytes while the rest
-   * is computed and commit's fsync has only the last stretch left. Default: SYNC_EVERY_BYTES (64 MiB) for
-   * `direct` sinks that fsync, else 0 (none). Ignored with `fsync: false`. Durability is the same either way:
-   * commit still fsyncs the file and its folder before reporting success.
+   * most one such sync in flight; the writes never wait for it), so that commit's fsync has only the last stretch
+   * left. Default 0 (none): on the machine measured (ext4 on a virtio disk with a write-back cache) 64 MiB syncs
+   * cut the final flush of an SD1.5 fuse from 0.003–0.97 s to 0.03–0.07 s but delayed the writes by about as much
+   * (journal commits beside the O_DIRECT writes), so the fuse was not faster (bench/RESULTS.md, session 8).
+   * Ignored with `fsync: false`. Durability is the same either way: commit still fsyncs the file and its folder.
    */
   syncEvery?: number;
 }
-
-/**
- * Default spacing of the background data syncs of a direct sink. The disk of the machine measured (ext4 on a
- * virtio disk with a write-back cache) otherwise holds the whole output back until the final fsync: ≈ 1.4 s of a
- * 6 s SD1.5 fuse (bench/RESULTS.md, session 8). A sync takes ≈ 50–70 ms there whatever its size from 16 to
- * 64 MiB, so fewer, larger ones cost less; 256 MiB ones stalled the writes beside them (session 5).
- */
-export const SYNC_EVERY_BYTES = 64 << 20;
 
 export interface FileSink extends ByteSink {
   /** The final path. */
@@ -137,7 +130,7 @@ export async function fileSink(target: string, options: FileSinkOptions = {}): P
   const opened = await openTemp(target, tempPath, mode ?? 0o666, options.direct === true);
   registerTemp(tempPath);
   const sync = options.fsync !== false;
-  const syncEvery = sync ? (options.syncEvery ?? (opened.direct ? SYNC_EVERY_BYTES : 0)) : 0;
+  const syncEvery = sync ? (options.syncEvery ?? 0) : 0;
   const writer = new DirectWriter(opened.fh, tempPath, opened.direct, target, syncEvery);
   let state: 'open' | 'committed' | 'aborted' = 'open';
 
