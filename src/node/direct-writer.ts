@@ -2,7 +2,8 @@
  * Sequential writes into an open temp file, either plainly or with O_DIRECT: bytes are staged in two page-aligned
  * 16 MiB buffers, one written while the other fills; the padded last block is cut back on finish. If the
  * filesystem refuses the first O_DIRECT write (stricter alignment rules), the writer reopens the file without it
- * and carries on; the bytes on disk are the same either way.
+ * and carries on; the bytes on disk are the same either way. With `syncEvery`, the bytes already written are
+ * fdatasynced in the background as the file grows, so the caller's final fsync has only the last stretch left.
  */
 import { constants, promises as fs } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
@@ -42,15 +43,25 @@ export class DirectWriter {
   /** Bytes handed to the file (a multiple of DIRECT_CHUNK until finish). */
   #flushed = 0;
   #pending: Promise<void> | null = null;
+  /** The first failure (a write or a background data sync), reported by every later call. */
+  #error: IoError | null = null;
+  /** Background data syncs: one every `syncEvery` bytes handed to the file, at most one in flight (0: none). */
+  readonly #syncEvery: number;
+  /** File offset the last finished data sync covered. */
+  #syncedTo = 0;
+  #syncing: Promise<void> | null = null;
+  #syncs = 0;
 
   constructor(
     fh: FileHandle,
     private readonly tempPath: string,
     direct: boolean,
     private readonly target: string,
+    syncEvery = 0,
   ) {
     this.#fh = fh;
     this.#direct = direct;
+    this.#syncEvery = Number.isFinite(syncEvery) && syncEvery > 0 ? syncEvery : 0;
     this.#stage = direct ? [alignedBuffer(DIRECT_CHUNK), alignedBuffer(DIRECT_CHUNK)] : [];
   }
 
@@ -62,14 +73,68 @@ export class DirectWriter {
     return this.#failed;
   }
 
-  #writeFailed(at: number, e: unknown): IoError {
+  /** The failure that made `failed` true, when it was a write or a data sync of this writer. */
+  get error(): IoError | null {
+    return this.#error;
+  }
+
+  /** Background data syncs started so far. */
+  get dataSyncs(): number {
+    return this.#syncs;
+  }
+
+  #fail(err: IoError): IoError {
     this.#failed = true;
-    return new IoError(
-      'IO_WRITE_FAILED',
-      `${this.target}: writing ${this.tempPath} failed at byte ${at} (${describeError(e)})`,
-      { file: this.target },
-      { cause: e },
+    this.#error ??= err;
+    return err;
+  }
+
+  #writeFailed(at: number, e: unknown): IoError {
+    return this.#fail(
+      new IoError(
+        'IO_WRITE_FAILED',
+        `${this.target}: writing ${this.tempPath} failed at byte ${at} (${describeError(e)})`,
+        { file: this.target },
+        { cause: e },
+      ),
     );
+  }
+
+  /**
+   * Once `syncEvery` more bytes have reached the file than the last data sync covered, start an fdatasync on the
+   * libuv pool and return at once: the writer never waits for it, and the next one starts only after it is done.
+   * A failure is kept and reported by the next write, by finish and by the sink's commit.
+   */
+  #syncBehind(end: number): void {
+    if (this.#syncEvery === 0 || this.#syncing || this.#failed || !this.#fh) return;
+    if (end - this.#syncedTo < this.#syncEvery) return;
+    this.#syncs++;
+    this.#syncing = this.#fh
+      .datasync()
+      .then(
+        () => {
+          this.#syncedTo = Math.max(this.#syncedTo, end);
+        },
+        (e: unknown) => {
+          this.#fail(
+            new IoError(
+              'IO_WRITE_FAILED',
+              `${this.target}: syncing ${this.tempPath} to disk failed after byte ${end} (${describeError(e)})`,
+              { file: this.target },
+              { cause: e },
+            ),
+          );
+        },
+      )
+      .then(() => {
+        this.#syncing = null;
+      });
+  }
+
+  /** Wait for a data sync in flight; throw the writer's failure, if any. */
+  async #settleSync(): Promise<void> {
+    if (this.#syncing) await this.#syncing;
+    if (this.#error) throw this.#error;
   }
 
   #handle(): FileHandle {
@@ -79,7 +144,9 @@ export class DirectWriter {
 
   async write(chunk: Uint8Array): Promise<void> {
     if (this.#failed) {
-      throw new IoError('IO_WRITE_FAILED', `${this.target}: an earlier write failed`, { file: this.target });
+      throw (
+        this.#error ?? new IoError('IO_WRITE_FAILED', `${this.target}: an earlier write failed`, { file: this.target })
+      );
     }
     const fh = this.#handle();
     if (this.#stage.length > 0) {
@@ -88,12 +155,14 @@ export class DirectWriter {
       await writeAll(fh, chunk, chunk.byteLength, this.#written).catch((e: unknown) => {
         throw this.#writeFailed(this.#written, e);
       });
+      this.#syncBehind(this.#written + chunk.byteLength);
     }
     this.#written += chunk.byteLength;
   }
 
   /** Leave O_DIRECT for plain writes: the first direct write was refused (alignment rules of this filesystem). */
   async #leaveDirect(): Promise<void> {
+    await this.#settleSync();
     await this.#handle().close();
     this.#fh = await fs.open(this.tempPath, constants.O_WRONLY);
     this.#direct = false;
@@ -115,10 +184,14 @@ export class DirectWriter {
           throw this.#writeFailed(at, e2);
         });
       }
+      this.#syncBehind(at + bytes);
     } else {
-      const p = writeAll(this.#handle(), buf, padTo, at).catch((e: unknown) => {
-        throw this.#writeFailed(at, e);
-      });
+      const p = writeAll(this.#handle(), buf, padTo, at).then(
+        () => this.#syncBehind(at + bytes),
+        (e: unknown) => {
+          throw this.#writeFailed(at, e);
+        },
+      );
       p.catch(() => undefined); // reported by the next write or by finish
       this.#pending = p;
     }
@@ -137,6 +210,7 @@ export class DirectWriter {
           throw this.#writeFailed(at, e);
         });
         this.#flushed += chunk.byteLength - off;
+        this.#syncBehind(this.#flushed);
         return;
       }
       const k = Math.min(DIRECT_CHUNK - this.#fill, chunk.byteLength - off);
@@ -188,14 +262,17 @@ export class DirectWriter {
 
   /** Write what is staged; cut the padded last block back to the bytes written. */
   async finish(): Promise<void> {
-    if (this.#stage.length === 0) return;
-    if (this.#pending) await this.#pending;
-    this.#pending = null;
-    if (!this.#direct || this.#fill === 0) return;
-    await this.#flushStage(this.#fill, Math.ceil(this.#fill / DIRECT_BLOCK) * DIRECT_BLOCK);
-    if (this.#pending) await this.#pending;
-    this.#pending = null;
-    await this.#handle().truncate(this.#written);
+    if (this.#stage.length > 0) {
+      if (this.#pending) await this.#pending;
+      this.#pending = null;
+      if (this.#direct && this.#fill > 0) {
+        await this.#flushStage(this.#fill, Math.ceil(this.#fill / DIRECT_BLOCK) * DIRECT_BLOCK);
+        if (this.#pending) await this.#pending;
+        this.#pending = null;
+        await this.#handle().truncate(this.#written);
+      }
+    }
+    await this.#settleSync();
   }
 
   /** fsync (unless `sync` is false) and close (after finish). */
@@ -210,6 +287,7 @@ export class DirectWriter {
   async close(): Promise<void> {
     if (this.#pending) await this.#pending.catch(() => undefined);
     this.#pending = null;
+    if (this.#syncing) await this.#syncing;
     const fh = this.#fh;
     this.#fh = null;
     if (fh) await fh.close().catch(() => undefined);
