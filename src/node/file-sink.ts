@@ -33,9 +33,9 @@ export interface FileSinkOptions {
   /**
    * While writing, fdatasync the temp file in the background each time this many more bytes have reached it (at
    * most one such sync in flight; the writes never wait for it), so that commit's fsync has only the last stretch
-   * left. Default 0 (none): on the machine measured (ext4 on a virtio disk with a write-back cache) 64 MiB syncs
-   * cut the final flush of an SD1.5 fuse from 0.003–0.97 s to 0.03–0.07 s but delayed the writes by about as much
-   * (journal commits beside the O_DIRECT writes), so the fuse was not faster (bench/RESULTS.md, session 8).
+   * left. Default 0 (none): on the machine measured (ext4 on a virtio disk with a write-back cache, quiet) 64 MiB
+   * syncs made an SD1.5 fuse faster (4.63 vs 5.95 s) and an SDXL fuse slower (11.8 vs 10.0 s): each sync is a journal
+   * commit that holds back the O_DIRECT writes beside it (bench/RESULTS.md, session 8).
    * Ignored with `fsync: false`. Durability is the same either way: commit still fsyncs the file and its folder.
    */
   syncEvery?: number;
