@@ -8,6 +8,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { fileSink } from '../src/node/files.js';
 import { writeSafetensors } from '../src/safetensors/write.js';
+import { bytes } from './io-helpers.js';
 
 let tmp: string;
 beforeAll(async () => {
@@ -16,16 +17,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await fs.rm(tmp, { recursive: true, force: true });
 });
-
-function bytes(n: number, seed: number): Uint8Array {
-  const b = new Uint8Array(n);
-  let x = seed >>> 0;
-  for (let i = 0; i < n; i++) {
-    x = (Math.imul(x, 1664525) + 1013904223) >>> 0;
-    b[i] = x >>> 24;
-  }
-  return b;
-}
 
 async function writeChunks(
   dir: string,

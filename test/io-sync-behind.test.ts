@@ -12,6 +12,7 @@ import { fileSink } from '../src/node/file-sink.js';
 
 const SPACING = 64 << 20;
 import { writeSafetensors } from '../src/safetensors/write.js';
+import { bytes } from './io-helpers.js';
 
 let tmp = '';
 beforeAll(async () => {
@@ -33,16 +34,6 @@ async function handleProto(): Promise<Proto> {
   const proto = Object.getPrototypeOf(fh) as Proto;
   await fh.close();
   return proto;
-}
-
-function bytes(n: number, seed: number): Uint8Array {
-  const b = new Uint8Array(n);
-  let x = seed >>> 0;
-  for (let i = 0; i < n; i++) {
-    x = (Math.imul(x, 1664525) + 1013904223) >>> 0;
-    b[i] = x >>> 24;
-  }
-  return b;
 }
 
 const leftovers = async (name: string): Promise<string[]> => (await fs.readdir(tmp)).filter((n) => n.includes(name));

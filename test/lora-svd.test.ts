@@ -22,6 +22,39 @@ function spectrumMatrix(seed: number, m: number, n: number, s: readonly number[]
   return a;
 }
 
+/**
+ * The matrices the SVD properties draw: a TIES result of two random rank-min(2k, 32) deltas at `density` (sparse,
+ * nearly flat spectrum: the slow case for subspace iteration), pure noise, a near-flat cluster of 30 values, or a
+ * decaying spectrum with little noise (a gap after k).
+ */
+function testMatrix(
+  seed: number,
+  m: number,
+  n: number,
+  k: number,
+  density: number,
+  kind: 'ties' | 'noise' | 'cluster' | 'decay',
+): Float32Array {
+  if (kind === 'ties') {
+    const rand = prng(seed);
+    const r = Math.min(2 * k, 32);
+    const delta = () => jsProduct(m, n, r, randomArray(rand, m * r, 1), randomArray(rand, r * n, 1));
+    return METHODS.ties.dense(
+      [delta(), delta()],
+      [1, 0.8],
+      { density, majoritySign: 'total', seed: 0, t: 0.5 },
+      () => rand,
+    );
+  }
+  const s =
+    kind === 'cluster'
+      ? Array.from({ length: 30 }, (_, j) => 1 - 0.005 * j)
+      : kind === 'decay'
+        ? Array.from({ length: 40 }, (_, j) => 0.93 ** j)
+        : [];
+  return spectrumMatrix(seed, m, n, s, kind === 'decay' ? 0.02 : 1);
+}
+
 describe('truncatedSvd', () => {
   it('is within 0.1% of the optimal error, and reports the error of the factors it returns', () => {
     fc.assert(
@@ -63,29 +96,7 @@ describe('truncatedSvd', () => {
         fc.double({ min: 0.1, max: 0.3, noNaN: true }),
         fc.constantFrom('ties', 'noise', 'cluster'),
         (seed, m, n, k, density, kind) => {
-          const rand = prng(seed);
-          let a: Float32Array;
-          if (kind === 'ties') {
-            const r = Math.min(2 * k, 32);
-            const delta = () => {
-              const up = randomArray(rand, m * r, 1),
-                down = randomArray(rand, r * n, 1);
-              return jsProduct(m, n, r, up, down);
-            };
-            a = METHODS.ties.dense(
-              [delta(), delta()],
-              [1, 0.8],
-              { density, majoritySign: 'total', seed: 0, t: 0.5 },
-              () => rand,
-            );
-          } else
-            a = spectrumMatrix(
-              seed,
-              m,
-              n,
-              kind === 'cluster' ? Array.from({ length: 30 }, (_, j) => 1 - 0.005 * j) : [],
-              1,
-            );
+          const a = testMatrix(seed, m, n, k, density, kind);
           const svd = truncatedSvd(a, m, n, k, { seed, ...METHOD_SVD_OPTIONS });
           const best = optimalError(a, m, n, k);
           const got = productError(a, m, n, svd.up, svd.down, svd.rank);
@@ -123,26 +134,7 @@ describe('truncatedSvd', () => {
         fc.double({ min: 0.1, max: 0.3, noNaN: true }),
         fc.constantFrom('ties', 'noise', 'cluster', 'decay'),
         (seed, m, n, k, density, kind) => {
-          const rand = prng(seed);
-          let a: Float32Array;
-          if (kind === 'ties') {
-            const r = Math.min(2 * k, 32);
-            const delta = () => jsProduct(m, n, r, randomArray(rand, m * r, 1), randomArray(rand, r * n, 1));
-            a = METHODS.ties.dense(
-              [delta(), delta()],
-              [1, 0.8],
-              { density, majoritySign: 'total', seed: 0, t: 0.5 },
-              () => rand,
-            );
-          } else {
-            const s =
-              kind === 'cluster'
-                ? Array.from({ length: 30 }, (_, j) => 1 - 0.005 * j)
-                : kind === 'decay'
-                  ? Array.from({ length: 40 }, (_, j) => 0.93 ** j)
-                  : [];
-            a = spectrumMatrix(seed, m, n, s, kind === 'decay' ? 0.02 : 1);
-          }
+          const a = testMatrix(seed, m, n, k, density, kind);
           const svd = truncatedSvd(a, m, n, k, { seed, ...TIES_SVD_OPTIONS });
           const best = optimalError(a, m, n, k);
           const got = productError(a, m, n, svd.up, svd.down, svd.rank);
