@@ -55,6 +55,37 @@ function testMatrix(
   return spectrumMatrix(seed, m, n, s, kind === 'decay' ? 0.02 : 1);
 }
 
+/**
+ * The property both stopping rules must keep: on matrices drawn by testMatrix, the SVD with `options` ends within
+ * 0.1% of the optimal rank-k error (plus a rounding allowance), after iterating, and reports its error exactly.
+ */
+function withinOptimal(
+  options: Parameters<typeof truncatedSvd>[4],
+  kinds: readonly ('ties' | 'noise' | 'cluster' | 'decay')[],
+  numRuns: number,
+): void {
+  fc.assert(
+    fc.property(
+      fc.integer({ min: 1, max: 1e6 }),
+      fc.integer({ min: 48, max: 96 }),
+      fc.integer({ min: 48, max: 128 }),
+      fc.integer({ min: 2, max: 24 }),
+      fc.double({ min: 0.1, max: 0.3, noNaN: true }),
+      fc.constantFrom(...kinds),
+      (seed, m, n, k, density, kind) => {
+        const a = testMatrix(seed, m, n, k, density, kind);
+        const svd = truncatedSvd(a, m, n, k, { seed, ...options });
+        const best = optimalError(a, m, n, k);
+        const got = productError(a, m, n, svd.up, svd.down, svd.rank);
+        expect(svd.iterations).toBeGreaterThan(0);
+        expect(got).toBeLessThanOrEqual(best * 1.001 + 1e-5 * Math.sqrt(svd.total));
+        expect(Math.abs(svd.error - got)).toBeLessThanOrEqual(1e-4 * Math.sqrt(svd.total));
+      },
+    ),
+    { numRuns },
+  );
+}
+
 describe('truncatedSvd', () => {
   it('is within 0.1% of the optimal error, and reports the error of the factors it returns', () => {
     fc.assert(
@@ -87,26 +118,7 @@ describe('truncatedSvd', () => {
   it('as the merge methods call it, is within 0.1% of optimal on TIES results, clustered and flat spectra', () => {
     // TIES of two random rank-r LoRAs at density 0.1–0.3: a sparse, nearly flat spectrum (the slow case for
     // subspace iteration, research/methods.md), and pure noise; l = k + 8 well below min(m, n), so it iterates.
-    fc.assert(
-      fc.property(
-        fc.integer({ min: 1, max: 1e6 }),
-        fc.integer({ min: 48, max: 96 }),
-        fc.integer({ min: 48, max: 128 }),
-        fc.integer({ min: 2, max: 24 }),
-        fc.double({ min: 0.1, max: 0.3, noNaN: true }),
-        fc.constantFrom('ties', 'noise', 'cluster'),
-        (seed, m, n, k, density, kind) => {
-          const a = testMatrix(seed, m, n, k, density, kind);
-          const svd = truncatedSvd(a, m, n, k, { seed, ...METHOD_SVD_OPTIONS });
-          const best = optimalError(a, m, n, k);
-          const got = productError(a, m, n, svd.up, svd.down, svd.rank);
-          expect(svd.iterations).toBeGreaterThan(0);
-          expect(got).toBeLessThanOrEqual(best * 1.001 + 1e-5 * Math.sqrt(svd.total));
-          expect(Math.abs(svd.error - got)).toBeLessThanOrEqual(1e-4 * Math.sqrt(svd.total));
-        },
-      ),
-      { numRuns: 60 },
-    );
+    withinOptimal(METHOD_SVD_OPTIONS, ['ties', 'noise', 'cluster'], 60);
   });
 
   it('stays within 0.1% on the noise matrices where a looser predicted excess (0.05%) ended 0.12–0.13% above', () => {
@@ -125,26 +137,7 @@ describe('truncatedSvd', () => {
     // The rate θ_l/θ_k read off the basis replaces the fixed ¾ of the first rounds: it must not stop a slowly
     // converging matrix early. TIES results as in the property above, plus decaying spectra with a gap after k
     // (where it stops sooner), near-flat clusters and noise (where θ_l ≈ θ_k and it runs on).
-    fc.assert(
-      fc.property(
-        fc.integer({ min: 1, max: 1e6 }),
-        fc.integer({ min: 48, max: 96 }),
-        fc.integer({ min: 48, max: 128 }),
-        fc.integer({ min: 2, max: 24 }),
-        fc.double({ min: 0.1, max: 0.3, noNaN: true }),
-        fc.constantFrom('ties', 'noise', 'cluster', 'decay'),
-        (seed, m, n, k, density, kind) => {
-          const a = testMatrix(seed, m, n, k, density, kind);
-          const svd = truncatedSvd(a, m, n, k, { seed, ...TIES_SVD_OPTIONS });
-          const best = optimalError(a, m, n, k);
-          const got = productError(a, m, n, svd.up, svd.down, svd.rank);
-          expect(svd.iterations).toBeGreaterThan(0);
-          expect(got).toBeLessThanOrEqual(best * 1.001 + 1e-5 * Math.sqrt(svd.total));
-          expect(Math.abs(svd.error - got)).toBeLessThanOrEqual(1e-4 * Math.sqrt(svd.total));
-        },
-      ),
-      { numRuns: 120 },
-    );
+    withinOptimal(TIES_SVD_OPTIONS, ['ties', 'noise', 'cluster', 'decay'], 120);
   });
 
   it('with the Ritz-gap rate stops after fewer products where the gap after k is wide, and runs on where it is not', () => {
