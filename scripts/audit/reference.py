@@ -138,14 +138,7 @@ def component(path):
 
 def weight_of(arch, path, key):
     """The diffusers-shaped base weight W0 of a module (f64), sliced / transposed as the single file stores it."""
-    w = BASE[arch][key][1]
-    if key.endswith("in_proj_weight"):
-        c = w.shape[1]
-        which = {"q_proj": 0, "k_proj": 1, "v_proj": 2}[path.rsplit(".", 1)[1]]
-        return w[which * c:(which + 1) * c]
-    if key.endswith("text_projection"):
-        return w.t()
-    return w
+    return weight_of_tensor(path, key, BASE[arch][key][1])
 
 
 def place(arch, path, key, delta):

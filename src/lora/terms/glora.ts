@@ -53,26 +53,37 @@ function needBase(path: string, base: Float32Array | undefined, n: number): Floa
   return base;
 }
 
-/**
- * W0 ×_in (a1·a2) for W0 [out, in, K] (K = kh·kw): X[o, j, k] = Σ_q (Σ_i W0[o, i, k]·a1[i, q])·a2[q, j], both sums in
- * f64 — r·in·(out·K)·2 multiply-adds instead of the in² of forming a1·a2 first and mixing W0 with it (80× fewer on
- * SDXL's 10240 × 1280 feed-forward at rank 8), and an f64 sum of in terms instead of an f32 one.
- */
-function mixInputs(w0: Float32Array, p: Parts): Float64Array {
+/** Y[o, k, q] = Σ_i W0[o, i, k]·a1[i, q] for W0 [out, in, K] (K = kh·kw), summed in f64: [out, K, r]. */
+function w0TimesA1(w0: Float32Array, p: Parts): Float64Array {
   const { in: n, rank: r, kernel: K, fanIn } = p;
-  const out = new Float64Array(p.out * fanIn);
-  const y = new Float64Array(r);
+  const y = new Float64Array(p.out * K * r);
   for (let o = 0; o < p.out; o++) {
     for (let k = 0; k < K; k++) {
-      y.fill(0);
+      const at = (o * K + k) * r;
       for (let i = 0; i < n; i++) {
         const w = w0[o * fanIn + i * K + k] ?? 0;
         if (w === 0) continue;
         const row = i * r;
-        for (let q = 0; q < r; q++) y[q] = (y[q] ?? 0) + w * (p.a1[row + q] ?? 0);
+        for (let q = 0; q < r; q++) y[at + q] = (y[at + q] ?? 0) + w * (p.a1[row + q] ?? 0);
       }
+    }
+  }
+  return y;
+}
+
+/**
+ * W0 ×_in (a1·a2): X[o, j, k] = Σ_q (W0·a1)[o, k, q]·a2[q, j], both sums in f64 — r·in·(out·K)·2 multiply-adds
+ * instead of the in² of forming a1·a2 first and mixing W0 with it (80× fewer on SDXL's 10240 × 1280 feed-forward at
+ * rank 8), and an f64 sum of in terms instead of an f32 one.
+ */
+function mixInputs(w0: Float32Array, p: Parts): Float64Array {
+  const { in: n, rank: r, kernel: K, fanIn } = p;
+  const y = w0TimesA1(w0, p);
+  const out = new Float64Array(p.out * fanIn);
+  for (let o = 0; o < p.out; o++) {
+    for (let k = 0; k < K; k++) {
       for (let q = 0; q < r; q++) {
-        const c = y[q] ?? 0;
+        const c = y[(o * K + k) * r + q] ?? 0;
         if (c === 0) continue;
         const row = q * n;
         for (let j = 0; j < n; j++)
@@ -122,16 +133,7 @@ export const gloraKind: KindOps<GloraTerm> = {
     const w0 = needBase(path, base, p.out * p.fanIn);
     if (p.kernel !== 1) return denseFactors(gloraKind.delta(t, path, w0), p.out, p.fanIn);
     const rb = p.b2.length / p.fanIn;
-    // W0·a1 with f64 sums, rounded once.
-    const wa = new Float64Array(p.out * p.rank);
-    for (let o = 0; o < p.out; o++) {
-      for (let i = 0; i < p.in; i++) {
-        const w = w0[o * p.in + i] ?? 0;
-        if (w === 0) continue;
-        for (let q = 0; q < p.rank; q++)
-          wa[o * p.rank + q] = (wa[o * p.rank + q] ?? 0) + w * (p.a1[i * p.rank + q] ?? 0);
-      }
-    }
+    const wa = w0TimesA1(w0, p); // [out, 1, r], f64 sums, rounded once below
     const rank = p.rank + rb;
     const up = new Float32Array(p.out * rank);
     for (let o = 0; o < p.out; o++) {
