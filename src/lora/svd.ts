@@ -317,31 +317,28 @@ export function truncatedSvd(
   const ws = options.workspace instanceof SvdWorkspace ? options.workspace : undefined;
   // QᵀA = Qᵀ·A (the small operand on the left) and (A·Z)ᵀ = Zᵀ·Aᵀ computed as A·Z, then transposed (small).
   const at = new TransposedA(a, m, n, mul, ws);
-  // Starting block Ωᵀ (l × n): uniform on [−1, 1) from the seeded generator; Yᵀ = Ωᵀ·Aᵀ (l × m).
   const next = mulberry32(options.seed ?? 0x5eed);
+  // Starting block: the given rows (options.startLeft) first, then the rows of (A·Ω)ᵀ for the l − given random
+  // columns Ω (uniform on [−1, 1) from the seeded generator) — any strong direction of A the given rows miss is in
+  // the start all the same.
   const start = options.startLeft;
-  let basis: { q: Float32Array; rows: number };
-  let whole: boolean;
-  if (start && start.rows > 0) {
-    // Given rows first, then the rows of (A·Ω)ᵀ for l − rows random columns Ω (a fraction of a product): any
-    // strong direction of A the given rows miss is in the start all the same. Whole only when it spans m-space.
-    const given = Math.min(start.rows, l);
-    const s0 = ws ? ws.f32('start', l * m) : new Float32Array(l * m);
-    s0.set(start.vectors.subarray(0, given * m));
-    if (given < l) {
-      const omegaT = ws ? ws.f32('omega', (l - given) * n) : new Float32Array((l - given) * n);
-      for (let i = 0; i < omegaT.length; i++) omegaT[i] = next() / 2147483648 - 1;
-      s0.set(at.times(l - given, omegaT), given * m);
-    }
-    basis = orthonormalRows(s0, l, m, mul);
-    whole = basis.rows === m;
-  } else {
-    const omegaT = ws ? ws.f32('omega', l * n) : new Float32Array(l * n);
+  const given = start && start.rows > 0 ? Math.min(start.rows, l) : 0;
+  let sampled: Float32Array | null = null;
+  if (given < l) {
+    const omegaT = ws ? ws.f32('omega', (l - given) * n) : new Float32Array((l - given) * n);
     for (let i = 0; i < omegaT.length; i++) omegaT[i] = next() / 2147483648 - 1;
-    basis = orthonormalRows(at.times(l, omegaT), l, m, mul);
-    // A range of dimension < l (or l = min(m, n)) is captured whole by the first block: no iteration needed.
-    whole = basis.rows < l || l === Math.min(m, n);
+    sampled = at.times(l - given, omegaT);
   }
+  let s0 = sampled as Float32Array;
+  if (start && given > 0) {
+    s0 = ws ? ws.f32('start', l * m) : new Float32Array(l * m);
+    s0.set(start.vectors.subarray(0, given * m));
+    if (sampled) s0.set(sampled, given * m);
+  }
+  let basis = orthonormalRows(s0, l, m, mul);
+  // Without given rows, a range of dimension < l (or l = min(m, n)) is captured whole by the first block: no
+  // iteration needed; with them, only a basis that spans m-space is.
+  const whole = given > 0 ? basis.rows === m : basis.rows < l || l === Math.min(m, n);
   // Half-steps: a left basis Q (rows × m) gives C = QᵀA (rows × n), a right basis Z (rows × n) gives C = ZᵀAᵀ
   // (rows × m); the top-k eigenvalues of C·Cᵀ are the energy the basis keeps, and orth(C) is the next basis.
   let side: 'left' | 'right' = 'left';
