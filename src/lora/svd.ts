@@ -206,13 +206,15 @@ function orthonormalRows(
   mul: ProductF32,
   gram?: Float64Array,
   onePass = false,
+  ws?: SvdWorkspace,
 ): { q: Float32Array; rows: number } {
   let cur = X,
     rows = r;
   for (let pass = 0; pass < 2; pass++) {
     const G = pass === 0 && gram ? gram : gramOf(cur, rows, len);
     const { w, rows: keep, spread } = whitening(G, rows);
-    cur = keep > 0 ? mul(keep, len, rows, w, cur) : new Float32Array(0);
+    // With a workspace, pass 0 writes 'q0' and pass 1 'q1': never the buffer it reads (X is never one of them).
+    cur = keep > 0 ? mul(keep, len, rows, w, cur, ws?.f32(pass === 0 ? 'q0' : 'q1', keep * len)) : new Float32Array(0);
     rows = keep;
     if (onePass && spread > 1e-4) break;
   }
@@ -245,7 +247,7 @@ class TransposedA {
       const i1 = Math.min(m, i0 + step);
       this.mul(i1 - i0, rows, n, a.subarray(i0 * n, i1 * n), xt, ax.subarray(i0 * rows, i1 * rows));
     }
-    return transposeF32(ax, m, rows);
+    return transposeF32(ax, m, rows, ws?.f32('axT', m * rows));
   }
 }
 
@@ -335,7 +337,7 @@ export function truncatedSvd(
     s0.set(start.vectors.subarray(0, given * m));
     if (sampled) s0.set(sampled, given * m);
   }
-  let basis = orthonormalRows(s0, l, m, mul);
+  let basis = orthonormalRows(s0, l, m, mul, undefined, false, ws);
   // Without given rows, a range of dimension < l (or l = min(m, n)) is captured whole by the first block: no
   // iteration needed; with them, only a basis that spans m-space is.
   const whole = given > 0 ? basis.rows === m : basis.rows < l || l === Math.min(m, n);
@@ -348,7 +350,7 @@ export function truncatedSvd(
   for (;;) {
     const { q, rows } = basis;
     if (rows === 0) return empty(steps / 2);
-    const c = side === 'left' ? mul(rows, n, m, q, a) : at.times(rows, q);
+    const c = side === 'left' ? mul(rows, n, m, q, a, ws?.f32('c', rows * n)) : at.times(rows, q);
     const len = side === 'left' ? n : m;
     const G = gramOf(c, rows, len);
     const values = symmetricEigenvalues(G, rows);
@@ -366,7 +368,8 @@ export function truncatedSvd(
           ? gain <= (tol / 4) * tail
           : predictedGain(gains, options.ritzGap ? ritzGapRate(values, k, rows) : undefined) <= 2 * excess * tail));
     if (converged) {
-      const f = finish(q, rows, side === 'left' ? m : n, c, len, symmetricEigen(G, rows), k, mul);
+      // The factor that is transposed into `up` is a temporary: in the workspace when there is one.
+      const f = finish(q, rows, side === 'left' ? m : n, c, len, symmetricEigen(G, rows), k, mul, side, ws);
       // Left: up = (W·Q)ᵀ, down = W'·C. Right (C = (A·Z)ᵀ): down = W·Z, up = (W'·C)ᵀ.
       const [up, down] =
         side === 'left'
@@ -384,7 +387,7 @@ export function truncatedSvd(
     }
     prevKept = kept;
     steps++;
-    basis = orthonormalRows(c, rows, len, mul, G, true);
+    basis = orthonormalRows(c, rows, len, mul, G, true, ws);
     side = side === 'left' ? 'right' : 'left';
   }
 }
@@ -435,6 +438,8 @@ function finish(
   eig: Eigen,
   k: number,
   mul: ProductF32,
+  side: 'left' | 'right',
+  ws: SvdWorkspace | undefined,
 ): { rank: number; fromBasis: Float32Array; fromC: Float32Array; sigma2: Float64Array; kept: number } {
   const { values, vectors } = eig;
   const top = values[0] ?? 0;
@@ -456,5 +461,8 @@ function finish(
       Wb[j * rows + i] = w * fb;
     }
   }
-  return { rank: r, fromBasis: mul(r, bLen, rows, Wa, basis), fromC: mul(r, len, rows, Wb, c), sigma2, kept };
+  // The caller transposes fromBasis (left side) or fromC (right side) into `up`: that one may live in `ws`.
+  const fromBasis = mul(r, bLen, rows, Wa, basis, side === 'left' ? ws?.f32('fin', r * bLen) : undefined);
+  const fromC = mul(r, len, rows, Wb, c, side === 'right' ? ws?.f32('fin', r * len) : undefined);
+  return { rank: r, fromBasis, fromC, sigma2, kept };
 }

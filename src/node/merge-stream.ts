@@ -50,7 +50,7 @@ import type { SafetensorsFile } from '../safetensors/read.js';
 import type { WriteResult } from '../safetensors/write.js';
 import type { EncodeStats } from '../formats/encode.js';
 import type { ParallelMergeOptions } from './merge-threads.js';
-import { reduceJob } from './merge-threads.js';
+import { ownedReduceJob } from './merge-threads.js';
 import { forEachBounded } from './bounded.js';
 import { ReducePool } from './reduce-pool.js';
 import { registerTemp, releaseTemp, tempPathFor } from './temp-files.js';
@@ -255,7 +255,8 @@ export async function mergeStreaming(
   const threads = Math.max(1, Math.min(Math.floor(options.threads ?? availableParallelism()), work.length));
   const pool = threads > 1 ? ReducePool.start(threads) : null;
   const inline = pool ? null : inlineReducer();
-  const reduce: Reduce = pool ? (p, pm) => pool.run(pm.path, () => reduceJob(p, pm)) : inline!.reduce;
+  // The factors of each module are read for its request alone: the worker gets them moved, not copied.
+  const reduce: Reduce = pool ? (p, pm) => pool.run(pm.path, () => ownedReduceJob(p, pm)) : inline!.reduce;
   const spill = await Spill.create(spillBeside);
 
   const outcomes = new Map<string, ReduceOutcome>();

@@ -54,6 +54,25 @@ export function reduceJob(plan: MergePlan, pm: PlannedMergeModule): ReduceJob {
   };
 }
 
+/**
+ * reduceJob for a module whose factors were read for this request alone (the streaming merge): a method module's
+ * factor buffers are moved to the worker instead of copied — no serialised copy on this thread, no second copy on
+ * the worker's (the caller must not use them afterwards: a method module's outcome always carries its factors, so
+ * the merge never needs them again).
+ */
+export function ownedReduceJob(plan: MergePlan, pm: PlannedMergeModule): ReduceJob {
+  const job = reduceJob(plan, pm);
+  if (!job.method) return job;
+  const transfer = new Set<ArrayBuffer>();
+  for (const m of job.method.members) {
+    if ('delta' in m) continue;
+    for (const a of [m.up, m.down])
+      if (a.buffer instanceof ArrayBuffer && a.byteOffset === 0 && a.byteLength === a.buffer.byteLength)
+        transfer.add(a.buffer);
+  }
+  return { ...job, transfer: [...transfer] };
+}
+
 const yieldToEvents = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 
 /** Spread the reductions of a merge over worker threads. Same arguments, result and errors as mergeLoras. */

@@ -14,8 +14,11 @@ import { startWorker, type WorkerSpec, workerSpec } from './worker-boot.js';
 export const ownBuffer = (a: Float32Array): Float32Array =>
   a.byteOffset === 0 && a.byteLength === a.buffer.byteLength ? a : a.slice();
 
-/** What a caller asks the pool to do for one module (the pool adds the id). */
-export type ReduceJob = Omit<ReduceRequest, 'id'>;
+/**
+ * What a caller asks the pool to do for one module (the pool adds the id). `transfer`: buffers of the request that
+ * the caller hands over (moved to the worker, not copied; unusable here afterwards).
+ */
+export type ReduceJob = Omit<ReduceRequest, 'id'> & { readonly transfer?: readonly ArrayBuffer[] };
 
 interface Pending {
   readonly id: number;
@@ -106,7 +109,8 @@ export class ReducePool {
           continue;
         }
         mine.set(p.id, p);
-        w.postMessage({ ...job, id: p.id } satisfies ReduceRequest);
+        const { transfer, ...request } = job;
+        w.postMessage({ ...request, id: p.id } satisfies ReduceRequest, transfer ? [...transfer] : undefined);
       }
     }
   }

@@ -1,0 +1,98 @@
+/**
+ * methodDelta with a worker's DenseScratch (src/lora/method-module.ts): the inputs' deltas share one buffer of
+ * `reserve`·(p − 1) floats; a TIES module whose deltas do not fit side by side goes through tiesSparse, the other
+ * methods form what does not fit in arrays of their own. Every path must give the bytes of the plain methodDelta.
+ */
+import { describe, expect, it } from 'vitest';
+import { DenseScratch, methodDelta, tiesSparse, type MethodModuleRequest } from '../src/lora/method-module.js';
+import type { MergeMethod } from '../src/lora/methods.js';
+import { prng, randomArray } from './lora-helpers.js';
+
+const bytes = (x: Float32Array): Buffer => Buffer.from(x.buffer, x.byteOffset, x.byteLength);
+
+/** Factor members (rank 4) for inputs 0..p-1, over `out` × `fanIn` (> one vote chunk of 65 536 values). */
+function factorRequest(
+  rand: () => number,
+  method: MergeMethod,
+  weights: number[],
+  out: number,
+  fanIn: number,
+  params: Partial<MethodModuleRequest['params']> = {},
+): MethodModuleRequest {
+  const rank = 4;
+  return {
+    path: 'unet.m',
+    out,
+    fanIn,
+    members: weights.map((_, input) => ({
+      input,
+      scale: 0.5 + input,
+      rank,
+      up: randomArray(rand, out * rank, 0.5),
+      down: randomArray(rand, rank * fanIn, 0.5),
+    })),
+    weights,
+    method,
+    params: { density: 0.2, majoritySign: 'total', seed: 3, t: 0.5, ...params },
+  };
+}
+
+/** Dense members whose values repeat (ties at the trim threshold) and include −0, so every bit pattern matters. */
+function denseRequest(rand: () => number, weights: number[], n: number): MethodModuleRequest {
+  const values = [-0, 0, 1, -1, 2, -2, 0.5, -0.5];
+  return {
+    path: 'unet.d',
+    out: n / 100,
+    fanIn: 100,
+    members: weights.map((_, input) => ({
+      input,
+      delta: Float32Array.from({ length: n }, () => values[Math.floor(rand() * values.length)] as number),
+    })),
+    weights,
+    method: 'ties',
+    params: { density: 0.3, majoritySign: 'frequency', seed: 0, t: 0.5 },
+  };
+}
+
+describe('methodDelta with a DenseScratch', () => {
+  it('TIES through tiesSparse (deltas that do not fit side by side) gives the bytes of the plain method', () => {
+    const rand = prng(91);
+    for (const [weights, sign] of [
+      [[1, 0.8], 'total'],
+      [[1, 0, 0.6], 'frequency'],
+    ] as const) {
+      const req = factorRequest(rand, 'ties', [...weights], 300, 290, { majoritySign: sign });
+      const n = req.out * req.fanIn;
+      const want = Float32Array.from(methodDelta(req));
+      // reserve = n: the buffer holds n·(p − 1) floats, p·n do not fit → tiesSparse.
+      const got = methodDelta({ ...req, reserve: n }, new DenseScratch());
+      expect(got.length).toBe(n);
+      expect(bytes(got)).toEqual(bytes(want));
+      // Called directly too (the path methodDelta takes), and on dense inputs with −0 and ties at the threshold.
+      expect(bytes(tiesSparse(req, new Float32Array(n)))).toEqual(bytes(want));
+    }
+    const d = denseRequest(rand, [1, 0.7], 70_000);
+    const want = Float32Array.from(methodDelta(d));
+    expect(bytes(tiesSparse(d, new Float32Array(70_000)))).toEqual(bytes(want));
+    expect(bytes(methodDelta({ ...d, reserve: 70_000 }, new DenseScratch()))).toEqual(bytes(want));
+  });
+
+  it('every method gives the same bytes with a scratch reused across modules of any size and reserve', () => {
+    const rand = prng(92);
+    const scratch = new DenseScratch();
+    for (const method of ['ties', 'magnitude_prune', 'dare_ties', 'dare_linear'] as const) {
+      for (const [out, fanIn, reserveOf] of [
+        [300, 290, 1], // p·n > reserve: tiesSparse, or fresh arrays beyond the buffer
+        [120, 100, 3], // fits
+        [310, 300, 1],
+        [50, 40, 0], // no reserve: the buffer grows to p·n
+      ] as const) {
+        const req = factorRequest(rand, method, [1, 0.8], out, fanIn, { density: 0.3 });
+        const want = Float32Array.from(methodDelta(req));
+        const n = out * fanIn;
+        const got = methodDelta(reserveOf > 0 ? { ...req, reserve: reserveOf * n } : req, scratch);
+        expect(bytes(got), `${method} ${out}×${fanIn}`).toEqual(bytes(want));
+      }
+    }
+  });
+});
