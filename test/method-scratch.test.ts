@@ -4,9 +4,17 @@
  * methods form what does not fit in arrays of their own. Every path must give the bytes of the plain methodDelta.
  */
 import { describe, expect, it } from 'vitest';
-import { DenseScratch, methodDelta, tiesSparse, type MethodModuleRequest } from '../src/lora/method-module.js';
+import {
+  DenseScratch,
+  methodDelta,
+  methodModule,
+  tiesSparse,
+  type MethodModuleRequest,
+} from '../src/lora/method-module.js';
 import type { MergeMethod } from '../src/lora/methods.js';
-import { prng, randomArray } from './lora-helpers.js';
+import { planMerge } from '../src/lora/merge.js';
+import { ownedReduceJob } from '../src/node/merge-threads.js';
+import { makeLora, prng, randomArray, randomModule } from './lora-helpers.js';
 
 const bytes = (x: Float32Array): Buffer => Buffer.from(x.buffer, x.byteOffset, x.byteLength);
 
@@ -94,5 +102,59 @@ describe('methodDelta with a DenseScratch', () => {
         expect(bytes(got), `${method} ${out}×${fanIn}`).toEqual(bytes(want));
       }
     }
+  });
+});
+
+describe('methodModule with a DenseScratch (the SVD and its factor start in the workspace)', () => {
+  it('gives the factors of a fresh call, module after module, whatever the sizes before', () => {
+    const rand = prng(95);
+    const scratch = new DenseScratch();
+    for (const [out, fanIn, k] of [
+      [300, 290, 8],
+      [40, 350, 6],
+      [260, 30, 12],
+      [300, 290, 8],
+    ] as const) {
+      const req = factorRequest(rand, 'ties', [1, 0.8], out, fanIn, { density: 0.3 });
+      const want = methodModule(req, { rank: k });
+      const got = methodModule({ ...req, reserve: 300 * 290 }, { rank: k }, scratch);
+      expect(got.k).toBe(want.k);
+      expect(bytes(got.factors!.up), `${out}×${fanIn} up`).toEqual(bytes(want.factors!.up));
+      expect(bytes(got.factors!.down), `${out}×${fanIn} down`).toEqual(bytes(want.factors!.down));
+    }
+  });
+});
+
+describe('ownedReduceJob (the streaming merge hands a method module its factor buffers)', () => {
+  it('lists each member factor buffer once for a method module', () => {
+    const rand = prng(93);
+    const loras = [0, 1].map((i) => makeLora({ 'unet.m': randomModule(rand, { out: 24, in: 20, rank: 4 + i }) }));
+    const plan = planMerge(loras, [1, 0.5], { method: 'ties', density: 0.3, rank: 4 });
+    const pm = plan.modules.find((m) => m.path === 'unet.m')!;
+    const job = ownedReduceJob(plan, pm);
+    const buffers = job.method!.members.flatMap((m) => ('delta' in m ? [] : [m.up.buffer, m.down.buffer]));
+    expect(buffers.length).toBe(4);
+    expect(new Set(job.transfer)).toEqual(new Set(buffers));
+    // Posted with that list, the buffers move (detached here) and arrive whole.
+    const { port1, port2 } = new MessageChannel();
+    const received = new Promise<Float32Array>((resolve) => {
+      port2.onmessage = (e) => resolve(((e.data as typeof job).method!.members[0] as { up: Float32Array }).up);
+    });
+    const up = Float32Array.from((job.method!.members[0] as { up: Float32Array }).up);
+    const { transfer, ...request } = job;
+    port1.postMessage(request, [...transfer!]);
+    expect(buffers.every((b) => b.byteLength === 0)).toBe(true);
+    return received.then((got) => {
+      expect(bytes(got)).toEqual(bytes(up));
+      port1.close();
+    });
+  });
+
+  it('a rank reduction (no method) transfers nothing: its factors may still be written exactly', () => {
+    const rand = prng(94);
+    const loras = [0, 1].map(() => makeLora({ 'unet.m': randomModule(rand, { out: 24, in: 20, rank: 4 }) }));
+    const plan = planMerge(loras, [1, 0.5], { rank: 4 });
+    const pm = plan.modules.find((m) => m.path === 'unet.m')!;
+    expect(ownedReduceJob(plan, pm).transfer).toBeUndefined();
   });
 });
