@@ -7,7 +7,7 @@
  *   npx tsx bench/adapters.ts convert exact rank64      time `lora-mix convert` of the LoHa (exact / --rank 64); a
  *                                                       case ending in -decay (exact-decay, rank64-decay) converts
  *                                                       the decaying LoHa instead
- *   npx tsx bench/adapters.ts modules [--decay D]       per-module cost of converting the LoHa (dim 32) exactly (f32
+ *   npx tsx bench/adapters.ts modules [--decay D] [--svd-opts JSON]  per-module cost of converting the LoHa (dim 32) exactly (f32
  *                                                       factors in JS, and as F16 bytes: exactOutcomeF16) and to
  *                                                       rank 64 on one thread for each distinct SDXL shape, the flops
  *                                                       of the rank-64 path, and the whole-file extrapolation (Σ over
@@ -35,7 +35,8 @@ import { fileURLToPath } from 'node:url';
 import { generateAdapter, syntheticAdapter, type AdapterSpec } from '../src/fixtures/adapters.js';
 import { generateLora, targetModules } from '../src/fixtures/generate.js';
 import ndarray from 'ndarray';
-import { ConvertScratch, convertModule, exactOutcomeF16 } from '../src/lora/convert-module.js';
+import { CONVERT_SVD_OPTIONS, ConvertScratch, convertModule, exactOutcomeF16 } from '../src/lora/convert-module.js';
+import type { TruncatedSvdOptions } from '../src/lora/svd.js';
 import type { HadamardTerm } from '../src/lora/types.js';
 import '../src/node.js';
 import { arg } from './args.js';
@@ -188,6 +189,11 @@ function convertCase(name: string): Timed {
 function modules(): void {
   const r = 32;
   const decay = Number(arg('decay', '0'));
+  // --svd-opts JSON: the dense path's SVD options instead of CONVERT_SVD_OPTIONS (e.g. '{"oversample":24}': the gain
+  // test convert used before session 9), for same-run comparisons.
+  const svdOpts = process.argv.includes('--svd-opts')
+    ? (JSON.parse(arg('svd-opts', '{}')) as TruncatedSvdOptions)
+    : CONVERT_SVD_OPTIONS;
   const shapes = new Map<string, { shape: number[]; count: number }>();
   for (const e of targetModules('sdxl', 'full', 'lcm')) {
     const key = e.shape.join('x');
@@ -230,7 +236,7 @@ function modules(): void {
     const t0 = performance.now();
     const e = convertModule(term, 'bench', undefined, scratch);
     const t1 = performance.now();
-    const o = convertModule(term, 'bench', { rank: 64 }, scratch);
+    const o = convertModule(term, 'bench', { rank: 64 }, scratch, svdOpts);
     const t2 = performance.now();
     // what an exact conversion written as F16 runs on each worker (factors formed and encoded in WASM)
     exactOutcomeF16(term, 'bench');

@@ -21,7 +21,7 @@ import ndarray from 'ndarray';
 import { contiguousValues } from './delta.js';
 import { factorF16, type F16Factor } from './factor-f16.js';
 import { RankReducer, chooseRank, reduceModule, truncationStats, type RankTarget } from './reduce.js';
-import { SvdWorkspace, truncatedSvd } from './svd.js';
+import { SvdWorkspace, truncatedSvd, type TruncatedSvdOptions } from './svd.js';
 import { asLowRank, hadamardPairs, termBias, termDelta, termDims, termExactRank, termShape } from './terms/index.js';
 import type { LoraModule, Term } from './types.js';
 
@@ -147,13 +147,15 @@ export function exactOutcomeF16(t: Term, path: string): ModuleConvertOutcome {
 
 /**
  * Convert one module (see the file comment). `target` undefined: exact. Base-dependent kinds (DoRA, GLoRA, OFT,
- * BOFT) must have been resolved against their base first (LORA_NEEDS_BASE otherwise).
+ * BOFT) must have been resolved against their base first (LORA_NEEDS_BASE otherwise). `svdOptions` replaces the
+ * dense path's stopping options (benchmarks compare rules with it; `oversample` also sets the reported block).
  */
 export function convertModule(
   t: Term,
   path: string,
   target: RankTarget | undefined,
   scratch: ConvertScratch = new ConvertScratch(),
+  svdOptions: TruncatedSvdOptions = CONVERT_SVD_OPTIONS,
 ): ModuleConvertOutcome {
   if (target === undefined) return exactOutcome(t, path);
   const { out, fanIn } = termDims(t, path);
@@ -178,7 +180,7 @@ export function convertModule(
   }
   const delta = termDelta(t, path);
   const cap = Math.min(target.rank ?? Math.min(out, fanIn), out, fanIn);
-  const svd = truncatedSvd(delta, out, fanIn, Math.max(1, cap), { ...CONVERT_SVD_OPTIONS, workspace: scratch.svd });
+  const svd = truncatedSvd(delta, out, fanIn, Math.max(1, cap), { ...svdOptions, workspace: scratch.svd });
   const spectrum = { sigma2: svd.sigma2.subarray(0, svd.rank), total: svd.total };
   const k = Math.min(chooseRank(spectrum, target), svd.rank);
   const s = truncationStats(spectrum, k);
@@ -189,7 +191,7 @@ export function convertModule(
     norm: s.norm,
     method: 'dense' as const,
     iterations: svd.iterations,
-    block: Math.min(Math.max(1, cap) + CONVERT_OVERSAMPLE, out, fanIn),
+    block: Math.min(Math.max(1, cap) + (svdOptions.oversample ?? 8), out, fanIn),
   };
   if (k === 0) return { ...base, rank: 0, alpha: 0 };
   let up = svd.up;
