@@ -3,8 +3,11 @@
  *
  *   npx tsx bench/adapters.ts gen                       generate the adapter inputs into bench/out/ (adapters-*)
  *   npx tsx bench/adapters.ts fuse loha lora [--runs N]  time `lora-mix fuse` of each case, interleaved per round
- *   npx tsx bench/adapters.ts convert exact rank64      time `lora-mix convert` of the LoHa (exact / --rank 64)
- *   npx tsx bench/adapters.ts modules                   per-module cost of converting the LoHa (dim 32) exactly (f32
+ *   npx tsx bench/adapters.ts gen-decay                 generate bench/out/adapters-sdxl-loha-decay.f16.safetensors only
+ *   npx tsx bench/adapters.ts convert exact rank64      time `lora-mix convert` of the LoHa (exact / --rank 64); a
+ *                                                       case ending in -decay (exact-decay, rank64-decay) converts
+ *                                                       the decaying LoHa instead
+ *   npx tsx bench/adapters.ts modules [--decay D] [--svd-opts JSON]  per-module cost of converting the LoHa (dim 32) exactly (f32
  *                                                       factors in JS, and as F16 bytes: exactOutcomeF16) and to
  *                                                       rank 64 on one thread for each distinct SDXL shape, the flops
  *                                                       of the rank-64 path, and the whole-file extrapolation (Σ over
@@ -18,6 +21,7 @@
  * Inputs (src/fixtures/adapters.ts and src/fixtures/generate.ts, every LCM-LoRA target = all UNet attention,
  * resnet and sampler modules, 788 modules, F16, kohya names):
  *   loha   LoHa dim 32, alpha 16 (flat factors: w1_a [out, 32], w1_b [32, in·k²], same for w2)
+ *   loha-decay  the same with column j of w1_a and w2_a scaled by 1/(j + 1) (LOHA_DECAY)
  *   lora   plain LoRA rank 64, alpha 32: exactly the LoHa's parameter count (2·32·(out + in·k²) per module)
  *   lokr   LoKr: w1 full [o1, i1] (LyCORIS's most square split), w2 = [o2, 8]·[8, i2·k²]
  *   lorak  plain LoRA with the LoKr's parameter count (rank chosen so the totals match within one rank step)
@@ -31,9 +35,11 @@ import { fileURLToPath } from 'node:url';
 import { generateAdapter, syntheticAdapter, type AdapterSpec } from '../src/fixtures/adapters.js';
 import { generateLora, targetModules } from '../src/fixtures/generate.js';
 import ndarray from 'ndarray';
-import { ConvertScratch, convertModule, exactOutcomeF16 } from '../src/lora/convert-module.js';
+import { CONVERT_SVD_OPTIONS, ConvertScratch, convertModule, exactOutcomeF16 } from '../src/lora/convert-module.js';
+import type { TruncatedSvdOptions } from '../src/lora/svd.js';
 import type { HadamardTerm } from '../src/lora/types.js';
 import '../src/node.js';
+import { arg } from './args.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const OUT = path.join(ROOT, 'bench', 'out');
@@ -42,6 +48,11 @@ const CLI = path.join(ROOT, 'dist', 'cli', 'lora-mix.js');
 const file = (name: string): string => path.join(OUT, `adapters-sdxl-${name}.f16.safetensors`);
 
 const LOHA: AdapterSpec = { kind: 'loha', rank: 32, alpha: 16, targets: 'lcm', seed: 31, dtype: 'F16' };
+/**
+ * The second LoHa case: the same dim, alpha and targets, column j of both `a` factors scaled by 1/(j + 1) (a power-law
+ * spectrum per factor product, as trained factors concentrate their energy in a few directions), own seed.
+ */
+const LOHA_DECAY: AdapterSpec = { ...LOHA, seed: 36, columnDecay: 1 };
 const LOKR: AdapterSpec = { kind: 'lokr', rank: 8, alpha: 8, targets: 'lcm', seed: 32, dtype: 'F16' };
 
 function parameters(spec: AdapterSpec): number {
@@ -135,11 +146,12 @@ function fuseCase(name: string): Timed {
 
 function convertCase(name: string): Timed {
   const out = path.join(OUT, `adapters-converted-${name}.safetensors`);
-  const extra = name === 'rank64' ? ['--rank', '64'] : [];
+  const extra = name.startsWith('rank64') ? ['--rank', '64'] : [];
+  const input = file(name.endsWith('-decay') ? 'loha-decay' : 'loha');
   try {
     const t = timed(`convert ${name}`, [
       'convert',
-      file('loha'),
+      input,
       '-o',
       out,
       '--to',
@@ -176,6 +188,12 @@ function convertCase(name: string): Timed {
  */
 function modules(): void {
   const r = 32;
+  const decay = Number(arg('decay', '0'));
+  // --svd-opts JSON: the dense path's SVD options instead of CONVERT_SVD_OPTIONS (e.g. '{"oversample":24}': the gain
+  // test convert used before session 9), for same-run comparisons.
+  const svdOpts = process.argv.includes('--svd-opts')
+    ? (JSON.parse(arg('svd-opts', '{}')) as TruncatedSvdOptions)
+    : CONVERT_SVD_OPTIONS;
   const shapes = new Map<string, { shape: number[]; count: number }>();
   for (const e of targetModules('sdxl', 'full', 'lcm')) {
     const key = e.shape.join('x');
@@ -199,20 +217,40 @@ function modules(): void {
     minFlops = 0,
     exactParams = 0;
   const scratch = new ConvertScratch();
+  // Warm-up (untimed): one 1280 × 1280 module each way first, so that compiling the kernels and JIT warm-up are not
+  // charged to the first shape (379 modules of it; before session 9 its rank-64 time was 1.5–2× the warm figure).
+  const warm = 1280 * 32;
+  const warmTerm: HadamardTerm = {
+    kind: 'hadamard',
+    shape: [1280, 1280],
+    scale: 0.5,
+    a: { up: ndarray(new Float32Array(warm).fill(0.01), [1280, 32]), down: ndarray(rand(warm), [32, 1280]) },
+    b: { up: ndarray(rand(warm), [1280, 32]), down: ndarray(rand(warm), [32, 1280]) },
+  };
+  convertModule(warmTerm, 'warm-up', undefined, scratch);
+  convertModule(warmTerm, 'warm-up', { rank: 64 }, scratch, svdOpts);
+  exactOutcomeF16(warmTerm, 'warm-up');
+  seed = 1;
   for (const { shape, count } of [...shapes.values()].sort((a, b) => b.count - a.count)) {
     const out = shape[0] ?? 1;
     const fanIn = shape.slice(1).reduce((a, b) => a * b, 1);
+    // --decay D: column j of both `a` factors scaled by (j + 1)^-D, as the loha-decay file's generator does.
+    const up = (): Float32Array => {
+      const v = rand(out * r);
+      if (decay > 0) for (let o = 0; o < out; o++) for (let j = 0; j < r; j++) v[o * r + j]! *= (j + 1) ** -decay;
+      return v;
+    };
     const term: HadamardTerm = {
       kind: 'hadamard',
       shape,
       scale: 0.5,
-      a: { up: ndarray(rand(out * r), [out, r]), down: ndarray(rand(r * fanIn), [r, fanIn]) },
-      b: { up: ndarray(rand(out * r), [out, r]), down: ndarray(rand(r * fanIn), [r, fanIn]) },
+      a: { up: ndarray(up(), [out, r]), down: ndarray(rand(r * fanIn), [r, fanIn]) },
+      b: { up: ndarray(up(), [out, r]), down: ndarray(rand(r * fanIn), [r, fanIn]) },
     };
     const t0 = performance.now();
     const e = convertModule(term, 'bench', undefined, scratch);
     const t1 = performance.now();
-    const o = convertModule(term, 'bench', { rank: 64 }, scratch);
+    const o = convertModule(term, 'bench', { rank: 64 }, scratch, svdOpts);
     const t2 = performance.now();
     // what an exact conversion written as F16 runs on each worker (factors formed and encoded in WASM)
     exactOutcomeF16(term, 'bench');
@@ -237,6 +275,8 @@ function modules(): void {
         rank64Seconds: (t2 - t1) / 1000,
         method: o.method,
         iterations: o.iterations,
+        products,
+        block: o.block,
         relativeError: o.error / o.norm,
         gflops: moduleFlops / 1e9,
         gflopPerSecond: moduleFlops / 1e9 / ((t2 - t1) / 1000),
@@ -262,6 +302,13 @@ async function main(): Promise<void> {
   const runs = runsAt >= 0 ? Number(rest[runsAt + 1] ?? 1) : 1;
   const cases = rest.filter((x, i) => !x.startsWith('--') && (runsAt < 0 || i !== runsAt + 1));
   if (command === 'gen') return gen();
+  if (command === 'gen-decay') {
+    const t0 = performance.now();
+    await generateAdapter(file('loha-decay'), 'sdxl', 'full', LOHA_DECAY);
+    const bytes = statSync(file('loha-decay')).size;
+    console.log(JSON.stringify({ generatedSeconds: (performance.now() - t0) / 1000, bytes }));
+    return;
+  }
   if (command === 'modules') return modules();
   if (command === 'gen-oft') {
     const t0 = performance.now();
@@ -278,7 +325,7 @@ async function main(): Promise<void> {
     return;
   }
   if (command === 'clean') {
-    for (const n of ['loha', 'lokr', 'lora', 'lorak']) rmSync(file(n), { force: true });
+    for (const n of ['loha', 'loha-decay', 'lokr', 'lora', 'lorak']) rmSync(file(n), { force: true });
     rmSync(path.join(OUT, 'adapters-sd15-oft.f16.safetensors'), { force: true });
     return;
   }

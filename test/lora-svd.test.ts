@@ -4,6 +4,7 @@
  */
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
+import { CONVERT_OVERSAMPLE, CONVERT_SVD_OPTIONS } from '../src/lora/convert-module.js';
 import { METHOD_SVD_OPTIONS, TIES_SVD_OPTIONS } from '../src/lora/method-module.js';
 import { METHODS } from '../src/lora/methods.js';
 import { PRODUCT_SLICE_ELEMENTS } from '../src/lora/product.js';
@@ -86,6 +87,23 @@ function withinOptimal(
   );
 }
 
+/**
+ * A LoHa's delta s·(A1·B1) ⊙ (A2·B2) (m × n) with ranks r1, r2: uniform factors (a near-flat spectrum of rank r1·r2,
+ * the bench's flat LoHa) or, with `decay`, column j of both A factors scaled by (j + 1)^-decay (the decaying one).
+ */
+function lohaMatrix(seed: number, m: number, n: number, r1: number, r2: number, decay: number): Float32Array {
+  const rand = prng(seed);
+  const up = (r: number) => {
+    const a = randomArray(rand, m * r, 1);
+    for (let i = 0; i < m; i++) for (let j = 0; j < r; j++) a[i * r + j]! *= (j + 1) ** -decay;
+    return a;
+  };
+  const p1 = jsProduct(m, n, r1, up(r1), randomArray(rand, r1 * n, 1));
+  const p2 = jsProduct(m, n, r2, up(r2), randomArray(rand, r2 * n, 1));
+  for (let i = 0; i < m * n; i++) p1[i] = 0.5 * p1[i]! * p2[i]!;
+  return p1;
+}
+
 describe('truncatedSvd', () => {
   it('is within 0.1% of the optimal error, and reports the error of the factors it returns', () => {
     fc.assert(
@@ -161,6 +179,45 @@ describe('truncatedSvd', () => {
     const slow = truncatedSvd(flat, 90, 120, 10, { seed: 1, ...TIES_SVD_OPTIONS });
     expect(slow.iterations).toBeGreaterThanOrEqual(
       truncatedSvd(flat, 90, 120, 10, { seed: 1, ...METHOD_SVD_OPTIONS }).iterations,
+    );
+  });
+
+  it('as convert calls it (the Ritz-gap stop, block K + 24), is within 0.1% of optimal on flat and decaying LoHa deltas', () => {
+    // Sizes where the block (k + 24 ≤ 48 columns) stays well below min(m, n) ≥ 96 and the Khatri–Rao rank r1·r2 ≥ 49,
+    // so it iterates. Plus the SVD suite's noise, near-flat cluster and decaying spectra.
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 1, max: 1e6 }),
+        fc.integer({ min: 96, max: 150 }),
+        fc.integer({ min: 96, max: 160 }),
+        fc.integer({ min: 4, max: 24 }),
+        fc.integer({ min: 7, max: 10 }),
+        fc.integer({ min: 7, max: 10 }),
+        fc.constantFrom('loha', 'loha-decay', 'noise', 'cluster', 'decay'),
+        (seed, m, n, k, r1, r2, kind) => {
+          const a =
+            kind === 'loha' || kind === 'loha-decay'
+              ? lohaMatrix(seed, m, n, r1, r2, kind === 'loha' ? 0 : 1)
+              : testMatrix(seed, m, n, k, 0.2, kind);
+          const svd = truncatedSvd(a, m, n, k, { seed, ...CONVERT_SVD_OPTIONS });
+          const best = optimalError(a, m, n, k);
+          const got = productError(a, m, n, svd.up, svd.down, svd.rank);
+          expect(svd.iterations).toBeGreaterThan(0);
+          expect(got).toBeLessThanOrEqual(best * 1.001 + 1e-5 * Math.sqrt(svd.total));
+          expect(Math.abs(svd.error - got)).toBeLessThanOrEqual(1e-4 * Math.sqrt(svd.total));
+        },
+      ),
+      { numRuns: 60 },
+    );
+  }, 120_000);
+
+  it('as convert calls it, stops sooner than the gain test on a decaying LoHa delta', () => {
+    const gain = { oversample: CONVERT_OVERSAMPLE };
+    const decaying = lohaMatrix(7, 150, 160, 8, 8, 1);
+    const fast = truncatedSvd(decaying, 150, 160, 16, { seed: 1, ...CONVERT_SVD_OPTIONS });
+    expect(fast.iterations).toBeLessThan(truncatedSvd(decaying, 150, 160, 16, { seed: 1, ...gain }).iterations);
+    expect(productError(decaying, 150, 160, fast.up, fast.down, fast.rank)).toBeLessThanOrEqual(
+      optimalError(decaying, 150, 160, 16) * 1.001,
     );
   });
 
