@@ -118,38 +118,6 @@ describe('hashingSource: the hash of a file from the reads its user makes', () =
     expect(src.extraBytes).toBe(0);
   });
 
-  it('reuses the buffers of hashed copies for later reads without changing a copy still held', async () => {
-    // Blocks of uneven sizes read into one reused buffer in a shuffled order: many copies are held at once while
-    // others are hashed and their buffers handed to the next ones.
-    await fc.assert(
-      fc.asyncProperty(
-        fc.array(fc.integer({ min: 1, max: 90_000 }), { minLength: 2, maxLength: 24 }),
-        fc.nat(),
-        async (sizes, seed) => {
-          const total = sizes.reduce((a, b) => a + b, 0);
-          const bytes = Uint8Array.from({ length: total }, (_, i) => (i * 2654435761 + seed) >>> 24);
-          const starts = sizes.map((_, i) => sizes.slice(0, i).reduce((a, b) => a + b, 0));
-          const order = sizes.map((_, i) => i);
-          for (let i = order.length - 1, r = seed; i > 0; i--) {
-            r = (r * 1103515245 + 12345) >>> 0;
-            const j = r % (i + 1);
-            [order[i], order[j]] = [order[j]!, order[i]!];
-          }
-          const src = hashingSource(bufferSource(bytes), 64 << 20);
-          const buf = new Uint8Array(90_000);
-          for (const k of order) {
-            const view = buf.subarray(0, sizes[k]!);
-            await src.readInto!(starts[k]!, view);
-            buf.fill(0xa5); // the caller reuses its buffer
-          }
-          expect(await src.finish()).toBe(nodeHex(bytes));
-          expect(src.extraBytes).toBe(0);
-        },
-      ),
-      { numRuns: 60 },
-    );
-  });
-
   it('reads the bytes nobody asked for in finish()', async () => {
     const bytes = Uint8Array.from({ length: 9000 }, (_, i) => i & 255);
     const src = hashingSource(bufferSource(bytes));

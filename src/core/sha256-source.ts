@@ -16,8 +16,6 @@ export interface HashingSource extends ByteSource {
 
 /** Chunk size for the reads `finish` makes itself. */
 const CHUNK = 4 << 20;
-/** Copies of reads that came ahead are made in buffers of a multiple of this size, so that later ones can reuse them. */
-const COPY_STEP = 64 << 10;
 
 /**
  * Wrap `source`. `keepBytes` bounds the bytes held for reads that came ahead of the hashed prefix (default 64 MiB);
@@ -33,37 +31,8 @@ export function hashingSource(
   const size = source.byteLength;
   /** Bytes [0, cursor) are hashed. */
   let cursor = 0;
-  /** Reads beyond the cursor, sorted by start; `copy`: the buffer the bytes were copied into (ours to reuse). */
-  const ahead: { start: number; bytes: Uint8Array; copy?: Uint8Array }[] = [];
-  /**
-   * Buffers of copies already hashed, reused for the next reads that come ahead (at most keepBytes of them): a
-   * fresh buffer per copy costs page faults and garbage collection, more than the copy itself.
-   */
-  const spare: Uint8Array[] = [];
-  let spareBytes = 0;
-  const copyOf = (bytes: Uint8Array): { bytes: Uint8Array; copy: Uint8Array } => {
-    const n = bytes.byteLength;
-    let best = -1;
-    for (let i = 0; i < spare.length; i++) {
-      const len = spare[i]?.byteLength ?? 0;
-      if (len >= n && (best < 0 || len < (spare[best]?.byteLength ?? 0))) best = i;
-    }
-    let copy: Uint8Array;
-    if (best >= 0) {
-      copy = spare.splice(best, 1)[0] as Uint8Array;
-      spareBytes -= copy.byteLength;
-    } else {
-      copy = new Uint8Array(Math.max(COPY_STEP, Math.ceil(n / COPY_STEP) * COPY_STEP));
-    }
-    const view = copy.subarray(0, n);
-    view.set(bytes);
-    return { bytes: view, copy };
-  };
-  const giveBack = (copy: Uint8Array | undefined): void => {
-    if (!copy || spareBytes + copy.byteLength > keepBytes) return;
-    spare.push(copy);
-    spareBytes += copy.byteLength;
-  };
+  /** Reads beyond the cursor, sorted by start. */
+  const ahead: { start: number; bytes: Uint8Array }[] = [];
   let held = 0;
   let extra = 0;
   let finished: string | null = null;
@@ -79,7 +48,6 @@ export function hashingSource(
         hash.update(first.bytes.subarray(cursor - first.start));
         cursor = end;
       }
-      giveBack(first.copy);
     }
   };
   /** Hash bytes [start, start + bytes.length); `owned`: the caller will not reuse the buffer. */
@@ -92,11 +60,11 @@ export function hashingSource(
       drain();
       return;
     }
-    const kept = owned ? { bytes } : copyOf(bytes);
+    const kept = owned ? bytes : bytes.slice();
     let i = ahead.length;
     while (i > 0 && (ahead[i - 1]?.start ?? 0) > start) i--;
-    ahead.splice(i, 0, { start, ...kept });
-    held += bytes.byteLength;
+    ahead.splice(i, 0, { start, bytes: kept });
+    held += kept.byteLength;
   };
   /** Read the gap before the first kept read (or up to `limit`) ourselves. */
   const fillGap = async (limit: number): Promise<void> => {
@@ -145,8 +113,6 @@ export function hashingSource(
         finished = hash.hex();
         ahead.length = 0;
         held = 0;
-        spare.length = 0;
-        spareBytes = 0;
       }
       return finished;
     },
