@@ -12,7 +12,6 @@ import { fileSink } from '../src/node/file-sink.js';
 
 const SPACING = 64 << 20;
 import { writeSafetensors } from '../src/safetensors/write.js';
-import { directOptions, SYNC_TAIL } from '../src/fuse/fuse.js';
 import { bytes } from './io-helpers.js';
 
 let tmp = '';
@@ -100,61 +99,6 @@ describe('fileSink background data syncs', () => {
       expect(Buffer.compare(await fs.readFile(target), Buffer.concat(parts))).toBe(0);
     }
     expect(most).toBe(1);
-  });
-
-  it('syncFrom holds the syncs back until that many bytes were written, then they are spaced as usual', async () => {
-    const proto = await handleProto();
-    /** Bytes handed to the sink when each data sync started. */
-    const at: number[] = [];
-    let written = 0;
-    const realDs = proto.datasync;
-    vi.spyOn(proto, 'datasync').mockImplementation(function (this: unknown) {
-      at.push(written);
-      return realDs.call(this);
-    });
-    const MiB = 1 << 20;
-    const target = path.join(tmp, 'tail.bin');
-    const sink = await fileSink(target, { direct: false, syncEvery: MiB, syncFrom: 24 * MiB });
-    const parts: Uint8Array[] = [];
-    for (let i = 0; i < 32; i++) {
-      const p = bytes(MiB, i);
-      parts.push(p);
-      written += MiB; // counted before the write: its sync starts once the write is done
-      await sink.write(p);
-      await new Promise((r) => setTimeout(r, 5)); // a sync in flight ends before the next write
-    }
-    await sink.commit();
-    expect(at.length).toBeGreaterThanOrEqual(3);
-    // the first one once 24 MiB were written, none before
-    expect(Math.min(...at)).toBe(24 * MiB);
-    expect(Buffer.compare(await fs.readFile(target), Buffer.concat(parts))).toBe(0);
-  });
-
-  it('writeSafetensors hands syncEvery and syncFrom to the path sink', async () => {
-    const proto = await handleProto();
-    const ds = vi.spyOn(proto, 'datasync');
-    const MiB = 1 << 20;
-    const tensors = Array.from({ length: 8 }, (_, i) => ({
-      name: `t${i}`,
-      dtype: 'U8' as const,
-      shape: [MiB],
-      data: () => bytes(MiB, i),
-    }));
-    // syncFrom past the file's end: no sync; from the start: some
-    await writeSafetensors(path.join(tmp, 'late.safetensors'), tensors, { syncEvery: MiB, syncFrom: 64 * MiB });
-    expect(ds).not.toHaveBeenCalled();
-    await writeSafetensors(path.join(tmp, 'early.safetensors'), tensors, { syncEvery: MiB, syncFrom: 0 });
-    expect(ds).toHaveBeenCalled();
-  });
-
-  it('a fuse into a direct file syncs over its last SYNC_TAIL bytes only', () => {
-    expect(directOptions(false, 4 * 2 ** 30)).toEqual({ direct: false });
-    expect(directOptions(true, 4 * 2 ** 30)).toEqual({
-      direct: true,
-      syncEvery: 64 << 20,
-      syncFrom: 4 * 2 ** 30 - SYNC_TAIL,
-    });
-    expect(directOptions(true, 100 << 20)).toEqual({ direct: true, syncEvery: 64 << 20, syncFrom: 0 });
   });
 
   it('no data syncs with fsync: false, with syncEvery: 0, or by default (direct or plain)', async () => {

@@ -22,12 +22,6 @@ export interface SinkOptions {
    * an empty or partial file at the name.
    */
   readonly fsync?: boolean;
-  /**
-   * While writing, sync the bytes already written in the background every `syncEvery` bytes once `syncFrom` bytes
-   * were written (default: never), so that the final fsync has less left (Node: fileSink's options of that name).
-   */
-  readonly syncEvery?: number;
-  readonly syncFrom?: number;
 }
 
 export interface Host {

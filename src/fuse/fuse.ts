@@ -492,22 +492,6 @@ class BufferPool {
 
 /** Output files at least this large are written with O_DIRECT by default (Node). */
 const DIRECT_MIN_BYTES = 256 << 20;
-/**
- * Direct outputs fdatasync the temp file in the background every SYNC_SPACING bytes over their last SYNC_TAIL bytes
- * only: the final fsync then has little left, and the syncs, each of which holds back the O_DIRECT writes beside it
- * (an ext4 journal commit), stay few whatever the file's size (bench/RESULTS.md, session 9).
- */
-export const SYNC_TAIL = 512 << 20;
-const SYNC_SPACING = 64 << 20;
-
-/** O_DIRECT or not, and for direct outputs the background syncs over the file's tail (exported for tests). */
-export function directOptions(
-  direct: boolean,
-  bytes: number,
-): { direct: boolean; syncEvery?: number; syncFrom?: number } {
-  if (!direct) return { direct };
-  return { direct, syncEvery: SYNC_SPACING, syncFrom: Math.max(0, bytes - SYNC_TAIL) };
-}
 
 function fileBytes(fp: FilePlan): number {
   return fp.tensors.reduce((a, t) => a + t.info.numel * DTYPE_SIZE[t.outDtype], 0);
@@ -1358,7 +1342,7 @@ export async function fuseLoras(
               }),
             }
           : {}),
-        ...directOptions(options.directIO ?? fileBytes(fp) >= DIRECT_MIN_BYTES, fileBytes(fp)),
+        direct: options.directIO ?? fileBytes(fp) >= DIRECT_MIN_BYTES,
         fsync: options.fsync !== false,
         refuseOverwrite: refuse,
         onTensor: (info) => {

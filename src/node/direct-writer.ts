@@ -3,8 +3,7 @@
  * 16 MiB buffers, one written while the other fills; the padded last block is cut back on finish. If the
  * filesystem refuses the first O_DIRECT write (stricter alignment rules), the writer reopens the file without it
  * and carries on; the bytes on disk are the same either way. With `syncEvery`, the bytes already written are
- * fdatasynced in the background as the file grows (from `syncFrom` bytes on), so the caller's final fsync has only
- * the last stretch left.
+ * fdatasynced in the background as the file grows, so the caller's final fsync has only the last stretch left.
  */
 import { constants, promises as fs } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
@@ -48,8 +47,6 @@ export class DirectWriter {
   #error: IoError | null = null;
   /** Background data syncs: one every `syncEvery` bytes handed to the file, at most one in flight (0: none). */
   readonly #syncEvery: number;
-  /** No background data sync before this many bytes have reached the file. */
-  readonly #syncFrom: number;
   /** File offset the last finished data sync covered. */
   #syncedTo = 0;
   #syncing: Promise<void> | null = null;
@@ -61,12 +58,10 @@ export class DirectWriter {
     direct: boolean,
     private readonly target: string,
     syncEvery = 0,
-    syncFrom = 0,
   ) {
     this.#fh = fh;
     this.#direct = direct;
     this.#syncEvery = Number.isFinite(syncEvery) && syncEvery > 0 ? syncEvery : 0;
-    this.#syncFrom = Number.isFinite(syncFrom) && syncFrom > 0 ? syncFrom : 0;
     this.#stage = direct ? [alignedBuffer(DIRECT_CHUNK), alignedBuffer(DIRECT_CHUNK)] : [];
   }
 
@@ -112,7 +107,7 @@ export class DirectWriter {
    */
   #syncBehind(end: number): void {
     if (this.#syncEvery === 0 || this.#syncing || this.#failed || !this.#fh) return;
-    if (end < this.#syncFrom || end - this.#syncedTo < this.#syncEvery) return;
+    if (end - this.#syncedTo < this.#syncEvery) return;
     this.#syncs++;
     this.#syncing = this.#fh
       .datasync()

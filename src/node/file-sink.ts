@@ -39,11 +39,6 @@ export interface FileSinkOptions {
    * Ignored with `fsync: false`. Durability is the same either way: commit still fsyncs the file and its folder.
    */
   syncEvery?: number;
-  /**
-   * With `syncEvery`: no background data sync before this many bytes have reached the file (default 0: from the
-   * start). A fuse sets it to its output's size less its last 512 MiB, so the syncs cover only the file's tail.
-   */
-  syncFrom?: number;
 }
 
 export interface FileSink extends ByteSink {
@@ -136,7 +131,7 @@ export async function fileSink(target: string, options: FileSinkOptions = {}): P
   registerTemp(tempPath);
   const sync = options.fsync !== false;
   const syncEvery = sync ? (options.syncEvery ?? 0) : 0;
-  const writer = new DirectWriter(opened.fh, tempPath, opened.direct, target, syncEvery, options.syncFrom ?? 0);
+  const writer = new DirectWriter(opened.fh, tempPath, opened.direct, target, syncEvery);
   let state: 'open' | 'committed' | 'aborted' = 'open';
 
   const removeTemp = async (): Promise<void> => {

@@ -17,13 +17,7 @@ export function installNodeHost(): void {
   installHost({
     openSource: fileSource,
     openSink: (path, options) =>
-      fileSink(path, {
-        refuse: options.refuse ?? [],
-        direct: options.direct === true,
-        fsync: options.fsync !== false,
-        ...(options.syncEvery !== undefined ? { syncEvery: options.syncEvery } : {}),
-        ...(options.syncFrom !== undefined ? { syncFrom: options.syncFrom } : {}),
-      }),
+      fileSink(path, { refuse: options.refuse ?? [], direct: options.direct === true, fsync: options.fsync !== false }),
     loadGpuJs: () => import('gpu.js'),
   });
   installFuseHost({

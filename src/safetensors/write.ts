@@ -51,9 +51,6 @@ export interface WriteOptions {
    * temp + rename but leaves the writeback to the OS (see SinkOptions.fsync).
    */
   readonly fsync?: boolean;
-  /** Node, path targets: background data syncs while writing (see SinkOptions.syncEvery / syncFrom). */
-  readonly syncEvery?: number;
-  readonly syncFrom?: number;
   /**
    * Metadata known only once every tensor is written (e.g. hashes of inputs computed from the run's own reads): the
    * whole `__metadata__` that replaces `metadata`. The header is rewritten in place at the end, so its JSON must not
@@ -329,8 +326,6 @@ function openPathSink(path: string, options: WriteOptions): Promise<ByteSink> {
     refuse: options.refuseOverwrite ?? [],
     direct: options.direct === true,
     fsync: options.fsync !== false,
-    ...(options.syncEvery !== undefined ? { syncEvery: options.syncEvery } : {}),
-    ...(options.syncFrom !== undefined ? { syncFrom: options.syncFrom } : {}),
   });
 }
 
