@@ -21,7 +21,7 @@ import ndarray from 'ndarray';
 import { contiguousValues } from './delta.js';
 import { factorF16, type F16Factor } from './factor-f16.js';
 import { RankReducer, chooseRank, reduceModule, truncationStats, type RankTarget } from './reduce.js';
-import { SvdWorkspace, truncatedSvd, type TruncatedSvdOptions } from './svd.js';
+import { DEFAULT_OVERSAMPLE, SvdWorkspace, truncatedSvd, type TruncatedSvdOptions } from './svd.js';
 import { asLowRank, hadamardPairs, termBias, termDelta, termDims, termExactRank, termShape } from './terms/index.js';
 import type { LoraModule, Term } from './types.js';
 
@@ -191,7 +191,7 @@ export function convertModule(
     norm: s.norm,
     method: 'dense' as const,
     iterations: svd.iterations,
-    block: Math.min(Math.max(1, cap) + (svdOptions.oversample ?? 8), out, fanIn),
+    block: Math.min(Math.max(1, cap) + (svdOptions.oversample ?? DEFAULT_OVERSAMPLE), out, fanIn),
   };
   if (k === 0) return { ...base, rank: 0, alpha: 0 };
   let up = svd.up;

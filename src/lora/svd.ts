@@ -40,6 +40,9 @@ import { gramRowsF32 } from './gram-wasm.js';
 import { choleskyWhitening, symmetricEigen, symmetricEigenvalues, transposeF32 } from './linalg.js';
 import { PRODUCT_SLICE_ELEMENTS, wasmProduct, type ProductF32 } from './product.js';
 
+/** Columns added to the rank for the starting block when `oversample` is not given. */
+export const DEFAULT_OVERSAMPLE = 8;
+
 export interface TruncatedSvdOptions {
   /** Extra columns of the random subspace beyond k (default 8). */
   readonly oversample?: number;
@@ -315,7 +318,7 @@ export function truncatedSvd(
     iterations,
   });
   if (total === 0) return empty(0);
-  const l = Math.min(k + (options.oversample ?? 8), m, n);
+  const l = Math.min(k + (options.oversample ?? DEFAULT_OVERSAMPLE), m, n);
   const ws = options.workspace instanceof SvdWorkspace ? options.workspace : undefined;
   // QᵀA = Qᵀ·A (the small operand on the left) and (A·Z)ᵀ = Zᵀ·Aᵀ computed as A·Z, then transposed (small).
   const at = new TransposedA(a, m, n, mul, ws);
