@@ -3,7 +3,8 @@
  * page (src/kernels/web-threads.ts): the control block's layout and the loop, as source text, since a thread is
  * started from source (no file path, no TypeScript loader, the same under tsx, vitest, the package and a bundle).
  *
- * The loop sleeps in Atomics.wait on the sequence word of the control block. Each time the main thread bumps the
+ * The loop sleeps in Atomics.wait on the sequence word of the control block, whose value it reads before it reports
+ * ready (so that no block published after 'ready' can be missed). Each time the main thread bumps the
  * sequence, the thread claims chunks of row tiles from the NEXT counter (the main thread claims from the same
  * counter), waits until the main thread has copied a chunk's rows in (READY), runs it, and flags it done
  * (CHUNK_DONE + c) so the main thread can copy it out while other chunks are still running. When no chunk is left
@@ -109,8 +110,10 @@ function kernelThread(init, ready, report) {
     return;
   }
   const ctl = new Int32Array(memory.buffer, ctlOffset, ctlInts);
-  ready();
+  // Read the sequence before saying ready: the main thread may publish a block as soon as it hears 'ready', and a
+  // bump that landed before this read would be taken for the starting value and slept through (a deadlock).
   let seen = Atomics.load(ctl, C.SEQ);
+  ready();
   for (;;) {
     Atomics.wait(ctl, C.SEQ, seen);
     const seq = Atomics.load(ctl, C.SEQ);
