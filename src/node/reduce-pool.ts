@@ -108,9 +108,22 @@ export class ReducePool {
           p.reject(e);
           continue;
         }
-        mine.set(p.id, p);
         const { transfer, ...request } = job;
-        w.postMessage({ ...request, id: p.id } satisfies ReduceRequest, transfer ? [...transfer] : undefined);
+        try {
+          w.postMessage({ ...request, id: p.id } satisfies ReduceRequest, transfer ? [...transfer] : undefined);
+        } catch (e) {
+          // Not sent (a value that cannot be cloned, no memory for the copy): no reply will come, so the request
+          // must not hold one of the worker's slots, and the error must not escape a worker's 'message' listener.
+          p.reject(
+            new LoraError(
+              'LORA_WORKER_FAILED',
+              `merge: module '${p.path}' could not be sent to a worker thread: ${e instanceof Error ? e.message : String(e)}`,
+              { key: p.path },
+            ),
+          );
+          continue;
+        }
+        mine.set(p.id, p);
       }
     }
   }
