@@ -6,9 +6,16 @@
  * listener when the request is sent from a reply (an uncaught exception). The failure is forced by making chosen
  * postMessage calls throw what V8 throws when a clone cannot be allocated.
  */
+import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { loadLora } from '../src/formats/index.js';
+import { requirePlain } from '../src/lora/terms/index.js';
+import { createDeltaPool } from '../src/node/delta-pool.js';
+import { mergeLorasParallel } from '../src/node/merge-threads.js';
 import { ReducePool, type ReduceJob } from '../src/node/reduce-pool.js';
+
+const FIXTURES = path.resolve(__dirname, '..', 'fixtures');
 
 /** A small rank-2 module to reduce to rank 1 (a reply comes back for it). */
 const job = (): ReduceJob => ({
@@ -44,20 +51,20 @@ function outcome(p: Promise<unknown>, ms = 4000): Promise<unknown> {
   ]).finally(() => clearTimeout(timer));
 }
 
-// A pool per test, started and warmed first (a worker loading the TypeScript sources takes seconds): the bounded
-// waits below are for the replies of a warm worker.
-let pool: ReducePool;
-beforeEach(async () => {
-  pool = ReducePool.start(1)!;
-  expect(pool).not.toBeNull();
-  expect(await outcome(pool.run('warm', job), 60_000)).toEqual({ ok: true });
-});
-afterEach(async () => {
-  vi.restoreAllMocks();
-  await pool?.close();
-});
-
 describe('ReducePool: a request that cannot be sent', () => {
+  // A pool per test, started and warmed first (a worker loading the TypeScript sources takes seconds): the bounded
+  // waits below are for the replies of a warm worker.
+  let pool: ReducePool;
+  beforeEach(async () => {
+    pool = ReducePool.start(1)!;
+    expect(pool).not.toBeNull();
+    expect(await outcome(pool.run('warm', job), 60_000)).toEqual({ ok: true });
+  });
+  afterEach(async () => {
+    vi.restoreAllMocks();
+    await pool?.close();
+  });
+
   it('fails with LORA_WORKER_FAILED and frees its slot (two of them do not stall a one-worker pool)', async () => {
     failPosts(1, 2);
     const runs = ['a', 'b', 'c'].map((p) => pool.run(p, job));
@@ -81,5 +88,25 @@ describe('ReducePool: a request that cannot be sent', () => {
     } finally {
       process.off('uncaughtException', onUncaught);
     }
+  });
+});
+
+describe('worker pools asked for NaN threads', () => {
+  // Math.max(1, NaN) is NaN: the pool started no worker and every request waited forever.
+  it('mergeLorasParallel and createDeltaPool reject with OPTION_INVALID instead of waiting forever', async () => {
+    const style = requirePlain(await loadLora(path.join(FIXTURES, 'sd15/style-lora.peft.safetensors')));
+    const merged = outcome(mergeLorasParallel([style], [1], { rank: 2, threads: Number.NaN }));
+    const delta = outcome(
+      (async () => {
+        const [key, m] = [...style.modules][0]!;
+        const pool = createDeltaPool(Number.NaN);
+        try {
+          return await pool?.weightedDelta(m, key, 1, new Float32Array(0));
+        } finally {
+          await pool?.close();
+        }
+      })(),
+    );
+    expect(await Promise.all([merged, delta])).toEqual([{ code: 'OPTION_INVALID' }, { code: 'OPTION_INVALID' }]);
   });
 });

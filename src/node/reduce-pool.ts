@@ -5,7 +5,7 @@
  * factors are copied to the worker then), so queueing every module costs nothing.
  */
 import type { Worker } from 'node:worker_threads';
-import { LoraError, type LoraErrorCode } from '../core/errors.js';
+import { LoraError, type LoraErrorCode, OptionError } from '../core/errors.js';
 import type { ReduceOutcome } from '../lora/reduce.js';
 import type { ReduceRequest } from './reduce-worker.js';
 import { startWorker, type WorkerSpec, workerSpec } from './worker-boot.js';
@@ -65,6 +65,13 @@ export class ReducePool {
 
   /** Start `threads` workers, or null when they cannot be started here (TypeScript sources without tsx). */
   static start(threads: number): ReducePool | null {
+    // A pool without a worker would queue every request forever; NaN gets here through the callers' Math.max/min.
+    if (!(threads >= 1)) {
+      throw new OptionError('OPTION_INVALID', `threads must be a number ≥ 1, found ${String(threads)}`, {
+        option: 'threads',
+        found: threads,
+      });
+    }
     let spec: WorkerSpec;
     try {
       spec = workerSpec('reduce-worker');
