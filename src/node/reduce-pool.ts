@@ -65,9 +65,10 @@ export class ReducePool {
 
   /** Start `threads` workers, or null when they cannot be started here (TypeScript sources without tsx). */
   static start(threads: number): ReducePool | null {
-    // A pool without a worker would queue every request forever; NaN gets here through the callers' Math.max/min.
-    if (!(threads >= 1)) {
-      throw new OptionError('OPTION_INVALID', `threads must be a number ≥ 1, found ${String(threads)}`, {
+    // A pool without a worker would queue every request forever (NaN gets here through the callers' Math.max/min),
+    // and Infinity would start workers forever.
+    if (!(Number.isFinite(threads) && threads >= 1)) {
+      throw new OptionError('OPTION_INVALID', `threads must be a finite number ≥ 1, found ${String(threads)}`, {
         option: 'threads',
         found: threads,
       });
