@@ -43,12 +43,15 @@ function ownFolder(): Promise<Dir | null> {
       const id = `w${Date.now().toString(36)}${Math.random().toString(36).slice(2, 8)}`;
       const locks = (globalThis.navigator as unknown as { locks?: Locks }).locks;
       if (locks) {
-        // Held until the worker ends: the lock never resolves.
-        await new Promise<void>((held) => {
-          void locks.request(`${ROOT}/${id}`, () => {
-            held();
-            return new Promise<void>(() => undefined);
-          });
+        // Held until the worker ends: the lock never resolves. A request refused outright (it never calls back)
+        // must end this wait too, or every later result would wait for the folder forever.
+        await new Promise<void>((held, refused) => {
+          locks
+            .request(`${ROOT}/${id}`, () => {
+              held();
+              return new Promise<void>(() => undefined);
+            })
+            .catch(refused);
         });
         const live = new Set(((await locks.query()).held ?? []).map((l) => l.name));
         const stale: string[] = [];

@@ -338,9 +338,15 @@ async function runParallel<T>(
     Atomics.notify(ctl, CTL.READY);
   }
   if (!mainError) {
-    for (; out < n; out++) {
-      await pool.waitFor(CTL.CHUNK_DONE + out, 1);
-      engine.copyOut(b, dst, dstDtype, cols, ...tiles(out));
+    try {
+      for (; out < n; out++) {
+        await pool.waitFor(CTL.CHUNK_DONE + out, 1);
+        engine.copyOut(b, dst, dstDtype, cols, ...tiles(out));
+      }
+    } catch (e) {
+      // Still wait for the threads below: one still in this block would take the next block's chunks for its own
+      // and could wait forever for rows that never come (and the next update forever for it).
+      mainError = e;
     }
   }
   await pool.waitFor(CTL.DONE, pool.threads - 1);

@@ -57,11 +57,25 @@ export function createExtractPool(threads?: number): ExtractPool | null {
     while (idle.length > 0 && queue.length > 0) {
       const w = idle.pop() as Worker;
       const { request, pending } = queue.shift() as { request: ExtractRequest; pending: Pending };
-      busy.set(w, { id: request.id, pending });
       const transfer = [request.job.base.raw.buffer, request.job.tuned.raw.buffer].filter(
         (b, i, all) => all.indexOf(b) === i,
       ) as ArrayBuffer[];
-      w.postMessage(request, transfer);
+      try {
+        w.postMessage(request, transfer);
+      } catch (e) {
+        // Not sent (a value that cannot be cloned, no memory for a copy): no reply will come, so the worker stays
+        // idle, and the error must not escape a worker's 'message' listener.
+        idle.push(w);
+        pending.reject(
+          new LoraError(
+            'LORA_WORKER_FAILED',
+            `extract: module '${pending.path}' could not be sent to a worker thread: ${e instanceof Error ? e.message : String(e)}`,
+            { key: pending.path },
+          ),
+        );
+        continue;
+      }
+      busy.set(w, { id: request.id, pending });
     }
   };
   for (let t = 0; t < n; t++) {
@@ -129,6 +143,9 @@ export function createExtractPool(threads?: number): ExtractPool | null {
     },
     async close(): Promise<void> {
       closed = true;
+      // The workers' exits are expected from here on and reported by nobody: what is queued or in flight fails now
+      // (it would never settle), and so does any later request.
+      failAll(new LoraError('LORA_WORKER_FAILED', 'extract: the worker pool was closed'));
       await Promise.all(workers.map((w) => w.terminate()));
     },
   };

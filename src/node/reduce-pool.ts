@@ -5,7 +5,7 @@
  * factors are copied to the worker then), so queueing every module costs nothing.
  */
 import type { Worker } from 'node:worker_threads';
-import { LoraError, type LoraErrorCode } from '../core/errors.js';
+import { LoraError, type LoraErrorCode, OptionError } from '../core/errors.js';
 import type { ReduceOutcome } from '../lora/reduce.js';
 import type { ReduceRequest } from './reduce-worker.js';
 import { startWorker, type WorkerSpec, workerSpec } from './worker-boot.js';
@@ -65,6 +65,14 @@ export class ReducePool {
 
   /** Start `threads` workers, or null when they cannot be started here (TypeScript sources without tsx). */
   static start(threads: number): ReducePool | null {
+    // A pool without a worker would queue every request forever (NaN gets here through the callers' Math.max/min),
+    // and Infinity would start workers forever.
+    if (!(Number.isFinite(threads) && threads >= 1)) {
+      throw new OptionError('OPTION_INVALID', `threads must be a finite number ≥ 1, found ${String(threads)}`, {
+        option: 'threads',
+        found: threads,
+      });
+    }
     let spec: WorkerSpec;
     try {
       spec = workerSpec('reduce-worker');
@@ -108,9 +116,22 @@ export class ReducePool {
           p.reject(e);
           continue;
         }
-        mine.set(p.id, p);
         const { transfer, ...request } = job;
-        w.postMessage({ ...request, id: p.id } satisfies ReduceRequest, transfer ? [...transfer] : undefined);
+        try {
+          w.postMessage({ ...request, id: p.id } satisfies ReduceRequest, transfer ? [...transfer] : undefined);
+        } catch (e) {
+          // Not sent (a value that cannot be cloned, no memory for the copy): no reply will come, so the request
+          // must not hold one of the worker's slots, and the error must not escape a worker's 'message' listener.
+          p.reject(
+            new LoraError(
+              'LORA_WORKER_FAILED',
+              `merge: module '${p.path}' could not be sent to a worker thread: ${e instanceof Error ? e.message : String(e)}`,
+              { key: p.path },
+            ),
+          );
+          continue;
+        }
+        mine.set(p.id, p);
       }
     }
   }
