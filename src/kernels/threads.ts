@@ -61,6 +61,11 @@ export interface ThreadedKernelOptions extends WasmKernelOptions {
    * 8 tiles (fewer tiles per chunk would reload the packed-D panel from L3 too often).
    */
   chunkTiles?: number;
+  /**
+   * Seconds to wait for every thread to report ready (default 60) before giving up with KERNEL_FAILED: a thread that
+   * never starts — its start message could not be delivered, its script never ran — must not hang the caller.
+   */
+  startTimeoutS?: number;
 }
 
 /** Validated options: thread count, the parallel threshold and the chunk size (undefined: per block). */
@@ -68,6 +73,7 @@ function kernelOptions(opts: ThreadedKernelOptions): {
   threads: number;
   minParallelFlops: number;
   chunkTiles?: number;
+  startTimeoutS: number;
 } {
   const threads = opts.threads;
   if (!Number.isInteger(threads) || threads < 1 || threads > MAX_THREADS) {
@@ -87,8 +93,17 @@ function kernelOptions(opts: ThreadedKernelOptions): {
       found: chunkTiles,
     });
   }
+  const startTimeoutS = opts.startTimeoutS ?? DEFAULT_START_TIMEOUT_S;
+  if (!(startTimeoutS > 0 && startTimeoutS <= 3600)) {
+    throw new OptionError(
+      'OPTION_INVALID',
+      `cpu kernel: startTimeoutS must be a number of seconds in (0, 3600], found ${startTimeoutS}`,
+      { expected: '(0, 3600]', found: startTimeoutS },
+    );
+  }
   return {
     threads,
+    startTimeoutS,
     minParallelFlops: opts.minParallelFlops ?? 2e6,
     ...(chunkTiles !== undefined ? { chunkTiles } : {}),
   };
@@ -115,8 +130,11 @@ class ThreadPool<T> {
     for (const w of this.errorWaiters.splice(0)) w(msg);
   }
 
-  /** Start threads − 1 threads on the shared module and memory; resolves when every one reported ready. */
-  async start(module: WebAssembly.Module, memory: WebAssembly.Memory): Promise<void> {
+  /**
+   * Start threads − 1 threads on the shared module and memory; resolves when every one reported ready, and fails
+   * with KERNEL_FAILED (the threads stopped) when one reports an error, exits, or is not ready after `timeoutS`.
+   */
+  async start(module: WebAssembly.Module, memory: WebAssembly.Memory, timeoutS: number): Promise<void> {
     const ready: Array<Promise<void>> = [];
     for (let i = 1; i < this.threads; i++) {
       ready.push(
@@ -146,8 +164,15 @@ class ThreadPool<T> {
     }
     // Node's workers are unref'd, so nothing else keeps the event loop alive while they start.
     const release = this.platform.hold();
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const late = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => {
+        const n = this.threads - 1;
+        reject(new Error(`${n === 1 ? 'the worker' : `not all ${n} workers`} reported ready within ${timeoutS} s`));
+      }, timeoutS * 1000);
+    });
     try {
-      await Promise.all(ready);
+      await Promise.race([Promise.all(ready), late]);
     } catch (e) {
       this.disposed = true;
       await Promise.all(this.threadHandles.map((t) => this.platform.stop(t)));
@@ -159,6 +184,7 @@ class ThreadPool<T> {
         },
       );
     } finally {
+      clearTimeout(timer);
       release();
     }
   }
@@ -205,6 +231,8 @@ class ThreadPool<T> {
 /** What a LoKr adds to a job's rank when run() decides whether a block is worth the threads. */
 const KRONECKER_RANK = 8;
 
+/** How long the threads may take to report ready before the kernel gives up (seconds; startTimeoutS). */
+const DEFAULT_START_TIMEOUT_S = 60;
 /** How long waitFor blocks synchronously before it waits asynchronously (seconds). */
 const SPIN_S = 0.0005;
 /** The calling thread returns to the event loop at least this often while it computes chunks (seconds). */
@@ -409,7 +437,7 @@ export async function createThreadedKernel<T>(
   platform: ThreadPlatform<T>,
   opts: ThreadedKernelOptions,
 ): Promise<{ kernel: FuseKernel; threads: readonly T[] }> {
-  const { threads, minParallelFlops, chunkTiles } = kernelOptions(opts);
+  const { threads, minParallelFlops, chunkTiles, startTimeoutS } = kernelOptions(opts);
   if (!hasWasmSimd()) {
     throw new FuseError('FUSE_BACKEND_UNAVAILABLE', 'cpu kernel: this runtime has no WebAssembly SIMD (v128)', {
       backend: 'wasm-simd',
@@ -423,7 +451,7 @@ export async function createThreadedKernel<T>(
   const ctl = new Int32Array(memory.buffer, CTL_OFFSET, CTL_INTS);
   const name = `${backend} ×${threads} thread${threads === 1 ? '' : 's'}`;
   const pool = new ThreadPool(platform, ctl, threads);
-  await pool.start(module, memory);
+  await pool.start(module, memory, startTimeoutS);
 
   /**
    * W' = W + U·D, block by block; with `h`, W' = f32(W + c·Δ) + U·D for the LoHa Δ = s·(A1·B1)⊙(A2·B2): the

@@ -22,6 +22,11 @@ type WorkerClass = new (url: string, options?: { name?: string }) => WebWorker;
 const WORKER_SOURCE = `
 'use strict';
 ${KERNEL_THREAD_SOURCE}
+// A start message that cannot be received (e.g. a module or memory this worker may not share) says so at once,
+// instead of leaving the kernel to wait for a 'ready' that never comes.
+self.onmessageerror = () => {
+  self.postMessage({ type: 'error', message: 'the kernel worker could not receive its start message' });
+};
 self.onmessage = (event) => {
   self.onmessage = null;
   kernelThread(
