@@ -19,7 +19,8 @@ import {
   planLora,
 } from '../../src/formats/index.js';
 import { fuseLoras } from '../../src/fuse/index.js';
-import { createWasmKernel, createWebCpuKernel, type FuseKernel, webThreadsAvailable } from '../../src/kernels/index.js';
+import { createWasmKernel, createWebCpuKernel, webThreadsAvailable } from '../../src/kernels/index.js';
+import { kernelCache } from './kernel-cache.js';
 import {
   analyzeHtml,
   analyzeLoras,
@@ -262,21 +263,11 @@ async function baseProvenance(base: File): Promise<ProvenanceInput> {
 }
 
 /** The fuse kernel, made once and reused: on every core when the page is cross-origin isolated, else one thread. */
-let kernelMade: { threads: number | undefined; kernel: Promise<FuseKernel> } | null = null;
-function fuseKernel(threads: number | undefined): Promise<FuseKernel> {
-  if (kernelMade && kernelMade.threads === threads) return kernelMade.kernel;
-  const old = kernelMade?.kernel;
-  if (old) void old.then((k) => k.dispose()).catch(() => undefined);
-  const kernel =
-    threads !== 1 && webThreadsAvailable()
-      ? createWebCpuKernel(threads !== undefined ? { threads } : {})
-      : createWasmKernel();
-  kernelMade = { threads, kernel };
-  kernel.catch(() => {
-    if (kernelMade?.kernel === kernel) kernelMade = null;
-  });
-  return kernel;
-}
+const fuseKernels = kernelCache((threads) =>
+  threads !== 1 && webThreadsAvailable()
+    ? createWebCpuKernel(threads !== undefined ? { threads } : {})
+    : createWasmKernel(),
+);
 
 /**
  * What the fuse writes into: the chosen file's writable stream (streamed to disk), else a file of the origin-private
@@ -338,7 +329,7 @@ async function fuse(
       ...(dtype ? { dtype } : {}),
       ...method,
     });
-    const kernel = await fuseKernel(threads);
+    const kernel = await fuseKernels.get(threads);
     const out = await fuseSink(request.fileName, target);
     const clock = { ...newClock(), write: 0 };
     const onProgress = throttle((done, total) =>
@@ -383,6 +374,7 @@ async function fuse(
       },
     });
   } catch (e) {
+    fuseKernels.jobFailed(e);
     scope.postMessage({ type: 'merge-failed', job, error: errorInfo(e) });
   }
 }
