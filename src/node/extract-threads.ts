@@ -9,7 +9,7 @@ import type { Worker } from 'node:worker_threads';
 import { errorFromCode, LoraError } from '../core/errors.js';
 import type { ExtractJob, ExtractPool, ModuleOutcome } from '../fuse/extract-module.js';
 import type { ExtractRequest } from './extract-worker.js';
-import { startWorker, workerSpec } from './worker-boot.js';
+import { sendRequest, startWorker, workerSpec } from './worker-boot.js';
 
 interface Pending {
   readonly path: string;
@@ -60,19 +60,10 @@ export function createExtractPool(threads?: number): ExtractPool | null {
       const transfer = [request.job.base.raw.buffer, request.job.tuned.raw.buffer].filter(
         (b, i, all) => all.indexOf(b) === i,
       ) as ArrayBuffer[];
-      try {
-        w.postMessage(request, transfer);
-      } catch (e) {
-        // Not sent (a value that cannot be cloned, no memory for a copy): no reply will come, so the worker stays
-        // idle, and the error must not escape a worker's 'message' listener.
-        idle.push(w);
-        pending.reject(
-          new LoraError(
-            'LORA_WORKER_FAILED',
-            `extract: module '${pending.path}' could not be sent to a worker thread: ${e instanceof Error ? e.message : String(e)}`,
-            { key: pending.path },
-          ),
-        );
+      const unsent = sendRequest(w, request, transfer, 'extract', pending.path);
+      if (unsent) {
+        idle.push(w); // no reply will come: the worker stays free
+        pending.reject(unsent);
         continue;
       }
       busy.set(w, { id: request.id, pending });

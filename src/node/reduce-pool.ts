@@ -8,7 +8,7 @@ import type { Worker } from 'node:worker_threads';
 import { LoraError, type LoraErrorCode, OptionError } from '../core/errors.js';
 import type { ReduceOutcome } from '../lora/reduce.js';
 import type { ReduceRequest } from './reduce-worker.js';
-import { startWorker, type WorkerSpec, workerSpec } from './worker-boot.js';
+import { sendRequest, startWorker, type WorkerSpec, workerSpec } from './worker-boot.js';
 
 /** A typed array that owns its whole buffer (posting a view would copy the entire underlying buffer). */
 export const ownBuffer = (a: Float32Array): Float32Array =>
@@ -117,18 +117,9 @@ export class ReducePool {
           continue;
         }
         const { transfer, ...request } = job;
-        try {
-          w.postMessage({ ...request, id: p.id } satisfies ReduceRequest, transfer ? [...transfer] : undefined);
-        } catch (e) {
-          // Not sent (a value that cannot be cloned, no memory for the copy): no reply will come, so the request
-          // must not hold one of the worker's slots, and the error must not escape a worker's 'message' listener.
-          p.reject(
-            new LoraError(
-              'LORA_WORKER_FAILED',
-              `merge: module '${p.path}' could not be sent to a worker thread: ${e instanceof Error ? e.message : String(e)}`,
-              { key: p.path },
-            ),
-          );
+        const unsent = sendRequest(w, { ...request, id: p.id } satisfies ReduceRequest, transfer, 'merge', p.path);
+        if (unsent) {
+          p.reject(unsent); // no reply will come: it holds none of the worker's slots
           continue;
         }
         mine.set(p.id, p);

@@ -5,7 +5,8 @@
  */
 import { createRequire } from 'node:module';
 import { pathToFileURL } from 'node:url';
-import { Worker } from 'node:worker_threads';
+import { type Transferable, Worker } from 'node:worker_threads';
+import { LoraError } from '../core/errors.js';
 
 export interface WorkerSpec {
   readonly entry: string;
@@ -35,4 +36,29 @@ const { workerData } = require('node:worker_threads');
 /** A worker thread running the script of `spec`. */
 export function startWorker(spec: WorkerSpec): Worker {
   return new Worker(BOOT, { eval: true, workerData: spec });
+}
+
+/**
+ * Post a module's request to a pool worker. When it cannot be sent (a value that cannot be cloned, no memory for the
+ * copy) no reply will ever come: the caller gets the LORA_WORKER_FAILED error to reject that request with — it must
+ * not count the request as in flight — instead of a throw (which, from a worker's 'message' listener, would be
+ * uncaught). `command` and `path` name the request in the message.
+ */
+export function sendRequest(
+  w: Worker,
+  message: unknown,
+  transfer: readonly Transferable[] | undefined,
+  command: string,
+  path: string,
+): LoraError | null {
+  try {
+    w.postMessage(message, transfer ? [...transfer] : undefined);
+    return null;
+  } catch (e) {
+    return new LoraError(
+      'LORA_WORKER_FAILED',
+      `${command}: module '${path}' could not be sent to a worker thread: ${e instanceof Error ? e.message : String(e)}`,
+      { key: path },
+    );
+  }
 }
