@@ -5,10 +5,10 @@
  * when a clone cannot be allocated). Each such request must fail with a typed error, never wait forever, and a
  * request that could not be sent must leave its worker free for the next one.
  */
-import { Worker } from 'node:worker_threads';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import type { ExtractJob, ExtractPool } from '../src/fuse/extract-module.js';
 import { createExtractPool } from '../src/node/extract-threads.js';
+import { failWorkerPosts, requestOutcome } from './settle-helpers.js';
 
 /** A 64×64 F32 module whose tuned weight differs from the base by a rank-2 Δ; factored to rank 2. */
 function job(path = 'm'): ExtractJob {
@@ -26,38 +26,13 @@ function job(path = 'm'): ExtractJob {
   };
 }
 
-/** Make the n-th postMessage calls of any worker (1-based, counted from now) throw. */
-function failPosts(...nth: number[]): void {
-  const post = Worker.prototype.postMessage;
-  let calls = 0;
-  vi.spyOn(Worker.prototype, 'postMessage').mockImplementation(function (this: Worker, ...args) {
-    if (nth.includes(++calls)) throw new RangeError('Array buffer allocation failed');
-    return post.apply(this, args);
-  });
-}
-
-/** How a promise ends within `ms` (a warm worker replies in milliseconds): ok, its error's code, or 'hung'. */
-function outcome(p: Promise<unknown>, ms = 4000): Promise<unknown> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const hung = new Promise((resolve) => {
-    timer = setTimeout(() => resolve('hung'), ms);
-  });
-  return Promise.race([
-    p.then(
-      (v) => ({ ok: v !== undefined }),
-      (e: { code?: unknown }) => ({ code: e?.code }),
-    ),
-    hung,
-  ]).finally(() => clearTimeout(timer));
-}
-
 // A one-worker pool per test, started and warmed first (a worker loading the TypeScript sources takes seconds):
 // the bounded waits below are for the replies of a warm worker.
 let pool: ExtractPool;
 beforeEach(async () => {
   pool = createExtractPool(1)!;
   expect(pool).not.toBeNull();
-  expect(await outcome(pool.factor(job('warm')), 60_000)).toEqual({ ok: true });
+  expect(await requestOutcome(pool.factor(job('warm')), 60_000)).toEqual({ ok: true });
 });
 afterEach(async () => {
   vi.restoreAllMocks();
@@ -66,9 +41,9 @@ afterEach(async () => {
 
 describe('extract pool: requests that can get no reply fail with LORA_WORKER_FAILED', () => {
   it('close() with one request in flight and one queued; a request after close()', async () => {
-    const pending = [pool.factor(job('a')), pool.factor(job('b'))].map((p) => outcome(p));
+    const pending = [pool.factor(job('a')), pool.factor(job('b'))].map((p) => requestOutcome(p));
     await pool.close();
-    const got = await Promise.all([...pending, outcome(pool.factor(job('c')))]);
+    const got = await Promise.all([...pending, requestOutcome(pool.factor(job('c')))]);
     expect(got).toEqual([
       { code: 'LORA_WORKER_FAILED' },
       { code: 'LORA_WORKER_FAILED' },
@@ -77,8 +52,8 @@ describe('extract pool: requests that can get no reply fail with LORA_WORKER_FAI
   });
 
   it('a request that cannot be sent, and the worker then takes the next one', async () => {
-    failPosts(1);
-    const got = await Promise.all([pool.factor(job('a')), pool.factor(job('b'))].map((p) => outcome(p)));
+    failWorkerPosts(1);
+    const got = await Promise.all([pool.factor(job('a')), pool.factor(job('b'))].map((p) => requestOutcome(p)));
     expect(got).toEqual([{ code: 'LORA_WORKER_FAILED' }, { ok: true }]);
   });
 
@@ -90,8 +65,8 @@ describe('extract pool: requests that can get no reply fail with LORA_WORKER_FAI
     process.on('uncaughtException', onUncaught);
     try {
       // 'a' takes the worker; 'b' is sent when its reply comes, and cannot be; 'c' follows.
-      failPosts(2);
-      const got = await Promise.all(['a', 'b', 'c'].map((p) => outcome(pool.factor(job(p)))));
+      failWorkerPosts(2);
+      const got = await Promise.all(['a', 'b', 'c'].map((p) => requestOutcome(pool.factor(job(p)))));
       expect(got).toEqual([{ ok: true }, { code: 'LORA_WORKER_FAILED' }, { ok: true }]);
       expect(uncaught).toEqual([]);
     } finally {

@@ -15,6 +15,7 @@ import { createWasmKernel } from '../src/kernels/cpu.js';
 import type { FuseKernel } from '../src/kernels/types.js';
 import { createCpuKernel } from '../src/node/kernel-threads.js';
 import { randomJob, randomW, stored } from './kernel-helpers.js';
+import { settleWithin } from './settle-helpers.js';
 
 /** Source bytes whose reads (copyIn takes one subarray per chunk) are slow; the first one detaches `detach`. */
 class SlowSource extends Uint8Array {
@@ -30,19 +31,10 @@ class SlowSource extends Uint8Array {
   }
 }
 
-/** How a promise ends within `ms`: ok, its error's name, or 'hung'. */
-function outcome(p: Promise<unknown>, ms = 4000): Promise<unknown> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const hung = new Promise((resolve) => {
-    timer = setTimeout(() => resolve('hung'), ms);
-  });
-  return Promise.race([
-    p.then(
-      () => 'ok',
-      (e: Error) => e.name,
-    ),
-    hung,
-  ]).finally(() => clearTimeout(timer));
+/** How an update ends within 4 s: 'ok', its error's name, or 'hung'. */
+async function outcome(p: Promise<unknown>): Promise<string> {
+  const r = await settleWithin(p, 4000);
+  return r === 'hung' ? r : 'error' in r ? (r.error as Error).name : 'ok';
 }
 
 let threaded: FuseKernel;

@@ -6,6 +6,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { createThreadedKernel, type ThreadPlatform } from '../src/kernels/threads.js';
+import { settleWithin } from './settle-helpers.js';
 
 interface FakeThread {
   index: number;
@@ -32,26 +33,16 @@ function platform(readyOnes: number[]): ThreadPlatform<FakeThread> & { started: 
   };
 }
 
-/** The kernel's start, or 'hung' when it neither resolves nor rejects within `boundMs`. */
+/** The kernel's start within `boundMs`: 'started' (then disposed), its error's code and message, or 'hung'. */
 async function startWithin(p: ThreadPlatform<FakeThread>, opts: object, boundMs: number): Promise<unknown> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const hung = new Promise((r) => {
-    timer = setTimeout(() => r('hung'), boundMs);
-  });
-  try {
-    return await Promise.race([
-      createThreadedKernel(p, { threads: 3, ...opts }).then(
-        async ({ kernel }) => {
-          await kernel.dispose();
-          return 'started';
-        },
-        (e: { code?: string; message?: string }) => ({ code: e.code, message: e.message }),
-      ),
-      hung,
-    ]);
-  } finally {
-    clearTimeout(timer);
+  const r = await settleWithin(createThreadedKernel(p, { threads: 3, ...opts }), boundMs);
+  if (r === 'hung') return r;
+  if ('error' in r) {
+    const e = r.error as { code?: string; message?: string };
+    return { code: e.code, message: e.message };
   }
+  await r.value.kernel.dispose();
+  return 'started';
 }
 
 describe('threaded kernel start-up', () => {

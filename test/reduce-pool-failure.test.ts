@@ -7,13 +7,13 @@
  * postMessage calls throw what V8 throws when a clone cannot be allocated.
  */
 import * as path from 'node:path';
-import { Worker } from 'node:worker_threads';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { loadLora } from '../src/formats/index.js';
 import { requirePlain } from '../src/lora/terms/index.js';
 import { createDeltaPool } from '../src/node/delta-pool.js';
 import { mergeLorasParallel } from '../src/node/merge-threads.js';
 import { ReducePool, type ReduceJob } from '../src/node/reduce-pool.js';
+import { failWorkerPosts, requestOutcome } from './settle-helpers.js';
 
 const FIXTURES = path.resolve(__dirname, '..', 'fixtures');
 
@@ -26,31 +26,6 @@ const job = (): ReduceJob => ({
   terms: [{ coef: 1, rank: 2, up: Float32Array.of(1, 0, 0, 1), down: Float32Array.of(3, 0, 0, 1) }],
 });
 
-/** Make the n-th postMessage calls of any worker (1-based, counted from now) throw. */
-function failPosts(...nth: number[]): void {
-  const post = Worker.prototype.postMessage;
-  let calls = 0;
-  vi.spyOn(Worker.prototype, 'postMessage').mockImplementation(function (this: Worker, ...args) {
-    if (nth.includes(++calls)) throw new RangeError('Array buffer allocation failed');
-    return post.apply(this, args);
-  });
-}
-
-/** How a promise ends within `ms` (a warm worker replies in milliseconds): ok, its error's code, or 'hung'. */
-function outcome(p: Promise<unknown>, ms = 4000): Promise<unknown> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const hung = new Promise((resolve) => {
-    timer = setTimeout(() => resolve('hung'), ms);
-  });
-  return Promise.race([
-    p.then(
-      (v) => ({ ok: v !== undefined }),
-      (e: { code?: unknown }) => ({ code: e?.code }),
-    ),
-    hung,
-  ]).finally(() => clearTimeout(timer));
-}
-
 describe('ReducePool: a request that cannot be sent', () => {
   // A pool per test, started and warmed first (a worker loading the TypeScript sources takes seconds): the bounded
   // waits below are for the replies of a warm worker.
@@ -58,7 +33,7 @@ describe('ReducePool: a request that cannot be sent', () => {
   beforeEach(async () => {
     pool = ReducePool.start(1)!;
     expect(pool).not.toBeNull();
-    expect(await outcome(pool.run('warm', job), 60_000)).toEqual({ ok: true });
+    expect(await requestOutcome(pool.run('warm', job), 60_000)).toEqual({ ok: true });
   });
   afterEach(async () => {
     vi.restoreAllMocks();
@@ -66,9 +41,9 @@ describe('ReducePool: a request that cannot be sent', () => {
   });
 
   it('fails with LORA_WORKER_FAILED and frees its slot (two of them do not stall a one-worker pool)', async () => {
-    failPosts(1, 2);
+    failWorkerPosts(1, 2);
     const runs = ['a', 'b', 'c'].map((p) => pool.run(p, job));
-    const got = await Promise.all(runs.map((r) => outcome(r)));
+    const got = await Promise.all(runs.map((r) => requestOutcome(r)));
     expect(got).toEqual([{ code: 'LORA_WORKER_FAILED' }, { code: 'LORA_WORKER_FAILED' }, { ok: true }]);
   });
 
@@ -80,9 +55,9 @@ describe('ReducePool: a request that cannot be sent', () => {
     process.on('uncaughtException', onUncaught);
     try {
       // Two requests fill the worker's slots; the third is sent when the first reply comes, and cannot be.
-      failPosts(3);
+      failWorkerPosts(3);
       const runs = ['a', 'b', 'c', 'd'].map((p) => pool.run(p, job));
-      const got = await Promise.all(runs.map((r) => outcome(r)));
+      const got = await Promise.all(runs.map((r) => requestOutcome(r)));
       expect(got).toEqual([{ ok: true }, { ok: true }, { code: 'LORA_WORKER_FAILED' }, { ok: true }]);
       expect(uncaught).toEqual([]);
     } finally {
@@ -95,8 +70,8 @@ describe('worker pools asked for NaN threads', () => {
   // Math.max(1, NaN) is NaN: the pool started no worker and every request waited forever.
   it('mergeLorasParallel and createDeltaPool reject with OPTION_INVALID instead of waiting forever', async () => {
     const style = requirePlain(await loadLora(path.join(FIXTURES, 'sd15/style-lora.peft.safetensors')));
-    const merged = outcome(mergeLorasParallel([style], [1], { rank: 2, threads: Number.NaN }));
-    const delta = outcome(
+    const merged = requestOutcome(mergeLorasParallel([style], [1], { rank: 2, threads: Number.NaN }));
+    const delta = requestOutcome(
       (async () => {
         const [key, m] = [...style.modules][0]!;
         const pool = createDeltaPool(Number.NaN);

@@ -5,6 +5,7 @@
  * give null instead (the caller then keeps the result as Blob parts). OPFS and the lock manager are stand-ins here.
  */
 import { afterEach, describe, expect, it, vi } from 'vitest';
+import { settleWithin } from './settle-helpers.js';
 
 /** An empty OPFS directory whose entries are directories like itself. */
 function fakeDir(): object {
@@ -14,15 +15,6 @@ function fakeDir(): object {
     removeEntry: async () => undefined,
     keys: async function* () {},
   };
-}
-
-/** How a promise ends within `ms`: its value, or 'hung'. */
-function outcome(p: Promise<unknown>, ms = 3000): Promise<unknown> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const hung = new Promise((resolve) => {
-    timer = setTimeout(() => resolve('hung'), ms);
-  });
-  return Promise.race([p.then((v) => ({ value: v })), hung]).finally(() => clearTimeout(timer));
 }
 
 afterEach(() => {
@@ -40,7 +32,7 @@ describe('scratchSink when the Web Lock naming its folder is refused', () => {
       },
     });
     const { scratchSink } = await import('../examples/web/scratch.js');
-    expect(await outcome(scratchSink('fuse', 'out.safetensors'))).toEqual({ value: null });
-    expect(await outcome(scratchSink('merge', 'out.safetensors'))).toEqual({ value: null });
+    expect(await settleWithin(scratchSink('fuse', 'out.safetensors'), 3000)).toEqual({ value: null });
+    expect(await settleWithin(scratchSink('merge', 'out.safetensors'), 3000)).toEqual({ value: null });
   });
 });
